@@ -1,0 +1,120 @@
+"""Deployment options, read once from CDK context (`cdk.json` or `-c key=value`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from constructs import Node
+
+SIGNING_KEY_SPECS = ("RSA_2048", "ECC_NIST_P256")
+KNOWN_PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
+# CloudFront only takes certificates from ACM in us-east-1.
+_CLOUDFRONT_CERT_ARN = re.compile(r"^arn:aws[a-z-]*:acm:us-east-1:\d{12}:certificate/[0-9a-f-]{36}$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    """A context value is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class TokexConfig:
+    stack_name: str = "Tokex"
+    signing_key_spec: str = "RSA_2048"
+    domain_name: str | None = None
+    certificate_arn: str | None = None
+    sts_partitions: tuple[str, ...] = ("aws",)
+    # Empty: every known region of the partitions (the exchange's own default).
+    sts_regions: tuple[str, ...] = ()
+    ttl_cap_seconds: int = 3600
+    default_ttl_seconds: int = 900
+    throttle_rate_limit: int = 50
+    throttle_burst_limit: int = 100
+    log_level: str = "INFO"
+    # Changes on every synth unless pinned, so the JWKS publisher runs on every deploy.
+    deploy_nonce: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _STACK_NAME.match(self.stack_name):
+            raise ConfigError(f"stackName {self.stack_name!r} is not a valid stack name")
+        if self.signing_key_spec not in SIGNING_KEY_SPECS:
+            raise ConfigError(
+                f"signingKeySpec must be one of {', '.join(SIGNING_KEY_SPECS)},"
+                f" not {self.signing_key_spec!r}"
+            )
+        if (self.domain_name is None) != (self.certificate_arn is None):
+            raise ConfigError("domainName and certificateArn go together: set both or neither")
+        if self.domain_name is not None and not _DOMAIN.match(self.domain_name):
+            raise ConfigError(f"domainName {self.domain_name!r} is not a lowercase DNS name")
+        if self.certificate_arn is not None and not _CLOUDFRONT_CERT_ARN.match(
+            self.certificate_arn
+        ):
+            raise ConfigError("certificateArn must be an ACM certificate ARN in us-east-1")
+        for partition in self.sts_partitions:
+            if partition not in KNOWN_PARTITIONS:
+                raise ConfigError(f"stsPartitions: unknown partition {partition!r}")
+        for region in self.sts_regions:
+            if not _REGION.match(region):
+                raise ConfigError(f"stsRegions: {region!r} is not a region name")
+        if not 60 <= self.ttl_cap_seconds <= 43200:
+            raise ConfigError("ttlCapSeconds must be between 60 and 43200")
+        if not 60 <= self.default_ttl_seconds <= self.ttl_cap_seconds:
+            raise ConfigError("defaultTtlSeconds must be between 60 and ttlCapSeconds")
+        if not (1 <= self.throttle_rate_limit and 1 <= self.throttle_burst_limit):
+            raise ConfigError("throttleRateLimit and throttleBurstLimit must be positive")
+        if self.log_level not in _LOG_LEVELS:
+            raise ConfigError(f"logLevel must be one of {', '.join(_LOG_LEVELS)}")
+
+    @property
+    def issuer_is_custom_domain(self) -> bool:
+        return self.domain_name is not None
+
+    @classmethod
+    def from_context(cls, node: Node) -> TokexConfig:
+        def get(key: str) -> Any:
+            value = node.try_get_context(key)
+            return None if value in (None, "") else value
+
+        def text(key: str) -> str | None:
+            value = get(key)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{key} must be a string")
+            return value
+
+        def strings(key: str) -> tuple[str, ...] | None:
+            value = get(key)
+            if value is None:
+                return None
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise ConfigError(f"{key} must be a list of strings or a comma-separated string")
+            return tuple(i.strip() for i in items if i.strip())
+
+        def integer(key: str) -> int | None:
+            value = get(key)
+            if value is None:
+                return None
+            if isinstance(value, bool) or not re.fullmatch(r"\d{1,6}", str(value)):
+                raise ConfigError(f"{key} must be a positive integer")
+            return int(value)
+
+        values: dict[str, Any] = {
+            "stack_name": text("stackName"),
+            "signing_key_spec": text("signingKeySpec"),
+            "domain_name": text("domainName"),
+            "certificate_arn": text("certificateArn"),
+            "sts_partitions": strings("stsPartitions"),
+            "sts_regions": strings("stsRegions"),
+            "ttl_cap_seconds": integer("ttlCapSeconds"),
+            "default_ttl_seconds": integer("defaultTtlSeconds"),
+            "throttle_rate_limit": integer("throttleRateLimit"),
+            "throttle_burst_limit": integer("throttleBurstLimit"),
+            "log_level": text("logLevel"),
+            "deploy_nonce": text("deployNonce"),
+        }
+        return cls(**{k: v for k, v in values.items() if v is not None})

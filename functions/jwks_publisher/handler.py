@@ -1,0 +1,35 @@
+"""Publishes the JWKS and the OpenID discovery document to S3 (contract.md).
+
+Runs on a schedule, on every deploy (CloudFormation custom resource through the CDK
+Provider framework) and once when `tokex local` starts. Idempotent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from tokex import aws
+from tokex.service import publish_issuer_documents
+from tokex.settings import Settings
+
+logger = Logger()
+tracer = Tracer()
+
+settings = Settings.from_env()
+kms = aws.client("kms")
+s3 = aws.client("s3")
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if event.get("RequestType") == "Delete":
+        # Stack deletion: leave the last published documents; the bucket is retained.
+        return {"PhysicalResourceId": event.get("PhysicalResourceId", "tokex-issuer-documents")}
+    written = publish_issuer_documents(settings, kms=kms, s3=s3)
+    logger.info("published issuer documents", extra={"written": written})
+    if "RequestType" in event:  # CloudFormation custom resource (Provider framework)
+        return {"PhysicalResourceId": "tokex-issuer-documents", "Data": {"Written": len(written)}}
+    return {"written": written}

@@ -1,0 +1,72 @@
+"""`tokex local`: the whole system on this machine, in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from tokex.cli.main import CommandError
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "local",
+        help="run the whole system on this machine (emulated AWS, SigV4 checks on)",
+        description="Runs tokex on loopback with an embedded AWS emulation. Ctrl-C stops it.",
+    )
+    parser.add_argument("--port", type=int, default=8787, help="HTTP port (default 8787)")
+    parser.add_argument(
+        "--state-dir", type=Path, default=Path(".tokex-local"), help="where workload.env goes"
+    )
+    parser.add_argument(
+        "--signing-key-spec",
+        choices=("RSA_2048", "ECC_NIST_P256"),
+        default="RSA_2048",
+        help="KMS key spec of the signing key (RS256 or ES256 tokens)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokex.local.provision import DEMO_AUDIENCE, DEMO_ROLE_ARN, DEMO_SCOPES
+    from tokex.local.runner import start_local
+
+    try:
+        system = start_local(
+            port=args.port, state_dir=args.state_dir, signing_key_spec=args.signing_key_spec
+        )
+    except OSError as err:
+        raise CommandError(f"could not start: {err}") from None
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    issuer = system.issuer
+    print(
+        f"""tokex local is running (Ctrl-C stops it)
+  issuer          {issuer}
+  token endpoint  {issuer}/token
+  JWKS            {issuer}/.well-known/jwks.json
+  discovery       {issuer}/.well-known/openid-configuration
+  AWS emulator    {system.deployment.endpoint_url} (moto, SigV4 checks on)
+  demo workload   {DEMO_ROLE_ARN}  -> {system.workload_env}
+  demo policy     audience {DEMO_AUDIENCE}, scopes {" ".join(DEMO_SCOPES)}, max TTL 900 s
+
+Try it:
+  source {system.workload_env}
+  tokex token --endpoint {issuer} --audience {DEMO_AUDIENCE} --scope demo:read
+""",
+        flush=True,
+    )
+    try:
+        system.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        system.stop()
+        print("tokex local stopped", file=sys.stderr)
+    return 0

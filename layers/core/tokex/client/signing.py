@@ -1,0 +1,52 @@
+"""Builds the `subject_token`: a GetCallerIdentity request signed with SigV4 by botocore.
+
+The workload's credentials never leave it; only the signed request does, and it is bound
+to one tokex deployment by the signed `X-Tokex-Issuer` header.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
+
+GET_CALLER_IDENTITY_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
+
+
+def sts_host(region: str | None) -> str:
+    """The regional STS endpoint (the global one only when no region is known)."""
+    if not region:
+        return "sts.amazonaws.com"
+    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"sts.{region}.{suffix}"
+
+
+def signed_get_caller_identity(
+    credentials: ReadOnlyCredentials | Any, *, region: str, issuer: str
+) -> dict[str, Any]:
+    """The signed-request JSON of contract.md, ready to encode as a subject_token."""
+    host = sts_host(region)
+    url = f"https://{host}/"
+    request = AWSRequest(
+        method="POST",
+        url=url,
+        data=GET_CALLER_IDENTITY_BODY,
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+            "X-Tokex-Issuer": issuer,
+        },
+    )
+    signing_region = "us-east-1" if host == "sts.amazonaws.com" else region
+    SigV4Auth(credentials, "sts", signing_region).add_auth(request)
+    headers = {name: value for name, value in request.headers.items() if name.lower() != "host"}
+    return {"method": "POST", "url": url, "headers": headers, "body": GET_CALLER_IDENTITY_BODY}
+
+
+def encode_subject_token(signed_request: dict[str, Any]) -> str:
+    """base64url without padding of the compact JSON (contract.md)."""
+    raw = json.dumps(signed_request, separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")

@@ -1,0 +1,88 @@
+"""Errors that carry their OAuth meaning.
+
+Every refusal tokex makes is one of these. Each carries the RFC 6749 §5.2 / RFC 8693
+§2.2.2 `error` code, the HTTP status and a description written for the caller: it must
+help an honest client fix its request and never contain stack traces, upstream bodies,
+policy contents or secrets. `reason` is for the audit log only (it may name a policy).
+"""
+
+from __future__ import annotations
+
+
+class TokexError(Exception):
+    """Base: an OAuth error response."""
+
+    error = "invalid_request"
+    status = 400
+
+    def __init__(self, description: str, *, reason: str | None = None) -> None:
+        super().__init__(description)
+        self.description = description
+        # Short machine-readable reason for logs and metrics; defaults to the description.
+        self.reason = reason or description
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequest(TokexError):
+    """Missing, repeated, malformed or unsupported parameter (RFC 6749 §5.2)."""
+
+
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status = 415
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+
+
+class UnsupportedGrantType(TokexError):
+    error = "unsupported_grant_type"
+
+
+class InvalidGrant(TokexError):
+    """The evidence (the signed STS request, IMDS evidence) was rejected."""
+
+    error = "invalid_grant"
+
+
+class InvalidTarget(TokexError):
+    """No policy lets this caller have a token for this audience (RFC 8693 §2.2.2)."""
+
+    error = "invalid_target"
+
+
+class InvalidScope(TokexError):
+    error = "invalid_scope"
+
+
+class TemporarilyUnavailable(TokexError):
+    """An upstream (STS, KMS, DynamoDB) failed or throttled us: retry later (503)."""
+
+    error = "temporarily_unavailable"
+    status = 503
+
+    def __init__(
+        self, description: str, *, reason: str | None = None, retry_after: int = 5
+    ) -> None:
+        super().__init__(description, reason=reason)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimited(TemporarilyUnavailable):
+    status = 429
+
+
+class ConfigurationError(Exception):
+    """The deployment is misconfigured (raised at cold start, never per request)."""

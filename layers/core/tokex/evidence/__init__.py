@@ -1,0 +1,1 @@
+"""Evidence of who the caller is: the signed STS request and IMDS documents."""

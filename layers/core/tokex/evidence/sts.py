@@ -1,0 +1,222 @@
+"""The STS adapter: forward a verified GetCallerIdentity and trust only what STS answers.
+
+security.md: redirects off, no proxy from the environment (urllib3's PoolManager never
+reads one, unlike `requests`), short timeouts, a response size cap, `Accept` and `Host`
+set by us. Only HTTP 200 with an XML body in the STS namespace holding exactly one
+`GetCallerIdentityResult` is believed. Upstream bodies never reach an error description.
+"""
+
+from __future__ import annotations
+
+import re
+from xml.etree.ElementTree import Element, ParseError  # parsing is defusedxml
+
+import urllib3
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring
+
+from tokex.errors import InvalidGrant, TemporarilyUnavailable
+from tokex.evidence.identity import CallerIdentity
+from tokex.evidence.sigv4_request import StsRequest
+
+STS_NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
+DEFAULT_RETRY_AFTER_SECONDS = 5
+MAX_RETRY_AFTER_SECONDS = 60
+# STS error codes that mean "your signed request was refused" and that are safe and
+# useful to repeat to the caller (AWS STS API reference, "Common Errors").
+REFUSAL_CODES = frozenset(
+    {
+        "AccessDenied",
+        "ExpiredToken",
+        "IncompleteSignature",
+        "InvalidClientTokenId",
+        "MissingAuthenticationToken",
+        "RegionDisabledException",
+        "RequestExpired",
+        "SignatureDoesNotMatch",
+    }
+)
+# Codes that mean "we are being throttled": the caller should retry, not re-sign.
+THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded"})
+_XML_TYPES = ("text/xml", "application/xml")
+_UNVERIFIABLE = "STS response could not be verified"
+
+_NAME = r"[\w+=,.@-]"
+_ASSUMED_ROLE_ARN = re.compile(
+    rf"arn:(aws|aws-cn|aws-us-gov):sts::([0-9]{{12}}):assumed-role/({_NAME}{{1,64}})/({_NAME}{{2,64}})",
+    re.ASCII,
+)
+# IAM paths are `/` or `/<printable ASCII>/` (IAM API reference, "Path" parameters).
+_USER_ARN = re.compile(
+    rf"arn:(aws|aws-cn|aws-us-gov):iam::([0-9]{{12}}):user/(?:[\x21-\x2e\x30-\x7e]+/)*{_NAME}{{1,64}}",
+    re.ASCII,
+)
+_USER_ID = re.compile(r"[\w+=,.@:-]{1,256}", re.ASCII)
+_ACCOUNT = re.compile(r"[0-9]{12}", re.ASCII)
+
+
+class StsForwarder:
+    """Sends a verified `StsRequest` to STS and returns who STS says signed it."""
+
+    def __init__(
+        self,
+        connect_override: str | None = None,
+        *,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 5.0,
+        max_response_bytes: int = 64 * 1024,
+    ) -> None:
+        # Local mode and tests: the TCP destination only; Host stays the signed STS host.
+        self._connect_override = connect_override.rstrip("/") if connect_override else None
+        self._max_response_bytes = max_response_bytes
+        self._http = urllib3.PoolManager(
+            retries=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        )
+
+    def get_caller_identity(self, req: StsRequest) -> CallerIdentity:
+        base = self._connect_override or f"https://{req.host}"
+        headers = dict(req.headers)
+        headers["Host"] = req.host
+        headers["Accept"] = "text/xml"
+        try:
+            response = self._http.request(
+                "POST",
+                base + "/",
+                body=req.body.encode("ascii"),
+                headers=headers,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+            )
+            try:
+                data = response.read(self._max_response_bytes + 1, decode_content=False)
+            except BaseException:
+                response.close()
+                raise
+            if len(data) > self._max_response_bytes:
+                response.close()  # never drain an oversized body to reuse the connection
+            else:
+                response.release_conn()
+        except (urllib3.exceptions.TimeoutError, TimeoutError):
+            raise TemporarilyUnavailable(
+                "STS did not answer in time; retry later", reason="sts_timeout"
+            ) from None
+        except (urllib3.exceptions.HTTPError, OSError):
+            raise TemporarilyUnavailable(
+                "STS could not be reached; retry later", reason="sts_unreachable"
+            ) from None
+
+        status = response.status
+        if len(data) > self._max_response_bytes:
+            raise InvalidGrant(_UNVERIFIABLE, reason=f"sts_response_too_large:{status}")
+        if response.headers.get("Content-Encoding", "identity").lower() != "identity":
+            raise InvalidGrant(_UNVERIFIABLE, reason="sts_response_encoded")
+        if status == 429 or 500 <= status <= 599:
+            raise _retry_later(status, response.headers.get("Retry-After"))
+        if status in (400, 401, 403):
+            code = _error_code(data)
+            if code in THROTTLING_CODES:
+                raise _retry_later(status, response.headers.get("Retry-After"))
+            shown = f": {code}" if code in REFUSAL_CODES else ""
+            raise InvalidGrant(
+                f"STS refused the signature{shown}", reason=f"sts_refused:{status}{shown}"
+            )
+        if status != 200:
+            raise InvalidGrant(_UNVERIFIABLE, reason=f"sts_status:{status}")
+        if not _is_xml(response.headers.get("Content-Type", "")):
+            raise InvalidGrant(_UNVERIFIABLE, reason="sts_content_type")
+        return _caller_identity(_parse_result(data), req.partition)
+
+
+def _retry_later(status: int, retry_after: str | None) -> TemporarilyUnavailable:
+    seconds = DEFAULT_RETRY_AFTER_SECONDS
+    if retry_after and retry_after.isdigit() and 0 < int(retry_after) <= MAX_RETRY_AFTER_SECONDS:
+        seconds = int(retry_after)
+    return TemporarilyUnavailable(
+        "STS is unavailable or throttling; retry later",
+        reason=f"sts_unavailable:{status}",
+        retry_after=seconds,
+    )
+
+
+def _is_xml(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() in _XML_TYPES
+
+
+def _parse_xml(data: bytes) -> Element | None:
+    """defusedxml with DTDs forbidden: no entity expansion, no external references."""
+    try:
+        return fromstring(data, forbid_dtd=True)
+    except (DefusedXmlException, ParseError, ValueError):
+        return None
+
+
+def _error_code(data: bytes) -> str | None:
+    """The `<Code>` of an STS `ErrorResponse`, if the body is one (whatever its type:
+    moto labels its XML errors text/html). Only allowlisted codes are ever shown."""
+    root = _parse_xml(data)
+    if root is None:
+        return None
+    for element in root.iter():
+        if element.tag.rpartition("}")[2] == "Code":
+            return (element.text or "").strip() or None
+    return None
+
+
+def _parse_result(data: bytes) -> dict[str, str]:
+    root = _parse_xml(data)
+    if root is None or root.tag != f"{{{STS_NAMESPACE}}}GetCallerIdentityResponse":
+        raise InvalidGrant(_UNVERIFIABLE, reason="sts_response_malformed")
+    results = list(root.iter(f"{{{STS_NAMESPACE}}}GetCallerIdentityResult"))
+    if len(results) != 1 or results[0] not in list(root):
+        raise InvalidGrant(_UNVERIFIABLE, reason="sts_result_count")
+    fields: dict[str, str] = {}
+    for name in ("Arn", "UserId", "Account"):
+        found = results[0].findall(f"{{{STS_NAMESPACE}}}{name}")
+        if len(found) != 1 or not found[0].text or len(found[0]) != 0:
+            raise InvalidGrant(_UNVERIFIABLE, reason=f"sts_result_{name.lower()}")
+        fields[name] = found[0].text
+    return fields
+
+
+def _caller_identity(fields: dict[str, str], partition: str) -> CallerIdentity:
+    """Map STS's answer to our principal; refuse callers we do not issue tokens to."""
+    arn, user_id, account = fields["Arn"], fields["UserId"], fields["Account"]
+    if not _ACCOUNT.fullmatch(account) or not _USER_ID.fullmatch(user_id):
+        raise InvalidGrant(_UNVERIFIABLE, reason="sts_result_values")
+    principal_id, _, session_in_user_id = user_id.partition(":")
+
+    role = _ASSUMED_ROLE_ARN.fullmatch(arn)
+    user = _USER_ARN.fullmatch(arn)
+    if role:
+        arn_partition, arn_account, role_name, session_name = role.groups()
+        # STS never reveals the role's path, so the principal is path-less
+        # (`role/Name`); mapping it to `role/path/Name` would need iam:GetRole.
+        principal_arn = f"arn:{arn_partition}:iam::{arn_account}:role/{role_name}"
+        if session_in_user_id != session_name:
+            raise InvalidGrant(_UNVERIFIABLE, reason="sts_user_id_session")
+    elif user:
+        arn_partition, arn_account = user.groups()
+        principal_arn, session_name = arn, None
+        if ":" in user_id:
+            raise InvalidGrant(_UNVERIFIABLE, reason="sts_user_id_user")
+    else:
+        # Root and federated-user callers (and anything unknown) are not accepted.
+        raise InvalidGrant(
+            "only IAM roles and IAM users can exchange tokens (not root or federated users)",
+            reason="sts_principal_type",
+        )
+    if arn_account != account:
+        raise InvalidGrant(_UNVERIFIABLE, reason="sts_arn_account")
+    if arn_partition != partition:
+        raise InvalidGrant(_UNVERIFIABLE, reason="sts_arn_partition")
+    return CallerIdentity(
+        principal_arn=principal_arn,
+        arn=arn,
+        account=account,
+        user_id=user_id,
+        principal_id=principal_id,
+        partition=partition,
+        session_name=session_name,
+    )

@@ -1,0 +1,153 @@
+"""The STS endpoints a signed request may name, as an exact host table.
+
+security.md: the host must be exactly one of the STS endpoints of the configured
+partitions. Lookup is a dictionary hit on the whole host string, never a suffix, prefix
+or pattern match, so `sts.amazonaws.com.attacker.example`, `xsts.amazonaws.com`, a
+trailing dot, an upper-case host or an IP literal can never match.
+
+Hostnames follow botocore's endpoint data and the "AWS STS Regions and endpoints" table
+(https://docs.aws.amazon.com/IAM/latest/UserGuide/id_credentials_temp_region-endpoints.html).
+A region AWS adds later is refused until it is added here: the safe default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tokex.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tokex.settings import Settings
+
+AWS_REGIONS = (
+    "af-south-1",
+    "ap-east-1",
+    "ap-east-2",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ap-southeast-5",
+    "ap-southeast-6",
+    "ap-southeast-7",
+    "ca-central-1",
+    "ca-west-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "il-central-1",
+    "me-central-1",
+    "me-south-1",
+    "mx-central-1",
+    "sa-east-1",
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+)
+AWS_CN_REGIONS = ("cn-north-1", "cn-northwest-1")
+AWS_US_GOV_REGIONS = ("us-gov-east-1", "us-gov-west-1")
+
+PARTITION_REGIONS: dict[str, tuple[str, ...]] = {
+    "aws": AWS_REGIONS,
+    "aws-cn": AWS_CN_REGIONS,
+    "aws-us-gov": AWS_US_GOV_REGIONS,
+}
+PARTITION_DNS_SUFFIX = {
+    "aws": "amazonaws.com",
+    "aws-cn": "amazonaws.com.cn",
+    "aws-us-gov": "amazonaws.com",
+}
+# Regions with an `sts-fips.<region>` host (AWS FIPS endpoints page). In GovCloud the
+# plain regional host is itself the FIPS endpoint (botocore's STS rule set resolves FIPS
+# there to `sts.<region>`); `sts-fips.us-gov-*` is accepted as well, as the issue asks.
+FIPS_REGIONS = frozenset(
+    {
+        "us-east-1",
+        "us-east-2",
+        "us-west-1",
+        "us-west-2",
+        "ca-central-1",
+        "ca-west-1",
+        "us-gov-east-1",
+        "us-gov-west-1",
+    }
+)
+# The legacy global endpoint exists in the aws partition only; SigV4 scopes it to
+# us-east-1 (botocore endpoints.json, `aws-global` credentialScope).
+GLOBAL_HOST = "sts.amazonaws.com"
+GLOBAL_REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One accepted STS host and the region/partition a request to it must be signed for."""
+
+    host: str
+    region: str
+    partition: str
+
+
+class StsEndpoints:
+    """The exact set of STS hosts this deployment forwards to."""
+
+    def __init__(
+        self,
+        partitions: Iterable[str],
+        regions: Iterable[str] = (),
+        *,
+        allow_fips: bool = True,
+    ) -> None:
+        partitions = tuple(partitions)
+        regions = frozenset(regions)
+        for partition in partitions:
+            if partition not in PARTITION_REGIONS:
+                raise ConfigurationError(f"unknown STS partition {partition!r}")
+        known = {r for p in partitions for r in PARTITION_REGIONS[p]}
+        # A typo in the allowlist would silently refuse every caller of that region.
+        unknown = sorted(regions - known)
+        if unknown:
+            raise ConfigurationError(f"unknown STS region(s) for the partitions: {unknown}")
+
+        table: dict[str, Endpoint] = {}
+        for partition in partitions:
+            suffix = PARTITION_DNS_SUFFIX[partition]
+            for region in PARTITION_REGIONS[partition]:
+                if regions and region not in regions:
+                    continue
+                _add(table, f"sts.{region}.{suffix}", region, partition)
+                if allow_fips and region in FIPS_REGIONS:
+                    _add(table, f"sts-fips.{region}.{suffix}", region, partition)
+            if partition == "aws" and (not regions or GLOBAL_REGION in regions):
+                _add(table, GLOBAL_HOST, GLOBAL_REGION, partition)
+        if not table:
+            raise ConfigurationError("no STS endpoint is allowed by the configuration")
+        self._by_host = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StsEndpoints:
+        return cls(settings.partitions, settings.regions, allow_fips=settings.allow_fips)
+
+    def lookup(self, host: str) -> Endpoint | None:
+        """The endpoint for exactly this host, or None. No normalisation of any kind."""
+        return self._by_host.get(host)
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        return frozenset(self._by_host)
+
+
+def _add(table: dict[str, Endpoint], host: str, region: str, partition: str) -> None:
+    table[host] = Endpoint(host=host, region=region, partition=partition)

@@ -1,0 +1,93 @@
+"""The embedded AWS emulation: a moto server on loopback, in a thread or a subprocess.
+
+`tokex local` runs it in a thread of its own process. Test suites run it as a subprocess,
+because moto's "check signatures" switch is process-wide and must not leak into tests that
+use moto in process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Protocol
+
+LOOPBACK = "127.0.0.1"
+
+
+class MotoServer(Protocol):
+    url: str
+
+    def stop(self) -> None: ...
+
+
+class ThreadMotoServer:
+    def __init__(self, port: int = 0) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
+        self._server.start()
+        host, bound_port = self._server.get_host_and_port()
+        self.url = f"http://{host}:{bound_port}"
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+class SubprocessMotoServer:
+    def __init__(self, port: int | None = None, *, startup_timeout: float = 30.0) -> None:
+        port = port or free_port()
+        self.url = f"http://{LOOPBACK}:{port}"
+        env = {**os.environ, "MOTO_CALL_RESET_API": "false"}
+        self._process = subprocess.Popen(  # noqa: S603 - fixed argv, our own interpreter
+            [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        deadline = time.monotonic() + startup_timeout
+        while not _answers(self.url):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the moto server did not start")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+def set_signature_checking(url: str, on: bool) -> None:
+    """Switch moto's SigV4 + IAM checks on (after set-up) or off (toolchain.md)."""
+    request = urllib.request.Request(  # noqa: S310 - loopback emulator URL
+        f"{url}/moto-api/reset-auth",
+        data=b"0" if on else b"inf",
+        # Not a form: Flask would swallow a form body and moto would read an empty one.
+        headers={"Content-Type": "text/plain"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        response.read()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/moto-api/", timeout=1) as response:  # noqa: S310
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False

@@ -1,0 +1,207 @@
+"""Creates a complete tokex deployment inside the emulator.
+
+Everything is made while moto still accepts unsigned calls; then signature checking is
+switched on, and from there every call (tokex's own KMS, DynamoDB and S3 calls, and the
+forwarded GetCallerIdentity) must carry a valid SigV4 signature of a moto IAM identity.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+
+from tokex.evidence.replay import create_replay_table
+from tokex.local.emulator import set_signature_checking
+from tokex.policy.model import Policy
+from tokex.policy.store import PolicyStore, create_table
+
+ACCOUNT_ID = "123456789012"  # moto's default account
+REGION = "us-east-1"
+DEMO_ROLE_NAME = "demo-workload"
+DEMO_ROLE_ARN = f"arn:aws:iam::{ACCOUNT_ID}:role/{DEMO_ROLE_NAME}"
+DEMO_USER_NAME = "demo-user"
+# The demo workload's role session is named like an EC2 instance-profile session: the
+# instance id of the emulated instance (see tokex.local.imds).
+DEMO_INSTANCE_ID = "i-0123456789abcdef0"
+DEMO_AUDIENCE = "demo-api"
+DEMO_SCOPES = ("demo:read", "demo:write")
+
+DEMO_POLICY = {
+    "id": "demo-workload",
+    "description": "the demo workload may call the demo API",
+    "effect": "allow",
+    "principals": [DEMO_ROLE_ARN, f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER_NAME}"],
+    "audiences": [DEMO_AUDIENCE],
+    "scopes": list(DEMO_SCOPES),
+    "max_ttl_seconds": 900,
+    "claims": {"environment": "local"},
+}
+
+# What tokex itself may do, as its Lambda roles would allow in a deployment.
+_SERVICE_ACTIONS = [
+    "kms:Sign",
+    "kms:GetPublicKey",
+    "kms:DescribeKey",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:Scan",
+    "dynamodb:Query",
+    "dynamodb:DescribeTable",
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:HeadObject",
+    "s3:ListBucket",
+    "iam:PassRole",
+]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+        }
+        if self.session_token:
+            env["AWS_SESSION_TOKEN"] = self.session_token
+        return env
+
+    def session(self, region: str = REGION) -> boto3.session.Session:
+        return boto3.session.Session(
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            aws_session_token=self.session_token,
+            region_name=region,
+        )
+
+
+@dataclass(frozen=True)
+class LocalDeployment:
+    endpoint_url: str
+    service: Credentials  # tokex itself (the Lambdas' role)
+    workload: Credentials  # demo role session
+    user: Credentials  # demo IAM user
+    signing_key_arn: str
+    key_ids: dict[str, str] = field(default_factory=dict)  # key spec -> key ARN
+    policy_table: str = "tokex-policies"
+    replay_table: str = "tokex-replay"
+    jwks_bucket: str = "tokex-issuer"
+    region: str = REGION
+
+    def client(self, service: str, credentials: Credentials | None = None) -> Any:
+        creds = credentials or self.service
+        return creds.session(self.region).client(service, endpoint_url=self.endpoint_url)
+
+    def handler_env(self, issuer: str, **overrides: str) -> dict[str, str]:
+        """Environment of the Lambda handlers (what the CDK app sets in a deployment)."""
+        env = {
+            **self.service.env(),
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "TOKEX_ISSUER": issuer,
+            "TOKEX_TOKEN_ENDPOINT": f"{issuer}/token",
+            "TOKEX_SIGNING_KEY_ID": self.signing_key_arn,
+            "TOKEX_PUBLISHED_KEY_IDS": ",".join(
+                arn for arn in self.key_ids.values() if arn != self.signing_key_arn
+            ),
+            "TOKEX_POLICY_TABLE": self.policy_table,
+            "TOKEX_REPLAY_TABLE": self.replay_table,
+            "TOKEX_JWKS_BUCKET": self.jwks_bucket,
+            "TOKEX_STS_CONNECT_OVERRIDE": self.endpoint_url,
+            "POWERTOOLS_SERVICE_NAME": "tokex",
+            "POWERTOOLS_METRICS_NAMESPACE": "tokex",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+        }
+        env.update(overrides)
+        return env
+
+
+def provision(
+    endpoint_url: str,
+    *,
+    signing_key_spec: str = "RSA_2048",
+    policies: list[dict[str, Any]] | None = None,
+) -> LocalDeployment:
+    """Create IAM identities, keys, tables, bucket and demo policies; then require SigV4."""
+    admin = Credentials("AKIAIOSFODNN7SETUP00", "setup-only-secret")  # auth is still off
+
+    def client(service: str) -> Any:
+        return admin.session().client(service, endpoint_url=endpoint_url)
+
+    iam, kms, dynamodb = client("iam"), client("kms"), client("dynamodb")
+    service = _iam_user(iam, "tokex-service", _SERVICE_ACTIONS, "*")
+    user = _iam_user(iam, DEMO_USER_NAME, ["sts:AssumeRole"], DEMO_ROLE_ARN)
+    iam.create_role(
+        RoleName=DEMO_ROLE_NAME,
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:root"},
+                        "Action": "sts:AssumeRole",
+                    }
+                ],
+            }
+        ),
+        MaxSessionDuration=43200,
+    )
+    sts = user.session().client("sts", endpoint_url=endpoint_url)
+    session = sts.assume_role(
+        RoleArn=DEMO_ROLE_ARN, RoleSessionName=DEMO_INSTANCE_ID, DurationSeconds=43200
+    )["Credentials"]
+    workload = Credentials(
+        session["AccessKeyId"], session["SecretAccessKey"], session["SessionToken"]
+    )
+
+    key_ids = {}
+    for spec in dict.fromkeys((signing_key_spec, "RSA_2048", "ECC_NIST_P256")):
+        key = kms.create_key(
+            KeySpec=spec, KeyUsage="SIGN_VERIFY", Description=f"tokex local {spec}"
+        )["KeyMetadata"]
+        key_ids[spec] = key["Arn"]
+    kms.create_alias(AliasName="alias/tokex-signing", TargetKeyId=key_ids[signing_key_spec])
+
+    deployment = LocalDeployment(
+        endpoint_url=endpoint_url,
+        service=service,
+        workload=workload,
+        user=user,
+        signing_key_arn=key_ids[signing_key_spec],
+        key_ids=key_ids,
+    )
+    create_table(dynamodb, deployment.policy_table)
+    create_replay_table(dynamodb, deployment.replay_table)
+    client("s3").create_bucket(Bucket=deployment.jwks_bucket)
+    store = PolicyStore(dynamodb, deployment.policy_table)
+    for document in [DEMO_POLICY] if policies is None else policies:
+        store.put(Policy.from_document(document))
+
+    set_signature_checking(endpoint_url, on=True)
+    return deployment
+
+
+def _iam_user(iam: Any, name: str, actions: list[str], resource: str) -> Credentials:
+    iam.create_user(UserName=name)
+    iam.put_user_policy(
+        UserName=name,
+        PolicyName=f"{name}-policy",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": actions, "Resource": resource}],
+            }
+        ),
+    )
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return Credentials(key["AccessKeyId"], key["SecretAccessKey"])

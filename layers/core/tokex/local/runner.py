@@ -1,0 +1,106 @@
+"""Starts and stops the whole local system (what `tokex local` runs in the foreground)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokex.local.emulator import MotoServer, ThreadMotoServer
+from tokex.local.front import make_server
+from tokex.local.functions import LambdaContext, load_handler
+from tokex.local.provision import REGION, Credentials, LocalDeployment, provision
+
+
+@dataclass
+class LocalSystem:
+    issuer: str
+    deployment: LocalDeployment
+    state_dir: Path
+    workload_env: Path
+    stop: Callable[[], None]
+    serve_forever: Callable[[], None]
+
+
+def start_local(
+    *,
+    port: int,
+    state_dir: Path,
+    signing_key_spec: str = "RSA_2048",
+    moto: MotoServer | None = None,
+) -> LocalSystem:
+    """Provision the emulator, publish the issuer documents, start the HTTP front.
+
+    The front is bound but not yet serving: call `serve_forever` (in a thread, for tests).
+    """
+    moto = moto or ThreadMotoServer()
+    try:
+        deployment = provision(moto.url, signing_key_spec=signing_key_spec)
+        exchange_handler: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {}
+        server = make_server(
+            port,
+            exchange=lambda event, ctx: exchange_handler["fn"](event, ctx),
+            s3=deployment.client("s3"),
+            bucket=deployment.jwks_bucket,
+        )
+    except BaseException:
+        moto.stop()
+        raise
+    issuer = f"http://127.0.0.1:{server.server_address[1]}"
+    # The handlers read their settings from the environment at cold start, as they do
+    # when deployed; everything they need is captured then.
+    with handler_environment(deployment.handler_env(issuer, POWERTOOLS_METRICS_DISABLED="true")):
+        publisher = load_handler("jwks_publisher")
+        exchange_handler["fn"] = load_handler("exchange").lambda_handler
+    publisher.lambda_handler({"source": "tokex.local"}, LambdaContext("tokex-jwks-publisher"))
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    workload_env = state_dir / "workload.env"
+    _write_env(workload_env, deployment.workload, issuer, "demo role session")
+    _write_env(state_dir / "user.env", deployment.user, issuer, "demo IAM user")
+
+    stopped = threading.Event()
+
+    def stop() -> None:
+        if not stopped.is_set():
+            stopped.set()
+            server.shutdown()
+            server.server_close()
+            moto.stop()
+
+    return LocalSystem(issuer, deployment, state_dir, workload_env, stop, server.serve_forever)
+
+
+def _write_env(path: Path, credentials: Credentials, issuer: str, what: str) -> None:
+    lines = [f"# tokex local: credentials of the {what} (emulator only, not real AWS)"]
+    env = {
+        **credentials.env(),
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "TOKEX_ENDPOINT": issuer,
+    }
+    lines += [f"export {name}={value}" for name, value in env.items()]
+    if not credentials.session_token:
+        lines.append("unset AWS_SESSION_TOKEN")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+@contextlib.contextmanager
+def handler_environment(env: Mapping[str, str]) -> Iterator[None]:
+    """The process environment a handler sees at its cold start, restored afterwards."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

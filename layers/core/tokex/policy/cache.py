@@ -1,0 +1,72 @@
+"""Policies held in memory for a short time, so a warm exchange reads DynamoDB zero times
+(architecture.md "Hot path budget").
+
+Fail closed: once the copy is older than its TTL it is never served again until a reload
+succeeds. A reload failure raises (TemporarilyUnavailable from the store, a 503), it does
+not quietly keep answering from policies an operator may have since disabled or denied.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from tokex.policy.model import Policy
+from tokex.settings import MAX_POLICY_CACHE_SECONDS
+
+log = logging.getLogger(__name__)
+
+
+class PolicySource(Protocol):
+    """What the cache needs from a store (PolicyStore implements it)."""
+
+    def load_all(self) -> tuple[list[Policy], list[str]]: ...
+
+
+class CachedPolicies:
+    def __init__(
+        self,
+        store: PolicySource,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # policy.md / settings.py: a change (a new deny, a disabled policy) takes effect
+        # within a minute at most.
+        if not 0 <= ttl_seconds <= MAX_POLICY_CACHE_SECONDS:
+            raise ValueError(f"ttl_seconds must be 0..{MAX_POLICY_CACHE_SECONDS}")
+        self._store = store
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._policies: tuple[Policy, ...] = ()
+        self._invalid_ids: tuple[str, ...] = ()
+        self._loaded_at: float | None = None
+
+    def policies(self) -> list[Policy]:
+        """The current policies: from memory while fresh, otherwise reloaded first."""
+        # One lock around check-and-reload: concurrent requests on a stale cache wait for
+        # a single reload instead of each scanning the table.
+        with self._lock:
+            now = self._clock()
+            if self._loaded_at is None or now - self._loaded_at >= self._ttl:
+                policies, invalid_ids = self._store.load_all()
+                self._policies = tuple(policies)
+                self._invalid_ids = tuple(invalid_ids)
+                self._loaded_at = now
+                if invalid_ids:
+                    log.warning("policies skipped as invalid: %s", ", ".join(invalid_ids))
+            return list(self._policies)
+
+    @property
+    def invalid_ids(self) -> tuple[str, ...]:
+        """Ids of stored documents the last successful load skipped (for metrics/alarms)."""
+        with self._lock:
+            return self._invalid_ids
+
+    def invalidate(self) -> None:
+        """Forget the copy: the next call reloads (e.g. after an operator's write)."""
+        with self._lock:
+            self._loaded_at = None

@@ -1,0 +1,191 @@
+"""The DynamoDB policy table: the only module that reads or writes it.
+
+One item per policy: `id` (S, partition key), `document` (S, canonical JSON of
+`Policy.to_document()`), `updated_at` (N, epoch seconds). Documents are validated again
+when read: a bad item is skipped and reported, never allowed to break every exchange.
+
+Every AWS failure becomes `TemporarilyUnavailable` (503, contract.md): the exchange must
+never answer 500, and the description never names the table (the `reason`, for logs,
+carries the operation and error code).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tokex.errors import TemporarilyUnavailable
+from tokex.policy.model import (
+    MAX_TTL_CAP_SECONDS,
+    Policy,
+    PolicyValidationError,
+    canonical_json,
+)
+
+log = logging.getLogger(__name__)
+
+_UNAVAILABLE = "the policy store is unavailable, retry later"
+# Attribute names through placeholders: no reserved-word surprises in expressions.
+_NAMES = {"#i": "id", "#d": "document"}
+# Aliases because the method `PolicyStore.list` shadows the builtin in the class body.
+_Policies = list[Policy]
+_Ids = list[str]
+
+
+class PolicyStore:
+    def __init__(
+        self,
+        dynamodb_client: Any,
+        table_name: str,
+        *,
+        page_size: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`page_size` bounds items per Scan page (tests use it to force pagination)."""
+        self._client = dynamodb_client
+        self._table = table_name
+        self._page_size = page_size
+        self._clock = clock
+
+    def put(self, policy: Policy) -> None:
+        """Create or replace a policy (already validated by `Policy.from_document`)."""
+        item = {
+            "id": {"S": policy.id},
+            "document": {"S": canonical_json(policy.to_document())},
+            "updated_at": {"N": str(int(self._clock()))},
+        }
+        self._call("PutItem", TableName=self._table, Item=item)
+
+    def get(self, policy_id: str) -> Policy | None:
+        """The policy, or None. A stored document that no longer validates raises
+        PolicyValidationError (an operator asking for one policy should see why)."""
+        response = self._call(
+            "GetItem", TableName=self._table, Key={"id": {"S": policy_id}}, ConsistentRead=True
+        )
+        item = response.get("Item")
+        return None if item is None else _parse(item)
+
+    def list(self) -> _Policies:
+        """Every valid policy, sorted by id (invalid items are logged and skipped)."""
+        return self.load_all()[0]
+
+    def load_all(self) -> tuple[_Policies, _Ids]:
+        """(valid policies sorted by id, ids of items whose documents failed validation)."""
+        policies: list[Policy] = []
+        invalid: list[str] = []
+        for item in self._scan():
+            try:
+                policies.append(_parse(item))
+            except PolicyValidationError as exc:
+                item_id = _item_id(item)
+                invalid.append(item_id)
+                # The field and why, never the document (it may hold claim values).
+                log.warning("skipping invalid policy %r: %s", item_id, exc)
+        policies.sort(key=lambda p: p.id)
+        return policies, sorted(invalid)
+
+    def delete(self, policy_id: str) -> bool:
+        """Remove a policy; True if it existed."""
+        response = self._call(
+            "DeleteItem",
+            TableName=self._table,
+            Key={"id": {"S": policy_id}},
+            ReturnValues="ALL_OLD",
+        )
+        return "Attributes" in response
+
+    def _scan(self) -> Iterator[dict[str, Any]]:
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "ConsistentRead": True,
+            "ProjectionExpression": "#i, #d",
+            "ExpressionAttributeNames": _NAMES,
+        }
+        if self._page_size is not None:
+            request["Limit"] = self._page_size
+        while True:
+            page = self._call("Scan", **request)
+            yield from page.get("Items", [])
+            last_key = page.get("LastEvaluatedKey")
+            if not last_key:
+                return
+            request["ExclusiveStartKey"] = last_key
+
+    def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        method = getattr(self._client, _SNAKE[operation])
+        try:
+            response: dict[str, Any] = method(**kwargs)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "unknown"))
+            raise TemporarilyUnavailable(
+                _UNAVAILABLE, reason=f"dynamodb {operation}: {code}"
+            ) from None
+        except BotoCoreError as exc:  # connection refused, timeouts, no credentials, ...
+            raise TemporarilyUnavailable(
+                _UNAVAILABLE, reason=f"dynamodb {operation}: {type(exc).__name__}"
+            ) from None
+        return response
+
+
+_SNAKE = {
+    "PutItem": "put_item",
+    "GetItem": "get_item",
+    "DeleteItem": "delete_item",
+    "Scan": "scan",
+}
+
+
+def create_table(dynamodb_client: Any, table_name: str) -> None:
+    """Create the policy table (local mode and tests; deployments get it from CDK).
+
+    Idempotent: an existing table is left as it is.
+    """
+    try:
+        dynamodb_client.create_table(
+            TableName=table_name,
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
+            raise
+    dynamodb_client.get_waiter("table_exists").wait(
+        TableName=table_name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
+    )
+
+
+def _parse(item: dict[str, Any]) -> Policy:
+    text = item.get("document", {}).get("S")
+    if not isinstance(text, str):
+        raise PolicyValidationError("document", "item has no string document attribute")
+    try:
+        doc = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+    except (ValueError, RecursionError):
+        raise PolicyValidationError("document", "not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise PolicyValidationError("document", "must be a JSON object")
+    # Validated against the largest cap, not today's: evaluation caps every TTL anyway,
+    # and lowering the deployment cap must not silently disable stored policies.
+    policy = Policy.from_document(doc, ttl_cap=MAX_TTL_CAP_SECONDS)
+    if policy.id != _item_id(item):
+        raise PolicyValidationError("id", "document id differs from the item key")
+    return policy
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A hand-edited item with a repeated key must not mean "the last one wins".
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate key")
+    return result
+
+
+def _item_id(item: dict[str, Any]) -> str:
+    value = item.get("id", {}).get("S")
+    return value if isinstance(value, str) else "<missing id>"

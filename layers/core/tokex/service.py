@@ -1,0 +1,77 @@
+"""Wires the adapters into the use cases from one `Settings` (used by the handlers and
+local mode, so both build tokex the same way)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from tokex import aws
+from tokex.errors import ConfigurationError
+from tokex.evidence.instance_identity import CertificateStore
+from tokex.evidence.replay import DynamoDbReplayGuard
+from tokex.evidence.sts import StsForwarder
+from tokex.exchange import TokenExchange
+from tokex.policy.cache import CachedPolicies
+from tokex.policy.store import PolicyStore
+from tokex.settings import Settings
+from tokex.publish import publish_documents
+from tokex.tokens.jwks import build_jwks, discovery_document
+from tokex.tokens.kms_signer import KmsSigner, public_jwk_for_key
+
+
+def build_token_exchange(settings: Settings) -> TokenExchange:
+    if not (settings.signing_key_id and settings.policy_table):
+        raise ConfigurationError("TOKEX_SIGNING_KEY_ID and TOKEX_POLICY_TABLE are required")
+    kms = aws.client("kms")
+    dynamodb = aws.client("dynamodb")
+
+    # KMS GetPublicKey (for the kid) runs on first use, not at import: a KMS hiccup during
+    # a cold start then costs one 503, not a failed Lambda init. Failures are not cached.
+    @functools.cache
+    def signer() -> KmsSigner:
+        return KmsSigner(kms, settings.signing_key_id)
+
+    return TokenExchange(
+        settings=settings,
+        sts=StsForwarder(settings.sts_connect_override),
+        policies=CachedPolicies(
+            PolicyStore(dynamodb, settings.policy_table), settings.policy_cache_seconds
+        ),
+        signer=signer,
+        instance_certificates=instance_certificates(settings),
+        replay_guard=DynamoDbReplayGuard(dynamodb, settings.replay_table)
+        if settings.replay_table
+        else None,
+    )
+
+
+def instance_certificates(settings: Settings) -> CertificateStore:
+    """AWS's pinned certificates; plus, in local mode only, the demo instance's."""
+    store = CertificateStore.default()
+    if settings.local_instance_certificate:
+        if not settings.is_local:
+            raise ConfigurationError("a local instance certificate is only allowed in local mode")
+        pem = Path(settings.local_instance_certificate).read_bytes()
+        certificate = x509.load_pem_x509_certificate(pem)
+        for region in settings.local_instance_regions:
+            store.add("rsa2048", region, certificate)
+    return store
+
+
+def publish_issuer_documents(settings: Settings, *, kms: Any, s3: Any) -> list[str]:
+    """JWKS (signing key first, then every other published key) and discovery → S3."""
+    if not (settings.signing_key_id and settings.jwks_bucket):
+        raise ConfigurationError("TOKEX_SIGNING_KEY_ID and TOKEX_JWKS_BUCKET are required")
+    key_ids = dict.fromkeys((settings.signing_key_id, *settings.published_key_ids))
+    jwks = build_jwks(public_jwk_for_key(kms, key_id) for key_id in key_ids)
+    discovery = discovery_document(
+        issuer=settings.issuer,
+        token_endpoint=settings.token_endpoint,
+        algs=sorted({key["alg"] for key in jwks["keys"]}),
+        introspection_endpoint=settings.introspection_endpoint or None,
+    )
+    return publish_documents(s3, settings.jwks_bucket, jwks=jwks, discovery=discovery)

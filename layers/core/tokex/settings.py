@@ -1,0 +1,134 @@
+"""Typed settings, parsed once at cold start from the environment.
+
+Handlers build one `Settings` with `Settings.from_env()` at import time and never read
+`os.environ` anywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from tokex.errors import ConfigurationError
+
+DEFAULT_TTL_SECONDS = 900
+DEFAULT_TTL_CAP_SECONDS = 3600
+# Policies are cached in memory at most this long (policy.md: TTL <= 60 s).
+MAX_POLICY_CACHE_SECONDS = 60
+KNOWN_PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    issuer: str
+    signing_key_id: str = ""
+    # Keys the publisher puts in the JWKS besides the signing key (next and previous keys
+    # of a rotation), as KMS key ids, ARNs or aliases.
+    published_key_ids: tuple[str, ...] = ()
+    policy_table: str = ""
+    jwks_bucket: str = ""
+    token_endpoint: str = ""
+    introspection_endpoint: str = ""
+    partitions: tuple[str, ...] = ("aws",)
+    # Empty = every known region of the allowed partitions.
+    regions: tuple[str, ...] = ()
+    allow_fips: bool = True
+    default_ttl_seconds: int = DEFAULT_TTL_SECONDS
+    ttl_cap_seconds: int = DEFAULT_TTL_CAP_SECONDS
+    policy_cache_seconds: int = 30
+    # Local mode and tests only: the TCP destination for the forwarded STS request
+    # (e.g. http://127.0.0.1:5000). The validated STS host is still the Host header.
+    sts_connect_override: str | None = None
+    # Optional single use of accepted signatures (security.md): DynamoDB table name.
+    replay_table: str = ""
+    # Local mode only: PEM file of the certificate that signs the demo instance's identity
+    # document, trusted for `local_instance_regions`. Refused for an https issuer.
+    local_instance_certificate: str = ""
+    local_instance_regions: tuple[str, ...] = ()
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_issuer(self.issuer, allow_http_loopback=self.sts_connect_override is not None)
+        for partition in self.partitions:
+            if partition not in KNOWN_PARTITIONS:
+                raise ConfigurationError(f"unknown partition {partition!r}")
+        if not 60 <= self.ttl_cap_seconds <= 43200:
+            raise ConfigurationError("TOKEX_TTL_CAP_SECONDS must be between 60 and 43200")
+        if not 60 <= self.default_ttl_seconds <= self.ttl_cap_seconds:
+            raise ConfigurationError("TOKEX_DEFAULT_TTL_SECONDS must be 60..TTL cap")
+        if not 0 <= self.policy_cache_seconds <= MAX_POLICY_CACHE_SECONDS:
+            raise ConfigurationError(
+                f"TOKEX_POLICY_CACHE_SECONDS must be 0..{MAX_POLICY_CACHE_SECONDS}"
+            )
+        if self.local_instance_certificate and not self.is_local:
+            raise ConfigurationError(
+                "TOKEX_LOCAL_INSTANCE_CERTIFICATE is for local mode only: deployed issuers "
+                "trust AWS's pinned instance identity certificates and nothing else"
+            )
+        if self.sts_connect_override is not None:
+            parts = urlsplit(self.sts_connect_override)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigurationError("TOKEX_STS_CONNECT_OVERRIDE must be an http(s) URL")
+            # The override decides who answers "who is this caller?": it exists for the
+            # emulator only, so it may never point off this machine.
+            if parts.hostname not in _LOOPBACK_HOSTS:
+                raise ConfigurationError("TOKEX_STS_CONNECT_OVERRIDE must be a loopback URL")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def csv(name: str, default: str = "") -> tuple[str, ...]:
+            return tuple(p.strip() for p in env.get(name, default).split(",") if p.strip())
+
+        def integer(name: str, default: int) -> int:
+            raw = env.get(name, "")
+            if not raw:
+                return default
+            if not re.fullmatch(r"[0-9]{1,6}", raw):
+                raise ConfigurationError(f"{name} must be a positive integer")
+            return int(raw)
+
+        issuer = env.get("TOKEX_ISSUER", "")
+        if not issuer:
+            raise ConfigurationError("TOKEX_ISSUER is required")
+        return cls(
+            issuer=issuer,
+            signing_key_id=env.get("TOKEX_SIGNING_KEY_ID", ""),
+            published_key_ids=csv("TOKEX_PUBLISHED_KEY_IDS"),
+            policy_table=env.get("TOKEX_POLICY_TABLE", ""),
+            jwks_bucket=env.get("TOKEX_JWKS_BUCKET", ""),
+            token_endpoint=env.get("TOKEX_TOKEN_ENDPOINT", "") or issuer + "/token",
+            introspection_endpoint=env.get("TOKEX_INTROSPECTION_ENDPOINT", ""),
+            partitions=csv("TOKEX_STS_PARTITIONS", "aws"),
+            regions=csv("TOKEX_STS_REGIONS"),
+            allow_fips=env.get("TOKEX_STS_ALLOW_FIPS", "true").lower() != "false",
+            default_ttl_seconds=integer("TOKEX_DEFAULT_TTL_SECONDS", DEFAULT_TTL_SECONDS),
+            ttl_cap_seconds=integer("TOKEX_TTL_CAP_SECONDS", DEFAULT_TTL_CAP_SECONDS),
+            policy_cache_seconds=integer("TOKEX_POLICY_CACHE_SECONDS", 30),
+            sts_connect_override=env.get("TOKEX_STS_CONNECT_OVERRIDE") or None,
+            replay_table=env.get("TOKEX_REPLAY_TABLE", ""),
+            local_instance_certificate=env.get("TOKEX_LOCAL_INSTANCE_CERTIFICATE", ""),
+            local_instance_regions=csv("TOKEX_LOCAL_INSTANCE_REGIONS", "us-east-1"),
+        )
+
+    @property
+    def is_local(self) -> bool:
+        """Local mode: plain-http loopback issuer with the STS emulator override."""
+        return self.issuer.startswith("http://") and self.sts_connect_override is not None
+
+
+def _check_issuer(issuer: str, *, allow_http_loopback: bool) -> None:
+    """Deployed issuers are https; plain http only on loopback in local mode (contract)."""
+    parts = urlsplit(issuer)
+    if issuer.endswith("/") or parts.query or parts.fragment or parts.username:
+        raise ConfigurationError("TOKEX_ISSUER must be a bare URL without a trailing slash")
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and allow_http_loopback and parts.hostname in _LOOPBACK_HOSTS:
+        return
+    raise ConfigurationError("TOKEX_ISSUER must be https (http only on loopback in local mode)")

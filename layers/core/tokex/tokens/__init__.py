@@ -1,0 +1,1 @@
+"""JWT claims, signing (through a Signer) and the JWKS."""

@@ -1,0 +1,88 @@
+"""JWT claims of an issued access token (RFC 9068; see contract.md "The JWT")."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from tokex.errors import InvalidGrant
+from tokex.evidence.identity import CallerIdentity, InstanceIdentity
+
+# Claims tokex sets itself. A policy's static claims can never set or override these
+# (policy.md: refused when the policy is written).
+# fmt: off
+RESERVED_CLAIMS = frozenset(
+    {
+        "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "client_id", "scope", "policy",
+        "aws", "auth_time", "acr", "amr", "azp", "cnf", "act", "may_act", "typ", "kid",
+        "alg", "roles", "groups", "entitlements", "token_use", "tokex",
+    }
+)
+# fmt: on
+# 24 bytes = 192 bits from the OS CSPRNG (contract: `jti` has at least 128 random bits).
+JTI_BYTES = 24
+
+
+def new_jti() -> str:
+    """A token id with 192 random bits (contract: at least 128), URL-safe."""
+    return secrets.token_urlsafe(JTI_BYTES)
+
+
+def build_claims(
+    *,
+    issuer: str,
+    audience: str,
+    caller: CallerIdentity,
+    policy_id: str,
+    scopes: tuple[str, ...],
+    ttl_seconds: int,
+    extra_claims: Mapping[str, Any],
+    instance: InstanceIdentity | None,
+    now: int,
+    jti: str | None = None,
+) -> dict[str, Any]:
+    """The claims of an access token (contract.md "The JWT").
+
+    The policy's static claims go in first and every claim tokex sets is written after
+    them, so they can never override one; reserved names are also skipped here, in case a
+    policy that predates a reservation is still stored.
+    """
+    if ttl_seconds <= 0:
+        raise ValueError("ttl_seconds must be positive")
+    if instance is not None and not instance.bound:
+        # security.md: evidence not bound to the SigV4 caller is never turned into claims.
+        raise InvalidGrant(
+            "instance identity evidence is not bound to the caller",
+            reason="instance_identity_unbound",
+        )
+    claims: dict[str, Any] = {
+        name: value
+        for name, value in extra_claims.items()
+        if isinstance(name, str) and name not in RESERVED_CLAIMS
+    }
+    aws: dict[str, Any] = {
+        "account": caller.account,
+        "arn": caller.arn,
+        # The STS UserId (`AROA...:session` or the user's id), as the contract names it.
+        "principal_id": caller.user_id,
+    }
+    if caller.session_name is not None:
+        aws["session_name"] = caller.session_name
+    if instance is not None:
+        aws["instance"] = instance.claims()
+    claims.update(
+        iss=issuer,
+        sub=caller.principal_arn,
+        client_id=caller.principal_arn,
+        aud=audience,
+        iat=now,
+        nbf=now,
+        exp=now + ttl_seconds,
+        jti=jti if jti is not None else new_jti(),
+        policy=policy_id,
+        aws=aws,
+    )
+    if scopes:
+        claims["scope"] = " ".join(scopes)
+    return claims

@@ -1,0 +1,151 @@
+"""The KMS adapter: the only module that calls KMS (GetPublicKey and Sign).
+
+The private key never leaves KMS. The public key is read once, at cold start, and pins
+everything a token's header says: the algorithm (from the key spec), the `kid` (RFC 7638
+thumbprint) and the key ARN that `Sign` then uses, so moving an alias during a rotation
+can never make a warm signer sign with a key its `kid` does not name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from tokex.errors import ConfigurationError, TemporarilyUnavailable
+from tokex.tokens.jwks import P256_COORDINATE_BYTES, jwk_from_spki_der
+from tokex.tokens.jws import check_signing_input_size
+
+# KeySpec -> (JWS alg, KMS SigningAlgorithm). RFC 7518 §3.3 (RS256), §3.4 (ES256).
+_ALGORITHMS = {
+    "RSA_2048": ("RS256", "RSASSA_PKCS1_V1_5_SHA_256"),
+    "ECC_NIST_P256": ("ES256", "ECDSA_SHA_256"),
+}
+_RSA_2048_SIGNATURE_BYTES = 256
+# Errors that mean the configured key can never work, whatever the retry: at cold start
+# they are a misconfiguration, not an outage.
+_CONFIGURATION_ERRORS = frozenset(
+    {
+        "NotFoundException",
+        "InvalidArnException",
+        "InvalidKeyUsageException",
+        "UnsupportedOperationException",
+    }
+)
+_UNAVAILABLE = "the signing service is unavailable, retry later"
+
+
+def _unavailable(operation: str, exc: Exception) -> TemporarilyUnavailable:
+    # The description is generic on purpose: never a key ARN or an upstream message.
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "ClientError")
+    else:
+        code = type(exc).__name__
+    return TemporarilyUnavailable(_UNAVAILABLE, reason=f"kms_{operation}_failed: {code}")
+
+
+def _describe_public_key(kms_client: Any, key_id: str) -> tuple[dict[str, Any], str, str]:
+    """GetPublicKey, checked: (public JWK, KMS signing algorithm, key ARN or id).
+
+    Raises ConfigurationError for a key that cannot sign JWTs (wrong usage or spec, not
+    found) and TemporarilyUnavailable when KMS cannot be reached or throttles us.
+    """
+    try:
+        response = kms_client.get_public_key(KeyId=key_id)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _CONFIGURATION_ERRORS:
+            raise ConfigurationError(f"KMS key {key_id!r} cannot sign tokens ({code})") from exc
+        raise _unavailable("get_public_key", exc) from exc
+    except BotoCoreError as exc:
+        raise _unavailable("get_public_key", exc) from exc
+
+    usage = response.get("KeyUsage")
+    # `CustomerMasterKeySpec` is the deprecated name, still the only one moto returns.
+    spec = response.get("KeySpec") or response.get("CustomerMasterKeySpec")
+    if usage != "SIGN_VERIFY":
+        raise ConfigurationError(f"KMS key {key_id!r} has KeyUsage {usage!r}, not SIGN_VERIFY")
+    if spec not in _ALGORITHMS:
+        raise ConfigurationError(
+            f"KMS key {key_id!r} has KeySpec {spec!r}; supported: {sorted(_ALGORITHMS)}"
+        )
+    alg, signing_algorithm = _ALGORITHMS[spec]
+    if signing_algorithm not in response.get("SigningAlgorithms", [signing_algorithm]):
+        raise ConfigurationError(f"KMS key {key_id!r} does not allow {signing_algorithm}")
+    try:
+        jwk = jwk_from_spki_der(response["PublicKey"], alg)
+    except (KeyError, ValueError) as exc:
+        raise ConfigurationError(f"KMS key {key_id!r}: unusable public key ({exc})") from exc
+    return jwk, signing_algorithm, response.get("KeyId") or key_id
+
+
+def public_jwk_for_key(kms_client: Any, key_id: str) -> dict[str, Any]:
+    """The public JWK (`kid` = RFC 7638 thumbprint, `use`, `alg`) of a KMS signing key.
+
+    For the JWKS publisher, which lists every configured key (current, next, previous).
+    """
+    jwk, _, _ = _describe_public_key(kms_client, key_id)
+    return jwk
+
+
+class KmsSigner:
+    """A `Signer` backed by an asymmetric KMS key (RSA_2048 -> RS256, ECC_NIST_P256 -> ES256).
+
+    Construct once per cold start: it calls GetPublicKey once. `sign` is one KMS Sign call
+    with MessageType=RAW (moto mishandles DIGEST, and RAW lets KMS hash what it signs).
+    """
+
+    def __init__(self, kms_client: Any, key_id: str) -> None:
+        self._kms = kms_client
+        jwk, self._signing_algorithm, self._key_arn = _describe_public_key(kms_client, key_id)
+        self._jwk = jwk
+        self._alg: str = jwk["alg"]
+        self._kid: str = jwk["kid"]
+
+    @property
+    def alg(self) -> str:
+        return self._alg
+
+    @property
+    def kid(self) -> str:
+        return self._kid
+
+    def public_jwk(self) -> dict[str, Any]:
+        return dict(self._jwk)
+
+    def sign(self, signing_input: bytes) -> bytes:
+        """The JWS signature of `signing_input`.
+
+        Raises TokenTooLarge (400) above 4096 bytes without calling KMS: real KMS refuses
+        larger RAW messages and moto silently accepts them. Any KMS or network failure
+        (throttling, internal error, key disabled or unavailable, access denied, timeout)
+        is TemporarilyUnavailable (503).
+        """
+        check_signing_input_size(signing_input)
+        try:
+            response = self._kms.sign(
+                KeyId=self._key_arn,
+                Message=signing_input,
+                MessageType="RAW",
+                SigningAlgorithm=self._signing_algorithm,
+            )
+            signature = response["Signature"]
+        except (ClientError, BotoCoreError, KeyError) as exc:
+            raise _unavailable("sign", exc) from exc
+        if self._alg == "ES256":
+            return _der_to_raw_p256(signature)
+        if len(signature) != _RSA_2048_SIGNATURE_BYTES:
+            raise TemporarilyUnavailable(_UNAVAILABLE, reason="kms_sign_failed: bad length")
+        return bytes(signature)
+
+
+def _der_to_raw_p256(der: bytes) -> bytes:
+    """KMS returns ECDSA signatures as DER; JWS wants R || S, 32 octets each (RFC 7518 §3.4)."""
+    try:
+        r, s = decode_dss_signature(der)
+        return r.to_bytes(P256_COORDINATE_BYTES, "big") + s.to_bytes(P256_COORDINATE_BYTES, "big")
+    except (ValueError, OverflowError) as exc:
+        raise TemporarilyUnavailable(
+            _UNAVAILABLE, reason="kms_sign_failed: malformed ECDSA signature"
+        ) from exc

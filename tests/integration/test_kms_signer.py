@@ -1,0 +1,185 @@
+"""KmsSigner and public_jwk_for_key against moto's KMS (in process)."""
+
+from __future__ import annotations
+
+import base64
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import jwt
+import pytest
+from botocore.config import Config
+from botocore.stub import Stubber
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+from jwcrypto import jwk as jwcrypto_jwk
+from moto import mock_aws
+from moto.server import ThreadedMotoServer
+
+from tokex.errors import ConfigurationError, TemporarilyUnavailable
+from tokex.tokens.jwks import rfc7638_thumbprint
+from tokex.tokens.jws import TokenTooLarge, encode_jwt
+from tokex.tokens.kms_signer import KmsSigner, public_jwk_for_key
+from tokex.tokens.signer import MAX_SIGNING_INPUT_BYTES, Signer
+
+REGION = "us-east-1"
+CLAIMS = {"iss": "https://auth.example.com", "sub": "arn:aws:iam::123456789012:role/x",
+          "aud": "demo-api", "iat": 1, "nbf": 1, "exp": 2, "jti": "j"}  # fmt: skip
+FAST_FAIL = Config(connect_timeout=1, read_timeout=1, retries={"max_attempts": 1})
+
+
+@pytest.fixture(scope="module")
+def kms() -> Iterator[Any]:
+    with mock_aws():
+        yield boto3.client("kms", region_name=REGION)
+
+
+@pytest.fixture(scope="module")
+def keys(kms: Any) -> dict[str, str]:
+    def create(spec: str, usage: str = "SIGN_VERIFY") -> str:
+        return kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["Arn"]
+
+    return {
+        "RS256": create("RSA_2048"),
+        "ES256": create("ECC_NIST_P256"),
+        "rsa-encrypt": create("RSA_2048", "ENCRYPT_DECRYPT"),
+        "symmetric": create("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"),
+        "secp256k1": create("ECC_SECG_P256K1"),
+        "rsa-4096": create("RSA_4096"),
+    }
+
+
+def count_sign_calls(client: Any) -> list[Any]:
+    calls: list[Any] = []
+    client.meta.events.register("before-call.kms.Sign", lambda **kw: calls.append(kw))
+    return calls
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_token_verifies_with_the_published_jwk(kms: Any, keys: dict[str, str], alg: str) -> None:
+    signer: Signer = KmsSigner(kms, keys[alg])
+    assert signer.alg == alg
+    token = encode_jwt(CLAIMS, signer)
+    published = public_jwk_for_key(kms, keys[alg])
+    assert published == signer.public_jwk()
+    assert jwt.get_unverified_header(token) == {"alg": alg, "typ": "at+jwt", "kid": published["kid"]}
+    decoded = jwt.decode(
+        token, jwt.PyJWK(published), algorithms=[alg], audience="demo-api",
+        options={"verify_exp": False, "verify_iat": False},
+    )  # fmt: skip
+    assert decoded == CLAIMS
+    signature = base64.urlsafe_b64decode(token.rsplit(".", 1)[1] + "==")
+    assert len(signature) == (64 if alg == "ES256" else 256)  # ES256: raw R||S, not DER
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_kid_is_stable_and_is_the_thumbprint(kms: Any, keys: dict[str, str], alg: str) -> None:
+    first, second = KmsSigner(kms, keys[alg]), KmsSigner(kms, keys[alg])
+    jwk = first.public_jwk()
+    assert first.kid == second.kid == jwk["kid"] == rfc7638_thumbprint(jwk)
+    der = kms.get_public_key(KeyId=keys[alg])["PublicKey"]
+    assert jwcrypto_jwk.JWK.from_pyca(load_der_public_key(der)).thumbprint() == first.kid  # independent check
+
+
+def test_alias_resolves_to_the_same_key(kms: Any, keys: dict[str, str]) -> None:
+    kms.create_alias(AliasName="alias/tokex-test", TargetKeyId=keys["ES256"])
+    assert KmsSigner(kms, "alias/tokex-test").kid == KmsSigner(kms, keys["ES256"]).kid
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_oversized_input_refused_without_calling_kms(
+    kms: Any, keys: dict[str, str], alg: str
+) -> None:
+    signer = KmsSigner(kms, keys[alg])
+    calls = count_sign_calls(kms)
+    with pytest.raises(TokenTooLarge):
+        signer.sign(b"x" * (MAX_SIGNING_INPUT_BYTES + 1))
+    with pytest.raises(TokenTooLarge):
+        encode_jwt({**CLAIMS, "pad": "x" * MAX_SIGNING_INPUT_BYTES}, signer)
+    assert calls == []
+    signer.sign(b"x" * MAX_SIGNING_INPUT_BYTES)  # the limit itself is allowed
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("key", ["rsa-encrypt", "symmetric", "secp256k1", "rsa-4096"])
+def test_keys_that_cannot_sign_jwts_are_configuration_errors(
+    kms: Any, keys: dict[str, str], key: str
+) -> None:
+    with pytest.raises(ConfigurationError):
+        KmsSigner(kms, keys[key])
+    with pytest.raises(ConfigurationError):
+        public_jwk_for_key(kms, keys[key])
+
+
+def test_unknown_key_is_a_configuration_error(kms: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        KmsSigner(kms, "alias/does-not-exist")
+
+
+def test_unreachable_kms_is_temporarily_unavailable() -> None:
+    closed = boto3.client(
+        "kms", region_name=REGION, endpoint_url="http://127.0.0.1:1", config=FAST_FAIL,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+    arn = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555"
+    for attempt in (lambda: KmsSigner(closed, arn), lambda: public_jwk_for_key(closed, arn)):
+        with pytest.raises(TemporarilyUnavailable) as caught:
+            attempt()
+        assert caught.value.status == 503
+        assert "arn:" not in caught.value.description
+        assert "11111111" not in caught.value.description
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_kms_going_away_after_cold_start_is_temporarily_unavailable() -> None:
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        client = boto3.client(
+            "kms", region_name=REGION, endpoint_url=f"http://127.0.0.1:{port}", config=FAST_FAIL,
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )  # fmt: skip
+        key = client.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
+        signer = KmsSigner(client, key["Arn"])
+        assert len(signer.sign(b"header.payload")) == 64
+    finally:
+        server.stop()
+    with pytest.raises(TemporarilyUnavailable) as caught:
+        signer.sign(b"header.payload")
+    assert key["KeyId"] not in caught.value.description
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "ThrottlingException",
+        "KMSInternalException",
+        "DependencyTimeoutException",
+        "KeyUnavailableException",
+        "DisabledException",
+        "KMSInvalidStateException",
+        "NotFoundException",
+        "AccessDeniedException",
+    ],
+)
+def test_kms_sign_errors_are_temporarily_unavailable(
+    kms: Any, keys: dict[str, str], code: str
+) -> None:
+    # moto signs with disabled keys (real KMS answers DisabledException /
+    # KMSInvalidStateException), so KMS's answers are stubbed on the real client.
+    signer = KmsSigner(kms, keys["RS256"])
+    with Stubber(kms) as stubber:
+        stubber.add_client_error("sign", service_error_code=code, service_message=keys["RS256"])
+        with pytest.raises(TemporarilyUnavailable) as caught:
+            signer.sign(b"header.payload")
+    assert caught.value.status == 503
+    assert caught.value.headers() == {"Retry-After": "5"}
+    assert "arn:" not in caught.value.description
+    assert code in caught.value.reason
