@@ -11,10 +11,15 @@ from constructs import Node
 SIGNING_KEY_SPECS = ("RSA_2048", "ECC_NIST_P256")
 KNOWN_PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
 # CloudFront only takes certificates from ACM in us-east-1.
-_CLOUDFRONT_CERT_ARN = re.compile(r"^arn:aws[a-z-]*:acm:us-east-1:\d{12}:certificate/[0-9a-f-]{36}$")
+_CLOUDFRONT_CERT_ARN = re.compile(
+    r"^arn:aws[a-z-]*:acm:us-east-1:\d{12}:certificate/[0-9a-f-]{36}$"
+)
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+_WEB_ACL_ARN = re.compile(
+    r"^arn:aws[a-z-]*:wafv2:us-east-1:\d{12}:global/webacl/[\w-]+/[0-9a-f-]{36}$"
+)
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -36,6 +41,8 @@ class TokexConfig:
     throttle_rate_limit: int = 50
     throttle_burst_limit: int = 100
     log_level: str = "INFO"
+    # A WAF web ACL (scope CLOUDFRONT, created in us-east-1) to attach to the distribution.
+    web_acl_arn: str | None = None
     # Changes on every synth unless pinned, so the JWKS publisher runs on every deploy.
     deploy_nonce: str | None = None
 
@@ -65,8 +72,10 @@ class TokexConfig:
             raise ConfigError("ttlCapSeconds must be between 60 and 43200")
         if not 60 <= self.default_ttl_seconds <= self.ttl_cap_seconds:
             raise ConfigError("defaultTtlSeconds must be between 60 and ttlCapSeconds")
-        if not (1 <= self.throttle_rate_limit and 1 <= self.throttle_burst_limit):
+        if min(self.throttle_rate_limit, self.throttle_burst_limit) < 1:
             raise ConfigError("throttleRateLimit and throttleBurstLimit must be positive")
+        if self.web_acl_arn is not None and not _WEB_ACL_ARN.match(self.web_acl_arn):
+            raise ConfigError("webAclArn must be a WAFv2 global (CLOUDFRONT) web ACL ARN")
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(f"logLevel must be one of {', '.join(_LOG_LEVELS)}")
 
@@ -116,5 +125,6 @@ class TokexConfig:
             "throttle_burst_limit": integer("throttleBurstLimit"),
             "log_level": text("logLevel"),
             "deploy_nonce": text("deployNonce"),
+            "web_acl_arn": text("webAclArn"),
         }
         return cls(**{k: v for k, v in values.items() if v is not None})

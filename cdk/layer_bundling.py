@@ -38,6 +38,7 @@ PLATFORM = "manylinux2014_aarch64"
 # copy and add ~25 MB.
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
 PACKAGE_NAME = "tokex"
+CACHE_ENTRIES_KEPT = 4
 _IGNORED_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -47,17 +48,18 @@ def canonical_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def requirement_name(requirement: str) -> str:
+    """Canonical project name of a PEP 508 requirement string."""
+    match = _REQ_NAME.match(requirement)
+    if match is None:
+        raise ValueError(f"cannot parse requirement {requirement!r}")
+    return canonical_name(match.group(1))
+
+
 def layer_requirements(pyproject: Path) -> list[str]:
     """The core library's runtime dependencies, minus what the Lambda runtime provides."""
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
-    requirements = []
-    for requirement in project["dependencies"]:
-        match = _REQ_NAME.match(requirement)
-        if match is None:
-            raise ValueError(f"cannot parse dependency {requirement!r} in {pyproject}")
-        if canonical_name(match.group(1)) not in RUNTIME_PROVIDED:
-            requirements.append(requirement)
-    return requirements
+    return [r for r in project["dependencies"] if requirement_name(r) not in RUNTIME_PROVIDED]
 
 
 def _source_files(package_dir: Path) -> list[Path]:
@@ -122,7 +124,19 @@ class CoreLayerBundling:
                         raise
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(cached, output_dir, dirs_exist_ok=True)
+            self._prune(keep=key)
+        # Only `python/` goes in the layer; the lock file stays in the cache as provenance.
+        shutil.copytree(cached / "python", output_dir / "python", dirs_exist_ok=True)
+
+    def _prune(self, *, keep: str) -> None:
+        """Keep the newest few bundles (each edit of the core makes a new one)."""
+        entries = sorted(
+            (p for p in self.cache_dir.iterdir() if p.is_dir() and p.name != keep),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for stale in entries[CACHE_ENTRIES_KEPT - 1 :]:
+            shutil.rmtree(stale, ignore_errors=True)
 
     def _build(self, root: Path) -> None:
         site = root / "python"
@@ -131,7 +145,9 @@ class CoreLayerBundling:
         lock.write_text("".join(f"{pin}\n" for pin in pins), encoding="utf-8")
         # Second pass: exactly the resolved wheels (hash-checked), no resolver, so nothing
         # the runtime provides can sneak back in as a dependency of a dependency.
-        self._pip("install", "--no-deps", "--require-hashes", "--target", str(site), "-r", str(lock))
+        self._pip(
+            "install", "--no-deps", "--require-hashes", "--target", str(site), "-r", str(lock)
+        )
         shutil.copytree(
             self.package_dir,
             site / PACKAGE_NAME,
@@ -150,18 +166,20 @@ class CoreLayerBundling:
 
         Returns `name==version --hash=sha256:...` lines for the wheels to install.
         """
-        self._pip("install", "--dry-run", "--ignore-installed", "--report", str(report),
-                  *self.requirements)  # fmt: skip
+        self._pip(
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--report",
+            str(report),
+            *self.requirements,
+        )
         installs = json.loads(report.read_text(encoding="utf-8"))["install"]
         by_name = {canonical_name(item["metadata"]["name"]): item for item in installs}
         needed = _reachable(
-            roots=[canonical_name(_REQ_NAME.match(r).group(1)) for r in self.requirements],  # type: ignore[union-attr]
+            roots=[requirement_name(r) for r in self.requirements],
             edges={
-                name: [
-                    canonical_name(m.group(1))
-                    for dep in item["metadata"].get("requires_dist", [])
-                    if (m := _REQ_NAME.match(dep))
-                ]
+                name: [requirement_name(d) for d in item["metadata"].get("requires_dist", [])]
                 for name, item in by_name.items()
             },
             excluded=RUNTIME_PROVIDED,
@@ -170,7 +188,9 @@ class CoreLayerBundling:
         for name in sorted(needed & by_name.keys()):
             item = by_name[name]
             sha256 = item["download_info"]["archive_info"]["hashes"]["sha256"]
-            pins.append(f"{item['metadata']['name']}=={item['metadata']['version']} --hash=sha256:{sha256}")
+            pins.append(
+                f"{item['metadata']['name']}=={item['metadata']['version']} --hash=sha256:{sha256}"
+            )
         return pins
 
     def _pip(self, *args: str) -> None:
@@ -191,7 +211,9 @@ class CoreLayerBundling:
             )
 
 
-def _reachable(*, roots: Iterable[str], edges: dict[str, list[str]], excluded: frozenset[str]) -> set[str]:
+def _reachable(
+    *, roots: Iterable[str], edges: dict[str, list[str]], excluded: frozenset[str]
+) -> set[str]:
     """Packages reachable from `roots` without passing through `excluded` ones.
 
     Environment markers are ignored, which can only add edges: the result is a superset

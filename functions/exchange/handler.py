@@ -11,6 +11,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from tokex.errors import InvalidRequest, MethodNotAllowed, TemporarilyUnavailable, TokexError
 from tokex.exchange import ExchangeAudit
 from tokex.service import build_token_exchange

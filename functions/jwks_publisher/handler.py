@@ -10,6 +10,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from tokex import aws
 from tokex.service import publish_issuer_documents
 from tokex.settings import Settings

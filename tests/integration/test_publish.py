@@ -79,8 +79,9 @@ def test_wrong_headers_are_repaired(aws: tuple[Any, Any]) -> None:
 
 def test_missing_bucket_is_temporarily_unavailable(aws: tuple[Any, Any]) -> None:
     s3, kms = aws
+    jwks = build_jwks([new_jwk(kms)])
     with pytest.raises(TemporarilyUnavailable) as caught:
-        publish_documents(s3, "no-such-bucket", jwks=build_jwks([new_jwk(kms)]), discovery=DISCOVERY)
+        publish_documents(s3, "no-such-bucket", jwks=jwks, discovery=DISCOVERY)
     assert "no-such-bucket" not in caught.value.description
 
 

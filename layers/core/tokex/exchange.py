@@ -109,8 +109,6 @@ class TokenExchange:
         instance = self._verify_instance(request)
         caller = self._sts.get_caller_identity(sts_request)
         audit.principal, audit.account = caller.principal_arn, caller.account
-        if self._replay_guard is not None:
-            self._replay_guard.use_once(sts_request)
         if instance is not None:
             instance = bind_instance_to_caller(instance, caller)
             audit.instance = instance.instance_id
@@ -124,6 +122,10 @@ class TokenExchange:
             ttl_cap=settings.ttl_cap_seconds,
         )
         audit.policy = decision.policy.id
+        # Single use is recorded only once the request would succeed, so a refusal or an
+        # outage does not burn a signature the caller may retry.
+        if self._replay_guard is not None:
+            self._replay_guard.use_once(sts_request)
         claims = build_claims(
             issuer=settings.issuer,
             audience=request.audience,

@@ -17,8 +17,8 @@ from tokex.evidence.sts import StsForwarder
 from tokex.exchange import TokenExchange
 from tokex.policy.cache import CachedPolicies
 from tokex.policy.store import PolicyStore
-from tokex.settings import Settings
 from tokex.publish import publish_documents
+from tokex.settings import Settings
 from tokex.tokens.jwks import build_jwks, discovery_document
 from tokex.tokens.kms_signer import KmsSigner, public_jwk_for_key
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 from tokex.cli.main import CommandError
@@ -60,6 +61,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _instance_evidence(args: argparse.Namespace) -> str | None:
+    """IMDS evidence per --instance-identity: `auto` proceeds without it off EC2, `on`
+    requires it."""
     if args.instance_identity == "off":
         return None
-    raise CommandError("--instance-identity needs IMDS support, which is not built yet")
+    from tokex.client.imds import ImdsUnavailable, encode_instance_evidence, read_instance_identity
+
+    try:
+        evidence = read_instance_identity()
+    except ImdsUnavailable as err:
+        if args.instance_identity == "on":
+            raise CommandError(f"--instance-identity on: {err}") from None
+        if args.verbose:
+            print(f"tokex token: no instance identity evidence ({err})", file=sys.stderr)
+        return None
+    if args.verbose:
+        print("tokex token: sending instance identity evidence from IMDSv2", file=sys.stderr)
+    return encode_instance_evidence(evidence)

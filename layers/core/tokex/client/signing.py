@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 from typing import Any
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
+
+from tokex import __version__
 
 GET_CALLER_IDENTITY_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
 
@@ -38,6 +41,10 @@ def signed_get_caller_identity(
         headers={
             "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
             "X-Tokex-Issuer": issuer,
+            # Signed, so each request is unique even within one X-Amz-Date second: a
+            # deployment with single use on refuses a second identical signature.
+            "X-Tokex-Nonce": secrets.token_urlsafe(16),
+            "User-Agent": f"tokex-client/{__version__}",
         },
     )
     signing_region = "us-east-1" if host == "sts.amazonaws.com" else region

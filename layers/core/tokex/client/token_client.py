@@ -1,7 +1,7 @@
 """Exchanges the workload's AWS identity for a tokex access token.
 
-    client = TokenClient("https://auth.example.com")
-    token = client.token("orders-api", scopes=["orders:read"])   # cached until near expiry
+client = TokenClient("https://auth.example.com")
+token = client.token("orders-api", scopes=["orders:read"])   # cached until near expiry
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import boto3
+from botocore.exceptions import BotoCoreError
 
 from tokex.client.signing import encode_subject_token, signed_get_caller_identity
 from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
@@ -56,15 +57,17 @@ def request_token(
 ) -> dict[str, Any]:
     """One exchange: the token endpoint's whole JSON response (RFC 8693 §2.2.1)."""
     endpoint = endpoint.rstrip("/")
-    session = session or boto3.session.Session()
-    credentials = session.get_credentials()
-    if credentials is None:
+    try:
+        session = session or boto3.session.Session()
+        credentials = session.get_credentials()
+        frozen = credentials.get_frozen_credentials() if credentials else None
+    except BotoCoreError as err:
+        raise TokenError(f"cannot load AWS credentials: {err}") from None
+    if frozen is None:
         raise TokenError("no AWS credentials found (default credential chain)")
     region = region or session.region_name or "us-east-1"
     signed = signed_get_caller_identity(
-        credentials.get_frozen_credentials(),
-        region=region,
-        issuer=issuer or discover_issuer(endpoint, timeout=timeout),
+        frozen, region=region, issuer=issuer or discover_issuer(endpoint, timeout=timeout)
     )
     form = {
         "grant_type": TOKEN_EXCHANGE_GRANT,

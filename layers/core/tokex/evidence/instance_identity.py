@@ -31,6 +31,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 
 from tokex.errors import InvalidGrant, InvalidRequest
 from tokex.evidence import pkcs7
@@ -101,6 +102,11 @@ class CertificateStore:
             raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
         if not _REGION.fullmatch(region):
             raise ValueError(f"not a region name: {region!r}")
+        key = certificate.public_key()
+        if not isinstance(key, (rsa.RSAPublicKey, dsa.DSAPublicKey)) or (
+            variant != "pkcs7" and not isinstance(key, rsa.RSAPublicKey)
+        ):
+            raise ValueError(f"{type(key).__name__} cannot verify {variant} evidence")
         pinned = PinnedCertificate(variant, region, "added", certificate)
         self._by_key.setdefault((variant, region), []).append(pinned)
 
@@ -161,12 +167,12 @@ def verify_instance_identity(
                 pkcs7.signature_is_valid(key, signature, document_bytes, "sha256") for key in keys
             )
             if not verified:
-                raise pkcs7.Pkcs7Error("does not verify with the pinned certificate")
+                raise pkcs7.SignatureError("does not verify")
         else:
             pkcs7.verify_signed_data(
                 signature, content=document_bytes, digest=_PKCS7_DIGESTS[variant], public_keys=keys
             )
-    except pkcs7.Pkcs7Error as exc:
+    except pkcs7.SignatureError as exc:
         raise InvalidGrant(
             f"{variant} evidence {exc} (pinned certificate {variant}/{region})",
             reason="iid_signature_invalid",

@@ -37,12 +37,12 @@ _SIGNATURE_ALGORITHMS: dict[str, tuple[str, str | None]] = {
     "sha256_dsa": ("dsa", "sha256"),
 }
 
-# RFC 5652 §11.1-11.3 make these single-valued; we hold every signed attribute to that.
+# RFC 5652 §5.3: when signed attributes are present these two are required (§11.1, §11.2).
 _REQUIRED_ATTRIBUTES = ("content_type", "message_digest")
 
 
-class Pkcs7Error(Exception):
-    """The blob is not a SignedData we accept; the message says why (safe to show)."""
+class SignatureError(Exception):
+    """The evidence's signature is refused; the message says why (safe to show)."""
 
 
 def verify_signed_data(
@@ -55,32 +55,35 @@ def verify_signed_data(
     """Check `der` signs exactly `content`; return the index of the key that verified.
 
     `digest` is the only digest algorithm accepted (the variant decides it). Raises
-    `Pkcs7Error` for anything malformed, unexpected or unverified.
+    `SignatureError` for anything malformed, unexpected or unverified.
     """
     try:
         return _verify(der, content, digest, public_keys)
-    except Pkcs7Error:
+    except SignatureError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as exc:
         # asn1crypto parses lazily: malformed inner structures surface on first access,
         # anywhere below, so the whole walk is inside this boundary.
-        raise Pkcs7Error("is not a well-formed PKCS7 SignedData") from exc
+        raise SignatureError("is not a well-formed PKCS7 SignedData") from exc
 
 
 def _verify(
     der: bytes, content: bytes, digest: str, public_keys: Sequence[CertificatePublicKeyTypes]
 ) -> int:
-    signer, embedded = _parse(der)
+    signer, embedded = _parse(der, digest)
     if embedded != content:
-        raise Pkcs7Error("embeds a different document than `document`")
+        raise SignatureError("embeds a different document than `document`")
 
-    digest_name = signer["digest_algorithm"]["algorithm"].native
-    if digest_name != digest:
-        raise Pkcs7Error(f"uses digest {digest_name}, expected {digest} for this variant")
+    # The signer's identifier (issuer and serial) is not used: the key is pinned.
+    if signer["version"].native != "v1" or signer["sid"].name != "issuer_and_serial_number":
+        raise SignatureError("has a SignerInfo of an unexpected version")
+    _check_digest_algorithm(signer["digest_algorithm"], digest)
     signature_name = signer["signature_algorithm"]["algorithm"].native
     key_kind, named_hash = _SIGNATURE_ALGORITHMS.get(signature_name, ("", None))
     if not key_kind or named_hash not in (None, digest):
-        raise Pkcs7Error(f"uses unsupported signature algorithm {signature_name}")
+        raise SignatureError(f"uses an unsupported signature algorithm ({_name(signature_name)})")
+    if signer["signature_algorithm"]["parameters"].native is not None:
+        raise SignatureError("has unexpected signature algorithm parameters")
 
     signed_attributes = _check_signed_attributes(signer, content, digest, signature_name)
     signature = signer["signature"].native
@@ -89,7 +92,7 @@ def _verify(
             key, signature, signed_attributes, digest
         ):
             return index
-    raise Pkcs7Error("signature does not verify with the pinned certificate")
+    raise SignatureError("signature does not verify")
 
 
 def signature_is_valid(
@@ -117,21 +120,43 @@ def _key_kind(key: CertificatePublicKeyTypes) -> str:
     return "other"
 
 
-def _parse(der: bytes) -> tuple[cms.SignerInfo, bytes]:
+def _name(value: object) -> str:
+    """An algorithm or attribute name safe to echo: asn1crypto's names, not raw OIDs."""
+    text = str(value)
+    return text if text.isidentifier() and len(text) <= 40 else "unrecognised OID"
+
+
+def _check_digest_algorithm(algorithm: cms.DigestAlgorithm, digest: str) -> None:
+    name = algorithm["algorithm"].native
+    if name != digest:
+        raise SignatureError(f"uses digest {_name(name)}, expected {digest} for this variant")
+    # Parameters are absent or NULL (RFC 5754 §2: both occur, AWS sends either).
+    if algorithm["parameters"].native is not None:
+        raise SignatureError("has unexpected digest algorithm parameters")
+
+
+def _parse(der: bytes, digest: str) -> tuple[cms.SignerInfo, bytes]:
     """The single SignerInfo and the embedded content of a `data` SignedData."""
     info = cms.ContentInfo.load(der, strict=True)
     if info["content_type"].native != "signed_data":
-        raise Pkcs7Error("is not a PKCS7 SignedData")
+        raise SignatureError("is not a PKCS7 SignedData")
     signed_data = info["content"]
+    # RFC 5652 §5.1: version 1 for `data` content and v1 SignerInfos, as AWS sends.
+    if signed_data["version"].native != "v1":
+        raise SignatureError("has a SignedData of an unexpected version")
+    digest_algorithms = signed_data["digest_algorithms"]
+    if len(digest_algorithms) != 1:
+        raise SignatureError("must list exactly one digest algorithm")
+    _check_digest_algorithm(digest_algorithms[0], digest)
     signers = signed_data["signer_infos"]
     if len(signers) != 1:
-        raise Pkcs7Error(f"has {len(signers)} signers, expected exactly one")
+        raise SignatureError(f"has {len(signers)} signers, expected exactly one")
     encapsulated = signed_data["encap_content_info"]
     if encapsulated["content_type"].native != "data":
-        raise Pkcs7Error("does not embed `data` content")
+        raise SignatureError("does not embed `data` content")
     embedded = encapsulated["content"].native
     if not isinstance(embedded, bytes):
-        raise Pkcs7Error("does not embed the document (detached signature)")
+        raise SignatureError("does not embed the document (detached signature)")
     return signers[0], embedded
 
 
@@ -141,24 +166,24 @@ def _check_signed_attributes(
     """Check the signed attributes and return their DER encoding as a SET OF."""
     attributes = signer["signed_attrs"]
     if not isinstance(attributes, cms.CMSAttributes) or len(attributes) == 0:
-        raise Pkcs7Error("has no signed attributes")
+        raise SignatureError("has no signed attributes")
     values: dict[str, Asn1Value] = {}
     for attribute in attributes:
         name = attribute["type"].native
         if name in values:
-            raise Pkcs7Error(f"repeats the signed attribute {name}")
+            raise SignatureError(f"repeats the signed attribute {_name(name)}")
         if len(attribute["values"]) != 1:
-            raise Pkcs7Error(f"signed attribute {name} must have exactly one value")
+            raise SignatureError(f"signed attribute {_name(name)} must have exactly one value")
         values[name] = attribute["values"][0]
     missing = [name for name in _REQUIRED_ATTRIBUTES if name not in values]
     if missing:
-        raise Pkcs7Error(f"lacks the signed attribute(s) {', '.join(missing)}")
+        raise SignatureError(f"lacks the signed attribute(s) {', '.join(missing)}")
 
     if values["content_type"].native != "data":
-        raise Pkcs7Error("signed content type is not `data`")
+        raise SignatureError("signed content type is not `data`")
     expected_digest = hashlib.new(digest, content).digest()
     if values["message_digest"].native != expected_digest:
-        raise Pkcs7Error("signed message digest does not match the document")
+        raise SignatureError("signed message digest does not match the document")
     # RFC 6211: when present, the protected algorithms must be the ones in use.
     protection = values.get("cms_algorithm_protection")
     if protection is not None:
@@ -167,13 +192,13 @@ def _check_signed_attributes(
             protected["digest_algorithm"]["algorithm"] != digest
             or (protected["signature_algorithm"] or {}).get("algorithm") != signature_name
         ):
-            raise Pkcs7Error("algorithm protection attribute does not match the algorithms")
+            raise SignatureError("algorithm protection attribute does not match the algorithms")
     # Verify over our own DER encoding and refuse any other encoding of the same values,
     # so the bytes the signature covers are exactly the values we checked above.
     received = bytes(attributes.contents)
     encoded = sorted(attribute.dump(force=True) for attribute in attributes)
     if b"".join(encoded) != received:
-        raise Pkcs7Error("signed attributes are not DER encoded")
+        raise SignatureError("signed attributes are not DER encoded")
     return _der_set_of(encoded)
 
 

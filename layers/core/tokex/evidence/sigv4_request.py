@@ -42,6 +42,10 @@ _HEADERS = {
     "x-tokex-issuer": ("X-Tokex-Issuer", 512),
     "x-amz-content-sha256": ("X-Amz-Content-Sha256", 512),
     "user-agent": ("User-Agent", 512),
+    # Optional, and only meaningful signed: SigV4 has one-second resolution, so without a
+    # nonce two exchanges by one workload within a second carry the same signature, and
+    # single use (security.md) would refuse the second. Not part of security.md's list.
+    "x-tokex-nonce": ("X-Tokex-Nonce", 64),
 }
 _REQUIRED_HEADERS = ("authorization", "x-amz-date", "content-type", "x-tokex-issuer")
 _REQUIRED_SIGNED = ("host", "x-amz-date", "x-tokex-issuer")
@@ -57,6 +61,7 @@ _ACCESS_KEY_ID = re.compile(r"[A-Za-z0-9]{16,128}")
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _SIGNED_HEADER = re.compile(r"[a-z0-9-]{1,64}")
 _AUTH_SCHEME = "AWS4-HMAC-SHA256 "
+_NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 @dataclass(frozen=True)
@@ -146,10 +151,17 @@ def verify_sts_request(
     if auth.date != headers["x-amz-date"][:8]:
         raise InvalidGrant("credential scope date must be the date of X-Amz-Date")
     if amz_date < now - MAX_AGE:
-        raise InvalidGrant("X-Amz-Date is more than 15 minutes old: sign a fresh request")
+        raise InvalidGrant(f"X-Amz-Date is more than {_minutes(MAX_AGE)} minutes old: sign again")
     if amz_date > now + MAX_SKEW_FUTURE:
-        raise InvalidGrant("X-Amz-Date is more than 5 minutes in the future: check the clock")
+        raise InvalidGrant(
+            f"X-Amz-Date is more than {_minutes(MAX_SKEW_FUTURE)} minutes ahead: check the clock"
+        )
 
+    if "x-tokex-nonce" in headers and (
+        "x-tokex-nonce" not in auth.signed_headers
+        or not _NONCE.fullmatch(headers["x-tokex-nonce"])
+    ):
+        raise InvalidGrant("X-Tokex-Nonce must be signed and 16-64 characters of base64url")
     if headers["x-tokex-issuer"] != issuer:
         raise InvalidGrant("X-Tokex-Issuer does not name this issuer")
     if not _CONTENT_TYPE.fullmatch(headers["content-type"]):
@@ -171,7 +183,7 @@ def verify_sts_request(
 
 
 def _check_shape(signed: dict[str, Any]) -> None:
-    if set(signed) != {"method", "url", "headers", "body"}:
+    if not isinstance(signed, dict) or set(signed) != {"method", "url", "headers", "body"}:
         raise InvalidRequest("subject_token JSON must have exactly method, url, headers, body")
     if not all(isinstance(signed[k], str) for k in ("method", "url", "body")):
         raise InvalidRequest("subject_token JSON method, url and body must be strings")
@@ -266,8 +278,9 @@ def _parse_authorization(value: str) -> _Authorization:
     if not value.startswith(_AUTH_SCHEME):
         raise InvalidGrant("Authorization must be an AWS4-HMAC-SHA256 header signature")
     fields: dict[str, str] = {}
-    for part in value[len(_AUTH_SCHEME) :].split(","):
-        name, sep, field = part.removeprefix(" ").partition("=")
+    for index, part in enumerate(value[len(_AUTH_SCHEME) :].split(",")):
+        # One scheme-space, then fields joined by ", " (what SDKs send) or ",".
+        name, sep, field = (part.removeprefix(" ") if index else part).partition("=")
         if not sep or name not in ("Credential", "SignedHeaders", "Signature"):
             raise InvalidGrant("Authorization must hold Credential, SignedHeaders, Signature")
         if name in fields:
@@ -306,6 +319,10 @@ def _parse_amz_date(value: str) -> datetime:
         return datetime.strptime(value, AMZ_DATE_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         raise InvalidGrant("X-Amz-Date must be YYYYMMDDTHHMMSSZ") from None
+
+
+def _minutes(delta: timedelta) -> int:
+    return int(delta.total_seconds()) // 60
 
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from xml.etree.ElementTree import Element, ParseError  # parsing is defusedxml
 import urllib3
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
+from urllib3 import HTTPHeaderDict
 
 from tokex.errors import InvalidGrant, TemporarilyUnavailable
 from tokex.evidence.identity import CallerIdentity
@@ -75,14 +76,37 @@ class StsForwarder:
         )
 
     def get_caller_identity(self, req: StsRequest) -> CallerIdentity:
-        base = self._connect_override or f"https://{req.host}"
+        status, headers, data = self._post(req)
+        if status == 429 or 500 <= status <= 599:
+            raise _retry_later(status, headers.get("Retry-After"))
+        if len(data) > self._max_response_bytes:
+            raise InvalidGrant(_UNVERIFIABLE, reason=f"sts_response_too_large:{status}")
+        if headers.get("Content-Encoding", "identity").lower() != "identity":
+            raise InvalidGrant(_UNVERIFIABLE, reason="sts_response_encoded")
+        if status in (400, 401, 403):
+            code = _error_code(data)
+            if code in THROTTLING_CODES:
+                raise _retry_later(status, headers.get("Retry-After"))
+            shown = f": {code}" if code in REFUSAL_CODES else ""
+            raise InvalidGrant(
+                f"STS refused the signature{shown}", reason=f"sts_refused:{status}{shown}"
+            )
+        # Anything else but 200 (a redirect above all) is not an answer from STS.
+        if status != 200:
+            raise InvalidGrant(_UNVERIFIABLE, reason=f"sts_status:{status}")
+        if not _is_xml(headers.get("Content-Type", "")):
+            raise InvalidGrant(_UNVERIFIABLE, reason="sts_content_type")
+        return _caller_identity(_parse_result(data), req.partition)
+
+    def _post(self, req: StsRequest) -> tuple[int, HTTPHeaderDict, bytes]:
+        """Send the rebuilt request; read at most max_response_bytes + 1 of the answer."""
         headers = dict(req.headers)
-        headers["Host"] = req.host
-        headers["Accept"] = "text/xml"
+        headers["Host"] = req.host  # the validated, signed host, also with connect_override
+        headers["Accept"] = "text/xml"  # set by us: a caller's Accept is CVE-2020-16250
         try:
             response = self._http.request(
                 "POST",
-                base + "/",
+                (self._connect_override or f"https://{req.host}") + "/",
                 body=req.body.encode("ascii"),
                 headers=headers,
                 redirect=False,
@@ -98,6 +122,10 @@ class StsForwarder:
                 response.close()  # never drain an oversized body to reuse the connection
             else:
                 response.release_conn()
+        except urllib3.exceptions.NewConnectionError:  # a ConnectTimeoutError subclass
+            raise TemporarilyUnavailable(
+                "STS could not be reached; retry later", reason="sts_unreachable"
+            ) from None
         except (urllib3.exceptions.TimeoutError, TimeoutError):
             raise TemporarilyUnavailable(
                 "STS did not answer in time; retry later", reason="sts_timeout"
@@ -106,33 +134,13 @@ class StsForwarder:
             raise TemporarilyUnavailable(
                 "STS could not be reached; retry later", reason="sts_unreachable"
             ) from None
-
-        status = response.status
-        if len(data) > self._max_response_bytes:
-            raise InvalidGrant(_UNVERIFIABLE, reason=f"sts_response_too_large:{status}")
-        if response.headers.get("Content-Encoding", "identity").lower() != "identity":
-            raise InvalidGrant(_UNVERIFIABLE, reason="sts_response_encoded")
-        if status == 429 or 500 <= status <= 599:
-            raise _retry_later(status, response.headers.get("Retry-After"))
-        if status in (400, 401, 403):
-            code = _error_code(data)
-            if code in THROTTLING_CODES:
-                raise _retry_later(status, response.headers.get("Retry-After"))
-            shown = f": {code}" if code in REFUSAL_CODES else ""
-            raise InvalidGrant(
-                f"STS refused the signature{shown}", reason=f"sts_refused:{status}{shown}"
-            )
-        if status != 200:
-            raise InvalidGrant(_UNVERIFIABLE, reason=f"sts_status:{status}")
-        if not _is_xml(response.headers.get("Content-Type", "")):
-            raise InvalidGrant(_UNVERIFIABLE, reason="sts_content_type")
-        return _caller_identity(_parse_result(data), req.partition)
+        return response.status, response.headers, data
 
 
 def _retry_later(status: int, retry_after: str | None) -> TemporarilyUnavailable:
     seconds = DEFAULT_RETRY_AFTER_SECONDS
-    if retry_after and retry_after.isdigit() and 0 < int(retry_after) <= MAX_RETRY_AFTER_SECONDS:
-        seconds = int(retry_after)
+    if retry_after and re.fullmatch(r"[0-9]{1,4}", retry_after):
+        seconds = min(max(int(retry_after), 1), MAX_RETRY_AFTER_SECONDS)
     return TemporarilyUnavailable(
         "STS is unavailable or throttling; retry later",
         reason=f"sts_unavailable:{status}",
@@ -147,7 +155,8 @@ def _is_xml(content_type: str) -> bool:
 def _parse_xml(data: bytes) -> Element | None:
     """defusedxml with DTDs forbidden: no entity expansion, no external references."""
     try:
-        return fromstring(data, forbid_dtd=True)
+        root: Element = fromstring(data, forbid_dtd=True)
+        return root
     except (DefusedXmlException, ParseError, ValueError):
         return None
 

@@ -106,9 +106,7 @@ def make_server(
             event = http_api_event(self.command, path, query, headers, body, self.client_address[0])
             result = exchange(event, LambdaContext(function_name="tokex-exchange"))
             payload = result.get("body") or ""
-            data = (
-                base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
-            )
+            data = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
             out_headers = dict(result.get("headers") or {})
             for name, values in (result.get("multiValueHeaders") or {}).items():
                 out_headers[name] = ", ".join(values)

@@ -37,9 +37,7 @@ def sign_document_for_local_mode(
     signature_algorithm = cms.SignedDigestAlgorithm({"algorithm": "sha256_rsa"})
     attributes = [
         cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
-        cms.CMSAttribute(
-            {"type": "signing_time", "values": [cms.Time({"utc_time": _now()})]}
-        ),
+        cms.CMSAttribute({"type": "signing_time", "values": [cms.Time({"utc_time": _now()})]}),
         cms.CMSAttribute(
             {
                 "type": "cms_algorithm_protection",
@@ -51,16 +49,12 @@ def sign_document_for_local_mode(
                 ],
             }
         ),
-        cms.CMSAttribute(
-            {"type": "message_digest", "values": [hashlib.sha256(content).digest()]}
-        ),
+        cms.CMSAttribute({"type": "message_digest", "values": [hashlib.sha256(content).digest()]}),
     ]
     # DER orders a SET OF by the elements' encodings (X.690 §11.6); the verifier insists.
     attributes.sort(key=lambda attribute: attribute.dump())
     signed_attributes = cms.CMSAttributes(attributes)
-    signature = private_key.sign(
-        signed_attributes.dump(), padding.PKCS1v15(), hashes.SHA256()
-    )
+    signature = private_key.sign(signed_attributes.dump(), padding.PKCS1v15(), hashes.SHA256())
     signer = cms.SignerInfo(
         {
             "version": "v1",

@@ -27,6 +27,7 @@ DEMO_USER_NAME = "demo-user"
 # instance id of the emulated instance (see tokex.local.imds).
 DEMO_INSTANCE_ID = "i-0123456789abcdef0"
 DEMO_AUDIENCE = "demo-api"
+DEMO_INSTANCE_AUDIENCE = "demo-instance-api"
 DEMO_SCOPES = ("demo:read", "demo:write")
 
 DEMO_POLICY = {
@@ -38,6 +39,18 @@ DEMO_POLICY = {
     "scopes": list(DEMO_SCOPES),
     "max_ttl_seconds": 900,
     "claims": {"environment": "local"},
+}
+# Only for a caller that also proves, with instance identity evidence bound to its SigV4
+# identity, that it runs on an instance of this account in us-east-1.
+DEMO_INSTANCE_POLICY = {
+    "id": "demo-instance",
+    "description": "the demo workload, on its EC2 instance, may call the instance API",
+    "effect": "allow",
+    "principals": [DEMO_ROLE_ARN],
+    "audiences": [DEMO_INSTANCE_AUDIENCE],
+    "scopes": ["instance:read"],
+    "max_ttl_seconds": 600,
+    "instance": {"required": True, "regions": [REGION], "accounts": [ACCOUNT_ID]},
 }
 
 # What tokex itself may do, as its Lambda roles would allow in a deployment.
@@ -184,7 +197,7 @@ def provision(
     create_replay_table(dynamodb, deployment.replay_table)
     client("s3").create_bucket(Bucket=deployment.jwks_bucket)
     store = PolicyStore(dynamodb, deployment.policy_table)
-    for document in [DEMO_POLICY] if policies is None else policies:
+    for document in [DEMO_POLICY, DEMO_INSTANCE_POLICY] if policies is None else policies:
         store.put(Policy.from_document(document))
 
     set_signature_checking(endpoint_url, on=True)

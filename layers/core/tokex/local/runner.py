@@ -13,12 +13,14 @@ from typing import Any
 from tokex.local.emulator import MotoServer, ThreadMotoServer
 from tokex.local.front import make_server
 from tokex.local.functions import LambdaContext, load_handler
+from tokex.local.imds import ImdsEmulator
 from tokex.local.provision import REGION, Credentials, LocalDeployment, provision
 
 
 @dataclass
 class LocalSystem:
     issuer: str
+    imds: ImdsEmulator
     deployment: LocalDeployment
     state_dir: Path
     workload_env: Path
@@ -38,7 +40,10 @@ def start_local(
     The front is bound but not yet serving: call `serve_forever` (in a thread, for tests).
     """
     moto = moto or ThreadMotoServer()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    imds = None
     try:
+        imds = ImdsEmulator(state_dir)
         deployment = provision(moto.url, signing_key_spec=signing_key_spec)
         exchange_handler: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {}
         server = make_server(
@@ -49,19 +54,27 @@ def start_local(
         )
     except BaseException:
         moto.stop()
+        if imds is not None:
+            imds.stop()
         raise
     issuer = f"http://127.0.0.1:{server.server_address[1]}"
     # The handlers read their settings from the environment at cold start, as they do
     # when deployed; everything they need is captured then.
-    with handler_environment(deployment.handler_env(issuer, POWERTOOLS_METRICS_DISABLED="true")):
+    env = deployment.handler_env(
+        issuer,
+        POWERTOOLS_METRICS_DISABLED="true",
+        TOKEX_LOCAL_INSTANCE_CERTIFICATE=str(imds.certificate_path),
+        TOKEX_LOCAL_INSTANCE_REGIONS=REGION,
+    )
+    with handler_environment(env):
         publisher = load_handler("jwks_publisher")
         exchange_handler["fn"] = load_handler("exchange").lambda_handler
     publisher.lambda_handler({"source": "tokex.local"}, LambdaContext("tokex-jwks-publisher"))
 
-    state_dir.mkdir(parents=True, exist_ok=True)
     workload_env = state_dir / "workload.env"
-    _write_env(workload_env, deployment.workload, issuer, "demo role session")
-    _write_env(state_dir / "user.env", deployment.user, issuer, "demo IAM user")
+    imds_env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url}
+    _write_env(workload_env, deployment.workload, issuer, "demo role session", imds_env)
+    _write_env(state_dir / "user.env", deployment.user, issuer, "demo IAM user", {})
 
     stopped = threading.Event()
 
@@ -70,18 +83,24 @@ def start_local(
             stopped.set()
             server.shutdown()
             server.server_close()
+            imds.stop()
             moto.stop()
 
-    return LocalSystem(issuer, deployment, state_dir, workload_env, stop, server.serve_forever)
+    return LocalSystem(
+        issuer, imds, deployment, state_dir, workload_env, stop, server.serve_forever
+    )
 
 
-def _write_env(path: Path, credentials: Credentials, issuer: str, what: str) -> None:
+def _write_env(
+    path: Path, credentials: Credentials, issuer: str, what: str, extra: dict[str, str]
+) -> None:
     lines = [f"# tokex local: credentials of the {what} (emulator only, not real AWS)"]
     env = {
         **credentials.env(),
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
         "TOKEX_ENDPOINT": issuer,
+        **extra,
     }
     lines += [f"export {name}={value}" for name, value in env.items()]
     if not credentials.session_token:

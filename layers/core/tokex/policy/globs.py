@@ -72,7 +72,9 @@ def check_principal_pattern(pattern: str) -> None:
     for name, value in (("arn", arn), ("partition", partition), ("service", service)):
         if has_wildcard(value):
             raise GlobError(f"wildcard in the {name} field is not allowed")
-    if has_wildcard(account) or has_wildcard(region):
+    if has_wildcard(region):
+        raise GlobError("wildcard in the region field is not allowed (IAM has none)")
+    if has_wildcard(account):
         raise GlobError("wildcard in the account field is not allowed: name the account")
     if arn != "arn":
         raise GlobError("must start with 'arn:'")

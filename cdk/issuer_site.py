@@ -1,0 +1,135 @@
+"""The https issuer: a private S3 bucket behind CloudFront (origin access control).
+
+The bucket holds only `/.well-known/jwks.json` and `/.well-known/openid-configuration`,
+written by the JWKS publisher. The token endpoint is served from the same distribution
+(`/token` → the HTTP API) so the issuer and the token endpoint share one origin.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_certificatemanager as acm
+from aws_cdk import aws_cloudfront as cloudfront
+from aws_cdk import aws_cloudfront_origins as origins
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+TOKEN_PATH = "/token"
+WELL_KNOWN_PREFIX = ".well-known/"
+
+
+class IssuerSite(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        token_origin_domain: str,
+        domain_name: str | None = None,
+        certificate_arn: str | None = None,
+        web_acl_arn: str | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+
+        # Access logs of the issuer bucket and of CloudFront. CloudFront standard logging
+        # writes with ACLs, so this bucket (and only this one) keeps ACLs enabled.
+        self.log_bucket = s3.Bucket(
+            self,
+            "AccessLogs",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(365))],
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+
+        self.bucket = s3.Bucket(
+            self,
+            "Documents",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            versioned=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            server_access_logs_bucket=self.log_bucket,
+            server_access_logs_prefix="s3/",
+            lifecycle_rules=[
+                s3.LifecycleRule(noncurrent_version_expiration=Duration.days(90)),
+            ],
+            # The published keys are what verifiers trust; never delete them with the stack.
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+
+        certificate = (
+            acm.Certificate.from_certificate_arn(self, "Certificate", certificate_arn)
+            if certificate_arn
+            else None
+        )
+        api_origin = origins.HttpOrigin(
+            token_origin_domain,
+            protocol_policy=cloudfront.OriginProtocolPolicy.HTTPS_ONLY,
+            origin_ssl_protocols=[cloudfront.OriginSslPolicy.TLS_V1_2],
+        )
+        self.distribution = cloudfront.Distribution(
+            self,
+            "Distribution",
+            comment="tokex issuer and token endpoint",
+            default_behavior=cloudfront.BehaviorOptions(
+                origin=origins.S3BucketOrigin.with_origin_access_control(
+                    self.bucket,
+                    origin_access_levels=[cloudfront.AccessLevel.READ],
+                ),
+                viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.REDIRECT_TO_HTTPS,
+                allowed_methods=cloudfront.AllowedMethods.ALLOW_GET_HEAD,
+                cache_policy=cloudfront.CachePolicy.CACHING_OPTIMIZED,
+                response_headers_policy=cloudfront.ResponseHeadersPolicy.SECURITY_HEADERS,
+                compress=True,
+            ),
+            additional_behaviors={
+                TOKEN_PATH: cloudfront.BehaviorOptions(
+                    origin=api_origin,
+                    # A POST must never be answered with a redirect to https: by then the
+                    # signed request has crossed the network in clear. Refuse http instead.
+                    viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.HTTPS_ONLY,
+                    allowed_methods=cloudfront.AllowedMethods.ALLOW_ALL,
+                    cache_policy=cloudfront.CachePolicy.CACHING_DISABLED,
+                    origin_request_policy=(
+                        cloudfront.OriginRequestPolicy.ALL_VIEWER_EXCEPT_HOST_HEADER
+                    ),
+                    response_headers_policy=cloudfront.ResponseHeadersPolicy.SECURITY_HEADERS,
+                    # Token responses are small; not compressing them rules out
+                    # compression side channels (BREACH-style) on a secret-bearing body.
+                    compress=False,
+                ),
+            },
+            domain_names=[domain_name] if domain_name else None,
+            certificate=certificate,
+            # Only a custom certificate lets us raise the TLS floor; the default
+            # *.cloudfront.net certificate's policy is fixed by CloudFront.
+            minimum_protocol_version=(
+                cloudfront.SecurityPolicyProtocol.TLS_V1_2_2021 if certificate else None
+            ),
+            http_version=cloudfront.HttpVersion.HTTP2_AND_3,
+            enable_logging=True,
+            log_bucket=self.log_bucket,
+            log_file_prefix="cloudfront/",
+            web_acl_id=web_acl_arn,
+        )
+        self.issuer = (
+            f"https://{domain_name}"
+            if domain_name
+            else f"https://{self.distribution.distribution_domain_name}"
+        )
+
+    def allow_publishing(self, role: iam.IRole) -> None:
+        """The publisher: read and write the well-known documents, nothing else."""
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="PublishIssuerDocuments",
+                # GetObject also authorizes HeadObject (the publisher skips unchanged writes).
+                actions=["s3:GetObject", "s3:PutObject"],
+                resources=[self.bucket.arn_for_objects(f"{WELL_KNOWN_PREFIX}*")],
+            )
+        )

@@ -1,0 +1,103 @@
+"""cdk-nag (AwsSolutions) acknowledgments: each on the narrowest construct, with its reason.
+
+cdk-nag 3 reads CDK's own acknowledgments (`Validations.of(scope).acknowledge`), which
+apply to the construct and everything below it. Nothing here is acknowledged stack-wide.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aws_cdk as cdk
+from constructs import IConstruct
+
+if TYPE_CHECKING:
+    from cdk.tokex_stack import TokexStack
+
+XRAY_REASON = (
+    "Only X-Ray's xray:PutTraceSegments and xray:PutTelemetryRecords (added by Tracing.ACTIVE)"
+    " use Resource '*': X-Ray has no resource-level permissions for them. Every other"
+    " statement of this role names one resource (tests/infra assert the exact list)."
+)
+RUNTIME_REASON = (
+    "python3.13 is pinned on purpose (supported by Lambda until 2029): the layer is built"
+    " from cp313 wheels for this exact ABI, so the runtime and the layer must move"
+    " together. Upgrading is a one-line change of RUNTIME in cdk/functions.py."
+)
+
+
+def _ack(scope: IConstruct, rule: str, reason: str) -> None:
+    cdk.Validations.of(scope).acknowledge(
+        cdk.Acknowledgment(id=f"AwsSolutions::AwsSolutions-{rule}", reason=reason)
+    )
+
+
+def _arn_token(stack: cdk.Stack, construct: IConstruct) -> str:
+    """How cdk-nag writes `Fn::GetAtt <logical id>.Arn` in a finding id."""
+    child = construct.node.default_child
+    assert isinstance(child, cdk.CfnElement)
+    return f"<{stack.get_logical_id(child)}.Arn>"
+
+
+def acknowledge_findings(stack: TokexStack) -> None:
+    for function in (stack.exchange, stack.publisher):
+        _ack(function.role, "IAM5[Resource::*]", XRAY_REASON)
+        _ack(function.function, "L1", RUNTIME_REASON)
+
+    documents = _arn_token(stack, stack.issuer_site.bucket)
+    _ack(
+        stack.publisher.role,
+        f"IAM5[Resource::{documents}/.well-known/*]",
+        "The publisher writes exactly two objects, .well-known/jwks.json and"
+        " .well-known/openid-configuration; the grant is scoped to that prefix of the"
+        " issuer bucket (s3:GetObject for HeadObject, s3:PutObject), nothing else.",
+    )
+
+    provider = stack.jwks_publication.provider
+    _ack(
+        provider,
+        "IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+        "AWSLambdaBasicExecutionRole]",
+        "The CDK custom-resource provider framework function (not our code) is created by"
+        " aws-cdk-lib with the AWS managed basic execution role: CloudWatch Logs only.",
+    )
+    _ack(
+        provider,
+        f"IAM5[Resource::{_arn_token(stack, stack.publisher.function)}:*]",
+        "The provider framework may invoke the JWKS publisher function and its versions"
+        " (ARN:*); it is that one function and nothing else.",
+    )
+
+    for route in ("POST--token", "ANY--token"):
+        _ack(
+            stack.token_api.api.node.find_child(route),
+            "APIG4",
+            "/token is the RFC 8693 token exchange: the caller authenticates inside the"
+            " request (subject_token = a SigV4-signed sts:GetCallerIdentity that the exchange"
+            " verifies with STS), so an API Gateway authorizer would need the credentials the"
+            " workload is exchanging for. Throttling is on at the stage; ANY only exists so"
+            " other methods get the contract's 405.",
+        )
+
+    distribution = stack.issuer_site.distribution
+    _ack(
+        distribution,
+        "CFR1",
+        "The issuer documents and token endpoint serve AWS workloads in any region and"
+        " JWT verifiers anywhere; geo restriction would break legitimate callers.",
+    )
+    if stack.config.web_acl_arn is None:
+        _ack(
+            distribution,
+            "CFR2",
+            "No WAF web ACL by default (cost): /token is throttled at API Gateway and"
+            " answers 4xx cheaply; set the webAclArn context to attach one.",
+        )
+    if stack.config.domain_name is None:
+        _ack(
+            distribution,
+            "CFR4",
+            "Without a custom domain the distribution uses the default *.cloudfront.net"
+            " certificate, whose minimum TLS version CloudFront does not let us raise;"
+            " with domainName/certificateArn the policy is TLSv1.2_2021.",
+        )

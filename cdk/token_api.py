@@ -1,0 +1,101 @@
+"""The HTTP API in front of the exchange: `POST /token` only, throttled, access-logged."""
+
+from __future__ import annotations
+
+import json
+
+import jsii
+from aws_cdk import Aws, Stack
+from aws_cdk import aws_apigateway as apigw_v1
+from aws_cdk import aws_apigatewayv2 as apigw
+from aws_cdk import aws_apigatewayv2_integrations as integrations
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+TOKEN_ROUTE_PATH = "/token"
+
+# HTTP API `$context` variables (API Gateway developer guide, "Customizing HTTP API access
+# logs"). No headers, no body: the subject token carries signed AWS credentials.
+ACCESS_LOG_FIELDS = {
+    "requestId": "$context.requestId",
+    "requestTime": "$context.requestTime",
+    "sourceIp": "$context.identity.sourceIp",
+    "userAgent": "$context.identity.userAgent",
+    "httpMethod": "$context.httpMethod",
+    "path": "$context.path",
+    "routeKey": "$context.routeKey",
+    "status": "$context.status",
+    "protocol": "$context.protocol",
+    "responseLength": "$context.responseLength",
+    "responseLatency": "$context.responseLatency",
+    "integrationStatus": "$context.integrationStatus",
+    "integrationLatency": "$context.integrationLatency",
+    "integrationError": "$context.integrationErrorMessage",
+}
+
+
+@jsii.implements(apigw.IAccessLogSettings)
+class _AccessLogSettings:
+    def __init__(self, log_group: logs.ILogGroup) -> None:
+        self._destination = apigw.LogGroupLogDestination(log_group)
+
+    @property
+    def destination(self) -> apigw.IAccessLogDestination:
+        return self._destination
+
+    @property
+    def format(self) -> apigw_v1.AccessLogFormat:
+        return apigw_v1.AccessLogFormat.custom(json.dumps(ACCESS_LOG_FIELDS))
+
+
+class TokenApi(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        rate_limit: int,
+        burst_limit: int,
+        log_retention: logs.RetentionDays,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.api = apigw.HttpApi(
+            self,
+            "Api",
+            api_name=f"{Stack.of(self).stack_name}-token",
+            description="tokex token exchange (RFC 8693)",
+            create_default_stage=False,
+        )
+        self.access_logs = logs.LogGroup(self, "AccessLogs", retention=log_retention)
+        self.stage = apigw.HttpStage(
+            self,
+            "DefaultStage",
+            http_api=self.api,
+            stage_name="$default",
+            auto_deploy=True,
+            throttle=apigw.ThrottleSettings(rate_limit=rate_limit, burst_limit=burst_limit),
+            access_log_settings=_AccessLogSettings(self.access_logs),
+        )
+
+    @property
+    def origin_domain(self) -> str:
+        """The API's own host name, for CloudFront's origin (no scheme, no path)."""
+        return f"{self.api.api_id}.execute-api.{Aws.REGION}.{Aws.URL_SUFFIX}"
+
+    def add_token_route(self, handler: lambda_.IFunction) -> None:
+        """`POST /token`, plus `ANY /token` on the same integration so that another method
+        gets the contract's 405 `invalid_request` from the exchange, not API Gateway's 404.
+        (API Gateway picks the most specific route: POST always goes to `POST /token`.)
+        """
+        integration = integrations.HttpLambdaIntegration(
+            "Exchange",
+            handler,
+            payload_format_version=apigw.PayloadFormatVersion.VERSION_2_0,
+        )
+        self.api.add_routes(
+            path=TOKEN_ROUTE_PATH, methods=[apigw.HttpMethod.POST], integration=integration
+        )
+        self.api.add_routes(
+            path=TOKEN_ROUTE_PATH, methods=[apigw.HttpMethod.ANY], integration=integration
+        )

@@ -1,0 +1,80 @@
+"""Reads the instance identity evidence from IMDSv2 (the workload side).
+
+IMDSv2 only: a session token from `PUT /latest/api/token`, then the document and its
+`rsa2048` signature (EC2 User Guide, "Instance identity documents"). The endpoint honours
+`AWS_EC2_METADATA_SERVICE_ENDPOINT` like the AWS SDKs, and `AWS_EC2_METADATA_DISABLED`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+
+DEFAULT_ENDPOINT = "http://169.254.169.254"
+# Off EC2 nothing answers on the link-local address: give up quickly.
+TIMEOUT_SECONDS = 1.0
+MAX_BYTES = 16 * 1024
+TOKEN_TTL_SECONDS = "60"
+
+
+class ImdsUnavailable(Exception):
+    """No instance metadata service answered (not on EC2, or IMDS disabled)."""
+
+
+def imds_endpoint(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return (env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def read_instance_identity(
+    endpoint: str | None = None, *, timeout: float = TIMEOUT_SECONDS
+) -> dict[str, str]:
+    """`{"document": ..., "rsa2048": ...}` exactly as IMDS returned the texts."""
+    if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
+        raise ImdsUnavailable("IMDS is disabled (AWS_EC2_METADATA_DISABLED=true)")
+    base = (endpoint or imds_endpoint()).rstrip("/")
+    # Never through a proxy: the metadata service is on this host's link.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    token = _fetch(
+        opener,
+        urllib.request.Request(  # noqa: S310 - IMDS endpoint (operator-set or link-local)
+            f"{base}/latest/api/token",
+            method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": TOKEN_TTL_SECONDS},
+        ),
+        timeout,
+    )
+    evidence = {}
+    for name, path in (("document", "document"), ("rsa2048", "rsa2048")):
+        request = urllib.request.Request(  # noqa: S310
+            f"{base}/latest/dynamic/instance-identity/{path}",
+            headers={"X-aws-ec2-metadata-token": token},
+        )
+        evidence[name] = _fetch(opener, request, timeout)
+    return evidence
+
+
+def encode_instance_evidence(evidence: Mapping[str, str]) -> str:
+    """The `aws_instance_identity` parameter: base64url (no padding) of the JSON."""
+    raw = json.dumps(dict(evidence), separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _fetch(
+    opener: urllib.request.OpenerDirector, request: urllib.request.Request, timeout: float
+) -> str:
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            data = response.read(MAX_BYTES + 1)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise ImdsUnavailable(f"IMDS at {request.full_url} did not answer: {err}") from None
+    if len(data) > MAX_BYTES:
+        raise ImdsUnavailable("IMDS answer too large")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ImdsUnavailable("IMDS answer is not UTF-8") from None

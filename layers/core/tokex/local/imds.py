@@ -1,0 +1,107 @@
+"""An IMDSv2 emulator for the demo workload of `tokex local`.
+
+It serves one demo instance whose identity document is signed by a certificate created at
+start-up. Only the local exchange trusts that certificate (settings refuse it for any
+deployed, https issuer). The demo role session is named after the instance id, like an
+EC2 instance-profile session, so the evidence binds to the SigV4 caller.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tokex.local.imds_signing import create_local_signing_certificate, sign_document_for_local_mode
+from tokex.local.provision import ACCOUNT_ID, DEMO_INSTANCE_ID, REGION
+
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+
+DEMO_DOCUMENT = {
+    "accountId": ACCOUNT_ID,
+    "architecture": "arm64",
+    "availabilityZone": f"{REGION}a",
+    "billingProducts": None,
+    "devpayProductCodes": None,
+    "marketplaceProductCodes": None,
+    "imageId": "ami-0123456789abcdef0",
+    "instanceId": DEMO_INSTANCE_ID,
+    "instanceType": "t4g.micro",
+    "kernelId": None,
+    "pendingTime": "2026-01-01T00:00:00Z",
+    "privateIp": "10.0.0.10",
+    "ramdiskId": None,
+    "region": REGION,
+    "version": "2017-09-30",
+}
+
+
+class ImdsEmulator:
+    """IMDSv2 on loopback: PUT a session token, then GET the identity document texts."""
+
+    def __init__(self, state_dir: Path, port: int = 0) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        certificate = create_local_signing_certificate(key)
+        self.certificate_path = state_dir / "imds-local-ca.pem"
+        self.certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        self._key, self._certificate = key, certificate
+        self.document = json.dumps(DEMO_DOCUMENT, indent=2)
+        self.rsa2048 = self.sign(self.document)
+        self._tokens: set[str] = set()
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def sign(self, document: str) -> str:
+        """The `/rsa2048` text for any document, signed by this emulator's local CA."""
+        return sign_document_for_local_mode(document, self._key, self._certificate)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        emulator = self
+        paths = {
+            "/latest/dynamic/instance-identity/document": lambda: emulator.document,
+            "/latest/dynamic/instance-identity/rsa2048": lambda: emulator.rsa2048,
+        }
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                if self.path != "/latest/api/token" or not self.headers.get(TTL_HEADER):
+                    self._send(400, "")
+                    return
+                token = secrets.token_urlsafe(32)
+                emulator._tokens.add(token)
+                self._send(200, token)
+
+            def do_GET(self) -> None:
+                if self.headers.get(TOKEN_HEADER) not in emulator._tokens:
+                    self._send(401, "")  # IMDSv2 only: no session token, no answer
+                elif self.path in paths:
+                    self._send(200, paths[self.path]())
+                else:
+                    self._send(404, "")
+
+            def _send(self, status: int, text: str) -> None:
+                data = text.encode("utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler

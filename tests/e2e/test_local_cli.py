@@ -1,0 +1,117 @@
+"""`tokex local` as a subprocess, the demo workload's `tokex token`, and two independent
+JWT libraries that see nothing but the served JWKS."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+from jwcrypto import jwk as jwcrypto_jwk
+from jwcrypto import jwt as jwcrypto_jwt
+
+from tokex.local.emulator import free_port
+
+pytestmark = pytest.mark.e2e
+TOKEX = shutil.which("tokex", path=str(Path(sys.executable).parent)) or "tokex"
+
+
+def load_env_file(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        match = re.fullmatch(r"export ([A-Z_]+)=(.*)", line)
+        if match:
+            env[match[1]] = match[2]
+    return env
+
+
+@pytest.fixture(scope="module")
+def tokex_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    state_dir = tmp_path_factory.mktemp("state")
+    port = free_port()
+    process = subprocess.Popen(
+        [TOKEX, "local", "--port", str(port), "--state-dir", str(state_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    output = []
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            pytest.fail("tokex local exited:\n" + "".join(output))
+        output.append(line)
+        if "tokex local is running" in line:
+            break
+    else:
+        process.kill()
+        pytest.fail("tokex local did not start:\n" + "".join(output))
+    yield f"http://127.0.0.1:{port}", state_dir
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("tokex local did not stop on SIGINT")
+    assert process.returncode == 0
+
+
+def run_token(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TOKEX_"))}
+    env.update(load_env_file(state_dir / "workload.env"))
+    return subprocess.run(
+        [TOKEX, "token", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_token_from_tokex_local_verifies_with_two_independent_libraries(tokex_local):
+    issuer, state_dir = tokex_local
+    assert (state_dir / "workload.env").stat().st_mode & 0o077 == 0  # credentials: 0600
+    result = run_token(
+        state_dir, "--endpoint", issuer, "--audience", "demo-api", "--scope", "demo:read"
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    jwks = json.loads(urllib.request.urlopen(issuer + "/.well-known/jwks.json").read())
+
+    # pyjwt
+    key = jwt.PyJWKClient(issuer + "/.well-known/jwks.json").get_signing_key_from_jwt(token)
+    claims = jwt.decode(token, key.key, algorithms=["RS256"], audience="demo-api", issuer=issuer)
+    assert claims["scope"] == "demo:read"
+    assert claims["sub"] == "arn:aws:iam::123456789012:role/demo-workload"
+
+    # jwcrypto, from the same served key set
+    keyset = jwcrypto_jwk.JWKSet.from_json(json.dumps(jwks))
+    verified = jwcrypto_jwt.JWT(
+        jwt=token,
+        key=keyset,
+        algs=["RS256"],
+        check_claims={"iss": issuer, "aud": "demo-api", "exp": None},
+    )
+    assert json.loads(verified.claims)["jti"] == claims["jti"]
+
+
+def test_token_json_output_and_refusal_exit_code(tokex_local):
+    issuer, state_dir = tokex_local
+    result = run_token(state_dir, "--endpoint", issuer, "--audience", "demo-api", "--json")
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["expires_in"] == 900 and body["scope"] == "demo:read demo:write"
+
+    refused = run_token(state_dir, "--endpoint", issuer, "--audience", "not-granted-api")
+    assert refused.returncode != 0
+    assert refused.stdout == ""
+    assert "invalid_target" in refused.stderr
+    assert "Traceback" not in refused.stderr

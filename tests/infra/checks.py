@@ -1,0 +1,580 @@
+"""The security properties of the synthesized template, one check per property.
+
+Each check takes an `aws_cdk.assertions.Template` and raises AssertionError when its
+property does not hold. `test_stack.py` runs them on the real template;
+`test_mutations.py` weakens the template one property at a time and proves the matching
+check then fails - so removing a property from the CDK code fails the infra tests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from aws_cdk.assertions import Match, Template
+
+STACK = "Tokex"
+# CloudFront managed policy ids (CloudFront developer guide, "Use managed ... policies").
+CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+ALL_VIEWER_EXCEPT_HOST_HEADER = "b689b0a8-53d0-40ab-baf2-68738e2966ac"
+SECURITY_HEADERS = "67f7725c-6f97-4210-82d7-5512b31e9d03"
+RUNTIME = "python3.13"
+EM_AARCH64 = 183
+
+SIGNING_ALGORITHMS = {"RSA_2048": "RSASSA_PKCS1_V1_5_SHA_256", "ECC_NIST_P256": "ECDSA_SHA_256"}
+# Key-policy actions that use the key (anything not administration).
+CRYPTO_ACTIONS = (
+    "kms:Sign",
+    "kms:Verify",
+    "kms:Encrypt",
+    "kms:Decrypt",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+    "kms:GenerateDataKey",
+    "kms:GenerateMac",
+)
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def raw(template: Template) -> dict[str, Any]:
+    return template.to_json()
+
+
+def logical_id(template: Template, path: str) -> str:
+    """Logical id of the resource whose construct path is `Tokex/<path>/Resource`."""
+    wanted = f"{STACK}/{path}/Resource"
+    found = [
+        lid
+        for lid, res in raw(template)["Resources"].items()
+        if res.get("Metadata", {}).get("aws:cdk:path") == wanted
+    ]
+    assert len(found) == 1, f"expected one resource at {wanted}, found {found}"
+    return found[0]
+
+
+def resource(template: Template, path: str) -> dict[str, Any]:
+    return raw(template)["Resources"][logical_id(template, path)]
+
+
+def arn_of(template: Template, path: str) -> dict[str, Any]:
+    return {"Fn::GetAtt": [logical_id(template, path), "Arn"]}
+
+
+def ref(template: Template, path: str) -> dict[str, Any]:
+    return {"Ref": logical_id(template, path)}
+
+
+def _listify(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def role_statements(template: Template, role_path: str) -> list[dict[str, Any]]:
+    """Every identity-policy statement attached to a role: inline, managed or separate."""
+    role_id = logical_id(template, role_path)
+    role = raw(template)["Resources"][role_id]["Properties"]
+    assert not role.get("ManagedPolicyArns"), f"{role_path} has managed policies"
+    statements = [s for p in role.get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+    for res in raw(template)["Resources"].values():
+        if res["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy") and {
+            "Ref": role_id
+        } in res["Properties"].get("Roles", []):
+            statements.extend(res["Properties"]["PolicyDocument"]["Statement"])
+    return statements
+
+
+def grants(statements: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(action, resource, condition) triples for Allow statements, JSON-normalized."""
+    out = set()
+    for statement in statements:
+        assert statement["Effect"] == "Allow", f"unexpected statement {statement}"
+        assert "NotAction" not in statement and "NotResource" not in statement
+        condition = json.dumps(statement.get("Condition", {}), sort_keys=True)
+        for action in _listify(statement["Action"]):
+            for res in _listify(statement["Resource"]):
+                out.add((action, json.dumps(res, sort_keys=True), condition))
+    return out
+
+
+def _grant(action: str, res: Any, condition: dict[str, Any] | None = None) -> tuple[str, str, str]:
+    return (action, json.dumps(res, sort_keys=True), json.dumps(condition or {}, sort_keys=True))
+
+
+def _iter_refs(value: Any) -> Iterator[str]:
+    """Logical ids referenced by Ref / Fn::GetAtt / Fn::Sub inside a value."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "Ref" and isinstance(inner, str) and not inner.startswith("AWS::"):
+                yield inner
+            elif key == "Fn::GetAtt":
+                yield inner[0] if isinstance(inner, list) else inner.split(".")[0]
+            elif key == "Fn::Sub":
+                text = inner[0] if isinstance(inner, list) else inner
+                for part in text.split("${")[1:]:
+                    name = part.split("}")[0].split(".")[0]
+                    if not name.startswith("AWS::"):
+                        yield name
+                yield from _iter_refs(inner)
+            else:
+                yield from _iter_refs(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _iter_refs(inner)
+
+
+def dependencies(template: Template) -> dict[str, set[str]]:
+    resources = raw(template)["Resources"]
+    graph = {}
+    for lid, res in resources.items():
+        deps = set(_iter_refs(res.get("Properties", {})))
+        deps.update(_listify(res.get("DependsOn", [])))
+        graph[lid] = deps & resources.keys()
+    return graph
+
+
+def depends_on(template: Template, source: str, target: str) -> bool:
+    graph, seen, stack = dependencies(template), set(), [source]
+    while stack:
+        node = stack.pop()
+        for dep in graph[node]:
+            if dep == target:
+                return True
+            if dep not in seen:
+                seen.add(dep)
+                stack.append(dep)
+    return False
+
+
+# --- checks ---------------------------------------------------------------------------
+
+
+def check_no_dependency_cycle(template: Template) -> None:
+    """CloudFormation refuses a cyclic template; neither cfn-lint nor the CDK assertions
+    library reports one, so walk the graph ourselves."""
+    graph = dependencies(template)
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for dep in graph[node]:
+            assert state.get(dep) != 1, f"dependency cycle: {' -> '.join([*trail, node, dep])}"
+            if dep not in state:
+                visit(dep, [*trail, node])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [])
+
+
+def check_issuer_wiring(template: Template, *, issuer: Any) -> None:
+    """The issuer reaches the functions; the API itself never depends on a function."""
+    api = logical_id(template, "TokenApi/Api")
+    for fn in ("Exchange/Function", "JwksPublisher/Function"):
+        assert not depends_on(template, api, logical_id(template, fn))
+        env = resource(template, fn)["Properties"]["Environment"]["Variables"]
+        assert env["TOKEX_ISSUER"] == issuer
+        assert env["TOKEX_TOKEN_ENDPOINT"] == _append(issuer, "/token")
+        assert env["TOKEX_SIGNING_KEY_ID"] == arn_of(template, "SigningKey/Key")
+
+
+def _append(value: Any, suffix: str) -> Any:
+    if isinstance(value, str):
+        return value + suffix
+    parts = value["Fn::Join"][1]
+    return {"Fn::Join": ["", [*parts, suffix]]}
+
+
+def default_issuer(template: Template) -> dict[str, Any]:
+    distribution = logical_id(template, "IssuerSite/Distribution")
+    return {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [distribution, "DomainName"]}]]}
+
+
+def check_signing_key(template: Template, *, key_spec: str) -> None:
+    template.has_resource_properties(
+        "AWS::KMS::Key", {"KeySpec": key_spec, "KeyUsage": "SIGN_VERIFY"}
+    )
+    template.resource_count_is("AWS::KMS::Key", 1)
+    key = resource(template, "SigningKey/Key")
+    assert key["DeletionPolicy"] == "Retain" and key["UpdateReplacePolicy"] == "Retain"
+    template.has_resource_properties(
+        "AWS::KMS::Alias",
+        {"AliasName": f"alias/tokex/{STACK}/signing", "TargetKeyId": ref(template, "SigningKey/Key")},
+    )
+
+
+def check_key_policy(template: Template, *, key_spec: str) -> None:
+    """Administration for the account's IAM; kms:Sign only for the exchange role's ARN."""
+    statements = resource(template, "SigningKey/Key")["Properties"]["KeyPolicy"]["Statement"]
+    exchange_role = arn_of(template, "Exchange/Role")
+    signers = []
+    for statement in statements:
+        assert statement["Effect"] == "Allow" and "NotAction" not in statement
+        actions = _listify(statement["Action"])
+        assert "kms:*" not in actions and "*" not in actions, "key policy grants kms:*"
+        uses = [a for a in actions if any(_glob_match(a, c) for c in CRYPTO_ACTIONS)]
+        if uses:
+            signers.append(statement)
+            assert uses == ["kms:Sign"] == actions, f"crypto actions in key policy: {actions}"
+    assert len(signers) == 1, "exactly one key-policy statement may allow signing"
+    assert signers[0]["Condition"] == {
+        "ArnEquals": {"aws:PrincipalArn": exchange_role},
+        "StringEquals": {
+            "kms:MessageType": "RAW",
+            "kms:SigningAlgorithm": SIGNING_ALGORITHMS[key_spec],
+        },
+    }
+
+
+def _glob_match(pattern: str, action: str) -> bool:
+    if pattern.endswith("*"):
+        return action.startswith(pattern[:-1])
+    return pattern == action
+
+
+def check_exchange_permissions(template: Template, *, key_spec: str) -> None:
+    """Exactly: write its logs, X-Ray, sign with (and read) the key, read the table."""
+    key, table = arn_of(template, "SigningKey/Key"), arn_of(template, "PolicyTable/Table")
+    logs = arn_of(template, "Exchange/Logs")
+    sign_condition = {
+        "StringEquals": {
+            "kms:MessageType": "RAW",
+            "kms:SigningAlgorithm": SIGNING_ALGORITHMS[key_spec],
+        }
+    }
+    expected = {
+        _grant("logs:CreateLogStream", logs),
+        _grant("logs:PutLogEvents", logs),
+        _grant("xray:PutTraceSegments", "*"),
+        _grant("xray:PutTelemetryRecords", "*"),
+        _grant("kms:Sign", key, sign_condition),
+        _grant("kms:GetPublicKey", key),
+        _grant("dynamodb:GetItem", table),
+        _grant("dynamodb:Query", table),
+        _grant("dynamodb:Scan", table),
+    }
+    actual = grants(role_statements(template, "Exchange/Role"))
+    assert actual == expected, f"exchange role: extra {actual - expected}, missing {expected - actual}"
+    _check_lambda_trust(template, "Exchange/Role")
+
+
+def check_publisher_permissions(template: Template) -> None:
+    """Exactly: write its logs, X-Ray, read the public key, publish under .well-known/."""
+    key, logs = arn_of(template, "SigningKey/Key"), arn_of(template, "JwksPublisher/Logs")
+    well_known = {"Fn::Join": ["", [arn_of(template, "IssuerSite/Documents"), "/.well-known/*"]]}
+    expected = {
+        _grant("logs:CreateLogStream", logs),
+        _grant("logs:PutLogEvents", logs),
+        _grant("xray:PutTraceSegments", "*"),
+        _grant("xray:PutTelemetryRecords", "*"),
+        _grant("kms:DescribeKey", key),
+        _grant("kms:GetPublicKey", key),
+        _grant("s3:GetObject", well_known),
+        _grant("s3:PutObject", well_known),
+    }
+    actual = grants(role_statements(template, "JwksPublisher/Role"))
+    assert actual == expected, f"publisher role: extra {actual - expected}, missing {expected - actual}"
+    assert not any(action == "kms:Sign" for action, _, _ in actual)
+    _check_lambda_trust(template, "JwksPublisher/Role")
+
+
+def _check_lambda_trust(template: Template, role_path: str) -> None:
+    trust = resource(template, role_path)["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust == [
+        {
+            "Action": "sts:AssumeRole",
+            "Effect": "Allow",
+            "Principal": {"Service": "lambda.amazonaws.com"},
+        }
+    ]
+
+
+def check_documents_bucket(template: Template) -> None:
+    """Private (all four public-access blocks), versioned, encrypted, TLS-only, and readable
+    only by this distribution through origin access control."""
+    props = resource(template, "IssuerSite/Documents")["Properties"]
+    _check_private_encrypted(props)
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    assert "AccessControl" not in props
+    assert props["LoggingConfiguration"]["DestinationBucketName"] == ref(
+        template, "IssuerSite/AccessLogs"
+    )
+    statements = _bucket_policy(template, "IssuerSite/Documents")
+    _check_tls_only(template, "IssuerSite/Documents", statements)
+    allows = [s for s in statements if s["Effect"] == "Allow"]
+    distribution = logical_id(template, "IssuerSite/Distribution")
+    assert allows == [
+        {
+            "Action": "s3:GetObject",
+            "Condition": {
+                "StringEquals": {
+                    "AWS:SourceArn": {
+                        "Fn::Join": [
+                            "",
+                            [
+                                "arn:",
+                                {"Ref": "AWS::Partition"},
+                                ":cloudfront::",
+                                {"Ref": "AWS::AccountId"},
+                                ":distribution/",
+                                {"Ref": distribution},
+                            ],
+                        ]
+                    }
+                }
+            },
+            "Effect": "Allow",
+            "Principal": {"Service": "cloudfront.amazonaws.com"},
+            "Resource": {"Fn::Join": ["", [arn_of(template, "IssuerSite/Documents"), "/*"]]},
+        }
+    ], f"unexpected Allow in the documents bucket policy: {allows}"
+    bucket = resource(template, "IssuerSite/Documents")
+    assert bucket["DeletionPolicy"] == "Retain"
+
+
+def check_log_bucket(template: Template) -> None:
+    props = resource(template, "IssuerSite/AccessLogs")["Properties"]
+    _check_private_encrypted(props)
+    statements = _bucket_policy(template, "IssuerSite/AccessLogs")
+    _check_tls_only(template, "IssuerSite/AccessLogs", statements)
+    for statement in statements:
+        if statement["Effect"] == "Allow":
+            assert statement["Principal"] == {"Service": "logging.s3.amazonaws.com"}
+            assert statement["Action"] == "s3:PutObject"
+
+
+def _check_private_encrypted(props: dict[str, Any]) -> None:
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    rules = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rules == [{"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+    assert props.get("AccessControl") in (None, "Private")
+
+
+def _bucket_policy(template: Template, bucket_path: str) -> list[dict[str, Any]]:
+    bucket = ref(template, bucket_path)
+    policies = [
+        r["Properties"]["PolicyDocument"]["Statement"]
+        for r in raw(template)["Resources"].values()
+        if r["Type"] == "AWS::S3::BucketPolicy" and r["Properties"]["Bucket"] == bucket
+    ]
+    assert len(policies) == 1, f"{bucket_path}: expected one bucket policy"
+    return policies[0]
+
+
+def _check_tls_only(template: Template, bucket_path: str, statements: list[dict[str, Any]]) -> None:
+    arn = arn_of(template, bucket_path)
+    assert {
+        "Action": "s3:*",
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        "Effect": "Deny",
+        "Principal": {"AWS": "*"},
+        "Resource": [arn, {"Fn::Join": ["", [arn, "/*"]]}],
+    } in statements, f"{bucket_path}: no TLS-only deny statement"
+
+
+def check_distribution(template: Template) -> None:
+    """Origin access control to S3, https for viewers, /token to the API uncached."""
+    template.has_resource_properties(
+        "AWS::CloudFront::OriginAccessControl",
+        {
+            "OriginAccessControlConfig": {
+                "OriginAccessControlOriginType": "s3",
+                "SigningBehavior": "always",
+                "SigningProtocol": "sigv4",
+            }
+        },
+    )
+    config = resource(template, "IssuerSite/Distribution")["Properties"]["DistributionConfig"]
+    origins = {o["Id"]: o for o in config["Origins"]}
+    s3_origin = origins[config["DefaultCacheBehavior"]["TargetOriginId"]]
+    assert s3_origin["OriginAccessControlId"] == {
+        "Fn::GetAtt": [logical_id(template, "IssuerSite/Distribution/Origin1/S3OriginAccessControl"), "Id"]
+    }
+    assert s3_origin["DomainName"] == {
+        "Fn::GetAtt": [logical_id(template, "IssuerSite/Documents"), "RegionalDomainName"]
+    }
+    assert s3_origin["S3OriginConfig"] == {"OriginAccessIdentity": ""}
+
+    default = config["DefaultCacheBehavior"]
+    assert default["ViewerProtocolPolicy"] == "redirect-to-https"
+    assert default.get("AllowedMethods", ["GET", "HEAD"]) == ["GET", "HEAD"]
+    assert default["ResponseHeadersPolicyId"] == SECURITY_HEADERS
+
+    behaviors = config["CacheBehaviors"]
+    assert [b["PathPattern"] for b in behaviors] == ["/token"]
+    token = behaviors[0]
+    assert token["ViewerProtocolPolicy"] == "https-only"
+    assert "POST" in token["AllowedMethods"]
+    assert token["CachePolicyId"] == CACHING_DISABLED
+    assert token["OriginRequestPolicyId"] == ALL_VIEWER_EXCEPT_HOST_HEADER
+    assert token["ResponseHeadersPolicyId"] == SECURITY_HEADERS
+    api_origin = origins[token["TargetOriginId"]]
+    assert api_origin["CustomOriginConfig"] == {
+        "OriginProtocolPolicy": "https-only",
+        "OriginSSLProtocols": ["TLSv1.2"],
+    }
+    assert api_origin["DomainName"]["Fn::Join"][1][0] == ref(template, "TokenApi/Api")
+    assert config["Logging"]["Bucket"] == {
+        "Fn::GetAtt": [logical_id(template, "IssuerSite/AccessLogs"), "RegionalDomainName"]
+    }
+    assert config["Enabled"] is True
+
+
+def check_custom_domain(template: Template, *, domain: str, certificate_arn: str) -> None:
+    config = resource(template, "IssuerSite/Distribution")["Properties"]["DistributionConfig"]
+    assert config["Aliases"] == [domain]
+    assert config["ViewerCertificate"] == {
+        "AcmCertificateArn": certificate_arn,
+        "MinimumProtocolVersion": "TLSv1.2_2021",
+        "SslSupportMethod": "sni-only",
+    }
+
+
+def check_functions(template: Template) -> None:
+    """Current Python runtime on arm64, X-Ray active, own log group with retention, layer."""
+    layer = ref(template, "CoreLayer/Layer")
+    for name, timeout in (("Exchange", 10), ("JwksPublisher", 30)):
+        props = resource(template, f"{name}/Function")["Properties"]
+        assert props["Runtime"] == RUNTIME
+        assert props["Architectures"] == ["arm64"]
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert props["MemorySize"] == 512
+        assert props["Timeout"] == timeout
+        assert props["Handler"] == "handler.lambda_handler"
+        assert props["Layers"] == [layer]
+        assert props["Role"] == arn_of(template, f"{name}/Role")
+        assert props["LoggingConfig"]["LogGroup"] == ref(template, f"{name}/Logs")
+        assert resource(template, f"{name}/Logs")["Properties"]["RetentionInDays"] == 30
+        env = props["Environment"]["Variables"]
+        assert env["POWERTOOLS_SERVICE_NAME"] == "tokex"
+        assert env["POWERTOOLS_METRICS_NAMESPACE"] == "tokex"
+        assert env["POWERTOOLS_LOGGER_LOG_EVENT"] == "false"
+        assert env["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false"
+    template.has_resource_properties(
+        "AWS::Lambda::LayerVersion",
+        {"CompatibleArchitectures": ["arm64"], "CompatibleRuntimes": [RUNTIME]},
+    )
+    exchange = resource(template, "Exchange/Function")["Properties"]["Environment"]["Variables"]
+    assert exchange["TOKEX_POLICY_TABLE"] == ref(template, "PolicyTable/Table")
+    publisher = resource(template, "JwksPublisher/Function")["Properties"]["Environment"]
+    assert publisher["Variables"]["TOKEX_JWKS_BUCKET"] == ref(template, "IssuerSite/Documents")
+
+
+def check_token_api(template: Template, *, rate: int = 50, burst: int = 100) -> None:
+    """Routes to the exchange only; $default stage throttled and access-logged."""
+    api = ref(template, "TokenApi/Api")
+    template.has_resource_properties("AWS::ApiGatewayV2::Api", {"ProtocolType": "HTTP"})
+    routes = {
+        r["Properties"]["RouteKey"]: r["Properties"]
+        for r in raw(template)["Resources"].values()
+        if r["Type"] == "AWS::ApiGatewayV2::Route"
+    }
+    assert set(routes) == {"POST /token", "ANY /token"}, f"routes: {sorted(routes)}"
+    integrations = [
+        r["Properties"]
+        for r in raw(template)["Resources"].values()
+        if r["Type"] == "AWS::ApiGatewayV2::Integration"
+    ]
+    assert integrations == [
+        {
+            "ApiId": api,
+            "IntegrationType": "AWS_PROXY",
+            "IntegrationUri": arn_of(template, "Exchange/Function"),
+            "PayloadFormatVersion": "2.0",
+        }
+    ]
+    integration_id = next(
+        lid
+        for lid, r in raw(template)["Resources"].items()
+        if r["Type"] == "AWS::ApiGatewayV2::Integration"
+    )
+    for route in routes.values():
+        assert route["ApiId"] == api
+        assert route["Target"] == {"Fn::Join": ["", ["integrations/", {"Ref": integration_id}]]}
+    stage = resource(template, "TokenApi/DefaultStage")["Properties"]
+    assert stage["StageName"] == "$default" and stage["AutoDeploy"] is True
+    assert stage["DefaultRouteSettings"] == {
+        "ThrottlingBurstLimit": burst,
+        "ThrottlingRateLimit": rate,
+    }
+    assert stage["AccessLogSettings"]["DestinationArn"] == arn_of(template, "TokenApi/AccessLogs")
+    assert "$context.requestId" in stage["AccessLogSettings"]["Format"]
+    assert resource(template, "TokenApi/AccessLogs")["Properties"]["RetentionInDays"] == 30
+    template.resource_count_is("AWS::ApiGatewayV2::Stage", 1)
+
+
+def check_policy_table(template: Template) -> None:
+    """On-demand, PITR, encrypted, partition key `id` (S), retained."""
+    table = resource(template, "PolicyTable/Table")
+    assert table["Type"] == "AWS::DynamoDB::GlobalTable"
+    assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain"
+    props = table["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert props["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    assert props["Replicas"], "no replica"
+    for replica in props["Replicas"]:
+        assert replica["PointInTimeRecoverySpecification"] == {
+            "PointInTimeRecoveryEnabled": True
+        }
+        assert replica["DeletionProtectionEnabled"] is True
+
+
+def check_jwks_publication(template: Template, *, nonce: str) -> None:
+    """Hourly schedule and a custom resource that changes on every deploy."""
+    publisher = arn_of(template, "JwksPublisher/Function")
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "ScheduleExpression": "rate(1 hour)",
+            "State": "ENABLED",
+            "Targets": [Match.object_like({"Arn": publisher})],
+        },
+    )
+    custom = [
+        r for r in raw(template)["Resources"].values() if r["Type"] == "Custom::TokexJwks"
+    ]
+    assert len(custom) == 1, "no JWKS custom resource"
+    props = custom[0]["Properties"]
+    framework = arn_of(template, "JwksPublication/Provider/framework-onEvent")
+    assert props["ServiceToken"] == framework
+    assert props["DeployNonce"] == nonce
+    assert props["SigningKeyArn"] == arn_of(template, "SigningKey/Key")
+    env = resource(template, "JwksPublication/Provider/framework-onEvent")["Properties"]
+    assert env["Environment"]["Variables"]["USER_ON_EVENT_FUNCTION_ARN"] == publisher
+
+
+def check_outputs(template: Template, *, issuer: Any) -> None:
+    template.has_output("IssuerUrl", {"Value": issuer})
+    template.has_output("TokenEndpoint", {"Value": _append(issuer, "/token")})
+    template.has_output("JwksUrl", {"Value": _append(issuer, "/.well-known/jwks.json")})
+    template.has_output("PolicyTableName", {"Value": ref(template, "PolicyTable/Table")})
+    template.has_output("SigningKeyArn", {"Value": arn_of(template, "SigningKey/Key")})
+
+
+def check_all_default(template: Template, *, nonce: str) -> None:
+    """Every check, for the default deployment (RSA key, CloudFront domain)."""
+    issuer = default_issuer(template)
+    check_no_dependency_cycle(template)
+    check_issuer_wiring(template, issuer=issuer)
+    check_signing_key(template, key_spec="RSA_2048")
+    check_key_policy(template, key_spec="RSA_2048")
+    check_exchange_permissions(template, key_spec="RSA_2048")
+    check_publisher_permissions(template)
+    check_documents_bucket(template)
+    check_log_bucket(template)
+    check_distribution(template)
+    check_functions(template)
+    check_token_api(template)
+    check_policy_table(template)
+    check_jwks_publication(template, nonce=nonce)
+    check_outputs(template, issuer=issuer)

@@ -1,0 +1,87 @@
+"""Synthesize the CDK app offline, once per session per configuration.
+
+Two apps are synthesized: the default deployment (cdk.json context) and an alternate one
+(ECC key, custom domain, WAF, STS regions). Each synth runs cdk-nag, so a finding without
+an acknowledgment fails every infra test. The layer bundle comes from the bundler's cache
+(`~/.cache/tokex/cdk-layer`, or `TOKEX_LAYER_CACHE_DIR`): only the first run after a change
+to the core library or its dependencies runs pip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("aws_cdk", reason="the cdk extra is not installed")
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+TEST_NONCE = "infra-test-nonce"
+ALTERNATE_CONTEXT = {
+    "signingKeySpec": "ECC_NIST_P256",
+    "domainName": "auth.example.com",
+    "certificateArn": (
+        "arn:aws:acm:us-east-1:123456789012:certificate/12345678-1234-1234-1234-123456789012"
+    ),
+    "webAclArn": (
+        "arn:aws:wafv2:us-east-1:123456789012:global/webacl/tokex/"
+        "12345678-1234-1234-1234-123456789012"
+    ),
+    "stsRegions": "eu-west-1,us-east-1",
+    "throttleRateLimit": 20,
+    "throttleBurstLimit": 40,
+}
+
+
+@dataclass(frozen=True)
+class Synthesized:
+    outdir: Path
+    template_path: Path
+    raw: dict[str, Any]
+    template: Any  # aws_cdk.assertions.Template
+
+    def layer_dir(self) -> Path:
+        layers = [
+            r for r in self.raw["Resources"].values() if r["Type"] == "AWS::Lambda::LayerVersion"
+        ]
+        assert len(layers) == 1
+        return self.outdir / layers[0]["Metadata"]["aws:asset:path"]
+
+
+def synthesize(outdir: Path, context: dict[str, Any]) -> Synthesized:
+    from aws_cdk.assertions import Template
+
+    from cdk.tokex_stack import build_app
+
+    app, stack = build_app(
+        context={
+            "deployNonce": TEST_NONCE,
+            # Resource metadata carries construct paths: the checks find resources by them.
+            "aws:cdk:enable-path-metadata": True,
+            **context,
+        },
+        outdir=str(outdir),
+    )
+    app.synth()  # runs cdk-nag: raises on any unacknowledged finding
+    path = outdir / stack.template_file
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    return Synthesized(outdir, path, raw, Template.from_json(raw))
+
+
+@pytest.fixture(scope="session")
+def default_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    return synthesize(tmp_path_factory.mktemp("cdk-default"), {})
+
+
+@pytest.fixture(scope="session")
+def alternate_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    return synthesize(tmp_path_factory.mktemp("cdk-alternate"), ALTERNATE_CONTEXT)

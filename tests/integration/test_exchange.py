@@ -1,0 +1,167 @@
+"""POST /token through the real handler, the local HTTP front and a moto server that checks
+every SigV4 signature. Tokens are verified only with the JWKS served over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import jwt
+import pytest
+
+from tokex.client.signing import encode_subject_token, signed_get_caller_identity
+from tokex.local.provision import ACCOUNT_ID, DEMO_INSTANCE_ID, DEMO_ROLE_ARN, DEMO_USER_NAME
+from tokex.local.runner import LocalSystem
+from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+
+
+def post(url: str, body: bytes, content_type: str = "application/x-www-form-urlencoded"):
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": content_type}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read())
+
+
+def exchange(system: LocalSystem, *, signed: dict[str, Any] | None = None, **params: str):
+    if signed is None:
+        signed = sign(system)
+    form = {
+        "grant_type": TOKEN_EXCHANGE_GRANT,
+        "subject_token_type": SIGV4_TOKEN_TYPE,
+        "subject_token": encode_subject_token(signed),
+        "audience": "demo-api",
+        **params,
+    }
+    form = {k: v for k, v in form.items() if v is not None}
+    return post(system.issuer + "/token", urllib.parse.urlencode(form).encode())
+
+
+def sign(system: LocalSystem, *, credentials=None, issuer: str | None = None, region="us-east-1"):
+    creds = credentials or system.deployment.workload
+    frozen = creds.session().get_credentials().get_frozen_credentials()
+    return signed_get_caller_identity(frozen, region=region, issuer=issuer or system.issuer)
+
+
+def verify(system: LocalSystem, token: str, audience: str = "demo-api") -> dict[str, Any]:
+    """Verify as a relying party would: only the published JWKS, fetched over HTTP."""
+    keys = jwt.PyJWKClient(system.issuer + "/.well-known/jwks.json", cache_keys=False)
+    signing_key = keys.get_signing_key_from_jwt(token)
+    return jwt.decode(
+        token,
+        signing_key.key,
+        algorithms=["RS256", "ES256"],
+        audience=audience,
+        issuer=system.issuer,
+        options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]},
+    )
+
+
+def assert_refused(result, status: int, error: str) -> dict[str, Any]:
+    got_status, headers, body = result
+    assert (got_status, body.get("error")) == (status, error), body
+    assert "access_token" not in body
+    assert body["error_description"]
+    assert headers["Cache-Control"] == "no-store"
+    return body
+
+
+def test_role_session_gets_a_token_that_verifies_against_the_served_jwks(local_system):
+    status, headers, body = exchange(local_system, scope="demo:read")
+    assert status == 200, body
+    assert headers["Cache-Control"] == "no-store" and headers["Pragma"] == "no-cache"
+    assert body["token_type"] == "Bearer"
+    assert body["issued_token_type"] == "urn:ietf:params:oauth:token-type:jwt"
+    assert body["scope"] == "demo:read"
+    claims = verify(local_system, body["access_token"])
+    header = jwt.get_unverified_header(body["access_token"])
+    assert header["typ"] == "at+jwt" and header["alg"] == "RS256"
+    jwks = json.loads(urllib.request.urlopen(local_system.issuer + "/.well-known/jwks.json").read())
+    assert header["kid"] in {key["kid"] for key in jwks["keys"]}
+    assert claims["exp"] - claims["iat"] == body["expires_in"] == 900
+    assert claims["nbf"] == claims["iat"]
+    assert claims["sub"] == claims["client_id"] == DEMO_ROLE_ARN
+    assert claims["scope"] == "demo:read"
+    assert claims["policy"] == "demo-workload"
+    assert claims["aws"]["account"] == ACCOUNT_ID
+    assert claims["aws"]["session_name"] == DEMO_INSTANCE_ID
+    assert claims["aws"]["arn"].endswith(f":assumed-role/demo-workload/{DEMO_INSTANCE_ID}")
+    assert claims["aws"]["principal_id"].startswith("AROA")
+    assert claims["environment"] == "local"  # the policy's static claim
+    assert abs(claims["iat"] - time.time()) < 60
+
+
+def test_iam_user_gets_a_token_with_all_policy_scopes(local_system):
+    signed = sign(local_system, credentials=local_system.deployment.user)
+    status, _, body = exchange(local_system, signed=signed)
+    assert status == 200, body
+    claims = verify(local_system, body["access_token"])
+    assert claims["sub"] == f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER_NAME}"
+    assert claims["scope"] == body["scope"] == "demo:read demo:write"
+    assert "session_name" not in claims["aws"]
+
+
+def test_discovery_document_names_the_issuer_and_endpoints(local_system):
+    with urllib.request.urlopen(local_system.issuer + "/.well-known/openid-configuration") as r:
+        assert r.headers["Content-Type"] == "application/json"
+        assert r.headers["Cache-Control"] == "public, max-age=300"
+        document = json.loads(r.read())
+    assert document["issuer"] == local_system.issuer
+    assert document["token_endpoint"] == local_system.issuer + "/token"
+    assert document["jwks_uri"] == local_system.issuer + "/.well-known/jwks.json"
+
+
+def test_tampered_signature_is_refused_by_sts(local_system):
+    signed = sign(local_system)
+    auth = signed["headers"]["Authorization"]
+    flipped = "0" if auth[-1] != "0" else "1"
+    signed["headers"]["Authorization"] = auth[:-1] + flipped
+    assert_refused(exchange(local_system, signed=signed), 400, "invalid_grant")
+
+
+def test_request_signed_for_another_deployment_is_refused(local_system):
+    signed = sign(local_system, issuer="https://other-tokex.example.com")
+    body = assert_refused(exchange(local_system, signed=signed), 400, "invalid_grant")
+    assert "issuer" in body["error_description"].lower()
+
+
+def test_unknown_audience_is_invalid_target(local_system):
+    assert_refused(exchange(local_system, audience="payments-api"), 400, "invalid_target")
+
+
+def test_ungranted_scope_is_invalid_scope(local_system):
+    assert_refused(exchange(local_system, scope="demo:read demo:admin"), 400, "invalid_scope")
+
+
+def test_accepted_request_cannot_be_replayed(local_system):
+    signed = sign(local_system)
+    assert exchange(local_system, signed=signed)[0] == 200
+    body = assert_refused(exchange(local_system, signed=signed), 400, "invalid_grant")
+    assert "already used" in body["error_description"]
+
+
+def test_wrong_method_content_type_and_size(local_system):
+    url = local_system.issuer + "/token"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(url)
+    assert err.value.code == 405 and err.value.headers["Allow"] == "POST"
+    assert json.loads(err.value.read())["error"] == "invalid_request"
+    assert_refused(post(url, b"{}", "application/json"), 415, "invalid_request")
+    assert_refused(post(url, b"a=" + b"x" * 17000), 413, "invalid_request")
+
+
+def test_unknown_grant_type(local_system):
+    result = exchange(local_system, grant_type="client_credentials")
+    assert_refused(result, 400, "unsupported_grant_type")
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

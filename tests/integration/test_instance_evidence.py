@@ -1,0 +1,95 @@
+"""IMDS evidence through the running system: read from the local IMDSv2 emulator, verified
+against the (local-only) pinned certificate, bound to the SigV4 caller (security.md group 7
+end to end; the byte-level cases are unit tests)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.test_exchange import exchange, sign, verify
+from tokex.client.imds import encode_instance_evidence, read_instance_identity
+from tokex.local.imds import DEMO_DOCUMENT
+from tokex.local.provision import DEMO_INSTANCE_AUDIENCE, DEMO_INSTANCE_ID
+
+
+def evidence_for(system, **changes) -> str:
+    document = json.dumps({**DEMO_DOCUMENT, **changes}, indent=2)
+    return encode_instance_evidence({"document": document, "rsa2048": system.imds.sign(document)})
+
+
+def test_instance_policy_grants_with_bound_evidence_from_imdsv2(local_system):
+    evidence = read_instance_identity(local_system.imds.url)
+    status, _, body = exchange(
+        local_system,
+        audience=DEMO_INSTANCE_AUDIENCE,
+        aws_instance_identity=encode_instance_evidence(evidence),
+    )
+    assert status == 200, body
+    claims = verify(local_system, body["access_token"], audience=DEMO_INSTANCE_AUDIENCE)
+    assert claims["aws"]["instance"] == {
+        "id": DEMO_INSTANCE_ID,
+        "account": "123456789012",
+        "region": "us-east-1",
+        "availability_zone": "us-east-1a",
+        "image_id": "ami-0123456789abcdef0",
+        "instance_type": "t4g.micro",
+    }
+    assert claims["policy"] == "demo-instance"
+
+
+def test_instance_policy_without_evidence_is_invalid_target(local_system):
+    status, _, body = exchange(local_system, audience=DEMO_INSTANCE_AUDIENCE)
+    assert (status, body["error"]) == (400, "invalid_target")
+
+
+@pytest.mark.parametrize(
+    "changes,reason",
+    [
+        ({"accountId": "210987654321"}, "account"),
+        ({"instanceId": "i-0fedcba9876543210"}, "instance"),
+    ],
+    ids=["other-account", "other-instance"],
+)
+def test_validly_signed_evidence_of_another_account_or_instance_is_refused(
+    local_system, changes, reason
+):
+    status, _, body = exchange(
+        local_system,
+        audience=DEMO_INSTANCE_AUDIENCE,
+        aws_instance_identity=evidence_for(local_system, **changes),
+    )
+    assert (status, body["error"]) == (400, "invalid_grant"), body
+    assert reason in body["error_description"]
+
+
+def test_document_swapped_under_a_valid_signature_is_refused(local_system):
+    genuine = read_instance_identity(local_system.imds.url)
+    forged = genuine["document"].replace("t4g.micro", "m7g.large")
+    evidence = encode_instance_evidence({"document": forged, "rsa2048": genuine["rsa2048"]})
+    status, _, body = exchange(
+        local_system, audience=DEMO_INSTANCE_AUDIENCE, aws_instance_identity=evidence
+    )
+    assert (status, body["error"]) == (400, "invalid_grant"), body
+
+
+def test_evidence_from_an_iam_user_of_the_same_account_binds_by_account(local_system):
+    # An IAM user is not an instance-profile session: only the account must agree. The
+    # instance policy names only the role, so the user still gets no instance token...
+    signed = sign(local_system, credentials=local_system.deployment.user)
+    evidence = encode_instance_evidence(read_instance_identity(local_system.imds.url))
+    status, _, body = exchange(
+        local_system, signed=signed, audience=DEMO_INSTANCE_AUDIENCE, aws_instance_identity=evidence
+    )
+    assert (status, body["error"]) == (400, "invalid_target"), body
+    # ...while a policy without instance conditions ignores the (bound) evidence.
+    signed = sign(local_system, credentials=local_system.deployment.user)
+    status, _, body = exchange(local_system, signed=signed, aws_instance_identity=evidence)
+    assert status == 200, body
+    assert verify(local_system, body["access_token"])["aws"]["instance"]["id"] == DEMO_INSTANCE_ID
+
+
+def test_malformed_evidence_parameter_is_invalid_request(local_system):
+    status, _, body = exchange(local_system, aws_instance_identity="%%%")
+    assert (status, body["error"]) == (400, "invalid_request")

@@ -1,0 +1,171 @@
+"""PolicyStore against emulated DynamoDB (in-process moto: the store is boto3-only)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from moto import mock_aws
+
+from tokex.errors import TemporarilyUnavailable
+from tokex.policy.cache import CachedPolicies
+from tokex.policy.model import Policy, PolicyValidationError
+from tokex.policy.store import PolicyStore, create_table
+
+TABLE = "tokex-policies-test"
+REGION = "us-east-1"
+
+
+def make_policy(policy_id: str, **fields: Any) -> Policy:
+    doc = {
+        "id": policy_id,
+        "effect": "allow",
+        "principals": ["arn:aws:iam::123456789012:role/orders-*"],
+        "audiences": ["orders-api"],
+        "scopes": ["orders:read"],
+        "claims": {"team": "orders", "note": "ünïcode ✓"},
+        **fields,
+    }
+    return Policy.from_document(doc)
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb", region_name=REGION)
+        create_table(dynamodb, TABLE)
+        yield dynamodb
+
+
+@pytest.fixture
+def store(client: Any) -> PolicyStore:
+    return PolicyStore(client, TABLE, clock=lambda: 1_700_000_000.5)
+
+
+def count_calls(client: Any, operation: str) -> list[str]:
+    calls: list[str] = []
+    client.meta.events.register(
+        f"before-call.dynamodb.{operation}", lambda **_: calls.append(operation)
+    )
+    return calls
+
+
+def test_put_get_delete(store: PolicyStore, client: Any) -> None:
+    policy = make_policy("orders-reader", max_ttl_seconds=900)
+    assert store.get("orders-reader") is None
+    store.put(policy)
+    assert store.get("orders-reader") == policy
+
+    item = client.get_item(TableName=TABLE, Key={"id": {"S": "orders-reader"}})["Item"]
+    assert item["updated_at"] == {"N": "1700000000"}
+    text = item["document"]["S"]
+    assert text == json.dumps(
+        policy.to_document(), sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
+
+    store.put(make_policy("orders-reader", scopes=["orders:write"]))  # replace
+    replaced = store.get("orders-reader")
+    assert replaced is not None and replaced.scopes == ("orders:write",)
+
+    assert store.delete("orders-reader") is True
+    assert store.delete("orders-reader") is False
+    assert store.get("orders-reader") is None
+
+
+def test_list_reads_every_page(client: Any) -> None:
+    store = PolicyStore(client, TABLE, page_size=3)
+    for index in range(10):
+        store.put(make_policy(f"p{index:02d}"))
+    scans = count_calls(client, "Scan")
+    assert [p.id for p in store.list()] == [f"p{index:02d}" for index in range(10)]
+    assert len(scans) >= 4  # 10 items at 3 per page
+
+
+def test_invalid_items_are_skipped_not_fatal(store: PolicyStore, client: Any) -> None:
+    store.put(make_policy("good"))
+    reserved = {**make_policy("reserved").to_document(), "claims": {"sub": "root"}}
+    bad = {
+        "not-json": "{",
+        "reserved": json.dumps(reserved),
+        "not-object": "[]",
+        "duplicate-key": '{"id": "duplicate-key", "id": "x"}',
+        "mismatch": json.dumps(make_policy("other-id").to_document()),
+    }
+    for item_id, text in bad.items():
+        client.put_item(TableName=TABLE, Item={"id": {"S": item_id}, "document": {"S": text}})
+    client.put_item(TableName=TABLE, Item={"id": {"S": "no-document"}})
+
+    policies, invalid = store.load_all()
+    assert [p.id for p in policies] == ["good"]
+    assert invalid == sorted([*bad, "no-document"])
+    assert [p.id for p in store.list()] == ["good"]
+    with pytest.raises(PolicyValidationError) as info:
+        store.get("reserved")
+    assert info.value.field == "claims.sub"
+
+
+def test_stored_ttl_above_todays_cap_still_loads(store: PolicyStore) -> None:
+    long = Policy.from_document(
+        {**make_policy("long").to_document(), "max_ttl_seconds": 7200}, ttl_cap=7200
+    )
+    store.put(long)
+    assert store.list() == [long]
+
+
+def test_missing_table_is_temporarily_unavailable(client: Any) -> None:
+    store = PolicyStore(client, "no-such-table")
+    for call in (store.list, lambda: store.get("x"), lambda: store.put(make_policy("x"))):
+        with pytest.raises(TemporarilyUnavailable) as info:
+            call()
+        assert "no-such-table" not in info.value.description
+        assert "ResourceNotFoundException" in info.value.reason
+
+
+def test_unreachable_endpoint_is_temporarily_unavailable() -> None:
+    client = boto3.client(
+        "dynamodb",
+        region_name=REGION,
+        endpoint_url="http://127.0.0.1:1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(connect_timeout=1, read_timeout=1, retries={"max_attempts": 1}),
+    )
+    store = PolicyStore(client, TABLE)
+    started = time.monotonic()
+    with pytest.raises(TemporarilyUnavailable) as info:
+        store.load_all()
+    assert time.monotonic() - started < 5
+    assert info.value.status == 503
+    assert TABLE not in info.value.description
+    assert "dynamodb Scan" in info.value.reason
+
+
+def test_create_table_is_idempotent(client: Any) -> None:
+    create_table(client, TABLE)
+    table = client.describe_table(TableName=TABLE)["Table"]
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+
+
+def test_warm_cache_reads_dynamodb_zero_times(store: PolicyStore, client: Any) -> None:
+    store.put(make_policy("p"))
+    now = [0.0]
+    cache = CachedPolicies(store, 30, clock=lambda: now[0])
+    scans = count_calls(client, "Scan")
+    cache.policies()
+    reads = len(scans)
+    for _ in range(50):
+        assert [p.id for p in cache.policies()] == ["p"]
+    assert len(scans) == reads == 1
+    now[0] = 31.0
+    cache.policies()
+    assert len(scans) == 2

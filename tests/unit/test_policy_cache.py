@@ -1,0 +1,139 @@
+"""The in-memory policy cache: zero reads while fresh, fail closed when stale."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tokex.errors import TemporarilyUnavailable
+from tokex.policy.cache import CachedPolicies
+from tokex.policy.model import Policy
+
+
+def make_policy(policy_id: str) -> Policy:
+    return Policy.from_document(
+        {
+            "id": policy_id,
+            "effect": "allow",
+            "principals": ["arn:aws:iam::123456789012:role/x"],
+            "audiences": ["a"],
+        }
+    )
+
+
+class FakeStore:
+    """In-memory stand-in for PolicyStore's `load_all`, counting reads."""
+
+    def __init__(self) -> None:
+        self.policies = [make_policy("one")]
+        self.invalid: list[str] = []
+        self.loads = 0
+        self.fail = False
+        self.delay = 0.0
+
+    def load_all(self) -> tuple[list[Policy], list[str]]:
+        self.loads += 1
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail:
+            raise TemporarilyUnavailable("down", reason="dynamodb Scan: ThrottlingException")
+        return list(self.policies), list(self.invalid)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_served_from_memory_while_fresh() -> None:
+    store, clock = FakeStore(), Clock()
+    cache = CachedPolicies(store, 30, clock=clock)
+    assert [p.id for p in cache.policies()] == ["one"]
+    store.policies = [make_policy("two")]
+    clock.now += 29.9
+    for _ in range(100):
+        assert [p.id for p in cache.policies()] == ["one"]
+    assert store.loads == 1
+
+
+def test_reloaded_when_stale() -> None:
+    store, clock = FakeStore(), Clock()
+    cache = CachedPolicies(store, 30, clock=clock)
+    cache.policies()
+    store.policies = [make_policy("two")]
+    clock.now += 30
+    assert [p.id for p in cache.policies()] == ["two"]
+    assert store.loads == 2
+
+
+def test_stale_cache_fails_closed_and_recovers() -> None:
+    store, clock = FakeStore(), Clock()
+    cache = CachedPolicies(store, 10, clock=clock)
+    cache.policies()
+    store.fail = True
+    clock.now += 11
+    for _ in range(2):  # never falls back to the stale copy
+        with pytest.raises(TemporarilyUnavailable):
+            cache.policies()
+    store.fail = False
+    store.policies = []
+    assert cache.policies() == []
+
+
+def test_first_load_failure_raises() -> None:
+    store = FakeStore()
+    store.fail = True
+    with pytest.raises(TemporarilyUnavailable):
+        CachedPolicies(store, 30, clock=Clock()).policies()
+
+
+def test_zero_ttl_always_reloads() -> None:
+    store = FakeStore()
+    cache = CachedPolicies(store, 0, clock=Clock())
+    cache.policies()
+    cache.policies()
+    assert store.loads == 2
+
+
+def test_invalidate_and_invalid_ids() -> None:
+    store = FakeStore()
+    store.invalid = ["broken"]
+    cache = CachedPolicies(store, 30, clock=Clock())
+    cache.policies()
+    assert cache.invalid_ids == ("broken",)
+    cache.invalidate()
+    cache.policies()
+    assert store.loads == 2
+
+
+def test_returned_list_is_a_copy() -> None:
+    cache = CachedPolicies(FakeStore(), 30, clock=Clock())
+    cache.policies().clear()
+    assert len(cache.policies()) == 1
+
+
+@pytest.mark.parametrize("ttl", [-1, 61, 3600])
+def test_ttl_bounded_to_a_minute(ttl: float) -> None:
+    with pytest.raises(ValueError, match="ttl_seconds"):
+        CachedPolicies(FakeStore(), ttl)
+
+
+def test_concurrent_callers_share_one_reload() -> None:
+    store = FakeStore()
+    store.delay = 0.05
+    cache = CachedPolicies(store, 30, clock=Clock())
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(len(cache.policies()))) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [1] * 8
+    assert store.loads == 1

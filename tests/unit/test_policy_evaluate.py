@@ -1,0 +1,299 @@
+"""Policy evaluation (policy.md): deny wins, the most specific allow applies."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from tokex.errors import InvalidScope, InvalidTarget
+from tokex.evidence.identity import CallerIdentity, InstanceIdentity
+from tokex.policy.evaluate import Decision, Explanation, TagLookup, evaluate, explain
+from tokex.policy.model import Policy
+
+ACCOUNT = "123456789012"
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/"
+CALLER = CallerIdentity(
+    principal_arn=ROLE + "orders-api",
+    arn=f"arn:aws:sts::{ACCOUNT}:assumed-role/orders-api/i-0123456789abcdef0",
+    account=ACCOUNT,
+    user_id="AROAORDERS:i-0123456789abcdef0",
+    principal_id="AROAORDERS",
+    partition="aws",
+    session_name="i-0123456789abcdef0",
+)
+STRANGER = dataclasses.replace(CALLER, principal_arn=ROLE + "stranger", principal_id="AROASTRANGER")
+INSTANCE = InstanceIdentity(
+    instance_id="i-0123456789abcdef0",
+    account=ACCOUNT,
+    region="eu-west-1",
+    availability_zone="eu-west-1a",
+    image_id="ami-0abc",
+    instance_type="m7g.large",
+    variant="rsa2048",
+    certificate="rsa2048/eu-west-1",
+    bound=True,
+)
+
+
+def policy(policy_id: str = "p", **fields: Any) -> Policy:
+    doc: dict[str, Any] = {
+        "id": policy_id,
+        "effect": "allow",
+        "principals": [ROLE + "orders-*"],
+        "audiences": ["orders-api"],
+        "scopes": ["orders:read", "orders:write"],
+    }
+    doc.update(fields)
+    if doc["effect"] == "deny":
+        doc.pop("scopes", None)
+    return Policy.from_document(doc)
+
+
+def run(
+    policies: list[Policy],
+    *,
+    caller: CallerIdentity = CALLER,
+    audience: str = "orders-api",
+    scopes: tuple[str, ...] | None = None,
+    instance: InstanceIdentity | None = None,
+    tag_lookup: TagLookup | None = None,
+) -> Decision:
+    return evaluate(
+        policies,
+        caller,
+        audience,
+        scopes,
+        instance,
+        default_ttl=900,
+        ttl_cap=3600,
+        tag_lookup=tag_lookup,
+    )
+
+
+def refusal(policies: list[Policy], **kwargs: Any) -> InvalidTarget:
+    with pytest.raises(InvalidTarget) as info:
+        run(policies, **kwargs)
+    return info.value
+
+
+def test_allow_grants_scopes_ttl_and_claims() -> None:
+    decision = run([policy(max_ttl_seconds=600, claims={"team": "orders"})])
+    assert decision.policy.id == "p"
+    assert decision.scopes == ("orders:read", "orders:write")
+    assert decision.ttl_seconds == 600
+    assert decision.claims == {"team": "orders"}
+
+
+def test_decision_claims_are_a_copy() -> None:
+    chosen = policy(claims={"nested": {"k": "v"}})
+    run([chosen]).claims["nested"]["k"] = "changed"
+    assert chosen.claims == {"nested": {"k": "v"}}
+
+
+def test_deny_wins_over_every_allow() -> None:
+    deny = policy("zz-deny", effect="deny", principals=[ROLE + "*"], audiences=["orders-*"])
+    error = refusal([policy("exact", principals=[ROLE + "orders-api"]), deny])
+    assert error.reason == "denied by policy zz-deny"
+
+
+def test_deny_for_another_audience_does_not_apply() -> None:
+    deny = policy("d", effect="deny", audiences=["billing-api"])
+    assert run([policy("a"), deny]).policy.id == "a"
+
+
+def test_most_specific_allow_is_chosen() -> None:
+    broad = policy("a-broad", principals=[ROLE + "*"], scopes=["orders:read"])
+    narrow = policy("z-narrow", principals=[ROLE + "orders-*"], scopes=["orders:write"])
+    exact = policy("m-exact", principals=[ROLE + "orders-api"], scopes=[])
+    assert run([broad, narrow]).policy.id == "z-narrow"
+    assert run([broad, narrow, exact]).policy.id == "m-exact"
+
+
+def test_specificity_uses_the_pattern_that_matched() -> None:
+    # Its other pattern is long but does not match this caller.
+    other = policy("a", principals=[ROLE + "*", ROLE + "orders-api-but-longer"])
+    assert run([other, policy("b", principals=[ROLE + "ord*"])]).policy.id == "b"
+
+
+def test_ties_are_broken_by_id() -> None:
+    first, second = policy("alpha", scopes=["x"]), policy("beta", scopes=["y"])
+    assert run([second, first]).policy.id == "alpha"
+    assert run([first, second]).policy.id == "alpha"
+
+
+def test_scopes_none_requested_means_all_of_the_policy() -> None:
+    assert run([policy()], scopes=()).scopes == ("orders:read", "orders:write")
+
+
+def test_scopes_subset_is_granted() -> None:
+    decision = run([policy()], scopes=("orders:write", "orders:write"))
+    assert decision.scopes == ("orders:write",)
+
+
+def test_scopes_not_granted_are_invalid_scope() -> None:
+    with pytest.raises(InvalidScope) as info:
+        run([policy()], scopes=("orders:read", "orders:admin"))
+    assert info.value.description == "requested scope not granted: orders:admin"
+    assert "policy p" in info.value.reason
+
+
+def test_invalid_scope_description_is_capped() -> None:
+    requested = (*(f"s{i}-" + "x" * 500 for i in range(50)), '"\\')
+    with pytest.raises(InvalidScope) as info:
+        run([policy()], scopes=requested)
+    assert len(info.value.description) < 400
+    assert "(and 46 more)" in info.value.description
+
+
+def test_scopes_come_from_the_chosen_policy_only() -> None:
+    broad = policy("broad", principals=[ROLE + "*"], scopes=["orders:admin"])
+    with pytest.raises(InvalidScope):
+        run([broad, policy("narrow")], scopes=("orders:admin",))
+
+
+def test_ttl_defaults_and_is_capped() -> None:
+    assert run([policy()]).ttl_seconds == 900
+    long = Policy.from_document({**policy().to_document(), "max_ttl_seconds": 7200}, ttl_cap=43200)
+    assert run([long]).ttl_seconds == 3600
+
+
+def test_principal_ids_pin_the_principal() -> None:
+    pinned = policy(principal_ids=["AROAOLDROLE"])
+    recreated = refusal([pinned])
+    assert "principal id" in recreated.reason
+    assert run([policy(principal_ids=["AROAOLDROLE", "AROAORDERS"])]).policy.id == "p"
+
+
+def test_disabled_policies_are_ignored() -> None:
+    refusal([policy(enabled=False)])
+    deny = policy("d", effect="deny", enabled=False)
+    assert run([policy(), deny]).policy.id == "p"
+
+
+def test_audience_globs() -> None:
+    assert run([policy(audiences=["orders-*"])], audience="orders-v2").policy.id == "p"
+    refusal([policy(audiences=["orders-*"])], audience="billing")
+    refusal([policy(audiences=["orders-api"])], audience="orders-*")  # caller `*` is data
+
+
+def test_same_description_for_unknown_denied_and_near_miss_callers() -> None:
+    deny = policy("d", effect="deny", principals=[ROLE + "orders-api"])
+    unknown = refusal([policy()], caller=STRANGER)
+    denied = refusal([policy(), deny])
+    instance_missing = refusal([policy(instance={"required": True})])
+    no_policies = refusal([])
+    descriptions = {e.description for e in (unknown, denied, instance_missing, no_policies)}
+    assert descriptions == {"no policy allows this caller a token for audience 'orders-api'"}
+    assert unknown.reason == no_policies.reason == "no policy matches principal"
+    assert denied.reason == "denied by policy d"
+    assert instance_missing.reason == "policy p requires instance evidence"
+
+
+def test_odd_audience_is_not_echoed() -> None:
+    error = refusal([policy()], audience="<script>\n")
+    assert error.description == "no policy allows this caller a token for this audience"
+
+
+def test_instance_required_without_evidence() -> None:
+    required = policy(instance={"required": True})
+    refusal([required])
+    assert run([required], instance=INSTANCE).policy.id == "p"
+
+
+def test_unbound_evidence_does_not_count() -> None:
+    unbound = dataclasses.replace(INSTANCE, bound=False)
+    error = refusal([policy(instance={"required": True})], instance=unbound)
+    assert "bound to the caller" in error.reason
+
+
+def test_any_condition_needs_evidence_even_when_not_required() -> None:
+    conditional = policy(instance={"required": False, "regions": ["eu-*"]})
+    refusal([conditional])
+    assert run([conditional], instance=INSTANCE).policy.id == "p"
+    assert run([policy(instance={"required": False})]).policy.id == "p"
+
+
+def test_policy_without_instance_ignores_evidence() -> None:
+    unbound = dataclasses.replace(INSTANCE, bound=False)
+    assert run([policy()], instance=unbound).policy.id == "p"
+
+
+@pytest.mark.parametrize(
+    ("conditions", "matches"),
+    [
+        ({"regions": ["eu-west-1"]}, True),
+        ({"regions": ["us-*", "eu-*"]}, True),
+        ({"regions": ["us-*"]}, False),
+        ({"availability_zones": ["eu-west-1?"]}, True),
+        ({"availability_zones": ["eu-west-1b"]}, False),
+        ({"image_ids": ["ami-0abc"]}, True),
+        ({"image_ids": ["ami-0ab"]}, False),
+        ({"instance_types": ["m7g.*"]}, True),
+        ({"instance_types": ["m7g.*"], "regions": ["us-east-1"]}, False),
+        ({"instance_types": ["t3.*"]}, False),
+        ({"accounts": [ACCOUNT]}, True),
+        ({"accounts": ["210987654321"]}, False),
+    ],
+)
+def test_instance_attribute_globs(conditions: dict[str, Any], matches: bool) -> None:
+    candidate = policy(instance={"required": True, **conditions})
+    if matches:
+        assert run([candidate], instance=INSTANCE).policy.id == "p"
+    else:
+        assert "does not match" in refusal([candidate], instance=INSTANCE).reason
+
+
+def test_tag_conditions_use_the_lookup_once() -> None:
+    calls: list[str] = []
+
+    def lookup(instance: InstanceIdentity) -> Mapping[str, str]:
+        calls.append(instance.instance_id)
+        return {"team": "orders-blue", "env": "prod"}
+
+    tagged = [
+        policy("a", instance={"tags": {"team": ["orders-*"], "env": ["prod"]}}),
+        policy("b", instance={"tags": {"team": ["billing"]}}),
+    ]
+    assert run(tagged, instance=INSTANCE, tag_lookup=lookup).policy.id == "a"
+    assert calls == [INSTANCE.instance_id]
+    error = refusal(tagged[1:], instance=INSTANCE, tag_lookup=lookup)
+    assert "tag 'team'" in error.reason
+    # No lookup configured: tag conditions cannot hold.
+    assert "no tag lookup" in refusal(tagged[:1], instance=INSTANCE).reason
+
+
+def test_no_tag_lookup_when_no_policy_reaches_tags() -> None:
+    def lookup(instance: InstanceIdentity) -> Mapping[str, str]:
+        raise AssertionError("must not be called")
+
+    tagged = policy(instance={"tags": {"team": ["orders"]}}, audiences=["other"])
+    assert run([policy("plain"), tagged], instance=INSTANCE, tag_lookup=lookup)
+
+
+def test_explain_agrees_with_evaluate() -> None:
+    policies = [
+        policy("a-allow"),
+        policy("b-off", enabled=False),
+        policy("c-other", principals=[ROLE + "billing-*"]),
+        policy("d-audience", audiences=["billing"]),
+        policy("e-deny", effect="deny", audiences=["billing"]),
+    ]
+    result = explain(policies, CALLER, "orders-api", None, None, default_ttl=900, ttl_cap=3600)
+    assert isinstance(result, Explanation)
+    assert result.decision == run(policies)
+    assert [(line.policy_id, line.applies) for line in result.lines] == [
+        ("a-allow", True), ("b-off", False), ("c-other", False),
+        ("d-audience", False), ("e-deny", False),
+    ]  # fmt: skip
+    text = result.render()
+    assert "disabled" in text and "does not cover the audience" in text
+    assert "=> allowed by a-allow" in text
+
+    refused = explain(policies, CALLER, "billing", None, None, default_ttl=900, ttl_cap=3600)
+    assert refused.decision is None
+    assert isinstance(refused.error, InvalidTarget)
+    assert refused.error.reason == "denied by policy e-deny"
+    assert "=> refused (invalid_target): denied by policy e-deny" in refused.render()

@@ -1,0 +1,326 @@
+"""Policy documents are validated when written; globs mean only `*` and `?`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import re
+import time
+from typing import Any
+
+import pytest
+
+from tokex.policy.globs import (
+    GlobError,
+    check_principal_pattern,
+    glob_matches,
+    literal_prefix_length,
+    principal_matches,
+)
+from tokex.policy.model import InstanceConditions, Policy, PolicyValidationError
+
+ACCOUNT = "123456789012"
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/"
+
+
+def allow_doc(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": "orders-reader",
+        "description": "orders service may read the orders API",
+        "effect": "allow",
+        "principals": [ROLE + "orders-*"],
+        "principal_ids": ["AROAEXAMPLEID"],
+        "audiences": ["orders-api"],
+        "scopes": ["orders:read"],
+        "max_ttl_seconds": 900,
+        "instance": {
+            "required": True,
+            "regions": ["eu-west-1"],
+            "image_ids": ["ami-0abc"],
+            "instance_types": ["m7g.*"],
+            "availability_zones": ["eu-west-1a"],
+            "tags": {"team": ["orders", "orders-*"]},
+        },
+        "claims": {"team": "orders", "tier": {"level": 2, "tags": ["a", "b"]}},
+        "enabled": True,
+    }
+    doc.update(overrides)
+    return doc
+
+
+def refused(doc: dict[str, Any], ttl_cap: int = 3600) -> PolicyValidationError:
+    with pytest.raises(PolicyValidationError) as info:
+        Policy.from_document(doc, ttl_cap=ttl_cap)
+    assert str(info.value) == f"{info.value.field}: {info.value.message}"
+    return info.value
+
+
+def test_design_example_parses_and_round_trips() -> None:
+    policy = Policy.from_document(allow_doc())
+    assert policy.principals == (ROLE + "orders-*",)
+    assert policy.instance == InstanceConditions(
+        required=True,
+        regions=("eu-west-1",),
+        availability_zones=("eu-west-1a",),
+        image_ids=("ami-0abc",),
+        instance_types=("m7g.*",),
+        tags={"team": ("orders", "orders-*")},
+    )
+    doc = policy.to_document()
+    assert Policy.from_document(doc) == policy
+    assert json.loads(json.dumps(doc)) == doc
+    minimal = Policy.from_document(
+        {"id": "m", "effect": "allow", "principals": [ROLE + "x"], "audiences": ["a"]}
+    )
+    assert (minimal.enabled, minimal.scopes, minimal.max_ttl_seconds) == (True, (), None)
+    assert Policy.from_document(minimal.to_document()) == minimal
+
+
+def test_deny_round_trips_without_allow_only_keys() -> None:
+    doc = {"id": "d", "effect": "deny", "principals": [ROLE + "x"], "audiences": ["*"]}
+    policy = Policy.from_document(doc)
+    assert Policy.from_document(policy.to_document()) == policy
+    assert set(policy.to_document()) == {
+        "id", "description", "effect", "principals", "audiences", "enabled",
+    }  # fmt: skip
+
+
+def test_claims_are_copied_from_the_document() -> None:
+    doc = allow_doc()
+    policy = Policy.from_document(doc)
+    doc["claims"]["tier"]["level"] = 99
+    assert policy.claims["tier"]["level"] == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"colour": "blue"}, "colour"),
+        ({"id": ""}, "id"),
+        ({"id": "a" * 129}, "id"),
+        ({"id": "has space"}, "id"),
+        ({"id": 7}, "id"),
+        ({"effect": "permit"}, "effect"),
+        ({"description": 3}, "description"),
+        ({"description": "x" * 1025}, "description"),
+        ({"principals": []}, "principals"),
+        ({"principals": ROLE + "x"}, "principals"),
+        ({"principals": [ROLE + "x", ROLE + "x"]}, "principals"),
+        ({"principals": [ROLE + "x", 5]}, "principals[1]"),
+        ({"principals": ["*"]}, "principals[0]"),
+        ({"principals": [ROLE + "ok", "arn:aws:iam::*:role/x"]}, "principals[1]"),
+        ({"principal_ids": ["AROA-1"]}, "principal_ids[0]"),
+        ({"principal_ids": ["A" * 129]}, "principal_ids[0]"),
+        ({"audiences": []}, "audiences"),
+        ({"audiences": ["orders api"]}, "audiences[0]"),
+        ({"audiences": ["a" * 257]}, "audiences[0]"),
+        ({"audiences": ["a?"]}, "audiences[0]"),
+        ({"scopes": ['say"hi']}, "scopes[0]"),
+        ({"scopes": ["back\\slash"]}, "scopes[0]"),
+        ({"scopes": ["two words"]}, "scopes[0]"),
+        ({"scopes": ["é"]}, "scopes[0]"),
+        ({"scopes": [""]}, "scopes[0]"),
+        ({"max_ttl_seconds": 59}, "max_ttl_seconds"),
+        ({"max_ttl_seconds": 3601}, "max_ttl_seconds"),
+        ({"max_ttl_seconds": 900.0}, "max_ttl_seconds"),
+        ({"max_ttl_seconds": True}, "max_ttl_seconds"),
+        ({"max_ttl_seconds": "900"}, "max_ttl_seconds"),
+        ({"enabled": "yes"}, "enabled"),
+        ({"enabled": 1}, "enabled"),
+        ({"claims": []}, "claims"),
+        ({"claims": {"sub": "root"}}, "claims.sub"),
+        ({"claims": {"aws": {}}}, "claims.aws"),
+        ({"claims": {"scope": "admin"}}, "claims.scope"),
+        ({"claims": {"bad name": 1}}, "claims.bad name"),
+        ({"claims": {"n": float("nan")}}, "claims.n"),
+        ({"claims": {"s": {1, 2}}}, "claims.s"),
+        ({"claims": {"big": "x" * 2100}}, "claims"),
+        ({"instance": []}, "instance"),
+        ({"instance": {"required": "true"}}, "instance.required"),
+        ({"instance": {"zone": ["a"]}}, "instance.zone"),
+        ({"instance": {"regions": "eu-west-1"}}, "instance.regions"),
+        ({"instance": {"regions": ["eu west"]}}, "instance.regions[0]"),
+        ({"instance": {"accounts": ["12[3]"]}}, "instance.accounts[0]"),
+        ({"instance": {"tags": {"team": []}}}, "instance.tags.team"),
+        ({"instance": {"tags": {"team": "x"}}}, "instance.tags.team"),
+        ({"instance": {"tags": {"bad\nkey": ["x"]}}}, "instance.tags.bad\nkey"),
+    ],
+)
+def test_every_refusal_names_its_field(overrides: dict[str, Any], field: str) -> None:
+    assert refused(allow_doc(**overrides)).field == field
+
+
+@pytest.mark.parametrize("key", ["id", "effect", "principals", "audiences"])
+def test_required_keys(key: str) -> None:
+    doc = allow_doc()
+    del doc[key]
+    assert refused(doc).field == key
+
+
+def test_ttl_is_bounded_by_the_deployment_cap() -> None:
+    assert Policy.from_document(allow_doc(max_ttl_seconds=7200), ttl_cap=7200)
+    assert refused(allow_doc(max_ttl_seconds=7200), ttl_cap=3600).field == "max_ttl_seconds"
+
+
+def test_document_must_be_a_mapping() -> None:
+    with pytest.raises(PolicyValidationError) as info:
+        Policy.from_document(["not", "an", "object"])  # type: ignore[arg-type]
+    assert info.value.field == "document"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("scopes", ["a"]),
+        ("max_ttl_seconds", 900),
+        ("claims", {"team": "x"}),
+        ("principal_ids", ["AROAX"]),
+        ("instance", {"required": True}),
+    ],
+)
+def test_deny_refuses_what_only_an_allow_means(key: str, value: Any) -> None:
+    doc = {"id": "d", "effect": "deny", "principals": [ROLE + "x"], "audiences": ["a"]}
+    assert refused({**doc, key: value}).field == key
+    for missing in ("principals", "audiences"):
+        assert refused({**doc, missing: []}).field == missing
+
+
+def test_validation_error_is_a_value_error() -> None:
+    assert issubclass(PolicyValidationError, ValueError)
+
+
+# --- principal patterns -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("*", "bare"),
+        ("**", "bare"),
+        ("arn:aws:iam::*:role/x", "account"),
+        ("arn:aws:iam::12345678901?:role/x", "account"),
+        ("arn:aws:iam:*:123456789012:role/x", "region"),
+        ("arn:*:iam::123456789012:role/x", "partition"),
+        ("arn:aws*:iam::123456789012:role/x", "partition"),
+        ("*:aws:iam::123456789012:role/x", "arn"),
+        ("arn:aws:*::123456789012:role/x", "service"),
+        ("arn:aws:sts::123456789012:assumed-role/x/y", "IAM"),
+        ("arn:aws:iam::123456789012:*/x", "type"),
+        ("arn:aws:iam::123456789012:group/x", "role/<name>"),
+        ("arn:aws:iam::123456789012:role", "path and name"),
+        ("arn:aws:iam::123456789012:role/", "path and name"),
+        ("arn:aws:iam::123456789012:role//x", "path and name"),
+        ("arn:aws:iam::123456789012:role/x/", "path and name"),
+        ("arn:aws:iam::123456789012:role/[ab]", "path and name"),
+        ("arn:aws:iam::12345678901:role/x", "12 digits"),
+        ("arn:aws:iam::123456789012", "arn:<partition>"),
+        ("arn:aws-xx:iam::123456789012:role/x", "partition must be"),
+        ("arn:aws:iam::123456789012:role/" + "a" * 1024, "characters"),
+    ],
+)
+def test_principal_patterns_refused(pattern: str, why: str) -> None:
+    with pytest.raises(GlobError, match=re.escape(why)):
+        check_principal_pattern(pattern)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        ROLE + "*",
+        ROLE + "orders-*",
+        ROLE + "team/*/orders-?",
+        "arn:aws-us-gov:iam::123456789012:user/alice",
+        "arn:aws-cn:iam::123456789012:role/a+b=c,d.e@f_g-h",
+    ],
+)
+def test_principal_patterns_accepted(pattern: str) -> None:
+    check_principal_pattern(pattern)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "arn", "matches"),
+    [
+        (ROLE + "orders-*", ROLE + "orders-api", True),
+        (ROLE + "orders-*", ROLE + "orders-", True),
+        (ROLE + "orders-*", ROLE + "team/orders-api", False),  # never crosses `/`
+        (ROLE + "*", ROLE + "path/name", False),
+        (ROLE + "*/*", ROLE + "path/name", True),
+        (ROLE + "team/*/x", ROLE + "team/a/b/x", False),
+        (ROLE + "orders-?", ROLE + "orders-1", True),
+        (ROLE + "orders-?", ROLE + "orders-12", False),
+        (ROLE + "orders-*", "arn:aws:iam::210987654321:role/orders-api", False),
+        (ROLE + "orders-*", f"arn:aws:iam::{ACCOUNT}:user/orders-api", False),
+        (ROLE + "Orders", ROLE + "orders", False),  # case-sensitive, like STS's ARN
+        (ROLE + "a.b", ROLE + "aXb", False),  # `.` is literal
+        (ROLE + "x", ROLE + "x\n", False),
+    ],
+)
+def test_principal_matching(pattern: str, arn: str, matches: bool) -> None:
+    check_principal_pattern(pattern)
+    assert principal_matches(pattern, arn) is matches
+
+
+def test_caller_value_with_wildcards_is_data() -> None:
+    # A caller whose ARN or audience contains `*` or `?` gets no wildcard power.
+    assert not principal_matches(ROLE + "orders-api", ROLE + "orders-*")
+    assert not glob_matches("orders-api", "orders-*")
+    assert not glob_matches("orders-api", "orders-ap?")
+    assert not glob_matches("a.c", "a*c")
+    assert glob_matches("orders-*", "orders-*")  # a literal `*` is still "any run"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "matches"),
+    [
+        ("orders-api", "orders-api", True),
+        ("orders-*", "orders-api", True),
+        ("*", "anything/at:all", True),
+        ("m7g.*", "m7g.large", True),
+        ("m7g.*", "m7gxlarge", False),
+        ("eu-*-1?", "eu-west-1a", True),
+        ("https://api.example.com/*", "https://api.example.com/v1/x", True),
+        ("[ab]", "a", False),
+        ("[ab]", "[ab]", True),
+        ("a", "A", False),
+        ("", "", True),
+        ("*", "line\nbreak", True),
+        ("a", "a\n", False),
+    ],
+)
+def test_attribute_globs(pattern: str, value: str, matches: bool) -> None:
+    assert glob_matches(pattern, value) is matches
+
+
+def _reference(pattern: str, value: str, star: str, one: str) -> bool:
+    parts = (star if c == "*" else one if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch("".join(parts), value, re.DOTALL) is not None
+
+
+def test_globs_agree_with_an_anchored_regex() -> None:
+    rng = random.Random(7)
+    for _ in range(5000):
+        pattern = "".join(rng.choice("ab*?/:.") for _ in range(rng.randint(0, 7)))
+        value = "".join(rng.choice("ab*?/:.") for _ in range(rng.randint(0, 8)))
+        assert glob_matches(pattern, value) is _reference(pattern, value, ".*", ".")
+        assert principal_matches(pattern, value) is _reference(pattern, value, "[^:/]*", "[^:/]")
+
+
+def test_glob_matching_has_no_catastrophic_backtracking() -> None:
+    started = time.perf_counter()
+    assert not glob_matches("*a" * 30 + "*b", "a" * 256)
+    assert not principal_matches(ROLE + "*a" * 30 + "*b", ROLE + "a" * 256)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_literal_prefix_length() -> None:
+    assert literal_prefix_length(ROLE + "orders-*") == len(ROLE + "orders-")
+    assert literal_prefix_length(ROLE + "orders-api") == len(ROLE + "orders-api")
+    assert literal_prefix_length(ROLE + "o?ders") == len(ROLE + "o")
+
+
+def test_from_document_does_not_mutate_input() -> None:
+    doc = allow_doc()
+    before = copy.deepcopy(doc)
+    Policy.from_document(doc)
+    assert doc == before

@@ -1,0 +1,138 @@
+"""The exact STS host table (security.md, attack group 1 for the host part)."""
+
+from __future__ import annotations
+
+import botocore.loaders
+import pytest
+
+from tokex.errors import ConfigurationError
+from tokex.evidence.sts_endpoints import (
+    AWS_CN_REGIONS,
+    AWS_REGIONS,
+    AWS_US_GOV_REGIONS,
+    Endpoint,
+    StsEndpoints,
+)
+from tokex.settings import Settings
+
+ALL = StsEndpoints(["aws", "aws-cn", "aws-us-gov"])
+
+
+def test_every_commercial_region_has_its_regional_host() -> None:
+    for region in AWS_REGIONS:
+        assert ALL.lookup(f"sts.{region}.amazonaws.com") == Endpoint(
+            f"sts.{region}.amazonaws.com", region, "aws"
+        )
+
+
+def test_global_host_is_aws_partition_and_scoped_to_us_east_1() -> None:
+    assert ALL.lookup("sts.amazonaws.com") == Endpoint("sts.amazonaws.com", "us-east-1", "aws")
+    assert StsEndpoints(["aws-cn", "aws-us-gov"]).lookup("sts.amazonaws.com") is None
+
+
+def test_china_and_govcloud_hosts() -> None:
+    for region in AWS_CN_REGIONS:
+        host = f"sts.{region}.amazonaws.com.cn"
+        assert ALL.lookup(host) == Endpoint(host, region, "aws-cn")
+        assert ALL.lookup(f"sts.{region}.amazonaws.com") is None
+    for region in AWS_US_GOV_REGIONS:
+        host = f"sts.{region}.amazonaws.com"
+        assert ALL.lookup(host) == Endpoint(host, region, "aws-us-gov")
+
+
+def test_partitions_not_configured_are_refused() -> None:
+    aws_only = StsEndpoints(["aws"])
+    assert aws_only.lookup("sts.cn-north-1.amazonaws.com.cn") is None
+    assert aws_only.lookup("sts.us-gov-west-1.amazonaws.com") is None
+    assert aws_only.lookup("sts.eu-west-1.amazonaws.com") is not None
+
+
+@pytest.mark.parametrize(
+    "region",
+    ["us-east-1", "us-east-2", "us-west-1", "us-west-2", "ca-central-1", "ca-west-1"],
+)
+def test_fips_hosts_only_when_allowed(region: str) -> None:
+    host = f"sts-fips.{region}.amazonaws.com"
+    assert ALL.lookup(host) == Endpoint(host, region, "aws")
+    assert StsEndpoints(["aws"], allow_fips=False).lookup(host) is None
+
+
+def test_fips_hosts_for_govcloud_and_none_elsewhere() -> None:
+    assert ALL.lookup("sts-fips.us-gov-west-1.amazonaws.com") == Endpoint(
+        "sts-fips.us-gov-west-1.amazonaws.com", "us-gov-west-1", "aws-us-gov"
+    )
+    assert ALL.lookup("sts-fips.eu-west-1.amazonaws.com") is None
+    assert ALL.lookup("sts-fips.cn-north-1.amazonaws.com.cn") is None
+
+
+def test_region_allowlist() -> None:
+    endpoints = StsEndpoints(["aws"], ["eu-west-1", "us-west-2"])
+    assert endpoints.hosts == {
+        "sts.eu-west-1.amazonaws.com",
+        "sts.us-west-2.amazonaws.com",
+        "sts-fips.us-west-2.amazonaws.com",
+    }
+    # The global host signs for us-east-1, so it follows that region's allowlisting.
+    assert StsEndpoints(["aws"], ["us-east-1"]).lookup("sts.amazonaws.com") is not None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "attacker.example",
+        "sts.amazonaws.com.attacker.example",
+        "xsts.amazonaws.com",
+        "sts.amazonaws.com.",
+        "sts.us-east-1.amazonaws.com.",
+        "STS.amazonaws.com",
+        "sts.US-EAST-1.amazonaws.com",
+        "sts.amazonaws.com:443",
+        "sts.us-east-1.amazonaws.com:443",
+        "user@sts.amazonaws.com",
+        "sts%2eamazonaws.com",
+        "sts.amazonaws.com%00",
+        " sts.amazonaws.com",
+        "sts.us-east-9.amazonaws.com",
+        "sts.us-east-1.api.aws",
+        "sts-fips.amazonaws.com",
+        "52.94.0.1",
+        "[::1]",
+        "",
+    ],
+)
+def test_near_misses_are_not_endpoints(host: str) -> None:
+    assert ALL.lookup(host) is None
+
+
+def test_unknown_partition_or_region_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError):
+        StsEndpoints(["aws-iso"])
+    with pytest.raises(ConfigurationError):
+        StsEndpoints(["aws"], ["us-east-9"])
+    with pytest.raises(ConfigurationError):
+        StsEndpoints(["aws"], ["cn-north-1"])  # a China region needs the aws-cn partition
+    with pytest.raises(ConfigurationError):
+        StsEndpoints([])
+
+
+def test_from_settings() -> None:
+    settings = Settings(
+        issuer="https://auth.example.com",
+        partitions=("aws", "aws-us-gov"),
+        regions=("us-east-1", "us-gov-west-1"),
+        allow_fips=False,
+    )
+    assert StsEndpoints.from_settings(settings).hosts == {
+        "sts.amazonaws.com",
+        "sts.us-east-1.amazonaws.com",
+        "sts.us-gov-west-1.amazonaws.com",
+    }
+
+
+def test_our_regions_are_regions_botocore_knows() -> None:
+    """Never accept a region name the SDK would not sign for (catches typos in the lists)."""
+    data = botocore.loaders.create_loader().load_data("endpoints")
+    known = {p["partition"]: set(p["regions"]) for p in data["partitions"]}
+    assert set(AWS_REGIONS) <= known["aws"]
+    assert set(AWS_CN_REGIONS) <= known["aws-cn"]
+    assert set(AWS_US_GOV_REGIONS) <= known["aws-us-gov"]
