@@ -136,7 +136,7 @@ class TokexStack(Stack):
                 "Issuer": self.issuer,
                 # A new value on every synth makes CloudFormation send an Update, so the
                 # publisher runs on every deploy (pin it with -c deployNonce=... if needed).
-                "DeployNonce": config.deploy_nonce or datetime.now(UTC).isoformat(),
+                "DeployNonce": deploy_nonce(config),
             },
             log_retention=LOG_RETENTION,
         )
@@ -156,6 +156,11 @@ class TokexStack(Stack):
             CfnOutput(self, output_id, value=value, description=description)
 
         nag.acknowledge_findings(self)
+
+
+def deploy_nonce(config: TokexConfig) -> str:
+    """The context's `deployNonce`, or the synth time to the microsecond."""
+    return config.deploy_nonce or datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def project_context() -> dict[str, Any]:

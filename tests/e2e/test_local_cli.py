@@ -29,7 +29,7 @@ TOKEX = shutil.which("tokex", path=str(Path(sys.executable).parent)) or "tokex"
 def load_env_file(path: Path) -> dict[str, str]:
     env = {}
     for line in path.read_text().splitlines():
-        match = re.fullmatch(r"export ([A-Z_]+)=(.*)", line)
+        match = re.fullmatch(r"export ([A-Z0-9_]+)=(.*)", line)
         if match:
             env[match[1]] = match[2]
     return env
@@ -68,9 +68,12 @@ def tokex_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     assert process.returncode == 0
 
 
-def run_token(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_token(
+    state_dir: Path, *args: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TOKEX_"))}
     env.update(load_env_file(state_dir / "workload.env"))
+    env.update(extra_env or {})
     return subprocess.run(
         [TOKEX, "token", *args], env=env, capture_output=True, text=True, timeout=60
     )
@@ -115,3 +118,49 @@ def test_token_json_output_and_refusal_exit_code(tokex_local):
     assert refused.stdout == ""
     assert "invalid_target" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_instance_identity_auto_reads_the_emulated_imds(tokex_local):
+    issuer, state_dir = tokex_local
+    assert "AWS_EC2_METADATA_SERVICE_ENDPOINT" in load_env_file(state_dir / "workload.env")
+    result = run_token(
+        state_dir,
+        "--endpoint",
+        issuer,
+        "--audience",
+        "demo-instance-api",
+        "--instance-identity",
+        "auto",
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    key = jwt.PyJWKClient(issuer + "/.well-known/jwks.json").get_signing_key_from_jwt(token)
+    claims = jwt.decode(
+        token, key.key, algorithms=["RS256"], audience="demo-instance-api", issuer=issuer
+    )
+    assert claims["aws"]["instance"]["id"] == "i-0123456789abcdef0"
+
+    without = run_token(
+        state_dir,
+        "--endpoint",
+        issuer,
+        "--audience",
+        "demo-instance-api",
+        "--instance-identity",
+        "off",
+    )
+    assert without.returncode != 0
+    assert "invalid_target" in without.stderr
+
+
+def test_instance_identity_off_ec2(tokex_local):
+    issuer, state_dir = tokex_local
+    closed = f"http://127.0.0.1:{free_port()}"
+    common = ("--endpoint", issuer, "--audience", "demo-api")
+    env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": closed}
+    auto = run_token(state_dir, *common, "--instance-identity", "auto", "-v", extra_env=env)
+    assert auto.returncode == 0, auto.stderr
+    assert "no instance identity evidence" in auto.stderr
+    required = run_token(state_dir, *common, "--instance-identity", "on", extra_env=env)
+    assert required.returncode != 0
+    assert "--instance-identity on" in required.stderr and required.stdout == ""

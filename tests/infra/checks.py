@@ -8,12 +8,14 @@ check then fails - so removing a property from the CDK code fails the infra test
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec
 
 from aws_cdk.assertions import Match, Template
 
+P = ParamSpec("P")
 STACK = "Tokex"
 # CloudFront managed policy ids (CloudFront developer guide, "Use managed ... policies").
 CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
@@ -150,6 +152,21 @@ def depends_on(template: Template, source: str, target: str) -> bool:
 # --- checks ---------------------------------------------------------------------------
 
 
+def check(fn: Callable[P, None]) -> Callable[P, None]:
+    """Every failure of a check is an AssertionError: a missing key in the template and a
+    failed `Template` assertion (a jsii RuntimeError) included."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except (KeyError, IndexError, TypeError, RuntimeError) as exc:
+            raise AssertionError(f"{fn.__name__}: {type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
+@check
 def check_no_dependency_cycle(template: Template) -> None:
     """CloudFormation refuses a cyclic template; neither cfn-lint nor the CDK assertions
     library reports one, so walk the graph ourselves."""
@@ -169,6 +186,7 @@ def check_no_dependency_cycle(template: Template) -> None:
             visit(node, [])
 
 
+@check
 def check_issuer_wiring(template: Template, *, issuer: Any) -> None:
     """The issuer reaches the functions; the API itself never depends on a function."""
     api = logical_id(template, "TokenApi/Api")
@@ -192,6 +210,7 @@ def default_issuer(template: Template) -> dict[str, Any]:
     return {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [distribution, "DomainName"]}]]}
 
 
+@check
 def check_signing_key(template: Template, *, key_spec: str) -> None:
     template.has_resource_properties(
         "AWS::KMS::Key", {"KeySpec": key_spec, "KeyUsage": "SIGN_VERIFY"}
@@ -201,10 +220,14 @@ def check_signing_key(template: Template, *, key_spec: str) -> None:
     assert key["DeletionPolicy"] == "Retain" and key["UpdateReplacePolicy"] == "Retain"
     template.has_resource_properties(
         "AWS::KMS::Alias",
-        {"AliasName": f"alias/tokex/{STACK}/signing", "TargetKeyId": ref(template, "SigningKey/Key")},
+        {
+            "AliasName": f"alias/tokex/{STACK}/signing",
+            "TargetKeyId": ref(template, "SigningKey/Key"),
+        },
     )
 
 
+@check
 def check_key_policy(template: Template, *, key_spec: str) -> None:
     """Administration for the account's IAM; kms:Sign only for the exchange role's ARN."""
     statements = resource(template, "SigningKey/Key")["Properties"]["KeyPolicy"]["Statement"]
@@ -234,6 +257,7 @@ def _glob_match(pattern: str, action: str) -> bool:
     return pattern == action
 
 
+@check
 def check_exchange_permissions(template: Template, *, key_spec: str) -> None:
     """Exactly: write its logs, X-Ray, sign with (and read) the key, read the table."""
     key, table = arn_of(template, "SigningKey/Key"), arn_of(template, "PolicyTable/Table")
@@ -256,10 +280,13 @@ def check_exchange_permissions(template: Template, *, key_spec: str) -> None:
         _grant("dynamodb:Scan", table),
     }
     actual = grants(role_statements(template, "Exchange/Role"))
-    assert actual == expected, f"exchange role: extra {actual - expected}, missing {expected - actual}"
+    assert actual == expected, (
+        f"exchange role: extra {actual - expected}, missing {expected - actual}"
+    )
     _check_lambda_trust(template, "Exchange/Role")
 
 
+@check
 def check_publisher_permissions(template: Template) -> None:
     """Exactly: write its logs, X-Ray, read the public key, publish under .well-known/."""
     key, logs = arn_of(template, "SigningKey/Key"), arn_of(template, "JwksPublisher/Logs")
@@ -275,7 +302,9 @@ def check_publisher_permissions(template: Template) -> None:
         _grant("s3:PutObject", well_known),
     }
     actual = grants(role_statements(template, "JwksPublisher/Role"))
-    assert actual == expected, f"publisher role: extra {actual - expected}, missing {expected - actual}"
+    assert actual == expected, (
+        f"publisher role: extra {actual - expected}, missing {expected - actual}"
+    )
     assert not any(action == "kms:Sign" for action, _, _ in actual)
     _check_lambda_trust(template, "JwksPublisher/Role")
 
@@ -291,6 +320,7 @@ def _check_lambda_trust(template: Template, role_path: str) -> None:
     ]
 
 
+@check
 def check_documents_bucket(template: Template) -> None:
     """Private (all four public-access blocks), versioned, encrypted, TLS-only, and readable
     only by this distribution through origin access control."""
@@ -335,6 +365,7 @@ def check_documents_bucket(template: Template) -> None:
     assert bucket["DeletionPolicy"] == "Retain"
 
 
+@check
 def check_log_bucket(template: Template) -> None:
     props = resource(template, "IssuerSite/AccessLogs")["Properties"]
     _check_private_encrypted(props)
@@ -380,6 +411,7 @@ def _check_tls_only(template: Template, bucket_path: str, statements: list[dict[
     } in statements, f"{bucket_path}: no TLS-only deny statement"
 
 
+@check
 def check_distribution(template: Template) -> None:
     """Origin access control to S3, https for viewers, /token to the API uncached."""
     template.has_resource_properties(
@@ -396,7 +428,10 @@ def check_distribution(template: Template) -> None:
     origins = {o["Id"]: o for o in config["Origins"]}
     s3_origin = origins[config["DefaultCacheBehavior"]["TargetOriginId"]]
     assert s3_origin["OriginAccessControlId"] == {
-        "Fn::GetAtt": [logical_id(template, "IssuerSite/Distribution/Origin1/S3OriginAccessControl"), "Id"]
+        "Fn::GetAtt": [
+            logical_id(template, "IssuerSite/Distribution/Origin1/S3OriginAccessControl"),
+            "Id",
+        ]
     }
     assert s3_origin["DomainName"] == {
         "Fn::GetAtt": [logical_id(template, "IssuerSite/Documents"), "RegionalDomainName"]
@@ -428,6 +463,7 @@ def check_distribution(template: Template) -> None:
     assert config["Enabled"] is True
 
 
+@check
 def check_custom_domain(template: Template, *, domain: str, certificate_arn: str) -> None:
     config = resource(template, "IssuerSite/Distribution")["Properties"]["DistributionConfig"]
     assert config["Aliases"] == [domain]
@@ -438,6 +474,7 @@ def check_custom_domain(template: Template, *, domain: str, certificate_arn: str
     }
 
 
+@check
 def check_functions(template: Template) -> None:
     """Current Python runtime on arm64, X-Ray active, own log group with retention, layer."""
     layer = ref(template, "CoreLayer/Layer")
@@ -468,6 +505,7 @@ def check_functions(template: Template) -> None:
     assert publisher["Variables"]["TOKEX_JWKS_BUCKET"] == ref(template, "IssuerSite/Documents")
 
 
+@check
 def check_token_api(template: Template, *, rate: int = 50, burst: int = 100) -> None:
     """Routes to the exchange only; $default stage throttled and access-logged."""
     api = ref(template, "TokenApi/Api")
@@ -511,6 +549,7 @@ def check_token_api(template: Template, *, rate: int = 50, burst: int = 100) -> 
     template.resource_count_is("AWS::ApiGatewayV2::Stage", 1)
 
 
+@check
 def check_policy_table(template: Template) -> None:
     """On-demand, PITR, encrypted, partition key `id` (S), retained."""
     table = resource(template, "PolicyTable/Table")
@@ -523,12 +562,11 @@ def check_policy_table(template: Template) -> None:
     assert props["SSESpecification"]["SSEEnabled"] is True
     assert props["Replicas"], "no replica"
     for replica in props["Replicas"]:
-        assert replica["PointInTimeRecoverySpecification"] == {
-            "PointInTimeRecoveryEnabled": True
-        }
+        assert replica["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
         assert replica["DeletionProtectionEnabled"] is True
 
 
+@check
 def check_jwks_publication(template: Template, *, nonce: str) -> None:
     """Hourly schedule and a custom resource that changes on every deploy."""
     publisher = arn_of(template, "JwksPublisher/Function")
@@ -540,9 +578,7 @@ def check_jwks_publication(template: Template, *, nonce: str) -> None:
             "Targets": [Match.object_like({"Arn": publisher})],
         },
     )
-    custom = [
-        r for r in raw(template)["Resources"].values() if r["Type"] == "Custom::TokexJwks"
-    ]
+    custom = [r for r in raw(template)["Resources"].values() if r["Type"] == "Custom::TokexJwks"]
     assert len(custom) == 1, "no JWKS custom resource"
     props = custom[0]["Properties"]
     framework = arn_of(template, "JwksPublication/Provider/framework-onEvent")
@@ -553,6 +589,7 @@ def check_jwks_publication(template: Template, *, nonce: str) -> None:
     assert env["Environment"]["Variables"]["USER_ON_EVENT_FUNCTION_ARN"] == publisher
 
 
+@check
 def check_outputs(template: Template, *, issuer: Any) -> None:
     template.has_output("IssuerUrl", {"Value": issuer})
     template.has_output("TokenEndpoint", {"Value": _append(issuer, "/token")})
@@ -561,6 +598,7 @@ def check_outputs(template: Template, *, issuer: Any) -> None:
     template.has_output("SigningKeyArn", {"Value": arn_of(template, "SigningKey/Key")})
 
 
+@check
 def check_all_default(template: Template, *, nonce: str) -> None:
     """Every check, for the default deployment (RSA key, CloudFront domain)."""
     issuer = default_issuer(template)

@@ -54,7 +54,8 @@ class Synthesized:
             r for r in self.raw["Resources"].values() if r["Type"] == "AWS::Lambda::LayerVersion"
         ]
         assert len(layers) == 1
-        return self.outdir / layers[0]["Metadata"]["aws:asset:path"]
+        asset_hash = layers[0]["Properties"]["Content"]["S3Key"].removesuffix(".zip")
+        return self.outdir / f"asset.{asset_hash}"
 
 
 def synthesize(outdir: Path, context: dict[str, Any]) -> Synthesized:

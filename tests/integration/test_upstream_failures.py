@@ -52,7 +52,7 @@ def test_upstream_down_is_503_with_retry_after(local_system, overrides):
     dead = f"http://127.0.0.1:{free_port()}"
     env = local_system.deployment.handler_env(local_system.issuer, **overrides(dead))
     if "AWS_ENDPOINT_URL_DYNAMODB" in overrides(dead):
-        env["TOKEX_REPLAY_TABLE"] = ""  # reach the policy store, not the replay table
+        env["TOKEX_SINGLE_USE"] = "false"  # reach the policy store, not the state table
     with handler_environment(env):
         handler = load_handler("exchange")
     status, headers, body = invoke(handler, sign(local_system))

@@ -21,7 +21,7 @@ from tokex.evidence.instance_identity import (
 )
 from tokex.evidence.sigv4_request import StsRequest, verify_sts_request
 from tokex.evidence.sts_endpoints import StsEndpoints
-from tokex.policy.evaluate import evaluate
+from tokex.policy.evaluate import TagLookup, evaluate
 from tokex.policy.model import Policy
 from tokex.settings import Settings
 from tokex.token_request import TokenRequest
@@ -85,6 +85,7 @@ class TokenExchange:
         signer: Callable[[], Signer],
         instance_certificates: CertificateStore,
         replay_guard: ReplayGuard | None = None,
+        instance_tags: TagLookup | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -94,6 +95,7 @@ class TokenExchange:
         self._signer = signer
         self._certificates = instance_certificates
         self._replay_guard = replay_guard
+        self._instance_tags = instance_tags
         self._clock = clock
 
     def exchange(self, request: TokenRequest, audit: ExchangeAudit) -> IssuedToken:
@@ -120,6 +122,7 @@ class TokenExchange:
             instance,
             default_ttl=settings.default_ttl_seconds,
             ttl_cap=settings.ttl_cap_seconds,
+            tag_lookup=self._instance_tags,
         )
         audit.policy = decision.policy.id
         # Single use is recorded only once the request would succeed, so a refusal or an

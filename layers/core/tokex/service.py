@@ -43,8 +43,8 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
         ),
         signer=signer,
         instance_certificates=instance_certificates(settings),
-        replay_guard=DynamoDbReplayGuard(dynamodb, settings.replay_table)
-        if settings.replay_table
+        replay_guard=DynamoDbReplayGuard(dynamodb, settings.state_table)
+        if settings.single_use and settings.state_table
         else None,
     )
 

@@ -43,8 +43,11 @@ class Settings:
     # Local mode and tests only: the TCP destination for the forwarded STS request
     # (e.g. http://127.0.0.1:5000). The validated STS host is still the Host header.
     sts_connect_override: str | None = None
-    # Optional single use of accepted signatures (security.md): DynamoDB table name.
-    replay_table: str = ""
+    # DynamoDB table of short-lived state (TTL attribute `expires_at`): single-use records
+    # of accepted signatures, introspection clients, revocations.
+    state_table: str = ""
+    # Refuse a signed request accepted before (security.md, optional; on by default).
+    single_use: bool = True
     # Local mode only: PEM file of the certificate that signs the demo instance's identity
     # document, trusted for `local_instance_regions`. Refused for an https issuer.
     local_instance_certificate: str = ""
@@ -111,7 +114,8 @@ class Settings:
             ttl_cap_seconds=integer("TOKEX_TTL_CAP_SECONDS", DEFAULT_TTL_CAP_SECONDS),
             policy_cache_seconds=integer("TOKEX_POLICY_CACHE_SECONDS", 30),
             sts_connect_override=env.get("TOKEX_STS_CONNECT_OVERRIDE") or None,
-            replay_table=env.get("TOKEX_REPLAY_TABLE", ""),
+            state_table=env.get("TOKEX_STATE_TABLE", ""),
+            single_use=env.get("TOKEX_SINGLE_USE", "true").lower() != "false",
             local_instance_certificate=env.get("TOKEX_LOCAL_INSTANCE_CERTIFICATE", ""),
             local_instance_regions=csv("TOKEX_LOCAL_INSTANCE_REGIONS", "us-east-1"),
         )

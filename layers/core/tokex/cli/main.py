@@ -7,10 +7,14 @@ parser and sets `func` (taking the parsed args, returning an exit code).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from tokex import __version__
+
+# Subcommand modules under tokex.cli, in the order `tokex --help` lists them.
+COMMANDS = ("local", "token", "iid", "policy", "kong", "clients", "revoke")
 
 
 class CommandError(Exception):
@@ -27,11 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tokex {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # Imported here so `tokex --help` stays fast and each command pulls in only its deps.
-    from tokex.cli import iid, local, token
-
-    for module in (local, token, iid):
-        module.register(subparsers)
+    # Each command module imports its heavy dependencies inside its `run`, so that
+    # `tokex --help` and `tokex token` stay fast.
+    for name in COMMANDS:
+        importlib.import_module(f"tokex.cli.{name}").register(subparsers)
     return parser
 
 

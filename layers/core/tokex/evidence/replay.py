@@ -46,8 +46,9 @@ class DynamoDbReplayGuard:
             ) from None
 
 
-def create_replay_table(dynamodb_client: Any, table_name: str) -> None:
-    """For local mode and tests; the CDK app defines the deployed table."""
+def create_state_table(dynamodb_client: Any, table_name: str) -> None:
+    """The state table, for local mode and tests (the CDK app defines the deployed one):
+    key `id` (S), TTL attribute `expires_at` (N, epoch seconds)."""
     dynamodb_client.create_table(
         TableName=table_name,
         KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],

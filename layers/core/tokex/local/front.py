@@ -1,7 +1,8 @@
 """The local HTTP front: what API Gateway and CloudFront do in a deployment.
 
-`POST /token` (and anything else) becomes an API Gateway HTTP API payload v2 event for the
-exchange handler; `/.well-known/*` is served from the S3 bucket the publisher wrote, with
+A request for a routed path (`/token`, and `/introspect` once it exists) becomes an API
+Gateway HTTP API payload v2 event for that path's handler; other paths get API Gateway's
+own 404. `/.well-known/*` is served from the S3 bucket the publisher wrote, with
 the object's own content type and cache headers.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -62,8 +63,16 @@ def http_api_event(
 
 
 def make_server(
-    port: int, *, exchange: LambdaHandler, s3: Any, bucket: str, host: str = "127.0.0.1"
+    port: int,
+    *,
+    routes: Mapping[str, LambdaHandler],
+    s3: Any,
+    bucket: str,
+    host: str = "127.0.0.1",
 ) -> ThreadingHTTPServer:
+    """`routes` maps a path to its handler, read at request time (so handlers that are
+    loaded after the port is known can be added later)."""
+
     class Front(BaseHTTPRequestHandler):
         server_version = "tokex-local"
         sys_version = ""
@@ -103,8 +112,12 @@ def make_server(
                 key = name.lower()
                 headers[key] = f"{headers[key]},{value}" if key in headers else value
             path, _, query = self.path.partition("?")
+            handler = routes.get(path)
+            if handler is None:  # what API Gateway answers for a path without a route
+                self._send(404, {"Content-Type": "application/json"}, b'{"message":"Not Found"}')
+                return
             event = http_api_event(self.command, path, query, headers, body, self.client_address[0])
-            result = exchange(event, LambdaContext(function_name="tokex-exchange"))
+            result = handler(event, LambdaContext(function_name=f"tokex{path.replace('/', '-')}"))
             payload = result.get("body") or ""
             data = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
             out_headers = dict(result.get("headers") or {})

@@ -13,7 +13,7 @@ from typing import Any
 
 import boto3
 
-from tokex.evidence.replay import create_replay_table
+from tokex.evidence.replay import create_state_table
 from tokex.local.emulator import set_signature_checking
 from tokex.policy.model import Policy
 from tokex.policy.store import PolicyStore, create_table
@@ -105,7 +105,7 @@ class LocalDeployment:
     signing_key_arn: str
     key_ids: dict[str, str] = field(default_factory=dict)  # key spec -> key ARN
     policy_table: str = "tokex-policies"
-    replay_table: str = "tokex-replay"
+    state_table: str = "tokex-state"
     jwks_bucket: str = "tokex-issuer"
     region: str = REGION
 
@@ -127,7 +127,7 @@ class LocalDeployment:
                 arn for arn in self.key_ids.values() if arn != self.signing_key_arn
             ),
             "TOKEX_POLICY_TABLE": self.policy_table,
-            "TOKEX_REPLAY_TABLE": self.replay_table,
+            "TOKEX_STATE_TABLE": self.state_table,
             "TOKEX_JWKS_BUCKET": self.jwks_bucket,
             "TOKEX_STS_CONNECT_OVERRIDE": self.endpoint_url,
             "POWERTOOLS_SERVICE_NAME": "tokex",
@@ -194,7 +194,7 @@ def provision(
         key_ids=key_ids,
     )
     create_table(dynamodb, deployment.policy_table)
-    create_replay_table(dynamodb, deployment.replay_table)
+    create_state_table(dynamodb, deployment.state_table)
     client("s3").create_bucket(Bucket=deployment.jwks_bucket)
     store = PolicyStore(dynamodb, deployment.policy_table)
     for document in [DEMO_POLICY, DEMO_INSTANCE_POLICY] if policies is None else policies:

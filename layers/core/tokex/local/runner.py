@@ -45,10 +45,10 @@ def start_local(
     try:
         imds = ImdsEmulator(state_dir)
         deployment = provision(moto.url, signing_key_spec=signing_key_spec)
-        exchange_handler: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {}
+        routes: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {}
         server = make_server(
             port,
-            exchange=lambda event, ctx: exchange_handler["fn"](event, ctx),
+            routes=routes,
             s3=deployment.client("s3"),
             bucket=deployment.jwks_bucket,
         )
@@ -68,7 +68,7 @@ def start_local(
     )
     with handler_environment(env):
         publisher = load_handler("jwks_publisher")
-        exchange_handler["fn"] = load_handler("exchange").lambda_handler
+        routes["/token"] = load_handler("exchange").lambda_handler
     publisher.lambda_handler({"source": "tokex.local"}, LambdaContext("tokex-jwks-publisher"))
 
     workload_env = state_dir / "workload.env"

@@ -1,0 +1,74 @@
+"""Context options: defaults agree with cdk.json, bad values fail synth with a clear error."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aws_cdk as cdk
+import pytest
+
+from cdk.config import ConfigError, TokexConfig
+from tests.infra.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.infra
+
+CERT = "arn:aws:acm:us-east-1:123456789012:certificate/12345678-1234-1234-1234-123456789012"
+
+
+def config_from(context: dict[str, Any]) -> TokexConfig:
+    return TokexConfig.from_context(cdk.App(context=context).node)
+
+
+def test_cdk_json_options_match_the_code_defaults() -> None:
+    context = json.loads((REPO_ROOT / "cdk.json").read_text())["context"]
+    options = {k: v for k, v in context.items() if not k.startswith("@aws-cdk")}
+    assert config_from(options) == TokexConfig()
+
+
+def test_ecc_and_custom_domain_from_context() -> None:
+    config = config_from(
+        {"signingKeySpec": "ECC_NIST_P256", "domainName": "auth.example.com",
+         "certificateArn": CERT, "stsRegions": "eu-west-1, us-east-1"}
+    )  # fmt: skip
+    assert config.signing_key_spec == "ECC_NIST_P256"
+    assert config.domain_name == "auth.example.com"
+    assert config.sts_regions == ("eu-west-1", "us-east-1")
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({"signingKeySpec": "RSA_4096"}, "signingKeySpec"),
+        ({"signingKeySpec": "SYMMETRIC_DEFAULT"}, "signingKeySpec"),
+        ({"domainName": "auth.example.com"}, "go together"),
+        ({"certificateArn": CERT}, "go together"),
+        (
+            {
+                "domainName": "auth.example.com",
+                "certificateArn": CERT.replace("us-east-1", "eu-west-1"),
+            },
+            "us-east-1",
+        ),
+        ({"domainName": "https://auth.example.com", "certificateArn": CERT}, "domainName"),
+        ({"stsPartitions": "aws,mars"}, "partition"),
+        ({"stsRegions": "eu-west-1,*"}, "stsRegions"),
+        ({"ttlCapSeconds": 10}, "ttlCapSeconds"),
+        ({"defaultTtlSeconds": 7200}, "defaultTtlSeconds"),
+        ({"throttleRateLimit": "fast"}, "throttleRateLimit"),
+        ({"throttleBurstLimit": 0}, "throttle"),
+        ({"logLevel": "TRACE"}, "logLevel"),
+        ({"webAclArn": "arn:aws:wafv2:eu-west-1:123456789012:regional/webacl/x/y"}, "webAclArn"),
+        ({"stackName": "9lives"}, "stackName"),
+    ],
+)
+def test_invalid_context_is_refused(context: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from(context)
+
+
+def test_deploy_nonce_changes_between_synths_unless_pinned() -> None:
+    from cdk.tokex_stack import deploy_nonce
+
+    assert deploy_nonce(config_from({"deployNonce": "pinned"})) == "pinned"
+    assert deploy_nonce(TokexConfig()) != deploy_nonce(TokexConfig())

@@ -1,0 +1,44 @@
+"""ES256: a KMS ECC_NIST_P256 key signs; the signature is raw R||S (RFC 7518 §3.4), and
+two independent libraries verify it using only the JWKS the system serves."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+
+import jwt
+import pytest
+from joserfc import jwt as joserfc_jwt
+from joserfc.jwk import KeySet
+
+from tests.integration.test_exchange import sign, verify
+from tests.integration.test_upstream_failures import invoke
+from tokex.local.functions import load_handler
+from tokex.local.runner import handler_environment
+
+
+@pytest.fixture(scope="module")
+def es256_handler(local_system):
+    key_arn = local_system.deployment.key_ids["ECC_NIST_P256"]
+    env = local_system.deployment.handler_env(local_system.issuer, TOKEX_SIGNING_KEY_ID=key_arn)
+    with handler_environment(env):
+        return load_handler("exchange")
+
+
+def test_es256_token_is_raw_r_s_and_verifies_with_pyjwt_and_joserfc(local_system, es256_handler):
+    status, _, body = invoke(es256_handler, sign(local_system))
+    assert status == 200, body
+    token = body["access_token"]
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "ES256" and header["typ"] == "at+jwt"
+    signature = base64.urlsafe_b64decode(token.rsplit(".", 1)[1] + "==")
+    assert len(signature) == 64  # never the DER that KMS returns
+
+    claims = verify(local_system, token)
+    assert claims["exp"] - claims["iat"] == body["expires_in"]
+
+    jwks = json.loads(urllib.request.urlopen(local_system.issuer + "/.well-known/jwks.json").read())
+    decoded = joserfc_jwt.decode(token, KeySet.import_key_set(jwks), algorithms=["ES256"])
+    assert decoded.claims["jti"] == claims["jti"]
+    assert decoded.header["kid"] == header["kid"]
