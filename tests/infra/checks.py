@@ -222,7 +222,7 @@ def check_signing_key(template: Template, *, key_spec: str) -> None:
         "AWS::KMS::Alias",
         {
             "AliasName": f"alias/tokex/{STACK}/signing",
-            "TargetKeyId": ref(template, "SigningKey/Key"),
+            "TargetKeyId": arn_of(template, "SigningKey/Key"),
         },
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 import urllib.error
 import urllib.parse
@@ -165,3 +166,45 @@ def test_unknown_grant_type(local_system):
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Captured(logging.Handler):
+    """Collects the exchange handler's formatted log lines (Powertools JSON)."""
+
+    def __init__(self, formatter: logging.Formatter) -> None:
+        super().__init__()
+        self.setFormatter(formatter)
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+def test_each_exchange_writes_one_audit_line_and_a_metric(local_system, capsys):
+    service_logger = logging.getLogger("tokex")
+    captured = Captured(service_logger.handlers[0].formatter)
+    service_logger.addHandler(captured)
+    try:
+        refused_status = exchange(local_system, audience="payments-api")[0]
+        status, _, body = exchange(local_system, scope="demo:write")
+    finally:
+        service_logger.removeHandler(captured)
+    assert (refused_status, status) == (400, 200)
+    audits = [line for line in captured.lines if line.get("message") == "token exchange"]
+    assert [a["outcome"] for a in audits] == ["refused", "issued"]
+    refused, issued = audits
+    assert refused["error"] == "invalid_target" and refused["reason"]
+    assert refused["principal"] == DEMO_ROLE_ARN and refused["audience"] == "payments-api"
+    assert issued["policy"] == "demo-workload"
+    assert issued["jti"] == verify(local_system, body["access_token"])["jti"]
+    assert issued["duration_ms"] >= 0
+    assert body["access_token"] not in json.dumps(captured.lines)  # tokens are never logged
+
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "_aws" in line]
+    names = {
+        metric["Name"]
+        for line in printed
+        for directive in line["_aws"]["CloudWatchMetrics"]
+        for metric in directive["Metrics"]
+    }
+    assert {"Exchange_refused", "Exchange_issued"} <= names

@@ -11,6 +11,7 @@ from cryptography import x509
 
 from tokex import aws
 from tokex.errors import ConfigurationError
+from tokex.evidence.ec2_tags import InstanceTagLookup
 from tokex.evidence.instance_identity import CertificateStore
 from tokex.evidence.replay import DynamoDbReplayGuard
 from tokex.evidence.sts import StsForwarder
@@ -45,6 +46,11 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
         instance_certificates=instance_certificates(settings),
         replay_guard=DynamoDbReplayGuard(dynamodb, settings.state_table)
         if settings.single_use and settings.state_table
+        else None,
+        instance_tags=InstanceTagLookup(
+            aws.client("sts"), role_name=settings.instance_tags_role_name
+        )
+        if settings.instance_tags_role_name
         else None,
     )
 

@@ -52,6 +52,9 @@ class Settings:
     # document, trusted for `local_instance_regions`. Refused for an https issuer.
     local_instance_certificate: str = ""
     local_instance_regions: tuple[str, ...] = ()
+    # Policy `instance.tags`: the role tokex assumes in an instance's account to call
+    # ec2:DescribeInstances (evidence/ec2_tags.py). Empty = tag conditions never hold.
+    instance_tags_role_name: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -118,6 +121,7 @@ class Settings:
             single_use=env.get("TOKEX_SINGLE_USE", "true").lower() != "false",
             local_instance_certificate=env.get("TOKEX_LOCAL_INSTANCE_CERTIFICATE", ""),
             local_instance_regions=csv("TOKEX_LOCAL_INSTANCE_REGIONS", "us-east-1"),
+            instance_tags_role_name=env.get("TOKEX_INSTANCE_TAGS_ROLE_NAME", ""),
         )
 
     @property

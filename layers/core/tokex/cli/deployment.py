@@ -91,9 +91,7 @@ def aws_client(service: str, region: str | None, endpoint_url: str | None) -> An
     from botocore.exceptions import BotoCoreError
 
     try:
-        return boto3.session.Session(region_name=region).client(
-            service, endpoint_url=endpoint_url
-        )
+        return boto3.session.Session(region_name=region).client(service, endpoint_url=endpoint_url)
     except BotoCoreError as exc:  # e.g. no region configured, a broken profile
         raise CommandError(describe_aws_error(exc)) from None
 

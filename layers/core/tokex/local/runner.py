@@ -62,7 +62,6 @@ def start_local(
     # when deployed; everything they need is captured then.
     env = deployment.handler_env(
         issuer,
-        POWERTOOLS_METRICS_DISABLED="true",
         TOKEX_LOCAL_INSTANCE_CERTIFICATE=str(imds.certificate_path),
         TOKEX_LOCAL_INSTANCE_REGIONS=REGION,
     )

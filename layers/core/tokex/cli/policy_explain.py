@@ -1,0 +1,275 @@
+"""`tokex policy explain`: the exchange's decision for a principal and audience, issuing
+nothing.
+
+The decision is reached by the exchange's own code: the principal goes through the mapping
+the STS forwarder applies to GetCallerIdentity's answer (so an assumed-role session maps to
+its path-less role, exactly as in a real exchange), an instance document through the
+exchange's parser, verifier and caller binding, and the policies through
+`policy.evaluate.explain`, of which the exchange's `evaluate` is a thin wrapper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from tokex.cli.deployment import resolve_deployment
+from tokex.cli.main import CommandError
+from tokex.cli.policy import load_policy_file, policy_table, read_text
+from tokex.errors import InvalidGrant, InvalidRequest, TokexError
+from tokex.evidence.identity import CallerIdentity, InstanceIdentity
+from tokex.evidence.instance_identity import (
+    MAX_DOCUMENT_BYTES,
+    MAX_SIGNATURE_CHARS,
+    CertificateStore,
+    _parse_document,
+    bind_instance_to_caller,
+    verify_instance_identity,
+)
+from tokex.evidence.sts import _caller_identity
+from tokex.policy.evaluate import Explanation, explain
+from tokex.policy.globs import principal_matches
+from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS, Policy
+from tokex.settings import KNOWN_PARTITIONS
+from tokex.token_request import MAX_SCOPES
+
+_PARTITION = "|".join(KNOWN_PARTITIONS)
+# The shapes STS's answer can have (evidence/sts.py), plus a role ARN as IAM writes it.
+_NAME = r"[\w+=,.@-]"
+_PATH = r"(?:[\x21-\x2e\x30-\x7e]+/)*"
+_ROLE = re.compile(rf"arn:({_PARTITION}):iam::([0-9]{{12}}):role/({_PATH})({_NAME}{{1,64}})", re.A)
+_ASSUMED_ROLE = re.compile(
+    rf"arn:({_PARTITION}):sts::([0-9]{{12}}):assumed-role/({_NAME}{{1,64}})/({_NAME}{{2,64}})", re.A
+)
+_USER = re.compile(rf"arn:({_PARTITION}):iam::([0-9]{{12}}):user/{_PATH}{_NAME}{{1,64}}", re.A)
+_PRINCIPAL_ID = re.compile(r"[A-Za-z0-9]{1,128}")
+_ACCOUNT = re.compile(r"[0-9]{12}")
+# token_request.py's rules for what a caller may request.
+_AUDIENCE = re.compile(r"[A-Za-z0-9._:/-]{1,256}")
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")
+# Session name used for a plain role ARN: any role session of that role maps the same way.
+EXPLAIN_SESSION = "tokex-explain"
+# Stands in for an unknown principal id: valid in an STS UserId, never in a policy.
+_UNKNOWN_ID = "-"
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    for name, value in (("--default-ttl", args.default_ttl), ("--ttl-cap", args.ttl_cap)):
+        if not MIN_TTL_SECONDS <= value <= MAX_TTL_CAP_SECONDS:
+            raise CommandError(f"{name} must be {MIN_TTL_SECONDS}..{MAX_TTL_CAP_SECONDS}", 2)
+    if args.default_ttl > args.ttl_cap:
+        raise CommandError("--default-ttl must not exceed --ttl-cap", exit_code=2)
+    if not _AUDIENCE.fullmatch(args.audience):
+        raise CommandError("--audience must be 1-256 characters of A-Za-z0-9._:/-", 2)
+    scopes = requested_scopes(args.scope)
+    caller, notes = caller_from_principal(args.principal, args.account, args.principal_id)
+    tags = _tags(args.instance_tag)
+    policies, source, invalid = _policies(args)
+    if args.principal_id is None and any(
+        p.principal_ids and any(principal_matches(g, caller.principal_arn) for g in p.principals)
+        for p in policies
+    ):
+        notes.append("no --principal-id: policies restricted by principal_ids do not apply")
+    try:
+        instance = _instance(args, caller, notes)
+    except (InvalidGrant, InvalidRequest) as refusal:  # the exchange refuses before policies
+        result = None
+        error: TokexError | None = refusal
+        instance = None
+    else:
+        result = explain(
+            policies,
+            caller,
+            args.audience,
+            scopes,
+            instance,
+            default_ttl=args.default_ttl,
+            ttl_cap=args.ttl_cap,
+            tag_lookup=(lambda _instance: tags) if tags else None,
+        )
+        error = result.error
+    report = {
+        "decision": "refuse" if error else "allow",
+        "policy": result.decision.policy.id if result and result.decision else None,
+        "error": error.error if error else None,
+        "error_description": error.description if error else None,
+        "reason": error.reason if error else None,
+        "caller": {
+            "principal": caller.principal_arn,
+            "arn": caller.arn,
+            "account": caller.account,
+            "principal_id": args.principal_id,
+            "session_name": caller.session_name,
+        },
+        "audience": args.audience,
+        "requested_scopes": None if scopes is None else list(scopes),
+        "instance": None if instance is None else instance.claims(),
+        "source": source,
+        "invalid_policies": invalid,
+        "policies": [
+            {
+                "id": line.policy_id,
+                "effect": line.effect,
+                "applies": line.applies,
+                "detail": line.detail,
+            }
+            for line in (result.lines if result else ())
+        ],
+        "notes": notes,
+    }
+    if result and result.decision:
+        decision = result.decision
+        report.update(
+            scopes=list(decision.scopes), ttl_seconds=decision.ttl_seconds, claims=decision.claims
+        )
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(_render(report, result, error))
+    return 0
+
+
+def caller_from_principal(
+    principal: str, account: str | None, principal_id: str | None
+) -> tuple[CallerIdentity, list[str]]:
+    """The CallerIdentity a real exchange would get from STS for this principal."""
+    notes: list[str] = []
+    if account is not None and not _ACCOUNT.fullmatch(account):
+        raise CommandError("--account must be 12 digits", exit_code=2)
+    if principal.startswith(("role/", "user/")):
+        if account is None:
+            raise CommandError(f"--principal {principal} needs --account", exit_code=2)
+        principal = f"arn:aws:iam::{account}:{principal}"
+    if principal_id is not None and not _PRINCIPAL_ID.fullmatch(principal_id):
+        raise CommandError("--principal-id must be 1-128 of A-Za-z0-9 (AROA…/AIDA…)", 2)
+    unique_id = principal_id or _UNKNOWN_ID
+    if role := _ROLE.fullmatch(principal):
+        partition, acct, path, name = role.groups()
+        if path:
+            notes.append(
+                f"role path /{path} dropped: STS does not reveal it, the exchange sees role/{name}"
+            )
+        arn = f"arn:{partition}:sts::{acct}:assumed-role/{name}/{EXPLAIN_SESSION}"
+        fields = {"Arn": arn, "UserId": f"{unique_id}:{EXPLAIN_SESSION}", "Account": acct}
+    elif assumed := _ASSUMED_ROLE.fullmatch(principal):
+        partition, acct, _, session = assumed.groups()
+        fields = {"Arn": principal, "UserId": f"{unique_id}:{session}", "Account": acct}
+    elif user := _USER.fullmatch(principal):
+        partition, acct = user.groups()
+        fields = {"Arn": principal, "UserId": unique_id, "Account": acct}
+    else:
+        raise CommandError(
+            "--principal must be arn:<partition>:iam::<account>:role/<name>, "
+            "arn:<partition>:sts::<account>:assumed-role/<role>/<session> or "
+            "arn:<partition>:iam::<account>:user/<name> (the exchange serves nothing else)",
+            exit_code=2,
+        )
+    if account is not None and account != acct:
+        raise CommandError(f"--account {account} differs from the principal's account", 2)
+    # The forwarder's own mapping of GetCallerIdentity's answer (Arn, UserId, Account).
+    return _caller_identity(fields, partition), notes
+
+
+def requested_scopes(values: list[str]) -> tuple[str, ...] | None:
+    """As the exchange parses `scope`: None when absent, distinct tokens in order."""
+    tokens = [token for value in values for token in value.split()]
+    if not tokens:
+        return None
+    if len(tokens) > MAX_SCOPES or not all(_SCOPE_TOKEN.fullmatch(t) for t in tokens):
+        raise CommandError(f"--scope: at most {MAX_SCOPES} RFC 6749 scope tokens", 2)
+    return tuple(dict.fromkeys(tokens))
+
+
+def _instance(
+    args: argparse.Namespace, caller: CallerIdentity, notes: list[str]
+) -> InstanceIdentity | None:
+    """The document as the exchange would hold it after verification and binding."""
+    if args.instance_document is None:
+        if args.rsa2048 is not None:
+            raise CommandError("--rsa2048 needs --instance-document", exit_code=2)
+        return None
+    document = read_text(args.instance_document, "instance document", 4 * MAX_DOCUMENT_BYTES)
+    if args.rsa2048 is not None:
+        blob = read_text(args.rsa2048, "--rsa2048", 4 * MAX_SIGNATURE_CHARS)
+        evidence = {"document": document, "rsa2048": blob}
+        instance = verify_instance_identity(evidence, CertificateStore.default())
+        notes.append(f"instance document verified ({instance.certificate})")
+    else:
+        fields = _parse_document(document)
+        instance = InstanceIdentity(
+            instance_id=fields["instanceId"],
+            account=fields["accountId"],
+            region=fields["region"],
+            availability_zone=fields["availabilityZone"],
+            image_id=fields["imageId"],
+            instance_type=fields["instanceType"],
+            variant="unverified",
+            certificate="",
+        )
+        notes.append("instance document NOT verified: treated as verified (add --rsa2048)")
+    bound = bind_instance_to_caller(instance, caller)
+    notes.append("instance document bound to the caller (same account and instance)")
+    return bound
+
+
+def _policies(args: argparse.Namespace) -> tuple[list[Policy], str, list[str]]:
+    """(policies, where they came from, ids of stored documents the exchange skips)."""
+    if args.policy_file:
+        if args.table or args.stack:
+            raise CommandError("--policy-file replaces --table/--stack", exit_code=2)
+        policies = []
+        for path in args.policy_file:
+            try:
+                policies.append(load_policy_file(path, ttl_cap=args.ttl_cap))
+            except ValueError as exc:  # PolicyValidationError
+                raise CommandError(f"invalid policy {path}: {exc}", exit_code=2) from None
+        ids = [p.id for p in policies]
+        if len(set(ids)) != len(ids):
+            raise CommandError("--policy-file: two documents share an id", exit_code=2)
+        return policies, f"{len(policies)} file(s)", []
+    deployment = resolve_deployment(args)
+    with policy_table(deployment) as store:
+        policies, invalid = store.load_all()
+    return policies, f"table {deployment.table}", invalid
+
+
+def _tags(values: list[str]) -> Mapping[str, str]:
+    tags = {}
+    for value in values:
+        key, sep, tag_value = value.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--instance-tag {value!r}: expected KEY=VALUE", exit_code=2)
+        tags[key] = tag_value
+    return tags
+
+
+def _render(report: dict[str, Any], result: Explanation | None, error: TokexError | None) -> str:
+    caller = report["caller"]
+    shown_id = caller["principal_id"] or "not given"
+    scopes = report["requested_scopes"]
+    out = [
+        f"principal  {caller['principal']}  (principal id: {shown_id})",
+        f"audience   {report['audience']}",
+        f"scopes     {' '.join(scopes) if scopes else '(none requested: all the policy grants)'}",
+    ]
+    if report["instance"]:
+        i = report["instance"]
+        out.append(
+            f"instance   {i['id']} in {i['availability_zone']}, account {i['account']}, "
+            f"{i['image_id']}, {i['instance_type']}"
+        )
+    invalid = report["invalid_policies"]
+    skipped = f" ({len(invalid)} invalid, skipped: {', '.join(invalid)})" if invalid else ""
+    out += [f"policies   {report['source']}{skipped}", ""]
+    if result is not None:
+        out.append(result.render())
+    elif error is not None:
+        out.append(f"=> refused ({error.error}) before any policy: {error.description}")
+    if report.get("claims"):
+        out.append(f"   claims {json.dumps(report['claims'], sort_keys=True)}")
+    out += [f"note: {note}" for note in report["notes"]]
+    out.append("(nothing was issued)")
+    return "\n".join(out)

@@ -1,0 +1,336 @@
+"""EC2 instance tags for policy `instance.tags` conditions: the only module that calls EC2.
+
+`InstanceTagLookup` is the `TagLookup` evaluation calls (at most once per exchange, and
+only when a policy that otherwise applies has tag conditions). For verified, bound IMDS
+evidence it assumes `arn:<partition>:iam::<account>:role/<role name>` in the instance's
+own account (session `tokex-tags`, 900 s, credentials reused until shortly before they
+expire) and calls `ec2:DescribeInstances` for that one instance in its region.
+
+What each outcome means (fail closed throughout):
+- Instance found and `pending`/`running` → its tags, `{Key: Value}`.
+- Instance `stopping`/`stopped`/`shutting-down`/`terminated`, or unknown to EC2 →
+  `InvalidGrant` "instance <id> is not running". The identity document is static for an
+  instance's whole life (security.md), so evidence of a stopped or terminated instance
+  is what stolen evidence and credentials look like; it must not grant. Raising (rather
+  than "no tags") refuses the whole exchange, also through policies without tags,
+  and tells an honest caller why.
+- The tags cannot be read because the target account is not set up for it (AssumeRole
+  refused: role missing or trust policy; DescribeInstances not allowed; region not
+  enabled) → an empty mapping, and a warning in the log naming the account and error
+  code. No tag condition can hold on `{}`, so tag policies do not apply
+  (`invalid_target`, audit reason "instance tag ... does not match") while policies
+  without tags still do. Deny policies cannot carry instance conditions (model.py), so
+  an empty mapping can never switch a deny off.
+- Throttling, 5xx, timeouts, malformed answers → `TemporarilyUnavailable` (503), never
+  cached, so the next request tries again.
+
+Definitive outcomes (tags, not running, unreadable) are cached per (account, region,
+instance id) for `ttl_seconds` (≤ 60): a tag change or a stop takes effect within a
+minute, and one instance costs at most one DescribeInstances a minute.
+
+Only accounts a policy names are ever contacted: the lookup runs after the principal
+pattern (which names its account) has matched, and bound evidence has the caller's
+account. Tags are only as trustworthy as `ec2:CreateTags` in that account: a workload
+allowed to tag its own instance can satisfy any tag condition.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tokex import aws
+from tokex.errors import ConfigurationError, InvalidGrant, TemporarilyUnavailable
+from tokex.evidence.identity import InstanceIdentity
+
+log = logging.getLogger(__name__)
+
+SESSION_NAME = "tokex-tags"
+# The AssumeRole minimum: each credential set serves a few DescribeInstances calls.
+ASSUMED_ROLE_SECONDS = 900
+# Re-assume this long before expiry, more than one call's worst case (aws.HOT_PATH_CONFIG).
+CREDENTIALS_REFRESH_MARGIN_SECONDS = 120
+MAX_TTL_SECONDS = 60
+# Bounds the memory a warm container spends on instances it has seen.
+MAX_CACHED_INSTANCES = 10_000
+_LOCK_STRIPES = 64
+# EC2 instance-state-name values that may still be granted.
+_RUNNING_STATES = frozenset({"pending", "running"})
+# Regions of the aws, aws-cn and aws-us-gov partitions only ([0-9], not \d, which is
+# Unicode): the region becomes part of the EC2 endpoint host name.
+_REGION = re.compile(r"(?:[a-z]{2}|us-gov)-[a-z]+-[0-9]{1,2}")
+_ACCOUNT = re.compile(r"[0-9]{12}")
+_INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
+# IAM role name (1-64 of [\w+=,.@-]), optionally under a path (IAM User Guide, "IAM
+# identifiers"); ASCII only.
+_ROLE_NAME = re.compile(r"(?:[A-Za-z0-9_+=,.@-]{1,64}/){0,8}[A-Za-z0-9_+=,.@-]{1,64}")
+# AssumeRole errors that mean "the target account does not let tokex read tags".
+_ASSUME_ROLE_REFUSALS = frozenset(
+    {"AccessDenied", "ValidationError", "InvalidParameterValue", "RegionDisabledException"}
+)
+_EC2_NOT_FOUND = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
+# DescribeInstances errors of the same kind; the credential ones also drop the credentials.
+_EC2_CREDENTIAL_ERRORS = frozenset({"AuthFailure", "ExpiredToken", "RequestExpired"})
+_EC2_REFUSALS = frozenset({"UnauthorizedOperation", "OptInRequired", "Blocked"})
+_UNAVAILABLE = "instance tags cannot be read right now, retry later"
+_UNREADABLE = "unreadable"
+_NOT_FOUND = "not-found"
+
+
+@dataclass(frozen=True)
+class AssumedCredentials:
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(repr=False)
+
+
+Ec2ClientFactory = Callable[[str, AssumedCredentials], Any]
+
+
+def partition_for_region(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def default_ec2_client_factory() -> Ec2ClientFactory:
+    """EC2 clients from one shared boto3 session, with explicit credentials.
+
+    Sharing the session shares botocore's loaded EC2 model (a new session costs ~100 ms
+    per client). The endpoint still comes from `AWS_ENDPOINT_URL[_EC2]` or the region.
+    """
+    session = boto3.session.Session()
+    lock = threading.Lock()  # boto3 sessions are not thread-safe (boto3 "Multithreading")
+
+    def create(region: str, credentials: AssumedCredentials) -> Any:
+        with lock:
+            return aws.client(
+                "ec2",
+                session=session,
+                region_name=region,
+                aws_access_key_id=credentials.access_key_id,
+                aws_secret_access_key=credentials.secret_access_key,
+                aws_session_token=credentials.session_token,
+            )
+
+    return create
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """A cacheable answer: an EC2 state name, `not-found` or `unreadable`, and tags."""
+
+    state: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    expires_at: float = 0.0
+
+    def result(self, instance_id: str) -> dict[str, str]:
+        if self.state in _RUNNING_STATES or self.state == _UNREADABLE:
+            return dict(self.tags)  # a copy: callers cannot change the cache
+        raise InvalidGrant(
+            f"instance {instance_id} is not running",
+            reason=f"instance_not_running: {instance_id} {self.state}",
+        )
+
+
+@dataclass
+class _AccountAccess:
+    credentials: AssumedCredentials
+    refresh_at: float
+    clients: dict[str, Any] = field(default_factory=dict)
+
+
+class InstanceTagLookup:
+    """A `TagLookup` (policy/evaluate.py) backed by DescribeInstances in the instance's
+    account. Thread-safe; one lookup per instance at a time, none across instances."""
+
+    def __init__(
+        self,
+        sts_client: Any,
+        *,
+        role_name: str,
+        partition_of: Callable[[str], str] = partition_for_region,
+        ttl_seconds: float = MAX_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        ec2_client_factory: Ec2ClientFactory | None = None,
+    ) -> None:
+        if not _ROLE_NAME.fullmatch(role_name):
+            raise ConfigurationError("TOKEX_INSTANCE_TAGS_ROLE_NAME is not a valid IAM role name")
+        if not 0 <= ttl_seconds <= MAX_TTL_SECONDS:
+            raise ValueError(f"ttl_seconds must be 0..{MAX_TTL_SECONDS}")
+        self._sts = sts_client
+        self._role_name = role_name
+        self._partition_of = partition_of
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._ec2_client = ec2_client_factory or default_ec2_client_factory()
+        self._lock = threading.Lock()  # guards the two dicts below
+        self._outcomes: dict[tuple[str, str, str], _Outcome] = {}
+        self._accounts: dict[str, _AccountAccess] = {}
+        # Striped locks: concurrent misses for one instance make one call, and a slow
+        # region never holds up lookups elsewhere. Order: instance lock, then account.
+        self._instance_locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
+        self._account_locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
+
+    def role_arn(self, account: str, region: str) -> str:
+        return f"arn:{self._partition_of(region)}:iam::{account}:role/{self._role_name}"
+
+    def __call__(self, instance: InstanceIdentity) -> Mapping[str, str]:
+        key = (instance.account, instance.region, instance.instance_id)
+        if not instance.bound:  # evaluate never asks; refuse to act on unbound evidence
+            log.warning("instance tags not looked up: evidence for %s is not bound", key[2])
+            return {}
+        if not (
+            _ACCOUNT.fullmatch(key[0])
+            and _REGION.fullmatch(key[1])
+            and _INSTANCE_ID.fullmatch(key[2])
+        ):
+            log.warning("instance tags not looked up: unexpected account/region/id %r", key)
+            return {}
+        outcome = self._cached(key)
+        if outcome is None:
+            with self._instance_locks[hash(key) % _LOCK_STRIPES]:
+                outcome = self._cached(key)  # another thread may have just looked it up
+                if outcome is None:
+                    outcome = self._describe(*key)
+                    self._store(key, outcome)
+        return outcome.result(instance.instance_id)
+
+    def _cached(self, key: tuple[str, str, str]) -> _Outcome | None:
+        with self._lock:
+            outcome = self._outcomes.get(key)
+            if outcome is not None and self._clock() < outcome.expires_at:
+                return outcome
+            return None
+
+    def _store(self, key: tuple[str, str, str], outcome: _Outcome) -> None:
+        expiring = _Outcome(outcome.state, outcome.tags, self._clock() + self._ttl)
+        with self._lock:
+            self._outcomes.pop(key, None)
+            if len(self._outcomes) >= MAX_CACHED_INSTANCES:
+                now = self._clock()
+                for stale in [k for k, o in self._outcomes.items() if o.expires_at <= now]:
+                    del self._outcomes[stale]
+            while len(self._outcomes) >= MAX_CACHED_INSTANCES:
+                del self._outcomes[next(iter(self._outcomes))]  # the oldest entry
+            self._outcomes[key] = expiring
+
+    def _describe(self, account: str, region: str, instance_id: str) -> _Outcome:
+        client = self._client(account, region)
+        if client is None:
+            return _Outcome(_UNREADABLE)
+        try:
+            response = client.describe_instances(InstanceIds=[instance_id])
+        except ClientError as exc:
+            code = _code(exc)
+            if code in _EC2_NOT_FOUND:
+                return _Outcome(_NOT_FOUND)
+            if code in _EC2_CREDENTIAL_ERRORS:
+                self._forget_credentials(account)
+            if code in _EC2_CREDENTIAL_ERRORS | _EC2_REFUSALS:
+                log.warning(
+                    "instance tags unreadable: DescribeInstances in account %s region %s "
+                    "refused (%s)",
+                    account,
+                    region,
+                    code,
+                )
+                return _Outcome(_UNREADABLE)
+            raise _unavailable("describe_instances", code) from exc
+        except BotoCoreError as exc:
+            raise _unavailable("describe_instances", type(exc).__name__) from exc
+        return _outcome_from(response, instance_id)
+
+    def _client(self, account: str, region: str) -> Any | None:
+        """The EC2 client for (account, region), assuming the role when needed; None
+        when the account does not let tokex assume it."""
+        with self._account_locks[hash(account) % _LOCK_STRIPES]:
+            with self._lock:
+                access = self._accounts.get(account)
+            # Measured before the call: the credentials live 900 s from after it.
+            now = self._clock()
+            if access is None or now >= access.refresh_at:
+                credentials = self._assume_role(account, region)
+                if credentials is None:
+                    return None
+                refresh_at = now + ASSUMED_ROLE_SECONDS - CREDENTIALS_REFRESH_MARGIN_SECONDS
+                access = _AccountAccess(credentials, refresh_at)
+                with self._lock:
+                    self._accounts[account] = access
+            client = access.clients.get(region)
+            if client is None:
+                client = access.clients[region] = self._ec2_client(region, access.credentials)
+            return client
+
+    def _assume_role(self, account: str, region: str) -> AssumedCredentials | None:
+        role_arn = self.role_arn(account, region)
+        try:
+            response = self._sts.assume_role(
+                RoleArn=role_arn,
+                RoleSessionName=SESSION_NAME,
+                DurationSeconds=ASSUMED_ROLE_SECONDS,
+            )
+            credentials = response["Credentials"]
+            return AssumedCredentials(
+                credentials["AccessKeyId"],
+                credentials["SecretAccessKey"],
+                credentials["SessionToken"],
+            )
+        except ClientError as exc:
+            code = _code(exc)
+            if code in _ASSUME_ROLE_REFUSALS:
+                log.warning("instance tags unreadable: AssumeRole %s refused (%s)", role_arn, code)
+                return None
+            raise _unavailable("assume_role", code) from exc
+        except BotoCoreError as exc:
+            raise _unavailable("assume_role", type(exc).__name__) from exc
+        except (KeyError, TypeError) as exc:
+            raise _unavailable("assume_role", "malformed response") from exc
+
+    def _forget_credentials(self, account: str) -> None:
+        with self._lock:
+            self._accounts.pop(account, None)
+
+
+def _outcome_from(response: Any, instance_id: str) -> _Outcome:
+    """The one instance asked for, its state and tags; anything unexpected is a 503."""
+    try:
+        found = [
+            item
+            for reservation in response.get("Reservations", [])
+            for item in reservation.get("Instances", [])
+            if item.get("InstanceId") == instance_id
+        ]
+        if not found:
+            return _Outcome(_NOT_FOUND)
+        if len(found) > 1:
+            raise _unavailable("describe_instances", "instance listed twice")
+        state = found[0].get("State", {}).get("Name")
+        tags = {
+            tag["Key"]: tag["Value"]
+            for tag in found[0].get("Tags", [])
+            if isinstance(tag.get("Key"), str) and isinstance(tag.get("Value"), str)
+        }
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise _unavailable("describe_instances", "malformed response") from exc
+    # A missing or unknown state is not a running instance.
+    return _Outcome(state if isinstance(state, str) else "unknown", tags)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "ClientError"))
+
+
+def _unavailable(operation: str, code: str) -> TemporarilyUnavailable:
+    # Generic description on purpose: never an account, a role ARN or an upstream message.
+    return TemporarilyUnavailable(_UNAVAILABLE, reason=f"ec2_tags_{operation}_failed: {code}")
