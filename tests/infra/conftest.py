@@ -48,6 +48,8 @@ class Synthesized:
     template_path: Path
     raw: dict[str, Any]
     template: Any  # aws_cdk.assertions.Template
+    # Hash of the layer's inputs (core sources, requirements) when this synth ran.
+    layer_inputs_hash: str
 
     def layer_dir(self) -> Path:
         layers = [
@@ -61,7 +63,13 @@ class Synthesized:
 def synthesize(outdir: Path, context: dict[str, Any]) -> Synthesized:
     from aws_cdk.assertions import Template
 
+    from cdk.functions import RUNTIME
+    from cdk.layer_bundling import CoreLayerBundling
     from cdk.tokex_stack import build_app
+
+    layer_inputs = CoreLayerBundling(
+        project_root=REPO_ROOT, python_version=RUNTIME.name.removeprefix("python")
+    ).inputs_hash()
 
     app, stack = build_app(
         context={
@@ -75,7 +83,7 @@ def synthesize(outdir: Path, context: dict[str, Any]) -> Synthesized:
     app.synth()  # runs cdk-nag: raises on any unacknowledged finding
     path = outdir / stack.template_file
     raw = json.loads(path.read_text(encoding="utf-8"))
-    return Synthesized(outdir, path, raw, Template.from_json(raw))
+    return Synthesized(outdir, path, raw, Template.from_json(raw), layer_inputs)
 
 
 @pytest.fixture(scope="session")

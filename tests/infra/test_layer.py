@@ -26,6 +26,13 @@ def elf_machine(path: Path) -> int:
     return struct.unpack_from("<H", header, 18)[0]
 
 
+def _layer_inputs_hash() -> str:
+    from cdk.layer_bundling import CoreLayerBundling
+
+    python_version = checks.RUNTIME.removeprefix("python")
+    return CoreLayerBundling(project_root=REPO_ROOT, python_version=python_version).inputs_hash()
+
+
 @pytest.fixture(scope="module")
 def site(default_synth: Synthesized) -> Path:
     site = default_synth.layer_dir() / "python"
@@ -66,12 +73,14 @@ def test_no_aws_sdk_in_the_layer(site: Path) -> None:
         assert not list(site.glob(f"{name}-*.dist-info")), f"{name} metadata is bundled"
 
 
-def test_dependencies_and_tokex_are_there(site: Path) -> None:
+def test_dependencies_and_tokex_are_there(default_synth: Synthesized, site: Path) -> None:
     packages = ["aws_lambda_powertools", "aws_xray_sdk", "jwt", "cryptography"]
     packages += ["defusedxml", "asn1crypto", "urllib3", "tokex"]
     for package in packages:
         assert (site / package).is_dir(), f"{package} missing from the layer"
     source = REPO_ROOT / "layers" / "core" / "tokex"
+    if _layer_inputs_hash() != default_synth.layer_inputs_hash:
+        pytest.skip("the core library changed while the tests ran; cannot compare sources")
     for path in source.rglob("*.py"):
         if "__pycache__" not in path.parts:
             bundled = site / "tokex" / path.relative_to(source)

@@ -20,7 +20,7 @@ from typing import Any
 from tokex.cli.deployment import Deployment, add_deployment_arguments, resolve_deployment
 from tokex.cli.main import CommandError
 from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS, Policy, PolicyValidationError
-from tokex.settings import DEFAULT_TTL_CAP_SECONDS, DEFAULT_TTL_SECONDS
+from tokex.settings import DEFAULT_TTL_CAP_SECONDS
 
 # DynamoDB's item size limit: no valid policy document is larger.
 MAX_DOCUMENT_FILE_BYTES = 400 * 1024
@@ -65,44 +65,10 @@ def register(subparsers: Any) -> None:
         run_explain,
         "show which policy would decide an exchange, and why (issues nothing)",
     )
-    explain.add_argument(
-        "--principal",
-        required=True,
-        metavar="ARN",
-        help="arn:aws:iam::ACCOUNT:role/NAME, arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION "
-        "or arn:aws:iam::ACCOUNT:user/NAME (or role/NAME, user/NAME with --account)",
-    )
-    explain.add_argument("--account", help="the account of a short role/NAME or user/NAME")
-    explain.add_argument(
-        "--principal-id", metavar="ID", help="the role's or user's unique id (AROA…/AIDA…)"
-    )
-    explain.add_argument("--audience", required=True, help="the audience requested")
-    explain.add_argument(
-        "--scope", action="append", default=[], help="scope(s) requested (repeat or quote)"
-    )
-    explain.add_argument(
-        "--instance-document",
-        metavar="FILE",
-        help="an EC2 instance identity document; treated as verified unless --rsa2048 is given",
-    )
-    explain.add_argument(
-        "--rsa2048", metavar="FILE", help="its rsa2048 signature: verify the document for real"
-    )
-    explain.add_argument(
-        "--instance-tag",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a tag of the instance, for policies with tag conditions",
-    )
-    explain.add_argument(
-        "--policy-file",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="evaluate these documents instead of the table (offline; repeatable)",
-    )
-    explain.add_argument("--default-ttl", type=int, default=DEFAULT_TTL_SECONDS, metavar="S")
+    # Imported here: policy_explain imports this module.
+    from tokex.cli.policy_explain import add_explain_arguments
+
+    add_explain_arguments(explain)
     _ttl_cap_argument(explain)
 
 

@@ -14,28 +14,22 @@ import argparse
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokex.cli.deployment import resolve_deployment
 from tokex.cli.main import CommandError
 from tokex.cli.policy import load_policy_file, policy_table, read_text
 from tokex.errors import InvalidGrant, InvalidRequest, TokexError
 from tokex.evidence.identity import CallerIdentity, InstanceIdentity
-from tokex.evidence.instance_identity import (
-    MAX_DOCUMENT_BYTES,
-    MAX_SIGNATURE_CHARS,
-    CertificateStore,
-    _parse_document,
-    bind_instance_to_caller,
-    verify_instance_identity,
-)
-from tokex.evidence.sts import _caller_identity
-from tokex.policy.evaluate import Explanation, explain
 from tokex.policy.globs import principal_matches
 from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS, Policy
-from tokex.settings import KNOWN_PARTITIONS
-from tokex.token_request import MAX_SCOPES
+from tokex.settings import DEFAULT_TTL_SECONDS, KNOWN_PARTITIONS
 
+if TYPE_CHECKING:
+    from tokex.policy.evaluate import Explanation
+
+# Instance identity signature variants (evidence/instance_identity.py VARIANTS).
+SIGNATURE_VARIANTS = ("rsa2048", "pkcs7", "signature")
 _PARTITION = "|".join(KNOWN_PARTITIONS)
 # The shapes STS's answer can have (evidence/sts.py), plus a role ARN as IAM writes it.
 _NAME = r"[\w+=,.@-]"
@@ -56,7 +50,59 @@ EXPLAIN_SESSION = "tokex-explain"
 _UNKNOWN_ID = "-"
 
 
+def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--principal",
+        required=True,
+        metavar="ARN",
+        help="arn:aws:iam::ACCOUNT:role/NAME, arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION "
+        "or arn:aws:iam::ACCOUNT:user/NAME (or role/NAME, user/NAME with --account)",
+    )
+    parser.add_argument("--account", help="the account of a short role/NAME or user/NAME")
+    parser.add_argument(
+        "--principal-id", metavar="ID", help="the role's or user's unique id (AROA…/AIDA…)"
+    )
+    parser.add_argument("--audience", required=True, help="the audience requested")
+    parser.add_argument(
+        "--scope", action="append", default=[], help="scope(s) requested (repeat or quote)"
+    )
+    parser.add_argument(
+        "--instance-document",
+        metavar="FILE",
+        help="an EC2 instance identity document (text as IMDS served it); treated as verified "
+        "unless its signature is given",
+    )
+    signatures = parser.add_mutually_exclusive_group()
+    for variant in SIGNATURE_VARIANTS:
+        signatures.add_argument(
+            f"--{variant}", metavar="FILE", help=f"its /{variant} text: verify the document"
+        )
+    parser.add_argument(
+        "--instance-tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a tag of the instance, for policies with tag conditions",
+    )
+    parser.add_argument(
+        "--policy-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="evaluate these documents instead of the table (offline; repeatable)",
+    )
+    parser.add_argument(
+        "--default-ttl",
+        type=int,
+        default=DEFAULT_TTL_SECONDS,
+        metavar="S",
+        help=f"the deployment's default TTL (default {DEFAULT_TTL_SECONDS})",
+    )
+
+
 def explain_command(args: argparse.Namespace) -> int:
+    from tokex.policy.evaluate import explain
+
     for name, value in (("--default-ttl", args.default_ttl), ("--ttl-cap", args.ttl_cap)):
         if not MIN_TTL_SECONDS <= value <= MAX_TTL_CAP_SECONDS:
             raise CommandError(f"{name} must be {MIN_TTL_SECONDS}..{MAX_TTL_CAP_SECONDS}", 2)
@@ -136,6 +182,8 @@ def caller_from_principal(
     principal: str, account: str | None, principal_id: str | None
 ) -> tuple[CallerIdentity, list[str]]:
     """The CallerIdentity a real exchange would get from STS for this principal."""
+    from tokex.evidence.sts import _caller_identity
+
     notes: list[str] = []
     if account is not None and not _ACCOUNT.fullmatch(account):
         raise CommandError("--account must be 12 digits", exit_code=2)
@@ -175,6 +223,8 @@ def caller_from_principal(
 
 def requested_scopes(values: list[str]) -> tuple[str, ...] | None:
     """As the exchange parses `scope`: None when absent, distinct tokens in order."""
+    from tokex.token_request import MAX_SCOPES
+
     tokens = [token for value in values for token in value.split()]
     if not tokens:
         return None
@@ -187,17 +237,29 @@ def _instance(
     args: argparse.Namespace, caller: CallerIdentity, notes: list[str]
 ) -> InstanceIdentity | None:
     """The document as the exchange would hold it after verification and binding."""
+    from tokex.evidence.instance_identity import (
+        MAX_DOCUMENT_BYTES,
+        MAX_SIGNATURE_CHARS,
+        CertificateStore,
+        _parse_document,
+        bind_instance_to_caller,
+        verify_instance_identity,
+    )
+
+    variant = next((v for v in SIGNATURE_VARIANTS if getattr(args, v) is not None), None)
     if args.instance_document is None:
-        if args.rsa2048 is not None:
-            raise CommandError("--rsa2048 needs --instance-document", exit_code=2)
+        if variant is not None:
+            raise CommandError(f"--{variant} needs --instance-document", exit_code=2)
         return None
     document = read_text(args.instance_document, "instance document", 4 * MAX_DOCUMENT_BYTES)
-    if args.rsa2048 is not None:
-        blob = read_text(args.rsa2048, "--rsa2048", 4 * MAX_SIGNATURE_CHARS)
-        evidence = {"document": document, "rsa2048": blob}
+    if variant is not None:
+        blob = read_text(getattr(args, variant), f"--{variant}", 4 * MAX_SIGNATURE_CHARS)
+        evidence = {"document": document, variant: blob}
         instance = verify_instance_identity(evidence, CertificateStore.default())
-        notes.append(f"instance document verified ({instance.certificate})")
+        notes.append(f"instance document verified (pinned certificate {instance.certificate})")
     else:
+        if len(document.encode("utf-8")) > MAX_DOCUMENT_BYTES:  # as _read_evidence refuses it
+            raise InvalidRequest(f"instance document exceeds {MAX_DOCUMENT_BYTES} bytes")
         fields = _parse_document(document)
         instance = InstanceIdentity(
             instance_id=fields["instanceId"],
@@ -209,9 +271,12 @@ def _instance(
             variant="unverified",
             certificate="",
         )
-        notes.append("instance document NOT verified: treated as verified (add --rsa2048)")
+        notes.append(
+            "instance document NOT verified: treated as verified by AWS "
+            "(give --rsa2048, --pkcs7 or --signature to verify it)"
+        )
     bound = bind_instance_to_caller(instance, caller)
-    notes.append("instance document bound to the caller (same account and instance)")
+    notes.append("instance document bound to the caller (account and instance match)")
     return bound
 
 

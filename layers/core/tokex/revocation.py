@@ -1,0 +1,131 @@
+"""Revocation records in the state table: the only module that reads or writes them.
+
+Two kinds of item (key `id`, TTL attribute `expires_at`):
+- `revoked-jti#<jti>`: that one token;
+- `revoked-principal#<arn>` with `revoked_at` (N, epoch seconds): every token whose `sub`
+  is that principal and whose `iat` is at or before `revoked_at`. Tokens issued in the
+  same second as the revocation are revoked too (`iat` has one-second resolution; erring
+  towards revoking is the safe side). A later revocation of the same principal replaces
+  the record with a later `revoked_at`, which covers everything the earlier one did.
+  It does not stop the principal from getting new tokens: that is what a deny policy is
+  for.
+
+TTL: a record outlives every token it can match. A token lives at most the TTL cap
+(`exp - iat <= cap`, which introspection enforces), so `expires_at = now + cap + margin`
+is past the `exp` of any token issued before `now`. DynamoDB deletes expired items lazily
+(within days); a stale record can only match tokens that have expired anyway.
+
+Lookups are not cached: a revocation takes effect on the next introspection in every
+Lambda. Both records are read in one consistent BatchGetItem, and only for tokens that
+already passed every other check, so garbage never costs a read. Relying parties that
+cache introspection results (Kong `oauth2-introspection`: `ttl`, 30 s by default) see a
+revocation once their cache entry expires.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tokex.errors import TemporarilyUnavailable
+
+JTI_PREFIX = "revoked-jti#"
+PRINCIPAL_PREFIX = "revoked-principal#"
+# Past the TTL cap: the clock skew tolerated between the revoking machine and the
+# Lambdas, plus slack.
+TTL_MARGIN_SECONDS = 300
+# BatchGetItem may leave keys unprocessed under throttling (DynamoDB API reference).
+_BATCH_ATTEMPTS = 3
+_UNAVAILABLE = "the revocation store is unavailable, retry later"
+
+
+@dataclass(frozen=True)
+class Revocation:
+    kind: str  # "jti" or "principal"
+    value: str
+    revoked_at: int
+    expires_at: int
+
+
+class RevocationStore:
+    def __init__(
+        self,
+        dynamodb_client: Any,
+        table_name: str,
+        *,
+        ttl_cap_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`ttl_cap_seconds`: the longest lifetime any token of the deployment can have."""
+        self._dynamodb = dynamodb_client
+        self._table = table_name
+        self._ttl_cap = ttl_cap_seconds
+        self._clock = clock
+
+    def revoke_jti(self, jti: str) -> Revocation:
+        """Revoke one token by its `jti`."""
+        return self._put("jti", JTI_PREFIX, jti)
+
+    def revoke_principal(self, principal_arn: str) -> Revocation:
+        """Revoke every token of `principal_arn` (the `sub` claim) issued up to now."""
+        return self._put("principal", PRINCIPAL_PREFIX, principal_arn)
+
+    def revoked(self, *, jti: str, principal: str, issued_at: int) -> str | None:
+        """`"jti"` or `"principal"` when the token is revoked, else None (one read)."""
+        keys = [{"id": {"S": JTI_PREFIX + jti}}, {"id": {"S": PRINCIPAL_PREFIX + principal}}]
+        for item in self._batch_get(keys):
+            item_id = item.get("id", {}).get("S", "")
+            if item_id == JTI_PREFIX + jti:
+                return "jti"
+            if item_id == PRINCIPAL_PREFIX + principal:
+                revoked_at = item.get("revoked_at", {}).get("N")
+                # A record without a readable time revokes everything: fail closed.
+                if revoked_at is None or not revoked_at.isdigit():
+                    return "principal"
+                if issued_at <= int(revoked_at):
+                    return "principal"
+        return None
+
+    def _put(self, kind: str, prefix: str, value: str) -> Revocation:
+        now = int(self._clock())
+        expires_at = now + self._ttl_cap + TTL_MARGIN_SECONDS
+        item = {
+            "id": {"S": prefix + value},
+            "revoked_at": {"N": str(now)},
+            "expires_at": {"N": str(expires_at)},
+        }
+        try:
+            self._dynamodb.put_item(TableName=self._table, Item=item)
+        except (ClientError, BotoCoreError) as exc:
+            raise TemporarilyUnavailable(_UNAVAILABLE, reason=_reason("PutItem", exc)) from None
+        return Revocation(kind, value, now, expires_at)
+
+    def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        request: dict[str, Any] = {
+            self._table: {"Keys": keys, "ConsistentRead": True, "ProjectionExpression": "#i, #r"}
+        }
+        request[self._table]["ExpressionAttributeNames"] = {"#i": "id", "#r": "revoked_at"}
+        for _ in range(_BATCH_ATTEMPTS):
+            try:
+                response = self._dynamodb.batch_get_item(RequestItems=request)
+            except (ClientError, BotoCoreError) as exc:
+                raise TemporarilyUnavailable(
+                    _UNAVAILABLE, reason=_reason("BatchGetItem", exc)
+                ) from None
+            items.extend(response.get("Responses", {}).get(self._table, []))
+            request = response.get("UnprocessedKeys") or {}
+            if not request:
+                return items
+        # Unknown revocation state is never reported as "not revoked".
+        raise TemporarilyUnavailable(_UNAVAILABLE, reason="dynamodb BatchGetItem: unprocessed")
+
+
+def _reason(operation: str, exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return f"dynamodb {operation}: {exc.response.get('Error', {}).get('Code', 'unknown')}"
+    return f"dynamodb {operation}: {type(exc).__name__}"
