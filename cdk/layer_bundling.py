@@ -7,8 +7,8 @@ The AWS SDK (boto3, botocore, s3transfer) is left to the Lambda runtime, which s
 A finished bundle is kept in a cache directory keyed by a hash of everything that goes
 into it (the `tokex` sources, the dependency list, the target platform and this module's
 bundling recipe), so synthesizing again - into any `cdk.out` - copies a directory instead
-of running pip. The same hash is the asset hash, so CDK also skips the bundler entirely
-when the asset is already staged in the output directory.
+of running pip. The asset hash is derived from the same inputs, so CDK also skips the
+bundler entirely when the asset is already staged in the output directory.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import aws_cdk as cdk
 import jsii
+from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
@@ -238,7 +238,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "tokex" / "cdk-layer"
 
 
-@jsii.implements(cdk.ILocalBundling)
+@jsii.implements(ILocalBundling)
 class _LocalBundler:
     """jsii adapter: CDK calls `try_bundle` with the asset's output directory."""
 
@@ -257,11 +257,11 @@ def core_layer_code(*, project_root: Path, python_version: str) -> lambda_.Code:
         # The source directory is only a placeholder for CDK: with a custom hash and local
         # bundling it is neither fingerprinted nor copied; the bundler reads the project.
         str(bundling.package_dir),
-        asset_hash_type=cdk.AssetHashType.CUSTOM,
+        asset_hash_type=AssetHashType.CUSTOM,
         asset_hash=bundling.inputs_hash(),
-        bundling=cdk.BundlingOptions(
+        bundling=BundlingOptions(
             # Never pulled: local bundling always succeeds or raises.
-            image=cdk.DockerImage.from_registry("tokex-local-bundling-only"),
+            image=DockerImage.from_registry("tokex-local-bundling-only"),
             local=_LocalBundler(bundling),
         ),
     )

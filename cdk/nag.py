@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import aws_cdk as cdk
+from aws_cdk import Acknowledgment, CfnElement, Stack, Validations
 from constructs import IConstruct
 
 if TYPE_CHECKING:
@@ -27,15 +27,15 @@ RUNTIME_REASON = (
 
 
 def _ack(scope: IConstruct, rule: str, reason: str) -> None:
-    cdk.Validations.of(scope).acknowledge(
-        cdk.Acknowledgment(id=f"AwsSolutions::AwsSolutions-{rule}", reason=reason)
+    Validations.of(scope).acknowledge(
+        Acknowledgment(id=f"AwsSolutions::AwsSolutions-{rule}", reason=reason)
     )
 
 
-def _arn_token(stack: cdk.Stack, construct: IConstruct) -> str:
+def _arn_token(stack: Stack, construct: IConstruct) -> str:
     """How cdk-nag writes `Fn::GetAtt <logical id>.Arn` in a finding id."""
     child = construct.node.default_child
-    assert isinstance(child, cdk.CfnElement)
+    assert isinstance(child, CfnElement)
     return f"<{stack.get_logical_id(child)}.Arn>"
 
 

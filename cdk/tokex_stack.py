@@ -20,8 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aws_cdk as cdk
-from aws_cdk import CfnOutput, Duration, Stack
+from aws_cdk import App, CfnOutput, Duration, Stack, Validations
 from aws_cdk import aws_logs as logs
 from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
@@ -175,13 +174,13 @@ def project_context() -> dict[str, Any]:
 
 def build_app(
     *, context: dict[str, Any] | None = None, outdir: str | None = None
-) -> tuple[cdk.App, TokexStack]:
+) -> tuple[App, TokexStack]:
     """The CDK app with cdk-nag's AWS Solutions checks: unacknowledged findings fail synth.
 
     `context` overrides `cdk.json` (tests use it the way an operator uses `-c key=value`).
     """
-    app = cdk.App(context={**project_context(), **(context or {})}, outdir=outdir)
+    app = App(context={**project_context(), **(context or {})}, outdir=outdir)
     config = TokexConfig.from_context(app.node)
     stack = TokexStack(app, config.stack_name, config=config)
-    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return app, stack

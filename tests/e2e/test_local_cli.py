@@ -164,3 +164,19 @@ def test_instance_identity_off_ec2(tokex_local):
     required = run_token(state_dir, *common, "--instance-identity", "on", extra_env=env)
     assert required.returncode != 0
     assert "--instance-identity on" in required.stderr and required.stdout == ""
+
+
+def test_operator_manages_policies_of_the_local_system(tokex_local):
+    _, state_dir = tokex_local
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TOKEX_"))}
+    env.update(load_env_file(state_dir / "operator.env"))
+    listed = subprocess.run(
+        [TOKEX, "policy", "list", "--table", "tokex-policies", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    ids = {policy["id"] for policy in json.loads(listed.stdout)["policies"]}
+    assert {"demo-workload", "demo-instance"} <= ids

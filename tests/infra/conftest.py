@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("aws_cdk", reason="the cdk extra is not installed")
+# Before aws_cdk starts its jsii Node process: Node 20's end-of-life banner is noise here.
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+pytest.importorskip("aws_cdk", reason="the cdk extra is not installed")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:

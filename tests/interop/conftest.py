@@ -3,10 +3,11 @@ under test, using only the JWKS that system serves.
 
 Every verifier sees the same cases (`TOKEN_CASES`). The good ones come from real
 exchanges: RS256 through the local HTTP front, ES256 through a second cold start of the
-exchange handler signing with the deployment's P-256 key. The bad ones are signed for real
-by the deployment's KMS keys (nothing here holds a private key) and are wrong in exactly
-one way each, next to a freshly minted control token that must be accepted, so a refusal
-can only be about that one thing.
+exchange handler signing with the deployment's P-256 key. Each bad one is wrong in exactly
+one way: an exchanged token altered after signing (payload or signature), or claims signed
+for real by the deployment's KMS key (nothing here holds a private key) with one claim
+wrong. A control token minted the same way with nothing wrong must be accepted, so a
+refusal can only be about that one thing.
 
 The tools come from `.ci/install-verifiers`. Elsewhere, a missing tool skips its tests with
 a reason; in CI (`CI=true`) it fails them, so a broken install never passes as a skip.
@@ -40,8 +41,9 @@ from tokex.tokens.kms_signer import KmsSigner
 AUDIENCE = "demo-api"
 OTHER_AUDIENCE = "payments-api"
 OTHER_ISSUER = "https://other-tokex.example.com"
-# Far beyond any verifier's clock-skew leeway (mod_auth_openidc, jose: 0 s by default).
+# An hour: far beyond any verifier's clock-skew leeway.
 EXPIRED_AGO_SECONDS = 3600
+NOT_BEFORE_AHEAD_SECONDS = 3600
 TTL_SECONDS = 900
 KEY_SPECS = {"RS256": "RSA_2048", "ES256": "ECC_NIST_P256"}
 
@@ -51,7 +53,10 @@ class TokenCase:
     name: str
     alg: str
     accepted: bool
-    flaw: str | None  # None, "signature", "expired", "audience" or "issuer"
+    # None, or what is wrong: "signature", "expired", "audience", "issuer", "no-exp"
+    # (no `exp` claim at all) or "nbf-future" (`nbf` an hour ahead). tokex never issues
+    # the last two; they measure whether a verifier would notice.
+    flaw: str | None
 
 
 TOKEN_CASES = [
@@ -65,6 +70,8 @@ TOKEN_CASES = [
         TokenCase(f"expired-{alg}", alg, False, "expired"),
         TokenCase(f"wrong-audience-{alg}", alg, False, "audience"),
         TokenCase(f"wrong-issuer-{alg}", alg, False, "issuer"),
+        TokenCase(f"no-exp-{alg}", alg, False, "no-exp"),
+        TokenCase(f"not-yet-valid-{alg}", alg, False, "nbf-future"),
     )
 ]
 CASE_IDS = [case.name for case in TOKEN_CASES]
@@ -169,6 +176,7 @@ def token_cases(local_system: LocalSystem) -> dict[str, str]:  # noqa: F811
             issuer: str = local_system.issuer,
             signer: KmsSigner = signer,
             caller: CallerIdentity = caller,
+            **changes: int | None,
         ) -> str:
             claims = build_claims(
                 issuer=issuer,
@@ -181,7 +189,8 @@ def token_cases(local_system: LocalSystem) -> dict[str, str]:  # noqa: F811
                 instance=None,
                 now=int(time.time()) if now is None else now,
             )
-            return encode_jwt(claims, signer)
+            claims.update(changes)
+            return encode_jwt({k: v for k, v in claims.items() if v is not None}, signer)
 
         tokens[f"exchanged-{alg}"] = token
         tokens[f"minted-control-{alg}"] = mint()
@@ -190,5 +199,8 @@ def token_cases(local_system: LocalSystem) -> dict[str, str]:  # noqa: F811
         tokens[f"expired-{alg}"] = mint(now=int(time.time()) - EXPIRED_AGO_SECONDS)
         tokens[f"wrong-audience-{alg}"] = mint(audience=OTHER_AUDIENCE)
         tokens[f"wrong-issuer-{alg}"] = mint(issuer=OTHER_ISSUER)
+        tokens[f"no-exp-{alg}"] = mint(exp=None)
+        later = int(time.time()) + NOT_BEFORE_AHEAD_SECONDS
+        tokens[f"not-yet-valid-{alg}"] = mint(nbf=later, exp=later + TTL_SECONDS)
     assert set(tokens) == set(CASE_IDS)
     return tokens

@@ -24,16 +24,27 @@ EXPECTED_REFUSAL = {
     "expired": ("ERR_JWT_EXPIRED", "exp"),
     "audience": ("ERR_JWT_CLAIM_VALIDATION_FAILED", "aud"),
     "issuer": ("ERR_JWT_CLAIM_VALIDATION_FAILED", "iss"),
+    "no-exp": ("ERR_JWT_CLAIM_VALIDATION_FAILED", "exp"),
+    "nbf-future": ("ERR_JWT_CLAIM_VALIDATION_FAILED", "nbf"),
 }
 
 
-@pytest.fixture(scope="module")
-def jose_results(local_system: LocalSystem, token_cases: dict[str, str]) -> dict[str, Any]:
-    node = shutil.which("node")
-    if node is None:
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The node binary, once jose is known to be installed (checked before the system
+    under test is started, so a skip costs nothing)."""
+    binary = shutil.which("node")
+    if binary is None:
         verifier_missing("node is not installed")
     if not JOSE_PACKAGE.is_file():
         verifier_missing("npm jose is not installed in tests/interop/node_modules (npm ci)")
+    return binary
+
+
+@pytest.fixture(scope="module")
+def jose_results(
+    node: str, local_system: LocalSystem, token_cases: dict[str, str]
+) -> dict[str, Any]:
     request = {
         "jwksUrl": local_system.issuer + "/.well-known/jwks.json",
         "issuer": local_system.issuer,
@@ -56,7 +67,9 @@ def jose_results(local_system: LocalSystem, token_cases: dict[str, str]) -> dict
 
 
 @pytest.mark.parametrize("case", TOKEN_CASES, ids=CASE_IDS)
-def test_jose_verdict(case: TokenCase, jose_results: dict[str, Any], local_system: LocalSystem):
+def test_jose_verdict(
+    node: str, case: TokenCase, jose_results: dict[str, Any], local_system: LocalSystem
+):
     result = jose_results[case.name]
     if case.accepted:
         assert result["ok"], result

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.interop.conftest import AUDIENCE, CASE_IDS, TOKEN_CASES, TokenCase, verifier_missing
+from tests.interop.conftest import AUDIENCE, TOKEN_CASES, TokenCase, verifier_missing
 from tokex.local.emulator import free_port
 from tokex.local.runner import LocalSystem
 
@@ -223,7 +223,10 @@ OIDCOAuthRemoteUserClaim sub
 """
 
 
-def _find_apache() -> str:
+@pytest.fixture(scope="session")
+def apache2() -> str:
+    """The apache2 binary, once mod_auth_openidc is known to be installed (checked before
+    the system under test is started, so a skip costs nothing)."""
     binary = shutil.which("apache2") or (
         "/usr/sbin/apache2" if os.access("/usr/sbin/apache2", os.X_OK) else None
     )
@@ -274,8 +277,7 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def apache(local_system: LocalSystem) -> Iterator[Apache]:
-    binary = _find_apache()
+def apache(apache2: str, local_system: LocalSystem) -> Iterator[Apache]:
     # Not under pytest's tmp_path: its parents are 0700, and the workers (www-data) must
     # read the document root and the CA bundle.
     root = Path(tempfile.mkdtemp(prefix="tokex-apache-"))
@@ -286,22 +288,26 @@ def apache(local_system: LocalSystem) -> Iterator[Apache]:
         (root / "htdocs" / "api").mkdir(parents=True)
         (root / "htdocs" / PROTECTED.lstrip("/")).write_text("protected\n")
         ca, cert, key = make_ca_and_server_cert(root)
-        key.chmod(0o600)
+        key.chmod(0o600)  # the proxy (this process) reads it, apache never does
+        for readable in (ca, root / "htdocs", root / "htdocs" / "api"):
+            readable.chmod(0o755 if readable.is_dir() else 0o644)
+        (root / "htdocs" / PROTECTED.lstrip("/")).chmod(0o644)
         proxy = JwksProxy(local_system.issuer + "/.well-known/jwks.json", cert, key)
         port = free_port()
         conf = root / "apache2.conf"
         conf.write_text(apache_config(root, port, local_system.issuer, proxy.url, ca))
         check = subprocess.run(
-            [binary, "-t", "-f", str(conf)], capture_output=True, text=True, check=False
+            [apache2, "-t", "-f", str(conf)], capture_output=True, text=True, check=False
         )
         assert check.returncode == 0, check.stderr
-        process = subprocess.Popen(
-            [binary, "-f", str(conf), "-DFOREGROUND"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=(root / "stderr.log").open("wb"),
-            start_new_session=True,
-        )
+        with (root / "stderr.log").open("wb") as stderr:
+            process = subprocess.Popen(
+                [apache2, "-f", str(conf), "-DFOREGROUND"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,  # its own process group, killed as one
+            )
         _wait_listening(process, port, root / "error.log")
         yield Apache(f"http://127.0.0.1:{port}", proxy, root / "error.log")
     finally:
@@ -312,7 +318,7 @@ def apache(local_system: LocalSystem) -> Iterator[Apache]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_workers_do_not_run_as_root(apache: Apache):
+def test_workers_do_not_run_as_root(apache2: str, apache: Apache):
     if os.geteuid() != 0:
         pytest.skip("not started as root: workers run as the invoking user")
     pid = int(Path(apache.error_log.parent / "apache2.pid").read_text())
@@ -323,20 +329,66 @@ def test_workers_do_not_run_as_root(apache: Apache):
         assert int(uid) != 0, f"worker {child} runs as root"
 
 
-def test_no_token_is_refused(apache: Apache):
+def test_no_token_is_refused(apache2: str, apache: Apache):
     request = urllib.request.Request(apache.url + PROTECTED)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 401
 
 
-@pytest.mark.parametrize("case", TOKEN_CASES, ids=CASE_IDS)
-def test_mod_auth_openidc_verdict(case: TokenCase, apache: Apache, token_cases):
-    status, challenge = apache.status_of(token_cases[case.name])
+# Why mod_auth_openidc refused, as its error log says (LogLevel auth_openidc:info). A bad
+# signature or `exp` fails authentication: 401 with `WWW-Authenticate: Bearer
+# error="invalid_token"`. A `Require claim` mismatch fails authorization of an
+# authenticated user: still 401 (authz_core, AH01631), but without a Bearer challenge.
+REFUSAL_LOGGED = {
+    "signature": "JWT signature verification failed",
+    "expired": '"exp" validation failure',
+    "audience": f"could not match require claim expression 'aud:{AUDIENCE}'",
+    "issuer": "could not match require claim expression 'iss:",
+}
+# mod_auth_openidc 2.4.12 checks `exp` only when present (an expired one is refused, see
+# REFUSAL_LOGGED) and never looks at `nbf`: a validly signed token without `exp`, or one
+# whose `nbf` is an hour ahead, is let through. tokex always sets `exp` and `nbf = iat`,
+# so its own tokens are unaffected; these cases pin the module's real behaviour so that
+# nobody relies on it for either check.
+KNOWN_GAPS = {"no-exp", "nbf-future"}
+
+
+def _ask(apache: Apache, token: str) -> tuple[int, str, str]:
+    """(status, WWW-Authenticate, what apache logged meanwhile) for one bearer token."""
+    logged_before = apache.error_log.stat().st_size
+    status, challenge = apache.status_of(token)
+    with apache.error_log.open() as log:
+        log.seek(logged_before)
+        return status, challenge, log.read()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [case for case in TOKEN_CASES if case.flaw not in KNOWN_GAPS],
+    ids=lambda case: case.name,
+)
+def test_mod_auth_openidc_verdict(apache2: str, case: TokenCase, apache: Apache, token_cases):
+    status, challenge, logged = _ask(apache, token_cases[case.name])
     if case.accepted:
-        assert status == 200, f"refused a good {case.alg} token: {challenge}"
-        # It could only have verified the signature with the keys fetched through us.
+        assert status == 200, f"refused {case.name}: {challenge}\n{logged}"
+        # It can only have checked the signature with keys fetched through the proxy.
         assert apache.proxy.fetches >= 1
-    else:
-        assert status == 401, f"{case.flaw}: got {status}"
-        assert challenge.startswith("Bearer"), challenge
+        return
+    assert case.flaw is not None
+    assert status == 401, f"{case.name}: {status}\n{logged}"
+    assert REFUSAL_LOGGED[case.flaw] in logged, logged
+    if case.flaw in ("signature", "expired"):
+        assert challenge.startswith('Bearer error="invalid_token"'), challenge
+
+
+@pytest.mark.parametrize(
+    "case",
+    [case for case in TOKEN_CASES if case.flaw in KNOWN_GAPS],
+    ids=lambda case: case.name,
+)
+def test_mod_auth_openidc_known_gap(apache2: str, case: TokenCase, apache: Apache, token_cases):
+    """Real behaviour, not a wish: see KNOWN_GAPS. If this starts failing, the module got
+    stricter: update KNOWN_GAPS and toolchain.md ("Independent verifiers")."""
+    status, challenge, logged = _ask(apache, token_cases[case.name])
+    assert status == 200, f"{case.name} is now refused ({challenge}):\n{logged}"

@@ -30,6 +30,7 @@ from tokex.settings import Settings
 
 ACCOUNT = "123456789012"  # moto's default account: where the instances are
 REGION = "eu-west-1"
+UNKNOWN_ID = "i-0123456789abcdef0"
 ROLE_NAME = "tokex-tag-reader"
 
 
@@ -58,7 +59,7 @@ def run_instance(aws: dict[str, Any], **tags: str) -> str:
     return str(response["Instances"][0]["InstanceId"])
 
 
-def identity(instance_id: str, **changes: Any) -> InstanceIdentity:
+def identity(instance_id: str = UNKNOWN_ID, **changes: Any) -> InstanceIdentity:
     base = InstanceIdentity(
         instance_id=instance_id, account=ACCOUNT, region=REGION, availability_zone="eu-west-1a",
         image_id="ami-0123456789abcdef0", instance_type="t3.micro", variant="rsa2048",
@@ -67,10 +68,11 @@ def identity(instance_id: str, **changes: Any) -> InstanceIdentity:
     return dataclasses.replace(base, **changes)
 
 
-def calls(client: Any, event: str) -> list[dict[str, Any]]:
-    """Parameters of each call the real botocore client makes (a hook, not a mock)."""
+def calls(client: Any, operation: str) -> list[dict[str, Any]]:
+    """API parameters of each call the real botocore client makes (a hook, not a mock)."""
     seen: list[dict[str, Any]] = []
-    client.meta.events.register(event, lambda params, **_: seen.append(params))
+    event = f"before-parameter-build.{client.meta.service_model.service_name}.{operation}"
+    client.meta.events.register(event, lambda params, **_: seen.append(dict(params)))
     return seen
 
 
@@ -84,9 +86,16 @@ def describes() -> list[dict[str, Any]]:
     return []
 
 
+@pytest.fixture(scope="module")
+def create_ec2() -> ec2_tags.Ec2ClientFactory:
+    return default_ec2_client_factory()  # shared: its first client loads the EC2 model
+
+
 @pytest.fixture
-def lookup(sts: Any, describes: list[dict[str, Any]]) -> InstanceTagLookup:
-    create = default_ec2_client_factory()
+def lookup(
+    sts: Any, describes: list[dict[str, Any]], create_ec2: ec2_tags.Ec2ClientFactory
+) -> InstanceTagLookup:
+    create = create_ec2
 
     def factory(region: str, credentials: AssumedCredentials) -> Any:
         client = create(region, credentials)
@@ -99,7 +108,7 @@ def lookup(sts: Any, describes: list[dict[str, Any]]) -> InstanceTagLookup:
 
 def test_running_instance_tags(aws, lookup, sts):
     instance_id = run_instance(aws, team="orders", env="prod")
-    assumed = calls(sts, "before-call.sts.AssumeRole")
+    assumed = calls(sts, "AssumeRole")
     assert lookup(identity(instance_id)) == {"team": "orders", "env": "prod"}
     assert assumed == [
         {
@@ -120,14 +129,14 @@ def test_stopped_or_terminated_instance_is_invalid_grant(aws, lookup, action):
 
 def test_unknown_instance_is_invalid_grant(aws, lookup):
     with pytest.raises(InvalidGrant, match="is not running") as info:
-        lookup(identity("i-0123456789abcdef0"))
+        lookup(identity())
     assert "not-found" in info.value.reason
 
 
 def test_the_lookup_runs_in_the_instance_account(aws, lookup, sts):
     # The same instance id claimed for another account: that account's EC2 does not know it.
     instance_id = run_instance(aws, team="orders")
-    assumed = calls(sts, "before-call.sts.AssumeRole")
+    assumed = calls(sts, "AssumeRole")
     with pytest.raises(InvalidGrant):
         lookup(identity(instance_id, account="111111111111"))
     assert assumed[0]["RoleArn"] == f"arn:aws:iam::111111111111:role/{ROLE_NAME}"
@@ -138,7 +147,7 @@ def test_the_lookup_runs_in_the_instance_account(aws, lookup, sts):
     ("shutting-down", False), ("terminated", False), (None, False),
 ])  # fmt: skip
 def test_only_pending_and_running_grant(sts, state, granted):
-    instance_id = "i-0123456789abcdef0"
+    instance_id = UNKNOWN_ID
     described = {"InstanceId": instance_id, "Tags": [{"Key": "team", "Value": "orders"}]}
     if state is not None:
         described["State"] = {"Name": state}
@@ -179,7 +188,7 @@ def test_a_refusal_is_cached_and_a_caller_cannot_change_the_cache(aws, lookup, d
 
 def test_assumed_credentials_are_reused_until_shortly_before_expiry(aws, lookup, sts):
     clock = lookup._clock
-    assumed = calls(sts, "before-call.sts.AssumeRole")
+    assumed = calls(sts, "AssumeRole")
     instance_id = run_instance(aws, team="orders")
     lookup(identity(instance_id))
     clock.now += 900 - 120 - 1  # tags expired, credentials still good
@@ -196,7 +205,9 @@ def test_partition_follows_the_region():
     assert partition_for_region("cn-north-1") == "aws-cn"
     assert partition_for_region("us-gov-west-1") == "aws-us-gov"
     lookup = InstanceTagLookup(object(), role_name="path/reader")
-    assert lookup.role_arn(ACCOUNT, "cn-northwest-1") == f"arn:aws-cn:iam::{ACCOUNT}:role/path/reader"
+    assert (
+        lookup.role_arn(ACCOUNT, "cn-northwest-1") == f"arn:aws-cn:iam::{ACCOUNT}:role/path/reader"
+    )
 
 
 @pytest.mark.parametrize("changes", [
@@ -204,10 +215,10 @@ def test_partition_follows_the_region():
     {"account": "12345678901"}, {"instance_id": "i-0123456789ABCDEF0"}, {"bound": False},
 ])  # fmt: skip
 def test_unexpected_evidence_is_never_looked_up(sts, changes, caplog):
-    assumed = calls(sts, "before-call.sts.AssumeRole")
+    assumed = calls(sts, "AssumeRole")
     lookup = InstanceTagLookup(sts, role_name=ROLE_NAME)
     with caplog.at_level(logging.WARNING, logger=ec2_tags.__name__):
-        assert lookup(identity("i-0123456789abcdef0", **changes)) == {}
+        assert lookup(identity(**changes)) == {}
     assert assumed == []
     assert "not looked up" in caplog.text
 
@@ -248,8 +259,8 @@ def test_role_that_cannot_be_assumed_means_no_tags(caplog):
     sts = stubbed_sts("AccessDenied")
     lookup = InstanceTagLookup(sts, role_name=ROLE_NAME)
     with caplog.at_level(logging.WARNING, logger=ec2_tags.__name__):
-        assert lookup(identity("i-0123456789abcdef0")) == {}
-        assert lookup(identity("i-0123456789abcdef0")) == {}  # cached: one attempt
+        assert lookup(identity()) == {}
+        assert lookup(identity()) == {}  # cached: one attempt
     assert caplog.text.count("AccessDenied") == 1
     assert f"arn:aws:iam::{ACCOUNT}:role/{ROLE_NAME}" in caplog.text
 
@@ -259,7 +270,7 @@ def test_throttled_assume_role_is_unavailable_and_not_cached():
     lookup = InstanceTagLookup(sts, role_name=ROLE_NAME)
     for _ in range(2):
         with pytest.raises(TemporarilyUnavailable) as info:
-            lookup(identity("i-0123456789abcdef0"))
+            lookup(identity())
         assert info.value.reason == "ec2_tags_assume_role_failed: Throttling"
         assert ACCOUNT not in info.value.description
 
@@ -274,11 +285,11 @@ def test_describe_instances_errors(sts, code, outcome):
     stub.add_client_error("describe_instances", service_error_code=code, http_status_code=400)
     lookup = InstanceTagLookup(sts, role_name=ROLE_NAME, ec2_client_factory=lambda *_: ec2)
     if outcome == "unreadable":
-        assert lookup(identity("i-0123456789abcdef0")) == {}
+        assert lookup(identity()) == {}
     else:
         expected = InvalidGrant if outcome == "refused" else TemporarilyUnavailable
         with pytest.raises(expected):
-            lookup(identity("i-0123456789abcdef0"))
+            lookup(identity())
 
 
 def test_unreachable_ec2_is_unavailable(sts):
@@ -293,7 +304,7 @@ def test_unreachable_ec2_is_unavailable(sts):
     ec2.meta.events.register("before-send.ec2.DescribeInstances", refuse)
     lookup = InstanceTagLookup(sts, role_name=ROLE_NAME, ec2_client_factory=lambda *_: ec2)
     with pytest.raises(TemporarilyUnavailable, match="retry later"):
-        lookup(identity("i-0123456789abcdef0"))
+        lookup(identity())
 
 
 def test_concurrent_lookups_of_one_instance_make_one_call(aws, lookup, describes):
@@ -329,7 +340,8 @@ def test_ec2_endpoint_follows_the_standard_overrides(monkeypatch):
     assert create(REGION, credentials).meta.endpoint_url == "http://127.0.0.1:5000"
 
 
-def test_service_wires_the_lookup_only_when_a_role_is_configured(aws):
+def test_service_wires_the_lookup_only_when_a_role_is_configured(aws, monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     env = {"TOKEX_ISSUER": "https://auth.example.com", "TOKEX_SIGNING_KEY_ID": "alias/k",
            "TOKEX_POLICY_TABLE": "policies"}  # fmt: skip
     plain = build_token_exchange(Settings.from_env(env))

@@ -22,6 +22,7 @@ from tokex.policy.model import InstanceConditions, Policy, PolicyValidationError
 
 ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/"
+USER = f"arn:aws:iam::{ACCOUNT}:user/"
 
 
 def allow_doc(**overrides: Any) -> dict[str, Any]:
@@ -229,7 +230,7 @@ def test_principal_patterns_refused(pattern: str, why: str) -> None:
     [
         ROLE + "*",
         ROLE + "orders-*",
-        ROLE + "team/*/orders-?",
+        USER + "team/*/orders-?",
         "arn:aws-us-gov:iam::123456789012:user/alice",
         "arn:aws-cn:iam::123456789012:role/a+b=c,d.e@f_g-h",
     ],
@@ -245,8 +246,8 @@ def test_principal_patterns_accepted(pattern: str) -> None:
         (ROLE + "orders-*", ROLE + "orders-", True),
         (ROLE + "orders-*", ROLE + "team/orders-api", False),  # never crosses `/`
         (ROLE + "*", ROLE + "path/name", False),
-        (ROLE + "*/*", ROLE + "path/name", True),
-        (ROLE + "team/*/x", ROLE + "team/a/b/x", False),
+        (USER + "*/*", USER + "path/name", True),
+        (USER + "team/*/x", USER + "team/a/b/x", False),
         (ROLE + "orders-?", ROLE + "orders-1", True),
         (ROLE + "orders-?", ROLE + "orders-12", False),
         (ROLE + "orders-*", "arn:aws:iam::210987654321:role/orders-api", False),

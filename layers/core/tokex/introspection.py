@@ -141,9 +141,9 @@ class Introspector:
             return {"active": False}
         # `active` and `token_type` are written last: a policy's static claims can never
         # make a response say something else about them.
-        response: dict[str, Any] = {"active": True}
-        response.update(claims)
-        response.update(active=True, token_type="Bearer")
+        response: dict[str, Any] = {"active": True, **claims}
+        response["active"] = True
+        response["token_type"] = "Bearer"  # RFC 7662 §2.2, RFC 6750
         return response
 
     def _verify(self, token: str, audit: IntrospectionAudit) -> dict[str, Any]:
@@ -154,8 +154,9 @@ class Introspector:
         parts = token.split(".")
         if len(parts) != 3:
             raise Inactive("not_compact_jws")
-        header_b64, payload_b64, signature_b64 = parts
-        header = _json_object(_b64url_decode(header_b64), "header")
+        header_b64, payload_b64, _ = parts
+        header_bytes, payload_bytes, signature = (_b64url_decode(part) for part in parts)
+        header = _json_object(header_bytes, "header")
         if set(header) != _HEADER_MEMBERS:
             raise Inactive("header_members")
         if header["typ"] != ACCESS_TOKEN_TYP:  # RFC 9068 §4: not an access token
@@ -171,12 +172,12 @@ class Introspector:
         # The published key decides the algorithm; the header may only agree with it.
         if header_alg != alg:
             raise Inactive("alg_mismatch")
+        # ASCII by now: every segment matched the base64url alphabet.
         signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
-        signature = _b64url_decode(signature_b64)
         if not _ALGORITHMS[alg].verify(signing_input, key, signature):
             raise Inactive("bad_signature")
 
-        claims = _json_object(_b64url_decode(payload_b64), "payload")
+        claims = _json_object(payload_bytes, "payload")
         if claims.get("iss") != self._issuer:
             raise Inactive("issuer")
         subject, audience, jti = (_string(claims, name) for name in ("sub", "aud", "jti"))
@@ -200,13 +201,17 @@ class Introspector:
 
 
 def _b64url_decode(segment: str) -> bytes:
-    """Strict base64url without padding (RFC 7515 §2): no `=`, no other alphabet."""
+    """Strict base64url without padding (RFC 7515 §2): no `=`, no other alphabet, and
+    canonical (unused trailing bits zero), so one token has exactly one spelling."""
     if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
         raise Inactive("base64url")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
         raise Inactive("base64url") from None
+    if base64.urlsafe_b64encode(data).rstrip(b"=") != segment.encode("ascii"):
+        raise Inactive("base64url")
+    return data
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:

@@ -10,15 +10,18 @@ from typing import Any
 from cryptography import x509
 
 from tokex import aws
-from tokex.errors import ConfigurationError
+from tokex.clients import ClientStore
+from tokex.errors import ConfigurationError, TemporarilyUnavailable
 from tokex.evidence.ec2_tags import InstanceTagLookup
 from tokex.evidence.instance_identity import CertificateStore
 from tokex.evidence.replay import DynamoDbReplayGuard
 from tokex.evidence.sts import StsForwarder
 from tokex.exchange import TokenExchange
+from tokex.introspection import Introspector, PublishedKeys
 from tokex.policy.cache import CachedPolicies
 from tokex.policy.store import PolicyStore
 from tokex.publish import publish_documents
+from tokex.revocation import RevocationStore
 from tokex.settings import Settings
 from tokex.tokens.jwks import build_jwks, discovery_document
 from tokex.tokens.kms_signer import KmsSigner, public_jwk_for_key
@@ -55,6 +58,44 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
     )
 
 
+def build_introspector(settings: Settings) -> Introspector:
+    """Introspection against the published keys (read from KMS, as the publisher does)
+    with the revocation records of the state table."""
+    if not (settings.signing_key_id and settings.state_table):
+        raise ConfigurationError("TOKEX_SIGNING_KEY_ID and TOKEX_STATE_TABLE are required")
+    kms = aws.client("kms")
+
+    def published_keys() -> list[dict[str, Any]]:
+        try:
+            return [public_jwk_for_key(kms, key_id) for key_id in published_key_ids(settings)]
+        except ConfigurationError as exc:
+            # Raised per request, not at import: a 503 that names the cause in the log.
+            raise TemporarilyUnavailable(
+                "the signing keys are unavailable, retry later", reason=f"keys: {exc}"
+            ) from None
+
+    return Introspector(
+        issuer=settings.issuer,
+        keys=PublishedKeys(published_keys),
+        revocations=RevocationStore(
+            aws.client("dynamodb"), settings.state_table, ttl_cap_seconds=settings.ttl_cap_seconds
+        ),
+        ttl_cap_seconds=settings.ttl_cap_seconds,
+    )
+
+
+def build_client_store(settings: Settings) -> ClientStore:
+    """The introspection clients (state table) that may call `POST /introspect`."""
+    if not settings.state_table:
+        raise ConfigurationError("TOKEX_STATE_TABLE is required")
+    return ClientStore(aws.client("dynamodb"), settings.state_table)
+
+
+def published_key_ids(settings: Settings) -> list[str]:
+    """The signing key first, then every other published key, each once."""
+    return list(dict.fromkeys((settings.signing_key_id, *settings.published_key_ids)))
+
+
 def instance_certificates(settings: Settings) -> CertificateStore:
     """AWS's pinned certificates; plus, in local mode only, the demo instance's."""
     store = CertificateStore.default()
@@ -72,8 +113,7 @@ def publish_issuer_documents(settings: Settings, *, kms: Any, s3: Any) -> list[s
     """JWKS (signing key first, then every other published key) and discovery → S3."""
     if not (settings.signing_key_id and settings.jwks_bucket):
         raise ConfigurationError("TOKEX_SIGNING_KEY_ID and TOKEX_JWKS_BUCKET are required")
-    key_ids = dict.fromkeys((settings.signing_key_id, *settings.published_key_ids))
-    jwks = build_jwks(public_jwk_for_key(kms, key_id) for key_id in key_ids)
+    jwks = build_jwks(public_jwk_for_key(kms, key_id) for key_id in published_key_ids(settings))
     discovery = discovery_document(
         issuer=settings.issuer,
         token_endpoint=settings.token_endpoint,

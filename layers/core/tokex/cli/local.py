@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
   token endpoint  {issuer}/token
   JWKS            {issuer}/.well-known/jwks.json
   discovery       {issuer}/.well-known/openid-configuration
+  introspection   {issuer}/introspect  (demo client -> {system.introspection_env})
   AWS emulator    {system.deployment.endpoint_url} (moto, SigV4 checks on)
   demo workload   {DEMO_ROLE_ARN}  -> {system.workload_env}
   demo policy     audience {DEMO_AUDIENCE}, scopes {" ".join(DEMO_SCOPES)}, max TTL 900 s
@@ -62,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
 Try it:
   source {system.workload_env}
   tokex token --endpoint {issuer} --audience {DEMO_AUDIENCE} --scope demo:read
+
+Introspect a token (RFC 7662):
+  source {system.introspection_env}
+  curl -s -u "$TOKEX_INTROSPECTION_CLIENT_ID:$TOKEX_INTROSPECTION_CLIENT_SECRET" \\
+    -d "token=$(tokex token --audience {DEMO_AUDIENCE})" {issuer}/introspect
 """,
         flush=True,
     )

@@ -29,7 +29,6 @@ _HINTS = {
     "ResourceNotFoundException": "no such table in this region?",
     "AccessDenied": "do these credentials allow it?",
     "NoCredentialsError": "no AWS credentials found",
-    "NoRegionError": "no AWS region: pass --region or set AWS_REGION",
     "UnrecognizedClientException": "credentials not valid for this endpoint",
     "InvalidSignatureException": "credentials not valid for this endpoint",
     "EndpointConnectionError": "endpoint unreachable",
@@ -199,7 +198,7 @@ def policy_table(deployment: Deployment) -> Iterator[Any]:
         yield PolicyStore(deployment.client("dynamodb"), deployment.table)
     except TemporarilyUnavailable as exc:
         # The store's `reason` names the operation and the AWS error code (never data).
-        hint = next((h for code, h in _HINTS.items() if exc.reason.endswith(code)), None)
+        hint = next((h for code, h in _HINTS.items() if code in exc.reason), None)
         message = f"policy table {deployment.table!r}: {exc.reason}"
         raise CommandError(f"{message} ({hint})" if hint else message) from None
 
@@ -222,17 +221,6 @@ def load_policy_file(path: str, *, ttl_cap: int) -> Policy:
 def policy_warnings(policy: Policy) -> list[str]:
     """Valid, but probably not what the author meant."""
     warnings = []
-    for index, pattern in enumerate(policy.principals):
-        head, _, resource = pattern.rpartition(":")
-        kind, _, path_name = resource.partition("/")
-        if kind == "role" and "/" in path_name:
-            # sts.py: an assumed-role ARN carries no role path, so the principal the
-            # exchange matches is always `role/<name>`.
-            fixed = f"{head}:role/{path_name.rsplit('/', 1)[1]}"
-            warnings.append(
-                f"principals[{index}]: a role pattern with a path never matches: STS does not "
-                f"reveal role paths, so the exchange sees role/<name>; write {fixed!r}"
-            )
     if not policy.enabled:
         warnings.append("enabled is false: the exchange ignores this policy")
     return warnings

@@ -11,6 +11,7 @@ exchange's parser, verifier and caller binding, and the policies through
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -119,6 +120,8 @@ def explain_command(args: argparse.Namespace) -> int:
         for p in policies
     ):
         notes.append("no --principal-id: policies restricted by principal_ids do not apply")
+    if not tags and any(p.instance and p.instance.tags for p in policies):
+        notes.append("tag conditions need the instance's tags: give --instance-tag KEY=VALUE")
     try:
         instance = _instance(args, caller, notes)
     except (InvalidGrant, InvalidRequest) as refusal:  # the exchange refuses before policies
@@ -137,12 +140,16 @@ def explain_command(args: argparse.Namespace) -> int:
             tag_lookup=(lambda _instance: tags) if tags else None,
         )
         error = result.error
-    report = {
+    decision = result.decision if result else None
+    report: dict[str, Any] = {
         "decision": "refuse" if error else "allow",
-        "policy": result.decision.policy.id if result and result.decision else None,
+        "policy": decision.policy.id if decision else None,
         "error": error.error if error else None,
         "error_description": error.description if error else None,
         "reason": error.reason if error else None,
+        "scopes": list(decision.scopes) if decision else None,
+        "ttl_seconds": decision.ttl_seconds if decision else None,
+        "claims": decision.claims if decision else None,
         "caller": {
             "principal": caller.principal_arn,
             "arn": caller.arn,
@@ -155,22 +162,9 @@ def explain_command(args: argparse.Namespace) -> int:
         "instance": None if instance is None else instance.claims(),
         "source": source,
         "invalid_policies": invalid,
-        "policies": [
-            {
-                "id": line.policy_id,
-                "effect": line.effect,
-                "applies": line.applies,
-                "detail": line.detail,
-            }
-            for line in (result.lines if result else ())
-        ],
+        "policies": [dataclasses.asdict(line) for line in (result.lines if result else ())],
         "notes": notes,
     }
-    if result and result.decision:
-        decision = result.decision
-        report.update(
-            scopes=list(decision.scopes), ttl_seconds=decision.ttl_seconds, claims=decision.claims
-        )
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
@@ -276,7 +270,7 @@ def _instance(
             "(give --rsa2048, --pkcs7 or --signature to verify it)"
         )
     bound = bind_instance_to_caller(instance, caller)
-    notes.append("instance document bound to the caller (account and instance match)")
+    notes.append("instance document bound to the caller (the exchange's binding checks pass)")
     return bound
 
 

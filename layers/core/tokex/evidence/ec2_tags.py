@@ -8,19 +8,16 @@ expire) and calls `ec2:DescribeInstances` for that one instance in its region.
 
 What each outcome means (fail closed throughout):
 - Instance found and `pending`/`running` → its tags, `{Key: Value}`.
-- Instance `stopping`/`stopped`/`shutting-down`/`terminated`, or unknown to EC2 →
-  `InvalidGrant` "instance <id> is not running". The identity document is static for an
-  instance's whole life (security.md), so evidence of a stopped or terminated instance
-  is what stolen evidence and credentials look like; it must not grant. Raising (rather
-  than "no tags") refuses the whole exchange, also through policies without tags,
-  and tells an honest caller why.
-- The tags cannot be read because the target account is not set up for it (AssumeRole
-  refused: role missing or trust policy; DescribeInstances not allowed; region not
-  enabled) → an empty mapping, and a warning in the log naming the account and error
-  code. No tag condition can hold on `{}`, so tag policies do not apply
-  (`invalid_target`, audit reason "instance tag ... does not match") while policies
-  without tags still do. Deny policies cannot carry instance conditions (model.py), so
-  an empty mapping can never switch a deny off.
+- Any other state, or unknown to EC2 → `InvalidGrant` "instance <id> is not running".
+  The identity document is static for an instance's life (security.md): evidence of a
+  stopped or terminated instance is evidence that outlived its instance, as stolen
+  evidence does. Raising, rather than returning no tags, refuses the exchange even where
+  a policy without tags would also apply, and tells an honest caller why.
+- Tags unreadable because the target account is not set up for it (AssumeRole refused:
+  role missing, trust policy; DescribeInstances denied; region not enabled) → `{}` and a
+  warning naming the account and error code. No tag condition holds on `{}`: tag
+  policies do not apply (`invalid_target`) while policies without tags still do. Deny
+  policies cannot have instance conditions (model.py), so `{}` never switches a deny off.
 - Throttling, 5xx, timeouts, malformed answers → `TemporarilyUnavailable` (503), never
   cached, so the next request tries again.
 
@@ -187,15 +184,10 @@ class InstanceTagLookup:
 
     def __call__(self, instance: InstanceIdentity) -> Mapping[str, str]:
         key = (instance.account, instance.region, instance.instance_id)
-        if not instance.bound:  # evaluate never asks; refuse to act on unbound evidence
-            log.warning("instance tags not looked up: evidence for %s is not bound", key[2])
-            return {}
-        if not (
-            _ACCOUNT.fullmatch(key[0])
-            and _REGION.fullmatch(key[1])
-            and _INSTANCE_ID.fullmatch(key[2])
-        ):
-            log.warning("instance tags not looked up: unexpected account/region/id %r", key)
+        # evaluate only asks for bound evidence; the formats guard the EC2 endpoint host.
+        valid = zip((_ACCOUNT, _REGION, _INSTANCE_ID), key, strict=True)
+        if not (instance.bound and all(pattern.fullmatch(part) for pattern, part in valid)):
+            log.warning("instance tags not looked up: unbound or unexpected evidence %r", key)
             return {}
         outcome = self._cached(key)
         if outcome is None:
@@ -236,15 +228,10 @@ class InstanceTagLookup:
             if code in _EC2_NOT_FOUND:
                 return _Outcome(_NOT_FOUND)
             if code in _EC2_CREDENTIAL_ERRORS:
-                self._forget_credentials(account)
+                with self._lock:
+                    self._accounts.pop(account, None)  # assume the role again next time
             if code in _EC2_CREDENTIAL_ERRORS | _EC2_REFUSALS:
-                log.warning(
-                    "instance tags unreadable: DescribeInstances in account %s region %s "
-                    "refused (%s)",
-                    account,
-                    region,
-                    code,
-                )
+                log.warning("instance tags unreadable: %s %s %s", account, region, code)
                 return _Outcome(_UNREADABLE)
             raise _unavailable("describe_instances", code) from exc
         except BotoCoreError as exc:
@@ -296,10 +283,6 @@ class InstanceTagLookup:
             raise _unavailable("assume_role", type(exc).__name__) from exc
         except (KeyError, TypeError) as exc:
             raise _unavailable("assume_role", "malformed response") from exc
-
-    def _forget_credentials(self, account: str) -> None:
-        with self._lock:
-            self._accounts.pop(account, None)
 
 
 def _outcome_from(response: Any, instance_id: str) -> _Outcome:

@@ -59,6 +59,7 @@ _SERVICE_ACTIONS = [
     "kms:GetPublicKey",
     "kms:DescribeKey",
     "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
     "dynamodb:PutItem",
     "dynamodb:DeleteItem",
     "dynamodb:Scan",
@@ -122,6 +123,7 @@ class LocalDeployment:
             "AWS_REGION": self.region,
             "TOKEX_ISSUER": issuer,
             "TOKEX_TOKEN_ENDPOINT": f"{issuer}/token",
+            "TOKEX_INTROSPECTION_ENDPOINT": f"{issuer}/introspect",
             "TOKEX_SIGNING_KEY_ID": self.signing_key_arn,
             "TOKEX_PUBLISHED_KEY_IDS": ",".join(
                 arn for arn in self.key_ids.values() if arn != self.signing_key_arn

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokex.clients import ClientStore, basic_authorization
 from tokex.local.emulator import MotoServer, ThreadMotoServer
 from tokex.local.front import make_server
 from tokex.local.functions import LambdaContext, load_handler
@@ -26,6 +27,9 @@ class LocalSystem:
     workload_env: Path
     stop: Callable[[], None]
     serve_forever: Callable[[], None]
+    # The demo introspection client (what a gateway would be given) and its env file.
+    introspection_client: tuple[str, str] = ("", "")
+    introspection_env: Path | None = None
 
 
 def start_local(
@@ -68,12 +72,28 @@ def start_local(
     with handler_environment(env):
         publisher = load_handler("jwks_publisher")
         routes["/token"] = load_handler("exchange").lambda_handler
+        routes["/introspect"] = load_handler("introspect").lambda_handler
     publisher.lambda_handler({"source": "tokex.local"}, LambdaContext("tokex-jwks-publisher"))
 
     workload_env = state_dir / "workload.env"
     imds_env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url}
     _write_env(workload_env, deployment.workload, issuer, "demo role session", imds_env)
     _write_env(state_dir / "user.env", deployment.user, issuer, "demo IAM user", {})
+    # For `tokex policy ... --table tokex-policies` and friends against the emulator.
+    operator_env = {"AWS_ENDPOINT_URL": deployment.endpoint_url}
+    _write_env(state_dir / "operator.env", deployment.service, issuer, "operator", operator_env)
+    client_id, secret = _demo_introspection_client(deployment)
+    introspection_env = state_dir / "introspection-client.env"
+    _write_lines(
+        introspection_env,
+        [
+            "# tokex local: the demo introspection client (emulator only, not real AWS)",
+            f"export TOKEX_INTROSPECTION_ENDPOINT={issuer}/introspect",
+            f"export TOKEX_INTROSPECTION_CLIENT_ID={client_id}",
+            f"export TOKEX_INTROSPECTION_CLIENT_SECRET={secret}",
+            f"export TOKEX_INTROSPECTION_AUTHORIZATION='{basic_authorization(client_id, secret)}'",
+        ],
+    )
 
     stopped = threading.Event()
 
@@ -86,8 +106,24 @@ def start_local(
             moto.stop()
 
     return LocalSystem(
-        issuer, imds, deployment, state_dir, workload_env, stop, server.serve_forever
+        issuer,
+        imds,
+        deployment,
+        state_dir,
+        workload_env,
+        stop,
+        server.serve_forever,
+        introspection_client=(client_id, secret),
+        introspection_env=introspection_env,
     )
+
+
+def _demo_introspection_client(deployment: LocalDeployment) -> tuple[str, str]:
+    """A fresh client (id, secret) in the state table, made with the service's own
+    credentials, like `tokex clients add` would."""
+    store = ClientStore(deployment.client("dynamodb"), deployment.state_table)
+    client, secret = store.add("demo-gateway")
+    return client.client_id, secret
 
 
 def _write_env(
@@ -104,7 +140,13 @@ def _write_env(
     lines += [f"export {name}={value}" for name, value in env.items()]
     if not credentials.session_token:
         lines.append("unset AWS_SESSION_TOKEN")
+    _write_lines(path, lines)
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    """A file only its owner can read: it holds credentials."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already exists
     with os.fdopen(fd, "w") as handle:
         handle.write("\n".join(lines) + "\n")
 

@@ -91,6 +91,11 @@ def check_principal_pattern(pattern: str) -> None:
     # a typo that silently matches nothing.
     if not all(_IAM_NAME_PART.fullmatch(part) for part in path_name.split("/")):
         raise GlobError("path and name may use A-Za-z0-9+=,.@_- and * ?, no empty level")
+    # STS names an assumed role `assumed-role/<name>/<session>` without the role's path, so
+    # the canonical principal of a role never has one: a pathed role pattern would silently
+    # match nothing. (IAM users' ARNs do carry their path.)
+    if kind == "role" and "/" in path_name:
+        raise GlobError("role patterns are role/<name>: STS never reveals a role's path")
 
 
 def principal_matches(pattern: str, principal_arn: str) -> bool:

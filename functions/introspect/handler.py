@@ -1,0 +1,152 @@
+"""POST /introspect — RFC 7662 token introspection. Thin: HTTP in, core, HTTP out.
+
+Order of checks: method (405), media type (415), size (413), client authentication (401
+`invalid_client`, before anything about the form is said), then the form (400). Every
+token problem is a 200 `{"active": false}`; only KMS/DynamoDB trouble is a 503.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Mapping
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from tokex.clients import CLIENT_ID, parse_basic_authorization
+from tokex.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    TemporarilyUnavailable,
+    TokexError,
+)
+from tokex.introspection import IntrospectionAudit
+from tokex.service import build_client_store, build_introspector
+from tokex.settings import Settings
+from tokex.token_request import MAX_BODY_BYTES, check_content_type, parse_form
+
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+app = APIGatewayHttpResolver()
+
+# Cold start: settings parsed once; adapters built once and reused while warm.
+settings = Settings.from_env()
+introspector = build_introspector(settings)
+clients = build_client_store(settings)
+
+# RFC 7662 §2.2 refers to RFC 6749 §5.1: responses carry claims and must not be cached.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+@app.post("/introspect")
+@tracer.capture_method
+def introspect() -> Response:
+    started = time.perf_counter()
+    audit = IntrospectionAudit()
+    caller: str | None = None
+    try:
+        headers = app.current_event.headers
+        check_content_type(headers.get("content-type"))
+        body = _body_bytes()
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes", reason="size")
+        client_id, secret = parse_basic_authorization(headers.get("authorization"))
+        # Logged only when it looks like one of ours: the rest is caller-controlled text.
+        caller = client_id if CLIENT_ID.fullmatch(client_id) else None
+        clients.authenticate(client_id, secret)
+        form = parse_form(body)
+        if "token" not in form:
+            raise InvalidRequest("token is required", reason="token_missing")
+        # `token_type_hint` may be ignored (RFC 7662 §2.1): there is one token type.
+        result = introspector.introspect(form["token"], audit)
+    except TokexError as err:
+        outcome = "unavailable" if isinstance(err, TemporarilyUnavailable) else "refused"
+        _audit(outcome, audit, started, caller, error=err.error, reason=err.reason)
+        return _json(err.status, err.body(), err.headers())
+    _audit("active" if result["active"] else "inactive", audit, started, caller)
+    return _json(200, result)
+
+
+@app.route("/introspect", method=["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+def introspect_wrong_method() -> Response:
+    err = MethodNotAllowed("use POST for the introspection endpoint", reason="method")
+    _audit(
+        "refused",
+        IntrospectionAudit(),
+        time.perf_counter(),
+        None,
+        error=err.error,
+        reason=err.reason,
+    )
+    return _json(err.status, err.body(), {"Allow": "POST"})
+
+
+@app.not_found
+def not_found(_: Exception) -> Response:
+    return _json(404, {"error": "invalid_request", "error_description": "no such endpoint"})
+
+
+@app.exception_handler(Exception)
+def unexpected(err: Exception) -> Response:
+    # Never a 500 and never a trace; never "active" either: fail closed, log it whole.
+    logger.exception("unexpected error", extra={"outcome": "error"})
+    err_ = TemporarilyUnavailable("internal error, retry later", reason="bug")
+    return _json(err_.status, err_.body(), err_.headers())
+
+
+def _body_bytes() -> bytes:
+    event = app.current_event
+    raw = event.body or ""
+    if not event.is_base64_encoded:
+        return raw.encode("utf-8", errors="surrogateescape")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("the request body could not be decoded", reason="body") from None
+
+
+def _audit(
+    outcome: str, audit: IntrospectionAudit, started: float, caller: str | None, **extra: str
+) -> None:
+    """One structured audit line per call: who asked, about which token id, the answer
+    and (for inactive tokens) why. Never the token."""
+    logger.info(
+        "token introspection",
+        extra={
+            "outcome": outcome,
+            "client_id": caller,
+            "subject": audit.subject,
+            "audience": audit.audience,
+            "jti": audit.jti,
+            "kid": audit.kid,
+            "inactive_reason": audit.reason,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            **extra,
+        },
+    )
+    metrics.add_metric(name=f"Introspection_{outcome}", unit=MetricUnit.Count, value=1)
+
+
+def _json(
+    status: int, body: Mapping[str, object], headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        status_code=status,
+        content_type="application/json",
+        body=json.dumps(body, separators=(",", ":")),
+        headers={**NO_STORE, **(headers or {})},
+    )
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    return app.resolve(event, context)

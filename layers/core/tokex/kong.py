@@ -1,0 +1,345 @@
+"""Kong declarative configuration (decK `_format_version: "3.0"`) from tokex's JWKS.
+
+Pure functions: no AWS, no network. `tokex kong-config` (cli/kong.py) fetches the JWKS and
+writes the file. Why each value is what it is: docs/kong.md, and Kong's own plugin code
+(`kong/plugins/jwt/{schema,daos,handler,jwt_parser}.lua`, `kong/plugins/acl/handler.lua`).
+
+Open-source Kong never fetches a JWKS: every published key becomes a `jwt_secrets`
+credential. The `jwt` plugin never checks `aud`, so audiences are enforced with one
+consumer per audience plus the `acl` plugin, the credential being found by the
+`aud_kid` claim (`<aud>.<kid>`), unique per (audience, key) as `jwt_secrets.key` must be.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from tokex.tokens.jwks import DISCOVERY_PATH
+
+FORMAT_VERSION = "3.0"
+TAGS = ("tokex",)
+KID_CLAIM = "kid"
+# The token claim Kong looks credentials up by on audience-bound routes (docs/kong.md).
+AUDIENCE_KEY_CLAIM = "aud_kid"
+CONSUMER = "tokex"
+AUDIENCE_CONSUMER_PREFIX = "tokex-aud-"
+# jwt schema.lua: maximum_expiration is between 0 and 31536000 (0 = unchecked).
+MAX_EXPIRATION_LIMIT = 31_536_000
+# jwt_parser.lua verifies PS* signatures of exactly 256 bytes: RSA-2048 keys only.
+PS_KEY_BITS = 2048
+# Key types of the algorithms tokex signs with that Kong's jwt plugin verifies.
+_KEY_TYPES = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC"}
+# contract.md: an audience is 1-256 characters of A-Za-z0-9._:/-
+_AUDIENCE = re.compile(r"[A-Za-z0-9._:/-]{1,256}")
+# Kong's `name` typedef for services and routes (utf8 letters, digits, . - _ ~).
+_NAME = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+# RFC 7638 thumbprints are base64url: never a ".", so `<aud>.<kid>` splits unambiguously.
+_KID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+class KongConfigError(ValueError):
+    """The JWKS or the requested placement cannot make a sound Kong configuration."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """A Kong route and the audiences whose tokens it accepts."""
+
+    name: str
+    audiences: tuple[str, ...]
+    path: str | None = None  # used only when the service is emitted too (default /<name>)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the plugins go: on each route when routes are given, else on the service
+    (accepting `audiences`, or any audience when empty), else on every route (global)."""
+
+    service: str | None = None
+    service_url: str | None = None  # emit the service itself (else defined elsewhere)
+    routes: tuple[Route, ...] = ()
+    audiences: tuple[str, ...] = ()
+    global_scope: bool = False
+
+    def check(self) -> None:
+        if self.service is not None and not _NAME.fullmatch(self.service):
+            raise KongConfigError(f"invalid Kong service name {self.service!r}")
+        if self.service_url is not None and self.service is None:
+            raise KongConfigError("a service URL needs a service name")
+        if self.global_scope and (self.service or self.routes):
+            raise KongConfigError("global plugins exclude a service or routes")
+        if not (self.service or self.routes or self.global_scope):
+            raise KongConfigError("say where the plugins go: a service, routes or global")
+        if self.routes and self.audiences:
+            raise KongConfigError("audiences belong to the routes when routes are given")
+        for route in self.routes:
+            if not _NAME.fullmatch(route.name):
+                raise KongConfigError(f"invalid Kong route name {route.name!r}")
+            if not route.audiences:
+                raise KongConfigError(f"route {route.name} serves no audience")
+        for audience in self.all_audiences():
+            if not _AUDIENCE.fullmatch(audience):
+                raise KongConfigError(f"invalid audience {audience!r} (contract.md)")
+
+    def all_audiences(self) -> list[str]:
+        found = [a for route in self.routes for a in route.audiences] + list(self.audiences)
+        return sorted(set(found))
+
+
+def audience_key(audience: str, kid: str) -> str:
+    """The `aud_kid` claim value and `jwt_secrets.key` of (audience, signing key)."""
+    return f"{audience}.{kid}"
+
+
+def audience_consumer(audience: str) -> str:
+    """Consumer username and ACL group of an audience."""
+    return AUDIENCE_CONSUMER_PREFIX + audience
+
+
+def public_key_pem(jwk: Mapping[str, Any]) -> str:
+    """SubjectPublicKeyInfo PEM of an RSA or P-256 JWK (Kong wants PEM, ES keys too)."""
+
+    def uint(name: str) -> int:
+        value = jwk.get(name)
+        if not isinstance(value, str) or not value:
+            raise KongConfigError(f"JWK {jwk.get('kid')!r} lacks {name!r}")
+        return int.from_bytes(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)), "big")
+
+    key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    if jwk.get("kty") == "RSA":
+        key = rsa.RSAPublicNumbers(uint("e"), uint("n")).public_key()
+    elif jwk.get("kty") == "EC" and jwk.get("crv") == "P-256":
+        key = ec.EllipticCurvePublicNumbers(uint("x"), uint("y"), ec.SECP256R1()).public_key()
+    else:
+        raise KongConfigError(f"JWK {jwk.get('kid')!r}: unsupported key type")
+    return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+
+
+@dataclass(frozen=True)
+class PublishedKey:
+    kid: str
+    alg: str
+    pem: str
+
+
+def published_keys(jwks: Mapping[str, Any]) -> list[PublishedKey]:
+    """Every key of the JWKS as Kong needs it, sorted by kid (stable output).
+
+    Refuses what Kong could not verify rather than dropping it silently: a missing key
+    means refused tokens, found only in production.
+    """
+    keys = jwks.get("keys")
+    if not isinstance(keys, list) or not keys:
+        raise KongConfigError("the JWKS has no keys")
+    found: dict[str, PublishedKey] = {}
+    for jwk in keys:
+        if not isinstance(jwk, dict):
+            raise KongConfigError("every JWKS entry must be a JSON object")
+        kid, alg = jwk.get("kid"), jwk.get("alg")
+        if not isinstance(kid, str) or not _KID.fullmatch(kid):
+            raise KongConfigError(f"JWK kid {kid!r} is not a base64url thumbprint")
+        if jwk.get("use", "sig") != "sig" or alg not in _KEY_TYPES:
+            raise KongConfigError(f"JWK {kid}: alg {alg!r} is not one tokex signs with")
+        if jwk.get("kty") != _KEY_TYPES[alg]:
+            raise KongConfigError(f"JWK {kid}: a {jwk.get('kty')} key cannot sign {alg}")
+        pem = public_key_pem(jwk)
+        if alg == "PS256" and _rsa_bits(jwk) != PS_KEY_BITS:
+            raise KongConfigError(f"JWK {kid}: Kong verifies PS256 with RSA-2048 keys only")
+        found.setdefault(kid, PublishedKey(kid, alg, pem))
+    return [found[kid] for kid in sorted(found)]
+
+
+def _rsa_bits(jwk: Mapping[str, Any]) -> int:
+    n = jwk["n"]
+    return len(base64.urlsafe_b64decode(n + "=" * (-len(n) % 4))) * 8
+
+
+def existing_secrets(document: Mapping[str, Any] | None) -> dict[tuple[str, str, str], str]:
+    """(key, algorithm, PEM) -> dummy secret of every credential of a previous file, so a
+    re-run changes nothing for keys that did not change (a minimal `deck diff`)."""
+    reused: dict[tuple[str, str, str], str] = {}
+    for consumer in (document or {}).get("consumers") or []:
+        for credential in consumer.get("jwt_secrets") or []:
+            fields = [credential.get(n) for n in ("key", "algorithm", "rsa_public_key", "secret")]
+            if all(isinstance(value, str) and value for value in fields):
+                key, alg, pem, secret = fields
+                reused[(key, alg, pem.strip())] = secret
+    return reused
+
+
+def _dummy_secret() -> str:
+    # decK and Kong require a `secret` on every credential; RS/ES never use it.
+    return secrets.token_urlsafe(32)
+
+
+def jwt_plugin(key_claim_name: str, max_ttl: int) -> dict[str, Any]:
+    """The open-source `jwt` plugin as tokex tokens need it (docs/kong.md)."""
+    if not 0 < max_ttl <= MAX_EXPIRATION_LIMIT:
+        raise KongConfigError(f"maximum expiration must be 1..{MAX_EXPIRATION_LIMIT} seconds")
+    config = {
+        "key_claim_name": key_claim_name,
+        # Without these an expired token passes; Kong allows no clock leeway.
+        "claims_to_verify": ["exp", "nbf"],
+        "maximum_expiration": max_ttl,
+        "run_on_preflight": True,
+        # Bearer tokens only from the Authorization header: never from URLs (logged) or
+        # cookies (CSRF). The schema's default would read `?jwt=`.
+        "header_names": ["authorization"],
+        "uri_param_names": [],
+        "cookie_names": [],
+        "secret_is_base64": False,
+    }
+    return {"name": "jwt", "tags": list(TAGS), "config": config}
+
+
+def acl_plugin(audiences: Iterable[str]) -> dict[str, Any]:
+    groups = [audience_consumer(a) for a in audiences]
+    config = {"allow": groups, "hide_groups_header": True}
+    return {"name": "acl", "tags": list(TAGS), "config": config}
+
+
+def jwt_config(
+    jwks: Mapping[str, Any],
+    placement: Placement,
+    *,
+    max_ttl: int,
+    existing: Mapping[str, Any] | None = None,
+    new_secret: Callable[[], str] = _dummy_secret,
+) -> dict[str, Any]:
+    """The open-source configuration: `jwt` (+ `acl` when audiences are given) plugins
+    and one credential per published key (per audience and key with audiences)."""
+    placement.check()
+    keys = published_keys(jwks)
+    reused = existing_secrets(existing)
+
+    def credentials(audience: str | None) -> list[dict[str, Any]]:
+        made = []
+        for key in keys:
+            name = key.kid if audience is None else audience_key(audience, key.kid)
+            secret = reused.get((name, key.alg, key.pem.strip())) or new_secret()
+            made.append(
+                {
+                    "key": name,
+                    "algorithm": key.alg,
+                    "rsa_public_key": key.pem,
+                    "secret": secret,
+                    "tags": list(TAGS),
+                }
+            )
+        return made
+
+    audiences = placement.all_audiences()
+    if not audiences:
+        consumers = [_consumer(CONSUMER, credentials(None), acl=False)]
+        return _assemble(placement, lambda _: [jwt_plugin(KID_CLAIM, max_ttl)], consumers)
+    consumers = [_consumer(audience_consumer(a), credentials(a)) for a in audiences]
+
+    def plugins(served: Sequence[str]) -> list[dict[str, Any]]:
+        return [jwt_plugin(AUDIENCE_KEY_CLAIM, max_ttl), acl_plugin(served)]
+
+    return _assemble(placement, plugins, consumers)
+
+
+def _consumer(username: str, jwt_secrets: list[dict[str, Any]], acl: bool = True) -> dict[str, Any]:
+    consumer: dict[str, Any] = {"username": username, "tags": list(TAGS)}
+    if acl:
+        consumer["acls"] = [{"group": username, "tags": list(TAGS)}]
+    consumer["jwt_secrets"] = jwt_secrets
+    return consumer
+
+
+def openid_connect_config(issuer: str, placement: Placement) -> dict[str, Any]:
+    """Kong Enterprise `openid-connect`: discovery and JWKS fetched and cached by Kong."""
+    placement.check()
+
+    def plugins(audiences: Sequence[str]) -> list[dict[str, Any]]:
+        config: dict[str, Any] = {
+            "issuer": issuer.rstrip("/") + DISCOVERY_PATH,
+            "issuers_allowed": [issuer],
+            "auth_methods": ["bearer"],
+            "bearer_token_param_type": ["header"],
+        }
+        if audiences:
+            config |= {"audience_claim": ["aud"], "audience_required": list(audiences)}
+        return [{"name": "openid-connect", "tags": list(TAGS), "config": config}]
+
+    return _assemble(placement, plugins, [])
+
+
+def introspection_config(
+    issuer: str,
+    placement: Placement,
+    *,
+    client_id: str,
+    client_secret: str,
+    ttl: int = 30,
+    consumer_by: str = "client_id",
+) -> dict[str, Any]:
+    """Kong Enterprise `oauth2-introspection` against tokex's RFC 7662 endpoint."""
+    placement.check()
+    if placement.all_audiences():
+        raise KongConfigError(
+            "oauth2-introspection never checks `aud`: use openid-connect or the "
+            "open-source jwt + acl configuration for audience-bound routes"
+        )
+    if not client_id or ":" in client_id or not client_secret:
+        raise KongConfigError("a client id (without ':') and a client secret are required")
+    basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
+    config = {
+        "introspection_url": issuer.rstrip("/") + "/introspect",
+        "authorization_value": f"Basic {basic}",  # RFC 7617; the header Kong sends
+        "token_type_hint": "access_token",
+        "ttl": ttl,  # seconds a verdict is cached: a revoked token lives this much longer
+        "consumer_by": consumer_by,
+        "run_on_preflight": True,
+    }
+    return _assemble(
+        placement,
+        lambda _: [{"name": "oauth2-introspection", "tags": list(TAGS), "config": dict(config)}],
+        [],
+    )
+
+
+def _assemble(
+    placement: Placement,
+    plugins_for: Callable[[Sequence[str]], list[dict[str, Any]]],
+    consumers: list[dict[str, Any]],
+) -> dict[str, Any]:
+    document: dict[str, Any] = {"_format_version": FORMAT_VERSION}
+    route_plugins = {route.name: plugins_for(route.audiences) for route in placement.routes}
+    service_plugins = [] if placement.routes else plugins_for(placement.audiences)
+    if placement.service_url is not None:
+        service: dict[str, Any] = {"name": placement.service, "url": placement.service_url}
+        service["tags"] = list(TAGS)
+        if service_plugins:
+            service["plugins"] = service_plugins
+        if placement.routes:
+            service["routes"] = [
+                {
+                    "name": route.name,
+                    "paths": [route.path or f"/{route.name}"],
+                    "tags": list(TAGS),
+                    "plugins": route_plugins[route.name],
+                }
+                for route in placement.routes
+            ]
+        document["services"] = [service]
+    else:
+        # Plugins on entities defined in another decK file, or global.
+        scoped = [{**p, "service": placement.service} for p in service_plugins]
+        if placement.global_scope:
+            scoped = service_plugins
+        for name, plugins in route_plugins.items():
+            scoped += [{**p, "route": name} for p in plugins]
+        document["plugins"] = scoped
+    if consumers:
+        document["consumers"] = consumers
+    return document

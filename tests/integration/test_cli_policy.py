@@ -1,0 +1,331 @@
+"""`tokex policy` against emulated AWS.
+
+A system of our own (moto server subprocess, SigV4 checks on, the real exchange handler
+behind the local front) holds the demo policies plus the ones below, all written before the
+first exchange fills the exchange's policy cache. The CLI runs in process with the
+deployment's service credentials, as an operator's would be.
+
+The key test: for the same (principal, audience, scope, instance document), `tokex policy
+explain` reaches the decision the running exchange answers with.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from tests.integration.test_exchange import exchange, sign, verify
+from tokex.cli.deployment import policy_table_from_stack
+from tokex.cli.main import main
+from tokex.client.imds import encode_instance_evidence
+from tokex.local.emulator import SubprocessMotoServer
+from tokex.local.imds import DEMO_DOCUMENT
+from tokex.local.provision import (
+    ACCOUNT_ID,
+    DEMO_INSTANCE_AUDIENCE,
+    DEMO_ROLE_ARN,
+    DEMO_USER_NAME,
+    Credentials,
+)
+from tokex.local.runner import LocalSystem, start_local
+from tokex.policy.model import Policy
+from tokex.policy.store import PolicyStore
+
+USER_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER_NAME}"
+DEMO_ROLES = f"arn:aws:iam::{ACCOUNT_ID}:role/demo-*"
+
+
+def extra_policies(role_id: str) -> list[dict[str, Any]]:
+    def allow(policy_id: str, principals: list[str], audiences: list[str], **more: Any):
+        document = {"id": policy_id, "effect": "allow", "principals": principals}
+        return {**document, "audiences": audiences, **more}
+
+    return [
+        {
+            "id": "orders-deny",
+            "effect": "deny",
+            "principals": [DEMO_ROLE_ARN],
+            "audiences": ["orders-api"],
+        },
+        allow(
+            "orders-demo",
+            [DEMO_ROLES, USER_ARN],
+            ["orders-api", "reports-api"],
+            scopes=["orders:read"],
+            max_ttl_seconds=300,
+        ),
+        allow(
+            "reports-workload",
+            [DEMO_ROLE_ARN],
+            ["reports-*"],
+            scopes=["reports:read", "reports:write"],
+            max_ttl_seconds=1800,
+        ),
+        allow("switched-off", [DEMO_ROLE_ARN], ["off-api"], enabled=False),
+        allow("pinned", [DEMO_ROLE_ARN], ["pinned-api"], principal_ids=[role_id]),
+        allow("pinned-stale", [DEMO_ROLE_ARN], ["stale-api"], principal_ids=["AROASTALE0000"]),
+        allow("with-path", [f"arn:aws:iam::{ACCOUNT_ID}:role/team/demo-workload"], ["path-api"]),
+        allow(
+            "graviton",
+            [DEMO_ROLE_ARN],
+            ["typed-api"],
+            instance={"required": True, "instance_types": ["m7g.*"]},
+        ),
+    ]
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
+    system = start_local(
+        port=0, state_dir=tmp_path_factory.mktemp("tokex-cli"), moto=SubprocessMotoServer()
+    )
+    thread = threading.Thread(target=system.serve_forever, daemon=True)
+    thread.start()
+    try:
+        deployment = system.deployment
+        store = PolicyStore(deployment.client("dynamodb"), deployment.policy_table)
+        for document in extra_policies(principal_id(system, deployment.workload)):
+            store.put(Policy.from_document(document))
+        yield system
+    finally:
+        system.stop()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def cli(system: LocalSystem, monkeypatch: pytest.MonkeyPatch, capsys):
+    """`tokex policy ...` against the system's table, as its service identity."""
+    deployment = system.deployment
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in deployment.service.env().items():
+        monkeypatch.setenv(name, value)
+    where = ["--table", deployment.policy_table, "--region", deployment.region]
+    where += ["--endpoint-url", deployment.endpoint_url]
+
+    def run(command: str, *argv: str) -> tuple[int, str, str]:
+        # The deployment first: a test's own --table comes later and wins.
+        code = main(["policy", command, *where, *argv])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in out + err
+        return code, out, err
+
+    return run
+
+
+def principal_id(system: LocalSystem, credentials: Credentials) -> str:
+    sts = system.deployment.client("sts", credentials)
+    return str(sts.get_caller_identity()["UserId"].split(":")[0])
+
+
+def write(path: Path, document: dict[str, Any]) -> str:
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+CLI_POLICY = {
+    "id": "cli-test",
+    "effect": "allow",
+    "principals": [USER_ARN],
+    "audiences": ["cli-test-api"],
+    "scopes": ["cli:read"],
+    "claims": {"owner": "cli ✓"},
+}
+
+
+def test_put_get_list_delete(cli, tmp_path) -> None:
+    assert cli("put", write(tmp_path / "p.json", CLI_POLICY)) == (0, "cli-test\n", "")
+    code, out, _ = cli("get", "cli-test")
+    assert code == 0
+    assert Policy.from_document(json.loads(out)) == Policy.from_document(CLI_POLICY)
+
+    code, out, _ = cli("list")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()}
+    assert code == 0 and rows["ID"] == ["ID", "EFFECT", "ENABLED", "PRINCIPALS", "AUDIENCES"]
+    assert rows["cli-test"] == ["cli-test", "allow", "yes", USER_ARN, "cli-test-api"]
+    assert rows["switched-off"][2] == "no" and rows["orders-deny"][1] == "deny"
+    code, out, _ = cli("list", "--json")
+    listed = json.loads(out)
+    assert {"cli-test", "demo-workload", "pinned"} <= {p["id"] for p in listed["policies"]}
+    assert listed["invalid"] == []
+
+    assert cli("delete", "cli-test") == (0, "cli-test\n", "")
+    code, _, err = cli("delete", "cli-test")
+    assert code == 1 and "no policy 'cli-test'" in err
+    code, _, err = cli("get", "cli-test")
+    assert code == 1 and "no policy 'cli-test'" in err
+
+
+def test_put_from_stdin_with_json_output(cli, monkeypatch) -> None:
+    document = {**CLI_POLICY, "id": "cli-stdin"}
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(json.dumps(document).encode())))
+    assert cli("put", "-", "--json")[:2] == (0, '{"id": "cli-stdin"}\n')
+    assert cli("delete", "cli-stdin", "--json")[0] == 0
+
+
+def test_an_invalid_policy_is_refused_and_not_written(cli, tmp_path) -> None:
+    document = {**CLI_POLICY, "id": "cli-bad", "claims": {"aud": "other-api"}}
+    code, out, err = cli("put", write(tmp_path / "bad.json", document))
+    assert (code, out) == (2, "")
+    assert "invalid policy" in err and "claims.aud: reserved claim" in err
+    assert cli("get", "cli-bad")[0] == 1
+
+
+def test_hand_edited_invalid_item_is_reported(system, cli) -> None:
+    dynamodb = system.deployment.client("dynamodb")
+    item = {"id": {"S": "zz-hand-edited"}, "document": {"S": '{"id": "zz-hand-edited"}'}}
+    dynamodb.put_item(TableName=system.deployment.policy_table, Item=item)
+    try:
+        code, _, err = cli("list")
+        assert code == 0 and "skipped by the exchange: zz-hand-edited" in err
+        code, _, err = cli("get", "zz-hand-edited")
+        assert code == 1 and "is invalid (effect: is required)" in err
+        code, out, _ = cli("explain", "--principal", USER_ARN, "--audience", "demo-api", "--json")
+        assert code == 0 and json.loads(out)["invalid_policies"] == ["zz-hand-edited"]
+    finally:
+        assert cli("delete", "zz-hand-edited")[0] == 0
+
+
+def test_aws_failures_are_clear_errors(cli, monkeypatch) -> None:
+    code, out, err = cli("list", "--table", "no-such-table")
+    assert (code, out) == (1, "")
+    assert "dynamodb Scan: ResourceNotFoundException (no such table in this region?)" in err
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    code, _, err = cli("get", "demo-workload")
+    assert code == 1 and err.startswith("tokex policy: policy table 'tokex-policies': dynamodb")
+
+
+# --- explain == exchange ----------------------------------------------------------------
+
+WORKLOAD, USER = "workload", "user"
+CASES = [
+    # (who, audience, scope, instance document changes or None, expected policy / error)
+    (WORKLOAD, "demo-api", None, None, "demo-workload"),
+    (WORKLOAD, "demo-api", "demo:read", None, "demo-workload"),
+    (USER, "demo-api", "demo:write demo:read", None, "demo-workload"),
+    (WORKLOAD, "demo-api", "demo:admin", None, "invalid_scope"),
+    (WORKLOAD, "orders-api", None, None, "invalid_target"),  # denied by orders-deny
+    (USER, "orders-api", "orders:read", None, "orders-demo"),
+    (WORKLOAD, "reports-api", None, None, "reports-workload"),  # most specific
+    (USER, "reports-api", None, None, "orders-demo"),
+    (USER, "reports-api", "reports:read", None, "invalid_scope"),
+    (WORKLOAD, "payments-api", None, None, "invalid_target"),  # unknown audience
+    (WORKLOAD, "off-api", None, None, "invalid_target"),  # disabled
+    (WORKLOAD, "pinned-api", None, None, "pinned"),  # principal id matches
+    (WORKLOAD, "stale-api", None, None, "invalid_target"),  # principal id differs
+    (WORKLOAD, "path-api", None, None, "invalid_target"),  # roles are path-less
+    (WORKLOAD, DEMO_INSTANCE_AUDIENCE, None, None, "invalid_target"),  # needs evidence
+    (WORKLOAD, DEMO_INSTANCE_AUDIENCE, None, {}, "demo-instance"),
+    (WORKLOAD, DEMO_INSTANCE_AUDIENCE, "instance:admin", {}, "invalid_scope"),
+    (WORKLOAD, "typed-api", None, {}, "invalid_target"),  # t4g.micro
+    (WORKLOAD, "typed-api", None, {"instanceType": "m7g.large"}, "graviton"),
+    (WORKLOAD, "demo-api", None, {}, "demo-workload"),  # evidence no policy needs
+    (WORKLOAD, "demo-api", None, {"accountId": "210987654321"}, "invalid_grant"),
+    (USER, DEMO_INSTANCE_AUDIENCE, None, {}, "invalid_target"),
+]
+
+
+# The workload as STS names it (assumed-role session) and as IAM does (role ARN).
+EXPLAIN_CASES = [("sts-arn", *case) for case in CASES]
+EXPLAIN_CASES += [("role-arn", *case) for case in CASES if case[0] == WORKLOAD]
+
+
+@pytest.mark.parametrize("principal_form,who,audience,scope,changes,expected", EXPLAIN_CASES)
+def test_explain_gives_the_exchange_decision(
+    system, cli, tmp_path, principal_form, who, audience, scope, changes, expected
+) -> None:
+    credentials = system.deployment.workload if who == WORKLOAD else system.deployment.user
+    sts = system.deployment.client("sts", credentials).get_caller_identity()
+    arn = sts["Arn"] if principal_form == "sts-arn" else DEMO_ROLE_ARN
+    argv = ["--principal", arn, "--principal-id", sts["UserId"].split(":")[0]]
+    argv += ["--audience", audience, "--json"]
+    argv += ["--scope", scope] if scope else []
+    evidence = None
+    if changes is not None:
+        document = json.dumps({**DEMO_DOCUMENT, **changes}, indent=2)
+        evidence = {"document": document, "rsa2048": system.imds.sign(document)}
+        (tmp_path / "document").write_text(document)
+        argv += ["--instance-document", str(tmp_path / "document")]
+
+    code, out, _ = cli("explain", *argv)
+    assert code == 0
+    explained = json.loads(out)
+
+    status, _, body = exchange(
+        system,
+        signed=sign(system, credentials=credentials),
+        audience=audience,
+        scope=scope,
+        aws_instance_identity=None if evidence is None else encode_instance_evidence(evidence),
+    )
+    if status == 200:
+        claims = verify(system, body["access_token"], audience=audience)
+        answered = (claims["policy"], body.get("scope", "").split(), body["expires_in"])
+        assert answered == (explained["policy"], explained["scopes"], explained["ttl_seconds"])
+        assert explained["decision"] == "allow"
+        assert claims["sub"] == explained["caller"]["principal"]
+        assert claims["policy"] == expected
+    else:
+        assert (status, body["error"]) == (400, explained["error"])
+        assert explained["decision"] == "refuse"
+        assert body["error"] == expected
+
+
+# --- --stack ---------------------------------------------------------------------------------
+
+STACK_TEMPLATE = {
+    "Resources": {
+        "Policies": {
+            "Type": "AWS::DynamoDB::Table",
+            "Properties": {
+                "TableName": "tokex-stack-policies",
+                "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+                "BillingMode": "PAY_PER_REQUEST",
+            },
+        }
+    },
+    "Outputs": {"PolicyTableName": {"Value": {"Ref": "Policies"}}},
+}
+
+
+@pytest.fixture
+def in_process_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        cloudformation = boto3.client("cloudformation", region_name="us-east-1")
+        cloudformation.create_stack(StackName="tokex", TemplateBody=json.dumps(STACK_TEMPLATE))
+        yield cloudformation
+
+
+def test_stack_output_names_the_table(in_process_aws, capsys, tmp_path) -> None:
+    assert policy_table_from_stack(in_process_aws, "tokex") == "tokex-stack-policies"
+    where = ["--stack", "tokex", "--region", "us-east-1"]
+    assert main(["policy", "put", write(tmp_path / "p.json", CLI_POLICY), *where]) == 0
+    assert main(["policy", "list", "--json", *where]) == 0
+    out = capsys.readouterr().out.split("\n", 1)[1]
+    listed = json.loads(out)
+    assert listed["table"] == "tokex-stack-policies"
+    assert [p["id"] for p in listed["policies"]] == ["cli-test"]
+
+
+def test_stack_errors_are_clear(in_process_aws, capsys) -> None:
+    assert main(["policy", "list", "--stack", "missing", "--region", "us-east-1"]) == 1
+    assert "stack 'missing' not found in region us-east-1" in capsys.readouterr().err
+    template = {"Resources": copy.deepcopy(STACK_TEMPLATE["Resources"])}
+    template["Resources"]["Policies"]["Properties"]["TableName"] = "other"
+    in_process_aws.create_stack(StackName="not-tokex", TemplateBody=json.dumps(template))
+    assert main(["policy", "list", "--stack", "not-tokex", "--region", "us-east-1"]) == 1
+    assert "has no PolicyTableName output" in capsys.readouterr().err

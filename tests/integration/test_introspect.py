@@ -1,0 +1,308 @@
+"""POST /introspect (RFC 7662) through the real handler, the local HTTP front and a moto
+server that checks every SigV4 signature. Tokens are real: issued by POST /token, or
+crafted and signed by the deployment's own KMS keys with its service credentials."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.integration.test_exchange import Captured, exchange, post, verify
+from tests.unit.test_jws import LocalSigner
+from tokex.cli.main import main
+from tokex.clients import basic_authorization
+from tokex.local.provision import DEMO_ROLE_ARN
+from tokex.local.runner import LocalSystem
+from tokex.tokens.jws import encode_jwt
+from tokex.tokens.kms_signer import KmsSigner
+
+INACTIVE = {"active": False}
+FORM = "application/x-www-form-urlencoded"
+_DEMO = object()
+
+
+def introspect(
+    system: LocalSystem,
+    token: str | None = None,
+    *,
+    auth: Any = _DEMO,
+    form: dict[str, str] | None = None,
+    content_type: str = FORM,
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """POST /introspect as the demo client (or `auth`: a header value, or None)."""
+    if auth is _DEMO:
+        auth = basic_authorization(*system.introspection_client)
+    fields = {"token": token} if token is not None else {}
+    body = urllib.parse.urlencode({**fields, **(form or {})}).encode()
+    headers = {"Content-Type": content_type}
+    if auth is not None:
+        headers["Authorization"] = auth
+    request = urllib.request.Request(
+        system.issuer + "/introspect", data=body, headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read())
+
+
+def issued_token(system: LocalSystem, **params: str) -> str:
+    status, _, body = exchange(system, **params)
+    assert status == 200, body
+    return str(body["access_token"])
+
+
+def kms_signer(system: LocalSystem, spec: str = "RSA_2048") -> KmsSigner:
+    deployment = system.deployment
+    return KmsSigner(deployment.client("kms"), deployment.key_ids[spec])
+
+
+def crafted_claims(system: LocalSystem, **overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {
+        "iss": system.issuer,
+        "sub": "arn:aws:iam::123456789012:role/crafted",
+        "client_id": "arn:aws:iam::123456789012:role/crafted",
+        "aud": "demo-api",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 300,
+        "jti": secrets.token_urlsafe(24),
+    }
+    claims.update(overrides)
+    return claims
+
+
+def assert_inactive(result: tuple[int, dict[str, str], dict[str, Any]]) -> None:
+    status, headers, body = result
+    assert (status, body) == (200, INACTIVE)
+    assert headers["Cache-Control"] == "no-store"
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_valid_token_is_active_with_its_claims(local_system):
+    token = issued_token(local_system, scope="demo:read")
+    status, headers, body = introspect(
+        local_system, token, form={"token_type_hint": "access_token"}
+    )
+    assert status == 200, body
+    assert headers["Cache-Control"] == "no-store" and headers["Pragma"] == "no-cache"
+    assert body == {"active": True, **verify(local_system, token), "token_type": "Bearer"}
+    assert body["sub"] == DEMO_ROLE_ARN and body["scope"] == "demo:read"
+
+
+@pytest.mark.parametrize("spec", ["RSA_2048", "ECC_NIST_P256"])
+def test_token_signed_by_any_published_kms_key_is_active(local_system, spec):
+    token = encode_jwt(crafted_claims(local_system), kms_signer(local_system, spec))
+    status, _, body = introspect(local_system, token)
+    assert (status, body["active"]) == (200, True)
+    assert jwt.get_unverified_header(token)["alg"] == ("RS256" if spec == "RSA_2048" else "ES256")
+
+
+def test_discovery_names_the_introspection_endpoint(local_system):
+    with urllib.request.urlopen(local_system.issuer + "/.well-known/openid-configuration") as r:
+        document = json.loads(r.read())
+    assert document["introspection_endpoint"] == local_system.issuer + "/introspect"
+
+
+def test_expired_token_is_inactive(local_system):
+    now = int(time.time())
+    claims = crafted_claims(local_system, iat=now - 1000, nbf=now - 1000, exp=now - 100)
+    assert_inactive(introspect(local_system, encode_jwt(claims, kms_signer(local_system))))
+
+
+def test_token_of_another_issuer_is_inactive(local_system):
+    claims = crafted_claims(local_system, iss="https://other-tokex.example.com")
+    assert_inactive(introspect(local_system, encode_jwt(claims, kms_signer(local_system))))
+
+
+def flip_signature_byte(token: str) -> str:
+    head, payload, signature = token.split(".")
+    raw = bytearray(base64.urlsafe_b64decode(signature + "=="))
+    raw[-1] ^= 0x01
+    return f"{head}.{payload}.{b64(bytes(raw))}"
+
+
+def test_flipped_signature_byte_is_inactive(local_system):
+    assert_inactive(introspect(local_system, flip_signature_byte(issued_token(local_system))))
+
+
+def test_token_signed_by_an_unpublished_key_is_inactive(local_system):
+    outsider = LocalSigner(rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256")
+    claims = crafted_claims(local_system)
+    assert_inactive(introspect(local_system, encode_jwt(claims, outsider)))
+    # The same, claiming the kid of the real signing key.
+    kid = kms_signer(local_system).kid
+    head = b64(json.dumps({"alg": "RS256", "typ": "at+jwt", "kid": kid}).encode())
+    signing_input = f"{head}.{b64(json.dumps(claims).encode())}"
+    forged = f"{signing_input}.{b64(outsider.sign(signing_input.encode()))}"
+    assert_inactive(introspect(local_system, forged))
+
+
+def test_alg_none_and_hs256_confusion_are_inactive(local_system):
+    signer = kms_signer(local_system)
+    payload = b64(json.dumps(crafted_claims(local_system)).encode())
+    none = b64(json.dumps({"alg": "none", "typ": "at+jwt", "kid": signer.kid}).encode())
+    assert_inactive(introspect(local_system, f"{none}.{payload}."))
+    hs256 = b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": signer.kid}).encode())
+    secret = json.dumps(signer.public_jwk()).encode()  # the public key as an HMAC secret
+    mac = hmac.new(secret, f"{hs256}.{payload}".encode(), hashlib.sha256).digest()
+    assert_inactive(introspect(local_system, f"{hs256}.{payload}.{b64(mac)}"))
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "garbage", "a.b.c", "x" * 9000, "e30.e30.e30", "Bearer abc", "\u00e9t\u00e9"],
+    ids=["empty", "garbage", "dots", "oversized", "empty-json", "bearer", "non-ascii"],
+)
+def test_garbage_is_inactive(local_system, token):
+    assert_inactive(introspect(local_system, token))
+
+
+def test_missing_or_repeated_token_is_invalid_request(local_system):
+    status, headers, body = introspect(local_system, None)
+    assert (status, body["error"]) == (400, "invalid_request")
+    assert headers["Cache-Control"] == "no-store"
+    url = local_system.issuer + "/introspect"
+    request = urllib.request.Request(
+        url,
+        data=b"token=a&token=b",
+        headers={
+            "Content-Type": FORM,
+            "Authorization": basic_authorization(*local_system.introspection_client),
+        },
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=30)
+    assert err.value.code == 400
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        None,
+        "Bearer abc",
+        "Basic !!!",
+        basic_authorization("tc_ffffffffffffffffffff", "a" * 43),
+        "wrong-secret",
+        "other-client",
+    ],
+)
+def test_bad_client_authentication_is_401_invalid_client(local_system, auth):
+    client_id, secret = local_system.introspection_client
+    if auth == "wrong-secret":
+        auth = basic_authorization(client_id, secret[:-1] + ("A" if secret[-1] != "A" else "B"))
+    elif auth == "other-client":
+        auth = basic_authorization(client_id.replace("tc_", "tc_0")[:23], secret)
+    status, headers, body = introspect(local_system, issued_token(local_system), auth=auth)
+    assert status == 401
+    assert body == {"error": "invalid_client", "error_description": "client authentication failed"}
+    assert headers["WWW-Authenticate"] == 'Basic realm="tokex"'
+    assert headers["Cache-Control"] == "no-store"
+
+
+def test_credentials_in_the_body_are_not_accepted(local_system):
+    client_id, secret = local_system.introspection_client
+    form = {"client_id": client_id, "client_secret": secret}
+    assert introspect(local_system, "x", auth=None, form=form)[0] == 401
+
+
+def test_wrong_method_content_type_and_size(local_system):
+    url = local_system.issuer + "/introspect"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(url)
+    assert err.value.code == 405 and err.value.headers["Allow"] == "POST"
+    assert json.loads(err.value.read())["error"] == "invalid_request"
+    status, _, body = introspect(local_system, "x", content_type="application/json")
+    assert (status, body["error"]) == (415, "invalid_request")
+    status, _, body = post(url, b"token=" + b"x" * 17000)
+    assert (status, body["error"]) == (413, "invalid_request")
+
+
+def test_each_call_writes_one_audit_line_without_the_token(local_system):
+    token = issued_token(local_system)
+    service_logger = logging.getLogger("tokex")
+    captured = Captured(service_logger.handlers[0].formatter)
+    service_logger.addHandler(captured)
+    try:
+        introspect(local_system, token)
+        introspect(local_system, flip_signature_byte(token))
+        introspect(local_system, token, auth=None)
+    finally:
+        service_logger.removeHandler(captured)
+    audits = [line for line in captured.lines if line.get("message") == "token introspection"]
+    assert [a["outcome"] for a in audits] == ["active", "inactive", "refused"]
+    active, inactive, refused = audits
+    client_id, client_secret = local_system.introspection_client
+    assert active["client_id"] == inactive["client_id"] == client_id
+    assert (
+        active["subject"] == DEMO_ROLE_ARN and active["jti"] == verify(local_system, token)["jti"]
+    )
+    assert inactive["inactive_reason"] == "bad_signature" and inactive.get("subject") is None
+    assert refused["error"] == "invalid_client" and refused["reason"] == "no_credentials"
+    logged = json.dumps(captured.lines)
+    assert token.split(".")[2] not in logged and token.split(".")[1] not in logged
+    assert client_secret not in logged
+
+
+def test_clients_cli_add_list_remove(local_system, monkeypatch, capsys):
+    deployment = local_system.deployment
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in deployment.service.env().items():
+        monkeypatch.setenv(name, value)
+    where = ["--table", deployment.state_table, "--region", deployment.region]
+    where += ["--endpoint-url", deployment.endpoint_url]
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()  # the in-process handlers' log lines, not the CLI's output
+        code = main(["clients", *argv, *where])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in out + err
+        return code, out, err
+
+    code, out, _ = run("add", "gateway-a", "--json")
+    added = json.loads(out)
+    assert code == 0 and added["name"] == "gateway-a"
+    assert added["authorization"] == basic_authorization(added["client_id"], added["client_secret"])
+    code, out, _ = run("add", "gateway-b")
+    assert code == 0 and "client_secret" in out and "shown only now" in out
+    printed = dict(line.split(None, 1) for line in out.splitlines()[:3])
+    client_b, secret_b = printed["client_id"], printed["client_secret"]
+
+    code, out, _ = run("list", "--json")
+    listed = {c["client_id"]: c["name"] for c in json.loads(out)}
+    assert listed[added["client_id"]] == "gateway-a" and listed[client_b] == "gateway-b"
+    assert local_system.introspection_client[0] in listed
+    assert all("secret" not in key for c in json.loads(out) for key in c)
+    code, out, _ = run("list")
+    assert code == 0 and f"{client_b}  " in out and "gateway-b" in out
+
+    token = issued_token(local_system)
+    assert introspect(local_system, token, auth=added["authorization"])[2]["active"] is True
+    # Removed before its first use, so no warm cache holds it: refused at once.
+    assert run("remove", client_b)[0] == 0
+    assert introspect(local_system, token, auth=basic_authorization(client_b, secret_b))[0] == 401
+    code, out, _ = run("list", "--json")
+    assert client_b not in {c["client_id"] for c in json.loads(out)}
+    code, _, err = run("remove", client_b)
+    assert code == 1 and "no client" in err
+    code, _, err = run("add", "bad name")
+    assert code == 2 and "client name" in err

@@ -1,0 +1,123 @@
+"""`tokex revoke` against the emulator (SigV4 checks on, the deployment's service
+credentials), and introspection honouring it on the next call."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.integration.test_exchange import exchange, sign, verify
+from tests.integration.test_introspect import introspect
+from tokex.cli.main import main
+from tokex.local.provision import ACCOUNT_ID, DEMO_USER_NAME
+from tokex.local.runner import LocalSystem
+from tokex.revocation import TTL_MARGIN_SECONDS
+
+USER_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER_NAME}"
+
+Cli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def revoke(local_system: LocalSystem, monkeypatch: pytest.MonkeyPatch, capsys) -> Cli:
+    """`tokex revoke ...` against the system's state table, as its service identity."""
+    deployment = local_system.deployment
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in deployment.service.env().items():
+        monkeypatch.setenv(name, value)
+    where = ["--table", deployment.state_table, "--region", deployment.region]
+    where += ["--endpoint-url", deployment.endpoint_url]
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()  # the in-process handlers' log lines, not the CLI's output
+        code = main(["revoke", *argv, *where])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in out + err
+        return code, out, err
+
+    return run
+
+
+def token_of(system: LocalSystem, credentials=None) -> str:
+    signed = sign(system, credentials=credentials)
+    status, _, body = exchange(system, signed=signed)
+    assert status == 200, body
+    return str(body["access_token"])
+
+
+def active(system: LocalSystem, token: str) -> bool:
+    status, _, body = introspect(system, token)
+    assert status == 200, body
+    if not body["active"]:
+        assert body == {"active": False}
+    return bool(body["active"])
+
+
+def stored(system: LocalSystem, item_id: str) -> dict[str, str]:
+    dynamodb = system.deployment.client("dynamodb")
+    table = system.deployment.state_table
+    item = dynamodb.get_item(TableName=table, Key={"id": {"S": item_id}}, ConsistentRead=True)
+    return {name: next(iter(value.values())) for name, value in item["Item"].items()}
+
+
+def test_revoke_by_jti_takes_effect_at_once_for_that_token_only(local_system, revoke):
+    token, other = token_of(local_system), token_of(local_system)
+    assert active(local_system, token) and active(local_system, other)
+    jti = verify(local_system, token)["jti"]
+    code, out, _ = revoke("--jti", jti, "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["jti"] == jti
+    assert not active(local_system, token)
+    assert active(local_system, other)
+    # Kept for the longest lifetime any deployment allows, plus a margin.
+    item = stored(local_system, f"revoked-jti#{jti}")
+    assert int(item["expires_at"]) == result["revoked_at"] + 43200 + TTL_MARGIN_SECONDS
+    assert int(item["revoked_at"]) == result["revoked_at"]
+
+
+def test_revoke_by_principal_covers_tokens_issued_before_not_after(local_system, revoke):
+    before = token_of(local_system, local_system.deployment.user)
+    role_token = token_of(local_system)
+    assert active(local_system, before)
+    code, out, _ = revoke("--principal", USER_ARN, "--ttl-cap", "3600")
+    assert code == 0 and f"revoked every token of {USER_ARN}" in out
+    assert not active(local_system, before)
+    assert active(local_system, role_token)  # another principal
+    item = stored(local_system, f"revoked-principal#{USER_ARN}")
+    assert int(item["expires_at"]) == int(item["revoked_at"]) + 3600 + TTL_MARGIN_SECONDS
+    # `iat` has one-second resolution: tokens of the revocation's second are revoked too.
+    while int(time.time()) <= int(item["revoked_at"]):
+        time.sleep(0.05)
+    after = token_of(local_system, local_system.deployment.user)
+    assert active(local_system, after)
+    assert not active(local_system, before)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--principal", f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/demo/i-1"], "not the session"),
+        (["--principal", "demo-workload"], "role or IAM user ARN"),
+        (["--jti", "has space"], "printable ASCII"),
+        (["--jti", "x", "--ttl-cap", "10"], "--ttl-cap"),
+    ],
+)
+def test_bad_arguments_exit_2(revoke, argv, message):
+    code, _, err = revoke(*argv)
+    assert code == 2 and message in err
+
+
+def test_a_table_or_stack_is_required(capsys):
+    assert main(["revoke", "--jti", "x"]) == 2
+    assert "--table NAME or --stack NAME" in capsys.readouterr().err
+
+
+def test_aws_failures_are_clear_errors(revoke, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    code, _, err = revoke("--jti", "abc")
+    assert code == 1 and "revocation store is unavailable" in err and "dynamodb PutItem" in err

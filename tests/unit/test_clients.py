@@ -1,0 +1,244 @@
+"""Introspection clients: HTTP Basic parsing (RFC 6749 §2.3.1), hashed secrets, the short
+cache of verified clients; the store against in-process moto DynamoDB."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from moto import mock_aws
+
+from tokex.cli.main import main
+from tokex.clients import (
+    CLIENT_ID,
+    VERIFIED_CACHE_SECONDS,
+    ClientStore,
+    InvalidClient,
+    basic_authorization,
+    parse_basic_authorization,
+    secret_hash,
+)
+from tokex.errors import TemporarilyUnavailable
+from tokex.evidence.replay import create_state_table
+
+TABLE = "tokex-state-test"
+
+
+def basic(raw: str) -> str:
+    return "Basic " + base64.b64encode(raw.encode()).decode()
+
+
+def test_basic_authorization_round_trip():
+    header = basic_authorization("tc_0123456789abcdef0123", "s3cr-et_x")
+    assert parse_basic_authorization(header) == ("tc_0123456789abcdef0123", "s3cr-et_x")
+
+
+def test_basic_credentials_are_form_urlencoded_before_base64():
+    # RFC 6749 §2.3.1: "client%3Aid" is the id "client:id"; "+" is a space.
+    assert parse_basic_authorization(basic("client%3Aid:p%40ss+word")) == ("client:id", "p@ss word")
+    assert parse_basic_authorization("basic " + basic("a:b:c")[6:]) == ("a", "b:c")
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (None, "no_credentials"),
+        ("", "no_credentials"),
+        ("Bearer abc", "not_basic"),
+        ("Basic", "not_basic"),
+        ("Basic !!!", "malformed_basic"),
+        ("Basic " + base64.b64encode(b"no-colon").decode(), "malformed_basic"),
+        ("Basic " + base64.b64encode(b"\xff\xfe:x").decode(), "malformed_basic"),
+        ("Basic " + "A" * 600, "credentials_too_large"),
+    ],
+)
+def test_malformed_basic_credentials_are_invalid_client(header, reason):
+    with pytest.raises(InvalidClient) as err:
+        parse_basic_authorization(header)
+    assert err.value.reason == reason
+    assert err.value.status == 401
+    assert err.value.body() == {
+        "error": "invalid_client",
+        "error_description": "client authentication failed",
+    }
+    assert err.value.headers() == {"WWW-Authenticate": 'Basic realm="tokex"'}
+
+
+def test_secret_hash_is_bound_to_the_client_and_names_its_scheme():
+    digest = secret_hash("tc_aaaaaaaaaaaaaaaaaaaa", "secret")
+    assert digest.startswith("sha256:") and len(digest) == len("sha256:") + 64
+    assert "secret" not in digest.removeprefix("sha256:")
+    assert digest != secret_hash("tc_bbbbbbbbbbbbbbbbbbbb", "secret")
+    assert digest == secret_hash("tc_aaaaaaaaaaaaaaaaaaaa", "secret")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        create_state_table(client, TABLE)
+        yield client
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(dynamodb: Any, clock: Clock) -> ClientStore:
+    return ClientStore(dynamodb, TABLE, clock=lambda: 1_800_000_000.7, monotonic=clock)
+
+
+def count_get_item(dynamodb: Any) -> list[str]:
+    calls: list[str] = []
+    dynamodb.meta.events.register("before-call.dynamodb.GetItem", lambda **_: calls.append("x"))
+    return calls
+
+
+def test_add_stores_only_a_hash_and_returns_the_secret_once(store, dynamodb):
+    client, secret = store.add("kong-prod")
+    assert CLIENT_ID.fullmatch(client.client_id)
+    assert len(secret) == 43  # token_urlsafe(32): 256 random bits
+    assert (client.name, client.created_at) == ("kong-prod", 1_800_000_000)
+    item = dynamodb.get_item(TableName=TABLE, Key={"id": {"S": f"client#{client.client_id}"}})[
+        "Item"
+    ]
+    assert item["secret_hash"]["S"] == secret_hash(client.client_id, secret)
+    assert secret not in str(item)
+    assert "expires_at" not in item  # clients never expire by TTL
+    assert store.authenticate(client.client_id, secret) == client
+
+
+def test_each_client_gets_its_own_id_and_secret(store):
+    (first, secret1), (second, secret2) = store.add("a"), store.add("a")
+    assert first.client_id != second.client_id and secret1 != secret2
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 65, "ünïcode", "a/b"])
+def test_bad_names_are_refused(name):
+    with pytest.raises(ValueError):
+        ClientStore(None, TABLE).add(name)  # refused before any DynamoDB call
+
+
+def test_list_shows_clients_only_and_remove_deletes(store, dynamodb):
+    dynamodb.put_item(TableName=TABLE, Item={"id": {"S": "sig#abc"}, "expires_at": {"N": "1"}})
+    dynamodb.put_item(TableName=TABLE, Item={"id": {"S": "revoked-jti#x"}})
+    b, _ = store.add("b-gateway")
+    a, _ = store.add("a-gateway")
+    assert store.list() == [a, b]
+    assert store.remove(b.client_id) is True
+    assert store.remove(b.client_id) is False
+    assert store.remove("not-a-client-id") is False
+    assert store.list() == [a]
+
+
+def test_wrong_secret_unknown_and_malformed_ids_are_invalid_client(store, dynamodb):
+    client, secret = store.add("kong")
+    calls = count_get_item(dynamodb)
+    cases = [
+        (client.client_id, secret + "x", "wrong_secret"),
+        (client.client_id, secret[:-1], "wrong_secret"),
+        ("tc_ffffffffffffffffffff", secret, "unknown_client"),
+        ("tc_FFFF", secret, "malformed_credentials"),
+        (f"client#{client.client_id}", secret, "malformed_credentials"),
+        (client.client_id, "", "malformed_credentials"),
+        (client.client_id, "x" * 129, "malformed_credentials"),
+    ]
+    for client_id, presented, reason in cases:
+        with pytest.raises(InvalidClient) as err:
+            store.authenticate(client_id, presented)
+        assert err.value.reason == reason
+    assert len(calls) == 3  # malformed input never reaches DynamoDB
+
+
+def test_verified_clients_are_cached_briefly_and_failures_never(store, dynamodb, clock):
+    client, secret = store.add("kong")
+    calls = count_get_item(dynamodb)
+    for _ in range(3):
+        store.authenticate(client.client_id, secret)
+    assert len(calls) == 1
+    for _ in range(2):
+        with pytest.raises(InvalidClient):
+            store.authenticate(client.client_id, "wrong")
+    assert len(calls) == 3
+    store.remove(client.client_id)
+    clock.now += VERIFIED_CACHE_SECONDS - 1
+    assert store.authenticate(client.client_id, secret) == client  # still cached
+    clock.now += 1
+    with pytest.raises(InvalidClient):  # removal has taken effect
+        store.authenticate(client.client_id, secret)
+
+
+def test_dynamodb_failures_are_temporarily_unavailable(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    unreachable = boto3.client(
+        "dynamodb",
+        region_name="us-east-1",
+        endpoint_url="http://127.0.0.1:9",
+        config=Config(connect_timeout=0.5, retries={"max_attempts": 1}),
+    )
+    store = ClientStore(unreachable, TABLE)
+    with pytest.raises(TemporarilyUnavailable) as err:
+        store.authenticate("tc_0123456789abcdef0123", "secret")
+    assert err.value.status == 503 and "127.0.0.1" not in err.value.description
+    with pytest.raises(TemporarilyUnavailable):
+        store.add("kong")
+
+
+STACK_TEMPLATE = {
+    "Resources": {
+        "State": {
+            "Type": "AWS::DynamoDB::Table",
+            "Properties": {
+                "TableName": "tokex-stack-state",
+                "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+                "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                "BillingMode": "PAY_PER_REQUEST",
+            },
+        }
+    },
+    "Outputs": {"StateTableName": {"Value": {"Ref": "State"}}},
+}
+
+
+def test_cli_finds_the_state_table_from_the_stack(dynamodb, capsys):
+    cloudformation = boto3.client("cloudformation", region_name="us-east-1")
+    cloudformation.create_stack(StackName="tokex", TemplateBody=json.dumps(STACK_TEMPLATE))
+    where = ["--stack", "tokex", "--region", "us-east-1"]
+    assert main(["clients", "add", "kong", "--json", *where]) == 0
+    added = json.loads(capsys.readouterr().out)
+    assert main(["clients", "list", "--json", *where]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {k: added[k] for k in ("client_id", "name", "created_at")}
+    ]
+    assert main(["revoke", "--jti", "abc", *where]) == 0
+    item = dynamodb.get_item(TableName="tokex-stack-state", Key={"id": {"S": "revoked-jti#abc"}})
+    assert "Item" in item
+
+    template = {"Resources": STACK_TEMPLATE["Resources"]}
+    template = json.loads(json.dumps(template).replace("tokex-stack-state", "other"))
+    cloudformation.create_stack(StackName="not-tokex", TemplateBody=json.dumps(template))
+    capsys.readouterr()
+    assert main(["clients", "list", "--stack", "not-tokex", "--region", "us-east-1"]) == 1
+    assert "has no StateTableName output" in capsys.readouterr().err
+    assert main(["clients", "list", "--stack", "missing", "--region", "us-east-1"]) == 1
+    assert "cannot describe stack 'missing'" in capsys.readouterr().err

@@ -1,0 +1,311 @@
+"""`tokex kong-config`: the generated decK file, value by value (docs/kong.md), rotation,
+`--existing` stability and the audience design against Kong's rules
+(tests/support/kong_jwt.py). `deck validate`: test_kong_deck.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from tests.support.kong_jwt import Kong
+from tokex import kong
+from tokex.cli.kong import parse_document, render
+from tokex.kong import KongConfigError, Placement, Route
+from tokex.tokens.jwks import build_jwks, jwk_from_public_key
+
+ISSUER = "https://auth.example.com"
+
+
+def new_key(alg: str) -> tuple[Any, dict[str, Any]]:
+    private = (
+        ec.generate_private_key(ec.SECP256R1())
+        if alg == "ES256"
+        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    return private, jwk_from_public_key(private.public_key(), alg)
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, tuple[Any, dict[str, Any]]]:
+    return {alg: new_key(alg) for alg in ("RS256", "ES256", "PS256")}
+
+
+def jwks_of(*jwks: dict[str, Any]) -> dict[str, Any]:
+    return build_jwks(jwks)
+
+
+def token(key: tuple[Any, dict[str, Any]], audience: str, **claims: Any) -> str:
+    private, jwk = key
+    now = int(time.time())
+    payload = {"iss": ISSUER, "aud": audience, "iat": now, "nbf": now, "exp": now + 900}
+    payload["aud_kid"] = kong.audience_key(audience, jwk["kid"])
+    payload.update(claims)
+    payload = {name: value for name, value in payload.items() if value is not None}
+    headers = {"typ": "at+jwt", "kid": jwk["kid"]}
+    return jwt.encode(payload, private, algorithm=jwk["alg"], headers=headers)
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
+
+
+SERVICE = Placement(service="demo", service_url="http://demo.internal:8080")
+AUDIENCE_ROUTES = Placement(
+    service="demo",
+    service_url="http://demo.internal:8080",
+    routes=(Route("orders", ("orders-api",)), Route("billing", ("billing-api",), "/bill")),
+)
+
+
+def test_jwt_plugin_and_credentials_carry_every_value_kong_needs(keys):
+    document = kong.jwt_config(jwks_of(keys["RS256"][1], keys["ES256"][1]), SERVICE, max_ttl=900)
+    assert document["_format_version"] == "3.0"
+    [service] = document["services"]
+    assert (service["name"], service["url"]) == ("demo", "http://demo.internal:8080")
+    [plugin] = service["plugins"]
+    assert plugin["name"] == "jwt"
+    assert plugin["config"] == {
+        "key_claim_name": "kid",
+        "claims_to_verify": ["exp", "nbf"],
+        "maximum_expiration": 900,
+        "run_on_preflight": True,
+        "header_names": ["authorization"],
+        "uri_param_names": [],
+        "cookie_names": [],
+        "secret_is_base64": False,
+    }
+    [consumer] = document["consumers"]
+    credentials = {c["key"]: c for c in consumer["jwt_secrets"]}
+    assert set(credentials) == {keys["RS256"][1]["kid"], keys["ES256"][1]["kid"]}
+    for alg in ("RS256", "ES256"):
+        private, jwk = keys[alg]
+        credential = credentials[jwk["kid"]]
+        assert credential["algorithm"] == alg
+        assert credential["rsa_public_key"].startswith("-----BEGIN PUBLIC KEY-----")
+        loaded = load_pem_public_key(credential["rsa_public_key"].encode())
+        assert loaded.public_numbers() == private.public_key().public_numbers()
+        assert len(credential["secret"]) >= 40
+    assert len({c["secret"] for c in credentials.values()}) == 2
+
+
+def test_rotation_keeps_every_published_key_and_existing_keeps_secrets_stable(keys):
+    old, new = keys["RS256"][1], keys["ES256"][1]
+
+    def secrets_of(document: dict[str, Any]) -> dict[str, str]:
+        return {c["key"]: c["secret"] for c in document["consumers"][0]["jwt_secrets"]}
+
+    before = kong.jwt_config(jwks_of(old), SERVICE, max_ttl=3600)
+    # The next key is published before it signs: both keys are in the JWKS, both in Kong.
+    during = kong.jwt_config(jwks_of(new, old), SERVICE, max_ttl=3600, existing=before)
+    assert secrets_of(during)[old["kid"]] == secrets_of(before)[old["kid"]]
+    assert set(secrets_of(during)) == {old["kid"], new["kid"]}
+    # Re-running on the same JWKS changes nothing at all (a minimal `deck diff`)...
+    rerun = kong.jwt_config(jwks_of(old, new), SERVICE, max_ttl=3600, existing=during)
+    assert rerun == during
+    # ...without --existing only the dummy secrets differ.
+    fresh = kong.jwt_config(jwks_of(old, new), SERVICE, max_ttl=3600)
+    assert secrets_of(fresh).keys() == secrets_of(during).keys() != secrets_of(fresh).values()
+    # Once the old key's tokens have expired it leaves the JWKS, and Kong with it.
+    after = kong.jwt_config(jwks_of(new), SERVICE, max_ttl=3600, existing=rerun)
+    assert secrets_of(after) == {new["kid"]: secrets_of(during)[new["kid"]]}
+
+
+def test_existing_secret_is_not_reused_for_other_key_material(keys):
+    before = kong.jwt_config(jwks_of(keys["RS256"][1]), SERVICE, max_ttl=3600)
+    credential = before["consumers"][0]["jwt_secrets"][0]
+    credential["rsa_public_key"] = kong.public_key_pem(keys["PS256"][1])
+    after = kong.jwt_config(jwks_of(keys["RS256"][1]), SERVICE, max_ttl=3600, existing=before)
+    assert after["consumers"][0]["jwt_secrets"][0]["secret"] != credential["secret"]
+
+
+def test_audience_design_one_consumer_per_audience_with_every_key(keys):
+    published = [keys["RS256"][1], keys["ES256"][1]]
+    document = kong.jwt_config(jwks_of(*published), AUDIENCE_ROUTES, max_ttl=3600)
+    consumers = {c["username"]: c for c in document["consumers"]}
+    assert set(consumers) == {"tokex-aud-orders-api", "tokex-aud-billing-api"}
+    all_keys = [s["key"] for c in consumers.values() for s in c["jwt_secrets"]]
+    assert len(all_keys) == len(set(all_keys)) == 4  # jwt_secrets.key is unique in Kong
+    for audience in ("orders-api", "billing-api"):
+        consumer = consumers[f"tokex-aud-{audience}"]
+        assert consumer["acls"] == [{"group": f"tokex-aud-{audience}", "tags": ["tokex"]}]
+        assert {s["key"] for s in consumer["jwt_secrets"]} == {
+            f"{audience}.{jwk['kid']}" for jwk in published
+        }
+    [service] = document["services"]
+    assert "plugins" not in service  # no audience-blind jwt on the service
+    routes = {r["name"]: r for r in service["routes"]}
+    assert routes["orders"]["paths"] == ["/orders"] and routes["billing"]["paths"] == ["/bill"]
+    jwt_plugin, acl_plugin = routes["billing"]["plugins"]
+    assert jwt_plugin["config"]["key_claim_name"] == "aud_kid"
+    assert acl_plugin["config"] == {"allow": ["tokex-aud-billing-api"], "hide_groups_header": True}
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_token_for_another_audience_is_refused_by_kong_rules(keys, alg):
+    published = jwks_of(keys["RS256"][1], keys["ES256"][1])
+    gateway = Kong(kong.jwt_config(published, AUDIENCE_ROUTES, max_ttl=3600))
+    orders = token(keys[alg], "orders-api")
+    accepted = gateway.request("orders", headers=bearer(orders))
+    assert (accepted.status, accepted.consumer) == (200, "tokex-aud-orders-api")
+    refused = gateway.request("billing", headers=bearer(orders))
+    assert (refused.status, refused.body) == (403, {"message": "You cannot consume this service"})
+    assert gateway.request("billing", headers=bearer(token(keys[alg], "billing-api"))).status == 200
+    # A token whose aud_kid names another audience than its aud is not one tokex mints;
+    # and without aud_kid Kong finds no credential at all.
+    no_claim = token(keys[alg], "orders-api", aud_kid=None)
+    assert gateway.request("orders", headers=bearer(no_claim)).body == {
+        "message": "No mandatory 'aud_kid' in claims"
+    }
+
+
+def test_the_same_kid_cannot_serve_two_consumers(keys):
+    document = kong.jwt_config(jwks_of(keys["RS256"][1]), SERVICE, max_ttl=3600)
+    twin = {**document["consumers"][0], "username": "another-audience"}
+    with pytest.raises(ValueError, match="already exists"):
+        Kong({**document, "consumers": [document["consumers"][0], twin]})
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"keys": []}, "no keys"),
+        ({"keys": [{"kty": "oct", "kid": "k", "alg": "HS256", "k": "c2VjcmV0"}]}, "not one"),
+        ({"kid": "has.dot"}, "thumbprint"),
+        ({"alg": "ES256"}, "cannot sign"),
+    ],
+)
+def test_unusable_jwks_is_refused(keys, change, message):
+    jwks = change if "keys" in change else jwks_of({**keys["RS256"][1], **change})
+    with pytest.raises(KongConfigError, match=message):
+        kong.jwt_config(jwks, SERVICE, max_ttl=3600)
+
+
+def test_ps256_needs_rsa_2048_for_kong():
+    _, jwk = new_key("PS256")
+    assert kong.published_keys(jwks_of(jwk))[0].alg == "PS256"
+    big = jwk_from_public_key(
+        rsa.generate_private_key(public_exponent=65537, key_size=3072).public_key(), "PS256"
+    )
+    with pytest.raises(KongConfigError, match="RSA-2048"):
+        kong.published_keys(jwks_of(big))
+
+
+@pytest.mark.parametrize(
+    "placement,max_ttl",
+    [
+        (Placement(), 3600),
+        (Placement(service_url="http://x"), 3600),
+        (Placement(service="demo", routes=(Route("r", ("bad audience!",)),)), 3600),
+        (Placement(service="demo", routes=(Route("r", ("a",)),), audiences=("b",)), 3600),
+        (Placement(service="demo", global_scope=True), 3600),
+        (SERVICE, 0),
+        (SERVICE, kong.MAX_EXPIRATION_LIMIT + 1),
+    ],
+)
+def test_unsound_placement_or_ttl_is_refused(keys, placement, max_ttl):
+    with pytest.raises(KongConfigError):
+        kong.jwt_config(jwks_of(keys["RS256"][1]), placement, max_ttl=max_ttl)
+
+
+def test_openid_connect_snippet():
+    document = kong.openid_connect_config(ISSUER, AUDIENCE_ROUTES)
+    routes = {r["name"]: r for r in document["services"][0]["routes"]}
+    [plugin] = routes["orders"]["plugins"]
+    assert plugin["name"] == "openid-connect"
+    assert plugin["config"] == {
+        "issuer": f"{ISSUER}/.well-known/openid-configuration",
+        "issuers_allowed": [ISSUER],
+        "auth_methods": ["bearer"],
+        "bearer_token_param_type": ["header"],
+        "audience_claim": ["aud"],
+        "audience_required": ["orders-api"],
+    }
+    assert "consumers" not in document
+
+
+def test_introspection_snippet():
+    document = kong.introspection_config(
+        ISSUER, Placement(service="demo"), client_id="kong", client_secret="s3cret", ttl=15
+    )
+    [plugin] = document["plugins"]
+    assert plugin["service"] == "demo" and plugin["name"] == "oauth2-introspection"
+    config = plugin["config"]
+    assert config["introspection_url"] == f"{ISSUER}/introspect"
+    assert config["authorization_value"] == "Basic " + base64.b64encode(b"kong:s3cret").decode()
+    assert (config["ttl"], config["consumer_by"]) == (15, "client_id")
+    with pytest.raises(KongConfigError, match="never checks"):
+        kong.introspection_config(ISSUER, AUDIENCE_ROUTES, client_id="kong", client_secret="s3cret")
+    with pytest.raises(KongConfigError, match="client id"):
+        kong.introspection_config(ISSUER, SERVICE, client_id="a:b", client_secret="s")
+
+
+def test_render_round_trips_as_yaml_and_json_even_without_pyyaml(keys, monkeypatch):
+    document = kong.jwt_config(jwks_of(keys["ES256"][1]), AUDIENCE_ROUTES, max_ttl=3600)
+    text = render(document, "yaml", source="jwks.json")
+    assert "rsa_public_key: |" in text and text.startswith("# Generated by `tokex kong-config`")
+    assert parse_document(text) == document
+    assert parse_document(render(document, "json", source="x")) == document
+    monkeypatch.setitem(__import__("sys").modules, "yaml", None)
+    assert parse_document(render(document, "yaml", source="x")) == document
+
+
+def run_cli(*argv: str) -> int:
+    from tokex.cli.main import main
+
+    return main(["kong-config", *argv])
+
+
+def test_cli_rerun_with_existing_is_byte_identical_and_private(keys, tmp_path):
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(keys["RS256"][1], keys["ES256"][1])))
+    out = tmp_path / "kong.yaml"
+    argv = ["--jwks", str(tmp_path / "jwks.json")]
+    argv += [
+        "--service-name",
+        "demo",
+        "--service-url",
+        "http://x:1",
+        "--audience",
+        "a",
+        "--route",
+        "r=/p",
+    ]
+    assert run_cli(*argv, "--output", str(out)) == 0
+    first = out.read_text()
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert run_cli(*argv, "--existing", str(out), "--output", str(out)) == 0
+    assert out.read_text() == first
+    assert parse_document(first)["services"][0]["routes"][0]["paths"] == ["/p"]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--jwks", "http://jwks.example.com/jwks.json", "--global"], "https"),
+        (["--jwks", "j.json", "--audience", "a", "--route", "r", "--route", "s"], "--audience"),
+        (["--enterprise", "openid-connect", "--global"], "--issuer"),
+        (["--global"], "--jwks"),
+    ],
+)
+def test_cli_refusals(argv, message, capsys):
+    assert run_cli(*argv) != 0
+    assert message in capsys.readouterr().err
+
+
+def test_kong_defaults_would_read_tokens_from_the_url_which_the_generated_config_does_not(keys):
+    document = kong.jwt_config(jwks_of(keys["RS256"][1]), SERVICE, max_ttl=3600)
+    value = token(keys["RS256"], "any")
+    bare_jwt = {"name": "jwt", "config": {"key_claim_name": "kid"}}  # schema.lua defaults
+    defaults = {**document, "services": [{**document["services"][0], "plugins": [bare_jwt]}]}
+    assert Kong(defaults).request(service="demo", query={"jwt": value}).status == 200
+    gateway = Kong(document)
+    assert gateway.request(service="demo", query={"jwt": value}).body == {"message": "Unauthorized"}
+    both = gateway.request(service="demo", headers=bearer(value), cookies={"jwt": value + "x"})
+    assert both.status == 200  # cookies are not read either
+    assert gateway.request("no-such-route", headers=bearer(value)).status == 404
