@@ -73,7 +73,6 @@ def extra_policies(role_id: str) -> list[dict[str, Any]]:
         allow("switched-off", [DEMO_ROLE_ARN], ["off-api"], enabled=False),
         allow("pinned", [DEMO_ROLE_ARN], ["pinned-api"], principal_ids=[role_id]),
         allow("pinned-stale", [DEMO_ROLE_ARN], ["stale-api"], principal_ids=["AROASTALE0000"]),
-        allow("with-path", [f"arn:aws:iam::{ACCOUNT_ID}:role/team/demo-workload"], ["path-api"]),
         allow(
             "graviton",
             [DEMO_ROLE_ARN],
@@ -222,7 +221,6 @@ CASES = [
     (WORKLOAD, "off-api", None, None, "invalid_target"),  # disabled
     (WORKLOAD, "pinned-api", None, None, "pinned"),  # principal id matches
     (WORKLOAD, "stale-api", None, None, "invalid_target"),  # principal id differs
-    (WORKLOAD, "path-api", None, None, "invalid_target"),  # roles are path-less
     (WORKLOAD, DEMO_INSTANCE_AUDIENCE, None, None, "invalid_target"),  # needs evidence
     (WORKLOAD, DEMO_INSTANCE_AUDIENCE, None, {}, "demo-instance"),
     (WORKLOAD, DEMO_INSTANCE_AUDIENCE, "instance:admin", {}, "invalid_scope"),

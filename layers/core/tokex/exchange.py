@@ -141,7 +141,12 @@ class TokenExchange:
             now=int(now),
         )
         audit.jti = claims["jti"]
-        token = encode_jwt(claims, self._signer())
+        signer = self._signer()
+        # Kong's open-source jwt plugin never checks `aud`; it finds its credential by one
+        # claim. Keyed by audience *and* key, one consumer per audience can hold every
+        # published key, and the acl plugin refuses other audiences (docs/kong.md).
+        claims["aud_kid"] = f"{request.audience}.{signer.kid}"
+        token = encode_jwt(claims, signer)
         return IssuedToken(token, decision.ttl_seconds, decision.scopes)
 
     def _verify_instance(self, request: TokenRequest) -> InstanceIdentity | None:

@@ -85,6 +85,8 @@ class Placement:
                 raise KongConfigError(f"invalid Kong route name {route.name!r}")
             if not route.audiences:
                 raise KongConfigError(f"route {route.name} serves no audience")
+            if route.path is not None and not route.path.startswith("/"):
+                raise KongConfigError(f"route path {route.path!r} must start with /")
         for audience in self.all_audiences():
             if not _AUDIENCE.fullmatch(audience):
                 raise KongConfigError(f"invalid audience {audience!r} (contract.md)")
@@ -334,11 +336,11 @@ def _assemble(
         document["services"] = [service]
     else:
         # Plugins on entities defined in another decK file, or global.
-        scoped = [{**p, "service": placement.service} for p in service_plugins]
+        scoped = [{"name": p["name"], "service": placement.service, **p} for p in service_plugins]
         if placement.global_scope:
             scoped = service_plugins
         for name, plugins in route_plugins.items():
-            scoped += [{**p, "route": name} for p in plugins]
+            scoped += [{"name": p["name"], "route": name, **p} for p in plugins]
         document["plugins"] = scoped
     if consumers:
         document["consumers"] = consumers

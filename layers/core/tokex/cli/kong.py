@@ -138,14 +138,20 @@ def _issuer(args: argparse.Namespace) -> str:
     from tokex.tokens.jwks import JWKS_PATH
 
     if args.issuer:
-        return str(args.issuer).rstrip("/")
-    if (
+        issuer = str(args.issuer).rstrip("/")
+    elif (
         args.jwks
         and args.jwks.startswith(("https://", "http://"))
         and args.jwks.endswith(JWKS_PATH)
     ):
-        return str(args.jwks)[: -len(JWKS_PATH)]
-    raise CommandError("--issuer is required (or a --jwks URL under the issuer)", exit_code=2)
+        issuer = str(args.jwks)[: -len(JWKS_PATH)]
+    else:
+        raise CommandError("--issuer is required (or a --jwks URL under the issuer)", exit_code=2)
+    try:
+        _check_fetch_url(issuer)  # Kong fetches discovery, keys or verdicts from it
+    except ValueError:
+        raise CommandError("the issuer must be https (http only on loopback)") from None
+    return issuer
 
 
 def read_jwks(source: str) -> dict[str, Any]:
@@ -202,9 +208,14 @@ def render(document: dict[str, Any], fmt: str, *, source: str) -> str:
         style = "|" if "\n" in value else None  # PEM keys as readable literal blocks
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
+    def sequence(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.Node:
+        flow = all(isinstance(item, str | int) for item in value)  # [exp, nbf] on one line
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
+
     Dumper.add_representer(str, string)
+    Dumper.add_representer(list, sequence)
     return header + yaml.dump(
-        document, Dumper=Dumper, sort_keys=False, default_flow_style=None, width=4096
+        document, Dumper=Dumper, sort_keys=False, default_flow_style=False, width=4096
     )
 
 

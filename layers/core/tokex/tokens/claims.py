@@ -16,7 +16,7 @@ RESERVED_CLAIMS = frozenset(
     {
         "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "client_id", "scope", "policy",
         "aws", "auth_time", "acr", "amr", "azp", "cnf", "act", "may_act", "typ", "kid",
-        "alg", "roles", "groups", "entitlements", "token_use", "tokex",
+        "alg", "roles", "groups", "entitlements", "token_use", "tokex", "aud_kid",
     }
 )
 # fmt: on
