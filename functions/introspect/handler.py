@@ -7,9 +7,6 @@ token problem is a 200 `{"active": false}`; only KMS/DynamoDB trouble is a 503.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import time
 from collections.abc import Mapping
 
@@ -26,6 +23,7 @@ from tokex.errors import (
     TemporarilyUnavailable,
     TokexError,
 )
+from tokex.http_api import NOT_FOUND, event_body, json_text, no_store
 from tokex.introspection import IntrospectionAudit
 from tokex.service import build_client_store, build_introspector
 from tokex.settings import Settings
@@ -41,9 +39,6 @@ settings = Settings.from_env()
 introspector = build_introspector(settings)
 clients = build_client_store(settings)
 
-# RFC 7662 §2.2 refers to RFC 6749 §5.1: responses carry claims and must not be cached.
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
 
 @app.post("/introspect")
 @tracer.capture_method
@@ -54,7 +49,7 @@ def introspect() -> Response:
     try:
         headers = app.current_event.headers
         check_content_type(headers.get("content-type"))
-        body = _body_bytes()
+        body = event_body(app.current_event.body, app.current_event.is_base64_encoded)
         if len(body) > MAX_BODY_BYTES:
             raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes", reason="size")
         client_id, secret = parse_basic_authorization(headers.get("authorization"))
@@ -90,7 +85,7 @@ def introspect_wrong_method() -> Response:
 
 @app.not_found
 def not_found(_: Exception) -> Response:
-    return _json(404, {"error": "invalid_request", "error_description": "no such endpoint"})
+    return _json(404, NOT_FOUND)
 
 
 @app.exception_handler(Exception)
@@ -99,17 +94,6 @@ def unexpected(err: Exception) -> Response:
     logger.exception("unexpected error", extra={"outcome": "error"})
     err_ = TemporarilyUnavailable("internal error, retry later", reason="bug")
     return _json(err_.status, err_.body(), err_.headers())
-
-
-def _body_bytes() -> bytes:
-    event = app.current_event
-    raw = event.body or ""
-    if not event.is_base64_encoded:
-        return raw.encode("utf-8", errors="surrogateescape")
-    try:
-        return base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("the request body could not be decoded", reason="body") from None
 
 
 def _audit(
@@ -137,12 +121,7 @@ def _audit(
 def _json(
     status: int, body: Mapping[str, object], headers: Mapping[str, str] | None = None
 ) -> Response:
-    return Response(
-        status_code=status,
-        content_type="application/json",
-        body=json.dumps(body, separators=(",", ":")),
-        headers={**NO_STORE, **(headers or {})},
-    )
+    return Response(status, "application/json", json_text(body), no_store(headers))
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -21,6 +21,7 @@ from tokex.cli.deployment import Deployment, add_deployment_arguments, resolve_d
 from tokex.cli.main import CommandError
 from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS, Policy, PolicyValidationError
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
+from tokex.strict_json import StrictJsonError, loads_strict
 
 # DynamoDB's item size limit: no valid policy document is larger.
 MAX_DOCUMENT_FILE_BYTES = 400 * 1024
@@ -207,14 +208,9 @@ def load_policy_file(path: str, *, ttl_cap: int) -> Policy:
     """Read and validate one policy document; PolicyValidationError names field and why."""
     text = read_text(path, "policy document", MAX_DOCUMENT_FILE_BYTES)
     try:
-        document = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
-    except _DuplicateKey as exc:
-        raise PolicyValidationError("document", f"repeats the key {exc}") from None
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise PolicyValidationError("document", f"not valid JSON ({exc.msg}, {where})") from None
-    except (ValueError, RecursionError):
-        raise PolicyValidationError("document", "not valid JSON") from None
+        document = loads_strict(text)
+    except StrictJsonError as exc:
+        raise PolicyValidationError("document", str(exc)) from None
     return Policy.from_document(document, ttl_cap=ttl_cap)
 
 
@@ -245,20 +241,6 @@ def _check_ttl_cap(ttl_cap: int) -> None:
         raise CommandError(
             f"--ttl-cap must be {MIN_TTL_SECONDS}..{MAX_TTL_CAP_SECONDS}", exit_code=2
         )
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # A repeated key must not mean "the last one wins" (the store refuses it too).
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(json.dumps(key[:64]))
-        result[key] = value
-    return result
 
 
 def _warn(warnings: list[str]) -> None:

@@ -23,7 +23,6 @@ import base64
 import binascii
 import dataclasses
 import functools
-import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 from tokex.errors import InvalidGrant, InvalidRequest
 from tokex.evidence import pkcs7
 from tokex.evidence.identity import CallerIdentity, InstanceIdentity
+from tokex.strict_json import DuplicateKeyError, StrictJsonError, loads_strict
 
 MAX_DOCUMENT_BYTES = 4 * 1024
 MAX_SIGNATURE_CHARS = 8 * 1024
@@ -245,12 +245,10 @@ def _read_evidence(evidence: Mapping[str, Any]) -> tuple[str, str, str]:
 def _parse_document(document: str) -> dict[str, str]:
     """The required fields of the document, parsed strictly (no duplicate keys)."""
     try:
-        parsed = json.loads(
-            document, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
-        )
-    except _DuplicateKey as exc:
-        raise InvalidGrant(f"instance identity document repeats the key {exc}") from None
-    except (ValueError, RecursionError):
+        parsed = loads_strict(document)
+    except DuplicateKeyError as exc:
+        raise InvalidGrant(f"instance identity document {exc}") from None
+    except StrictJsonError:
         raise InvalidGrant("instance identity document is not valid JSON") from None
     if not isinstance(parsed, dict):
         raise InvalidGrant("instance identity document is not a JSON object")
@@ -263,23 +261,6 @@ def _parse_document(document: str) -> dict[str, str]:
     if not fields["availabilityZone"].startswith(fields["region"]):
         raise InvalidGrant("instance identity document's availabilityZone is not in its region")
     return fields
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(json.dumps(key[:64]))
-        result[key] = value
-    return result
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"non-standard JSON constant {name}")
 
 
 def _decode_base64(text: str, variant: str) -> bytes:

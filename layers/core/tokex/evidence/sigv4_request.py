@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from typing import Any
 
 from tokex.errors import InvalidGrant, InvalidRequest
 from tokex.evidence.sts_endpoints import StsEndpoints
+from tokex.strict_json import StrictJsonError, loads_strict
 
 MAX_SUBJECT_TOKEN_CHARS = 12 * 1024
 # How old a signed request may be, and how far ahead of our clock its X-Amz-Date may be
@@ -93,12 +93,8 @@ def decode_b64url_json(value: str, *, name: str, max_len: int) -> dict[str, Any]
     if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != value:
         raise InvalidRequest(f"{name} is not canonical base64url")
     try:
-        document = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_refuse_duplicate_keys,
-            parse_constant=_refuse_constant,
-        )
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError too
+        document = loads_strict(raw.decode("utf-8"))
+    except (StrictJsonError, UnicodeDecodeError):
         raise InvalidRequest(f"{name} is not UTF-8 JSON without duplicate keys") from None
     if not isinstance(document, dict):
         raise InvalidRequest(f"{name} must be a JSON object")
@@ -158,8 +154,7 @@ def verify_sts_request(
         )
 
     if "x-tokex-nonce" in headers and (
-        "x-tokex-nonce" not in auth.signed_headers
-        or not _NONCE.fullmatch(headers["x-tokex-nonce"])
+        "x-tokex-nonce" not in auth.signed_headers or not _NONCE.fullmatch(headers["x-tokex-nonce"])
     ):
         raise InvalidGrant("X-Tokex-Nonce must be signed and 16-64 characters of base64url")
     if headers["x-tokex-issuer"] != issuer:
@@ -323,14 +318,3 @@ def _parse_amz_date(value: str) -> datetime:
 
 def _minutes(delta: timedelta) -> int:
     return int(delta.total_seconds()) // 60
-
-
-def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError("duplicate key")
-    return dict(pairs)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError("NaN and Infinity are not JSON")

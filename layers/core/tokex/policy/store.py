@@ -11,7 +11,6 @@ carries the operation and error code).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from tokex.policy.model import (
     PolicyValidationError,
     canonical_json,
 )
+from tokex.strict_json import StrictJsonError, loads_strict
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +165,10 @@ def _parse(item: dict[str, Any]) -> Policy:
     if not isinstance(text, str):
         raise PolicyValidationError("document", "item has no string document attribute")
     try:
-        doc = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
-    except (ValueError, RecursionError):
-        raise PolicyValidationError("document", "not valid JSON") from None
+        # A hand-edited item with a repeated key must not mean "the last one wins".
+        doc = loads_strict(text)
+    except StrictJsonError as exc:
+        raise PolicyValidationError("document", str(exc)) from None
     if not isinstance(doc, dict):
         raise PolicyValidationError("document", "must be a JSON object")
     # Validated against the largest cap, not today's: evaluation caps every TTL anyway,
@@ -176,14 +177,6 @@ def _parse(item: dict[str, Any]) -> Policy:
     if policy.id != _item_id(item):
         raise PolicyValidationError("id", "document id differs from the item key")
     return policy
-
-
-def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # A hand-edited item with a repeated key must not mean "the last one wins".
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate key")
-    return result
 
 
 def _item_id(item: dict[str, Any]) -> str:
