@@ -21,6 +21,16 @@ _WEB_ACL_ARN = re.compile(
     r"^arn:aws[a-z-]*:wafv2:us-east-1:\d{12}:global/webacl/[\w-]+/[0-9a-f-]{36}$"
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# A KMS key ARN (not an alias: IAM grants on a key need its key ARN); multi-Region keys
+# have `mrk-` ids.
+_KMS_KEY_ARN = re.compile(
+    r"^arn:aws[a-z-]*:kms:[a-z]{2}(-[a-z]+)+-\d:\d{12}:key/"
+    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
+)
+# An IAM role name, optionally under a path, as the exchange accepts it
+# (tokex/evidence/ec2_tags.py): `name` or `path/to/name`.
+_ROLE_NAME = re.compile(r"^([A-Za-z0-9_+=,.@-]{1,64}/){0,8}[A-Za-z0-9_+=,.@-]{1,64}$")
+_ACCOUNT = re.compile(r"^\d{12}$")
 
 
 class ConfigError(ValueError):
@@ -45,6 +55,14 @@ class TokexConfig:
     web_acl_arn: str | None = None
     # Changes on every synth unless pinned, so the JWKS publisher runs on every deploy.
     deploy_nonce: str | None = None
+    # Keys published in the JWKS (and accepted by introspection) besides the signing key:
+    # the next and previous keys of a rotation. KMS key ARNs.
+    published_key_arns: tuple[str, ...] = ()
+    # Policy `instance.tags`: the role the exchange assumes in an instance's account to
+    # read its tags (ec2:DescribeInstances). None: tag conditions never hold.
+    instance_tags_role_name: str | None = None
+    # The accounts whose role the exchange may assume; empty = any account.
+    instance_tags_accounts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _STACK_NAME.match(self.stack_name):
@@ -78,6 +96,20 @@ class TokexConfig:
             raise ConfigError("webAclArn must be a WAFv2 global (CLOUDFRONT) web ACL ARN")
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(f"logLevel must be one of {', '.join(_LOG_LEVELS)}")
+        for arn in self.published_key_arns:
+            if not _KMS_KEY_ARN.match(arn):
+                raise ConfigError(f"publishedKeyArns: {arn!r} is not a KMS key ARN")
+        if self.instance_tags_role_name is not None and not _ROLE_NAME.match(
+            self.instance_tags_role_name
+        ):
+            raise ConfigError(
+                f"instanceTagsRoleName {self.instance_tags_role_name!r} is not an IAM role name"
+            )
+        if self.instance_tags_accounts and self.instance_tags_role_name is None:
+            raise ConfigError("instanceTagsAccounts needs instanceTagsRoleName")
+        for account in self.instance_tags_accounts:
+            if not _ACCOUNT.match(account):
+                raise ConfigError(f"instanceTagsAccounts: {account!r} is not an account id")
 
     @property
     def issuer_is_custom_domain(self) -> bool:
@@ -126,5 +158,8 @@ class TokexConfig:
             "log_level": text("logLevel"),
             "deploy_nonce": text("deployNonce"),
             "web_acl_arn": text("webAclArn"),
+            "published_key_arns": strings("publishedKeyArns"),
+            "instance_tags_role_name": text("instanceTagsRoleName"),
+            "instance_tags_accounts": strings("instanceTagsAccounts"),
         }
         return cls(**{k: v for k, v in values.items() if v is not None})

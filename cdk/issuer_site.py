@@ -1,8 +1,9 @@
 """The https issuer: a private S3 bucket behind CloudFront (origin access control).
 
 The bucket holds only `/.well-known/jwks.json` and `/.well-known/openid-configuration`,
-written by the JWKS publisher. The token endpoint is served from the same distribution
-(`/token` → the HTTP API) so the issuer and the token endpoint share one origin.
+written by the JWKS publisher. The token and introspection endpoints are served from the
+same distribution (`/token`, `/introspect` → the HTTP API), so the issuer and its
+endpoints share one origin.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 TOKEN_PATH = "/token"
+INTROSPECT_PATH = "/introspect"
+# Paths CloudFront sends to the HTTP API, each with the same uncached, https-only behaviour.
+API_PATHS = (TOKEN_PATH, INTROSPECT_PATH)
 WELL_KNOWN_PREFIX = ".well-known/"
 
 
@@ -75,7 +79,7 @@ class IssuerSite(Construct):
         self.distribution = cloudfront.Distribution(
             self,
             "Distribution",
-            comment="tokex issuer and token endpoint",
+            comment="tokex issuer, token and introspection endpoints",
             default_behavior=cloudfront.BehaviorOptions(
                 origin=origins.S3BucketOrigin.with_origin_access_control(
                     self.bucket,
@@ -87,23 +91,7 @@ class IssuerSite(Construct):
                 response_headers_policy=cloudfront.ResponseHeadersPolicy.SECURITY_HEADERS,
                 compress=True,
             ),
-            additional_behaviors={
-                TOKEN_PATH: cloudfront.BehaviorOptions(
-                    origin=api_origin,
-                    # A POST must never be answered with a redirect to https: by then the
-                    # signed request has crossed the network in clear. Refuse http instead.
-                    viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.HTTPS_ONLY,
-                    allowed_methods=cloudfront.AllowedMethods.ALLOW_ALL,
-                    cache_policy=cloudfront.CachePolicy.CACHING_DISABLED,
-                    origin_request_policy=(
-                        cloudfront.OriginRequestPolicy.ALL_VIEWER_EXCEPT_HOST_HEADER
-                    ),
-                    response_headers_policy=cloudfront.ResponseHeadersPolicy.SECURITY_HEADERS,
-                    # Token responses are small; not compressing them rules out
-                    # compression side channels (BREACH-style) on a secret-bearing body.
-                    compress=False,
-                ),
-            },
+            additional_behaviors={path: _api_behavior(api_origin) for path in API_PATHS},
             domain_names=[domain_name] if domain_name else None,
             certificate=certificate,
             # Only a custom certificate lets us raise the TLS floor; the default
@@ -133,3 +121,26 @@ class IssuerSite(Construct):
                 resources=[self.bucket.arn_for_objects(f"{WELL_KNOWN_PREFIX}*")],
             )
         )
+
+
+def _api_behavior(api_origin: cloudfront.IOrigin) -> cloudfront.BehaviorOptions:
+    """`/token` and `/introspect`: every request reaches the API, whole and over https.
+
+    Caching disabled + ALL_VIEWER_EXCEPT_HOST_HEADER forwards every viewer header but
+    Host, including `Authorization` (introspection's HTTP Basic client credentials):
+    CloudFront lets an origin request policy forward Authorization only when caching is
+    disabled, which is what this behaviour must be anyway.
+    """
+    return cloudfront.BehaviorOptions(
+        origin=api_origin,
+        # A POST must never be answered with a redirect to https: by then the signed
+        # request (or the client secret) has crossed the network in clear. Refuse http.
+        viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.HTTPS_ONLY,
+        allowed_methods=cloudfront.AllowedMethods.ALLOW_ALL,
+        cache_policy=cloudfront.CachePolicy.CACHING_DISABLED,
+        origin_request_policy=cloudfront.OriginRequestPolicy.ALL_VIEWER_EXCEPT_HOST_HEADER,
+        response_headers_policy=cloudfront.ResponseHeadersPolicy.SECURITY_HEADERS,
+        # Token and introspection responses are small; not compressing them rules out
+        # compression side channels (BREACH-style) on a secret-bearing body.
+        compress=False,
+    )

@@ -40,7 +40,7 @@ def _arn_token(stack: Stack, construct: IConstruct) -> str:
 
 
 def acknowledge_findings(stack: TokexStack) -> None:
-    for function in (stack.exchange, stack.publisher):
+    for function in (stack.exchange, stack.introspect, stack.publisher):
         _ack(function.role, "IAM5[Resource::*]", XRAY_REASON)
         _ack(function.function, "L1", RUNTIME_REASON)
 
@@ -77,6 +77,28 @@ def acknowledge_findings(stack: TokexStack) -> None:
             " verifies with STS), so an API Gateway authorizer would need the credentials the"
             " workload is exchanging for. Throttling is on at the stage; ANY only exists so"
             " other methods get the contract's 405.",
+        )
+    for route in ("POST--introspect", "ANY--introspect"):
+        _ack(
+            stack.token_api.api.node.find_child(route),
+            "APIG4",
+            "/introspect authenticates its callers itself, as RFC 7662 section 2.1 requires:"
+            " HTTP Basic client credentials checked against the hashed secrets of the state"
+            " table before the form is read (401 invalid_client otherwise). An API Gateway"
+            " authorizer would be a second copy of that check with the same table. Throttling"
+            " is on at the stage; ANY only exists so other methods get the contract's 405.",
+        )
+
+    if stack.config.instance_tags_role_name and not stack.config.instance_tags_accounts:
+        role_name = stack.config.instance_tags_role_name
+        _ack(
+            stack.exchange.role,
+            f"IAM5[Resource::arn:<AWS::Partition>:iam::*:role/{role_name}]",
+            f"Instance tag lookups assume the role {role_name} in the account of the instance"
+            " presenting evidence, which any account a policy names may be; only the account"
+            " is a wildcard, the role name is exact. Each target account decides by the role's"
+            " trust policy whether the exchange role may assume it. Set instanceTagsAccounts"
+            " to replace the wildcard with exact role ARNs.",
         )
 
     distribution = stack.issuer_site.distribution

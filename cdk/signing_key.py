@@ -9,6 +9,8 @@ principals whose ARN is the exchange role's, so even an account administrator wi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -112,5 +114,29 @@ class SigningKey(Construct):
                 sid="ReadSigningPublicKey",
                 actions=["kms:DescribeKey", "kms:GetPublicKey"],
                 resources=[self.key.key_arn],
+            )
+        )
+
+    def allow_verification(self, role: iam.IRole) -> None:
+        """The introspect function: the public key only (it verifies, never signs)."""
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ReadSigningPublicKey",
+                actions=["kms:GetPublicKey"],
+                resources=[self.key.key_arn],
+            )
+        )
+
+
+def allow_published_keys_read(role: iam.IRole, key_arns: Sequence[str]) -> None:
+    """The publisher and the introspect function: the public keys of the other published
+    keys (next and previous of a rotation). Their key policies must let this account's
+    IAM grant kms:GetPublicKey (the default key policy does)."""
+    if key_arns:
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ReadPublishedPublicKeys",
+                actions=["kms:GetPublicKey"],
+                resources=list(key_arns),
             )
         )

@@ -1,4 +1,4 @@
-"""The HTTP API in front of the exchange: `POST /token` only, throttled, access-logged."""
+"""The HTTP API: `POST /token` (exchange) and `POST /introspect`, throttled, access-logged."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 TOKEN_ROUTE_PATH = "/token"
+INTROSPECT_ROUTE_PATH = "/introspect"
 
 # HTTP API `$context` variables (API Gateway developer guide, "Customizing HTTP API access
 # logs"). No headers, no body: the subject token carries signed AWS credentials.
@@ -64,7 +65,7 @@ class TokenApi(Construct):
             self,
             "Api",
             api_name=f"{Stack.of(self).stack_name}-token",
-            description="tokex token exchange (RFC 8693)",
+            description="tokex token exchange (RFC 8693) and introspection (RFC 7662)",
             create_default_stage=False,
         )
         self.access_logs = logs.LogGroup(self, "AccessLogs", retention=log_retention)
@@ -84,18 +85,22 @@ class TokenApi(Construct):
         return f"{self.api.api_id}.execute-api.{Aws.REGION}.{Aws.URL_SUFFIX}"
 
     def add_token_route(self, handler: lambda_.IFunction) -> None:
-        """`POST /token`, plus `ANY /token` on the same integration so that another method
-        gets the contract's 405 `invalid_request` from the exchange, not API Gateway's 404.
-        (API Gateway picks the most specific route: POST always goes to `POST /token`.)
+        """`POST /token` and `ANY /token` → the exchange."""
+        self._add_post_route(TOKEN_ROUTE_PATH, "Exchange", handler)
+
+    def add_introspect_route(self, handler: lambda_.IFunction) -> None:
+        """`POST /introspect` and `ANY /introspect` → the introspect function."""
+        self._add_post_route(INTROSPECT_ROUTE_PATH, "Introspect", handler)
+
+    def _add_post_route(self, path: str, integration_id: str, handler: lambda_.IFunction) -> None:
+        """`POST <path>`, plus `ANY <path>` on the same integration so that another method
+        gets the contract's 405 `invalid_request` from the function, not API Gateway's 404.
+        (API Gateway picks the most specific route: POST always goes to `POST <path>`.)
         """
         integration = integrations.HttpLambdaIntegration(
-            "Exchange",
+            integration_id,
             handler,
             payload_format_version=apigw.PayloadFormatVersion.VERSION_2_0,
         )
-        self.api.add_routes(
-            path=TOKEN_ROUTE_PATH, methods=[apigw.HttpMethod.POST], integration=integration
-        )
-        self.api.add_routes(
-            path=TOKEN_ROUTE_PATH, methods=[apigw.HttpMethod.ANY], integration=integration
-        )
+        for method in (apigw.HttpMethod.POST, apigw.HttpMethod.ANY):
+            self.api.add_routes(path=path, methods=[method], integration=integration)

@@ -1,14 +1,15 @@
-"""The tokex stack: signing key, policy table, issuer site, token API and functions.
+"""The tokex stack: signing key, policy and state tables, issuer site, API and functions.
 
 The issuer URL is the CloudFront distribution's https domain (or the custom domain from
-context), and `/token` is served by the same distribution, so the issuer and the token
-endpoint share one origin: TOKEX_TOKEN_ENDPOINT = issuer + "/token".
+context), and `/token` and `/introspect` are served by the same distribution, so the
+issuer and its endpoints share one origin: TOKEX_TOKEN_ENDPOINT = issuer + "/token",
+TOKEX_INTROSPECTION_ENDPOINT = issuer + "/introspect".
 
-Why this has no dependency cycle: the distribution's `/token` origin needs only the HTTP
+Why this has no dependency cycle: the distribution's API origin needs only the HTTP
 API's *id* (an `AWS::ApiGatewayV2::Api`, which references nothing), never its routes or
-integration. The chain is therefore one-way:
+integrations. The chain is therefore one-way:
 
-    Api -> Distribution -> exchange Function (TOKEX_ISSUER) -> Integration -> Route
+    Api -> Distribution -> Functions (TOKEX_ISSUER) -> Integrations -> Routes
 
 and CloudFormation creates the distribution before the functions that need its domain.
 """
@@ -20,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import App, CfnOutput, Duration, Stack, Validations
+from aws_cdk import App, Aws, CfnOutput, Duration, Stack, Validations
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
@@ -28,10 +30,11 @@ from constructs import Construct
 from cdk import nag
 from cdk.config import TokexConfig
 from cdk.functions import RUNTIME, JwksPublication, TokexFunction
-from cdk.issuer_site import TOKEN_PATH, IssuerSite
+from cdk.issuer_site import INTROSPECT_PATH, TOKEN_PATH, IssuerSite
 from cdk.layer_bundling import CoreLayer
 from cdk.policy_table import PolicyTable
-from cdk.signing_key import SigningKey
+from cdk.signing_key import SigningKey, allow_published_keys_read
+from cdk.state_table import StateTable
 from cdk.token_api import TokenApi
 
 CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
@@ -59,6 +62,7 @@ class TokexStack(Stack):
             alias_name=f"alias/tokex/{config.stack_name}/signing",
         )
         self.policy_table = PolicyTable(self, "PolicyTable")
+        self.state_table = StateTable(self, "StateTable")
         self.token_api = TokenApi(
             self,
             "TokenApi",
@@ -76,29 +80,40 @@ class TokexStack(Stack):
         )
         self.issuer = self.issuer_site.issuer
         self.token_endpoint = self.issuer + TOKEN_PATH
+        self.introspection_endpoint = self.issuer + INTROSPECT_PATH
         layer = CoreLayer(self, "CoreLayer", runtime=RUNTIME).layer
 
         key_arn = self.signing_key.key.key_arn
-        common = {
+        state_table = self.state_table.table.table_name
+        # One value for every function that needs it: the introspect function rejects
+        # tokens living longer than the cap, so it must be the exchange's cap exactly.
+        ttl_cap = str(config.ttl_cap_seconds)
+        published_key_ids = ",".join(config.published_key_arns)
+        base = {
             "TOKEX_ISSUER": self.issuer,
             "TOKEX_SIGNING_KEY_ID": key_arn,
-            "TOKEX_TOKEN_ENDPOINT": self.token_endpoint,
             "POWERTOOLS_SERVICE_NAME": POWERTOOLS_SERVICE,
             "POWERTOOLS_METRICS_NAMESPACE": POWERTOOLS_SERVICE,
-            # Never put events (subject tokens) or responses (access tokens) in logs/traces.
+            # Never put events (subject tokens, client secrets, tokens to introspect) or
+            # responses (access tokens, claims) in logs/traces.
             "POWERTOOLS_LOGGER_LOG_EVENT": "false",
             "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
             "LOG_LEVEL": config.log_level,
         }
         exchange_env = {
-            **common,
+            **base,
+            "TOKEX_TOKEN_ENDPOINT": self.token_endpoint,
             "TOKEX_POLICY_TABLE": self.policy_table.table.table_name,
+            # Single use of accepted signed requests is on by default (TOKEX_SINGLE_USE).
+            "TOKEX_STATE_TABLE": state_table,
             "TOKEX_STS_PARTITIONS": ",".join(config.sts_partitions),
-            "TOKEX_TTL_CAP_SECONDS": str(config.ttl_cap_seconds),
+            "TOKEX_TTL_CAP_SECONDS": ttl_cap,
             "TOKEX_DEFAULT_TTL_SECONDS": str(config.default_ttl_seconds),
         }
         if config.sts_regions:
             exchange_env["TOKEX_STS_REGIONS"] = ",".join(config.sts_regions)
+        if config.instance_tags_role_name:
+            exchange_env["TOKEX_INSTANCE_TAGS_ROLE_NAME"] = config.instance_tags_role_name
         self.exchange = TokexFunction(
             self,
             "Exchange",
@@ -109,22 +124,51 @@ class TokexStack(Stack):
             timeout=Duration.seconds(10),
             log_retention=LOG_RETENTION,
         )
+        self.introspect = TokexFunction(
+            self,
+            "Introspect",
+            directory="introspect",
+            description="tokex token introspection (RFC 7662): POST /introspect",
+            layer=layer,
+            environment={
+                **base,
+                "TOKEX_PUBLISHED_KEY_IDS": published_key_ids,
+                "TOKEX_STATE_TABLE": state_table,
+                "TOKEX_TTL_CAP_SECONDS": ttl_cap,
+            },
+            timeout=Duration.seconds(10),
+            log_retention=LOG_RETENTION,
+        )
         self.publisher = TokexFunction(
             self,
             "JwksPublisher",
             directory="jwks_publisher",
             description="tokex: publishes the JWKS and discovery documents to S3",
             layer=layer,
-            environment={**common, "TOKEX_JWKS_BUCKET": self.issuer_site.bucket.bucket_name},
+            environment={
+                **base,
+                "TOKEX_TOKEN_ENDPOINT": self.token_endpoint,
+                "TOKEX_INTROSPECTION_ENDPOINT": self.introspection_endpoint,
+                "TOKEX_PUBLISHED_KEY_IDS": published_key_ids,
+                "TOKEX_JWKS_BUCKET": self.issuer_site.bucket.bucket_name,
+            },
             timeout=Duration.seconds(30),
             log_retention=LOG_RETENTION,
         )
 
         self.signing_key.allow_signing(self.exchange.role)
         self.policy_table.allow_read(self.exchange.role)
+        self.state_table.allow_single_use_writes(self.exchange.role)
+        if config.instance_tags_role_name:
+            allow_instance_tag_lookups(self.exchange.role, config)
+        self.signing_key.allow_verification(self.introspect.role)
+        allow_published_keys_read(self.introspect.role, config.published_key_arns)
+        self.state_table.allow_introspection_reads(self.introspect.role)
         self.signing_key.allow_public_key_read(self.publisher.role)
+        allow_published_keys_read(self.publisher.role, config.published_key_arns)
         self.issuer_site.allow_publishing(self.publisher.role)
         self.token_api.add_token_route(self.exchange.function)
+        self.token_api.add_introspect_route(self.introspect.function)
 
         self.jwks_publication = JwksPublication(
             self,
@@ -143,9 +187,26 @@ class TokexStack(Stack):
         outputs = {
             "IssuerUrl": (self.issuer, "The https issuer (iss) of every token"),
             "TokenEndpoint": (self.token_endpoint, "POST RFC 8693 token exchange here"),
+            "IntrospectionEndpoint": (
+                self.introspection_endpoint,
+                "POST RFC 7662 token introspection here (HTTP Basic: tokex clients add)",
+            ),
             "JwksUrl": (self.issuer + "/.well-known/jwks.json", "The issuer's JWKS"),
             "PolicyTableName": (self.policy_table.table.table_name, "tokex policy table"),
+            "StateTableName": (
+                state_table,
+                "tokex state table: introspection clients, revocations, single use",
+            ),
             "SigningKeyArn": (key_arn, "The KMS key that signs tokens"),
+            "DefaultTtlSeconds": (
+                str(config.default_ttl_seconds),
+                "Token lifetime when the policy sets none",
+            ),
+            "TtlCapSeconds": (ttl_cap, "No token lives longer (also Kong's maximum_expiration)"),
+            "ExchangeRoleArn": (
+                self.exchange.role.role_arn,
+                "The exchange's role: what instance-tag roles in other accounts trust",
+            ),
             "DistributionDomainName": (
                 self.issuer_site.distribution.distribution_domain_name,
                 "Point the custom domain's DNS (CNAME/alias) here",
@@ -155,6 +216,29 @@ class TokexStack(Stack):
             CfnOutput(self, output_id, value=value, description=description)
 
         nag.acknowledge_findings(self)
+
+
+def instance_tags_role_arns(config: TokexConfig) -> list[str]:
+    """The roles the exchange may assume to read instance tags: the named role in each
+    listed account, or in any account (`*`) when none is listed."""
+    assert config.instance_tags_role_name
+    accounts = list(dict.fromkeys(config.instance_tags_accounts)) or ["*"]
+    return [
+        f"arn:{Aws.PARTITION}:iam::{account}:role/{config.instance_tags_role_name}"
+        for account in accounts
+    ]
+
+
+def allow_instance_tag_lookups(role: iam.IRole, config: TokexConfig) -> None:
+    """sts:AssumeRole on the instance-tags role (tokex/evidence/ec2_tags.py), nothing else:
+    what the assumed role may do is decided by each target account (ec2:DescribeInstances)."""
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            sid="AssumeInstanceTagsRole",
+            actions=["sts:AssumeRole"],
+            resources=instance_tags_role_arns(config),
+        )
+    )
 
 
 def deploy_nonce(config: TokexConfig) -> str:

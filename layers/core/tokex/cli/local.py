@@ -32,7 +32,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokex.local.provision import DEMO_AUDIENCE, DEMO_ROLE_ARN, DEMO_SCOPES
+    from tokex.local.provision import (
+        DEMO_AUDIENCE,
+        DEMO_INSTANCE_AUDIENCE,
+        DEMO_INSTANCE_ID,
+        DEMO_ROLE_ARN,
+        DEMO_SCOPES,
+    )
     from tokex.local.runner import start_local
 
     # EMF metric lines would only clutter the console: there is no CloudWatch here.
@@ -58,11 +64,15 @@ def run(args: argparse.Namespace) -> int:
   introspection   {issuer}/introspect  (demo client -> {system.introspection_env})
   AWS emulator    {system.deployment.endpoint_url} (moto, SigV4 checks on)
   demo workload   {DEMO_ROLE_ARN}  -> {system.workload_env}
-  demo policy     audience {DEMO_AUDIENCE}, scopes {" ".join(DEMO_SCOPES)}, max TTL 900 s
+  demo policies   audience {DEMO_AUDIENCE}, scopes {" ".join(DEMO_SCOPES)}, max TTL 900 s
+                  audience {DEMO_INSTANCE_AUDIENCE}, needs instance identity evidence
+  demo EC2 IMDS   {system.imds.url} (instance {DEMO_INSTANCE_ID}; local-only certificate)
+  operator        {system.state_dir / "operator.env"} (for tokex policy/clients/revoke)
 
 Try it:
   source {system.workload_env}
   tokex token --endpoint {issuer} --audience {DEMO_AUDIENCE} --scope demo:read
+  tokex token --endpoint {issuer} --audience {DEMO_INSTANCE_AUDIENCE} --instance-identity auto
 
 Introspect a token (RFC 7662):
   source {system.introspection_env}

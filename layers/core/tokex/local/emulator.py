@@ -7,6 +7,7 @@ use moto in process.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -29,6 +30,8 @@ class ThreadMotoServer:
     def __init__(self, port: int = 0) -> None:
         from moto.server import ThreadedMotoServer
 
+        # The emulator's per-request access log would drown tokex's own audit lines.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
         self._server.start()
         host, bound_port = self._server.get_host_and_port()

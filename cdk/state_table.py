@@ -1,0 +1,74 @@
+"""The DynamoDB table of tokex's state: key `id` (S), TTL attribute `expires_at` (N).
+
+Three kinds of item share it, each written by one party only:
+
+- `sig#<sha256>`: the exchange records each accepted signed request (single use), with
+  `expires_at` = the end of the signature's window. Nobody reads them back.
+- `client#<id>`: introspection clients, written by operators (`tokex clients add`), read
+  by the introspect function. No `expires_at`: kept until removed.
+- `revoked-jti#...`, `revoked-principal#...`: revocations, written by operators
+  (`tokex revoke`), read by the introspect function; they expire after the TTL cap.
+
+Introspection clients live here, so the table is retained like the policy table.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+TTL_ATTRIBUTE = "expires_at"
+# tokex/evidence/replay.py writes `sig#<hex sha-256>` items, and nothing else.
+SINGLE_USE_KEY_PATTERN = "sig#*"
+# What introspection reads: its clients (GetItem) and revocations (BatchGetItem).
+INTROSPECT_READ_ACTIONS = ["dynamodb:BatchGetItem", "dynamodb:GetItem"]
+
+
+class StateTable(Construct):
+    def __init__(self, scope: Construct, construct_id: str) -> None:
+        super().__init__(scope, construct_id)
+        self.table = dynamodb.TableV2(
+            self,
+            "Table",
+            partition_key=dynamodb.Attribute(name="id", type=dynamodb.AttributeType.STRING),
+            time_to_live_attribute=TTL_ATTRIBUTE,
+            billing=dynamodb.Billing.on_demand(),
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            encryption=dynamodb.TableEncryptionV2.aws_managed_key(),
+            deletion_protection=True,
+            # It holds the introspection clients (operator data): keep it with the stack gone.
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+
+    def allow_single_use_writes(self, role: iam.IRole) -> None:
+        """The exchange: conditional puts of `sig#...` items, nothing else.
+
+        `dynamodb:LeadingKeys` is the partition key of the item written; with the
+        condition the exchange cannot create, overwrite or shadow a client or a
+        revocation item, even if its code were made to try. (ForAllValues over the one
+        key a PutItem has; StringLike for the prefix.)
+        """
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="RecordSignatureUse",
+                actions=["dynamodb:PutItem"],
+                resources=[self.table.table_arn],
+                conditions={
+                    "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [SINGLE_USE_KEY_PATTERN]}
+                },
+            )
+        )
+
+    def allow_introspection_reads(self, role: iam.IRole) -> None:
+        """The introspect function: read clients and revocations; never write."""
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ReadClientsAndRevocations",
+                actions=INTROSPECT_READ_ACTIONS,
+                resources=[self.table.table_arn],
+            )
+        )
