@@ -297,3 +297,43 @@ def test_explain_agrees_with_evaluate() -> None:
     assert isinstance(refused.error, InvalidTarget)
     assert refused.error.reason == "denied by policy e-deny"
     assert "=> refused (invalid_target): denied by policy e-deny" in refused.render()
+
+
+def test_session_binding_requires_the_instance_profile_session_itself() -> None:
+    policy = Policy.from_document(
+        {
+            "id": "bound",
+            "effect": "allow",
+            "principals": ["arn:aws:iam::123456789012:role/app"],
+            "audiences": ["api"],
+            "instance": {"session_binding": True},
+        }
+    )
+    assert policy.to_document()["instance"]["session_binding"] is True
+    instance = InstanceIdentity(
+        instance_id="i-0123456789abcdef0",
+        account="123456789012",
+        region="us-east-1",
+        availability_zone="us-east-1a",
+        image_id="ami-0123456789abcdef0",
+        instance_type="t4g.micro",
+        variant="rsa2048",
+        certificate="rsa2048/us-east-1",
+        bound=True,
+    )
+    session = CallerIdentity(
+        principal_arn="arn:aws:iam::123456789012:role/app",
+        arn="arn:aws:sts::123456789012:assumed-role/app/i-0123456789abcdef0",
+        account="123456789012",
+        user_id="AROAEXAMPLE:i-0123456789abcdef0",
+        principal_id="AROAEXAMPLE",
+        partition="aws",
+        session_name="i-0123456789abcdef0",
+    )
+    ttl = {"default_ttl": 900, "ttl_cap": 3600}
+    assert evaluate([policy], session, "api", None, instance, **ttl).policy.id == "bound"
+    other_session = dataclasses.replace(session, session_name="ci-job-42")
+    with pytest.raises(InvalidTarget):
+        evaluate([policy], other_session, "api", None, instance, **ttl)
+    with pytest.raises(InvalidTarget):
+        evaluate([policy], session, "api", None, None, **ttl)

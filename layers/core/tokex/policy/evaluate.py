@@ -186,7 +186,7 @@ def _assess(
     if not any(glob_matches(a, audience) for a in policy.audiences):
         return skipped(_AUDIENCE_STAGE, "does not cover the audience", specificity)
     if policy.instance is not None:
-        why_not = _instance_mismatch(policy.instance, instance, tags)
+        why_not = _instance_mismatch(policy.instance, instance, tags, caller)
         if why_not is not None:
             return skipped(_INSTANCE, why_not, specificity)
     detail = f"principal {pattern!r} (literal prefix {specificity})"
@@ -194,7 +194,10 @@ def _assess(
 
 
 def _instance_mismatch(
-    conditions: InstanceConditions, instance: InstanceIdentity | None, tags: _TagMemo
+    conditions: InstanceConditions,
+    instance: InstanceIdentity | None,
+    tags: _TagMemo,
+    caller: CallerIdentity,
 ) -> str | None:
     """None when the conditions hold; otherwise the first one that does not."""
     if not conditions.needs_evidence:
@@ -204,6 +207,10 @@ def _instance_mismatch(
     if not instance.bound:
         # Evidence not bound to the caller proves nothing about the caller (security.md).
         return "requires instance evidence bound to the caller"
+    # Binding already holds the account, and the instance for a session named like one;
+    # session binding makes the instance-profile session itself a requirement.
+    if conditions.session_binding and caller.session_name != instance.instance_id:
+        return "requires the instance's own instance-profile session"
     for name, globs in conditions.attribute_conditions().items():
         value = getattr(instance, _INSTANCE_FIELDS[name])
         if globs and not any(glob_matches(g, value) for g in globs):

@@ -39,7 +39,7 @@ _TAG_VALUE_GLOB = re.compile(r"[A-Za-z0-9 +=._:/@*?-]{0,256}")
 _CLAIM_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 _INSTANCE_ATTRIBUTES = ("regions", "availability_zones", "image_ids", "instance_types", "accounts")
-_INSTANCE_KEYS = frozenset({"required", "tags", *_INSTANCE_ATTRIBUTES})
+_INSTANCE_KEYS = frozenset({"required", "session_binding", "tags", *_INSTANCE_ATTRIBUTES})
 _POLICY_KEYS = frozenset(
     {
         "id", "description", "effect", "principals", "principal_ids", "audiences", "scopes",
@@ -72,11 +72,19 @@ class InstanceConditions:
     instance_types: tuple[str, ...] = ()
     accounts: tuple[str, ...] = ()
     tags: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The caller must be the instance-profile role session of the very instance whose
+    # document it sent (session name = instanceId), not just any identity of the account.
+    session_binding: bool = False
 
     @property
     def needs_evidence(self) -> bool:
         """`required`, or any condition at all, needs bound IMDS evidence to match."""
-        return self.required or bool(self.tags) or any(self.attribute_conditions().values())
+        return (
+            self.required
+            or self.session_binding
+            or bool(self.tags)
+            or any(self.attribute_conditions().values())
+        )
 
     def attribute_conditions(self) -> dict[str, tuple[str, ...]]:
         return {name: getattr(self, name) for name in _INSTANCE_ATTRIBUTES}
@@ -86,6 +94,7 @@ class InstanceConditions:
         doc = _mapping(doc, path)
         _no_unknown_keys(doc, _INSTANCE_KEYS, path)
         required = _bool(doc.get("required", False), f"{path}.required")
+        session_binding = _bool(doc.get("session_binding", False), f"{path}.session_binding")
         attributes = {
             name: _str_list(doc.get(name, []), f"{path}.{name}", _ATTRIBUTE_GLOB, "a glob")
             for name in _INSTANCE_ATTRIBUTES
@@ -98,10 +107,12 @@ class InstanceConditions:
             tags[key] = _str_list(values, where, _TAG_VALUE_GLOB, "a tag value glob")
             if not tags[key]:
                 raise PolicyValidationError(where, "must list at least one value glob")
-        return cls(required=required, tags=tags, **attributes)
+        return cls(required=required, session_binding=session_binding, tags=tags, **attributes)
 
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"required": self.required}
+        if self.session_binding:
+            doc["session_binding"] = True
         doc.update({k: list(v) for k, v in self.attribute_conditions().items() if v})
         if self.tags:
             doc["tags"] = {k: list(v) for k, v in self.tags.items()}
