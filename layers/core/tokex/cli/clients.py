@@ -15,7 +15,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from tokex.cli.deployment import aws_client, describe_aws_error
+from tokex.cli.deployment import aws_client, stack_output
 from tokex.cli.main import CommandError
 
 # cdk/tokex_stack.py names its outputs; this one is the state table.
@@ -64,29 +64,13 @@ def state_table_parent() -> argparse.ArgumentParser:
 
 def resolve_state_table(args: argparse.Namespace) -> tuple[Any, str]:
     """(DynamoDB client, state table name) from --table or --stack."""
-    table = args.table or (args.stack and _stack_output(args, STATE_TABLE_OUTPUT))
+    table = args.table
+    if not table and args.stack:
+        cloudformation = aws_client("cloudformation", args.region, args.endpoint_url)
+        table = stack_output(cloudformation, args.stack, output=STATE_TABLE_OUTPUT)
     if not table:
         raise CommandError("name the deployment with --table NAME or --stack NAME", exit_code=2)
     return aws_client("dynamodb", args.region, args.endpoint_url), table
-
-
-def _stack_output(args: argparse.Namespace, output: str) -> str:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    cloudformation = aws_client("cloudformation", args.region, args.endpoint_url)
-    try:
-        stacks = cloudformation.describe_stacks(StackName=args.stack)["Stacks"]
-    except (ClientError, BotoCoreError) as exc:
-        raise CommandError(
-            f"cannot describe stack {args.stack!r}: {describe_aws_error(exc)}"
-        ) from None
-    outputs = {o.get("OutputKey"): o.get("OutputValue") for o in stacks[0].get("Outputs", [])}
-    if not outputs.get(output):
-        raise CommandError(
-            f"stack {args.stack!r} has no {output} output: is it a tokex stack with "
-            "introspection, and has it finished deploying?"
-        )
-    return str(outputs[output])
 
 
 def store_error(exc: Exception) -> CommandError:

@@ -1,8 +1,9 @@
 """Which deployment an operator command talks to: its region, endpoint and policy table.
 
 The table comes from `--table NAME`, or from `--stack NAME`: the `PolicyTableName` output
-of the CloudFormation stack that `cdk deploy` created (cdk/tokex_stack.py). Credentials
-come from the default AWS credential chain, as for the AWS CLI.
+of the CloudFormation stack that `cdk deploy` created (cdk/tokex_stack.py). Other commands
+read other outputs the same way (`stack_output(..., output="StateTableName")`).
+Credentials come from the default AWS credential chain, as for the AWS CLI.
 """
 
 from __future__ import annotations
@@ -52,12 +53,17 @@ def resolve_deployment(args: argparse.Namespace) -> Deployment:
     if not args.stack:
         raise CommandError("name the deployment with --table NAME or --stack NAME", exit_code=2)
     cloudformation = aws_client("cloudformation", args.region, args.endpoint_url)
-    table = policy_table_from_stack(cloudformation, args.stack)
+    table = stack_output(cloudformation, args.stack, output=POLICY_TABLE_OUTPUT)
     return Deployment(table, args.region, args.endpoint_url, stack=args.stack)
 
 
 def policy_table_from_stack(cloudformation: Any, stack_name: str) -> str:
     """The `PolicyTableName` output of a stack (DescribeStacks)."""
+    return stack_output(cloudformation, stack_name)
+
+
+def stack_output(cloudformation: Any, stack_name: str, output: str = POLICY_TABLE_OUTPUT) -> str:
+    """One output of a tokex stack (DescribeStacks); a CommandError that says why not."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -66,6 +72,7 @@ def policy_table_from_stack(cloudformation: Any, stack_name: str) -> str:
         error = exc.response.get("Error", {})
         if error.get("Code") == "ValidationError" and "does not exist" in error.get("Message", ""):
             raise CommandError(
+                f"cannot describe stack {stack_name!r}: "
                 f"stack {stack_name!r} not found in region {_region(cloudformation)}"
             ) from None
         raise CommandError(
@@ -76,14 +83,14 @@ def policy_table_from_stack(cloudformation: Any, stack_name: str) -> str:
             f"cannot describe stack {stack_name!r}: {describe_aws_error(exc)}"
         ) from None
     outputs = {o.get("OutputKey"): o.get("OutputValue") for o in stacks[0].get("Outputs", [])}
-    table = outputs.get(POLICY_TABLE_OUTPUT)
-    if not table:
+    value = outputs.get(output)
+    if not value:
         status = stacks[0].get("StackStatus", "unknown status")
         raise CommandError(
-            f"stack {stack_name!r} ({status}) has no {POLICY_TABLE_OUTPUT} output: "
-            "is it a tokex stack, and has it finished deploying?"
+            f"stack {stack_name!r} ({status}) has no {output} output: is it a tokex stack "
+            "of this version, and has it finished deploying?"
         )
-    return str(table)
+    return str(value)
 
 
 def aws_client(service: str, region: str | None, endpoint_url: str | None) -> Any:
