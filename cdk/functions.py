@@ -1,8 +1,10 @@
-"""The two Lambda functions, each with its own role, and what triggers the publisher.
+"""The Lambda functions (exchange, introspect, publisher), each with its own role, and what
+triggers the publisher.
 
 Roles are created here with no managed policy: every permission a function has is a
-statement added by the construct that owns the resource (signing key, policy table,
-issuer bucket), plus writing to its own log group and X-Ray tracing.
+statement added by the construct that owns the resource (signing key, tables, issuer
+bucket) or, for instance tag lookups, by the stack; plus writing to its own log group
+and X-Ray tracing.
 """
 
 from __future__ import annotations

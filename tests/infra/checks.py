@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, cast
 
 from aws_cdk.assertions import Match, Template
 
@@ -36,13 +36,15 @@ CRYPTO_ACTIONS = (
     "kms:GenerateDataKey",
     "kms:GenerateMac",
 )
+# The only items the exchange may write to the state table (tokex/evidence/replay.py).
+SINGLE_USE_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["sig#*"]}}
 
 
 # --- helpers --------------------------------------------------------------------------
 
 
 def raw(template: Template) -> dict[str, Any]:
-    return template.to_json()
+    return cast(dict[str, Any], template.to_json())
 
 
 def logical_id(template: Template, path: str) -> str:
@@ -190,12 +192,60 @@ def check_no_dependency_cycle(template: Template) -> None:
 def check_issuer_wiring(template: Template, *, issuer: Any) -> None:
     """The issuer reaches the functions; the API itself never depends on a function."""
     api = logical_id(template, "TokenApi/Api")
-    for fn in ("Exchange/Function", "JwksPublisher/Function"):
+    for fn in ("Exchange/Function", "Introspect/Function", "JwksPublisher/Function"):
         assert not depends_on(template, api, logical_id(template, fn))
-        env = resource(template, fn)["Properties"]["Environment"]["Variables"]
+        env = _env(template, fn)
         assert env["TOKEX_ISSUER"] == issuer
-        assert env["TOKEX_TOKEN_ENDPOINT"] == _append(issuer, "/token")
         assert env["TOKEX_SIGNING_KEY_ID"] == arn_of(template, "SigningKey/Key")
+    for fn in ("Exchange/Function", "JwksPublisher/Function"):
+        assert _env(template, fn)["TOKEX_TOKEN_ENDPOINT"] == _append(issuer, "/token")
+    # Discovery lists the introspection endpoint (the publisher writes it).
+    publisher = _env(template, "JwksPublisher/Function")
+    assert publisher["TOKEX_INTROSPECTION_ENDPOINT"] == _append(issuer, "/introspect")
+
+
+def _env(template: Template, function_path: str) -> dict[str, Any]:
+    variables: dict[str, Any] = resource(template, function_path)["Properties"]["Environment"][
+        "Variables"
+    ]
+    return variables
+
+
+def published_key_ids(keys: tuple[str, ...]) -> str:
+    return ",".join(keys)
+
+
+@check
+def check_introspection_wiring(
+    template: Template,
+    *,
+    issuer: Any,
+    ttl_cap: int = 3600,
+    published_keys: tuple[str, ...] = (),
+) -> None:
+    """The introspect function's exact environment; the state table reaches the exchange
+    (single use on) and introspection; both use the same TTL cap and published keys as
+    the exchange and the publisher."""
+    state_table = ref(template, "StateTable/Table")
+    assert _env(template, "Introspect/Function") == {
+        "TOKEX_ISSUER": issuer,
+        "TOKEX_SIGNING_KEY_ID": arn_of(template, "SigningKey/Key"),
+        "TOKEX_PUBLISHED_KEY_IDS": published_key_ids(published_keys),
+        "TOKEX_STATE_TABLE": state_table,
+        "TOKEX_TTL_CAP_SECONDS": str(ttl_cap),
+        "POWERTOOLS_SERVICE_NAME": "tokex",
+        "POWERTOOLS_METRICS_NAMESPACE": "tokex",
+        "POWERTOOLS_LOGGER_LOG_EVENT": "false",
+        "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
+        "LOG_LEVEL": "INFO",
+    }
+    exchange = _env(template, "Exchange/Function")
+    assert exchange["TOKEX_STATE_TABLE"] == state_table
+    # Single use is on unless TOKEX_SINGLE_USE=false: nothing may switch it off.
+    assert "TOKEX_SINGLE_USE" not in exchange
+    assert exchange["TOKEX_TTL_CAP_SECONDS"] == str(ttl_cap)
+    publisher = _env(template, "JwksPublisher/Function")
+    assert publisher["TOKEX_PUBLISHED_KEY_IDS"] == published_key_ids(published_keys)
 
 
 def _append(value: Any, suffix: str) -> Any:
@@ -257,10 +307,21 @@ def _glob_match(pattern: str, action: str) -> bool:
     return pattern == action
 
 
+def instance_tags_role_arn(account: str, role_name: str) -> dict[str, Any]:
+    return {
+        "Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, f":iam::{account}:role/{role_name}"]]
+    }
+
+
 @check
-def check_exchange_permissions(template: Template, *, key_spec: str) -> None:
-    """Exactly: write its logs, X-Ray, sign with (and read) the key, read the table."""
+def check_exchange_permissions(
+    template: Template, *, key_spec: str, instance_tags_roles: tuple[Any, ...] = ()
+) -> None:
+    """Exactly: write its logs, X-Ray, sign with (and read) the key, read the policy table,
+    put `sig#` items (only) in the state table, and assume the instance-tags roles (only
+    when configured)."""
     key, table = arn_of(template, "SigningKey/Key"), arn_of(template, "PolicyTable/Table")
+    state = arn_of(template, "StateTable/Table")
     logs = arn_of(template, "Exchange/Logs")
     sign_condition = {
         "StringEquals": {
@@ -278,6 +339,8 @@ def check_exchange_permissions(template: Template, *, key_spec: str) -> None:
         _grant("dynamodb:GetItem", table),
         _grant("dynamodb:Query", table),
         _grant("dynamodb:Scan", table),
+        _grant("dynamodb:PutItem", state, SINGLE_USE_CONDITION),
+        *(_grant("sts:AssumeRole", role) for role in instance_tags_roles),
     }
     actual = grants(role_statements(template, "Exchange/Role"))
     assert actual == expected, (
@@ -287,8 +350,35 @@ def check_exchange_permissions(template: Template, *, key_spec: str) -> None:
 
 
 @check
-def check_publisher_permissions(template: Template) -> None:
-    """Exactly: write its logs, X-Ray, read the public key, publish under .well-known/."""
+def check_introspect_permissions(
+    template: Template, *, published_keys: tuple[str, ...] = ()
+) -> None:
+    """Exactly: write its logs, X-Ray, read the public keys (never sign), and read clients
+    and revocations from the state table (never write, never another table)."""
+    key, logs = arn_of(template, "SigningKey/Key"), arn_of(template, "Introspect/Logs")
+    state = arn_of(template, "StateTable/Table")
+    expected = {
+        _grant("logs:CreateLogStream", logs),
+        _grant("logs:PutLogEvents", logs),
+        _grant("xray:PutTraceSegments", "*"),
+        _grant("xray:PutTelemetryRecords", "*"),
+        _grant("kms:GetPublicKey", key),
+        *(_grant("kms:GetPublicKey", arn) for arn in published_keys),
+        _grant("dynamodb:GetItem", state),
+        _grant("dynamodb:BatchGetItem", state),
+    }
+    actual = grants(role_statements(template, "Introspect/Role"))
+    assert actual == expected, (
+        f"introspect role: extra {actual - expected}, missing {expected - actual}"
+    )
+    _check_lambda_trust(template, "Introspect/Role")
+
+
+@check
+def check_publisher_permissions(
+    template: Template, *, published_keys: tuple[str, ...] = ()
+) -> None:
+    """Exactly: write its logs, X-Ray, read the public keys, publish under .well-known/."""
     key, logs = arn_of(template, "SigningKey/Key"), arn_of(template, "JwksPublisher/Logs")
     well_known = {"Fn::Join": ["", [arn_of(template, "IssuerSite/Documents"), "/.well-known/*"]]}
     expected = {
@@ -298,6 +388,7 @@ def check_publisher_permissions(template: Template) -> None:
         _grant("xray:PutTelemetryRecords", "*"),
         _grant("kms:DescribeKey", key),
         _grant("kms:GetPublicKey", key),
+        *(_grant("kms:GetPublicKey", arn) for arn in published_keys),
         _grant("s3:GetObject", well_known),
         _grant("s3:PutObject", well_known),
     }
@@ -444,19 +535,23 @@ def check_distribution(template: Template) -> None:
     assert default["ResponseHeadersPolicyId"] == SECURITY_HEADERS
 
     behaviors = config["CacheBehaviors"]
-    assert [b["PathPattern"] for b in behaviors] == ["/token"]
-    token = behaviors[0]
-    assert token["ViewerProtocolPolicy"] == "https-only"
-    assert "POST" in token["AllowedMethods"]
-    assert token["CachePolicyId"] == CACHING_DISABLED
-    assert token["OriginRequestPolicyId"] == ALL_VIEWER_EXCEPT_HOST_HEADER
-    assert token["ResponseHeadersPolicyId"] == SECURITY_HEADERS
-    api_origin = origins[token["TargetOriginId"]]
-    assert api_origin["CustomOriginConfig"] == {
-        "OriginProtocolPolicy": "https-only",
-        "OriginSSLProtocols": ["TLSv1.2"],
-    }
-    assert api_origin["DomainName"]["Fn::Join"][1][0] == ref(template, "TokenApi/Api")
+    assert [b["PathPattern"] for b in behaviors] == ["/token", "/introspect"]
+    for behavior in behaviors:
+        # https only (a POST is refused on http, never redirected), every method reaches
+        # the API, nothing cached. Caching disabled + ALL_VIEWER_EXCEPT_HOST_HEADER is
+        # also what forwards `Authorization` (introspection's client credentials).
+        assert behavior["ViewerProtocolPolicy"] == "https-only"
+        assert "POST" in behavior["AllowedMethods"]
+        assert behavior["CachePolicyId"] == CACHING_DISABLED
+        assert behavior["OriginRequestPolicyId"] == ALL_VIEWER_EXCEPT_HOST_HEADER
+        assert behavior["ResponseHeadersPolicyId"] == SECURITY_HEADERS
+        assert behavior["Compress"] is False
+        api_origin = origins[behavior["TargetOriginId"]]
+        assert api_origin["CustomOriginConfig"] == {
+            "OriginProtocolPolicy": "https-only",
+            "OriginSSLProtocols": ["TLSv1.2"],
+        }
+        assert api_origin["DomainName"]["Fn::Join"][1][0] == ref(template, "TokenApi/Api")
     assert config["Logging"]["Bucket"] == {
         "Fn::GetAtt": [logical_id(template, "IssuerSite/AccessLogs"), "RegionalDomainName"]
     }
@@ -478,7 +573,7 @@ def check_custom_domain(template: Template, *, domain: str, certificate_arn: str
 def check_functions(template: Template) -> None:
     """Current Python runtime on arm64, X-Ray active, own log group with retention, layer."""
     layer = ref(template, "CoreLayer/Layer")
-    for name, timeout in (("Exchange", 10), ("JwksPublisher", 30)):
+    for name, timeout in (("Exchange", 10), ("Introspect", 10), ("JwksPublisher", 30)):
         props = resource(template, f"{name}/Function")["Properties"]
         assert props["Runtime"] == RUNTIME
         assert props["Architectures"] == ["arm64"]
@@ -515,28 +610,31 @@ def check_token_api(template: Template, *, rate: int = 50, burst: int = 100) -> 
         for r in raw(template)["Resources"].values()
         if r["Type"] == "AWS::ApiGatewayV2::Route"
     }
-    assert set(routes) == {"POST /token", "ANY /token"}, f"routes: {sorted(routes)}"
-    integrations = [
-        r["Properties"]
-        for r in raw(template)["Resources"].values()
-        if r["Type"] == "AWS::ApiGatewayV2::Integration"
-    ]
-    assert integrations == [
-        {
-            "ApiId": api,
-            "IntegrationType": "AWS_PROXY",
-            "IntegrationUri": arn_of(template, "Exchange/Function"),
-            "PayloadFormatVersion": "2.0",
-        }
-    ]
-    integration_id = next(
-        lid
+    expected_routes = {
+        "POST /token": "Exchange",
+        "ANY /token": "Exchange",
+        "POST /introspect": "Introspect",
+        "ANY /introspect": "Introspect",
+    }
+    assert set(routes) == set(expected_routes), f"routes: {sorted(routes)}"
+    integrations = {
+        lid: r["Properties"]
         for lid, r in raw(template)["Resources"].items()
         if r["Type"] == "AWS::ApiGatewayV2::Integration"
-    )
-    for route in routes.values():
+    }
+    assert len(integrations) == 2, f"integrations: {sorted(integrations)}"
+    for route_key, function in expected_routes.items():
+        route = routes[route_key]
         assert route["ApiId"] == api
-        assert route["Target"] == {"Fn::Join": ["", ["integrations/", {"Ref": integration_id}]]}
+        assert route.get("AuthorizationType", "NONE") == "NONE"
+        target = route["Target"]["Fn::Join"]
+        assert target[0] == "" and target[1][0] == "integrations/", route_key
+        assert integrations[target[1][1]["Ref"]] == {
+            "ApiId": api,
+            "IntegrationType": "AWS_PROXY",
+            "IntegrationUri": arn_of(template, f"{function}/Function"),
+            "PayloadFormatVersion": "2.0",
+        }, f"{route_key} does not go to the {function} function"
     stage = resource(template, "TokenApi/DefaultStage")["Properties"]
     assert stage["StageName"] == "$default" and stage["AutoDeploy"] is True
     assert stage["DefaultRouteSettings"] == {
@@ -567,6 +665,33 @@ def check_policy_table(template: Template) -> None:
 
 
 @check
+def check_state_table(template: Template) -> None:
+    """On-demand, PITR, encrypted, key `id` (S), TTL on `expires_at`, retained (it holds
+    the introspection clients)."""
+    table = resource(template, "StateTable/Table")
+    assert table["Type"] == "AWS::DynamoDB::GlobalTable"
+    assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain"
+    props = table["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert props["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    assert props["Replicas"], "no replica"
+    for replica in props["Replicas"]:
+        assert replica["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+        assert replica["DeletionProtectionEnabled"] is True
+
+
+@check
+def check_instance_tag_lookups(template: Template, *, role_name: str | None) -> None:
+    """The exchange knows the instance-tags role name exactly when it is configured (its
+    sts:AssumeRole grant is in check_exchange_permissions)."""
+    exchange = _env(template, "Exchange/Function")
+    assert exchange.get("TOKEX_INSTANCE_TAGS_ROLE_NAME") == role_name
+
+
+@check
 def check_jwks_publication(template: Template, *, nonce: str) -> None:
     """Hourly schedule and a custom resource that changes on every deploy."""
     publisher = arn_of(template, "JwksPublisher/Function")
@@ -590,12 +715,23 @@ def check_jwks_publication(template: Template, *, nonce: str) -> None:
 
 
 @check
-def check_outputs(template: Template, *, issuer: Any) -> None:
+def check_outputs(
+    template: Template, *, issuer: Any, default_ttl: int = 900, ttl_cap: int = 3600
+) -> None:
     template.has_output("IssuerUrl", {"Value": issuer})
     template.has_output("TokenEndpoint", {"Value": _append(issuer, "/token")})
     template.has_output("JwksUrl", {"Value": _append(issuer, "/.well-known/jwks.json")})
     template.has_output("PolicyTableName", {"Value": ref(template, "PolicyTable/Table")})
     template.has_output("SigningKeyArn", {"Value": arn_of(template, "SigningKey/Key")})
+    template.has_output("IntrospectionEndpoint", {"Value": _append(issuer, "/introspect")})
+    template.has_output("StateTableName", {"Value": ref(template, "StateTable/Table")})
+    template.has_output("DefaultTtlSeconds", {"Value": str(default_ttl)})
+    template.has_output("TtlCapSeconds", {"Value": str(ttl_cap)})
+    template.has_output("ExchangeRoleArn", {"Value": arn_of(template, "Exchange/Role")})
+    # `tokex policy explain --stack` reads the outputs: they must be the functions' values.
+    exchange = _env(template, "Exchange/Function")
+    assert exchange["TOKEX_DEFAULT_TTL_SECONDS"] == str(default_ttl)
+    assert exchange["TOKEX_TTL_CAP_SECONDS"] == str(ttl_cap)
 
 
 @check
@@ -604,9 +740,11 @@ def check_all_default(template: Template, *, nonce: str) -> None:
     issuer = default_issuer(template)
     check_no_dependency_cycle(template)
     check_issuer_wiring(template, issuer=issuer)
+    check_introspection_wiring(template, issuer=issuer)
     check_signing_key(template, key_spec="RSA_2048")
     check_key_policy(template, key_spec="RSA_2048")
     check_exchange_permissions(template, key_spec="RSA_2048")
+    check_introspect_permissions(template)
     check_publisher_permissions(template)
     check_documents_bucket(template)
     check_log_bucket(template)
@@ -614,5 +752,7 @@ def check_all_default(template: Template, *, nonce: str) -> None:
     check_functions(template)
     check_token_api(template)
     check_policy_table(template)
+    check_state_table(template)
+    check_instance_tag_lookups(template, role_name=None)
     check_jwks_publication(template, nonce=nonce)
     check_outputs(template, issuer=issuer)

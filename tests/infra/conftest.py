@@ -1,10 +1,12 @@
 """Synthesize the CDK app offline, once per session per configuration.
 
-Two apps are synthesized: the default deployment (cdk.json context) and an alternate one
-(ECC key, custom domain, WAF, STS regions). Each synth runs cdk-nag, so a finding without
-an acknowledgment fails every infra test. The layer bundle comes from the bundler's cache
-(`~/.cache/tokex/cdk-layer`, or `TOKEX_LAYER_CACHE_DIR`): only the first run after a change
-to the core library or its dependencies runs pip.
+Three apps are synthesized: the default deployment (cdk.json context), an alternate one
+(ECC key, custom domain, WAF, STS regions, TTLs, a second published key, instance tag
+lookups in any account) and one with instance tag lookups in listed accounts only. Each
+synth runs cdk-nag, so a finding without an acknowledgment fails every infra test. The
+layer bundle comes from the bundler's cache (`~/.cache/tokex/cdk-layer`, or
+`TOKEX_LAYER_CACHE_DIR`): only the first run after a change to the core library or its
+dependencies runs pip.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 TEST_NONCE = "infra-test-nonce"
-ALTERNATE_CONTEXT = {
+ALTERNATE_CONTEXT: dict[str, Any] = {
     "signingKeySpec": "ECC_NIST_P256",
     "domainName": "auth.example.com",
     "certificateArn": (
@@ -40,6 +42,16 @@ ALTERNATE_CONTEXT = {
     "stsRegions": "eu-west-1,us-east-1",
     "throttleRateLimit": 20,
     "throttleBurstLimit": 40,
+    "publishedKeyArns": (
+        "arn:aws:kms:eu-west-1:123456789012:key/abcdef01-2345-6789-abcd-ef0123456789"
+    ),
+    "instanceTagsRoleName": "tokex/tokex-instance-tags",
+    "ttlCapSeconds": 7200,
+    "defaultTtlSeconds": 600,
+}
+ACCOUNTS_CONTEXT: dict[str, Any] = {
+    "instanceTagsRoleName": "tokex-instance-tags",
+    "instanceTagsAccounts": "111111111111,222222222222",
 }
 
 
@@ -95,3 +107,8 @@ def default_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
 @pytest.fixture(scope="session")
 def alternate_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
     return synthesize(tmp_path_factory.mktemp("cdk-alternate"), ALTERNATE_CONTEXT)
+
+
+@pytest.fixture(scope="session")
+def accounts_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    return synthesize(tmp_path_factory.mktemp("cdk-accounts"), ACCOUNTS_CONTEXT)

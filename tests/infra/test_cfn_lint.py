@@ -24,11 +24,14 @@ def _cfn_lint() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("cfn-lint")
 
 
-def test_cfn_lint_is_clean(default_synth: Synthesized, alternate_synth: Synthesized) -> None:
+def test_cfn_lint_is_clean(
+    default_synth: Synthesized, alternate_synth: Synthesized, accounts_synth: Synthesized
+) -> None:
     cfn_lint = _cfn_lint()
     if cfn_lint is None:
         pytest.skip("cfn-lint is not installed (pip install cfn-lint, or the dev extra)")
-    templates = [str(default_synth.template_path), str(alternate_synth.template_path)]
+    synths = (default_synth, alternate_synth, accounts_synth)
+    templates = [str(synth.template_path) for synth in synths]
     result = subprocess.run(
         [cfn_lint, "--ignore-checks", "W3005", "--", *templates],
         capture_output=True,

@@ -36,6 +36,17 @@ def test_ecc_and_custom_domain_from_context() -> None:
     assert config.sts_regions == ("eu-west-1", "us-east-1")
 
 
+def test_published_keys_and_instance_tags_from_context() -> None:
+    next_key = "arn:aws:kms:eu-west-1:123456789012:key/mrk-0123456789abcdef0123456789abcdef"
+    config = config_from(
+        {"publishedKeyArns": [next_key], "instanceTagsRoleName": "tokex/tags",
+         "instanceTagsAccounts": "111111111111, 222222222222"}
+    )  # fmt: skip
+    assert config.published_key_arns == (next_key,)
+    assert config.instance_tags_role_name == "tokex/tags"
+    assert config.instance_tags_accounts == ("111111111111", "222222222222")
+
+
 @pytest.mark.parametrize(
     ("context", "message"),
     [
@@ -60,6 +71,16 @@ def test_ecc_and_custom_domain_from_context() -> None:
         ({"logLevel": "TRACE"}, "logLevel"),
         ({"webAclArn": "arn:aws:wafv2:eu-west-1:123456789012:regional/webacl/x/y"}, "webAclArn"),
         ({"stackName": "9lives"}, "stackName"),
+        ({"publishedKeyArns": "alias/tokex/next"}, "publishedKeyArns"),
+        ({"publishedKeyArns": CERT}, "publishedKeyArns"),
+        ({"instanceTagsRoleName": "role/with space"}, "instanceTagsRoleName"),
+        ({"instanceTagsRoleName": "a" * 65}, "instanceTagsRoleName"),
+        ({"instanceTagsAccounts": "123456789012"}, "needs instanceTagsRoleName"),
+        (
+            {"instanceTagsRoleName": "tokex-tags", "instanceTagsAccounts": "12345678901"},
+            "instanceTagsAccounts",
+        ),
+        ({"instanceTagsRoleName": "tokex-tags", "instanceTagsAccounts": "*"}, "account id"),
     ],
 )
 def test_invalid_context_is_refused(context: dict[str, Any], message: str) -> None:

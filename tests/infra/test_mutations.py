@@ -14,7 +14,7 @@ import pytest
 from aws_cdk.assertions import Template
 
 from tests.infra import checks
-from tests.infra.conftest import TEST_NONCE, Synthesized
+from tests.infra.conftest import ACCOUNTS_CONTEXT, ALTERNATE_CONTEXT, TEST_NONCE, Synthesized
 
 pytestmark = pytest.mark.infra
 
@@ -101,6 +101,75 @@ def _table_write(raw: Raw) -> None:
     _extra_statement("Exchange/Role", "dynamodb:PutItem", table)(raw)
 
 
+def _on_table(role: str, table: str, action: str) -> Callable[[Raw], None]:
+    """An extra grant of `action` on one of our tables."""
+
+    def mutate(raw: Raw) -> None:
+        arn = checks.arn_of(Template.from_json(raw), f"{table}/Table")
+        _extra_statement(role, action, arn)(raw)
+
+    return mutate
+
+
+def _on_key(role: str, action: str) -> Callable[[Raw], None]:
+    def mutate(raw: Raw) -> None:
+        arn = checks.arn_of(Template.from_json(raw), "SigningKey/Key")
+        _extra_statement(role, action, arn)(raw)
+
+    return mutate
+
+
+def _statement(raw: Raw, role: str, sid: str) -> dict[str, Any]:
+    found = [s for s in _policy(raw, role) if s.get("Sid") == sid]
+    assert len(found) == 1, f"{role}: no statement {sid}"
+    return found[0]
+
+
+def _drop_statement(role: str, sid: str) -> Callable[[Raw], None]:
+    def mutate(raw: Raw) -> None:
+        _policy(raw, role).remove(_statement(raw, role, sid))
+
+    return mutate
+
+
+def _single_use(raw: Raw) -> dict[str, Any]:
+    return _statement(raw, "Exchange/Role", "RecordSignatureUse")
+
+
+def _route(raw: Raw, route_key: str) -> str:
+    found = [
+        lid
+        for lid, r in raw["Resources"].items()
+        if r["Type"] == "AWS::ApiGatewayV2::Route" and r["Properties"]["RouteKey"] == route_key
+    ]
+    assert len(found) == 1, route_key
+    return found[0]
+
+
+def _delete_route(route_key: str) -> Callable[[Raw], None]:
+    def mutate(raw: Raw) -> None:
+        del raw["Resources"][_route(raw, route_key)]
+
+    return mutate
+
+
+def _retarget(route_key: str, to_route: str) -> Callable[[Raw], None]:
+    """Point one route at the integration of another."""
+
+    def mutate(raw: Raw) -> None:
+        target = raw["Resources"][_route(raw, to_route)]["Properties"]["Target"]
+        raw["Resources"][_route(raw, route_key)]["Properties"]["Target"] = copy.deepcopy(target)
+
+    return mutate
+
+
+def _role_resource(value: Any) -> Callable[[Raw], None]:
+    def mutate(raw: Raw) -> None:
+        _statement(raw, "Exchange/Role", "AssumeInstanceTagsRole")["Resource"] = value
+
+    return mutate
+
+
 RSA = "RSA_2048"
 key_spec = partial(checks.check_signing_key, key_spec=RSA)
 key_policy = partial(checks.check_key_policy, key_spec=RSA)
@@ -114,8 +183,19 @@ table = checks.check_policy_table
 publication = partial(checks.check_jwks_publication, nonce=TEST_NONCE)
 
 
+introspect = checks.check_introspect_permissions
+state = checks.check_state_table
+no_tags = partial(checks.check_instance_tag_lookups, role_name=None)
+
+
 def outputs(template: Template) -> None:
     checks.check_outputs(template, issuer=checks.default_issuer(template))
+
+
+def wiring(template: Template) -> None:
+    issuer = checks.default_issuer(template)
+    checks.check_issuer_wiring(template, issuer=issuer)
+    checks.check_introspection_wiring(template, issuer=issuer)
 
 
 def key_props(r: Raw) -> dict[str, Any]:
@@ -132,6 +212,16 @@ def stage_props(r: Raw) -> dict[str, Any]:
 
 def token_behavior(r: Raw) -> dict[str, Any]:
     return _distribution(r)["CacheBehaviors"][0]
+
+
+def introspect_behavior(r: Raw) -> dict[str, Any]:
+    behavior = _distribution(r)["CacheBehaviors"][1]
+    assert behavior["PathPattern"] == "/introspect"
+    return behavior
+
+
+def state_props(r: Raw) -> dict[str, Any]:
+    return _props(r, "StateTable/Table")
 
 
 def default_behavior(r: Raw) -> dict[str, Any]:
@@ -268,6 +358,327 @@ MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] =
     ("no schedule", lambda r: _delete_type(r, "AWS::Events::Rule"), publication),
     ("no deploy publish", lambda r: _delete_type(r, "Custom::TokexJwks"), publication),
     ("no output", lambda r: r["Outputs"].pop("JwksUrl"), outputs),
+    # --- the state table and single use --------------------------------------------------
+    ("state table no TTL", _set(state_props, "TimeToLiveSpecification", _DELETE), state),
+    (
+        "state TTL attribute",
+        lambda r: state_props(r)["TimeToLiveSpecification"].update(AttributeName="ttl"),
+        state,
+    ),
+    (
+        "state TTL off",
+        lambda r: state_props(r)["TimeToLiveSpecification"].update(Enabled=False),
+        state,
+    ),
+    (
+        "state no PITR",
+        lambda r: state_props(r)["Replicas"][0].update(
+            PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": False}
+        ),
+        state,
+    ),
+    (
+        "state deletable",
+        _set(lambda r: _res(r, "StateTable/Table"), "DeletionPolicy", "Delete"),
+        state,
+    ),
+    (
+        "state replaced away",
+        _set(lambda r: _res(r, "StateTable/Table"), "UpdateReplacePolicy", "Delete"),
+        state,
+    ),
+    ("state provisioned", _set(state_props, "BillingMode", "PROVISIONED"), state),
+    (
+        "state unencrypted",
+        lambda r: state_props(r)["SSESpecification"].update(SSEEnabled=False),
+        state,
+    ),
+    (
+        "single use without leading keys",
+        lambda r: _single_use(r).pop("Condition"),
+        exchange,
+    ),
+    (
+        "single use any key",
+        lambda r: _single_use(r)["Condition"]["ForAllValues:StringLike"].update(
+            {"dynamodb:LeadingKeys": ["*"]}
+        ),
+        exchange,
+    ),
+    (
+        "single use writes clients",
+        lambda r: _single_use(r)["Condition"]["ForAllValues:StringLike"][
+            "dynamodb:LeadingKeys"
+        ].append("client#*"),
+        exchange,
+    ),
+    (
+        "single use ForAnyValue",
+        lambda r: _single_use(r).update(
+            Condition={"ForAnyValue:StringLike": {"dynamodb:LeadingKeys": ["sig#*"]}}
+        ),
+        exchange,
+    ),
+    (
+        "exchange updates state",
+        _on_table("Exchange/Role", "StateTable", "dynamodb:UpdateItem"),
+        exchange,
+    ),
+    (
+        "exchange reads state",
+        _on_table("Exchange/Role", "StateTable", "dynamodb:GetItem"),
+        exchange,
+    ),
+    (
+        "exchange deletes state",
+        _on_table("Exchange/Role", "StateTable", "dynamodb:DeleteItem"),
+        exchange,
+    ),
+    (
+        "exchange no single use grant",
+        _drop_statement("Exchange/Role", "RecordSignatureUse"),
+        exchange,
+    ),
+    (
+        "single use off (no table)",
+        _set(lambda r: _env(r, "Exchange"), "TOKEX_STATE_TABLE", _DELETE),
+        wiring,
+    ),
+    (
+        "single use off (flag)",
+        _set(lambda r: _env(r, "Exchange"), "TOKEX_SINGLE_USE", "false"),
+        wiring,
+    ),
+    ("exchange assumes roles", _extra_statement("Exchange/Role", "sts:AssumeRole"), exchange),
+    (
+        "exchange told a tags role",
+        _set(lambda r: _env(r, "Exchange"), "TOKEX_INSTANCE_TAGS_ROLE_NAME", "x"),
+        no_tags,
+    ),
+    # --- the introspect function ------------------------------------------------------
+    ("introspect signs", _on_key("Introspect/Role", "kms:Sign"), introspect),
+    ("introspect decrypts", _on_key("Introspect/Role", "kms:Decrypt"), introspect),
+    ("introspect any key", _extra_statement("Introspect/Role", "kms:GetPublicKey"), introspect),
+    (
+        "introspect writes state",
+        _on_table("Introspect/Role", "StateTable", "dynamodb:PutItem"),
+        introspect,
+    ),
+    (
+        "introspect deletes state",
+        _on_table("Introspect/Role", "StateTable", "dynamodb:DeleteItem"),
+        introspect,
+    ),
+    (
+        "introspect scans state",
+        _on_table("Introspect/Role", "StateTable", "dynamodb:Scan"),
+        introspect,
+    ),
+    (
+        "introspect reads policies",
+        _on_table("Introspect/Role", "PolicyTable", "dynamodb:GetItem"),
+        introspect,
+    ),
+    (
+        "introspect reads any table",
+        _extra_statement("Introspect/Role", "dynamodb:GetItem"),
+        introspect,
+    ),
+    (
+        "introspect no reads",
+        _drop_statement("Introspect/Role", "ReadClientsAndRevocations"),
+        introspect,
+    ),
+    (
+        "introspect admin",
+        _set(
+            lambda r: _props(r, "Introspect/Role"),
+            "ManagedPolicyArns",
+            ["arn:aws:iam::aws:policy/AdministratorAccess"],
+        ),
+        introspect,
+    ),
+    (
+        "introspect x86",
+        _set(lambda r: _props(r, "Introspect/Function"), "Architectures", ["x86_64"]),
+        functions,
+    ),
+    (
+        "introspect no tracing",
+        _set(lambda r: _props(r, "Introspect/Function"), "TracingConfig", _DELETE),
+        functions,
+    ),
+    (
+        "introspect logs forever",
+        _set(lambda r: _props(r, "Introspect/Logs"), "RetentionInDays", _DELETE),
+        functions,
+    ),
+    (
+        "introspect without layer",
+        _set(lambda r: _props(r, "Introspect/Function"), "Layers", _DELETE),
+        functions,
+    ),
+    (
+        "introspect events logged",
+        _set(lambda r: _env(r, "Introspect"), "POWERTOOLS_LOGGER_LOG_EVENT", "true"),
+        wiring,
+    ),
+    (
+        "introspect responses traced",
+        _set(lambda r: _env(r, "Introspect"), "POWERTOOLS_TRACER_CAPTURE_RESPONSE", _DELETE),
+        wiring,
+    ),
+    (
+        "introspect longer TTL cap",
+        _set(lambda r: _env(r, "Introspect"), "TOKEX_TTL_CAP_SECONDS", "7200"),
+        wiring,
+    ),
+    (
+        "introspect other published keys",
+        _set(
+            lambda r: _env(r, "Introspect"),
+            "TOKEX_PUBLISHED_KEY_IDS",
+            "arn:aws:kms:eu-west-1:123456789012:key/abcdef01-2345-6789-abcd-ef0123456789",
+        ),
+        wiring,
+    ),
+    (
+        "introspect other issuer",
+        _set(lambda r: _env(r, "Introspect"), "TOKEX_ISSUER", "https://evil.example"),
+        wiring,
+    ),
+    (
+        "introspect without state table",
+        _set(lambda r: _env(r, "Introspect"), "TOKEX_STATE_TABLE", _DELETE),
+        wiring,
+    ),
+    (
+        "no introspection in discovery",
+        _set(lambda r: _env(r, "JwksPublisher"), "TOKEX_INTROSPECTION_ENDPOINT", _DELETE),
+        wiring,
+    ),
+    ("no POST /introspect", _delete_route("POST /introspect"), api),
+    ("no ANY /introspect", _delete_route("ANY /introspect"), api),
+    ("introspect to the exchange", _retarget("POST /introspect", "POST /token"), api),
+    ("token to introspect", _retarget("ANY /token", "ANY /introspect"), api),
+    (
+        "introspect behaviour missing",
+        lambda r: _distribution(r)["CacheBehaviors"].pop(1),
+        distribution,
+    ),
+    (
+        "introspect redirect",
+        _set(introspect_behavior, "ViewerProtocolPolicy", "redirect-to-https"),
+        distribution,
+    ),
+    (
+        "introspect cached",
+        _set(introspect_behavior, "CachePolicyId", CACHING_OPTIMIZED),
+        distribution,
+    ),
+    (
+        "introspect no Authorization",
+        _set(introspect_behavior, "OriginRequestPolicyId", _DELETE),
+        distribution,
+    ),
+    (
+        "introspect GET only",
+        _set(introspect_behavior, "AllowedMethods", ["GET", "HEAD"]),
+        distribution,
+    ),
+    ("introspect compressed", _set(introspect_behavior, "Compress", True), distribution),
+    *[
+        (f"no {name} output", partial(lambda r, n: r["Outputs"].pop(n), n=name), outputs)
+        for name in (
+            "IntrospectionEndpoint",
+            "StateTableName",
+            "DefaultTtlSeconds",
+            "TtlCapSeconds",
+            "ExchangeRoleArn",
+        )
+    ],
+    (
+        "TTL cap output differs",
+        lambda r: r["Outputs"]["TtlCapSeconds"].update(Value="60"),
+        outputs,
+    ),
+]
+
+
+def _tags_check(synth: str) -> Callable[[Template], None]:
+    """The exchange's exact permissions with the instance-tags roles of that synth."""
+    context = ALTERNATE_CONTEXT if synth == "alternate" else ACCOUNTS_CONTEXT
+    role_name = str(context["instanceTagsRoleName"])
+    accounts = str(context.get("instanceTagsAccounts", "*")).split(",")
+    return partial(
+        checks.check_exchange_permissions,
+        key_spec=str(context.get("signingKeySpec", RSA)),
+        instance_tags_roles=tuple(checks.instance_tags_role_arn(a, role_name) for a in accounts),
+    )
+
+
+def _tags_env(synth: str) -> Callable[[Template], None]:
+    context = ALTERNATE_CONTEXT if synth == "alternate" else ACCOUNTS_CONTEXT
+    return partial(
+        checks.check_instance_tag_lookups, role_name=str(context["instanceTagsRoleName"])
+    )
+
+
+def _wildcard_role(raw: Raw) -> None:
+    role = _statement(raw, "Exchange/Role", "AssumeInstanceTagsRole")
+    role["Resource"] = "*"
+
+
+# Mutations of the deployments with instance tag lookups: (name, synth, mutation, check).
+TAG_MUTATIONS: list[tuple[str, str, Callable[[Raw], None], Callable[[Template], None]]] = [
+    ("any role", "alternate", _wildcard_role, _tags_check("alternate")),
+    (
+        "any role name",
+        "alternate",
+        _role_resource(checks.instance_tags_role_arn("*", "*")),
+        _tags_check("alternate"),
+    ),
+    (
+        "no tags grant",
+        "alternate",
+        _drop_statement("Exchange/Role", "AssumeInstanceTagsRole"),
+        _tags_check("alternate"),
+    ),
+    (
+        "no tags role env",
+        "alternate",
+        _set(lambda r: _env(r, "Exchange"), "TOKEX_INSTANCE_TAGS_ROLE_NAME", _DELETE),
+        _tags_env("alternate"),
+    ),
+    (
+        "other role env",
+        "alternate",
+        _set(lambda r: _env(r, "Exchange"), "TOKEX_INSTANCE_TAGS_ROLE_NAME", "admin"),
+        _tags_env("alternate"),
+    ),
+    (
+        "listed accounts widened",
+        "accounts",
+        _role_resource(checks.instance_tags_role_arn("*", "tokex-instance-tags")),
+        _tags_check("accounts"),
+    ),
+    (
+        "extra account",
+        "accounts",
+        lambda r: _statement(r, "Exchange/Role", "AssumeInstanceTagsRole")["Resource"].append(
+            checks.instance_tags_role_arn("333333333333", "tokex-instance-tags")
+        ),
+        _tags_check("accounts"),
+    ),
+    (
+        "published key not readable by introspect",
+        "alternate",
+        _drop_statement("Introspect/Role", "ReadPublishedPublicKeys"),
+        partial(
+            checks.check_introspect_permissions,
+            published_keys=(str(ALTERNATE_CONTEXT["publishedKeyArns"]),),
+        ),
+    ),
 ]
 
 
@@ -280,10 +691,29 @@ def test_weakened_template_fails_its_check(
     mutate: Callable[[Raw], None],
     check: Callable[[Template], None],
 ) -> None:
-    check(default_synth.template)  # holds on the real template
-    raw = copy.deepcopy(default_synth.raw)
+    _assert_caught(default_synth, mutate, check)
+
+
+@pytest.mark.parametrize(
+    ("synth", "mutate", "check"),
+    [pytest.param(synth, m, c, id=name) for name, synth, m, c in TAG_MUTATIONS],
+)
+def test_weakened_tag_lookups_fail_their_check(
+    request: pytest.FixtureRequest,
+    synth: str,
+    mutate: Callable[[Raw], None],
+    check: Callable[[Template], None],
+) -> None:
+    _assert_caught(request.getfixturevalue(f"{synth}_synth"), mutate, check)
+
+
+def _assert_caught(
+    synthesized: Synthesized, mutate: Callable[[Raw], None], check: Callable[[Template], None]
+) -> None:
+    check(synthesized.template)  # holds on the real template
+    raw = copy.deepcopy(synthesized.raw)
     mutate(raw)
-    assert raw != default_synth.raw, "mutation changed nothing"
+    assert raw != synthesized.raw, "mutation changed nothing"
     # The assertions library refuses a cyclic template by itself; skip that so the
     # cycle mutation exercises our own check like every other mutation does.
     weakened = Template.from_json(

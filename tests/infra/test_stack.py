@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from tests.infra import checks
-from tests.infra.conftest import ALTERNATE_CONTEXT, TEST_NONCE, Synthesized
+from tests.infra.conftest import (
+    ACCOUNTS_CONTEXT,
+    ALTERNATE_CONTEXT,
+    REPO_ROOT,
+    TEST_NONCE,
+    Synthesized,
+)
 
 pytestmark = pytest.mark.infra
 
@@ -18,6 +24,21 @@ def test_issuer_reaches_functions_without_a_cycle(default_synth: Synthesized) ->
     checks.check_issuer_wiring(
         default_synth.template, issuer=checks.default_issuer(default_synth.template)
     )
+
+
+def test_introspection_wiring(default_synth: Synthesized) -> None:
+    checks.check_introspection_wiring(
+        default_synth.template, issuer=checks.default_issuer(default_synth.template)
+    )
+
+
+@pytest.mark.parametrize("name", ["exchange", "introspect", "jwks_publisher"])
+def test_each_function_runs_its_own_handler(default_synth: Synthesized, name: str) -> None:
+    path = "".join(part.capitalize() for part in name.split("_"))
+    props = checks.resource(default_synth.template, f"{path}/Function")["Properties"]
+    asset = default_synth.outdir / f"asset.{props['Code']['S3Key'].removesuffix('.zip')}"
+    expected = (REPO_ROOT / "functions" / name / "handler.py").read_bytes()
+    assert (asset / "handler.py").read_bytes() == expected
 
 
 def test_signing_key_is_rsa_sign_verify_with_alias(default_synth: Synthesized) -> None:
@@ -36,10 +57,21 @@ def test_exchange_cannot_write_s3_or_read_other_tables(default_synth: Synthesize
     statements = checks.role_statements(default_synth.template, "Exchange/Role")
     granted = checks.grants(statements)
     table = checks.arn_of(default_synth.template, "PolicyTable/Table")
+    state = checks.arn_of(default_synth.template, "StateTable/Table")
     assert not any(action.startswith("s3:") for action, _, _ in granted)
-    for action, resource, _ in granted:
-        if action.startswith("dynamodb:"):
+    for action, resource, condition in granted:
+        if action.startswith("dynamodb:") and action != "dynamodb:PutItem":
             assert resource == checks.json.dumps(table, sort_keys=True)
+        if action == "dynamodb:PutItem":
+            # The state table only, and only its `sig#` items: never a client or a revocation.
+            assert resource == checks.json.dumps(state, sort_keys=True)
+            assert checks.json.loads(condition) == checks.SINGLE_USE_CONDITION
+
+
+def test_introspect_role_has_exactly_its_permissions(default_synth: Synthesized) -> None:
+    checks.check_introspect_permissions(default_synth.template)
+    granted = checks.grants(checks.role_statements(default_synth.template, "Introspect/Role"))
+    assert not any(action == "kms:Sign" for action, _, _ in granted)
 
 
 def test_publisher_role_has_exactly_its_permissions(default_synth: Synthesized) -> None:
@@ -70,6 +102,14 @@ def test_policy_table_on_demand_pitr_retained(default_synth: Synthesized) -> Non
     checks.check_policy_table(default_synth.template)
 
 
+def test_state_table_ttl_on_demand_pitr_retained(default_synth: Synthesized) -> None:
+    checks.check_state_table(default_synth.template)
+
+
+def test_no_instance_tag_lookups_by_default(default_synth: Synthesized) -> None:
+    checks.check_instance_tag_lookups(default_synth.template, role_name=None)
+
+
 def test_jwks_published_on_schedule_and_every_deploy(default_synth: Synthesized) -> None:
     checks.check_jwks_publication(default_synth.template, nonce=TEST_NONCE)
 
@@ -90,18 +130,42 @@ def test_exchange_environment(default_synth: Synthesized) -> None:
     assert "TOKEX_STS_REGIONS" not in variables  # empty = every region of the partition
 
 
+def test_ttl_cap_is_one_config_value(alternate_synth: Synthesized) -> None:
+    """The introspect function refuses tokens living longer than its cap: a cap below the
+    exchange's would turn valid tokens inactive. Both come from `ttlCapSeconds`."""
+    template = alternate_synth.template
+    caps = {
+        fn: checks.resource(template, f"{fn}/Function")["Properties"]["Environment"]["Variables"][
+            "TOKEX_TTL_CAP_SECONDS"
+        ]
+        for fn in ("Exchange", "Introspect")
+    }
+    assert caps == {"Exchange": "7200", "Introspect": "7200"}
+    template.has_output("TtlCapSeconds", {"Value": "7200"})
+
+
 # --- the alternate deployment: ECC key, custom domain, WAF, STS regions -----------------
 
 
 def test_alternate_every_check_holds(alternate_synth: Synthesized) -> None:
     template = alternate_synth.template
     issuer = f"https://{ALTERNATE_CONTEXT['domainName']}"
+    published = (ALTERNATE_CONTEXT["publishedKeyArns"],)
+    role_name = ALTERNATE_CONTEXT["instanceTagsRoleName"]
     checks.check_no_dependency_cycle(template)
     checks.check_issuer_wiring(template, issuer=issuer)
+    checks.check_introspection_wiring(
+        template, issuer=issuer, ttl_cap=7200, published_keys=published
+    )
     checks.check_signing_key(template, key_spec="ECC_NIST_P256")
     checks.check_key_policy(template, key_spec="ECC_NIST_P256")
-    checks.check_exchange_permissions(template, key_spec="ECC_NIST_P256")
-    checks.check_publisher_permissions(template)
+    checks.check_exchange_permissions(
+        template,
+        key_spec="ECC_NIST_P256",
+        instance_tags_roles=(checks.instance_tags_role_arn("*", role_name),),
+    )
+    checks.check_introspect_permissions(template, published_keys=published)
+    checks.check_publisher_permissions(template, published_keys=published)
     checks.check_documents_bucket(template)
     checks.check_distribution(template)
     checks.check_functions(template)
@@ -110,7 +174,9 @@ def test_alternate_every_check_holds(alternate_synth: Synthesized) -> None:
         rate=ALTERNATE_CONTEXT["throttleRateLimit"],
         burst=ALTERNATE_CONTEXT["throttleBurstLimit"],
     )
-    checks.check_outputs(template, issuer=issuer)
+    checks.check_state_table(template)
+    checks.check_instance_tag_lookups(template, role_name=role_name)
+    checks.check_outputs(template, issuer=issuer, default_ttl=600, ttl_cap=7200)
 
 
 def test_alternate_custom_domain_certificate_and_waf(alternate_synth: Synthesized) -> None:
@@ -124,3 +190,18 @@ def test_alternate_custom_domain_certificate_and_waf(alternate_synth: Synthesize
     assert config["DistributionConfig"]["WebACLId"] == ALTERNATE_CONTEXT["webAclArn"]
     env = checks.resource(template, "Exchange/Function")["Properties"]["Environment"]
     assert env["Variables"]["TOKEX_STS_REGIONS"] == "eu-west-1,us-east-1"
+
+
+# --- instance tag lookups limited to listed accounts -----------------------------------
+
+
+def test_instance_tags_roles_in_listed_accounts_only(accounts_synth: Synthesized) -> None:
+    template = accounts_synth.template
+    role_name = ACCOUNTS_CONTEXT["instanceTagsRoleName"]
+    roles = tuple(
+        checks.instance_tags_role_arn(account, role_name)
+        for account in ACCOUNTS_CONTEXT["instanceTagsAccounts"].split(",")
+    )
+    checks.check_exchange_permissions(template, key_spec="RSA_2048", instance_tags_roles=roles)
+    checks.check_instance_tag_lookups(template, role_name=role_name)
+    checks.check_introspect_permissions(template)

@@ -57,9 +57,11 @@ def resolve_deployment(args: argparse.Namespace) -> Deployment:
     return Deployment(table, args.region, args.endpoint_url, stack=args.stack)
 
 
-def policy_table_from_stack(cloudformation: Any, stack_name: str) -> str:
-    """The `PolicyTableName` output of a stack (DescribeStacks)."""
-    return stack_output(cloudformation, stack_name)
+def policy_table_from_stack(
+    cloudformation: Any, stack_name: str, output: str = POLICY_TABLE_OUTPUT
+) -> str:
+    """The `PolicyTableName` output of a stack (or the one named by `output`)."""
+    return stack_output(cloudformation, stack_name, output=output)
 
 
 def stack_output(cloudformation: Any, stack_name: str, output: str = POLICY_TABLE_OUTPUT) -> str:
