@@ -4,6 +4,8 @@ Three kinds of item share it, each written by one party only:
 
 - `sig#<sha256>`: the exchange records each accepted signed request (single use), with
   `expires_at` = the end of the signature's window. Nobody reads them back.
+- `rate#<principal>#<minute>`: the exchange counts each caller's exchanges per minute
+  (tokex/ratelimit.py, an atomic UpdateItem); they expire after two minutes.
 - `client#<id>`: introspection clients, written by operators (`tokex clients add`), read
   by the introspect function. No `expires_at`: kept until removed.
 - `revoked-jti#...`, `revoked-principal#...`: revocations, written by operators
@@ -22,6 +24,8 @@ from constructs import Construct
 TTL_ATTRIBUTE = "expires_at"
 # tokex/evidence/replay.py writes `sig#<hex sha-256>` items, and nothing else.
 SINGLE_USE_KEY_PATTERN = "sig#*"
+# tokex/ratelimit.py counts in `rate#<principal>#<window>` items, and nothing else.
+RATE_COUNTER_KEY_PATTERN = "rate#*"
 # What introspection reads: its clients (GetItem) and revocations (BatchGetItem).
 INTROSPECT_READ_ACTIONS = ["dynamodb:BatchGetItem", "dynamodb:GetItem"]
 
@@ -59,6 +63,20 @@ class StateTable(Construct):
                 resources=[self.table.table_arn],
                 conditions={
                     "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [SINGLE_USE_KEY_PATTERN]}
+                },
+            )
+        )
+
+    def allow_rate_counting(self, role: iam.IRole) -> None:
+        """The exchange: atomic counters in `rate#...` items, nothing else (same reasoning
+        as for single use: the condition keeps it off clients and revocations)."""
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="CountCallerExchanges",
+                actions=["dynamodb:UpdateItem"],
+                resources=[self.table.table_arn],
+                conditions={
+                    "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [RATE_COUNTER_KEY_PATTERN]}
                 },
             )
         )

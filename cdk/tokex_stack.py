@@ -104,7 +104,8 @@ class TokexStack(Stack):
             **base,
             "TOKEX_TOKEN_ENDPOINT": self.token_endpoint,
             "TOKEX_POLICY_TABLE": self.policy_table.table.table_name,
-            # Single use of accepted signed requests is on by default (TOKEX_SINGLE_USE).
+            # Single use of accepted signed requests (TOKEX_SINGLE_USE) and the per-caller
+            # rate limit (TOKEX_RATE_LIMIT_PER_MINUTE, 60) are on by default.
             "TOKEX_STATE_TABLE": state_table,
             "TOKEX_STS_PARTITIONS": ",".join(config.sts_partitions),
             "TOKEX_TTL_CAP_SECONDS": ttl_cap,
@@ -159,6 +160,7 @@ class TokexStack(Stack):
         self.signing_key.allow_signing(self.exchange.role)
         self.policy_table.allow_read(self.exchange.role)
         self.state_table.allow_single_use_writes(self.exchange.role)
+        self.state_table.allow_rate_counting(self.exchange.role)
         if config.instance_tags_role_name:
             allow_instance_tag_lookups(self.exchange.role, config)
         self.signing_key.allow_verification(self.introspect.role)

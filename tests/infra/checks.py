@@ -38,6 +38,7 @@ CRYPTO_ACTIONS = (
 )
 # The only items the exchange may write to the state table (tokex/evidence/replay.py).
 SINGLE_USE_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["sig#*"]}}
+RATE_COUNTER_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["rate#*"]}}
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -318,8 +319,8 @@ def check_exchange_permissions(
     template: Template, *, key_spec: str, instance_tags_roles: tuple[Any, ...] = ()
 ) -> None:
     """Exactly: write its logs, X-Ray, sign with (and read) the key, read the policy table,
-    put `sig#` items (only) in the state table, and assume the instance-tags roles (only
-    when configured)."""
+    put `sig#` items and count in `rate#` items (only) in the state table, and assume the
+    instance-tags roles (only when configured)."""
     key, table = arn_of(template, "SigningKey/Key"), arn_of(template, "PolicyTable/Table")
     state = arn_of(template, "StateTable/Table")
     logs = arn_of(template, "Exchange/Logs")
@@ -340,6 +341,7 @@ def check_exchange_permissions(
         _grant("dynamodb:Query", table),
         _grant("dynamodb:Scan", table),
         _grant("dynamodb:PutItem", state, SINGLE_USE_CONDITION),
+        _grant("dynamodb:UpdateItem", state, RATE_COUNTER_CONDITION),
         *(_grant("sts:AssumeRole", role) for role in instance_tags_roles),
     }
     actual = grants(role_statements(template, "Exchange/Role"))

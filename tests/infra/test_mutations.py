@@ -420,6 +420,13 @@ MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] =
         exchange,
     ),
     (
+        "rate counters write clients",
+        lambda r: _statement(r, "Exchange/Role", "CountCallerExchanges")["Condition"][
+            "ForAllValues:StringLike"
+        ]["dynamodb:LeadingKeys"].append("client#*"),
+        exchange,
+    ),
+    (
         "exchange updates state",
         _on_table("Exchange/Role", "StateTable", "dynamodb:UpdateItem"),
         exchange,

@@ -60,12 +60,19 @@ def test_exchange_cannot_write_s3_or_read_other_tables(default_synth: Synthesize
     state = checks.arn_of(default_synth.template, "StateTable/Table")
     assert not any(action.startswith("s3:") for action, _, _ in granted)
     for action, resource, condition in granted:
-        if action.startswith("dynamodb:") and action != "dynamodb:PutItem":
-            assert resource == checks.json.dumps(table, sort_keys=True)
-        if action == "dynamodb:PutItem":
-            # The state table only, and only its `sig#` items: never a client or a revocation.
+        if action in ("dynamodb:PutItem", "dynamodb:UpdateItem"):
+            # The state table only, and only its `sig#` / `rate#` items: never a client
+            # or a revocation.
             assert resource == checks.json.dumps(state, sort_keys=True)
-            assert checks.json.loads(condition) == checks.SINGLE_USE_CONDITION
+            assert (
+                checks.json.loads(condition)
+                == {
+                    "dynamodb:PutItem": checks.SINGLE_USE_CONDITION,
+                    "dynamodb:UpdateItem": checks.RATE_COUNTER_CONDITION,
+                }[action]
+            )
+        elif action.startswith("dynamodb:"):
+            assert resource == checks.json.dumps(table, sort_keys=True)
 
 
 def test_introspect_role_has_exactly_its_permissions(default_synth: Synthesized) -> None:

@@ -208,3 +208,22 @@ def test_each_exchange_writes_one_audit_line_and_a_metric(local_system, capsys):
         for metric in directive["Metrics"]
     }
     assert {"Exchange_refused", "Exchange_issued"} <= names
+
+
+def test_caller_over_its_rate_limit_gets_429_with_retry_after(local_system):
+    from tests.integration.test_upstream_failures import invoke
+    from tokex.local.functions import load_handler
+    from tokex.local.runner import handler_environment
+
+    env = local_system.deployment.handler_env(local_system.issuer, TOKEX_RATE_LIMIT_PER_MINUTE="1")
+    with handler_environment(env):
+        handler = load_handler("exchange")
+    user = local_system.deployment.user
+    results = [invoke(handler, sign(local_system, credentials=user)) for _ in range(3)]
+    # The budget of one per minute may already be spent by earlier tests in this minute:
+    # at most the first succeeds, and the rest are refused.
+    assert [status for status, _, _ in results[1:]] == [429, 429]
+    for _, headers, body in results[1:]:
+        assert body["error"] == "temporarily_unavailable"
+        assert 1 <= int(headers["Retry-After"]) <= 61
+        assert "access_token" not in body

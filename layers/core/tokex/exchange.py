@@ -38,6 +38,12 @@ class PolicySource(Protocol):
     def policies(self) -> list[Policy]: ...
 
 
+class RateLimiter(Protocol):
+    def check(self, principal: str) -> None:
+        """Raise RateLimited when `principal` is over its budget."""
+        ...
+
+
 class ReplayGuard(Protocol):
     def use_once(self, request: StsRequest) -> None:
         """Raise InvalidGrant if this signed request was accepted before."""
@@ -86,6 +92,7 @@ class TokenExchange:
         instance_certificates: CertificateStore,
         replay_guard: ReplayGuard | None = None,
         instance_tags: TagLookup | None = None,
+        rate_limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -96,6 +103,7 @@ class TokenExchange:
         self._certificates = instance_certificates
         self._replay_guard = replay_guard
         self._instance_tags = instance_tags
+        self._rate_limiter = rate_limiter
         self._clock = clock
 
     def exchange(self, request: TokenRequest, audit: ExchangeAudit) -> IssuedToken:
@@ -111,6 +119,8 @@ class TokenExchange:
         instance = self._verify_instance(request)
         caller = self._sts.get_caller_identity(sts_request)
         audit.principal, audit.account = caller.principal_arn, caller.account
+        if self._rate_limiter is not None:
+            self._rate_limiter.check(caller.principal_arn)
         if instance is not None:
             instance = bind_instance_to_caller(instance, caller)
             audit.instance = instance.instance_id

@@ -21,6 +21,7 @@ from tokex.introspection import Introspector, PublishedKeys
 from tokex.policy.cache import CachedPolicies
 from tokex.policy.store import PolicyStore
 from tokex.publish import publish_documents
+from tokex.ratelimit import DynamoDbRateLimiter
 from tokex.revocation import RevocationStore
 from tokex.settings import Settings
 from tokex.tokens.jwks import build_jwks, discovery_document
@@ -49,6 +50,11 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
         instance_certificates=instance_certificates(settings),
         replay_guard=DynamoDbReplayGuard(dynamodb, settings.state_table)
         if settings.single_use and settings.state_table
+        else None,
+        rate_limiter=DynamoDbRateLimiter(
+            dynamodb, settings.state_table, per_minute=settings.rate_limit_per_minute
+        )
+        if settings.rate_limit_per_minute and settings.state_table
         else None,
         instance_tags=InstanceTagLookup(
             aws.client("sts"), role_name=settings.instance_tags_role_name

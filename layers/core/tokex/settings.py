@@ -48,6 +48,8 @@ class Settings:
     state_table: str = ""
     # Refuse a signed request accepted before (security.md, optional; on by default).
     single_use: bool = True
+    # Token exchanges per caller principal per minute (0 = no limit); needs state_table.
+    rate_limit_per_minute: int = 60
     # Local mode only: PEM file of the certificate that signs the demo instance's identity
     # document, trusted for `local_instance_regions`. Refused for an https issuer.
     local_instance_certificate: str = ""
@@ -119,6 +121,7 @@ class Settings:
             sts_connect_override=env.get("TOKEX_STS_CONNECT_OVERRIDE") or None,
             state_table=env.get("TOKEX_STATE_TABLE", ""),
             single_use=env.get("TOKEX_SINGLE_USE", "true").lower() != "false",
+            rate_limit_per_minute=integer("TOKEX_RATE_LIMIT_PER_MINUTE", 60),
             local_instance_certificate=env.get("TOKEX_LOCAL_INSTANCE_CERTIFICATE", ""),
             local_instance_regions=csv("TOKEX_LOCAL_INSTANCE_REGIONS", "us-east-1"),
             instance_tags_role_name=env.get("TOKEX_INSTANCE_TAGS_ROLE_NAME", ""),

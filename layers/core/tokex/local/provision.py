@@ -61,6 +61,7 @@ _SERVICE_ACTIONS = [
     "dynamodb:GetItem",
     "dynamodb:BatchGetItem",
     "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
     "dynamodb:DeleteItem",
     "dynamodb:Scan",
     "dynamodb:Query",
@@ -130,6 +131,8 @@ class LocalDeployment:
             ),
             "TOKEX_POLICY_TABLE": self.policy_table,
             "TOKEX_STATE_TABLE": self.state_table,
+            # Generous: test suites exchange hundreds of times a minute as the demo role.
+            "TOKEX_RATE_LIMIT_PER_MINUTE": "1000",
             "TOKEX_JWKS_BUCKET": self.jwks_bucket,
             "TOKEX_STS_CONNECT_OVERRIDE": self.endpoint_url,
             "POWERTOOLS_SERVICE_NAME": "tokex",
