@@ -20,12 +20,17 @@ from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 
 def invoke(handler, signed) -> tuple[int, dict, dict]:
+    return invoke_for(handler, signed, "demo-api")
+
+
+def invoke_for(handler, signed, audience: str) -> tuple[int, dict, dict]:
+    """POST /token straight into a loaded exchange handler (an API Gateway v2 event)."""
     body = urllib.parse.urlencode(
         {
             "grant_type": TOKEN_EXCHANGE_GRANT,
             "subject_token_type": SIGV4_TOKEN_TYPE,
             "subject_token": encode_subject_token(signed),
-            "audience": "demo-api",
+            "audience": audience,
         }
     ).encode()
     event = http_api_event(
