@@ -27,7 +27,9 @@ SIGNING_ALGORITHMS = {
 # (Describe*/Get* include DescribeKey and GetPublicKey: the public key is public.)
 KEY_ADMIN_ACTIONS = [
     "kms:CancelKeyDeletion",
-    "kms:Create*",
+    # Not `kms:Create*`: that includes CreateGrant, and a grant can give Sign to anyone,
+    # past this policy's conditions. Grants are denied outright below.
+    "kms:CreateAlias",
     "kms:Delete*",
     "kms:Describe*",
     "kms:Disable*",
@@ -68,7 +70,14 @@ class SigningKey(Construct):
                         principals=[iam.AccountRootPrincipal()],
                         actions=KEY_ADMIN_ACTIONS,
                         resources=["*"],
-                    )
+                    ),
+                    iam.PolicyStatement(
+                        sid="NoGrants",
+                        effect=iam.Effect.DENY,
+                        principals=[iam.AnyPrincipal()],
+                        actions=["kms:CreateGrant"],
+                        resources=["*"],
+                    ),
                 ]
             ),
         )

@@ -280,12 +280,27 @@ def check_signing_key(template: Template, *, key_spec: str) -> None:
 
 @check
 def check_key_policy(template: Template, *, key_spec: str) -> None:
-    """Administration for the account's IAM; kms:Sign only for the exchange role's ARN."""
+    """Administration for the account's IAM; kms:Sign only for the exchange role's ARN; no
+    grants at all (a grant would give Sign past the key policy's conditions)."""
     statements = resource(template, "SigningKey/Key")["Properties"]["KeyPolicy"]["Statement"]
     exchange_role = arn_of(template, "Exchange/Role")
+    denies = [s for s in statements if s["Effect"] == "Deny"]
+    assert denies == [
+        {
+            "Sid": "NoGrants",
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},
+            "Action": "kms:CreateGrant",
+            "Resource": "*",
+        }
+    ], f"key policy must deny kms:CreateGrant to everyone: {denies}"
+    statements = [s for s in statements if s["Effect"] != "Deny"]
     signers = []
     for statement in statements:
         assert statement["Effect"] == "Allow" and "NotAction" not in statement
+        assert not any(_glob_match(a, "kms:CreateGrant") for a in _listify(statement["Action"])), (
+            "key policy allows kms:CreateGrant"
+        )
         actions = _listify(statement["Action"])
         assert "kms:*" not in actions and "*" not in actions, "key policy grants kms:*"
         uses = [a for a in actions if any(_glob_match(a, c) for c in CRYPTO_ACTIONS)]

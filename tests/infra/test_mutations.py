@@ -41,6 +41,11 @@ def _key_statements(raw: Raw) -> list[dict[str, Any]]:
     return _props(raw, "SigningKey/Key")["KeyPolicy"]["Statement"]
 
 
+def _key_statement(raw: Raw, sid: str) -> dict[str, Any]:
+    (statement,) = [s for s in _key_statements(raw) if s.get("Sid") == sid]
+    return statement
+
+
 def _distribution(raw: Raw) -> dict[str, Any]:
     return _props(raw, "IssuerSite/Distribution")["DistributionConfig"]
 
@@ -242,7 +247,23 @@ MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] =
     ("key policy kms:*", lambda r: _key_statements(r)[0]["Action"].append("kms:*"), key_policy),
     ("admins may sign", lambda r: _key_statements(r)[0]["Action"].append("kms:Sign"), key_policy),
     ("admins verify", lambda r: _key_statements(r)[0]["Action"].append("kms:Verify"), key_policy),
-    ("sign unconditioned", lambda r: _key_statements(r)[1].pop("Condition"), key_policy),
+    (
+        "sign unconditioned",
+        lambda r: _key_statement(r, "SignOnlyAsTheExchangeRole").pop("Condition"),
+        key_policy,
+    ),
+    (
+        "admins create grants",
+        lambda r: _key_statement(r, "KeyAdministrationByAccountIam")["Action"].append(
+            "kms:Create*"
+        ),
+        key_policy,
+    ),
+    (
+        "grants not denied",
+        lambda r: _key_statements(r).remove(_key_statement(r, "NoGrants")),
+        key_policy,
+    ),
     ("exchange writes S3", _extra_statement("Exchange/Role", "s3:PutObject"), exchange),
     ("exchange reads any table", _extra_statement("Exchange/Role", "dynamodb:GetItem"), exchange),
     ("exchange writes table", _table_write, exchange),

@@ -181,17 +181,32 @@ def test_an_invalid_policy_is_refused_and_not_written(cli, tmp_path) -> None:
 
 def test_hand_edited_invalid_item_is_reported(system, cli) -> None:
     dynamodb = system.deployment.client("dynamodb")
-    item = {"id": {"S": "zz-hand-edited"}, "document": {"S": '{"id": "zz-hand-edited"}'}}
+    document = '{"id": "zz-hand-edited", "effect": "allow"}'
+    item = {"id": {"S": "zz-hand-edited"}, "document": {"S": document}}
     dynamodb.put_item(TableName=system.deployment.policy_table, Item=item)
     try:
         code, _, err = cli("list")
         assert code == 0 and "skipped by the exchange: zz-hand-edited" in err
         code, _, err = cli("get", "zz-hand-edited")
-        assert code == 1 and "is invalid (effect: is required)" in err
+        assert code == 1 and "is invalid (principals:" in err
         code, out, _ = cli("explain", "--principal", USER_ARN, "--audience", "demo-api", "--json")
         assert code == 0 and json.loads(out)["invalid_policies"] == ["zz-hand-edited"]
     finally:
         assert cli("delete", "zz-hand-edited")[0] == 0
+
+
+def test_an_invalid_item_that_may_be_a_deny_stops_the_listing(system, cli) -> None:
+    dynamodb = system.deployment.client("dynamodb")
+    item = {"id": {"S": "zz-maybe-deny"}, "document": {"S": '{"id": "zz-maybe-deny"}'}}
+    dynamodb.put_item(TableName=system.deployment.policy_table, Item=item)
+    try:
+        code, _, err = cli("list")
+        assert code == 1 and "zz-maybe-deny" in err and "may be a deny" in err
+        code, _, err = cli("get", "zz-maybe-deny")
+        assert code == 1 and "is invalid (effect: is required)" in err
+    finally:
+        assert cli("delete", "zz-maybe-deny")[0] == 0
+    assert cli("list")[0] == 0
 
 
 def test_aws_failures_are_clear_errors(cli, monkeypatch) -> None:

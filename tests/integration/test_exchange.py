@@ -159,6 +159,18 @@ def test_wrong_method_content_type_and_size(local_system):
     assert_refused(post(url, b"a=" + b"x" * 17000), 413, "invalid_request")
 
 
+def test_unknown_path_is_the_contracts_404(local_system):
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(local_system.issuer + "/nope")
+    assert err.value.code == 404
+    assert err.value.headers["Content-Type"] == "application/json"
+    assert err.value.headers["Cache-Control"] == "no-store"
+    assert json.loads(err.value.read()) == {
+        "error": "invalid_request",
+        "error_description": "no such endpoint",
+    }
+
+
 def test_unknown_grant_type(local_system):
     result = exchange(local_system, grant_type="client_credentials")
     assert_refused(result, 400, "unsupported_grant_type")
@@ -227,3 +239,24 @@ def test_caller_over_its_rate_limit_gets_429_with_retry_after(local_system):
         assert body["error"] == "temporarily_unavailable"
         assert 1 <= int(headers["Retry-After"]) <= 61
         assert "access_token" not in body
+
+
+def test_request_bound_to_another_audience_is_refused(local_system):
+    creds = local_system.deployment.workload.session().get_credentials()
+    signed = signed_get_caller_identity(
+        creds.get_frozen_credentials(),
+        region="us-east-1",
+        issuer=local_system.issuer,
+        audience="demo-instance-api",
+    )
+    assert "x-tokex-audience" in signed["headers"]["Authorization"]
+    body = assert_refused(exchange(local_system, signed=signed), 400, "invalid_grant")
+    assert "X-Tokex-Audience" in body["error_description"]
+    # Bound to the audience it asks for, the same kind of request succeeds.
+    signed = signed_get_caller_identity(
+        creds.get_frozen_credentials(),
+        region="us-east-1",
+        issuer=local_system.issuer,
+        audience="demo-api",
+    )
+    assert exchange(local_system, signed=signed)[0] == 200

@@ -104,7 +104,8 @@ def test_valid_token_is_active_with_its_claims(local_system):
     )
     assert status == 200, body
     assert headers["Cache-Control"] == "no-store" and headers["Pragma"] == "no-cache"
-    assert body == {"active": True, **verify(local_system, token), "token_type": "Bearer"}
+    claims = verify(local_system, token)
+    assert body == {"active": True, **claims, "token_type": "Bearer", "username": claims["sub"]}
     assert body["sub"] == DEMO_ROLE_ARN and body["scope"] == "demo:read"
 
 

@@ -90,27 +90,57 @@ def test_list_reads_every_page(client: Any) -> None:
     assert len(scans) >= 4  # 10 items at 3 per page
 
 
-def test_invalid_items_are_skipped_not_fatal(store: PolicyStore, client: Any) -> None:
+def test_invalid_allows_are_skipped_not_fatal(store: PolicyStore, client: Any) -> None:
     store.put(make_policy("good"))
     reserved = {**make_policy("reserved").to_document(), "claims": {"sub": "root"}}
     bad = {
-        "not-json": "{",
         "reserved": json.dumps(reserved),
-        "not-object": "[]",
-        "duplicate-key": '{"id": "duplicate-key", "id": "x"}',
         "mismatch": json.dumps(make_policy("other-id").to_document()),
+        "unknown-field": json.dumps({**make_policy("unknown-field").to_document(), "note": 1}),
     }
     for item_id, text in bad.items():
         client.put_item(TableName=TABLE, Item={"id": {"S": item_id}, "document": {"S": text}})
-    client.put_item(TableName=TABLE, Item={"id": {"S": "no-document"}})
 
     policies, invalid = store.load_all()
     assert [p.id for p in policies] == ["good"]
-    assert invalid == sorted([*bad, "no-document"])
+    assert invalid == sorted(bad)
     assert [p.id for p in store.list()] == ["good"]
     with pytest.raises(PolicyValidationError) as info:
         store.get("reserved")
     assert info.value.field == "claims.sub"
+
+
+DENY = {
+    "id": "deny-all",
+    "effect": "deny",
+    "principals": ["arn:aws:iam::123456789012:role/x"],
+    "audiences": ["*"],
+}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({**DENY, "note": "incident 42"}),  # a hand-edited deny
+        "{",  # unreadable: may have been a deny
+        "[]",
+        '{"id": "deny-all", "effect": "allow", "effect": "deny"}',
+        None,  # no document attribute at all
+    ],
+    ids=["deny-unknown-field", "not-json", "not-object", "duplicate-effect", "no-document"],
+)
+def test_an_invalid_item_that_may_be_a_deny_fails_closed(
+    store: PolicyStore, client: Any, text: str | None
+) -> None:
+    store.put(make_policy("good"))
+    item: dict[str, Any] = {"id": {"S": "deny-all"}}
+    if text is not None:
+        item["document"] = {"S": text}
+    client.put_item(TableName=TABLE, Item=item)
+    with pytest.raises(TemporarilyUnavailable) as info:
+        store.load_all()
+    assert "deny-all" in info.value.reason
+    assert "deny-all" not in info.value.description  # operators' detail stays in the log
 
 
 def test_stored_ttl_above_todays_cap_still_loads(store: PolicyStore) -> None:

@@ -103,6 +103,10 @@ def test_revoke_by_principal_covers_tokens_issued_before_not_after(local_system,
     [
         (["--principal", f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/demo/i-1"], "not the session"),
         (["--principal", "demo-workload"], "role or IAM user ARN"),
+        (
+            ["--principal", f"arn:aws:iam::{ACCOUNT_ID}:role/service-role/demo-workload"],
+            f"use arn:aws:iam::{ACCOUNT_ID}:role/demo-workload",
+        ),
         (["--jti", "has space"], "printable ASCII"),
         (["--jti", "x", "--ttl-cap", "10"], "--ttl-cap"),
     ],

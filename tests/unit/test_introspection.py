@@ -106,13 +106,21 @@ def header(signer: LocalSigner = RSA_SIGNER, **overrides: Any) -> dict[str, Any]
 def test_valid_token_is_active_with_its_claims(introspect, signer):
     token = encode_jwt(claims(), signer)
     response, reason = introspect(token)
-    assert response == {"active": True, **claims(), "token_type": "Bearer"}
+    expected = claims()
+    assert response == {
+        "active": True,
+        **expected,
+        "token_type": "Bearer",
+        "username": expected["sub"],
+    }
     assert reason is None
 
 
 def test_policy_claims_cannot_speak_for_active_or_token_type(introspect):
-    response, _ = introspect(encode_jwt(claims(active=False, token_type="mac"), RSA_SIGNER))
+    forged = claims(active=False, token_type="mac", username="kong-admin")
+    response, _ = introspect(encode_jwt(forged, RSA_SIGNER))
     assert response["active"] is True and response["token_type"] == "Bearer"
+    assert response["username"] == forged["sub"]
 
 
 @pytest.mark.parametrize(

@@ -284,6 +284,39 @@ def test_cli_rerun_with_existing_is_byte_identical_and_private(keys, tmp_path):
     assert parse_document(first)["services"][0]["routes"][0]["paths"] == ["/p"]
 
 
+def test_cli_missing_existing_file_is_a_first_run(keys, tmp_path, capsys):
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(keys["RS256"][1])))
+    out = tmp_path / "kong" / "tokex.yaml"  # docs/kong.md's command line, on a first run
+    argv = ["--jwks", str(tmp_path / "jwks.json"), "--service-name", "orders"]
+    assert run_cli(*argv, "--existing", str(out), "--output", str(out)) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no earlier file" in err and str(out) in err
+    first = out.read_text()
+    assert run_cli(*argv, "--existing", str(out), "--output", str(out)) == 0
+    assert capsys.readouterr().err == ""
+    assert out.read_text() == first  # the second run did read the first file
+
+
+def test_cli_output_creates_missing_directories_privately(keys, tmp_path):
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(keys["RS256"][1])))
+    out = tmp_path / "new" / "deeper" / "tokex.yaml"
+    assert run_cli("--jwks", str(tmp_path / "jwks.json"), "--global", "--output", str(out)) == 0
+    assert parse_document(out.read_text())["plugins"][0]["name"] == "jwt"
+    assert out.stat().st_mode & 0o777 == 0o600
+    for directory in (tmp_path / "new", tmp_path / "new" / "deeper"):
+        assert directory.stat().st_mode & 0o777 == 0o700
+
+
+def test_cli_unwritable_output_fails_with_one_line(keys, tmp_path, capsys):
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(keys["RS256"][1])))
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "tokex.yaml"  # its "directory" is a file
+    assert run_cli("--jwks", str(tmp_path / "jwks.json"), "--global", "--output", str(out)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tokex kong-config: cannot write ") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

@@ -115,6 +115,7 @@ class TokenExchange:
             issuer=settings.issuer,
             endpoints=self._endpoints,
             now=datetime.fromtimestamp(now, UTC),
+            audience=request.audience,
         )
         instance = self._verify_instance(request)
         caller = self._sts.get_caller_identity(sts_request)

@@ -144,6 +144,9 @@ class Introspector:
         response: dict[str, Any] = {"active": True, **claims}
         response["active"] = True
         response["token_type"] = "Bearer"  # RFC 7662 §2.2, RFC 6750
+        # RFC 7662 `username`: the principal itself, so that a gateway mapping consumers
+        # by username (Kong `consumer_by: username`) maps tokex's subject, nothing else.
+        response["username"] = claims.get("sub")
         return response
 
     def _verify(self, token: str, audit: IntrospectionAudit) -> dict[str, Any]:

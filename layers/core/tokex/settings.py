@@ -85,6 +85,12 @@ class Settings:
             # emulator only, so it may never point off this machine.
             if parts.hostname not in _LOOPBACK_HOSTS:
                 raise ConfigurationError("TOKEX_STS_CONNECT_OVERRIDE must be a loopback URL")
+            # ...and only with local mode's http loopback issuer: in Lambda, loopback is
+            # the Runtime API and extensions, which must never vouch for a caller.
+            if not self.is_local:
+                raise ConfigurationError(
+                    "TOKEX_STS_CONNECT_OVERRIDE is for local mode only (http loopback issuer)"
+                )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -104,6 +110,10 @@ class Settings:
         issuer = env.get("TOKEX_ISSUER", "")
         if not issuer:
             raise ConfigurationError("TOKEX_ISSUER is required")
+        if env.get("AWS_LAMBDA_FUNCTION_NAME") and (
+            env.get("TOKEX_STS_CONNECT_OVERRIDE") or env.get("TOKEX_LOCAL_INSTANCE_CERTIFICATE")
+        ):
+            raise ConfigurationError("local-mode settings are refused inside AWS Lambda")
         return cls(
             issuer=issuer,
             signing_key_id=env.get("TOKEX_SIGNING_KEY_ID", ""),

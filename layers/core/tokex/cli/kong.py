@@ -5,7 +5,8 @@
         --service-url http://orders.internal:8080 --existing kong.yaml --output kong.yaml
 
 Re-run it after every change of the JWKS (docs/kong.md "Rotation"); `--existing` keeps the
-dummy secrets of unchanged credentials so `deck diff` shows only real changes.
+dummy secrets of unchanged credentials so `deck diff` shows only real changes; a missing
+`--existing` file is a first run, so the same command line serves every run.
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_TTL_CAP_SECONDS,
         help="the deployment's TTL cap: jwt maximum_expiration (default %(default)s)",
     )
-    parser.add_argument("--existing", metavar="FILE", help="previous output: keep its secrets")
+    parser.add_argument(
+        "--existing",
+        metavar="FILE",
+        help="previous output: keep its secrets (a missing FILE: first run)",
+    )
     parser.add_argument(
         "--audience", action="append", default=[], help="audience served by the next --route"
     )
@@ -88,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         if args.enterprise is None:
             if not args.jwks:
                 raise CommandError("--jwks is required", exit_code=2)
-            existing = parse_document(Path(args.existing).read_text()) if args.existing else None
+            existing = read_existing(args.existing) if args.existing else None
             document = kong.jwt_config(
                 read_jwks(args.jwks), placement, max_ttl=args.max_ttl, existing=existing
             )
@@ -108,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(err)) from None
     text = render(document, args.format, source=args.jwks or _issuer(args))
     if args.output:
-        write_private(Path(args.output), text)
+        try:
+            write_private(Path(args.output), text)
+        except OSError as err:
+            raise CommandError(f"cannot write {args.output}: {err.strerror or err}") from None
     else:
         sys.stdout.write(text)
     return 0
@@ -219,6 +227,17 @@ def render(document: dict[str, Any], fmt: str, *, source: str) -> str:
     )
 
 
+def read_existing(path: str) -> dict[str, Any] | None:
+    """The previous output, or None on a first run (the file does not exist yet), so the
+    same command line serves the first run and every later one."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        print(f"tokex kong-config: {path} does not exist yet: no earlier file", file=sys.stderr)
+        return None
+    return parse_document(text)
+
+
 def parse_document(text: str) -> dict[str, Any]:
     """A decK file written by `render` (JSON, or YAML when PyYAML is installed)."""
     body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
@@ -236,7 +255,15 @@ def parse_document(text: str) -> dict[str, Any]:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Atomic write, mode 0600: the file may hold an introspection client secret."""
+    """Atomic write, mode 0600: the file may hold an introspection client secret. Missing
+    parent directories are created with mode 0700."""
+    missing = []
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as handle:

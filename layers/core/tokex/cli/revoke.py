@@ -94,6 +94,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_principal(arn: str) -> None:
     if PRINCIPAL_ARN.fullmatch(arn):
+        head, _, name = arn.partition(":role/")
+        if name and "/" in name:
+            # Tokens name roles without their path (STS never reveals it): a pathed ARN
+            # would revoke nothing, silently, in the middle of an incident.
+            short = f"{head}:role/{name.rsplit('/', 1)[1]}"
+            raise CommandError(
+                f"--principal: tokens name roles without their path; use {short}", exit_code=2
+            )
         return
     hint = ""
     if ":assumed-role/" in arn:

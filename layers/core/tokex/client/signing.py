@@ -29,16 +29,22 @@ def sts_host(region: str | None) -> str:
 
 
 def signed_get_caller_identity(
-    credentials: ReadOnlyCredentials | Any, *, region: str, issuer: str
+    credentials: ReadOnlyCredentials | Any,
+    *,
+    region: str,
+    issuer: str,
+    audience: str | None = None,
 ) -> dict[str, Any]:
     """The signed-request JSON of contract.md, ready to encode as a subject_token."""
     host = sts_host(region)
     url = f"https://{host}/"
+    bound = {"X-Tokex-Audience": audience} if audience else {}
     request = AWSRequest(
         method="POST",
         url=url,
         data=GET_CALLER_IDENTITY_BODY,
         headers={
+            **bound,
             "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
             "X-Tokex-Issuer": issuer,
             # Signed, so each request is unique even within one X-Amz-Date second: a

@@ -35,12 +35,45 @@ class TokenError(Exception):
         self.status = status
 
 
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A signed request goes to the endpoint the workload named, nowhere else."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def check_endpoint(endpoint: str) -> str:
+    """https only (plain http on loopback, for `tokex local`); no path, query or userinfo."""
+    parts = urllib.parse.urlsplit(endpoint.rstrip("/"))
+    local = parts.scheme == "http" and parts.hostname in _LOOPBACK
+    if not (parts.scheme == "https" or local) or not parts.hostname:
+        raise TokenError(f"endpoint must be an https URL (got {endpoint!r})")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise TokenError("endpoint must be a plain base URL")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
 def discover_issuer(endpoint: str, *, timeout: float = 5.0) -> str:
+    """The issuer named by the endpoint's discovery document, which must be the endpoint
+    itself. Otherwise a look-alike endpoint could name a real issuer, collect requests
+    signed for it and replay them there: use `issuer=` (`--issuer`) to bind deliberately
+    when the token endpoint is not served at the issuer URL."""
     url = endpoint.rstrip("/") + "/.well-known/openid-configuration"
     document = _get_json(url, timeout)
     issuer = document.get("issuer")
     if not isinstance(issuer, str) or not issuer:
         raise TokenError(f"{url} has no issuer")
+    if issuer.rstrip("/") != endpoint.rstrip("/"):
+        raise TokenError(
+            f"{url} names issuer {issuer!r}, not this endpoint: pass --issuer to bind to it "
+            "explicitly if you trust this endpoint to act for that issuer"
+        )
     return issuer
 
 
@@ -55,8 +88,11 @@ def request_token(
     session: boto3.session.Session | None = None,
     timeout: float = 10.0,
 ) -> dict[str, Any]:
-    """One exchange: the token endpoint's whole JSON response (RFC 8693 §2.2.1)."""
-    endpoint = endpoint.rstrip("/")
+    """One exchange: the token endpoint's whole JSON response (RFC 8693 §2.2.1).
+
+    The signed request names the issuer (X-Tokex-Issuer) and the audience
+    (X-Tokex-Audience): it can buy nothing else, anywhere else."""
+    endpoint = check_endpoint(endpoint)
     try:
         session = session or boto3.session.Session()
         credentials = session.get_credentials()
@@ -67,7 +103,10 @@ def request_token(
         raise TokenError("no AWS credentials found (default credential chain)")
     region = region or session.region_name or "us-east-1"
     signed = signed_get_caller_identity(
-        frozen, region=region, issuer=issuer or discover_issuer(endpoint, timeout=timeout)
+        frozen,
+        region=region,
+        issuer=issuer or discover_issuer(endpoint, timeout=timeout),
+        audience=audience,
     )
     form = {
         "grant_type": TOKEN_EXCHANGE_GRANT,
@@ -116,7 +155,7 @@ def _get_json(url: str, timeout: float) -> dict[str, Any]:
 
 def _send(request: urllib.request.Request, timeout: float) -> dict[str, Any]:
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with _OPENER.open(request, timeout=timeout) as response:
             return _parse(response.read(MAX_RESPONSE_BYTES + 1), response.status)
     except urllib.error.HTTPError as err:
         body = _parse(err.read(MAX_RESPONSE_BYTES + 1), err.code, strict=False)

@@ -46,6 +46,9 @@ _HEADERS = {
     # nonce two exchanges by one workload within a second carry the same signature, and
     # single use (security.md) would refuse the second. Not part of security.md's list.
     "x-tokex-nonce": ("X-Tokex-Nonce", 64),
+    # Optional, signed: binds the request to one audience, so a signed request that
+    # leaks (or is captured by a look-alike endpoint) cannot buy a token for another API.
+    "x-tokex-audience": ("X-Tokex-Audience", 256),
 }
 _REQUIRED_HEADERS = ("authorization", "x-amz-date", "content-type", "x-tokex-issuer")
 _REQUIRED_SIGNED = ("host", "x-amz-date", "x-tokex-issuer")
@@ -107,7 +110,12 @@ def decode_subject_token(token: str) -> dict[str, Any]:
 
 
 def verify_sts_request(
-    signed: dict[str, Any], *, issuer: str, endpoints: StsEndpoints, now: datetime
+    signed: dict[str, Any],
+    *,
+    issuer: str,
+    endpoints: StsEndpoints,
+    now: datetime,
+    audience: str | None = None,
 ) -> StsRequest:
     """Apply every rule of security.md "The signed STS request"; return what to forward."""
     if now.tzinfo is None:
@@ -157,6 +165,10 @@ def verify_sts_request(
         "x-tokex-nonce" not in auth.signed_headers or not _NONCE.fullmatch(headers["x-tokex-nonce"])
     ):
         raise InvalidGrant("X-Tokex-Nonce must be signed and 16-64 characters of base64url")
+    if "x-tokex-audience" in headers and (
+        "x-tokex-audience" not in auth.signed_headers or headers["x-tokex-audience"] != audience
+    ):
+        raise InvalidGrant("X-Tokex-Audience must be signed and equal the audience parameter")
     if headers["x-tokex-issuer"] != issuer:
         raise InvalidGrant("X-Tokex-Issuer does not name this issuer")
     if not _CONTENT_TYPE.fullmatch(headers["content-type"]):

@@ -1,9 +1,10 @@
 """The local HTTP front: what API Gateway and CloudFront do in a deployment.
 
-A request for a routed path (`/token`, and `/introspect` once it exists) becomes an API
-Gateway HTTP API payload v2 event for that path's handler; other paths get API Gateway's
-own 404. `/.well-known/*` is served from the S3 bucket the publisher wrote, with
-the object's own content type and cache headers.
+A request for a routed path (`/token`, `/introspect`) becomes an API Gateway HTTP API
+payload v2 event for that path's handler. `/.well-known/*` is served from the S3 bucket the
+publisher wrote, with the object's own content type and cache headers. Any other path gets
+the contract's 404 `invalid_request` "no such endpoint" (docs/contract.md); in a deployment
+CloudFront sends such paths to the S3 bucket instead, which answers them itself.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tokex.http_api import NOT_FOUND, json_text, no_store
 from tokex.local.functions import LambdaContext
 
 # API Gateway refuses payloads over 10 MB; the handler refuses far less (16 KiB). The
@@ -113,8 +115,9 @@ def make_server(
                 headers[key] = f"{headers[key]},{value}" if key in headers else value
             path, _, query = self.path.partition("?")
             handler = routes.get(path)
-            if handler is None:  # what API Gateway answers for a path without a route
-                self._send(404, {"Content-Type": "application/json"}, b'{"message":"Not Found"}')
+            if handler is None:  # the contract's answer for a path that is no endpoint
+                headers = no_store({"Content-Type": "application/json"})
+                self._send(404, headers, json_text(NOT_FOUND).encode())
                 return
             event = http_api_event(self.command, path, query, headers, body, self.client_address[0])
             result = handler(event, LambdaContext(function_name=f"tokex{path.replace('/', '-')}"))

@@ -75,7 +75,12 @@ class PolicyStore:
         return self.load_all()[0]
 
     def load_all(self) -> tuple[_Policies, _Ids]:
-        """(valid policies sorted by id, ids of items whose documents failed validation)."""
+        """(valid policies sorted by id, ids of items whose documents failed validation).
+
+        An invalid *allow* is skipped (that only takes access away). An invalid item that
+        is, or may be, a deny fails the load: skipping it would hand back what the deny
+        took away (fail closed until an operator fixes or deletes it).
+        """
         policies: list[Policy] = []
         invalid: list[str] = []
         for item in self._scan():
@@ -83,9 +88,16 @@ class PolicyStore:
                 policies.append(_parse(item))
             except PolicyValidationError as exc:
                 item_id = _item_id(item)
-                invalid.append(item_id)
                 # The field and why, never the document (it may hold claim values).
-                log.warning("skipping invalid policy %r: %s", item_id, exc)
+                log.warning("invalid policy %r: %s", item_id, exc)
+                if not _clearly_an_allow(item):
+                    raise TemporarilyUnavailable(
+                        "policies are being updated; retry later",
+                        reason=f"policy {item_id!r} is invalid and may be a deny: "
+                        "fix it or delete it (tokex policy get/delete)",
+                        retry_after=30,
+                    ) from None
+                invalid.append(item_id)
         policies.sort(key=lambda p: p.id)
         return policies, sorted(invalid)
 
@@ -177,6 +189,15 @@ def _parse(item: dict[str, Any]) -> Policy:
     if policy.id != _item_id(item):
         raise PolicyValidationError("id", "document id differs from the item key")
     return policy
+
+
+def _clearly_an_allow(item: dict[str, Any]) -> bool:
+    """Whether an invalid item's document still says, unambiguously, `effect: allow`."""
+    try:
+        document = loads_strict(item.get("document", {}).get("S", ""))
+    except (StrictJsonError, AttributeError, TypeError):
+        return False
+    return isinstance(document, dict) and document.get("effect") == "allow"
 
 
 def _item_id(item: dict[str, Any]) -> str:

@@ -17,6 +17,9 @@ RESERVED_CLAIMS = frozenset(
         "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "client_id", "scope", "policy",
         "aws", "auth_time", "acr", "amr", "azp", "cnf", "act", "may_act", "typ", "kid",
         "alg", "roles", "groups", "entitlements", "token_use", "tokex", "aud_kid",
+        # RFC 7662 §2.2 response members: a gateway may map them to its own identities
+        # (Kong's oauth2-introspection `consumer_by: username`).
+        "active", "token_type", "username",
     }
 )
 # fmt: on

@@ -1,0 +1,53 @@
+"""Settings parsed once from the environment; local-mode trust never in a deployment."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokex.errors import ConfigurationError
+from tokex.settings import Settings
+
+LOCAL = {
+    "TOKEX_ISSUER": "http://127.0.0.1:8787",
+    "TOKEX_STS_CONNECT_OVERRIDE": "http://127.0.0.1:5000",
+}
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({"TOKEX_ISSUER": "https://auth.example.com"})
+    assert settings.token_endpoint == "https://auth.example.com/token"
+    assert (settings.default_ttl_seconds, settings.ttl_cap_seconds) == (900, 3600)
+    assert settings.single_use and settings.rate_limit_per_minute == 60
+    assert not settings.is_local
+
+
+def test_local_mode() -> None:
+    settings = Settings.from_env({**LOCAL, "TOKEX_LOCAL_INSTANCE_CERTIFICATE": "/x.pem"})
+    assert settings.is_local
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TOKEX_ISSUER": ""},
+        {"TOKEX_ISSUER": "http://auth.example.com"},  # plain http off loopback
+        {"TOKEX_ISSUER": "https://auth.example.com/"},  # trailing slash
+        {"TOKEX_ISSUER": "http://127.0.0.1:8787"},  # http without local mode
+        # the STS override with a deployed (https) issuer
+        {
+            "TOKEX_ISSUER": "https://auth.example.com",
+            "TOKEX_STS_CONNECT_OVERRIDE": "http://127.0.0.1:9001",
+        },
+        {**LOCAL, "TOKEX_STS_CONNECT_OVERRIDE": "http://10.0.0.1:5000"},  # off this machine
+        {"TOKEX_ISSUER": "https://a.example", "TOKEX_LOCAL_INSTANCE_CERTIFICATE": "/x.pem"},
+        {**LOCAL, "AWS_LAMBDA_FUNCTION_NAME": "tokex-exchange"},
+        {"TOKEX_ISSUER": "https://a.example", "TOKEX_TTL_CAP_SECONDS": "99999"},
+        {"TOKEX_ISSUER": "https://a.example", "TOKEX_DEFAULT_TTL_SECONDS": "7200"},
+        {"TOKEX_ISSUER": "https://a.example", "TOKEX_POLICY_CACHE_SECONDS": "61"},
+        {"TOKEX_ISSUER": "https://a.example", "TOKEX_STS_PARTITIONS": "aws-iso"},
+        {"TOKEX_ISSUER": "https://a.example", "TOKEX_RATE_LIMIT_PER_MINUTE": "-1"},
+    ],
+)
+def test_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigurationError):
+        Settings.from_env(env)
