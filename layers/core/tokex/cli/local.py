@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
@@ -41,8 +40,6 @@ def run(args: argparse.Namespace) -> int:
     )
     from tokex.local.runner import start_local
 
-    # EMF metric lines would only clutter the console: there is no CloudWatch here.
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     try:
         system = start_local(
             port=args.port, state_dir=args.state_dir, signing_key_spec=args.signing_key_spec
