@@ -235,6 +235,8 @@ def test_cli_output_from_the_served_jwks_passes_deck_validate(local_system, tmp_
     if audiences:
         for audience, route in ROUTE_OF.items():
             argv += ["--audience", audience, "--route", route]
+    else:
+        argv.append("--any-audience")
     assert main(argv) == 0
     result = subprocess.run(
         ["deck", "validate", "-s", str(output)],

@@ -287,7 +287,7 @@ def test_cli_rerun_with_existing_is_byte_identical_and_private(keys, tmp_path):
 def test_cli_missing_existing_file_is_a_first_run(keys, tmp_path, capsys):
     (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(keys["RS256"][1])))
     out = tmp_path / "kong" / "tokex.yaml"  # docs/kong.md's command line, on a first run
-    argv = ["--jwks", str(tmp_path / "jwks.json"), "--service-name", "orders"]
+    argv = ["--jwks", str(tmp_path / "jwks.json"), "--service-name", "orders", "--any-audience"]
     assert run_cli(*argv, "--existing", str(out), "--output", str(out)) == 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no earlier file" in err and str(out) in err
@@ -300,7 +300,17 @@ def test_cli_missing_existing_file_is_a_first_run(keys, tmp_path, capsys):
 def test_cli_output_creates_missing_directories_privately(keys, tmp_path):
     (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(keys["RS256"][1])))
     out = tmp_path / "new" / "deeper" / "tokex.yaml"
-    assert run_cli("--jwks", str(tmp_path / "jwks.json"), "--global", "--output", str(out)) == 0
+    assert (
+        run_cli(
+            "--jwks",
+            str(tmp_path / "jwks.json"),
+            "--global",
+            "--any-audience",
+            "--output",
+            str(out),
+        )
+        == 0
+    )
     assert parse_document(out.read_text())["plugins"][0]["name"] == "jwt"
     assert out.stat().st_mode & 0o777 == 0o600
     for directory in (tmp_path / "new", tmp_path / "new" / "deeper"):
@@ -311,7 +321,17 @@ def test_cli_unwritable_output_fails_with_one_line(keys, tmp_path, capsys):
     (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(keys["RS256"][1])))
     (tmp_path / "a-file").write_text("")
     out = tmp_path / "a-file" / "tokex.yaml"  # its "directory" is a file
-    assert run_cli("--jwks", str(tmp_path / "jwks.json"), "--global", "--output", str(out)) == 1
+    assert (
+        run_cli(
+            "--jwks",
+            str(tmp_path / "jwks.json"),
+            "--global",
+            "--any-audience",
+            "--output",
+            str(out),
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("tokex kong-config: cannot write ") and err.count("\n") == 1
     assert "Traceback" not in err
@@ -320,10 +340,12 @@ def test_cli_unwritable_output_fails_with_one_line(keys, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--jwks", "http://jwks.example.com/jwks.json", "--global"], "https"),
+        (["--jwks", "http://jwks.example.com/jwks.json", "--global", "--any-audience"], "https"),
+        (["--jwks", "j.json", "--global"], "--any-audience"),
+        (["--enterprise", "oauth2-introspection", "--global"], "--any-audience"),
         (["--jwks", "j.json", "--audience", "a", "--route", "r", "--route", "s"], "--audience"),
-        (["--enterprise", "openid-connect", "--global"], "--issuer"),
-        (["--global"], "--jwks"),
+        (["--enterprise", "openid-connect", "--global", "--any-audience"], "--issuer"),
+        (["--global", "--any-audience"], "--jwks"),
     ],
 )
 def test_cli_refusals(argv, message, capsys):

@@ -72,6 +72,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="global plugins: every route of this Kong",
     )
+    parser.add_argument(
+        "--any-audience",
+        action="store_true",
+        help="accept this issuer's tokens whatever their audience (required without "
+        "--audience, and with oauth2-introspection, which cannot check audiences)",
+    )
     parser.add_argument("--enterprise", choices=ENTERPRISE, help="a Kong Enterprise plugin")
     parser.add_argument("--client-id", help="oauth2-introspection: tokex client id")
     parser.add_argument(
@@ -124,6 +130,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _placement(args: argparse.Namespace) -> Any:
     from tokex.kong import Placement, Route
+
+    # Refuse to guess (style.md): a config that accepts every audience of the issuer lets
+    # a token minted for one API call all of them. That must be asked for by name.
+    audience_blind = not args.audience or args.enterprise == "oauth2-introspection"
+    if audience_blind and not args.any_audience:
+        raise CommandError(
+            "this configuration would accept tokens for any audience of the issuer: give "
+            "--audience AUD --route NAME per API, or --any-audience to accept that"
+            + (" (oauth2-introspection never checks aud)" if args.audience else ""),
+            exit_code=2,
+        )
 
     if args.route and len(args.route) != len(args.audience):
         raise CommandError("give one --audience before each --route", exit_code=2)
