@@ -48,7 +48,9 @@ def token() -> Response:
 
 @app.route("/token", method=["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
 def token_wrong_method() -> Response:
-    response = _error_response(MethodNotAllowed("use POST for the token endpoint"))
+    err = MethodNotAllowed("use POST for the token endpoint", reason="method")
+    _audit("refused", ExchangeAudit(), time.perf_counter(), error=err.error, reason=err.reason)
+    response = _error_response(err)
     response.headers["Allow"] = "POST"
     return response
 
@@ -81,7 +83,9 @@ def _audit(outcome: str, audit: ExchangeAudit, started: float, **extra: str) -> 
             **extra,
         },
     )
-    metrics.add_metric(name=f"Exchange_{outcome}", unit=MetricUnit.Count, value=1)
+    # One metric, one dimension: dashboards and alarms split exchanges by outcome.
+    metrics.add_dimension(name="outcome", value=outcome)
+    metrics.add_metric(name="Exchanges", unit=MetricUnit.Count, value=1)
 
 
 def _error_response(err: TokexError) -> Response:

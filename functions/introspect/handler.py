@@ -115,7 +115,8 @@ def _audit(
             **extra,
         },
     )
-    metrics.add_metric(name=f"Introspection_{outcome}", unit=MetricUnit.Count, value=1)
+    metrics.add_dimension(name="outcome", value=outcome)
+    metrics.add_metric(name="Introspections", unit=MetricUnit.Count, value=1)
 
 
 def _json(

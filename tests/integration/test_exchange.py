@@ -213,13 +213,17 @@ def test_each_exchange_writes_one_audit_line_and_a_metric(local_system, capsys):
     assert body["access_token"] not in json.dumps(captured.lines)  # tokens are never logged
 
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "_aws" in line]
-    names = {
-        metric["Name"]
+    # Exchanges, counted by the `outcome` dimension (CloudWatch EMF).
+    outcomes = [
+        line["outcome"]
         for line in printed
-        for directive in line["_aws"]["CloudWatchMetrics"]
-        for metric in directive["Metrics"]
-    }
-    assert {"Exchange_refused", "Exchange_issued"} <= names
+        if any(
+            metric["Name"] == "Exchanges" and "outcome" in directive["Dimensions"][0]
+            for directive in line["_aws"]["CloudWatchMetrics"]
+            for metric in directive["Metrics"]
+        )
+    ]
+    assert outcomes[-2:] == ["refused", "issued"]
 
 
 def test_caller_over_its_rate_limit_gets_429_with_retry_after(local_system):
