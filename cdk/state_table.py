@@ -16,10 +16,10 @@ Introspection clients live here, so the table is retained like the policy table.
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
-from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from constructs import Construct
+
+from cdk.tables import retained_table
 
 TTL_ATTRIBUTE = "expires_at"
 # tokex/evidence/replay.py writes `sig#<hex sha-256>` items, and nothing else.
@@ -33,20 +33,8 @@ INTROSPECT_READ_ACTIONS = ["dynamodb:BatchGetItem", "dynamodb:GetItem"]
 class StateTable(Construct):
     def __init__(self, scope: Construct, construct_id: str) -> None:
         super().__init__(scope, construct_id)
-        self.table = dynamodb.TableV2(
-            self,
-            "Table",
-            partition_key=dynamodb.Attribute(name="id", type=dynamodb.AttributeType.STRING),
-            time_to_live_attribute=TTL_ATTRIBUTE,
-            billing=dynamodb.Billing.on_demand(),
-            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
-                point_in_time_recovery_enabled=True
-            ),
-            encryption=dynamodb.TableEncryptionV2.aws_managed_key(),
-            deletion_protection=True,
-            # It holds the introspection clients (operator data): keep it with the stack gone.
-            removal_policy=RemovalPolicy.RETAIN,
-        )
+        # It holds the introspection clients (operator data): kept like the policy table.
+        self.table = retained_table(self, "Table", time_to_live_attribute=TTL_ATTRIBUTE)
 
     def allow_single_use_writes(self, role: iam.IRole) -> None:
         """The exchange: conditional puts of `sig#...` items, nothing else.

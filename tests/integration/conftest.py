@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from tokex.cli.main import main
 from tokex.local.emulator import SubprocessMotoServer
 from tokex.local.runner import LocalSystem, start_local
 
@@ -24,3 +25,30 @@ def local_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSyst
     yield system
     system.stop()
     thread.join(timeout=10)
+
+
+StateTableCli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def state_table_cli(
+    local_system: LocalSystem, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> StateTableCli:
+    """`tokex <command> ...` in process against the system's state table, as its service
+    identity: `run("revoke", "--jti", "x")` -> (exit code, stdout, stderr)."""
+    deployment = local_system.deployment
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in deployment.service.env().items():
+        monkeypatch.setenv(name, value)
+    where = ["--table", deployment.state_table, "--region", deployment.region]
+    where += ["--endpoint-url", deployment.endpoint_url]
+
+    def run(command: str, *argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()  # the in-process handlers' log lines, not the CLI's output
+        code = main([command, *argv, *where])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in out + err
+        return code, out, err
+
+    return run

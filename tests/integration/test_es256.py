@@ -13,21 +13,17 @@ from joserfc import jwt as joserfc_jwt
 from joserfc.jwk import KeySet
 
 from tests.integration.test_exchange import sign, verify
-from tests.integration.test_upstream_failures import invoke
-from tokex.local.functions import load_handler
-from tokex.local.runner import handler_environment
+from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
 
 
 @pytest.fixture(scope="module")
 def es256_handler(local_system):
     key_arn = local_system.deployment.key_ids["ECC_NIST_P256"]
-    env = local_system.deployment.handler_env(local_system.issuer, TOKEX_SIGNING_KEY_ID=key_arn)
-    with handler_environment(env):
-        return load_handler("exchange")
+    return cold_exchange_handler(local_system, TOKEX_SIGNING_KEY_ID=key_arn)
 
 
 def test_es256_token_is_raw_r_s_and_verifies_with_pyjwt_and_joserfc(local_system, es256_handler):
-    status, _, body = invoke(es256_handler, sign(local_system))
+    status, _, body = invoke_exchange(es256_handler, sign(local_system))
     assert status == 200, body
     token = body["access_token"]
     header = jwt.get_unverified_header(token)

@@ -227,15 +227,11 @@ def test_each_exchange_writes_one_audit_line_and_a_metric(local_system, capsys):
 
 
 def test_caller_over_its_rate_limit_gets_429_with_retry_after(local_system):
-    from tests.integration.test_upstream_failures import invoke
-    from tokex.local.functions import load_handler
-    from tokex.local.runner import handler_environment
+    from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
 
-    env = local_system.deployment.handler_env(local_system.issuer, TOKEX_RATE_LIMIT_PER_MINUTE="1")
-    with handler_environment(env):
-        handler = load_handler("exchange")
+    handler = cold_exchange_handler(local_system, TOKEX_RATE_LIMIT_PER_MINUTE="1")
     user = local_system.deployment.user
-    results = [invoke(handler, sign(local_system, credentials=user)) for _ in range(3)]
+    results = [invoke_exchange(handler, sign(local_system, credentials=user)) for _ in range(3)]
     # The budget of one per minute may already be spent by earlier tests in this minute:
     # at most the first succeeds, and the rest are refused.
     assert [status for status, _, _ in results[1:]] == [429, 429]

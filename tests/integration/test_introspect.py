@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.integration.test_exchange import Captured, exchange, post, verify
 from tests.unit.test_jws import LocalSigner
-from tokex.cli.main import main
 from tokex.clients import basic_authorization
 from tokex.local.provision import DEMO_ROLE_ARN
 from tokex.local.runner import LocalSystem
@@ -263,21 +262,9 @@ def test_each_call_writes_one_audit_line_without_the_token(local_system):
     assert client_secret not in logged
 
 
-def test_clients_cli_add_list_remove(local_system, monkeypatch, capsys):
-    deployment = local_system.deployment
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in deployment.service.env().items():
-        monkeypatch.setenv(name, value)
-    where = ["--table", deployment.state_table, "--region", deployment.region]
-    where += ["--endpoint-url", deployment.endpoint_url]
-
+def test_clients_cli_add_list_remove(local_system, state_table_cli):
     def run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()  # the in-process handlers' log lines, not the CLI's output
-        code = main(["clients", *argv, *where])
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err
-        return code, out, err
+        return state_table_cli("clients", *argv)
 
     code, out, _ = run("add", "gateway-a", "--json")
     added = json.loads(out)

@@ -11,7 +11,6 @@ import base64
 import json
 import shutil
 import subprocess
-import urllib.parse
 from typing import Any
 
 import jwt
@@ -20,18 +19,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from tests.integration.test_exchange import exchange, sign
+from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
 from tests.support.kong_jwt import Kong
 from tokex import kong
 from tokex.cli.kong import parse_document, read_jwks
 from tokex.cli.main import main
 from tokex.client.imds import encode_instance_evidence, read_instance_identity
-from tokex.client.signing import encode_subject_token
 from tokex.kong import Placement, Route
-from tokex.local.front import http_api_event
-from tokex.local.functions import LambdaContext, load_handler
 from tokex.local.provision import DEMO_AUDIENCE, DEMO_INSTANCE_AUDIENCE
-from tokex.local.runner import handler_environment
-from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 from tokex.tokens.jwks import JWKS_PATH
 from tokex.tokens.jws import encode_jwt
 from tokex.tokens.kms_signer import KmsSigner
@@ -58,16 +53,11 @@ def jwks(local_system) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def es256_handler(local_system):
     deployment = local_system.deployment
-    env = deployment.handler_env(
-        local_system.issuer,
+    return cold_exchange_handler(
+        local_system,
         TOKEX_SIGNING_KEY_ID=deployment.key_ids["ECC_NIST_P256"],
         TOKEX_PUBLISHED_KEY_IDS=deployment.key_ids["RSA_2048"],
-        POWERTOOLS_METRICS_DISABLED="true",
-        TOKEX_LOCAL_INSTANCE_CERTIFICATE=str(local_system.imds.certificate_path),
-        TOKEX_LOCAL_INSTANCE_REGIONS=deployment.region,
     )
-    with handler_environment(env):
-        return load_handler("exchange")
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +72,7 @@ def mint(local_system, es256_handler):
         if alg == "RS256":
             status, _, body = exchange(local_system, **params)
         else:
-            form = {
-                "grant_type": TOKEN_EXCHANGE_GRANT,
-                "subject_token_type": SIGV4_TOKEN_TYPE,
-                "subject_token": encode_subject_token(sign(local_system)),
-                **params,
-            }
-            headers = {"content-type": "application/x-www-form-urlencoded"}
-            event = http_api_event(
-                "POST", "/token", "", headers, urllib.parse.urlencode(form).encode(), "127.0.0.1"
-            )
-            result = es256_handler.lambda_handler(event, LambdaContext("tokex-exchange"))
-            status, body = result["statusCode"], json.loads(result["body"])
+            status, _, body = invoke_exchange(es256_handler, sign(local_system), **params)
         assert status == 200, body
         assert jwt.get_unverified_header(body["access_token"])["alg"] == alg
         return str(body["access_token"])

@@ -4,10 +4,9 @@ taking the policy out of the table between two exchanges of one warm handler."""
 from __future__ import annotations
 
 from tests.integration.test_exchange import sign
-from tests.integration.test_upstream_failures import invoke_for
-from tokex.local.functions import load_handler
+from tests.support.exchange_handler import cold_exchange_handler
+from tests.support.exchange_handler import invoke_exchange as invoke_for
 from tokex.local.provision import DEMO_ROLE_ARN
-from tokex.local.runner import handler_environment
 from tokex.policy.model import Policy
 from tokex.policy.store import PolicyStore
 
@@ -23,9 +22,7 @@ def test_warm_exchange_is_served_from_the_policy_cache(local_system):
     deployment = local_system.deployment
     store = PolicyStore(deployment.client("dynamodb"), deployment.policy_table)
     store.put(Policy.from_document(PROBE))
-    env = deployment.handler_env(local_system.issuer, TOKEX_POLICY_CACHE_SECONDS="60")
-    with handler_environment(env):
-        warm = load_handler("exchange")
+    warm = cold_exchange_handler(local_system, TOKEX_POLICY_CACHE_SECONDS="60")
     try:
         assert invoke_for(warm, sign(local_system), "cache-probe-api")[0] == 200
         assert store.delete("cache-probe")
@@ -34,7 +31,6 @@ def test_warm_exchange_is_served_from_the_policy_cache(local_system):
     finally:
         store.delete("cache-probe")
     # A cold start reads the table and no longer finds the policy.
-    with handler_environment(env):
-        cold = load_handler("exchange")
+    cold = cold_exchange_handler(local_system, TOKEX_POLICY_CACHE_SECONDS="60")
     status, _, body = invoke_for(cold, sign(local_system), "cache-probe-api")
     assert (status, body["error"]) == (400, "invalid_target")

@@ -22,24 +22,9 @@ Cli = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def revoke(local_system: LocalSystem, monkeypatch: pytest.MonkeyPatch, capsys) -> Cli:
+def revoke(state_table_cli) -> Cli:
     """`tokex revoke ...` against the system's state table, as its service identity."""
-    deployment = local_system.deployment
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in deployment.service.env().items():
-        monkeypatch.setenv(name, value)
-    where = ["--table", deployment.state_table, "--region", deployment.region]
-    where += ["--endpoint-url", deployment.endpoint_url]
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()  # the in-process handlers' log lines, not the CLI's output
-        code = main(["revoke", *argv, *where])
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err
-        return code, out, err
-
-    return run
+    return lambda *argv: state_table_cli("revoke", *argv)
 
 
 def token_of(system: LocalSystem, credentials=None) -> str:

@@ -19,7 +19,6 @@ import base64
 import json
 import os
 import time
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -28,12 +27,9 @@ import pytest
 
 from tests.integration.conftest import local_system  # noqa: F401  (session fixture)
 from tests.integration.test_exchange import exchange, sign
-from tokex.client.signing import encode_subject_token
+from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
 from tokex.evidence.identity import CallerIdentity
-from tokex.local.front import http_api_event
-from tokex.local.functions import LambdaContext, load_handler
-from tokex.local.runner import LocalSystem, handler_environment
-from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+from tokex.local.runner import LocalSystem
 from tokex.tokens.claims import build_claims
 from tokex.tokens.jws import encode_jwt
 from tokex.tokens.kms_signer import KmsSigner
@@ -114,32 +110,11 @@ def tamper_signature(token: str) -> str:
 
 def _exchange_es256(system: LocalSystem) -> str:
     """A real exchange by a cold-started handler whose signing key is the P-256 one."""
-    env = system.deployment.handler_env(
-        system.issuer,
-        TOKEX_SIGNING_KEY_ID=system.deployment.key_ids["ECC_NIST_P256"],
-        POWERTOOLS_METRICS_DISABLED="true",
-    )
-    with handler_environment(env):
-        handler = load_handler("exchange")
-    body = urllib.parse.urlencode(
-        {
-            "grant_type": TOKEN_EXCHANGE_GRANT,
-            "subject_token_type": SIGV4_TOKEN_TYPE,
-            "subject_token": encode_subject_token(sign(system)),
-            "audience": AUDIENCE,
-        }
-    ).encode()
-    event = http_api_event(
-        "POST",
-        "/token",
-        "",
-        {"content-type": "application/x-www-form-urlencoded"},
-        body,
-        "127.0.0.1",
-    )
-    result = handler.lambda_handler(event, LambdaContext("tokex-exchange"))
-    assert result["statusCode"] == 200, result["body"]
-    return json.loads(result["body"])["access_token"]
+    key_arn = system.deployment.key_ids["ECC_NIST_P256"]
+    handler = cold_exchange_handler(system, TOKEX_SIGNING_KEY_ID=key_arn)
+    status, _, body = invoke_exchange(handler, sign(system), AUDIENCE)
+    assert status == 200, body
+    return str(body["access_token"])
 
 
 def _caller_of(claims: dict[str, Any]) -> CallerIdentity:

@@ -1,0 +1,55 @@
+"""Driving a freshly loaded exchange handler directly, as API Gateway would.
+
+Tests that need a handler with other settings than the running system's (another signing
+key, an upstream pointed at a closed port, a small rate limit) cold-start their own copy
+of `functions/exchange/handler.py` against the same emulator and invoke it with API
+Gateway HTTP API v2 events.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from types import ModuleType
+from typing import Any
+
+from tokex.client.signing import encode_subject_token
+from tokex.local.front import http_api_event
+from tokex.local.functions import LambdaContext, load_handler
+from tokex.local.runner import LocalSystem, handler_environment
+from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+
+
+def cold_exchange_handler(system: LocalSystem, **overrides: str) -> ModuleType:
+    """A cold start of the exchange handler with the system's settings plus `overrides`."""
+    env = system.deployment.handler_env(
+        system.issuer,
+        TOKEX_LOCAL_INSTANCE_CERTIFICATE=str(system.imds.certificate_path),
+        TOKEX_LOCAL_INSTANCE_REGIONS=system.deployment.region,
+        **overrides,
+    )
+    with handler_environment(env):
+        return load_handler("exchange")
+
+
+def invoke_exchange(
+    handler: ModuleType, signed: dict[str, Any], audience: str = "demo-api", **params: str
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """POST /token into `handler`: (status, headers, JSON body)."""
+    form = {
+        "grant_type": TOKEN_EXCHANGE_GRANT,
+        "subject_token_type": SIGV4_TOKEN_TYPE,
+        "subject_token": encode_subject_token(signed),
+        "audience": audience,
+        **params,
+    }
+    event = http_api_event(
+        "POST",
+        "/token",
+        "",
+        {"content-type": "application/x-www-form-urlencoded"},
+        urllib.parse.urlencode(form).encode(),
+        "127.0.0.1",
+    )
+    result = handler.lambda_handler(event, LambdaContext("tokex-exchange"))
+    return result["statusCode"], result["headers"], json.loads(result["body"])
