@@ -307,7 +307,11 @@ STACK_TEMPLATE = {
             },
         }
     },
-    "Outputs": {"PolicyTableName": {"Value": {"Ref": "Policies"}}},
+    "Outputs": {
+        "PolicyTableName": {"Value": {"Ref": "Policies"}},
+        "DefaultTtlSeconds": {"Value": "600"},
+        "TtlCapSeconds": {"Value": "1200"},
+    },
 }
 
 
@@ -332,6 +336,21 @@ def test_stack_output_names_the_table(in_process_aws, capsys, tmp_path) -> None:
     listed = json.loads(out)
     assert listed["table"] == "tokex-stack-policies"
     assert [p["id"] for p in listed["policies"]] == ["cli-test"]
+
+
+def test_explain_takes_the_ttls_from_the_stack(in_process_aws, capsys, tmp_path) -> None:
+    where = ["--stack", "tokex", "--region", "us-east-1"]
+    document = {**CLI_POLICY}
+    document.pop("max_ttl_seconds", None)
+    assert main(["policy", "put", write(tmp_path / "p.json", document), *where]) == 0
+    principal = CLI_POLICY["principals"][0].replace("*", "x")
+    argv = ["policy", "explain", "--principal", principal, "--json", *where]
+    argv += ["--audience", CLI_POLICY["audiences"][0]]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["ttl_seconds"] == 600  # the stack's default TTL
+    assert main([*argv, "--default-ttl", "900"]) == 0  # a flag wins over the stack
+    assert json.loads(capsys.readouterr().out)["ttl_seconds"] == 900
 
 
 def test_stack_errors_are_clear(in_process_aws, capsys) -> None:

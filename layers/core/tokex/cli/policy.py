@@ -69,7 +69,14 @@ def register(subparsers: Any) -> None:
     from tokex.cli.policy_explain import add_explain_arguments
 
     add_explain_arguments(explain)
-    _ttl_cap_argument(explain)
+    explain.add_argument(
+        "--ttl-cap",
+        type=int,
+        default=None,
+        metavar="S",
+        help="the deployment's TTL cap (default: the --stack's TtlCapSeconds output, else "
+        f"{DEFAULT_TTL_CAP_SECONDS})",
+    )
 
 
 def _command(

@@ -17,14 +17,14 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tokex.cli.deployment import resolve_deployment
+from tokex.cli.deployment import aws_client, resolve_deployment, stack_output
 from tokex.cli.main import CommandError
 from tokex.cli.policy import load_policy_file, policy_table, read_text
 from tokex.errors import InvalidGrant, InvalidRequest, TokexError
 from tokex.evidence.identity import CallerIdentity, InstanceIdentity
 from tokex.policy.globs import principal_matches
 from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS, Policy
-from tokex.settings import DEFAULT_TTL_SECONDS, KNOWN_PARTITIONS
+from tokex.settings import DEFAULT_TTL_CAP_SECONDS, DEFAULT_TTL_SECONDS, KNOWN_PARTITIONS
 
 if TYPE_CHECKING:
     from tokex.policy.evaluate import Explanation
@@ -95,15 +95,17 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--default-ttl",
         type=int,
-        default=DEFAULT_TTL_SECONDS,
+        default=None,
         metavar="S",
-        help=f"the deployment's default TTL (default {DEFAULT_TTL_SECONDS})",
+        help="the deployment's default TTL (default: the --stack's DefaultTtlSeconds "
+        f"output, else {DEFAULT_TTL_SECONDS})",
     )
 
 
 def explain_command(args: argparse.Namespace) -> int:
     from tokex.policy.evaluate import explain
 
+    _ttls_from_stack(args)
     for name, value in (("--default-ttl", args.default_ttl), ("--ttl-cap", args.ttl_cap)):
         if not MIN_TTL_SECONDS <= value <= MAX_TTL_CAP_SECONDS:
             raise CommandError(f"{name} must be {MIN_TTL_SECONDS}..{MAX_TTL_CAP_SECONDS}", 2)
@@ -272,6 +274,24 @@ def _instance(
     bound = bind_instance_to_caller(instance, caller)
     notes.append("instance document bound to the caller (the exchange's binding checks pass)")
     return bound
+
+
+def _ttls_from_stack(args: argparse.Namespace) -> None:
+    """TTLs not given on the command line: the stack's outputs (what its exchange uses),
+    else the defaults of a deployment that sets none."""
+    outputs = {"default_ttl": "DefaultTtlSeconds", "ttl_cap": "TtlCapSeconds"}
+    fallback = {"default_ttl": DEFAULT_TTL_SECONDS, "ttl_cap": DEFAULT_TTL_CAP_SECONDS}
+    for attribute, output in outputs.items():
+        if getattr(args, attribute) is not None:
+            continue
+        value = fallback[attribute]
+        if args.stack and not args.policy_file:
+            cloudformation = aws_client("cloudformation", args.region, args.endpoint_url)
+            text = stack_output(cloudformation, args.stack, output=output)
+            if not text.isdigit():
+                raise CommandError(f"stack output {output} is not a number of seconds")
+            value = int(text)
+        setattr(args, attribute, value)
 
 
 def _policies(args: argparse.Namespace) -> tuple[list[Policy], str, list[str]]:
