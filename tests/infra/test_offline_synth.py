@@ -1,5 +1,5 @@
-"""`cdk synth` with no network at all: skipping the layer bundling (CDK's own
-`aws:cdk:bundling-stacks` context) gives the same template without running pip."""
+"""`TOKEX_SYNTH_WITHOUT_BUNDLING=1 python app.py`: a synth with no network at all (the
+layer bundling skipped through CDK's own `aws:cdk:bundling-stacks` context)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,6 @@ from tests.infra.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.infra
 
-SYNTH = """
-import json, sys
-from cdk.tokex_stack import build_app
-app, stack = build_app(context={"aws:cdk:bundling-stacks": []}, outdir=sys.argv[1])
-app.synth()
-"""
-
 
 def test_synth_without_pip_or_network(tmp_path):
     env = {
@@ -30,9 +23,11 @@ def test_synth_without_pip_or_network(tmp_path):
         "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
         "PIP_NO_INDEX": "1",
         "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+        "TOKEX_SYNTH_WITHOUT_BUNDLING": "1",
+        "CDK_OUTDIR": str(tmp_path / "out"),
     }
     result = subprocess.run(
-        [sys.executable, "-c", SYNTH, str(tmp_path / "out")],
+        [sys.executable, "app.py"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
