@@ -136,10 +136,6 @@ class TokenExchange:
             tag_lookup=self._instance_tags,
         )
         audit.policy = decision.policy.id
-        # Single use is recorded only once the request would succeed, so a refusal or an
-        # outage does not burn a signature the caller may retry.
-        if self._replay_guard is not None:
-            self._replay_guard.use_once(sts_request)
         claims = build_claims(
             issuer=settings.issuer,
             audience=request.audience,
@@ -151,13 +147,18 @@ class TokenExchange:
             instance=instance,
             now=int(now),
         )
-        audit.jti = claims["jti"]
         signer = self._signer()
         # Kong's open-source jwt plugin never checks `aud`; it finds its credential by one
         # claim. Keyed by audience *and* key, one consumer per audience can hold every
         # published key, and the acl plugin refuses other audiences (docs/kong.md).
         claims["aud_kid"] = f"{request.audience}.{signer.kid}"
         token = encode_jwt(claims, signer)
+        # Single use is recorded last, so a refusal or an outage does not burn a signed
+        # request the caller may retry. Of two concurrent uses, one records first; the
+        # other's token is dropped unseen.
+        if self._replay_guard is not None:
+            self._replay_guard.use_once(sts_request)
+        audit.jti = claims["jti"]
         return IssuedToken(token, decision.ttl_seconds, decision.scopes)
 
     def _verify_instance(self, request: TokenRequest) -> InstanceIdentity | None:
