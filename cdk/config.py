@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,9 @@ from typing import Any
 from constructs import Node
 
 SIGNING_KEY_SPECS = ("RSA_2048", "ECC_NIST_P256")
+# The signing-key slots a stack may hold: "a" is the key every stack has had from the
+# start (construct `SigningKey`), "b" the second key of a rotation (`SigningKeyB`).
+KEY_SLOTS = ("a", "b")
 KNOWN_PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
 # CloudFront only takes certificates from ACM in us-east-1.
 _CLOUDFRONT_CERT_ARN = re.compile(
@@ -41,6 +45,12 @@ class ConfigError(ValueError):
 class TokexConfig:
     stack_name: str = "Tokex"
     signing_key_spec: str = "RSA_2048"
+    # The key slots that exist (each a KMS key of the stack, published in the JWKS), in
+    # KEY_SLOTS order whatever the context's order, and the one that signs. Rotation is
+    # moving from ("a",) to ("a", "b") to active "b" to ("b",): see docs/deploy.md.
+    signing_keys: tuple[str, ...] = ("a",)
+    # None: "a" if it exists, else "b" (resolved in __post_init__).
+    active_signing_key: str | None = None
     domain_name: str | None = None
     certificate_arn: str | None = None
     sts_partitions: tuple[str, ...] = ("aws",)
@@ -72,6 +82,7 @@ class TokexConfig:
                 f"signingKeySpec must be one of {', '.join(SIGNING_KEY_SPECS)},"
                 f" not {self.signing_key_spec!r}"
             )
+        self._check_signing_keys()
         if (self.domain_name is None) != (self.certificate_arn is None):
             raise ConfigError("domainName and certificateArn go together: set both or neither")
         if self.domain_name is not None and not _DOMAIN.match(self.domain_name):
@@ -111,6 +122,37 @@ class TokexConfig:
             if not _ACCOUNT.match(account):
                 raise ConfigError(f"instanceTagsAccounts: {account!r} is not an account id")
 
+    def _check_signing_keys(self) -> None:
+        slots = ", ".join(KEY_SLOTS)
+        if not self.signing_keys:
+            raise ConfigError(f"signingKeys must list at least one key slot ({slots})")
+        for slot in self.signing_keys:
+            if slot not in KEY_SLOTS:
+                raise ConfigError(f"signingKeys: unknown key slot {slot!r} (the slots are {slots})")
+        if len(set(self.signing_keys)) != len(self.signing_keys):
+            raise ConfigError(f"signingKeys lists a slot twice: {list(self.signing_keys)}")
+        # Frozen dataclass: normalize the order and resolve the default active slot.
+        keys = tuple(slot for slot in KEY_SLOTS if slot in self.signing_keys)
+        object.__setattr__(self, "signing_keys", keys)
+        active = self.active_signing_key or keys[0]
+        if active not in keys:
+            raise ConfigError(
+                f"activeSigningKey {active!r} is not in signingKeys ({', '.join(keys)}): a key"
+                " signs only once it exists and is published (see docs/deploy.md, Key rotation)"
+            )
+        object.__setattr__(self, "active_signing_key", active)
+
+    @property
+    def active_key(self) -> str:
+        """The slot that signs (`active_signing_key`, resolved)."""
+        assert self.active_signing_key is not None
+        return self.active_signing_key
+
+    @property
+    def inactive_keys(self) -> tuple[str, ...]:
+        """The slots that exist but do not sign: published only."""
+        return tuple(slot for slot in self.signing_keys if slot != self.active_key)
+
     @property
     def issuer_is_custom_domain(self) -> bool:
         return self.domain_name is not None
@@ -131,6 +173,12 @@ class TokexConfig:
             value = get(key)
             if value is None:
                 return None
+            if isinstance(value, str) and value.lstrip().startswith("["):
+                # `-c key='["x","y"]'`: the CDK CLI passes every -c value as a string.
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    raise ConfigError(f"{key} is not a valid JSON list: {value!r}") from None
             items = value.split(",") if isinstance(value, str) else value
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
                 raise ConfigError(f"{key} must be a list of strings or a comma-separated string")
@@ -147,6 +195,8 @@ class TokexConfig:
         values: dict[str, Any] = {
             "stack_name": text("stackName"),
             "signing_key_spec": text("signingKeySpec"),
+            "signing_keys": strings("signingKeys"),
+            "active_signing_key": text("activeSigningKey"),
             "domain_name": text("domainName"),
             "certificate_arn": text("certificateArn"),
             "sts_partitions": strings("stsPartitions"),

@@ -1,10 +1,31 @@
-"""The KMS asymmetric key that signs every token, with a least-privilege key policy.
+"""The KMS asymmetric keys that sign tokens, with least-privilege key policies.
 
-The key policy delegates key *administration* to the account's IAM (so operators can
-manage and rotate it), but no cryptographic operation: `kms:Sign` is allowed only to IAM
-principals whose ARN is the exchange role's, so even an account administrator with
-`kms:*` in an identity policy cannot mint tokens without changing the key policy first
-(which CloudTrail records). The roles still need their own identity policy statements.
+A stack holds one or two key *slots* (context `signingKeys`): slot "a" is the key every
+stack has had from the start (construct `SigningKey`, alias `alias/tokex/<stack>/signing`;
+its construct path must never change, or CloudFormation would replace the key), slot "b"
+the second key of a rotation (`SigningKeyB`, alias `.../signing-b`). Every slot's key is
+published (the publisher and the introspect function read its public key); exactly one,
+the active slot (`activeSigningKey`), signs.
+
+Each key policy delegates key *administration* to the account's IAM (so operators can
+manage it), but no cryptographic operation: only the active key's policy allows
+`kms:Sign`, and only to IAM principals whose ARN is the exchange role's, so even an
+account administrator with `kms:*` in an identity policy cannot mint tokens without
+changing the key policy first (which CloudTrail records), and a published key that is
+not active cannot sign at all. The roles still need their own identity policy statements.
+
+Zero-downtime switches (why the grants are per-slot policies, and the ordering): each
+slot's identity-policy statements live in their own `AWS::IAM::Policy`, which exists
+exactly as long as the slot (or, for signing, its being active) does, and each function
+depends on the policies it needs. CloudFormation creates and updates resources in
+dependency order and deletes the ones a template no longer has only in its cleanup phase,
+after every update. So when the active slot changes, the new key's Sign statement and
+grant exist before the exchange is told the new key id; the old key's key-policy Sign
+statement goes after the exchange was switched (an inactive key depends on the exchange
+function), and the old grant in the cleanup phase. When a slot is removed, the readers
+are updated before its grants go. The roles' default policies depend on the slot policies
+too, so a stack that had its key grants in the default policies (before slots existed)
+gets the new policies before the old statements are removed.
 """
 
 from __future__ import annotations
@@ -14,6 +35,7 @@ from collections.abc import Sequence
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 # KeySpec -> the only KMS SigningAlgorithm the exchange uses with it (RS256 / ES256,
@@ -45,7 +67,20 @@ KEY_ADMIN_ACTIONS = [
 ]
 
 
+def slot_construct_id(slot: str) -> str:
+    """`SigningKey` for slot "a" (the construct id every stack has had), `SigningKeyB`..."""
+    return "SigningKey" if slot == "a" else f"SigningKey{slot.upper()}"
+
+
+def slot_alias_name(stack_name: str, slot: str) -> str:
+    base = f"alias/tokex/{stack_name}/signing"
+    return base if slot == "a" else f"{base}-{slot}"
+
+
 class SigningKey(Construct):
+    """One key slot: the KMS key, its alias, and the grants on it (each an IAM policy of
+    its own, see the module docstring)."""
+
     def __init__(
         self, scope: Construct, construct_id: str, *, key_spec: str, alias_name: str
     ) -> None:
@@ -58,10 +93,11 @@ class SigningKey(Construct):
             description="tokex token signing key (asymmetric, SIGN_VERIFY)",
             key_spec=kms.KeySpec(key_spec),
             key_usage=kms.KeyUsage.SIGN_VERIFY,
-            # Asymmetric KMS keys cannot rotate automatically; rotation means a new key
-            # published in the JWKS before it signs (see docs/deploy.md).
+            # Asymmetric KMS keys cannot rotate automatically; rotation means a second
+            # key slot published before it signs (see docs/deploy.md, Key rotation).
             enable_key_rotation=False,
-            # Deleting the key would make every issued token unverifiable: keep it.
+            # Deleting the key would make every issued token unverifiable: keep it, also
+            # when its slot is removed from the stack.
             removal_policy=RemovalPolicy.RETAIN,
             policy=iam.PolicyDocument(
                 statements=[
@@ -83,8 +119,9 @@ class SigningKey(Construct):
         )
         self.alias = kms.Alias(self, "Alias", alias_name=alias_name, target_key=self.key)
 
-    def allow_signing(self, role: iam.IRole) -> None:
-        """The exchange: kms:Sign (RAW, our algorithm only) and GetPublicKey for its `kid`."""
+    def allow_signing(self, role: iam.IRole, function: lambda_.Function) -> None:
+        """The active slot, for the exchange: kms:Sign (RAW, our algorithm only) and
+        GetPublicKey for its `kid`."""
         conditions = {
             "StringEquals": {
                 "kms:MessageType": "RAW",
@@ -100,47 +137,76 @@ class SigningKey(Construct):
                 conditions={**conditions, "ArnEquals": {"aws:PrincipalArn": role.role_arn}},
             )
         )
-        role.add_to_principal_policy(
+        self._grant(
+            "ExchangeGrants",
+            role,
+            function,
             iam.PolicyStatement(
                 sid="SignTokens",
                 actions=["kms:Sign"],
                 resources=[self.key.key_arn],
                 conditions=conditions,
-            )
-        )
-        role.add_to_principal_policy(
+            ),
             iam.PolicyStatement(
                 sid="ReadSigningPublicKey",
                 actions=["kms:GetPublicKey"],
                 resources=[self.key.key_arn],
-            )
+            ),
         )
 
-    def allow_public_key_read(self, role: iam.IRole) -> None:
+    def sign_only_after(self, exchange: lambda_.Function) -> None:
+        """An inactive slot: its key (whose policy loses the Sign statement when the slot
+        stops being active) is updated only after the exchange, which then already signs
+        with the new active key."""
+        self.key.node.add_dependency(exchange)
+
+    def allow_public_key_read(self, role: iam.IRole, function: lambda_.Function) -> None:
         """The JWKS publisher: the public key and its description, nothing else."""
-        role.add_to_principal_policy(
+        self._grant(
+            "PublisherGrants",
+            role,
+            function,
             iam.PolicyStatement(
                 sid="ReadSigningPublicKey",
                 actions=["kms:DescribeKey", "kms:GetPublicKey"],
                 resources=[self.key.key_arn],
-            )
+            ),
         )
 
-    def allow_verification(self, role: iam.IRole) -> None:
+    def allow_verification(self, role: iam.IRole, function: lambda_.Function) -> None:
         """The introspect function: the public key only (it verifies, never signs)."""
-        role.add_to_principal_policy(
+        self._grant(
+            "IntrospectGrants",
+            role,
+            function,
             iam.PolicyStatement(
                 sid="ReadSigningPublicKey",
                 actions=["kms:GetPublicKey"],
                 resources=[self.key.key_arn],
-            )
+            ),
         )
+
+    def _grant(
+        self,
+        construct_id: str,
+        role: iam.IRole,
+        function: lambda_.Function,
+        *statements: iam.PolicyStatement,
+    ) -> None:
+        """`statements` as an IAM policy of this slot on `role`, created before `function`
+        is created or updated, and before the role's default policy is updated."""
+        policy = iam.Policy(self, construct_id, roles=[role], statements=list(statements))
+        function.node.add_dependency(policy)
+        default_policy = role.node.try_find_child("DefaultPolicy")
+        if default_policy is not None:
+            default_policy.node.add_dependency(policy)
 
 
 def allow_published_keys_read(role: iam.IRole, key_arns: Sequence[str]) -> None:
     """The publisher and the introspect function: the public keys of the other published
-    keys (next and previous of a rotation). Their key policies must let this account's
-    IAM grant kms:GetPublicKey (the default key policy does)."""
+    keys (next and previous of a rotation) given by ARN, outside the stack. Their key
+    policies must let this account's IAM grant kms:GetPublicKey (the default key policy
+    does)."""
     if key_arns:
         role.add_to_principal_policy(
             iam.PolicyStatement(

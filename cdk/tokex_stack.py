@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import App, Aws, CfnOutput, Duration, Stack, Validations
+from aws_cdk import App, Aws, CfnOutput, Duration, Fn, Stack, Validations
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from cdk_nag import AwsSolutionsChecks
@@ -33,7 +33,12 @@ from cdk.functions import RUNTIME, JwksPublication, TokexFunction
 from cdk.issuer_site import INTROSPECT_PATH, TOKEN_PATH, IssuerSite
 from cdk.layer_bundling import CoreLayer
 from cdk.policy_table import PolicyTable
-from cdk.signing_key import SigningKey, allow_published_keys_read
+from cdk.signing_key import (
+    SigningKey,
+    allow_published_keys_read,
+    slot_alias_name,
+    slot_construct_id,
+)
 from cdk.state_table import StateTable
 from cdk.token_api import TokenApi
 
@@ -55,12 +60,19 @@ class TokexStack(Stack):
         )
         self.config = config
 
-        self.signing_key = SigningKey(
-            self,
-            "SigningKey",
-            key_spec=config.signing_key_spec,
-            alias_name=f"alias/tokex/{config.stack_name}/signing",
-        )
+        # One construct per key slot; slot "a" keeps the construct id `SigningKey` every
+        # stack has had (its key's logical id must never change: that would replace it).
+        self.signing_keys = {
+            slot: SigningKey(
+                self,
+                slot_construct_id(slot),
+                key_spec=config.signing_key_spec,
+                alias_name=slot_alias_name(config.stack_name, slot),
+            )
+            for slot in config.signing_keys
+        }
+        # The active slot: the key that signs.
+        self.signing_key = self.signing_keys[config.active_key]
         self.policy_table = PolicyTable(self, "PolicyTable")
         self.state_table = StateTable(self, "StateTable")
         self.token_api = TokenApi(
@@ -84,11 +96,18 @@ class TokexStack(Stack):
         layer = CoreLayer(self, "CoreLayer", runtime=RUNTIME).layer
 
         key_arn = self.signing_key.key.key_arn
+        # Published besides the signing key, for the publisher and the introspect function:
+        # the stack's other slots (the next or previous key of a rotation), then the
+        # publishedKeyArns keys.
+        self.published_key_arns = [
+            *(self.signing_keys[slot].key.key_arn for slot in config.inactive_keys),
+            *config.published_key_arns,
+        ]
+        published_key_ids = Fn.join(",", self.published_key_arns) if self.published_key_arns else ""
         state_table = self.state_table.table.table_name
         # One value for every function that needs it: the introspect function rejects
         # tokens living longer than the cap, so it must be the exchange's cap exactly.
         ttl_cap = str(config.ttl_cap_seconds)
-        published_key_ids = ",".join(config.published_key_arns)
         base = {
             "TOKEX_ISSUER": self.issuer,
             "TOKEX_SIGNING_KEY_ID": key_arn,
@@ -157,17 +176,24 @@ class TokexStack(Stack):
             log_retention=LOG_RETENTION,
         )
 
-        self.signing_key.allow_signing(self.exchange.role)
         self.policy_table.allow_read(self.exchange.role)
         self.state_table.allow_single_use_writes(self.exchange.role)
         self.state_table.allow_rate_counting(self.exchange.role)
         if config.instance_tags_role_name:
             allow_instance_tag_lookups(self.exchange.role, config)
-        self.signing_key.allow_verification(self.introspect.role)
         allow_published_keys_read(self.introspect.role, config.published_key_arns)
         self.state_table.allow_introspection_reads(self.introspect.role)
-        self.signing_key.allow_public_key_read(self.publisher.role)
         allow_published_keys_read(self.publisher.role, config.published_key_arns)
+        # Each slot's key grants are IAM policies of their own, which the functions and
+        # the roles' default policies (created with the log grants) depend on: the order
+        # of a zero-downtime key switch (cdk/signing_key.py).
+        for slot, signing_key in self.signing_keys.items():
+            if slot == config.active_key:
+                signing_key.allow_signing(self.exchange.role, self.exchange.function)
+            else:
+                signing_key.sign_only_after(self.exchange.function)
+            signing_key.allow_verification(self.introspect.role, self.introspect.function)
+            signing_key.allow_public_key_read(self.publisher.role, self.publisher.function)
         self.issuer_site.allow_publishing(self.publisher.role)
         self.token_api.add_token_route(self.exchange.function)
         self.token_api.add_introspect_route(self.introspect.function)
@@ -178,6 +204,8 @@ class TokexStack(Stack):
             publisher=self.publisher.function,
             properties={
                 "SigningKeyArn": key_arn,
+                # With a pinned deployNonce, publishing or retiring a key still republishes.
+                "PublishedKeyIds": published_key_ids,
                 "Issuer": self.issuer,
                 # A new value on every synth makes CloudFormation send an Update, so the
                 # publisher runs on every deploy (pin it with -c deployNonce=... if needed).
@@ -199,7 +227,7 @@ class TokexStack(Stack):
                 state_table,
                 "tokex state table: introspection clients, revocations, single use",
             ),
-            "SigningKeyArn": (key_arn, "The KMS key that signs tokens"),
+            "SigningKeyArn": (key_arn, "The KMS key that signs tokens (activeSigningKey)"),
             "DefaultTtlSeconds": (
                 str(config.default_ttl_seconds),
                 "Token lifetime when the policy sets none",
@@ -214,6 +242,13 @@ class TokexStack(Stack):
                 "Point the custom domain's DNS (CNAME/alias) here",
             ),
         }
+        if self.published_key_arns:
+            # Omitted rather than empty when there is none.
+            outputs["PublishedKeyArns"] = (
+                published_key_ids,
+                "KMS keys published besides the signing key: the other key slot, then"
+                " publishedKeyArns (comma-separated)",
+            )
         for output_id, (value, description) in outputs.items():
             CfnOutput(self, output_id, value=value, description=description)
 

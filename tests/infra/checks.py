@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, cast
 
@@ -36,6 +37,10 @@ CRYPTO_ACTIONS = (
     "kms:GenerateDataKey",
     "kms:GenerateMac",
 )
+# The logical ids of slot "a"'s key and alias in every stack deployed so far: changing
+# either would make CloudFormation replace the key (or fail on a duplicate alias).
+SLOT_A_KEY_LOGICAL_ID = "SigningKey49B95470"
+SLOT_A_ALIAS_LOGICAL_ID = "SigningKeyAliasFA392759"
 # The only items the exchange may write to the state table (tokex/evidence/replay.py).
 SINGLE_USE_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["sig#*"]}}
 RATE_COUNTER_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["rate#*"]}}
@@ -44,16 +49,27 @@ RATE_COUNTER_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["
 # --- helpers --------------------------------------------------------------------------
 
 
+_RAW: weakref.WeakKeyDictionary[Template, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
 def raw(template: Template) -> dict[str, Any]:
-    return cast(dict[str, Any], template.to_json())
+    """The template as JSON, read from the jsii kernel once per Template (read-only)."""
+    if template not in _RAW:
+        _RAW[template] = cast(dict[str, Any], template.to_json())
+    return _RAW[template]
 
 
 def logical_id(template: Template, path: str) -> str:
     """Logical id of the resource whose construct path is `Tokex/<path>/Resource`."""
+    return logical_id_in(raw(template), path)
+
+
+def logical_id_in(template_json: dict[str, Any], path: str) -> str:
+    """`logical_id` on the template's JSON (no jsii Template needed)."""
     wanted = f"{STACK}/{path}/Resource"
     found = [
         lid
-        for lid, res in raw(template)["Resources"].items()
+        for lid, res in template_json["Resources"].items()
         if res.get("Metadata", {}).get("aws:cdk:path") == wanted
     ]
     assert len(found) == 1, f"expected one resource at {wanted}, found {found}"
@@ -70,6 +86,35 @@ def arn_of(template: Template, path: str) -> dict[str, Any]:
 
 def ref(template: Template, path: str) -> dict[str, Any]:
     return {"Ref": logical_id(template, path)}
+
+
+def slot_path(slot: str) -> str:
+    """The construct path of a key slot: `SigningKey` (slot "a", as ever), `SigningKeyB`."""
+    return "SigningKey" if slot == "a" else f"SigningKey{slot.upper()}"
+
+
+def key_arn(template: Template, slot: str) -> dict[str, Any]:
+    return arn_of(template, f"{slot_path(slot)}/Key")
+
+
+def published_ids(
+    template: Template, *, slots: tuple[str, ...], active: str, published_keys: tuple[str, ...]
+) -> list[Any]:
+    """What TOKEX_PUBLISHED_KEY_IDS must list, in order: the other slots' keys (slot
+    order), then the publishedKeyArns keys."""
+    return [*(key_arn(template, s) for s in slots if s != active), *published_keys]
+
+
+def split_ids(value: Any) -> list[Any]:
+    """A comma-separated list as the template holds it (a literal, one reference, or an
+    `Fn::Join` on ","), as a list of ARN literals and references."""
+    if isinstance(value, str):
+        return [part for part in value.split(",") if part]
+    if isinstance(value, dict) and "Fn::Join" in value:
+        delimiter, parts = value["Fn::Join"]
+        assert delimiter == ",", f"not a comma-separated list: {value}"
+        return [item for part in parts for item in split_ids(part)]
+    return [value]
 
 
 def _listify(value: Any) -> list[Any]:
@@ -190,14 +235,15 @@ def check_no_dependency_cycle(template: Template) -> None:
 
 
 @check
-def check_issuer_wiring(template: Template, *, issuer: Any) -> None:
-    """The issuer reaches the functions; the API itself never depends on a function."""
+def check_issuer_wiring(template: Template, *, issuer: Any, active: str = "a") -> None:
+    """The issuer reaches the functions; the API itself never depends on a function; every
+    function knows the active slot's key as the signing key."""
     api = logical_id(template, "TokenApi/Api")
     for fn in ("Exchange/Function", "Introspect/Function", "JwksPublisher/Function"):
         assert not depends_on(template, api, logical_id(template, fn))
         env = _env(template, fn)
         assert env["TOKEX_ISSUER"] == issuer
-        assert env["TOKEX_SIGNING_KEY_ID"] == arn_of(template, "SigningKey/Key")
+        assert env["TOKEX_SIGNING_KEY_ID"] == key_arn(template, active)
     for fn in ("Exchange/Function", "JwksPublisher/Function"):
         assert _env(template, fn)["TOKEX_TOKEN_ENDPOINT"] == _append(issuer, "/token")
     # Discovery lists the introspection endpoint (the publisher writes it).
@@ -212,10 +258,6 @@ def _env(template: Template, function_path: str) -> dict[str, Any]:
     return variables
 
 
-def published_key_ids(keys: tuple[str, ...]) -> str:
-    return ",".join(keys)
-
-
 @check
 def check_introspection_wiring(
     template: Template,
@@ -223,15 +265,19 @@ def check_introspection_wiring(
     issuer: Any,
     ttl_cap: int = 3600,
     published_keys: tuple[str, ...] = (),
+    slots: tuple[str, ...] = ("a",),
+    active: str = "a",
 ) -> None:
     """The introspect function's exact environment; the state table reaches the exchange
     (single use on) and introspection; both use the same TTL cap and published keys as
-    the exchange and the publisher."""
+    the exchange and the publisher: the other slots' keys, then `published_keys`."""
     state_table = ref(template, "StateTable/Table")
-    assert _env(template, "Introspect/Function") == {
+    published = published_ids(template, slots=slots, active=active, published_keys=published_keys)
+    env = dict(_env(template, "Introspect/Function"))
+    assert split_ids(env.pop("TOKEX_PUBLISHED_KEY_IDS")) == published
+    assert env == {
         "TOKEX_ISSUER": issuer,
-        "TOKEX_SIGNING_KEY_ID": arn_of(template, "SigningKey/Key"),
-        "TOKEX_PUBLISHED_KEY_IDS": published_key_ids(published_keys),
+        "TOKEX_SIGNING_KEY_ID": key_arn(template, active),
         "TOKEX_STATE_TABLE": state_table,
         "TOKEX_TTL_CAP_SECONDS": str(ttl_cap),
         "POWERTOOLS_SERVICE_NAME": "tokex",
@@ -245,8 +291,9 @@ def check_introspection_wiring(
     # Single use is on unless TOKEX_SINGLE_USE=false: nothing may switch it off.
     assert "TOKEX_SINGLE_USE" not in exchange
     assert exchange["TOKEX_TTL_CAP_SECONDS"] == str(ttl_cap)
+    assert "TOKEX_PUBLISHED_KEY_IDS" not in exchange  # it signs with one key only
     publisher = _env(template, "JwksPublisher/Function")
-    assert publisher["TOKEX_PUBLISHED_KEY_IDS"] == published_key_ids(published_keys)
+    assert split_ids(publisher["TOKEX_PUBLISHED_KEY_IDS"]) == published
 
 
 def _append(value: Any, suffix: str) -> Any:
@@ -262,27 +309,43 @@ def default_issuer(template: Template) -> dict[str, Any]:
 
 
 @check
-def check_signing_key(template: Template, *, key_spec: str) -> None:
-    template.has_resource_properties(
-        "AWS::KMS::Key", {"KeySpec": key_spec, "KeyUsage": "SIGN_VERIFY"}
-    )
-    template.resource_count_is("AWS::KMS::Key", 1)
-    key = resource(template, "SigningKey/Key")
-    assert key["DeletionPolicy"] == "Retain" and key["UpdateReplacePolicy"] == "Retain"
-    template.has_resource_properties(
-        "AWS::KMS::Alias",
-        {
-            "AliasName": f"alias/tokex/{STACK}/signing",
-            "TargetKeyId": arn_of(template, "SigningKey/Key"),
-        },
-    )
+def check_signing_key(
+    template: Template, *, key_spec: str, slots: tuple[str, ...] = ("a",)
+) -> None:
+    """One retained asymmetric SIGN_VERIFY key and its alias per slot, nothing else; slot
+    "a" keeps the logical ids every deployed stack has."""
+    template.resource_count_is("AWS::KMS::Key", len(slots))
+    template.resource_count_is("AWS::KMS::Alias", len(slots))
+    for slot in slots:
+        key = resource(template, f"{slot_path(slot)}/Key")
+        assert key["Properties"]["KeySpec"] == key_spec
+        assert key["Properties"]["KeyUsage"] == "SIGN_VERIFY"
+        assert key["DeletionPolicy"] == "Retain" and key["UpdateReplacePolicy"] == "Retain"
+        alias = resource(template, f"{slot_path(slot)}/Alias")["Properties"]
+        suffix = "" if slot == "a" else f"-{slot}"
+        assert alias == {
+            "AliasName": f"alias/tokex/{STACK}/signing{suffix}",
+            "TargetKeyId": key_arn(template, slot),
+        }, f"slot {slot}: alias {alias}"
+    if "a" in slots:
+        assert logical_id(template, "SigningKey/Key") == SLOT_A_KEY_LOGICAL_ID
+        assert logical_id(template, "SigningKey/Alias") == SLOT_A_ALIAS_LOGICAL_ID
 
 
 @check
-def check_key_policy(template: Template, *, key_spec: str) -> None:
-    """Administration for the account's IAM; kms:Sign only for the exchange role's ARN; no
-    grants at all (a grant would give Sign past the key policy's conditions)."""
-    statements = resource(template, "SigningKey/Key")["Properties"]["KeyPolicy"]["Statement"]
+def check_key_policy(
+    template: Template, *, key_spec: str, slots: tuple[str, ...] = ("a",), active: str = "a"
+) -> None:
+    """Every slot: administration for the account's IAM, no grants at all (a grant would
+    give Sign past the key policy's conditions). The active slot only: kms:Sign for the
+    exchange role's ARN; a published key that is not active cannot sign."""
+    for slot in slots:
+        _check_one_key_policy(template, slot, key_spec=key_spec, signs=slot == active)
+
+
+def _check_one_key_policy(template: Template, slot: str, *, key_spec: str, signs: bool) -> None:
+    key = resource(template, f"{slot_path(slot)}/Key")
+    statements = key["Properties"]["KeyPolicy"]["Statement"]
     exchange_role = arn_of(template, "Exchange/Role")
     denies = [s for s in statements if s["Effect"] == "Deny"]
     assert denies == [
@@ -307,7 +370,10 @@ def check_key_policy(template: Template, *, key_spec: str) -> None:
         if uses:
             signers.append(statement)
             assert uses == ["kms:Sign"] == actions, f"crypto actions in key policy: {actions}"
-    assert len(signers) == 1, "exactly one key-policy statement may allow signing"
+    if not signs:
+        assert signers == [], f"slot {slot} is not active but its key policy allows signing"
+        return
+    assert len(signers) == 1, f"slot {slot}: exactly one key-policy statement may allow signing"
     assert signers[0]["Condition"] == {
         "ArnEquals": {"aws:PrincipalArn": exchange_role},
         "StringEquals": {
@@ -331,12 +397,16 @@ def instance_tags_role_arn(account: str, role_name: str) -> dict[str, Any]:
 
 @check
 def check_exchange_permissions(
-    template: Template, *, key_spec: str, instance_tags_roles: tuple[Any, ...] = ()
+    template: Template,
+    *,
+    key_spec: str,
+    instance_tags_roles: tuple[Any, ...] = (),
+    active: str = "a",
 ) -> None:
-    """Exactly: write its logs, X-Ray, sign with (and read) the key, read the policy table,
-    put `sig#` items and count in `rate#` items (only) in the state table, and assume the
-    instance-tags roles (only when configured)."""
-    key, table = arn_of(template, "SigningKey/Key"), arn_of(template, "PolicyTable/Table")
+    """Exactly: write its logs, X-Ray, sign with (and read) the active key and no other,
+    read the policy table, put `sig#` items and count in `rate#` items (only) in the state
+    table, and assume the instance-tags roles (only when configured)."""
+    key, table = key_arn(template, active), arn_of(template, "PolicyTable/Table")
     state = arn_of(template, "StateTable/Table")
     logs = arn_of(template, "Exchange/Logs")
     sign_condition = {
@@ -368,18 +438,19 @@ def check_exchange_permissions(
 
 @check
 def check_introspect_permissions(
-    template: Template, *, published_keys: tuple[str, ...] = ()
+    template: Template, *, published_keys: tuple[str, ...] = (), slots: tuple[str, ...] = ("a",)
 ) -> None:
-    """Exactly: write its logs, X-Ray, read the public keys (never sign), and read clients
-    and revocations from the state table (never write, never another table)."""
-    key, logs = arn_of(template, "SigningKey/Key"), arn_of(template, "Introspect/Logs")
+    """Exactly: write its logs, X-Ray, read the public keys of every slot and of
+    `published_keys` (never sign), and read clients and revocations from the state table
+    (never write, never another table)."""
+    logs = arn_of(template, "Introspect/Logs")
     state = arn_of(template, "StateTable/Table")
     expected = {
         _grant("logs:CreateLogStream", logs),
         _grant("logs:PutLogEvents", logs),
         _grant("xray:PutTraceSegments", "*"),
         _grant("xray:PutTelemetryRecords", "*"),
-        _grant("kms:GetPublicKey", key),
+        *(_grant("kms:GetPublicKey", key_arn(template, slot)) for slot in slots),
         *(_grant("kms:GetPublicKey", arn) for arn in published_keys),
         _grant("dynamodb:GetItem", state),
         _grant("dynamodb:BatchGetItem", state),
@@ -393,18 +464,19 @@ def check_introspect_permissions(
 
 @check
 def check_publisher_permissions(
-    template: Template, *, published_keys: tuple[str, ...] = ()
+    template: Template, *, published_keys: tuple[str, ...] = (), slots: tuple[str, ...] = ("a",)
 ) -> None:
-    """Exactly: write its logs, X-Ray, read the public keys, publish under .well-known/."""
-    key, logs = arn_of(template, "SigningKey/Key"), arn_of(template, "JwksPublisher/Logs")
+    """Exactly: write its logs, X-Ray, read the public keys of every slot and of
+    `published_keys`, publish under .well-known/."""
+    logs = arn_of(template, "JwksPublisher/Logs")
     well_known = {"Fn::Join": ["", [arn_of(template, "IssuerSite/Documents"), "/.well-known/*"]]}
     expected = {
         _grant("logs:CreateLogStream", logs),
         _grant("logs:PutLogEvents", logs),
         _grant("xray:PutTraceSegments", "*"),
         _grant("xray:PutTelemetryRecords", "*"),
-        _grant("kms:DescribeKey", key),
-        _grant("kms:GetPublicKey", key),
+        *(_grant("kms:DescribeKey", key_arn(template, slot)) for slot in slots),
+        *(_grant("kms:GetPublicKey", key_arn(template, slot)) for slot in slots),
         *(_grant("kms:GetPublicKey", arn) for arn in published_keys),
         _grant("s3:GetObject", well_known),
         _grant("s3:PutObject", well_known),
@@ -709,8 +781,16 @@ def check_instance_tag_lookups(template: Template, *, role_name: str | None) -> 
 
 
 @check
-def check_jwks_publication(template: Template, *, nonce: str) -> None:
-    """Hourly schedule and a custom resource that changes on every deploy."""
+def check_jwks_publication(
+    template: Template,
+    *,
+    nonce: str,
+    slots: tuple[str, ...] = ("a",),
+    active: str = "a",
+    published_keys: tuple[str, ...] = (),
+) -> None:
+    """Hourly schedule and a custom resource that changes on every deploy, and whenever
+    the signing key or the published keys change (even with a pinned nonce)."""
     publisher = arn_of(template, "JwksPublisher/Function")
     template.has_resource_properties(
         "AWS::Events::Rule",
@@ -726,20 +806,37 @@ def check_jwks_publication(template: Template, *, nonce: str) -> None:
     framework = arn_of(template, "JwksPublication/Provider/framework-onEvent")
     assert props["ServiceToken"] == framework
     assert props["DeployNonce"] == nonce
-    assert props["SigningKeyArn"] == arn_of(template, "SigningKey/Key")
+    assert props["SigningKeyArn"] == key_arn(template, active)
+    assert split_ids(props["PublishedKeyIds"]) == published_ids(
+        template, slots=slots, active=active, published_keys=published_keys
+    )
     env = resource(template, "JwksPublication/Provider/framework-onEvent")["Properties"]
     assert env["Environment"]["Variables"]["USER_ON_EVENT_FUNCTION_ARN"] == publisher
 
 
 @check
 def check_outputs(
-    template: Template, *, issuer: Any, default_ttl: int = 900, ttl_cap: int = 3600
+    template: Template,
+    *,
+    issuer: Any,
+    default_ttl: int = 900,
+    ttl_cap: int = 3600,
+    slots: tuple[str, ...] = ("a",),
+    active: str = "a",
+    published_keys: tuple[str, ...] = (),
 ) -> None:
     template.has_output("IssuerUrl", {"Value": issuer})
     template.has_output("TokenEndpoint", {"Value": _append(issuer, "/token")})
     template.has_output("JwksUrl", {"Value": _append(issuer, "/.well-known/jwks.json")})
     template.has_output("PolicyTableName", {"Value": ref(template, "PolicyTable/Table")})
-    template.has_output("SigningKeyArn", {"Value": arn_of(template, "SigningKey/Key")})
+    template.has_output("SigningKeyArn", {"Value": key_arn(template, active)})
+    # The other published keys, when there are any (an output is never left empty).
+    published = published_ids(template, slots=slots, active=active, published_keys=published_keys)
+    outputs = raw(template).get("Outputs", {})
+    if published:
+        assert split_ids(outputs["PublishedKeyArns"]["Value"]) == published
+    else:
+        assert "PublishedKeyArns" not in outputs
     template.has_output("IntrospectionEndpoint", {"Value": _append(issuer, "/introspect")})
     template.has_output("StateTableName", {"Value": ref(template, "StateTable/Table")})
     template.has_output("DefaultTtlSeconds", {"Value": str(default_ttl)})
@@ -751,6 +848,79 @@ def check_outputs(
     assert exchange["TOKEX_TTL_CAP_SECONDS"] == str(ttl_cap)
 
 
+def _policy_ids_on(template: Template, role_path: str) -> set[str]:
+    role = {"Ref": logical_id(template, role_path)}
+    return {
+        lid
+        for lid, res in raw(template)["Resources"].items()
+        if res["Type"] == "AWS::IAM::Policy" and role in res["Properties"].get("Roles", [])
+    }
+
+
+def _depends_directly(template: Template, source: str, target: str) -> bool:
+    return target in _listify(raw(template)["Resources"][source].get("DependsOn", []))
+
+
+# The role, function and slot policy of each key user: (role, function, policy id).
+KEY_USERS = (
+    ("Exchange/Role", "Exchange/Function", "ExchangeGrants"),
+    ("Introspect/Role", "Introspect/Function", "IntrospectGrants"),
+    ("JwksPublisher/Role", "JwksPublisher/Function", "PublisherGrants"),
+)
+
+
+@check
+def check_key_switch_ordering(
+    template: Template, *, slots: tuple[str, ...] = ("a",), active: str = "a"
+) -> None:
+    """What makes adding, activating and retiring a slot zero-downtime (see
+    cdk/signing_key.py): every identity-policy statement on a slot's key is in that slot's
+    own IAM policy (exchange: the active slot only), which the function using it and its
+    role's default policy depend on; and an inactive key (whose Sign statement may just
+    have been removed) is only updated after the exchange function."""
+    slot_keys = {json.dumps(key_arn(template, slot), sort_keys=True) for slot in slots}
+    exchange_fn = logical_id(template, "Exchange/Function")
+    for role_path, function_path, policy_name in KEY_USERS:
+        users = slots if policy_name != "ExchangeGrants" else (active,)
+        function = logical_id(template, function_path)
+        default = logical_id(template, f"{role_path}/DefaultPolicy")
+        expected_policies = {logical_id(template, f"{slot_path(s)}/{policy_name}") for s in users}
+        assert _policy_ids_on(template, role_path) == {default, *expected_policies}, (
+            f"{role_path}: unexpected IAM policies {_policy_ids_on(template, role_path)}"
+        )
+        for slot in users:
+            policy = logical_id(template, f"{slot_path(slot)}/{policy_name}")
+            statements = resource(template, f"{slot_path(slot)}/{policy_name}")["Properties"]
+            own_key = json.dumps(key_arn(template, slot), sort_keys=True)
+            assert {r for _, r, _ in grants(statements["PolicyDocument"]["Statement"])} == {
+                own_key
+            }, f"{policy_name} of slot {slot} names other resources"
+            assert _depends_directly(template, function, policy), (
+                f"{function_path} may be updated before {policy_name} of slot {slot} exists"
+            )
+            assert _depends_directly(template, default, policy), (
+                f"{role_path}/DefaultPolicy may drop key grants before {policy_name} of"
+                f" slot {slot} exists"
+            )
+        default_statements = resource(template, f"{role_path}/DefaultPolicy")["Properties"]
+        on_slot_keys = [
+            g
+            for g in grants(default_statements["PolicyDocument"]["Statement"])
+            if g[1] in slot_keys
+        ]
+        assert not on_slot_keys, f"{role_path}/DefaultPolicy grants on slot keys: {on_slot_keys}"
+    key_ids = {slot: logical_id(template, f"{slot_path(slot)}/Key") for slot in slots}
+    for slot in slots:
+        after_exchange = _depends_directly(template, key_ids[slot], exchange_fn)
+        if slot == active:
+            assert not after_exchange  # the exchange needs the active key first
+        else:
+            assert after_exchange, (
+                f"the key of inactive slot {slot} may lose its Sign statement before the"
+                " exchange switched to the active key"
+            )
+
+
 @check
 def check_all_default(template: Template, *, nonce: str) -> None:
     """Every check, for the default deployment (RSA key, CloudFront domain)."""
@@ -760,6 +930,7 @@ def check_all_default(template: Template, *, nonce: str) -> None:
     check_introspection_wiring(template, issuer=issuer)
     check_signing_key(template, key_spec="RSA_2048")
     check_key_policy(template, key_spec="RSA_2048")
+    check_key_switch_ordering(template)
     check_exchange_permissions(template, key_spec="RSA_2048")
     check_introspect_permissions(template)
     check_publisher_permissions(template)

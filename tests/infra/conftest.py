@@ -1,10 +1,14 @@
 """Synthesize the CDK app offline, once per session per configuration.
 
-Three apps are synthesized: the default deployment (cdk.json context), an alternate one
-(ECC key, custom domain, WAF, STS regions, TTLs, a second published key, instance tag
-lookups in any account) and one with instance tag lookups in listed accounts only. Each
-synth runs cdk-nag, so a finding without an acknowledgment fails every infra test. The
-layer bundle comes from the bundler's cache (`~/.cache/tokex/cdk-layer`, or
+Four apps are synthesized, which between them hold every state of a key rotation
+(docs/deploy.md, *Key rotation*): the default deployment (cdk.json context: slot "a"
+only); an alternate one (ECC keys, custom domain, WAF, STS regions, TTLs, slot "b"
+published beside the signing slot "a" - rotation step 1 -, a published key outside the
+stack, instance tag lookups in any account); one with slot "b" only - after step 3 - and
+instance tag lookups in listed accounts only; and the rotation one (slot "b" signs, "a"
+is still published - step 2 -, with `signingKeys` a JSON string, as `-c` passes it).
+Each synth runs cdk-nag, so a finding without an acknowledgment fails every infra test.
+The layer bundle comes from the bundler's cache (`~/.cache/tokex/cdk-layer`, or
 `TOKEX_LAYER_CACHE_DIR`): only the first run after a change to the core library or its
 dependencies runs pip.
 """
@@ -48,10 +52,20 @@ ALTERNATE_CONTEXT: dict[str, Any] = {
     "instanceTagsRoleName": "tokex/tokex-instance-tags",
     "ttlCapSeconds": 7200,
     "defaultTtlSeconds": 600,
+    # Rotation step 1: "b" published, "a" (the default active slot) signs.
+    "signingKeys": ["a", "b"],
 }
 ACCOUNTS_CONTEXT: dict[str, Any] = {
     "instanceTagsRoleName": "tokex-instance-tags",
     "instanceTagsAccounts": "111111111111,222222222222",
+    # Rotation step 3: "a" retired, "b" signs.
+    "signingKeys": "b",
+    "activeSigningKey": "b",
+}
+ROTATION_CONTEXT: dict[str, Any] = {
+    # Rotation step 2, as `-c signingKeys='["b","a"]' -c activeSigningKey=b` passes it.
+    "signingKeys": '["b","a"]',
+    "activeSigningKey": "b",
 }
 
 
@@ -112,3 +126,8 @@ def alternate_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
 @pytest.fixture(scope="session")
 def accounts_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
     return synthesize(tmp_path_factory.mktemp("cdk-accounts"), ACCOUNTS_CONTEXT)
+
+
+@pytest.fixture(scope="session")
+def rotation_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    return synthesize(tmp_path_factory.mktemp("cdk-rotation"), ROTATION_CONTEXT)

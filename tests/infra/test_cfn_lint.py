@@ -25,12 +25,15 @@ def _cfn_lint() -> str | None:
 
 
 def test_cfn_lint_is_clean(
-    default_synth: Synthesized, alternate_synth: Synthesized, accounts_synth: Synthesized
+    default_synth: Synthesized,
+    alternate_synth: Synthesized,
+    accounts_synth: Synthesized,
+    rotation_synth: Synthesized,
 ) -> None:
     cfn_lint = _cfn_lint()
     if cfn_lint is None:
         pytest.skip("cfn-lint is not installed (pip install cfn-lint, or the dev extra)")
-    synths = (default_synth, alternate_synth, accounts_synth)
+    synths = (default_synth, alternate_synth, accounts_synth, rotation_synth)
     templates = [str(synth.template_path) for synth in synths]
     result = subprocess.run(
         [cfn_lint, "--ignore-checks", "W3005", "--", *templates],

@@ -48,8 +48,45 @@ def test_published_keys_and_instance_tags_from_context() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (["a", "b"], ("a", "b")),
+        (["b", "a"], ("a", "b")),  # order is irrelevant
+        ("b,a", ("a", "b")),
+        ('["b", "a"]', ("a", "b")),  # what `-c signingKeys='["b","a"]'` passes
+        ("b", ("b",)),
+    ],
+)
+def test_signing_keys_from_context(value: object, expected: tuple[str, ...]) -> None:
+    config = config_from({"signingKeys": value})
+    assert config.signing_keys == expected
+    # Default active slot: "a" if it exists, else "b".
+    assert config.active_signing_key == expected[0]
+    assert config.inactive_keys == expected[1:]
+
+
+def test_active_signing_key_from_context() -> None:
+    config = config_from({"signingKeys": "a,b", "activeSigningKey": "b"})
+    assert (config.active_key, config.inactive_keys) == ("b", ("a",))
+    assert TokexConfig().signing_keys == ("a",) and TokexConfig().active_key == "a"
+
+
+@pytest.mark.parametrize(
     ("context", "message"),
     [
+        ({"signingKeys": "a,c"}, "signingKeys: unknown key slot 'c'"),
+        ({"signingKeys": ["A"]}, "signingKeys: unknown key slot 'A'"),
+        ({"signingKeys": []}, "signingKeys must list at least one key slot"),
+        ({"signingKeys": "[]"}, "signingKeys must list at least one key slot"),
+        ({"signingKeys": ","}, "signingKeys must list at least one key slot"),
+        ({"signingKeys": "a,a"}, "signingKeys lists a slot twice"),
+        ({"signingKeys": '["a", "b"'}, "signingKeys is not a valid JSON list"),
+        ({"signingKeys": '["a", 2]'}, "signingKeys must be a list of strings"),
+        ({"signingKeys": {"a": 1}}, "signingKeys must be a list of strings"),
+        ({"activeSigningKey": "b"}, r"activeSigningKey 'b' is not in signingKeys \(a\)"),
+        ({"signingKeys": "b", "activeSigningKey": "a"}, "activeSigningKey 'a' is not in"),
+        ({"signingKeys": "a,b", "activeSigningKey": "c"}, "activeSigningKey 'c' is not in"),
+        ({"activeSigningKey": ["a"]}, "activeSigningKey must be a string"),
         ({"signingKeySpec": "RSA_4096"}, "signingKeySpec"),
         ({"signingKeySpec": "SYMMETRIC_DEFAULT"}, "signingKeySpec"),
         ({"domainName": "auth.example.com"}, "go together"),

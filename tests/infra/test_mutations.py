@@ -14,7 +14,12 @@ import pytest
 from aws_cdk.assertions import Template
 
 from tests.infra import checks
-from tests.infra.conftest import ACCOUNTS_CONTEXT, ALTERNATE_CONTEXT, TEST_NONCE, Synthesized
+from tests.infra.conftest import (
+    ACCOUNTS_CONTEXT,
+    ALTERNATE_CONTEXT,
+    TEST_NONCE,
+    Synthesized,
+)
 
 pytestmark = pytest.mark.infra
 
@@ -22,7 +27,11 @@ Raw = dict[str, Any]
 
 
 def _res(raw: Raw, path: str) -> dict[str, Any]:
-    return raw["Resources"][checks.logical_id(Template.from_json(raw), path)]
+    return raw["Resources"][checks.logical_id_in(raw, path)]
+
+
+def _arn(raw: Raw, path: str) -> dict[str, Any]:
+    return {"Fn::GetAtt": [checks.logical_id_in(raw, path), "Arn"]}
 
 
 def _props(raw: Raw, path: str) -> dict[str, Any]:
@@ -37,12 +46,12 @@ def _bucket_policy(raw: Raw, bucket_path: str) -> list[dict[str, Any]]:
     return _props(raw, f"{bucket_path}/Policy")["PolicyDocument"]["Statement"]
 
 
-def _key_statements(raw: Raw) -> list[dict[str, Any]]:
-    return _props(raw, "SigningKey/Key")["KeyPolicy"]["Statement"]
+def _key_statements(raw: Raw, slot: str = "a") -> list[dict[str, Any]]:
+    return _props(raw, f"{checks.slot_path(slot)}/Key")["KeyPolicy"]["Statement"]
 
 
-def _key_statement(raw: Raw, sid: str) -> dict[str, Any]:
-    (statement,) = [s for s in _key_statements(raw) if s.get("Sid") == sid]
+def _key_statement(raw: Raw, sid: str, slot: str = "a") -> dict[str, Any]:
+    (statement,) = [s for s in _key_statements(raw, slot) if s.get("Sid") == sid]
     return statement
 
 
@@ -61,7 +70,7 @@ def _delete_type(raw: Raw, type_: str) -> None:
 
 def _cycle(raw: Raw) -> None:
     # What giving the API a dependency on the function would do (see tokex_stack.py).
-    fn = checks.logical_id(Template.from_json(raw), "Exchange/Function")
+    fn = checks.logical_id_in(raw, "Exchange/Function")
     _props(raw, "TokenApi/Api")["Description"] = {"Fn::GetAtt": [fn, "Arn"]}
 
 
@@ -102,7 +111,7 @@ CACHING_OPTIMIZED = "658327ea-f89d-4fab-a63d-7e88639e58f6"
 
 
 def _table_write(raw: Raw) -> None:
-    table = checks.arn_of(Template.from_json(raw), "PolicyTable/Table")
+    table = _arn(raw, "PolicyTable/Table")
     _extra_statement("Exchange/Role", "dynamodb:PutItem", table)(raw)
 
 
@@ -110,7 +119,7 @@ def _on_table(role: str, table: str, action: str) -> Callable[[Raw], None]:
     """An extra grant of `action` on one of our tables."""
 
     def mutate(raw: Raw) -> None:
-        arn = checks.arn_of(Template.from_json(raw), f"{table}/Table")
+        arn = _arn(raw, f"{table}/Table")
         _extra_statement(role, action, arn)(raw)
 
     return mutate
@@ -118,7 +127,7 @@ def _on_table(role: str, table: str, action: str) -> Callable[[Raw], None]:
 
 def _on_key(role: str, action: str) -> Callable[[Raw], None]:
     def mutate(raw: Raw) -> None:
-        arn = checks.arn_of(Template.from_json(raw), "SigningKey/Key")
+        arn = _arn(raw, "SigningKey/Key")
         _extra_statement(role, action, arn)(raw)
 
     return mutate
@@ -176,6 +185,7 @@ def _role_resource(value: Any) -> Callable[[Raw], None]:
 
 
 RSA = "RSA_2048"
+AB = ("a", "b")
 key_spec = partial(checks.check_signing_key, key_spec=RSA)
 key_policy = partial(checks.check_key_policy, key_spec=RSA)
 exchange = partial(checks.check_exchange_permissions, key_spec=RSA)
@@ -379,6 +389,32 @@ MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] =
     ("no schedule", lambda r: _delete_type(r, "AWS::Events::Rule"), publication),
     ("no deploy publish", lambda r: _delete_type(r, "Custom::TokexJwks"), publication),
     ("no output", lambda r: r["Outputs"].pop("JwksUrl"), outputs),
+    (
+        "empty PublishedKeyArns output",
+        lambda r: r["Outputs"].update(PublishedKeyArns={"Value": ""}),
+        outputs,
+    ),
+    # --- key grants ordered for zero-downtime key switches ---------------------------
+    (
+        "default policy drops the key grant before its replacement exists",
+        lambda r: _res(r, "Exchange/Role/DefaultPolicy").pop("DependsOn"),
+        checks.check_key_switch_ordering,
+    ),
+    (
+        "publisher created before its key grant",
+        lambda r: _drop_depends_on("JwksPublisher/Function", "SigningKey/PublisherGrants")(r),
+        checks.check_key_switch_ordering,
+    ),
+    (
+        "key grant in the exchange's default policy",
+        lambda r: _grant_in_default_policy(r, "a", "ExchangeGrants", "Exchange/Role"),
+        checks.check_key_switch_ordering,
+    ),
+    (
+        "slot policy grants another resource",
+        lambda r: _slot_policy(r, "a", "IntrospectGrants")[0].update(Resource="*"),
+        checks.check_key_switch_ordering,
+    ),
     # --- the state table and single use --------------------------------------------------
     ("state table no TTL", _set(state_props, "TimeToLiveSpecification", _DELETE), state),
     (
@@ -642,6 +678,7 @@ def _tags_check(synth: str) -> Callable[[Template], None]:
         checks.check_exchange_permissions,
         key_spec=str(context.get("signingKeySpec", RSA)),
         instance_tags_roles=tuple(checks.instance_tags_role_arn(a, role_name) for a in accounts),
+        active=str(context.get("activeSigningKey", "a")),
     )
 
 
@@ -705,9 +742,234 @@ TAG_MUTATIONS: list[tuple[str, str, Callable[[Raw], None], Callable[[Template], 
         partial(
             checks.check_introspect_permissions,
             published_keys=(str(ALTERNATE_CONTEXT["publishedKeyArns"]),),
+            slots=AB,
         ),
     ),
 ]
+
+
+# --- key rotation (rotation synth: slots a and b, b signs) ---------------------------
+
+r_key_spec = partial(checks.check_signing_key, key_spec=RSA, slots=AB)
+r_key_policy = partial(checks.check_key_policy, key_spec=RSA, slots=AB, active="b")
+r_exchange = partial(checks.check_exchange_permissions, key_spec=RSA, active="b")
+r_introspect = partial(checks.check_introspect_permissions, slots=AB)
+r_publisher = partial(checks.check_publisher_permissions, slots=AB)
+r_ordering = partial(checks.check_key_switch_ordering, slots=AB, active="b")
+r_publication = partial(checks.check_jwks_publication, nonce=TEST_NONCE, slots=AB, active="b")
+
+
+def r_wiring(template: Template) -> None:
+    issuer = checks.default_issuer(template)
+    checks.check_issuer_wiring(template, issuer=issuer, active="b")
+    checks.check_introspection_wiring(template, issuer=issuer, slots=AB, active="b")
+
+
+def r_outputs(template: Template) -> None:
+    checks.check_outputs(template, issuer=checks.default_issuer(template), slots=AB, active="b")
+
+
+def _key_of(slot: str) -> Callable[[Raw], Any]:
+    return lambda r: _arn(r, f"{checks.slot_path(slot)}/Key")
+
+
+def _sign_with(slot: str) -> Callable[[Raw], None]:
+    """The exchange role may also sign with `slot`'s key (in its default policy)."""
+
+    def mutate(raw: Raw) -> None:
+        (sign,) = [
+            s for s in _slot_policy(raw, "b", "ExchangeGrants") if s.get("Sid") == "SignTokens"
+        ]
+        statement = copy.deepcopy(sign)
+        statement["Resource"] = _key_of(slot)(raw)
+        _policy(raw, "Exchange/Role").append(statement)
+
+    return mutate
+
+
+def _slot_policy(raw: Raw, slot: str, name: str) -> list[dict[str, Any]]:
+    return _props(raw, f"{checks.slot_path(slot)}/{name}")["PolicyDocument"]["Statement"]
+
+
+def _inactive_key_may_sign(raw: Raw) -> None:
+    statement = copy.deepcopy(_key_statement(raw, "SignOnlyAsTheExchangeRole", "b"))
+    _key_statements(raw, "a").append(statement)
+
+
+def _delete_resource(path: str) -> Callable[[Raw], None]:
+    def mutate(raw: Raw) -> None:
+        lid = checks.logical_id_in(raw, path)
+        del raw["Resources"][lid]
+        for res in raw["Resources"].values():
+            if lid in res.get("DependsOn", []):
+                res["DependsOn"].remove(lid)
+
+    return mutate
+
+
+def _drop_depends_on(source: str, target: str) -> Callable[[Raw], None]:
+    def mutate(raw: Raw) -> None:
+        lid = checks.logical_id_in(raw, target)
+        depends = _res(raw, source)["DependsOn"]
+        depends[:] = [d for d in checks._listify(depends) if d != lid]
+
+    return mutate
+
+
+def _grant_in_default_policy(raw: Raw, slot: str, name: str, role: str) -> None:
+    """The same grants, but in the role's default policy: exact grants still hold, but
+    a key's grant would then go before the function stopped using the key."""
+    moved = _slot_policy(raw, slot, name)
+    _policy(raw, role).extend(copy.deepcopy(moved))
+    _delete_resource(f"{checks.slot_path(slot)}/{name}")(raw)
+
+
+def _rename_slot_a(raw: Raw) -> None:
+    text = json.dumps(raw).replace(checks.SLOT_A_KEY_LOGICAL_ID, "SigningKeyAKey0123ABCD")
+    raw.clear()
+    raw.update(json.loads(text))
+
+
+def _env_value(fn: str, name: str, value: Callable[[Raw], Any]) -> Callable[[Raw], None]:
+    def mutate(raw: Raw) -> None:
+        _env(raw, fn)[name] = value(raw)
+
+    return mutate
+
+
+ROTATION_MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] = [
+    ("exchange signs with the published key", _sign_with("a"), r_exchange),
+    (
+        "exchange reads the published key",
+        _on_key("Exchange/Role", "kms:GetPublicKey"),
+        r_exchange,
+    ),
+    ("published key may sign", _inactive_key_may_sign, r_key_policy),
+    (
+        "active key cannot sign",
+        lambda r: _key_statements(r, "b").remove(
+            _key_statement(r, "SignOnlyAsTheExchangeRole", "b")
+        ),
+        r_key_policy,
+    ),
+    (
+        "published key grants allowed",
+        lambda r: _key_statements(r, "a").remove(_key_statement(r, "NoGrants", "a")),
+        r_key_policy,
+    ),
+    (
+        "published key administrators sign",
+        lambda r: _key_statement(r, "KeyAdministrationByAccountIam", "a")["Action"].append(
+            "kms:Sign"
+        ),
+        r_key_policy,
+    ),
+    (
+        "exchange signs with the published key id",
+        _env_value("Exchange", "TOKEX_SIGNING_KEY_ID", _key_of("a")),
+        r_wiring,
+    ),
+    (
+        "exchange told published keys",
+        _env_value("Exchange", "TOKEX_PUBLISHED_KEY_IDS", _key_of("a")),
+        r_wiring,
+    ),
+    (
+        "previous key leaves the JWKS",
+        _set(lambda r: _env(r, "JwksPublisher"), "TOKEX_PUBLISHED_KEY_IDS", ""),
+        r_wiring,
+    ),
+    (
+        "introspection forgets the previous key",
+        _set(lambda r: _env(r, "Introspect"), "TOKEX_PUBLISHED_KEY_IDS", ""),
+        r_wiring,
+    ),
+    (
+        "publisher signs with the previous key",
+        lambda r: _slot_policy(r, "a", "PublisherGrants")[0]["Action"].append("kms:Sign"),
+        r_publisher,
+    ),
+    (
+        "publisher cannot read the previous key",
+        _delete_resource("SigningKey/PublisherGrants"),
+        r_publisher,
+    ),
+    (
+        "introspect cannot read the previous key",
+        _delete_resource("SigningKey/IntrospectGrants"),
+        r_introspect,
+    ),
+    (
+        "previous key may be deleted",
+        _set(lambda r: _res(r, "SigningKey/Key"), "DeletionPolicy", "Delete"),
+        r_key_spec,
+    ),
+    ("slot a key renamed", _rename_slot_a, r_key_spec),
+    (
+        "slot b alias is slot a's",
+        lambda r: _props(r, "SigningKeyB/Alias").update(AliasName="alias/tokex/Tokex/signing"),
+        r_key_spec,
+    ),
+    (
+        "previous key loses Sign before the switch",
+        _drop_depends_on("SigningKey/Key", "Exchange/Function"),
+        r_ordering,
+    ),
+    (
+        "exchange switched before its grant",
+        _drop_depends_on("Exchange/Function", "SigningKeyB/ExchangeGrants"),
+        r_ordering,
+    ),
+    (
+        "introspect updated before its grant",
+        _drop_depends_on("Introspect/Function", "SigningKey/IntrospectGrants"),
+        r_ordering,
+    ),
+    (
+        "signing grant in the default policy",
+        partial(_grant_in_default_policy, slot="b", name="ExchangeGrants", role="Exchange/Role"),
+        r_ordering,
+    ),
+    (
+        "signing grant also in the default policy",
+        lambda r: _policy(r, "Exchange/Role").extend(
+            copy.deepcopy(_slot_policy(r, "b", "ExchangeGrants"))
+        ),
+        r_ordering,
+    ),
+    (
+        "previous key's read grant in the default policy",
+        partial(
+            _grant_in_default_policy, slot="a", name="IntrospectGrants", role="Introspect/Role"
+        ),
+        r_ordering,
+    ),
+    (
+        "publication ignores published keys",
+        lambda r: next(
+            res for res in r["Resources"].values() if res["Type"] == "Custom::TokexJwks"
+        )["Properties"].pop("PublishedKeyIds"),
+        r_publication,
+    ),
+    ("no PublishedKeyArns output", lambda r: r["Outputs"].pop("PublishedKeyArns"), r_outputs),
+    (
+        "SigningKeyArn output is the previous key",
+        lambda r: r["Outputs"]["SigningKeyArn"].update(Value=_key_of("a")(r)),
+        r_outputs,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "check"),
+    [pytest.param(m, c, id=name) for name, m, c in ROTATION_MUTATIONS],
+)
+def test_weakened_rotation_fails_its_check(
+    rotation_synth: Synthesized,
+    mutate: Callable[[Raw], None],
+    check: Callable[[Template], None],
+) -> None:
+    _assert_caught(rotation_synth, mutate, check)
 
 
 @pytest.mark.parametrize(

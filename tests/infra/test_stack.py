@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from aws_cdk.assertions import Template
 
 from tests.infra import checks
 from tests.infra.conftest import (
@@ -12,6 +13,8 @@ from tests.infra.conftest import (
     TEST_NONCE,
     Synthesized,
 )
+
+AB = ("a", "b")
 
 pytestmark = pytest.mark.infra
 
@@ -47,6 +50,10 @@ def test_signing_key_is_rsa_sign_verify_with_alias(default_synth: Synthesized) -
 
 def test_key_policy_lets_only_the_exchange_sign(default_synth: Synthesized) -> None:
     checks.check_key_policy(default_synth.template, key_spec="RSA_2048")
+
+
+def test_key_grants_are_ordered_for_a_zero_downtime_switch(default_synth: Synthesized) -> None:
+    checks.check_key_switch_ordering(default_synth.template)
 
 
 def test_exchange_role_has_exactly_its_permissions(default_synth: Synthesized) -> None:
@@ -155,6 +162,7 @@ def test_ttl_cap_is_one_config_value(alternate_synth: Synthesized) -> None:
 
 
 def test_alternate_every_check_holds(alternate_synth: Synthesized) -> None:
+    """Also rotation step 1: slot "b" published, "a" signs."""
     template = alternate_synth.template
     issuer = f"https://{ALTERNATE_CONTEXT['domainName']}"
     published = (ALTERNATE_CONTEXT["publishedKeyArns"],)
@@ -162,17 +170,19 @@ def test_alternate_every_check_holds(alternate_synth: Synthesized) -> None:
     checks.check_no_dependency_cycle(template)
     checks.check_issuer_wiring(template, issuer=issuer)
     checks.check_introspection_wiring(
-        template, issuer=issuer, ttl_cap=7200, published_keys=published
+        template, issuer=issuer, ttl_cap=7200, published_keys=published, slots=AB
     )
-    checks.check_signing_key(template, key_spec="ECC_NIST_P256")
-    checks.check_key_policy(template, key_spec="ECC_NIST_P256")
+    checks.check_signing_key(template, key_spec="ECC_NIST_P256", slots=AB)
+    checks.check_key_policy(template, key_spec="ECC_NIST_P256", slots=AB)
+    checks.check_key_switch_ordering(template, slots=AB)
     checks.check_exchange_permissions(
         template,
         key_spec="ECC_NIST_P256",
         instance_tags_roles=(checks.instance_tags_role_arn("*", role_name),),
     )
-    checks.check_introspect_permissions(template, published_keys=published)
-    checks.check_publisher_permissions(template, published_keys=published)
+    checks.check_introspect_permissions(template, published_keys=published, slots=AB)
+    checks.check_publisher_permissions(template, published_keys=published, slots=AB)
+    checks.check_jwks_publication(template, nonce=TEST_NONCE, slots=AB, published_keys=published)
     checks.check_documents_bucket(template)
     checks.check_distribution(template)
     checks.check_functions(template)
@@ -183,7 +193,14 @@ def test_alternate_every_check_holds(alternate_synth: Synthesized) -> None:
     )
     checks.check_state_table(template)
     checks.check_instance_tag_lookups(template, role_name=role_name)
-    checks.check_outputs(template, issuer=issuer, default_ttl=600, ttl_cap=7200)
+    checks.check_outputs(
+        template,
+        issuer=issuer,
+        default_ttl=600,
+        ttl_cap=7200,
+        slots=AB,
+        published_keys=published,
+    )
 
 
 def test_alternate_custom_domain_certificate_and_waf(alternate_synth: Synthesized) -> None:
@@ -209,6 +226,76 @@ def test_instance_tags_roles_in_listed_accounts_only(accounts_synth: Synthesized
         checks.instance_tags_role_arn(account, role_name)
         for account in ACCOUNTS_CONTEXT["instanceTagsAccounts"].split(",")
     )
-    checks.check_exchange_permissions(template, key_spec="RSA_2048", instance_tags_roles=roles)
+    checks.check_exchange_permissions(
+        template, key_spec="RSA_2048", instance_tags_roles=roles, active="b"
+    )
     checks.check_instance_tag_lookups(template, role_name=role_name)
-    checks.check_introspect_permissions(template)
+    checks.check_introspect_permissions(template, slots=("b",))
+
+
+# --- key rotation: every state of a rotation (docs/deploy.md, Key rotation) ------------
+
+
+def _every_key_check(template: Template, *, slots: tuple[str, ...], active: str) -> None:
+    issuer = checks.default_issuer(template)
+    checks.check_no_dependency_cycle(template)
+    checks.check_issuer_wiring(template, issuer=issuer, active=active)
+    checks.check_introspection_wiring(template, issuer=issuer, slots=slots, active=active)
+    checks.check_signing_key(template, key_spec="RSA_2048", slots=slots)
+    checks.check_key_policy(template, key_spec="RSA_2048", slots=slots, active=active)
+    checks.check_key_switch_ordering(template, slots=slots, active=active)
+    checks.check_introspect_permissions(template, slots=slots)
+    checks.check_publisher_permissions(template, slots=slots)
+    checks.check_jwks_publication(template, nonce=TEST_NONCE, slots=slots, active=active)
+    checks.check_outputs(template, issuer=issuer, slots=slots, active=active)
+
+
+def test_rotation_step_2_every_key_check_holds(rotation_synth: Synthesized) -> None:
+    """Slot "b" signs; slot "a" is still published (its tokens keep verifying) but its
+    key policy no longer lets anyone sign."""
+    _every_key_check(rotation_synth.template, slots=AB, active="b")
+    checks.check_exchange_permissions(rotation_synth.template, key_spec="RSA_2048", active="b")
+    checks.check_functions(rotation_synth.template)
+
+
+def test_rotation_step_3_every_key_check_holds(accounts_synth: Synthesized) -> None:
+    """Slot "a" retired: only "b" exists, nothing else is published."""
+    _every_key_check(accounts_synth.template, slots=("b",), active="b")
+    assert "PublishedKeyArns" not in accounts_synth.raw["Outputs"]
+
+
+def test_exchange_signs_with_the_active_key_only(rotation_synth: Synthesized) -> None:
+    template = rotation_synth.template
+    granted = checks.grants(checks.role_statements(template, "Exchange/Role"))
+    kms = {(action, resource) for action, resource, _ in granted if action.startswith("kms:")}
+    active = checks.json.dumps(checks.key_arn(template, "b"), sort_keys=True)
+    assert kms == {("kms:Sign", active), ("kms:GetPublicKey", active)}
+    env = checks.resource(template, "Exchange/Function")["Properties"]["Environment"]
+    assert env["Variables"]["TOKEX_SIGNING_KEY_ID"] == checks.key_arn(template, "b")
+
+
+def test_slot_a_key_keeps_its_logical_id_in_every_configuration(
+    default_synth: Synthesized,
+    alternate_synth: Synthesized,
+    rotation_synth: Synthesized,
+) -> None:
+    """Current stacks' key (and alias) must never be replaced or renamed."""
+    ids = {
+        (
+            checks.logical_id(synth.template, "SigningKey/Key"),
+            checks.logical_id(synth.template, "SigningKey/Alias"),
+        )
+        for synth in (default_synth, alternate_synth, rotation_synth)
+    }
+    assert ids == {(checks.SLOT_A_KEY_LOGICAL_ID, checks.SLOT_A_ALIAS_LOGICAL_ID)}
+    default_key = checks.resource(default_synth.template, "SigningKey/Key")
+    rotation_key = checks.resource(rotation_synth.template, "SigningKey/Key")
+    # The same key: the rotation changes its policy (no Sign) and ordering only.
+    assert default_key["Properties"]["KeySpec"] == rotation_key["Properties"]["KeySpec"]
+    assert default_key["Properties"]["Description"] == rotation_key["Properties"]["Description"]
+
+
+def test_published_key_arns_output_lists_the_other_slot(rotation_synth: Synthesized) -> None:
+    template = rotation_synth.template
+    template.has_output("SigningKeyArn", {"Value": checks.key_arn(template, "b")})
+    template.has_output("PublishedKeyArns", {"Value": checks.key_arn(template, "a")})
