@@ -15,7 +15,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from tokex.cli.deployment import aws_client, stack_output
+from tokex.cli.deployment import add_deployment_arguments, resolve_deployment
 from tokex.cli.main import CommandError
 
 # cdk/tokex_stack.py names its outputs; this one is the state table.
@@ -46,31 +46,15 @@ def register(subparsers: Any) -> None:
 def state_table_parent() -> argparse.ArgumentParser:
     """--table/--stack, --region, --endpoint-url and --json, for commands on the state table."""
     parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("deployment")
-    where = group.add_mutually_exclusive_group()
-    where.add_argument("--table", metavar="NAME", help="the state table")
-    where.add_argument(
-        "--stack",
-        metavar="NAME",
-        help=f"the tokex CloudFormation stack (its {STATE_TABLE_OUTPUT} output names the table)",
-    )
-    group.add_argument("--region", help="AWS region (default: the SDK's region)")
-    group.add_argument(
-        "--endpoint-url", metavar="URL", help="AWS endpoint override, e.g. the local emulator"
-    )
+    add_deployment_arguments(parent, table="state", output=STATE_TABLE_OUTPUT)
     parent.add_argument("--json", action="store_true", help="print JSON")
     return parent
 
 
 def resolve_state_table(args: argparse.Namespace) -> tuple[Any, str]:
     """(DynamoDB client, state table name) from --table or --stack."""
-    table = args.table
-    if not table and args.stack:
-        cloudformation = aws_client("cloudformation", args.region, args.endpoint_url)
-        table = stack_output(cloudformation, args.stack, output=STATE_TABLE_OUTPUT)
-    if not table:
-        raise CommandError("name the deployment with --table NAME or --stack NAME", exit_code=2)
-    return aws_client("dynamodb", args.region, args.endpoint_url), table
+    deployment = resolve_deployment(args, output=STATE_TABLE_OUTPUT)
+    return deployment.client("dynamodb"), deployment.table
 
 
 def store_error(exc: Exception) -> CommandError:

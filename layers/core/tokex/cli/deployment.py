@@ -29,14 +29,17 @@ class Deployment:
         return aws_client(service, self.region, self.endpoint_url)
 
 
-def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
+def add_deployment_arguments(
+    parser: argparse.ArgumentParser, *, table: str = "policy", output: str = POLICY_TABLE_OUTPUT
+) -> None:
+    """--table/--stack, --region, --endpoint-url for a command on one of tokex's tables."""
     group = parser.add_argument_group("deployment")
     where = group.add_mutually_exclusive_group()
-    where.add_argument("--table", metavar="NAME", help="the policy table")
+    where.add_argument("--table", metavar="NAME", help=f"the {table} table")
     where.add_argument(
         "--stack",
         metavar="NAME",
-        help=f"the tokex CloudFormation stack (its {POLICY_TABLE_OUTPUT} output names the table)",
+        help=f"the tokex CloudFormation stack (its {output} output names the table)",
     )
     group.add_argument("--region", help="AWS region (default: the SDK's region)")
     group.add_argument(
@@ -46,14 +49,15 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_deployment(args: argparse.Namespace) -> Deployment:
-    """The deployment named by --table or --stack (a CommandError if neither resolves)."""
+def resolve_deployment(args: argparse.Namespace, output: str = POLICY_TABLE_OUTPUT) -> Deployment:
+    """The table named by --table, or by the --stack's `output` (a CommandError if neither
+    resolves)."""
     if args.table:
         return Deployment(args.table, args.region, args.endpoint_url)
     if not args.stack:
         raise CommandError("name the deployment with --table NAME or --stack NAME", exit_code=2)
     cloudformation = aws_client("cloudformation", args.region, args.endpoint_url)
-    table = stack_output(cloudformation, args.stack, output=POLICY_TABLE_OUTPUT)
+    table = stack_output(cloudformation, args.stack, output=output)
     return Deployment(table, args.region, args.endpoint_url, stack=args.stack)
 
 
