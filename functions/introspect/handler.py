@@ -25,7 +25,7 @@ from tokex.errors import (
 )
 from tokex.http_api import NOT_FOUND, event_body, json_text, no_store
 from tokex.introspection import IntrospectionAudit
-from tokex.service import build_client_store, build_introspector
+from tokex.service import build_introspection
 from tokex.settings import Settings
 from tokex.token_request import MAX_BODY_BYTES, check_content_type, parse_form
 
@@ -36,8 +36,7 @@ app = APIGatewayHttpResolver()
 
 # Cold start: settings parsed once; adapters built once and reused while warm.
 settings = Settings.from_env()
-introspector = build_introspector(settings)
-clients = build_client_store(settings)
+introspector, clients = build_introspection(settings)
 
 
 @app.post("/introspect")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import boto3
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -19,8 +20,9 @@ logger = Logger()
 tracer = Tracer()
 
 settings = Settings.from_env()
-kms = aws.client("kms")
-s3 = aws.client("s3")
+session = boto3.session.Session()
+kms = aws.client("kms", session=session)
+s3 = aws.client("s3", session=session)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -89,7 +89,7 @@ class TokenExchange:
         sts: CallerIdentityVerifier,
         policies: PolicySource,
         signer: Callable[[], Signer],
-        instance_certificates: CertificateStore,
+        instance_certificates: Callable[[], CertificateStore],
         replay_guard: ReplayGuard | None = None,
         instance_tags: TagLookup | None = None,
         rate_limiter: RateLimiter | None = None,
@@ -164,4 +164,4 @@ class TokenExchange:
     def _verify_instance(self, request: TokenRequest) -> InstanceIdentity | None:
         if request.instance_evidence is None:
             return None
-        return verify_instance_identity(request.instance_evidence, self._certificates)
+        return verify_instance_identity(request.instance_evidence, self._certificates())

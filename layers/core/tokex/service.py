@@ -7,6 +7,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import boto3
 from cryptography import x509
 
 from tokex import aws
@@ -31,14 +32,21 @@ from tokex.tokens.kms_signer import KmsSigner, public_jwk_for_key
 def build_token_exchange(settings: Settings) -> TokenExchange:
     if not (settings.signing_key_id and settings.policy_table):
         raise ConfigurationError("TOKEX_SIGNING_KEY_ID and TOKEX_POLICY_TABLE are required")
-    kms = aws.client("kms")
-    dynamodb = aws.client("dynamodb")
+    # One session for all clients: each new session would load the service models again.
+    session = boto3.session.Session()
+    kms = aws.client("kms", session=session)
+    dynamodb = aws.client("dynamodb", session=session)
 
     # KMS GetPublicKey (for the kid) runs on first use, not at import: a KMS hiccup during
     # a cold start then costs one 503, not a failed Lambda init. Failures are not cached.
     @functools.cache
     def signer() -> KmsSigner:
         return KmsSigner(kms, settings.signing_key_id)
+
+    # AWS's ~130 pinned certificates are parsed only once instance evidence arrives.
+    @functools.cache
+    def certificates() -> CertificateStore:
+        return instance_certificates(settings)
 
     return TokenExchange(
         settings=settings,
@@ -47,7 +55,7 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
             PolicyStore(dynamodb, settings.policy_table), settings.policy_cache_seconds
         ),
         signer=signer,
-        instance_certificates=instance_certificates(settings),
+        instance_certificates=certificates,
         replay_guard=DynamoDbReplayGuard(dynamodb, settings.state_table)
         if settings.single_use and settings.state_table
         else None,
@@ -57,19 +65,22 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
         if settings.rate_limit_per_minute and settings.state_table
         else None,
         instance_tags=InstanceTagLookup(
-            aws.client("sts"), role_name=settings.instance_tags_role_name
+            aws.client("sts", session=session), role_name=settings.instance_tags_role_name
         )
         if settings.instance_tags_role_name
         else None,
     )
 
 
-def build_introspector(settings: Settings) -> Introspector:
+def build_introspection(settings: Settings) -> tuple[Introspector, ClientStore]:
     """Introspection against the published keys (read from KMS, as the publisher does)
-    with the revocation records of the state table."""
+    with the revocation records of the state table, and the clients (state table too)
+    that may call `POST /introspect`."""
     if not (settings.signing_key_id and settings.state_table):
         raise ConfigurationError("TOKEX_SIGNING_KEY_ID and TOKEX_STATE_TABLE are required")
-    kms = aws.client("kms")
+    session = boto3.session.Session()
+    kms = aws.client("kms", session=session)
+    dynamodb = aws.client("dynamodb", session=session)
 
     def published_keys() -> list[dict[str, Any]]:
         try:
@@ -80,21 +91,15 @@ def build_introspector(settings: Settings) -> Introspector:
                 "the signing keys are unavailable, retry later", reason=f"keys: {exc}"
             ) from None
 
-    return Introspector(
+    introspector = Introspector(
         issuer=settings.issuer,
         keys=PublishedKeys(published_keys),
         revocations=RevocationStore(
-            aws.client("dynamodb"), settings.state_table, ttl_cap_seconds=settings.ttl_cap_seconds
+            dynamodb, settings.state_table, ttl_cap_seconds=settings.ttl_cap_seconds
         ),
         ttl_cap_seconds=settings.ttl_cap_seconds,
     )
-
-
-def build_client_store(settings: Settings) -> ClientStore:
-    """The introspection clients (state table) that may call `POST /introspect`."""
-    if not settings.state_table:
-        raise ConfigurationError("TOKEX_STATE_TABLE is required")
-    return ClientStore(aws.client("dynamodb"), settings.state_table)
+    return introspector, ClientStore(dynamodb, settings.state_table)
 
 
 def published_key_ids(settings: Settings) -> list[str]:
@@ -105,9 +110,8 @@ def published_key_ids(settings: Settings) -> list[str]:
 def instance_certificates(settings: Settings) -> CertificateStore:
     """AWS's pinned certificates; plus, in local mode only, the demo instance's."""
     store = CertificateStore.default()
+    # Settings refuse a local certificate outside local mode (settings.py).
     if settings.local_instance_certificate:
-        if not settings.is_local:
-            raise ConfigurationError("a local instance certificate is only allowed in local mode")
         pem = Path(settings.local_instance_certificate).read_bytes()
         certificate = x509.load_pem_x509_certificate(pem)
         for region in settings.local_instance_regions:
