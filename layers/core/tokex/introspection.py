@@ -16,10 +16,6 @@ What this deliberately does not trust (RFC 8725 §2.1, §3.1, §3.2):
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +24,8 @@ from typing import Any, Protocol
 
 from jwt.algorithms import get_default_algorithms
 
+from tokex import base64url
+from tokex.strict_json import StrictJsonError, loads_strict
 from tokex.tokens.jws import ACCESS_TOKEN_TYP
 
 # Our tokens are small (the signing input is at most 4096 bytes, contract.md), so 8 KiB
@@ -42,7 +40,6 @@ ACCEPTED_ALGS = frozenset({"RS256", "ES256"})
 KEY_CACHE_SECONDS = 300
 # The exact header tokex writes (jws.py); any other member means another producer.
 _HEADER_MEMBERS = frozenset({"alg", "typ", "kid"})
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _ALGORITHMS = get_default_algorithms()
 
 
@@ -204,35 +201,24 @@ class Introspector:
 
 
 def _b64url_decode(segment: str) -> bytes:
-    """Strict base64url without padding (RFC 7515 §2): no `=`, no other alphabet, and
-    canonical (unused trailing bits zero), so one token has exactly one spelling."""
-    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
-        raise Inactive("base64url")
+    """A non-empty, strictly encoded segment (so one token has exactly one spelling)."""
     try:
-        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise Inactive("base64url") from None
-    if base64.urlsafe_b64encode(data).rstrip(b"=") != segment.encode("ascii"):
-        raise Inactive("base64url")
-    return data
+        if segment:
+            return base64url.decode(segment)
+    except ValueError:
+        pass
+    raise Inactive("base64url")
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    # RFC 7515 §5.2 / RFC 8725 §3.2: a repeated member must not mean "the last one wins".
     try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        value = loads_strict(data.decode("utf-8"))
+    except (UnicodeDecodeError, StrictJsonError):
         raise Inactive(f"{what}_json") from None
     if not isinstance(value, dict):
         raise Inactive(f"{what}_json")
     return value
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 7515 §5.2 / RFC 8725 §3.2: a repeated member must not mean "the last one wins".
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate member")
-    return result
 
 
 def _string(claims: Mapping[str, Any], name: str) -> str:

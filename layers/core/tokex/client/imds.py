@@ -7,12 +7,12 @@ IMDSv2 only: a session token from `PUT /latest/api/token`, then the document and
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+
+from tokex import base64url
 
 DEFAULT_ENDPOINT = "http://169.254.169.254"
 # Off EC2 nothing answers on the link-local address: give up quickly.
@@ -60,8 +60,7 @@ def read_instance_identity(
 
 def encode_instance_evidence(evidence: Mapping[str, str]) -> str:
     """The `aws_instance_identity` parameter: base64url (no padding) of the JSON."""
-    raw = json.dumps(dict(evidence), separators=(",", ":")).encode("utf-8")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return base64url.encode_json(dict(evidence))
 
 
 def _fetch(

@@ -6,8 +6,6 @@ to one tokex deployment by the signed `X-Tokex-Issuer` header.
 
 from __future__ import annotations
 
-import base64
-import json
 import secrets
 from typing import Any
 
@@ -15,7 +13,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
-from tokex import __version__
+from tokex import __version__, base64url
 
 GET_CALLER_IDENTITY_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
 
@@ -61,5 +59,4 @@ def signed_get_caller_identity(
 
 def encode_subject_token(signed_request: dict[str, Any]) -> str:
     """base64url without padding of the compact JSON (contract.md)."""
-    raw = json.dumps(signed_request, separators=(",", ":")).encode("utf-8")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return base64url.encode_json(signed_request)

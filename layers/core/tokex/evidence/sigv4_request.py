@@ -11,13 +11,13 @@ that breaks a rule is `invalid_grant` (contract: "not an acceptable STS request"
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tokex import base64url
 from tokex.errors import InvalidGrant, InvalidRequest
 from tokex.evidence.sts_endpoints import StsEndpoints
 from tokex.strict_json import StrictJsonError, loads_strict
@@ -53,7 +53,6 @@ _HEADERS = {
 _REQUIRED_HEADERS = ("authorization", "x-amz-date", "content-type", "x-tokex-issuer")
 _REQUIRED_SIGNED = ("host", "x-amz-date", "x-tokex-issuer")
 
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 # Printable ASCII only (no CR/LF/NUL/controls, RFC 9110 §5.5), no surrounding blanks.
 _HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
@@ -87,14 +86,10 @@ def decode_b64url_json(value: str, *, name: str, max_len: int) -> dict[str, Any]
         raise InvalidRequest(f"{name} is empty")
     if len(value) > max_len:
         raise InvalidRequest(f"{name} is larger than {max_len} characters")
-    if "=" in value:
-        raise InvalidRequest(f"{name} must be base64url without padding")
-    if not _B64URL.fullmatch(value) or len(value) % 4 == 1:
-        raise InvalidRequest(f"{name} is not valid base64url")
-    raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    # One encoding per value: refuse non-zero trailing bits (RFC 4648 §3.5).
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != value:
-        raise InvalidRequest(f"{name} is not canonical base64url")
+    try:
+        raw = base64url.decode(value)
+    except ValueError as err:
+        raise InvalidRequest(f"{name} {err}") from None
     try:
         document = loads_strict(raw.decode("utf-8"))
     except (StrictJsonError, UnicodeDecodeError):

@@ -6,7 +6,6 @@ and `publish.py` writes the documents built here to S3 (contract.md "JWKS and di
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -14,6 +13,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+from tokex import base64url
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWKS_PATH = "/.well-known/jwks.json"
@@ -34,10 +35,6 @@ _THUMBPRINT_MEMBERS = {
 }
 # Members that only a private or symmetric JWK has (RFC 7518 §6.2.2, §6.3.2, §6.4).
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _uint_minimal(value: int) -> bytes:
@@ -61,7 +58,7 @@ def rfc7638_thumbprint(jwk: dict[str, Any]) -> str:
             raise ValueError(f"JWK of type {kty} lacks the {name!r} member")
         required[name] = value
     canonical = json.dumps(required, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return _b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
+    return base64url.encode(hashlib.sha256(canonical.encode("utf-8")).digest())
 
 
 def jwk_from_public_key(
@@ -79,7 +76,10 @@ def jwk_from_public_key(
         if public_key.key_size < MIN_RSA_BITS:
             raise ValueError(f"RSA keys must have at least {MIN_RSA_BITS} bits")
         numbers = public_key.public_numbers()
-        members = {"n": _b64url(_uint_minimal(numbers.n)), "e": _b64url(_uint_minimal(numbers.e))}
+        members = {
+            "n": base64url.encode(_uint_minimal(numbers.n)),
+            "e": base64url.encode(_uint_minimal(numbers.e)),
+        }
         jwk = {"kty": "RSA", "kid": "", "use": "sig", "alg": alg, **members}
     elif isinstance(public_key, ec.EllipticCurvePublicKey):
         if alg not in EC_ALGS:
@@ -93,8 +93,8 @@ def jwk_from_public_key(
             "use": "sig",
             "alg": alg,
             "crv": "P-256",
-            "x": _b64url(point.x.to_bytes(P256_COORDINATE_BYTES, "big")),
-            "y": _b64url(point.y.to_bytes(P256_COORDINATE_BYTES, "big")),
+            "x": base64url.encode(point.x.to_bytes(P256_COORDINATE_BYTES, "big")),
+            "y": base64url.encode(point.y.to_bytes(P256_COORDINATE_BYTES, "big")),
         }
     else:
         raise ValueError(f"unsupported public key type {type(public_key).__name__}")
