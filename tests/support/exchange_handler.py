@@ -22,13 +22,7 @@ from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 def cold_exchange_handler(system: LocalSystem, **overrides: str) -> ModuleType:
     """A cold start of the exchange handler with the system's settings plus `overrides`."""
-    env = system.deployment.handler_env(
-        system.issuer,
-        TOKEX_LOCAL_INSTANCE_CERTIFICATE=str(system.imds.certificate_path),
-        TOKEX_LOCAL_INSTANCE_REGIONS=system.deployment.region,
-        **overrides,
-    )
-    with handler_environment(env):
+    with handler_environment(system.handler_env(**overrides)):
         return load_handler("exchange")
 
 

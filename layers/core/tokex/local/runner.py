@@ -31,6 +31,22 @@ class LocalSystem:
     introspection_client: tuple[str, str] = ("", "")
     introspection_env: Path | None = None
 
+    def handler_env(self, **overrides: str) -> dict[str, str]:
+        """What the local handlers read at cold start: the deployment's settings plus the
+        local-only trust in the demo instance's certificate."""
+        return local_handler_env(self.deployment, self.issuer, self.imds, **overrides)
+
+
+def local_handler_env(
+    deployment: LocalDeployment, issuer: str, imds: ImdsEmulator, **overrides: str
+) -> dict[str, str]:
+    return deployment.handler_env(
+        issuer,
+        TOKEX_LOCAL_INSTANCE_CERTIFICATE=str(imds.certificate_path),
+        TOKEX_LOCAL_INSTANCE_REGIONS=REGION,
+        **overrides,
+    )
+
 
 def start_local(
     *,
@@ -64,12 +80,7 @@ def start_local(
     issuer = f"http://127.0.0.1:{server.server_address[1]}"
     # The handlers read their settings from the environment at cold start, as they do
     # when deployed; everything they need is captured then.
-    env = deployment.handler_env(
-        issuer,
-        TOKEX_LOCAL_INSTANCE_CERTIFICATE=str(imds.certificate_path),
-        TOKEX_LOCAL_INSTANCE_REGIONS=REGION,
-    )
-    with handler_environment(env):
+    with handler_environment(local_handler_env(deployment, issuer, imds)):
         publisher = load_handler("jwks_publisher")
         routes["/token"] = load_handler("exchange").lambda_handler
         routes["/introspect"] = load_handler("introspect").lambda_handler
