@@ -1,15 +1,47 @@
 #!/usr/bin/env python3
-"""CDK entry point: `python app.py` or `npx aws-cdk@2 synth` (see docs/deploy.md).
+"""CDK entry point: `npx --yes aws-cdk@2 synth` or `python app.py` (see docs/deploy.md).
+
+Run by the CDK CLI, the app writes where the CLI says (`CDK_OUTDIR`, from `--output`);
+run directly, it writes `./cdk.out`, as `cdk synth` does by default.
 
 `TOKEX_SYNTH_WITHOUT_BUNDLING=1` skips building the Lambda layer (CDK's own
-`aws:cdk:bundling-stacks` context): a synth with no network at all, to check the template
-and cdk-nag; its layer asset is a placeholder, so deploy from a normal synth.
+`aws:cdk:bundling-stacks` context, applied after the CLI's so that it wins there too): a
+synth with no network at all, to check the template and cdk-nag; its layer asset is a
+placeholder, so deploy from a normal synth.
 """
 
 import os
+import sys
 
+from cdk.config import ConfigError
 from cdk.tokex_stack import build_app
 
-offline = os.environ.get("TOKEX_SYNTH_WITHOUT_BUNDLING") == "1"
-app, _stack = build_app(context={"aws:cdk:bundling-stacks": []} if offline else None)
-app.synth()
+
+def main() -> int:
+    offline = os.environ.get("TOKEX_SYNTH_WITHOUT_BUNDLING") == "1"
+    under_cdk_cli = bool(os.environ.get("CDK_OUTDIR"))
+    outdir = os.environ.get("CDK_OUTDIR") or "cdk.out"
+    try:
+        app, stack = build_app(
+            post_cli_context={"aws:cdk:bundling-stacks": []} if offline else None,
+            outdir=outdir,
+        )
+    except ConfigError as exc:
+        # The message names the context key; a traceback would only bury it.
+        print(f"tokex: invalid CDK context: {exc}", file=sys.stderr)
+        return 1
+    try:
+        app.synth()
+    except RuntimeError as exc:  # jsii's JavaScriptError
+        if "ValidationFailed" not in str(exc):
+            raise
+        # cdk-nag printed each finding above; the jsii trace would only bury them.
+        print("tokex: synth refused: cdk-nag findings above", file=sys.stderr)
+        return 1
+    if not under_cdk_cli:
+        print(f"wrote {os.path.join(outdir, stack.template_file)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

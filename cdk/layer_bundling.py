@@ -32,7 +32,7 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 # Bump when the recipe below changes in a way the inputs hash cannot see.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 PLATFORM = "manylinux2014_aarch64"
 # Provided by every Lambda Python runtime; bundling them would only shadow the runtime's
 # copy and add ~25 MB.
@@ -166,10 +166,16 @@ class CoreLayerBundling:
 
         Returns `name==version --hash=sha256:...` lines for the wheels to install.
         """
+        # pip before 23.3 refuses the platform options without `--target`, even on a dry
+        # run (`Can not use any platform or abi specific options unless installing via
+        # '--target'`); a dry run writes nothing there, so naming a scratch directory makes
+        # the same command work with every pip from 23.0.1 (Debian 12's) on.
         self._pip(
             "install",
             "--dry-run",
             "--ignore-installed",
+            "--target",
+            str(report.parent / "dry-run-target"),
             "--report",
             str(report),
             *self.requirements,

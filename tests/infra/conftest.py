@@ -8,9 +8,11 @@ stack, instance tag lookups in any account); one with slot "b" only - after step
 instance tag lookups in listed accounts only; and the rotation one (slot "b" signs, "a"
 is still published - step 2 -, with `signingKeys` a JSON string, as `-c` passes it).
 Each synth runs cdk-nag, so a finding without an acknowledgment fails every infra test.
-The layer bundle comes from the bundler's cache (`~/.cache/tokex/cdk-layer`, or
-`TOKEX_LAYER_CACHE_DIR`): only the first run after a change to the core library or its
-dependencies runs pip.
+
+Every test session bundles the layer from an **empty cache** (a session directory as
+`TOKEX_LAYER_CACHE_DIR`), as a user's first `cdk synth` on a new machine does, with the pip
+the README's setup command leaves in the venv: a warm `~/.cache/tokex/cdk-layer` once hid
+a bundler that the pip of a new venv refused. The four synths share that one bundle.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +114,19 @@ def synthesize(outdir: Path, context: dict[str, Any]) -> Synthesized:
     path = outdir / stack.template_file
     raw = json.loads(path.read_text(encoding="utf-8"))
     return Synthesized(outdir, path, raw, Template.from_json(raw), layer_inputs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cold_layer_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An empty layer cache for this session's synths (see the module docstring)."""
+    cache = tmp_path_factory.mktemp("layer-cache")
+    previous = os.environ.get("TOKEX_LAYER_CACHE_DIR")
+    os.environ["TOKEX_LAYER_CACHE_DIR"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("TOKEX_LAYER_CACHE_DIR", None)
+    else:
+        os.environ["TOKEX_LAYER_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,131 @@
+"""The CDK app as docs/deploy.md runs it: `python app.py` and the CDK CLI, cold.
+
+- The layer is bundled from an empty cache by the pip of the venv the README's setup
+  command made (no pip upgrade): pip 23.0.1-23.2.1 refuse `--platform` without `--target`.
+- `python app.py` writes `./cdk.out` unless the CLI (or the user) set `CDK_OUTDIR`.
+- `TOKEX_SYNTH_WITHOUT_BUNDLING=1` skips the layer under the CDK CLI too.
+- An invalid context value ends the synth with one line naming the key, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.infra.conftest import REPO_ROOT, Synthesized
+
+pytestmark = pytest.mark.infra
+
+# The CDK CLI release docs/deploy.md was checked with; `npx --yes aws-cdk@2` takes the
+# newest 2.x, which is what a user gets.
+CDK_CLI = "aws-cdk@2"
+
+
+def _offline_env(tmp_path: Path) -> dict[str, str]:
+    """No pip index, an empty bundle cache: a synth that bundled would fail or leave a cache."""
+    return {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", str(tmp_path)),
+        "TOKEX_LAYER_CACHE_DIR": str(tmp_path / "empty-cache"),
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_NO_INDEX": "1",
+        "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+        "TOKEX_SYNTH_WITHOUT_BUNDLING": "1",
+    }
+
+
+def _layer_count(template_path: Path) -> int:
+    template = json.loads(template_path.read_text(encoding="utf-8"))
+    return sum(r["Type"] == "AWS::Lambda::LayerVersion" for r in template["Resources"].values())
+
+
+def test_layer_was_bundled_cold_by_the_venv_pip(
+    default_synth: Synthesized, cold_layer_cache: Path
+) -> None:
+    # The session's cache started empty: the bundle in it was made by pip in this run.
+    bundles = [p for p in cold_layer_cache.iterdir() if (p / "python").is_dir()]
+    assert len(bundles) == 1
+    assert (bundles[0] / "requirements.lock").read_text().count("--hash=sha256:") >= 5
+    assert (default_synth.layer_dir() / "python" / "tokex" / "exchange.py").is_file()
+
+
+def test_python_app_writes_cdk_out_in_the_working_directory(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "app.py")],
+        cwd=tmp_path,
+        env=_offline_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    template = tmp_path / "cdk.out" / "Tokex.template.json"
+    assert _layer_count(template) == 1
+    assert "cdk.out/Tokex.template.json" in result.stderr
+    assert not (tmp_path / "empty-cache").exists()  # pip never ran
+
+
+def test_cdk_outdir_wins_over_the_default(tmp_path: Path) -> None:
+    env = {**_offline_env(tmp_path), "CDK_OUTDIR": str(tmp_path / "elsewhere")}
+    result = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _layer_count(tmp_path / "elsewhere" / "Tokex.template.json") == 1
+
+
+def test_invalid_context_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    env = {**_offline_env(tmp_path), "CDK_CONTEXT_JSON": json.dumps({"ttlCapSeconds": 5})}
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "app.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "tokex: invalid CDK context: ttlCapSeconds must be between 60 and 43200"
+    ]
+    assert not (tmp_path / "cdk.out" / "Tokex.template.json").exists()
+
+
+def test_cdk_cli_offline_synth_skips_bundling(tmp_path: Path) -> None:
+    npx = shutil.which("npx")
+    if npx is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("npx (Node.js) is required in CI for the CDK CLI test")
+        pytest.skip("npx (Node.js) is not installed")
+    out = tmp_path / "out"
+    env = {**_offline_env(tmp_path), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # No terminal here: without --yes, npx stops at "missing packages and no YES option".
+    result = subprocess.run(
+        [npx, "--yes", CDK_CLI, "synth", "--quiet", "--output", str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert _layer_count(out / "Tokex.template.json") == 1
+    # The app honoured the CLI's bundling context override and its --output (CDK_OUTDIR).
+    assert not (tmp_path / "empty-cache").exists()
