@@ -30,6 +30,7 @@ class IssuerSite(Construct):
         construct_id: str,
         *,
         token_origin_domain: str,
+        token_origin_headers: dict[str, str],
         domain_name: str | None = None,
         certificate_arn: str | None = None,
         web_acl_arn: str | None = None,
@@ -75,6 +76,8 @@ class IssuerSite(Construct):
             token_origin_domain,
             protocol_policy=cloudfront.OriginProtocolPolicy.HTTPS_ONLY,
             origin_ssl_protocols=[cloudfront.OriginSslPolicy.TLS_V1_2],
+            # The one door (cdk/origin_secret.py): how the functions know CloudFront sent it.
+            custom_headers=token_origin_headers,
         )
         self.distribution = cloudfront.Distribution(
             self,

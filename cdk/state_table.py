@@ -2,10 +2,16 @@
 
 Three kinds of item share it, each written by one party only:
 
-- `sig#<sha256>`: the exchange records each accepted signed request (single use), with
-  `expires_at` = the end of the signature's window. Nobody reads them back.
-- `rate#<principal>#<minute>`: the exchange counts each caller's exchanges per minute
-  (tokex/ratelimit.py, an atomic UpdateItem); they expire after two minutes.
+- `sig#<sha256>`: the exchange records each signed request that got past STS (single
+  use), with `expires_at` = the end of the signature's window, its `admission` id and,
+  when a failure of tokex's own upstreams gave the request back, `released_at`. Nobody
+  reads them back: a conditional write refuses the second use.
+- `rate#<principal>#<minute>`: the exchange counts each caller's exchanges per minute;
+  they expire after two minutes.
+
+Both are written by tokex/admission.py in one `TransactWriteItems` per exchange (a
+transaction is authorised item by item as the PutItem and UpdateItem it holds, so the
+grants below are all it needs).
 - `client#<id>`: introspection clients, written by operators (`tokex clients add`), read
   by the introspect function. No `expires_at`: kept until removed.
 - `revoked-jti#...`, `revoked-principal#...`: revocations, written by operators
@@ -22,9 +28,9 @@ from constructs import Construct
 from cdk.tables import retained_table
 
 TTL_ATTRIBUTE = "expires_at"
-# tokex/evidence/replay.py writes `sig#<hex sha-256>` items, and nothing else.
+# tokex/admission.py writes `sig#<hex sha-256>` items (single use), and nothing else.
 SINGLE_USE_KEY_PATTERN = "sig#*"
-# tokex/ratelimit.py counts in `rate#<principal>#<window>` items, and nothing else.
+# tokex/admission.py counts in `rate#<principal>#<window>` items, and nothing else.
 RATE_COUNTER_KEY_PATTERN = "rate#*"
 # What introspection reads: its clients (GetItem) and revocations (BatchGetItem).
 INTROSPECT_READ_ACTIONS = ["dynamodb:BatchGetItem", "dynamodb:GetItem"]

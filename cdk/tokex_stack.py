@@ -32,6 +32,7 @@ from cdk.config import TokexConfig
 from cdk.functions import RUNTIME, JwksPublication, TokexFunction
 from cdk.issuer_site import INTROSPECT_PATH, TOKEN_PATH, IssuerSite
 from cdk.layer_bundling import CoreLayer
+from cdk.origin_secret import ORIGIN_HEADER, ORIGIN_SECRET_ENV, OriginSecret
 from cdk.policy_table import PolicyTable
 from cdk.signing_key import (
     SigningKey,
@@ -82,10 +83,12 @@ class TokexStack(Stack):
             burst_limit=config.throttle_burst_limit,
             log_retention=LOG_RETENTION,
         )
+        self.origin_secret = OriginSecret(self, "OriginSecret")
         self.issuer_site = IssuerSite(
             self,
             "IssuerSite",
             token_origin_domain=self.token_api.origin_domain,
+            token_origin_headers={ORIGIN_HEADER: self.origin_secret.value},
             domain_name=config.domain_name,
             certificate_arn=config.certificate_arn,
             web_acl_arn=config.web_acl_arn,
@@ -119,8 +122,11 @@ class TokexStack(Stack):
             "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
             "LOG_LEVEL": config.log_level,
         }
+        # Only CloudFront knows it: the API's execute-api URL is refused (tokex/edge.py).
+        behind_cloudfront = {ORIGIN_SECRET_ENV: self.origin_secret.value}
         exchange_env = {
             **base,
+            **behind_cloudfront,
             "TOKEX_TOKEN_ENDPOINT": self.token_endpoint,
             "TOKEX_POLICY_TABLE": self.policy_table.table.table_name,
             # Single use of accepted signed requests (TOKEX_SINGLE_USE) and the per-caller
@@ -152,6 +158,7 @@ class TokexStack(Stack):
             layer=layer,
             environment={
                 **base,
+                **behind_cloudfront,
                 "TOKEX_PUBLISHED_KEY_IDS": published_key_ids,
                 "TOKEX_STATE_TABLE": state_table,
                 "TOKEX_TTL_CAP_SECONDS": ttl_cap,
@@ -294,13 +301,23 @@ def project_context() -> dict[str, Any]:
 
 
 def build_app(
-    *, context: dict[str, Any] | None = None, outdir: str | None = None
+    *,
+    context: dict[str, Any] | None = None,
+    post_cli_context: dict[str, Any] | None = None,
+    outdir: str | None = None,
 ) -> tuple[App, TokexStack]:
     """The CDK app with cdk-nag's AWS Solutions checks: unacknowledged findings fail synth.
 
-    `context` overrides `cdk.json` (tests use it the way an operator uses `-c key=value`).
+    `context` overrides `cdk.json` (tests use it the way an operator uses `-c key=value`);
+    the CDK CLI's own context (`CDK_CONTEXT_JSON`) overrides both. `post_cli_context`
+    overrides even the CLI's: the offline switch in app.py must beat the
+    `aws:cdk:bundling-stacks` value the CLI always sends.
     """
-    app = App(context={**project_context(), **(context or {})}, outdir=outdir)
+    app = App(
+        context={**project_context(), **(context or {})},
+        post_cli_context=post_cli_context,
+        outdir=outdir,
+    )
     config = TokexConfig.from_context(app.node)
     stack = TokexStack(app, config.stack_name, config=config)
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))

@@ -16,6 +16,8 @@ from typing import Any, ParamSpec, cast
 
 from aws_cdk.assertions import Match, Template
 
+from tokex.edge import ORIGIN_HEADER, ORIGIN_SECRET_ENV
+
 P = ParamSpec("P")
 STACK = "Tokex"
 # CloudFront managed policy ids (CloudFront developer guide, "Use managed ... policies").
@@ -41,7 +43,7 @@ CRYPTO_ACTIONS = (
 # either would make CloudFormation replace the key (or fail on a duplicate alias).
 SLOT_A_KEY_LOGICAL_ID = "SigningKey49B95470"
 SLOT_A_ALIAS_LOGICAL_ID = "SigningKeyAliasFA392759"
-# The only items the exchange may write to the state table (tokex/evidence/replay.py).
+# The only items the exchange may write to the state table (tokex/admission.py).
 SINGLE_USE_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["sig#*"]}}
 RATE_COUNTER_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["rate#*"]}}
 
@@ -275,6 +277,7 @@ def check_introspection_wiring(
     published = published_ids(template, slots=slots, active=active, published_keys=published_keys)
     env = dict(_env(template, "Introspect/Function"))
     assert split_ids(env.pop("TOKEX_PUBLISHED_KEY_IDS")) == published
+    assert env.pop(ORIGIN_SECRET_ENV)  # its value: check_one_door
     assert env == {
         "TOKEX_ISSUER": issuer,
         "TOKEX_SIGNING_KEY_ID": key_arn(template, active),
@@ -944,3 +947,62 @@ def check_all_default(template: Template, *, nonce: str) -> None:
     check_instance_tag_lookups(template, role_name=None)
     check_jwks_publication(template, nonce=nonce)
     check_outputs(template, issuer=issuer)
+
+
+def _lambda_target(integration_uri: Any) -> str:
+    """The function logical id an HTTP API integration or a permission points at."""
+    (target,) = {r for r in _iter_refs(integration_uri)}
+    return target
+
+
+@check
+def check_one_door(template: Template) -> None:
+    """No way to the functions skips CloudFront (tokex/edge.py, cdk/origin_secret.py).
+
+    - CloudFront's API origin sends the origin header, its value a Secrets Manager dynamic
+      reference (never a literal in the template);
+    - every function API Gateway may invoke, and every function an API integration
+      targets, has that same reference as TOKEX_ORIGIN_SECRET, so it refuses requests
+      from the execute-api URL;
+    - nothing else can invoke them: no function URL, and no permission for another
+      principal than API Gateway (the publisher's schedule, which takes no request).
+    """
+    resources = raw(template)["Resources"]
+    secret = logical_id(template, "OriginSecret/Secret")
+    reference = {
+        "Fn::Join": ["", ["{{resolve:secretsmanager:", {"Ref": secret}, ":SecretString:::}}"]]
+    }
+    distribution = resource(template, "IssuerSite/Distribution")["Properties"]
+    api_origin_id = logical_id(template, "TokenApi/Api")
+    api_origins = [
+        origin
+        for origin in distribution["DistributionConfig"]["Origins"]
+        if api_origin_id in set(_iter_refs(origin["DomainName"]))
+    ]
+    assert len(api_origins) == 1
+    assert api_origins[0]["OriginCustomHeaders"] == [
+        {"HeaderName": ORIGIN_HEADER, "HeaderValue": reference}
+    ]
+
+    publisher = logical_id(template, "JwksPublisher/Function")
+    gated: set[str] = set()
+    for props in (
+        r["Properties"] for r in resources.values() if r["Type"] == "AWS::ApiGatewayV2::Integration"
+    ):
+        gated.add(_lambda_target(props["IntegrationUri"]))
+    for props in (
+        r["Properties"] for r in resources.values() if r["Type"] == "AWS::Lambda::Permission"
+    ):
+        target = _lambda_target(props["FunctionName"])
+        if props["Principal"] == "apigateway.amazonaws.com":
+            gated.add(target)
+        else:
+            assert (props["Principal"], target) == ("events.amazonaws.com", publisher), props
+    assert gated == {
+        logical_id(template, "Exchange/Function"),
+        logical_id(template, "Introspect/Function"),
+    }
+    for function in gated:
+        env = resources[function]["Properties"]["Environment"]["Variables"]
+        assert env[ORIGIN_SECRET_ENV] == reference, function
+    assert not [r for r in resources.values() if r["Type"] == "AWS::Lambda::Url"]

@@ -244,7 +244,45 @@ def default_behavior(r: Raw) -> dict[str, Any]:
 
 
 # (name, mutation, the check that must then fail)
+def _api_origin(raw: Raw) -> dict[str, Any]:
+    (origin,) = [o for o in _distribution(raw)["Origins"] if "OriginCustomHeaders" in o]
+    return origin
+
+
+def _function_url(raw: Raw) -> None:
+    raw["Resources"]["ExchangeUrl"] = {
+        "Type": "AWS::Lambda::Url",
+        "Properties": {"AuthType": "NONE", "TargetFunctionArn": _arn(raw, "Exchange/Function")},
+    }
+
+
+def _public_permission(raw: Raw) -> None:
+    raw["Resources"]["AnyoneInvokes"] = {
+        "Type": "AWS::Lambda::Permission",
+        "Properties": {
+            "Action": "lambda:InvokeFunction",
+            "FunctionName": _arn(raw, "Introspect/Function"),
+            "Principal": "*",
+        },
+    }
+
+
+one_door = checks.check_one_door
+ONE_DOOR_MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] = [
+    ("no origin header", lambda r: _api_origin(r).pop("OriginCustomHeaders"), one_door),
+    (
+        "literal origin secret",
+        lambda r: _api_origin(r)["OriginCustomHeaders"][0].update(HeaderValue="x" * 48),
+        one_door,
+    ),
+    ("exchange ungated", lambda r: _env(r, "Exchange").pop("TOKEX_ORIGIN_SECRET"), one_door),
+    ("introspect ungated", lambda r: _env(r, "Introspect").pop("TOKEX_ORIGIN_SECRET"), one_door),
+    ("function URL", _function_url, one_door),
+    ("public permission", _public_permission, one_door),
+]
+
 MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] = [
+    *ONE_DOOR_MUTATIONS,
     ("dependency cycle", _cycle, checks.check_no_dependency_cycle),
     ("symmetric key", _set(key_props, "KeySpec", "SYMMETRIC_DEFAULT"), key_spec),
     ("encrypt key", _set(key_props, "KeyUsage", "ENCRYPT_DECRYPT"), key_spec),

@@ -299,3 +299,8 @@ def test_published_key_arns_output_lists_the_other_slot(rotation_synth: Synthesi
     template = rotation_synth.template
     template.has_output("SigningKeyArn", {"Value": checks.key_arn(template, "b")})
     template.has_output("PublishedKeyArns", {"Value": checks.key_arn(template, "a")})
+
+
+@pytest.mark.parametrize("synth", ["default_synth", "alternate_synth"])
+def test_cloudfront_is_the_only_door(request: pytest.FixtureRequest, synth: str) -> None:
+    checks.check_one_door(request.getfixturevalue(synth).template)

@@ -1,0 +1,107 @@
+"""The one door (docs/deploy.md, *One door*): with the origin secret set, as the CDK app sets
+it, the exchange and introspect handlers answer only requests carrying CloudFront's
+origin header, and refuse the rest before reading anything else.
+
+Each case cold-starts the real handler against the provisioned emulator."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.integration.test_exchange import sign, verify
+from tokex.client.signing import encode_subject_token
+from tokex.clients import basic_authorization
+from tokex.edge import ORIGIN_HEADER, ORIGIN_SECRET_ENV
+from tokex.local.front import http_api_event
+from tokex.local.functions import LambdaContext, load_handler
+from tokex.local.runner import LocalSystem, handler_environment
+from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+
+SECRET = "cloudfrontOriginSecret0123456789abcdefABCDEF01"
+FORM = "application/x-www-form-urlencoded"
+
+
+def _cold(system: LocalSystem, name: str) -> ModuleType:
+    with handler_environment(system.handler_env(**{ORIGIN_SECRET_ENV: SECRET})):
+        return load_handler(name)
+
+
+def _invoke(
+    handler: ModuleType, path: str, form: dict[str, str], headers: dict[str, str]
+) -> tuple[int, dict[str, Any]]:
+    event = http_api_event(
+        "POST",
+        path,
+        "",
+        {"content-type": FORM, **headers},
+        urllib.parse.urlencode(form).encode(),
+        "203.0.113.7",
+    )
+    result = handler.lambda_handler(event, LambdaContext(f"tokex-{path.strip('/')}"))
+    assert result["headers"]["Content-Type"] == "application/json"
+    assert result["headers"]["Cache-Control"] == "no-store"
+    return result["statusCode"], json.loads(result["body"])
+
+
+def _token_form(signed: dict[str, Any]) -> dict[str, str]:
+    return {
+        "grant_type": TOKEN_EXCHANGE_GRANT,
+        "subject_token_type": SIGV4_TOKEN_TYPE,
+        "subject_token": encode_subject_token(signed),
+        "audience": "demo-api",
+    }
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="no-header"),
+        pytest.param({ORIGIN_HEADER: SECRET[:-1] + "x"}, id="wrong-secret"),
+        pytest.param({ORIGIN_HEADER: ""}, id="empty"),
+    ],
+)
+def test_exchange_refuses_requests_that_skipped_cloudfront(
+    local_system: LocalSystem, headers: dict[str, str]
+) -> None:
+    handler = _cold(local_system, "exchange")
+    signed = sign(local_system)
+    status, body = _invoke(handler, "/token", _token_form(signed), headers)
+    assert status == 403
+    assert body == {
+        "error": "invalid_request",
+        "error_description": "this endpoint answers only through the issuer URL: send the"
+        " request to the issuer's /token or /introspect",
+    }
+    # Refused before the evidence was looked at: the same signed request still works
+    # through the door.
+    status, body = _invoke(handler, "/token", _token_form(signed), {ORIGIN_HEADER: SECRET})
+    assert status == 200, body
+    verify(local_system, body["access_token"])
+
+
+def test_introspection_refuses_requests_that_skipped_cloudfront(local_system: LocalSystem) -> None:
+    token_status, issued = _invoke(
+        _cold(local_system, "exchange"),
+        "/token",
+        _token_form(sign(local_system)),
+        {ORIGIN_HEADER: SECRET},
+    )
+    assert token_status == 200, issued
+    handler = _cold(local_system, "introspect")
+    credentials = {"authorization": basic_authorization(*local_system.introspection_client)}
+    form = {"token": issued["access_token"]}
+
+    status, body = _invoke(handler, "/introspect", form, credentials)
+    assert status == 403
+    assert body["error"] == "invalid_request"
+    assert "active" not in body
+
+    status, body = _invoke(handler, "/introspect", form, {**credentials, ORIGIN_HEADER: SECRET})
+    assert status == 200
+    assert body["active"] is True
+    assert body["aud"] == "demo-api"
