@@ -14,7 +14,7 @@ def retained_table(
     kept when the stack is deleted: both tables hold operator data (policies, clients).
 
     TableV2 (AWS::DynamoDB::GlobalTable): replicas can be added later to run tokex in
-    several regions with the same data (architecture.md, "Scale past one region").
+    several regions with the same data.
     """
     return dynamodb.TableV2(
         scope,

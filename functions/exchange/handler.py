@@ -1,4 +1,4 @@
-"""POST /token — RFC 8693 token exchange (contract.md). Thin: HTTP in, core, HTTP out."""
+"""POST /token — RFC 8693 token exchange (docs/contract.md). Thin: HTTP in, core, HTTP out."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from tokex.deadline import request_deadline
+from tokex.edge import NotThroughIssuer, OriginGate
 from tokex.errors import MethodNotAllowed, TemporarilyUnavailable, TokexError
 from tokex.exchange import ExchangeAudit
-from tokex.http_api import NOT_FOUND, event_body, json_text, no_store
+from tokex.http_api import NOT_FOUND, event_body, event_response, json_text, no_store
 from tokex.service import build_token_exchange
 from tokex.settings import Settings
 from tokex.token_request import parse_token_request
@@ -24,6 +26,7 @@ app = APIGatewayHttpResolver()
 
 # Cold start: settings parsed once; adapters built once and reused while warm.
 settings = Settings.from_env()
+origin_gate = OriginGate.from_env()
 token_exchange = build_token_exchange(settings)
 
 
@@ -33,11 +36,13 @@ def token() -> Response:
     started = time.perf_counter()
     audit = ExchangeAudit()
     try:
-        request = parse_token_request(
-            event_body(app.current_event.body, app.current_event.is_base64_encoded),
-            app.current_event.headers.get("content-type"),
-        )
-        issued = token_exchange.exchange(request, audit)
+        # One time budget for every upstream call of this request (TOKEX_DEADLINE_SECONDS).
+        with request_deadline(settings.deadline_seconds):
+            request = parse_token_request(
+                event_body(app.current_event.body, app.current_event.is_base64_encoded),
+                app.current_event.headers.get("content-type"),
+            )
+            issued = token_exchange.exchange(request, audit)
     except TokexError as err:
         outcome = "unavailable" if isinstance(err, TemporarilyUnavailable) else "refused"
         _audit(outcome, audit, started, error=err.error, reason=err.reason)
@@ -102,4 +107,11 @@ def _json(
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    started = time.perf_counter()
+    try:
+        # The one door: refused before anything else is read unless CloudFront sent it.
+        origin_gate.check(event.get("headers") or {})
+    except NotThroughIssuer as err:
+        _audit("refused", ExchangeAudit(), started, error=err.error, reason=err.reason)
+        return event_response(err.status, err.body())
     return app.resolve(event, context)

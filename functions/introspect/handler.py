@@ -2,7 +2,8 @@
 
 Order of checks: method (405), media type (415), size (413), client authentication (401
 `invalid_client`, before anything about the form is said), then the form (400). Every
-token problem is a 200 `{"active": false}`; only KMS/DynamoDB trouble is a 503.
+token problem is a 200 `{"active": false}`, and so is a token of an audience the client
+does not serve; only KMS/DynamoDB trouble is a 503.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tokex.clients import CLIENT_ID, parse_basic_authorization
+from tokex.deadline import request_deadline
+from tokex.edge import NotThroughIssuer, OriginGate
 from tokex.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -23,7 +26,7 @@ from tokex.errors import (
     TemporarilyUnavailable,
     TokexError,
 )
-from tokex.http_api import NOT_FOUND, event_body, json_text, no_store
+from tokex.http_api import NOT_FOUND, event_body, event_response, json_text, no_store
 from tokex.introspection import IntrospectionAudit
 from tokex.service import build_introspection
 from tokex.settings import Settings
@@ -36,6 +39,7 @@ app = APIGatewayHttpResolver()
 
 # Cold start: settings parsed once; adapters built once and reused while warm.
 settings = Settings.from_env()
+origin_gate = OriginGate.from_env()
 introspector, clients = build_introspection(settings)
 
 
@@ -46,20 +50,22 @@ def introspect() -> Response:
     audit = IntrospectionAudit()
     caller: str | None = None
     try:
-        headers = app.current_event.headers
-        check_content_type(headers.get("content-type"))
-        body = event_body(app.current_event.body, app.current_event.is_base64_encoded)
-        if len(body) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes", reason="size")
-        client_id, secret = parse_basic_authorization(headers.get("authorization"))
-        # Logged only when it looks like one of ours: the rest is caller-controlled text.
-        caller = client_id if CLIENT_ID.fullmatch(client_id) else None
-        clients.authenticate(client_id, secret)
-        form = parse_form(body)
-        if "token" not in form:
-            raise InvalidRequest("token is required", reason="token_missing")
-        # `token_type_hint` may be ignored (RFC 7662 §2.1): there is one token type.
-        result = introspector.introspect(form["token"], audit)
+        # One time budget for every upstream call of this request (TOKEX_DEADLINE_SECONDS).
+        with request_deadline(settings.deadline_seconds):
+            headers = app.current_event.headers
+            check_content_type(headers.get("content-type"))
+            body = event_body(app.current_event.body, app.current_event.is_base64_encoded)
+            if len(body) > MAX_BODY_BYTES:
+                raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes", reason="size")
+            client_id, secret = parse_basic_authorization(headers.get("authorization"))
+            # Logged only when it looks like one of ours: the rest is caller-controlled text.
+            caller = client_id if CLIENT_ID.fullmatch(client_id) else None
+            client = clients.authenticate(client_id, secret)
+            form = parse_form(body)
+            if "token" not in form:
+                raise InvalidRequest("token is required", reason="token_missing")
+            # `token_type_hint` may be ignored (RFC 7662 §2.1): there is one token type.
+            result = introspector.introspect(form["token"], audit, audiences=client.audiences)
     except TokexError as err:
         outcome = "unavailable" if isinstance(err, TemporarilyUnavailable) else "refused"
         _audit(outcome, audit, started, caller, error=err.error, reason=err.reason)
@@ -128,4 +134,11 @@ def _json(
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    started = time.perf_counter()
+    try:
+        # The one door: refused before anything else is read unless CloudFront sent it.
+        origin_gate.check(event.get("headers") or {})
+    except NotThroughIssuer as err:
+        _audit("refused", IntrospectionAudit(), started, None, error=err.error, reason=err.reason)
+        return event_response(err.status, err.body())
     return app.resolve(event, context)

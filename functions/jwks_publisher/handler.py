@@ -1,4 +1,4 @@
-"""Publishes the JWKS and the OpenID discovery document to S3 (contract.md).
+"""Publishes the JWKS and the OpenID discovery document to S3 (docs/contract.md "Issuer").
 
 Runs on a schedule, on every deploy (CloudFormation custom resource through the CDK
 Provider framework) and once when `tokex local` starts. Idempotent.

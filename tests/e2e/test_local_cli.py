@@ -5,14 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import signal
 import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
@@ -20,63 +14,15 @@ import pytest
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jwt as jwcrypto_jwt
 
+from tests.e2e.running_local import TOKEX, RunningLocal, load_env_file, run_token
 from tokex.local.emulator import free_port
 
 pytestmark = pytest.mark.e2e
-TOKEX = shutil.which("tokex", path=str(Path(sys.executable).parent)) or "tokex"
-
-
-def load_env_file(path: Path) -> dict[str, str]:
-    env = {}
-    for line in path.read_text().splitlines():
-        match = re.fullmatch(r"export ([A-Z0-9_]+)=(.*)", line)
-        if match:
-            env[match[1]] = match[2]
-    return env
 
 
 @pytest.fixture(scope="module")
-def tokex_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    state_dir = tmp_path_factory.mktemp("state")
-    port = free_port()
-    process = subprocess.Popen(
-        [TOKEX, "local", "--port", str(port), "--state-dir", str(state_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    output = []
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            pytest.fail("tokex local exited:\n" + "".join(output))
-        output.append(line)
-        if "tokex local is running" in line:
-            break
-    else:
-        process.kill()
-        pytest.fail("tokex local did not start:\n" + "".join(output))
-    yield f"http://127.0.0.1:{port}", state_dir
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail("tokex local did not stop on SIGINT")
-    assert process.returncode == 0
-
-
-def run_token(
-    state_dir: Path, *args: str, extra_env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TOKEX_"))}
-    env.update(load_env_file(state_dir / "workload.env"))
-    env.update(extra_env or {})
-    return subprocess.run(
-        [TOKEX, "token", *args], env=env, capture_output=True, text=True, timeout=60
-    )
+def tokex_local(local_process: RunningLocal) -> tuple[str, Path]:
+    return local_process.issuer, local_process.state_dir
 
 
 def test_token_from_tokex_local_verifies_with_two_independent_libraries(tokex_local):

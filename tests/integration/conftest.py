@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from tokex.cli.main import main
-from tokex.local.emulator import SubprocessMotoServer
+from tokex.local.emulator import SubprocessMotoServer, set_signature_checking
+from tokex.local.provision import ACCOUNT_ID, DEMO_AUDIENCE, Credentials
 from tokex.local.runner import LocalSystem, start_local
+from tokex.policy.model import Policy
+from tokex.policy.store import PolicyStore
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +58,51 @@ def state_table_cli(
         return code, out, err
 
     return run
+
+
+@dataclass(frozen=True)
+class FreshRole:
+    arn: str
+    credentials: Credentials
+
+
+@pytest.fixture
+def fresh_role(local_system: LocalSystem) -> FreshRole:
+    """A session of a role made for this test alone, so its per-minute budget is not
+    shared with other tests; a policy lets it have `demo-api` tokens with `demo:read`."""
+    deployment = local_system.deployment
+    name = f"fresh-{uuid.uuid4().hex[:12]}"
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:root"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    set_signature_checking(deployment.endpoint_url, on=False)
+    try:
+        role = deployment.client("iam").create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps(trust)
+        )["Role"]
+        session = deployment.client("sts").assume_role(
+            RoleArn=role["Arn"], RoleSessionName="fresh-session"
+        )["Credentials"]
+    finally:
+        set_signature_checking(deployment.endpoint_url, on=True)
+    policy = {
+        "id": name,
+        "effect": "allow",
+        "principals": [role["Arn"]],
+        "audiences": [DEMO_AUDIENCE],
+        "scopes": ["demo:read"],
+    }
+    PolicyStore(deployment.client("dynamodb"), deployment.policy_table).put(
+        Policy.from_document(policy)
+    )
+    credentials = Credentials(
+        session["AccessKeyId"], session["SecretAccessKey"], session["SessionToken"]
+    )
+    return FreshRole(role["Arn"], credentials)

@@ -1,4 +1,4 @@
-"""security.md "Known attacks", groups 1-5 and 8, against the running system: each is
+"""docs/security.md "Known attacks", groups 1-5 and 8, against the running system: each is
 refused with the contract's 4xx and never yields a token or a 500."""
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def test_put_from_stdin_with_json_output(cli, monkeypatch) -> None:
 def test_an_invalid_policy_is_refused_and_not_written(cli, tmp_path) -> None:
     document = {**CLI_POLICY, "id": "cli-bad", "claims": {"aud": "other-api"}}
     code, out, err = cli("put", write(tmp_path / "bad.json", document))
-    assert (code, out) == (2, "")
+    assert (code, out) == (1, "")  # a well-formed command line, an invalid policy
     assert "invalid policy" in err and "claims.aud: reserved claim" in err
     assert cli("get", "cli-bad")[0] == 1
 
@@ -288,9 +288,10 @@ def test_explain_gives_the_exchange_decision(
         assert claims["sub"] == explained["caller"]["principal"]
         assert claims["policy"] == expected
     else:
-        assert (status, body["error"]) == (400, explained["error"])
+        assert (status, body["error"]) == (400, explained["refusal"]["error"])
         assert explained["decision"] == "refuse"
         assert body["error"] == expected
+    assert "error" not in explained  # the command itself did not fail
 
 
 # --- --stack ---------------------------------------------------------------------------------
@@ -356,6 +357,9 @@ def test_explain_takes_the_ttls_from_the_stack(in_process_aws, capsys, tmp_path)
 def test_stack_errors_are_clear(in_process_aws, capsys) -> None:
     assert main(["policy", "list", "--stack", "missing", "--region", "us-east-1"]) == 1
     assert "stack 'missing' not found in region us-east-1" in capsys.readouterr().err
+    assert main(["policy", "list", "--stack", "missing", "--region", "us-east-1", "--json"]) == 1
+    failure = json.loads(capsys.readouterr().out)
+    assert (failure["error"], failure["input"]) == ("not_found", "--stack")
     template = {"Resources": copy.deepcopy(STACK_TEMPLATE["Resources"])}
     template["Resources"]["Policies"]["Properties"]["TableName"] = "other"
     in_process_aws.create_stack(StackName="not-tokex", TemplateBody=json.dumps(template))

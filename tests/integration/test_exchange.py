@@ -15,10 +15,13 @@ from typing import Any
 import jwt
 import pytest
 
+from tests.support.exchange_handler import cold_exchange_handler
 from tokex.client.signing import encode_subject_token, signed_get_caller_identity
+from tokex.local.front import http_api_event
+from tokex.local.functions import LambdaContext
 from tokex.local.provision import ACCOUNT_ID, DEMO_INSTANCE_ID, DEMO_ROLE_ARN, DEMO_USER_NAME
 from tokex.local.runner import LocalSystem
-from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+from tokex.token_request import MAX_FORM_PARAMETERS, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 
 def post(url: str, body: bytes, content_type: str = "application/x-www-form-urlencoded"):
@@ -260,3 +263,27 @@ def test_request_bound_to_another_audience_is_refused(local_system):
         audience="demo-api",
     )
     assert exchange(local_system, signed=signed)[0] == 200
+
+
+def test_unrecognised_parameters_are_ignored_up_to_the_documented_limit(local_system):
+    extras = {f"client_extension_{i}": "x" for i in range(20)}  # 24 parameters in all
+    status, _, body = exchange(local_system, **extras)
+    assert status == 200, body
+    many = {f"p{i}": "x" for i in range(MAX_FORM_PARAMETERS)}
+    body = assert_refused(exchange(local_system, **many), 400, "invalid_request")
+    assert body["error_description"] == f"the form has more than {MAX_FORM_PARAMETERS} parameters"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded\u00a0", "\x01application/x-www-form-urlencoded"],
+)
+def test_media_type_is_parsed_strictly(local_system, content_type):
+    """As the handler gets it from API Gateway (the local front refuses a control
+    character in any header before the handler sees it)."""
+    handler = cold_exchange_handler(local_system)
+    body = urllib.parse.urlencode({"grant_type": TOKEN_EXCHANGE_GRANT}).encode()
+    event = http_api_event("POST", "/token", "", {"content-type": content_type}, body, "::1")
+    result = handler.lambda_handler(event, LambdaContext("tokex-exchange"))
+    answer = (result["statusCode"], result["headers"], json.loads(result["body"]))
+    assert_refused(answer, 415, "invalid_request")

@@ -1,6 +1,7 @@
 """IMDS evidence through the running system: read from the local IMDSv2 emulator, verified
-against the (local-only) pinned certificate, bound to the SigV4 caller (security.md group 7
-end to end; the byte-level cases are unit tests)."""
+against the (local-only) pinned certificate, bound to the SigV4 caller
+(docs/security.md "Known attacks", group 7, end to end; the byte-level cases are unit
+tests)."""
 
 from __future__ import annotations
 

@@ -22,15 +22,20 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.integration.test_exchange import Captured, exchange, post, verify
 from tests.unit.test_jws import LocalSigner
-from tokex.clients import basic_authorization
-from tokex.local.provision import DEMO_ROLE_ARN
-from tokex.local.runner import LocalSystem
+from tokex.clients import ClientStore, basic_authorization, secret_hash
+from tokex.local.front import http_api_event
+from tokex.local.functions import LambdaContext, load_handler
+from tokex.local.provision import DEMO_AUDIENCE, DEMO_INSTANCE_AUDIENCE, DEMO_ROLE_ARN
+from tokex.local.runner import LocalSystem, handler_environment
 from tokex.tokens.jws import encode_jwt
 from tokex.tokens.kms_signer import KmsSigner
 
 INACTIVE = {"active": False}
 FORM = "application/x-www-form-urlencoded"
 _DEMO = object()
+# An audience no demo policy grants: its tokens here are crafted and signed by the
+# deployment's own KMS key, so they are this issuer's tokens in every respect but `aud`.
+OTHER_AUDIENCE = "billing-api"
 
 
 def introspect(
@@ -266,22 +271,28 @@ def test_clients_cli_add_list_remove(local_system, state_table_cli):
     def run(*argv: str) -> tuple[int, str, str]:
         return state_table_cli("clients", *argv)
 
-    code, out, _ = run("add", "gateway-a", "--json")
+    code, out, _ = run("add", "gateway-a", "--audience", DEMO_AUDIENCE, "--json")
     added = json.loads(out)
     assert code == 0 and added["name"] == "gateway-a"
+    assert added["audiences"] == [DEMO_AUDIENCE]
     assert added["authorization"] == basic_authorization(added["client_id"], added["client_secret"])
-    code, out, _ = run("add", "gateway-b")
+    code, out, _ = run("add", "gateway-b", "--audience", "b-api", "--audience", "a-api")
     assert code == 0 and "client_secret" in out and "shown only now" in out
-    printed = dict(line.split(None, 1) for line in out.splitlines()[:3])
+    printed = dict(line.split(None, 1) for line in out.splitlines()[:4])
     client_b, secret_b = printed["client_id"], printed["client_secret"]
+    assert printed["audiences"] == "a-api b-api"
 
     code, out, _ = run("list", "--json")
-    listed = {c["client_id"]: c["name"] for c in json.loads(out)}
-    assert listed[added["client_id"]] == "gateway-a" and listed[client_b] == "gateway-b"
-    assert local_system.introspection_client[0] in listed
+    listed = {c["client_id"]: (c["name"], c["audiences"]) for c in json.loads(out)}
+    assert listed[added["client_id"]] == ("gateway-a", [DEMO_AUDIENCE])
+    assert listed[client_b] == ("gateway-b", ["a-api", "b-api"])
+    assert listed[local_system.introspection_client[0]] == (
+        "demo-gateway",
+        sorted([DEMO_AUDIENCE, DEMO_INSTANCE_AUDIENCE]),
+    )
     assert all("secret" not in key for c in json.loads(out) for key in c)
     code, out, _ = run("list")
-    assert code == 0 and f"{client_b}  " in out and "gateway-b" in out
+    assert code == 0 and f"{client_b}  " in out and "  gateway-b  a-api,b-api\n" in out
 
     token = issued_token(local_system)
     assert introspect(local_system, token, auth=added["authorization"])[2]["active"] is True
@@ -292,5 +303,132 @@ def test_clients_cli_add_list_remove(local_system, state_table_cli):
     assert client_b not in {c["client_id"] for c in json.loads(out)}
     code, _, err = run("remove", client_b)
     assert code == 1 and "no client" in err
-    code, _, err = run("add", "bad name")
+    code, _, err = run("add", "bad name", "--audience", DEMO_AUDIENCE)
     assert code == 2 and "client name" in err
+    code, out, _ = run("add", "no-audience", "--json")
+    failure = json.loads(out)
+    assert (code, failure["error"], failure["input"]) == (2, "usage", "--audience")
+
+
+def crafted_token(system: LocalSystem, **claims: Any) -> str:
+    return encode_jwt(crafted_claims(system, **claims), kms_signer(system))
+
+
+def registered_client(system: LocalSystem, *audiences: str) -> str:
+    """A new client serving `audiences`, made as `tokex clients add` makes it: its
+    `Authorization` header value."""
+    store = ClientStore(system.deployment.client("dynamodb"), system.deployment.state_table)
+    client, secret = store.add("gateway", audiences)
+    return basic_authorization(client.client_id, secret)
+
+
+def legacy_client(system: LocalSystem) -> tuple[str, str]:
+    """A client item as tokex wrote it before clients had audiences: (id, header)."""
+    client_id, secret = "tc_" + secrets.token_hex(10), secrets.token_urlsafe(32)
+    system.deployment.client("dynamodb").put_item(
+        TableName=system.deployment.state_table,
+        Item={
+            "id": {"S": f"client#{client_id}"},
+            "name": {"S": "kong-before-audiences"},
+            "secret_hash": {"S": secret_hash(client_id, secret)},
+            "created_at": {"N": str(int(time.time()))},
+        },
+    )
+    return client_id, basic_authorization(client_id, secret)
+
+
+def cold_introspect(system: LocalSystem, token: str, authorization: str) -> dict[str, Any]:
+    """POST /introspect to a newly cold-started handler: no verified client cached."""
+    with handler_environment(system.handler_env()):
+        handler = load_handler("introspect")
+    headers = {"content-type": FORM, "authorization": authorization}
+    body = urllib.parse.urlencode({"token": token}).encode()
+    event = http_api_event("POST", "/introspect", "", headers, body, "127.0.0.1")
+    result = handler.lambda_handler(event, LambdaContext("tokex-introspect"))
+    assert result["statusCode"] == 200, result
+    return dict(json.loads(result["body"]))
+
+
+def test_a_client_sees_only_the_audiences_it_serves(local_system):
+    """RFC 7662 §4: tokens of one issuer, two audiences; each client sees its own."""
+    demo = issued_token(local_system, scope="demo:read")
+    billing = crafted_token(local_system, aud=OTHER_AUDIENCE)
+    for_demo = registered_client(local_system, DEMO_AUDIENCE)
+    for_billing = registered_client(local_system, OTHER_AUDIENCE)
+    for_both = registered_client(local_system, OTHER_AUDIENCE, DEMO_AUDIENCE)
+
+    status, _, body = introspect(local_system, demo, auth=for_demo)
+    assert (status, body["active"], body["aud"]) == (200, True, DEMO_AUDIENCE)
+    assert_inactive(introspect(local_system, billing, auth=for_demo))
+    assert_inactive(introspect(local_system, demo, auth=for_billing))
+    status, _, body = introspect(local_system, billing, auth=for_billing)
+    assert (status, body["active"], body["aud"]) == (200, True, OTHER_AUDIENCE)
+    for token in (demo, billing):
+        assert introspect(local_system, token, auth=for_both)[2]["active"] is True
+
+
+def test_the_demo_client_serves_the_demo_audiences_only(local_system):
+    instance = crafted_token(local_system, aud=DEMO_INSTANCE_AUDIENCE)
+    assert introspect(local_system, issued_token(local_system))[2]["active"] is True
+    assert introspect(local_system, instance)[2]["active"] is True
+    assert_inactive(introspect(local_system, crafted_token(local_system, aud=OTHER_AUDIENCE)))
+
+
+def test_a_client_registered_before_audiences_is_inactive_for_everything_until_updated(
+    local_system, state_table_cli
+):
+    """Fail closed on upgrade; `tokex clients update` opens it, for its audiences only."""
+    demo = issued_token(local_system)
+    billing = crafted_token(local_system, aud=OTHER_AUDIENCE)
+    used, used_auth = legacy_client(local_system)
+    unused, unused_auth = legacy_client(local_system)
+    for token in (demo, billing, crafted_token(local_system, aud=DEMO_INSTANCE_AUDIENCE)):
+        assert_inactive(introspect(local_system, token, auth=used_auth))
+
+    code, out, err = state_table_cli("clients", "list")
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert code == 0 and lines[used].endswith("  kong-before-audiences  -")
+    assert "without audiences (-) gets active: false for every token" in err
+    for client_id in (used, unused):
+        code, out, _ = state_table_cli(
+            "clients", "update", client_id, "--audience", DEMO_AUDIENCE, "--json"
+        )
+        assert code == 0, out
+        assert json.loads(out)["audiences"] == [DEMO_AUDIENCE]
+
+    # A client no warm handler has verified yet: the front serves its new audience at once.
+    assert introspect(local_system, demo, auth=unused_auth)[2]["active"] is True
+    assert_inactive(introspect(local_system, billing, auth=unused_auth))
+    # The one verified before the update may be cached for 30 s by warm handlers (as a
+    # removal is); a cold start reads the update.
+    assert cold_introspect(local_system, demo, used_auth)["active"] is True
+    assert cold_introspect(local_system, billing, used_auth) == INACTIVE
+
+
+def test_clients_cli_update_replaces_the_set(local_system, state_table_cli):
+    code, out, _ = state_table_cli("clients", "add", "gw", "--audience", OTHER_AUDIENCE, "--json")
+    added = json.loads(out)
+    argv = ["clients", "update", added["client_id"], "--audience", DEMO_AUDIENCE]
+    code, out, _ = state_table_cli(*argv, "--audience", DEMO_INSTANCE_AUDIENCE)
+    assert code == 0
+    assert out == (
+        f"{added['client_id']} (gw) now serves {DEMO_AUDIENCE} {DEMO_INSTANCE_AUDIENCE} "
+        "(warm Lambdas may use the previous audiences for up to 30 s)\n"
+    )
+    code, out, _ = state_table_cli("clients", "list", "--json")
+    [listed] = [c for c in json.loads(out) if c["client_id"] == added["client_id"]]
+    assert listed["audiences"] == [DEMO_AUDIENCE, DEMO_INSTANCE_AUDIENCE]  # replaced, not added
+    token = issued_token(local_system)
+    assert introspect(local_system, token, auth=added["authorization"])[2]["active"] is True
+
+    code, out, _ = state_table_cli(
+        "clients", "update", "tc_" + "f" * 20, "--audience", DEMO_AUDIENCE, "--json"
+    )
+    failure = json.loads(out)
+    assert (code, failure["error"], failure["input"]) == (1, "not_found", "tc_" + "f" * 20)
+    code, out, _ = state_table_cli("clients", "update", added["client_id"], "--json")
+    assert (code, json.loads(out)["input"]) == (2, "--audience")
+    code, out, _ = state_table_cli(
+        "clients", "update", added["client_id"], "--audience", "bad audience", "--json"
+    )
+    assert (code, json.loads(out)["input"]) == (2, "--audience")

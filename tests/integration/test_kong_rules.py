@@ -149,7 +149,8 @@ def test_key_not_in_the_config_or_another_key_is_refused(jwks, mint, alg):
 
 
 def test_der_encoded_es256_signature_would_be_a_kong_500(jwks, mint):
-    """Why tokex converts KMS's DER signature to raw R||S (contract.md)."""
+    """Why tokex converts KMS's DER signature to raw R||S (docs/contract.md
+    "The access token (RFC 9068 profile)")."""
     token = mint("ES256")
     header_64, payload_64, signature_64 = token.split(".")
     raw = base64.urlsafe_b64decode(signature_64 + "==")

@@ -1,4 +1,5 @@
-"""A warm exchange reads DynamoDB zero times (architecture.md hot path): proven black-box by
+"""A warm exchange reads DynamoDB zero times (docs/benchmarks.md "Hot path budget"): proven
+black-box by
 taking the policy out of the table between two exchanges of one warm handler."""
 
 from __future__ import annotations

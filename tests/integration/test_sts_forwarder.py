@@ -4,8 +4,8 @@ The moto server runs as a subprocess (tokex.local.emulator): moto's "check signa
 switch is process-wide, and a server process of our own keeps it out of every other test
 and needs no teardown of the switch. Principals are created before checks are switched on.
 
-Attack group 6 (security.md) runs against a tiny http.server on loopback reached through
-`connect_override`, exactly as local mode reaches moto.
+Attack group 6 (docs/security.md "Known attacks") runs against a tiny http.server on
+loopback reached through `connect_override`, exactly as local mode reaches moto.
 """
 
 from __future__ import annotations

@@ -389,6 +389,6 @@ def test_mod_auth_openidc_verdict(apache2: str, case: TokenCase, apache: Apache,
 )
 def test_mod_auth_openidc_known_gap(apache2: str, case: TokenCase, apache: Apache, token_cases):
     """Real behaviour, not a wish: see KNOWN_GAPS. If this starts failing, the module got
-    stricter: update KNOWN_GAPS and toolchain.md ("Independent verifiers")."""
+    stricter: update KNOWN_GAPS and docs/security.md "Independent verifiers"."""
     status, challenge, logged = _ask(apache, token_cases[case.name])
     assert status == 200, f"{case.name} is now refused ({challenge}):\n{logged}"

@@ -1,4 +1,4 @@
-"""Claims of an issued access token (contract.md "The JWT")."""
+"""Claims of an issued access token (docs/contract.md "The access token (RFC 9068 profile)")."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tokex.cli import iid
-from tokex.cli.main import CommandError
+from tokex.cli.errors import CommandError, UsageError
 from tokex.evidence.instance_identity import VARIANTS
 
 SAMPLES = Path(__file__).parents[1] / "data" / "aws-iid" / "samples"
@@ -81,8 +81,9 @@ def test_variant_confusion_and_missing_files_fail(tmp_path: Path) -> None:
     argv = arguments("us-west-1_2021-09_rsa2048_teleport-instance2")
     with pytest.raises(CommandError, match="expected sha1"):
         run([*argv[:3], "--pkcs7", argv[4]])
-    with pytest.raises(CommandError, match="cannot read DOCUMENT"):
+    with pytest.raises(UsageError, match=r"DOCUMENT .*missing: no such file") as missing:
         run([*argv[:2], str(tmp_path / "missing"), *argv[3:]])
+    assert (missing.value.exit_code, missing.value.input) == (2, str(tmp_path / "missing"))
     (tmp_path / "binary").write_bytes(b"\xff\xfe")
     with pytest.raises(CommandError, match="not UTF-8"):
         run([*argv[:2], str(tmp_path / "binary"), *argv[3:]])
@@ -106,6 +107,11 @@ def test_main_reports_failure_on_stderr(capsys: pytest.CaptureFixture[str]) -> N
     assert "verified: rsa2048" in capsys.readouterr().out
     assert main([*argv[:3], "--pkcs7", argv[4]]) == 1
     assert "tokex iid: not verified: pkcs7 evidence" in capsys.readouterr().err
+    assert main([*argv[:3], "--pkcs7", argv[4], "--json"]) == 1
+    failure = json.loads(capsys.readouterr().out)
+    assert (failure["error"], failure["input"]) == ("not_verified", argv[2])
+    assert main(["iid", "verify", "nope.txt", "--rsa2048", argv[4]]) == 2
+    assert capsys.readouterr().err == "tokex iid: DOCUMENT nope.txt: no such file\n"
 
 
 def test_console_script() -> None:

@@ -116,19 +116,73 @@ def test_validate_reads_stdin(capsys, monkeypatch) -> None:
         ({"max_ttl_seconds": 7200}, "max_ttl_seconds", "between 60 and 3600"),
         ({"audiences": []}, "audiences", "must not be empty"),
         ({"colour": "blue"}, "colour", "unknown key"),
-        ({"effect": "deny"}, "scopes", "not allowed on a deny"),
+        ({"effect": "deny", "claims": {}}, "scopes", "not allowed on a deny"),
         ({"id": "has space"}, "id", "1-128 characters"),
     ],
 )
 def test_validate_names_the_field_and_why(capsys, tmp_path, change, field, why) -> None:
     path = write(tmp_path, {**READER, **change}, "bad")
     code, out, err = tokex(capsys, "validate", path)
-    assert (code, out) == (2, "")
+    assert (code, out) == (1, "")  # a well-formed command line, an invalid policy
     assert err.startswith(f"tokex policy: invalid policy {path}: {field}: ")
     assert why in err
+    code, out, err = tokex(capsys, "validate", path, "--json")
+    result = json.loads(out)
+    assert (code, err, result["error"], result["input"]) == (1, "", "invalid_policy", path)
+    assert [e["field"] for e in result["errors"]] == [field]
+    assert why in result["errors"][0]["message"] and why in result["error_description"]
+
+
+def test_validate_reports_every_error_of_a_document(capsys, tmp_path) -> None:
+    document = {
+        **READER,
+        "id": "has space",
+        "principals": ["arn:aws:iam::*:role/x", READER["principals"][0], "*"],
+        "audiences": ["orders-api", "bad audience"],
+        "claims": {"sub": "me", "team": "orders"},
+        "max_ttl_seconds": 7200,
+        "colour": "blue",
+        "instance": {"regions": ["eu-west-1", "bad region!"], "tags": {"team": []}},
+        "scopes": ["a", "a"],
+    }
+    path = write(tmp_path, document, "bad")
     code, out, _ = tokex(capsys, "validate", path, "--json")
-    assert code == 2
-    assert json.loads(out)["field"] == field
+    result = json.loads(out)
+    assert code == 1 and result["valid"] is False
+    assert [e["field"] for e in result["errors"]] == [
+        "id",
+        "principals[0]",
+        "principals[2]",
+        "audiences[1]",
+        "scopes",
+        "claims.sub",
+        "max_ttl_seconds",
+        "colour",
+        "instance.regions[1]",
+        "instance.tags.team",
+    ]
+    # Each is the model's own verdict on that value.
+    messages = {e["field"]: e["message"] for e in result["errors"]}
+    assert messages["scopes"] == "duplicate entries"
+    assert messages["colour"] == "unknown key"
+    assert "reserved" in messages["claims.sub"]
+    code, _, err = tokex(capsys, "validate", path)
+    assert code == 1
+    assert err.startswith(f"tokex policy: invalid policy {path}: 10 errors:\n  id: ")
+    assert "\n  instance.tags.team: must list at least one value glob\n" in err
+
+
+def test_validate_reports_missing_keys_and_deny_only_keys(capsys, tmp_path) -> None:
+    (tmp_path / "empty.json").write_text("{}")
+    _, out, _ = tokex(capsys, "validate", str(tmp_path / "empty.json"), "--json")
+    missing = [(e["field"], e["message"]) for e in json.loads(out)["errors"]]
+    assert missing == [(k, "is required") for k in ("id", "effect", "principals", "audiences")]
+    deny = {**DENY, "principals": [], "scopes": ["x", "y"]}
+    _, out, _ = tokex(capsys, "validate", write(tmp_path, deny), "--json")
+    assert [(e["field"], e["message"]) for e in json.loads(out)["errors"]] == [
+        ("principals", "must not be empty"),
+        ("scopes", "not allowed on a deny policy"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -142,27 +196,31 @@ def test_validate_names_the_field_and_why(capsys, tmp_path, change, field, why) 
 def test_validate_refuses_malformed_json(capsys, tmp_path, text, why) -> None:
     (tmp_path / "p.json").write_text(text)
     code, _, err = tokex(capsys, "validate", str(tmp_path / "p.json"))
-    assert code == 2 and why in err
+    assert code == 1 and why in err
 
 
 def test_validate_uses_the_given_ttl_cap(capsys, tmp_path) -> None:
     path = write(tmp_path, {**READER, "max_ttl_seconds": 7200})
     assert tokex(capsys, "validate", path, "--ttl-cap", "43200")[0] == 0
-    assert tokex(capsys, "validate", path, "--ttl-cap", "5")[0] == 2
+    assert tokex(capsys, "validate", path)[0] == 1  # 7200 exceeds the default cap
+    code, _, err = tokex(capsys, "validate", path, "--ttl-cap", "5")  # a flag out of range
+    assert (code, err) == (2, "tokex policy: --ttl-cap 5: must be 60..43200 seconds\n")
 
 
 def test_validate_refuses_a_role_path_that_could_never_match(capsys, tmp_path) -> None:
     path = write(tmp_path, {**READER, "principals": [f"arn:aws:iam::{ACCOUNT}:role/team/x"]})
     code, _, err = tokex(capsys, "validate", path)
-    assert code == 2
+    assert code == 1
     assert "principals[0]" in err and "never reveals a role's path" in err
 
 
-def test_unreadable_input_is_a_usage_error(capsys, tmp_path) -> None:
-    assert tokex(capsys, "validate", str(tmp_path / "missing.json"))[0] == 2
+def test_a_missing_file_is_a_usage_error_and_bad_content_a_failure(capsys, tmp_path) -> None:
+    missing = str(tmp_path / "missing.json")
+    code, out, err = tokex(capsys, "validate", missing)
+    assert (code, out, err) == (2, "", f"tokex policy: policy document {missing}: no such file\n")
     (tmp_path / "binary").write_bytes(b"\xff\xfe")
     code, _, err = tokex(capsys, "validate", str(tmp_path / "binary"))
-    assert code == 2 and "not UTF-8" in err
+    assert code == 1 and "not UTF-8" in err
 
 
 # --- usage errors -------------------------------------------------------------------------
@@ -172,6 +230,8 @@ def test_commands_that_need_a_deployment_say_how_to_name_it(capsys) -> None:
     code, _, err = tokex(capsys, "list")
     assert code == 2
     assert "--table NAME or --stack NAME" in err
+    code, out, _ = tokex(capsys, "list", "--json")
+    assert code == 2 and json.loads(out)["input"] == "--table"
 
 
 @pytest.mark.parametrize(
@@ -194,25 +254,35 @@ def test_commands_that_need_a_deployment_say_how_to_name_it(capsys) -> None:
         ],
     ],
 )
-def test_argparse_usage_errors_exit_2(argv) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
+def test_argparse_usage_errors_exit_2(argv, capsys) -> None:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("usage: tokex policy")
 
 
 @pytest.mark.parametrize(
     "argv,why",
     [
-        (["--principal", f"arn:aws:iam::{ACCOUNT}:root"], "--principal must be"),
-        (["--principal", f"arn:aws:sts::{ACCOUNT}:federated-user/x"], "--principal must be"),
+        (["--principal", f"arn:aws:iam::{ACCOUNT}:root"], "iam 'root' is not a role"),
+        (
+            ["--principal", f"arn:aws:sts::{ACCOUNT}:federated-user/x"],
+            "sts 'federated-user' is not a role, role session or IAM user",
+        ),
+        (
+            ["--principal", f"arn:aws:sts::{ACCOUNT}:assumed-role/demo-workload/x"],
+            "session name 'x' is not 2-64 characters",
+        ),
+        (["--principal", f"arn:aws:iam::{ACCOUNT[:-1]}:role/x"], "account '12345678901' is not"),
+        (["--principal", f"arn:aws:iam:eu-west-1:{ACCOUNT}:role/x"], "have no region"),
         (["--principal", "role/orders-api"], "needs --account"),
         (["--principal", ROLE, "--account", "210987654321"], "differs"),
         (["--principal", ROLE, "--principal-id", "AROA:x"], "--principal-id"),
         (["--principal", ROLE, "--audience", "bad audience"], "--audience"),
         (["--principal", ROLE, "--scope", 'a"b'], "--scope"),
-        (["--principal", ROLE, "--default-ttl", "7200"], "must not exceed --ttl-cap"),
-        (["--principal", ROLE, "--ttl-cap", "50000"], "--ttl-cap must be"),
-        (["--principal", ROLE, "--rsa2048", "x"], "needs --instance-document"),
+        (["--principal", ROLE, "--default-ttl", "7200"], "exceeds the TTL cap 3600"),
+        (["--principal", ROLE, "--ttl-cap", "50000"], "--ttl-cap 50000: must be"),
+        (["--principal", ROLE, "--rsa2048", "x"], "give --instance-document"),
+        (["--principal", ROLE, "--instance-document", "nope"], "nope: no such file"),
         (["--principal", ROLE, "--instance-tag", "novalue"], "KEY=VALUE"),
         (["--principal", ROLE, "--table", "t"], "--policy-file replaces"),
     ],
@@ -223,6 +293,10 @@ def test_explain_usage_errors(capsys, tmp_path, argv, why) -> None:
     code, out, err = tokex(capsys, "explain", "--policy-file", write(tmp_path, READER), *argv)
     assert (code, out) == (2, "")
     assert why in err
+    code, out, _ = tokex(
+        capsys, "explain", "--policy-file", write(tmp_path, READER), *argv, "--json"
+    )
+    assert code == 2 and why in json.loads(out)["error_description"]
 
 
 # --- explain ------------------------------------------------------------------------------
@@ -261,12 +335,18 @@ def test_explain_json_decisions(capsys, tmp_path, principal, audience, scopes, e
     argv = ["--principal", principal, "--audience", audience]
     argv += [arg for scope in scopes for arg in ("--scope", scope)]
     result = explain_json(capsys, tmp_path, *argv)
+    assert "error" not in result  # the command did not fail: the verdict is data
     if isinstance(expected, str):
-        assert (result["decision"], result["error"], result["policy"]) == ("refuse", expected, None)
-        assert result["error_description"] and result["reason"]
+        refusal = result["refusal"]
+        assert (result["decision"], refusal["error"], result["policy"]) == (
+            "refuse",
+            expected,
+            None,
+        )
+        assert refusal["error_description"] and refusal["reason"]
         return
     policy_id, granted, ttl = expected
-    assert (result["decision"], result["error"], result["policy"]) == ("allow", None, policy_id)
+    assert (result["decision"], result["refusal"], result["policy"]) == ("allow", None, policy_id)
     assert result["scopes"] == (granted or ["orders:read", "orders:write"])
     assert result["ttl_seconds"] == ttl
 
@@ -274,7 +354,7 @@ def test_explain_json_decisions(capsys, tmp_path, principal, audience, scopes, e
 def test_explain_reason_names_the_deny(capsys, tmp_path) -> None:
     principal = f"arn:aws:iam::{ACCOUNT}:role/orders-legacy"
     result = explain_json(capsys, tmp_path, "--principal", principal, "--audience", "orders-api")
-    assert result["reason"] == "denied by policy no-legacy"
+    assert result["refusal"]["reason"] == "denied by policy no-legacy"
     assert [line["applies"] for line in result["policies"] if line["policy_id"] == "no-legacy"] == [
         True
     ]
@@ -283,7 +363,7 @@ def test_explain_reason_names_the_deny(capsys, tmp_path) -> None:
 def test_explain_principal_id_decides_pinned_policies(capsys, tmp_path) -> None:
     argv = ["--principal", SESSION, "--audience", "pinned-api"]
     result = explain_json(capsys, tmp_path, *argv)
-    assert result["error"] == "invalid_target"
+    assert result["refusal"]["error"] == "invalid_target"
     assert any("--principal-id" in note for note in result["notes"])
     result = explain_json(capsys, tmp_path, *argv, "--principal-id", "AROAPINNED")
     assert (result["policy"], result["caller"]["principal_id"]) == ("pinned", "AROAPINNED")
@@ -328,7 +408,8 @@ def test_explain_agrees_with_evaluate(tmp_path, capsys) -> None:
                         ttl_cap=3600,
                     )
                 except (InvalidTarget, InvalidScope) as refusal:
-                    assert (result["error"], result["reason"]) == (refusal.error, refusal.reason)
+                    got = (result["refusal"]["error"], result["refusal"]["reason"])
+                    assert got == (refusal.error, refusal.reason)
                 else:
                     got = (result["policy"], result["scopes"], result["ttl_seconds"])
                     assert got == (decision.policy.id, list(decision.scopes), decision.ttl_seconds)
@@ -338,7 +419,7 @@ def test_explain_with_an_unverified_instance_document(capsys, tmp_path) -> None:
     document = str(SAMPLE / "document")
     argv = ["--principal", "role/ec2-app", "--account", "278576220453", "--audience", "ec2-api"]
     result = explain_json(capsys, tmp_path, *argv, documents=[ON_EC2])
-    assert result["error"] == "invalid_target" and result["instance"] is None
+    assert result["refusal"]["error"] == "invalid_target" and result["instance"] is None
     result = explain_json(
         capsys, tmp_path, *argv, "--instance-document", document, documents=[ON_EC2]
     )
@@ -367,7 +448,7 @@ def test_explain_verifies_an_instance_document_with_its_signature(capsys, tmp_pa
     result = explain_json(
         capsys, tmp_path, *argv, "--rsa2048", str(SAMPLE / "rsa2048"), documents=[ON_EC2]
     )
-    assert (result["error"], result["policies"]) == ("invalid_grant", [])
+    assert (result["refusal"]["error"], result["policies"]) == ("invalid_grant", [])
 
 
 def test_explain_refuses_evidence_the_exchange_would_not_bind(capsys, tmp_path) -> None:
@@ -380,7 +461,8 @@ def test_explain_refuses_evidence_the_exchange_would_not_bind(capsys, tmp_path) 
     argv = ["--principal", session, "--audience", "ec2-api"]
     argv += ["--instance-document", str(SAMPLE / "document"), "--instance-tag", "team=orders"]
     result = explain_json(capsys, tmp_path, *argv, documents=[ON_EC2])
-    assert result["error"] == "invalid_grant" and "instance" in result["error_description"]
+    refusal = result["refusal"]
+    assert refusal["error"] == "invalid_grant" and "instance" in refusal["error_description"]
 
 
 def test_signature_variants_match_the_verifier() -> None:

@@ -1,5 +1,6 @@
-"""Introspection clients: HTTP Basic parsing (RFC 6749 §2.3.1), hashed secrets, the short
-cache of verified clients; the store against in-process moto DynamoDB."""
+"""Introspection clients: HTTP Basic parsing (RFC 6749 §2.3.1), hashed secrets, the
+audiences each serves, the short cache of verified clients; the store against in-process
+moto DynamoDB."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from moto import mock_aws
 from tokex.cli.main import main
 from tokex.clients import (
     CLIENT_ID,
+    MAX_CLIENT_AUDIENCES,
     VERIFIED_CACHE_SECONDS,
     ClientStore,
     InvalidClient,
@@ -27,6 +29,7 @@ from tokex.errors import TemporarilyUnavailable
 from tokex.evidence.replay import create_state_table
 
 TABLE = "tokex-state-test"
+SERVES = ("orders-api",)
 
 
 def basic(raw: str) -> str:
@@ -114,10 +117,11 @@ def count_get_item(dynamodb: Any) -> list[str]:
 
 
 def test_add_stores_only_a_hash_and_returns_the_secret_once(store, dynamodb):
-    client, secret = store.add("kong-prod")
+    client, secret = store.add("kong-prod", SERVES)
     assert CLIENT_ID.fullmatch(client.client_id)
     assert len(secret) == 43  # token_urlsafe(32): 256 random bits
     assert (client.name, client.created_at) == ("kong-prod", 1_800_000_000)
+    assert client.audiences == SERVES
     item = dynamodb.get_item(TableName=TABLE, Key={"id": {"S": f"client#{client.client_id}"}})[
         "Item"
     ]
@@ -128,22 +132,23 @@ def test_add_stores_only_a_hash_and_returns_the_secret_once(store, dynamodb):
 
 
 def test_each_client_gets_its_own_id_and_secret(store):
-    (first, secret1), (second, secret2) = store.add("a"), store.add("a")
+    (first, secret1), (second, secret2) = store.add("a", SERVES), store.add("a", SERVES)
     assert first.client_id != second.client_id and secret1 != secret2
 
 
 @pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 65, "ünïcode", "a/b"])
 def test_bad_names_are_refused(name):
     with pytest.raises(ValueError):
-        ClientStore(None, TABLE).add(name)  # refused before any DynamoDB call
+        ClientStore(None, TABLE).add(name, SERVES)  # refused before any DynamoDB call
 
 
 def test_list_shows_clients_only_and_remove_deletes(store, dynamodb):
     dynamodb.put_item(TableName=TABLE, Item={"id": {"S": "sig#abc"}, "expires_at": {"N": "1"}})
     dynamodb.put_item(TableName=TABLE, Item={"id": {"S": "revoked-jti#x"}})
-    b, _ = store.add("b-gateway")
-    a, _ = store.add("a-gateway")
+    b, _ = store.add("b-gateway", ["billing-api"])
+    a, _ = store.add("a-gateway", ["orders-api", "billing-api"])
     assert store.list() == [a, b]
+    assert [c.audiences for c in store.list()] == [("billing-api", "orders-api"), ("billing-api",)]
     assert store.remove(b.client_id) is True
     assert store.remove(b.client_id) is False
     assert store.remove("not-a-client-id") is False
@@ -151,7 +156,7 @@ def test_list_shows_clients_only_and_remove_deletes(store, dynamodb):
 
 
 def test_wrong_secret_unknown_and_malformed_ids_are_invalid_client(store, dynamodb):
-    client, secret = store.add("kong")
+    client, secret = store.add("kong", SERVES)
     calls = count_get_item(dynamodb)
     cases = [
         (client.client_id, secret + "x", "wrong_secret"),
@@ -170,7 +175,7 @@ def test_wrong_secret_unknown_and_malformed_ids_are_invalid_client(store, dynamo
 
 
 def test_verified_clients_are_cached_briefly_and_failures_never(store, dynamodb, clock):
-    client, secret = store.add("kong")
+    client, secret = store.add("kong", SERVES)
     calls = count_get_item(dynamodb)
     for _ in range(3):
         store.authenticate(client.client_id, secret)
@@ -187,6 +192,94 @@ def test_verified_clients_are_cached_briefly_and_failures_never(store, dynamodb,
         store.authenticate(client.client_id, secret)
 
 
+def item_of(dynamodb: Any, client_id: str) -> dict[str, Any]:
+    key = {"id": {"S": f"client#{client_id}"}}
+    return dict(dynamodb.get_item(TableName=TABLE, Key=key, ConsistentRead=True)["Item"])
+
+
+def test_audiences_are_stored_as_a_string_set_and_come_back_with_the_client(store, dynamodb):
+    client, secret = store.add("kong", ["orders-api", "billing-api", "orders-api"])
+    assert client.audiences == ("billing-api", "orders-api")  # distinct, sorted
+    assert sorted(item_of(dynamodb, client.client_id)["audiences"]["SS"]) == [
+        "billing-api",
+        "orders-api",
+    ]
+    assert store.authenticate(client.client_id, secret).audiences == client.audiences
+    assert client.to_dict()["audiences"] == ["billing-api", "orders-api"]
+
+
+@pytest.mark.parametrize(
+    ("audiences", "why"),
+    [
+        ([], "at least one"),
+        (["orders api"], "orders api"),
+        ([""], "''"),
+        (["a" * 257], "1-256"),
+        (["orders-api", "ok", "bad,comma"], "bad,comma"),
+        ([f"api-{n}" for n in range(MAX_CLIENT_AUDIENCES + 1)], "at most"),
+    ],
+)
+def test_bad_audiences_are_refused_before_any_write(audiences, why):
+    store = ClientStore(None, TABLE)  # no DynamoDB at all: refused before any call
+    with pytest.raises(ValueError, match=why):
+        store.add("kong", audiences)
+    with pytest.raises(ValueError, match=why):
+        store.update("tc_0123456789abcdef0123", audiences)
+
+
+def test_a_client_item_without_audiences_authenticates_and_serves_none(store, dynamodb):
+    """A client made before audiences existed (or by hand): fail closed, not "all"."""
+    legacy, other_type = "tc_" + "1" * 20, "tc_" + "2" * 20
+    for client_id, extra in ((legacy, {}), (other_type, {"audiences": {"S": "orders-api"}})):
+        item = {
+            "id": {"S": f"client#{client_id}"},
+            "name": {"S": "old-gateway"},
+            "secret_hash": {"S": secret_hash(client_id, "old-secret")},
+            "created_at": {"N": "1700000000"},
+            **extra,
+        }
+        dynamodb.put_item(TableName=TABLE, Item=item)
+        assert store.authenticate(client_id, "old-secret").audiences == ()
+    assert [c.audiences for c in store.list()] == [(), ()]
+
+
+def test_update_replaces_the_audiences_and_nothing_else(store, dynamodb):
+    client, secret = store.add("kong", ["orders-api", "billing-api"])
+    before = item_of(dynamodb, client.client_id)
+    updated = store.update(client.client_id, ["shipping-api"])
+    assert updated is not None and updated.audiences == ("shipping-api",)
+    assert (updated.client_id, updated.name, updated.created_at) == (
+        client.client_id,
+        client.name,
+        client.created_at,
+    )
+    after = item_of(dynamodb, client.client_id)
+    assert after["audiences"] == {"SS": ["shipping-api"]}
+    assert {k: v for k, v in after.items() if k != "audiences"} == {
+        k: v for k, v in before.items() if k != "audiences"
+    }
+    assert store.authenticate(client.client_id, secret).audiences == ("shipping-api",)
+
+
+def test_update_of_a_missing_client_creates_nothing(store, dynamodb):
+    assert store.update("tc_ffffffffffffffffffff", SERVES) is None
+    assert store.update("not-a-client-id", SERVES) is None
+    assert store.list() == []
+    key = {"id": {"S": "client#tc_ffffffffffffffffffff"}}
+    assert "Item" not in dynamodb.get_item(TableName=TABLE, Key=key)
+
+
+def test_update_takes_effect_in_a_warm_store_within_the_cache_time(store, dynamodb, clock):
+    client, secret = store.add("kong", ["orders-api"])
+    assert store.authenticate(client.client_id, secret).audiences == ("orders-api",)
+    other = ClientStore(dynamodb, TABLE)  # the operator's CLI: another process
+    assert other.update(client.client_id, ["billing-api"]) is not None
+    clock.now += VERIFIED_CACHE_SECONDS - 1
+    assert store.authenticate(client.client_id, secret).audiences == ("orders-api",)
+    clock.now += 1
+    assert store.authenticate(client.client_id, secret).audiences == ("billing-api",)
+
+
 def test_dynamodb_failures_are_temporarily_unavailable(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -201,7 +294,9 @@ def test_dynamodb_failures_are_temporarily_unavailable(monkeypatch):
         store.authenticate("tc_0123456789abcdef0123", "secret")
     assert err.value.status == 503 and "127.0.0.1" not in err.value.description
     with pytest.raises(TemporarilyUnavailable):
-        store.add("kong")
+        store.add("kong", SERVES)
+    with pytest.raises(TemporarilyUnavailable):
+        store.update("tc_0123456789abcdef0123", SERVES)
 
 
 STACK_TEMPLATE = {
@@ -224,11 +319,12 @@ def test_cli_finds_the_state_table_from_the_stack(dynamodb, capsys):
     cloudformation = boto3.client("cloudformation", region_name="us-east-1")
     cloudformation.create_stack(StackName="tokex", TemplateBody=json.dumps(STACK_TEMPLATE))
     where = ["--stack", "tokex", "--region", "us-east-1"]
-    assert main(["clients", "add", "kong", "--json", *where]) == 0
+    assert main(["clients", "add", "kong", "--audience", "orders-api", "--json", *where]) == 0
     added = json.loads(capsys.readouterr().out)
+    assert added["audiences"] == ["orders-api"]
     assert main(["clients", "list", "--json", *where]) == 0
     assert json.loads(capsys.readouterr().out) == [
-        {k: added[k] for k in ("client_id", "name", "created_at")}
+        {k: added[k] for k in ("client_id", "name", "created_at", "audiences")}
     ]
     assert main(["revoke", "--jti", "abc", *where]) == 0
     item = dynamodb.get_item(TableName="tokex-stack-state", Key={"id": {"S": "revoked-jti#abc"}})

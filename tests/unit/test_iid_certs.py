@@ -53,7 +53,8 @@ def test_every_shipped_certificate_matches_the_index() -> None:
 
 def test_report_certificates_expiring_within_five_years() -> None:
     """Not a failure: validity is not enforced (the pinned key is the trust). A reminder
-    to refresh the copies from the AWS page, as aws-iid/README.md asks."""
+    to refresh the copies from the AWS page, as
+    layers/core/tokex/evidence/certs/PROVENANCE.md asks."""
     now = datetime.datetime.now(datetime.UTC)
     report = []
     for file in FILES:
@@ -76,7 +77,8 @@ def test_default_store_covers_each_variant_with_the_right_key_types() -> None:
         if pinned.variant == "pkcs7" and not pinned.region.startswith("cn-"):
             assert isinstance(key, dsa.DSAPublicKey), pinned.source
         else:
-            # The two China files under dsa/ hold RSA-2048 keys (aws-iid/README.md).
+            # The two China files under dsa/ hold RSA-2048 keys
+            # (layers/core/tokex/evidence/certs/PROVENANCE.md).
             assert isinstance(key, rsa.RSAPublicKey), pinned.source
         if pinned.variant == "rsa2048":
             assert key.key_size == 2048

@@ -1,4 +1,4 @@
-"""IMDS evidence: real AWS samples verify; security.md attack group 7 is refused."""
+"""IMDS evidence: real AWS samples verify; docs/security.md "Known attacks", group 7, is refused."""
 
 from __future__ import annotations
 

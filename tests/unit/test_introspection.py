@@ -1,5 +1,6 @@
 """The introspection verifier with in-memory keys: every way a token can fail answers
-exactly `{"active": false}`, with its own reason in the audit record."""
+exactly `{"active": false}`, with its own reason in the audit record; a client sees only
+the audiences it serves."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ RSA_SIGNER = LocalSigner(rsa.generate_private_key(public_exponent=65537, key_siz
 EC_SIGNER = LocalSigner(ec.generate_private_key(ec.SECP256R1()), "ES256")
 UNPUBLISHED = LocalSigner(rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256")
 INACTIVE = {"active": False}
+# What the asking client serves, unless a test says otherwise: the tokens' audience.
+SERVED = ("demo-api",)
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
@@ -71,16 +74,20 @@ def revocations() -> FakeRevocations:
     return FakeRevocations()
 
 
+Introspect = Callable[..., tuple[dict[str, Any], str | None]]
+
+
 @pytest.fixture
-def introspect(revocations: FakeRevocations) -> Callable[[str], tuple[dict[str, Any], str | None]]:
+def introspect(revocations: FakeRevocations) -> Introspect:
+    """(response, audit reason) for a token, asked by a client serving `audiences`."""
     keys = PublishedKeys(lambda: [RSA_SIGNER.public_jwk(), EC_SIGNER.public_jwk()])
     introspector = Introspector(
         issuer=ISSUER, keys=keys, revocations=revocations, ttl_cap_seconds=3600, clock=lambda: NOW
     )
 
-    def run(token: str) -> tuple[dict[str, Any], str | None]:
+    def run(token: str, audiences: tuple[str, ...] = SERVED) -> tuple[dict[str, Any], str | None]:
         audit = IntrospectionAudit()
-        return introspector.introspect(token, audit), audit.reason
+        return introspector.introspect(token, audit, audiences=audiences), audit.reason
 
     return run
 
@@ -330,7 +337,7 @@ def test_unreadable_revocations_or_keys_are_an_outage_not_inactive():
             issuer=ISSUER, keys=keys, revocations=revoked, ttl_cap_seconds=3600, clock=lambda: NOW
         )
         with pytest.raises(TemporarilyUnavailable):
-            introspector.introspect(token, IntrospectionAudit())
+            introspector.introspect(token, IntrospectionAudit(), audiences=SERVED)
 
 
 def test_published_keys_are_cached_and_refreshed_and_failures_are_not_cached():
@@ -371,7 +378,7 @@ def test_audit_names_the_token_but_never_holds_it(introspect):
     audit = IntrospectionAudit()
     Introspector(
         issuer=ISSUER, keys=keys, revocations=None, ttl_cap_seconds=3600, clock=lambda: NOW
-    ).introspect(token, audit)
+    ).introspect(token, audit, audiences=SERVED)
     assert (audit.subject, audit.audience, audit.jti, audit.kid) == (
         PRINCIPAL,
         "demo-api",
@@ -379,3 +386,63 @@ def test_audit_names_the_token_but_never_holds_it(introspect):
         RSA_SIGNER.kid,
     )
     assert token not in repr(audit)
+
+
+# --- RFC 7662 §4: a client sees only the audiences it serves ------------------------------
+
+
+def test_a_token_of_an_audience_the_client_does_not_serve_is_inactive(introspect):
+    billing = encode_jwt(claims(aud="billing-api"), RSA_SIGNER)
+    assert introspect(billing) == (INACTIVE, "audience_not_served")
+    # The same token, asked by a client that serves its audience (among others).
+    assert introspect(billing, ("demo-api", "billing-api"))[0]["active"] is True
+    # Exact match only: no prefix, case or substring of a served audience.
+    for near in ("demo-api/", "Demo-api", "demo", "demo-api2", "xdemo-api"):
+        assert introspect(encode_jwt(claims(aud=near), RSA_SIGNER)) == (
+            INACTIVE,
+            "audience_not_served",
+        )
+
+
+def test_a_client_serving_no_audience_sees_every_token_inactive(introspect):
+    """Clients registered before audiences existed: fail closed until updated."""
+    for signer in (RSA_SIGNER, EC_SIGNER):
+        assert introspect(encode_jwt(claims(), signer), ()) == (INACTIVE, "audience_not_served")
+
+
+def test_the_audience_is_tested_only_once_the_token_is_verified(introspect):
+    """A forged, expired or foreign-issuer token of another audience is refused for what is
+    wrong with it: the audience rule never speaks for an unverified claim."""
+    other = {"aud": "billing-api"}
+    forged = compact(header(), claims(**other), lambda m: UNPUBLISHED.sign(m))
+    assert introspect(forged) == (INACTIVE, "bad_signature")
+    assert introspect(encode_jwt(claims(**other), UNPUBLISHED)) == (INACTIVE, "unknown_kid")
+    assert introspect(encode_jwt(claims(exp=NOW, **other), RSA_SIGNER)) == (INACTIVE, "expired")
+    foreign = claims(iss="https://other.example.com", **other)
+    assert introspect(encode_jwt(foreign, RSA_SIGNER)) == (INACTIVE, "issuer")
+
+
+def test_a_token_the_client_may_not_see_costs_no_revocation_read(introspect, revocations):
+    introspect(encode_jwt(claims(aud="billing-api"), RSA_SIGNER))
+    assert revocations.calls == 0
+    revocations.jtis.add("jti-0123456789abcdef")  # revoked *and* served: revoked
+    assert introspect(encode_jwt(claims(), RSA_SIGNER)) == (INACTIVE, "revoked_jti")
+
+
+def test_the_audit_names_the_audience_that_was_not_served():
+    keys = PublishedKeys(lambda: [RSA_SIGNER.public_jwk()])
+    introspector = Introspector(
+        issuer=ISSUER, keys=keys, revocations=None, ttl_cap_seconds=3600, clock=lambda: NOW
+    )
+    audit = IntrospectionAudit()
+    token = encode_jwt(claims(aud="billing-api"), RSA_SIGNER)
+    assert introspector.introspect(token, audit, audiences=SERVED) == INACTIVE
+    assert (audit.reason, audit.audience, audit.subject) == (
+        "audience_not_served",
+        "billing-api",
+        PRINCIPAL,
+    )
+    with pytest.raises(TypeError):  # no default that could serve every audience
+        introspector.introspect(token, IntrospectionAudit())  # type: ignore[call-arg]
+    with pytest.raises(TypeError):  # "billing-api-v2" would contain "billing-api"
+        introspector.introspect(token, IntrospectionAudit(), audiences="billing-api-v2")

@@ -240,7 +240,8 @@ def test_introspection_snippet():
     assert config["introspection_url"] == f"{ISSUER}/introspect"
     assert config["authorization_value"] == "Basic " + base64.b64encode(b"kong:s3cret").decode()
     assert (config["ttl"], config["consumer_by"]) == (15, "client_id")
-    with pytest.raises(KongConfigError, match="never checks"):
+    # tokex enforces the client's registered audiences; the plugin takes none of its own.
+    with pytest.raises(KongConfigError, match="registered on the introspection client"):
         kong.introspection_config(ISSUER, AUDIENCE_ROUTES, client_id="kong", client_secret="s3cret")
     with pytest.raises(KongConfigError, match="client id"):
         kong.introspection_config(ISSUER, SERVICE, client_id="a:b", client_secret="s")
@@ -342,7 +343,7 @@ def test_cli_unwritable_output_fails_with_one_line(keys, tmp_path, capsys):
     [
         (["--jwks", "http://jwks.example.com/jwks.json", "--global", "--any-audience"], "https"),
         (["--jwks", "j.json", "--global"], "--any-audience"),
-        (["--enterprise", "oauth2-introspection", "--global"], "--any-audience"),
+        (["--enterprise", "openid-connect", "--global"], "--any-audience"),
         (["--jwks", "j.json", "--audience", "a", "--route", "r", "--route", "s"], "--audience"),
         (["--enterprise", "openid-connect", "--global", "--any-audience"], "--issuer"),
         (["--global", "--any-audience"], "--jwks"),
@@ -351,6 +352,48 @@ def test_cli_unwritable_output_fails_with_one_line(keys, tmp_path, capsys):
 def test_cli_refusals(argv, message, capsys):
     assert run_cli(*argv) != 0
     assert message in capsys.readouterr().err
+
+
+INTROSPECTION = ["--enterprise", "oauth2-introspection", "--issuer", ISSUER, "--global"]
+
+
+def test_cli_introspection_enforces_the_clients_audiences_without_any_audience(capsys, monkeypatch):
+    """The introspection client's registered audiences are the audience rule: no
+    --any-audience needed, and the output says whose audiences apply."""
+    monkeypatch.setenv("TOKEX_KONG_CLIENT_SECRET", "s3cret")
+    client = "tc_0123456789abcdef0123"
+    assert run_cli(*INTROSPECTION, "--client-id", client, "--format", "json") == 0
+    out, err = capsys.readouterr()
+    [plugin] = json.loads(out)["plugins"]
+    assert plugin["name"] == "oauth2-introspection"
+    assert "audience_required" not in plugin["config"]
+    assert err == (
+        "tokex kong-config: Kong will accept tokens of the audiences registered on client "
+        f"{client} (`tokex clients list`)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "extra,flag",
+    [
+        (["--audience", "orders-api"], "--audience"),
+        (["--audience", "orders-api", "--route", "orders"], "--audience"),
+        (["--route", "orders"], "--route"),
+        (["--any-audience"], "--any-audience"),
+    ],
+)
+def test_cli_introspection_refuses_audiences_of_its_own(capsys, monkeypatch, extra, flag):
+    monkeypatch.setenv("TOKEX_KONG_CLIENT_SECRET", "s3cret")
+    argv = [*INTROSPECTION, "--client-id", "tc_0123456789abcdef0123", *extra, "--json"]
+    assert run_cli(*argv) == 2
+    out, err = capsys.readouterr()
+    failure = json.loads(out)
+    assert (failure["error"], failure["input"], err) == ("invalid_value", flag, "")
+    assert failure["error_description"] == (
+        f"{flag}: oauth2-introspection enforces the audiences registered on the introspection "
+        "client, not audiences given here: register them with `tokex clients add|update "
+        "--audience AUD` and drop --audience/--route/--any-audience"
+    )
 
 
 def test_kong_defaults_would_read_tokens_from_the_url_which_the_generated_config_does_not(keys):

@@ -1,4 +1,4 @@
-"""Policy evaluation (policy.md): deny wins, the most specific allow applies."""
+"""Policy evaluation (docs/policies.md "Evaluation"): deny wins, the most specific allow applies."""
 
 from __future__ import annotations
 

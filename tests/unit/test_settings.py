@@ -18,7 +18,14 @@ def test_defaults() -> None:
     assert settings.token_endpoint == "https://auth.example.com/token"
     assert (settings.default_ttl_seconds, settings.ttl_cap_seconds) == (900, 3600)
     assert settings.single_use and settings.rate_limit_per_minute == 60
+    assert settings.deadline_seconds == 6.0  # below the functions' 10 s timeout
     assert not settings.is_local
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("1.5", 1.5), ("9", 9.0), ("0.5", 0.5)])
+def test_deadline_seconds(raw: str, seconds: float) -> None:
+    env = {"TOKEX_ISSUER": "https://a.example", "TOKEX_DEADLINE_SECONDS": raw}
+    assert Settings.from_env(env).deadline_seconds == seconds
 
 
 def test_local_mode() -> None:
@@ -46,6 +53,10 @@ def test_local_mode() -> None:
         {"TOKEX_ISSUER": "https://a.example", "TOKEX_POLICY_CACHE_SECONDS": "61"},
         {"TOKEX_ISSUER": "https://a.example", "TOKEX_STS_PARTITIONS": "aws-iso"},
         {"TOKEX_ISSUER": "https://a.example", "TOKEX_RATE_LIMIT_PER_MINUTE": "-1"},
+        {"TOKEX_ISSUER": "https://a.example", "TOKEX_DEADLINE_SECONDS": "10"},  # ≥ Lambda's
+        {"TOKEX_ISSUER": "https://a.example", "TOKEX_DEADLINE_SECONDS": "0.1"},
+        {"TOKEX_ISSUER": "https://a.example", "TOKEX_DEADLINE_SECONDS": "1e3"},
+        {"TOKEX_ISSUER": "https://a.example", "TOKEX_DEADLINE_SECONDS": "nan"},
     ],
 )
 def test_refused(env: dict[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""The rules of security.md "The signed STS request": attack groups 1-5 and 8.
+"""The rules of docs/security.md "The signed STS request": attack groups 1-5 and 8.
 
 Valid requests are signed with botocore's SigV4Auth, as a real workload signs them, and
 then mutated. The signature itself is STS's to check (tests/integration); these tests
@@ -48,7 +48,8 @@ def sign(
     token: str | None = SESSION_TOKEN,
     extra: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The signed-request JSON of contract.md, signed now by botocore."""
+    """The signed-request JSON (docs/contract.md "The signed request"), signed now by
+    botocore."""
     headers = {"Content-Type": FORM, **(extra or {})}
     if issuer is not None:
         headers["X-Tokex-Issuer"] = issuer

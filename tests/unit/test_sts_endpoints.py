@@ -1,4 +1,4 @@
-"""The exact STS host table (security.md, attack group 1 for the host part)."""
+"""The exact STS host table (docs/security.md "Known attacks", group 1, the host part)."""
 
 from __future__ import annotations
 

@@ -1,27 +1,145 @@
-"""boto3 clients with the timeouts and retry budget of an authentication hot path.
+"""boto3 clients for an authentication hot path: every call within the request's deadline.
 
 Adapters take a client as a parameter; this is the one place that builds them, so the
 Lambda handlers, the CLI and local mode all talk to AWS the same way. The endpoint comes
 from the standard `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` variables (local mode
 points them at the emulator).
+
+While a request is served (deadline.py), a client sends through the bounded transport
+(bounded_http.py) instead of botocore's own: botocore's timeouts bound each socket
+operation, so a KMS or DynamoDB endpoint that trickles bytes would hold the call for ever,
+and botocore offers no bound on a whole call. The switch uses botocore's documented
+`before-send` event, so everything else (signing, parsing, errors) stays botocore's. The
+transport verifies TLS against the system's CA store and uses no proxy from the
+environment, as the forwarded STS call always has. Outside a request (the CLI, the
+publisher) nothing changes. An in-process mock that also answers `before-send` (moto's
+`mock_aws`) must not run while a request deadline is open: both handlers would run, and
+this one would send for real.
+
+Retries are tokex's too: botocore's standard retry conditions decide *whether* to retry,
+and a retry happens only when its backoff and one more attempt fit in what is left of
+the deadline; otherwise the failure stands (503 from the adapter, Retry-After set).
 """
 
 from __future__ import annotations
 
+import functools
+import random
 from typing import Any
 
 import boto3
+import urllib3
+from botocore import exceptions as botocore_errors
+from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from botocore.config import Config
+from botocore.retries import standard
 
-# A token request waits on STS, KMS and (cold) DynamoDB: fail fast and let the caller
-# retry on our 503 rather than hold a Lambda for botocore's default 60 s.
+from tokex import bounded_http, deadline
+from tokex.errors import DeadlineExceeded
+
+CONNECT_TIMEOUT_SECONDS = 2.0
+READ_TIMEOUT_SECONDS = 5.0
+# Attempts per call, the first included (botocore's standard mode allows 3).
+MAX_ATTEMPTS = 3
+# Full jitter: a retry waits rand(0, 1) * min(base * 2 ** (attempt - 1), cap).
+RETRY_BACKOFF_BASE_SECONDS = 0.05
+RETRY_BACKOFF_CAP_SECONDS = 1.0
+# A retry is only worth starting with at least this much of the deadline left for it
+# (an in-region KMS or DynamoDB call takes a few to tens of milliseconds).
+MIN_ATTEMPT_SECONDS = 0.25
+
+# botocore's own retries are off (one attempt): `_retry_within_deadline` decides instead.
 HOT_PATH_CONFIG = Config(
-    connect_timeout=2,
-    read_timeout=5,
-    retries={"max_attempts": 2, "mode": "standard"},
+    connect_timeout=CONNECT_TIMEOUT_SECONDS,
+    read_timeout=READ_TIMEOUT_SECONDS,
+    retries={"mode": "standard", "total_max_attempts": 1},
 )
+
+# One pool for every hot-path client of the process: connections to KMS and DynamoDB are
+# kept alive across invocations (a pool per host inside).
+_TRANSPORT = bounded_http.pool_manager(
+    connect_timeout=CONNECT_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS
+)
+_RETRY_EVENTS = standard.RetryEventAdapter()
+_RETRY_CONDITIONS = standard.StandardRetryConditions(max_attempts=MAX_ATTEMPTS)
 
 
 def client(service: str, *, session: boto3.session.Session | None = None, **kwargs: Any) -> Any:
     config = kwargs.pop("config", HOT_PATH_CONFIG)
-    return (session or boto3.session.Session()).client(service, config=config, **kwargs)
+    made = (session or boto3.session.Session()).client(service, config=config, **kwargs)
+    events = made.meta.events
+    name = made.meta.service_model.service_id.hyphenize()
+    events.register(
+        f"before-send.{name}",
+        functools.partial(_send_within_deadline, name),
+        unique_id=f"tokex-deadline-send-{name}",
+    )
+    events.register(
+        f"needs-retry.{name}", _retry_within_deadline, unique_id=f"tokex-deadline-retry-{name}"
+    )
+    return made
+
+
+def _send_within_deadline(
+    service: str, request: AWSPreparedRequest, **_: Any
+) -> AWSResponse | None:
+    """Send `request` through the bounded transport while a request deadline is open
+    (None otherwise: botocore sends it itself)."""
+    current = deadline.current()
+    if current is None:
+        return None
+    current.check(service)
+    try:
+        raw = _TRANSPORT.urlopen(
+            request.method,
+            request.url,
+            body=request.body,
+            headers=dict(request.headers.items()),
+            redirect=False,
+            retries=False,
+            preload_content=False,
+            decode_content=False,
+        )
+        response = AWSResponse(request.url, raw.status, raw.headers, raw)
+        if not request.stream_output:
+            _ = response.content  # read the whole body now, within the deadline
+        return response
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        if deadline.expired():
+            raise DeadlineExceeded(service) from None
+        raise _as_botocore_error(exc, request) from None
+
+
+def _as_botocore_error(
+    exc: Exception, request: AWSPreparedRequest
+) -> botocore_errors.HTTPClientError:
+    """The error botocore's own transport raises for the same failure, so that retries
+    and the adapters' error mapping see what they always saw."""
+    url = request.url
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):  # before ConnectTimeoutError
+        return botocore_errors.EndpointConnectionError(endpoint_url=url, error=exc)
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return botocore_errors.ConnectTimeoutError(endpoint_url=url, error=exc)
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError | TimeoutError):
+        return botocore_errors.ReadTimeoutError(endpoint_url=url, error=exc)
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
+        return botocore_errors.ConnectionClosedError(endpoint_url=url, request=request, error=exc)
+    return botocore_errors.HTTPClientError(error=exc)
+
+
+def _retry_within_deadline(**kwargs: Any) -> float | None:
+    """botocore's `needs-retry`: the seconds to wait before retrying, or None (the
+    failure stands). Retries what botocore's standard mode retries (throttling,
+    transient and connection errors), when the backoff and one more attempt fit."""
+    context = _RETRY_EVENTS.create_retry_context(**kwargs)
+    if not _RETRY_CONDITIONS.is_retryable(context):
+        return None
+    backoff = min(
+        RETRY_BACKOFF_BASE_SECONDS * 2 ** (context.attempt_number - 1),
+        RETRY_BACKOFF_CAP_SECONDS,
+    )
+    delay = random.random() * backoff  # noqa: S311 - jitter, not a secret
+    current = deadline.current()
+    if current is not None and current.remaining() < delay + MIN_ATTEMPT_SECONDS:
+        return None
+    return delay

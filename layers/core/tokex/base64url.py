@@ -17,7 +17,7 @@ def encode(data: bytes) -> str:
 
 def encode_json(value: Any) -> str:
     """Compact JSON, then base64url: the form of `subject_token` and
-    `aws_instance_identity` (contract.md)."""
+    `aws_instance_identity` (docs/contract.md)."""
     return encode(json.dumps(value, separators=(",", ":")).encode("utf-8"))
 
 

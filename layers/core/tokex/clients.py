@@ -2,7 +2,14 @@
 authenticate (HTTP Basic, RFC 6749 §2.3.1). The only module that reads or writes them.
 
 Items in the state table: `id` = `client#<client_id>`, `name`, `secret_hash`,
-`created_at` (N). No `expires_at`: a client lives until `tokex clients remove`.
+`created_at` (N), `audiences` (SS). No `expires_at`: a client lives until
+`tokex clients remove`.
+
+Each client serves the audiences it is registered for, and introspection answers
+`{"active": false}` for a token of any other audience (RFC 7662 §4 lets the server limit
+what a client may learn; introspection.py). An item without `audiences` (a client made
+before audiences existed) serves none: it is authenticated, and every token is inactive
+for it, until an operator runs `tokex clients update ID --audience AUD` (fail closed).
 
 Secrets are made by tokex (`secrets.token_urlsafe(32)`: 256 random bits), shown once and
 stored only as a hash. Why SHA-256 and not a password hash (scrypt, bcrypt, Argon2): a
@@ -12,8 +19,9 @@ The hash is domain-separated and bound to the client id, so a hash copied onto a
 item does not verify; it carries its scheme name (`sha256:`) to allow a change later.
 Comparison is constant-time (`hmac.compare_digest`).
 
-Successful authentications are cached for `VERIFIED_CACHE_SECONDS`: removing a client
-takes effect in warm Lambdas within that time. Failures are never cached.
+Successful authentications, with the client's audiences, are cached for
+`VERIFIED_CACHE_SECONDS`: removing a client or changing its audiences takes effect in warm
+Lambdas within that time. Failures are never cached.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -34,6 +42,7 @@ from urllib.parse import unquote_plus
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tokex.errors import TemporarilyUnavailable, TokexError
+from tokex.token_request import _AUDIENCE
 
 CLIENT_PREFIX = "client#"
 CLIENT_ID = re.compile(r"tc_[0-9a-f]{20}")
@@ -44,6 +53,8 @@ MAX_SECRET_CHARS = 128
 MAX_AUTHORIZATION_CHARS = 512
 VERIFIED_CACHE_SECONDS = 30
 MAX_CACHED_CLIENTS = 256
+# As many as a policy may name (policy/model.py MAX_LIST_ITEMS); keeps the item small.
+MAX_CLIENT_AUDIENCES = 100
 HASH_SCHEME = "sha256"
 _HASH_DOMAIN = b"tokex introspection client secret\x00"
 _UNAVAILABLE = "the client store is unavailable, retry later"
@@ -70,9 +81,34 @@ class IntrospectionClient:
     client_id: str
     name: str
     created_at: int
+    # The audiences whose tokens this client may introspect, sorted; () serves none.
+    audiences: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"client_id": self.client_id, "name": self.name, "created_at": self.created_at}
+        return {
+            "client_id": self.client_id,
+            "name": self.name,
+            "created_at": self.created_at,
+            "audiences": list(self.audiences),
+        }
+
+
+class _ConditionFailed(TemporarilyUnavailable):
+    """A conditional write found no item to update (or, for `add`, an id collision)."""
+
+
+def served_audiences(audiences: Iterable[str]) -> tuple[str, ...]:
+    """The distinct audiences, sorted, each of the form the exchange accepts
+    (token_request.py); at least one. Raises ValueError."""
+    served = tuple(sorted(set(audiences)))
+    if not served:
+        raise ValueError("a client serves at least one audience")
+    if len(served) > MAX_CLIENT_AUDIENCES:
+        raise ValueError(f"a client serves at most {MAX_CLIENT_AUDIENCES} audiences")
+    for audience in served:
+        if not _AUDIENCE.fullmatch(audience):
+            raise ValueError(f"audience {audience!r}: 1-256 characters of A-Za-z0-9._:/-")
+    return served
 
 
 def basic_authorization(client_id: str, secret: str) -> str:
@@ -126,17 +162,21 @@ class ClientStore:
         # secret hash -> (client, monotonic time until which it is trusted)
         self._verified: dict[str, tuple[IntrospectionClient, float]] = {}
 
-    def add(self, name: str) -> tuple[IntrospectionClient, str]:
-        """A new client and its secret (returned once; only its hash is stored)."""
+    def add(self, name: str, audiences: Iterable[str]) -> tuple[IntrospectionClient, str]:
+        """A new client serving `audiences` and its secret (returned once; only its hash
+        is stored). Raises ValueError for a bad name or audience list."""
         if not CLIENT_NAME.fullmatch(name):
             raise ValueError("a client name is 1-64 characters of A-Z a-z 0-9 . _ -")
-        client = IntrospectionClient("tc_" + secrets.token_hex(10), name, int(self._clock()))
+        served = served_audiences(audiences)
+        client_id = "tc_" + secrets.token_hex(10)
+        client = IntrospectionClient(client_id, name, int(self._clock()), served)
         secret = secrets.token_urlsafe(SECRET_BYTES)
         item = {
             "id": {"S": CLIENT_PREFIX + client.client_id},
             "name": {"S": client.name},
             "secret_hash": {"S": secret_hash(client.client_id, secret)},
             "created_at": {"N": str(client.created_at)},
+            "audiences": {"SS": list(served)},
         }
         # 80 random bits make a collision absurd; the condition makes it harmless anyway.
         self._call(
@@ -151,6 +191,29 @@ class ClientStore:
         """Every client, by name then id (a Scan of the state table: operators only)."""
         clients = [_client(item) for item in self._scan()]
         return sorted(clients, key=lambda c: (c.name, c.client_id))
+
+    def update(self, client_id: str, audiences: Iterable[str]) -> IntrospectionClient | None:
+        """Replace the audiences a client serves; the client as stored now, or None if
+        there is no such client. Warm Lambdas see the change within
+        VERIFIED_CACHE_SECONDS. Raises ValueError for a bad audience list."""
+        served = served_audiences(audiences)
+        if not CLIENT_ID.fullmatch(client_id):
+            return None
+        try:
+            response = self._call(
+                "update_item",
+                TableName=self._table,
+                Key={"id": {"S": CLIENT_PREFIX + client_id}},
+                UpdateExpression="SET #a = :a",
+                # Never creates an item: a client exists only as `add` made it.
+                ConditionExpression="attribute_exists(id)",
+                ExpressionAttributeNames={"#a": "audiences"},
+                ExpressionAttributeValues={":a": {"SS": list(served)}},
+                ReturnValues="ALL_NEW",
+            )
+        except _ConditionFailed:
+            return None
+        return _client(response["Attributes"])
 
     def remove(self, client_id: str) -> bool:
         """Delete a client; True if it existed."""
@@ -201,8 +264,13 @@ class ClientStore:
             "TableName": self._table,
             "ConsistentRead": True,
             "FilterExpression": "begins_with(#i, :prefix)",
-            "ProjectionExpression": "#i, #n, #c",
-            "ExpressionAttributeNames": {"#i": "id", "#n": "name", "#c": "created_at"},
+            "ProjectionExpression": "#i, #n, #c, #a",
+            "ExpressionAttributeNames": {
+                "#i": "id",
+                "#n": "name",
+                "#c": "created_at",
+                "#a": "audiences",
+            },
             "ExpressionAttributeValues": {":prefix": {"S": CLIENT_PREFIX}},
         }
         while True:
@@ -217,9 +285,12 @@ class ClientStore:
             response: dict[str, Any] = getattr(self._dynamodb, operation)(**kwargs)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "unknown")
-            raise TemporarilyUnavailable(
-                _UNAVAILABLE, reason=f"dynamodb {operation}: {code}"
-            ) from None
+            failed = (
+                _ConditionFailed
+                if code == "ConditionalCheckFailedException"
+                else TemporarilyUnavailable
+            )
+            raise failed(_UNAVAILABLE, reason=f"dynamodb {operation}: {code}") from None
         except BotoCoreError as exc:
             raise TemporarilyUnavailable(
                 _UNAVAILABLE, reason=f"dynamodb {operation}: {type(exc).__name__}"
@@ -229,8 +300,12 @@ class ClientStore:
 
 def _client(item: dict[str, Any]) -> IntrospectionClient:
     created = item.get("created_at", {}).get("N", "0")
+    # Only a string set counts: an item without one (made before audiences existed) or
+    # with another type serves no audience, so every token is inactive for it.
+    audiences = item.get("audiences", {}).get("SS", [])
     return IntrospectionClient(
         client_id=item["id"]["S"].removeprefix(CLIENT_PREFIX),
         name=item.get("name", {}).get("S", ""),
         created_at=int(created) if created.isdigit() else 0,
+        audiences=tuple(sorted(audiences)),
     )

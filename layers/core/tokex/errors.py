@@ -8,6 +8,9 @@ policy contents or secrets. `reason` is for the audit log only (it may name a po
 
 from __future__ import annotations
 
+# A slow upstream is usually slow for a while: a prompt retry would likely wait again.
+DEADLINE_RETRY_AFTER_SECONDS = 5
+
 
 class TokexError(Exception):
     """Base: an OAuth error response."""
@@ -82,6 +85,18 @@ class TemporarilyUnavailable(TokexError):
 
 class RateLimited(TemporarilyUnavailable):
     status = 429
+
+
+class DeadlineExceeded(TemporarilyUnavailable):
+    """The request's time budget (`TOKEX_DEADLINE_SECONDS`, deadline.py) ran out while
+    `upstream` was still to answer: 503, retry later (docs/contract.md "Deadline")."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(
+            "the request could not be completed in time; retry later",
+            reason=f"deadline:{upstream}",
+            retry_after=DEADLINE_RETRY_AFTER_SECONDS,
+        )
 
 
 class ConfigurationError(Exception):

@@ -1,8 +1,11 @@
 """The token exchange use case: evidence → identity → policy → claims → signature.
 
 Pure orchestration: every rule lives in the module named for it, every AWS call in its
-adapter. `TokenExchange.exchange` reads top to bottom as the order of checks; cheap
-offline checks come before the STS round trip.
+adapter. `TokenExchange.exchange` reads top to bottom as the order of checks
+(docs/contract.md "Order of checks, and what each refusal costs"): cheap offline checks
+come before the STS round trip; right after STS one write uses the signed request up and
+charges the caller's budget, so a replay is refused before it can spend the budget or
+reach KMS; then the policy decision and the one KMS Sign.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
+from tokex.errors import RateLimited, TemporarilyUnavailable, TokexError
 from tokex.evidence.identity import CallerIdentity, InstanceIdentity
 from tokex.evidence.instance_identity import (
     CertificateStore,
@@ -38,15 +42,17 @@ class PolicySource(Protocol):
     def policies(self) -> list[Policy]: ...
 
 
-class RateLimiter(Protocol):
-    def check(self, principal: str) -> None:
-        """Raise RateLimited when `principal` is over its budget."""
+class AdmissionStore(Protocol):
+    """Single use and the rate limit, decided by one write (admission.py)."""
+
+    def admit(self, request: StsRequest, principal: str) -> Any:
+        """Use the signed request up and charge `principal`'s budget. Raises
+        InvalidGrant (a replay), RateLimited (over budget; the request is used up) or
+        TemporarilyUnavailable. Returns what `release` needs."""
         ...
 
-
-class ReplayGuard(Protocol):
-    def use_once(self, request: StsRequest) -> None:
-        """Raise InvalidGrant if this signed request was accepted before."""
+    def release(self, admission: Any) -> bool:
+        """Undo `admit` (the compensating write); False if it could not. Never raises."""
         ...
 
 
@@ -90,9 +96,8 @@ class TokenExchange:
         policies: PolicySource,
         signer: Callable[[], Signer],
         instance_certificates: Callable[[], CertificateStore],
-        replay_guard: ReplayGuard | None = None,
+        admission: AdmissionStore | None = None,
         instance_tags: TagLookup | None = None,
-        rate_limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -101,9 +106,8 @@ class TokenExchange:
         self._policies = policies
         self._signer = signer
         self._certificates = instance_certificates
-        self._replay_guard = replay_guard
+        self._admission = admission
         self._instance_tags = instance_tags
-        self._rate_limiter = rate_limiter
         self._clock = clock
 
     def exchange(self, request: TokenRequest, audit: ExchangeAudit) -> IssuedToken:
@@ -120,8 +124,29 @@ class TokenExchange:
         instance = self._verify_instance(request)
         caller = self._sts.get_caller_identity(sts_request)
         audit.principal, audit.account = caller.principal_arn, caller.account
-        if self._rate_limiter is not None:
-            self._rate_limiter.check(caller.principal_arn)
+        if self._admission is None:
+            return self._issue(request, caller, instance, now, audit)
+        # One write uses the signed request up and charges the caller's budget: a replay
+        # stops here, before it can spend the budget or reach the policies and KMS.
+        admission = self._admission.admit(sts_request, caller.principal_arn)
+        try:
+            return self._issue(request, caller, instance, now, audit)
+        except Exception as exc:
+            # Only a failure of tokex's own upstreams gives the signed request back (and
+            # the budget unit): every refusal keeps it used up.
+            if _leaves_request_usable(exc):
+                self._admission.release(admission)
+            raise
+
+    def _issue(
+        self,
+        request: TokenRequest,
+        caller: CallerIdentity,
+        instance: InstanceIdentity | None,
+        now: float,
+        audit: ExchangeAudit,
+    ) -> IssuedToken:
+        settings = self._settings
         if instance is not None:
             instance = bind_instance_to_caller(instance, caller)
             audit.instance = instance.instance_id
@@ -153,11 +178,6 @@ class TokenExchange:
         # published key, and the acl plugin refuses other audiences (docs/kong.md).
         claims["aud_kid"] = f"{request.audience}.{signer.kid}"
         token = encode_jwt(claims, signer)
-        # Single use is recorded last, so a refusal or an outage does not burn a signed
-        # request the caller may retry. Of two concurrent uses, one records first; the
-        # other's token is dropped unseen.
-        if self._replay_guard is not None:
-            self._replay_guard.use_once(sts_request)
         audit.jti = claims["jti"]
         return IssuedToken(token, decision.ttl_seconds, decision.scopes)
 
@@ -165,3 +185,10 @@ class TokenExchange:
         if request.instance_evidence is None:
             return None
         return verify_instance_identity(request.instance_evidence, self._certificates())
+
+
+def _leaves_request_usable(exc: Exception) -> bool:
+    """503s (KMS, the policy table, the deadline, a bug) but not 429 nor any refusal."""
+    if isinstance(exc, RateLimited):
+        return False
+    return isinstance(exc, TemporarilyUnavailable) or not isinstance(exc, TokexError)

@@ -12,13 +12,17 @@ What this deliberately does not trust (RFC 8725 §2.1, §3.1, §3.2):
 - header parameters beyond `alg`, `typ`, `kid` (`jku`, `jwk`, `x5u`, `crit`, `b64`, ...):
   tokex never writes them, so a token that has one was not made by tokex;
 - anything but compact, strictly base64url-encoded JSON objects without duplicate keys.
+
+Each introspection client sees only the audiences it serves (clients.py): a verified
+token of any other audience is inactive for it (RFC 7662 §4: the server may limit what a
+client learns, so a gateway of one API cannot read the tokens of another).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,15 +32,17 @@ from tokex import base64url
 from tokex.strict_json import StrictJsonError, loads_strict
 from tokex.tokens.jws import ACCESS_TOKEN_TYP
 
-# Our tokens are small (the signing input is at most 4096 bytes, contract.md), so 8 KiB
-# bounds the work any input can cause with room to spare.
+# Our tokens are small (the signing input is at most 4096 bytes, docs/contract.md
+# "The access token (RFC 9068 profile)"), so 8 KiB bounds the work any input can cause
+# with room to spare.
 MAX_TOKEN_CHARS = 8 * 1024
 # Clock difference tolerated between the Lambda that issued a token and the one checking
 # it, for `iat`/`nbf` only. `exp` gets no leeway: expired means expired (RFC 7519 §4.1.4).
 CLOCK_SKEW_SECONDS = 5
 # The only algorithms tokex signs with (kms_signer.py); anything else is not ours.
 ACCEPTED_ALGS = frozenset({"RS256", "ES256"})
-# Public keys are re-read at most this often; matches the JWKS `max-age` (contract.md).
+# Public keys are re-read at most this often; matches the JWKS `max-age`
+# (docs/contract.md "Issuer").
 KEY_CACHE_SECONDS = 300
 # The exact header tokex writes (jws.py); any other member means another producer.
 _HEADER_MEMBERS = frozenset({"alg", "typ", "kid"})
@@ -127,12 +133,17 @@ class Introspector:
         self._ttl_cap = ttl_cap_seconds
         self._clock = clock
 
-    def introspect(self, token: str, audit: IntrospectionAudit) -> dict[str, Any]:
-        """The RFC 7662 §2.2 response for `token`: its claims with `active: true`, or
-        exactly `{"active": false}`. Raises only TemporarilyUnavailable (keys or
-        revocations unreadable), never for anything about the token itself."""
+    def introspect(
+        self, token: str, audit: IntrospectionAudit, *, audiences: Collection[str]
+    ) -> dict[str, Any]:
+        """The RFC 7662 §2.2 response for `token`, asked by a client serving `audiences`:
+        its claims with `active: true`, or exactly `{"active": false}`. Raises only
+        TemporarilyUnavailable (keys or revocations unreadable), never for anything about
+        the token itself. `audiences` is required: no default may serve every audience."""
+        if isinstance(audiences, str):  # `in` would match any substring of it
+            raise TypeError("audiences is a collection of audiences, not one string")
         try:
-            claims = self._verify(token, audit)
+            claims = self._verify(token, audit, frozenset(audiences))
         except Inactive as inactive:
             audit.reason = inactive.reason
             return {"active": False}
@@ -146,7 +157,9 @@ class Introspector:
         response["username"] = claims.get("sub")
         return response
 
-    def _verify(self, token: str, audit: IntrospectionAudit) -> dict[str, Any]:
+    def _verify(
+        self, token: str, audit: IntrospectionAudit, audiences: Collection[str]
+    ) -> dict[str, Any]:
         if not isinstance(token, str) or not token:
             raise Inactive("empty")
         if len(token) > MAX_TOKEN_CHARS:
@@ -193,6 +206,11 @@ class Introspector:
         # No token of ours outlives the deployment's cap; revocation records rely on it.
         if not iat <= nbf < exp or exp - iat > self._ttl_cap:
             raise Inactive("lifetime")
+        # RFC 7662 §4: the client sees only the audiences it serves. Checked once the token
+        # is verified (so the audit reason names a real token's audience), and before the
+        # revocation read, which a token the client may not see need not cost.
+        if audience not in audiences:
+            raise Inactive("audience_not_served")
         if self._revocations is not None:
             revoked = self._revocations.revoked(jti=jti, principal=subject, issued_at=iat)
             if revoked is not None:
@@ -230,7 +248,8 @@ def _string(claims: Mapping[str, Any], name: str) -> str:
 
 def _seconds(claims: Mapping[str, Any], name: str) -> int:
     value = claims.get(name)
-    # tokex writes integer seconds (contract.md); bool is an int in Python, refuse it.
+    # tokex writes integer seconds (docs/contract.md "The access token (RFC 9068 profile)");
+    # bool is an int in Python, refuse it.
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise Inactive(f"claim_{name}")
     return value

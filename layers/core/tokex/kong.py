@@ -8,6 +8,11 @@ Open-source Kong never fetches a JWKS: every published key becomes a `jwt_secret
 credential. The `jwt` plugin never checks `aud`, so audiences are enforced with one
 consumer per audience plus the `acl` plugin, the credential being found by the
 `aud_kid` claim (`<aud>.<kid>`), unique per (audience, key) as `jwt_secrets.key` must be.
+
+Enterprise `oauth2-introspection` never checks `aud` either; there tokex does: the
+introspection client answers `active: true` only for tokens of the audiences it is
+registered for (`tokex clients add|update --audience`), so those are the audiences the
+plugin enforces, and the generator takes none of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from tokex.token_request import _AUDIENCE
 from tokex.tokens.jwks import DISCOVERY_PATH
 
 FORMAT_VERSION = "3.0"
@@ -37,8 +43,6 @@ MAX_EXPIRATION_LIMIT = 31_536_000
 PS_KEY_BITS = 2048
 # Key types of the algorithms tokex signs with that Kong's jwt plugin verifies.
 _KEY_TYPES = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC"}
-# contract.md: an audience is 1-256 characters of A-Za-z0-9._:/-
-_AUDIENCE = re.compile(r"[A-Za-z0-9._:/-]{1,256}")
 # Kong's `name` typedef for services and routes (utf8 letters, digits, . - _ ~).
 _NAME = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 # RFC 7638 thumbprints are base64url: never a ".", so `<aud>.<kid>` splits unambiguously.
@@ -46,7 +50,12 @@ _KID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class KongConfigError(ValueError):
-    """The JWKS or the requested placement cannot make a sound Kong configuration."""
+    """The JWKS or the requested placement cannot make a sound Kong configuration.
+    `field` names the Placement field at fault (None: the JWKS or the plugin options)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -71,25 +80,36 @@ class Placement:
 
     def check(self) -> None:
         if self.service is not None and not _NAME.fullmatch(self.service):
-            raise KongConfigError(f"invalid Kong service name {self.service!r}")
+            raise KongConfigError(
+                f"invalid Kong service name {self.service!r} (1-128 of A-Za-z0-9._~-)", "service"
+            )
         if self.service_url is not None and self.service is None:
-            raise KongConfigError("a service URL needs a service name")
+            raise KongConfigError("a service URL needs a service name", "service_url")
         if self.global_scope and (self.service or self.routes):
-            raise KongConfigError("global plugins exclude a service or routes")
+            raise KongConfigError("global plugins exclude a service or routes", "global_scope")
         if not (self.service or self.routes or self.global_scope):
-            raise KongConfigError("say where the plugins go: a service, routes or global")
+            raise KongConfigError(
+                "say where the plugins go: a service, routes or global", "placement"
+            )
         if self.routes and self.audiences:
-            raise KongConfigError("audiences belong to the routes when routes are given")
+            raise KongConfigError(
+                "audiences belong to the routes when routes are given", "audiences"
+            )
         for route in self.routes:
             if not _NAME.fullmatch(route.name):
-                raise KongConfigError(f"invalid Kong route name {route.name!r}")
+                raise KongConfigError(
+                    f"invalid Kong route name {route.name!r} (1-128 of A-Za-z0-9._~-)", "routes"
+                )
             if not route.audiences:
-                raise KongConfigError(f"route {route.name} serves no audience")
+                raise KongConfigError(f"route {route.name} serves no audience", "routes")
             if route.path is not None and not route.path.startswith("/"):
-                raise KongConfigError(f"route path {route.path!r} must start with /")
+                raise KongConfigError(f"route path {route.path!r} must start with /", "routes")
         for audience in self.all_audiences():
             if not _AUDIENCE.fullmatch(audience):
-                raise KongConfigError(f"invalid audience {audience!r} (contract.md)")
+                raise KongConfigError(
+                    f"invalid audience {audience!r}: 1-256 of A-Za-z0-9._:/- (docs/contract.md)",
+                    "audiences",
+                )
 
     def all_audiences(self) -> list[str]:
         found = [a for route in self.routes for a in route.audiences] + list(self.audiences)
@@ -285,12 +305,15 @@ def introspection_config(
     ttl: int = 30,
     consumer_by: str = "client_id",
 ) -> dict[str, Any]:
-    """Kong Enterprise `oauth2-introspection` against tokex's RFC 7662 endpoint."""
+    """Kong Enterprise `oauth2-introspection` against tokex's RFC 7662 endpoint. The
+    audiences enforced are those registered on the client (`client_id`): tokex answers
+    `active: false` for tokens of any other audience."""
     placement.check()
     if placement.all_audiences():
         raise KongConfigError(
-            "oauth2-introspection never checks `aud`: use openid-connect or the "
-            "open-source jwt + acl configuration for audience-bound routes"
+            "oauth2-introspection enforces the audiences registered on the introspection "
+            "client: register them with `tokex clients add|update --audience AUD`, not here",
+            "audiences",
         )
     if not client_id or ":" in client_id or not client_secret:
         raise KongConfigError("a client id (without ':') and a client secret are required")

@@ -18,7 +18,8 @@ from tokex.errors import TemporarilyUnavailable
 JWKS_KEY = ".well-known/jwks.json"
 DISCOVERY_KEY = ".well-known/openid-configuration"
 CONTENT_TYPE = "application/json"
-# contract.md: both documents are served with `Cache-Control: public, max-age=300`.
+# docs/contract.md "Issuer": both documents are served with
+# `Cache-Control: public, max-age=300`.
 CACHE_CONTROL = "public, max-age=300"
 # A missing key answers HeadObject with 404, or 403 without s3:ListBucket.
 _ABSENT = frozenset({"404", "403", "NoSuchKey", "NotFound", "AccessDenied", "Forbidden"})

@@ -11,18 +11,17 @@ import boto3
 from cryptography import x509
 
 from tokex import aws
+from tokex.admission import DynamoDbAdmission
 from tokex.clients import ClientStore
 from tokex.errors import ConfigurationError, TemporarilyUnavailable
 from tokex.evidence.ec2_tags import InstanceTagLookup
 from tokex.evidence.instance_identity import CertificateStore
-from tokex.evidence.replay import DynamoDbReplayGuard
 from tokex.evidence.sts import StsForwarder
 from tokex.exchange import TokenExchange
 from tokex.introspection import Introspector, PublishedKeys
 from tokex.policy.cache import CachedPolicies
 from tokex.policy.store import PolicyStore
 from tokex.publish import publish_documents
-from tokex.ratelimit import DynamoDbRateLimiter
 from tokex.revocation import RevocationStore
 from tokex.settings import Settings
 from tokex.tokens.jwks import build_jwks, discovery_document
@@ -56,13 +55,13 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
         ),
         signer=signer,
         instance_certificates=certificates,
-        replay_guard=DynamoDbReplayGuard(dynamodb, settings.state_table)
-        if settings.single_use and settings.state_table
-        else None,
-        rate_limiter=DynamoDbRateLimiter(
-            dynamodb, settings.state_table, per_minute=settings.rate_limit_per_minute
+        admission=DynamoDbAdmission(
+            dynamodb,
+            settings.state_table,
+            single_use=settings.single_use,
+            rate_limit_per_minute=settings.rate_limit_per_minute,
         )
-        if settings.rate_limit_per_minute and settings.state_table
+        if settings.state_table and (settings.single_use or settings.rate_limit_per_minute)
         else None,
         instance_tags=InstanceTagLookup(
             aws.client("sts", session=session), role_name=settings.instance_tags_role_name

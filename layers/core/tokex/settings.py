@@ -16,8 +16,19 @@ from tokex.errors import ConfigurationError
 
 DEFAULT_TTL_SECONDS = 900
 DEFAULT_TTL_CAP_SECONDS = 3600
-# Policies are cached in memory at most this long (policy.md: TTL <= 60 s).
+# Policies are cached in memory at most this long (docs/policies.md "Evaluation").
 MAX_POLICY_CACHE_SECONDS = 60
+# The time budget of one request, shared by all its upstream calls (deadline.py). The
+# exchange and introspect functions time out at 10 s (cdk/tokex_stack.py): the 503 must
+# leave the function well before that (deadline + 0.5 s for a compensating write, then
+# the log and metrics flush), or the caller gets API Gateway's bare 503 with no
+# Retry-After and no audit line, after waiting the full 10 s. 6 s is also far beyond a
+# healthy exchange (an STS and a KMS round trip, tens of ms in region; a cold start's
+# first GetPublicKey and policy scan, a few hundred ms) and below the 10 s socket timeout
+# of `tokex.client`, so a caller hears the 503 rather than giving up first.
+DEFAULT_DEADLINE_SECONDS = 6.0
+MIN_DEADLINE_SECONDS = 0.5
+MAX_DEADLINE_SECONDS = 9.0
 KNOWN_PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -46,10 +57,13 @@ class Settings:
     # DynamoDB table of short-lived state (TTL attribute `expires_at`): single-use records
     # of accepted signatures, introspection clients, revocations.
     state_table: str = ""
-    # Refuse a signed request accepted before (security.md, optional; on by default).
+    # Refuse a signed request accepted before (optional; on by default):
+    # docs/security.md "Single use and the rate limit".
     single_use: bool = True
     # Token exchanges per caller principal per minute (0 = no limit); needs state_table.
     rate_limit_per_minute: int = 60
+    # One budget per request for every upstream call (TOKEX_DEADLINE_SECONDS).
+    deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
     # Local mode only: PEM file of the certificate that signs the demo instance's identity
     # document, trusted for `local_instance_regions`. Refused for an https issuer.
     local_instance_certificate: str = ""
@@ -68,6 +82,10 @@ class Settings:
             raise ConfigurationError("TOKEX_TTL_CAP_SECONDS must be between 60 and 43200")
         if not 60 <= self.default_ttl_seconds <= self.ttl_cap_seconds:
             raise ConfigurationError("TOKEX_DEFAULT_TTL_SECONDS must be 60..TTL cap")
+        if not MIN_DEADLINE_SECONDS <= self.deadline_seconds <= MAX_DEADLINE_SECONDS:
+            raise ConfigurationError(
+                f"TOKEX_DEADLINE_SECONDS must be {MIN_DEADLINE_SECONDS}..{MAX_DEADLINE_SECONDS}"
+            )
         if not 0 <= self.policy_cache_seconds <= MAX_POLICY_CACHE_SECONDS:
             raise ConfigurationError(
                 f"TOKEX_POLICY_CACHE_SECONDS must be 0..{MAX_POLICY_CACHE_SECONDS}"
@@ -107,6 +125,14 @@ class Settings:
                 raise ConfigurationError(f"{name} must be a positive integer")
             return int(raw)
 
+        def seconds(name: str, default: float) -> float:
+            raw = env.get(name, "")
+            if not raw:
+                return default
+            if not re.fullmatch(r"[0-9]{1,2}(\.[0-9]{1,3})?", raw):
+                raise ConfigurationError(f"{name} must be a number of seconds, like 6 or 1.5")
+            return float(raw)
+
         issuer = env.get("TOKEX_ISSUER", "")
         if not issuer:
             raise ConfigurationError("TOKEX_ISSUER is required")
@@ -132,6 +158,7 @@ class Settings:
             state_table=env.get("TOKEX_STATE_TABLE", ""),
             single_use=env.get("TOKEX_SINGLE_USE", "true").lower() != "false",
             rate_limit_per_minute=integer("TOKEX_RATE_LIMIT_PER_MINUTE", 60),
+            deadline_seconds=seconds("TOKEX_DEADLINE_SECONDS", DEFAULT_DEADLINE_SECONDS),
             local_instance_certificate=env.get("TOKEX_LOCAL_INSTANCE_CERTIFICATE", ""),
             local_instance_regions=csv("TOKEX_LOCAL_INSTANCE_REGIONS", "us-east-1"),
             instance_tags_role_name=env.get("TOKEX_INSTANCE_TAGS_ROLE_NAME", ""),

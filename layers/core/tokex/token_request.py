@@ -24,14 +24,30 @@ SIGV4_TOKEN_TYPE = "urn:tokex:token-type:aws-sigv4"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 
 MAX_BODY_BYTES = 16 * 1024
-# A legitimate request has at most 7 parameters; bound the parser's work on hostile input.
-MAX_FORM_FIELDS = 16
+# A token request has at most 7 parameters tokex reads, and unrecognised ones are ignored
+# (RFC 6749 §3.2), so OAuth libraries that add a few of their own (client_id, state,
+# ...) still work. The cap bounds the parser's work on hostile input below what the
+# 16 KiB body alone would allow (~5,000 empty parameters); it is far above any real form.
+MAX_FORM_PARAMETERS = 64
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 MAX_INSTANCE_EVIDENCE_CHARS = 12 * 1024
 MAX_SCOPES = 32
 _AUDIENCE = re.compile(r"[A-Za-z0-9._:/-]{1,256}")
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")
-_KNOWN = frozenset(
+# RFC 9110 §5.6.2 token, §5.6.3 OWS (SP / HTAB only), §5.6.4 quoted-string (ASCII only:
+# obs-text is obsolete and never needed for a charset).
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_OWS = r"[ \t]*"
+_QUOTED = r'"(?:[\t !#-\[\]-~]|\\[\t -~])*"'
+_PARAMETER_TEXT = rf"{_OWS};{_OWS}(?:(?P<name>{_TOKEN})=(?P<value>{_TOKEN}|{_QUOTED}))?"
+_MEDIA_TYPE = re.compile(
+    rf"{_OWS}(?P<type>{_TOKEN}/{_TOKEN})(?P<parameters>(?:{_PARAMETER_TEXT})*){_OWS}"
+)
+_PARAMETER = re.compile(_PARAMETER_TEXT)
+# The parameters the exchange reads; any other is ignored (docs/contract.md), except those
+# refused as unsupported below.
+KNOWN_PARAMETERS = frozenset(
     {
         "grant_type",
         "subject_token_type",
@@ -56,14 +72,26 @@ class TokenRequest:
 
 
 def check_content_type(content_type: str | None) -> None:
-    """Form encoding only (RFC 6749 §4.1.3 / RFC 8693 §2.1); UTF-8 if a charset is named."""
-    media_type, _, params = (content_type or "").partition(";")
-    if media_type.strip().lower() != "application/x-www-form-urlencoded":
-        raise UnsupportedMediaType(
-            "Content-Type must be application/x-www-form-urlencoded", reason="content_type"
-        )
-    charset = params.strip().lower()
-    if charset and charset.replace(" ", "") not in ("charset=utf-8", 'charset="utf-8"'):
+    """Form encoding only (RFC 6749 §4.1.3 / RFC 8693 §2.1); UTF-8 if a charset is named.
+
+    Parsed as RFC 9110 §8.3.1 writes it, nothing looser: `type "/" subtype *( OWS ";" OWS
+    [ name "=" ( token / quoted-string ) ] )`, where optional whitespace is only SP and
+    HTAB (§5.6.3). A non-breaking space or a control character is not whitespace.
+    """
+    match = _MEDIA_TYPE.fullmatch(content_type or "")
+    if match is None or match["type"].lower() != FORM_MEDIA_TYPE:
+        raise UnsupportedMediaType(f"Content-Type must be {FORM_MEDIA_TYPE}", reason="content_type")
+    charsets = []
+    for parameter in _PARAMETER.finditer(match["parameters"]):
+        name, value = parameter["name"], parameter["value"]
+        if name is None:
+            continue  # an empty parameter (`;;`) is allowed by the grammar
+        if name.lower() != "charset":
+            raise UnsupportedMediaType(
+                "Content-Type may carry only the charset parameter", reason="content_type_param"
+            )
+        charsets.append(_unquote(value).lower())
+    if charsets and charsets != ["utf-8"]:
         raise UnsupportedMediaType("the form must be UTF-8 encoded", reason="charset")
 
 
@@ -73,13 +101,16 @@ def parse_form(body: bytes) -> dict[str, str]:
         raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes", reason="body_size")
     try:
         text = body.decode("utf-8", errors="strict")
-        pairs = parse_qsl(
-            text,
-            keep_blank_values=True,
-            strict_parsing=bool(text),
-            errors="strict",
-            max_num_fields=MAX_FORM_FIELDS,
+    except UnicodeDecodeError:
+        raise InvalidRequest("the request body is not a valid UTF-8 form", reason="form") from None
+    # Counted as parse_qsl counts fields (one more than the separators), before parsing.
+    if text and text.count("&") + 1 > MAX_FORM_PARAMETERS:
+        raise InvalidRequest(
+            f"the form has more than {MAX_FORM_PARAMETERS} parameters",
+            reason="form_parameters",
         )
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("the request body is not a valid UTF-8 form", reason="form") from None
     form: dict[str, str] = {}
@@ -144,6 +175,13 @@ def _parse_scope(scope: str | None) -> tuple[str, ...] | None:
             "scope must be space-delimited scope tokens (RFC 6749 §3.3)", reason="scope"
         )
     return tuple(dict.fromkeys(tokens))
+
+
+def _unquote(value: str) -> str:
+    """A token as it is; a quoted-string without its quotes and backslash escapes."""
+    if not value.startswith('"'):
+        return value
+    return re.sub(r"\\(.)", r"\1", value[1:-1])
 
 
 def _printable(value: str, limit: int = 40) -> str:

@@ -1,8 +1,14 @@
-"""`tokex clients add|list|remove`: who may call `POST /introspect`.
+"""`tokex clients add|update|list|remove`: who may call `POST /introspect`, and for
+which audiences.
 
-    tokex clients add kong-prod --stack tokex     # prints the id and the secret, once
+    tokex clients add kong-prod --audience orders-api --stack tokex   # id and secret, once
+    tokex clients update tc_0123456789abcdef0123 --audience orders-api \
+        --audience billing-api --stack tokex                          # replaces the set
     tokex clients list --stack tokex
     tokex clients remove tc_0123456789abcdef0123 --stack tokex
+
+A client gets `{"active": false}` for tokens of audiences it is not registered for; a
+client made before audiences existed has none until `update` gives it some.
 
 Clients live in the deployment's state table: `--table NAME`, or `--stack NAME` (its
 `StateTableName` output). Credentials come from the default AWS credential chain.
@@ -12,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from tokex.cli.deployment import add_deployment_arguments, resolve_deployment
-from tokex.cli.main import CommandError
+from tokex.cli.deployment import add_deployment_arguments, check_deployment, resolve_deployment
+from tokex.cli.errors import AWS_ERROR, NOT_FOUND, CommandError, UsageError
+from tokex.cli.request_arguments import check_audience
 
 # cdk/tokex_stack.py names its outputs; this one is the state table.
 STATE_TABLE_OUTPUT = "StateTableName"
@@ -32,22 +40,86 @@ def register(subparsers: Any) -> None:
     commands = parser.add_subparsers(dest="clients_command", required=True, metavar="COMMAND")
     common = state_table_parent()
     add = commands.add_parser(
-        "add", parents=[common], help="create a client and print its secret (once)"
+        "add",
+        parents=[common],
+        help="create a client and print its secret (once)",
+        description="Create an introspection client serving the given audiences (it gets "
+        "active: false for tokens of any other). Its id and secret are printed once: tokex "
+        "keeps only the secret's hash.",
     )
     add.add_argument("name", metavar="NAME", help="what the client is, e.g. kong-prod")
+    add_audience_argument(add)
     add.set_defaults(func=run_add)
-    listing = commands.add_parser("list", parents=[common], help="list clients (no secrets)")
+    update = commands.add_parser(
+        "update",
+        parents=[common],
+        help="replace the audiences a client serves",
+        description="Replace the set of audiences an introspection client serves (clients "
+        "made before audiences existed serve none until updated). Warm Lambdas may use the "
+        "previous set for up to 30 s.",
+    )
+    update.add_argument("client_id", metavar="ID", help="the client id (tc_...)")
+    add_audience_argument(update)
+    update.set_defaults(func=run_update)
+    listing = commands.add_parser(
+        "list",
+        parents=[common],
+        help="list clients (no secrets)",
+        description="List the introspection clients: id, creation time, name and the "
+        "audiences each serves (- for none: every token is inactive for it).",
+    )
     listing.set_defaults(func=run_list)
-    remove = commands.add_parser("remove", parents=[common], help="delete a client")
+    remove = commands.add_parser(
+        "remove",
+        parents=[common],
+        help="delete a client",
+        description="Delete an introspection client; warm Lambdas may accept it for up to "
+        "30 s more.",
+    )
     remove.add_argument("client_id", metavar="ID", help="the client id (tc_...)")
     remove.set_defaults(func=run_remove)
+
+
+def add_audience_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--audience",
+        action="append",
+        required=True,
+        metavar="AUD",
+        help="an audience whose tokens the client may introspect (repeat for more); "
+        "tokens of other audiences are inactive for it",
+    )
+
+
+def checked_audiences(args: argparse.Namespace) -> list[str]:
+    """The --audience values, each of the form the exchange accepts (exit 2 otherwise)."""
+    from tokex.clients import MAX_CLIENT_AUDIENCES
+
+    audiences = list(dict.fromkeys(check_audience(a) for a in args.audience))
+    if len(audiences) > MAX_CLIENT_AUDIENCES:
+        raise UsageError(
+            f"--audience: a client serves at most {MAX_CLIENT_AUDIENCES} audiences",
+            input="--audience",
+        )
+    return audiences
+
+
+def check_client_id(client_id: str) -> None:
+    from tokex.clients import CLIENT_ID
+
+    if not CLIENT_ID.fullmatch(client_id):
+        raise UsageError(
+            f"ID {client_id!r}: a client id is tc_ and 20 hex digits "
+            "(`tokex clients list` shows them)",
+            input=client_id,
+        )
 
 
 def state_table_parent() -> argparse.ArgumentParser:
     """--table/--stack, --region, --endpoint-url and --json, for commands on the state table."""
     parent = argparse.ArgumentParser(add_help=False)
     add_deployment_arguments(parent, table="state", output=STATE_TABLE_OUTPUT)
-    parent.add_argument("--json", action="store_true", help="print JSON")
+    parent.add_argument("--json", action="store_true", help="machine-readable output")
     return parent
 
 
@@ -57,22 +129,30 @@ def resolve_state_table(args: argparse.Namespace) -> tuple[Any, str]:
     return deployment.client("dynamodb"), deployment.table
 
 
-def store_error(exc: Exception) -> CommandError:
+def store_error(exc: Exception, args: argparse.Namespace) -> CommandError:
     """An operator sees why (the AWS error code), not just "unavailable"."""
-    return CommandError(f"{exc} ({getattr(exc, 'reason', type(exc).__name__)})")
+    reason = getattr(exc, "reason", type(exc).__name__)
+    where = "--stack" if args.stack else "--table"
+    return CommandError(f"state table: {exc} ({reason})", error=AWS_ERROR, input=where)
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from tokex.clients import ClientStore, basic_authorization
+    from tokex.clients import CLIENT_NAME, ClientStore, basic_authorization
     from tokex.errors import TemporarilyUnavailable
 
+    if not CLIENT_NAME.fullmatch(args.name):
+        raise UsageError(
+            f"NAME {args.name!r}: a client name is 1-64 characters of A-Z a-z 0-9 . _ - "
+            "(starting with a letter or digit)",
+            input=args.name,
+        )
+    audiences = checked_audiences(args)
+    check_deployment(args, STATE_TABLE_OUTPUT)
     store = ClientStore(*resolve_state_table(args))
     try:
-        client, secret = store.add(args.name)
-    except ValueError as exc:
-        raise CommandError(str(exc), exit_code=2) from None
+        client, secret = store.add(args.name, audiences)
     except TemporarilyUnavailable as exc:
-        raise store_error(exc) from None
+        raise store_error(exc, args) from None
     authorization = basic_authorization(client.client_id, secret)
     if args.json:
         result = {**client.to_dict(), "client_secret": secret, "authorization": authorization}
@@ -82,8 +162,37 @@ def run_add(args: argparse.Namespace) -> int:
         f"client_id      {client.client_id}\n"
         f"client_secret  {secret}\n"
         f"authorization  {authorization}\n"
+        f"audiences      {' '.join(client.audiences)}\n"
         "The secret is shown only now; tokex keeps only its hash."
     )
+    return 0
+
+
+def run_update(args: argparse.Namespace) -> int:
+    from tokex.clients import ClientStore
+    from tokex.errors import TemporarilyUnavailable
+
+    check_client_id(args.client_id)
+    audiences = checked_audiences(args)
+    check_deployment(args, STATE_TABLE_OUTPUT)
+    try:
+        client = ClientStore(*resolve_state_table(args)).update(args.client_id, audiences)
+    except TemporarilyUnavailable as exc:
+        raise store_error(exc, args) from None
+    if client is None:
+        raise CommandError(
+            f"no client {args.client_id!r} (`tokex clients list` shows them)",
+            error=NOT_FOUND,
+            input=args.client_id,
+        )
+    if args.json:
+        print(json.dumps(client.to_dict(), indent=2))
+    else:
+        # Warm Lambdas trust a verified client for clients.py VERIFIED_CACHE_SECONDS.
+        print(
+            f"{client.client_id} ({client.name}) now serves {' '.join(client.audiences)} "
+            "(warm Lambdas may use the previous audiences for up to 30 s)"
+        )
     return 0
 
 
@@ -94,13 +203,20 @@ def run_list(args: argparse.Namespace) -> int:
     try:
         clients = ClientStore(*resolve_state_table(args)).list()
     except TemporarilyUnavailable as exc:
-        raise store_error(exc) from None
+        raise store_error(exc, args) from None
     if args.json:
         print(json.dumps([client.to_dict() for client in clients], indent=2))
         return 0
     for client in clients:
         created = datetime.fromtimestamp(client.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        print(f"{client.client_id}  {created}  {client.name}")
+        served = ",".join(client.audiences) or "-"
+        print(f"{client.client_id}  {created}  {client.name}  {served}")
+    if any(not client.audiences for client in clients):
+        print(
+            "tokex clients: a client without audiences (-) gets active: false for every "
+            "token: `tokex clients update ID --audience AUD`",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -108,12 +224,17 @@ def run_remove(args: argparse.Namespace) -> int:
     from tokex.clients import ClientStore
     from tokex.errors import TemporarilyUnavailable
 
+    check_client_id(args.client_id)
     try:
         removed = ClientStore(*resolve_state_table(args)).remove(args.client_id)
     except TemporarilyUnavailable as exc:
-        raise store_error(exc) from None
+        raise store_error(exc, args) from None
     if not removed:
-        raise CommandError(f"no client {args.client_id!r}")
+        raise CommandError(
+            f"no client {args.client_id!r} (`tokex clients list` shows them)",
+            error=NOT_FOUND,
+            input=args.client_id,
+        )
     if args.json:
         print(json.dumps({"removed": args.client_id}))
     else:

@@ -12,7 +12,15 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from tokex.cli.main import CommandError
+from tokex.cli.errors import (
+    AWS_ERROR,
+    NOT_FOUND,
+    USAGE,
+    CommandError,
+    UsageError,
+)
+from tokex.cli.inputs import require_http_url
+from tokex.cli.region import resolve_region
 
 # cdk/tokex_stack.py names its outputs; this one is the policy table.
 POLICY_TABLE_OUTPUT = "PolicyTableName"
@@ -28,6 +36,11 @@ class Deployment:
     def client(self, service: str) -> Any:
         return aws_client(service, self.region, self.endpoint_url)
 
+    @property
+    def flag(self) -> str:
+        """The flag that named this deployment, for errors that concern it."""
+        return "--stack" if self.stack else "--table"
+
 
 def add_deployment_arguments(
     parser: argparse.ArgumentParser, *, table: str = "policy", output: str = POLICY_TABLE_OUTPUT
@@ -41,7 +54,11 @@ def add_deployment_arguments(
         metavar="NAME",
         help=f"the tokex CloudFormation stack (its {output} output names the table)",
     )
-    group.add_argument("--region", help="AWS region (default: the SDK's region)")
+    group.add_argument(
+        "--region",
+        help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, then the profile's region, "
+        "as for the AWS CLI)",
+    )
     group.add_argument(
         "--endpoint-url",
         metavar="URL",
@@ -49,16 +66,30 @@ def add_deployment_arguments(
     )
 
 
+def check_deployment(args: argparse.Namespace, output: str = POLICY_TABLE_OUTPUT) -> str:
+    """The usage checks of --table/--stack, --region and --endpoint-url, made before any
+    file is read or AWS is called (a UsageError, exit 2). Returns the region."""
+    if not args.table and not args.stack:
+        raise UsageError(
+            f"name the deployment with --table NAME or --stack NAME (the stack's {output} "
+            "output names the table)",
+            error=USAGE,
+            input="--table",
+        )
+    if args.endpoint_url is not None:
+        require_http_url(args.endpoint_url, flag="--endpoint-url")
+    return resolve_region(args.region)
+
+
 def resolve_deployment(args: argparse.Namespace, output: str = POLICY_TABLE_OUTPUT) -> Deployment:
     """The table named by --table, or by the --stack's `output` (a CommandError if neither
     resolves)."""
+    region = check_deployment(args, output)
     if args.table:
-        return Deployment(args.table, args.region, args.endpoint_url)
-    if not args.stack:
-        raise CommandError("name the deployment with --table NAME or --stack NAME", exit_code=2)
-    cloudformation = aws_client("cloudformation", args.region, args.endpoint_url)
+        return Deployment(args.table, region, args.endpoint_url)
+    cloudformation = aws_client("cloudformation", region, args.endpoint_url)
     table = stack_output(cloudformation, args.stack, output=output)
-    return Deployment(table, args.region, args.endpoint_url, stack=args.stack)
+    return Deployment(table, region, args.endpoint_url, stack=args.stack)
 
 
 def policy_table_from_stack(
@@ -79,14 +110,21 @@ def stack_output(cloudformation: Any, stack_name: str, output: str = POLICY_TABL
         if error.get("Code") == "ValidationError" and "does not exist" in error.get("Message", ""):
             raise CommandError(
                 f"cannot describe stack {stack_name!r}: "
-                f"stack {stack_name!r} not found in region {_region(cloudformation)}"
+                f"stack {stack_name!r} not found in region {_region(cloudformation)} "
+                "(check --stack and --region)",
+                error=NOT_FOUND,
+                input="--stack",
             ) from None
         raise CommandError(
-            f"cannot describe stack {stack_name!r}: {describe_aws_error(exc)}"
+            f"cannot describe stack {stack_name!r}: {describe_aws_error(exc)}",
+            error=AWS_ERROR,
+            input="--stack",
         ) from None
     except BotoCoreError as exc:
         raise CommandError(
-            f"cannot describe stack {stack_name!r}: {describe_aws_error(exc)}"
+            f"cannot describe stack {stack_name!r}: {describe_aws_error(exc)}",
+            error=AWS_ERROR,
+            input="--stack",
         ) from None
     outputs = {o.get("OutputKey"): o.get("OutputValue") for o in stacks[0].get("Outputs", [])}
     value = outputs.get(output)
@@ -94,7 +132,9 @@ def stack_output(cloudformation: Any, stack_name: str, output: str = POLICY_TABL
         status = stacks[0].get("StackStatus", "unknown status")
         raise CommandError(
             f"stack {stack_name!r} ({status}) has no {output} output: is it a tokex stack "
-            "of this version, and has it finished deploying?"
+            "of this version, and has it finished deploying?",
+            error=NOT_FOUND,
+            input="--stack",
         )
     return str(value)
 
@@ -105,8 +145,8 @@ def aws_client(service: str, region: str | None, endpoint_url: str | None) -> An
 
     try:
         return boto3.session.Session(region_name=region).client(service, endpoint_url=endpoint_url)
-    except BotoCoreError as exc:  # e.g. no region configured, a broken profile
-        raise CommandError(describe_aws_error(exc)) from None
+    except BotoCoreError as exc:  # e.g. a broken profile
+        raise CommandError(describe_aws_error(exc), error=AWS_ERROR, input="--region") from None
 
 
 def describe_aws_error(exc: Exception) -> str:
@@ -117,7 +157,7 @@ def describe_aws_error(exc: Exception) -> str:
         error = exc.response.get("Error", {})
         return f"{error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": ")
     if isinstance(exc, NoRegionError):
-        return "no AWS region configured: pass --region or set AWS_REGION"
+        return "no AWS region configured: pass --region REGION or set AWS_REGION"
     if isinstance(exc, NoCredentialsError):
         return "no AWS credentials found (the default credential chain came up empty)"
     return str(exc) or type(exc).__name__

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
-from tokex.cli.main import CommandError
+from tokex.cli.errors import NOT_VERIFIED, CommandError
+from tokex.cli.inputs import read_text, require_file
 from tokex.errors import TokexError
 from tokex.evidence.instance_identity import (
     MAX_DOCUMENT_BYTES,
@@ -56,9 +56,12 @@ def register(subparsers: Any) -> None:
 
 def run_verify(args: argparse.Namespace) -> int:
     variant = next(name for name in VARIANTS if getattr(args, name) is not None)
-    # Read bytes and decode strictly: the signature covers the exact bytes.
-    document = _read_text(args.document, "DOCUMENT", MAX_DOCUMENT_BYTES)
-    blob = _read_text(getattr(args, variant), f"--{variant}", MAX_SIGNATURE_CHARS)
+    require_file(args.document, label="DOCUMENT")
+    require_file(getattr(args, variant), label=f"--{variant}")
+    # Read bytes and decode strictly: the signature covers the exact bytes. The caps are
+    # generous for the files; the verifier applies the contract's exact limits.
+    document = read_text(args.document, label="DOCUMENT", limit=4 * MAX_DOCUMENT_BYTES)
+    blob = read_text(getattr(args, variant), label=f"--{variant}", limit=4 * MAX_SIGNATURE_CHARS)
     store = CertificateStore.default()
     try:
         instance = verify_instance_identity({"document": document, variant: blob}, store)
@@ -66,7 +69,9 @@ def run_verify(args: argparse.Namespace) -> int:
         hint = ""
         if document.endswith("\n"):
             hint = " (note: DOCUMENT ends with a newline; IMDS serves it without one)"
-        raise CommandError(f"not verified: {exc.description}{hint}") from None
+        raise CommandError(
+            f"not verified: {exc.description}{hint}", error=NOT_VERIFIED, input=args.document
+        ) from None
 
     pinned = store.certificates(instance.variant, instance.region)
     sources = [entry.source for entry in pinned]
@@ -85,17 +90,3 @@ def run_verify(args: argparse.Namespace) -> int:
     for name, value in instance.claims().items():
         print(f"{name}: {value}")
     return 0
-
-
-def _read_text(path: str, label: str, limit: int) -> str:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise CommandError(f"cannot read {label} {path}: {exc.strerror}") from None
-    # Generous cap for the file itself; the verifier applies the contract's exact limits.
-    if len(raw) > 4 * limit:
-        raise CommandError(f"{label} {path} is too large to be IMDS evidence")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CommandError(f"{label} {path} is not UTF-8 text") from None

@@ -12,24 +12,48 @@ dummy secrets of unchanged credentials so `deck diff` shows only real changes; a
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import sys
-import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tokex.cli.main import CommandError
+from tokex.cli.deck_file import parse_document, read_existing, render, write_private
+
+__all__ = ["parse_document", "read_jwks", "register", "render", "run"]
+from tokex.cli.errors import (
+    FILE_NOT_FOUND,
+    INVALID_INPUT,
+    UNREACHABLE,
+    USAGE,
+    WRITE_FAILED,
+    CommandError,
+    UsageError,
+)
+from tokex.cli.inputs import require_file, require_http_url
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
 
 ENTERPRISE = ("openid-connect", "oauth2-introspection")
 MAX_JWKS_BYTES = 1 << 20
 FETCH_TIMEOUT_SECONDS = 10
 CLIENT_SECRET_ENV = "TOKEX_KONG_CLIENT_SECRET"
-_LOOPBACK_NAMES = {"localhost"}
+# Placement fields (tokex/kong.py) -> the flag that sets each, and how to fix it.
+_PLACEMENT_FLAGS = {
+    "service": "--service-name",
+    "service_url": "--service-url",
+    "routes": "--route",
+    "audiences": "--audience",
+    "global_scope": "--global",
+    "placement": "--service-name",
+}
+_PLACEMENT_FIXES = {
+    "service_url": ": give --service-name NAME too",
+    "global_scope": ": --global goes alone, without --service-name or --route",
+    "placement": ": pass --service-name NAME, --audience AUD --route NAME, or --global",
+}
 
 
 def register(subparsers: Any) -> None:
@@ -41,12 +65,17 @@ def register(subparsers: Any) -> None:
         "published key (and per audience with --audience), or Kong Enterprise's "
         "openid-connect / oauth2-introspection plugin with --enterprise.",
     )
-    parser.add_argument("--jwks", metavar="URL|FILE", help="the published JWKS")
+    parser.add_argument(
+        "--jwks",
+        metavar="URL|FILE",
+        help="the published JWKS: https://ISSUER/.well-known/jwks.json, or a file",
+    )
     parser.add_argument("--issuer", help="issuer URL (default: from the --jwks URL)")
     parser.add_argument(
         "--max-ttl",
         type=int,
         default=DEFAULT_TTL_CAP_SECONDS,
+        metavar="SECONDS",
         help="the deployment's TTL cap: jwt maximum_expiration (default %(default)s)",
     )
     parser.add_argument(
@@ -76,7 +105,7 @@ def register(subparsers: Any) -> None:
         "--any-audience",
         action="store_true",
         help="accept this issuer's tokens whatever their audience (required without "
-        "--audience, and with oauth2-introspection, which cannot check audiences)",
+        "--audience; not with oauth2-introspection, where the client's audiences apply)",
     )
     parser.add_argument("--enterprise", choices=ENTERPRISE, help="a Kong Enterprise plugin")
     parser.add_argument("--client-id", help="oauth2-introspection: tokex client id")
@@ -84,9 +113,27 @@ def register(subparsers: Any) -> None:
         "--client-secret",
         help=f"oauth2-introspection: client secret (default: ${CLIENT_SECRET_ENV})",
     )
-    parser.add_argument("--introspection-ttl", type=int, default=30, help="verdict cache seconds")
-    parser.add_argument("--consumer-by", choices=("client_id", "username"), default="client_id")
-    parser.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    parser.add_argument(
+        "--introspection-ttl",
+        type=int,
+        default=30,
+        metavar="SECONDS",
+        help="oauth2-introspection: how long Kong caches a verdict (default %(default)s)",
+    )
+    parser.add_argument(
+        "--consumer-by",
+        choices=("client_id", "username"),
+        default="client_id",
+        help="oauth2-introspection: how Kong maps a token to a consumer (default %(default)s)",
+    )
+    parser.add_argument(
+        "--format", choices=("yaml", "json"), help="output format (default yaml; decK reads both)"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="write JSON (as --format json); a failure is one JSON object on stdout",
+    )
     parser.add_argument("--output", metavar="FILE", help="write here (default: stdout)")
     parser.set_defaults(func=run)
 
@@ -94,198 +141,260 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from tokex import kong
 
+    # The command line first (exit 2), before any file is read or the JWKS fetched.
+    placement = _check(args)
     try:
-        placement = _placement(args)
         if args.enterprise is None:
-            if not args.jwks:
-                raise CommandError("--jwks is required", exit_code=2)
             existing = read_existing(args.existing) if args.existing else None
-            document = kong.jwt_config(
-                read_jwks(args.jwks), placement, max_ttl=args.max_ttl, existing=existing
-            )
+            jwks = read_jwks(args.jwks)
+            try:
+                document = kong.jwt_config(jwks, placement, max_ttl=args.max_ttl, existing=existing)
+            except kong.KongConfigError as err:  # the keys: the placement was checked
+                raise CommandError(
+                    f"--jwks {args.jwks}: {err}", error=INVALID_INPUT, input=args.jwks
+                ) from None
         elif args.enterprise == "openid-connect":
             document = kong.openid_connect_config(_issuer(args), placement)
         else:
-            secret = args.client_secret or os.environ.get(CLIENT_SECRET_ENV, "")
             document = kong.introspection_config(
                 _issuer(args),
                 placement,
-                client_id=args.client_id or "",
-                client_secret=secret,
+                client_id=args.client_id,
+                client_secret=_client_secret(args),
                 ttl=args.introspection_ttl,
                 consumer_by=args.consumer_by,
             )
-    except (kong.KongConfigError, OSError, ValueError) as err:
-        raise CommandError(str(err)) from None
-    text = render(document, args.format, source=args.jwks or _issuer(args))
+            note = "tokex kong-config: Kong will accept tokens of the audiences registered"
+            print(f"{note} on client {args.client_id} (`tokex clients list`)", file=sys.stderr)
+    except kong.KongConfigError as err:
+        raise CommandError(str(err), error=INVALID_INPUT, input="--enterprise") from None
+    fmt = "json" if args.json else args.format or "yaml"
+    text = render(document, fmt, source=args.jwks or _issuer(args))
     if args.output:
         try:
             write_private(Path(args.output), text)
         except OSError as err:
-            raise CommandError(f"cannot write {args.output}: {err.strerror or err}") from None
+            raise CommandError(
+                f"cannot write {args.output}: {err.strerror or err}",
+                error=WRITE_FAILED,
+                input=args.output,
+            ) from None
     else:
         sys.stdout.write(text)
     return 0
 
 
-def _placement(args: argparse.Namespace) -> Any:
-    from tokex.kong import Placement, Route
+def _check(args: argparse.Namespace) -> Any:
+    """Every usage error (UsageError, exit 2); the placement the flags describe."""
+    from tokex.kong import MAX_EXPIRATION_LIMIT
 
-    # Refuse to guess (style.md): a config that accepts every audience of the issuer lets
-    # a token minted for one API call all of them. That must be asked for by name.
-    audience_blind = not args.audience or args.enterprise == "oauth2-introspection"
-    if audience_blind and not args.any_audience:
-        raise CommandError(
-            "this configuration would accept tokens for any audience of the issuer: give "
-            "--audience AUD --route NAME per API, or --any-audience to accept that"
-            + (" (oauth2-introspection never checks aud)" if args.audience else ""),
-            exit_code=2,
+    placement = _placement(args)
+    if args.json and args.format == "yaml":
+        raise UsageError("--json writes JSON: drop --format yaml", input="--format")
+    if not 0 < args.max_ttl <= MAX_EXPIRATION_LIMIT:
+        raise UsageError(
+            f"--max-ttl {args.max_ttl}: must be 1..{MAX_EXPIRATION_LIMIT} seconds, the "
+            "deployment's TTL cap (Kong's maximum_expiration)",
+            input="--max-ttl",
         )
+    if args.introspection_ttl < 0:
+        raise UsageError(
+            f"--introspection-ttl {args.introspection_ttl}: must be 0 or more seconds",
+            input="--introspection-ttl",
+        )
+    if args.enterprise is None:
+        _check_jwks(args.jwks)
+    else:
+        _issuer(args)
+    if args.enterprise == "oauth2-introspection":
+        if not args.client_id or ":" in args.client_id:
+            raise UsageError(
+                "oauth2-introspection needs --client-id ID (without ':'), from `tokex clients add`",
+                error=USAGE,
+                input="--client-id",
+            )
+        _client_secret(args)
+    if args.service_url is not None:
+        require_http_url(args.service_url, flag="--service-url")
+    for path, flag in ((args.existing, "--existing"), (args.output, "--output")):
+        if path is not None and Path(path).is_dir():
+            raise UsageError(f"{flag} {path} is a directory, not a file", input=path)
+    return placement
 
+
+def _check_jwks(source: str | None) -> None:
+    if not source:
+        raise UsageError(
+            "give the JWKS: --jwks https://ISSUER/.well-known/jwks.json (or a file); "
+            "--enterprise plugins need none",
+            error=USAGE,
+            input="--jwks",
+        )
+    if source.startswith(("https://", "http://")):
+        require_http_url(source, flag="--jwks")
+        _check_fetch_url(source, "--jwks")
+    elif not Path(source).exists() and "/.well-known/" in source:
+        raise UsageError(
+            f"--jwks {source}: no such file (a URL needs its https:// scheme)",
+            error=FILE_NOT_FOUND,
+            input=source,
+        )
+    else:
+        require_file(source, label="--jwks")
+
+
+def _client_secret(args: argparse.Namespace) -> str:
+    secret = args.client_secret or os.environ.get(CLIENT_SECRET_ENV, "")
+    if not secret:
+        raise UsageError(
+            f"oauth2-introspection needs the client's secret: set {CLIENT_SECRET_ENV} (or pass "
+            "--client-secret, which other users of this machine can see)",
+            error=USAGE,
+            input="--client-secret",
+        )
+    return secret
+
+
+def _placement(args: argparse.Namespace) -> Any:
+    from tokex.kong import KongConfigError, Placement, Route
+
+    oauth2 = args.enterprise == "oauth2-introspection"
+    # With oauth2-introspection tokex enforces the audiences registered on the client
+    # (docs/kong.md "Kong Enterprise"): audiences given here could only disagree with them.
+    if oauth2 and (args.audience or args.route or args.any_audience):
+        flag = "--audience" if args.audience else "--route" if args.route else "--any-audience"
+        raise UsageError(
+            f"{flag}: oauth2-introspection enforces the audiences registered on the "
+            "introspection client, not audiences given here: register them with `tokex "
+            "clients add|update --audience AUD` and drop --audience/--route/--any-audience",
+            input=flag,
+        )
+    # Refuse to guess (docs/kong.md "The command"): a config that accepts every audience
+    # of the issuer lets a token minted for one API call all of them. That must be asked
+    # for by name.
+    if not oauth2 and not args.audience and not args.any_audience:
+        raise UsageError(
+            "this configuration would accept tokens for any audience of the issuer: give "
+            "--audience AUD --route NAME per API, or --any-audience to accept that",
+            error=USAGE,
+            input="--audience",
+        )
     if args.route and len(args.route) != len(args.audience):
-        raise CommandError("give one --audience before each --route", exit_code=2)
+        raise UsageError(
+            f"give one --audience before each --route ({len(args.audience)} --audience, "
+            f"{len(args.route)} --route)",
+            input="--route",
+        )
     routes: dict[str, tuple[list[str], str | None]] = {}
     for spec, audience in zip(args.route, args.audience, strict=False):
         name, _, path = spec.partition("=")
         served, _ = routes.setdefault(name, ([], path or None))
         if audience not in served:
             served.append(audience)
-    return Placement(
+    placement = Placement(
         service=args.service_name,
         service_url=args.service_url,
         routes=tuple(Route(name, tuple(aud), path) for name, (aud, path) in routes.items()),
         audiences=() if args.route else tuple(dict.fromkeys(args.audience)),
         global_scope=args.global_scope,
     )
+    try:
+        placement.check()
+    except KongConfigError as err:
+        flag = _PLACEMENT_FLAGS.get(err.field or "", "--service-name")
+        fix = _PLACEMENT_FIXES.get(err.field or "", "")
+        raise UsageError(f"{flag}: {err}{fix}", input=flag) from None
+    return placement
 
 
 def _issuer(args: argparse.Namespace) -> str:
     from tokex.tokens.jwks import JWKS_PATH
 
     if args.issuer:
-        issuer = str(args.issuer).rstrip("/")
+        issuer, flag = str(args.issuer).rstrip("/"), "--issuer"
     elif (
         args.jwks
         and args.jwks.startswith(("https://", "http://"))
         and args.jwks.endswith(JWKS_PATH)
     ):
-        issuer = str(args.jwks)[: -len(JWKS_PATH)]
+        issuer, flag = str(args.jwks)[: -len(JWKS_PATH)], "--jwks"
     else:
-        raise CommandError("--issuer is required (or a --jwks URL under the issuer)", exit_code=2)
-    try:
-        _check_fetch_url(issuer)  # Kong fetches discovery, keys or verdicts from it
-    except ValueError:
-        raise CommandError("the issuer must be https (http only on loopback)") from None
+        raise UsageError(
+            "--enterprise plugins need the issuer: pass --issuer URL (or a --jwks URL under "
+            "the issuer)",
+            error=USAGE,
+            input="--issuer",
+        )
+    require_http_url(issuer, flag=flag)
+    _check_fetch_url(issuer, flag)  # Kong fetches discovery, keys or verdicts from it
     return issuer
 
 
 def read_jwks(source: str) -> dict[str, Any]:
-    """The JWKS from an https URL (http only on loopback) or a file."""
+    """The JWKS from an https URL (http only on loopback) or a file; a CommandError (exit 1)
+    that names the source when it cannot be had."""
     if source.startswith(("https://", "http://")):
-        _check_fetch_url(source)
-        request = urllib.request.Request(source, headers={"Accept": "application/json"})  # noqa: S310
-        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_SECONDS) as response:  # noqa: S310
-            _check_fetch_url(response.geturl())  # a redirect must not downgrade either
-            body = response.read(MAX_JWKS_BYTES + 1)
+        _check_fetch_url(source, "--jwks")
+        body = _fetch(source)
     else:
-        body = Path(source).read_bytes()
+        try:
+            with Path(source).open("rb") as handle:
+                body = handle.read(MAX_JWKS_BYTES + 1)
+        except OSError as err:
+            raise CommandError(
+                f"cannot read --jwks {source}: {err.strerror or err}",
+                error=INVALID_INPUT,
+                input=source,
+            ) from None
     if len(body) > MAX_JWKS_BYTES:
-        raise ValueError("the JWKS is larger than 1 MiB")
-    document = json.loads(body)
+        raise CommandError(
+            f"--jwks {source} is larger than 1 MiB", error=INVALID_INPUT, input=source
+        )
+    try:
+        document = json.loads(body)
+    except ValueError as err:
+        raise CommandError(
+            f"--jwks {source} is not JSON ({err})", error=INVALID_INPUT, input=source
+        ) from None
     if not isinstance(document, dict):
-        raise ValueError("the JWKS is not a JSON object")
+        raise CommandError(
+            f"--jwks {source} is not a JSON object", error=INVALID_INPUT, input=source
+        )
     return document
 
 
-def _check_fetch_url(source: str) -> None:
+def _fetch(url: str) -> bytes:
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_SECONDS) as response:  # noqa: S310
+            _check_fetch_url(response.geturl(), "--jwks")  # a redirect must not downgrade
+            return bytes(response.read(MAX_JWKS_BYTES + 1))
+    except urllib.error.HTTPError as err:
+        raise CommandError(
+            f"cannot fetch the JWKS: {url} answered HTTP {err.code} {err.reason} (is it the "
+            "issuer's /.well-known/jwks.json?)",
+            error=UNREACHABLE,
+            input=url,
+        ) from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        why = getattr(reason, "strerror", None) or str(reason)
+        raise CommandError(
+            f"cannot fetch the JWKS from {url}: {why} (is the issuer up, and the URL right?)",
+            error=UNREACHABLE,
+            input=url,
+        ) from None
+
+
+def _check_fetch_url(source: str, flag: str) -> None:
+    from tokex.client.token_client import is_loopback
+
     url = urlsplit(source)
-    if url.scheme == "https" or (url.scheme == "http" and _is_loopback(url.hostname or "")):
+    if url.scheme == "https" or (url.scheme == "http" and is_loopback(url.hostname or "")):
         return
     # Keys fetched in clear text could be swapped in transit, and Kong would then trust a
     # forger's key. Only `tokex local` serves http, on loopback.
-    raise ValueError("fetch the JWKS over https (http only for a loopback issuer)")
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def render(document: dict[str, Any], fmt: str, *, source: str) -> str:
-    """YAML (PyYAML when installed; JSON is YAML too) or JSON text for decK."""
-    if fmt == "json":
-        return json.dumps(document, indent=2) + "\n"
-    header = f"# Generated by `tokex kong-config` from {source}: re-run it, do not edit.\n"
-    try:
-        import yaml
-    except ImportError:
-        return header + json.dumps(document, indent=2) + "\n"
-
-    class Dumper(yaml.SafeDumper):
-        def ignore_aliases(self, data: Any) -> bool:
-            return True  # decK files without YAML anchors, whatever objects are shared
-
-    def string(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-        style = "|" if "\n" in value else None  # PEM keys as readable literal blocks
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-    def sequence(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.Node:
-        flow = all(isinstance(item, str | int) for item in value)  # [exp, nbf] on one line
-        return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
-
-    Dumper.add_representer(str, string)
-    Dumper.add_representer(list, sequence)
-    return header + yaml.dump(
-        document, Dumper=Dumper, sort_keys=False, default_flow_style=False, width=4096
+    raise UsageError(
+        f"{flag} {source}: use https (plain http only for a loopback issuer, as `tokex local`)",
+        input=flag,
     )
-
-
-def read_existing(path: str) -> dict[str, Any] | None:
-    """The previous output, or None on a first run (the file does not exist yet), so the
-    same command line serves the first run and every later one."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        print(f"tokex kong-config: {path} does not exist yet: no earlier file", file=sys.stderr)
-        return None
-    return parse_document(text)
-
-
-def parse_document(text: str) -> dict[str, Any]:
-    """A decK file written by `render` (JSON, or YAML when PyYAML is installed)."""
-    body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
-    try:
-        document = json.loads(body)
-    except ValueError:
-        try:
-            import yaml
-        except ImportError:
-            raise ValueError("reading a YAML --existing file needs PyYAML") from None
-        document = yaml.safe_load(text)
-    if not isinstance(document, dict):
-        raise ValueError("the --existing file is not a decK document")
-    return document
-
-
-def write_private(path: Path, text: str) -> None:
-    """Atomic write, mode 0600: the file may hold an introspection client secret. Missing
-    parent directories are created with mode 0700."""
-    missing = []
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        missing.append(parent)
-        parent = parent.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise

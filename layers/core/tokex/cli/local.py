@@ -17,7 +17,12 @@ def register(subparsers: Any) -> None:
         help="run the whole system on this machine (emulated AWS, SigV4 checks on)",
         description="Runs tokex on loopback with an embedded AWS emulation. Ctrl-C stops it.",
     )
-    parser.add_argument("--port", type=int, default=8787, help="HTTP port (default 8787)")
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=8787,
+        help="HTTP port on 127.0.0.1, 0-65535 (0: any free port; default 8787)",
+    )
     parser.add_argument(
         "--state-dir", type=Path, default=Path(".tokex-local"), help="where workload.env goes"
     )
@@ -30,7 +35,19 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _port(text: str) -> int:
+    """A TCP port, checked by the parser: out of range is a usage error (exit 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: use 0-65535")
+    return port
+
+
 def run(args: argparse.Namespace) -> int:
+    from tokex.local.front import PortUnavailable
     from tokex.local.provision import (
         DEMO_AUDIENCE,
         DEMO_INSTANCE_AUDIENCE,
@@ -44,8 +61,13 @@ def run(args: argparse.Namespace) -> int:
         system = start_local(
             port=args.port, state_dir=args.state_dir, signing_key_spec=args.signing_key_spec
         )
+    except PortUnavailable as err:
+        # Nothing was started or written: an instance already on that port is untouched.
+        hint = "; stop what listens there or pass another --port" if err.in_use else ""
+        raise CommandError(f"could not start: {err}{hint}", input="--port") from None
     except OSError as err:
-        raise CommandError(f"could not start: {err}") from None
+        where = str(err.filename) if err.filename is not None else None
+        raise CommandError(f"could not start: {err}", input=where) from None
 
     def terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -67,12 +89,12 @@ def run(args: argparse.Namespace) -> int:
   operator        {system.state_dir / "operator.env"} (for tokex policy/clients/revoke)
 
 Try it:
-  source {system.workload_env}
+  . {system.workload_env}
   tokex token --endpoint {issuer} --audience {DEMO_AUDIENCE} --scope demo:read
   tokex token --endpoint {issuer} --audience {DEMO_INSTANCE_AUDIENCE} --instance-identity auto
 
 Introspect a token (RFC 7662):
-  source {system.introspection_env}
+  . {system.introspection_env}
   curl -s -u "$TOKEX_INTROSPECTION_CLIENT_ID:$TOKEX_INTROSPECTION_CLIENT_SECRET" \\
     -d "token=$(tokex token --audience {DEMO_AUDIENCE})" {issuer}/introspect
 """,

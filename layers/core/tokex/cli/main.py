@@ -1,32 +1,42 @@
 """The `tokex` command.
 
 Each subcommand lives in its own module exposing `register(subparsers)`, which adds its
-parser and sets `func` (taking the parsed args, returning an exit code).
+parser and sets `func` (taking the parsed args, returning an exit code). How every command
+fails (exit codes, the `--json` error object, no tracebacks) is cli/errors.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from tokex import __version__
+from tokex.cli.errors import (
+    AWS_ERROR,
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    INTERNAL_ERROR,
+    INTERRUPTED,
+    ArgumentParser,
+    CommandError,
+    report,
+    wants_json,
+)
+
+__all__ = ["CommandError", "build_parser", "main"]
 
 # Subcommand modules under tokex.cli, in the order `tokex --help` lists them.
 COMMANDS = ("local", "token", "iid", "policy", "kong", "clients", "revoke")
+# Set to see the traceback of an internal error (a bug) instead of its one-line report.
+DEBUG_VARIABLE = "TOKEX_DEBUG"
 
 
-class CommandError(Exception):
-    """A failure to report on stderr with a non-zero exit (no traceback)."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="tokex", description="AWS workload identity in, short-lived JWT out."
     )
     parser.add_argument("--version", action="version", version=f"tokex {__version__}")
@@ -35,18 +45,87 @@ def build_parser() -> argparse.ArgumentParser:
     # `tokex --help` and `tokex token` stay fast.
     for name in COMMANDS:
         importlib.import_module(f"tokex.cli.{name}").register(subparsers)
+    for leaf in _leaves(parser):
+        leaf.set_defaults(leaf_parser=leaf)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    as_json = wants_json(arguments)
+    command = "tokex"
     try:
-        return int(args.func(args) or 0)
-    except CommandError as exc:
-        print(f"tokex {args.command}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+        try:
+            args = _parse(build_parser(), arguments)
+            command = f"tokex {args.command}"
+            as_json = as_json or getattr(args, "json", False) is True
+            code = int(args.func(args) or 0)
+        except BrokenPipeError:
+            raise
+        except CommandError as exc:
+            report(exc, command, as_json=as_json)
+            code = exc.exit_code
+        except KeyboardInterrupt:
+            interrupted = CommandError("interrupted", EXIT_INTERRUPTED, error=INTERRUPTED)
+            report(interrupted, command, as_json=as_json)
+            code = EXIT_INTERRUPTED
+        except SystemExit as exc:  # --help and --version
+            code = exc.code if isinstance(exc.code, int) else EXIT_FAILURE
+        except Exception as exc:
+            if os.environ.get(DEBUG_VARIABLE):
+                raise
+            failure = _unexpected(exc)
+            report(failure, command, as_json=as_json)
+            code = failure.exit_code
+        sys.stdout.flush()  # here, so that a closed pipe is found while we can handle it
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _parse(parser: ArgumentParser, arguments: list[str]) -> argparse.Namespace:
+    """parse_args, except that an unknown flag is reported by the subcommand's parser (its
+    usage line and `--help`), not the top-level one."""
+    args, unknown = parser.parse_known_args(arguments)
+    if unknown:
+        leaf: ArgumentParser = getattr(args, "leaf_parser", parser)
+        leaf.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _unexpected(exc: Exception) -> CommandError:
+    """An exception no command turned into a CommandError: an AWS error a command did not
+    expect is still an AWS error; anything else is a bug, reported in one line too."""
+    if type(exc).__module__.split(".")[0] in ("botocore", "boto3"):
+        from tokex.cli.deployment import describe_aws_error
+
+        return CommandError(describe_aws_error(exc), error=AWS_ERROR)
+    return CommandError(
+        f"internal error, a bug of tokex: {type(exc).__name__}: {exc} "
+        f"(run with {DEBUG_VARIABLE}=1 for the traceback)",
+        error=INTERNAL_ERROR,
+    )
+
+
+def _leaves(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """The parsers of the commands that run (those without subcommands of their own)."""
+    subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subcommands:
+        yield parser
+    for action in subcommands:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from _leaves(child)
+
+
+def _discard_stdout() -> None:
+    """The reader went away (`| head -1`): send what is left to /dev/null, so that the
+    interpreter's final flush does not fail too (Python docs, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (io.UnsupportedOperation is both)
+        pass
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 `put`, `get`, `list` and `delete` work on the policy table (policy/store.py, the same
 module the exchange reads with); `validate` is offline; `explain` runs the exchange's own
 evaluation (policy/evaluate.py `explain`, which `evaluate` is built on) for a principal and
-audience without issuing anything. Exit codes: 0 done, 1 AWS or runtime failure, 2 usage
-error or invalid policy.
+audience without issuing anything. Exit codes (cli/errors.py): 0 done, 1 an invalid policy,
+an absent id or an AWS failure, 2 a usage error.
 """
 
 from __future__ import annotations
@@ -14,17 +14,20 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from tokex.cli.deployment import Deployment, add_deployment_arguments, resolve_deployment
-from tokex.cli.main import CommandError
+from tokex.cli.deployment import (
+    Deployment,
+    add_deployment_arguments,
+    check_deployment,
+    resolve_deployment,
+)
+from tokex.cli.errors import AWS_ERROR, INVALID_INPUT, NOT_FOUND, CommandError, UsageError
+from tokex.cli.inputs import require_file
+from tokex.cli.policy_document import load_policy_file
 from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS, Policy, PolicyValidationError
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
-from tokex.strict_json import StrictJsonError, loads_strict
 
-# DynamoDB's item size limit: no valid policy document is larger.
-MAX_DOCUMENT_FILE_BYTES = 400 * 1024
 # Store failures (their `reason` carries the operation and error code) -> what to check.
 _HINTS = {
     "ResourceNotFoundException": "no such table in this region?",
@@ -49,12 +52,16 @@ def register(subparsers: Any) -> None:
     put.add_argument("file", metavar="FILE", help="the policy document (JSON), - for stdin")
     _ttl_cap_argument(put)
     get = _command(commands, "get", run_get, "print a stored policy document")
-    get.add_argument("policy_id", metavar="ID")
+    get.add_argument("policy_id", metavar="ID", help="the policy's id")
     _command(commands, "list", run_list, "list the stored policies")
     delete = _command(commands, "delete", run_delete, "delete a policy (exit 1 if absent)")
-    delete.add_argument("policy_id", metavar="ID")
+    delete.add_argument("policy_id", metavar="ID", help="the policy's id")
     validate = _command(
-        commands, "validate", run_validate, "check a policy document offline", deployment=False
+        commands,
+        "validate",
+        run_validate,
+        "check a policy document offline (every error in it)",
+        deployment=False,
     )
     validate.add_argument("file", metavar="FILE", help="the policy document (JSON), - for stdin")
     _ttl_cap_argument(validate)
@@ -102,13 +109,8 @@ def _ttl_cap_argument(parser: argparse.ArgumentParser) -> None:
 
 def run_validate(args: argparse.Namespace) -> int:
     _check_ttl_cap(args.ttl_cap)
-    try:
-        policy = load_policy_file(args.file, ttl_cap=args.ttl_cap)
-    except PolicyValidationError as exc:
-        if not args.json:
-            raise CommandError(f"invalid policy {args.file}: {exc}", exit_code=2) from None
-        _print_json({"valid": False, "field": exc.field, "message": exc.message})
-        return 2
+    require_file(args.file, label="policy document", stdin=True)
+    policy = load_policy_file(args.file, ttl_cap=args.ttl_cap)
     warnings = policy_warnings(policy)
     if args.json:
         result = {"valid": True, "id": policy.id, "warnings": warnings}
@@ -122,10 +124,9 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_put(args: argparse.Namespace) -> int:
     _check_ttl_cap(args.ttl_cap)
-    try:
-        policy = load_policy_file(args.file, ttl_cap=args.ttl_cap)
-    except PolicyValidationError as exc:
-        raise CommandError(f"invalid policy {args.file}: {exc}", exit_code=2) from None
+    require_file(args.file, label="policy document", stdin=True)
+    check_deployment(args)
+    policy = load_policy_file(args.file, ttl_cap=args.ttl_cap)
     _warn(policy_warnings(policy))
     deployment = resolve_deployment(args)
     with policy_table(deployment) as store:
@@ -141,10 +142,12 @@ def run_get(args: argparse.Namespace) -> int:
             policy = store.get(args.policy_id)
         except PolicyValidationError as exc:
             raise CommandError(
-                f"stored policy {args.policy_id!r} is invalid ({exc}); the exchange skips it"
+                f"stored policy {args.policy_id!r} is invalid ({exc}); the exchange skips it",
+                error=INVALID_INPUT,
+                input=args.policy_id,
             ) from None
     if policy is None:
-        raise CommandError(f"no policy {args.policy_id!r} in table {deployment.table}")
+        raise _absent(args.policy_id, deployment)
     _print_json(policy.to_document())
     return 0
 
@@ -185,7 +188,7 @@ def run_delete(args: argparse.Namespace) -> int:
     with policy_table(deployment) as store:
         existed = store.delete(args.policy_id)
     if not existed:
-        raise CommandError(f"no policy {args.policy_id!r} in table {deployment.table}")
+        raise _absent(args.policy_id, deployment)
     print(json.dumps({"id": args.policy_id, "deleted": True}) if args.json else args.policy_id)
     return 0
 
@@ -208,17 +211,17 @@ def policy_table(deployment: Deployment) -> Iterator[Any]:
         # The store's `reason` names the operation and the AWS error code (never data).
         hint = next((h for code, h in _HINTS.items() if code in exc.reason), None)
         message = f"policy table {deployment.table!r}: {exc.reason}"
-        raise CommandError(f"{message} ({hint})" if hint else message) from None
+        raise CommandError(
+            f"{message} ({hint})" if hint else message, error=AWS_ERROR, input=deployment.flag
+        ) from None
 
 
-def load_policy_file(path: str, *, ttl_cap: int) -> Policy:
-    """Read and validate one policy document; PolicyValidationError names field and why."""
-    text = read_text(path, "policy document", MAX_DOCUMENT_FILE_BYTES)
-    try:
-        document = loads_strict(text)
-    except StrictJsonError as exc:
-        raise PolicyValidationError("document", str(exc)) from None
-    return Policy.from_document(document, ttl_cap=ttl_cap)
+def _absent(policy_id: str, deployment: Deployment) -> CommandError:
+    return CommandError(
+        f"no policy {policy_id!r} in table {deployment.table} (`tokex policy list` shows the ids)",
+        error=NOT_FOUND,
+        input=policy_id,
+    )
 
 
 def policy_warnings(policy: Policy) -> list[str]:
@@ -229,24 +232,11 @@ def policy_warnings(policy: Policy) -> list[str]:
     return warnings
 
 
-def read_text(path: str, label: str, limit: int) -> str:
-    """A UTF-8 file (or stdin for `-`), exact text, at most `limit` bytes."""
-    try:
-        raw = sys.stdin.buffer.read(limit + 1) if path == "-" else Path(path).read_bytes()
-    except OSError as exc:
-        raise CommandError(f"cannot read {label} {path}: {exc.strerror}", exit_code=2) from None
-    if len(raw) > limit:
-        raise CommandError(f"{label} {path} is larger than {limit} bytes", exit_code=2)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CommandError(f"{label} {path} is not UTF-8 text", exit_code=2) from None
-
-
 def _check_ttl_cap(ttl_cap: int) -> None:
     if not MIN_TTL_SECONDS <= ttl_cap <= MAX_TTL_CAP_SECONDS:
-        raise CommandError(
-            f"--ttl-cap must be {MIN_TTL_SECONDS}..{MAX_TTL_CAP_SECONDS}", exit_code=2
+        raise UsageError(
+            f"--ttl-cap {ttl_cap}: must be {MIN_TTL_SECONDS}..{MAX_TTL_CAP_SECONDS} seconds",
+            input="--ttl-cap",
         )
 
 

@@ -13,42 +13,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tokex.cli.deployment import aws_client, resolve_deployment, stack_output
-from tokex.cli.main import CommandError
-from tokex.cli.policy import load_policy_file, policy_table, read_text
+from tokex.cli.deployment import aws_client, check_deployment, resolve_deployment, stack_output
+from tokex.cli.errors import INVALID_INPUT, USAGE, CommandError, UsageError
+from tokex.cli.inputs import read_text, require_file
+from tokex.cli.policy import policy_table
+from tokex.cli.policy_document import load_policy_file
+from tokex.cli.principal_arn import caller_from_principal
+from tokex.cli.request_arguments import check_audience, requested_scopes
 from tokex.errors import InvalidGrant, InvalidRequest, TokexError
 from tokex.evidence.identity import CallerIdentity, InstanceIdentity
 from tokex.policy.globs import principal_matches
 from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS, Policy
-from tokex.settings import DEFAULT_TTL_CAP_SECONDS, DEFAULT_TTL_SECONDS, KNOWN_PARTITIONS
+from tokex.settings import DEFAULT_TTL_CAP_SECONDS, DEFAULT_TTL_SECONDS
 
 if TYPE_CHECKING:
     from tokex.policy.evaluate import Explanation
 
 # Instance identity signature variants (evidence/instance_identity.py VARIANTS).
 SIGNATURE_VARIANTS = ("rsa2048", "pkcs7", "signature")
-_PARTITION = "|".join(KNOWN_PARTITIONS)
-# The shapes STS's answer can have (evidence/sts.py), plus a role ARN as IAM writes it.
-_NAME = r"[\w+=,.@-]"
-_PATH = r"(?:[\x21-\x2e\x30-\x7e]+/)*"
-_ROLE = re.compile(rf"arn:({_PARTITION}):iam::([0-9]{{12}}):role/({_PATH})({_NAME}{{1,64}})", re.A)
-_ASSUMED_ROLE = re.compile(
-    rf"arn:({_PARTITION}):sts::([0-9]{{12}}):assumed-role/({_NAME}{{1,64}})/({_NAME}{{2,64}})", re.A
-)
-_USER = re.compile(rf"arn:({_PARTITION}):iam::([0-9]{{12}}):user/{_PATH}{_NAME}{{1,64}}", re.A)
-_PRINCIPAL_ID = re.compile(r"[A-Za-z0-9]{1,128}")
-_ACCOUNT = re.compile(r"[0-9]{12}")
-# token_request.py's rules for what a caller may request.
-_AUDIENCE = re.compile(r"[A-Za-z0-9._:/-]{1,256}")
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")
-# Session name used for a plain role ARN: any role session of that role maps the same way.
-EXPLAIN_SESSION = "tokex-explain"
-# Stands in for an unknown principal id: valid in an STS UserId, never in a policy.
-_UNKNOWN_ID = "-"
 
 
 def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,17 +90,26 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
 def explain_command(args: argparse.Namespace) -> int:
     from tokex.policy.evaluate import explain
 
-    _ttls_from_stack(args)
+    # The command line first (exit 2), before any file is read or AWS is called.
     for name, value in (("--default-ttl", args.default_ttl), ("--ttl-cap", args.ttl_cap)):
-        if not MIN_TTL_SECONDS <= value <= MAX_TTL_CAP_SECONDS:
-            raise CommandError(f"{name} must be {MIN_TTL_SECONDS}..{MAX_TTL_CAP_SECONDS}", 2)
-    if args.default_ttl > args.ttl_cap:
-        raise CommandError("--default-ttl must not exceed --ttl-cap", exit_code=2)
-    if not _AUDIENCE.fullmatch(args.audience):
-        raise CommandError("--audience must be 1-256 characters of A-Za-z0-9._:/-", 2)
+        if value is not None and not MIN_TTL_SECONDS <= value <= MAX_TTL_CAP_SECONDS:
+            raise UsageError(
+                f"{name} {value}: must be {MIN_TTL_SECONDS}..{MAX_TTL_CAP_SECONDS} seconds",
+                input=name,
+            )
+    check_audience(args.audience)
     scopes = requested_scopes(args.scope)
     caller, notes = caller_from_principal(args.principal, args.account, args.principal_id)
     tags = _tags(args.instance_tag)
+    _check_files(args)
+    if not args.policy_file:
+        check_deployment(args)
+    _ttls_from_stack(args)
+    if args.default_ttl > args.ttl_cap:
+        raise UsageError(
+            f"--default-ttl {args.default_ttl} exceeds the TTL cap {args.ttl_cap} (--ttl-cap)",
+            input="--default-ttl",
+        )
     policies, source, invalid = _policies(args)
     if args.principal_id is None and any(
         p.principal_ids and any(principal_matches(g, caller.principal_arn) for g in p.principals)
@@ -143,12 +137,15 @@ def explain_command(args: argparse.Namespace) -> int:
         )
         error = result.error
     decision = result.decision if result else None
+    # The verdict is data: a top-level "error" would mean that the command failed.
+    refused = None
+    if error:
+        refused = {"error": error.error, "error_description": error.description}
+        refused["reason"] = error.reason
     report: dict[str, Any] = {
         "decision": "refuse" if error else "allow",
         "policy": decision.policy.id if decision else None,
-        "error": error.error if error else None,
-        "error_description": error.description if error else None,
-        "reason": error.reason if error else None,
+        "refusal": refused,
         "scopes": list(decision.scopes) if decision else None,
         "ttl_seconds": decision.ttl_seconds if decision else None,
         "claims": decision.claims if decision else None,
@@ -174,59 +171,24 @@ def explain_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def caller_from_principal(
-    principal: str, account: str | None, principal_id: str | None
-) -> tuple[CallerIdentity, list[str]]:
-    """The CallerIdentity a real exchange would get from STS for this principal."""
-    from tokex.evidence.sts import _caller_identity
-
-    notes: list[str] = []
-    if account is not None and not _ACCOUNT.fullmatch(account):
-        raise CommandError("--account must be 12 digits", exit_code=2)
-    if principal.startswith(("role/", "user/")):
-        if account is None:
-            raise CommandError(f"--principal {principal} needs --account", exit_code=2)
-        principal = f"arn:aws:iam::{account}:{principal}"
-    if principal_id is not None and not _PRINCIPAL_ID.fullmatch(principal_id):
-        raise CommandError("--principal-id must be 1-128 of A-Za-z0-9 (AROA…/AIDA…)", 2)
-    unique_id = principal_id or _UNKNOWN_ID
-    if role := _ROLE.fullmatch(principal):
-        partition, acct, path, name = role.groups()
-        if path:
-            notes.append(
-                f"role path /{path} dropped: STS does not reveal it, the exchange sees role/{name}"
-            )
-        arn = f"arn:{partition}:sts::{acct}:assumed-role/{name}/{EXPLAIN_SESSION}"
-        fields = {"Arn": arn, "UserId": f"{unique_id}:{EXPLAIN_SESSION}", "Account": acct}
-    elif assumed := _ASSUMED_ROLE.fullmatch(principal):
-        partition, acct, _, session = assumed.groups()
-        fields = {"Arn": principal, "UserId": f"{unique_id}:{session}", "Account": acct}
-    elif user := _USER.fullmatch(principal):
-        partition, acct = user.groups()
-        fields = {"Arn": principal, "UserId": unique_id, "Account": acct}
-    else:
-        raise CommandError(
-            "--principal must be arn:<partition>:iam::<account>:role/<name>, "
-            "arn:<partition>:sts::<account>:assumed-role/<role>/<session> or "
-            "arn:<partition>:iam::<account>:user/<name> (the exchange serves nothing else)",
-            exit_code=2,
+def _check_files(args: argparse.Namespace) -> None:
+    variant = next((v for v in SIGNATURE_VARIANTS if getattr(args, v) is not None), None)
+    if variant is not None and args.instance_document is None:
+        raise UsageError(
+            f"--{variant} is the signature of an instance document: give --instance-document",
+            error=USAGE,
+            input="--instance-document",
         )
-    if account is not None and account != acct:
-        raise CommandError(f"--account {account} differs from the principal's account", 2)
-    # The forwarder's own mapping of GetCallerIdentity's answer (Arn, UserId, Account).
-    return _caller_identity(fields, partition), notes
-
-
-def requested_scopes(values: list[str]) -> tuple[str, ...] | None:
-    """As the exchange parses `scope`: None when absent, distinct tokens in order."""
-    from tokex.token_request import MAX_SCOPES
-
-    tokens = [token for value in values for token in value.split()]
-    if not tokens:
-        return None
-    if len(tokens) > MAX_SCOPES or not all(_SCOPE_TOKEN.fullmatch(t) for t in tokens):
-        raise CommandError(f"--scope: at most {MAX_SCOPES} RFC 6749 scope tokens", 2)
-    return tuple(dict.fromkeys(tokens))
+    if args.policy_file and (args.table or args.stack):
+        flag = "--table" if args.table else "--stack"
+        raise UsageError(
+            "--policy-file replaces --table/--stack: give one or the other", input=flag
+        )
+    require_file(args.instance_document, label="--instance-document")
+    if variant is not None:
+        require_file(getattr(args, variant), label=f"--{variant}")
+    for path in args.policy_file:
+        require_file(path, label="--policy-file")
 
 
 def _instance(
@@ -244,12 +206,14 @@ def _instance(
 
     variant = next((v for v in SIGNATURE_VARIANTS if getattr(args, v) is not None), None)
     if args.instance_document is None:
-        if variant is not None:
-            raise CommandError(f"--{variant} needs --instance-document", exit_code=2)
         return None
-    document = read_text(args.instance_document, "instance document", 4 * MAX_DOCUMENT_BYTES)
+    document = read_text(
+        args.instance_document, label="instance document", limit=4 * MAX_DOCUMENT_BYTES
+    )
     if variant is not None:
-        blob = read_text(getattr(args, variant), f"--{variant}", 4 * MAX_SIGNATURE_CHARS)
+        blob = read_text(
+            getattr(args, variant), label=f"--{variant}", limit=4 * MAX_SIGNATURE_CHARS
+        )
         evidence = {"document": document, variant: blob}
         instance = verify_instance_identity(evidence, CertificateStore.default())
         notes.append(f"instance document verified (pinned certificate {instance.certificate})")
@@ -286,10 +250,15 @@ def _ttls_from_stack(args: argparse.Namespace) -> None:
             continue
         value = fallback[attribute]
         if args.stack and not args.policy_file:
-            cloudformation = aws_client("cloudformation", args.region, args.endpoint_url)
+            region = check_deployment(args)
+            cloudformation = aws_client("cloudformation", region, args.endpoint_url)
             text = stack_output(cloudformation, args.stack, output=output)
             if not text.isdigit():
-                raise CommandError(f"stack output {output} is not a number of seconds")
+                raise CommandError(
+                    f"stack output {output} is not a number of seconds",
+                    error=INVALID_INPUT,
+                    input="--stack",
+                )
             value = int(text)
         setattr(args, attribute, value)
 
@@ -297,17 +266,15 @@ def _ttls_from_stack(args: argparse.Namespace) -> None:
 def _policies(args: argparse.Namespace) -> tuple[list[Policy], str, list[str]]:
     """(policies, where they came from, ids of stored documents the exchange skips)."""
     if args.policy_file:
-        if args.table or args.stack:
-            raise CommandError("--policy-file replaces --table/--stack", exit_code=2)
-        policies = []
-        for path in args.policy_file:
-            try:
-                policies.append(load_policy_file(path, ttl_cap=args.ttl_cap))
-            except ValueError as exc:  # PolicyValidationError
-                raise CommandError(f"invalid policy {path}: {exc}", exit_code=2) from None
+        policies = [load_policy_file(path, ttl_cap=args.ttl_cap) for path in args.policy_file]
         ids = [p.id for p in policies]
         if len(set(ids)) != len(ids):
-            raise CommandError("--policy-file: two documents share an id", exit_code=2)
+            shared = sorted({i for i in ids if ids.count(i) > 1})
+            raise CommandError(
+                f"--policy-file: two documents share the id {shared[0]!r}",
+                error=INVALID_INPUT,
+                input="--policy-file",
+            )
         return policies, f"{len(policies)} file(s)", []
     deployment = resolve_deployment(args)
     with policy_table(deployment) as store:
@@ -320,7 +287,9 @@ def _tags(values: list[str]) -> Mapping[str, str]:
     for value in values:
         key, sep, tag_value = value.partition("=")
         if not sep or not key:
-            raise CommandError(f"--instance-tag {value!r}: expected KEY=VALUE", exit_code=2)
+            raise UsageError(
+                f"--instance-tag {value!r}: expected KEY=VALUE", input="--instance-tag"
+            )
         tags[key] = tag_value
     return tags
 

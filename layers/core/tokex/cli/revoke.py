@@ -18,10 +18,17 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from tokex.cli.clients import resolve_state_table, state_table_parent, store_error
-from tokex.cli.main import CommandError
+from tokex.cli.clients import (
+    STATE_TABLE_OUTPUT,
+    resolve_state_table,
+    state_table_parent,
+    store_error,
+)
+from tokex.cli.deployment import check_deployment
+from tokex.cli.errors import UsageError
 
-# Tokens name the canonical principal in `sub`: a role or an IAM user (contract.md).
+# Tokens name the canonical principal in `sub`: a role or an IAM user
+# (docs/contract.md "The access token (RFC 9068 profile)").
 PRINCIPAL_ARN = re.compile(r"arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:(role|user)/[\x21-\x7e]{1,512}")
 JTI = re.compile(r"[\x21-\x7e]{1,256}")
 # The longest lifetime any deployment allows (settings.py): a record kept this long
@@ -60,11 +67,18 @@ def run(args: argparse.Namespace) -> int:
     from tokex.revocation import RevocationStore
 
     if not 60 <= args.ttl_cap <= MAX_TTL_CAP_SECONDS:
-        raise CommandError(f"--ttl-cap must be 60..{MAX_TTL_CAP_SECONDS}", exit_code=2)
+        raise UsageError(
+            f"--ttl-cap {args.ttl_cap}: must be 60..{MAX_TTL_CAP_SECONDS} seconds",
+            input="--ttl-cap",
+        )
     if args.principal is not None:
         _check_principal(args.principal)
     elif not JTI.fullmatch(args.jti):
-        raise CommandError("--jti must be 1-256 printable ASCII characters", exit_code=2)
+        raise UsageError(
+            "--jti: must be 1-256 printable ASCII characters (the token's jti claim)",
+            input="--jti",
+        )
+    check_deployment(args, STATE_TABLE_OUTPUT)
     dynamodb, table = resolve_state_table(args)
     store = RevocationStore(dynamodb, table, ttl_cap_seconds=args.ttl_cap)
     try:
@@ -73,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             revocation = store.revoke_jti(args.jti)
     except TemporarilyUnavailable as exc:
-        raise store_error(exc) from None
+        raise store_error(exc, args) from None
     revoked_at = _iso(revocation.revoked_at)
     if args.json:
         print(
@@ -99,14 +113,19 @@ def _check_principal(arn: str) -> None:
             # Tokens name roles without their path (STS never reveals it): a pathed ARN
             # would revoke nothing, silently, in the middle of an incident.
             short = f"{head}:role/{name.rsplit('/', 1)[1]}"
-            raise CommandError(
-                f"--principal: tokens name roles without their path; use {short}", exit_code=2
+            raise UsageError(
+                f"--principal: tokens name roles without their path; use {short}",
+                input="--principal",
             )
         return
     hint = ""
     if ":assumed-role/" in arn:
         hint = "; tokens name the role, not the session: use arn:aws:iam::ACCOUNT:role/NAME"
-    raise CommandError(f"--principal must be a role or IAM user ARN{hint}", exit_code=2)
+    raise UsageError(
+        f"--principal {arn!r}: must be a role or IAM user ARN "
+        f"(arn:aws:iam::ACCOUNT:role/NAME or arn:aws:iam::ACCOUNT:user/NAME){hint}",
+        input="--principal",
+    )
 
 
 def _iso(seconds: int) -> str:

@@ -33,7 +33,8 @@ def signed_get_caller_identity(
     issuer: str,
     audience: str | None = None,
 ) -> dict[str, Any]:
-    """The signed-request JSON of contract.md, ready to encode as a subject_token."""
+    """The signed-request JSON (docs/contract.md "The signed request"), ready to encode as a
+    subject_token."""
     host = sts_host(region)
     url = f"https://{host}/"
     bound = {"X-Tokex-Audience": audience} if audience else {}
@@ -58,5 +59,5 @@ def signed_get_caller_identity(
 
 
 def encode_subject_token(signed_request: dict[str, Any]) -> str:
-    """base64url without padding of the compact JSON (contract.md)."""
+    """base64url without padding of the compact JSON (docs/contract.md)."""
     return base64url.encode_json(signed_request)

@@ -6,6 +6,7 @@ token = client.token("orders-api", scopes=["orders:read"])   # cached until near
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
@@ -26,16 +27,51 @@ REFRESH_MARGIN_SECONDS = 60
 MAX_RESPONSE_BYTES = 64 * 1024
 
 
-class TokenError(Exception):
-    """The token endpoint refused (error/description from the server) or was unreachable."""
+# TokenError.error of failures that are not an answer of the token endpoint.
+INVALID_ENDPOINT = "invalid_endpoint"  # not a base URL a signed request may go to
+UNREACHABLE = "unreachable"  # no HTTP answer (refused, timed out, DNS)
+NOT_TOKEX = "not_tokex"  # an answer, but not one a tokex issuer gives
+ISSUER_MISMATCH = "issuer_mismatch"  # discovery names another issuer
+NO_CREDENTIALS = "no_credentials"
+# Paths a tokex issuer serves (docs/contract.md): an endpoint ending in one is not the base
+# URL.
+ISSUER_PATHS = (
+    "/token",
+    "/introspect",
+    "/.well-known/openid-configuration",
+    "/.well-known/jwks.json",
+)
+_LOOPBACK_NAMES = {"localhost"}
 
-    def __init__(self, message: str, *, error: str | None = None, status: int | None = None):
+
+class TokenError(Exception):
+    """No token: `error` is the token endpoint's OAuth error code when it refused, else one
+    of the codes above; `url` is the URL at fault, when there is one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: str | None = None,
+        status: int | None = None,
+        url: str | None = None,
+        answer: str | None = None,
+    ):
         super().__init__(message)
         self.error = error
         self.status = status
+        self.url = url
+        self.answer = answer or message  # what the server answered, in a few words
 
 
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+def is_loopback(host: str) -> bool:
+    """Plain http is allowed to this host: only `tokex local` serves http, on loopback."""
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -49,13 +85,35 @@ _OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def check_endpoint(endpoint: str) -> str:
-    """https only (plain http on loopback, for `tokex local`); no path, query or userinfo."""
+    """The issuer's base URL: https (plain http only on loopback, for `tokex local`), no
+    query, fragment or userinfo, not one of the issuer's own endpoints."""
+
+    def refuse(why: str) -> TokenError:
+        return TokenError(f"endpoint {endpoint!r} {why}", error=INVALID_ENDPOINT, url=endpoint)
+
+    if "://" not in endpoint:
+        host = endpoint.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        scheme = "http" if is_loopback(host) else "https"
+        raise refuse(f"has no scheme: pass {scheme}://{endpoint}")
     parts = urllib.parse.urlsplit(endpoint.rstrip("/"))
-    local = parts.scheme == "http" and parts.hostname in _LOOPBACK
-    if not (parts.scheme == "https" or local) or not parts.hostname:
-        raise TokenError(f"endpoint must be an https URL (got {endpoint!r})")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise refuse("is not an http(s) URL with a host")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise refuse(
+            "is plain http: use https (http only on loopback, e.g. http://127.0.0.1:8787 of "
+            "`tokex local`)"
+        )
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise TokenError("endpoint must be a plain base URL")
+        raise refuse("must be a plain base URL, without user, query or fragment")
+    path = parts.path.rstrip("/")
+    for served in ISSUER_PATHS:
+        if path.endswith(served):  # e.g. the "token endpoint" `tokex local` prints
+            base = urllib.parse.urlunsplit(
+                (parts.scheme, parts.netloc, path[: -len(served)], "", "")
+            )
+            raise refuse(
+                f"is the issuer's {served} endpoint, not its base URL: pass the issuer URL {base}"
+            )
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
@@ -65,14 +123,32 @@ def discover_issuer(endpoint: str, *, timeout: float = 5.0) -> str:
     signed for it and replay them there: use `issuer=` (`--issuer`) to bind deliberately
     when the token endpoint is not served at the issuer URL."""
     url = endpoint.rstrip("/") + "/.well-known/openid-configuration"
-    document = _get_json(url, timeout)
+    try:
+        document = _get_json(url, timeout)
+    except TokenError as err:
+        if err.status is None:  # unreachable: nothing answered
+            raise
+        raise TokenError(
+            f"{endpoint} is not a tokex issuer: its discovery document {url} answered "
+            f"{err.answer}. Pass the issuer URL: `tokex local` prints it, a deployment has "
+            "it as its IssuerUrl stack output",
+            error=NOT_TOKEX,
+            status=err.status,
+            url=url,
+        ) from None
     issuer = document.get("issuer")
     if not isinstance(issuer, str) or not issuer:
-        raise TokenError(f"{url} has no issuer")
+        raise TokenError(
+            f"{url} names no issuer: {endpoint} does not look like a tokex issuer",
+            error=NOT_TOKEX,
+            url=url,
+        )
     if issuer.rstrip("/") != endpoint.rstrip("/"):
         raise TokenError(
             f"{url} names issuer {issuer!r}, not this endpoint: pass --issuer to bind to it "
-            "explicitly if you trust this endpoint to act for that issuer"
+            "explicitly if you trust this endpoint to act for that issuer",
+            error=ISSUER_MISMATCH,
+            url=url,
         )
     return issuer
 
@@ -98,9 +174,15 @@ def request_token(
         credentials = session.get_credentials()
         frozen = credentials.get_frozen_credentials() if credentials else None
     except BotoCoreError as err:
-        raise TokenError(f"cannot load AWS credentials: {err}") from None
+        raise TokenError(f"cannot load AWS credentials: {err}", error=NO_CREDENTIALS) from None
     if frozen is None:
-        raise TokenError("no AWS credentials found (default credential chain)")
+        raise TokenError(
+            "no AWS credentials found (the default credential chain: AWS_ACCESS_KEY_ID, "
+            "AWS_PROFILE, ~/.aws, an instance or task role)",
+            error=NO_CREDENTIALS,
+        )
+    # Signed for the region asked for, else the session's, else the global partition's
+    # default: a workload needs no configuration beyond its credentials.
     region = region or session.region_name or "us-east-1"
     signed = signed_get_caller_identity(
         frozen,
@@ -154,21 +236,42 @@ def _get_json(url: str, timeout: float) -> dict[str, Any]:
 
 
 def _send(request: urllib.request.Request, timeout: float) -> dict[str, Any]:
+    url = request.full_url
     try:
         with _OPENER.open(request, timeout=timeout) as response:
-            return _parse(response.read(MAX_RESPONSE_BYTES + 1), response.status)
+            data = response.read(MAX_RESPONSE_BYTES + 1)
+            return _parse(data, response.status, response.headers.get_content_type(), url)
     except urllib.error.HTTPError as err:
-        body = _parse(err.read(MAX_RESPONSE_BYTES + 1), err.code, strict=False)
+        try:
+            body = _parse(err.read(MAX_RESPONSE_BYTES + 1), err.code, "", url)
+        except TokenError:
+            body = {}
         error = body.get("error")
+        kind = err.headers.get_content_type() if err.headers else "no content type"
+        answer = f"HTTP {err.code} {err.reason} ({kind})"
+        if not isinstance(error, str):  # not an OAuth error response (RFC 6749 §5.2)
+            raise TokenError(
+                f"{url} answered {answer}, not a tokex answer",
+                error=NOT_TOKEX,
+                status=err.code,
+                url=url,
+                answer=answer,
+            ) from None
         description = body.get("error_description") or err.reason
         raise TokenError(
-            f"{error or 'HTTP ' + str(err.code)}: {description}", error=error, status=err.code
+            f"{error}: {description}",
+            error=error,
+            status=err.code,
+            url=url,
+            answer=f"HTTP {err.code} {error}: {description}",
         ) from None
     except (urllib.error.URLError, OSError) as err:
-        raise TokenError(f"cannot reach {request.full_url}: {err}") from None
+        reason = getattr(err, "reason", err)
+        why = getattr(reason, "strerror", None) or str(reason)
+        raise TokenError(f"cannot reach {url}: {why}", error=UNREACHABLE, url=url) from None
 
 
-def _parse(data: bytes, status: int, *, strict: bool = True) -> dict[str, Any]:
+def _parse(data: bytes, status: int, content_type: str, url: str) -> dict[str, Any]:
     try:
         if len(data) > MAX_RESPONSE_BYTES:
             raise ValueError("response too large")
@@ -177,6 +280,7 @@ def _parse(data: bytes, status: int, *, strict: bool = True) -> dict[str, Any]:
             raise ValueError("not a JSON object")
         return parsed
     except ValueError:
-        if strict:
-            raise TokenError(f"unexpected response (HTTP {status})", status=status) from None
-        return {}
+        answer = f"HTTP {status} ({content_type or 'no content type'}), not a JSON object"
+        raise TokenError(
+            f"{url} answered {answer}", error=NOT_TOKEX, status=status, url=url, answer=answer
+        ) from None

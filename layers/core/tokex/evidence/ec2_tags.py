@@ -9,10 +9,11 @@ expire) and calls `ec2:DescribeInstances` for that one instance in its region.
 What each outcome means (fail closed throughout):
 - Instance found and `pending`/`running` → its tags, `{Key: Value}`.
 - Any other state, or unknown to EC2 → `InvalidGrant` "instance <id> is not running".
-  The identity document is static for an instance's life (security.md): evidence of a
-  stopped or terminated instance is evidence that outlived its instance, as stolen
-  evidence does. Raising, rather than returning no tags, refuses the exchange even where
-  a policy without tags would also apply, and tells an honest caller why.
+  The identity document is static for an instance's life (docs/security.md
+  "IMDS evidence"): evidence of a stopped or terminated instance is evidence that
+  outlived its instance, as stolen evidence does. Raising, rather than returning no tags,
+  refuses the exchange even where a policy without tags would also apply, and tells an
+  honest caller why.
 - Tags unreadable because the target account is not set up for it (AssumeRole refused:
   role missing, trust policy; DescribeInstances denied; region not enabled) → `{}` and a
   warning naming the account and error code. No tag condition holds on `{}`: tag

@@ -1,6 +1,6 @@
 """Verify EC2 instance identity documents (IMDS evidence) and bind them to the caller.
 
-Rules (security.md "IMDS evidence"): the signature is checked against AWS's published
+Rules (docs/security.md "IMDS evidence"): the signature is checked against AWS's published
 certificate pinned for the document's region and the variant sent — never one embedded in
 the PKCS7 — and the evidence only counts once bound to the SigV4 caller.
 
@@ -9,7 +9,7 @@ Certificate validity dates are not enforced. Trust is the pinned public key for 
 `rsa_previous/` and `rsa_legacy/` files carry the current keys in expired certificates,
 and documents signed before a certificate's notBefore still verify). The certificates
 are only containers for the keys; `tests/unit/test_iid_certs.py` reports those nearing
-expiry so we refresh the copies (see `certs/PROVENANCE.md`).
+expiry so we refresh the copies (see layers/core/tokex/evidence/certs/PROVENANCE.md).
 
 Errors: `InvalidRequest` when the evidence object lacks the contract's shape (not an
 object, unknown keys, not exactly one signature variant, non-string values, over the size
@@ -40,7 +40,8 @@ from tokex.strict_json import DuplicateKeyError, StrictJsonError, loads_strict
 MAX_DOCUMENT_BYTES = 4 * 1024
 MAX_SIGNATURE_CHARS = 8 * 1024
 VARIANTS = ("rsa2048", "pkcs7", "signature")
-# Which certs/ directory verifies each variant (aws-iid/README.md).
+# Which certs/ directory verifies each variant
+# (layers/core/tokex/evidence/certs/PROVENANCE.md).
 _VARIANT_DIRECTORIES = {
     "rsa2048": ("rsa2048",),
     "pkcs7": ("dsa",),

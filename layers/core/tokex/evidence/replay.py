@@ -1,9 +1,13 @@
-"""Optional single use of accepted signed requests (security.md).
+"""Single use of accepted signed requests (contract: "Single use"; on by default).
 
 A SigV4 signature stays valid for its whole date window, so anyone who sees a signed
-request (a log, a proxy) could exchange it again. With single use on, the SHA-256 of each
-accepted signature is written with a conditional put; a second use inside the window is
-refused. DynamoDB's TTL removes the record once the window has passed.
+request (a log, a proxy) could exchange it again. The first exchange that gets past STS
+uses the request up, whatever its outcome (a token, `invalid_target`, `invalid_scope`,
+429): it records the SHA-256 of the signature as `sig#<hex>` in the state table, on
+condition that no live record exists (admission.py makes that write, in one request with
+the rate-limit count). Only a failure of tokex's own upstreams after that gives the
+request back, by marking the record released. DynamoDB's TTL removes a record once the
+request's date window has passed, when `verify_sts_request` refuses the request anyway.
 """
 
 from __future__ import annotations
@@ -11,39 +15,19 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from tokex.errors import InvalidGrant, TemporarilyUnavailable
 from tokex.evidence.sigv4_request import MAX_AGE, MAX_SKEW_FUTURE, StsRequest
 
+KEY_PREFIX = "sig#"
 
-class DynamoDbReplayGuard:
-    def __init__(self, dynamodb_client: Any, table_name: str) -> None:
-        self._dynamodb = dynamodb_client
-        self._table = table_name
 
-    def use_once(self, request: StsRequest) -> None:
-        digest = hashlib.sha256(request.signature.encode("ascii")).hexdigest()
-        expires_at = int((request.amz_date + MAX_AGE + MAX_SKEW_FUTURE).timestamp())
-        try:
-            self._dynamodb.put_item(
-                TableName=self._table,
-                Item={"id": {"S": f"sig#{digest}"}, "expires_at": {"N": str(expires_at)}},
-                ConditionExpression="attribute_not_exists(id)",
-            )
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                raise InvalidGrant(
-                    "this signed request was already used; sign a new one for each exchange",
-                    reason="replay",
-                ) from None
-            raise TemporarilyUnavailable(
-                "the replay store is unavailable", reason="replay_store_error"
-            ) from None
-        except BotoCoreError:
-            raise TemporarilyUnavailable(
-                "the replay store is unavailable", reason="replay_store_unreachable"
-            ) from None
+def signature_key(request: StsRequest) -> str:
+    """`sig#` + 64 hex characters: the record is ~150 bytes, whatever the request."""
+    return KEY_PREFIX + hashlib.sha256(request.signature.encode("ascii")).hexdigest()
+
+
+def signature_expires_at(request: StsRequest) -> int:
+    """Epoch seconds after which no copy of the request can pass verify_sts_request."""
+    return int((request.amz_date + MAX_AGE + MAX_SKEW_FUTURE).timestamp())
 
 
 def create_state_table(dynamodb_client: Any, table_name: str) -> None:

@@ -1,6 +1,7 @@
 """The rules a caller's signed GetCallerIdentity request must pass before we forward it.
 
-Reconstruct, don't forward (security.md): `verify_sts_request` reads top to bottom as the
+Reconstruct, don't forward (docs/security.md "The signed STS request"):
+`verify_sts_request` reads top to bottom as the
 list of rules, in the manner of aws-iam-authenticator's `Verify`. Each refusal is a typed
 error whose description helps an honest client and never echoes secrets or long input.
 What it returns holds only validated parts; the forwarder builds its request from those.
@@ -24,7 +25,8 @@ from tokex.strict_json import StrictJsonError, loads_strict
 
 MAX_SUBJECT_TOKEN_CHARS = 12 * 1024
 # How old a signed request may be, and how far ahead of our clock its X-Amz-Date may be
-# (security.md). STS itself allows 15 minutes either way; we allow less into the future.
+# (docs/security.md "The signed STS request"). STS itself allows 15 minutes either way;
+# we allow less into the future.
 MAX_AGE = timedelta(minutes=15)
 MAX_SKEW_FUTURE = timedelta(minutes=5)
 MAX_BODY_CHARS = 256
@@ -44,7 +46,7 @@ _HEADERS = {
     "user-agent": ("User-Agent", 512),
     # Optional, and only meaningful signed: SigV4 has one-second resolution, so without a
     # nonce two exchanges by one workload within a second carry the same signature, and
-    # single use (security.md) would refuse the second. Not part of security.md's list.
+    # single use (docs/security.md "Single use and the rate limit") would refuse the second.
     "x-tokex-nonce": ("X-Tokex-Nonce", 64),
     # Optional, signed: binds the request to one audience, so a signed request that
     # leaks (or is captured by a look-alike endpoint) cannot buy a token for another API.
@@ -76,7 +78,7 @@ class StsRequest:
     headers: tuple[tuple[str, str], ...]  # to send, canonical casing, without Host
     body: str
     amz_date: datetime
-    signature: str  # lower-case hex; hashed for optional single use (security.md)
+    signature: str  # lower-case hex; hashed for optional single use (docs/security.md)
     access_key_id: str  # data for logs and claims, never a privilege decision
 
 
@@ -100,7 +102,7 @@ def decode_b64url_json(value: str, *, name: str, max_len: int) -> dict[str, Any]
 
 
 def decode_subject_token(token: str) -> dict[str, Any]:
-    """The signed-request JSON of contract.md, still unchecked."""
+    """The signed-request JSON (docs/contract.md "The signed request"), still unchecked."""
     return decode_b64url_json(token, name="subject_token", max_len=MAX_SUBJECT_TOKEN_CHARS)
 
 
@@ -112,7 +114,8 @@ def verify_sts_request(
     now: datetime,
     audience: str | None = None,
 ) -> StsRequest:
-    """Apply every rule of security.md "The signed STS request"; return what to forward."""
+    """Apply every rule of docs/security.md "The signed STS request"; return what to
+    forward."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     _check_shape(signed)
@@ -130,7 +133,8 @@ def verify_sts_request(
             raise InvalidGrant(f"header {_HEADERS[name][0]} is required")
     auth = _parse_authorization(headers["authorization"])
 
-    # SignedHeaders must bind the Host we send and this deployment's issuer (contract.md).
+    # SignedHeaders must bind the Host we send and this deployment's issuer
+    # (docs/contract.md "The signed request").
     # Exact list entries only: `x-tokex-issuers` is not `x-tokex-issuer`.
     for name in _REQUIRED_SIGNED:
         if name not in auth.signed_headers:

@@ -1,9 +1,14 @@
 """The STS adapter: forward a verified GetCallerIdentity and trust only what STS answers.
 
-security.md: redirects off, no proxy from the environment (urllib3's PoolManager never
-reads one, unlike `requests`), short timeouts, a response size cap, `Accept` and `Host`
-set by us. Only HTTP 200 with an XML body in the STS namespace holding exactly one
-`GetCallerIdentityResult` is believed. Upstream bodies never reach an error description.
+docs/security.md "The STS answer": redirects off, no proxy from the environment
+(urllib3's PoolManager never reads one, unlike `requests`), short timeouts, a response
+size cap, `Accept` and `Host` set by us. Only HTTP 200 with an XML body in the STS
+namespace holding exactly one `GetCallerIdentityResult` is believed. Upstream bodies never
+reach an error description.
+
+The call ends by the request's deadline (deadline.py) however STS answers: the transport
+bounds every read by the time left (bounded_http.py), so an endpoint that trickles one
+byte at a time cannot hold the exchange past it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 from urllib3 import HTTPHeaderDict
 
-from tokex.errors import InvalidGrant, TemporarilyUnavailable
+from tokex import bounded_http, deadline
+from tokex.errors import DeadlineExceeded, InvalidGrant, TemporarilyUnavailable
 from tokex.evidence.identity import CallerIdentity
 from tokex.evidence.sigv4_request import StsRequest
 
@@ -70,9 +76,8 @@ class StsForwarder:
         # Local mode and tests: the TCP destination only; Host stays the signed STS host.
         self._connect_override = connect_override.rstrip("/") if connect_override else None
         self._max_response_bytes = max_response_bytes
-        self._http = urllib3.PoolManager(
-            retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        self._http = bounded_http.pool_manager(
+            connect_timeout=connect_timeout, read_timeout=read_timeout
         )
 
     def get_caller_identity(self, req: StsRequest) -> CallerIdentity:
@@ -103,6 +108,9 @@ class StsForwarder:
         headers = dict(req.headers)
         headers["Host"] = req.host  # the validated, signed host, also with connect_override
         headers["Accept"] = "text/xml"  # set by us: a caller's Accept is CVE-2020-16250
+        current = deadline.current()
+        if current is not None:
+            current.check("sts")
         try:
             response = self._http.request(
                 "POST",
@@ -122,19 +130,23 @@ class StsForwarder:
                 response.close()  # never drain an oversized body to reuse the connection
             else:
                 response.release_conn()
-        except urllib3.exceptions.NewConnectionError:  # a ConnectTimeoutError subclass
-            raise TemporarilyUnavailable(
-                "STS could not be reached; retry later", reason="sts_unreachable"
-            ) from None
-        except (urllib3.exceptions.TimeoutError, TimeoutError):
-            raise TemporarilyUnavailable(
-                "STS did not answer in time; retry later", reason="sts_timeout"
-            ) from None
-        except (urllib3.exceptions.HTTPError, OSError):
-            raise TemporarilyUnavailable(
-                "STS could not be reached; retry later", reason="sts_unreachable"
-            ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if deadline.expired():
+                raise DeadlineExceeded("sts") from None
+            raise _unreachable(exc) from None
         return response.status, response.headers, data
+
+
+def _unreachable(exc: Exception) -> TemporarilyUnavailable:
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError
+        return TemporarilyUnavailable(
+            "STS could not be reached; retry later", reason="sts_unreachable"
+        )
+    if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
+        return TemporarilyUnavailable(
+            "STS did not answer in time; retry later", reason="sts_timeout"
+        )
+    return TemporarilyUnavailable("STS could not be reached; retry later", reason="sts_unreachable")
 
 
 def _retry_later(status: int, retry_after: str | None) -> TemporarilyUnavailable:

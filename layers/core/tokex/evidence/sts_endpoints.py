@@ -1,9 +1,9 @@
 """The STS endpoints a signed request may name, as an exact host table.
 
-security.md: the host must be exactly one of the STS endpoints of the configured
-partitions. Lookup is a dictionary hit on the whole host string, never a suffix, prefix
-or pattern match, so `sts.amazonaws.com.attacker.example`, `xsts.amazonaws.com`, a
-trailing dot, an upper-case host or an IP literal can never match.
+docs/security.md "The signed STS request": the host must be exactly one of the STS
+endpoints of the configured partitions. Lookup is a dictionary hit on the whole host
+string, never a suffix, prefix or pattern match, so `sts.amazonaws.com.attacker.example`,
+`xsts.amazonaws.com`, a trailing dot, an upper-case host or an IP literal can never match.
 
 Hostnames follow botocore's endpoint data and the "AWS STS Regions and endpoints" table
 (https://docs.aws.amazon.com/IAM/latest/UserGuide/id_credentials_temp_region-endpoints.html).

@@ -30,6 +30,9 @@ class ThreadMotoServer:
     def __init__(self, port: int = 0) -> None:
         from moto.server import ThreadedMotoServer
 
+        from tokex.local import moto_fixes
+
+        moto_fixes.install()
         # The emulator's per-request access log would drown tokex's own audit lines.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
@@ -47,7 +50,8 @@ class SubprocessMotoServer:
         self.url = f"http://{LOOPBACK}:{port}"
         env = {**os.environ, "MOTO_CALL_RESET_API": "false"}
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, our own interpreter
-            [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
+            # moto.server with tokex's fixes to the emulator (local/moto_fixes.py).
+            [sys.executable, "-m", "tokex.local.moto_fixes", "-H", LOOPBACK, "-p", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env,
@@ -70,7 +74,8 @@ class SubprocessMotoServer:
 
 
 def set_signature_checking(url: str, on: bool) -> None:
-    """Switch moto's SigV4 + IAM checks on (after set-up) or off (toolchain.md)."""
+    """Switch moto's SigV4 + IAM checks on (after set-up) or off (docs/local.md "What it
+    starts")."""
     request = urllib.request.Request(  # noqa: S310 - loopback emulator URL
         f"{url}/moto-api/reset-auth",
         data=b"0" if on else b"inf",

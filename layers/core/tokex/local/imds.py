@@ -55,8 +55,7 @@ class ImdsEmulator:
         self.document = json.dumps(DEMO_DOCUMENT, indent=2)
         self.rsa2048 = self.sign(self.document)
         self._tokens: set[str] = set()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
-        self._server.daemon_threads = True
+        self._server = _ImdsServer(("127.0.0.1", port), self._handler_class())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -77,6 +76,8 @@ class ImdsEmulator:
         }
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 5  # seconds per read: an idle client does not hold a thread for ever
+
             def do_PUT(self) -> None:
                 if self.path != "/latest/api/token" or not self.headers.get(TTL_HEADER):
                     self._send(400, "")
@@ -105,3 +106,10 @@ class ImdsEmulator:
                 pass
 
         return Handler
+
+
+class _ImdsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that went away mid-request: nothing for the console

@@ -63,6 +63,9 @@ _SERVICE_ACTIONS = [
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
     "dynamodb:DeleteItem",
+    # The admission write (tokex/admission.py). Real IAM authorises a transaction's items
+    # as PutItem and UpdateItem; moto checks the operation's own name.
+    "dynamodb:TransactWriteItems",
     "dynamodb:Scan",
     "dynamodb:Query",
     "dynamodb:DescribeTable",

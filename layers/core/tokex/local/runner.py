@@ -8,14 +8,26 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tokex.clients import ClientStore, basic_authorization
 from tokex.local.emulator import MotoServer, ThreadMotoServer
-from tokex.local.front import make_server
+from tokex.local.front import (
+    HANDLER_LOCK,
+    FrontServer,
+    PortUnavailable,
+    bind_front,
+    s3_documents,
+)
 from tokex.local.functions import LambdaContext, load_handler
 from tokex.local.imds import ImdsEmulator
-from tokex.local.provision import REGION, Credentials, LocalDeployment, provision
+from tokex.local.provision import (
+    DEMO_AUDIENCE,
+    DEMO_INSTANCE_AUDIENCE,
+    REGION,
+    Credentials,
+    LocalDeployment,
+    provision,
+)
 
 
 @dataclass
@@ -55,37 +67,78 @@ def start_local(
     signing_key_spec: str = "RSA_2048",
     moto: MotoServer | None = None,
 ) -> LocalSystem:
-    """Provision the emulator, publish the issuer documents, start the HTTP front.
+    """Bind the HTTP front, provision the emulator, publish the issuer documents.
 
+    The port is bound before anything else is started or written: a start that fails on
+    a busy port (`PortUnavailable`) leaves the state directory as it found it, so an
+    instance already running there keeps its files (its instance certificate above all).
     The front is bound but not yet serving: call `serve_forever` (in a thread, for tests).
     """
-    moto = moto or ThreadMotoServer()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    imds = None
     try:
-        imds = ImdsEmulator(state_dir)
-        deployment = provision(moto.url, signing_key_spec=signing_key_spec)
-        routes: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {}
-        server = make_server(
-            port,
-            routes=routes,
-            s3=deployment.client("s3"),
-            bucket=deployment.jwks_bucket,
-        )
-    except BaseException:
-        moto.stop()
-        if imds is not None:
-            imds.stop()
+        server = bind_front(port)
+    except PortUnavailable:
+        if moto is not None:  # the caller's emulator: stopped on failure, as below
+            moto.stop()
         raise
-    issuer = f"http://127.0.0.1:{server.server_address[1]}"
+    undo = contextlib.ExitStack()  # what a failed start stops again, last started first
+    undo.callback(server.server_close)
+    try:
+        emulator = moto or ThreadMotoServer()
+        undo.callback(emulator.stop)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        imds = ImdsEmulator(state_dir)
+        undo.callback(imds.stop)
+        deployment = provision(emulator.url, signing_key_spec=signing_key_spec)
+        issuer = f"http://127.0.0.1:{server.server_address[1]}"
+        _load_functions(server, deployment, issuer, imds)
+        workload_env, introspection_env, client = _write_state(state_dir, deployment, issuer, imds)
+    except BaseException:
+        undo.close()
+        raise
+
+    stopped = threading.Event()
+
+    def stop() -> None:
+        if not stopped.is_set():
+            stopped.set()
+            server.shutdown()
+            server.server_close()
+            imds.stop()
+            emulator.stop()
+
+    return LocalSystem(
+        issuer,
+        imds,
+        deployment,
+        state_dir,
+        workload_env,
+        stop,
+        server.serve_forever,
+        introspection_client=client,
+        introspection_env=introspection_env,
+    )
+
+
+def _load_functions(
+    server: FrontServer, deployment: LocalDeployment, issuer: str, imds: ImdsEmulator
+) -> None:
+    """Cold-start the handlers behind the front and publish the issuer documents."""
     # The handlers read their settings from the environment at cold start, as they do
     # when deployed; everything they need is captured then.
     with handler_environment(local_handler_env(deployment, issuer, imds)):
         publisher = load_handler("jwks_publisher")
-        routes["/token"] = load_handler("exchange").lambda_handler
-        routes["/introspect"] = load_handler("introspect").lambda_handler
-    publisher.lambda_handler({"source": "tokex.local"}, LambdaContext("tokex-jwks-publisher"))
+        server.functions["/token"] = load_handler("exchange").lambda_handler
+        server.functions["/introspect"] = load_handler("introspect").lambda_handler
+    with HANDLER_LOCK:  # handler code, while another system's front may be serving
+        publisher.lambda_handler({"source": "tokex.local"}, LambdaContext("tokex-jwks-publisher"))
+    server.documents = s3_documents(deployment.client("s3"), deployment.jwks_bucket)
 
+
+def _write_state(
+    state_dir: Path, deployment: LocalDeployment, issuer: str, imds: ImdsEmulator
+) -> tuple[Path, Path, tuple[str, str]]:
+    """The env files of the state directory: (workload.env, introspection-client.env,
+    the demo introspection client's id and secret)."""
     workload_env = state_dir / "workload.env"
     imds_env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url}
     _write_env(workload_env, deployment.workload, issuer, "demo role session", imds_env)
@@ -105,35 +158,15 @@ def start_local(
             f"export TOKEX_INTROSPECTION_AUTHORIZATION='{basic_authorization(client_id, secret)}'",
         ],
     )
-
-    stopped = threading.Event()
-
-    def stop() -> None:
-        if not stopped.is_set():
-            stopped.set()
-            server.shutdown()
-            server.server_close()
-            imds.stop()
-            moto.stop()
-
-    return LocalSystem(
-        issuer,
-        imds,
-        deployment,
-        state_dir,
-        workload_env,
-        stop,
-        server.serve_forever,
-        introspection_client=(client_id, secret),
-        introspection_env=introspection_env,
-    )
+    return workload_env, introspection_env, (client_id, secret)
 
 
 def _demo_introspection_client(deployment: LocalDeployment) -> tuple[str, str]:
     """A fresh client (id, secret) in the state table, made with the service's own
-    credentials, like `tokex clients add` would."""
+    credentials, like `tokex clients add` would; it may introspect the demo audiences'
+    tokens (RFC 7662 §4: a client sees only its own audiences)."""
     store = ClientStore(deployment.client("dynamodb"), deployment.state_table)
-    client, secret = store.add("demo-gateway")
+    client, secret = store.add("demo-gateway", audiences=(DEMO_AUDIENCE, DEMO_INSTANCE_AUDIENCE))
     return client.client_id, secret
 
 

@@ -1,5 +1,5 @@
 """Policies held in memory for a short time, so a warm exchange reads DynamoDB zero times
-(architecture.md "Hot path budget").
+(docs/benchmarks.md "Hot path budget").
 
 Fail closed: once the copy is older than its TTL it is never served again until a reload
 succeeds. A reload failure raises (TemporarilyUnavailable from the store, a 503), it does
@@ -33,7 +33,8 @@ class CachedPolicies:
         ttl_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        # policy.md / settings.py: a change (a new deny, a disabled policy) takes effect
+        # docs/policies.md "Evaluation", settings.py: a change (a new deny, a disabled
+        # policy) takes effect
         # within a minute at most.
         if not 0 <= ttl_seconds <= MAX_POLICY_CACHE_SECONDS:
             raise ValueError(f"ttl_seconds must be 0..{MAX_POLICY_CACHE_SECONDS}")

@@ -1,4 +1,4 @@
-"""Policy evaluation (policy.md "Evaluation"): which policy, if any, lets this caller have a
+"""Policy evaluation (docs/policies.md "Evaluation"): which policy, if any, lets this caller have a
 token for this audience, and with which scopes, TTL and claims.
 
 `explain` is the one implementation: it assesses every policy, records one line per policy
@@ -7,9 +7,9 @@ token for this audience, and with which scopes, TTL and claims.
 the exchange's answer cannot disagree.
 
 Refusals carry two texts (errors.py): the `description` goes to the caller and is the same
-whatever the cause — an unknown caller and a denied one cannot be told apart (contract.md,
-`invalid_target`) — while `reason` goes to the audit log and says which policy denied or
-why none applied.
+whatever the cause — an unknown caller and a denied one cannot be told apart
+(docs/contract.md "Errors (RFC 6749 §5.2, RFC 8693 §2.2.2)", `invalid_target`) — while
+`reason` goes to the audit log and says which policy denied or why none applied.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from tokex.policy.model import InstanceConditions, Policy
 
 TagLookup = Callable[[InstanceIdentity], Mapping[str, str]]
 
-# contract.md audience syntax: only a value of this shape is echoed in a description.
+# The audience syntax (docs/contract.md "POST {iss}/token — RFC 8693 token exchange"): only a value
+# of this shape is echoed in a description.
 _AUDIENCE = re.compile(r"[A-Za-z0-9._:/-]{1,256}")
 # Requested scopes are the caller's own input, but an error description stays small.
 _MAX_SCOPES_SHOWN = 5
@@ -135,7 +136,7 @@ def explain(
     ttl_cap: int,
     tag_lookup: TagLookup | None = None,
 ) -> Explanation:
-    """Assess every policy and reach the decision (policy.md steps 1-4)."""
+    """Assess every policy and reach the decision (docs/policies.md "Evaluation", 1-4)."""
     tags = _TagMemo(tag_lookup)
     ordered = sorted(policies, key=lambda p: p.id)
     lines = tuple(_assess(p, caller, audience, instance, tags) for p in ordered)
@@ -157,7 +158,7 @@ def explain(
         if missing:
             return Explanation(lines, None, _invalid_scope(chosen, missing))
         granted = tuple(s for s in chosen.scopes if s in requested_scopes)
-    else:  # no scope requested: everything the policy grants (policy.md)
+    else:  # no scope requested: everything the policy grants (docs/policies.md "Evaluation")
         granted = chosen.scopes
     ttl = min(chosen.max_ttl_seconds or default_ttl, ttl_cap)
     decision = Decision(chosen, granted, ttl, copy.deepcopy(chosen.claims))
@@ -205,7 +206,8 @@ def _instance_mismatch(
     if instance is None:
         return "requires instance evidence"
     if not instance.bound:
-        # Evidence not bound to the caller proves nothing about the caller (security.md).
+        # Evidence not bound to the caller proves nothing about the caller
+        # (docs/security.md "IMDS evidence").
         return "requires instance evidence bound to the caller"
     # Binding already holds the account, and the instance for a session named like one;
     # session binding makes the instance-profile session itself a requirement.
@@ -228,7 +230,7 @@ def _instance_mismatch(
 
 class _TagMemo:
     """At most one tag lookup (a DescribeInstances call) per evaluation, and only when a
-    policy that otherwise applies has tag conditions (architecture.md hot path budget)."""
+    policy that otherwise applies has tag conditions (docs/benchmarks.md "Hot path budget")."""
 
     def __init__(self, lookup: TagLookup | None) -> None:
         self._lookup = lookup

@@ -12,7 +12,8 @@ tag values) are data and are only matched, so a caller sending `*` gets a litera
 (it can only be matched by a wildcard of the pattern, never act as one).
 
 Two flavours:
-- principal patterns, over the canonical principal ARN (contract.md `sub`): the pattern
+- principal patterns, over the canonical principal ARN (the token's `sub`, see
+  docs/policies.md "Globs"): the pattern
   must be `arn:<partition>:iam::<12-digit account>:(role|user)/<path/name>`, with
   wildcards only in `<path/name>`. There a wildcard never crosses a `/` (IAM path
   separator) or a `:` — `*` behaves as `[^:/]*`, `?` as `[^:/]` — so `role/orders-*`
@@ -57,7 +58,8 @@ def literal_prefix_length(pattern: str) -> int:
 def check_principal_pattern(pattern: str) -> None:
     """Raise GlobError unless `pattern` is an acceptable principal pattern.
 
-    policy.md: a bare `*`, or a wildcard in the partition or account field, is refused — a
+    docs/policies.md "Globs": a bare `*`, or a wildcard in the partition or account field,
+    is refused — a
     policy always names its accounts. We also refuse wildcards in `arn`, the service and
     the resource type, so a pattern can only ever reach IAM roles or users.
     """

@@ -1,4 +1,4 @@
-"""The policy document (policy.md), validated when it is written.
+"""The policy document (docs/policies.md "The document"), validated when it is written.
 
 `Policy.from_document` is the gate: every document that reaches evaluation went through it,
 so evaluation never meets a malformed pattern, a reserved claim or an oversized TTL. Each
@@ -27,7 +27,8 @@ MAX_LIST_ITEMS = 100
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _PRINCIPAL_ID = re.compile(r"[A-Za-z0-9]{1,128}")
-# contract.md: an audience is 1-256 chars of A-Za-z0-9._:/- ; policies may add `*`.
+# docs/contract.md "POST {iss}/token — RFC 8693 token exchange":
+# an audience is 1-256 chars of A-Za-z0-9._:/- ; policies may add `*`.
 _AUDIENCE_GLOB = re.compile(r"[A-Za-z0-9._:/*-]{1,256}")
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ); we also bound the length.
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")
@@ -274,7 +275,8 @@ def _max_ttl(value: object, ttl_cap: int) -> int | None:
 
 
 def _claims(value: object) -> dict[str, Any]:
-    """Static extra claims: never a reserved name (policy.md), JSON, at most 2 KiB."""
+    """Static extra claims: never a reserved name (docs/policies.md "The document"), JSON,
+    at most 2 KiB."""
     claims = _mapping(value, "claims")
     for name in claims:
         where = f"claims.{str(name)[:64]}"

@@ -4,7 +4,7 @@ One item per policy: `id` (S, partition key), `document` (S, canonical JSON of
 `Policy.to_document()`), `updated_at` (N, epoch seconds). Documents are validated again
 when read: a bad item is skipped and reported, never allowed to break every exchange.
 
-Every AWS failure becomes `TemporarilyUnavailable` (503, contract.md): the exchange must
+Every AWS failure becomes `TemporarilyUnavailable` (503, docs/contract.md): the exchange must
 never answer 500, and the description never names the table (the `reason`, for logs,
 carries the operation and error code).
 """

@@ -1,4 +1,5 @@
-"""JWT claims of an issued access token (RFC 9068; see contract.md "The JWT")."""
+"""JWT claims of an issued access token (RFC 9068; see docs/contract.md
+"The access token (RFC 9068 profile)")."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from tokex.errors import InvalidGrant
 from tokex.evidence.identity import CallerIdentity, InstanceIdentity
 
 # Claims tokex sets itself. A policy's static claims can never set or override these
-# (policy.md: refused when the policy is written).
+# (docs/policies.md "The document": refused when the policy is written).
 # fmt: off
 RESERVED_CLAIMS = frozenset(
     {
@@ -45,7 +46,7 @@ def build_claims(
     now: int,
     jti: str | None = None,
 ) -> dict[str, Any]:
-    """The claims of an access token (contract.md "The JWT").
+    """The claims of an access token (docs/contract.md "The access token (RFC 9068 profile)").
 
     The policy's static claims go in first and every claim tokex sets is written after
     them, so they can never override one; reserved names are also skipped here, in case a
@@ -54,7 +55,8 @@ def build_claims(
     if ttl_seconds <= 0:
         raise ValueError("ttl_seconds must be positive")
     if instance is not None and not instance.bound:
-        # security.md: evidence not bound to the SigV4 caller is never turned into claims.
+        # Evidence not bound to the SigV4 caller is never turned into claims
+        # (docs/security.md "IMDS evidence").
         raise InvalidGrant(
             "instance identity evidence is not bound to the caller",
             reason="instance_identity_unbound",

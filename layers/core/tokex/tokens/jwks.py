@@ -1,7 +1,7 @@
 """Public JWKs, their RFC 7638 thumbprints, the JWKS and the discovery document.
 
 Pure functions: no AWS here. `kms_signer.py` turns KMS public keys into JWKs with these
-and `publish.py` writes the documents built here to S3 (contract.md "JWKS and discovery").
+and `publish.py` writes the documents built here to S3 (docs/contract.md "Issuer").
 """
 
 from __future__ import annotations
@@ -140,7 +140,8 @@ def discovery_document(
     algs: Sequence[str],
     introspection_endpoint: str | None = None,
 ) -> dict[str, Any]:
-    """The `openid-configuration` document (contract.md; RFC 8414 §2 field names)."""
+    """The `openid-configuration` document (docs/contract.md "Issuer"; RFC 8414 §2 field
+    names)."""
     if not algs or any(alg not in SUPPORTED_ALGS for alg in algs):
         raise ValueError(f"signing algorithms must be among {sorted(SUPPORTED_ALGS)}")
     document: dict[str, Any] = {

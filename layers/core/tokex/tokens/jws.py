@@ -2,7 +2,7 @@
 
 pyjwt does the encoding; the signature comes from a `Signer` (KMS in production), whose
 private key tokex never holds. The algorithm and key id come from the signer, which is
-fixed by configuration: nothing in a request can choose them (security.md "Tokens").
+fixed by configuration: nothing in a request can choose them (docs/security.md "Tokens").
 """
 
 from __future__ import annotations

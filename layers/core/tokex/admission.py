@@ -1,0 +1,265 @@
+"""Single use and the rate limit, decided by one conditional DynamoDB request.
+
+Once STS has named the caller, the exchange is *admitted* by one write to the state table
+(the only write of an exchange that is not refused):
+
+- single use and the rate limit both on (the default): one `TransactWriteItems` holding
+  1. Put `sig#<sha256 of the signature>` (evidence/replay.py), if no live record exists;
+  2. Update `rate#<principal>#<minute>` (ratelimit.py): `hits + 1`, if `hits` is below
+     the limit.
+  DynamoDB commits both or neither and names the condition that failed: the signature's
+  (a replay, refused `invalid_grant` with the budget untouched) or the budget's (429).
+- only one of them on: that item's conditional PutItem or UpdateItem alone.
+
+A 429 uses the signed request up too, with a second write on that path only (the
+cancelled transaction wrote nothing): otherwise the request could be replayed for a token
+once the minute turns.
+
+`release` is the compensating write, on the path where tokex's own upstreams fail after
+admission (KMS, the policy table, the deadline): it marks the signature record released
+(only the one this admission wrote) and gives the budget unit back, in one transaction,
+so the caller may retry with the same signed request. A release that fails leaves the
+request used up: the caller signs a new one (fail closed). So does an admission write that
+gets no answer (a timeout): whether it was recorded is unknown, and nothing is released.
+botocore sends a transaction's retries with one `ClientRequestToken`, so a retry after a
+lost answer is not mistaken for a replay.
+
+Capacity (both items are far under 1 KB, so neither size nor the 400 KB item limit is a
+concern; no item grows with use): a transactional write costs 2 WCU per item, so an
+admitted exchange costs 4 WCU (4 write request units on demand), a refused replay at most
+4, a 429 at most 5, a release 4. With one feature on, 1 WCU. IAM: PutItem on `sig#*` and
+UpdateItem on `rate#*` (a transaction is authorised item by item as those actions).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tokex import deadline
+from tokex.errors import InvalidGrant, TemporarilyUnavailable, TokexError
+from tokex.evidence.replay import signature_expires_at, signature_key
+from tokex.evidence.sigv4_request import StsRequest
+from tokex.ratelimit import RateWindow, rate_window
+
+log = logging.getLogger(__name__)
+
+# Concurrent transactions on one item (two exchanges of one principal in the same
+# instant) cancel each other with `TransactionConflict`; the loser tries again.
+CONFLICT_ATTEMPTS = 3
+CONFLICT_BACKOFF_SECONDS = 0.02
+_UNAVAILABLE = "the exchange state store is unavailable; retry later"
+# A record is live unless a release marked it: a missing record or a released one may be
+# (re)written.
+_UNUSED_SIGNATURE = "attribute_not_exists(id) OR attribute_exists(released_at)"
+_UNDER_BUDGET = "attribute_not_exists(hits) OR hits < :limit"
+
+
+def replay_refusal() -> InvalidGrant:
+    return InvalidGrant(
+        "this signed request was already used; sign a new one for each exchange",
+        reason="replay",
+    )
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What one admission wrote, for its release."""
+
+    id: str  # random: the release touches only the record this admission wrote
+    signature_key: str | None
+    signature_expires_at: int
+    window: RateWindow | None
+
+
+class DynamoDbAdmission:
+    def __init__(
+        self,
+        dynamodb_client: Any,
+        table_name: str,
+        *,
+        single_use: bool,
+        rate_limit_per_minute: int,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not single_use and rate_limit_per_minute < 1:
+            raise ValueError("nothing to admit: single use off and no rate limit")
+        self._dynamodb = dynamodb_client
+        self._table = table_name
+        self._single_use = single_use
+        self._limit = rate_limit_per_minute
+        self._clock = clock
+        self._sleep = sleep
+
+    def admit(self, request: StsRequest, principal: str) -> Admission:
+        """Use `request` up and charge `principal`'s budget, in one write.
+
+        Raises InvalidGrant (`replay`: used before; nothing charged), RateLimited (over
+        the budget; the request is used up all the same) or TemporarilyUnavailable.
+        """
+        now = self._clock()
+        admission = Admission(
+            id=secrets.token_urlsafe(16),
+            signature_key=signature_key(request) if self._single_use else None,
+            signature_expires_at=signature_expires_at(request),
+            window=rate_window(principal, now, limit=self._limit) if self._limit else None,
+        )
+        use, charge = self._use_signature(admission), self._charge_budget(admission)
+        if use is not None and charge is not None:
+            self._transact([{"Put": use}, {"Update": charge}], admission, now)
+            return admission
+        # One of the two alone: that item's conditional write.
+        if use is not None and not self._write("PutItem", use):
+            raise replay_refusal()
+        window = admission.window
+        if charge is not None and window is not None and not self._write("UpdateItem", charge):
+            raise window.refusal(now)
+        return admission
+
+    def release(self, admission: Admission) -> bool:
+        """Give the signed request and the budget unit back; False (logged) if that
+        failed. Never raises: the failure being reported matters more."""
+        now = int(self._clock())
+        writes: list[dict[str, Any]] = []
+        if admission.signature_key is not None:
+            writes.append({"Put": self._release_signature(admission, now)})
+        if admission.window is not None:
+            writes.append({"Update": self._refund_budget(admission.window)})
+        try:
+            with deadline.cleanup_grace():
+                if len(writes) == 2:
+                    self._call("TransactWriteItems", TransactItems=writes)
+                elif "Put" in writes[0]:
+                    self._call("PutItem", **writes[0]["Put"])
+                else:
+                    self._call("UpdateItem", **writes[0]["Update"])
+        except (ClientError, BotoCoreError, TokexError) as exc:
+            log.warning("could not release an admission (the signed request stays used): %s", exc)
+            return False
+        return True
+
+    # --- the items -------------------------------------------------------------------
+
+    def _use_signature(self, admission: Admission) -> dict[str, Any] | None:
+        if admission.signature_key is None:
+            return None
+        return {
+            "TableName": self._table,
+            "Item": {
+                "id": {"S": admission.signature_key},
+                "expires_at": {"N": str(admission.signature_expires_at)},
+                "admission": {"S": admission.id},
+            },
+            "ConditionExpression": _UNUSED_SIGNATURE,
+        }
+
+    def _charge_budget(self, admission: Admission) -> dict[str, Any] | None:
+        window = admission.window
+        if window is None:
+            return None
+        return {
+            "TableName": self._table,
+            "Key": {"id": {"S": window.key}},
+            "UpdateExpression": "ADD hits :one SET expires_at = if_not_exists(expires_at, :end)",
+            "ConditionExpression": _UNDER_BUDGET,
+            "ExpressionAttributeValues": {
+                ":one": {"N": "1"},
+                ":end": {"N": str(window.expires_at)},
+                ":limit": {"N": str(window.limit)},
+            },
+        }
+
+    def _release_signature(self, admission: Admission, now: int) -> dict[str, Any]:
+        return {
+            "TableName": self._table,
+            "Item": {
+                "id": {"S": admission.signature_key},
+                "expires_at": {"N": str(admission.signature_expires_at)},
+                "released_at": {"N": str(now)},
+            },
+            "ConditionExpression": "admission = :admission",
+            "ExpressionAttributeValues": {":admission": {"S": admission.id}},
+        }
+
+    def _refund_budget(self, window: RateWindow) -> dict[str, Any]:
+        return {
+            "TableName": self._table,
+            "Key": {"id": {"S": window.key}},
+            "UpdateExpression": "ADD hits :minus_one",
+            # Never recreate a counter TTL has removed (it would have no expiry).
+            "ConditionExpression": "attribute_exists(hits)",
+            "ExpressionAttributeValues": {":minus_one": {"N": "-1"}},
+        }
+
+    # --- the calls -------------------------------------------------------------------
+
+    def _transact(self, writes: list[dict[str, Any]], admission: Admission, now: float) -> None:
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                self._call("TransactWriteItems", TransactItems=writes)
+                return
+            except ClientError as exc:
+                use, charge = _cancellation_codes(exc)
+                if use == "ConditionalCheckFailed":
+                    raise replay_refusal() from None
+                if charge == "ConditionalCheckFailed" and admission.window is not None:
+                    self._use_up_after_refusal(writes[0]["Put"])
+                    raise admission.window.refusal(now) from None
+                conflict = "TransactionConflict" in (use, charge)
+                if not conflict or attempt == CONFLICT_ATTEMPTS:
+                    raise _unavailable("TransactWriteItems", _code(exc), use, charge) from None
+                self._sleep(random.random() * CONFLICT_BACKOFF_SECONDS * attempt)  # noqa: S311
+
+    def _use_up_after_refusal(self, use: dict[str, Any]) -> None:
+        """The 429 path: record the signature alone, so the refused request stays used."""
+        if not self._write("PutItem", use):
+            raise replay_refusal()  # a concurrent copy of the request got there first
+
+    def _write(self, operation: str, request: dict[str, Any]) -> bool:
+        """A conditional write: False if its condition failed."""
+        try:
+            self._call(operation, **request)
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise _unavailable(operation, _code(exc)) from None
+        return True
+
+    def _call(self, operation: str, **request: Any) -> None:
+        method = {
+            "PutItem": self._dynamodb.put_item,
+            "UpdateItem": self._dynamodb.update_item,
+            "TransactWriteItems": self._dynamodb.transact_write_items,
+        }[operation]
+        try:
+            method(**request)
+        except BotoCoreError as exc:  # unreachable, timeouts, no credentials
+            raise _unavailable(operation, type(exc).__name__) from None
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "unknown"))
+
+
+def _cancellation_codes(exc: ClientError) -> tuple[str | None, str | None]:
+    """The cancellation reason of each item (signature, budget), when DynamoDB gave them."""
+    if _code(exc) != "TransactionCanceledException":
+        return None, None
+    reasons = exc.response.get("CancellationReasons") or []
+    codes = [reason.get("Code") for reason in reasons if isinstance(reason, dict)]
+    if len(codes) != 2:
+        return None, None
+    return codes[0], codes[1]
+
+
+def _unavailable(operation: str, *codes: str | None) -> TemporarilyUnavailable:
+    detail = "/".join(code for code in codes if code and code != "None")
+    return TemporarilyUnavailable(_UNAVAILABLE, reason=f"dynamodb {operation}: {detail}")

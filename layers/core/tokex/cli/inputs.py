@@ -1,0 +1,67 @@
+"""The files and URLs a command line names: checked before anything is read or fetched
+(a missing file or a malformed URL is a usage error, exit 2), then read strictly (content
+that is not what it should be is a failure, exit 1)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from urllib.parse import SplitResult, urlsplit
+
+from tokex.cli.errors import FILE_NOT_FOUND, INVALID_INPUT, CommandError, UsageError
+
+STDIN = "-"
+
+
+def require_file(path: str | None, *, label: str, stdin: bool = False) -> None:
+    """`path` names an existing file (or is `-` where stdin is accepted); None: not given.
+    `label` is the flag (`--jwks`) or what a positional file is (`policy document`).
+
+    Existence only: a named pipe or /dev/stdin is a file to read too (`<(...)` in bash)."""
+    if path is None or (stdin and path == STDIN):
+        return
+    found = Path(path)
+    if not found.exists():
+        raise UsageError(f"{label} {path}: no such file", error=FILE_NOT_FOUND, input=path)
+    if found.is_dir():
+        raise UsageError(f"{label} {path} is a directory, not a file", input=path)
+
+
+def read_text(path: str, *, label: str, limit: int) -> str:
+    """A UTF-8 file (or stdin for `-`), exact text, at most `limit` bytes."""
+    try:
+        if path == STDIN:
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            with Path(path).open("rb") as handle:
+                raw = handle.read(limit + 1)
+    except OSError as exc:
+        raise CommandError(
+            f"cannot read {label} {path}: {exc.strerror or exc}", error=INVALID_INPUT, input=path
+        ) from None
+    if len(raw) > limit:
+        raise CommandError(
+            f"{label} {path} is larger than {limit} bytes", error=INVALID_INPUT, input=path
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CommandError(
+            f"{label} {path} is not UTF-8 text", error=INVALID_INPUT, input=path
+        ) from None
+
+
+def require_http_url(value: str, *, flag: str) -> SplitResult:
+    """An absolute http(s) URL with a host; the usage error suggests the fix."""
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        guess = f"https://{value}" if "://" not in value else None
+        fix = f": did you mean {flag} {guess}?" if guess else ""
+        raise UsageError(f"{flag} {value!r} is not an http(s) URL{fix}", input=flag)
+    try:
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise UsageError(f"{flag} {value!r} has an invalid port", input=flag) from None
+    if not url.hostname:
+        raise UsageError(f"{flag} {value!r} names no host", input=flag)
+    return url

@@ -1,0 +1,133 @@
+"""A policy document file as `tokex policy` reads it, with every error it has.
+
+`Policy.from_document` (policy/model.py) is the only judge of a document, and it stops at
+the first flaw. To report them all, each part of the document (a key, a list item, a claim,
+an instance condition, a tag) is judged on its own, set into a valid stand-in document, by
+that same function: every error listed is the model's verdict on the author's own value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tokex.cli.errors import INVALID_POLICY, CommandError
+from tokex.cli.inputs import read_text
+from tokex.policy.model import Policy, PolicyValidationError
+from tokex.strict_json import StrictJsonError, loads_strict
+
+# DynamoDB's item size limit: no valid policy document is larger.
+MAX_DOCUMENT_FILE_BYTES = 400 * 1024
+# A valid document that each part of the author's is set into, one part at a time.
+_STAND_IN = {
+    "id": "stand-in",
+    "principals": ["arn:aws:iam::123456789012:role/stand-in"],
+    "audiences": ["stand-in"],
+}
+_REQUIRED = ("id", "effect", "principals", "audiences")
+
+Placed = Callable[[Any], Any]  # a part -> the whole document to judge
+
+
+def load_policy_file(path: str, *, ttl_cap: int) -> Policy:
+    """Read and validate one policy document; a CommandError (exit 1) lists every error."""
+    text = read_text(path, label="policy document", limit=MAX_DOCUMENT_FILE_BYTES)
+    try:
+        document = loads_strict(text)
+    except StrictJsonError as exc:
+        raise invalid_policy(path, [PolicyValidationError("document", str(exc))]) from None
+    try:
+        return Policy.from_document(document, ttl_cap=ttl_cap)
+    except PolicyValidationError as first:
+        raise invalid_policy(path, document_errors(document, ttl_cap=ttl_cap) or [first]) from None
+
+
+def invalid_policy(path: str, errors: list[PolicyValidationError]) -> CommandError:
+    lines = [f"{error.field}: {error.message}" for error in errors]
+    text = lines[0] if len(lines) == 1 else f"{len(lines)} errors:\n  " + "\n  ".join(lines)
+    listed = [{"field": error.field, "message": error.message} for error in errors]
+    details = {"valid": False, "errors": listed, **listed[0]}  # field, message: the first
+    return CommandError(
+        f"invalid policy {path}: {text}", error=INVALID_POLICY, input=path, details=details
+    )
+
+
+def document_errors(document: object, *, ttl_cap: int) -> list[PolicyValidationError]:
+    """Every error of `document`, in document order (empty when it is valid)."""
+    first = _judge(document, ttl_cap)
+    if first is None or not isinstance(document, Mapping):
+        return [] if first is None else [first]
+    effect = document.get("effect")
+    base = {**_STAND_IN, "effect": effect if effect in ("allow", "deny") else "allow"}
+    found: list[PolicyValidationError] = []
+    for key in _REQUIRED:
+        if key not in document:  # the model's own "is required"
+            missing = _judge({k: v for k, v in base.items() if k != key}, ttl_cap)
+            found += [missing] if missing else []
+
+    def in_base(part: Any) -> Any:
+        return {**base, **part}
+
+    for key, value in document.items():
+        found += _errors(str(key), value, _under_key(in_base, key), ttl_cap)
+    unique = {(error.field, error.message): error for error in found}
+    return list(unique.values()) or [first]
+
+
+def _errors(path: str, value: Any, place: Placed, ttl_cap: int) -> list[PolicyValidationError]:
+    """The errors of `value` (the model names it `path`) in the document `place` makes."""
+    whole = _judge(place(value), ttl_cap)
+    if whole is None:
+        return []
+    entries: list[tuple[str, Any, Placed]]
+    if isinstance(value, list):
+        entries = [(f"{path}[{i}]", item, _in_list(place)) for i, item in enumerate(value)]
+    elif isinstance(value, Mapping) and not path.startswith("claims."):  # a claim's value
+        # is judged whole
+        entries = [(f"{path}.{key}", item, _under_key(place, key)) for key, item in value.items()]
+    else:
+        return [whole]
+    found: list[PolicyValidationError] = []
+    faulty: set[int] = set()
+    for position, (entry_path, item, placed) in enumerate(entries):
+        # A list item is judged as the only item: the model names it `path[0]`.
+        errors = [
+            _renamed(e, f"{path}[0]", entry_path)
+            for e in _errors(entry_path, item, placed, ttl_cap)
+        ]
+        found += errors
+        if errors:
+            faulty.add(position)
+    if not found:
+        return [whole]  # only the whole is wrong: duplicates, too many entries, total size
+    if len(faulty) < len(entries):  # and the entries without errors, together?
+        kept = [entry for position, entry in enumerate(_items(value)) if position not in faulty]
+        rest = _judge(place(kept if isinstance(value, list) else dict(kept)), ttl_cap)
+        found += [rest] if rest else []
+    return found
+
+
+def _in_list(place: Placed) -> Placed:
+    return lambda part: place([part])
+
+
+def _under_key(place: Placed, key: Any) -> Placed:
+    return lambda part: place({key: part})
+
+
+def _items(value: list[Any] | Mapping[str, Any]) -> list[Any]:
+    return list(value) if isinstance(value, list) else list(value.items())
+
+
+def _renamed(error: PolicyValidationError, old: str, new: str) -> PolicyValidationError:
+    if error.field == old or error.field.startswith((f"{old}.", f"{old}[")):
+        return PolicyValidationError(new + error.field[len(old) :], error.message)
+    return error
+
+
+def _judge(document: object, ttl_cap: int) -> PolicyValidationError | None:
+    try:
+        Policy.from_document(document, ttl_cap=ttl_cap)  # type: ignore[arg-type]
+    except PolicyValidationError as error:
+        return error
+    return None

@@ -1,0 +1,36 @@
+"""--audience and --scope as the exchange parses them (token_request.py's rules), for the
+commands that build or explain a token request: a value the exchange would refuse as
+malformed is a usage error here (exit 2), found before any network call."""
+
+from __future__ import annotations
+
+from tokex.cli.errors import UsageError
+from tokex.token_request import _AUDIENCE, _SCOPE_TOKEN, MAX_SCOPES
+
+
+def check_audience(audience: str) -> str:
+    if not _AUDIENCE.fullmatch(audience):
+        raise UsageError(
+            f"--audience {audience!r}: must be 1-256 characters of A-Za-z0-9._:/- "
+            "(the API's identifier, as policies name it)",
+            input="--audience",
+        )
+    return audience
+
+
+def requested_scopes(values: list[str]) -> tuple[str, ...] | None:
+    """As the exchange parses `scope`: None when absent, distinct tokens in order. Each
+    --scope may hold several, space-separated."""
+    tokens = [token for value in values for token in value.split()]
+    if not tokens:
+        return None
+    if len(tokens) > MAX_SCOPES:
+        raise UsageError(f"--scope: at most {MAX_SCOPES} scopes", input="--scope")
+    for token in tokens:
+        if not _SCOPE_TOKEN.fullmatch(token):
+            raise UsageError(
+                f"--scope {token!r}: a scope is 1-128 printable ASCII characters without "
+                'spaces, " or \\ (RFC 6749 section 3.3)',
+                input="--scope",
+            )
+    return tuple(dict.fromkeys(tokens))

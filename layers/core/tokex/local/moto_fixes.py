@@ -1,0 +1,112 @@
+"""Fixes to the emulator's speed, applied wherever tokex runs moto (docs/local.md "What it
+starts").
+
+moto 5 backs up each table a `TransactWriteItems` touches with `copy.deepcopy`, once per
+item, so a transaction costs time and memory in proportion to the whole table. Every
+exchange adds a single-use record to the state table in one transaction, and moto never
+expires items: under the load command `tokex local` grew past 1 GiB and slowed from 28 to
+67 ms per exchange within about 1,200 exchanges. `install` keeps moto's transaction
+semantics (all or nothing, the same errors) but backs up only the items the transaction
+names, which is all a rollback has to restore.
+
+Run as a module (`python -m tokex.local.moto_fixes ARGS`), it is `moto.server` with the
+fix installed: what `SubprocessMotoServer` starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+from typing import Any
+
+_installed = threading.Lock()
+_done = False
+
+
+def install() -> None:
+    """Idempotent; affects this process's moto only."""
+    global _done
+    with _installed:
+        if _done:
+            return
+        import moto.dynamodb.models as dynamodb_models
+
+        dynamodb_models.copy = _CopyWithoutTableBackups()  # type: ignore[assignment]
+        backend = dynamodb_models.DynamoDBBackend
+        all_or_nothing = backend.transact_write_items
+
+        def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+            backups = _item_backups(self, transact_items)
+            try:
+                all_or_nothing(self, transact_items)
+            except Exception:
+                # moto's own rollback restored the (uncopied) tables: a no-op now.
+                _restore(self, backups)
+                raise
+
+        backend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+        _done = True
+
+
+class _CopyWithoutTableBackups:
+    """The `copy` module as moto.dynamodb.models sees it: a table is not copied (the
+    transaction's only use of `deepcopy` on one); everything else is."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(copy, name)
+
+    @staticmethod
+    def deepcopy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+        from moto.dynamodb.models.table import Table
+
+        if isinstance(value, Table):
+            return value
+        return copy.deepcopy(value, memo)
+
+
+Backup = tuple[str, dict[str, Any], dict[str, Any] | None]
+
+
+def _item_backups(backend: Any, transact_items: list[dict[str, Any]]) -> list[Backup]:
+    """(table, key, attributes or None) of each item named, before the transaction."""
+    backups: list[Backup] = []
+    for entry in transact_items:
+        if len(entry) != 1:
+            continue  # moto refuses it before writing anything
+        (op,) = entry.values()
+        table = backend.tables.get(op.get("TableName"))
+        if table is None:
+            continue
+        key = op.get("Key") or _key_of(table, op.get("Item") or {})
+        if key is None:
+            continue
+        try:
+            item = backend.get_item(table.name, key)
+        except Exception:  # noqa: S112 - a malformed key: moto refuses it before writing
+            continue
+        attributes = copy.deepcopy(item.to_json()["Attributes"]) if item is not None else None
+        backups.append((table.name, key, attributes))
+    return backups
+
+
+def _restore(backend: Any, backups: list[Backup]) -> None:
+    for table_name, key, attributes in reversed(backups):
+        if attributes is None:
+            backend.delete_item(table_name, key)
+        else:
+            backend.put_item(table_name, attributes)
+
+
+def _key_of(table: Any, attributes: dict[str, Any]) -> dict[str, Any] | None:
+    names = [table.hash_key_attr, *([table.range_key_attr] if table.range_key_attr else [])]
+    if not all(name in attributes for name in names):
+        return None
+    return {name: attributes[name] for name in names}
+
+
+if __name__ == "__main__":
+    install()
+    from moto.server import main
+
+    main(sys.argv[1:])

@@ -1,0 +1,33 @@
+"""Hypothesis profiles shared by every ring.
+
+`suite` (loaded here, the default) keeps each property to a few hundred inputs: the whole
+suite has to finish in minutes on two cores. `fuzz` is the same properties with 10,000
+inputs each, for a deliberate fuzzing run:
+
+    python -m benchmarks.fuzz                                   # counts per target
+    pytest tests/unit/test_fuzz.py --hypothesis-profile fuzz    # pass/fail only
+
+Hypothesis' pytest plugin applies `--hypothesis-profile` after this module is imported, so
+the option overrides the default loaded here.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, settings
+
+SUITE_PROFILE = "suite"
+FUZZ_PROFILE = "fuzz"
+FUZZ_EXAMPLES = 10_000
+
+# No deadline: the suite runs beside other work on shared cores, where one slow input is
+# the machine's doing, not the code's. Timing belongs in benchmarks/, never in a property.
+settings.register_profile(
+    SUITE_PROFILE,
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    FUZZ_PROFILE, settings.get_profile(SUITE_PROFILE), max_examples=FUZZ_EXAMPLES
+)
+settings.load_profile(SUITE_PROFILE)

@@ -1,0 +1,98 @@
+"""`tokex local` as a user runs it: a subprocess on a free port, its console read all the
+time (every request writes an audit line there; a full pipe would stall the server) and
+kept, so that tests can look for tracebacks in it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from benchmarks.local_process import stop_on_sigint
+from tokex.local.emulator import free_port
+
+TOKEX = shutil.which("tokex", path=str(Path(sys.executable).parent)) or "tokex"
+READY_LINE = "tokex local is running"
+START_TIMEOUT_SECONDS = 120  # two shared cores, other suites running beside this one
+
+
+def load_env_file(path: Path) -> dict[str, str]:
+    """The `export NAME=value` lines of a file `tokex local` wrote."""
+    env = {}
+    for line in path.read_text().splitlines():
+        match = re.fullmatch(r"export ([A-Z0-9_]+)=(.*)", line)
+        if match:
+            env[match[1]] = match[2].strip("'")
+    return env
+
+
+@dataclass
+class RunningLocal:
+    process: subprocess.Popen[str]
+    port: int
+    state_dir: Path
+    console: list[str] = field(default_factory=list)  # stdout and stderr, line by line
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def console_text(self) -> str:
+        return "".join(self.console)
+
+    def stop(self) -> int:
+        """SIGINT, as Ctrl-C: the exit code (the test fails if it does not stop)."""
+        code = stop_on_sigint(self.process)
+        if code is None:
+            pytest.fail("tokex local did not stop on SIGINT")
+        return code
+
+
+def start_tokex_local(state_dir: Path, port: int | None = None) -> RunningLocal:
+    port = port or free_port()
+    process = subprocess.Popen(
+        [TOKEX, "local", "--port", str(port), "--state-dir", str(state_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    running = RunningLocal(process, port, state_dir)
+    ready = threading.Event()
+
+    def read_console() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            running.console.append(line)
+            if READY_LINE in line:
+                ready.set()
+        ready.set()  # the process ended: stop waiting
+
+    threading.Thread(target=read_console, daemon=True).start()
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while not ready.wait(timeout=0.5):
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("tokex local did not start:\n" + running.console_text())
+    if process.poll() is not None and READY_LINE not in running.console_text():
+        pytest.fail("tokex local exited:\n" + running.console_text())
+    return running
+
+
+def run_token(
+    state_dir: Path, *args: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`tokex token ARGS` as the demo workload of the `tokex local` behind `state_dir`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TOKEX_"))}
+    env.update(load_env_file(state_dir / "workload.env"))
+    env.update(extra_env or {})
+    return subprocess.run(
+        [TOKEX, "token", *args], env=env, capture_output=True, text=True, timeout=60
+    )

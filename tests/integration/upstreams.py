@@ -1,0 +1,157 @@
+"""Loopback stand-ins for AWS endpoints: one that stalls, one that drips, and a proxy in
+front of the emulator that counts every call it passes on (tests of issue 9).
+
+A handler under test reaches them the way local mode reaches the emulator: through
+`AWS_ENDPOINT_URL[_<SERVICE>]` for its botocore clients and `TOKEX_STS_CONNECT_OVERRIDE`
+for the forwarded STS request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+DRIP_INTERVAL_SECONDS = 0.5
+
+
+class _LoopbackServer:
+    """Accepts connections on 127.0.0.1 and hands each to `serve` on its own thread."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._stopped = threading.Event()
+        self._connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self._connections.append(connection)
+            threading.Thread(target=self._serve_quietly, args=(connection,), daemon=True).start()
+
+    def _serve_quietly(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the client gave up: that is the point
+            self.serve(connection)
+
+    def serve(self, connection: socket.socket) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self._listener.close()
+        for connection in self._connections:
+            connection.close()
+
+
+class StalledServer(_LoopbackServer):
+    """Accepts every connection and never answers (nor reads)."""
+
+    def serve(self, connection: socket.socket) -> None:
+        self._stopped.wait()
+
+
+class DrippingServer(_LoopbackServer):
+    """Reads the request, then answers one byte every half second, for ever: every read
+    of the client returns in time, so per-read timeouts never fire."""
+
+    def serve(self, connection: socket.socket) -> None:
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+        while not self._stopped.wait(DRIP_INTERVAL_SECONDS):
+            connection.sendall(b"a")
+
+
+@contextlib.contextmanager
+def bad_upstream(kind: str) -> Iterator[_LoopbackServer]:
+    server: _LoopbackServer = StalledServer() if kind == "stalled" else DrippingServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+Answer = tuple[int, list[tuple[str, str]], bytes]
+
+
+class LoopbackHttpServer:
+    """A threaded HTTP/1.1 server on loopback answering every POST with `answer`."""
+
+    def __init__(self, answer: Callable[[BaseHTTPRequestHandler, bytes], Answer]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status, headers, payload = answer(self, body)
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        serve = {"poll_interval": 0.05}
+        threading.Thread(target=self._server.serve_forever, kwargs=serve, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class CountingProxy(LoopbackHttpServer):
+    """Passes every request on to the emulator unchanged (the Host header included, so
+    SigV4 signatures still verify there) and records which AWS operation it was:
+    `TrentService.Sign`, `DynamoDB_20120810.TransactWriteItems`, `sts:GetCallerIdentity`.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.calls: list[str] = []
+        self._target = urlsplit(target)
+        super().__init__(self._record_and_forward)
+
+    def _record_and_forward(self, request: BaseHTTPRequestHandler, body: bytes) -> Answer:
+        target = request.headers.get("X-Amz-Target")
+        if target is None and body.startswith(b"Action="):
+            target = "sts:" + body.split(b"&")[0].split(b"=")[1].decode()
+        self.calls.append(target or f"{request.command} {request.path}")
+        return self._forward(request, body)
+
+    def _forward(self, request: BaseHTTPRequestHandler, body: bytes) -> Answer:
+        connection = http.client.HTTPConnection(
+            self._target.hostname, self._target.port, timeout=30
+        )
+        try:
+            connection.putrequest(request.command, request.path, skip_host=True)
+            for name, value in request.headers.items():
+                if name.lower() != "content-length":
+                    connection.putheader(name, value)
+            connection.putheader("Content-Length", str(len(body)))
+            connection.endheaders(body)
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            connection.close()
+
+    def take(self) -> list[str]:
+        """The calls recorded since the last `take`."""
+        calls, self.calls = self.calls, []
+        return calls

@@ -1,0 +1,187 @@
+"""Single use and the rate limit in one DynamoDB write (moto in process: boto3 code only).
+
+The whole exchange against the emulator with SigV4 checks: tests/integration/
+test_single_use.py.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from tokex.admission import DynamoDbAdmission
+from tokex.errors import InvalidGrant, RateLimited, TemporarilyUnavailable
+from tokex.evidence.replay import create_state_table, signature_key
+from tokex.evidence.sigv4_request import STS_BODY, StsRequest
+
+TABLE = "state"
+ROLE = "arn:aws:iam::123456789012:role/app"
+OTHER = "arn:aws:iam::123456789012:role/other"
+NOW = 1_800_000_010.0  # 10 s into a minute window
+WINDOW = int(NOW) // 60
+
+
+def signed() -> StsRequest:
+    """A fresh signed request (only its signature and date matter here)."""
+    return StsRequest(
+        host="sts.us-east-1.amazonaws.com",
+        region="us-east-1",
+        partition="aws",
+        headers=(),
+        body=STS_BODY,
+        amz_date=datetime.fromtimestamp(NOW, UTC),
+        signature=secrets.token_hex(32),
+        access_key_id="ASIAEXAMPLEEXAMPLE00",
+    )
+
+
+@pytest.fixture
+def dynamodb() -> Iterator[Any]:
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        create_state_table(client, TABLE)
+        yield client
+
+
+def admission(dynamodb: Any, *, single_use: bool = True, limit: int = 5) -> DynamoDbAdmission:
+    return DynamoDbAdmission(
+        dynamodb, TABLE, single_use=single_use, rate_limit_per_minute=limit, clock=lambda: NOW
+    )
+
+
+def item(dynamodb: Any, key: str) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = dynamodb.get_item(TableName=TABLE, Key={"id": {"S": key}}).get(
+        "Item"
+    )
+    return found
+
+
+def hits(dynamodb: Any, principal: str = ROLE) -> int:
+    counter = item(dynamodb, f"rate#{principal}#{WINDOW}")
+    return int(counter["hits"]["N"]) if counter else 0
+
+
+def test_first_use_records_the_signature_and_charges_one_unit(dynamodb) -> None:
+    request = signed()
+    admission(dynamodb).admit(request, ROLE)
+    record = item(dynamodb, signature_key(request))
+    assert record is not None and "released_at" not in record
+    assert int(record["expires_at"]["N"]) == int(NOW) + 20 * 60  # the date window's end
+    assert hits(dynamodb) == 1
+
+
+def test_a_replay_is_refused_and_charges_nothing(dynamodb) -> None:
+    store, request = admission(dynamodb), signed()
+    store.admit(request, ROLE)
+    for _ in range(10):
+        with pytest.raises(InvalidGrant) as refused:
+            store.admit(request, ROLE)
+        assert refused.value.reason == "replay"
+    assert hits(dynamodb) == 1
+
+
+def test_over_the_budget_is_429_and_uses_the_request_up(dynamodb) -> None:
+    store = admission(dynamodb, limit=2)
+    store.admit(signed(), ROLE)
+    store.admit(signed(), ROLE)
+    over = signed()
+    with pytest.raises(RateLimited) as limited:
+        store.admit(over, ROLE)
+    assert limited.value.status == 429 and limited.value.headers() == {"Retry-After": "51"}
+    assert hits(dynamodb) == 2  # the refused request was not counted...
+    with pytest.raises(InvalidGrant) as replay:  # ...but it is used up
+        store.admit(over, ROLE)
+    assert replay.value.reason == "replay"
+    store.admit(signed(), OTHER)  # another principal has its own budget
+
+
+def test_the_next_window_has_a_fresh_budget(dynamodb) -> None:
+    now = [NOW]
+    store = DynamoDbAdmission(
+        dynamodb, TABLE, single_use=True, rate_limit_per_minute=1, clock=lambda: now[0]
+    )
+    store.admit(signed(), ROLE)
+    with pytest.raises(RateLimited):
+        store.admit(signed(), ROLE)
+    now[0] += 60
+    store.admit(signed(), ROLE)
+
+
+def test_release_gives_the_request_and_the_unit_back(dynamodb) -> None:
+    store, request = admission(dynamodb), signed()
+    admitted = store.admit(request, ROLE)
+    assert store.release(admitted)
+    assert hits(dynamodb) == 0
+    record = item(dynamodb, signature_key(request))
+    assert record is not None and "released_at" in record
+    again = store.admit(request, ROLE)  # the caller retries the same signed request
+    assert hits(dynamodb) == 1
+    # A late second release of the first admission must not free the live one.
+    assert not store.release(admitted)
+    with pytest.raises(InvalidGrant):
+        store.admit(request, ROLE)
+    assert store.release(again)
+
+
+@pytest.mark.parametrize(("single_use", "limit"), [(True, 0), (False, 1)])
+def test_one_feature_alone_is_one_conditional_write(dynamodb, single_use, limit) -> None:
+    store, request = admission(dynamodb, single_use=single_use, limit=limit), signed()
+    admitted = store.admit(request, ROLE)
+    expected: type[Exception] = InvalidGrant if single_use else RateLimited
+    with pytest.raises(expected):
+        store.admit(request, ROLE)
+    assert store.release(admitted)
+    store.admit(request, ROLE)
+    assert (item(dynamodb, signature_key(request)) is not None) == single_use
+    assert hits(dynamodb) == (0 if single_use else 1)
+
+
+class ConflictingOnce:
+    """The DynamoDB client, but the first transaction is cancelled as DynamoDB cancels
+    one that raced another on the same item."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.conflicts = 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def transact_write_items(self, **request: Any) -> Any:
+        if self.conflicts:
+            self.conflicts -= 1
+            reasons = [{"Code": "None"}, {"Code": "TransactionConflict"}]
+            error = {"Error": {"Code": "TransactionCanceledException", "Message": "conflict"}}
+            raise ClientError({**error, "CancellationReasons": reasons}, "TransactWriteItems")
+        return self._client.transact_write_items(**request)
+
+
+def test_a_transaction_conflict_is_retried(dynamodb) -> None:
+    racing = ConflictingOnce(dynamodb)
+    store = DynamoDbAdmission(
+        racing,
+        TABLE,
+        single_use=True,
+        rate_limit_per_minute=5,
+        clock=lambda: NOW,
+        sleep=lambda _: None,
+    )
+    store.admit(signed(), ROLE)
+    assert racing.conflicts == 0 and hits(dynamodb) == 1
+
+
+def test_store_failure_is_503_and_release_never_raises(dynamodb) -> None:
+    store = DynamoDbAdmission(dynamodb, "missing-table", single_use=True, rate_limit_per_minute=5)
+    with pytest.raises(TemporarilyUnavailable) as failed:
+        store.admit(signed(), ROLE)
+    assert failed.value.status == 503
+    assert failed.value.reason.startswith("dynamodb TransactWriteItems")
+    admitted = admission(dynamodb).admit(signed(), ROLE)
+    assert not store.release(admitted)

@@ -1,0 +1,89 @@
+"""The emulator fix keeps moto's TransactWriteItems all-or-nothing while backing up only the
+items a transaction names (local/moto_fixes.py)."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from tokex.local import moto_fixes
+
+TABLE = "state"
+
+
+@pytest.fixture
+def dynamodb():
+    moto_fixes.install()
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        for n in range(200):  # bystanders a whole-table backup would have copied
+            client.put_item(TableName=TABLE, Item={"id": {"S": f"other#{n}"}})
+        yield client
+
+
+def _admit(client, signature: str) -> None:
+    client.transact_write_items(
+        TransactItems=[
+            {
+                "Put": {
+                    "TableName": TABLE,
+                    "Item": {"id": {"S": signature}},
+                    "ConditionExpression": "attribute_not_exists(id)",
+                }
+            },
+            {
+                "Update": {
+                    "TableName": TABLE,
+                    "Key": {"id": {"S": "rate#p"}},
+                    "UpdateExpression": "ADD hits :one",
+                    "ConditionExpression": "attribute_not_exists(hits) OR hits < :limit",
+                    "ExpressionAttributeValues": {":one": {"N": "1"}, ":limit": {"N": "3"}},
+                }
+            },
+        ]
+    )
+
+
+def _hits(client) -> int:
+    item = client.get_item(TableName=TABLE, Key={"id": {"S": "rate#p"}}).get("Item")
+    return int(item["hits"]["N"]) if item else 0
+
+
+def _exists(client, key: str) -> bool:
+    return "Item" in client.get_item(TableName=TABLE, Key={"id": {"S": key}})
+
+
+def test_a_committed_transaction_writes_every_item(dynamodb) -> None:
+    _admit(dynamodb, "sig#a")
+    assert _exists(dynamodb, "sig#a")
+    assert _hits(dynamodb) == 1
+
+
+def test_a_failed_first_item_undoes_the_second(dynamodb) -> None:
+    _admit(dynamodb, "sig#a")
+    # The Put's condition fails, the Update (run after it) succeeds: all of it is undone.
+    with pytest.raises(ClientError) as cancelled:
+        _admit(dynamodb, "sig#a")
+    reasons = cancelled.value.response["CancellationReasons"]
+    assert [r["Code"] for r in reasons] == ["ConditionalCheckFailed", "None"]
+    assert _hits(dynamodb) == 1
+
+
+def test_a_failed_second_item_undoes_the_first(dynamodb) -> None:
+    for n in range(3):
+        _admit(dynamodb, f"sig#{n}")
+    with pytest.raises(ClientError) as cancelled:
+        _admit(dynamodb, "sig#new")
+    reasons = cancelled.value.response["CancellationReasons"]
+    assert [r["Code"] for r in reasons] == ["None", "ConditionalCheckFailed"]
+    assert not _exists(dynamodb, "sig#new")
+    assert _hits(dynamodb) == 3
+    assert _exists(dynamodb, "other#199")

@@ -1,0 +1,78 @@
+"""The form and its media type, parsed as the contract and RFC 9110 say (issue 9, item 5)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import pytest
+
+from tokex.errors import InvalidRequest, UnsupportedMediaType
+from tokex.token_request import MAX_FORM_PARAMETERS, check_content_type, parse_form
+
+FORM = "application/x-www-form-urlencoded"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        FORM,
+        "Application/X-WWW-Form-URLEncoded",  # type and subtype are case-insensitive
+        f"{FORM}; charset=utf-8",
+        f"{FORM};charset=UTF-8",
+        f'{FORM}; charset="utf-8"',
+        f"{FORM} ;\tcharset=utf-8",  # OWS is SP and HTAB around the semicolon
+        f" {FORM}\t",  # and around the field value
+        f"{FORM};",  # an empty parameter is allowed by the grammar
+        f"{FORM};; charset=utf-8",
+    ],
+)
+def test_accepted_media_types(content_type: str) -> None:
+    check_content_type(content_type)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "reason"),
+    [
+        (None, "content_type"),
+        ("", "content_type"),
+        ("application/json", "content_type"),
+        (f"{FORM}\u00a0", "content_type"),  # a no-break space is not OWS
+        (f"\x01{FORM}", "content_type"),  # nor is a control character
+        (f"\x0b{FORM}", "content_type"),
+        (f"{FORM}\r\n", "content_type"),
+        (f"{FORM}\u2003", "content_type"),
+        ("application / x-www-form-urlencoded", "content_type"),
+        (f"{FORM}; charset = utf-8", "content_type"),  # no whitespace around "="
+        (f'{FORM}; charset="utf-8', "content_type"),  # unterminated quoted-string
+        (f"{FORM}x", "content_type"),
+        (f"{FORM}; charset=latin-1", "charset"),
+        (f"{FORM}; charset=utf-8; charset=utf-8", "charset"),
+        (f"{FORM}; boundary=x", "content_type_param"),
+    ],
+)
+def test_refused_media_types(content_type: str | None, reason: str) -> None:
+    with pytest.raises(UnsupportedMediaType) as refused:
+        check_content_type(content_type)
+    assert (refused.value.status, refused.value.reason) == (415, reason)
+
+
+def test_unrecognised_parameters_are_ignored_up_to_the_limit() -> None:
+    fields = {f"extra{i}": "x" for i in range(MAX_FORM_PARAMETERS - 1)}
+    form = parse_form(urlencode({"grant_type": "g", **fields}).encode())
+    assert len(form) == MAX_FORM_PARAMETERS and form["grant_type"] == "g"
+    assert len(parse_form(urlencode({f"p{i}": "x" for i in range(17)}).encode())) == 17
+
+
+def test_more_parameters_than_the_limit_have_their_own_error() -> None:
+    body = urlencode({f"p{i}": "x" for i in range(MAX_FORM_PARAMETERS + 1)}).encode()
+    with pytest.raises(InvalidRequest) as refused:
+        parse_form(body)
+    assert refused.value.reason == "form_parameters"
+    assert refused.value.description == f"the form has more than {MAX_FORM_PARAMETERS} parameters"
+
+
+@pytest.mark.parametrize("body", [b"\xff=1", b"a=1&&b=2", b"a"])
+def test_malformed_forms_are_still_malformed(body: bytes) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        parse_form(body)
+    assert refused.value.reason == "form"
