@@ -37,7 +37,7 @@ from tests.unit.test_fuzz import (
 )
 from tests.unit.test_jws import LocalSigner
 from tokex.client.signing import encode_subject_token, signed_get_caller_identity
-from tokex.clients import basic_authorization
+from tokex.introspection_clients import basic_authorization
 from tokex.local.emulator import SubprocessMotoServer
 from tokex.local.front import http_api_event
 from tokex.local.functions import LambdaContext, load_handler

@@ -32,7 +32,7 @@ _KMS_KEY_ARN = re.compile(
     r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
 )
 # An IAM role name, optionally under a path, as the exchange accepts it
-# (tokex/evidence/ec2_tags.py): `name` or `path/to/name`.
+# (tokex/adapters/ec2.py): `name` or `path/to/name`.
 _ROLE_NAME = re.compile(r"^([A-Za-z0-9_+=,.@-]{1,64}/){0,8}[A-Za-z0-9_+=,.@-]{1,64}$")
 _ACCOUNT = re.compile(r"^\d{12}$")
 

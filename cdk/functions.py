@@ -5,14 +5,30 @@ Roles are created here with no managed policy: every permission a function has i
 statement added by the construct that owns the resource (signing key, tables, issuer
 bucket) or, for instance tag lookups, by the stack; plus writing to its own log group
 and X-Ray tracing.
+
+Each function's code is its part of the installed `tokex_functions` package (see
+`function_code`), the same files `tokex local` imports; the core library comes from the
+layer.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from aws_cdk import CustomResource, Duration
+import jsii
+from aws_cdk import (
+    AssetHashType,
+    BundlingOptions,
+    CustomResource,
+    DockerImage,
+    Duration,
+    ILocalBundling,
+)
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -21,15 +37,82 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
-FUNCTIONS_DIR = Path(__file__).resolve().parent.parent / "functions"
+FUNCTIONS_PACKAGE = "tokex_functions"
 RUNTIME = lambda_.Runtime.PYTHON_3_13
 ARCHITECTURE = lambda_.Architecture.ARM_64
-HANDLER = "handler.lambda_handler"
 PUBLISH_SCHEDULE = events.Schedule.rate(Duration.hours(1))
 
 
+def functions_package_dir() -> Path:
+    """The folder of the installed `tokex_functions` (functions/ of the checkout when it
+    is installed with `pip install -e`, as docs/deploy.md says)."""
+    spec = importlib.util.find_spec(FUNCTIONS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"{FUNCTIONS_PACKAGE} is not installed: run `pip install -e '.[cdk]'` first"
+        )
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+def handler_name(function: str) -> str:
+    """The Lambda handler setting of a function: its module in the package, dotted."""
+    return f"{FUNCTIONS_PACKAGE}.{function}.handler.lambda_handler"
+
+
+def function_asset_files(function: str) -> dict[str, Path]:
+    """Asset path -> source file: the package's own modules (its `__init__` and the
+    plumbing the handlers share) and the one function's subpackage, nothing of the others.
+    """
+    package = functions_package_dir()
+    if not (package / function / "handler.py").is_file():
+        raise FileNotFoundError(f"no handler for the function {function!r} in {package}")
+    sources = [*package.glob("*.py"), *(package / function).rglob("*.py")]
+    return {
+        f"{FUNCTIONS_PACKAGE}/{path.relative_to(package).as_posix()}": path
+        for path in sorted(sources)
+        if "__pycache__" not in path.parts
+    }
+
+
+@jsii.implements(ILocalBundling)
+class _CopyFiles:
+    """jsii adapter: CDK calls `try_bundle` with the asset's output directory."""
+
+    def __init__(self, files: Mapping[str, Path]) -> None:
+        self._files = dict(files)
+
+    def try_bundle(self, output_dir: str, *args: Any, **options: Any) -> bool:
+        for name, source in self._files.items():
+            target = Path(output_dir) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        return True
+
+
+def function_code(function: str) -> lambda_.Code:
+    """The function's asset, hashed by its files' names and contents (so a change to the
+    shared plumbing redeploys every function, and a change to one handler only its own)."""
+    files = function_asset_files(function)
+    digest = hashlib.sha256()
+    for name, source in files.items():
+        digest.update(name.encode() + b"\0" + hashlib.sha256(source.read_bytes()).digest())
+    return lambda_.Code.from_asset(
+        # A placeholder for CDK: with a custom hash and local bundling it is neither
+        # fingerprinted nor copied; the bundler copies `files`.
+        str(functions_package_dir() / function),
+        asset_hash_type=AssetHashType.CUSTOM,
+        asset_hash=digest.hexdigest(),
+        bundling=BundlingOptions(
+            # Never pulled: local bundling always succeeds or raises.
+            image=DockerImage.from_registry("tokex-local-bundling-only"),
+            local=_CopyFiles(files),
+        ),
+    )
+
+
 class TokexFunction(Construct):
-    """One handler directory as an arm64 Python function with the core layer."""
+    """One function of `tokex_functions` (`directory`: its subpackage) as an arm64 Python
+    function with the core layer."""
 
     def __init__(
         self,
@@ -58,10 +141,8 @@ class TokexFunction(Construct):
             description=description,
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
-            handler=HANDLER,
-            code=lambda_.Code.from_asset(
-                str(FUNCTIONS_DIR / directory), exclude=["__pycache__", "*.pyc"]
-            ),
+            handler=handler_name(directory),
+            code=function_code(directory),
             layers=[layer],
             role=self.role,
             memory_size=512,

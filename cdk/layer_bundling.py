@@ -3,6 +3,9 @@
 `pip install --platform manylinux2014_aarch64 --only-binary=:all:` fetches the wheels built
 for the Lambda architecture whatever machine synthesizes, so nothing is compiled here.
 The AWS SDK (boto3, botocore, s3transfer) is left to the Lambda runtime, which ships it.
+The layer is the runtime only: the tooling in the `tokex` package (`TOOLING`: the CLI,
+local mode, the Kong generator, the workload client) stays in the installable package
+and out of the layer, and nothing in the runtime imports it (tests/infra/test_layer.py).
 
 A finished bundle is kept in a cache directory keyed by a hash of everything that goes
 into it (the `tokex` sources, the dependency list, the target platform and this module's
@@ -32,13 +35,15 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 # Bump when the recipe below changes in a way the inputs hash cannot see.
-RECIPE_VERSION = "2"
+RECIPE_VERSION = "3"
 PLATFORM = "manylinux2014_aarch64"
 # Provided by every Lambda Python runtime; bundling them would only shadow the runtime's
 # copy and add ~25 MB.
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
 PACKAGE_NAME = "tokex"
 CACHE_ENTRIES_KEPT = 4
+# Top-level entries of the `tokex` package that are tooling, not runtime.
+TOOLING = frozenset({"cli", "local", "client", "kong.py"})
 _IGNORED_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -62,13 +67,21 @@ def layer_requirements(pyproject: Path) -> list[str]:
     return [r for r in project["dependencies"] if requirement_name(r) not in RUNTIME_PROVIDED]
 
 
-def _source_files(package_dir: Path) -> list[Path]:
+def is_runtime_file(relative: Path) -> bool:
+    """Whether a file of the `tokex` package (path relative to it) goes in the layer."""
+    return (
+        relative.parts[0] not in TOOLING
+        and not _IGNORED_PARTS.intersection(relative.parts)
+        and relative.suffix not in (".pyc", ".pyo")
+    )
+
+
+def runtime_files(package_dir: Path) -> list[Path]:
+    """The files of the `tokex` package that the layer ships."""
     return sorted(
         path
         for path in package_dir.rglob("*")
-        if path.is_file()
-        and not _IGNORED_PARTS.intersection(path.relative_to(package_dir).parts)
-        and path.suffix not in (".pyc", ".pyo")
+        if path.is_file() and is_runtime_file(path.relative_to(package_dir))
     )
 
 
@@ -99,7 +112,7 @@ class CoreLayerBundling:
             "excluded": sorted(RUNTIME_PROVIDED),
         }
         digest.update(json.dumps(header, sort_keys=True).encode())
-        for path in _source_files(self.package_dir):
+        for path in runtime_files(self.package_dir):
             relative = path.relative_to(self.package_dir).as_posix()
             digest.update(b"\0" + relative.encode() + b"\0")
             digest.update(hashlib.sha256(path.read_bytes()).digest())
@@ -148,11 +161,10 @@ class CoreLayerBundling:
         self._pip(
             "install", "--no-deps", "--require-hashes", "--target", str(site), "-r", str(lock)
         )
-        shutil.copytree(
-            self.package_dir,
-            site / PACKAGE_NAME,
-            ignore=shutil.ignore_patterns(*_IGNORED_PARTS, "*.pyc", "*.pyo"),
-        )
+        for path in runtime_files(self.package_dir):
+            target = site / PACKAGE_NAME / path.relative_to(self.package_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
         # Console scripts from --target installs are useless in a layer.
         shutil.rmtree(site / "bin", ignore_errors=True)
         leaked = {canonical_name(p.name.split("-")[0]) for p in site.glob("*.dist-info")}
@@ -274,7 +286,7 @@ def core_layer_code(*, project_root: Path, python_version: str) -> lambda_.Code:
 
 
 class CoreLayer(Construct):
-    """The `tokex` package and its dependencies for arm64 Lambda functions."""
+    """The `tokex` runtime (no tooling) and its dependencies for arm64 Lambda functions."""
 
     def __init__(self, scope: Construct, construct_id: str, *, runtime: lambda_.Runtime) -> None:
         super().__init__(scope, construct_id)

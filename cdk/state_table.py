@@ -9,9 +9,9 @@ Three kinds of item share it, each written by one party only:
 - `rate#<principal>#<minute>`: the exchange counts each caller's exchanges per minute;
   they expire after two minutes.
 
-Both are written by tokex/admission.py in one `TransactWriteItems` per exchange (a
-transaction is authorised item by item as the PutItem and UpdateItem it holds, so the
-grants below are all it needs).
+Both are written by tokex/adapters/state_table/admission.py in one `TransactWriteItems`
+per exchange (a transaction is authorised item by item as the PutItem and UpdateItem it
+holds, so the grants below are all it needs).
 - `client#<id>`: introspection clients, written by operators (`tokex clients add`), read
   by the introspect function. No `expires_at`: kept until removed.
 - `revoked-jti#...`, `revoked-principal#...`: revocations, written by operators
@@ -26,12 +26,15 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from cdk.tables import retained_table
+from tokex.adapters.state_table import schema
 
-TTL_ATTRIBUTE = "expires_at"
-# tokex/admission.py writes `sig#<hex sha-256>` items (single use), and nothing else.
-SINGLE_USE_KEY_PATTERN = "sig#*"
-# tokex/admission.py counts in `rate#<principal>#<window>` items, and nothing else.
-RATE_COUNTER_KEY_PATTERN = "rate#*"
+# The schema is the runtime's (tokex/adapters/state_table/schema.py): one definition.
+TTL_ATTRIBUTE = schema.TTL_ATTRIBUTE
+# tokex/adapters/state_table/admission.py writes `sig#<hex sha-256>` items (single use),
+# and nothing else.
+SINGLE_USE_KEY_PATTERN = schema.SIGNATURE_PREFIX + "*"
+# The same admission write counts in `rate#<principal>#<window>` items, and nothing else.
+RATE_COUNTER_KEY_PATTERN = schema.RATE_PREFIX + "*"
 # What introspection reads: its clients (GetItem) and revocations (BatchGetItem).
 INTROSPECT_READ_ACTIONS = ["dynamodb:BatchGetItem", "dynamodb:GetItem"]
 

@@ -274,7 +274,7 @@ def instance_tags_role_arns(config: TokexConfig) -> list[str]:
 
 
 def allow_instance_tag_lookups(role: iam.IRole, config: TokexConfig) -> None:
-    """sts:AssumeRole on the instance-tags role (tokex/evidence/ec2_tags.py), nothing else:
+    """sts:AssumeRole on the instance-tags role (tokex/adapters/ec2.py), nothing else:
     what the assumed role may do is decided by each target account (ec2:DescribeInstances)."""
     role.add_to_principal_policy(
         iam.PolicyStatement(

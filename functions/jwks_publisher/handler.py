@@ -8,21 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from tokex import aws
-from tokex.service import publish_issuer_documents
 from tokex.settings import Settings
+from tokex.wiring import build_issuer_publisher
 
 logger = Logger()
 tracer = Tracer()
 
 settings = Settings.from_env()
-session = boto3.session.Session()
-kms = aws.client("kms", session=session)
-s3 = aws.client("s3", session=session)
+publish_issuer_documents = build_issuer_publisher(settings)
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -31,7 +27,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if event.get("RequestType") == "Delete":
         # Stack deletion: leave the last published documents; the bucket is retained.
         return {"PhysicalResourceId": event.get("PhysicalResourceId", "tokex-issuer-documents")}
-    written = publish_issuer_documents(settings, kms=kms, s3=s3)
+    written = publish_issuer_documents()
     logger.info("published issuer documents", extra={"written": written})
     if "RequestType" in event:  # CloudFormation custom resource (Provider framework)
         return {"PhysicalResourceId": "tokex-issuer-documents", "Data": {"Written": len(written)}}

@@ -56,13 +56,23 @@ class RunningLocal:
         return code
 
 
-def start_tokex_local(state_dir: Path, port: int | None = None) -> RunningLocal:
+def start_tokex_local(
+    state_dir: Path,
+    port: int | None = None,
+    *,
+    tokex: str = TOKEX,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> RunningLocal:
+    """`tokex local` (the checkout's console script unless `tokex` names another)."""
     port = port or free_port()
     process = subprocess.Popen(
-        [TOKEX, "local", "--port", str(port), "--state-dir", str(state_dir)],
+        [tokex, "local", "--port", str(port), "--state-dir", str(state_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
+        cwd=cwd,
     )
     running = RunningLocal(process, port, state_dir)
     ready = threading.Event()
@@ -87,12 +97,12 @@ def start_tokex_local(state_dir: Path, port: int | None = None) -> RunningLocal:
 
 
 def run_token(
-    state_dir: Path, *args: str, extra_env: dict[str, str] | None = None
+    state_dir: Path, *args: str, extra_env: dict[str, str] | None = None, tokex: str = TOKEX
 ) -> subprocess.CompletedProcess[str]:
     """`tokex token ARGS` as the demo workload of the `tokex local` behind `state_dir`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TOKEX_"))}
     env.update(load_env_file(state_dir / "workload.env"))
     env.update(extra_env or {})
     return subprocess.run(
-        [TOKEX, "token", *args], env=env, capture_output=True, text=True, timeout=60
+        [tokex, "token", *args], env=env, capture_output=True, text=True, timeout=60
     )

@@ -43,7 +43,8 @@ CRYPTO_ACTIONS = (
 # either would make CloudFormation replace the key (or fail on a duplicate alias).
 SLOT_A_KEY_LOGICAL_ID = "SigningKey49B95470"
 SLOT_A_ALIAS_LOGICAL_ID = "SigningKeyAliasFA392759"
-# The only items the exchange may write to the state table (tokex/admission.py).
+# The only items the exchange may write to the state table
+# (tokex/adapters/state_table/admission.py).
 SINGLE_USE_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["sig#*"]}}
 RATE_COUNTER_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["rate#*"]}}
 
@@ -661,6 +662,14 @@ def check_custom_domain(template: Template, *, domain: str, certificate_arn: str
     }
 
 
+# Construct name -> the function's subpackage of tokex_functions.
+FUNCTION_PACKAGES = {
+    "Exchange": "exchange",
+    "Introspect": "introspect",
+    "JwksPublisher": "jwks_publisher",
+}
+
+
 @check
 def check_functions(template: Template) -> None:
     """Current Python runtime on arm64, X-Ray active, own log group with retention, layer."""
@@ -672,7 +681,9 @@ def check_functions(template: Template) -> None:
         assert props["TracingConfig"] == {"Mode": "Active"}
         assert props["MemorySize"] == 512
         assert props["Timeout"] == timeout
-        assert props["Handler"] == "handler.lambda_handler"
+        assert (
+            props["Handler"] == f"tokex_functions.{FUNCTION_PACKAGES[name]}.handler.lambda_handler"
+        )
         assert props["Layers"] == [layer]
         assert props["Role"] == arn_of(template, f"{name}/Role")
         assert props["LoggingConfig"]["LogGroup"] == ref(template, f"{name}/Logs")

@@ -3,7 +3,11 @@ AWS SDK (the runtime provides it)."""
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,10 @@ pytestmark = pytest.mark.infra
 ELFCLASS64 = 2
 ELFDATA2LSB = 1
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
+# What the runtime's boto3 brings along (botocore's own dependencies).
+AWS_SDK_DEPENDENCIES = frozenset({"jmespath", "dateutil", "six", "urllib3"})
+# Left out of the layer (cdk/layer_bundling.py TOOLING), stated here independently.
+TOOLING = frozenset({"cli", "local", "client", "kong.py"})
 
 
 def elf_machine(path: Path) -> int:
@@ -82,7 +90,70 @@ def test_dependencies_and_tokex_are_there(default_synth: Synthesized, site: Path
     if _layer_inputs_hash() != default_synth.layer_inputs_hash:
         pytest.skip("the core library changed while the tests ran; cannot compare sources")
     for path in source.rglob("*.py"):
-        if "__pycache__" not in path.parts:
-            bundled = site / "tokex" / path.relative_to(source)
+        relative = path.relative_to(source)
+        if "__pycache__" not in path.parts and relative.parts[0] not in TOOLING:
+            bundled = site / "tokex" / relative
             assert bundled.read_bytes() == path.read_bytes(), f"{bundled} differs from source"
     assert not list((site / "tokex").rglob("__pycache__"))
+
+
+def test_the_layer_ships_no_tooling(site: Path) -> None:
+    """The CLI, local mode, the Kong generator and the workload client stay out of the
+    layer (issue 10); the handlers are in the functions' assets, not here either."""
+    assert (site / "tokex" / "__init__.py").is_file()
+    shipped = {p.name for p in (site / "tokex").iterdir()}
+    assert not shipped & TOOLING, f"tooling in the layer: {sorted(shipped & TOOLING)}"
+    assert not (site / "tokex_functions").exists()
+
+
+def _host_site_for(site: Path, stage: Path) -> Path:
+    """`stage` holding the layer's `tokex` and, for every other top-level name of the
+    layer, this machine's installed copy (the layer's native code is for arm64), plus
+    the AWS SDK the Lambda runtime provides: the layer's import graph, runnable here."""
+    host = Path(sysconfig.get_paths()["purelib"])
+    names = {p.name.split(".")[0] for p in site.iterdir() if not p.name.endswith(".dist-info")}
+    names.discard("bin")
+    names |= set(RUNTIME_PROVIDED) | AWS_SDK_DEPENDENCIES
+    for name in sorted(names - {"tokex"}):
+        for entry in [host / name, *host.glob(f"{name}.py"), *host.glob(f"{name}.*.so")]:
+            if entry.exists():
+                (stage / entry.name).symlink_to(entry)
+    (stage / "tokex").symlink_to(site / "tokex")
+    return stage
+
+
+def test_every_runtime_module_imports_from_the_layer_alone(site: Path, tmp_path: Path) -> None:
+    """Every module of the layer's `tokex` imports with nothing but the layer's packages
+    and the runtime's AWS SDK on the path: the runtime needs none of the tooling left out,
+    nor anything the layer does not bundle."""
+    modules = sorted(
+        ".".join(("tokex", *p.relative_to(site / "tokex").with_suffix("").parts)).removesuffix(
+            ".__init__"
+        )
+        for p in (site / "tokex").rglob("*.py")
+    )
+    # The layer's own native code is for arm64: its other packages come from this machine.
+    roots = [_host_site_for(site, tmp_path)]
+    script = (
+        "import importlib, sys\n"
+        f"sys.path[:0] = {[str(r) for r in roots]!r}\n"
+        "failed = []\n"
+        f"for name in {modules!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as exc:\n"
+        "        failed.append(f'{name}: {type(exc).__name__}: {exc}')\n"
+        "tokex = importlib.import_module('tokex')\n"
+        "assert tokex.__file__.startswith(sys.path[0]), tokex.__file__\n"
+        "print('\\n'.join(failed))\n"
+        "sys.exit(1 if failed else 0)\n"
+    )
+    # -I -S: no site-packages, no .pth files, so no editable install of the checkout.
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"AWS_DEFAULT_REGION": "us-east-1", "PATH": os.environ.get("PATH", "")},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -9,10 +9,10 @@ from tests.infra import checks
 from tests.infra.conftest import (
     ACCOUNTS_CONTEXT,
     ALTERNATE_CONTEXT,
-    REPO_ROOT,
     TEST_NONCE,
     Synthesized,
 )
+from tokex.local.functions import functions_dir, handler_path
 
 AB = ("a", "b")
 
@@ -35,13 +35,34 @@ def test_introspection_wiring(default_synth: Synthesized) -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["exchange", "introspect", "jwks_publisher"])
+FUNCTIONS = ("exchange", "introspect", "jwks_publisher")
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_each_function_runs_its_own_handler(default_synth: Synthesized, name: str) -> None:
+    """The asset is the function's part of the installed tokex_functions - the files
+    `tokex local` and the tests' cold starts load - and the handler setting names it."""
     path = "".join(part.capitalize() for part in name.split("_"))
     props = checks.resource(default_synth.template, f"{path}/Function")["Properties"]
     asset = default_synth.outdir / f"asset.{props['Code']['S3Key'].removesuffix('.zip')}"
-    expected = (REPO_ROOT / "functions" / name / "handler.py").read_bytes()
-    assert (asset / "handler.py").read_bytes() == expected
+    module, _, function = props["Handler"].rpartition(".")
+    assert function == "lambda_handler"
+    assert (asset / f"{module.replace('.', '/')}.py").read_bytes() == handler_path(
+        name
+    ).read_bytes()
+    shipped = sorted(p.relative_to(asset).as_posix() for p in asset.rglob("*") if p.is_file())
+    package = functions_dir()
+    expected = sorted(
+        f"tokex_functions/{p.relative_to(package).as_posix()}"
+        for p in [*package.glob("*.py"), *(package / name).rglob("*.py")]
+        if "__pycache__" not in p.parts
+    )
+    assert shipped == expected
+    # The shared plumbing is there, byte for byte; no other function's handler is.
+    assert (asset / "tokex_functions" / "http_endpoint.py").read_bytes() == (
+        package / "http_endpoint.py"
+    ).read_bytes()
+    assert not [o for o in FUNCTIONS if o != name and (asset / "tokex_functions" / o).exists()]
 
 
 def test_signing_key_is_rsa_sign_verify_with_alias(default_synth: Synthesized) -> None:

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import pytest
 
+from tokex.adapters.policy_table import PolicyStore
 from tokex.cli.main import main
 from tokex.local.emulator import SubprocessMotoServer, set_signature_checking
 from tokex.local.provision import ACCOUNT_ID, DEMO_AUDIENCE, Credentials
 from tokex.local.runner import LocalSystem, start_local
 from tokex.policy.model import Policy
-from tokex.policy.store import PolicyStore
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ import pytest
 from moto import mock_aws
 
 from tests.integration.test_exchange import exchange, sign, verify
+from tokex.adapters.policy_table import PolicyStore
 from tokex.cli.deployment import policy_table_from_stack
 from tokex.cli.main import main
 from tokex.client.imds import encode_instance_evidence
@@ -38,7 +39,6 @@ from tokex.local.provision import (
 )
 from tokex.local.runner import LocalSystem, start_local
 from tokex.policy.model import Policy
-from tokex.policy.store import PolicyStore
 
 USER_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER_NAME}"
 DEMO_ROLES = f"arn:aws:iam::{ACCOUNT_ID}:role/demo-*"

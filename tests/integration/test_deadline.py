@@ -25,9 +25,9 @@ from tests.integration.test_exchange import exchange, sign
 from tests.integration.test_single_use import audit_lines
 from tests.integration.upstreams import Answer, LoopbackHttpServer, bad_upstream
 from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
-from tokex import aws
-from tokex.clients import basic_authorization
+from tokex.adapters import aws_clients as aws
 from tokex.deadline import request_deadline
+from tokex.introspection_clients import basic_authorization
 from tokex.local.front import http_api_event
 from tokex.local.functions import LambdaContext, load_handler
 from tokex.local.runner import LocalSystem, handler_environment

@@ -12,13 +12,13 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from tokex.errors import InvalidGrant, InvalidTarget
-from tokex.evidence.ec2_tags import (
+from tokex.adapters.ec2 import (
     AssumedCredentials,
     Ec2ClientFactory,
     InstanceTagLookup,
     default_ec2_client_factory,
 )
+from tokex.errors import InvalidGrant, InvalidTarget
 from tokex.evidence.identity import CallerIdentity, InstanceIdentity
 from tokex.policy.evaluate import Decision, TagLookup, evaluate, explain
 from tokex.policy.model import Policy

@@ -17,11 +17,12 @@ import pytest
 
 from tests.support.exchange_handler import cold_exchange_handler
 from tokex.client.signing import encode_subject_token, signed_get_caller_identity
+from tokex.forms import MAX_FORM_PARAMETERS
 from tokex.local.front import http_api_event
 from tokex.local.functions import LambdaContext
 from tokex.local.provision import ACCOUNT_ID, DEMO_INSTANCE_ID, DEMO_ROLE_ARN, DEMO_USER_NAME
 from tokex.local.runner import LocalSystem
-from tokex.token_request import MAX_FORM_PARAMETERS, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 
 def post(url: str, body: bytes, content_type: str = "application/x-www-form-urlencoded"):

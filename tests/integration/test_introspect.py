@@ -22,13 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.integration.test_exchange import Captured, exchange, post, verify
 from tests.unit.test_jws import LocalSigner
-from tokex.clients import ClientStore, basic_authorization, secret_hash
+from tokex.adapters.kms import KmsSigner
+from tokex.adapters.state_table.introspection_clients import ClientStore
+from tokex.introspection_clients import basic_authorization, secret_hash
 from tokex.local.front import http_api_event
 from tokex.local.functions import LambdaContext, load_handler
 from tokex.local.provision import DEMO_AUDIENCE, DEMO_INSTANCE_AUDIENCE, DEMO_ROLE_ARN
 from tokex.local.runner import LocalSystem, handler_environment
 from tokex.tokens.jws import encode_jwt
-from tokex.tokens.kms_signer import KmsSigner
 
 INACTIVE = {"active": False}
 FORM = "application/x-www-form-urlencoded"

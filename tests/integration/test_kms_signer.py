@@ -17,10 +17,10 @@ from jwcrypto import jwk as jwcrypto_jwk
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
+from tokex.adapters.kms import KmsSigner, public_jwk_for_key
 from tokex.errors import ConfigurationError, TemporarilyUnavailable
 from tokex.tokens.jwks import rfc7638_thumbprint
 from tokex.tokens.jws import TokenTooLarge, encode_jwt
-from tokex.tokens.kms_signer import KmsSigner, public_jwk_for_key
 from tokex.tokens.signer import MAX_SIGNING_INPUT_BYTES, Signer
 
 REGION = "us-east-1"

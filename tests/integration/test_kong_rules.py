@@ -22,6 +22,7 @@ from tests.integration.test_exchange import exchange, sign
 from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
 from tests.support.kong_jwt import Kong
 from tokex import kong
+from tokex.adapters.kms import KmsSigner
 from tokex.cli.kong import parse_document, read_jwks
 from tokex.cli.main import main
 from tokex.client.imds import encode_instance_evidence, read_instance_identity
@@ -29,7 +30,6 @@ from tokex.kong import Placement, Route
 from tokex.local.provision import DEMO_AUDIENCE, DEMO_INSTANCE_AUDIENCE
 from tokex.tokens.jwks import JWKS_PATH
 from tokex.tokens.jws import encode_jwt
-from tokex.tokens.kms_signer import KmsSigner
 
 ALGS = ("RS256", "ES256")
 SERVICE = Placement(service="demo", service_url="http://127.0.0.1:8080")

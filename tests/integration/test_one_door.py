@@ -15,8 +15,8 @@ import pytest
 
 from tests.integration.test_exchange import sign, verify
 from tokex.client.signing import encode_subject_token
-from tokex.clients import basic_authorization
 from tokex.edge import ORIGIN_HEADER, ORIGIN_SECRET_ENV
+from tokex.introspection_clients import basic_authorization
 from tokex.local.front import http_api_event
 from tokex.local.functions import LambdaContext, load_handler
 from tokex.local.runner import LocalSystem, handler_environment

@@ -7,9 +7,9 @@ from __future__ import annotations
 from tests.integration.test_exchange import sign
 from tests.support.exchange_handler import cold_exchange_handler
 from tests.support.exchange_handler import invoke_exchange as invoke_for
+from tokex.adapters.policy_table import PolicyStore
 from tokex.local.provision import DEMO_ROLE_ARN
 from tokex.policy.model import Policy
-from tokex.policy.store import PolicyStore
 
 PROBE = {
     "id": "cache-probe",

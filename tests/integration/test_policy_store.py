@@ -12,10 +12,10 @@ import pytest
 from botocore.config import Config
 from moto import mock_aws
 
+from tokex.adapters.policy_table import PolicyStore, create_table
 from tokex.errors import TemporarilyUnavailable
 from tokex.policy.cache import CachedPolicies
 from tokex.policy.model import Policy, PolicyValidationError
-from tokex.policy.store import PolicyStore, create_table
 
 TABLE = "tokex-policies-test"
 REGION = "us-east-1"

@@ -11,10 +11,10 @@ import pytest
 
 from tests.integration.test_exchange import exchange, sign, verify
 from tests.integration.test_introspect import introspect
+from tokex.adapters.state_table.revocations import TTL_MARGIN_SECONDS
 from tokex.cli.main import main
 from tokex.local.provision import ACCOUNT_ID, DEMO_USER_NAME
 from tokex.local.runner import LocalSystem
-from tokex.revocation import TTL_MARGIN_SECONDS
 
 USER_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER_NAME}"
 

@@ -25,9 +25,9 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from tokex.adapters.sts import StsForwarder
 from tokex.errors import InvalidGrant, TemporarilyUnavailable, TokexError
 from tokex.evidence.sigv4_request import STS_BODY, StsRequest, verify_sts_request
-from tokex.evidence.sts import StsForwarder
 from tokex.evidence.sts_endpoints import StsEndpoints
 from tokex.local.emulator import SubprocessMotoServer, free_port, set_signature_checking
 
@@ -289,17 +289,22 @@ UPSTREAM_CASES: dict[str, tuple[int, dict[str, str], bytes, str]] = {
     "unlisted-code": (403, XML, error_xml(MARKER), "sts_refused:403"),
     "403-html": (403, HTML_TYPE, HTML, "sts_refused:403"),
     "expired-token": (400, XML, error_xml("ExpiredToken"), "sts_refused:400: ExpiredToken"),
-    "throttling-400": (400, XML, error_xml("Throttling"), "sts_unavailable:400"),
-    "throttling-429": (429, XML, error_xml("ThrottlingException"), "sts_unavailable:429"),
-    "status-500": (500, XML, error_xml("InternalFailure"), "sts_unavailable:500"),
-    "502-html": (502, HTML_TYPE, HTML, "sts_unavailable:502"),
-    "503-retry-after": (503, {"Retry-After": "17"}, b"", "sts_unavailable:503"),
+    "throttling-400": (400, XML, error_xml("Throttling"), "sts GetCallerIdentity: HTTP 400"),
+    "throttling-429": (
+        429,
+        XML,
+        error_xml("ThrottlingException"),
+        "sts GetCallerIdentity: HTTP 429",
+    ),
+    "status-500": (500, XML, error_xml("InternalFailure"), "sts GetCallerIdentity: HTTP 500"),
+    "502-html": (502, HTML_TYPE, HTML, "sts GetCallerIdentity: HTTP 502"),
+    "503-retry-after": (503, {"Retry-After": "17"}, b"", "sts GetCallerIdentity: HTTP 503"),
 }
 
 
 def expected_error(reason: str) -> tuple[type[Exception], str]:
     """The error class and exact description a caller sees for each kind of refusal."""
-    if reason.startswith("sts_unavailable"):
+    if reason.startswith("sts GetCallerIdentity: HTTP"):
         return TemporarilyUnavailable, "STS is unavailable or throttling; retry later"
     if reason.startswith("sts_refused"):
         _, _, code = reason.partition(": ")

@@ -28,11 +28,11 @@ import pytest
 from tests.integration.conftest import local_system  # noqa: F401  (session fixture)
 from tests.integration.test_exchange import exchange, sign
 from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
+from tokex.adapters.kms import KmsSigner
 from tokex.evidence.identity import CallerIdentity
 from tokex.local.runner import LocalSystem
 from tokex.tokens.claims import build_claims
 from tokex.tokens.jws import encode_jwt
-from tokex.tokens.kms_signer import KmsSigner
 
 AUDIENCE = "demo-api"
 OTHER_AUDIENCE = "payments-api"

@@ -16,9 +16,10 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from tokex.admission import DynamoDbAdmission
+from tokex.adapters.state_table.admission import DynamoDbAdmission
+from tokex.adapters.state_table.schema import create_state_table, signature_key
 from tokex.errors import InvalidGrant, RateLimited, TemporarilyUnavailable
-from tokex.evidence.replay import create_state_table, signature_key
+from tokex.evidence.replay import signature_digest
 from tokex.evidence.sigv4_request import STS_BODY, StsRequest
 
 TABLE = "state"
@@ -71,7 +72,7 @@ def hits(dynamodb: Any, principal: str = ROLE) -> int:
 def test_first_use_records_the_signature_and_charges_one_unit(dynamodb) -> None:
     request = signed()
     admission(dynamodb).admit(request, ROLE)
-    record = item(dynamodb, signature_key(request))
+    record = item(dynamodb, signature_key(signature_digest(request)))
     assert record is not None and "released_at" not in record
     assert int(record["expires_at"]["N"]) == int(NOW) + 20 * 60  # the date window's end
     assert hits(dynamodb) == 1
@@ -119,7 +120,7 @@ def test_release_gives_the_request_and_the_unit_back(dynamodb) -> None:
     admitted = store.admit(request, ROLE)
     assert store.release(admitted)
     assert hits(dynamodb) == 0
-    record = item(dynamodb, signature_key(request))
+    record = item(dynamodb, signature_key(signature_digest(request)))
     assert record is not None and "released_at" in record
     again = store.admit(request, ROLE)  # the caller retries the same signed request
     assert hits(dynamodb) == 1
@@ -139,7 +140,7 @@ def test_one_feature_alone_is_one_conditional_write(dynamodb, single_use, limit)
         store.admit(request, ROLE)
     assert store.release(admitted)
     store.admit(request, ROLE)
-    assert (item(dynamodb, signature_key(request)) is not None) == single_use
+    assert (item(dynamodb, signature_key(signature_digest(request))) is not None) == single_use
     assert hits(dynamodb) == (0 if single_use else 1)
 
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from tokex.adapters.sts import _caller_identity
 from tokex.cli.main import main
 from tokex.cli.policy_explain import SIGNATURE_VARIANTS, caller_from_principal
 from tokex.errors import InvalidScope, InvalidTarget
 from tokex.evidence.instance_identity import VARIANTS
-from tokex.evidence.sts import _caller_identity
 from tokex.policy.evaluate import evaluate
 from tokex.policy.model import Policy
 

@@ -14,19 +14,19 @@ import pytest
 from botocore.config import Config
 from moto import mock_aws
 
+from tokex.adapters.state_table.introspection_clients import ClientStore
+from tokex.adapters.state_table.schema import create_state_table
 from tokex.cli.main import main
-from tokex.clients import (
+from tokex.errors import TemporarilyUnavailable
+from tokex.introspection_clients import (
     CLIENT_ID,
     MAX_CLIENT_AUDIENCES,
     VERIFIED_CACHE_SECONDS,
-    ClientStore,
     InvalidClient,
     basic_authorization,
     parse_basic_authorization,
     secret_hash,
 )
-from tokex.errors import TemporarilyUnavailable
-from tokex.evidence.replay import create_state_table
 
 TABLE = "tokex-state-test"
 SERVES = ("orders-api",)

@@ -1,5 +1,5 @@
 """InstanceTagLookup against moto's STS and EC2 (in process): state handling, caching of
-tags and of assumed credentials, error mapping (evidence/ec2_tags.py)."""
+tags and of assumed credentials, error mapping (adapters/ec2.py)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ from botocore.exceptions import EndpointConnectionError
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from tokex.errors import ConfigurationError, InvalidGrant, TemporarilyUnavailable
-from tokex.evidence import ec2_tags
-from tokex.evidence.ec2_tags import (
+from tokex.adapters import ec2 as ec2_tags
+from tokex.adapters.ec2 import (
     AssumedCredentials,
     InstanceTagLookup,
     default_ec2_client_factory,
     partition_for_region,
 )
+from tokex.errors import ConfigurationError, InvalidGrant, TemporarilyUnavailable
 from tokex.evidence.identity import InstanceIdentity
-from tokex.service import build_token_exchange
 from tokex.settings import Settings
+from tokex.wiring import build_token_exchange
 
 ACCOUNT = "123456789012"  # moto's default account: where the instances are
 REGION = "eu-west-1"
@@ -271,7 +271,7 @@ def test_throttled_assume_role_is_unavailable_and_not_cached():
     for _ in range(2):
         with pytest.raises(TemporarilyUnavailable) as info:
             lookup(identity())
-        assert info.value.reason == "ec2_tags_assume_role_failed: Throttling"
+        assert info.value.reason == "sts AssumeRole: Throttling"
         assert ACCOUNT not in info.value.description
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tokex.adapters.state_table import schema
 from tokex.ratelimit import WINDOW_SECONDS, rate_window
 
 ROLE = "arn:aws:iam::123456789012:role/app"
@@ -11,7 +12,7 @@ ROLE = "arn:aws:iam::123456789012:role/app"
 
 def test_one_item_per_principal_and_minute() -> None:
     window = rate_window(ROLE, 1_800_000_010.0, limit=60)  # 10 s into a minute
-    assert window.key == f"rate#{ROLE}#30000000"
+    assert schema.rate_key(window.principal, window.number) == f"rate#{ROLE}#30000000"
     assert window.ends_at == 1_800_000_060
     assert window.expires_at == window.ends_at + WINDOW_SECONDS  # kept one more window
     assert rate_window(ROLE, 1_800_000_059.9, limit=60) == window

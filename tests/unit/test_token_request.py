@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tokex.errors import InvalidRequest, UnsupportedMediaType
-from tokex.token_request import MAX_FORM_PARAMETERS, check_content_type, parse_form
+from tokex.forms import MAX_FORM_PARAMETERS, check_content_type, parse_form
 
 FORM = "application/x-www-form-urlencoded"
 

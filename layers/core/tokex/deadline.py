@@ -2,11 +2,11 @@
 (docs/contract.md "Deadline").
 
 A handler opens the budget when a request arrives (`request_deadline`); every upstream
-call reads what is left of it: the bounded transport (bounded_http.py) connects and reads
-no longer than that, botocore retries only when another attempt still fits (aws.py), and
-the STS forwarder and the single-use write check it before they start. When it runs out
-the request is answered 503 `temporarily_unavailable` with `Retry-After`
-(`DeadlineExceeded`).
+call reads what is left of it: the bounded transport (adapters/bounded_http.py) connects
+and reads no longer than that, botocore retries only when another attempt still fits
+(adapters/aws_clients.py), and the STS forwarder and the single-use write check it
+before they start. When it runs out the request is answered 503
+`temporarily_unavailable` with `Retry-After` (`DeadlineExceeded`).
 
 A context variable, not a parameter: the budget must reach botocore calls made inside
 adapters several layers below the use case, and every thread of `tokex local` gets its

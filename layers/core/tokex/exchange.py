@@ -43,7 +43,7 @@ class PolicySource(Protocol):
 
 
 class AdmissionStore(Protocol):
-    """Single use and the rate limit, decided by one write (admission.py)."""
+    """Single use and the rate limit, decided by one write (adapters/state_table/admission.py)."""
 
     def admit(self, request: StsRequest, principal: str) -> Any:
         """Use the signed request up and charge `principal`'s budget. Raises

@@ -13,7 +13,7 @@ What this deliberately does not trust (RFC 8725 §2.1, §3.1, §3.2):
   tokex never writes them, so a token that has one was not made by tokex;
 - anything but compact, strictly base64url-encoded JSON objects without duplicate keys.
 
-Each introspection client sees only the audiences it serves (clients.py): a verified
+Each introspection client sees only the audiences it serves (introspection_clients.py): a verified
 token of any other audience is inactive for it (RFC 7662 §4: the server may limit what a
 client learns, so a gateway of one API cannot read the tokens of another).
 """
@@ -39,7 +39,7 @@ MAX_TOKEN_CHARS = 8 * 1024
 # Clock difference tolerated between the Lambda that issued a token and the one checking
 # it, for `iat`/`nbf` only. `exp` gets no leeway: expired means expired (RFC 7519 §4.1.4).
 CLOCK_SKEW_SECONDS = 5
-# The only algorithms tokex signs with (kms_signer.py); anything else is not ours.
+# The only algorithms tokex signs with (adapters/kms.py); anything else is not ours.
 ACCEPTED_ALGS = frozenset({"RS256", "ES256"})
 # Public keys are re-read at most this often; matches the JWKS `max-age`
 # (docs/contract.md "Issuer").
@@ -78,7 +78,7 @@ class IntrospectionAudit:
 class PublishedKeys:
     """The public JWKs a token may be signed with, by `kid`, re-read every few minutes.
 
-    `fetch` returns the same keys the publisher puts in the JWKS (service.py reads them
+    `fetch` returns the same keys the publisher puts in the JWKS (adapters/kms.py reads them
     from KMS). A failed fetch raises (a 503 upstream) and is retried on the next call; it
     is never cached and never turns into "no keys, everything inactive".
     """

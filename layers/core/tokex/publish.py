@@ -1,19 +1,19 @@
-"""The S3 adapter: the only module that writes S3 (the JWKS and discovery documents).
+"""Publishing the issuer documents: the JWKS and the OpenID discovery document
+(docs/contract.md "Issuer"), written by a `DocumentStore` (adapters/s3.py).
 
 The publisher runs on a schedule, on deploy and on rotation, so publishing must be
-idempotent: the documents are serialized deterministically and an object whose bytes and
-headers are already right is not written again (no needless CloudFront-visible change).
+idempotent: the documents are serialized deterministically and the store skips an object
+whose bytes and headers are already right.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from tokex.errors import TemporarilyUnavailable
+from tokex.settings import Settings
+from tokex.tokens.jwks import build_jwks, discovery_document
 
 JWKS_KEY = ".well-known/jwks.json"
 DISCOVERY_KEY = ".well-known/openid-configuration"
@@ -21,8 +21,15 @@ CONTENT_TYPE = "application/json"
 # docs/contract.md "Issuer": both documents are served with
 # `Cache-Control: public, max-age=300`.
 CACHE_CONTROL = "public, max-age=300"
-# A missing key answers HeadObject with 404, or 403 without s3:ListBucket.
-_ABSENT = frozenset({"404", "403", "NoSuchKey", "NotFound", "AccessDenied", "Forbidden"})
+
+
+class DocumentStore(Protocol):
+    def write_if_changed(
+        self, key: str, body: bytes, *, content_type: str, cache_control: str
+    ) -> bool:
+        """Write unless already current; whether it wrote. May raise
+        TemporarilyUnavailable."""
+        ...
 
 
 def serialize_document(document: dict[str, Any]) -> bytes:
@@ -33,13 +40,13 @@ def serialize_document(document: dict[str, Any]) -> bytes:
 
 
 def publish_documents(
-    s3_client: Any, bucket: str, *, jwks: dict[str, Any], discovery: dict[str, Any]
+    store: DocumentStore, *, jwks: dict[str, Any], discovery: dict[str, Any]
 ) -> list[str]:
-    """Write `.well-known/jwks.json` then `.well-known/openid-configuration` to `bucket`.
+    """Write `.well-known/jwks.json` then `.well-known/openid-configuration`.
 
-    Returns the keys actually written: an object whose body (by ETag) and headers already
-    match is skipped. The JWKS goes first so the discovery document never points at a key
-    set older than itself. S3 failures are TemporarilyUnavailable.
+    Returns the keys actually written: an object whose body and headers already match is
+    skipped. The JWKS goes first so the discovery document never points at a key set older
+    than itself. Store failures are TemporarilyUnavailable.
     """
     if not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
         raise ValueError("the JWKS must list at least one key")
@@ -48,53 +55,26 @@ def publish_documents(
     written = []
     for key, document in ((JWKS_KEY, jwks), (DISCOVERY_KEY, discovery)):
         body = serialize_document(document)
-        if not _is_current(s3_client, bucket, key, body):
-            _put(s3_client, bucket, key, body)
+        if store.write_if_changed(
+            key, body, content_type=CONTENT_TYPE, cache_control=CACHE_CONTROL
+        ):
             written.append(key)
     return written
 
 
-def _is_current(s3_client: Any, bucket: str, key: str, body: bytes) -> bool:
-    """Whether the stored object already has these exact bytes and our headers.
-
-    A single-part PUT's ETag is the MD5 of the body (without SSE-KMS); any other ETag
-    (multipart, SSE-KMS) never matches, which only costs a rewrite.
-    """
-    try:
-        head = s3_client.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        if error.get("Code") in _ABSENT:
-            return False
-        raise _unavailable("head_object", exc) from exc
-    except BotoCoreError as exc:
-        raise _unavailable("head_object", exc) from exc
-    md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
-    return (
-        head.get("ETag", "").strip('"') == md5
-        and head.get("ContentType") == CONTENT_TYPE
-        and head.get("CacheControl") == CACHE_CONTROL
+def publish_issuer_documents(
+    settings: Settings,
+    *,
+    public_jwks: Callable[[], list[dict[str, Any]]],
+    store: DocumentStore,
+) -> list[str]:
+    """JWKS (`public_jwks()`: signing key first, then every other published key) and
+    discovery → `store`."""
+    jwks = build_jwks(public_jwks())
+    discovery = discovery_document(
+        issuer=settings.issuer,
+        token_endpoint=settings.token_endpoint,
+        algs=sorted({key["alg"] for key in jwks["keys"]}),
+        introspection_endpoint=settings.introspection_endpoint or None,
     )
-
-
-def _put(s3_client: Any, bucket: str, key: str, body: bytes) -> None:
-    try:
-        s3_client.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=body,
-            ContentType=CONTENT_TYPE,
-            CacheControl=CACHE_CONTROL,
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise _unavailable("put_object", exc) from exc
-
-
-def _unavailable(operation: str, exc: Exception) -> TemporarilyUnavailable:
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "ClientError")
-    else:
-        code = type(exc).__name__
-    return TemporarilyUnavailable(
-        "the key set could not be published, retry later", reason=f"s3_{operation}_failed: {code}"
-    )
+    return publish_documents(store, jwks=jwks, discovery=discovery)

@@ -1,15 +1,16 @@
 """Per-caller rate limit of token exchanges (contract: 429 `temporarily_unavailable`).
 
 Counted per canonical principal in one-minute windows, one state-table item per
-principal and window (`rate#<principal>#<window>`, attribute `hits`), so every Lambda
-instance shares the count. The key is the principal STS vouched for, never a value the
-caller chose (an access key id in an unverified request would let anyone exhaust someone
-else's budget). Workloads cache tokens until near expiry, so an honest caller needs a
-handful of exchanges per minute.
+principal and window (`rate#<principal>#<window>`, attribute `hits`;
+adapters/state_table/schema.py), so every Lambda instance shares the count. The key is
+the principal STS vouched for, never a value the caller chose (an access key id in an
+unverified request would let anyone exhaust someone else's budget). Workloads cache
+tokens until near expiry, so an honest caller needs a handful of exchanges per minute.
 
-The count is charged by the exchange's one admission write (admission.py), in the same
-request as the single-use record: a replayed signed request is refused before it can
-spend anything, and a request over the budget leaves the count as it was.
+The count is charged by the exchange's one admission write
+(adapters/state_table/admission.py), in the same request as the single-use record: a
+replayed signed request is refused before it can spend anything, and a request over the
+budget leaves the count as it was.
 """
 
 from __future__ import annotations
@@ -19,9 +20,6 @@ from dataclasses import dataclass
 from tokex.errors import RateLimited
 
 WINDOW_SECONDS = 60
-# The key holds a principal ARN: at most ~620 characters (an IAM user under a 512-character
-# path), far inside DynamoDB's 2048-byte partition key; the item stays under 1 KB.
-KEY_PREFIX = "rate#"
 
 
 @dataclass(frozen=True)
@@ -31,10 +29,6 @@ class RateWindow:
     principal: str
     number: int  # minutes since the epoch
     limit: int
-
-    @property
-    def key(self) -> str:
-        return f"{KEY_PREFIX}{self.principal}#{self.number}"
 
     @property
     def ends_at(self) -> int:

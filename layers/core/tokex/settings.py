@@ -69,7 +69,7 @@ class Settings:
     local_instance_certificate: str = ""
     local_instance_regions: tuple[str, ...] = ()
     # Policy `instance.tags`: the role tokex assumes in an instance's account to call
-    # ec2:DescribeInstances (evidence/ec2_tags.py). Empty = tag conditions never hold.
+    # ec2:DescribeInstances (adapters/ec2.py). Empty = tag conditions never hold.
     instance_tags_role_name: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 

@@ -22,12 +22,15 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from tokex.cli.deployment import add_deployment_arguments, check_deployment, resolve_deployment
-from tokex.cli.errors import AWS_ERROR, NOT_FOUND, CommandError, UsageError
+from tokex.cli.deployment import check_deployment
+from tokex.cli.errors import NOT_FOUND, CommandError, UsageError
 from tokex.cli.request_arguments import check_audience
-
-# cdk/tokex_stack.py names its outputs; this one is the state table.
-STATE_TABLE_OUTPUT = "StateTableName"
+from tokex.cli.state_table import (
+    STATE_TABLE_OUTPUT,
+    resolve_state_table,
+    state_table_parent,
+    store_error,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -93,7 +96,7 @@ def add_audience_argument(parser: argparse.ArgumentParser) -> None:
 
 def checked_audiences(args: argparse.Namespace) -> list[str]:
     """The --audience values, each of the form the exchange accepts (exit 2 otherwise)."""
-    from tokex.clients import MAX_CLIENT_AUDIENCES
+    from tokex.introspection_clients import MAX_CLIENT_AUDIENCES
 
     audiences = list(dict.fromkeys(check_audience(a) for a in args.audience))
     if len(audiences) > MAX_CLIENT_AUDIENCES:
@@ -105,7 +108,7 @@ def checked_audiences(args: argparse.Namespace) -> list[str]:
 
 
 def check_client_id(client_id: str) -> None:
-    from tokex.clients import CLIENT_ID
+    from tokex.introspection_clients import CLIENT_ID
 
     if not CLIENT_ID.fullmatch(client_id):
         raise UsageError(
@@ -115,30 +118,10 @@ def check_client_id(client_id: str) -> None:
         )
 
 
-def state_table_parent() -> argparse.ArgumentParser:
-    """--table/--stack, --region, --endpoint-url and --json, for commands on the state table."""
-    parent = argparse.ArgumentParser(add_help=False)
-    add_deployment_arguments(parent, table="state", output=STATE_TABLE_OUTPUT)
-    parent.add_argument("--json", action="store_true", help="machine-readable output")
-    return parent
-
-
-def resolve_state_table(args: argparse.Namespace) -> tuple[Any, str]:
-    """(DynamoDB client, state table name) from --table or --stack."""
-    deployment = resolve_deployment(args, output=STATE_TABLE_OUTPUT)
-    return deployment.client("dynamodb"), deployment.table
-
-
-def store_error(exc: Exception, args: argparse.Namespace) -> CommandError:
-    """An operator sees why (the AWS error code), not just "unavailable"."""
-    reason = getattr(exc, "reason", type(exc).__name__)
-    where = "--stack" if args.stack else "--table"
-    return CommandError(f"state table: {exc} ({reason})", error=AWS_ERROR, input=where)
-
-
 def run_add(args: argparse.Namespace) -> int:
-    from tokex.clients import CLIENT_NAME, ClientStore, basic_authorization
+    from tokex.adapters.state_table.introspection_clients import ClientStore
     from tokex.errors import TemporarilyUnavailable
+    from tokex.introspection_clients import CLIENT_NAME, basic_authorization
 
     if not CLIENT_NAME.fullmatch(args.name):
         raise UsageError(
@@ -169,7 +152,7 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_update(args: argparse.Namespace) -> int:
-    from tokex.clients import ClientStore
+    from tokex.adapters.state_table.introspection_clients import ClientStore
     from tokex.errors import TemporarilyUnavailable
 
     check_client_id(args.client_id)
@@ -188,7 +171,7 @@ def run_update(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(client.to_dict(), indent=2))
     else:
-        # Warm Lambdas trust a verified client for clients.py VERIFIED_CACHE_SECONDS.
+        # Warm Lambdas trust a verified client for introspection_clients.py VERIFIED_CACHE_SECONDS.
         print(
             f"{client.client_id} ({client.name}) now serves {' '.join(client.audiences)} "
             "(warm Lambdas may use the previous audiences for up to 30 s)"
@@ -197,7 +180,7 @@ def run_update(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from tokex.clients import ClientStore
+    from tokex.adapters.state_table.introspection_clients import ClientStore
     from tokex.errors import TemporarilyUnavailable
 
     try:
@@ -221,7 +204,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    from tokex.clients import ClientStore
+    from tokex.adapters.state_table.introspection_clients import ClientStore
     from tokex.errors import TemporarilyUnavailable
 
     check_client_id(args.client_id)

@@ -1,6 +1,6 @@
 """`tokex policy`: manage a deployment's policies, and explain its decisions.
 
-`put`, `get`, `list` and `delete` work on the policy table (policy/store.py, the same
+`put`, `get`, `list` and `delete` work on the policy table (adapters/policy_table.py, the same
 module the exchange reads with); `validate` is offline; `explain` runs the exchange's own
 evaluation (policy/evaluate.py `explain`, which `evaluate` is built on) for a principal and
 audience without issuing anything. Exit codes (cli/errors.py): 0 done, 1 an invalid policy,
@@ -10,10 +10,8 @@ an absent id or an AWS failure, 2 a usage error.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 from tokex.cli.deployment import (
@@ -22,21 +20,13 @@ from tokex.cli.deployment import (
     check_deployment,
     resolve_deployment,
 )
-from tokex.cli.errors import AWS_ERROR, INVALID_INPUT, NOT_FOUND, CommandError, UsageError
+from tokex.cli.errors import INVALID_INPUT, NOT_FOUND, CommandError, UsageError
 from tokex.cli.inputs import require_file
 from tokex.cli.policy_document import load_policy_file
+from tokex.cli.policy_explain import add_explain_arguments, explain_command
+from tokex.cli.policy_table import policy_table
 from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS, Policy, PolicyValidationError
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
-
-# Store failures (their `reason` carries the operation and error code) -> what to check.
-_HINTS = {
-    "ResourceNotFoundException": "no such table in this region?",
-    "AccessDenied": "do these credentials allow it?",
-    "NoCredentialsError": "no AWS credentials found",
-    "UnrecognizedClientException": "credentials not valid for this endpoint",
-    "InvalidSignatureException": "credentials not valid for this endpoint",
-    "EndpointConnectionError": "endpoint unreachable",
-}
 
 
 def register(subparsers: Any) -> None:
@@ -72,9 +62,6 @@ def register(subparsers: Any) -> None:
         run_explain,
         "show which policy would decide an exchange, and why (issues nothing)",
     )
-    # Imported here: policy_explain imports this module.
-    from tokex.cli.policy_explain import add_explain_arguments
-
     add_explain_arguments(explain)
     explain.add_argument(
         "--ttl-cap",
@@ -194,26 +181,7 @@ def run_delete(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from tokex.cli.policy_explain import explain_command
-
     return explain_command(args)
-
-
-@contextlib.contextmanager
-def policy_table(deployment: Deployment) -> Iterator[Any]:
-    """A PolicyStore on the deployment's table; store failures become CommandErrors."""
-    from tokex.errors import TemporarilyUnavailable
-    from tokex.policy.store import PolicyStore
-
-    try:
-        yield PolicyStore(deployment.client("dynamodb"), deployment.table)
-    except TemporarilyUnavailable as exc:
-        # The store's `reason` names the operation and the AWS error code (never data).
-        hint = next((h for code, h in _HINTS.items() if code in exc.reason), None)
-        message = f"policy table {deployment.table!r}: {exc.reason}"
-        raise CommandError(
-            f"{message} ({hint})" if hint else message, error=AWS_ERROR, input=deployment.flag
-        ) from None
 
 
 def _absent(policy_id: str, deployment: Deployment) -> CommandError:

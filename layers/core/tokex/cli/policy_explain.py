@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from tokex.cli.deployment import aws_client, check_deployment, resolve_deployment, stack_output
 from tokex.cli.errors import INVALID_INPUT, USAGE, CommandError, UsageError
 from tokex.cli.inputs import read_text, require_file
-from tokex.cli.policy import policy_table
 from tokex.cli.policy_document import load_policy_file
+from tokex.cli.policy_table import policy_table
 from tokex.cli.principal_arn import caller_from_principal
 from tokex.cli.request_arguments import check_audience, requested_scopes
 from tokex.errors import InvalidGrant, InvalidRequest, TokexError

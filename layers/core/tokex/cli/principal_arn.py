@@ -1,7 +1,7 @@
 """The `--principal` of `tokex policy explain`: an IAM or STS ARN, mapped to the
 CallerIdentity a real exchange would get from STS for it.
 
-The mapping is the STS forwarder's own (evidence/sts.py `_caller_identity`), so an
+The mapping is the STS forwarder's own (adapters/sts.py `_caller_identity`), so an
 assumed-role session maps to its path-less role exactly as in a real exchange. An ARN the
 exchange never sees is a usage error that says which part is wrong.
 """
@@ -15,7 +15,7 @@ from tokex.evidence.identity import CallerIdentity
 from tokex.settings import KNOWN_PARTITIONS
 
 _PARTITION = "|".join(KNOWN_PARTITIONS)
-# The shapes STS's answer can have (evidence/sts.py), plus a role ARN as IAM writes it.
+# The shapes STS's answer can have (adapters/sts.py), plus a role ARN as IAM writes it.
 # IAM names: 1-64 of [\w+=,.@-]; an STS RoleSessionName: 2-64 of the same (STS API
 # reference, AssumeRole); a path: printable ASCII between slashes (IAM identifiers).
 _NAME = r"[\w+=,.@-]"
@@ -44,7 +44,7 @@ def caller_from_principal(
 ) -> tuple[CallerIdentity, list[str]]:
     """The CallerIdentity a real exchange would get from STS for this principal, and notes
     on what the mapping changed."""
-    from tokex.evidence.sts import _caller_identity
+    from tokex.adapters.sts import _caller_identity
 
     notes: list[str] = []
     if account is not None and not _ACCOUNT.fullmatch(account):

@@ -18,14 +18,14 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from tokex.cli.clients import (
+from tokex.cli.deployment import check_deployment
+from tokex.cli.errors import UsageError
+from tokex.cli.state_table import (
     STATE_TABLE_OUTPUT,
     resolve_state_table,
     state_table_parent,
     store_error,
 )
-from tokex.cli.deployment import check_deployment
-from tokex.cli.errors import UsageError
 
 # Tokens name the canonical principal in `sub`: a role or an IAM user
 # (docs/contract.md "The access token (RFC 9068 profile)").
@@ -63,8 +63,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tokex.adapters.state_table.revocations import RevocationStore
     from tokex.errors import TemporarilyUnavailable
-    from tokex.revocation import RevocationStore
 
     if not 60 <= args.ttl_cap <= MAX_TTL_CAP_SECONDS:
         raise UsageError(

@@ -1,4 +1,10 @@
-"""Loads the Lambda handlers from `functions/` exactly as Lambda would: by file, once."""
+"""Loads the Lambda handlers of the installed `tokex_functions` package as Lambda would:
+by file, once per cold start.
+
+They are the files cdk/functions.py puts in each function's asset, found through the
+import system (an editable install maps the package to functions/ of the checkout, a
+wheel to site-packages), never through the repository's folder layout.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +14,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-import tokex
+FUNCTIONS_PACKAGE = "tokex_functions"
 
 _counter = itertools.count()
 
 
 def functions_dir() -> Path:
-    """`functions/` of the source checkout that this `tokex` package was installed from."""
-    root = Path(tokex.__file__).resolve().parents[3]
-    path = root / "functions"
-    if not (path / "exchange" / "handler.py").is_file():
-        raise FileNotFoundError(
-            "the Lambda handlers were not found next to the tokex package; local mode runs "
-            "from a source checkout installed with `pip install -e .`"
+    """The folder of the installed `tokex_functions` package (one subfolder per function)."""
+    spec = importlib.util.find_spec(FUNCTIONS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"the Lambda handlers ({FUNCTIONS_PACKAGE}) are not installed; reinstall tokex "
+            "(`pip install -e .` from the checkout)"
         )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def handler_path(name: str) -> Path:
+    """`tokex_functions/<name>/handler.py`, the module the function's Lambda handler names."""
+    path = functions_dir() / name / "handler.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no handler for the function {name!r} at {path}")
     return path
 
 
 def load_handler(name: str) -> ModuleType:
-    """A fresh import of `functions/<name>/handler.py`: a cold start. The environment the
-    handler reads must be set before this is called."""
-    path = functions_dir() / name / "handler.py"
-    spec = importlib.util.spec_from_file_location(f"tokex_fn_{name}_{next(_counter)}", path)
+    """A fresh import of the function's handler module: a cold start. The environment the
+    handler reads must be set before this is called. Its shared plumbing
+    (`tokex_functions.http_endpoint`) is imported normally: it keeps no state of its own."""
+    path = handler_path(name)
+    spec = importlib.util.spec_from_file_location(
+        f"{FUNCTIONS_PACKAGE}.{name}.handler_cold_start_{next(_counter)}", path
+    )
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)

@@ -13,10 +13,10 @@ from typing import Any
 
 import boto3
 
-from tokex.evidence.replay import create_state_table
+from tokex.adapters.policy_table import PolicyStore, create_table
+from tokex.adapters.state_table.schema import create_state_table
 from tokex.local.emulator import set_signature_checking
 from tokex.policy.model import Policy
-from tokex.policy.store import PolicyStore, create_table
 
 ACCOUNT_ID = "123456789012"  # moto's default account
 REGION = "us-east-1"
@@ -63,8 +63,8 @@ _SERVICE_ACTIONS = [
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
     "dynamodb:DeleteItem",
-    # The admission write (tokex/admission.py). Real IAM authorises a transaction's items
-    # as PutItem and UpdateItem; moto checks the operation's own name.
+    # The admission write (tokex/adapters/state_table/admission.py). Real IAM authorises
+    # a transaction's items as PutItem and UpdateItem; moto checks the operation's own name.
     "dynamodb:TransactWriteItems",
     "dynamodb:Scan",
     "dynamodb:Query",

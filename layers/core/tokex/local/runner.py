@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokex.clients import ClientStore, basic_authorization
+from tokex.adapters.state_table.introspection_clients import ClientStore
+from tokex.introspection_clients import basic_authorization
 from tokex.local.emulator import MotoServer, ThreadMotoServer
 from tokex.local.front import (
     HANDLER_LOCK,

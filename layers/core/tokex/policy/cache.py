@@ -20,16 +20,20 @@ from tokex.settings import MAX_POLICY_CACHE_SECONDS
 log = logging.getLogger(__name__)
 
 
-class PolicySource(Protocol):
-    """What the cache needs from a store (PolicyStore implements it)."""
+class PolicyLoader(Protocol):
+    """What the cache loads policies from (adapters/policy_table.py's PolicyStore).
+
+    Not exchange.py's `PolicySource`, which the cache itself implements."""
 
     def load_all(self) -> tuple[list[Policy], list[str]]: ...
 
 
 class CachedPolicies:
+    """The `PolicySource` of exchange.py."""
+
     def __init__(
         self,
-        store: PolicySource,
+        store: PolicyLoader,
         ttl_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -1,7 +1,8 @@
 """Public JWKs, their RFC 7638 thumbprints, the JWKS and the discovery document.
 
-Pure functions: no AWS here. `kms_signer.py` turns KMS public keys into JWKs with these
-and `publish.py` writes the documents built here to S3 (docs/contract.md "Issuer").
+Pure functions: no AWS here. `adapters/kms.py` turns KMS public keys into JWKs with
+these and `publish.py` publishes the documents built here (to S3: adapters/s3.py)
+(docs/contract.md "Issuer").
 """
 
 from __future__ import annotations

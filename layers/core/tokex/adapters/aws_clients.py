@@ -1,12 +1,13 @@
 """boto3 clients for an authentication hot path: every call within the request's deadline.
 
-Adapters take a client as a parameter; this is the one place that builds them, so the
-Lambda handlers, the CLI and local mode all talk to AWS the same way. The endpoint comes
+Adapters take a client as a parameter; this is the one place that builds them (and the
+one boto3 session factory), so the Lambda handlers, the CLI and local mode all talk to
+AWS the same way. The endpoint comes
 from the standard `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` variables (local mode
 points them at the emulator).
 
 While a request is served (deadline.py), a client sends through the bounded transport
-(bounded_http.py) instead of botocore's own: botocore's timeouts bound each socket
+(adapters/bounded_http.py) instead of botocore's own: botocore's timeouts bound each socket
 operation, so a KMS or DynamoDB endpoint that trickles bytes would hold the call for ever,
 and botocore offers no bound on a whole call. The switch uses botocore's documented
 `before-send` event, so everything else (signing, parsing, errors) stays botocore's. The
@@ -34,7 +35,8 @@ from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from botocore.config import Config
 from botocore.retries import standard
 
-from tokex import bounded_http, deadline
+from tokex import deadline
+from tokex.adapters import bounded_http
 from tokex.errors import DeadlineExceeded
 
 CONNECT_TIMEOUT_SECONDS = 2.0
@@ -62,6 +64,12 @@ _TRANSPORT = bounded_http.pool_manager(
 )
 _RETRY_EVENTS = standard.RetryEventAdapter()
 _RETRY_CONDITIONS = standard.StandardRetryConditions(max_attempts=MAX_ATTEMPTS)
+
+
+def new_session() -> boto3.session.Session:
+    """A boto3 session: share one between the clients of a process (each new session
+    loads the service models again, ~100 ms per client)."""
+    return boto3.session.Session()
 
 
 def client(service: str, *, session: boto3.session.Session | None = None, **kwargs: Any) -> Any:

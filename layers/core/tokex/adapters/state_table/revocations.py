@@ -1,6 +1,6 @@
 """Revocation records in the state table: the only module that reads or writes them.
 
-Two kinds of item (key `id`, TTL attribute `expires_at`):
+Two kinds of item (key `id`, TTL attribute `expires_at`: schema.py):
 - `revoked-jti#<jti>`: that one token;
 - `revoked-principal#<arn>` with `revoked_at` (N, epoch seconds): every token whose `sub`
   is that principal and whose `iat` is at or before `revoked_at`. Tokens issued in the
@@ -29,12 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from tokex.adapters import errors
+from tokex.adapters.state_table import schema
+from tokex.adapters.state_table.schema import KEY_ATTRIBUTE, TTL_ATTRIBUTE
 
-from tokex.errors import TemporarilyUnavailable
-
-JTI_PREFIX = "revoked-jti#"
-PRINCIPAL_PREFIX = "revoked-principal#"
 # Past the TTL cap: the clock skew tolerated between the revoking machine and the
 # Lambdas, plus slack.
 TTL_MARGIN_SECONDS = 300
@@ -52,6 +50,8 @@ class Revocation:
 
 
 class RevocationStore:
+    """The revocation records; its `revoked` is introspection.py's `RevocationCheck`."""
+
     def __init__(
         self,
         dynamodb_client: Any,
@@ -68,20 +68,21 @@ class RevocationStore:
 
     def revoke_jti(self, jti: str) -> Revocation:
         """Revoke one token by its `jti`."""
-        return self._put("jti", JTI_PREFIX, jti)
+        return self._put("jti", schema.revoked_jti_key(jti), jti)
 
     def revoke_principal(self, principal_arn: str) -> Revocation:
         """Revoke every token of `principal_arn` (the `sub` claim) issued up to now."""
-        return self._put("principal", PRINCIPAL_PREFIX, principal_arn)
+        return self._put("principal", schema.revoked_principal_key(principal_arn), principal_arn)
 
     def revoked(self, *, jti: str, principal: str, issued_at: int) -> str | None:
         """`"jti"` or `"principal"` when the token is revoked, else None (one read)."""
-        keys = [{"id": {"S": JTI_PREFIX + jti}}, {"id": {"S": PRINCIPAL_PREFIX + principal}}]
-        for item in self._batch_get(keys):
-            item_id = item.get("id", {}).get("S", "")
-            if item_id == JTI_PREFIX + jti:
+        jti_key = schema.revoked_jti_key(jti)
+        principal_key = schema.revoked_principal_key(principal)
+        for item in self._batch_get([schema.key(jti_key), schema.key(principal_key)]):
+            item_id = item.get(KEY_ATTRIBUTE, {}).get("S", "")
+            if item_id == jti_key:
                 return "jti"
-            if item_id == PRINCIPAL_PREFIX + principal:
+            if item_id == principal_key:
                 revoked_at = item.get("revoked_at", {}).get("N")
                 # A record without a readable time revokes everything: fail closed.
                 if revoked_at is None or not revoked_at.isdigit():
@@ -90,18 +91,18 @@ class RevocationStore:
                     return "principal"
         return None
 
-    def _put(self, kind: str, prefix: str, value: str) -> Revocation:
+    def _put(self, kind: str, key: str, value: str) -> Revocation:
         now = int(self._clock())
         expires_at = now + self._ttl_cap + TTL_MARGIN_SECONDS
         item = {
-            "id": {"S": prefix + value},
+            **schema.key(key),
             "revoked_at": {"N": str(now)},
-            "expires_at": {"N": str(expires_at)},
+            TTL_ATTRIBUTE: {"N": str(expires_at)},
         }
         try:
             self._dynamodb.put_item(TableName=self._table, Item=item)
-        except (ClientError, BotoCoreError) as exc:
-            raise TemporarilyUnavailable(_UNAVAILABLE, reason=_reason("PutItem", exc)) from None
+        except errors.SDK_ERRORS as exc:
+            raise errors.unavailable(_UNAVAILABLE, "dynamodb", "PutItem", exc) from None
         return Revocation(kind, value, now, expires_at)
 
     def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -109,23 +110,15 @@ class RevocationStore:
         request: dict[str, Any] = {
             self._table: {"Keys": keys, "ConsistentRead": True, "ProjectionExpression": "#i, #r"}
         }
-        request[self._table]["ExpressionAttributeNames"] = {"#i": "id", "#r": "revoked_at"}
+        request[self._table]["ExpressionAttributeNames"] = {"#i": KEY_ATTRIBUTE, "#r": "revoked_at"}
         for _ in range(_BATCH_ATTEMPTS):
             try:
                 response = self._dynamodb.batch_get_item(RequestItems=request)
-            except (ClientError, BotoCoreError) as exc:
-                raise TemporarilyUnavailable(
-                    _UNAVAILABLE, reason=_reason("BatchGetItem", exc)
-                ) from None
+            except errors.SDK_ERRORS as exc:
+                raise errors.unavailable(_UNAVAILABLE, "dynamodb", "BatchGetItem", exc) from None
             items.extend(response.get("Responses", {}).get(self._table, []))
             request = response.get("UnprocessedKeys") or {}
             if not request:
                 return items
         # Unknown revocation state is never reported as "not revoked".
-        raise TemporarilyUnavailable(_UNAVAILABLE, reason="dynamodb BatchGetItem: unprocessed")
-
-
-def _reason(operation: str, exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        return f"dynamodb {operation}: {exc.response.get('Error', {}).get('Code', 'unknown')}"
-    return f"dynamodb {operation}: {type(exc).__name__}"
+        raise errors.unavailable(_UNAVAILABLE, "dynamodb", "BatchGetItem", "unprocessed")

@@ -4,9 +4,10 @@ Once STS has named the caller, the exchange is *admitted* by one write to the st
 (the only write of an exchange that is not refused):
 
 - single use and the rate limit both on (the default): one `TransactWriteItems` holding
-  1. Put `sig#<sha256 of the signature>` (evidence/replay.py), if no live record exists;
-  2. Update `rate#<principal>#<minute>` (ratelimit.py): `hits + 1`, if `hits` is below
-     the limit.
+  1. Put `sig#<sha256 of the signature>` (evidence/replay.py, schema.py), if no live
+     record exists;
+  2. Update `rate#<principal>#<minute>` (ratelimit.py, schema.py): `hits + 1`, if `hits`
+     is below the limit.
   DynamoDB commits both or neither and names the condition that failed: the signature's
   (a replay, refused `invalid_grant` with the budget untouched) or the budget's (429).
 - only one of them on: that item's conditional PutItem or UpdateItem alone.
@@ -41,11 +42,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from tokex import deadline
-from tokex.errors import InvalidGrant, TemporarilyUnavailable, TokexError
-from tokex.evidence.replay import signature_expires_at, signature_key
+from tokex.adapters import errors
+from tokex.adapters.state_table import schema
+from tokex.errors import TemporarilyUnavailable, TokexError
+from tokex.evidence.replay import replay_refusal, signature_digest, signature_expires_at
 from tokex.evidence.sigv4_request import StsRequest
 from tokex.ratelimit import RateWindow, rate_window
 
@@ -58,15 +61,9 @@ CONFLICT_BACKOFF_SECONDS = 0.02
 _UNAVAILABLE = "the exchange state store is unavailable; retry later"
 # A record is live unless a release marked it: a missing record or a released one may be
 # (re)written.
-_UNUSED_SIGNATURE = "attribute_not_exists(id) OR attribute_exists(released_at)"
+_UNUSED_SIGNATURE = f"attribute_not_exists({schema.KEY_ATTRIBUTE}) OR attribute_exists(released_at)"
+_TTL = schema.TTL_ATTRIBUTE
 _UNDER_BUDGET = "attribute_not_exists(hits) OR hits < :limit"
-
-
-def replay_refusal() -> InvalidGrant:
-    return InvalidGrant(
-        "this signed request was already used; sign a new one for each exchange",
-        reason="replay",
-    )
 
 
 @dataclass(frozen=True)
@@ -80,6 +77,8 @@ class Admission:
 
 
 class DynamoDbAdmission:
+    """The `AdmissionStore` of exchange.py, on the state table."""
+
     def __init__(
         self,
         dynamodb_client: Any,
@@ -108,7 +107,9 @@ class DynamoDbAdmission:
         now = self._clock()
         admission = Admission(
             id=secrets.token_urlsafe(16),
-            signature_key=signature_key(request) if self._single_use else None,
+            signature_key=schema.signature_key(signature_digest(request))
+            if self._single_use
+            else None,
             signature_expires_at=signature_expires_at(request),
             window=rate_window(principal, now, limit=self._limit) if self._limit else None,
         )
@@ -141,7 +142,7 @@ class DynamoDbAdmission:
                     self._call("PutItem", **writes[0]["Put"])
                 else:
                     self._call("UpdateItem", **writes[0]["Update"])
-        except (ClientError, BotoCoreError, TokexError) as exc:
+        except (*errors.SDK_ERRORS, TokexError) as exc:
             log.warning("could not release an admission (the signed request stays used): %s", exc)
             return False
         return True
@@ -154,8 +155,8 @@ class DynamoDbAdmission:
         return {
             "TableName": self._table,
             "Item": {
-                "id": {"S": admission.signature_key},
-                "expires_at": {"N": str(admission.signature_expires_at)},
+                **schema.key(str(admission.signature_key)),
+                schema.TTL_ATTRIBUTE: {"N": str(admission.signature_expires_at)},
                 "admission": {"S": admission.id},
             },
             "ConditionExpression": _UNUSED_SIGNATURE,
@@ -167,8 +168,8 @@ class DynamoDbAdmission:
             return None
         return {
             "TableName": self._table,
-            "Key": {"id": {"S": window.key}},
-            "UpdateExpression": "ADD hits :one SET expires_at = if_not_exists(expires_at, :end)",
+            "Key": schema.key(schema.rate_key(window.principal, window.number)),
+            "UpdateExpression": f"ADD hits :one SET {_TTL} = if_not_exists({_TTL}, :end)",
             "ConditionExpression": _UNDER_BUDGET,
             "ExpressionAttributeValues": {
                 ":one": {"N": "1"},
@@ -181,8 +182,8 @@ class DynamoDbAdmission:
         return {
             "TableName": self._table,
             "Item": {
-                "id": {"S": admission.signature_key},
-                "expires_at": {"N": str(admission.signature_expires_at)},
+                **schema.key(str(admission.signature_key)),
+                schema.TTL_ATTRIBUTE: {"N": str(admission.signature_expires_at)},
                 "released_at": {"N": str(now)},
             },
             "ConditionExpression": "admission = :admission",
@@ -192,7 +193,7 @@ class DynamoDbAdmission:
     def _refund_budget(self, window: RateWindow) -> dict[str, Any]:
         return {
             "TableName": self._table,
-            "Key": {"id": {"S": window.key}},
+            "Key": schema.key(schema.rate_key(window.principal, window.number)),
             "UpdateExpression": "ADD hits :minus_one",
             # Never recreate a counter TTL has removed (it would have no expiry).
             "ConditionExpression": "attribute_exists(hits)",
@@ -215,7 +216,7 @@ class DynamoDbAdmission:
                     raise admission.window.refusal(now) from None
                 conflict = "TransactionConflict" in (use, charge)
                 if not conflict or attempt == CONFLICT_ATTEMPTS:
-                    raise _unavailable("TransactWriteItems", _code(exc), use, charge) from None
+                    raise _unavailable("TransactWriteItems", exc, use, charge) from None
                 self._sleep(random.random() * CONFLICT_BACKOFF_SECONDS * attempt)  # noqa: S311
 
     def _use_up_after_refusal(self, use: dict[str, Any]) -> None:
@@ -228,9 +229,9 @@ class DynamoDbAdmission:
         try:
             self._call(operation, **request)
         except ClientError as exc:
-            if _code(exc) == "ConditionalCheckFailedException":
+            if errors.is_client_error(exc, "ConditionalCheckFailedException"):
                 return False
-            raise _unavailable(operation, _code(exc)) from None
+            raise _unavailable(operation, exc) from None
         return True
 
     def _call(self, operation: str, **request: Any) -> None:
@@ -241,17 +242,15 @@ class DynamoDbAdmission:
         }[operation]
         try:
             method(**request)
-        except BotoCoreError as exc:  # unreachable, timeouts, no credentials
-            raise _unavailable(operation, type(exc).__name__) from None
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "unknown"))
+        except errors.SDK_ERRORS as exc:
+            if isinstance(exc, ClientError):
+                raise  # the callers read its code (a failed condition, a cancellation)
+            raise _unavailable(operation, exc) from None  # unreachable, timeout, credentials
 
 
 def _cancellation_codes(exc: ClientError) -> tuple[str | None, str | None]:
     """The cancellation reason of each item (signature, budget), when DynamoDB gave them."""
-    if _code(exc) != "TransactionCanceledException":
+    if not errors.is_client_error(exc, "TransactionCanceledException"):
         return None, None
     reasons = exc.response.get("CancellationReasons") or []
     codes = [reason.get("Code") for reason in reasons if isinstance(reason, dict)]
@@ -260,6 +259,8 @@ def _cancellation_codes(exc: ClientError) -> tuple[str | None, str | None]:
     return codes[0], codes[1]
 
 
-def _unavailable(operation: str, *codes: str | None) -> TemporarilyUnavailable:
+def _unavailable(operation: str, exc: Exception, *item_codes: str | None) -> TemporarilyUnavailable:
+    """The 503; a cancelled transaction's reason also names each item's cancellation code."""
+    codes = (errors.error_code(exc), *item_codes)
     detail = "/".join(code for code in codes if code and code != "None")
-    return TemporarilyUnavailable(_UNAVAILABLE, reason=f"dynamodb {operation}: {detail}")
+    return errors.unavailable(_UNAVAILABLE, "dynamodb", operation, detail)

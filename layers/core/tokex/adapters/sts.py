@@ -1,4 +1,4 @@
-"""The STS adapter: forward a verified GetCallerIdentity and trust only what STS answers.
+"""The STS forwarder: send a verified GetCallerIdentity and trust only what STS answers.
 
 docs/security.md "The STS answer": redirects off, no proxy from the environment
 (urllib3's PoolManager never reads one, unlike `requests`), short timeouts, a response
@@ -7,7 +7,7 @@ namespace holding exactly one `GetCallerIdentityResult` is believed. Upstream bo
 reach an error description.
 
 The call ends by the request's deadline (deadline.py) however STS answers: the transport
-bounds every read by the time left (bounded_http.py), so an endpoint that trickles one
+bounds every read by the time left (adapters/bounded_http.py), so an endpoint that trickles one
 byte at a time cannot hold the exchange past it.
 """
 
@@ -21,7 +21,8 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 from urllib3 import HTTPHeaderDict
 
-from tokex import bounded_http, deadline
+from tokex import deadline
+from tokex.adapters import bounded_http, errors
 from tokex.errors import DeadlineExceeded, InvalidGrant, TemporarilyUnavailable
 from tokex.evidence.identity import CallerIdentity
 from tokex.evidence.sigv4_request import StsRequest
@@ -63,7 +64,9 @@ _ACCOUNT = re.compile(r"[0-9]{12}", re.ASCII)
 
 
 class StsForwarder:
-    """Sends a verified `StsRequest` to STS and returns who STS says signed it."""
+    """Sends a verified `StsRequest` to STS and returns who STS says signed it (the
+    `CallerIdentityVerifier` of exchange.py). Its 503 reasons follow errors.py's format,
+    `sts GetCallerIdentity: <why>`."""
 
     def __init__(
         self,
@@ -137,16 +140,22 @@ class StsForwarder:
         return response.status, response.headers, data
 
 
+def _reason(detail: str) -> str:
+    return errors.reason("sts", "GetCallerIdentity", detail)
+
+
 def _unreachable(exc: Exception) -> TemporarilyUnavailable:
     if isinstance(exc, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError
         return TemporarilyUnavailable(
-            "STS could not be reached; retry later", reason="sts_unreachable"
+            "STS could not be reached; retry later", reason=_reason("unreachable")
         )
     if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
         return TemporarilyUnavailable(
-            "STS did not answer in time; retry later", reason="sts_timeout"
+            "STS did not answer in time; retry later", reason=_reason("timeout")
         )
-    return TemporarilyUnavailable("STS could not be reached; retry later", reason="sts_unreachable")
+    return TemporarilyUnavailable(
+        "STS could not be reached; retry later", reason=_reason("unreachable")
+    )
 
 
 def _retry_later(status: int, retry_after: str | None) -> TemporarilyUnavailable:
@@ -155,7 +164,7 @@ def _retry_later(status: int, retry_after: str | None) -> TemporarilyUnavailable
         seconds = min(max(int(retry_after), 1), MAX_RETRY_AFTER_SECONDS)
     return TemporarilyUnavailable(
         "STS is unavailable or throttling; retry later",
-        reason=f"sts_unavailable:{status}",
+        reason=_reason(f"HTTP {status}"),
         retry_after=seconds,
     )
 

@@ -1,40 +1,40 @@
-"""Wires the adapters into the use cases from one `Settings` (used by the handlers and
-local mode, so both build tokex the same way)."""
+"""The wiring: builds the use cases from one `Settings` and the AWS adapters (used by the
+handlers and local mode, so both build tokex the same way). The one module, besides the
+adapters and the tooling, that knows which adapter implements which interface."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import boto3
 from cryptography import x509
 
-from tokex import aws
-from tokex.admission import DynamoDbAdmission
-from tokex.clients import ClientStore
-from tokex.errors import ConfigurationError, TemporarilyUnavailable
-from tokex.evidence.ec2_tags import InstanceTagLookup
+from tokex.adapters import aws_clients
+from tokex.adapters.ec2 import InstanceTagLookup
+from tokex.adapters.kms import KmsPublicKeys, KmsSigner
+from tokex.adapters.policy_table import PolicyStore
+from tokex.adapters.s3 import S3Documents
+from tokex.adapters.state_table.admission import DynamoDbAdmission
+from tokex.adapters.state_table.introspection_clients import ClientStore
+from tokex.adapters.state_table.revocations import RevocationStore
+from tokex.adapters.sts import StsForwarder
+from tokex.errors import ConfigurationError
 from tokex.evidence.instance_identity import CertificateStore
-from tokex.evidence.sts import StsForwarder
 from tokex.exchange import TokenExchange
 from tokex.introspection import Introspector, PublishedKeys
 from tokex.policy.cache import CachedPolicies
-from tokex.policy.store import PolicyStore
-from tokex.publish import publish_documents
-from tokex.revocation import RevocationStore
+from tokex.publish import publish_issuer_documents
 from tokex.settings import Settings
-from tokex.tokens.jwks import build_jwks, discovery_document
-from tokex.tokens.kms_signer import KmsSigner, public_jwk_for_key
 
 
 def build_token_exchange(settings: Settings) -> TokenExchange:
     if not (settings.signing_key_id and settings.policy_table):
         raise ConfigurationError("TOKEX_SIGNING_KEY_ID and TOKEX_POLICY_TABLE are required")
     # One session for all clients: each new session would load the service models again.
-    session = boto3.session.Session()
-    kms = aws.client("kms", session=session)
-    dynamodb = aws.client("dynamodb", session=session)
+    session = aws_clients.new_session()
+    kms = aws_clients.client("kms", session=session)
+    dynamodb = aws_clients.client("dynamodb", session=session)
 
     # KMS GetPublicKey (for the kid) runs on first use, not at import: a KMS hiccup during
     # a cold start then costs one 503, not a failed Lambda init. Failures are not cached.
@@ -64,7 +64,8 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
         if settings.state_table and (settings.single_use or settings.rate_limit_per_minute)
         else None,
         instance_tags=InstanceTagLookup(
-            aws.client("sts", session=session), role_name=settings.instance_tags_role_name
+            aws_clients.client("sts", session=session),
+            role_name=settings.instance_tags_role_name,
         )
         if settings.instance_tags_role_name
         else None,
@@ -77,28 +78,39 @@ def build_introspection(settings: Settings) -> tuple[Introspector, ClientStore]:
     that may call `POST /introspect`."""
     if not (settings.signing_key_id and settings.state_table):
         raise ConfigurationError("TOKEX_SIGNING_KEY_ID and TOKEX_STATE_TABLE are required")
-    session = boto3.session.Session()
-    kms = aws.client("kms", session=session)
-    dynamodb = aws.client("dynamodb", session=session)
-
-    def published_keys() -> list[dict[str, Any]]:
-        try:
-            return [public_jwk_for_key(kms, key_id) for key_id in published_key_ids(settings)]
-        except ConfigurationError as exc:
-            # Raised per request, not at import: a 503 that names the cause in the log.
-            raise TemporarilyUnavailable(
-                "the signing keys are unavailable, retry later", reason=f"keys: {exc}"
-            ) from None
-
+    session = aws_clients.new_session()
+    kms = aws_clients.client("kms", session=session)
+    dynamodb = aws_clients.client("dynamodb", session=session)
+    public_keys = KmsPublicKeys(kms, published_key_ids(settings))
     introspector = Introspector(
         issuer=settings.issuer,
-        keys=PublishedKeys(published_keys),
+        keys=PublishedKeys(public_keys.for_introspection),
         revocations=RevocationStore(
             dynamodb, settings.state_table, ttl_cap_seconds=settings.ttl_cap_seconds
         ),
         ttl_cap_seconds=settings.ttl_cap_seconds,
     )
     return introspector, ClientStore(dynamodb, settings.state_table)
+
+
+def build_issuer_publisher(settings: Settings) -> Callable[[], list[str]]:
+    """Publishes the JWKS (signing key first, then every other published key) and the
+    discovery document to the issuer bucket; returns the keys written. The settings are
+    checked when it runs (a ConfigurationError then), as the publisher always has."""
+    session = aws_clients.new_session()
+    kms = aws_clients.client("kms", session=session)
+    s3 = aws_clients.client("s3", session=session)
+
+    def publish() -> list[str]:
+        if not (settings.signing_key_id and settings.jwks_bucket):
+            raise ConfigurationError("TOKEX_SIGNING_KEY_ID and TOKEX_JWKS_BUCKET are required")
+        return publish_issuer_documents(
+            settings,
+            public_jwks=KmsPublicKeys(kms, published_key_ids(settings)).jwks,
+            store=S3Documents(s3, settings.jwks_bucket),
+        )
+
+    return publish
 
 
 def published_key_ids(settings: Settings) -> list[str]:
@@ -116,17 +128,3 @@ def instance_certificates(settings: Settings) -> CertificateStore:
         for region in settings.local_instance_regions:
             store.add("rsa2048", region, certificate)
     return store
-
-
-def publish_issuer_documents(settings: Settings, *, kms: Any, s3: Any) -> list[str]:
-    """JWKS (signing key first, then every other published key) and discovery → S3."""
-    if not (settings.signing_key_id and settings.jwks_bucket):
-        raise ConfigurationError("TOKEX_SIGNING_KEY_ID and TOKEX_JWKS_BUCKET are required")
-    jwks = build_jwks(public_jwk_for_key(kms, key_id) for key_id in published_key_ids(settings))
-    discovery = discovery_document(
-        issuer=settings.issuer,
-        token_endpoint=settings.token_endpoint,
-        algs=sorted({key["alg"] for key in jwks["keys"]}),
-        introspection_endpoint=settings.introspection_endpoint or None,
-    )
-    return publish_documents(s3, settings.jwks_bucket, jwks=jwks, discovery=discovery)

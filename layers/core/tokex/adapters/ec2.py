@@ -1,5 +1,8 @@
 """EC2 instance tags for policy `instance.tags` conditions: the only module that calls EC2.
 
+A lookup that policy evaluation calls (policy/evaluate.py `TagLookup`), not evidence: the
+instance it asks about was already proven by the IMDS evidence (evidence/).
+
 `InstanceTagLookup` is the `TagLookup` evaluation calls (at most once per exchange, and
 only when a policy that otherwise applies has tag conditions). For verified, bound IMDS
 evidence it assumes `arn:<partition>:iam::<account>:role/<role name>` in the instance's
@@ -42,10 +45,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-from botocore.exceptions import BotoCoreError, ClientError
-
-from tokex import aws
+from tokex.adapters import aws_clients, errors
 from tokex.errors import ConfigurationError, InvalidGrant, TemporarilyUnavailable
 from tokex.evidence.identity import InstanceIdentity
 
@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 SESSION_NAME = "tokex-tags"
 # The AssumeRole minimum: each credential set serves a few DescribeInstances calls.
 ASSUMED_ROLE_SECONDS = 900
-# Re-assume this long before expiry, more than one call's worst case (aws.HOT_PATH_CONFIG).
+# Re-assume this long before expiry, more than one call's worst case
+# (aws_clients.HOT_PATH_CONFIG).
 CREDENTIALS_REFRESH_MARGIN_SECONDS = 120
 MAX_TTL_SECONDS = 60
 # Bounds the memory a warm container spends on instances it has seen.
@@ -107,12 +108,12 @@ def default_ec2_client_factory() -> Ec2ClientFactory:
     Sharing the session shares botocore's loaded EC2 model (a new session costs ~100 ms
     per client). The endpoint still comes from `AWS_ENDPOINT_URL[_EC2]` or the region.
     """
-    session = boto3.session.Session()
+    session = aws_clients.new_session()
     lock = threading.Lock()  # boto3 sessions are not thread-safe (boto3 "Multithreading")
 
     def create(region: str, credentials: AssumedCredentials) -> Any:
         with lock:
-            return aws.client(
+            return aws_clients.client(
                 "ec2",
                 session=session,
                 region_name=region,
@@ -224,8 +225,10 @@ class InstanceTagLookup:
             return _Outcome(_UNREADABLE)
         try:
             response = client.describe_instances(InstanceIds=[instance_id])
-        except ClientError as exc:
-            code = _code(exc)
+        except errors.SDK_ERRORS as exc:
+            if not errors.is_client_error(exc):
+                raise _unavailable("ec2", "DescribeInstances", exc) from exc
+            code = errors.error_code(exc)
             if code in _EC2_NOT_FOUND:
                 return _Outcome(_NOT_FOUND)
             if code in _EC2_CREDENTIAL_ERRORS:
@@ -234,9 +237,7 @@ class InstanceTagLookup:
             if code in _EC2_CREDENTIAL_ERRORS | _EC2_REFUSALS:
                 log.warning("instance tags unreadable: %s %s %s", account, region, code)
                 return _Outcome(_UNREADABLE)
-            raise _unavailable("describe_instances", code) from exc
-        except BotoCoreError as exc:
-            raise _unavailable("describe_instances", type(exc).__name__) from exc
+            raise _unavailable("ec2", "DescribeInstances", exc) from exc
         return _outcome_from(response, instance_id)
 
     def _client(self, account: str, region: str) -> Any | None:
@@ -274,16 +275,14 @@ class InstanceTagLookup:
                 credentials["SecretAccessKey"],
                 credentials["SessionToken"],
             )
-        except ClientError as exc:
-            code = _code(exc)
-            if code in _ASSUME_ROLE_REFUSALS:
+        except errors.SDK_ERRORS as exc:
+            if errors.is_client_error(exc, *_ASSUME_ROLE_REFUSALS):
+                code = errors.error_code(exc)
                 log.warning("instance tags unreadable: AssumeRole %s refused (%s)", role_arn, code)
                 return None
-            raise _unavailable("assume_role", code) from exc
-        except BotoCoreError as exc:
-            raise _unavailable("assume_role", type(exc).__name__) from exc
+            raise _unavailable("sts", "AssumeRole", exc) from exc
         except (KeyError, TypeError) as exc:
-            raise _unavailable("assume_role", "malformed response") from exc
+            raise _unavailable("sts", "AssumeRole", "malformed response") from exc
 
 
 def _outcome_from(response: Any, instance_id: str) -> _Outcome:
@@ -298,7 +297,7 @@ def _outcome_from(response: Any, instance_id: str) -> _Outcome:
         if not found:
             return _Outcome(_NOT_FOUND)
         if len(found) > 1:
-            raise _unavailable("describe_instances", "instance listed twice")
+            raise _unavailable("ec2", "DescribeInstances", "instance listed twice")
         state = found[0].get("State", {}).get("Name")
         tags = {
             tag["Key"]: tag["Value"]
@@ -306,15 +305,13 @@ def _outcome_from(response: Any, instance_id: str) -> _Outcome:
             if isinstance(tag.get("Key"), str) and isinstance(tag.get("Value"), str)
         }
     except (AttributeError, KeyError, TypeError) as exc:
-        raise _unavailable("describe_instances", "malformed response") from exc
+        raise _unavailable("ec2", "DescribeInstances", "malformed response") from exc
     # A missing or unknown state is not a running instance.
     return _Outcome(state if isinstance(state, str) else "unknown", tags)
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "ClientError"))
-
-
-def _unavailable(operation: str, code: str) -> TemporarilyUnavailable:
+def _unavailable(
+    service: str, operation: str, exc_or_detail: Exception | str
+) -> TemporarilyUnavailable:
     # Generic description on purpose: never an account, a role ARN or an upstream message.
-    return TemporarilyUnavailable(_UNAVAILABLE, reason=f"ec2_tags_{operation}_failed: {code}")
+    return errors.unavailable(_UNAVAILABLE, service, operation, exc_or_detail)

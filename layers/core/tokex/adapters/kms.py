@@ -1,4 +1,5 @@
-"""The KMS adapter: the only module that calls KMS (GetPublicKey and Sign).
+"""The KMS adapter: the only module that calls KMS (GetPublicKey and Sign): the signer
+and the reading of the published public keys (for introspection and the publisher).
 
 The private key never leaves KMS. The public key is read once, at cold start, and pins
 everything a token's header says: the algorithm (from the key spec), the `kid` (RFC 7638
@@ -8,11 +9,12 @@ can never make a warm signer sign with a key its `kid` does not name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from tokex.adapters import errors
 from tokex.errors import ConfigurationError, TemporarilyUnavailable
 from tokex.tokens.jwks import P256_COORDINATE_BYTES, jwk_from_spki_der
 from tokex.tokens.jws import check_signing_input_size
@@ -36,13 +38,9 @@ _CONFIGURATION_ERRORS = frozenset(
 _UNAVAILABLE = "the signing service is unavailable, retry later"
 
 
-def _unavailable(operation: str, exc: Exception) -> TemporarilyUnavailable:
+def _unavailable(operation: str, exc_or_detail: Exception | str) -> TemporarilyUnavailable:
     # The description is generic on purpose: never a key ARN or an upstream message.
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "ClientError")
-    else:
-        code = type(exc).__name__
-    return TemporarilyUnavailable(_UNAVAILABLE, reason=f"kms_{operation}_failed: {code}")
+    return errors.unavailable(_UNAVAILABLE, "kms", operation, exc_or_detail)
 
 
 def _describe_public_key(kms_client: Any, key_id: str) -> tuple[dict[str, Any], str, str]:
@@ -53,13 +51,11 @@ def _describe_public_key(kms_client: Any, key_id: str) -> tuple[dict[str, Any], 
     """
     try:
         response = kms_client.get_public_key(KeyId=key_id)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in _CONFIGURATION_ERRORS:
+    except errors.SDK_ERRORS as exc:
+        if errors.is_client_error(exc, *_CONFIGURATION_ERRORS):
+            code = errors.error_code(exc)
             raise ConfigurationError(f"KMS key {key_id!r} cannot sign tokens ({code})") from exc
-        raise _unavailable("get_public_key", exc) from exc
-    except BotoCoreError as exc:
-        raise _unavailable("get_public_key", exc) from exc
+        raise _unavailable("GetPublicKey", exc) from exc
 
     usage = response.get("KeyUsage")
     # `CustomerMasterKeySpec` is the deprecated name, still the only one moto returns.
@@ -87,6 +83,31 @@ def public_jwk_for_key(kms_client: Any, key_id: str) -> dict[str, Any]:
     """
     jwk, _, _ = _describe_public_key(kms_client, key_id)
     return jwk
+
+
+class KmsPublicKeys:
+    """The public JWKs of the published signing keys (the signing key first, then every
+    other published key), read from KMS on each call: what the publisher writes to the
+    JWKS and what introspection verifies against (through its cache, PublishedKeys)."""
+
+    def __init__(self, kms_client: Any, key_ids: Sequence[str]) -> None:
+        self._kms = kms_client
+        self._key_ids = tuple(key_ids)
+
+    def jwks(self) -> list[dict[str, Any]]:
+        """Raises ConfigurationError (a key that cannot sign JWTs) or
+        TemporarilyUnavailable (KMS unreachable, throttling)."""
+        return [public_jwk_for_key(self._kms, key_id) for key_id in self._key_ids]
+
+    def for_introspection(self) -> list[dict[str, Any]]:
+        """As `jwks`, but a misconfigured key is a 503 raised per request, not at import,
+        that names the cause in the log."""
+        try:
+            return self.jwks()
+        except ConfigurationError as exc:
+            raise TemporarilyUnavailable(
+                "the signing keys are unavailable, retry later", reason=f"keys: {exc}"
+            ) from None
 
 
 class KmsSigner:
@@ -131,12 +152,12 @@ class KmsSigner:
                 SigningAlgorithm=self._signing_algorithm,
             )
             signature = response["Signature"]
-        except (ClientError, BotoCoreError, KeyError) as exc:
-            raise _unavailable("sign", exc) from exc
+        except (*errors.SDK_ERRORS, KeyError) as exc:
+            raise _unavailable("Sign", exc) from exc
         if self._alg == "ES256":
             return _der_to_raw_p256(signature)
         if len(signature) != _RSA_2048_SIGNATURE_BYTES:
-            raise TemporarilyUnavailable(_UNAVAILABLE, reason="kms_sign_failed: bad length")
+            raise _unavailable("Sign", "bad length")
         return bytes(signature)
 
 
@@ -146,6 +167,4 @@ def _der_to_raw_p256(der: bytes) -> bytes:
         r, s = decode_dss_signature(der)
         return r.to_bytes(P256_COORDINATE_BYTES, "big") + s.to_bytes(P256_COORDINATE_BYTES, "big")
     except (ValueError, OverflowError) as exc:
-        raise TemporarilyUnavailable(
-            _UNAVAILABLE, reason="kms_sign_failed: malformed ECDSA signature"
-        ) from exc
+        raise _unavailable("Sign", "malformed ECDSA signature") from exc

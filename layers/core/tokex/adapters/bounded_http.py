@@ -8,8 +8,8 @@ left), send within the same bound, and read the response through a file whose ev
 passed, the next read fails at once. Outside a request (no deadline: the CLI, the
 publisher) only the per-operation timeouts apply.
 
-Used by the STS forwarder (evidence/sts.py) and, through botocore's `before-send` event,
-by the hot-path AWS clients (aws.py). What this cannot bound: DNS resolution
+Used by the STS forwarder (adapters/sts.py) and, through botocore's `before-send` event,
+by the hot-path AWS clients (adapters/aws_clients.py). What this cannot bound: DNS resolution
 (`getaddrinfo` has no timeout; in Lambda it is the VPC resolver, answered from cache) and
 a TLS handshake that trickles (each handshake read is bounded by the connect timeout, set
 when the connection opens). Both peers are AWS endpoints tokex chose, never the caller.

@@ -4,9 +4,9 @@ One item per policy: `id` (S, partition key), `document` (S, canonical JSON of
 `Policy.to_document()`), `updated_at` (N, epoch seconds). Documents are validated again
 when read: a bad item is skipped and reported, never allowed to break every exchange.
 
-Every AWS failure becomes `TemporarilyUnavailable` (503, docs/contract.md): the exchange must
-never answer 500, and the description never names the table (the `reason`, for logs,
-carries the operation and error code).
+Every AWS failure becomes `TemporarilyUnavailable` (503, docs/contract.md; errors.py): the
+exchange must never answer 500, and the description never names the table (the `reason`,
+for logs, carries the operation and error code).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from tokex.adapters import errors
 from tokex.errors import TemporarilyUnavailable
 from tokex.policy.model import (
     MAX_TTL_CAP_SECONDS,
@@ -38,6 +37,8 @@ _Ids = list[str]
 
 
 class PolicyStore:
+    """The policy table; its `load_all` is the `PolicyLoader` of policy/cache.py."""
+
     def __init__(
         self,
         dynamodb_client: Any,
@@ -132,15 +133,8 @@ class PolicyStore:
         method = getattr(self._client, _SNAKE[operation])
         try:
             response: dict[str, Any] = method(**kwargs)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", "unknown"))
-            raise TemporarilyUnavailable(
-                _UNAVAILABLE, reason=f"dynamodb {operation}: {code}"
-            ) from None
-        except BotoCoreError as exc:  # connection refused, timeouts, no credentials, ...
-            raise TemporarilyUnavailable(
-                _UNAVAILABLE, reason=f"dynamodb {operation}: {type(exc).__name__}"
-            ) from None
+        except errors.SDK_ERRORS as exc:  # an error answer, unreachable, timeouts, credentials
+            raise errors.unavailable(_UNAVAILABLE, "dynamodb", operation, exc) from None
         return response
 
 
@@ -164,8 +158,8 @@ def create_table(dynamodb_client: Any, table_name: str) -> None:
             KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
             BillingMode="PAY_PER_REQUEST",
         )
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
+    except errors.SDK_ERRORS as exc:
+        if not errors.is_client_error(exc, "ResourceInUseException"):
             raise
     dynamodb_client.get_waiter("table_exists").wait(
         TableName=table_name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}

@@ -1,0 +1,147 @@
+"""The HTTP plumbing that /token and /introspect share: the Powertools resolver, logger,
+metrics and tracer, the origin gate, the audit line, JSON responses, and the answers that
+do not depend on the endpoint (wrong method, no such path, a crash).
+
+A handler builds one `HttpEndpoint` at cold start, registers its POST route with
+`endpoint.post`, and exports `endpoint.lambda_handler`; its route reads the request
+(`endpoint.body()`, `endpoint.headers()`), calls the core, and answers with
+`endpoint.json(...)` or `endpoint.refused(err, ...)`. Every refusal, the origin gate's
+included, writes one audit line and counts one metric by outcome (docs/contract.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from tokex.edge import NotThroughIssuer, OriginGate
+from tokex.errors import MethodNotAllowed, TemporarilyUnavailable, TokexError
+from tokex.http_api import NOT_FOUND, event_body, event_response, json_text, no_store
+
+# Every method API Gateway forwards besides POST: answered 405 with `Allow: POST`.
+WRONG_METHODS = ["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+# The endpoint's own audit fields (who, which token...), logged after `outcome`.
+AuditFields = Mapping[str, object]
+LambdaHandler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
+
+
+class HttpEndpoint:
+    """One POST endpoint of the HTTP API and everything around its route.
+
+    `idle_fields` are the audit fields of a request refused before the core saw it (the
+    origin gate, a wrong method): the endpoint's fields, all empty.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        what: str,
+        audit_message: str,
+        metric: str,
+        idle_fields: AuditFields,
+    ) -> None:
+        self.path = path
+        self.what = what
+        self.audit_message = audit_message
+        self.metric = metric
+        self.idle_fields = dict(idle_fields)
+        self.logger = Logger()
+        self.metrics = Metrics()
+        self.tracer = Tracer()
+        self.app = APIGatewayHttpResolver()
+        self.origin_gate = OriginGate.from_env()
+        self.app.route(path, method=WRONG_METHODS)(self._wrong_method)
+        self.app.not_found(self._not_found)
+        self.app.exception_handler(Exception)(self._unexpected)
+        self.lambda_handler = self._lambda_handler()
+
+    # --- what a route uses ------------------------------------------------------------
+
+    def post(self, route: Callable[[], Response]) -> Callable[[], Response]:
+        """Decorator: `route` answers POST on the endpoint's path, traced."""
+        self.app.post(self.path)(self.tracer.capture_method(route))
+        return route
+
+    def body(self) -> bytes:
+        """The request body as sent (API Gateway may have base64-encoded it)."""
+        event = self.app.current_event
+        return event_body(event.body, event.is_base64_encoded)
+
+    def headers(self) -> Mapping[str, str]:
+        """The request headers (names in lower case, as HTTP API events carry them)."""
+        return self.app.current_event.headers
+
+    def json(
+        self, status: int, body: Mapping[str, object], headers: Mapping[str, str] | None = None
+    ) -> Response:
+        """A JSON answer that no cache keeps (RFC 6749 §5.1)."""
+        return Response(status, "application/json", json_text(body), no_store(headers))
+
+    def refused(self, err: TokexError, fields: AuditFields, started: float) -> Response:
+        """The audit line and the error answer of a request the contract refuses."""
+        outcome = "unavailable" if isinstance(err, TemporarilyUnavailable) else "refused"
+        self.audit(outcome, fields, started, error=err.error, reason=err.reason)
+        return self.error_response(err)
+
+    def error_response(self, err: TokexError) -> Response:
+        return self.json(err.status, err.body(), err.headers())
+
+    def audit(self, outcome: str, fields: AuditFields, started: float, **extra: str) -> None:
+        """One structured audit line per request, and the requests-by-outcome metric."""
+        self.logger.info(
+            self.audit_message,
+            extra={
+                "outcome": outcome,
+                **fields,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                **extra,
+            },
+        )
+        # One metric, one dimension: dashboards and alarms split requests by outcome.
+        self.metrics.add_dimension(name="outcome", value=outcome)
+        self.metrics.add_metric(name=self.metric, unit=MetricUnit.Count, value=1)
+
+    # --- the answers that do not depend on the endpoint -------------------------------
+
+    def _wrong_method(self) -> Response:
+        err = MethodNotAllowed(f"use POST for the {self.what} endpoint", reason="method")
+        self.audit(
+            "refused", self.idle_fields, time.perf_counter(), error=err.error, reason=err.reason
+        )
+        return self.json(err.status, err.body(), {**err.headers(), "Allow": "POST"})
+
+    def _not_found(self, _: Exception) -> Response:
+        return self.json(404, NOT_FOUND)
+
+    def _unexpected(self, err: Exception) -> Response:
+        # A bug must not hand out anything (no token, never "active") nor leak a trace:
+        # fail closed with a 503, and log the exception whole here.
+        self.logger.exception("unexpected error", extra={"outcome": "error"})
+        return self.error_response(
+            TemporarilyUnavailable("internal error, retry later", reason="bug")
+        )
+
+    def _lambda_handler(self) -> LambdaHandler:
+        @self.logger.inject_lambda_context(clear_state=True)
+        @self.metrics.log_metrics
+        @self.tracer.capture_lambda_handler
+        def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+            started = time.perf_counter()
+            try:
+                # The one door: refused before anything else is read unless CloudFront
+                # sent it.
+                self.origin_gate.check(event.get("headers") or {})
+            except NotThroughIssuer as err:
+                self.audit("refused", self.idle_fields, started, error=err.error, reason=err.reason)
+                return event_response(err.status, err.body())
+            return self.app.resolve(event, context)
+
+        return lambda_handler

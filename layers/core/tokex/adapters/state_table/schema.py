@@ -1,0 +1,64 @@
+"""The state table's schema, defined once: one DynamoDB table, key `id` (S), TTL
+attribute `expires_at` (N, epoch seconds), several kinds of record told apart by the
+prefix of their key. The CDK app defines the deployed table with the same key and TTL
+attribute (cdk/); `create_state_table` makes it for local mode and tests.
+
+| record                          | written by                | expires                  |
+|---------------------------------|---------------------------|--------------------------|
+| `sig#<sha256 of a signature>`   | admission.py (single use) | the request's date window |
+| `rate#<principal>#<minute>`     | admission.py (rate limit) | one window after its own  |
+| `client#<client id>`            | introspection_clients.py  | never (until removed)     |
+| `revoked-jti#<jti>`             | revocations.py            | past the TTL cap          |
+| `revoked-principal#<arn>`       | revocations.py            | past the TTL cap          |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KEY_ATTRIBUTE = "id"
+TTL_ATTRIBUTE = "expires_at"
+
+SIGNATURE_PREFIX = "sig#"
+# The key holds a principal ARN: at most ~620 characters (an IAM user under a 512-character
+# path), far inside DynamoDB's 2048-byte partition key; the item stays under 1 KB.
+RATE_PREFIX = "rate#"
+CLIENT_PREFIX = "client#"
+REVOKED_JTI_PREFIX = "revoked-jti#"
+REVOKED_PRINCIPAL_PREFIX = "revoked-principal#"
+
+
+def signature_key(signature_digest: str) -> str:
+    """`sig#` + 64 hex characters: the record is ~150 bytes, whatever the request."""
+    return SIGNATURE_PREFIX + signature_digest
+
+
+def rate_key(principal: str, window_number: int) -> str:
+    return f"{RATE_PREFIX}{principal}#{window_number}"
+
+
+def client_key(client_id: str) -> str:
+    return CLIENT_PREFIX + client_id
+
+
+def revoked_jti_key(jti: str) -> str:
+    return REVOKED_JTI_PREFIX + jti
+
+
+def revoked_principal_key(principal_arn: str) -> str:
+    return REVOKED_PRINCIPAL_PREFIX + principal_arn
+
+
+def key(value: str) -> dict[str, Any]:
+    """The DynamoDB `Key` of the record whose `id` is `value`."""
+    return {KEY_ATTRIBUTE: {"S": value}}
+
+
+def create_state_table(dynamodb_client: Any, table_name: str) -> None:
+    """The state table, for local mode and tests (the CDK app defines the deployed one)."""
+    dynamodb_client.create_table(
+        TableName=table_name,
+        KeySchema=[{"AttributeName": KEY_ATTRIBUTE, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": KEY_ATTRIBUTE, "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )

@@ -1,0 +1,93 @@
+"""Form-encoded request bodies, shared by `POST /token` (token_request.py) and
+`POST /introspect`: the media type (RFC 9110 §8.3.1; RFC 6749 §4.1.3, RFC 8693 §2.1), the
+body size, strict UTF-8 and each parameter at most once (docs/contract.md).
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl
+
+from tokex.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+MAX_BODY_BYTES = 16 * 1024
+# A token request has at most 7 parameters tokex reads (token_request.py), and
+# unrecognised ones are ignored (RFC 6749 §3.2), so OAuth libraries that add a few of
+# their own (client_id, state, ...) still work. The cap bounds the parser's work on
+# hostile input below what the 16 KiB body alone would allow (~5,000 empty parameters);
+# it is far above any real form.
+MAX_FORM_PARAMETERS = 64
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+# RFC 9110 §5.6.2 token, §5.6.3 OWS (SP / HTAB only), §5.6.4 quoted-string (ASCII only:
+# obs-text is obsolete and never needed for a charset).
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_OWS = r"[ \t]*"
+_QUOTED = r'"(?:[\t !#-\[\]-~]|\\[\t -~])*"'
+_PARAMETER_TEXT = rf"{_OWS};{_OWS}(?:(?P<name>{_TOKEN})=(?P<value>{_TOKEN}|{_QUOTED}))?"
+_MEDIA_TYPE = re.compile(
+    rf"{_OWS}(?P<type>{_TOKEN}/{_TOKEN})(?P<parameters>(?:{_PARAMETER_TEXT})*){_OWS}"
+)
+_PARAMETER = re.compile(_PARAMETER_TEXT)
+
+
+def check_content_type(content_type: str | None) -> None:
+    """Form encoding only (RFC 6749 §4.1.3 / RFC 8693 §2.1); UTF-8 if a charset is named.
+
+    Parsed as RFC 9110 §8.3.1 writes it, nothing looser: `type "/" subtype *( OWS ";" OWS
+    [ name "=" ( token / quoted-string ) ] )`, where optional whitespace is only SP and
+    HTAB (§5.6.3). A non-breaking space or a control character is not whitespace.
+    """
+    match = _MEDIA_TYPE.fullmatch(content_type or "")
+    if match is None or match["type"].lower() != FORM_MEDIA_TYPE:
+        raise UnsupportedMediaType(f"Content-Type must be {FORM_MEDIA_TYPE}", reason="content_type")
+    charsets = []
+    for parameter in _PARAMETER.finditer(match["parameters"]):
+        name, value = parameter["name"], parameter["value"]
+        if name is None:
+            continue  # an empty parameter (`;;`) is allowed by the grammar
+        if name.lower() != "charset":
+            raise UnsupportedMediaType(
+                "Content-Type may carry only the charset parameter", reason="content_type_param"
+            )
+        charsets.append(_unquote(value).lower())
+    if charsets and charsets != ["utf-8"]:
+        raise UnsupportedMediaType("the form must be UTF-8 encoded", reason="charset")
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    """Decode the form: strict UTF-8, each parameter at most once (contract)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes", reason="body_size")
+    try:
+        text = body.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the request body is not a valid UTF-8 form", reason="form") from None
+    # Counted as parse_qsl counts fields (one more than the separators), before parsing.
+    if text and text.count("&") + 1 > MAX_FORM_PARAMETERS:
+        raise InvalidRequest(
+            f"the form has more than {MAX_FORM_PARAMETERS} parameters",
+            reason="form_parameters",
+        )
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("the request body is not a valid UTF-8 form", reason="form") from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:
+            raise InvalidRequest(f"parameter '{_printable(name)}' is repeated", reason="repeated")
+        form[name] = value
+    return form
+
+
+def _unquote(value: str) -> str:
+    """A token as it is; a quoted-string without its quotes and backslash escapes."""
+    if not value.startswith('"'):
+        return value
+    return re.sub(r"\\(.)", r"\1", value[1:-1])
+
+
+def _printable(value: str, limit: int = 40) -> str:
+    """Echo caller input only as a short, printable excerpt."""
+    cleaned = "".join(c if c.isprintable() else "?" for c in value[:limit])
+    return cleaned + ("..." if len(value) > limit else "")
