@@ -9,32 +9,33 @@ from typing import Any
 
 from constructs import Node
 
-SIGNING_KEY_SPECS = ("RSA_2048", "ECC_NIST_P256")
+from tokex import identifiers
+
+# The key specs, partitions and identifier rules are the exchange's own (identifiers.py).
+SIGNING_KEY_SPECS = tuple(identifiers.SIGNING_KEY_SPECS)
 # The signing-key slots a stack may hold: "a" is the key every stack has had from the
 # start (construct `SigningKey`), "b" the second key of a rotation (`SigningKeyB`).
 KEY_SLOTS = ("a", "b")
-KNOWN_PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
+KNOWN_PARTITIONS = identifiers.PARTITIONS
+# ARNs below are of a served partition and account (identifiers.py); matched whole.
+_ARN_HEAD = rf"arn:(?:{identifiers.PARTITION.pattern})"
+_ACCOUNT = identifiers.ACCOUNT_ID.pattern
 # CloudFront only takes certificates from ACM in us-east-1.
 _CLOUDFRONT_CERT_ARN = re.compile(
-    r"^arn:aws[a-z-]*:acm:us-east-1:\d{12}:certificate/[0-9a-f-]{36}$"
+    rf"{_ARN_HEAD}:acm:us-east-1:{_ACCOUNT}:certificate/[0-9a-f-]{{36}}"
 )
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 _WEB_ACL_ARN = re.compile(
-    r"^arn:aws[a-z-]*:wafv2:us-east-1:\d{12}:global/webacl/[\w-]+/[0-9a-f-]{36}$"
+    rf"{_ARN_HEAD}:wafv2:us-east-1:{_ACCOUNT}:global/webacl/[\w-]+/[0-9a-f-]{{36}}"
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # A KMS key ARN (not an alias: IAM grants on a key need its key ARN); multi-Region keys
 # have `mrk-` ids.
 _KMS_KEY_ARN = re.compile(
-    r"^arn:aws[a-z-]*:kms:[a-z]{2}(-[a-z]+)+-\d:\d{12}:key/"
-    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
+    rf"{_ARN_HEAD}:kms:{identifiers.REGION.pattern}:{_ACCOUNT}:key/"
+    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
 )
-# An IAM role name, optionally under a path, as the exchange accepts it
-# (tokex/adapters/ec2.py): `name` or `path/to/name`.
-_ROLE_NAME = re.compile(r"^([A-Za-z0-9_+=,.@-]{1,64}/){0,8}[A-Za-z0-9_+=,.@-]{1,64}$")
-_ACCOUNT = re.compile(r"^\d{12}$")
 
 
 class ConfigError(ValueError):
@@ -87,15 +88,15 @@ class TokexConfig:
             raise ConfigError("domainName and certificateArn go together: set both or neither")
         if self.domain_name is not None and not _DOMAIN.match(self.domain_name):
             raise ConfigError(f"domainName {self.domain_name!r} is not a lowercase DNS name")
-        if self.certificate_arn is not None and not _CLOUDFRONT_CERT_ARN.match(
+        if self.certificate_arn is not None and not _CLOUDFRONT_CERT_ARN.fullmatch(
             self.certificate_arn
         ):
             raise ConfigError("certificateArn must be an ACM certificate ARN in us-east-1")
         for partition in self.sts_partitions:
-            if partition not in KNOWN_PARTITIONS:
+            if not identifiers.is_partition(partition):
                 raise ConfigError(f"stsPartitions: unknown partition {partition!r}")
         for region in self.sts_regions:
-            if not _REGION.match(region):
+            if not identifiers.is_region(region):
                 raise ConfigError(f"stsRegions: {region!r} is not a region name")
         if not 60 <= self.ttl_cap_seconds <= 43200:
             raise ConfigError("ttlCapSeconds must be between 60 and 43200")
@@ -103,15 +104,15 @@ class TokexConfig:
             raise ConfigError("defaultTtlSeconds must be between 60 and ttlCapSeconds")
         if min(self.throttle_rate_limit, self.throttle_burst_limit) < 1:
             raise ConfigError("throttleRateLimit and throttleBurstLimit must be positive")
-        if self.web_acl_arn is not None and not _WEB_ACL_ARN.match(self.web_acl_arn):
+        if self.web_acl_arn is not None and not _WEB_ACL_ARN.fullmatch(self.web_acl_arn):
             raise ConfigError("webAclArn must be a WAFv2 global (CLOUDFRONT) web ACL ARN")
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(f"logLevel must be one of {', '.join(_LOG_LEVELS)}")
         for arn in self.published_key_arns:
-            if not _KMS_KEY_ARN.match(arn):
+            if not _KMS_KEY_ARN.fullmatch(arn):
                 raise ConfigError(f"publishedKeyArns: {arn!r} is not a KMS key ARN")
-        if self.instance_tags_role_name is not None and not _ROLE_NAME.match(
-            self.instance_tags_role_name
+        if self.instance_tags_role_name is not None and not (
+            identifiers.ROLE_NAME_WITH_PATH.fullmatch(self.instance_tags_role_name)
         ):
             raise ConfigError(
                 f"instanceTagsRoleName {self.instance_tags_role_name!r} is not an IAM role name"
@@ -119,7 +120,7 @@ class TokexConfig:
         if self.instance_tags_accounts and self.instance_tags_role_name is None:
             raise ConfigError("instanceTagsAccounts needs instanceTagsRoleName")
         for account in self.instance_tags_accounts:
-            if not _ACCOUNT.match(account):
+            if not identifiers.is_account_id(account):
                 raise ConfigError(f"instanceTagsAccounts: {account!r} is not an account id")
 
     def _check_signing_keys(self) -> None:

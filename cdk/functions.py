@@ -22,10 +22,7 @@ from typing import Any
 
 import jsii
 from aws_cdk import (
-    AssetHashType,
-    BundlingOptions,
     CustomResource,
-    DockerImage,
     Duration,
     ILocalBundling,
 )
@@ -36,6 +33,8 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
+
+from cdk.layer_bundling import locally_bundled_code
 
 FUNCTIONS_PACKAGE = "tokex_functions"
 RUNTIME = lambda_.Runtime.PYTHON_3_13
@@ -96,17 +95,10 @@ def function_code(function: str) -> lambda_.Code:
     digest = hashlib.sha256()
     for name, source in files.items():
         digest.update(name.encode() + b"\0" + hashlib.sha256(source.read_bytes()).digest())
-    return lambda_.Code.from_asset(
-        # A placeholder for CDK: with a custom hash and local bundling it is neither
-        # fingerprinted nor copied; the bundler copies `files`.
-        str(functions_package_dir() / function),
-        asset_hash_type=AssetHashType.CUSTOM,
+    return locally_bundled_code(
+        placeholder=functions_package_dir() / function,
         asset_hash=digest.hexdigest(),
-        bundling=BundlingOptions(
-            # Never pulled: local bundling always succeeds or raises.
-            image=DockerImage.from_registry("tokex-local-bundling-only"),
-            local=_CopyFiles(files),
-        ),
+        bundler=_CopyFiles(files),
     )
 
 

@@ -268,20 +268,33 @@ class _LocalBundler:
         return True
 
 
-def core_layer_code(*, project_root: Path, python_version: str) -> lambda_.Code:
-    """Lambda `Code` for the layer: local bundling only, custom asset hash = inputs hash."""
-    bundling = CoreLayerBundling(project_root=project_root, python_version=python_version)
+def locally_bundled_code(
+    *, placeholder: Path, asset_hash: str, bundler: ILocalBundling
+) -> lambda_.Code:
+    """Lambda `Code` that `bundler` builds on this machine (no Docker), under `asset_hash`.
+
+    `placeholder` is a directory CDK needs to be given: with a custom hash and local
+    bundling it is neither fingerprinted nor copied; the bundler writes the asset.
+    """
     return lambda_.Code.from_asset(
-        # The source directory is only a placeholder for CDK: with a custom hash and local
-        # bundling it is neither fingerprinted nor copied; the bundler reads the project.
-        str(bundling.package_dir),
+        str(placeholder),
         asset_hash_type=AssetHashType.CUSTOM,
-        asset_hash=bundling.inputs_hash(),
+        asset_hash=asset_hash,
         bundling=BundlingOptions(
             # Never pulled: local bundling always succeeds or raises.
             image=DockerImage.from_registry("tokex-local-bundling-only"),
-            local=_LocalBundler(bundling),
+            local=bundler,
         ),
+    )
+
+
+def core_layer_code(*, project_root: Path, python_version: str) -> lambda_.Code:
+    """Lambda `Code` for the layer: local bundling only, custom asset hash = inputs hash."""
+    bundling = CoreLayerBundling(project_root=project_root, python_version=python_version)
+    return locally_bundled_code(
+        placeholder=bundling.package_dir,
+        asset_hash=bundling.inputs_hash(),
+        bundler=_LocalBundler(bundling),
     )
 
 

@@ -38,11 +38,13 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
+from tokex import identifiers
+
 # KeySpec -> the only KMS SigningAlgorithm the exchange uses with it (RS256 / ES256,
-# RFC 7518 §3.3/§3.4); pinned in the policies so the key cannot sign anything else.
+# tokex/identifiers.py); pinned in the policies so the key cannot sign anything else.
 SIGNING_ALGORITHMS = {
-    "RSA_2048": "RSASSA_PKCS1_V1_5_SHA_256",
-    "ECC_NIST_P256": "ECDSA_SHA_256",
+    spec: identifiers.KMS_SIGNING_ALGORITHMS[alg]
+    for spec, alg in identifiers.SIGNING_KEY_SPECS.items()
 }
 
 # Administration only: no Sign, Verify, Encrypt, Decrypt, ReEncrypt or GenerateDataKey.

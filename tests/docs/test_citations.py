@@ -38,7 +38,7 @@ def test_the_scan_reaches_the_code_and_the_tests() -> None:
         "The signed STS request",
     ) in found
     assert any(source.startswith("functions/") for source, _, _ in found)
-    assert any(source.startswith("tests/integration/") for source, _, _ in found)
+    assert any(source.startswith("tests/system/") for source, _, _ in found)
 
 
 def test_documents_name_code_and_tests_that_exist() -> None:

@@ -25,9 +25,9 @@ from typing import Any, NoReturn
 import jwt
 import pytest
 
-from tests.integration.conftest import local_system  # noqa: F401  (session fixture)
-from tests.integration.test_exchange import exchange, sign
 from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
+from tests.system.conftest import local_system  # noqa: F401  (session fixture)
+from tests.system.endpoints import exchange, sign
 from tokex.adapters.kms import KmsSigner
 from tokex.evidence.identity import CallerIdentity
 from tokex.local.runner import LocalSystem

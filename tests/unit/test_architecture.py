@@ -153,3 +153,32 @@ def test_the_domain_and_the_use_cases_do_not_import_the_adapters_or_the_wiring()
         if imported.startswith(("tokex.adapters", "tokex.wiring"))
     ]
     assert not found, "\n".join(found)
+
+
+TOOLING = ("tokex.cli", "tokex.local", "tokex.client", "tokex.kong")
+
+
+def test_the_runtime_never_imports_the_tooling() -> None:
+    """The layer leaves the tooling out (cdk/layer_bundling.py): a runtime module that
+    imported it would fail in Lambda only."""
+    found = [
+        f"{module} imports {imported}"
+        for module, imports in sorted(module_graph().items())
+        if not module.startswith(TOOLING)
+        for imported in sorted(imports)
+        if imported.startswith(TOOLING)
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_the_core_library_is_free_of_powertools() -> None:
+    """Powertools (routing, logging, metrics, tracing) belongs to the handlers
+    (tokex_functions): the core's rules stay testable and reusable without it."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in sorted(LIBRARY.rglob("*.py"))
+        if "__pycache__" not in path.parts
+        for line, name in imported_names(ast.parse(path.read_text(encoding="utf-8")))
+        if name.split(".")[0] == "aws_lambda_powertools"
+    ]
+    assert not found, "\n".join(found)

@@ -30,7 +30,7 @@ def test_media_type_comes_first() -> None:
 def test_size_comes_before_credentials() -> None:
     err = refusal(b"x" * (MAX_BODY_BYTES + 1), FORM)
     assert isinstance(err, PayloadTooLarge)
-    assert (err.status, err.reason) == (413, "size")
+    assert (err.status, err.reason) == (413, "body_size")
 
 
 def test_credentials_come_before_the_form() -> None:

@@ -34,7 +34,7 @@ def new_key(alg: str) -> tuple[Any, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def keys() -> dict[str, tuple[Any, dict[str, Any]]]:
-    return {alg: new_key(alg) for alg in ("RS256", "ES256", "PS256")}
+    return {alg: new_key(alg) for alg in ("RS256", "ES256")}
 
 
 def jwks_of(*jwks: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +120,7 @@ def test_rotation_keeps_every_published_key_and_existing_keeps_secrets_stable(ke
 def test_existing_secret_is_not_reused_for_other_key_material(keys):
     before = kong.jwt_config(jwks_of(keys["RS256"][1]), SERVICE, max_ttl=3600)
     credential = before["consumers"][0]["jwt_secrets"][0]
-    credential["rsa_public_key"] = kong.public_key_pem(keys["PS256"][1])
+    credential["rsa_public_key"] = kong.public_key_pem(new_key("RS256")[1])
     after = kong.jwt_config(jwks_of(keys["RS256"][1]), SERVICE, max_ttl=3600, existing=before)
     assert after["consumers"][0]["jwt_secrets"][0]["secret"] != credential["secret"]
 
@@ -187,14 +187,11 @@ def test_unusable_jwks_is_refused(keys, change, message):
         kong.jwt_config(jwks, SERVICE, max_ttl=3600)
 
 
-def test_ps256_needs_rsa_2048_for_kong():
-    _, jwk = new_key("PS256")
-    assert kong.published_keys(jwks_of(jwk))[0].alg == "PS256"
-    big = jwk_from_public_key(
-        rsa.generate_private_key(public_exponent=65537, key_size=3072).public_key(), "PS256"
-    )
-    with pytest.raises(KongConfigError, match="RSA-2048"):
-        kong.published_keys(jwks_of(big))
+def test_a_ps256_key_is_refused_as_not_one_tokex_signs_with(keys):
+    # tokex signs RS256 and ES256 only (identifiers.py); build_jwks would refuse it too.
+    jwks = {"keys": [{**keys["RS256"][1], "alg": "PS256"}]}
+    with pytest.raises(KongConfigError, match="alg 'PS256' is not one tokex signs with"):
+        kong.published_keys(jwks)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The rules of docs/security.md "The signed STS request": attack groups 1-5 and 8.
 
 Valid requests are signed with botocore's SigV4Auth, as a real workload signs them, and
-then mutated. The signature itself is STS's to check (tests/integration); these tests
+then mutated. The signature itself is STS's to check (tests/system); these tests
 check every rule tokex applies before forwarding.
 """
 

@@ -54,10 +54,15 @@ def check_content_type(content_type: str | None) -> None:
         raise UnsupportedMediaType("the form must be UTF-8 encoded", reason="charset")
 
 
-def parse_form(body: bytes) -> dict[str, str]:
-    """Decode the form: strict UTF-8, each parameter at most once (contract)."""
+def check_body_size(body: bytes) -> None:
+    """The one size limit of both endpoints' bodies (413)."""
     if len(body) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes", reason="body_size")
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    """Decode the form: strict UTF-8, each parameter at most once (contract)."""
+    check_body_size(body)
     try:
         text = body.decode("utf-8", errors="strict")
     except UnicodeDecodeError:

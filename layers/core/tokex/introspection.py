@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from jwt.algorithms import get_default_algorithms
 
-from tokex import base64url
+from tokex import base64url, identifiers
 from tokex.strict_json import StrictJsonError, loads_strict
 from tokex.tokens.jws import ACCESS_TOKEN_TYP
 
@@ -39,8 +39,8 @@ MAX_TOKEN_CHARS = 8 * 1024
 # Clock difference tolerated between the Lambda that issued a token and the one checking
 # it, for `iat`/`nbf` only. `exp` gets no leeway: expired means expired (RFC 7519 §4.1.4).
 CLOCK_SKEW_SECONDS = 5
-# The only algorithms tokex signs with (adapters/kms.py); anything else is not ours.
-ACCEPTED_ALGS = frozenset({"RS256", "ES256"})
+# The only algorithms tokex signs with (identifiers.py); anything else is not ours.
+ACCEPTED_ALGS = frozenset(identifiers.SIGNING_ALGS)
 # Public keys are re-read at most this often; matches the JWKS `max-age`
 # (docs/contract.md "Issuer").
 KEY_CACHE_SECONDS = 300

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
+from tokex import identifiers
 from tokex.errors import TokexError
-from tokex.token_request import _AUDIENCE
 
 CLIENT_ID = re.compile(r"tc_[0-9a-f]{20}")
 CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -86,7 +86,7 @@ def served_audiences(audiences: Iterable[str]) -> tuple[str, ...]:
     if len(served) > MAX_CLIENT_AUDIENCES:
         raise ValueError(f"a client serves at most {MAX_CLIENT_AUDIENCES} audiences")
     for audience in served:
-        if not _AUDIENCE.fullmatch(audience):
+        if not identifiers.is_audience(audience):
             raise ValueError(f"audience {audience!r}: 1-256 characters of A-Za-z0-9._:/-")
     return served
 

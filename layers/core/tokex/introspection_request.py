@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tokex.errors import InvalidRequest, PayloadTooLarge
-from tokex.forms import MAX_BODY_BYTES, check_content_type, parse_form
+from tokex.errors import InvalidRequest
+from tokex.forms import check_body_size, check_content_type, parse_form
 from tokex.introspection_clients import CLIENT_ID, parse_basic_authorization
 
 
@@ -44,7 +44,6 @@ def parse_introspection_request(body: bytes, headers: Mapping[str, str]) -> Intr
     """Checks what can be checked before client authentication; `headers` keyed in lower
     case, as HTTP API events carry them."""
     check_content_type(headers.get("content-type"))
-    if len(body) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes", reason="size")
+    check_body_size(body)
     client_id, secret = parse_basic_authorization(headers.get("authorization"))
     return IntrospectionRequest(client_id, secret, body)

@@ -27,7 +27,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tokex.token_request import _AUDIENCE
+from tokex import identifiers
 from tokex.tokens.jwks import DISCOVERY_PATH
 
 FORMAT_VERSION = "3.0"
@@ -39,10 +39,9 @@ CONSUMER = "tokex"
 AUDIENCE_CONSUMER_PREFIX = "tokex-aud-"
 # jwt schema.lua: maximum_expiration is between 0 and 31536000 (0 = unchecked).
 MAX_EXPIRATION_LIMIT = 31_536_000
-# jwt_parser.lua verifies PS* signatures of exactly 256 bytes: RSA-2048 keys only.
-PS_KEY_BITS = 2048
-# Key types of the algorithms tokex signs with that Kong's jwt plugin verifies.
-_KEY_TYPES = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC"}
+# Key types of the algorithms tokex signs with (identifiers.py); Kong's jwt plugin
+# verifies both.
+_KEY_TYPES = identifiers.KEY_TYPES
 # Kong's `name` typedef for services and routes (utf8 letters, digits, . - _ ~).
 _NAME = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 # RFC 7638 thumbprints are base64url: never a ".", so `<aud>.<kid>` splits unambiguously.
@@ -105,7 +104,7 @@ class Placement:
             if route.path is not None and not route.path.startswith("/"):
                 raise KongConfigError(f"route path {route.path!r} must start with /", "routes")
         for audience in self.all_audiences():
-            if not _AUDIENCE.fullmatch(audience):
+            if not identifiers.is_audience(audience):
                 raise KongConfigError(
                     f"invalid audience {audience!r}: 1-256 of A-Za-z0-9._:/- (docs/contract.md)",
                     "audiences",
@@ -173,15 +172,8 @@ def published_keys(jwks: Mapping[str, Any]) -> list[PublishedKey]:
         if jwk.get("kty") != _KEY_TYPES[alg]:
             raise KongConfigError(f"JWK {kid}: a {jwk.get('kty')} key cannot sign {alg}")
         pem = public_key_pem(jwk)
-        if alg == "PS256" and _rsa_bits(jwk) != PS_KEY_BITS:
-            raise KongConfigError(f"JWK {kid}: Kong verifies PS256 with RSA-2048 keys only")
         found.setdefault(kid, PublishedKey(kid, alg, pem))
     return [found[kid] for kid in sorted(found)]
-
-
-def _rsa_bits(jwk: Mapping[str, Any]) -> int:
-    n = jwk["n"]
-    return len(base64.urlsafe_b64decode(n + "=" * (-len(n) % 4))) * 8
 
 
 def existing_secrets(document: Mapping[str, Any] | None) -> dict[tuple[str, str, str], str]:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from tokex import identifiers
 from tokex.errors import ConfigurationError
 
 DEFAULT_TTL_SECONDS = 900
@@ -29,7 +30,8 @@ MAX_POLICY_CACHE_SECONDS = 60
 DEFAULT_DEADLINE_SECONDS = 6.0
 MIN_DEADLINE_SECONDS = 0.5
 MAX_DEADLINE_SECONDS = 9.0
-KNOWN_PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
+# The partitions tokex serves (identifiers.py); the old name stays for importers.
+KNOWN_PARTITIONS = identifiers.PARTITIONS
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -76,7 +78,7 @@ class Settings:
     def __post_init__(self) -> None:
         _check_issuer(self.issuer, allow_http_loopback=self.sts_connect_override is not None)
         for partition in self.partitions:
-            if partition not in KNOWN_PARTITIONS:
+            if not identifiers.is_partition(partition):
                 raise ConfigurationError(f"unknown partition {partition!r}")
         if not 60 <= self.ttl_cap_seconds <= 43200:
             raise ConfigurationError("TOKEX_TTL_CAP_SECONDS must be between 60 and 43200")

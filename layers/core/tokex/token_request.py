@@ -7,10 +7,10 @@ What the `subject_token` *proves* is for `tokex.evidence`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from tokex import identifiers
 from tokex.errors import InvalidRequest, UnsupportedGrantType
 from tokex.evidence.sigv4_request import decode_b64url_json, decode_subject_token
 from tokex.forms import check_content_type, parse_form
@@ -21,9 +21,6 @@ JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 
 MAX_INSTANCE_EVIDENCE_CHARS = 12 * 1024
 MAX_SCOPES = 32
-_AUDIENCE = re.compile(r"[A-Za-z0-9._:/-]{1,256}")
-# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")
 # The parameters the exchange reads; any other is ignored (docs/contract.md), except those
 # refused as unsupported below.
 KNOWN_PARAMETERS = frozenset(
@@ -78,7 +75,7 @@ def parse_token_request(body: bytes, content_type: str | None) -> TokenRequest:
     audience = form.get("audience")
     if audience is None:
         raise InvalidRequest("audience is required", reason="audience_missing")
-    if not _AUDIENCE.fullmatch(audience):
+    if not identifiers.is_audience(audience):
         raise InvalidRequest(
             "audience must be 1-256 characters of A-Z a-z 0-9 . _ : / -", reason="audience"
         )
@@ -99,7 +96,7 @@ def _parse_scope(scope: str | None) -> tuple[str, ...] | None:
     if scope is None:
         return None
     tokens = scope.split(" ")
-    if len(tokens) > MAX_SCOPES or not all(_SCOPE_TOKEN.fullmatch(t) for t in tokens):
+    if len(tokens) > MAX_SCOPES or not all(map(identifiers.is_scope_token, tokens)):
         raise InvalidRequest(
             "scope must be space-delimited scope tokens (RFC 6749 §3.3)", reason="scope"
         )

@@ -45,6 +45,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokex import identifiers
 from tokex.adapters import aws_clients, errors
 from tokex.errors import ConfigurationError, InvalidGrant, TemporarilyUnavailable
 from tokex.evidence.identity import InstanceIdentity
@@ -63,14 +64,7 @@ MAX_CACHED_INSTANCES = 10_000
 _LOCK_STRIPES = 64
 # EC2 instance-state-name values that may still be granted.
 _RUNNING_STATES = frozenset({"pending", "running"})
-# Regions of the aws, aws-cn and aws-us-gov partitions only ([0-9], not \d, which is
-# Unicode): the region becomes part of the EC2 endpoint host name.
-_REGION = re.compile(r"(?:[a-z]{2}|us-gov)-[a-z]+-[0-9]{1,2}")
-_ACCOUNT = re.compile(r"[0-9]{12}")
 _INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
-# IAM role name (1-64 of [\w+=,.@-]), optionally under a path (IAM User Guide, "IAM
-# identifiers"); ASCII only.
-_ROLE_NAME = re.compile(r"(?:[A-Za-z0-9_+=,.@-]{1,64}/){0,8}[A-Za-z0-9_+=,.@-]{1,64}")
 # AssumeRole errors that mean "the target account does not let tokex read tags".
 _ASSUME_ROLE_REFUSALS = frozenset(
     {"AccessDenied", "ValidationError", "InvalidParameterValue", "RegionDisabledException"}
@@ -94,12 +88,8 @@ class AssumedCredentials:
 Ec2ClientFactory = Callable[[str, AssumedCredentials], Any]
 
 
-def partition_for_region(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    return "aws"
+# The served partition of a region, None for any other (identifiers.py).
+partition_for_region = identifiers.partition_of_region
 
 
 def default_ec2_client_factory() -> Ec2ClientFactory:
@@ -158,12 +148,12 @@ class InstanceTagLookup:
         sts_client: Any,
         *,
         role_name: str,
-        partition_of: Callable[[str], str] = partition_for_region,
+        partition_of: Callable[[str], str | None] = partition_for_region,
         ttl_seconds: float = MAX_TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         ec2_client_factory: Ec2ClientFactory | None = None,
     ) -> None:
-        if not _ROLE_NAME.fullmatch(role_name):
+        if not identifiers.ROLE_NAME_WITH_PATH.fullmatch(role_name):
             raise ConfigurationError("TOKEX_INSTANCE_TAGS_ROLE_NAME is not a valid IAM role name")
         if not 0 <= ttl_seconds <= MAX_TTL_SECONDS:
             raise ValueError(f"ttl_seconds must be 0..{MAX_TTL_SECONDS}")
@@ -182,14 +172,26 @@ class InstanceTagLookup:
         self._account_locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
 
     def role_arn(self, account: str, region: str) -> str:
-        return f"arn:{self._partition_of(region)}:iam::{account}:role/{self._role_name}"
+        partition = self._partition_of(region)
+        if partition is None:
+            raise ValueError(f"region {region!r} is in no partition tokex serves")
+        return f"arn:{partition}:iam::{account}:role/{self._role_name}"
 
     def __call__(self, instance: InstanceIdentity) -> Mapping[str, str]:
         key = (instance.account, instance.region, instance.instance_id)
-        # evaluate only asks for bound evidence; the formats guard the EC2 endpoint host.
-        valid = zip((_ACCOUNT, _REGION, _INSTANCE_ID), key, strict=True)
-        if not (instance.bound and all(pattern.fullmatch(part) for pattern, part in valid)):
+        # evaluate only asks for bound evidence; the formats guard the EC2 endpoint host,
+        # and the role to assume must be in a partition tokex serves.
+        account, region, instance_id = key
+        if not (
+            instance.bound
+            and identifiers.is_account_id(account)
+            and identifiers.is_region(region)
+            and _INSTANCE_ID.fullmatch(instance_id)
+        ):
             log.warning("instance tags not looked up: unbound or unexpected evidence %r", key)
+            return {}
+        if self._partition_of(region) is None:
+            log.warning("instance tags not looked up: region %s is in no served partition", region)
             return {}
         outcome = self._cached(key)
         if outcome is None:

@@ -14,15 +14,16 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from tokex import identifiers
 from tokex.adapters import errors
 from tokex.errors import ConfigurationError, TemporarilyUnavailable
 from tokex.tokens.jwks import P256_COORDINATE_BYTES, jwk_from_spki_der
 from tokex.tokens.jws import check_signing_input_size
 
-# KeySpec -> (JWS alg, KMS SigningAlgorithm). RFC 7518 §3.3 (RS256), §3.4 (ES256).
+# KeySpec -> (JWS alg, KMS SigningAlgorithm), from identifiers.py.
 _ALGORITHMS = {
-    "RSA_2048": ("RS256", "RSASSA_PKCS1_V1_5_SHA_256"),
-    "ECC_NIST_P256": ("ES256", "ECDSA_SHA_256"),
+    spec: (alg, identifiers.KMS_SIGNING_ALGORITHMS[alg])
+    for spec, alg in identifiers.SIGNING_KEY_SPECS.items()
 }
 _RSA_2048_SIGNATURE_BYTES = 256
 # Errors that mean the configured key can never work, whatever the retry: at cold start

@@ -21,7 +21,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 from urllib3 import HTTPHeaderDict
 
-from tokex import deadline
+from tokex import deadline, identifiers
 from tokex.adapters import bounded_http, errors
 from tokex.errors import DeadlineExceeded, InvalidGrant, TemporarilyUnavailable
 from tokex.evidence.identity import CallerIdentity
@@ -49,18 +49,7 @@ THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimit
 _XML_TYPES = ("text/xml", "application/xml")
 _UNVERIFIABLE = "STS response could not be verified"
 
-_NAME = r"[\w+=,.@-]"
-_ASSUMED_ROLE_ARN = re.compile(
-    rf"arn:(aws|aws-cn|aws-us-gov):sts::([0-9]{{12}}):assumed-role/({_NAME}{{1,64}})/({_NAME}{{2,64}})",
-    re.ASCII,
-)
-# IAM paths are `/` or `/<printable ASCII>/` (IAM API reference, "Path" parameters).
-_USER_ARN = re.compile(
-    rf"arn:(aws|aws-cn|aws-us-gov):iam::([0-9]{{12}}):user/(?:[\x21-\x2e\x30-\x7e]+/)*{_NAME}{{1,64}}",
-    re.ASCII,
-)
 _USER_ID = re.compile(r"[\w+=,.@:-]{1,256}", re.ASCII)
-_ACCOUNT = re.compile(r"[0-9]{12}", re.ASCII)
 
 
 class StsForwarder:
@@ -213,12 +202,12 @@ def _parse_result(data: bytes) -> dict[str, str]:
 def _caller_identity(fields: dict[str, str], partition: str) -> CallerIdentity:
     """Map STS's answer to our principal; refuse callers we do not issue tokens to."""
     arn, user_id, account = fields["Arn"], fields["UserId"], fields["Account"]
-    if not _ACCOUNT.fullmatch(account) or not _USER_ID.fullmatch(user_id):
+    if not identifiers.is_account_id(account) or not _USER_ID.fullmatch(user_id):
         raise InvalidGrant(_UNVERIFIABLE, reason="sts_result_values")
     principal_id, _, session_in_user_id = user_id.partition(":")
 
-    role = _ASSUMED_ROLE_ARN.fullmatch(arn)
-    user = _USER_ARN.fullmatch(arn)
+    role = identifiers.ASSUMED_ROLE_ARN.fullmatch(arn)
+    user = identifiers.USER_ARN.fullmatch(arn)
     if role:
         arn_partition, arn_account, role_name, session_name = role.groups()
         # STS never reveals the role's path, so the principal is path-less

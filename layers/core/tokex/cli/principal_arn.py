@@ -8,27 +8,12 @@ exchange never sees is a usage error that says which part is wrong.
 
 from __future__ import annotations
 
-import re
-
+from tokex import identifiers
 from tokex.cli.errors import UsageError
 from tokex.evidence.identity import CallerIdentity
-from tokex.settings import KNOWN_PARTITIONS
 
-_PARTITION = "|".join(KNOWN_PARTITIONS)
-# The shapes STS's answer can have (adapters/sts.py), plus a role ARN as IAM writes it.
-# IAM names: 1-64 of [\w+=,.@-]; an STS RoleSessionName: 2-64 of the same (STS API
-# reference, AssumeRole); a path: printable ASCII between slashes (IAM identifiers).
-_NAME = r"[\w+=,.@-]"
-_PATH = r"(?:[\x21-\x2e\x30-\x7e]+/)*"
-_ROLE = re.compile(rf"arn:({_PARTITION}):iam::([0-9]{{12}}):role/({_PATH})({_NAME}{{1,64}})", re.A)
-_ASSUMED_ROLE = re.compile(
-    rf"arn:({_PARTITION}):sts::([0-9]{{12}}):assumed-role/({_NAME}{{1,64}})/({_NAME}{{2,64}})", re.A
-)
-_USER = re.compile(rf"arn:({_PARTITION}):iam::([0-9]{{12}}):user/{_PATH}{_NAME}{{1,64}}", re.A)
-_IAM_NAME = re.compile(rf"{_NAME}{{1,64}}", re.A)
-_SESSION_NAME = re.compile(rf"{_NAME}{{2,64}}", re.A)
-_PRINCIPAL_ID = re.compile(r"[A-Za-z0-9]{1,128}")
-_ACCOUNT = re.compile(r"[0-9]{12}")
+# The shapes STS's answer can have (adapters/sts.py), plus a role ARN as IAM writes it:
+# all from identifiers.py.
 FORMS = (
     "arn:PARTITION:iam::ACCOUNT:role/NAME, arn:PARTITION:sts::ACCOUNT:assumed-role/ROLE/SESSION "
     "or arn:PARTITION:iam::ACCOUNT:user/NAME"
@@ -47,7 +32,7 @@ def caller_from_principal(
     from tokex.adapters.sts import _caller_identity
 
     notes: list[str] = []
-    if account is not None and not _ACCOUNT.fullmatch(account):
+    if account is not None and not identifiers.is_account_id(account):
         raise UsageError(f"--account {account!r}: must be 12 digits", input="--account")
     if principal.startswith(("role/", "user/")):
         if account is None:
@@ -56,13 +41,13 @@ def caller_from_principal(
                 input="--account",
             )
         principal = f"arn:aws:iam::{account}:{principal}"
-    if principal_id is not None and not _PRINCIPAL_ID.fullmatch(principal_id):
+    if principal_id is not None and not identifiers.PRINCIPAL_ID.fullmatch(principal_id):
         raise UsageError(
             f"--principal-id {principal_id!r}: must be 1-128 of A-Za-z0-9 (AROA…/AIDA…)",
             input="--principal-id",
         )
     unique_id = principal_id or _UNKNOWN_ID
-    if role := _ROLE.fullmatch(principal):
+    if role := identifiers.ROLE_ARN.fullmatch(principal):
         partition, acct, path, name = role.groups()
         if path:
             notes.append(
@@ -70,10 +55,10 @@ def caller_from_principal(
             )
         arn = f"arn:{partition}:sts::{acct}:assumed-role/{name}/{EXPLAIN_SESSION}"
         fields = {"Arn": arn, "UserId": f"{unique_id}:{EXPLAIN_SESSION}", "Account": acct}
-    elif assumed := _ASSUMED_ROLE.fullmatch(principal):
+    elif assumed := identifiers.ASSUMED_ROLE_ARN.fullmatch(principal):
         partition, acct, _, session = assumed.groups()
         fields = {"Arn": principal, "UserId": f"{unique_id}:{session}", "Account": acct}
-    elif user := _USER.fullmatch(principal):
+    elif user := identifiers.USER_ARN.fullmatch(principal):
         partition, acct = user.groups()
         fields = {"Arn": principal, "UserId": unique_id, "Account": acct}
     else:
@@ -96,25 +81,25 @@ def principal_problem(principal: str) -> str:
     if len(parts) != 6 or parts[0] != "arn":
         return "not an ARN"
     _, partition, service, region, account, resource = parts
-    if partition not in KNOWN_PARTITIONS:
-        return f"partition {partition!r} is not one of {', '.join(KNOWN_PARTITIONS)}"
+    if not identifiers.is_partition(partition):
+        return f"partition {partition!r} is not one of {', '.join(identifiers.PARTITIONS)}"
     if region:
         return f"IAM and STS ARNs have no region (found {region!r})"
-    if not _ACCOUNT.fullmatch(account):
+    if not identifiers.is_account_id(account):
         return f"account {account!r} is not 12 digits"
     kind, _, rest = resource.partition("/")
     if (service, kind) == ("sts", "assumed-role"):
         role, _, session = rest.partition("/")
-        if not _IAM_NAME.fullmatch(role):
+        if not identifiers.IAM_NAME.fullmatch(role):
             return f"role name {role!r} is not 1-64 characters of A-Za-z0-9+=,.@_-"
-        if not _SESSION_NAME.fullmatch(session):
+        if not identifiers.ROLE_SESSION_NAME.fullmatch(session):
             return (
                 f"session name {session!r} is not 2-64 characters of A-Za-z0-9+=,.@_- "
                 "(an STS RoleSessionName has at least 2)"
             )
     elif (service, kind) in (("iam", "role"), ("iam", "user")):
         name = rest.rsplit("/", 1)[-1]
-        if not _IAM_NAME.fullmatch(name):
+        if not identifiers.IAM_NAME.fullmatch(name):
             return f"{kind} name {name!r} is not 1-64 characters of A-Za-z0-9+=,.@_-"
         return f"{kind} path {rest!r} is not /-separated printable ASCII"
     return f"{service} {kind or resource!r} is not a role, role session or IAM user"

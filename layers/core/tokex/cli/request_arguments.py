@@ -4,12 +4,13 @@ malformed is a usage error here (exit 2), found before any network call."""
 
 from __future__ import annotations
 
+from tokex import identifiers
 from tokex.cli.errors import UsageError
-from tokex.token_request import _AUDIENCE, _SCOPE_TOKEN, MAX_SCOPES
+from tokex.token_request import MAX_SCOPES
 
 
 def check_audience(audience: str) -> str:
-    if not _AUDIENCE.fullmatch(audience):
+    if not identifiers.is_audience(audience):
         raise UsageError(
             f"--audience {audience!r}: must be 1-256 characters of A-Za-z0-9._:/- "
             "(the API's identifier, as policies name it)",
@@ -27,7 +28,7 @@ def requested_scopes(values: list[str]) -> tuple[str, ...] | None:
     if len(tokens) > MAX_SCOPES:
         raise UsageError(f"--scope: at most {MAX_SCOPES} scopes", input="--scope")
     for token in tokens:
-        if not _SCOPE_TOKEN.fullmatch(token):
+        if not identifiers.is_scope_token(token):
             raise UsageError(
                 f"--scope {token!r}: a scope is 1-128 printable ASCII characters without "
                 'spaces, " or \\ (RFC 6749 section 3.3)',

@@ -18,6 +18,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from tokex import identifiers
 from tokex.cli.deployment import check_deployment
 from tokex.cli.errors import UsageError
 from tokex.cli.state_table import (
@@ -29,7 +30,7 @@ from tokex.cli.state_table import (
 
 # Tokens name the canonical principal in `sub`: a role or an IAM user
 # (docs/contract.md "The access token (RFC 9068 profile)").
-PRINCIPAL_ARN = re.compile(r"arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:(role|user)/[\x21-\x7e]{1,512}")
+PRINCIPAL_ARN = identifiers.PRINCIPAL_ARN
 JTI = re.compile(r"[\x21-\x7e]{1,256}")
 # The longest lifetime any deployment allows (settings.py): a record kept this long
 # outlives every token it can match, whatever the deployment's own cap.

@@ -13,16 +13,18 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
-from tokex import __version__, base64url
+from tokex import __version__, base64url, identifiers
 
-GET_CALLER_IDENTITY_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
+GET_CALLER_IDENTITY_BODY = identifiers.STS_BODY
 
 
 def sts_host(region: str | None) -> str:
     """The regional STS endpoint (the global one only when no region is known)."""
     if not region:
         return "sts.amazonaws.com"
-    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    # A region of no served partition gets the commercial suffix; tokex refuses its host.
+    partition = identifiers.partition_of_region(region) or "aws"
+    suffix = identifiers.PARTITION_DNS_SUFFIX[partition]
     return f"sts.{region}.{suffix}"
 
 

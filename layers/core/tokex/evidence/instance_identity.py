@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 
+from tokex import identifiers
 from tokex.errors import InvalidGrant, InvalidRequest
 from tokex.evidence import pkcs7
 from tokex.evidence.identity import CallerIdentity, InstanceIdentity
@@ -50,13 +51,12 @@ _VARIANT_DIRECTORIES = {
 _LEGACY_CERTIFICATE = "rsa_legacy/default.pem"
 _PKCS7_DIGESTS = {"rsa2048": "sha256", "pkcs7": "sha1"}
 
-_REGION = re.compile(r"[a-z]{2,4}(?:-[a-z]+)+-[0-9]{1,2}")
 _INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 # Document field -> the format required (re.fullmatch; [0-9], not \d, which is Unicode).
 _DOCUMENT_FIELDS = {
     "instanceId": _INSTANCE_ID,
-    "accountId": re.compile(r"[0-9]{12}"),
-    "region": _REGION,
+    "accountId": identifiers.ACCOUNT_ID,
+    "region": identifiers.REGION,
     "availabilityZone": re.compile(r"[a-z0-9-]{4,64}"),
     "imageId": re.compile(r"ami-(?:[0-9a-f]{8}|[0-9a-f]{17})"),
     "instanceType": re.compile(r"[a-z0-9-]{1,32}\.[a-z0-9-]{1,32}"),
@@ -101,7 +101,7 @@ class CertificateStore:
         """Trust `certificate` for (variant, region): local mode's test CA, never deployed."""
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-        if not _REGION.fullmatch(region):
+        if not identifiers.is_region(region):
             raise ValueError(f"not a region name: {region!r}")
         key = certificate.public_key()
         if not isinstance(key, (rsa.RSAPublicKey, dsa.DSAPublicKey)) or (

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tokex import base64url
+from tokex import base64url, identifiers
 from tokex.errors import InvalidGrant, InvalidRequest
 from tokex.evidence.sts_endpoints import StsEndpoints
 from tokex.strict_json import StrictJsonError, loads_strict
@@ -31,8 +31,8 @@ MAX_AGE = timedelta(minutes=15)
 MAX_SKEW_FUTURE = timedelta(minutes=5)
 MAX_BODY_CHARS = 256
 MAX_URL_CHARS = 256
-STS_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
-_BODY_PARAMS = {"Action": "GetCallerIdentity", "Version": "2011-06-15"}
+STS_BODY = identifiers.STS_BODY
+_BODY_PARAMS = dict(pair.split("=") for pair in STS_BODY.split("&"))
 AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 
 # Allowlisted headers: lower-case name -> (casing we send, longest value accepted).

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tokex import identifiers
 from tokex.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -60,16 +61,13 @@ AWS_REGIONS = (
 AWS_CN_REGIONS = ("cn-north-1", "cn-northwest-1")
 AWS_US_GOV_REGIONS = ("us-gov-east-1", "us-gov-west-1")
 
+# One list per partition of identifiers.PARTITIONS (tests/unit/test_identifiers.py).
 PARTITION_REGIONS: dict[str, tuple[str, ...]] = {
     "aws": AWS_REGIONS,
     "aws-cn": AWS_CN_REGIONS,
     "aws-us-gov": AWS_US_GOV_REGIONS,
 }
-PARTITION_DNS_SUFFIX = {
-    "aws": "amazonaws.com",
-    "aws-cn": "amazonaws.com.cn",
-    "aws-us-gov": "amazonaws.com",
-}
+PARTITION_DNS_SUFFIX = identifiers.PARTITION_DNS_SUFFIX
 # Regions with an `sts-fips.<region>` host (AWS FIPS endpoints page). In GovCloud the
 # plain regional host is itself the FIPS endpoint (botocore's STS rule set resolves FIPS
 # there to `sts.<region>`); `sts-fips.us-gov-*` is accepted as well, as the issue asks.
@@ -115,6 +113,9 @@ class StsEndpoints:
         for partition in partitions:
             if partition not in PARTITION_REGIONS:
                 raise ConfigurationError(f"unknown STS partition {partition!r}")
+        malformed = sorted(region for region in regions if not identifiers.is_region(region))
+        if malformed:
+            raise ConfigurationError(f"not region names: {malformed}")
         known = {r for p in partitions for r in PARTITION_REGIONS[p]}
         # A typo in the allowlist would silently refuse every caller of that region.
         unknown = sorted(regions - known)

@@ -15,11 +15,11 @@ whatever the cause — an unknown caller and a denied one cannot be told apart
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tokex import identifiers
 from tokex.errors import InvalidScope, InvalidTarget
 from tokex.evidence.identity import CallerIdentity, InstanceIdentity
 from tokex.policy.globs import glob_matches, literal_prefix_length, principal_matches
@@ -27,13 +27,9 @@ from tokex.policy.model import InstanceConditions, Policy
 
 TagLookup = Callable[[InstanceIdentity], Mapping[str, str]]
 
-# The audience syntax (docs/contract.md "POST {iss}/token — RFC 8693 token exchange"): only a value
-# of this shape is echoed in a description.
-_AUDIENCE = re.compile(r"[A-Za-z0-9._:/-]{1,256}")
 # Requested scopes are the caller's own input, but an error description stays small.
 _MAX_SCOPES_SHOWN = 5
 _MAX_SCOPE_SHOWN_LENGTH = 64
-_NOT_SCOPE_CHAR = re.compile(r"[^\x21\x23-\x5b\x5d-\x7e]")
 # How many near misses the audit reason lists.
 _MAX_REASONS = 3
 # Instance conditions -> the InstanceIdentity field each one is matched against.
@@ -258,13 +254,14 @@ def _no_allow_reason(by_line: list[tuple[Policy, PolicyLine]]) -> str:
 
 def _invalid_target(audience: str, reason: str) -> InvalidTarget:
     # Same description for every cause: no oracle for which principals policies name.
-    shown = f"audience {audience!r}" if _AUDIENCE.fullmatch(audience) else "this audience"
+    shown = f"audience {audience!r}" if identifiers.is_audience(audience) else "this audience"
     return InvalidTarget(f"no policy allows this caller a token for {shown}", reason=reason)
 
 
 def _invalid_scope(policy: Policy, missing: list[str]) -> InvalidScope:
     shown = [
-        _NOT_SCOPE_CHAR.sub("?", s[:_MAX_SCOPE_SHOWN_LENGTH]) for s in missing[:_MAX_SCOPES_SHOWN]
+        identifiers.NOT_SCOPE_CHARACTER.sub("?", s[:_MAX_SCOPE_SHOWN_LENGTH])
+        for s in missing[:_MAX_SCOPES_SHOWN]
     ]
     more = (
         f" (and {len(missing) - _MAX_SCOPES_SHOWN} more)"

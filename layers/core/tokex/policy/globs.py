@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import re
 
-from tokex.settings import KNOWN_PARTITIONS
+from tokex import identifiers
 
 WILDCARDS = frozenset("*?")
 # IAM ARNs are at most 2048 characters; a role/user pattern needs far less.
 MAX_PRINCIPAL_PATTERN_LENGTH = 1024
 # IAM names and paths: letters, digits and `+=,.@_-`; `/` separates path levels.
 _IAM_NAME_PART = re.compile(r"[A-Za-z0-9+=,.@_*?-]+")
-_ACCOUNT = re.compile(r"[0-9]{12}")
 _SEPARATORS = re.compile(r"([:/])")
 
 
@@ -80,11 +79,11 @@ def check_principal_pattern(pattern: str) -> None:
         raise GlobError("wildcard in the account field is not allowed: name the account")
     if arn != "arn":
         raise GlobError("must start with 'arn:'")
-    if partition not in KNOWN_PARTITIONS:
-        raise GlobError(f"partition must be one of {', '.join(KNOWN_PARTITIONS)}")
+    if not identifiers.is_partition(partition):
+        raise GlobError(f"partition must be one of {', '.join(identifiers.PARTITIONS)}")
     if service != "iam" or region != "":
         raise GlobError("must be an IAM ARN (arn:<partition>:iam::<account>:...)")
-    if not _ACCOUNT.fullmatch(account):
+    if not identifiers.is_account_id(account):
         raise GlobError("account must be 12 digits")
     kind, _, path_name = resource.partition("/")
     if has_wildcard(kind) or kind not in ("role", "user"):

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tokex import identifiers
 from tokex.policy.globs import GlobError, check_principal_pattern
 from tokex.tokens.claims import RESERVED_CLAIMS
 
@@ -26,12 +27,6 @@ MAX_DESCRIPTION_LENGTH = 1024
 MAX_LIST_ITEMS = 100
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_PRINCIPAL_ID = re.compile(r"[A-Za-z0-9]{1,128}")
-# docs/contract.md "POST {iss}/token — RFC 8693 token exchange":
-# an audience is 1-256 chars of A-Za-z0-9._:/- ; policies may add `*`.
-_AUDIENCE_GLOB = re.compile(r"[A-Za-z0-9._:/*-]{1,256}")
-# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ); we also bound the length.
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")
 # Instance attributes (region, AZ, AMI id, instance type, account) and their globs.
 _ATTRIBUTE_GLOB = re.compile(r"[A-Za-z0-9._:/*?-]{1,128}")
 # EC2 tag keys/values: letters, digits, spaces and + - = . _ : / @ (values may be empty).
@@ -159,7 +154,10 @@ class Policy:
             except GlobError as exc:
                 raise PolicyValidationError(f"principals[{index}]", str(exc)) from None
         audiences = _str_list(
-            _required(doc, "audiences"), "audiences", _AUDIENCE_GLOB, "1-256 of A-Za-z0-9._:/-*"
+            _required(doc, "audiences"),
+            "audiences",
+            identifiers.AUDIENCE_PATTERN,
+            "1-256 of A-Za-z0-9._:/-*",
         )
         for name, values in (("principals", principals), ("audiences", audiences)):
             if not values:
@@ -171,11 +169,17 @@ class Policy:
             effect=effect,
             principals=principals,
             principal_ids=_str_list(
-                doc.get("principal_ids", []), "principal_ids", _PRINCIPAL_ID, "1-128 A-Za-z0-9"
+                doc.get("principal_ids", []),
+                "principal_ids",
+                identifiers.PRINCIPAL_ID,
+                "1-128 A-Za-z0-9",
             ),
             audiences=audiences,
             scopes=_str_list(
-                doc.get("scopes", []), "scopes", _SCOPE_TOKEN, "an RFC 6749 §3.3 scope-token"
+                doc.get("scopes", []),
+                "scopes",
+                identifiers.SCOPE_TOKEN,
+                "an RFC 6749 §3.3 scope-token",
             ),
             max_ttl_seconds=_max_ttl(doc.get("max_ttl_seconds"), ttl_cap),
             instance=None if instance is None else InstanceConditions.from_document(instance),

@@ -15,14 +15,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from tokex import base64url
+from tokex import base64url, identifiers
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWKS_PATH = "/.well-known/jwks.json"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 
-RSA_ALGS = frozenset({"RS256", "PS256"})
-EC_ALGS = frozenset({"ES256"})
+# The algorithms tokex signs with (identifiers.py), by the key type that signs them.
+RSA_ALGS = frozenset(a for a, kty in identifiers.KEY_TYPES.items() if kty == "RSA")
+EC_ALGS = frozenset(a for a, kty in identifiers.KEY_TYPES.items() if kty == "EC")
 SUPPORTED_ALGS = RSA_ALGS | EC_ALGS
 MIN_RSA_BITS = 2048
 # P-256 coordinates are always 32 octets in a JWK, leading zeros included (RFC 7518 §6.2.1.2).
@@ -67,7 +68,7 @@ def jwk_from_public_key(
 ) -> dict[str, Any]:
     """The public JWK (with `kid`, `use: sig`, `alg`) of an RSA or P-256 public key.
 
-    Raises ValueError when the key does not fit `alg` (RSA for RS256/PS256, at least 2048
+    Raises ValueError when the key does not fit `alg` (RSA for RS256, at least 2048
     bits; P-256 for ES256).
     """
     jwk: dict[str, Any]

@@ -14,12 +14,14 @@ from typing import Any
 import jwt
 from jwt.algorithms import Algorithm
 
+from tokex import identifiers
 from tokex.errors import InvalidRequest
 from tokex.tokens.signer import MAX_SIGNING_INPUT_BYTES, Signer
 
 # RFC 9068 §2.1: access tokens are typed `at+jwt`.
 ACCESS_TOKEN_TYP = "at+jwt"
-SIGNING_ALGS = ("RS256", "ES256", "PS256")
+# The only algorithms tokex signs with (identifiers.py).
+SIGNING_ALGS = identifiers.SIGNING_ALGS
 
 
 class TokenTooLarge(InvalidRequest):

@@ -12,8 +12,8 @@ import pytest
 from joserfc import jwt as joserfc_jwt
 from joserfc.jwk import KeySet
 
-from tests.integration.test_exchange import sign, verify
 from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
+from tests.system.endpoints import sign, verify
 
 
 @pytest.fixture(scope="module")

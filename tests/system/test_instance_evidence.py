@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests.integration.test_exchange import exchange, sign, verify
+from tests.system.endpoints import assert_refused, exchange, sign, verify
 from tokex.client.imds import encode_instance_evidence, read_instance_identity
 from tokex.local.imds import DEMO_DOCUMENT
 from tokex.local.provision import DEMO_INSTANCE_AUDIENCE, DEMO_INSTANCE_ID
@@ -41,27 +41,35 @@ def test_instance_policy_grants_with_bound_evidence_from_imdsv2(local_system):
 
 
 def test_instance_policy_without_evidence_is_invalid_target(local_system):
-    status, _, body = exchange(local_system, audience=DEMO_INSTANCE_AUDIENCE)
-    assert (status, body["error"]) == (400, "invalid_target")
+    assert_refused(
+        lambda: exchange(local_system, audience=DEMO_INSTANCE_AUDIENCE),
+        400,
+        "invalid_target",
+        "policy demo-instance requires instance evidence; "
+        "policy demo-workload does not cover the audience",
+    )
 
 
 @pytest.mark.parametrize(
-    "changes,reason",
+    "changes,reason,audit_reason",
     [
-        ({"accountId": "210987654321"}, "account"),
-        ({"instanceId": "i-0fedcba9876543210"}, "instance"),
+        ({"accountId": "210987654321"}, "account", "iid_account_mismatch"),
+        ({"instanceId": "i-0fedcba9876543210"}, "instance", "iid_instance_mismatch"),
     ],
     ids=["other-account", "other-instance"],
 )
 def test_validly_signed_evidence_of_another_account_or_instance_is_refused(
-    local_system, changes, reason
+    local_system, changes, reason, audit_reason
 ):
-    status, _, body = exchange(
-        local_system,
-        audience=DEMO_INSTANCE_AUDIENCE,
-        aws_instance_identity=evidence_for(local_system, **changes),
+    evidence = evidence_for(local_system, **changes)
+    body = assert_refused(
+        lambda: exchange(
+            local_system, audience=DEMO_INSTANCE_AUDIENCE, aws_instance_identity=evidence
+        ),
+        400,
+        "invalid_grant",
+        audit_reason,
     )
-    assert (status, body["error"]) == (400, "invalid_grant"), body
     assert reason in body["error_description"]
 
 
@@ -69,10 +77,14 @@ def test_document_swapped_under_a_valid_signature_is_refused(local_system):
     genuine = read_instance_identity(local_system.imds.url)
     forged = genuine["document"].replace("t4g.micro", "m7g.large")
     evidence = encode_instance_evidence({"document": forged, "rsa2048": genuine["rsa2048"]})
-    status, _, body = exchange(
-        local_system, audience=DEMO_INSTANCE_AUDIENCE, aws_instance_identity=evidence
+    assert_refused(
+        lambda: exchange(
+            local_system, audience=DEMO_INSTANCE_AUDIENCE, aws_instance_identity=evidence
+        ),
+        400,
+        "invalid_grant",
+        "iid_signature_invalid",
     )
-    assert (status, body["error"]) == (400, "invalid_grant"), body
 
 
 def test_evidence_from_an_iam_user_of_the_same_account_binds_by_account(local_system):
@@ -80,10 +92,17 @@ def test_evidence_from_an_iam_user_of_the_same_account_binds_by_account(local_sy
     # instance policy names only the role, so the user still gets no instance token...
     signed = sign(local_system, credentials=local_system.deployment.user)
     evidence = encode_instance_evidence(read_instance_identity(local_system.imds.url))
-    status, _, body = exchange(
-        local_system, signed=signed, audience=DEMO_INSTANCE_AUDIENCE, aws_instance_identity=evidence
+    assert_refused(
+        lambda: exchange(
+            local_system,
+            signed=signed,
+            audience=DEMO_INSTANCE_AUDIENCE,
+            aws_instance_identity=evidence,
+        ),
+        400,
+        "invalid_target",
+        "policy demo-workload does not cover the audience",
     )
-    assert (status, body["error"]) == (400, "invalid_target"), body
     # ...while a policy without instance conditions ignores the (bound) evidence.
     signed = sign(local_system, credentials=local_system.deployment.user)
     status, _, body = exchange(local_system, signed=signed, aws_instance_identity=evidence)
@@ -92,5 +111,9 @@ def test_evidence_from_an_iam_user_of_the_same_account_binds_by_account(local_sy
 
 
 def test_malformed_evidence_parameter_is_invalid_request(local_system):
-    status, _, body = exchange(local_system, aws_instance_identity="%%%")
-    assert (status, body["error"]) == (400, "invalid_request")
+    assert_refused(
+        lambda: exchange(local_system, aws_instance_identity="%%%"),
+        400,
+        "invalid_request",
+        "aws_instance_identity is not valid base64url",
+    )

@@ -2,7 +2,8 @@
 it, the exchange and introspect handlers answer only requests carrying CloudFront's
 origin header, and refuse the rest before reading anything else.
 
-Each case cold-starts the real handler against the provisioned emulator."""
+Each case cold-starts the real handler against the provisioned emulator and invokes it
+directly, as API Gateway would; `assert_refused` reads the audit line it writes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_exchange import sign, verify
+from tests.system.endpoints import Answer, assert_refused, sign, verify
 from tokex.client.signing import encode_subject_token
 from tokex.edge import ORIGIN_HEADER, ORIGIN_SECRET_ENV
 from tokex.introspection_clients import basic_authorization
@@ -24,6 +25,10 @@ from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 SECRET = "cloudfrontOriginSecret0123456789abcdefABCDEF01"
 FORM = "application/x-www-form-urlencoded"
+NOT_THROUGH = (
+    "this endpoint answers only through the issuer URL: send the request to the issuer's"
+    " /token or /introspect"
+)
 
 
 def _cold(system: LocalSystem, name: str) -> ModuleType:
@@ -33,7 +38,7 @@ def _cold(system: LocalSystem, name: str) -> ModuleType:
 
 def _invoke(
     handler: ModuleType, path: str, form: dict[str, str], headers: dict[str, str]
-) -> tuple[int, dict[str, Any]]:
+) -> Answer:
     event = http_api_event(
         "POST",
         path,
@@ -45,7 +50,7 @@ def _invoke(
     result = handler.lambda_handler(event, LambdaContext(f"tokex-{path.strip('/')}"))
     assert result["headers"]["Content-Type"] == "application/json"
     assert result["headers"]["Cache-Control"] == "no-store"
-    return result["statusCode"], json.loads(result["body"])
+    return result["statusCode"], result["headers"], json.loads(result["body"])
 
 
 def _token_form(signed: dict[str, Any]) -> dict[str, str]:
@@ -70,22 +75,22 @@ def test_exchange_refuses_requests_that_skipped_cloudfront(
 ) -> None:
     handler = _cold(local_system, "exchange")
     signed = sign(local_system)
-    status, body = _invoke(handler, "/token", _token_form(signed), headers)
-    assert status == 403
-    assert body == {
-        "error": "invalid_request",
-        "error_description": "this endpoint answers only through the issuer URL: send the"
-        " request to the issuer's /token or /introspect",
-    }
+    body = assert_refused(
+        lambda: _invoke(handler, "/token", _token_form(signed), headers),
+        403,
+        "invalid_request",
+        "not_through_cloudfront",
+    )
+    assert body == {"error": "invalid_request", "error_description": NOT_THROUGH}
     # Refused before the evidence was looked at: the same signed request still works
     # through the door.
-    status, body = _invoke(handler, "/token", _token_form(signed), {ORIGIN_HEADER: SECRET})
+    status, _, body = _invoke(handler, "/token", _token_form(signed), {ORIGIN_HEADER: SECRET})
     assert status == 200, body
     verify(local_system, body["access_token"])
 
 
 def test_introspection_refuses_requests_that_skipped_cloudfront(local_system: LocalSystem) -> None:
-    token_status, issued = _invoke(
+    token_status, _, issued = _invoke(
         _cold(local_system, "exchange"),
         "/token",
         _token_form(sign(local_system)),
@@ -96,12 +101,15 @@ def test_introspection_refuses_requests_that_skipped_cloudfront(local_system: Lo
     credentials = {"authorization": basic_authorization(*local_system.introspection_client)}
     form = {"token": issued["access_token"]}
 
-    status, body = _invoke(handler, "/introspect", form, credentials)
-    assert status == 403
-    assert body["error"] == "invalid_request"
-    assert "active" not in body
+    body = assert_refused(
+        lambda: _invoke(handler, "/introspect", form, credentials),
+        403,
+        "invalid_request",
+        "not_through_cloudfront",
+    )
+    assert body == {"error": "invalid_request", "error_description": NOT_THROUGH}
 
-    status, body = _invoke(handler, "/introspect", form, {**credentials, ORIGIN_HEADER: SECRET})
+    status, _, body = _invoke(handler, "/introspect", form, {**credentials, ORIGIN_HEADER: SECRET})
     assert status == 200
     assert body["active"] is True
     assert body["aud"] == "demo-api"

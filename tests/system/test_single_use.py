@@ -8,17 +8,15 @@ the calls each exchange makes.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from tests.integration.test_exchange import Captured, sign
-from tests.integration.upstreams import CountingProxy
 from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
+from tests.system.conftest import FreshRole
+from tests.system.endpoints import Recorded, assert_refused, sign
+from tests.system.upstreams import CountingProxy
 from tokex.local.emulator import free_port
 from tokex.local.runner import LocalSystem
 from tokex.ratelimit import WINDOW_SECONDS
@@ -27,20 +25,20 @@ STS = "sts:GetCallerIdentity"
 ADMIT = "DynamoDB_20120810.TransactWriteItems"
 SIGN = "TrentService.Sign"
 USED = "this signed request was already used; sign a new one for each exchange"
+KMS_DOWN = "kms GetPublicKey: EndpointConnectionError"  # the first KMS call, after the write
 
 
-@contextlib.contextmanager
-def audit_lines() -> Iterator[list[dict[str, Any]]]:
-    """The exchange handlers' audit lines written inside the block."""
-    service_logger = logging.getLogger("tokex")
-    captured = Captured(service_logger.handlers[0].formatter)
-    service_logger.addHandler(captured)
-    lines: list[dict[str, Any]] = []
-    try:
-        yield lines
-    finally:
-        service_logger.removeHandler(captured)
-        lines.extend(line for line in captured.lines if line.get("message") == "token exchange")
+def policy_of(role: FreshRole) -> str:
+    """The id of the policy the `fresh_role` fixture made for `role`: its role's name."""
+    return role.arn.rsplit("/", 1)[1]
+
+
+def assert_used_up(handler, signed, **params: str) -> None:
+    """`signed` is refused as a replay: 400 `invalid_grant`, audit reason `replay`."""
+    body = assert_refused(
+        lambda: invoke_exchange(handler, signed, **params), 400, "invalid_grant", "replay"
+    )
+    assert body["error_description"] == USED
 
 
 @pytest.fixture
@@ -75,10 +73,7 @@ def test_a_warm_exchange_writes_once_and_a_replay_never_reaches_kms(local_system
     # One STS call, one DynamoDB write (single use and the budget), one KMS Sign; no read.
     assert proxy.take() == [STS, ADMIT, SIGN]
 
-    with audit_lines() as audits:
-        status, _, body = invoke_exchange(handler, signed)
-    assert (status, body["error"], body["error_description"]) == (400, "invalid_grant", USED)
-    assert [(a["outcome"], a["reason"]) for a in audits] == [("refused", "replay")]
+    assert_used_up(handler, signed)
     assert proxy.take() == [STS, ADMIT]  # caught by the write: no budget, no KMS
 
 
@@ -88,12 +83,14 @@ def test_replays_far_beyond_the_budget_leave_it_to_the_principal(local_system, f
     handler = cold_exchange_handler(local_system, TOKEX_RATE_LIMIT_PER_MINUTE="3")
     started = time.time()
     leaked = sign(local_system, credentials=fresh_role.credentials)
-    status, _, body = invoke_exchange(handler, leaked, scope="demo:admin")
-    assert (status, body["error"]) == (400, "invalid_scope")
-    with audit_lines() as audits:
-        replies = [invoke_exchange(handler, leaked, scope="demo:admin") for _ in range(30)]
-    assert {(status, body["error_description"]) for status, _, body in replies} == {(400, USED)}
-    assert {a["reason"] for a in audits} == {"replay"}
+    assert_refused(
+        lambda: invoke_exchange(handler, leaked, scope="demo:admin"),
+        400,
+        "invalid_scope",
+        f"policy {policy_of(fresh_role)} does not grant demo:admin",
+    )
+    for _ in range(30):
+        assert_used_up(handler, leaked, scope="demo:admin")
     assert budget_spent(local_system, fresh_role.arn, started) == 1
 
     fresh = sign(local_system, credentials=fresh_role.credentials)
@@ -103,38 +100,56 @@ def test_replays_far_beyond_the_budget_leave_it_to_the_principal(local_system, f
 
 
 @pytest.mark.parametrize(
-    ("first_params", "first_error"),
+    ("first_params", "first_error", "first_reason"),
     [
-        pytest.param({"audience": "payments-api"}, "invalid_target", id="invalid_target"),
-        pytest.param({"scope": "demo:admin"}, "invalid_scope", id="invalid_scope"),
+        pytest.param(
+            {"audience": "payments-api"},
+            "invalid_target",
+            "policy {} does not cover the audience",
+            id="invalid_target",
+        ),
+        pytest.param(
+            {"scope": "demo:admin"},
+            "invalid_scope",
+            "policy {} does not grant demo:admin",
+            id="invalid_scope",
+        ),
     ],
 )
 def test_a_refusal_after_sts_uses_the_request_up(
-    local_system, fresh_role, first_params, first_error
+    local_system, fresh_role, first_params, first_error, first_reason
 ):
     # A cold handler: its policies are read now, the fresh role's included.
     handler = cold_exchange_handler(local_system)
     signed = sign(local_system, credentials=fresh_role.credentials)
-    status, _, body = invoke_exchange(handler, signed, **first_params)
-    assert (status, body["error"]) == (400, first_error)
+    assert_refused(
+        lambda: invoke_exchange(handler, signed, **first_params),
+        400,
+        first_error,
+        first_reason.format(policy_of(fresh_role)),
+    )
     # The same signed request, now asking for what the policy grants: still refused.
-    status, _, body = invoke_exchange(handler, signed, scope="demo:read")
-    assert (status, body["error"], body["error_description"]) == (400, "invalid_grant", USED)
+    assert_used_up(handler, signed, scope="demo:read")
 
 
 def test_a_request_refused_for_the_budget_is_used_up_too(local_system, fresh_role):
     handler = cold_exchange_handler(local_system, TOKEX_RATE_LIMIT_PER_MINUTE="1")
     started = time.time()
-    statuses = []
-    for _ in range(2):
-        signed = sign(local_system, credentials=fresh_role.credentials)
-        statuses.append(invoke_exchange(handler, signed, scope="demo:read")[0])
-    if statuses == [200, 200]:
-        pytest.skip("the minute turned between the two requests")
-    assert statuses == [200, 429]
+    status, _, body = invoke_exchange(
+        handler, sign(local_system, credentials=fresh_role.credentials), scope="demo:read"
+    )
+    assert status == 200, body
+    signed = sign(local_system, credentials=fresh_role.credentials)
+
+    def over_budget():
+        answer = invoke_exchange(handler, signed, scope="demo:read")
+        if answer[0] == 200:
+            pytest.skip("the minute turned between the two requests")
+        return answer
+
+    assert_refused(over_budget, 429, "temporarily_unavailable", "rate_limited")
     # Once the minute turns it would pass the budget: it must not pass single use.
-    status, _, body = invoke_exchange(handler, signed, scope="demo:read")
-    assert (status, body["error_description"]) == (400, USED)
+    assert_used_up(handler, signed, scope="demo:read")
     assert budget_spent(local_system, fresh_role.arn, started) == 1
 
 
@@ -144,13 +159,12 @@ def test_a_kms_failure_gives_the_request_and_the_budget_back(local_system, fresh
     )
     started = time.time()
     signed = sign(local_system, credentials=fresh_role.credentials)
-    status, headers, body = invoke_exchange(broken, signed, scope="demo:read")
-    assert (status, body["error"]) == (503, "temporarily_unavailable")
-    assert int(headers["Retry-After"]) > 0
+    answer = Recorded(lambda: invoke_exchange(broken, signed, scope="demo:read"))
+    assert_refused(answer, 503, "temporarily_unavailable", KMS_DOWN)
+    assert int(answer.headers["Retry-After"]) > 0
     assert budget_spent(local_system, fresh_role.arn, started) == 0  # the unit came back
     # The compensating write released the record: the caller retries the same request.
     healthy = cold_exchange_handler(local_system)
     status, _, body = invoke_exchange(healthy, signed, scope="demo:read")
     assert status == 200, body
-    status, _, body = invoke_exchange(healthy, signed, scope="demo:read")
-    assert (status, body["error_description"]) == (400, USED)
+    assert_used_up(healthy, signed, scope="demo:read")

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.test_exchange import exchange, sign, verify
-from tests.integration.test_introspect import introspect
+from tests.system.endpoints import exchange, sign, verify
+from tests.system.test_introspect_endpoint import introspect
 from tokex.adapters.state_table.revocations import TTL_MARGIN_SECONDS
 from tokex.cli.main import main
 from tokex.local.provision import ACCOUNT_ID, DEMO_USER_NAME

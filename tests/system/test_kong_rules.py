@@ -18,9 +18,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from tests.integration.test_exchange import exchange, sign
 from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
 from tests.support.kong_jwt import Kong
+from tests.system.endpoints import exchange, sign
 from tokex import kong
 from tokex.adapters.kms import KmsSigner
 from tokex.cli.kong import parse_document, read_jwks

@@ -23,7 +23,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from tests.integration.test_exchange import exchange, sign, verify
+from tests.system.endpoints import assert_refused, exchange, sign, verify
 from tokex.adapters.policy_table import PolicyStore
 from tokex.cli.deployment import policy_table_from_stack
 from tokex.cli.main import main
@@ -221,6 +221,7 @@ def test_aws_failures_are_clear_errors(cli, monkeypatch) -> None:
 # --- explain == exchange ----------------------------------------------------------------
 
 WORKLOAD, USER = "workload", "user"
+REFUSALS = {"invalid_grant", "invalid_scope", "invalid_target"}  # the rest are policy ids
 CASES = [
     # (who, audience, scope, instance document changes or None, expected policy / error)
     (WORKLOAD, "demo-api", None, None, "demo-workload"),
@@ -273,14 +274,18 @@ def test_explain_gives_the_exchange_decision(
     assert code == 0
     explained = json.loads(out)
 
-    status, _, body = exchange(
-        system,
-        signed=sign(system, credentials=credentials),
-        audience=audience,
-        scope=scope,
-        aws_instance_identity=None if evidence is None else encode_instance_evidence(evidence),
-    )
-    if status == 200:
+    def request():
+        return exchange(
+            system,
+            signed=sign(system, credentials=credentials),
+            audience=audience,
+            scope=scope,
+            aws_instance_identity=None if evidence is None else encode_instance_evidence(evidence),
+        )
+
+    if expected not in REFUSALS:
+        status, _, body = request()
+        assert status == 200, body
         claims = verify(system, body["access_token"], audience=audience)
         answered = (claims["policy"], body.get("scope", "").split(), body["expires_in"])
         assert answered == (explained["policy"], explained["scopes"], explained["ttl_seconds"])
@@ -288,9 +293,10 @@ def test_explain_gives_the_exchange_decision(
         assert claims["sub"] == explained["caller"]["principal"]
         assert claims["policy"] == expected
     else:
-        assert (status, body["error"]) == (400, explained["refusal"]["error"])
-        assert explained["decision"] == "refuse"
-        assert body["error"] == expected
+        # The exchange refuses with the error and the reason explain gives.
+        refusal = explained["refusal"]
+        assert (explained["decision"], refusal["error"]) == ("refuse", expected), explained
+        assert_refused(request, 400, expected, refusal["reason"])
     assert "error" not in explained  # the command itself did not fail
 
 

@@ -20,7 +20,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.integration.test_exchange import Captured, exchange, post, verify
+from tests.system.endpoints import Captured, Recorded, assert_refused, exchange, get, post, verify
 from tests.unit.test_jws import LocalSigner
 from tokex.adapters.kms import KmsSigner
 from tokex.adapters.state_table.introspection_clients import ClientStore
@@ -48,10 +48,17 @@ def introspect(
     content_type: str = FORM,
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
     """POST /introspect as the demo client (or `auth`: a header value, or None)."""
-    if auth is _DEMO:
-        auth = basic_authorization(*system.introspection_client)
     fields = {"token": token} if token is not None else {}
     body = urllib.parse.urlencode({**fields, **(form or {})}).encode()
+    return introspect_body(system, body, auth=auth, content_type=content_type)
+
+
+def introspect_body(
+    system: LocalSystem, body: bytes, *, auth: Any = _DEMO, content_type: str = FORM
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """POST this form body to /introspect as the demo client (or `auth`)."""
+    if auth is _DEMO:
+        auth = basic_authorization(*system.introspection_client)
     headers = {"Content-Type": content_type}
     if auth is not None:
         headers["Authorization"] = auth
@@ -183,63 +190,65 @@ def test_garbage_is_inactive(local_system, token):
 
 
 def test_missing_or_repeated_token_is_invalid_request(local_system):
-    status, headers, body = introspect(local_system, None)
-    assert (status, body["error"]) == (400, "invalid_request")
-    assert headers["Cache-Control"] == "no-store"
-    url = local_system.issuer + "/introspect"
-    request = urllib.request.Request(
-        url,
-        data=b"token=a&token=b",
-        headers={
-            "Content-Type": FORM,
-            "Authorization": basic_authorization(*local_system.introspection_client),
-        },
+    assert_refused(lambda: introspect(local_system, None), 400, "invalid_request", "token_missing")
+    assert_refused(
+        lambda: introspect_body(local_system, b"token=a&token=b"),
+        400,
+        "invalid_request",
+        "repeated",
     )
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(request, timeout=30)
-    assert err.value.code == 400
+
+
+UNKNOWN_CLIENT = basic_authorization("tc_ffffffffffffffffffff", "a" * 43)
 
 
 @pytest.mark.parametrize(
-    "auth",
+    ("auth", "reason"),
     [
-        None,
-        "Bearer abc",
-        "Basic !!!",
-        basic_authorization("tc_ffffffffffffffffffff", "a" * 43),
-        "wrong-secret",
-        "other-client",
+        pytest.param(None, "no_credentials", id="auth0"),
+        pytest.param("Bearer abc", "not_basic", id="Bearer abc"),
+        pytest.param("Basic !!!", "malformed_basic", id="Basic !!!"),
+        pytest.param(UNKNOWN_CLIENT, "unknown_client", id=UNKNOWN_CLIENT),
+        pytest.param("wrong-secret", "wrong_secret", id="wrong-secret"),
+        pytest.param("other-client", "unknown_client", id="other-client"),
     ],
 )
-def test_bad_client_authentication_is_401_invalid_client(local_system, auth):
+def test_bad_client_authentication_is_401_invalid_client(local_system, auth, reason):
     client_id, secret = local_system.introspection_client
     if auth == "wrong-secret":
         auth = basic_authorization(client_id, secret[:-1] + ("A" if secret[-1] != "A" else "B"))
     elif auth == "other-client":
         auth = basic_authorization(client_id.replace("tc_", "tc_0")[:23], secret)
-    status, headers, body = introspect(local_system, issued_token(local_system), auth=auth)
-    assert status == 401
+    token = issued_token(local_system)
+    answer = Recorded(lambda: introspect(local_system, token, auth=auth))
+    body = assert_refused(answer, 401, "invalid_client", reason)
     assert body == {"error": "invalid_client", "error_description": "client authentication failed"}
-    assert headers["WWW-Authenticate"] == 'Basic realm="tokex"'
-    assert headers["Cache-Control"] == "no-store"
+    assert answer.headers["WWW-Authenticate"] == 'Basic realm="tokex"'
 
 
 def test_credentials_in_the_body_are_not_accepted(local_system):
     client_id, secret = local_system.introspection_client
     form = {"client_id": client_id, "client_secret": secret}
-    assert introspect(local_system, "x", auth=None, form=form)[0] == 401
+    assert_refused(
+        lambda: introspect(local_system, "x", auth=None, form=form),
+        401,
+        "invalid_client",
+        "no_credentials",
+    )
 
 
 def test_wrong_method_content_type_and_size(local_system):
     url = local_system.issuer + "/introspect"
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(url)
-    assert err.value.code == 405 and err.value.headers["Allow"] == "POST"
-    assert json.loads(err.value.read())["error"] == "invalid_request"
-    status, _, body = introspect(local_system, "x", content_type="application/json")
-    assert (status, body["error"]) == (415, "invalid_request")
-    status, _, body = post(url, b"token=" + b"x" * 17000)
-    assert (status, body["error"]) == (413, "invalid_request")
+    answer = Recorded(lambda: get(url))
+    assert_refused(answer, 405, "invalid_request", "method")
+    assert answer.headers["Allow"] == "POST"
+    assert_refused(
+        lambda: introspect(local_system, "x", content_type="application/json"),
+        415,
+        "invalid_request",
+        "content_type",
+    )
+    assert_refused(lambda: post(url, b"token=" + b"x" * 17000), 413, "invalid_request", "body_size")
 
 
 def test_each_call_writes_one_audit_line_without_the_token(local_system):
@@ -299,7 +308,12 @@ def test_clients_cli_add_list_remove(local_system, state_table_cli):
     assert introspect(local_system, token, auth=added["authorization"])[2]["active"] is True
     # Removed before its first use, so no warm cache holds it: refused at once.
     assert run("remove", client_b)[0] == 0
-    assert introspect(local_system, token, auth=basic_authorization(client_b, secret_b))[0] == 401
+    assert_refused(
+        lambda: introspect(local_system, token, auth=basic_authorization(client_b, secret_b)),
+        401,
+        "invalid_client",
+        "unknown_client",
+    )
     code, out, _ = run("list", "--json")
     assert client_b not in {c["client_id"] for c in json.loads(out)}
     code, _, err = run("remove", client_b)

@@ -4,9 +4,9 @@ taking the policy out of the table between two exchanges of one warm handler."""
 
 from __future__ import annotations
 
-from tests.integration.test_exchange import sign
 from tests.support.exchange_handler import cold_exchange_handler
 from tests.support.exchange_handler import invoke_exchange as invoke_for
+from tests.system.endpoints import assert_refused, sign
 from tokex.adapters.policy_table import PolicyStore
 from tokex.local.provision import DEMO_ROLE_ARN
 from tokex.policy.model import Policy
@@ -33,5 +33,11 @@ def test_warm_exchange_is_served_from_the_policy_cache(local_system):
         store.delete("cache-probe")
     # A cold start reads the table and no longer finds the policy.
     cold = cold_exchange_handler(local_system, TOKEX_POLICY_CACHE_SECONDS="60")
-    status, _, body = invoke_for(cold, sign(local_system), "cache-probe-api")
-    assert (status, body["error"]) == (400, "invalid_target")
+    signed = sign(local_system)
+    assert_refused(
+        lambda: invoke_for(cold, signed, "cache-probe-api"),
+        400,
+        "invalid_target",
+        "policy demo-instance does not cover the audience; "
+        "policy demo-workload does not cover the audience",
+    )

@@ -1,6 +1,6 @@
 """Single use and the rate limit in one DynamoDB write (moto in process: boto3 code only).
 
-The whole exchange against the emulator with SigV4 checks: tests/integration/
+The whole exchange against the emulator with SigV4 checks: tests/system/
 test_single_use.py.
 """
 

@@ -10,73 +10,27 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
 
 import jwt
 import pytest
 
 from tests.support.exchange_handler import cold_exchange_handler
-from tokex.client.signing import encode_subject_token, signed_get_caller_identity
+from tests.system.endpoints import (
+    Captured,
+    Recorded,
+    assert_refused,
+    exchange,
+    get,
+    post,
+    sign,
+    verify,
+)
+from tokex.client.signing import signed_get_caller_identity
 from tokex.forms import MAX_FORM_PARAMETERS
 from tokex.local.front import http_api_event
 from tokex.local.functions import LambdaContext
 from tokex.local.provision import ACCOUNT_ID, DEMO_INSTANCE_ID, DEMO_ROLE_ARN, DEMO_USER_NAME
-from tokex.local.runner import LocalSystem
-from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
-
-
-def post(url: str, body: bytes, content_type: str = "application/x-www-form-urlencoded"):
-    request = urllib.request.Request(
-        url, data=body, headers={"Content-Type": content_type}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), json.loads(err.read())
-
-
-def exchange(system: LocalSystem, *, signed: dict[str, Any] | None = None, **params: str):
-    if signed is None:
-        signed = sign(system)
-    form = {
-        "grant_type": TOKEN_EXCHANGE_GRANT,
-        "subject_token_type": SIGV4_TOKEN_TYPE,
-        "subject_token": encode_subject_token(signed),
-        "audience": "demo-api",
-        **params,
-    }
-    form = {k: v for k, v in form.items() if v is not None}
-    return post(system.issuer + "/token", urllib.parse.urlencode(form).encode())
-
-
-def sign(system: LocalSystem, *, credentials=None, issuer: str | None = None, region="us-east-1"):
-    creds = credentials or system.deployment.workload
-    frozen = creds.session().get_credentials().get_frozen_credentials()
-    return signed_get_caller_identity(frozen, region=region, issuer=issuer or system.issuer)
-
-
-def verify(system: LocalSystem, token: str, audience: str = "demo-api") -> dict[str, Any]:
-    """Verify as a relying party would: only the published JWKS, fetched over HTTP."""
-    keys = jwt.PyJWKClient(system.issuer + "/.well-known/jwks.json", cache_keys=False)
-    signing_key = keys.get_signing_key_from_jwt(token)
-    return jwt.decode(
-        token,
-        signing_key.key,
-        algorithms=["RS256", "ES256"],
-        audience=audience,
-        issuer=system.issuer,
-        options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]},
-    )
-
-
-def assert_refused(result, status: int, error: str) -> dict[str, Any]:
-    got_status, headers, body = result
-    assert (got_status, body.get("error")) == (status, error), body
-    assert "access_token" not in body
-    assert body["error_description"]
-    assert headers["Cache-Control"] == "no-store"
-    return body
+from tokex.token_request import TOKEN_EXCHANGE_GRANT
 
 
 def test_role_session_gets_a_token_that_verifies_against_the_served_jwks(local_system):
@@ -129,38 +83,62 @@ def test_tampered_signature_is_refused_by_sts(local_system):
     auth = signed["headers"]["Authorization"]
     flipped = "0" if auth[-1] != "0" else "1"
     signed["headers"]["Authorization"] = auth[:-1] + flipped
-    assert_refused(exchange(local_system, signed=signed), 400, "invalid_grant")
+    assert_refused(
+        lambda: exchange(local_system, signed=signed),
+        400,
+        "invalid_grant",
+        "sts_refused:403: SignatureDoesNotMatch",
+    )
 
 
 def test_request_signed_for_another_deployment_is_refused(local_system):
     signed = sign(local_system, issuer="https://other-tokex.example.com")
-    body = assert_refused(exchange(local_system, signed=signed), 400, "invalid_grant")
+    body = assert_refused(
+        lambda: exchange(local_system, signed=signed),
+        400,
+        "invalid_grant",
+        "X-Tokex-Issuer does not name this issuer",
+    )
     assert "issuer" in body["error_description"].lower()
 
 
 def test_unknown_audience_is_invalid_target(local_system):
-    assert_refused(exchange(local_system, audience="payments-api"), 400, "invalid_target")
+    assert_refused(
+        lambda: exchange(local_system, audience="payments-api"),
+        400,
+        "invalid_target",
+        "policy demo-instance does not cover the audience; "
+        "policy demo-workload does not cover the audience",
+    )
 
 
 def test_ungranted_scope_is_invalid_scope(local_system):
-    assert_refused(exchange(local_system, scope="demo:read demo:admin"), 400, "invalid_scope")
+    assert_refused(
+        lambda: exchange(local_system, scope="demo:read demo:admin"),
+        400,
+        "invalid_scope",
+        "policy demo-workload does not grant demo:admin",
+    )
 
 
 def test_accepted_request_cannot_be_replayed(local_system):
     signed = sign(local_system)
     assert exchange(local_system, signed=signed)[0] == 200
-    body = assert_refused(exchange(local_system, signed=signed), 400, "invalid_grant")
+    body = assert_refused(
+        lambda: exchange(local_system, signed=signed), 400, "invalid_grant", "replay"
+    )
     assert "already used" in body["error_description"]
 
 
 def test_wrong_method_content_type_and_size(local_system):
     url = local_system.issuer + "/token"
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(url)
-    assert err.value.code == 405 and err.value.headers["Allow"] == "POST"
-    assert json.loads(err.value.read())["error"] == "invalid_request"
-    assert_refused(post(url, b"{}", "application/json"), 415, "invalid_request")
-    assert_refused(post(url, b"a=" + b"x" * 17000), 413, "invalid_request")
+    answer = Recorded(lambda: get(url))
+    assert_refused(answer, 405, "invalid_request", "method")
+    assert answer.headers["Allow"] == "POST"
+    assert_refused(
+        lambda: post(url, b"{}", "application/json"), 415, "invalid_request", "content_type"
+    )
+    assert_refused(lambda: post(url, b"a=" + b"x" * 17000), 413, "invalid_request", "body_size")
 
 
 def test_unknown_path_is_the_contracts_404(local_system):
@@ -176,24 +154,16 @@ def test_unknown_path_is_the_contracts_404(local_system):
 
 
 def test_unknown_grant_type(local_system):
-    result = exchange(local_system, grant_type="client_credentials")
-    assert_refused(result, 400, "unsupported_grant_type")
+    assert_refused(
+        lambda: exchange(local_system, grant_type="client_credentials"),
+        400,
+        "unsupported_grant_type",
+        "grant_type",
+    )
 
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-class Captured(logging.Handler):
-    """Collects the exchange handler's formatted log lines (Powertools JSON)."""
-
-    def __init__(self, formatter: logging.Formatter) -> None:
-        super().__init__()
-        self.setFormatter(formatter)
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
 
 
 def test_each_exchange_writes_one_audit_line_and_a_metric(local_system, capsys):
@@ -209,7 +179,11 @@ def test_each_exchange_writes_one_audit_line_and_a_metric(local_system, capsys):
     audits = [line for line in captured.lines if line.get("message") == "token exchange"]
     assert [a["outcome"] for a in audits] == ["refused", "issued"]
     refused, issued = audits
-    assert refused["error"] == "invalid_target" and refused["reason"]
+    assert refused["error"] == "invalid_target"
+    assert refused["reason"] == (
+        "policy demo-instance does not cover the audience; "
+        "policy demo-workload does not cover the audience"
+    )
     assert refused["principal"] == DEMO_ROLE_ARN and refused["audience"] == "payments-api"
     assert issued["policy"] == "demo-workload"
     assert issued["jti"] == verify(local_system, body["access_token"])["jti"]
@@ -235,14 +209,14 @@ def test_caller_over_its_rate_limit_gets_429_with_retry_after(local_system):
 
     handler = cold_exchange_handler(local_system, TOKEX_RATE_LIMIT_PER_MINUTE="1")
     user = local_system.deployment.user
-    results = [invoke_exchange(handler, sign(local_system, credentials=user)) for _ in range(3)]
     # The budget of one per minute may already be spent by earlier tests in this minute:
     # at most the first succeeds, and the rest are refused.
-    assert [status for status, _, _ in results[1:]] == [429, 429]
-    for _, headers, body in results[1:]:
-        assert body["error"] == "temporarily_unavailable"
-        assert 1 <= int(headers["Retry-After"]) <= 61
-        assert "access_token" not in body
+    invoke_exchange(handler, sign(local_system, credentials=user))
+    for _ in range(2):
+        signed = sign(local_system, credentials=user)
+        answer = Recorded(lambda signed=signed: invoke_exchange(handler, signed))
+        assert_refused(answer, 429, "temporarily_unavailable", "rate_limited")
+        assert 1 <= int(answer.headers["Retry-After"]) <= 61
 
 
 def test_request_bound_to_another_audience_is_refused(local_system):
@@ -254,7 +228,12 @@ def test_request_bound_to_another_audience_is_refused(local_system):
         audience="demo-instance-api",
     )
     assert "x-tokex-audience" in signed["headers"]["Authorization"]
-    body = assert_refused(exchange(local_system, signed=signed), 400, "invalid_grant")
+    body = assert_refused(
+        lambda: exchange(local_system, signed=signed),
+        400,
+        "invalid_grant",
+        "X-Tokex-Audience must be signed and equal the audience parameter",
+    )
     assert "X-Tokex-Audience" in body["error_description"]
     # Bound to the audience it asks for, the same kind of request succeeds.
     signed = signed_get_caller_identity(
@@ -271,7 +250,9 @@ def test_unrecognised_parameters_are_ignored_up_to_the_documented_limit(local_sy
     status, _, body = exchange(local_system, **extras)
     assert status == 200, body
     many = {f"p{i}": "x" for i in range(MAX_FORM_PARAMETERS)}
-    body = assert_refused(exchange(local_system, **many), 400, "invalid_request")
+    body = assert_refused(
+        lambda: exchange(local_system, **many), 400, "invalid_request", "form_parameters"
+    )
     assert body["error_description"] == f"the form has more than {MAX_FORM_PARAMETERS} parameters"
 
 
@@ -285,6 +266,9 @@ def test_media_type_is_parsed_strictly(local_system, content_type):
     handler = cold_exchange_handler(local_system)
     body = urllib.parse.urlencode({"grant_type": TOKEN_EXCHANGE_GRANT}).encode()
     event = http_api_event("POST", "/token", "", {"content-type": content_type}, body, "::1")
-    result = handler.lambda_handler(event, LambdaContext("tokex-exchange"))
-    answer = (result["statusCode"], result["headers"], json.loads(result["body"]))
-    assert_refused(answer, 415, "invalid_request")
+
+    def answer():
+        result = handler.lambda_handler(event, LambdaContext("tokex-exchange"))
+        return result["statusCode"], result["headers"], json.loads(result["body"])
+
+    assert_refused(answer, 415, "invalid_request", "content_type")
