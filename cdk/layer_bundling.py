@@ -12,6 +12,16 @@ into it (the `tokex` sources, the dependency list, the target platform and this 
 bundling recipe), so synthesizing again - into any `cdk.out` - copies a directory instead
 of running pip. The asset hash is derived from the same inputs, so CDK also skips the
 bundler entirely when the asset is already staged in the output directory.
+
+Bytecode: `/opt` is read-only on Lambda, so a layer without `.pyc` files has every cold
+start compile its modules again (issue 11: 0.41 s against 0.14 s for the layer's part).
+When the deploying machine has a CPython of the runtime's version (`BytecodeCompiler`,
+found by `find_bytecode_compiler`), the bundle is compiled with it into
+`__pycache__/*.cpython-313.pyc`; pip's own compilation is off because it would use the
+local interpreter, whose bytecode the runtime cannot read. Without such an interpreter the
+layer ships sources only (slower cold starts, same behaviour) and the synth says so in one
+line (docs/deploy.md, "Bytecode in the layer"). Which interpreter compiled, if any, is part
+of the inputs hash.
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +46,7 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 # Bump when the recipe below changes in a way the inputs hash cannot see.
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 PLATFORM = "manylinux2014_aarch64"
 # Provided by every Lambda Python runtime; bundling them would only shadow the runtime's
 # copy and add ~25 MB.
@@ -46,6 +57,21 @@ CACHE_ENTRIES_KEPT = 4
 TOOLING = frozenset({"cli", "local", "client", "kong.py"})
 _IGNORED_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+# Names the interpreter to compile the layer's bytecode with; it must be the runtime's
+# CPython version (a mismatch is an error, never a silent fallback).
+COMPILER_ENV = "TOKEX_LAYER_PYTHON"
+# Hash-based pycs that the import system never checks against their source: a layer
+# version is immutable, and Lambda's unzipped files carry the zip's timestamps, which a
+# timestamp pyc would be checked against (PEP 552). unchecked-hash also spares the read
+# and hash of every source that checked-hash would cost at each cold start.
+INVALIDATION_MODE = "unchecked-hash"
+# Where Lambda mounts the layer's `python/`: the path tracebacks show (compileall -p).
+LAYER_SITE = "/opt/python"
+_PROBE = (
+    "import platform, sys; "
+    "print(sys.implementation.name, platform.python_version(), sys.implementation.cache_tag)"
+)
+_reported_no_compiler: set[str] = set()
 
 
 def canonical_name(name: str) -> str:
@@ -85,6 +111,98 @@ def runtime_files(package_dir: Path) -> list[Path]:
     )
 
 
+@dataclass(frozen=True)
+class BytecodeCompiler:
+    """A CPython of the runtime's version on this machine, to compile the layer with."""
+
+    executable: str
+    version: str  # e.g. "3.13.0"
+    cache_tag: str  # e.g. "cpython-313": the name of the .pyc files it writes
+
+    def compile_tree(self, site: Path) -> None:
+        """Compile every module under `site` into `__pycache__/*.<cache_tag>.pyc`."""
+        command = [
+            self.executable, "-I", "-m", "compileall", "-q", "-j0",
+            "--invalidation-mode", INVALIDATION_MODE,
+            "-s", str(site), "-p", LAYER_SITE, str(site),
+        ]  # fmt: skip
+        result = subprocess.run(  # noqa: S603 - fixed argv, an interpreter we probed
+            command, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"compiling the tokex layer's bytecode failed ({result.returncode}):\n"
+                f"{' '.join(command)}\n{result.stdout}{result.stderr}"
+            )
+
+
+def probe_interpreter(executable: str) -> BytecodeCompiler | None:
+    """What `executable` is, or None when it does not run (a pyenv shim without that
+    version selected fails this way) or is not CPython."""
+    try:
+        result = subprocess.run(  # noqa: S603 - probing a named interpreter
+            [executable, "-I", "-c", _PROBE],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    fields = result.stdout.split()
+    if result.returncode != 0 or len(fields) != 3 or fields[0] != "cpython":
+        return None
+    return BytecodeCompiler(executable, fields[1], fields[2])
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def _pyenv_candidates(python_version: str) -> list[str]:
+    """pyenv's installed versions: their shim on PATH only runs the selected ones."""
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    pattern = f"{python_version}.*/bin/python{python_version}"
+    return [str(p) for p in sorted((root / "versions").glob(pattern), reverse=True)]
+
+
+def find_bytecode_compiler(python_version: str) -> BytecodeCompiler | None:
+    """A CPython `python_version` (e.g. "3.13") on this machine, or None.
+
+    `TOKEX_LAYER_PYTHON` when set (and then it must be that version); else the running
+    interpreter if it is that version; else each `pythonX.Y` on PATH; else pyenv's.
+    """
+    named = os.environ.get(COMPILER_ENV)
+    if named:
+        compiler = probe_interpreter(named)
+        if compiler is None or _minor(compiler.version) != python_version:
+            found = "does not run" if compiler is None else f"is Python {compiler.version}"
+            raise RuntimeError(
+                f"{COMPILER_ENV}={named} {found}; the layer needs CPython {python_version}"
+            )
+        return compiler
+    candidates = [sys.executable] if _minor(sys.version) == python_version else []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        path = Path(directory or ".") / f"python{python_version}"
+        if path.is_file() and os.access(path, os.X_OK):
+            candidates.append(str(path))
+    candidates += _pyenv_candidates(python_version)
+    for candidate in dict.fromkeys(candidates):
+        compiler = probe_interpreter(candidate)
+        if compiler is not None and _minor(compiler.version) == python_version:
+            return compiler
+    return None
+
+
+def report_no_compiler(python_version: str) -> None:
+    """The synth's one line (once per process) when the layer ships without bytecode."""
+    if python_version not in _reported_no_compiler:
+        _reported_no_compiler.add(python_version)
+        print(
+            f"tokex layer: no CPython {python_version} found (PATH, pyenv, {COMPILER_ENV}); "
+            "the layer ships without bytecode, so each cold start compiles it "
+            "(docs/deploy.md, Bytecode in the layer)",
+            file=sys.stderr,
+        )
+
+
 class CoreLayerBundling:
     """Builds `<out>/python/...` for the layer; see the module docstring."""
 
@@ -94,6 +212,7 @@ class CoreLayerBundling:
         project_root: Path,
         python_version: str,
         cache_dir: Path | None = None,
+        find_compiler: Callable[[str], BytecodeCompiler | None] = find_bytecode_compiler,
     ) -> None:
         self.project_root = project_root.resolve()
         self.package_dir = self.project_root / "layers" / "core" / PACKAGE_NAME
@@ -101,6 +220,8 @@ class CoreLayerBundling:
         self.python_version = python_version
         self.requirements = layer_requirements(self.pyproject)
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+        # Probed once per synth; None: the layer ships sources only.
+        self.compiler = find_compiler(python_version)
 
     def inputs_hash(self) -> str:
         digest = hashlib.sha256()
@@ -110,6 +231,14 @@ class CoreLayerBundling:
             "python": self.python_version,
             "requirements": self.requirements,
             "excluded": sorted(RUNTIME_PROVIDED),
+            "bytecode": None
+            if self.compiler is None
+            else {
+                "python": self.compiler.version,
+                "cache_tag": self.compiler.cache_tag,
+                "invalidation": INVALIDATION_MODE,
+                "site": LAYER_SITE,
+            },
         }
         digest.update(json.dumps(header, sort_keys=True).encode())
         for path in runtime_files(self.package_dir):
@@ -172,6 +301,8 @@ class CoreLayerBundling:
         if leaked:
             raise RuntimeError(f"layer bundle unexpectedly contains {sorted(leaked)}")
         (root / "report.json").unlink()
+        if self.compiler is not None:
+            self.compiler.compile_tree(site)
 
     def _resolve(self, report: Path) -> list[str]:
         """Resolve the full dependency set for the target, then drop what the runtime has.
@@ -291,6 +422,8 @@ def locally_bundled_code(
 def core_layer_code(*, project_root: Path, python_version: str) -> lambda_.Code:
     """Lambda `Code` for the layer: local bundling only, custom asset hash = inputs hash."""
     bundling = CoreLayerBundling(project_root=project_root, python_version=python_version)
+    if bundling.compiler is None:
+        report_no_compiler(python_version)
     return locally_bundled_code(
         placeholder=bundling.package_dir,
         asset_hash=bundling.inputs_hash(),

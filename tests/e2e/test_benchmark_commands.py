@@ -1,5 +1,6 @@
-"""The documented fuzz and load commands (docs/benchmarks.md), run briefly as a user runs
-them, so that neither can rot: they start, check every answer and print their report."""
+"""The documented commands (docs/performance.md): `python -m benchmarks`, fuzz and load, run
+briefly as a user runs them, so that none can rot: they start, check every answer and print
+their report. No timed assertion: the figures are measured, never asserted here."""
 
 from __future__ import annotations
 
@@ -50,3 +51,34 @@ def test_fuzz_command_runs_every_target() -> None:
     for name in names:
         inputs, _refused, _accepted, server_errors, tokens, _seconds, outcome = rows[name]
         assert int(inputs) > 0 and (server_errors, tokens, outcome) == ("0", "0", "ok")
+
+
+def test_benchmark_command_small_profile_writes_every_figure(tmp_path: Path) -> None:
+    results = ROOT / "benchmarks" / "results.json"
+    committed = results.read_bytes() if results.exists() else None
+    output = tmp_path / "results.json"
+    result = run_command("benchmarks", "--profile", "small", "--output", str(output))
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(output.read_text())["figures"]
+    assert figures and all(
+        set(figure) == {"name", "value", "unit", "target", "met"} for figure in figures
+    )
+    names = {figure["name"] for figure in figures}
+    for expected in (
+        "AWS calls per warm exchange: KMS Sign",
+        "handler CPU / floor CPU",
+        "cold start / dependencies",
+        "client: cached token() p50",
+        "client: refresh happens at",
+    ):
+        assert expected in names
+    # A figure without a target is never said to meet one; one with a target always says.
+    assert all((figure["target"] is None) == (figure["met"] is None) for figure in figures)
+    assert "figure" in result.stdout.splitlines()[0]
+    # The small profile never writes over the committed results.
+    assert (results.read_bytes() if results.exists() else None) == committed
+
+
+def test_benchmark_command_refuses_to_write_small_results_over_the_committed_ones() -> None:
+    result = run_command("benchmarks", "--profile", "small")
+    assert result.returncode == 2 and "--output" in result.stderr

@@ -3,7 +3,9 @@ AWS SDK (the runtime provides it)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cdk.layer_bundling import BytecodeCompiler, find_bytecode_compiler
 from tests.infra import checks
 from tests.infra.conftest import REPO_ROOT, Synthesized
 
@@ -24,6 +27,15 @@ RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 AWS_SDK_DEPENDENCIES = frozenset({"jmespath", "dateutil", "six", "urllib3"})
 # Left out of the layer (cdk/layer_bundling.py TOOLING), stated here independently.
 TOOLING = frozenset({"cli", "local", "client", "kong.py"})
+MAGIC_PROBE = "import importlib.util, sys; sys.stdout.write(importlib.util.MAGIC_NUMBER.hex())"
+BYTECODE_PROBE_MODULES = (
+    "tokex.settings",
+    "tokex.token_request",
+    "tokex.evidence.sigv4_request",
+    "tokex.policy.evaluate",
+    "tokex.tokens.claims",
+    "asn1crypto.cms",
+)
 
 
 def elf_machine(path: Path) -> int:
@@ -86,6 +98,10 @@ def test_dependencies_and_tokex_are_there(default_synth: Synthesized, site: Path
     packages += ["defusedxml", "asn1crypto", "urllib3", "tokex"]
     for package in packages:
         assert (site / package).is_dir(), f"{package} missing from the layer"
+    # Bytecode only for the runtime's CPython (test_layer_ships_the_runtimes_bytecode).
+    tag = "cpython-" + checks.RUNTIME.removeprefix("python").replace(".", "")
+    stray = [p for p in site.rglob("*.pyc") if not p.name.endswith(f".{tag}.pyc")]
+    assert not stray, f"bytecode of another interpreter: {stray[:5]}"
     source = REPO_ROOT / "layers" / "core" / "tokex"
     if _layer_inputs_hash() != default_synth.layer_inputs_hash:
         pytest.skip("the core library changed while the tests ran; cannot compare sources")
@@ -94,7 +110,6 @@ def test_dependencies_and_tokex_are_there(default_synth: Synthesized, site: Path
         if "__pycache__" not in path.parts and relative.parts[0] not in TOOLING:
             bundled = site / "tokex" / relative
             assert bundled.read_bytes() == path.read_bytes(), f"{bundled} differs from source"
-    assert not list((site / "tokex").rglob("__pycache__"))
 
 
 def test_the_layer_ships_no_tooling(site: Path) -> None:
@@ -149,11 +164,86 @@ def test_every_runtime_module_imports_from_the_layer_alone(site: Path, tmp_path:
         "sys.exit(1 if failed else 0)\n"
     )
     # -I -S: no site-packages, no .pth files, so no editable install of the checkout.
+    # -B: this interpreter's bytecode must not be written into the synthesized layer.
     result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", script],
+        [sys.executable, "-I", "-S", "-B", "-c", script],
         capture_output=True,
         text=True,
         timeout=120,
         env={"AWS_DEFAULT_REGION": "us-east-1", "PATH": os.environ.get("PATH", "")},
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _runtime_compiler() -> BytecodeCompiler | None:
+    return find_bytecode_compiler(checks.RUNTIME.removeprefix("python"))
+
+
+def test_layer_ships_the_runtimes_bytecode(site: Path) -> None:
+    """With the runtime's CPython on this machine (pyenv's 3.13 on CI), every module of
+    the layer has its hash-based, unchecked `.pyc` for that version; without it, none."""
+    compiler = _runtime_compiler()
+    if compiler is None:
+        assert not list(site.rglob("*.pyc")), "bytecode without the runtime's interpreter"
+        pytest.skip("no CPython of the runtime's version here: the layer ships sources only")
+    magic = subprocess.run(
+        [compiler.executable, "-I", "-c", MAGIC_PROBE],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    sources = [p for p in site.rglob("*.py") if "__pycache__" not in p.parts]
+    assert any(p.parts[-2] == "tokex" for p in sources)
+    for source in sources:
+        pyc = source.parent / "__pycache__" / f"{source.stem}.{compiler.cache_tag}.pyc"
+        assert pyc.is_file(), f"no bytecode for {source.relative_to(site)}"
+        header = pyc.read_bytes()[:8]
+        assert header[:4].hex() == magic, f"{pyc.name}: compiled by another version"
+        # PEP 552: flags bit 0 = hash-based, bit 1 = check_source; unchecked-hash is 0b01.
+        assert int.from_bytes(header[4:8], "little") == 0b01, f"{pyc.name}: not unchecked-hash"
+
+
+def test_a_cold_start_uses_the_shipped_bytecode(site: Path, tmp_path: Path) -> None:
+    """As Lambda meets the layer (read-only, nothing written): importing its modules with
+    the runtime's CPython compiles no source at all - every code object comes from the
+    shipped `.pyc` - and leaves the tree as it was."""
+    compiler = _runtime_compiler()
+    if compiler is None:
+        pytest.skip("no CPython of the runtime's version here: the layer ships sources only")
+    # Modules that import with the standard library alone (the layer's native code is
+    # arm64): the SigV4 path's rules, and a dependency's pure-Python package.
+    for name in ("tokex", "asn1crypto"):
+        shutil.copytree(site / name, tmp_path / name)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for path in tmp_path.rglob("*"):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    script = (
+        "import importlib, importlib.machinery, json, sys\n"
+        f"sys.path[:0] = [{str(tmp_path)!r}]\n"
+        "compiled = []\n"
+        "loader = importlib.machinery.SourceFileLoader\n"
+        "original = loader.source_to_code\n"
+        "def source_to_code(self, data, path, *args, **kwargs):\n"
+        "    compiled.append(path)\n"
+        "    return original(self, data, path, *args, **kwargs)\n"
+        "loader.source_to_code = source_to_code\n"
+        f"names = {list(BYTECODE_PROBE_MODULES)!r}\n"
+        "modules = [importlib.import_module(name) for name in names]\n"
+        "assert all(m.__file__.startswith(sys.path[0]) for m in modules)\n"
+        "loaded = sorted(n for n in sys.modules if n.split('.')[0] in ('tokex', 'asn1crypto'))\n"
+        "print(json.dumps({'compiled': compiled, 'loaded': loaded}))\n"
+    )
+    try:
+        result = subprocess.run(
+            [compiler.executable, "-I", "-S", "-B", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": os.environ.get("PATH", "")},
+        )
+    finally:
+        for path in tmp_path.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["loaded"]) > len(BYTECODE_PROBE_MODULES)
+    assert report["compiled"] == [], "compiled from source at a cold start"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from cdk.layer_bundling import (
+    COMPILER_ENV,
     RUNTIME_PROVIDED,
+    BytecodeCompiler,
     CoreLayerBundling,
     _reachable,
+    find_bytecode_compiler,
     layer_requirements,
+    probe_interpreter,
     requirement_name,
 )
 from tests.infra.conftest import REPO_ROOT
@@ -91,3 +96,62 @@ def test_cached_bundle_is_reused_without_pip(tmp_path: Path) -> None:
     out = tmp_path / "out"
     bundling.build_into(out)
     assert (out / "python" / "marker.txt").read_text() == "from cache"
+
+
+def test_inputs_hash_says_whether_and_by_which_python_bytecode_was_compiled(
+    tmp_path: Path,
+) -> None:
+    _project(tmp_path)
+
+    def bundling(compiler: BytecodeCompiler | None) -> CoreLayerBundling:
+        return CoreLayerBundling(
+            project_root=tmp_path,
+            python_version="3.13",
+            cache_dir=tmp_path,
+            find_compiler=lambda version: compiler,
+        )
+
+    sources_only = bundling(None).inputs_hash()
+    compiled = bundling(BytecodeCompiler("/x/python3.13", "3.13.0", "cpython-313")).inputs_hash()
+    patched = bundling(BytecodeCompiler("/y/python3.13", "3.13.1", "cpython-313")).inputs_hash()
+    assert len({sources_only, compiled, patched}) == 3
+
+
+def test_an_interpreter_that_does_not_run_is_no_compiler(tmp_path: Path) -> None:
+    """pyenv's `python3.13` shim exits 127 when 3.13 is not the selected version."""
+    shim = tmp_path / "python3.13"
+    shim.write_text("#!/bin/sh\necho 'pyenv: python3.13: command not found' >&2\nexit 127\n")
+    shim.chmod(0o755)
+    assert probe_interpreter(str(shim)) is None
+    assert probe_interpreter(str(tmp_path / "missing")) is None
+
+
+def test_a_named_interpreter_of_another_version_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(COMPILER_ENV, sys.executable)
+    with pytest.raises(RuntimeError, match=COMPILER_ENV):
+        find_bytecode_compiler("2.7")
+
+
+def test_the_runtime_python_compiles_unchecked_hash_bytecode(tmp_path: Path) -> None:
+    compiler = find_bytecode_compiler("3.13")
+    if compiler is None:
+        pytest.skip("no CPython 3.13 on this machine")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("def f():\n    return 1\n")
+    compiler.compile_tree(tmp_path)
+    pyc = tmp_path / "pkg" / "__pycache__" / "mod.cpython-313.pyc"
+    data = pyc.read_bytes()
+    assert int.from_bytes(data[4:8], "little") == 0b01  # PEP 552: hash-based, unchecked
+    # Tracebacks name the file where Lambda mounts the layer, not the build directory.
+    assert b"/opt/python/pkg/mod.py" in data and str(tmp_path).encode() not in data
+
+
+def test_a_failed_compilation_fails_the_bundle(tmp_path: Path) -> None:
+    compiler = find_bytecode_compiler("3.13")
+    if compiler is None:
+        pytest.skip("no CPython 3.13 on this machine")
+    (tmp_path / "broken.py").write_text("def f(:\n")
+    with pytest.raises(RuntimeError, match="bytecode failed"):
+        compiler.compile_tree(tmp_path)

@@ -1,4 +1,4 @@
-"""A warm exchange reads DynamoDB zero times (docs/benchmarks.md "Hot path budget"): proven
+"""A warm exchange reads DynamoDB zero times (docs/performance.md "Hot path budget"): proven
 black-box by
 taking the policy out of the table between two exchanges of one warm handler."""
 

@@ -25,7 +25,7 @@ STS = "sts:GetCallerIdentity"
 ADMIT = "DynamoDB_20120810.TransactWriteItems"
 SIGN = "TrentService.Sign"
 USED = "this signed request was already used; sign a new one for each exchange"
-KMS_DOWN = "kms GetPublicKey: EndpointConnectionError"  # the first KMS call, after the write
+KMS_DOWN = "kms GetPublicKey: EndpointConnectionError"  # the first KMS call, beside the write
 
 
 def policy_of(role: FreshRole) -> str:
@@ -60,21 +60,45 @@ def budget_spent(system: LocalSystem, principal: str, since: float) -> int:
     return hits
 
 
-def test_a_warm_exchange_writes_once_and_a_replay_never_reaches_kms(local_system, proxy):
-    handler = cold_exchange_handler(
-        local_system, AWS_ENDPOINT_URL=proxy.url, TOKEX_STS_CONNECT_OVERRIDE=proxy.url
-    )
-    assert invoke_exchange(handler, sign(local_system))[0] == 200  # cold: key, policies
-    proxy.take()
+def assert_sts_then_write_and_sign(calls: list[str]) -> None:
+    """STS first, then the one DynamoDB write (single use and the budget) and the one KMS
+    Sign, in either order (they overlap); no DynamoDB read, nothing else."""
+    assert calls[0] == STS, calls
+    assert sorted(calls[1:]) == sorted([ADMIT, SIGN]), calls
 
+
+def warm_handler_behind(system: LocalSystem, proxy: CountingProxy):
+    handler = cold_exchange_handler(
+        system, AWS_ENDPOINT_URL=proxy.url, TOKEX_STS_CONNECT_OVERRIDE=proxy.url
+    )
+    assert invoke_exchange(handler, sign(system))[0] == 200  # cold: key, policies
+    proxy.take()
+    return handler
+
+
+def test_a_warm_exchange_writes_once_and_a_replay_gets_no_token(local_system, proxy):
+    handler = warm_handler_behind(local_system, proxy)
     signed = sign(local_system)
     status, _, body = invoke_exchange(handler, signed)
     assert status == 200, body
-    # One STS call, one DynamoDB write (single use and the budget), one KMS Sign; no read.
-    assert proxy.take() == [STS, ADMIT, SIGN]
+    assert_sts_then_write_and_sign(proxy.take())
 
+    # Caught by the write: no token, no budget; KMS signed at most once, while the write
+    # was in flight, and that signature was discarded.
     assert_used_up(handler, signed)
-    assert proxy.take() == [STS, ADMIT]  # caught by the write: no budget, no KMS
+    assert_sts_then_write_and_sign(proxy.take())
+
+
+def test_the_write_and_the_sign_are_in_flight_together(local_system, proxy):
+    """The proxy holds the write and the Sign until both have arrived: were they made one
+    after the other, neither would be held together (and the exchange would wait out the
+    hold)."""
+    handler = warm_handler_behind(local_system, proxy)
+    proxy.hold_together(ADMIT, SIGN, timeout=4)
+    status, _, body = invoke_exchange(handler, sign(local_system))
+    assert status == 200, body
+    assert sorted(proxy.held_together) == sorted([ADMIT, SIGN])
+    assert_sts_then_write_and_sign(proxy.take())
 
 
 def test_replays_far_beyond_the_budget_leave_it_to_the_principal(local_system, fresh_role):

@@ -125,14 +125,28 @@ class CountingProxy(LoopbackHttpServer):
 
     def __init__(self, target: str) -> None:
         self.calls: list[str] = []
+        self.held_together: list[str] = []
+        self._held: tuple[frozenset[str], threading.Barrier] | None = None
         self._target = urlsplit(target)
         super().__init__(self._record_and_forward)
+
+    def hold_together(self, *operations: str, timeout: float) -> None:
+        """From now on, a call to one of `operations` waits (up to `timeout` seconds)
+        until a call to each of the others has arrived too, then all go on; those that
+        met are appended to `held_together`. Calls made one after the other never meet:
+        the first waits out the timeout alone."""
+        self._held = frozenset(operations), threading.Barrier(len(operations), timeout=timeout)
 
     def _record_and_forward(self, request: BaseHTTPRequestHandler, body: bytes) -> Answer:
         target = request.headers.get("X-Amz-Target")
         if target is None and body.startswith(b"Action="):
             target = "sts:" + body.split(b"&")[0].split(b"=")[1].decode()
-        self.calls.append(target or f"{request.command} {request.path}")
+        operation = target or f"{request.command} {request.path}"
+        self.calls.append(operation)
+        if self._held is not None and operation in self._held[0]:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self._held[1].wait()
+                self.held_together.append(operation)
         return self._forward(request, body)
 
     def _forward(self, request: BaseHTTPRequestHandler, body: bytes) -> Answer:

@@ -2,13 +2,18 @@
 refusal costs"), driven with fakes of its interfaces: no AWS, no emulator.
 
 Every fake writes to one log, so each test asserts the whole sequence of upstream calls:
-offline checks before STS, the admission write right after STS, a replay that never
-reaches the policies or the signer, a 503 after admission that releases it, a refusal
-after admission that does not.
+offline checks before STS, the policy decision right after it, then the admission write
+started in the background before KMS signs (a deferred executor runs it only when the
+exchange waits for it, so the log shows what happened while it was in flight), and every
+outcome of the two: a refused write discards the signature, a failed Sign after a
+written admission releases it, a refused policy writes without signing. One test runs
+them on real threads and proves they overlap.
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -16,9 +21,11 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from tokex import deadline
 from tokex.errors import (
     InvalidGrant,
     InvalidRequest,
+    InvalidScope,
     InvalidTarget,
     RateLimited,
     TemporarilyUnavailable,
@@ -86,6 +93,32 @@ ALLOW = Policy.from_document(
 )
 
 
+class _Deferred(Future[Any]):
+    def __init__(self, work: Any, args: tuple[Any, ...]) -> None:
+        super().__init__()
+        self._work, self._args = work, args
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done():
+            try:
+                self.set_result(self._work(*self._args))
+            except Exception as exc:
+                self.set_exception(exc)
+        return super().result(timeout)
+
+
+class DeferredExecutor(Executor):
+    """Runs a submitted call only when the exchange waits for its result: whatever the
+    log shows between "background" and the call happened while it was in flight."""
+
+    def __init__(self, log: list[str]) -> None:
+        self._log = log
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self._log.append("background")
+        return _Deferred(fn, args)
+
+
 class World:
     """The fakes of every interface TokenExchange uses, logging to one list."""
 
@@ -147,7 +180,14 @@ class World:
         self.log.append("certificates")
         return CertificateStore.default()
 
-    def exchange(self, *, admission: bool = True, **changes: Any) -> IssuedToken:
+    def exchange(
+        self,
+        *,
+        admission: bool = True,
+        background: Executor | None = None,
+        audit: ExchangeAudit | None = None,
+        **changes: Any,
+    ) -> IssuedToken:
         exchange = TokenExchange(
             settings=Settings(issuer=ISSUER),
             sts=self,
@@ -155,8 +195,9 @@ class World:
             signer=self.signer,
             instance_certificates=self.certificates,
             admission=self if admission else None,
+            background=background or DeferredExecutor(self.log),
         )
-        return exchange.exchange(token_request(**changes), ExchangeAudit())
+        return exchange.exchange(token_request(**changes), audit or ExchangeAudit())
 
 
 @pytest.fixture
@@ -170,16 +211,53 @@ def refused(world: World, error: type[TokexError], **changes: Any) -> TokexError
     return caught.value
 
 
-def test_an_exchange_calls_sts_then_admits_then_decides_then_signs(world: World) -> None:
-    issued = world.exchange()
-    assert world.log == ["sts", "admit", "policies", "signer", "sign"]
+def test_an_exchange_decides_then_signs_while_the_write_is_in_flight(world: World) -> None:
+    audit = ExchangeAudit()
+    issued = world.exchange(audit=audit)
+    assert world.log == ["sts", "policies", "background", "signer", "sign", "admit"]
     assert world.admitted[0][1] == ROLE  # charged to the principal STS named
     assert issued.scopes == ("orders:read",) and not world.released
+    assert audit.jti is not None
 
 
 def test_without_an_admission_store_the_policies_follow_sts(world: World) -> None:
     world.exchange(admission=False)
     assert world.log == ["sts", "policies", "signer", "sign"]
+
+
+def test_without_an_executor_the_write_runs_before_the_sign(world: World) -> None:
+    exchange = TokenExchange(
+        settings=Settings(issuer=ISSUER),
+        sts=world,
+        policies=world,
+        signer=world.signer,
+        instance_certificates=world.certificates,
+        admission=world,
+    )
+    exchange.exchange(token_request(), ExchangeAudit())
+    assert world.log == ["sts", "policies", "admit", "signer", "sign"]
+
+
+def test_the_write_and_the_sign_overlap_on_real_threads(world: World) -> None:
+    """Each waits until the other has started: sequential calls would break the barrier."""
+    both_started = threading.Barrier(2, timeout=10)
+    seen: list[object] = []
+    admit, sign = world.admit, world.sign
+
+    def admit_when_signing(request: StsRequest, principal: str) -> object:
+        seen.append(deadline.current())  # the request's deadline reached the worker
+        both_started.wait()
+        return admit(request, principal)
+
+    def sign_when_admitting(signing_input: bytes) -> bytes:
+        both_started.wait()
+        return sign(signing_input)
+
+    world.admit, world.sign = admit_when_signing, sign_when_admitting  # type: ignore[method-assign]
+    with ThreadPoolExecutor(1) as pool, deadline.request_deadline(5) as budget:
+        issued = world.exchange(background=pool)
+    assert issued.access_token and seen == [budget]
+    assert sorted(world.log) == sorted(["sts", "policies", "signer", "sign", "admit"])
 
 
 def test_a_bad_signed_request_is_refused_before_sts(world: World) -> None:
@@ -203,47 +281,91 @@ def test_an_sts_refusal_costs_no_admission(world: World) -> None:
     assert world.log == ["sts"]
 
 
-def test_a_replay_never_reaches_the_policies_or_the_signer(world: World) -> None:
-    world.admit_error = replay_refusal()
-    error = refused(world, InvalidGrant)
-    assert (error.status, error.error, error.reason) == (400, "invalid_grant", "replay")
-    assert world.log == ["sts", "admit"]
+WRITE_REFUSALS = [
+    pytest.param(replay_refusal(), InvalidGrant, (400, "replay"), id="replay"),
+    pytest.param(
+        RateLimited("too many", reason="rate_limited", retry_after=5),
+        RateLimited,
+        (429, "rate_limited"),
+        id="over_budget",
+    ),
+    pytest.param(
+        TemporarilyUnavailable("down", reason="dynamodb TransactWriteItems: timeout"),
+        TemporarilyUnavailable,
+        (503, "dynamodb TransactWriteItems: timeout"),
+        id="write_failed",
+    ),
+]
 
 
-def test_over_the_budget_never_reaches_the_policies_and_releases_nothing(world: World) -> None:
-    world.admit_error = RateLimited("too many", reason="rate_limited", retry_after=5)
-    error = refused(world, RateLimited)
-    assert (error.status, error.reason) == (429, "rate_limited")
-    assert world.log == ["sts", "admit"]
-
-
-@pytest.mark.parametrize(
-    ("failing", "expected_log"),
-    [
-        ("policies_error", ["sts", "admit", "policies", "release"]),
-        ("sign_error", ["sts", "admit", "policies", "signer", "sign", "release"]),
-    ],
-)
-def test_a_503_after_admission_releases_it(
-    world: World, failing: str, expected_log: list[str]
+@pytest.mark.parametrize(("write_error", "error_type", "answer"), WRITE_REFUSALS)
+def test_a_refused_or_failed_write_discards_the_signature(
+    world: World, write_error: Exception, error_type: type[TokexError], answer: tuple
 ) -> None:
-    setattr(world, failing, TemporarilyUnavailable("down", reason="kms Sign: Throttling"))
+    world.admit_error = write_error
+    audit = ExchangeAudit()
+    error = refused(world, error_type, audit=audit)
+    assert (error.status, error.reason) == answer
+    # KMS signed while the write was in flight; the token never left, nothing is
+    # released (a failed write's outcome is unknown: it stays used up).
+    assert world.log == ["sts", "policies", "background", "signer", "sign", "admit"]
+    assert audit.jti is None and not world.released
+
+
+@pytest.mark.parametrize(("write_error", "error_type", "answer"), WRITE_REFUSALS)
+def test_the_write_s_answer_wins_over_a_failed_sign(
+    world: World, write_error: Exception, error_type: type[TokexError], answer: tuple
+) -> None:
+    world.admit_error = write_error
+    world.sign_error = TemporarilyUnavailable("down", reason="kms Sign: Throttling")
+    error = refused(world, error_type)
+    assert (error.status, error.reason) == answer
+    assert world.log[-1] == "admit" and not world.released
+
+
+def test_a_failed_sign_after_a_written_admission_releases_it(world: World) -> None:
+    world.sign_error = TemporarilyUnavailable("down", reason="kms Sign: Throttling")
     error = refused(world, TemporarilyUnavailable)
     assert (error.status, error.reason) == (503, "kms Sign: Throttling")
-    assert world.log == expected_log
+    assert world.log == ["sts", "policies", "background", "signer", "sign", "admit", "release"]
     assert world.released == [("admission", ROLE)]  # what admit returned
 
 
-def test_a_bug_after_admission_releases_it(world: World) -> None:
+def test_a_bug_in_signing_after_a_written_admission_releases_it(world: World) -> None:
     world.sign_error = RuntimeError("a bug")
     with pytest.raises(RuntimeError):
         world.exchange()
-    assert world.log[-1] == "release"
+    assert world.log[-2:] == ["admit", "release"]
 
 
-def test_a_refusal_after_admission_keeps_the_request_used(world: World) -> None:
-    error = refused(world, InvalidTarget, audience="billing-api")  # no policy for it
-    assert (error.status, error.error) == (400, "invalid_target")
-    assert error.reason == "policy orders does not cover the audience"
-    assert world.log == ["sts", "admit", "policies"]
-    assert not world.released
+def test_a_policy_table_failure_writes_nothing(world: World) -> None:
+    world.policies_error = TemporarilyUnavailable("down", reason="dynamodb Scan: timeout")
+    error = refused(world, TemporarilyUnavailable)
+    assert (error.status, error.reason) == (503, "dynamodb Scan: timeout")
+    assert world.log == ["sts", "policies"]  # the request stays usable: nothing to release
+
+
+@pytest.mark.parametrize(
+    ("changes", "error_type", "reason"),
+    [
+        ({"audience": "billing-api"}, InvalidTarget, "policy orders does not cover the audience"),
+        ({"scopes": ("orders:write",)}, InvalidScope, "policy orders does not grant orders:write"),
+    ],
+)
+def test_a_policy_refusal_uses_the_request_up_without_signing(
+    world: World, changes: dict[str, Any], error_type: type[TokexError], reason: str
+) -> None:
+    error = refused(world, error_type, **changes)
+    assert error.reason == reason
+    assert world.log == ["sts", "policies", "admit"]  # the write alone, no KMS
+    assert world.admitted[0][1] == ROLE and not world.released
+
+
+@pytest.mark.parametrize(("write_error", "error_type", "answer"), WRITE_REFUSALS)
+def test_the_write_s_answer_wins_over_a_policy_refusal(
+    world: World, write_error: Exception, error_type: type[TokexError], answer: tuple
+) -> None:
+    world.admit_error = write_error
+    error = refused(world, error_type, audience="billing-api")
+    assert (error.status, error.reason) == answer
+    assert world.log == ["sts", "policies", "admit"]

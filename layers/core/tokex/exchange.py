@@ -3,15 +3,19 @@
 Pure orchestration: every rule lives in the module named for it, every AWS call in its
 adapter. `TokenExchange.exchange` reads top to bottom as the order of checks
 (docs/contract.md "Order of checks, and what each refusal costs"): cheap offline checks
-come before the STS round trip; right after STS one write uses the signed request up and
-charges the caller's budget, so a replay is refused before it can spend the budget or
-reach KMS; then the policy decision and the one KMS Sign.
+come before the STS round trip; then the policy decision (in memory when warm); then one
+write that uses the signed request up and charges the caller's budget, overlapping the
+one KMS Sign, so a warm exchange waits for two round trips (STS, then the slower of the
+write and Sign). The token leaves only once the write succeeded: a replay or a 429 costs
+at most one Sign, whose signature is discarded, and never a budget unit.
 """
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -25,7 +29,7 @@ from tokex.evidence.instance_identity import (
 )
 from tokex.evidence.sigv4_request import StsRequest, verify_sts_request
 from tokex.evidence.sts_endpoints import StsEndpoints
-from tokex.policy.evaluate import TagLookup, evaluate
+from tokex.policy.evaluate import Decision, TagLookup, evaluate
 from tokex.policy.model import Policy
 from tokex.settings import Settings
 from tokex.token_request import TokenRequest
@@ -98,6 +102,7 @@ class TokenExchange:
         instance_certificates: Callable[[], CertificateStore],
         admission: AdmissionStore | None = None,
         instance_tags: TagLookup | None = None,
+        background: Executor | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -108,6 +113,8 @@ class TokenExchange:
         self._certificates = instance_certificates
         self._admission = admission
         self._instance_tags = instance_tags
+        # Runs the admission write while KMS signs (wiring.py: one per process).
+        self._background = background
         self._clock = clock
 
     def exchange(self, request: TokenRequest, audit: ExchangeAudit) -> IssuedToken:
@@ -124,28 +131,58 @@ class TokenExchange:
         instance = self._verify_instance(request)
         caller = self._sts.get_caller_identity(sts_request)
         audit.principal, audit.account = caller.principal_arn, caller.account
-        if self._admission is None:
-            return self._issue(request, caller, instance, now, audit)
-        # One write uses the signed request up and charges the caller's budget: a replay
-        # stops here, before it can spend the budget or reach the policies and KMS.
-        admission = self._admission.admit(sts_request, caller.principal_arn)
         try:
-            return self._issue(request, caller, instance, now, audit)
+            decision, claims = self._decide(request, caller, instance, now, audit)
         except Exception as exc:
-            # Only a failure of tokex's own upstreams gives the signed request back (and
-            # the budget unit): every refusal keeps it used up.
-            if _leaves_request_usable(exc):
-                self._admission.release(admission)
+            # A refusal past STS uses the signed request up all the same: the write alone,
+            # never a Sign (a replay or 429 it reports wins). A 503 here wrote nothing.
+            if self._admission is not None and not _leaves_request_usable(exc):
+                self._admission.admit(sts_request, caller.principal_arn)
             raise
+        if self._admission is None:
+            token = self._sign(claims, request.audience)
+        else:
+            token = self._sign_while_admitting(
+                self._admission, sts_request, caller.principal_arn, claims, request.audience
+            )
+        audit.jti = claims["jti"]
+        return IssuedToken(token, decision.ttl_seconds, decision.scopes)
 
-    def _issue(
+    def _sign_while_admitting(
+        self,
+        admission_store: AdmissionStore,
+        sts_request: StsRequest,
+        principal: str,
+        claims: dict[str, Any],
+        audience: str,
+    ) -> str:
+        """One write uses the signed request up and charges the caller's budget while KMS
+        signs (one round trip after STS's, not two). The token is returned only once the
+        write succeeded: a signature made while a refused write was in flight is
+        discarded, never returned, logged or stored."""
+        admitting = self._start(admission_store.admit, sts_request, principal)
+        try:
+            token = self._sign(claims, audience)
+        except Exception as exc:
+            admission = admitting.result()  # a replay, a 429 or a 503 of the write wins
+            # Only a failure of tokex's own upstreams gives the signed request back (and
+            # the budget unit), with one compensating write; an unknown write (timeout,
+            # raised above) is never released.
+            if _leaves_request_usable(exc):
+                admission_store.release(admission)
+            raise
+        admitting.result()  # a replay, 429 or 503 discards the token
+        return token
+
+    def _decide(
         self,
         request: TokenRequest,
         caller: CallerIdentity,
         instance: InstanceIdentity | None,
         now: float,
         audit: ExchangeAudit,
-    ) -> IssuedToken:
+    ) -> tuple[Decision, dict[str, Any]]:
+        """The policy decision and the token's claims: in memory on a warm function."""
         settings = self._settings
         if instance is not None:
             instance = bind_instance_to_caller(instance, caller)
@@ -172,14 +209,28 @@ class TokenExchange:
             instance=instance,
             now=int(now),
         )
+        return decision, claims
+
+    def _sign(self, claims: dict[str, Any], audience: str) -> str:
+        """The one KMS `Sign` (and, on first use only, `GetPublicKey` for the kid)."""
         signer = self._signer()
         # Kong's open-source jwt plugin never checks `aud`; it finds its credential by one
         # claim. Keyed by audience *and* key, one consumer per audience can hold every
         # published key, and the acl plugin refuses other audiences (docs/kong.md).
-        claims["aud_kid"] = f"{request.audience}.{signer.kid}"
-        token = encode_jwt(claims, signer)
-        audit.jti = claims["jti"]
-        return IssuedToken(token, decision.ttl_seconds, decision.scopes)
+        claims["aud_kid"] = f"{audience}.{signer.kid}"
+        return encode_jwt(claims, signer)
+
+    def _start(self, work: Callable[..., Any], *args: Any) -> Future[Any]:
+        """`work` on the background executor, under this request's deadline (a context
+        variable: copied into the worker); without an executor, run now."""
+        if self._background is None:
+            done: Future[Any] = Future()
+            try:
+                done.set_result(work(*args))
+            except Exception as exc:
+                done.set_exception(exc)
+            return done
+        return self._background.submit(contextvars.copy_context().run, work, *args)
 
     def _verify_instance(self, request: TokenRequest) -> InstanceIdentity | None:
         if request.instance_evidence is None:

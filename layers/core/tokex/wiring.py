@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cryptography import x509
-
 from tokex.adapters import aws_clients
-from tokex.adapters.ec2 import InstanceTagLookup
 from tokex.adapters.kms import KmsPublicKeys, KmsSigner
 from tokex.adapters.policy_table import PolicyStore
 from tokex.adapters.s3 import S3Documents
@@ -24,6 +22,7 @@ from tokex.evidence.instance_identity import CertificateStore
 from tokex.exchange import TokenExchange
 from tokex.introspection import Introspector, PublishedKeys
 from tokex.policy.cache import CachedPolicies
+from tokex.policy.evaluate import TagLookup
 from tokex.publish import publish_issuer_documents
 from tokex.settings import Settings
 
@@ -63,13 +62,20 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
         )
         if settings.state_table and (settings.single_use or settings.rate_limit_per_minute)
         else None,
-        instance_tags=InstanceTagLookup(
-            aws_clients.client("sts", session=session),
-            role_name=settings.instance_tags_role_name,
-        )
-        if settings.instance_tags_role_name
-        else None,
+        instance_tags=_instance_tag_lookup(settings, session),
+        background=admission_writes(),
     )
+
+
+# Lambda serves one request at a time per process; `tokex local` serves a few at once.
+ADMISSION_WRITERS = 4
+
+
+@functools.cache
+def admission_writes() -> ThreadPoolExecutor:
+    """The threads that run an exchange's admission write while KMS signs: one small pool
+    per process, made once and reused by every invocation (and every exchange built)."""
+    return ThreadPoolExecutor(ADMISSION_WRITERS, thread_name_prefix="tokex-admission")
 
 
 def build_introspection(settings: Settings) -> tuple[Introspector, ClientStore]:
@@ -113,6 +119,18 @@ def build_issuer_publisher(settings: Settings) -> Callable[[], list[str]]:
     return publish
 
 
+def _instance_tag_lookup(settings: Settings, session: object) -> TagLookup | None:
+    if not settings.instance_tags_role_name:
+        return None
+    # Imported only when configured: a cold start without tag conditions skips it.
+    from tokex.adapters.ec2 import InstanceTagLookup
+
+    return InstanceTagLookup(
+        aws_clients.client("sts", session=session),
+        role_name=settings.instance_tags_role_name,
+    )
+
+
 def published_key_ids(settings: Settings) -> list[str]:
     """The signing key first, then every other published key, each once."""
     return list(dict.fromkeys((settings.signing_key_id, *settings.published_key_ids)))
@@ -123,6 +141,9 @@ def instance_certificates(settings: Settings) -> CertificateStore:
     store = CertificateStore.default()
     # Settings refuse a local certificate outside local mode (settings.py).
     if settings.local_instance_certificate:
+        # Local mode only, and only when instance evidence first arrives: off the cold path.
+        from cryptography import x509
+
         pem = Path(settings.local_instance_certificate).read_bytes()
         certificate = x509.load_pem_x509_certificate(pem)
         for region in settings.local_instance_regions:

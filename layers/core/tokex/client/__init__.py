@@ -1,6 +1,36 @@
-"""The workload side: sign GetCallerIdentity, exchange it for a token."""
+"""The workload side: sign GetCallerIdentity, exchange it for a token.
+
+`TokexAuth` (requests) and `TokexHttpxAuth` (httpx) are imported on first use, so
+`import tokex.client` needs neither library (extras `tokex[requests]`, `tokex[httpx]`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from tokex.client.signing import signed_get_caller_identity
-from tokex.client.token_client import TokenClient, TokenError, request_token
+from tokex.client.token_client import REFRESH_AT, TokenClient, TokenError, request_token
 
-__all__ = ["TokenClient", "TokenError", "request_token", "signed_get_caller_identity"]
+if TYPE_CHECKING:
+    from tokex.client.httpx_auth import TokexHttpxAuth
+    from tokex.client.requests_auth import TokexAuth
+
+__all__ = [
+    "REFRESH_AT",
+    "TokenClient",
+    "TokenError",
+    "TokexAuth",
+    "TokexHttpxAuth",
+    "request_token",
+    "signed_get_caller_identity",
+]
+
+_LAZY = {"TokexAuth": "requests_auth", "TokexHttpxAuth": "httpx_auth"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"tokex.client.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

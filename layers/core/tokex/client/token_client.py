@@ -1,7 +1,7 @@
 """Exchanges the workload's AWS identity for a tokex access token.
 
 client = TokenClient("https://auth.example.com")
-token = client.token("orders-api", scopes=["orders:read"])   # cached until near expiry
+token = client.token("orders-api", scopes=["orders:read"])   # refreshed at 80 % of its lifetime
 """
 
 from __future__ import annotations
@@ -13,17 +13,22 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
+from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError
 
 from tokex.client.signing import encode_subject_token, signed_get_caller_identity
 from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
-# Refresh this long before expiry, so a token is never presented in its last seconds.
-REFRESH_MARGIN_SECONDS = 60
+# A token is refreshed once this fraction of its lifetime has passed: with tokex's default
+# 15-minute tokens, after 12 minutes, so a token is never presented in its last minutes and
+# a refresh that fails has the remaining 20 % of the lifetime to be retried.
+REFRESH_AT = 0.8
+
 MAX_RESPONSE_BYTES = 64 * 1024
 
 
@@ -169,18 +174,8 @@ def request_token(
     The signed request names the issuer (X-Tokex-Issuer) and the audience
     (X-Tokex-Audience): it can buy nothing else, anywhere else."""
     endpoint = check_endpoint(endpoint)
-    try:
-        session = session or boto3.session.Session()
-        credentials = session.get_credentials()
-        frozen = credentials.get_frozen_credentials() if credentials else None
-    except BotoCoreError as err:
-        raise TokenError(f"cannot load AWS credentials: {err}", error=NO_CREDENTIALS) from None
-    if frozen is None:
-        raise TokenError(
-            "no AWS credentials found (the default credential chain: AWS_ACCESS_KEY_ID, "
-            "AWS_PROFILE, ~/.aws, an instance or task role)",
-            error=NO_CREDENTIALS,
-        )
+    session = session or boto3.session.Session()
+    frozen = aws_credentials(session)
     # Signed for the region asked for, else the session's, else the global partition's
     # default: a workload needs no configuration beyond its credentials.
     region = region or session.region_name or "us-east-1"
@@ -206,28 +201,113 @@ def request_token(
         headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
         method="POST",
     )
-    return _send(request, timeout)
+    response = _send(request, timeout)
+    if not isinstance(response.get("access_token"), str):
+        url = request.full_url
+        raise TokenError(f"{url} answered without an access_token", error=NOT_TOKEX, url=url)
+    return response
+
+
+def aws_credentials(session: boto3.session.Session) -> ReadOnlyCredentials:
+    """The session's credentials, frozen (a refreshable set is read once)."""
+    try:
+        credentials = session.get_credentials()
+        frozen = credentials.get_frozen_credentials() if credentials else None
+    except BotoCoreError as err:
+        raise TokenError(f"cannot load AWS credentials: {err}", error=NO_CREDENTIALS) from None
+    if frozen is None:
+        raise TokenError(
+            "no AWS credentials found (the default credential chain: AWS_ACCESS_KEY_ID, "
+            "AWS_PROFILE, ~/.aws, an instance or task role)",
+            error=NO_CREDENTIALS,
+        )
+    return frozen
 
 
 class TokenClient:
-    """Caches one token per (audience, scopes) until shortly before it expires."""
+    """Caches one token per (audience, scopes) and refreshes it ahead of expiry.
 
-    def __init__(self, endpoint: str, **options: Any) -> None:
+    A cached token is served while more than `1 - REFRESH_AT` of its lifetime is left:
+    the cached path is one lock and a dict look-up (no signing, no I/O). From
+    `REFRESH_AT` of its lifetime on, one caller per (audience, scopes) exchanges a new
+    token; the others keep getting the old token while it is still valid, and wait for the
+    new one only once it has expired. Safe to share between threads.
+    """
+
+    def __init__(
+        self, endpoint: str, *, clock: Callable[[], float] = time.monotonic, **options: Any
+    ) -> None:
         self._endpoint = endpoint
-        self._options = options
-        self._cache: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = {}
-        self._lock = threading.Lock()
+        self._clock = clock
+        self._options = options  # request_token's keyword arguments
+        self._cache: dict[CacheKey, CachedToken] = {}
+        self._flights: dict[CacheKey, threading.Lock] = {}  # one exchange in flight per key
+        self._lock = threading.Lock()  # guards the two dicts, never held over I/O
 
     def token(self, audience: str, scopes: Sequence[str] = ()) -> str:
-        key = (audience, tuple(scopes))
+        key = cache_key(audience, scopes)
+        now = self._clock()
         with self._lock:
             cached = self._cache.get(key)
-            if cached and cached[1] > time.monotonic():
-                return cached[0]
+            if cached is not None and now < cached.refresh_at:
+                return cached.access_token
+            flight = self._flights.setdefault(key, threading.Lock())
+        # Past the refresh point: while the old token is still valid, only the caller that
+        # wins the flight lock waits for the exchange.
+        if cached is not None and now < cached.expires_at:
+            if not flight.acquire(blocking=False):
+                return cached.access_token
+        else:
+            flight.acquire()
+        try:
+            with self._lock:  # refreshed by the caller we waited for?
+                cached = self._cache.get(key)
+            if cached is not None and self._clock() < cached.refresh_at:
+                return cached.access_token
             response = request_token(self._endpoint, audience, scopes=scopes, **self._options)
-            lifetime = max(int(response.get("expires_in", 0)) - REFRESH_MARGIN_SECONDS, 0)
-            self._cache[key] = (response["access_token"], time.monotonic() + lifetime)
-            return str(response["access_token"])
+            fresh = CachedToken.from_response(response, obtained_at=self._clock())
+            with self._lock:
+                self._cache[key] = fresh
+            return fresh.access_token
+        finally:
+            flight.release()
+
+    def cached_token(self, audience: str, scopes: Sequence[str] = ()) -> str | None:
+        """The cached token if it is not due for refresh, else None: never any I/O (what an
+        event loop may call before handing `token` to a thread)."""
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(cache_key(audience, scopes))
+        return cached.access_token if cached is not None and now < cached.refresh_at else None
+
+
+CacheKey = tuple[str, tuple[str, ...]]
+
+
+def cache_key(audience: str, scopes: Sequence[str]) -> CacheKey:
+    """Scopes in any order ask for the same token."""
+    return audience, tuple(sorted(set(scopes)))
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    access_token: str
+    refresh_at: float  # the clock of `obtained_at` (monotonic in memory, epoch on disk)
+    expires_at: float
+
+    @classmethod
+    def from_response(cls, response: dict[str, Any], *, obtained_at: float) -> CachedToken:
+        """`expires_in` (RFC 6749 §5.1) counted from when the answer arrived; a token
+        without one is refreshed at the next call."""
+        try:
+            lifetime = max(float(response.get("expires_in", 0)), 0.0)
+        except (TypeError, ValueError):
+            lifetime = 0.0
+        return cls(
+            access_token=str(response["access_token"]),
+            refresh_at=obtained_at + REFRESH_AT * lifetime,
+            expires_at=obtained_at + lifetime,
+        )
 
 
 def _get_json(url: str, timeout: float) -> dict[str, Any]:

@@ -15,6 +15,11 @@ Errors: `InvalidRequest` when the evidence object lacks the contract's shape (no
 object, unknown keys, not exactly one signature variant, non-string values, over the size
 caps); `InvalidGrant` for everything about its content (base64, DER, signature, document
 fields, region, binding).
+
+Cold start: the SigV4 path imports this module (for the exchange's types) but most
+requests carry no instance evidence, so `cryptography.x509`, `evidence.pkcs7` (and its
+asn1crypto) and the pinned certificates load on first use, inside the functions below
+(issue 11, "Cold start close to its dependencies"), not at import.
 """
 
 from __future__ import annotations
@@ -26,17 +31,15 @@ import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
-from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, rsa
+from typing import TYPE_CHECKING, Any
 
 from tokex import identifiers
 from tokex.errors import InvalidGrant, InvalidRequest
-from tokex.evidence import pkcs7
 from tokex.evidence.identity import CallerIdentity, InstanceIdentity
 from tokex.strict_json import DuplicateKeyError, StrictJsonError, loads_strict
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 MAX_DOCUMENT_BYTES = 4 * 1024
 MAX_SIGNATURE_CHARS = 8 * 1024
@@ -79,6 +82,9 @@ class PinnedCertificate:
 
 
 def _public_key_der(certificate: x509.Certificate) -> bytes:
+    # Lazy: only instance evidence needs it (module docstring, "Cold start").
+    from cryptography.hazmat.primitives import serialization
+
     return certificate.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -103,6 +109,9 @@ class CertificateStore:
             raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
         if not identifiers.is_region(region):
             raise ValueError(f"not a region name: {region!r}")
+        # Lazy: only instance evidence needs it (module docstring, "Cold start").
+        from cryptography.hazmat.primitives.asymmetric import dsa, rsa
+
         key = certificate.public_key()
         if not isinstance(key, (rsa.RSAPublicKey, dsa.DSAPublicKey)) or (
             variant != "pkcs7" and not isinstance(key, rsa.RSAPublicKey)
@@ -124,6 +133,9 @@ class CertificateStore:
 
 @functools.cache
 def _packaged_certificates() -> tuple[PinnedCertificate, ...]:
+    # Lazy: only instance evidence needs it (module docstring, "Cold start").
+    from cryptography import x509
+
     root = resources.files("tokex.evidence") / "certs"
     loaded: list[PinnedCertificate] = []
     for variant, directories in _VARIANT_DIRECTORIES.items():
@@ -150,6 +162,9 @@ def verify_instance_identity(
     evidence: Mapping[str, Any], store: CertificateStore
 ) -> InstanceIdentity:
     """Verify IMDS evidence ({"document", and one of rsa2048/pkcs7/signature}); unbound."""
+    # Lazy: PKCS7 and asn1crypto only for instance evidence (module docstring, "Cold start").
+    from tokex.evidence import pkcs7
+
     document, variant, blob = _read_evidence(evidence)
     fields = _parse_document(document)
     region = fields["region"]

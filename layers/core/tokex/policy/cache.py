@@ -1,5 +1,5 @@
 """Policies held in memory for a short time, so a warm exchange reads DynamoDB zero times
-(docs/benchmarks.md "Hot path budget").
+(docs/performance.md "Hot path budget").
 
 Fail closed: once the copy is older than its TTL it is never served again until a reload
 succeeds. A reload failure raises (TemporarilyUnavailable from the store, a 503), it does

@@ -226,7 +226,7 @@ def _instance_mismatch(
 
 class _TagMemo:
     """At most one tag lookup (a DescribeInstances call) per evaluation, and only when a
-    policy that otherwise applies has tag conditions (docs/benchmarks.md "Hot path budget")."""
+    policy that otherwise applies has tag conditions (docs/performance.md "Hot path budget")."""
 
     def __init__(self, lookup: TagLookup | None) -> None:
         self._lookup = lookup

@@ -17,9 +17,10 @@ cancelled transaction wrote nothing): otherwise the request could be replayed fo
 once the minute turns.
 
 `release` is the compensating write, on the path where tokex's own upstreams fail after
-admission (KMS, the policy table, the deadline): it marks the signature record released
-(only the one this admission wrote) and gives the budget unit back, in one transaction,
-so the caller may retry with the same signed request. A release that fails leaves the
+admission (KMS, which signs while the admission write is in flight, or the deadline): it
+marks the signature record released (only the one this admission wrote) and gives the
+budget unit back, in one transaction, so the caller may retry with the same signed
+request. A release that fails leaves the
 request used up: the caller signs a new one (fail closed). So does an admission write that
 gets no answer (a timeout): whether it was recorded is unknown, and nothing is released.
 botocore sends a transaction's retries with one `ClientRequestToken`, so a retry after a

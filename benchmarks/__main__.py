@@ -1,0 +1,111 @@
+"""`python -m benchmarks`: the exchange against the AWS floor, cold start, the client and
+the deployed size, as a table and as benchmarks/results.json (docs/performance.md).
+
+    python -m benchmarks                                   # full run, a few minutes
+    python -m benchmarks --profile small --output /tmp/results.json   # what the suite runs
+
+Targets are ratios or counts measured in the same run; an absolute figure has no target
+unless an issue gives it one. The small profile never writes the committed results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.bundle_size import bundle_figures
+from benchmarks.client_figures import client_figures
+from benchmarks.exchange import cold_start_with_first_invocation, quiet_handlers
+from benchmarks.exchange_figures import (
+    Floor,
+    Profile,
+    calls_per_exchange,
+    end_to_end,
+    handler_cpu,
+    round_trips,
+)
+from benchmarks.figures import Figure, at_most, ratio, reported, table, write_json
+from benchmarks.proxied_local import BenchSystem, bench_system
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+PROFILES = {
+    "full": Profile(
+        calls_exchanges=50,
+        latency_samples=60,
+        end_to_end_samples=60,
+        cpu_samples=100,
+        cold_runs=7,
+    ),
+    "small": Profile(
+        calls_exchanges=3,
+        latency_samples=3,
+        end_to_end_samples=3,
+        cpu_samples=3,
+        cold_runs=1,
+    ),
+}
+CACHED_CALLS = {"full": 20_000, "small": 200}
+
+
+def cold_start_figures(system: BenchSystem, runs: int) -> list[Figure]:
+    system.proxy.set_delay(0)
+    env = {**os.environ, **system.local.handler_env()}
+    cold = cold_start_with_first_invocation(env, system.token_event, runs)
+    return [
+        reported("cold start: handler import + first invocation", cold.handler_s * 1000, "ms"),
+        reported("cold start: its dependencies' import", cold.dependencies_s * 1000, "ms"),
+        at_most(
+            "cold start / dependencies", ratio(cold.handler_s, cold.dependencies_s), "ratio", 1.15
+        ),
+        reported("cold start: max RSS", cold.handler_max_rss_mib, "MiB"),
+    ]
+
+
+def run(profile_name: str) -> list[Figure]:
+    profile = PROFILES[profile_name]
+    quiet_handlers()
+    figures: list[Figure] = []
+    with (
+        open(os.devnull, "w") as devnull,
+        contextlib.redirect_stdout(devnull),  # the handlers' log lines
+        tempfile.TemporaryDirectory() as state,
+        bench_system(Path(state)) as system,
+    ):
+        floor = Floor(system)
+        figures += calls_per_exchange(system, profile.calls_exchanges)
+        figures += round_trips(system, floor, profile)
+        figures += end_to_end(system, profile)
+        figures += handler_cpu(system, floor, profile)
+        figures += cold_start_figures(system, profile.cold_runs)
+        figures += client_figures(system, CACHED_CALLS[profile_name])
+    figures += bundle_figures()
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument(
+        "--output", type=Path, help=f"where to write the JSON (default {RESULTS}, full only)"
+    )
+    args = parser.parse_args()
+    output = args.output
+    if output is None:
+        if args.profile != "full":
+            parser.error("--profile small needs --output: it never writes the committed results")
+        output = RESULTS
+    if args.profile != "full" and output.resolve() == RESULTS:
+        parser.error(f"--profile {args.profile} never writes {RESULTS}")
+    figures = run(args.profile)
+    print(table(figures))
+    write_json(figures, output)
+    print(f"\nwrote {output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""A proxy in front of the emulator, in a process of its own: it delays every AWS call by
+a fixed latency (an in-region round trip, as moto on loopback has none) and counts each by
+service and operation, on the wire.
+
+    python -m benchmarks.aws_proxy http://127.0.0.1:PORT   # prints the proxy's URL
+
+The idea is that of tests/system/upstreams.py's counting proxy (the benchmark does not
+import the tests): requests pass on unchanged, the Host header included, so SigV4 still
+verifies at the emulator. Being another process, its CPU is not counted as the handler's.
+Control (not forwarded): `POST /__proxy/delay` with the delay in milliseconds as the body;
+`POST /__proxy/take` answers the calls counted since the last take, as JSON.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+CONTROL = "/__proxy/"
+_HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+
+
+def operation(headers: Any, path: str, body: bytes) -> str:
+    """`kms:Sign`, `dynamodb:TransactWriteItems`, `sts:GetCallerIdentity`, else the path."""
+    target = headers.get("X-Amz-Target")
+    if target:  # JSON protocols: `TrentService.Sign`, `DynamoDB_20120810.PutItem`
+        prefix, _, name = target.partition(".")
+        service = {"TrentService": "kms"}.get(prefix, prefix.split("_")[0].lower())
+        return f"{service}:{name}"
+    query = parse_qs(urlsplit(path).query) or parse_qs(body.decode("latin-1"))
+    if "Action" in query:  # the query protocol: STS, IAM
+        return "sts:" + query["Action"][0]
+    return f"other:{path.split('?')[0]}"
+
+
+class AwsProxy(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, target: str) -> None:
+        self.target = urlsplit(target)
+        self.delay_seconds = 0.0
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.lock = threading.Lock()
+        self.upstream = threading.local()  # one kept-alive connection per serving thread
+        super().__init__(("127.0.0.1", 0), _Forward)
+
+    def connection(self) -> http.client.HTTPConnection:
+        connection = getattr(self.upstream, "connection", None)
+        if connection is None:
+            connection = http.client.HTTPConnection(
+                self.target.hostname, self.target.port, timeout=60
+            )
+            self.upstream.connection = connection
+        return connection
+
+
+class _Forward(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: AwsProxy
+
+    def _any(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path.startswith(CONTROL):
+            self._answer(200, [("Content-Type", "application/json")], self._control(body))
+            return
+        with self.server.lock:
+            self.server.calls[operation(self.headers, self.path, body)] += 1
+        if self.server.delay_seconds:
+            time.sleep(self.server.delay_seconds)
+        status, headers, payload = self._forward(body)
+        self._answer(status, headers, payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _any
+
+    def _control(self, body: bytes) -> bytes:
+        if self.path == CONTROL + "delay":
+            self.server.delay_seconds = float(body) / 1000
+            return b"{}"
+        with self.server.lock:
+            calls, self.server.calls = self.server.calls, collections.Counter()
+        return json.dumps(dict(calls)).encode()
+
+    def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        for attempt in (1, 2):  # the emulator may have closed an idle kept-alive connection
+            connection = self.server.connection()
+            try:
+                connection.putrequest(self.command, self.path, skip_host=True)
+                for name, value in self.headers.items():
+                    if name.lower() not in _HOP_BY_HOP:
+                        connection.putheader(name, value)
+                connection.putheader("Content-Length", str(len(body)))
+                connection.endheaders(body)
+                response = connection.getresponse()
+                return response.status, response.getheaders(), response.read()
+            except (http.client.HTTPException, OSError):
+                connection.close()
+                self.server.upstream.connection = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _answer(self, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in _HOP_BY_HOP:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class ProxyProcess:
+    """The proxy as a subprocess, and its control calls."""
+
+    def __init__(self, target: str) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.aws_proxy", target],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        self.url = self._process.stdout.readline().strip()
+        if not self.url:
+            self.stop()
+            raise RuntimeError("the AWS proxy did not start")
+
+    def _post(self, what: str, body: bytes) -> Any:
+        url = f"{self.url}{CONTROL}{what}"
+        request = urllib.request.Request(url, data=body, method="POST")  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return json.loads(response.read())
+
+    def set_delay(self, milliseconds: float) -> None:
+        self._post("delay", str(milliseconds).encode())
+
+    def take(self) -> dict[str, int]:
+        """The calls counted since the last take, by `service:Operation`."""
+        return dict(self._post("take", b""))
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+
+
+def main() -> None:
+    proxy = AwsProxy(sys.argv[1])
+    print(f"http://127.0.0.1:{proxy.server_address[1]}", flush=True)
+    proxy.serve_forever(poll_interval=0.2)
+
+
+if __name__ == "__main__":
+    main()

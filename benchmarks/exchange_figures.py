@@ -1,0 +1,252 @@
+"""The exchange against the AWS floor (issue 11, item 4), on the proxied local system.
+
+The floor is what any SigV4 exchange must do: STS `GetCallerIdentity` and KMS `Sign`
+(plus, for CPU, one conditional DynamoDB write: single use must be recorded somewhere).
+Each comparison runs tokex and the floor interleaved, in the same process, through the
+same proxy, so machine load hits both alike.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+from benchmarks.figures import Figure, at_most, exactly, p50, ratio, reported, within
+from benchmarks.proxied_local import BenchSystem
+from tokex.adapters import aws_clients
+from tokex.adapters.state_table.schema import KEY_ATTRIBUTE
+from tokex.client.token_client import request_token
+from tokex.deadline import request_deadline
+from tokex.local.provision import DEMO_AUDIENCE, REGION
+
+FLOOR_MESSAGE = b"\0" * 32  # a SHA-256 digest's size: what tokex asks KMS to sign
+DYNAMODB_READS = ("GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems")
+DYNAMODB_WRITES = (
+    "PutItem",
+    "UpdateItem",
+    "DeleteItem",
+    "BatchWriteItem",
+    "TransactWriteItems",
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    calls_exchanges: int  # counted on the wire
+    latency_samples: int  # per delay, per side
+    end_to_end_samples: int
+    cpu_samples: int
+    cold_runs: int
+    delay_ms: float = 10.0
+
+
+class Floor:
+    """The floor's calls, made with tokex's own client factory (hot-path config, the
+    bounded transport inside a request deadline) against the same proxied emulator."""
+
+    def __init__(self, system: BenchSystem) -> None:
+        deployment = system.local.deployment
+        endpoint = deployment.endpoint_url
+        service = deployment.service.session(REGION)
+        self.sts = aws_clients.client("sts", session=system.workload, endpoint_url=endpoint)
+        self.kms = aws_clients.client("kms", session=service, endpoint_url=endpoint)
+        self.dynamodb = aws_clients.client("dynamodb", session=service, endpoint_url=endpoint)
+        self.key = deployment.signing_key_arn
+        self.table = deployment.state_table
+
+    def sts_and_sign(self) -> None:
+        with request_deadline(10.0):
+            self.sts.get_caller_identity()
+            self._sign()
+
+    def sts_sign_and_write(self) -> None:
+        with request_deadline(10.0):
+            self.sts.get_caller_identity()
+            self._sign()
+            self.dynamodb.put_item(
+                TableName=self.table,
+                Item={KEY_ATTRIBUTE: {"S": f"bench#{uuid.uuid4()}"}},
+                ConditionExpression="attribute_not_exists(#k)",
+                ExpressionAttributeNames={"#k": KEY_ATTRIBUTE},
+            )
+
+    def _sign(self) -> None:
+        self.kms.sign(
+            KeyId=self.key,
+            Message=FLOOR_MESSAGE,
+            MessageType="DIGEST",
+            SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256",
+        )
+
+
+def calls_per_exchange(system: BenchSystem, exchanges: int) -> list[Figure]:
+    system.proxy.set_delay(0)
+    system.exchange(system.token_event())  # warm
+    events = [system.token_event() for _ in range(exchanges)]
+    system.proxy.take()
+    for event in events:
+        system.exchange(event)
+    calls = system.proxy.take()
+
+    def per_exchange(*operations: str) -> float:
+        return sum(calls.get(op, 0) for op in operations) / exchanges
+
+    reads = per_exchange(*(f"dynamodb:{op}" for op in DYNAMODB_READS))
+    writes = per_exchange(*(f"dynamodb:{op}" for op in DYNAMODB_WRITES))
+    known = {"sts:GetCallerIdentity", "kms:Sign"} | {
+        f"dynamodb:{op}" for op in DYNAMODB_READS + DYNAMODB_WRITES
+    }
+    other = sum(n for op, n in calls.items() if op not in known) / exchanges
+    return [
+        exactly(
+            "AWS calls per warm exchange: STS GetCallerIdentity",
+            per_exchange("sts:GetCallerIdentity"),
+            "calls",
+            1,
+        ),
+        exactly("AWS calls per warm exchange: KMS Sign", per_exchange("kms:Sign"), "calls", 1),
+        exactly("AWS calls per warm exchange: DynamoDB reads", reads, "calls", 0),
+        exactly("AWS calls per warm exchange: DynamoDB writes", writes, "calls", 1),
+        exactly("AWS calls per warm exchange: anything else", other, "calls", 0),
+    ]
+
+
+def _timed(run: Callable[[], Any], prepare: Callable[[], Any] | None = None) -> float:
+    argument = prepare() if prepare else None
+    started = time.perf_counter()
+    run(argument) if prepare else run()
+    return time.perf_counter() - started
+
+
+def round_trips(system: BenchSystem, floor: Floor, profile: Profile) -> list[Figure]:
+    """(p50 at L - p50 at 0) / L: how many delayed calls lie on the critical path."""
+    p50s: dict[tuple[str, float], float] = {}
+    for delay in (0.0, profile.delay_ms):
+        system.proxy.set_delay(delay)
+        tokex, bare = [], []
+        for _ in range(2):  # warm connections at this delay
+            system.exchange(system.token_event())
+            floor.sts_and_sign()
+        for _ in range(profile.latency_samples):
+            tokex.append(_timed(system.exchange, system.token_event))
+            bare.append(_timed(floor.sts_and_sign))
+        p50s["tokex", delay], p50s["floor", delay] = p50(tokex), p50(bare)
+    system.proxy.set_delay(0)
+    latency = profile.delay_ms / 1000
+
+    def trips(side: str) -> float:
+        return (p50s[side, profile.delay_ms] - p50s[side, 0.0]) / latency
+
+    floor_trips = trips("floor")
+    label = f"L = {profile.delay_ms:g} ms"
+    return [
+        reported("warm exchange p50, handler, L = 0", p50s["tokex", 0.0] * 1000, "ms"),
+        reported(
+            f"warm exchange p50, handler, {label}", p50s["tokex", profile.delay_ms] * 1000, "ms"
+        ),
+        reported(
+            f"sequential round trips: floor (GetCallerIdentity + Sign), {label}",
+            floor_trips,
+            "round trips",
+        ),
+        within(
+            f"sequential round trips: tokex warm exchange, {label}",
+            trips("tokex"),
+            "round trips",
+            floor_trips,
+            0.25,
+        ),
+    ]
+
+
+def end_to_end(system: BenchSystem, profile: Profile) -> list[Figure]:
+    """A workload's view: `tokex.client` through the local front (signing included)
+    against the same process calling GetCallerIdentity and Sign itself."""
+    system.proxy.set_delay(profile.delay_ms)
+    deployment = system.local.deployment
+    endpoint = deployment.endpoint_url
+    sts = boto3.client("sts", endpoint_url=endpoint, region_name=REGION, **_keys(system.workload))
+    kms = deployment.client("kms")
+
+    def tokex() -> None:
+        issuer = system.local.issuer
+        request_token(issuer, DEMO_AUDIENCE, session=system.workload, issuer=issuer)
+
+    def itself() -> None:
+        sts.get_caller_identity()
+        kms.sign(
+            KeyId=deployment.signing_key_arn,
+            Message=FLOOR_MESSAGE,
+            MessageType="DIGEST",
+            SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256",
+        )
+
+    tokex_times, own_times = [], []
+    for _ in range(2):
+        tokex(), itself()
+    for _ in range(profile.end_to_end_samples):
+        tokex_times.append(_timed(tokex))
+        own_times.append(_timed(itself))
+    system.proxy.set_delay(0)
+    label = f"L = {profile.delay_ms:g} ms"
+    return [
+        reported(
+            f"end to end p50: tokex.client through the front, {label}",
+            p50(tokex_times) * 1000,
+            "ms",
+        ),
+        reported(
+            f"end to end p50: GetCallerIdentity + Sign by the workload, {label}",
+            p50(own_times) * 1000,
+            "ms",
+        ),
+        at_most(
+            f"end to end: tokex / the workload's own calls, {label}",
+            ratio(p50(tokex_times), p50(own_times)),
+            "ratio",
+            1.15,
+        ),
+    ]
+
+
+def _keys(session: boto3.session.Session) -> dict[str, str | None]:
+    frozen = session.get_credentials().get_frozen_credentials()
+    return {
+        "aws_access_key_id": frozen.access_key,
+        "aws_secret_access_key": frozen.secret_key,
+        "aws_session_token": frozen.token,
+    }
+
+
+def handler_cpu(system: BenchSystem, floor: Floor, profile: Profile) -> list[Figure]:
+    """CPU time of this process (all its threads) while the handler runs; the emulator
+    and the proxy are other processes. The floor: STS, Sign and one conditional write."""
+    system.proxy.set_delay(0)
+    tokex, bare = [], []
+
+    def cpu(run: Callable[[], Any]) -> float:
+        started = time.process_time()
+        run()
+        return time.process_time() - started
+
+    for _ in range(2):
+        system.exchange(system.token_event())
+        floor.sts_sign_and_write()
+    for _ in range(profile.cpu_samples):
+        event = system.token_event()
+        tokex.append(cpu(lambda event=event: system.exchange(event)))
+        bare.append(cpu(floor.sts_sign_and_write))
+    # process_time ticks coarsely on some kernels: the mean of many, not the median.
+    mean_tokex, mean_floor = sum(tokex) / len(tokex), sum(bare) / len(bare)
+    return [
+        reported("handler CPU per warm exchange", mean_tokex * 1000, "ms"),
+        reported(
+            "CPU of the floor calls (STS, Sign, one conditional write)", mean_floor * 1000, "ms"
+        ),
+        at_most("handler CPU / floor CPU", ratio(mean_tokex, mean_floor), "ratio", 1.5),
+    ]

@@ -1,0 +1,101 @@
+"""The local system (`tokex.local.runner.start_local`) with the delaying, counting proxy
+(benchmarks/aws_proxy.py) between everything and moto: the handlers' boto3 clients, the
+forwarded STS request and the benchmark's own floor calls all reach the emulator through
+it. The emulator and the proxy are processes of their own, so this process's CPU time is
+the handlers' and the benchmark's only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from benchmarks.aws_proxy import ProxyProcess
+from tokex.client.signing import encode_subject_token, signed_get_caller_identity
+from tokex.local.emulator import SubprocessMotoServer
+from tokex.local.front import http_api_event
+from tokex.local.functions import LambdaContext
+from tokex.local.provision import DEMO_AUDIENCE, REGION
+from tokex.local.runner import LocalSystem, start_local
+from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+
+CONTEXT = LambdaContext("tokex-token")
+
+
+class ProxiedEmulator:
+    """moto in a subprocess, seen through the proxy (`url` is the proxy's)."""
+
+    def __init__(self) -> None:
+        self.moto = SubprocessMotoServer()
+        try:
+            self.proxy = ProxyProcess(self.moto.url)
+        except BaseException:
+            self.moto.stop()
+            raise
+        self.url = self.proxy.url
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        self.moto.stop()
+
+
+@dataclass
+class BenchSystem:
+    local: LocalSystem
+    emulator: ProxiedEmulator
+    workload: boto3.session.Session
+
+    @property
+    def proxy(self) -> ProxyProcess:
+        return self.emulator.proxy
+
+    def token_handler(self) -> Any:
+        """The exchange function behind the front, as the front calls it."""
+        return self._front_functions()["/token"]
+
+    def _front_functions(self) -> dict[str, Any]:
+        # start_local keeps the front inside its closures; its functions are reachable
+        # through the bound serve_forever method's server.
+        server = self.local.serve_forever.__self__  # type: ignore[attr-defined]
+        return dict(server.functions)
+
+    def token_event(self, audience: str = DEMO_AUDIENCE) -> dict[str, Any]:
+        """A `POST /token` event with a freshly signed request (each buys one token)."""
+        frozen = self.workload.get_credentials().get_frozen_credentials()
+        signed = signed_get_caller_identity(
+            frozen, region=REGION, issuer=self.local.issuer, audience=audience
+        )
+        form = {
+            "grant_type": TOKEN_EXCHANGE_GRANT,
+            "subject_token_type": SIGV4_TOKEN_TYPE,
+            "subject_token": encode_subject_token(signed),
+            "audience": audience,
+        }
+        body = urllib.parse.urlencode(form).encode("ascii")
+        host = urllib.parse.urlsplit(self.local.issuer).netloc
+        headers = {"host": host, "content-type": "application/x-www-form-urlencoded"}
+        return http_api_event("POST", "/token", "", headers, body, "127.0.0.1")
+
+    def exchange(self, event: dict[str, Any]) -> None:
+        """One warm exchange through the handler; anything but a token is an error."""
+        result = self.token_handler()(event, CONTEXT)
+        if result["statusCode"] != 200:
+            raise RuntimeError(f"the exchange answered {result['statusCode']}: {result}")
+
+
+@contextlib.contextmanager
+def bench_system(state_dir: Path) -> Iterator[BenchSystem]:
+    emulator = ProxiedEmulator()
+    local = start_local(port=0, state_dir=state_dir, moto=emulator)
+    threading.Thread(target=local.serve_forever, daemon=True).start()
+    try:
+        yield BenchSystem(local, emulator, local.deployment.workload.session())
+    finally:
+        local.stop()

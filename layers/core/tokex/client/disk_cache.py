@@ -1,0 +1,120 @@
+"""`tokex token --cache-dir DIR`: tokens kept on disk between runs, only when asked.
+
+One file per (endpoint, issuer, audience, scopes, instance evidence, principal), named by
+the sha256 of those, so a token is never served to a request that would have been issued
+a different one. The principal is named by the AWS access key id of the credentials the
+request is signed with: an access key id belongs to exactly one principal and is never
+reused (an IAM user's key, or the temporary key of one role session, `ASIA…`), and it is
+known locally, where the principal's ARN would cost an STS call per run. A new role
+session therefore starts a new file. No secret goes into the key.
+
+The files are bearer tokens: mode 0600 in a directory the user owns that no one else may
+write to (0700 when tokex makes it), written atomically (temp file, `os.replace`), read
+without following a symlink. A cached token is used while more than 20 % of its lifetime
+is left, the rule of the in-memory cache (`REFRESH_AT`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tokex.client.token_client import CachedToken
+
+FILE_SUFFIX = ".token.json"
+MAX_FILE_BYTES = 64 * 1024
+
+
+class UnsafeCacheDir(Exception):
+    """The directory could let another user read or plant tokens."""
+
+
+def cache_file_name(
+    *,
+    endpoint: str,
+    issuer: str | None,
+    audience: str,
+    scopes: Sequence[str],
+    instance_identity: str,
+    access_key_id: str,
+) -> str:
+    material = json.dumps(
+        {
+            "v": 1,
+            "endpoint": endpoint.rstrip("/"),
+            "issuer": issuer,
+            "audience": audience,
+            "scopes": sorted(set(scopes)),
+            "instance_identity": instance_identity,
+            "access_key_id": access_key_id,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(material.encode()).hexdigest() + FILE_SUFFIX
+
+
+def open_cache_dir(path: Path) -> Path:
+    """The directory, made 0700 if missing; refused if another user owns it or anyone but
+    its owner may write to it (they could replace a file with their own token)."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    info = path.stat()  # a symlink to a safe directory is fine: its target is checked
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeCacheDir(f"{path} is not a directory")
+    if info.st_uid != os.getuid():
+        raise UnsafeCacheDir(f"{path} is owned by uid {info.st_uid}, not by this user")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeCacheDir(
+            f"{path} is writable by others (mode {stat.S_IMODE(info.st_mode):04o}): "
+            f"`chmod 700 {path}` or choose another directory"
+        )
+    return path
+
+
+def read_cached(path: Path, *, now: float | None = None) -> dict[str, Any] | None:
+    """The cached token response, its `expires_in` counted from now, if it has more than
+    20 % of its lifetime left; None for a missing, unsafe, unreadable or stale file."""
+    now = time.time() if now is None else now
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+            return None  # not one this user wrote with mode 0600
+        data = file.read(MAX_FILE_BYTES + 1)
+    try:
+        entry = json.loads(data)
+        obtained_at = float(entry["obtained_at"])
+        response = entry["response"]
+        if not isinstance(response, dict):
+            return None
+        token = CachedToken.from_response(response, obtained_at=obtained_at)
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not obtained_at <= now < token.refresh_at:  # a clock set back counts as stale
+        return None
+    return {**response, "expires_in": int(token.expires_at - now)}
+
+
+def write_cached(path: Path, response: dict[str, Any], *, now: float | None = None) -> None:
+    """Atomically: a reader sees the old file or the new one, never half of one."""
+    entry = {"obtained_at": time.time() if now is None else now, "response": response}
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=FILE_SUFFIX)
+    try:
+        with os.fdopen(fd, "w") as file:  # mkstemp makes it 0600
+            json.dump(entry, file)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

@@ -1,0 +1,152 @@
+"""`tokex token --cache-dir`: tokens on disk only when asked, 0600 files in a directory no
+one else may write to, one file per endpoint, audience, scopes and AWS access key."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
+from tokex.cli.main import main
+from tokex.client import disk_cache
+
+
+@pytest.fixture
+def issuer(monkeypatch) -> Iterator[FakeIssuer]:
+    use_static_credentials(monkeypatch)
+    with fake_issuer(expires_in=900) as running:
+        yield running
+
+
+def token(issuer: FakeIssuer, capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["token", "--endpoint", issuer.url, *argv])
+    out, err = capsys.readouterr()
+    return code, out.strip(), err
+
+
+def cache_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*" + disk_cache.FILE_SUFFIX))
+
+
+def test_nothing_is_written_without_cache_dir(issuer, capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert token(issuer, capsys, "--audience", "orders-api")[:2] == (0, "token-1")
+    assert token(issuer, capsys, "--audience", "orders-api")[:2] == (0, "token-2")
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_a_cached_token_is_reused_from_a_0600_file_in_a_0700_dir(issuer, capsys, tmp_path) -> None:
+    directory = tmp_path / "cache"
+    ask = ("--audience", "orders-api", "--scope", "orders:read", "--cache-dir", str(directory))
+    assert token(issuer, capsys, *ask)[:2] == (0, "token-1")
+    assert token(issuer, capsys, *ask)[:2] == (0, "token-1")
+    assert issuer.exchanges == 1
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    [file] = cache_files(directory)
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert [p.name for p in directory.iterdir()] == [file.name]  # no temporary file left
+    code, out, _ = token(issuer, capsys, *ask, "--json")
+    assert code == 0
+    assert json.loads(out)["access_token"] == "token-1"
+    assert 0 < json.loads(out)["expires_in"] <= 900
+
+
+def test_the_key_is_endpoint_audience_scopes_and_credentials(
+    issuer, capsys, tmp_path, monkeypatch
+) -> None:
+    cache = ("--cache-dir", str(tmp_path))
+    asks = [
+        ("--audience", "orders-api"),
+        ("--audience", "billing-api"),
+        ("--audience", "orders-api", "--scope", "orders:read"),
+        ("--audience", "orders-api", "--scope", "orders:write"),
+    ]
+    for ask in asks:
+        assert token(issuer, capsys, *ask, *cache)[0] == 0
+    # Scopes in another order are the same request.
+    two = ("--scope", "orders:read", "--scope", "orders:write")
+    assert token(issuer, capsys, "--audience", "orders-api", *two, *cache)[0] == 0
+    assert token(issuer, capsys, "--audience", "orders-api", *two[2:], *two[:2], *cache)[0] == 0
+    assert issuer.exchanges == len(cache_files(tmp_path)) == 5
+    use_static_credentials(monkeypatch, "AKIAEXAMPLEOTHERONE1")  # another principal
+    assert token(issuer, capsys, "--audience", "orders-api", *cache)[1] == "token-6"
+    assert len(cache_files(tmp_path)) == 6
+    with fake_issuer() as other:  # another endpoint
+        assert token(other, capsys, "--audience", "orders-api", *cache)[1] == "token-1"
+    assert len(cache_files(tmp_path)) == 7
+
+
+def test_a_token_past_80_percent_of_its_lifetime_is_not_reused(issuer, capsys, tmp_path) -> None:
+    ask = ("--audience", "orders-api", "--cache-dir", str(tmp_path))
+    assert token(issuer, capsys, *ask)[1] == "token-1"
+    [file] = cache_files(tmp_path)
+    entry = json.loads(file.read_text())
+    entry["obtained_at"] -= 0.8 * 900  # written 12 minutes ago
+    file.write_text(json.dumps(entry))
+    assert token(issuer, capsys, *ask)[1] == "token-2"
+    assert token(issuer, capsys, *ask)[1] == "token-2"
+
+
+def test_read_cached_rules(tmp_path) -> None:
+    path = tmp_path / ("x" + disk_cache.FILE_SUFFIX)
+    response = {"access_token": "t", "expires_in": 100}
+    disk_cache.write_cached(path, response, now=1000.0)
+    assert disk_cache.read_cached(path, now=1000.0) == {"access_token": "t", "expires_in": 100}
+    assert disk_cache.read_cached(path, now=1079.0)["expires_in"] == 21
+    assert disk_cache.read_cached(path, now=1080.0) is None  # 80 % of the lifetime
+    assert disk_cache.read_cached(path, now=999.0) is None  # a clock set back
+    path.chmod(0o644)
+    assert disk_cache.read_cached(path, now=1000.0) is None  # not a file this user locked
+    path.chmod(0o600)
+    link = tmp_path / ("link" + disk_cache.FILE_SUFFIX)
+    link.symlink_to(path)
+    assert disk_cache.read_cached(link, now=1000.0) is None
+    path.write_text("not json")
+    assert disk_cache.read_cached(path, now=1000.0) is None
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o722, 0o1777])
+def test_a_directory_others_may_write_to_is_refused(issuer, capsys, tmp_path, mode) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    directory.chmod(mode)
+    code, _, err = token(issuer, capsys, "--audience", "orders-api", "--cache-dir", str(directory))
+    assert code == 2
+    assert "--cache-dir" in err and "writable by others" in err and "chmod 700" in err
+    assert issuer.exchanges == 0
+    code, out, err = token(
+        issuer, capsys, "--audience", "a", "--cache-dir", str(directory), "--json"
+    )
+    assert (code, err) == (2, "")
+    assert json.loads(out)["error"] == "invalid_value"
+    assert json.loads(out)["input"] == "--cache-dir"
+
+
+def test_a_directory_of_another_user_or_not_a_directory_is_refused(
+    issuer, capsys, tmp_path, monkeypatch
+) -> None:
+    plain = tmp_path / "file"
+    plain.write_text("")
+    code, _, err = token(issuer, capsys, "--audience", "orders-api", "--cache-dir", str(plain))
+    assert code == 2 and "not a directory" in err
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(tmp_path).st_uid + 1)
+    code, _, err = token(issuer, capsys, "--audience", "orders-api", "--cache-dir", str(tmp_path))
+    assert code == 2 and "not by this user" in err
+    assert issuer.exchanges == 0
+
+
+def test_a_directory_that_cannot_be_made_is_a_write_failure(issuer, capsys, tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, out, err = token(
+        issuer, capsys, "--audience", "a", "--cache-dir", str(blocker / "sub"), "--json"
+    )
+    assert (code, err) == (1, "")
+    assert json.loads(out)["error"] == "write_failed"
+    assert issuer.exchanges == 0

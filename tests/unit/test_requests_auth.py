@@ -1,0 +1,66 @@
+"""`tokex.client.TokexAuth`: requests with a cached tokex token, one exchange in flight."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
+from tokex.client import TokenClient, TokexAuth
+
+
+@pytest.fixture
+def issuer(monkeypatch) -> Iterator[FakeIssuer]:
+    use_static_credentials(monkeypatch)
+    with fake_issuer(expires_in=900) as running:
+        yield running
+
+
+def authorization(auth: TokexAuth) -> str:
+    prepared = requests.Request("GET", "https://orders.example.com/orders").prepare()
+    return auth(prepared).headers["Authorization"]
+
+
+def test_attaches_a_bearer_token_for_the_audience_and_scopes(issuer) -> None:
+    auth = TokexAuth(issuer.url, "orders-api", scopes=["orders:read"])
+    assert isinstance(auth, requests.auth.AuthBase)
+    assert authorization(auth) == "Bearer token-1"
+    assert authorization(auth) == "Bearer token-1"
+    assert issuer.exchanges == 1
+    assert issuer.forms[0]["audience"] == ["orders-api"]
+    assert issuer.forms[0]["scope"] == ["orders:read"]
+
+
+def test_refreshes_ahead_of_expiry(issuer) -> None:
+    now = [0.0]
+    auth = TokexAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+    assert authorization(auth) == "Bearer token-1"
+    now[0] = 0.79 * 900
+    assert authorization(auth) == "Bearer token-1"
+    now[0] = 0.8 * 900
+    assert authorization(auth) == "Bearer token-2"
+
+
+def test_threads_at_expiry_make_one_exchange(issuer) -> None:
+    issuer.delay = 0.3
+    now = [0.0]
+    auth = TokexAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+    assert authorization(auth) == "Bearer token-1"
+    now[0] = 900.0  # expired
+    barrier = threading.Barrier(8)
+    seen: list[str] = []
+
+    def send() -> None:
+        barrier.wait()
+        seen.append(authorization(auth))
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert seen == ["Bearer token-2"] * 8
+    assert issuer.exchanges == 2
