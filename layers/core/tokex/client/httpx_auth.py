@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Generator, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Generator
 
 import anyio.to_thread
 import httpx
 
 from tokex.client.bearer import BearerSource
-from tokex.client.token_client import TokenClient
 
 
 class TokexHttpxAuth(BearerSource, httpx.Auth):
@@ -33,19 +31,10 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
     one exchange.
     """
 
-    def __init__(
-        self,
-        client: TokenClient | str,
-        audience: str,
-        *,
-        scopes: Sequence[str] = (),
-        **options: Any,
-    ) -> None:
-        super().__init__(client, audience, scopes=scopes, **options)
-        # asyncio locks belong to one event loop: one per loop, dropped with the loop.
-        self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
-        self._loop_locks = weakref.WeakKeyDictionary()
-        self._loop_locks_guard = threading.Lock()
+    # asyncio locks belong to one event loop: one per (auth object, loop), dropped with the
+    # loop. The guard is class-wide: it is held only to look a lock up or add one.
+    _loop_locks_guard = threading.Lock()
+    _loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         request.headers["Authorization"] = self.authorization()
@@ -76,6 +65,8 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
         except RuntimeError:
             return None
         with self._loop_locks_guard:
+            if self._loop_locks is None:
+                self._loop_locks = weakref.WeakKeyDictionary()
             lock = self._loop_locks.get(loop)
             if lock is None:
                 lock = self._loop_locks[loop] = asyncio.Lock()
