@@ -83,9 +83,14 @@ def test_a_warm_exchange_writes_once_and_a_replay_gets_no_token(local_system, pr
     assert status == 200, body
     assert_sts_then_write_and_sign(proxy.take())
 
-    # Caught by the write: no token, no budget; KMS signed at most once, while the write
-    # was in flight, and that signature was discarded.
+    # In the execution environment that saw it used up: refused before STS, at no cost.
     assert_used_up(handler, signed)
+    assert proxy.take() == []
+
+    # In another environment: caught by the write, no token, no budget; KMS signed at most
+    # once, while the write was in flight, and that signature was discarded.
+    elsewhere = warm_handler_behind(local_system, proxy)
+    assert_used_up(elsewhere, signed)
     assert_sts_then_write_and_sign(proxy.take())
 
 

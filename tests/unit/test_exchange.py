@@ -48,11 +48,11 @@ AUDIENCE = "orders-api"
 FORM = "application/x-www-form-urlencoded; charset=utf-8"
 
 
-def signed_request(issuer: str = ISSUER) -> dict[str, Any]:
+def signed_request(issuer: str = ISSUER, session_token: str = "session-token") -> dict[str, Any]:
     """A GetCallerIdentity request signed now, as a workload signs it."""
     headers = {"Content-Type": FORM, "X-Tokex-Issuer": issuer}
     request = AWSRequest(method="POST", url=f"https://{HOST}/", data=STS_BODY, headers=headers)
-    credentials = Credentials("ASIAIOSFODNN7EXAMPLE", "secret", "session-token")
+    credentials = Credentials("ASIAIOSFODNN7EXAMPLE", "secret", session_token)
     SigV4Auth(credentials, "sts", "us-east-1").add_auth(request)
     return {
         "method": "POST",
@@ -369,3 +369,78 @@ def test_the_write_s_answer_wins_over_a_policy_refusal(
     error = refused(world, error_type, audience="billing-api")
     assert (error.status, error.reason) == answer
     assert world.log == ["sts", "policies", "admit"]
+
+
+# --- replays this environment has seen used up ----------------------------------------
+
+
+def _one_environment(world: World) -> TokenExchange:
+    return TokenExchange(
+        settings=Settings(issuer=ISSUER),
+        sts=world,
+        policies=world,
+        signer=world.signer,
+        instance_certificates=world.certificates,
+        admission=world,
+        background=DeferredExecutor(world.log),
+    )
+
+
+def test_a_replay_of_a_request_this_environment_admitted_costs_nothing(world: World) -> None:
+    exchange, request = _one_environment(world), token_request()
+    exchange.exchange(request, ExchangeAudit())
+    world.log.clear()
+    with pytest.raises(InvalidGrant) as caught:
+        exchange.exchange(request, ExchangeAudit())
+    assert caught.value.reason == "replay"
+    assert world.log == []  # no STS call, no write, no Sign
+    another = token_request(signed_request=signed_request(session_token="another-session"))
+    exchange.exchange(another, ExchangeAudit())  # another signed request still works
+    assert "sts" in world.log
+
+
+@pytest.mark.parametrize(
+    "used_up",
+    [
+        pytest.param(replay_refusal(), id="replay"),
+        pytest.param(RateLimited("x", retry_after=5), id="429"),
+    ],
+)
+def test_a_request_the_table_says_is_used_up_is_refused_before_sts_next_time(
+    world: World, used_up: TokexError
+) -> None:
+    exchange, request = _one_environment(world), token_request()
+    world.admit_error = used_up
+    with pytest.raises(type(used_up)):
+        exchange.exchange(request, ExchangeAudit())
+    world.admit_error = None
+    world.log.clear()
+    with pytest.raises(InvalidGrant) as caught:
+        exchange.exchange(request, ExchangeAudit())
+    assert caught.value.reason == "replay"
+    assert world.log == []
+
+
+def test_a_request_given_back_after_a_kms_failure_is_not_remembered(world: World) -> None:
+    exchange, request = _one_environment(world), token_request()
+    world.sign_error = TemporarilyUnavailable("kms down", reason="kms Sign: timeout")
+    with pytest.raises(TemporarilyUnavailable):
+        exchange.exchange(request, ExchangeAudit())
+    assert world.released  # the table gave it back
+    world.sign_error = None
+    world.log.clear()
+    issued = exchange.exchange(request, ExchangeAudit())  # the retry reaches STS and issues
+    assert issued.access_token and world.log[0] == "sts"
+
+
+def test_a_write_without_an_answer_is_not_remembered(world: World) -> None:
+    exchange, request = _one_environment(world), token_request()
+    world.admit_error = TemporarilyUnavailable(
+        "no answer", reason="dynamodb TransactWriteItems: timeout"
+    )
+    with pytest.raises(TemporarilyUnavailable):
+        exchange.exchange(request, ExchangeAudit())
+    world.admit_error = None
+    world.log.clear()
+    exchange.exchange(request, ExchangeAudit())  # the table decides: here, admitted
+    assert world.log[0] == "sts"

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from tokex.errors import RateLimited, TemporarilyUnavailable, TokexError
+from tokex.errors import InvalidGrant, RateLimited, TemporarilyUnavailable, TokexError
 from tokex.evidence.identity import CallerIdentity, InstanceIdentity
 from tokex.evidence.instance_identity import (
     CertificateStore,
     bind_instance_to_caller,
     verify_instance_identity,
 )
+from tokex.evidence.replay import RecentlyUsed, replay_refusal
 from tokex.evidence.sigv4_request import StsRequest, verify_sts_request
 from tokex.evidence.sts_endpoints import StsEndpoints
 from tokex.policy.evaluate import Decision, TagLookup, evaluate
@@ -116,6 +117,8 @@ class TokenExchange:
         # Runs the admission write while KMS signs (wiring.py: one per process).
         self._background = background
         self._clock = clock
+        # Replays this environment has seen used up: refused before they cost anything.
+        self._used = RecentlyUsed()
 
     def exchange(self, request: TokenRequest, audit: ExchangeAudit) -> IssuedToken:
         settings = self._settings
@@ -128,6 +131,8 @@ class TokenExchange:
             now=datetime.fromtimestamp(now, UTC),
             audience=request.audience,
         )
+        if self._admission is not None and sts_request in self._used:
+            raise replay_refusal()
         instance = self._verify_instance(request)
         caller = self._sts.get_caller_identity(sts_request)
         audit.principal, audit.account = caller.principal_arn, caller.account
@@ -137,7 +142,7 @@ class TokenExchange:
             # A refusal past STS uses the signed request up all the same: the write alone,
             # never a Sign (a replay or 429 it reports wins). A 503 here wrote nothing.
             if self._admission is not None and not _leaves_request_usable(exc):
-                self._admission.admit(sts_request, caller.principal_arn)
+                self._admit_alone(sts_request, caller.principal_arn)
             raise
         if self._admission is None:
             token = self._sign(claims, request.audience)
@@ -164,15 +169,32 @@ class TokenExchange:
         try:
             token = self._sign(claims, audience)
         except Exception as exc:
-            admission = admitting.result()  # a replay, a 429 or a 503 of the write wins
+            admission = self._admitted(admitting.result, sts_request)  # its refusal wins
             # Only a failure of tokex's own upstreams gives the signed request back (and
             # the budget unit), with one compensating write; an unknown write (timeout,
             # raised above) is never released.
-            if _leaves_request_usable(exc):
-                admission_store.release(admission)
+            if _leaves_request_usable(exc) and admission_store.release(admission):
+                self._used.forget(sts_request)
             raise
-        admitting.result()  # a replay, 429 or 503 discards the token
+        self._admitted(admitting.result, sts_request)  # a replay, 429 or 503 discards it
         return token
+
+    def _admit_alone(self, sts_request: StsRequest, principal: str) -> None:
+        admission = self._admission
+        assert admission is not None
+        self._admitted(lambda: admission.admit(sts_request, principal), sts_request)
+
+    def _admitted(self, admitting: Callable[[], Any], sts_request: StsRequest) -> Any:
+        """The write's outcome; remembers the request when the table says it is used up
+        (admitted, a replay, or over budget), so this environment refuses its replays
+        before STS."""
+        try:
+            admission = admitting()
+        except (InvalidGrant, RateLimited):
+            self._used.add(sts_request)
+            raise
+        self._used.add(sts_request)
+        return admission
 
     def _decide(
         self,

@@ -14,6 +14,8 @@ refuses the request anyway.
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 
 from tokex.errors import InvalidGrant
 from tokex.evidence.sigv4_request import MAX_AGE, MAX_SKEW_FUTURE, StsRequest
@@ -34,3 +36,38 @@ def replay_refusal() -> InvalidGrant:
         "this signed request was already used; sign a new one for each exchange",
         reason="replay",
     )
+
+
+class RecentlyUsed:
+    """Signed requests this execution environment knows are used up: a replay of one is
+    refused before STS, at no cost (no STS call, no write, no `Sign`). Only an
+    authoritative outcome adds one (the state table's write admitted the request, or
+    refused it as a replay or over budget), never a request given back after an outage, so
+    this refuses earlier what the table would refuse, nothing else. Bounded: the oldest
+    entries go first, and a forgotten one is still refused by the table. (An entry needs no
+    expiry: once the request's date window has passed, verify_sts_request refuses it before
+    this is asked.)
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
+        self._digests: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, request: StsRequest) -> bool:
+        digest = signature_digest(request)
+        with self._lock:
+            return digest in self._digests
+
+    def add(self, request: StsRequest) -> None:
+        digest = signature_digest(request)
+        with self._lock:
+            self._digests[digest] = None
+            self._digests.move_to_end(digest)
+            while len(self._digests) > self._capacity:
+                self._digests.popitem(last=False)
+
+    def forget(self, request: StsRequest) -> None:
+        """The request was given back (a failure of tokex's own upstreams): usable again."""
+        with self._lock:
+            self._digests.pop(signature_digest(request), None)
