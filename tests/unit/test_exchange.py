@@ -205,6 +205,23 @@ def world() -> World:
     return World()
 
 
+_DEFERRED = object()
+
+
+def _one_environment(world: World, background: Any = _DEFERRED) -> TokenExchange:
+    """One TokenExchange (one execution environment) over the fakes; by default its
+    background executor is the deferred one, `None` for none."""
+    return TokenExchange(
+        settings=Settings(issuer=ISSUER),
+        sts=world,
+        policies=world,
+        signer=world.signer,
+        instance_certificates=world.certificates,
+        admission=world,
+        background=DeferredExecutor(world.log) if background is _DEFERRED else background,
+    )
+
+
 def refused(world: World, error: type[TokexError], **changes: Any) -> TokexError:
     with pytest.raises(error) as caught:
         world.exchange(**changes)
@@ -226,15 +243,7 @@ def test_without_an_admission_store_the_policies_follow_sts(world: World) -> Non
 
 
 def test_without_an_executor_the_write_runs_before_the_sign(world: World) -> None:
-    exchange = TokenExchange(
-        settings=Settings(issuer=ISSUER),
-        sts=world,
-        policies=world,
-        signer=world.signer,
-        instance_certificates=world.certificates,
-        admission=world,
-    )
-    exchange.exchange(token_request(), ExchangeAudit())
+    _one_environment(world, background=None).exchange(token_request(), ExchangeAudit())
     assert world.log == ["sts", "policies", "admit", "signer", "sign"]
 
 
@@ -372,18 +381,6 @@ def test_the_write_s_answer_wins_over_a_policy_refusal(
 
 
 # --- replays this environment has seen used up ----------------------------------------
-
-
-def _one_environment(world: World) -> TokenExchange:
-    return TokenExchange(
-        settings=Settings(issuer=ISSUER),
-        sts=world,
-        policies=world,
-        signer=world.signer,
-        instance_certificates=world.certificates,
-        admission=world,
-        background=DeferredExecutor(world.log),
-    )
 
 
 def test_a_replay_of_a_request_this_environment_admitted_costs_nothing(world: World) -> None:
