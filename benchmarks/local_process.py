@@ -19,9 +19,25 @@ from tokex.local.emulator import free_port
 
 TOKEX = shutil.which("tokex", path=str(Path(sys.executable).parent)) or "tokex"
 READY_LINE = "tokex local is running"
-START_TIMEOUT_SECONDS = 120
+START_TIMEOUT_SECONDS = 120  # two shared cores, other suites running beside this one
 STOP_TIMEOUT_SECONDS = 20
 _EXPORT = re.compile(r"export ([A-Z0-9_]+)=(.*)")
+
+
+def load_env_file(path: Path) -> dict[str, str]:
+    """The `export NAME=value` lines of a file `tokex local` wrote to its state dir."""
+    env = {}
+    for line in path.read_text().splitlines():
+        match = _EXPORT.fullmatch(line)
+        if match:
+            env[match[1]] = match[2].strip("'")
+    return env
+
+
+def without_aws_settings() -> dict[str, str]:
+    """This process's environment minus `AWS_*` and `TOKEX_*`: the system provisions its
+    own identities, and a developer's AWS settings stay out."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TOKEX_"))}
 
 
 @dataclass
@@ -38,12 +54,7 @@ class LocalProcess:
 
     def env_file(self, name: str) -> dict[str, str]:
         """The `export NAME=value` lines of a file `tokex local` wrote to its state dir."""
-        env = {}
-        for line in (self.state_dir / name).read_text().splitlines():
-            match = _EXPORT.fullmatch(line)
-            if match:
-                env[match[1]] = match[2].strip("'")
-        return env
+        return load_env_file(self.state_dir / name)
 
     def rss_mib(self) -> float | None:
         """Resident memory of the process and every descendant (None without /proc)."""
@@ -76,15 +87,13 @@ def stop_on_sigint(process: subprocess.Popen[str]) -> int | None:
 def start_tokex_local(state_dir: Path) -> LocalProcess:
     """Start `tokex local` and return once it says it is running."""
     port = free_port()
-    # The system provisions its own identities; a developer's AWS settings stay out.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TOKEX_"))}
     process = subprocess.Popen(
         [TOKEX, "local", "--port", str(port), "--state-dir", str(state_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
-        env=env,
+        env=without_aws_settings(),
     )
     local = LocalProcess(process, f"http://127.0.0.1:{port}", state_dir)
     assert process.stdout is not None

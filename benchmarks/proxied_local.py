@@ -58,13 +58,7 @@ class BenchSystem:
 
     def token_handler(self) -> Any:
         """The exchange function behind the front, as the front calls it."""
-        return self._front_functions()["/token"]
-
-    def _front_functions(self) -> dict[str, Any]:
-        # start_local keeps the front inside its closures; its functions are reachable
-        # through the bound serve_forever method's server.
-        server = self.local.serve_forever.__self__  # type: ignore[attr-defined]
-        return dict(server.functions)
+        return self.local.functions["/token"]
 
     def token_event(self, audience: str = DEMO_AUDIENCE) -> dict[str, Any]:
         """A `POST /token` event with a freshly signed request (each buys one token)."""

@@ -249,9 +249,13 @@ class CoreLayerBundling:
 
     # --- building -------------------------------------------------------------------
 
-    def build_into(self, output_dir: Path) -> None:
-        """Fill `output_dir` (empty or missing) with the layer content, using the cache."""
-        key = self.inputs_hash()
+    def build_into(self, output_dir: Path, *, key: str | None = None) -> None:
+        """Fill `output_dir` (empty or missing) with the layer content, using the cache.
+
+        `key`: the inputs hash when the caller has it already (the asset hash), so the
+        sources are not read and hashed a second time.
+        """
+        key = key or self.inputs_hash()
         cached = self.cache_dir / key
         if not (cached / "python").is_dir():
             self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -391,11 +395,12 @@ def default_cache_dir() -> Path:
 class _LocalBundler:
     """jsii adapter: CDK calls `try_bundle` with the asset's output directory."""
 
-    def __init__(self, bundling: CoreLayerBundling) -> None:
+    def __init__(self, bundling: CoreLayerBundling, key: str) -> None:
         self._bundling = bundling
+        self._key = key
 
     def try_bundle(self, output_dir: str, *args: Any, **options: Any) -> bool:
-        self._bundling.build_into(Path(output_dir))
+        self._bundling.build_into(Path(output_dir), key=self._key)
         return True
 
 
@@ -424,10 +429,9 @@ def core_layer_code(*, project_root: Path, python_version: str) -> lambda_.Code:
     bundling = CoreLayerBundling(project_root=project_root, python_version=python_version)
     if bundling.compiler is None:
         report_no_compiler(python_version)
+    key = bundling.inputs_hash()
     return locally_bundled_code(
-        placeholder=bundling.package_dir,
-        asset_hash=bundling.inputs_hash(),
-        bundler=_LocalBundler(bundling),
+        placeholder=bundling.package_dir, asset_hash=key, bundler=_LocalBundler(bundling, key)
     )
 
 

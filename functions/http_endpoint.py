@@ -85,14 +85,20 @@ class HttpEndpoint:
         """A JSON answer that no cache keeps (RFC 6749 §5.1)."""
         return Response(status, "application/json", json_text(body), no_store(headers))
 
-    def refused(self, err: TokexError, fields: AuditFields, started: float) -> Response:
+    def refused(
+        self,
+        err: TokexError,
+        fields: AuditFields,
+        started: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
         """The audit line and the error answer of a request the contract refuses."""
         outcome = "unavailable" if isinstance(err, TemporarilyUnavailable) else "refused"
         self.audit(outcome, fields, started, error=err.error, reason=err.reason)
-        return self.error_response(err)
+        return self.error_response(err, headers)
 
-    def error_response(self, err: TokexError) -> Response:
-        return self.json(err.status, err.body(), err.headers())
+    def error_response(self, err: TokexError, headers: Mapping[str, str] | None = None) -> Response:
+        return self.json(err.status, err.body(), {**err.headers(), **(headers or {})})
 
     def audit(self, outcome: str, fields: AuditFields, started: float, **extra: str) -> None:
         """One structured audit line per request, and the requests-by-outcome metric."""
@@ -113,10 +119,7 @@ class HttpEndpoint:
 
     def _wrong_method(self) -> Response:
         err = MethodNotAllowed(f"use POST for the {self.what} endpoint", reason="method")
-        self.audit(
-            "refused", self.idle_fields, time.perf_counter(), error=err.error, reason=err.reason
-        )
-        return self.json(err.status, err.body(), {**err.headers(), "Allow": "POST"})
+        return self.refused(err, self.idle_fields, time.perf_counter(), {"Allow": "POST"})
 
     def _not_found(self, _: Exception) -> Response:
         return self.json(404, NOT_FOUND)

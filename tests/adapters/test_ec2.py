@@ -16,12 +16,12 @@ from botocore.exceptions import EndpointConnectionError
 from botocore.stub import Stubber
 from moto import mock_aws
 
+from tokex import identifiers
 from tokex.adapters import ec2 as ec2_tags
 from tokex.adapters.ec2 import (
     AssumedCredentials,
     InstanceTagLookup,
     default_ec2_client_factory,
-    partition_for_region,
 )
 from tokex.errors import ConfigurationError, InvalidGrant, TemporarilyUnavailable
 from tokex.evidence.identity import InstanceIdentity
@@ -201,9 +201,9 @@ def test_assumed_credentials_are_reused_until_shortly_before_expiry(aws, lookup,
 
 
 def test_partition_follows_the_region():
-    assert partition_for_region("eu-west-1") == "aws"
-    assert partition_for_region("cn-north-1") == "aws-cn"
-    assert partition_for_region("us-gov-west-1") == "aws-us-gov"
+    assert identifiers.partition_of_region("eu-west-1") == "aws"
+    assert identifiers.partition_of_region("cn-north-1") == "aws-cn"
+    assert identifiers.partition_of_region("us-gov-west-1") == "aws-us-gov"
     lookup = InstanceTagLookup(object(), role_name="path/reader")
     assert (
         lookup.role_arn(ACCOUNT, "cn-northwest-1") == f"arn:aws-cn:iam::{ACCOUNT}:role/path/reader"

@@ -4,11 +4,7 @@ kept, so that tests can look for tracebacks in it."""
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,22 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.local_process import stop_on_sigint
+# The same subprocess helpers the benchmarks use (benchmarks never import tests/).
+from benchmarks.local_process import (
+    READY_LINE,
+    START_TIMEOUT_SECONDS,
+    TOKEX,
+    load_env_file,
+    stop_on_sigint,
+    without_aws_settings,
+)
 from tokex.local.emulator import free_port
 
-TOKEX = shutil.which("tokex", path=str(Path(sys.executable).parent)) or "tokex"
-READY_LINE = "tokex local is running"
-START_TIMEOUT_SECONDS = 120  # two shared cores, other suites running beside this one
-
-
-def load_env_file(path: Path) -> dict[str, str]:
-    """The `export NAME=value` lines of a file `tokex local` wrote."""
-    env = {}
-    for line in path.read_text().splitlines():
-        match = re.fullmatch(r"export ([A-Z0-9_]+)=(.*)", line)
-        if match:
-            env[match[1]] = match[2].strip("'")
-    return env
+__all__ = ["TOKEX", "RunningLocal", "load_env_file", "run_token", "start_tokex_local"]
 
 
 @dataclass
@@ -100,7 +92,7 @@ def run_token(
     state_dir: Path, *args: str, extra_env: dict[str, str] | None = None, tokex: str = TOKEX
 ) -> subprocess.CompletedProcess[str]:
     """`tokex token ARGS` as the demo workload of the `tokex local` behind `state_dir`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TOKEX_"))}
+    env = without_aws_settings()
     env.update(load_env_file(state_dir / "workload.env"))
     env.update(extra_env or {})
     return subprocess.run(

@@ -25,7 +25,6 @@ from moto import mock_aws
 
 from tests.system.endpoints import assert_refused, exchange, sign, verify
 from tokex.adapters.policy_table import PolicyStore
-from tokex.cli.deployment import policy_table_from_stack
 from tokex.cli.main import main
 from tokex.client.imds import encode_instance_evidence
 from tokex.local.emulator import SubprocessMotoServer
@@ -335,7 +334,6 @@ def in_process_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def test_stack_output_names_the_table(in_process_aws, capsys, tmp_path) -> None:
-    assert policy_table_from_stack(in_process_aws, "tokex") == "tokex-stack-policies"
     where = ["--stack", "tokex", "--region", "us-east-1"]
     assert main(["policy", "put", write(tmp_path / "p.json", CLI_POLICY), *where]) == 0
     assert main(["policy", "list", "--json", *where]) == 0

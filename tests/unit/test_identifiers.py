@@ -24,7 +24,7 @@ from cdk import config as cdk_config
 from cdk import signing_key as cdk_signing_key
 from cdk.config import ConfigError, TokexConfig
 from tokex import identifiers, introspection, kong
-from tokex.adapters import ec2, kms
+from tokex.adapters import kms
 from tokex.adapters.ec2 import InstanceTagLookup
 from tokex.adapters.sts import _caller_identity
 from tokex.cli.errors import UsageError
@@ -393,7 +393,6 @@ def test_region_rule_is_the_same_everywhere(
 )
 def test_partition_of_region(region: str, partition: str | None) -> None:
     assert identifiers.partition_of_region(region) == partition
-    assert ec2.partition_for_region(region) == partition
 
 
 def test_every_sts_region_is_a_region_of_its_partition() -> None:

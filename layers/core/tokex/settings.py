@@ -30,8 +30,6 @@ MAX_POLICY_CACHE_SECONDS = 60
 DEFAULT_DEADLINE_SECONDS = 6.0
 MIN_DEADLINE_SECONDS = 0.5
 MAX_DEADLINE_SECONDS = 9.0
-# The partitions tokex serves (identifiers.py); the old name stays for importers.
-KNOWN_PARTITIONS = identifiers.PARTITIONS
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 

@@ -88,10 +88,6 @@ class AssumedCredentials:
 Ec2ClientFactory = Callable[[str, AssumedCredentials], Any]
 
 
-# The served partition of a region, None for any other (identifiers.py).
-partition_for_region = identifiers.partition_of_region
-
-
 def default_ec2_client_factory() -> Ec2ClientFactory:
     """EC2 clients from one shared boto3 session, with explicit credentials.
 
@@ -148,7 +144,7 @@ class InstanceTagLookup:
         sts_client: Any,
         *,
         role_name: str,
-        partition_of: Callable[[str], str | None] = partition_for_region,
+        partition_of: Callable[[str], str | None] = identifiers.partition_of_region,
         ttl_seconds: float = MAX_TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         ec2_client_factory: Ec2ClientFactory | None = None,

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from botocore import xform_name
+
 from tokex.adapters import errors
 from tokex.errors import TemporarilyUnavailable
 from tokex.policy.model import (
@@ -130,20 +132,12 @@ class PolicyStore:
             request["ExclusiveStartKey"] = last_key
 
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        method = getattr(self._client, _SNAKE[operation])
+        method = getattr(self._client, xform_name(operation))
         try:
             response: dict[str, Any] = method(**kwargs)
         except errors.SDK_ERRORS as exc:  # an error answer, unreachable, timeouts, credentials
             raise errors.unavailable(_UNAVAILABLE, "dynamodb", operation, exc) from None
         return response
-
-
-_SNAKE = {
-    "PutItem": "put_item",
-    "GetItem": "get_item",
-    "DeleteItem": "delete_item",
-    "Scan": "scan",
-}
 
 
 def create_table(dynamodb_client: Any, table_name: str) -> None:

@@ -134,11 +134,10 @@ def _reason(detail: str) -> str:
 
 
 def _unreachable(exc: Exception) -> TemporarilyUnavailable:
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError
-        return TemporarilyUnavailable(
-            "STS could not be reached; retry later", reason=_reason("unreachable")
-        )
-    if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
+    # NewConnectionError is a ConnectTimeoutError (a urllib3 TimeoutError) that is no timeout.
+    if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError) and not isinstance(
+        exc, urllib3.exceptions.NewConnectionError
+    ):
         return TemporarilyUnavailable(
             "STS did not answer in time; retry later", reason=_reason("timeout")
         )

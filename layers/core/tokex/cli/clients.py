@@ -22,15 +22,9 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from tokex.cli.deployment import check_deployment
 from tokex.cli.errors import NOT_FOUND, CommandError, UsageError
 from tokex.cli.request_arguments import check_audience
-from tokex.cli.state_table import (
-    STATE_TABLE_OUTPUT,
-    resolve_state_table,
-    state_table_parent,
-    store_error,
-)
+from tokex.cli.state_table import resolve_state_table, state_table_parent, store_error
 
 
 def register(subparsers: Any) -> None:
@@ -130,7 +124,6 @@ def run_add(args: argparse.Namespace) -> int:
             input=args.name,
         )
     audiences = checked_audiences(args)
-    check_deployment(args, STATE_TABLE_OUTPUT)
     store = ClientStore(*resolve_state_table(args))
     try:
         client, secret = store.add(args.name, audiences)
@@ -157,7 +150,6 @@ def run_update(args: argparse.Namespace) -> int:
 
     check_client_id(args.client_id)
     audiences = checked_audiences(args)
-    check_deployment(args, STATE_TABLE_OUTPUT)
     try:
         client = ClientStore(*resolve_state_table(args)).update(args.client_id, audiences)
     except TemporarilyUnavailable as exc:

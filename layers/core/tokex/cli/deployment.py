@@ -2,14 +2,15 @@
 
 The table comes from `--table NAME`, or from `--stack NAME`: the `PolicyTableName` output
 of the CloudFormation stack that `cdk deploy` created (cdk/tokex_stack.py). Other commands
-read other outputs the same way (`stack_output(..., output="StateTableName")`).
+read other outputs the same way (`resolve_deployment(args, output="StateTableName")`).
 Credentials come from the default AWS credential chain, as for the AWS CLI.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from tokex.cli.errors import (
@@ -21,6 +22,7 @@ from tokex.cli.errors import (
 )
 from tokex.cli.inputs import require_http_url
 from tokex.cli.region import resolve_region
+from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS
 
 # cdk/tokex_stack.py names its outputs; this one is the policy table.
 POLICY_TABLE_OUTPUT = "PolicyTableName"
@@ -32,6 +34,8 @@ class Deployment:
     region: str | None = None
     endpoint_url: str | None = None
     stack: str | None = None
+    # The --stack's DescribeStacks answer, read once for every output a command needs.
+    described: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def client(self, service: str) -> Any:
         return aws_client(service, self.region, self.endpoint_url)
@@ -40,6 +44,10 @@ class Deployment:
     def flag(self) -> str:
         """The flag that named this deployment, for errors that concern it."""
         return "--stack" if self.stack else "--table"
+
+    def stack_output(self, output: str) -> str:
+        """Another output of the --stack (a CommandError if it has none)."""
+        return _output(self.described, str(self.stack), output)
 
 
 def add_deployment_arguments(
@@ -88,19 +96,22 @@ def resolve_deployment(args: argparse.Namespace, output: str = POLICY_TABLE_OUTP
     if args.table:
         return Deployment(args.table, region, args.endpoint_url)
     cloudformation = aws_client("cloudformation", region, args.endpoint_url)
-    table = stack_output(cloudformation, args.stack, output=output)
-    return Deployment(table, region, args.endpoint_url, stack=args.stack)
+    stack = describe_stack(cloudformation, args.stack)
+    table = _output(stack, args.stack, output)
+    return Deployment(table, region, args.endpoint_url, stack=args.stack, described=stack)
 
 
-def policy_table_from_stack(
-    cloudformation: Any, stack_name: str, output: str = POLICY_TABLE_OUTPUT
-) -> str:
-    """The `PolicyTableName` output of a stack (or the one named by `output`)."""
-    return stack_output(cloudformation, stack_name, output=output)
+def check_ttl_seconds(value: int, flag: str) -> None:
+    """A TTL flag (--ttl-cap, --default-ttl) in the range every deployment accepts."""
+    if not MIN_TTL_SECONDS <= value <= MAX_TTL_CAP_SECONDS:
+        raise UsageError(
+            f"{flag} {value}: must be {MIN_TTL_SECONDS}..{MAX_TTL_CAP_SECONDS} seconds",
+            input=flag,
+        )
 
 
-def stack_output(cloudformation: Any, stack_name: str, output: str = POLICY_TABLE_OUTPUT) -> str:
-    """One output of a tokex stack (DescribeStacks); a CommandError that says why not."""
+def describe_stack(cloudformation: Any, stack_name: str) -> Mapping[str, Any]:
+    """A tokex stack (DescribeStacks); a CommandError that says why not."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -126,10 +137,14 @@ def stack_output(cloudformation: Any, stack_name: str, output: str = POLICY_TABL
             error=AWS_ERROR,
             input="--stack",
         ) from None
-    outputs = {o.get("OutputKey"): o.get("OutputValue") for o in stacks[0].get("Outputs", [])}
+    return dict(stacks[0])
+
+
+def _output(stack: Mapping[str, Any], stack_name: str, output: str) -> str:
+    outputs = {o.get("OutputKey"): o.get("OutputValue") for o in stack.get("Outputs", [])}
     value = outputs.get(output)
     if not value:
-        status = stacks[0].get("StackStatus", "unknown status")
+        status = stack.get("StackStatus", "unknown status")
         raise CommandError(
             f"stack {stack_name!r} ({status}) has no {output} output: is it a tokex stack "
             "of this version, and has it finished deploying?",

@@ -18,14 +18,15 @@ from tokex.cli.deployment import (
     Deployment,
     add_deployment_arguments,
     check_deployment,
+    check_ttl_seconds,
     resolve_deployment,
 )
-from tokex.cli.errors import INVALID_INPUT, NOT_FOUND, CommandError, UsageError
+from tokex.cli.errors import INVALID_INPUT, NOT_FOUND, CommandError
 from tokex.cli.inputs import require_file
 from tokex.cli.policy_document import load_policy_file
 from tokex.cli.policy_explain import add_explain_arguments, explain_command
 from tokex.cli.policy_table import policy_table
-from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS, Policy, PolicyValidationError
+from tokex.policy.model import Policy, PolicyValidationError
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
 
 
@@ -95,7 +96,7 @@ def _ttl_cap_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    _check_ttl_cap(args.ttl_cap)
+    check_ttl_seconds(args.ttl_cap, "--ttl-cap")
     require_file(args.file, label="policy document", stdin=True)
     policy = load_policy_file(args.file, ttl_cap=args.ttl_cap)
     warnings = policy_warnings(policy)
@@ -110,7 +111,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_put(args: argparse.Namespace) -> int:
-    _check_ttl_cap(args.ttl_cap)
+    check_ttl_seconds(args.ttl_cap, "--ttl-cap")
     require_file(args.file, label="policy document", stdin=True)
     check_deployment(args)
     policy = load_policy_file(args.file, ttl_cap=args.ttl_cap)
@@ -198,14 +199,6 @@ def policy_warnings(policy: Policy) -> list[str]:
     if not policy.enabled:
         warnings.append("enabled is false: the exchange ignores this policy")
     return warnings
-
-
-def _check_ttl_cap(ttl_cap: int) -> None:
-    if not MIN_TTL_SECONDS <= ttl_cap <= MAX_TTL_CAP_SECONDS:
-        raise UsageError(
-            f"--ttl-cap {ttl_cap}: must be {MIN_TTL_SECONDS}..{MAX_TTL_CAP_SECONDS} seconds",
-            input="--ttl-cap",
-        )
 
 
 def _warn(warnings: list[str]) -> None:

@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tokex.cli.deployment import aws_client, check_deployment, resolve_deployment, stack_output
+from tokex.cli.deployment import Deployment, check_ttl_seconds, resolve_deployment
 from tokex.cli.errors import INVALID_INPUT, USAGE, CommandError, UsageError
 from tokex.cli.inputs import read_text, require_file
 from tokex.cli.policy_document import load_policy_file
@@ -26,7 +26,7 @@ from tokex.cli.request_arguments import check_audience, requested_scopes
 from tokex.errors import InvalidGrant, InvalidRequest, TokexError
 from tokex.evidence.identity import CallerIdentity, InstanceIdentity
 from tokex.policy.globs import principal_matches
-from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS, Policy
+from tokex.policy.model import Policy
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS, DEFAULT_TTL_SECONDS
 
 if TYPE_CHECKING:
@@ -92,25 +92,22 @@ def explain_command(args: argparse.Namespace) -> int:
 
     # The command line first (exit 2), before any file is read or AWS is called.
     for name, value in (("--default-ttl", args.default_ttl), ("--ttl-cap", args.ttl_cap)):
-        if value is not None and not MIN_TTL_SECONDS <= value <= MAX_TTL_CAP_SECONDS:
-            raise UsageError(
-                f"{name} {value}: must be {MIN_TTL_SECONDS}..{MAX_TTL_CAP_SECONDS} seconds",
-                input=name,
-            )
+        if value is not None:
+            check_ttl_seconds(value, name)
     check_audience(args.audience)
     scopes = requested_scopes(args.scope)
     caller, notes = caller_from_principal(args.principal, args.account, args.principal_id)
     tags = _tags(args.instance_tag)
     _check_files(args)
-    if not args.policy_file:
-        check_deployment(args)
-    _ttls_from_stack(args)
+    # One DescribeStacks with --stack, for the table and the TTLs.
+    deployment = None if args.policy_file else resolve_deployment(args)
+    _ttls_from_stack(args, deployment)
     if args.default_ttl > args.ttl_cap:
         raise UsageError(
             f"--default-ttl {args.default_ttl} exceeds the TTL cap {args.ttl_cap} (--ttl-cap)",
             input="--default-ttl",
         )
-    policies, source, invalid = _policies(args)
+    policies, source, invalid = _policies(args, deployment)
     if args.principal_id is None and any(
         p.principal_ids and any(principal_matches(g, caller.principal_arn) for g in p.principals)
         for p in policies
@@ -240,7 +237,7 @@ def _instance(
     return bound
 
 
-def _ttls_from_stack(args: argparse.Namespace) -> None:
+def _ttls_from_stack(args: argparse.Namespace, deployment: Deployment | None) -> None:
     """TTLs not given on the command line: the stack's outputs (what its exchange uses),
     else the defaults of a deployment that sets none."""
     outputs = {"default_ttl": "DefaultTtlSeconds", "ttl_cap": "TtlCapSeconds"}
@@ -249,10 +246,8 @@ def _ttls_from_stack(args: argparse.Namespace) -> None:
         if getattr(args, attribute) is not None:
             continue
         value = fallback[attribute]
-        if args.stack and not args.policy_file:
-            region = check_deployment(args)
-            cloudformation = aws_client("cloudformation", region, args.endpoint_url)
-            text = stack_output(cloudformation, args.stack, output=output)
+        if deployment is not None and deployment.stack:
+            text = deployment.stack_output(output)
             if not text.isdigit():
                 raise CommandError(
                     f"stack output {output} is not a number of seconds",
@@ -263,9 +258,11 @@ def _ttls_from_stack(args: argparse.Namespace) -> None:
         setattr(args, attribute, value)
 
 
-def _policies(args: argparse.Namespace) -> tuple[list[Policy], str, list[str]]:
+def _policies(
+    args: argparse.Namespace, deployment: Deployment | None
+) -> tuple[list[Policy], str, list[str]]:
     """(policies, where they came from, ids of stored documents the exchange skips)."""
-    if args.policy_file:
+    if deployment is None:
         policies = [load_policy_file(path, ttl_cap=args.ttl_cap) for path in args.policy_file]
         ids = [p.id for p in policies]
         if len(set(ids)) != len(ids):
@@ -276,7 +273,6 @@ def _policies(args: argparse.Namespace) -> tuple[list[Policy], str, list[str]]:
                 input="--policy-file",
             )
         return policies, f"{len(policies)} file(s)", []
-    deployment = resolve_deployment(args)
     with policy_table(deployment) as store:
         policies, invalid = store.load_all()
     return policies, f"table {deployment.table}", invalid

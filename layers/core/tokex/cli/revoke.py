@@ -19,22 +19,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tokex import identifiers
-from tokex.cli.deployment import check_deployment
+from tokex.cli.deployment import check_ttl_seconds
 from tokex.cli.errors import UsageError
-from tokex.cli.state_table import (
-    STATE_TABLE_OUTPUT,
-    resolve_state_table,
-    state_table_parent,
-    store_error,
-)
+from tokex.cli.state_table import resolve_state_table, state_table_parent, store_error
 
-# Tokens name the canonical principal in `sub`: a role or an IAM user
-# (docs/contract.md "The access token (RFC 9068 profile)").
-PRINCIPAL_ARN = identifiers.PRINCIPAL_ARN
+# The longest lifetime any deployment allows: a record kept this long outlives every token
+# it can match, whatever the deployment's own cap.
+from tokex.policy.model import MAX_TTL_CAP_SECONDS
+
 JTI = re.compile(r"[\x21-\x7e]{1,256}")
-# The longest lifetime any deployment allows (settings.py): a record kept this long
-# outlives every token it can match, whatever the deployment's own cap.
-MAX_TTL_CAP_SECONDS = 43200
 
 
 def register(subparsers: Any) -> None:
@@ -67,11 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from tokex.adapters.state_table.revocations import RevocationStore
     from tokex.errors import TemporarilyUnavailable
 
-    if not 60 <= args.ttl_cap <= MAX_TTL_CAP_SECONDS:
-        raise UsageError(
-            f"--ttl-cap {args.ttl_cap}: must be 60..{MAX_TTL_CAP_SECONDS} seconds",
-            input="--ttl-cap",
-        )
+    check_ttl_seconds(args.ttl_cap, "--ttl-cap")
     if args.principal is not None:
         _check_principal(args.principal)
     elif not JTI.fullmatch(args.jti):
@@ -79,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
             "--jti: must be 1-256 printable ASCII characters (the token's jti claim)",
             input="--jti",
         )
-    check_deployment(args, STATE_TABLE_OUTPUT)
     dynamodb, table = resolve_state_table(args)
     store = RevocationStore(dynamodb, table, ttl_cap_seconds=args.ttl_cap)
     try:
@@ -108,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_principal(arn: str) -> None:
-    if PRINCIPAL_ARN.fullmatch(arn):
+    # Tokens name the canonical principal in `sub`: a role or an IAM user
+    # (docs/contract.md "The access token (RFC 9068 profile)").
+    if identifiers.PRINCIPAL_ARN.fullmatch(arn):
         head, _, name = arn.partition(":role/")
         if name and "/" in name:
             # Tokens name roles without their path (STS never reveals it): a pathed ARN

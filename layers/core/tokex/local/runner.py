@@ -6,7 +6,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokex.adapters.state_table.introspection_clients import ClientStore
@@ -15,6 +15,7 @@ from tokex.local.emulator import MotoServer, ThreadMotoServer
 from tokex.local.front import (
     HANDLER_LOCK,
     FrontServer,
+    LambdaHandler,
     PortUnavailable,
     bind_front,
     s3_documents,
@@ -43,6 +44,8 @@ class LocalSystem:
     # The demo introspection client (what a gateway would be given) and its env file.
     introspection_client: tuple[str, str] = ("", "")
     introspection_env: Path | None = None
+    # The front's functions by path, as it calls them (benchmarks call them directly).
+    functions: Mapping[str, LambdaHandler] = field(default_factory=dict)
 
     def handler_env(self, **overrides: str) -> dict[str, str]:
         """What the local handlers read at cold start: the deployment's settings plus the
@@ -117,6 +120,7 @@ def start_local(
         server.serve_forever,
         introspection_client=client,
         introspection_env=introspection_env,
+        functions=server.functions,
     )
 
 

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from botocore import xform_name
 from botocore.exceptions import ClientError
 
 from tokex import deadline
@@ -236,13 +237,8 @@ class DynamoDbAdmission:
         return True
 
     def _call(self, operation: str, **request: Any) -> None:
-        method = {
-            "PutItem": self._dynamodb.put_item,
-            "UpdateItem": self._dynamodb.update_item,
-            "TransactWriteItems": self._dynamodb.transact_write_items,
-        }[operation]
         try:
-            method(**request)
+            getattr(self._dynamodb, xform_name(operation))(**request)
         except errors.SDK_ERRORS as exc:
             if isinstance(exc, ClientError):
                 raise  # the callers read its code (a failed condition, a cancellation)

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from botocore import xform_name
+
 from tokex.adapters import errors
 from tokex.adapters.state_table import schema
 from tokex.errors import TemporarilyUnavailable
@@ -183,22 +185,13 @@ class ClientStore:
 
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            response: dict[str, Any] = getattr(self._dynamodb, _SNAKE[operation])(**kwargs)
+            response: dict[str, Any] = getattr(self._dynamodb, xform_name(operation))(**kwargs)
         except errors.SDK_ERRORS as exc:
             failed = errors.unavailable(_UNAVAILABLE, "dynamodb", operation, exc)
             if errors.is_client_error(exc, "ConditionalCheckFailedException"):
                 raise _ConditionFailed(failed.description, reason=failed.reason) from None
             raise failed from None
         return response
-
-
-_SNAKE = {
-    "PutItem": "put_item",
-    "GetItem": "get_item",
-    "UpdateItem": "update_item",
-    "DeleteItem": "delete_item",
-    "Scan": "scan",
-}
 
 
 def _client(item: dict[str, Any]) -> IntrospectionClient:
