@@ -37,7 +37,7 @@ PROFILES = {
         calls_exchanges=50,
         latency_samples=60,
         end_to_end_samples=60,
-        cpu_samples=100,
+        cpu_samples=300,
         cold_runs=7,
     ),
     "small": Profile(
@@ -55,8 +55,14 @@ def cold_start_figures(system: BenchSystem, runs: int) -> list[Figure]:
     system.proxy.set_delay(0)
     env = {**os.environ, **system.local.handler_env()}
     cold = cold_start_with_first_invocation(env, system.token_event, runs)
+    # The stack's `tracing` "sdk": the Powertools tracer loads the X-Ray SDK at cold start.
+    sdk_env = {**env, "POWERTOOLS_TRACE_DISABLED": "false"}
+    traced = cold_start_with_first_invocation(sdk_env, system.token_event, runs)
     return [
         reported("cold start: handler import + first invocation", cold.handler_s * 1000, "ms"),
+        reported(
+            'cold start: the same with tracing "sdk" (X-Ray SDK)', traced.handler_s * 1000, "ms"
+        ),
         reported("cold start: its dependencies' import", cold.dependencies_s * 1000, "ms"),
         at_most(
             "cold start / dependencies", ratio(cold.handler_s, cold.dependencies_s), "ratio", 1.15

@@ -30,6 +30,10 @@ _WEB_ACL_ARN = re.compile(
     rf"{_ARN_HEAD}:wafv2:us-east-1:{_ACCOUNT}:global/webacl/[\w-]+/[0-9a-f-]{{36}}"
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# X-Ray: "lambda" = Lambda's own segments of each invocation (Active tracing, no tracer
+# in the function); "sdk" adds the Powertools tracer's subsegments (the handler, each AWS
+# call) for about 100 ms more per cold start (docs/performance.md); "off" = no X-Ray.
+TRACING_MODES = ("lambda", "sdk", "off")
 # A KMS key ARN (not an alias: IAM grants on a key need its key ARN); multi-Region keys
 # have `mrk-` ids.
 _KMS_KEY_ARN = re.compile(
@@ -62,6 +66,7 @@ class TokexConfig:
     throttle_rate_limit: int = 50
     throttle_burst_limit: int = 100
     log_level: str = "INFO"
+    tracing: str = "lambda"
     # A WAF web ACL (scope CLOUDFRONT, created in us-east-1) to attach to the distribution.
     web_acl_arn: str | None = None
     # Changes on every synth unless pinned, so the JWKS publisher runs on every deploy.
@@ -108,6 +113,8 @@ class TokexConfig:
             raise ConfigError("webAclArn must be a WAFv2 global (CLOUDFRONT) web ACL ARN")
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(f"logLevel must be one of {', '.join(_LOG_LEVELS)}")
+        if self.tracing not in TRACING_MODES:
+            raise ConfigError(f"tracing must be one of {', '.join(TRACING_MODES)}")
         for arn in self.published_key_arns:
             if not _KMS_KEY_ARN.fullmatch(arn):
                 raise ConfigError(f"publishedKeyArns: {arn!r} is not a KMS key ARN")
@@ -207,6 +214,7 @@ class TokexConfig:
             "throttle_rate_limit": integer("throttleRateLimit"),
             "throttle_burst_limit": integer("throttleBurstLimit"),
             "log_level": text("logLevel"),
+            "tracing": text("tracing"),
             "deploy_nonce": text("deployNonce"),
             "web_acl_arn": text("webAclArn"),
             "published_key_arns": strings("publishedKeyArns"),

@@ -117,6 +117,7 @@ class TokexFunction(Construct):
         environment: Mapping[str, str],
         timeout: Duration,
         log_retention: logs.RetentionDays,
+        tracing: str,
     ) -> None:
         super().__init__(scope, construct_id)
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention)
@@ -139,9 +140,13 @@ class TokexFunction(Construct):
             role=self.role,
             memory_size=512,
             timeout=timeout,
-            tracing=lambda_.Tracing.ACTIVE,
+            tracing=lambda_.Tracing.DISABLED if tracing == "off" else lambda_.Tracing.ACTIVE,
             log_group=self.log_group,
-            environment=dict(environment),
+            environment={
+                **environment,
+                # The tracer in the function (tokex_functions/tracing.py) only for "sdk".
+                "POWERTOOLS_TRACE_DISABLED": "false" if tracing == "sdk" else "true",
+            },
         )
 
 

@@ -149,6 +149,7 @@ class TokexStack(Stack):
             environment=exchange_env,
             timeout=Duration.seconds(10),
             log_retention=LOG_RETENTION,
+            tracing=config.tracing,
         )
         self.introspect = TokexFunction(
             self,
@@ -165,6 +166,7 @@ class TokexStack(Stack):
             },
             timeout=Duration.seconds(10),
             log_retention=LOG_RETENTION,
+            tracing=config.tracing,
         )
         self.publisher = TokexFunction(
             self,
@@ -181,6 +183,7 @@ class TokexStack(Stack):
             },
             timeout=Duration.seconds(30),
             log_retention=LOG_RETENTION,
+            tracing=config.tracing,
         )
 
         self.policy_table.allow_read(self.exchange.role)

@@ -1,6 +1,6 @@
 """The HTTP plumbing that /token and /introspect share: the Powertools resolver, logger,
-metrics and tracer, the origin gate, the audit line, JSON responses, and the answers that
-do not depend on the endpoint (wrong method, no such path, a crash).
+metrics and tracer (tracing.py), the origin gate, the audit line, JSON responses, and the
+answers that do not depend on the endpoint (wrong method, no such path, a crash).
 
 A handler builds one `HttpEndpoint` at cold start, registers its POST route with
 `endpoint.post`, and exports `endpoint.lambda_handler`; its route reads the request
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -23,6 +23,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from tokex.edge import NotThroughIssuer, OriginGate
 from tokex.errors import MethodNotAllowed, TemporarilyUnavailable, TokexError
 from tokex.http_api import NOT_FOUND, event_body, event_response, json_text, no_store
+from tokex_functions.tracing import FunctionTracer
 
 # Every method API Gateway forwards besides POST: answered 405 with `Allow: POST`.
 WRONG_METHODS = ["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -55,7 +56,7 @@ class HttpEndpoint:
         self.idle_fields = dict(idle_fields)
         self.logger = Logger()
         self.metrics = Metrics()
-        self.tracer = Tracer()
+        self.tracer = FunctionTracer()
         self.app = APIGatewayHttpResolver()
         self.origin_gate = OriginGate.from_env()
         self.app.route(path, method=WRONG_METHODS)(self._wrong_method)

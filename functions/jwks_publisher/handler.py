@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tokex.settings import Settings
 from tokex.wiring import build_issuer_publisher
+from tokex_functions.tracing import FunctionTracer
 
 logger = Logger()
-tracer = Tracer()
+tracer = FunctionTracer()
 
 settings = Settings.from_env()
 publish_issuer_documents = build_issuer_publisher(settings)

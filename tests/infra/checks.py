@@ -279,6 +279,7 @@ def check_introspection_wiring(
     env = dict(_env(template, "Introspect/Function"))
     assert split_ids(env.pop("TOKEX_PUBLISHED_KEY_IDS")) == published
     assert env.pop(ORIGIN_SECRET_ENV)  # its value: check_one_door
+    assert env.pop("POWERTOOLS_TRACE_DISABLED")  # its value: check_functions
     assert env == {
         "TOKEX_ISSUER": issuer,
         "TOKEX_SIGNING_KEY_ID": key_arn(template, active),
@@ -422,8 +423,7 @@ def check_exchange_permissions(
     expected = {
         _grant("logs:CreateLogStream", logs),
         _grant("logs:PutLogEvents", logs),
-        _grant("xray:PutTraceSegments", "*"),
-        _grant("xray:PutTelemetryRecords", "*"),
+        *_xray_grants(template, "Exchange"),
         _grant("kms:Sign", key, sign_condition),
         _grant("kms:GetPublicKey", key),
         _grant("dynamodb:GetItem", table),
@@ -452,8 +452,7 @@ def check_introspect_permissions(
     expected = {
         _grant("logs:CreateLogStream", logs),
         _grant("logs:PutLogEvents", logs),
-        _grant("xray:PutTraceSegments", "*"),
-        _grant("xray:PutTelemetryRecords", "*"),
+        *_xray_grants(template, "Introspect"),
         *(_grant("kms:GetPublicKey", key_arn(template, slot)) for slot in slots),
         *(_grant("kms:GetPublicKey", arn) for arn in published_keys),
         _grant("dynamodb:GetItem", state),
@@ -477,8 +476,7 @@ def check_publisher_permissions(
     expected = {
         _grant("logs:CreateLogStream", logs),
         _grant("logs:PutLogEvents", logs),
-        _grant("xray:PutTraceSegments", "*"),
-        _grant("xray:PutTelemetryRecords", "*"),
+        *_xray_grants(template, "JwksPublisher"),
         *(_grant("kms:DescribeKey", key_arn(template, slot)) for slot in slots),
         *(_grant("kms:GetPublicKey", key_arn(template, slot)) for slot in slots),
         *(_grant("kms:GetPublicKey", arn) for arn in published_keys),
@@ -491,6 +489,14 @@ def check_publisher_permissions(
     )
     assert not any(action == "kms:Sign" for action, _, _ in actual)
     _check_lambda_trust(template, "JwksPublisher/Role")
+
+
+def _xray_grants(template: Template, function: str) -> set[tuple[str, str, str]]:
+    """X-Ray's two actions when the function is traced (check_functions pins whether it
+    is), none when tracing is off."""
+    if "TracingConfig" not in resource(template, f"{function}/Function")["Properties"]:
+        return set()
+    return {_grant("xray:PutTraceSegments", "*"), _grant("xray:PutTelemetryRecords", "*")}
 
 
 def _check_lambda_trust(template: Template, role_path: str) -> None:
@@ -671,14 +677,19 @@ FUNCTION_PACKAGES = {
 
 
 @check
-def check_functions(template: Template) -> None:
-    """Current Python runtime on arm64, X-Ray active, own log group with retention, layer."""
+def check_functions(template: Template, tracing: str = "lambda") -> None:
+    """Current Python runtime on arm64, X-Ray as `tracing` says (default "lambda":
+    Lambda's own segments, no tracer in the function), own log group with retention,
+    layer."""
     layer = ref(template, "CoreLayer/Layer")
     for name, timeout in (("Exchange", 10), ("Introspect", 10), ("JwksPublisher", 30)):
         props = resource(template, f"{name}/Function")["Properties"]
         assert props["Runtime"] == RUNTIME
         assert props["Architectures"] == ["arm64"]
-        assert props["TracingConfig"] == {"Mode": "Active"}
+        if tracing == "off":
+            assert "TracingConfig" not in props
+        else:
+            assert props["TracingConfig"] == {"Mode": "Active"}
         assert props["MemorySize"] == 512
         assert props["Timeout"] == timeout
         assert (
@@ -693,6 +704,7 @@ def check_functions(template: Template) -> None:
         assert env["POWERTOOLS_METRICS_NAMESPACE"] == "tokex"
         assert env["POWERTOOLS_LOGGER_LOG_EVENT"] == "false"
         assert env["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false"
+        assert env["POWERTOOLS_TRACE_DISABLED"] == ("false" if tracing == "sdk" else "true")
     template.has_resource_properties(
         "AWS::Lambda::LayerVersion",
         {"CompatibleArchitectures": ["arm64"], "CompatibleRuntimes": [RUNTIME]},

@@ -49,6 +49,7 @@ ALTERNATE_CONTEXT: dict[str, Any] = {
     "stsRegions": "eu-west-1,us-east-1",
     "throttleRateLimit": 20,
     "throttleBurstLimit": 40,
+    "tracing": "sdk",
     "publishedKeyArns": (
         "arn:aws:kms:eu-west-1:123456789012:key/abcdef01-2345-6789-abcd-ef0123456789"
     ),
@@ -61,6 +62,7 @@ ALTERNATE_CONTEXT: dict[str, Any] = {
 ACCOUNTS_CONTEXT: dict[str, Any] = {
     "instanceTagsRoleName": "tokex-instance-tags",
     "instanceTagsAccounts": "111111111111,222222222222",
+    "tracing": "off",
     # Rotation step 3: "a" retired, "b" signs.
     "signingKeys": "b",
     "activeSigningKey": "b",

@@ -106,6 +106,7 @@ def test_active_signing_key_from_context() -> None:
         ({"throttleRateLimit": "fast"}, "throttleRateLimit"),
         ({"throttleBurstLimit": 0}, "throttle"),
         ({"logLevel": "TRACE"}, "logLevel"),
+        ({"tracing": "xray"}, "tracing must be one of lambda, sdk, off"),
         ({"webAclArn": "arn:aws:wafv2:eu-west-1:123456789012:regional/webacl/x/y"}, "webAclArn"),
         ({"stackName": "9lives"}, "stackName"),
         ({"publishedKeyArns": "alias/tokex/next"}, "publishedKeyArns"),

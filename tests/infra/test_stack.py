@@ -206,7 +206,7 @@ def test_alternate_every_check_holds(alternate_synth: Synthesized) -> None:
     checks.check_jwks_publication(template, nonce=TEST_NONCE, slots=AB, published_keys=published)
     checks.check_documents_bucket(template)
     checks.check_distribution(template)
-    checks.check_functions(template)
+    checks.check_functions(template, tracing="sdk")
     checks.check_token_api(
         template,
         rate=ALTERNATE_CONTEXT["throttleRateLimit"],
@@ -252,6 +252,7 @@ def test_instance_tags_roles_in_listed_accounts_only(accounts_synth: Synthesized
     )
     checks.check_instance_tag_lookups(template, role_name=role_name)
     checks.check_introspect_permissions(template, slots=("b",))
+    checks.check_functions(template, tracing="off")
 
 
 # --- key rotation: every state of a rotation (docs/deploy.md, Key rotation) ------------
