@@ -26,6 +26,7 @@ from benchmarks.exchange_figures import (
     calls_per_exchange,
     end_to_end,
     handler_cpu,
+    jwt_calls_per_exchange,
     round_trips,
 )
 from benchmarks.figures import Figure, at_most, ratio, reported, table, write_json
@@ -83,6 +84,7 @@ def run(profile_name: str) -> list[Figure]:
     ):
         floor = Floor(system)
         figures += calls_per_exchange(system, profile.calls_exchanges)
+        figures += jwt_calls_per_exchange(system, profile.calls_exchanges)
         figures += round_trips(system, floor, profile)
         figures += end_to_end(system, profile)
         figures += handler_cpu(system, floor, profile)

@@ -116,6 +116,26 @@ def calls_per_exchange(system: BenchSystem, exchanges: int) -> list[Figure]:
     ]
 
 
+def jwt_calls_per_exchange(system: BenchSystem, exchanges: int) -> list[Figure]:
+    """JWT evidence is verified offline: no STS call (docs/contract.md "JWT evidence").
+    The issuer's keys are fetched once, then cached; neither that fetch nor minting the
+    AWS OIF tokens goes through the proxy, which counts AWS calls only."""
+    system.proxy.set_delay(0)
+    figures: list[Figure] = []
+    for kind, make_token in (("aws-oif", system.oif_token), ("eks", system.eks_token)):
+        system.exchange(system.jwt_event(make_token()))  # warm: the issuer's keys cached
+        events = [system.jwt_event(make_token()) for _ in range(exchanges)]
+        system.proxy.take()
+        for event in events:
+            system.exchange(event)
+        calls = system.proxy.take()
+        sts = sum(n for op, n in calls.items() if op.startswith("sts:")) / exchanges
+        figures.append(exactly(f"STS calls per warm JWT exchange ({kind})", sts, "calls", 0))
+        signs = calls.get("kms:Sign", 0) / exchanges
+        figures.append(exactly(f"KMS Sign per warm JWT exchange ({kind})", signs, "calls", 1))
+    return figures
+
+
 def _timed(run: Callable[[], Any], prepare: Callable[[], Any] | None = None) -> float:
     argument = prepare() if prepare else None
     started = time.perf_counter()

@@ -24,7 +24,7 @@ from tokex.local.front import http_api_event
 from tokex.local.functions import LambdaContext
 from tokex.local.provision import DEMO_AUDIENCE, REGION
 from tokex.local.runner import LocalSystem, start_local
-from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+from tokex.token_request import JWT_TOKEN_TYPE, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 CONTEXT = LambdaContext("tokex-token")
 
@@ -70,6 +70,38 @@ class BenchSystem:
             "grant_type": TOKEN_EXCHANGE_GRANT,
             "subject_token_type": SIGV4_TOKEN_TYPE,
             "subject_token": encode_subject_token(signed),
+            "audience": audience,
+        }
+        body = urllib.parse.urlencode(form).encode("ascii")
+        host = urllib.parse.urlsplit(self.local.issuer).netloc
+        headers = {"host": host, "content-type": "application/x-www-form-urlencoded"}
+        return http_api_event("POST", "/token", "", headers, body, "127.0.0.1")
+
+    def oif_token(self) -> str:
+        """A fresh AWS OIF token of the demo workload, from the local STS-compatible
+        endpoint (`tokex local`'s own: it answers GetWebIdentityToken without the
+        emulator, so the proxy never sees it)."""
+        federation = self.local.federation
+        assert federation is not None
+        sts = self.local.deployment.workload.session(REGION).client(
+            "sts", endpoint_url=federation.sts_url
+        )
+        answer = sts.get_web_identity_token(
+            Audience=[self.local.issuer], SigningAlgorithm="RS256", DurationSeconds=60
+        )
+        return str(answer["WebIdentityToken"])
+
+    def eks_token(self) -> str:
+        federation = self.local.federation
+        assert federation is not None
+        return federation.eks_token.path.read_text().strip()
+
+    def jwt_event(self, token: str, audience: str = DEMO_AUDIENCE) -> dict[str, Any]:
+        """A `POST /token` event with a JWT as the subject token."""
+        form = {
+            "grant_type": TOKEN_EXCHANGE_GRANT,
+            "subject_token_type": JWT_TOKEN_TYPE,
+            "subject_token": token,
             "audience": audience,
         }
         body = urllib.parse.urlencode(form).encode("ascii")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from constructs import Node
 
 from tokex import identifiers
+from tokex.evidence.trusted_issuers import TrustedIssuerError, TrustedIssuers, parse_trusted_issuers
 
 # The key specs, partitions and identifier rules are the exchange's own (identifiers.py).
 SIGNING_KEY_SPECS = tuple(identifiers.SIGNING_KEY_SPECS)
@@ -40,6 +41,13 @@ _KMS_KEY_ARN = re.compile(
     rf"{_ARN_HEAD}:kms:{identifiers.REGION.pattern}:{_ACCOUNT}:key/"
     r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
 )
+# Lambda allows 4 KB of environment variables per function (names and values together;
+# Lambda Developer Guide, "Lambda quotas"). The exchange's other variables take about
+# 0.7 KB (measured on a synthesized template, generated names at their usual length), up
+# to 1.5 KB with every STS region in stsRegions and a long custom domain, so
+# TOKEX_TRUSTED_ISSUERS may take 2.5 KB: checked at synth rather than refused by Lambda
+# halfway through a deploy.
+MAX_TRUSTED_ISSUERS_ENV_BYTES = 2560
 
 
 class ConfigError(ValueError):
@@ -79,6 +87,9 @@ class TokexConfig:
     instance_tags_role_name: str | None = None
     # The accounts whose role the exchange may assume; empty = any account.
     instance_tags_accounts: tuple[str, ...] = ()
+    # The JWT issuers whose tokens are evidence (the exchange's TOKEX_TRUSTED_ISSUERS,
+    # tokex/evidence/trusted_issuers.py). Empty: SigV4 evidence only, variable absent.
+    trusted_issuers: TrustedIssuers = field(default_factory=TrustedIssuers)
 
     def __post_init__(self) -> None:
         if not _STACK_NAME.match(self.stack_name):
@@ -129,6 +140,7 @@ class TokexConfig:
         for account in self.instance_tags_accounts:
             if not identifiers.is_account_id(account):
                 raise ConfigError(f"instanceTagsAccounts: {account!r} is not an account id")
+        self._check_trusted_issuers()
 
     def _check_signing_keys(self) -> None:
         slots = ", ".join(KEY_SLOTS)
@@ -150,6 +162,26 @@ class TokexConfig:
             )
         object.__setattr__(self, "active_signing_key", active)
 
+    def _check_trusted_issuers(self) -> None:
+        """The exchange's own rules (https only: a deployment never trusts a plain-http
+        issuer) and, when the issuer is known at synth (a custom domain), never tokex's own
+        issuer; with the CloudFront domain the exchange checks that at cold start."""
+        try:
+            parse_trusted_issuers(
+                [trusted.to_document() for trusted in self.trusted_issuers.issuers],
+                allow_http_loopback=False,
+                own_issuer=self.known_issuer or "",
+            )
+        except TrustedIssuerError as err:
+            raise ConfigError(str(err)) from None
+        size = len(self.trusted_issuers.to_json().encode()) if self.trusted_issuers else 0
+        if size > MAX_TRUSTED_ISSUERS_ENV_BYTES:
+            raise ConfigError(
+                f"trustedIssuers is {size} bytes as JSON, more than the"
+                f" {MAX_TRUSTED_ISSUERS_ENV_BYTES} the exchange's environment has room for"
+                " (Lambda's 4 KB limit)"
+            )
+
     @property
     def active_key(self) -> str:
         """The slot that signs (`active_signing_key`, resolved)."""
@@ -164,6 +196,12 @@ class TokexConfig:
     @property
     def issuer_is_custom_domain(self) -> bool:
         return self.domain_name is not None
+
+    @property
+    def known_issuer(self) -> str | None:
+        """The issuer URL when synth knows it (a custom domain); None for the CloudFront
+        domain, which exists only once deployed."""
+        return f"https://{self.domain_name}" if self.domain_name else None
 
     @classmethod
     def from_context(cls, node: Node) -> TokexConfig:
@@ -200,6 +238,16 @@ class TokexConfig:
                 raise ConfigError(f"{key} must be a positive integer")
             return int(value)
 
+        def trusted_issuers(key: str) -> TrustedIssuers | None:
+            # A JSON list from `-c key='[...]'` (a string) or cdk.json (a list).
+            value = get(key)
+            if value is None:
+                return None
+            try:
+                return parse_trusted_issuers(value, allow_http_loopback=False)
+            except TrustedIssuerError as err:  # the message names `trustedIssuers`
+                raise ConfigError(str(err)) from None
+
         values: dict[str, Any] = {
             "stack_name": text("stackName"),
             "signing_key_spec": text("signingKeySpec"),
@@ -220,5 +268,6 @@ class TokexConfig:
             "published_key_arns": strings("publishedKeyArns"),
             "instance_tags_role_name": text("instanceTagsRoleName"),
             "instance_tags_accounts": strings("instanceTagsAccounts"),
+            "trusted_issuers": trusted_issuers("trustedIssuers"),
         }
         return cls(**{k: v for k, v in values.items() if v is not None})

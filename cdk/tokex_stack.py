@@ -140,6 +140,10 @@ class TokexStack(Stack):
             exchange_env["TOKEX_STS_REGIONS"] = ",".join(config.sts_regions)
         if config.instance_tags_role_name:
             exchange_env["TOKEX_INSTANCE_TAGS_ROLE_NAME"] = config.instance_tags_role_name
+        if config.trusted_issuers:
+            # JWT evidence (docs/deploy.md "JWT evidence: trusted issuers"). No IAM grant
+            # goes with it: the exchange fetches each issuer's JWKS over plain HTTPS.
+            exchange_env["TOKEX_TRUSTED_ISSUERS"] = config.trusted_issuers.to_json()
         self.exchange = TokexFunction(
             self,
             "Exchange",

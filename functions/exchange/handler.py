@@ -18,6 +18,7 @@ from tokex_functions.http_endpoint import AuditFields, HttpEndpoint
 def audit_fields(audit: ExchangeAudit) -> AuditFields:
     """Who exchanged what for which audience, for the audit line. Never the token."""
     return {
+        "evidence": audit.evidence,
         "principal": audit.principal,
         "account": audit.account,
         "audience": audit.audience,

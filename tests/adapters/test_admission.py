@@ -19,7 +19,7 @@ from moto import mock_aws
 from tokex.adapters.state_table.admission import DynamoDbAdmission
 from tokex.adapters.state_table.schema import create_state_table, signature_key
 from tokex.errors import InvalidGrant, RateLimited, TemporarilyUnavailable
-from tokex.evidence.replay import signature_digest
+from tokex.evidence.replay import UsedEvidence, signature_digest, used_signature
 from tokex.evidence.sigv4_request import STS_BODY, StsRequest
 
 TABLE = "state"
@@ -71,7 +71,7 @@ def hits(dynamodb: Any, principal: str = ROLE) -> int:
 
 def test_first_use_records_the_signature_and_charges_one_unit(dynamodb) -> None:
     request = signed()
-    admission(dynamodb).admit(request, ROLE)
+    admission(dynamodb).admit(used_signature(request), ROLE)
     record = item(dynamodb, signature_key(signature_digest(request)))
     assert record is not None and "released_at" not in record
     assert int(record["expires_at"]["N"]) == int(NOW) + 20 * 60  # the date window's end
@@ -80,27 +80,27 @@ def test_first_use_records_the_signature_and_charges_one_unit(dynamodb) -> None:
 
 def test_a_replay_is_refused_and_charges_nothing(dynamodb) -> None:
     store, request = admission(dynamodb), signed()
-    store.admit(request, ROLE)
+    store.admit(used_signature(request), ROLE)
     for _ in range(10):
         with pytest.raises(InvalidGrant) as refused:
-            store.admit(request, ROLE)
+            store.admit(used_signature(request), ROLE)
         assert refused.value.reason == "replay"
     assert hits(dynamodb) == 1
 
 
 def test_over_the_budget_is_429_and_uses_the_request_up(dynamodb) -> None:
     store = admission(dynamodb, limit=2)
-    store.admit(signed(), ROLE)
-    store.admit(signed(), ROLE)
+    store.admit(used_signature(signed()), ROLE)
+    store.admit(used_signature(signed()), ROLE)
     over = signed()
     with pytest.raises(RateLimited) as limited:
-        store.admit(over, ROLE)
+        store.admit(used_signature(over), ROLE)
     assert limited.value.status == 429 and limited.value.headers() == {"Retry-After": "51"}
     assert hits(dynamodb) == 2  # the refused request was not counted...
     with pytest.raises(InvalidGrant) as replay:  # ...but it is used up
-        store.admit(over, ROLE)
+        store.admit(used_signature(over), ROLE)
     assert replay.value.reason == "replay"
-    store.admit(signed(), OTHER)  # another principal has its own budget
+    store.admit(used_signature(signed()), OTHER)  # another principal has its own budget
 
 
 def test_the_next_window_has_a_fresh_budget(dynamodb) -> None:
@@ -108,38 +108,38 @@ def test_the_next_window_has_a_fresh_budget(dynamodb) -> None:
     store = DynamoDbAdmission(
         dynamodb, TABLE, single_use=True, rate_limit_per_minute=1, clock=lambda: now[0]
     )
-    store.admit(signed(), ROLE)
+    store.admit(used_signature(signed()), ROLE)
     with pytest.raises(RateLimited):
-        store.admit(signed(), ROLE)
+        store.admit(used_signature(signed()), ROLE)
     now[0] += 60
-    store.admit(signed(), ROLE)
+    store.admit(used_signature(signed()), ROLE)
 
 
 def test_release_gives_the_request_and_the_unit_back(dynamodb) -> None:
     store, request = admission(dynamodb), signed()
-    admitted = store.admit(request, ROLE)
+    admitted = store.admit(used_signature(request), ROLE)
     assert store.release(admitted)
     assert hits(dynamodb) == 0
     record = item(dynamodb, signature_key(signature_digest(request)))
     assert record is not None and "released_at" in record
-    again = store.admit(request, ROLE)  # the caller retries the same signed request
+    again = store.admit(used_signature(request), ROLE)  # the caller retries the same signed request
     assert hits(dynamodb) == 1
     # A late second release of the first admission must not free the live one.
     assert not store.release(admitted)
     with pytest.raises(InvalidGrant):
-        store.admit(request, ROLE)
+        store.admit(used_signature(request), ROLE)
     assert store.release(again)
 
 
 @pytest.mark.parametrize(("single_use", "limit"), [(True, 0), (False, 1)])
 def test_one_feature_alone_is_one_conditional_write(dynamodb, single_use, limit) -> None:
     store, request = admission(dynamodb, single_use=single_use, limit=limit), signed()
-    admitted = store.admit(request, ROLE)
+    admitted = store.admit(used_signature(request), ROLE)
     expected: type[Exception] = InvalidGrant if single_use else RateLimited
     with pytest.raises(expected):
-        store.admit(request, ROLE)
+        store.admit(used_signature(request), ROLE)
     assert store.release(admitted)
-    store.admit(request, ROLE)
+    store.admit(used_signature(request), ROLE)
     assert (item(dynamodb, signature_key(signature_digest(request))) is not None) == single_use
     assert hits(dynamodb) == (0 if single_use else 1)
 
@@ -174,15 +174,50 @@ def test_a_transaction_conflict_is_retried(dynamodb) -> None:
         clock=lambda: NOW,
         sleep=lambda _: None,
     )
-    store.admit(signed(), ROLE)
+    store.admit(used_signature(signed()), ROLE)
     assert racing.conflicts == 0 and hits(dynamodb) == 1
 
 
 def test_store_failure_is_503_and_release_never_raises(dynamodb) -> None:
     store = DynamoDbAdmission(dynamodb, "missing-table", single_use=True, rate_limit_per_minute=5)
     with pytest.raises(TemporarilyUnavailable) as failed:
-        store.admit(signed(), ROLE)
+        store.admit(used_signature(signed()), ROLE)
     assert failed.value.status == 503
     assert failed.value.reason.startswith("dynamodb TransactWriteItems")
-    admitted = admission(dynamodb).admit(signed(), ROLE)
+    admitted = admission(dynamodb).admit(used_signature(signed()), ROLE)
     assert not store.release(admitted)
+
+
+# --- JWT evidence: an AWS OIF token is single use by its jti; an EKS token is not --------
+
+
+def test_an_oif_token_is_used_up_by_its_digest_and_a_replay_says_token(dynamodb) -> None:
+    store = admission(dynamodb)
+    token = UsedEvidence("ab" * 32, int(NOW) + 360, what="token")
+    store.admit(token, ROLE)
+    record = item(dynamodb, signature_key(token.digest))
+    assert record is not None and record["expires_at"]["N"] == str(int(NOW) + 360)
+    with pytest.raises(InvalidGrant) as replay:
+        store.admit(token, ROLE)
+    assert replay.value.reason == "replay"
+    assert replay.value.description.startswith("this token was already used")
+    assert hits(dynamodb) == 1  # the replay charged nothing
+
+
+def test_evidence_that_is_not_single_use_only_charges_the_budget(dynamodb) -> None:
+    store = admission(dynamodb, limit=2)
+    first = store.admit(None, ROLE)
+    store.admit(None, ROLE)  # the same EKS token again: not a replay
+    with pytest.raises(RateLimited):
+        store.admit(None, ROLE)
+    assert hits(dynamodb) == 2
+    scanned = dynamodb.scan(TableName=TABLE)["Items"]
+    assert not [i for i in scanned if i["id"]["S"].startswith("sig#")]
+    assert store.release(first) and hits(dynamodb) == 1
+
+
+def test_no_single_use_and_no_budget_writes_nothing(dynamodb) -> None:
+    store = admission(dynamodb, single_use=True, limit=0)
+    admitted = store.admit(None, ROLE)
+    assert dynamodb.scan(TableName=TABLE)["Items"] == []
+    assert store.release(admitted)

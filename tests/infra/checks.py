@@ -807,6 +807,17 @@ def check_instance_tag_lookups(template: Template, *, role_name: str | None) -> 
 
 
 @check
+def check_trusted_issuers(template: Template, *, expected: str | None) -> None:
+    """Only the exchange verifies JWT evidence: it alone knows the trusted issuers, exactly
+    the configured ones (compact JSON), and none when `trustedIssuers` is unset. Their
+    JWKS are fetched over plain HTTPS, so no grant goes with them
+    (check_exchange_permissions is unchanged by them)."""
+    assert _env(template, "Exchange/Function").get("TOKEX_TRUSTED_ISSUERS") == expected
+    for fn in ("Introspect/Function", "JwksPublisher/Function"):
+        assert "TOKEX_TRUSTED_ISSUERS" not in _env(template, fn)
+
+
+@check
 def check_jwks_publication(
     template: Template,
     *,
@@ -968,6 +979,7 @@ def check_all_default(template: Template, *, nonce: str) -> None:
     check_policy_table(template)
     check_state_table(template)
     check_instance_tag_lookups(template, role_name=None)
+    check_trusted_issuers(template, expected=None)
     check_jwks_publication(template, nonce=nonce)
     check_outputs(template, issuer=issuer)
 

@@ -4,9 +4,10 @@ Four apps are synthesized, which between them hold every state of a key rotation
 (docs/deploy.md, *Key rotation*): the default deployment (cdk.json context: slot "a"
 only); an alternate one (ECC keys, custom domain, WAF, STS regions, TTLs, slot "b"
 published beside the signing slot "a" - rotation step 1 -, a published key outside the
-stack, instance tag lookups in any account); one with slot "b" only - after step 3 - and
-instance tag lookups in listed accounts only; and the rotation one (slot "b" signs, "a"
-is still published - step 2 -, with `signingKeys` a JSON string, as `-c` passes it).
+stack, instance tag lookups in any account, two trusted JWT issuers as a list); one with
+slot "b" only - after step 3 - and instance tag lookups in listed accounts only; and the
+rotation one (slot "b" signs, "a" is still published - step 2 -, with `signingKeys` and
+`trustedIssuers` JSON strings, as `-c` passes them).
 Each synth runs cdk-nag, so a finding without an acknowledgment fails every infra test.
 
 Every test session bundles the layer from an **empty cache** (a session directory as
@@ -36,6 +37,20 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 TEST_NONCE = "infra-test-nonce"
+# JWT evidence (docs/deploy.md "JWT evidence: trusted issuers"): an account's IAM outbound
+# identity federation issuer and an EKS cluster's OIDC issuer.
+OIF_ISSUER = {
+    "kind": "aws-oif",
+    "issuer": "https://a1d2b0fd-1177-4468-9351-2f0123456723.tokens.sts.global.api.aws",
+    "account": "123456789012",
+}
+EKS_ISSUER = {
+    "kind": "eks",
+    "issuer": "https://oidc.eks.eu-west-1.amazonaws.com/id/0123456789ABCDEF0123456789ABCDEF",
+    "account": "210987654321",
+    "region": "eu-west-1",
+    "cluster": "orders",
+}
 ALTERNATE_CONTEXT: dict[str, Any] = {
     "signingKeySpec": "ECC_NIST_P256",
     "domainName": "auth.example.com",
@@ -58,6 +73,8 @@ ALTERNATE_CONTEXT: dict[str, Any] = {
     "defaultTtlSeconds": 600,
     # Rotation step 1: "b" published, "a" (the default active slot) signs.
     "signingKeys": ["a", "b"],
+    # As cdk.json holds it: a list.
+    "trustedIssuers": [OIF_ISSUER, EKS_ISSUER],
 }
 ACCOUNTS_CONTEXT: dict[str, Any] = {
     "instanceTagsRoleName": "tokex-instance-tags",
@@ -71,6 +88,8 @@ ROTATION_CONTEXT: dict[str, Any] = {
     # Rotation step 2, as `-c signingKeys='["b","a"]' -c activeSigningKey=b` passes it.
     "signingKeys": '["b","a"]',
     "activeSigningKey": "b",
+    # As `-c trustedIssuers='[...]'` passes it: a string.
+    "trustedIssuers": json.dumps([EKS_ISSUER], indent=1),
 }
 
 

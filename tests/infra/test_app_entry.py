@@ -87,8 +87,21 @@ def test_cdk_outdir_wins_over_the_default(tmp_path: Path) -> None:
     assert _layer_count(tmp_path / "elsewhere" / "Tokex.template.json") == 1
 
 
-def test_invalid_context_is_one_line_naming_the_key(tmp_path: Path) -> None:
-    env = {**_offline_env(tmp_path), "CDK_CONTEXT_JSON": json.dumps({"ttlCapSeconds": 5})}
+@pytest.mark.parametrize(
+    ("context", "line"),
+    [
+        ({"ttlCapSeconds": 5}, "ttlCapSeconds must be between 60 and 43200"),
+        (
+            # As `-c trustedIssuers='[...]'` passes it: a string.
+            {"trustedIssuers": '[{"kind": "aws-oif", "issuer": "https://sts.example.com"}]'},
+            "trustedIssuers[0].account is required (a string)",
+        ),
+    ],
+)
+def test_invalid_context_is_one_line_naming_the_key(
+    tmp_path: Path, context: dict[str, object], line: str
+) -> None:
+    env = {**_offline_env(tmp_path), "CDK_CONTEXT_JSON": json.dumps(context)}
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "app.py")],
         cwd=tmp_path,
@@ -100,9 +113,7 @@ def test_invalid_context_is_one_line_naming_the_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
-        "tokex: invalid CDK context: ttlCapSeconds must be between 60 and 43200"
-    ]
+    assert result.stderr.strip().splitlines() == [f"tokex: invalid CDK context: {line}"]
     assert not (tmp_path / "cdk.out" / "Tokex.template.json").exists()
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import aws_cdk as cdk
 import pytest
 
-from cdk.config import ConfigError, TokexConfig
-from tests.infra.conftest import REPO_ROOT
+from cdk.config import MAX_TRUSTED_ISSUERS_ENV_BYTES, ConfigError, TokexConfig
+from tests.infra.conftest import EKS_ISSUER, OIF_ISSUER, REPO_ROOT
 
 pytestmark = pytest.mark.infra
 
@@ -131,3 +131,84 @@ def test_deploy_nonce_changes_between_synths_unless_pinned() -> None:
 
     assert deploy_nonce(config_from({"deployNonce": "pinned"})) == "pinned"
     assert deploy_nonce(TokexConfig()) != deploy_nonce(TokexConfig())
+
+
+# --- trustedIssuers: JWT evidence (docs/deploy.md "JWT evidence: trusted issuers") -------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [OIF_ISSUER, EKS_ISSUER],  # cdk.json: a list
+        json.dumps([OIF_ISSUER, EKS_ISSUER]),  # -c trustedIssuers='[...]': a string
+        json.dumps([OIF_ISSUER, EKS_ISSUER], indent=2),
+    ],
+)
+def test_trusted_issuers_from_context(value: object) -> None:
+    config = config_from({"trustedIssuers": value})
+    assert [issuer.to_document() for issuer in config.trusted_issuers.issuers] == [
+        OIF_ISSUER,
+        EKS_ISSUER,
+    ]
+    assert config.trusted_issuers.to_json() == json.dumps(
+        [OIF_ISSUER, EKS_ISSUER], separators=(",", ":")
+    )
+
+
+@pytest.mark.parametrize("value", [[], "", "[]", " [ ] "])
+def test_no_trusted_issuers_is_the_default(value: object) -> None:
+    config = config_from({"trustedIssuers": value})
+    assert config == TokexConfig()
+    assert not config.trusted_issuers
+
+
+def test_own_issuer_is_refused_only_when_synth_knows_it() -> None:
+    own = {**OIF_ISSUER, "issuer": "https://auth.example.com"}
+    with pytest.raises(ConfigError, match=r"trustedIssuers\[0\]\.issuer: tokex's own issuer"):
+        config_from(
+            {"domainName": "auth.example.com", "certificateArn": CERT, "trustedIssuers": [own]}
+        )
+    # Another issuer with a custom domain, and any https issuer with the CloudFront domain
+    # (unknown until deployed: the exchange refuses its own issuer at cold start).
+    other = {"domainName": "tokex.example.com", "certificateArn": CERT, "trustedIssuers": [own]}
+    assert config_from(other).trusted_issuers.get("https://auth.example.com") is not None
+    assert config_from({"trustedIssuers": [own]}).trusted_issuers
+
+
+def _eks(index: int) -> dict[str, str]:
+    return {**EKS_ISSUER, "issuer": f"{EKS_ISSUER['issuer'][:-4]}{index:04X}"}
+
+
+def test_trusted_issuers_must_fit_the_exchange_environment() -> None:
+    fitting = [_eks(i) for i in range(MAX_TRUSTED_ISSUERS_ENV_BYTES // 200)]
+    assert len(config_from({"trustedIssuers": fitting}).trusted_issuers.issuers) == len(fitting)
+    too_many = [_eks(i) for i in range(MAX_TRUSTED_ISSUERS_ENV_BYTES // 150)]
+    with pytest.raises(ConfigError, match=r"trustedIssuers is \d+ bytes as JSON, more than"):
+        config_from({"trustedIssuers": too_many})
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[{", r"^trustedIssuers is not valid JSON$"),
+        ('{"kind": "eks"}', r"^trustedIssuers must be a list of objects$"),
+        ({"kind": "eks"}, r"^trustedIssuers must be a list of objects$"),
+        (5, r"^trustedIssuers must be a list of objects$"),
+        (["https://oidc.example.com"], r"^trustedIssuers\[0\] must be an object$"),
+        ([{**OIF_ISSUER, "kind": "github"}], r"^trustedIssuers\[0\]\.kind must be one of"),
+        (
+            [OIF_ISSUER, {**OIF_ISSUER, "issuer": "http://127.0.0.1:9000"}],
+            # A deployment never trusts plain http, not even on loopback (local mode only).
+            r"^trustedIssuers\[1\]\.issuer must be an https URL",
+        ),
+        ([{**OIF_ISSUER, "issuer": "https://sts.example.com/"}], r"without a trailing slash"),
+        ([{**OIF_ISSUER, "region": "eu-west-1"}], r"^trustedIssuers\[0\]\.region: unknown key"),
+        ([{**OIF_ISSUER, "account": "12345"}], r"^trustedIssuers\[0\]\.account must be"),
+        ([{**EKS_ISSUER, "cluster": "a b"}], r"^trustedIssuers\[0\]\.cluster 'a b' is not"),
+        ([{**EKS_ISSUER, "region": "mars"}], r"^trustedIssuers\[0\]\.region 'mars' is not"),
+        ([EKS_ISSUER, EKS_ISSUER], r"^trustedIssuers\[1\]\.issuer: listed twice$"),
+    ],
+)
+def test_invalid_trusted_issuers_are_refused_naming_the_key(value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from({"trustedIssuers": value})

@@ -786,6 +786,43 @@ TAG_MUTATIONS: list[tuple[str, str, Callable[[Raw], None], Callable[[Template], 
 ]
 
 
+# --- trusted JWT issuers (alternate synth: an OIF and an EKS issuer) -----------------
+
+_trusted = partial(
+    checks.check_trusted_issuers,
+    expected=json.dumps(ALTERNATE_CONTEXT["trustedIssuers"], separators=(",", ":")),
+)
+_ROGUE_ISSUER = {
+    "kind": "aws-oif",
+    "issuer": "https://rogue.example.com",
+    "account": "999999999999",
+}
+
+
+def _extra_trusted_issuer(raw: Raw) -> None:
+    env = _env(raw, "Exchange")
+    env["TOKEX_TRUSTED_ISSUERS"] = json.dumps(
+        [*json.loads(env["TOKEX_TRUSTED_ISSUERS"]), _ROGUE_ISSUER], separators=(",", ":")
+    )
+
+
+TRUSTED_ISSUER_MUTATIONS: list[tuple[str, Callable[[Raw], None]]] = [
+    (
+        "trusted issuers dropped",
+        _set(lambda r: _env(r, "Exchange"), "TOKEX_TRUSTED_ISSUERS", _DELETE),
+    ),
+    ("an issuer trusted besides the configured ones", _extra_trusted_issuer),
+    (
+        "introspection trusts issuers",
+        lambda r: _env(r, "Introspect").update(TOKEX_TRUSTED_ISSUERS=json.dumps([_ROGUE_ISSUER])),
+    ),
+    (
+        "the publisher trusts issuers",
+        lambda r: _env(r, "JwksPublisher").update(TOKEX_TRUSTED_ISSUERS="[]"),
+    ),
+]
+
+
 # --- key rotation (rotation synth: slots a and b, b signs) ---------------------------
 
 r_key_spec = partial(checks.check_signing_key, key_spec=RSA, slots=AB)
@@ -1020,6 +1057,22 @@ def test_weakened_template_fails_its_check(
     check: Callable[[Template], None],
 ) -> None:
     _assert_caught(default_synth, mutate, check)
+
+
+@pytest.mark.parametrize(
+    "mutate", [pytest.param(m, id=name) for name, m in TRUSTED_ISSUER_MUTATIONS]
+)
+def test_weakened_trusted_issuers_fail_their_check(
+    alternate_synth: Synthesized, mutate: Callable[[Raw], None]
+) -> None:
+    _assert_caught(alternate_synth, mutate, _trusted)
+
+
+def test_trusted_issuers_appear_in_no_default_template(default_synth: Synthesized) -> None:
+    """The default deployment's check fails once any function gets the variable."""
+    no_issuers = partial(checks.check_trusted_issuers, expected=None)
+    mutate = _set(lambda r: _env(r, "Exchange"), "TOKEX_TRUSTED_ISSUERS", "[]")
+    _assert_caught(default_synth, mutate, no_issuers)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from aws_cdk.assertions import Template
 
@@ -9,12 +11,18 @@ from tests.infra import checks
 from tests.infra.conftest import (
     ACCOUNTS_CONTEXT,
     ALTERNATE_CONTEXT,
+    EKS_ISSUER,
+    OIF_ISSUER,
     TEST_NONCE,
     Synthesized,
 )
 from tokex.local.functions import functions_dir, handler_path
 
 AB = ("a", "b")
+# TOKEX_TRUSTED_ISSUERS of the alternate and rotation synths: compact JSON, each issuer's
+# keys in the order kind, issuer, account(, region, cluster).
+ALTERNATE_TRUSTED_ISSUERS = json.dumps([OIF_ISSUER, EKS_ISSUER], separators=(",", ":"))
+ROTATION_TRUSTED_ISSUERS = json.dumps([EKS_ISSUER], separators=(",", ":"))
 
 pytestmark = pytest.mark.infra
 
@@ -145,6 +153,12 @@ def test_no_instance_tag_lookups_by_default(default_synth: Synthesized) -> None:
     checks.check_instance_tag_lookups(default_synth.template, role_name=None)
 
 
+def test_no_trusted_issuers_by_default(default_synth: Synthesized) -> None:
+    """Without `trustedIssuers` the exchange takes SigV4 evidence only: no variable at all
+    (an empty one would still be a change to every existing deployment's template)."""
+    checks.check_trusted_issuers(default_synth.template, expected=None)
+
+
 def test_jwks_published_on_schedule_and_every_deploy(default_synth: Synthesized) -> None:
     checks.check_jwks_publication(default_synth.template, nonce=TEST_NONCE)
 
@@ -214,6 +228,7 @@ def test_alternate_every_check_holds(alternate_synth: Synthesized) -> None:
     )
     checks.check_state_table(template)
     checks.check_instance_tag_lookups(template, role_name=role_name)
+    checks.check_trusted_issuers(template, expected=ALTERNATE_TRUSTED_ISSUERS)
     checks.check_outputs(
         template,
         issuer=issuer,
@@ -278,6 +293,24 @@ def test_rotation_step_2_every_key_check_holds(rotation_synth: Synthesized) -> N
     _every_key_check(rotation_synth.template, slots=AB, active="b")
     checks.check_exchange_permissions(rotation_synth.template, key_spec="RSA_2048", active="b")
     checks.check_functions(rotation_synth.template)
+
+
+def test_trusted_issuers_reach_the_exchange_exactly(
+    alternate_synth: Synthesized, rotation_synth: Synthesized
+) -> None:
+    """From cdk.json's list (alternate) and from `-c`'s JSON string (rotation) alike: the
+    configured issuers, in order, as compact JSON; the exchange's grants are those of a
+    deployment without them (test_alternate_every_check_holds, and the rotation's exact
+    check_exchange_permissions above)."""
+    exchange = "Exchange/Function"
+    alternate = checks.resource(alternate_synth.template, exchange)["Properties"]
+    rotation = checks.resource(rotation_synth.template, exchange)["Properties"]
+    alternate_value = alternate["Environment"]["Variables"]["TOKEX_TRUSTED_ISSUERS"]
+    rotation_value = rotation["Environment"]["Variables"]["TOKEX_TRUSTED_ISSUERS"]
+    assert alternate_value == ALTERNATE_TRUSTED_ISSUERS
+    assert json.loads(alternate_value) == [OIF_ISSUER, EKS_ISSUER]
+    assert rotation_value == ROTATION_TRUSTED_ISSUERS
+    checks.check_trusted_issuers(rotation_synth.template, expected=ROTATION_TRUSTED_ISSUERS)
 
 
 def test_rotation_step_3_every_key_check_holds(accounts_synth: Synthesized) -> None:

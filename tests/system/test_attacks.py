@@ -218,7 +218,7 @@ GROUP_8: dict[str, tuple[bytes, int, str]] = {
     "missing subject_token": (form(), 400, "subject_token_missing"),
     "bad audience": (form(subject_token="abc", audience="a b"), 400, "audience"),
     "unsupported token type": (
-        form(subject_token="abc", subject_token_type="urn:ietf:params:oauth:token-type:jwt"),
+        form(subject_token="abc", subject_token_type="urn:ietf:params:oauth:token-type:saml2"),
         400,
         "subject_token_type",
     ),

@@ -72,6 +72,7 @@ def test_claims_for_an_assumed_role() -> None:
         "scope": "demo:read demo:write",
         "aws": {
             "account": "123456789012",
+            "evidence": "sigv4",
             "arn": "arn:aws:sts::123456789012:assumed-role/demo-workload/i-0abc1234def567890",
             "principal_id": "AROAEXAMPLEROLEID:i-0abc1234def567890",
             "session_name": "i-0abc1234def567890",
@@ -84,6 +85,7 @@ def test_user_has_no_session_name() -> None:
     assert issued["sub"] == issued["client_id"] == USER_CALLER.principal_arn
     assert issued["aws"] == {
         "account": "123456789012",
+        "evidence": "sigv4",
         "arn": "arn:aws:iam::123456789012:user/alice",
         "principal_id": "AIDAEXAMPLEUSERID",
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -480,3 +481,412 @@ def test_unreachable_table_is_a_runtime_error(capsys, monkeypatch) -> None:
         "tokex policy: policy table 't': dynamodb Scan: EndpointConnectionError "
         "(endpoint unreachable)\n"
     )
+
+
+# --- JWT evidence ------------------------------------------------------------------------
+
+ISSUER = "https://abc123.tokens.sts.global.api.aws"
+EKS_ISSUER = "https://oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
+CLUSTER = f"{ACCOUNT}:us-east-1:prod"
+OIF_CLAIMS = {
+    "iss": ISSUER,
+    "sub": ROLE,
+    "aud": "tokex",
+    "exp": 1_800_000_000,
+    "https://sts.amazonaws.com/": {
+        "aws_account": ACCOUNT,
+        "principal_id": ROLE,
+        "org_id": "o-abc1234567",
+        "ou_path": ["o-abc1234567/r-ab12/ou-ab12-11111111/"],
+        "lambda_source_function_arn": f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:orders-a",
+        "principal_tags": {"team": "orders"},
+        "request_tags": {"job": "nightly-7"},
+    },
+}
+EKS_CLAIMS = {
+    "iss": EKS_ISSUER,
+    "sub": "system:serviceaccount:payments:api",
+    "kubernetes.io": {
+        "namespace": "payments",
+        "serviceaccount": {"name": "api", "uid": "u"},
+        "pod": {"name": "api-7d9f", "uid": "p"},
+    },
+}
+ORDERS_LAMBDA = {
+    "id": "orders-lambda",
+    "effect": "allow",
+    "evidence": ["aws-oif"],
+    "principals": [f"arn:aws:iam::{ACCOUNT}:role/orders-*"],
+    "audiences": ["orders-api"],
+    "scopes": ["orders:read"],
+    "workload": {
+        "lambda_function_arns": [f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:orders-*"],
+        "principal_tags": {"team": ["orders"]},
+    },
+    "conditions": {
+        "time_window": {"days": ["mon", "tue", "wed", "thu", "fri"], "hours": ["08:00-18:00"]},
+        "org_ids": ["o-abc1234567"],
+        "ou_paths": ["o-abc1234567/r-ab12/*"],
+    },
+}
+PAYMENTS_EKS = {
+    "id": "payments-eks",
+    "effect": "allow",
+    "evidence": ["eks"],
+    "eks": {"clusters": [CLUSTER], "namespaces": ["payments"], "service_accounts": ["api"]},
+    "audiences": ["orders-api"],
+    "scopes": ["orders:write"],
+}
+NO_SANDBOX = {
+    "id": "no-sandbox",
+    "effect": "deny",
+    "evidence": ["eks"],
+    "eks": {"clusters": [f"{ACCOUNT}:*:*"], "namespaces": ["sandbox"], "service_accounts": ["*"]},
+    "audiences": ["*"],
+}
+JWT_POLICIES = [ORDERS_LAMBDA, PAYMENTS_EKS, NO_SANDBOX, READER, PINNED]
+MONDAY_NOON = "2026-11-30T12:00:00Z"
+
+
+def claims_file(tmp_path: Path, claims: Any, name: str = "claims") -> str:
+    path = tmp_path / f"{name}.json"
+    path.write_text(claims if isinstance(claims, str) else json.dumps(claims))
+    return str(path)
+
+
+def oif_argv(tmp_path: Path, claims: Any = OIF_CLAIMS, *more: str) -> list[str]:
+    argv = ["--evidence", "aws-oif", "--claims", claims_file(tmp_path, claims, "oif")]
+    return [*argv, "--audience", "orders-api", *more]
+
+
+def eks_argv(tmp_path: Path, claims: Any = EKS_CLAIMS, *more: str) -> list[str]:
+    path = claims_file(tmp_path, claims, "eks")
+    argv = ["--evidence", "eks", "--claims", path, "--cluster", CLUSTER]
+    return [*argv, "--audience", "orders-api", *more]
+
+
+def test_validate_knows_the_jwt_evidence_keys(capsys, tmp_path) -> None:
+    for document in (ORDERS_LAMBDA, PAYMENTS_EKS, NO_SANDBOX):
+        code, out, err = tokex(capsys, "validate", write(tmp_path, document))
+        assert (code, out, err) == (0, f"valid: {document['id']} ({document['effect']})\n", "")
+        code, out, _ = tokex(capsys, "validate", write(tmp_path, document), "--json")
+        assert json.loads(out)["document"] == Policy.from_document(document).to_document()
+
+
+def test_validate_warns_about_request_tags_and_evidence_a_selector_excludes(
+    capsys, tmp_path
+) -> None:
+    document = {
+        **ORDERS_LAMBDA,
+        "evidence": ["sigv4", "aws-oif"],
+        "workload": {"request_tags": {"job": ["nightly-*"]}},
+    }
+    code, out, err = tokex(capsys, "validate", write(tmp_path, document))
+    assert (code, out) == (0, "valid: orders-lambda (allow)\n")
+    assert "warning: workload.request_tags are chosen by the caller" in err
+    assert (
+        "warning: workload.request_tags, conditions.org_ids, conditions.ou_paths: only aws-oif "
+        "evidence carries them, so this policy never applies to sigv4 callers" in err
+    )
+
+
+@pytest.mark.parametrize(
+    "change,field,why",
+    [
+        ({"evidence": ["eks"], "eks": PAYMENTS_EKS["eks"]}, "principals", "only eks"),
+        ({"evidence": ["aws-oif", "eks"]}, "eks", "is required when evidence includes eks"),
+        ({"eks": PAYMENTS_EKS["eks"]}, "eks", "only for a policy whose evidence includes eks"),
+        ({"evidence": ["oidc"]}, "evidence[0]", "one of sigv4, aws-oif, eks"),
+        ({"conditions": {"imds_v2": False}}, "conditions.imds_v2", "false is not a condition"),
+        (
+            {"conditions": {"time_window": {"hours": ["22:00-06:00"]}}},
+            "conditions.time_window.hours[0]",
+            "may not wrap midnight",
+        ),
+        ({"evidence": ["sigv4"]}, "workload", "only aws-oif evidence"),
+    ],
+)
+def test_validate_names_the_jwt_field_and_why(capsys, tmp_path, change, field, why) -> None:
+    path = write(tmp_path, {**ORDERS_LAMBDA, **change}, "bad")
+    code, out, _ = tokex(capsys, "validate", path, "--json")
+    result = json.loads(out)
+    assert code == 1 and result["error"] == "invalid_policy"
+    assert [e["field"] for e in result["errors"]][:1] == [field]
+    assert why in result["errors"][0]["message"]
+
+
+def test_validate_reports_every_error_of_a_jwt_document(capsys, tmp_path) -> None:
+    document = {
+        "id": "bad-eks",
+        "effect": "allow",
+        "evidence": ["eks", "eks"],
+        "principals": [ROLE],
+        "eks": {"clusters": ["*:us-east-1:prod", CLUSTER], "namespaces": ["Payments"]},
+        "audiences": ["orders-api"],
+        "workload": {"principal_tags": {"team": []}},
+        "conditions": {"imds_v2": True, "time_window": {"days": ["Mon"], "hours": ["8-18"]}},
+        "principal_ids": ["AROAX"],
+    }
+    path = write(tmp_path, document, "bad")
+    _, out, _ = tokex(capsys, "validate", path, "--json")
+    assert [(e["field"], e["message"]) for e in json.loads(out)["errors"]] == [
+        ("evidence", "duplicate entries"),
+        ("principals", "not allowed when evidence is only eks: name the workload in eks"),
+        ("eks.service_accounts", "is required"),
+        ("eks.clusters[0]", "account must be 12 digits, no wildcard"),
+        ("eks.namespaces[0]", "must be a namespace glob (1-63 of a-z0-9- and * ?)"),
+        ("workload.principal_tags.team", "must list at least one value glob"),
+        ("conditions.imds_v2", "only aws-oif evidence carries it: add aws-oif to evidence"),
+        ("conditions.time_window.days[0]", "must be one of mon tue wed thu fri sat sun"),
+        ("conditions.time_window.hours[0]", "must be HH:MM-HH:MM (UTC, 00:00 to 24:00)"),
+        ("principal_ids", "only sigv4 evidence carries principal ids: add sigv4 to evidence"),
+    ]
+
+
+def test_validate_reports_deny_only_errors_of_jwt_keys(capsys, tmp_path) -> None:
+    deny = {**DENY, "evidence": ["sigv4"], "conditions": {"time_window": {"days": ["mon"]}}}
+    _, out, _ = tokex(capsys, "validate", write(tmp_path, deny), "--json")
+    assert [e["field"] for e in json.loads(out)["errors"]] == ["evidence", "conditions"]
+
+
+def test_explain_an_oif_caller_from_its_claims(capsys, tmp_path) -> None:
+    files = [arg for doc in JWT_POLICIES for arg in ("--policy-file", write(tmp_path, doc))]
+    argv = ["explain", *files, *oif_argv(tmp_path), "--at", MONDAY_NOON]
+    code, out, _ = tokex(capsys, *argv)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"principal  {ROLE}  (evidence: aws-oif)"
+    assert lines[1].startswith('workload   {"org_id": "o-abc1234567", "ou_paths": [')
+    assert f"time       {MONDAY_NOON}" in lines
+    assert (
+        "orders-lambda  allow  applies: principal "
+        f"'arn:aws:iam::{ACCOUNT}:role/orders-*' (literal prefix 38); workload: "
+        "lambda_function_arns ok, principal_tags.team ok; conditions: time_window ok, "
+        "org_ids ok, ou_paths ok"
+    ) in lines
+    assert "payments-eks   allow  skipped: does not accept aws-oif evidence" in lines
+    assert (
+        "pinned         allow  skipped: has principal_ids, which aws-oif evidence cannot show"
+        in lines
+    )
+    assert "=> allowed by orders-lambda: scopes [orders:read], ttl 900 s" in lines
+    assert any(line.startswith("note: claims NOT verified") and ISSUER in line for line in lines)
+    # A Saturday: the time window refuses, and says when it judged.
+    result = explain_json(
+        capsys, tmp_path, *oif_argv(tmp_path), "--at", "2026-11-28T12:00:00Z",
+        documents=[ORDERS_LAMBDA, PAYMENTS_EKS],
+    )  # fmt: skip
+    assert result["refusal"]["reason"] == "policy orders-lambda condition time_window not met"
+    line = next(p for p in result["policies"] if p["policy_id"] == "orders-lambda")
+    assert line["conditions"][0] == "time_window no (sat 12:00 UTC)"
+    assert result["at"] == "2026-11-28T12:00:00Z"
+
+
+def test_explain_json_describes_the_jwt_caller(capsys, tmp_path) -> None:
+    result = explain_json(
+        capsys, tmp_path, *oif_argv(tmp_path), "--at", "2026-11-30T13:00:00+01:00",
+        documents=JWT_POLICIES,
+    )  # fmt: skip
+    assert result["at"] == MONDAY_NOON and result["policy"] == "orders-lambda"
+    caller = result["caller"]
+    assert (caller["evidence"], caller["principal"], caller["principal_id"]) == (
+        "aws-oif",
+        ROLE,
+        None,
+    )
+    assert caller["workload"]["lambda_function_arn"].endswith(":function:orders-a")
+    assert caller["workload"]["request_tags"] == {"job": "nightly-7"}
+    assert "source_vpc" not in caller["workload"] and caller["eks"] is None
+
+
+def test_explain_an_eks_caller_from_its_claims(capsys, tmp_path) -> None:
+    result = explain_json(capsys, tmp_path, *eks_argv(tmp_path), documents=JWT_POLICIES)
+    assert (result["decision"], result["policy"], result["scopes"]) == (
+        "allow",
+        "payments-eks",
+        ["orders:write"],
+    )
+    assert result["caller"]["principal"] == f"eks:{CLUSTER}:payments:api"
+    assert result["caller"]["eks"]["pod"] == "api-7d9f"
+    lines = {p["policy_id"]: p for p in result["policies"]}
+    assert lines["orders-reader"]["detail"] == "does not accept eks evidence"
+    assert lines["payments-eks"]["detail"] == (
+        f"eks 'eks:{CLUSTER}:payments:api' (literal prefix {len(f'eks:{CLUSTER}:payments:api')})"
+    )
+    sandbox = {**EKS_CLAIMS, "sub": "system:serviceaccount:sandbox:api"}
+    sandbox["kubernetes.io"] = {**EKS_CLAIMS["kubernetes.io"], "namespace": "sandbox"}
+    result = explain_json(capsys, tmp_path, *eks_argv(tmp_path, sandbox), documents=JWT_POLICIES)
+    assert result["refusal"]["reason"] == "denied by policy no-sandbox"
+    code, out, _ = tokex(
+        capsys, "explain", "--policy-file", write(tmp_path, PAYMENTS_EKS), *eks_argv(tmp_path)
+    )
+    assert code == 0
+    assert out.splitlines()[0] == (
+        f"principal  eks:{CLUSTER}:payments:api  (evidence: eks, pod api-7d9f)"
+    )
+
+
+def test_explain_refuses_claims_the_exchange_would_refuse(capsys, tmp_path) -> None:
+    """The exchange's own mapping refuses them, before any policy (invalid_grant)."""
+    other = json.loads(json.dumps(OIF_CLAIMS))
+    other["https://sts.amazonaws.com/"]["principal_id"] = "arn:aws:iam::210987654321:role/x"
+    result = explain_json(capsys, tmp_path, *oif_argv(tmp_path, other), documents=JWT_POLICIES)
+    assert (result["refusal"]["error"], result["policies"], result["caller"]) == (
+        "invalid_grant",
+        [],
+        None,
+    )
+    assert result["refusal"]["reason"] == "oif_principal"
+    no_account = {**OIF_CLAIMS, "https://sts.amazonaws.com/": {"principal_id": ROLE}}
+    result = explain_json(capsys, tmp_path, *oif_argv(tmp_path, no_account), documents=[READER])
+    assert result["refusal"]["reason"] == "oif_account"
+    mismatch = {**EKS_CLAIMS, "sub": "system:serviceaccount:payments:other"}
+    files = ["--policy-file", write(tmp_path, PAYMENTS_EKS)]
+    code, out, _ = tokex(capsys, "explain", *files, *eks_argv(tmp_path, mismatch))
+    assert code == 0
+    assert "principal  (none: the exchange refuses the token's claims)" in out
+    assert "=> refused (invalid_grant) before any policy: the token's sub does not name" in out
+
+
+@pytest.mark.parametrize(
+    "content,why",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object (the token's payload)"),
+        ("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", "looks like the compact token"),
+    ],
+)
+def test_explain_claims_that_are_not_a_payload_are_a_failure(capsys, tmp_path, content, why):
+    argv = ["explain", "--policy-file", write(tmp_path, READER), *oif_argv(tmp_path, content)]
+    code, out, err = tokex(capsys, *argv)
+    assert (code, out) == (1, "")
+    assert why in err
+    code, out, _ = tokex(capsys, *argv, "--json")
+    assert code == 1 and json.loads(out)["error"] == "invalid_input"
+
+
+@pytest.mark.parametrize(
+    "argv,flag,why",
+    [
+        (["--audience", "a"], "--principal", "--principal is required with --evidence sigv4"),
+        (["--principal", ROLE, "--audience", "a", "--claims", "c.json"], "--claims", "JWT caller"),
+        (["--principal", ROLE, "--audience", "a", "--cluster", CLUSTER], "--cluster", "JWT caller"),
+        (["--evidence", "aws-oif", "--audience", "a"], "--claims", "needs --claims FILE"),
+        (
+            ["--evidence", "aws-oif", "--claims", "c.json", "--principal", ROLE, "--audience", "a"],
+            "--principal",
+            "describes a SigV4 caller",
+        ),
+        (
+            ["--evidence", "eks", "--claims", "c.json", "--cluster", CLUSTER, "--audience", "a",
+             "--principal-id", "AROAX"],
+            "--principal-id",
+            "describes a SigV4 caller",
+        ),
+        (
+            ["--evidence", "aws-oif", "--claims", "c.json", "--audience", "a",
+             "--instance-tag", "a=b"],
+            "--instance-tag",
+            "describes a SigV4 caller",
+        ),
+        (
+            ["--evidence", "aws-oif", "--claims", "c.json", "--audience", "a",
+             "--cluster", CLUSTER],
+            "--cluster",
+            "--cluster is for --evidence eks",
+        ),
+        (["--evidence", "eks", "--claims", "c.json", "--audience", "a"],
+         "--cluster", "needs --cluster"),
+        (
+            ["--evidence", "eks", "--claims", "c.json", "--audience", "a", "--cluster", "prod"],
+            "--cluster",
+            "expected ACCOUNT:REGION:CLUSTER",
+        ),
+        (
+            ["--evidence", "eks", "--claims", "c.json", "--audience", "a",
+             "--cluster", f"{ACCOUNT}:us-east-1:pr od"],
+            "--cluster",
+            "expected ACCOUNT:REGION:CLUSTER",
+        ),
+        (["--principal", ROLE, "--audience", "a", "--at", "2026-11-30T12:00:00"], "--at", "zone"),
+        (["--principal", ROLE, "--audience", "a", "--at", "monday"], "--at", "ISO 8601"),
+        (
+            ["--evidence", "aws-oif", "--claims", "missing.json", "--audience", "a"],
+            "missing.json",
+            "no such file",
+        ),
+    ],
+)  # fmt: skip
+def test_explain_jwt_usage_errors(capsys, tmp_path, monkeypatch, argv, flag, why) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.json").write_text(json.dumps(OIF_CLAIMS))
+    files = ["--policy-file", write(tmp_path, READER)]
+    code, out, err = tokex(capsys, "explain", *files, *argv)
+    assert (code, out) == (2, "")
+    assert why in err
+    code, out, _ = tokex(capsys, "explain", *files, *argv, "--json")
+    result = json.loads(out)
+    assert code == 2 and result["input"] == flag and why in result["error_description"]
+
+
+def test_explain_evidence_is_a_choice(capsys) -> None:
+    assert main(["policy", "explain", "--evidence", "oidc", "--audience", "a"]) == 2
+    _, err = capsys.readouterr()
+    assert "invalid choice: 'oidc'" in err
+
+
+def test_explain_agrees_with_evaluate_for_jwt_callers(capsys, tmp_path) -> None:
+    from tokex.evidence.jwt_claims import caller_from_claims
+    from tokex.evidence.trusted_issuers import TrustedIssuer
+
+    policies = [Policy.from_document(doc) for doc in JWT_POLICIES]
+    oif = caller_from_claims(TrustedIssuer("aws-oif", ISSUER, ACCOUNT), OIF_CLAIMS)
+    eks = caller_from_claims(
+        TrustedIssuer("eks", EKS_ISSUER, ACCOUNT, "us-east-1", "prod"), EKS_CLAIMS
+    )
+    cases = [(oif, oif_argv(tmp_path)[:-2]), (eks, eks_argv(tmp_path)[:-2])]
+    for caller, argv in cases:
+        for audience in ("orders-api", "reports-api", "nope"):
+            for when in (MONDAY_NOON, "2026-11-30T19:00:00Z"):
+                for scopes in ((), ("orders:read",)):
+                    more = ["--audience", audience, "--at", when]
+                    more += [a for s in scopes for a in ("--scope", s)]
+                    result = explain_json(capsys, tmp_path, *argv, *more, documents=JWT_POLICIES)
+                    now = datetime.fromisoformat(when).timestamp()
+                    try:
+                        decision = evaluate(
+                            policies, caller, audience, scopes or None, None,
+                            default_ttl=900, ttl_cap=3600, now=now,
+                        )  # fmt: skip
+                    except (InvalidTarget, InvalidScope) as refusal:
+                        got = (result["refusal"]["error"], result["refusal"]["reason"])
+                        assert got == (refusal.error, refusal.reason)
+                    else:
+                        got = (result["policy"], result["scopes"], result["ttl_seconds"])
+                        expected = (decision.policy.id, list(decision.scopes), decision.ttl_seconds)
+                        assert got == expected
+
+
+def test_list_shows_eks_selectors_as_principals(capsys, monkeypatch) -> None:
+    import contextlib
+
+    from tokex.cli import policy as policy_command
+
+    class Store:
+        def load_all(self) -> tuple[list[Policy], list[str]]:
+            return [Policy.from_document(d) for d in (PAYMENTS_EKS, READER)], []
+
+    class Found:
+        table = "t"
+
+    monkeypatch.setattr(policy_command, "resolve_deployment", lambda args: Found())
+    monkeypatch.setattr(
+        policy_command, "policy_table", lambda deployment: contextlib.nullcontext(Store())
+    )
+    code, out, _ = tokex(capsys, "list", "--table", "t", "--region", "us-east-1")
+    assert code == 0
+    rows = out.splitlines()
+    assert rows[1].split() == [
+        "payments-eks", "allow", "yes", f"eks:{CLUSTER}:payments:api", "orders-api",
+    ]  # fmt: skip
+    assert rows[2].split()[3] == ",".join(READER["principals"])

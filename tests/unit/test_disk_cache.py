@@ -1,5 +1,6 @@
 """`tokex token --cache-dir`: tokens on disk only when asked, 0600 files in a directory no
-one else may write to, one file per endpoint, audience, scopes and AWS access key."""
+one else may write to, one file per endpoint, audience, scopes, kind of evidence and AWS
+access key (or, for eks, service account and token file)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
+from tokex import base64url
 from tokex.cli.main import main
 from tokex.client import disk_cache
 
@@ -80,6 +82,67 @@ def test_the_key_is_endpoint_audience_scopes_and_credentials(
     with fake_issuer() as other:  # another endpoint
         assert token(other, capsys, "--audience", "orders-api", *cache)[1] == "token-1"
     assert len(cache_files(tmp_path)) == 7
+
+
+def sa_token(issuer_url: str, sub: str = "system:serviceaccount:orders:api") -> str:
+    header = base64url.encode_json({"alg": "RS256", "kid": "k"})
+    claims = {"iss": "https://oidc.example.com", "sub": sub, "aud": issuer_url}
+    return f"{header}.{base64url.encode_json(claims)}.c2lnbmF0dXJl"
+
+
+def test_the_key_includes_the_evidence_and_the_token_file(
+    issuer, capsys, tmp_path, monkeypatch
+) -> None:
+    cache = ("--cache-dir", str(tmp_path / "cache"))
+    ask = ("--audience", "orders-api", *cache)
+    assert token(issuer, capsys, *ask)[1] == "token-1"  # sigv4
+    first = tmp_path / "first"
+    first.write_text(sa_token(issuer.url) + "\n")
+    eks = (*ask, "--evidence", "eks", "--token-file")
+    assert token(issuer, capsys, *eks, str(first))[1] == "token-2"  # not sigv4's token
+    assert token(issuer, capsys, *eks, str(first))[1] == "token-2"  # cached
+    second = tmp_path / "second"
+    second.write_text(sa_token(issuer.url))
+    assert token(issuer, capsys, *eks, str(second))[1] == "token-3"  # another token file
+    first.write_text(sa_token(issuer.url, "system:serviceaccount:orders:other"))
+    assert token(issuer, capsys, *eks, str(first))[1] == "token-4"  # another service account
+    # An eks pod needs no AWS credentials, for the key either.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    assert token(issuer, capsys, *eks, str(second))[1] == "token-3"
+    assert issuer.exchanges == len(cache_files(tmp_path / "cache")) == 4
+    assert [form["subject_token_type"] for form in issuer.forms] == [
+        ["urn:tokex:token-type:aws-sigv4"]
+    ] + [["urn:ietf:params:oauth:token-type:jwt"]] * 3
+
+
+def test_cache_file_name_changes_with_every_part() -> None:
+    base = {
+        "endpoint": "https://auth.example.com",
+        "issuer": None,
+        "audience": "orders-api",
+        "scopes": ("b", "a"),
+        "evidence": "sigv4",
+        "instance_identity": "off",
+        "principal": "AKIAEXAMPLEWORKLOAD1",
+        "token_file": None,
+    }
+    changes = {
+        "endpoint": "https://other.example.com",
+        "issuer": "https://auth.example.com",
+        "audience": "billing-api",
+        "scopes": ("a",),
+        "evidence": "aws-oif",
+        "instance_identity": "auto",
+        "principal": "AKIAEXAMPLEOTHERONE1",
+        "token_file": "/var/run/secrets/tokex/serviceaccount/token",
+    }
+    name = disk_cache.cache_file_name(**base)
+    assert name.endswith(disk_cache.FILE_SUFFIX)
+    assert disk_cache.cache_file_name(**{**base, "scopes": ["a", "b", "a"]}) == name
+    assert disk_cache.cache_file_name(**{**base, "endpoint": "https://auth.example.com/"}) == name
+    names = {disk_cache.cache_file_name(**{**base, key: value}) for key, value in changes.items()}
+    assert len(names) == len(changes) and name not in names
 
 
 def test_a_token_past_80_percent_of_its_lifetime_is_not_reused(issuer, capsys, tmp_path) -> None:

@@ -12,14 +12,18 @@ them on real threads and proves they overlap.
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
+import jwt
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tokex import deadline
 from tokex.errors import (
@@ -33,8 +37,10 @@ from tokex.errors import (
 )
 from tokex.evidence.identity import CallerIdentity
 from tokex.evidence.instance_identity import CertificateStore
-from tokex.evidence.replay import replay_refusal
+from tokex.evidence.jwt_claims import STS_NAMESPACE
+from tokex.evidence.replay import UsedEvidence, replay_refusal
 from tokex.evidence.sigv4_request import STS_BODY, StsRequest
+from tokex.evidence.trusted_issuers import TrustedIssuer, TrustedIssuers
 from tokex.exchange import ExchangeAudit, IssuedToken, TokenExchange
 from tokex.policy.model import Policy
 from tokex.settings import Settings
@@ -129,7 +135,7 @@ class World:
         self.policies_error: Exception | None = None
         self.sign_error: Exception | None = None
         self.policies_list = [ALLOW]
-        self.admitted: list[tuple[StsRequest, str]] = []
+        self.admitted: list[tuple[UsedEvidence | None, str]] = []
         self.released: list[object] = []
 
     # CallerIdentityVerifier
@@ -147,11 +153,11 @@ class World:
         return list(self.policies_list)
 
     # AdmissionStore
-    def admit(self, request: StsRequest, principal: str) -> object:
+    def admit(self, used: UsedEvidence | None, principal: str) -> object:
         self.log.append("admit")
         if self.admit_error is not None:
             raise self.admit_error
-        self.admitted.append((request, principal))
+        self.admitted.append((used, principal))
         return ("admission", principal)
 
     def release(self, admission: object) -> bool:
@@ -253,10 +259,10 @@ def test_the_write_and_the_sign_overlap_on_real_threads(world: World) -> None:
     seen: list[object] = []
     admit, sign = world.admit, world.sign
 
-    def admit_when_signing(request: StsRequest, principal: str) -> object:
+    def admit_when_signing(used: UsedEvidence | None, principal: str) -> object:
         seen.append(deadline.current())  # the request's deadline reached the worker
         both_started.wait()
-        return admit(request, principal)
+        return admit(used, principal)
 
     def sign_when_admitting(signing_input: bytes) -> bytes:
         both_started.wait()
@@ -441,3 +447,107 @@ def test_a_write_without_an_answer_is_not_remembered(world: World) -> None:
     world.log.clear()
     exchange.exchange(request, ExchangeAudit())  # the table decides: here, admitted
     assert world.log[0] == "sts"
+
+
+# --- JWT evidence: verified offline, no STS call ---------------------------------------
+
+OIF_ISSUER = TrustedIssuer("aws-oif", "https://abc.tokens.sts.global.api.aws", ACCOUNT)
+EKS_ISSUER = TrustedIssuer(
+    "eks", "https://oidc.eks.us-east-1.amazonaws.com/id/X", ACCOUNT, "us-east-1", "prod"
+)
+JWT_SETTINGS = Settings(issuer=ISSUER, trusted_issuers=TrustedIssuers((OIF_ISSUER, EKS_ISSUER)))
+_RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+class Keys:
+    """The trusted issuers' keys (the IssuerKeys interface): one RSA key, kid "k1"."""
+
+    def key(self, issuer: TrustedIssuer, kid: str) -> jwt.PyJWK | None:
+        if kid != "k1":
+            return None
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(_RSA.public_key()))
+        return jwt.PyJWK({**jwk, "kid": "k1", "alg": "RS256"})
+
+
+def subject_jwt(kind: str = "aws-oif", jti: str = "jti-1") -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {"aud": ISSUER, "iat": now, "exp": now + 300, "jti": jti}
+    if kind == "aws-oif":
+        claims.update(
+            iss=OIF_ISSUER.issuer,
+            sub=ROLE,
+            **{STS_NAMESPACE: {"aws_account": ACCOUNT, "principal_id": ROLE}},
+        )
+    else:
+        claims.update(
+            iss=EKS_ISSUER.issuer,
+            sub="system:serviceaccount:payments:api",
+            **{"kubernetes.io": {"namespace": "payments", "serviceaccount": {"name": "api"}}},
+        )
+    return jwt.encode(claims, _RSA, algorithm="RS256", headers={"kid": "k1"})
+
+
+EKS_ALLOW = Policy.from_document(
+    {
+        "id": "eks-api",
+        "effect": "allow",
+        "evidence": ["eks"],
+        "eks": {"clusters": [f"{ACCOUNT}:us-east-1:prod"], "namespaces": ["payments"],
+                "service_accounts": ["api"]},
+        "audiences": [AUDIENCE],
+    }
+)  # fmt: skip
+
+
+def jwt_environment(world: World, settings: Settings = JWT_SETTINGS) -> TokenExchange:
+    return TokenExchange(
+        settings=settings,
+        sts=world,
+        policies=world,
+        signer=world.signer,
+        instance_certificates=world.certificates,
+        admission=world,
+        issuer_keys=Keys(),
+        background=DeferredExecutor(world.log),
+    )
+
+
+def jwt_request(token: str) -> TokenRequest:
+    return token_request(signed_request=None, subject_jwt=token)
+
+
+def test_an_oif_exchange_makes_no_sts_call_and_is_single_use_by_jti(world: World) -> None:
+    exchange, audit = jwt_environment(world), ExchangeAudit()
+    token = subject_jwt()
+    issued = exchange.exchange(jwt_request(token), audit)
+    assert "sts" not in world.log and world.log[-1] == "admit"
+    used, principal = world.admitted[0]
+    assert principal == ROLE and used is not None and used.what == "token"
+    assert (audit.evidence, audit.principal) == ("aws-oif", ROLE)
+    claims = jwt.decode(issued.access_token, options={"verify_signature": False})
+    assert claims["aws"] == {"account": ACCOUNT, "evidence": "aws-oif", "arn": ROLE}
+    world.log.clear()
+    with pytest.raises(InvalidGrant) as replay:  # this environment saw it used up
+        exchange.exchange(jwt_request(token), ExchangeAudit())
+    assert replay.value.reason == "replay" and world.log == []
+
+
+def test_an_eks_token_is_not_single_use_and_needs_an_eks_policy(world: World) -> None:
+    exchange = jwt_environment(world)
+    with pytest.raises(InvalidTarget):  # the default policy names no evidence: never eks
+        exchange.exchange(jwt_request(subject_jwt("eks")), ExchangeAudit())
+    world.policies_list = [ALLOW, EKS_ALLOW]
+    token = subject_jwt("eks")
+    for _ in range(2):  # the same token twice: a pod reuses it
+        issued = exchange.exchange(jwt_request(token), ExchangeAudit())
+    assert [used for used, _ in world.admitted] == [None, None, None]
+    claims = jwt.decode(issued.access_token, options={"verify_signature": False})
+    assert claims["sub"] == f"eks:{ACCOUNT}:us-east-1:prod:payments:api"
+    assert claims["aws"]["eks"]["service_account"] == "api"
+
+
+def test_a_deployment_without_trusted_issuers_refuses_jwts(world: World) -> None:
+    exchange = jwt_environment(world, Settings(issuer=ISSUER))
+    with pytest.raises(InvalidRequest) as refused_jwt:
+        exchange.exchange(jwt_request(subject_jwt()), ExchangeAudit())
+    assert refused_jwt.value.reason == "jwt_not_configured" and world.log == []

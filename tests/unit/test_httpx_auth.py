@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
+from tokex import base64url
 from tokex.client import TokenClient, TokexHttpxAuth
 
 
@@ -97,3 +99,38 @@ def test_one_auth_serves_several_event_loops(issuer) -> None:
     now[0] = 900.0
     assert asyncio.run(ask()) == "Bearer token-2"
     assert asyncio.run(ask()) == "Bearer token-2"
+
+
+def sa_token_file(
+    directory: Path, issuer_url: str, *, sub: str = "system:serviceaccount:a:b"
+) -> Path:
+    """A projected service-account token for this issuer, as the kubelet writes it."""
+    header = base64url.encode_json({"alg": "RS256", "kid": "k"})
+    claims = base64url.encode_json(
+        {"iss": "https://oidc.example.com", "sub": sub, "aud": issuer_url}
+    )
+    path = directory / "token"
+    path.write_text(f"{header}.{claims}.c2lnbmF0dXJl\n")
+    return path
+
+
+def test_eks_evidence_sync_and_async(issuer, tmp_path) -> None:
+    path = sa_token_file(tmp_path, issuer.url)
+    auth = TokexHttpxAuth(issuer.url, "orders-api", evidence="eks", token_file=path)
+    with httpx.Client(auth=auth, transport=httpx.MockTransport(echo_authorization)) as api:
+        assert api.get("https://orders.example.com/").text == "Bearer token-1"
+
+    async def ask() -> str:
+        transport = httpx.MockTransport(echo_authorization)
+        async with httpx.AsyncClient(auth=auth, transport=transport) as api:
+            return (await api.get("https://orders.example.com/")).text
+
+    assert asyncio.run(ask()) == "Bearer token-1"  # cached
+    assert issuer.forms == [
+        {
+            "grant_type": ["urn:ietf:params:oauth:grant-type:token-exchange"],
+            "subject_token_type": ["urn:ietf:params:oauth:token-type:jwt"],
+            "subject_token": [path.read_text().strip()],
+            "audience": ["orders-api"],
+        }
+    ]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
 from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
+from tokex import base64url
 from tokex.client import TokenClient, TokexAuth
 
 
@@ -64,3 +66,38 @@ def test_threads_at_expiry_make_one_exchange(issuer) -> None:
         thread.join(timeout=30)
     assert seen == ["Bearer token-2"] * 8
     assert issuer.exchanges == 2
+
+
+def sa_token_file(
+    directory: Path, issuer_url: str, *, sub: str = "system:serviceaccount:a:b"
+) -> Path:
+    """A projected service-account token for this issuer, as the kubelet writes it."""
+    header = base64url.encode_json({"alg": "RS256", "kid": "k"})
+    claims = base64url.encode_json(
+        {"iss": "https://oidc.example.com", "sub": sub, "aud": issuer_url}
+    )
+    path = directory / "token"
+    path.write_text(f"{header}.{claims}.c2lnbmF0dXJl\n")
+    return path
+
+
+def test_eks_evidence_and_its_refresh(issuer, tmp_path) -> None:
+    """The evidence choice goes to the auth's own TokenClient; a refresh reads the (rotated)
+    token file again."""
+    now = [0.0]
+    path = sa_token_file(tmp_path, issuer.url)
+    auth = TokexAuth(
+        TokenClient(issuer.url, evidence="eks", token_file=path, clock=lambda: now[0]), "orders-api"
+    )
+    assert authorization(auth) == "Bearer token-1"
+    sa_token_file(tmp_path, issuer.url, sub="system:serviceaccount:a:rotated")
+    now[0] = 0.8 * 900
+    assert authorization(auth) == "Bearer token-2"
+    first, second = (form["subject_token"][0] for form in issuer.forms)
+    assert first != second and second == path.read_text().strip()
+    assert {form["subject_token_type"][0] for form in issuer.forms} == {
+        "urn:ietf:params:oauth:token-type:jwt"
+    }
+    made = TokexAuth(issuer.url, "orders-api", evidence="eks", token_file=path)
+    assert authorization(made) == "Bearer token-3"
+    assert issuer.forms[-1]["subject_token"] == [second]

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
+from tokex import base64url
 from tokex.client import token_client
 from tokex.client.token_client import (
     REFRESH_AT,
@@ -20,6 +21,7 @@ from tokex.client.token_client import (
     TokenError,
     check_endpoint,
     discover_issuer,
+    request_token,
 )
 
 
@@ -193,3 +195,40 @@ def test_import_tokex_client_needs_neither_requests_nor_httpx() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# The form the client posts with SigV4 evidence (JWT evidence: test_client_evidence.py).
+
+
+def test_sigv4_request_body(issuer) -> None:
+    request_token(issuer.url, "orders-api", scopes=["orders:read", "orders:write"])
+    [form] = issuer.forms
+    assert form.keys() == {"grant_type", "subject_token_type", "subject_token", "audience", "scope"}
+    assert form["grant_type"] == ["urn:ietf:params:oauth:grant-type:token-exchange"]
+    assert form["subject_token_type"] == ["urn:tokex:token-type:aws-sigv4"]
+    assert form["audience"] == ["orders-api"]
+    assert form["scope"] == ["orders:read orders:write"]
+    signed = json.loads(base64url.decode(form["subject_token"][0]))
+    # No region in the session (boto3 reads AWS_DEFAULT_REGION, not AWS_REGION): us-east-1.
+    assert signed["url"] == "https://sts.us-east-1.amazonaws.com/"
+    assert signed["body"] == "Action=GetCallerIdentity&Version=2011-06-15"
+    assert signed["headers"]["X-Tokex-Issuer"] == issuer.url
+    assert signed["headers"]["X-Tokex-Audience"] == "orders-api"
+    assert "/us-east-1/sts/aws4_request" in signed["headers"]["Authorization"]
+
+
+def test_sigv4_with_instance_evidence_and_a_region(issuer) -> None:
+    request_token(issuer.url, "orders-api", region="eu-west-1", instance_evidence="e30")
+    [form] = issuer.forms
+    assert form["aws_instance_identity"] == ["e30"]
+    assert "scope" not in form
+    signed = json.loads(base64url.decode(form["subject_token"][0]))
+    assert signed["url"] == "https://sts.eu-west-1.amazonaws.com/"
+
+
+def test_sigv4_is_the_default_evidence(issuer) -> None:
+    TokenClient(issuer.url, evidence="sigv4").token("orders-api")
+    TokenClient(issuer.url).token("orders-api")
+    assert [form["subject_token_type"] for form in issuer.forms] == [
+        ["urn:tokex:token-type:aws-sigv4"]
+    ] * 2

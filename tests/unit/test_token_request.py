@@ -8,6 +8,7 @@ import pytest
 
 from tokex.errors import InvalidRequest, UnsupportedMediaType
 from tokex.forms import MAX_FORM_PARAMETERS, check_content_type, parse_form
+from tokex.token_request import TokenRequest, parse_token_request
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -76,3 +77,44 @@ def test_malformed_forms_are_still_malformed(body: bytes) -> None:
     with pytest.raises(InvalidRequest) as refused:
         parse_form(body)
     assert refused.value.reason == "form"
+
+
+# --- a JWT as the subject token (docs/contract.md "JWT evidence") ------------------------
+
+JWT_FORM = {
+    "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+    "subject_token": "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln",
+    "audience": "orders-api",
+}
+
+
+def parse(fields: dict[str, str]) -> TokenRequest:
+    return parse_token_request(urlencode(fields).encode(), FORM)
+
+
+def test_a_jwt_subject_token_is_kept_as_sent_for_the_verifier() -> None:
+    request = parse({**JWT_FORM, "scope": "orders:read"})
+    assert request.subject_jwt == JWT_FORM["subject_token"]
+    assert request.signed_request is None and request.scopes == ("orders:read",)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"aws_instance_identity": "e30"}, "instance_identity_with_jwt"),
+        ({"subject_token_type": "urn:ietf:params:oauth:token-type:id_token"}, "subject_token_type"),
+    ],
+)
+def test_jwt_requests_with_the_wrong_companions_are_invalid_request(
+    changes: dict[str, str], reason: str
+) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        parse({**JWT_FORM, **changes})
+    assert (refused.value.status, refused.value.reason) == (400, reason)
+
+
+def test_an_oversized_jwt_request_is_413() -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        parse({**JWT_FORM, "subject_token": "a." * 9000 + "b"})
+    assert (refused.value.status, refused.value.reason) == (413, "body_size")

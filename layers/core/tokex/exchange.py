@@ -3,11 +3,13 @@
 Pure orchestration: every rule lives in the module named for it, every AWS call in its
 adapter. `TokenExchange.exchange` reads top to bottom as the order of checks
 (docs/contract.md "Order of checks, and what each refusal costs"): cheap offline checks
-come before the STS round trip; then the policy decision (in memory when warm); then one
-write that uses the signed request up and charges the caller's budget, overlapping the
-one KMS Sign, so a warm exchange waits for two round trips (STS, then the slower of the
-write and Sign). The token leaves only once the write succeeded: a replay or a 429 costs
-at most one Sign, whose signature is discarded, and never a budget unit.
+come before the STS round trip (SigV4 evidence) or instead of it (JWT evidence, verified
+offline against its issuer's cached keys); then the policy decision (in memory when
+warm); then one write that uses the evidence up and charges the caller's budget,
+overlapping the one KMS Sign, so a warm exchange waits for two round trips with SigV4
+evidence (STS, then the slower of the write and Sign) and one with a JWT. The token
+leaves only once the write succeeded: a replay or a 429 costs at most one Sign, whose
+signature is discarded, and never a budget unit.
 """
 
 from __future__ import annotations
@@ -20,14 +22,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from tokex.errors import InvalidGrant, RateLimited, TemporarilyUnavailable, TokexError
-from tokex.evidence.identity import CallerIdentity, InstanceIdentity
+from tokex.errors import (
+    InvalidGrant,
+    InvalidRequest,
+    RateLimited,
+    TemporarilyUnavailable,
+    TokexError,
+)
+from tokex.evidence.identity import SIGV4, CallerIdentity, InstanceIdentity
 from tokex.evidence.instance_identity import (
     CertificateStore,
     bind_instance_to_caller,
     verify_instance_identity,
 )
-from tokex.evidence.replay import RecentlyUsed, replay_refusal
+from tokex.evidence.jwt_evidence import CLOCK_SKEW_SECONDS, IssuerKeys, verify_jwt_evidence
+from tokex.evidence.replay import RecentlyUsed, UsedEvidence, used_signature
 from tokex.evidence.sigv4_request import StsRequest, verify_sts_request
 from tokex.evidence.sts_endpoints import StsEndpoints
 from tokex.policy.evaluate import Decision, TagLookup, evaluate
@@ -50,10 +59,11 @@ class PolicySource(Protocol):
 class AdmissionStore(Protocol):
     """Single use and the rate limit, decided by one write (adapters/state_table/admission.py)."""
 
-    def admit(self, request: StsRequest, principal: str) -> Any:
-        """Use the signed request up and charge `principal`'s budget. Raises
-        InvalidGrant (a replay), RateLimited (over budget; the request is used up) or
-        TemporarilyUnavailable. Returns what `release` needs."""
+    def admit(self, used: UsedEvidence | None, principal: str) -> Any:
+        """Use the evidence up (None: evidence that is not single use) and charge
+        `principal`'s budget. Raises InvalidGrant (a replay), RateLimited (over budget;
+        the evidence is used up) or TemporarilyUnavailable. Returns what `release`
+        needs."""
         ...
 
     def release(self, admission: Any) -> bool:
@@ -66,6 +76,7 @@ class ExchangeAudit:
     """What the audit log line says about one exchange (filled in as checks pass)."""
 
     audience: str | None = None
+    evidence: str | None = None
     principal: str | None = None
     account: str | None = None
     policy: str | None = None
@@ -103,6 +114,7 @@ class TokenExchange:
         instance_certificates: Callable[[], CertificateStore],
         admission: AdmissionStore | None = None,
         instance_tags: TagLookup | None = None,
+        issuer_keys: IssuerKeys | None = None,
         background: Executor | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -114,6 +126,8 @@ class TokenExchange:
         self._certificates = instance_certificates
         self._admission = admission
         self._instance_tags = instance_tags
+        # The trusted JWT issuers' keys (settings.trusted_issuers); None: SigV4 only.
+        self._issuer_keys = issuer_keys
         # Runs the admission write while KMS signs (wiring.py: one per process).
         self._background = background
         self._clock = clock
@@ -121,79 +135,124 @@ class TokenExchange:
         self._used = RecentlyUsed()
 
     def exchange(self, request: TokenRequest, audit: ExchangeAudit) -> IssuedToken:
-        settings = self._settings
         audit.audience = request.audience
         now = self._clock()
-        sts_request = verify_sts_request(
-            request.signed_request,
-            issuer=settings.issuer,
-            endpoints=self._endpoints,
-            now=datetime.fromtimestamp(now, UTC),
-            audience=request.audience,
-        )
-        if self._admission is not None and sts_request in self._used:
-            raise replay_refusal()
-        instance = self._verify_instance(request)
-        caller = self._sts.get_caller_identity(sts_request)
+        instance: InstanceIdentity | None = None
+        used: UsedEvidence | None
+        if request.subject_jwt is None:
+            caller, used, instance = self._sigv4_caller(request, now, audit)
+        else:
+            caller, used = self._jwt_caller(request.subject_jwt, now, audit)
         audit.principal, audit.account = caller.principal_arn, caller.account
         try:
             decision, claims = self._decide(request, caller, instance, now, audit)
         except Exception as exc:
-            # A refusal past STS uses the signed request up all the same: the write alone,
-            # never a Sign (a replay or 429 it reports wins). A 503 here wrote nothing.
+            # A refusal past the evidence uses it up all the same: the write alone, never
+            # a Sign (a replay or 429 it reports wins). A 503 here wrote nothing.
             if self._admission is not None and not _leaves_request_usable(exc):
-                self._admit_alone(sts_request, caller.principal_arn)
+                self._admit_alone(used, caller.principal_arn)
             raise
         if self._admission is None:
             token = self._sign(claims, request.audience)
         else:
             token = self._sign_while_admitting(
-                self._admission, sts_request, caller.principal_arn, claims, request.audience
+                self._admission, used, caller.principal_arn, claims, request.audience
             )
         audit.jti = claims["jti"]
         return IssuedToken(token, decision.ttl_seconds, decision.scopes)
 
+    def _sigv4_caller(
+        self, request: TokenRequest, now: float, audit: ExchangeAudit
+    ) -> tuple[CallerIdentity, UsedEvidence, InstanceIdentity | None]:
+        """SigV4 evidence: the request's offline checks, then the one STS round trip."""
+        audit.evidence = SIGV4
+        assert request.signed_request is not None
+        sts_request = verify_sts_request(
+            request.signed_request,
+            issuer=self._settings.issuer,
+            endpoints=self._endpoints,
+            now=datetime.fromtimestamp(now, UTC),
+            audience=request.audience,
+        )
+        used = used_signature(sts_request)
+        if self._admission is not None and used in self._used:
+            raise used.replay_refusal()
+        instance = self._verify_instance(request)
+        return self._sts.get_caller_identity(sts_request), used, instance
+
+    def _jwt_caller(
+        self, token: str, now: float, audit: ExchangeAudit
+    ) -> tuple[CallerIdentity, UsedEvidence | None]:
+        """JWT evidence, verified offline against its trusted issuer's keys (fetched once,
+        then cached): no STS call. An AWS OIF token is single use by its `jti`; an EKS
+        token is not (a pod presents the same one until it is rotated)."""
+        settings = self._settings
+        if self._issuer_keys is None or not settings.trusted_issuers:
+            raise InvalidRequest(
+                "this deployment trusts no JWT issuers; use a signed request",
+                reason="jwt_not_configured",
+            )
+        verified = verify_jwt_evidence(
+            token,
+            issuers=settings.trusted_issuers,
+            keys=self._issuer_keys,
+            audience=settings.issuer,
+            now=now,
+        )
+        audit.evidence = verified.caller.evidence
+        digest = verified.single_use_digest()
+        if digest is None:
+            return verified.caller, None
+        # No copy of the token passes verification after exp + the allowed skew.
+        used = UsedEvidence(digest, verified.expires_at + CLOCK_SKEW_SECONDS, what="token")
+        if self._admission is not None and used in self._used:
+            raise used.replay_refusal()
+        return verified.caller, used
+
     def _sign_while_admitting(
         self,
         admission_store: AdmissionStore,
-        sts_request: StsRequest,
+        used: UsedEvidence | None,
         principal: str,
         claims: dict[str, Any],
         audience: str,
     ) -> str:
-        """One write uses the signed request up and charges the caller's budget while KMS
-        signs (one round trip after STS's, not two). The token is returned only once the
-        write succeeded: a signature made while a refused write was in flight is
-        discarded, never returned, logged or stored."""
-        admitting = self._start(admission_store.admit, sts_request, principal)
+        """One write uses the evidence up and charges the caller's budget while KMS signs
+        (one round trip after STS's, not two). The token is returned only once the write
+        succeeded: a signature made while a refused write was in flight is discarded,
+        never returned, logged or stored."""
+        admitting = self._start(admission_store.admit, used, principal)
         try:
             token = self._sign(claims, audience)
         except Exception as exc:
-            admission = self._admitted(admitting.result, sts_request)  # its refusal wins
-            # Only a failure of tokex's own upstreams gives the signed request back (and
-            # the budget unit), with one compensating write; an unknown write (timeout,
+            admission = self._admitted(admitting.result, used)  # its refusal wins
+            # Only a failure of tokex's own upstreams gives the evidence back (and the
+            # budget unit), with one compensating write; an unknown write (timeout,
             # raised above) is never released.
-            if _leaves_request_usable(exc) and admission_store.release(admission):
-                self._used.forget(sts_request)
+            released = _leaves_request_usable(exc) and admission_store.release(admission)
+            if released and used is not None:
+                self._used.forget(used)
             raise
-        self._admitted(admitting.result, sts_request)  # a replay, 429 or 503 discards it
+        self._admitted(admitting.result, used)  # a replay, 429 or 503 discards it
         return token
 
-    def _admit_alone(self, sts_request: StsRequest, principal: str) -> None:
+    def _admit_alone(self, used: UsedEvidence | None, principal: str) -> None:
         admission = self._admission
         assert admission is not None
-        self._admitted(lambda: admission.admit(sts_request, principal), sts_request)
+        self._admitted(lambda: admission.admit(used, principal), used)
 
-    def _admitted(self, admitting: Callable[[], Any], sts_request: StsRequest) -> Any:
-        """The write's outcome; remembers the request when the table says it is used up
+    def _admitted(self, admitting: Callable[[], Any], used: UsedEvidence | None) -> Any:
+        """The write's outcome; remembers the evidence when the table says it is used up
         (admitted, a replay, or over budget), so this environment refuses its replays
-        before STS."""
+        before they cost anything."""
         try:
             admission = admitting()
         except (InvalidGrant, RateLimited):
-            self._used.add(sts_request)
+            if used is not None:
+                self._used.add(used)
             raise
-        self._used.add(sts_request)
+        if used is not None:
+            self._used.add(used)
         return admission
 
     def _decide(
@@ -218,6 +277,7 @@ class TokenExchange:
             default_ttl=settings.default_ttl_seconds,
             ttl_cap=settings.ttl_cap_seconds,
             tag_lookup=self._instance_tags,
+            now=now,
         )
         audit.policy = decision.policy.id
         claims = build_claims(

@@ -80,6 +80,30 @@ PRINCIPAL_ARN = re.compile(
 # IAM unique ids (AROA…, AIDA…): "IAM identifiers", "Unique identifiers".
 PRINCIPAL_ID = re.compile(r"[A-Za-z0-9]{1,128}")
 
+# --- JWT evidence (docs/contract.md "JWT evidence").
+# The kinds of trusted JWT issuer (settings `trustedIssuers`): an account's IAM outbound
+# identity federation issuer, and an EKS cluster's OIDC issuer.
+JWT_ISSUER_KINDS = ("aws-oif", "eks")
+# The kinds of evidence an exchange accepts: a signed GetCallerIdentity, and the JWT kinds.
+EVIDENCE_KINDS = ("sigv4", *JWT_ISSUER_KINDS)
+# EKS cluster names (EKS API reference, CreateCluster `name`).
+EKS_CLUSTER_NAME = re.compile(r"[0-9A-Za-z][A-Za-z0-9_-]{0,99}")
+# Kubernetes namespace (an RFC 1123 label) and service account name (an RFC 1123 subdomain).
+K8S_NAMESPACE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+K8S_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?")
+# AWS Organizations ids and an OU path (`o-…/r-…/ou-…/…/`).
+ORG_ID = re.compile(r"o-[a-z0-9]{10,32}")
+OU_PATH = re.compile(
+    r"o-[a-z0-9]{10,32}/r-[a-z0-9]{4,32}/(?:ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}/){0,5}"
+)
+VPC_ID = re.compile(r"vpc-[0-9a-f]{8,17}")
+LAMBDA_FUNCTION_ARN = re.compile(
+    rf"arn:({_PARTITION}):lambda:([a-z0-9-]{{1,32}}):([0-9]{{12}}):function:[A-Za-z0-9_-]{{1,64}}"
+)
+EC2_INSTANCE_ARN = re.compile(
+    rf"arn:({_PARTITION}):ec2:([a-z0-9-]{{1,32}}):([0-9]{{12}}):instance/i-[0-9a-f]{{8,17}}"
+)
+
 # --- The signed STS request (docs/contract.md "The signed request").
 # The one body tokex forwards: GetCallerIdentity and nothing else (CVE-2022-2385).
 STS_BODY = "Action=GetCallerIdentity&Version=2011-06-15"

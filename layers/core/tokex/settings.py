@@ -14,6 +14,11 @@ from urllib.parse import urlsplit
 
 from tokex import identifiers
 from tokex.errors import ConfigurationError
+from tokex.evidence.trusted_issuers import (
+    TrustedIssuerError,
+    TrustedIssuers,
+    parse_trusted_issuers,
+)
 
 DEFAULT_TTL_SECONDS = 900
 DEFAULT_TTL_CAP_SECONDS = 3600
@@ -71,6 +76,9 @@ class Settings:
     # Policy `instance.tags`: the role tokex assumes in an instance's account to call
     # ec2:DescribeInstances (adapters/ec2.py). Empty = tag conditions never hold.
     instance_tags_role_name: str = ""
+    # The JWT issuers whose tokens are evidence (TOKEX_TRUSTED_ISSUERS, a JSON list; CDK
+    # context `trustedIssuers`): docs/contract.md "JWT evidence". Empty: SigV4 only.
+    trusted_issuers: TrustedIssuers = field(default_factory=TrustedIssuers)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,6 +103,15 @@ class Settings:
                 "TOKEX_LOCAL_INSTANCE_CERTIFICATE is for local mode only: deployed issuers "
                 "trust AWS's pinned instance identity certificates and nothing else"
             )
+        for trusted in self.trusted_issuers.issuers:
+            # Local issuers (plain http on loopback) are trusted by local mode only, as
+            # the local instance certificate is.
+            if trusted.issuer.startswith("http://") and not self.is_local:
+                raise ConfigurationError(
+                    "TOKEX_TRUSTED_ISSUERS: plain-http issuers are for local mode only"
+                )
+            if trusted.issuer == self.issuer:
+                raise ConfigurationError("TOKEX_TRUSTED_ISSUERS may not list tokex's own issuer")
         if self.sts_connect_override is not None:
             parts = urlsplit(self.sts_connect_override)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -140,6 +157,12 @@ class Settings:
             env.get("TOKEX_STS_CONNECT_OVERRIDE") or env.get("TOKEX_LOCAL_INSTANCE_CERTIFICATE")
         ):
             raise ConfigurationError("local-mode settings are refused inside AWS Lambda")
+        try:
+            trusted_issuers = parse_trusted_issuers(
+                env.get("TOKEX_TRUSTED_ISSUERS", ""), allow_http_loopback=True, own_issuer=issuer
+            )
+        except TrustedIssuerError as err:
+            raise ConfigurationError(f"TOKEX_TRUSTED_ISSUERS: {err}") from None
         return cls(
             issuer=issuer,
             signing_key_id=env.get("TOKEX_SIGNING_KEY_ID", ""),
@@ -162,6 +185,7 @@ class Settings:
             local_instance_certificate=env.get("TOKEX_LOCAL_INSTANCE_CERTIFICATE", ""),
             local_instance_regions=csv("TOKEX_LOCAL_INSTANCE_REGIONS", "us-east-1"),
             instance_tags_role_name=env.get("TOKEX_INSTANCE_TAGS_ROLE_NAME", ""),
+            trusted_issuers=trusted_issuers,
         )
 
     @property

@@ -17,7 +17,10 @@ from tokex.forms import check_content_type, parse_form
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 SIGV4_TOKEN_TYPE = "urn:tokex:token-type:aws-sigv4"
+# RFC 8693 §3: a JWT as the subject token (JWT evidence: docs/contract.md "JWT evidence"),
+# and the only token type tokex issues.
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+SUBJECT_TOKEN_TYPES = (SIGV4_TOKEN_TYPE, JWT_TOKEN_TYPE)
 
 MAX_INSTANCE_EVIDENCE_CHARS = 12 * 1024
 MAX_SCOPES = 32
@@ -41,10 +44,14 @@ _UNSUPPORTED = frozenset({"resource", "actor_token", "actor_token_type"})
 
 @dataclass(frozen=True)
 class TokenRequest:
-    signed_request: dict[str, Any]
+    """Exactly one of `signed_request` (SigV4 evidence) and `subject_jwt` (JWT evidence);
+    instance evidence only goes with a signed request."""
+
+    signed_request: dict[str, Any] | None
     audience: str
     scopes: tuple[str, ...] | None
     instance_evidence: dict[str, Any] | None
+    subject_jwt: str | None = None
 
 
 def parse_token_request(body: bytes, content_type: str | None) -> TokenRequest:
@@ -61,9 +68,11 @@ def parse_token_request(body: bytes, content_type: str | None) -> TokenRequest:
         )
     for name in sorted(_UNSUPPORTED & form.keys()):
         raise InvalidRequest(f"parameter '{name}' is not supported", reason="unsupported_param")
-    if form.get("subject_token_type") != SIGV4_TOKEN_TYPE:
+    token_type = form.get("subject_token_type")
+    if token_type not in SUBJECT_TOKEN_TYPES:
         raise InvalidRequest(
-            f"subject_token_type must be {SIGV4_TOKEN_TYPE}", reason="subject_token_type"
+            f"subject_token_type must be {SIGV4_TOKEN_TYPE} or {JWT_TOKEN_TYPE}",
+            reason="subject_token_type",
         )
     if "subject_token" not in form:
         raise InvalidRequest("subject_token is required", reason="subject_token_missing")
@@ -80,6 +89,20 @@ def parse_token_request(body: bytes, content_type: str | None) -> TokenRequest:
             "audience must be 1-256 characters of A-Z a-z 0-9 . _ : / -", reason="audience"
         )
     evidence = form.get("aws_instance_identity")
+    if token_type == JWT_TOKEN_TYPE:
+        if evidence is not None:
+            raise InvalidRequest(
+                "aws_instance_identity goes with a signed request, not with a JWT",
+                reason="instance_identity_with_jwt",
+            )
+        return TokenRequest(
+            signed_request=None,
+            audience=audience,
+            scopes=_parse_scope(form.get("scope")),
+            instance_evidence=None,
+            # Its shape and size are checked by evidence/jwt_evidence.py with the rest.
+            subject_jwt=form["subject_token"],
+        )
     return TokenRequest(
         signed_request=decode_subject_token(form["subject_token"]),
         audience=audience,

@@ -19,6 +19,7 @@ from tokex.adapters.state_table.revocations import RevocationStore
 from tokex.adapters.sts import StsForwarder
 from tokex.errors import ConfigurationError
 from tokex.evidence.instance_identity import CertificateStore
+from tokex.evidence.jwt_evidence import IssuerKeys
 from tokex.exchange import TokenExchange
 from tokex.introspection import Introspector, PublishedKeys
 from tokex.policy.cache import CachedPolicies
@@ -63,6 +64,7 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
         if settings.state_table and (settings.single_use or settings.rate_limit_per_minute)
         else None,
         instance_tags=_instance_tag_lookup(settings, session),
+        issuer_keys=_issuer_keys(settings),
         background=admission_writes(),
     )
 
@@ -129,6 +131,17 @@ def _instance_tag_lookup(settings: Settings, session: object) -> TagLookup | Non
         aws_clients.client("sts", session=session),
         role_name=settings.instance_tags_role_name,
     )
+
+
+def _issuer_keys(settings: Settings) -> IssuerKeys | None:
+    """The trusted JWT issuers' keys, fetched on first use and cached per issuer."""
+    if not settings.trusted_issuers:
+        return None
+    # Imported only when configured: a SigV4-only cold start skips it.
+    from tokex.adapters.oidc_keys import OidcIssuerKeys
+
+    # Local mode's issuers are plain http on loopback (settings.py allows them there only).
+    return OidcIssuerKeys(allow_http_loopback=settings.is_local)
 
 
 def published_key_ids(settings: Settings) -> list[str]:

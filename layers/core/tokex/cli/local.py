@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         DEMO_AUDIENCE,
         DEMO_INSTANCE_AUDIENCE,
         DEMO_INSTANCE_ID,
+        DEMO_LAMBDA_AUDIENCE,
         DEMO_ROLE_ARN,
         DEMO_SCOPES,
     )
@@ -74,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     issuer = system.issuer
+    federation = system.federation
+    assert federation is not None
+    lambda_a, lambda_b = system.lambda_envs.values()
     print(
         f"""tokex local is running (Ctrl-C stops it)
   issuer          {issuer}
@@ -85,13 +89,22 @@ def run(args: argparse.Namespace) -> int:
   demo workload   {DEMO_ROLE_ARN}  -> {system.workload_env}
   demo policies   audience {DEMO_AUDIENCE}, scopes {" ".join(DEMO_SCOPES)}, max TTL 900 s
                   audience {DEMO_INSTANCE_AUDIENCE}, needs instance identity evidence
+                  audience {DEMO_AUDIENCE} with aws-oif or eks evidence too
+                  audience {DEMO_LAMBDA_AUDIENCE}, aws-oif evidence of tokex-demo-a only
   demo EC2 IMDS   {system.imds.url} (instance {DEMO_INSTANCE_ID}; local-only certificate)
+  local STS       {federation.sts_url} (AWS_ENDPOINT_URL_STS; GetWebIdentityToken, rest -> moto)
+  OIF issuer      {federation.oif_issuer.url} (local-only)
+  EKS issuer      {federation.eks_issuer.url} (local-only; token -> {federation.eks_token.path})
+  demo Lambdas    tokex-demo-a -> {lambda_a}, tokex-demo-b -> {lambda_b}
   operator        {system.state_dir / "operator.env"} (for tokex policy/clients/revoke)
 
 Try it:
   . {system.workload_env}
   tokex token --endpoint {issuer} --audience {DEMO_AUDIENCE} --scope demo:read
   tokex token --endpoint {issuer} --audience {DEMO_INSTANCE_AUDIENCE} --instance-identity auto
+  tokex token --endpoint {issuer} --audience {DEMO_AUDIENCE} --evidence aws-oif
+  tokex token --endpoint {issuer} --audience {DEMO_AUDIENCE} --evidence eks \\
+    --token-file {federation.eks_token.path}
 
 Introspect a token (RFC 7662):
   . {system.introspection_env}

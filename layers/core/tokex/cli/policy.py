@@ -26,6 +26,7 @@ from tokex.cli.inputs import require_file
 from tokex.cli.policy_document import load_policy_file
 from tokex.cli.policy_explain import add_explain_arguments, explain_command
 from tokex.cli.policy_table import policy_table
+from tokex.evidence.identity import AWS_OIF
 from tokex.policy.model import Policy, PolicyValidationError
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
 
@@ -159,7 +160,7 @@ def run_list(args: argparse.Namespace) -> int:
             p.id,
             p.effect,
             "yes" if p.enabled else "no",
-            ",".join(p.principals),
+            ",".join(_principal_cells(p)),
             ",".join(p.audiences),
         )
         for p in policies
@@ -193,11 +194,38 @@ def _absent(policy_id: str, deployment: Deployment) -> CommandError:
     )
 
 
+def _principal_cells(policy: Policy) -> list[str]:
+    """The principal patterns, then the EKS selectors as one `eks:` pattern (`|`: or)."""
+    cells = list(policy.principals)
+    if policy.eks is not None:
+        parts = (policy.eks.clusters, policy.eks.namespaces, policy.eks.service_accounts)
+        cells.append(":".join(("eks", *("|".join(part) for part in parts))))
+    return cells
+
+
 def policy_warnings(policy: Policy) -> list[str]:
     """Valid, but probably not what the author meant."""
     warnings = []
     if not policy.enabled:
         warnings.append("enabled is false: the exchange ignores this policy")
+    if policy.workload is not None and policy.workload.request_tags:
+        warnings.append(
+            "workload.request_tags are chosen by the caller when it asks for its token: "
+            "they select among its tokens, they prove nothing about who it is"
+        )
+    oif_only = [
+        f"workload.{name}" for name in (policy.workload.selectors() if policy.workload else {})
+    ]
+    oif_only += [
+        f"conditions.{name}"
+        for name in (policy.conditions.oif_conditions() if policy.conditions else [])
+    ]
+    others = [kind for kind in policy.evidence_kinds if kind != AWS_OIF]
+    if oif_only and others:
+        warnings.append(
+            f"{', '.join(oif_only)}: only aws-oif evidence carries them, so this policy never "
+            f"applies to {' or '.join(others)} callers"
+        )
     return warnings
 
 

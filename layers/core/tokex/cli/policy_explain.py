@@ -4,8 +4,10 @@ nothing.
 The decision is reached by the exchange's own code: the principal goes through the mapping
 the STS forwarder applies to GetCallerIdentity's answer (so an assumed-role session maps to
 its path-less role, exactly as in a real exchange), an instance document through the
-exchange's parser, verifier and caller binding, and the policies through
-`policy.evaluate.explain`, of which the exchange's `evaluate` is a thin wrapper.
+exchange's parser, verifier and caller binding, a JWT's claims (`--evidence aws-oif|eks
+--claims FILE`) through the exchange's `evidence.jwt_claims.caller_from_claims`, and the
+policies through `policy.evaluate.explain`, of which the exchange's `evaluate` is a thin
+wrapper.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from tokex import identifiers
 from tokex.cli.deployment import Deployment, check_ttl_seconds, resolve_deployment
 from tokex.cli.errors import INVALID_INPUT, USAGE, CommandError, UsageError
 from tokex.cli.inputs import read_text, require_file
@@ -24,25 +29,53 @@ from tokex.cli.policy_table import policy_table
 from tokex.cli.principal_arn import caller_from_principal
 from tokex.cli.request_arguments import check_audience, requested_scopes
 from tokex.errors import InvalidGrant, InvalidRequest, TokexError
-from tokex.evidence.identity import CallerIdentity, InstanceIdentity
+from tokex.evidence.identity import AWS_OIF, EKS, SIGV4, CallerIdentity, InstanceIdentity
 from tokex.policy.globs import principal_matches
 from tokex.policy.model import Policy
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS, DEFAULT_TTL_SECONDS
+from tokex.strict_json import StrictJsonError, loads_strict
 
 if TYPE_CHECKING:
     from tokex.policy.evaluate import Explanation
 
 # Instance identity signature variants (evidence/instance_identity.py VARIANTS).
 SIGNATURE_VARIANTS = ("rsa2048", "pkcs7", "signature")
+# The flags that describe a SigV4 caller; a JWT's caller comes from --claims alone.
+SIGV4_FLAGS = ("principal", "account", "principal_id", "instance_document", "instance_tag")
+# A decoded JWT payload is small; this bounds what is read.
+MAX_CLAIMS_BYTES = 64 * 1024
 
 
 def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--evidence",
+        choices=identifiers.EVIDENCE_KINDS,
+        default=SIGV4,
+        help="the caller's kind of evidence (default sigv4: --principal; aws-oif and eks: "
+        "--claims)",
+    )
+    parser.add_argument(
         "--principal",
-        required=True,
         metavar="ARN",
         help="arn:aws:iam::ACCOUNT:role/NAME, arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION "
         "or arn:aws:iam::ACCOUNT:user/NAME (or role/NAME, user/NAME with --account)",
+    )
+    parser.add_argument(
+        "--claims",
+        metavar="FILE",
+        help="the decoded JSON payload of the caller's JWT (--evidence aws-oif or eks); "
+        "treated as verified",
+    )
+    parser.add_argument(
+        "--cluster",
+        metavar="ACCOUNT:REGION:CLUSTER",
+        help="the EKS cluster the token's issuer is configured for (--evidence eks)",
+    )
+    parser.add_argument(
+        "--at",
+        metavar="TIME",
+        help="when the exchange happens, for time windows: ISO 8601 with a zone, "
+        "2026-11-30T12:00:00Z (default: now)",
     )
     parser.add_argument("--account", help="the account of a short role/NAME or user/NAME")
     parser.add_argument(
@@ -96,9 +129,15 @@ def explain_command(args: argparse.Namespace) -> int:
             check_ttl_seconds(value, name)
     check_audience(args.audience)
     scopes = requested_scopes(args.scope)
-    caller, notes = caller_from_principal(args.principal, args.account, args.principal_id)
+    cluster = _check_evidence_flags(args)
+    at = _at(args.at)
+    caller: CallerIdentity | None = None
+    notes: list[str] = []
+    if args.evidence == SIGV4:
+        caller, notes = caller_from_principal(args.principal, args.account, args.principal_id)
     tags = _tags(args.instance_tag)
     _check_files(args)
+    claims = None if args.claims is None else _read_claims(args.claims)
     # One DescribeStacks with --stack, for the table and the TTLs.
     deployment = None if args.policy_file else resolve_deployment(args)
     _ttls_from_stack(args, deployment)
@@ -108,19 +147,29 @@ def explain_command(args: argparse.Namespace) -> int:
             input="--default-ttl",
         )
     policies, source, invalid = _policies(args, deployment)
-    if args.principal_id is None and any(
-        p.principal_ids and any(principal_matches(g, caller.principal_arn) for g in p.principals)
-        for p in policies
+    if (
+        caller is not None
+        and args.principal_id is None
+        and any(
+            p.principal_ids
+            and any(principal_matches(g, caller.principal_arn) for g in p.principals)
+            for p in policies
+        )
     ):
         notes.append("no --principal-id: policies restricted by principal_ids do not apply")
     if not tags and any(p.instance and p.instance.tags for p in policies):
         notes.append("tag conditions need the instance's tags: give --instance-tag KEY=VALUE")
+    if args.at is None and any(p.conditions and p.conditions.time_window for p in policies):
+        notes.append("time windows judged at the current time: give --at TIME for another")
+    instance = None
     try:
+        if claims is not None:
+            caller = _caller_from_claims(args.evidence, claims, cluster, notes)
+        assert caller is not None
         instance = _instance(args, caller, notes)
     except (InvalidGrant, InvalidRequest) as refusal:  # the exchange refuses before policies
         result = None
         error: TokexError | None = refusal
-        instance = None
     else:
         result = explain(
             policies,
@@ -131,6 +180,7 @@ def explain_command(args: argparse.Namespace) -> int:
             default_ttl=args.default_ttl,
             ttl_cap=args.ttl_cap,
             tag_lookup=(lambda _instance: tags) if tags else None,
+            now=at.timestamp(),
         )
         error = result.error
     decision = result.decision if result else None
@@ -146,16 +196,11 @@ def explain_command(args: argparse.Namespace) -> int:
         "scopes": list(decision.scopes) if decision else None,
         "ttl_seconds": decision.ttl_seconds if decision else None,
         "claims": decision.claims if decision else None,
-        "caller": {
-            "principal": caller.principal_arn,
-            "arn": caller.arn,
-            "account": caller.account,
-            "principal_id": args.principal_id,
-            "session_name": caller.session_name,
-        },
+        "caller": _caller_report(caller, args),
         "audience": args.audience,
         "requested_scopes": None if scopes is None else list(scopes),
         "instance": None if instance is None else instance.claims(),
+        "at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "source": source,
         "invalid_policies": invalid,
         "policies": [dataclasses.asdict(line) for line in (result.lines if result else ())],
@@ -164,8 +209,170 @@ def explain_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
-        print(_render(report, result, error))
+        show_time = args.at is not None or any(
+            p.conditions and p.conditions.time_window for p in policies
+        )
+        print(_render(report, result, error, show_time=show_time))
     return 0
+
+
+def _check_evidence_flags(args: argparse.Namespace) -> tuple[str, str, str] | None:
+    """Each kind of evidence with its own flags; the --cluster of --evidence eks, parsed."""
+    if args.evidence == SIGV4:
+        if args.principal is None:
+            raise UsageError(
+                "--principal is required with --evidence sigv4 (a JWT caller: --evidence "
+                "aws-oif or eks, with --claims FILE)",
+                error=USAGE,
+                input="--principal",
+            )
+        for flag in ("claims", "cluster"):
+            if getattr(args, flag) is not None:
+                raise UsageError(
+                    f"--{flag} describes a JWT caller: give --evidence aws-oif or eks",
+                    error=USAGE,
+                    input=f"--{flag}",
+                )
+        return None
+    for flag in (*SIGV4_FLAGS, *SIGNATURE_VARIANTS):
+        if getattr(args, flag) not in (None, []):
+            name = "--" + flag.replace("_", "-")
+            raise UsageError(
+                f"{name} describes a SigV4 caller; with --evidence {args.evidence} the caller "
+                "comes from --claims",
+                error=USAGE,
+                input=name,
+            )
+    if args.claims is None:
+        raise UsageError(
+            f"--evidence {args.evidence} needs --claims FILE (the token's decoded payload)",
+            error=USAGE,
+            input="--claims",
+        )
+    if args.evidence == AWS_OIF:
+        if args.cluster is not None:
+            raise UsageError("--cluster is for --evidence eks", error=USAGE, input="--cluster")
+        return None
+    if args.cluster is None:
+        raise UsageError(
+            "--evidence eks needs --cluster ACCOUNT:REGION:CLUSTER (the token names none of "
+            "them: the issuer's configuration does)",
+            error=USAGE,
+            input="--cluster",
+        )
+    parts = args.cluster.split(":")
+    account, region, name = parts if len(parts) == 3 else ("", "", "")
+    if (
+        not identifiers.is_account_id(account)
+        or not identifiers.is_region(region)
+        or not identifiers.EKS_CLUSTER_NAME.fullmatch(name)
+    ):
+        raise UsageError(
+            f"--cluster {args.cluster!r}: expected ACCOUNT:REGION:CLUSTER "
+            "(123456789012:us-east-1:prod)",
+            input="--cluster",
+        )
+    return account, region, name
+
+
+def _at(value: str | None) -> datetime:
+    """--at: an ISO 8601 time with its zone (Z or an offset), as UTC; default now."""
+    if value is None:
+        return datetime.fromtimestamp(time.time(), UTC)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise UsageError(
+            f"--at {value!r}: expected an ISO 8601 time with a zone, 2026-11-30T12:00:00Z",
+            input="--at",
+        )
+    return parsed.astimezone(UTC)
+
+
+def _read_claims(path: str) -> Mapping[str, Any]:
+    """A decoded JWT payload: one JSON object (not the compact token)."""
+    text = read_text(path, label="--claims", limit=MAX_CLAIMS_BYTES)
+    try:
+        claims = loads_strict(text)
+    except StrictJsonError as exc:
+        hint = ""
+        if text.strip().count(".") == 2 and text.lstrip().startswith("eyJ"):
+            hint = " (it looks like the compact token: give its decoded payload)"
+        raise CommandError(
+            f"--claims {path}: {exc}{hint}", error=INVALID_INPUT, input=path
+        ) from None
+    if not isinstance(claims, dict):
+        raise CommandError(
+            f"--claims {path}: must be a JSON object (the token's payload)",
+            error=INVALID_INPUT,
+            input=path,
+        )
+    return claims
+
+
+def _caller_from_claims(
+    evidence: str,
+    claims: Mapping[str, Any],
+    cluster: tuple[str, str, str] | None,
+    notes: list[str],
+) -> CallerIdentity:
+    """The exchange's mapping of a verified token's claims; the trusted issuer stands in
+    for the configuration: the payload's own `iss` and `aws_account` (AWS OIF), or --cluster
+    (EKS). Raises InvalidGrant as the exchange would."""
+    from tokex.evidence.jwt_claims import STS_NAMESPACE, caller_from_claims
+    from tokex.evidence.trusted_issuers import TrustedIssuer
+
+    issuer = claims.get("iss")
+    shown = issuer if isinstance(issuer, str) else "(none)"
+    if evidence == AWS_OIF:
+        sts = claims.get(STS_NAMESPACE)
+        account = sts.get("aws_account") if isinstance(sts, Mapping) else None
+        if not (isinstance(account, str) and identifiers.is_account_id(account)):
+            raise InvalidGrant(
+                f"the token has no {STS_NAMESPACE} aws_account (12 digits): no trusted "
+                "issuer could be configured for it",
+                reason="oif_account",
+            )
+        trusted = TrustedIssuer(AWS_OIF, issuer if isinstance(issuer, str) else "", account)
+        where = f"account {account}"
+    else:
+        assert cluster is not None
+        account, region, name = cluster
+        trusted = TrustedIssuer(EKS, issuer if isinstance(issuer, str) else "", *cluster)
+        where = f"cluster {account}:{region}:{name}"
+    notes.append(
+        f"claims NOT verified: treated as a token whose signature, audience and lifetime "
+        f"were verified, from issuer {shown} trusted for {where}"
+    )
+    return caller_from_claims(trusted, claims)
+
+
+def _caller_report(
+    caller: CallerIdentity | None, args: argparse.Namespace
+) -> dict[str, Any] | None:
+    if caller is None:  # the token's claims were refused
+        return None
+    return {
+        "principal": caller.principal_arn,
+        "arn": caller.arn,
+        "account": caller.account,
+        "principal_id": args.principal_id,
+        "session_name": caller.session_name,
+        "evidence": caller.evidence,
+        "workload": None if caller.workload is None else _present(caller.workload),
+        "eks": None if caller.eks is None else dataclasses.asdict(caller.eks),
+    }
+
+
+def _present(attributes: Any) -> dict[str, Any]:
+    """The attributes a token carried (absent and empty ones left out)."""
+    return {
+        name: dict(value) if isinstance(value, Mapping) else value
+        for name, value in dataclasses.asdict(attributes).items()
+        if value not in (None, (), {}, [])
+    }
 
 
 def _check_files(args: argparse.Namespace) -> None:
@@ -181,6 +388,7 @@ def _check_files(args: argparse.Namespace) -> None:
         raise UsageError(
             "--policy-file replaces --table/--stack: give one or the other", input=flag
         )
+    require_file(args.claims, label="--claims")
     require_file(args.instance_document, label="--instance-document")
     if variant is not None:
         require_file(getattr(args, variant), label=f"--{variant}")
@@ -290,15 +498,32 @@ def _tags(values: list[str]) -> Mapping[str, str]:
     return tags
 
 
-def _render(report: dict[str, Any], result: Explanation | None, error: TokexError | None) -> str:
+def _render(
+    report: dict[str, Any],
+    result: Explanation | None,
+    error: TokexError | None,
+    *,
+    show_time: bool,
+) -> str:
     caller = report["caller"]
-    shown_id = caller["principal_id"] or "not given"
     scopes = report["requested_scopes"]
-    out = [
-        f"principal  {caller['principal']}  (principal id: {shown_id})",
+    if caller is None:
+        out = ["principal  (none: the exchange refuses the token's claims)"]
+    elif caller["evidence"] == SIGV4:
+        shown_id = caller["principal_id"] or "not given"
+        out = [f"principal  {caller['principal']}  (principal id: {shown_id})"]
+    else:
+        pod = caller["eks"] and caller["eks"].get("pod")
+        more = f", pod {pod}" if pod else ""
+        out = [f"principal  {caller['principal']}  (evidence: {caller['evidence']}{more})"]
+        if caller["workload"]:
+            out.append(f"workload   {json.dumps(caller['workload'], ensure_ascii=True)}")
+    out += [
         f"audience   {report['audience']}",
         f"scopes     {' '.join(scopes) if scopes else '(none requested: all the policy grants)'}",
     ]
+    if show_time:
+        out.append(f"time       {report['at']}")
     if report["instance"]:
         i = report["instance"]
         out.append(

@@ -1,4 +1,9 @@
-"""`tokex token`: the workload side. Prints an access token for an audience."""
+"""`tokex token`: the workload side. Prints an access token for an audience.
+
+The evidence (`--evidence`): a GetCallerIdentity signed with the default AWS credential
+chain (`sigv4`, the default, optionally with IMDS evidence), a JWT from
+sts:GetWebIdentityToken (`aws-oif`, or `oif`), or the pod's projected service-account
+token (`eks`): docs/contract.md "JWT evidence", tokex/client/evidence.py."""
 
 from __future__ import annotations
 
@@ -10,14 +15,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokex.cli.errors import UNREACHABLE, USAGE, WRITE_FAILED, CommandError, UsageError
+from tokex import identifiers
+from tokex.cli.errors import (
+    FILE_NOT_FOUND,
+    UNREACHABLE,
+    USAGE,
+    WRITE_FAILED,
+    CommandError,
+    UsageError,
+)
 from tokex.cli.region import configured_region
 from tokex.cli.request_arguments import check_audience, requested_scopes
+from tokex.evidence.jwt_evidence import ALGORITHMS
+from tokex.evidence.trusted_issuers import AWS_OIF, EKS
 
 ENDPOINT_VARIABLE = "TOKEX_ENDPOINT"
 # The region to sign for when none is configured: the workload then needs nothing but its
 # credentials (the exchange accepts every region's STS unless its stsRegions says not).
 FALLBACK_REGION = "us-east-1"
+SIGV4 = "sigv4"
+# `oif` is short for `aws-oif` (tokex/client/evidence.py ALIASES).
+EVIDENCE_CHOICES = (*identifiers.EVIDENCE_KINDS, "oif")
 
 
 def register(subparsers: Any) -> None:
@@ -41,18 +59,39 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--issuer", help="issuer to bind to (default: from discovery)")
     parser.add_argument(
+        "--evidence",
+        choices=EVIDENCE_CHOICES,
+        default=SIGV4,
+        help="what proves who this workload is: sigv4 = a GetCallerIdentity signed with its "
+        "AWS credentials (the default); aws-oif (or oif) = a 60-second JWT from "
+        "sts:GetWebIdentityToken on the region's STS endpoint, for this issuer only; eks = "
+        "the pod's projected service-account token (--token-file)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="with --evidence eks: the projected service-account token, whose audience is "
+        "the issuer URL (default: /var/run/secrets/tokex/serviceaccount/token)",
+    )
+    parser.add_argument(
+        "--signing-algorithm",
+        choices=ALGORITHMS[AWS_OIF],
+        help="with --evidence aws-oif: what STS signs the JWT with (default: RS256, the "
+        "cheapest for the exchange to verify)",
+    )
+    parser.add_argument(
         "--instance-identity",
         choices=("auto", "on", "off"),
         default="off",
-        help="send EC2 instance identity evidence read from IMDSv2",
+        help="with --evidence sigv4: send EC2 instance identity evidence read from IMDSv2",
     )
     parser.add_argument(
         "--cache-dir",
         type=Path,
         help="reuse a token kept in DIR while it has more than 20%% of its lifetime left, and "
-        "keep new ones there (files of mode 0600 per endpoint, audience, scopes and AWS "
-        "access key; DIR is made 0700 and refused if others may write to it). Default: no "
-        "cache, nothing written",
+        "keep new ones there (files of mode 0600 per endpoint, audience, scopes, evidence and "
+        "AWS access key, or service account and token file; DIR is made 0700 and refused if "
+        "others may write to it). Default: no cache, nothing written",
     )
     parser.add_argument("--json", action="store_true", help="print the whole JSON response")
     parser.add_argument(
@@ -81,21 +120,60 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{source} {str(err).removeprefix('endpoint ')}", input=source) from None
     check_audience(args.audience)
     scopes = requested_scopes(args.scope) or ()
-    region = configured_region(args.region) or FALLBACK_REGION
+    evidence = _evidence(args)
+    # An eks pod needs no AWS configuration at all.
+    region = None if evidence == EKS else configured_region(args.region) or FALLBACK_REGION
     cache_dir = _cache_dir(args.cache_dir) if args.cache_dir else None
     try:
-        response = _token_response(args, endpoint, scopes, region, cache_dir)
+        response = _token_response(args, endpoint, scopes, evidence, region, cache_dir)
     except TokenError as err:
         raise CommandError(str(err), error=err.error, input=err.url or "--endpoint") from None
     print(json.dumps(response, indent=2) if args.json else response["access_token"])
     return 0
 
 
+def _evidence(args: argparse.Namespace) -> str:
+    """The kind of evidence; the flags that go with another kind are refused, not ignored
+    (exit 2). Sets `args.token_file` for eks (a missing file is exit 2 too)."""
+    from tokex.client.evidence import ALIASES, DEFAULT_TOKEN_FILE
+
+    evidence = ALIASES.get(args.evidence, args.evidence)
+    only_with = (
+        # IMDS evidence is bound to the signed request's caller (docs/contract.md).
+        ("--instance-identity", args.instance_identity != "off", SIGV4),
+        ("--token-file", args.token_file is not None, EKS),
+        ("--signing-algorithm", args.signing_algorithm is not None, AWS_OIF),
+    )
+    for flag, given, kind in only_with:
+        if given and evidence != kind:
+            raise UsageError(
+                f"{flag} goes with --evidence {kind} only, not --evidence {args.evidence}",
+                error=USAGE,
+                input=flag,
+            )
+    if evidence == EKS:
+        args.token_file = args.token_file or DEFAULT_TOKEN_FILE
+        if not Path(args.token_file).exists():
+            raise UsageError(
+                f"--token-file {args.token_file}: no such file (mount the pod's projected "
+                'service-account token there: docs/deploy.md "JWT evidence: trusted issuers")',
+                error=FILE_NOT_FOUND,
+                input=args.token_file,
+            )
+        if Path(args.token_file).is_dir():
+            raise UsageError(
+                f"--token-file {args.token_file} is a directory, not a file",
+                input=args.token_file,
+            )
+    return evidence
+
+
 def _token_response(
     args: argparse.Namespace,
     endpoint: str,
     scopes: Sequence[str],
-    region: str,
+    evidence: str,
+    region: str | None,
     cache_dir: Path | None,
 ) -> dict[str, Any]:
     """From the cache directory when it holds a fresh token for this request, else from
@@ -103,18 +181,25 @@ def _token_response(
     import boto3
 
     from tokex.client import disk_cache
+    from tokex.client.evidence import read_token_file, token_subject
     from tokex.client.token_client import aws_credentials, request_token
 
-    session = boto3.session.Session()
+    session = None if evidence == EKS else boto3.session.Session()
     cache_file = None
     if cache_dir is not None:
+        if session is None:  # eks: the service account the token names
+            principal = token_subject(read_token_file(args.token_file))
+        else:
+            principal = aws_credentials(session).access_key
         name = disk_cache.cache_file_name(
             endpoint=endpoint,
             issuer=args.issuer,
             audience=args.audience,
             scopes=scopes,
+            evidence=evidence,
             instance_identity=args.instance_identity,
-            access_key_id=aws_credentials(session).access_key,
+            principal=principal,
+            token_file=args.token_file,
         )
         cache_file = cache_dir / name
         cached = disk_cache.read_cached(cache_file)
@@ -122,6 +207,8 @@ def _token_response(
             if args.verbose:
                 print(f"tokex token: cached token from {cache_file}", file=sys.stderr)
             return cached
+    if args.verbose:
+        _say_what_is_sent(args, evidence, region)
     response = request_token(
         endpoint,
         args.audience,
@@ -130,6 +217,9 @@ def _token_response(
         issuer=args.issuer,
         instance_evidence=_instance_evidence(args),
         session=session,
+        evidence=evidence,
+        token_file=args.token_file,
+        signing_algorithm=args.signing_algorithm,
     )
     if cache_file is not None:
         try:
@@ -137,6 +227,22 @@ def _token_response(
         except OSError as err:  # the token is good: print it, say why it was not kept
             print(f"tokex token: --cache-dir: not cached: {err}", file=sys.stderr)
     return response
+
+
+def _say_what_is_sent(args: argparse.Namespace, evidence: str, region: str | None) -> None:
+    from tokex.client.evidence import DEFAULT_OIF_SIGNING_ALGORITHM, OIF_DURATION_SECONDS
+
+    if evidence == EKS:
+        what = f"the service-account token in {args.token_file}"
+    elif evidence == AWS_OIF:
+        algorithm = args.signing_algorithm or DEFAULT_OIF_SIGNING_ALGORITHM
+        what = (
+            f"a JWT from sts:GetWebIdentityToken in {region} ({algorithm}, "
+            f"{OIF_DURATION_SECONDS} s)"
+        )
+    else:
+        what = f"a GetCallerIdentity request signed for {region}"
+    print(f"tokex token: sending {what}", file=sys.stderr)
 
 
 def _cache_dir(path: Path) -> Path:

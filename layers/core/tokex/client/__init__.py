@@ -1,4 +1,5 @@
-"""The workload side: sign GetCallerIdentity, exchange it for a token.
+"""The workload side: sign GetCallerIdentity (or bring a JWT from sts:GetWebIdentityToken,
+or an EKS pod's service-account token: `evidence=`), exchange it for a token.
 
 `TokexAuth` (requests) and `TokexHttpxAuth` (httpx) are imported on first use, so
 `import tokex.client` needs neither library (extras `tokex[requests]`, `tokex[httpx]`).

@@ -1,12 +1,15 @@
 """`tokex token --cache-dir DIR`: tokens kept on disk between runs, only when asked.
 
-One file per (endpoint, issuer, audience, scopes, instance evidence, principal), named by
-the sha256 of those, so a token is never served to a request that would have been issued
-a different one. The principal is named by the AWS access key id of the credentials the
-request is signed with: an access key id belongs to exactly one principal and is never
-reused (an IAM user's key, or the temporary key of one role session, `ASIA…`), and it is
-known locally, where the principal's ARN would cost an STS call per run. A new role
-session therefore starts a new file. No secret goes into the key.
+One file per (endpoint, issuer, audience, scopes, kind of evidence, instance evidence,
+principal, token file), named by the sha256 of those, so a token is never served to a
+request that would have been issued a different one. With `sigv4` and `aws-oif` evidence
+the principal is named by the AWS access key id of the session's credentials: an access
+key id belongs to exactly one principal and is never reused (an IAM user's key, or the
+temporary key of one role session, `ASIA…`), and it is known locally, where the
+principal's ARN would cost an STS call per run. A new role session therefore starts a new
+file. With `eks` evidence it is the `iss` and `sub` of the service-account token (the
+cluster and the service account), read from the token file, which is part of the key too.
+No secret goes into the key.
 
 The files are bearer tokens: mode 0600 in a directory the user owns that no one else may
 write to (0700 when tokex makes it), written atomically (temp file, `os.replace`), read
@@ -43,18 +46,24 @@ def cache_file_name(
     issuer: str | None,
     audience: str,
     scopes: Sequence[str],
+    evidence: str,
     instance_identity: str,
-    access_key_id: str,
+    principal: str,
+    token_file: str | None = None,
 ) -> str:
+    """`principal`: the AWS access key id (`sigv4`, `aws-oif`), or the service-account
+    token's issuer and subject (`eks`, whose `token_file` is given too)."""
     material = json.dumps(
         {
-            "v": 1,
+            "v": 2,
             "endpoint": endpoint.rstrip("/"),
             "issuer": issuer,
             "audience": audience,
             "scopes": sorted(set(scopes)),
+            "evidence": evidence,
             "instance_identity": instance_identity,
-            "access_key_id": access_key_id,
+            "principal": principal,
+            "token_file": token_file,
         },
         sort_keys=True,
     )

@@ -4,6 +4,8 @@ extra).
 auth = TokexHttpxAuth("https://auth.example.com", "orders-api", scopes=["orders:read"])
 httpx.get("https://orders.example.com/orders", auth=auth)
 async with httpx.AsyncClient(auth=auth) as client: ...
+
+`evidence="eks"` (and `token_file=`) or `evidence="aws-oif"` as for TokexAuth.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 session = requests.Session()
 session.auth = TokexAuth("https://auth.example.com", "orders-api", scopes=["orders:read"])
 session.get("https://orders.example.com/orders")   # Authorization: Bearer <token>
+
+In an EKS pod: TokexAuth(issuer, "orders-api", evidence="eks") (token_file= if not the
+default path); with IAM outbound identity federation: evidence="aws-oif".
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 client = TokenClient("https://auth.example.com")
 token = client.token("orders-api", scopes=["orders:read"])   # refreshed at 80 % of its lifetime
+
+The evidence is a signed GetCallerIdentity by default (`evidence="sigv4"`), or a JWT:
+`evidence="aws-oif"` (`"oif"`; sts:GetWebIdentityToken) or `evidence="eks"` (the pod's
+projected service-account token, `token_file=`): client/evidence.py.
 """
 
 from __future__ import annotations
@@ -15,14 +19,32 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError
 
+from tokex.client.evidence import (
+    AWS_OIF,
+    EKS,
+    SIGV4,
+    EvidenceOptions,
+    check_token_audience,
+    read_token_file,
+    web_identity_token,
+)
 from tokex.client.signing import encode_subject_token, signed_get_caller_identity
-from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+from tokex.client.token_error import (
+    INVALID_ENDPOINT,
+    ISSUER_MISMATCH,
+    NO_CREDENTIALS,
+    NOT_TOKEX,
+    UNREACHABLE,
+    TokenError,
+)
+from tokex.token_request import JWT_TOKEN_TYPE, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 # A token is refreshed once this fraction of its lifetime has passed: with tokex's default
 # 15-minute tokens, after 12 minutes, so a token is never presented in its last minutes and
@@ -31,13 +53,6 @@ REFRESH_AT = 0.8
 
 MAX_RESPONSE_BYTES = 64 * 1024
 
-
-# TokenError.error of failures that are not an answer of the token endpoint.
-INVALID_ENDPOINT = "invalid_endpoint"  # not a base URL a signed request may go to
-UNREACHABLE = "unreachable"  # no HTTP answer (refused, timed out, DNS)
-NOT_TOKEX = "not_tokex"  # an answer, but not one a tokex issuer gives
-ISSUER_MISMATCH = "issuer_mismatch"  # discovery names another issuer
-NO_CREDENTIALS = "no_credentials"
 # Paths a tokex issuer serves (docs/contract.md): an endpoint ending in one is not the base
 # URL.
 ISSUER_PATHS = (
@@ -47,26 +62,6 @@ ISSUER_PATHS = (
     "/.well-known/jwks.json",
 )
 _LOOPBACK_NAMES = {"localhost"}
-
-
-class TokenError(Exception):
-    """No token: `error` is the token endpoint's OAuth error code when it refused, else one
-    of the codes above; `url` is the URL at fault, when there is one."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        error: str | None = None,
-        status: int | None = None,
-        url: str | None = None,
-        answer: str | None = None,
-    ):
-        super().__init__(message)
-        self.error = error
-        self.status = status
-        self.url = url
-        self.answer = answer or message  # what the server answered, in a few words
 
 
 def is_loopback(host: str) -> bool:
@@ -168,27 +163,39 @@ def request_token(
     instance_evidence: str | None = None,
     session: boto3.session.Session | None = None,
     timeout: float = 10.0,
+    evidence: str = SIGV4,
+    token_file: str | Path | None = None,
+    signing_algorithm: str | None = None,
 ) -> dict[str, Any]:
     """One exchange: the token endpoint's whole JSON response (RFC 8693 §2.2.1).
 
-    The signed request names the issuer (X-Tokex-Issuer) and the audience
-    (X-Tokex-Audience): it can buy nothing else, anywhere else."""
+    `evidence`: "sigv4" (a signed GetCallerIdentity, with `instance_evidence` if any),
+    "aws-oif" or "oif" (a JWT from sts:GetWebIdentityToken, `signing_algorithm` RS256 by
+    default or ES384) or "eks" (the projected service-account token in `token_file`,
+    default /var/run/secrets/tokex/serviceaccount/token). An option another kind does not
+    take is a ValueError. Each kind is bound to this issuer: the signed request names it
+    (X-Tokex-Issuer) and the audience (X-Tokex-Audience); an OIF token has it as its only
+    audience; a service-account token is sent only if its audience is this issuer."""
+    chosen = EvidenceOptions.of(
+        evidence,
+        token_file=token_file,
+        signing_algorithm=signing_algorithm,
+        instance_evidence=instance_evidence,
+    )
     endpoint = check_endpoint(endpoint)
-    session = session or boto3.session.Session()
-    frozen = aws_credentials(session)
-    # Signed for the region asked for, else the session's, else the global partition's
-    # default: a workload needs no configuration beyond its credentials.
-    region = region or session.region_name or "us-east-1"
-    signed = signed_get_caller_identity(
-        frozen,
+    token_type, subject_token = _subject_token(
+        chosen,
+        endpoint,
+        audience,
         region=region,
-        issuer=issuer or discover_issuer(endpoint, timeout=timeout),
-        audience=audience,
+        issuer=issuer,
+        session=session,
+        timeout=timeout,
     )
     form = {
         "grant_type": TOKEN_EXCHANGE_GRANT,
-        "subject_token_type": SIGV4_TOKEN_TYPE,
-        "subject_token": encode_subject_token(signed),
+        "subject_token_type": token_type,
+        "subject_token": subject_token,
         "audience": audience,
     }
     if scopes:
@@ -206,6 +213,47 @@ def request_token(
         url = request.full_url
         raise TokenError(f"{url} answered without an access_token", error=NOT_TOKEX, url=url)
     return response
+
+
+def _subject_token(
+    chosen: EvidenceOptions,
+    endpoint: str,
+    audience: str,
+    *,
+    region: str | None,
+    issuer: str | None,
+    session: boto3.session.Session | None,
+    timeout: float,
+) -> tuple[str, str]:
+    """(subject_token_type, subject_token) of the chosen evidence."""
+    if chosen.kind == EKS:
+        # Read first: a pod without its token volume fails before any network call.
+        token = read_token_file(chosen.token_file)
+        bound = issuer or discover_issuer(endpoint, timeout=timeout)
+        check_token_audience(token, bound, source=chosen.token_file)
+        return JWT_TOKEN_TYPE, token
+    session = session or boto3.session.Session()
+    # For the region asked for, else the session's, else the global partition's default:
+    # a workload needs no configuration beyond its credentials.
+    region = region or session.region_name or "us-east-1"
+    if chosen.kind == AWS_OIF:
+        bound = issuer or discover_issuer(endpoint, timeout=timeout)
+        token = web_identity_token(
+            issuer=bound,
+            region=region,
+            signing_algorithm=chosen.signing_algorithm,
+            session=session,
+            timeout=timeout,
+        )
+        return JWT_TOKEN_TYPE, token
+    frozen = aws_credentials(session)
+    signed = signed_get_caller_identity(
+        frozen,
+        region=region,
+        issuer=issuer or discover_issuer(endpoint, timeout=timeout),
+        audience=audience,
+    )
+    return SIGV4_TOKEN_TYPE, encode_subject_token(signed)
 
 
 def aws_credentials(session: boto3.session.Session) -> ReadOnlyCredentials:
@@ -235,11 +283,26 @@ class TokenClient:
     """
 
     def __init__(
-        self, endpoint: str, *, clock: Callable[[], float] = time.monotonic, **options: Any
+        self,
+        endpoint: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        evidence: str = SIGV4,
+        token_file: str | Path | None = None,
+        **options: Any,
     ) -> None:
+        """`evidence` and `token_file` (and `options`: request_token's other keyword
+        arguments, `signing_algorithm` among them) are request_token's; a choice of
+        evidence that cannot work is refused here (ValueError), not at the first token."""
+        EvidenceOptions.of(
+            evidence,
+            token_file=token_file,
+            signing_algorithm=options.get("signing_algorithm"),
+            instance_evidence=options.get("instance_evidence"),
+        )
         self._endpoint = endpoint
         self._clock = clock
-        self._options = options  # request_token's keyword arguments
+        self._options = {**options, "evidence": evidence, "token_file": token_file}
         self._cache: dict[CacheKey, CachedToken] = {}
         self._flights: dict[CacheKey, threading.Lock] = {}  # one exchange in flight per key
         self._lock = threading.Lock()  # guards the two dicts, never held over I/O

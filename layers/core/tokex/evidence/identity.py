@@ -2,19 +2,75 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# The evidence an identity came from (identifiers.EVIDENCE_KINDS): a signed
+# GetCallerIdentity request, an AWS outbound identity federation JWT, an EKS
+# service-account token.
+SIGV4 = "sigv4"
+AWS_OIF = "aws-oif"
+EKS = "eks"
+
+
+@dataclass(frozen=True)
+class WorkloadAttributes:
+    """What an AWS outbound identity federation token says about the session that asked
+    for it, besides the principal (docs/contract.md "JWT evidence"). Absent = the token
+    did not carry it. `request_tags` are chosen by the caller when it asks for the token:
+    they prove nothing about who it is."""
+
+    source_region: str | None = None
+    org_id: str | None = None
+    ou_paths: tuple[str, ...] = ()
+    principal_tags: Mapping[str, str] = field(default_factory=dict)
+    session_tags: Mapping[str, str] = field(default_factory=dict)
+    request_tags: Mapping[str, str] = field(default_factory=dict)
+    lambda_function_arn: str | None = None
+    ec2_instance_arn: str | None = None
+    source_vpc: str | None = None
+    # How the EC2 instance's role credentials were delivered: "1.0" (IMDSv1) or "2.0".
+    imds_version: str | None = None
+    source_identity: str | None = None
+
+
+@dataclass(frozen=True)
+class EksWorkload:
+    """A pod's service account, from an EKS cluster's token. Account, Region and cluster
+    come from the trusted issuer's configuration: the token itself names none of them."""
+
+    account: str
+    region: str
+    cluster: str
+    namespace: str
+    service_account: str
+    pod: str | None = None
+
+    @property
+    def principal(self) -> str:
+        """The one principal form of an EKS workload (docs/contract.md "JWT evidence"):
+        `eks:<account>:<region>:<cluster>:<namespace>:<service-account>`. It never starts
+        with `arn:`, so no IAM principal pattern can match it."""
+        return ":".join(
+            ("eks", self.account, self.region, self.cluster, self.namespace, self.service_account)
+        )
 
 
 @dataclass(frozen=True)
 class CallerIdentity:
-    """Who STS says the caller is.
+    """Who the evidence says the caller is.
 
     principal_arn: canonical principal (contract `sub`): the role ARN for an assumed-role
-        session (`arn:aws:iam::<acct>:role/<path/name>`), the user ARN for an IAM user.
-    arn: the caller ARN exactly as STS returned it.
-    user_id: STS `UserId` (e.g. `AROA...:session` or `AIDA...`).
-    principal_id: the unique id of the role or user (the part of UserId before `:`).
-    session_name: the role session name (assumed roles only).
+        session (`arn:aws:iam::<acct>:role/<path/name>`), the user ARN for an IAM user;
+        for EKS evidence the EKS principal (`EksWorkload.principal`), never an ARN.
+    arn: the caller ARN exactly as STS returned it (SigV4), the principal ARN (AWS OIF),
+        empty for EKS.
+    user_id: STS `UserId` (e.g. `AROA...:session` or `AIDA...`); empty for JWT evidence.
+    principal_id: the unique id of the role or user (the part of UserId before `:`);
+        empty for JWT evidence, which does not carry it.
+    session_name: the role session name (assumed roles, SigV4 only).
+    evidence: which kind of evidence proved it (SIGV4, AWS_OIF, EKS).
+    workload: what an AWS OIF token adds; eks: the EKS workload.
     """
 
     principal_arn: str
@@ -24,6 +80,9 @@ class CallerIdentity:
     principal_id: str
     partition: str
     session_name: str | None = None
+    evidence: str = SIGV4
+    workload: WorkloadAttributes | None = None
+    eks: EksWorkload | None = None
 
     @property
     def is_assumed_role(self) -> bool:

@@ -1,14 +1,16 @@
-"""Single use of accepted signed requests (contract: "Single use"; on by default).
+"""Single use of accepted evidence (contract: "Single use"; on by default).
 
-A SigV4 signature stays valid for its whole date window, so anyone who sees a signed
-request (a log, a proxy) could exchange it again. The first exchange that gets past STS
-uses the request up, whatever its outcome (a token, `invalid_target`, `invalid_scope`,
-429): it records the SHA-256 of the signature as `sig#<hex>` in the state table, on
+A SigV4 signature stays valid for its whole date window, and an AWS outbound identity
+federation token until its `exp`, so anyone who sees one (a log, a proxy) could exchange
+it again. The first exchange that gets past verification uses the evidence up, whatever
+its outcome (a token, `invalid_target`, `invalid_scope`, 429): it records a SHA-256 digest
+(of the signature; of the token's issuer and `jti`) as `sig#<hex>` in the state table, on
 condition that no live record exists (adapters/state_table/admission.py makes that
 write, in one request with the rate-limit count). Only a failure of tokex's own upstreams
-after that gives the request back, by marking the record released. DynamoDB's TTL
-removes a record once the request's date window has passed, when `verify_sts_request`
-refuses the request anyway.
+after that gives the evidence back, by marking the record released. DynamoDB's TTL
+removes a record once the evidence has expired, when verification refuses it anyway.
+EKS service-account tokens are not single use: a pod presents the same token until the
+kubelet rotates it (docs/security.md "Single use and the rate limit").
 """
 
 from __future__ import annotations
@@ -16,9 +18,32 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from tokex.errors import InvalidGrant
 from tokex.evidence.sigv4_request import MAX_AGE, MAX_SKEW_FUTURE, StsRequest
+
+
+@dataclass(frozen=True)
+class UsedEvidence:
+    """One piece of evidence as single use records it: `digest` (64 hex characters) names
+    it, `expires_at` (epoch seconds) is when no copy of it can pass verification any more,
+    and `what` names it in the refusal of a replay."""
+
+    digest: str
+    expires_at: int
+    what: str = "signed request"
+
+    def replay_refusal(self) -> InvalidGrant:
+        return replay_refusal(self.what)
+
+
+def used_signature(request: StsRequest) -> UsedEvidence:
+    """A signed request: the SHA-256 of its signature, until its date window closes."""
+    return UsedEvidence(
+        signature_digest(request),
+        int((request.amz_date + MAX_AGE + MAX_SKEW_FUTURE).timestamp()),
+    )
 
 
 def signature_digest(request: StsRequest) -> str:
@@ -26,20 +51,13 @@ def signature_digest(request: StsRequest) -> str:
     return hashlib.sha256(request.signature.encode("ascii")).hexdigest()
 
 
-def signature_expires_at(request: StsRequest) -> int:
-    """Epoch seconds after which no copy of the request can pass verify_sts_request."""
-    return int((request.amz_date + MAX_AGE + MAX_SKEW_FUTURE).timestamp())
-
-
-def replay_refusal() -> InvalidGrant:
-    return InvalidGrant(
-        "this signed request was already used; sign a new one for each exchange",
-        reason="replay",
-    )
+def replay_refusal(what: str = "signed request") -> InvalidGrant:
+    fresh = "sign a new one" if what == "signed request" else "get a new one"
+    return InvalidGrant(f"this {what} was already used; {fresh} for each exchange", reason="replay")
 
 
 class RecentlyUsed:
-    """Signed requests this execution environment knows are used up: a replay of one is
+    """Evidence this execution environment knows is used up: a replay of it is
     refused before STS, at no cost (no STS call, no write, no `Sign`). Only an
     authoritative outcome adds one (the state table's write admitted the request, or
     refused it as a replay or over budget), never a request given back after an outage, so
@@ -54,20 +72,19 @@ class RecentlyUsed:
         self._digests: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __contains__(self, request: StsRequest) -> bool:
-        digest = signature_digest(request)
+    def __contains__(self, used: UsedEvidence) -> bool:
         with self._lock:
-            return digest in self._digests
+            return used.digest in self._digests
 
-    def add(self, request: StsRequest) -> None:
-        digest = signature_digest(request)
+    def add(self, used: UsedEvidence) -> None:
+        digest = used.digest
         with self._lock:
             self._digests[digest] = None
             self._digests.move_to_end(digest)
             while len(self._digests) > self._capacity:
                 self._digests.popitem(last=False)
 
-    def forget(self, request: StsRequest) -> None:
-        """The request was given back (a failure of tokex's own upstreams): usable again."""
+    def forget(self, used: UsedEvidence) -> None:
+        """The evidence was given back (a failure of tokex's own upstreams): usable again."""
         with self._lock:
-            self._digests.pop(signature_digest(request), None)
+            self._digests.pop(used.digest, None)

@@ -2,8 +2,9 @@
 
 A request for a function's path (`/token`, `/introspect`) becomes an API Gateway HTTP API
 payload 2.0 event for that function's handler. `/.well-known/*` is served from the S3
-bucket the publisher wrote, with the object's own content type and cache headers. Any
-other path gets the contract's 404 `invalid_request` "no such endpoint"
+bucket the publisher wrote, with the object's own content type and cache headers. The
+local JWT issuers' documents (`/_local/...`, tokex.local.oidc_issuers) are served from
+memory. Any other path gets the contract's 404 `invalid_request` "no such endpoint"
 (docs/contract.md); in a deployment CloudFront sends such paths to the S3 bucket instead.
 
 Every answer is a success or the contract's JSON error, whatever arrives on the wire; each
@@ -50,6 +51,8 @@ WELL_KNOWN = ("/.well-known/jwks.json", "/.well-known/openid-configuration")
 # the handlers answer them, POST or 405. The front answers any other method itself.
 FORWARDED_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "POST", "DELETE"})
 DOCUMENT_METHODS = ("GET", "HEAD")  # the issuer documents' behaviour: ALLOW_GET_HEAD
+# The local JWT issuers' keys live as long as the process: a verifier may keep them a while.
+LOCAL_DOCUMENT_CACHE_CONTROL = "public, max-age=300"
 # After answering, the front reads and discards what the client is still sending (a
 # refused body, the rest of a header section) before it closes: closing a socket with
 # unread input makes the kernel reset the connection, and the client may lose the answer.
@@ -175,6 +178,8 @@ class FrontServer(socketserver.ThreadingTCPServer):
     def __init__(self, host: str, port: int) -> None:
         self.functions: dict[str, LambdaHandler] = {}
         self.documents: Callable[[str], Answer] | None = None
+        # The local JWT issuers' discovery documents and JWKS, by path.
+        self.local_documents: dict[str, bytes] = {}
         super().__init__((host, port), FrontConnection)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -241,6 +246,15 @@ class FrontConnection(socketserver.BaseRequestHandler):
             if self.server.documents is None:
                 return unavailable("the issuer documents are not published yet, retry later")
             return self.server.documents(path.lstrip("/"))
+        local_document = self.server.local_documents.get(path)
+        if local_document is not None:
+            if head.method not in DOCUMENT_METHODS:
+                raise RequestRefused(405, f"use GET for {path}", allow=", ".join(DOCUMENT_METHODS))
+            headers = {
+                "Content-Type": "application/json",
+                "Cache-Control": LOCAL_DOCUMENT_CACHE_CONTROL,
+            }
+            return Answer(200, headers, local_document)
         return error_answer(404, NOT_FOUND["error_description"])
 
     def _invoke(

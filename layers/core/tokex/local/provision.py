@@ -8,6 +8,7 @@ forwarded GetCallerIdentity) must carry a valid SigV4 signature of a moto IAM id
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,23 @@ DEMO_INSTANCE_ID = "i-0123456789abcdef0"
 DEMO_AUDIENCE = "demo-api"
 DEMO_INSTANCE_AUDIENCE = "demo-instance-api"
 DEMO_SCOPES = ("demo:read", "demo:write")
+# Two demo Lambda functions sharing one execution role: only the AWS outbound identity
+# federation token's `lambda_source_function_arn` tells them apart (tokex.local.oif).
+# Lambda names an execution role's session after the function.
+DEMO_LAMBDA_ROLE_NAME = "demo-lambda"
+DEMO_LAMBDA_ROLE_ARN = f"arn:aws:iam::{ACCOUNT_ID}:role/{DEMO_LAMBDA_ROLE_NAME}"
+DEMO_LAMBDA_FUNCTIONS = ("tokex-demo-a", "tokex-demo-b")
+DEMO_LAMBDA_AUDIENCE = "demo-lambda-api"
+# The demo EKS cluster whose issuer mints the demo service-account token (local/eks_token.py).
+DEMO_CLUSTER = "tokex-local"
+DEMO_EKS_NAMESPACE = "demo"
+DEMO_EKS_SERVICE_ACCOUNT = "api"
+DEMO_EKS_POD = "api-0"
+
+
+def lambda_function_arn(name: str, region: str = REGION) -> str:
+    return f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{name}"
+
 
 DEMO_POLICY = {
     "id": "demo-workload",
@@ -52,6 +70,48 @@ DEMO_INSTANCE_POLICY = {
     "max_ttl_seconds": 600,
     "instance": {"required": True, "regions": [REGION], "accounts": [ACCOUNT_ID]},
 }
+# JWT evidence (docs/contract.md "JWT evidence"): an AWS outbound identity federation token
+# of the demo workload or of either demo Lambda function...
+DEMO_OIF_POLICY = {
+    "id": "demo-oif",
+    "description": "the demo workload and Lambda functions may call the demo API with AWS "
+    "outbound identity federation tokens",
+    "effect": "allow",
+    "evidence": ["aws-oif"],
+    "principals": [DEMO_ROLE_ARN, DEMO_LAMBDA_ROLE_ARN],
+    "audiences": [DEMO_AUDIENCE],
+    "scopes": list(DEMO_SCOPES),
+    "max_ttl_seconds": 900,
+}
+# ...the demo service account's token of the demo EKS cluster...
+DEMO_EKS_POLICY = {
+    "id": "demo-eks",
+    "description": "the demo EKS service account may call the demo API",
+    "effect": "allow",
+    "evidence": ["eks"],
+    "eks": {
+        "clusters": [f"{ACCOUNT_ID}:{REGION}:{DEMO_CLUSTER}"],
+        "namespaces": [DEMO_EKS_NAMESPACE],
+        "service_accounts": [DEMO_EKS_SERVICE_ACCOUNT],
+    },
+    "audiences": [DEMO_AUDIENCE],
+    "scopes": ["demo:read"],
+    "max_ttl_seconds": 900,
+}
+# ...and one Lambda function of the two that share a role, named by its function ARN.
+DEMO_LAMBDA_POLICY = {
+    "id": "demo-lambda-a",
+    "description": "only the demo Lambda function tokex-demo-a may call the Lambda API",
+    "effect": "allow",
+    "evidence": ["aws-oif"],
+    "principals": [DEMO_LAMBDA_ROLE_ARN],
+    "workload": {"lambda_function_arns": [lambda_function_arn(DEMO_LAMBDA_FUNCTIONS[0])]},
+    "audiences": [DEMO_LAMBDA_AUDIENCE],
+    "scopes": ["lambda:invoke"],
+    "max_ttl_seconds": 900,
+}
+DEMO_POLICIES = (DEMO_POLICY, DEMO_INSTANCE_POLICY)
+DEMO_JWT_POLICIES = (DEMO_OIF_POLICY, DEMO_EKS_POLICY, DEMO_LAMBDA_POLICY)
 
 # What tokex itself may do, as its Lambda roles would allow in a deployment.
 _SERVICE_ACTIONS = [
@@ -82,6 +142,7 @@ class Credentials:
     access_key_id: str
     secret_access_key: str
     session_token: str | None = None
+    expiration: float | None = None  # a role session's end (seconds since the epoch)
 
     def env(self) -> dict[str, str]:
         env = {
@@ -113,6 +174,8 @@ class LocalDeployment:
     state_table: str = "tokex-state"
     jwks_bucket: str = "tokex-issuer"
     region: str = REGION
+    # The demo Lambda functions' sessions of DEMO_LAMBDA_ROLE_ARN, by function name.
+    lambdas: Mapping[str, Credentials] = field(default_factory=dict)
 
     def client(self, service: str, credentials: Credentials | None = None) -> Any:
         creds = credentials or self.service
@@ -161,29 +224,13 @@ def provision(
     iam, kms, dynamodb = client("iam"), client("kms"), client("dynamodb")
     service = _iam_user(iam, "tokex-service", _SERVICE_ACTIONS, "*")
     user = _iam_user(iam, DEMO_USER_NAME, ["sts:AssumeRole"], DEMO_ROLE_ARN)
-    iam.create_role(
-        RoleName=DEMO_ROLE_NAME,
-        AssumeRolePolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:root"},
-                        "Action": "sts:AssumeRole",
-                    }
-                ],
-            }
-        ),
-        MaxSessionDuration=43200,
-    )
+    _role(iam, DEMO_ROLE_NAME)
     sts = user.session().client("sts", endpoint_url=endpoint_url)
-    session = sts.assume_role(
-        RoleArn=DEMO_ROLE_ARN, RoleSessionName=DEMO_INSTANCE_ID, DurationSeconds=43200
-    )["Credentials"]
-    workload = Credentials(
-        session["AccessKeyId"], session["SecretAccessKey"], session["SessionToken"]
-    )
+    workload = _assume(sts, DEMO_ROLE_ARN, DEMO_INSTANCE_ID)
+    _role(iam, DEMO_LAMBDA_ROLE_NAME)
+    lambdas = {
+        name: _assume(client("sts"), DEMO_LAMBDA_ROLE_ARN, name) for name in DEMO_LAMBDA_FUNCTIONS
+    }
 
     key_ids = {}
     for spec in dict.fromkeys((signing_key_spec, "RSA_2048", "ECC_NIST_P256")):
@@ -200,16 +247,49 @@ def provision(
         user=user,
         signing_key_arn=key_ids[signing_key_spec],
         key_ids=key_ids,
+        lambdas=lambdas,
     )
     create_table(dynamodb, deployment.policy_table)
     create_state_table(dynamodb, deployment.state_table)
     client("s3").create_bucket(Bucket=deployment.jwks_bucket)
     store = PolicyStore(dynamodb, deployment.policy_table)
-    for document in [DEMO_POLICY, DEMO_INSTANCE_POLICY] if policies is None else policies:
+    for document in [*DEMO_POLICIES, *DEMO_JWT_POLICIES] if policies is None else policies:
         store.put(Policy.from_document(document))
 
     set_signature_checking(endpoint_url, on=True)
     return deployment
+
+
+def _role(iam: Any, name: str) -> None:
+    """A role any identity of the demo account may assume, for sessions up to 12 hours."""
+    iam.create_role(
+        RoleName=name,
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:root"},
+                        "Action": "sts:AssumeRole",
+                    }
+                ],
+            }
+        ),
+        MaxSessionDuration=43200,
+    )
+
+
+def _assume(sts: Any, role_arn: str, session_name: str) -> Credentials:
+    session = sts.assume_role(
+        RoleArn=role_arn, RoleSessionName=session_name, DurationSeconds=43200
+    )["Credentials"]
+    return Credentials(
+        session["AccessKeyId"],
+        session["SecretAccessKey"],
+        session["SessionToken"],
+        expiration=session["Expiration"].timestamp(),
+    )
 
 
 def _iam_user(iam: Any, name: str, actions: list[str], resource: str) -> Credentials:

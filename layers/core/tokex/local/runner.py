@@ -12,6 +12,7 @@ from pathlib import Path
 from tokex.adapters.state_table.introspection_clients import ClientStore
 from tokex.introspection_clients import basic_authorization
 from tokex.local.emulator import MotoServer, ThreadMotoServer
+from tokex.local.federation import LocalFederation, start_federation
 from tokex.local.front import (
     HANDLER_LOCK,
     FrontServer,
@@ -22,14 +23,19 @@ from tokex.local.front import (
 )
 from tokex.local.functions import LambdaContext, load_handler
 from tokex.local.imds import ImdsEmulator
+from tokex.local.oidc_issuers import local_trusted_issuers
 from tokex.local.provision import (
     DEMO_AUDIENCE,
     DEMO_INSTANCE_AUDIENCE,
+    DEMO_LAMBDA_ROLE_NAME,
     REGION,
     Credentials,
     LocalDeployment,
     provision,
 )
+
+# The demo Lambda functions' env files in the state directory, by function name.
+LAMBDA_ENV_FILES = {"tokex-demo-a": "lambda-a.env", "tokex-demo-b": "lambda-b.env"}
 
 
 @dataclass
@@ -46,22 +52,27 @@ class LocalSystem:
     introspection_env: Path | None = None
     # The front's functions by path, as it calls them (benchmarks call them directly).
     functions: Mapping[str, LambdaHandler] = field(default_factory=dict)
+    # JWT evidence: the local issuers, the STS-compatible endpoint, the EKS token file.
+    federation: LocalFederation | None = None
+    # The demo Lambda functions' env files, by function name.
+    lambda_envs: Mapping[str, Path] = field(default_factory=dict)
 
     def handler_env(self, **overrides: str) -> dict[str, str]:
         """What the local handlers read at cold start: the deployment's settings plus the
-        local-only trust in the demo instance's certificate."""
+        local-only trust in the demo instance's certificate and the local JWT issuers."""
         return local_handler_env(self.deployment, self.issuer, self.imds, **overrides)
 
 
 def local_handler_env(
     deployment: LocalDeployment, issuer: str, imds: ImdsEmulator, **overrides: str
 ) -> dict[str, str]:
-    return deployment.handler_env(
-        issuer,
-        TOKEX_LOCAL_INSTANCE_CERTIFICATE=str(imds.certificate_path),
-        TOKEX_LOCAL_INSTANCE_REGIONS=REGION,
-        **overrides,
-    )
+    local_only = {
+        "TOKEX_LOCAL_INSTANCE_CERTIFICATE": str(imds.certificate_path),
+        "TOKEX_LOCAL_INSTANCE_REGIONS": REGION,
+        # Plain-http loopback issuers: trusted by local mode only, as the certificate is.
+        "TOKEX_TRUSTED_ISSUERS": local_trusted_issuers(issuer).to_json(),
+    }
+    return deployment.handler_env(issuer, **{**local_only, **overrides})
 
 
 def start_local(
@@ -94,8 +105,14 @@ def start_local(
         undo.callback(imds.stop)
         deployment = provision(emulator.url, signing_key_spec=signing_key_spec)
         issuer = f"http://127.0.0.1:{server.server_address[1]}"
+        federation = start_federation(issuer, deployment, state_dir)
+        undo.callback(federation.stop)
+        server.local_documents = federation.documents(issuer)
         _load_functions(server, deployment, issuer, imds)
-        workload_env, introspection_env, client = _write_state(state_dir, deployment, issuer, imds)
+        workload_env, introspection_env, client = _write_state(
+            state_dir, deployment, issuer, imds, federation.sts_url
+        )
+        lambda_envs = _write_lambda_envs(state_dir, deployment, issuer, federation.sts_url)
     except BaseException:
         undo.close()
         raise
@@ -107,6 +124,7 @@ def start_local(
             stopped.set()
             server.shutdown()
             server.server_close()
+            federation.stop()
             imds.stop()
             emulator.stop()
 
@@ -121,6 +139,8 @@ def start_local(
         introspection_client=client,
         introspection_env=introspection_env,
         functions=server.functions,
+        federation=federation,
+        lambda_envs=lambda_envs,
     )
 
 
@@ -140,14 +160,17 @@ def _load_functions(
 
 
 def _write_state(
-    state_dir: Path, deployment: LocalDeployment, issuer: str, imds: ImdsEmulator
+    state_dir: Path, deployment: LocalDeployment, issuer: str, imds: ImdsEmulator, sts_url: str
 ) -> tuple[Path, Path, tuple[str, str]]:
     """The env files of the state directory: (workload.env, introspection-client.env,
     the demo introspection client's id and secret)."""
     workload_env = state_dir / "workload.env"
-    imds_env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url}
-    _write_env(workload_env, deployment.workload, issuer, "demo role session", imds_env)
-    _write_env(state_dir / "user.env", deployment.user, issuer, "demo IAM user", {})
+    # The SDK's STS calls (GetWebIdentityToken, GetCallerIdentity) go to the local
+    # STS-compatible endpoint; tokex's own SigV4 evidence is still signed for STS's host.
+    sts_env = {"AWS_ENDPOINT_URL_STS": sts_url}
+    workload_extra = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url, **sts_env}
+    _write_env(workload_env, deployment.workload, issuer, "demo role session", workload_extra)
+    _write_env(state_dir / "user.env", deployment.user, issuer, "demo IAM user", sts_env)
     # For `tokex policy ... --table tokex-policies` and friends against the emulator.
     operator_env = {"AWS_ENDPOINT_URL": deployment.endpoint_url}
     _write_env(state_dir / "operator.env", deployment.service, issuer, "operator", operator_env)
@@ -164,6 +187,20 @@ def _write_state(
         ],
     )
     return workload_env, introspection_env, (client_id, secret)
+
+
+def _write_lambda_envs(
+    state_dir: Path, deployment: LocalDeployment, issuer: str, sts_url: str
+) -> dict[str, Path]:
+    """One env file per demo Lambda function: sessions of one role, told apart only by
+    the function ARN in their GetWebIdentityToken tokens."""
+    paths = {}
+    for name, credentials in deployment.lambdas.items():
+        path = state_dir / LAMBDA_ENV_FILES[name]
+        what = f"demo Lambda function {name} (role {DEMO_LAMBDA_ROLE_NAME})"
+        _write_env(path, credentials, issuer, what, {"AWS_ENDPOINT_URL_STS": sts_url})
+        paths[name] = path
+    return paths
 
 
 def _demo_introspection_client(deployment: LocalDeployment) -> tuple[str, str]:

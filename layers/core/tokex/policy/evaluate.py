@@ -10,20 +10,45 @@ Refusals carry two texts (errors.py): the `description` goes to the caller and i
 whatever the cause — an unknown caller and a denied one cannot be told apart
 (docs/contract.md "Errors (RFC 6749 §5.2, RFC 8693 §2.2.2)", `invalid_target`) — while
 `reason` goes to the audit log and says which policy denied or why none applied.
+
+Workload selectors and conditions are judged one by one, each with a verdict: `ok`, `no`
+(the caller's value does not match) or `no signal` (the evidence does not carry it). A
+selector or condition without a signal never holds (docs/policies.md "Conditions").
 """
 
 from __future__ import annotations
 
 import copy
+import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from tokex import identifiers
 from tokex.errors import InvalidScope, InvalidTarget
-from tokex.evidence.identity import CallerIdentity, InstanceIdentity
-from tokex.policy.globs import glob_matches, literal_prefix_length, principal_matches
-from tokex.policy.model import InstanceConditions, Policy
+from tokex.evidence.identity import (
+    SIGV4,
+    CallerIdentity,
+    EksWorkload,
+    InstanceIdentity,
+    WorkloadAttributes,
+)
+from tokex.policy.globs import (
+    glob_matches,
+    has_wildcard,
+    literal_prefix_length,
+    principal_matches,
+)
+from tokex.policy.model import (
+    DAYS,
+    Conditions,
+    EksSelectors,
+    InstanceConditions,
+    Policy,
+    WorkloadSelectors,
+)
 
 TagLookup = Callable[[InstanceIdentity], Mapping[str, str]]
 
@@ -32,6 +57,17 @@ _MAX_SCOPES_SHOWN = 5
 _MAX_SCOPE_SHOWN_LENGTH = 64
 # How many near misses the audit reason lists.
 _MAX_REASONS = 3
+# Caller values shown in an explanation as they are; any other is quoted, and cut short.
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9._:/@+=,-]{1,128}")
+_MAX_VALUE_SHOWN = 64
+# Workload selectors -> the WorkloadAttributes field each one is matched against.
+_WORKLOAD_FIELDS = {
+    "lambda_function_arns": "lambda_function_arn",
+    "ec2_instance_arns": "ec2_instance_arn",
+    "source_identities": "source_identity",
+    "source_vpcs": "source_vpc",
+    "org_ids": "org_id",
+}
 # Instance conditions -> the InstanceIdentity field each one is matched against.
 _INSTANCE_FIELDS = {
     "regions": "region",
@@ -54,16 +90,31 @@ class Decision:
 
 @dataclass(frozen=True)
 class PolicyLine:
-    """One policy's part in a decision: does it apply, and if not, the first reason."""
+    """One policy's part in a decision: does it apply, and if not, the first reason.
+
+    `detail` is short and names no caller value (the audit reason is made of it);
+    `workload` and `conditions` hold each selector's and condition's verdict, for an
+    operator, once the policy got that far."""
 
     policy_id: str
     effect: str
     applies: bool
     detail: str
-    # Longest literal prefix among the principal patterns that matched (0 if none).
+    # Longest literal prefix among the principal patterns that matched (0 if none); for
+    # an EKS caller, of `eks:<cluster>:<namespace>:<service account>` patterns.
     specificity: int = 0
-    # How far the policy got: disabled < principal < principal_ids < audience < instance.
+    # How far the policy got: disabled < evidence < principal < principal_ids < audience
+    # < instance < workload < conditions < applies.
     stage: int = 0
+    workload: tuple[str, ...] = ()
+    conditions: tuple[str, ...] = ()
+
+    def render_detail(self) -> str:
+        parts = [self.detail]
+        for name, verdicts in (("workload", self.workload), ("conditions", self.conditions)):
+            if verdicts:
+                parts.append(f"{name}: {', '.join(verdicts)}")
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -77,7 +128,7 @@ class Explanation:
         width = max((len(line.policy_id) for line in self.lines), default=0)
         out = [
             f"{line.policy_id:<{width}}  {line.effect:<5}  "
-            f"{'applies' if line.applies else 'skipped'}: {line.detail}"
+            f"{'applies' if line.applies else 'skipped'}: {line.render_detail()}"
             for line in self.lines
         ]
         if self.decision is not None:
@@ -90,7 +141,10 @@ class Explanation:
         return "\n".join(out)
 
 
-_DISABLED, _PRINCIPAL, _PRINCIPAL_ID, _AUDIENCE_STAGE, _INSTANCE, _APPLIES = range(6)
+(
+    _DISABLED, _EVIDENCE, _PRINCIPAL, _PRINCIPAL_ID, _AUDIENCE_STAGE, _INSTANCE, _WORKLOAD,
+    _CONDITIONS, _APPLIES,
+) = range(9)  # fmt: skip
 
 
 def evaluate(
@@ -103,8 +157,10 @@ def evaluate(
     default_ttl: int,
     ttl_cap: int,
     tag_lookup: TagLookup | None = None,
+    now: float | None = None,
 ) -> Decision:
-    """The decision for this exchange; raises InvalidTarget or InvalidScope."""
+    """The decision for this exchange; raises InvalidTarget or InvalidScope. `now`
+    (epoch seconds, default the clock) is the time time windows are judged at."""
     result = explain(
         policies,
         caller,
@@ -114,6 +170,7 @@ def evaluate(
         default_ttl=default_ttl,
         ttl_cap=ttl_cap,
         tag_lookup=tag_lookup,
+        now=now,
     )
     if result.error is not None:
         raise result.error
@@ -131,11 +188,13 @@ def explain(
     default_ttl: int,
     ttl_cap: int,
     tag_lookup: TagLookup | None = None,
+    now: float | None = None,
 ) -> Explanation:
     """Assess every policy and reach the decision (docs/policies.md "Evaluation", 1-4)."""
     tags = _TagMemo(tag_lookup)
+    at = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     ordered = sorted(policies, key=lambda p: p.id)
-    lines = tuple(_assess(p, caller, audience, instance, tags) for p in ordered)
+    lines = tuple(_assess(p, caller, audience, instance, tags, at) for p in ordered)
     by_line = list(zip(ordered, lines, strict=True))
 
     denies = [p for p, line in by_line if line.applies and p.effect == "deny"]
@@ -167,27 +226,183 @@ def _assess(
     audience: str,
     instance: InstanceIdentity | None,
     tags: _TagMemo,
+    at: datetime,
 ) -> PolicyLine:
     def skipped(stage: int, detail: str, specificity: int = 0) -> PolicyLine:
         return PolicyLine(policy.id, policy.effect, False, detail, specificity, stage)
 
     if not policy.enabled:
         return skipped(_DISABLED, "disabled")
-    matching = [p for p in policy.principals if principal_matches(p, caller.principal_arn)]
-    if not matching:
-        return skipped(_PRINCIPAL, "does not match the principal")
-    pattern = max(matching, key=literal_prefix_length)
+    if caller.evidence not in policy.evidence_kinds:
+        return skipped(_EVIDENCE, f"does not accept {caller.evidence} evidence")
+    matched = _principal_match(policy, caller)
+    if matched is None:
+        what = "the EKS workload" if caller.eks is not None else "the principal"
+        return skipped(_PRINCIPAL, f"does not match {what}")
+    label, pattern = matched
     specificity = literal_prefix_length(pattern)
-    if policy.principal_ids and caller.principal_id not in policy.principal_ids:
-        return skipped(_PRINCIPAL_ID, "principal id differs (principal re-created?)", specificity)
+    if policy.principal_ids:
+        if caller.evidence != SIGV4:  # only STS's answer carries the unique id
+            detail = f"has principal_ids, which {caller.evidence} evidence cannot show"
+            return skipped(_PRINCIPAL_ID, detail, specificity)
+        if caller.principal_id not in policy.principal_ids:
+            detail = "principal id differs (principal re-created?)"
+            return skipped(_PRINCIPAL_ID, detail, specificity)
     if not any(glob_matches(a, audience) for a in policy.audiences):
         return skipped(_AUDIENCE_STAGE, "does not cover the audience", specificity)
     if policy.instance is not None:
         why_not = _instance_mismatch(policy.instance, instance, tags, caller)
         if why_not is not None:
             return skipped(_INSTANCE, why_not, specificity)
-    detail = f"principal {pattern!r} (literal prefix {specificity})"
-    return PolicyLine(policy.id, policy.effect, True, detail, specificity, _APPLIES)
+    workload = _workload_verdicts(policy.workload, caller.workload)
+    conditions = _condition_verdicts(policy.conditions, caller.workload, at)
+
+    def judged(applies: bool, detail: str, stage: int) -> PolicyLine:
+        return PolicyLine(
+            policy.id,
+            policy.effect,
+            applies,
+            detail,
+            specificity,
+            stage,
+            workload=tuple(verdict.text() for verdict in workload),
+            conditions=tuple(verdict.text() for verdict in conditions),
+        )
+
+    for stage, kind, verdicts in (
+        (_WORKLOAD, "workload", workload),
+        (_CONDITIONS, "condition", conditions),
+    ):
+        failed = next((v for v in verdicts if not v.holds), None)
+        if failed is not None:
+            detail = f"{kind} {failed.name} {'not met' if failed.signal else 'has no signal'}"
+            return judged(False, detail, stage)
+    return judged(True, f"{label} {pattern!r} (literal prefix {specificity})", _APPLIES)
+
+
+def _principal_match(policy: Policy, caller: CallerIdentity) -> tuple[str, str] | None:
+    """("principal" or "eks", the most specific pattern that matched), or None. An EKS
+    caller is matched by the `eks` selectors only, an IAM caller by `principals` only."""
+    if caller.eks is not None:
+        if policy.eks is None:
+            return None
+        pattern = _eks_match(policy.eks, caller.eks)
+        return None if pattern is None else ("eks", pattern)
+    matching = [p for p in policy.principals if principal_matches(p, caller.principal_arn)]
+    if not matching:
+        return None
+    return "principal", max(matching, key=literal_prefix_length)
+
+
+def _eks_match(selectors: EksSelectors, workload: EksWorkload) -> str | None:
+    """The matching `eks:<cluster>:<namespace>:<service account>` pattern with the
+    longest literal prefix (the principal form of EksWorkload.principal), or None.
+
+    Choosing the best of each part in turn is the best of the whole: the literal prefix
+    runs into the next part only through a literal pattern of this one, and a literal
+    pattern that matches equals the value, so no matching pattern's prefix is longer."""
+    chosen = []
+    for globs, value in (
+        (selectors.clusters, f"{workload.account}:{workload.region}:{workload.cluster}"),
+        (selectors.namespaces, workload.namespace),
+        (selectors.service_accounts, workload.service_account),
+    ):
+        matching = [g for g in globs if _parts_match(g, value)]
+        if not matching:
+            return None
+        # On a tie (`prod` and `prod*` for "prod") the literal one: only it lets the
+        # literal prefix run on.
+        chosen.append(max(matching, key=lambda g: (literal_prefix_length(g), not has_wildcard(g))))
+    return ":".join(("eks", *chosen))
+
+
+def _parts_match(pattern: str, value: str) -> bool:
+    """Glob match part by part between `:` (a wildcard never crosses into the next)."""
+    patterns, values = pattern.split(":"), value.split(":")
+    return len(patterns) == len(values) and all(
+        glob_matches(p, v) for p, v in zip(patterns, values, strict=True)
+    )
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    name: str
+    holds: bool
+    signal: bool  # False: the evidence does not carry what it needs
+    shown: str = ""  # the caller's value, when it does not hold
+
+    def text(self) -> str:
+        if self.holds:
+            return f"{self.name} ok"
+        return f"{self.name} no ({self.shown})" if self.signal else f"{self.name} no signal"
+
+
+def _workload_verdicts(
+    selectors: WorkloadSelectors | None, attributes: WorkloadAttributes | None
+) -> list[_Verdict]:
+    """One verdict per selector (per key of a tag map). Without an AWS OIF token there
+    are no workload attributes at all: every selector is without a signal."""
+    if selectors is None:
+        return []
+    verdicts = []
+    for name, wanted in selectors.selectors().items():
+        if isinstance(wanted, dict):
+            found = None if attributes is None else getattr(attributes, name)
+            for key, globs in wanted.items():
+                value = None if found is None else found.get(key)
+                verdicts.append(_glob_verdict(f"{name}.{key}", globs, value, found is not None))
+        else:
+            value = None if attributes is None else getattr(attributes, _WORKLOAD_FIELDS[name])
+            verdicts.append(_glob_verdict(name, wanted, value, value is not None))
+    return verdicts
+
+
+def _condition_verdicts(
+    conditions: Conditions | None, attributes: WorkloadAttributes | None, at: datetime
+) -> list[_Verdict]:
+    if conditions is None:
+        return []
+    verdicts = []
+    if conditions.time_window is not None:
+        window = conditions.time_window
+        minute = at.hour * 60 + at.minute
+        holds = (not window.days or DAYS[at.weekday()] in window.days) and (
+            not window.hours or any(a <= minute < b for a, b in window.minute_ranges())
+        )
+        shown = f"{DAYS[at.weekday()]} {at:%H:%M} UTC"
+        verdicts.append(_Verdict("time_window", holds, True, shown))
+    if conditions.imds_v2:
+        version = None if attributes is None else attributes.imds_version
+        verdicts.append(
+            _Verdict("imds_v2", version == "2.0", version is not None, _shown(version or ""))
+        )
+    for name in ("source_vpcs", "org_ids"):
+        globs = getattr(conditions, name)
+        if globs:
+            value = None if attributes is None else getattr(attributes, _WORKLOAD_FIELDS[name])
+            verdicts.append(_glob_verdict(name, globs, value, value is not None))
+    if conditions.ou_paths:
+        paths = () if attributes is None else attributes.ou_paths
+        holds = any(glob_matches(g, path) for g in conditions.ou_paths for path in paths)
+        shown = " ".join(_shown(path) for path in paths[:3]) + (" …" if len(paths) > 3 else "")
+        verdicts.append(_Verdict("ou_paths", holds, bool(paths), shown))
+    return verdicts
+
+
+def _glob_verdict(name: str, globs: Iterable[str], value: str | None, signal: bool) -> _Verdict:
+    """A selector over one value; with a signal, an absent value (a tag key the caller
+    does not have) does not hold."""
+    if value is None:
+        return _Verdict(name, False, signal, "absent")
+    return _Verdict(name, any(glob_matches(g, value) for g in globs), True, _shown(value))
+
+
+def _shown(value: str) -> str:
+    """A caller's value for an operator's eyes: plain, or quoted and cut short (tag values
+    are free text, request tags the caller's own)."""
+    if _PLAIN_VALUE.fullmatch(value):
+        return value
+    return repr(value[:_MAX_VALUE_SHOWN] + ("…" if len(value) > _MAX_VALUE_SHOWN else ""))
 
 
 def _instance_mismatch(
@@ -199,6 +414,8 @@ def _instance_mismatch(
     """None when the conditions hold; otherwise the first one that does not."""
     if not conditions.needs_evidence:
         return None
+    if caller.evidence != SIGV4:  # IMDS evidence comes only with a signed request
+        return f"requires instance evidence, which {caller.evidence} evidence cannot bring"
     if instance is None:
         return "requires instance evidence"
     if not instance.bound:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tokex.errors import InvalidGrant
-from tokex.evidence.identity import CallerIdentity, InstanceIdentity
+from tokex.evidence.identity import SIGV4, CallerIdentity, InstanceIdentity
 
 # Claims tokex sets itself. A policy's static claims can never set or override these
 # (docs/policies.md "The document": refused when the policy is written).
@@ -66,14 +66,7 @@ def build_claims(
         for name, value in extra_claims.items()
         if isinstance(name, str) and name not in RESERVED_CLAIMS
     }
-    aws: dict[str, Any] = {
-        "account": caller.account,
-        "arn": caller.arn,
-        # The STS UserId (`AROA...:session` or the user's id), as the contract names it.
-        "principal_id": caller.user_id,
-    }
-    if caller.session_name is not None:
-        aws["session_name"] = caller.session_name
+    aws = aws_claim(caller)
     if instance is not None:
         aws["instance"] = instance.claims()
     claims.update(
@@ -91,3 +84,51 @@ def build_claims(
     if scopes:
         claims["scope"] = " ".join(scopes)
     return claims
+
+
+def aws_claim(caller: CallerIdentity) -> dict[str, Any]:
+    """The `aws` claim (docs/contract.md "The access token (RFC 9068 profile)"): who the
+    evidence proved, and which evidence it was. `principal_id` and `session_name` come
+    only from STS's GetCallerIdentity (SigV4 evidence); a JWT carries neither."""
+    aws: dict[str, Any] = {"account": caller.account, "evidence": caller.evidence}
+    if caller.evidence == SIGV4:
+        # The STS UserId (`AROA...:session` or the user's id), as the contract names it.
+        aws.update(arn=caller.arn, principal_id=caller.user_id)
+        if caller.session_name is not None:
+            aws["session_name"] = caller.session_name
+    elif caller.eks is not None:
+        eks = caller.eks
+        aws["eks"] = {
+            "region": eks.region,
+            "cluster": eks.cluster,
+            "namespace": eks.namespace,
+            "service_account": eks.service_account,
+            **({"pod": eks.pod} if eks.pod is not None else {}),
+        }
+    else:
+        aws["arn"] = caller.arn
+        if caller.workload is not None:
+            aws.update(_workload_claims(caller))
+    return aws
+
+
+def _workload_claims(caller: CallerIdentity) -> dict[str, Any]:
+    """An AWS OIF session's attributes, each only when the token carried it. Request tags
+    are what the workload asked to be put in its token: named as such, never trusted as
+    more."""
+    workload = caller.workload
+    assert workload is not None
+    claims: dict[str, Any] = {
+        "source_region": workload.source_region,
+        "org_id": workload.org_id,
+        "ou_paths": list(workload.ou_paths) or None,
+        "lambda_function_arn": workload.lambda_function_arn,
+        "ec2_instance_arn": workload.ec2_instance_arn,
+        "source_vpc": workload.source_vpc,
+        "imds_version": workload.imds_version,
+        "source_identity": workload.source_identity,
+        "principal_tags": dict(workload.principal_tags) or None,
+        "session_tags": dict(workload.session_tags) or None,
+        "request_tags": dict(workload.request_tags) or None,
+    }
+    return {name: value for name, value in claims.items() if value is not None}

@@ -1,16 +1,18 @@
 """Single use and the rate limit, decided by one conditional DynamoDB request.
 
-Once STS has named the caller, the exchange is *admitted* by one write to the state table
-(the only write of an exchange that is not refused):
+Once the evidence has named the caller, the exchange is *admitted* by one write to the
+state table (the only write of an exchange that is not refused):
 
 - single use and the rate limit both on (the default): one `TransactWriteItems` holding
-  1. Put `sig#<sha256 of the signature>` (evidence/replay.py, schema.py), if no live
+  1. Put `sig#<digest>` (evidence/replay.py `UsedEvidence`: the SHA-256 of a SigV4
+     signature, or of an AWS OIF token's issuer and `jti`; schema.py), if no live
      record exists;
   2. Update `rate#<principal>#<minute>` (ratelimit.py, schema.py): `hits + 1`, if `hits`
      is below the limit.
   DynamoDB commits both or neither and names the condition that failed: the signature's
   (a replay, refused `invalid_grant` with the budget untouched) or the budget's (429).
-- only one of them on: that item's conditional PutItem or UpdateItem alone.
+- only one of them on, or evidence that is not single use (an EKS token): that item's
+  conditional PutItem or UpdateItem alone (nothing at all when neither applies).
 
 A 429 uses the signed request up too, with a second write on that path only (the
 cancelled transaction wrote nothing): otherwise the request could be replayed for a token
@@ -50,8 +52,7 @@ from tokex import deadline
 from tokex.adapters import errors
 from tokex.adapters.state_table import schema
 from tokex.errors import TemporarilyUnavailable, TokexError
-from tokex.evidence.replay import replay_refusal, signature_digest, signature_expires_at
-from tokex.evidence.sigv4_request import StsRequest
+from tokex.evidence.replay import UsedEvidence
 from tokex.ratelimit import RateWindow, rate_window
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,12 @@ class Admission:
     """What one admission wrote, for its release."""
 
     id: str  # random: the release touches only the record this admission wrote
-    signature_key: str | None
-    signature_expires_at: int
+    used: UsedEvidence | None  # None: single use off, or evidence that is not single use
     window: RateWindow | None
+
+    @property
+    def signature_key(self) -> str | None:
+        return None if self.used is None else schema.signature_key(self.used.digest)
 
 
 class DynamoDbAdmission:
@@ -100,19 +104,17 @@ class DynamoDbAdmission:
         self._clock = clock
         self._sleep = sleep
 
-    def admit(self, request: StsRequest, principal: str) -> Admission:
-        """Use `request` up and charge `principal`'s budget, in one write.
+    def admit(self, used: UsedEvidence | None, principal: str) -> Admission:
+        """Use the evidence up (`used`; None: not single use) and charge `principal`'s
+        budget, in one write.
 
         Raises InvalidGrant (`replay`: used before; nothing charged), RateLimited (over
-        the budget; the request is used up all the same) or TemporarilyUnavailable.
+        the budget; the evidence is used up all the same) or TemporarilyUnavailable.
         """
         now = self._clock()
         admission = Admission(
             id=secrets.token_urlsafe(16),
-            signature_key=schema.signature_key(signature_digest(request))
-            if self._single_use
-            else None,
-            signature_expires_at=signature_expires_at(request),
+            used=used if self._single_use else None,
             window=rate_window(principal, now, limit=self._limit) if self._limit else None,
         )
         use, charge = self._use_signature(admission), self._charge_budget(admission)
@@ -121,7 +123,8 @@ class DynamoDbAdmission:
             return admission
         # One of the two alone: that item's conditional write.
         if use is not None and not self._write("PutItem", use):
-            raise replay_refusal()
+            assert admission.used is not None
+            raise admission.used.replay_refusal()
         window = admission.window
         if charge is not None and window is not None and not self._write("UpdateItem", charge):
             raise window.refusal(now)
@@ -132,6 +135,8 @@ class DynamoDbAdmission:
         failed. Never raises: the failure being reported matters more."""
         now = int(self._clock())
         writes: list[dict[str, Any]] = []
+        if admission.signature_key is None and admission.window is None:
+            return True  # nothing was written
         if admission.signature_key is not None:
             writes.append({"Put": self._release_signature(admission, now)})
         if admission.window is not None:
@@ -152,13 +157,13 @@ class DynamoDbAdmission:
     # --- the items -------------------------------------------------------------------
 
     def _use_signature(self, admission: Admission) -> dict[str, Any] | None:
-        if admission.signature_key is None:
+        if admission.used is None:
             return None
         return {
             "TableName": self._table,
             "Item": {
                 **schema.key(str(admission.signature_key)),
-                schema.TTL_ATTRIBUTE: {"N": str(admission.signature_expires_at)},
+                schema.TTL_ATTRIBUTE: {"N": str(admission.used.expires_at)},
                 "admission": {"S": admission.id},
             },
             "ConditionExpression": _UNUSED_SIGNATURE,
@@ -181,11 +186,12 @@ class DynamoDbAdmission:
         }
 
     def _release_signature(self, admission: Admission, now: int) -> dict[str, Any]:
+        assert admission.used is not None
         return {
             "TableName": self._table,
             "Item": {
                 **schema.key(str(admission.signature_key)),
-                schema.TTL_ATTRIBUTE: {"N": str(admission.signature_expires_at)},
+                schema.TTL_ATTRIBUTE: {"N": str(admission.used.expires_at)},
                 "released_at": {"N": str(now)},
             },
             "ConditionExpression": "admission = :admission",
@@ -211,20 +217,21 @@ class DynamoDbAdmission:
                 return
             except ClientError as exc:
                 use, charge = _cancellation_codes(exc)
-                if use == "ConditionalCheckFailed":
-                    raise replay_refusal() from None
+                if use == "ConditionalCheckFailed" and admission.used is not None:
+                    raise admission.used.replay_refusal() from None
                 if charge == "ConditionalCheckFailed" and admission.window is not None:
-                    self._use_up_after_refusal(writes[0]["Put"])
+                    self._use_up_after_refusal(writes[0]["Put"], admission)
                     raise admission.window.refusal(now) from None
                 conflict = "TransactionConflict" in (use, charge)
                 if not conflict or attempt == CONFLICT_ATTEMPTS:
                     raise _unavailable("TransactWriteItems", exc, use, charge) from None
                 self._sleep(random.random() * CONFLICT_BACKOFF_SECONDS * attempt)  # noqa: S311
 
-    def _use_up_after_refusal(self, use: dict[str, Any]) -> None:
-        """The 429 path: record the signature alone, so the refused request stays used."""
+    def _use_up_after_refusal(self, use: dict[str, Any], admission: Admission) -> None:
+        """The 429 path: record the evidence alone, so the refused evidence stays used."""
         if not self._write("PutItem", use):
-            raise replay_refusal()  # a concurrent copy of the request got there first
+            assert admission.used is not None
+            raise admission.used.replay_refusal()  # a concurrent copy got there first
 
     def _write(self, operation: str, request: dict[str, Any]) -> bool:
         """A conditional write: False if its condition failed."""

@@ -1,0 +1,254 @@
+"""The JWT evidence a workload can bring instead of a signed GetCallerIdentity
+(signing.py): docs/contract.md "JWT evidence".
+
+- `aws-oif` (`oif` for short): a token from `sts:GetWebIdentityToken` (IAM outbound
+  identity federation), asked for on the regional STS endpoint with this tokex issuer as
+  its only audience, for one exchange;
+- `eks`: the pod's projected service-account token, read from its file, sent only to the
+  issuer it names as its audience.
+
+The kinds are named as everywhere else (identifiers.EVIDENCE_KINDS); `sigv4` is the
+signed request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from tokex import base64url, identifiers
+from tokex.client.signing import sts_host
+from tokex.client.token_error import (
+    AWS_ERROR,
+    INVALID_INPUT,
+    ISSUER_MISMATCH,
+    NO_CREDENTIALS,
+    UNREACHABLE,
+    TokenError,
+)
+from tokex.evidence.jwt_evidence import ALGORITHMS, MAX_SUBJECT_JWT_CHARS, is_compact_jws
+from tokex.evidence.trusted_issuers import AWS_OIF, EKS
+
+SIGV4 = "sigv4"
+EVIDENCE_KINDS = identifiers.EVIDENCE_KINDS  # ("sigv4", "aws-oif", "eks")
+ALIASES = {"oif": AWS_OIF}
+# Where the pod manifest of docs/deploy.md mounts the projected token (audience: the
+# tokex issuer), apart from the service account's own token for the Kubernetes API.
+DEFAULT_TOKEN_FILE = "/var/run/secrets/tokex/serviceaccount/token"
+# What the exchange accepts as a subject JWT at most (16 KiB): a larger file is not one.
+MAX_TOKEN_FILE_BYTES = MAX_SUBJECT_JWT_CHARS
+# The token is exchanged at once and only once (tokex uses an `aws-oif` token up), so it
+# asks for the shortest lifetime STS allows (DurationSeconds 60-3600, default 300): a copy
+# left in a log or a proxy is worth the least, and it fits under any `sts:DurationSeconds`
+# cap a workload's policy sets (docs/deploy.md asks for <= 300).
+OIF_DURATION_SECONDS = 60
+# What STS signs with and the exchange accepts for `aws-oif` (RS256, ES384). RS256 by
+# default: verifying an RSA signature (public exponent 65537) costs the exchange a small
+# fraction of verifying an ECDSA P-384 one, on every request.
+OIF_SIGNING_ALGORITHMS = ALGORITHMS[AWS_OIF]
+DEFAULT_OIF_SIGNING_ALGORITHM = "RS256"
+# STS's global endpoint, where GetWebIdentityToken is not served (STS API Reference,
+# GetWebIdentityToken: "not available on the STS Global endpoint").
+_GLOBAL_STS = "https://sts.amazonaws.com"
+
+
+def evidence_kind(name: str) -> str:
+    """The kind `name` names (`oif` is short for `aws-oif`); ValueError for any other."""
+    kind = ALIASES.get(name, name)
+    if kind not in EVIDENCE_KINDS:
+        raise ValueError(f"evidence must be one of {', '.join(EVIDENCE_KINDS)}, not {name!r}")
+    return kind
+
+
+@dataclass(frozen=True)
+class EvidenceOptions:
+    """What a workload chose: the kind, and the options only that kind takes."""
+
+    kind: str = SIGV4
+    token_file: str = DEFAULT_TOKEN_FILE  # eks
+    signing_algorithm: str = DEFAULT_OIF_SIGNING_ALGORITHM  # aws-oif
+
+    @classmethod
+    def of(
+        cls,
+        evidence: str = SIGV4,
+        *,
+        token_file: str | Path | None = None,
+        signing_algorithm: str | None = None,
+        instance_evidence: object = None,
+    ) -> EvidenceOptions:
+        """Refuses an option the kind does not take rather than ignore it (ValueError)."""
+        kind = evidence_kind(evidence)
+        if instance_evidence and kind != SIGV4:
+            raise ValueError("instance identity evidence goes with sigv4 evidence only")
+        if token_file is not None and kind != EKS:
+            raise ValueError("token_file goes with eks evidence only")
+        if signing_algorithm is not None and kind != AWS_OIF:
+            raise ValueError("signing_algorithm goes with aws-oif evidence only")
+        algorithm = signing_algorithm or DEFAULT_OIF_SIGNING_ALGORITHM
+        if algorithm not in OIF_SIGNING_ALGORITHMS:
+            raise ValueError(
+                f"signing_algorithm must be one of {', '.join(OIF_SIGNING_ALGORITHMS)},"
+                f" not {algorithm!r}"
+            )
+        return cls(kind, str(token_file or DEFAULT_TOKEN_FILE), algorithm)
+
+
+# --- aws-oif ------------------------------------------------------------------------------
+
+
+def regional_sts_client(region: str, *, session: Any = None, timeout: float = 10.0) -> Any:
+    """An STS client for the region's own endpoint. It honours AWS_ENDPOINT_URL_STS (what
+    `tokex local` sets); where the session would use the global endpoint
+    (AWS_STS_REGIONAL_ENDPOINTS=legacy, which puts the older regions there), the regional
+    one is named explicitly."""
+    session = session or boto3.session.Session()
+    config = Config(connect_timeout=timeout, read_timeout=timeout)
+    client = session.client("sts", region_name=region, config=config)
+    if client.meta.endpoint_url.rstrip("/") == _GLOBAL_STS:
+        client = session.client(
+            "sts", region_name=region, config=config, endpoint_url=f"https://{sts_host(region)}"
+        )
+    return client
+
+
+def web_identity_token(
+    *,
+    issuer: str,
+    region: str,
+    signing_algorithm: str = DEFAULT_OIF_SIGNING_ALGORITHM,
+    session: Any = None,
+    timeout: float = 10.0,
+) -> str:
+    """A JWT from `sts:GetWebIdentityToken` whose only audience is the tokex `issuer`:
+    it can buy nothing anywhere else."""
+    client = regional_sts_client(region, session=session, timeout=timeout)
+    url = client.meta.endpoint_url
+    try:
+        answer = client.get_web_identity_token(
+            Audience=[issuer],
+            DurationSeconds=OIF_DURATION_SECONDS,
+            SigningAlgorithm=signing_algorithm,
+        )
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        code = str(error.get("Code", "error"))
+        raise TokenError(
+            f"sts:GetWebIdentityToken at {url} refused: {code}: {error.get('Message', '')}"
+            f"{_refusal_hint(code, issuer)}",
+            error=AWS_ERROR,
+            url=url,
+        ) from None
+    except NoCredentialsError:
+        raise TokenError(
+            "no AWS credentials found to call sts:GetWebIdentityToken (the default credential"
+            " chain)",
+            error=NO_CREDENTIALS,
+        ) from None
+    except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as err:
+        raise TokenError(f"cannot reach {url}: {err}", error=UNREACHABLE, url=url) from None
+    except BotoCoreError as err:
+        raise TokenError(
+            f"sts:GetWebIdentityToken at {url} failed: {err}", error=AWS_ERROR, url=url
+        ) from None
+    token = answer.get("WebIdentityToken")
+    if not isinstance(token, str) or not is_compact_jws(token):
+        raise TokenError(f"{url} answered GetWebIdentityToken without a JWT", error=AWS_ERROR)
+    return token
+
+
+def _refusal_hint(code: str, issuer: str) -> str:
+    if code == "OutboundWebIdentityFederationDisabledException":
+        return (
+            " (outbound identity federation is off in this account: `aws iam"
+            ' enable-outbound-web-identity-federation`, docs/deploy.md "JWT evidence: trusted'
+            ' issuers")'
+        )
+    if code in ("AccessDenied", "AccessDeniedException"):
+        return (
+            f" (the workload needs sts:GetWebIdentityToken for audience {issuer}, with"
+            ' DurationSeconds 60: docs/deploy.md "JWT evidence: trusted issuers")'
+        )
+    return ""
+
+
+# --- eks ----------------------------------------------------------------------------------
+
+
+def read_token_file(path: str | Path) -> str:
+    """The projected service-account token: the file's text without surrounding
+    whitespace, at most 16 KiB, a compact JWS. Read at every exchange: the kubelet
+    rotates the file (a symlink into the volume's current data) before the token expires."""
+    try:
+        with Path(path).open("rb") as file:
+            raw = file.read(MAX_TOKEN_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise _file_error(
+            path,
+            f"token file {path}: no such file (mount the pod's projected service-account"
+            ' token there: docs/deploy.md "JWT evidence: trusted issuers")',
+        ) from None
+    except OSError as err:
+        raise _file_error(path, f"cannot read token file {path}: {err.strerror or err}") from None
+    if len(raw) > MAX_TOKEN_FILE_BYTES:
+        raise _file_error(
+            path,
+            f"token file {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes: not a"
+            " service-account token",
+        )
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise _file_error(path, f"token file {path} is not a JWT (not ASCII text)") from None
+    if not token:
+        raise _file_error(path, f"token file {path} is empty")
+    if not is_compact_jws(token):
+        raise _file_error(path, f"token file {path} is not a JWT (three base64url parts)")
+    return token
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The payload of a compact JWS, not verified (the exchange verifies it): what the
+    workload reads to know where the token may go. {} when it is not a JSON object."""
+    try:
+        claims = json.loads(base64url.decode(token.split(".")[1]))
+    except (IndexError, ValueError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def check_token_audience(token: str, issuer: str, *, source: str) -> None:
+    """A service-account token is not single use: it goes only to the issuer it was made
+    for (its `aud`), never to an endpoint that merely answers for another issuer."""
+    aud = unverified_claims(token).get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    if issuer.rstrip("/") not in {a.rstrip("/") for a in audiences if isinstance(a, str)}:
+        raise TokenError(
+            f"the token in {source} is for audience {json.dumps(aud)}, not for {issuer}: not"
+            " sent (its projected volume's `audience` must be the tokex issuer URL)",
+            error=ISSUER_MISMATCH,
+            url=source,
+        )
+
+
+def token_subject(token: str) -> str:
+    """Who the token says it is (`iss` and `sub`, unverified): the disk cache's key."""
+    claims = unverified_claims(token)
+    return json.dumps([claims.get("iss"), claims.get("sub")])
+
+
+def _file_error(path: str | Path, message: str) -> TokenError:
+    return TokenError(message, error=INVALID_INPUT, url=str(path))

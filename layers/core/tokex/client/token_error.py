@@ -1,0 +1,34 @@
+"""Why the workload got no token: `TokenError` and its codes, shared by the exchange
+(token_client.py) and the evidence it gathers first (evidence.py)."""
+
+from __future__ import annotations
+
+# TokenError.error of failures that are not an answer of the token endpoint. The CLI passes
+# them on as its `--json` error codes (cli/errors.py), so the shared ones are spelled alike.
+INVALID_ENDPOINT = "invalid_endpoint"  # not a base URL a signed request may go to
+UNREACHABLE = "unreachable"  # no HTTP answer (refused, timed out, DNS)
+NOT_TOKEX = "not_tokex"  # an answer, but not one a tokex issuer gives
+ISSUER_MISMATCH = "issuer_mismatch"  # discovery names another issuer; a JWT for another
+NO_CREDENTIALS = "no_credentials"
+AWS_ERROR = "aws_error"  # AWS refused or failed a call (sts:GetWebIdentityToken)
+INVALID_INPUT = "invalid_input"  # a file's content (the EKS token file)
+
+
+class TokenError(Exception):
+    """No token: `error` is the token endpoint's OAuth error code when it refused, else one
+    of the codes above; `url` is the URL (or the file) at fault, when there is one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: str | None = None,
+        status: int | None = None,
+        url: str | None = None,
+        answer: str | None = None,
+    ):
+        super().__init__(message)
+        self.error = error
+        self.status = status
+        self.url = url
+        self.answer = answer or message  # what the server answered, in a few words
