@@ -1,34 +1,27 @@
 """Warm invocations reuse their connections to AWS (issue 11): a TLS handshake per call
 would add a round trip or two to every exchange.
 
-A local TLS server, with a certificate made here and trusted through `SSL_CERT_FILE`
-(the transports verify against the default CA store, which reads it), counts the TCP
-connections it accepts while one warm adapter makes 100 calls, each inside its own
-request deadline as an invocation of the handler is.
+A local TLS server, with a certificate from a throwaway CA (tests/support/tls.py) trusted
+through `SSL_CERT_FILE` (the transports verify against the default CA store, which reads
+it), counts the TCP connections it accepts while one warm adapter makes 100 calls, each
+inside its own request deadline as an invocation of the handler is.
 """
 
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import json
-import socket
 import ssl
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.support.loopback import QuietHandler, serving
+from tests.support.tls import HttpsServer, make_pki
 from tokex import deadline
 from tokex.adapters import aws_clients
 from tokex.adapters.sts import StsForwarder
@@ -47,111 +40,48 @@ STS_ANSWER = (
 ).encode()
 
 
-def self_signed_for_loopback(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tokex test upstream")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "upstream.pem", directory / "upstream.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+class CountingTlsServer(HttpsServer):
+    """HTTPS on loopback, HTTP/1.1 keep-alive, answering every POST with `answer`; counts
+    the TCP connections it accepts (`connections`) and the requests."""
 
-
-class CountingTlsServer(ThreadingHTTPServer):
-    """HTTPS on loopback, HTTP/1.1 keep-alive, answering every POST with `answer`;
-    counts the TCP connections it accepts."""
-
-    daemon_threads = True
-
-    def __init__(self, cert: Path, key: Path, answer: tuple[int, dict[str, str], bytes]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, tls: ssl.SSLContext, answer: tuple[int, dict[str, str], bytes]) -> None:
+        super().__init__(_Handler, tls)
         self.answer = answer
-        self.connections = 0
         self.requests = 0
-        self._lock = threading.Lock()
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        self._tls = context
-        self.url = f"https://127.0.0.1:{self.server_address[1]}"
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        connection, address = super().get_request()
-        with self._lock:
-            self.connections += 1
-        return self._tls.wrap_socket(connection, server_side=True), address
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK wait
+    server: CountingTlsServer
 
     def do_POST(self) -> None:
-        server: CountingTlsServer = self.server  # type: ignore[assignment]
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        server.requests += 1
-        status, headers, payload = server.answer
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        self.server.requests += 1
+        status, headers, payload = self.server.answer
+        self.send_document(status, payload, headers)
 
 
 @pytest.fixture
-def tls_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    cert, key = self_signed_for_loopback(tmp_path)
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the default CA store: this cert alone
-    return cert, key
+def tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """The server's side of a throwaway CA, which the default CA store holds alone."""
+    pki = make_pki(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
+    return pki.server
 
 
-def serving(server: CountingTlsServer) -> Iterator[CountingTlsServer]:
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
-    thread.start()
-    try:
+@pytest.fixture
+def fake_sts(tls: ssl.SSLContext) -> Iterator[CountingTlsServer]:
+    answer = (200, {"Content-Type": "text/xml"}, STS_ANSWER)
+    with serving(CountingTlsServer(tls, answer)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture
-def fake_sts(tls_files: tuple[Path, Path]) -> Iterator[CountingTlsServer]:
-    yield from serving(
-        CountingTlsServer(*tls_files, (200, {"Content-Type": "text/xml"}, STS_ANSWER))
-    )
-
-
-@pytest.fixture
-def fake_dynamodb(tls_files: tuple[Path, Path]) -> Iterator[CountingTlsServer]:
+def fake_dynamodb(tls: ssl.SSLContext) -> Iterator[CountingTlsServer]:
     answer = (200, {"Content-Type": "application/x-amz-json-1.0"}, json.dumps({}).encode())
-    yield from serving(CountingTlsServer(*tls_files, answer))
+    with serving(CountingTlsServer(tls, answer)) as server:
+        yield server
 
 
 def signed_request() -> StsRequest:

@@ -1,16 +1,14 @@
 """OidcIssuerKeys against a real HTTPS issuer on loopback.
 
-A throwaway CA and a server certificate for 127.0.0.1 are made here; the adapter trusts
-that CA through its `ssl_context` (and, without it, refuses the server: the system store
-does not know the CA). The server serves an issuer's discovery document and JWKS, counts
-the requests per path, and can misbehave: redirect, drip, never end, answer 500. The
-adapter's clock is a fake one, so cache ages are set, never waited for.
+A throwaway CA and a server certificate for 127.0.0.1 are made (tests/support/tls.py); the
+adapter trusts that CA through its `ssl_context` (and, without it, refuses the server: the
+system store does not know the CA). The server serves an issuer's discovery document and
+JWKS, counts the requests per path, and can misbehave: redirect, drip, never end, answer
+500. The adapter's clock is a fake one, so cache ages are set, never waited for.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import logging
 import socket
@@ -20,18 +18,15 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from tests.support.loopback import QuietHandler, serving
+from tests.support.tls import HttpsServer, Pki, make_pki
 from tokex import deadline
 from tokex.adapters.oidc_keys import (
     DISCOVERY_PATH,
@@ -59,75 +54,6 @@ WEAK_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=1024)  #
 # --- the issuer on loopback -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Pki:
-    client: ssl.SSLContext  # trusts the throwaway CA only
-    server: ssl.SSLContext
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def make_pki(directory: Path) -> Pki:
-    """A CA and a certificate it issues for 127.0.0.1 and localhost."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("tokex test CA"))
-        .issuer_name(_name("tokex test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
-        .issuer_name(ca.subject)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "server.pem", directory / "server.key"
-    cert_path.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_context.load_cert_chain(cert_path, key_path)
-    client_context = ssl.create_default_context(
-        cadata=ca.public_bytes(serialization.Encoding.PEM).decode()
-    )
-    return Pki(client=client_context, server=server_context)
-
-
 @dataclass
 class Route:
     status: int = 200
@@ -144,30 +70,19 @@ def document(value: Any, **route: Any) -> Route:
     )
 
 
-class IssuerServer(ThreadingHTTPServer):
+class IssuerServer(HttpsServer):
     """An OIDC issuer on 127.0.0.1 (HTTPS, or plain HTTP without `tls`)."""
 
-    daemon_threads = True
     ENDLESS_CAP = 256 * 1024 * 1024  # an endless body gives up here, if never stopped
 
     def __init__(self, tls: ssl.SSLContext | None) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.tls = tls
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server_address[1]}"
+        super().__init__(_Handler, tls)
         self.issuer = self.url + ISSUER_PATH
         self.routes: dict[str, Route] = {}
         self.requests: Counter[str] = Counter()
         self.endless_sent = 0
         self.endless_stopped = threading.Event()  # the client hung up on an endless body
         self.lock = threading.Lock()
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        connection, address = super().get_request()
-        if self.tls is not None:  # the handshake runs in the handler's thread
-            connection = self.tls.wrap_socket(
-                connection, server_side=True, do_handshake_on_connect=False
-            )
-        return connection, address
 
     def publish(self, *jwks: Any, **discovery: Any) -> None:
         self.routes[DISCOVERY] = document(
@@ -180,7 +95,7 @@ class IssuerServer(ThreadingHTTPServer):
             return self.requests[path]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
     server: IssuerServer
 
@@ -223,9 +138,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.endless_stopped.set()
         self.close_connection = True
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
@@ -233,16 +145,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def serve(tls: ssl.SSLContext | None) -> Iterator[IssuerServer]:
-    server = IssuerServer(tls)
-    # A short poll: shutdown() waits for one, after every test.
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
+    with serving(IssuerServer(tls)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -367,6 +271,9 @@ def test_the_system_ca_store_does_not_trust_an_unknown_ca(
     keys = OidcIssuerKeys(clock=clock)  # no ssl_context: the system's CA store
     assert unavailable(keys, issuer_of(server)) == "jwks:127.0.0.1:discovery_unreachable"
     assert server.count(JWKS_PATH) == 0
+    # The client refused the server's certificate: it never got to ask for anything.
+    assert server.certificate_refused.wait(timeout=5)
+    assert server.count(DISCOVERY) == 0
 
 
 # --- the cache ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """A loopback server that answers like a tokex issuer (discovery, `POST /token`) and
-counts the exchanges: what the workload SDK's caching and single-flight tests count."""
+counts the exchanges: what the workload SDK's caching and single-flight tests count; and
+what a workload brings to it: static AWS credentials, an EKS service-account token file."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs
+
+from tests.support.loopback import LoopbackServer, QuietHandler, serving
+from tokex import base64url
 
 
 @dataclass
@@ -43,7 +47,7 @@ class FakeIssuer:
 def fake_issuer(**options: object) -> Iterator[FakeIssuer]:
     issuer = FakeIssuer(**options)  # type: ignore[arg-type]
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             self._json({"issuer": issuer.url, "token_endpoint": issuer.url + "/token"})
 
@@ -53,35 +57,55 @@ def fake_issuer(**options: object) -> Iterator[FakeIssuer]:
 
         def _json(self, document: dict) -> None:
             data = json.dumps(document).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_document(200, data, {"Content-Type": "application/json"})
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    issuer.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(LoopbackServer(Handler)) as server:
+        issuer.url = server.url
         yield issuer
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+
+
+def without_aws_set_up(monkeypatch) -> None:
+    """Nothing of this machine's AWS set-up reaches the test: no credentials, profile,
+    region or endpoint from the environment, no config or credentials file, no instance
+    metadata."""
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_STS",
+        "AWS_STS_REGIONAL_ENDPOINTS",
+        "AWS_USE_FIPS_ENDPOINT",
+        "AWS_USE_DUALSTACK_ENDPOINT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def use_static_credentials(monkeypatch, access_key_id: str = "AKIAEXAMPLEWORKLOAD1") -> None:
-    """The default credential chain finds these (signing is offline: nothing checks
-    them but the fake issuer, which checks nothing)."""
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_CONFIG_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    """The default credential chain finds these, and nothing else of this machine's AWS
+    set-up (signing is offline: nothing checks them but the fake issuer, which checks
+    nothing)."""
+    without_aws_set_up(monkeypatch)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", access_key_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "workload-secret-not-real")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
+
+
+def sa_token_file(
+    directory: Path, issuer_url: str, *, sub: str = "system:serviceaccount:a:b"
+) -> Path:
+    """A projected service-account token for this issuer, as the kubelet writes it (the
+    `eks` evidence; its signature is not checked by the workload)."""
+    header = base64url.encode_json({"alg": "RS256", "kid": "k"})
+    claims = base64url.encode_json(
+        {"iss": "https://oidc.example.com", "sub": sub, "aud": issuer_url}
+    )
+    path = directory / "token"
+    path.write_text(f"{header}.{claims}.c2lnbmF0dXJl\n")
+    return path

@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
 
-from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
+from tests.support.fake_issuer import (
+    FakeIssuer,
+    fake_issuer,
+    use_static_credentials,
+    without_aws_set_up,
+)
+from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tokex import base64url
 from tokex.cli import token as token_command
 from tokex.cli.main import main
@@ -71,7 +75,7 @@ class FakeSts:
 def sts() -> Iterator[FakeSts]:
     fake = FakeSts()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"])).decode()
             form = parse_qs(body, keep_blank_values=True)
@@ -120,42 +124,17 @@ def sts() -> Iterator[FakeSts]:
             )
 
         def _xml(self, status: int, document: str) -> None:
-            data = document.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/xml")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_document(status, document.encode(), {"Content-Type": "text/xml"})
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serving(LoopbackServer(Handler)) as server:
+        fake.url = server.url
+        yield fake
 
 
 @pytest.fixture
 def aws_env(monkeypatch) -> None:
     """Static credentials, region eu-west-1, and nothing else of this machine's AWS set-up."""
     use_static_credentials(monkeypatch)
-    for name in (
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_STS",
-        "AWS_STS_REGIONAL_ENDPOINTS",
-        "AWS_USE_FIPS_ENDPOINT",
-        "AWS_USE_DUALSTACK_ENDPOINT",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     # As Lambda sets them; a boto3 session reads only the second, `tokex token` both.
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
@@ -344,18 +323,7 @@ def sa_token(audience: object, *, sub: str = "system:serviceaccount:orders:api")
 @pytest.fixture
 def no_aws(monkeypatch) -> None:
     """An EKS pod without any AWS credentials or region."""
-    for name in (
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    without_aws_set_up(monkeypatch)
 
 
 @pytest.fixture

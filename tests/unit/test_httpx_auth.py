@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
-from tokex import base64url
+from tests.support.fake_issuer import (
+    FakeIssuer,
+    fake_issuer,
+    sa_token_file,
+    use_static_credentials,
+)
 from tokex.client import TokenClient, TokexHttpxAuth
 
 
@@ -99,19 +102,6 @@ def test_one_auth_serves_several_event_loops(issuer) -> None:
     now[0] = 900.0
     assert asyncio.run(ask()) == "Bearer token-2"
     assert asyncio.run(ask()) == "Bearer token-2"
-
-
-def sa_token_file(
-    directory: Path, issuer_url: str, *, sub: str = "system:serviceaccount:a:b"
-) -> Path:
-    """A projected service-account token for this issuer, as the kubelet writes it."""
-    header = base64url.encode_json({"alg": "RS256", "kid": "k"})
-    claims = base64url.encode_json(
-        {"iss": "https://oidc.example.com", "sub": sub, "aud": issuer_url}
-    )
-    path = directory / "token"
-    path.write_text(f"{header}.{claims}.c2lnbmF0dXJl\n")
-    return path
 
 
 def test_eks_evidence_sync_and_async(issuer, tmp_path) -> None:

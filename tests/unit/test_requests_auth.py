@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
-from tokex import base64url
+from tests.support.fake_issuer import (
+    FakeIssuer,
+    fake_issuer,
+    sa_token_file,
+    use_static_credentials,
+)
 from tokex.client import TokenClient, TokexAuth
 
 
@@ -66,19 +69,6 @@ def test_threads_at_expiry_make_one_exchange(issuer) -> None:
         thread.join(timeout=30)
     assert seen == ["Bearer token-2"] * 8
     assert issuer.exchanges == 2
-
-
-def sa_token_file(
-    directory: Path, issuer_url: str, *, sub: str = "system:serviceaccount:a:b"
-) -> Path:
-    """A projected service-account token for this issuer, as the kubelet writes it."""
-    header = base64url.encode_json({"alg": "RS256", "kid": "k"})
-    claims = base64url.encode_json(
-        {"iss": "https://oidc.example.com", "sub": sub, "aud": issuer_url}
-    )
-    path = directory / "token"
-    path.write_text(f"{header}.{claims}.c2lnbmF0dXJl\n")
-    return path
 
 
 def test_eks_evidence_and_its_refresh(issuer, tmp_path) -> None:

@@ -8,11 +8,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
+from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tokex import base64url
 from tokex.client import token_client
 from tokex.client.token_client import (
@@ -50,25 +50,15 @@ def lookalike() -> Iterator[tuple[str, dict]]:
     """A loopback endpoint whose discovery document says what the test wants."""
     state: dict = {"status": 200, "document": {}, "location": None}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
-            data = json.dumps(state["document"]).encode()
-            self.send_response(state["status"])
+            headers = {"Content-Type": "application/json"}
             if state["location"]:
-                self.send_header("Location", state["location"])
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+                headers["Location"] = state["location"]
+            self.send_document(state["status"], json.dumps(state["document"]).encode(), headers)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", state
-    server.shutdown()
-    server.server_close()
+    with serving(LoopbackServer(Handler)) as server:
+        yield server.url, state
 
 
 def test_discovered_issuer_must_be_the_endpoint(lookalike) -> None:

@@ -40,7 +40,7 @@ MAX_SECRET_CHARS = 128
 MAX_AUTHORIZATION_CHARS = 512
 VERIFIED_CACHE_SECONDS = 30
 MAX_CACHED_CLIENTS = 256
-# As many as a policy may name (policy/model.py MAX_LIST_ITEMS); keeps the item small.
+# As many as a policy may name (policy/fields.py MAX_LIST_ITEMS); keeps the item small.
 MAX_CLIENT_AUDIENCES = 100
 HASH_SCHEME = "sha256"
 _HASH_DOMAIN = b"tokex introspection client secret\x00"

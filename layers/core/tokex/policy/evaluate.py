@@ -41,14 +41,8 @@ from tokex.policy.globs import (
     literal_prefix_length,
     principal_matches,
 )
-from tokex.policy.model import (
-    DAYS,
-    Conditions,
-    EksSelectors,
-    InstanceConditions,
-    Policy,
-    WorkloadSelectors,
-)
+from tokex.policy.model import InstanceConditions, Policy
+from tokex.policy.selectors import DAYS, Conditions, EksSelectors, WorkloadSelectors
 
 TagLookup = Callable[[InstanceIdentity], Mapping[str, str]]
 

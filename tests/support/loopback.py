@@ -1,0 +1,53 @@
+"""Loopback HTTP servers for tests: a server on 127.0.0.1 (a free port), a request handler
+that answers whole documents and logs nothing, and a server run in a thread for as long as
+a `with` block lasts."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
+
+Server = TypeVar("Server", bound=ThreadingHTTPServer)
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    """Plain HTTP on 127.0.0.1, a thread per connection; `url` has no trailing slash."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that writes no access log (test output stays clean)."""
+
+    def send_document(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        """The whole answer: status, `headers`, a Content-Length, then `body`."""
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serving(server: Server) -> Iterator[Server]:
+    """`server` answering in a thread; shut down, closed and joined on the way out."""
+    # A short poll: shutdown() waits for one, after every test.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
