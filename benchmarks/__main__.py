@@ -31,6 +31,7 @@ from benchmarks.exchange_figures import (
 )
 from benchmarks.figures import Figure, at_most, ratio, reported, table, write_json
 from benchmarks.proxied_local import BenchSystem, bench_system
+from benchmarks.proxy_figures import proxy_figures
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 PROFILES = {
@@ -50,6 +51,7 @@ PROFILES = {
     ),
 }
 CACHED_CALLS = {"full": 20_000, "small": 200}
+PROXIED_REQUESTS = {"full": 2_000, "small": 20}
 
 
 def cold_start_figures(system: BenchSystem, runs: int) -> list[Figure]:
@@ -90,6 +92,7 @@ def run(profile_name: str) -> list[Figure]:
         figures += handler_cpu(system, floor, profile)
         figures += cold_start_figures(system, profile.cold_runs)
         figures += client_figures(system, CACHED_CALLS[profile_name])
+        figures += proxy_figures(system, PROXIED_REQUESTS[profile_name])
     figures += bundle_figures()
     return figures
 

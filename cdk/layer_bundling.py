@@ -4,7 +4,8 @@
 for the Lambda architecture whatever machine synthesizes, so nothing is compiled here.
 The AWS SDK (boto3, botocore, s3transfer) is left to the Lambda runtime, which ships it.
 The layer is the runtime only: the tooling in the `tokex` package (`TOOLING`: the CLI,
-local mode, the Kong generator, the workload client) stays in the installable package
+local mode, the Kong generator, the workload client, the proxy and its Lambda extension,
+which has a layer of its own: cdk/extension_layer.py) stays in the installable package
 and out of the layer, and nothing in the runtime imports it (tests/infra/test_layer.py).
 
 A finished bundle is kept in a cache directory keyed by a hash of everything that goes
@@ -54,7 +55,7 @@ RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
 PACKAGE_NAME = "tokex"
 CACHE_ENTRIES_KEPT = 4
 # Top-level entries of the `tokex` package that are tooling, not runtime.
-TOOLING = frozenset({"cli", "local", "client", "kong.py"})
+TOOLING = frozenset({"cli", "local", "client", "proxy", "extension", "kong.py"})
 _IGNORED_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 # Names the interpreter to compile the layer's bytecode with; it must be the runtime's

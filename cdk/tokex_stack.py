@@ -29,6 +29,7 @@ from constructs import Construct
 
 from cdk import nag
 from cdk.config import TokexConfig
+from cdk.extension_layer import ProxyExtensionLayer
 from cdk.functions import RUNTIME, JwksPublication, TokexFunction
 from cdk.issuer_site import INTROSPECT_PATH, TOKEN_PATH, IssuerSite
 from cdk.layer_bundling import CoreLayer
@@ -256,6 +257,13 @@ class TokexStack(Stack):
                 "Point the custom domain's DNS (CNAME/alias) here",
             ),
         }
+        # For workloads, not for the stack's own functions: the tokex proxy as a Lambda
+        # extension for Python functions (cdk/extension_layer.py).
+        self.proxy_extension_layer = ProxyExtensionLayer.of(self)
+        outputs["ProxyExtensionLayerArn"] = (
+            self.proxy_extension_layer.layer_version_arn,
+            "The tokex proxy Lambda extension layer: Python 3.11-3.13 functions, arm64 or x86_64",
+        )
         if self.published_key_arns:
             # Omitted rather than empty when there is none.
             outputs["PublishedKeyArns"] = (

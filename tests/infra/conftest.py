@@ -102,12 +102,14 @@ class Synthesized:
     # Hash of the layer's inputs (core sources, requirements) when this synth ran.
     layer_inputs_hash: str
 
-    def layer_dir(self) -> Path:
-        layers = [
-            r for r in self.raw["Resources"].values() if r["Type"] == "AWS::Lambda::LayerVersion"
-        ]
-        assert len(layers) == 1
-        asset_hash = layers[0]["Properties"]["Content"]["S3Key"].removesuffix(".zip")
+    def layer_dir(self, path: str = "CoreLayer/Layer") -> Path:
+        """The asset directory of the layer at `path` (the core layer; the other one is
+        the proxy extension's, "ProxyExtensionLayer/Layer")."""
+        from tests.infra.checks import logical_id_in
+
+        layer = self.raw["Resources"][logical_id_in(self.raw, path)]
+        assert layer["Type"] == "AWS::Lambda::LayerVersion"
+        asset_hash = layer["Properties"]["Content"]["S3Key"].removesuffix(".zip")
         return self.outdir / f"asset.{asset_hash}"
 
 

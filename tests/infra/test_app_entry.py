@@ -67,7 +67,7 @@ def test_python_app_writes_cdk_out_in_the_working_directory(tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stderr[-2000:]
     template = tmp_path / "cdk.out" / "Tokex.template.json"
-    assert _layer_count(template) == 1
+    assert _layer_count(template) == 2  # the core layer and the proxy extension layer
     assert "cdk.out/Tokex.template.json" in result.stderr
     assert not (tmp_path / "empty-cache").exists()  # pip never ran
 
@@ -84,7 +84,7 @@ def test_cdk_outdir_wins_over_the_default(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert _layer_count(tmp_path / "elsewhere" / "Tokex.template.json") == 1
+    assert _layer_count(tmp_path / "elsewhere" / "Tokex.template.json") == 2
 
 
 @pytest.mark.parametrize(
@@ -137,6 +137,6 @@ def test_cdk_cli_offline_synth_skips_bundling(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert _layer_count(out / "Tokex.template.json") == 1
+    assert _layer_count(out / "Tokex.template.json") == 2
     # The app honoured the CLI's bundling context override and its --output (CDK_OUTDIR).
     assert not (tmp_path / "empty-cache").exists()

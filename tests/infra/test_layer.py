@@ -26,7 +26,7 @@ RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 # What the runtime's boto3 brings along (botocore's own dependencies).
 AWS_SDK_DEPENDENCIES = frozenset({"jmespath", "dateutil", "six", "urllib3"})
 # Left out of the layer (cdk/layer_bundling.py TOOLING), stated here independently.
-TOOLING = frozenset({"cli", "local", "client", "kong.py"})
+TOOLING = frozenset({"cli", "local", "client", "proxy", "extension", "kong.py"})
 MAGIC_PROBE = "import importlib.util, sys; sys.stdout.write(importlib.util.MAGIC_NUMBER.hex())"
 BYTECODE_PROBE_MODULES = (
     "tokex.settings",

@@ -19,7 +19,15 @@ LIBRARY = CORE / "tokex"
 SCANNED = [LIBRARY, ROOT / "functions", ROOT / "cdk", ROOT / "app.py"]
 AWS_SDK = frozenset({"boto3", "botocore"})
 # Where an AWS SDK import is allowed, as paths relative to layers/core.
-SDK_ALLOWED = ("tokex/adapters/", "tokex/wiring.py", "tokex/cli/", "tokex/local/", "tokex/client/")
+SDK_ALLOWED = (
+    "tokex/adapters/",
+    "tokex/wiring.py",
+    "tokex/cli/",
+    "tokex/local/",
+    "tokex/client/",
+    "tokex/proxy/",
+    "tokex/extension/",
+)
 
 
 def python_files() -> Iterator[Path]:
@@ -155,7 +163,14 @@ def test_the_domain_and_the_use_cases_do_not_import_the_adapters_or_the_wiring()
     assert not found, "\n".join(found)
 
 
-TOOLING = ("tokex.cli", "tokex.local", "tokex.client", "tokex.kong")
+TOOLING = (
+    "tokex.cli",
+    "tokex.local",
+    "tokex.client",
+    "tokex.proxy",
+    "tokex.extension",
+    "tokex.kong",
+)
 
 
 def test_the_runtime_never_imports_the_tooling() -> None:

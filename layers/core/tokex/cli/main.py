@@ -30,7 +30,7 @@ from tokex.cli.errors import (
 __all__ = ["CommandError", "build_parser", "main"]
 
 # Subcommand modules under tokex.cli, in the order `tokex --help` lists them.
-COMMANDS = ("local", "token", "iid", "policy", "kong", "clients", "revoke")
+COMMANDS = ("local", "token", "proxy", "iid", "policy", "kong", "clients", "revoke")
 # Set to see the traceback of an internal error (a bug) instead of its one-line report.
 DEBUG_VARIABLE = "TOKEX_DEBUG"
 

@@ -343,6 +343,21 @@ class TokenClient:
             cached = self._cache.get(cache_key(audience, scopes))
         return cached.access_token if cached is not None and now < cached.refresh_at else None
 
+    def invalidate(
+        self, audience: str, scopes: Sequence[str] = (), token: str | None = None
+    ) -> bool:
+        """Forget the cached token, so that the next `token` call exchanges a new one (the
+        API answered 401 to it: revoked, or signed with a key it no longer trusts). With
+        `token`, only if that is still the cached one: a token another caller already
+        replaced stays. True if a token was forgotten."""
+        key = cache_key(audience, scopes)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is None or (token is not None and cached.access_token != token):
+                return False
+            del self._cache[key]
+            return True
+
 
 CacheKey = tuple[str, tuple[str, ...]]
 

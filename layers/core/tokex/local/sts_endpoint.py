@@ -25,23 +25,12 @@ from typing import Any
 from tokex.local.oif import ACTION, OifEmulator
 from tokex.local.sigv4_check import verify_sigv4
 from tokex.local.sts_protocol import StsError, error_xml, form_parameters, new_request_id
+from tokex.proxy.headers import HOP_BY_HOP  # RFC 9110 §7.6.1: one connection's, not forwarded
 
 LOOPBACK = "127.0.0.1"
 MAX_BODY_BYTES = 1024 * 1024
 READ_TIMEOUT_SECONDS = 5  # per read: an idle client does not hold a thread for ever
 UPSTREAM_TIMEOUT_SECONDS = 30
-# RFC 9110 §7.6.1: these describe one connection, not the request, and are not forwarded.
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 _DIGITS = re.compile(r"[0-9]{1,7}")
 
 
@@ -143,7 +132,7 @@ class StsEndpoint:
                 handler.command, handler.path, skip_host=True, skip_accept_encoding=True
             )
             for name, value in handler.headers.items():
-                if name.lower() not in _HOP_BY_HOP:
+                if name.lower() not in HOP_BY_HOP:
                     connection.putheader(name, value)
             connection.endheaders(body or None)
             response = connection.getresponse()
@@ -157,7 +146,7 @@ class StsEndpoint:
         headers = {
             name: value
             for name, value in response.getheaders()
-            if name.lower() not in _HOP_BY_HOP | {"content-length", "date", "server"}
+            if name.lower() not in HOP_BY_HOP | {"content-length", "date", "server"}
         }
         return response.status, headers, data
 

@@ -1,0 +1,361 @@
+"""The tokex proxy as a Lambda extension layer, and the construct that adds it to a function.
+
+What the layer holds (Lambda unzips a layer into /opt):
+
+    extensions/tokex-proxy     the launcher: Lambda starts every executable in
+                               /opt/extensions at Init, and the extension registers under
+                               this file name (tokex.extension.api.EXTENSION_NAME)
+    tokex-proxy/tokex/...      the `tokex` modules the extension imports, and no others
+    tokex-proxy/jwt/...        the pure-Python distributions they need beyond the runtime
+
+Its Python lives in /opt/tokex-proxy, not /opt/python: Lambda puts /opt/python on the
+*function's* import path, where a second `jwt` or `urllib3` would shadow the function's own
+or the runtime SDK's (AWS's Python extension samples keep theirs beside `extensions/` for
+the same reason). Only the launcher puts /opt/tokex-proxy on the extension's path.
+
+Runtimes and architectures: the extension is Python, so it runs on the function's own
+interpreter, which only the Python runtimes have (`/var/lang/bin/python3`); 3.11 and later,
+because tokex needs 3.11 and because from 3.11 on the runtime's AWS SDK is in that
+interpreter's own site-packages (before, in /var/runtime, off a bare `python3`'s path).
+Everything in the layer is pure Python (wheels resolved with `--platform any --abi none`:
+pip refuses a dependency that has only platform wheels), so one build serves x86_64 and
+arm64 functions. No Docker: pip and a file copy, cached like the core layer
+(cdk/layer_bundling.py), keyed by a hash of everything that goes in.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jsii
+from aws_cdk import ILocalBundling, Stack, Token
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from cdk.layer_bundling import (
+    INVALIDATION_MODE,
+    BytecodeCompiler,
+    canonical_name,
+    default_cache_dir,
+    find_bytecode_compiler,
+    locally_bundled_code,
+    requirement_name,
+)
+from tokex.extension.api import EXTENSION_NAME
+from tokex.extension.main import ENDPOINT_VARIABLE, LISTEN_VARIABLE, ROUTES_VARIABLE
+
+RECIPE_VERSION = "1"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = PROJECT_ROOT / "layers" / "core" / "tokex"
+SITE = "tokex-proxy"  # /opt/tokex-proxy
+ENTRY_MODULES = ("tokex.extension.__main__",)
+RUNTIMES = (lambda_.Runtime.PYTHON_3_11, lambda_.Runtime.PYTHON_3_12, lambda_.Runtime.PYTHON_3_13)
+ARCHITECTURES = (lambda_.Architecture.ARM_64, lambda_.Architecture.X86_64)
+# The oldest supported runtime: a wheel pip accepts for it carries no newer requirement.
+PIP_PYTHON_VERSION = "3.11"
+# Top-level modules each Python runtime (3.11+) has in its site-packages: the AWS SDK and
+# its dependencies. The extension uses them from there, at the runtime's versions.
+RUNTIME_MODULES = frozenset({"boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six"})
+# Modules the extension imports that it takes from the layer, by distribution
+# (pyproject.toml states their versions). pyjwt: not in the runtime (it reads the tokens'
+# claims; verifying no signature, it needs no `cryptography`, which pyjwt imports only if
+# present). urllib3: the runtime has one, botocore's, at a version tokex does not choose;
+# the proxy needs >= 2.2, and in the extension's own process the layer's comes first. A new
+# third-party import fails the build until it is listed here or in RUNTIME_MODULES.
+BUNDLED = {"jwt": "pyjwt", "urllib3": "urllib3"}
+LAYER_ID = "ProxyExtensionLayer"  # the construct's id in a stack (ProxyExtensionLayer.of)
+
+LAUNCHER = f"""#!/bin/sh
+# The tokex proxy, a Lambda extension (cdk/extension_layer.py). Lambda starts it at Init;
+# its name is this file's name. It runs on the function's Python: the Python runtimes put
+# python3 in /var/lang/bin, with the AWS SDK in that interpreter's site-packages.
+set -eu
+root=$(cd "$(dirname "$0")/.." && pwd)
+python=/var/lang/bin/python3
+if [ ! -x "$python" ]; then
+    python=$(command -v python3 || true)
+fi
+if [ -z "$python" ]; then
+    echo "{EXTENSION_NAME}: no python3: the extension needs a Python runtime (3.11+)" >&2
+    exit 1
+fi
+PYTHONPATH="$root/{SITE}${{PYTHONPATH:+:$PYTHONPATH}}"
+export PYTHONPATH
+exec "$python" -m tokex.extension
+"""
+
+
+def _module_index(package_dir: Path) -> dict[str, Path]:
+    """Dotted name -> file, for every module of the `tokex` package."""
+    index = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        parts = [package_dir.name, *path.relative_to(package_dir).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        index[".".join(parts)] = path
+    return index
+
+
+def _imports(path: Path, module: str) -> Iterable[str]:
+    """Dotted names imported anywhere in `path` except under `if TYPE_CHECKING:` (never
+    run); `from x import y` gives `x.y`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def import_closure(
+    package_dir: Path = PACKAGE_DIR, entries: Sequence[str] = ENTRY_MODULES
+) -> tuple[dict[str, Path], set[str]]:
+    """The `tokex` modules `entries` import, directly or not (with the packages that hold
+    them), and the top-level names of the other, non-standard modules they import."""
+    index = _module_index(package_dir)
+    root = package_dir.name
+    found: dict[str, Path] = {}
+    third_party: set[str] = set()
+    pending = list(entries)
+    while pending:
+        name = pending.pop()
+        while name and name not in index:  # `from m import name`: the module m
+            name = name.rpartition(".")[0]
+        if not name or name in found:
+            continue
+        found[name] = index[name]
+        parts = name.split(".")
+        pending.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+        for imported in _imports(index[name], name):
+            top = imported.split(".")[0]
+            if top == root:
+                pending.append(imported)
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                third_party.add(top)
+    return found, third_party
+
+
+def bundled_requirements(third_party: Iterable[str], pyproject: Path) -> list[str]:
+    """pyproject's requirement for each module to bundle (not the runtime's)."""
+    unknown = sorted(set(third_party) - RUNTIME_MODULES - BUNDLED.keys())
+    if unknown:
+        raise RuntimeError(
+            f"the extension imports {unknown}: list each in cdk/extension_layer.py BUNDLED"
+            " (pure Python only) or RUNTIME_MODULES"
+        )
+    declared = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
+    by_name = {requirement_name(r): r for r in declared}
+    wanted = sorted({canonical_name(BUNDLED[m]) for m in third_party if m in BUNDLED})
+    return [by_name.get(name, name) for name in wanted]
+
+
+class ExtensionLayerBundling:
+    """Builds the layer's directory tree; see the module docstring."""
+
+    def __init__(self, *, project_root: Path = PROJECT_ROOT, cache_dir: Path | None = None):
+        self.package_dir = project_root / "layers" / "core" / "tokex"
+        self.modules, self.third_party = import_closure(self.package_dir)
+        self.requirements = bundled_requirements(self.third_party, project_root / "pyproject.toml")
+        default = default_cache_dir()
+        self.cache_dir = cache_dir or default.with_name(default.name + "-extension")
+        self.compilers = [c for r in RUNTIMES if (c := _compiler(r.name)) is not None]
+
+    def inputs_hash(self) -> str:
+        digest = hashlib.sha256()
+        header = {
+            "recipe": RECIPE_VERSION,
+            "python": PIP_PYTHON_VERSION,
+            "requirements": self.requirements,
+            "launcher": LAUNCHER,
+            "bytecode": [[c.version, c.cache_tag, INVALIDATION_MODE] for c in self.compilers],
+        }
+        digest.update(json.dumps(header, sort_keys=True).encode())
+        for name in sorted(self.modules):
+            digest.update(b"\0" + name.encode() + b"\0")
+            digest.update(hashlib.sha256(self.modules[name].read_bytes()).digest())
+        return digest.hexdigest()
+
+    def build_into(self, output_dir: Path, *, key: str) -> None:
+        cached = self.cache_dir / key
+        if not (cached / "extensions").is_dir():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=self.cache_dir))
+            try:
+                self._build(staging / "layer")
+                try:
+                    (staging / "layer").rename(cached)
+                except OSError:  # another synth finished the same bundle first
+                    if not (cached / "extensions").is_dir():
+                        raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(cached, output_dir, dirs_exist_ok=True)
+
+    def _build(self, root: Path) -> None:
+        site = root / SITE
+        if self.requirements:
+            self._pip("install", "--no-deps", "--require-hashes", "--target", str(site),
+                      "-r", str(self._lock(root)))  # fmt: skip
+        shutil.rmtree(site / "bin", ignore_errors=True)
+        for path in self.modules.values():
+            target = site / path.relative_to(self.package_dir.parent)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+        launcher = root / "extensions" / EXTENSION_NAME
+        launcher.parent.mkdir(parents=True)
+        launcher.write_text(LAUNCHER, encoding="utf-8")
+        launcher.chmod(0o755)
+        for compiler in self.compilers:
+            _compile(compiler, site)
+
+    def _lock(self, root: Path) -> Path:
+        """The wheels to install, hash-pinned from a dry run; none the runtime provides."""
+        report = root.parent / "report.json"
+        self._pip("install", "--dry-run", "--ignore-installed", "--report", str(report),
+                  "--target", str(root.parent / "dry-run"), *self.requirements)  # fmt: skip
+        pins = []
+        for item in json.loads(report.read_text(encoding="utf-8"))["install"]:
+            name, version = item["metadata"]["name"], item["metadata"]["version"]
+            if canonical_name(name) in {canonical_name(m) for m in RUNTIME_MODULES}:
+                raise RuntimeError(f"{name} would shadow the runtime's copy in the extension")
+            sha256 = item["download_info"]["archive_info"]["hashes"]["sha256"]
+            pins.append(f"{name}=={version} --hash=sha256:{sha256}\n")
+        lock = root.parent / "requirements.lock"
+        lock.write_text("".join(sorted(pins)), encoding="utf-8")
+        return lock
+
+    def _pip(self, *args: str) -> None:
+        command = [
+            sys.executable, "-m", "pip", args[0],
+            "--disable-pip-version-check", "--no-input", "--quiet", "--no-compile",
+            "--platform", "any", "--implementation", "py", "--abi", "none",
+            "--python-version", PIP_PYTHON_VERSION, "--only-binary=:all:", *args[1:],
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"pip failed ({result.returncode}) bundling the tokex extension layer:\n"
+                f"{' '.join(command)}\n{result.stdout}{result.stderr}"
+            )
+
+
+def _compiler(runtime: str) -> BytecodeCompiler | None:
+    """A local CPython of the runtime's version, if any (none: that runtime compiles the
+    extension's modules at each cold start, as without the layer's bytecode)."""
+    try:
+        return find_bytecode_compiler(runtime.removeprefix("python"))
+    except RuntimeError:  # TOKEX_LAYER_PYTHON names another version: the core layer's
+        return None
+
+
+def _compile(compiler: BytecodeCompiler, site: Path) -> None:
+    """`__pycache__/*.<cache_tag>.pyc` beside each module: the runtimes' tags differ, so
+    one layer carries the bytecode of each (unchecked-hash: cdk/layer_bundling.py)."""
+    command = [compiler.executable, "-I", "-m", "compileall", "-q", "-j0",
+               "--invalidation-mode", INVALIDATION_MODE,
+               "-s", str(site), "-p", f"/opt/{SITE}", str(site)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    if result.returncode != 0:
+        raise RuntimeError(f"compiling the extension layer failed:\n{result.stdout}{result.stderr}")
+
+
+@jsii.implements(ILocalBundling)
+class _LocalBundler:
+    def __init__(self, bundling: ExtensionLayerBundling, key: str) -> None:
+        self._bundling = bundling
+        self._key = key
+
+    def try_bundle(self, output_dir: str, *args: Any, **options: Any) -> bool:
+        self._bundling.build_into(Path(output_dir), key=self._key)
+        return True
+
+
+class ProxyExtensionLayer(Construct):
+    """The extension layer (see the module docstring)."""
+
+    def __init__(self, scope: Construct, construct_id: str) -> None:
+        super().__init__(scope, construct_id)
+        bundling = ExtensionLayerBundling()
+        key = bundling.inputs_hash()
+        self.layer = lambda_.LayerVersion(
+            self,
+            "Layer",
+            code=locally_bundled_code(
+                placeholder=bundling.package_dir / "extension",
+                asset_hash=key,
+                bundler=_LocalBundler(bundling, key),
+            ),
+            compatible_runtimes=list(RUNTIMES),
+            compatible_architectures=list(ARCHITECTURES),
+            description="tokex proxy Lambda extension (pure Python: Python 3.11+ runtimes)",
+        )
+
+    @staticmethod
+    def of(stack: Stack) -> lambda_.ILayerVersion:
+        """One layer per stack, made on first use."""
+        found = stack.node.try_find_child(LAYER_ID) or ProxyExtensionLayer(stack, LAYER_ID)
+        assert isinstance(found, ProxyExtensionLayer)
+        return found.layer
+
+
+class TokexProxyExtension(Construct):
+    """Adds the tokex proxy extension to a Python function of yours, and its settings.
+
+    `endpoint`: the tokex issuer URL; `routes`: the proxy's routes, a list of tables as
+    its configuration file has them (`prefix` or `listen`, `upstream`, `audience`,
+    `scopes`, ...), checked by the extension at Init. `layer`: the extension layer (e.g.
+    `LayerVersion.from_layer_version_arn` with the tokex stack's ProxyExtensionLayerArn
+    output); by default one is built in your stack. `listen`: HOST:PORT of the proxy,
+    default 127.0.0.1:2772.
+    Nothing else changes: the function's own role is what signs its evidence.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        function: lambda_.Function,
+        endpoint: str,
+        routes: Sequence[Mapping[str, Any]],
+        layer: lambda_.ILayerVersion | None = None,
+        listen: str | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        supported = [r.name for r in RUNTIMES]
+        if function.runtime.name not in supported:
+            raise ValueError(
+                f"the tokex proxy extension runs on the function's Python: {function.runtime.name}"
+                f" is not one of {supported}"
+            )
+        if not Token.is_unresolved(endpoint) and not endpoint.startswith(("https://", "http://")):
+            raise ValueError(f"endpoint must be the tokex issuer URL, not {endpoint!r}")
+        self.layer = layer or ProxyExtensionLayer.of(Stack.of(function))
+        function.add_layers(self.layer)
+        function.add_environment(ENDPOINT_VARIABLE, endpoint)
+        function.add_environment(ROUTES_VARIABLE, json.dumps(routes, separators=(",", ":")))
+        if listen is not None:
+            function.add_environment(LISTEN_VARIABLE, listen)

@@ -1,0 +1,214 @@
+"""The extension's life in a Lambda execution environment.
+
+1. Read the configuration: `TOKEX_PROXY_ENDPOINT` and `TOKEX_PROXY_ROUTES` (JSON, as the
+   CDK construct sets them), else the file `TOKEX_PROXY_CONFIG` (default
+   /var/task/tokex-proxy.toml, the function's own package). Start the proxy on loopback.
+2. Register with the Extensions API. A configuration the proxy refuses, or a listener it
+   cannot bind, is reported as `init/error` and the extension exits 1: the function fails
+   its Init, loudly, rather than run without the proxy its code expects.
+3. Prefetch a token for each route, in parallel, for at most `PREFETCH_SECONDS` in all.
+   A tokex outage never fails a cold start: a failure is logged and the token is fetched
+   on first use instead (the proxy answers 503 until tokex is reachable).
+4. Loop on `event/next`: INVOKE needs nothing (the proxy serves on its own threads);
+   SHUTDOWN stops the proxy within the event's deadline, and the extension exits 0.
+
+The proxy's secret (`X-Tokex-Proxy-Secret`) is the function's `AWS_SESSION_TOKEN`, which
+the function's code has in its environment and no caller outside the execution
+environment knows; AWS's Parameters and Secrets extension authenticates its callers the
+same way (its `X-Aws-Parameters-Secrets-Token` header).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tokex.extension.api import SHUTDOWN, ExtensionsApi, ExtensionsApiError
+from tokex.proxy.config import ProxyConfig, ProxyConfigError, Route
+from tokex.proxy.log import JsonLog
+from tokex.proxy.server import ProxyServer
+from tokex.proxy.tokens import RouteTokens, TokenSource, TokenUnavailable
+from tokex.strict_json import StrictJsonError, loads_strict
+
+CONFIG_VARIABLE = "TOKEX_PROXY_CONFIG"
+DEFAULT_CONFIG = "/var/task/tokex-proxy.toml"
+ENDPOINT_VARIABLE = "TOKEX_PROXY_ENDPOINT"
+ROUTES_VARIABLE = "TOKEX_PROXY_ROUTES"
+LISTEN_VARIABLE = "TOKEX_PROXY_LISTEN"
+# 2773 is taken by AWS's Parameters and Secrets extension, which a function may use too.
+DEFAULT_LISTEN = "127.0.0.1:2772"
+SECRET_VARIABLE = "AWS_SESSION_TOKEN"
+# The whole prefetch, all routes together: part of every cold start's Init phase.
+PREFETCH_SECONDS = 1.5
+# Lambda allows any string; AWS recommends Category.Reason (Extensions API reference).
+CONFIG_INVALID = "Extension.ConfigInvalid"
+LISTEN_FAILED = "Extension.ListenFailed"
+# A configuration error's key, as the variable that holds it (else a key in the routes).
+_VARIABLE_OF = {"endpoint": ENDPOINT_VARIABLE, "listen": LISTEN_VARIABLE, "routes": ROUTES_VARIABLE}
+# Kept from the SHUTDOWN deadline for the process to exit after the proxy stopped.
+EXIT_MARGIN_SECONDS = 0.2
+
+
+class StartFailed(Exception):
+    """The proxy cannot start: `error_type` for init/error, the message says why."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+def load_config(environ: Mapping[str, str]) -> ProxyConfig:
+    """The construct's variables when set, else the configuration file."""
+    if ROUTES_VARIABLE in environ or ENDPOINT_VARIABLE in environ:
+        return config_from_variables(environ)
+    return ProxyConfig.from_file(environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG, environ=environ)
+
+
+def config_from_variables(environ: Mapping[str, str]) -> ProxyConfig:
+    """`TOKEX_PROXY_ENDPOINT`, `TOKEX_PROXY_ROUTES` (a JSON list of routes) and
+    `TOKEX_PROXY_LISTEN` (default 127.0.0.1:2772), checked as a configuration file is."""
+    text = environ.get(ROUTES_VARIABLE)
+    if not text:
+        raise ProxyConfigError(ROUTES_VARIABLE, "missing: the routes, a JSON list")
+    try:
+        routes = loads_strict(text.encode())
+    except StrictJsonError as err:
+        raise ProxyConfigError(ROUTES_VARIABLE, f"not valid JSON: {err}") from None
+    document: dict[str, Any] = {
+        "listen": environ.get(LISTEN_VARIABLE) or DEFAULT_LISTEN,
+        "routes": routes,
+    }
+    if environ.get(ENDPOINT_VARIABLE):
+        document["endpoint"] = environ[ENDPOINT_VARIABLE]
+    # Relative paths in a route (token_file, ca_file) are the function package's files.
+    task_root = Path(environ.get("LAMBDA_TASK_ROOT") or "/var/task")
+    try:
+        # The checks of a configuration file, on a document built from variables.
+        return ProxyConfig.from_document(document, base_dir=task_root, environ=environ)
+    except ProxyConfigError as err:
+        raise ProxyConfigError(
+            _VARIABLE_OF.get(
+                err.key, err.key if err.key.startswith("$") else f"{ROUTES_VARIABLE}: {err.key}"
+            ),
+            err.message,
+            file_not_found=err.file_not_found,
+        ) from None
+
+
+def start_proxy(
+    environ: Mapping[str, str], log: JsonLog
+) -> tuple[ProxyServer, RouteTokens, ProxyConfig]:
+    """The configured proxy, listening; StartFailed if it cannot be."""
+    try:
+        config = load_config(environ)
+    except ProxyConfigError as err:
+        raise StartFailed(CONFIG_INVALID, str(err)) from None
+    secret = environ.get(SECRET_VARIABLE)
+    if not secret:
+        raise StartFailed(CONFIG_INVALID, f"{SECRET_VARIABLE} is not set: no proxy secret")
+    tokens = RouteTokens(config, log=log)
+    server = ProxyServer(config, token_source=tokens, secret=secret, log=log)
+    try:
+        server.start()
+    except OSError as err:
+        raise StartFailed(LISTEN_FAILED, f"cannot listen: {err}") from None
+    return server, tokens, config
+
+
+def prefetch(tokens: TokenSource, routes: tuple[Route, ...], budget: float, log: JsonLog) -> None:
+    """A token for each distinct (audience, scopes, evidence), in parallel, waiting
+    `budget` seconds at most in all. Each outcome is logged; none is raised. A fetch still
+    running at the end goes on in its thread and fills the cache when it finishes."""
+    distinct = {(r.evidence, r.token_file, r.audience, tuple(sorted(r.scopes))): r for r in routes}
+    outcomes: dict[str, str] = {}
+
+    def fetch(route: Route) -> None:
+        try:
+            tokens.token(route)
+            outcomes[route.name] = "ok"
+        except TokenUnavailable as err:
+            outcomes[route.name] = f"{err.status} {err.error}"
+        except Exception as err:  # a prefetch never fails the cold start
+            outcomes[route.name] = f"{type(err).__name__}: {err}"
+
+    started = time.monotonic()
+    threads = [
+        threading.Thread(target=fetch, args=(r,), name=f"prefetch {r.name}", daemon=True)
+        for r in distinct.values()
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, started + budget - time.monotonic()))
+    for route in distinct.values():
+        log.write(
+            "extension_prefetch",
+            route=route.name,
+            audience=route.audience,
+            outcome=outcomes.get(route.name, f"not done in {budget} s"),
+        )
+
+
+class _Terminated(Exception):
+    """SIGTERM or SIGINT: stop as on SHUTDOWN (Lambda itself sends the event instead)."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated(signal.Signals(signum).name)
+
+
+def main(environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    log = JsonLog()
+    runtime_api = environ.get("AWS_LAMBDA_RUNTIME_API")
+    if not runtime_api:
+        log.write("extension_failed", error="AWS_LAMBDA_RUNTIME_API is not set: not in Lambda")
+        return 1
+    previous = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _run(ExtensionsApi(runtime_api), environ, log)
+    except ExtensionsApiError as err:  # the platform is gone: nobody to report to
+        log.write("extension_failed", error=str(err))
+        return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(api: ExtensionsApi, environ: Mapping[str, str], log: JsonLog) -> int:
+    started = time.monotonic()
+    server: ProxyServer | None = None
+    try:
+        # Listening before registering: the runtime starts once every extension has
+        # registered, and the function's init code may call the proxy at once.
+        try:
+            server, tokens, config = start_proxy(environ, log)
+            failure = None
+        except StartFailed as err:
+            failure = err
+        api.register()
+        if failure is not None:
+            log.write("extension_failed", error_type=failure.error_type, error=str(failure))
+            api.init_error(failure.error_type, str(failure))
+            return 1
+        assert server is not None  # serving on its own threads since start()
+        prefetch(tokens, config.routes, PREFETCH_SECONDS, log)
+        log.write("extension_initialized", init_ms=round((time.monotonic() - started) * 1000))
+        while True:
+            event = api.next_event()
+            if event.event_type == SHUTDOWN:
+                server.shutdown(max(0.0, event.seconds_left() - EXIT_MARGIN_SECONDS))
+                log.write("extension_stopped", reason=event.shutdown_reason)
+                return 0
+    except _Terminated as err:
+        log.write("extension_stopped", reason=str(err))
+        return 0
+    finally:
+        if server is not None:
+            server.shutdown(1.0)  # a no-op after the SHUTDOWN event's

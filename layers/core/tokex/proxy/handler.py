@@ -1,0 +1,326 @@
+"""One connection of the application, one request at a time (HTTP/1.1 keep-alive).
+
+Each request goes through, in order: the method (CONNECT and TRACE refused: one would make
+this an open tunnel, the other would echo the token back), the target (origin-form only,
+routing.py), the body's framing (forward.py), the proxy's own endpoints (`/.tokex/`,
+endpoints.py), the route, the route's token (none: 403 or 503, and the upstream is never
+called), then the upstream. Every answer of the proxy's own is JSON
+`{"error", "error_description"}`; every request is one line of the log, without its query,
+headers or token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import urllib3
+
+from tokex.proxy.config import Route
+from tokex.proxy.connections import Connections
+from tokex.proxy.endpoints import Answer, error, own_endpoint, unavailable
+from tokex.proxy.forward import (
+    CHUNK_BYTES,
+    BadBody,
+    ClientGone,
+    Upstream,
+    chunked_body,
+    length_body,
+    request_framing,
+)
+from tokex.proxy.headers import SECRET_HEADER, client_response_headers, upstream_request_headers
+from tokex.proxy.log import JsonLog
+from tokex.proxy.routing import BadTarget, RouteTable, is_reserved, split_target
+from tokex.proxy.tokens import TokenSource, TokenUnavailable
+
+CLIENT_IDLE_TIMEOUT_SECONDS = 60.0  # a connection silent this long is closed
+MAX_REQUEST_LINE_BYTES = 65536  # as http.server's own limit
+METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 §5.6.2)
+REFUSED_METHODS = {
+    "CONNECT": "CONNECT is refused: this is not an open proxy, upstreams come from its "
+    "configuration only",
+    "TRACE": "TRACE is refused: the upstream would echo the request, token included",
+}
+
+
+@dataclass(frozen=True)
+class ProxyState:
+    """What every connection of the proxy shares (built by ProxyServer)."""
+
+    table: RouteTable
+    routes: tuple[Route, ...]
+    upstreams: dict[str, Upstream]
+    tokens: TokenSource
+    log: JsonLog
+    secret: str
+    connections: Connections
+
+
+@dataclass
+class _Outcome:
+    """One request, as its log line tells it."""
+
+    path: str | None = None
+    route: str | None = None
+    status: int | None = None
+    upstream_status: int | None = None
+    error: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True  # a small response is not held back for 40 ms
+    timeout = CLIENT_IDLE_TIMEOUT_SECONDS
+    server_version = "tokex-proxy"
+    sys_version = ""
+    _unread_body = False  # a request body not (yet) read: an early answer closes
+
+    @property
+    def _state(self) -> ProxyState:
+        return self.server.state  # type: ignore[attr-defined, no-any-return]
+
+    def setup(self) -> None:
+        super().setup()
+        self._state.connections.opened(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self._state.connections.closed(self.connection)
+
+    def handle_one_request(self) -> None:
+        """http.server's, with the connection counted busy from the request line on."""
+        try:
+            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE_BYTES + 1)
+        except OSError:  # idle too long, or closed by the application or by shutdown
+            self.close_connection = True
+            return
+        if not self.raw_requestline:
+            self.close_connection = True
+            return
+        connections = self._state.connections
+        connections.busy(self.connection)
+        try:
+            if len(self.raw_requestline) > MAX_REQUEST_LINE_BYTES:
+                self.request_version, self.command = "HTTP/1.1", ""
+                self.send_error(414, "the request line is too long")
+            elif not self.parse_request():  # answered (send_error)
+                pass
+            elif self.request_version == "HTTP/0.9":  # no headers: nothing to route on
+                self.close_connection = True
+            else:
+                self._handle()
+            self.wfile.flush()
+        except OSError:  # the application went away mid-answer
+            self.close_connection = True
+        finally:
+            if connections.stopping:
+                self.close_connection = True
+            connections.idle(self.connection)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line or header), as JSON."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":
+            return  # no status line to send
+        description = message or self.responses.get(code, ("error",))[0]
+        self._send_json(code, {"error": "invalid_request", "error_description": description}, [])
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one JSON line per request instead (_handle)
+
+    # --- one request ---------------------------------------------------------------------
+
+    def _handle(self) -> None:
+        started = time.monotonic()
+        outcome = _Outcome()
+        self._unread_body = False
+        try:
+            self._dispatch(outcome)
+        finally:
+            self._state.log.write(
+                "request",
+                listener=getattr(self.server, "name", None),
+                route=outcome.route,
+                method=self.command,
+                path=outcome.path,
+                status=outcome.status,
+                upstream_status=outcome.upstream_status,
+                error=outcome.error,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+                **outcome.fields,
+            )
+
+    def _dispatch(self, outcome: _Outcome) -> None:
+        state = self._state
+        if not METHOD.fullmatch(self.command):
+            return self._answer(outcome, error(400, "invalid_request", "the method is malformed"))
+        if self.command in REFUSED_METHODS:
+            self.close_connection = True
+            refused = error(405, "method_not_allowed", REFUSED_METHODS[self.command])
+            return self._answer(outcome, refused)
+        try:
+            path, query = split_target(self.path)
+        except BadTarget as err:
+            self.close_connection = True
+            return self._answer(outcome, error(400, "invalid_request", str(err)))
+        outcome.path = path
+        try:
+            length, chunked = request_framing(self.headers.items())
+        except BadBody as err:
+            self.close_connection = True
+            return self._answer(outcome, error(400, "invalid_request", str(err)))
+        self._unread_body = bool(length) or chunked
+        if is_reserved(path):
+            secrets = self.headers.get_all(SECRET_HEADER) or []
+            answer = own_endpoint(
+                self.command,
+                path,
+                query,
+                presented_secret=secrets[0] if len(secrets) == 1 else None,
+                secret=state.secret,
+                routes=state.routes,
+                tokens=state.tokens,
+            )
+            return self._answer(outcome, answer)
+        route = state.table.match(getattr(self.server, "name", ""), path)
+        if route is None:
+            described = error(404, "no_route", "no route of this proxy takes this path")
+            return self._answer(outcome, described)
+        outcome.route = route.name
+        try:
+            token = state.tokens.token(route)
+        except TokenUnavailable as refused:
+            return self._answer(outcome, unavailable(refused))
+        self._forward(outcome, route, token, length, chunked)
+
+    def _forward(
+        self, outcome: _Outcome, route: Route, token: str, length: int | None, chunked: bool
+    ) -> None:
+        headers = upstream_request_headers(
+            self.headers.items(), authority=route.authority, authorization=f"Bearer {token}"
+        )
+        body = None
+        if chunked:
+            body = chunked_body(self.rfile)
+        elif length is not None:
+            headers.append(("Content-Length", str(length)))
+            body = length_body(self.rfile, length) if length else None
+        sent_whole: list[bool] = []
+        if body is not None:
+            body = _until_the_end(body, sent_whole)
+        try:
+            response = self._state.upstreams[route.name].send(
+                self.command, self.path, headers, body, chunked=chunked
+            )
+        except ClientGone:
+            self.close_connection = True
+            outcome.error = "client_gone"
+            return None
+        except BadBody as err:
+            self.close_connection = True
+            return self._answer(outcome, error(400, "invalid_request", str(err)))
+        except urllib3.exceptions.ReadTimeoutError:
+            self.close_connection = True
+            why = f"{route.authority} did not answer in time"
+            outcome.fields["detail"] = why
+            return self._answer(outcome, error(504, "upstream_timeout", why))
+        except urllib3.exceptions.HTTPError as err:
+            self.close_connection = True
+            why = f"{route.authority}: {_reason(err)}"
+            outcome.fields["detail"] = why
+            return self._answer(outcome, error(502, "upstream_unavailable", why))
+        except ValueError as err:  # a header http.client will not send
+            self.close_connection = True
+            return self._answer(outcome, error(400, "invalid_request", str(err)))
+        # An upstream may answer before it has read the whole body (a 413): what is left
+        # of it cannot be read as the next request.
+        self._unread_body = body is not None and not sent_whole
+        outcome.upstream_status = response.status
+        if response.status == 401:  # revoked, or a key the upstream no longer trusts
+            self._state.tokens.invalidate(route, token)
+        self._relay(outcome, response)
+
+    def _relay(self, outcome: _Outcome, response: urllib3.BaseHTTPResponse) -> None:
+        """The upstream's response, its body copied as it arrives (never held whole)."""
+        headers = client_response_headers(response.headers.items())
+        has_body = self.command != "HEAD" and response.status not in (204, 304)
+        has_body = has_body and response.status >= 200
+        sized = any(name.lower() == "content-length" for name, _ in headers)
+        chunk_out = has_body and not sized and self.request_version == "HTTP/1.1"
+        self.send_response_only(response.status, response.reason or None)
+        for name, value in headers:
+            self.send_header(name, value)
+        if chunk_out:
+            self.send_header("Transfer-Encoding", "chunked")
+        elif has_body and not sized:  # an HTTP/1.0 application: the end of the body is the end
+            self.close_connection = True
+        if self._unread_body:
+            self.close_connection = True
+        if self.close_connection or self._state.connections.stopping:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        outcome.status = response.status
+        complete = False
+        try:
+            while has_body and (data := response.read1(CHUNK_BYTES, decode_content=False)):
+                self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data) if chunk_out else data)
+            if chunk_out:
+                self.wfile.write(b"0\r\n\r\n")
+            complete = True
+        except urllib3.exceptions.HTTPError:  # the upstream failed mid-body: so does this one
+            self.close_connection = True
+            outcome.error = "upstream_aborted"
+        finally:
+            if not complete:
+                response.close()  # not back into the pool with a body half read
+            response.release_conn()
+
+    # --- answers of the proxy's own ------------------------------------------------------
+
+    def _answer(self, outcome: _Outcome, answer: Answer) -> None:
+        status, body, headers = answer
+        outcome.status = status
+        outcome.error = body.get("error") if status >= 400 else None
+        if self._unread_body:  # its bytes would be read as the next request
+            self.close_connection = True
+        self._send_json(status, body, headers)
+
+    def _send_json(self, status: int, body: dict[str, Any], headers: list[tuple[str, str]]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers:
+            self.send_header(name, value)
+        if self.close_connection or self._state.connections.stopping:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+
+def _until_the_end(body: Iterator[bytes], done: list[bool]) -> Iterator[bytes]:
+    """`body`, noting in `done` once all of it has been sent."""
+    yield from body
+    done.append(True)
+
+
+def _reason(err: urllib3.exceptions.HTTPError) -> str:
+    """Why the upstream could not be reached, without urllib3's object descriptions."""
+    if isinstance(err, urllib3.exceptions.NewConnectionError):
+        return "cannot connect: " + str(err).rsplit(": ", 1)[-1]
+    if isinstance(err, urllib3.exceptions.ConnectTimeoutError):
+        return "the connection timed out"
+    if isinstance(err, urllib3.exceptions.SSLError):
+        return f"TLS failed: {err}"
+    if isinstance(err, urllib3.exceptions.ProtocolError):
+        return "the connection was closed before an answer"
+    return type(err).__name__

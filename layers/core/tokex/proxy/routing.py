@@ -1,0 +1,66 @@
+"""Which route a request goes to, and which requests go nowhere.
+
+A request target must be origin-form (`/path?query`, RFC 9112 §3.2.1): an absolute URI
+(`GET http://elsewhere/`) or CONNECT's authority would make this an open proxy, so both are
+refused; the upstream comes from the configuration only. On its listener the longest prefix
+wins, matched by whole path segments (`/orders` takes `/orders` and `/orders/1`, not
+`/ordersx`); a route with a listener of its own takes every path of it. `/.tokex/` is the
+proxy's own and is never forwarded (docs/injection.md "Threat model").
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Sequence
+
+from tokex.proxy.config import RESERVED_PREFIX, Route
+
+
+class BadTarget(ValueError):
+    """A request target the proxy does not forward (answered 400)."""
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """(path, query) of an origin-form target, `?` kept with the query so that the two
+    joined are the target unchanged. A path with a `.` or `..` segment (also
+    percent-encoded) is refused: the upstream could resolve it to a path that another
+    route (another audience's token) serves."""
+    if not target.startswith("/"):
+        raise BadTarget("the request target must be a path (origin-form), not a URL")
+    if target.startswith("//"):  # read as a network-path reference (`//host/...`) by some
+        raise BadTarget("the path must not start with //")
+    if any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in target):
+        raise BadTarget("the request target has spaces, control or non-ASCII characters")
+    path, mark, query = target.partition("?")
+    segments = urllib.parse.unquote(path).split("/")
+    if any(segment in (".", "..") for segment in segments):
+        raise BadTarget("the path has a . or .. segment")
+    return path, mark + query
+
+
+def is_reserved(path: str) -> bool:
+    """Under `/.tokex` (also percent-encoded, in any case): the proxy's own."""
+    decoded = urllib.parse.unquote(path).lower()
+    return decoded == RESERVED_PREFIX or decoded.startswith(RESERVED_PREFIX + "/")
+
+
+def prefix_matches(prefix: str, path: str) -> bool:
+    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+
+
+class RouteTable:
+    """The routes by listener, longest prefix first."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self._by_listener: dict[str, list[Route]] = {}
+        for route in routes:
+            self._by_listener.setdefault(route.listener, []).append(route)
+        for candidates in self._by_listener.values():
+            candidates.sort(key=lambda r: len(r.prefix or "/"), reverse=True)
+
+    def match(self, listener: str, path: str) -> Route | None:
+        """The route of `path` (a checked path, without its query) on `listener`."""
+        for route in self._by_listener.get(listener, ()):
+            if route.prefix is None or prefix_matches(route.prefix, path):
+                return route
+        return None

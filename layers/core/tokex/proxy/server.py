@@ -1,0 +1,169 @@
+"""ProxyServer: the listeners of a ProxyConfig, their lifecycle and the secret.
+
+    server = ProxyServer(ProxyConfig.from_file("proxy.toml"))
+    server.start()            # every listener bound and answering; the secret file written
+    server.addresses          # {"listen": ("127.0.0.1", 8080), "routes[1].listen": (...)}
+    server.serve_forever()    # returns once shutdown() is done (from a signal handler, ...)
+    server.shutdown(10.0)     # stop accepting, finish what is in flight, close the rest
+
+A thread per connection (http.server's ThreadingHTTPServer), keep-alive towards the
+application and the upstreams. In Lambda the secret of `/.tokex/token` is the function's
+session token (`secret=os.environ["AWS_SESSION_TOKEN"]`); without `secret=` a new one is
+made at every start and written to the configuration's `secret_file` (secret.py).
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import sys
+import threading
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from tokex.proxy.config import Address, ProxyConfig
+from tokex.proxy.connections import Connections
+from tokex.proxy.forward import Upstream
+from tokex.proxy.handler import ProxyHandler, ProxyState
+from tokex.proxy.log import JsonLog
+from tokex.proxy.routing import RouteTable
+from tokex.proxy.secret import new_secret, remove_secret_file, write_secret_file
+from tokex.proxy.tokens import RouteTokens, TokenSource
+
+POLL_SECONDS = 0.2  # how soon an accept loop notices shutdown
+DEFAULT_GRACE_SECONDS = 10.0
+
+
+class ListenFailed(OSError):
+    """A listener's address cannot be bound (in use, not this host's, not permitted)."""
+
+
+class _Listener(ThreadingHTTPServer):
+    daemon_threads = True  # connections are drained by ProxyServer.shutdown, not joined
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(self, name: str, address: Address, state: ProxyState) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        self.name = name
+        self.state = state
+        super().__init__((address.host, address.port), ProxyHandler)
+
+    def server_bind(self) -> None:
+        # HTTPServer's would look the host's name up in DNS (getfqdn): nothing needs it.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # One JSON line, not a traceback on stderr (and never a request's content).
+        error = sys.exc_info()[1]
+        self.state.log.write("connection_error", listener=self.name, error=type(error).__name__)
+
+
+class ProxyServer:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        token_source: TokenSource | None = None,
+        secret: str | None = None,
+        log: JsonLog | None = None,
+    ) -> None:
+        """`token_source`: RouteTokens(config) unless given; `secret`: the token
+        endpoint's (Lambda: the session token), else a new one per start, written to a file;
+        `log`: JSON lines on stderr unless given."""
+        if secret is not None and not secret:
+            raise ValueError("secret must not be empty: it would let anyone have the tokens")
+        self.config = config
+        self.log = log or JsonLog()
+        self.tokens = token_source or RouteTokens(config, log=self.log)
+        self.secret_file: Path | None = None  # where start() wrote the secret
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self._given_secret = secret
+        self._listeners: list[_Listener] = []
+        self._threads: list[threading.Thread] = []
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._connections = Connections()
+        self._state = ProxyState(
+            table=RouteTable(config.routes),
+            routes=config.routes,
+            upstreams={route.name: Upstream(route) for route in config.routes},
+            tokens=self.tokens,
+            log=self.log,
+            secret=secret or new_secret(),
+            connections=self._connections,
+        )
+
+    def start(self) -> None:
+        """Bind every listener and serve them (background threads); then write the secret
+        file. ListenFailed if an address cannot be bound (nothing is left bound), OSError if
+        the file cannot be written, secret.UnsafeSecretFile if its path is unsafe."""
+        try:
+            for name, address in self.config.listeners.items():
+                try:
+                    listener = _Listener(name, address, self._state)
+                except OSError as err:
+                    why = err.strerror or str(err)
+                    raise ListenFailed(err.errno, f"{name} {address}: {why}") from None
+                self._listeners.append(listener)
+                self.addresses[name] = (address.host, int(listener.server_address[1]))
+            if self._given_secret is None:
+                self.secret_file = write_secret_file(self._state.secret, self.config.secret_file)
+        except BaseException:
+            for listener in self._listeners:
+                listener.server_close()
+            self._listeners.clear()
+            raise
+        for listener in self._listeners:
+            thread = threading.Thread(
+                target=listener.serve_forever,
+                args=(POLL_SECONDS,),
+                name=f"tokex-proxy {listener.name}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+        self.log.write(
+            "started",
+            listening={name: _url(host, port) for name, (host, port) in self.addresses.items()},
+            secret_file=str(self.secret_file) if self.secret_file else None,
+        )
+
+    def serve_forever(self) -> None:
+        """Block until shutdown() is done."""
+        self._stopped.wait()
+
+    def shutdown(self, timeout: float = DEFAULT_GRACE_SECONDS) -> bool:
+        """Stop accepting (new connections are refused), close idle connections, let the
+        requests in flight finish for up to `timeout` seconds, close the rest. True if
+        every request finished. Safe to call more than once, from any thread."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return True
+            if not self._threads:  # never started (or its start failed): nothing to stop
+                self._stopped.set()
+                return True
+            for listener in self._listeners:
+                listener.shutdown()  # the accept loop ends
+                listener.server_close()  # the port is closed: connections are refused
+            for thread in self._threads:
+                thread.join(timeout=POLL_SECONDS * 5)
+            in_flight = self._connections.in_flight()
+            finished = self._connections.drain(timeout)
+            for upstream in self._state.upstreams.values():
+                upstream.close()
+            if self.secret_file is not None:
+                remove_secret_file(
+                    self.secret_file,
+                    self._state.secret,
+                    with_directory=self.config.secret_file is None,
+                )
+            self.log.write("stopped", in_flight=in_flight, all_finished=finished)
+            self._stopped.set()
+            return finished
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -1,0 +1,304 @@
+"""The routes' tokens: a TokenClient per (evidence, token file) caches them and refreshes
+them at 80 % of their lifetime with one exchange in flight (client/token_client.py); this
+adds what a proxy in front of many requests needs on top.
+
+- **A failure is shared and remembered.** Requests that wait for a token while the one
+  exchange is in flight get its outcome, failure included, instead of each trying again
+  in turn; and a failure is answered for a moment without asking tokex again (a refusal
+  for `REFUSAL_MEMORY_SECONDS`, a 429 for `THROTTLED_MEMORY_SECONDS`, anything else for
+  `UNAVAILABLE_MEMORY_SECONDS`): a busy application does not spend its role's exchange
+  budget (60 a minute by default, shared by every route of the role) on a refused audience.
+- **A refresh that fails is not an outage**: while the token it was to replace is valid,
+  that token is used.
+- **Invalidation** after an upstream 401, once the token is older than
+  `invalidate_min_age` (a token the upstream refuses at once would be refused again).
+- **The token response** for the local token endpoint, `expires_in` counted down.
+
+TokenClient keeps the access token only; the lifetime (`exp - iat`) and the granted scope
+are read from the token's own claims, as tokex always issues a JWT:
+docs/contract.md "The access token (RFC 9068 profile)". Nothing is decided on them but
+when a still-valid token can stand in for one that could not be refreshed.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+
+from tokex.client.token_client import TokenClient, TokenError
+from tokex.proxy.config import ProxyConfig, Route
+from tokex.proxy.log import JsonLog
+
+REFUSAL_MEMORY_SECONDS = 10.0  # tokex refused (4xx): a policy change takes this long to show
+THROTTLED_MEMORY_SECONDS = 10.0  # tokex answered 429: the role's budget is spent
+UNAVAILABLE_MEMORY_SECONDS = 1.0  # unreachable, timed out, 5xx, no credentials
+INVALIDATE_MIN_AGE_SECONDS = 5.0
+TOKEN_UNAVAILABLE = "token_unavailable"  # the `error` when a failure names no code
+
+
+class TokenUnavailable(Exception):
+    """No token for a route, as the application is answered: 403 when tokex refused, 503
+    (with `retry_after` seconds) when it could not be asked or could not answer."""
+
+    def __init__(self, status: int, error: str, description: str, retry_after: int | None):
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.retry_after = retry_after
+
+
+class TokenSource(Protocol):
+    """What ProxyServer asks for tokens (RouteTokens; a test may count calls around it)."""
+
+    def token(self, route: Route) -> str:
+        """The route's access token; TokenUnavailable if there is none to be had."""
+        ...
+
+    def invalidate(self, route: Route, token: str) -> None:
+        """The upstream answered 401 to `token`: the next request should get a new one."""
+        ...
+
+    def has_token(self, route: Route) -> bool:
+        """A valid token is held (no I/O): for /.tokex/health."""
+        ...
+
+    def token_response(self, route: Route) -> dict[str, Any]:
+        """{access_token, token_type, expires_in, scope}: for /.tokex/token."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Held:
+    token: str
+    obtained_at: float  # the monotonic clock
+    lifetime: float
+    scope: str | None
+
+    @property
+    def expires_at(self) -> float:
+        return self.obtained_at + self.lifetime
+
+
+@dataclass(frozen=True)
+class _Failure:
+    refused: bool
+    error: str
+    description: str
+    until: float  # the monotonic clock
+
+    def unavailable(self, now: float) -> TokenUnavailable:
+        if self.refused:
+            return TokenUnavailable(403, self.error, self.description, None)
+        retry_after = max(1, math.ceil(self.until - now))
+        return TokenUnavailable(503, self.error, self.description, retry_after)
+
+
+class _Flight:
+    """One exchange that the requests arriving meanwhile wait for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.token: str | None = None
+        self.failure: _Failure | None = None
+
+
+class _RouteState:
+    """Per (evidence, token file, audience, scopes): what is held, what failed, what is in
+    flight."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.held: _Held | None = None
+        self.failure: _Failure | None = None
+        self.flight: _Flight | None = None
+
+
+class RouteTokens:
+    """The TokenSource of the configured routes (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        log: JsonLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        invalidate_min_age: float = INVALIDATE_MIN_AGE_SECONDS,
+        **options: Any,
+    ) -> None:
+        """`options`: TokenClient's (request_token's keyword arguments: session, region,
+        issuer, timeout, ...), for every client."""
+        self._log = log or JsonLog()
+        self._clock = clock
+        self._invalidate_min_age = invalidate_min_age
+        self._clients: dict[tuple[str, str | None], TokenClient] = {}
+        self._states: dict[tuple[str, str | None, str, tuple[str, ...]], _RouteState] = {}
+        for route in config.routes:
+            client_key = (route.evidence, route.token_file)
+            if client_key not in self._clients:
+                self._clients[client_key] = TokenClient(
+                    config.endpoint,
+                    evidence=route.evidence,
+                    token_file=route.token_file,
+                    clock=clock,
+                    **options,
+                )
+            self._states.setdefault(_state_key(route), _RouteState())
+
+    def token(self, route: Route) -> str:
+        client = self._clients[(route.evidence, route.token_file)]
+        token = client.cached_token(route.audience, route.scopes)
+        if token is not None:
+            return token  # the warm path: a lock and a dict look-up
+        state = self._states[_state_key(route)]
+        now = self._clock()
+        leading = False
+        with state.lock:
+            if state.failure is not None and now >= state.failure.until:
+                state.failure = None
+            held, failure, flight = state.held, state.failure, state.flight
+            if held is not None and now < held.expires_at:
+                if failure is not None:  # its refresh failed a moment ago
+                    return held.token
+                valid = held
+            elif failure is not None:
+                raise failure.unavailable(now)
+            else:
+                valid = None
+                leading = flight is None
+                if leading:  # the one exchange, for the requests that come meanwhile too
+                    flight = state.flight = _Flight()
+        if valid is not None:
+            return self._refresh(route, client, state, valid)
+        assert flight is not None
+        if leading:
+            return self._lead(route, client, state, flight)
+        flight.done.wait()  # bounded: the leader's exchange has timeouts
+        if flight.token is not None:
+            return flight.token
+        assert flight.failure is not None
+        raise flight.failure.unavailable(self._clock())
+
+    def _lead(self, route: Route, client: TokenClient, state: _RouteState, flight: _Flight) -> str:
+        try:
+            flight.token = self._exchange(route, client, state)
+            return flight.token
+        except Exception as err:  # whatever it is, the requests waiting get it too
+            flight.failure = self._failed(route, state, _token_error(err))
+            raise flight.failure.unavailable(self._clock()) from None
+        finally:
+            with state.lock:
+                state.flight = None
+            flight.done.set()
+
+    def _refresh(self, route: Route, client: TokenClient, state: _RouteState, held: _Held) -> str:
+        """Past the refresh point of a valid token: TokenClient lets one caller exchange
+        and hands the others the valid token; a failed refresh falls back to it too."""
+        try:
+            return self._exchange(route, client, state)
+        except Exception as err:  # whatever it is, the valid token stands in
+            self._failed(route, state, _token_error(err))
+            return held.token
+
+    def _exchange(self, route: Route, client: TokenClient, state: _RouteState) -> str:
+        token = client.token(route.audience, route.scopes)
+        now = self._clock()
+        with state.lock:
+            if state.held is None or state.held.token != token:  # a new one: all is well
+                lifetime, scope = _lifetime_and_scope(token)
+                state.held = _Held(token, now, lifetime, scope)
+                state.failure = None
+        return token
+
+    def _failed(self, route: Route, state: _RouteState, err: TokenError) -> _Failure:
+        refused = err.status is not None and 400 <= err.status < 500 and err.status != 429
+        if refused:
+            memory = REFUSAL_MEMORY_SECONDS
+        elif err.status == 429:
+            memory = THROTTLED_MEMORY_SECONDS
+        else:
+            memory = UNAVAILABLE_MEMORY_SECONDS
+        failure = _Failure(
+            refused=refused,
+            error=err.error or TOKEN_UNAVAILABLE,
+            description=f"no token for audience {route.audience}: {err}",
+            until=self._clock() + memory,
+        )
+        with state.lock:
+            state.failure = failure
+        self._log.write(
+            "token_failed",
+            route=route.name,
+            audience=route.audience,
+            error=failure.error,
+            status=err.status,
+            description=str(err),
+        )
+        return failure
+
+    def invalidate(self, route: Route, token: str) -> None:
+        state = self._states[_state_key(route)]
+        now = self._clock()
+        with state.lock:
+            held = state.held
+            if held is None or held.token != token:
+                return  # already replaced
+            if now - held.obtained_at < self._invalidate_min_age:
+                return  # refused as soon as it was issued: a new one would be too
+            state.held = None
+        client = self._clients[(route.evidence, route.token_file)]
+        client.invalidate(route.audience, route.scopes, token)
+        self._log.write("token_invalidated", route=route.name, audience=route.audience)
+
+    def has_token(self, route: Route) -> bool:
+        state = self._states[_state_key(route)]
+        with state.lock:
+            held = state.held
+        return held is not None and self._clock() < held.expires_at
+
+    def token_response(self, route: Route) -> dict[str, Any]:
+        token = self.token(route)
+        state = self._states[_state_key(route)]
+        with state.lock:
+            held = state.held
+        now = self._clock()
+        remaining = held.expires_at - now if held is not None and held.token == token else 0
+        response: dict[str, Any] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": max(0, int(remaining)),
+        }
+        scope = held.scope if held is not None and held.token == token else None
+        if scope or route.scopes:
+            response["scope"] = scope or " ".join(route.scopes)
+        return response
+
+
+def _token_error(err: Exception) -> TokenError:
+    """A failure that is not one of TokenClient's (a bug, an SDK error it did not expect)
+    is answered as tokex unavailable (503), never left to the waiting requests to guess."""
+    if isinstance(err, TokenError):
+        return err
+    return TokenError(f"{type(err).__name__}: {err}", error=TOKEN_UNAVAILABLE)
+
+
+def _state_key(route: Route) -> tuple[str, str | None, str, tuple[str, ...]]:
+    return route.evidence, route.token_file, route.audience, tuple(sorted(set(route.scopes)))
+
+
+def _lifetime_and_scope(token: str) -> tuple[float, str | None]:
+    """`exp - iat` and `scope` of a tokex access token; (0, None) for a token that is not
+    a JWT with them (then nothing stands in for it past its refresh point)."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        lifetime = float(claims["exp"]) - float(claims["iat"])
+    except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+        return 0.0, None
+    scope = claims.get("scope")
+    return max(lifetime, 0.0), scope if isinstance(scope, str) else None

@@ -1,0 +1,288 @@
+"""The tokex proxy as a Lambda extension: `python -m tokex.extension` in a subprocess, as
+Lambda starts it, against the Extensions API emulation (tests/support) playing the
+platform and the local system playing tokex, with the demo workload's credentials (in
+Lambda: the function role's session, whose token is also the proxy's secret)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from tests.support.exchange_handler import cold_exchange_handler
+from tests.support.lambda_extensions_api import ExtensionsApiEmulator
+from tokex.extension.main import PREFETCH_SECONDS
+from tokex.local.emulator import free_port
+from tokex.local.front import Answer, bind_front
+from tokex.local.runner import LocalSystem
+
+AUDIENCE = "demo-api"
+SCOPES = ["demo:read"]
+SECRET_HEADER = "X-Tokex-Proxy-Secret"
+STARTUP_SECONDS = 20.0  # a cold interpreter importing the client on a busy 2-core machine
+
+
+@dataclass
+class Extension:
+    """The extension process, its emulated platform and its proxy's address."""
+
+    process: subprocess.Popen[str]
+    platform: ExtensionsApiEmulator
+    url: str
+    secret: str
+    lines: list[str] = field(default_factory=list)
+
+    def token(self, secret: str | None) -> tuple[int, dict[str, str], dict[str, Any]]:
+        headers = {} if secret is None else {SECRET_HEADER: secret}
+        request = urllib.request.Request(
+            f"{self.url}/.tokex/token?audience={AUDIENCE}", headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=15) as response:
+                return response.status, dict(response.headers), json.loads(response.read())
+        except urllib.error.HTTPError as answer:
+            return answer.code, dict(answer.headers), json.loads(answer.read())
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The extension's log records of one event."""
+        records = [json.loads(line) for line in list(self.lines) if line.startswith("{")]
+        return [record for record in records if record.get("event") == name]
+
+    def stop(self, deadline_in_ms: int = 2000) -> float:
+        """SHUTDOWN; the seconds the process took to exit (it must, with status 0)."""
+        sent = time.monotonic()
+        self.platform.shutdown(deadline_in_ms=deadline_in_ms)
+        assert self.process.wait(timeout=10) == 0, "\n".join(self.lines)
+        return time.monotonic() - sent
+
+
+def lambda_environment(system: LocalSystem, tmp_path: Path, **settings: str) -> dict[str, str]:
+    """What Lambda gives an extension's process: the function role's credentials and
+    region, nothing of this machine's AWS configuration."""
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_REGION": "us-east-1",
+        "LAMBDA_TASK_ROOT": str(tmp_path),
+        **system.deployment.workload.env(),
+        **settings,
+    }
+
+
+def routes(listen_port: int) -> dict[str, str]:
+    """The construct's variables for one route of `AUDIENCE`, the proxy on `listen_port`."""
+    upstream = f"http://127.0.0.1:{free_port()}"  # not called: these tests ask for tokens
+    return {
+        "TOKEX_PROXY_ROUTES": json.dumps(
+            [{"prefix": "/", "upstream": upstream, "audience": AUDIENCE, "scopes": SCOPES}]
+        ),
+        "TOKEX_PROXY_LISTEN": f"127.0.0.1:{listen_port}",
+    }
+
+
+@contextmanager
+def extension(env: dict[str, str], port: int) -> Iterator[Extension]:
+    """The extension started as Lambda starts it, with `env`, its proxy on `port`; killed
+    if a test left it running."""
+    with ExtensionsApiEmulator() as platform:
+        env = {**env, "AWS_LAMBDA_RUNTIME_API": platform.runtime_api}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tokex.extension"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        running = Extension(process, platform, f"http://127.0.0.1:{port}", env["AWS_SESSION_TOKEN"])
+        assert process.stdout is not None
+        reader = threading.Thread(
+            target=lambda: running.lines.extend(iter(process.stdout.readline, "")), daemon=True
+        )
+        reader.start()
+        try:
+            yield running
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
+            reader.join(timeout=5)
+
+
+def verified(system: LocalSystem, token: str, issuer: str) -> dict[str, Any]:
+    keys = jwt.PyJWKClient(system.issuer + "/.well-known/jwks.json")
+    return jwt.decode(
+        token,
+        keys.get_signing_key_from_jwt(token).key,
+        algorithms=["RS256", "ES256"],
+        audience=AUDIENCE,
+        issuer=issuer,
+    )
+
+
+@pytest.mark.parametrize("configured_by", ["variables", "file"])
+def test_the_extension_serves_its_prefetched_token_to_a_caller_with_the_secret(
+    local_system: LocalSystem, tmp_path: Path, configured_by: str
+) -> None:
+    port = free_port()
+    if configured_by == "variables":  # as the CDK construct sets them
+        settings = {"TOKEX_PROXY_ENDPOINT": local_system.issuer, **routes(port)}
+    else:  # a file in the function's package
+        config = tmp_path / "tokex-proxy.toml"
+        config.write_text(
+            f'endpoint = "{local_system.issuer}"\nlisten = "127.0.0.1:{port}"\n\n'
+            f'[[routes]]\nprefix = "/"\nupstream = "http://127.0.0.1:{free_port()}"\n'
+            f'audience = "{AUDIENCE}"\nscopes = {json.dumps(SCOPES)}\n',
+            encoding="utf-8",
+        )
+        settings = {"TOKEX_PROXY_CONFIG": str(config)}
+    with extension(lambda_environment(local_system, tmp_path, **settings), port) as running:
+        platform = running.platform
+        registered = platform.wait_until_waiting(timeout=STARTUP_SECONDS)
+        init_done = time.time()
+        assert registered.name == "tokex-proxy"
+        assert registered.events == {"INVOKE", "SHUTDOWN"}
+        [prefetch] = running.events("extension_prefetch")
+        assert (prefetch["audience"], prefetch["outcome"]) == (AUDIENCE, "ok")
+
+        time.sleep(1.1)  # a token fetched from now on would say so in its iat
+        platform.invoke()
+        platform.wait_until_waiting(timeout=5)
+
+        status, headers, body = running.token(running.secret)
+        assert status == 200, body
+        assert headers["Cache-Control"] == "no-store"
+        claims = verified(local_system, body["access_token"], local_system.issuer)
+        assert claims["iat"] <= init_done  # issued at Init: the prefetched token
+        assert claims["scope"] == "demo:read"
+        assert body["token_type"] == "Bearer" and 0 < body["expires_in"] <= 900
+
+        for wrong in (None, "", running.secret + "x", "not-the-session-token"):
+            status, _, body = running.token(wrong)
+            assert (status, body["error"]) == (401, "unauthorized")
+            assert "access_token" not in body
+
+        took = running.stop(deadline_in_ms=2000)
+        assert took < 2.0
+        assert platform.calls_to("init/error") == platform.calls_to("exit/error") == []
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass  # the proxy stopped listening
+
+
+def late_tokex(system: LocalSystem, port: int) -> Any:
+    """The deployment's exchange coming up on `port`: a front whose issuer URL is its own
+    (the client checks the discovery document names the endpoint it was given)."""
+    issuer = f"http://127.0.0.1:{port}"
+    front = bind_front(port)
+    handler = cold_exchange_handler(
+        system, TOKEX_ISSUER=issuer, TOKEX_TOKEN_ENDPOINT=f"{issuer}/token"
+    )
+    front.functions["/token"] = handler.lambda_handler
+    discovery = json.dumps({"issuer": issuer, "token_endpoint": f"{issuer}/token"}).encode()
+
+    def documents(key: str) -> Answer:
+        if key == ".well-known/openid-configuration":
+            return Answer(200, {"Content-Type": "application/json"}, discovery)
+        return Answer(404, {"Content-Type": "application/json"}, b"{}")
+
+    front.documents = documents
+    threading.Thread(target=front.serve_forever, args=(0.05,), daemon=True).start()
+    return front
+
+
+def test_a_tokex_outage_at_init_never_fails_the_cold_start(
+    local_system: LocalSystem, tmp_path: Path
+) -> None:
+    tokex_port, port = free_port(), free_port()  # nothing listens on tokex_port yet
+    issuer = f"http://127.0.0.1:{tokex_port}"
+    env = lambda_environment(local_system, tmp_path, TOKEX_PROXY_ENDPOINT=issuer, **routes(port))
+    with extension(env, port) as running:
+        platform = running.platform
+        platform.wait_until_waiting(timeout=STARTUP_SECONDS)
+        assert platform.calls_to("init/error") == []
+        [prefetch] = running.events("extension_prefetch")
+        assert prefetch["outcome"].startswith("503 ")
+        platform.invoke()
+        platform.wait_until_waiting(timeout=5)
+
+        status, headers, body = running.token(running.secret)
+        assert status == 503, body
+        assert set(body) == {"error", "error_description"}
+        assert int(headers["Retry-After"]) >= 1
+
+        front = late_tokex(local_system, tokex_port)
+        try:
+            deadline = time.monotonic() + 10
+            while status != 200 and time.monotonic() < deadline:
+                time.sleep(0.3)
+                status, _, body = running.token(running.secret)
+            assert status == 200, body
+            verified(local_system, body["access_token"], issuer)
+        finally:
+            front.shutdown()
+            front.server_close()
+        running.stop()
+
+
+def test_a_hung_tokex_holds_init_for_the_prefetch_bound_only(
+    local_system: LocalSystem, tmp_path: Path
+) -> None:
+    """tokex accepts the connection and never answers: Init waits PREFETCH_SECONDS, not
+    the client's timeout, and SHUTDOWN still stops the extension at once."""
+    with socket.create_server(("127.0.0.1", 0)) as hung:  # listens, never accepts
+        issuer, port = f"http://127.0.0.1:{hung.getsockname()[1]}", free_port()
+        env = lambda_environment(
+            local_system, tmp_path, TOKEX_PROXY_ENDPOINT=issuer, **routes(port)
+        )
+        with extension(env, port) as running:
+            platform = running.platform
+            platform.wait_until_waiting(timeout=STARTUP_SECONDS)
+            [register] = platform.calls_to("register")
+            [first_next] = platform.calls_to("event/next")
+            held = first_next.at - register.at
+            assert PREFETCH_SECONDS - 0.1 <= held < PREFETCH_SECONDS + 1.0
+            [prefetch] = running.events("extension_prefetch")
+            assert prefetch["outcome"] == f"not done in {PREFETCH_SECONDS} s"
+            assert running.stop(deadline_in_ms=2000) < 2.0
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        ({"TOKEX_PROXY_ROUTES": "[{"}, "TOKEX_PROXY_ROUTES: not valid JSON"),
+        (
+            {"TOKEX_PROXY_ROUTES": json.dumps([{"prefix": "/", "audience": AUDIENCE}])},
+            "TOKEX_PROXY_ROUTES: routes[0].upstream: must be an https URL",
+        ),
+        ({"TOKEX_PROXY_CONFIG": "/nonexistent/tokex-proxy.toml"}, "no such file"),
+    ],
+)
+def test_a_configuration_error_is_an_init_error(
+    local_system: LocalSystem, tmp_path: Path, settings: dict[str, str], error: str
+) -> None:
+    if "TOKEX_PROXY_ROUTES" in settings:
+        settings = {"TOKEX_PROXY_ENDPOINT": local_system.issuer, **settings}
+    with extension(lambda_environment(local_system, tmp_path, **settings), 0) as running:
+        assert running.process.wait(timeout=STARTUP_SECONDS) == 1
+        platform = running.platform
+        [report] = platform.calls_to("init/error")
+        assert report.headers["lambda-extension-function-error-type"] == "Extension.ConfigInvalid"
+        assert error in report.body["errorMessage"]
+        assert platform.calls_to("event/next") == []

@@ -1,0 +1,194 @@
+"""tokex.extension.main: the configuration from the construct's variables, the bounded
+prefetch, and init/error for a configuration the proxy refuses (the whole life of the
+process is tests/system/test_extension.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.lambda_extensions_api import ExtensionsApiEmulator
+from tokex.extension import main as extension
+from tokex.proxy.config import ProxyConfigError, Route
+from tokex.proxy.log import JsonLog
+from tokex.proxy.tokens import TokenUnavailable
+
+ROUTE = {"prefix": "/", "upstream": "https://orders.example.com", "audience": "orders"}
+
+
+def variables(**overrides: str) -> dict[str, str]:
+    return {
+        "TOKEX_PROXY_ENDPOINT": "https://auth.example.com",
+        "TOKEX_PROXY_ROUTES": json.dumps([ROUTE]),
+        **overrides,
+    }
+
+
+def test_the_variables_make_a_configuration_on_port_2772() -> None:
+    config = extension.load_config(variables())
+    assert config.endpoint == "https://auth.example.com"
+    assert [str(a) for a in config.listeners.values()] == ["127.0.0.1:2772"]
+    [route] = config.routes
+    assert (route.audience, route.upstream, route.prefix) == (
+        "orders",
+        "https://orders.example.com",
+        "/",
+    )
+
+
+def test_the_listener_can_be_moved() -> None:
+    config = extension.load_config(variables(TOKEX_PROXY_LISTEN="127.0.0.1:2999"))
+    assert [str(a) for a in config.listeners.values()] == ["127.0.0.1:2999"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "message"),
+    [
+        ({"TOKEX_PROXY_ROUTES": ""}, "TOKEX_PROXY_ROUTES", "missing"),
+        ({"TOKEX_PROXY_ROUTES": "[{"}, "TOKEX_PROXY_ROUTES", "not valid JSON"),
+        (
+            {"TOKEX_PROXY_ROUTES": '[{"audience": "a", "audience": "b"}]'},
+            "TOKEX_PROXY_ROUTES",
+            "not valid JSON",
+        ),
+        ({"TOKEX_PROXY_ROUTES": "{}"}, "TOKEX_PROXY_ROUTES", "non-empty list"),
+        (
+            {"TOKEX_PROXY_ROUTES": json.dumps([{**ROUTE, "upstream": "http://orders"}])},
+            "TOKEX_PROXY_ROUTES: routes[0].upstream",
+            "plain http",
+        ),
+        ({"TOKEX_PROXY_ENDPOINT": "http://auth.example.com"}, "TOKEX_PROXY_ENDPOINT", "http"),
+        ({"TOKEX_PROXY_LISTEN": "0.0.0.0:2772"}, "TOKEX_PROXY_LISTEN", "not a loopback"),
+    ],
+)
+def test_a_refused_variable_is_named(overrides: dict[str, str], key: str, message: str) -> None:
+    with pytest.raises(ProxyConfigError) as refused:
+        extension.load_config(variables(**overrides))
+    assert refused.value.key == key
+    assert message in refused.value.message
+
+
+def test_without_the_variables_the_file_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.json"
+    path.write_text(
+        json.dumps({"endpoint": "https://auth.example.com", "listen": "127.0.0.1:2772",
+                    "routes": [ROUTE]}),
+        encoding="utf-8",
+    )  # fmt: skip
+    assert extension.load_config({"TOKEX_PROXY_CONFIG": str(path)}).routes[0].audience == "orders"
+    with pytest.raises(ProxyConfigError) as missing:
+        extension.load_config({})
+    assert missing.value.key == "/var/task/tokex-proxy.toml" and missing.value.file_not_found
+
+
+class FakeTokens:
+    """A token source whose outcome per audience is a value, an exception or a delay."""
+
+    def __init__(self, outcomes: dict[str, Any]) -> None:
+        self.outcomes = outcomes
+        self.asked: list[str] = []
+        self.lock = threading.Lock()
+
+    def token(self, route: Route) -> str:
+        with self.lock:
+            self.asked.append(route.audience)
+        outcome = self.outcomes[route.audience]
+        if isinstance(outcome, float):
+            time.sleep(outcome)
+            return "late"
+        if isinstance(outcome, Exception):
+            raise outcome
+        return str(outcome)
+
+
+def routes_for(*audiences: str) -> tuple[Route, ...]:
+    document = [{**ROUTE, "prefix": f"/{i}", "audience": a} for i, a in enumerate(audiences)]
+    return extension.load_config(variables(TOKEX_PROXY_ROUTES=json.dumps(document))).routes
+
+
+def prefetch_log(tokens: FakeTokens, routes: tuple[Route, ...], budget: float) -> list[dict]:
+    stream = io.StringIO()
+    extension.prefetch(tokens, routes, budget, JsonLog(stream))  # type: ignore[arg-type]
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_prefetch_is_parallel_bounded_and_never_raises() -> None:
+    tokens = FakeTokens(
+        {
+            "ok": "token",
+            "refused": TokenUnavailable(403, "access_denied", "no policy", None),
+            "down": TokenUnavailable(503, "temporarily_unavailable", "unreachable", 1),
+            "bug": RuntimeError("boom"),
+            "slow": 0.3,
+            "hung": 5.0,
+        }
+    )
+    started = time.monotonic()
+    records = prefetch_log(tokens, routes_for(*tokens.outcomes), budget=0.6)
+    took = time.monotonic() - started
+    assert 0.6 <= took < 0.9  # the budget, not the hung fetch's 5 s nor the sum
+    outcomes = {r["audience"]: r["outcome"] for r in records}
+    assert outcomes == {
+        "ok": "ok",
+        "refused": "403 access_denied",
+        "down": "503 temporarily_unavailable",
+        "bug": "RuntimeError: boom",
+        "slow": "ok",
+        "hung": "not done in 0.6 s",
+    }
+    assert {r["event"] for r in records} == {"extension_prefetch"}
+    assert "token" not in json.dumps(records).replace("not done", "")  # never the token
+
+
+def test_prefetch_asks_once_per_distinct_token() -> None:
+    tokens = FakeTokens({"orders": "token", "stock": "token"})
+    prefetch_log(tokens, routes_for("orders", "orders", "stock"), budget=1.0)
+    assert sorted(tokens.asked) == ["orders", "stock"]
+
+
+def test_outside_lambda_it_exits_1_without_registering(capsys: pytest.CaptureFixture) -> None:
+    assert extension.main({}) == 1
+    assert "AWS_LAMBDA_RUNTIME_API is not set" in capsys.readouterr().err
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        yield taken.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("case", "error_type", "message"),
+    [
+        ("no routes", "Extension.ConfigInvalid", "TOKEX_PROXY_ROUTES: must be a non-empty list"),
+        ("no session token", "Extension.ConfigInvalid", "AWS_SESSION_TOKEN is not set"),
+        ("port taken", "Extension.ListenFailed", "cannot listen"),
+    ],
+)
+def test_a_start_failure_is_reported_as_init_error(
+    case: str, error_type: str, message: str, busy_port: int, capsys: pytest.CaptureFixture
+) -> None:
+    environ = {**variables(), "AWS_SESSION_TOKEN": "session-token"}
+    if case == "no routes":
+        environ["TOKEX_PROXY_ROUTES"] = "[]"
+    elif case == "no session token":
+        del environ["AWS_SESSION_TOKEN"]
+    else:
+        environ["TOKEX_PROXY_LISTEN"] = f"127.0.0.1:{busy_port}"
+    with ExtensionsApiEmulator() as platform:
+        assert extension.main({**environ, "AWS_LAMBDA_RUNTIME_API": platform.runtime_api}) == 1
+        [report] = platform.calls_to("init/error")
+        assert report.headers["lambda-extension-function-error-type"] == error_type
+        assert message in report.body["errorMessage"]
+        assert platform.calls_to("event/next") == []
+        assert len(platform.calls_to("register")) == 1
+    [failed] = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert (failed["event"], failed["error_type"]) == ("extension_failed", error_type)

@@ -1,0 +1,91 @@
+"""tokex/cli/proxy.py: the command line's refusals (exit 2 for a wrong configuration,
+naming the flag or the file and key; exit 1 when a listener cannot be bound). Serving is
+the system tests' (test_proxy.py runs the command)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from tokex.cli.main import main
+
+ROUTE = ["--upstream", "https://orders.example.com", "--audience", "orders-api"]
+
+
+def tokex(capsys, *argv: str) -> tuple[int, dict]:
+    code = main(["proxy", *argv, "--json"])
+    out, err = capsys.readouterr()
+    assert err == "" and "Traceback" not in out
+    return code, json.loads(out)
+
+
+@pytest.fixture(autouse=True)
+def no_endpoint_variable(monkeypatch) -> None:
+    monkeypatch.delenv("TOKEX_ENDPOINT", raising=False)
+
+
+def config_file(tmp_path: Path, **route: object) -> str:
+    base = {"prefix": "/", "upstream": "https://orders.example.com", "audience": "orders-api"}
+    document = {
+        "endpoint": "https://auth.example.com",
+        "listen": "127.0.0.1:0",
+        "routes": [{**base, **route}],
+    }
+    path = tmp_path / "proxy.json"
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def test_neither_a_file_nor_a_route_is_a_usage_error(capsys) -> None:
+    code, failure = tokex(capsys)
+    assert (code, failure["error"], failure["input"]) == (2, "usage", "--listen")
+    assert "give --config FILE, or one route" in failure["error_description"]
+
+
+def test_route_flags_do_not_go_with_a_file(capsys, tmp_path) -> None:
+    code, failure = tokex(capsys, "--config", config_file(tmp_path), "--scope", "a")
+    assert (code, failure["error"], failure["input"]) == (2, "usage", "--scope")
+
+
+def test_a_wrong_file_names_the_file_and_the_key(capsys, tmp_path) -> None:
+    path = config_file(tmp_path, upstream="http://orders.example.com")
+    code, failure = tokex(capsys, "--config", path)
+    assert (code, failure["error"], failure["input"]) == (2, "invalid_value", path)
+    assert failure["error_description"].startswith(
+        f"--config {path}: routes[0].upstream: 'http://orders.example.com' is plain http"
+    )
+    code, failure = tokex(capsys, "--config", str(tmp_path / "none.toml"))
+    assert (code, failure["error"]) == (2, "file_not_found")
+    assert failure["error_description"] == f"--config {tmp_path / 'none.toml'}: no such file"
+
+
+def test_a_wrong_flag_is_named(capsys) -> None:
+    argv = ["--endpoint", "https://auth.example.com", "--listen", "0.0.0.0:8080", *ROUTE]
+    code, failure = tokex(capsys, *argv)
+    assert (code, failure["error"], failure["input"]) == (2, "invalid_value", "--listen")
+    assert "not a loopback address" in failure["error_description"]
+    code, failure = tokex(capsys, "--listen", "127.0.0.1:0", *ROUTE)
+    assert (code, failure["input"]) == (2, "--endpoint")
+
+
+def test_a_busy_port_is_exit_1(capsys) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        argv = ["--endpoint", "https://auth.example.com", "--listen", f"127.0.0.1:{port}"]
+        code, failure = tokex(capsys, *argv, *ROUTE)
+    assert (code, failure["error"]) == (1, "failed")
+    assert failure["error_description"].startswith(f"cannot listen: listen 127.0.0.1:{port}: ")
+
+
+def test_an_unsafe_secret_file_is_refused_before_serving(capsys, tmp_path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # noqa: S103 - the unsafe directory under test
+    argv = ["--endpoint", "https://auth.example.com", "--listen", "127.0.0.1:0", *ROUTE]
+    code, failure = tokex(capsys, *argv, "--secret-file", str(shared / "secret"))
+    assert (code, failure["input"]) == (2, "--secret-file")
+    assert "without the sticky bit" in failure["error_description"]

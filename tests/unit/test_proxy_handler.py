@@ -1,0 +1,258 @@
+"""tokex/proxy/handler.py through a running ProxyServer: framing, keep-alive, HTTP/1.0,
+upstream failures and verified TLS, against loopback upstreams, with a stub token source
+(the tokens' own rules are test_proxy_tokens.py's; the system tests use real ones)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from tests.support.loopback import LoopbackServer, QuietHandler, serving
+from tests.support.tls import HttpsServer, make_pki
+from tokex.proxy import forward
+from tokex.proxy.config import ProxyConfig, Route
+from tokex.proxy.log import JsonLog
+from tokex.proxy.server import ProxyServer
+from tokex.proxy.tokens import TokenUnavailable
+
+
+class StubTokens:
+    def __init__(self) -> None:
+        self.invalidated: list[str] = []
+        self.unavailable: TokenUnavailable | None = None
+
+    def token(self, route: Route) -> str:
+        if self.unavailable is not None:
+            raise self.unavailable
+        return f"token-of-{route.audience}"
+
+    def invalidate(self, route: Route, token: str) -> None:
+        self.invalidated.append(token)
+
+    def has_token(self, route: Route) -> bool:
+        return True
+
+    def token_response(self, route: Route) -> dict[str, Any]:
+        return {"access_token": self.token(route), "token_type": "Bearer", "expires_in": 1}
+
+
+class Recorder(QuietHandler):
+    """Echoes what it got as JSON; `/chunked` answers a chunked body, `/status/N` N,
+    `/sleep` answers after a second."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[dict[str, Any]]
+
+    def handle_one_request(self) -> None:
+        self.raw_requestline = self.rfile.readline(65537)
+        if not self.raw_requestline:
+            self.close_connection = True
+            return
+        if not self.parse_request():
+            return
+        if self.headers.get("Transfer-Encoding") == "chunked":
+            body = b"".join(forward.chunked_body(self.rfile))
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        headers = [[name, value] for name, value in self.headers.items()]
+        self.seen.append({"method": self.command, "target": self.path, "headers": headers})
+        if self.path == "/sleep":  # longer than the proxy waits: it will have gone
+            threading.Event().wait(1)
+            self.close_connection = True
+            return
+        if self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            return
+        status = int(self.path.removeprefix("/status/")) if "/status/" in self.path else 200
+        answer = {"target": self.path, "body": body.decode(), "headers": headers}
+        self.send_document(status, json.dumps(answer).encode(), {"X-Upstream": "yes"})
+
+
+@pytest.fixture
+def upstream() -> Iterator[LoopbackServer]:
+    class Handler(Recorder):
+        seen: ClassVar[list[dict[str, Any]]] = []
+
+    with serving(LoopbackServer(Handler)) as server:
+        server.seen = Handler.seen  # type: ignore[attr-defined]
+        yield server
+
+
+@contextlib.contextmanager
+def proxy_for(*routes: dict[str, Any], tokens: StubTokens | None = None) -> Iterator[Any]:
+    document = {"endpoint": "https://auth.example.com", "listen": "127.0.0.1:0"}
+    config = ProxyConfig.from_document(
+        {**document, "routes": list(routes)}, base_dir=Path("/"), environ={}
+    )
+    log = io.StringIO()
+    server = ProxyServer(config, token_source=tokens or StubTokens(), secret="s", log=JsonLog(log))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.shutdown(5)
+
+
+def route(url: str, **more: Any) -> dict[str, Any]:
+    return {"prefix": "/", "upstream": url, "audience": "orders-api", **more}
+
+
+def call(port: int, method: str, target: str, body: Any = None, headers=None, **options):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, target, body=body, headers=headers or {}, **options)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_chunked_request_goes_on_chunked(upstream) -> None:
+    with proxy_for(route(upstream.url)) as proxy:
+        port = proxy.addresses["listen"][1]
+        body = iter([b"hello", b" ", b"world"])
+        status, _, answer = call(port, "POST", "/x", body=body, encode_chunked=True)
+    assert status == 200 and json.loads(answer)["body"] == "hello world"
+    headers = {name.lower(): value for name, value in upstream.seen[0]["headers"]}
+    assert headers["transfer-encoding"] == "chunked" and "content-length" not in headers
+    assert headers["authorization"] == "Bearer token-of-orders-api"
+    assert headers["host"] == upstream.url.removeprefix("http://")
+    assert "user-agent" not in headers and "accept-encoding" in headers  # as http.client sent
+
+
+def test_a_request_framed_two_ways_is_refused_and_never_forwarded(upstream) -> None:
+    with proxy_for(route(upstream.url)) as proxy:
+        smuggled = (
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /y HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        answer = raw(proxy.addresses["listen"][1], smuggled)
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1") == 1
+    assert b"Connection: close" in answer
+    assert upstream.seen == []
+
+
+def test_keep_alive_and_an_http_1_0_application(upstream) -> None:
+    with proxy_for(route(upstream.url)) as proxy:
+        port = proxy.addresses["listen"][1]
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for target in ("/a", "/chunked", "/b"):  # one connection of the application
+            connection.request("GET", target)
+            response = connection.getresponse()
+            assert response.status == 200 and response.read()
+        assert response.getheader("X-Upstream") == "yes"
+        connection.close()
+        # HTTP/1.0 knows no chunks: the body ends where the connection does
+        answer = raw(port, b"GET /chunked HTTP/1.0\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" not in head.lower()
+    assert body == b"hello world"
+
+
+def test_head_and_expect_100_continue(upstream) -> None:
+    with proxy_for(route(upstream.url)) as proxy:
+        port = proxy.addresses["listen"][1]
+        status, _, body = call(port, "HEAD", "/x")
+        assert (status, body) == (200, b"")
+        answer = raw(
+            port,
+            b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n"
+            b"Connection: close\r\n\r\nhi",
+        )
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
+    assert b'"body": "hi"' in answer
+    assert all(name.lower() != "expect" for name, _ in upstream.seen[-1]["headers"])
+
+
+def test_an_upstream_401_invalidates_the_token_and_is_answered_as_it_is(upstream) -> None:
+    tokens = StubTokens()
+    with proxy_for(route(upstream.url), tokens=tokens) as proxy:
+        status, _, _ = call(proxy.addresses["listen"][1], "GET", "/status/401")
+    assert status == 401 and tokens.invalidated == ["token-of-orders-api"]
+    assert len(upstream.seen) == 1  # not retried
+
+
+def test_no_token_answers_without_calling_and_closes_a_connection_with_a_body(upstream) -> None:
+    tokens = StubTokens()
+    tokens.unavailable = TokenUnavailable(503, "unreachable", "no token for audience x", 2)
+    with proxy_for(route(upstream.url), tokens=tokens) as proxy:
+        status, headers, body = call(proxy.addresses["listen"][1], "POST", "/x", body=b"abc")
+    assert (status, headers["Retry-After"], headers["Connection"]) == (503, "2", "close")
+    assert json.loads(body) == {
+        "error": "unreachable",
+        "error_description": "no token for audience x",
+    }
+    assert upstream.seen == []
+
+
+def test_no_route_is_404(upstream) -> None:
+    with proxy_for({**route(upstream.url), "prefix": "/orders"}) as proxy:
+        status, _, body = call(proxy.addresses["listen"][1], "GET", "/ordersx")
+    assert (status, json.loads(body)["error"]) == (404, "no_route")
+    assert upstream.seen == []
+
+
+def test_an_unreachable_or_slow_upstream_is_502_or_504(upstream, monkeypatch) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setattr(forward, "READ_TIMEOUT_SECONDS", 0.3)
+    with proxy_for(
+        route(f"http://127.0.0.1:{closed}"), {**route(upstream.url), "prefix": "/sleep"}
+    ) as proxy:
+        port = proxy.addresses["listen"][1]
+        status, _, body = call(port, "GET", "/x")
+        assert (status, json.loads(body)["error"]) == (502, "upstream_unavailable")
+        status, _, body = call(port, "GET", "/sleep")
+        assert (status, json.loads(body)["error"]) == (504, "upstream_timeout")
+
+
+def test_the_upstream_certificate_is_verified_against_the_routes_ca(tmp_path) -> None:
+    pki = make_pki(tmp_path)
+
+    class Handler(Recorder):
+        seen: ClassVar[list[dict[str, Any]]] = []
+
+    with serving(HttpsServer(Handler, pki.server)) as upstream:
+        trusted = {**route(upstream.url), "ca_file": str(pki.ca_file)}
+        untrusted = {**route(upstream.url), "prefix": "/untrusted"}
+        with proxy_for(trusted, untrusted) as proxy:
+            port = proxy.addresses["listen"][1]
+            status, _, body = call(port, "GET", "/untrusted/x")
+            assert (status, json.loads(body)["error"]) == (502, "upstream_unavailable")
+            assert "CERTIFICATE_VERIFY_FAILED" in json.loads(body)["error_description"]
+            assert upstream.certificate_refused.wait(5)
+            assert call(port, "GET", "/x")[0] == 200
+    assert [seen["target"] for seen in Handler.seen] == ["/x"]
+
+
+def test_a_route_on_a_listener_of_its_own(upstream) -> None:
+    own = {"listen": "127.0.0.1:0", "upstream": upstream.url, "audience": "billing-api"}
+    with proxy_for({**route(upstream.url), "prefix": "/orders"}, own) as proxy:
+        status, _, _ = call(proxy.addresses["routes[1].listen"][1], "GET", "/orders/1")
+        assert status == 200
+        status, _, body = call(proxy.addresses["routes[1].listen"][1], "GET", "/.tokex/health")
+        assert status == 200 and json.loads(body)["status"] == "ok"  # on every listener
+    headers = dict((name.lower(), value) for name, value in upstream.seen[0]["headers"])
+    assert headers["authorization"] == "Bearer token-of-billing-api"

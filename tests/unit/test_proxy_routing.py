@@ -1,0 +1,102 @@
+"""tokex/proxy/routing.py: which route takes a request, and which requests go nowhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tokex.proxy.config import ProxyConfig
+from tokex.proxy.routing import BadTarget, RouteTable, is_reserved, split_target
+
+
+def table() -> RouteTable:
+    routes = [
+        {"prefix": "/", "upstream": "https://default.example", "audience": "default-api"},
+        {"prefix": "/orders", "upstream": "https://orders.example", "audience": "orders-api"},
+        {"prefix": "/orders/admin", "upstream": "https://admin.example", "audience": "admin-api"},
+        {"listen": "127.0.0.1:0", "upstream": "https://own.example", "audience": "own-api"},
+    ]
+    document = {"endpoint": "https://auth.example.com", "listen": "127.0.0.1:0", "routes": routes}
+    config = ProxyConfig.from_document(document, base_dir=Path("/"), environ={})
+    return RouteTable(config.routes)
+
+
+@pytest.mark.parametrize(
+    "path,audience",
+    [
+        ("/orders", "orders-api"),
+        ("/orders/", "orders-api"),
+        ("/orders/1", "orders-api"),
+        ("/ordersx", "default-api"),  # whole segments only
+        ("/orders/admin", "admin-api"),  # the longest prefix wins
+        ("/orders/admin/users/1", "admin-api"),
+        ("/orders/administrator", "orders-api"),
+        ("/", "default-api"),
+        ("/billing/1", "default-api"),
+    ],
+)
+def test_the_longest_prefix_of_whole_segments_wins(path: str, audience: str) -> None:
+    route = table().match("listen", path)
+    assert route is not None and route.audience == audience
+
+
+def test_a_route_with_its_own_listener_takes_every_path_of_it() -> None:
+    routes = table()
+    for path in ("/", "/orders/1", "/anything"):
+        route = routes.match("routes[3].listen", path)
+        assert route is not None and route.audience == "own-api"
+    assert routes.match("elsewhere", "/") is None
+
+
+def test_no_route_is_none() -> None:
+    routes = [{"prefix": "/orders", "upstream": "https://o.example", "audience": "o"}]
+    document = {"endpoint": "https://auth.example.com", "listen": "127.0.0.1:0", "routes": routes}
+    config = ProxyConfig.from_document(document, base_dir=Path("/"), environ={})
+    assert RouteTable(config.routes).match("listen", "/billing") is None
+
+
+def test_origin_form_targets_are_split_unchanged() -> None:
+    assert split_target("/orders/1") == ("/orders/1", "")
+    assert split_target("/orders/1?expand=a%2Cb&x") == ("/orders/1", "?expand=a%2Cb&x")
+    assert split_target("/a?") == ("/a", "?")
+    assert split_target("/a/%2F/b") == ("/a/%2F/b", "")
+
+
+@pytest.mark.parametrize(
+    "target,why",
+    [
+        ("http://evil.example/", "origin-form"),
+        ("https://127.0.0.1:1/x", "origin-form"),
+        ("evil.example:443", "origin-form"),
+        ("*", "origin-form"),
+        ("//evil.example/x", "must not start with //"),
+        ("/a/../b", ". or .."),
+        ("/a/./b", ". or .."),
+        ("/a/%2e%2E/b", ". or .."),
+        ("/a/%2E", ". or .."),
+        ("/a\x00b", "control"),
+        ("/a b", "spaces"),
+        ("/caf\xe9", "non-ASCII"),
+    ],
+)
+def test_other_targets_are_refused(target: str, why: str) -> None:
+    with pytest.raises(BadTarget, match=why):
+        split_target(target)
+
+
+@pytest.mark.parametrize(
+    "path,reserved",
+    [
+        ("/.tokex", True),
+        ("/.tokex/", True),
+        ("/.tokex/token", True),
+        ("/%2Etokex/token", True),
+        ("/.TOKEX/health", True),
+        ("/.tokexy", False),
+        ("/api/.tokex/token", False),
+        ("/", False),
+    ],
+)
+def test_the_reserved_prefix(path: str, reserved: bool) -> None:
+    assert is_reserved(path) is reserved

@@ -1,0 +1,244 @@
+"""tokex/proxy/tokens.py: RouteTokens over TokenClient (client/token_client.py), with the
+exchange replaced by a scripted one: what is shared, remembered and stood in for."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from tests.support.fake_issuer import fake_issuer, use_static_credentials
+from tokex.client import token_client
+from tokex.client.token_client import TokenClient, TokenError
+from tokex.proxy.config import ProxyConfig, Route
+from tokex.proxy.tokens import (
+    REFUSAL_MEMORY_SECONDS,
+    THROTTLED_MEMORY_SECONDS,
+    UNAVAILABLE_MEMORY_SECONDS,
+    RouteTokens,
+    TokenUnavailable,
+)
+
+LIFETIME = 900
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedExchanges:
+    """Stands in for request_token: a new JWT each call, or what `fail` says to raise."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+        self.fail: Exception | None = None
+        self.delay = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, endpoint: str, audience: str, *, scopes=(), **options: Any) -> dict:
+        with self._lock:
+            self.calls.append((audience, tuple(scopes)))
+            number = len(self.calls)
+        time.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        claims = {"iat": 0, "exp": LIFETIME, "scope": " ".join(scopes) or "all", "n": number}
+        token = jwt.encode(claims, "k" * 32, algorithm="HS256")
+        return {"access_token": token, "token_type": "Bearer", "expires_in": LIFETIME}
+
+
+@pytest.fixture
+def exchanges(monkeypatch) -> ScriptedExchanges:
+    scripted = ScriptedExchanges()
+    monkeypatch.setattr(token_client, "request_token", scripted)
+    return scripted
+
+
+def routes(*more: dict) -> tuple[ProxyConfig, tuple[Route, ...]]:
+    first = {"prefix": "/", "upstream": "https://o.example", "audience": "orders-api"}
+    document = {
+        "endpoint": "https://auth.example.com",
+        "listen": "127.0.0.1:0",
+        "routes": [{**first, "scopes": ["orders:read"]}, *more],
+    }
+    config = ProxyConfig.from_document(document, base_dir=Path("/"), environ={})
+    return config, config.routes
+
+
+def together(count: int, ask: Callable[[], Any]) -> list[Any]:
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def one(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = ask()
+        except TokenUnavailable as err:
+            results[index] = err
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+def test_a_cold_cache_makes_one_exchange_for_every_waiting_request(exchanges) -> None:
+    config, (route,) = routes()
+    tokens = RouteTokens(config)
+    exchanges.delay = 0.3
+    got = together(16, lambda: tokens.token(route))
+    assert len(set(got)) == 1 and isinstance(got[0], str)
+    assert exchanges.calls == [("orders-api", ("orders:read",))]
+    assert tokens.has_token(route)
+
+
+def test_a_failure_is_shared_by_the_waiting_requests_and_remembered(exchanges) -> None:
+    config, (route,) = routes()
+    clock = FakeClock()
+    tokens = RouteTokens(config, clock=clock)
+    exchanges.delay = 0.3
+    exchanges.fail = TokenError("cannot reach it", error="unreachable")
+    got = together(16, lambda: tokens.token(route))
+    assert all(isinstance(err, TokenUnavailable) for err in got)
+    assert {(err.status, err.error, err.retry_after) for err in got} == {(503, "unreachable", 1)}
+    assert len(exchanges.calls) == 1  # not one each, in turn
+    exchanges.delay = 0
+    clock.now += UNAVAILABLE_MEMORY_SECONDS / 2
+    with pytest.raises(TokenUnavailable):
+        tokens.token(route)
+    assert len(exchanges.calls) == 1  # remembered
+    clock.now += UNAVAILABLE_MEMORY_SECONDS
+    exchanges.fail = None
+    assert tokens.token(route)  # and then asked again
+    assert len(exchanges.calls) == 2
+
+
+@pytest.mark.parametrize(
+    "failure,status,retry_after,memory",
+    [
+        (TokenError("invalid_target: no", error="invalid_target", status=400), 403, None, 10),
+        (TokenError("no", error="not_tokex", status=404), 403, None, REFUSAL_MEMORY_SECONDS),
+        (
+            TokenError("slow down", error="temporarily_unavailable", status=429),
+            503,
+            THROTTLED_MEMORY_SECONDS,
+            THROTTLED_MEMORY_SECONDS,
+        ),
+        (TokenError("down", error="temporarily_unavailable", status=503), 503, 1, 1),
+        (TokenError("no credentials", error="no_credentials"), 503, 1, 1),
+    ],
+)
+def test_a_refusal_is_403_and_everything_else_503_with_retry_after(
+    exchanges, failure, status, retry_after, memory
+) -> None:
+    config, (route,) = routes()
+    clock = FakeClock()
+    tokens = RouteTokens(config, clock=clock)
+    exchanges.fail = failure
+    with pytest.raises(TokenUnavailable) as raised:
+        tokens.token(route)
+    answer = raised.value
+    assert (answer.status, answer.error, answer.retry_after) == (status, failure.error, retry_after)
+    assert answer.description == f"no token for audience orders-api: {failure}"
+    clock.now += memory - 0.5
+    with pytest.raises(TokenUnavailable):
+        tokens.token(route)
+    clock.now += 1
+    exchanges.fail = None
+    tokens.token(route)
+    assert len(exchanges.calls) == 2
+
+
+def test_a_failed_refresh_keeps_the_valid_token(exchanges) -> None:
+    config, (route,) = routes()
+    clock = FakeClock()
+    tokens = RouteTokens(config, clock=clock)
+    first = tokens.token(route)
+    clock.now += 0.8 * LIFETIME  # due for refresh, still valid
+    exchanges.fail = TokenError("cannot reach it", error="unreachable")
+    assert tokens.token(route) == first
+    assert tokens.token(route) == first  # the failure is remembered: no second attempt
+    assert len(exchanges.calls) == 2
+    clock.now += 0.2 * LIFETIME  # expired: now it is an outage
+    with pytest.raises(TokenUnavailable):
+        tokens.token(route)
+    exchanges.fail = None
+    clock.now += UNAVAILABLE_MEMORY_SECONDS
+    assert tokens.token(route) != first
+
+
+def test_invalidation_drops_a_token_old_enough_and_only_that_token(exchanges) -> None:
+    config, (route,) = routes()
+    clock = FakeClock()
+    tokens = RouteTokens(config, clock=clock, invalidate_min_age=5)
+    first = tokens.token(route)
+    tokens.invalidate(route, first)  # refused as soon as issued: a new one would be too
+    assert tokens.token(route) == first
+    clock.now += 5
+    tokens.invalidate(route, "some-older-token")  # already replaced: nothing happens
+    assert tokens.token(route) == first
+    tokens.invalidate(route, first)
+    assert not tokens.has_token(route)
+    second = tokens.token(route)
+    assert second != first and len(exchanges.calls) == 2
+
+
+def test_routes_share_a_token_by_evidence_audience_and_scopes(exchanges) -> None:
+    same = {"prefix": "/v2", "upstream": "https://o2.example", "audience": "orders-api"}
+    other = {"prefix": "/b", "upstream": "https://b.example", "audience": "billing-api"}
+    config, (orders, orders_v2, billing) = routes({**same, "scopes": ["orders:read"]}, other)
+    tokens = RouteTokens(config)
+    assert tokens.token(orders) == tokens.token(orders_v2)
+    assert tokens.token(billing) != tokens.token(orders)
+    assert [audience for audience, _ in exchanges.calls] == ["orders-api", "billing-api"]
+
+
+def test_the_token_response_counts_expires_in_down(exchanges) -> None:
+    config, (route,) = routes()
+    clock = FakeClock()
+    tokens = RouteTokens(config, clock=clock)
+    response = tokens.token_response(route)
+    assert response == {
+        "access_token": tokens.token(route),
+        "token_type": "Bearer",
+        "expires_in": LIFETIME,
+        "scope": "orders:read",
+    }
+    clock.now += 100.5
+    assert tokens.token_response(route)["expires_in"] == LIFETIME - 101
+
+
+def test_token_client_invalidate_forgets_only_the_named_token(monkeypatch) -> None:
+    use_static_credentials(monkeypatch)
+    with fake_issuer() as issuer:
+        client = TokenClient(issuer.url)
+        assert client.token("orders-api", ["b", "a"]) == "token-1"
+        assert client.invalidate("orders-api", ["a", "b"], "token-0") is False
+        assert client.token("orders-api", ["a", "b"]) == "token-1"
+        assert client.invalidate("orders-api", ["a", "b"], "token-1") is True
+        assert client.cached_token("orders-api", ["a", "b"]) is None
+        assert client.token("orders-api", ["a", "b"]) == "token-2"
+        assert client.invalidate("orders-api", ["a", "b"]) is True  # whatever it holds
+        assert client.invalidate("billing-api") is False
+
+
+def test_an_unexpected_error_is_unavailable_for_every_waiting_request(exchanges) -> None:
+    config, (route,) = routes()
+    tokens = RouteTokens(config)
+    exchanges.delay = 0.3
+    exchanges.fail = RuntimeError("a bug")
+    got = together(8, lambda: tokens.token(route))
+    assert {(err.status, err.error) for err in got} == {(503, "token_unavailable")}
+    assert got[0].description == "no token for audience orders-api: RuntimeError: a bug"
+    assert len(exchanges.calls) == 1
