@@ -32,6 +32,9 @@ SKIP_REASONS = {
     "affords (the whole suite)",
     "installs-packages": "creates a virtualenv or installs packages (pip, npm, apt)",
     "synopsis": "a usage synopsis with [optional] parts and placeholders, not a command",
+    "needs-apache": "needs the Apache (mod_ssl, mod_auth_openidc) and the tokex proxy of "
+    'docs/injection.md "Try it with tokex local" running; '
+    "tests/interop/test_proxy_relying_party.py runs that set-up",
 }
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*)$")

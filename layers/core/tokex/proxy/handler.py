@@ -79,6 +79,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
     timeout = CLIENT_IDLE_TIMEOUT_SECONDS
     server_version = "tokex-proxy"
     sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version  # http.server would append " " + sys_version
+
     _unread_body = False  # a request body not (yet) read: an early answer closes
 
     @property
