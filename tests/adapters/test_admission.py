@@ -221,3 +221,15 @@ def test_no_single_use_and_no_budget_writes_nothing(dynamodb) -> None:
     admitted = store.admit(None, ROLE)
     assert dynamodb.scan(TableName=TABLE)["Items"] == []
     assert store.release(admitted)
+
+
+def test_a_regional_exchange_counts_in_its_own_items(dynamodb) -> None:
+    """Counters keyed per Region: the replicas of a global table never write one item
+    from two Regions (docs/security.md "Regional exchanges")."""
+    store = DynamoDbAdmission(
+        dynamodb, TABLE, single_use=True, rate_limit_per_minute=5, region="eu-west-1",
+        clock=lambda: NOW,
+    )  # fmt: skip
+    store.admit(used_signature(signed()), ROLE)
+    assert item(dynamodb, f"rate#eu-west-1#{ROLE}#{WINDOW}")["hits"]["N"] == "1"
+    assert hits(dynamodb) == 0  # the Region-less counter is untouched

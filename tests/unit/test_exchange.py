@@ -469,14 +469,14 @@ class Keys:
         return jwt.PyJWK({**jwk, "kid": "k1", "alg": "RS256"})
 
 
-def subject_jwt(kind: str = "aws-oif", jti: str = "jti-1") -> str:
+def subject_jwt(kind: str = "aws-oif", jti: str = "jti-1", **sts: str) -> str:
     now = int(time.time())
     claims: dict[str, Any] = {"aud": ISSUER, "iat": now, "exp": now + 300, "jti": jti}
     if kind == "aws-oif":
         claims.update(
             iss=OIF_ISSUER.issuer,
             sub=ROLE,
-            **{STS_NAMESPACE: {"aws_account": ACCOUNT, "principal_id": ROLE}},
+            **{STS_NAMESPACE: {"aws_account": ACCOUNT, "principal_id": ROLE, **sts}},
         )
     else:
         claims.update(
@@ -551,3 +551,34 @@ def test_a_deployment_without_trusted_issuers_refuses_jwts(world: World) -> None
     with pytest.raises(InvalidRequest) as refused_jwt:
         exchange.exchange(jwt_request(subject_jwt()), ExchangeAudit())
     assert refused_jwt.value.reason == "jwt_not_configured" and world.log == []
+
+
+def test_a_regional_exchange_takes_oif_tokens_of_its_own_region_only(world: World) -> None:
+    """No cross-Region replay (docs/security.md "Regional exchanges"): a token used up in
+    one Region's table is never accepted by another Region's exchange, whatever the
+    replication lag, because that exchange refuses the token's Region."""
+    regional = Settings(
+        issuer=ISSUER,
+        trusted_issuers=JWT_SETTINGS.trusted_issuers,
+        serving_region="eu-west-1",
+    )
+    exchange = jwt_environment(world, regional)
+    for token, why in (
+        (subject_jwt(jti="a", source_region="us-east-1"), "another Region's token"),
+        (subject_jwt(jti="b"), "a token that names no Region"),
+    ):
+        with pytest.raises(InvalidGrant) as refused:
+            exchange.exchange(jwt_request(token), ExchangeAudit())
+        assert refused.value.reason == "oif_region", why
+    assert world.admitted == []  # refused before anything was used up or charged
+    exchange.exchange(jwt_request(subject_jwt(jti="c", source_region="eu-west-1")), ExchangeAudit())
+    assert len(world.admitted) == 1
+
+
+def test_a_regional_exchange_takes_requests_signed_for_its_own_regions_sts_only(
+    world: World,
+) -> None:
+    exchange = jwt_environment(world, Settings(issuer=ISSUER, serving_region="eu-west-1"))
+    with pytest.raises(InvalidGrant):  # signed for sts.us-east-1.amazonaws.com
+        exchange.exchange(token_request(), ExchangeAudit())
+    assert "sts" not in world.log and world.admitted == []

@@ -62,3 +62,13 @@ def test_local_mode() -> None:
 def test_refused(env: dict[str, str]) -> None:
     with pytest.raises(ConfigurationError):
         Settings.from_env(env)
+
+
+def test_a_regional_exchange_accepts_its_own_regions_sts_only() -> None:
+    base = {"TOKEX_ISSUER": "https://auth.example.com", "TOKEX_SERVING_REGION": "eu-west-1"}
+    assert Settings.from_env(base).regions == ("eu-west-1",)
+    assert Settings.from_env({**base, "TOKEX_STS_REGIONS": "eu-west-1"}).regions == ("eu-west-1",)
+    with pytest.raises(ConfigurationError, match="serving region alone"):
+        Settings.from_env({**base, "TOKEX_STS_REGIONS": "eu-west-1,us-east-1"})
+    with pytest.raises(ConfigurationError, match="TOKEX_SERVING_REGION"):
+        Settings.from_env({**base, "TOKEX_SERVING_REGION": "Europe"})

@@ -29,7 +29,7 @@ from tokex.errors import (
     TemporarilyUnavailable,
     TokexError,
 )
-from tokex.evidence.identity import SIGV4, CallerIdentity, InstanceIdentity
+from tokex.evidence.identity import AWS_OIF, SIGV4, CallerIdentity, InstanceIdentity
 from tokex.evidence.instance_identity import (
     CertificateStore,
     bind_instance_to_caller,
@@ -200,6 +200,7 @@ class TokenExchange:
             now=now,
         )
         audit.evidence = verified.caller.evidence
+        self._check_region(verified.caller)
         digest = verified.single_use_digest()
         if digest is None:
             return verified.caller, None
@@ -208,6 +209,23 @@ class TokenExchange:
         if self._admission is not None and used in self._used:
             raise used.replay_refusal()
         return verified.caller, used
+
+    def _check_region(self, caller: CallerIdentity) -> None:
+        """A Regional exchange takes an AWS OIF token only from its own Region (the
+        token's `source_region`), as it takes signed requests only for its own Region's
+        STS: a token used up here is never accepted by another Region's exchange before
+        the state table's replication reaches it (docs/security.md "Regional
+        exchanges"). EKS tokens are multi-use anyway: rate-limited per Region."""
+        serving = self._settings.serving_region
+        if not serving or caller.evidence != AWS_OIF:
+            return
+        source = caller.workload.source_region if caller.workload else None
+        if source != serving:
+            raise InvalidGrant(
+                f"this exchange serves Region {serving}; exchange the token in the Region"
+                " where it was issued",
+                reason="oif_region",
+            )
 
     def _sign_while_admitting(
         self,

@@ -52,6 +52,10 @@ class Settings:
     partitions: tuple[str, ...] = ("aws",)
     # Empty = every known region of the allowed partitions.
     regions: tuple[str, ...] = ()
+    # A Regional exchange (TOKEX_SERVING_REGION; docs/security.md "Regional exchanges"):
+    # it serves only evidence made for its own Region, so a piece of evidence used up in
+    # one Region's table can never be used again in another before replication.
+    serving_region: str = ""
     allow_fips: bool = True
     default_ttl_seconds: int = DEFAULT_TTL_SECONDS
     ttl_cap_seconds: int = DEFAULT_TTL_CAP_SECONDS
@@ -86,6 +90,16 @@ class Settings:
         for partition in self.partitions:
             if not identifiers.is_partition(partition):
                 raise ConfigurationError(f"unknown partition {partition!r}")
+        if self.serving_region:
+            if not identifiers.is_region(self.serving_region):
+                raise ConfigurationError("TOKEX_SERVING_REGION must be a region name")
+            if self.regions and self.regions != (self.serving_region,):
+                raise ConfigurationError(
+                    "TOKEX_STS_REGIONS must be empty or the serving region alone: a Regional"
+                    " exchange accepts requests signed for its own Region's STS only"
+                )
+            # Frozen dataclass: its STS endpoints are its own Region's.
+            object.__setattr__(self, "regions", (self.serving_region,))
         if not 60 <= self.ttl_cap_seconds <= 43200:
             raise ConfigurationError("TOKEX_TTL_CAP_SECONDS must be between 60 and 43200")
         if not 60 <= self.default_ttl_seconds <= self.ttl_cap_seconds:
@@ -173,6 +187,7 @@ class Settings:
             introspection_endpoint=env.get("TOKEX_INTROSPECTION_ENDPOINT", ""),
             partitions=csv("TOKEX_STS_PARTITIONS", "aws"),
             regions=csv("TOKEX_STS_REGIONS"),
+            serving_region=env.get("TOKEX_SERVING_REGION", ""),
             allow_fips=env.get("TOKEX_STS_ALLOW_FIPS", "true").lower() != "false",
             default_ttl_seconds=integer("TOKEX_DEFAULT_TTL_SECONDS", DEFAULT_TTL_SECONDS),
             ttl_cap_seconds=integer("TOKEX_TTL_CAP_SECONDS", DEFAULT_TTL_CAP_SECONDS),

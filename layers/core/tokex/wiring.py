@@ -60,6 +60,7 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
             settings.state_table,
             single_use=settings.single_use,
             rate_limit_per_minute=settings.rate_limit_per_minute,
+            region=settings.serving_region,
         )
         if settings.state_table and (settings.single_use or settings.rate_limit_per_minute)
         else None,

@@ -92,6 +92,7 @@ class DynamoDbAdmission:
         *,
         single_use: bool,
         rate_limit_per_minute: int,
+        region: str = "",
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -101,6 +102,9 @@ class DynamoDbAdmission:
         self._table = table_name
         self._single_use = single_use
         self._limit = rate_limit_per_minute
+        # A Regional exchange counts in its own items (`rate#<region>#...`): the
+        # replicas of a global table never write one counter from two Regions.
+        self._counter_scope = f"{region}#" if region else ""
         self._clock = clock
         self._sleep = sleep
 
@@ -175,7 +179,9 @@ class DynamoDbAdmission:
             return None
         return {
             "TableName": self._table,
-            "Key": schema.key(schema.rate_key(window.principal, window.number)),
+            "Key": schema.key(
+                schema.rate_key(self._counter_scope + window.principal, window.number)
+            ),
             "UpdateExpression": f"ADD hits :one SET {_TTL} = if_not_exists({_TTL}, :end)",
             "ConditionExpression": _UNDER_BUDGET,
             "ExpressionAttributeValues": {
@@ -201,7 +207,9 @@ class DynamoDbAdmission:
     def _refund_budget(self, window: RateWindow) -> dict[str, Any]:
         return {
             "TableName": self._table,
-            "Key": schema.key(schema.rate_key(window.principal, window.number)),
+            "Key": schema.key(
+                schema.rate_key(self._counter_scope + window.principal, window.number)
+            ),
             "UpdateExpression": "ADD hits :minus_one",
             # Never recreate a counter TTL has removed (it would have no expiry).
             "ConditionExpression": "attribute_exists(hits)",
