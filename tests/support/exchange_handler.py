@@ -17,13 +17,28 @@ from tokex.client.signing import encode_subject_token
 from tokex.local.front import http_api_event
 from tokex.local.functions import LambdaContext, load_handler
 from tokex.local.runner import LocalSystem, handler_environment
-from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+from tokex.token_request import JWT_TOKEN_TYPE, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 
 def cold_exchange_handler(system: LocalSystem, **overrides: str) -> ModuleType:
     """A cold start of the exchange handler with the system's settings plus `overrides`."""
     with handler_environment(system.handler_env(**overrides)):
         return load_handler("exchange")
+
+
+def invoke_jwt_exchange(
+    handler: ModuleType, token: str, audience: str = "demo-api"
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """POST /token with a JWT as the subject token into `handler`."""
+    return _invoke(
+        handler,
+        {
+            "grant_type": TOKEN_EXCHANGE_GRANT,
+            "subject_token_type": JWT_TOKEN_TYPE,
+            "subject_token": token,
+            "audience": audience,
+        },
+    )
 
 
 def invoke_exchange(
@@ -37,6 +52,12 @@ def invoke_exchange(
         "audience": audience,
         **params,
     }
+    return _invoke(handler, form)
+
+
+def _invoke(
+    handler: ModuleType, form: dict[str, str]
+) -> tuple[int, dict[str, str], dict[str, Any]]:
     event = http_api_event(
         "POST",
         "/token",

@@ -17,11 +17,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.support.exchange_handler import cold_exchange_handler
+from tests.support.exchange_handler import cold_exchange_handler, invoke_jwt_exchange
 from tests.system.endpoints import Answer, assert_refused, post, verify
 from tests.system.local_federation import federation, sts_client
-from tokex.local.front import http_api_event
-from tokex.local.functions import LambdaContext
 from tokex.local.provision import (
     ACCOUNT_ID,
     DEMO_LAMBDA_AUDIENCE,
@@ -198,20 +196,11 @@ def test_an_unreachable_issuer_is_a_503_with_retry_after(local_system: LocalSyst
         algorithm="RS256",
         headers={"kid": "k"},
     )
-    event = http_api_event(
-        "POST",
-        "/token",
-        "",
-        {"content-type": "application/x-www-form-urlencoded"},
-        jwt_form(token),
-        "127.0.0.1",
-    )
     started = time.monotonic()
-    result = handler.lambda_handler(event, LambdaContext("tokex-exchange"))
+    status, headers, body = invoke_jwt_exchange(handler, token)
     assert time.monotonic() - started < 4  # within the deadline
-    body = json.loads(result["body"])
-    assert result["statusCode"] == 503 and body["error"] == "temporarily_unavailable"
-    assert int(result["headers"]["Retry-After"]) > 0
+    assert status == 503 and body["error"] == "temporarily_unavailable"
+    assert int(headers["Retry-After"]) > 0
     assert "access_token" not in body
 
 
