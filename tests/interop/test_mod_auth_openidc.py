@@ -237,6 +237,31 @@ def apache2() -> str:
     return binary
 
 
+def start_apache(binary: str, root: Path, config: str, port: int) -> subprocess.Popen[bytes]:
+    """`config` checked (`-t`), then Apache in the foreground in a process group of its own
+    (stopped as one by `_stop_group`), once it listens on `port`; logs under `root`."""
+    conf = root / "apache2.conf"
+    conf.write_text(config)
+    check = subprocess.run(
+        [binary, "-t", "-f", str(conf)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stderr
+    with (root / "stderr.log").open("wb") as stderr:
+        process = subprocess.Popen(
+            [binary, "-f", str(conf), "-DFOREGROUND"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    try:
+        _wait_listening(process, port, root / "error.log")
+    except BaseException:
+        _stop_group(process)
+        raise
+    return process
+
+
 def _wait_listening(process: subprocess.Popen[bytes], port: int, error_log: Path) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
@@ -294,21 +319,8 @@ def apache(apache2: str, local_system: LocalSystem) -> Iterator[Apache]:
         (root / "htdocs" / PROTECTED.lstrip("/")).chmod(0o644)
         proxy = JwksProxy(local_system.issuer + "/.well-known/jwks.json", cert, key)
         port = free_port()
-        conf = root / "apache2.conf"
-        conf.write_text(apache_config(root, port, local_system.issuer, proxy.url, ca))
-        check = subprocess.run(
-            [apache2, "-t", "-f", str(conf)], capture_output=True, text=True, check=False
-        )
-        assert check.returncode == 0, check.stderr
-        with (root / "stderr.log").open("wb") as stderr:
-            process = subprocess.Popen(
-                [apache2, "-f", str(conf), "-DFOREGROUND"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                start_new_session=True,  # its own process group, killed as one
-            )
-        _wait_listening(process, port, root / "error.log")
+        config = apache_config(root, port, local_system.issuer, proxy.url, ca)
+        process = start_apache(apache2, root, config, port)
         yield Apache(f"http://127.0.0.1:{port}", proxy, root / "error.log")
     finally:
         if process is not None:

@@ -47,8 +47,8 @@ from tests.interop.test_mod_auth_openidc import (  # the same apache2, started t
     MODULES_DIR,
     RUN_AS,
     _stop_group,
-    _wait_listening,
     apache2,  # noqa: F401  (session fixture)
+    start_apache,
 )
 from tests.support.tls import make_pki
 from tests.system.endpoints import verify
@@ -256,21 +256,8 @@ def upstream(apache_with_ssl: str, local_system: LocalSystem) -> Iterator[Upstre
         for path in (pki.ca_file, root / "htdocs" / PROTECTED.lstrip("/")):
             path.chmod(0o644)
         port = free_port()
-        conf = root / "apache2.conf"
-        conf.write_text(apache_upstream_config(root, port, local_system.issuer, pki_dir))
-        check = subprocess.run(
-            [apache_with_ssl, "-t", "-f", str(conf)], capture_output=True, text=True, check=False
-        )
-        assert check.returncode == 0, check.stderr
-        with (root / "stderr.log").open("wb") as stderr:
-            process = subprocess.Popen(
-                [apache_with_ssl, "-f", str(conf), "-DFOREGROUND"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                start_new_session=True,  # its own process group, stopped as one
-            )
-        _wait_listening(process, port, root / "error.log")
+        config = apache_upstream_config(root, port, local_system.issuer, pki_dir)
+        process = start_apache(apache_with_ssl, root, config, port)
         yield Upstream(
             f"https://127.0.0.1:{port}", pki.ca_file, root / "access.log", root / "error.log"
         )

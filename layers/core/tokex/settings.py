@@ -172,8 +172,9 @@ class Settings:
         ):
             raise ConfigurationError("local-mode settings are refused inside AWS Lambda")
         try:
+            # Which issuers may be plain http, and never tokex's own: __post_init__.
             trusted_issuers = parse_trusted_issuers(
-                env.get("TOKEX_TRUSTED_ISSUERS", ""), allow_http_loopback=True, own_issuer=issuer
+                env.get("TOKEX_TRUSTED_ISSUERS", ""), allow_http_loopback=True
             )
         except TrustedIssuerError as err:
             raise ConfigurationError(f"TOKEX_TRUSTED_ISSUERS: {err}") from None

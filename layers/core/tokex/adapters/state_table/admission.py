@@ -119,7 +119,9 @@ class DynamoDbAdmission:
         admission = Admission(
             id=secrets.token_urlsafe(16),
             used=used if self._single_use else None,
-            window=rate_window(principal, now, limit=self._limit) if self._limit else None,
+            window=rate_window(self._counter_scope + principal, now, limit=self._limit)
+            if self._limit
+            else None,
         )
         use, charge = self._use_signature(admission), self._charge_budget(admission)
         if use is not None and charge is not None:
@@ -179,9 +181,7 @@ class DynamoDbAdmission:
             return None
         return {
             "TableName": self._table,
-            "Key": schema.key(
-                schema.rate_key(self._counter_scope + window.principal, window.number)
-            ),
+            "Key": schema.key(schema.rate_key(window.principal, window.number)),
             "UpdateExpression": f"ADD hits :one SET {_TTL} = if_not_exists({_TTL}, :end)",
             "ConditionExpression": _UNDER_BUDGET,
             "ExpressionAttributeValues": {
@@ -207,9 +207,7 @@ class DynamoDbAdmission:
     def _refund_budget(self, window: RateWindow) -> dict[str, Any]:
         return {
             "TableName": self._table,
-            "Key": schema.key(
-                schema.rate_key(self._counter_scope + window.principal, window.number)
-            ),
+            "Key": schema.key(schema.rate_key(window.principal, window.number)),
             "UpdateExpression": "ADD hits :minus_one",
             # Never recreate a counter TTL has removed (it would have no expiry).
             "ConditionExpression": "attribute_exists(hits)",
