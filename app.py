@@ -13,6 +13,8 @@ placeholder, so deploy from a normal synth.
 import os
 import sys
 
+from aws_cdk import Stack
+
 from cdk.config import ConfigError
 from cdk.tokex_stack import build_app
 
@@ -39,7 +41,10 @@ def main() -> int:
         print("tokex: synth refused: cdk-nag findings above", file=sys.stderr)
         return 1
     if not under_cdk_cli:
-        print(f"wrote {os.path.join(outdir, stack.template_file)}", file=sys.stderr)
+        # The home stack first; a multi-Region app also has each Region's stacks.
+        stacks = [stack, *(s for s in app.node.children if isinstance(s, Stack) and s is not stack)]
+        for each in stacks:
+            print(f"wrote {os.path.join(outdir, each.template_file)}", file=sys.stderr)
     return 0
 
 

@@ -15,8 +15,13 @@ from tokex.evidence.trusted_issuers import TrustedIssuerError, TrustedIssuers, p
 # The key specs, partitions and identifier rules are the exchange's own (identifiers.py).
 SIGNING_KEY_SPECS = tuple(identifiers.SIGNING_KEY_SPECS)
 # The signing-key slots a stack may hold: "a" is the key every stack has had from the
-# start (construct `SigningKey`), "b" the second key of a rotation (`SigningKeyB`).
-KEY_SLOTS = ("a", "b")
+# start (construct `SigningKey`), "b" the second key of a rotation (`SigningKeyB`);
+# "mrk-a" and "mrk-b" are KMS multi-Region keys (`SigningKeyMrkA`...), the keys of a
+# multi-Region deployment (docs/multi-region.md). Whether a key is multi-Region is fixed
+# when KMS creates it, so it is part of the slot's name: no context change can turn a
+# single-Region key into a multi-Region one in place (that would replace the key).
+KEY_SLOTS = ("a", "b", "mrk-a", "mrk-b")
+MULTI_REGION_SLOTS = ("mrk-a", "mrk-b")
 KNOWN_PARTITIONS = identifiers.PARTITIONS
 # ARNs below are of a served partition and account (identifiers.py); matched whole.
 _ARN_HEAD = rf"arn:(?:{identifiers.PARTITION.pattern})"
@@ -87,6 +92,9 @@ class TokexConfig:
     instance_tags_role_name: str | None = None
     # The accounts whose role the exchange may assume; empty = any account.
     instance_tags_accounts: tuple[str, ...] = ()
+    # The deployment's Regions, home first (docs/multi-region.md). Empty or one Region:
+    # the single-Region stack, unchanged.
+    regions: tuple[str, ...] = ()
     # The JWT issuers whose tokens are evidence (the exchange's TOKEX_TRUSTED_ISSUERS,
     # tokex/evidence/trusted_issuers.py). Empty: SigV4 evidence only, variable absent.
     trusted_issuers: TrustedIssuers = field(default_factory=TrustedIssuers)
@@ -141,6 +149,40 @@ class TokexConfig:
             if not identifiers.is_account_id(account):
                 raise ConfigError(f"instanceTagsAccounts: {account!r} is not an account id")
         self._check_trusted_issuers()
+        self._check_regions()
+
+    def _check_regions(self) -> None:
+        for region in self.regions:
+            if not identifiers.is_region(region):
+                raise ConfigError(f"regions: {region!r} is not a region name")
+            # One CloudFront distribution fronts them all: the commercial partition only.
+            if identifiers.partition_of_region(region) != "aws":
+                raise ConfigError(
+                    f"regions: {region!r} is not in the aws partition (one CloudFront"
+                    " distribution fronts every Region)"
+                )
+        if len(set(self.regions)) != len(self.regions):
+            raise ConfigError(f"regions lists a Region twice: {list(self.regions)}")
+        if not self.is_multi_region:
+            return
+        single = [slot for slot in self.signing_keys if slot not in MULTI_REGION_SLOTS]
+        if single:
+            raise ConfigError(
+                f"regions: every signing key of a multi-Region deployment is a multi-Region"
+                f" key (slots {', '.join(MULTI_REGION_SLOTS)}), not {', '.join(single)}: a new"
+                " deployment sets signingKeys=mrk-a; an existing one first rotates to mrk-a"
+                ' (docs/multi-region.md "Opting in")'
+            )
+        if self.sts_regions:
+            raise ConfigError(
+                "stsRegions and regions do not go together: each Regional exchange serves"
+                " its own Region's STS only (docs/security.md, Regional exchanges)"
+            )
+        if self.published_key_arns:
+            raise ConfigError(
+                "publishedKeyArns is for single-Region deployments: a multi-Region"
+                " deployment publishes its own multi-Region key slots only"
+            )
 
     def _check_signing_keys(self) -> None:
         slots = ", ".join(KEY_SLOTS)
@@ -192,6 +234,19 @@ class TokexConfig:
     def inactive_keys(self) -> tuple[str, ...]:
         """The slots that exist but do not sign: published only."""
         return tuple(slot for slot in self.signing_keys if slot != self.active_key)
+
+    @property
+    def is_multi_region(self) -> bool:
+        return len(self.regions) > 1
+
+    @property
+    def home_region(self) -> str | None:
+        return self.regions[0] if self.regions else None
+
+    @property
+    def other_regions(self) -> tuple[str, ...]:
+        """The Regions besides home: one Regional stack pair each."""
+        return self.regions[1:]
 
     @property
     def issuer_is_custom_domain(self) -> bool:
@@ -269,5 +324,6 @@ class TokexConfig:
             "instance_tags_role_name": text("instanceTagsRoleName"),
             "instance_tags_accounts": strings("instanceTagsAccounts"),
             "trusted_issuers": trusted_issuers("trustedIssuers"),
+            "regions": strings("regions"),
         }
         return cls(**{k: v for k, v in values.items() if v is not None})

@@ -8,6 +8,8 @@ endpoints share one origin.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_cloudfront as cloudfront
@@ -15,6 +17,8 @@ from aws_cdk import aws_cloudfront_origins as origins
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
+
+from tokex.regions import regional_path
 
 TOKEN_PATH = "/token"
 INTROSPECT_PATH = "/introspect"
@@ -72,13 +76,7 @@ class IssuerSite(Construct):
             if certificate_arn
             else None
         )
-        api_origin = origins.HttpOrigin(
-            token_origin_domain,
-            protocol_policy=cloudfront.OriginProtocolPolicy.HTTPS_ONLY,
-            origin_ssl_protocols=[cloudfront.OriginSslPolicy.TLS_V1_2],
-            # The one door (cdk/origin_secret.py): how the functions know CloudFront sent it.
-            custom_headers=token_origin_headers,
-        )
+        api_origin = self.api_origin = api_origin_for(token_origin_domain, token_origin_headers)
         self.distribution = cloudfront.Distribution(
             self,
             "Distribution",
@@ -114,6 +112,26 @@ class IssuerSite(Construct):
             else f"https://{self.distribution.distribution_domain_name}"
         )
 
+    def add_regional_behaviors(
+        self,
+        region: str,
+        *,
+        origin_domain: str | None = None,
+        origin_headers: dict[str, str] | None = None,
+    ) -> None:
+        """`/regions/<region>/token` and `.../introspect` → that Region's API (the home
+        API when no origin is given), with the same behaviour as `/token`. CloudFront
+        forwards the path whole; the Regional API has routes for it."""
+        origin = (
+            self.api_origin
+            if origin_domain is None
+            else api_origin_for(origin_domain, origin_headers or {})
+        )
+        for path in API_PATHS:
+            self.distribution.add_behavior(
+                regional_path(region, path), origin, **_api_behavior_options()
+            )
+
     def allow_publishing(self, role: iam.IRole) -> None:
         """The publisher: read and write the well-known documents, nothing else."""
         role.add_to_principal_policy(
@@ -126,7 +144,21 @@ class IssuerSite(Construct):
         )
 
 
+def api_origin_for(domain: str, headers: dict[str, str]) -> cloudfront.IOrigin:
+    return origins.HttpOrigin(
+        domain,
+        protocol_policy=cloudfront.OriginProtocolPolicy.HTTPS_ONLY,
+        origin_ssl_protocols=[cloudfront.OriginSslPolicy.TLS_V1_2],
+        # The one door (cdk/origin_secret.py): how the functions know CloudFront sent it.
+        custom_headers=headers,
+    )
+
+
 def _api_behavior(api_origin: cloudfront.IOrigin) -> cloudfront.BehaviorOptions:
+    return cloudfront.BehaviorOptions(origin=api_origin, **_api_behavior_options())
+
+
+def _api_behavior_options() -> dict[str, Any]:
     """`/token` and `/introspect`: every request reaches the API, whole and over https.
 
     Caching disabled + ALL_VIEWER_EXCEPT_HOST_HEADER forwards every viewer header but
@@ -134,8 +166,7 @@ def _api_behavior(api_origin: cloudfront.IOrigin) -> cloudfront.BehaviorOptions:
     CloudFront lets an origin request policy forward Authorization only when caching is
     disabled, which is what this behaviour must be anyway.
     """
-    return cloudfront.BehaviorOptions(
-        origin=api_origin,
+    return dict(
         # A POST must never be answered with a redirect to https: by then the signed
         # request (or the client secret) has crossed the network in clear. Refuse http.
         viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.HTTPS_ONLY,

@@ -14,6 +14,8 @@ template, the cloud assembly or source control.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
@@ -23,7 +25,13 @@ from tokex.edge import ORIGIN_HEADER, ORIGIN_SECRET_ENV
 # Letters and digits only: the value is an HTTP header value and an environment variable.
 SECRET_LENGTH = 48
 
-__all__ = ["ORIGIN_HEADER", "ORIGIN_SECRET_ENV", "OriginSecret"]
+__all__ = [
+    "ORIGIN_HEADER",
+    "ORIGIN_SECRET_ENV",
+    "OriginSecret",
+    "RegionalOriginSecret",
+    "regional_origin_secret_name",
+]
 
 
 class OriginSecret(Construct):
@@ -45,4 +53,48 @@ class OriginSecret(Construct):
     @property
     def value(self) -> str:
         """A dynamic reference, resolved by CloudFormation when it deploys."""
+        return self.secret.secret_value.unsafe_unwrap()
+
+
+def regional_origin_secret_name(stack_name: str) -> str:
+    return f"tokex/{stack_name}/regional-origin"
+
+
+def resolve_by_name(name: str) -> str:
+    """A dynamic reference to the secret `name` in the stack's own Region (a replica)."""
+    return f"{{{{resolve:secretsmanager:{name}:SecretString:::}}}}"
+
+
+class RegionalOriginSecret(Construct):
+    """The Regional APIs' door (docs/multi-region.md "Stacks"): the header CloudFront sends
+    to every Region's API besides home, replicated to those Regions.
+
+    Named, unlike the home secret: a Regional stack reads its own Region's replica by that
+    name, which it knows at synth, so no cross-Region reference carries it (a dynamic
+    reference cannot be nested in the one that would carry the name).
+    """
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, name: str, replica_regions: Sequence[str]
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.name = name
+        self.secret = secretsmanager.Secret(
+            self,
+            "Secret",
+            secret_name=name,
+            description="tokex: the header value CloudFront sends to the Regional APIs",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=SECRET_LENGTH,
+                exclude_punctuation=True,
+                include_space=False,
+            ),
+            replica_regions=[
+                secretsmanager.ReplicaRegion(region=region) for region in replica_regions
+            ],
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+
+    @property
+    def value(self) -> str:
         return self.secret.secret_value.unsafe_unwrap()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
@@ -13,16 +15,23 @@ EXCHANGE_READ_ACTIONS = ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan"]
 
 
 class PolicyTable(Construct):
-    def __init__(self, scope: Construct, construct_id: str) -> None:
+    def __init__(
+        self, scope: Construct, construct_id: str, *, replica_regions: Sequence[str] = ()
+    ) -> None:
         super().__init__(scope, construct_id)
-        self.table = retained_table(self, "Table")
+        self.table = retained_table(self, "Table", replica_regions=replica_regions)
 
     def allow_read(self, role: iam.IRole) -> None:
-        """Exact actions on this table's ARN only (no indexes, streams or other tables)."""
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                sid="ReadPolicies",
-                actions=EXCHANGE_READ_ACTIONS,
-                resources=[self.table.table_arn],
-            )
+        allow_policy_reads(role, self.table.table_arn)
+
+
+def allow_policy_reads(role: iam.IRole, table_arn: str) -> None:
+    """Exact actions on the table's ARN only (no indexes, streams or other tables); a
+    Regional exchange reads its own Region's replica."""
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            sid="ReadPolicies",
+            actions=EXCHANGE_READ_ACTIONS,
+            resources=[table_arn],
         )
+    )

@@ -69,9 +69,17 @@ KEY_ADMIN_ACTIONS = [
 ]
 
 
+# A multi-Region key's administrators may also replicate it (CloudFormation creates each
+# Regional replica as the deploying principal) and move its primary Region.
+MULTI_REGION_ADMIN_ACTIONS = ["kms:ReplicateKey", "kms:UpdatePrimaryRegion"]
+
+
 def slot_construct_id(slot: str) -> str:
-    """`SigningKey` for slot "a" (the construct id every stack has had), `SigningKeyB`..."""
-    return "SigningKey" if slot == "a" else f"SigningKey{slot.upper()}"
+    """`SigningKey` for slot "a" (the construct id every stack has had), `SigningKeyB`,
+    `SigningKeyMrkA`..."""
+    if slot == "a":
+        return "SigningKey"
+    return "SigningKey" + "".join(part.capitalize() for part in slot.split("-"))
 
 
 def slot_alias_name(stack_name: str, slot: str) -> str:
@@ -84,42 +92,76 @@ class SigningKey(Construct):
     its own, see the module docstring)."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, key_spec: str, alias_name: str
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        key_spec: str,
+        alias_name: str,
+        multi_region: bool = False,
+        primary_key_arn: str | None = None,
     ) -> None:
+        """A new key, or (`primary_key_arn`) the Regional replica of a multi-Region key:
+        the same key material, so the same public key and `kid` (docs/multi-region.md)."""
         super().__init__(scope, construct_id)
         self.key_spec = key_spec
         self.signing_algorithm = SIGNING_ALGORITHMS[key_spec]
-        self.key = kms.Key(
+        admin_actions = KEY_ADMIN_ACTIONS + (
+            MULTI_REGION_ADMIN_ACTIONS if multi_region or primary_key_arn else []
+        )
+        policy = iam.PolicyDocument(
+            statements=[
+                iam.PolicyStatement(
+                    sid="KeyAdministrationByAccountIam",
+                    principals=[iam.AccountRootPrincipal()],
+                    actions=admin_actions,
+                    resources=["*"],
+                ),
+                iam.PolicyStatement(
+                    sid="NoGrants",
+                    effect=iam.Effect.DENY,
+                    principals=[iam.AnyPrincipal()],
+                    actions=["kms:CreateGrant"],
+                    resources=["*"],
+                ),
+            ]
+        )
+        if primary_key_arn is None:
+            key = kms.Key(
+                self,
+                "Key",
+                description="tokex token signing key (asymmetric, SIGN_VERIFY)",
+                key_spec=kms.KeySpec(key_spec),
+                key_usage=kms.KeyUsage.SIGN_VERIFY,
+                # Asymmetric KMS keys cannot rotate automatically; rotation means a second
+                # key slot published before it signs (see docs/deploy.md, Key rotation).
+                enable_key_rotation=False,
+                multi_region=multi_region or None,
+                # Deleting the key would make every issued token unverifiable: keep it,
+                # also when its slot is removed from the stack.
+                removal_policy=RemovalPolicy.RETAIN,
+                policy=policy,
+            )
+            self.key_resource: Construct = key
+            self.key_arn = key.key_arn
+            self._add_to_key_policy = key.add_to_resource_policy
+            self.alias: Construct = kms.Alias(self, "Alias", alias_name=alias_name, target_key=key)
+            return
+        # A replica's key spec and usage are the primary's; its policy is its own.
+        replica = kms.CfnReplicaKey(
             self,
             "Key",
-            description="tokex token signing key (asymmetric, SIGN_VERIFY)",
-            key_spec=kms.KeySpec(key_spec),
-            key_usage=kms.KeyUsage.SIGN_VERIFY,
-            # Asymmetric KMS keys cannot rotate automatically; rotation means a second
-            # key slot published before it signs (see docs/deploy.md, Key rotation).
-            enable_key_rotation=False,
-            # Deleting the key would make every issued token unverifiable: keep it, also
-            # when its slot is removed from the stack.
-            removal_policy=RemovalPolicy.RETAIN,
-            policy=iam.PolicyDocument(
-                statements=[
-                    iam.PolicyStatement(
-                        sid="KeyAdministrationByAccountIam",
-                        principals=[iam.AccountRootPrincipal()],
-                        actions=KEY_ADMIN_ACTIONS,
-                        resources=["*"],
-                    ),
-                    iam.PolicyStatement(
-                        sid="NoGrants",
-                        effect=iam.Effect.DENY,
-                        principals=[iam.AnyPrincipal()],
-                        actions=["kms:CreateGrant"],
-                        resources=["*"],
-                    ),
-                ]
-            ),
+            primary_key_arn=primary_key_arn,
+            key_policy=policy,
+            description="tokex token signing key, Regional replica (asymmetric, SIGN_VERIFY)",
         )
-        self.alias = kms.Alias(self, "Alias", alias_name=alias_name, target_key=self.key)
+        replica.apply_removal_policy(RemovalPolicy.RETAIN)
+        self.key_resource = replica
+        self.key_arn = replica.attr_arn
+        self._add_to_key_policy = policy.add_statements
+        self.alias = kms.CfnAlias(
+            self, "Alias", alias_name=alias_name, target_key_id=replica.attr_key_id
+        )
 
     def allow_signing(self, role: iam.IRole, function: lambda_.Function) -> None:
         """The active slot, for the exchange: kms:Sign (RAW, our algorithm only) and
@@ -130,7 +172,7 @@ class SigningKey(Construct):
                 "kms:SigningAlgorithm": self.signing_algorithm,
             }
         }
-        self.key.add_to_resource_policy(
+        self._add_to_key_policy(
             iam.PolicyStatement(
                 sid="SignOnlyAsTheExchangeRole",
                 principals=[iam.AccountRootPrincipal()],
@@ -146,13 +188,13 @@ class SigningKey(Construct):
             iam.PolicyStatement(
                 sid="SignTokens",
                 actions=["kms:Sign"],
-                resources=[self.key.key_arn],
+                resources=[self.key_arn],
                 conditions=conditions,
             ),
             iam.PolicyStatement(
                 sid="ReadSigningPublicKey",
                 actions=["kms:GetPublicKey"],
-                resources=[self.key.key_arn],
+                resources=[self.key_arn],
             ),
         )
 
@@ -160,7 +202,7 @@ class SigningKey(Construct):
         """An inactive slot: its key (whose policy loses the Sign statement when the slot
         stops being active) is updated only after the exchange, which then already signs
         with the new active key."""
-        self.key.node.add_dependency(exchange)
+        self.key_resource.node.add_dependency(exchange)
 
     def allow_public_key_read(self, role: iam.IRole, function: lambda_.Function) -> None:
         """The JWKS publisher: the public key and its description, nothing else."""
@@ -171,7 +213,7 @@ class SigningKey(Construct):
             iam.PolicyStatement(
                 sid="ReadSigningPublicKey",
                 actions=["kms:DescribeKey", "kms:GetPublicKey"],
-                resources=[self.key.key_arn],
+                resources=[self.key_arn],
             ),
         )
 
@@ -184,7 +226,7 @@ class SigningKey(Construct):
             iam.PolicyStatement(
                 sid="ReadSigningPublicKey",
                 actions=["kms:GetPublicKey"],
-                resources=[self.key.key_arn],
+                resources=[self.key_arn],
             ),
         )
 

@@ -22,6 +22,8 @@ Introspection clients live here, so the table is retained like the policy table.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
@@ -40,50 +42,68 @@ INTROSPECT_READ_ACTIONS = ["dynamodb:BatchGetItem", "dynamodb:GetItem"]
 
 
 class StateTable(Construct):
-    def __init__(self, scope: Construct, construct_id: str) -> None:
+    def __init__(
+        self, scope: Construct, construct_id: str, *, replica_regions: Sequence[str] = ()
+    ) -> None:
         super().__init__(scope, construct_id)
         # It holds the introspection clients (operator data): kept like the policy table.
-        self.table = retained_table(self, "Table", time_to_live_attribute=TTL_ATTRIBUTE)
+        self.table = retained_table(
+            self, "Table", time_to_live_attribute=TTL_ATTRIBUTE, replica_regions=replica_regions
+        )
 
     def allow_single_use_writes(self, role: iam.IRole) -> None:
-        """The exchange: conditional puts of `sig#...` items, nothing else.
-
-        `dynamodb:LeadingKeys` is the partition key of the item written; with the
-        condition the exchange cannot create, overwrite or shadow a client or a
-        revocation item, even if its code were made to try. (ForAllValues over the one
-        key a PutItem has; StringLike for the prefix.)
-        """
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                sid="RecordSignatureUse",
-                actions=["dynamodb:PutItem"],
-                resources=[self.table.table_arn],
-                conditions={
-                    "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [SINGLE_USE_KEY_PATTERN]}
-                },
-            )
-        )
+        allow_single_use_writes(role, self.table.table_arn)
 
     def allow_rate_counting(self, role: iam.IRole) -> None:
-        """The exchange: atomic counters in `rate#...` items, nothing else (same reasoning
-        as for single use: the condition keeps it off clients and revocations)."""
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                sid="CountCallerExchanges",
-                actions=["dynamodb:UpdateItem"],
-                resources=[self.table.table_arn],
-                conditions={
-                    "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [RATE_COUNTER_KEY_PATTERN]}
-                },
-            )
-        )
+        allow_rate_counting(role, self.table.table_arn)
 
     def allow_introspection_reads(self, role: iam.IRole) -> None:
-        """The introspect function: read clients and revocations; never write."""
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                sid="ReadClientsAndRevocations",
-                actions=INTROSPECT_READ_ACTIONS,
-                resources=[self.table.table_arn],
-            )
+        allow_introspection_reads(role, self.table.table_arn)
+
+
+# The grants take the table's ARN: a Regional exchange is granted its own Region's replica.
+
+
+def allow_single_use_writes(role: iam.IRole, table_arn: str) -> None:
+    """The exchange: conditional puts of `sig#...` items, nothing else."""
+    _allow_writes_to(
+        role, table_arn, "RecordSignatureUse", "dynamodb:PutItem", SINGLE_USE_KEY_PATTERN
+    )
+
+
+def allow_rate_counting(role: iam.IRole, table_arn: str) -> None:
+    """The exchange: atomic counters in `rate#...` items, nothing else."""
+    _allow_writes_to(
+        role, table_arn, "CountCallerExchanges", "dynamodb:UpdateItem", RATE_COUNTER_KEY_PATTERN
+    )
+
+
+def _allow_writes_to(
+    role: iam.IRole, table_arn: str, sid: str, action: str, key_pattern: str
+) -> None:
+    """`action` on the items whose key matches `key_pattern` only.
+
+    `dynamodb:LeadingKeys` is the partition key of the item written; with the condition
+    the exchange cannot create, overwrite or shadow a client or a revocation item, even if
+    its code were made to try. (ForAllValues over the one key a write has; StringLike for
+    the prefix.)
+    """
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            sid=sid,
+            actions=[action],
+            resources=[table_arn],
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [key_pattern]}},
         )
+    )
+
+
+def allow_introspection_reads(role: iam.IRole, table_arn: str) -> None:
+    """The introspect function: read clients and revocations; never write."""
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            sid="ReadClientsAndRevocations",
+            actions=INTROSPECT_READ_ACTIONS,
+            resources=[table_arn],
+        )
+    )

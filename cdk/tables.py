@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
+from collections.abc import Sequence
+
+from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
 
 def retained_table(
-    scope: Construct, construct_id: str, *, time_to_live_attribute: str | None = None
+    scope: Construct,
+    construct_id: str,
+    *,
+    time_to_live_attribute: str | None = None,
+    replica_regions: Sequence[str] = (),
 ) -> dynamodb.TableV2:
     """Key `id` (S), on demand, point-in-time recovery, encrypted, deletion-protected and
     kept when the stack is deleted: both tables hold operator data (policies, clients).
 
-    TableV2 (AWS::DynamoDB::GlobalTable): replicas can be added later to run tokex in
-    several regions with the same data.
+    TableV2 (AWS::DynamoDB::GlobalTable): `replica_regions` are added in place, the table
+    keeps its name and data (docs/multi-region.md). Replicas inherit the table's settings
+    (PITR, deletion protection, encryption); the consistency is the default multi-Region
+    eventual consistency (why: docs/multi-region.md "Replication, single use and revocation").
     """
     return dynamodb.TableV2(
         scope,
@@ -28,4 +36,12 @@ def retained_table(
         encryption=dynamodb.TableEncryptionV2.aws_managed_key(),
         deletion_protection=True,
         removal_policy=RemovalPolicy.RETAIN,
+        replicas=[dynamodb.ReplicaTableProps(region=region) for region in replica_regions] or None,
+    )
+
+
+def table_arn_in(scope: Construct, table_name: str, region: str) -> str:
+    """The ARN of a global table's replica in `region` (same name in every Region)."""
+    return Stack.of(scope).format_arn(
+        service="dynamodb", region=region, resource="table", resource_name=table_name
     )

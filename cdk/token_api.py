@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 
 import jsii
-from aws_cdk import Aws, Stack
+from aws_cdk import Stack
 from aws_cdk import aws_apigateway as apigw_v1
 from aws_cdk import aws_apigatewayv2 as apigw
 from aws_cdk import aws_apigatewayv2_integrations as integrations
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
+
+from tokex.regions import regional_path
 
 TOKEN_ROUTE_PATH = "/token"
 INTROSPECT_ROUTE_PATH = "/introspect"
@@ -82,7 +84,10 @@ class TokenApi(Construct):
     @property
     def origin_domain(self) -> str:
         """The API's own host name, for CloudFront's origin (no scheme, no path)."""
-        return f"{self.api.api_id}.execute-api.{Aws.REGION}.{Aws.URL_SUFFIX}"
+        # The stack's Region: a pseudo parameter in a single-Region stack, the Regional
+        # stack's own Region (a literal) when the home stack's CloudFront points at it.
+        stack = Stack.of(self)
+        return f"{self.api.api_id}.execute-api.{stack.region}.{stack.url_suffix}"
 
     def add_token_route(self, handler: lambda_.IFunction) -> None:
         """`POST /token` and `ANY /token` → the exchange."""
@@ -92,15 +97,60 @@ class TokenApi(Construct):
         """`POST /introspect` and `ANY /introspect` → the introspect function."""
         self._add_post_route(INTROSPECT_ROUTE_PATH, "Introspect", handler)
 
+    def add_regional_routes(
+        self, region: str, exchange: lambda_.IFunction, introspect: lambda_.IFunction
+    ) -> None:
+        """`/regions/<region>/token` and `.../introspect` (docs/multi-region.md)."""
+        add_regional_routes(self.api, region, exchange, introspect)
+
     def _add_post_route(self, path: str, integration_id: str, handler: lambda_.IFunction) -> None:
         """`POST <path>`, plus `ANY <path>` on the same integration so that another method
         gets the contract's 405 `invalid_request` from the function, not API Gateway's 404.
         (API Gateway picks the most specific route: POST always goes to `POST <path>`.)
         """
-        integration = integrations.HttpLambdaIntegration(
-            integration_id,
-            handler,
-            payload_format_version=apigw.PayloadFormatVersion.VERSION_2_0,
-        )
-        for method in (apigw.HttpMethod.POST, apigw.HttpMethod.ANY):
-            self.api.add_routes(path=path, methods=[method], integration=integration)
+        add_post_route(self.api, path, integration_id, handler)
+
+
+def add_post_route(
+    api: apigw.IHttpApi,
+    path: str,
+    integration_id: str,
+    handler: lambda_.IFunction,
+    scope: Construct | None = None,
+) -> None:
+    """`POST <path>` and `ANY <path>` on one integration (see `_add_post_route`), on this
+    stack's API or on a Regional API stack's (routes live with their functions)."""
+    integration = integrations.HttpLambdaIntegration(
+        integration_id,
+        handler,
+        payload_format_version=apigw.PayloadFormatVersion.VERSION_2_0,
+    )
+    for method in (apigw.HttpMethod.POST, apigw.HttpMethod.ANY):
+        if isinstance(api, apigw.HttpApi):
+            api.add_routes(path=path, methods=[method], integration=integration)
+        else:
+            # An imported API (a Regional API stack's): the route in `scope`, with the id
+            # `add_routes` would give it (`POST--token`).
+            assert scope is not None
+            apigw.HttpRoute(
+                scope,
+                f"{method.value}{path}".replace("/", "--"),
+                http_api=api,
+                route_key=apigw.HttpRouteKey.with_(path, method),
+                integration=integration,
+            )
+
+
+def add_regional_routes(
+    api: apigw.IHttpApi,
+    region: str,
+    exchange: lambda_.IFunction,
+    introspect: lambda_.IFunction,
+    scope: Construct | None = None,
+) -> None:
+    """`/regions/<region>/token` and `.../introspect`; `scope` holds the routes of an
+    imported API."""
+    token_path = regional_path(region, TOKEN_ROUTE_PATH)
+    add_post_route(api, token_path, "RegionalExchange", exchange, scope)
+    introspect_path = regional_path(region, INTROSPECT_ROUTE_PATH)
+    add_post_route(api, introspect_path, "RegionalIntrospect", introspect, scope)

@@ -23,17 +23,24 @@ from typing import Any
 
 from aws_cdk import App, Aws, CfnOutput, Duration, Fn, Stack, Validations
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
 from cdk import nag
-from cdk.config import TokexConfig
+from cdk.config import MULTI_REGION_SLOTS, TokexConfig
 from cdk.extension_layer import ProxyExtensionLayer
 from cdk.functions import RUNTIME, JwksPublication, TokexFunction
 from cdk.issuer_site import INTROSPECT_PATH, TOKEN_PATH, IssuerSite
 from cdk.layer_bundling import CoreLayer
-from cdk.origin_secret import ORIGIN_HEADER, ORIGIN_SECRET_ENV, OriginSecret
+from cdk.origin_secret import (
+    ORIGIN_HEADER,
+    ORIGIN_SECRET_ENV,
+    OriginSecret,
+    RegionalOriginSecret,
+    regional_origin_secret_name,
+)
 from cdk.policy_table import PolicyTable
 from cdk.signing_key import (
     SigningKey,
@@ -43,6 +50,7 @@ from cdk.signing_key import (
 )
 from cdk.state_table import StateTable
 from cdk.token_api import TokenApi
+from tokex.regions import SERVING_REGION_ENV, regional_path
 
 CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
 LOG_RETENTION = logs.RetentionDays.ONE_MONTH
@@ -70,13 +78,16 @@ class TokexStack(Stack):
                 slot_construct_id(slot),
                 key_spec=config.signing_key_spec,
                 alias_name=slot_alias_name(config.stack_name, slot),
+                multi_region=slot in MULTI_REGION_SLOTS,
             )
             for slot in config.signing_keys
         }
         # The active slot: the key that signs.
         self.signing_key = self.signing_keys[config.active_key]
-        self.policy_table = PolicyTable(self, "PolicyTable")
-        self.state_table = StateTable(self, "StateTable")
+        # Multi-Region: replicas added in place (the tables keep their names and data).
+        replicas = config.other_regions
+        self.policy_table = PolicyTable(self, "PolicyTable", replica_regions=replicas)
+        self.state_table = StateTable(self, "StateTable", replica_regions=replicas)
         self.token_api = TokenApi(
             self,
             "TokenApi",
@@ -85,6 +96,18 @@ class TokexStack(Stack):
             log_retention=LOG_RETENTION,
         )
         self.origin_secret = OriginSecret(self, "OriginSecret")
+        # The Regional APIs' door: named and replicated, so that each Regional stack
+        # reads its own Region's copy by name (docs/multi-region.md "Stacks").
+        self.regional_origin_secret = (
+            RegionalOriginSecret(
+                self,
+                "RegionalOriginSecret",
+                name=regional_origin_secret_name(config.stack_name),
+                replica_regions=config.other_regions,
+            )
+            if config.is_multi_region
+            else None
+        )
         self.issuer_site = IssuerSite(
             self,
             "IssuerSite",
@@ -99,79 +122,46 @@ class TokexStack(Stack):
         self.introspection_endpoint = self.issuer + INTROSPECT_PATH
         layer = CoreLayer(self, "CoreLayer", runtime=RUNTIME).layer
 
-        key_arn = self.signing_key.key.key_arn
+        key_arn = self.signing_key.key_arn
         # Published besides the signing key, for the publisher and the introspect function:
         # the stack's other slots (the next or previous key of a rotation), then the
         # publishedKeyArns keys.
         self.published_key_arns = [
-            *(self.signing_keys[slot].key.key_arn for slot in config.inactive_keys),
+            *(self.signing_keys[slot].key_arn for slot in config.inactive_keys),
             *config.published_key_arns,
         ]
         published_key_ids = Fn.join(",", self.published_key_arns) if self.published_key_arns else ""
         state_table = self.state_table.table.table_name
-        # One value for every function that needs it: the introspect function rejects
-        # tokens living longer than the cap, so it must be the exchange's cap exactly.
         ttl_cap = str(config.ttl_cap_seconds)
-        base = {
-            "TOKEX_ISSUER": self.issuer,
-            "TOKEX_SIGNING_KEY_ID": key_arn,
-            "POWERTOOLS_SERVICE_NAME": POWERTOOLS_SERVICE,
-            "POWERTOOLS_METRICS_NAMESPACE": POWERTOOLS_SERVICE,
-            # Never put events (subject tokens, client secrets, tokens to introspect) or
-            # responses (access tokens, claims) in logs/traces.
-            "POWERTOOLS_LOGGER_LOG_EVENT": "false",
-            "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
-            "LOG_LEVEL": config.log_level,
-        }
+        base = function_base_settings(config, issuer=self.issuer, signing_key_id=key_arn)
         # Only CloudFront knows it: the API's execute-api URL is refused (tokex/edge.py).
         behind_cloudfront = {ORIGIN_SECRET_ENV: self.origin_secret.value}
+        # Multi-Region: the home exchange is a Regional exchange too (its own Region's
+        # evidence only, docs/security.md "Regional exchanges").
+        serving = {SERVING_REGION_ENV: config.home_region} if config.is_multi_region else {}
         exchange_env = {
             **base,
             **behind_cloudfront,
-            "TOKEX_TOKEN_ENDPOINT": self.token_endpoint,
-            "TOKEX_POLICY_TABLE": self.policy_table.table.table_name,
-            # Single use of accepted signed requests (TOKEX_SINGLE_USE) and the per-caller
-            # rate limit (TOKEX_RATE_LIMIT_PER_MINUTE, 60) are on by default.
-            "TOKEX_STATE_TABLE": state_table,
-            "TOKEX_STS_PARTITIONS": ",".join(config.sts_partitions),
-            "TOKEX_TTL_CAP_SECONDS": ttl_cap,
-            "TOKEX_DEFAULT_TTL_SECONDS": str(config.default_ttl_seconds),
+            **serving,
+            **exchange_settings(
+                config,
+                token_endpoint=self.token_endpoint,
+                policy_table=self.policy_table.table.table_name,
+                state_table=state_table,
+            ),
         }
-        if config.sts_regions:
-            exchange_env["TOKEX_STS_REGIONS"] = ",".join(config.sts_regions)
-        if config.instance_tags_role_name:
-            exchange_env["TOKEX_INSTANCE_TAGS_ROLE_NAME"] = config.instance_tags_role_name
-        if config.trusted_issuers:
-            # JWT evidence (docs/deploy.md "JWT evidence: trusted issuers"). No IAM grant
-            # goes with it: the exchange fetches each issuer's JWKS over plain HTTPS.
-            exchange_env["TOKEX_TRUSTED_ISSUERS"] = config.trusted_issuers.to_json()
-        self.exchange = TokexFunction(
+        self.exchange, self.introspect = endpoint_functions(
             self,
-            "Exchange",
-            directory="exchange",
-            description="tokex token exchange: POST /token",
+            config,
             layer=layer,
-            environment=exchange_env,
-            timeout=Duration.seconds(10),
-            log_retention=LOG_RETENTION,
-            tracing=config.tracing,
-        )
-        self.introspect = TokexFunction(
-            self,
-            "Introspect",
-            directory="introspect",
-            description="tokex token introspection (RFC 7662): POST /introspect",
-            layer=layer,
-            environment={
+            where="",
+            exchange_env=exchange_env,
+            introspect_env={
                 **base,
                 **behind_cloudfront,
-                "TOKEX_PUBLISHED_KEY_IDS": published_key_ids,
-                "TOKEX_STATE_TABLE": state_table,
-                "TOKEX_TTL_CAP_SECONDS": ttl_cap,
+                **serving,
+                **introspect_settings(config, published_key_ids, state_table),
             },
-            timeout=Duration.seconds(10),
-            log_retention=LOG_RETENTION,
-            tracing=config.tracing,
         )
         self.publisher = TokexFunction(
             self,
@@ -185,6 +175,12 @@ class TokexStack(Stack):
                 "TOKEX_INTROSPECTION_ENDPOINT": self.introspection_endpoint,
                 "TOKEX_PUBLISHED_KEY_IDS": published_key_ids,
                 "TOKEX_JWKS_BUCKET": self.issuer_site.bucket.bucket_name,
+                # Multi-Region: discovery lists every Region's endpoints, home first.
+                **(
+                    {"TOKEX_SERVED_REGIONS": ",".join(config.regions)}
+                    if config.is_multi_region
+                    else {}
+                ),
             },
             timeout=Duration.seconds(30),
             log_retention=LOG_RETENTION,
@@ -202,16 +198,19 @@ class TokexStack(Stack):
         # Each slot's key grants are IAM policies of their own, which the functions and
         # the roles' default policies (created with the log grants) depend on: the order
         # of a zero-downtime key switch (cdk/signing_key.py).
-        for slot, signing_key in self.signing_keys.items():
-            if slot == config.active_key:
-                signing_key.allow_signing(self.exchange.role, self.exchange.function)
-            else:
-                signing_key.sign_only_after(self.exchange.function)
-            signing_key.allow_verification(self.introspect.role, self.introspect.function)
+        grant_key_slots(self.signing_keys, config, self.exchange, self.introspect)
+        for signing_key in self.signing_keys.values():
             signing_key.allow_public_key_read(self.publisher.role, self.publisher.function)
         self.issuer_site.allow_publishing(self.publisher.role)
         self.token_api.add_token_route(self.exchange.function)
         self.token_api.add_introspect_route(self.introspect.function)
+        if config.is_multi_region:
+            # The home Region at its own path too: `/regions/<home>/token`, `/introspect`.
+            assert config.home_region is not None
+            self.token_api.add_regional_routes(
+                config.home_region, self.exchange.function, self.introspect.function
+            )
+            self.issuer_site.add_regional_behaviors(config.home_region)
 
         self.jwks_publication = JwksPublication(
             self,
@@ -264,6 +263,14 @@ class TokexStack(Stack):
             self.proxy_extension_layer.layer_version_arn,
             "The tokex proxy Lambda extension layer: Python 3.11-3.13 functions, arm64 or x86_64",
         )
+        if config.is_multi_region:
+            outputs["RegionalTokenEndpoints"] = (
+                Fn.join(
+                    ",",
+                    [self.issuer + regional_path(region, TOKEN_PATH) for region in config.regions],
+                ),
+                "Each Region's token endpoint, home first (also in the discovery document)",
+            )
         if self.published_key_arns:
             # Omitted rather than empty when there is none.
             outputs["PublishedKeyArns"] = (
@@ -275,6 +282,117 @@ class TokexStack(Stack):
             CfnOutput(self, output_id, value=value, description=description)
 
         nag.acknowledge_findings(self)
+
+
+def endpoint_functions(
+    scope: Construct,
+    config: TokexConfig,
+    *,
+    layer: lambda_.ILayerVersion,
+    where: str,
+    path_prefix: str = "",
+    exchange_env: dict[str, str],
+    introspect_env: dict[str, str],
+) -> tuple[TokexFunction, TokexFunction]:
+    """The exchange and introspect functions of a Region (`where`: "" for home, " in
+    <region>" for a Regional stack, whose paths start with `path_prefix`), with the
+    construct ids every stack has had."""
+    exchange = TokexFunction(
+        scope,
+        "Exchange",
+        directory="exchange",
+        description=f"tokex token exchange{where}: POST {path_prefix}/token",
+        layer=layer,
+        environment=exchange_env,
+        timeout=Duration.seconds(10),
+        log_retention=LOG_RETENTION,
+        tracing=config.tracing,
+    )
+    introspect = TokexFunction(
+        scope,
+        "Introspect",
+        directory="introspect",
+        description=(f"tokex token introspection (RFC 7662){where}: POST {path_prefix}/introspect"),
+        layer=layer,
+        environment=introspect_env,
+        timeout=Duration.seconds(10),
+        log_retention=LOG_RETENTION,
+        tracing=config.tracing,
+    )
+    return exchange, introspect
+
+
+def grant_key_slots(
+    signing_keys: dict[str, SigningKey],
+    config: TokexConfig,
+    exchange: TokexFunction,
+    introspect: TokexFunction,
+) -> None:
+    """The active slot signs for the exchange; every slot is verified by introspection.
+    Each slot's grants are IAM policies of their own, which the functions and the roles'
+    default policies (created with the log grants) depend on: the order of a zero-downtime
+    key switch (cdk/signing_key.py)."""
+    for slot, signing_key in signing_keys.items():
+        if slot == config.active_key:
+            signing_key.allow_signing(exchange.role, exchange.function)
+        else:
+            signing_key.sign_only_after(exchange.function)
+        signing_key.allow_verification(introspect.role, introspect.function)
+
+
+def introspect_settings(
+    config: TokexConfig, published_key_ids: str, state_table: str
+) -> dict[str, str]:
+    return {
+        "TOKEX_PUBLISHED_KEY_IDS": published_key_ids,
+        "TOKEX_STATE_TABLE": state_table,
+        # The introspect function rejects tokens living longer than the cap, so it must be
+        # the exchange's cap exactly.
+        "TOKEX_TTL_CAP_SECONDS": str(config.ttl_cap_seconds),
+    }
+
+
+def function_base_settings(
+    config: TokexConfig, *, issuer: str, signing_key_id: str
+) -> dict[str, str]:
+    """What every function of every Region has in its environment."""
+    return {
+        "TOKEX_ISSUER": issuer,
+        "TOKEX_SIGNING_KEY_ID": signing_key_id,
+        "POWERTOOLS_SERVICE_NAME": POWERTOOLS_SERVICE,
+        "POWERTOOLS_METRICS_NAMESPACE": POWERTOOLS_SERVICE,
+        # Never put events (subject tokens, client secrets, tokens to introspect) or
+        # responses (access tokens, claims) in logs/traces.
+        "POWERTOOLS_LOGGER_LOG_EVENT": "false",
+        "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
+        "LOG_LEVEL": config.log_level,
+    }
+
+
+def exchange_settings(
+    config: TokexConfig, *, token_endpoint: str, policy_table: str, state_table: str
+) -> dict[str, str]:
+    """The exchange's own environment, the same in every Region (besides the issuer's,
+    the origin gate's and the serving Region's)."""
+    env = {
+        "TOKEX_TOKEN_ENDPOINT": token_endpoint,
+        "TOKEX_POLICY_TABLE": policy_table,
+        # Single use of accepted signed requests (TOKEX_SINGLE_USE) and the per-caller
+        # rate limit (TOKEX_RATE_LIMIT_PER_MINUTE, 60) are on by default.
+        "TOKEX_STATE_TABLE": state_table,
+        "TOKEX_STS_PARTITIONS": ",".join(config.sts_partitions),
+        "TOKEX_TTL_CAP_SECONDS": str(config.ttl_cap_seconds),
+        "TOKEX_DEFAULT_TTL_SECONDS": str(config.default_ttl_seconds),
+    }
+    if config.sts_regions:
+        env["TOKEX_STS_REGIONS"] = ",".join(config.sts_regions)
+    if config.instance_tags_role_name:
+        env["TOKEX_INSTANCE_TAGS_ROLE_NAME"] = config.instance_tags_role_name
+    if config.trusted_issuers:
+        # JWT evidence (docs/deploy.md "JWT evidence: trusted issuers"). No IAM grant goes
+        # with it: the exchange fetches each issuer's JWKS over plain HTTPS.
+        env["TOKEX_TRUSTED_ISSUERS"] = config.trusted_issuers.to_json()
+    return env
 
 
 def instance_tags_role_arns(config: TokexConfig) -> list[str]:
@@ -334,6 +452,12 @@ def build_app(
         outdir=outdir,
     )
     config = TokexConfig.from_context(app.node)
-    stack = TokexStack(app, config.stack_name, config=config)
+    if not config.is_multi_region:
+        stack = TokexStack(app, config.stack_name, config=config)
+    else:
+        # Imported here: a single-Region synth never loads the Regional stacks.
+        from cdk.regional_stacks import add_regions
+
+        stack = add_regions(app, config)
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return app, stack

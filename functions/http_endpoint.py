@@ -11,6 +11,7 @@ included, writes one audit line and counts one metric by outcome (docs/contract.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from tokex.edge import NotThroughIssuer, OriginGate
 from tokex.errors import MethodNotAllowed, TemporarilyUnavailable, TokexError
 from tokex.http_api import NOT_FOUND, event_body, event_response, json_text, no_store
+from tokex.regions import SERVING_REGION_ENV, regional_path
 from tokex_functions.tracing import FunctionTracer
 
 # Every method API Gateway forwards besides POST: answered 405 with `Allow: POST`.
@@ -59,7 +61,12 @@ class HttpEndpoint:
         self.tracer = FunctionTracer()
         self.app = APIGatewayHttpResolver()
         self.origin_gate = OriginGate.from_env()
-        self.app.route(path, method=WRONG_METHODS)(self._wrong_method)
+        # A Regional exchange also answers at its own Region's path (docs/multi-region.md):
+        # CloudFront forwards `/regions/<region>/token` to that Region's API whole.
+        region = os.environ.get(SERVING_REGION_ENV, "")
+        self.paths = [path, *([regional_path(region, path)] if region else [])]
+        for served in self.paths:
+            self.app.route(served, method=WRONG_METHODS)(self._wrong_method)
         self.app.not_found(self._not_found)
         self.app.exception_handler(Exception)(self._unexpected)
         self.lambda_handler = self._lambda_handler()
@@ -68,7 +75,9 @@ class HttpEndpoint:
 
     def post(self, route: Callable[[], Response]) -> Callable[[], Response]:
         """Decorator: `route` answers POST on the endpoint's path, traced."""
-        self.app.post(self.path)(self.tracer.capture_method(route))
+        traced = self.tracer.capture_method(route)
+        for served in self.paths:
+            self.app.post(served)(traced)
         return route
 
     def body(self) -> bytes:

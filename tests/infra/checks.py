@@ -92,8 +92,11 @@ def ref(template: Template, path: str) -> dict[str, Any]:
 
 
 def slot_path(slot: str) -> str:
-    """The construct path of a key slot: `SigningKey` (slot "a", as ever), `SigningKeyB`."""
-    return "SigningKey" if slot == "a" else f"SigningKey{slot.upper()}"
+    """The construct path of a key slot: `SigningKey` (slot "a", as ever), `SigningKeyB`,
+    `SigningKeyMrkA`."""
+    from cdk.signing_key import slot_construct_id
+
+    return slot_construct_id(slot)
 
 
 def key_arn(template: Template, slot: str) -> dict[str, Any]:

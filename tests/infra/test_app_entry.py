@@ -96,6 +96,7 @@ def test_cdk_outdir_wins_over_the_default(tmp_path: Path) -> None:
             {"trustedIssuers": '[{"kind": "aws-oif", "issuer": "https://sts.example.com"}]'},
             "trustedIssuers[0].account is required (a string)",
         ),
+        ({"regions": "us-east-1,europe"}, "regions: 'europe' is not a region name"),
     ],
 )
 def test_invalid_context_is_one_line_naming_the_key(

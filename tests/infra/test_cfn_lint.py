@@ -30,11 +30,14 @@ def test_cfn_lint_is_clean(
     accounts_synth: Synthesized,
     rotation_synth: Synthesized,
 ) -> None:
+    synths = (default_synth, alternate_synth, accounts_synth, rotation_synth)
+    assert_cfn_lint_clean([str(synth.template_path) for synth in synths])
+
+
+def assert_cfn_lint_clean(templates: list[str]) -> None:
     cfn_lint = _cfn_lint()
     if cfn_lint is None:
         pytest.skip("cfn-lint is not installed (pip install cfn-lint, or the dev extra)")
-    synths = (default_synth, alternate_synth, accounts_synth, rotation_synth)
-    templates = [str(synth.template_path) for synth in synths]
     result = subprocess.run(
         [cfn_lint, "--ignore-checks", "W3005", "--", *templates],
         capture_output=True,

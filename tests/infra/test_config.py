@@ -119,11 +119,85 @@ def test_active_signing_key_from_context() -> None:
             "instanceTagsAccounts",
         ),
         ({"instanceTagsRoleName": "tokex-tags", "instanceTagsAccounts": "*"}, "account id"),
+        # Multi-Region (docs/multi-region.md): every message names `regions`.
+        ({"regions": "us-east-1,mars-1"}, "regions: 'mars-1' is not a region name"),
+        ({"regions": '["us-east-1", 1]'}, "regions must be a list of strings"),
+        ({"regions": '["us-east-1"'}, "regions is not a valid JSON list"),
+        ({"regions": "us-east-1,eu-west-1,us-east-1"}, "regions lists a Region twice"),
+        ({"regions": "us-east-1,cn-north-1"}, "regions: 'cn-north-1' is not in the aws partition"),
+        (
+            {"regions": "us-east-1,eu-west-1"},
+            "regions: every signing key .* not a: a new deployment sets signingKeys=mrk-a",
+        ),
+        (
+            {
+                "regions": "us-east-1,eu-west-1",
+                "signingKeys": "a,mrk-a",
+                "activeSigningKey": "mrk-a",
+            },
+            "regions: every signing key of a multi-Region deployment is a multi-Region key",
+        ),
+        (
+            {
+                "regions": "us-east-1,eu-west-1",
+                "signingKeys": "mrk-a",
+                "activeSigningKey": "mrk-a",
+                "stsRegions": "eu-west-1",
+            },
+            "stsRegions and regions do not go together",
+        ),
+        (
+            {
+                "regions": "us-east-1,eu-west-1",
+                "signingKeys": "mrk-a",
+                "activeSigningKey": "mrk-a",
+                "publishedKeyArns": "arn:aws:kms:eu-west-1:123456789012:key/"
+                "abcdef01-2345-6789-abcd-ef0123456789",
+            },
+            "publishedKeyArns is for single-Region deployments",
+        ),
     ],
 )
 def test_invalid_context_is_refused(context: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config_from(context)
+
+
+MULTI_REGION_KEYS = {"signingKeys": "mrk-a", "activeSigningKey": "mrk-a"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "us-east-1,eu-west-1,ap-southeast-2",
+        " us-east-1 , eu-west-1,ap-southeast-2 ",
+        ["us-east-1", "eu-west-1", "ap-southeast-2"],
+        '["us-east-1", "eu-west-1", "ap-southeast-2"]',  # what `-c regions='[...]'` passes
+    ],
+)
+def test_regions_from_context(value: object) -> None:
+    config = config_from({"regions": value, **MULTI_REGION_KEYS})
+    assert config.regions == ("us-east-1", "eu-west-1", "ap-southeast-2")
+    assert config.is_multi_region
+    assert config.home_region == "us-east-1"
+    assert config.other_regions == ("eu-west-1", "ap-southeast-2")
+
+
+@pytest.mark.parametrize("value", [None, "", "[]", "eu-west-1", ["eu-west-1"]])
+def test_absent_or_one_region_is_the_single_region_deployment(value: object) -> None:
+    """One Region needs no multi-Region key: it is today's deployment (the template is
+    the default one, tests/infra/test_multi_region.py)."""
+    config = config_from({} if value is None else {"regions": value})
+    assert not config.is_multi_region
+    assert config.other_regions == ()
+
+
+def test_multi_region_key_slots_may_exist_before_regions_are_added() -> None:
+    """Opting in (docs/multi-region.md): the multi-Region key is rotated in while the
+    deployment is still single-Region."""
+    config = config_from({"signingKeys": "a,mrk-a", "activeSigningKey": "mrk-a"})
+    assert config.signing_keys == ("a", "mrk-a")
+    assert config.inactive_keys == ("a",)
 
 
 def test_deploy_nonce_changes_between_synths_unless_pinned() -> None:

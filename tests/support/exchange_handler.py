@@ -42,9 +42,14 @@ def invoke_jwt_exchange(
 
 
 def invoke_exchange(
-    handler: ModuleType, signed: dict[str, Any], audience: str = "demo-api", **params: str
+    handler: ModuleType,
+    signed: dict[str, Any],
+    audience: str = "demo-api",
+    *,
+    path: str = "/token",
+    **params: str,
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
-    """POST /token into `handler`: (status, headers, JSON body)."""
+    """POST `path` (/token) into `handler`: (status, headers, JSON body)."""
     form = {
         "grant_type": TOKEN_EXCHANGE_GRANT,
         "subject_token_type": SIGV4_TOKEN_TYPE,
@@ -52,15 +57,15 @@ def invoke_exchange(
         "audience": audience,
         **params,
     }
-    return _invoke(handler, form)
+    return _invoke(handler, form, path)
 
 
 def _invoke(
-    handler: ModuleType, form: dict[str, str]
+    handler: ModuleType, form: dict[str, str], path: str = "/token"
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
     event = http_api_event(
         "POST",
-        "/token",
+        path,
         "",
         {"content-type": "application/x-www-form-urlencoded"},
         urllib.parse.urlencode(form).encode(),

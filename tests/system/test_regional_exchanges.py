@@ -124,3 +124,22 @@ def test_the_replicator_waits_out_its_delay_and_copies_both_ways(
             "sig#west",
         }
     )
+
+
+def test_a_regional_exchange_answers_at_its_own_regions_path(
+    local_system: LocalSystem, regional: Any
+) -> None:
+    """docs/multi-region.md: CloudFront forwards `/regions/<r>/token` whole to Region r."""
+    handlers, _, _ = regional
+    own = invoke_exchange(
+        handlers["eu-west-1"], sign(local_system, region="eu-west-1"),
+        path="/regions/eu-west-1/token",
+    )  # fmt: skip
+    assert own[0] == 200, own[2]
+    assert own[2]["token_type"] == "Bearer"
+    # Another Region's path is not this function's: 404, and the request is not used.
+    signed = sign(local_system, region="eu-west-1")
+    other = invoke_exchange(handlers["eu-west-1"], signed, path="/regions/us-east-1/token")
+    assert other[0] == 404
+    assert "access_token" not in other[2]
+    assert invoke_exchange(handlers["eu-west-1"], signed)[0] == 200

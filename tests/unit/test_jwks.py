@@ -181,3 +181,40 @@ def test_discovery_document_optional_fields() -> None:
 def test_discovery_document_refuses_unsupported_algs(algs: list[str]) -> None:
     with pytest.raises(ValueError):
         discovery_document(issuer="https://a.example", token_endpoint="https://a/t", algs=algs)
+
+
+def test_discovery_document_lists_a_multi_region_deployments_regions() -> None:
+    """docs/multi-region.md: each Region's own endpoints, home first, in the given order."""
+    doc = discovery_document(
+        issuer="https://auth.example.com",
+        token_endpoint="https://auth.example.com/token",
+        algs=("RS256",),
+        regions=("us-east-1", "eu-west-1"),
+    )
+    assert doc["token_endpoint"] == "https://auth.example.com/token"
+    assert doc["tokex_regions"] == [
+        {
+            "region": "us-east-1",
+            "token_endpoint": "https://auth.example.com/regions/us-east-1/token",
+            "introspection_endpoint": "https://auth.example.com/regions/us-east-1/introspect",
+        },
+        {
+            "region": "eu-west-1",
+            "token_endpoint": "https://auth.example.com/regions/eu-west-1/token",
+            "introspection_endpoint": "https://auth.example.com/regions/eu-west-1/introspect",
+        },
+    ]
+    single = discovery_document(
+        issuer="https://auth.example.com", token_endpoint="https://auth.example.com/token",
+        algs=("RS256",),
+    )  # fmt: skip
+    assert "tokex_regions" not in single
+
+
+@pytest.mark.parametrize("regions", [("us-east-1", "us-east-1"), ("us-east-1", "Europe")])
+def test_discovery_document_refuses_bad_regions(regions: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match=r"twice|not a region name"):
+        discovery_document(
+            issuer="https://a.example.com", token_endpoint="https://a.example.com/token",
+            algs=("RS256",), regions=regions,
+        )  # fmt: skip

@@ -72,3 +72,14 @@ def test_a_regional_exchange_accepts_its_own_regions_sts_only() -> None:
         Settings.from_env({**base, "TOKEX_STS_REGIONS": "eu-west-1,us-east-1"})
     with pytest.raises(ConfigurationError, match="TOKEX_SERVING_REGION"):
         Settings.from_env({**base, "TOKEX_SERVING_REGION": "Europe"})
+
+
+def test_the_publisher_lists_the_served_regions() -> None:
+    base = {"TOKEX_ISSUER": "https://auth.example.com"}
+    assert Settings.from_env(base).served_regions == ()
+    served = Settings.from_env({**base, "TOKEX_SERVED_REGIONS": "us-east-1, eu-west-1"})
+    assert served.served_regions == ("us-east-1", "eu-west-1")
+    with pytest.raises(ConfigurationError, match="TOKEX_SERVED_REGIONS: 'Europe'"):
+        Settings.from_env({**base, "TOKEX_SERVED_REGIONS": "us-east-1,Europe"})
+    with pytest.raises(ConfigurationError, match="TOKEX_SERVED_REGIONS lists a Region twice"):
+        Settings.from_env({**base, "TOKEX_SERVED_REGIONS": "us-east-1,us-east-1"})

@@ -76,5 +76,6 @@ def publish_issuer_documents(
         token_endpoint=settings.token_endpoint,
         algs=sorted({key["alg"] for key in jwks["keys"]}),
         introspection_endpoint=settings.introspection_endpoint or None,
+        regions=settings.served_regions,
     )
     return publish_documents(store, jwks=jwks, discovery=discovery)

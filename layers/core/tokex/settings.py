@@ -56,6 +56,9 @@ class Settings:
     # it serves only evidence made for its own Region, so a piece of evidence used up in
     # one Region's table can never be used again in another before replication.
     serving_region: str = ""
+    # A multi-Region deployment's Regions, home first (TOKEX_SERVED_REGIONS, publisher
+    # only): listed in the discovery document with their own endpoints.
+    served_regions: tuple[str, ...] = ()
     allow_fips: bool = True
     default_ttl_seconds: int = DEFAULT_TTL_SECONDS
     ttl_cap_seconds: int = DEFAULT_TTL_CAP_SECONDS
@@ -100,6 +103,11 @@ class Settings:
                 )
             # Frozen dataclass: its STS endpoints are its own Region's.
             object.__setattr__(self, "regions", (self.serving_region,))
+        for region in self.served_regions:
+            if not identifiers.is_region(region):
+                raise ConfigurationError(f"TOKEX_SERVED_REGIONS: {region!r} is not a region name")
+        if len(set(self.served_regions)) != len(self.served_regions):
+            raise ConfigurationError("TOKEX_SERVED_REGIONS lists a Region twice")
         if not 60 <= self.ttl_cap_seconds <= 43200:
             raise ConfigurationError("TOKEX_TTL_CAP_SECONDS must be between 60 and 43200")
         if not 60 <= self.default_ttl_seconds <= self.ttl_cap_seconds:
@@ -189,6 +197,7 @@ class Settings:
             partitions=csv("TOKEX_STS_PARTITIONS", "aws"),
             regions=csv("TOKEX_STS_REGIONS"),
             serving_region=env.get("TOKEX_SERVING_REGION", ""),
+            served_regions=csv("TOKEX_SERVED_REGIONS"),
             allow_fips=env.get("TOKEX_STS_ALLOW_FIPS", "true").lower() != "false",
             default_ttl_seconds=integer("TOKEX_DEFAULT_TTL_SECONDS", DEFAULT_TTL_SECONDS),
             ttl_cap_seconds=integer("TOKEX_TTL_CAP_SECONDS", DEFAULT_TTL_CAP_SECONDS),

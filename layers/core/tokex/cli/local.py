@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from tokex import identifiers
+from tokex.cli.errors import UsageError
 from tokex.cli.main import CommandError
+
+# `--replication-delay`'s default and its largest value: a test of "before replication"
+# pauses the replication instead of waiting it out.
+DEFAULT_REPLICATION_DELAY = 1.0
+MAX_REPLICATION_DELAY = 3600.0
 
 
 def register(subparsers: Any) -> None:
@@ -32,6 +40,21 @@ def register(subparsers: Any) -> None:
         default="RSA_2048",
         help="KMS key spec of the signing key (RS256 or ES256 tokens)",
     )
+    parser.add_argument(
+        "--regions",
+        type=_regions,
+        metavar="REGION[,REGION...]",
+        help="the Regions to run, home first, e.g. us-east-1,eu-west-1: each gets its own "
+        "tables, signing key replica and functions at /regions/REGION/token and "
+        "/regions/REGION/introspect; /token is the home Region's (default: us-east-1 only)",
+    )
+    parser.add_argument(
+        "--replication-delay",
+        type=_delay,
+        metavar="SECONDS",
+        help="with several --regions: how long a write waits before it reaches the other "
+        f"Regions (default {DEFAULT_REPLICATION_DELAY:g})",
+    )
     parser.set_defaults(func=run)
 
 
@@ -46,6 +69,41 @@ def _port(text: str) -> int:
     return port
 
 
+def _regions_banner(regions: tuple[str, ...], issuer: str, delay: float) -> str:
+    """The banner's lines for several Regions (none for one)."""
+    if len(regions) < 2:
+        return ""
+    home, *others = regions
+    return (
+        f"  Regions         {home} (home: /token, /introspect), {', '.join(others)}\n"
+        f"                  {issuer}/regions/REGION/token and .../introspect each\n"
+        f"  replication     policy and state tables, every way, after {delay:g} s\n"
+    )
+
+
+def _regions(text: str) -> tuple[str, ...]:
+    """Region names, comma-separated, home first: a wrong list is a usage error (exit 2)."""
+    regions = tuple(part.strip() for part in text.split(","))
+    for region in regions:
+        if not identifiers.is_region(region):
+            raise argparse.ArgumentTypeError(
+                f"{region!r} is not a Region name: pass Regions like us-east-1,eu-west-1"
+            )
+    if len(set(regions)) != len(regions):
+        raise argparse.ArgumentTypeError(f"a Region is listed twice in {text!r}")
+    return regions
+
+
+def _delay(text: str) -> float:
+    try:
+        delay = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(delay) and 0 <= delay <= MAX_REPLICATION_DELAY):
+        raise argparse.ArgumentTypeError(f"use 0-{MAX_REPLICATION_DELAY:g} seconds")
+    return delay
+
+
 def run(args: argparse.Namespace) -> int:
     from tokex.local.front import PortUnavailable
     from tokex.local.provision import (
@@ -55,12 +113,24 @@ def run(args: argparse.Namespace) -> int:
         DEMO_LAMBDA_AUDIENCE,
         DEMO_ROLE_ARN,
         DEMO_SCOPES,
+        REGION,
     )
     from tokex.local.runner import start_local
 
+    regions = args.regions or (REGION,)
+    if args.replication_delay is not None and len(regions) < 2:
+        raise UsageError(
+            "--replication-delay needs two or more --regions: one Region replicates nothing",
+            input="--replication-delay",
+        )
+    delay = DEFAULT_REPLICATION_DELAY if args.replication_delay is None else args.replication_delay
     try:
         system = start_local(
-            port=args.port, state_dir=args.state_dir, signing_key_spec=args.signing_key_spec
+            port=args.port,
+            state_dir=args.state_dir,
+            signing_key_spec=args.signing_key_spec,
+            regions=regions,
+            replication_delay=delay,
         )
     except PortUnavailable as err:
         # Nothing was started or written: an instance already on that port is untouched.
@@ -78,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     federation = system.federation
     assert federation is not None
     lambda_a, lambda_b = system.lambda_envs.values()
+    regions_lines = _regions_banner(system.regions, issuer, delay)
     print(
         f"""tokex local is running (Ctrl-C stops it)
   issuer          {issuer}
@@ -85,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
   JWKS            {issuer}/.well-known/jwks.json
   discovery       {issuer}/.well-known/openid-configuration
   introspection   {issuer}/introspect  (demo client -> {system.introspection_env})
-  AWS emulator    {system.deployment.endpoint_url} (moto, SigV4 checks on)
+{regions_lines}  AWS emulator    {system.deployment.endpoint_url} (moto, SigV4 checks on)
   demo workload   {DEMO_ROLE_ARN}  -> {system.workload_env}
   demo policies   audience {DEMO_AUDIENCE}, scopes {" ".join(DEMO_SCOPES)}, max TTL 900 s
                   audience {DEMO_INSTANCE_AUDIENCE}, needs instance identity evidence

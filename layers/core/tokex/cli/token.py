@@ -8,10 +8,13 @@ token (`eks`): docs/contract.md "JWT evidence", tokex/client/evidence.py."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,8 @@ FALLBACK_REGION = "us-east-1"
 SIGV4 = "sigv4"
 # `oif` is short for `aws-oif` (tokex/client/evidence.py ALIASES).
 EVIDENCE_CHOICES = (*identifiers.EVIDENCE_KINDS, "oif")
+# tokex/client/token_client.py DEFAULT_TIMEOUT (not imported: `--help` loads no client).
+DEFAULT_TIMEOUT = 10.0
 
 
 def register(subparsers: Any) -> None:
@@ -54,8 +59,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--scope", action="append", default=[], help="scope(s) to request")
     parser.add_argument(
         "--region",
-        help="STS region to sign for (default: AWS_REGION, AWS_DEFAULT_REGION, the profile's "
-        f"region, else {FALLBACK_REGION})",
+        help="STS region to sign for, and the Region asked first when the issuer lists "
+        "several (default: AWS_REGION, AWS_DEFAULT_REGION, the profile's region, else "
+        f"{FALLBACK_REGION})",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        help="the seconds the whole exchange may take: discovery and every Region tried "
+        f"(default: {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument("--issuer", help="issuer to bind to (default: from discovery)")
     parser.add_argument(
@@ -120,16 +132,38 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{source} {str(err).removeprefix('endpoint ')}", input=source) from None
     check_audience(args.audience)
     scopes = requested_scopes(args.scope) or ()
+    timeout = _timeout(args.timeout)
     evidence = _evidence(args)
-    # An eks pod needs no AWS configuration at all.
-    region = None if evidence == EKS else configured_region(args.region) or FALLBACK_REGION
+    # An eks pod needs no AWS configuration at all (an explicit --region still orders the
+    # Regions of a multi-Region issuer; else the client reads AWS_REGION if it is set).
+    # None: the client signs for the session's region, else FALLBACK_REGION, as here.
+    if evidence == EKS:
+        region = configured_region(args.region) if args.region is not None else None
+    else:
+        region = configured_region(args.region)
     cache_dir = _cache_dir(args.cache_dir) if args.cache_dir else None
     try:
-        response = _token_response(args, endpoint, scopes, evidence, region, cache_dir)
+        response = _token_response(args, endpoint, scopes, evidence, region, cache_dir, timeout)
     except TokenError as err:
         raise CommandError(str(err), error=err.error, input=err.url or "--endpoint") from None
     print(json.dumps(response, indent=2) if args.json else response["access_token"])
     return 0
+
+
+def _timeout(value: str | None) -> float:
+    """--timeout: a positive number of seconds (exit 2 otherwise)."""
+    if value is None:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UsageError(
+            f"--timeout {value!r}: must be a positive number of seconds, e.g. 10 or 2.5",
+            input="--timeout",
+        )
+    return seconds
 
 
 def _evidence(args: argparse.Namespace) -> str:
@@ -175,6 +209,7 @@ def _token_response(
     evidence: str,
     region: str | None,
     cache_dir: Path | None,
+    timeout: float,
 ) -> dict[str, Any]:
     """From the cache directory when it holds a fresh token for this request, else from
     the token endpoint (kept in the cache directory when there is one)."""
@@ -208,19 +243,21 @@ def _token_response(
                 print(f"tokex token: cached token from {cache_file}", file=sys.stderr)
             return cached
     if args.verbose:
-        _say_what_is_sent(args, evidence, region)
-    response = request_token(
-        endpoint,
-        args.audience,
-        scopes=scopes,
-        region=region,
-        issuer=args.issuer,
-        instance_evidence=_instance_evidence(args),
-        session=session,
-        evidence=evidence,
-        token_file=args.token_file,
-        signing_algorithm=args.signing_algorithm,
-    )
+        _say_what_is_sent(args, evidence, region or FALLBACK_REGION)
+    with _attempts_told(args.verbose):
+        response = request_token(
+            endpoint,
+            args.audience,
+            scopes=scopes,
+            region=region,
+            issuer=args.issuer,
+            instance_evidence=_instance_evidence(args),
+            session=session,
+            evidence=evidence,
+            token_file=args.token_file,
+            signing_algorithm=args.signing_algorithm,
+            timeout=timeout,
+        )
     if cache_file is not None:
         try:
             disk_cache.write_cached(cache_file, response)
@@ -243,6 +280,26 @@ def _say_what_is_sent(args: argparse.Namespace, evidence: str, region: str | Non
     else:
         what = f"a GetCallerIdentity request signed for {region}"
     print(f"tokex token: sending {what}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _attempts_told(verbose: bool) -> Iterator[None]:
+    """With -v, the client's account of a multi-Region exchange (each Region tried, each
+    failover) on stderr, as the other -v lines."""
+    if not verbose:
+        yield
+        return
+    logger = logging.getLogger("tokex.client.token_client")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tokex token: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _cache_dir(path: Path) -> Path:

@@ -19,22 +19,29 @@ class BearerSource:
         scopes: Sequence[str] = (),
         evidence: str | None = None,
         token_file: str | Path | None = None,
+        region: str | None = None,
+        timeout: float | None = None,
         **options: Any,
     ) -> None:
         """`client`: a TokenClient to share its cache (it has its own options), or the
         issuer URL to make one with `evidence` ("sigv4" by default, "aws-oif"/"oif",
-        "eks"), `token_file` (eks) and `options` (request_token's other keyword
-        arguments: region, issuer, session, signing_algorithm, ...)."""
+        "eks"), `token_file` (eks), `region` (to sign for, and to ask first in a
+        multi-Region deployment), `timeout` (seconds per exchange, failover included;
+        TokenClient's default) and `options` (request_token's other keyword arguments:
+        issuer, session, signing_algorithm, ...)."""
         if isinstance(client, TokenClient):
-            if evidence is not None or token_file is not None or options:
+            given = (evidence, token_file, region, timeout)
+            if any(value is not None for value in given) or options:
                 # Never silently dropped: the shared client asks with its own choices.
                 raise ValueError(
                     "pass evidence, token_file and other options to the TokenClient, not with one"
                 )
             self.client = client
         else:
+            if timeout is not None:
+                options["timeout"] = timeout
             self.client = TokenClient(
-                client, evidence=evidence or SIGV4, token_file=token_file, **options
+                client, evidence=evidence or SIGV4, token_file=token_file, region=region, **options
             )
         self.audience = audience
         self.scopes = tuple(scopes)

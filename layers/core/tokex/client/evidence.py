@@ -146,10 +146,13 @@ def web_identity_token(
     except ClientError as err:
         error = err.response.get("Error", {})
         code = str(error.get("Code", "error"))
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         raise TokenError(
             f"sts:GetWebIdentityToken at {url} refused: {code}: {error.get('Message', '')}"
             f"{_refusal_hint(code, issuer)}",
             error=AWS_ERROR,
+            # A 5xx (STS unavailable in this Region) lets the client fail over.
+            status=status if isinstance(status, int) else None,
             url=url,
         ) from None
     except NoCredentialsError:

@@ -6,12 +6,21 @@ token = client.token("orders-api", scopes=["orders:read"])   # refreshed at 80 %
 The evidence is a signed GetCallerIdentity by default (`evidence="sigv4"`), or a JWT:
 `evidence="aws-oif"` (`"oif"`; sts:GetWebIdentityToken) or `evidence="eks"` (the pod's
 projected service-account token, `token_file=`): client/evidence.py.
+
+A multi-Region deployment lists its Regions in its discovery document (`tokex_regions`):
+the client asks the workload's own Region first, and fails over to the next one when a
+Region does not answer or answers 5xx, all within `timeout` (request_token). A Regional
+token endpoint is only ever `{endpoint}/regions/<region>/token` (discover).
 """
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
+import logging
+import math
+import os
 import threading
 import time
 import urllib.error
@@ -26,6 +35,7 @@ import boto3
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError
 
+from tokex import identifiers
 from tokex.client.evidence import (
     AWS_OIF,
     EKS,
@@ -44,7 +54,13 @@ from tokex.client.token_error import (
     UNREACHABLE,
     TokenError,
 )
+from tokex.regions import DISCOVERY_MEMBER, TOKEN_PATH, regional_path
 from tokex.token_request import JWT_TOKEN_TYPE, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+
+# Each Region tried (INFO) and each failover (WARNING); silent unless the application
+# configures logging (`tokex token -v` shows them).
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
 
 # A token is refreshed once this fraction of its lifetime has passed: with tokex's default
 # 15-minute tokens, after 12 minutes, so a token is never presented in its last minutes and
@@ -52,6 +68,13 @@ from tokex.token_request import JWT_TOKEN_TYPE, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE
 REFRESH_AT = 0.8
 
 MAX_RESPONSE_BYTES = 64 * 1024
+
+# The seconds one token call may take, discovery and every Region's attempt together
+# (`timeout=`, `tokex token --timeout`): above the exchange's own 6 s deadline, so a
+# single-Region caller hears its 503 rather than giving up first (docs/contract.md).
+DEFAULT_TIMEOUT = 10.0
+# Where the workload's preferred Region is configured, before the profile (as the AWS CLI).
+REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
 # Paths a tokex issuer serves (docs/contract.md): an endpoint ending in one is not the base
 # URL.
@@ -117,11 +140,31 @@ def check_endpoint(endpoint: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
-def discover_issuer(endpoint: str, *, timeout: float = 5.0) -> str:
-    """The issuer named by the endpoint's discovery document, which must be the endpoint
-    itself. Otherwise a look-alike endpoint could name a real issuer, collect requests
-    signed for it and replay them there: use `issuer=` (`--issuer`) to bind deliberately
-    when the token endpoint is not served at the issuer URL."""
+@dataclass(frozen=True)
+class RegionalEndpoint:
+    """One Region of a multi-Region deployment, as its discovery document lists it."""
+
+    region: str
+    token_endpoint: str
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What the client reads from the issuer's discovery document: the issuer it binds
+    to and, for a multi-Region deployment, its Regions (home first) with their token
+    endpoints; none for a single-Region one."""
+
+    issuer: str
+    regions: tuple[RegionalEndpoint, ...] = ()
+
+
+def discover(endpoint: str, *, timeout: float = 5.0) -> Discovery:
+    """The endpoint's discovery document, read once: its issuer, which must be the
+    endpoint itself (otherwise a look-alike endpoint could name a real issuer, collect
+    requests signed for it and replay them there: use `issuer=` (`--issuer`) to bind
+    deliberately when the token endpoint is not served at the issuer URL), and its
+    `tokex_regions` (tokex/regions.py): the Regions' own token endpoints, each exactly
+    `{endpoint}/regions/<region>/token`."""
     url = endpoint.rstrip("/") + "/.well-known/openid-configuration"
     try:
         document = _get_json(url, timeout)
@@ -150,7 +193,84 @@ def discover_issuer(endpoint: str, *, timeout: float = 5.0) -> str:
             error=ISSUER_MISMATCH,
             url=url,
         )
-    return issuer
+    regions = _regional_endpoints(document.get(DISCOVERY_MEMBER), endpoint.rstrip("/"), url)
+    return Discovery(issuer, regions)
+
+
+def discover_issuer(endpoint: str, *, timeout: float = 5.0) -> str:
+    """The issuer named by the endpoint's discovery document, which must be the endpoint
+    itself (`discover`)."""
+    return discover(endpoint, timeout=timeout).issuer
+
+
+def _regional_endpoints(listed: object, issuer: str, url: str) -> tuple[RegionalEndpoint, ...]:
+    """`tokex_regions` in its order (tokex/regions.py), each Region's token endpoint exactly
+    the one tokex publishes for it under `issuer` (the endpoint the workload configured):
+    `{issuer}/regions/<region>/token`. An entry that is not what tokex publishes refuses
+    the whole document (`not_tokex`) rather than be skipped."""
+    if listed is None or listed == []:
+        return ()
+
+    def refuse(why: str) -> TokenError:
+        return TokenError(f"{url}: {DISCOVERY_MEMBER} {why}", error=NOT_TOKEX, url=url)
+
+    if not isinstance(listed, list):
+        raise refuse("is not a list")
+    found: list[RegionalEndpoint] = []
+    for entry in listed:
+        region = entry.get("region") if isinstance(entry, dict) else None
+        token_endpoint = entry.get("token_endpoint") if isinstance(entry, dict) else None
+        if not isinstance(region, str) or not identifiers.is_region(region):
+            raise refuse(f"has an entry without a region name: {json.dumps(entry)[:200]}")
+        if any(known.region == region for known in found):
+            raise refuse(f"lists {region} twice")
+        # The client posts its signed evidence there: a request that proves the workload's
+        # AWS credentials and can be replayed for minutes. Before multi-Region it only ever
+        # went to `{issuer}/token`, the issuer the workload configured; a tampered or
+        # misconfigured discovery document must not be able to send it anywhere else (another
+        # host, port or path), so a Regional endpoint is only ever the one tokex publishes for
+        # that Region under this issuer, compared exactly.
+        expected = issuer + regional_path(region, TOKEN_PATH)
+        # The shape first (the clearer message), then the exact URL.
+        if not isinstance(token_endpoint, str) or not _plain_https_url(token_endpoint):
+            raise refuse(
+                f"has no https token endpoint for {region} (plain http only on loopback): "
+                f"tokex publishes {expected}"
+            )
+        if token_endpoint != expected:
+            raise refuse(
+                f"gives {region} the token endpoint {token_endpoint!r}, not {expected}: a "
+                "Regional token endpoint must be the one this issuer publishes for that Region"
+            )
+        found.append(RegionalEndpoint(region, token_endpoint))
+    return tuple(found)
+
+
+def _plain_https_url(url: str) -> bool:
+    """https (http on loopback) with a host, without user, query or fragment."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return (
+        bool(host)
+        and (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(host or "")))
+        and not (parts.username or parts.password or parts.query or parts.fragment)
+    )
+
+
+def check_timeout(timeout: object) -> float:
+    """A positive, finite number of seconds (ValueError otherwise)."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
 
 
 def request_token(
@@ -162,7 +282,7 @@ def request_token(
     issuer: str | None = None,
     instance_evidence: str | None = None,
     session: boto3.session.Session | None = None,
-    timeout: float = 10.0,
+    timeout: float = DEFAULT_TIMEOUT,
     evidence: str = SIGV4,
     token_file: str | Path | None = None,
     signing_algorithm: str | None = None,
@@ -175,7 +295,20 @@ def request_token(
     default /var/run/secrets/tokex/serviceaccount/token). An option another kind does not
     take is a ValueError. Each kind is bound to this issuer: the signed request names it
     (X-Tokex-Issuer) and the audience (X-Tokex-Audience); an OIF token has it as its only
-    audience; a service-account token is sent only if its audience is this issuer."""
+    audience; a service-account token is sent only if its audience is this issuer.
+
+    `timeout`: the seconds the whole call may take (discovery and every attempt).
+
+    A multi-Region deployment (its discovery document lists `tokex_regions`) is asked
+    Region by Region: `region` first if it is listed (default: AWS_REGION,
+    AWS_DEFAULT_REGION, the profile's region), then the others in the listed order. Each
+    attempt brings evidence for that Region (signed for its STS, or an OIF token from its
+    STS) to its own token endpoint, within an equal share of the time left (the last one
+    gets all of it). Only a Region that does not answer (connection refused or reset, DNS,
+    a timeout) or answers 5xx is failed over; a 4xx is a refusal, raised at once. When
+    every Region failed, the last error is raised, naming the Regions tried. Without
+    `tokex_regions`, or with `issuer` given (no discovery), one attempt at
+    `{endpoint}/token`, signed for `region` (else the session's, else us-east-1)."""
     chosen = EvidenceOptions.of(
         evidence,
         token_file=token_file,
@@ -183,77 +316,177 @@ def request_token(
         instance_evidence=instance_evidence,
     )
     endpoint = check_endpoint(endpoint)
-    token_type, subject_token = _subject_token(
-        chosen,
-        endpoint,
-        audience,
-        region=region,
-        issuer=issuer,
-        session=session,
-        timeout=timeout,
+    budget = _Budget(check_timeout(timeout))
+    evidence_for = _EvidenceSource(
+        chosen, endpoint, audience, issuer=issuer, session=session, budget=budget
     )
     form = {
         "grant_type": TOKEN_EXCHANGE_GRANT,
-        "subject_token_type": token_type,
-        "subject_token": subject_token,
+        "subject_token_type": "",
+        "subject_token": "",
         "audience": audience,
     }
     if scopes:
         form["scope"] = " ".join(scopes)
     if instance_evidence:
         form["aws_instance_identity"] = instance_evidence
-    request = urllib.request.Request(  # noqa: S310 - endpoint is the operator's tokex
-        endpoint + "/token",
+    attempts = evidence_for.attempts(region)
+    tried: list[str] = []
+    last: TokenError | None = None
+    for index, (attempt_region, url) in enumerate(attempts):
+        left = budget.left()
+        if left <= 0:
+            break
+        # An equal share of what is left, so that a Region that never answers leaves time
+        # for the others; the last one tried gets all of it.
+        share = _Budget(left / (len(attempts) - index))
+        if evidence_for.regional:
+            log.info("exchanging at %s (Region %s)", url, attempt_region)
+        try:
+            token_type, subject_token = evidence_for.subject_token(attempt_region, share)
+            form.update(subject_token_type=token_type, subject_token=subject_token)
+            return _post_form(url, form, share)
+        except TokenError as err:
+            if not evidence_for.regional or not fails_over(err):
+                raise
+            tried.append(str(attempt_region))
+            last = err
+            if index + 1 < len(attempts):
+                log.warning(
+                    "Region %s failed: %s; trying %s", tried[-1], err, attempts[index + 1][0]
+                )
+    untried = [str(r) for r, _ in attempts[len(tried) :]]
+    ran_out = f"the {budget.seconds:g} s timeout ran out before {', '.join(untried)}"
+    if last is None:  # the budget was spent before the first attempt (on discovery)
+        url = attempts[0][1]
+        raise TokenError(f"cannot reach {url}: {ran_out}", error=UNREACHABLE, url=url)
+    raise TokenError(
+        f"no Region gave a token (tried {', '.join(tried)}{'; ' + ran_out if untried else ''})"
+        f"; {tried[-1]}: {last}",
+        error=last.error,
+        status=last.status,
+        url=last.url,
+        answer=last.answer,
+    )
+
+
+def fails_over(err: TokenError) -> bool:
+    """Whether another Region may give the token this one did not: no answer (refused,
+    reset, DNS, timed out) or a 5xx. A 4xx, an answer that is no token, a local failure
+    (credentials, the token file) would be the same everywhere."""
+    if err.status is not None:
+        return err.status >= 500
+    return err.error == UNREACHABLE
+
+
+def _post_form(url: str, form: dict[str, str], budget: _Budget) -> dict[str, Any]:
+    left = budget.left()
+    if left <= 0:
+        raise TokenError(f"cannot reach {url}: timed out", error=UNREACHABLE, url=url)
+    request = urllib.request.Request(  # noqa: S310 - the operator's tokex (check_endpoint)
+        url,
         data=urllib.parse.urlencode(form).encode("ascii"),
         headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
         method="POST",
     )
-    response = _send(request, timeout)
+    response = _send(request, left)
     if not isinstance(response.get("access_token"), str):
-        url = request.full_url
         raise TokenError(f"{url} answered without an access_token", error=NOT_TOKEX, url=url)
     return response
 
 
-def _subject_token(
-    chosen: EvidenceOptions,
-    endpoint: str,
-    audience: str,
-    *,
-    region: str | None,
-    issuer: str | None,
-    session: boto3.session.Session | None,
-    timeout: float,
-) -> tuple[str, str]:
-    """(subject_token_type, subject_token) of the chosen evidence."""
-    if chosen.kind == EKS:
-        # Read first: a pod without its token volume fails before any network call.
-        token = read_token_file(chosen.token_file)
-        bound = issuer or discover_issuer(endpoint, timeout=timeout)
-        check_token_audience(token, bound, source=chosen.token_file)
-        return JWT_TOKEN_TYPE, token
-    session = session or boto3.session.Session()
-    # For the region asked for, else the session's, else the global partition's default:
-    # a workload needs no configuration beyond its credentials.
-    region = region or session.region_name or "us-east-1"
-    if chosen.kind == AWS_OIF:
-        bound = issuer or discover_issuer(endpoint, timeout=timeout)
-        token = web_identity_token(
-            issuer=bound,
+class _Budget:
+    """Seconds from now, counted on the monotonic clock."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._ends = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self._ends - time.monotonic()
+
+
+class _EvidenceSource:
+    """The chosen evidence for one call, gathered in today's order (credentials or the
+    token file before the network; then discovery, once) and made for each Region."""
+
+    def __init__(
+        self,
+        chosen: EvidenceOptions,
+        endpoint: str,
+        audience: str,
+        *,
+        issuer: str | None,
+        session: boto3.session.Session | None,
+        budget: _Budget,
+    ) -> None:
+        self.chosen = chosen
+        self.endpoint = endpoint
+        self.audience = audience
+        self.session: boto3.session.Session | None = None
+        self.credentials: ReadOnlyCredentials | None = None
+        self.token = ""
+        if chosen.kind == EKS:
+            # Read first: a pod without its token volume fails before any network call.
+            self.token = read_token_file(chosen.token_file)
+        else:
+            self.session = session or boto3.session.Session()
+            if chosen.kind == SIGV4:
+                self.credentials = aws_credentials(self.session)
+        self.discovery = Discovery(issuer) if issuer else discover(endpoint, timeout=budget.left())
+        if chosen.kind == EKS:
+            check_token_audience(self.token, self.discovery.issuer, source=chosen.token_file)
+
+    @property
+    def regional(self) -> bool:
+        return bool(self.discovery.regions)
+
+    def attempts(self, region: str | None) -> list[tuple[str | None, str]]:
+        """(Region to make evidence for, token endpoint) in the order to try them."""
+        if not self.regional:
+            if self.session is not None:
+                # For the region asked for, else the session's, else the global
+                # partition's default: a workload needs no configuration beyond its
+                # credentials.
+                region = region or self.session.region_name or "us-east-1"
+            return [(region, self.endpoint + "/token")]
+        preferred = preferred_region(region, self.session)
+        listed = list(self.discovery.regions)
+        first = [r for r in listed if r.region == preferred]
+        return [(r.region, r.token_endpoint) for r in first + [r for r in listed if r not in first]]
+
+    def subject_token(self, region: str | None, budget: _Budget) -> tuple[str, str]:
+        """(subject_token_type, subject_token) made for `region`."""
+        if self.chosen.kind == EKS:
+            return JWT_TOKEN_TYPE, self.token  # accepted in every Region
+        assert region is not None
+        if self.chosen.kind == AWS_OIF:
+            token = web_identity_token(
+                issuer=self.discovery.issuer,
+                region=region,
+                signing_algorithm=self.chosen.signing_algorithm,
+                session=self.session,
+                timeout=max(budget.left(), 0.001),
+            )
+            return JWT_TOKEN_TYPE, token
+        signed = signed_get_caller_identity(
+            self.credentials,
             region=region,
-            signing_algorithm=chosen.signing_algorithm,
-            session=session,
-            timeout=timeout,
+            issuer=self.discovery.issuer,
+            audience=self.audience,
         )
-        return JWT_TOKEN_TYPE, token
-    frozen = aws_credentials(session)
-    signed = signed_get_caller_identity(
-        frozen,
-        region=region,
-        issuer=issuer or discover_issuer(endpoint, timeout=timeout),
-        audience=audience,
-    )
-    return SIGV4_TOKEN_TYPE, encode_subject_token(signed)
+        return SIGV4_TOKEN_TYPE, encode_subject_token(signed)
+
+
+def preferred_region(region: str | None, session: boto3.session.Session | None) -> str | None:
+    """The Region a workload asks first: `region`, else AWS_REGION, AWS_DEFAULT_REGION (an
+    empty one counts as unset), else the session's profile region."""
+    if region:
+        return region
+    for variable in REGION_VARIABLES:
+        if value := os.environ.get(variable):
+            return value
+    return session.region_name if session is not None else None
 
 
 def aws_credentials(session: boto3.session.Session) -> ReadOnlyCredentials:
@@ -280,6 +513,9 @@ class TokenClient:
     `REFRESH_AT` of its lifetime on, one caller per (audience, scopes) exchanges a new
     token; the others keep getting the old token while it is still valid, and wait for the
     new one only once it has expired. Safe to share between threads.
+
+    One issuer, one cache: a token is cached under (audience, scopes) whichever Region of
+    a multi-Region deployment gave it (request_token fails over between them).
     """
 
     def __init__(
@@ -289,11 +525,15 @@ class TokenClient:
         clock: Callable[[], float] = time.monotonic,
         evidence: str = SIGV4,
         token_file: str | Path | None = None,
+        region: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
         **options: Any,
     ) -> None:
-        """`evidence` and `token_file` (and `options`: request_token's other keyword
-        arguments, `signing_algorithm` among them) are request_token's; a choice of
-        evidence that cannot work is refused here (ValueError), not at the first token."""
+        """`evidence`, `token_file`, `region` (the Region to sign for, and to ask first
+        in a multi-Region deployment), `timeout` (the seconds one exchange may take in
+        all, failover included) and `options` (request_token's other keyword arguments,
+        `signing_algorithm` among them) are request_token's; a choice that cannot work is
+        refused here (ValueError), not at the first token."""
         EvidenceOptions.of(
             evidence,
             token_file=token_file,
@@ -302,7 +542,13 @@ class TokenClient:
         )
         self._endpoint = endpoint
         self._clock = clock
-        self._options = {**options, "evidence": evidence, "token_file": token_file}
+        self._options = {
+            **options,
+            "evidence": evidence,
+            "token_file": token_file,
+            "region": region,
+            "timeout": check_timeout(timeout),
+        }
         self._cache: dict[CacheKey, CachedToken] = {}
         self._flights: dict[CacheKey, threading.Lock] = {}  # one exchange in flight per key
         self._lock = threading.Lock()  # guards the two dicts, never held over I/O
@@ -426,6 +672,9 @@ def _send(request: urllib.request.Request, timeout: float) -> dict[str, Any]:
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         why = getattr(reason, "strerror", None) or str(reason)
+        raise TokenError(f"cannot reach {url}: {why}", error=UNREACHABLE, url=url) from None
+    except http.client.HTTPException as err:  # a broken answer: cut off, or no HTTP at all
+        why = f"the answer broke off ({type(err).__name__})"
         raise TokenError(f"cannot reach {url}: {why}", error=UNREACHABLE, url=url) from None
 
 

@@ -16,7 +16,8 @@ INVALID_INPUT = "invalid_input"  # a file's content (the EKS token file)
 
 class TokenError(Exception):
     """No token: `error` is the token endpoint's OAuth error code when it refused, else one
-    of the codes above; `url` is the URL (or the file) at fault, when there is one."""
+    of the codes above; `status` the HTTP status of the answer at fault, when there was
+    one; `url` is the URL (or the file) at fault, when there is one."""
 
     def __init__(
         self,

@@ -177,6 +177,9 @@ class FrontServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, host: str, port: int) -> None:
         self.functions: dict[str, LambdaHandler] = {}
+        # Functions' paths answered 503 instead (a stopped Region: LocalSystem.stop_region);
+        # replaced whole, never changed in place, so a request reads one consistent set.
+        self.stopped_paths: frozenset[str] = frozenset()
         self.documents: Callable[[str], Answer] | None = None
         # The local JWT issuers' discovery documents and JWKS, by path.
         self.local_documents: dict[str, bytes] = {}
@@ -234,6 +237,8 @@ class FrontConnection(socketserver.BaseRequestHandler):
         path, query = request_path(head.target)
         handler = self.server.functions.get(path)
         if handler is not None:
+            if path in self.server.stopped_paths:  # its Region is down: nothing to call
+                return unavailable("this endpoint's Region is unavailable, retry later")
             if head.method not in FORWARDED_METHODS:
                 raise RequestRefused(405, f"use POST for {path}", allow="POST")
             if head.expects_continue():

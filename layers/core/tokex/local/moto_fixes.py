@@ -1,7 +1,6 @@
-"""Fixes to the emulator's speed, applied wherever tokex runs moto (docs/local.md "What it
-starts").
+"""Fixes to the emulator, applied wherever tokex runs moto (docs/local.md "What it starts").
 
-moto 5 backs up each table a `TransactWriteItems` touches with `copy.deepcopy`, once per
+Speed: moto 5 backs up each table a `TransactWriteItems` touches with `copy.deepcopy`, once per
 item, so a transaction costs time and memory in proportion to the whole table. Every
 exchange adds a single-use record to the state table in one transaction, and moto never
 expires items: under the load command `tokex local` grew past 1 GiB and slowed from 28 to
@@ -9,8 +8,14 @@ expires items: under the load command `tokex local` grew past 1 GiB and slowed f
 semantics (all or nothing, the same errors) but backs up only the items the transaction
 names, which is all a rollback has to restore.
 
+Regions: moto finds a KMS key by the key id inside an ARN, whatever Region the ARN names,
+so a Region's client could use another Region's key ARN (a multi-Region key's primary from
+a replica's Region, say) where AWS answers `NotFoundException` "Invalid arn <region>".
+`tokex local --regions` gives each Region's functions its own Region's replica; with the
+fix, the emulator proves it.
+
 Run as a module (`python -m tokex.local.moto_fixes ARGS`), it is `moto.server` with the
-fix installed: what `SubprocessMotoServer` starts.
+fixes installed: what `SubprocessMotoServer` starts.
 """
 
 from __future__ import annotations
@@ -46,7 +51,26 @@ def install() -> None:
                 raise
 
         backend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+        _kms_key_arns_of_this_region_only()
         _done = True
+
+
+def _kms_key_arns_of_this_region_only() -> None:
+    """Every KMS operation that names a key checks it through `_validate_cmk_id` (directly
+    or through `_validate_key_id`): an ARN of another Region is not found, as in AWS."""
+    from moto.kms.exceptions import NotFoundException
+    from moto.kms.responses import KmsResponse
+
+    validate = KmsResponse._validate_cmk_id
+
+    def validate_cmk_id(self: Any, key_id: str) -> None:
+        if key_id.startswith("arn:") and ":key/" in key_id:
+            arn_region = key_id.split(":")[3]
+            if arn_region != self.region:
+                raise NotFoundException(f"Invalid arn {arn_region}")
+        validate(self, key_id)
+
+    KmsResponse._validate_cmk_id = validate_cmk_id  # type: ignore[method-assign]
 
 
 class _CopyWithoutTableBackups:

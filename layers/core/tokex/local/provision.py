@@ -7,8 +7,9 @@ forwarded GetCallerIdentity) must carry a valid SigV4 signature of a moto IAM id
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,10 +177,25 @@ class LocalDeployment:
     region: str = REGION
     # The demo Lambda functions' sessions of DEMO_LAMBDA_ROLE_ARN, by function name.
     lambdas: Mapping[str, Credentials] = field(default_factory=dict)
+    # Its Regions, home first (`tokex local --regions`): each has tables of the same names
+    # and a replica of every key, by Region then key spec (the home Region's: `key_ids`).
+    regions: tuple[str, ...] = (REGION,)
+    regional_key_ids: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def client(self, service: str, credentials: Credentials | None = None) -> Any:
         creds = credentials or self.service
         return creds.session(self.region).client(service, endpoint_url=self.endpoint_url)
+
+    def in_region(self, region: str) -> LocalDeployment:
+        """The deployment as one of its Regions sees it: that Region's clients, tables
+        and key replicas (the same keys: a multi-Region key's replicas share its material)."""
+        if region not in self.regions:
+            raise ValueError(f"{region!r} is not one of this deployment's Regions")
+        key_ids = dict(self.regional_key_ids.get(region, self.key_ids))
+        signing_spec = next(s for s, arn in self.key_ids.items() if arn == self.signing_key_arn)
+        return dataclasses.replace(
+            self, region=region, key_ids=key_ids, signing_key_arn=key_ids[signing_spec]
+        )
 
     def handler_env(self, issuer: str, **overrides: str) -> dict[str, str]:
         """Environment of the Lambda handlers (what the CDK app sets in a deployment)."""
@@ -214,12 +230,18 @@ def provision(
     *,
     signing_key_spec: str = "RSA_2048",
     policies: list[dict[str, Any]] | None = None,
+    regions: Sequence[str] = (REGION,),
 ) -> LocalDeployment:
-    """Create IAM identities, keys, tables, bucket and demo policies; then require SigV4."""
-    admin = Credentials("AKIAIOSFODNN7SETUP00", "setup-only-secret")  # auth is still off
+    """Create IAM identities, keys, tables, bucket and demo policies; then require SigV4.
 
-    def client(service: str) -> Any:
-        return admin.session().client(service, endpoint_url=endpoint_url)
+    `regions`, home first: the bucket, the demo policies and every primary key are the home
+    Region's; each Region has the two tables. With several Regions the keys are
+    multi-Region keys, replicated to every other Region."""
+    admin = Credentials("AKIAIOSFODNN7SETUP00", "setup-only-secret")  # auth is still off
+    home, *others = regions
+
+    def client(service: str, region: str = home) -> Any:
+        return admin.session(region).client(service, endpoint_url=endpoint_url)
 
     iam, kms, dynamodb = client("iam"), client("kms"), client("dynamodb")
     service = _iam_user(iam, "tokex-service", _SERVICE_ACTIONS, "*")
@@ -232,26 +254,44 @@ def provision(
         name: _assume(client("sts"), DEMO_LAMBDA_ROLE_ARN, name) for name in DEMO_LAMBDA_FUNCTIONS
     }
 
-    key_ids = {}
+    key_ids: dict[str, dict[str, str]] = {region: {} for region in regions}
     for spec in dict.fromkeys((signing_key_spec, "RSA_2048", "ECC_NIST_P256")):
         key = kms.create_key(
-            KeySpec=spec, KeyUsage="SIGN_VERIFY", Description=f"tokex local {spec}"
+            KeySpec=spec,
+            KeyUsage="SIGN_VERIFY",
+            Description=f"tokex local {spec}",
+            # Several Regions sign with one key (one JWKS, one kid): a key of the same
+            # material in each, as multi-Region keys are; one Region keeps today's key.
+            **({"MultiRegion": True} if others else {}),
         )["KeyMetadata"]
-        key_ids[spec] = key["Arn"]
-    kms.create_alias(AliasName="alias/tokex-signing", TargetKeyId=key_ids[signing_key_spec])
+        key_ids[home][spec] = key["Arn"]
+        for region in others:
+            # The key id: moto's ReplicateKey finds no key by ARN (AWS takes either).
+            replica = kms.replicate_key(KeyId=key["KeyId"], ReplicaRegion=region)
+            key_ids[region][spec] = replica["ReplicaKeyMetadata"]["Arn"]
+    kms.create_alias(AliasName="alias/tokex-signing", TargetKeyId=key_ids[home][signing_key_spec])
 
     deployment = LocalDeployment(
         endpoint_url=endpoint_url,
         service=service,
         workload=workload,
         user=user,
-        signing_key_arn=key_ids[signing_key_spec],
-        key_ids=key_ids,
+        signing_key_arn=key_ids[home][signing_key_spec],
+        key_ids=key_ids[home],
+        region=home,
         lambdas=lambdas,
+        regions=tuple(regions),
+        regional_key_ids=key_ids if others else {},
     )
-    create_table(dynamodb, deployment.policy_table)
-    create_state_table(dynamodb, deployment.state_table)
-    client("s3").create_bucket(Bucket=deployment.jwks_bucket)
+    for region in regions:
+        create_table(client("dynamodb", region), deployment.policy_table)
+        create_state_table(client("dynamodb", region), deployment.state_table)
+    # Outside us-east-1, CreateBucket names the bucket's Region.
+    where: dict[str, Any] = {}
+    if home != "us-east-1":
+        where["CreateBucketConfiguration"] = {"LocationConstraint": home}
+    client("s3").create_bucket(Bucket=deployment.jwks_bucket, **where)
+    # The home Region's table only: replication brings them to the others (tokex local).
     store = PolicyStore(dynamodb, deployment.policy_table)
     for document in [*DEMO_POLICIES, *DEMO_JWT_POLICIES] if policies is None else policies:
         store.put(Policy.from_document(document))

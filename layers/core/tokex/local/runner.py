@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +33,15 @@ from tokex.local.provision import (
     LocalDeployment,
     provision,
 )
+from tokex.local.replication import Replicator, Replicators
+from tokex.regions import INTROSPECT_PATH, SERVING_REGION_ENV, TOKEN_PATH, regional_path
 
 # The demo Lambda functions' env files in the state directory, by function name.
 LAMBDA_ENV_FILES = {"tokex-demo-a": "lambda-a.env", "tokex-demo-b": "lambda-b.env"}
+# `tokex local --regions`: how long a write waits before it reaches the other Regions, and
+# how often replication looks for writes (each look scans every table in every Region).
+DEFAULT_REPLICATION_DELAY_SECONDS = 1.0
+REPLICATION_INTERVAL_SECONDS = 0.5
 
 
 @dataclass
@@ -56,11 +62,59 @@ class LocalSystem:
     federation: LocalFederation | None = None
     # The demo Lambda functions' env files, by function name.
     lambda_envs: Mapping[str, Path] = field(default_factory=dict)
+    # Several Regions: the replication of the policy and state tables, by table name
+    # (pause, resume, flush); empty with one Region.
+    replication: Replicators = field(default_factory=Replicators)
+    front: FrontServer | None = None
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """Its Regions, home first."""
+        return self.deployment.regions
 
     def handler_env(self, **overrides: str) -> dict[str, str]:
-        """What the local handlers read at cold start: the deployment's settings plus the
-        local-only trust in the demo instance's certificate and the local JWT issuers."""
-        return local_handler_env(self.deployment, self.issuer, self.imds, **overrides)
+        """What the home Region's handlers read at cold start: the deployment's settings
+        plus the local-only trust in the demo instance's certificate and the local JWT
+        issuers."""
+        return function_env(self.deployment, self.issuer, self.imds, self.regions[0], **overrides)
+
+    def region_paths(self, region: str) -> frozenset[str]:
+        """The front's paths that Region `region`'s functions answer: `/regions/<region>/token`
+        and `.../introspect` with several Regions, and `/token` and `/introspect` for the
+        home Region."""
+        if region not in self.regions:
+            raise ValueError(f"{region!r} is not one of this system's Regions {self.regions}")
+        paths = {regional_path(region, path) for path in (TOKEN_PATH, INTROSPECT_PATH)}
+        if region == self.regions[0]:
+            paths |= {TOKEN_PATH, INTROSPECT_PATH}
+        return frozenset(paths & self.functions.keys())
+
+    def stop_region(self, region: str) -> None:
+        """An outage of one Region, for tests and demos of failover: until `start_region`,
+        its paths answer 503 `temporarily_unavailable` with `Retry-After`. Only its API
+        stops: its functions stay warm and its tables keep replicating."""
+        front = self._front()
+        front.stopped_paths = front.stopped_paths | self.region_paths(region)
+
+    def start_region(self, region: str) -> None:
+        """Ends `stop_region`: the Region's paths reach its functions again."""
+        front = self._front()
+        front.stopped_paths = front.stopped_paths - self.region_paths(region)
+
+    def _front(self) -> FrontServer:
+        if self.front is None:
+            raise RuntimeError("this system has no HTTP front")
+        return self.front
+
+
+def function_env(
+    deployment: LocalDeployment, issuer: str, imds: ImdsEmulator, region: str, **overrides: str
+) -> dict[str, str]:
+    """The settings of Region `region`'s functions: that Region's clients, tables and key
+    replica and, with several Regions, its TOKEX_SERVING_REGION
+    (docs/security.md "Regional exchanges"). With one Region: nothing Regional."""
+    regional = {SERVING_REGION_ENV: region} if len(deployment.regions) > 1 else {}
+    return local_handler_env(deployment.in_region(region), issuer, imds, **regional, **overrides)
 
 
 def local_handler_env(
@@ -81,8 +135,14 @@ def start_local(
     state_dir: Path,
     signing_key_spec: str = "RSA_2048",
     moto: MotoServer | None = None,
+    regions: Sequence[str] = (REGION,),
+    replication_delay: float = DEFAULT_REPLICATION_DELAY_SECONDS,
 ) -> LocalSystem:
     """Bind the HTTP front, provision the emulator, publish the issuer documents.
+
+    `regions`, home first: with several, each Region has its tables, key replicas and
+    functions, and the tables replicate after `replication_delay` seconds
+    (docs/local.md "Several Regions").
 
     The port is bound before anything else is started or written: a start that fails on
     a busy port (`PortUnavailable`) leaves the state directory as it found it, so an
@@ -103,7 +163,7 @@ def start_local(
         state_dir.mkdir(parents=True, exist_ok=True)
         imds = ImdsEmulator(state_dir)
         undo.callback(imds.stop)
-        deployment = provision(emulator.url, signing_key_spec=signing_key_spec)
+        deployment = provision(emulator.url, signing_key_spec=signing_key_spec, regions=regions)
         issuer = f"http://127.0.0.1:{server.server_address[1]}"
         federation = start_federation(issuer, deployment, state_dir)
         undo.callback(federation.stop)
@@ -113,6 +173,11 @@ def start_local(
             state_dir, deployment, issuer, imds, federation.sts_url
         )
         lambda_envs = _write_lambda_envs(state_dir, deployment, issuer, federation.sts_url)
+        replication = _replication(deployment, replication_delay)
+        undo.callback(replication.stop)
+        # The demo policies and introspection client, in every Region before any request.
+        replication.flush()
+        replication.start()
     except BaseException:
         undo.close()
         raise
@@ -124,6 +189,7 @@ def start_local(
             stopped.set()
             server.shutdown()
             server.server_close()
+            replication.stop()
             federation.stop()
             imds.stop()
             emulator.stop()
@@ -141,22 +207,59 @@ def start_local(
         functions=server.functions,
         federation=federation,
         lambda_envs=lambda_envs,
+        replication=replication,
+        front=server,
     )
 
 
 def _load_functions(
     server: FrontServer, deployment: LocalDeployment, issuer: str, imds: ImdsEmulator
 ) -> None:
-    """Cold-start the handlers behind the front and publish the issuer documents."""
-    # The handlers read their settings from the environment at cold start, as they do
-    # when deployed; everything they need is captured then.
-    with handler_environment(local_handler_env(deployment, issuer, imds)):
+    """Cold-start the handlers behind the front and publish the issuer documents.
+
+    Each Region has its own exchange and introspect functions, at `/regions/<region>/...`
+    when there are several; the home Region's also answer `/token` and `/introspect`."""
+    home, *others = deployment.regions
+    for region in deployment.regions:
+        # The handlers read their settings from the environment at cold start, as they do
+        # when deployed; everything they need (clients included) is captured then.
+        with handler_environment(function_env(deployment, issuer, imds, region)):
+            functions = {
+                TOKEN_PATH: load_handler("exchange").lambda_handler,
+                INTROSPECT_PATH: load_handler("introspect").lambda_handler,
+            }
+        for path, handler in functions.items():
+            if others:
+                server.functions[regional_path(region, path)] = handler
+            if region == home:
+                server.functions[path] = handler
+    # One publisher, the home Region's: one JWKS (a multi-Region key's replicas share its
+    # material, so one kid) and a discovery document listing every Region's endpoints.
+    served = {"TOKEX_SERVED_REGIONS": ",".join(deployment.regions)} if others else {}
+    with handler_environment(local_handler_env(deployment, issuer, imds, **served)):
         publisher = load_handler("jwks_publisher")
-        server.functions["/token"] = load_handler("exchange").lambda_handler
-        server.functions["/introspect"] = load_handler("introspect").lambda_handler
     with HANDLER_LOCK:  # handler code, while another system's front may be serving
         publisher.lambda_handler({"source": "tokex.local"}, LambdaContext("tokex-jwks-publisher"))
     server.documents = s3_documents(deployment.client("s3"), deployment.jwks_bucket)
+
+
+def _replication(deployment: LocalDeployment, delay: float) -> Replicators:
+    """The policy and state tables replicated between the Regions, both ways, as global
+    tables are; nothing with one Region."""
+    if len(deployment.regions) < 2:
+        return Replicators()
+    clients = {r: deployment.in_region(r).client("dynamodb") for r in deployment.regions}
+    return Replicators(
+        {
+            table: Replicator(
+                clients,
+                dict.fromkeys(deployment.regions, table),
+                delay=delay,
+                interval=REPLICATION_INTERVAL_SECONDS,
+            )
+            for table in (deployment.policy_table, deployment.state_table)
+        }
+    )
 
 
 def _write_state(
@@ -169,11 +272,32 @@ def _write_state(
     # STS-compatible endpoint; tokex's own SigV4 evidence is still signed for STS's host.
     sts_env = {"AWS_ENDPOINT_URL_STS": sts_url}
     workload_extra = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url, **sts_env}
-    _write_env(workload_env, deployment.workload, issuer, "demo role session", workload_extra)
-    _write_env(state_dir / "user.env", deployment.user, issuer, "demo IAM user", sts_env)
+    _write_env(
+        workload_env,
+        deployment.workload,
+        issuer,
+        "demo role session",
+        workload_extra,
+        region=deployment.region,
+    )
+    _write_env(
+        state_dir / "user.env",
+        deployment.user,
+        issuer,
+        "demo IAM user",
+        sts_env,
+        region=deployment.region,
+    )
     # For `tokex policy ... --table tokex-policies` and friends against the emulator.
     operator_env = {"AWS_ENDPOINT_URL": deployment.endpoint_url}
-    _write_env(state_dir / "operator.env", deployment.service, issuer, "operator", operator_env)
+    _write_env(
+        state_dir / "operator.env",
+        deployment.service,
+        issuer,
+        "operator",
+        operator_env,
+        region=deployment.region,
+    )
     client_id, secret = _demo_introspection_client(deployment)
     introspection_env = state_dir / "introspection-client.env"
     _write_lines(
@@ -198,7 +322,14 @@ def _write_lambda_envs(
     for name, credentials in deployment.lambdas.items():
         path = state_dir / LAMBDA_ENV_FILES[name]
         what = f"demo Lambda function {name} (role {DEMO_LAMBDA_ROLE_NAME})"
-        _write_env(path, credentials, issuer, what, {"AWS_ENDPOINT_URL_STS": sts_url})
+        _write_env(
+            path,
+            credentials,
+            issuer,
+            what,
+            {"AWS_ENDPOINT_URL_STS": sts_url},
+            region=deployment.region,
+        )
         paths[name] = path
     return paths
 
@@ -213,13 +344,21 @@ def _demo_introspection_client(deployment: LocalDeployment) -> tuple[str, str]:
 
 
 def _write_env(
-    path: Path, credentials: Credentials, issuer: str, what: str, extra: dict[str, str]
+    path: Path,
+    credentials: Credentials,
+    issuer: str,
+    what: str,
+    extra: dict[str, str],
+    *,
+    region: str,
 ) -> None:
+    """The home Region's: `region` is what the SDK signs for, `TOKEX_ENDPOINT` the issuer
+    (whose `/token` is the home Region's exchange)."""
     lines = [f"# tokex local: credentials of the {what} (emulator only, not real AWS)"]
     env = {
         **credentials.env(),
-        "AWS_REGION": REGION,
-        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
         "TOKEX_ENDPOINT": issuer,
         **extra,
     }

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from tokex import base64url, identifiers
+from tokex.regions import DISCOVERY_MEMBER, regional_endpoints
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWKS_PATH = "/.well-known/jwks.json"
@@ -141,9 +142,11 @@ def discovery_document(
     jwks_uri: str | None = None,
     algs: Sequence[str],
     introspection_endpoint: str | None = None,
+    regions: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The `openid-configuration` document (docs/contract.md "Issuer"; RFC 8414 §2 field
-    names)."""
+    names). `regions`: a multi-Region deployment's Regions, home first, listed with their
+    own endpoints (docs/multi-region.md)."""
     if not algs or any(alg not in SUPPORTED_ALGS for alg in algs):
         raise ValueError(f"signing algorithms must be among {sorted(SUPPORTED_ALGS)}")
     document: dict[str, Any] = {
@@ -159,4 +162,6 @@ def discovery_document(
     }
     if introspection_endpoint:
         document["introspection_endpoint"] = introspection_endpoint
+    if regions:
+        document[DISCOVERY_MEMBER] = regional_endpoints(issuer, regions)
     return document

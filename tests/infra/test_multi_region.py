@@ -1,0 +1,532 @@
+"""The multi-Region deployment (docs/multi-region.md): one issuer, a stack pair per Region.
+
+Synthesized once per session with the layer bundled (as `cdk synth` does) and cdk-nag's
+checks on every stack: three Regions, both multi-Region key slots (rotation step 1: mrk-a
+signs, mrk-b is published), a trusted issuer and instance tag lookups, so that every
+Regional property has something to show. The opt-in path from a single-Region stack is
+synthesized offline, step by step, and compared template to template.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra.conftest import OIF_ISSUER, TEST_NONCE, Synthesized
+from tokex.edge import ORIGIN_HEADER, ORIGIN_SECRET_ENV
+
+pytestmark = pytest.mark.infra
+
+HOME = "us-east-1"
+OTHERS = ("eu-west-1", "ap-southeast-2")
+REGIONS = (HOME, *OTHERS)
+MULTI_REGION_CONTEXT: dict[str, Any] = {
+    "regions": ",".join(REGIONS),
+    "signingKeys": ["mrk-a", "mrk-b"],
+    "activeSigningKey": "mrk-a",
+    "trustedIssuers": [OIF_ISSUER],
+    "instanceTagsRoleName": "tokex-instance-tags",
+    "instanceTagsAccounts": "111111111111",
+}
+REGIONAL_SECRET = "tokex/Tokex/regional-origin"
+# The deployment's settings, the same for the exchange of every Region.
+SHARED_EXCHANGE_SETTINGS = (
+    "TOKEX_TRUSTED_ISSUERS",
+    "TOKEX_INSTANCE_TAGS_ROLE_NAME",
+    "TOKEX_TTL_CAP_SECONDS",
+    "TOKEX_DEFAULT_TTL_SECONDS",
+    "TOKEX_STS_PARTITIONS",
+)
+
+
+@dataclass(frozen=True)
+class App:
+    outdir: Path
+    manifest: dict[str, Any]
+    templates: dict[str, dict[str, Any]]  # by stack name
+
+    def resources(self, stack: str, type_: str | None = None) -> dict[str, dict[str, Any]]:
+        found = self.templates[stack]["Resources"]
+        return {k: v for k, v in found.items() if type_ is None or v["Type"] == type_}
+
+    def at(self, stack: str, path: str) -> tuple[str, dict[str, Any]]:
+        """The resource at construct path `<stack>/<path>/Resource` (an L2 construct's)
+        or `<stack>/<path>` (an L1 construct's, as a Regional replica key)."""
+        wanted = {f"{stack}/{path}/Resource", f"{stack}/{path}"}
+        found = [
+            (lid, res)
+            for lid, res in self.resources(stack).items()
+            if res.get("Metadata", {}).get("aws:cdk:path") in wanted
+        ]
+        assert len(found) == 1, f"expected one resource at {wanted}, found {found}"
+        return found[0]
+
+    def env(self, stack: str, function: str) -> dict[str, Any]:
+        return self.at(stack, f"{function}/Function")[1]["Properties"]["Environment"]["Variables"]
+
+    def output_value(self, stack: str, reference: dict[str, Any]) -> Any:
+        """What a `Fn::GetStackOutput` names: the output's value in the producing stack."""
+        spec = reference["Fn::GetStackOutput"]
+        assert spec["StackName"] in self.templates, spec
+        return self.templates[spec["StackName"]]["Outputs"][spec["OutputName"]]["Value"]
+
+
+def synth_app(outdir: Path, context: dict[str, Any], *, bundle: bool = True) -> App:
+    from cdk.tokex_stack import build_app
+
+    app, _ = build_app(
+        context={"deployNonce": TEST_NONCE, "aws:cdk:enable-path-metadata": True, **context},
+        post_cli_context=None if bundle else {"aws:cdk:bundling-stacks": []},
+        outdir=str(outdir),
+    )
+    app.synth()  # cdk-nag on every stack: raises on any unacknowledged finding
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    templates = {
+        name: json.loads((outdir / artifact["properties"]["templateFile"]).read_text())
+        for name, artifact in manifest["artifacts"].items()
+        if artifact["type"] == "aws:cloudformation:stack"
+    }
+    return App(outdir, manifest, templates)
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory: pytest.TempPathFactory) -> App:
+    return synth_app(tmp_path_factory.mktemp("cdk-multi-region"), MULTI_REGION_CONTEXT)
+
+
+def api_stack(region: str) -> str:
+    return f"Tokex-{region}-Api"
+
+
+def regional_stack(region: str) -> str:
+    return f"Tokex-{region}"
+
+
+def _walk(value: Any) -> Iterator[Any]:
+    yield value
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _walk(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _walk(item)
+
+
+# --- the stacks ---------------------------------------------------------------------
+
+
+def test_one_home_stack_and_a_stack_pair_per_other_region(multi: App) -> None:
+    artifacts = multi.manifest["artifacts"]
+    expected = {"Tokex": HOME}
+    for region in OTHERS:
+        expected[api_stack(region)] = region
+        expected[regional_stack(region)] = region
+    assert set(multi.templates) == set(expected)
+    for name, region in expected.items():
+        # An explicit Region per stack, no StackSets.
+        assert artifacts[name]["environment"] == f"aws://unknown-account/{region}"
+        assert artifacts[name]["properties"].get("stackName", name) == name
+    assert not any(r["Type"].startswith("AWS::CloudFormation::StackSet") for t in
+                   multi.templates.values() for r in t["Resources"].values())  # fmt: skip
+    # The deploy order that has no cycle: Regional API, home, Regional functions.
+    for region in OTHERS:
+        assert api_stack(region) in artifacts["Tokex"]["dependencies"]
+        assert {"Tokex", api_stack(region)} <= set(
+            artifacts[regional_stack(region)]["dependencies"]
+        )
+        assert not set(artifacts[api_stack(region)].get("dependencies", [])) & set(multi.templates)
+
+
+def test_cross_stack_references_are_weak_stack_outputs(multi: App) -> None:
+    """docs/multi-region.md "Stacks": every cross-stack value is a `Fn::GetStackOutput`
+    (weak, read at deploy), never an export lock or an SSM custom resource."""
+    for name, template in multi.templates.items():
+        text = json.dumps(template)
+        assert "Fn::ImportValue" not in text, name
+        assert "Custom::CrossRegion" not in text, name
+        assert not any(o.get("Export") for o in template.get("Outputs", {}).values()), name
+    for region in OTHERS:
+        references = [
+            v for v in _walk(multi.templates[regional_stack(region)])
+            if isinstance(v, dict) and "Fn::GetStackOutput" in v
+        ]  # fmt: skip
+        assert references
+        for reference in references:
+            # Each names a real output of a stack of this app, in that stack's Region.
+            spec = reference["Fn::GetStackOutput"]
+            assert multi.manifest["artifacts"][spec["StackName"]]["environment"].endswith(
+                "/" + spec["Region"]
+            )
+            multi.output_value(regional_stack(region), reference)
+
+
+# --- keys ---------------------------------------------------------------------------
+
+
+def test_one_signing_key_per_slot_as_a_multi_region_key_with_regional_replicas(
+    multi: App,
+) -> None:
+    for slot_path in ("SigningKeyMrkA", "SigningKeyMrkB"):
+        primary_id, primary = multi.at("Tokex", f"{slot_path}/Key")
+        assert primary["Type"] == "AWS::KMS::Key"
+        assert primary["Properties"]["MultiRegion"] is True
+        assert primary["Properties"]["KeySpec"] == "RSA_2048"
+        assert primary["DeletionPolicy"] == "Retain"
+        for region in OTHERS:
+            _, replica = multi.at(regional_stack(region), f"{slot_path}/Key")
+            assert replica["Type"] == "AWS::KMS::ReplicaKey"
+            assert replica["DeletionPolicy"] == "Retain"
+            # Same key material: the replica of exactly this primary.
+            assert multi.output_value(
+                regional_stack(region), replica["Properties"]["PrimaryKeyArn"]
+            ) == {"Fn::GetAtt": [primary_id, "Arn"]}
+
+
+def _sign_principals(key_policy: dict[str, Any]) -> list[Any]:
+    return [
+        s["Condition"]["ArnEquals"]["aws:PrincipalArn"]
+        for s in key_policy["Statement"]
+        if s["Effect"] == "Allow" and "kms:Sign" in json.dumps(s["Action"])
+    ]
+
+
+def test_each_region_signs_with_its_own_replica_and_only_its_exchange_may(multi: App) -> None:
+    for region in OTHERS:
+        stack = regional_stack(region)
+        active_id, active = multi.at(stack, "SigningKeyMrkA/Key")
+        published_id, published = multi.at(stack, "SigningKeyMrkB/Key")
+        exchange_role, _ = multi.at(stack, "Exchange/Role")
+        assert multi.env(stack, "Exchange")["TOKEX_SIGNING_KEY_ID"] == {
+            "Fn::GetAtt": [active_id, "Arn"]
+        }
+        assert _sign_principals(active["Properties"]["KeyPolicy"]) == [
+            {"Fn::GetAtt": [exchange_role, "Arn"]}
+        ]
+        # The published slot signs nowhere; the Regional introspection verifies both.
+        assert _sign_principals(published["Properties"]["KeyPolicy"]) == []
+        assert multi.env(stack, "Introspect")["TOKEX_PUBLISHED_KEY_IDS"] == {
+            "Fn::GetAtt": [published_id, "Arn"]
+        }
+        denies = [
+            s for s in active["Properties"]["KeyPolicy"]["Statement"] if s["Effect"] == "Deny"
+        ]
+        assert denies and denies[0]["Action"] == "kms:CreateGrant"
+
+
+# --- tables -------------------------------------------------------------------------
+
+
+def test_tables_are_global_tables_with_a_replica_in_every_region(multi: App) -> None:
+    for path in ("PolicyTable/Table", "StateTable/Table"):
+        _, table = multi.at("Tokex", path)
+        assert table["Type"] == "AWS::DynamoDB::GlobalTable"
+        replicas = table["Properties"]["Replicas"]
+        assert sorted(r["Region"] for r in replicas) == sorted(REGIONS)
+        for replica in replicas:
+            assert replica["PointInTimeRecoverySpecification"] == {
+                "PointInTimeRecoveryEnabled": True
+            }
+            assert replica["DeletionProtectionEnabled"] is True
+        assert table["DeletionPolicy"] == "Retain"
+        for region in OTHERS:
+            assert not multi.resources(regional_stack(region), "AWS::DynamoDB::GlobalTable")
+            assert not multi.resources(regional_stack(region), "AWS::DynamoDB::Table")
+
+
+def _statements(app: App, stack: str, role: str) -> list[dict[str, Any]]:
+    role_id, _ = app.at(stack, f"{role}/Role")
+    found = []
+    for policy in app.resources(stack, "AWS::IAM::Policy").values():
+        if {"Ref": role_id} in policy["Properties"]["Roles"]:
+            found += policy["Properties"]["PolicyDocument"]["Statement"]
+    return found
+
+
+def _table_arn_name(arn: Any, region: str) -> Any:
+    """`arn:<partition>:dynamodb:<region>:<account>:table/<name>` → <name>."""
+    parts = arn["Fn::Join"][1]
+    assert f":dynamodb:{region}:" in json.dumps(parts), arn
+    assert parts[-2] == ":table/" or str(parts[-2]).endswith(":table/"), arn
+    return parts[-1]
+
+
+def test_regional_functions_use_their_own_regions_replicas(multi: App) -> None:
+    policy_table = multi.at("Tokex", "PolicyTable/Table")[0]
+    state_table = multi.at("Tokex", "StateTable/Table")[0]
+    for region in OTHERS:
+        stack = regional_stack(region)
+        env = multi.env(stack, "Exchange")
+        assert multi.output_value(stack, env["TOKEX_POLICY_TABLE"]) == {"Ref": policy_table}
+        assert multi.output_value(stack, env["TOKEX_STATE_TABLE"]) == {"Ref": state_table}
+        granted = {}
+        for statement in _statements(multi, stack, "Exchange"):
+            if statement["Action"] in ("dynamodb:PutItem", "dynamodb:UpdateItem") or (
+                isinstance(statement["Action"], list) and "dynamodb:Query" in statement["Action"]
+            ):
+                name = _table_arn_name(statement["Resource"], region)
+                granted[statement["Sid"]] = (
+                    multi.output_value(stack, name),
+                    statement.get("Condition"),
+                )
+        assert granted == {
+            "ReadPolicies": ({"Ref": policy_table}, None),
+            "RecordSignatureUse": (
+                {"Ref": state_table},
+                {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["sig#*"]}},
+            ),
+            "CountCallerExchanges": (
+                {"Ref": state_table},
+                {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["rate#*"]}},
+            ),
+        }
+        reads = [s for s in _statements(multi, stack, "Introspect") if s.get("Sid") ==
+                 "ReadClientsAndRevocations"]  # fmt: skip
+        assert len(reads) == 1
+        assert reads[0]["Action"] == ["dynamodb:BatchGetItem", "dynamodb:GetItem"]
+        assert multi.output_value(stack, _table_arn_name(reads[0]["Resource"], region)) == {
+            "Ref": state_table
+        }
+
+
+# --- one door, one issuer -----------------------------------------------------------
+
+
+def _behaviors(app: App) -> dict[str, dict[str, Any]]:
+    _, distribution = app.at("Tokex", "IssuerSite/Distribution")
+    config = distribution["Properties"]["DistributionConfig"]
+    return {b["PathPattern"]: b for b in config["CacheBehaviors"]}
+
+
+def _origin(app: App, origin_id: str) -> dict[str, Any]:
+    _, distribution = app.at("Tokex", "IssuerSite/Distribution")
+    origins = distribution["Properties"]["DistributionConfig"]["Origins"]
+    return next(o for o in origins if o["Id"] == origin_id)
+
+
+def _header(origin: dict[str, Any]) -> Any:
+    headers = {h["HeaderName"]: h["HeaderValue"] for h in origin["OriginCustomHeaders"]}
+    assert set(headers) == {ORIGIN_HEADER}
+    return headers[ORIGIN_HEADER]
+
+
+def test_every_region_is_behind_the_one_cloudfront_at_its_own_path(multi: App) -> None:
+    behaviors = _behaviors(multi)
+    paths = {"/token", "/introspect"} | {
+        f"/regions/{region}/{endpoint}"
+        for region in REGIONS
+        for endpoint in ("token", "introspect")
+    }
+    assert set(behaviors) == paths
+    # Every API path has exactly the behaviour of /token (https only, no cache, no
+    # compression, every viewer header but Host).
+    reference = {
+        k: v for k, v in behaviors["/token"].items() if k not in ("PathPattern", "TargetOriginId")
+    }
+    for behavior in behaviors.values():
+        assert {
+            k: v for k, v in behavior.items() if k not in ("PathPattern", "TargetOriginId")
+        } == reference
+    home_origin = behaviors["/token"]["TargetOriginId"]
+    assert behaviors[f"/regions/{HOME}/token"]["TargetOriginId"] == home_origin
+    assert behaviors["/introspect"]["TargetOriginId"] == home_origin
+    secret_id, _ = multi.at("Tokex", "RegionalOriginSecret/Secret")
+    for region in OTHERS:
+        origin_id = behaviors[f"/regions/{region}/token"]["TargetOriginId"]
+        assert behaviors[f"/regions/{region}/introspect"]["TargetOriginId"] == origin_id
+        origin = _origin(multi, origin_id)
+        assert origin["CustomOriginConfig"]["OriginProtocolPolicy"] == "https-only"
+        domain = origin["DomainName"]["Fn::Join"][1]
+        api_id, _ = multi.at(api_stack(region), "TokenApi/Api")
+        assert multi.output_value("Tokex", domain[0]) == {"Ref": api_id}
+        assert domain[1] == f".execute-api.{region}."
+        # The Regional door's secret, not the home one.
+        assert {"Ref": secret_id} in _header(origin)["Fn::Join"][1]
+
+
+def test_regional_functions_refuse_anything_but_cloudfront(multi: App) -> None:
+    _, secret = multi.at("Tokex", "RegionalOriginSecret/Secret")
+    assert secret["Properties"]["Name"] == REGIONAL_SECRET
+    assert sorted(r["Region"] for r in secret["Properties"]["ReplicaRegions"]) == sorted(OTHERS)
+    for region in OTHERS:
+        for function in ("Exchange", "Introspect"):
+            # Read by name: the replica in the function's own Region.
+            assert multi.env(regional_stack(region), function)[ORIGIN_SECRET_ENV] == (
+                f"{{{{resolve:secretsmanager:{REGIONAL_SECRET}:SecretString:::}}}}"
+            )
+
+
+def test_each_region_serves_its_own_path_and_evidence(multi: App) -> None:
+    home_env = multi.env("Tokex", "Exchange")
+    assert home_env["TOKEX_SERVING_REGION"] == HOME
+    assert multi.env("Tokex", "Introspect")["TOKEX_SERVING_REGION"] == HOME
+    assert "TOKEX_STS_REGIONS" not in home_env
+    assert multi.env("Tokex", "JwksPublisher")["TOKEX_SERVED_REGIONS"] == ",".join(REGIONS)
+    for region in OTHERS:
+        stack = regional_stack(region)
+        env = multi.env(stack, "Exchange")
+        assert env["TOKEX_SERVING_REGION"] == region
+        assert multi.env(stack, "Introspect")["TOKEX_SERVING_REGION"] == region
+        # The same issuer (home's CloudFront) and the same deployment settings.
+        assert env["TOKEX_ISSUER"]["Fn::Join"][1][0] == "https://"
+        assert multi.output_value(stack, env["TOKEX_ISSUER"]["Fn::Join"][1][1]) == {
+            "Fn::GetAtt": [multi.at("Tokex", "IssuerSite/Distribution")[0], "DomainName"]
+        }
+        for key in SHARED_EXCHANGE_SETTINGS:
+            assert env[key] == home_env[key], key
+        api_id, _ = multi.at(api_stack(region), "TokenApi/Api")
+        routes = multi.resources(stack, "AWS::ApiGatewayV2::Route").values()
+        assert sorted(r["Properties"]["RouteKey"] for r in routes) == sorted(
+            f"{method} /regions/{region}/{endpoint}"
+            for method in ("POST", "ANY")
+            for endpoint in ("token", "introspect")
+        )
+        for route in routes:
+            assert multi.output_value(stack, route["Properties"]["ApiId"]) == {"Ref": api_id}
+        # The Regional API itself has no route, and is throttled like home's.
+        assert not multi.resources(api_stack(region), "AWS::ApiGatewayV2::Route")
+        _, stage = multi.at(api_stack(region), "TokenApi/DefaultStage")
+        assert stage["Properties"]["DefaultRouteSettings"] == {
+            "ThrottlingBurstLimit": 100,
+            "ThrottlingRateLimit": 50,
+        }
+    home_routes = {
+        r["Properties"]["RouteKey"]
+        for r in multi.resources("Tokex", "AWS::ApiGatewayV2::Route").values()
+    }
+    assert home_routes == {
+        f"{method} {path}"
+        for method in ("POST", "ANY")
+        for path in (
+            "/token",
+            "/introspect",
+            f"/regions/{HOME}/token",
+            f"/regions/{HOME}/introspect",
+        )
+    }
+
+
+def test_issuer_documents_are_published_once_from_home(multi: App) -> None:
+    assert len(multi.resources("Tokex", "Custom::TokexJwks")) == 1
+    for name in multi.templates:
+        if name == "Tokex":
+            continue
+        for type_ in ("Custom::TokexJwks", "AWS::S3::Bucket", "AWS::CloudFront::Distribution",
+                      "AWS::DynamoDB::GlobalTable", "AWS::SecretsManager::Secret"):  # fmt: skip
+            assert not multi.resources(name, type_), (name, type_)
+        assert not any("JwksPublisher" in lid for lid in multi.resources(name))
+    outputs = multi.templates["Tokex"]["Outputs"]
+    assert outputs["RegionalTokenEndpoints"]["Value"]["Fn::Join"][0] == ","
+
+
+# --- single-Region, unchanged; opting in --------------------------------------------
+
+
+def test_one_region_is_the_single_region_deployment(tmp_path: Path) -> None:
+    """`regions` absent or one Region: the template is today's, byte for byte."""
+    default = synth_app(tmp_path / "default", {}, bundle=False)
+    one = synth_app(tmp_path / "one", {"regions": "eu-west-1"}, bundle=False)
+    assert set(one.templates) == {"Tokex"} == set(default.templates)
+    assert one.templates == default.templates
+    assert default.manifest["artifacts"]["Tokex"]["environment"] == (
+        "aws://unknown-account/unknown-region"
+    )
+    text = json.dumps(default.templates["Tokex"])
+    for absent in ("TOKEX_SERVING_REGION", "TOKEX_SERVED_REGIONS", "/regions/", "MultiRegion"):
+        assert absent not in text
+
+
+# The documented opt-in (docs/multi-region.md "Opting in"): each step is one deploy.
+OPT_IN_STEPS: list[dict[str, Any]] = [
+    {},
+    {"signingKeys": "a,mrk-a", "activeSigningKey": "a"},
+    {"signingKeys": "a,mrk-a", "activeSigningKey": "mrk-a"},
+    {"signingKeys": "mrk-a", "activeSigningKey": "mrk-a"},
+    {"signingKeys": "mrk-a", "activeSigningKey": "mrk-a", "regions": "us-east-1,eu-west-1"},
+]
+# What CloudFormation replaces a resource for (its "Update requires: Replacement"
+# properties); a step that changes one of them would replace the table or key.
+REPLACING_PROPERTIES = {
+    "AWS::DynamoDB::GlobalTable": ("TableName", "KeySchema", "LocalSecondaryIndexes"),
+    "AWS::KMS::Key": ("KeySpec", "KeyUsage", "MultiRegion", "Origin"),
+    "AWS::S3::Bucket": ("BucketName", "ObjectLockEnabled"),
+}
+
+
+def test_opting_in_replaces_no_table_and_no_retained_key(tmp_path: Path) -> None:
+    apps = [
+        synth_app(tmp_path / f"step{n}", context, bundle=False)
+        for n, context in enumerate(OPT_IN_STEPS)
+    ]
+    for n, (before, after) in enumerate(itertools.pairwise(apps), start=1):
+        old = before.templates["Tokex"]["Resources"]
+        new = after.templates["Tokex"]["Resources"]
+        for logical_id, resource in old.items():
+            retained = resource.get("DeletionPolicy") == "Retain"
+            if resource["Type"] not in REPLACING_PROPERTIES:
+                continue
+            if logical_id not in new:
+                # Leaves the template (a retired key slot): kept, never deleted.
+                assert retained, (n, logical_id)
+                continue
+            assert new[logical_id]["Type"] == resource["Type"]
+            for prop in REPLACING_PROPERTIES[resource["Type"]]:
+                assert new[logical_id]["Properties"].get(prop) == resource["Properties"].get(
+                    prop
+                ), (n, logical_id, prop)
+    first = apps[0].templates["Tokex"]["Resources"]
+    last = apps[-1].templates["Tokex"]["Resources"]
+    for path in ("PolicyTable/Table", "StateTable/Table"):
+        lid, _ = apps[0].at("Tokex", path)
+        assert lid in last
+        # Replicas added in place: the home replica's settings are unchanged.
+        home_before = first[lid]["Properties"]["Replicas"]
+        assert len(home_before) == 1
+        regions = {r["Region"]: r for r in last[lid]["Properties"]["Replicas"]}
+        assert set(regions) == {"us-east-1", "eu-west-1"}
+        assert {k: v for k, v in home_before[0].items() if k != "Region"} == {
+            k: v for k, v in regions["us-east-1"].items() if k != "Region"
+        }
+    # The old single-Region key slot left in step 3; it was retained, and a new
+    # multi-Region key took over by the rotation.
+    key_a, _ = apps[0].at("Tokex", "SigningKey/Key")
+    assert key_a not in apps[3].templates["Tokex"]["Resources"]
+    mrk_id, mrk = apps[1].at("Tokex", "SigningKeyMrkA/Key")
+    assert mrk["Properties"]["MultiRegion"] is True
+    assert _sign_principals(mrk["Properties"]["KeyPolicy"]) == []  # published before it signs
+    signing = apps[4].templates["Tokex"]["Resources"][mrk_id]["Properties"]
+    exchange_role, _ = apps[4].at("Tokex", "Exchange/Role")
+    assert _sign_principals(signing["KeyPolicy"]) == [{"Fn::GetAtt": [exchange_role, "Arn"]}]
+
+
+def test_the_multi_region_layer_is_the_single_region_layer(
+    multi: App, default_synth: Synthesized
+) -> None:
+    """One layer build serves every Region (same asset, uploaded per Region)."""
+    layers = set()
+    for name in multi.templates:
+        for layer in multi.resources(name, "AWS::Lambda::LayerVersion").values():
+            if "CoreLayer" in layer["Metadata"]["aws:cdk:path"]:
+                layers.add(layer["Properties"]["Content"]["S3Key"])
+    default_layer = default_synth.raw["Resources"][
+        next(k for k in default_synth.raw["Resources"] if k.startswith("CoreLayer"))
+    ]["Properties"]["Content"]["S3Key"]
+    assert layers == {default_layer}
+
+
+def test_cfn_lint_is_clean_on_every_stack(multi: App) -> None:
+    """As tests/infra/test_cfn_lint.py does for the single-Region templates."""
+    from tests.infra.test_cfn_lint import assert_cfn_lint_clean
+
+    templates = [
+        str(multi.outdir / artifact["properties"]["templateFile"])
+        for artifact in multi.manifest["artifacts"].values()
+        if artifact["type"] == "aws:cloudformation:stack"
+    ]
+    assert len(templates) == 5
+    assert_cfn_lint_clean(templates)

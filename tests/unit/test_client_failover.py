@@ -1,0 +1,763 @@
+"""The workload client against a multi-Region deployment (issue 14, item 7): Regional
+token endpoints from the discovery document's `tokex_regions`, the workload's own Region
+first, evidence made for each Region it tries, failover on no answer or a 5xx only, all
+within one time budget, one cache whichever Region gave the token.
+
+The deployment is real loopback HTTP, one server as a real deployment is one issuer: it
+serves a discovery document made by tokex's own `discovery_document(regions=...)` and
+each Region's exchange at `/regions/<region>/token` (the only Regional endpoints a client
+accepts), which checks what a Regional exchange checks (a SigV4 request signed for its own
+Region's STS, by tokex's verifier; an OIF token whose `source_region` is its own; EKS
+tokens anywhere). A Region can be made to answer a status, reset the connection without
+answering, or never answer (its handler waits past the client's timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import requests
+
+from tests.support.fake_issuer import sa_token_file, use_static_credentials, without_aws_set_up
+from tests.support.loopback import LoopbackServer, QuietHandler, serving
+from tokex import base64url
+from tokex.cli.main import main
+from tokex.client import TokenClient, TokenError, TokexAuth, TokexHttpxAuth, request_token
+from tokex.errors import TokexError
+from tokex.evidence.jwt_claims import STS_NAMESPACE as OIF_CLAIMS
+from tokex.evidence.sigv4_request import decode_subject_token, verify_sts_request
+from tokex.evidence.sts_endpoints import StsEndpoints
+from tokex.tokens.jwks import discovery_document
+
+HOME, SECOND, THIRD = REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
+SIGV4_TYPE = "urn:tokex:token-type:aws-sigv4"
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+STS_XML = "https://sts.amazonaws.com/doc/2011-06-15/"
+# Generous slack over a time budget: the machine is shared, only gross overruns count.
+SLACK = 2.0
+# How long a Region that never answers keeps its request (released when the test ends):
+# longer than any client timeout here.
+HANG_SECONDS = 30.0
+
+
+# --- the deployment ------------------------------------------------------------------------
+
+
+@dataclass
+class Deployment:
+    url: str = ""
+    order: list[str] = field(default_factory=lambda: list(REGIONS))
+    with_regions: bool = True
+    # Per Region: "ok", an HTTP status (with an OAuth error), "html-502" (a bare 502, as a
+    # load balancer's), "reset" (the connection reset, no answer) or "hang" (no answer).
+    modes: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(REGIONS, "ok"))
+    delay: float = 0.0  # seconds each exchange that gives a token takes
+    expires_in: int = 900
+    contacts: list[str] = field(default_factory=list)  # Regions a POST reached, in order
+    forms: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    issued: list[str] = field(default_factory=list)
+    discoveries: int = 0
+    released: threading.Event = field(default_factory=threading.Event)  # ends every "hang"
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def document(self) -> dict[str, Any]:
+        return discovery_document(
+            issuer=self.url,
+            token_endpoint=self.url + "/token",
+            jwks_uri=self.url + "/.well-known/jwks.json",
+            algs=["RS256"],
+            regions=self.order if self.with_regions else (),
+        )
+
+    def contact(self, region: str, form: dict[str, str]) -> Any:
+        """Records a POST to the exchange of `region` (`home`: `{iss}/token`); its mode."""
+        with self._lock:
+            self.contacts.append(region)
+            self.forms.setdefault(region, []).append(form)
+        return self.modes.get(region, "ok")
+
+    def exchange(self, region: str, form: dict[str, str], mode: Any) -> tuple[int, dict[str, Any]]:
+        """What the exchange of `region` answers in `mode` ("ok" or an HTTP status)."""
+        if mode != "ok":
+            return mode, oauth_error(mode)
+        if (why := self.refusal(region, form)) is not None:
+            return 400, {"error": "invalid_grant", "error_description": why}
+        time.sleep(self.delay)
+        with self._lock:
+            token = f"{region}-token-{len(self.issued) + 1}"
+            self.issued.append(token)
+        return 200, {"access_token": token, "token_type": "Bearer", "expires_in": self.expires_in}
+
+    def refusal(self, region: str, form: dict[str, str]) -> str | None:
+        """A Regional exchange serves evidence made for its own Region only."""
+        if region == "home":
+            return None
+        if form["subject_token_type"] == SIGV4_TYPE:
+            try:
+                verify_sts_request(
+                    decode_subject_token(form["subject_token"]),
+                    issuer=self.url,
+                    endpoints=StsEndpoints(["aws"], [region]),
+                    now=datetime.now(UTC),
+                    audience=form["audience"],
+                )
+            except TokexError as err:
+                return str(err)
+            return None
+        claims = jwt_claims(form["subject_token"])
+        source_region = claims.get(OIF_CLAIMS, {}).get("source_region")
+        if OIF_CLAIMS in claims and source_region != region:
+            return f"an OIF token from {source_region}, not from {region}"
+        return None  # an EKS token: accepted in every Region
+
+    def exchanges_in(self, region: str) -> int:
+        return sum(1 for contact in self.contacts if contact == region)
+
+
+def oauth_error(status: int) -> dict[str, str]:
+    if status >= 500:
+        return {"error": "temporarily_unavailable", "error_description": "try later"}
+    return {"error": "invalid_grant", "error_description": f"refused with {status}"}
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    return json.loads(base64url.decode(token.split(".")[1]))
+
+
+def signed_request(form: dict[str, str]) -> dict[str, Any]:
+    return json.loads(base64url.decode(form["subject_token"]))
+
+
+@contextmanager
+def silent_listener() -> Iterator[str]:
+    """A server that accepts connections (the kernel does) and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+@contextmanager
+def deployment_running() -> Iterator[Deployment]:
+    deployment = Deployment()
+
+    class Handler(QuietHandler):
+        def do_GET(self) -> None:
+            if self.path != "/.well-known/openid-configuration":
+                return self._json(404, {"error": "not_found"})
+            with deployment._lock:
+                deployment.discoveries += 1
+            self._json(200, deployment.document())
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            form = {name: values[0] for name, values in parse_qs(body).items()}
+            parts = self.path.strip("/").split("/")
+            if self.path == "/token":
+                region = "home"
+            elif len(parts) == 3 and parts[0] == "regions" and parts[2] == "token":
+                region = parts[1]
+            else:
+                return self._json(404, {"error": "not_found"})
+            mode = deployment.contact(region, form)
+            if mode == "reset":
+                self._reset()
+            elif mode == "hang":
+                deployment.released.wait(HANG_SECONDS)  # the client has given up by then
+                self.close_connection = True
+            elif mode == "html-502":
+                self.send_document(502, b"<html>Bad Gateway</html>", {"Content-Type": "text/html"})
+            else:
+                self._json(*deployment.exchange(region, form, mode))
+
+        def _json(self, status: int, document: dict) -> None:
+            data = json.dumps(document).encode()
+            self.send_document(status, data, {"Content-Type": "application/json"})
+
+        def _reset(self) -> None:
+            """Closes the connection at once, without an answer: a linger of 0 makes the
+            close a reset (RST), as a Region whose server died mid-request."""
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+
+    with serving(LoopbackServer(Handler)) as server:
+        deployment.url = server.url
+        try:
+            yield deployment
+        finally:
+            deployment.released.set()
+
+
+@pytest.fixture
+def aws(monkeypatch) -> None:
+    """Static credentials and no region configured anywhere."""
+    use_static_credentials(monkeypatch)
+    monkeypatch.delenv("AWS_REGION")
+
+
+@pytest.fixture
+def deployment(aws) -> Iterator[Deployment]:
+    with deployment_running() as running:
+        yield running
+
+
+def assert_signed_for(form: dict[str, str], region: str) -> None:
+    """The subject token is a GetCallerIdentity signed for `region`'s STS."""
+    assert form["subject_token_type"] == SIGV4_TYPE
+    signed = signed_request(form)
+    assert signed["url"] == f"https://sts.{region}.amazonaws.com/"
+    assert f"/{region}/sts/aws4_request, " in signed["headers"]["Authorization"]
+
+
+# --- the order of the Regions, and what each one is sent -------------------------------------
+
+
+def test_each_region_tried_gets_a_request_signed_for_its_own_sts(deployment) -> None:
+    deployment.modes.update({HOME: 503, SECOND: 503})
+    response = request_token(deployment.url, "orders-api", scopes=["orders:read"])
+    assert response["access_token"] == f"{THIRD}-token-1"
+    assert deployment.contacts == [HOME, SECOND, THIRD]
+    for region in REGIONS:
+        [form] = deployment.forms[region]
+        assert_signed_for(form, region)
+        assert (form["audience"], form["scope"]) == ("orders-api", "orders:read")
+        assert signed_request(form)["headers"]["X-Tokex-Issuer"] == deployment.url
+    assert deployment.discoveries == 1  # one discovery per call, whatever the failovers
+
+
+def test_a_healthy_home_region_is_the_only_one_asked(deployment) -> None:
+    assert request_token(deployment.url, "orders-api")["access_token"] == f"{HOME}-token-1"
+    assert deployment.contacts == [HOME]
+    assert_signed_for(deployment.forms[HOME][0], HOME)
+
+
+def test_evidence_for_another_region_would_be_refused_there(deployment) -> None:
+    """Not vacuous: the fake Regional exchange refuses what a real one refuses."""
+    request_token(deployment.url, "orders-api", issuer=deployment.url, region=SECOND)
+    [form] = deployment.forms["home"]  # `{iss}/token` of the fake checks nothing
+    assert deployment.refusal(SECOND, form) is None
+    assert "not an STS endpoint this deployment accepts" in str(deployment.refusal(HOME, form))
+
+
+@pytest.mark.parametrize(
+    ("configure", "first"),
+    [
+        ({"region": SECOND}, SECOND),
+        ({"env": {"AWS_REGION": THIRD}}, THIRD),
+        ({"env": {"AWS_DEFAULT_REGION": SECOND}}, SECOND),
+        ({"env": {"AWS_REGION": THIRD, "AWS_DEFAULT_REGION": SECOND}}, THIRD),
+        ({"region": THIRD, "env": {"AWS_REGION": SECOND}}, THIRD),
+        ({"region": "sa-east-1"}, HOME),  # not one of the deployment's: its order
+        ({}, HOME),
+    ],
+)
+def test_the_preferred_region_is_asked_first(deployment, monkeypatch, configure, first) -> None:
+    for name, value in configure.get("env", {}).items():
+        monkeypatch.setenv(name, value)
+    response = request_token(deployment.url, "orders-api", region=configure.get("region"))
+    assert response["access_token"] == f"{first}-token-1"
+    assert deployment.contacts == [first]
+    assert_signed_for(deployment.forms[first][0], first)
+
+
+def test_after_the_preferred_region_the_others_in_the_listed_order(deployment) -> None:
+    deployment.order = [SECOND, THIRD, HOME]  # the document's order, home first
+    deployment.modes.update(dict.fromkeys(REGIONS, 503))
+    with pytest.raises(TokenError):
+        request_token(deployment.url, "orders-api", region=THIRD)
+    assert deployment.contacts == [THIRD, SECOND, HOME]
+
+
+# --- when to fail over ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 599])
+def test_a_5xx_fails_over(deployment, status) -> None:
+    deployment.modes[HOME] = status
+    assert request_token(deployment.url, "orders-api")["access_token"] == f"{SECOND}-token-1"
+    assert deployment.contacts == [HOME, SECOND]
+
+
+def test_a_5xx_that_is_not_a_tokex_answer_fails_over_too(deployment) -> None:
+    """A bare 502 of a load balancer or CDN in front of a Region that is down."""
+    deployment.modes[HOME] = "html-502"
+    assert request_token(deployment.url, "a")["access_token"] == f"{SECOND}-token-1"
+    assert deployment.contacts == [HOME, SECOND]
+
+
+def test_a_connection_reset_without_an_answer_fails_over(deployment) -> None:
+    deployment.modes[HOME] = "reset"
+    assert request_token(deployment.url, "orders-api")["access_token"] == f"{SECOND}-token-1"
+    assert deployment.contacts == [HOME, SECOND]
+    assert deployment.issued == [f"{SECOND}-token-1"]
+
+
+def test_a_region_that_never_answers_fails_over_within_the_budget(deployment) -> None:
+    deployment.modes[HOME] = "hang"
+    started = time.monotonic()
+    response = request_token(deployment.url, "orders-api", timeout=2)
+    elapsed = time.monotonic() - started
+    assert response["access_token"] == f"{SECOND}-token-1"
+    assert deployment.contacts == [HOME, SECOND]  # home got the request, and kept it
+    assert elapsed < 2 + SLACK
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 429])
+def test_a_4xx_is_a_refusal_never_failed_over(deployment, status) -> None:
+    deployment.modes[HOME] = status
+    with pytest.raises(TokenError) as refused:
+        request_token(deployment.url, "orders-api")
+    assert (refused.value.status, refused.value.error) == (status, "invalid_grant")
+    assert str(refused.value) == f"invalid_grant: refused with {status}"
+    assert deployment.contacts == [HOME]  # the second Region is never contacted
+
+
+def test_when_every_region_fails_the_last_error_names_the_regions_tried(deployment) -> None:
+    deployment.modes.update({HOME: 503, SECOND: "reset", THIRD: 502})
+    with pytest.raises(TokenError) as failed:
+        request_token(deployment.url, "orders-api")
+    error = failed.value
+    assert (error.status, error.error) == (502, "temporarily_unavailable")
+    assert error.url == f"{deployment.url}/regions/{THIRD}/token"
+    assert str(error) == (
+        f"no Region gave a token (tried {HOME}, {SECOND}, {THIRD}); {THIRD}: "
+        "temporarily_unavailable: try later"
+    )
+    assert deployment.contacts == [HOME, SECOND, THIRD]  # each Region once, the reset too
+
+
+def test_a_reset_last_is_an_unreachable_error(deployment) -> None:
+    deployment.modes.update({HOME: 503, SECOND: 503, THIRD: "reset"})
+    with pytest.raises(TokenError) as failed:
+        request_token(deployment.url, "orders-api")
+    assert (failed.value.status, failed.value.error) == (None, "unreachable")
+    assert f"tried {HOME}, {SECOND}, {THIRD}); {THIRD}: cannot reach" in str(failed.value)
+
+
+def test_the_total_timeout_bounds_every_attempt(deployment) -> None:
+    deployment.modes.update(dict.fromkeys(REGIONS, "hang"))
+    started = time.monotonic()
+    with pytest.raises(TokenError) as failed:
+        request_token(deployment.url, "orders-api", timeout=1.5)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.5 + SLACK
+    assert failed.value.error == "unreachable"
+    # Each got a share of the budget: all three were tried, none twice.
+    assert str(failed.value).startswith(f"no Region gave a token (tried {HOME}, {SECOND}, {THIRD}")
+
+
+def test_discovery_counts_against_the_budget(deployment) -> None:
+    """An issuer whose discovery never answers: the call ends with the budget."""
+    with silent_listener() as silent:
+        started = time.monotonic()
+        with pytest.raises(TokenError) as failed:
+            request_token(silent, "orders-api", timeout=1)
+        assert time.monotonic() - started < 1 + SLACK
+    assert failed.value.error == "unreachable"
+    assert deployment.contacts == []
+
+
+# --- the budget: TokenClient(timeout=...), validated --------------------------------------
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "5", True, None])
+def test_the_timeout_must_be_a_positive_number_of_seconds(timeout) -> None:
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        TokenClient("https://auth.example.com", timeout=timeout)
+    if timeout is not None:  # None: the auth classes' "TokenClient's default"
+        with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+            TokexAuth("https://auth.example.com", "orders-api", timeout=timeout)
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        request_token("https://auth.example.com", "orders-api", timeout=timeout)
+
+
+def test_auth_classes_pass_timeout_and_region_to_the_client_they_make(deployment) -> None:
+    deployment.modes[SECOND] = "hang"
+    auth = TokexHttpxAuth(deployment.url, "orders-api", region=SECOND, timeout=1)
+    started = time.monotonic()
+    request = httpx.Request("GET", "https://orders.example.com/")
+    assert next(auth.sync_auth_flow(request)).headers["Authorization"] == (f"Bearer {HOME}-token-1")
+    assert time.monotonic() - started < 1 + SLACK
+    deployment.modes[SECOND] = "ok"
+    prepared = requests.Request("GET", "https://orders.example.com/").prepare()
+    with_region = TokexAuth(deployment.url, "orders-api", region=SECOND, timeout=3)
+    assert with_region(prepared).headers["Authorization"] == f"Bearer {SECOND}-token-2"
+    with pytest.raises(ValueError, match="to the TokenClient"):
+        TokexAuth(TokenClient(deployment.url), "orders-api", timeout=3)
+    with pytest.raises(ValueError, match="to the TokenClient"):
+        TokexHttpxAuth(TokenClient(deployment.url), "orders-api", region=SECOND)
+
+
+# --- one issuer, one cache, one exchange in flight ----------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_token_from_any_region_is_cached_under_the_same_key(deployment) -> None:
+    clock = FakeClock()
+    client = TokenClient(deployment.url, clock=clock)
+    deployment.modes[HOME] = 503
+    assert client.token("orders-api", ["b", "a"]) == f"{SECOND}-token-1"
+    assert client.token("orders-api", ["a", "b"]) == f"{SECOND}-token-1"
+    assert client.cached_token("orders-api", ["a", "b"]) == f"{SECOND}-token-1"
+    assert deployment.contacts == [HOME, SECOND]
+    deployment.modes[HOME] = "ok"  # home is back: the refresh goes there
+    clock.now += 0.8 * 900
+    assert client.token("orders-api", ["a", "b"]) == f"{HOME}-token-2"
+    assert deployment.contacts == [HOME, SECOND, HOME]
+
+
+def test_threads_while_the_home_region_is_down_make_one_exchange_per_key(deployment) -> None:
+    deployment.modes[HOME] = 503
+    deployment.delay = 0.3  # every thread asks while the first exchange is in flight
+    client = TokenClient(deployment.url)
+    audiences = ["orders-api", "billing-api"]
+    count = 16
+    barrier = threading.Barrier(count)
+    results: list[str | None] = [None] * count
+
+    def one(index: int) -> None:
+        barrier.wait()
+        results[index] = client.token(audiences[index % 2])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert deployment.exchanges_in(HOME) == 2  # one failed attempt per key
+    assert deployment.exchanges_in(SECOND) == 2  # one exchange per key
+    assert sorted(set(results)) == sorted(deployment.issued)
+    assert deployment.discoveries == 2
+
+
+# --- without tokex_regions, or bound with issuer=: as before -----------------------------
+
+
+def test_without_tokex_regions_one_attempt_at_the_issuer_token_endpoint(deployment) -> None:
+    deployment.with_regions = False
+    assert "tokex_regions" not in deployment.document()
+    assert request_token(deployment.url, "a", region=SECOND)["access_token"] == "home-token-1"
+    assert_signed_for(deployment.forms["home"][0], SECOND)
+    assert request_token(deployment.url, "a")["access_token"] == "home-token-2"
+    assert_signed_for(deployment.forms["home"][1], HOME)  # no region: us-east-1
+    deployment.modes["home"] = 503
+    with pytest.raises(TokenError) as failed:
+        request_token(deployment.url, "a")
+    assert str(failed.value) == "temporarily_unavailable: try later"  # no Regions named
+    assert failed.value.status == 503
+    assert deployment.contacts == ["home"] * 3
+
+
+def test_a_bound_issuer_skips_discovery_and_its_regions(deployment) -> None:
+    assert request_token(deployment.url, "a", issuer=deployment.url)["access_token"]
+    assert (deployment.discoveries, deployment.contacts) == (0, ["home"])
+
+
+@pytest.mark.parametrize(
+    ("member", "why"),
+    [
+        ({"region": "us-east-1"}, "is not a list"),
+        ([{"token_endpoint": "https://x.example/t"}], "without a region name"),
+        ([{"region": "us-east-1", "token_endpoint": "http://x.example/t"}], "no https token"),
+        ([{"region": "us-east-1", "token_endpoint": "https://x.example/t?a=1"}], "no https"),
+        ([{"region": "us-east-1"}], "no https token endpoint for us-east-1"),
+        (  # ISSUER: the deployment's URL, so that each entry alone would be accepted
+            [{"region": "us-east-1", "token_endpoint": "ISSUER/regions/us-east-1/token"}] * 2,
+            "lists us-east-1 twice",
+        ),
+    ],
+)
+def test_a_malformed_tokex_regions_is_refused(deployment, monkeypatch, member, why) -> None:
+    member = json.loads(json.dumps(member).replace("ISSUER", deployment.url))
+    real = deployment.document
+    monkeypatch.setattr(deployment, "document", lambda: {**real(), "tokex_regions": member})
+    with pytest.raises(TokenError, match=why) as refused:
+        request_token(deployment.url, "orders-api")
+    assert refused.value.error == "not_tokex"
+    assert deployment.contacts == []
+
+
+# --- a Regional endpoint is only ever {issuer}/regions/<region>/token ----------------------
+
+
+@contextmanager
+def elsewhere_running() -> Iterator[tuple[str, list[str]]]:
+    """Another loopback server (another port), recording every request it gets and giving
+    a token to any POST: where a tampered document would send the signed requests."""
+    received: list[str] = []
+
+    class Handler(QuietHandler):
+        def do_GET(self) -> None:
+            received.append(f"GET {self.path}")
+            self.send_document(404, b"{}", {"Content-Type": "application/json"})
+
+        def do_POST(self) -> None:
+            received.append(f"POST {self.path}")
+            token = json.dumps({"access_token": "elsewhere", "expires_in": 900}).encode()
+            self.send_document(200, token, {"Content-Type": "application/json"})
+
+    with serving(LoopbackServer(Handler)) as server:
+        yield server.url, received
+
+
+# How a Regional token endpoint may differ from `{issuer}/regions/<region>/token`:
+# (issuer, the other server's URL, the entry's Region) -> the endpoint listed instead.
+TAMPERED: dict[str, Callable[[str, str, str], str]] = {
+    "another port": lambda issuer, elsewhere, region: f"{elsewhere}/regions/{region}/token",
+    "another host": lambda issuer, elsewhere, region: (
+        f"https://tokex.example.net/regions/{region}/token"
+    ),
+    "another name for the same host": lambda issuer, elsewhere, region: (
+        f"{issuer.replace('127.0.0.1', 'localhost')}/regions/{region}/token"
+    ),
+    "another scheme": lambda issuer, elsewhere, region: (
+        f"{issuer.replace('http://', 'https://')}/regions/{region}/token"
+    ),
+    "the issuer's own token endpoint": lambda issuer, elsewhere, region: f"{issuer}/token",
+    "another Region's endpoint": lambda issuer, elsewhere, region: (
+        f"{issuer}/regions/{SECOND if region != SECOND else HOME}/token"
+    ),
+    "another path under the issuer": lambda issuer, elsewhere, region: (
+        f"{issuer}/v2/regions/{region}/token"
+    ),
+    "a trailing slash": lambda issuer, elsewhere, region: f"{issuer}/regions/{region}/token/",
+    "the Region's introspection endpoint": lambda issuer, elsewhere, region: (
+        f"{issuer}/regions/{region}/introspect"
+    ),
+    "a query": lambda issuer, elsewhere, region: (
+        f"{issuer}/regions/{region}/token?next={elsewhere}"
+    ),
+}
+
+
+@pytest.mark.parametrize("region", [HOME, THIRD])  # the first asked, or one never reached
+@pytest.mark.parametrize("how", list(TAMPERED))
+def test_a_regional_endpoint_not_the_issuers_own_is_refused_and_nothing_is_sent(
+    deployment, monkeypatch, how, region
+) -> None:
+    """The whole document is refused, even with a healthy home Region listed as published:
+    no signed request goes to the other server, nor to the issuer."""
+    with elsewhere_running() as (elsewhere, received):
+        real = deployment.document
+
+        def tampered() -> dict[str, Any]:
+            document = real()
+            for entry in document["tokex_regions"]:
+                if entry["region"] == region:
+                    entry["token_endpoint"] = TAMPERED[how](deployment.url, elsewhere, region)
+            return document
+
+        monkeypatch.setattr(deployment, "document", tampered)
+        with pytest.raises(TokenError) as refused:
+            request_token(deployment.url, "orders-api", region=region)
+        with pytest.raises(TokenError):
+            TokenClient(deployment.url).token("orders-api")
+    assert (refused.value.error, refused.value.status) == ("not_tokex", None)
+    assert refused.value.url == f"{deployment.url}/.well-known/openid-configuration"
+    # Named: the Region, and the URL tokex publishes for it.
+    assert re.search(
+        rf"tokex_regions (gives|has no https token endpoint for) {region}\b", str(refused.value)
+    )
+    assert f"{deployment.url}/regions/{region}/token" in str(refused.value)
+    assert received == []  # nothing reached the other server
+    assert (deployment.contacts, deployment.forms) == ([], {})  # nor the issuer's exchanges
+    assert deployment.discoveries == 2
+
+
+def test_the_refusal_names_the_region_and_the_url_tokex_publishes(deployment, monkeypatch) -> None:
+    with elsewhere_running() as (elsewhere, received):
+        real = deployment.document
+
+        def tampered() -> dict[str, Any]:
+            document = real()
+            document["tokex_regions"][1]["token_endpoint"] = f"{elsewhere}/regions/{SECOND}/token"
+            return document
+
+        monkeypatch.setattr(deployment, "document", tampered)
+        with pytest.raises(TokenError) as refused:
+            request_token(deployment.url, "orders-api")
+    assert str(refused.value) == (
+        f"{deployment.url}/.well-known/openid-configuration: tokex_regions gives {SECOND} the "
+        f"token endpoint '{elsewhere}/regions/{SECOND}/token', not "
+        f"{deployment.url}/regions/{SECOND}/token: a Regional token endpoint must be the one "
+        "this issuer publishes for that Region"
+    )
+    assert received == []
+    assert deployment.contacts == []
+
+
+def test_cli_refuses_a_regional_endpoint_on_another_port(deployment, monkeypatch, capsys) -> None:
+    with elsewhere_running() as (elsewhere, received):
+        real = deployment.document
+
+        def tampered() -> dict[str, Any]:
+            document = real()
+            document["tokex_regions"][0]["token_endpoint"] = f"{elsewhere}/regions/{HOME}/token"
+            return document
+
+        monkeypatch.setattr(deployment, "document", tampered)
+        ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--json")
+        code, out, err = tokex(capsys, *ask)
+    failure = json.loads(out)
+    assert (code, err, failure["error"]) == (1, "", "not_tokex")
+    assert f"{deployment.url}/regions/{HOME}/token" in failure["error_description"]
+    assert received == []
+    assert deployment.contacts == []
+
+
+# --- other evidence: an OIF token from each Region's STS, the same EKS token -----------------
+
+
+@pytest.fixture
+def sts(monkeypatch) -> Iterator[dict[str, Any]]:
+    """A loopback STS (the query protocol) that hands out OIF tokens naming the Region
+    the call was signed for, or answers 503 for the Regions in `down`."""
+    state: dict[str, Any] = {"regions": [], "down": set()}
+
+    class Handler(QuietHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            form = parse_qs(body)
+            region = self.headers["Authorization"].split("/")[2]  # the credential scope
+            state["regions"].append(region)
+            if region in state["down"]:
+                error = "<Error><Code>ServiceUnavailable</Code><Message>down</Message></Error>"
+                return self._xml(503, f'<ErrorResponse xmlns="{STS_XML}">{error}</ErrorResponse>')
+            claims = {
+                "aud": form["Audience.member.1"][0],
+                "sub": "arn:aws:iam::123456789012:role/orders",
+                OIF_CLAIMS: {"source_region": region},
+            }
+            header = base64url.encode_json({"alg": "RS256", "kid": "k"})
+            token = f"{header}.{base64url.encode_json(claims)}.c2ln"
+            result = f"<GetWebIdentityTokenResult><WebIdentityToken>{token}</WebIdentityToken>"
+            self._xml(
+                200,
+                f'<GetWebIdentityTokenResponse xmlns="{STS_XML}">{result}'
+                "<Expiration>2030-01-01T00:00:00Z</Expiration></GetWebIdentityTokenResult>"
+                "</GetWebIdentityTokenResponse>",
+            )
+
+        def _xml(self, status: int, document: str) -> None:
+            self.send_document(status, document.encode(), {"Content-Type": "text/xml"})
+
+    with serving(LoopbackServer(Handler)) as server:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", server.url)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # one STS call per Region: no retries
+        yield state
+
+
+def test_oif_asks_each_regions_sts_for_its_own_token(deployment, sts) -> None:
+    deployment.modes[SECOND] = 503
+    response = request_token(deployment.url, "orders-api", evidence="oif", region=SECOND)
+    assert response["access_token"] == f"{HOME}-token-1"
+    assert sts["regions"] == [SECOND, HOME]
+    assert deployment.contacts == [SECOND, HOME]
+    for region in (SECOND, HOME):
+        [form] = deployment.forms[region]
+        assert form["subject_token_type"] == JWT_TYPE
+        claims = jwt_claims(form["subject_token"])
+        assert claims[OIF_CLAIMS]["source_region"] == region
+        assert claims["aud"] == deployment.url
+
+
+def test_oif_fails_over_when_a_regions_sts_is_down(deployment, sts) -> None:
+    sts["down"] = {HOME}
+    response = request_token(deployment.url, "orders-api", evidence="aws-oif")
+    assert response["access_token"] == f"{SECOND}-token-1"
+    assert sts["regions"] == [HOME, SECOND]
+    assert deployment.contacts == [SECOND]
+
+
+def test_eks_sends_the_same_token_to_each_region(monkeypatch, tmp_path) -> None:
+    without_aws_set_up(monkeypatch)
+    with deployment_running() as deployment:
+        path = sa_token_file(tmp_path, deployment.url)
+        deployment.modes[HOME] = 503
+        response = request_token(deployment.url, "orders-api", evidence="eks", token_file=path)
+        assert response["access_token"] == f"{SECOND}-token-1"
+        token = path.read_text().strip()
+        assert [deployment.forms[r][0]["subject_token"] for r in (HOME, SECOND)] == [token] * 2
+
+
+# --- tokex token --timeout, and failover from the command line ----------------------------
+
+
+def tokex(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out.strip(), err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "inf", "", "1e400"])
+def test_cli_timeout_must_be_a_positive_number(deployment, capsys, value) -> None:
+    ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--timeout", value)
+    code, out, err = tokex(capsys, *ask)
+    assert (code, out) == (2, "")
+    assert f"--timeout {value!r}: must be a positive number of seconds" in err
+    code, out, err = tokex(capsys, *ask, "--json")
+    failure = json.loads(out)
+    assert (code, err, failure["error"], failure["input"]) == (2, "", "invalid_value", "--timeout")
+    assert deployment.discoveries == 0  # found before any network call
+
+
+def test_cli_fails_over_and_says_so_with_v(deployment, capsys) -> None:
+    deployment.modes[HOME] = 503
+    ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--timeout", "5")
+    code, out, err = tokex(capsys, *ask, "--json")
+    assert (code, json.loads(out)["access_token"], err) == (0, f"{SECOND}-token-1", "")
+    code, out, err = tokex(capsys, *ask, "-v")
+    assert (code, out) == (0, f"{SECOND}-token-2")
+    assert f"exchanging at {deployment.url}/regions/{HOME}/token (Region {HOME})" in err
+    assert f"Region {HOME} failed: temporarily_unavailable: try later; trying {SECOND}" in err
+    code, out, _ = tokex(capsys, *ask, "--region", SECOND)
+    assert (code, out) == (0, f"{SECOND}-token-3")
+    assert deployment.contacts == [HOME, SECOND, HOME, SECOND, SECOND]
+
+
+def test_cli_all_regions_down(deployment, capsys) -> None:
+    deployment.modes.update({HOME: "hang", SECOND: "reset", THIRD: 504})
+    started = time.monotonic()
+    ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--timeout", "1.5")
+    code, out, err = tokex(capsys, *ask, "--json")
+    assert time.monotonic() - started < 1.5 + SLACK
+    failure = json.loads(out)
+    assert (code, err, failure["error"]) == (1, "", "temporarily_unavailable")
+    assert failure["input"] == f"{deployment.url}/regions/{THIRD}/token"
+    assert f"tried {HOME}, {SECOND}, {THIRD}" in failure["error_description"]
+
+
+def test_cli_cache_finds_a_token_from_another_region(deployment, capsys, tmp_path) -> None:
+    deployment.modes[HOME] = 503
+    ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--cache-dir", str(tmp_path))
+    assert tokex(capsys, *ask)[:2] == (0, f"{SECOND}-token-1")
+    deployment.modes[HOME] = "ok"
+    assert tokex(capsys, *ask)[:2] == (0, f"{SECOND}-token-1")  # from the cache
+    assert deployment.contacts == [HOME, SECOND]
+    assert len(list(Path(tmp_path).iterdir())) == 1
