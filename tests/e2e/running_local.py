@@ -55,11 +55,13 @@ def start_tokex_local(
     tokex: str = TOKEX,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    options: tuple[str, ...] = (),
 ) -> RunningLocal:
-    """`tokex local` (the checkout's console script unless `tokex` names another)."""
+    """`tokex local [options]` (the checkout's console script unless `tokex` names
+    another)."""
     port = port or free_port()
     process = subprocess.Popen(
-        [tokex, "local", "--port", str(port), "--state-dir", str(state_dir)],
+        [tokex, "local", "--port", str(port), "--state-dir", str(state_dir), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
