@@ -30,14 +30,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import App, Environment, Stack
+from aws_cdk import App, CfnOutput, Environment, Stack
 from aws_cdk import aws_apigatewayv2 as apigw
 from constructs import Construct
 
 from cdk import nag
 from cdk.config import TokexConfig
+from cdk.extension_layer import ProxyExtensionLayer
 from cdk.functions import RUNTIME
-from cdk.issuer_site import TOKEN_PATH
+from cdk.issuer_site import INTROSPECT_PATH, TOKEN_PATH
 from cdk.layer_bundling import CoreLayer
 from cdk.origin_secret import ORIGIN_HEADER, ORIGIN_SECRET_ENV, resolve_by_name
 from cdk.policy_table import allow_policy_reads
@@ -217,4 +218,31 @@ class RegionalStack(Stack):
         add_regional_routes(
             self.api, region, self.exchange.function, self.introspect.function, self.routes
         )
+        outputs = {
+            "TokenEndpoint": (
+                home.issuer + regional_path(region, TOKEN_PATH),
+                f"POST RFC 8693 token exchange here, served in {region}",
+            ),
+            "IntrospectionEndpoint": (
+                home.issuer + regional_path(region, INTROSPECT_PATH),
+                f"POST RFC 7662 token introspection here, served in {region}",
+            ),
+            "SigningKeyArn": (
+                self.signing_key.key_arn,
+                f"The Regional replica of the key that signs, in {region}",
+            ),
+            "ExchangeRoleArn": (
+                self.exchange.role.role_arn,
+                f"The exchange's role in {region}: what instance-tag roles in other accounts"
+                " trust, besides every other Region's",
+            ),
+            # Layers are Regional: the workloads of this Region take this one.
+            "ProxyExtensionLayerArn": (
+                ProxyExtensionLayer.of(self).layer_version_arn,
+                f"The tokex proxy Lambda extension layer in {region}: Python 3.11-3.13"
+                " functions, arm64 or x86_64",
+            ),
+        }
+        for output_id, (value, description) in outputs.items():
+            CfnOutput(self, output_id, value=value, description=description)
         nag.acknowledge_regional_findings(self)

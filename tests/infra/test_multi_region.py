@@ -530,3 +530,57 @@ def test_cfn_lint_is_clean_on_every_stack(multi: App) -> None:
     ]
     assert len(templates) == 5
     assert_cfn_lint_clean(templates)
+
+
+def test_a_multi_region_key_switch_keeps_the_zero_downtime_order(tmp_path: Path) -> None:
+    """docs/multi-region.md "Key rotation", step 2 (mrk-b signs, mrk-a still published), in
+    a Regional stack: the new replica's Sign grant exists before the exchange is told the
+    new key, and the old replica loses its Sign statement only after the exchange moved."""
+    app = synth_app(
+        tmp_path,
+        {**MULTI_REGION_CONTEXT, "regions": "us-east-1,eu-west-1", "activeSigningKey": "mrk-b"},
+        bundle=False,
+    )
+    stack = regional_stack("eu-west-1")
+    resources = app.resources(stack)
+    exchange_id, exchange = app.at(stack, "Exchange/Function")
+    _, old = app.at(stack, "SigningKeyMrkA/Key")
+    new_id, new = app.at(stack, "SigningKeyMrkB/Key")
+    grants_id, grants = app.at(stack, "SigningKeyMrkB/ExchangeGrants")
+    assert exchange["Properties"]["Environment"]["Variables"]["TOKEX_SIGNING_KEY_ID"] == {
+        "Fn::GetAtt": [new_id, "Arn"]
+    }
+    assert grants_id in exchange.get("DependsOn", [])
+    assert exchange_id in old.get("DependsOn", [])
+    assert exchange_id not in new.get("DependsOn", [])
+    exchange_role, _ = app.at(stack, "Exchange/Role")
+    assert _sign_principals(new["Properties"]["KeyPolicy"]) == [
+        {"Fn::GetAtt": [exchange_role, "Arn"]}
+    ]
+    assert _sign_principals(old["Properties"]["KeyPolicy"]) == []
+    # Only the active replica's grants are on the exchange's role.
+    exchange_grants = [
+        lid for lid, r in resources.items()
+        if r["Type"] == "AWS::IAM::Policy" and "ExchangeGrants" in lid
+    ]  # fmt: skip
+    assert exchange_grants == [grants_id]
+    statements = grants["Properties"]["PolicyDocument"]["Statement"]
+    assert statements
+    assert all(s["Resource"] == {"Fn::GetAtt": [new_id, "Arn"]} for s in statements)
+
+
+def test_each_region_outputs_what_its_workloads_and_operators_need(multi: App) -> None:
+    """Lambda layers and IAM roles are per Region: a workload in eu-west-1 takes the
+    extension layer of eu-west-1, and an instance-tag role trusts every Region's exchange."""
+    for region in OTHERS:
+        stack = regional_stack(region)
+        outputs = multi.templates[stack]["Outputs"]
+        layer_id, _ = multi.at(stack, "ProxyExtensionLayer/Layer")
+        assert outputs["ProxyExtensionLayerArn"]["Value"] == {"Ref": layer_id}
+        role_id, _ = multi.at(stack, "Exchange/Role")
+        assert outputs["ExchangeRoleArn"]["Value"] == {"Fn::GetAtt": [role_id, "Arn"]}
+        key_id, _ = multi.at(stack, "SigningKeyMrkA/Key")
+        assert outputs["SigningKeyArn"]["Value"] == {"Fn::GetAtt": [key_id, "Arn"]}
+        for name, path in (("TokenEndpoint", "token"), ("IntrospectionEndpoint", "introspect")):
+            parts = outputs[name]["Value"]["Fn::Join"][1]
+            assert parts[-1] == f"/regions/{region}/{path}"
