@@ -584,3 +584,37 @@ def test_each_region_outputs_what_its_workloads_and_operators_need(multi: App) -
         for name, path in (("TokenEndpoint", "token"), ("IntrospectionEndpoint", "introspect")):
             parts = outputs[name]["Value"]["Fn::Join"][1]
             assert parts[-1] == f"/regions/{region}/{path}"
+
+
+def test_a_custom_domain_and_ecc_keys_reach_every_region(tmp_path: Path) -> None:
+    """With `domainName` the issuer is known at synth: a literal in every Region; with
+    ECC keys every replica signs ES256 only."""
+    app = synth_app(
+        tmp_path,
+        {
+            "regions": "us-east-1,eu-west-1",
+            "signingKeys": "mrk-a",
+            "activeSigningKey": "mrk-a",
+            "signingKeySpec": "ECC_NIST_P256",
+            "domainName": "auth.example.com",
+            "certificateArn": (
+                "arn:aws:acm:us-east-1:123456789012:certificate/"
+                "12345678-1234-1234-1234-123456789012"
+            ),
+        },
+        bundle=False,
+    )
+    stack = regional_stack("eu-west-1")
+    env = app.env(stack, "Exchange")
+    assert env["TOKEX_ISSUER"] == "https://auth.example.com"
+    assert env["TOKEX_TOKEN_ENDPOINT"] == "https://auth.example.com/regions/eu-west-1/token"
+    _, replica = app.at(stack, "SigningKeyMrkA/Key")
+    signs = [
+        s for s in replica["Properties"]["KeyPolicy"]["Statement"]
+        if s["Effect"] == "Allow" and s["Action"] == "kms:Sign"
+    ]  # fmt: skip
+    assert [s["Condition"]["StringEquals"]["kms:SigningAlgorithm"] for s in signs] == [
+        "ECDSA_SHA_256"
+    ]
+    _, primary = app.at("Tokex", "SigningKeyMrkA/Key")
+    assert primary["Properties"]["KeySpec"] == "ECC_NIST_P256"
