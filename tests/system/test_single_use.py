@@ -197,3 +197,38 @@ def test_a_kms_failure_gives_the_request_and_the_budget_back(local_system, fresh
     status, _, body = invoke_exchange(healthy, signed, scope="demo:read")
     assert status == 200, body
     assert_used_up(healthy, signed, scope="demo:read")
+
+
+def test_a_sign_failure_after_the_write_is_undone_by_one_compensating_write(
+    local_system, fresh_role
+):
+    """Issue 11: KMS fails after the admission write succeeded (a warm handler, whose
+    key is already known, so the first KMS call is the Sign): the answer is 503 with
+    Retry-After and no token, and exactly one more write gives the request and the budget
+    back. The same environment then accepts the same signed request: the release also
+    reaches its in-memory record of used requests."""
+    proxy = CountingProxy(local_system.deployment.endpoint_url)
+    try:
+        handler = warm_handler_behind(local_system, proxy)
+        started = time.time()
+        signed = sign(local_system, credentials=fresh_role.credentials)
+        proxy.fail(SIGN, 500, "KMSInternalException")
+        answer = Recorded(lambda: invoke_exchange(handler, signed, scope="demo:read"))
+        assert_refused(answer, 503, "temporarily_unavailable", "kms Sign: KMSInternalException")
+        assert int(answer.headers["Retry-After"]) > 0
+        calls = proxy.take()
+        # STS, then the write beside the Sign (retried by the SDK within the deadline),
+        # then the one compensating write, last.
+        assert calls[0] == STS, calls
+        assert calls.count(ADMIT) == 2, calls
+        assert calls[-1] == ADMIT, calls
+        assert set(calls[1:-1]) == {ADMIT, SIGN}, calls
+        assert budget_spent(local_system, fresh_role.arn, started) == 0
+
+        proxy.heal()
+        status, _, body = invoke_exchange(handler, signed, scope="demo:read")
+        assert status == 200, body
+        assert_sts_then_write_and_sign(proxy.take())
+        assert_used_up(handler, signed, scope="demo:read")
+    finally:
+        proxy.stop()

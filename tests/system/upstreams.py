@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -126,6 +127,8 @@ class CountingProxy(LoopbackHttpServer):
     def __init__(self, target: str) -> None:
         self.calls: list[str] = []
         self.held_together: list[str] = []
+        # Operation -> the answer the proxy gives instead of the emulator's (`fail`).
+        self._failing: dict[str, Answer] = {}
         self._held: tuple[frozenset[str], threading.Barrier] | None = None
         self._target = urlsplit(target)
         super().__init__(self._record_and_forward)
@@ -137,12 +140,29 @@ class CountingProxy(LoopbackHttpServer):
         the first waits out the timeout alone."""
         self._held = frozenset(operations), threading.Barrier(len(operations), timeout=timeout)
 
+    def fail(self, operation: str, status: int, error_type: str) -> None:
+        """From now on, every call to `operation` (a JSON-protocol target such as
+        `TrentService.Sign`) is answered `status` with that AWS error, as the service
+        answers when it fails; the emulator never sees it. `heal` ends it."""
+        payload = json.dumps({"__type": error_type, "message": "injected by the test"}).encode()
+        self._failing[operation] = (
+            status,
+            [("Content-Type", "application/x-amz-json-1.1")],
+            payload,
+        )
+
+    def heal(self) -> None:
+        self._failing.clear()
+
     def _record_and_forward(self, request: BaseHTTPRequestHandler, body: bytes) -> Answer:
         target = request.headers.get("X-Amz-Target")
         if target is None and body.startswith(b"Action="):
             target = "sts:" + body.split(b"&")[0].split(b"=")[1].decode()
         operation = target or f"{request.command} {request.path}"
         self.calls.append(operation)
+        failing = self._failing.get(operation)
+        if failing is not None:
+            return failing
         if self._held is not None and operation in self._held[0]:
             with contextlib.suppress(threading.BrokenBarrierError):
                 self._held[1].wait()
