@@ -213,3 +213,43 @@ def test_a_directory_that_cannot_be_made_is_a_write_failure(issuer, capsys, tmp_
     assert (code, err) == (1, "")
     assert json.loads(out)["error"] == "write_failed"
     assert issuer.exchanges == 0
+
+
+def test_expired_tokens_of_earlier_sessions_are_pruned_and_nothing_else(tmp_path) -> None:
+    """A new role session starts a new file: each write removes this user's files whose
+    token has expired, and leaves alone valid ones, other files and files not its own."""
+    directory = disk_cache.open_cache_dir(tmp_path / "cache")
+    expired = directory / ("expired" + disk_cache.FILE_SUFFIX)
+    disk_cache.write_cached(expired, {"access_token": "old", "expires_in": 900}, now=1000.0)
+    stale_but_valid = directory / ("stale" + disk_cache.FILE_SUFFIX)
+    disk_cache.write_cached(stale_but_valid, {"access_token": "s", "expires_in": 900}, now=1500.0)
+    set_back = directory / ("future" + disk_cache.FILE_SUFFIX)
+    disk_cache.write_cached(set_back, {"access_token": "f", "expires_in": 900}, now=9000.0)
+    not_json = directory / ("garbage" + disk_cache.FILE_SUFFIX)
+    not_json.write_text("not json")
+    not_json.chmod(0o600)
+    readable = directory / ("shared" + disk_cache.FILE_SUFFIX)
+    disk_cache.write_cached(readable, {"access_token": "r", "expires_in": 900}, now=1000.0)
+    readable.chmod(0o644)  # not a file this cache wrote
+    other = directory / "notes.txt"
+    other.write_text("mine")
+    link = directory / ("link" + disk_cache.FILE_SUFFIX)
+    link.symlink_to(expired)
+
+    # At 2000 s: `expired` ended at 1900 s; `stale` lives until 2400 s.
+    assert disk_cache.prune_expired(directory, now=2000.0) == 1
+    assert not expired.exists()
+    for kept in (stale_but_valid, set_back, not_json, readable, other):
+        assert kept.exists(), kept
+    assert link.is_symlink()  # never followed, never removed
+    assert disk_cache.prune_expired(directory, now=2000.0) == 0
+
+
+def test_the_command_prunes_when_it_writes(issuer, capsys, tmp_path) -> None:
+    directory = disk_cache.open_cache_dir(tmp_path / "cache")
+    earlier_session = directory / ("earlier" + disk_cache.FILE_SUFFIX)
+    disk_cache.write_cached(earlier_session, {"access_token": "old", "expires_in": 60}, now=0.0)
+    ask = ("--audience", "orders-api", "--cache-dir", str(directory))
+    assert token(issuer, capsys, *ask)[:2] == (0, "token-1")
+    assert not earlier_session.exists()
+    assert len(cache_files(directory)) == 1

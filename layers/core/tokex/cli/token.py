@@ -263,6 +263,9 @@ def _token_response(
             disk_cache.write_cached(cache_file, response)
         except OSError as err:  # the token is good: print it, say why it was not kept
             print(f"tokex token: --cache-dir: not cached: {err}", file=sys.stderr)
+        # Expired tokens of earlier role sessions (docs/contract.md "Command line").
+        with contextlib.suppress(OSError):
+            disk_cache.prune_expired(cache_file.parent)
     return response
 
 

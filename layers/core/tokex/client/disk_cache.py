@@ -15,6 +15,12 @@ The files are bearer tokens: mode 0600 in a directory the user owns that no one 
 write to (0700 when tokex makes it), written atomically (temp file, `os.replace`), read
 without following a symlink. A cached token is used while more than 20 % of its lifetime
 is left, the rule of the in-memory cache (`REFRESH_AT`).
+
+Every write also removes this user's cache files whose token has expired: a role session
+(a Lambda's, an ECS task's, an instance's) changes every hour or so, and each new session
+starts a new file, so without pruning a long-lived cache directory would keep one expired
+bearer token per session for ever. Only files this user wrote (its own, mode 0600, the
+cache's name pattern, the cache's JSON) are ever removed.
 """
 
 from __future__ import annotations
@@ -92,6 +98,36 @@ def read_cached(path: Path, *, now: float | None = None) -> dict[str, Any] | Non
     """The cached token response, its `expires_in` counted from now, if it has more than
     20 % of its lifetime left; None for a missing, unsafe, unreadable or stale file."""
     now = time.time() if now is None else now
+    entry = _own_entry(path)
+    if entry is None:
+        return None
+    obtained_at, response, token = entry
+    if not obtained_at <= now < token.refresh_at:  # a clock set back counts as stale
+        return None
+    return {**response, "expires_in": int(token.expires_at - now)}
+
+
+def prune_expired(directory: Path, *, now: float | None = None) -> int:
+    """Removes this user's cache files whose token has expired; how many it removed.
+    A file it cannot read as its own cache entry is left alone, as is a token still valid
+    (if stale for reuse) and one from a clock set back."""
+    now = time.time() if now is None else now
+    removed = 0
+    for path in directory.glob("*" + FILE_SUFFIX):
+        if path.name.startswith("."):
+            continue  # a write in progress (`.tmp-…`)
+        entry = _own_entry(path)
+        if entry is None or not entry[0] <= entry[2].expires_at <= now:
+            continue
+        with contextlib.suppress(OSError):  # another run pruned it first
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _own_entry(path: Path) -> tuple[float, dict[str, Any], CachedToken] | None:
+    """(obtained_at, response, token) of a cache file this user wrote with mode 0600, not
+    through a symlink; None for anything else."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -107,12 +143,9 @@ def read_cached(path: Path, *, now: float | None = None) -> dict[str, Any] | Non
         response = entry["response"]
         if not isinstance(response, dict):
             return None
-        token = CachedToken.from_response(response, obtained_at=obtained_at)
+        return obtained_at, response, CachedToken.from_response(response, obtained_at=obtained_at)
     except (ValueError, TypeError, KeyError):
         return None
-    if not obtained_at <= now < token.refresh_at:  # a clock set back counts as stale
-        return None
-    return {**response, "expires_in": int(token.expires_at - now)}
 
 
 def write_cached(path: Path, response: dict[str, Any], *, now: float | None = None) -> None:
