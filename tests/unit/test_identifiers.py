@@ -259,6 +259,8 @@ SCOPES = [
     ("orders\\read", False),
     ("órders", False),
     ("orders\x7f", False),
+    ("orders:read\torders:write", False),  # a tab separates nothing: refused, not split
+    ("orders:read\norders:write", False),
 ]
 SCOPE_CHECKS: dict[str, Check] = {
     "rule": identifiers.is_scope_token,

@@ -89,3 +89,11 @@ def test_an_unsafe_secret_file_is_refused_before_serving(capsys, tmp_path) -> No
     code, failure = tokex(capsys, *argv, "--secret-file", str(shared / "secret"))
     assert (code, failure["input"]) == (2, "--secret-file")
     assert "without the sticky bit" in failure["error_description"]
+
+
+def test_a_scope_with_a_tab_is_refused_not_split(capsys) -> None:
+    """Spaces separate scopes (RFC 6749 section 3.3); a tab or a newline is no separator,
+    so `--scope` with one is a wrong scope, never two scopes asked for silently."""
+    argv = ["--endpoint", "https://auth.example.com", "--listen", "127.0.0.1:0", *ROUTE]
+    code, failure = tokex(capsys, *argv, "--scope", "orders:read\torders:write")
+    assert (code, failure["error"], failure["input"]) == (2, "invalid_value", "--scope")

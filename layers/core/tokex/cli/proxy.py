@@ -175,7 +175,7 @@ def _config(args: argparse.Namespace) -> ProxyConfig:
             listen=args.listen,
             upstream=args.upstream,
             audience=args.audience,
-            scopes=[scope for value in args.scope for scope in value.split()],
+            scopes=[scope for value in args.scope for scope in value.split(" ") if scope],
             evidence=args.evidence,
             ca_file=args.ca_file,
             token_file=args.token_file,

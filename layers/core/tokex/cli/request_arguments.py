@@ -21,8 +21,10 @@ def check_audience(audience: str) -> str:
 
 def requested_scopes(values: list[str]) -> tuple[str, ...] | None:
     """As the exchange parses `scope`: None when absent, distinct tokens in order. Each
-    --scope may hold several, space-separated."""
-    tokens = [token for value in values for token in value.split()]
+    --scope may hold several, separated by spaces (runs of them too); any other whitespace
+    is no separator (RFC 6749 section 3.3) and makes the token invalid, rather than a
+    tab or a newline silently asking for a second scope."""
+    tokens = [token for value in values for token in value.split(" ") if token]
     if not tokens:
         return None
     if len(tokens) > MAX_SCOPES:

@@ -106,7 +106,7 @@ def _route_for_scopes(candidates: Sequence[Route], scope: str | None) -> Route |
     if scope is None:
         sets = {frozenset(route.scopes) for route in candidates}
         return candidates[0] if len(sets) == 1 else None
-    wanted = frozenset(scope.split())
+    wanted = frozenset(token for token in scope.split(" ") if token)
     return next((route for route in candidates if frozenset(route.scopes) == wanted), None)
 
 
