@@ -35,17 +35,32 @@ __all__ = [
 
 
 class OriginSecret(Construct):
-    def __init__(self, scope: Construct, construct_id: str) -> None:
+    """The header value CloudFront sends to the home API; RegionalOriginSecret, to the
+    other Regions' APIs."""
+
+    DESCRIPTION = "tokex: the header value CloudFront sends to the API origin"
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        name: str | None = None,
+        replica_regions: Sequence[str] = (),
+    ) -> None:
         super().__init__(scope, construct_id)
         self.secret = secretsmanager.Secret(
             self,
             "Secret",
-            description="tokex: the header value CloudFront sends to the API origin",
+            secret_name=name,
+            description=self.DESCRIPTION,
             generate_secret_string=secretsmanager.SecretStringGenerator(
                 password_length=SECRET_LENGTH,
                 exclude_punctuation=True,
                 include_space=False,
             ),
+            replica_regions=[secretsmanager.ReplicaRegion(region=r) for r in replica_regions]
+            or None,
             # Not data: a new stack generates a new one.
             removal_policy=RemovalPolicy.DESTROY,
         )
@@ -65,7 +80,7 @@ def resolve_by_name(name: str) -> str:
     return f"{{{{resolve:secretsmanager:{name}:SecretString:::}}}}"
 
 
-class RegionalOriginSecret(Construct):
+class RegionalOriginSecret(OriginSecret):
     """The Regional APIs' door (docs/multi-region.md "Stacks"): the header CloudFront sends
     to every Region's API besides home, replicated to those Regions.
 
@@ -74,27 +89,10 @@ class RegionalOriginSecret(Construct):
     reference cannot be nested in the one that would carry the name).
     """
 
+    DESCRIPTION = "tokex: the header value CloudFront sends to the Regional APIs"
+
     def __init__(
         self, scope: Construct, construct_id: str, *, name: str, replica_regions: Sequence[str]
     ) -> None:
-        super().__init__(scope, construct_id)
+        super().__init__(scope, construct_id, name=name, replica_regions=replica_regions)
         self.name = name
-        self.secret = secretsmanager.Secret(
-            self,
-            "Secret",
-            secret_name=name,
-            description="tokex: the header value CloudFront sends to the Regional APIs",
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                password_length=SECRET_LENGTH,
-                exclude_punctuation=True,
-                include_space=False,
-            ),
-            replica_regions=[
-                secretsmanager.ReplicaRegion(region=region) for region in replica_regions
-            ],
-            removal_policy=RemovalPolicy.DESTROY,
-        )
-
-    @property
-    def value(self) -> str:
-        return self.secret.secret_value.unsafe_unwrap()

@@ -11,7 +11,6 @@ included, writes one audit line and counts one metric by outcome (docs/contract.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,7 +23,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from tokex.edge import NotThroughIssuer, OriginGate
 from tokex.errors import MethodNotAllowed, TemporarilyUnavailable, TokexError
 from tokex.http_api import NOT_FOUND, event_body, event_response, json_text, no_store
-from tokex.regions import SERVING_REGION_ENV, regional_path
+from tokex.regions import regional_path
 from tokex_functions.tracing import FunctionTracer
 
 # Every method API Gateway forwards besides POST: answered 405 with `Allow: POST`.
@@ -39,7 +38,8 @@ class HttpEndpoint:
     """One POST endpoint of the HTTP API and everything around its route.
 
     `idle_fields` are the audit fields of a request refused before the core saw it (the
-    origin gate, a wrong method): the endpoint's fields, all empty.
+    origin gate, a wrong method): the endpoint's fields, all empty. `serving_region`: the
+    settings' (TOKEX_SERVING_REGION), whose `/regions/<region>` path it also answers.
     """
 
     def __init__(
@@ -50,6 +50,7 @@ class HttpEndpoint:
         audit_message: str,
         metric: str,
         idle_fields: AuditFields,
+        serving_region: str = "",
     ) -> None:
         self.path = path
         self.what = what
@@ -61,10 +62,9 @@ class HttpEndpoint:
         self.tracer = FunctionTracer()
         self.app = APIGatewayHttpResolver()
         self.origin_gate = OriginGate.from_env()
-        # A Regional exchange also answers at its own Region's path (docs/multi-region.md):
+        # A Regional function also answers at its own Region's path (docs/multi-region.md):
         # CloudFront forwards `/regions/<region>/token` to that Region's API whole.
-        region = os.environ.get(SERVING_REGION_ENV, "")
-        self.paths = [path, *([regional_path(region, path)] if region else [])]
+        self.paths = [path, *([regional_path(serving_region, path)] if serving_region else [])]
         for served in self.paths:
             self.app.route(served, method=WRONG_METHODS)(self._wrong_method)
         self.app.not_found(self._not_found)

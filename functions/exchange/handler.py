@@ -37,6 +37,7 @@ endpoint = HttpEndpoint(
     audit_message="token exchange",
     metric="Exchanges",
     idle_fields=audit_fields(ExchangeAudit()),
+    serving_region=settings.serving_region,
 )
 
 

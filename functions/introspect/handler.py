@@ -42,6 +42,7 @@ endpoint = HttpEndpoint(
     audit_message="token introspection",
     metric="Introspections",
     idle_fields=audit_fields(IntrospectionAudit(), None),
+    serving_region=settings.serving_region,
 )
 
 

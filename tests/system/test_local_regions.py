@@ -443,3 +443,11 @@ def test_the_cli_fails_over_too(system: LocalSystem, capsys: pytest.CaptureFixtu
     assert code == 0, err
     token = out.strip().splitlines()[-1]
     assert verify(system, token)["iss"] == system.issuer
+
+
+def test_local_helps_default_replication_delay_is_the_runners() -> None:
+    """`tokex local --help` names the default without loading the runner."""
+    from tokex.cli import local as local_command
+    from tokex.local import runner
+
+    assert local_command.DEFAULT_REPLICATION_DELAY == runner.DEFAULT_REPLICATION_DELAY_SECONDS

@@ -761,3 +761,11 @@ def test_cli_cache_finds_a_token_from_another_region(deployment, capsys, tmp_pat
     assert tokex(capsys, *ask)[:2] == (0, f"{SECOND}-token-1")  # from the cache
     assert deployment.contacts == [HOME, SECOND]
     assert len(list(Path(tmp_path).iterdir())) == 1
+
+
+def test_the_command_lines_default_timeout_is_the_clients() -> None:
+    """`tokex token --help` names the default without loading the client."""
+    from tokex.cli import token as token_command
+    from tokex.client import token_client
+
+    assert token_command.DEFAULT_TIMEOUT == token_client.DEFAULT_TIMEOUT

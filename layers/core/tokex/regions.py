@@ -13,6 +13,9 @@ from typing import Any
 
 from tokex import identifiers
 
+# Where a workload's Region is configured, in the AWS CLI's order, before the profile's
+# `region` (the client's preferred Region, the command line's --region default).
+REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 # A Regional exchange or introspect function names its Region here (settings.py).
 SERVING_REGION_ENV = "TOKEX_SERVING_REGION"
 REGIONS_PREFIX = "/regions/"

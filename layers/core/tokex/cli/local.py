@@ -13,8 +13,10 @@ from tokex import identifiers
 from tokex.cli.errors import UsageError
 from tokex.cli.main import CommandError
 
-# `--replication-delay`'s default and its largest value: a test of "before replication"
-# pauses the replication instead of waiting it out.
+# `--replication-delay`'s default, for --help only, which loads no runner
+# (tokex/local/runner.py DEFAULT_REPLICATION_DELAY_SECONDS; tests/system/test_local_regions.py
+# checks they agree), and its largest value: a test of "before replication" pauses the
+# replication instead of waiting it out.
 DEFAULT_REPLICATION_DELAY = 1.0
 MAX_REPLICATION_DELAY = 3600.0
 
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         DEMO_SCOPES,
         REGION,
     )
-    from tokex.local.runner import start_local
+    from tokex.local.runner import DEFAULT_REPLICATION_DELAY_SECONDS, start_local
 
     regions = args.regions or (REGION,)
     if args.replication_delay is not None and len(regions) < 2:
@@ -123,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
             "--replication-delay needs two or more --regions: one Region replicates nothing",
             input="--replication-delay",
         )
-    delay = DEFAULT_REPLICATION_DELAY if args.replication_delay is None else args.replication_delay
+    delay = args.replication_delay
+    if delay is None:
+        delay = DEFAULT_REPLICATION_DELAY_SECONDS
     try:
         system = start_local(
             port=args.port,

@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 
 from tokex.cli.errors import NO_REGION, UsageError
-
-REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
+from tokex.regions import REGION_VARIABLES
 
 
 def resolve_region(flag: str | None) -> str:

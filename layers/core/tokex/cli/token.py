@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -39,7 +38,8 @@ FALLBACK_REGION = "us-east-1"
 SIGV4 = "sigv4"
 # `oif` is short for `aws-oif` (tokex/client/evidence.py ALIASES).
 EVIDENCE_CHOICES = (*identifiers.EVIDENCE_KINDS, "oif")
-# tokex/client/token_client.py DEFAULT_TIMEOUT (not imported: `--help` loads no client).
+# For --help only, which loads no client: tokex/client/token_client.py DEFAULT_TIMEOUT
+# (tests/unit/test_client_failover.py checks they agree).
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -151,19 +151,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _timeout(value: str | None) -> float:
-    """--timeout: a positive number of seconds (exit 2 otherwise)."""
+    """--timeout: a positive number of seconds (exit 2 otherwise), the client's rule."""
+    from tokex.client.token_client import DEFAULT_TIMEOUT as default
+    from tokex.client.token_client import check_timeout
+
     if value is None:
-        return DEFAULT_TIMEOUT
+        return default
     try:
-        seconds = float(value)
+        return check_timeout(float(value))
     except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
         raise UsageError(
             f"--timeout {value!r}: must be a positive number of seconds, e.g. 10 or 2.5",
             input="--timeout",
-        )
-    return seconds
+        ) from None
 
 
 def _evidence(args: argparse.Namespace) -> str:

@@ -54,7 +54,7 @@ from tokex.client.token_error import (
     UNREACHABLE,
     TokenError,
 )
-from tokex.regions import DISCOVERY_MEMBER, TOKEN_PATH, regional_path
+from tokex.regions import DISCOVERY_MEMBER, REGION_VARIABLES, TOKEN_PATH, regional_path
 from tokex.token_request import JWT_TOKEN_TYPE, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 # Each Region tried (INFO) and each failover (WARNING); silent unless the application
@@ -73,8 +73,6 @@ MAX_RESPONSE_BYTES = 64 * 1024
 # (`timeout=`, `tokex token --timeout`): above the exchange's own 6 s deadline, so a
 # single-Region caller hears its 503 rather than giving up first (docs/contract.md).
 DEFAULT_TIMEOUT = 10.0
-# Where the workload's preferred Region is configured, before the profile (as the AWS CLI).
-REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
 # Paths a tokex issuer serves (docs/contract.md): an endpoint ending in one is not the base
 # URL.
