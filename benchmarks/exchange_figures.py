@@ -52,10 +52,18 @@ class Floor:
     def __init__(self, system: BenchSystem) -> None:
         deployment = system.local.deployment
         endpoint = deployment.endpoint_url
-        service = deployment.service.session(REGION)
-        self.sts = aws_clients.client("sts", session=system.workload, endpoint_url=endpoint)
-        self.kms = aws_clients.client("kms", session=service, endpoint_url=endpoint)
-        self.dynamodb = aws_clients.client("dynamodb", session=service, endpoint_url=endpoint)
+        session = aws_clients.new_session()
+        service = {"endpoint_url": endpoint, "region_name": REGION}
+        service.update(_keys(deployment.service.session(REGION)))
+        self.sts = aws_clients.client(
+            "sts",
+            session=session,
+            endpoint_url=endpoint,
+            region_name=REGION,
+            **_keys(system.workload),
+        )
+        self.kms = aws_clients.client("kms", session=session, **service)
+        self.dynamodb = aws_clients.client("dynamodb", session=session, **service)
         self.key = deployment.signing_key_arn
         self.table = deployment.state_table
 

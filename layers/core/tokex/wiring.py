@@ -8,24 +8,27 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokex.adapters import aws_clients
 from tokex.adapters.kms import KmsPublicKeys, KmsSigner
 from tokex.adapters.policy_table import PolicyStore
-from tokex.adapters.s3 import S3Documents
 from tokex.adapters.state_table.admission import DynamoDbAdmission
-from tokex.adapters.state_table.introspection_clients import ClientStore
-from tokex.adapters.state_table.revocations import RevocationStore
 from tokex.adapters.sts import StsForwarder
 from tokex.errors import ConfigurationError
 from tokex.evidence.instance_identity import CertificateStore
 from tokex.evidence.jwt_evidence import IssuerKeys
 from tokex.exchange import TokenExchange
-from tokex.introspection import Introspector, PublishedKeys
 from tokex.policy.cache import CachedPolicies
 from tokex.policy.evaluate import TagLookup
-from tokex.publish import publish_issuer_documents
 from tokex.settings import Settings
+
+if TYPE_CHECKING:
+    from tokex.adapters.state_table.introspection_clients import ClientStore
+    from tokex.introspection import Introspector
+
+# Each function imports what its own use case needs (below): the exchange's cold start
+# loads neither introspection nor the publisher.
 
 
 def build_token_exchange(settings: Settings) -> TokenExchange:
@@ -85,6 +88,10 @@ def build_introspection(settings: Settings) -> tuple[Introspector, ClientStore]:
     """Introspection against the published keys (read from KMS, as the publisher does)
     with the revocation records of the state table, and the clients (state table too)
     that may call `POST /introspect`."""
+    from tokex.adapters.state_table.introspection_clients import ClientStore
+    from tokex.adapters.state_table.revocations import RevocationStore
+    from tokex.introspection import Introspector, PublishedKeys
+
     if not (settings.signing_key_id and settings.state_table):
         raise ConfigurationError("TOKEX_SIGNING_KEY_ID and TOKEX_STATE_TABLE are required")
     session = aws_clients.new_session()
@@ -106,6 +113,9 @@ def build_issuer_publisher(settings: Settings) -> Callable[[], list[str]]:
     """Publishes the JWKS (signing key first, then every other published key) and the
     discovery document to the issuer bucket; returns the keys written. The settings are
     checked when it runs (a ConfigurationError then), as the publisher always has."""
+    from tokex.adapters.s3 import S3Documents
+    from tokex.publish import publish_issuer_documents
+
     session = aws_clients.new_session()
     kms = aws_clients.client("kms", session=session)
     s3 = aws_clients.client("s3", session=session)

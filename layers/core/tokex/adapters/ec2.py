@@ -89,13 +89,14 @@ Ec2ClientFactory = Callable[[str, AssumedCredentials], Any]
 
 
 def default_ec2_client_factory() -> Ec2ClientFactory:
-    """EC2 clients from one shared boto3 session, with explicit credentials.
+    """EC2 clients from one shared botocore session, with explicit credentials.
 
-    Sharing the session shares botocore's loaded EC2 model (a new session costs ~100 ms
-    per client). The endpoint still comes from `AWS_ENDPOINT_URL[_EC2]` or the region.
+    Sharing the session shares botocore's loaded EC2 model (a new session loads it again
+    for every client). The endpoint still comes from `AWS_ENDPOINT_URL[_EC2]` or the region.
     """
     session = aws_clients.new_session()
-    lock = threading.Lock()  # boto3 sessions are not thread-safe (boto3 "Multithreading")
+    # Sessions are not thread-safe (boto3's guide, "Multithreading"; botocore's alike).
+    lock = threading.Lock()
 
     def create(region: str, credentials: AssumedCredentials) -> Any:
         with lock:

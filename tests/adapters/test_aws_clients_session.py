@@ -1,0 +1,92 @@
+"""The hot path's botocore session (adapters/aws_clients.py): its model files decoded into
+plain dicts give botocore exactly the data its own loader gives, `AWS_DATA_PATH` still
+comes first, and no function handler imports boto3 at a cold start."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from botocore import loaders
+
+from tokex.adapters import aws_clients
+
+ROOT = Path(__file__).resolve().parents[2]
+HANDLERS = sorted((ROOT / "functions").glob("*/handler.py"))
+
+
+@pytest.mark.parametrize(
+    "data", ["endpoints", "partitions", "kms/2014-11-01/service-2", "dynamodb/2012-08-10/service-2"]
+)
+def test_plain_dicts_hold_what_botocores_loader_reads(data: str) -> None:
+    path = os.path.join(loaders.Loader.BUILTIN_DATA_PATH, data)
+    ours, botocores = aws_clients.PlainJsonFiles(), loaders.JSONFileLoader()
+    assert ours.exists(path) and botocores.exists(path)
+    assert ours.load_file(path) == botocores.load_file(path)  # order included below
+    assert list(ours.load_file(path)) == list(botocores.load_file(path))
+
+
+def test_plain_json_first_then_gzip_as_botocore_reads_them(tmp_path: Path) -> None:
+    (tmp_path / "both.json").write_text('{"from": "json"}')
+    (tmp_path / "both.json.gz").write_bytes(gzip.compress(b'{"from": "gzip"}'))
+    (tmp_path / "gz.json.gz").write_bytes(gzip.compress(b'{"from": "gzip"}'))
+    files = aws_clients.PlainJsonFiles()
+    assert files.load_file(str(tmp_path / "both")) == {"from": "json"}
+    assert files.load_file(str(tmp_path / "gz")) == {"from": "gzip"}
+    assert files.load_file(str(tmp_path / "none")) is None
+    assert not files.exists(str(tmp_path / "none"))
+
+
+def test_aws_data_path_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model in `AWS_DATA_PATH` wins over botocore's own, as with botocore's loader."""
+    builtin = os.path.join(loaders.Loader.BUILTIN_DATA_PATH, "sts", "2011-06-15", "service-2")
+    model = loaders.JSONFileLoader().load_file(builtin)
+    model["metadata"]["serviceFullName"] = "STS as AWS_DATA_PATH has it"
+    folder = tmp_path / "sts" / "2011-06-15"
+    folder.mkdir(parents=True)
+    (folder / "service-2.json").write_text(json.dumps(model))
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
+    client = aws_clients.client(
+        "sts", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
+    )
+    assert client.meta.service_model.service_name == "sts"
+    assert client.meta.service_model.metadata["serviceFullName"] == "STS as AWS_DATA_PATH has it"
+
+
+COLD_IMPORT = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("handler", sys.argv[1])
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+print(json.dumps(sorted({n.split(".")[0] for n in sys.modules} & {"boto3", "s3transfer"})))
+"""
+
+
+@pytest.mark.parametrize("handler", HANDLERS, ids=lambda path: path.parent.name)
+def test_no_handler_imports_boto3_at_cold_start(handler: Path) -> None:
+    """botocore's clients are all a handler uses: boto3 and s3transfer would only add to
+    every cold start. A fresh interpreter loads the handler as Lambda does."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "TOKEX_ISSUER": "https://issuer.example",
+        "TOKEX_SIGNING_KEY_ID": "alias/tokex-signing",
+        "TOKEX_POLICY_TABLE": "policies",
+        "TOKEX_STATE_TABLE": "state",
+        "TOKEX_JWKS_BUCKET": "issuer-documents",
+    }
+    result = subprocess.run(
+        [sys.executable, "-B", "-c", COLD_IMPORT, str(handler)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout) == []
