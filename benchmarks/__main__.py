@@ -24,6 +24,7 @@ from benchmarks.exchange_figures import (
     Floor,
     Profile,
     calls_per_exchange,
+    emulator_calls,
     end_to_end,
     handler_cpu,
     jwt_calls_per_exchange,
@@ -89,6 +90,7 @@ def run(profile_name: str) -> list[Figure]:
         figures += jwt_calls_per_exchange(system, profile.calls_exchanges)
         figures += round_trips(system, floor, profile)
         figures += end_to_end(system, profile)
+        figures += emulator_calls(system, floor, profile)
         figures += handler_cpu(system, floor, profile)
         figures += cold_start_figures(system, profile.cold_runs)
         figures += client_figures(system, CACHED_CALLS[profile_name])

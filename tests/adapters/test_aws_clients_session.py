@@ -1,18 +1,21 @@
 """The hot path's botocore session (adapters/aws_clients.py): its model files decoded into
-plain dicts give botocore exactly the data its own loader gives, `AWS_DATA_PATH` still
-comes first, and no function handler imports boto3 at a cold start."""
+plain dicts give botocore exactly the data its own loader gives, it makes clients of the
+services tokex calls and of no other, `AWS_DATA_PATH` still comes first, and no function
+handler imports boto3 at a cold start."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from botocore import loaders
+from botocore.exceptions import UnknownServiceError
 
 from tokex.adapters import aws_clients
 
@@ -42,6 +45,32 @@ def test_plain_json_first_then_gzip_as_botocore_reads_them(tmp_path: Path) -> No
     assert not files.exists(str(tmp_path / "none"))
 
 
+KEYS = {"region_name": "us-east-1", "aws_access_key_id": "a", "aws_secret_access_key": "b"}
+
+
+@pytest.mark.parametrize("service", aws_clients.SERVICES)
+def test_a_client_of_each_service_tokex_calls(service: str) -> None:
+    client = aws_clients.client(service, **KEYS)
+    assert client.meta.service_model.service_name == service
+    assert client.meta.region_name == "us-east-1"
+
+
+def test_no_client_of_another_service() -> None:
+    with pytest.raises(UnknownServiceError, match="lambda") as refused:
+        aws_clients.client("lambda", **KEYS)
+    assert "dynamodb, ec2, kms, s3, sts" in str(refused.value)
+
+
+def test_every_client_the_runtime_makes_is_of_a_known_service() -> None:
+    """`aws_clients.client("<service>", ...)` anywhere in the runtime names one of
+    `SERVICES` (a client of another would fail only when first built)."""
+    called = set()
+    for source in (ROOT / "layers" / "core" / "tokex").rglob("*.py"):
+        text = source.read_text(encoding="utf-8")
+        called |= set(re.findall(r'aws_clients\.client\(\s*"([a-z0-9-]+)"', text))
+    assert called and called <= set(aws_clients.SERVICES)
+
+
 def test_aws_data_path_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A model in `AWS_DATA_PATH` wins over botocore's own, as with botocore's loader."""
     builtin = os.path.join(loaders.Loader.BUILTIN_DATA_PATH, "sts", "2011-06-15", "service-2")
@@ -51,9 +80,7 @@ def test_aws_data_path_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     folder.mkdir(parents=True)
     (folder / "service-2.json").write_text(json.dumps(model))
     monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
-    client = aws_clients.client(
-        "sts", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
-    )
+    client = aws_clients.client("sts", **KEYS)
     assert client.meta.service_model.service_name == "sts"
     assert client.meta.service_model.metadata["serviceFullName"] == "STS as AWS_DATA_PATH has it"
 

@@ -19,10 +19,11 @@ this one would send for real.
 
 The clients are botocore's, from a botocore session: boto3 adds nothing a low-level
 client uses, and importing it (with s3transfer) would cost every cold start ~15 ms. The
-session reads botocore's model files into plain dicts instead of its default
-`OrderedDict`s (dicts keep insertion order, all botocore relies on): the same data, decoded
-3 to 6 times faster, ~45 ms of a cold start for the KMS and DynamoDB clients
-(docs/performance.md "Results").
+session's model loader does two things differently, both for the cold start
+(docs/performance.md "Results"): it reads botocore's model files into plain dicts instead
+of `OrderedDict`s (dicts keep insertion order, all botocore relies on: the same data,
+decoded several times faster), and it knows only the services tokex calls (`SERVICES`),
+where botocore lists its 400-odd service directories, twice, before the first model loads.
 
 Retries are tokex's too: botocore's standard retry conditions decide *whether* to retry,
 and a retry happens only when its backoff and one more attempt fit in what is left of
@@ -50,6 +51,8 @@ from tokex import deadline
 from tokex.adapters import bounded_http
 from tokex.errors import DeadlineExceeded
 
+# Every AWS service the runtime calls (a client of another is refused: UnknownServiceError).
+SERVICES = ("dynamodb", "ec2", "kms", "s3", "sts")
 CONNECT_TIMEOUT_SECONDS = 2.0
 READ_TIMEOUT_SECONDS = 5.0
 # Attempts per call, the first included (botocore's standard mode allows 3).
@@ -94,12 +97,32 @@ class PlainJsonFiles:
         return None
 
 
+class ServiceModels(loaders.Loader):
+    """botocore's loader of models and data, for the services tokex calls only."""
+
+    def list_available_services(self, type_name: str) -> list[str]:
+        available = []
+        for service in SERVICES:
+            try:
+                if self.list_api_versions(service, type_name):
+                    available.append(service)
+            except botocore_errors.DataNotFoundError:
+                continue
+        return available
+
+
 def new_session() -> botocore.session.Session:
-    """A botocore session: share one between the clients of a process (each new session
-    loads the service models again). `AWS_DATA_PATH` is honoured as botocore's own."""
+    """A botocore session for clients of `SERVICES`: share one between the clients of a
+    process (each new session loads the models again). `AWS_DATA_PATH` comes first, as in
+    botocore's own sessions."""
     session = botocore.session.Session()
-    loader = loaders.create_loader(session.get_config_variable("data_path"))
-    loader.file_loader = PlainJsonFiles()
+    data_path = session.get_config_variable("data_path")
+    extra_paths = (
+        [os.path.expanduser(os.path.expandvars(path)) for path in data_path.split(os.pathsep)]
+        if data_path
+        else None
+    )
+    loader = ServiceModels(extra_search_paths=extra_paths, file_loader=PlainJsonFiles())
     session.register_component("data_loader", loader)
     return session
 
