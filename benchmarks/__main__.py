@@ -41,7 +41,7 @@ PROFILES = {
         latency_samples=60,
         end_to_end_samples=60,
         cpu_samples=300,
-        cold_runs=7,
+        cold_runs=11,
     ),
     "small": Profile(
         calls_exchanges=3,

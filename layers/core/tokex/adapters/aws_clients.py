@@ -20,10 +20,11 @@ this one would send for real.
 The clients are botocore's, from a botocore session: boto3 adds nothing a low-level
 client uses, and importing it (with s3transfer) would cost every cold start ~15 ms. The
 session's model loader does two things differently, both for the cold start
-(docs/performance.md "Results"): it reads botocore's model files into plain dicts instead
-of `OrderedDict`s (dicts keep insertion order, all botocore relies on: the same data,
-decoded several times faster), and it knows only the services tokex calls (`SERVICES`),
-where botocore lists its 400-odd service directories, twice, before the first model loads.
+(docs/performance.md "Results"): it reads botocore's model files into plain dicts
+instead of `OrderedDict`s (dicts keep insertion order, all botocore relies on: the same
+data, decoded several times faster), and it knows only the services tokex calls
+(`SERVICES`), where botocore lists its 400-odd service directories, twice, before the
+first model loads.
 
 Retries are tokex's too: botocore's standard retry conditions decide *whether* to retry,
 and a retry happens only when its backoff and one more attempt fit in what is left of
