@@ -132,6 +132,15 @@ class HttpEndpoint:
         return self.refused(err, self.idle_fields, time.perf_counter(), {"Allow": "POST"})
 
     def _not_found(self, _: Exception) -> Response:
+        # Audited like any refusal: a path no route serves (another Region's, say) is
+        # worth seeing, and the metric keeps every request counted.
+        self.audit(
+            "refused",
+            self.idle_fields,
+            time.perf_counter(),
+            error=NOT_FOUND["error"],
+            reason="no_such_endpoint",
+        )
         return self.json(404, NOT_FOUND)
 
     def _unexpected(self, err: Exception) -> Response:

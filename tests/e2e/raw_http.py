@@ -50,13 +50,18 @@ def read_to_end(sock: socket.socket) -> bytes:
     return data
 
 
-def send(local: RunningLocal, data: bytes, *, half_close: bool = False) -> Reply:
-    """Send raw bytes, read until the front closes, parse its one answer."""
+def send_raw(local: RunningLocal, data: bytes, *, half_close: bool = False) -> bytes:
+    """Send raw bytes, read until the front closes: everything it sent back."""
     with socket.create_connection(("127.0.0.1", local.port), timeout=READ_TIMEOUT_SECONDS) as sock:
         sock.sendall(data)
         if half_close:
             sock.shutdown(socket.SHUT_WR)
-        return parse_reply(read_to_end(sock))
+        return read_to_end(sock)
+
+
+def send(local: RunningLocal, data: bytes, *, half_close: bool = False) -> Reply:
+    """Send raw bytes, read until the front closes, parse its one answer."""
+    return parse_reply(send_raw(local, data, half_close=half_close))
 
 
 def request(method: str, target: str, *headers: str, body: bytes = b"") -> bytes:

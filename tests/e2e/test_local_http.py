@@ -20,9 +20,11 @@ from tests.e2e.raw_http import (
     read_to_end,
     request,
     send,
+    send_raw,
 )
 from tokex.local.http_request import (
     MAX_BODY_BYTES,
+    MAX_EMPTY_LINES,
     MAX_HEADER_BYTES,
     MAX_HEADER_FIELDS,
     MAX_REQUEST_LINE_BYTES,
@@ -106,6 +108,22 @@ def test_absolute_form_target_is_accepted(local_process):
 )
 def test_malformed_request_lines_are_400(local_process, data):
     assert_contract_error(send(local_process, data), 400)
+
+
+def test_empty_lines_before_the_request_line_are_skipped(local_process):
+    """RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request
+    line; the front skips up to MAX_EMPTY_LINES."""
+    blank = b"\r\n" * MAX_EMPTY_LINES
+    reply = send(local_process, blank + b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.status == 200 and "keys" in reply.json()
+    assert_contract_error(send(local_process, blank + b"\r\nGET /x HTTP/1.1\r\n\r\n"), 400)
+
+
+@pytest.mark.parametrize("blank", [b"", b"\r\n", b"\r\n\r\n", b"\n"])
+def test_empty_lines_and_then_the_end_are_no_request(local_process, blank):
+    """Nothing but empty lines before the client closed: no request line ever came, so
+    there is nothing to answer, and the front closes without a word."""
+    assert send_raw(local_process, blank, half_close=True) == b""
 
 
 def test_http_2_and_0_9_versions_are_505(local_process):
@@ -318,6 +336,9 @@ HEADER_LINES = st.lists(
 def test_any_request_gets_a_contract_answer(local_process, method, target, version, fields, body):
     line = " ".join(part for part in (method, target, version) if part)
     data = "\r\n".join([line, *fields]).encode("latin-1") + b"\r\n\r\n" + body
+    if not data.strip(b"\r\n"):  # empty lines only: no request (the test above)
+        assert send_raw(local_process, data, half_close=True) == b""
+        return
     reply = send(local_process, data, half_close=True)
     assert reply.headers["connection"] == "close"
     if reply.status == 200:

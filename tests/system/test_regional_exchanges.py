@@ -16,7 +16,7 @@ from tests.support.exchange_handler import (
     invoke_exchange,
     invoke_jwt_exchange,
 )
-from tests.system.endpoints import sign
+from tests.system.endpoints import audit_lines, sign
 from tests.system.local_federation import sts_client
 from tokex.adapters.state_table.schema import create_state_table
 from tokex.local.emulator import set_signature_checking
@@ -139,7 +139,10 @@ def test_a_regional_exchange_answers_at_its_own_regions_path(
     assert own[2]["token_type"] == "Bearer"
     # Another Region's path is not this function's: 404, and the request is not used.
     signed = sign(local_system, region="eu-west-1")
-    other = invoke_exchange(handlers["eu-west-1"], signed, path="/regions/us-east-1/token")
+    with audit_lines() as audits:
+        other = invoke_exchange(handlers["eu-west-1"], signed, path="/regions/us-east-1/token")
     assert other[0] == 404
     assert "access_token" not in other[2]
+    refusals = [(a["outcome"], a["error"], a["reason"]) for a in audits]
+    assert refusals == [("refused", "invalid_request", "no_such_endpoint")]
     assert invoke_exchange(handlers["eu-west-1"], signed)[0] == 200

@@ -637,7 +637,8 @@ def test_cli_refuses_a_regional_endpoint_on_another_port(deployment, monkeypatch
 def sts(monkeypatch) -> Iterator[dict[str, Any]]:
     """A loopback STS (the query protocol) that hands out OIF tokens naming the Region
     the call was signed for, or answers 503 for the Regions in `down`."""
-    state: dict[str, Any] = {"regions": [], "down": set()}
+    state: dict[str, Any] = {"regions": [], "down": set(), "silent": set()}
+    released = threading.Event()
 
     class Handler(QuietHandler):
         def do_POST(self) -> None:
@@ -645,6 +646,9 @@ def sts(monkeypatch) -> Iterator[dict[str, Any]]:
             form = parse_qs(body)
             region = self.headers["Authorization"].split("/")[2]  # the credential scope
             state["regions"].append(region)
+            if region in state["silent"]:
+                released.wait(HANG_SECONDS)  # no answer: the client has given up by then
+                return None
             if region in state["down"]:
                 error = "<Error><Code>ServiceUnavailable</Code><Message>down</Message></Error>"
                 return self._xml(503, f'<ErrorResponse xmlns="{STS_XML}">{error}</ErrorResponse>')
@@ -668,8 +672,10 @@ def sts(monkeypatch) -> Iterator[dict[str, Any]]:
 
     with serving(LoopbackServer(Handler)) as server:
         monkeypatch.setenv("AWS_ENDPOINT_URL_STS", server.url)
-        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # one STS call per Region: no retries
-        yield state
+        try:
+            yield state
+        finally:
+            released.set()
 
 
 def test_oif_asks_each_regions_sts_for_its_own_token(deployment, sts) -> None:
@@ -692,6 +698,31 @@ def test_oif_fails_over_when_a_regions_sts_is_down(deployment, sts) -> None:
     assert response["access_token"] == f"{SECOND}-token-1"
     assert sts["regions"] == [HOME, SECOND]
     assert deployment.contacts == [SECOND]
+
+
+def test_oif_asks_a_failing_sts_once_whatever_botocores_retry_settings(
+    deployment, sts, monkeypatch
+) -> None:
+    """botocore would retry a 503 (5 attempts by default, or AWS_MAX_ATTEMPTS): the
+    client asks each Region's STS once and fails over instead."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "5")
+    sts["down"] = set(REGIONS)
+    with pytest.raises(TokenError) as failed:
+        request_token(deployment.url, "orders-api", evidence="aws-oif", timeout=5)
+    assert sts["regions"] == [HOME, SECOND, THIRD]
+    assert failed.value.status == 503
+    assert deployment.contacts == []
+
+
+def test_an_oif_sts_that_never_answers_fails_over_within_the_budget(deployment, sts) -> None:
+    sts["silent"] = {HOME}
+    started = time.monotonic()
+    response = request_token(deployment.url, "orders-api", evidence="aws-oif", timeout=3)
+    elapsed = time.monotonic() - started
+    assert response["access_token"] == f"{SECOND}-token-1"
+    assert sts["regions"] == [HOME, SECOND]  # home asked once, never retried
+    assert deployment.contacts == [SECOND]
+    assert elapsed < 3 + SLACK
 
 
 def test_eks_sends_the_same_token_to_each_region(monkeypatch, tmp_path) -> None:

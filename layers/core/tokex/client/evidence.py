@@ -111,12 +111,19 @@ class EvidenceOptions:
 
 
 def regional_sts_client(region: str, *, session: Any = None, timeout: float = 10.0) -> Any:
-    """An STS client for the region's own endpoint. It honours AWS_ENDPOINT_URL_STS (what
-    `tokex local` sets); where the session would use the global endpoint
-    (AWS_STS_REGIONAL_ENDPOINTS=legacy, which puts the older regions there), the regional
-    one is named explicitly."""
+    """An STS client for the region's own endpoint, whose one call takes at most about
+    `timeout` seconds: half to connect, half for the answer, and a single attempt
+    (botocore's retries, 5 attempts in its default mode, would multiply the time the
+    caller gave; request_token fails over to another Region instead). It honours
+    AWS_ENDPOINT_URL_STS (what `tokex local` sets); where the session would use the global
+    endpoint (AWS_STS_REGIONAL_ENDPOINTS=legacy, which puts the older regions there), the
+    regional one is named explicitly."""
     session = session or boto3.session.Session()
-    config = Config(connect_timeout=timeout, read_timeout=timeout)
+    config = Config(
+        connect_timeout=timeout / 2,
+        read_timeout=timeout / 2,
+        retries={"mode": "standard", "total_max_attempts": 1},
+    )
     client = session.client("sts", region_name=region, config=config)
     if client.meta.endpoint_url.rstrip("/") == _GLOBAL_STS:
         client = session.client(
