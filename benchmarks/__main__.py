@@ -26,6 +26,7 @@ from benchmarks.exchange_figures import (
     calls_per_exchange,
     emulator_calls,
     end_to_end,
+    first_exchange_round_trips,
     handler_cpu,
     jwt_calls_per_exchange,
     round_trips,
@@ -95,6 +96,7 @@ def run(profile_name: str) -> list[Figure]:
         figures += cold_start_figures(system, profile.cold_runs)
         figures += client_figures(system, CACHED_CALLS[profile_name])
         figures += proxy_figures(system, PROXIED_REQUESTS[profile_name])
+        figures += first_exchange_round_trips(system, profile)
     figures += bundle_figures()
     return figures
 

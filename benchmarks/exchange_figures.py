@@ -8,6 +8,7 @@ same proxy, so machine load hits both alike.
 
 from __future__ import annotations
 
+import gc
 import secrets
 import time
 import uuid
@@ -207,6 +208,30 @@ def round_trips(system: BenchSystem, floor: Floor, profile: Profile) -> list[Fig
             floor_trips,
             0.25,
         ),
+    ]
+
+
+def first_exchange_round_trips(system: BenchSystem, profile: Profile) -> list[Figure]:
+    """The same measure for a new environment's first exchange. Run after the figures
+    of warm exchanges: each sample builds a whole exchange (clients, pools), and the
+    garbage they leave would weigh on the CPU figures."""
+    p50s = {}
+    for delay in (0.0, profile.delay_ms):
+        system.proxy.set_delay(delay)
+        first = [
+            _timed(lambda first_exchange: first_exchange(), system.new_environment)
+            for _ in range(profile.latency_samples)
+        ]
+        p50s[delay] = p50(first)
+    system.proxy.set_delay(0)
+    gc.collect()
+    label = f"L = {profile.delay_ms:g} ms"
+    return [
+        reported(
+            f"sequential round trips: a new environment's first exchange, {label}",
+            (p50s[profile.delay_ms] - p50s[0.0]) / (profile.delay_ms / 1000),
+            "round trips",
+        )
     ]
 
 

@@ -1,5 +1,5 @@
 """The local system (`tokex.local.runner.start_local`) with the delaying, counting proxy
-(benchmarks/aws_proxy.py) between everything and moto: the handlers' boto3 clients, the
+(benchmarks/aws_proxy.py) between everything and moto: the handlers' AWS clients, the
 forwarded STS request and the benchmark's own floor calls all reach the emulator through
 it. The emulator and the proxy are processes of their own, so this process's CPU time is
 the handlers' and the benchmark's only.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +19,24 @@ import boto3
 
 from benchmarks.aws_proxy import ProxyProcess
 from tokex.client.signing import encode_subject_token, signed_get_caller_identity
+from tokex.deadline import request_deadline
+from tokex.exchange import ExchangeAudit
 from tokex.local.emulator import SubprocessMotoServer
 from tokex.local.front import http_api_event
 from tokex.local.functions import LambdaContext
 from tokex.local.provision import DEMO_AUDIENCE, REGION
-from tokex.local.runner import LocalSystem, start_local
-from tokex.token_request import JWT_TOKEN_TYPE, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+from tokex.local.runner import LocalSystem, handler_environment, start_local
+from tokex.settings import Settings
+from tokex.token_request import (
+    JWT_TOKEN_TYPE,
+    SIGV4_TOKEN_TYPE,
+    TOKEN_EXCHANGE_GRANT,
+    parse_token_request,
+)
+from tokex.wiring import build_token_exchange
 
 CONTEXT = LambdaContext("tokex-token")
+FORM = "application/x-www-form-urlencoded"
 
 
 class ProxiedEmulator:
@@ -60,8 +70,8 @@ class BenchSystem:
         """The exchange function behind the front, as the front calls it."""
         return self.local.functions["/token"]
 
-    def token_event(self, audience: str = DEMO_AUDIENCE) -> dict[str, Any]:
-        """A `POST /token` event with a freshly signed request (each buys one token)."""
+    def token_form(self, audience: str = DEMO_AUDIENCE) -> bytes:
+        """A `POST /token` body with a freshly signed request (each buys one token)."""
         frozen = self.workload.get_credentials().get_frozen_credentials()
         signed = signed_get_caller_identity(
             frozen, region=REGION, issuer=self.local.issuer, audience=audience
@@ -72,10 +82,28 @@ class BenchSystem:
             "subject_token": encode_subject_token(signed),
             "audience": audience,
         }
-        body = urllib.parse.urlencode(form).encode("ascii")
+        return urllib.parse.urlencode(form).encode("ascii")
+
+    def token_event(self, audience: str = DEMO_AUDIENCE) -> dict[str, Any]:
+        """A `POST /token` event with a freshly signed request (each buys one token)."""
         host = urllib.parse.urlsplit(self.local.issuer).netloc
-        headers = {"host": host, "content-type": "application/x-www-form-urlencoded"}
-        return http_api_event("POST", "/token", "", headers, body, "127.0.0.1")
+        headers = {"host": host, "content-type": FORM}
+        return http_api_event("POST", "/token", "", headers, self.token_form(audience), "127.0.0.1")
+
+    def new_environment(self) -> Callable[[], None]:
+        """A new execution environment's first exchange, ready to run: the exchange built
+        as a cold start builds it (its signing key and policies not loaded yet; this
+        process's connections to the proxy kept), with a freshly signed request."""
+        with handler_environment(self.local.handler_env()):
+            settings = Settings.from_env()
+            environment = build_token_exchange(settings)
+        request = parse_token_request(self.token_form(), FORM)
+
+        def first_exchange() -> None:
+            with request_deadline(settings.deadline_seconds):
+                environment.exchange(request, ExchangeAudit())
+
+        return first_exchange
 
     def oif_token(self) -> str:
         """A fresh AWS OIF token of the demo workload, from the local STS-compatible

@@ -275,6 +275,120 @@ def test_the_write_and_the_sign_overlap_on_real_threads(world: World) -> None:
     assert sorted(world.log) == sorted(["sts", "policies", "signer", "sign", "admit"])
 
 
+class LoadsAhead:
+    """World's signer factory and policies, each also recording the thread that asked and
+    setting an event when a load has started."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.signer_started, self.policies_started = threading.Event(), threading.Event()
+        self.callers: list[tuple[str, str]] = []
+        self.policies_failures = 0
+
+    def signer(self) -> World:
+        self.callers.append(("signer", threading.current_thread().name))
+        self.signer_started.set()
+        return self.world.signer()
+
+    def policies(self) -> list[Policy]:
+        self.callers.append(("policies", threading.current_thread().name))
+        self.policies_started.set()
+        if self.policies_failures:
+            self.policies_failures -= 1
+            raise TemporarilyUnavailable("policies unavailable", reason="dynamodb")
+        return self.world.policies()
+
+    def environment(self, pool: Executor) -> TokenExchange:
+        return TokenExchange(
+            settings=Settings(issuer=ISSUER),
+            sts=self.world,
+            policies=self,
+            signer=self.signer,
+            instance_certificates=self.world.certificates,
+            admission=self.world,
+            background=pool,
+            load_ahead=True,
+        )
+
+
+def test_a_cold_environment_loads_the_key_and_the_policies_while_sts_answers(
+    world: World,
+) -> None:
+    """STS answers only once both loads have started: loaded after it, they would time
+    it out."""
+    ahead = LoadsAhead(world)
+    get_caller_identity = world.get_caller_identity
+
+    def sts_while_loading(request: StsRequest) -> CallerIdentity:
+        assert ahead.signer_started.wait(10) and ahead.policies_started.wait(10)
+        return get_caller_identity(request)
+
+    world.get_caller_identity = sts_while_loading  # type: ignore[method-assign]
+    with ThreadPoolExecutor(4, thread_name_prefix="bg") as pool:
+        issued = ahead.environment(pool).exchange(token_request(), ExchangeAudit())
+    assert issued.access_token
+    background = {what for what, thread in ahead.callers if thread.startswith("bg")}
+    assert background == {"signer", "policies"}
+
+
+def test_loading_ahead_is_once_per_environment(world: World) -> None:
+    ahead = LoadsAhead(world)
+    with ThreadPoolExecutor(4, thread_name_prefix="bg") as pool:
+        environment = ahead.environment(pool)
+        environment.exchange(token_request(), ExchangeAudit())
+        first = len(ahead.callers)
+        another = token_request(signed_request=signed_request(session_token="another"))
+        environment.exchange(another, ExchangeAudit())
+    earlier = [where for _, where in ahead.callers[:first]]
+    later = [where for _, where in ahead.callers[first:]]
+    assert sum(where.startswith("bg") for where in earlier) == 2  # the key and the policies
+    assert later and not any(where.startswith("bg") for where in later)
+
+
+def test_a_request_refused_before_the_network_loads_nothing_ahead(world: World) -> None:
+    """Offline refusals cost nothing upstream; the load ahead waits for a request that
+    gets as far as STS."""
+    ahead = LoadsAhead(world)
+    with ThreadPoolExecutor(4, thread_name_prefix="bg") as pool:
+        environment = ahead.environment(pool)
+        with pytest.raises(InvalidGrant):
+            bad = token_request(signed_request=signed_request("https://other.example"))
+            environment.exchange(bad, ExchangeAudit())
+        assert ahead.callers == [] and world.log == []
+        environment.exchange(token_request(), ExchangeAudit())
+    assert {what for what, where in ahead.callers if where.startswith("bg")} == {
+        "signer",
+        "policies",
+    }
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+def test_a_failed_load_ahead_is_asked_again_and_that_answer_stands(
+    world: World, failures: int
+) -> None:
+    """The background load's failure is dropped: the exchange asks again when it needs
+    the policies, and only that answer counts (a token, or its 503)."""
+    ahead = LoadsAhead(world)
+    ahead.policies_failures = failures
+    get_caller_identity = world.get_caller_identity
+
+    def sts_after_the_load(request: StsRequest) -> CallerIdentity:
+        assert ahead.policies_started.wait(10)
+        time.sleep(0.05)  # the background load has failed by now
+        return get_caller_identity(request)
+
+    world.get_caller_identity = sts_after_the_load  # type: ignore[method-assign]
+    with ThreadPoolExecutor(4, thread_name_prefix="bg") as pool:
+        environment = ahead.environment(pool)
+        if failures == 1:
+            assert environment.exchange(token_request(), ExchangeAudit()).access_token
+        else:
+            with pytest.raises(TemporarilyUnavailable):
+                environment.exchange(token_request(), ExchangeAudit())
+            assert "sign" not in world.log
+    assert [what for what, _ in ahead.callers].count("policies") == 2
+
+
 def test_a_bad_signed_request_is_refused_before_sts(world: World) -> None:
     error = refused(world, InvalidGrant, signed_request=signed_request("https://other.example"))
     assert (error.status, error.error) == (400, "invalid_grant")

@@ -9,7 +9,9 @@ warm); then one write that uses the evidence up and charges the caller's budget,
 overlapping the one KMS Sign, so a warm exchange waits for two round trips with SigV4
 evidence (STS, then the slower of the write and Sign) and one with a JWT. The token
 leaves only once the write succeeded: a replay or a 429 costs at most one Sign, whose
-signature is discarded, and never a budget unit.
+signature is discarded, and never a budget unit. A new environment's first exchange
+loads its signing key and policies while STS answers (`_load_ahead`): a cold start waits
+for the same round trips.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class TokenExchange:
         instance_tags: TagLookup | None = None,
         issuer_keys: IssuerKeys | None = None,
         background: Executor | None = None,
+        load_ahead: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -128,8 +131,11 @@ class TokenExchange:
         self._instance_tags = instance_tags
         # The trusted JWT issuers' keys (settings.trusted_issuers); None: SigV4 only.
         self._issuer_keys = issuer_keys
-        # Runs the admission write while KMS signs (wiring.py: one per process).
+        # Runs the admission write while KMS signs, and a cold environment's loads ahead
+        # (wiring.py: one per process).
         self._background = background
+        # `_load_ahead` still to do (wiring.py turns it on; it needs the executor).
+        self._load_ahead_pending = load_ahead and background is not None
         self._clock = clock
         # Replays this environment has seen used up: refused before they cost anything.
         self._used = RecentlyUsed()
@@ -178,6 +184,7 @@ class TokenExchange:
         if self._admission is not None and used in self._used:
             raise used.replay_refusal()
         instance = self._verify_instance(request)
+        self._load_ahead()
         return self._sts.get_caller_identity(sts_request), used, instance
 
     def _jwt_caller(
@@ -192,6 +199,7 @@ class TokenExchange:
                 "this deployment trusts no JWT issuers; use a signed request",
                 reason="jwt_not_configured",
             )
+        self._load_ahead()  # while the issuer's keys are fetched (a cold start's)
         verified = verify_jwt_evidence(
             token,
             issuers=settings.trusted_issuers,
@@ -319,6 +327,21 @@ class TokenExchange:
         # published key, and the acl plugin refuses other audiences (docs/kong.md).
         claims["aud_kid"] = f"{audience}.{signer.kid}"
         return encode_jwt(claims, signer)
+
+    def _load_ahead(self) -> None:
+        """Once per environment, as its first exchange reaches the network: the signing
+        key (KMS GetPublicKey, for the kid) and the policies (a DynamoDB read) load in the
+        background while STS answers (or the JWT issuer's keys arrive), where they would
+        otherwise be two more round trips after it. Each loads once whoever asks first
+        (their own locks: the exchange then waits for that load); a failure here is
+        dropped, and the exchange, asking again when it needs them, answers it. Once per
+        environment, so requests that get no further than STS cannot make tokex call
+        KMS or DynamoDB again and again."""
+        if not self._load_ahead_pending:
+            return
+        self._load_ahead_pending = False
+        self._start(self._signer)
+        self._start(self._policies.policies)
 
     def _start(self, work: Callable[..., Any], *args: Any) -> Future[Any]:
         """`work` on the background executor, under this request's deadline (a context

@@ -5,6 +5,7 @@ adapters and the tooling, that knows which adapter implements which interface.""
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,9 +42,17 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
 
     # KMS GetPublicKey (for the kid) runs on first use, not at import: a KMS hiccup during
     # a cold start then costs one 503, not a failed Lambda init. Failures are not cached.
+    # Locked: the first exchange loads it ahead in the background, and its Sign waits for
+    # that one GetPublicKey rather than making another.
+    signer_lock = threading.Lock()
+
     @functools.cache
-    def signer() -> KmsSigner:
+    def load_signer() -> KmsSigner:
         return KmsSigner(kms, settings.signing_key_id)
+
+    def signer() -> KmsSigner:
+        with signer_lock:
+            return load_signer()
 
     # AWS's ~130 pinned certificates are parsed only once instance evidence arrives.
     @functools.cache
@@ -69,19 +78,22 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
         else None,
         instance_tags=_instance_tag_lookup(settings, session),
         issuer_keys=_issuer_keys(settings),
-        background=admission_writes(),
+        background=background_work(),
+        load_ahead=True,
     )
 
 
 # Lambda serves one request at a time per process; `tokex local` serves a few at once.
-ADMISSION_WRITERS = 4
+# An exchange uses at most three: the two loads ahead of a cold environment, the write.
+BACKGROUND_THREADS = 4
 
 
 @functools.cache
-def admission_writes() -> ThreadPoolExecutor:
-    """The threads that run an exchange's admission write while KMS signs: one small pool
-    per process, made once and reused by every invocation (and every exchange built)."""
-    return ThreadPoolExecutor(ADMISSION_WRITERS, thread_name_prefix="tokex-admission")
+def background_work() -> ThreadPoolExecutor:
+    """The threads that run an exchange's admission write while KMS signs, and a cold
+    environment's loads ahead while STS answers: one small pool per process, made once
+    and reused by every invocation (and every exchange built)."""
+    return ThreadPoolExecutor(BACKGROUND_THREADS, thread_name_prefix="tokex-background")
 
 
 def build_introspection(settings: Settings) -> tuple[Introspector, ClientStore]:
