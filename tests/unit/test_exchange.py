@@ -646,6 +646,36 @@ def test_an_oif_exchange_makes_no_sts_call_and_is_single_use_by_jti(world: World
     assert replay.value.reason == "replay" and world.log == []
 
 
+def test_a_cold_environment_loads_ahead_while_a_jwt_issuers_keys_arrive(world: World) -> None:
+    """With JWT evidence the first network wait is the issuer's keys (fetched once): the
+    signing key and the policies load beside it."""
+    ahead = LoadsAhead(world)
+
+    class KeysWhileLoading(Keys):
+        def key(self, issuer: TrustedIssuer, kid: str) -> jwt.PyJWK | None:
+            assert ahead.signer_started.wait(10) and ahead.policies_started.wait(10)
+            return super().key(issuer, kid)
+
+    with ThreadPoolExecutor(4, thread_name_prefix="bg") as pool:
+        exchange = TokenExchange(
+            settings=JWT_SETTINGS,
+            sts=world,
+            policies=ahead,
+            signer=ahead.signer,
+            instance_certificates=world.certificates,
+            admission=world,
+            issuer_keys=KeysWhileLoading(),
+            background=pool,
+            load_ahead=True,
+        )
+        assert exchange.exchange(jwt_request(subject_jwt()), ExchangeAudit()).access_token
+    assert "sts" not in world.log
+    assert {what for what, where in ahead.callers if where.startswith("bg")} == {
+        "signer",
+        "policies",
+    }
+
+
 def test_an_eks_token_is_not_single_use_and_needs_an_eks_policy(world: World) -> None:
     exchange = jwt_environment(world)
     with pytest.raises(InvalidTarget):  # the default policy names no evidence: never eks
