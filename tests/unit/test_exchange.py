@@ -282,6 +282,7 @@ class LoadsAhead:
     def __init__(self, world: World) -> None:
         self.world = world
         self.signer_started, self.policies_started = threading.Event(), threading.Event()
+        self.policies_failed = threading.Event()
         self.callers: list[tuple[str, str]] = []
         self.policies_failures = 0
 
@@ -295,6 +296,7 @@ class LoadsAhead:
         self.policies_started.set()
         if self.policies_failures:
             self.policies_failures -= 1
+            self.policies_failed.set()
             raise TemporarilyUnavailable("policies unavailable", reason="dynamodb")
         return self.world.policies()
 
@@ -373,8 +375,7 @@ def test_a_failed_load_ahead_is_asked_again_and_that_answer_stands(
     get_caller_identity = world.get_caller_identity
 
     def sts_after_the_load(request: StsRequest) -> CallerIdentity:
-        assert ahead.policies_started.wait(10)
-        time.sleep(0.05)  # the background load has failed by now
+        assert ahead.policies_failed.wait(10)  # the background load has failed
         return get_caller_identity(request)
 
     world.get_caller_identity = sts_after_the_load  # type: ignore[method-assign]
