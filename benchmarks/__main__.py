@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.bundle_size import bundle_figures
 from benchmarks.client_figures import client_figures
-from benchmarks.exchange import cold_start_with_first_invocation, quiet_handlers
+from benchmarks.exchange import cold_start_with_first_invocation, quiet_handlers, warm_collection
 from benchmarks.exchange_figures import (
     Floor,
     Profile,
@@ -76,6 +76,17 @@ def cold_start_figures(system: BenchSystem, runs: int) -> list[Figure]:
     ]
 
 
+def collection_figures(system: BenchSystem) -> list[Figure]:
+    system.proxy.set_delay(0)
+    env = {**os.environ, **system.local.handler_env()}
+    warm = warm_collection(env, system.token_event)
+    return [
+        reported("warm handler: a full garbage collection", warm["frozen"] * 1000, "ms"),
+        reported("warm handler: the same with nothing frozen", warm["unfrozen"] * 1000, "ms"),
+        reported("warm handler: objects it holds", warm["objects"], "objects"),
+    ]
+
+
 def run(profile_name: str) -> list[Figure]:
     profile = PROFILES[profile_name]
     quiet_handlers()
@@ -94,6 +105,7 @@ def run(profile_name: str) -> list[Figure]:
         figures += emulator_calls(system, floor, profile)
         figures += handler_cpu(system, floor, profile)
         figures += cold_start_figures(system, profile.cold_runs)
+        figures += collection_figures(system)
         figures += client_figures(system, CACHED_CALLS[profile_name])
         figures += proxy_figures(system, PROXIED_REQUESTS[profile_name])
         figures += first_exchange_round_trips(system, profile)

@@ -60,26 +60,34 @@ def cold_start(env: dict[str, str], runs: int = 5) -> tuple[float, float]:
     return statistics.median(times), statistics.median(rss)
 
 
+# The exchange handler loaded as Lambda loads it (the file in argv[1]), and the context an
+# invocation gets: the start of both scripts below.
+LOAD_HANDLER = """
+spec = importlib.util.spec_from_file_location("handler", sys.argv[1])
+module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+class Context:
+    function_name = "tokex-exchange"; memory_limit_in_mb = 512; aws_request_id = "bench"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:tokex-exchange"
+    function_version = "$LATEST"; log_group_name = log_stream_name = "bench"
+    def get_remaining_time_in_millis(self): return 10_000
+"""
 # Cold start as Lambda meets it (issue 11): the handler's import plus its first
 # invocation, a real exchange, in a fresh interpreter that writes no bytecode (-B);
 # against a fresh interpreter importing exactly the handler's dependencies. Timed inside
 # the process: the interpreter's own start-up is the same for both.
-FIRST_INVOCATION = """
+FIRST_INVOCATION = (
+    """
 import time
 started = time.perf_counter()
 import importlib.util, json, resource, sys
-spec = importlib.util.spec_from_file_location("handler", sys.argv[1])
-module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-class Context:
-    function_name = "tokex-exchange"; memory_limit_in_mb = 512; aws_request_id = "cold"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:tokex-exchange"
-    function_version = "$LATEST"; log_group_name = log_stream_name = "cold"
-    def get_remaining_time_in_millis(self): return 10_000
-with open(sys.argv[2]) as event:
+"""
+    + LOAD_HANDLER
+    + """with open(sys.argv[2]) as event:
     status = module.lambda_handler(json.load(event), Context())["statusCode"]
 elapsed = time.perf_counter() - started
 print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, status)
 """
+)
 DEPENDENCY_IMPORTS = (
     "import boto3; from aws_lambda_powertools import Logger, Metrics, Tracer; "
     "from aws_lambda_powertools.event_handler import APIGatewayHttpResolver"
@@ -92,6 +100,50 @@ elapsed = time.perf_counter() - started
 import resource
 print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 200)
 """
+
+
+# A warm environment's full garbage collection: the handler loaded as Lambda loads it,
+# invoked with real exchanges (its first invocation freezes what the environment keeps,
+# functions/http_endpoint.py), then one full collection timed as it is, and one with
+# nothing frozen: what a warm request that triggers a full collection waits for.
+WARM_COLLECTION = (
+    """
+import gc, importlib.util, json, sys, time
+"""
+    + LOAD_HANDLER
+    + """for path in sys.argv[2:]:
+    with open(path) as event:
+        assert module.lambda_handler(json.load(event), Context())["statusCode"] == 200
+def collection():
+    started = time.perf_counter(); gc.collect(); return time.perf_counter() - started
+frozen = min(collection() for _ in range(3))
+gc.unfreeze()
+unfrozen = min(collection() for _ in range(3))
+print(json.dumps({"frozen": frozen, "unfrozen": unfrozen, "objects": len(gc.get_objects())}))
+"""
+)
+
+
+def warm_collection(
+    env: dict[str, str], make_event: Callable[[], dict[str, Any]], exchanges: int = 3
+) -> dict[str, float]:
+    """{"frozen", "unfrozen"} seconds of a full collection in a warm exchange handler's
+    process, and the objects it holds."""
+    handler = functions_dir() / "exchange" / "handler.py"
+    with tempfile.TemporaryDirectory() as scratch:
+        events = []
+        for index in range(exchanges):
+            events.append(Path(scratch) / f"event{index}.json")
+            events[-1].write_text(json.dumps(make_event()))
+        out = subprocess.run(
+            [sys.executable, "-B", "-c", WARM_COLLECTION, str(handler), *map(str, events)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 @dataclass(frozen=True)
