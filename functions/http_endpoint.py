@@ -11,6 +11,7 @@ included, writes one audit line and counts one metric by outcome (docs/contract.
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from collections.abc import Callable, Mapping
@@ -71,7 +72,6 @@ class HttpEndpoint:
         self.app.not_found(self._not_found)
         self.app.exception_handler(Exception)(self._unexpected)
         self.lambda_handler = self._lambda_handler()
-        self._environment_frozen = False
 
     # --- what a route uses ------------------------------------------------------------
 
@@ -161,7 +161,7 @@ class HttpEndpoint:
             try:
                 return self._answer(event, context)
             finally:
-                self._freeze_environment()
+                freeze_environment()
 
         return lambda_handler
 
@@ -175,14 +175,16 @@ class HttpEndpoint:
             return event_response(err.status, err.body())
         return self.app.resolve(event, context)
 
-    def _freeze_environment(self) -> None:
-        """Once, after the first invocation: what the environment keeps for its whole life
-        exists by then (the modules, botocore's models, the clients, after a token the
-        signing key and the policies too), and `gc.freeze` takes it out of every later
-        collection. Otherwise, now and then, a warm request pays a full collection that
-        scans it all: the ~70,000 objects of a warm exchange handler, some 9 ms here and
-        three times that on a 512 MB function (docs/performance.md "Results"). Freezing
-        moves a list: nothing is scanned or copied."""
-        if not self._environment_frozen:
-            self._environment_frozen = True
-            gc.freeze()
+
+@functools.cache
+def freeze_environment() -> None:
+    """Once per process, after its first invocation: what the environment keeps for its
+    whole life exists by then (the modules, botocore's models, the clients, after a token
+    the signing key and the policies too), and `gc.freeze` takes it out of every later
+    collection. Otherwise, now and then, a warm request pays a full collection that scans
+    it all: the ~70,000 objects of a warm exchange handler, some 10 to 30 ms here and
+    three times that on a 512 MB function (docs/performance.md "Results"). Freezing moves
+    a list: nothing is scanned or copied. Once per process, as the freeze is the
+    process's: a process that loads many handlers (the test suite) would otherwise also
+    freeze, for good, the garbage of every one before it."""
+    gc.freeze()

@@ -41,7 +41,8 @@ def handler_path(name: str) -> Path:
 def load_handler(name: str) -> ModuleType:
     """A fresh import of the function's handler module: a cold start. The environment the
     handler reads must be set before this is called. Its shared plumbing
-    (`tokex_functions.http_endpoint`) is imported normally: it keeps no state of its own."""
+    (`tokex_functions.http_endpoint`) is imported normally: it keeps no state of its own
+    but the process's one garbage-collector freeze, after the first invocation."""
     path = handler_path(name)
     spec = importlib.util.spec_from_file_location(
         f"{FUNCTIONS_PACKAGE}.{name}.handler_cold_start_{next(_counter)}", path
