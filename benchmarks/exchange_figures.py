@@ -170,6 +170,11 @@ def _timed(run: Callable[[], Any], prepare: Callable[[], Any] | None = None) -> 
     return time.perf_counter() - started
 
 
+def sequential_round_trips(p50_at_zero: float, p50_at_delay: float, profile: Profile) -> float:
+    """(p50 at L - p50 at 0) / L: how many delayed calls lie on the critical path."""
+    return (p50_at_delay - p50_at_zero) / (profile.delay_ms / 1000)
+
+
 def round_trips(system: BenchSystem, floor: Floor, profile: Profile) -> list[Figure]:
     """(p50 at L - p50 at 0) / L: how many delayed calls lie on the critical path."""
     p50s: dict[tuple[str, float], float] = {}
@@ -184,10 +189,9 @@ def round_trips(system: BenchSystem, floor: Floor, profile: Profile) -> list[Fig
             bare.append(_timed(floor.sts_and_sign))
         p50s["tokex", delay], p50s["floor", delay] = p50(tokex), p50(bare)
     system.proxy.set_delay(0)
-    latency = profile.delay_ms / 1000
 
     def trips(side: str) -> float:
-        return (p50s[side, profile.delay_ms] - p50s[side, 0.0]) / latency
+        return sequential_round_trips(p50s[side, 0.0], p50s[side, profile.delay_ms], profile)
 
     floor_trips = trips("floor")
     label = f"L = {profile.delay_ms:g} ms"
@@ -229,7 +233,7 @@ def first_exchange_round_trips(system: BenchSystem, profile: Profile) -> list[Fi
     return [
         reported(
             f"sequential round trips: a new environment's first exchange, {label}",
-            (p50s[profile.delay_ms] - p50s[0.0]) / (profile.delay_ms / 1000),
+            sequential_round_trips(p50s[0.0], p50s[profile.delay_ms], profile),
             "round trips",
         )
     ]

@@ -9,18 +9,16 @@ import gzip
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from botocore import loaders
 from botocore.exceptions import UnknownServiceError
 
+from tests.support.fresh_handler import HANDLERS, run_probe
 from tokex.adapters import aws_clients
 
 ROOT = Path(__file__).resolve().parents[2]
-HANDLERS = sorted((ROOT / "functions").glob("*/handler.py"))
 
 
 @pytest.mark.parametrize(
@@ -97,23 +95,4 @@ print(json.dumps(sorted({n.split(".")[0] for n in sys.modules} & {"boto3", "s3tr
 def test_no_handler_imports_boto3_at_cold_start(handler: Path) -> None:
     """botocore's clients are all a handler uses: boto3 and s3transfer would only add to
     every cold start. A fresh interpreter loads the handler as Lambda does."""
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "TOKEX_ISSUER": "https://issuer.example",
-        "TOKEX_SIGNING_KEY_ID": "alias/tokex-signing",
-        "TOKEX_POLICY_TABLE": "policies",
-        "TOKEX_STATE_TABLE": "state",
-        "TOKEX_JWKS_BUCKET": "issuer-documents",
-    }
-    result = subprocess.run(
-        [sys.executable, "-B", "-c", COLD_IMPORT, str(handler)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout) == []
+    assert run_probe(COLD_IMPORT, handler) == []

@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.system.upstreams import CountingProxy
 from tokex.adapters.policy_table import PolicyStore
 from tokex.cli.main import main
 from tokex.local.emulator import SubprocessMotoServer, set_signature_checking
@@ -19,21 +23,45 @@ from tokex.local.runner import LocalSystem, start_local
 from tokex.policy.model import Policy
 
 
-@pytest.fixture(scope="session")
-def local_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
-    system = start_local(
-        port=0,
-        state_dir=tmp_path_factory.mktemp("tokex-local"),
-        moto=SubprocessMotoServer(),
-    )
+@contextlib.contextmanager
+def serving(state_dir: Path, **options: Any) -> Iterator[LocalSystem]:
+    """`tokex local` started on a free port with moto in a subprocess (`options` as
+    `start_local` takes them), its front served on a thread, stopped afterwards."""
+    system = start_local(port=0, state_dir=state_dir, moto=SubprocessMotoServer(), **options)
     thread = threading.Thread(target=system.serve_forever, daemon=True)
     thread.start()
-    yield system
-    system.stop()
-    thread.join(timeout=10)
+    try:
+        yield system
+    finally:
+        system.stop()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def local_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
+    with serving(tmp_path_factory.mktemp("tokex-local")) as system:
+        yield system
+
+
+def as_operator(deployment: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's AWS identity becomes operator.env's (the deployment's service
+    credentials), with nothing of the machine's own AWS configuration."""
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in deployment.service.env().items():
+        monkeypatch.setenv(name, value)
 
 
 StateTableCli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def counting_proxy(local_system: LocalSystem) -> Iterator[CountingProxy]:
+    """A proxy in front of the system's emulator that counts (and can hold or fail) the
+    AWS calls sent through it (upstreams.py); stopped after the test."""
+    counting = CountingProxy(local_system.deployment.endpoint_url)
+    yield counting
+    counting.stop()
 
 
 @pytest.fixture
@@ -43,10 +71,7 @@ def state_table_cli(
     """`tokex <command> ...` in process against the system's state table, as its service
     identity: `run("revoke", "--jti", "x")` -> (exit code, stdout, stderr)."""
     deployment = local_system.deployment
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in deployment.service.env().items():
-        monkeypatch.setenv(name, value)
+    as_operator(deployment, monkeypatch)
     where = ["--table", deployment.state_table, "--region", deployment.region]
     where += ["--endpoint-url", deployment.endpoint_url]
 

@@ -9,10 +9,7 @@ the wire."""
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-
-import pytest
 
 from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
 from tests.system.endpoints import sign
@@ -39,30 +36,21 @@ FIRST_EXCHANGES = 6
 FORM = "application/x-www-form-urlencoded"
 
 
-@pytest.fixture
-def proxy(local_system: LocalSystem) -> Iterator[CountingProxy]:
-    counting = CountingProxy(local_system.deployment.endpoint_url)
-    yield counting
-    counting.stop()
-
-
-def test_the_key_and_the_policies_load_while_sts_answers(local_system, proxy) -> None:
+def test_the_key_and_the_policies_load_while_sts_answers(local_system, counting_proxy):
     """The proxy holds STS, GetPublicKey and the policy Scan until all three have
     arrived: loaded after STS answered, they would never be held together (and the
     exchange would wait out the hold)."""
-    handler = cold_exchange_handler(
-        local_system, AWS_ENDPOINT_URL=proxy.url, TOKEX_STS_CONNECT_OVERRIDE=proxy.url
-    )
-    proxy.hold_together(STS, GET_PUBLIC_KEY, POLICY_SCAN, timeout=4)
+    handler = cold_exchange_handler(local_system, **counting_proxy.handler_settings())
+    counting_proxy.hold_together(STS, GET_PUBLIC_KEY, POLICY_SCAN, timeout=4)
     status, _, body = invoke_exchange(handler, sign(local_system))
     assert status == 200, body
-    assert sorted(proxy.held_together) == sorted([STS, GET_PUBLIC_KEY, POLICY_SCAN])
-    assert sorted(proxy.take()) == sorted([STS, GET_PUBLIC_KEY, POLICY_SCAN, SIGN, ADMIT])
+    assert sorted(counting_proxy.held_together) == sorted([STS, GET_PUBLIC_KEY, POLICY_SCAN])
+    assert sorted(counting_proxy.take()) == sorted([STS, GET_PUBLIC_KEY, POLICY_SCAN, SIGN, ADMIT])
 
 
 def new_environment(system: LocalSystem, proxy: CountingProxy) -> TokenExchange:
     """The exchange as a cold start builds it, talking to AWS through the proxy."""
-    env = system.handler_env(AWS_ENDPOINT_URL=proxy.url, TOKEX_STS_CONNECT_OVERRIDE=proxy.url)
+    env = system.handler_env(**proxy.handler_settings())
     with handler_environment(env):
         return build_token_exchange(Settings.from_env())
 
@@ -78,10 +66,12 @@ def token_request(system: LocalSystem) -> TokenRequest:
     return parse_token_request(urllib.parse.urlencode(form).encode(), FORM)
 
 
-def test_concurrent_first_exchanges_load_the_key_and_the_policies_once(local_system, proxy) -> None:
+def test_concurrent_first_exchanges_load_the_key_and_the_policies_once(
+    local_system, counting_proxy
+):
     """`tokex local` serves requests side by side: first exchanges arriving together in
     one new environment each get a token, and the key and the policies load once."""
-    environment = new_environment(local_system, proxy)
+    environment = new_environment(local_system, counting_proxy)
     requests = [token_request(local_system) for _ in range(FIRST_EXCHANGES)]
 
     def exchange(request: TokenRequest) -> str:
@@ -91,7 +81,7 @@ def test_concurrent_first_exchanges_load_the_key_and_the_policies_once(local_sys
     with ThreadPoolExecutor(FIRST_EXCHANGES) as pool:
         tokens = list(pool.map(exchange, requests))
     assert len(set(tokens)) == FIRST_EXCHANGES
-    calls = proxy.take()
+    calls = counting_proxy.take()
     assert calls.count(GET_PUBLIC_KEY) == 1, calls
     assert calls.count(POLICY_SCAN) == 1, calls
     assert (calls.count(STS), calls.count(SIGN), calls.count(ADMIT)) == (FIRST_EXCHANGES,) * 3

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -23,6 +22,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from benchmarks.local_process import load_env_file
+from tests.system.conftest import as_operator, serving
 from tests.system.endpoints import Answer, assert_refused, exchange, get, post, sign, verify
 from tokex.adapters.policy_table import PolicyStore
 from tokex.adapters.state_table.schema import SIGNATURE_PREFIX
@@ -30,9 +30,8 @@ from tokex.cli.main import main
 from tokex.client import TokenClient, TokenError
 from tokex.client.signing import encode_subject_token
 from tokex.introspection_clients import basic_authorization
-from tokex.local.emulator import SubprocessMotoServer
 from tokex.local.provision import ACCOUNT_ID, DEMO_USER_NAME
-from tokex.local.runner import LocalSystem, function_env, start_local
+from tokex.local.runner import LocalSystem, function_env
 from tokex.policy.model import Policy
 from tokex.regions import INTROSPECT_PATH, TOKEN_PATH, regional_path
 from tokex.settings import Settings
@@ -47,17 +46,8 @@ NOT_THIS_REGION = "url host is not an STS endpoint this deployment accepts"
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
     """Started as the `local_system` fixture starts one Region, with the Regions and the
     replication delay (1 s) that `tokex local --regions us-east-1,eu-west-1` uses."""
-    system = start_local(
-        port=0,
-        state_dir=tmp_path_factory.mktemp("tokex-regions"),
-        moto=SubprocessMotoServer(),
-        regions=REGIONS,
-    )
-    thread = threading.Thread(target=system.serve_forever, daemon=True)
-    thread.start()
-    yield system
-    system.stop()
-    thread.join(timeout=10)
+    with serving(tmp_path_factory.mktemp("tokex-regions"), regions=REGIONS) as system:
+        yield system
 
 
 @contextlib.contextmanager
@@ -79,10 +69,7 @@ def operator(
     """`tokex ...` in process with operator.env's identity, against the home Region's
     tables, as an operator runs `tokex policy put` or `tokex revoke`: (exit, out, err)."""
     deployment = system.deployment
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in deployment.service.env().items():
-        monkeypatch.setenv(name, value)
+    as_operator(deployment, monkeypatch)
 
     def run(*argv: str) -> tuple[int, str, str]:
         capsys.readouterr()  # the in-process handlers' log lines, not the CLI's output

@@ -9,7 +9,6 @@ the calls each exchange makes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -41,13 +40,6 @@ def assert_used_up(handler, signed, **params: str) -> None:
     assert body["error_description"] == USED
 
 
-@pytest.fixture
-def proxy(local_system: LocalSystem) -> Iterator[CountingProxy]:
-    counting = CountingProxy(local_system.deployment.endpoint_url)
-    yield counting
-    counting.stop()
-
-
 def budget_spent(system: LocalSystem, principal: str, since: float) -> int:
     """Exchanges counted for `principal` in the minute windows since `since`."""
     dynamodb = system.deployment.client("dynamodb")
@@ -68,42 +60,40 @@ def assert_sts_then_write_and_sign(calls: list[str]) -> None:
 
 
 def warm_handler_behind(system: LocalSystem, proxy: CountingProxy):
-    handler = cold_exchange_handler(
-        system, AWS_ENDPOINT_URL=proxy.url, TOKEX_STS_CONNECT_OVERRIDE=proxy.url
-    )
+    handler = cold_exchange_handler(system, **proxy.handler_settings())
     assert invoke_exchange(handler, sign(system))[0] == 200  # cold: key, policies
     proxy.take()
     return handler
 
 
-def test_a_warm_exchange_writes_once_and_a_replay_gets_no_token(local_system, proxy):
-    handler = warm_handler_behind(local_system, proxy)
+def test_a_warm_exchange_writes_once_and_a_replay_gets_no_token(local_system, counting_proxy):
+    handler = warm_handler_behind(local_system, counting_proxy)
     signed = sign(local_system)
     status, _, body = invoke_exchange(handler, signed)
     assert status == 200, body
-    assert_sts_then_write_and_sign(proxy.take())
+    assert_sts_then_write_and_sign(counting_proxy.take())
 
     # In the execution environment that saw it used up: refused before STS, at no cost.
     assert_used_up(handler, signed)
-    assert proxy.take() == []
+    assert counting_proxy.take() == []
 
     # In another environment: caught by the write, no token, no budget; KMS signed at most
     # once, while the write was in flight, and that signature was discarded.
-    elsewhere = warm_handler_behind(local_system, proxy)
+    elsewhere = warm_handler_behind(local_system, counting_proxy)
     assert_used_up(elsewhere, signed)
-    assert_sts_then_write_and_sign(proxy.take())
+    assert_sts_then_write_and_sign(counting_proxy.take())
 
 
-def test_the_write_and_the_sign_are_in_flight_together(local_system, proxy):
+def test_the_write_and_the_sign_are_in_flight_together(local_system, counting_proxy):
     """The proxy holds the write and the Sign until both have arrived: were they made one
     after the other, neither would be held together (and the exchange would wait out the
     hold)."""
-    handler = warm_handler_behind(local_system, proxy)
-    proxy.hold_together(ADMIT, SIGN, timeout=4)
+    handler = warm_handler_behind(local_system, counting_proxy)
+    counting_proxy.hold_together(ADMIT, SIGN, timeout=4)
     status, _, body = invoke_exchange(handler, sign(local_system))
     assert status == 200, body
-    assert sorted(proxy.held_together) == sorted([ADMIT, SIGN])
-    assert_sts_then_write_and_sign(proxy.take())
+    assert sorted(counting_proxy.held_together) == sorted([ADMIT, SIGN])
+    assert_sts_then_write_and_sign(counting_proxy.take())
 
 
 def test_replays_far_beyond_the_budget_leave_it_to_the_principal(local_system, fresh_role):
@@ -200,35 +190,31 @@ def test_a_kms_failure_gives_the_request_and_the_budget_back(local_system, fresh
 
 
 def test_a_sign_failure_after_the_write_is_undone_by_one_compensating_write(
-    local_system, fresh_role
+    local_system, fresh_role, counting_proxy
 ):
     """Issue 11: KMS fails after the admission write succeeded (a warm handler, whose
     key is already known, so the first KMS call is the Sign): the answer is 503 with
     Retry-After and no token, and exactly one more write gives the request and the budget
     back. The same environment then accepts the same signed request: the release also
     reaches its in-memory record of used requests."""
-    proxy = CountingProxy(local_system.deployment.endpoint_url)
-    try:
-        handler = warm_handler_behind(local_system, proxy)
-        started = time.time()
-        signed = sign(local_system, credentials=fresh_role.credentials)
-        proxy.fail(SIGN, 500, "KMSInternalException")
-        answer = Recorded(lambda: invoke_exchange(handler, signed, scope="demo:read"))
-        assert_refused(answer, 503, "temporarily_unavailable", "kms Sign: KMSInternalException")
-        assert int(answer.headers["Retry-After"]) > 0
-        calls = proxy.take()
-        # STS, then the write beside the Sign (retried by the SDK within the deadline),
-        # then the one compensating write, last.
-        assert calls[0] == STS, calls
-        assert calls.count(ADMIT) == 2, calls
-        assert calls[-1] == ADMIT, calls
-        assert set(calls[1:-1]) == {ADMIT, SIGN}, calls
-        assert budget_spent(local_system, fresh_role.arn, started) == 0
+    handler = warm_handler_behind(local_system, counting_proxy)
+    started = time.time()
+    signed = sign(local_system, credentials=fresh_role.credentials)
+    counting_proxy.fail(SIGN, 500, "KMSInternalException")
+    answer = Recorded(lambda: invoke_exchange(handler, signed, scope="demo:read"))
+    assert_refused(answer, 503, "temporarily_unavailable", "kms Sign: KMSInternalException")
+    assert int(answer.headers["Retry-After"]) > 0
+    calls = counting_proxy.take()
+    # STS, then the write beside the Sign (retried by the SDK within the deadline),
+    # then the one compensating write, last.
+    assert calls[0] == STS, calls
+    assert calls.count(ADMIT) == 2, calls
+    assert calls[-1] == ADMIT, calls
+    assert set(calls[1:-1]) == {ADMIT, SIGN}, calls
+    assert budget_spent(local_system, fresh_role.arn, started) == 0
 
-        proxy.heal()
-        status, _, body = invoke_exchange(handler, signed, scope="demo:read")
-        assert status == 200, body
-        assert_sts_then_write_and_sign(proxy.take())
-        assert_used_up(handler, signed, scope="demo:read")
-    finally:
-        proxy.stop()
+    counting_proxy.heal()
+    status, _, body = invoke_exchange(handler, signed, scope="demo:read")
+    assert status == 200, body
+    assert_sts_then_write_and_sign(counting_proxy.take())
+    assert_used_up(handler, signed, scope="demo:read")

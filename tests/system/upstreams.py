@@ -185,6 +185,11 @@ class CountingProxy(LoopbackHttpServer):
         finally:
             connection.close()
 
+    def handler_settings(self) -> dict[str, str]:
+        """The handler settings that send its every AWS call through this proxy (the
+        forwarded STS request included)."""
+        return {"AWS_ENDPOINT_URL": self.url, "TOKEX_STS_CONNECT_OVERRIDE": self.url}
+
     def take(self) -> list[str]:
         """The calls recorded since the last `take`."""
         calls, self.calls = self.calls, []

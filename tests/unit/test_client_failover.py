@@ -555,6 +555,20 @@ TAMPERED: dict[str, Callable[[str, str, str], str]] = {
 }
 
 
+def list_endpoint(deployment: Deployment, monkeypatch, region: str, endpoint: str) -> None:
+    """The deployment's discovery document lists `endpoint` as `region`'s token endpoint."""
+    real = deployment.document
+
+    def tampered() -> dict[str, Any]:
+        document = real()
+        for entry in document["tokex_regions"]:
+            if entry["region"] == region:
+                entry["token_endpoint"] = endpoint
+        return document
+
+    monkeypatch.setattr(deployment, "document", tampered)
+
+
 @pytest.mark.parametrize("region", [HOME, THIRD])  # the first asked, or one never reached
 @pytest.mark.parametrize("how", list(TAMPERED))
 def test_a_regional_endpoint_not_the_issuers_own_is_refused_and_nothing_is_sent(
@@ -563,16 +577,8 @@ def test_a_regional_endpoint_not_the_issuers_own_is_refused_and_nothing_is_sent(
     """The whole document is refused, even with a healthy home Region listed as published:
     no signed request goes to the other server, nor to the issuer."""
     with elsewhere_running() as (elsewhere, received):
-        real = deployment.document
-
-        def tampered() -> dict[str, Any]:
-            document = real()
-            for entry in document["tokex_regions"]:
-                if entry["region"] == region:
-                    entry["token_endpoint"] = TAMPERED[how](deployment.url, elsewhere, region)
-            return document
-
-        monkeypatch.setattr(deployment, "document", tampered)
+        endpoint = TAMPERED[how](deployment.url, elsewhere, region)
+        list_endpoint(deployment, monkeypatch, region, endpoint)
         with pytest.raises(TokenError) as refused:
             request_token(deployment.url, "orders-api", region=region)
         with pytest.raises(TokenError):
@@ -591,14 +597,7 @@ def test_a_regional_endpoint_not_the_issuers_own_is_refused_and_nothing_is_sent(
 
 def test_the_refusal_names_the_region_and_the_url_tokex_publishes(deployment, monkeypatch) -> None:
     with elsewhere_running() as (elsewhere, received):
-        real = deployment.document
-
-        def tampered() -> dict[str, Any]:
-            document = real()
-            document["tokex_regions"][1]["token_endpoint"] = f"{elsewhere}/regions/{SECOND}/token"
-            return document
-
-        monkeypatch.setattr(deployment, "document", tampered)
+        list_endpoint(deployment, monkeypatch, SECOND, f"{elsewhere}/regions/{SECOND}/token")
         with pytest.raises(TokenError) as refused:
             request_token(deployment.url, "orders-api")
     assert str(refused.value) == (
@@ -613,14 +612,7 @@ def test_the_refusal_names_the_region_and_the_url_tokex_publishes(deployment, mo
 
 def test_cli_refuses_a_regional_endpoint_on_another_port(deployment, monkeypatch, capsys) -> None:
     with elsewhere_running() as (elsewhere, received):
-        real = deployment.document
-
-        def tampered() -> dict[str, Any]:
-            document = real()
-            document["tokex_regions"][0]["token_endpoint"] = f"{elsewhere}/regions/{HOME}/token"
-            return document
-
-        monkeypatch.setattr(deployment, "document", tampered)
+        list_endpoint(deployment, monkeypatch, HOME, f"{elsewhere}/regions/{HOME}/token")
         ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--json")
         code, out, err = tokex(capsys, *ask)
     failure = json.loads(out)

@@ -4,15 +4,10 @@ again by a warm request's full collection."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.fresh_handler import FUNCTIONS, run_probe
+
 ENDPOINTS = {"exchange": "/token", "introspect": "/introspect"}
 
 PROBE = """
@@ -43,27 +38,7 @@ print(json.dumps({"counts": counts, "statuses": statuses}))
 
 @pytest.mark.parametrize("function", sorted(ENDPOINTS))
 def test_the_first_invocation_freezes_the_environment_once(function: str) -> None:
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "POWERTOOLS_METRICS_DISABLED": "true",
-        "TOKEX_ISSUER": "https://issuer.example",
-        "TOKEX_SIGNING_KEY_ID": "alias/tokex-signing",
-        "TOKEX_POLICY_TABLE": "policies",
-        "TOKEX_STATE_TABLE": "state",
-    }
-    handler = ROOT / "functions" / function / "handler.py"
-    result = subprocess.run(
-        [sys.executable, "-B", "-c", PROBE, str(handler), ENDPOINTS[function]],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    probe = run_probe(PROBE, FUNCTIONS / function / "handler.py", ENDPOINTS[function])
     assert probe["statuses"] == [405, 405]
     before, after_first, after_second = probe["counts"]
     # Nothing frozen at cold start; then the environment's tens of thousands of objects

@@ -194,14 +194,8 @@ class World:
         audit: ExchangeAudit | None = None,
         **changes: Any,
     ) -> IssuedToken:
-        exchange = TokenExchange(
-            settings=Settings(issuer=ISSUER),
-            sts=self,
-            policies=self,
-            signer=self.signer,
-            instance_certificates=self.certificates,
-            admission=self if admission else None,
-            background=background or DeferredExecutor(self.log),
+        exchange = _one_environment(
+            self, background or DeferredExecutor(self.log), admission=self if admission else None
         )
         return exchange.exchange(token_request(**changes), audit or ExchangeAudit())
 
@@ -214,18 +208,20 @@ def world() -> World:
 _DEFERRED = object()
 
 
-def _one_environment(world: World, background: Any = _DEFERRED) -> TokenExchange:
-    """One TokenExchange (one execution environment) over the fakes; by default its
-    background executor is the deferred one, `None` for none."""
-    return TokenExchange(
-        settings=Settings(issuer=ISSUER),
-        sts=world,
-        policies=world,
-        signer=world.signer,
-        instance_certificates=world.certificates,
-        admission=world,
-        background=DeferredExecutor(world.log) if background is _DEFERRED else background,
-    )
+def _one_environment(world: World, background: Any = _DEFERRED, **changes: Any) -> TokenExchange:
+    """One TokenExchange (one execution environment) over the fakes, with `changes` to
+    its arguments; by default its background executor is the deferred one, `None` for
+    none."""
+    arguments: dict[str, Any] = {
+        "settings": Settings(issuer=ISSUER),
+        "sts": world,
+        "policies": world,
+        "signer": world.signer,
+        "instance_certificates": world.certificates,
+        "admission": world,
+        "background": DeferredExecutor(world.log) if background is _DEFERRED else background,
+    }
+    return TokenExchange(**{**arguments, **changes})
 
 
 def refused(world: World, error: type[TokexError], **changes: Any) -> TokexError:
@@ -300,16 +296,10 @@ class LoadsAhead:
             raise TemporarilyUnavailable("policies unavailable", reason="dynamodb")
         return self.world.policies()
 
-    def environment(self, pool: Executor) -> TokenExchange:
-        return TokenExchange(
-            settings=Settings(issuer=ISSUER),
-            sts=self.world,
-            policies=self,
-            signer=self.signer,
-            instance_certificates=self.world.certificates,
-            admission=self.world,
-            background=pool,
-            load_ahead=True,
+    def environment(self, pool: Executor, **changes: Any) -> TokenExchange:
+        """An environment that loads ahead on `pool`, from these fakes."""
+        return _one_environment(
+            self.world, pool, policies=self, signer=self.signer, load_ahead=True, **changes
         )
 
 
@@ -615,16 +605,7 @@ EKS_ALLOW = Policy.from_document(
 
 
 def jwt_environment(world: World, settings: Settings = JWT_SETTINGS) -> TokenExchange:
-    return TokenExchange(
-        settings=settings,
-        sts=world,
-        policies=world,
-        signer=world.signer,
-        instance_certificates=world.certificates,
-        admission=world,
-        issuer_keys=Keys(),
-        background=DeferredExecutor(world.log),
-    )
+    return _one_environment(world, settings=settings, issuer_keys=Keys())
 
 
 def jwt_request(token: str) -> TokenRequest:
@@ -658,17 +639,7 @@ def test_a_cold_environment_loads_ahead_while_a_jwt_issuers_keys_arrive(world: W
             return super().key(issuer, kid)
 
     with ThreadPoolExecutor(4, thread_name_prefix="bg") as pool:
-        exchange = TokenExchange(
-            settings=JWT_SETTINGS,
-            sts=world,
-            policies=ahead,
-            signer=ahead.signer,
-            instance_certificates=world.certificates,
-            admission=world,
-            issuer_keys=KeysWhileLoading(),
-            background=pool,
-            load_ahead=True,
-        )
+        exchange = ahead.environment(pool, settings=JWT_SETTINGS, issuer_keys=KeysWhileLoading())
         assert exchange.exchange(jwt_request(subject_jwt()), ExchangeAudit()).access_token
     assert "sts" not in world.log
     assert {what for what, where in ahead.callers if where.startswith("bg")} == {

@@ -1,0 +1,40 @@
+"""A function's handler run in a fresh interpreter, as Lambda loads it at a cold start:
+with the settings it needs to load, and no AWS behind them (nothing it does at import or
+for a refused request calls AWS). Standard library only, so unit tests may use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
+HANDLERS = sorted(FUNCTIONS.glob("*/handler.py"))
+SETTINGS = {
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "TOKEX_ISSUER": "https://issuer.example",
+    "TOKEX_SIGNING_KEY_ID": "alias/tokex-signing",
+    "TOKEX_POLICY_TABLE": "policies",
+    "TOKEX_STATE_TABLE": "state",
+    "TOKEX_JWKS_BUCKET": "issuer-documents",
+}
+
+
+def run_probe(script: str, handler: Path, *argv: str) -> Any:
+    """Runs `script` (the handler's path is its argv[1], then `argv`) with `python -B` and
+    those settings alone; the JSON its last line prints."""
+    result = subprocess.run(
+        [sys.executable, "-B", "-c", script, str(handler), *argv],
+        env={"PATH": os.environ.get("PATH", ""), **SETTINGS},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
