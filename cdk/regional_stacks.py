@@ -49,9 +49,8 @@ from cdk.state_table import (
     allow_single_use_writes,
 )
 from cdk.tables import table_arn_in
-from cdk.token_api import TokenApi, add_regional_routes
+from cdk.token_api import add_regional_routes
 from cdk.tokex_stack import (
-    LOG_RETENTION,
     TokexStack,
     allow_instance_tag_lookups,
     endpoint_functions,
@@ -59,6 +58,7 @@ from cdk.tokex_stack import (
     function_base_settings,
     grant_key_slots,
     introspect_settings,
+    token_api,
 )
 from tokex.regions import SERVING_REGION_ENV, regional_path
 
@@ -124,13 +124,7 @@ class RegionalApiStack(Stack):
             description="tokex: a Region's token API (multi-Region, docs/multi-region.md)",
             **kwargs,
         )
-        self.token_api = TokenApi(
-            self,
-            "TokenApi",
-            rate_limit=config.throttle_rate_limit,
-            burst_limit=config.throttle_burst_limit,
-            log_retention=LOG_RETENTION,
-        )
+        self.token_api = token_api(self, config)
 
 
 class RegionalStack(Stack):

@@ -57,6 +57,18 @@ LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 POWERTOOLS_SERVICE = "tokex"
 
 
+def token_api(stack: Stack, config: TokexConfig) -> TokenApi:
+    """A stack's HTTP API, as home's and every Region's is: throttled as the config says
+    and access-logged."""
+    return TokenApi(
+        stack,
+        "TokenApi",
+        rate_limit=config.throttle_rate_limit,
+        burst_limit=config.throttle_burst_limit,
+        log_retention=LOG_RETENTION,
+    )
+
+
 class TokexStack(Stack):
     def __init__(
         self, scope: Construct, construct_id: str, *, config: TokexConfig, **kwargs: Any
@@ -88,13 +100,7 @@ class TokexStack(Stack):
         replicas = config.other_regions
         self.policy_table = PolicyTable(self, "PolicyTable", replica_regions=replicas)
         self.state_table = StateTable(self, "StateTable", replica_regions=replicas)
-        self.token_api = TokenApi(
-            self,
-            "TokenApi",
-            rate_limit=config.throttle_rate_limit,
-            burst_limit=config.throttle_burst_limit,
-            log_retention=LOG_RETENTION,
-        )
+        self.token_api = token_api(self, config)
         self.origin_secret = OriginSecret(self, "OriginSecret")
         # The Regional APIs' door: named and replicated, so that each Regional stack
         # reads its own Region's copy by name (docs/multi-region.md "Stacks").
