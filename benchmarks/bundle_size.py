@@ -1,6 +1,7 @@
 """The size of what a deployment ships for the exchange: its function asset plus the core
-layer, built by the same code the CDK app synthesizes with (cdk/layer_bundling.py; the
-bundle is cached by its inputs, so only the first run calls pip)."""
+layer, built by the same code the CDK app synthesizes with (cdk/functions.py,
+cdk/layer_bundling.py; the layer's bundle is cached by its inputs, so only the first run
+calls pip)."""
 
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ def bundle_figures() -> list[Figure]:
     # Importing the CDK starts its Node.js runtime, which warns about its version on stderr.
     os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "1")
-    from cdk.functions import RUNTIME, function_asset_files
+    from cdk.functions import RUNTIME, build_function_asset
     from cdk.layer_bundling import CoreLayerBundling
 
-    function_bytes = sum(path.stat().st_size for path in function_asset_files("exchange").values())
     bundling = CoreLayerBundling(
         project_root=ROOT, python_version=RUNTIME.name.removeprefix("python")
     )
-    with tempfile.TemporaryDirectory() as layer:
+    with tempfile.TemporaryDirectory() as function, tempfile.TemporaryDirectory() as layer:
+        build_function_asset("exchange", Path(function))
+        function_bytes = _tree_bytes(Path(function))
         bundling.build_into(Path(layer))
         layer_bytes = _tree_bytes(Path(layer))
     mib = 1024 * 1024

@@ -12,7 +12,9 @@ printed, never asserted: see docs/performance.md for the numbers on the referenc
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
+import importlib.util
 import json
 import os
 import resource
@@ -30,26 +32,45 @@ from typing import Any
 
 from tokex.client.token_client import request_token
 from tokex.local.emulator import SubprocessMotoServer
-from tokex.local.functions import functions_dir
+from tokex.local.functions import FUNCTIONS_PACKAGE
 from tokex.local.runner import start_local
+
+# What the exchange function's handler setting names (cdk/functions.py): Lambda's runtime
+# imports it by name, so the `tokex_functions` package comes first.
+HANDLER_MODULE = f"{FUNCTIONS_PACKAGE}.exchange.handler"
+# The variable Lambda's runtime process has (functions/collector.py reads it); the address
+# is never used.
+LAMBDA_RUNTIME = {"AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001"}
 
 COLD_START = """
 import time, resource
 started = time.perf_counter()
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("handler", sys.argv[1])
-module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+import importlib, sys
+module = importlib.import_module(sys.argv[1])
 elapsed = time.perf_counter() - started
 print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+def compile_tokex_bytecode() -> None:
+    """Bytecode for the installed `tokex` and `tokex_functions`, as the layer and the
+    function's asset ship it (docs/deploy.md, *Bytecode in the layer*; the dependencies'
+    came with their install). An editable install has none until something imports it
+    without `-B`, and the cold processes below write none: without this, each would
+    compile tokex from source, which Lambda never does."""
+    for package in ("tokex", FUNCTIONS_PACKAGE):
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.submodule_search_locations
+        for folder in spec.submodule_search_locations:
+            compileall.compile_dir(folder, quiet=1)
+
+
 def cold_start(env: dict[str, str], runs: int = 5) -> tuple[float, float]:
-    handler = functions_dir() / "exchange" / "handler.py"
+    compile_tokex_bytecode()
     times, rss = [], []
     for _ in range(runs):
         out = subprocess.run(
-            [sys.executable, "-c", COLD_START, str(handler)],
+            [sys.executable, "-B", "-c", COLD_START, HANDLER_MODULE],
             env=env,
             capture_output=True,
             text=True,
@@ -60,11 +81,10 @@ def cold_start(env: dict[str, str], runs: int = 5) -> tuple[float, float]:
     return statistics.median(times), statistics.median(rss)
 
 
-# The exchange handler loaded as Lambda loads it (the file in argv[1]), and the context an
-# invocation gets: the start of both scripts below.
+# The exchange handler loaded as Lambda's runtime loads it (the module named in argv[1]),
+# and the context an invocation gets: the start of both scripts below.
 LOAD_HANDLER = """
-spec = importlib.util.spec_from_file_location("handler", sys.argv[1])
-module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+module = importlib.import_module(sys.argv[1])
 class Context:
     function_name = "tokex-exchange"; memory_limit_in_mb = 512; aws_request_id = "bench"
     invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:tokex-exchange"
@@ -72,14 +92,15 @@ class Context:
     def get_remaining_time_in_millis(self): return 10_000
 """
 # Cold start as Lambda meets it (issue 11): the handler's import plus its first
-# invocation, a real exchange, in a fresh interpreter that writes no bytecode (-B);
-# against a fresh interpreter importing exactly the handler's dependencies. Timed inside
-# the process: the interpreter's own start-up is the same for both.
+# invocation, a real exchange, in a fresh interpreter with Lambda's runtime variable that
+# reads tokex's bytecode and writes none (-B); against a fresh interpreter importing
+# exactly the handler's dependencies. Timed inside the process: the interpreter's own
+# start-up is the same for both.
 FIRST_INVOCATION = (
     """
 import time
 started = time.perf_counter()
-import importlib.util, json, resource, sys
+import importlib, json, resource, sys
 """
     + LOAD_HANDLER
     + """with open(sys.argv[2]) as event:
@@ -108,7 +129,7 @@ print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 200)
 # nothing frozen: what a warm request that triggers a full collection waits for.
 WARM_COLLECTION = (
     """
-import gc, importlib.util, json, sys, time
+import gc, importlib, json, sys, time
 """
     + LOAD_HANDLER
     + """for path in sys.argv[2:]:
@@ -129,15 +150,14 @@ def warm_collection(
 ) -> dict[str, float]:
     """{"frozen", "unfrozen"} seconds of a full collection in a warm exchange handler's
     process, and the objects it holds."""
-    handler = functions_dir() / "exchange" / "handler.py"
     with tempfile.TemporaryDirectory() as scratch:
         events = []
         for index in range(exchanges):
             events.append(Path(scratch) / f"event{index}.json")
             events[-1].write_text(json.dumps(make_event()))
         out = subprocess.run(
-            [sys.executable, "-B", "-c", WARM_COLLECTION, str(handler), *map(str, events)],
-            env=env,
+            [sys.executable, "-B", "-c", WARM_COLLECTION, HANDLER_MODULE, *map(str, events)],
+            env={**env, **LAMBDA_RUNTIME},
             capture_output=True,
             text=True,
             check=True,
@@ -157,7 +177,8 @@ def cold_start_with_first_invocation(
     env: dict[str, str], make_event: Callable[[], dict[str, Any]], runs: int
 ) -> ColdStart:
     """Runs interleaved (dependencies, handler, ...) so machine load hits both alike."""
-    handler = functions_dir() / "exchange" / "handler.py"
+    compile_tokex_bytecode()
+    env = {**env, **LAMBDA_RUNTIME}
     handler_runs, dependency_runs, rss = [], [], []
     with tempfile.TemporaryDirectory() as scratch:
         event_file = Path(scratch) / "event.json"
@@ -165,7 +186,7 @@ def cold_start_with_first_invocation(
             dependency_runs.append(_fresh_interpreter(env, DEPENDENCIES)[0])
             event_file.write_text(json.dumps(make_event()))
             elapsed, max_rss = _fresh_interpreter(
-                env, FIRST_INVOCATION, str(handler), str(event_file)
+                env, FIRST_INVOCATION, HANDLER_MODULE, str(event_file)
             )
             handler_runs.append(elapsed)
             rss.append(max_rss)

@@ -7,14 +7,16 @@ bucket) or, for instance tag lookups, by the stack; plus writing to its own log 
 and X-Ray tracing.
 
 Each function's code is its part of the installed `tokex_functions` package (see
-`function_code`), the same files `tokex local` imports; the core library comes from the
-layer.
+`function_code`), the same files `tokex local` imports, compiled to bytecode as the layer
+is (`/var/task` is read-only too); the core library comes from the layer.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,12 +36,19 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
-from cdk.layer_bundling import locally_bundled_code
+from cdk.layer_bundling import (
+    BytecodeCompiler,
+    find_bytecode_compiler,
+    locally_bundled_code,
+    report_no_compiler,
+)
 
 FUNCTIONS_PACKAGE = "tokex_functions"
 RUNTIME = lambda_.Runtime.PYTHON_3_13
 ARCHITECTURE = lambda_.Architecture.ARM_64
 PUBLISH_SCHEDULE = events.Schedule.rate(Duration.hours(1))
+# Where Lambda puts a function's code: the paths its bytecode names (tracebacks).
+TASK_ROOT = "/var/task"
 
 
 def functions_package_dir() -> Path:
@@ -77,28 +86,50 @@ def function_asset_files(function: str) -> dict[str, Path]:
 class _CopyFiles:
     """jsii adapter: CDK calls `try_bundle` with the asset's output directory."""
 
-    def __init__(self, files: Mapping[str, Path]) -> None:
+    def __init__(self, files: Mapping[str, Path], compiler: BytecodeCompiler | None) -> None:
         self._files = dict(files)
+        self._compiler = compiler
 
     def try_bundle(self, output_dir: str, *args: Any, **options: Any) -> bool:
         for name, source in self._files.items():
             target = Path(output_dir) / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
+        if self._compiler is not None:
+            self._compiler.compile_tree(Path(output_dir), mounted_at=TASK_ROOT)
         return True
 
 
+@functools.cache
+def runtime_compiler() -> BytecodeCompiler | None:
+    """The runtime's CPython on this machine, probed once per synth (the layer's rules:
+    cdk/layer_bundling.py); None: the functions ship sources only, and the synth says so."""
+    python_version = RUNTIME.name.removeprefix("python")
+    compiler = find_bytecode_compiler(python_version)
+    if compiler is None:
+        report_no_compiler(python_version)
+    return compiler
+
+
+def build_function_asset(function: str, output_dir: Path) -> None:
+    """The function's asset as `function_code` bundles it, written into `output_dir`."""
+    _CopyFiles(function_asset_files(function), runtime_compiler()).try_bundle(str(output_dir))
+
+
 def function_code(function: str) -> lambda_.Code:
-    """The function's asset, hashed by its files' names and contents (so a change to the
-    shared plumbing redeploys every function, and a change to one handler only its own)."""
+    """The function's asset, hashed by its files' names and contents and by the bytecode
+    compiler (so a change to the shared plumbing redeploys every function, and a change to
+    one handler only its own)."""
     files = function_asset_files(function)
-    digest = hashlib.sha256()
+    compiler = runtime_compiler()
+    bytecode = None if compiler is None else compiler.identity(TASK_ROOT)
+    digest = hashlib.sha256(json.dumps({"bytecode": bytecode}, sort_keys=True).encode())
     for name, source in files.items():
         digest.update(name.encode() + b"\0" + hashlib.sha256(source.read_bytes()).digest())
     return locally_bundled_code(
         placeholder=functions_package_dir() / function,
         asset_hash=digest.hexdigest(),
-        bundler=_CopyFiles(files),
+        bundler=_CopyFiles(files, compiler),
     )
 
 

@@ -120,19 +120,29 @@ class BytecodeCompiler:
     version: str  # e.g. "3.13.0"
     cache_tag: str  # e.g. "cpython-313": the name of the .pyc files it writes
 
-    def compile_tree(self, site: Path) -> None:
-        """Compile every module under `site` into `__pycache__/*.<cache_tag>.pyc`."""
+    def identity(self, mounted_at: str) -> dict[str, str]:
+        """What decides the bytecode `compile_tree` writes: part of an asset's hash."""
+        return {
+            "python": self.version,
+            "cache_tag": self.cache_tag,
+            "invalidation": INVALIDATION_MODE,
+            "site": mounted_at,
+        }
+
+    def compile_tree(self, site: Path, *, mounted_at: str = LAYER_SITE) -> None:
+        """Compile every module under `site` into `__pycache__/*.<cache_tag>.pyc`, naming
+        them by where Lambda mounts `site` (`mounted_at`: the paths tracebacks show)."""
         command = [
             self.executable, "-I", "-m", "compileall", "-q", "-j0",
             "--invalidation-mode", INVALIDATION_MODE,
-            "-s", str(site), "-p", LAYER_SITE, str(site),
+            "-s", str(site), "-p", mounted_at, str(site),
         ]  # fmt: skip
         result = subprocess.run(  # noqa: S603 - fixed argv, an interpreter we probed
             command, capture_output=True, text=True, check=False
         )
         if result.returncode != 0:
             raise RuntimeError(
-                f"compiling the tokex layer's bytecode failed ({result.returncode}):\n"
+                f"compiling tokex's bytecode failed ({result.returncode}):\n"
                 f"{' '.join(command)}\n{result.stdout}{result.stderr}"
             )
 
@@ -193,13 +203,14 @@ def find_bytecode_compiler(python_version: str) -> BytecodeCompiler | None:
 
 
 def report_no_compiler(python_version: str) -> None:
-    """The synth's one line (once per process) when the layer ships without bytecode."""
+    """The synth's one line (once per process) when the layer and the functions ship
+    without bytecode."""
     if python_version not in _reported_no_compiler:
         _reported_no_compiler.add(python_version)
         print(
             f"tokex layer: no CPython {python_version} found (PATH, pyenv, {COMPILER_ENV}); "
-            "the layer ships without bytecode, so each cold start compiles it "
-            "(docs/deploy.md, Bytecode in the layer)",
+            "the layer and the functions ship without bytecode, so each cold start compiles "
+            "them (docs/deploy.md, Bytecode in the layer)",
             file=sys.stderr,
         )
 
@@ -232,14 +243,7 @@ class CoreLayerBundling:
             "python": self.python_version,
             "requirements": self.requirements,
             "excluded": sorted(RUNTIME_PROVIDED),
-            "bytecode": None
-            if self.compiler is None
-            else {
-                "python": self.compiler.version,
-                "cache_tag": self.compiler.cache_tag,
-                "invalidation": INVALIDATION_MODE,
-                "site": LAYER_SITE,
-            },
+            "bytecode": None if self.compiler is None else self.compiler.identity(LAYER_SITE),
         }
         digest.update(json.dumps(header, sort_keys=True).encode())
         for path in runtime_files(self.package_dir):

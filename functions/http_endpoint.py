@@ -11,8 +11,6 @@ included, writes one audit line and counts one metric by outcome (docs/contract.
 
 from __future__ import annotations
 
-import functools
-import gc
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,6 +24,7 @@ from tokex.edge import NotThroughIssuer, OriginGate
 from tokex.errors import MethodNotAllowed, TemporarilyUnavailable, TokexError
 from tokex.http_api import NOT_FOUND, event_body, event_response, json_text, no_store
 from tokex.regions import regional_path
+from tokex_functions.collector import frozen_after_first_invocation
 from tokex_functions.tracing import FunctionTracer
 
 # Every method API Gateway forwards besides POST: answered 405 with `Allow: POST`.
@@ -154,14 +153,12 @@ class HttpEndpoint:
         )
 
     def _lambda_handler(self) -> LambdaHandler:
+        @frozen_after_first_invocation
         @self.logger.inject_lambda_context(clear_state=True)
         @self.metrics.log_metrics
         @self.tracer.capture_lambda_handler
         def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-            try:
-                return self._answer(event, context)
-            finally:
-                freeze_environment()
+            return self._answer(event, context)
 
         return lambda_handler
 
@@ -174,17 +171,3 @@ class HttpEndpoint:
             self.audit("refused", self.idle_fields, started, error=err.error, reason=err.reason)
             return event_response(err.status, err.body())
         return self.app.resolve(event, context)
-
-
-@functools.cache
-def freeze_environment() -> None:
-    """Once per process, after its first invocation: what the environment keeps for its
-    whole life exists by then (the modules, botocore's models, the clients, after a token
-    the signing key and the policies too), and `gc.freeze` takes it out of every later
-    collection. Otherwise, now and then, a warm request pays a full collection that scans
-    it all: the ~70,000 objects of a warm exchange handler, some 10 to 30 ms here and
-    three times that on a 512 MB function (docs/performance.md "Results"). Freezing moves
-    a list: nothing is scanned or copied. Once per process, as the freeze is the
-    process's: a process that loads many handlers (the test suite) would otherwise also
-    freeze, for good, the garbage of every one before it."""
-    gc.freeze()

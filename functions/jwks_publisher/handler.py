@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tokex.settings import Settings
 from tokex.wiring import build_issuer_publisher
+from tokex_functions.collector import frozen_after_first_invocation
 from tokex_functions.tracing import FunctionTracer
 
 logger = Logger()
@@ -22,6 +23,7 @@ settings = Settings.from_env()
 publish_issuer_documents = build_issuer_publisher(settings)
 
 
+@frozen_after_first_invocation
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

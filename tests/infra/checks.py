@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
+import subprocess
 import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ParamSpec, cast
 
 from aws_cdk.assertions import Match, Template
 
+from cdk.layer_bundling import BytecodeCompiler
 from tokex.edge import ORIGIN_HEADER, ORIGIN_SECRET_ENV
 
 P = ParamSpec("P")
@@ -25,6 +30,7 @@ CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
 ALL_VIEWER_EXCEPT_HOST_HEADER = "b689b0a8-53d0-40ab-baf2-68738e2966ac"
 SECURITY_HEADERS = "67f7725c-6f97-4210-82d7-5512b31e9d03"
 RUNTIME = "python3.13"
+MAGIC_PROBE = "import importlib.util, sys; sys.stdout.write(importlib.util.MAGIC_NUMBER.hex())"
 EM_AARCH64 = 183
 
 SIGNING_ALGORITHMS = {"RSA_2048": "RSASSA_PKCS1_V1_5_SHA_256", "ECC_NIST_P256": "ECDSA_SHA_256"}
@@ -1044,3 +1050,71 @@ def check_one_door(template: Template) -> None:
         env = resources[function]["Properties"]["Environment"]["Variables"]
         assert env[ORIGIN_SECRET_ENV] == reference, function
     assert not [r for r in resources.values() if r["Type"] == "AWS::Lambda::Url"]
+
+
+def check_runtime_bytecode(tree: Path, compiler: BytecodeCompiler) -> list[Path]:
+    """Every module under `tree` has its hash-based, unchecked `.pyc` of `compiler`'s
+    version beside it; returns the modules."""
+    magic = subprocess.run(
+        [compiler.executable, "-I", "-c", MAGIC_PROBE],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    sources = [p for p in tree.rglob("*.py") if "__pycache__" not in p.parts]
+    for source in sources:
+        pyc = source.parent / "__pycache__" / f"{source.stem}.{compiler.cache_tag}.pyc"
+        assert pyc.is_file(), f"no bytecode for {source.relative_to(tree)}"
+        header = pyc.read_bytes()[:8]
+        assert header[:4].hex() == magic, f"{pyc.name}: compiled by another version"
+        # PEP 552: flags bit 0 = hash-based, bit 1 = check_source; unchecked-hash is 0b01.
+        assert int.from_bytes(header[4:8], "little") == 0b01, f"{pyc.name}: not unchecked-hash"
+    return sources
+
+
+# Imports `names` from sys.argv[1] first, recording each module compiled from source.
+_COLD_IMPORT = """
+import importlib, importlib.machinery, json, sys
+sys.path[:0] = [sys.argv[1]]
+compiled = []
+loader = importlib.machinery.SourceFileLoader
+original = loader.source_to_code
+def source_to_code(self, data, path, *args, **kwargs):
+    compiled.append(path)
+    return original(self, data, path, *args, **kwargs)
+loader.source_to_code = source_to_code
+names = sys.argv[2:]
+modules = [importlib.import_module(name) for name in names]
+assert all(m.__file__.startswith(sys.path[0]) for m in modules)
+tops = {name.split(".")[0] for name in names}
+loaded = sorted(n for n in sys.modules if n.split(".")[0] in tops)
+print(json.dumps({"compiled": compiled, "loaded": loaded}))
+"""
+
+
+def cold_import(
+    compiler: BytecodeCompiler, tree: Path, packages: list[str], modules: list[str], scratch: Path
+) -> list[str]:
+    """As Lambda meets an asset (read-only, nothing written): `packages` of `tree`, copied
+    to `scratch`, imported (`modules`) by the runtime's CPython, which must compile no
+    source at all and leave the tree as it was. The modules that loaded."""
+    for name in packages:
+        shutil.copytree(tree / name, scratch / name)
+    before = sorted(p.relative_to(scratch) for p in scratch.rglob("*"))
+    for path in scratch.rglob("*"):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        result = subprocess.run(
+            [compiler.executable, "-I", "-S", "-B", "-c", _COLD_IMPORT, str(scratch), *modules],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": os.environ.get("PATH", "")},
+        )
+    finally:
+        for path in scratch.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["compiled"] == [], "compiled from source at a cold start"
+    assert sorted(p.relative_to(scratch) for p in scratch.rglob("*")) == before
+    loaded: list[str] = report["loaded"]
+    return loaded

@@ -3,9 +3,7 @@ AWS SDK (the runtime provides it)."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -27,7 +25,6 @@ RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 AWS_SDK_DEPENDENCIES = frozenset({"jmespath", "dateutil", "six", "urllib3"})
 # Left out of the layer (cdk/layer_bundling.py TOOLING), stated here independently.
 TOOLING = frozenset({"cli", "local", "client", "proxy", "extension", "kong.py"})
-MAGIC_PROBE = "import importlib.util, sys; sys.stdout.write(importlib.util.MAGIC_NUMBER.hex())"
 BYTECODE_PROBE_MODULES = (
     "tokex.settings",
     "tokex.token_request",
@@ -186,19 +183,8 @@ def test_layer_ships_the_runtimes_bytecode(site: Path) -> None:
     if compiler is None:
         assert not list(site.rglob("*.pyc")), "bytecode without the runtime's interpreter"
         pytest.skip("no CPython of the runtime's version here: the layer ships sources only")
-    magic = subprocess.run(
-        [compiler.executable, "-I", "-c", MAGIC_PROBE],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    sources = [p for p in site.rglob("*.py") if "__pycache__" not in p.parts]
+    sources = checks.check_runtime_bytecode(site, compiler)
     assert any(p.parts[-2] == "tokex" for p in sources)
-    for source in sources:
-        pyc = source.parent / "__pycache__" / f"{source.stem}.{compiler.cache_tag}.pyc"
-        assert pyc.is_file(), f"no bytecode for {source.relative_to(site)}"
-        header = pyc.read_bytes()[:8]
-        assert header[:4].hex() == magic, f"{pyc.name}: compiled by another version"
-        # PEP 552: flags bit 0 = hash-based, bit 1 = check_source; unchecked-hash is 0b01.
-        assert int.from_bytes(header[4:8], "little") == 0b01, f"{pyc.name}: not unchecked-hash"
 
 
 def test_a_cold_start_uses_the_shipped_bytecode(site: Path, tmp_path: Path) -> None:
@@ -210,40 +196,7 @@ def test_a_cold_start_uses_the_shipped_bytecode(site: Path, tmp_path: Path) -> N
         pytest.skip("no CPython of the runtime's version here: the layer ships sources only")
     # Modules that import with the standard library alone (the layer's native code is
     # arm64): the SigV4 path's rules, and a dependency's pure-Python package.
-    for name in ("tokex", "asn1crypto"):
-        shutil.copytree(site / name, tmp_path / name)
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    for path in tmp_path.rglob("*"):
-        path.chmod(0o555 if path.is_dir() else 0o444)
-    script = (
-        "import importlib, importlib.machinery, json, sys\n"
-        f"sys.path[:0] = [{str(tmp_path)!r}]\n"
-        "compiled = []\n"
-        "loader = importlib.machinery.SourceFileLoader\n"
-        "original = loader.source_to_code\n"
-        "def source_to_code(self, data, path, *args, **kwargs):\n"
-        "    compiled.append(path)\n"
-        "    return original(self, data, path, *args, **kwargs)\n"
-        "loader.source_to_code = source_to_code\n"
-        f"names = {list(BYTECODE_PROBE_MODULES)!r}\n"
-        "modules = [importlib.import_module(name) for name in names]\n"
-        "assert all(m.__file__.startswith(sys.path[0]) for m in modules)\n"
-        "loaded = sorted(n for n in sys.modules if n.split('.')[0] in ('tokex', 'asn1crypto'))\n"
-        "print(json.dumps({'compiled': compiled, 'loaded': loaded}))\n"
+    loaded = checks.cold_import(
+        compiler, site, ["tokex", "asn1crypto"], list(BYTECODE_PROBE_MODULES), tmp_path
     )
-    try:
-        result = subprocess.run(
-            [compiler.executable, "-I", "-S", "-B", "-c", script],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": os.environ.get("PATH", "")},
-        )
-    finally:
-        for path in tmp_path.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(result.stdout)
-    assert len(report["loaded"]) > len(BYTECODE_PROBE_MODULES)
-    assert report["compiled"] == [], "compiled from source at a cold start"
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert len(loaded) > len(BYTECODE_PROBE_MODULES)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from aws_cdk.assertions import Template
 
+from cdk.functions import runtime_compiler
 from tests.infra import checks
 from tests.infra.conftest import (
     ACCOUNTS_CONTEXT,
@@ -49,7 +51,9 @@ FUNCTIONS = ("exchange", "introspect", "jwks_publisher")
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_each_function_runs_its_own_handler(default_synth: Synthesized, name: str) -> None:
     """The asset is the function's part of the installed tokex_functions - the files
-    `tokex local` and the tests' cold starts load - and the handler setting names it."""
+    `tokex local` and the tests' cold starts load - and the handler setting names it;
+    with the runtime's CPython here, each module's bytecode for it too (`/var/task` is
+    read-only: without it every cold start compiles them)."""
     path = "".join(part.capitalize() for part in name.split("_"))
     props = checks.resource(default_synth.template, f"{path}/Function")["Properties"]
     asset = default_synth.outdir / f"asset.{props['Code']['S3Key'].removesuffix('.zip')}"
@@ -58,19 +62,43 @@ def test_each_function_runs_its_own_handler(default_synth: Synthesized, name: st
     assert (asset / f"{module.replace('.', '/')}.py").read_bytes() == handler_path(
         name
     ).read_bytes()
-    shipped = sorted(p.relative_to(asset).as_posix() for p in asset.rglob("*") if p.is_file())
+    sources = sorted(
+        p.relative_to(asset).as_posix()
+        for p in asset.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
     package = functions_dir()
     expected = sorted(
         f"tokex_functions/{p.relative_to(package).as_posix()}"
         for p in [*package.glob("*.py"), *(package / name).rglob("*.py")]
         if "__pycache__" not in p.parts
     )
-    assert shipped == expected
+    assert sources == expected
+    compiler = runtime_compiler()
+    bytecode = sorted(p for p in asset.rglob("*") if "__pycache__" in p.parts and p.is_file())
+    if compiler is None:
+        assert not bytecode, "bytecode without the runtime's interpreter"
+    else:
+        assert len(checks.check_runtime_bytecode(asset, compiler)) == len(bytecode)
     # The shared plumbing is there, byte for byte; no other function's handler is.
     assert (asset / "tokex_functions" / "http_endpoint.py").read_bytes() == (
         package / "http_endpoint.py"
     ).read_bytes()
     assert not [o for o in FUNCTIONS if o != name and (asset / "tokex_functions" / o).exists()]
+
+
+def test_a_functions_cold_start_uses_its_shipped_bytecode(
+    default_synth: Synthesized, tmp_path: Path
+) -> None:
+    """The package the runtime imports first (it pauses the collector: standard library
+    only) loads from the asset's bytecode, read-only, compiling nothing."""
+    compiler = runtime_compiler()
+    if compiler is None:
+        pytest.skip("no CPython of the runtime's version here: the functions ship sources")
+    props = checks.resource(default_synth.template, "Exchange/Function")["Properties"]
+    asset = default_synth.outdir / f"asset.{props['Code']['S3Key'].removesuffix('.zip')}"
+    loaded = checks.cold_import(compiler, asset, ["tokex_functions"], ["tokex_functions"], tmp_path)
+    assert loaded == ["tokex_functions", "tokex_functions.collector"]
 
 
 def test_signing_key_is_rsa_sign_verify_with_alias(default_synth: Synthesized) -> None:

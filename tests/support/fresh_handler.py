@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,12 @@ SETTINGS = {
 }
 
 
-def run_probe(script: str, handler: Path, *argv: str) -> Any:
+def run_probe(script: str, handler: Path, *argv: str, env: Mapping[str, str] | None = None) -> Any:
     """Runs `script` (the handler's path is its argv[1], then `argv`) with `python -B` and
-    those settings alone; the JSON its last line prints."""
+    those settings (and `env`) alone; the JSON its last line prints."""
     result = subprocess.run(
         [sys.executable, "-B", "-c", script, str(handler), *argv],
-        env={"PATH": os.environ.get("PATH", ""), **SETTINGS},
+        env={"PATH": os.environ.get("PATH", ""), **SETTINGS, **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
