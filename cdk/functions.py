@@ -116,19 +116,24 @@ def build_function_asset(function: str, output_dir: Path) -> None:
     _CopyFiles(function_asset_files(function), runtime_compiler()).try_bundle(str(output_dir))
 
 
-def function_code(function: str) -> lambda_.Code:
-    """The function's asset, hashed by its files' names and contents and by the bytecode
-    compiler (so a change to the shared plumbing redeploys every function, and a change to
-    one handler only its own)."""
-    files = function_asset_files(function)
-    compiler = runtime_compiler()
+def function_asset_hash(files: Mapping[str, Path], compiler: BytecodeCompiler | None) -> str:
+    """The asset's hash: its files' names and contents and the bytecode compiler (so a
+    change to the shared plumbing redeploys every function, a change to one handler only
+    its own, and bytecode of another Python version redeploys them all)."""
     bytecode = None if compiler is None else compiler.identity(TASK_ROOT)
     digest = hashlib.sha256(json.dumps({"bytecode": bytecode}, sort_keys=True).encode())
     for name, source in files.items():
         digest.update(name.encode() + b"\0" + hashlib.sha256(source.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def function_code(function: str) -> lambda_.Code:
+    """The function's asset, built on this machine (no Docker) under `function_asset_hash`."""
+    files = function_asset_files(function)
+    compiler = runtime_compiler()
     return locally_bundled_code(
         placeholder=functions_package_dir() / function,
-        asset_hash=digest.hexdigest(),
+        asset_hash=function_asset_hash(files, compiler),
         bundler=_CopyFiles(files, compiler),
     )
 

@@ -1,0 +1,45 @@
+"""A function's asset without a synth: its hash and its bytecode (cdk/functions.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdk.functions import (
+    TASK_ROOT,
+    build_function_asset,
+    function_asset_files,
+    function_asset_hash,
+    runtime_compiler,
+)
+from cdk.layer_bundling import BytecodeCompiler
+
+pytestmark = pytest.mark.infra
+
+
+def test_the_asset_hash_follows_the_files_and_the_bytecode_compiler(tmp_path: Path) -> None:
+    handler = tmp_path / "handler.py"
+    handler.write_text("def lambda_handler(event, context):\n    return 1\n")
+    files = {"tokex_functions/exchange/handler.py": handler}
+    sources_only = function_asset_hash(files, None)
+    release = BytecodeCompiler("/x/python3.13", "3.13.0", "cpython-313")
+    compiled = function_asset_hash(files, release)
+    patched = function_asset_hash(files, BytecodeCompiler("/y/python3.13", "3.13.1", "cpython-313"))
+    assert len({sources_only, compiled, patched}) == 3
+    assert function_asset_hash(files, None) == sources_only  # stable
+    handler.write_text("def lambda_handler(event, context):\n    return 2\n")
+    assert function_asset_hash(files, None) != sources_only
+
+
+def test_the_bytecode_names_the_files_where_lambda_puts_them(tmp_path: Path) -> None:
+    compiler = runtime_compiler()
+    if compiler is None:
+        pytest.skip("no CPython of the runtime's version here: the functions ship sources")
+    build_function_asset("exchange", tmp_path)
+    for name in function_asset_files("exchange"):
+        source = tmp_path / name
+        pyc = source.parent / "__pycache__" / f"{source.stem}.{compiler.cache_tag}.pyc"
+        # Tracebacks name the file in /var/task, never the build directory.
+        data = pyc.read_bytes()
+        assert f"{TASK_ROOT}/{name}".encode() in data and str(tmp_path).encode() not in data
