@@ -23,9 +23,10 @@ from tokex.deadline import request_deadline
 from tokex.exchange import ExchangeAudit
 from tokex.local.emulator import SubprocessMotoServer
 from tokex.local.front import http_api_event
-from tokex.local.functions import LambdaContext
+from tokex.local.functions import LambdaContext, load_handler
 from tokex.local.provision import DEMO_AUDIENCE, REGION
 from tokex.local.runner import LocalSystem, handler_environment, start_local
+from tokex.regions import TOKEN_PATH
 from tokex.settings import Settings
 from tokex.token_request import (
     JWT_TOKEN_TYPE,
@@ -136,6 +137,21 @@ class BenchSystem:
         host = urllib.parse.urlsplit(self.local.issuer).netloc
         headers = {"host": host, "content-type": "application/x-www-form-urlencoded"}
         return http_api_event("POST", "/token", "", headers, body, "127.0.0.1")
+
+    @contextlib.contextmanager
+    def token_function(self, **settings: str) -> Iterator[None]:
+        """Meanwhile the front's `POST /token` reaches another exchange function, loaded
+        (a cold start of its own) with `settings` changed; then the usual one again."""
+        front = self.local.front
+        assert front is not None
+        with handler_environment(self.local.handler_env(**settings)):
+            replacement = load_handler("exchange").lambda_handler
+        usual = front.functions[TOKEN_PATH]
+        front.functions[TOKEN_PATH] = replacement
+        try:
+            yield
+        finally:
+            front.functions[TOKEN_PATH] = usual
 
     def exchange(self, event: dict[str, Any]) -> None:
         """One warm exchange through the handler; anything but a token is an error."""
