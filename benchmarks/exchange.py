@@ -71,7 +71,7 @@ def cold_start(env: dict[str, str], runs: int = 5) -> tuple[float, float]:
     for _ in range(runs):
         out = subprocess.run(
             [sys.executable, "-B", "-c", COLD_START, HANDLER_MODULE],
-            env=env,
+            env={**env, **LAMBDA_RUNTIME},
             capture_output=True,
             text=True,
             check=True,
@@ -104,9 +104,12 @@ import importlib, json, resource, sys
 """
     + LOAD_HANDLER
     + """with open(sys.argv[2]) as event:
-    status = module.lambda_handler(json.load(event), Context())["statusCode"]
-elapsed = time.perf_counter() - started
-print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, status)
+    event = json.load(event)
+loaded = time.perf_counter()
+status = module.lambda_handler(event, Context())["statusCode"]
+answered = time.perf_counter()
+print(answered - started, answered - loaded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+      status)
 """
 )
 DEPENDENCY_IMPORTS = (
@@ -119,7 +122,7 @@ started = time.perf_counter()
 {DEPENDENCY_IMPORTS}
 elapsed = time.perf_counter() - started
 import resource
-print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 200)
+print(elapsed, 0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 200)
 """
 
 
@@ -169,6 +172,7 @@ def warm_collection(
 @dataclass(frozen=True)
 class ColdStart:
     handler_s: float  # median, import + first invocation
+    first_invocation_s: float  # median, the first invocation alone
     dependencies_s: float  # median, the dependencies' import alone
     handler_max_rss_mib: float
 
@@ -179,26 +183,29 @@ def cold_start_with_first_invocation(
     """Runs interleaved (dependencies, handler, ...) so machine load hits both alike."""
     compile_tokex_bytecode()
     env = {**env, **LAMBDA_RUNTIME}
-    handler_runs, dependency_runs, rss = [], [], []
+    handler_runs, invocations, dependency_runs, rss = [], [], [], []
     with tempfile.TemporaryDirectory() as scratch:
         event_file = Path(scratch) / "event.json"
         for _ in range(runs):
             dependency_runs.append(_fresh_interpreter(env, DEPENDENCIES)[0])
             event_file.write_text(json.dumps(make_event()))
-            elapsed, max_rss = _fresh_interpreter(
+            elapsed, invocation, max_rss = _fresh_interpreter(
                 env, FIRST_INVOCATION, HANDLER_MODULE, str(event_file)
             )
             handler_runs.append(elapsed)
+            invocations.append(invocation)
             rss.append(max_rss)
     return ColdStart(
         statistics.median(handler_runs),
+        statistics.median(invocations),
         statistics.median(dependency_runs),
         statistics.median(rss),
     )
 
 
-def _fresh_interpreter(env: dict[str, str], script: str, *argv: str) -> tuple[float, float]:
-    """(seconds, max RSS MiB) printed by `script`, whose first invocation must answer 200."""
+def _fresh_interpreter(env: dict[str, str], script: str, *argv: str) -> tuple[float, float, float]:
+    """(seconds in all, seconds of the first invocation, max RSS MiB) printed by `script`,
+    whose first invocation must answer 200."""
     out = subprocess.run(
         [sys.executable, "-B", "-c", script, *argv],
         env=env,
@@ -206,10 +213,10 @@ def _fresh_interpreter(env: dict[str, str], script: str, *argv: str) -> tuple[fl
         text=True,
         check=True,
     ).stdout.split()
-    elapsed, max_rss_kib, status = out[-3:]
+    elapsed, invocation, max_rss_kib, status = out[-4:]
     if status != "200":
         raise RuntimeError(f"the cold handler answered {status}")
-    return float(elapsed), int(max_rss_kib) / 1024
+    return float(elapsed), float(invocation), int(max_rss_kib) / 1024
 
 
 def quiet_handlers() -> None:
