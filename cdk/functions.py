@@ -13,7 +13,6 @@ is (`/var/task` is read-only too); the core library comes from the layer.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import json
@@ -36,12 +35,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
-from cdk.layer_bundling import (
-    BytecodeCompiler,
-    find_bytecode_compiler,
-    locally_bundled_code,
-    report_no_compiler,
-)
+from cdk.layer_bundling import BytecodeCompiler, locally_bundled_code, runtime_compiler
 
 FUNCTIONS_PACKAGE = "tokex_functions"
 RUNTIME = lambda_.Runtime.PYTHON_3_13
@@ -100,20 +94,15 @@ class _CopyFiles:
         return True
 
 
-@functools.cache
-def runtime_compiler() -> BytecodeCompiler | None:
-    """The runtime's CPython on this machine, probed once per synth (the layer's rules:
-    cdk/layer_bundling.py); None: the functions ship sources only, and the synth says so."""
-    python_version = RUNTIME.name.removeprefix("python")
-    compiler = find_bytecode_compiler(python_version)
-    if compiler is None:
-        report_no_compiler(python_version)
-    return compiler
+def function_compiler() -> BytecodeCompiler | None:
+    """The runtime's CPython on this machine, the layer's (cdk/layer_bundling.py); None:
+    the functions ship sources only."""
+    return runtime_compiler(RUNTIME.name.removeprefix("python"))
 
 
 def build_function_asset(function: str, output_dir: Path) -> None:
     """The function's asset as `function_code` bundles it, written into `output_dir`."""
-    _CopyFiles(function_asset_files(function), runtime_compiler()).try_bundle(str(output_dir))
+    _CopyFiles(function_asset_files(function), function_compiler()).try_bundle(str(output_dir))
 
 
 def function_asset_hash(files: Mapping[str, Path], compiler: BytecodeCompiler | None) -> str:
@@ -130,7 +119,7 @@ def function_asset_hash(files: Mapping[str, Path], compiler: BytecodeCompiler | 
 def function_code(function: str) -> lambda_.Code:
     """The function's asset, built on this machine (no Docker) under `function_asset_hash`."""
     files = function_asset_files(function)
-    compiler = runtime_compiler()
+    compiler = function_compiler()
     return locally_bundled_code(
         placeholder=functions_package_dir() / function,
         asset_hash=function_asset_hash(files, compiler),

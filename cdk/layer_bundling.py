@@ -27,6 +27,7 @@ of the inputs hash.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -72,7 +73,6 @@ _PROBE = (
     "import platform, sys; "
     "print(sys.implementation.name, platform.python_version(), sys.implementation.cache_tag)"
 )
-_reported_no_compiler: set[str] = set()
 
 
 def canonical_name(name: str) -> str:
@@ -202,17 +202,19 @@ def find_bytecode_compiler(python_version: str) -> BytecodeCompiler | None:
     return None
 
 
-def report_no_compiler(python_version: str) -> None:
-    """The synth's one line (once per process) when the layer and the functions ship
-    without bytecode."""
-    if python_version not in _reported_no_compiler:
-        _reported_no_compiler.add(python_version)
+@functools.cache
+def runtime_compiler(python_version: str) -> BytecodeCompiler | None:
+    """`find_bytecode_compiler`, probed once per synth for the layer and every function;
+    without one, the synth's one line says they ship sources."""
+    compiler = find_bytecode_compiler(python_version)
+    if compiler is None:
         print(
             f"tokex layer: no CPython {python_version} found (PATH, pyenv, {COMPILER_ENV}); "
             "the layer and the functions ship without bytecode, so each cold start compiles "
             "them (docs/deploy.md, Bytecode in the layer)",
             file=sys.stderr,
         )
+    return compiler
 
 
 class CoreLayerBundling:
@@ -431,9 +433,9 @@ def locally_bundled_code(
 
 def core_layer_code(*, project_root: Path, python_version: str) -> lambda_.Code:
     """Lambda `Code` for the layer: local bundling only, custom asset hash = inputs hash."""
-    bundling = CoreLayerBundling(project_root=project_root, python_version=python_version)
-    if bundling.compiler is None:
-        report_no_compiler(python_version)
+    bundling = CoreLayerBundling(
+        project_root=project_root, python_version=python_version, find_compiler=runtime_compiler
+    )
     key = bundling.inputs_hash()
     return locally_bundled_code(
         placeholder=bundling.package_dir, asset_hash=key, bundler=_LocalBundler(bundling, key)

@@ -45,11 +45,11 @@ def pause_in_lambda_runtime(environ: Mapping[str, str] = os.environ) -> None:
 
 @functools.cache
 def freeze_environment() -> None:
-    """Once per process, after its first invocation: what the environment keeps for its
-    whole life exists by then (the modules, botocore's models, the clients, after a token
-    the signing key and the policies too). Once per process, as the freeze is the
-    process's: a process that loads many handlers (the test suite) would otherwise also
-    freeze, for good, the garbage of every one before it."""
+    """After a process's first invocation: what the environment keeps for its whole life
+    exists by then (the modules, botocore's models, the clients, after a token the signing
+    key and the policies too). Only once, as the freeze is the process's: a process that
+    loads many handlers (the test suite) would otherwise also freeze, for good, the
+    garbage of every one before it."""
     global _paused
     gc.freeze()
     if _paused:

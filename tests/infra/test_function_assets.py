@@ -11,7 +11,7 @@ from cdk.functions import (
     build_function_asset,
     function_asset_files,
     function_asset_hash,
-    runtime_compiler,
+    function_compiler,
 )
 from cdk.layer_bundling import BytecodeCompiler
 
@@ -33,7 +33,7 @@ def test_the_asset_hash_follows_the_files_and_the_bytecode_compiler(tmp_path: Pa
 
 
 def test_the_bytecode_names_the_files_where_lambda_puts_them(tmp_path: Path) -> None:
-    compiler = runtime_compiler()
+    compiler = function_compiler()
     if compiler is None:
         pytest.skip("no CPython of the runtime's version here: the functions ship sources")
     build_function_asset("exchange", tmp_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cdk.layer_bundling import BytecodeCompiler, find_bytecode_compiler
+from cdk.layer_bundling import runtime_compiler
 from tests.infra import checks
 from tests.infra.conftest import REPO_ROOT, Synthesized
 
@@ -172,14 +172,10 @@ def test_every_runtime_module_imports_from_the_layer_alone(site: Path, tmp_path:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _runtime_compiler() -> BytecodeCompiler | None:
-    return find_bytecode_compiler(checks.RUNTIME.removeprefix("python"))
-
-
 def test_layer_ships_the_runtimes_bytecode(site: Path) -> None:
     """With the runtime's CPython on this machine (pyenv's 3.13 on CI), every module of
     the layer has its hash-based, unchecked `.pyc` for that version; without it, none."""
-    compiler = _runtime_compiler()
+    compiler = runtime_compiler(checks.RUNTIME.removeprefix("python"))
     if compiler is None:
         assert not list(site.rglob("*.pyc")), "bytecode without the runtime's interpreter"
         pytest.skip("no CPython of the runtime's version here: the layer ships sources only")
@@ -191,7 +187,7 @@ def test_a_cold_start_uses_the_shipped_bytecode(site: Path, tmp_path: Path) -> N
     """As Lambda meets the layer (read-only, nothing written): importing its modules with
     the runtime's CPython compiles no source at all - every code object comes from the
     shipped `.pyc` - and leaves the tree as it was."""
-    compiler = _runtime_compiler()
+    compiler = runtime_compiler(checks.RUNTIME.removeprefix("python"))
     if compiler is None:
         pytest.skip("no CPython of the runtime's version here: the layer ships sources only")
     # Modules that import with the standard library alone (the layer's native code is

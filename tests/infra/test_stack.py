@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from aws_cdk.assertions import Template
 
-from cdk.functions import runtime_compiler
+from cdk.functions import function_compiler
 from tests.infra import checks
 from tests.infra.conftest import (
     ACCOUNTS_CONTEXT,
@@ -74,7 +74,7 @@ def test_each_function_runs_its_own_handler(default_synth: Synthesized, name: st
         if "__pycache__" not in p.parts
     )
     assert sources == expected
-    compiler = runtime_compiler()
+    compiler = function_compiler()
     bytecode = sorted(p for p in asset.rglob("*") if "__pycache__" in p.parts and p.is_file())
     if compiler is None:
         assert not bytecode, "bytecode without the runtime's interpreter"
@@ -92,7 +92,7 @@ def test_a_functions_cold_start_uses_its_shipped_bytecode(
 ) -> None:
     """The package the runtime imports first (it pauses the collector: standard library
     only) loads from the asset's bytecode, read-only, compiling nothing."""
-    compiler = runtime_compiler()
+    compiler = function_compiler()
     if compiler is None:
         pytest.skip("no CPython of the runtime's version here: the functions ship sources")
     props = checks.resource(default_synth.template, "Exchange/Function")["Properties"]
