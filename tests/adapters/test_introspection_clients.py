@@ -279,6 +279,16 @@ def test_cli_finds_the_state_table_from_the_stack(dynamodb, capsys):
     item = dynamodb.get_item(TableName="tokex-stack-state", Key={"id": {"S": "revoked-jti#abc"}})
     assert "Item" in item
 
+    # A jti is base64url: one in 64 starts with "-" (and some with "--"); pasted as it
+    # comes, argparse alone would refuse it as a missing value.
+    capsys.readouterr()
+    for jti in ("-jQlw408u4Ev3PZygjRsX4BXFBnLigRm", "--9xq", "-"):
+        for argv in (["--jti", jti], [f"--jti={jti}"]):
+            assert main(["revoke", *argv, *where, "--json"]) == 0, argv
+            assert json.loads(capsys.readouterr().out)["jti"] == jti
+            key = {"id": {"S": f"revoked-jti#{jti}"}}
+            assert "Item" in dynamodb.get_item(TableName="tokex-stack-state", Key=key)
+
     template = {"Resources": STACK_TEMPLATE["Resources"]}
     template = json.loads(json.dumps(template).replace("tokex-stack-state", "other"))
     cloudformation.create_stack(StackName="not-tokex", TemplateBody=json.dumps(template))

@@ -344,6 +344,8 @@ def test_usage_errors_are_found_before_any_network_call(capsys, closed_port, tmp
         (["clients", "add", "k", "--audience", "a b", "--stack", "S"], "--audience"),
         (["clients", "update", "tc_" + "0" * 20, "--audience", "", "--stack", "S"], "--audience"),
         (["revoke", "--jti", "has space", "--stack", "S"], "--jti"),
+        (["revoke", "--jti", "--stack", "S"], "--jti"),  # a flag is not a value
+        (["revoke", "--stack", "S", "--jti"], "--jti"),
     ]
     for argv, flag in cases:
         extra = [] if "explain" not in argv else ["--audience", "a"]

@@ -33,6 +33,10 @@ __all__ = ["CommandError", "build_parser", "main"]
 COMMANDS = ("local", "token", "proxy", "iid", "policy", "kong", "clients", "revoke")
 # Set to see the traceback of an internal error (a bug) instead of its one-line report.
 DEBUG_VARIABLE = "TOKEX_DEBUG"
+# Options whose value may start with "-". argparse takes any such word for an option and
+# refuses `--jti -x...` ("expected one argument"), yet a jti is base64url: one in 64
+# starts with "-", and operators paste it as it comes, often in the middle of an incident.
+DASH_VALUED_OPTIONS = frozenset({"--jti"})
 
 
 def build_parser() -> ArgumentParser:
@@ -56,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "tokex"
     try:
         try:
-            args = _parse(build_parser(), arguments)
+            parser = build_parser()
+            args = _parse(parser, _attach_dash_values(parser, arguments))
             command = f"tokex {args.command}"
             as_json = as_json or getattr(args, "json", False) is True
             code = int(args.func(args) or 0)
@@ -92,6 +97,26 @@ def _parse(parser: ArgumentParser, arguments: list[str]) -> argparse.Namespace:
         leaf: ArgumentParser = getattr(args, "leaf_parser", parser)
         leaf.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
+
+
+def _attach_dash_values(parser: ArgumentParser, arguments: list[str]) -> list[str]:
+    """`--jti -x...` as `--jti=-x...`, which argparse reads as a value. A word that is one
+    of the command line's own options stays an option (`--jti --json` is a missing value)."""
+    flags = {flag for leaf in _leaves(parser) for flag in leaf._option_string_actions}
+    attached: list[str] = []
+    words = iter(arguments)
+    for word in words:
+        if word == "--":  # the rest is positional: argparse's own convention
+            attached += [word, *words]
+        elif word in DASH_VALUED_OPTIONS:
+            value = next(words, None)
+            if value is None or value in flags:
+                attached += [word] if value is None else [word, value]
+            else:
+                attached.append(f"{word}={value}")
+        else:
+            attached.append(word)
+    return attached
 
 
 def _unexpected(exc: Exception) -> CommandError:
