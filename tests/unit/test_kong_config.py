@@ -370,6 +370,17 @@ def test_cli_introspection_enforces_the_clients_audiences_without_any_audience(c
     )
 
 
+def test_cli_takes_a_client_secret_that_starts_with_a_dash(capsys):
+    """Secrets are base64url: one in 64 starts with "-", pasted as printed."""
+    client = "tc_0123456789abcdef0123"
+    for secret in ("-s3cret", "--s3cret"):
+        argv = [*INTROSPECTION, "--client-id", client, "--client-secret", secret]
+        assert run_cli(*argv, "--format", "json") == 0
+        [plugin] = json.loads(capsys.readouterr().out)["plugins"]
+        expected = base64.b64encode(f"{client}:{secret}".encode()).decode()
+        assert plugin["config"]["authorization_value"] == f"Basic {expected}"
+
+
 @pytest.mark.parametrize(
     "extra,flag",
     [

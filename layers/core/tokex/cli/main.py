@@ -34,9 +34,9 @@ COMMANDS = ("local", "token", "proxy", "iid", "policy", "kong", "clients", "revo
 # Set to see the traceback of an internal error (a bug) instead of its one-line report.
 DEBUG_VARIABLE = "TOKEX_DEBUG"
 # Options whose value may start with "-". argparse takes any such word for an option and
-# refuses `--jti -x...` ("expected one argument"), yet a jti is base64url: one in 64
-# starts with "-", and operators paste it as it comes, often in the middle of an incident.
-DASH_VALUED_OPTIONS = frozenset({"--jti"})
+# refuses `--jti -x...` ("expected one argument"), yet jtis and client secrets are
+# base64url: one in 64 starts with "-", and operators paste them as they come.
+DASH_VALUED_OPTIONS = frozenset({"--jti", "--client-secret"})
 
 
 def build_parser() -> ArgumentParser:
