@@ -572,7 +572,7 @@ def test_a_slow_issuer_fails_within_the_request_deadline(
     started = time.monotonic()
     with deadline.request_deadline(0.5), pytest.raises(DeadlineExceeded) as failed:
         keys.key(issuer_of(server), "k1")
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.5  # not the 3 s of silence (room for a busy CPU)
     assert failed.value.reason == "deadline:jwks"
 
 
@@ -582,7 +582,7 @@ def test_a_caller_waiting_for_a_slow_fetch_stops_at_its_own_deadline(
     """The one fetch in flight outlives a second caller's budget: that caller gives up
     waiting for it by its own deadline."""
     server.publish(rsa_jwk("k1"))
-    server.routes[DISCOVERY].delay = 1.0
+    server.routes[DISCOVERY].delay = 2.5
     keys, issuer = adapter(pki, clock), issuer_of(server)
     first = threading.Thread(target=keys.key, args=(issuer, "k1"))
     first.start()
@@ -591,7 +591,7 @@ def test_a_caller_waiting_for_a_slow_fetch_stops_at_its_own_deadline(
     started = time.monotonic()
     with deadline.request_deadline(0.2), pytest.raises(DeadlineExceeded):
         keys.key(issuer, "k1")
-    assert time.monotonic() - started < 0.6
-    first.join(timeout=5)
+    assert time.monotonic() - started < 1.5  # not the fetch's 2.5 s (room for a busy CPU)
+    first.join(timeout=10)
     assert keys.key(issuer, "k1") is not None
     assert server.count(DISCOVERY) == 1

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -37,8 +38,11 @@ ACCOUNT = "123456789012"  # moto's default account
 MARKER = "UPSTREAM-BODY-MARKER"
 
 
-def verified_request(creds: Credentials, *, tamper: dict[str, str] | None = None) -> StsRequest:
-    """Sign like a workload (botocore), then pass tokex's own rules."""
+def verified_request(
+    creds: Credentials, *, tamper: Callable[[dict[str, str]], None] | None = None
+) -> StsRequest:
+    """Sign like a workload (botocore), let `tamper` change the signed headers, then pass
+    tokex's own rules."""
     request = AWSRequest(
         method="POST",
         url=f"https://{HOST}/",
@@ -46,7 +50,9 @@ def verified_request(creds: Credentials, *, tamper: dict[str, str] | None = None
         headers={"Content-Type": "application/x-www-form-urlencoded", "X-Tokex-Issuer": ISSUER},
     )
     SigV4Auth(creds, "sts", "us-east-1").add_auth(request)
-    headers = {**dict(request.headers.items()), **(tamper or {})}
+    headers = dict(request.headers.items())
+    if tamper is not None:
+        tamper(headers)
     signed = {"method": "POST", "url": f"https://{HOST}/", "headers": headers, "body": STS_BODY}
     return verify_sts_request(
         signed, issuer=ISSUER, endpoints=StsEndpoints(["aws"]), now=datetime.now(UTC)
@@ -134,9 +140,14 @@ def test_tampered_signature_is_refused(moto_sts: MotoStsWorld) -> None:
 
 
 def test_tampered_signed_header_is_refused(moto_sts: MotoStsWorld) -> None:
-    req = verified_request(moto_sts.user)
-    later = datetime.fromtimestamp(req.amz_date.timestamp() + 1, UTC).strftime("%Y%m%dT%H%M%SZ")
-    req = verified_request(moto_sts.user, tamper={"X-Amz-Date": later})
+    def another_second(headers: dict[str, str]) -> None:
+        # From the date it was signed with (a second signing could land on the very second
+        # chosen), and within its day (the scope's date must still match).
+        signed_at = datetime.strptime(headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
+        step = timedelta(seconds=1 if signed_at.time() == dt_time(0) else -1)
+        headers["X-Amz-Date"] = f"{signed_at + step:%Y%m%dT%H%M%SZ}"
+
+    req = verified_request(moto_sts.user, tamper=another_second)
     with pytest.raises(InvalidGrant, match="SignatureDoesNotMatch"):
         StsForwarder(moto_sts.url).get_caller_identity(req)
 

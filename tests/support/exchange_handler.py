@@ -9,6 +9,7 @@ Gateway HTTP API v2 events.
 from __future__ import annotations
 
 import json
+import time
 import urllib.parse
 from types import ModuleType
 from typing import Any
@@ -17,7 +18,16 @@ from tokex.client.signing import encode_subject_token
 from tokex.local.front import http_api_event
 from tokex.local.functions import LambdaContext, load_handler
 from tokex.local.runner import LocalSystem, handler_environment
+from tokex.ratelimit import WINDOW_SECONDS
 from tokex.token_request import JWT_TOKEN_TYPE, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
+
+
+def wait_for_room_in_the_rate_window(seconds: float = 10.0) -> None:
+    """Sleep into the next one-minute rate window if this one ends within `seconds`: a test
+    that spends a budget and expects the next request refused must not see it renewed."""
+    left = WINDOW_SECONDS - time.time() % WINDOW_SECONDS
+    if left < seconds:
+        time.sleep(left + 0.05)
 
 
 def cold_exchange_handler(system: LocalSystem, **overrides: str) -> ModuleType:

@@ -22,6 +22,9 @@ class FakeIssuer:
     url: str = ""
     expires_in: int = 900
     delay: float = 0.0  # seconds each POST /token takes: callers overlap
+    # When given, each POST /token also waits for it: callers overlap for as long as the
+    # test decides, whatever the machine's load.
+    gate: threading.Event | None = None
     forms: list[dict[str, list[str]]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -35,6 +38,8 @@ class FakeIssuer:
             self.forms.append(form)
             number = len(self.forms)
         time.sleep(self.delay)
+        if self.gate is not None and not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
         return {
             "access_token": f"token-{number}",
             "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -47,9 +48,16 @@ def signed_headers(transform: Callable[[str], str]) -> Mutation:
 
 
 def amz_date(delta: timedelta) -> Mutation:
+    """Moves X-Amz-Date, and the credential scope's date with it (a shift across midnight
+    would otherwise be refused for the scope, not the window under test)."""
+
     def mutate(signed: dict[str, Any]) -> None:
         when = datetime.now(UTC) + delta
         signed["headers"]["X-Amz-Date"] = when.strftime("%Y%m%dT%H%M%SZ")
+        auth = signed["headers"]["Authorization"]
+        scope_date = re.compile(r"(Credential=[^/]+/)[0-9]{8}/")
+        assert scope_date.search(auth), auth
+        signed["headers"]["Authorization"] = scope_date.sub(rf"\g<1>{when:%Y%m%d}/", auth, count=1)
 
     return mutate
 

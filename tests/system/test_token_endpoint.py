@@ -205,12 +205,17 @@ def test_each_exchange_writes_one_audit_line_and_a_metric(local_system, capsys):
 
 
 def test_caller_over_its_rate_limit_gets_429_with_retry_after(local_system):
-    from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
+    from tests.support.exchange_handler import (
+        cold_exchange_handler,
+        invoke_exchange,
+        wait_for_room_in_the_rate_window,
+    )
 
     handler = cold_exchange_handler(local_system, TOKEX_RATE_LIMIT_PER_MINUTE="1")
     user = local_system.deployment.user
     # The budget of one per minute may already be spent by earlier tests in this minute:
     # at most the first succeeds, and the rest are refused.
+    wait_for_room_in_the_rate_window()
     invoke_exchange(handler, sign(local_system, credentials=user))
     for _ in range(2):
         signed = sign(local_system, credentials=user)

@@ -127,14 +127,15 @@ def test_prefetch_is_parallel_bounded_and_never_raises() -> None:
             "refused": TokenUnavailable(403, "access_denied", "no policy", None),
             "down": TokenUnavailable(503, "temporarily_unavailable", "unreachable", 1),
             "bug": RuntimeError("boom"),
-            "slow": 0.3,
+            "slow": 0.1,
             "hung": 5.0,
         }
     )
     started = time.monotonic()
-    records = prefetch_log(tokens, routes_for(*tokens.outcomes), budget=0.6)
+    records = prefetch_log(tokens, routes_for(*tokens.outcomes), budget=1.0)
     took = time.monotonic() - started
-    assert 0.6 <= took < 0.9  # the budget, not the hung fetch's 5 s nor the sum
+    # The budget, not the hung fetch's 5 s nor the sum (with room for a loaded machine).
+    assert 1.0 <= took < 1.0 + 3.0
     outcomes = {r["audience"]: r["outcome"] for r in records}
     assert outcomes == {
         "ok": "ok",
@@ -142,7 +143,7 @@ def test_prefetch_is_parallel_bounded_and_never_raises() -> None:
         "down": "503 temporarily_unavailable",
         "bug": "RuntimeError: boom",
         "slow": "ok",
-        "hung": "not done in 0.6 s",
+        "hung": "not done in 1.0 s",
     }
     assert {r["event"] for r in records} == {"extension_prefetch"}
     assert "token" not in json.dumps(records).replace("not done", "")  # never the token

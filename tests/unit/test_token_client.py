@@ -157,9 +157,19 @@ def test_while_one_thread_refreshes_the_others_keep_the_valid_token(issuer) -> N
     clock = FakeClock()
     client = TokenClient(issuer.url, clock=clock)
     assert client.token("orders-api") == "token-1"
-    issuer.delay = 0.3
+    # The refresh is held until the other seven have their answer.
+    issuer.gate, answered, lock = threading.Event(), [0], threading.Lock()
     clock.now += 0.9 * 900  # due for refresh, still valid
-    results = _ask_together(8, lambda: client.token("orders-api"))
+
+    def ask() -> str:
+        token = client.token("orders-api")
+        with lock:
+            answered[0] += 1
+            if answered[0] == 7:
+                issuer.gate.set()
+        return token
+
+    results = _ask_together(8, ask)
     assert sorted(results) == ["token-1"] * 7 + ["token-2"]
     assert issuer.exchanges == 2
     assert client.token("orders-api") == "token-2"

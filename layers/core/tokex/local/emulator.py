@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import socket
 import subprocess
 import sys
@@ -45,18 +46,24 @@ class ThreadMotoServer:
 
 
 class SubprocessMotoServer:
-    def __init__(self, port: int | None = None, *, startup_timeout: float = 30.0) -> None:
-        port = port or free_port()
-        self.url = f"http://{LOOPBACK}:{port}"
+    def __init__(self, *, startup_timeout: float = 30.0) -> None:
         env = {**os.environ, "MOTO_CALL_RESET_API": "false"}
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, our own interpreter
-            # moto.server with tokex's fixes to the emulator (local/moto_fixes.py).
-            [sys.executable, "-m", "tokex.local.moto_fixes", "-H", LOOPBACK, "-p", str(port)],
-            stdout=subprocess.DEVNULL,
+            # moto's server with tokex's fixes (local/moto_fixes.py). It binds a port of
+            # the OS's choosing itself and names its URL on stdout's first line.
+            [sys.executable, "-m", "tokex.local.moto_fixes", LOOPBACK],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env=env,
+            text=True,
         )
         deadline = time.monotonic() + startup_timeout
+        announced = _first_line(self._process, deadline)
+        if not announced.startswith(f"http://{LOOPBACK}:"):
+            self.stop()
+            raise RuntimeError("the moto server did not start")
+        self.url = announced
         while not _answers(self.url):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
@@ -71,6 +78,19 @@ class SubprocessMotoServer:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+
+
+def _first_line(process: subprocess.Popen[str], deadline: float) -> str:
+    """The child's first line of stdout, or "" if it exits or the deadline passes first."""
+    if process.stdout is None:
+        return ""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+            return ""
+    return process.stdout.readline().strip()
 
 
 def set_signature_checking(url: str, on: bool) -> None:

@@ -14,13 +14,16 @@ a replica's Region, say) where AWS answers `NotFoundException` "Invalid arn <reg
 `tokex local --regions` gives each Region's functions its own Region's replica; with the
 fix, the emulator proves it.
 
-Run as a module (`python -m tokex.local.moto_fixes ARGS`), it is `moto.server` with the
-fixes installed: what `SubprocessMotoServer` starts.
+Run as a module (`python -m tokex.local.moto_fixes HOST`), it is moto's server with the
+fixes installed, on a port the OS picks when it binds, announced as the server's URL on
+the first line of stdout: what `SubprocessMotoServer` starts. (A port chosen by the parent
+and bound later by the child could be taken in between by any other process.)
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import threading
 from typing import Any
@@ -129,8 +132,23 @@ def _key_of(table: Any, attributes: dict[str, Any]) -> dict[str, Any] | None:
     return {name: attributes[name] for name in names}
 
 
-if __name__ == "__main__":
+def serve(host: str) -> None:
+    """moto's server, as `moto.server.main` runs it, on a port picked when binding."""
     install()
-    from moto.server import main
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from moto.server import MotoRequestHandler
+    from werkzeug.serving import make_server
 
-    main(sys.argv[1:])
+    app = DomainDispatcherApplication(create_backend_app)
+    app.debug = True  # type: ignore[attr-defined] # as moto.server.main sets it
+    server = make_server(host, 0, app, threaded=True, request_handler=MotoRequestHandler)
+    os.environ["MOTO_PORT"] = str(server.port)  # moto writes it into URLs it returns
+    print(f"http://{host}:{server.port}", flush=True)
+    # Nothing else goes to the parent, whose pipe nobody reads once the URL is in.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
