@@ -1,4 +1,4 @@
-"""Hypothesis profiles shared by every ring.
+"""Hypothesis profiles and fixtures shared by every ring.
 
 `suite` (loaded here, the default) keeps each property to a few hundred inputs: the whole
 suite has to finish in minutes on two cores. `fuzz` is the same properties with 10,000
@@ -13,7 +13,12 @@ the option overrides the default loaded here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.support.loopback import refusing_port
 
 SUITE_PROFILE = "suite"
 FUZZ_PROFILE = "fuzz"
@@ -31,3 +36,11 @@ settings.register_profile(
     FUZZ_PROFILE, settings.get_profile(SUITE_PROFILE), max_examples=FUZZ_EXAMPLES
 )
 settings.load_profile(SUITE_PROFILE)
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test (an upstream that is
+    down), and that nothing else can bind meanwhile."""
+    with refusing_port() as port:
+        yield port

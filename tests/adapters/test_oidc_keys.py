@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -414,11 +413,8 @@ def test_concurrent_callers_on_a_cold_cache_share_one_fetch(
 # --- failures: 503, never the upstream's words -------------------------------------------
 
 
-def test_an_unreachable_issuer(pki: Pki, clock: FakeClock) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    issuer = TrustedIssuer(AWS_OIF, f"https://127.0.0.1:{port}", ACCOUNT)
+def test_an_unreachable_issuer(pki: Pki, clock: FakeClock, refused_port: int) -> None:
+    issuer = TrustedIssuer(AWS_OIF, f"https://127.0.0.1:{refused_port}", ACCOUNT)
     assert unavailable(adapter(pki, clock), issuer) == "jwks:127.0.0.1:discovery_unreachable"
 
 

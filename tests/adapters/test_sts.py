@@ -30,7 +30,7 @@ from tokex.adapters.sts import StsForwarder
 from tokex.errors import InvalidGrant, TemporarilyUnavailable, TokexError
 from tokex.evidence.sigv4_request import STS_BODY, StsRequest, verify_sts_request
 from tokex.evidence.sts_endpoints import StsEndpoints
-from tokex.local.emulator import SubprocessMotoServer, free_port, set_signature_checking
+from tokex.local.emulator import SubprocessMotoServer, set_signature_checking
 
 ISSUER = "https://auth.example.com"
 HOST = "sts.us-east-1.amazonaws.com"
@@ -371,7 +371,7 @@ def test_body_stalls_past_the_read_timeout(fake_sts: FakeSts) -> None:
         )
 
 
-def test_connection_refused() -> None:
-    forwarder = StsForwarder(f"http://127.0.0.1:{free_port()}")
+def test_connection_refused(refused_port: int) -> None:
+    forwarder = StsForwarder(f"http://127.0.0.1:{refused_port}")
     with pytest.raises(TemporarilyUnavailable, match="could not be reached"):
         forwarder.get_caller_identity(verified_request(Credentials("A" * 20, "s")))

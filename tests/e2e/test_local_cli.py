@@ -15,7 +15,6 @@ from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jwt as jwcrypto_jwt
 
 from tests.e2e.running_local import TOKEX, RunningLocal, load_env_file, run_token
-from tokex.local.emulator import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -99,9 +98,9 @@ def test_instance_identity_auto_reads_the_emulated_imds(tokex_local):
     assert "invalid_target" in without.stderr
 
 
-def test_instance_identity_off_ec2(tokex_local):
+def test_instance_identity_off_ec2(tokex_local, refused_port):
     issuer, state_dir = tokex_local
-    closed = f"http://127.0.0.1:{free_port()}"
+    closed = f"http://127.0.0.1:{refused_port}"
     common = ("--endpoint", issuer, "--audience", "demo-api")
     env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": closed}
     auto = run_token(state_dir, *common, "--instance-identity", "auto", "-v", extra_env=env)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from tests.infra import checks
 from tests.infra.conftest import Synthesized
 from tests.support.lambda_extensions_api import ExtensionsApiEmulator
 from tokex.extension.main import ENDPOINT_VARIABLE, LISTEN_VARIABLE, ROUTES_VARIABLE
+from tokex.local.emulator import free_port
 
 pytestmark = pytest.mark.infra
 
@@ -154,13 +154,9 @@ def test_the_layer_alone_imports_the_extension(asset: Path, tmp_path: Path) -> N
     assert outside == []
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def test_the_launcher_starts_the_extension_from_the_layer(asset: Path, tmp_path: Path) -> None:
+def test_the_launcher_starts_the_extension_from_the_layer(
+    asset: Path, tmp_path: Path, refused_port: int
+) -> None:
     """The built layer as Lambda runs it: the launcher finds python3, the extension
     registers, initializes (tokex unreachable: it still does), and stops on SHUTDOWN."""
     env = {
@@ -170,11 +166,11 @@ def test_the_launcher_starts_the_extension_from_the_layer(asset: Path, tmp_path:
         "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
         "AWS_SECRET_ACCESS_KEY": "secret",
         "AWS_REGION": "eu-west-1",
-        ENDPOINT_VARIABLE: f"http://127.0.0.1:{closed_port()}",
+        ENDPOINT_VARIABLE: f"http://127.0.0.1:{refused_port}",
         ROUTES_VARIABLE: json.dumps(
             [{"prefix": "/", "upstream": "https://orders.example.com", "audience": "orders"}]
         ),
-        LISTEN_VARIABLE: f"127.0.0.1:{closed_port()}",
+        LISTEN_VARIABLE: f"127.0.0.1:{free_port()}",
     }
     with ExtensionsApiEmulator() as emulator:
         env["AWS_LAMBDA_RUNTIME_API"] = emulator.runtime_api

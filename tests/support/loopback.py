@@ -1,9 +1,10 @@
 """Loopback HTTP servers for tests: a server on 127.0.0.1 (a free port), a request handler
-that answers whole documents and logs nothing, and a server run in a thread for as long as
-a `with` block lasts."""
+that answers whole documents and logs nothing, a server run in a thread for as long as
+a `with` block lasts, and a port that refuses connections for as long as one lasts."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -51,3 +52,13 @@ def serving(server: Server) -> Iterator[Server]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses every connection while the block lasts: bound and not
+    listening, so no other process can take it meanwhile (a port bound, closed and then
+    used could be reused by anything that binds in between)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield int(held.getsockname()[1])

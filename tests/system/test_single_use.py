@@ -20,7 +20,6 @@ from tests.support.exchange_handler import (
 from tests.system.conftest import FreshRole
 from tests.system.endpoints import Recorded, assert_refused, sign
 from tests.system.upstreams import CountingProxy
-from tokex.local.emulator import free_port
 from tokex.local.runner import LocalSystem
 from tokex.ratelimit import WINDOW_SECONDS
 
@@ -175,9 +174,11 @@ def test_a_request_refused_for_the_budget_is_used_up_too(local_system, fresh_rol
     assert budget_spent(local_system, fresh_role.arn, started) == 1
 
 
-def test_a_kms_failure_gives_the_request_and_the_budget_back(local_system, fresh_role):
+def test_a_kms_failure_gives_the_request_and_the_budget_back(
+    local_system, fresh_role, refused_port
+):
     broken = cold_exchange_handler(
-        local_system, AWS_ENDPOINT_URL_KMS=f"http://127.0.0.1:{free_port()}"
+        local_system, AWS_ENDPOINT_URL_KMS=f"http://127.0.0.1:{refused_port}"
     )
     started = time.time()
     signed = sign(local_system, credentials=fresh_role.credentials)

@@ -9,7 +9,6 @@ import pytest
 
 from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
 from tests.system.endpoints import Recorded, assert_refused, sign
-from tokex.local.emulator import free_port
 
 
 @pytest.mark.parametrize(
@@ -32,8 +31,8 @@ from tokex.local.emulator import free_port
         ),
     ],
 )
-def test_upstream_down_is_503_with_retry_after(local_system, overrides, reason):
-    dead = f"http://127.0.0.1:{free_port()}"
+def test_upstream_down_is_503_with_retry_after(local_system, overrides, reason, refused_port):
+    dead = f"http://127.0.0.1:{refused_port}"
     env = overrides(dead)
     if "AWS_ENDPOINT_URL_DYNAMODB" in env:
         # Reach the policy store, not the state table (single use, rate limit).

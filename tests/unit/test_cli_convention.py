@@ -357,10 +357,8 @@ def test_usage_errors_are_found_before_any_network_call(capsys, closed_port, tmp
 
 
 @pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def closed_port(refused_port: int) -> int:
+    return refused_port
 
 
 @pytest.fixture

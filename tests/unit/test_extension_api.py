@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -104,13 +103,10 @@ def test_errors_carry_their_type_in_the_header_and_the_body(
     }
 
 
-def test_an_unreachable_api_is_an_extensions_api_error() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def test_an_unreachable_api_is_an_extensions_api_error(refused_port: int) -> None:
     started = time.monotonic()
     with pytest.raises(ExtensionsApiError, match="unreachable"):
-        ExtensionsApi(f"127.0.0.1:{port}").register()
+        ExtensionsApi(f"127.0.0.1:{refused_port}").register()
     assert time.monotonic() - started < 5
 
 

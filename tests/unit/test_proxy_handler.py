@@ -213,10 +213,8 @@ def test_no_route_is_404(upstream) -> None:
     assert upstream.seen == []
 
 
-def test_an_unreachable_or_slow_upstream_is_502_or_504(upstream, monkeypatch) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
+def test_an_unreachable_or_slow_upstream_is_502_or_504(upstream, monkeypatch, refused_port) -> None:
+    closed = refused_port
     monkeypatch.setattr(forward, "READ_TIMEOUT_SECONDS", 0.3)
     with proxy_for(
         route(f"http://127.0.0.1:{closed}"), {**route(upstream.url), "prefix": "/sleep"}
