@@ -87,3 +87,29 @@ def test_a_failed_second_item_undoes_the_first(dynamodb) -> None:
     assert not _exists(dynamodb, "sig#new")
     assert _hits(dynamodb) == 3
     assert _exists(dynamodb, "other#199")
+
+
+def test_moto_lists_its_own_package_once_not_per_request(monkeypatch) -> None:
+    """moto's server looked its services up in a fresh `listdir` of its package on every
+    request, under the lock every request waits for."""
+    import os
+
+    import moto
+    from moto import backends
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    moto_fixes.install()
+    package = os.path.dirname(moto.__file__)
+    on_disk = [
+        name
+        for name in sorted(os.listdir(package))
+        if os.path.isdir(os.path.join(package, name)) and not name.startswith("__")
+    ]
+    assert list(backends.list_of_moto_modules()) == on_disk and "kms" in on_disk
+
+    def no_listing(path: str) -> list[str]:
+        raise AssertionError(f"listed {path} while serving")
+
+    monkeypatch.setattr(os, "listdir", no_listing)
+    app = DomainDispatcherApplication(create_backend_app)
+    assert [app.get_backend_for_host(host) for host in ("kms", "dynamodb")] == ["kms", "dynamodb"]

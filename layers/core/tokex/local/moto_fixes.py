@@ -8,6 +8,13 @@ expires items: under the load command `tokex local` grew past 1 GiB and slowed f
 semantics (all or nothing, the same errors) but backs up only the items the transaction
 names, which is all a rollback has to restore.
 
+Dispatch: moto's server picks the service of every request under one lock, and on the way
+lists its own package directory (`moto.backends.list_of_moto_modules`: a `listdir` and an
+`isdir` per entry, some 170 system calls). That was an eighth of the emulator's CPU in
+an exchange, and it held concurrent requests (an exchange's `Sign` beside its
+`TransactWriteItems`) in single file. The installed package does not change while the
+process runs, so `install` lists it once.
+
 Regions: moto finds a KMS key by the key id inside an ARN, whatever Region the ARN names,
 so a Region's client could use another Region's key ARN (a multi-Region key's primary from
 a replica's Region, say) where AWS answers `NotFoundException` "Invalid arn <region>".
@@ -54,8 +61,16 @@ def install() -> None:
                 raise
 
         backend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+        _moto_modules_listed_once()
         _kms_key_arns_of_this_region_only()
         _done = True
+
+
+def _moto_modules_listed_once() -> None:
+    import moto.backends as backends
+
+    listed = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: listed  # type: ignore[assignment]
 
 
 def _kms_key_arns_of_this_region_only() -> None:
