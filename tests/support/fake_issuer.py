@@ -25,6 +25,8 @@ class FakeIssuer:
     # When given, each POST /token also waits for it: callers overlap for as long as the
     # test decides, whatever the machine's load.
     gate: threading.Event | None = None
+    # When given, POST /token answers this status with an OAuth error (still counted).
+    failing: int | None = None
     forms: list[dict[str, list[str]]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -33,14 +35,17 @@ class FakeIssuer:
         with self._lock:
             return len(self.forms)
 
-    def answer(self, form: dict[str, list[str]]) -> dict:
+    def answer(self, form: dict[str, list[str]]) -> tuple[int, dict]:
         with self._lock:
             self.forms.append(form)
             number = len(self.forms)
         time.sleep(self.delay)
         if self.gate is not None and not self.gate.wait(timeout=30):
             raise TimeoutError("the test never opened the gate")
-        return {
+        if self.failing is not None:
+            error = "temporarily_unavailable" if self.failing >= 500 else "invalid_target"
+            return self.failing, {"error": error, "error_description": f"fake {error}"}
+        return 200, {
             "access_token": f"token-{number}",
             "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
             "token_type": "Bearer",
@@ -54,15 +59,15 @@ def fake_issuer(**options: object) -> Iterator[FakeIssuer]:
 
     class Handler(QuietHandler):
         def do_GET(self) -> None:
-            self._json({"issuer": issuer.url, "token_endpoint": issuer.url + "/token"})
+            self._json(200, {"issuer": issuer.url, "token_endpoint": issuer.url + "/token"})
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-            self._json(issuer.answer(parse_qs(body)))
+            self._json(*issuer.answer(parse_qs(body)))
 
-        def _json(self, document: dict) -> None:
+        def _json(self, status: int, document: dict) -> None:
             data = json.dumps(document).encode()
-            self.send_document(200, data, {"Content-Type": "application/json"})
+            self.send_document(status, data, {"Content-Type": "application/json"})
 
     with serving(LoopbackServer(Handler)) as server:
         issuer.url = server.url

@@ -4,6 +4,7 @@ exchange in flight per audience; the async flow never blocks the event loop."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -124,3 +125,95 @@ def test_eks_evidence_sync_and_async(issuer, tmp_path) -> None:
             "audience": ["orders-api"],
         }
     ]
+
+
+def refuse_token_1(request: httpx.Request) -> httpx.Response:
+    """An API that no longer accepts token-1 (revoked, or its key rotated out)."""
+    authorization = request.headers.get("Authorization", "")
+    return httpx.Response(401 if authorization == "Bearer token-1" else 200, text=authorization)
+
+
+def test_a_401_forgets_the_token_once_it_is_old_enough(issuer) -> None:
+    now = [0.0]
+    auth = TokexHttpxAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+    with httpx.Client(auth=auth, transport=httpx.MockTransport(refuse_token_1)) as api:
+        # Refused as soon as it was issued: a new one would be too (wrong audience, say).
+        assert api.get("https://orders.example.com/").status_code == 401
+        assert api.get("https://orders.example.com/").status_code == 401
+        assert issuer.exchanges == 1
+        now[0] = 60.0
+        assert api.get("https://orders.example.com/").status_code == 401  # forgets it
+        answer = api.get("https://orders.example.com/")
+        assert (answer.status_code, answer.text) == (200, "Bearer token-2")
+
+
+def test_async_401_forgets_the_token(issuer) -> None:
+    now = [0.0]
+    auth = TokexHttpxAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+
+    async def main() -> list[tuple[int, str]]:
+        transport = httpx.MockTransport(refuse_token_1)
+        async with httpx.AsyncClient(auth=auth, transport=transport) as api:
+            answers = [await api.get("https://orders.example.com/")]
+            now[0] = 60.0
+            answers += [await api.get("https://orders.example.com/") for _ in range(2)]
+        return [(answer.status_code, answer.text) for answer in answers]
+
+    assert asyncio.run(main()) == [
+        (401, "Bearer token-1"),
+        (401, "Bearer token-1"),
+        (200, "Bearer token-2"),
+    ]
+
+
+def test_async_refresh_leaves_the_other_coroutines_their_valid_token(issuer) -> None:
+    """Past the refresh point, one coroutine waits for the exchange; the others keep the
+    still-valid token instead of queueing behind it."""
+    now = [0.0]
+    auth = TokexHttpxAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+    answered: list[str] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        answered.append(request.headers["Authorization"])
+        return echo_authorization(request)
+
+    async def main() -> list[str]:
+        async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(api)) as client:
+            await client.get("https://orders.example.com/")
+            now[0] = 0.85 * 900
+            issuer.gate = threading.Event()  # the refresh waits until seven are answered
+            asking = asyncio.gather(*(client.get("https://orders.example.com/") for _ in range(8)))
+            for _ in range(3000):
+                if len(answered) == 1 + 7:
+                    break
+                await asyncio.sleep(0.01)
+            issuer.gate.set()
+            return sorted(answer.text for answer in await asking)
+
+    assert asyncio.run(main()) == ["Bearer token-1"] * 7 + ["Bearer token-2"]
+    assert issuer.exchanges == 2
+
+
+def test_async_coroutines_share_a_failed_exchange(issuer) -> None:
+    now = [0.0]
+    auth = TokexHttpxAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+
+    async def main() -> list[BaseException | httpx.Response]:
+        transport = httpx.MockTransport(echo_authorization)
+        async with httpx.AsyncClient(auth=auth, transport=transport) as api:
+            await api.get("https://orders.example.com/")
+            now[0] = 900.0  # expired
+            issuer.failing, issuer.gate = 503, threading.Event()
+            asking = asyncio.gather(
+                *(api.get("https://orders.example.com/") for _ in range(8)),
+                return_exceptions=True,
+            )
+            await asyncio.sleep(0.2)  # every coroutine has joined the one exchange
+            issuer.gate.set()
+            return await asking
+
+    outcomes = asyncio.run(main())
+    assert [(type(o).__name__, getattr(o, "status", None)) for o in outcomes] == [
+        ("TokenError", 503)
+    ] * 8
+    assert issuer.exchanges == 2

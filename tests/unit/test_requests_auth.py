@@ -14,6 +14,7 @@ from tests.support.fake_issuer import (
     sa_token_file,
     use_static_credentials,
 )
+from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tokex.client import TokenClient, TokexAuth
 
 
@@ -91,3 +92,25 @@ def test_eks_evidence_and_its_refresh(issuer, tmp_path) -> None:
     made = TokexAuth(issuer.url, "orders-api", evidence="eks", token_file=path)
     assert authorization(made) == "Bearer token-3"
     assert issuer.forms[-1]["subject_token"] == [second]
+
+
+def test_a_401_forgets_the_token_once_it_is_old_enough(issuer) -> None:
+    """The API no longer accepts token-1 (revoked, or its key rotated out)."""
+
+    class Api(QuietHandler):
+        def do_GET(self) -> None:
+            authorization = self.headers.get("Authorization", "")
+            status = 401 if authorization == "Bearer token-1" else 200
+            self.send_document(status, authorization.encode(), {"Content-Type": "text/plain"})
+
+    now = [0.0]
+    auth = TokexAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+    with serving(LoopbackServer(Api)) as api, requests.Session() as session:
+        session.auth = auth
+        # Refused as soon as it was issued: a new one would be too (wrong audience, say).
+        assert [session.get(api.url).status_code for _ in range(2)] == [401, 401]
+        assert issuer.exchanges == 1
+        now[0] = 60.0
+        assert session.get(api.url).status_code == 401  # forgets it
+        answer = session.get(api.url)
+        assert (answer.status_code, answer.text) == (200, "Bearer token-2")

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -75,6 +76,26 @@ def test_discovery_does_not_follow_redirects(lookalike) -> None:
     state.update(status=302, location="https://elsewhere.example.com/")
     with pytest.raises(TokenError):
         discover_issuer(url)
+
+
+def test_an_error_answer_whose_body_stalls_is_a_token_error(monkeypatch) -> None:
+    """Its status counts (a 5xx is failed over); the stall is no raw TimeoutError."""
+    use_static_credentials(monkeypatch)
+
+    class Stalling(QuietHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"error": ')
+            self.wfile.flush()
+            time.sleep(3)
+
+    with serving(LoopbackServer(Stalling)) as server, pytest.raises(TokenError) as failed:
+        request_token(server.url, "orders-api", issuer=server.url, timeout=0.5)
+    assert failed.value.status == 503
 
 
 # The in-memory cache: refreshed at REFRESH_AT of the lifetime, one exchange per audience.
@@ -172,6 +193,102 @@ def test_while_one_thread_refreshes_the_others_keep_the_valid_token(issuer) -> N
     results = _ask_together(8, ask)
     assert sorted(results) == ["token-1"] * 7 + ["token-2"]
     assert issuer.exchanges == 2
+    assert client.token("orders-api") == "token-2"
+
+
+def test_a_failed_refresh_serves_the_valid_token_and_retries_later(issuer, caplog) -> None:
+    """A short outage of tokex is no outage of the workload: within the last 20 % of the
+    lifetime the old token stands in, and calls do not each wait for a failing exchange."""
+    clock = FakeClock()
+    client = TokenClient(issuer.url, clock=clock)
+    assert client.token("orders-api") == "token-1"
+    issuer.failing = 503
+    clock.now += 0.85 * 900
+    assert client.token("orders-api") == "token-1"  # the refresh failed
+    assert "refreshing the token for audience orders-api failed" in caplog.text
+    assert [client.token("orders-api") for _ in range(10)] == ["token-1"] * 10
+    assert issuer.exchanges == 2  # no new attempt before REFRESH_RETRY_SECONDS
+    clock.now += token_client.REFRESH_RETRY_SECONDS
+    assert client.token("orders-api") == "token-1"
+    assert issuer.exchanges == 3  # tried again, failed again
+    issuer.failing = None
+    clock.now += token_client.REFRESH_RETRY_SECONDS
+    assert client.token("orders-api") == "token-4"
+    # Once the old token has expired, nothing stands in: the failure is raised.
+    issuer.failing = 503
+    clock.now += 900
+    with pytest.raises(TokenError) as failed:
+        client.token("orders-api")
+    assert (failed.value.error, failed.value.status) == ("temporarily_unavailable", 503)
+
+
+def test_without_stale_if_error_a_failed_refresh_raises(issuer) -> None:
+    clock = FakeClock()
+    client = TokenClient(issuer.url, clock=clock, stale_if_error=False)
+    assert client.token("orders-api") == "token-1"
+    issuer.failing = 503
+    clock.now += 0.85 * 900
+    with pytest.raises(TokenError):
+        client.token("orders-api")
+    assert client.valid_token("orders-api") == "token-1"  # still held, for the caller's own use
+
+
+def test_threads_waiting_at_expiry_share_a_failed_exchange(issuer, monkeypatch) -> None:
+    """One exchange, its failure raised in every caller that waited for it: they do not
+    each try again in turn (which would keep the last one waiting N timeouts)."""
+    issuer.failing, issuer.gate = 503, threading.Event()
+    client = TokenClient(issuer.url)
+    waiting = threading.Semaphore(0)
+    outcome = token_client._Flight.outcome
+
+    def counted_outcome(flight) -> str:  # observes who waits; the waiting is the real one
+        waiting.release()
+        return outcome(flight)
+
+    monkeypatch.setattr(token_client._Flight, "outcome", counted_outcome)
+
+    def open_gate_once_seven_wait() -> None:
+        for _ in range(7):
+            waiting.acquire(timeout=30)
+        issuer.gate.set()
+
+    threading.Thread(target=open_gate_once_seven_wait, daemon=True).start()
+
+    def ask() -> str:
+        try:
+            return client.token("orders-api")
+        except TokenError as err:
+            return f"{err.status} {err.error}"
+
+    assert _ask_together(8, ask) == ["503 temporarily_unavailable"] * 8
+    assert issuer.exchanges == 1
+
+
+def test_scopes_are_a_list_not_one_string(issuer) -> None:
+    client = TokenClient(issuer.url)
+    for ask in (
+        lambda: client.token("orders-api", "orders:read"),
+        lambda: request_token(issuer.url, "orders-api", scopes="orders:read"),
+    ):
+        with pytest.raises(TypeError, match="not one string"):
+            ask()
+    assert issuer.exchanges == 0
+
+
+def test_an_endpoint_that_cannot_work_is_refused_when_the_client_is_made() -> None:
+    with pytest.raises(ValueError, match=r"endpoint 'http://auth\.example\.com'"):
+        TokenClient("http://auth.example.com")
+
+
+def test_invalidate_spares_a_token_younger_than_min_age(issuer) -> None:
+    clock = FakeClock()
+    client = TokenClient(issuer.url, clock=clock)
+    token = client.token("orders-api")
+    assert not client.invalidate("orders-api", token=token, min_age=5)
+    clock.now += 5
+    assert not client.invalidate("orders-api", token="another", min_age=5)
+    assert client.invalidate("orders-api", token=token, min_age=5)
+    assert client.valid_token("orders-api") is None
     assert client.token("orders-api") == "token-2"
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tokex.client.evidence import SIGV4
-from tokex.client.token_client import TokenClient
+from tokex.client.token_client import INVALIDATE_MIN_AGE_SECONDS, TokenClient, check_scopes
 
 
 class BearerSource:
@@ -44,8 +44,18 @@ class BearerSource:
                 client, evidence=evidence or SIGV4, token_file=token_file, region=region, **options
             )
         self.audience = audience
-        self.scopes = tuple(scopes)
+        self.scopes = tuple(check_scopes(scopes))
 
     def authorization(self) -> str:
         """The header value: a cached token, or one exchange when it is due."""
         return f"Bearer {self.client.token(self.audience, self.scopes)}"
+
+    def refused(self, status: int, token: str) -> None:
+        """The API answered `status` to a request with `token`: a 401 (revoked, or signed
+        with a key it no longer trusts) forgets it, so that the next request gets a new
+        one, unless it is younger than INVALIDATE_MIN_AGE_SECONDS (an API that refuses
+        fresh tokens would otherwise cost an exchange per request)."""
+        if status == 401:
+            self.client.invalidate(
+                self.audience, self.scopes, token, min_age=INVALIDATE_MIN_AGE_SECONDS
+            )

@@ -27,49 +27,64 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
     audience.
 
     The async flow never blocks the event loop: a cached token is read without I/O, and
-    the exchange (signing, HTTP) runs in a worker thread. Coroutines of one event loop
-    wait on one asyncio lock, so N coroutines at expiry start one exchange and hold one
-    worker thread, not N; across threads and loops the TokenClient's own lock keeps it to
-    one exchange.
+    the exchange (signing, HTTP) runs in a worker thread. The coroutines of one event loop
+    share one exchange: N coroutines at expiry hold one worker thread, not N, and all get
+    its outcome, failure included; while it runs, coroutines that still have a valid token
+    use it. Across threads and loops the TokenClient keeps it to one exchange.
+
+    An answer of 401 forgets the token it was sent with (once that token is
+    `INVALIDATE_MIN_AGE_SECONDS` old): the next request gets a new one. The request that
+    got the 401 is not sent again (its body may be a stream).
     """
 
-    # asyncio locks belong to one event loop: one per (auth object, loop), dropped with the
-    # loop. The guard is class-wide: it is held only to look a lock up or add one.
-    _loop_locks_guard = threading.Lock()
-    _loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+    # One exchange in flight per event loop, dropped with the loop. The guard is
+    # class-wide: it is held only to look an exchange up or start one.
+    _flights_guard = threading.Lock()
+    _flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[str]] | None = (
+        None
+    )
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
-        request.headers["Authorization"] = self.authorization()
-        yield request
+        token = self.client.token(self.audience, self.scopes)
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        self.refused(response.status_code, token)
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        request.headers["Authorization"] = f"Bearer {await self._async_token()}"
-        yield request
+        token = await self._async_token()
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        self.refused(response.status_code, token)
 
     async def _async_token(self) -> str:
         token = self.client.cached_token(self.audience, self.scopes)
         if token is not None:
             return token
-        lock = self._loop_lock()
-        if lock is None:  # not asyncio (trio): the TokenClient's lock is the only guard
-            return await anyio.to_thread.run_sync(self.client.token, self.audience, self.scopes)
-        async with lock:
-            token = self.client.cached_token(self.audience, self.scopes)
-            if token is not None:  # refreshed while this coroutine waited
-                return token
-            return await anyio.to_thread.run_sync(self.client.token, self.audience, self.scopes)
-
-    def _loop_lock(self) -> asyncio.Lock | None:
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return None
-        with self._loop_locks_guard:
-            if self._loop_locks is None:
-                self._loop_locks = weakref.WeakKeyDictionary()
-            lock = self._loop_locks.get(loop)
-            if lock is None:
-                lock = self._loop_locks[loop] = asyncio.Lock()
-            return lock
+        except RuntimeError:  # not asyncio (trio): the TokenClient alone keeps it to one
+            return await anyio.to_thread.run_sync(self.client.token, self.audience, self.scopes)
+        with self._flights_guard:
+            if self._flights is None:
+                self._flights = weakref.WeakKeyDictionary()
+            flight = self._flights.get(loop)
+            joining = flight is not None and not flight.done()
+            if flight is None or flight.done():
+                flight = self._flights[loop] = loop.run_in_executor(
+                    None, self.client.token, self.audience, self.scopes
+                )
+                # Retrieved even if every coroutine waiting for it is cancelled.
+                flight.add_done_callback(_retrieved)
+        if joining:
+            valid = self.client.valid_token(self.audience, self.scopes)
+            if valid is not None:
+                return valid
+        # Shielded: a cancelled caller stops waiting; the exchange goes on for the others.
+        return await asyncio.shield(flight)
+
+
+def _retrieved(flight: asyncio.Future[str]) -> None:
+    if not flight.cancelled():
+        flight.exception()

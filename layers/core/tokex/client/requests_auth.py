@@ -10,6 +10,8 @@ default path); with IAM outbound identity federation: evidence="aws-oif".
 
 from __future__ import annotations
 
+from typing import Any
+
 import requests
 
 from tokex.client.bearer import BearerSource
@@ -18,8 +20,18 @@ from tokex.client.bearer import BearerSource
 class TokexAuth(BearerSource, requests.auth.AuthBase):
     """Attaches `Authorization: Bearer` with a token from a shared, thread-safe
     TokenClient: cached, refreshed at 80 % of its lifetime, one exchange in flight per
-    audience whatever the number of threads sending requests."""
+    audience whatever the number of threads sending requests.
+
+    An answer of 401 forgets the token it was sent with (once that token is
+    `INVALIDATE_MIN_AGE_SECONDS` old): the next request gets a new one. The request that
+    got the 401 is not sent again (its body may be a stream)."""
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = self.authorization()
+        token = self.client.token(self.audience, self.scopes)
+        request.headers["Authorization"] = f"Bearer {token}"
+
+        def answered(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+            self.refused(response.status_code, token)
+
+        request.register_hook("response", answered)
         return request

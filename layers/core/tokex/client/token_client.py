@@ -27,7 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,14 @@ log.addHandler(logging.NullHandler())
 # 15-minute tokens, after 12 minutes, so a token is never presented in its last minutes and
 # a refresh that fails has the remaining 20 % of the lifetime to be retried.
 REFRESH_AT = 0.8
+# After a refresh failed while the token it was to replace is still valid, that token is
+# served (no I/O) for this long before the refresh is tried again: a short outage of tokex
+# is no outage of the workload, and its calls do not each wait for a failing exchange.
+REFRESH_RETRY_SECONDS = 5.0
+# An API's 401 forgets the token it refused only once the token is this old: one refused
+# as soon as it was issued would be refused again (the audience or scopes are wrong), and
+# forgetting it would cost an exchange per request.
+INVALIDATE_MIN_AGE_SECONDS = 5.0
 
 MAX_RESPONSE_BYTES = 64 * 1024
 
@@ -313,6 +321,7 @@ def request_token(
         signing_algorithm=signing_algorithm,
         instance_evidence=instance_evidence,
     )
+    check_scopes(scopes)
     endpoint = check_endpoint(endpoint)
     budget = _Budget(check_timeout(timeout))
     evidence_for = _EvidenceSource(
@@ -510,7 +519,10 @@ class TokenClient:
     the cached path is one lock and a dict look-up (no signing, no I/O). From
     `REFRESH_AT` of its lifetime on, one caller per (audience, scopes) exchanges a new
     token; the others keep getting the old token while it is still valid, and wait for the
-    new one only once it has expired. Safe to share between threads.
+    one exchange only once it has expired, sharing its outcome, failure included (they do
+    not each try again in turn). A refresh that fails while the old token is valid serves
+    that token (`stale_if_error`, logged as a warning) and is tried again
+    `REFRESH_RETRY_SECONDS` later. Safe to share between threads.
 
     One issuer, one cache: a token is cached under (audience, scopes) whichever Region of
     a multi-Region deployment gave it (request_token fails over between them).
@@ -525,21 +537,28 @@ class TokenClient:
         token_file: str | Path | None = None,
         region: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        stale_if_error: bool = True,
         **options: Any,
     ) -> None:
         """`evidence`, `token_file`, `region` (the Region to sign for, and to ask first
         in a multi-Region deployment), `timeout` (the seconds one exchange may take in
         all, failover included) and `options` (request_token's other keyword arguments,
         `signing_algorithm` among them) are request_token's; a choice that cannot work is
-        refused here (ValueError), not at the first token."""
+        refused here (ValueError), not at the first token. `stale_if_error=False`: a failed
+        refresh raises even while the old token is valid (for a caller with its own
+        fallback, as the proxy's)."""
         EvidenceOptions.of(
             evidence,
             token_file=token_file,
             signing_algorithm=options.get("signing_algorithm"),
             instance_evidence=options.get("instance_evidence"),
         )
-        self._endpoint = endpoint
+        try:
+            self._endpoint = check_endpoint(endpoint)
+        except TokenError as err:
+            raise ValueError(str(err)) from None
         self._clock = clock
+        self._stale_if_error = stale_if_error
         self._options = {
             **options,
             "evidence": evidence,
@@ -548,7 +567,7 @@ class TokenClient:
             "timeout": check_timeout(timeout),
         }
         self._cache: dict[CacheKey, CachedToken] = {}
-        self._flights: dict[CacheKey, threading.Lock] = {}  # one exchange in flight per key
+        self._flights: dict[CacheKey, _Flight] = {}  # the one exchange in flight per key
         self._lock = threading.Lock()  # guards the two dicts, never held over I/O
 
     def token(self, audience: str, scopes: Sequence[str] = ()) -> str:
@@ -558,26 +577,55 @@ class TokenClient:
             cached = self._cache.get(key)
             if cached is not None and now < cached.refresh_at:
                 return cached.access_token
-            flight = self._flights.setdefault(key, threading.Lock())
-        # Past the refresh point: while the old token is still valid, only the caller that
-        # wins the flight lock waits for the exchange.
-        if cached is not None and now < cached.expires_at:
-            if not flight.acquire(blocking=False):
-                return cached.access_token
-        else:
-            flight.acquire()
+            flight = self._flights.get(key)
+            leading = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leading:
+            if cached is not None and now < cached.expires_at:
+                return cached.access_token  # still valid: another caller refreshes it
+            return flight.outcome()  # bounded: the leader's exchange has its timeout
         try:
-            with self._lock:  # refreshed by the caller we waited for?
-                cached = self._cache.get(key)
-            if cached is not None and self._clock() < cached.refresh_at:
-                return cached.access_token
             response = request_token(self._endpoint, audience, scopes=scopes, **self._options)
             fresh = CachedToken.from_response(response, obtained_at=self._clock())
+        except BaseException as err:
+            flight.error = err
+            stale = self._stale(key, cached, err)
+            if stale is None:
+                raise
+            return stale
+        else:
             with self._lock:
                 self._cache[key] = fresh
+            flight.token = fresh.access_token
             return fresh.access_token
         finally:
-            flight.release()
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+
+    def _stale(self, key: CacheKey, cached: CachedToken | None, err: BaseException) -> str | None:
+        """The token a failed refresh was to replace, if it may stand in: still valid, and
+        the failure a TokenError (not an interrupt, not a bug). Its next refresh waits
+        REFRESH_RETRY_SECONDS."""
+        now = self._clock()
+        if not self._stale_if_error or not isinstance(err, TokenError):
+            return None
+        if cached is None or now >= cached.expires_at:
+            return None
+        retry_at = min(now + REFRESH_RETRY_SECONDS, cached.expires_at)
+        with self._lock:
+            if self._cache.get(key) is cached:  # not invalidated meanwhile
+                self._cache[key] = replace(cached, refresh_at=retry_at)
+        log.warning(
+            "refreshing the token for audience %s failed (%s); the cached token, valid for "
+            "%d s more, is used and the refresh tried again in %d s",
+            key[0],
+            err,
+            cached.expires_at - now,
+            retry_at - now,
+        )
+        return cached.access_token
 
     def cached_token(self, audience: str, scopes: Sequence[str] = ()) -> str | None:
         """The cached token if it is not due for refresh, else None: never any I/O (what an
@@ -587,20 +635,58 @@ class TokenClient:
             cached = self._cache.get(cache_key(audience, scopes))
         return cached.access_token if cached is not None and now < cached.refresh_at else None
 
+    def valid_token(self, audience: str, scopes: Sequence[str] = ()) -> str | None:
+        """The cached token if it has not expired, due for refresh or not, else None: never
+        any I/O (what a caller may use while another refreshes it)."""
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(cache_key(audience, scopes))
+        return cached.access_token if cached is not None and now < cached.expires_at else None
+
     def invalidate(
-        self, audience: str, scopes: Sequence[str] = (), token: str | None = None
+        self,
+        audience: str,
+        scopes: Sequence[str] = (),
+        token: str | None = None,
+        *,
+        min_age: float = 0.0,
     ) -> bool:
         """Forget the cached token, so that the next `token` call exchanges a new one (the
         API answered 401 to it: revoked, or signed with a key it no longer trusts). With
         `token`, only if that is still the cached one: a token another caller already
-        replaced stays. True if a token was forgotten."""
+        replaced stays. With `min_age`, only a token held at least that many seconds: one
+        refused as soon as it was issued would be refused again, and forgetting it would
+        cost an exchange per request. True if a token was forgotten."""
         key = cache_key(audience, scopes)
+        now = self._clock()
         with self._lock:
             cached = self._cache.get(key)
             if cached is None or (token is not None and cached.access_token != token):
                 return False
+            if now - cached.obtained_at < min_age:
+                return False
             del self._cache[key]
             return True
+
+
+class _Flight:
+    """One exchange, and its outcome for the callers that waited for it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.token: str | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> str:
+        self.done.wait()
+        if self.token is not None:
+            return self.token
+        err = self.error
+        if isinstance(err, TokenError):  # a copy: one exception object per raising thread
+            raise TokenError(
+                str(err), error=err.error, status=err.status, url=err.url, answer=err.answer
+            )
+        raise TokenError(f"the exchange this call waited for failed: {type(err).__name__}: {err}")
 
 
 CacheKey = tuple[str, tuple[str, ...]]
@@ -608,7 +694,14 @@ CacheKey = tuple[str, tuple[str, ...]]
 
 def cache_key(audience: str, scopes: Sequence[str]) -> CacheKey:
     """Scopes in any order ask for the same token."""
-    return audience, tuple(sorted(set(scopes)))
+    return audience, tuple(sorted(set(check_scopes(scopes))))
+
+
+def check_scopes(scopes: Sequence[str]) -> Sequence[str]:
+    """A list of scopes, not one string (which would ask for each of its characters)."""
+    if isinstance(scopes, str | bytes):
+        raise TypeError(f"scopes must be a list of scopes, not one string: [{scopes!r}]")
+    return scopes
 
 
 @dataclass(frozen=True)
@@ -616,6 +709,7 @@ class CachedToken:
     access_token: str
     refresh_at: float  # the clock of `obtained_at` (monotonic in memory, epoch on disk)
     expires_at: float
+    obtained_at: float
 
     @classmethod
     def from_response(cls, response: dict[str, Any], *, obtained_at: float) -> CachedToken:
@@ -629,6 +723,7 @@ class CachedToken:
             access_token=str(response["access_token"]),
             refresh_at=obtained_at + REFRESH_AT * lifetime,
             expires_at=obtained_at + lifetime,
+            obtained_at=obtained_at,
         )
 
 
@@ -646,8 +741,8 @@ def _send(request: urllib.request.Request, timeout: float) -> dict[str, Any]:
     except urllib.error.HTTPError as err:
         try:
             body = _parse(err.read(MAX_RESPONSE_BYTES + 1), err.code, "", url)
-        except TokenError:
-            body = {}
+        except (TokenError, OSError, http.client.HTTPException):
+            body = {}  # not JSON, or its body stalled or broke off: the status still counts
         error = body.get("error")
         kind = err.headers.get_content_type() if err.headers else "no content type"
         answer = f"HTTP {err.code} {err.reason} ({kind})"

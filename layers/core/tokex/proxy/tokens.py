@@ -31,14 +31,13 @@ from typing import Any, Protocol
 
 import jwt
 
-from tokex.client.token_client import TokenClient, TokenError
+from tokex.client.token_client import INVALIDATE_MIN_AGE_SECONDS, TokenClient, TokenError
 from tokex.proxy.config import ProxyConfig, Route
 from tokex.proxy.log import JsonLog
 
 REFUSAL_MEMORY_SECONDS = 10.0  # tokex refused (4xx): a policy change takes this long to show
 THROTTLED_MEMORY_SECONDS = 10.0  # tokex answered 429: the role's budget is spent
 UNAVAILABLE_MEMORY_SECONDS = 1.0  # unreachable, timed out, 5xx, no credentials
-INVALIDATE_MIN_AGE_SECONDS = 5.0
 TOKEN_UNAVAILABLE = "token_unavailable"  # the `error` when a failure names no code
 
 
@@ -147,6 +146,7 @@ class RouteTokens:
                     evidence=route.evidence,
                     token_file=route.token_file,
                     clock=clock,
+                    stale_if_error=False,  # the fallback is this module's: remembered, logged
                     **options,
                 )
             self._states.setdefault(_state_key(route), _RouteState())
