@@ -252,6 +252,11 @@ KONG_INTROSPECTION += ["--issuer", "https://auth.example.com"]
             "http://127.0.0.1:8787",
         ),
         (["token", "--endpoint", "http://auth.example.com"], "--endpoint", "http only on loopback"),
+        # Not another port (99999 - 65536 = 34463): urllib would have wrapped it around.
+        (["token", "--endpoint", "http://127.0.0.1:99999"], "--endpoint", "Port out of range"),
+        (["token", "--endpoint", "http://[::1"], "--endpoint", "not a valid URL"),
+        (["token", "--endpoint", "https://a.example", "--timeout", "1e20"], "--timeout", "3600"),
+        ([*KONG_GLOBAL, "--jwks", "https://[::1/jwks.json"], "--jwks", "not a valid URL"),
         (["token", "--endpoint", "https://a.example", "--audience", "a b"], "--audience", "1-256"),
         (["token", "--endpoint", "https://a.example", "--scope", 'a"b'], "--scope", "RFC 6749"),
         ([*KONG_GLOBAL, "--max-ttl", "-5"], "--max-ttl", "1..3153"),
@@ -310,6 +315,11 @@ KONG_INTROSPECTION += ["--issuer", "https://auth.example.com"]
             "did you mean --endpoint-url https://localhost:4566",
         ),
         (["policy", "put", "nope.json", "--table", "t"], "nope.json", "no such file"),
+        (
+            ["policy", "list", "--table", "t", "--endpoint-url", "http://[zz]/"],
+            "--endpoint-url",
+            "not a valid URL",
+        ),
     ],
 )
 def test_usage_errors_name_the_input_and_the_fix(capsys, monkeypatch, argv, flag, why) -> None:

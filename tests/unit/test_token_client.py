@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
+from tests.support.tls import HttpsServer, make_pki
 from tokex import base64url
 from tokex.client import token_client
 from tokex.client.token_client import (
@@ -96,6 +97,56 @@ def test_an_error_answer_whose_body_stalls_is_a_token_error(monkeypatch) -> None
     with serving(LoopbackServer(Stalling)) as server, pytest.raises(TokenError) as failed:
         request_token(server.url, "orders-api", issuer=server.url, timeout=0.5)
     assert failed.value.status == 503
+
+
+class Trickling(QuietHandler):
+    """Answers a byte every 0.1 s: each read is short, the whole answer takes 30 s."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" * 10:
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:
+                return  # the client gave up
+            time.sleep(0.1)
+
+
+def test_timeout_bounds_the_whole_call_not_each_read(monkeypatch) -> None:
+    use_static_credentials(monkeypatch)
+    with serving(LoopbackServer(Trickling)) as server:
+        started = time.monotonic()
+        with pytest.raises(TokenError) as failed:
+            request_token(server.url, "orders-api", issuer=server.url, timeout=1.0)
+        took = time.monotonic() - started
+    assert (failed.value.error, str(failed.value)) == (
+        "unreachable",
+        f"cannot reach {server.url}/token: timed out",
+    )
+    assert took < 1.0 + 3.0  # the budget, with room for a busy machine; not the 30 s
+
+
+def test_https_issuer_verified_against_the_ca_store(monkeypatch, tmp_path) -> None:
+    """The bounded transport keeps urllib's TLS: the default CA store verifies the issuer."""
+    use_static_credentials(monkeypatch)
+    pki = make_pki(tmp_path)
+    issuer = FakeIssuer()
+
+    class Issuer(QuietHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            status, document = issuer.answer({})
+            data = json.dumps(document).encode()
+            self.send_document(status, data, {"Content-Type": "application/json"})
+
+    with serving(HttpsServer(Issuer, pki.server)) as server:
+        with pytest.raises(TokenError) as refused:  # the system's store: an unknown CA
+            request_token(server.url, "orders-api", issuer=server.url)
+        assert refused.value.error == "unreachable" and "CERTIFICATE" in str(refused.value)
+        monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
+        answer = request_token(server.url, "orders-api", issuer=server.url)
+    assert answer["access_token"] == "token-1"
 
 
 # The in-memory cache: refreshed at REFRESH_AT of the lifetime, one exchange per audience.

@@ -1,4 +1,4 @@
-"""HTTP to AWS that is over by the request's deadline, whatever the peer does.
+"""HTTP that is over by the request's deadline, whatever the peer does.
 
 Socket timeouts bound one operation, not a call: a peer that sends a byte every half
 second keeps each read short and the call alive for ever (issue 9 measured 34.5 s for a
@@ -9,10 +9,12 @@ passed, the next read fails at once. Outside a request (no deadline: the CLI, th
 publisher) only the per-operation timeouts apply.
 
 Used by the STS forwarder (adapters/sts.py) and, through botocore's `before-send` event,
-by the hot-path AWS clients (adapters/aws_clients.py). What this cannot bound: DNS resolution
-(`getaddrinfo` has no timeout; in Lambda it is the VPC resolver, answered from cache) and
-a TLS handshake that trickles (each handshake read is bounded by the connect timeout, set
-when the connection opens). Both peers are AWS endpoints tokex chose, never the caller.
+by the hot-path AWS clients (adapters/aws_clients.py); through `urllib_opener`, by the
+workload client (client/token_client.py), whose `timeout` bounds a whole token call.
+What this cannot bound: DNS resolution (`getaddrinfo` has no timeout; in Lambda it is the
+VPC resolver, answered from cache) and a TLS handshake that trickles (each handshake read
+is bounded by the connect timeout, set when the connection opens). tokex's peers are AWS
+endpoints it chose, never the caller; the workload's is the issuer it was configured with.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 import http.client
 import io
 import socket
+import ssl
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 import urllib3
@@ -116,6 +120,34 @@ class _BoundedHTTPConnectionPool(HTTPConnectionPool):
 
 class _BoundedHTTPSConnectionPool(HTTPSConnectionPool):
     ConnectionCls = _BoundedHTTPSConnection
+
+
+class _BoundedStdlibHTTPConnection(_BoundedConnection, http.client.HTTPConnection):
+    response_class = _BoundedResponse
+
+
+class _BoundedStdlibHTTPSConnection(_BoundedConnection, http.client.HTTPSConnection):
+    response_class = _BoundedResponse
+
+
+class _BoundedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_BoundedStdlibHTTPConnection, req)
+
+
+class _BoundedHTTPSHandler(urllib.request.HTTPSHandler):
+    _context: ssl.SSLContext | None
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_BoundedStdlibHTTPSConnection, req, context=self._context)
+
+
+def urllib_opener(
+    *handlers: urllib.request.BaseHandler | type[urllib.request.BaseHandler],
+) -> urllib.request.OpenerDirector:
+    """urllib with `handlers`, whose connections open, send and read within the deadline
+    (`deadline.request_deadline` around the call), as the pool manager's do."""
+    return urllib.request.build_opener(_BoundedHTTPHandler, _BoundedHTTPSHandler, *handlers)
 
 
 def pool_manager(

@@ -53,7 +53,10 @@ def read_text(path: str, *, label: str, limit: int) -> str:
 
 def require_http_url(value: str, *, flag: str) -> SplitResult:
     """An absolute http(s) URL with a host; the usage error suggests the fix."""
-    url = urlsplit(value)
+    try:
+        url = urlsplit(value)
+    except ValueError as err:  # e.g. "Invalid IPv6 URL"
+        raise UsageError(f"{flag} {value!r} is not a valid URL: {err}", input=flag) from None
     if url.scheme not in ("http", "https") or not url.netloc:
         guess = f"https://{value}" if "://" not in value else None
         fix = f": did you mean {flag} {guess}?" if guess else ""

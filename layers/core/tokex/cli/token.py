@@ -151,9 +151,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _timeout(value: str | None) -> float:
-    """--timeout: a positive number of seconds (exit 2 otherwise), the client's rule."""
+    """--timeout: a positive number of seconds up to an hour (exit 2 otherwise), the
+    client's rule."""
     from tokex.client.token_client import DEFAULT_TIMEOUT as default
-    from tokex.client.token_client import check_timeout
+    from tokex.client.token_client import MAX_TIMEOUT, check_timeout
 
     if value is None:
         return default
@@ -161,7 +162,8 @@ def _timeout(value: str | None) -> float:
         return check_timeout(float(value))
     except ValueError:
         raise UsageError(
-            f"--timeout {value!r}: must be a positive number of seconds, e.g. 10 or 2.5",
+            f"--timeout {value!r}: must be a positive number of seconds, at most "
+            f"{MAX_TIMEOUT:g}, e.g. 10 or 2.5",
             input="--timeout",
         ) from None
 

@@ -35,7 +35,8 @@ import boto3
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError
 
-from tokex import identifiers
+from tokex import deadline, identifiers
+from tokex.adapters import bounded_http
 from tokex.client.evidence import (
     AWS_OIF,
     EKS,
@@ -81,6 +82,7 @@ MAX_RESPONSE_BYTES = 64 * 1024
 # (`timeout=`, `tokex token --timeout`): above the exchange's own 6 s deadline, so a
 # single-Region caller hears its 503 rather than giving up first (docs/contract.md).
 DEFAULT_TIMEOUT = 10.0
+MAX_TIMEOUT = 3600.0  # an hour: anything longer is a mistake (and overflows clocks at 1e20)
 
 # Paths a tokex issuer serves (docs/contract.md): an endpoint ending in one is not the base
 # URL.
@@ -110,7 +112,8 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+# Connections that open, send and read within the call's budget (`_send`).
+_OPENER = bounded_http.urllib_opener(_NoRedirects)
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -124,7 +127,11 @@ def check_endpoint(endpoint: str) -> str:
         host = endpoint.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
         scheme = "http" if is_loopback(host) else "https"
         raise refuse(f"has no scheme: pass {scheme}://{endpoint}")
-    parts = urllib.parse.urlsplit(endpoint.rstrip("/"))
+    try:
+        parts = urllib.parse.urlsplit(endpoint.rstrip("/"))
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as err:  # e.g. "Invalid IPv6 URL", "Port out of range 0-65535"
+        raise refuse(f"is not a valid URL: {err}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise refuse("is not an http(s) URL with a host")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
@@ -268,14 +275,17 @@ def _plain_https_url(url: str) -> bool:
 
 
 def check_timeout(timeout: object) -> float:
-    """A positive, finite number of seconds (ValueError otherwise)."""
+    """A positive number of seconds, at most MAX_TIMEOUT (ValueError otherwise)."""
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
         or not math.isfinite(timeout)
-        or timeout <= 0
+        or not 0 < timeout <= MAX_TIMEOUT
     ):
-        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        raise ValueError(
+            f"timeout must be a positive number of seconds, at most {MAX_TIMEOUT:g}, "
+            f"not {timeout!r}"
+        )
     return float(timeout)
 
 
@@ -733,9 +743,13 @@ def _get_json(url: str, timeout: float) -> dict[str, Any]:
 
 
 def _send(request: urllib.request.Request, timeout: float) -> dict[str, Any]:
+    """The JSON object answered, within `timeout` seconds in all: a server that trickles
+    its answer a byte at a time is cut off when they run out, not once per byte."""
     url = request.full_url
+    if timeout <= 0:  # spent before this call (on credentials, say): nothing starts
+        raise TokenError(f"cannot reach {url}: timed out", error=UNREACHABLE, url=url)
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
+        with deadline.request_deadline(timeout), _OPENER.open(request, timeout=timeout) as response:
             data = response.read(MAX_RESPONSE_BYTES + 1)
             return _parse(data, response.status, response.headers.get_content_type(), url)
     except urllib.error.HTTPError as err:
@@ -765,6 +779,8 @@ def _send(request: urllib.request.Request, timeout: float) -> dict[str, Any]:
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         why = getattr(reason, "strerror", None) or str(reason)
+        if isinstance(reason, TimeoutError):  # a socket's timeout, or the whole budget's
+            why = "timed out"
         raise TokenError(f"cannot reach {url}: {why}", error=UNREACHABLE, url=url) from None
     except http.client.HTTPException as err:  # a broken answer: cut off, or no HTTP at all
         why = f"the answer broke off ({type(err).__name__})"

@@ -337,11 +337,11 @@ def _upstream(value: Any, key: str) -> str:
     cross a network in the clear."""
     if not isinstance(value, str) or "://" not in value:
         raise ProxyConfigError(key, "must be an https URL, e.g. https://orders.example.com")
-    parts = urllib.parse.urlsplit(value)
     try:
+        parts = urllib.parse.urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
-        raise ProxyConfigError(key, f"{value!r} has an invalid port") from None
+    except ValueError as err:  # e.g. "Invalid IPv6 URL", "Port out of range 0-65535"
+        raise ProxyConfigError(key, f"{value!r} is not a valid URL: {err}") from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ProxyConfigError(key, f"{value!r} must be an https URL with a host")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
