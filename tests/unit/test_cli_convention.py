@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.fake_issuer import use_static_credentials
+from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tokex.cli.main import build_parser, main
 
 TOKEX = shutil.which("tokex", path=str(Path(sys.executable).parent))
@@ -238,6 +240,7 @@ def test_json_is_recognised_before_parsing_and_abbreviated(capsys) -> None:
 KONG_GLOBAL = ["kong-config", "--global", "--any-audience"]
 KONG_INTROSPECTION = ["kong-config", "--enterprise", "oauth2-introspection", "--service-name", "s"]
 KONG_INTROSPECTION += ["--issuer", "https://auth.example.com"]
+KONG_OIDC = ["kong-config", "--enterprise", "openid-connect", "--global", "--any-audience"]
 
 
 @pytest.mark.parametrize(
@@ -285,6 +288,16 @@ KONG_INTROSPECTION += ["--issuer", "https://auth.example.com"]
             "register them with `tokex clients add|update --audience AUD`",
         ),
         (KONG_INTROSPECTION, "--client-id", "needs --client-id"),
+        (
+            [*KONG_OIDC, "--issuer", "https://auth.example.com/.well-known/openid-configuration"],
+            "--issuer",
+            "not its base URL: pass the issuer URL https://auth.example.com",
+        ),
+        (
+            [*KONG_OIDC, "--issuer", "https://auth.example.com/?x=1"],
+            "--issuer",
+            "without user, query or fragment",
+        ),
         (["iid", "verify", "nope.txt", "--rsa2048", "nope.sig"], "nope.txt", "no such file"),
         (["revoke", "--jti", "j", "--table", "t", "--ttl-cap", "5"], "--ttl-cap", "60..43200"),
         (
@@ -536,3 +549,61 @@ def test_sigint_exits_130_without_a_traceback(workload_credentials) -> None:
             out, err = process.communicate(timeout=30)
     assert (process.returncode, err) == (130, "")
     assert one_json_object(out, at_fault=False)["error"] == "interrupted"
+
+
+def test_values_that_start_with_a_dash_are_taken_as_values(
+    capsys, monkeypatch, closed_port
+) -> None:
+    """Audiences, scopes, jtis and secrets may start with "-": `--audience -api` is the
+    audience -api, not a missing value (the closed issuer port makes it exit 1)."""
+    use_static_credentials(monkeypatch)
+    endpoint = f"http://127.0.0.1:{closed_port}"
+    argv = ["token", "--endpoint", endpoint, "--audience", "-api", "--scope", "-x", "--json"]
+    code, out, _ = tokex(capsys, *argv)
+    assert (code, one_json_object(out)["error"]) == (1, "unreachable")
+    code, out, _ = tokex(capsys, "token", "--endpoint", endpoint, "--audience", "--json")
+    assert (code, one_json_object(out)["input"]) == (2, "--audience")  # a flag: no value
+
+
+def test_a_positional_value_that_starts_with_a_dash_is_shown_the_way(capsys) -> None:
+    """A policy id may start with "-"; argparse can only take it after `--`."""
+    code, out, err = tokex(capsys, "policy", "get", "-canary", "--table", "t", "--json")
+    failure = one_json_object(out)
+    assert (code, err, failure["input"]) == (2, "", "ID")
+    assert failure["error_description"].endswith("goes after `--`: ... -- -canary")
+    code, out, _ = tokex(capsys, "policy", "get", "--table", "t", "--jsn", "--json")
+    assert "goes after" not in one_json_object(out)["error_description"]  # a mistyped flag
+
+
+class HostileIssuer(QuietHandler):
+    """A token endpoint whose refusal carries terminal escape sequences, and whose token
+    response has a NaN (not JSON)."""
+
+    nan = False
+
+    def do_GET(self) -> None:
+        issuer = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.send_document(200, json.dumps({"issuer": issuer}).encode(), JSON_TYPE)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if HostileIssuer.nan:
+            self.send_document(200, b'{"access_token": "t", "expires_in": NaN}', JSON_TYPE)
+            return
+        refusal = {"error": "invalid_target", "error_description": "no\x1b]0;owned\x07\x1b[2J"}
+        self.send_document(400, json.dumps(refusal).encode(), JSON_TYPE)
+
+
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
+def test_what_a_server_answers_never_reaches_the_terminal_raw(
+    capsys, workload_credentials, monkeypatch
+) -> None:
+    with serving(LoopbackServer(HostileIssuer)) as server:
+        code, out, err = tokex(capsys, "token", "--endpoint", server.url, "--audience", "a")
+        assert (code, out) == (1, "")
+        assert "\x1b" not in err and "no\\x1b]0;owned\\x07\\x1b[2J" in err
+        monkeypatch.setattr(HostileIssuer, "nan", True)
+        code, out, err = tokex(capsys, "token", "--endpoint", server.url, "--audience", "a")
+        assert (code, out) == (1, "") and "not a JSON object" in err

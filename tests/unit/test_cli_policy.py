@@ -811,6 +811,16 @@ def test_explain_claims_that_are_not_a_payload_are_a_failure(capsys, tmp_path, c
         (["--principal", ROLE, "--audience", "a", "--at", "2026-11-30T12:00:00"], "--at", "zone"),
         (["--principal", ROLE, "--audience", "a", "--at", "monday"], "--at", "ISO 8601"),
         (
+            ["--principal", ROLE, "--audience", "a", "--at", "9999-12-31T23:59:59-01:00"],
+            "--at",
+            "between years 1 and 9999",
+        ),
+        (
+            ["--principal", ROLE, "--audience", "a", "--at", "0001-01-01T00:00:00+01:00"],
+            "--at",
+            "between years 1 and 9999",
+        ),
+        (
             ["--evidence", "aws-oif", "--claims", "missing.json", "--audience", "a"],
             "missing.json",
             "no such file",

@@ -415,3 +415,21 @@ def test_kong_defaults_would_read_tokens_from_the_url_which_the_generated_config
     both = gateway.request(service="demo", headers=bearer(value), cookies={"jwt": value + "x"})
     assert both.status == 200  # cookies are not read either
     assert gateway.request("no-such-route", headers=bearer(value)).status == 404
+
+
+@pytest.mark.parametrize(
+    "jwk,why",
+    [
+        ({"kty": "RSA", "e": "AQAB", "n": "ISE"}, "not a valid public key"),
+        ({"kty": "RSA", "e": "AQAB", "n": "!!"}, "'n' is not base64url"),
+        ({"kty": "EC", "crv": "P-256", "x": "AQ", "y": "AQ"}, "not a valid public key"),
+    ],
+)
+def test_cli_a_jwks_with_broken_key_material_is_named_not_a_crash(jwk, why, tmp_path, capsys):
+    source = tmp_path / "jwks.json"
+    alg = "RS256" if jwk["kty"] == "RSA" else "ES256"
+    source.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": alg, "use": "sig"}]}))
+    assert run_cli("--jwks", str(source), "--global", "--any-audience", "--json") == 1
+    failure = json.loads(capsys.readouterr().out)
+    assert failure["error"] == "invalid_input" and failure["input"] == str(source)
+    assert f"JWK 'k1': {why}" in failure["error_description"]

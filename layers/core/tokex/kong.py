@@ -27,7 +27,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tokex import identifiers
+from tokex import base64url, identifiers
 from tokex.tokens.jwks import DISCOVERY_PATH
 
 FORMAT_VERSION = "3.0"
@@ -132,15 +132,23 @@ def public_key_pem(jwk: Mapping[str, Any]) -> str:
         value = jwk.get(name)
         if not isinstance(value, str) or not value:
             raise KongConfigError(f"JWK {jwk.get('kid')!r} lacks {name!r}")
-        return int.from_bytes(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)), "big")
+        try:
+            return int.from_bytes(base64url.decode(value), "big")
+        except ValueError:
+            raise KongConfigError(f"JWK {jwk.get('kid')!r}: {name!r} is not base64url") from None
 
     key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-    if jwk.get("kty") == "RSA":
-        key = rsa.RSAPublicNumbers(uint("e"), uint("n")).public_key()
-    elif jwk.get("kty") == "EC" and jwk.get("crv") == "P-256":
-        key = ec.EllipticCurvePublicNumbers(uint("x"), uint("y"), ec.SECP256R1()).public_key()
-    else:
-        raise KongConfigError(f"JWK {jwk.get('kid')!r}: unsupported key type")
+    try:
+        if jwk.get("kty") == "RSA":
+            key = rsa.RSAPublicNumbers(uint("e"), uint("n")).public_key()
+        elif jwk.get("kty") == "EC" and jwk.get("crv") == "P-256":
+            key = ec.EllipticCurvePublicNumbers(uint("x"), uint("y"), ec.SECP256R1()).public_key()
+        else:
+            raise KongConfigError(f"JWK {jwk.get('kid')!r}: unsupported key type")
+    except KongConfigError:
+        raise
+    except ValueError as err:  # cryptography: a modulus too small, a point off the curve
+        raise KongConfigError(f"JWK {jwk.get('kid')!r}: not a valid public key ({err})") from None
     return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
 
 

@@ -158,8 +158,11 @@ def report(error: CommandError, command: str, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(error.to_json(), ensure_ascii=False))
         return
+    # A message may quote what a server answered: its control characters (a terminal's
+    # escape sequences among them) are shown escaped, never written to the terminal.
+    message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(error))
     if isinstance(error, UsageError) and error.usage:
         print(error.usage.rstrip("\n"), file=sys.stderr)
-        print(f"{error.prog or command}: error: {error}", file=sys.stderr)
+        print(f"{error.prog or command}: error: {message}", file=sys.stderr)
     else:
-        print(f"{command}: {error}", file=sys.stderr)
+        print(f"{command}: {message}", file=sys.stderr)

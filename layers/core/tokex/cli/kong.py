@@ -327,6 +327,13 @@ def _issuer(args: argparse.Namespace) -> str:
         )
     require_http_url(issuer, flag=flag)
     _check_fetch_url(issuer, flag)  # Kong fetches discovery, keys or verdicts from it
+    from tokex.client.endpoint import check_endpoint
+    from tokex.client.token_error import TokenError
+
+    try:  # the base URL, as `tokex token --endpoint` takes it: Kong appends the paths
+        check_endpoint(issuer)
+    except TokenError as err:
+        raise UsageError(f"{flag}: {err}", input=flag) from None
     return issuer
 
 
@@ -387,7 +394,7 @@ def _fetch(url: str) -> bytes:
 
 
 def _check_fetch_url(source: str, flag: str) -> None:
-    from tokex.client.token_client import is_loopback
+    from tokex.client.endpoint import is_loopback
 
     url = urlsplit(source)
     if url.scheme == "https" or (url.scheme == "http" and is_loopback(url.hostname or "")):

@@ -23,6 +23,7 @@ from tokex.cli.errors import (
     INTERRUPTED,
     ArgumentParser,
     CommandError,
+    UsageError,
     report,
     wants_json,
 )
@@ -36,7 +37,7 @@ DEBUG_VARIABLE = "TOKEX_DEBUG"
 # Options whose value may start with "-". argparse takes any such word for an option and
 # refuses `--jti -x...` ("expected one argument"), yet jtis and client secrets are
 # base64url: one in 64 starts with "-", and operators paste them as they come.
-DASH_VALUED_OPTIONS = frozenset({"--jti", "--client-secret"})
+DASH_VALUED_OPTIONS = frozenset({"--jti", "--client-secret", "--audience", "--scope"})
 
 
 def build_parser() -> ArgumentParser:
@@ -91,11 +92,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parse(parser: ArgumentParser, arguments: list[str]) -> argparse.Namespace:
     """parse_args, except that an unknown flag is reported by the subcommand's parser (its
-    usage line and `--help`), not the top-level one."""
-    args, unknown = parser.parse_known_args(arguments)
-    if unknown:
-        leaf: ArgumentParser = getattr(args, "leaf_parser", parser)
-        leaf.error(f"unrecognized arguments: {' '.join(unknown)}")
+    usage line and `--help`), not the top-level one; and a refusal of a value that starts
+    with "-" (a policy id, say: argparse takes it for a flag) says how to pass it."""
+    try:
+        args, unknown = parser.parse_known_args(arguments)
+        if unknown:
+            leaf: ArgumentParser = getattr(args, "leaf_parser", parser)
+            leaf.error(f"unrecognized arguments: {' '.join(unknown)}")
+    except UsageError as err:
+        flags = {flag for leaf in _leaves(parser) for flag in leaf._option_string_actions}
+        # "-canary", not "--jsn" (a mistyped flag) nor "-x" (a short one).
+        dashed = [
+            word
+            for word in arguments
+            if word.startswith("-") and not word.startswith("--") and len(word) > 2
+        ]
+        if not dashed or "--" in arguments or dashed[0] in flags:
+            raise
+        hint = f"; a value that starts with '-' goes after `--`: ... -- {dashed[0]}"
+        raise UsageError(
+            f"{err}{hint}", input=err.input, error=err.error, usage=err.usage, prog=err.prog
+        ) from None
     return args
 
 

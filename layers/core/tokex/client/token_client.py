@@ -16,7 +16,6 @@ token endpoint is only ever `{endpoint}/regions/<region>/token` (discover).
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from botocore.exceptions import BotoCoreError
 
 from tokex import deadline, identifiers
 from tokex.adapters import bounded_http
+from tokex.client.endpoint import check_endpoint, is_loopback
 from tokex.client.evidence import (
     AWS_OIF,
     EKS,
@@ -48,7 +48,6 @@ from tokex.client.evidence import (
 )
 from tokex.client.signing import encode_subject_token, signed_get_caller_identity
 from tokex.client.token_error import (
-    INVALID_ENDPOINT,
     ISSUER_MISMATCH,
     NO_CREDENTIALS,
     NOT_TOKEX,
@@ -84,26 +83,6 @@ MAX_RESPONSE_BYTES = 64 * 1024
 DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 3600.0  # an hour: anything longer is a mistake (and overflows clocks at 1e20)
 
-# Paths a tokex issuer serves (docs/contract.md): an endpoint ending in one is not the base
-# URL.
-ISSUER_PATHS = (
-    "/token",
-    "/introspect",
-    "/.well-known/openid-configuration",
-    "/.well-known/jwks.json",
-)
-_LOOPBACK_NAMES = {"localhost"}
-
-
-def is_loopback(host: str) -> bool:
-    """Plain http is allowed to this host: only `tokex local` serves http, on loopback."""
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """A signed request goes to the endpoint the workload named, nowhere else."""
@@ -114,43 +93,6 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 # Connections that open, send and read within the call's budget (`_send`).
 _OPENER = bounded_http.urllib_opener(_NoRedirects)
-
-
-def check_endpoint(endpoint: str) -> str:
-    """The issuer's base URL: https (plain http only on loopback, for `tokex local`), no
-    query, fragment or userinfo, not one of the issuer's own endpoints."""
-
-    def refuse(why: str) -> TokenError:
-        return TokenError(f"endpoint {endpoint!r} {why}", error=INVALID_ENDPOINT, url=endpoint)
-
-    if "://" not in endpoint:
-        host = endpoint.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
-        scheme = "http" if is_loopback(host) else "https"
-        raise refuse(f"has no scheme: pass {scheme}://{endpoint}")
-    try:
-        parts = urllib.parse.urlsplit(endpoint.rstrip("/"))
-        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
-    except ValueError as err:  # e.g. "Invalid IPv6 URL", "Port out of range 0-65535"
-        raise refuse(f"is not a valid URL: {err}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise refuse("is not an http(s) URL with a host")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise refuse(
-            "is plain http: use https (http only on loopback, e.g. http://127.0.0.1:8787 of "
-            "`tokex local`)"
-        )
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise refuse("must be a plain base URL, without user, query or fragment")
-    path = parts.path.rstrip("/")
-    for served in ISSUER_PATHS:
-        if path.endswith(served):  # e.g. the "token endpoint" `tokex local` prints
-            base = urllib.parse.urlunsplit(
-                (parts.scheme, parts.netloc, path[: -len(served)], "", "")
-            )
-            raise refuse(
-                f"is the issuer's {served} endpoint, not its base URL: pass the issuer URL {base}"
-            )
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 @dataclass(frozen=True)
@@ -787,11 +729,16 @@ def _send(request: urllib.request.Request, timeout: float) -> dict[str, Any]:
         raise TokenError(f"cannot reach {url}: {why}", error=UNREACHABLE, url=url) from None
 
 
+def _no_constants(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259 §6), and would make `--json` output none."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def _parse(data: bytes, status: int, content_type: str, url: str) -> dict[str, Any]:
     try:
         if len(data) > MAX_RESPONSE_BYTES:
             raise ValueError("response too large")
-        parsed = json.loads(data)
+        parsed = json.loads(data, parse_constant=_no_constants)
         if not isinstance(parsed, dict):
             raise ValueError("not a JSON object")
         return parsed

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tokex import identifiers
+from tokex.client.endpoint import check_endpoint, is_loopback
 from tokex.client.evidence import DEFAULT_TOKEN_FILE, EKS, SIGV4, evidence_kind
-from tokex.client.token_client import check_endpoint, is_loopback
 from tokex.client.token_error import TokenError
 from tokex.strict_json import StrictJsonError, loads_strict
 from tokex.token_request import MAX_SCOPES
