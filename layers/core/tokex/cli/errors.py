@@ -159,8 +159,9 @@ def report(error: CommandError, command: str, *, as_json: bool) -> None:
         print(json.dumps(error.to_json(), ensure_ascii=False))
         return
     # A message may quote what a server answered: its control characters (a terminal's
-    # escape sequences among them) are shown escaped, never written to the terminal.
-    message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(error))
+    # escape sequences among them) are shown escaped, never written to the terminal. Line
+    # breaks stay: some reports list one finding per line (policy validate).
+    message = "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in str(error))
     if isinstance(error, UsageError) and error.usage:
         print(error.usage.rstrip("\n"), file=sys.stderr)
         print(f"{error.prog or command}: error: {message}", file=sys.stderr)
