@@ -289,6 +289,12 @@ def test_cli_finds_the_state_table_from_the_stack(dynamodb, capsys):
             key = {"id": {"S": f"revoked-jti#{jti}"}}
             assert "Item" in dynamodb.get_item(TableName="tokex-stack-state", Key=key)
 
+    # A wrong table is named as such, not as an outage to wait out.
+    code = main(["revoke", "--jti", "j", "--table", "nonexist", "--region", "us-east-1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "state table nonexist:" in err and "no such table" in err
+    assert "retry later" not in err
+
     template = {"Resources": STACK_TEMPLATE["Resources"]}
     template = json.loads(json.dumps(template).replace("tokex-stack-state", "other"))
     cloudformation.create_stack(StackName="not-tokex", TemplateBody=json.dumps(template))

@@ -39,7 +39,10 @@ from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 HOME, OTHER = REGIONS = ("us-east-1", "eu-west-1")
 USER_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER_NAME}"
-NOT_THIS_REGION = "url host is not an STS endpoint this deployment accepts"
+NOT_THIS_REGION = (
+    f"the request is signed for the STS of {HOME}, which this endpoint does not accept: "
+    f"sign for {OTHER}"
+)
 
 
 @pytest.fixture(scope="module")

@@ -166,8 +166,18 @@ def test_put_get_list_delete(cli, tmp_path) -> None:
 def test_put_from_stdin_with_json_output(cli, monkeypatch) -> None:
     document = {**CLI_POLICY, "id": "cli-stdin"}
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(json.dumps(document).encode())))
-    assert cli("put", "-", "--json")[:2] == (0, '{"id": "cli-stdin"}\n')
+    assert cli("put", "-", "--json") == (0, '{"id": "cli-stdin", "warnings": []}\n', "")
     assert cli("delete", "cli-stdin", "--json")[0] == 0
+    # Warnings are part of the JSON answer: nothing on stderr.
+    disabled = {**CLI_POLICY, "id": "cli-disabled", "enabled": False}
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(json.dumps(disabled).encode())))
+    code, out, err = cli("put", "-", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {
+        "id": "cli-disabled",
+        "warnings": ["enabled is false: the exchange ignores this policy"],
+    }
+    assert cli("delete", "cli-disabled")[0] == 0
 
 
 def test_an_invalid_policy_is_refused_and_not_written(cli, tmp_path) -> None:

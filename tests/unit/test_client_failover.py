@@ -254,7 +254,9 @@ def test_evidence_for_another_region_would_be_refused_there(deployment) -> None:
     request_token(deployment.url, "orders-api", issuer=deployment.url, region=SECOND)
     [form] = deployment.forms["home"]  # `{iss}/token` of the fake checks nothing
     assert deployment.refusal(SECOND, form) is None
-    assert "not an STS endpoint this deployment accepts" in str(deployment.refusal(HOME, form))
+    assert f"signed for the STS of {SECOND}, which this endpoint does not accept" in str(
+        deployment.refusal(HOME, form)
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,7 @@ from collections.abc import Iterator
 import pytest
 import urllib3
 
-from tokex import deadline
-from tokex.adapters import bounded_http
+from tokex import bounded_http, deadline
 from tokex.deadline import CLEANUP_GRACE_SECONDS, cleanup_grace, request_deadline
 from tokex.errors import DeadlineExceeded
 

@@ -102,6 +102,23 @@ def test_region_allowlist() -> None:
 )
 def test_near_misses_are_not_endpoints(host: str) -> None:
     assert ALL.lookup(host) is None
+    assert ALL.refusal(host) == "url host is not an STS endpoint this deployment accepts"
+    assert StsEndpoints(["aws"], ["eu-west-1"]).refusal(host) == ALL.refusal(host)
+
+
+def test_a_refused_regions_sts_is_named_with_the_regions_accepted() -> None:
+    """What an old client signing for its own Region hears from a Regional exchange."""
+    endpoints = StsEndpoints(["aws"], ["eu-west-1", "us-west-2"])
+    for host, region in [
+        ("sts.us-east-1.amazonaws.com", "us-east-1"),
+        ("sts.amazonaws.com", "us-east-1"),  # the global host signs for us-east-1
+        ("sts-fips.us-east-2.amazonaws.com", "us-east-2"),
+    ]:
+        assert endpoints.lookup(host) is None
+        assert endpoints.refusal(host) == (
+            f"the request is signed for the STS of {region}, which this endpoint does not "
+            "accept: sign for eu-west-1, us-west-2"
+        )
 
 
 def test_unknown_partition_or_region_is_a_configuration_error() -> None:

@@ -2,7 +2,7 @@
 (docs/contract.md "Deadline").
 
 A handler opens the budget when a request arrives (`request_deadline`); every upstream
-call reads what is left of it: the bounded transport (adapters/bounded_http.py) connects
+call reads what is left of it: the bounded transport (bounded_http.py) connects
 and reads no longer than that, botocore retries only when another attempt still fits
 (adapters/aws_clients.py), and the STS forwarder and the single-use write check it
 before they start. When it runs out the request is answered 503

@@ -7,7 +7,7 @@ from the standard `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` variables (l
 points them at the emulator).
 
 While a request is served (deadline.py), a client sends through the bounded transport
-(adapters/bounded_http.py) instead of botocore's own: botocore's timeouts bound each socket
+(bounded_http.py) instead of botocore's own: botocore's timeouts bound each socket
 operation, so a KMS or DynamoDB endpoint that trickles bytes would hold the call for ever,
 and botocore offers no bound on a whole call. The switch uses botocore's documented
 `before-send` event, so everything else (signing, parsing, errors) stays botocore's. The
@@ -48,8 +48,7 @@ from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from botocore.config import Config
 from botocore.retries import standard
 
-from tokex import deadline
-from tokex.adapters import bounded_http
+from tokex import bounded_http, deadline
 from tokex.errors import DeadlineExceeded
 
 # Every AWS service the runtime calls (a client of another is refused: UnknownServiceError).

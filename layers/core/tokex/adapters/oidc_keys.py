@@ -5,7 +5,7 @@ evidence/jwt_evidence.py.
 Fetching: `{issuer}/.well-known/openid-configuration`, whose `issuer` must be the
 configured issuer exactly (Discovery §4.3: otherwise the document is another issuer's),
 then its `jwks_uri` (https; plain http only on loopback in local mode). Both over the
-bounded transport (adapters/bounded_http.py), so every read ends by the request's
+bounded transport (bounded_http.py), so every read ends by the request's
 deadline; TLS verified against the system CA store; no proxy from the environment; no
 redirect followed (a 3xx is a failure); the size limit enforced while reading; strict
 JSON objects only (strict_json.py). Keys are parsed one by one with `jwt.PyJWK`, each
@@ -44,8 +44,7 @@ import jwt
 import urllib3
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tokex import deadline
-from tokex.adapters import bounded_http
+from tokex import bounded_http, deadline
 from tokex.errors import DeadlineExceeded, TemporarilyUnavailable
 from tokex.evidence.jwt_evidence import MAX_KID_LENGTH
 from tokex.evidence.trusted_issuers import TrustedIssuer

@@ -7,7 +7,7 @@ namespace holding exactly one `GetCallerIdentityResult` is believed. Upstream bo
 reach an error description.
 
 The call ends by the request's deadline (deadline.py) however STS answers: the transport
-bounds every read by the time left (adapters/bounded_http.py), so an endpoint that trickles one
+bounds every read by the time left (bounded_http.py), so an endpoint that trickles one
 byte at a time cannot hold the exchange past it.
 """
 
@@ -21,8 +21,8 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 from urllib3 import HTTPHeaderDict
 
-from tokex import deadline, identifiers
-from tokex.adapters import bounded_http, errors
+from tokex import bounded_http, deadline, identifiers
+from tokex.adapters import errors
 from tokex.errors import DeadlineExceeded, InvalidGrant, TemporarilyUnavailable
 from tokex.evidence.identity import CallerIdentity
 from tokex.evidence.sigv4_request import StsRequest

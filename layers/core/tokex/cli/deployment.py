@@ -164,6 +164,23 @@ def aws_client(service: str, region: str | None, endpoint_url: str | None) -> An
         raise CommandError(describe_aws_error(exc), error=AWS_ERROR, input="--region") from None
 
 
+# Store failures (their `reason` carries the operation and error code) -> what to check:
+# a mistake of the command line or the credentials, not an outage to wait out.
+AWS_HINTS = {
+    "ResourceNotFoundException": "no such table in this region?",
+    "AccessDenied": "do these credentials allow it?",
+    "NoCredentialsError": "no AWS credentials found",
+    "UnrecognizedClientException": "credentials not valid for this endpoint",
+    "InvalidSignatureException": "credentials not valid for this endpoint",
+    "EndpointConnectionError": "endpoint unreachable",
+}
+
+
+def aws_hint(reason: str) -> str | None:
+    """What to check for a store failure whose `reason` names one of AWS_HINTS' codes."""
+    return next((hint for code, hint in AWS_HINTS.items() if code in reason), None)
+
+
 def describe_aws_error(exc: Exception) -> str:
     """One line for an operator: the error code and message, or what botocore said."""
     from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError

@@ -21,13 +21,13 @@ from tokex.cli.deployment import (
     check_ttl_seconds,
     resolve_deployment,
 )
-from tokex.cli.errors import INVALID_INPUT, NOT_FOUND, CommandError
+from tokex.cli.errors import INVALID_INPUT, NOT_FOUND, CommandError, UsageError
 from tokex.cli.inputs import require_file
 from tokex.cli.policy_document import load_policy_file
 from tokex.cli.policy_explain import add_explain_arguments, explain_command
 from tokex.cli.policy_table import policy_table
 from tokex.evidence.identity import AWS_OIF
-from tokex.policy.model import Policy, PolicyValidationError
+from tokex.policy.model import POLICY_ID, Policy, PolicyValidationError
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
 
 
@@ -116,15 +116,27 @@ def run_put(args: argparse.Namespace) -> int:
     require_file(args.file, label="policy document", stdin=True)
     check_deployment(args)
     policy = load_policy_file(args.file, ttl_cap=args.ttl_cap)
-    _warn(policy_warnings(policy))
+    warnings = policy_warnings(policy)
+    if not args.json:  # with --json they are part of the answer (stderr stays empty)
+        _warn(warnings)
     deployment = resolve_deployment(args)
     with policy_table(deployment) as store:
         store.put(policy)
-    print(json.dumps({"id": policy.id}) if args.json else policy.id)
+    print(json.dumps({"id": policy.id, "warnings": warnings}) if args.json else policy.id)
     return 0
 
 
+def _check_id(policy_id: str) -> None:
+    """An id `policy put` could have stored (exit 2 before any AWS call otherwise)."""
+    if not POLICY_ID.fullmatch(policy_id):
+        raise UsageError(
+            f"policy id {policy_id!r}: must be 1-128 of A-Z a-z 0-9 . _ : -",
+            input=policy_id or "ID",
+        )
+
+
 def run_get(args: argparse.Namespace) -> int:
+    _check_id(args.policy_id)
     deployment = resolve_deployment(args)
     with policy_table(deployment) as store:
         try:
@@ -173,6 +185,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_delete(args: argparse.Namespace) -> int:
+    _check_id(args.policy_id)
     deployment = resolve_deployment(args)
     with policy_table(deployment) as store:
         existed = store.delete(args.policy_id)

@@ -7,18 +7,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from tokex.cli.deployment import Deployment
+from tokex.cli.deployment import Deployment, aws_hint
 from tokex.cli.errors import AWS_ERROR, CommandError
-
-# Store failures (their `reason` carries the operation and error code) -> what to check.
-_HINTS = {
-    "ResourceNotFoundException": "no such table in this region?",
-    "AccessDenied": "do these credentials allow it?",
-    "NoCredentialsError": "no AWS credentials found",
-    "UnrecognizedClientException": "credentials not valid for this endpoint",
-    "InvalidSignatureException": "credentials not valid for this endpoint",
-    "EndpointConnectionError": "endpoint unreachable",
-}
 
 
 @contextlib.contextmanager
@@ -31,7 +21,7 @@ def policy_table(deployment: Deployment) -> Iterator[Any]:
         yield PolicyStore(deployment.client("dynamodb"), deployment.table)
     except TemporarilyUnavailable as exc:
         # The store's `reason` names the operation and the AWS error code (never data).
-        hint = next((h for code, h in _HINTS.items() if code in exc.reason), None)
+        hint = aws_hint(exc.reason)
         message = f"policy table {deployment.table!r}: {exc.reason}"
         raise CommandError(
             f"{message} ({hint})" if hint else message, error=AWS_ERROR, input=deployment.flag

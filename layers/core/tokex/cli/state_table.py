@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tokex.cli.deployment import add_deployment_arguments, resolve_deployment
+from tokex.cli.deployment import add_deployment_arguments, aws_hint, resolve_deployment
 from tokex.cli.errors import AWS_ERROR, CommandError
 
 # cdk/tokex_stack.py names its outputs; this one is the state table.
@@ -28,7 +28,12 @@ def resolve_state_table(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def store_error(exc: Exception, args: argparse.Namespace) -> CommandError:
-    """An operator sees why (the AWS error code), not just "unavailable"."""
-    reason = getattr(exc, "reason", type(exc).__name__)
+    """An operator sees why (the AWS error code), not just "unavailable"; and a wrong
+    table or credentials are named as such, not as something to retry."""
+    reason = str(getattr(exc, "reason", type(exc).__name__))
     where = "--stack" if args.stack else "--table"
+    hint = aws_hint(reason)
+    if hint is not None:
+        table = args.table or f"of stack {args.stack}"
+        return CommandError(f"state table {table}: {reason} ({hint})", error=AWS_ERROR, input=where)
     return CommandError(f"state table: {exc} ({reason})", error=AWS_ERROR, input=where)

@@ -34,8 +34,7 @@ import boto3
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError
 
-from tokex import deadline, identifiers
-from tokex.adapters import bounded_http
+from tokex import bounded_http, deadline, identifiers
 from tokex.client.endpoint import check_endpoint, is_loopback
 from tokex.client.evidence import (
     AWS_OIF,

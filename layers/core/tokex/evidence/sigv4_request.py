@@ -122,9 +122,10 @@ def verify_sts_request(
 
     if signed["method"] != "POST":
         raise InvalidGrant("method must be POST")
-    endpoint = endpoints.lookup(_host_from_url(signed["url"]))
+    host = _host_from_url(signed["url"])
+    endpoint = endpoints.lookup(host)
     if endpoint is None:
-        raise InvalidGrant("url host is not an STS endpoint this deployment accepts")
+        raise InvalidGrant(endpoints.refusal(host))
     _check_body(signed["body"])
 
     headers = _allowlisted_headers(signed["headers"])

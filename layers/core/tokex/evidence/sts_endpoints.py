@@ -123,19 +123,22 @@ class StsEndpoints:
             raise ConfigurationError(f"unknown STS region(s) for the partitions: {unknown}")
 
         table: dict[str, Endpoint] = {}
+        elsewhere: dict[str, Endpoint] = {}  # known STS hosts of Regions not accepted
         for partition in partitions:
             suffix = PARTITION_DNS_SUFFIX[partition]
             for region in PARTITION_REGIONS[partition]:
-                if regions and region not in regions:
-                    continue
-                _add(table, f"sts.{region}.{suffix}", region, partition)
+                into = elsewhere if regions and region not in regions else table
+                _add(into, f"sts.{region}.{suffix}", region, partition)
                 if allow_fips and region in FIPS_REGIONS:
-                    _add(table, f"sts-fips.{region}.{suffix}", region, partition)
-            if partition == "aws" and (not regions or GLOBAL_REGION in regions):
-                _add(table, GLOBAL_HOST, GLOBAL_REGION, partition)
+                    _add(into, f"sts-fips.{region}.{suffix}", region, partition)
+            if partition == "aws":
+                into = table if not regions or GLOBAL_REGION in regions else elsewhere
+                _add(into, GLOBAL_HOST, GLOBAL_REGION, partition)
         if not table:
             raise ConfigurationError("no STS endpoint is allowed by the configuration")
         self._by_host = table
+        self._elsewhere = elsewhere
+        self._accepted = sorted(regions)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StsEndpoints:
@@ -144,6 +147,18 @@ class StsEndpoints:
     def lookup(self, host: str) -> Endpoint | None:
         """The endpoint for exactly this host, or None. No normalisation of any kind."""
         return self._by_host.get(host)
+
+    def refusal(self, host: str) -> str:
+        """Why `host` (which `lookup` did not find) is refused: a Region's STS this
+        deployment (or this Region's exchange) does not accept is named, with the Regions
+        it does; any other host is not an STS endpoint it accepts."""
+        other = self._elsewhere.get(host)
+        if other is None:
+            return "url host is not an STS endpoint this deployment accepts"
+        return (
+            f"the request is signed for the STS of {other.region}, which this endpoint does "
+            f"not accept: sign for {', '.join(self._accepted)}"
+        )
 
     @property
     def hosts(self) -> frozenset[str]:

@@ -44,7 +44,7 @@ MIN_TTL_SECONDS = 60
 MAX_CLAIMS_BYTES = 2048
 MAX_DESCRIPTION_LENGTH = 1024
 
-_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+POLICY_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Instance attributes (region, AZ, AMI id, instance type, account) and their globs.
 _ATTRIBUTE_GLOB = re.compile(r"[A-Za-z0-9._:/*?-]{1,128}")
 _CLAIM_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -163,7 +163,7 @@ class Policy:
         doc = fields.mapping(doc, "document")
         fields.no_unknown_keys(doc, _POLICY_KEYS, "document")
         policy_id = fields.required(doc, "id")
-        if not isinstance(policy_id, str) or not _ID.fullmatch(policy_id):
+        if not isinstance(policy_id, str) or not POLICY_ID.fullmatch(policy_id):
             raise PolicyValidationError("id", "must be 1-128 characters of A-Za-z0-9._:-")
         effect = fields.required(doc, "effect")
         if effect not in ("allow", "deny"):
