@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 import pytest
 
@@ -43,6 +43,8 @@ from tokex.client.evidence import (
     regional_sts_client,
 )
 from tokex.client.token_client import TokenError, request_token
+from tokex.forms import MAX_BODY_BYTES
+from tokex.token_request import JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -402,12 +404,21 @@ def test_token_file_rules(tmp_path, content: bytes, message: str) -> None:
 
 
 def test_token_file_limits(tmp_path) -> None:
-    assert MAX_TOKEN_FILE_BYTES == 16 * 1024
+    assert MAX_TOKEN_FILE_BYTES == 12 * 1024
     token = make_jwt({"aud": "https://auth.example.com"})
     largest = token + "A" * (MAX_TOKEN_FILE_BYTES - len(token))  # a longer signature
     path = tmp_path / "token"
     path.write_text(largest)
     assert read_token_file(path) == largest
+    # ...and the form that carries it stays within the exchange's 16 KiB body.
+    form = {
+        "grant_type": TOKEN_EXCHANGE_GRANT,
+        "subject_token_type": JWT_TOKEN_TYPE,
+        "subject_token": largest,
+        "audience": "a" * 256,
+        "scope": " ".join(f"orders:scope-{n:02d}" for n in range(32)),
+    }
+    assert len(urlencode(form)) <= MAX_BODY_BYTES
     with pytest.raises(TokenError, match="no such file") as missing:
         read_token_file(tmp_path / "absent")
     assert "projected service-account token" in str(missing.value)

@@ -118,3 +118,15 @@ def test_an_oversized_jwt_request_is_413() -> None:
     with pytest.raises(InvalidRequest) as refused:
         parse({**JWT_FORM, "subject_token": "a." * 9000 + "b"})
     assert (refused.value.status, refused.value.reason) == (413, "body_size")
+
+
+def test_scope_count_and_shape_have_their_own_errors() -> None:
+    assert parse({**JWT_FORM, "scope": " ".join(f"s{n}" for n in range(32))}).scopes
+    for scope, description in [
+        (" ".join(f"s{n}" for n in range(33)), "scope names more than 32 scopes"),
+        ('a"b', "scope must be space-delimited scope tokens (RFC 6749 §3.3)"),
+        ("a  b", "scope must be space-delimited scope tokens (RFC 6749 §3.3)"),
+    ]:
+        with pytest.raises(InvalidRequest) as refused:
+            parse({**JWT_FORM, "scope": scope})
+        assert (refused.value.reason, refused.value.description) == ("scope", description)

@@ -119,8 +119,10 @@ def _parse_scope(scope: str | None) -> tuple[str, ...] | None:
     if scope is None:
         return None
     tokens = scope.split(" ")
-    if len(tokens) > MAX_SCOPES or not all(map(identifiers.is_scope_token, tokens)):
+    if not all(map(identifiers.is_scope_token, tokens)):
         raise InvalidRequest(
             "scope must be space-delimited scope tokens (RFC 6749 §3.3)", reason="scope"
         )
+    if len(tokens) > MAX_SCOPES:
+        raise InvalidRequest(f"scope names more than {MAX_SCOPES} scopes", reason="scope")
     return tuple(dict.fromkeys(tokens))

@@ -48,7 +48,7 @@ ALIASES = {"oif": AWS_OIF}
 # Where the pod manifest of docs/deploy.md mounts the projected token (audience: the
 # tokex issuer), apart from the service account's own token for the Kubernetes API.
 DEFAULT_TOKEN_FILE = "/var/run/secrets/tokex/serviceaccount/token"
-# What the exchange accepts as a subject JWT at most (16 KiB): a larger file is not one.
+# What the exchange accepts as a subject JWT at most (12 KiB): a larger file is not one.
 MAX_TOKEN_FILE_BYTES = MAX_SUBJECT_JWT_CHARS
 # The token is exchanged at once and only once (tokex uses an `aws-oif` token up), so it
 # asks for the shortest lifetime STS allows (DurationSeconds 60-3600, default 300): a copy
