@@ -289,6 +289,11 @@ KONG_OIDC = ["kong-config", "--enterprise", "openid-connect", "--global", "--any
         ),
         (KONG_INTROSPECTION, "--client-id", "needs --client-id"),
         (
+            [*KONG_INTROSPECTION, "--client-id", "tc_" + "0" * 20, "--introspection-ttl", "43201"],
+            "--introspection-ttl",
+            "no tokex token lives longer",
+        ),
+        (
             [*KONG_OIDC, "--issuer", "https://auth.example.com/.well-known/openid-configuration"],
             "--issuer",
             "not its base URL: pass the issuer URL https://auth.example.com",

@@ -34,6 +34,7 @@ from tokex.cli.errors import (
     UsageError,
 )
 from tokex.cli.inputs import require_file, require_http_url
+from tokex.policy.model import MAX_TTL_CAP_SECONDS
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
 
 ENTERPRISE = ("openid-connect", "oauth2-introspection")
@@ -197,9 +198,11 @@ def _check(args: argparse.Namespace) -> Any:
             "deployment's TTL cap (Kong's maximum_expiration)",
             input="--max-ttl",
         )
-    if args.introspection_ttl < 0:
+    if not 0 <= args.introspection_ttl <= MAX_TTL_CAP_SECONDS:
+        # Longer than any token lives, a cached verdict would only hide a revocation.
         raise UsageError(
-            f"--introspection-ttl {args.introspection_ttl}: must be 0 or more seconds",
+            f"--introspection-ttl {args.introspection_ttl}: must be 0..{MAX_TTL_CAP_SECONDS} "
+            "seconds (no tokex token lives longer)",
             input="--introspection-ttl",
         )
     if args.enterprise is None:
