@@ -63,6 +63,7 @@ def test_async_coroutines_at_expiry_make_one_exchange(issuer) -> None:
 
     assert asyncio.run(main()) == ["Bearer token-2"] * 16
     assert issuer.exchanges == 2
+    assert not auth._flights  # nothing keeps the finished loop alive
 
 
 def test_async_exchange_does_not_block_the_event_loop(issuer) -> None:

@@ -75,8 +75,7 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
                 flight = self._flights[loop] = loop.run_in_executor(
                     None, self.client.token, self.audience, self.scopes
                 )
-                # Retrieved even if every coroutine waiting for it is cancelled.
-                flight.add_done_callback(_retrieved)
+                flight.add_done_callback(self._landed)
         if joining:
             valid = self.client.valid_token(self.audience, self.scopes)
             if valid is not None:
@@ -84,7 +83,13 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
         # Shielded: a cancelled caller stops waiting; the exchange goes on for the others.
         return await asyncio.shield(flight)
 
-
-def _retrieved(flight: asyncio.Future[str]) -> None:
-    if not flight.cancelled():
-        flight.exception()
+    def _landed(self, flight: asyncio.Future[str]) -> None:
+        """Forget a finished exchange (a future holds its loop: kept, the loop could never
+        be collected), its exception retrieved even if every waiter was cancelled."""
+        if not flight.cancelled():
+            flight.exception()
+        with self._flights_guard:
+            flights = self._flights
+            loop = flight.get_loop()
+            if flights is not None and flights.get(loop) is flight:
+                del flights[loop]
