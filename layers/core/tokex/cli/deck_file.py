@@ -5,12 +5,11 @@ introspection client secret)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from tokex import private_files
 from tokex.cli.errors import INVALID_INPUT, CommandError
 
 
@@ -95,11 +94,4 @@ def write_private(path: Path, text: str) -> None:
         parent = parent.parent
     for directory in reversed(missing):
         directory.mkdir(mode=0o700, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    private_files.write_private(path, text, prefix=f".{path.name}.")

@@ -30,13 +30,13 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tokex.client.token_client import CachedToken
+from tokex.private_files import write_private
 
 FILE_SUFFIX = ".token.json"
 MAX_FILE_BYTES = 64 * 1024
@@ -151,12 +151,4 @@ def _own_entry(path: Path) -> tuple[float, dict[str, Any], CachedToken] | None:
 def write_cached(path: Path, response: dict[str, Any], *, now: float | None = None) -> None:
     """Atomically: a reader sees the old file or the new one, never half of one."""
     entry = {"obtained_at": time.time() if now is None else now, "response": response}
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=FILE_SUFFIX)
-    try:
-        with os.fdopen(fd, "w") as file:  # mkstemp makes it 0600
-            json.dump(entry, file)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    write_private(path, json.dumps(entry))

@@ -7,7 +7,6 @@ older than 80 % of its TTL).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -21,6 +20,7 @@ from tokex.local.provision import (
     DEMO_EKS_POD,
     DEMO_EKS_SERVICE_ACCOUNT,
 )
+from tokex.private_files import write_private
 
 TOKEN_LIFETIME_SECONDS = 3600
 REFRESH_AT = 0.8  # of the lifetime, as the kubelet does
@@ -84,12 +84,7 @@ class EksTokenFile:
         """Mint a token and replace the file with it (mode 0600); the token."""
         # Kubernetes service-account tokens carry `alg` and `kid` in their header, no `typ`.
         token = self._issuer.sign(self.claims(int(self._clock())), "RS256", typ=None)
-        partial = self.path.with_name(self.path.name + ".partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token)
-        os.replace(partial, self.path)
+        write_private(self.path, token)
         return token
 
     def stop(self) -> None:

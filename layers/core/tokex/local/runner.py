@@ -34,6 +34,7 @@ from tokex.local.provision import (
     provision,
 )
 from tokex.local.replication import Replicator, Replicators
+from tokex.private_files import write_private
 from tokex.regions import INTROSPECT_PATH, SERVING_REGION_ENV, TOKEN_PATH, regional_path
 
 # The demo Lambda functions' env files in the state directory, by function name.
@@ -370,10 +371,7 @@ def _write_env(
 
 def _write_lines(path: Path, lines: list[str]) -> None:
     """A file only its owner can read: it holds credentials."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already exists
-    with os.fdopen(fd, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    write_private(path, "\n".join(lines) + "\n")
 
 
 @contextlib.contextmanager

@@ -17,6 +17,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from tokex.private_files import write_private
+
 SECRET_BYTES = 32
 DEFAULT_FILE_NAME = "secret"  # in a new directory tokex-proxy-XXXXXXXX
 
@@ -59,15 +61,7 @@ def write_secret_file(secret: str, path: Path | None) -> Path:
             f"{path.parent} is writable by everyone without the sticky bit: anyone could "
             "replace the secret file; choose a directory of the workload's user"
         )
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tokex-proxy-")  # 0600
-    try:
-        with os.fdopen(fd, "w") as file:
-            file.write(secret)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    write_private(path, secret, prefix=".tokex-proxy-")
     return path
 
 
