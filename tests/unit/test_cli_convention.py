@@ -614,3 +614,31 @@ def test_what_a_server_answers_never_reaches_the_terminal_raw(
         monkeypatch.setattr(HostileIssuer, "nan", True)
         code, out, err = tokex(capsys, "token", "--endpoint", server.url, "--audience", "a")
         assert (code, out) == (1, "") and "not a JSON object" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["clients", "list", "--table", "t"],
+        ["policy", "list", "--table", "t"],
+        ["token", "--endpoint", "https://auth.example.com", "--audience", "a"],
+    ],
+)
+@pytest.mark.parametrize("region", [None, "us-east-1"])
+def test_a_missing_profile_is_a_usage_error_with_or_without_a_region(
+    capsys, monkeypatch, tmp_path, argv, region
+) -> None:
+    config = tmp_path / "config"
+    config.write_text("[profile other]\nregion = eu-west-1\n")
+    for variable in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "nope")
+    if region:
+        monkeypatch.setenv("AWS_REGION", region)
+    code, out, err = tokex(capsys, *argv, "--json")
+    failure = one_json_object(out)
+    assert (code, err, failure["input"]) == (2, "", "AWS_PROFILE")
+    assert failure["error_description"] == (
+        f"AWS_PROFILE names profile 'nope', which is not in {config}"
+    )

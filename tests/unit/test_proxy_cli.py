@@ -89,6 +89,12 @@ def test_an_unsafe_secret_file_is_refused_before_serving(capsys, tmp_path) -> No
     code, failure = tokex(capsys, *argv, "--secret-file", str(shared / "secret"))
     assert (code, failure["input"]) == (2, "--secret-file")
     assert "without the sticky bit" in failure["error_description"]
+    # A directory is no file: said so, naming it (not a temporary file tried beside it).
+    code, failure = tokex(capsys, *argv, "--secret-file", str(tmp_path))
+    assert (code, failure["input"]) == (2, "--secret-file")
+    assert failure["error_description"] == (
+        f"--secret-file: {tmp_path} is a directory: name a file in it, e.g. {tmp_path}/secret"
+    )
 
 
 def test_a_scope_with_a_tab_is_refused_not_split(capsys) -> None:

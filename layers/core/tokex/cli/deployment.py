@@ -156,10 +156,14 @@ def _output(stack: Mapping[str, Any], stack_name: str, output: str) -> str:
 
 def aws_client(service: str, region: str | None, endpoint_url: str | None) -> Any:
     import boto3
-    from botocore.exceptions import BotoCoreError
+    from botocore.exceptions import BotoCoreError, ProfileNotFound
 
     try:
         return boto3.session.Session(region_name=region).client(service, endpoint_url=endpoint_url)
+    except ProfileNotFound:  # named as when no region is given (cli/region.py): exit 2
+        from tokex.cli.region import missing_profile
+
+        raise missing_profile() from None
     except BotoCoreError as exc:  # e.g. a broken profile
         raise CommandError(describe_aws_error(exc), error=AWS_ERROR, input="--region") from None
 

@@ -130,11 +130,12 @@ def run(args: argparse.Namespace) -> int:
         except UnsafeSecretFile as err:
             flag = "secret_file" if args.config else "--secret-file"
             raise UsageError(f"{flag}: {err}", input=args.config or flag) from None
-        except OSError as err:
+        except OSError as err:  # named as given: not the temporary file it was written to
+            where = str(config.secret_file) if config.secret_file else "(a new directory)"
             raise CommandError(
-                f"cannot write the secret file: {err.strerror or err}",
+                f"cannot write the secret file {where}: {err.strerror or err}",
                 error=WRITE_FAILED,
-                input=str(err.filename or config.secret_file),
+                input=where,
             ) from None
         _announce(server, as_json=args.json)
         while not stop.wait(0.5):

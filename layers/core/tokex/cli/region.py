@@ -67,11 +67,20 @@ def _profile_region() -> tuple[str, str, str | None]:
     try:
         region = session.get_scoped_config().get("region")
     except ProfileNotFound:
-        raise UsageError(
-            f"AWS_PROFILE names profile {profile!r}, which is not in {config_file}",
-            input="AWS_PROFILE",
-        ) from None
+        raise missing_profile() from None
     return profile, config_file, region or None
+
+
+def missing_profile() -> UsageError:
+    """AWS_PROFILE names a profile the config file does not have (exit 2)."""
+    import botocore.session
+
+    session = botocore.session.Session()
+    config_file = session.get_config_variable("config_file")
+    return UsageError(
+        f"AWS_PROFILE names profile {session.profile!r}, which is not in {config_file}",
+        input="AWS_PROFILE",
+    )
 
 
 def _tried() -> list[str]:

@@ -150,6 +150,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _session(boto3: Any) -> Any:
+    """The workload's boto3 session; a profile AWS_PROFILE names but the config file lacks
+    is a usage error (exit 2), as for every command."""
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        return boto3.session.Session()
+    except ProfileNotFound:
+        from tokex.cli.region import missing_profile
+
+        raise missing_profile() from None
+
+
 def _timeout(value: str | None) -> float:
     """--timeout: a positive number of seconds up to an hour (exit 2 otherwise), the
     client's rule."""
@@ -221,7 +234,7 @@ def _token_response(
     from tokex.client.evidence import read_token_file, token_subject
     from tokex.client.token_client import aws_credentials, request_token
 
-    session = None if evidence == EKS else boto3.session.Session()
+    session = None if evidence == EKS else _session(boto3)
     cache_file = None
     if cache_dir is not None:
         if session is None:  # eks: the service account the token names

@@ -55,6 +55,8 @@ def write_secret_file(secret: str, path: Path | None) -> Path:
         return path
     if path.is_symlink():
         raise UnsafeSecretFile(f"{path} is a symlink: name the file itself")
+    if path.is_dir():
+        raise UnsafeSecretFile(f"{path} is a directory: name a file in it, e.g. {path}/secret")
     mode = path.parent.stat().st_mode
     if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
         raise UnsafeSecretFile(
