@@ -15,6 +15,7 @@ from tokex.adapters.state_table.revocations import TTL_MARGIN_SECONDS
 from tokex.cli.main import main
 from tokex.local.provision import ACCOUNT_ID, DEMO_USER_NAME
 from tokex.local.runner import LocalSystem
+from tokex.token_request import JWT_TOKEN_TYPE
 
 USER_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER_NAME}"
 
@@ -83,10 +84,27 @@ def test_revoke_by_principal_covers_tokens_issued_before_not_after(local_system,
     assert not active(local_system, before)
 
 
+def test_revoke_an_eks_service_accounts_tokens(local_system, revoke):
+    """A pod's token can be exchanged again and again: after a compromise the service
+    account's principal (its tokens' `sub`) is what an operator revokes."""
+    eks_token = (local_system.state_dir / "eks-token").read_text().strip()
+    status, _, body = exchange(
+        local_system, subject_token_type=JWT_TOKEN_TYPE, subject_token=eks_token
+    )
+    assert status == 200, body
+    token = body["access_token"]
+    principal = verify(local_system, token)["sub"]
+    assert principal.startswith("eks:") and active(local_system, token)
+    code, out, _ = revoke("--principal", principal, "--json")
+    assert code == 0 and json.loads(out)["principal"] == principal
+    assert not active(local_system, token)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--principal", f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/demo/i-1"], "not the session"),
+        (["--principal", f"eks:{ACCOUNT_ID}:us-east-1:c:ns:sa:extra"], "eks:ACCOUNT:REGION"),
         (["--principal", "demo-workload"], "role or IAM user ARN"),
         (
             ["--principal", f"arn:aws:iam::{ACCOUNT_ID}:role/service-role/demo-workload"],

@@ -91,6 +91,12 @@ EKS_CLUSTER_NAME = re.compile(r"[0-9A-Za-z][A-Za-z0-9_-]{0,99}")
 # Kubernetes namespace (an RFC 1123 label) and service account name (an RFC 1123 subdomain).
 K8S_NAMESPACE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 K8S_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?")
+# The `sub` of a token exchanged for an EKS service-account token (EksWorkload.principal):
+# eks:<account>:<region>:<cluster>:<namespace>:<service account>.
+EKS_PRINCIPAL = re.compile(
+    rf"eks:[0-9]{{12}}:{REGION.pattern}:{EKS_CLUSTER_NAME.pattern}:"
+    rf"{K8S_NAMESPACE.pattern}:(?=[^:]{{1,253}}$)[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?"
+)
 # AWS Organizations ids and an OU path (`o-…/r-…/ou-…/…/`).
 ORG_ID = re.compile(r"o-[a-z0-9]{10,32}")
 OU_PATH = re.compile(

@@ -3,6 +3,7 @@ the token with that `jti`, or for every token of that principal issued up to now
 
     tokex revoke --jti 3q2-7wX... --stack tokex
     tokex revoke --principal arn:aws:iam::123456789012:role/orders --stack tokex
+    tokex revoke --principal eks:123456789012:eu-west-1:prod:orders:api --stack tokex
 
 Only relying parties that introspect (or otherwise consult tokex) see a revocation; a
 gateway that checks signatures offline (Kong `jwt`, `openid-connect` without
@@ -43,7 +44,8 @@ def register(subparsers: Any) -> None:
     what.add_argument(
         "--principal",
         metavar="ARN",
-        help="a role or user ARN (the tokens' sub): revokes all its tokens issued up to now",
+        help="a role or user ARN, or an EKS service account's eks:... principal (the "
+        "tokens' sub): revokes all its tokens issued up to now",
     )
     parser.add_argument(
         "--ttl-cap",
@@ -96,8 +98,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_principal(arn: str) -> None:
-    # Tokens name the canonical principal in `sub`: a role or an IAM user
-    # (docs/contract.md "The access token (RFC 9068 profile)").
+    # Tokens name the canonical principal in `sub`: a role or an IAM user, or for EKS
+    # evidence the service account's `eks:…` principal (docs/contract.md "The access
+    # token (RFC 9068 profile)").
+    if identifiers.EKS_PRINCIPAL.fullmatch(arn):
+        return
     if identifiers.PRINCIPAL_ARN.fullmatch(arn):
         head, _, name = arn.partition(":role/")
         if name and "/" in name:
@@ -114,7 +119,8 @@ def _check_principal(arn: str) -> None:
         hint = "; tokens name the role, not the session: use arn:aws:iam::ACCOUNT:role/NAME"
     raise UsageError(
         f"--principal {arn!r}: must be a role or IAM user ARN "
-        f"(arn:aws:iam::ACCOUNT:role/NAME or arn:aws:iam::ACCOUNT:user/NAME){hint}",
+        f"(arn:aws:iam::ACCOUNT:role/NAME or arn:aws:iam::ACCOUNT:user/NAME) or an EKS "
+        f"service account's principal (eks:ACCOUNT:REGION:CLUSTER:NAMESPACE:NAME){hint}",
         input="--principal",
     )
 
