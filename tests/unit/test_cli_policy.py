@@ -590,6 +590,44 @@ def test_validate_warns_about_request_tags_and_evidence_a_selector_excludes(
     )
 
 
+def test_validate_warns_about_selectors_only_a_signed_request_carries(capsys, tmp_path) -> None:
+    document = {
+        "id": "pinned",
+        "effect": "allow",
+        "principals": ["arn:aws:iam::111122223333:role/orders-api"],
+        "principal_ids": ["AROAEXAMPLEID"],
+        "instance": {"required": True},
+        "audiences": ["orders-api"],
+    }
+    code, out, err = tokex(capsys, "validate", write(tmp_path, document))
+    assert (code, out) == (0, "valid: pinned (allow)\n")
+    assert (
+        "warning: principal_ids, instance: only sigv4 evidence carries them, so this policy "
+        "never applies to aws-oif callers" in err
+    )
+    code, _, err = tokex(capsys, "validate", write(tmp_path, {**document, "evidence": ["sigv4"]}))
+    assert (code, err) == (0, "")
+
+
+def test_a_null_is_not_an_absent_key(capsys, tmp_path) -> None:
+    """A template that renders `null` must not turn a conditioned allow into a plain one."""
+    document = {
+        "id": "biz",
+        "effect": "allow",
+        "principals": ["arn:aws:iam::111122223333:role/orders-api"],
+        "audiences": ["orders-api"],
+        "conditions": None,
+        "max_ttl_seconds": None,
+    }
+    code, out, _ = tokex(capsys, "validate", write(tmp_path, document), "--json")
+    result = json.loads(out)
+    assert (code, result["error"]) == (1, "invalid_policy")
+    assert result["errors"] == [
+        {"field": "conditions", "message": "must not be null: leave the key out"},
+        {"field": "max_ttl_seconds", "message": "must not be null: leave the key out"},
+    ]
+
+
 @pytest.mark.parametrize(
     "change,field,why",
     [

@@ -99,6 +99,16 @@ def test_deny_wins_over_every_allow() -> None:
     assert error.reason == "denied by policy zz-deny"
 
 
+def test_a_deny_matches_the_principal_whatever_the_case_an_allow_does_not() -> None:
+    """IAM names are unique whatever their case: a deny for `Orders-API` can only mean
+    `orders-api`, and a case typo must not fail open. An allow stays exact."""
+    deny = policy("d", effect="deny", principals=[ROLE + "Orders-*"])
+    assert refusal([policy("a"), deny]).reason == "denied by policy d"
+    assert refusal([policy("a", principals=[ROLE + "Orders-api"])]).reason == (
+        "no policy matches principal"
+    )
+
+
 def test_deny_for_another_audience_does_not_apply() -> None:
     deny = policy("d", effect="deny", audiences=["billing-api"])
     assert run([policy("a"), deny]).policy.id == "a"

@@ -26,7 +26,7 @@ from tokex.cli.inputs import require_file
 from tokex.cli.policy_document import load_policy_file
 from tokex.cli.policy_explain import add_explain_arguments, explain_command
 from tokex.cli.policy_table import policy_table
-from tokex.evidence.identity import AWS_OIF
+from tokex.evidence.identity import AWS_OIF, SIGV4
 from tokex.policy.model import POLICY_ID, Policy, PolicyValidationError
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
 
@@ -238,6 +238,15 @@ def policy_warnings(policy: Policy) -> list[str]:
         warnings.append(
             f"{', '.join(oif_only)}: only aws-oif evidence carries them, so this policy never "
             f"applies to {' or '.join(others)} callers"
+        )
+    # The other way round: what only a signed request (through STS) carries.
+    sigv4_only = ["principal_ids"] if policy.principal_ids else []
+    sigv4_only += ["instance"] if policy.instance is not None else []
+    not_sigv4 = [kind for kind in policy.evidence_kinds if kind != SIGV4]
+    if sigv4_only and not_sigv4:
+        warnings.append(
+            f"{', '.join(sigv4_only)}: only sigv4 evidence carries them, so this policy never "
+            f"applies to {' or '.join(not_sigv4)} callers"
         )
     return warnings
 

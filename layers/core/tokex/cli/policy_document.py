@@ -48,6 +48,16 @@ def load_policy_file(path: str, *, ttl_cap: int) -> Policy:
         document = loads_strict(text)
     except StrictJsonError as exc:
         raise invalid_policy(path, [PolicyValidationError("document", str(exc))]) from None
+    if isinstance(document, Mapping):
+        # A null reads as "not given" (`"conditions": null` as no conditions): a template
+        # that renders one would turn a conditioned allow into a plain one, silently.
+        nulls = [
+            PolicyValidationError(str(key), "must not be null: leave the key out")
+            for key, value in document.items()
+            if value is None
+        ]
+        if nulls:
+            raise invalid_policy(path, nulls)
     try:
         return Policy.from_document(document, ttl_cap=ttl_cap)
     except PolicyValidationError as first:
