@@ -12,6 +12,15 @@ from __future__ import annotations
 DEADLINE_RETRY_AFTER_SECONDS = 5
 
 
+def oauth_text(text: str) -> str:
+    """`text` in the characters RFC 6749 §5.2 allows an `error_description` (printable
+    ASCII but the double quote and the backslash): a strict OAuth client library refuses
+    any other. The section sign is spelled out; a double quote becomes a single one, a
+    backslash a slash, anything else `?`."""
+    text = text.replace("§", "section ").replace('"', "'").replace("\\", "/")
+    return "".join(c if " " <= c <= "~" else "?" for c in text)
+
+
 class TokexError(Exception):
     """Base: an OAuth error response."""
 
@@ -25,7 +34,7 @@ class TokexError(Exception):
         self.reason = reason or description
 
     def body(self) -> dict[str, str]:
-        return {"error": self.error, "error_description": self.description}
+        return {"error": self.error, "error_description": oauth_text(self.description)}
 
     def headers(self) -> dict[str, str]:
         return {}

@@ -66,7 +66,7 @@ def parse_form(body: bytes) -> dict[str, str]:
     try:
         text = body.decode("utf-8", errors="strict")
     except UnicodeDecodeError:
-        raise InvalidRequest("the request body is not a valid UTF-8 form", reason="form") from None
+        raise InvalidRequest("the request body is not UTF-8", reason="form") from None
     # Counted as parse_qsl counts fields (one more than the separators), before parsing.
     if text and text.count("&") + 1 > MAX_FORM_PARAMETERS:
         raise InvalidRequest(
@@ -75,8 +75,14 @@ def parse_form(body: bytes) -> dict[str, str]:
         )
     try:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidRequest("the request body is not a valid UTF-8 form", reason="form") from None
+    except UnicodeDecodeError:  # a ValueError too: first
+        raise InvalidRequest(
+            "the form has a percent-encoded value that is not UTF-8", reason="form"
+        ) from None
+    except ValueError:
+        raise InvalidRequest(
+            "the form has an empty field or one without '=' (a stray '&'?)", reason="form"
+        ) from None
     form: dict[str, str] = {}
     for name, value in pairs:
         if name in form:
