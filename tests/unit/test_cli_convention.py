@@ -263,6 +263,8 @@ KONG_OIDC = ["kong-config", "--enterprise", "openid-connect", "--global", "--any
         (["token", "--endpoint", "https://a.example", "--audience", "a b"], "--audience", "1-256"),
         (["token", "--endpoint", "https://a.example", "--scope", 'a"b'], "--scope", "RFC 6749"),
         ([*KONG_GLOBAL, "--max-ttl", "-5"], "--max-ttl", "1..3153"),
+        ([*KONG_GLOBAL, "--jwks", "j.json", "--output", ""], "--output", "name a file"),
+        ([*KONG_GLOBAL, "--jwks", "j.json", "--output", "/tmp"], "--output", "not a directory"),
         (["kong-config", "--jwks", "j.json", "--any-audience"], "--service-name", "--global"),
         (["kong-config", "--global", "--any-audience"], "--jwks", "give the JWKS"),
         (

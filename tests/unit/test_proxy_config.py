@@ -149,6 +149,8 @@ def test_the_endpoint_may_come_from_the_environment() -> None:
         (document(token_file="t"), "token_file", "no route uses it"),
         (with_route(evidence="eks", token_file="/nope"), "routes[0].token_file", "no such file"),
         (with_route(ca_file="/nope.pem"), "routes[0].ca_file", "no such file"),
+        (with_route(ca_file="/dev/null"), "routes[0].ca_file", "not a regular file"),
+        (with_route(evidence="eks", token_file="/tmp"), "routes[0].token_file", "not a regular"),
         (with_route(upstream="http://127.0.0.1:8080"), "routes[0].upstream", "a loop"),
     ],
 )

@@ -190,6 +190,10 @@ def _check(args: argparse.Namespace) -> Any:
     from tokex.kong import MAX_EXPIRATION_LIMIT
 
     placement = _placement(args)
+    if args.output is not None and (not args.output or Path(args.output).is_dir()):
+        raise UsageError(
+            f"--output {args.output!r}: name a file to write (not a directory)", input="--output"
+        )
     if args.json and args.format == "yaml":
         raise UsageError("--json writes JSON: drop --format yaml", input="--format")
     if not 0 < args.max_ttl <= MAX_EXPIRATION_LIMIT:

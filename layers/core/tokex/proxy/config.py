@@ -371,8 +371,12 @@ def _scopes(value: Any, key: str) -> tuple[str, ...]:
 
 
 def _existing_file(path: str, key: str) -> None:
-    if not Path(path).is_file():
-        raise ProxyConfigError(key, f"{path}: no such file", file_not_found=True)
+    found = Path(path)
+    if found.is_file():
+        return
+    if found.exists():  # a directory, a device (/dev/null): there, but not a file
+        raise ProxyConfigError(key, f"{path}: not a regular file")
+    raise ProxyConfigError(key, f"{path}: no such file", file_not_found=True)
 
 
 def _ca_bundle(path: str, key: str) -> None:
