@@ -148,7 +148,8 @@ def acknowledge_findings(stack: TokexStack) -> None:
             distribution,
             "CFR2",
             "No WAF web ACL by default (cost): /token is throttled at API Gateway and"
-            " answers 4xx cheaply; set the webAclArn context to attach one.",
+            " answers 4xx cheaply; set the webAclArn context to attach one (it sees only"
+            " CloudFront's traffic, not requests sent to the execute-api URL).",
         )
     if stack.config.domain_name is None:
         _ack(

@@ -9,9 +9,10 @@ from constructs import Construct
 
 from cdk.tables import retained_table
 
-# What the exchange may do with the table: read policies, nothing else. Writes come from
-# operators (`tokex policy put`) with their own credentials.
-EXCHANGE_READ_ACTIONS = ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan"]
+# What the exchange may do with the table: read every policy (one Scan: the policy cache
+# loads them all, adapters/policy_table.py), nothing else. Writes come from operators
+# (`tokex policy put`) with their own credentials.
+EXCHANGE_READ_ACTIONS = ["dynamodb:Scan"]
 
 
 class PolicyTable(Construct):

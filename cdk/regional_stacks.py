@@ -158,6 +158,8 @@ class RegionalStack(Stack):
                 key_spec=config.signing_key_spec,
                 alias_name=slot_alias_name(config.stack_name, slot),
                 primary_key_arn=home.signing_keys[slot].key_arn,
+                # Were this replica made the primary, the others stay the only targets.
+                replica_regions=[r for r in config.regions if r != region],
             )
             for slot in config.signing_keys
         }

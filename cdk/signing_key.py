@@ -69,9 +69,13 @@ KEY_ADMIN_ACTIONS = [
 ]
 
 
-# A multi-Region key's administrators may also replicate it (CloudFormation creates each
-# Regional replica as the deploying principal) and move its primary Region.
-MULTI_REGION_ADMIN_ACTIONS = ["kms:ReplicateKey", "kms:UpdatePrimaryRegion"]
+# A multi-Region key's administrators may also move its primary Region; and replicate it
+# (CloudFormation creates each Regional replica as the deploying principal), but only into
+# the deployment's own Regions (`ReplicateOnlyIntoTheDeploymentsRegions`): a replica is a
+# key with the same material, so the same `kid`, under a key policy its creator chooses,
+# and one in any other Region would let an IAM administrator sign tokens every verifier
+# accepts without changing a key policy of ours.
+MULTI_REGION_ADMIN_ACTIONS = ["kms:UpdatePrimaryRegion"]
 
 
 def slot_construct_id(slot: str) -> str:
@@ -100,9 +104,11 @@ class SigningKey(Construct):
         alias_name: str,
         multi_region: bool = False,
         primary_key_arn: str | None = None,
+        replica_regions: Sequence[str] = (),
     ) -> None:
         """A new key, or (`primary_key_arn`) the Regional replica of a multi-Region key:
-        the same key material, so the same public key and `kid` (docs/multi-region.md)."""
+        the same key material, so the same public key and `kid` (docs/multi-region.md).
+        `replica_regions`: the only Regions a multi-Region key may be replicated into."""
         super().__init__(scope, construct_id)
         self.key_spec = key_spec
         self.signing_algorithm = SIGNING_ALGORITHMS[key_spec]
@@ -116,6 +122,21 @@ class SigningKey(Construct):
                     principals=[iam.AccountRootPrincipal()],
                     actions=admin_actions,
                     resources=["*"],
+                ),
+                *(
+                    [
+                        iam.PolicyStatement(
+                            sid="ReplicateOnlyIntoTheDeploymentsRegions",
+                            principals=[iam.AccountRootPrincipal()],
+                            actions=["kms:ReplicateKey"],
+                            resources=["*"],
+                            conditions={
+                                "StringEquals": {"kms:ReplicaRegion": sorted(replica_regions)}
+                            },
+                        )
+                    ]
+                    if replica_regions and (multi_region or primary_key_arn)
+                    else []
                 ),
                 iam.PolicyStatement(
                     sid="NoGrants",
@@ -205,14 +226,15 @@ class SigningKey(Construct):
         self.key_resource.node.add_dependency(exchange)
 
     def allow_public_key_read(self, role: iam.IRole, function: lambda_.Function) -> None:
-        """The JWKS publisher: the public key and its description, nothing else."""
+        """The JWKS publisher: the public key, nothing else (GetPublicKey names the key
+        spec and algorithms too: no DescribeKey)."""
         self._grant(
             "PublisherGrants",
             role,
             function,
             iam.PolicyStatement(
                 sid="ReadSigningPublicKey",
-                actions=["kms:DescribeKey", "kms:GetPublicKey"],
+                actions=["kms:GetPublicKey"],
                 resources=[self.key_arn],
             ),
         )

@@ -91,6 +91,7 @@ class TokexStack(Stack):
                 key_spec=config.signing_key_spec,
                 alias_name=slot_alias_name(config.stack_name, slot),
                 multi_region=slot in MULTI_REGION_SLOTS,
+                replica_regions=config.other_regions,
             )
             for slot in config.signing_keys
         }

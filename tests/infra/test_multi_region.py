@@ -188,6 +188,28 @@ def test_one_signing_key_per_slot_as_a_multi_region_key_with_regional_replicas(
             ) == {"Fn::GetAtt": [primary_id, "Arn"]}
 
 
+def _replication(key_policy: dict[str, Any]) -> list[Any]:
+    """The Regions each statement that allows kms:ReplicateKey names (None: no condition)."""
+    return [
+        (s.get("Condition") or {}).get("StringEquals", {}).get("kms:ReplicaRegion")
+        for s in key_policy["Statement"]
+        if s["Effect"] == "Allow" and "kms:ReplicateKey" in json.dumps(s["Action"])
+    ]
+
+
+def test_a_signing_key_is_replicated_only_into_the_deployments_regions(multi: App) -> None:
+    """A replica has the key's material (the same `kid`) under a policy its creator picks:
+    one in any other Region would let an IAM administrator sign accepted tokens."""
+    every = [HOME, *OTHERS]
+    for slot_path in ("SigningKeyMrkA", "SigningKeyMrkB"):
+        _, primary = multi.at("Tokex", f"{slot_path}/Key")
+        assert _replication(primary["Properties"]["KeyPolicy"]) == [sorted(OTHERS)]
+        for region in OTHERS:
+            _, replica = multi.at(regional_stack(region), f"{slot_path}/Key")
+            targets = sorted(r for r in every if r != region)
+            assert _replication(replica["Properties"]["KeyPolicy"]) == [targets]
+
+
 def _sign_principals(key_policy: dict[str, Any]) -> list[Any]:
     return [
         s["Condition"]["ArnEquals"]["aws:PrincipalArn"]
@@ -266,9 +288,7 @@ def test_regional_functions_use_their_own_regions_replicas(multi: App) -> None:
         assert multi.output_value(stack, env["TOKEX_STATE_TABLE"]) == {"Ref": state_table}
         granted = {}
         for statement in _statements(multi, stack, "Exchange"):
-            if statement["Action"] in ("dynamodb:PutItem", "dynamodb:UpdateItem") or (
-                isinstance(statement["Action"], list) and "dynamodb:Query" in statement["Action"]
-            ):
+            if statement["Action"] in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Scan"):
                 name = _table_arn_name(statement["Resource"], region)
                 granted[statement["Sid"]] = (
                     multi.output_value(stack, name),

@@ -961,7 +961,9 @@ ROTATION_MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], 
     ),
     (
         "publisher signs with the previous key",
-        lambda r: _slot_policy(r, "a", "PublisherGrants")[0]["Action"].append("kms:Sign"),
+        lambda r: _slot_policy(r, "a", "PublisherGrants")[0].update(
+            Action=["kms:GetPublicKey", "kms:Sign"]
+        ),
         r_publisher,
     ),
     (
