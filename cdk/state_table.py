@@ -37,8 +37,17 @@ TTL_ATTRIBUTE = schema.TTL_ATTRIBUTE
 SINGLE_USE_KEY_PATTERN = schema.SIGNATURE_PREFIX + "*"
 # The same admission write counts in `rate#<principal>#<window>` items, and nothing else.
 RATE_COUNTER_KEY_PATTERN = schema.RATE_PREFIX + "*"
-# What introspection reads: its clients (GetItem) and revocations (BatchGetItem).
+# What introspection reads: its clients (GetItem) and revocations (BatchGetItem), and only
+# those items: not the single-use records nor the rate counters.
 INTROSPECT_READ_ACTIONS = ["dynamodb:BatchGetItem", "dynamodb:GetItem"]
+INTROSPECT_READ_KEY_PATTERNS = [
+    prefix + "*"
+    for prefix in (
+        schema.CLIENT_PREFIX,
+        schema.REVOKED_JTI_PREFIX,
+        schema.REVOKED_PRINCIPAL_PREFIX,
+    )
+]
 
 
 class StateTable(Construct):
@@ -105,5 +114,8 @@ def allow_introspection_reads(role: iam.IRole, table_arn: str) -> None:
             sid="ReadClientsAndRevocations",
             actions=INTROSPECT_READ_ACTIONS,
             resources=[table_arn],
+            conditions={
+                "ForAllValues:StringLike": {"dynamodb:LeadingKeys": INTROSPECT_READ_KEY_PATTERNS}
+            },
         )
     )

@@ -53,6 +53,11 @@ SLOT_A_ALIAS_LOGICAL_ID = "SigningKeyAliasFA392759"
 # (tokex/adapters/state_table/admission.py).
 SINGLE_USE_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["sig#*"]}}
 RATE_COUNTER_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["rate#*"]}}
+INTROSPECT_READ_CONDITION = {
+    "ForAllValues:StringLike": {
+        "dynamodb:LeadingKeys": ["client#*", "revoked-jti#*", "revoked-principal#*"]
+    }
+}
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -462,8 +467,8 @@ def check_introspect_permissions(
         *_xray_grants(template, "Introspect"),
         *(_grant("kms:GetPublicKey", key_arn(template, slot)) for slot in slots),
         *(_grant("kms:GetPublicKey", arn) for arn in published_keys),
-        _grant("dynamodb:GetItem", state),
-        _grant("dynamodb:BatchGetItem", state),
+        _grant("dynamodb:GetItem", state, INTROSPECT_READ_CONDITION),
+        _grant("dynamodb:BatchGetItem", state, INTROSPECT_READ_CONDITION),
     }
     actual = grants(role_statements(template, "Introspect/Role"))
     assert actual == expected, (

@@ -309,6 +309,11 @@ def test_regional_functions_use_their_own_regions_replicas(multi: App) -> None:
                  "ReadClientsAndRevocations"]  # fmt: skip
         assert len(reads) == 1
         assert reads[0]["Action"] == ["dynamodb:BatchGetItem", "dynamodb:GetItem"]
+        assert reads[0]["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == [
+            "client#*",
+            "revoked-jti#*",
+            "revoked-principal#*",
+        ]
         assert multi.output_value(stack, _table_arn_name(reads[0]["Resource"], region)) == {
             "Ref": state_table
         }

@@ -592,6 +592,18 @@ MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] =
         introspect,
     ),
     (
+        "introspect reads single-use records",
+        lambda r: _statement(r, "Introspect/Role", "ReadClientsAndRevocations")["Condition"][
+            "ForAllValues:StringLike"
+        ]["dynamodb:LeadingKeys"].append("sig#*"),
+        introspect,
+    ),
+    (
+        "introspect reads every item",
+        lambda r: _statement(r, "Introspect/Role", "ReadClientsAndRevocations").pop("Condition"),
+        introspect,
+    ),
+    (
         "introspect admin",
         _set(
             lambda r: _props(r, "Introspect/Role"),
