@@ -150,6 +150,16 @@ def _single_use(raw: Raw) -> dict[str, Any]:
     return _statement(raw, "Exchange/Role", "RecordSignatureUse")
 
 
+def _widen_leading_keys(role: str, sid: str, pattern: str) -> Callable[[Raw], None]:
+    """The statement's `dynamodb:LeadingKeys` condition also allows `pattern`."""
+
+    def widen(raw: Raw) -> None:
+        condition = _statement(raw, role, sid)["Condition"]["ForAllValues:StringLike"]
+        condition["dynamodb:LeadingKeys"].append(pattern)
+
+    return widen
+
+
 def _route(raw: Raw, route_key: str) -> str:
     found = [
         lid
@@ -502,9 +512,7 @@ MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] =
     ),
     (
         "single use writes clients",
-        lambda r: _single_use(r)["Condition"]["ForAllValues:StringLike"][
-            "dynamodb:LeadingKeys"
-        ].append("client#*"),
+        _widen_leading_keys("Exchange/Role", "RecordSignatureUse", "client#*"),
         exchange,
     ),
     (
@@ -516,9 +524,7 @@ MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] =
     ),
     (
         "rate counters write clients",
-        lambda r: _statement(r, "Exchange/Role", "CountCallerExchanges")["Condition"][
-            "ForAllValues:StringLike"
-        ]["dynamodb:LeadingKeys"].append("client#*"),
+        _widen_leading_keys("Exchange/Role", "CountCallerExchanges", "client#*"),
         exchange,
     ),
     (
@@ -593,9 +599,7 @@ MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] =
     ),
     (
         "introspect reads single-use records",
-        lambda r: _statement(r, "Introspect/Role", "ReadClientsAndRevocations")["Condition"][
-            "ForAllValues:StringLike"
-        ]["dynamodb:LeadingKeys"].append("sig#*"),
+        _widen_leading_keys("Introspect/Role", "ReadClientsAndRevocations", "sig#*"),
         introspect,
     ),
     (
