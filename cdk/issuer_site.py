@@ -18,13 +18,13 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from tokex.publish import DISCOVERY_KEY, JWKS_KEY
 from tokex.regions import regional_path
 
 TOKEN_PATH = "/token"
 INTROSPECT_PATH = "/introspect"
 # Paths CloudFront sends to the HTTP API, each with the same uncached, https-only behaviour.
 API_PATHS = (TOKEN_PATH, INTROSPECT_PATH)
-WELL_KNOWN_PREFIX = ".well-known/"
 
 
 class IssuerSite(Construct):
@@ -133,13 +133,13 @@ class IssuerSite(Construct):
             )
 
     def allow_publishing(self, role: iam.IRole) -> None:
-        """The publisher: read and write the well-known documents, nothing else."""
+        """The publisher: read and write the two issuer documents, nothing else."""
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 sid="PublishIssuerDocuments",
                 # GetObject also authorizes HeadObject (the publisher skips unchanged writes).
                 actions=["s3:GetObject", "s3:PutObject"],
-                resources=[self.bucket.arn_for_objects(f"{WELL_KNOWN_PREFIX}*")],
+                resources=[self.bucket.arn_for_objects(key) for key in (JWKS_KEY, DISCOVERY_KEY)],
             )
         )
 

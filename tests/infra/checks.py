@@ -484,15 +484,21 @@ def check_publisher_permissions(
     """Exactly: write its logs, X-Ray, read the public keys of every slot and of
     `published_keys`, publish under .well-known/."""
     logs = arn_of(template, "JwksPublisher/Logs")
-    well_known = {"Fn::Join": ["", [arn_of(template, "IssuerSite/Documents"), "/.well-known/*"]]}
+    documents = [
+        {"Fn::Join": ["", [arn_of(template, "IssuerSite/Documents"), f"/.well-known/{name}"]]}
+        for name in ("jwks.json", "openid-configuration")
+    ]
     expected = {
         _grant("logs:CreateLogStream", logs),
         _grant("logs:PutLogEvents", logs),
         *_xray_grants(template, "JwksPublisher"),
         *(_grant("kms:GetPublicKey", key_arn(template, slot)) for slot in slots),
         *(_grant("kms:GetPublicKey", arn) for arn in published_keys),
-        _grant("s3:GetObject", well_known),
-        _grant("s3:PutObject", well_known),
+        *(
+            _grant(action, document)
+            for action in ("s3:GetObject", "s3:PutObject")
+            for document in documents
+        ),
     }
     actual = grants(role_statements(template, "JwksPublisher/Role"))
     assert actual == expected, (
