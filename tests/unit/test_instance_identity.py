@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -441,6 +442,19 @@ def test_binding_refuses_another_account(instance: InstanceIdentity) -> None:
     assert caught.value.description == (
         "instance identity document is for account 278576220453 "
         "but the signed request is from account 111122223333"
+    )
+
+
+def test_binding_refuses_a_caller_of_another_partition(instance: InstanceIdentity) -> None:
+    """An account number names an account within one partition: the same twelve digits in
+    aws-cn are another owner's."""
+    china = dataclasses.replace(caller("278576220453"), partition="aws-cn")
+    with pytest.raises(InvalidGrant) as caught:
+        bind_instance_to_caller(instance, china)
+    assert (caught.value.reason, caught.value.description) == (
+        "iid_partition_mismatch",
+        f"instance identity document is for Region {instance.region}, not in the signed "
+        "request's partition aws-cn",
     )
 
 

@@ -211,8 +211,16 @@ def verify_instance_identity(
 
 
 def bind_instance_to_caller(instance: InstanceIdentity, caller: CallerIdentity) -> InstanceIdentity:
-    """Require the document to describe the caller's account (and instance, when the
-    caller is an instance-profile session, whose session name is the instance id)."""
+    """Require the document to describe the caller's account in the caller's partition
+    (an account number names an account within one partition only), and the caller's
+    instance when the caller is an instance-profile session, whose session name is the
+    instance id."""
+    if identifiers.partition_of_region(instance.region) != caller.partition:
+        raise InvalidGrant(
+            f"instance identity document is for Region {instance.region}, not in the "
+            f"signed request's partition {caller.partition}",
+            reason="iid_partition_mismatch",
+        )
     if instance.account != caller.account:
         raise InvalidGrant(
             f"instance identity document is for account {instance.account} "
