@@ -335,8 +335,8 @@ KONG_OIDC = ["kong-config", "--enterprise", "openid-connect", "--global", "--any
             "did you mean --endpoint-url https://localhost:4566",
         ),
         (["policy", "put", "nope.json", "--table", "t"], "nope.json", "no such file"),
-        (["policy", "get", "", "--table", "t"], "ID", "must be 1-128 of"),
-        (["policy", "delete", "a b", "--table", "t"], "a b", "must be 1-128 of"),
+        (["policy", "get", "", "--table", "t"], "ID", "must be 1-128 characters of"),
+        (["policy", "delete", "a b", "--table", "t"], "a b", "must be 1-128 characters of"),
         (
             ["policy", "list", "--table", "t", "--endpoint-url", "http://[zz]/"],
             "--endpoint-url",

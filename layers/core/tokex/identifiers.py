@@ -95,7 +95,7 @@ K8S_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?")
 # eks:<account>:<region>:<cluster>:<namespace>:<service account>.
 EKS_PRINCIPAL = re.compile(
     rf"eks:[0-9]{{12}}:{REGION.pattern}:{EKS_CLUSTER_NAME.pattern}:"
-    rf"{K8S_NAMESPACE.pattern}:(?=[^:]{{1,253}}$)[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?"
+    rf"{K8S_NAMESPACE.pattern}:{K8S_NAME.pattern}"  # the name is last: its `$` is the end
 )
 # AWS Organizations ids and an OU path (`o-…/r-…/ou-…/…/`).
 ORG_ID = re.compile(r"o-[a-z0-9]{10,32}")

@@ -137,16 +137,15 @@ def public_key_pem(jwk: Mapping[str, Any]) -> str:
         except ValueError:
             raise KongConfigError(f"JWK {jwk.get('kid')!r}: {name!r} is not base64url") from None
 
-    key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    numbers: rsa.RSAPublicNumbers | ec.EllipticCurvePublicNumbers
+    if jwk.get("kty") == "RSA":
+        numbers = rsa.RSAPublicNumbers(uint("e"), uint("n"))
+    elif jwk.get("kty") == "EC" and jwk.get("crv") == "P-256":
+        numbers = ec.EllipticCurvePublicNumbers(uint("x"), uint("y"), ec.SECP256R1())
+    else:
+        raise KongConfigError(f"JWK {jwk.get('kid')!r}: unsupported key type")
     try:
-        if jwk.get("kty") == "RSA":
-            key = rsa.RSAPublicNumbers(uint("e"), uint("n")).public_key()
-        elif jwk.get("kty") == "EC" and jwk.get("crv") == "P-256":
-            key = ec.EllipticCurvePublicNumbers(uint("x"), uint("y"), ec.SECP256R1()).public_key()
-        else:
-            raise KongConfigError(f"JWK {jwk.get('kid')!r}: unsupported key type")
-    except KongConfigError:
-        raise
+        key = numbers.public_key()
     except ValueError as err:  # cryptography: a modulus too small, a point off the curve
         raise KongConfigError(f"JWK {jwk.get('kid')!r}: not a valid public key ({err})") from None
     return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")

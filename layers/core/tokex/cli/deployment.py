@@ -21,7 +21,7 @@ from tokex.cli.errors import (
     UsageError,
 )
 from tokex.cli.inputs import require_http_url
-from tokex.cli.region import resolve_region
+from tokex.cli.region import aws_session, resolve_region
 from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS
 
 # cdk/tokex_stack.py names its outputs; this one is the policy table.
@@ -155,15 +155,11 @@ def _output(stack: Mapping[str, Any], stack_name: str, output: str) -> str:
 
 
 def aws_client(service: str, region: str | None, endpoint_url: str | None) -> Any:
-    import boto3
-    from botocore.exceptions import BotoCoreError, ProfileNotFound
+    from botocore.exceptions import BotoCoreError
 
+    session = aws_session(region)
     try:
-        return boto3.session.Session(region_name=region).client(service, endpoint_url=endpoint_url)
-    except ProfileNotFound:  # named as when no region is given (cli/region.py): exit 2
-        from tokex.cli.region import missing_profile
-
-        raise missing_profile() from None
+        return session.client(service, endpoint_url=endpoint_url)
     except BotoCoreError as exc:  # e.g. a broken profile
         raise CommandError(describe_aws_error(exc), error=AWS_ERROR, input="--region") from None
 

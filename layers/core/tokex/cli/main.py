@@ -100,14 +100,14 @@ def _parse(parser: ArgumentParser, arguments: list[str]) -> argparse.Namespace:
             leaf: ArgumentParser = getattr(args, "leaf_parser", parser)
             leaf.error(f"unrecognized arguments: {' '.join(unknown)}")
     except UsageError as err:
-        flags = {flag for leaf in _leaves(parser) for flag in leaf._option_string_actions}
-        # "-canary", not "--jsn" (a mistyped flag) nor "-x" (a short one).
+        # "-canary", not "--jsn" (a mistyped flag) nor "-v" (a short one: tokex has no
+        # longer single-dash flag).
         dashed = [
             word
             for word in arguments
             if word.startswith("-") and not word.startswith("--") and len(word) > 2
         ]
-        if not dashed or "--" in arguments or dashed[0] in flags:
+        if not dashed or "--" in arguments:
             raise
         hint = f"; a value that starts with '-' goes after `--`: ... -- {dashed[0]}"
         raise UsageError(

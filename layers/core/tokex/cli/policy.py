@@ -27,7 +27,7 @@ from tokex.cli.policy_document import load_policy_file
 from tokex.cli.policy_explain import add_explain_arguments, explain_command
 from tokex.cli.policy_table import policy_table
 from tokex.evidence.identity import AWS_OIF, SIGV4
-from tokex.policy.model import POLICY_ID, Policy, PolicyValidationError
+from tokex.policy.model import POLICY_ID, POLICY_ID_RULE, Policy, PolicyValidationError
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
 
 
@@ -129,10 +129,7 @@ def run_put(args: argparse.Namespace) -> int:
 def _check_id(policy_id: str) -> None:
     """An id `policy put` could have stored (exit 2 before any AWS call otherwise)."""
     if not POLICY_ID.fullmatch(policy_id):
-        raise UsageError(
-            f"policy id {policy_id!r}: must be 1-128 of A-Z a-z 0-9 . _ : -",
-            input=policy_id or "ID",
-        )
+        raise UsageError(f"policy id {policy_id!r}: {POLICY_ID_RULE}", input=policy_id or "ID")
 
 
 def run_get(args: argparse.Namespace) -> int:

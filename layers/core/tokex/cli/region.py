@@ -11,6 +11,7 @@ variable counts as unset: `AWS_DEFAULT_REGION=` would otherwise make an endpoint
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from tokex.cli.errors import NO_REGION, UsageError
 from tokex.regions import REGION_VARIABLES
@@ -69,6 +70,18 @@ def _profile_region() -> tuple[str, str, str | None]:
     except ProfileNotFound:
         raise missing_profile() from None
     return profile, config_file, region or None
+
+
+def aws_session(region: str | None = None) -> Any:
+    """A boto3 session; a profile AWS_PROFILE names but the config file lacks is a usage
+    error (exit 2), whether or not a region is set."""
+    import boto3
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        return boto3.session.Session(region_name=region)
+    except ProfileNotFound:
+        raise missing_profile() from None
 
 
 def missing_profile() -> UsageError:

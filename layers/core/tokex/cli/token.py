@@ -150,19 +150,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _session(boto3: Any) -> Any:
-    """The workload's boto3 session; a profile AWS_PROFILE names but the config file lacks
-    is a usage error (exit 2), as for every command."""
-    from botocore.exceptions import ProfileNotFound
-
-    try:
-        return boto3.session.Session()
-    except ProfileNotFound:
-        from tokex.cli.region import missing_profile
-
-        raise missing_profile() from None
-
-
 def _timeout(value: str | None) -> float:
     """--timeout: a positive number of seconds up to an hour (exit 2 otherwise), the
     client's rule."""
@@ -228,13 +215,12 @@ def _token_response(
 ) -> dict[str, Any]:
     """From the cache directory when it holds a fresh token for this request, else from
     the token endpoint (kept in the cache directory when there is one)."""
-    import boto3
-
+    from tokex.cli.region import aws_session
     from tokex.client import disk_cache
     from tokex.client.evidence import read_token_file, token_subject
     from tokex.client.token_client import aws_credentials, request_token
 
-    session = None if evidence == EKS else _session(boto3)
+    session = None if evidence == EKS else aws_session()
     cache_file = None
     if cache_dir is not None:
         if session is None:  # eks: the service account the token names

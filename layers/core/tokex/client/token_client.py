@@ -338,16 +338,13 @@ def fails_over(err: TokenError) -> bool:
 
 
 def _post_form(url: str, form: dict[str, str], budget: _Budget) -> dict[str, Any]:
-    left = budget.left()
-    if left <= 0:
-        raise TokenError(f"cannot reach {url}: timed out", error=UNREACHABLE, url=url)
     request = urllib.request.Request(  # noqa: S310 - the operator's tokex (check_endpoint)
         url,
         data=urllib.parse.urlencode(form).encode("ascii"),
         headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
         method="POST",
     )
-    response = _send(request, left)
+    response = _send(request, budget.left())  # a spent budget: "timed out", nothing sent
     if not isinstance(response.get("access_token"), str):
         raise TokenError(f"{url} answered without an access_token", error=NOT_TOKEX, url=url)
     return response

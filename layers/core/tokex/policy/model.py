@@ -45,6 +45,7 @@ MAX_CLAIMS_BYTES = 2048
 MAX_DESCRIPTION_LENGTH = 1024
 
 POLICY_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+POLICY_ID_RULE = "must be 1-128 characters of A-Za-z0-9._:-"
 # Instance attributes (region, AZ, AMI id, instance type, account) and their globs.
 _ATTRIBUTE_GLOB = re.compile(r"[A-Za-z0-9._:/*?-]{1,128}")
 _CLAIM_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -164,7 +165,7 @@ class Policy:
         fields.no_unknown_keys(doc, _POLICY_KEYS, "document")
         policy_id = fields.required(doc, "id")
         if not isinstance(policy_id, str) or not POLICY_ID.fullmatch(policy_id):
-            raise PolicyValidationError("id", "must be 1-128 characters of A-Za-z0-9._:-")
+            raise PolicyValidationError("id", POLICY_ID_RULE)
         effect = fields.required(doc, "effect")
         if effect not in ("allow", "deny"):
             raise PolicyValidationError("effect", "must be 'allow' or 'deny'")
