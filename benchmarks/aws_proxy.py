@@ -8,7 +8,9 @@ The idea is that of tests/system/upstreams.py's counting proxy (the benchmark do
 import the tests): requests pass on unchanged, the Host header included, so SigV4 still
 verifies at the emulator. Being another process, its CPU is not counted as the handler's.
 Control (not forwarded): `POST /__proxy/delay` with the delay in milliseconds as the body;
-`POST /__proxy/take` answers the calls counted since the last take, as JSON.
+`POST /__proxy/take` answers the calls counted since the last take, as JSON;
+`POST /__proxy/dynamodb` with a URL as the body sends DynamoDB's calls there from then on
+(the emulator's copy that serves DynamoDB apart, benchmarks/split_emulator.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 CONTROL = "/__proxy/"
 _HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
@@ -47,20 +49,31 @@ class AwsProxy(ThreadingHTTPServer):
 
     def __init__(self, target: str) -> None:
         self.target = urlsplit(target)
+        self.dynamodb_target = self.target
         self.delay_seconds = 0.0
         self.calls: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
-        self.upstream = threading.local()  # one kept-alive connection per serving thread
+        # One kept-alive connection per serving thread and upstream.
+        self.upstream = threading.local()
         super().__init__(("127.0.0.1", 0), _Forward)
 
-    def connection(self) -> http.client.HTTPConnection:
-        connection = getattr(self.upstream, "connection", None)
+    def connection(self, target: SplitResult) -> http.client.HTTPConnection:
+        connections = self._connections()
+        connection = connections.get(target.netloc)
         if connection is None:
-            connection = http.client.HTTPConnection(
-                self.target.hostname, self.target.port, timeout=60
-            )
-            self.upstream.connection = connection
+            connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+            connections[target.netloc] = connection
         return connection
+
+    def drop(self, target: SplitResult) -> None:
+        connection = self._connections().pop(target.netloc, None)
+        if connection is not None:
+            connection.close()
+
+    def _connections(self) -> dict[str, http.client.HTTPConnection]:
+        if not hasattr(self.upstream, "connections"):
+            self.upstream.connections = {}
+        return self.upstream.connections  # type: ignore[no-any-return]
 
 
 class _Forward(BaseHTTPRequestHandler):
@@ -79,7 +92,9 @@ class _Forward(BaseHTTPRequestHandler):
             self.server.calls[operation(self.headers, self.path, body)] += 1
         if self.server.delay_seconds:
             time.sleep(self.server.delay_seconds)
-        status, headers, payload = self._forward(body)
+        dynamodb = self.headers.get("X-Amz-Target", "").startswith("DynamoDB_")
+        target = self.server.dynamodb_target if dynamodb else self.server.target
+        status, headers, payload = self._forward(target, body)
         self._answer(status, headers, payload)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _any
@@ -88,13 +103,18 @@ class _Forward(BaseHTTPRequestHandler):
         if self.path == CONTROL + "delay":
             self.server.delay_seconds = float(body) / 1000
             return b"{}"
+        if self.path == CONTROL + "dynamodb":
+            self.server.dynamodb_target = urlsplit(body.decode())
+            return b"{}"
         with self.server.lock:
             calls, self.server.calls = self.server.calls, collections.Counter()
         return json.dumps(dict(calls)).encode()
 
-    def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _forward(
+        self, target: SplitResult, body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         for attempt in (1, 2):  # the emulator may have closed an idle kept-alive connection
-            connection = self.server.connection()
+            connection = self.server.connection(target)
             try:
                 connection.putrequest(self.command, self.path, skip_host=True)
                 for name, value in self.headers.items():
@@ -105,8 +125,7 @@ class _Forward(BaseHTTPRequestHandler):
                 response = connection.getresponse()
                 return response.status, response.getheaders(), response.read()
             except (http.client.HTTPException, OSError):
-                connection.close()
-                self.server.upstream.connection = None
+                self.server.drop(target)
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
@@ -149,6 +168,9 @@ class ProxyProcess:
 
     def set_delay(self, milliseconds: float) -> None:
         self._post("delay", str(milliseconds).encode())
+
+    def send_dynamodb_to(self, url: str) -> None:
+        self._post("dynamodb", url.encode())
 
     def take(self) -> dict[str, int]:
         """The calls counted since the last take, by `service:Operation`."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import boto3
 
+from benchmarks import split_emulator
 from benchmarks.aws_proxy import ProxyProcess
 from tokex.client.signing import encode_subject_token, signed_get_caller_identity
 from tokex.deadline import request_deadline
@@ -44,13 +46,23 @@ class ProxiedEmulator:
     """moto in a subprocess, seen through the proxy (`url` is the proxy's)."""
 
     def __init__(self) -> None:
-        self.moto = SubprocessMotoServer()
+        self.moto = SubprocessMotoServer(module=split_emulator.__name__)
         try:
             self.proxy = ProxyProcess(self.moto.url)
         except BaseException:
             self.moto.stop()
             raise
         self.url = self.proxy.url
+
+    def serve_dynamodb_apart(self) -> None:
+        """From now on DynamoDB is served by a copy of the emulator in a process of its own
+        (benchmarks/split_emulator.py): called once everything is set up."""
+        request = urllib.request.Request(  # noqa: S310 - the loopback emulator
+            self.moto.url + split_emulator.FORK_PATH, data=b"", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=split_emulator.FORK_TIMEOUT_SECONDS) as answer:  # noqa: S310
+            copy = answer.read().decode()
+        self.proxy.send_dynamodb_to(copy)
 
     def stop(self) -> None:
         self.proxy.stop()
@@ -166,6 +178,7 @@ def bench_system(state_dir: Path) -> Iterator[BenchSystem]:
     local = start_local(port=0, state_dir=state_dir, moto=emulator)
     threading.Thread(target=local.serve_forever, daemon=True).start()
     try:
+        emulator.serve_dynamodb_apart()
         yield BenchSystem(local, emulator, local.deployment.workload.session())
     finally:
         local.stop()

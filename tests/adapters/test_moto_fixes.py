@@ -113,3 +113,97 @@ def test_moto_lists_its_own_package_once_not_per_request(monkeypatch) -> None:
     monkeypatch.setattr(os, "listdir", no_listing)
     app = DomainDispatcherApplication(create_backend_app)
     assert [app.get_backend_for_host(host) for host in ("kms", "dynamodb")] == ["kms", "dynamodb"]
+
+
+# --- expressions parsed once (local/moto_fixes.py "Expressions") ---------------------------
+
+
+def _charge(client, limit: int, by: int = 1) -> None:
+    client.update_item(
+        TableName=TABLE,
+        Key={"id": {"S": "rate#p"}},
+        UpdateExpression="ADD hits :n",
+        ConditionExpression="attribute_not_exists(hits) OR hits < :limit",
+        ExpressionAttributeValues={":n": {"N": str(by)}, ":limit": {"N": str(limit)}},
+    )
+
+
+def test_a_kept_condition_is_one_per_set_of_values(dynamodb) -> None:
+    """The parsed condition holds its values: the same text with another limit decides
+    by that limit, and the same update expression adds whatever value it is given."""
+    _charge(dynamodb, limit=5, by=2)
+    _charge(dynamodb, limit=5, by=2)
+    assert _hits(dynamodb) == 4
+    with pytest.raises(ClientError) as refused:
+        _charge(dynamodb, limit=4)
+    assert refused.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+    _charge(dynamodb, limit=10, by=3)
+    assert _hits(dynamodb) == 7
+
+
+def test_a_kept_condition_still_has_its_placeholders_checked(dynamodb) -> None:
+    """moto refuses a name the expressions never use; it reads the used ones off the
+    parse, so a second identical request (the kept parse) is refused the same way."""
+    for _ in range(2):
+        with pytest.raises(ClientError) as refused:
+            dynamodb.put_item(
+                TableName=TABLE,
+                Item={"id": {"S": "sig#x"}},
+                ConditionExpression="attribute_not_exists(#k)",
+                ExpressionAttributeNames={"#k": "id", "#unused": "other"},
+            )
+        assert refused.value.response["Error"]["Code"] == "ValidationException"
+        assert "#unused" in refused.value.response["Error"]["Message"]
+    assert not _exists(dynamodb, "sig#x")
+
+
+@pytest.mark.parametrize(
+    ("field", "expression"),
+    [
+        ("ConditionExpression", "hits < :undefined"),
+        ("ConditionExpression", "attribute_not_exists(id"),
+        ("UpdateExpression", "ADD ADD"),
+    ],
+)
+def test_an_invalid_expression_is_refused_every_time(dynamodb, field: str, expression: str) -> None:
+    """Never kept: the second attempt fails exactly as the first (moto answers a bad
+    update expression with ValidationException; a bad condition escapes it in process)."""
+    request = {
+        "TableName": TABLE,
+        "Key": {"id": {"S": "rate#p"}},
+        "UpdateExpression": "ADD hits :one",
+        "ExpressionAttributeValues": {":one": {"N": "1"}},
+        field: expression,
+    }
+    failures = []
+    for _ in range(2):
+        with pytest.raises(Exception) as refused:  # whatever moto raises
+            dynamodb.update_item(**request)
+        failures.append((type(refused.value), str(refused.value)))
+    assert failures[0] == failures[1]
+    assert _hits(dynamodb) == 0
+
+
+def test_moto_parses_a_repeated_expression_once(dynamodb, monkeypatch) -> None:
+    from moto.dynamodb.comparisons import ConditionExpressionParser
+    from moto.dynamodb.parsing.expressions import ExpressionTokenizer
+
+    lexed: list[str] = []
+    lex = ConditionExpressionParser._lex_condition_expression
+    tokenize = ExpressionTokenizer.make_list.__func__
+
+    def counting_lex(self):
+        lexed.append(self.condition_expression)
+        return lex(self)
+
+    def counting_tokenize(cls, expression):
+        lexed.append(expression)
+        return tokenize(cls, expression)
+
+    monkeypatch.setattr(ConditionExpressionParser, "_lex_condition_expression", counting_lex)
+    monkeypatch.setattr(ExpressionTokenizer, "make_list", classmethod(counting_tokenize))
+    for _ in range(3):
+        _charge(dynamodb, limit=1000, by=1)
+    assert _hits(dynamodb) == 3
+    # Each text at most once; moto had parsed each twice per request (six times here).
+    assert sorted(set(lexed)) == sorted(lexed)

@@ -46,12 +46,15 @@ class ThreadMotoServer:
 
 
 class SubprocessMotoServer:
-    def __init__(self, *, startup_timeout: float = 30.0) -> None:
+    # The module run as the server: moto_fixes, or one that builds on it (the benchmark's).
+    SERVER_MODULE = "tokex.local.moto_fixes"
+
+    def __init__(self, *, startup_timeout: float = 30.0, module: str = SERVER_MODULE) -> None:
         env = {**os.environ, "MOTO_CALL_RESET_API": "false"}
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, our own interpreter
             # moto's server with tokex's fixes (local/moto_fixes.py). It binds a port of
             # the OS's choosing itself and names its URL on stdout's first line.
-            [sys.executable, "-m", "tokex.local.moto_fixes", LOOPBACK],
+            [sys.executable, "-m", module, LOOPBACK],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

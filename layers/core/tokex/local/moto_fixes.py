@@ -15,6 +15,14 @@ an exchange, and it held concurrent requests (an exchange's `Sign` beside its
 `TransactWriteItems`) in single file. The installed package does not change while the
 process runs, so `install` lists it once.
 
+Expressions: moto parses a request's condition and update expressions from scratch, twice
+(validating the request, then applying it), on every request: two fifths of the CPU it
+spent on an exchange's admission write. tokex sends the same few expressions again and
+again, so `install` keeps the parse of each (a bounded cache): a condition's by its text,
+names and values together (the parsed form holds the values), an update's by its text
+(moto validates and applies a deep copy of it, never the parse itself). What is found
+invalid is never kept and is refused every time, with moto's own error.
+
 Regions: moto finds a KMS key by the key id inside an ARN, whatever Region the ARN names,
 so a Region's client could use another Region's key ARN (a multi-Region key's primary from
 a replica's Region, say) where AWS answers `NotFoundException` "Invalid arn <region>".
@@ -29,11 +37,20 @@ and bound later by the child could be taken in between by any other process.)
 
 from __future__ import annotations
 
+import collections
 import copy
+import functools
+import json
 import os
 import sys
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from werkzeug.serving import BaseWSGIServer
+
+WsgiApp = Callable[..., Any]
 
 _installed = threading.Lock()
 _done = False
@@ -62,6 +79,7 @@ def install() -> None:
 
         backend.transact_write_items = transact_write_items  # type: ignore[method-assign]
         _moto_modules_listed_once()
+        _expressions_parsed_once()
         _kms_key_arns_of_this_region_only()
         _done = True
 
@@ -71,6 +89,59 @@ def _moto_modules_listed_once() -> None:
 
     listed = tuple(backends.list_of_moto_modules())
     backends.list_of_moto_modules = lambda: listed  # type: ignore[assignment]
+
+
+# Distinct expressions kept; tokex sends a handful, a test suite a few hundred.
+PARSED_EXPRESSIONS_KEPT = 1024
+
+
+def _expressions_parsed_once() -> None:
+    from moto.dynamodb.comparisons import ConditionExpressionParser
+    from moto.dynamodb.parsing.expressions import (  # type: ignore[attr-defined]
+        UpdateExpressionParser,
+    )
+
+    update_parser: Any = UpdateExpressionParser  # moto's parsing package is untyped
+    parse_update = functools.lru_cache(PARSED_EXPRESSIONS_KEPT)(update_parser.make.__func__)
+    update_parser.make = classmethod(parse_update)  # type: ignore[arg-type]
+
+    parse_condition = ConditionExpressionParser.parse
+    parsed: collections.OrderedDict[str, tuple[Any, list[str], list[str]]] = (
+        collections.OrderedDict()
+    )
+    lock = threading.Lock()
+
+    def parse(self: Any) -> Any:
+        try:
+            key = json.dumps(
+                [
+                    self.condition_expression,
+                    self.expression_attribute_names,
+                    self.expression_attribute_values,
+                ],
+                sort_keys=True,
+            )
+        except (TypeError, ValueError):
+            return parse_condition(self)  # not JSON data (moto's own callers): not kept
+        with lock:
+            hit = parsed.get(key)
+            if hit is not None:
+                parsed.move_to_end(key)
+        if hit is None:
+            op = parse_condition(self)  # raises on an invalid one: never kept
+            hit = (op, list(self.expr_attr_names_found), list(self.expr_attr_values_found))
+            with lock:
+                parsed[key] = hit
+                if len(parsed) > PARSED_EXPRESSIONS_KEPT:
+                    parsed.popitem(last=False)
+            return op
+        op, names_found, values_found = hit
+        # What the request's validation reads off the parser: the placeholders it used.
+        self.expr_attr_names_found.extend(names_found)
+        self.expr_attr_values_found.extend(values_found)
+        return op
+
+    ConditionExpressionParser.parse = parse  # type: ignore[method-assign]
 
 
 def _kms_key_arns_of_this_region_only() -> None:
@@ -147,8 +218,9 @@ def _key_of(table: Any, attributes: dict[str, Any]) -> dict[str, Any] | None:
     return {name: attributes[name] for name in names}
 
 
-def serve(host: str) -> None:
-    """moto's server, as `moto.server.main` runs it, on a port picked when binding."""
+def emulator_server(host: str, wrap: Callable[[WsgiApp], WsgiApp] | None = None) -> BaseWSGIServer:
+    """moto's server with the fixes, as `moto.server.main` makes it, on a port picked when
+    binding; `wrap`, if given, wraps moto's WSGI application."""
     install()
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from moto.server import MotoRequestHandler
@@ -156,13 +228,24 @@ def serve(host: str) -> None:
 
     app = DomainDispatcherApplication(create_backend_app)
     app.debug = True  # type: ignore[attr-defined] # as moto.server.main sets it
-    server = make_server(host, 0, app, threaded=True, request_handler=MotoRequestHandler)
+    served = wrap(app) if wrap is not None else app
+    server = make_server(host, 0, served, threaded=True, request_handler=MotoRequestHandler)
     os.environ["MOTO_PORT"] = str(server.port)  # moto writes it into URLs it returns
-    print(f"http://{host}:{server.port}", flush=True)
+    return server
+
+
+def announce_and_serve(server: BaseWSGIServer) -> None:
+    """Name the server's URL on stdout's first line, then serve until stopped."""
+    print(f"http://{server.host}:{server.port}", flush=True)
     # Nothing else goes to the parent, whose pipe nobody reads once the URL is in.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     server.serve_forever()
+
+
+def serve(host: str) -> None:
+    """moto's server, as `moto.server.main` runs it, on a port picked when binding."""
+    announce_and_serve(emulator_server(host))
 
 
 if __name__ == "__main__":

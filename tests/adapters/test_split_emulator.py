@@ -1,0 +1,136 @@
+"""The benchmark's emulator copies itself into a second process (benchmarks/split_emulator.py):
+the copy knows every identity made before the fork and still checks SigV4 with it, shares
+nothing made afterwards, serves requests at once, and ends with the original."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from benchmarks import split_emulator
+from tokex.local.emulator import SubprocessMotoServer, set_signature_checking
+
+REGION = "us-east-1"
+TABLE = "state"
+
+
+def _client(url: str, key: str, secret: str):
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+    )
+
+
+def _fork(url: str) -> str:
+    request = urllib.request.Request(url + split_emulator.FORK_PATH, data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.read().decode()
+
+
+def _accepts_connections(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def emulator():
+    server = SubprocessMotoServer(module=split_emulator.__name__)
+    try:
+        admin = {"aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
+        iam = boto3.client("iam", endpoint_url=server.url, region_name=REGION, **admin)
+        iam.create_user(UserName="service")
+        iam.put_user_policy(
+            UserName="service",
+            PolicyName="tables",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "dynamodb:*", "Resource": "*"}],
+                }
+            ),
+        )
+        key = iam.create_access_key(UserName="service")["AccessKey"]
+        _client(server.url, "setup", "setup").create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        set_signature_checking(server.url, True)
+        yield server, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        server.stop()
+
+
+def test_the_copy_checks_signatures_with_the_identities_made_before_it(emulator) -> None:
+    server, key, secret = emulator
+    copy = _fork(server.url)
+    assert copy != server.url and copy.startswith("http://127.0.0.1:")
+    _client(copy, key, secret).put_item(TableName=TABLE, Item={"id": {"S": "a"}})
+    with pytest.raises(ClientError) as refused:
+        _client(copy, key, "not-the-secret").put_item(TableName=TABLE, Item={"id": {"S": "b"}})
+    # moto answers a JSON protocol's auth failure in the query protocol's XML.
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert "<Code>SignatureDoesNotMatch</Code>" in refused.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as unknown:
+        _client(copy, "AKIAUNKNOWNUNKNOWN00", secret).list_tables()
+    assert unknown.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert "<Code>InvalidClientTokenId</Code>" in unknown.value.response["Error"]["Message"]
+
+
+def test_what_changes_after_the_fork_is_not_shared(emulator) -> None:
+    server, key, secret = emulator
+    copy = _fork(server.url)
+    _client(copy, key, secret).put_item(TableName=TABLE, Item={"id": {"S": "only-in-copy"}})
+    original = _client(server.url, key, secret)
+    assert "Item" not in original.get_item(TableName=TABLE, Key={"id": {"S": "only-in-copy"}})
+
+
+def test_the_copy_serves_concurrent_requests(emulator) -> None:
+    server, key, secret = emulator
+    copy = _client(_fork(server.url), key, secret)
+
+    def put(n: int) -> None:
+        copy.put_item(
+            TableName=TABLE,
+            Item={"id": {"S": f"item#{n}"}},
+            ConditionExpression="attribute_not_exists(id)",
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(32)))
+    assert copy.scan(TableName=TABLE, Select="COUNT")["Count"] == 32
+
+
+def test_only_a_post_forks(emulator) -> None:
+    server, _key, _secret = emulator
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(server.url + split_emulator.FORK_PATH, timeout=10)
+    assert refused.value.code == 405
+
+
+def test_the_copy_ends_with_the_original(emulator) -> None:
+    server, _key, _secret = emulator
+    copy = _fork(server.url)
+    assert _accepts_connections(copy)
+    server.stop()
+    deadline = time.monotonic() + 10
+    while _accepts_connections(copy) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _accepts_connections(copy)
