@@ -11,16 +11,20 @@ one's IAM users, access keys and role sessions to check SigV4, and moto makes th
 random: so the copy is a `fork` of the set-up emulator, which holds all of them.
 
 Control (not moto's): `POST /__emulator/fork` forks; the copy serves on a port of its own
-(the answer's body is its URL) everything the emulator held at that moment. The two do
-not share what changes afterwards, so a caller sends each service to one of them only
-(the benchmark's proxy sends DynamoDB to the copy, everything else to the original). The
-copy ends with its parent: SIGTERM to the original ends both, and a copy whose parent has
-gone exits within a second.
+(the answer's body is its URL) everything the emulator held at that moment. Call it only
+while no other request is in flight: only the forking thread lives on in the copy, so a
+lock another thread held then (moto's backend lock, say) would stay held there for good,
+and a write half done would be copied half done. The two do not share what changes
+afterwards, so a caller sends each service to one of them only (the benchmark's proxy
+sends DynamoDB to the copy, everything else to the original). The copy ends with its
+parent: SIGTERM to the original ends both, and a copy whose parent has gone exits within
+a second.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import stat
 import sys
@@ -32,6 +36,7 @@ from tokex.local import moto_fixes
 
 FORK_PATH = "/__emulator/fork"
 FORK_TIMEOUT_SECONDS = 30
+COPY_START_SECONDS = 20  # the copy names its URL within this, or the fork failed
 
 
 class Forking:
@@ -61,17 +66,19 @@ class Forking:
     def fork(self) -> str:
         """The URL of a copy of this emulator, serving in a child process."""
         read_end, write_end = os.pipe()
+        original = os.getpid()  # read here: in the copy, getppid() is late if it died
         pid = os.fork()
         if pid == 0:  # the copy: only this thread exists here
             try:
                 os.close(read_end)
-                _serve_copy(self.host, write_end)
+                _serve_copy(self.host, write_end, original)
             finally:
                 os._exit(0)
         os.close(write_end)
         self.children.append(pid)
         with os.fdopen(read_end) as pipe:
-            url = pipe.readline().strip()
+            ready, _, _ = select.select([pipe], [], [], COPY_START_SECONDS)
+            url = pipe.readline().strip() if ready else ""
         if not url:
             raise RuntimeError("the emulator's copy did not start")
         return url
@@ -82,18 +89,15 @@ class Forking:
             try:
                 os.kill(pid, signal.SIGTERM)
                 os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-            except ProcessLookupError:
-                pass
+            except (ChildProcessError, ProcessLookupError):
+                pass  # already gone
         os._exit(0)
 
 
-def _serve_copy(host: str, url_pipe: int) -> None:
-    parent = os.getppid()
+def _serve_copy(host: str, url_pipe: int, parent: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # The original's sockets came along: its listening one and its kept-alive connections.
-    # Held open here, a connection the original closes would never reach its client's EOF.
+    # The original's sockets came along (its listening one, its kept-alive connections):
+    # the original alone answers on them.
     _close_inherited_sockets()
     copy = moto_fixes.emulator_server(host)
     os.write(url_pipe, f"http://{copy.host}:{copy.port}\n".encode())
@@ -103,13 +107,21 @@ def _serve_copy(host: str, url_pipe: int) -> None:
 
 
 def _close_inherited_sockets() -> None:
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
+    for fd in _open_descriptors():
         try:
             if stat.S_ISSOCK(os.fstat(fd).st_mode):
                 os.close(fd)
         except OSError:
             continue  # the directory's own descriptor, closed by now
+
+
+def _open_descriptors() -> list[int]:
+    for listing in ("/proc/self/fd", "/dev/fd"):  # Linux, then macOS and the BSDs
+        try:
+            return [int(name) for name in os.listdir(listing)]
+        except OSError:
+            continue
+    return list(range(3, 1024))
 
 
 def _exit_when_orphaned(parent: int) -> None:

@@ -207,3 +207,29 @@ def test_moto_parses_a_repeated_expression_once(dynamodb, monkeypatch) -> None:
     assert _hits(dynamodb) == 3
     # Each text at most once; moto had parsed each twice per request (six times here).
     assert sorted(set(lexed)) == sorted(lexed)
+
+
+def test_a_kept_condition_is_not_changed_by_what_moto_does_to_the_request_later(dynamodb) -> None:
+    """A set value in a condition: moto keeps the request's own list in the item it
+    writes, and an ADD grows that list in place; the kept parse holds its own copy."""
+
+    def tag_once(key: str) -> None:
+        dynamodb.update_item(
+            TableName=TABLE,
+            Key={"id": {"S": key}},
+            UpdateExpression="SET tags = :s",
+            ConditionExpression="attribute_not_exists(tags) OR tags <> :s",
+            ExpressionAttributeValues={":s": {"SS": ["x"]}},
+        )
+
+    tag_once("a")
+    dynamodb.update_item(
+        TableName=TABLE,
+        Key={"id": {"S": "a"}},
+        UpdateExpression="ADD tags :t",
+        ExpressionAttributeValues={":t": {"SS": ["y"]}},
+    )
+    dynamodb.put_item(TableName=TABLE, Item={"id": {"S": "c"}, "tags": {"SS": ["x"]}})
+    with pytest.raises(ClientError) as refused:
+        tag_once("c")  # its tags are {"x"}: the condition fails, as without the fix
+    assert refused.value.response["Error"]["Code"] == "ConditionalCheckFailedException"

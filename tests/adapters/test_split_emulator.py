@@ -17,20 +17,29 @@ import pytest
 from botocore.exceptions import ClientError
 
 from benchmarks import split_emulator
+from benchmarks.aws_proxy import ProxyProcess
 from tokex.local.emulator import SubprocessMotoServer, set_signature_checking
 
 REGION = "us-east-1"
 TABLE = "state"
 
 
-def _client(url: str, key: str, secret: str):
+def _aws(service: str, url: str, key: str, secret: str):
     return boto3.client(
-        "dynamodb",
+        service,
         endpoint_url=url,
         region_name=REGION,
         aws_access_key_id=key,
         aws_secret_access_key=secret,
     )
+
+
+def _client(url: str, key: str, secret: str):
+    return _aws("dynamodb", url, key, secret)
+
+
+def _kms(url: str, key: str, secret: str):
+    return _aws("kms", url, key, secret)
 
 
 def _fork(url: str) -> str:
@@ -61,7 +70,9 @@ def emulator():
             PolicyDocument=json.dumps(
                 {
                     "Version": "2012-10-17",
-                    "Statement": [{"Effect": "Allow", "Action": "dynamodb:*", "Resource": "*"}],
+                    "Statement": [
+                        {"Effect": "Allow", "Action": ["dynamodb:*", "kms:*"], "Resource": "*"}
+                    ],
                 }
             ),
         )
@@ -125,12 +136,46 @@ def test_only_a_post_forks(emulator) -> None:
     assert refused.value.code == 405
 
 
+def _gone_within(url: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _accepts_connections(url) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _accepts_connections(url)
+
+
 def test_the_copy_ends_with_the_original(emulator) -> None:
+    """SIGTERM (how SubprocessMotoServer stops it): the original ends its copies and
+    waits for them before it exits, so they are gone once `stop` returns."""
     server, _key, _secret = emulator
     copy = _fork(server.url)
     assert _accepts_connections(copy)
     server.stop()
-    deadline = time.monotonic() + 10
-    while _accepts_connections(copy) and time.monotonic() < deadline:
-        time.sleep(0.1)
     assert not _accepts_connections(copy)
+
+
+def test_a_copy_whose_original_was_killed_exits(emulator) -> None:
+    """SIGKILL gives the original no chance to end its copies: each notices alone."""
+    server, _key, _secret = emulator
+    copy = _fork(server.url)
+    server._process.kill()
+    server._process.wait()
+    assert _gone_within(copy, 5)
+
+
+def test_the_proxy_sends_dynamodb_to_the_copy_and_the_rest_to_the_original(emulator) -> None:
+    server, key, secret = emulator
+    copy = _fork(server.url)
+    proxy = ProxyProcess(server.url)
+    try:
+        proxy.send_dynamodb_to(copy)
+        _client(proxy.url, key, secret).put_item(TableName=TABLE, Item={"id": {"S": "routed"}})
+        _kms(proxy.url, key, secret).create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")
+        calls = proxy.take()
+    finally:
+        proxy.stop()
+    routed = {"id": {"S": "routed"}}
+    assert "Item" in _client(copy, key, secret).get_item(TableName=TABLE, Key=routed)
+    assert "Item" not in _client(server.url, key, secret).get_item(TableName=TABLE, Key=routed)
+    assert len(_kms(server.url, key, secret).list_keys()["Keys"]) == 1
+    assert _kms(copy, key, secret).list_keys()["Keys"] == []
+    assert calls == {"dynamodb:PutItem": 1, "kms:CreateKey": 1}

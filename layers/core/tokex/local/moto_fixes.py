@@ -15,13 +15,14 @@ an exchange, and it held concurrent requests (an exchange's `Sign` beside its
 `TransactWriteItems`) in single file. The installed package does not change while the
 process runs, so `install` lists it once.
 
-Expressions: moto parses a request's condition and update expressions from scratch, twice
-(validating the request, then applying it), on every request: two fifths of the CPU it
-spent on an exchange's admission write. tokex sends the same few expressions again and
-again, so `install` keeps the parse of each (a bounded cache): a condition's by its text,
-names and values together (the parsed form holds the values), an update's by its text
-(moto validates and applies a deep copy of it, never the parse itself). What is found
-invalid is never kept and is refused every time, with moto's own error.
+Expressions: moto parses a request's condition and update expressions from scratch, two or
+three times each (validating the request, then applying it), on every request: two fifths
+of the CPU it spent on an exchange's admission write. tokex sends the same few expressions
+again and again, so `install` keeps the parse of each (a bounded cache): a condition's by
+its text, names and values together (the parsed form holds the values, so it is parsed
+from a copy of them that nothing else can change), an update's by its text (moto
+validates and applies a deep copy of it, never the parse itself). What is found invalid is
+never kept and is refused every time, with moto's own error.
 
 Regions: moto finds a KMS key by the key id inside an ARN, whatever Region the ARN names,
 so a Region's client could use another Region's key ARN (a multi-Region key's primary from
@@ -112,14 +113,16 @@ def _expressions_parsed_once() -> None:
     lock = threading.Lock()
 
     def parse(self: Any) -> Any:
+        if not self.condition_expression:
+            return parse_condition(self)  # nothing to parse
         try:
+            # Key order kept: moto reads a value's type off its first key.
             key = json.dumps(
                 [
                     self.condition_expression,
-                    self.expression_attribute_names,
-                    self.expression_attribute_values,
-                ],
-                sort_keys=True,
+                    self.expression_attribute_names or {},
+                    self.expression_attribute_values or {},
+                ]
             )
         except (TypeError, ValueError):
             return parse_condition(self)  # not JSON data (moto's own callers): not kept
@@ -128,13 +131,16 @@ def _expressions_parsed_once() -> None:
             if hit is not None:
                 parsed.move_to_end(key)
         if hit is None:
-            op = parse_condition(self)  # raises on an invalid one: never kept
-            hit = (op, list(self.expr_attr_names_found), list(self.expr_attr_values_found))
+            # Parsed from a copy of the request's values: the parse holds them, and moto
+            # may later change a request's lists in place (an item's set that an ADD grows).
+            expression, names, values = json.loads(key)
+            own = ConditionExpressionParser(expression, names, values)
+            op = parse_condition(own)  # raises on an invalid one: never kept
+            hit = (op, list(own.expr_attr_names_found), list(own.expr_attr_values_found))
             with lock:
                 parsed[key] = hit
                 if len(parsed) > PARSED_EXPRESSIONS_KEPT:
                     parsed.popitem(last=False)
-            return op
         op, names_found, values_found = hit
         # What the request's validation reads off the parser: the placeholders it used.
         self.expr_attr_names_found.extend(names_found)
