@@ -94,6 +94,19 @@ def _moto_modules_listed_once() -> None:
 
 # Distinct expressions kept; tokex sends a handful, a test suite a few hundred.
 PARSED_EXPRESSIONS_KEPT = 1024
+_parsed_conditions: collections.OrderedDict[str, tuple[Any, list[str], list[str]]] = (
+    collections.OrderedDict()
+)
+_parsed_conditions_lock = threading.Lock()
+_forget_parsed_updates: list[Callable[[], None]] = []
+
+
+def forget_parsed_expressions() -> None:
+    """Empty the kept parses (for a test that must start with none)."""
+    with _parsed_conditions_lock:
+        _parsed_conditions.clear()
+    for forget in _forget_parsed_updates:
+        forget()
 
 
 def _expressions_parsed_once() -> None:
@@ -105,12 +118,10 @@ def _expressions_parsed_once() -> None:
     update_parser: Any = UpdateExpressionParser  # moto's parsing package is untyped
     parse_update = functools.lru_cache(PARSED_EXPRESSIONS_KEPT)(update_parser.make.__func__)
     update_parser.make = classmethod(parse_update)  # type: ignore[arg-type]
+    _forget_parsed_updates.append(parse_update.cache_clear)
 
     parse_condition = ConditionExpressionParser.parse
-    parsed: collections.OrderedDict[str, tuple[Any, list[str], list[str]]] = (
-        collections.OrderedDict()
-    )
-    lock = threading.Lock()
+    parsed, lock = _parsed_conditions, _parsed_conditions_lock
 
     def parse(self: Any) -> Any:
         if not self.condition_expression:
