@@ -56,7 +56,8 @@ class ProxiedEmulator:
 
     def serve_dynamodb_apart(self) -> None:
         """From now on DynamoDB is served by a copy of the emulator in a process of its own
-        (benchmarks/split_emulator.py): called once everything is set up."""
+        (benchmarks/split_emulator.py): called once everything is set up, while nothing
+        calls the emulator (one Region: no replication thread polls it)."""
         request = urllib.request.Request(  # noqa: S310 - the loopback emulator
             self.moto.url + split_emulator.FORK_PATH, data=b"", method="POST"
         )

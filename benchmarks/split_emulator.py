@@ -23,6 +23,7 @@ a second.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -80,6 +81,11 @@ class Forking:
             ready, _, _ = select.select([pipe], [], [], COPY_START_SECONDS)
             url = pipe.readline().strip() if ready else ""
         if not url:
+            # A copy that hangs would serve nobody until the original ends: end it now.
+            self.children.remove(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
             raise RuntimeError("the emulator's copy did not start")
         return url
 

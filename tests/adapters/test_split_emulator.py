@@ -179,3 +179,23 @@ def test_the_proxy_sends_dynamodb_to_the_copy_and_the_rest_to_the_original(emula
     assert len(_kms(server.url, key, secret).list_keys()["Keys"]) == 1
     assert _kms(copy, key, secret).list_keys()["Keys"] == []
     assert calls == {"dynamodb:PutItem": 1, "kms:CreateKey": 1}
+
+
+@pytest.mark.parametrize("missing", [("/proc/self/fd",), ("/proc/self/fd", "/dev/fd")])
+def test_the_copy_finds_its_descriptors_without_proc(monkeypatch, missing) -> None:
+    """Linux lists them in /proc/self/fd, macOS in /dev/fd; else the low numbers are tried."""
+    import os
+
+    listdir = os.listdir
+
+    def without(path: str):
+        if path in missing:
+            raise FileNotFoundError(path)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", without)
+    with socket.socket() as held:
+        found = split_emulator._open_descriptors()
+        assert held.fileno() in found
+    if len(missing) == 2:
+        assert found == list(range(3, 1024))

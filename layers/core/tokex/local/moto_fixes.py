@@ -136,7 +136,7 @@ def _expressions_parsed_once() -> None:
                 ]
             )
         except (TypeError, ValueError):
-            return parse_condition(self)  # not JSON data (moto's own callers): not kept
+            return parse_condition(self)  # binary values (moto decodes them to bytes): not kept
         with lock:
             hit = parsed.get(key)
             if hit is not None:
