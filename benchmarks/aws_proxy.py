@@ -53,12 +53,11 @@ class AwsProxy(ThreadingHTTPServer):
         self.delay_seconds = 0.0
         self.calls: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
-        # One kept-alive connection per serving thread and upstream.
-        self.upstream = threading.local()
+        self.upstream = _Upstream()
         super().__init__(("127.0.0.1", 0), _Forward)
 
     def connection(self, target: SplitResult) -> http.client.HTTPConnection:
-        connections = self._connections()
+        connections = self.upstream.connections
         connection = connections.get(target.netloc)
         if connection is None:
             connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
@@ -66,14 +65,16 @@ class AwsProxy(ThreadingHTTPServer):
         return connection
 
     def drop(self, target: SplitResult) -> None:
-        connection = self._connections().pop(target.netloc, None)
+        connection = self.upstream.connections.pop(target.netloc, None)
         if connection is not None:
             connection.close()
 
-    def _connections(self) -> dict[str, http.client.HTTPConnection]:
-        if not hasattr(self.upstream, "connections"):
-            self.upstream.connections = {}
-        return self.upstream.connections  # type: ignore[no-any-return]
+
+class _Upstream(threading.local):
+    """One kept-alive connection per serving thread and upstream (by host:port)."""
+
+    def __init__(self) -> None:
+        self.connections: dict[str, http.client.HTTPConnection] = {}
 
 
 class _Forward(BaseHTTPRequestHandler):

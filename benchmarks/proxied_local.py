@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +57,7 @@ class ProxiedEmulator:
         """From now on DynamoDB is served by a copy of the emulator in a process of its own
         (benchmarks/split_emulator.py): called once everything is set up, while nothing
         calls the emulator (one Region: no replication thread polls it)."""
-        request = urllib.request.Request(  # noqa: S310 - the loopback emulator
-            self.moto.url + split_emulator.FORK_PATH, data=b"", method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=split_emulator.FORK_TIMEOUT_SECONDS) as answer:  # noqa: S310
-            copy = answer.read().decode()
-        self.proxy.send_dynamodb_to(copy)
+        self.proxy.send_dynamodb_to(split_emulator.fork_copy(self.moto.url))
 
     def stop(self) -> None:
         self.proxy.stop()

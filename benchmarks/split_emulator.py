@@ -31,6 +31,7 @@ import stat
 import sys
 import threading
 import time
+import urllib.request
 from typing import Any
 
 from tokex.local import moto_fixes
@@ -38,6 +39,13 @@ from tokex.local import moto_fixes
 FORK_PATH = "/__emulator/fork"
 FORK_TIMEOUT_SECONDS = 30
 COPY_START_SECONDS = 20  # the copy names its URL within this, or the fork failed
+
+
+def fork_copy(url: str) -> str:
+    """Ask the emulator at `url` for a copy of itself; the copy's URL."""
+    request = urllib.request.Request(url + FORK_PATH, data=b"", method="POST")  # noqa: S310 - loopback
+    with urllib.request.urlopen(request, timeout=FORK_TIMEOUT_SECONDS) as answer:  # noqa: S310
+        return str(answer.read().decode())
 
 
 class Forking:

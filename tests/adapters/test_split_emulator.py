@@ -42,12 +42,6 @@ def _kms(url: str, key: str, secret: str):
     return _aws("kms", url, key, secret)
 
 
-def _fork(url: str) -> str:
-    request = urllib.request.Request(url + split_emulator.FORK_PATH, data=b"", method="POST")
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return answer.read().decode()
-
-
 def _accepts_connections(url: str) -> bool:
     parts = urlsplit(url)
     try:
@@ -91,7 +85,7 @@ def emulator():
 
 def test_the_copy_checks_signatures_with_the_identities_made_before_it(emulator) -> None:
     server, key, secret = emulator
-    copy = _fork(server.url)
+    copy = split_emulator.fork_copy(server.url)
     assert copy != server.url and copy.startswith("http://127.0.0.1:")
     _client(copy, key, secret).put_item(TableName=TABLE, Item={"id": {"S": "a"}})
     with pytest.raises(ClientError) as refused:
@@ -107,7 +101,7 @@ def test_the_copy_checks_signatures_with_the_identities_made_before_it(emulator)
 
 def test_what_changes_after_the_fork_is_not_shared(emulator) -> None:
     server, key, secret = emulator
-    copy = _fork(server.url)
+    copy = split_emulator.fork_copy(server.url)
     _client(copy, key, secret).put_item(TableName=TABLE, Item={"id": {"S": "only-in-copy"}})
     original = _client(server.url, key, secret)
     assert "Item" not in original.get_item(TableName=TABLE, Key={"id": {"S": "only-in-copy"}})
@@ -115,7 +109,7 @@ def test_what_changes_after_the_fork_is_not_shared(emulator) -> None:
 
 def test_the_copy_serves_concurrent_requests(emulator) -> None:
     server, key, secret = emulator
-    copy = _client(_fork(server.url), key, secret)
+    copy = _client(split_emulator.fork_copy(server.url), key, secret)
 
     def put(n: int) -> None:
         copy.put_item(
@@ -147,7 +141,7 @@ def test_the_copy_ends_with_the_original(emulator) -> None:
     """SIGTERM (how SubprocessMotoServer stops it): the original ends its copies and
     waits for them before it exits, so they are gone once `stop` returns."""
     server, _key, _secret = emulator
-    copy = _fork(server.url)
+    copy = split_emulator.fork_copy(server.url)
     assert _accepts_connections(copy)
     server.stop()
     assert not _accepts_connections(copy)
@@ -156,7 +150,7 @@ def test_the_copy_ends_with_the_original(emulator) -> None:
 def test_a_copy_whose_original_was_killed_exits(emulator) -> None:
     """SIGKILL gives the original no chance to end its copies: each notices alone."""
     server, _key, _secret = emulator
-    copy = _fork(server.url)
+    copy = split_emulator.fork_copy(server.url)
     server._process.kill()
     server._process.wait()
     assert _gone_within(copy, 5)
@@ -164,7 +158,7 @@ def test_a_copy_whose_original_was_killed_exits(emulator) -> None:
 
 def test_the_proxy_sends_dynamodb_to_the_copy_and_the_rest_to_the_original(emulator) -> None:
     server, key, secret = emulator
-    copy = _fork(server.url)
+    copy = split_emulator.fork_copy(server.url)
     proxy = ProxyProcess(server.url)
     try:
         proxy.send_dynamodb_to(copy)
