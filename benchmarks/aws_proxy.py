@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import http.client
 import json
+import select
 import subprocess
 import sys
 import threading
@@ -57,9 +58,15 @@ class AwsProxy(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Forward)
 
     def connection(self, target: SplitResult) -> http.client.HTTPConnection:
+        """This thread's kept-alive connection to `target`; a new one if the emulator has
+        closed it while it sat idle (it then reads as ready: the end of the stream)."""
         connections = self.upstream.connections
         connection = connections.get(target.netloc)
+        if connection is not None and _closed_by_peer(connection):
+            self.drop(target)
+            connection = None
         if connection is None:
+            assert target.hostname is not None  # the target is an absolute http URL
             connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
             connections[target.netloc] = connection
         return connection
@@ -68,6 +75,12 @@ class AwsProxy(ThreadingHTTPServer):
         connection = self.upstream.connections.pop(target.netloc, None)
         if connection is not None:
             connection.close()
+
+
+def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle connection has something to read: from a server that answered
+    in full, only its closing (or a reset)."""
+    return connection.sock is not None and bool(select.select([connection.sock], [], [], 0)[0])
 
 
 class _Upstream(threading.local):
@@ -114,22 +127,21 @@ class _Forward(BaseHTTPRequestHandler):
     def _forward(
         self, target: SplitResult, body: bytes
     ) -> tuple[int, list[tuple[str, str]], bytes]:
-        for attempt in (1, 2):  # the emulator may have closed an idle kept-alive connection
-            connection = self.server.connection(target)
-            try:
-                connection.putrequest(self.command, self.path, skip_host=True)
-                for name, value in self.headers.items():
-                    if name.lower() not in _HOP_BY_HOP:
-                        connection.putheader(name, value)
-                connection.putheader("Content-Length", str(len(body)))
-                connection.endheaders(body)
-                response = connection.getresponse()
-                return response.status, response.getheaders(), response.read()
-            except (http.client.HTTPException, OSError):
-                self.server.drop(target)
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        # Never sent twice: a write that reached the emulator would then be a replay.
+        # `connection` has already replaced a connection the emulator closed while idle.
+        connection = self.server.connection(target)
+        try:
+            connection.putrequest(self.command, self.path, skip_host=True)
+            for name, value in self.headers.items():
+                if name.lower() not in _HOP_BY_HOP:
+                    connection.putheader(name, value)
+            connection.putheader("Content-Length", str(len(body)))
+            connection.endheaders(body)
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        except (http.client.HTTPException, OSError):
+            self.server.drop(target)
+            raise
 
     def _answer(self, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
         self.send_response(status)

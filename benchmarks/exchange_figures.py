@@ -8,13 +8,14 @@ same proxy, so machine load hits both alike.
 
 from __future__ import annotations
 
+import functools
 import gc
 import secrets
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 
@@ -38,6 +39,8 @@ DYNAMODB_WRITES = (
     "TransactWriteItems",
 )
 
+Prepared = TypeVar("Prepared")
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -57,7 +60,7 @@ class Floor:
         deployment = system.local.deployment
         endpoint = deployment.endpoint_url
         session = aws_clients.new_session()
-        service = {"endpoint_url": endpoint, "region_name": REGION}
+        service: dict[str, str | None] = {"endpoint_url": endpoint, "region_name": REGION}
         service.update(_keys(deployment.service.session(REGION)))
         self.sts = aws_clients.client(
             "sts",
@@ -163,10 +166,17 @@ def jwt_calls_per_exchange(system: BenchSystem, exchanges: int) -> list[Figure]:
     return figures
 
 
-def _timed(run: Callable[[], Any], prepare: Callable[[], Any] | None = None) -> float:
-    argument = prepare() if prepare else None
+def _timed(run: Callable[[], Any]) -> float:
     started = time.perf_counter()
-    run(argument) if prepare else run()
+    run()
+    return time.perf_counter() - started
+
+
+def _timed_on(run: Callable[[Prepared], Any], prepare: Callable[[], Prepared]) -> float:
+    """`run(prepare())`, timing `run` only."""
+    argument = prepare()
+    started = time.perf_counter()
+    run(argument)
     return time.perf_counter() - started
 
 
@@ -185,7 +195,7 @@ def round_trips(system: BenchSystem, floor: Floor, profile: Profile) -> list[Fig
             system.exchange(system.token_event())
             floor.sts_and_sign()
         for _ in range(profile.latency_samples):
-            tokex.append(_timed(system.exchange, system.token_event))
+            tokex.append(_timed_on(system.exchange, system.token_event))
             bare.append(_timed(floor.sts_and_sign))
         p50s["tokex", delay], p50s["floor", delay] = p50(tokex), p50(bare)
     system.proxy.set_delay(0)
@@ -223,7 +233,7 @@ def first_exchange_round_trips(system: BenchSystem, profile: Profile) -> list[Fi
     for delay in (0.0, profile.delay_ms):
         system.proxy.set_delay(delay)
         first = [
-            _timed(lambda first_exchange: first_exchange(), system.new_environment)
+            _timed_on(lambda first_exchange: first_exchange(), system.new_environment)
             for _ in range(profile.latency_samples)
         ]
         p50s[delay] = p50(first)
@@ -265,7 +275,8 @@ def end_to_end(system: BenchSystem, profile: Profile) -> list[Figure]:
         """(p50 of tokex, p50 of its own calls), sample by sample."""
         tokex_times, own_times = [], []
         for _ in range(2):
-            tokex(), itself()
+            tokex()
+            itself()
         for _ in range(profile.end_to_end_samples):
             tokex_times.append(_timed(tokex))
             own_times.append(_timed(itself))
@@ -314,7 +325,8 @@ def emulator_calls(system: BenchSystem, floor: Floor, profile: Profile) -> list[
     system.proxy.set_delay(0)
     sign, write = [], []
     for _ in range(2):
-        floor.sign_alone(), floor.admission_write_alone()
+        floor.sign_alone()
+        floor.admission_write_alone()
     for _ in range(profile.end_to_end_samples):
         sign.append(_timed(floor.sign_alone))
         write.append(_timed(floor.admission_write_alone))
@@ -353,7 +365,7 @@ def handler_cpu(system: BenchSystem, floor: Floor, profile: Profile) -> list[Fig
         floor.sts_sign_and_write()
     for _ in range(profile.cpu_samples):
         event = system.token_event()
-        tokex.append(cpu(lambda event=event: system.exchange(event)))
+        tokex.append(cpu(functools.partial(system.exchange, event)))
         bare.append(cpu(floor.sts_sign_and_write))
     # process_time ticks coarsely on some kernels: the mean of many, not the median.
     mean_tokex, mean_floor = sum(tokex) / len(tokex), sum(bare) / len(bare)

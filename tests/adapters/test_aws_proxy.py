@@ -1,0 +1,137 @@
+"""The benchmark's AWS proxy (benchmarks/aws_proxy.py) never sends a request twice: a
+write the emulator received and a resent copy would be a replay. A kept-alive connection
+the emulator closed while idle is replaced before the request goes out."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from benchmarks.aws_proxy import AwsProxy
+
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class ScriptedUpstream:
+    """An HTTP/1.1 server that, for its n-th request, does the n-th of `actions`:
+    "answer" (and keep the connection), "answer-close" (answer, then close without
+    saying so, as a server closing an idle kept-alive connection does) or "drop" (close
+    without answering, the request read)."""
+
+    def __init__(self, actions: list[str]) -> None:
+        self.actions = iter(actions)
+        self.received: list[bytes] = []
+        self.closed = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        with connection, connection.makefile("rb") as reader:
+            while True:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = reader.readline()
+                    if not line:
+                        return
+                    head += line
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                self.received.append(reader.read(length))
+                action = next(self.actions)
+                if action != "drop":
+                    connection.sendall(ANSWER)
+                if action != "answer":
+                    connection.shutdown(socket.SHUT_RDWR)
+                    self.closed.set()
+                    return
+
+    def stop(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def through_proxy() -> Iterator[object]:
+    started: list[tuple[AwsProxy, ScriptedUpstream]] = []
+
+    def start(actions: list[str]) -> tuple[http.client.HTTPConnection, ScriptedUpstream]:
+        upstream = ScriptedUpstream(actions)
+        proxy = AwsProxy(upstream.url)
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        started.append((proxy, upstream))
+        host, port = proxy.server_address[:2]
+        return http.client.HTTPConnection(str(host), int(port), timeout=10), upstream
+
+    yield start
+    for proxy, upstream in started:
+        proxy.shutdown()
+        proxy.server_close()
+        upstream.stop()
+
+
+def _post(client: http.client.HTTPConnection, body: bytes) -> int:
+    client.request("POST", "/", body=body, headers={"X-Amz-Target": "TrentService.Sign"})
+    response = client.getresponse()
+    response.read()
+    return response.status
+
+
+def test_a_connection_closed_while_idle_is_replaced_before_sending(through_proxy) -> None:
+    client, upstream = through_proxy(["answer-close", "answer"])
+    assert _post(client, b"first") == 200
+    assert upstream.closed.wait(5)  # the emulator has closed the idle connection
+    assert _post(client, b"second") == 200
+    assert upstream.received == [b"first", b"second"]  # each request sent once
+
+
+@pytest.mark.parametrize(
+    "actions",
+    [["drop"], ["answer", "drop"]],
+    ids=["new connection", "kept-alive connection"],
+)
+def test_a_request_lost_after_sending_is_never_sent_again(through_proxy, actions) -> None:
+    client, upstream = through_proxy([*actions, "answer", "answer"])
+    for body in (b"earlier", b"lost")[-len(actions) :]:
+        if body == b"lost":
+            with pytest.raises((http.client.HTTPException, OSError)):
+                _post(client, body)
+        else:
+            assert _post(client, body) == 200
+    # The emulator got the lost request once: a resent write would be a replay.
+    assert upstream.received.count(b"lost") == 1
+    assert len(upstream.received) == len(actions)
+
+
+def test_concurrent_clients_each_request_forwarded_once(through_proxy) -> None:
+    clients, requests_each = 8, 5
+    first, upstream = through_proxy(["answer"] * clients * requests_each)
+    statuses: list[int] = []
+
+    def one_client(index: int) -> None:
+        # Its own connection to the proxy, so its own proxy thread and upstream connection.
+        client = http.client.HTTPConnection(first.host, first.port, timeout=10)
+        statuses.extend(_post(client, f"{index}-{n}".encode()) for n in range(requests_each))
+
+    threads = [threading.Thread(target=one_client, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * clients * requests_each
+    sent = [f"{index}-{n}".encode() for index in range(clients) for n in range(requests_each)]
+    assert sorted(upstream.received) == sorted(sent)
