@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import http.client
 import json
-import select
+import socket
 import subprocess
 import sys
 import threading
@@ -76,11 +76,30 @@ class AwsProxy(ThreadingHTTPServer):
         if connection is not None:
             connection.close()
 
+    def drop_all(self) -> None:
+        """Closes this thread's connections (its client has gone: the thread ends)."""
+        for connection in self.upstream.connections.values():
+            connection.close()
+        self.upstream.connections.clear()
+
 
 def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
     """Whether an idle connection has something to read: from a server that answered
-    in full, only its closing (or a reset)."""
-    return connection.sock is not None and bool(select.select([connection.sock], [], [], 0)[0])
+    in full, only its closing (or a reset). Peeked without waiting, nothing consumed."""
+    sock = connection.sock
+    if sock is None:
+        return False  # closed on our side after a `Connection: close`: http.client reopens
+    timeout = sock.gettimeout()
+    sock.settimeout(0)  # with a timeout set, Python would wait for something to read
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False  # nothing to read: still open
+    except OSError:
+        return True
+    finally:
+        sock.settimeout(timeout)
+    return True  # the end of the stream, or bytes nobody asked for
 
 
 class _Upstream(threading.local):
@@ -112,6 +131,12 @@ class _Forward(BaseHTTPRequestHandler):
         self._answer(status, headers, payload)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _any
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.drop_all()
 
     def _control(self, body: bytes) -> bytes:
         if self.path == CONTROL + "delay":

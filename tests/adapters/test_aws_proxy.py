@@ -18,17 +18,21 @@ ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 
 
 class ScriptedUpstream:
     """An HTTP/1.1 server that, for its n-th request, does the n-th of `actions`:
-    "answer" (and keep the connection), "answer-close" (answer, then close without
-    saying so, as a server closing an idle kept-alive connection does) or "drop" (close
+    "answer" (and keep the connection), "answer-close" (answer, then stop sending on the
+    connection without saying so, as a server closing an idle kept-alive connection
+    does; whatever still arrives on it is kept in `after_close`) or "drop" (close
     without answering, the request read)."""
 
     def __init__(self, actions: list[str]) -> None:
         self.actions = iter(actions)
         self.received: list[bytes] = []
+        self.after_close: list[bytes] = []
+        self.connections = 0
         self.closed = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.accepting = threading.Thread(target=self._accept, daemon=True)
+        self.accepting.start()
 
     def _accept(self) -> None:
         while True:
@@ -36,6 +40,7 @@ class ScriptedUpstream:
                 connection, _ = self.listener.accept()
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
 
     def _serve(self, connection: socket.socket) -> None:
@@ -54,31 +59,39 @@ class ScriptedUpstream:
                 )
                 self.received.append(reader.read(length))
                 action = next(self.actions)
-                if action != "drop":
-                    connection.sendall(ANSWER)
-                if action != "answer":
+                if action == "drop":
                     connection.shutdown(socket.SHUT_RDWR)
+                    return
+                connection.sendall(ANSWER)
+                if action == "answer-close":
+                    connection.shutdown(socket.SHUT_WR)
                     self.closed.set()
+                    self.after_close.extend(iter(lambda: reader.read1(65536), b""))
                     return
 
     def stop(self) -> None:
-        self.listener.close()
+        if self.listener.fileno() != -1:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close alone does not
+            self.listener.close()
+        self.accepting.join(5)
 
 
 @pytest.fixture
 def through_proxy() -> Iterator[object]:
-    started: list[tuple[AwsProxy, ScriptedUpstream]] = []
+    started: list[tuple[AwsProxy, ScriptedUpstream, http.client.HTTPConnection]] = []
 
     def start(actions: list[str]) -> tuple[http.client.HTTPConnection, ScriptedUpstream]:
         upstream = ScriptedUpstream(actions)
         proxy = AwsProxy(upstream.url)
         threading.Thread(target=proxy.serve_forever, daemon=True).start()
-        started.append((proxy, upstream))
         host, port = proxy.server_address[:2]
-        return http.client.HTTPConnection(str(host), int(port), timeout=10), upstream
+        client = http.client.HTTPConnection(str(host), int(port), timeout=10)
+        started.append((proxy, upstream, client))
+        return client, upstream
 
     yield start
-    for proxy, upstream in started:
+    for proxy, upstream, client in started:
+        client.close()
         proxy.shutdown()
         proxy.server_close()
         upstream.stop()
@@ -91,12 +104,23 @@ def _post(client: http.client.HTTPConnection, body: bytes) -> int:
     return response.status
 
 
+def test_a_kept_alive_connection_is_used_again(through_proxy) -> None:
+    client, upstream = through_proxy(["answer", "answer"])
+    assert _post(client, b"first") == 200
+    assert _post(client, b"second") == 200
+    assert upstream.received == [b"first", b"second"]
+    assert upstream.connections == 1
+
+
 def test_a_connection_closed_while_idle_is_replaced_before_sending(through_proxy) -> None:
     client, upstream = through_proxy(["answer-close", "answer"])
     assert _post(client, b"first") == 200
     assert upstream.closed.wait(5)  # the emulator has closed the idle connection
     assert _post(client, b"second") == 200
     assert upstream.received == [b"first", b"second"]  # each request sent once
+    assert upstream.connections == 2
+    upstream.stop()
+    assert upstream.after_close == []  # nothing sent on the closed connection
 
 
 @pytest.mark.parametrize(
@@ -115,6 +139,7 @@ def test_a_request_lost_after_sending_is_never_sent_again(through_proxy, actions
     # The emulator got the lost request once: a resent write would be a replay.
     assert upstream.received.count(b"lost") == 1
     assert len(upstream.received) == len(actions)
+    assert upstream.connections == 1  # the kept-alive case did use its kept connection
 
 
 def test_concurrent_clients_each_request_forwarded_once(through_proxy) -> None:
@@ -125,7 +150,10 @@ def test_concurrent_clients_each_request_forwarded_once(through_proxy) -> None:
     def one_client(index: int) -> None:
         # Its own connection to the proxy, so its own proxy thread and upstream connection.
         client = http.client.HTTPConnection(first.host, first.port, timeout=10)
-        statuses.extend(_post(client, f"{index}-{n}".encode()) for n in range(requests_each))
+        try:
+            statuses.extend(_post(client, f"{index}-{n}".encode()) for n in range(requests_each))
+        finally:
+            client.close()
 
     threads = [threading.Thread(target=one_client, args=(index,)) for index in range(clients)]
     for thread in threads:
