@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import http.client
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
+
+from urllib3.util.wait import wait_for_read
 
 CONTROL = "/__proxy/"
 _HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
@@ -85,21 +86,9 @@ class AwsProxy(ThreadingHTTPServer):
 
 def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
     """Whether an idle connection has something to read: from a server that answered
-    in full, only its closing (or a reset). Peeked without waiting, nothing consumed."""
-    sock = connection.sock
-    if sock is None:
-        return False  # closed on our side after a `Connection: close`: http.client reopens
-    timeout = sock.gettimeout()
-    sock.settimeout(0)  # with a timeout set, Python would wait for something to read
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return False  # nothing to read: still open
-    except OSError:
-        return True
-    finally:
-        sock.settimeout(timeout)
-    return True  # the end of the stream, or bytes nobody asked for
+    in full, only its closing (or a reset). Polled without waiting, nothing consumed; a
+    connection closed on our side (after `Connection: close`) is reopened by http.client."""
+    return connection.sock is not None and wait_for_read(connection.sock, timeout=0)
 
 
 class _Upstream(threading.local):

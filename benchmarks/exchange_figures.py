@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 
@@ -38,8 +38,6 @@ DYNAMODB_WRITES = (
     "BatchWriteItem",
     "TransactWriteItems",
 )
-
-Prepared = TypeVar("Prepared")
 
 
 @dataclass(frozen=True)
@@ -172,14 +170,6 @@ def _timed(run: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def _timed_on(run: Callable[[Prepared], Any], prepare: Callable[[], Prepared]) -> float:
-    """`run(prepare())`, timing `run` only."""
-    argument = prepare()
-    started = time.perf_counter()
-    run(argument)
-    return time.perf_counter() - started
-
-
 def sequential_round_trips(p50_at_zero: float, p50_at_delay: float, profile: Profile) -> float:
     """(p50 at L - p50 at 0) / L: how many delayed calls lie on the critical path."""
     return (p50_at_delay - p50_at_zero) / (profile.delay_ms / 1000)
@@ -195,7 +185,7 @@ def round_trips(system: BenchSystem, floor: Floor, profile: Profile) -> list[Fig
             system.exchange(system.token_event())
             floor.sts_and_sign()
         for _ in range(profile.latency_samples):
-            tokex.append(_timed_on(system.exchange, system.token_event))
+            tokex.append(_timed(functools.partial(system.exchange, system.token_event())))
             bare.append(_timed(floor.sts_and_sign))
         p50s["tokex", delay], p50s["floor", delay] = p50(tokex), p50(bare)
     system.proxy.set_delay(0)
@@ -233,7 +223,7 @@ def first_exchange_round_trips(system: BenchSystem, profile: Profile) -> list[Fi
     for delay in (0.0, profile.delay_ms):
         system.proxy.set_delay(delay)
         first = [
-            _timed_on(lambda first_exchange: first_exchange(), system.new_environment)
+            _timed(system.new_environment())  # built outside the timing
             for _ in range(profile.latency_samples)
         ]
         p50s[delay] = p50(first)

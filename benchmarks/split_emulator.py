@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import stat
 import sys
@@ -35,6 +34,7 @@ import urllib.request
 from typing import Any
 
 from tokex.local import moto_fixes
+from tokex.local.emulator import first_line
 
 FORK_PATH = "/__emulator/fork"
 FORK_TIMEOUT_SECONDS = 30
@@ -86,8 +86,7 @@ class Forking:
         os.close(write_end)
         self.children.append(pid)
         with os.fdopen(read_end) as pipe:
-            ready, _, _ = select.select([pipe], [], [], COPY_START_SECONDS)
-            url = pipe.readline().strip() if ready else ""
+            url = first_line(pipe, time.monotonic() + COPY_START_SECONDS)
         if not url:
             # A copy that hangs would serve nobody until the original ends: end it now.
             self.children.remove(pid)

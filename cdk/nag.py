@@ -106,15 +106,6 @@ def acknowledge_findings(stack: TokexStack) -> None:
         " next deploy. It is rotated by replacing it in a deploy (docs/deploy.md, One door).",
     )
 
-    documents = _arn_token(stack, stack.issuer_site.bucket)
-    _ack(
-        stack.publisher.role,
-        f"IAM5[Resource::{documents}/.well-known/*]",
-        "The publisher writes exactly two objects, .well-known/jwks.json and"
-        " .well-known/openid-configuration; the grant is scoped to that prefix of the"
-        " issuer bucket (s3:GetObject for HeadObject, s3:PutObject), nothing else.",
-    )
-
     provider = stack.jwks_publication.provider
     _ack(
         provider,

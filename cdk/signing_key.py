@@ -112,41 +112,36 @@ class SigningKey(Construct):
         super().__init__(scope, construct_id)
         self.key_spec = key_spec
         self.signing_algorithm = SIGNING_ALGORITHMS[key_spec]
-        admin_actions = KEY_ADMIN_ACTIONS + (
-            MULTI_REGION_ADMIN_ACTIONS if multi_region or primary_key_arn else []
-        )
-        policy = iam.PolicyDocument(
-            statements=[
+        replicated = bool(multi_region or primary_key_arn)
+        admin_actions = KEY_ADMIN_ACTIONS + (MULTI_REGION_ADMIN_ACTIONS if replicated else [])
+        statements = [
+            iam.PolicyStatement(
+                sid="KeyAdministrationByAccountIam",
+                principals=[iam.AccountRootPrincipal()],
+                actions=admin_actions,
+                resources=["*"],
+            )
+        ]
+        if replicated and replica_regions:
+            statements.append(
                 iam.PolicyStatement(
-                    sid="KeyAdministrationByAccountIam",
+                    sid="ReplicateOnlyIntoTheDeploymentsRegions",
                     principals=[iam.AccountRootPrincipal()],
-                    actions=admin_actions,
+                    actions=["kms:ReplicateKey"],
                     resources=["*"],
-                ),
-                *(
-                    [
-                        iam.PolicyStatement(
-                            sid="ReplicateOnlyIntoTheDeploymentsRegions",
-                            principals=[iam.AccountRootPrincipal()],
-                            actions=["kms:ReplicateKey"],
-                            resources=["*"],
-                            conditions={
-                                "StringEquals": {"kms:ReplicaRegion": sorted(replica_regions)}
-                            },
-                        )
-                    ]
-                    if replica_regions and (multi_region or primary_key_arn)
-                    else []
-                ),
-                iam.PolicyStatement(
-                    sid="NoGrants",
-                    effect=iam.Effect.DENY,
-                    principals=[iam.AnyPrincipal()],
-                    actions=["kms:CreateGrant"],
-                    resources=["*"],
-                ),
-            ]
+                    conditions={"StringEquals": {"kms:ReplicaRegion": sorted(replica_regions)}},
+                )
+            )
+        statements.append(
+            iam.PolicyStatement(
+                sid="NoGrants",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=["kms:CreateGrant"],
+                resources=["*"],
+            )
         )
+        policy = iam.PolicyDocument(statements=statements)
         if primary_key_arn is None:
             key = kms.Key(
                 self,

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.fake_issuer import use_static_credentials
+from tests.support.fake_issuer import use_static_credentials, without_aws_set_up
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tokex.cli.main import build_parser, main
 
@@ -632,8 +632,7 @@ def test_a_missing_profile_is_a_usage_error_with_or_without_a_region(
 ) -> None:
     config = tmp_path / "config"
     config.write_text("[profile other]\nregion = eu-west-1\n")
-    for variable in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(variable, raising=False)
+    without_aws_set_up(monkeypatch)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     monkeypatch.setenv("AWS_PROFILE", "nope")
     if region:

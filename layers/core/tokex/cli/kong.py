@@ -223,9 +223,9 @@ def _check(args: argparse.Namespace) -> Any:
         _client_secret(args)
     if args.service_url is not None:
         require_http_url(args.service_url, flag="--service-url")
-    for path, flag in ((args.existing, "--existing"), (args.output, "--output")):
-        if path is not None and Path(path).is_dir():
-            raise UsageError(f"{flag} {path} is a directory, not a file", input=path)
+    if args.existing is not None and Path(args.existing).is_dir():  # --output: checked above
+        existing = args.existing
+        raise UsageError(f"--existing {existing} is a directory, not a file", input=existing)
     return placement
 
 

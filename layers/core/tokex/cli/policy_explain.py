@@ -281,18 +281,15 @@ def _at(value: str | None) -> datetime:
         return datetime.fromtimestamp(time.time(), UTC)
     try:
         parsed = datetime.fromisoformat(value)
-        at = parsed.astimezone(UTC) if parsed.tzinfo is not None else None
-        if at is not None:
-            at.timestamp()  # a time the policy engine can compare (else OverflowError)
-    except (ValueError, OverflowError):  # not ISO 8601; or past year 9999 once in UTC
-        at = None
-    if at is None:
-        raise UsageError(
-            f"--at {value!r}: expected an ISO 8601 time with a zone between years 1 and "
-            "9999, e.g. 2026-11-30T12:00:00Z",
-            input="--at",
-        )
-    return at
+        if parsed.tzinfo is not None:
+            return parsed.astimezone(UTC)  # OverflowError: outside years 1..9999 in UTC
+    except (ValueError, OverflowError):
+        pass
+    raise UsageError(
+        f"--at {value!r}: expected an ISO 8601 time with a zone between years 1 and "
+        "9999, e.g. 2026-11-30T12:00:00Z",
+        input="--at",
+    )
 
 
 def _read_claims(path: str) -> Mapping[str, Any]:

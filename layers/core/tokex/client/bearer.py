@@ -46,10 +46,6 @@ class BearerSource:
         self.audience = audience
         self.scopes = tuple(check_scopes(scopes))
 
-    def authorization(self) -> str:
-        """The header value: a cached token, or one exchange when it is due."""
-        return f"Bearer {self.client.token(self.audience, self.scopes)}"
-
     def refused(self, status: int, token: str) -> None:
         """The API answered `status` to a request with `token`: a 401 (revoked, or signed
         with a key it no longer trusts) forgets it, so that the next request gets a new

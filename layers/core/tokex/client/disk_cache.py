@@ -115,7 +115,7 @@ def prune_expired(directory: Path, *, now: float | None = None) -> int:
     removed = 0
     for path in directory.glob("*" + FILE_SUFFIX):
         if path.name.startswith("."):
-            continue  # a write in progress (`.tmp-…`)
+            continue  # never an entry: hidden files (older versions' `.tmp-…` writes) stay
         entry = _own_entry(path)
         if entry is None or not entry[0] <= entry[2].expires_at <= now:
             continue

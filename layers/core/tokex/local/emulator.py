@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Protocol
+from typing import IO, Protocol
 
 LOOPBACK = "127.0.0.1"
 
@@ -62,7 +62,7 @@ class SubprocessMotoServer:
             text=True,
         )
         deadline = time.monotonic() + startup_timeout
-        announced = _first_line(self._process, deadline)
+        announced = first_line(self._process.stdout, deadline)
         if not announced.startswith(f"http://{LOOPBACK}:"):
             self.stop()
             raise RuntimeError("the moto server did not start")
@@ -85,15 +85,16 @@ class SubprocessMotoServer:
             self._process.stdout.close()
 
 
-def _first_line(process: subprocess.Popen[str], deadline: float) -> str:
-    """The child's first line of stdout, or "" if it exits or the deadline passes first."""
-    if process.stdout is None:
+def first_line(stream: IO[str] | None, deadline: float) -> str:
+    """The first line a child writes to `stream` (its stdout, a pipe), or "" if it exits
+    or the deadline (`time.monotonic()`) passes first."""
+    if stream is None:
         return ""
     with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
+        selector.register(stream, selectors.EVENT_READ)
         if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
             return ""
-    return process.stdout.readline().strip()
+    return stream.readline().strip()
 
 
 def set_signature_checking(url: str, on: bool) -> None:

@@ -38,7 +38,6 @@ and bound later by the child could be taken in between by any other process.)
 
 from __future__ import annotations
 
-import collections
 import copy
 import functools
 import json
@@ -94,18 +93,12 @@ def _moto_modules_listed_once() -> None:
 
 # Distinct expressions kept; tokex sends a handful, a test suite a few hundred.
 PARSED_EXPRESSIONS_KEPT = 1024
-_parsed_conditions: collections.OrderedDict[str, tuple[Any, list[str], list[str]]] = (
-    collections.OrderedDict()
-)
-_parsed_conditions_lock = threading.Lock()
-_forget_parsed_updates: list[Callable[[], None]] = []
+_forget_parsed: list[Callable[[], None]] = []
 
 
 def forget_parsed_expressions() -> None:
     """Empty the kept parses (for a test that must start with none)."""
-    with _parsed_conditions_lock:
-        _parsed_conditions.clear()
-    for forget in _forget_parsed_updates:
+    for forget in _forget_parsed:
         forget()
 
 
@@ -118,10 +111,20 @@ def _expressions_parsed_once() -> None:
     update_parser: Any = UpdateExpressionParser  # moto's parsing package is untyped
     parse_update = functools.lru_cache(PARSED_EXPRESSIONS_KEPT)(update_parser.make.__func__)
     update_parser.make = classmethod(parse_update)  # type: ignore[arg-type]
-    _forget_parsed_updates.append(parse_update.cache_clear)
+    _forget_parsed.append(parse_update.cache_clear)
 
     parse_condition = ConditionExpressionParser.parse
-    parsed, lock = _parsed_conditions, _parsed_conditions_lock
+
+    @functools.lru_cache(PARSED_EXPRESSIONS_KEPT)
+    def parsed(key: str) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
+        # Parsed from a copy of the request's values (the key): the parse holds them, and
+        # moto may later change a request's lists in place (an item's set an ADD grows).
+        expression, names, values = json.loads(key)
+        own = ConditionExpressionParser(expression, names, values)
+        op = parse_condition(own)  # raises on an invalid one: never kept
+        return op, tuple(own.expr_attr_names_found), tuple(own.expr_attr_values_found)
+
+    _forget_parsed.append(parsed.cache_clear)
 
     def parse(self: Any) -> Any:
         if not self.condition_expression:
@@ -137,22 +140,7 @@ def _expressions_parsed_once() -> None:
             )
         except (TypeError, ValueError):
             return parse_condition(self)  # binary values (moto decodes them to bytes): not kept
-        with lock:
-            hit = parsed.get(key)
-            if hit is not None:
-                parsed.move_to_end(key)
-        if hit is None:
-            # Parsed from a copy of the request's values: the parse holds them, and moto
-            # may later change a request's lists in place (an item's set that an ADD grows).
-            expression, names, values = json.loads(key)
-            own = ConditionExpressionParser(expression, names, values)
-            op = parse_condition(own)  # raises on an invalid one: never kept
-            hit = (op, list(own.expr_attr_names_found), list(own.expr_attr_values_found))
-            with lock:
-                parsed[key] = hit
-                if len(parsed) > PARSED_EXPRESSIONS_KEPT:
-                    parsed.popitem(last=False)
-        op, names_found, values_found = hit
+        op, names_found, values_found = parsed(key)
         # What the request's validation reads off the parser: the placeholders it used.
         self.expr_attr_names_found.extend(names_found)
         self.expr_attr_values_found.extend(values_found)

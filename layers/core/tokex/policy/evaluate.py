@@ -282,15 +282,11 @@ def _principal_match(policy: Policy, caller: CallerIdentity) -> tuple[str, str] 
             return None
         pattern = _eks_match(policy.eks, caller.eks)
         return None if pattern is None else ("eks", pattern)
-    principal = caller.principal_arn
-    if policy.effect == "deny":
-        # IAM names are unique whatever their case, so a deny spelled in another case can
-        # only mean this principal: it must not fail open for a typo. Allows stay exact.
-        matching = [
-            p for p in policy.principals if principal_matches(p.casefold(), principal.casefold())
-        ]
-    else:
-        matching = [p for p in policy.principals if principal_matches(p, principal)]
+    # IAM names are unique whatever their case, so a deny spelled in another case can only
+    # mean this principal: it must not fail open for a typo. Allows stay exact.
+    fold = str.casefold if policy.effect == "deny" else str
+    principal = fold(caller.principal_arn)
+    matching = [p for p in policy.principals if principal_matches(fold(p), principal)]
     if not matching:
         return None
     return "principal", max(matching, key=literal_prefix_length)
