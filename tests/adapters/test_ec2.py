@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
@@ -341,6 +342,8 @@ def test_ec2_endpoint_follows_the_standard_overrides(monkeypatch):
 
 
 def test_service_wires_the_lookup_only_when_a_role_is_configured(aws, monkeypatch):
+    """Built on the first lookup (wiring.py): concurrent first lookups share one, and each
+    answers the instance's real tags."""
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     env = {"TOKEX_ISSUER": "https://auth.example.com", "TOKEX_SIGNING_KEY_ID": "alias/k",
            "TOKEX_POLICY_TABLE": "policies"}  # fmt: skip
@@ -348,6 +351,20 @@ def test_service_wires_the_lookup_only_when_a_role_is_configured(aws, monkeypatc
     assert plain._instance_tags is None
     tagged = Settings.from_env({**env, "TOKEX_INSTANCE_TAGS_ROLE_NAME": ROLE_NAME})
     assert tagged.instance_tags_role_name == ROLE_NAME
-    assert isinstance(build_token_exchange(tagged)._instance_tags, InstanceTagLookup)
-    with pytest.raises(ConfigurationError):
-        build_token_exchange(dataclasses.replace(tagged, instance_tags_role_name="no way"))
+    lookup = build_token_exchange(tagged)._instance_tags
+    assert lookup is not None
+    instance_id = run_instance(aws, team="orders")
+    built: list[InstanceTagLookup] = []
+    real_call = InstanceTagLookup.__call__
+
+    def recording_call(self: InstanceTagLookup, instance: InstanceIdentity) -> Any:
+        built.append(self)
+        return real_call(self, instance)
+
+    monkeypatch.setattr(InstanceTagLookup, "__call__", recording_call)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: lookup(identity(instance_id)), range(8)))
+    assert answers == [{"team": "orders"}] * 8
+    assert len(built) == 8 and len(set(map(id, built))) == 1
+    with pytest.raises(ConfigurationError):  # Settings check it before anything is built
+        dataclasses.replace(tagged, instance_tags_role_name="no way")

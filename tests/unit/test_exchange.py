@@ -605,7 +605,8 @@ EKS_ALLOW = Policy.from_document(
 
 
 def jwt_environment(world: World, settings: Settings = JWT_SETTINGS) -> TokenExchange:
-    return _one_environment(world, settings=settings, issuer_keys=Keys())
+    keys = Keys()
+    return _one_environment(world, settings=settings, issuer_keys=lambda: keys)
 
 
 def jwt_request(token: str) -> TokenRequest:
@@ -639,7 +640,8 @@ def test_a_cold_environment_loads_ahead_while_a_jwt_issuers_keys_arrive(world: W
             return super().key(issuer, kid)
 
     with ThreadPoolExecutor(4, thread_name_prefix="bg") as pool:
-        exchange = ahead.environment(pool, settings=JWT_SETTINGS, issuer_keys=KeysWhileLoading())
+        keys = KeysWhileLoading()
+        exchange = ahead.environment(pool, settings=JWT_SETTINGS, issuer_keys=lambda: keys)
         assert exchange.exchange(jwt_request(subject_jwt()), ExchangeAudit()).access_token
     assert "sts" not in world.log
     assert {what for what, where in ahead.callers if where.startswith("bg")} == {

@@ -151,6 +151,17 @@ def test_anything_else_is_refused(query, status, error) -> None:
     assert (got_status, body["error"]) == (status, error)
 
 
+def test_descriptions_keep_to_the_characters_oauth_allows() -> None:
+    """RFC 6749 §5.2: a strict OAuth client refuses a description with a double quote, a
+    backslash or anything outside printable ASCII, which a request can put in one."""
+    status, body, _ = ask("?audience=pay%22ments%5C%C3%A9%0Aapi")
+    assert (status, body["error"]) == (404, "unknown_audience")
+    assert body["error_description"].endswith("for audience pay'ments/??api")
+    said = TokenUnavailable(503, "unreachable", 'tokex said "no" \\ \u00e9', 3)
+    _, body, _ = ask("?audience=billing-api", tokens=StubTokens(said))
+    assert body["error_description"] == "tokex said 'no' / ?"
+
+
 def test_no_token_is_the_proxys_403_or_503() -> None:
     refused = TokenUnavailable(403, "invalid_target", "no token for audience billing-api", None)
     status, body, headers = ask("?audience=billing-api", tokens=StubTokens(refused))

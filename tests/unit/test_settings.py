@@ -57,6 +57,8 @@ def test_local_mode() -> None:
         {"TOKEX_ISSUER": "https://a.example", "TOKEX_DEADLINE_SECONDS": "0.1"},
         {"TOKEX_ISSUER": "https://a.example", "TOKEX_DEADLINE_SECONDS": "1e3"},
         {"TOKEX_ISSUER": "https://a.example", "TOKEX_DEADLINE_SECONDS": "nan"},
+        {"TOKEX_ISSUER": "https://a.example", "TOKEX_INSTANCE_TAGS_ROLE_NAME": "no way"},
+        {"TOKEX_ISSUER": "https://a.example", "TOKEX_INSTANCE_TAGS_ROLE_NAME": "a" * 65},
     ],
 )
 def test_refused(env: dict[str, str]) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tokex.errors import (
     InvalidGrant,
@@ -32,12 +32,6 @@ from tokex.errors import (
     TokexError,
 )
 from tokex.evidence.identity import AWS_OIF, SIGV4, CallerIdentity, InstanceIdentity
-from tokex.evidence.instance_identity import (
-    CertificateStore,
-    bind_instance_to_caller,
-    verify_instance_identity,
-)
-from tokex.evidence.jwt_evidence import CLOCK_SKEW_SECONDS, IssuerKeys, verify_jwt_evidence
 from tokex.evidence.replay import RecentlyUsed, UsedEvidence, used_signature
 from tokex.evidence.sigv4_request import StsRequest, verify_sts_request
 from tokex.evidence.sts_endpoints import StsEndpoints
@@ -48,6 +42,12 @@ from tokex.token_request import TokenRequest
 from tokex.tokens.claims import build_claims
 from tokex.tokens.jws import encode_jwt
 from tokex.tokens.signer import Signer
+
+if TYPE_CHECKING:
+    # Loaded when such evidence first arrives (below): a cold start with a signed request
+    # alone parses neither instance documents nor JWTs (issue 11).
+    from tokex.evidence.instance_identity import CertificateStore
+    from tokex.evidence.jwt_evidence import IssuerKeys
 
 
 class CallerIdentityVerifier(Protocol):
@@ -116,7 +116,7 @@ class TokenExchange:
         instance_certificates: Callable[[], CertificateStore],
         admission: AdmissionStore | None = None,
         instance_tags: TagLookup | None = None,
-        issuer_keys: IssuerKeys | None = None,
+        issuer_keys: Callable[[], IssuerKeys] | None = None,
         background: Executor | None = None,
         load_ahead: bool = False,
         clock: Callable[[], float] = time.time,
@@ -200,10 +200,12 @@ class TokenExchange:
                 reason="jwt_not_configured",
             )
         self._load_ahead()  # while the issuer's keys are fetched (a cold start's)
+        from tokex.evidence.jwt_evidence import CLOCK_SKEW_SECONDS, verify_jwt_evidence
+
         verified = verify_jwt_evidence(
             token,
             issuers=settings.trusted_issuers,
-            keys=self._issuer_keys,
+            keys=self._issuer_keys(),
             audience=settings.issuer,
             now=now,
         )
@@ -292,6 +294,8 @@ class TokenExchange:
         """The policy decision and the token's claims: in memory on a warm function."""
         settings = self._settings
         if instance is not None:
+            from tokex.evidence.instance_identity import bind_instance_to_caller
+
             instance = bind_instance_to_caller(instance, caller)
             audit.instance = instance.instance_id
         decision = evaluate(
@@ -358,6 +362,8 @@ class TokenExchange:
     def _verify_instance(self, request: TokenRequest) -> InstanceIdentity | None:
         if request.instance_evidence is None:
             return None
+        from tokex.evidence.instance_identity import verify_instance_identity
+
         return verify_instance_identity(request.instance_evidence, self._certificates())
 
 

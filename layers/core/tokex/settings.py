@@ -120,6 +120,11 @@ class Settings:
             raise ConfigurationError(
                 f"TOKEX_POLICY_CACHE_SECONDS must be 0..{MAX_POLICY_CACHE_SECONDS}"
             )
+        # Checked here, at cold start: the tag lookup itself is built on first use.
+        if self.instance_tags_role_name and not identifiers.ROLE_NAME_WITH_PATH.fullmatch(
+            self.instance_tags_role_name
+        ):
+            raise ConfigurationError("TOKEX_INSTANCE_TAGS_ROLE_NAME is not a valid IAM role name")
         if self.local_instance_certificate and not self.is_local:
             raise ConfigurationError(
                 "TOKEX_LOCAL_INSTANCE_CERTIFICATE is for local mode only: deployed issuers "

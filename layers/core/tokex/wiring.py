@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from tokex.adapters import aws_clients
 from tokex.adapters.kms import KmsPublicKeys, KmsSigner
@@ -17,8 +17,6 @@ from tokex.adapters.policy_table import PolicyStore
 from tokex.adapters.state_table.admission import DynamoDbAdmission
 from tokex.adapters.sts import StsForwarder
 from tokex.errors import ConfigurationError
-from tokex.evidence.instance_identity import CertificateStore
-from tokex.evidence.jwt_evidence import IssuerKeys
 from tokex.exchange import TokenExchange
 from tokex.policy.cache import CachedPolicies
 from tokex.policy.evaluate import TagLookup
@@ -26,7 +24,11 @@ from tokex.settings import Settings
 
 if TYPE_CHECKING:
     from tokex.adapters.state_table.introspection_clients import ClientStore
+    from tokex.evidence.instance_identity import CertificateStore
+    from tokex.evidence.jwt_evidence import IssuerKeys
     from tokex.introspection import Introspector
+
+T = TypeVar("T")
 
 # Each function imports what its own use case needs (below): the exchange's cold start
 # loads neither introspection nor the publisher.
@@ -40,33 +42,19 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
     kms = aws_clients.client("kms", session=session)
     dynamodb = aws_clients.client("dynamodb", session=session)
 
-    # KMS GetPublicKey (for the kid) runs on first use, not at import: a KMS hiccup during
-    # a cold start then costs one 503, not a failed Lambda init. Failures are not cached.
-    # Locked: the first exchange loads it ahead in the background, and its Sign waits for
-    # that one GetPublicKey rather than making another.
-    signer_lock = threading.Lock()
-
-    @functools.cache
-    def load_signer() -> KmsSigner:
-        return KmsSigner(kms, settings.signing_key_id)
-
-    def signer() -> KmsSigner:
-        with signer_lock:
-            return load_signer()
-
-    # AWS's ~130 pinned certificates are parsed only once instance evidence arrives.
-    @functools.cache
-    def certificates() -> CertificateStore:
-        return instance_certificates(settings)
-
     return TokenExchange(
         settings=settings,
         sts=StsForwarder(settings.sts_connect_override),
         policies=CachedPolicies(
             PolicyStore(dynamodb, settings.policy_table), settings.policy_cache_seconds
         ),
-        signer=signer,
-        instance_certificates=certificates,
+        # KMS GetPublicKey (for the kid) runs on first use, not at import: a KMS hiccup
+        # during a cold start then costs one 503, not a failed Lambda init. The first
+        # exchange loads it ahead in the background, and its Sign waits for that one
+        # GetPublicKey rather than making another.
+        signer=built_once(lambda: KmsSigner(kms, settings.signing_key_id)),
+        # AWS's ~130 pinned certificates are parsed only once instance evidence arrives.
+        instance_certificates=built_once(lambda: instance_certificates(settings)),
         admission=DynamoDbAdmission(
             dynamodb,
             settings.state_table,
@@ -144,27 +132,52 @@ def build_issuer_publisher(settings: Settings) -> Callable[[], list[str]]:
     return publish
 
 
+def built_once(build: Callable[[], T]) -> Callable[[], T]:
+    """`build()` on the first call, whoever calls first: concurrent first callers wait
+    for that one build rather than making another. A failure is not kept (the next call
+    builds again), so a hiccup costs one request, never the environment."""
+    lock = threading.Lock()
+    built = functools.cache(build)
+
+    def get() -> T:
+        with lock:
+            return built()
+
+    return get
+
+
 def _instance_tag_lookup(settings: Settings, session: object) -> TagLookup | None:
+    """The EC2 tag lookup, built (its module loaded, its STS client made) when a policy's
+    tag condition first asks: a cold start, and every exchange without one, skips it."""
     if not settings.instance_tags_role_name:
         return None
-    # Imported only when configured: a cold start without tag conditions skips it.
-    from tokex.adapters.ec2 import InstanceTagLookup
 
-    return InstanceTagLookup(
-        aws_clients.client("sts", session=session),
-        role_name=settings.instance_tags_role_name,
-    )
+    def build() -> TagLookup:
+        from tokex.adapters.ec2 import InstanceTagLookup
+
+        return InstanceTagLookup(
+            aws_clients.client("sts", session=session),
+            role_name=settings.instance_tags_role_name,
+        )
+
+    lookup = built_once(build)
+    return lambda instance: lookup()(instance)
 
 
-def _issuer_keys(settings: Settings) -> IssuerKeys | None:
-    """The trusted JWT issuers' keys, fetched on first use and cached per issuer."""
+def _issuer_keys(settings: Settings) -> Callable[[], IssuerKeys] | None:
+    """The trusted JWT issuers' keys, fetched on first use and cached per issuer; their
+    adapter loads when the first JWT arrives (a signed request never loads it)."""
     if not settings.trusted_issuers:
         return None
-    # Imported only when configured: a SigV4-only cold start skips it.
-    from tokex.adapters.oidc_keys import OidcIssuerKeys
 
-    # Local mode's issuers are plain http on loopback (settings.py allows them there only).
-    return OidcIssuerKeys(allow_http_loopback=settings.is_local)
+    def build() -> IssuerKeys:
+        from tokex.adapters.oidc_keys import OidcIssuerKeys
+
+        # Local mode's issuers are plain http on loopback (settings.py allows them there
+        # only).
+        return OidcIssuerKeys(allow_http_loopback=settings.is_local)
+
+    return built_once(build)
 
 
 def published_key_ids(settings: Settings) -> list[str]:
@@ -174,6 +187,8 @@ def published_key_ids(settings: Settings) -> list[str]:
 
 def instance_certificates(settings: Settings) -> CertificateStore:
     """AWS's pinned certificates; plus, in local mode only, the demo instance's."""
+    from tokex.evidence.instance_identity import CertificateStore
+
     store = CertificateStore.default()
     # Settings refuse a local certificate outside local mode (settings.py).
     if settings.local_instance_certificate:

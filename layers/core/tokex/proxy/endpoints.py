@@ -15,6 +15,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from tokex.errors import oauth_text
 from tokex.proxy.config import RESERVED_PREFIX, Route
 from tokex.proxy.secret import secret_matches
 from tokex.proxy.tokens import TokenSource, TokenUnavailable
@@ -111,7 +112,10 @@ def _route_for_scopes(candidates: Sequence[Route], scope: str | None) -> Route |
 
 
 def error(status: int, code: str, description: str) -> Answer:
-    return status, {"error": code, "error_description": description}, list(NO_STORE)
+    """An OAuth error body: the description may quote the request (an audience, a header
+    parser's complaint) or tokex's answer, so it is kept to RFC 6749 §5.2's characters."""
+    body = {"error": code, "error_description": oauth_text(description)}
+    return status, body, list(NO_STORE)
 
 
 def unavailable(refused: TokenUnavailable) -> Answer:
