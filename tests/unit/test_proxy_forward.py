@@ -37,6 +37,8 @@ def test_a_body_is_framed_by_its_length_or_chunked(headers, framing) -> None:
         ([("Content-Length", "3"), ("Content-Length", "4")], "different"),
         ([("Content-Length", "-1")], "not a number"),
         ([("Content-Length", "0x10")], "not a number"),
+        ([("Content-Length", "\u00b2")], "not a number"),  # digits to str.isdigit, not int()
+        ([("Content-Length", "\u0661\u0662")], "not a number"),
         ([("Transfer-Encoding", "gzip, chunked")], "only transfer coding"),
         ([("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")], "only"),
         ([("Transfer-Encoding", "identity")], "only transfer coding"),

@@ -47,7 +47,9 @@ class StubTokens:
 
 class Recorder(QuietHandler):
     """Echoes what it got as JSON; `/chunked` answers a chunked body, `/status/N` N,
-    `/sleep` answers after a second."""
+    `/sleep` answers after a second, `/early-hints` a 103 before its answer, `/framed-twice`
+    a chunked body with a Content-Length of 0 that a reader going by the length would take
+    for the next answer."""
 
     protocol_version = "HTTP/1.1"
     seen: list[dict[str, Any]]
@@ -68,6 +70,16 @@ class Recorder(QuietHandler):
         if self.path == "/sleep":  # longer than the proxy waits: it will have gone
             threading.Event().wait(1)
             self.close_connection = True
+            return
+        if self.path == "/early-hints":
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+        if self.path == "/framed-twice":
+            forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(forged), forged))
             return
         if self.path == "/chunked":
             self.send_response(200)
@@ -183,6 +195,60 @@ def test_head_and_expect_100_continue(upstream) -> None:
     assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
     assert b'"body": "hi"' in answer
     assert all(name.lower() != "expect" for name, _ in upstream.seen[-1]["headers"])
+
+
+def test_an_interim_answer_is_not_relayed_and_no_answer_goes_to_another_request(
+    upstream,
+) -> None:
+    """http.client skips a 100 only: a 103 read as the answer would leave the final one on
+    the kept-alive upstream connection, for whichever request used it next."""
+    with proxy_for(route(upstream.url)) as proxy:
+        port = proxy.addresses["listen"][1]
+        status, headers, body = call(port, "POST", "/early-hints", body=b"x")
+        assert (status, json.loads(body)["error"]) == (502, "upstream_unavailable")
+        assert "interim 103" in json.loads(body)["error_description"]
+        assert headers["Connection"] == "close"
+        for target in ("/a", "/b"):
+            status, _, body = call(port, "GET", target)
+            assert (status, json.loads(body)["target"]) == (200, target)
+
+
+def test_a_chunked_answer_with_a_length_too_is_read_and_sent_as_chunked(upstream) -> None:
+    """RFC 9112 §6.3: Transfer-Encoding wins; the Content-Length is not passed on, or the
+    application would read the body as its next answer."""
+    forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"
+    with proxy_for(route(upstream.url)) as proxy:
+        connection = http.client.HTTPConnection("127.0.0.1", proxy.addresses["listen"][1])
+        connection.request("GET", "/framed-twice")
+        response = connection.getresponse()
+        assert response.getheader("Content-Length") is None and response.read() == forged
+        connection.request("GET", "/a")  # the same connection
+        assert json.loads(connection.getresponse().read())["target"] == "/a"
+        connection.close()
+
+
+def test_a_folded_header_reaches_the_upstream_on_one_line(upstream) -> None:
+    """RFC 9112 §5.2: an obs-fold is passed on as a space, never as a line of its own that
+    an upstream could read as a second framing."""
+    with proxy_for(route(upstream.url)) as proxy:
+        answer = raw(
+            proxy.addresses["listen"][1],
+            b"POST /x HTTP/1.1\r\nHost: a\r\nX-A: a\r\n Transfer-Encoding: chunked\r\n"
+            b"Content-Length: 5\r\nConnection: close\r\n\r\n0\r\n\r\n",
+        )
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    (seen,) = upstream.seen
+    assert ["X-A", "a Transfer-Encoding: chunked"] in seen["headers"]
+    assert [name.lower() for name, _ in seen["headers"]].count("transfer-encoding") == 0
+
+
+def test_a_request_line_too_long_is_414(upstream) -> None:
+    with proxy_for(route(upstream.url)) as proxy:
+        answer = raw(proxy.addresses["listen"][1], b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 414 ") and b"Connection: close" in head
+    assert json.loads(body)["error_description"] == "the request line is too long"
+    assert upstream.seen == []
 
 
 def test_an_upstream_401_invalidates_the_token_and_is_answered_as_it_is(upstream) -> None:

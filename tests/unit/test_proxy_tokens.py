@@ -51,7 +51,8 @@ class ScriptedExchanges:
         time.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
-        claims = {"iat": 0, "exp": LIFETIME, "scope": " ".join(scopes) or "all", "n": number}
+        # Issued a second apart, as tokex's are at least (its `iat` is whole seconds).
+        claims = {"iat": number, "exp": number + LIFETIME, "scope": " ".join(scopes) or "all"}
         token = jwt.encode(claims, "k" * 32, algorithm="HS256")
         return {"access_token": token, "token_type": "Bearer", "expires_in": LIFETIME}
 
@@ -176,6 +177,55 @@ def test_a_failed_refresh_keeps_the_valid_token(exchanges) -> None:
     exchanges.fail = None
     clock.now += UNAVAILABLE_MEMORY_SECONDS
     assert tokens.token(route) != first
+
+
+def test_a_caller_handed_the_old_token_during_a_refresh_never_puts_it_back(
+    exchanges, monkeypatch
+) -> None:
+    """Past the refresh point TokenClient hands the token being replaced to every caller
+    but the one refreshing. One of them that comes back after the new token was stored
+    leaves the new one held; else, with tokex down, the proxy would forward the old token
+    past its expiry, and a 401 to the new one would be ignored."""
+    config, (route,) = routes()
+    clock = FakeClock()
+    tokens = RouteTokens(config, clock=clock)
+    old = tokens.token(route)
+    clock.now += 0.85 * LIFETIME  # due for refresh, still valid
+    client = next(iter(tokens._clients.values()))
+    handed_old, new_stored = threading.Event(), threading.Event()
+    token_of_client = client.token
+
+    def token_then_wait(audience: str, scopes: Any) -> str:
+        got = token_of_client(audience, scopes)
+        if threading.current_thread().name == "handed-old":
+            handed_old.set()
+            assert new_stored.wait(10)
+        return got
+
+    monkeypatch.setattr(client, "token", token_then_wait)
+    exchanges.delay = 0.3  # the refresh is in flight when the second caller asks
+    got: dict[str, str] = {}
+
+    def refresher() -> None:
+        got["refresher"] = tokens.token(route)
+        new_stored.set()
+
+    threads = [threading.Thread(target=refresher)]
+    threads.append(threading.Thread(target=lambda: got.update(late=tokens.token(route)),
+                                    name="handed-old"))  # fmt: skip
+    threads[0].start()
+    time.sleep(0.1)
+    threads[1].start()
+    for thread in threads:
+        thread.join(10)
+    new = got["refresher"]
+    assert handed_old.is_set() and got["late"] == old and new != old
+    assert tokens.token_response(route) == {
+        "access_token": new, "token_type": "Bearer", "expires_in": LIFETIME, "scope": "orders:read",
+    }  # fmt: skip
+    clock.now += 0.85 * LIFETIME  # the old token long expired, the new one still valid
+    exchanges.fail = TokenError("cannot reach it", error="unreachable")
+    assert tokens.token(route) == new
 
 
 def test_invalidation_drops_a_token_old_enough_and_only_that_token(exchanges) -> None:

@@ -6,7 +6,8 @@ docs/injection.md "The token endpoint".
 - `GET /.tokex/token?audience=AUD[&scope=S ...]`: the token response of a configured route,
   to a caller presenting the secret in `X-Tokex-Proxy-Secret` (compared in constant time;
   missing or wrong are one answer, 401, so that neither is told apart). The secret is
-  checked first: who does not have it learns nothing, not even which audiences exist.
+  checked first: who does not have it learns nothing here, not even whether an audience
+  is configured (health lists the routes: no secret from a local caller, who can use them).
 """
 
 from __future__ import annotations

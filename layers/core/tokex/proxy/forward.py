@@ -110,7 +110,7 @@ def request_framing(headers: list[tuple[str, str]]) -> tuple[int | None, bool]:
     if len(lengths) > 1:
         raise BadBody("several different Content-Length values")
     (length,) = lengths
-    if not length.isdigit() or len(length) > 18:
+    if not (length.isascii() and length.isdigit()) or len(length) > 18:
         raise BadBody("Content-Length is not a number of bytes")
     return int(length), False
 

@@ -113,7 +113,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         connections.busy(self.connection)
         try:
             if len(self.raw_requestline) > MAX_REQUEST_LINE_BYTES:
-                self.request_version, self.command = "HTTP/1.1", ""
+                self.request_version, self.command, self.requestline = "HTTP/1.1", "", ""
                 self.send_error(414, "the request line is too long")
             elif not self.parse_request():  # answered (send_error)
                 pass
@@ -135,7 +135,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if self.request_version == "HTTP/0.9":
             return  # no status line to send
         description = message or self.responses.get(code, ("error",))[0]
-        self._send_json(code, {"error": "invalid_request", "error_description": description}, [])
+        self._send_json(*error(code, "invalid_request", description))
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one JSON line per request instead (_handle)
@@ -248,6 +248,17 @@ class ProxyHandler(BaseHTTPRequestHandler):
         # of it cannot be read as the next request.
         self._unread_body = body is not None and not sent_whole
         outcome.upstream_status = response.status
+        if response.status < 200:
+            # An interim answer (103 Early Hints, 102 Processing): http.client skips a
+            # 100 only and returns any other as the answer, leaving the final one unread,
+            # to be read as the next request's answer on this connection. Not relayed:
+            # the connection is closed instead.
+            response.close()
+            response.release_conn()
+            self.close_connection = True
+            why = f"{route.authority} sent an interim {response.status} answer; none is relayed"
+            outcome.fields["detail"] = why
+            return self._answer(outcome, error(502, "upstream_unavailable", why))
         if response.status == 401:  # revoked, or a key the upstream no longer trusts
             self._state.tokens.invalidate(route, token)
         self._relay(outcome, response)

@@ -8,10 +8,15 @@ a proxy, not for the API), the proxy's own secret header, `Expect` (the proxy al
 answered it) and the body's framing (set again for the body as it is sent), and sets
 `Host` to the upstream's authority (Kong routes by host). No `X-Forwarded-For` or `Via`
 is added: the upstream learns nothing about the host the workload runs on.
+
+A field value folded over lines (obs-fold, RFC 9112 §5.2) is passed on unfolded, each
+line break a space: a receiver that took the next line for a field of its own could be
+made to frame the message differently (request smuggling).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 HeaderList = list[tuple[str, str]]
@@ -36,6 +41,12 @@ _NOT_FORWARDED = frozenset(
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 # Dropped from responses: a challenge for proxy credentials is not the application's.
 _NOT_RETURNED = frozenset({"proxy-authenticate"})
+_LINE_BREAK = re.compile(r"[\r\n]+[ \t]*")
+
+
+def _passed_on(headers: Iterable[tuple[str, str]], dropped: frozenset[str]) -> HeaderList:
+    kept = [(name, value) for name, value in headers if name.lower() not in dropped]
+    return [(name, _LINE_BREAK.sub(" ", value)) for name, value in kept]
 
 
 def connection_scoped(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
@@ -56,13 +67,16 @@ def upstream_request_headers(
     `Host: authority` and `Authorization: authorization` (the route's bearer token)."""
     incoming = list(incoming)
     dropped = connection_scoped(incoming) | _NOT_FORWARDED | _FRAMING
-    kept = [(name, value) for name, value in incoming if name.lower() not in dropped]
-    return [("Host", authority), *kept, ("Authorization", authorization)]
+    return [("Host", authority), *_passed_on(incoming, dropped), ("Authorization", authorization)]
 
 
 def client_response_headers(upstream: Iterable[tuple[str, str]]) -> HeaderList:
     """The upstream's response headers as the application gets them; Content-Length is
-    kept (the body is copied byte for byte), Transfer-Encoding is the proxy's own."""
+    kept (the body is copied byte for byte), Transfer-Encoding is the proxy's own. A
+    response with both is read as chunked (RFC 9112 §6.3), so its Content-Length, which
+    would frame the body the proxy sends differently, is dropped too."""
     upstream = list(upstream)
     dropped = connection_scoped(upstream) | _NOT_RETURNED
-    return [(name, value) for name, value in upstream if name.lower() not in dropped]
+    if any(name.lower() == "transfer-encoding" for name, _ in upstream):
+        dropped |= {"content-length"}
+    return _passed_on(upstream, dropped)

@@ -31,6 +31,10 @@ def split_target(target: str) -> tuple[str, str]:
         raise BadTarget("the path must not start with //")
     if any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in target):
         raise BadTarget("the request target has spaces, control or non-ASCII characters")
+    # A fragment is never part of a request target (RFC 9112 §3.2), and the way on drops
+    # it: `/a#/b` would be routed by one path and reach the upstream as another.
+    if "#" in target:
+        raise BadTarget("the request target has a fragment (#)")
     path, mark, query = target.partition("?")
     segments = urllib.parse.unquote(path).split("/")
     if any(segment in (".", "..") for segment in segments):

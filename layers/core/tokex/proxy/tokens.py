@@ -79,6 +79,13 @@ class _Held:
     obtained_at: float  # the monotonic clock
     lifetime: float
     scope: str | None
+    issued_at: float | None  # its `iat`: which of two tokens is the newer
+
+    def issued_before(self, other: _Held) -> bool:
+        """Known to be issued before `other` (a token without `iat` never is)."""
+        if self.issued_at is None or other.issued_at is None:
+            return False
+        return self.issued_at < other.issued_at
 
     @property
     def expires_at(self) -> float:
@@ -210,10 +217,15 @@ class RouteTokens:
         token = client.token(route.audience, route.scopes)
         now = self._clock()
         with state.lock:
-            if state.held is None or state.held.token != token:  # a new one: all is well
-                lifetime, scope = _lifetime_and_scope(token)
-                state.held = _Held(token, now, lifetime, scope)
-                state.failure = None
+            held = state.held
+            if held is None or held.token != token:
+                got = _held(token, now)
+                # Past the refresh point TokenClient hands the token being replaced to
+                # every caller but the one refreshing: one that comes back after the new
+                # token was stored must not put the old one back, as if just obtained.
+                if held is None or not got.issued_before(held):  # a new one: all is well
+                    state.held = got
+                    state.failure = None
         return token
 
     def _failed(self, route: Route, state: _RouteState, err: TokenError) -> _Failure:
@@ -292,13 +304,19 @@ def _state_key(route: Route) -> tuple[str, str | None, str, tuple[str, ...]]:
     return route.evidence, route.token_file, route.audience, tuple(sorted(set(route.scopes)))
 
 
-def _lifetime_and_scope(token: str) -> tuple[float, str | None]:
-    """`exp - iat` and `scope` of a tokex access token; (0, None) for a token that is not
-    a JWT with them (then nothing stands in for it past its refresh point)."""
+def _held(token: str, now: float) -> _Held:
+    """`token` obtained `now`, with the lifetime (`exp - iat`), scope and `iat` of a tokex
+    access token; no lifetime, scope nor `iat` for a token that is not a JWT with them
+    (then nothing stands in for it past its refresh point)."""
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
-        lifetime = float(claims["exp"]) - float(claims["iat"])
+        issued_at = float(claims["iat"])
+        lifetime = float(claims["exp"]) - issued_at
     except (jwt.PyJWTError, KeyError, TypeError, ValueError):
-        return 0.0, None
+        return _Held(token, now, 0.0, None, None)
+    if not math.isfinite(lifetime):
+        return _Held(token, now, 0.0, None, None)
     scope = claims.get("scope")
-    return max(lifetime, 0.0), scope if isinstance(scope, str) else None
+    return _Held(
+        token, now, max(lifetime, 0.0), scope if isinstance(scope, str) else None, issued_at
+    )
