@@ -346,7 +346,7 @@ def test_service_wires_the_lookup_only_when_a_role_is_configured(aws, monkeypatc
     answers the instance's real tags."""
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     env = {"TOKEX_ISSUER": "https://auth.example.com", "TOKEX_SIGNING_KEY_ID": "alias/k",
-           "TOKEX_POLICY_TABLE": "policies"}  # fmt: skip
+           "TOKEX_POLICY_TABLE": "policies", "TOKEX_STATE_TABLE": "state"}  # fmt: skip
     plain = build_token_exchange(Settings.from_env(env))
     assert plain._instance_tags is None
     tagged = Settings.from_env({**env, "TOKEX_INSTANCE_TAGS_ROLE_NAME": ROLE_NAME})

@@ -572,6 +572,26 @@ def test_a_slow_issuer_fails_within_the_request_deadline(
     assert failed.value.reason == "deadline:jwks"
 
 
+def test_a_callers_own_deadline_is_no_failure_of_the_issuer(
+    server: IssuerServer, pki: Pki, clock: FakeClock
+) -> None:
+    """A fetch cut short by one request's budget says nothing of the issuer: the next
+    request fetches at once (no backoff), and an unknown kid whose refetch was cut short
+    is a 503, never taken for a kid the issuer does not publish."""
+    server.publish(rsa_jwk("k1"))
+    keys, issuer = adapter(pki, clock), issuer_of(server)
+    server.routes[DISCOVERY].delay = 1.0
+    with deadline.request_deadline(0.3), pytest.raises(DeadlineExceeded):
+        keys.key(issuer, "k1")
+    server.routes[DISCOVERY].delay = 0
+    assert keys.key(issuer, "k1") is not None  # the clock has not moved: no backoff
+    clock.now += 60  # an unknown kid may be refetched again
+    server.routes[DISCOVERY].delay = 1.0
+    with deadline.request_deadline(0.3), pytest.raises(DeadlineExceeded):
+        keys.key(issuer, "k2")
+    assert keys.key(issuer, "k1") is not None  # the cached keys still answer
+
+
 def test_a_caller_waiting_for_a_slow_fetch_stops_at_its_own_deadline(
     server: IssuerServer, pki: Pki, clock: FakeClock
 ) -> None:

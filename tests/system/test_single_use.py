@@ -25,6 +25,7 @@ from tokex.ratelimit import WINDOW_SECONDS
 
 STS = "sts:GetCallerIdentity"
 ADMIT = "DynamoDB_20120810.TransactWriteItems"
+PUT = "DynamoDB_20120810.PutItem"
 SIGN = "TrentService.Sign"
 USED = "this signed request was already used; sign a new one for each exchange"
 KMS_DOWN = "kms GetPublicKey: EndpointConnectionError"  # the first KMS call, beside the write
@@ -222,3 +223,33 @@ def test_a_sign_failure_after_the_write_is_undone_by_one_compensating_write(
     assert status == 200, body
     assert_sts_then_write_and_sign(counting_proxy.take())
     assert_used_up(handler, signed, scope="demo:read")
+
+
+def test_single_use_alone_and_its_release_survive_a_lost_answer(
+    local_system, fresh_role, counting_proxy
+):
+    """With the rate limit off, single use is one PutItem, which (unlike a transaction)
+    carries no idempotency token: the SDK's retry after a lost answer meets the record its
+    own first attempt wrote, and must take it for its own, not for a replay. A release
+    retried the same way must still give the request back."""
+    alone = {"TOKEX_RATE_LIMIT_PER_MINUTE": "0"}
+    handler = cold_exchange_handler(local_system, **alone, **counting_proxy.handler_settings())
+    assert invoke_exchange(handler, sign(local_system))[0] == 200  # cold: key, policies
+    counting_proxy.take()
+
+    counting_proxy.lose_an_answer(PUT)
+    signed = sign(local_system, credentials=fresh_role.credentials)
+    status, _, body = invoke_exchange(handler, signed, scope="demo:read")
+    assert status == 200, body
+    assert counting_proxy.take().count(PUT) == 2  # the write, then the SDK's retry
+    assert_used_up(cold_exchange_handler(local_system, **alone), signed, scope="demo:read")
+
+    counting_proxy.fail(SIGN, 500, "KMSInternalException")
+    counting_proxy.lose_an_answer(PUT, after=1)  # the admission's answer comes; the release's not
+    signed = sign(local_system, credentials=fresh_role.credentials)
+    answer = Recorded(lambda: invoke_exchange(handler, signed, scope="demo:read"))
+    assert_refused(answer, 503, "temporarily_unavailable", "kms Sign: KMSInternalException")
+    assert counting_proxy.take().count(PUT) == 3  # the admission, the release and its retry
+    counting_proxy.heal()
+    status, _, body = invoke_exchange(handler, signed, scope="demo:read")
+    assert status == 200, body  # given back, in this environment as in the table

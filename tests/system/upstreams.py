@@ -87,15 +87,20 @@ Answer = tuple[int, list[tuple[str, str]], bytes]
 
 
 class LoopbackHttpServer:
-    """A threaded HTTP/1.1 server on loopback answering every POST with `answer`."""
+    """A threaded HTTP/1.1 server on loopback answering every POST with `answer`; `None`
+    closes the connection without an answer."""
 
-    def __init__(self, answer: Callable[[BaseHTTPRequestHandler, bytes], Answer]) -> None:
+    def __init__(self, answer: Callable[[BaseHTTPRequestHandler, bytes], Answer | None]) -> None:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                status, headers, payload = answer(self, body)
+                answered = answer(self, body)
+                if answered is None:
+                    self.close_connection = True
+                    return
+                status, headers, payload = answered
                 self.send_response(status)
                 for name, value in headers:
                     if name.lower() not in ("content-length", "transfer-encoding", "connection"):
@@ -130,8 +135,15 @@ class CountingProxy(LoopbackHttpServer):
         # Operation -> the answer the proxy gives instead of the emulator's (`fail`).
         self._failing: dict[str, Answer] = {}
         self._held: tuple[frozenset[str], threading.Barrier] | None = None
+        # Operation -> how many of its calls still go through before one answer is lost.
+        self._losing: dict[str, int] = {}
         self._target = urlsplit(target)
         super().__init__(self._record_and_forward)
+
+    def lose_an_answer(self, operation: str, *, after: int = 0) -> None:
+        """The call to `operation` that comes after `after` more of them reaches the
+        emulator, which acts on it, and its answer is lost: the connection closes."""
+        self._losing[operation] = after
 
     def hold_together(self, *operations: str, timeout: float) -> None:
         """From now on, a call to one of `operations` waits (up to `timeout` seconds)
@@ -153,8 +165,9 @@ class CountingProxy(LoopbackHttpServer):
 
     def heal(self) -> None:
         self._failing.clear()
+        self._losing.clear()
 
-    def _record_and_forward(self, request: BaseHTTPRequestHandler, body: bytes) -> Answer:
+    def _record_and_forward(self, request: BaseHTTPRequestHandler, body: bytes) -> Answer | None:
         target = request.headers.get("X-Amz-Target")
         if target is None and body.startswith(b"Action="):
             target = "sts:" + body.split(b"&")[0].split(b"=")[1].decode()
@@ -167,7 +180,13 @@ class CountingProxy(LoopbackHttpServer):
             with contextlib.suppress(threading.BrokenBarrierError):
                 self._held[1].wait()
                 self.held_together.append(operation)
-        return self._forward(request, body)
+        answer = self._forward(request, body)
+        if self._losing.get(operation) == 0:
+            del self._losing[operation]
+            return None
+        if operation in self._losing:
+            self._losing[operation] -= 1
+        return answer
 
     def _forward(self, request: BaseHTTPRequestHandler, body: bytes) -> Answer:
         connection = http.client.HTTPConnection(

@@ -2,19 +2,13 @@
 docs/performance.md "Results"): instance documents, JWT evidence, the EC2 tag
 lookup, the issuers' keys, introspection and the publisher load when first needed, in
 that request, never at import. A fresh interpreter loads the handler as Lambda's runtime
-does, with a deployment's settings. What is built on first use is built once
-(`wiring.built_once`), however many requests ask at once."""
+does, with a deployment's settings."""
 
 from __future__ import annotations
-
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.support.fresh_handler import FUNCTIONS, run_probe
-from tokex.wiring import built_once
 
 PROBE = """
 import importlib, json, sys
@@ -49,40 +43,3 @@ FEATURES = {
 def test_a_cold_exchange_loads_what_a_signed_request_needs(env: dict[str, str]) -> None:
     loaded = run_probe(PROBE, FUNCTIONS / "exchange", *ON_DEMAND, *AT_IMPORT, env=env)
     assert loaded == sorted(AT_IMPORT)
-
-
-def test_built_once_builds_on_first_use_once_for_concurrent_callers() -> None:
-    builds: list[object] = []
-    callers = threading.Barrier(8)
-
-    def build() -> object:
-        time.sleep(0.05)  # long enough for every caller to arrive while it runs
-        builds.append(object())
-        return builds[-1]
-
-    get = built_once(build)
-    assert builds == []  # nothing until asked
-
-    def first_use(_: int) -> object:
-        callers.wait()
-        return get()
-
-    with ThreadPoolExecutor(8) as pool:
-        got = list(pool.map(first_use, range(8)))
-    assert len(builds) == 1 and all(each is builds[0] for each in got)
-    assert get() is builds[0]
-
-
-def test_built_once_keeps_no_failure() -> None:
-    attempts: list[int] = []
-
-    def build() -> str:
-        attempts.append(1)
-        if len(attempts) == 1:
-            raise TimeoutError("KMS did not answer")
-        return "built"
-
-    get = built_once(build)
-    with pytest.raises(TimeoutError):
-        get()
-    assert (get(), get(), len(attempts)) == ("built", "built", 2)

@@ -224,6 +224,21 @@ def _one_environment(world: World, background: Any = _DEFERRED, **changes: Any) 
     return TokenExchange(**{**arguments, **changes})
 
 
+def test_with_single_use_off_a_signed_request_may_be_exchanged_again(world: World) -> None:
+    """TOKEX_SINGLE_USE=false: each exchange charges the budget and uses nothing up, so
+    the environment that saw a request does not refuse it either."""
+    exchange = _one_environment(world, settings=Settings(issuer=ISSUER, single_use=False))
+    request = token_request()
+    for _ in range(2):
+        assert exchange.exchange(request, ExchangeAudit()).access_token
+    assert world.admitted == [(None, ROLE), (None, ROLE)]
+    world.admit_error = RateLimited("over budget", retry_after=30)
+    with pytest.raises(RateLimited):  # not remembered as used: a 429 again, not a replay
+        exchange.exchange(request, ExchangeAudit())
+    with pytest.raises(RateLimited):
+        exchange.exchange(request, ExchangeAudit())
+
+
 def refused(world: World, error: type[TokexError], **changes: Any) -> TokexError:
     with pytest.raises(error) as caught:
         world.exchange(**changes)
@@ -627,6 +642,15 @@ def test_an_oif_exchange_makes_no_sts_call_and_is_single_use_by_jti(world: World
     with pytest.raises(InvalidGrant) as replay:  # this environment saw it used up
         exchange.exchange(jwt_request(token), ExchangeAudit())
     assert replay.value.reason == "replay" and world.log == []
+
+
+def test_with_single_use_off_an_oif_token_may_be_exchanged_again(world: World) -> None:
+    issuers = JWT_SETTINGS.trusted_issuers
+    settings = Settings(issuer=ISSUER, trusted_issuers=issuers, single_use=False)
+    exchange, token = jwt_environment(world, settings), subject_jwt()
+    for _ in range(2):
+        assert exchange.exchange(jwt_request(token), ExchangeAudit()).access_token
+    assert world.admitted == [(None, ROLE), (None, ROLE)]
 
 
 def test_a_cold_environment_loads_ahead_while_a_jwt_issuers_keys_arrive(world: World) -> None:

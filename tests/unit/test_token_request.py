@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from urllib.parse import urlencode
 
 import pytest
@@ -55,6 +58,41 @@ def test_refused_media_types(content_type: str | None, reason: str) -> None:
     with pytest.raises(UnsupportedMediaType) as refused:
         check_content_type(content_type)
     assert (refused.value.status, refused.value.reason) == (415, reason)
+
+
+# Whitespace on both sides of each `;` that the parser could split between two parameters
+# in every way: 3^n ways for n of them, tried one by one when the match fails.
+HOSTILE_MEDIA_TYPES = [
+    FORM + " ; " * 2000 + "x",
+    FORM + " ;" * 3000 + "\x00",
+    FORM + "\t;\t" * 500 + "=",
+]
+PARSE_HOSTILE = """
+import json, sys
+from tokex.errors import UnsupportedMediaType
+from tokex.forms import check_content_type
+for content_type in json.load(sys.stdin):
+    try:
+        check_content_type(content_type)
+    except UnsupportedMediaType as refused:
+        print(refused.reason)
+"""
+
+
+def test_a_hostile_media_type_is_refused_without_backtracking() -> None:
+    """A 25-byte prefix and ` ; ` 17 times once kept the parser (C code: no deadline
+    stops it) busy for 10 s, each repeat tripling it; these would take longer than the
+    universe has existed. In a child, so that a regression fails here instead of hanging
+    the suite; the limit only tells "finished" from "never finishes"."""
+    parsed = subprocess.run(
+        [sys.executable, "-c", PARSE_HOSTILE],
+        input=json.dumps(HOSTILE_MEDIA_TYPES),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert parsed.stdout.split() == ["content_type"] * len(HOSTILE_MEDIA_TYPES)
 
 
 def test_unrecognised_parameters_are_ignored_up_to_the_limit() -> None:

@@ -169,7 +169,7 @@ class TokenExchange:
 
     def _sigv4_caller(
         self, request: TokenRequest, now: float, audit: ExchangeAudit
-    ) -> tuple[CallerIdentity, UsedEvidence, InstanceIdentity | None]:
+    ) -> tuple[CallerIdentity, UsedEvidence | None, InstanceIdentity | None]:
         """SigV4 evidence: the request's offline checks, then the one STS round trip."""
         audit.evidence = SIGV4
         assert request.signed_request is not None
@@ -180,8 +180,9 @@ class TokenExchange:
             now=datetime.fromtimestamp(now, UTC),
             audience=request.audience,
         )
-        used = used_signature(sts_request)
-        if self._admission is not None and used in self._used:
+        # Single use off (TOKEX_SINGLE_USE=false): nothing is used up, here or in the table.
+        used = used_signature(sts_request) if self._settings.single_use else None
+        if used is not None and self._admission is not None and used in self._used:
             raise used.replay_refusal()
         instance = self._verify_instance(request)
         self._load_ahead()
@@ -212,7 +213,7 @@ class TokenExchange:
         audit.evidence = verified.caller.evidence
         self._check_region(verified.caller)
         digest = verified.single_use_digest()
-        if digest is None:
+        if digest is None or not settings.single_use:
             return verified.caller, None
         # No copy of the token passes verification after exp + the allowed skew.
         used = UsedEvidence(digest, verified.expires_at + CLOCK_SKEW_SECONDS, what="token")

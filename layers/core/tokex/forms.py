@@ -21,7 +21,10 @@ FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 # RFC 9110 §5.6.2 token, §5.6.3 OWS (SP / HTAB only), §5.6.4 quoted-string (ASCII only:
 # obs-text is obsolete and never needed for a charset).
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_OWS = r"[ \t]*"
+# Possessive: the whitespace after one `;` and before the next could otherwise be split
+# between the two in every way, and a failing match would try them all (a header of a
+# hundred characters kept the parser busy for seconds).
+_OWS = r"[ \t]*+"
 _QUOTED = r'"(?:[\t !#-\[\]-~]|\\[\t -~])*"'
 _PARAMETER_TEXT = rf"{_OWS};{_OWS}(?:(?P<name>{_TOKEN})=(?P<value>{_TOKEN}|{_QUOTED}))?"
 _MEDIA_TYPE = re.compile(

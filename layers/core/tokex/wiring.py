@@ -37,6 +37,12 @@ T = TypeVar("T")
 def build_token_exchange(settings: Settings) -> TokenExchange:
     if not (settings.signing_key_id and settings.policy_table):
         raise ConfigurationError("TOKEX_SIGNING_KEY_ID and TOKEX_POLICY_TABLE are required")
+    admits = settings.single_use or settings.rate_limit_per_minute > 0
+    if admits and not settings.state_table:  # never a silent fall back to neither
+        raise ConfigurationError(
+            "TOKEX_STATE_TABLE is required for single use and the rate limit (to run without"
+            " both: TOKEX_SINGLE_USE=false and TOKEX_RATE_LIMIT_PER_MINUTE=0)"
+        )
     # One session for all clients: each new session would load the service models again.
     session = aws_clients.new_session()
     kms = aws_clients.client("kms", session=session)
@@ -62,7 +68,7 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
             rate_limit_per_minute=settings.rate_limit_per_minute,
             region=settings.serving_region,
         )
-        if settings.state_table and (settings.single_use or settings.rate_limit_per_minute)
+        if admits
         else None,
         instance_tags=_instance_tag_lookup(settings, session),
         issuer_keys=_issuer_keys(settings),

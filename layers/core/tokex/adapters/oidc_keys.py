@@ -131,7 +131,7 @@ class OidcIssuerKeys:
             # An unknown kid: the issuer may have rotated its keys since the last fetch.
             failed = self._fetch_into(cache, issuer, now)
             found = cache.keys.get(kid)
-        if found is None and cache.failure is not None:
+        if found is None and (failed or cache.failure) is not None:
             # The keys may be out of date: whether the issuer publishes `kid` is unknown.
             raise failed or _again(cache.failure)
         return found
@@ -140,9 +140,14 @@ class OidcIssuerKeys:
         self, cache: _IssuerCache, issuer: TrustedIssuer, now: float
     ) -> TemporarilyUnavailable | None:
         """Fetch the issuer's keys into `cache`; the failure, if it failed."""
-        cache.attempted_at = now
+        attempted_before, cache.attempted_at = cache.attempted_at, now
         try:
             keys = self._fetch(issuer)
+        except DeadlineExceeded as exc:
+            # This request ran out of time, which says nothing of the issuer: the next
+            # one, with a budget of its own, tries at once (no backoff, no refetch limit).
+            cache.attempted_at = attempted_before
+            return exc
         except TemporarilyUnavailable as exc:
             cache.failure = exc
             age = now - cache.fetched_at

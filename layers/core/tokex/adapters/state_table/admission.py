@@ -26,7 +26,9 @@ request. A release that fails leaves the
 request used up: the caller signs a new one (fail closed). So does an admission write that
 gets no answer (a timeout): whether it was recorded is unknown, and nothing is released.
 botocore sends a transaction's retries with one `ClientRequestToken`, so a retry after a
-lost answer is not mistaken for a replay.
+lost answer is not mistaken for a replay; a PutItem alone has no such token, so its retry
+reads the record that failed its condition and knows its own admission's id, and a
+released record keeps that id, so that a retried release still meets its condition.
 
 Capacity (both items are far under 1 KB, so neither size nor the 400 KB item limit is a
 concern; no item grows with use): a transactional write costs 2 WCU per item, so an
@@ -128,7 +130,7 @@ class DynamoDbAdmission:
             self._transact([{"Put": use}, {"Update": charge}], admission, now)
             return admission
         # One of the two alone: that item's conditional write.
-        if use is not None and not self._write("PutItem", use):
+        if use is not None and not self._use_alone(use, admission):
             assert admission.used is not None
             raise admission.used.replay_refusal()
         window = admission.window
@@ -199,6 +201,8 @@ class DynamoDbAdmission:
                 **schema.key(str(admission.signature_key)),
                 schema.TTL_ATTRIBUTE: {"N": str(admission.used.expires_at)},
                 "released_at": {"N": str(now)},
+                # Kept: a retry after a lost answer still meets the condition.
+                "admission": {"S": admission.id},
             },
             "ConditionExpression": "admission = :admission",
             "ExpressionAttributeValues": {":admission": {"S": admission.id}},
@@ -235,9 +239,23 @@ class DynamoDbAdmission:
 
     def _use_up_after_refusal(self, use: dict[str, Any], admission: Admission) -> None:
         """The 429 path: record the evidence alone, so the refused evidence stays used."""
-        if not self._write("PutItem", use):
+        if not self._use_alone(use, admission):
             assert admission.used is not None
             raise admission.used.replay_refusal()  # a concurrent copy got there first
+
+    def _use_alone(self, use: dict[str, Any], admission: Admission) -> bool:
+        """The signature record's conditional PutItem outside a transaction (which has no
+        idempotency token): False if the evidence was used before. A retry after a lost
+        answer fails its condition on the record its own first attempt wrote; DynamoDB
+        returns that record, and this admission's id in it is no replay."""
+        try:
+            self._call("PutItem", **use, ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        except ClientError as exc:
+            if not errors.is_client_error(exc, "ConditionalCheckFailedException"):
+                raise _unavailable("PutItem", exc) from None
+            found = exc.response.get("Item") or {}
+            return bool(found.get("admission") == {"S": admission.id})
+        return True
 
     def _write(self, operation: str, request: dict[str, Any]) -> bool:
         """A conditional write: False if its condition failed."""
