@@ -304,6 +304,7 @@ class ProxyExtensionLayer(Construct):
             self,
             "Layer",
             code=locally_bundled_code(
+                self,
                 placeholder=bundling.package_dir / "extension",
                 asset_hash=key,
                 bundler=_LocalBundler(bundling, key),

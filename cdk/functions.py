@@ -116,11 +116,12 @@ def function_asset_hash(files: Mapping[str, Path], compiler: BytecodeCompiler | 
     return digest.hexdigest()
 
 
-def function_code(function: str) -> lambda_.Code:
+def function_code(scope: Construct, function: str) -> lambda_.Code:
     """The function's asset, built on this machine (no Docker) under `function_asset_hash`."""
     files = function_asset_files(function)
     compiler = function_compiler()
     return locally_bundled_code(
+        scope,
         placeholder=functions_package_dir() / function,
         asset_hash=function_asset_hash(files, compiler),
         bundler=_CopyFiles(files, compiler),
@@ -160,7 +161,7 @@ class TokexFunction(Construct):
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
             handler=handler_name(directory),
-            code=function_code(directory),
+            code=function_code(self, directory),
             layers=[layer],
             role=self.role,
             memory_size=512,

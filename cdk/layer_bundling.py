@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import jsii
-from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling
+from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling, Stack
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
@@ -411,14 +411,23 @@ class _LocalBundler:
         return True
 
 
+UNBUNDLED = "-unbundled"
+
+
 def locally_bundled_code(
-    *, placeholder: Path, asset_hash: str, bundler: ILocalBundling
+    scope: Construct, *, placeholder: Path, asset_hash: str, bundler: ILocalBundling
 ) -> lambda_.Code:
     """Lambda `Code` that `bundler` builds on this machine (no Docker), under `asset_hash`.
 
     `placeholder` is a directory CDK needs to be given: with a custom hash and local
-    bundling it is neither fingerprinted nor copied; the bundler writes the asset.
+    bundling it is neither fingerprinted nor copied; the bundler writes the asset. When
+    `scope`'s stack is not bundled (`TOKEX_SYNTH_WITHOUT_BUNDLING=1`), the asset is the
+    placeholder itself, which must never be uploaded under the built asset's S3 key: a
+    deploy from such a synth would leave a broken object there that every later deploy
+    of the same sources found and reused.
     """
+    if not Stack.of(scope).bundling_required:
+        asset_hash += UNBUNDLED
     return lambda_.Code.from_asset(
         str(placeholder),
         asset_hash_type=AssetHashType.CUSTOM,
@@ -431,14 +440,17 @@ def locally_bundled_code(
     )
 
 
-def core_layer_code(*, project_root: Path, python_version: str) -> lambda_.Code:
+def core_layer_code(scope: Construct, *, project_root: Path, python_version: str) -> lambda_.Code:
     """Lambda `Code` for the layer: local bundling only, custom asset hash = inputs hash."""
     bundling = CoreLayerBundling(
         project_root=project_root, python_version=python_version, find_compiler=runtime_compiler
     )
     key = bundling.inputs_hash()
     return locally_bundled_code(
-        placeholder=bundling.package_dir, asset_hash=key, bundler=_LocalBundler(bundling, key)
+        scope,
+        placeholder=bundling.package_dir,
+        asset_hash=key,
+        bundler=_LocalBundler(bundling, key),
     )
 
 
@@ -452,6 +464,7 @@ class CoreLayer(Construct):
             self,
             "Layer",
             code=core_layer_code(
+                self,
                 project_root=Path(__file__).resolve().parent.parent,
                 python_version=python_version,
             ),

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -25,10 +25,14 @@ from tokex.errors import MethodNotAllowed, TemporarilyUnavailable, TokexError
 from tokex.http_api import NOT_FOUND, event_body, event_response, json_text, no_store
 from tokex.regions import regional_path
 from tokex_functions.collector import frozen_after_first_invocation
+from tokex_functions.logs import function_logger
 from tokex_functions.tracing import FunctionTracer
 
 # Every method API Gateway forwards besides POST: answered 405 with `Allow: POST`.
 WRONG_METHODS = ["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+# What a bug answers (fail closed, nothing leaked).
+UNEXPECTED = TemporarilyUnavailable("internal error, retry later", reason="bug")
 
 # The endpoint's own audit fields (who, which token...), logged after `outcome`.
 AuditFields = Mapping[str, object]
@@ -58,7 +62,7 @@ class HttpEndpoint:
         self.audit_message = audit_message
         self.metric = metric
         self.idle_fields = dict(idle_fields)
-        self.logger = Logger()
+        self.logger = function_logger()
         self.metrics = Metrics()
         self.tracer = FunctionTracer()
         self.app = APIGatewayHttpResolver()
@@ -148,9 +152,7 @@ class HttpEndpoint:
         # A bug must not hand out anything (no token, never "active") nor leak a trace:
         # fail closed with a 503, and log the exception whole here.
         self.logger.exception("unexpected error", extra={"outcome": "error"})
-        return self.error_response(
-            TemporarilyUnavailable("internal error, retry later", reason="bug")
-        )
+        return self.error_response(UNEXPECTED)
 
     def _lambda_handler(self) -> LambdaHandler:
         @frozen_after_first_invocation
@@ -170,4 +172,11 @@ class HttpEndpoint:
         except NotThroughIssuer as err:
             self.audit("refused", self.idle_fields, started, error=err.error, reason=err.reason)
             return event_response(err.status, err.body())
-        return self.app.resolve(event, context)
+        try:
+            return self.app.resolve(event, context)
+        except Exception:
+            # An event API Gateway never sends (a direct invocation without
+            # `requestContext`, say) fails in the resolver before its route's handler: the
+            # same 503, not a failed invocation that API Gateway would answer 500.
+            self.logger.exception("unexpected error", extra={"outcome": "error"})
+            return event_response(UNEXPECTED.status, UNEXPECTED.body(), UNEXPECTED.headers())

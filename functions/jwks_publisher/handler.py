@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tokex.settings import Settings
 from tokex.wiring import build_issuer_publisher
 from tokex_functions.collector import frozen_after_first_invocation
+from tokex_functions.logs import function_logger
 from tokex_functions.tracing import FunctionTracer
 
-logger = Logger()
+logger = function_logger()
 tracer = FunctionTracer()
 
 settings = Settings.from_env()

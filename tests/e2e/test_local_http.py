@@ -89,6 +89,11 @@ def test_absolute_form_target_is_accepted(local_process):
     assert send(local_process, request("GET", target)).status == 200
 
 
+@pytest.mark.parametrize("target", ["http://[/token", "http://[zz]/token", "http://x]/token"])
+def test_an_absolute_target_that_is_no_url_is_400(local_process, target):
+    assert_contract_error(send(local_process, request("GET", target)), 400)
+
+
 # -- the request line and the header section ------------------------------------------------
 
 
@@ -304,7 +309,16 @@ def test_many_idle_connections_are_all_released(local_process):
 
 TOKENS = st.sampled_from(["GET", "POST", "HEAD", "post", "TRACE", "", "G ET", "\x00", "PRI"])
 TARGETS = st.sampled_from(
-    ["/token", "/introspect", "/.well-known/jwks.json", "/x", "*", "", "http://h/token"]
+    [
+        "/token",
+        "/introspect",
+        "/.well-known/jwks.json",
+        "/x",
+        "*",
+        "",
+        "http://h/token",
+        "http://[/token",
+    ]
 )
 HEADER_LINES = st.lists(
     st.one_of(

@@ -3,7 +3,8 @@
 - The layer is bundled from an empty cache by the pip of the venv the README's setup
   command made (no pip upgrade): pip 23.0.1-23.2.1 refuse `--platform` without `--target`.
 - `python app.py` writes `./cdk.out` unless the CLI (or the user) set `CDK_OUTDIR`.
-- `TOKEX_SYNTH_WITHOUT_BUNDLING=1` skips the layer under the CDK CLI too.
+- `TOKEX_SYNTH_WITHOUT_BUNDLING=1` skips the layer under the CDK CLI too, and the assets it
+  leaves unbuilt never take a built asset's S3 key.
 - An invalid context value ends the synth with one line naming the key, no traceback.
 """
 
@@ -40,6 +41,18 @@ def _offline_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def _built_asset_keys(template: dict) -> list[str]:
+    """The S3 keys of the assets tokex builds itself: its layers and its functions."""
+    keys = []
+    for resource in template["Resources"].values():
+        properties = resource.get("Properties", {})
+        if resource["Type"] == "AWS::Lambda::LayerVersion":
+            keys.append(properties["Content"]["S3Key"])
+        elif str(properties.get("Handler", "")).startswith("tokex_functions."):
+            keys.append(properties["Code"]["S3Key"])
+    return keys
+
+
 def _layer_count(template_path: Path) -> int:
     template = json.loads(template_path.read_text(encoding="utf-8"))
     return sum(r["Type"] == "AWS::Lambda::LayerVersion" for r in template["Resources"].values())
@@ -55,7 +68,9 @@ def test_layer_was_bundled_cold_by_the_venv_pip(
     assert (default_synth.layer_dir() / "python" / "tokex" / "exchange.py").is_file()
 
 
-def test_python_app_writes_cdk_out_in_the_working_directory(tmp_path: Path) -> None:
+def test_python_app_writes_cdk_out_in_the_working_directory(
+    tmp_path: Path, default_synth: Synthesized
+) -> None:
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "app.py")],
         cwd=tmp_path,
@@ -70,6 +85,13 @@ def test_python_app_writes_cdk_out_in_the_working_directory(tmp_path: Path) -> N
     assert _layer_count(template) == 2  # the core layer and the proxy extension layer
     assert "cdk.out/Tokex.template.json" in result.stderr
     assert not (tmp_path / "empty-cache").exists()  # pip never ran
+    # Unbundled, an asset is its bare sources: a deploy from such a synth must not leave
+    # them under the key a real build uploads to (the next deploy would find them there
+    # and skip its upload).
+    unbundled = _built_asset_keys(json.loads(template.read_text(encoding="utf-8")))
+    built = _built_asset_keys(default_synth.raw)
+    assert len(unbundled) == len(built) >= 5  # two layers, three functions
+    assert not set(unbundled) & set(built)
 
 
 def test_cdk_outdir_wins_over_the_default(tmp_path: Path) -> None:

@@ -13,6 +13,19 @@ from pathlib import Path
 from typing import Any
 
 FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
+# The start of a probe: `handler`, the module loaded from its file (the probe's argv[1]),
+# and `Context`, the context an invocation gets.
+LOAD_HANDLER = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("handler", sys.argv[1])
+handler = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(handler)
+class Context:
+    function_name = "tokex"; memory_limit_in_mb = 512; aws_request_id = "probe"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:tokex"
+    function_version = "$LATEST"; log_group_name = log_stream_name = "probe"
+    def get_remaining_time_in_millis(self): return 10_000
+"""
 HANDLERS = sorted(FUNCTIONS.glob("*/handler.py"))
 SETTINGS = {
     "AWS_DEFAULT_REGION": "us-east-1",

@@ -21,6 +21,10 @@ def test_the_secret_admits_and_nothing_else_does() -> None:
         {ORIGIN_HEADER: f"{SECRET},{SECRET}"},  # a repeated header, as API Gateway joins it
         {ORIGIN_HEADER: SECRET.lower()},
         {"x-tokex-origin": SECRET},
+        {ORIGIN_HEADER: "\ud800"},  # a lone surrogate: no UTF-8 text, refused all the same
+        {ORIGIN_HEADER: SECRET[:-1] + "\udcff"},
+        {ORIGIN_HEADER: None},  # not API Gateway's event: refused, never a crash
+        {ORIGIN_HEADER: [SECRET]},
     ):
         with pytest.raises(NotThroughIssuer) as refused:
             gate.check(headers)

@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.fresh_handler import FUNCTIONS, run_probe
+from tests.support.fresh_handler import FUNCTIONS, LOAD_HANDLER, run_probe
 
 ENDPOINTS = {"exchange": "/token", "introspect": "/introspect"}
 
-PROBE = """
-import gc, importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("handler", sys.argv[1])
-handler = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(handler)
-class Context:
-    function_name = "tokex"; memory_limit_in_mb = 512; aws_request_id = "probe"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:tokex"
-    function_version = "$LATEST"; log_group_name = log_stream_name = "probe"
-    def get_remaining_time_in_millis(self): return 10_000
+PROBE = (
+    LOAD_HANDLER
+    + """
+import gc, json
 def get(path):  # a wrong method: answered without any AWS call
     return {
         "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
@@ -35,6 +29,7 @@ for _ in range(2):
     counts.append(gc.get_freeze_count())
 print(json.dumps({"counts": counts, "statuses": statuses}))
 """
+)
 
 
 @pytest.mark.parametrize("function", sorted(ENDPOINTS))

@@ -191,6 +191,35 @@ def test_cache_is_per_audience_and_scopes_in_any_order(issuer) -> None:
     assert [form["audience"] for form in issuer.forms] == [["orders-api"]] * 2 + [["billing-api"]]
 
 
+RAW_ANSWERS = {
+    "nested too deep": b"[" * 50_000,  # under the size cap; json recurses on it
+    "a lifetime no float holds": b'{"access_token": "t", "expires_in": 1' + b"0" * 400 + b"}",
+    "an infinite lifetime": b'{"access_token": "t", "expires_in": 1e400}',
+}
+
+
+@pytest.mark.parametrize("answer", RAW_ANSWERS.values(), ids=RAW_ANSWERS.keys())
+def test_a_hostile_answer_is_a_token_error_or_a_token_never_kept(monkeypatch, answer) -> None:
+    """A look-alike endpoint's answer: a TokenError (what callers and the stale-token
+    fallback handle), never a raw RecursionError or OverflowError; a lifetime that is no
+    finite number is none, so the token is not kept."""
+    use_static_credentials(monkeypatch)
+
+    class Hostile(QuietHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_document(200, answer, {"Content-Type": "application/json"})
+
+    with serving(LoopbackServer(Hostile)) as server:
+        client = TokenClient(server.url, issuer=server.url)
+        if answer.startswith(b"["):
+            with pytest.raises(TokenError, match="not a JSON object"):
+                client.token("orders-api")
+            return
+        assert client.token("orders-api") == "t"
+        assert client.cached_token("orders-api") is None  # nothing kept
+
+
 def test_a_token_without_expires_in_is_not_reused(issuer) -> None:
     issuer.expires_in = 0
     client = TokenClient(issuer.url)

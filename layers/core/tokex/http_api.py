@@ -37,12 +37,14 @@ def no_store(headers: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**NO_STORE, **(headers or {})}
 
 
-def event_response(status: int, body: Mapping[str, object]) -> dict[str, object]:
+def event_response(
+    status: int, body: Mapping[str, object], headers: Mapping[str, str] | None = None
+) -> dict[str, object]:
     """An HTTP API (payload 2.0) answer built without the resolver: for a refusal made
     before routing (the origin gate), with the same JSON and no-store headers."""
     return {
         "statusCode": status,
-        "headers": no_store({"Content-Type": "application/json"}),
+        "headers": no_store({"Content-Type": "application/json", **(headers or {})}),
         "body": json_text(body),
         "isBase64Encoded": False,
     }

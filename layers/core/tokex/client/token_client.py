@@ -664,8 +664,10 @@ class CachedToken:
         """`expires_in` (RFC 6749 §5.1) counted from when the answer arrived; a token
         without one is refreshed at the next call."""
         try:
-            lifetime = max(float(response.get("expires_in", 0)), 0.0)
-        except (TypeError, ValueError):
+            lifetime = float(response.get("expires_in", 0))
+        except (TypeError, ValueError, OverflowError):  # 400 digits overflow a float
+            lifetime = 0.0
+        if not 0.0 < lifetime < math.inf:  # NaN and `1e400` (infinity) included
             lifetime = 0.0
         return cls(
             access_token=str(response["access_token"]),
@@ -738,7 +740,7 @@ def _parse(data: bytes, status: int, content_type: str, url: str) -> dict[str, A
         if not isinstance(parsed, dict):
             raise ValueError("not a JSON object")
         return parsed
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         answer = f"HTTP {status} ({content_type or 'no content type'}), not a JSON object"
         raise TokenError(
             f"{url} answered {answer}", error=NOT_TOKEX, status=status, url=url, answer=answer

@@ -261,7 +261,9 @@ def _verify_signature(token: str, key: jwt.PyJWK, alg: str, issuer: str, audienc
         raise _refused("the token's jti is not a string", "jwt_jti") from None
     except InvalidSubjectError:
         raise _refused("the token's sub is not a string", "jwt_claims:sub") from None
-    except (jwt.PyJWTError, ValueError, TypeError, OverflowError):
+    # RecursionError: a header nested just deep enough to pass our parse and not pyjwt's,
+    # which parses it again a few frames deeper (older pyjwt releases let it escape).
+    except (jwt.PyJWTError, ValueError, TypeError, OverflowError, RecursionError):
         raise _refused("the token could not be verified", "jwt_malformed") from None
 
 

@@ -184,7 +184,10 @@ def request_path(target: str) -> tuple[str, str]:
     if target.startswith("/"):
         path, _, query = target.partition("?")
         return path, query
-    parts = urllib.parse.urlsplit(target)
+    try:
+        parts = urllib.parse.urlsplit(target)
+    except ValueError:  # a bracketed host that is no IPv6 address (`http://[/token`)
+        raise RequestRefused(400, "the request target is not a valid URL") from None
     if parts.scheme.lower() in ("http", "https") and parts.netloc:
         return parts.path or "/", parts.query
     raise RequestRefused(400, "the request target must be a path")

@@ -21,7 +21,8 @@ class JsonLog:
 
     def write(self, event: str, **fields: Any) -> None:
         record = {"time": round(time.time(), 3), "event": event, **fields}
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        # ASCII: a lone surrogate (JSON can carry one) would make the line unwritable.
+        line = json.dumps(record, default=str) + "\n"
         stream = self._stream or sys.stderr  # looked up late: a test's capture applies
         with self._lock:
             try:
