@@ -166,9 +166,10 @@ class HttpEndpoint:
 
     def _answer(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         started = time.perf_counter()
+        headers = event.get("headers") if isinstance(event, dict) else None
         try:
             # The one door: refused before anything else is read unless CloudFront sent it.
-            self.origin_gate.check(event.get("headers") or {})
+            self.origin_gate.check(headers if isinstance(headers, Mapping) else {})
         except NotThroughIssuer as err:
             self.audit("refused", self.idle_fields, started, error=err.error, reason=err.reason)
             return event_response(err.status, err.body())

@@ -512,6 +512,11 @@ def test_unusable_documents(
             id="bad-length",
         ),
         pytest.param(
+            Route(body=b"{}", headers={"Content-Length": "\u00b2"}),  # a digit to isdigit()
+            "discovery_content_length",
+            id="superscript-length",
+        ),
+        pytest.param(
             Route(status=404, body=b"UPSTREAM-SECRET-BODY"), "discovery_http_404", id="404"
         ),
     ],
@@ -572,14 +577,14 @@ def test_a_slow_issuer_fails_within_the_request_deadline(
     assert failed.value.reason == "deadline:jwks"
 
 
-def test_a_callers_own_deadline_is_no_failure_of_the_issuer(
+def test_a_callers_own_short_budget_is_no_failure_of_the_issuer(
     server: IssuerServer, pki: Pki, clock: FakeClock
 ) -> None:
-    """A fetch cut short by one request's budget says nothing of the issuer: the next
-    request fetches at once (no backoff), and an unknown kid whose refetch was cut short
-    is a 503, never taken for a kid the issuer does not publish."""
+    """A fetch begun with less time left than the connect timeout says nothing of the
+    issuer: the next request fetches at once (no backoff), and an unknown kid whose
+    refetch was cut short is a 503, never taken for a kid the issuer does not publish."""
     server.publish(rsa_jwk("k1"))
-    keys, issuer = adapter(pki, clock), issuer_of(server)
+    keys, issuer = adapter(pki, clock, connect_timeout=0.5), issuer_of(server)
     server.routes[DISCOVERY].delay = 1.0
     with deadline.request_deadline(0.3), pytest.raises(DeadlineExceeded):
         keys.key(issuer, "k1")
@@ -590,6 +595,24 @@ def test_a_callers_own_deadline_is_no_failure_of_the_issuer(
     with deadline.request_deadline(0.3), pytest.raises(DeadlineExceeded):
         keys.key(issuer, "k2")
     assert keys.key(issuer, "k1") is not None  # the cached keys still answer
+
+
+def test_an_issuer_too_slow_for_a_fair_budget_is_failing(
+    server: IssuerServer, pki: Pki, clock: FakeClock
+) -> None:
+    """Given its connect timeout or more and still not answering in time, the issuer is
+    failing: backed off, and keys it published before keep serving meanwhile."""
+    server.publish(rsa_jwk("k1"))
+    keys, issuer = adapter(pki, clock, connect_timeout=0.2), issuer_of(server)
+    assert keys.key(issuer, "k1") is not None
+    clock.now += 3600  # due for a refresh
+    server.routes[DISCOVERY].delay = 1.5
+    with deadline.request_deadline(0.6):
+        assert keys.key(issuer, "k1") is not None  # the stale key, after the failed fetch
+    fetches = server.count(DISCOVERY)
+    with deadline.request_deadline(0.6):
+        assert keys.key(issuer, "k1") is not None  # at once: backed off, not fetched
+    assert server.count(DISCOVERY) == fetches == 2
 
 
 def test_a_caller_waiting_for_a_slow_fetch_stops_at_its_own_deadline(

@@ -23,7 +23,7 @@ print(json.dumps(answers))
 """
 )
 SECRET = "A1b2C3d4" * 6
-MALFORMED = [{}, {"version": "2.0"}, {"requestContext": {}}, {"headers": None, "body": 3}]
+MALFORMED = [{}, {"version": "2.0"}, {"requestContext": {}}, {"headers": None, "body": 3}, []]
 ODD_ORIGIN_HEADERS = ["\ud800", None, 42, ["x"]]
 
 
@@ -38,7 +38,8 @@ def test_a_malformed_event_is_503_not_a_failed_invocation(function: str) -> None
 
 @pytest.mark.parametrize("function", ["exchange", "introspect"])
 def test_the_origin_gate_refuses_any_odd_header_value(function: str) -> None:
-    events = [{"headers": {"x-tokex-origin-verify": value}} for value in ODD_ORIGIN_HEADERS]
+    events: list[object] = [{"headers": {"x-tokex-origin-verify": v}} for v in ODD_ORIGIN_HEADERS]
+    events += [{"headers": "x-tokex-origin-verify"}, {"headers": ["x"]}, []]  # no headers
     answers = run_probe(
         PROBE,
         FUNCTIONS / function / "handler.py",

@@ -99,6 +99,7 @@ class OidcIssuerKeys:
         self._min_refetch_seconds = min_refetch_seconds
         self._backoff_seconds = min(FAILED_FETCH_BACKOFF_SECONDS, min_refetch_seconds)
         self._max_document_bytes = max_document_bytes
+        self._connect_timeout = connect_timeout
         self._http = bounded_http.pool_manager(
             connect_timeout=connect_timeout, read_timeout=read_timeout
         )
@@ -141,26 +142,20 @@ class OidcIssuerKeys:
     ) -> TemporarilyUnavailable | None:
         """Fetch the issuer's keys into `cache`; the failure, if it failed."""
         attempted_before, cache.attempted_at = cache.attempted_at, now
+        budget = deadline.current()
+        fair_chance = budget is None or budget.remaining() >= self._connect_timeout
         try:
             keys = self._fetch(issuer)
         except DeadlineExceeded as exc:
-            # This request ran out of time, which says nothing of the issuer: the next
-            # one, with a budget of its own, tries at once (no backoff, no refetch limit).
+            if fair_chance:  # given its connect timeout or more, the issuer did not answer
+                return _failed(cache, issuer, exc, now)
+            # This request came with too little time left to tell anything of the issuer:
+            # the next one, with a budget of its own, tries at once (no backoff, no
+            # refetch limit).
             cache.attempted_at = attempted_before
             return exc
         except TemporarilyUnavailable as exc:
-            cache.failure = exc
-            age = now - cache.fetched_at
-            if cache.keys is not None and age < MAX_STALE_SECONDS:
-                log.warning(
-                    "JWKS of %s could not be refreshed (%s): keeping the keys fetched %d s ago",
-                    issuer.issuer,
-                    exc.reason,
-                    age,
-                )
-            else:
-                log.warning("JWKS of %s could not be fetched (%s)", issuer.issuer, exc.reason)
-            return exc
+            return _failed(cache, issuer, exc, now)
         cache.keys, cache.fetched_at, cache.failure = keys, now, None
         return None
 
@@ -237,13 +232,32 @@ class OidcIssuerKeys:
         return document
 
 
+def _failed(
+    cache: _IssuerCache, issuer: TrustedIssuer, exc: TemporarilyUnavailable, now: float
+) -> TemporarilyUnavailable:
+    """Records the issuer's failure (the backoff counts from it; keys under a day old
+    still serve); returns it."""
+    cache.failure = exc
+    age = now - cache.fetched_at
+    if cache.keys is not None and age < MAX_STALE_SECONDS:
+        log.warning(
+            "JWKS of %s could not be refreshed (%s): keeping the keys fetched %d s ago",
+            issuer.issuer,
+            exc.reason,
+            age,
+        )
+    else:
+        log.warning("JWKS of %s could not be fetched (%s)", issuer.issuer, exc.reason)
+    return exc
+
+
 def _read_body(response: Any, limit: int, host: str, what: str) -> bytes:
     if response.status != 200:  # a redirect above all: never followed
         raise _unavailable(host, f"{what}_http_{response.status}")
     if response.headers.get("Content-Encoding", "identity").lower() != "identity":
         raise _unavailable(host, f"{what}_encoded")
     declared = response.headers.get("Content-Length")
-    if declared is not None and not declared.isdigit():
+    if declared is not None and not (declared.isascii() and declared.isdigit()):
         raise _unavailable(host, f"{what}_content_length")
     if declared is not None and int(declared) > limit:
         raise _unavailable(host, f"{what}_too_large")
