@@ -87,6 +87,12 @@ def test_deny_round_trips_without_allow_only_keys() -> None:
     }  # fmt: skip
 
 
+def test_claims_may_nest_sixteen_levels_and_hold_any_unicode() -> None:
+    deep = json.loads("[" * 16 + "]" * 16)
+    policy = Policy.from_document(allow_doc(claims={"deep": deep, "name": "café ☕"}))
+    assert policy.claims == {"deep": deep, "name": "café ☕"}
+
+
 def test_claims_are_copied_from_the_document() -> None:
     doc = allow_doc()
     policy = Policy.from_document(doc)
@@ -137,6 +143,12 @@ def test_claims_are_copied_from_the_document() -> None:
         ({"claims": {"n": float("nan")}}, "claims.n"),
         ({"claims": {"s": {1, 2}}}, "claims.s"),
         ({"claims": {"big": "x" * 2100}}, "claims"),
+        # 500 levels fit in 2 KiB, and copying them (evaluate.py) exhausted the stack.
+        ({"claims": {"deep": json.loads("[" * 17 + "]" * 17)}}, "claims.deep"),
+        ({"claims": {"deep": json.loads("[" * 500 + "]" * 500)}}, "claims.deep"),
+        ({"claims": {"s": "\ud800"}}, "claims.s"),  # as JSON's "\\ud800" decodes
+        ({"claims": {"m": {"\udcff": 1}}}, "claims.m"),
+        ({"description": "a lone \ud800"}, "description"),
         ({"instance": []}, "instance"),
         ({"instance": {"required": "true"}}, "instance.required"),
         ({"instance": {"zone": ["a"]}}, "instance.zone"),

@@ -42,6 +42,9 @@ __all__ = [
 MAX_TTL_CAP_SECONDS = 43200
 MIN_TTL_SECONDS = 60
 MAX_CLAIMS_BYTES = 2048
+# Nesting of a claim's value: far above any real claim, far below what would exhaust the
+# stack of whatever copies or parses the token's claims (2 KiB of `[` is 1,000 levels).
+MAX_CLAIM_DEPTH = 16
 MAX_DESCRIPTION_LENGTH = 1024
 
 POLICY_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -174,6 +177,8 @@ class Policy:
             raise PolicyValidationError(
                 "description", f"must be a string of at most {MAX_DESCRIPTION_LENGTH} characters"
             )
+        if not _is_unicode_text(description):
+            raise PolicyValidationError("description", UNICODE_RULE)
         evidence = _evidence(doc.get("evidence"))
         kinds = DEFAULT_EVIDENCE if evidence is None else evidence
         if effect == "deny":
@@ -360,12 +365,41 @@ def _claims(value: object) -> dict[str, Any]:
             json.dumps(claims[name], allow_nan=False)
         except (TypeError, ValueError, RecursionError):
             raise PolicyValidationError(where, "value must be plain JSON") from None
+        if _depth(claims[name]) > MAX_CLAIM_DEPTH:
+            raise PolicyValidationError(where, f"at most {MAX_CLAIM_DEPTH} levels of nesting")
+        if not _is_unicode_text(json.dumps(claims[name], ensure_ascii=False)):
+            raise PolicyValidationError(where, UNICODE_RULE)
     encoded = canonical_json(dict(claims))
     if len(encoded.encode()) > MAX_CLAIMS_BYTES:
         raise PolicyValidationError("claims", f"at most {MAX_CLAIMS_BYTES} bytes of JSON")
     # A deep copy, detached from the caller's objects (tuples become lists, as in JSON).
     copied: dict[str, Any] = json.loads(encoded)
     return copied
+
+
+UNICODE_RULE = "must be Unicode text (no lone surrogates: UTF-8 cannot carry them)"
+
+
+def _is_unicode_text(text: str) -> bool:
+    """Encodable as UTF-8: JSON's `\\ud800` escape decodes to a lone surrogate, which a
+    token's claims or a log line could then not be written with."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _depth(value: object) -> int:
+    """How deeply a JSON value nests (a scalar: 0), counted without recursion."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+            deepest = max(deepest, depth + 1)
+    return deepest
 
 
 def canonical_json(value: object) -> str:
