@@ -4,6 +4,7 @@ working, its instance identity evidence included (docs/local.md "Starting and st
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -78,3 +79,19 @@ def test_a_second_start_on_a_busy_port_leaves_the_running_one_working(
     )
     assert claims["aws"]["instance"]["id"] == DEMO_INSTANCE_ID
     assert "Traceback" not in first.console_text()
+
+
+def test_a_state_directory_others_may_write_to_is_refused(tmp_path: Path) -> None:
+    """workload.env is sourced by a shell: in a directory anyone may write to, another user
+    could swap it for their own lines. Refused before anything starts or is written."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    refused = start_again(port, shared)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"{shared} is writable by others (mode 0777)" in refused.stderr
+    assert "choose another directory" in refused.stderr and "Traceback" not in refused.stderr
+    assert list(shared.iterdir()) == []

@@ -96,6 +96,9 @@ def test_settings_read_them_and_refuse_local_issuers_for_a_deployed_issuer() -> 
     local = {**OIF, "issuer": "http://127.0.0.1:8000/_local/oif/123456789012"}
     with pytest.raises(ConfigurationError, match="local mode only"):
         Settings.from_env({**env, "TOKEX_TRUSTED_ISSUERS": json.dumps([local])})
+    shouting = {**local, "issuer": "HTTP://127.0.0.1:8000/_local/oif/123456789012"}
+    with pytest.raises(ConfigurationError, match="local mode only"):  # the scheme's case
+        Settings.from_env({**env, "TOKEX_TRUSTED_ISSUERS": json.dumps([shouting])})
     with pytest.raises(ConfigurationError, match="TOKEX_TRUSTED_ISSUERS"):
         Settings.from_env({**env, "TOKEX_TRUSTED_ISSUERS": "[{"})
     mine = {**OIF, "issuer": "https://auth.example.com"}

@@ -133,7 +133,7 @@ class Settings:
         for trusted in self.trusted_issuers.issuers:
             # Local issuers (plain http on loopback) are trusted by local mode only, as
             # the local instance certificate is.
-            if trusted.issuer.startswith("http://") and not self.is_local:
+            if urlsplit(trusted.issuer).scheme.lower() == "http" and not self.is_local:
                 raise ConfigurationError(
                     "TOKEX_TRUSTED_ISSUERS: plain-http issuers are for local mode only"
                 )

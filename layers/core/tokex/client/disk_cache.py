@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tokex.client.token_client import CachedToken
-from tokex.private_files import write_private
+from tokex.private_files import UnsafeDirectory, open_private_dir, write_private
 
 FILE_SUFFIX = ".token.json"
 MAX_FILE_BYTES = 64 * 1024
@@ -79,19 +79,10 @@ def cache_file_name(
 def open_cache_dir(path: Path) -> Path:
     """The directory, made 0700 if missing; refused if another user owns it or anyone but
     its owner may write to it (they could replace a file with their own token)."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700, parents=True)
-    info = path.stat()  # a symlink to a safe directory is fine: its target is checked
-    if not stat.S_ISDIR(info.st_mode):
-        raise UnsafeCacheDir(f"{path} is not a directory")
-    if info.st_uid != os.getuid():
-        raise UnsafeCacheDir(f"{path} is owned by uid {info.st_uid}, not by this user")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UnsafeCacheDir(
-            f"{path} is writable by others (mode {stat.S_IMODE(info.st_mode):04o}): "
-            f"`chmod 700 {path}` or choose another directory"
-        )
-    return path
+    try:
+        return open_private_dir(path)
+    except UnsafeDirectory as err:
+        raise UnsafeCacheDir(str(err)) from None
 
 
 def read_cached(path: Path, *, now: float | None = None) -> dict[str, Any] | None:

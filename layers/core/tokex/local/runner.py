@@ -34,7 +34,7 @@ from tokex.local.provision import (
     provision,
 )
 from tokex.local.replication import Replicator, Replicators
-from tokex.private_files import write_private
+from tokex.private_files import open_private_dir, write_private
 from tokex.regions import INTROSPECT_PATH, SERVING_REGION_ENV, TOKEN_PATH, regional_path
 
 # The demo Lambda functions' env files in the state directory, by function name.
@@ -159,9 +159,10 @@ def start_local(
     undo = contextlib.ExitStack()  # what a failed start stops again, last started first
     undo.callback(server.server_close)
     try:
+        # It holds credentials that workload.env hands to a shell: this user's alone.
+        open_private_dir(state_dir)
         emulator = moto or ThreadMotoServer()
         undo.callback(emulator.stop)
-        state_dir.mkdir(parents=True, exist_ok=True)
         imds = ImdsEmulator(state_dir)
         undo.callback(imds.stop)
         deployment = provision(emulator.url, signing_key_spec=signing_key_spec, regions=regions)
@@ -183,12 +184,19 @@ def start_local(
         undo.close()
         raise
 
-    stopped = threading.Event()
+    stopped, serving = threading.Event(), threading.Event()
+
+    def serve_forever() -> None:
+        serving.set()
+        server.serve_forever()
 
     def stop() -> None:
         if not stopped.is_set():
             stopped.set()
-            server.shutdown()
+            # shutdown() waits for a serving loop to end: one never started never would.
+            # A shutdown asked just before the loop starts still ends it at once.
+            if serving.is_set():
+                server.shutdown()
             server.server_close()
             replication.stop()
             federation.stop()
@@ -202,7 +210,7 @@ def start_local(
         state_dir,
         workload_env,
         stop,
-        server.serve_forever,
+        serve_forever,
         introspection_client=client,
         introspection_env=introspection_env,
         functions=server.functions,
