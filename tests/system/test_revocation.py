@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.system.conftest import as_operator
 from tests.system.endpoints import exchange, sign, verify
 from tests.system.test_introspect_endpoint import introspect
 from tokex.adapters.state_table.revocations import TTL_MARGIN_SECONDS
@@ -128,3 +129,23 @@ def test_aws_failures_are_clear_errors(revoke, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     code, _, err = revoke("--jti", "abc")
     assert code == 1 and "revocation store is unavailable" in err and "dynamodb PutItem" in err
+
+
+def test_one_table_for_the_other_is_refused_and_left_untouched(local_system, monkeypatch, capsys):
+    """The policy and state tables share one key schema, so a revocation written to the
+    policy table would succeed, revoke nothing, and leave an item the exchange's policy
+    load refuses (every exchange a 503); a policy put in the state table, one no exchange
+    reads. Told apart by the state table's TTL, before anything is written."""
+    deployment = local_system.deployment
+    as_operator(deployment, monkeypatch)
+    where = ["--region", deployment.region, "--endpoint-url", deployment.endpoint_url]
+    dynamodb = deployment.client("dynamodb")
+    before = dynamodb.scan(TableName=deployment.policy_table)["Items"]
+    capsys.readouterr()
+    code = main(["revoke", "--jti", "x", "--table", deployment.policy_table, *where])
+    err = capsys.readouterr().err
+    assert code == 1 and f"table {deployment.policy_table!r} is not the state table" in err
+    assert dynamodb.scan(TableName=deployment.policy_table)["Items"] == before
+    code = main(["policy", "list", "--table", deployment.state_table, *where])
+    err = capsys.readouterr().err
+    assert code == 1 and f"table {deployment.state_table!r} is not the policy table" in err

@@ -2,7 +2,7 @@
 
 The table comes from `--table NAME`, or from `--stack NAME`: the `PolicyTableName` output
 of the CloudFormation stack that `cdk deploy` created (cdk/tokex_stack.py). Other commands
-read other outputs the same way (`resolve_deployment(args, output="StateTableName")`).
+read other outputs the same way (`resolve_deployment(args, output=STATE_TABLE_OUTPUT)`).
 Credentials come from the default AWS credential chain, as for the AWS CLI.
 """
 
@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokex.adapters.state_table.schema import TTL_ATTRIBUTE
 from tokex.cli.errors import (
     AWS_ERROR,
+    INVALID_INPUT,
     NOT_FOUND,
     USAGE,
     CommandError,
@@ -24,8 +26,9 @@ from tokex.cli.inputs import require_http_url
 from tokex.cli.region import aws_session, resolve_region
 from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS
 
-# cdk/tokex_stack.py names its outputs; this one is the policy table.
+# cdk/tokex_stack.py names its outputs: the policy table's and the state table's.
 POLICY_TABLE_OUTPUT = "PolicyTableName"
+STATE_TABLE_OUTPUT = "StateTableName"
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,44 @@ def resolve_deployment(args: argparse.Namespace, output: str = POLICY_TABLE_OUTP
     resolves)."""
     region = check_deployment(args, output)
     if args.table:
-        return Deployment(args.table, region, args.endpoint_url)
+        deployment = Deployment(args.table, region, args.endpoint_url)
+        check_table_kind(deployment, state=output == STATE_TABLE_OUTPUT)
+        return deployment
     cloudformation = aws_client("cloudformation", region, args.endpoint_url)
     stack = describe_stack(cloudformation, args.stack)
     table = _output(stack, args.stack, output)
     return Deployment(table, region, args.endpoint_url, stack=args.stack, described=stack)
+
+
+def check_table_kind(deployment: Deployment, *, state: bool) -> None:
+    """Refuses the policy table for a state-table command, and the other way round.
+
+    The two share one key schema, so a write to the wrong one succeeds: a revocation that
+    revokes nothing, or an item the exchange's policy load then refuses (every exchange a
+    503). The state table has a TTL on `expires_at`, the policy table none. A table whose
+    TTL cannot be read (no `dynamodb:DescribeTimeToLive`, no such table) is left to the
+    command's own call, which names the error as before."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        described = deployment.client("dynamodb").describe_time_to_live(TableName=deployment.table)[
+            "TimeToLiveDescription"
+        ]
+    except (BotoCoreError, ClientError, KeyError):
+        return
+    is_state = described.get("AttributeName") == TTL_ATTRIBUTE and described.get(
+        "TimeToLiveStatus"
+    ) in ("ENABLED", "ENABLING")
+    if is_state == state:
+        return
+    wanted, found = ("state", "policy") if state else ("policy", "state")
+    raise CommandError(
+        f"table {deployment.table!r} is not the {wanted} table (it looks like the {found}"
+        f" table: {'no ' if state else 'a '}TTL on {TTL_ATTRIBUTE}); check"
+        f" --table, or name the stack with --stack",
+        error=INVALID_INPUT,
+        input="--table",
+    )
 
 
 def check_ttl_seconds(value: int, flag: str) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tokex.cli.deployment import add_deployment_arguments, aws_hint, resolve_deployment
+from tokex.cli.deployment import (
+    STATE_TABLE_OUTPUT,
+    add_deployment_arguments,
+    aws_hint,
+    resolve_deployment,
+)
 from tokex.cli.errors import AWS_ERROR, CommandError
-
-# cdk/tokex_stack.py names its outputs; this one is the state table.
-STATE_TABLE_OUTPUT = "StateTableName"
 
 
 def state_table_parent() -> argparse.ArgumentParser:

@@ -130,6 +130,9 @@ _SERVICE_ACTIONS = [
     "dynamodb:Scan",
     "dynamodb:Query",
     "dynamodb:DescribeTable",
+    # The CLI's check that --table names the right table (cli/deployment.py), for the
+    # operator identity operator.env holds.
+    "dynamodb:DescribeTimeToLive",
     "s3:GetObject",
     "s3:PutObject",
     "s3:HeadObject",

@@ -62,3 +62,9 @@ def create_state_table(dynamodb_client: Any, table_name: str) -> None:
         AttributeDefinitions=[{"AttributeName": KEY_ATTRIBUTE, "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
+    # As the deployed table has it (cdk/state_table.py): what the CLI tells the state
+    # table from the policy table by (cli/deployment.py `check_table_kind`).
+    dynamodb_client.update_time_to_live(
+        TableName=table_name,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+    )
