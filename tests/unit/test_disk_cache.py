@@ -16,6 +16,7 @@ from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_creden
 from tokex import base64url
 from tokex.cli.main import main
 from tokex.client import disk_cache
+from tokex.private_files import open_private_dir
 
 
 @pytest.fixture
@@ -218,7 +219,7 @@ def test_a_directory_that_cannot_be_made_is_a_write_failure(issuer, capsys, tmp_
 def test_expired_tokens_of_earlier_sessions_are_pruned_and_nothing_else(tmp_path) -> None:
     """A new role session starts a new file: each write removes this user's files whose
     token has expired, and leaves alone valid ones, other files and files not its own."""
-    directory = disk_cache.open_cache_dir(tmp_path / "cache")
+    directory = open_private_dir(tmp_path / "cache")
     expired = directory / ("expired" + disk_cache.FILE_SUFFIX)
     disk_cache.write_cached(expired, {"access_token": "old", "expires_in": 900}, now=1000.0)
     stale_but_valid = directory / ("stale" + disk_cache.FILE_SUFFIX)
@@ -246,7 +247,7 @@ def test_expired_tokens_of_earlier_sessions_are_pruned_and_nothing_else(tmp_path
 
 
 def test_the_command_prunes_when_it_writes(issuer, capsys, tmp_path) -> None:
-    directory = disk_cache.open_cache_dir(tmp_path / "cache")
+    directory = open_private_dir(tmp_path / "cache")
     earlier_session = directory / ("earlier" + disk_cache.FILE_SUFFIX)
     disk_cache.write_cached(earlier_session, {"access_token": "old", "expires_in": 60}, now=0.0)
     ask = ("--audience", "orders-api", "--cache-dir", str(directory))

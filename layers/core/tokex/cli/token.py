@@ -307,11 +307,11 @@ def _attempts_told(verbose: bool) -> Iterator[None]:
 
 
 def _cache_dir(path: Path) -> Path:
-    from tokex.client.disk_cache import UnsafeCacheDir, open_cache_dir
+    from tokex.private_files import UnsafeDirectory, open_private_dir
 
     try:
-        return open_cache_dir(path)
-    except UnsafeCacheDir as err:
+        return open_private_dir(path)
+    except UnsafeDirectory as err:
         raise UsageError(f"--cache-dir {err}", input="--cache-dir") from None
     except OSError as err:
         raise CommandError(

@@ -12,9 +12,9 @@ cluster and the service account), read from the token file, which is part of the
 No secret goes into the key.
 
 The files are bearer tokens: mode 0600 in a directory the user owns that no one else may
-write to (0700 when tokex makes it), written atomically (temp file, `os.replace`), read
-without following a symlink. A cached token is used while more than 20 % of its lifetime
-is left, the rule of the in-memory cache (`REFRESH_AT`).
+write to (0700 when tokex makes it: `private_files.open_private_dir`), written atomically
+(temp file, `os.replace`), read without following a symlink. A cached token is used while
+more than 20 % of its lifetime is left, the rule of the in-memory cache (`REFRESH_AT`).
 
 Every write also removes this user's cache files whose token has expired: a role session
 (a Lambda's, an ECS task's, an instance's) changes every hour or so, and each new session
@@ -36,14 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from tokex.client.token_client import CachedToken
-from tokex.private_files import UnsafeDirectory, open_private_dir, write_private
+from tokex.private_files import write_private
 
 FILE_SUFFIX = ".token.json"
 MAX_FILE_BYTES = 64 * 1024
-
-
-class UnsafeCacheDir(Exception):
-    """The directory could let another user read or plant tokens."""
 
 
 def cache_file_name(
@@ -74,15 +70,6 @@ def cache_file_name(
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest() + FILE_SUFFIX
-
-
-def open_cache_dir(path: Path) -> Path:
-    """The directory, made 0700 if missing; refused if another user owns it or anyone but
-    its owner may write to it (they could replace a file with their own token)."""
-    try:
-        return open_private_dir(path)
-    except UnsafeDirectory as err:
-        raise UnsafeCacheDir(str(err)) from None
 
 
 def read_cached(path: Path, *, now: float | None = None) -> dict[str, Any] | None:

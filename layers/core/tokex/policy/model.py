@@ -362,12 +362,12 @@ def _claims(value: object) -> dict[str, Any]:
         if name in RESERVED_CLAIMS:
             raise PolicyValidationError(where, "reserved claim: tokex sets it itself")
         try:
-            json.dumps(claims[name], allow_nan=False)
+            text = json.dumps(claims[name], allow_nan=False, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError):
             raise PolicyValidationError(where, "value must be plain JSON") from None
         if _depth(claims[name]) > MAX_CLAIM_DEPTH:
             raise PolicyValidationError(where, f"at most {MAX_CLAIM_DEPTH} levels of nesting")
-        if not _is_unicode_text(json.dumps(claims[name], ensure_ascii=False)):
+        if not _is_unicode_text(text):
             raise PolicyValidationError(where, UNICODE_RULE)
     encoded = canonical_json(dict(claims))
     if len(encoded.encode()) > MAX_CLAIMS_BYTES:
