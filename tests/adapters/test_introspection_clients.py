@@ -11,10 +11,9 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from moto import mock_aws
 
+from tests.support.in_process_state_table import state_table
 from tokex.adapters.state_table.introspection_clients import ClientStore
-from tokex.adapters.state_table.schema import create_state_table
 from tokex.cli.main import main
 from tokex.errors import TemporarilyUnavailable
 from tokex.introspection_clients import (
@@ -39,13 +38,7 @@ class Clock:
 
 @pytest.fixture
 def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        create_state_table(client, TABLE)
+    with state_table(monkeypatch, TABLE) as client:
         yield client
 
 

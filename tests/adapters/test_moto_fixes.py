@@ -234,3 +234,61 @@ def test_a_kept_condition_is_not_changed_by_what_moto_does_to_the_request_later(
     with pytest.raises(ClientError) as refused:
         tag_once("c")  # its tags are {"x"}: the condition fails, as without the fix
     assert refused.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+def _charge_once(client, token: str, hits_limit: int = 3) -> None:
+    client.transact_write_items(
+        ClientRequestToken=token,
+        TransactItems=[
+            {
+                "Update": {
+                    "TableName": TABLE,
+                    "Key": {"id": {"S": "rate#p"}},
+                    "UpdateExpression": "ADD hits :one",
+                    "ConditionExpression": "attribute_not_exists(hits) OR hits < :limit",
+                    "ExpressionAttributeValues": {
+                        ":one": {"N": "1"},
+                        ":limit": {"N": str(hits_limit)},
+                    },
+                }
+            }
+        ],
+    )
+
+
+def test_a_transaction_repeated_with_its_token_is_applied_once(dynamodb) -> None:
+    # What the SDK's retry after a lost answer sends: AWS applies it once.
+    _charge_once(dynamodb, "token-1")
+    _charge_once(dynamodb, "token-1")
+    assert _hits(dynamodb) == 1
+    _charge_once(dynamodb, "token-2")
+    assert _hits(dynamodb) == 2
+
+
+def test_a_token_reused_for_another_request_is_refused(dynamodb) -> None:
+    _charge_once(dynamodb, "token-1")
+    with pytest.raises(ClientError) as info:
+        _charge_once(dynamodb, "token-1", hits_limit=4)
+    assert info.value.response["Error"]["Code"] == "IdempotentParameterMismatchException"
+    assert _hits(dynamodb) == 1
+
+
+def test_a_cancelled_transactions_token_may_be_sent_again(dynamodb) -> None:
+    _charge_once(dynamodb, "a")
+    with pytest.raises(ClientError) as info:
+        _charge_once(dynamodb, "cancelled", hits_limit=1)
+    assert info.value.response["Error"]["Code"] == "TransactionCanceledException"
+    _charge_once(dynamodb, "cancelled", hits_limit=2)  # nothing was applied: a new request
+    assert _hits(dynamodb) == 2
+
+
+def test_a_token_is_remembered_for_ten_minutes(dynamodb, monkeypatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(moto_fixes, "_clock", lambda: now[0])
+    _charge_once(dynamodb, "token-1")
+    now[0] += moto_fixes.IDEMPOTENCY_WINDOW_SECONDS
+    _charge_once(dynamodb, "token-1")
+    assert _hits(dynamodb) == 1
+    now[0] += 1
+    _charge_once(dynamodb, "token-1")  # past the window: a new request
+    assert _hits(dynamodb) == 2

@@ -143,6 +143,41 @@ def test_an_invalid_item_that_may_be_a_deny_fails_closed(
     assert "deny-all" not in info.value.description  # operators' detail stays in the log
 
 
+@pytest.mark.parametrize(
+    "item",
+    [
+        {
+            "id": {"S": "revoked-principal#arn:aws:iam::123456789012:role/x"},
+            "revoked_at": {"N": "1800000000"},
+            "expires_at": {"N": "1800043500"},
+        },
+        {"id": {"S": "client#tokex-0123456789abcdef"}, "secret_hash": {"S": "x"}},
+        {"id": {"S": "sig#AAAA"}},
+    ],
+    ids=["revocation", "client", "signature"],
+)
+def test_a_state_table_record_written_here_by_mistake_is_skipped(
+    store: PolicyStore, client: Any, item: dict[str, Any]
+) -> None:
+    # No document and a key no policy can have: it never denied anything, so it must not
+    # take every exchange down. It is still reported, to be deleted.
+    store.put(make_policy("good"))
+    client.put_item(TableName=TABLE, Item=item)
+    policies, invalid = store.load_all()
+    assert [p.id for p in policies] == ["good"]
+    assert invalid == [item["id"]["S"]]
+
+
+def test_an_impossible_id_with_a_document_still_fails_closed(
+    store: PolicyStore, client: Any
+) -> None:
+    item = {"id": {"S": "deny#all"}, "document": {"S": json.dumps({**DENY, "id": "deny#all"})}}
+    client.put_item(TableName=TABLE, Item=item)
+    with pytest.raises(TemporarilyUnavailable) as info:
+        store.load_all()
+    assert "deny#all" in info.value.reason
+
+
 def test_stored_ttl_above_todays_cap_still_loads(store: PolicyStore) -> None:
     long = Policy.from_document(
         {**make_policy("long").to_document(), "max_ttl_seconds": 7200}, ttl_cap=7200

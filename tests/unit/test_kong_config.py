@@ -433,3 +433,42 @@ def test_cli_a_jwks_with_broken_key_material_is_named_not_a_crash(jwk, why, tmp_
     failure = json.loads(capsys.readouterr().out)
     assert failure["error"] == "invalid_input" and failure["input"] == str(source)
     assert f"JWK 'k1': {why}" in failure["error_description"]
+
+
+@pytest.mark.parametrize(
+    "existing,why",
+    [
+        ({"_format_version": "3.0", "consumers": ["x", 3]}, "consumers are not a list of objects"),
+        ({"_format_version": "3.0", "consumers": {"a": 1}}, "consumers are not a list of objects"),
+        (
+            {"_format_version": "3.0", "consumers": [{"username": "a", "jwt_secrets": "k"}]},
+            "consumer 'a': jwt_secrets is not a list of objects",
+        ),
+        (
+            {"_format_version": "3.0", "consumers": [{"username": "a", "jwt_secrets": [[]]}]},
+            "consumer 'a': jwt_secrets is not a list of objects",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply for a decK document"),
+        ("consumers: " + "[" * 5_000 + "]" * 5_000, "nested too deeply for a decK document"),
+    ],
+)
+def test_cli_a_malformed_existing_file_is_invalid_input_not_a_bug(
+    existing, why, keys, tmp_path, capsys
+):
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(keys["RS256"][1])))
+    previous = tmp_path / "kong.yaml"
+    previous.write_text(existing if isinstance(existing, str) else json.dumps(existing))
+    argv = ["--jwks", str(tmp_path / "jwks.json"), "--global", "--any-audience"]
+    assert run_cli(*argv, "--existing", str(previous), "--json") == 1
+    failure = json.loads(capsys.readouterr().out)
+    assert failure["error"] == "invalid_input" and failure["input"] == str(previous)
+    assert why in failure["error_description"]
+
+
+def test_cli_a_jwks_nested_too_deeply_is_invalid_input_not_a_bug(tmp_path, capsys):
+    source = tmp_path / "jwks.json"
+    source.write_text('{"keys": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert run_cli("--jwks", str(source), "--global", "--any-audience", "--json") == 1
+    failure = json.loads(capsys.readouterr().out)
+    assert failure["error"] == "invalid_input" and failure["input"] == str(source)
+    assert "nested too deeply" in failure["error_description"]

@@ -22,6 +22,7 @@ from tokex.adapters import errors
 from tokex.errors import TemporarilyUnavailable
 from tokex.policy.model import (
     MAX_TTL_CAP_SECONDS,
+    POLICY_ID,
     Policy,
     PolicyValidationError,
     canonical_json,
@@ -82,7 +83,9 @@ class PolicyStore:
 
         An invalid *allow* is skipped (that only takes access away). An invalid item that
         is, or may be, a deny fails the load: skipping it would hand back what the deny
-        took away (fail closed until an operator fixes or deletes it).
+        took away (fail closed until an operator fixes or deletes it). An item that is no
+        policy at all (no document, a key no policy can have: a state-table record written
+        here by mistake) is skipped too: it never denied anything.
         """
         policies: list[Policy] = []
         invalid: list[str] = []
@@ -93,7 +96,7 @@ class PolicyStore:
                 item_id = _item_id(item)
                 # The field and why, never the document (it may hold claim values).
                 log.warning("invalid policy %r: %s", item_id, exc)
-                if not _clearly_an_allow(item):
+                if not (_clearly_an_allow(item) or _not_a_policy(item)):
                     raise TemporarilyUnavailable(
                         "policies are being updated; retry later",
                         reason=f"policy {item_id!r} is invalid and may be a deny: "
@@ -186,6 +189,11 @@ def _clearly_an_allow(item: dict[str, Any]) -> bool:
     except (StrictJsonError, AttributeError, TypeError):
         return False
     return isinstance(document, dict) and document.get("effect") == "allow"
+
+
+def _not_a_policy(item: dict[str, Any]) -> bool:
+    """No `document` attribute of any type, and an id that `tokex policy put` refuses."""
+    return "document" not in item and not POLICY_ID.fullmatch(_item_id(item))
 
 
 def _item_id(item: dict[str, Any]) -> str:

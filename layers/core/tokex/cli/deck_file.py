@@ -70,6 +70,8 @@ def parse_document(text: str) -> dict[str, Any]:
     body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     try:
         document = json.loads(body)
+    except RecursionError:
+        raise ValueError("nested too deeply for a decK document") from None
     except ValueError:
         try:
             import yaml
@@ -79,9 +81,29 @@ def parse_document(text: str) -> dict[str, Any]:
             document = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise ValueError(f"neither JSON nor YAML ({err})") from None
+        except RecursionError:
+            raise ValueError("nested too deeply for a decK document") from None
     if not isinstance(document, dict):
         raise ValueError("the --existing file is not a decK document")
+    _check_consumers(document.get("consumers"))
     return document
+
+
+def _check_consumers(consumers: Any) -> None:
+    # The part of the file a re-run reads (its jwt credentials' secrets): anything else
+    # there is a file this command did not write, refused rather than half understood.
+    if consumers is None:
+        return
+    if not isinstance(consumers, list) or not all(isinstance(c, dict) for c in consumers):
+        raise ValueError("its consumers are not a list of objects")
+    for consumer in consumers:
+        credentials = consumer.get("jwt_secrets")
+        if credentials is None:
+            continue
+        if not isinstance(credentials, list) or not all(isinstance(c, dict) for c in credentials):
+            raise ValueError(
+                f"consumer {consumer.get('username')!r}: jwt_secrets is not a list of objects"
+            )
 
 
 def write_private(path: Path, text: str) -> None:

@@ -370,6 +370,10 @@ def read_jwks(source: str) -> dict[str, Any]:
         raise CommandError(
             f"--jwks {source} is not JSON ({err})", error=INVALID_INPUT, input=source
         ) from None
+    except RecursionError:  # well-formed, but nested deeper than any JWKS
+        raise CommandError(
+            f"--jwks {source} is not a JWKS (nested too deeply)", error=INVALID_INPUT, input=source
+        ) from None
     if not isinstance(document, dict):
         raise CommandError(
             f"--jwks {source} is not a JSON object", error=INVALID_INPUT, input=source

@@ -117,7 +117,11 @@ def run(args: argparse.Namespace) -> int:
         DEMO_SCOPES,
         REGION,
     )
-    from tokex.local.runner import DEFAULT_REPLICATION_DELAY_SECONDS, start_local
+    from tokex.local.runner import (
+        DEFAULT_REPLICATION_DELAY_SECONDS,
+        StateDirectoryInUse,
+        start_local,
+    )
     from tokex.private_files import UnsafeDirectory
 
     regions = args.regions or (REGION,)
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         # Nothing was started or written: an instance already on that port is untouched.
         hint = "; stop what listens there or pass another --port" if err.in_use else ""
         raise CommandError(f"could not start: {err}{hint}", input="--port") from None
-    except UnsafeDirectory as err:
+    except (UnsafeDirectory, StateDirectoryInUse) as err:
         raise CommandError(f"could not start: {err}", input="--state-dir") from None
     except OSError as err:
         where = str(err.filename) if err.filename is not None else None

@@ -30,6 +30,12 @@ a replica's Region, say) where AWS answers `NotFoundException` "Invalid arn <reg
 `tokex local --regions` gives each Region's functions its own Region's replica; with the
 fix, the emulator proves it.
 
+Idempotency: moto ignores `TransactWriteItems`' `ClientRequestToken`, so the SDK's retry of
+a transaction whose answer was lost applies it twice, where AWS applies it once and answers
+success for the same token and request within ten minutes (`IdempotentParameterMismatch`
+for the same token with another request, `TransactionInProgress` while the first is still
+running). tokex relies on that to count an exchange once; `install` makes moto do it.
+
 Run as a module (`python -m tokex.local.moto_fixes HOST`), it is moto's server with the
 fixes installed, on a port the OS picks when it binds, announced as the server's URL on
 the first line of stdout: what `SubprocessMotoServer` starts. (A port chosen by the parent
@@ -38,12 +44,15 @@ and bound later by the child could be taken in between by any other process.)
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
+import hashlib
 import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +90,7 @@ def install() -> None:
         _moto_modules_listed_once()
         _expressions_parsed_once()
         _kms_key_arns_of_this_region_only()
+        _transactions_idempotent_by_token()
         _done = True
 
 
@@ -165,6 +175,83 @@ def _kms_key_arns_of_this_region_only() -> None:
         validate(self, key_id)
 
     KmsResponse._validate_cmk_id = validate_cmk_id  # type: ignore[method-assign]
+
+
+# DynamoDB API reference, TransactWriteItems `ClientRequestToken`.
+IDEMPOTENCY_WINDOW_SECONDS = 600
+
+
+def _clock() -> float:
+    return time.monotonic()  # a module function, for a test to move
+
+
+class _RequestTokens:
+    """The `ClientRequestToken`s one DynamoDB backend (an account's Region) has seen. Kept
+    on the backend, so that moto's reset forgets them with the tables."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, bytes] = {}  # token -> digest of the request without it
+        # token -> (digest, when it completed, moto's answer), oldest first.
+        self.completed: collections.OrderedDict[str, tuple[bytes, float, Any]] = (
+            collections.OrderedDict()
+        )
+
+    def forget_expired(self) -> None:
+        now = _clock()
+        while self.completed:
+            completed_at = next(iter(self.completed.values()))[1]
+            if now - completed_at <= IDEMPOTENCY_WINDOW_SECONDS:
+                return
+            self.completed.popitem(last=False)
+
+
+def _transactions_idempotent_by_token() -> None:
+    from moto.dynamodb.exceptions import ERROR_TYPE_PREFIX, DynamodbException
+    from moto.dynamodb.responses import DynamoHandler
+
+    transact = DynamoHandler.transact_write_items
+    lock = threading.Lock()
+
+    def refusal(code: str, message: str) -> Exception:
+        return DynamodbException(ERROR_TYPE_PREFIX + code, message)
+
+    def transact_write_items(self: Any) -> Any:
+        token = self.body.get("ClientRequestToken")
+        if not isinstance(token, str):
+            return transact(self)
+        request = {k: v for k, v in self.body.items() if k != "ClientRequestToken"}
+        digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).digest()
+        backend = self.dynamodb_backend
+        with lock:
+            tokens = backend.__dict__.setdefault("_tokex_request_tokens", _RequestTokens())
+            tokens.forget_expired()
+            earlier = tokens.running.get(token) or tokens.completed.get(token, (None,))[0]
+            if earlier is not None and earlier != digest:
+                raise refusal(
+                    "IdempotentParameterMismatchException",
+                    "The request uses the same client token as a previous, "
+                    "but non-identical request.",
+                )
+            if token in tokens.running:
+                raise refusal(
+                    "TransactionInProgressException",
+                    "The transaction with the given request token is already in progress.",
+                )
+            if token in tokens.completed:
+                return tokens.completed[token][2]  # applied once already: no second effect
+            tokens.running[token] = digest
+        try:
+            result = transact(self)
+        except BaseException:
+            with lock:
+                del tokens.running[token]  # nothing was applied: a retry is a new request
+            raise
+        with lock:
+            del tokens.running[token]
+            tokens.completed[token] = (digest, _clock(), result)
+        return result
+
+    DynamoHandler.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
 class _CopyWithoutTableBackups:

@@ -161,6 +161,10 @@ def start_local(
     try:
         # It holds credentials that workload.env hands to a shell: this user's alone.
         open_private_dir(state_dir)
+        # One system per directory: a second would replace the first's instance
+        # certificate and env files under it.
+        release_state_dir = _lock_state_dir(state_dir)
+        undo.callback(release_state_dir)
         emulator = moto or ThreadMotoServer()
         undo.callback(emulator.stop)
         imds = ImdsEmulator(state_dir)
@@ -202,6 +206,7 @@ def start_local(
             federation.stop()
             imds.stop()
             emulator.stop()
+            release_state_dir()
 
     return LocalSystem(
         issuer,
@@ -219,6 +224,41 @@ def start_local(
         replication=replication,
         front=server,
     )
+
+
+class StateDirectoryInUse(Exception):
+    """Another local system is running on this state directory."""
+
+
+LOCK_FILE = ".lock"
+
+
+def _lock_state_dir(state_dir: Path) -> Callable[[], None]:
+    """Take an exclusive lock on `state_dir` (an advisory `flock`, let go when the process
+    ends however it ends); returns the function that lets it go. Refused at once with
+    `StateDirectoryInUse` when another process or system holds it."""
+    import fcntl
+
+    path = state_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        os.close(fd)
+        by = f" (process {holder})" if holder.isdigit() else ""
+        raise StateDirectoryInUse(
+            f"{state_dir} is in use by another tokex local{by}: stop it or pass another --state-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    released = threading.Lock()
+
+    def release() -> None:
+        if released.acquire(blocking=False):
+            os.close(fd)  # closing the descriptor lets the lock go
+
+    return release
 
 
 def _load_functions(

@@ -6,7 +6,8 @@ Two kinds of item (key `id`, TTL attribute `expires_at`: schema.py):
   is that principal and whose `iat` is at or before `revoked_at`. Tokens issued in the
   same second as the revocation are revoked too (`iat` has one-second resolution; erring
   towards revoking is the safe side). A later revocation of the same principal replaces
-  the record with a later `revoked_at`, which covers everything the earlier one did.
+  the record with a later `revoked_at`, which covers everything the earlier one did; one
+  dated earlier than the record (an operator's lagging clock) leaves the record as it is.
   It does not stop the principal from getting new tokens: that is what a deny policy is
   for.
 
@@ -94,15 +95,29 @@ class RevocationStore:
     def _put(self, kind: str, key: str, value: str) -> Revocation:
         now = int(self._clock())
         expires_at = now + self._ttl_cap + TTL_MARGIN_SECONDS
-        item = {
-            **schema.key(key),
-            "revoked_at": {"N": str(now)},
-            TTL_ATTRIBUTE: {"N": str(expires_at)},
-        }
         try:
-            self._dynamodb.put_item(TableName=self._table, Item=item)
+            self._dynamodb.update_item(
+                TableName=self._table,
+                Key=schema.key(key),
+                UpdateExpression="SET #r = :now, #e = :expires",
+                # Never move a record back in time: two operators revoking at once, one
+                # with a lagging clock, must not shrink what the other revoked. A record
+                # whose time is unreadable is replaced (it revoked everything anyway).
+                ConditionExpression="attribute_not_exists(#r) OR NOT attribute_type(#r, :n) "
+                "OR #r <= :now",
+                ExpressionAttributeNames={"#r": "revoked_at", "#e": TTL_ATTRIBUTE},
+                ExpressionAttributeValues={
+                    ":now": {"N": str(now)},
+                    ":expires": {"N": str(expires_at)},
+                    ":n": {"S": "N"},
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
         except errors.SDK_ERRORS as exc:
-            raise errors.unavailable(_UNAVAILABLE, "dynamodb", "PutItem", exc) from None
+            later = _later_record(exc)
+            if later is None:
+                raise errors.unavailable(_UNAVAILABLE, "dynamodb", "UpdateItem", exc) from None
+            return Revocation(kind, value, *later)
         return Revocation(kind, value, now, expires_at)
 
     def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -122,3 +137,15 @@ class RevocationStore:
                 return items
         # Unknown revocation state is never reported as "not revoked".
         raise errors.unavailable(_UNAVAILABLE, "dynamodb", "BatchGetItem", "unprocessed")
+
+
+def _later_record(exc: Exception) -> tuple[int, int] | None:
+    """`(revoked_at, expires_at)` of the later record that refused this write, if so."""
+    if not errors.is_client_error(exc, "ConditionalCheckFailedException"):
+        return None
+    item = getattr(exc, "response", {}).get("Item", {})
+    revoked_at = item.get("revoked_at", {}).get("N", "")
+    expires_at = item.get(TTL_ATTRIBUTE, {}).get("N", "")
+    if not (revoked_at.isdigit() and expires_at.isdigit()):
+        return None
+    return int(revoked_at), int(expires_at)

@@ -1,0 +1,77 @@
+"""The revocation records against in-process moto DynamoDB: a record is never moved back
+in time. End to end through `tokex revoke` and introspection: tests/system/test_revocation.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.in_process_state_table import state_table
+from tokex.adapters.state_table.revocations import TTL_MARGIN_SECONDS, RevocationStore
+
+TABLE = "tokex-state-test"
+PRINCIPAL = "arn:aws:iam::123456789012:role/orders"
+CAP = 3600
+
+
+@pytest.fixture
+def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    with state_table(monkeypatch, TABLE) as client:
+        yield client
+
+
+def store_at(dynamodb: Any, now: float) -> RevocationStore:
+    return RevocationStore(dynamodb, TABLE, ttl_cap_seconds=CAP, clock=lambda: now)
+
+
+def stored(dynamodb: Any, item_id: str) -> dict[str, Any]:
+    item = dynamodb.get_item(TableName=TABLE, Key={"id": {"S": item_id}}, ConsistentRead=True)
+    return item["Item"]
+
+
+@pytest.mark.parametrize("kind", ["principal", "jti"])
+def test_a_revocation_dated_earlier_keeps_the_later_record(dynamodb, kind):
+    def revoke(now: float):
+        store = store_at(dynamodb, now)
+        if kind == "principal":
+            return store.revoke_principal(PRINCIPAL)
+        return store.revoke_jti("jti-1")
+
+    later = revoke(2_000_000_000)
+    # Another operator's machine, its clock 60 s behind, revokes the same principal.
+    lagging = revoke(2_000_000_000 - 60)
+    assert (lagging.revoked_at, lagging.expires_at) == (later.revoked_at, later.expires_at)
+    assert later.expires_at == 2_000_000_000 + CAP + TTL_MARGIN_SECONDS
+    item = stored(dynamodb, f"revoked-{kind}#{PRINCIPAL if kind == 'principal' else 'jti-1'}")
+    assert item["revoked_at"] == {"N": "2000000000"}
+    assert item["expires_at"] == {"N": str(later.expires_at)}
+    # A token issued between the two instants stays revoked.
+    check = store_at(dynamodb, 2_000_000_100).revoked
+    assert check(jti="other", principal=PRINCIPAL, issued_at=2_000_000_000 - 30) == (
+        "principal" if kind == "principal" else None
+    )
+
+
+def test_a_revocation_dated_later_or_equal_replaces_the_record(dynamodb):
+    first = store_at(dynamodb, 2_000_000_000).revoke_principal(PRINCIPAL)
+    again = store_at(dynamodb, 2_000_000_000).revoke_principal(PRINCIPAL)
+    assert again == first
+    later = store_at(dynamodb, 2_000_000_500).revoke_principal(PRINCIPAL)
+    assert later.revoked_at == 2_000_000_500
+    assert stored(dynamodb, f"revoked-principal#{PRINCIPAL}")["revoked_at"] == {"N": "2000000500"}
+    check = store_at(dynamodb, 2_000_000_600).revoked
+    assert check(jti="j", principal=PRINCIPAL, issued_at=2_000_000_400) == "principal"
+    assert check(jti="j", principal=PRINCIPAL, issued_at=2_000_000_501) is None
+
+
+def test_a_record_with_an_unreadable_time_is_replaced(dynamodb):
+    # Such a record revoked everything (fail closed); a revocation gives it a real time.
+    dynamodb.put_item(
+        TableName=TABLE,
+        Item={"id": {"S": f"revoked-principal#{PRINCIPAL}"}, "revoked_at": {"S": "garbage"}},
+    )
+    revocation = store_at(dynamodb, 2_000_000_000).revoke_principal(PRINCIPAL)
+    assert revocation.revoked_at == 2_000_000_000
+    assert stored(dynamodb, f"revoked-principal#{PRINCIPAL}")["revoked_at"] == {"N": "2000000000"}
