@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,3 +255,17 @@ def test_the_command_prunes_when_it_writes(issuer, capsys, tmp_path) -> None:
     assert token(issuer, capsys, *ask)[:2] == (0, "token-1")
     assert not earlier_session.exists()
     assert len(cache_files(directory)) == 1
+
+
+def test_a_cached_lifetime_counts_from_when_the_token_was_asked_for(
+    monkeypatch, capsys, tmp_path
+) -> None:
+    """tokex counts `expires_in` from when it issued the token, before its answer came:
+    counted from the answer, a cached token would be handed out after its `exp`."""
+    use_static_credentials(monkeypatch)
+    with fake_issuer(expires_in=900, delay=1.0) as slow:
+        asked = time.time()
+        assert token(slow, capsys, "--audience", "orders-api", "--cache-dir", str(tmp_path))[0] == 0
+    [file] = cache_files(tmp_path)
+    obtained_at = json.loads(file.read_text())["obtained_at"]
+    assert asked <= obtained_at < asked + 1.0  # before the 1 s the answer took

@@ -42,6 +42,7 @@ class ScriptedExchanges:
         self.calls: list[tuple[str, tuple[str, ...]]] = []
         self.fail: Exception | None = None
         self.delay = 0.0
+        self.during: Callable[[], None] | None = None  # run once, as the next call waits
         self._lock = threading.Lock()
 
     def __call__(self, endpoint: str, audience: str, *, scopes=(), **options: Any) -> dict:
@@ -49,6 +50,9 @@ class ScriptedExchanges:
             self.calls.append((audience, tuple(scopes)))
             number = len(self.calls)
         time.sleep(self.delay)
+        during, self.during = self.during, None
+        if during is not None:
+            during()
         if self.fail is not None:
             raise self.fail
         # Issued a second apart, as tokex's are at least (its `iat` is whole seconds).
@@ -177,6 +181,22 @@ def test_a_failed_refresh_keeps_the_valid_token(exchanges) -> None:
     exchanges.fail = None
     clock.now += UNAVAILABLE_MEMORY_SECONDS
     assert tokens.token(route) != first
+
+
+def test_a_tokens_lifetime_counts_from_when_it_was_asked_for(exchanges) -> None:
+    """An answer that took 30 s to come: the token expires 900 s after it was asked for
+    (tokex issued it in between), and is not stood in for after that."""
+    config, (route,) = routes()
+    clock = FakeClock()
+    tokens = RouteTokens(config, clock=clock)
+    exchanges.during = lambda: setattr(clock, "now", clock.now + 30)
+    first = tokens.token(route)
+    clock.now = 1000.0 + 0.8 * LIFETIME  # due for refresh, which fails: it stands in
+    exchanges.fail = TokenError("cannot reach it", error="unreachable")
+    assert tokens.token(route) == first
+    clock.now = 1000.0 + LIFETIME  # its `exp`, counted from when it was asked for
+    with pytest.raises(TokenUnavailable):
+        tokens.token(route)
 
 
 def test_a_caller_handed_the_old_token_during_a_refresh_never_puts_it_back(

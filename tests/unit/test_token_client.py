@@ -127,6 +127,117 @@ def test_timeout_bounds_the_whole_call_not_each_read(monkeypatch) -> None:
     assert took < 1.0 + 3.0  # the budget, with room for a busy machine; not the 30 s
 
 
+class TricklingError(QuietHandler):
+    """A 503 whose body comes a byte every 0.1 s: 100 s for the whole of it."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        for _ in range(1000):
+            try:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+            except OSError:
+                return  # the client gave up
+            time.sleep(0.1)
+
+
+def test_timeout_bounds_reading_an_error_answer_too(monkeypatch) -> None:
+    """The budget covered the answer's status line and headers, not an error body read
+    afterwards: a 503 trickling its body held the call (and every caller waiting for the
+    same token) for as long as the server liked."""
+    use_static_credentials(monkeypatch)
+    with serving(LoopbackServer(TricklingError)) as server:
+        started = time.monotonic()
+        with pytest.raises(TokenError) as failed:
+            request_token(server.url, "orders-api", issuer=server.url, timeout=1.0)
+        took = time.monotonic() - started
+    assert failed.value.status == 503  # the status still counts (failed over)
+    assert took < 1.0 + 3.0  # the budget, with room for a busy machine; not the 100 s
+
+
+class CutOff(QuietHandler):
+    """A 200 whose connection closes half-way through its Content-Length."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"access_token": "token-1", "expires_in": 900}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.close_connection = True
+
+
+def test_an_answer_cut_off_is_no_answer_and_fails_over(monkeypatch) -> None:
+    use_static_credentials(monkeypatch)
+    with serving(LoopbackServer(CutOff)) as server, pytest.raises(TokenError) as failed:
+        request_token(server.url, "orders-api", issuer=server.url)
+    assert failed.value.error == "unreachable" and failed.value.status is None
+    assert "broke off" in str(failed.value)
+    assert token_client.fails_over(failed.value)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '{"access_token": "evil\\r\\nX-Injected: 1", "expires_in": 900}',
+        '{"access_token": "\\u001b]0;owned\\u0007", "expires_in": 900}',
+        '{"access_token": "\\ud800", "expires_in": 900}',
+        '{"access_token": "", "expires_in": 900}',
+        '{"access_token": "a b", "expires_in": 900}',
+        '{"access_token": "token-1", "expires_in": 1e999}',
+        '{"access_token": "token-1", "expires_in": -5}',
+        '{"access_token": "token-1", "expires_in": "900"}',
+        '{"access_token": "token-1", "expires_in": true}',
+    ],
+    ids=[
+        "crlf",
+        "escapes",
+        "surrogate",
+        "empty",
+        "space",
+        "infinite",
+        "negative",
+        "string",
+        "bool",
+    ],
+)
+def test_an_answer_that_is_no_usable_token_is_refused(monkeypatch, answer: str) -> None:
+    """It would go into Authorization headers (a CR LF injects a header; requests and
+    httpx raise their own errors), onto a terminal, or into `--json` output as Infinity."""
+    use_static_credentials(monkeypatch)
+
+    class Answering(QuietHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_document(200, answer.encode(), {"Content-Type": "application/json"})
+
+    with serving(LoopbackServer(Answering)) as server, pytest.raises(TokenError) as failed:
+        request_token(server.url, "orders-api", issuer=server.url)
+    assert failed.value.error == "not_tokex"
+
+
+def test_a_jwt_and_an_answer_without_expires_in_are_accepted(monkeypatch) -> None:
+    use_static_credentials(monkeypatch)
+    jwt_like = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln-_"
+    answers = iter([{"access_token": jwt_like, "expires_in": 900.5}, {"access_token": "t=="}])
+
+    class Answering(QuietHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps(next(answers)).encode()
+            self.send_document(200, body, {"Content-Type": "application/json"})
+
+    with serving(LoopbackServer(Answering)) as server:
+        assert request_token(server.url, "a", issuer=server.url)["access_token"] == jwt_like
+        assert request_token(server.url, "a", issuer=server.url)["access_token"] == "t=="
+
+
 def test_https_issuer_verified_against_the_ca_store(monkeypatch, tmp_path) -> None:
     """The bounded transport keeps urllib's TLS: the default CA store verifies the issuer."""
     use_static_credentials(monkeypatch)
@@ -165,6 +276,35 @@ def issuer(monkeypatch) -> Iterator[FakeIssuer]:
     use_static_credentials(monkeypatch)
     with fake_issuer(expires_in=900) as running:
         yield running
+
+
+def test_a_tokens_lifetime_counts_from_when_it_was_asked_for(monkeypatch) -> None:
+    """tokex counts `expires_in` from when it issued the token, which may be long before
+    its answer arrives: counted from the answer, a token would be served (stale_if_error,
+    valid_token) after its `exp`."""
+    use_static_credentials(monkeypatch)
+    gate = threading.Event()
+    with fake_issuer(expires_in=900, gate=gate) as slow:
+        clock = FakeClock()
+        client = TokenClient(slow.url, clock=clock, issuer=slow.url)
+        asking = threading.Thread(target=client.token, args=("orders-api",))
+        asking.start()
+        while slow.exchanges == 0:  # the request has arrived
+            time.sleep(0.01)
+        clock.now += 30  # the answer takes 30 s to come
+        gate.set()
+        asking.join(timeout=30)
+    clock.now = 1000.0 + 900 - 1
+    assert client.valid_token("orders-api") == "token-1"
+    clock.now = 1000.0 + 900
+    assert client.valid_token("orders-api") is None
+
+
+def test_a_cached_tokens_repr_does_not_show_it() -> None:
+    cached = token_client.CachedToken.from_response(
+        {"access_token": "eyJsecret.claims.signature", "expires_in": 900}, obtained_at=0.0
+    )
+    assert "eyJsecret" not in repr(cached)
 
 
 def test_refresh_happens_at_80_percent_of_the_lifetime(issuer) -> None:
@@ -214,6 +354,10 @@ def test_a_hostile_answer_is_a_token_error_or_a_token_never_kept(monkeypatch, an
         client = TokenClient(server.url, issuer=server.url)
         if answer.startswith(b"["):
             with pytest.raises(TokenError, match="not a JSON object"):
+                client.token("orders-api")
+            return
+        if b"1e400" in answer:  # no number of seconds at all
+            with pytest.raises(TokenError, match="expires_in"):
                 client.token("orders-api")
             return
         assert client.token("orders-api") == "t"

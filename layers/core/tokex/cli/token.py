@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,7 @@ def _token_response(
             return cached
     if args.verbose:
         _say_what_is_sent(args, evidence, region or FALLBACK_REGION)
+    sent = time.time()  # the cached lifetime counts from before it was asked for
     with _attempts_told(args.verbose):
         response = request_token(
             endpoint,
@@ -261,7 +263,7 @@ def _token_response(
         )
     if cache_file is not None:
         try:
-            disk_cache.write_cached(cache_file, response)
+            disk_cache.write_cached(cache_file, response, now=sent)
         except OSError as err:  # the token is good: print it, say why it was not kept
             print(f"tokex token: --cache-dir: not cached: {err}", file=sys.stderr)
         # Expired tokens of earlier role sessions (docs/contract.md "Command line").

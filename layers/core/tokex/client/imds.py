@@ -7,6 +7,7 @@ IMDSv2 only: a session token from `PUT /latest/api/token`, then the document and
 
 from __future__ import annotations
 
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -69,8 +70,11 @@ def _fetch(
     try:
         with opener.open(request, timeout=timeout) as response:
             data = response.read(MAX_BYTES + 1)
-    except (urllib.error.URLError, OSError, ValueError) as err:
+            cut_off = len(data) <= MAX_BYTES and bool(response.length)
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
         raise ImdsUnavailable(f"IMDS at {request.full_url} did not answer: {err}") from None
+    if cut_off:  # closed before its Content-Length: http.client hands back what came
+        raise ImdsUnavailable(f"IMDS at {request.full_url} broke off its answer")
     if len(data) > MAX_BYTES:
         raise ImdsUnavailable("IMDS answer too large")
     try:

@@ -20,13 +20,14 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ REFRESH_RETRY_SECONDS = 5.0
 INVALIDATE_MIN_AGE_SECONDS = 5.0
 
 MAX_RESPONSE_BYTES = 64 * 1024
+# RFC 6750 §2.1 b64token: what a bearer token may be (a JWT is).
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 # The seconds one token call may take, discovery and every Region's attempt together
 # (`timeout=`, `tokex token --timeout`): above the exchange's own 6 s deadline, so a
@@ -345,8 +348,28 @@ def _post_form(url: str, form: dict[str, str], budget: _Budget) -> dict[str, Any
         method="POST",
     )
     response = _send(request, budget.left())  # a spent budget: "timed out", nothing sent
-    if not isinstance(response.get("access_token"), str):
+    token = response.get("access_token")
+    if not isinstance(token, str):
         raise TokenError(f"{url} answered without an access_token", error=NOT_TOKEX, url=url)
+    if not BEARER_TOKEN.fullmatch(token):
+        # It goes into Authorization headers and onto terminals: anything else (CR LF,
+        # escapes, a lone surrogate, nothing at all) would break or abuse them.
+        raise TokenError(
+            f"{url} answered an access_token that is not a bearer token (RFC 6750 b64token)",
+            error=NOT_TOKEX,
+            url=url,
+        )
+    lifetime = response.get("expires_in")
+    if lifetime is not None and not (
+        isinstance(lifetime, int | float)
+        and not isinstance(lifetime, bool)
+        and 0 <= lifetime < math.inf
+    ):
+        raise TokenError(
+            f"{url} answered an expires_in that is not a number of seconds",
+            error=NOT_TOKEX,
+            url=url,
+        )
     return response
 
 
@@ -534,8 +557,11 @@ class TokenClient:
                 return cached.access_token  # still valid: another caller refreshes it
             return flight.outcome()  # bounded: the leader's exchange has its timeout
         try:
+            # Counted from before it was asked for: tokex counts `expires_in` from when it
+            # issued the token, somewhere between the two.
+            sent = self._clock()
             response = request_token(self._endpoint, audience, scopes=scopes, **self._options)
-            fresh = CachedToken.from_response(response, obtained_at=self._clock())
+            fresh = CachedToken.from_response(response, obtained_at=sent)
         except BaseException as err:
             flight.error = err
             stale = self._stale(key, cached, err)
@@ -654,15 +680,15 @@ def check_scopes(scopes: Sequence[str]) -> Sequence[str]:
 
 @dataclass(frozen=True)
 class CachedToken:
-    access_token: str
+    access_token: str = field(repr=False)  # a bearer credential: never in a log line
     refresh_at: float  # the clock of `obtained_at` (monotonic in memory, epoch on disk)
     expires_at: float
     obtained_at: float
 
     @classmethod
     def from_response(cls, response: dict[str, Any], *, obtained_at: float) -> CachedToken:
-        """`expires_in` (RFC 6749 §5.1) counted from when the answer arrived; a token
-        without one is refreshed at the next call."""
+        """`expires_in` (RFC 6749 §5.1) counted from `obtained_at` (when it was asked
+        for); a token without one is refreshed at the next call."""
         try:
             lifetime = float(response.get("expires_in", 0))
         except (TypeError, ValueError, OverflowError):  # 400 digits overflow a float
@@ -688,9 +714,21 @@ def _send(request: urllib.request.Request, timeout: float) -> dict[str, Any]:
     url = request.full_url
     if timeout <= 0:  # spent before this call (on credentials, say): nothing starts
         raise TokenError(f"cannot reach {url}: timed out", error=UNREACHABLE, url=url)
+    # The whole call, an error answer's body included, within the one budget.
+    with deadline.request_deadline(timeout):
+        return _send_within_deadline(request, timeout, url)
+
+
+def _send_within_deadline(
+    request: urllib.request.Request, timeout: float, url: str
+) -> dict[str, Any]:
     try:
-        with deadline.request_deadline(timeout), _OPENER.open(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             data = response.read(MAX_RESPONSE_BYTES + 1)
+            if len(data) <= MAX_RESPONSE_BYTES and response.length:
+                # The connection closed before Content-Length was reached: http.client
+                # hands back what came. Cut off is no answer (and fails over).
+                raise http.client.IncompleteRead(data, response.length)
             return _parse(data, response.status, response.headers.get_content_type(), url)
     except urllib.error.HTTPError as err:
         try:

@@ -214,12 +214,14 @@ class RouteTokens:
             return held.token
 
     def _exchange(self, route: Route, client: TokenClient, state: _RouteState) -> str:
+        # A new token's lifetime counts from before it was asked for (tokex counts from
+        # when it issued it, in between), so it is never held past its `exp`.
+        sent = self._clock()
         token = client.token(route.audience, route.scopes)
-        now = self._clock()
         with state.lock:
             held = state.held
             if held is None or held.token != token:
-                got = _held(token, now)
+                got = _held(token, sent)
                 # Past the refresh point TokenClient hands the token being replaced to
                 # every caller but the one refreshing: one that comes back after the new
                 # token was stored must not put the old one back, as if just obtained.
