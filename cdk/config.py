@@ -22,6 +22,10 @@ SIGNING_KEY_SPECS = tuple(identifiers.SIGNING_KEY_SPECS)
 # single-Region key into a multi-Region one in place (that would replace the key).
 KEY_SLOTS = ("a", "b", "mrk-a", "mrk-b")
 MULTI_REGION_SLOTS = ("mrk-a", "mrk-b")
+# CloudFront's default quota of cache behaviours per distribution; the issuer's has two
+# (/token, /introspect) and two more per Region (/regions/<r>/...).
+CLOUDFRONT_CACHE_BEHAVIORS = 25
+MAX_REGIONS = (CLOUDFRONT_CACHE_BEHAVIORS - 2) // 2
 KNOWN_PARTITIONS = identifiers.PARTITIONS
 # ARNs below are of a served partition and account (identifiers.py); matched whole.
 _ARN_HEAD = rf"arn:(?:{identifiers.PARTITION.pattern})"
@@ -92,6 +96,9 @@ class TokexConfig:
     instance_tags_role_name: str | None = None
     # The accounts whose role the exchange may assume; empty = any account.
     instance_tags_accounts: tuple[str, ...] = ()
+    # Which origin secrets (cdk/origin_secret.py): raising it replaces both in a deploy,
+    # the way to rotate them (docs/deploy.md "One door").
+    origin_secret_generation: int = 1
     # The deployment's Regions, home first (docs/multi-region.md). Empty or one Region:
     # the single-Region stack, unchanged.
     regions: tuple[str, ...] = ()
@@ -150,6 +157,8 @@ class TokexConfig:
                 raise ConfigError(f"instanceTagsAccounts: {account!r} is not an account id")
         self._check_trusted_issuers()
         self._check_regions()
+        if self.origin_secret_generation < 1:
+            raise ConfigError("originSecretGeneration must be a positive integer")
 
     def _check_regions(self) -> None:
         for region in self.regions:
@@ -163,6 +172,13 @@ class TokexConfig:
                 )
         if len(set(self.regions)) != len(self.regions):
             raise ConfigError(f"regions lists a Region twice: {list(self.regions)}")
+        if len(self.regions) > MAX_REGIONS:
+            # Found at synth, not half-way through a deploy at the CloudFront update.
+            raise ConfigError(
+                f"regions: at most {MAX_REGIONS} Regions, not {len(self.regions)}: the "
+                f"distribution needs two cache behaviours per Region besides its two own, "
+                f"and CloudFront allows {CLOUDFRONT_CACHE_BEHAVIORS} by default"
+            )
         if not self.is_multi_region:
             return
         single = [slot for slot in self.signing_keys if slot not in MULTI_REGION_SLOTS]
@@ -325,5 +341,6 @@ class TokexConfig:
             "instance_tags_accounts": strings("instanceTagsAccounts"),
             "trusted_issuers": trusted_issuers("trustedIssuers"),
             "regions": strings("regions"),
+            "origin_secret_generation": integer("originSecretGeneration"),
         }
         return cls(**{k: v for k, v in values.items() if v is not None})

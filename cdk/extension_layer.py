@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import jsii
-from aws_cdk import ILocalBundling, Stack, Token
+from aws_cdk import ILocalBundling, RemovalPolicy, Stack, Token
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
@@ -312,6 +312,9 @@ class ProxyExtensionLayer(Construct):
             compatible_runtimes=list(RUNTIMES),
             compatible_architectures=list(ARCHITECTURES),
             description="tokex proxy Lambda extension (pure Python: Python 3.11+ runtimes)",
+            # Other stacks' functions pin a version (ProxyExtensionLayerArn): a new one
+            # must not delete it, or their next deploy fails on a missing layer version.
+            removal_policy=RemovalPolicy.RETAIN,
         )
 
     @staticmethod

@@ -14,7 +14,6 @@ is (`/var/task` is read-only too); the core library comes from the layer.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 from collections.abc import Mapping
@@ -46,14 +45,11 @@ TASK_ROOT = "/var/task"
 
 
 def functions_package_dir() -> Path:
-    """The folder of the installed `tokex_functions` (functions/ of the checkout when it
-    is installed with `pip install -e`, as docs/deploy.md says)."""
-    spec = importlib.util.find_spec(FUNCTIONS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            f"{FUNCTIONS_PACKAGE} is not installed: run `pip install -e '.[cdk]'` first"
-        )
-    return Path(next(iter(spec.submodule_search_locations))).resolve()
+    """functions/ of the checkout this app is synthesized from (deployed as
+    `tokex_functions`), as the layers come from its layers/: whatever `tokex_functions` the
+    venv has installed (another checkout's, a stale copy) never mixes handlers of one tree
+    with a layer of another."""
+    return Path(__file__).resolve().parent.parent / "functions"
 
 
 def handler_name(function: str) -> str:

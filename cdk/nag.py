@@ -46,8 +46,8 @@ REGIONAL_SECRET_REASON = (
     "The Regional origin secret is read by CloudFormation (dynamic references) into"
     " CloudFront's Regional origin headers and the Regional functions' environment at"
     " deploy time: an automatic rotation would change it in neither, and every Regional"
-    " request would be refused until the next deploy. It is rotated by replacing it in a"
-    ' deploy (docs/multi-region.md "Stacks").'
+    " request would be refused until the next deploy. It is rotated by raising"
+    ' originSecretGeneration in a deploy (docs/deploy.md "One door").'
 )
 
 
@@ -103,7 +103,8 @@ def acknowledge_findings(stack: TokexStack) -> None:
         "The origin secret is read by CloudFormation (dynamic references) into CloudFront's"
         " origin header and the functions' environment at deploy time: an automatic"
         " rotation would change it in neither, and every request would be refused until the"
-        " next deploy. It is rotated by replacing it in a deploy (docs/deploy.md, One door).",
+        " next deploy. It is rotated by raising originSecretGeneration in a deploy"
+        ' (docs/deploy.md "One door").',
     )
 
     provider = stack.jwks_publication.provider

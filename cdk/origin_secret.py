@@ -30,6 +30,7 @@ __all__ = [
     "ORIGIN_SECRET_ENV",
     "OriginSecret",
     "RegionalOriginSecret",
+    "origin_secret_id",
     "regional_origin_secret_name",
 ]
 
@@ -71,8 +72,16 @@ class OriginSecret(Construct):
         return self.secret.secret_value.unsafe_unwrap()
 
 
-def regional_origin_secret_name(stack_name: str) -> str:
-    return f"tokex/{stack_name}/regional-origin"
+def origin_secret_id(generation: int) -> str:
+    """The home secret's construct id: a new generation is a new secret (a replacement)."""
+    return "OriginSecret" if generation == 1 else f"OriginSecret{generation}"
+
+
+def regional_origin_secret_name(stack_name: str, generation: int = 1) -> str:
+    """Named, so a new generation needs a new name: Secrets Manager keeps a deleted
+    secret's name for its recovery window (30 days)."""
+    suffix = "" if generation == 1 else f"-{generation}"
+    return f"tokex/{stack_name}/regional-origin{suffix}"
 
 
 def resolve_by_name(name: str) -> str:

@@ -39,6 +39,7 @@ from cdk.origin_secret import (
     ORIGIN_SECRET_ENV,
     OriginSecret,
     RegionalOriginSecret,
+    origin_secret_id,
     regional_origin_secret_name,
 )
 from cdk.policy_table import PolicyTable
@@ -102,14 +103,15 @@ class TokexStack(Stack):
         self.policy_table = PolicyTable(self, "PolicyTable", replica_regions=replicas)
         self.state_table = StateTable(self, "StateTable", replica_regions=replicas)
         self.token_api = token_api(self, config)
-        self.origin_secret = OriginSecret(self, "OriginSecret")
+        generation = config.origin_secret_generation
+        self.origin_secret = OriginSecret(self, origin_secret_id(generation))
         # The Regional APIs' door: named and replicated, so that each Regional stack
         # reads its own Region's copy by name (docs/multi-region.md "Stacks").
         self.regional_origin_secret = (
             RegionalOriginSecret(
                 self,
                 "RegionalOriginSecret",
-                name=regional_origin_secret_name(config.stack_name),
+                name=regional_origin_secret_name(config.stack_name, generation),
                 replica_regions=config.other_regions,
             )
             if config.is_multi_region

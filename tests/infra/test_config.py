@@ -125,6 +125,16 @@ def test_active_signing_key_from_context() -> None:
         ({"regions": '["us-east-1"'}, "regions is not a valid JSON list"),
         ({"regions": "us-east-1,eu-west-1,us-east-1"}, "regions lists a Region twice"),
         ({"regions": "us-east-1,cn-north-1"}, "regions: 'cn-north-1' is not in the aws partition"),
+        ({"originSecretGeneration": "0"}, "originSecretGeneration must be a positive integer"),
+        ({"originSecretGeneration": "two"}, "originSecretGeneration must be a positive integer"),
+        (
+            {
+                "regions": "us-east-1,us-east-2,us-west-1,us-west-2,eu-west-1,eu-west-2,"
+                "eu-west-3,eu-central-1,eu-north-1,ap-southeast-1,ap-southeast-2,ap-northeast-1",
+                **{"signingKeys": "mrk-a", "activeSigningKey": "mrk-a"},
+            },
+            "regions: at most 11 Regions, not 12: .* CloudFront allows 25 by default",
+        ),
         (
             {"regions": "us-east-1,eu-west-1"},
             "regions: every signing key .* not a: a new deployment sets signingKeys=mrk-a",

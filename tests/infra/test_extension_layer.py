@@ -87,6 +87,9 @@ def test_the_layer_resource_and_output(default_synth: Synthesized) -> None:
     assert sorted(layer["CompatibleArchitectures"]) == ["arm64", "x86_64"]
     assert layer["CompatibleRuntimes"] == RUNTIMES
     template.has_output("ProxyExtensionLayerArn", {"Value": checks.ref(template, LAYER)})
+    # Workloads pin that version: a new one leaves it in place.
+    retained = checks.resource(template, LAYER)
+    assert (retained["DeletionPolicy"], retained["UpdateReplacePolicy"]) == ("Retain", "Retain")
     # The core layer is unchanged: arm64, the functions' runtime.
     core = checks.resource(template, "CoreLayer/Layer")["Properties"]
     assert core["CompatibleArchitectures"] == ["arm64"]

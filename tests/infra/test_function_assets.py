@@ -43,3 +43,29 @@ def test_the_bytecode_names_the_files_where_lambda_puts_them(tmp_path: Path) -> 
         # Tracebacks name the file in /var/task, never the build directory.
         data = pyc.read_bytes()
         assert f"{TASK_ROOT}/{name}".encode() in data and str(tmp_path).encode() not in data
+
+
+def test_the_handlers_come_from_this_checkout_whatever_is_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layer is built from this checkout's layers/; handlers of another tree (a second
+    checkout on the same venv, a non-editable install) must not ship beside it."""
+    import importlib.machinery
+    import importlib.util
+
+    other = tmp_path / "tokex_functions"
+    (other / "exchange").mkdir(parents=True)
+    (other / "__init__.py").write_text("")
+    (other / "exchange" / "handler.py").write_text("def lambda_handler(e, c):\n    return 0\n")
+    spec = importlib.machinery.ModuleSpec("tokex_functions", None, is_package=True)
+    spec.submodule_search_locations = [str(other)]
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: spec if name == "tokex_functions" else found(name, *a),
+    )
+    checkout = Path(__file__).resolve().parents[2] / "functions"
+    files = function_asset_files("exchange")
+    assert files["tokex_functions/exchange/handler.py"] == checkout / "exchange" / "handler.py"
+    assert all(path.is_relative_to(checkout) for path in files.values())

@@ -383,6 +383,35 @@ def test_regional_functions_refuse_anything_but_cloudfront(multi: App) -> None:
             )
 
 
+def test_a_new_origin_secret_generation_replaces_both_secrets_everywhere(
+    multi: App, tmp_path: Path
+) -> None:
+    """The rotation of docs/deploy.md "One door": the home secret is a new resource, the
+    Regional one a new name (a deleted secret's name stays taken for 30 days), and
+    CloudFront and every function follow in the same deploy."""
+    rotated = synth_app(
+        tmp_path, {**MULTI_REGION_CONTEXT, "originSecretGeneration": 2}, bundle=False
+    )
+    old_home, _ = multi.at("Tokex", "OriginSecret/Secret")
+    new_home, _ = rotated.at("Tokex", "OriginSecret2/Secret")
+    assert old_home != new_home and old_home not in rotated.resources("Tokex")
+    regional_id, regional = rotated.at("Tokex", "RegionalOriginSecret/Secret")
+    assert regional["Properties"]["Name"] == REGIONAL_SECRET + "-2"
+    for function in ("Exchange", "Introspect"):
+        assert json.dumps({"Ref": new_home}) in json.dumps(rotated.env("Tokex", function))
+        for region in OTHERS:
+            assert rotated.env(regional_stack(region), function)[ORIGIN_SECRET_ENV] == (
+                f"{{{{resolve:secretsmanager:{REGIONAL_SECRET}-2:SecretString:::}}}}"
+            )
+    behaviors = _behaviors(rotated)
+    assert {"Ref": new_home} in _header(_origin(rotated, behaviors["/token"]["TargetOriginId"]))[
+        "Fn::Join"
+    ][1]
+    for region in OTHERS:
+        origin = _origin(rotated, behaviors[f"/regions/{region}/token"]["TargetOriginId"])
+        assert {"Ref": regional_id} in _header(origin)["Fn::Join"][1]
+
+
 def test_each_region_serves_its_own_path_and_evidence(multi: App) -> None:
     home_env = multi.env("Tokex", "Exchange")
     assert home_env["TOKEX_SERVING_REGION"] == HOME
