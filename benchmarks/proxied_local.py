@@ -52,6 +52,7 @@ class ProxiedEmulator:
             self.moto.stop()
             raise
         self.url = self.proxy.url
+        self.admin_token = self.moto.admin_token
 
     def serve_dynamodb_apart(self) -> None:
         """From now on DynamoDB is served by a copy of the emulator in a process of its own

@@ -1,4 +1,4 @@
-"""KmsSigner and public_jwk_for_key against moto's KMS (in process)."""
+"""KmsSigner, public_jwk_for_key and KmsPublicKeys against moto's KMS (in process)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import boto3
 import jwt
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 from jwcrypto import jwk as jwcrypto_jwk
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
-from tokex.adapters.kms import KmsSigner, public_jwk_for_key
+from tokex.adapters.kms import KmsPublicKeys, KmsSigner, UnreadableKey, public_jwk_for_key
 from tokex.errors import ConfigurationError, TemporarilyUnavailable
 from tokex.tokens.jwks import rfc7638_thumbprint
 from tokex.tokens.jws import TokenTooLarge, encode_jwt
@@ -185,3 +186,54 @@ def test_kms_sign_errors_are_temporarily_unavailable(
     assert caught.value.headers() == {"Retry-After": "5"}
     assert "arn:" not in caught.value.description
     assert code in caught.value.reason
+
+
+class RefusingKms:
+    """moto's KMS client, but GetPublicKey of `refused` answers `code`, as KMS answers for
+    a key that is disabled, scheduled for deletion, or whose grant another account
+    withdrew (moto does not enforce those states for GetPublicKey)."""
+
+    def __init__(self, kms: Any, refused: str, code: str) -> None:
+        self._kms, self._refused, self._code = kms, refused, code
+
+    def get_public_key(self, KeyId: str) -> Any:
+        if KeyId == self._refused:
+            error = {"Error": {"Code": self._code, "Message": "refused by the test"}}
+            raise ClientError(error, "GetPublicKey")
+        return self._kms.get_public_key(KeyId=KeyId)
+
+
+@pytest.mark.parametrize(
+    "code", ["AccessDeniedException", "DisabledException", "KMSInvalidStateException"]
+)
+def test_a_published_key_kms_refuses_is_left_out_of_introspection_only(
+    kms: Any, keys: dict[str, str], code: str
+) -> None:
+    """The active key's tokens stay introspectable when another published key (a previous
+    one, another account's) can no longer be read; the publisher fails closed, naming it."""
+    signing, previous = keys["ES256"], keys["RS256"]
+    published = KmsPublicKeys(RefusingKms(kms, previous, code), [signing, previous])
+    assert published.for_introspection() == [public_jwk_for_key(kms, signing)]
+    with pytest.raises(UnreadableKey) as publishing:
+        published.jwks()
+    assert code in publishing.value.reason and previous in publishing.value.reason
+    assert previous not in publishing.value.description
+
+
+def test_a_published_key_that_cannot_sign_jwts_is_left_out_of_introspection(
+    kms: Any, keys: dict[str, str]
+) -> None:
+    published = KmsPublicKeys(kms, [keys["ES256"], keys["rsa-encrypt"]])
+    assert published.for_introspection() == [public_jwk_for_key(kms, keys["ES256"])]
+
+
+@pytest.mark.parametrize("code", ["AccessDeniedException", "ThrottlingException"])
+def test_the_signing_key_unread_or_kms_unreachable_is_a_503_never_fewer_keys(
+    kms: Any, keys: dict[str, str], code: str
+) -> None:
+    signing, previous = keys["ES256"], keys["RS256"]
+    for refused in (signing, previous) if code == "ThrottlingException" else (signing,):
+        published = KmsPublicKeys(RefusingKms(kms, refused, code), [signing, previous])
+        with pytest.raises(TemporarilyUnavailable) as caught:
+            published.for_introspection()
+        assert caught.value.status == 503

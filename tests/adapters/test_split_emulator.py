@@ -77,7 +77,7 @@ def emulator():
             AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
             BillingMode="PAY_PER_REQUEST",
         )
-        set_signature_checking(server.url, True)
+        set_signature_checking(server.url, True, admin_token=server.admin_token)
         yield server, key["AccessKeyId"], key["SecretAccessKey"]
     finally:
         server.stop()

@@ -95,7 +95,7 @@ def moto_sts() -> Iterator[MotoStsWorld]:
             RoleName="worker", Path="/svc/", AssumeRolePolicyDocument=json.dumps(trust)
         )
         session = sts.assume_role(RoleArn=role["Role"]["Arn"], RoleSessionName="build-42")
-        set_signature_checking(server.url, on=True)
+        set_signature_checking(server.url, on=True, admin_token=server.admin_token)
         c = session["Credentials"]
         yield MotoStsWorld(
             url=server.url,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -125,3 +126,16 @@ def test_operator_manages_policies_of_the_local_system(tokex_local):
     assert listed.returncode == 0, listed.stderr
     ids = {policy["id"] for policy in json.loads(listed.stdout)["policies"]}
     assert {"demo-workload", "demo-instance"} <= ids
+
+
+def test_the_emulators_own_api_is_closed_to_other_local_processes(tokex_local):
+    """`tokex local`'s emulator is on a loopback port any local process can reach: moto's
+    own API (switch SigV4 checks off, dump every key it holds) needs a token that only
+    the process holds."""
+    _, state_dir = tokex_local
+    emulator = load_env_file(state_dir / "operator.env")["AWS_ENDPOINT_URL"]
+    for path, data in [("/moto-api/data.json", None), ("/moto-api/reset-auth", b"inf")]:
+        request = urllib.request.Request(emulator + path, data=data)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403, path

@@ -107,7 +107,9 @@ def fresh_role(local_system: LocalSystem) -> FreshRole:
             }
         ],
     }
-    set_signature_checking(deployment.endpoint_url, on=False)
+    set_signature_checking(
+        deployment.endpoint_url, on=False, admin_token=deployment.emulator_admin_token
+    )
     try:
         role = deployment.client("iam").create_role(
             RoleName=name, AssumeRolePolicyDocument=json.dumps(trust)
@@ -116,7 +118,9 @@ def fresh_role(local_system: LocalSystem) -> FreshRole:
             RoleArn=role["Arn"], RoleSessionName="fresh-session"
         )["Credentials"]
     finally:
-        set_signature_checking(deployment.endpoint_url, on=True)
+        set_signature_checking(
+            deployment.endpoint_url, on=True, admin_token=deployment.emulator_admin_token
+        )
     policy = {
         "id": name,
         "effect": "allow",

@@ -33,12 +33,14 @@ def regional(local_system: LocalSystem) -> Iterator[tuple[dict[str, Any], Replic
     dynamodb = local_system.deployment.client("dynamodb")
     suffix = uuid.uuid4().hex[:8]
     tables = {region: f"tokex-state-{region}-{suffix}" for region in REGIONS}
-    set_signature_checking(local_system.deployment.endpoint_url, on=False)  # the admin's step
+    deployment = local_system.deployment
+    admin = deployment.emulator_admin_token
+    set_signature_checking(deployment.endpoint_url, on=False, admin_token=admin)  # the admin's step
     try:
         for table in tables.values():
             create_state_table(dynamodb, table)
     finally:
-        set_signature_checking(local_system.deployment.endpoint_url, on=True)
+        set_signature_checking(deployment.endpoint_url, on=True, admin_token=admin)
     replicator = Replicator(dynamodb, tables, delay=0.0).start()
     replicator.pause()
     handlers = {

@@ -9,6 +9,7 @@ can never make a warm signer sign with a key its `kid` does not name.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ from tokex.tokens.jwks import P256_COORDINATE_BYTES, jwk_from_spki_der
 from tokex.tokens.jws import check_signing_input_size
 
 # KeySpec -> (JWS alg, KMS SigningAlgorithm), from identifiers.py.
+log = logging.getLogger(__name__)
+
 _ALGORITHMS = {
     spec: (alg, identifiers.KMS_SIGNING_ALGORITHMS[alg])
     for spec, alg in identifiers.SIGNING_KEY_SPECS.items()
@@ -36,7 +39,17 @@ _CONFIGURATION_ERRORS = frozenset(
         "UnsupportedOperationException",
     }
 )
+# Errors that mean KMS will not give this key out now, for as long as an operator leaves
+# it so (disabled, scheduled for deletion, another account's grant withdrawn): a retry
+# does not help, but the key may come back, so it is no misconfiguration at cold start.
+_UNREADABLE_KEY_ERRORS = frozenset(
+    {"AccessDeniedException", "DisabledException", "KMSInvalidStateException"}
+)
 _UNAVAILABLE = "the signing service is unavailable, retry later"
+
+
+class UnreadableKey(TemporarilyUnavailable):
+    """KMS refuses to give out this key's public key (see `_UNREADABLE_KEY_ERRORS`)."""
 
 
 def _unavailable(operation: str, exc_or_detail: Exception | str) -> TemporarilyUnavailable:
@@ -56,6 +69,9 @@ def _describe_public_key(kms_client: Any, key_id: str) -> tuple[dict[str, Any], 
         if errors.is_client_error(exc, *_CONFIGURATION_ERRORS):
             code = errors.error_code(exc)
             raise ConfigurationError(f"KMS key {key_id!r} cannot sign tokens ({code})") from exc
+        if errors.is_client_error(exc, *_UNREADABLE_KEY_ERRORS):
+            reason = errors.reason("kms", "GetPublicKey", f"{errors.error_code(exc)} ({key_id})")
+            raise UnreadableKey(_UNAVAILABLE, reason=reason) from exc
         raise _unavailable("GetPublicKey", exc) from exc
 
     usage = response.get("KeyUsage")
@@ -101,14 +117,26 @@ class KmsPublicKeys:
         return [public_jwk_for_key(self._kms, key_id) for key_id in self._key_ids]
 
     def for_introspection(self) -> list[dict[str, Any]]:
-        """As `jwks`, but a misconfigured key is a 503 raised per request, not at import,
-        that names the cause in the log."""
-        try:
-            return self.jwks()
-        except ConfigurationError as exc:
-            raise TemporarilyUnavailable(
-                "the signing keys are unavailable, retry later", reason=f"keys: {exc}"
-            ) from None
+        """As `jwks`, but a misconfigured signing key is a 503 raised per request, not at
+        import, that names the cause in the log; and another published key that KMS
+        refuses to give out, or that cannot sign JWTs, is left out (logged): its tokens
+        introspect as inactive, while the signing key's tokens stay introspectable. A key
+        KMS merely could not be asked about (unreachable, throttling) is a 503, as ever:
+        never "inactive" for a token that is not."""
+        keys: list[dict[str, Any]] = []
+        for index, key_id in enumerate(self._key_ids):
+            try:
+                keys.append(public_jwk_for_key(self._kms, key_id))
+            except (ConfigurationError, UnreadableKey) as exc:
+                if index == 0:  # the signing key: nothing works without it
+                    if isinstance(exc, UnreadableKey):
+                        raise
+                    raise TemporarilyUnavailable(
+                        "the signing keys are unavailable, retry later", reason=f"keys: {exc}"
+                    ) from None
+                why = exc.reason if isinstance(exc, UnreadableKey) else str(exc)
+                log.warning("published key %s left out of introspection: %s", key_id, why)
+        return keys
 
 
 class KmsSigner:

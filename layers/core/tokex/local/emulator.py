@@ -13,6 +13,7 @@ import selectors
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,26 +24,28 @@ LOOPBACK = "127.0.0.1"
 
 class MotoServer(Protocol):
     url: str
+    # What moto's own API (`/moto-api/...`) asks for (moto_fixes.ADMIN_HEADER).
+    admin_token: str
 
     def stop(self) -> None: ...
 
 
 class ThreadMotoServer:
-    def __init__(self, port: int = 0) -> None:
-        from moto.server import ThreadedMotoServer
-
+    def __init__(self) -> None:
         from tokex.local import moto_fixes
 
-        moto_fixes.install()
         # The emulator's per-request access log would drown tokex's own audit lines.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
-        self._server.start()
-        host, bound_port = self._server.get_host_and_port()
-        self.url = f"http://{host}:{bound_port}"
+        self.admin_token = moto_fixes.new_admin_token()
+        self._server = moto_fixes.emulator_server(LOOPBACK, admin_token=self.admin_token)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://{LOOPBACK}:{self._server.port}"
 
     def stop(self) -> None:
-        self._server.stop()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
 
 
 class SubprocessMotoServer:
@@ -50,7 +53,10 @@ class SubprocessMotoServer:
     SERVER_MODULE = "tokex.local.moto_fixes"
 
     def __init__(self, *, startup_timeout: float = 30.0, module: str = SERVER_MODULE) -> None:
-        env = {**os.environ, "MOTO_CALL_RESET_API": "false"}
+        from tokex.local.moto_fixes import ADMIN_TOKEN_ENV, new_admin_token
+
+        self.admin_token = new_admin_token()
+        env = {**os.environ, "MOTO_CALL_RESET_API": "false", ADMIN_TOKEN_ENV: self.admin_token}
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, our own interpreter
             # moto's server with tokex's fixes (local/moto_fixes.py). It binds a port of
             # the OS's choosing itself and names its URL on stdout's first line.
@@ -67,7 +73,7 @@ class SubprocessMotoServer:
             self.stop()
             raise RuntimeError("the moto server did not start")
         self.url = announced
-        while not _answers(self.url):
+        while not _answers(self.url, self.admin_token):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("the moto server did not start")
@@ -97,14 +103,16 @@ def first_line(stream: IO[str] | None, deadline: float) -> str:
     return stream.readline().strip()
 
 
-def set_signature_checking(url: str, on: bool) -> None:
+def set_signature_checking(url: str, on: bool, *, admin_token: str) -> None:
     """Switch moto's SigV4 + IAM checks on (after set-up) or off (docs/local.md "What it
-    starts")."""
+    starts"): moto's own API, which only the emulator's admin token opens."""
+    from tokex.local.moto_fixes import ADMIN_HEADER
+
     request = urllib.request.Request(  # noqa: S310 - loopback emulator URL
         f"{url}/moto-api/reset-auth",
         data=b"0" if on else b"inf",
         # Not a form: Flask would swallow a form body and moto would read an empty one.
-        headers={"Content-Type": "text/plain"},
+        headers={"Content-Type": "text/plain", ADMIN_HEADER: admin_token},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
@@ -117,9 +125,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, admin_token: str) -> bool:
+    from tokex.local.moto_fixes import ADMIN_HEADER
+
+    request = urllib.request.Request(f"{url}/moto-api/", headers={ADMIN_HEADER: admin_token})  # noqa: S310
     try:
-        with urllib.request.urlopen(f"{url}/moto-api/", timeout=1) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=1) as response:  # noqa: S310
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False

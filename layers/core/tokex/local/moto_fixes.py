@@ -48,8 +48,10 @@ import collections
 import copy
 import functools
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import sys
 import threading
 import time
@@ -310,17 +312,62 @@ def _key_of(table: Any, attributes: dict[str, Any]) -> dict[str, Any] | None:
     return {name: attributes[name] for name in names}
 
 
-def emulator_server(host: str, wrap: Callable[[WsgiApp], WsgiApp] | None = None) -> BaseWSGIServer:
+# moto's own API (`/moto-api/...`: switch signature checks off, reset, dump every backend's
+# state with its keys) answers only requests that carry this header with the emulator's
+# admin token: any local process can reach a loopback port.
+ADMIN_HEADER = "X-Tokex-Emulator-Admin"
+# How the parent hands the admin token to an emulator it starts as a process.
+ADMIN_TOKEN_ENV = "TOKEX_EMULATOR_ADMIN_TOKEN"
+_MOTO_API = "/moto-api"
+
+
+def new_admin_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def admin_gate(app: WsgiApp, admin_token: str) -> WsgiApp:
+    """`app`, but `/moto-api...` (where moto routes its own API, whatever the host) is 403
+    without the admin header."""
+    expected = admin_token.encode()
+
+    def gated(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if isinstance(path, bytes):
+            path = path.decode("utf-8", "replace")
+        if path.startswith(_MOTO_API):
+            given = environ.get("HTTP_" + ADMIN_HEADER.upper().replace("-", "_"), "")
+            if not hmac.compare_digest(given.encode("utf-8", "replace"), expected):
+                body = b'{"message": "the emulator\'s own API needs its admin token"}'
+                start_response(
+                    "403 Forbidden",
+                    [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+                )
+                return [body]
+        return app(environ, start_response)
+
+    return gated
+
+
+def emulator_server(
+    host: str,
+    wrap: Callable[[WsgiApp], WsgiApp] | None = None,
+    *,
+    admin_token: str | None = None,
+) -> BaseWSGIServer:
     """moto's server with the fixes, as `moto.server.main` makes it, on a port picked when
-    binding; `wrap`, if given, wraps moto's WSGI application."""
+    binding; `wrap`, if given, wraps moto's WSGI application. Its own API needs
+    `admin_token` (default: the environment's ADMIN_TOKEN_ENV, else a random one nobody
+    knows)."""
     install()
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from moto.server import MotoRequestHandler
     from werkzeug.serving import make_server
 
+    if admin_token is None:
+        admin_token = os.environ.get(ADMIN_TOKEN_ENV) or new_admin_token()
     app = DomainDispatcherApplication(create_backend_app)
     app.debug = True  # type: ignore[attr-defined] # as moto.server.main sets it
-    served = wrap(app) if wrap is not None else app
+    served = admin_gate(wrap(app) if wrap is not None else app, admin_token)
     server = make_server(host, 0, served, threaded=True, request_handler=MotoRequestHandler)
     os.environ["MOTO_PORT"] = str(server.port)  # moto writes it into URLs it returns
     return server

@@ -184,6 +184,8 @@ class LocalDeployment:
     # and a replica of every key, by Region then key spec (the home Region's: `key_ids`).
     regions: tuple[str, ...] = (REGION,)
     regional_key_ids: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # What the emulator's own API asks for (tests switch signature checks off and on).
+    emulator_admin_token: str = field(default="", repr=False)
 
     def client(self, service: str, credentials: Credentials | None = None) -> Any:
         creds = credentials or self.service
@@ -231,6 +233,7 @@ class LocalDeployment:
 def provision(
     endpoint_url: str,
     *,
+    admin_token: str,
     signing_key_spec: str = "RSA_2048",
     policies: list[dict[str, Any]] | None = None,
     regions: Sequence[str] = (REGION,),
@@ -285,6 +288,7 @@ def provision(
         lambdas=lambdas,
         regions=tuple(regions),
         regional_key_ids=key_ids if others else {},
+        emulator_admin_token=admin_token,
     )
     for region in regions:
         create_table(client("dynamodb", region), deployment.policy_table)
@@ -299,7 +303,7 @@ def provision(
     for document in [*DEMO_POLICIES, *DEMO_JWT_POLICIES] if policies is None else policies:
         store.put(Policy.from_document(document))
 
-    set_signature_checking(endpoint_url, on=True)
+    set_signature_checking(endpoint_url, on=True, admin_token=admin_token)
     return deployment
 
 

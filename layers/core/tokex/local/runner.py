@@ -169,7 +169,12 @@ def start_local(
         undo.callback(emulator.stop)
         imds = ImdsEmulator(state_dir)
         undo.callback(imds.stop)
-        deployment = provision(emulator.url, signing_key_spec=signing_key_spec, regions=regions)
+        deployment = provision(
+            emulator.url,
+            admin_token=emulator.admin_token,
+            signing_key_spec=signing_key_spec,
+            regions=regions,
+        )
         issuer = f"http://127.0.0.1:{server.server_address[1]}"
         federation = start_federation(issuer, deployment, state_dir)
         undo.callback(federation.stop)
