@@ -7,6 +7,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import boto3
 import pytest
@@ -16,19 +17,23 @@ from tokex.local.emulator import SubprocessMotoServer, set_signature_checking
 from tokex.local.moto_fixes import ADMIN_HEADER
 
 
+def _s3(url: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
 def test_emulators_started_at_once_each_serve_their_own_state() -> None:
     with ThreadPoolExecutor(2) as pool:
         servers = list(pool.map(lambda _: SubprocessMotoServer(), range(2)))
     try:
         assert len({server.url for server in servers}) == 2
         for number, server in enumerate(servers):
-            s3 = boto3.client(
-                "s3",
-                endpoint_url=server.url,
-                region_name="us-east-1",
-                aws_access_key_id="testing",
-                aws_secret_access_key="testing",
-            )
+            s3 = _s3(server.url)
             s3.create_bucket(Bucket=f"bucket-{number}")
             assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == [f"bucket-{number}"]
     finally:
@@ -54,13 +59,7 @@ def test_the_emulators_own_api_needs_its_admin_token() -> None:
     signature checks off, reset the emulator or dump its state (every access key in it)."""
     server = SubprocessMotoServer()
     try:
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=server.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        s3 = _s3(server.url)
         s3.create_bucket(Bucket="kept")
         set_signature_checking(server.url, True, admin_token=server.admin_token)
         for path, data in [
