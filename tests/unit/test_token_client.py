@@ -573,3 +573,43 @@ def test_sigv4_is_the_default_evidence(issuer) -> None:
     assert [form["subject_token_type"] for form in issuer.forms] == [
         ["urn:tokex:token-type:aws-sigv4"]
     ] * 2
+
+
+class SettableClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_suspend_aware_clock_counts_what_either_clock_saw_and_never_goes_back() -> None:
+    monotonic, wall = SettableClock(50.0), SettableClock(1_800_000_000.0)
+    clock = token_client.SuspendAwareClock(monotonic, wall)
+    assert clock() == 0.0
+    monotonic.now += 10  # running: both clocks move
+    wall.now += 10
+    assert clock() == 10.0
+    wall.now += 600  # suspended (frozen, a snapshot restored): the monotonic clock stood still
+    assert clock() == 610.0
+    wall.now -= 3600  # the wall clock set back: no time un-passes
+    assert clock() == 610.0
+    monotonic.now += 5
+    assert clock() == 610.0  # 15 s on the monotonic clock: still behind what was seen
+    monotonic.now += 700
+    assert clock() == 715.0
+
+
+def test_a_token_cached_before_a_suspension_is_not_served_after_its_exp(
+    issuer, monkeypatch
+) -> None:
+    """By default a TokenClient counts a token's age on a SuspendAwareClock: the monotonic
+    clock alone did not count the time the process was suspended."""
+    offset = [0.0]
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+    client = TokenClient(issuer.url)
+    assert client.token("orders-api") == "token-1"
+    offset[0] = 900.0  # suspended for the token's lifetime: only the wall clock moved
+    assert client.valid_token("orders-api") is None
+    assert client.token("orders-api") == "token-2"

@@ -483,6 +483,37 @@ def aws_credentials(session: boto3.session.Session) -> ReadOnlyCredentials:
     return frozen
 
 
+class SuspendAwareClock:
+    """Seconds since it was made, counting time the process was suspended too: the larger
+    of what the monotonic clock and the wall clock say has passed, never going back.
+
+    A token's age cannot be counted on the monotonic clock alone: it does not count the
+    time a suspended process sleeps (a Lambda execution environment frozen between
+    invocations, a SnapStart snapshot restored later), so a token cached before would look
+    fresh long after its `exp`. The wall clock alone can be set back. Read at every
+    `token()` call: one lock and two clock reads.
+    """
+
+    def __init__(
+        self,
+        monotonic: Callable[[], float] | None = None,
+        wall: Callable[[], float] | None = None,
+    ) -> None:
+        self._monotonic = monotonic or time.monotonic
+        self._wall = wall or time.time
+        self._monotonic_start = self._monotonic()
+        self._wall_start = self._wall()
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        passed = max(self._monotonic() - self._monotonic_start, self._wall() - self._wall_start)
+        with self._lock:
+            if passed > self._last:
+                self._last = passed
+            return self._last
+
+
 class TokenClient:
     """Caches one token per (audience, scopes) and refreshes it ahead of expiry.
 
@@ -503,7 +534,7 @@ class TokenClient:
         self,
         endpoint: str,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         evidence: str = SIGV4,
         token_file: str | Path | None = None,
         region: str | None = None,
@@ -528,7 +559,8 @@ class TokenClient:
             self._endpoint = check_endpoint(endpoint)
         except TokenError as err:
             raise ValueError(str(err)) from None
-        self._clock = clock
+        # A token's age: a SuspendAwareClock unless the caller gives its own.
+        self._clock = clock or SuspendAwareClock()
         self._stale_if_error = stale_if_error
         self._options = {
             **options,
@@ -681,7 +713,7 @@ def check_scopes(scopes: Sequence[str]) -> Sequence[str]:
 @dataclass(frozen=True)
 class CachedToken:
     access_token: str = field(repr=False)  # a bearer credential: never in a log line
-    refresh_at: float  # the clock of `obtained_at` (monotonic in memory, epoch on disk)
+    refresh_at: float  # the clock of `obtained_at` (SuspendAwareClock in memory, epoch on disk)
     expires_at: float
     obtained_at: float
 

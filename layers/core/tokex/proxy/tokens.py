@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
 
-from tokex.client.token_client import INVALIDATE_MIN_AGE_SECONDS, TokenClient, TokenError
+from tokex.client.token_client import (
+    INVALIDATE_MIN_AGE_SECONDS,
+    SuspendAwareClock,
+    TokenClient,
+    TokenError,
+)
 from tokex.proxy.config import ProxyConfig, Route
 from tokex.proxy.log import JsonLog
 
@@ -76,7 +80,7 @@ class TokenSource(Protocol):
 @dataclass(frozen=True)
 class _Held:
     token: str
-    obtained_at: float  # the monotonic clock
+    obtained_at: float  # RouteTokens' clock (a SuspendAwareClock)
     lifetime: float
     scope: str | None
     issued_at: float | None  # its `iat`: which of two tokens is the newer
@@ -97,7 +101,7 @@ class _Failure:
     refused: bool
     error: str
     description: str
-    until: float  # the monotonic clock
+    until: float  # RouteTokens' clock
 
     def unavailable(self, now: float) -> TokenUnavailable:
         if self.refused:
@@ -134,14 +138,15 @@ class RouteTokens:
         config: ProxyConfig,
         *,
         log: JsonLog | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         invalidate_min_age: float = INVALIDATE_MIN_AGE_SECONDS,
         **options: Any,
     ) -> None:
         """`options`: TokenClient's (request_token's keyword arguments: session, region,
-        issuer, timeout, ...), for every client."""
+        issuer, timeout, ...), for every client. `clock`: one SuspendAwareClock, shared
+        with the clients, unless given (the held tokens' ages and the clients' agree)."""
         self._log = log or JsonLog()
-        self._clock = clock
+        self._clock = clock = clock or SuspendAwareClock()
         self._invalidate_min_age = invalidate_min_age
         self._clients: dict[tuple[str, str | None], TokenClient] = {}
         self._states: dict[tuple[str, str | None, str, tuple[str, ...]], _RouteState] = {}
