@@ -75,3 +75,17 @@ def test_a_record_with_an_unreadable_time_is_replaced(dynamodb):
     revocation = store_at(dynamodb, 2_000_000_000).revoke_principal(PRINCIPAL)
     assert revocation.revoked_at == 2_000_000_000
     assert stored(dynamodb, f"revoked-principal#{PRINCIPAL}")["revoked_at"] == {"N": "2000000000"}
+
+
+def test_a_record_dated_far_ahead_is_corrected_by_a_revocation_from_a_right_clock(dynamodb):
+    """A machine whose clock ran 30 days ahead wrote it: it would revoke every token the
+    principal gets for a month. Ahead by less than the tolerated skew, it is kept."""
+    now = 2_000_000_000
+    store_at(dynamodb, now + 30 * 86400).revoke_principal(PRINCIPAL)
+    corrected = store_at(dynamodb, now).revoke_principal(PRINCIPAL)
+    assert corrected.revoked_at == now
+    check = store_at(dynamodb, now + 86400).revoked
+    assert check(jti="j", principal=PRINCIPAL, issued_at=now + 3600) is None
+    store_at(dynamodb, now + 100 + TTL_MARGIN_SECONDS).revoke_principal(PRINCIPAL)
+    kept = store_at(dynamodb, now + 100).revoke_principal(PRINCIPAL)
+    assert kept.revoked_at == now + 100 + TTL_MARGIN_SECONDS

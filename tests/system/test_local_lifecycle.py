@@ -30,8 +30,10 @@ def test_a_second_system_on_the_same_state_directory_is_refused(tmp_path: Path) 
     try:
         files = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}
         assert "imds-local-ca.pem" in files and "workload.env" in files
+        refused_emulator = SubprocessMotoServer()
         with pytest.raises(StateDirectoryInUse) as refused:
-            start_local(port=0, state_dir=state)
+            start_local(port=0, state_dir=state, moto=refused_emulator)
+        assert refused_emulator._process.poll() is not None  # the caller's emulator, stopped
         assert str(state) in str(refused.value)
         assert f"process {os.getpid()}" in str(refused.value)
         assert {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()} == files

@@ -26,7 +26,6 @@ from tokex.ratelimit import WINDOW_SECONDS
 STS = "sts:GetCallerIdentity"
 ADMIT = "DynamoDB_20120810.TransactWriteItems"
 PUT = "DynamoDB_20120810.PutItem"
-UPDATE = "DynamoDB_20120810.UpdateItem"
 SIGN = "TrentService.Sign"
 USED = "this signed request was already used; sign a new one for each exchange"
 KMS_DOWN = "kms GetPublicKey: EndpointConnectionError"  # the first KMS call, beside the write
@@ -254,38 +253,6 @@ def test_single_use_alone_and_its_release_survive_a_lost_answer(
     counting_proxy.heal()
     status, _, body = invoke_exchange(handler, signed, scope="demo:read")
     assert status == 200, body  # given back, in this environment as in the table
-
-
-def test_the_rate_limit_alone_and_its_refund_count_once_despite_a_lost_answer(
-    local_system, fresh_role, counting_proxy
-):
-    """With single use off, the admission is the budget's conditional update alone. An
-    `ADD` retried by the SDK after a lost answer would count one exchange twice (and a
-    refund retried so would give two units back): it is sent as a transaction of one item,
-    whose retry carries the same ClientRequestToken and is applied once."""
-    alone = {"TOKEX_SINGLE_USE": "false"}
-    handler = cold_exchange_handler(local_system, **alone, **counting_proxy.handler_settings())
-    assert invoke_exchange(handler, sign(local_system))[0] == 200  # cold: key, policies
-    counting_proxy.take()
-    started = time.time()
-
-    for write in (ADMIT, UPDATE):  # the budget's write, whichever operation it is
-        counting_proxy.lose_an_answer(write)
-    signed = sign(local_system, credentials=fresh_role.credentials)
-    status, _, body = invoke_exchange(handler, signed, scope="demo:read")
-    assert status == 200, body
-    assert budget_spent(local_system, fresh_role.arn, started) == 1
-    assert counting_proxy.take().count(ADMIT) == 2  # the write, then the SDK's retry
-
-    counting_proxy.heal()
-    counting_proxy.fail(SIGN, 500, "KMSInternalException")
-    for write in (ADMIT, UPDATE):
-        counting_proxy.lose_an_answer(write, after=1)  # the charge is answered; the refund not
-    signed = sign(local_system, credentials=fresh_role.credentials)
-    answer = Recorded(lambda: invoke_exchange(handler, signed, scope="demo:read"))
-    assert_refused(answer, 503, "temporarily_unavailable", "kms Sign: KMSInternalException")
-    assert budget_spent(local_system, fresh_role.arn, started) == 1  # charged, given back once
-    assert counting_proxy.take().count(ADMIT) == 3  # the charge, the refund and its retry
 
 
 def test_the_admission_transaction_survives_a_lost_answer(local_system, fresh_role, counting_proxy):

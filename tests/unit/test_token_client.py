@@ -594,10 +594,26 @@ def test_the_suspend_aware_clock_counts_what_either_clock_saw_and_never_goes_bac
     assert clock() == 610.0
     wall.now -= 3600  # the wall clock set back: no time un-passes
     assert clock() == 610.0
-    monotonic.now += 5
-    assert clock() == 610.0  # 15 s on the monotonic clock: still behind what was seen
-    monotonic.now += 700
-    assert clock() == 715.0
+    monotonic.now += 5  # and the monotonic clock still counts at once
+    assert clock() == 615.0
+
+
+def test_the_suspend_aware_clock_keeps_counting_after_the_wall_clock_is_set_forward_and_back() -> (
+    None
+):
+    """Counted from the start, a wall clock an hour ahead and then corrected would hold the
+    clock still for that hour: tokens served past their `exp`, invalidation stalled."""
+    monotonic, wall = SettableClock(0.0), SettableClock(1_800_000_000.0)
+    clock = token_client.SuspendAwareClock(monotonic, wall)
+    wall.now += 3600
+    assert clock() == 3600.0  # looks an hour older: an early refresh at worst
+    wall.now -= 3600
+    monotonic.now += 1
+    wall.now += 1
+    assert clock() == 3601.0
+    monotonic.now += 60
+    wall.now += 60
+    assert clock() == 3661.0
 
 
 def test_a_token_cached_before_a_suspension_is_not_served_after_its_exp(

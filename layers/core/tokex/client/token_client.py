@@ -484,14 +484,16 @@ def aws_credentials(session: boto3.session.Session) -> ReadOnlyCredentials:
 
 
 class SuspendAwareClock:
-    """Seconds since it was made, counting time the process was suspended too: the larger
-    of what the monotonic clock and the wall clock say has passed, never going back.
+    """Seconds since it was made, counting time the process was suspended too: each
+    reading adds the larger of what the monotonic and the wall clock say has passed since
+    the last one (a wall clock set back adds nothing; the monotonic clock still does).
 
     A token's age cannot be counted on the monotonic clock alone: it does not count the
     time a suspended process sleeps (a Lambda execution environment frozen between
     invocations, a SnapStart snapshot restored later), so a token cached before would look
-    fresh long after its `exp`. The wall clock alone can be set back. Read at every
-    `token()` call: one lock and two clock reads.
+    fresh long after its `exp`. The wall clock alone can be set back. A wall clock set
+    forward and back again makes tokens look older than they are, never younger: an early
+    refresh. Read at every `token()` call: one lock and two clock reads.
     """
 
     def __init__(
@@ -501,17 +503,17 @@ class SuspendAwareClock:
     ) -> None:
         self._monotonic = monotonic or time.monotonic
         self._wall = wall or time.time
-        self._monotonic_start = self._monotonic()
-        self._wall_start = self._wall()
-        self._last = 0.0
+        self._last_monotonic = self._monotonic()
+        self._last_wall = self._wall()
+        self._passed = 0.0
         self._lock = threading.Lock()
 
     def __call__(self) -> float:
-        passed = max(self._monotonic() - self._monotonic_start, self._wall() - self._wall_start)
         with self._lock:
-            if passed > self._last:
-                self._last = passed
-            return self._last
+            monotonic, wall = self._monotonic(), self._wall()
+            self._passed += max(monotonic - self._last_monotonic, wall - self._last_wall, 0.0)
+            self._last_monotonic, self._last_wall = monotonic, wall
+            return self._passed
 
 
 class TokenClient:

@@ -193,10 +193,14 @@ class _RequestTokens:
 
     def __init__(self) -> None:
         self.running: dict[str, bytes] = {}  # token -> digest of the request without it
-        # token -> (digest, when it completed, moto's answer), oldest first.
+        # token -> (digest, when it completed, moto's answer if it says more than that it
+        # succeeded), oldest first.
         self.completed: collections.OrderedDict[str, tuple[bytes, float, Any]] = (
             collections.OrderedDict()
         )
+        # The answer of a transaction that asked for nothing back: they are all alike, so
+        # one is kept, not one per token (a load run sends thousands in ten minutes).
+        self.plain_answer: Any = None
 
     def forget_expired(self) -> None:
         now = _clock()
@@ -239,8 +243,8 @@ def _transactions_idempotent_by_token() -> None:
                     "TransactionInProgressException",
                     "The transaction with the given request token is already in progress.",
                 )
-            if token in tokens.completed:
-                return tokens.completed[token][2]  # applied once already: no second effect
+            if token in tokens.completed:  # applied once already: no second effect
+                return tokens.completed[token][2] or tokens.plain_answer
             tokens.running[token] = digest
         try:
             result = transact(self)
@@ -248,9 +252,15 @@ def _transactions_idempotent_by_token() -> None:
             with lock:
                 del tokens.running[token]  # nothing was applied: a retry is a new request
             raise
+        asked = any(
+            request.get(option, "NONE") != "NONE"
+            for option in ("ReturnConsumedCapacity", "ReturnItemCollectionMetrics")
+        )
         with lock:
             del tokens.running[token]
-            tokens.completed[token] = (digest, _clock(), result)
+            if not asked:
+                tokens.plain_answer = result
+            tokens.completed[token] = (digest, _clock(), result if asked else None)
         return result
 
     DynamoHandler.transact_write_items = transact_write_items  # type: ignore[method-assign]

@@ -158,6 +158,8 @@ def start_local(
         raise
     undo = contextlib.ExitStack()  # what a failed start stops again, last started first
     undo.callback(server.server_close)
+    if moto is not None:  # the caller's emulator: stopped on any failure from here on
+        undo.callback(moto.stop)
     try:
         # It holds credentials that workload.env hands to a shell: this user's alone.
         open_private_dir(state_dir)
@@ -166,7 +168,8 @@ def start_local(
         release_state_dir = _lock_state_dir(state_dir)
         undo.callback(release_state_dir)
         emulator = moto or ThreadMotoServer()
-        undo.callback(emulator.stop)
+        if moto is None:
+            undo.callback(emulator.stop)
         imds = ImdsEmulator(state_dir)
         undo.callback(imds.stop)
         deployment = provision(

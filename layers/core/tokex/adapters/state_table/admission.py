@@ -11,10 +11,8 @@ state table (the only write of an exchange that is not refused):
      is below the limit.
   DynamoDB commits both or neither and names the condition that failed: the signature's
   (a replay, refused `invalid_grant` with the budget untouched) or the budget's (429).
-- single use alone (the rate limit off): the signature record's conditional PutItem;
-- the rate limit alone (single use off, or evidence that is not single use: an EKS token):
-  the budget's conditional Update, as a transaction of one item, for its idempotency token
-  (nothing at all when neither applies).
+- only one of them on, or evidence that is not single use (an EKS token): that item's
+  conditional PutItem or UpdateItem alone (nothing at all when neither applies).
 
 A 429 uses the signed request up too, with a second write on that path only (the
 cancelled transaction wrote nothing): otherwise the request could be replayed for a token
@@ -29,16 +27,20 @@ request used up: the caller signs a new one (fail closed). So does an admission 
 gets no answer (a timeout): whether it was recorded is unknown, and nothing is released.
 botocore sends a transaction's retries with one `ClientRequestToken`, which DynamoDB
 applies once, so a retry after a lost answer is neither mistaken for a replay nor counted
-(or refunded) twice; a PutItem alone has no such token, so its retry reads the record that
-failed its condition and knows its own admission's id, and a released record keeps that
-id, so that a retried release still meets its condition. That is why the budget's counter
-is never written outside a transaction: `ADD` applied twice cannot be told from two uses.
+twice; a PutItem alone has no such token, so its retry reads the record that failed its
+condition and knows its own admission's id, and a released record keeps that id, so that
+a retried release still meets its condition. The budget alone is a plain conditional
+UpdateItem on purpose, not a transaction of one item: DynamoDB cancels concurrent
+transactions on one item (`TransactionConflict`), while it queues plain updates, and the
+rate limit alone is what every EKS exchange writes, often many pods of one service account
+at once. The price: the SDK's retry of an `ADD` whose answer was lost counts once more
+(one unit of that minute's budget spent twice), and a refund retried so gives one back
+twice; both are bounded by one unit per lost answer.
 
 Capacity (both items are far under 1 KB, so neither size nor the 400 KB item limit is a
 concern; no item grows with use): a transactional write costs 2 WCU per item, so an
 admitted exchange costs 4 WCU (4 write request units on demand), a refused replay at most
-4, a 429 at most 5, a release 4. Single use alone: 1 WCU (a release 1); the rate limit
-alone: 2 WCU (a release 2). IAM: PutItem on `sig#*` and
+4, a 429 at most 5, a release 4. With one feature on, 1 WCU. IAM: PutItem on `sig#*` and
 UpdateItem on `rate#*` (a transaction is authorised item by item as those actions).
 """
 
@@ -131,17 +133,16 @@ class DynamoDbAdmission:
             else None,
         )
         use, charge = self._use_signature(admission), self._charge_budget(admission)
-        if use is not None and charge is None:
-            # Single use alone: the signature record's conditional PutItem.
-            if not self._use_alone(use, admission):
-                assert admission.used is not None
-                raise admission.used.replay_refusal()
+        if use is not None and charge is not None:
+            self._transact([{"Put": use}, {"Update": charge}], admission, now)
             return admission
-        writes = ([{"Put": use}] if use is not None else []) + (
-            [{"Update": charge}] if charge is not None else []
-        )
-        if writes:
-            self._transact(writes, admission, now)
+        # One of the two alone: that item's conditional write.
+        if use is not None and not self._use_alone(use, admission):
+            assert admission.used is not None
+            raise admission.used.replay_refusal()
+        window = admission.window
+        if charge is not None and window is not None and not self._write("UpdateItem", charge):
+            raise window.refusal(now)
         return admission
 
     def release(self, admission: Admission) -> bool:
@@ -157,11 +158,12 @@ class DynamoDbAdmission:
             writes.append({"Update": self._refund_budget(admission.window)})
         try:
             with deadline.cleanup_grace():
-                if len(writes) == 1 and "Put" in writes[0]:
-                    # Idempotent alone: its condition is this admission's id, kept.
+                if len(writes) == 2:
+                    self._call("TransactWriteItems", TransactItems=writes)
+                elif "Put" in writes[0]:
                     self._call("PutItem", **writes[0]["Put"])
                 else:
-                    self._call("TransactWriteItems", TransactItems=writes)
+                    self._call("UpdateItem", **writes[0]["Update"])
         except (*errors.SDK_ERRORS, TokexError) as exc:
             log.warning("could not release an admission (the signed request stays used): %s", exc)
             return False
@@ -231,12 +233,11 @@ class DynamoDbAdmission:
                 self._call("TransactWriteItems", TransactItems=writes)
                 return
             except ClientError as exc:
-                use, charge = _cancellation_codes(exc, writes)
+                use, charge = _cancellation_codes(exc)
                 if use == "ConditionalCheckFailed" and admission.used is not None:
                     raise admission.used.replay_refusal() from None
                 if charge == "ConditionalCheckFailed" and admission.window is not None:
-                    if "Put" in writes[0]:
-                        self._use_up_after_refusal(writes[0]["Put"], admission)
+                    self._use_up_after_refusal(writes[0]["Put"], admission)
                     raise admission.window.refusal(now) from None
                 conflict = "TransactionConflict" in (use, charge)
                 if not conflict or attempt == CONFLICT_ATTEMPTS:
@@ -263,6 +264,16 @@ class DynamoDbAdmission:
             return bool(found.get("admission") == {"S": admission.id})
         return True
 
+    def _write(self, operation: str, request: dict[str, Any]) -> bool:
+        """A conditional write: False if its condition failed."""
+        try:
+            self._call(operation, **request)
+        except ClientError as exc:
+            if errors.is_client_error(exc, "ConditionalCheckFailedException"):
+                return False
+            raise _unavailable(operation, exc) from None
+        return True
+
     def _call(self, operation: str, **request: Any) -> None:
         try:
             getattr(self._dynamodb, xform_name(operation))(**request)
@@ -272,19 +283,15 @@ class DynamoDbAdmission:
             raise _unavailable(operation, exc) from None  # unreachable, timeout, credentials
 
 
-def _cancellation_codes(
-    exc: ClientError, writes: list[dict[str, Any]]
-) -> tuple[str | None, str | None]:
-    """The cancellation reason of the signature's item (the Put) and the budget's (the
-    Update), when DynamoDB gave one for each item written."""
+def _cancellation_codes(exc: ClientError) -> tuple[str | None, str | None]:
+    """The cancellation reason of each item (signature, budget), when DynamoDB gave them."""
     if not errors.is_client_error(exc, "TransactionCanceledException"):
         return None, None
     reasons = exc.response.get("CancellationReasons") or []
     codes = [reason.get("Code") for reason in reasons if isinstance(reason, dict)]
-    if len(codes) != len(writes):
+    if len(codes) != 2:
         return None, None
-    by_kind = {next(iter(write)): code for write, code in zip(writes, codes, strict=True)}
-    return by_kind.get("Put"), by_kind.get("Update")
+    return codes[0], codes[1]
 
 
 def _unavailable(operation: str, exc: Exception, *item_codes: str | None) -> TemporarilyUnavailable:

@@ -7,7 +7,9 @@ Two kinds of item (key `id`, TTL attribute `expires_at`: schema.py):
   same second as the revocation are revoked too (`iat` has one-second resolution; erring
   towards revoking is the safe side). A later revocation of the same principal replaces
   the record with a later `revoked_at`, which covers everything the earlier one did; one
-  dated earlier than the record (an operator's lagging clock) leaves the record as it is.
+  dated earlier than the record (an operator's lagging clock) leaves the record as it is,
+  unless the record is dated more than TTL_MARGIN_SECONDS ahead of it (a clock far ahead
+  wrote it): then it is replaced.
   It does not stop the principal from getting new tokens: that is what a deny policy is
   for.
 
@@ -102,12 +104,15 @@ class RevocationStore:
                 UpdateExpression="SET #r = :now, #e = :expires",
                 # Never move a record back in time: two operators revoking at once, one
                 # with a lagging clock, must not shrink what the other revoked. A record
-                # whose time is unreadable is replaced (it revoked everything anyway).
+                # whose time is unreadable is replaced (it revoked everything anyway), and
+                # so is one dated further ahead than any clock skew tolerated (a clock
+                # far ahead wrote it, and it would revoke tokens not issued yet).
                 ConditionExpression="attribute_not_exists(#r) OR NOT attribute_type(#r, :n) "
-                "OR #r <= :now",
+                "OR #r <= :now OR #r > :ahead",
                 ExpressionAttributeNames={"#r": "revoked_at", "#e": TTL_ATTRIBUTE},
                 ExpressionAttributeValues={
                     ":now": {"N": str(now)},
+                    ":ahead": {"N": str(now + TTL_MARGIN_SECONDS)},
                     ":expires": {"N": str(expires_at)},
                     ":n": {"S": "N"},
                 },
