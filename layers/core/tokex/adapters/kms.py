@@ -21,9 +21,9 @@ from tokex.errors import ConfigurationError, TemporarilyUnavailable
 from tokex.tokens.jwks import P256_COORDINATE_BYTES, jwk_from_spki_der
 from tokex.tokens.jws import check_signing_input_size
 
-# KeySpec -> (JWS alg, KMS SigningAlgorithm), from identifiers.py.
 log = logging.getLogger(__name__)
 
+# KeySpec -> (JWS alg, KMS SigningAlgorithm), from identifiers.py.
 _ALGORITHMS = {
     spec: (alg, identifiers.KMS_SIGNING_ALGORITHMS[alg])
     for spec, alg in identifiers.SIGNING_KEY_SPECS.items()
@@ -125,17 +125,19 @@ class KmsPublicKeys:
         never "inactive" for a token that is not."""
         keys: list[dict[str, Any]] = []
         for index, key_id in enumerate(self._key_ids):
+            signing = index == 0  # the signing key: nothing works without it
             try:
                 keys.append(public_jwk_for_key(self._kms, key_id))
-            except (ConfigurationError, UnreadableKey) as exc:
-                if index == 0:  # the signing key: nothing works without it
-                    if isinstance(exc, UnreadableKey):
-                        raise
+            except UnreadableKey as exc:
+                if signing:
+                    raise
+                log.warning("published key %s left out of introspection: %s", key_id, exc.reason)
+            except ConfigurationError as exc:
+                if signing:
                     raise TemporarilyUnavailable(
                         "the signing keys are unavailable, retry later", reason=f"keys: {exc}"
                     ) from None
-                why = exc.reason if isinstance(exc, UnreadableKey) else str(exc)
-                log.warning("published key %s left out of introspection: %s", key_id, why)
+                log.warning("published key %s left out of introspection: %s", key_id, exc)
         return keys
 
 

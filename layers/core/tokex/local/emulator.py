@@ -19,6 +19,13 @@ import urllib.error
 import urllib.request
 from typing import IO, Protocol
 
+from tokex.local.moto_fixes import (
+    ADMIN_HEADER,
+    ADMIN_TOKEN_ENV,
+    emulator_server,
+    new_admin_token,
+)
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -32,12 +39,10 @@ class MotoServer(Protocol):
 
 class ThreadMotoServer:
     def __init__(self) -> None:
-        from tokex.local import moto_fixes
-
         # The emulator's per-request access log would drown tokex's own audit lines.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.admin_token = moto_fixes.new_admin_token()
-        self._server = moto_fixes.emulator_server(LOOPBACK, admin_token=self.admin_token)
+        self.admin_token = new_admin_token()
+        self._server = emulator_server(LOOPBACK, admin_token=self.admin_token)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         self.url = f"http://{LOOPBACK}:{self._server.port}"
@@ -53,8 +58,6 @@ class SubprocessMotoServer:
     SERVER_MODULE = "tokex.local.moto_fixes"
 
     def __init__(self, *, startup_timeout: float = 30.0, module: str = SERVER_MODULE) -> None:
-        from tokex.local.moto_fixes import ADMIN_TOKEN_ENV, new_admin_token
-
         self.admin_token = new_admin_token()
         env = {**os.environ, "MOTO_CALL_RESET_API": "false", ADMIN_TOKEN_ENV: self.admin_token}
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, our own interpreter
@@ -106,8 +109,6 @@ def first_line(stream: IO[str] | None, deadline: float) -> str:
 def set_signature_checking(url: str, on: bool, *, admin_token: str) -> None:
     """Switch moto's SigV4 + IAM checks on (after set-up) or off (docs/local.md "What it
     starts"): moto's own API, which only the emulator's admin token opens."""
-    from tokex.local.moto_fixes import ADMIN_HEADER
-
     request = urllib.request.Request(  # noqa: S310 - loopback emulator URL
         f"{url}/moto-api/reset-auth",
         data=b"0" if on else b"inf",
@@ -126,8 +127,6 @@ def free_port() -> int:
 
 
 def _answers(url: str, admin_token: str) -> bool:
-    from tokex.local.moto_fixes import ADMIN_HEADER
-
     request = urllib.request.Request(f"{url}/moto-api/", headers={ADMIN_HEADER: admin_token})  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=1) as response:  # noqa: S310
