@@ -7,7 +7,9 @@ test_single_use.py.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,11 +18,13 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from tokex.adapters.state_table.admission import DynamoDbAdmission
+from tokex import deadline
+from tokex.adapters.state_table.admission import CONFLICT_ATTEMPTS, Admission, DynamoDbAdmission
 from tokex.adapters.state_table.schema import create_state_table, signature_key
 from tokex.errors import InvalidGrant, RateLimited, TemporarilyUnavailable
 from tokex.evidence.replay import UsedEvidence, signature_digest, used_signature
 from tokex.evidence.sigv4_request import STS_BODY, StsRequest
+from tokex.local import moto_fixes
 
 TABLE = "state"
 ROLE = "arn:aws:iam::123456789012:role/app"
@@ -164,18 +168,86 @@ class ConflictingOnce:
         return self._client.transact_write_items(**request)
 
 
+def racing_admission(
+    racing: ConflictingOnce, sleep: Callable[[float], None] = lambda _: None
+) -> DynamoDbAdmission:
+    return DynamoDbAdmission(
+        racing, TABLE, single_use=True, rate_limit_per_minute=5, clock=lambda: NOW, sleep=sleep
+    )
+
+
 def test_a_transaction_conflict_is_retried(dynamodb) -> None:
     racing = ConflictingOnce(dynamodb)
-    store = DynamoDbAdmission(
-        racing,
-        TABLE,
-        single_use=True,
-        rate_limit_per_minute=5,
-        clock=lambda: NOW,
-        sleep=lambda _: None,
-    )
+    store = racing_admission(racing)
     store.admit(used_signature(signed()), ROLE)
     assert racing.conflicts == 0 and hits(dynamodb) == 1
+
+
+BURST = 8
+
+
+def test_a_burst_of_one_principal_is_admitted_whole_through_conflicts(
+    dynamodb, monkeypatch
+) -> None:
+    """Environments of one role exchanging at once: their transactions on the one `rate#`
+    item cancel each other (the emulator holds a transaction's items while it runs, as
+    DynamoDB does), and each tries again until every exchange is admitted, counted once."""
+    moto_fixes.install()
+    monkeypatch.setattr(moto_fixes, "transaction_seconds", 0.02)
+    conflicts: list[int] = []
+
+    def count_conflicts(parsed: dict[str, Any], **_: Any) -> None:
+        reasons = parsed.get("CancellationReasons") or []
+        conflicts.extend(1 for r in reasons if r.get("Code") == "TransactionConflict")
+
+    dynamodb.meta.events.register("after-call.dynamodb.TransactWriteItems", count_conflicts)
+    store = admission(dynamodb, limit=100)
+    start = threading.Barrier(BURST)
+
+    def exchange() -> Admission:
+        start.wait()
+        with deadline.request_deadline(6):
+            return store.admit(used_signature(signed()), ROLE)
+
+    with ThreadPoolExecutor(BURST) as pool:
+        admitted = [future.result() for future in [pool.submit(exchange) for _ in range(BURST)]]
+    assert len({a.id for a in admitted}) == BURST
+    assert hits(dynamodb) == BURST
+    assert conflicts  # they did collide
+
+
+def test_a_release_is_retried_after_a_conflict_too(dynamodb) -> None:
+    """Otherwise an outage amid a burst would use the caller's signed request up."""
+    racing = ConflictingOnce(dynamodb)
+    racing.conflicts = 0
+    store = racing_admission(racing)
+    request = signed()
+    admitted = store.admit(used_signature(request), ROLE)
+    racing.conflicts = 1
+    assert store.release(admitted)
+    assert racing.conflicts == 0 and hits(dynamodb) == 0
+    store.admit(used_signature(request), ROLE)  # usable again
+
+
+def test_conflicts_are_retried_only_while_the_deadline_leaves_room(dynamodb) -> None:
+    """A transaction that keeps conflicting ends as a 503 naming the conflict, well before
+    the request's deadline, and charges nothing."""
+    racing = ConflictingOnce(dynamodb)
+    racing.conflicts = 1_000
+    pauses: list[float] = []
+    store = racing_admission(racing, sleep=pauses.append)
+    with deadline.request_deadline(6), pytest.raises(TemporarilyUnavailable) as failed:
+        store.admit(used_signature(signed()), ROLE)
+    assert failed.value.reason == (
+        "dynamodb TransactWriteItems: TransactionCanceledException/TransactionConflict"
+    )
+    assert len(pauses) == CONFLICT_ATTEMPTS - 1 and sum(pauses) < 2
+    assert hits(dynamodb) == 0
+    # With the deadline nearly spent, no attempt is started that could not finish.
+    pauses.clear()
+    with deadline.request_deadline(0.2), pytest.raises(TemporarilyUnavailable):
+        store.admit(used_signature(signed()), ROLE)
+    assert pauses == []
 
 
 def test_store_failure_is_503_and_release_never_raises(dynamodb) -> None:

@@ -3,6 +3,10 @@ items a transaction names (local/moto_fixes.py)."""
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
 import boto3
 import pytest
 from botocore.exceptions import ClientError
@@ -292,3 +296,105 @@ def test_a_token_is_remembered_for_ten_minutes(dynamodb, monkeypatch) -> None:
     now[0] += 1
     _charge_once(dynamodb, "token-1")  # past the window: a new request
     assert _hits(dynamodb) == 2
+
+
+# --- conflicts (local/moto_fixes.py "Conflicts") -------------------------------------------
+
+
+@pytest.fixture
+def slow_transactions(monkeypatch):
+    """Each transaction holds its items this long, as AWS's take milliseconds of their own."""
+    monkeypatch.setattr(moto_fixes, "transaction_seconds", 0.5)
+    return 0.5
+
+
+def _while_a_transaction_holds_rate_p(client, during) -> None:
+    """Run `during()` while another thread's admission holds `sig#first` and `rate#p`."""
+    holder = threading.Thread(target=_admit, args=(client, "sig#first"))
+    holder.start()
+    try:
+        time.sleep(0.15)  # well inside the holder's 0.5 s
+        during()
+    finally:
+        holder.join()
+
+
+def test_a_transaction_on_an_item_another_is_writing_is_cancelled(
+    dynamodb, slow_transactions
+) -> None:
+    seen: list[Any] = []
+
+    def racing() -> None:
+        with pytest.raises(ClientError) as cancelled:
+            _admit(dynamodb, "sig#second")
+        seen.append(cancelled.value.response)
+
+    _while_a_transaction_holds_rate_p(dynamodb, racing)
+    (response,) = seen
+    assert response["Error"]["Code"] == "TransactionCanceledException"
+    assert [r["Code"] for r in response["CancellationReasons"]] == ["None", "TransactionConflict"]
+    assert not _exists(dynamodb, "sig#second")  # nothing of it applied
+    assert _hits(dynamodb) == 1 and _exists(dynamodb, "sig#first")
+    _admit(dynamodb, "sig#second")  # once the first has finished, it goes through
+    assert _hits(dynamodb) == 2
+
+
+def test_a_single_write_to_an_item_a_transaction_is_writing_is_refused(
+    dynamodb, slow_transactions
+) -> None:
+    refusals: list[str] = []
+
+    def racing() -> None:
+        with pytest.raises(ClientError) as refused:
+            _charge(dynamodb, limit=10)
+        refusals.append(refused.value.response["Error"]["Code"])
+        # Items the transaction does not name are not held.
+        dynamodb.put_item(TableName=TABLE, Item={"id": {"S": "sig#bystander"}})
+        _admit_other(dynamodb)
+
+    _while_a_transaction_holds_rate_p(dynamodb, racing)
+    assert refusals == ["TransactionConflictException"]
+    assert _hits(dynamodb) == 1 and _exists(dynamodb, "sig#bystander")
+    _charge(dynamodb, limit=10)
+    assert _hits(dynamodb) == 2
+
+
+def test_a_cancelled_or_refused_transaction_holds_nothing_after(dynamodb) -> None:
+    _admit(dynamodb, "sig#a")
+    with pytest.raises(ClientError):
+        _admit(dynamodb, "sig#a")  # its condition fails
+    with pytest.raises(ClientError):  # moto refuses it: the same item twice
+        dynamodb.transact_write_items(
+            TransactItems=[
+                {"ConditionCheck": {**_rate_p(), "ConditionExpression": "attribute_exists(id)"}},
+                {"Update": {**_rate_p(), "UpdateExpression": "ADD hits :one", **_one()}},
+            ]
+        )
+    _charge(dynamodb, limit=10)  # neither left rate#p held
+    _admit(dynamodb, "sig#b")
+    assert _hits(dynamodb) == 3
+
+
+def _rate_p() -> dict[str, Any]:
+    return {"TableName": TABLE, "Key": {"id": {"S": "rate#p"}}}
+
+
+def _one() -> dict[str, Any]:
+    return {"ExpressionAttributeValues": {":one": {"N": "1"}}}
+
+
+def _admit_other(client) -> None:
+    """A transaction on items the holder does not name."""
+    client.transact_write_items(
+        TransactItems=[
+            {"Put": {"TableName": TABLE, "Item": {"id": {"S": "sig#elsewhere"}}}},
+            {
+                "Update": {
+                    "TableName": TABLE,
+                    "Key": {"id": {"S": "rate#q"}},
+                    "UpdateExpression": "ADD hits :one",
+                    **_one(),
+                }
+            },
+        ]
+    )

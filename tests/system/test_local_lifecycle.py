@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
 
+from tokex.cli.main import main
+from tokex.local import moto_fixes
 from tokex.local.emulator import SubprocessMotoServer
 from tokex.local.runner import StateDirectoryInUse, start_local
 
@@ -42,3 +47,66 @@ def test_a_second_system_on_the_same_state_directory_is_refused(tmp_path: Path) 
     # Stopped, it lets the directory go.
     second = start_local(port=0, state_dir=state, moto=SubprocessMotoServer())
     second.stop()
+
+
+# --- the emulator's transaction time (docs/local.md "What it starts") ----------------------
+
+
+def test_the_emulators_transactions_hold_their_items_as_long_as_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(moto_fixes.TRANSACTION_SECONDS_ENV, "0.5")
+    emulator = SubprocessMotoServer()
+    try:
+        dynamodb = boto3.client(
+            "dynamodb",
+            endpoint_url=emulator.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        dynamodb.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+
+        def count(item: str) -> None:
+            update = {"TableName": "t", "Key": {"id": {"S": item}}}
+            dynamodb.transact_write_items(
+                TransactItems=[{"Update": {**update, "UpdateExpression": "ADD hits :one", **ONE}}]
+            )
+
+        holder = threading.Thread(target=count, args=("rate#p",))
+        holder.start()
+        time.sleep(0.2)
+        try:
+            with pytest.raises(ClientError) as cancelled:
+                count("rate#p")
+        finally:
+            holder.join()
+        reasons = cancelled.value.response["CancellationReasons"]
+        assert [reason["Code"] for reason in reasons] == ["TransactionConflict"]
+        count("rate#p")
+        hits = dynamodb.get_item(TableName="t", Key={"id": {"S": "rate#p"}})["Item"]["hits"]
+        assert hits == {"N": "2"}
+    finally:
+        emulator.stop()
+
+
+ONE = {"ExpressionAttributeValues": {":one": {"N": "1"}}}
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "-1", "6"])
+def test_a_wrong_emulator_transaction_time_is_a_usage_error(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(moto_fixes.TRANSACTION_SECONDS_ENV, value)
+    state_dir = tmp_path / "state"
+    code = main(["local", "--port", "0", "--state-dir", str(state_dir)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{moto_fixes.TRANSACTION_SECONDS_ENV} must be a number of seconds" in err
+    assert repr(value) in err
+    assert not state_dir.exists()  # refused before anything was started or written

@@ -107,6 +107,7 @@ def _delay(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tokex.local import moto_fixes
     from tokex.local.front import PortUnavailable
     from tokex.local.provision import (
         DEMO_AUDIENCE,
@@ -124,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
     )
     from tokex.private_files import UnsafeDirectory
 
+    try:
+        moto_fixes.transaction_seconds_from_environment()
+    except ValueError as err:
+        raise UsageError(str(err), input=moto_fixes.TRANSACTION_SECONDS_ENV) from None
     regions = args.regions or (REGION,)
     if args.replication_delay is not None and len(regions) < 2:
         raise UsageError(

@@ -36,6 +36,15 @@ success for the same token and request within ten minutes (`IdempotentParameterM
 for the same token with another request, `TransactionInProgress` while the first is still
 running). tokex relies on that to count an exchange once; `install` makes moto do it.
 
+Conflicts: DynamoDB cancels a transaction that touches an item another transaction is
+writing (cancellation reason `TransactionConflict`) and refuses a single write to such an
+item (`TransactionConflictException`). moto checks for neither, and its backend does not
+guard one request against another, so two transactions on one item could interleave, and
+a burst of one principal's exchanges never met the retries tokex needs against AWS.
+`install` holds a transaction's items while moto applies it, and `transaction_seconds`
+longer (from TRANSACTION_SECONDS_ENV, default 0: tests lengthen it so that a burst
+collides as it does in AWS, where a transaction takes milliseconds of its own).
+
 Run as a module (`python -m tokex.local.moto_fixes HOST`), it is moto's server with the
 fixes installed, on a port the OS picks when it binds, announced as the server's URL on
 the first line of stdout: what `SubprocessMotoServer` starts. (A port chosen by the parent
@@ -69,10 +78,11 @@ _done = False
 
 def install() -> None:
     """Idempotent; affects this process's moto only."""
-    global _done
+    global _done, transaction_seconds
     with _installed:
         if _done:
             return
+        transaction_seconds = transaction_seconds_from_environment()
         import moto.dynamodb.models as dynamodb_models
 
         dynamodb_models.copy = _CopyWithoutTableBackups()  # type: ignore[assignment]
@@ -80,19 +90,26 @@ def install() -> None:
         all_or_nothing = backend.transact_write_items
 
         def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
-            backups = _item_backups(self, transact_items)
+            held = _hold_items(self, transact_items)
             try:
-                all_or_nothing(self, transact_items)
-            except Exception:
-                # moto's own rollback restored the (uncopied) tables: a no-op now.
-                _restore(self, backups)
-                raise
+                if transaction_seconds > 0:
+                    time.sleep(transaction_seconds)
+                backups = _item_backups(self, transact_items)
+                try:
+                    all_or_nothing(self, transact_items)
+                except Exception:
+                    # moto's own rollback restored the (uncopied) tables: a no-op now.
+                    _restore(self, backups)
+                    raise
+            finally:
+                _let_go(self, held)
 
         backend.transact_write_items = transact_write_items  # type: ignore[method-assign]
         _moto_modules_listed_once()
         _expressions_parsed_once()
         _kms_key_arns_of_this_region_only()
         _transactions_idempotent_by_token()
+        _single_writes_refused_during_transactions()
         _done = True
 
 
@@ -320,6 +337,100 @@ def _key_of(table: Any, attributes: dict[str, Any]) -> dict[str, Any] | None:
     if not all(name in attributes for name in names):
         return None
     return {name: attributes[name] for name in names}
+
+
+# How long a transaction holds its items beyond moto's own time applying it (seconds).
+TRANSACTION_SECONDS_ENV = "TOKEX_EMULATOR_TRANSACTION_SECONDS"
+MAX_TRANSACTION_SECONDS = 5.0
+transaction_seconds = 0.0  # install() reads TRANSACTION_SECONDS_ENV
+
+
+def transaction_seconds_from_environment() -> float:
+    text = os.environ.get(TRANSACTION_SECONDS_ENV, "").strip() or "0"
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_TRANSACTION_SECONDS:  # NaN fails too
+        raise ValueError(
+            f"{TRANSACTION_SECONDS_ENV} must be a number of seconds from 0 to "
+            f"{MAX_TRANSACTION_SECONDS:g}, not {text!r}"
+        )
+    return seconds
+
+
+_CONFLICT = "Transaction is ongoing for the item"
+_holding = threading.Lock()
+
+
+def _held_items(backend: Any) -> set[tuple[str, str]]:
+    """The items (table, key) transactions of one backend are writing; call with _holding."""
+    held: set[tuple[str, str]] = backend.__dict__.setdefault("_tokex_held_items", set())
+    return held
+
+
+def _item_id(backend: Any, op: Any) -> tuple[str, str] | None:
+    """An item a transaction entry or single write names, or None (moto refuses it)."""
+    if not isinstance(op, dict):
+        return None
+    table = backend.tables.get(op.get("TableName"))
+    key = op.get("Key") or (_key_of(table, op.get("Item") or {}) if table else None)
+    if table is None or not isinstance(key, dict):
+        return None
+    return table.name, json.dumps(key, sort_keys=True)
+
+
+def _hold_items(backend: Any, transact_items: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Hold every item the transaction names, or cancel it (TransactionConflict on each
+    item another transaction holds) holding nothing."""
+    from moto.dynamodb.exceptions import TransactionCanceledException
+
+    ids = [
+        _item_id(backend, next(iter(entry.values()), None)) if isinstance(entry, dict) else None
+        for entry in transact_items
+    ]
+    with _holding:
+        held = _held_items(backend)
+        if any(item in held for item in ids if item is not None):
+            raise TransactionCanceledException(
+                [
+                    ("TransactionConflict", _CONFLICT, None)
+                    if item is not None and item in held
+                    else (None, None, None)
+                    for item in ids
+                ]
+            )
+        mine = [item for item in dict.fromkeys(ids) if item is not None]
+        held.update(mine)
+    return mine
+
+
+def _let_go(backend: Any, items: list[tuple[str, str]]) -> None:
+    with _holding:
+        _held_items(backend).difference_update(items)
+
+
+def _single_writes_refused_during_transactions() -> None:
+    from moto.dynamodb.exceptions import ERROR_TYPE_PREFIX, DynamodbException
+    from moto.dynamodb.responses import DynamoHandler
+
+    def refused_while_held(write: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        @functools.wraps(write)
+        def checked(self: Any) -> Any:
+            backend = self.dynamodb_backend
+            item = _item_id(backend, self.body)
+            with _holding:
+                conflict = item is not None and item in _held_items(backend)
+            if conflict:
+                raise DynamodbException(
+                    ERROR_TYPE_PREFIX + "TransactionConflictException", _CONFLICT
+                )
+            return write(self)
+
+        return checked
+
+    for operation in ("put_item", "update_item", "delete_item"):
+        setattr(DynamoHandler, operation, refused_while_held(getattr(DynamoHandler, operation)))
 
 
 # moto's own API (`/moto-api/...`: switch signature checks off, reset, dump every backend's
