@@ -97,6 +97,10 @@ def test_invalid_allows_are_skipped_not_fatal(store: PolicyStore, client: Any) -
         "reserved": json.dumps(reserved),
         "mismatch": json.dumps(make_policy("other-id").to_document()),
         "unknown-field": json.dumps({**make_policy("unknown-field").to_document(), "note": 1}),
+        # Not "no conditions": a conditioned allow whose template rendered a null.
+        "null-conditions": json.dumps(
+            {**make_policy("null-conditions").to_document(), "conditions": None}
+        ),
     }
     for item_id, text in bad.items():
         client.put_item(TableName=TABLE, Item={"id": {"S": item_id}, "document": {"S": text}})
@@ -122,12 +126,20 @@ DENY = {
     "text",
     [
         json.dumps({**DENY, "note": "incident 42"}),  # a hand-edited deny
+        json.dumps({**DENY, "evidence": None}),
         "{",  # unreadable: may have been a deny
         "[]",
         '{"id": "deny-all", "effect": "allow", "effect": "deny"}',
         None,  # no document attribute at all
     ],
-    ids=["deny-unknown-field", "not-json", "not-object", "duplicate-effect", "no-document"],
+    ids=[
+        "deny-unknown-field",
+        "deny-null-key",
+        "not-json",
+        "not-object",
+        "duplicate-effect",
+        "no-document",
+    ],
 )
 def test_an_invalid_item_that_may_be_a_deny_fails_closed(
     store: PolicyStore, client: Any, text: str | None

@@ -89,3 +89,46 @@ def test_a_record_dated_far_ahead_is_corrected_by_a_revocation_from_a_right_cloc
     store_at(dynamodb, now + 100 + TTL_MARGIN_SECONDS).revoke_principal(PRINCIPAL)
     kept = store_at(dynamodb, now + 100).revoke_principal(PRINCIPAL)
     assert kept.revoked_at == now + 100 + TTL_MARGIN_SECONDS
+
+
+@pytest.mark.parametrize(
+    ("typed", "sub"),
+    [
+        ("arn:aws:iam::123456789012:role/orders-api", "arn:aws:iam::123456789012:role/Orders-API"),
+        ("arn:aws:iam::123456789012:role/ORDERS-API", "arn:aws:iam::123456789012:role/orders-api"),
+        ("arn:aws:iam::123456789012:user/ops/Alice", "arn:aws:iam::123456789012:user/ops/alice"),
+    ],
+)
+def test_a_principal_revoked_in_another_case_is_revoked(dynamodb, typed, sub):
+    """IAM names are unique whatever their case: the operator's spelling can only mean
+    the principal STS names in the token's `sub`."""
+    store = store_at(dynamodb, 2_000_000_000)
+    store.revoke_principal(typed)
+    assert store.revoked(jti="j", principal=sub, issued_at=2_000_000_000) == "principal"
+    assert store.revoked(jti="j", principal=PRINCIPAL, issued_at=2_000_000_000) is None
+
+
+def test_a_revocation_written_under_the_arn_as_typed_is_still_read(dynamodb):
+    """Records written before keys were folded (until they expire after an upgrade)."""
+    sub = "arn:aws:iam::123456789012:role/Orders-API"
+    dynamodb.put_item(
+        TableName=TABLE,
+        Item={"id": {"S": f"revoked-principal#{sub}"}, "revoked_at": {"N": "2000000000"}},
+    )
+    store = store_at(dynamodb, 2_000_000_100)
+    assert store.revoked(jti="j", principal=sub, issued_at=2_000_000_000) == "principal"
+    assert store.revoked(jti="j", principal=sub, issued_at=2_000_000_001) is None
+
+
+def test_an_eks_principal_is_matched_in_its_own_case(dynamodb):
+    """EKS cluster names are case-sensitive: `Prod` and `prod` are two clusters."""
+    store = store_at(dynamodb, 2_000_000_000)
+    store.revoke_principal("eks:123456789012:us-east-1:Prod:payments:api")
+    check = store.revoked
+    assert check(
+        jti="j", principal="eks:123456789012:us-east-1:Prod:payments:api", issued_at=1
+    ) == ("principal")
+    assert (
+        check(jti="j", principal="eks:123456789012:us-east-1:prod:payments:api", issued_at=1)
+        is None
+    )

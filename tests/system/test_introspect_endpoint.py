@@ -189,6 +189,22 @@ def test_garbage_is_inactive(local_system, token):
     assert_inactive(introspect(local_system, token))
 
 
+def test_a_secret_in_the_body_beside_basic_is_refused(local_system):
+    """A second client authentication method (RFC 6749 section 2.3), answered only after
+    the Basic credentials authenticated, so it tells a stranger nothing."""
+    token = issued_token(local_system)
+    form = {"client_id": "tc_ffffffffffffffffffff", "client_secret": "zzz"}
+    body = assert_refused(
+        lambda: introspect(local_system, token, form=form),
+        400,
+        "invalid_request",
+        "two_client_authentications",
+    )
+    assert (
+        body["error_description"] == "client_secret in the body: authenticate with HTTP Basic only"
+    )
+
+
 def test_missing_or_repeated_token_is_invalid_request(local_system):
     assert_refused(lambda: introspect(local_system, None), 400, "invalid_request", "token_missing")
     assert_refused(

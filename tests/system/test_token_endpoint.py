@@ -277,3 +277,20 @@ def test_media_type_is_parsed_strictly(local_system, content_type):
         return result["statusCode"], result["headers"], json.loads(result["body"])
 
     assert_refused(answer, 415, "invalid_request", "content_type")
+
+
+@pytest.mark.parametrize("body", ["grant_type=\ud800", "\udfff"], ids=["high", "low"])
+def test_a_text_body_with_a_lone_surrogate_is_400_not_a_crash(local_system, body):
+    """An event whose text body no UTF-8 request could have produced: refused as
+    undecodable, never the 503 of an unexpected failure."""
+    handler = cold_exchange_handler(local_system)
+    form = "application/x-www-form-urlencoded"
+    event = http_api_event("POST", "/token", "", {"content-type": form}, b"", "::1")
+    event = {**event, "body": body, "isBase64Encoded": False}
+
+    def answer():
+        result = handler.lambda_handler(event, LambdaContext("tokex-exchange"))
+        return result["statusCode"], result["headers"], json.loads(result["body"])
+
+    refused = assert_refused(answer, 400, "invalid_request", "body")
+    assert refused["error_description"] == "the request body could not be decoded"

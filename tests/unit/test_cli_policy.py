@@ -108,6 +108,24 @@ def test_validate_reads_stdin(capsys, monkeypatch) -> None:
     assert tokex(capsys, "validate", "-")[:2] == (0, "valid: no-legacy (deny)\n")
 
 
+@pytest.mark.parametrize("levels", [30, 600])
+def test_a_deeply_nested_value_is_an_invalid_policy_not_a_crash(capsys, tmp_path, levels) -> None:
+    """The error finder descends into each part; a file may nest some 990 levels."""
+    nested: Any = "orders-api"
+    for _ in range(levels):
+        nested = [nested]
+    document = {
+        "id": "deep",
+        "effect": "allow",
+        "principals": ["arn:aws:iam::111122223333:role/orders-api"],
+        "audiences": nested,
+    }
+    code, out, _ = tokex(capsys, "validate", write(tmp_path, document), "--json")
+    result = json.loads(out)
+    assert (code, result["error"]) == (1, "invalid_policy")
+    assert result["errors"] == [{"field": "audiences[0]", "message": "must be a string"}]
+
+
 @pytest.mark.parametrize(
     "change,field,why",
     [

@@ -62,3 +62,25 @@ def test_token_missing_and_present() -> None:
 def test_a_client_id_not_of_ours_is_not_audited() -> None:
     headers = {**FORM, "authorization": basic_authorization("robert'); drop", "x")}
     assert parse_introspection_request(b"token=abc", headers).audit_client_id is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"token=abc&client_secret=s3cret",  # the same secret, a second method all the same
+        b"token=abc&client_id=tc_ffffffffffffffffffff&client_secret=zzz",
+        b"token=abc&client_id=tc_ffffffffffffffffffff",
+    ],
+)
+def test_credentials_in_the_body_beside_basic_are_refused(body: bytes) -> None:
+    """One client authentication method per request (RFC 6749 section 2.3)."""
+    request = parse_introspection_request(body, {**FORM, **AUTHORIZATION})
+    with pytest.raises(InvalidRequest) as caught:
+        request.token()
+    assert (caught.value.status, caught.value.reason) == (400, "two_client_authentications")
+
+
+def test_the_basic_clients_own_id_in_the_body_is_accepted() -> None:
+    """RFC 6749 section 3.2.1 lets a client name itself with `client_id`."""
+    body = f"token=abc&client_id={CLIENT_ID}".encode()
+    assert parse_introspection_request(body, {**FORM, **AUTHORIZATION}).token() == "abc"

@@ -543,6 +543,14 @@ def test_workload_tag_selectors(name: str) -> None:
     assert absent.applies is False
     assert absent.workload == (f"{name}.{key} ok", f"{name}.other no (absent)")
     assert absent.detail == f"workload {name}.other not met"
+    # A token with no tags of this kind (the claim absent or empty): no signal.
+    untagged = dataclasses.replace(
+        OIF_CALLER, workload=dataclasses.replace(ATTRIBUTES, **{name: {}})
+    )
+    line = explained([holds], untagged).lines[0]
+    assert (line.applies, line.detail, line.workload) == (
+        False, f"workload {name}.{key} has no signal", (f"{name}.{key} no signal",),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -199,6 +199,27 @@ def test_deny_refuses_what_only_an_allow_means(key: str, value: Any) -> None:
         assert refused({**doc, missing: []}).field == missing
 
 
+@pytest.mark.parametrize(
+    "key", ["conditions", "workload", "instance", "evidence", "eks", "max_ttl_seconds", "scopes"]
+)
+def test_a_null_is_not_an_absent_key(key: str) -> None:
+    """Read as "not given", `"conditions": null` would make a conditioned allow a plain
+    one: refused wherever the document comes from (the table included, not only the CLI)."""
+    error = refused(allow_doc(**{key: None}))
+    assert (error.field, error.message) == (key, "must not be null: leave the key out")
+
+
+def test_the_claims_limit_counts_the_bytes_the_token_carries() -> None:
+    """The token's payload escapes every character outside ASCII (tokens/jws.py): 400 "é"
+    are 800 bytes of UTF-8 but 2,400 in the token."""
+    claims = {"note": "é" * 400}
+    utf8 = json.dumps(claims, ensure_ascii=False).encode()
+    assert len(json.dumps(claims, separators=(",", ":"))) > 2048 > len(utf8)
+    error = refused(allow_doc(claims=claims))
+    assert error.field == "claims" and "6-byte \\uXXXX escape" in error.message
+    assert Policy.from_document(allow_doc(claims={"note": "é" * 300})).claims == {"note": "é" * 300}
+
+
 def test_validation_error_is_a_value_error() -> None:
     assert issubclass(PolicyValidationError, ValueError)
 

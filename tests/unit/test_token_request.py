@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tokex.errors import InvalidRequest, UnsupportedMediaType
+from tokex.errors import InvalidRequest, InvalidScope, UnsupportedMediaType
 from tokex.forms import MAX_FORM_PARAMETERS, check_content_type, parse_form
 from tokex.token_request import TokenRequest, parse_token_request
 
@@ -159,12 +159,16 @@ def test_an_oversized_jwt_request_is_413() -> None:
 
 
 def test_scope_count_and_shape_have_their_own_errors() -> None:
+    """A malformed scope is `invalid_scope` (RFC 6749 section 5.2: "invalid, unknown,
+    malformed"); scopes are counted once each, however often they are repeated."""
     assert parse({**JWT_FORM, "scope": " ".join(f"s{n}" for n in range(32))}).scopes
+    assert parse({**JWT_FORM, "scope": " ".join(["s"] * 40)}).scopes == ("s",)
     for scope, description in [
         (" ".join(f"s{n}" for n in range(33)), "scope names more than 32 scopes"),
         ('a"b', "scope must be space-delimited scope tokens (RFC 6749 §3.3)"),
         ("a  b", "scope must be space-delimited scope tokens (RFC 6749 §3.3)"),
     ]:
-        with pytest.raises(InvalidRequest) as refused:
+        with pytest.raises(InvalidScope) as refused:
             parse({**JWT_FORM, "scope": scope})
+        assert (refused.value.status, refused.value.error) == (400, "invalid_scope")
         assert (refused.value.reason, refused.value.description) == ("scope", description)

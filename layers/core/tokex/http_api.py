@@ -21,11 +21,12 @@ NOT_FOUND = {"error": "invalid_request", "error_description": "no such endpoint"
 def event_body(body: str | None, is_base64_encoded: bool) -> bytes:
     """The raw request body of an API Gateway HTTP API event."""
     raw = body or ""
-    if not is_base64_encoded:
-        return raw.encode("utf-8", errors="surrogateescape")
     try:
+        if not is_base64_encoded:
+            # A lone surrogate other than an escaped byte is no text of any request.
+            return raw.encode("utf-8", errors="surrogateescape")
         return base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
         raise InvalidRequest("the request body could not be decoded", reason="body") from None
 
 

@@ -34,6 +34,19 @@ class IntrospectionRequest:
         """The token to introspect. Call it after the client is authenticated: this is
         where the form's 400s come from."""
         form = parse_form(self.body)
+        # One authentication method per request (RFC 6749 §2.3): a secret in the body
+        # beside HTTP Basic is a second one, and a body `client_id` naming another client
+        # contradicts the header. Either means a confused or forging caller.
+        if "client_secret" in form:
+            raise InvalidRequest(
+                "client_secret in the body: authenticate with HTTP Basic only",
+                reason="two_client_authentications",
+            )
+        if form.get("client_id", self.client_id) != self.client_id:
+            raise InvalidRequest(
+                "client_id in the body names another client than the Authorization header",
+                reason="two_client_authentications",
+            )
         if "token" not in form:
             raise InvalidRequest("token is required", reason="token_missing")
         # `token_type_hint` may be ignored (RFC 7662 §2.1): there is one token type.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokex import identifiers
-from tokex.errors import InvalidRequest, UnsupportedGrantType
+from tokex.errors import InvalidRequest, InvalidScope, UnsupportedGrantType
 from tokex.evidence.sigv4_request import decode_b64url_json, decode_subject_token
 from tokex.forms import check_content_type, parse_form
 
@@ -118,11 +118,13 @@ def parse_token_request(body: bytes, content_type: str | None) -> TokenRequest:
 def _parse_scope(scope: str | None) -> tuple[str, ...] | None:
     if scope is None:
         return None
+    # A malformed scope is `invalid_scope` (RFC 6749 §5.2: "invalid, unknown, malformed").
     tokens = scope.split(" ")
     if not all(map(identifiers.is_scope_token, tokens)):
-        raise InvalidRequest(
+        raise InvalidScope(
             "scope must be space-delimited scope tokens (RFC 6749 §3.3)", reason="scope"
         )
-    if len(tokens) > MAX_SCOPES:
-        raise InvalidRequest(f"scope names more than {MAX_SCOPES} scopes", reason="scope")
-    return tuple(dict.fromkeys(tokens))
+    distinct = tuple(dict.fromkeys(tokens))
+    if len(distinct) > MAX_SCOPES:
+        raise InvalidScope(f"scope names more than {MAX_SCOPES} scopes", reason="scope")
+    return distinct

@@ -21,6 +21,9 @@ from tokex.strict_json import StrictJsonError, loads_strict
 
 # DynamoDB's item size limit: no valid policy document is larger.
 MAX_DOCUMENT_FILE_BYTES = 400 * 1024
+# Parts nested deeper than this are judged whole: no valid document goes deeper (claims
+# stop at 16 levels), and each level costs stack frames (a file may nest ~990 levels).
+MAX_PART_DEPTH = 24
 # A valid document that each part of the author's is set into, one part at a time.
 _STAND_IN = {
     "id": "stand-in",
@@ -48,16 +51,6 @@ def load_policy_file(path: str, *, ttl_cap: int) -> Policy:
         document = loads_strict(text)
     except StrictJsonError as exc:
         raise invalid_policy(path, [PolicyValidationError("document", str(exc))]) from None
-    if isinstance(document, Mapping):
-        # A null reads as "not given" (`"conditions": null` as no conditions): a template
-        # that renders one would turn a conditioned allow into a plain one, silently.
-        nulls = [
-            PolicyValidationError(str(key), "must not be null: leave the key out")
-            for key, value in document.items()
-            if value is None
-        ]
-        if nulls:
-            raise invalid_policy(path, nulls)
     try:
         return Policy.from_document(document, ttl_cap=ttl_cap)
     except PolicyValidationError as first:
@@ -112,14 +105,16 @@ def _base(document: Mapping[str, Any], ttl_cap: int) -> dict[str, Any]:
     return fitted if _judge(fitted, ttl_cap) is None else base
 
 
-def _errors(path: str, value: Any, place: Placed, ttl_cap: int) -> list[PolicyValidationError]:
+def _errors(
+    path: str, value: Any, place: Placed, ttl_cap: int, depth: int = 1
+) -> list[PolicyValidationError]:
     """The errors of `value` (the model names it `path`) in the document `place` makes."""
     whole = _judge(place(value), ttl_cap)
     if whole is None:
         return []
     entries: list[tuple[str, Any, Placed]]
     filler = _FILLERS.get(path, {})
-    if path in _WHOLE:
+    if path in _WHOLE or depth >= MAX_PART_DEPTH:
         return [whole]
     if isinstance(value, list):
         entries = [(f"{path}[{i}]", item, _in_list(place)) for i, item in enumerate(value)]
@@ -140,7 +135,7 @@ def _errors(path: str, value: Any, place: Placed, ttl_cap: int) -> list[PolicyVa
         # A list item is judged as the only item: the model names it `path[0]`.
         errors = [
             _renamed(e, f"{path}[0]", entry_path)
-            for e in _errors(entry_path, item, placed, ttl_cap)
+            for e in _errors(entry_path, item, placed, ttl_cap, depth + 1)
         ]
         found += errors
         if errors:

@@ -339,7 +339,9 @@ def _workload_verdicts(
     selectors: WorkloadSelectors | None, attributes: WorkloadAttributes | None
 ) -> list[_Verdict]:
     """One verdict per selector (per key of a tag map). Without an AWS OIF token there
-    are no workload attributes at all: every selector is without a signal."""
+    are no workload attributes at all: every selector is without a signal. So is a tag
+    selector when the token carries no tags of its kind (the claim absent or empty, which
+    the token's attributes do not tell apart), as `ou_paths` without paths."""
     if selectors is None:
         return []
     verdicts = []
@@ -348,7 +350,7 @@ def _workload_verdicts(
             found = None if attributes is None else getattr(attributes, name)
             for key, globs in wanted.items():
                 value = None if found is None else found.get(key)
-                verdicts.append(_glob_verdict(f"{name}.{key}", globs, value, found is not None))
+                verdicts.append(_glob_verdict(f"{name}.{key}", globs, value, bool(found)))
         else:
             value = None if attributes is None else getattr(attributes, _WORKLOAD_FIELDS[name])
             verdicts.append(_glob_verdict(name, wanted, value, value is not None))

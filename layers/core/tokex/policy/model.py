@@ -166,6 +166,12 @@ class Policy:
         """Validate a stored/submitted document; raise PolicyValidationError on any flaw."""
         doc = fields.mapping(doc, "document")
         fields.no_unknown_keys(doc, _POLICY_KEYS, "document")
+        for key, value in doc.items():
+            if value is None:
+                # Read below as "not given" (`"conditions": null` as no conditions), a
+                # null that a template rendered would turn a conditioned allow into a
+                # plain one, silently.
+                raise PolicyValidationError(str(key), "must not be null: leave the key out")
         policy_id = fields.required(doc, "id")
         if not isinstance(policy_id, str) or not POLICY_ID.fullmatch(policy_id):
             raise PolicyValidationError("id", POLICY_ID_RULE)
@@ -371,7 +377,11 @@ def _claims(value: object) -> dict[str, Any]:
             raise PolicyValidationError(where, UNICODE_RULE)
     encoded = canonical_json(dict(claims))
     if len(encoded.encode()) > MAX_CLAIMS_BYTES:
-        raise PolicyValidationError("claims", f"at most {MAX_CLAIMS_BYTES} bytes of JSON")
+        raise PolicyValidationError(
+            "claims",
+            f"at most {MAX_CLAIMS_BYTES} bytes of JSON as the token carries them"
+            " (a character outside ASCII counts as its 6-byte \\uXXXX escape)",
+        )
     # A deep copy, detached from the caller's objects (tuples become lists, as in JSON).
     copied: dict[str, Any] = json.loads(encoded)
     return copied

@@ -3,7 +3,9 @@
 Two kinds of item (key `id`, TTL attribute `expires_at`: schema.py):
 - `revoked-jti#<jti>`: that one token;
 - `revoked-principal#<arn>` with `revoked_at` (N, epoch seconds): every token whose `sub`
-  is that principal and whose `iat` is at or before `revoked_at`. Tokens issued in the
+  is that principal and whose `iat` is at or before `revoked_at`. A role or user ARN is
+  matched whatever its case, as IAM names are unique (schema.py); a record written
+  before that, under the ARN as typed, is still read. Tokens issued in the
   same second as the revocation are revoked too (`iat` has one-second resolution; erring
   towards revoking is the safe side). A later revocation of the same principal replaces
   the record with a later `revoked_at`, which covers everything the earlier one did; one
@@ -80,12 +82,16 @@ class RevocationStore:
     def revoked(self, *, jti: str, principal: str, issued_at: int) -> str | None:
         """`"jti"` or `"principal"` when the token is revoked, else None (one read)."""
         jti_key = schema.revoked_jti_key(jti)
-        principal_key = schema.revoked_principal_key(principal)
-        for item in self._batch_get([schema.key(jti_key), schema.key(principal_key)]):
+        principal_keys = {
+            schema.revoked_principal_key(principal),
+            schema.legacy_revoked_principal_key(principal),
+        }
+        keys = [schema.key(jti_key), *(schema.key(key) for key in sorted(principal_keys))]
+        for item in self._batch_get(keys):
             item_id = item.get(KEY_ATTRIBUTE, {}).get("S", "")
             if item_id == jti_key:
                 return "jti"
-            if item_id == principal_key:
+            if item_id in principal_keys:
                 revoked_at = item.get("revoked_at", {}).get("N")
                 # A record without a readable time revokes everything: fail closed.
                 if revoked_at is None or not revoked_at.isdigit():

@@ -9,7 +9,7 @@ attribute (cdk/); `create_state_table` makes it for local mode and tests.
 | `rate#<principal>#<minute>`     | admission.py (rate limit) | one window after its own  |
 | `client#<client id>`            | introspection_clients.py  | never (until removed)     |
 | `revoked-jti#<jti>`             | revocations.py            | past the TTL cap          |
-| `revoked-principal#<arn>`       | revocations.py            | past the TTL cap          |
+| `revoked-principal#<arn>` (an IAM ARN in lower case) | revocations.py | past the TTL cap |
 """
 
 from __future__ import annotations
@@ -45,8 +45,20 @@ def revoked_jti_key(jti: str) -> str:
     return REVOKED_JTI_PREFIX + jti
 
 
-def revoked_principal_key(principal_arn: str) -> str:
-    return REVOKED_PRINCIPAL_PREFIX + principal_arn
+def revoked_principal_key(principal: str) -> str:
+    """IAM names are unique whatever their case, so a role or user ARN is keyed in lower
+    case: a revocation typed in another case than the one STS reports (the token's `sub`)
+    must not revoke nothing, silently. An EKS principal is kept as it is (its cluster name
+    is case-sensitive)."""
+    return REVOKED_PRINCIPAL_PREFIX + (
+        principal.lower() if principal.startswith("arn:") else principal
+    )
+
+
+def legacy_revoked_principal_key(principal: str) -> str:
+    """The key of a revocation written before keys were folded: the ARN as typed. Read
+    until such records have expired (TTL cap plus margin after the upgrade)."""
+    return REVOKED_PRINCIPAL_PREFIX + principal
 
 
 def key(value: str) -> dict[str, Any]:
