@@ -18,7 +18,9 @@ import pytest
 
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tests.support.tls import HttpsServer, make_pki
+from tokex.proxy import connections as connections_module
 from tokex.proxy import forward
+from tokex.proxy import handler as handler_module
 from tokex.proxy.config import ProxyConfig, Route
 from tokex.proxy.log import JsonLog
 from tokex.proxy.server import ProxyServer
@@ -110,6 +112,7 @@ def proxy_for(*routes: dict[str, Any], tokens: StubTokens | None = None) -> Iter
     )
     log = io.StringIO()
     server = ProxyServer(config, token_source=tokens or StubTokens(), secret="s", log=JsonLog(log))
+    server.log_stream = log  # type: ignore[attr-defined] # what the test reads the log from
     server.start()
     try:
         yield server
@@ -320,3 +323,155 @@ def test_a_route_on_a_listener_of_its_own(upstream) -> None:
         assert status == 200 and json.loads(body)["status"] == "ok"  # on every listener
     headers = dict((name.lower(), value) for name, value in upstream.seen[0]["headers"])
     assert headers["authorization"] == "Bearer token-of-billing-api"
+
+
+# --- the head, checked line by line (proxy/head.py) ----------------------------------------
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nA: \r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"X-Bad : 1",  # whitespace before the colon
+        b"Garbage",  # no colon
+        b"X-\xe9: 1",  # a name that is no token
+        b"X-A: foo\rX-Injected: yes",  # a bare CR: a header of its own, to a lenient parser
+        b"X-A: foo\x00bar",
+        b"X-A: foo\x1bbar",
+    ],
+    ids=["space-before-colon", "no-colon", "non-token-name", "bare-cr", "nul", "escape"],
+)
+def test_a_faulty_header_line_is_400_and_nothing_is_forwarded(upstream, line: bytes) -> None:
+    """Python's parser took such a line for the end of the head: the rest (the body here)
+    was read as a second request and forwarded with the token."""
+    request = (
+        b"POST /c HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(SMUGGLED)
+    ) + SMUGGLED
+    with proxy_for(route(upstream.url)) as proxy:
+        answer = raw(proxy.addresses["listen"][1], request)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in head
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert json.loads(body)["error"] == "invalid_request"
+    assert upstream.seen == []
+
+
+def test_whitespace_before_the_first_header_line_is_400(upstream) -> None:
+    with proxy_for(route(upstream.url)) as proxy:
+        answer = raw(proxy.addresses["listen"][1], b"GET /c HTTP/1.1\r\n X: 1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ") and upstream.seen == []
+    assert b"whitespace before the first header line" in answer
+
+
+@pytest.mark.parametrize(
+    ("request_head", "why"),
+    [
+        (b"GET /c HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", b"exactly one Host header"),
+        (b"GET /c HTTP/1.1\r\n\r\n", b"exactly one Host header"),
+        (
+            b"POST /c HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\n\r\n",
+            b"an HTTP/1.0 request has no chunked body",
+        ),
+        (b"GET /c HTTP/1.x\r\nHost: x\r\n\r\n", b"version"),
+    ],
+    ids=["two-hosts", "no-host", "http-1.0-chunked", "malformed-version"],
+)
+def test_a_request_framed_or_addressed_wrongly_is_400(upstream, request_head, why) -> None:
+    with proxy_for(route(upstream.url)) as proxy:
+        answer = raw(proxy.addresses["listen"][1], request_head)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in head
+    assert why in json.loads(body)["error_description"].encode()
+    assert upstream.seen == []
+
+
+def test_trace_in_lower_case_is_refused_too(upstream) -> None:
+    """An upstream that upper-cases methods would take it for TRACE and echo the token."""
+    with proxy_for(route(upstream.url)) as proxy:
+        answer = raw(proxy.addresses["listen"][1], b"trace /c HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 405 ") and upstream.seen == []
+
+
+def test_a_head_trickling_in_is_cut_off(upstream, monkeypatch) -> None:
+    """A byte every so often kept a connection, and its thread, for ever."""
+    monkeypatch.setattr(handler_module, "HEAD_SECONDS", 0.6)
+    with proxy_for(route(upstream.url)) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.addresses["listen"][1])) as sock:
+            sock.settimeout(10)
+            answer = b""
+            for byte in b"GET /c HTTP/1.1\r\nHost: x\r\n":
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:  # closed by the proxy
+                    break
+                threading.Event().wait(0.1)
+            while chunk := sock.recv(65536):
+                answer += chunk
+        log = proxy.log_stream.getvalue()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in head
+    assert json.loads(body)["error"] == "request_timeout"
+    assert '"status": 408' in log and upstream.seen == []
+
+
+def test_connections_over_the_limit_are_closed_at_once(upstream, monkeypatch) -> None:
+    monkeypatch.setattr(connections_module, "MAX_CONNECTIONS", 3)
+    with proxy_for(route(upstream.url)) as proxy:
+        port = proxy.addresses["listen"][1]
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        for _ in range(2):  # a fourth, a fifth: closed at once, unanswered
+            with contextlib.suppress(ConnectionResetError):
+                assert raw(port, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+        held.pop().close()  # one leaves: room for one more
+        for _ in range(50):
+            try:
+                status, _, _ = call(port, "GET", "/a")
+                break
+            except (ConnectionError, http.client.RemoteDisconnected):
+                threading.Event().wait(0.05)  # until the proxy has seen it leave
+        assert status == 200
+        for connection in held:
+            connection.close()
+        log = proxy.log_stream.getvalue()
+    assert log.count('"connection_refused"') == 1  # once, however many are refused
+
+
+# --- the upstream's head --------------------------------------------------------------------
+
+RAW_ANSWERS = {
+    "/bare-cr": b"HTTP/1.1 200 OK\r\nX-A: foo\rSet-Cookie: injected=1\r\nContent-Length: 0\r\n\r\n",
+    "/nul": b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n",
+    "/reason": b"HTTP/1.1 200 OK\rSet-Cookie: viareason=1\r\nContent-Length: 0\r\n\r\n",
+    "/space-before-colon": b"HTTP/1.1 200 OK\r\nX-A : a\r\nContent-Length: 0\r\n\r\n",
+    "/gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n"
+    b"Content-Length: 5\r\n\r\n2a\r\nabcdefghijklmnopqrstuvwxyzabcdefghijklmnop\r\n0\r\n\r\n",
+}
+
+
+class RawAnswers(QuietHandler):
+    """Answers each path with the bytes of RAW_ANSWERS, as they are, and closes."""
+
+    def do_GET(self) -> None:
+        self.wfile.write(RAW_ANSWERS[self.path])
+        self.close_connection = True
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("/bare-cr", "its answer is malformed: a header line holds a control character"),
+        ("/nul", "its answer is malformed: a header line holds a control character"),
+        ("/reason", "its answer is malformed: the start line holds a control character"),
+        ("/space-before-colon", "its answer is malformed: a header line is not NAME: VALUE"),
+        ("/gzip-chunked", "answered with a transfer coding other than chunked"),
+    ],
+)
+def test_a_faulty_upstream_head_is_502_and_nothing_of_it_is_relayed(path: str, why: str) -> None:
+    with serving(LoopbackServer(RawAnswers)) as upstream, proxy_for(route(upstream.url)) as proxy:
+        status, headers, body = call(proxy.addresses["listen"][1], "GET", path)
+    assert (status, json.loads(body)["error"]) == (502, "upstream_unavailable")
+    assert why in json.loads(body)["error_description"]
+    assert "Set-Cookie" not in headers and "X-A" not in headers

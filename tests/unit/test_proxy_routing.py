@@ -61,6 +61,7 @@ def test_origin_form_targets_are_split_unchanged() -> None:
     assert split_target("/orders/1?expand=a%2Cb&x") == ("/orders/1", "?expand=a%2Cb&x")
     assert split_target("/a?") == ("/a", "?")
     assert split_target("/a/%2F/b") == ("/a/%2F/b", "")
+    assert split_target("/a;v=1/..x/b%5Cc") == ("/a;v=1/..x/b%5Cc", "")
 
 
 @pytest.mark.parametrize(
@@ -80,6 +81,12 @@ def test_origin_form_targets_are_split_unchanged() -> None:
         ("/caf\xe9", "non-ASCII"),
         ("/admin#/orders", "fragment"),  # dropped on the way: routed as one, sent as another
         ("/a?b#c", "fragment"),
+        ("/files/a%2Fb%zz", "starts no %XX escape"),  # urllib3 would encode every % again
+        ("/a?x=%", "starts no %XX escape"),
+        ("/orders/..\\admin", ". or .."),  # a separator to some servers
+        ("/orders/%2e%2e%5Cadmin", ". or .."),
+        ("/orders/..;/admin", ". or .."),  # `..` to Tomcat
+        ("/orders/.;x=1/admin", ". or .."),
     ],
 )
 def test_other_targets_are_refused(target: str, why: str) -> None:

@@ -1,5 +1,6 @@
-"""The application's open connections, for a graceful shutdown: which are between two
-requests (closed at once), which are in the middle of one (let finish, up to a time)."""
+"""The application's open connections: at most MAX_CONNECTIONS at once (each holds a
+thread), and for a graceful shutdown, which are between two requests (closed at once) and
+which are in the middle of one (let finish, up to a time)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,33 @@ import socket
 import threading
 import time
 
+# Connections of the application served at once, every listener together: one more is
+# closed as soon as it is accepted (a sidecar's application needs far fewer; without a
+# bound, any local process could hold a thread per connection until none is left).
+MAX_CONNECTIONS = 1024
+
 
 class Connections:
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._changed = threading.Condition()
         self._idle: set[socket.socket] = set()
         self._busy: set[socket.socket] = set()
+        self._admitted: set[socket.socket] = set()
+        self._limit = MAX_CONNECTIONS if limit is None else limit
         self.stopping = False
+
+    def admit(self, connection: socket.socket) -> bool:
+        """Whether a connection just accepted may be served (below the limit)."""
+        with self._changed:
+            if len(self._admitted) >= self._limit:
+                return False
+            self._admitted.add(connection)
+            return True
+
+    def released(self, connection: socket.socket) -> None:
+        """An admitted connection is done with (whatever became of its thread)."""
+        with self._changed:
+            self._admitted.discard(connection)
 
     def opened(self, connection: socket.socket) -> None:
         with self._changed:

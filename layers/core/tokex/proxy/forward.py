@@ -8,14 +8,17 @@ as it is), no decoding of the body, and nothing read ahead (`preload_content=Fal
 
 from __future__ import annotations
 
+import http.client
 import io
 import urllib.parse
 from collections.abc import Iterator
 
 import urllib3
+import urllib3.connection
 from urllib3.util import SKIP_HEADER
 
 from tokex.proxy.config import Route
+from tokex.proxy.head import CheckedHead
 from tokex.proxy.headers import HeaderList
 
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -34,6 +37,28 @@ class ClientGone(Exception):
     """The application closed the connection before its request body was complete."""
 
 
+class _CheckedHeadResponse(http.client.HTTPResponse):
+    """http.client's response, its head read through head.CheckedHead: a faulty line is
+    MalformedHead (urllib3's ProtocolError: a 502), never a header the parser made up."""
+
+    def begin(self) -> None:
+        reader = self.fp
+        self.fp = CheckedHead(reader)  # type: ignore[assignment] # read as the reader
+        try:
+            super().begin()
+        finally:
+            if isinstance(self.fp, CheckedHead):  # not closed meanwhile (no body)
+                self.fp = reader
+
+
+class _CheckedHTTPConnection(urllib3.connection.HTTPConnection):
+    response_class = _CheckedHeadResponse
+
+
+class _CheckedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    response_class = _CheckedHeadResponse
+
+
 class Upstream:
     """A route's upstream: `ca_file` replaces system trust, certificates are verified."""
 
@@ -48,6 +73,8 @@ class Upstream:
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=READ_TIMEOUT_SECONDS),
         )
         self._pool = self._manager.connection_from_url(route.upstream)
+        https = isinstance(self._pool, urllib3.HTTPSConnectionPool)
+        self._pool.ConnectionCls = _CheckedHTTPSConnection if https else _CheckedHTTPConnection
         self._base_path = urllib.parse.urlsplit(route.upstream).path
 
     def send(

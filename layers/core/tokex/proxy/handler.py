@@ -11,6 +11,7 @@ headers or token.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -33,6 +34,7 @@ from tokex.proxy.forward import (
     length_body,
     request_framing,
 )
+from tokex.proxy.head import HEAD_SECONDS, ApplicationHead, HeadTimeout, MalformedHead, readline_by
 from tokex.proxy.headers import SECRET_HEADER, client_response_headers, upstream_request_headers
 from tokex.proxy.log import JsonLog
 from tokex.proxy.routing import BadTarget, RouteTable, is_reserved, split_target
@@ -84,6 +86,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         return self.server_version  # http.server would append " " + sys_version
 
     _unread_body = False  # a request body not (yet) read: an early answer closes
+    _head_fault: str | None = None  # why the head is refused (head.py), once read
 
     @property
     def _state(self) -> ProxyState:
@@ -100,28 +103,25 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self._state.connections.closed(self.connection)
 
     def handle_one_request(self) -> None:
-        """http.server's, with the connection counted busy from the request line on."""
+        """http.server's, with the connection counted busy from the request's first byte
+        on, its head read by a deadline and every line of it checked (head.py)."""
         try:
-            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE_BYTES + 1)
+            self.connection.settimeout(CLIENT_IDLE_TIMEOUT_SECONDS)
+            reader: Any = self.rfile  # a BufferedReader: it peeks
+            started = bool(reader.peek(1))  # between two requests: idle
         except OSError:  # idle too long, or closed by the application or by shutdown
-            self.close_connection = True
-            return
-        if not self.raw_requestline:
+            started = False
+        if not started:
             self.close_connection = True
             return
         connections = self._state.connections
         connections.busy(self.connection)
+        self.request_version, self.command, self.requestline = "HTTP/1.1", "", ""
         try:
-            if len(self.raw_requestline) > MAX_REQUEST_LINE_BYTES:
-                self.request_version, self.command, self.requestline = "HTTP/1.1", "", ""
-                self.send_error(414, "the request line is too long")
-            elif not self.parse_request():  # answered (send_error)
-                pass
-            elif self.request_version == "HTTP/0.9":  # no headers: nothing to route on
-                self.close_connection = True
-            else:
-                self._handle()
+            self._read_head(time.monotonic() + HEAD_SECONDS)
             self.wfile.flush()
+        except HeadTimeout:
+            self._answer_timeout()
         except OSError:  # the application went away mid-answer
             self.close_connection = True
         finally:
@@ -129,11 +129,49 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
             connections.idle(self.connection)
 
+    def _read_head(self, deadline: float) -> None:
+        self._head_fault = None
+        self.raw_requestline = readline_by(
+            self.rfile, self.connection, MAX_REQUEST_LINE_BYTES + 1, deadline
+        )
+        if len(self.raw_requestline) > MAX_REQUEST_LINE_BYTES:
+            self.send_error(414, "the request line is too long")
+            return
+        reader, head = self.rfile, ApplicationHead(self.rfile, self.connection, deadline)
+        self.rfile = head  # type: ignore[assignment] # what http.server reads headers from
+        try:
+            parsed = self.parse_request()  # False: answered (send_error)
+        finally:
+            self.rfile = reader
+        self.connection.settimeout(CLIENT_IDLE_TIMEOUT_SECONDS)  # the body: between reads
+        self._head_fault = head.fault
+        if not parsed:
+            return
+        if self.request_version == "HTTP/0.9":  # no headers: nothing to route on
+            self.close_connection = True
+        else:
+            self._handle()
+
+    def _answer_timeout(self) -> None:
+        """408, best effort: the application may have given up already."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self._send_json(*error(408, "request_timeout", "the request head took too long"))
+            self.wfile.flush()
+        self._state.log.write(
+            "request",
+            listener=getattr(self.server, "name", None),
+            status=408,
+            error="request_timeout",
+        )
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own refusals (a malformed request line or header), as JSON."""
         self.close_connection = True
         if self.request_version == "HTTP/0.9":
-            return  # no status line to send
+            if len(self.requestline.split()) < 3:
+                return  # a request of HTTP/0.9 itself: no status line to send
+            self.request_version = "HTTP/1.1"  # a malformed version: answered all the same
         description = message or self.responses.get(code, ("error",))[0]
         self._send_json(*error(code, "invalid_request", description))
 
@@ -164,12 +202,23 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, outcome: _Outcome) -> None:
         state = self._state
+        if self._head_fault is not None:
+            self.close_connection = True  # the rest of the head is unread
+            return self._answer(outcome, error(400, "invalid_request", self._head_fault))
         if not METHOD.fullmatch(self.command):
             return self._answer(outcome, error(400, "invalid_request", "the method is malformed"))
-        if self.command in REFUSED_METHODS:
+        # Methods are case-sensitive, but an upstream that upper-cases them would take
+        # `trace` for TRACE.
+        if self.command.upper() in REFUSED_METHODS:
             self.close_connection = True
-            refused = error(405, "method_not_allowed", REFUSED_METHODS[self.command])
+            refused = error(405, "method_not_allowed", REFUSED_METHODS[self.command.upper()])
             return self._answer(outcome, refused)
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1 or (not hosts and self.request_version != "HTTP/1.0"):
+            # RFC 9112 §3.2: two could be read as two different hosts along the way.
+            self.close_connection = True
+            why = "an HTTP/1.1 request has exactly one Host header"
+            return self._answer(outcome, error(400, "invalid_request", why))
         try:
             path, query = split_target(self.path)
         except BadTarget as err:
@@ -182,6 +231,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return self._answer(outcome, error(400, "invalid_request", str(err)))
         self._unread_body = bool(length) or chunked
+        if chunked and self.request_version == "HTTP/1.0":
+            # RFC 9112 §6.1: an HTTP/1.0 message's framing is faulty with Transfer-Encoding.
+            self.close_connection = True
+            why = "an HTTP/1.0 request has no chunked body"
+            return self._answer(outcome, error(400, "invalid_request", why))
         if is_reserved(path):
             secrets = self.headers.get_all(SECRET_HEADER) or []
             answer = own_endpoint(
@@ -248,15 +302,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
         # of it cannot be read as the next request.
         self._unread_body = body is not None and not sent_whole
         outcome.upstream_status = response.status
-        if response.status < 200:
-            # An interim answer (103 Early Hints, 102 Processing): http.client skips a
-            # 100 only and returns any other as the answer, leaving the final one unread,
-            # to be read as the next request's answer on this connection. Not relayed:
-            # the connection is closed instead.
-            response.close()
+        refusal = _unrelayable(response)
+        if refusal is not None:
+            response.close()  # the upstream connection goes: it could be mid-answer
             response.release_conn()
             self.close_connection = True
-            why = f"{route.authority} sent an interim {response.status} answer; none is relayed"
+            why = f"{route.authority} {refusal}"
             outcome.fields["detail"] = why
             return self._answer(outcome, error(502, "upstream_unavailable", why))
         if response.status == 401:  # revoked, or a key the upstream no longer trusts
@@ -322,6 +373,25 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
 
+def _unrelayable(response: urllib3.BaseHTTPResponse) -> str | None:
+    """Why an upstream's answer cannot be relayed, or None."""
+    if response.status < 200:
+        # An interim answer (103 Early Hints, 102 Processing): http.client skips a 100
+        # only and returns any other as the answer, leaving the final one unread, to be
+        # read as the next request's answer on this connection.
+        return f"sent an interim {response.status} answer; none is relayed"
+    codings = [
+        coding.strip().lower()
+        for value in response.headers.getlist("Transfer-Encoding")
+        for coding in value.split(",")
+    ]
+    if codings and codings != ["chunked"]:
+        # http.client reads only a body coded exactly `chunked` as chunked: another
+        # coding's framing would reach the application as body bytes.
+        return "answered with a transfer coding other than chunked"
+    return None
+
+
 def _until_the_end(body: Iterator[bytes], done: list[bool]) -> Iterator[bytes]:
     """`body`, noting in `done` once all of it has been sent."""
     yield from body
@@ -337,5 +407,8 @@ def _reason(err: urllib3.exceptions.HTTPError) -> str:
     if isinstance(err, urllib3.exceptions.SSLError):
         return f"TLS failed: {err}"
     if isinstance(err, urllib3.exceptions.ProtocolError):
+        malformed = [arg for arg in err.args if isinstance(arg, MalformedHead)]
+        if malformed:
+            return f"its answer is malformed: {malformed[0]}"
         return "the connection was closed before an answer"
     return type(err).__name__

@@ -10,10 +10,13 @@ proxy's own and is never forwarded (docs/injection.md "Threat model").
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Sequence
 
 from tokex.proxy.config import RESERVED_PREFIX, Route
+
+_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class BadTarget(ValueError):
@@ -35,9 +38,15 @@ def split_target(target: str) -> tuple[str, str]:
     # it: `/a#/b` would be routed by one path and reach the upstream as another.
     if "#" in target:
         raise BadTarget("the request target has a fragment (#)")
+    # urllib3 encodes every `%` of a target again when one starts no escape: `a%2Fb%zz`
+    # would reach the upstream as `a%252Fb%25zz`, another path.
+    if _LONE_PERCENT.search(target):
+        raise BadTarget("the request target has a % that starts no %XX escape")
     path, mark, query = target.partition("?")
-    segments = urllib.parse.unquote(path).split("/")
-    if any(segment in (".", "..") for segment in segments):
+    # `\` is a separator to some servers and `;` starts a segment's parameters to others
+    # (`..;` is `..` to Tomcat): either could make a dot segment of one.
+    segments = re.split(r"[/\\]", urllib.parse.unquote(path))
+    if any(segment.split(";", 1)[0] in (".", "..") for segment in segments):
         raise BadTarget("the path has a . or .. segment")
     return path, mark + query
 

@@ -18,6 +18,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from tokex.proxy.secret import new_secret, remove_secret_file, write_secret_file
 from tokex.proxy.tokens import RouteTokens, TokenSource
 
 POLL_SECONDS = 0.2  # how soon an accept loop notices shutdown
+# A flood of connections over the limit (connections.py) is one log line per this long.
+REFUSAL_LOG_SECONDS = 10.0
 DEFAULT_GRACE_SECONDS = 10.0
 
 
@@ -48,12 +51,28 @@ class _Listener(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         self.name = name
         self.state = state
+        self._last_refusal_logged = -REFUSAL_LOG_SECONDS
         super().__init__((address.host, address.port), ProxyHandler)
 
     def server_bind(self) -> None:
         # HTTPServer's would look the host's name up in DNS (getfqdn): nothing needs it.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self.state.connections.admit(request):
+            return True
+        now = time.monotonic()
+        if now - self._last_refusal_logged >= REFUSAL_LOG_SECONDS:
+            self._last_refusal_logged = now
+            self.state.log.write(
+                "connection_refused", listener=self.name, reason="too many connections"
+            )
+        return False  # closed at once (socketserver), no thread started
+
+    def shutdown_request(self, request: Any) -> None:
+        self.state.connections.released(request)
+        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # One JSON line, not a traceback on stderr (and never a request's content).
