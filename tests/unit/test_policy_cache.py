@@ -137,3 +137,18 @@ def test_concurrent_callers_share_one_reload() -> None:
         thread.join()
     assert results == [1] * 8
     assert store.loads == 1
+
+
+def test_by_default_a_frozen_environments_sleep_counts(monkeypatch) -> None:
+    """A Lambda environment frozen between invocations: the monotonic clock stands still
+    while the wall clock moves on. Policies loaded before the freeze are stale after it (a
+    new deny takes effect within the TTL, docs/policies.md "Evaluation")."""
+    monotonic, wall = [500.0], [1_800_000_000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: monotonic[0])
+    monkeypatch.setattr(time, "time", lambda: wall[0])
+    store = FakeStore()
+    cache = CachedPolicies(store, ttl_seconds=60)
+    assert [p.id for p in cache.policies()] == ["one"] and store.loads == 1
+    store.policies = []  # removed while the environment sleeps
+    wall[0] += 600  # frozen for ten minutes: the monotonic clock did not move
+    assert cache.policies() == [] and store.loads == 2

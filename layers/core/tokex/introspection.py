@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from jwt.algorithms import get_default_algorithms
 
 from tokex import base64url, identifiers
+from tokex.clock import SuspendAwareClock
 from tokex.strict_json import StrictJsonError, loads_strict
 from tokex.tokens.jws import ACCESS_TOKEN_TYP
 
@@ -88,11 +89,11 @@ class PublishedKeys:
         fetch: Callable[[], Sequence[Mapping[str, Any]]],
         *,
         ttl_seconds: float = KEY_CACHE_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._fetch = fetch
         self._ttl = ttl_seconds
-        self._clock = clock
+        self._clock = clock or SuspendAwareClock()  # a frozen environment's sleep counts
         self._lock = threading.Lock()
         self._keys: dict[str, tuple[str, Any]] = {}
         self._loaded_at: float | None = None

@@ -40,13 +40,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tokex import identifiers
 from tokex.adapters import aws_clients, errors
+from tokex.clock import SuspendAwareClock
 from tokex.errors import ConfigurationError, InvalidGrant, TemporarilyUnavailable
 from tokex.evidence.identity import InstanceIdentity
 
@@ -147,7 +147,7 @@ class InstanceTagLookup:
         role_name: str,
         partition_of: Callable[[str], str | None] = identifiers.partition_of_region,
         ttl_seconds: float = MAX_TTL_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         ec2_client_factory: Ec2ClientFactory | None = None,
     ) -> None:
         if not identifiers.ROLE_NAME_WITH_PATH.fullmatch(role_name):
@@ -158,7 +158,7 @@ class InstanceTagLookup:
         self._role_name = role_name
         self._partition_of = partition_of
         self._ttl = ttl_seconds
-        self._clock = clock
+        self._clock = clock or SuspendAwareClock()  # a frozen environment's sleep counts
         self._ec2_client = ec2_client_factory or default_ec2_client_factory()
         self._lock = threading.Lock()  # guards the two dicts below
         self._outcomes: dict[tuple[str, str, str], _Outcome] = {}

@@ -60,8 +60,11 @@ class RecentlyUsed:
     """Evidence this execution environment knows is used up: a replay of it is
     refused before STS, at no cost (no STS call, no write, no `Sign`). Only an
     authoritative outcome adds one (the state table's write admitted the request, or
-    refused it as a replay or over budget), never a request given back after an outage, so
-    this refuses earlier what the table would refuse, nothing else. Bounded: the oldest
+    refused it as a replay or over budget), never a request this environment gave back
+    after an outage, so this refuses earlier what the table would refuse. Not seen: a
+    give-back by another environment (or another thread) after this one saw the request
+    refused as a replay, which that give-back then undoes; two copies in flight at once
+    meet it, the clients never (they sign anew for every attempt). Bounded: the oldest
     entries go first, and a forgotten one is still refused by the table. (An entry needs no
     expiry: once the request's date window has passed, verify_sts_request refuses it before
     this is asked.)

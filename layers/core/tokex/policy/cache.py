@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Protocol
 
+from tokex.clock import SuspendAwareClock
 from tokex.policy.model import Policy
 from tokex.settings import MAX_POLICY_CACHE_SECONDS
 
@@ -35,8 +35,10 @@ class CachedPolicies:
         self,
         store: PolicyLoader,
         ttl_seconds: float,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`clock`: seconds on which the TTL is counted, a SuspendAwareClock unless given
+        (a frozen environment's sleep counts: policies loaded before it are not fresh)."""
         # docs/policies.md "Evaluation", settings.py: a change (a new deny, a disabled
         # policy) takes effect
         # within a minute at most.
@@ -44,7 +46,7 @@ class CachedPolicies:
             raise ValueError(f"ttl_seconds must be 0..{MAX_POLICY_CACHE_SECONDS}")
         self._store = store
         self._ttl = ttl_seconds
-        self._clock = clock
+        self._clock = clock or SuspendAwareClock()
         self._lock = threading.Lock()
         self._policies: tuple[Policy, ...] = ()
         self._invalid_ids: tuple[str, ...] = ()

@@ -30,12 +30,8 @@ from typing import Any, Protocol
 
 import jwt
 
-from tokex.client.token_client import (
-    INVALIDATE_MIN_AGE_SECONDS,
-    SuspendAwareClock,
-    TokenClient,
-    TokenError,
-)
+from tokex.client.token_client import INVALIDATE_MIN_AGE_SECONDS, TokenClient, TokenError
+from tokex.clock import SuspendAwareClock
 from tokex.proxy.config import ProxyConfig, Route
 from tokex.proxy.log import JsonLog
 

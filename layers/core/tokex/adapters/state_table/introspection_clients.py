@@ -22,6 +22,7 @@ from botocore import xform_name
 
 from tokex.adapters import errors
 from tokex.adapters.state_table import schema
+from tokex.clock import SuspendAwareClock
 from tokex.errors import TemporarilyUnavailable
 from tokex.introspection_clients import (
     CLIENT_ID,
@@ -55,12 +56,13 @@ class ClientStore:
         table_name: str,
         *,
         clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self._dynamodb = dynamodb_client
         self._table = table_name
         self._clock = clock
-        self._monotonic = monotonic
+        # How long a verified client is trusted: a frozen environment's sleep counts.
+        self._monotonic = monotonic or SuspendAwareClock()
         self._lock = threading.Lock()
         # secret hash -> (client, monotonic time until which it is trusted)
         self._verified: dict[str, tuple[IntrospectionClient, float]] = {}
