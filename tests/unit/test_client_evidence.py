@@ -12,6 +12,7 @@ what `tokex token --evidence aws-oif|eks` and `TokenClient(evidence=...)` send.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -41,6 +42,7 @@ from tokex.client.evidence import (
     EvidenceOptions,
     read_token_file,
     regional_sts_client,
+    unverified_claims,
 )
 from tokex.client.token_client import TokenError, request_token
 from tokex.forms import MAX_BODY_BYTES
@@ -552,3 +554,10 @@ def test_options_go_to_a_shared_client_not_beside_it() -> None:
     with pytest.raises(ValueError, match="to the TokenClient"):
         TokexHttpxAuth(shared, "orders-api", region="eu-west-1")
     assert TokexAuth(shared, "orders-api").client is shared
+
+
+def test_a_payload_nested_too_deeply_has_no_claims_and_no_crash() -> None:
+    """A token file is the workload's input: a payload of 5,000 `[` was an internal error
+    of `tokex token` (the audience check and the cache key read it)."""
+    payload = base64.urlsafe_b64encode(b"[" * 5000).rstrip(b"=").decode()
+    assert unverified_claims(f"e30.{payload}.sig") == {}

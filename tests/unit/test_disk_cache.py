@@ -176,6 +176,22 @@ def test_read_cached_rules(tmp_path) -> None:
     assert disk_cache.read_cached(path, now=1000.0) is None
 
 
+def test_what_is_no_cache_file_is_ignored_never_waited_on_or_crashed_on(tmp_path) -> None:
+    """A FIFO of a cache file's name blocked the read (and the pruning) for ever; a
+    directory or JSON nested too deeply was an internal error."""
+    fifo = tmp_path / ("fifo" + disk_cache.FILE_SUFFIX)
+    os.mkfifo(fifo, 0o600)
+    directory = tmp_path / ("dir" + disk_cache.FILE_SUFFIX)
+    directory.mkdir(mode=0o700)
+    deep = tmp_path / ("deep" + disk_cache.FILE_SUFFIX)
+    disk_cache.write_cached(deep, {"access_token": "t", "expires_in": 100}, now=1000.0)
+    deep.write_text("[" * 60_000)
+    for path in (fifo, directory, deep):
+        assert disk_cache.read_cached(path, now=1000.0) is None
+    assert disk_cache.prune_expired(tmp_path, now=5000.0) == 0
+    assert fifo.exists() and directory.exists() and deep.exists()  # not ours to remove
+
+
 @pytest.mark.parametrize("mode", [0o777, 0o775, 0o722, 0o1777])
 def test_a_directory_others_may_write_to_is_refused(issuer, capsys, tmp_path, mode) -> None:
     directory = tmp_path / "shared"

@@ -83,6 +83,29 @@ def test_the_documented_example_parses(tmp_path: Path, ca_file: Path) -> None:
     assert str(config.listeners["routes[1].listen"]) == "[::1]:8081"
 
 
+@pytest.mark.parametrize(
+    "text", ["a = " + "[" * 5000 + "]" * 5000, "a = " + "{b = " * 5000 + "1" + "}" * 5000]
+)
+def test_a_toml_file_nested_too_deeply_is_refused_not_a_crash(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "deep.toml"
+    path.write_text(text)
+    with pytest.raises(ProxyConfigError, match=r"deep.toml: is nested too deeply"):
+        ProxyConfig.from_file(path, environ={})
+
+
+@pytest.mark.parametrize(
+    "listen",
+    ["a\x00b:8080", "\u00e4.example..com:8080", "a b:8080", f"{'x' * 64}.example.com:80"],
+)
+def test_a_listen_host_no_connection_could_use_is_refused(listen: str) -> None:
+    with pytest.raises(ProxyConfigError, match=r"listen: .*its host"):
+        ProxyConfig.from_document(
+            {**document(), "listen": listen, "allow_non_loopback": True},
+            base_dir=Path("/"),
+            environ={},
+        )
+
+
 def test_json_is_strict_and_other_extensions_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "proxy.json"
     path.write_text(json.dumps(document()))

@@ -183,7 +183,7 @@ def run_list(args: argparse.Namespace) -> int:
         print(json.dumps([client.to_dict() for client in clients], indent=2))
         return 0
     for client in clients:
-        created = datetime.fromtimestamp(client.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created = _date(client.created_at)
         served = ",".join(client.audiences) or "-"
         print(f"{client.client_id}  {created}  {client.name}  {served}")
     if any(not client.audiences for client in clients):
@@ -215,3 +215,12 @@ def run_remove(args: argparse.Namespace) -> int:
     else:
         print(f"removed {args.client_id} (warm Lambdas may accept it for up to 30 s more)")
     return 0
+
+
+def _date(epoch: float) -> str:
+    """An item's creation time as ISO 8601 UTC; its number as it is when no date can hold
+    it (an item written by hand)."""
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return str(epoch)

@@ -12,6 +12,9 @@ from typing import Any
 from tokex import private_files
 from tokex.cli.errors import INVALID_INPUT, CommandError
 
+# Far above any decK file this command writes (a credential is about 1 KB).
+MAX_EXISTING_BYTES = 8 * 1024 * 1024
+
 
 def render(document: dict[str, Any], fmt: str, *, source: str) -> str:
     """YAML (PyYAML when installed; JSON is YAML too) or JSON text for decK."""
@@ -42,24 +45,36 @@ def render(document: dict[str, Any], fmt: str, *, source: str) -> str:
     )
 
 
-def read_existing(path: str) -> dict[str, Any] | None:
-    """The previous output, or None on a first run (the file does not exist yet), so the
-    same command line serves the first run and every later one."""
+def read_existing(path: str, *, quiet: bool = False) -> dict[str, Any] | None:
+    """The previous output, or None on a first run (the file does not exist yet, said on
+    stderr unless `quiet`), so the same command line serves the first run and every later
+    one."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as file:
+            data = file.read(MAX_EXISTING_BYTES + 1)
+        text = data.decode("utf-8")
     except FileNotFoundError:
-        print(f"tokex kong-config: {path} does not exist yet: no earlier file", file=sys.stderr)
+        if not quiet:
+            print(f"tokex kong-config: {path} does not exist yet: no earlier file", file=sys.stderr)
         return None
     except (OSError, UnicodeDecodeError) as err:
         why = getattr(err, "strerror", None) or str(err)
         raise CommandError(
             f"cannot read --existing {path}: {why}", error=INVALID_INPUT, input=path
         ) from None
+    if len(data) > MAX_EXISTING_BYTES:
+        raise CommandError(
+            f"--existing {path} is larger than {MAX_EXISTING_BYTES} bytes: not a file this "
+            "command wrote",
+            error=INVALID_INPUT,
+            input=path,
+        )
     try:
         return parse_document(text)
     except ValueError as err:
+        why = " ".join(str(err).split())  # one line: a YAML parser's message spans several
         raise CommandError(
-            f"--existing {path}: {err} (is it a file this command wrote?)",
+            f"--existing {path}: {why} (is it a file this command wrote?)",
             error=INVALID_INPUT,
             input=path,
         ) from None
@@ -108,7 +123,15 @@ def _check_consumers(consumers: Any) -> None:
 
 def write_private(path: Path, text: str) -> None:
     """Atomic write, mode 0600: the file may hold an introspection client secret. Missing
-    parent directories are created with mode 0700."""
+    parent directories are created with mode 0700. A symlink is written through (its
+    target replaced, not the link); what is no regular file (a FIFO, a terminal,
+    `/dev/stdout`) is written into as it is, as a shell's `>` would."""
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file():
+        with path.open("w", encoding="utf-8") as stream:
+            stream.write(text)
+        return
     missing = []
     parent = path.parent
     while not parent.exists() and parent != parent.parent:

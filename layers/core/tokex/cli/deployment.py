@@ -198,6 +198,15 @@ def aws_client(service: str, region: str | None, endpoint_url: str | None) -> An
         return session.client(service, endpoint_url=endpoint_url)
     except BotoCoreError as exc:  # e.g. a broken profile
         raise CommandError(describe_aws_error(exc), error=AWS_ERROR, input="--region") from None
+    except ValueError as exc:  # botocore's own refusal of a value
+        if endpoint_url is not None and "endpoint" in str(exc).lower():
+            # e.g. a host name with `_`: found before any call, as a usage error is
+            raise UsageError(
+                f"--endpoint-url {endpoint_url!r}: {exc}", input="--endpoint-url"
+            ) from None
+        raise CommandError(
+            f"the AWS configuration cannot be used: {exc}", error=AWS_ERROR, input=None
+        ) from None
 
 
 # Store failures (their `reason` carries the operation and error code) -> what to check:

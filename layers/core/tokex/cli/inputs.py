@@ -31,6 +31,12 @@ def read_text(path: str, *, label: str, limit: int) -> str:
     """A UTF-8 file (or stdin for `-`), exact text, at most `limit` bytes."""
     try:
         if path == STDIN:
+            if sys.stdin is None:  # closed by the shell (`<&-`)
+                raise CommandError(
+                    f"cannot read {label} from standard input: it is closed",
+                    error=INVALID_INPUT,
+                    input=path,
+                )
             raw = sys.stdin.buffer.read(limit + 1)
         else:
             with Path(path).open("rb") as handle:
@@ -67,4 +73,8 @@ def require_http_url(value: str, *, flag: str) -> SplitResult:
         raise UsageError(f"{flag} {value!r} has an invalid port", input=flag) from None
     if not url.hostname:
         raise UsageError(f"{flag} {value!r} names no host", input=flag)
+    from tokex.client.endpoint import host_problem
+
+    if problem := host_problem(url.hostname):
+        raise UsageError(f"{flag} {value!r}: its host {problem}", input=flag)
     return url

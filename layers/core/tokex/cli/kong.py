@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     placement = _check(args)
     try:
         if args.enterprise is None:
-            existing = read_existing(args.existing) if args.existing else None
+            existing = read_existing(args.existing, quiet=args.json) if args.existing else None
             jwks = read_jwks(args.jwks)
             try:
                 document = kong.jwt_config(jwks, placement, max_ttl=args.max_ttl, existing=existing)
@@ -384,8 +384,8 @@ def read_jwks(source: str) -> dict[str, Any]:
 def _fetch(url: str) -> bytes:
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_SECONDS) as response:  # noqa: S310
-            _check_fetch_url(response.geturl(), "--jwks")  # a redirect must not downgrade
+        opener = urllib.request.build_opener(_NoDowngrade)
+        with opener.open(request, timeout=FETCH_TIMEOUT_SECONDS) as response:
             return bytes(response.read(MAX_JWKS_BYTES + 1))
     except urllib.error.HTTPError as err:
         raise CommandError(
@@ -405,14 +405,39 @@ def _fetch(url: str) -> bytes:
 
 
 def _check_fetch_url(source: str, flag: str) -> None:
-    from tokex.client.endpoint import is_loopback
+    if problem := _fetch_url_problem(source):
+        raise UsageError(f"{flag} {source}: {problem}", input=flag)
 
-    url = urlsplit(source)
-    if url.scheme == "https" or (url.scheme == "http" and is_loopback(url.hostname or "")):
-        return
+
+def _fetch_url_problem(source: str) -> str | None:
+    from tokex.client.endpoint import host_problem, is_loopback
+
+    try:
+        url = urlsplit(source)
+        host = url.hostname or ""
+    except ValueError as err:  # e.g. "Invalid IPv6 URL"
+        return f"is not a valid URL: {err}"
+    if problem := host_problem(host):
+        return f"its host {problem}"
+    if url.scheme == "https" or (url.scheme == "http" and is_loopback(host)):
+        return None
     # Keys fetched in clear text could be swapped in transit, and Kong would then trust a
     # forger's key. Only `tokex local` serves http, on loopback.
-    raise UsageError(
-        f"{flag} {source}: use https (plain http only for a loopback issuer, as `tokex local`)",
-        input=flag,
-    )
+    return "use https (plain http only for a loopback issuer, as `tokex local`)"
+
+
+class _NoDowngrade(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a URL `--jwks` itself could be: checked before the
+    request is made, so nothing is ever sent in clear text. A refusal is the server's
+    doing, not the command line's (exit 1)."""
+
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> Any:
+        if problem := _fetch_url_problem(newurl):
+            raise CommandError(
+                f"cannot fetch the JWKS: {req.full_url} redirects to {newurl}, which {problem}",
+                error=UNREACHABLE,
+                input=req.full_url,
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)

@@ -8,6 +8,7 @@ fails (exit codes, the `--json` error object, no tracebacks) is cli/errors.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -59,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     as_json = wants_json(arguments)
     command = "tokex"
+    _usable_standard_streams()
     try:
         try:
             parser = build_parser()
@@ -88,6 +90,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _discard_stdout()
         return EXIT_BROKEN_PIPE
+    except OSError as exc:  # the output itself could not be written (a full disk, ...)
+        _discard_stdout()
+        print(f"{command}: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _usable_standard_streams() -> None:
+    """Text that cannot be encoded (a lone surrogate from a server's answer or a file,
+    a file name that is not UTF-8) is written escaped, `\\udcff`, which inside a JSON
+    string is that same character: never a UnicodeEncodeError halfway through an answer.
+    A stream the shell closed (`>&-`) reads as /dev/null."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            devnull = open(os.devnull, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+            setattr(sys, name, devnull)
+            continue
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):  # e.g. a detached stream
+                reconfigure(errors="backslashreplace")
 
 
 def _parse(parser: ArgumentParser, arguments: list[str]) -> argparse.Namespace:
@@ -139,15 +162,35 @@ def _attach_dash_values(parser: ArgumentParser, arguments: list[str]) -> list[st
 def _unexpected(exc: Exception) -> CommandError:
     """An exception no command turned into a CommandError: an AWS error a command did not
     expect is still an AWS error; anything else is a bug, reported in one line too."""
-    if type(exc).__module__.split(".")[0] in ("botocore", "boto3"):
+    if type(exc).__module__.split(".")[0] in AWS_SDK:
         from tokex.cli.deployment import describe_aws_error
 
         return CommandError(describe_aws_error(exc), error=AWS_ERROR)
+    if _raised_in(exc, AWS_SDK):  # e.g. AWS_MAX_ATTEMPTS=abc, a credential_process date
+        why = f"{type(exc).__name__}: {exc}"
+        return CommandError(f"the AWS configuration cannot be used: {why}", error=AWS_ERROR)
     return CommandError(
         f"internal error, a bug of tokex: {type(exc).__name__}: {exc} "
         f"(run with {DEBUG_VARIABLE}=1 for the traceback)",
         error=INTERNAL_ERROR,
     )
+
+
+# The AWS SDK and what it raises through (dateutil parses credential expiry times): an
+# exception raised in there is the AWS configuration's (a profile, an AWS_* variable), not
+# a bug of tokex.
+AWS_SDK = ("botocore", "boto3", "dateutil", "s3transfer")
+
+
+def _raised_in(exc: BaseException, packages: Sequence[str]) -> bool:
+    """Whether the innermost frame that raised `exc` is code of one of `packages`."""
+    frame = exc.__traceback__
+    if frame is None:
+        return False
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    module = str(frame.tb_frame.f_globals.get("__name__", ""))
+    return module.split(".")[0] in packages
 
 
 def _leaves(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:

@@ -107,14 +107,20 @@ def _own_entry(path: Path) -> tuple[float, dict[str, Any], CachedToken] | None:
     """(obtained_at, response, token) of a cache file this user wrote with mode 0600, not
     through a symlink; None for anything else."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO of that name would otherwise block the open for ever.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-            return None  # not one this user wrote with mode 0600
-        data = file.read(MAX_FILE_BYTES + 1)
+    try:
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return None  # a FIFO, a directory, a device: never a cache file
+            if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+                return None  # not one this user wrote with mode 0600
+            data = file.read(MAX_FILE_BYTES + 1)
+    except OSError:
+        return None
     try:
         entry = json.loads(data)
         obtained_at = float(entry["obtained_at"])
@@ -122,7 +128,7 @@ def _own_entry(path: Path) -> tuple[float, dict[str, Any], CachedToken] | None:
         if not isinstance(response, dict):
             return None
         return obtained_at, response, CachedToken.from_response(response, obtained_at=obtained_at)
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):  # not the cache's JSON
         return None
 
 

@@ -30,6 +30,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_problem(host: str) -> str | None:
+    """Why `host` names nothing a connection could be made to, or None: a control
+    character or whitespace, or a name the IDNA encoding every connection applies refuses
+    (an empty label, `a..b`, or one longer than 63 characters)."""
+    if any(c.isspace() or not c.isprintable() for c in host):
+        return "has whitespace or control characters"
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return "is not a valid host name (an empty label, or one longer than 63 characters)"
+    return None
+
+
 def check_endpoint(endpoint: str) -> str:
     """The issuer's base URL: https (plain http only on loopback, for `tokex local`), no
     query, fragment or userinfo, not one of the issuer's own endpoints."""
@@ -48,6 +66,8 @@ def check_endpoint(endpoint: str) -> str:
         raise refuse(f"is not a valid URL: {err}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise refuse("is not an http(s) URL with a host")
+    if problem := host_problem(parts.hostname):
+        raise refuse(f"has a host that {problem}")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise refuse(
             "is plain http: use https (http only on loopback, e.g. http://127.0.0.1:8787 of "

@@ -235,7 +235,7 @@ def unverified_claims(token: str) -> dict[str, Any]:
     workload reads to know where the token may go. {} when it is not a JSON object."""
     try:
         claims = json.loads(base64url.decode(token.split(".")[1]))
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, RecursionError):  # RecursionError: nested too deeply
         return {}
     return claims if isinstance(claims, dict) else {}
 

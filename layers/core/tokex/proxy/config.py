@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tokex import identifiers
-from tokex.client.endpoint import check_endpoint, is_loopback
+from tokex.client.endpoint import check_endpoint, host_problem, is_loopback
 from tokex.client.evidence import DEFAULT_TOKEN_FILE, EKS, SIGV4, evidence_kind
 from tokex.client.token_error import TokenError
 from tokex.strict_json import StrictJsonError, loads_strict
@@ -129,6 +129,9 @@ class ProxyConfig:
             document = tomllib.loads(data.decode()) if kind == ".toml" else loads_strict(data)
         except (tomllib.TOMLDecodeError, StrictJsonError, UnicodeDecodeError) as err:
             raise ProxyConfigError(str(path), f"not valid {kind[1:].upper()}: {err}") from None
+        except RecursionError:  # tomllib recurses per level of nesting
+            why = "is nested too deeply to be a configuration"
+            raise ProxyConfigError(str(path), why) from None
         if not isinstance(document, dict):
             raise ProxyConfigError(str(path), "must hold an object (a table) at the top")
         if allow_non_loopback:
@@ -245,6 +248,8 @@ def _address(value: Any, key: str, allow_non_loopback: bool) -> Address:
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ProxyConfigError(key, f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+    if problem := host_problem(host):
+        raise ProxyConfigError(key, f"{value!r}: its host {problem}")
     if not allow_non_loopback and not is_loopback(host):
         raise ProxyConfigError(
             key,
@@ -344,6 +349,8 @@ def _upstream(value: Any, key: str) -> str:
         raise ProxyConfigError(key, f"{value!r} is not a valid URL: {err}") from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ProxyConfigError(key, f"{value!r} must be an https URL with a host")
+    if problem := host_problem(parts.hostname):
+        raise ProxyConfigError(key, f"{value!r}: its host {problem}")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ProxyConfigError(
             key, f"{value!r} is plain http: use https (http only to a loopback host)"

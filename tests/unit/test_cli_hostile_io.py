@@ -1,0 +1,212 @@
+"""The command line convention (docs/contract.md "Command line") where the input or the
+output is hostile: text no stream can encode, outputs that cannot be written, closed
+standard streams, AWS configuration the SDK refuses, host names no connection could use,
+a JWKS redirect to plain http, decK files that are not files. Each was a traceback or an
+`internal error` before; the commands run as users run them, in a process of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.support.loopback import LoopbackServer, QuietHandler, serving
+from tokex.cli import clients
+from tokex.tokens.jwks import build_jwks, jwk_from_public_key
+
+# A file that is no policy, with a key that is a lone surrogate (valid JSON: `\ud800`).
+SURROGATE_POLICY = '{"a\\ud800": 1}'
+
+
+def tokex(
+    *argv: str, env: dict[str, str] | None = None, **streams: Any
+) -> subprocess.CompletedProcess[str]:
+    """`tokex ARGV` in a process of its own, its output captured unless `streams` say
+    otherwise (a shell's `>/dev/full`, `>&-`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tokex.cli.main", *argv],
+        capture_output=not streams,
+        text=True,
+        timeout=60,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", **(env or {})},
+        check=False,
+        **streams,
+    )
+
+
+@pytest.fixture(scope="module")
+def jwks_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path_factory.mktemp("jwks") / "jwks.json"
+    path.write_text(json.dumps(build_jwks([jwk_from_public_key(key.public_key(), "RS256")])))
+    return path
+
+
+def kong_config(jwks: Path, *more: str, **options: Any) -> subprocess.CompletedProcess[str]:
+    return tokex("kong-config", "--any-audience", "--global", "--jwks", str(jwks), *more, **options)
+
+
+def test_a_lone_surrogate_is_written_escaped_in_one_json_object(tmp_path: Path) -> None:
+    policy = tmp_path / "p.json"
+    policy.write_text(SURROGATE_POLICY)
+    done = tokex("policy", "validate", "--json", str(policy))
+    assert (done.returncode, done.stderr) == (1, "")
+    answer = json.loads(done.stdout)  # one object, and JSON
+    assert answer["error"] == "invalid_policy"
+    assert {"field": "a\ud800", "message": "unknown key"} in answer["errors"]
+    text = tokex("policy", "validate", str(policy))
+    assert text.returncode == 1 and "Traceback" not in text.stderr
+    assert "a\\ud800: unknown key" in text.stderr
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_1(jwks_file: Path) -> None:
+    with open("/dev/full", "w") as full:
+        done = tokex(
+            "kong-config", "--any-audience", "--global", "--jwks", str(jwks_file), "--json",
+            stdout=full, stderr=subprocess.PIPE,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == "tokex kong-config: cannot write the output: No space left on device\n"
+
+
+def test_closed_standard_streams_are_no_crash(tmp_path: Path, jwks_file: Path) -> None:
+    closed_out = kong_config(jwks_file, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert closed_out.returncode == 0
+    policy = tmp_path / "p.json"
+    policy.write_text(SURROGATE_POLICY)
+    # `>&-` and `<&-`: the child starts with that file descriptor closed.
+    done = tokex("policy", "validate", "--json", str(policy), **closing(1), stderr=subprocess.PIPE)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    stdin_closed = tokex("policy", "validate", "--json", "-", **closing(0), stdout=subprocess.PIPE)
+    assert stdin_closed.returncode == 1
+    assert json.loads(stdin_closed.stdout) == {
+        "error": "invalid_input",
+        "error_description": "cannot read policy document from standard input: it is closed",
+        "input": "-",
+    }
+
+
+def closing(fd: int) -> dict[str, Any]:
+    """The child starts with `fd` closed, as a shell's `>&-` or `<&-` leaves it."""
+    return {"preexec_fn": lambda: os.close(fd)}
+
+
+def test_aws_configuration_the_sdk_refuses_is_an_aws_error_or_a_usage_error() -> None:
+    table = ["policy", "list", "--table", "t", "--region", "us-east-1", "--json"]
+    attempts = tokex(
+        *table, "--endpoint-url", "http://127.0.0.1:9", env={"AWS_MAX_ATTEMPTS": "abc"}
+    )
+    assert attempts.returncode == 1, attempts.stdout
+    answer = json.loads(attempts.stdout)
+    assert answer["error"] == "aws_error"
+    assert answer["error_description"].startswith("the AWS configuration cannot be used: ")
+    endpoint = tokex(*table, "--endpoint-url", "http://a_b:1")
+    assert endpoint.returncode == 2
+    assert json.loads(endpoint.stdout)["input"] == "--endpoint-url"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["token", "--endpoint", "https://\u00e4..example.com", "--audience", "a"],
+        ["token", "--endpoint", f"https://{'x' * 64}.example.com", "--audience", "a"],
+        ["kong-config", "--any-audience", "--global", "--jwks", "https://a..b/jwks.json"],
+    ],
+    ids=["empty-label", "long-label", "jwks"],
+)
+def test_a_host_no_connection_could_use_is_a_usage_error(argv: list[str]) -> None:
+    done = tokex(*argv, "--json")
+    assert done.returncode == 2, done.stdout
+    answer = json.loads(done.stdout)
+    assert answer["error"] in ("invalid_value", "invalid_endpoint")
+    assert "not a valid host name" in answer["error_description"]
+
+
+class Redirecting(QuietHandler):
+    """Sends every request to plain http elsewhere; counts what it was asked."""
+
+    asked: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.asked.append(self.path)
+        self.send_response(302)
+        self.send_header("Location", "http://192.0.2.1:9/.well-known/jwks.json")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture
+def redirecting() -> Iterator[LoopbackServer]:
+    with serving(LoopbackServer(Redirecting)) as server:
+        yield server
+
+
+def test_a_jwks_redirect_to_plain_http_is_refused_before_it_is_followed(redirecting) -> None:
+    """Found at the server's answer, so exit 1 (not a usage error), and nothing is ever
+    sent to the plain-http address (192.0.2.1 is unroutable: following would hang)."""
+    done = tokex(
+        "kong-config", "--any-audience", "--global", "--json",
+        "--jwks", redirecting.url + "/.well-known/jwks.json",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout
+    answer = json.loads(done.stdout)
+    assert answer["error"] == "unreachable"
+    assert (
+        "redirects to http://192.0.2.1:9/.well-known/jwks.json, which use https"
+        in (answer["error_description"])
+    )
+    assert Redirecting.asked == ["/.well-known/jwks.json"]
+
+
+def test_an_existing_file_too_large_is_refused_unread(tmp_path: Path, jwks_file: Path) -> None:
+    huge = tmp_path / "kong.yaml"
+    with huge.open("wb") as file:
+        file.truncate(8 * 1024 * 1024 + 1)  # sparse: no disk used
+    done = kong_config(jwks_file, "--json", "--existing", str(huge))
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["error_description"].endswith(
+        "is larger than 8388608 bytes: not a file this command wrote"
+    )
+
+
+def test_a_missing_existing_file_says_nothing_on_stderr_with_json(tmp_path, jwks_file) -> None:
+    done = kong_config(jwks_file, "--json", "--existing", str(tmp_path / "none.yaml"))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert json.loads(done.stdout)["_format_version"]
+
+
+def test_output_goes_through_a_symlink_and_into_a_fifo(tmp_path: Path, jwks_file: Path) -> None:
+    target = tmp_path / "real.yaml"
+    target.write_text("old")
+    link = tmp_path / "link.yaml"
+    link.symlink_to(target)
+    assert kong_config(jwks_file, "--output", str(link)).returncode == 0
+    assert link.is_symlink() and "_format_version" in target.read_text()
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    assert kong_config(jwks_file, "--output", str(fifo)).returncode == 0
+    reader.join(timeout=30)
+    assert "_format_version" in received[0] and fifo.is_fifo()
+
+
+def test_a_creation_time_no_date_can_hold_is_shown_as_its_number() -> None:
+    assert clients._date(99_999_999_999_999_999_999) == "99999999999999999999"
+    assert clients._date(1_800_000_000) == "2027-01-15T08:00:00Z"
+
+
+# Keep the handler's class-level list per test run.
+@pytest.fixture(autouse=True)
+def _fresh_redirect_log() -> Iterator[None]:
+    Redirecting.asked = []
+    yield
