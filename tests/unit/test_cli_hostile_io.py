@@ -210,3 +210,23 @@ def test_a_creation_time_no_date_can_hold_is_shown_as_its_number() -> None:
 def _fresh_redirect_log() -> Iterator[None]:
     Redirecting.asked = []
     yield
+
+
+@pytest.mark.parametrize(("debug", "traceback"), [("", False), ("0", False), ("1", True)])
+def test_tokex_debug_shows_a_bugs_traceback_only_when_set_to_something_but_0(
+    monkeypatch, capsys, debug: str, traceback: bool
+) -> None:
+    from tokex.cli import policy
+    from tokex.cli.main import main
+
+    def a_bug(args: Any) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(policy, "run_validate", a_bug)
+    monkeypatch.setenv("TOKEX_DEBUG", debug)
+    if traceback:
+        with pytest.raises(RuntimeError):
+            main(["policy", "validate", "p.json"])
+        return
+    assert main(["policy", "validate", "p.json"]) == 1
+    assert "internal error, a bug of tokex: RuntimeError: a bug" in capsys.readouterr().err

@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help and --version
             code = exc.code if isinstance(exc.code, int) else EXIT_FAILURE
         except Exception as exc:
-            if os.environ.get(DEBUG_VARIABLE):
+            if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
                 raise
             failure = _unexpected(exc)
             report(failure, command, as_json=as_json)

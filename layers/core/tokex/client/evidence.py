@@ -200,8 +200,9 @@ def _refusal_hint(code: str, issuer: str) -> str:
 
 def read_token_file(path: str | Path) -> str:
     """The projected service-account token: the file's text without surrounding
-    whitespace, at most 16 KiB, a compact JWS. Read at every exchange: the kubelet
-    rotates the file (a symlink into the volume's current data) before the token expires."""
+    whitespace, at most MAX_TOKEN_FILE_BYTES (12 KiB), a compact JWS. Read at every
+    exchange: the kubelet rotates the file (a symlink into the volume's current data)
+    before the token expires."""
     try:
         with Path(path).open("rb") as file:
             raw = file.read(MAX_TOKEN_FILE_BYTES + 1)
