@@ -159,8 +159,8 @@ def test_a_chunked_request_goes_on_chunked(upstream) -> None:
 def test_a_request_framed_two_ways_is_refused_and_never_forwarded(upstream) -> None:
     with proxy_for(route(upstream.url)) as proxy:
         smuggled = (
-            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /y HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /y HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         )
         answer = raw(proxy.addresses["listen"][1], smuggled)
     assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1") == 1
@@ -192,7 +192,7 @@ def test_head_and_expect_100_continue(upstream) -> None:
         assert (status, body) == (200, b"")
         answer = raw(
             port,
-            b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n"
+            b"PUT /x HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n"
             b"Connection: close\r\n\r\nhi",
         )
     assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
@@ -236,7 +236,7 @@ def test_a_folded_header_reaches_the_upstream_on_one_line(upstream) -> None:
     with proxy_for(route(upstream.url)) as proxy:
         answer = raw(
             proxy.addresses["listen"][1],
-            b"POST /x HTTP/1.1\r\nHost: a\r\nX-A: a\r\n Transfer-Encoding: chunked\r\n"
+            b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\r\n Transfer-Encoding: chunked\r\n"
             b"Content-Length: 5\r\nConnection: close\r\n\r\n0\r\n\r\n",
         )
     assert answer.startswith(b"HTTP/1.1 200 ")
@@ -346,7 +346,7 @@ def test_a_faulty_header_line_is_400_and_nothing_is_forwarded(upstream, line: by
     """Python's parser took such a line for the end of the head: the rest (the body here)
     was read as a second request and forwarded with the token."""
     request = (
-        b"POST /c HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n"
+        b"POST /c HTTP/1.1\r\nHost: 127.0.0.1\r\n" + line + b"\r\n"
         b"Content-Length: %d\r\n\r\n" % len(SMUGGLED)
     ) + SMUGGLED
     with proxy_for(route(upstream.url)) as proxy:
@@ -360,7 +360,9 @@ def test_a_faulty_header_line_is_400_and_nothing_is_forwarded(upstream, line: by
 
 def test_whitespace_before_the_first_header_line_is_400(upstream) -> None:
     with proxy_for(route(upstream.url)) as proxy:
-        answer = raw(proxy.addresses["listen"][1], b"GET /c HTTP/1.1\r\n X: 1\r\nHost: x\r\n\r\n")
+        answer = raw(
+            proxy.addresses["listen"][1], b"GET /c HTTP/1.1\r\n X: 1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
     assert answer.startswith(b"HTTP/1.1 400 ") and upstream.seen == []
     assert b"whitespace before the first header line" in answer
 
@@ -368,14 +370,14 @@ def test_whitespace_before_the_first_header_line_is_400(upstream) -> None:
 @pytest.mark.parametrize(
     ("request_head", "why"),
     [
-        (b"GET /c HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", b"exactly one Host header"),
+        (b"GET /c HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: y\r\n\r\n", b"exactly one Host header"),
         (b"GET /c HTTP/1.1\r\n\r\n", b"exactly one Host header"),
         (
             b"POST /c HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"0\r\n\r\n",
             b"an HTTP/1.0 request has no chunked body",
         ),
-        (b"GET /c HTTP/1.x\r\nHost: x\r\n\r\n", b"version"),
+        (b"GET /c HTTP/1.x\r\nHost: 127.0.0.1\r\n\r\n", b"version"),
     ],
     ids=["two-hosts", "no-host", "http-1.0-chunked", "malformed-version"],
 )
@@ -391,7 +393,7 @@ def test_a_request_framed_or_addressed_wrongly_is_400(upstream, request_head, wh
 def test_trace_in_lower_case_is_refused_too(upstream) -> None:
     """An upstream that upper-cases methods would take it for TRACE and echo the token."""
     with proxy_for(route(upstream.url)) as proxy:
-        answer = raw(proxy.addresses["listen"][1], b"trace /c HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = raw(proxy.addresses["listen"][1], b"trace /c HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 405 ") and upstream.seen == []
 
 
@@ -402,7 +404,7 @@ def test_a_head_trickling_in_is_cut_off(upstream, monkeypatch) -> None:
         with socket.create_connection(("127.0.0.1", proxy.addresses["listen"][1])) as sock:
             sock.settimeout(10)
             answer = b""
-            for byte in b"GET /c HTTP/1.1\r\nHost: x\r\n":
+            for byte in b"GET /c HTTP/1.1\r\nHost: 127.0.0.1\r\n":
                 try:
                     sock.sendall(bytes([byte]))
                 except OSError:  # closed by the proxy
@@ -424,7 +426,7 @@ def test_connections_over_the_limit_are_closed_at_once(upstream, monkeypatch) ->
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
         for _ in range(2):  # a fourth, a fifth: closed at once, unanswered
             with contextlib.suppress(ConnectionResetError):
-                assert raw(port, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+                assert raw(port, b"GET /a HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") == b""
         held.pop().close()  # one leaves: room for one more
         for _ in range(50):
             try:
@@ -475,3 +477,28 @@ def test_a_faulty_upstream_head_is_502_and_nothing_of_it_is_relayed(path: str, w
     assert (status, json.loads(body)["error"]) == (502, "upstream_unavailable")
     assert why in json.loads(body)["error_description"]
     assert "Set-Cookie" not in headers and "X-A" not in headers
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        (b"evil.example:8080", 400),  # a page whose name resolves to 127.0.0.1
+        (b"127.0.0.1.evil.example", 400),
+        (b"localhost:8080", 200),
+        (b"LOCALHOST", 200),
+        (b"[::1]:8080", 200),
+        (b"127.0.0.1", 200),
+    ],
+)
+def test_a_loopback_listener_serves_only_requests_for_a_loopback_host(
+    upstream, host: bytes, status: int
+) -> None:
+    """DNS rebinding: a web page on the workload's host reaches 127.0.0.1 under its own
+    name; it must not get the workload's tokens attached to its requests."""
+    with proxy_for(route(upstream.url)) as proxy:
+        request = b"GET /c HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+        answer = raw(proxy.addresses["listen"][1], request)
+    assert answer.startswith(b"HTTP/1.1 %d " % status)
+    assert len(upstream.seen) == (status == 200)
+    if status == 400:
+        assert b"Host must name this proxy's loopback address" in answer

@@ -22,6 +22,7 @@ from typing import Any
 
 import urllib3
 
+from tokex.client.endpoint import is_loopback
 from tokex.proxy.config import Route
 from tokex.proxy.connections import Connections
 from tokex.proxy.endpoints import Answer, error, own_endpoint, unavailable
@@ -175,6 +176,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
         description = message or self.responses.get(code, ("error",))[0]
         self._send_json(*error(code, "invalid_request", description))
 
+    def _listens_on_loopback(self) -> bool:
+        address: Any = self.server.server_address  # (host, port[, flow, scope]) for TCP
+        return is_loopback(str(address[0]))
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one JSON line per request instead (_handle)
 
@@ -218,6 +223,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
             # RFC 9112 §3.2: two could be read as two different hosts along the way.
             self.close_connection = True
             why = "an HTTP/1.1 request has exactly one Host header"
+            return self._answer(outcome, error(400, "invalid_request", why))
+        if hosts and self._listens_on_loopback() and not _names_loopback(hosts[0]):
+            # A web page whose own name resolves to 127.0.0.1 (DNS rebinding) reaches a
+            # loopback listener too, under its name: it must not use the workload's tokens.
+            self.close_connection = True
+            why = "Host must name this proxy's loopback address (localhost, 127.0.0.1, [::1])"
             return self._answer(outcome, error(400, "invalid_request", why))
         try:
             path, query = split_target(self.path)
@@ -371,6 +382,18 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+
+def _names_loopback(host: str) -> bool:
+    """Whether a Host header (`name[:port]`, `[v6][:port]`) names a loopback address."""
+    host = host.strip()
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else ""
+    else:
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            name = host
+    return is_loopback(name.rstrip(".").lower())
 
 
 def _unrelayable(response: urllib3.BaseHTTPResponse) -> str | None:
