@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -183,21 +182,28 @@ def test_a_missing_existing_file_says_nothing_on_stderr_with_json(tmp_path, jwks
     assert json.loads(done.stdout)["_format_version"]
 
 
-def test_output_goes_through_a_symlink_and_into_a_fifo(tmp_path: Path, jwks_file: Path) -> None:
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "dev-stdout"])
+def test_output_is_never_written_through_a_symlink_or_into_a_special_file(
+    tmp_path: Path, jwks_file: Path, kind: str
+) -> None:
+    """The file may hold a client secret: a link planted at --output must not lead it
+    elsewhere, and `/dev/stdout` (a symlink) was replaced by a file."""
     target = tmp_path / "real.yaml"
     target.write_text("old")
-    link = tmp_path / "link.yaml"
-    link.symlink_to(target)
-    assert kong_config(jwks_file, "--output", str(link)).returncode == 0
-    assert link.is_symlink() and "_format_version" in target.read_text()
-    fifo = tmp_path / "fifo.yaml"
-    os.mkfifo(fifo)
-    received: list[str] = []
-    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
-    reader.start()
-    assert kong_config(jwks_file, "--output", str(fifo)).returncode == 0
-    reader.join(timeout=30)
-    assert "_format_version" in received[0] and fifo.is_fifo()
+    output = tmp_path / "out.yaml"
+    if kind == "symlink":
+        output.symlink_to(target)
+    elif kind == "fifo":
+        os.mkfifo(output)
+    else:
+        output = Path("/dev/stdout")
+    done = kong_config(jwks_file, "--json", "--output", str(output))
+    assert done.returncode == 2, done.stdout
+    answer = json.loads(done.stdout)
+    assert answer["input"] == "--output"
+    assert "is a symlink or a special file" in answer["error_description"]
+    assert target.read_text() == "old"
+    assert output.is_symlink() or output.is_fifo() or kind == "dev-stdout"
 
 
 def test_a_creation_time_no_date_can_hold_is_shown_as_its_number() -> None:
@@ -212,21 +218,41 @@ def _fresh_redirect_log() -> Iterator[None]:
     yield
 
 
+@pytest.mark.parametrize("bug", [RuntimeError("a bug"), FileNotFoundError(2, "a bug")])
 @pytest.mark.parametrize(("debug", "traceback"), [("", False), ("0", False), ("1", True)])
 def test_tokex_debug_shows_a_bugs_traceback_only_when_set_to_something_but_0(
-    monkeypatch, capsys, debug: str, traceback: bool
+    monkeypatch, capsys, debug: str, traceback: bool, bug: Exception
 ) -> None:
+    """A bug's own OSError is no output failure: with TOKEX_DEBUG its traceback shows."""
     from tokex.cli import policy
     from tokex.cli.main import main
 
     def a_bug(args: Any) -> int:
-        raise RuntimeError("a bug")
+        raise bug
 
     monkeypatch.setattr(policy, "run_validate", a_bug)
     monkeypatch.setenv("TOKEX_DEBUG", debug)
     if traceback:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(type(bug)):
             main(["policy", "validate", "p.json"])
         return
     assert main(["policy", "validate", "p.json"]) == 1
-    assert "internal error, a bug of tokex: RuntimeError: a bug" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"internal error, a bug of tokex: {type(bug).__name__}: " in err
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [("not a date", "aws_error"), (None, "internal_error")]
+)
+def test_only_a_value_the_sdk_refuses_is_an_aws_error(monkeypatch, capsys, value, error) -> None:
+    """dateutil parses a credential_process answer's date for botocore: a value it
+    refuses is the configuration's; a wrong type given to it is a bug of tokex's."""
+    from dateutil import parser
+
+    from tokex.cli import policy
+    from tokex.cli.main import main
+
+    monkeypatch.setattr(policy, "run_validate", lambda args: parser.parse(value))
+    monkeypatch.delenv("TOKEX_DEBUG", raising=False)
+    assert main(["policy", "validate", "--json", "p.json"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"] == error

@@ -378,8 +378,22 @@ def test_whitespace_before_the_first_header_line_is_400(upstream) -> None:
             b"an HTTP/1.0 request has no chunked body",
         ),
         (b"GET /c HTTP/1.x\r\nHost: 127.0.0.1\r\n\r\n", b"version"),
+        (
+            b"POST /c HTTP/1.00\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"an HTTP/1.0 request has no chunked body",
+        ),
+        (b"GET /c\r HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"control character"),
+        (b"GET\x0c/c HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"control character"),
     ],
-    ids=["two-hosts", "no-host", "http-1.0-chunked", "malformed-version"],
+    ids=[
+        "two-hosts",
+        "no-host",
+        "http-1.0-chunked",
+        "malformed-version",
+        "http-1.00-chunked",
+        "cr-in-request-line",
+        "form-feed-in-request-line",
+    ],
 )
 def test_a_request_framed_or_addressed_wrongly_is_400(upstream, request_head, why) -> None:
     with proxy_for(route(upstream.url)) as proxy:

@@ -123,15 +123,9 @@ def _check_consumers(consumers: Any) -> None:
 
 def write_private(path: Path, text: str) -> None:
     """Atomic write, mode 0600: the file may hold an introspection client secret. Missing
-    parent directories are created with mode 0700. A symlink is written through (its
-    target replaced, not the link); what is no regular file (a FIFO, a terminal,
-    `/dev/stdout`) is written into as it is, as a shell's `>` would."""
-    if path.is_symlink():
-        path = path.resolve()
-    if path.exists() and not path.is_file():
-        with path.open("w", encoding="utf-8") as stream:
-            stream.write(text)
-        return
+    parent directories are created with mode 0700. What is at `path` is replaced, never
+    written through: a symlink planted there could lead the secret anywhere (`tokex
+    kong-config` refuses a symlink or a special file as --output before it starts)."""
     missing = []
     parent = path.parent
     while not parent.exists() and parent != parent.parent:

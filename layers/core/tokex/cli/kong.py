@@ -135,7 +135,11 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="write JSON (as --format json); a failure is one JSON object on stdout",
     )
-    parser.add_argument("--output", metavar="FILE", help="write here (default: stdout)")
+    parser.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write here, a regular file made mode 0600 (not a symlink; default: stdout)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -193,6 +197,15 @@ def _check(args: argparse.Namespace) -> Any:
     if args.output is not None and (not args.output or Path(args.output).is_dir()):
         raise UsageError(
             f"--output {args.output!r}: name a file to write (not a directory)", input="--output"
+        )
+    output = Path(args.output) if args.output else None
+    if output is not None and (output.is_symlink() or (output.exists() and not output.is_file())):
+        # The file may hold a client secret: never written through a link someone planted,
+        # and a device or a FIFO would not be a 0600 file. (`/dev/stdout` is a symlink.)
+        raise UsageError(
+            f"--output {args.output!r} is a symlink or a special file: name a regular file, "
+            "or leave --output out to write to stdout",
+            input="--output",
         )
     if args.json and args.format == "yaml":
         raise UsageError("--json writes JSON: drop --format yaml", input="--format")

@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help and --version
             code = exc.code if isinstance(exc.code, int) else EXIT_FAILURE
         except Exception as exc:
-            if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+            if _debugging():
                 raise
             failure = _unexpected(exc)
             report(failure, command, as_json=as_json)
@@ -91,9 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _discard_stdout()
         return EXIT_BROKEN_PIPE
     except OSError as exc:  # the output itself could not be written (a full disk, ...)
+        if _debugging():
+            raise  # or a bug's own OSError, re-raised above for its traceback
         _discard_stdout()
         print(f"{command}: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _debugging() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
 
 
 def _usable_standard_streams() -> None:
@@ -166,7 +172,9 @@ def _unexpected(exc: Exception) -> CommandError:
         from tokex.cli.deployment import describe_aws_error
 
         return CommandError(describe_aws_error(exc), error=AWS_ERROR)
-    if _raised_in(exc, AWS_SDK):  # e.g. AWS_MAX_ATTEMPTS=abc, a credential_process date
+    # A value the SDK refused (AWS_MAX_ATTEMPTS=abc, a credential_process answer's date).
+    # Not a TypeError: a wrong type is what tokex passed, a bug of its own.
+    if isinstance(exc, ValueError) and _raised_in(exc, AWS_SDK):
         why = f"{type(exc).__name__}: {exc}"
         return CommandError(f"the AWS configuration cannot be used: {why}", error=AWS_ERROR)
     return CommandError(

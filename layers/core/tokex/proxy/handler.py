@@ -35,7 +35,14 @@ from tokex.proxy.forward import (
     length_body,
     request_framing,
 )
-from tokex.proxy.head import HEAD_SECONDS, ApplicationHead, HeadTimeout, MalformedHead, readline_by
+from tokex.proxy.head import (
+    HEAD_SECONDS,
+    ApplicationHead,
+    HeadTimeout,
+    MalformedHead,
+    readline_by,
+    start_line_fault,
+)
 from tokex.proxy.headers import SECRET_HEADER, client_response_headers, upstream_request_headers
 from tokex.proxy.log import JsonLog
 from tokex.proxy.routing import BadTarget, RouteTable, is_reserved, split_target
@@ -138,6 +145,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if len(self.raw_requestline) > MAX_REQUEST_LINE_BYTES:
             self.send_error(414, "the request line is too long")
             return
+        if fault := start_line_fault(self.raw_requestline):
+            # http.server splits at any whitespace: `GET /a\r HTTP/1.1` would pass as
+            # `GET /a HTTP/1.1`.
+            self.send_error(400, fault)
+            return
         reader, head = self.rfile, ApplicationHead(self.rfile, self.connection, deadline)
         self.rfile = head  # type: ignore[assignment] # what http.server reads headers from
         try:
@@ -219,7 +231,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             refused = error(405, "method_not_allowed", REFUSED_METHODS[self.command.upper()])
             return self._answer(outcome, refused)
         hosts = self.headers.get_all("Host") or []
-        if len(hosts) > 1 or (not hosts and self.request_version != "HTTP/1.0"):
+        if len(hosts) > 1 or (not hosts and not _is_http_1_0(self.request_version)):
             # RFC 9112 §3.2: two could be read as two different hosts along the way.
             self.close_connection = True
             why = "an HTTP/1.1 request has exactly one Host header"
@@ -242,7 +254,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return self._answer(outcome, error(400, "invalid_request", str(err)))
         self._unread_body = bool(length) or chunked
-        if chunked and self.request_version == "HTTP/1.0":
+        if chunked and _is_http_1_0(self.request_version):
             # RFC 9112 §6.1: an HTTP/1.0 message's framing is faulty with Transfer-Encoding.
             self.close_connection = True
             why = "an HTTP/1.0 request has no chunked body"
@@ -382,6 +394,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+
+def _is_http_1_0(version: str) -> bool:
+    """`HTTP/1.0`, however written (`HTTP/1.00`, `HTTP/01.0`: http.server reads the
+    numbers, having checked their form)."""
+    major, _, minor = version.removeprefix("HTTP/").partition(".")
+    return (int(major), int(minor)) == (1, 0)
 
 
 def _names_loopback(host: str) -> bool:
