@@ -77,7 +77,7 @@ def test_a_busy_port_is_exit_1(capsys) -> None:
         port = busy.getsockname()[1]
         argv = ["--endpoint", "https://auth.example.com", "--listen", f"127.0.0.1:{port}"]
         code, failure = tokex(capsys, *argv, *ROUTE)
-    assert (code, failure["error"]) == (1, "failed")
+    assert (code, failure["error"], failure["input"]) == (1, "failed", "--listen")
     assert failure["error_description"].startswith(f"cannot listen: listen 127.0.0.1:{port}: ")
 
 

@@ -126,7 +126,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             server.start()
         except ListenFailed as err:
-            raise CommandError(f"cannot listen: {err.strerror}", error=FAILED) from None
+            where = args.config or "--listen"  # the file, or the flag, that named it
+            raise CommandError(
+                f"cannot listen: {err.strerror}", error=FAILED, input=where
+            ) from None
         except UnsafeSecretFile as err:
             flag = "secret_file" if args.config else "--secret-file"
             raise UsageError(f"{flag}: {err}", input=args.config or flag) from None
