@@ -5,7 +5,8 @@ Two kinds of item (key `id`, TTL attribute `expires_at`: schema.py):
 - `revoked-principal#<arn>` with `revoked_at` (N, epoch seconds): every token whose `sub`
   is that principal and whose `iat` is at or before `revoked_at`. A role or user ARN is
   matched whatever its case, as IAM names are unique (schema.py); a record written
-  before that, under the ARN as typed, is still read. Tokens issued in the
+  before that, under the ARN as typed, is still read, but matches only a `sub` of that
+  same case (as it always did). Tokens issued in the
   same second as the revocation are revoked too (`iat` has one-second resolution; erring
   towards revoking is the safe side). A later revocation of the same principal replaces
   the record with a later `revoked_at`, which covers everything the earlier one did; one
