@@ -256,3 +256,11 @@ def test_only_a_value_the_sdk_refuses_is_an_aws_error(monkeypatch, capsys, value
     monkeypatch.delenv("TOKEX_DEBUG", raising=False)
     assert main(["policy", "validate", "--json", "p.json"]) == 1
     assert json.loads(capsys.readouterr().out)["error"] == error
+
+
+def test_json_with_a_value_is_a_usage_error_reported_as_json(capsys) -> None:
+    from tokex.cli.main import main
+
+    assert main(["policy", "validate", "--json=1", "p.json"]) == 2
+    answer = json.loads(capsys.readouterr().out)
+    assert (answer["error"], answer["input"]) == ("usage", "--json")

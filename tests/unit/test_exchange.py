@@ -473,6 +473,21 @@ def test_a_bug_in_signing_after_a_written_admission_releases_it(world: World) ->
     assert world.log[-2:] == ["admit", "release"]
 
 
+@pytest.mark.parametrize(("write_error", "error_type", "answer"), WRITE_REFUSALS)
+def test_a_bug_in_signing_masked_by_the_write_s_refusal_is_logged(
+    world: World, write_error: Exception, error_type: type[TokexError], answer: tuple, caplog
+) -> None:
+    """The caller gets the refusal; the bug would otherwise live on only as its context."""
+    world.admit_error = write_error
+    world.sign_error = RuntimeError("a bug in signing")
+    with caplog.at_level("ERROR", logger="tokex.exchange"):
+        error = refused(world, error_type)
+    assert (error.status, error.reason) == answer
+    (record,) = [r for r in caplog.records if r.name == "tokex.exchange"]
+    assert record.message == "signing failed unexpectedly"
+    assert record.exc_info is not None and str(record.exc_info[1]) == "a bug in signing"
+
+
 def test_a_policy_table_failure_writes_nothing(world: World) -> None:
     world.policies_error = TemporarilyUnavailable("down", reason="dynamodb Scan: timeout")
     error = refused(world, TemporarilyUnavailable)

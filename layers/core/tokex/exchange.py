@@ -17,6 +17,7 @@ for the same round trips.
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     # alone parses neither instance documents nor JWTs (issue 11).
     from tokex.evidence.instance_identity import CertificateStore
     from tokex.evidence.jwt_evidence import IssuerKeys
+
+log = logging.getLogger(__name__)
 
 
 class CallerIdentityVerifier(Protocol):
@@ -254,7 +257,14 @@ class TokenExchange:
         try:
             token = self._sign(claims, audience)
         except Exception as exc:
-            admission = self._admitted(admitting.result, used)  # its refusal wins
+            try:
+                admission = self._admitted(admitting.result, used)  # its refusal wins
+            except TokexError:
+                if not isinstance(exc, TokexError):
+                    # A bug of signing: the caller gets the write's refusal, and the bug
+                    # would be nothing but that refusal's context, never logged.
+                    log.error("signing failed unexpectedly", exc_info=exc)
+                raise
             # Only a failure of tokex's own upstreams gives the evidence back (and the
             # budget unit), with one compensating write; an unknown write (timeout,
             # raised above) is never released.

@@ -146,8 +146,10 @@ def wants_json(argv: Sequence[str]) -> bool:
     for token in argv:
         if token == "--":
             return False
-        # argparse accepts unambiguous abbreviations (--js; --j also matches --jwks).
-        if len(token) >= 4 and "--json".startswith(token):
+        # argparse accepts unambiguous abbreviations (--js; --j also matches --jwks), and
+        # refuses `--json=1` as a usage error, which is then reported as JSON too.
+        name = token.split("=", 1)[0]
+        if len(name) >= 4 and "--json".startswith(name):
             return True
     return False
 
