@@ -197,12 +197,17 @@ def _retry_within_deadline(**kwargs: Any) -> float | None:
     context = _RETRY_EVENTS.create_retry_context(**kwargs)
     if not _RETRY_CONDITIONS.is_retryable(context):
         return None
-    backoff = min(
-        RETRY_BACKOFF_BASE_SECONDS * 2 ** (context.attempt_number - 1),
-        RETRY_BACKOFF_CAP_SECONDS,
+    return pause_within_deadline(
+        context.attempt_number, base=RETRY_BACKOFF_BASE_SECONDS, cap=RETRY_BACKOFF_CAP_SECONDS
     )
-    delay = random.random() * backoff  # noqa: S311 - jitter, not a secret
+
+
+def pause_within_deadline(attempt: int, *, base: float, cap: float) -> float | None:
+    """The pause before another attempt after `attempt` failed, full jitter:
+    rand(0, 1) * min(base * 2 ** (attempt - 1), cap); None when the pause and one more
+    attempt (MIN_ATTEMPT_SECONDS) no longer fit in the request's deadline."""
+    pause = random.random() * min(base * 2 ** (attempt - 1), cap)  # noqa: S311 - jitter
     current = deadline.current()
-    if current is not None and current.remaining() < delay + MIN_ATTEMPT_SECONDS:
+    if current is not None and current.remaining() < pause + MIN_ATTEMPT_SECONDS:
         return None
-    return delay
+    return pause

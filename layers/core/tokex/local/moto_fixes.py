@@ -309,12 +309,10 @@ def _item_backups(backend: Any, transact_items: list[dict[str, Any]]) -> list[Ba
         if len(entry) != 1:
             continue  # moto refuses it before writing anything
         (op,) = entry.values()
-        table = backend.tables.get(op.get("TableName"))
-        if table is None:
+        named = _named_item(backend, op)
+        if named is None:
             continue
-        key = op.get("Key") or _key_of(table, op.get("Item") or {})
-        if key is None:
-            continue
+        table, key = named
         try:
             item = backend.get_item(table.name, key)
         except Exception:  # noqa: S112 - a malformed key: moto refuses it before writing
@@ -330,6 +328,18 @@ def _restore(backend: Any, backups: list[Backup]) -> None:
             backend.delete_item(table_name, key)
         else:
             backend.put_item(table_name, attributes)
+
+
+def _named_item(backend: Any, op: Any) -> tuple[Any, dict[str, Any]] | None:
+    """(table, key) of the item a transaction entry or a single write names (`Key`, or
+    the key attributes of its `Item`), or None when moto will refuse it anyway."""
+    if not isinstance(op, dict):
+        return None
+    table = backend.tables.get(op.get("TableName"))
+    if table is None:
+        return None
+    key = op.get("Key") or _key_of(table, op.get("Item") or {})
+    return (table, key) if isinstance(key, dict) else None
 
 
 def _key_of(table: Any, attributes: dict[str, Any]) -> dict[str, Any] | None:
@@ -370,13 +380,11 @@ def _held_items(backend: Any) -> set[tuple[str, str]]:
 
 
 def _item_id(backend: Any, op: Any) -> tuple[str, str] | None:
-    """An item a transaction entry or single write names, or None (moto refuses it)."""
-    if not isinstance(op, dict):
+    """An item a transaction entry or single write names, as (table, key) text, or None."""
+    named = _named_item(backend, op)
+    if named is None:
         return None
-    table = backend.tables.get(op.get("TableName"))
-    key = op.get("Key") or (_key_of(table, op.get("Item") or {}) if table else None)
-    if table is None or not isinstance(key, dict):
-        return None
+    table, key = named
     return table.name, json.dumps(key, sort_keys=True)
 
 

@@ -188,10 +188,6 @@ class ProxyHandler(BaseHTTPRequestHandler):
         description = message or self.responses.get(code, ("error",))[0]
         self._send_json(*error(code, "invalid_request", description))
 
-    def _listens_on_loopback(self) -> bool:
-        address: Any = self.server.server_address  # (host, port[, flow, scope]) for TCP
-        return is_loopback(str(address[0]))
-
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one JSON line per request instead (_handle)
 
@@ -236,7 +232,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             why = "an HTTP/1.1 request has exactly one Host header"
             return self._answer(outcome, error(400, "invalid_request", why))
-        if hosts and self._listens_on_loopback() and not _names_loopback(hosts[0]):
+        if hosts and getattr(self.server, "loopback", True) and not _names_loopback(hosts[0]):
             # A web page whose own name resolves to 127.0.0.1 (DNS rebinding) reaches a
             # loopback listener too, under its name: it must not use the workload's tokens.
             self.close_connection = True

@@ -23,6 +23,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tokex.client.endpoint import is_loopback
 from tokex.proxy.config import Address, ProxyConfig
 from tokex.proxy.connections import Connections
 from tokex.proxy.forward import Upstream
@@ -51,6 +52,8 @@ class _Listener(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         self.name = name
         self.state = state
+        # Its requests must name a loopback host (handler.py: DNS rebinding).
+        self.loopback = is_loopback(address.host)
         self._last_refusal_logged = -REFUSAL_LOG_SECONDS
         super().__init__((address.host, address.port), ProxyHandler)
 

@@ -47,7 +47,6 @@ UpdateItem on `rate#*` (a transaction is authorised item by item as those action
 from __future__ import annotations
 
 import logging
-import random
 import secrets
 import time
 from collections.abc import Callable
@@ -59,7 +58,7 @@ from botocore.exceptions import ClientError
 
 from tokex import deadline
 from tokex.adapters import errors
-from tokex.adapters.aws_clients import MIN_ATTEMPT_SECONDS
+from tokex.adapters.aws_clients import pause_within_deadline
 from tokex.adapters.state_table import schema
 from tokex.errors import TemporarilyUnavailable, TokexError
 from tokex.evidence.replay import UsedEvidence
@@ -308,12 +307,9 @@ def _pause_after_conflict(attempt: int, *item_codes: str | None) -> float | None
         return None
     if attempt >= CONFLICT_ATTEMPTS:
         return None
-    backoff = min(CONFLICT_BACKOFF_BASE_SECONDS * 2 ** (attempt - 1), CONFLICT_BACKOFF_CAP_SECONDS)
-    pause = random.random() * backoff  # noqa: S311 - jitter, not a secret
-    current = deadline.current()
-    if current is not None and current.remaining() < pause + MIN_ATTEMPT_SECONDS:
-        return None
-    return pause
+    return pause_within_deadline(
+        attempt, base=CONFLICT_BACKOFF_BASE_SECONDS, cap=CONFLICT_BACKOFF_CAP_SECONDS
+    )
 
 
 def _cancellation_codes(exc: ClientError) -> tuple[str | None, str | None]:
