@@ -16,6 +16,7 @@ import sys
 from aws_cdk import Stack
 
 from cdk.config import ConfigError
+from cdk.layer_bundling import BUNDLING_FAILED
 from cdk.tokex_stack import build_app
 
 
@@ -31,6 +32,15 @@ def main() -> int:
     except ConfigError as exc:
         # The message names the context key; a traceback would only bury it.
         print(f"tokex: invalid CDK context: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        # A layer that cannot be built here (pip, the bytecode compiler) is the operator's
+        # to fix: its message (pip's own output included) without the stack. Raised in
+        # CDK's bundling callback, it comes back as jsii's RuntimeError with the text only.
+        text = str(exc)
+        if BUNDLING_FAILED not in text:
+            raise
+        print(text[text.index(BUNDLING_FAILED) :].rstrip(), file=sys.stderr)
         return 1
     try:
         app.synth()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass, field
@@ -10,6 +11,8 @@ from typing import Any
 from constructs import Node
 
 from tokex import identifiers
+from tokex.errors import ConfigurationError
+from tokex.evidence.sts_endpoints import StsEndpoints
 from tokex.evidence.trusted_issuers import TrustedIssuerError, TrustedIssuers, parse_trusted_issuers
 
 # The key specs, partitions and identifier rules are the exchange's own (identifiers.py).
@@ -35,7 +38,8 @@ _CLOUDFRONT_CERT_ARN = re.compile(
     rf"{_ARN_HEAD}:acm:us-east-1:{_ACCOUNT}:certificate/[0-9a-f-]{{36}}"
 )
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-_STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
+MAX_STACK_NAME = 128
+_STACK_NAME = re.compile(rf"^[A-Za-z][A-Za-z0-9-]{{0,{MAX_STACK_NAME - 1}}}$")
 _WEB_ACL_ARN = re.compile(
     rf"{_ARN_HEAD}:wafv2:us-east-1:{_ACCOUNT}:global/webacl/[\w-]+/[0-9a-f-]{{36}}"
 )
@@ -129,6 +133,7 @@ class TokexConfig:
         for region in self.sts_regions:
             if not identifiers.is_region(region):
                 raise ConfigError(f"stsRegions: {region!r} is not a region name")
+        self._check_sts_endpoints("stsRegions", self.sts_regions)
         if not 60 <= self.ttl_cap_seconds <= 43200:
             raise ConfigError("ttlCapSeconds must be between 60 and 43200")
         if not 60 <= self.default_ttl_seconds <= self.ttl_cap_seconds:
@@ -181,6 +186,17 @@ class TokexConfig:
             )
         if not self.is_multi_region:
             return
+        for region in self.regions:
+            # Each Regional exchange accepts its own Region's STS only (settings.py).
+            self._check_sts_endpoints("regions", (region,))
+        # Each other Region's stacks are named `<stackName>-<region>-Api` and
+        # `<stackName>-<region>` (cdk/regional_stacks.py), under CloudFormation's limit too.
+        longest = max((f"{self.stack_name}-{r}-Api" for r in self.other_regions), key=len)
+        if len(longest) > MAX_STACK_NAME:
+            raise ConfigError(
+                f"stackName is too long for regions: the Regional stack {longest[:40]}... would"
+                f" be {len(longest)} characters, and CloudFormation allows {MAX_STACK_NAME}"
+            )
         single = [slot for slot in self.signing_keys if slot not in MULTI_REGION_SLOTS]
         if single:
             raise ConfigError(
@@ -199,6 +215,16 @@ class TokexConfig:
                 "publishedKeyArns is for single-Region deployments: a multi-Region"
                 " deployment publishes its own multi-Region key slots only"
             )
+
+    def _check_sts_endpoints(self, key: str, regions: tuple[str, ...]) -> None:
+        """The exchange's own check of its STS allowlist, made when it loads: a Region its
+        partitions do not have would stop every exchange after a deploy that succeeded."""
+        try:
+            StsEndpoints(self.sts_partitions, regions)
+        except ConfigurationError as err:
+            raise ConfigError(
+                f"{key}: {err} (stsPartitions: {', '.join(self.sts_partitions)})"
+            ) from None
 
     def _check_signing_keys(self) -> None:
         slots = ", ".join(KEY_SLOTS)
@@ -343,4 +369,50 @@ class TokexConfig:
             "regions": strings("regions"),
             "origin_secret_generation": integer("originSecretGeneration"),
         }
+        _refuse_unknown_keys(node, CONTEXT_KEYS)
         return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+# The keys `from_context` reads: docs/deploy.md "Context options".
+CONTEXT_KEYS = frozenset(
+    {
+        "stackName",
+        "signingKeySpec",
+        "signingKeys",
+        "activeSigningKey",
+        "domainName",
+        "certificateArn",
+        "stsPartitions",
+        "stsRegions",
+        "ttlCapSeconds",
+        "defaultTtlSeconds",
+        "throttleRateLimit",
+        "throttleBurstLimit",
+        "logLevel",
+        "tracing",
+        "deployNonce",
+        "webAclArn",
+        "publishedKeyArns",
+        "instanceTagsRoleName",
+        "instanceTagsAccounts",
+        "trustedIssuers",
+        "regions",
+        "originSecretGeneration",
+    }
+)
+# A key of tokex's shape (a camelCase word): CDK's own keys and feature flags have `@`,
+# `:`, `/` or `-` in them (`@aws-cdk/...`, `aws:cdk:...`, `acknowledged-issue-numbers`,
+# the lookups of cdk.context.json).
+_OPTION_SHAPE = re.compile(r"[a-z][A-Za-z0-9]*")
+
+
+def _refuse_unknown_keys(node: Node, known: frozenset[str]) -> None:
+    """A misspelt option would otherwise be dropped without a word, and its default used:
+    `instanceTagAccounts` (no s) left the tag role assumable in every account, and
+    `stsRegion` accepted every Region."""
+    for key in sorted(node.get_all_context()):
+        if key in known or not _OPTION_SHAPE.fullmatch(key):
+            continue
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{key} is not a tokex context option{hint}: docs/deploy.md lists them")

@@ -44,6 +44,7 @@ from constructs import Construct
 
 from cdk.layer_bundling import (
     INVALIDATION_MODE,
+    BundlingError,
     BytecodeCompiler,
     canonical_name,
     default_cache_dir,
@@ -256,7 +257,7 @@ class ExtensionLayerBundling:
         ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:
-            raise RuntimeError(
+            raise BundlingError(
                 f"pip failed ({result.returncode}) bundling the tokex extension layer:\n"
                 f"{' '.join(command)}\n{result.stdout}{result.stderr}"
             )
@@ -267,7 +268,7 @@ def _compiler(runtime: str) -> BytecodeCompiler | None:
     extension's modules at each cold start, as without the layer's bytecode)."""
     try:
         return find_bytecode_compiler(runtime.removeprefix("python"))
-    except RuntimeError:  # TOKEX_LAYER_PYTHON names another version: the core layer's
+    except BundlingError:  # TOKEX_LAYER_PYTHON names another version: the core layer's
         return None
 
 
@@ -279,7 +280,9 @@ def _compile(compiler: BytecodeCompiler, site: Path) -> None:
                "-s", str(site), "-p", f"/opt/{SITE}", str(site)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
     if result.returncode != 0:
-        raise RuntimeError(f"compiling the extension layer failed:\n{result.stdout}{result.stderr}")
+        raise BundlingError(
+            f"compiling the extension layer failed:\n{result.stdout}{result.stderr}"
+        )
 
 
 @jsii.implements(ILocalBundling)

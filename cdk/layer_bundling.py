@@ -112,6 +112,19 @@ def runtime_files(package_dir: Path) -> list[Path]:
     )
 
 
+# The first words of every BundlingError: CDK hands an error raised in a bundling callback
+# back through jsii as its own RuntimeError, with only the text kept (app.py finds it there).
+BUNDLING_FAILED = "tokex: cannot build a Lambda layer"
+
+
+class BundlingError(RuntimeError):
+    """A layer cannot be built on this machine (pip, the bytecode compiler): the operator's
+    to fix, so the synth reports it without a traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{BUNDLING_FAILED}: {message}")
+
+
 @dataclass(frozen=True)
 class BytecodeCompiler:
     """A CPython of the runtime's version on this machine, to compile the layer with."""
@@ -141,7 +154,7 @@ class BytecodeCompiler:
             command, capture_output=True, text=True, check=False
         )
         if result.returncode != 0:
-            raise RuntimeError(
+            raise BundlingError(
                 f"compiling tokex's bytecode failed ({result.returncode}):\n"
                 f"{' '.join(command)}\n{result.stdout}{result.stderr}"
             )
@@ -185,7 +198,7 @@ def find_bytecode_compiler(python_version: str) -> BytecodeCompiler | None:
         compiler = probe_interpreter(named)
         if compiler is None or _minor(compiler.version) != python_version:
             found = "does not run" if compiler is None else f"is Python {compiler.version}"
-            raise RuntimeError(
+            raise BundlingError(
                 f"{COMPILER_ENV}={named} {found}; the layer needs CPython {python_version}"
             )
         return compiler
@@ -365,7 +378,7 @@ class CoreLayerBundling:
             command, capture_output=True, text=True, check=False
         )
         if result.returncode != 0:
-            raise RuntimeError(
+            raise BundlingError(
                 f"pip failed ({result.returncode}) bundling the tokex layer:\n"
                 f"{' '.join(command)}\n{result.stdout}{result.stderr}"
             )

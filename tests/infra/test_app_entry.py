@@ -5,7 +5,8 @@
 - `python app.py` writes `./cdk.out` unless the CLI (or the user) set `CDK_OUTDIR`.
 - `TOKEX_SYNTH_WITHOUT_BUNDLING=1` skips the layer under the CDK CLI too, and the assets it
   leaves unbuilt never take a built asset's S3 key.
-- An invalid context value ends the synth with one line naming the key, no traceback.
+- An invalid context value ends the synth with one line naming the key, no traceback; a
+  layer that cannot be built ends it with the reason (pip's own words), no traceback.
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ def _offline_env(tmp_path: Path) -> dict[str, str]:
         "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
         "TOKEX_SYNTH_WITHOUT_BUNDLING": "1",
     }
+
+
+def _run_app(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python app.py`, as docs/deploy.md runs it."""
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "app.py")],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def _built_asset_keys(template: dict) -> list[str]:
@@ -96,15 +110,7 @@ def test_python_app_writes_cdk_out_in_the_working_directory(
 
 def test_cdk_outdir_wins_over_the_default(tmp_path: Path) -> None:
     env = {**_offline_env(tmp_path), "CDK_OUTDIR": str(tmp_path / "elsewhere")}
-    result = subprocess.run(
-        [sys.executable, "app.py"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = _run_app(REPO_ROOT, env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert _layer_count(tmp_path / "elsewhere" / "Tokex.template.json") == 2
 
@@ -125,19 +131,38 @@ def test_invalid_context_is_one_line_naming_the_key(
     tmp_path: Path, context: dict[str, object], line: str
 ) -> None:
     env = {**_offline_env(tmp_path), "CDK_CONTEXT_JSON": json.dumps(context)}
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "app.py")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = _run_app(tmp_path, env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"tokex: invalid CDK context: {line}"]
     assert not (tmp_path / "cdk.out" / "Tokex.template.json").exists()
+
+
+def test_a_layer_that_cannot_be_built_is_reported_without_a_traceback(tmp_path: Path) -> None:
+    """A bytecode compiler that does not run, raised as the app builds the layer."""
+    env = {**_offline_env(tmp_path), "TOKEX_LAYER_PYTHON": str(tmp_path / "no-python")}
+    del env["TOKEX_SYNTH_WITHOUT_BUNDLING"]
+    result = _run_app(tmp_path, env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"tokex: cannot build a Lambda layer: TOKEX_LAYER_PYTHON={tmp_path / 'no-python'}"
+        " does not run; the layer needs CPython 3.13"
+    )
+
+
+def test_pip_failing_in_cdk_bundling_is_reported_without_a_traceback(tmp_path: Path) -> None:
+    """pip with no index and an empty cache: the error is raised in CDK's bundling
+    callback and comes back through jsii; pip's own words are what the operator needs."""
+    env = _offline_env(tmp_path)
+    del env["TOKEX_SYNTH_WITHOUT_BUNDLING"]
+    result = _run_app(tmp_path, env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "JavaScriptError" not in result.stderr
+    report = result.stderr[result.stderr.index("tokex: cannot build a Lambda layer: ") :]
+    assert report.startswith("tokex: cannot build a Lambda layer: pip failed (1) bundling the")
+    assert "No matching distribution found" in report
 
 
 def test_cdk_cli_offline_synth_skips_bundling(tmp_path: Path) -> None:

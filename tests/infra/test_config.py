@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import aws_cdk as cdk
 import pytest
 
-from cdk.config import MAX_TRUSTED_ISSUERS_ENV_BYTES, ConfigError, TokexConfig
+from cdk.config import CONTEXT_KEYS, MAX_TRUSTED_ISSUERS_ENV_BYTES, ConfigError, TokexConfig
 from tests.infra.conftest import EKS_ISSUER, OIF_ISSUER, REPO_ROOT
 
 pytestmark = pytest.mark.infra
 
 CERT = "arn:aws:acm:us-east-1:123456789012:certificate/12345678-1234-1234-1234-123456789012"
+
+
+DEPLOY_MD = (REPO_ROOT / "docs" / "deploy.md").read_text()
+MRK = {"signingKeys": "mrk-a", "activeSigningKey": "mrk-a"}
 
 
 def config_from(context: dict[str, Any]) -> TokexConfig:
@@ -74,6 +79,47 @@ def test_active_signing_key_from_context() -> None:
 @pytest.mark.parametrize(
     ("context", "message"),
     [
+        (
+            {"instanceTagsRoleName": "tokex-tags", "instanceTagAccounts": "111111111111"},
+            "instanceTagAccounts is not a tokex context option "
+            r"\(did you mean instanceTagsAccounts\?\)",
+        ),
+        ({"stsRegion": "eu-west-1"}, r"stsRegion is .* \(did you mean stsRegions\?\)"),
+        ({"signingkeys": "a"}, r"signingkeys is .* \(did you mean signingKeys\?\)"),
+        ({"frobnicate": "1"}, "frobnicate is not a tokex context option: docs/deploy.md"),
+    ],
+)
+def test_misspelt_option_is_refused_not_dropped(context: dict[str, Any], message: str) -> None:
+    """A dropped option silently meant its default: a tag role assumable in every account,
+    every STS Region accepted."""
+    with pytest.raises(ConfigError, match=message):
+        config_from(context)
+
+
+def test_cdk_own_keys_are_not_options() -> None:
+    """Feature flags, the CLI's keys and cdk.context.json's lookups pass by."""
+    config = config_from(
+        {
+            "@aws-cdk/core:newStyleStackSynthesis": True,
+            "aws:cdk:bundling-stacks": ["*"],
+            "acknowledged-issue-numbers": [32775],
+            "availability-zones:account=123456789012:region=eu-west-1": ["eu-west-1a"],
+        }
+    )
+    assert config == TokexConfig()
+
+
+def test_every_documented_option_is_read() -> None:
+    """docs/deploy.md's table and the keys `from_context` accepts are the same set."""
+    section = DEPLOY_MD.split("\n## Context options\n", 1)[1].split("\n#", 1)[0]
+    documented = set(re.findall(r"^\| `(\w+)`(?: / `(\w+)`)? \|", section, re.M))
+    keys = {key for pair in documented for key in pair if key}
+    assert keys == CONTEXT_KEYS
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
         ({"signingKeys": "a,c"}, "signingKeys: unknown key slot 'c'"),
         ({"signingKeys": ["A"]}, "signingKeys: unknown key slot 'A'"),
         ({"signingKeys": []}, "signingKeys must list at least one key slot"),
@@ -101,6 +147,13 @@ def test_active_signing_key_from_context() -> None:
         ({"domainName": "https://auth.example.com", "certificateArn": CERT}, "domainName"),
         ({"stsPartitions": "aws,mars"}, "partition"),
         ({"stsRegions": "eu-west-1,*"}, "stsRegions"),
+        # Region names the exchange would refuse as it loads, after a deploy that worked.
+        ({"stsRegions": "eu-west-9"}, r"stsRegions: unknown STS region\(s\) .*'eu-west-9'"),
+        ({"stsRegions": "eu-west-1,cn-north-1"}, r"stsRegions: .*'cn-north-1'.*: aws\)"),
+        (
+            {"stsPartitions": "aws-cn", "stsRegions": "eu-west-1"},
+            r"stsRegions: .*\['eu-west-1'\] \(stsPartitions: aws-cn\)",
+        ),
         ({"ttlCapSeconds": 10}, "ttlCapSeconds"),
         ({"defaultTtlSeconds": 7200}, "defaultTtlSeconds"),
         ({"throttleRateLimit": "fast"}, "throttleRateLimit"),
@@ -138,6 +191,19 @@ def test_active_signing_key_from_context() -> None:
         (
             {"regions": "us-east-1,eu-west-1"},
             "regions: every signing key .* not a: a new deployment sets signingKeys=mrk-a",
+        ),
+        (
+            {"regions": "us-east-1,eu-west-1", "stsPartitions": "aws-us-gov", **MRK},
+            r"regions: unknown STS region\(s\) .*'us-east-1'.*aws-us-gov",
+        ),
+        (
+            {"regions": "us-east-1,ap-southeast-2", "stackName": "T" * 110, **MRK},
+            "stackName is too long for regions: the Regional stack T+... would be 129"
+            " characters, and CloudFormation allows 128",
+        ),
+        (
+            {"regions": "us-east-1,eu-west-9", **MRK},
+            r"regions: unknown STS region\(s\) for the partitions: \['eu-west-9'\]",
         ),
         (
             {

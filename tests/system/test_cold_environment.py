@@ -69,8 +69,10 @@ def token_request(system: LocalSystem) -> TokenRequest:
 def test_concurrent_first_exchanges_load_the_key_and_the_policies_once(
     local_system, counting_proxy
 ):
-    """`tokex local` serves requests side by side: first exchanges arriving together in
-    one new environment each get a token, and the key and the policies load once."""
+    """One exchange called from several threads at once (as its own loads ahead run
+    beside the request, and as any host that serves requests side by side would call it;
+    `tokex local`'s front runs one handler at a time): first exchanges arriving together
+    in one new environment each get a token, and the key and the policies load once."""
     environment = new_environment(local_system, counting_proxy)
     requests = [token_request(local_system) for _ in range(FIRST_EXCHANGES)]
 

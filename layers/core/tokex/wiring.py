@@ -77,8 +77,10 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
     )
 
 
-# Lambda serves one request at a time per process; `tokex local` serves a few at once.
-# An exchange uses at most three: the two loads ahead of a cold environment, the write.
+# Lambda serves one request at a time per process, and so does `tokex local`'s front (one
+# handler at a time in the interpreter, whichever Region's front received it). An exchange
+# uses at most three: the two loads ahead of a cold environment, the write; the fourth is
+# room for a write still running after its request gave up waiting for it.
 BACKGROUND_THREADS = 4
 
 

@@ -24,11 +24,9 @@ def requested_scopes(values: list[str]) -> tuple[str, ...] | None:
     --scope may hold several, separated by spaces (runs of them too); any other whitespace
     is no separator (RFC 6749 section 3.3) and makes the token invalid, rather than a
     tab or a newline silently asking for a second scope."""
-    tokens = [token for value in values for token in value.split(" ") if token]
+    tokens = tuple(dict.fromkeys(token for value in values for token in value.split(" ") if token))
     if not tokens:
         return None
-    if len(tokens) > MAX_SCOPES:
-        raise UsageError(f"--scope: at most {MAX_SCOPES} scopes", input="--scope")
     for token in tokens:
         if not identifiers.is_scope_token(token):
             raise UsageError(
@@ -36,4 +34,7 @@ def requested_scopes(values: list[str]) -> tuple[str, ...] | None:
                 'spaces, " or \\ (RFC 6749 section 3.3)',
                 input="--scope",
             )
-    return tuple(dict.fromkeys(tokens))
+    # Counted as the exchange counts them: a repeat asks for nothing more.
+    if len(tokens) > MAX_SCOPES:
+        raise UsageError(f"--scope: at most {MAX_SCOPES} distinct scopes", input="--scope")
+    return tokens
