@@ -39,6 +39,7 @@ from typing import Any
 
 import jsii
 from aws_cdk import ILocalBundling, RemovalPolicy, Stack, Token
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
@@ -52,6 +53,7 @@ from cdk.layer_bundling import (
     locally_bundled_code,
     requirement_name,
 )
+from tokex.client.evidence import AWS_OIF, SIGV4, evidence_kind
 from tokex.extension.api import EXTENSION_NAME
 from tokex.extension.main import ENDPOINT_VARIABLE, LISTEN_VARIABLE, ROUTES_VARIABLE
 
@@ -91,7 +93,11 @@ if [ -z "$python" ]; then
     exit 1
 fi
 PYTHONPATH="$root/{SITE}${{PYTHONPATH:+:$PYTHONPATH}}"
-export PYTHONPATH
+# `-m` would put the working directory (the function's /var/task) first on the path, where
+# the function's own `tokex` or `urllib3` would replace the layer's (Python 3.11+ honours
+# this; an older one is refused by the extension itself, with an init error).
+PYTHONSAFEPATH=1
+export PYTHONPATH PYTHONSAFEPATH
 exec "$python" -m tokex.extension
 """
 
@@ -337,7 +343,8 @@ class TokexProxyExtension(Construct):
     `LayerVersion.from_layer_version_arn` with the tokex stack's ProxyExtensionLayerArn
     output); by default one is built in your stack. `listen`: HOST:PORT of the proxy,
     default 127.0.0.1:2772.
-    Nothing else changes: the function's own role is what signs its evidence.
+    Nothing else changes: the function's own role is what signs its evidence (a route
+    with `aws-oif` evidence adds the one statement that role needs to ask STS for it).
     """
 
     def __init__(
@@ -366,3 +373,28 @@ class TokexProxyExtension(Construct):
         function.add_environment(ROUTES_VARIABLE, json.dumps(routes, separators=(",", ":")))
         if listen is not None:
             function.add_environment(LISTEN_VARIABLE, listen)
+        if any(_evidence_of(route) == AWS_OIF for route in routes):
+            # `aws-oif` evidence is a token the function's role asks STS for: allowed for
+            # the tokex issuer alone and short lives (docs/deploy.md, the statement each
+            # workload's role needs).
+            issuer = endpoint if Token.is_unresolved(endpoint) else endpoint.rstrip("/")
+            function.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["sts:GetWebIdentityToken"],
+                    resources=["*"],
+                    conditions={
+                        "ForAllValues:StringEquals": {"sts:IdentityTokenAudience": issuer},
+                        "Null": {"sts:IdentityTokenAudience": "false"},
+                        "NumericLessThanEquals": {"sts:DurationSeconds": 300},
+                    },
+                )
+            )
+
+
+def _evidence_of(route: Mapping[str, Any]) -> str | None:
+    """A route's evidence kind (`oif` is `aws-oif`); None for a value the extension will
+    refuse at Init, which asks for no permission."""
+    try:
+        return evidence_kind(str(route.get("evidence", SIGV4)))
+    except ValueError:
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -29,6 +30,8 @@ from tokex.local.emulator import free_port
 pytestmark = pytest.mark.infra
 
 LAYER = "ProxyExtensionLayer/Layer"
+ISSUER = "https://auth.example.com"
+ROUTE = {"prefix": "/", "upstream": "https://orders.example.com", "audience": "orders"}
 RUNTIMES = ["python3.11", "python3.12", "python3.13"]
 # Stated here independently of the recipe: what the extension never ships.
 NEVER_SHIPPED = ("cli", "local", "kong.py", "adapters", "wiring.py", "exchange.py", "policy")
@@ -157,13 +160,21 @@ def test_the_layer_alone_imports_the_extension(asset: Path, tmp_path: Path) -> N
     assert outside == []
 
 
-def test_the_launcher_starts_the_extension_from_the_layer(
-    asset: Path, tmp_path: Path, refused_port: int
-) -> None:
-    """The built layer as Lambda runs it: the launcher finds python3, the extension
-    registers, initializes (tokex unreachable: it still does), and stops on SHUTDOWN."""
-    env = {
-        "PATH": f"{python_shim(tmp_path)}:/usr/bin:/bin",
+def function_package(tmp_path: Path) -> Path:
+    """A function's /var/task that bundles its own `tokex` and `urllib3`, each of which
+    fails loudly if it is imported."""
+    task = tmp_path / "task"
+    for package in ("tokex", "urllib3"):
+        (task / package).mkdir(parents=True)
+        (task / package / "__init__.py").write_text(
+            f"raise SystemExit('the function package's {package} was imported')\n"
+        )
+    return task
+
+
+def extension_environment(tmp_path: Path, python_bin: Path, refused_port: int) -> dict[str, str]:
+    return {
+        "PATH": f"{python_bin}:/usr/bin:/bin",
         "PYTHONPATH": str(runtime_stand_in(tmp_path)),
         "AWS_SESSION_TOKEN": "session-token",
         "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
@@ -175,10 +186,23 @@ def test_the_launcher_starts_the_extension_from_the_layer(
         ),
         LISTEN_VARIABLE: f"127.0.0.1:{free_port()}",
     }
+
+
+@pytest.mark.parametrize("working_directory", ["elsewhere", "the function's package"])
+def test_the_launcher_starts_the_extension_from_the_layer(
+    asset: Path, tmp_path: Path, refused_port: int, working_directory: str
+) -> None:
+    """The built layer as Lambda runs it: the launcher finds python3, the extension
+    registers, initializes (tokex unreachable: it still does), and stops on SHUTDOWN.
+    Started in the function's package (the working directory Lambda's container images
+    give), the function's own `tokex` and `urllib3` are not the extension's."""
+    env = extension_environment(tmp_path, python_shim(tmp_path), refused_port)
+    cwd = function_package(tmp_path) if working_directory != "elsewhere" else tmp_path
     with ExtensionsApiEmulator() as emulator:
         env["AWS_LAMBDA_RUNTIME_API"] = emulator.runtime_api
         process = subprocess.Popen(
             [str(asset / "extensions" / "tokex-proxy")],
+            cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -195,6 +219,42 @@ def test_the_launcher_starts_the_extension_from_the_layer(
                 process.wait()
         assert process.returncode == 0, output
         assert emulator.calls_to("init/error") == []
+
+
+def _runs(python: str | Path) -> bool:
+    return subprocess.run([python, "-V"], capture_output=True, check=False).returncode == 0
+
+
+def test_on_a_python_before_3_11_the_extension_reports_an_init_error(
+    asset: Path, tmp_path: Path, refused_port: int
+) -> None:
+    """Lambda does not hold a layer to its runtimes: a python3.10 function given the layer
+    by ARN starts it. The extension registers and says why, rather than die on an import."""
+    candidates = [shutil.which("python3.10"), *Path.home().glob(".pyenv/versions/3.10.*/bin/*3.10")]
+    # A pyenv shim of a version not selected is on PATH but does not run.
+    old_python = next((c for c in candidates if c and _runs(c)), None)
+    if old_python is None:
+        pytest.skip("no Python 3.10 on this machine")
+    bin_dir = tmp_path / "old-bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(old_python)
+    env = extension_environment(tmp_path, bin_dir, refused_port)
+    with ExtensionsApiEmulator() as emulator:
+        env["AWS_LAMBDA_RUNTIME_API"] = emulator.runtime_api
+        result = subprocess.run(
+            [str(asset / "extensions" / "tokex-proxy")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        [report] = emulator.calls_to("init/error")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert report.headers["lambda-extension-function-error-type"] == "Extension.UnsupportedRuntime"
+    assert "needs Python 3.11 or later" in report.body["errorMessage"]
+    assert "python3 is 3.10." in report.body["errorMessage"]
 
 
 # --- the construct on a sample function ---------------------------------------------------
@@ -221,12 +281,11 @@ def sample_stack(runtime: Any, *, layer_arn: str | None = None, **options: Any) 
             s3.Bucket.from_bucket_name(stack, "Code", "orders-code"), "orders.zip"
         ),
     )
+    options = {"endpoint": ISSUER, "routes": [ROUTE], **options}
     TokexProxyExtension(
         stack,
         "Tokex",
         function=function,
-        endpoint="https://auth.example.com",
-        routes=[{"prefix": "/", "upstream": "https://orders.example.com", "audience": "orders"}],
         layer=layer_arn and lambda_.LayerVersion.from_layer_version_arn(stack, "L", layer_arn),
         **options,
     )
@@ -262,6 +321,32 @@ def test_the_construct_adds_the_layer_and_two_variables() -> None:
     assert function["Properties"]["Environment"]["Variables"][LISTEN_VARIABLE] == "127.0.0.1:2999"
     assert not [
         r for r in imported["Resources"].values() if r["Type"] == "AWS::Lambda::LayerVersion"
+    ]
+
+
+@pytest.mark.parametrize("evidence", ["aws-oif", "oif"])
+def test_a_route_with_oif_evidence_gets_the_role_its_sts_permission(evidence: str) -> None:
+    """The one statement docs/deploy.md asks each workload's role for: tokens for the tokex
+    issuer alone, short-lived. Without it STS refuses and every proxied call is 403."""
+    from aws_cdk import aws_lambda as lambda_
+    from aws_cdk.assertions import Template
+
+    routes = [{**ROUTE, "evidence": evidence}, {**ROUTE, "prefix": "/stock"}]
+    template = Template.from_stack(
+        sample_stack(lambda_.Runtime.PYTHON_3_12, routes=routes, endpoint=f"{ISSUER}/")
+    ).to_json()
+    [policy] = [r for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Policy"]
+    assert policy["Properties"]["PolicyDocument"]["Statement"] == [
+        {
+            "Action": "sts:GetWebIdentityToken",
+            "Effect": "Allow",
+            "Resource": "*",
+            "Condition": {
+                "ForAllValues:StringEquals": {"sts:IdentityTokenAudience": ISSUER},
+                "Null": {"sts:IdentityTokenAudience": "false"},
+                "NumericLessThanEquals": {"sts:DurationSeconds": 300},
+            },
+        }
     ]
 
 

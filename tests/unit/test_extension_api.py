@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import threading
 import time
 
@@ -124,8 +125,39 @@ def test_the_runtime_api_must_be_host_and_port(value: str) -> None:
         ({"eventType": "INVOKE"}, "no integer deadlineMs"),
         ({"eventType": "INVOKE", "deadlineMs": "1"}, "no integer deadlineMs"),
         ({"eventType": "SHUTDOWN", "deadlineMs": True}, "no integer deadlineMs"),
+        # Past a float's range the deadline's arithmetic raised OverflowError.
+        ({"eventType": "SHUTDOWN", "deadlineMs": 10**400}, "deadlineMs is out of range"),
+        ({"eventType": "SHUTDOWN", "deadlineMs": -1}, "deadlineMs is out of range"),
     ],
 )
 def test_a_malformed_event_is_refused(document: object, why: str) -> None:
     with pytest.raises(ExtensionsApiError, match=why):
         Event.from_json(document)
+
+
+def test_an_answer_nested_past_the_parser_is_refused_not_raised() -> None:
+    """A body nested deeper than json's recursion limit raised RecursionError out of the
+    client, past every handler of ExtensionsApiError."""
+
+    class Deep(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            body = b"[" * 200_000
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Deep) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        api = ExtensionsApi(f"127.0.0.1:{server.server_address[1]}")
+        api.identifier = "registered"
+        try:
+            with pytest.raises(ExtensionsApiError, match="other than a JSON object"):
+                api.next_event()
+        finally:
+            server.shutdown()

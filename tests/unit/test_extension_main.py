@@ -67,6 +67,19 @@ def test_the_listener_can_be_moved() -> None:
         ),
         ({"TOKEX_PROXY_ENDPOINT": "http://auth.example.com"}, "TOKEX_PROXY_ENDPOINT", "http"),
         ({"TOKEX_PROXY_LISTEN": "0.0.0.0:2772"}, "TOKEX_PROXY_LISTEN", "not a loopback"),
+        # A password in a refused URL is not repeated (init/error lands in the logs).
+        (
+            {"TOKEX_PROXY_ENDPOINT": "https://user:p4ss@auth.example.com"},
+            "TOKEX_PROXY_ENDPOINT",
+            "'https://***@auth.example.com' must be a plain base URL",
+        ),
+        (
+            {"TOKEX_PROXY_ROUTES": json.dumps([{**ROUTE, "upstream": "https://u:p4ss@orders"}])},
+            "TOKEX_PROXY_ROUTES: routes[0].upstream",
+            "'https://***@orders' must be a base URL",
+        ),
+        # Both ways of configuring it at once: one side would be ignored without a word.
+        ({"TOKEX_PROXY_CONFIG": "/var/task/p.toml"}, "TOKEX_PROXY_CONFIG", "not both"),
     ],
 )
 def test_a_refused_variable_is_named(overrides: dict[str, str], key: str, message: str) -> None:
@@ -87,6 +100,9 @@ def test_without_the_variables_the_file_is_read(tmp_path: Path) -> None:
     with pytest.raises(ProxyConfigError) as missing:
         extension.load_config({})
     assert missing.value.key == "/var/task/tokex-proxy.toml" and missing.value.file_not_found
+    # The file names its own listen: the variable would be ignored, so it is refused.
+    with pytest.raises(ProxyConfigError, match="TOKEX_PROXY_LISTEN: goes with TOKEX_PROXY"):
+        extension.load_config({"TOKEX_PROXY_CONFIG": str(path), "TOKEX_PROXY_LISTEN": "x:1"})
 
 
 class FakeTokens:
@@ -161,6 +177,12 @@ def test_outside_lambda_it_exits_1_without_registering(capsys: pytest.CaptureFix
 
 
 @pytest.fixture
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
 def busy_port() -> Iterator[int]:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         yield taken.getsockname()[1]
@@ -193,3 +215,34 @@ def test_a_start_failure_is_reported_as_init_error(
         assert len(platform.calls_to("register")) == 1
     [failed] = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert (failed["event"], failed["error_type"]) == ("extension_failed", error_type)
+
+
+def test_an_unusable_event_after_init_is_reported_as_exit_error(
+    free_port: int, capsys: pytest.CaptureFixture
+) -> None:
+    """After registering, an answer the extension cannot use ends it with exit/error, so
+    Lambda records why; before, it exited 1 and reported nothing."""
+    environ = {
+        **variables(TOKEX_PROXY_LISTEN=f"127.0.0.1:{free_port}"),
+        "AWS_SESSION_TOKEN": "session-token",
+    }
+    with ExtensionsApiEmulator() as platform:
+        environ["AWS_LAMBDA_RUNTIME_API"] = platform.runtime_api
+
+        def send_the_event() -> None:  # the platform's side; main() needs the main thread
+            platform.wait_until_waiting(timeout=10)
+            platform._send("SHUTDOWN", {"eventType": "SHUTDOWN", "deadlineMs": 10**400})
+
+        sender = threading.Thread(target=send_the_event, daemon=True)
+        sender.start()
+        assert extension.main(environ) == 1
+        sender.join(10)
+        [report] = platform.calls_to("exit/error")
+        assert report.headers["lambda-extension-function-error-type"] == "Extension.ApiFailed"
+        assert "deadlineMs is out of range" in report.body["errorMessage"]
+    [failed] = [
+        json.loads(line)
+        for line in capsys.readouterr().err.splitlines()
+        if '"extension_failed"' in line
+    ]
+    assert failed["error_type"] == "Extension.ApiFailed"

@@ -59,22 +59,23 @@ def read_text(path: str, *, label: str, limit: int) -> str:
 
 def require_http_url(value: str, *, flag: str) -> SplitResult:
     """An absolute http(s) URL with a host; the usage error suggests the fix."""
+    from tokex.client.endpoint import host_problem, redacted
+
+    shown = redacted(value)  # a password in the URL is not repeated
     try:
         url = urlsplit(value)
     except ValueError as err:  # e.g. "Invalid IPv6 URL"
-        raise UsageError(f"{flag} {value!r} is not a valid URL: {err}", input=flag) from None
+        raise UsageError(f"{flag} {shown!r} is not a valid URL: {err}", input=flag) from None
     if url.scheme not in ("http", "https") or not url.netloc:
         guess = f"https://{value}" if "://" not in value else None
         fix = f": did you mean {flag} {guess}?" if guess else ""
-        raise UsageError(f"{flag} {value!r} is not an http(s) URL{fix}", input=flag)
+        raise UsageError(f"{flag} {shown!r} is not an http(s) URL{fix}", input=flag)
     try:
         url.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
-        raise UsageError(f"{flag} {value!r} has an invalid port", input=flag) from None
+        raise UsageError(f"{flag} {shown!r} has an invalid port", input=flag) from None
     if not url.hostname:
-        raise UsageError(f"{flag} {value!r} names no host", input=flag)
-    from tokex.client.endpoint import host_problem
-
+        raise UsageError(f"{flag} {shown!r} names no host", input=flag)
     if problem := host_problem(url.hostname):
-        raise UsageError(f"{flag} {value!r}: its host {problem}", input=flag)
+        raise UsageError(f"{flag} {shown!r}: its host {problem}", input=flag)
     return url

@@ -5,6 +5,7 @@ the client so that commands that only check a URL (kong-config) load no AWS SDK.
 from __future__ import annotations
 
 import ipaddress
+import re
 import urllib.parse
 
 from tokex.client.token_error import INVALID_ENDPOINT, TokenError
@@ -18,6 +19,16 @@ ISSUER_PATHS = (
     "/.well-known/jwks.json",
 )
 _LOOPBACK_NAMES = {"localhost"}
+
+
+# `scheme://user:password@`: what an error message quoting a URL must not repeat.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
+def redacted(url: str) -> str:
+    """`url` fit to quote in an error or a log: a password or user name in it (refused, but
+    quoted by the refusal) replaced with `***`."""
+    return _USERINFO.sub(r"\1***@", url)
 
 
 def is_loopback(host: str) -> bool:
@@ -53,7 +64,8 @@ def check_endpoint(endpoint: str) -> str:
     query, fragment or userinfo, not one of the issuer's own endpoints."""
 
     def refuse(why: str) -> TokenError:
-        return TokenError(f"endpoint {endpoint!r} {why}", error=INVALID_ENDPOINT, url=endpoint)
+        shown = redacted(endpoint)
+        return TokenError(f"endpoint {shown!r} {why}", error=INVALID_ENDPOINT, url=shown)
 
     if "://" not in endpoint:
         host = endpoint.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")

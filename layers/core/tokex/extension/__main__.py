@@ -1,7 +1,19 @@
 """`python -m tokex.extension`: what the layer's launcher (`extensions/tokex-proxy`) runs."""
 
-import sys
+import time
 
-from tokex.extension.main import main
+# Before any import: `init_ms` counts the extension's imports too.
+STARTED = time.monotonic()
 
-sys.exit(main())
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from tokex.extension import unsupported  # noqa: E402
+
+if not unsupported.is_supported(sys.version_info):
+    sys.exit(unsupported.refuse(os.environ, sys.version_info))
+
+# Only on a Python that can import it (the import stays below the check).
+from tokex.extension.main import main  # noqa: E402
+
+sys.exit(main(started=STARTED))

@@ -38,6 +38,9 @@ ERROR_TYPE_HEADER = "Lambda-Extension-Function-Error-Type"
 # register, init/error and exit/error answer at once; `next` has no timeout (below).
 CALL_TIMEOUT_SECONDS = 10.0
 MAX_BODY_BYTES = 1024 * 1024
+# Milliseconds since the epoch: the largest integer JSON carries exactly (JavaScript's
+# Number.MAX_SAFE_INTEGER), about 285,000 years; a larger one overflowed a float.
+MAX_DEADLINE_MS = 2**53 - 1
 
 
 class ExtensionsApiError(Exception):
@@ -74,6 +77,8 @@ class Event:
             raise ExtensionsApiError("event/next answered an event without eventType")
         if not isinstance(deadline, int) or isinstance(deadline, bool):
             raise ExtensionsApiError(f"the {event_type} event has no integer deadlineMs")
+        if not 0 <= deadline <= MAX_DEADLINE_MS:
+            raise ExtensionsApiError(f"the {event_type} event's deadlineMs is out of range")
         request_id = document.get("requestId")
         reason = document.get("shutdownReason")
         return cls(
@@ -185,7 +190,7 @@ class ExtensionsApi:
             raise ExtensionsApiError(f"{path}: the answer is larger than {MAX_BODY_BYTES} bytes")
         try:
             parsed = json.loads(data) if data.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             parsed = data.decode("utf-8", "replace")
         return response.status, response.headers, parsed
 

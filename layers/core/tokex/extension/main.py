@@ -20,10 +20,12 @@ same way (its `X-Aws-Parameters-Secrets-Token` header).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
@@ -49,6 +51,10 @@ PREFETCH_SECONDS = 1.5
 # Lambda allows any string; AWS recommends Category.Reason (Extensions API reference).
 CONFIG_INVALID = "Extension.ConfigInvalid"
 LISTEN_FAILED = "Extension.ListenFailed"
+# After registering: the Extensions API answered what the extension cannot use (or went
+# away), or the extension failed in a way no check foresaw.
+API_FAILED = "Extension.ApiFailed"
+CRASHED = "Extension.Crashed"
 # A configuration error's key, as the variable that holds it (else a key in the routes).
 _VARIABLE_OF = {"endpoint": ENDPOINT_VARIABLE, "listen": LISTEN_VARIABLE, "routes": ROUTES_VARIABLE}
 # Kept from the SHUTDOWN deadline for the process to exit after the proxy stopped.
@@ -64,9 +70,21 @@ class StartFailed(Exception):
 
 
 def load_config(environ: Mapping[str, str]) -> ProxyConfig:
-    """The construct's variables when set, else the configuration file."""
+    """The construct's variables when set, else the configuration file; never a mix, where
+    one side would be ignored without a word."""
     if ROUTES_VARIABLE in environ or ENDPOINT_VARIABLE in environ:
+        if CONFIG_VARIABLE in environ:
+            raise ProxyConfigError(
+                CONFIG_VARIABLE,
+                f"set either it or {ENDPOINT_VARIABLE} and {ROUTES_VARIABLE}, not both",
+            )
         return config_from_variables(environ)
+    if LISTEN_VARIABLE in environ:
+        raise ProxyConfigError(
+            LISTEN_VARIABLE,
+            f"goes with {ROUTES_VARIABLE}: a configuration file ({CONFIG_VARIABLE}, default"
+            f" {DEFAULT_CONFIG}) names its own listen",
+        )
     return ProxyConfig.from_file(environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG, environ=environ)
 
 
@@ -163,26 +181,49 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise _Terminated(signal.Signals(signum).name)
 
 
-def main(environ: Mapping[str, str] | None = None) -> int:
+def main(environ: Mapping[str, str] | None = None, *, started: float | None = None) -> int:
+    """`started`: `time.monotonic()` at the process's first line of Python, from which
+    `init_ms` counts (else now)."""
     environ = os.environ if environ is None else environ
+    started = time.monotonic() if started is None else started
     log = JsonLog()
     runtime_api = environ.get("AWS_LAMBDA_RUNTIME_API")
     if not runtime_api:
         log.write("extension_failed", error="AWS_LAMBDA_RUNTIME_API is not set: not in Lambda")
         return 1
     previous = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGINT)}
+    api: ExtensionsApi | None = None
     try:
-        return _run(ExtensionsApi(runtime_api), environ, log)
-    except ExtensionsApiError as err:  # the platform is gone: nobody to report to
-        log.write("extension_failed", error=str(err))
+        api = ExtensionsApi(runtime_api)
+        return _run(api, environ, log, started)
+    except ExtensionsApiError as err:
+        log.write("extension_failed", error_type=API_FAILED, error=str(err))
+        _report_exit(api, API_FAILED, str(err))
+        return 1
+    except Exception as err:  # a bug: logged whole, reported by type, and exit 1
+        log.write(
+            "extension_failed",
+            error_type=CRASHED,
+            error=f"{type(err).__name__}: {err}",
+            traceback=traceback.format_exc(),
+        )
+        _report_exit(api, CRASHED, type(err).__name__)
         return 1
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _run(api: ExtensionsApi, environ: Mapping[str, str], log: JsonLog) -> int:
-    started = time.monotonic()
+def _report_exit(api: ExtensionsApi | None, error_type: str, message: str) -> None:
+    """`exit/error`, so that Lambda records why the extension stopped; best effort (the
+    API may be what failed), and only once registered (before, there is no identifier)."""
+    if api is None or api.identifier is None:
+        return
+    with contextlib.suppress(ExtensionsApiError):
+        api.exit_error(error_type, message)
+
+
+def _run(api: ExtensionsApi, environ: Mapping[str, str], log: JsonLog, started: float) -> int:
     server: ProxyServer | None = None
     try:
         # Listening before registering: the runtime starts once every extension has

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tokex import identifiers
-from tokex.client.endpoint import check_endpoint, host_problem, is_loopback
+from tokex.client.endpoint import check_endpoint, host_problem, is_loopback, redacted
 from tokex.client.evidence import DEFAULT_TOKEN_FILE, EKS, SIGV4, evidence_kind
 from tokex.client.token_error import TokenError
 from tokex.strict_json import StrictJsonError, loads_strict
@@ -342,23 +342,24 @@ def _upstream(value: Any, key: str) -> str:
     cross a network in the clear."""
     if not isinstance(value, str) or "://" not in value:
         raise ProxyConfigError(key, "must be an https URL, e.g. https://orders.example.com")
+    shown = redacted(value)  # quoted in the errors below: never a password it carries
     try:
         parts = urllib.parse.urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError as err:  # e.g. "Invalid IPv6 URL", "Port out of range 0-65535"
-        raise ProxyConfigError(key, f"{value!r} is not a valid URL: {err}") from None
+        raise ProxyConfigError(key, f"{shown!r} is not a valid URL: {err}") from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ProxyConfigError(key, f"{value!r} must be an https URL with a host")
+        raise ProxyConfigError(key, f"{shown!r} must be an https URL with a host")
     if problem := host_problem(parts.hostname):
-        raise ProxyConfigError(key, f"{value!r}: its host {problem}")
+        raise ProxyConfigError(key, f"{shown!r}: its host {problem}")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ProxyConfigError(
-            key, f"{value!r} is plain http: use https (http only to a loopback host)"
+            key, f"{shown!r} is plain http: use https (http only to a loopback host)"
         )
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise ProxyConfigError(key, f"{value!r} must be a base URL: no user, query or fragment")
+        raise ProxyConfigError(key, f"{shown!r} must be a base URL: no user, query or fragment")
     if any(c.isspace() or not c.isprintable() for c in value):
-        raise ProxyConfigError(key, f"{value!r} has whitespace or control characters")
+        raise ProxyConfigError(key, f"{shown!r} has whitespace or control characters")
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
