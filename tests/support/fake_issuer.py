@@ -25,8 +25,10 @@ class FakeIssuer:
     # When given, each POST /token also waits for it: callers overlap for as long as the
     # test decides, whatever the machine's load.
     gate: threading.Event | None = None
-    # When given, POST /token answers this status with an OAuth error (still counted).
+    # When given, POST /token answers this status with an OAuth error (still counted),
+    # and a `Retry-After` of `retry_after` seconds when that is given too.
     failing: int | None = None
+    retry_after: str | None = None
     forms: list[dict[str, list[str]]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -63,7 +65,11 @@ def fake_issuer(**options: object) -> Iterator[FakeIssuer]:
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-            self._json(*issuer.answer(parse_qs(body)))
+            status, document = issuer.answer(parse_qs(body))
+            headers = {"Content-Type": "application/json"}
+            if status >= 400 and issuer.retry_after:
+                headers["Retry-After"] = issuer.retry_after
+            self.send_document(status, json.dumps(document).encode(), headers)
 
         def _json(self, status: int, document: dict) -> None:
             data = json.dumps(document).encode()

@@ -13,6 +13,7 @@ what `tokex token --evidence aws-oif|eks` and `TokenClient(evidence=...)` send.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 import time
@@ -561,3 +562,46 @@ def test_a_payload_nested_too_deeply_has_no_claims_and_no_crash() -> None:
     of `tokex token` (the audience check and the cache key read it)."""
     payload = base64.urlsafe_b64encode(b"[" * 5000).rstrip(b"=").decode()
     assert unverified_claims(f"e30.{payload}.sig") == {}
+
+
+def test_an_sdk_older_than_get_web_identity_token_is_a_clear_aws_error(
+    issuer, at_sts, monkeypatch, tmp_path
+) -> None:
+    """botocore before 1.41 has no GetWebIdentityToken (a Lambda runtime's bundled boto3,
+    which the extension runs on, may be one): made here by the real botocore reading an STS
+    model without the operation (AWS_DATA_PATH), it was a raw AttributeError."""
+    import botocore
+
+    model_dir = Path(botocore.__file__).parent / "data" / "sts" / "2011-06-15"
+    [model_file] = model_dir.glob("service-2.json*")
+    raw = model_file.read_bytes()
+    model = json.loads(gzip.decompress(raw) if model_file.suffix == ".gz" else raw)
+    del model["operations"]["GetWebIdentityToken"]
+    older = tmp_path / "sts" / "2011-06-15"
+    older.mkdir(parents=True)
+    (older / "service-2.json").write_text(json.dumps(model))
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
+    with pytest.raises(TokenError) as refused:
+        request_token(issuer.url, "orders-api", evidence="aws-oif")
+    assert refused.value.error == "aws_error"
+    assert "has no sts:GetWebIdentityToken: aws-oif evidence needs boto3 >= 1.41" in str(
+        refused.value
+    )
+    assert at_sts.calls == [] and issuer.exchanges == 0
+
+
+@pytest.mark.parametrize("evidence", ["sigv4", "aws-oif"])
+def test_a_profile_that_does_not_exist_is_no_credentials(issuer, monkeypatch, evidence) -> None:
+    """botocore's ProfileNotFound escaped the client (and stale_if_error, and the auth
+    classes' callers) as itself."""
+    monkeypatch.setenv("AWS_PROFILE", "nope")
+    with pytest.raises(TokenError) as refused:
+        request_token(issuer.url, "orders-api", evidence=evidence)
+    assert refused.value.error == "no_credentials"
+    assert "(nope) could not be found" in str(refused.value)
+    assert issuer.exchanges == 0
+
+
+def test_a_region_that_is_no_region_is_refused_when_the_client_is_made() -> None:
+    with pytest.raises(ValueError, match="'bad region' is not an AWS Region name"):
+        TokenClient("https://auth.example.com", evidence="aws-oif", region="bad region")

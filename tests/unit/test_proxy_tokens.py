@@ -141,6 +141,13 @@ def test_a_failure_is_shared_by_the_waiting_requests_and_remembered(exchanges) -
             THROTTLED_MEMORY_SECONDS,
         ),
         (TokenError("down", error="temporarily_unavailable", status=503), 503, 1, 1),
+        # tokex's Retry-After, when longer than the proxy's own memory, is honoured.
+        (
+            TokenError("down", error="temporarily_unavailable", status=503, retry_after=30),
+            503,
+            30,
+            30,
+        ),
         (TokenError("no credentials", error="no_credentials"), 503, 1, 1),
     ],
 )

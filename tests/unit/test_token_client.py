@@ -3,19 +3,21 @@ tokens: refreshed at 80 % of their lifetime, one exchange in flight per audience
 
 from __future__ import annotations
 
+import email.utils
 import json
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
 from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tests.support.tls import HttpsServer, make_pki
-from tokex import base64url
+from tokex import base64url, bounded_http
 from tokex.client import token_client
 from tokex.client.token_client import (
     REFRESH_AT,
@@ -70,6 +72,22 @@ def test_discovered_issuer_must_be_the_endpoint(lookalike) -> None:
     state["document"] = {"issuer": "https://real-tokex.example.com"}
     with pytest.raises(TokenError, match="not this endpoint"):
         discover_issuer(url)
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(503, "temporarily_unavailable"), (502, "temporarily_unavailable"),
+     (429, "temporarily_unavailable"), (404, "not_tokex"), (200, "not_tokex")],
+)  # fmt: skip
+def test_an_outage_is_not_reported_as_not_tokex(lookalike, status: int, error: str) -> None:
+    """API Gateway's `{"message": "Service Unavailable"}` said `not_tokex` with advice to
+    pass another URL: automation keyed on the code took an outage for a wrong URL."""
+    url, state = lookalike
+    state.update(status=status, document={"message": "Service Unavailable"})
+    with pytest.raises(TokenError) as failed:
+        discover_issuer(url)
+    assert failed.value.error == error
+    assert ("tokex issuer" in str(failed.value)) is (error == "not_tokex")
 
 
 def test_discovery_does_not_follow_redirects(lookalike) -> None:
@@ -305,11 +323,76 @@ def test_a_tokens_lifetime_counts_from_when_it_was_asked_for(monkeypatch) -> Non
     assert client.valid_token("orders-api") is None
 
 
+@pytest.mark.parametrize("expires_in", [1e300, 10**30, 43201])
+def test_no_token_is_cached_longer_than_tokex_issues_them(expires_in: float) -> None:
+    """An `expires_in` of 1e300 kept the token cached, and handed out, for ever."""
+    cached = token_client.CachedToken.from_response(
+        {"access_token": "t", "expires_in": expires_in}, obtained_at=100.0
+    )
+    assert cached.expires_at == 100.0 + 43200
+    assert cached.refresh_at == 100.0 + 0.8 * 43200
+
+
 def test_a_cached_tokens_repr_does_not_show_it() -> None:
     cached = token_client.CachedToken.from_response(
         {"access_token": "eyJsecret.claims.signature", "expires_in": 900}, obtained_at=0.0
     )
     assert "eyJsecret" not in repr(cached)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "hold"),
+    [(429, "30", 30), (503, None, token_client.FAILURE_HOLD_SECONDS), (503, "86400", 60)],
+)
+def test_a_failed_exchange_is_the_answer_until_its_retry_after(
+    monkeypatch, status: int, retry_after: str | None, hold: float
+) -> None:
+    """With no token to stand in, every call had started an exchange of its own the moment
+    the last failed: a busy workload turned tokex's 429 into hundreds of exchanges."""
+    use_static_credentials(monkeypatch)
+    with fake_issuer(failing=status, retry_after=retry_after) as failing:
+        clock = FakeClock()
+        client = TokenClient(failing.url, clock=clock, issuer=failing.url)
+        errors: list[TokenError] = []
+
+        def call() -> None:
+            try:
+                client.token("orders-api")
+            except TokenError as err:
+                errors.append(err)
+
+        threads = [threading.Thread(target=call) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert failing.exchanges == 1
+        assert len(errors) == 20 and len({id(e) for e in errors}) == 20  # one each
+        assert {e.status for e in errors} == {status}
+        clock.now += hold - 0.5
+        with pytest.raises(TokenError) as held:
+            client.token("orders-api")
+        assert held.value.retry_after == 1  # what is left of the hold, rounded up
+        assert failing.exchanges == 1
+        clock.now += 0.5
+        failing.failing = None
+        assert client.token("orders-api") == "token-2"  # the hold is over: it asks again
+        assert failing.exchanges == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("30", 30.0), (" 7 ", 7.0), ("0", 0.0), ("99999999999999999999", 60.0), ("soon", None),
+     ("-5", None), ("٣", None), (None, None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
+)  # fmt: skip
+def test_retry_after_is_read_as_rfc_9110_says(value: str | None, seconds: float | None) -> None:
+    assert token_client.retry_after_seconds(value) == seconds
+
+
+def test_retry_after_as_an_http_date_counts_from_now() -> None:
+    soon = email.utils.formatdate(time.time() + 20, usegmt=True)
+    seconds = token_client.retry_after_seconds(soon)
+    assert seconds is not None and 17 <= seconds <= 20
 
 
 def test_refresh_happens_at_80_percent_of_the_lifetime(issuer) -> None:
@@ -545,12 +628,36 @@ def test_sigv4_request_body(issuer) -> None:
     assert form["audience"] == ["orders-api"]
     assert form["scope"] == ["orders:read orders:write"]
     signed = json.loads(base64url.decode(form["subject_token"][0]))
-    # No region in the session (boto3 reads AWS_DEFAULT_REGION, not AWS_REGION): us-east-1.
+    # AWS_REGION (use_static_credentials sets us-east-1).
     assert signed["url"] == "https://sts.us-east-1.amazonaws.com/"
     assert signed["body"] == "Action=GetCallerIdentity&Version=2011-06-15"
     assert signed["headers"]["X-Tokex-Issuer"] == issuer.url
     assert signed["headers"]["X-Tokex-Audience"] == "orders-api"
     assert "/us-east-1/sts/aws4_request" in signed["headers"]["Authorization"]
+
+
+@pytest.mark.parametrize(
+    ("variables", "signed_for"),
+    [
+        ({"AWS_REGION": "eu-west-1"}, "eu-west-1"),
+        ({"AWS_DEFAULT_REGION": "ap-southeast-2"}, "ap-southeast-2"),
+        ({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "ap-southeast-2"}, "eu-west-1"),
+        ({"AWS_REGION": ""}, "us-east-1"),  # empty counts as unset
+    ],
+)
+def test_the_region_signed_for_is_resolved_as_the_cli_resolves_it(
+    issuer, monkeypatch, variables: dict[str, str], signed_for: str
+) -> None:
+    """botocore's session reads AWS_DEFAULT_REGION only: with AWS_REGION alone (what the
+    newer SDKs and many runtimes set), the library signed for us-east-1 and the CLI for
+    AWS_REGION."""
+    monkeypatch.delenv("AWS_REGION")
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    request_token(issuer.url, "orders-api")
+    [form] = issuer.forms
+    signed = json.loads(base64url.decode(form["subject_token"][0]))
+    assert signed["url"] == f"https://sts.{signed_for}.amazonaws.com/"
 
 
 def test_sigv4_with_instance_evidence_and_a_region(issuer) -> None:
@@ -624,3 +731,49 @@ def test_a_token_cached_before_a_suspension_is_not_served_after_its_exp(
     offset[0] = 900.0  # suspended for the token's lifetime: only the wall clock moved
     assert client.valid_token("orders-api") is None
     assert client.token("orders-api") == "token-2"
+
+
+class RecordingProxy(QuietHandler):
+    """A forward proxy that forwards nothing: it records what it was asked and says 502."""
+
+    seen: ClassVar[list[str]] = []
+
+    def _record(self) -> None:
+        RecordingProxy.seen.append(f"{self.command} {self.path}")
+        self.send_document(502, b"", {})
+
+    do_GET = do_POST = do_CONNECT = _record
+
+
+@pytest.fixture
+def environment_proxy(monkeypatch) -> Iterator[str]:
+    """HTTP_PROXY and HTTPS_PROXY set, as in many corporate set-ups, and the client's
+    opener built under them as importing the module builds it."""
+    RecordingProxy.seen = []
+    with serving(LoopbackServer(RecordingProxy)) as proxy:
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+            monkeypatch.setenv(name, proxy.url)
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr(
+            token_client, "_OPENER", bounded_http.urllib_opener(token_client._NoRedirects)
+        )
+        yield proxy.url
+
+
+def test_plain_http_to_loopback_never_goes_through_a_proxy(monkeypatch, environment_proxy) -> None:
+    """The proxy was handed the discovery GET and the POST with the signed request (which
+    it could replay for minutes), and would have seen the token come back."""
+    use_static_credentials(monkeypatch)
+    with fake_issuer() as issuer:
+        token = request_token(issuer.url, audience="orders-api")
+    assert token["access_token"] == "token-1"
+    assert issuer.exchanges == 1
+    assert RecordingProxy.seen == []
+
+
+def test_https_still_goes_through_the_environment_proxy(environment_proxy) -> None:
+    """Through a CONNECT tunnel: TLS end to end, the proxy sees the host and nothing else."""
+    with pytest.raises(TokenError):
+        discover_issuer("https://auth.example.com")
+    assert RecordingProxy.seen == ["CONNECT auth.example.com:443"]

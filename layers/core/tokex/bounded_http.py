@@ -142,12 +142,29 @@ class _BoundedHTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(_BoundedStdlibHTTPSConnection, req, context=self._context)
 
 
+class _HttpsOnlyProxies(urllib.request.ProxyHandler):
+    """The environment's proxies (`HTTPS_PROXY`, `NO_PROXY`, ...), for https only: plain
+    http goes only to loopback (`tokex local`; client/endpoint.py refuses it elsewhere),
+    where a proxy would be handed the signed request, and the token back, in the clear.
+    An https request through a proxy is a CONNECT tunnel: the proxy sees neither."""
+
+    def proxy_open(
+        self, req: urllib.request.Request, proxy: str, type: str
+    ) -> http.client.HTTPResponse | None:
+        if req.type != "https":
+            return None  # the next handler opens the connection itself
+        return super().proxy_open(req, proxy, type)  # type: ignore[no-any-return]
+
+
 def urllib_opener(
     *handlers: urllib.request.BaseHandler | type[urllib.request.BaseHandler],
 ) -> urllib.request.OpenerDirector:
     """urllib with `handlers`, whose connections open, send and read within the deadline
-    (`deadline.request_deadline` around the call), as the pool manager's do."""
-    return urllib.request.build_opener(_BoundedHTTPHandler, _BoundedHTTPSHandler, *handlers)
+    (`deadline.request_deadline` around the call), as the pool manager's do; the
+    environment's proxies serve https only."""
+    return urllib.request.build_opener(
+        _HttpsOnlyProxies, _BoundedHTTPHandler, _BoundedHTTPSHandler, *handlers
+    )
 
 
 def pool_manager(

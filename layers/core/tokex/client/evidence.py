@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -118,16 +119,27 @@ def regional_sts_client(region: str, *, session: Any = None, timeout: float = 10
     AWS_ENDPOINT_URL_STS (what `tokex local` sets); where the session would use the global
     endpoint (AWS_STS_REGIONAL_ENDPOINTS=legacy, which puts the older regions there), the
     regional one is named explicitly."""
-    session = session or boto3.session.Session()
     config = Config(
         connect_timeout=timeout / 2,
         read_timeout=timeout / 2,
         retries={"mode": "standard", "total_max_attempts": 1},
     )
-    client = session.client("sts", region_name=region, config=config)
-    if client.meta.endpoint_url.rstrip("/") == _GLOBAL_STS:
-        client = session.client(
-            "sts", region_name=region, config=config, endpoint_url=f"https://{sts_host(region)}"
+    try:  # the profile, the region, the endpoint variables: the AWS set-up, not a bug
+        session = session or boto3.session.Session()
+        client = session.client("sts", region_name=region, config=config)
+        if client.meta.endpoint_url.rstrip("/") == _GLOBAL_STS:
+            client = session.client(
+                "sts", region_name=region, config=config, endpoint_url=f"https://{sts_host(region)}"
+            )
+    except BotoCoreError as err:
+        raise TokenError(f"no STS client for {region}: {err}", error=AWS_ERROR) from None
+    if not hasattr(client, "get_web_identity_token"):
+        # A boto3 older than the operation (1.41), as a Lambda runtime may bundle: the
+        # extension runs on the runtime's.
+        raise TokenError(
+            f"this botocore ({botocore.__version__}) has no sts:GetWebIdentityToken: aws-oif"
+            " evidence needs boto3 >= 1.41 (pip install -U boto3)",
+            error=AWS_ERROR,
         )
     return client
 

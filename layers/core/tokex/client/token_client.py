@@ -15,6 +15,7 @@ token endpoint is only ever `{endpoint}/regions/<region>/token` (discover).
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import json
 import logging
@@ -51,6 +52,7 @@ from tokex.client.token_error import (
     ISSUER_MISMATCH,
     NO_CREDENTIALS,
     NOT_TOKEX,
+    TEMPORARILY_UNAVAILABLE,
     UNREACHABLE,
     TokenError,
 )
@@ -71,12 +73,20 @@ REFRESH_AT = 0.8
 # served (no I/O) for this long before the refresh is tried again: a short outage of tokex
 # is no outage of the workload, and its calls do not each wait for a failing exchange.
 REFRESH_RETRY_SECONDS = 5.0
+# With no valid token to stand in, a failed exchange is the answer to every call for this
+# long (or its `Retry-After`, up to MAX_FAILURE_HOLD_SECONDS), raised again without I/O: a
+# busy workload does not turn tokex's 429 or outage into an exchange per call, each one
+# spending its role's rate limit again.
+FAILURE_HOLD_SECONDS = 1.0
+MAX_FAILURE_HOLD_SECONDS = 60.0
 # An API's 401 forgets the token it refused only once the token is this old: one refused
 # as soon as it was issued would be refused again (the audience or scopes are wrong), and
 # forgetting it would cost an exchange per request.
 INVALIDATE_MIN_AGE_SECONDS = 5.0
 
 MAX_RESPONSE_BYTES = 64 * 1024
+# The longest a tokex token lives (CDK `ttlCapSeconds`, TOKEX_TTL_CAP_SECONDS: 60-43200).
+MAX_TOKEN_LIFETIME_SECONDS = 43200.0
 # RFC 6750 §2.1 b64token: what a bearer token may be (a JWT is).
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
@@ -127,7 +137,7 @@ def discover(endpoint: str, *, timeout: float = 5.0) -> Discovery:
     try:
         document = _get_json(url, timeout)
     except TokenError as err:
-        if err.status is None:  # unreachable: nothing answered
+        if err.status is None or err.error == TEMPORARILY_UNAVAILABLE:  # no answer, or down
             raise
         raise TokenError(
             f"{endpoint} is not a tokex issuer: its discovery document {url} answered "
@@ -322,13 +332,9 @@ def request_token(
     if last is None:  # the budget was spent before the first attempt (on discovery)
         url = attempts[0][1]
         raise TokenError(f"cannot reach {url}: {ran_out}", error=UNREACHABLE, url=url)
-    raise TokenError(
+    raise last.again(
         f"no Region gave a token (tried {', '.join(tried)}{'; ' + ran_out if untried else ''})"
-        f"; {tried[-1]}: {last}",
-        error=last.error,
-        status=last.status,
-        url=last.url,
-        answer=last.answer,
+        f"; {tried[-1]}: {last}"
     )
 
 
@@ -409,7 +415,7 @@ class _EvidenceSource:
             # Read first: a pod without its token volume fails before any network call.
             self.token = read_token_file(chosen.token_file)
         else:
-            self.session = session or boto3.session.Session()
+            self.session = session or _session()
             if chosen.kind == SIGV4:
                 self.credentials = aws_credentials(self.session)
         self.discovery = Discovery(issuer) if issuer else discover(endpoint, timeout=budget.left())
@@ -424,10 +430,11 @@ class _EvidenceSource:
         """(Region to make evidence for, token endpoint) in the order to try them."""
         if not self.regional:
             if self.session is not None:
-                # For the region asked for, else the session's, else the global
-                # partition's default: a workload needs no configuration beyond its
-                # credentials.
-                region = region or self.session.region_name or "us-east-1"
+                # For the region asked for, else AWS_REGION, AWS_DEFAULT_REGION or the
+                # profile's (as the CLI resolves it; botocore's session reads no
+                # AWS_REGION), else the global partition's default: a workload needs no
+                # configuration beyond its credentials.
+                region = preferred_region(region, self.session) or "us-east-1"
             return [(region, self.endpoint + "/token")]
         preferred = preferred_region(region, self.session)
         listed = list(self.discovery.regions)
@@ -466,6 +473,15 @@ def preferred_region(region: str | None, session: boto3.session.Session | None) 
         if value := os.environ.get(variable):
             return value
     return session.region_name if session is not None else None
+
+
+def _session() -> boto3.session.Session:
+    """The default session: a profile that does not exist (AWS_PROFILE) is the AWS set-up's
+    fault, a TokenError like missing credentials, not botocore's exception."""
+    try:
+        return boto3.session.Session()
+    except BotoCoreError as err:
+        raise TokenError(f"cannot load AWS credentials: {err}", error=NO_CREDENTIALS) from None
 
 
 def aws_credentials(session: boto3.session.Session) -> ReadOnlyCredentials:
@@ -529,6 +545,8 @@ class TokenClient:
             self._endpoint = check_endpoint(endpoint)
         except TokenError as err:
             raise ValueError(str(err)) from None
+        if region is not None and not identifiers.is_region(region):
+            raise ValueError(f"region {region!r} is not an AWS Region name (e.g. eu-west-1)")
         # A token's age: a SuspendAwareClock unless the caller gives its own.
         self._clock = clock or SuspendAwareClock()
         self._stale_if_error = stale_if_error
@@ -541,7 +559,9 @@ class TokenClient:
         }
         self._cache: dict[CacheKey, CachedToken] = {}
         self._flights: dict[CacheKey, _Flight] = {}  # the one exchange in flight per key
-        self._lock = threading.Lock()  # guards the two dicts, never held over I/O
+        # The last failed exchange per key, and until when it is the answer.
+        self._failures: dict[CacheKey, tuple[float, TokenError]] = {}
+        self._lock = threading.Lock()  # guards the three dicts, never held over I/O
 
     def token(self, audience: str, scopes: Sequence[str] = ()) -> str:
         key = cache_key(audience, scopes)
@@ -550,6 +570,11 @@ class TokenClient:
             cached = self._cache.get(key)
             if cached is not None and now < cached.refresh_at:
                 return cached.access_token
+            failure = self._failures.get(key)
+            if failure is not None and now < failure[0]:
+                if cached is not None and now < cached.expires_at:
+                    return cached.access_token
+                raise failure[1].again(retry_after=math.ceil(failure[0] - now))
             flight = self._flights.get(key)
             leading = flight is None
             if flight is None:
@@ -568,17 +593,28 @@ class TokenClient:
             flight.error = err
             stale = self._stale(key, cached, err)
             if stale is None:
+                self._hold(key, err)
                 raise
             return stale
         else:
             with self._lock:
                 self._cache[key] = fresh
+                self._failures.pop(key, None)
             flight.token = fresh.access_token
             return fresh.access_token
         finally:
             with self._lock:
                 del self._flights[key]
             flight.done.set()
+
+    def _hold(self, key: CacheKey, err: BaseException) -> None:
+        """A failed exchange (a TokenError: not an interrupt, not a bug) answers this key's
+        calls for FAILURE_HOLD_SECONDS, or as long as its `Retry-After` asked."""
+        if not isinstance(err, TokenError):
+            return
+        hold = max(FAILURE_HOLD_SECONDS, min(err.retry_after or 0.0, MAX_FAILURE_HOLD_SECONDS))
+        with self._lock:
+            self._failures[key] = (self._clock() + hold, err)
 
     def _stale(self, key: CacheKey, cached: CachedToken | None, err: BaseException) -> str | None:
         """The token a failed refresh was to replace, if it may stand in: still valid, and
@@ -589,7 +625,8 @@ class TokenClient:
             return None
         if cached is None or now >= cached.expires_at:
             return None
-        retry_at = min(now + REFRESH_RETRY_SECONDS, cached.expires_at)
+        wait = max(REFRESH_RETRY_SECONDS, min(err.retry_after or 0.0, MAX_FAILURE_HOLD_SECONDS))
+        retry_at = min(now + wait, cached.expires_at)
         with self._lock:
             if self._cache.get(key) is cached:  # not invalidated meanwhile
                 self._cache[key] = replace(cached, refresh_at=retry_at)
@@ -659,9 +696,7 @@ class _Flight:
             return self.token
         err = self.error
         if isinstance(err, TokenError):  # a copy: one exception object per raising thread
-            raise TokenError(
-                str(err), error=err.error, status=err.status, url=err.url, answer=err.answer
-            )
+            raise err.again()
         raise TokenError(f"the exchange this call waited for failed: {type(err).__name__}: {err}")
 
 
@@ -697,6 +732,9 @@ class CachedToken:
             lifetime = 0.0
         if not 0.0 < lifetime < math.inf:  # NaN and `1e400` (infinity) included
             lifetime = 0.0
+        # No tokex token lives longer (ttlCapSeconds is at most 12 h): an `expires_in` of
+        # 1e300 would keep a token cached, and served, long past its `exp`.
+        lifetime = min(lifetime, MAX_TOKEN_LIFETIME_SECONDS)
         return cls(
             access_token=str(response["access_token"]),
             refresh_at=obtained_at + REFRESH_AT * lifetime,
@@ -738,23 +776,25 @@ def _send_within_deadline(
         except (TokenError, OSError, http.client.HTTPException):
             body = {}  # not JSON, or its body stalled or broke off: the status still counts
         error = body.get("error")
+        retry_after = retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
         kind = err.headers.get_content_type() if err.headers else "no content type"
         answer = f"HTTP {err.code} {err.reason} ({kind})"
-        if not isinstance(error, str):  # not an OAuth error response (RFC 6749 §5.2)
-            raise TokenError(
-                f"{url} answered {answer}, not a tokex answer",
-                error=NOT_TOKEX,
-                status=err.code,
-                url=url,
-                answer=answer,
-            ) from None
-        description = body.get("error_description") or err.reason
+        if isinstance(error, str):  # an OAuth error response (RFC 6749 §5.2)
+            description = body.get("error_description") or err.reason
+            message, answer = f"{error}: {description}", f"HTTP {err.code} {error}: {description}"
+        elif err.code >= 500 or err.code == 429:
+            # A gateway's or a load balancer's outage (API Gateway's `{"message": "Service
+            # Unavailable"}`): no word on whether the server is a tokex issuer.
+            error, message = TEMPORARILY_UNAVAILABLE, f"{url} answered {answer}: try again later"
+        else:
+            error, message = NOT_TOKEX, f"{url} answered {answer}, not a tokex answer"
         raise TokenError(
-            f"{error}: {description}",
+            message,
             error=error,
             status=err.code,
             url=url,
-            answer=f"HTTP {err.code} {error}: {description}",
+            answer=answer,
+            retry_after=retry_after,
         ) from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
@@ -765,6 +805,26 @@ def _send_within_deadline(
     except http.client.HTTPException as err:  # a broken answer: cut off, or no HTTP at all
         why = f"the answer broke off ({type(err).__name__})"
         raise TokenError(f"cannot reach {url}: {why}", error=UNREACHABLE, url=url) from None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """`Retry-After` (RFC 9110 §10.2.3) in seconds: delay-seconds or an HTTP-date, capped
+    at MAX_FAILURE_HOLD_SECONDS (a server's hour is not a workload's outage); None when
+    absent or malformed."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        seconds = float(int(value[:12]))
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = max(0.0, when.timestamp() - time.time())
+    return min(seconds, MAX_FAILURE_HOLD_SECONDS)
 
 
 def _no_constants(name: str) -> Any:

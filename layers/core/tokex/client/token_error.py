@@ -12,12 +12,16 @@ ISSUER_MISMATCH = "issuer_mismatch"  # discovery names another issuer; a JWT for
 NO_CREDENTIALS = "no_credentials"
 AWS_ERROR = "aws_error"  # AWS refused or failed a call (sts:GetWebIdentityToken)
 INVALID_INPUT = "invalid_input"  # a file's content (the EKS token file)
+# RFC 6749's code, tokex's own for its 503s; also a 5xx or 429 that is no OAuth answer
+# (a gateway's outage), which says nothing of whether the server is a tokex issuer.
+TEMPORARILY_UNAVAILABLE = "temporarily_unavailable"
 
 
 class TokenError(Exception):
     """No token: `error` is the token endpoint's OAuth error code when it refused, else one
     of the codes above; `status` the HTTP status of the answer at fault, when there was
-    one; `url` is the URL (or the file) at fault, when there is one."""
+    one; `url` is the URL (or the file) at fault, when there is one; `retry_after` the
+    seconds the answer's `Retry-After` asked the caller to wait, when it had one."""
 
     def __init__(
         self,
@@ -27,9 +31,24 @@ class TokenError(Exception):
         status: int | None = None,
         url: str | None = None,
         answer: str | None = None,
+        retry_after: float | None = None,
     ):
         super().__init__(message)
         self.error = error
         self.status = status
         self.url = url
         self.answer = answer or message  # what the server answered, in a few words
+        self.retry_after = retry_after
+
+    def again(self, message: str | None = None, **changes: object) -> TokenError:
+        """A copy (one exception object per raising thread), `message` and `changes`
+        (`retry_after=...`) replacing the original's."""
+        fields: dict[str, object] = {
+            "error": self.error,
+            "status": self.status,
+            "url": self.url,
+            "answer": self.answer,
+            "retry_after": self.retry_after,
+        }
+        fields.update(changes)
+        return TokenError(str(self) if message is None else message, **fields)  # type: ignore[arg-type]

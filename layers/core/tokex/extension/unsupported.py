@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from tokex.extension.api import ExtensionsApi, ExtensionsApiError
 
@@ -21,11 +22,11 @@ MINIMUM_PYTHON = (3, 11)
 UNSUPPORTED_RUNTIME = "Extension.UnsupportedRuntime"
 
 
-def is_supported(version: tuple[int, ...]) -> bool:
+def is_supported(version: tuple[Any, ...]) -> bool:
     return tuple(version[:2]) >= MINIMUM_PYTHON
 
 
-def refuse(environ: Mapping[str, str], version: tuple[int, ...]) -> int:
+def refuse(environ: Mapping[str, str], version: tuple[Any, ...]) -> int:
     """Log why, register and report `init/error` (best effort: without the Extensions API
     the log line is all there is); the extension then exits 1."""
     found = ".".join(str(part) for part in version[:3])

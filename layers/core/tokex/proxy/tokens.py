@@ -239,6 +239,8 @@ class RouteTokens:
             memory = THROTTLED_MEMORY_SECONDS
         else:
             memory = UNAVAILABLE_MEMORY_SECONDS
+        # tokex's own `Retry-After` (TokenClient caps it), when it asks for longer.
+        memory = max(memory, err.retry_after or 0.0)
         failure = _Failure(
             refused=refused,
             error=err.error or TOKEN_UNAVAILABLE,
