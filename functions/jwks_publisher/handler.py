@@ -10,6 +10,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from tokex.errors import ConfigurationError, TokexError
 from tokex.settings import Settings
 from tokex.wiring import build_issuer_publisher
 from tokex_functions.collector import frozen_after_first_invocation
@@ -30,7 +31,14 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if event.get("RequestType") == "Delete":
         # Stack deletion: leave the last published documents; the bucket is retained.
         return {"PhysicalResourceId": event.get("PhysicalResourceId", "tokex-issuer-documents")}
-    written = publish_issuer_documents()
+    try:
+        written = publish_issuer_documents()
+    except (TokexError, ConfigurationError) as err:
+        # Which key or document, and AWS's code, are in a TokexError's reason only: Lambda
+        # logs the exception's own message ("retry later"), which names neither.
+        reason = err.reason if isinstance(err, TokexError) else str(err)
+        logger.error("publishing the issuer documents failed", extra={"reason": reason})
+        raise
     logger.info("published issuer documents", extra={"written": written})
     if "RequestType" in event:  # CloudFormation custom resource (Provider framework)
         return {"PhysicalResourceId": "tokex-issuer-documents", "Data": {"Written": len(written)}}

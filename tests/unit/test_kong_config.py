@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from tests.support.kong_jwt import Kong
-from tokex import kong
+from tokex import base64url, kong
 from tokex.cli.kong import parse_document, render
 from tokex.kong import KongConfigError, Placement, Route
 from tokex.tokens.jwks import build_jwks, jwk_from_public_key
@@ -30,6 +30,11 @@ def new_key(alg: str) -> tuple[Any, dict[str, Any]]:
         else rsa.generate_private_key(public_exponent=65537, key_size=2048)
     )
     return private, jwk_from_public_key(private.public_key(), alg)
+
+
+# What a JWKS from elsewhere may hold, and kong-config must refuse.
+_RSA_1024 = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
+_RSA_1024_N = base64url.encode(_RSA_1024.public_key().public_numbers().n.to_bytes(128, "big"))
 
 
 @pytest.fixture(scope="module")
@@ -423,6 +428,11 @@ def test_kong_defaults_would_read_tokens_from_the_url_which_the_generated_config
         ({"kty": "RSA", "e": "AQAB", "n": "ISE"}, "not a valid public key"),
         ({"kty": "RSA", "e": "AQAB", "n": "!!"}, "'n' is not base64url"),
         ({"kty": "EC", "crv": "P-256", "x": "AQ", "y": "AQ"}, "not a valid public key"),
+        # Shorter than any key tokex publishes: it became a Kong credential.
+        (
+            {"kty": "RSA", "e": "AQAB", "n": _RSA_1024_N},
+            "a 1024-bit RSA key (tokex's have at least 2048)",
+        ),
     ],
 )
 def test_cli_a_jwks_with_broken_key_material_is_named_not_a_crash(jwk, why, tmp_path, capsys):

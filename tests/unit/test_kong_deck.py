@@ -109,3 +109,19 @@ def test_example_is_what_the_generator_makes_from_its_jwks():
     )
     jwks = read_jwks(str(EXAMPLES / "jwks.json"))
     assert kong.jwt_config(jwks, placement, max_ttl=3600, existing=example) == example
+
+
+@requires_deck
+def test_names_yaml_would_read_as_another_type_stay_strings(keys, tmp_path):
+    """`y`, `n` and `0o17` are valid Kong names that PyYAML wrote plain and decK read as a
+    boolean and an integer: decK refused the file tokex had reported as written."""
+    names = ("y", "n", "on", "null", "0o17", "1e3", ".inf", "12")
+    routes = tuple(Route(name, (f"aud-{i}",)) for i, name in enumerate(names))
+    placement = Placement(service="demo", service_url="http://demo.internal:8080", routes=routes)
+    document = kong.jwt_config(jwks_of(keys["RS256"][1]), placement, max_ttl=3600)
+    result = deck_validate(tmp_path, document)
+    assert result.returncode == 0, result.stderr
+    text = render(document, "yaml", source="t")
+    for name in names:
+        assert f'name: "{name}"' in text
+    assert "name: demo\n" in text  # a plain word stays plain

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tokex import base64url, identifiers
-from tokex.tokens.jwks import DISCOVERY_PATH
+from tokex.tokens.jwks import DISCOVERY_PATH, MIN_RSA_BITS
 
 FORMAT_VERSION = "3.0"
 TAGS = ("tokex",)
@@ -148,6 +148,13 @@ def public_key_pem(jwk: Mapping[str, Any]) -> str:
         key = numbers.public_key()
     except ValueError as err:  # cryptography: a modulus too small, a point off the curve
         raise KongConfigError(f"JWK {jwk.get('kid')!r}: not a valid public key ({err})") from None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        # What tokex publishes and signs with (tokens/jwks.py): a shorter key is no tokex
+        # key, and Kong would accept tokens anyone who factors it could forge.
+        raise KongConfigError(
+            f"JWK {jwk.get('kid')!r}: a {key.key_size}-bit RSA key (tokex's have at least"
+            f" {MIN_RSA_BITS})"
+        )
     return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
 
 

@@ -5,6 +5,7 @@ introspection client secret)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,14 @@ from typing import Any
 from tokex import private_files
 from tokex.cli.errors import INVALID_INPUT, CommandError
 
+# Strings PyYAML writes plain (it resolves YAML 1.1 its own way) that decK's parser reads as
+# another type: YAML 1.1's other booleans (`y`, `n`, `on`...), nulls, and anything that
+# starts like a number (YAML 1.2's `0o17`, `1e3`, `.inf`, `12:30`). A Kong name may be any
+# of them (`y` is one): such a value is written quoted; PEM blocks and words stay as they are.
+_NOT_PLAINLY_A_STRING = re.compile(
+    r"(?:y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF"
+    r"|~|null|Null|NULL)$|[-+.]?[0-9]|[-+]?\.(?:inf|Inf|INF|nan|NaN|NAN)$"
+)
 # Far above any decK file this command writes (a credential is about 1 KB).
 MAX_EXISTING_BYTES = 8 * 1024 * 1024
 
@@ -31,7 +40,7 @@ def render(document: dict[str, Any], fmt: str, *, source: str) -> str:
             return True  # decK files without YAML anchors, whatever objects are shared
 
     def string(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-        style = "|" if "\n" in value else None  # PEM keys as readable literal blocks
+        style = "|" if "\n" in value else '"' if _NOT_PLAINLY_A_STRING.match(value) else None
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     def sequence(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.Node:
