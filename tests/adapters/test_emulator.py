@@ -79,3 +79,35 @@ def test_the_emulators_own_api_needs_its_admin_token() -> None:
         assert _moto_api(server.url, "/moto-api/", token=server.admin_token) == 200
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "answer"),
+    [
+        (
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            b"Action=GetCallerIdentity&Version=2011-06-15",
+            b"<Code>MissingAuthenticationToken</Code>",
+        ),
+        (
+            {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "TrentService.ListKeys"},
+            b"{}",
+            b'"__type": "MissingAuthenticationTokenException"',
+        ),
+    ],
+)
+def test_an_unsigned_request_is_403_not_a_crash(
+    headers: dict[str, str], body: bytes, answer: bytes
+) -> None:
+    """moto read `Authorization` without looking for it: an unsigned request was a 500 and
+    a traceback on `tokex local`'s console, printed for any local process that asked."""
+    server = SubprocessMotoServer()
+    try:
+        set_signature_checking(server.url, True, admin_token=server.admin_token)
+        request = urllib.request.Request(server.url + "/", data=body, headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+        assert answer in refused.value.read()
+    finally:
+        server.stop()

@@ -86,4 +86,8 @@ def test_concurrent_first_exchanges_load_the_key_and_the_policies_once(
     calls = counting_proxy.take()
     assert calls.count(GET_PUBLIC_KEY) == 1, calls
     assert calls.count(POLICY_SCAN) == 1, calls
-    assert (calls.count(STS), calls.count(SIGN), calls.count(ADMIT)) == (FIRST_EXCHANGES,) * 3
+    assert (calls.count(STS), calls.count(SIGN)) == (FIRST_EXCHANGES,) * 2
+    # One admission each, plus a retry for each transaction DynamoDB (and the emulator)
+    # cancelled for a conflict on the caller's one rate item: more of them the more the
+    # six overlap, which a loaded machine decides (the count flaked there).
+    assert calls.count(ADMIT) >= FIRST_EXCHANGES

@@ -101,6 +101,21 @@ class DeadlineReader(io.RawIOBase):
         return count
 
 
+class OneRequestWithinADeadline:
+    """A mixin for `http.server.BaseHTTPRequestHandler`s of one request per connection
+    (the local STS endpoint, the IMDS emulator): the request, head and body, must arrive
+    within `request_seconds` of the connection, as the front's must. A per-read timeout
+    alone let a client sending a byte every few seconds hold a thread for ever."""
+
+    request_seconds: float = 10.0
+    connection: socket.socket
+    rfile: Any
+
+    def setup(self) -> None:
+        super().setup()  # type: ignore[misc]
+        self.rfile = io.BufferedReader(DeadlineReader(self.connection, self.request_seconds))
+
+
 def read_head(stream: BinaryIO) -> RequestHead:
     """The request line and header section (RFC 9112 §3, §5)."""
     line = stream.readline(MAX_REQUEST_LINE_BYTES + 1)

@@ -9,8 +9,10 @@ EC2 instance-profile session, so the evidence binds to the SigV4 caller.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,16 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tokex.local.http_request import OneRequestWithinADeadline
 from tokex.local.imds_signing import create_local_signing_certificate, sign_document_for_local_mode
 from tokex.local.provision import ACCOUNT_ID, DEMO_INSTANCE_ID, REGION
 
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+# IMDS's limits: a session token lives 1 s to 6 h, or the PUT is 400.
+MAX_TOKEN_TTL_SECONDS = 21600
+_TTL = re.compile(r"[0-9]{1,5}")
+MAX_SESSION_TOKENS = 1024
 
 DEMO_DOCUMENT = {
     "accountId": ACCOUNT_ID,
@@ -54,7 +61,8 @@ class ImdsEmulator:
         self._key, self._certificate = key, certificate
         self.document = json.dumps(DEMO_DOCUMENT, indent=2)
         self.rsa2048 = self.sign(self.document)
-        self._tokens: set[str] = set()
+        self._tokens: dict[str, float] = {}  # session token -> when it expires (monotonic)
+        self._tokens_lock = threading.Lock()
         self._server = _ImdsServer(("127.0.0.1", port), self._handler_class())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -68,6 +76,24 @@ class ImdsEmulator:
         self._server.shutdown()
         self._server.server_close()
 
+    def new_session_token(self, ttl_seconds: int) -> str:
+        """A session token valid for `ttl_seconds`; expired ones are forgotten, and the
+        oldest beyond MAX_SESSION_TOKENS (a loop of PUTs grew the set without end)."""
+        token = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._tokens_lock:
+            live = {t: until for t, until in self._tokens.items() if until > now}
+            while len(live) >= MAX_SESSION_TOKENS:
+                del live[next(iter(live))]
+            live[token] = now + ttl_seconds
+            self._tokens = live
+        return token
+
+    def is_session_token(self, token: str | None) -> bool:
+        with self._tokens_lock:
+            until = self._tokens.get(token or "")
+        return until is not None and time.monotonic() < until
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         emulator = self
         paths = {
@@ -75,19 +101,25 @@ class ImdsEmulator:
             "/latest/dynamic/instance-identity/rsa2048": lambda: emulator.rsa2048,
         }
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(OneRequestWithinADeadline, BaseHTTPRequestHandler):
             timeout = 5  # seconds per read: an idle client does not hold a thread for ever
 
             def do_PUT(self) -> None:
-                if self.path != "/latest/api/token" or not self.headers.get(TTL_HEADER):
+                if self.headers.get("X-Forwarded-For") is not None:
+                    # As IMDS: a token PUT that came through a proxy is refused.
+                    self._send(403, "")
+                    return
+                ttl = self.headers.get(TTL_HEADER, "")
+                if self.path != "/latest/api/token" or not _TTL.fullmatch(ttl):
                     self._send(400, "")
                     return
-                token = secrets.token_urlsafe(32)
-                emulator._tokens.add(token)
-                self._send(200, token)
+                if not 1 <= int(ttl) <= MAX_TOKEN_TTL_SECONDS:
+                    self._send(400, "")
+                    return
+                self._send(200, emulator.new_session_token(int(ttl)))
 
             def do_GET(self) -> None:
-                if self.headers.get(TOKEN_HEADER) not in emulator._tokens:
+                if not emulator.is_session_token(self.headers.get(TOKEN_HEADER)):
                     self._send(401, "")  # IMDSv2 only: no session token, no answer
                 elif self.path in paths:
                     self._send(200, paths[self.path]())

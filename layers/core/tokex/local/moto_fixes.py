@@ -108,6 +108,7 @@ def install() -> None:
         _moto_modules_listed_once()
         _expressions_parsed_once()
         _kms_key_arns_of_this_region_only()
+        _unsigned_requests_refused()
         _transactions_idempotent_by_token()
         _single_writes_refused_during_transactions()
         _done = True
@@ -176,6 +177,41 @@ def _expressions_parsed_once() -> None:
         return op
 
     ConditionExpressionParser.parse = parse  # type: ignore[method-assign]
+
+
+def _unsigned_requests_refused() -> None:
+    """With signature checks on, moto reads `Authorization` without looking for it: an
+    unsigned request crashed its server (500, and a traceback on `tokex local`'s console for
+    any local process to print). AWS answers 403 `MissingAuthenticationToken`: in XML for
+    the query protocol (STS, IAM), in JSON for the JSON protocol (X-Amz-Target: KMS,
+    DynamoDB)."""
+    from moto.core.exceptions import JsonRESTError, SignatureDoesNotMatchError
+    from moto.iam.access_control import IAMRequestBase
+
+    # The XML error moto's own signature errors are (its name changed across releases).
+    xml_error: Any = SignatureDoesNotMatchError.__bases__[0]
+
+    class MissingAuthenticationToken(xml_error):  # type: ignore[misc]
+        code = 403
+
+    class MissingAuthenticationTokenJson(JsonRESTError):
+        code = 403
+
+    checked = IAMRequestBase.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        headers = kwargs["headers"] if "headers" in kwargs else args[5]
+        if "Authorization" not in headers:
+            if "X-Amz-Target" in headers:
+                raise MissingAuthenticationTokenJson(
+                    "MissingAuthenticationTokenException", "Missing Authentication Token"
+                )
+            raise MissingAuthenticationToken(
+                "MissingAuthenticationToken", "Request is missing Authentication Token"
+            )
+        checked(self, *args, **kwargs)
+
+    IAMRequestBase.__init__ = __init__  # type: ignore[method-assign]
 
 
 def _kms_key_arns_of_this_region_only() -> None:

@@ -22,6 +22,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tokex.local.http_request import OneRequestWithinADeadline
 from tokex.local.oif import ACTION, OifEmulator
 from tokex.local.sigv4_check import verify_sigv4
 from tokex.local.sts_protocol import StsError, error_xml, form_parameters, new_request_id
@@ -30,6 +31,7 @@ from tokex.proxy.headers import HOP_BY_HOP  # RFC 9110 §7.6.1: one connection's
 LOOPBACK = "127.0.0.1"
 MAX_BODY_BYTES = 1024 * 1024
 READ_TIMEOUT_SECONDS = 5  # per read: an idle client does not hold a thread for ever
+REQUEST_SECONDS = 10  # the whole request: nor does one that trickles it in
 UPSTREAM_TIMEOUT_SECONDS = 30
 _DIGITS = re.compile(r"[0-9]{1,7}")
 
@@ -55,9 +57,10 @@ class StsEndpoint:
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         endpoint = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(OneRequestWithinADeadline, BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             timeout = READ_TIMEOUT_SECONDS
+            request_seconds = REQUEST_SECONDS
 
             def do_POST(self) -> None:
                 self._serve()
@@ -102,7 +105,11 @@ class StsEndpoint:
                     raise StsError(400, "MalformedInput", "bad Content-Length")
                 if int(lengths[0]) > MAX_BODY_BYTES:
                     raise StsError(413, "RequestEntityTooLarge", "request body too large")
-                body = self.rfile.read(int(lengths[0]))
+                try:
+                    body = self.rfile.read(int(lengths[0]))
+                except TimeoutError:
+                    late = "the body did not arrive in time"
+                    raise StsError(408, "RequestTimeout", late) from None
                 if len(body) != int(lengths[0]):
                     raise StsError(400, "MalformedInput", "the body ended early")
                 return body

@@ -1,0 +1,116 @@
+"""`tokex local`'s own listeners besides the front, as hostile clients meet them: the
+STS-compatible endpoint and the IMDS emulator (docs/local.md)."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.system.local_federation import federation
+from tokex.local import sts_endpoint
+from tokex.local.imds import TOKEN_HEADER, TTL_HEADER
+from tokex.local.sts_endpoint import StsEndpoint
+
+
+@pytest.fixture
+def quick_sts(local_system, monkeypatch):
+    """An STS endpoint like the system's, passing to the same emulator, whose requests
+    must arrive within 1 s (the system's has 10)."""
+    monkeypatch.setattr(sts_endpoint, "REQUEST_SECONDS", 1)
+    endpoint = StsEndpoint(federation(local_system).oif, local_system.deployment.endpoint_url)
+    try:
+        yield endpoint
+    finally:
+        endpoint.stop()
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _read_all(sock: socket.socket, within: float) -> bytes:
+    sock.settimeout(within)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_body_shorter_than_its_length_is_408_not_an_internal_failure(quick_sts) -> None:
+    """It waited out a 5 s read and answered 500 InternalFailure, printing a bug line."""
+    with socket.create_connection(("127.0.0.1", _port(quick_sts.url))) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nAction=")
+        started = time.monotonic()
+        answer = _read_all(sock, within=10)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"<Code>RequestTimeout</Code>" in answer
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("which", ["sts", "imds"])
+def test_a_request_trickled_in_does_not_hold_a_thread(local_system, quick_sts, which) -> None:
+    """A byte every 0.3 s kept the connection, and its thread, for ever: only each read
+    had a timeout. (The IMDS emulator's deadline is the system's own, 10 s.)"""
+    url = quick_sts.url if which == "sts" else local_system.imds.url
+    deadline = 1 if which == "sts" else 10
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", _port(url))) as sock:
+        try:
+            for byte in b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 200:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.3)
+                assert time.monotonic() - started < deadline + 5, "still connected"
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # cut off while sending: what the test wants
+    assert time.monotonic() - started < deadline + 5
+
+
+def test_an_unsigned_request_through_the_sts_endpoint_is_403(local_system) -> None:
+    """Passed to the emulator, it was a 500 and a traceback on the console."""
+    request = urllib.request.Request(
+        federation(local_system).sts_url + "/",
+        data=b"Action=GetCallerIdentity&Version=2011-06-15",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 403
+    assert b"<Code>MissingAuthenticationToken</Code>" in refused.value.read()
+
+
+def _imds(url: str, method: str, path: str, headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(url + path, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, ""
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({TTL_HEADER: "abc"}, 400),
+        ({TTL_HEADER: "0"}, 400),
+        ({TTL_HEADER: "21601"}, 400),
+        ({TTL_HEADER: "60", "X-Forwarded-For": "10.0.0.1"}, 403),
+        ({TTL_HEADER: "21600"}, 200),
+    ],
+)
+def test_imds_token_puts_are_checked_as_imds_checks_them(local_system, headers, status) -> None:
+    url = local_system.imds.url
+    assert _imds(url, "PUT", "/latest/api/token", headers)[0] == status
+
+
+def test_an_imds_session_token_expires_with_its_ttl(local_system) -> None:
+    url = local_system.imds.url
+    status, token = _imds(url, "PUT", "/latest/api/token", {TTL_HEADER: "1"})
+    assert status == 200
+    path = "/latest/dynamic/instance-identity/document"
+    assert _imds(url, "GET", path, {TOKEN_HEADER: token})[0] == 200
+    time.sleep(1.1)
+    assert _imds(url, "GET", path, {TOKEN_HEADER: token})[0] == 401
