@@ -142,6 +142,35 @@ def test_the_token_file_is_replaced_at_80_percent_of_its_lifetime(
     assert path.stat().st_mode & 0o777 == 0o600
 
 
+def test_after_a_sleep_the_token_is_replaced_by_the_wall_clock(
+    local_system: LocalSystem, tmp_path: Path
+) -> None:
+    """A laptop asleep for over an hour: the monotonic clock, which a timer waits on, did
+    not count the sleep, and the file held an expired token for up to 48 more minutes."""
+
+    class WallClock:
+        now = 1_900_000_000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = WallClock()
+    issuer = federation(local_system).eks_issuer
+    path = tmp_path / "eks-token"
+    token_file = EksTokenFile(path, issuer, audience=local_system.issuer, clock=clock)
+    try:
+        first = path.read_text()
+        clock.now += 0.8 * 3600 - 1  # awake or asleep, not yet its time
+        assert not token_file.refresh_if_due() and path.read_text() == first
+        clock.now += 2 * 3600  # the lid was closed: the wall clock counted it
+        assert token_file.refresh_if_due()
+        second = path.read_text()
+    finally:
+        token_file.stop()
+    claims = jwt.decode(second, options={"verify_signature": False})
+    assert claims["iat"] == int(clock.now) and claims["exp"] == int(clock.now) + 3600
+
+
 # --- trusted by the local exchange only -------------------------------------------------
 
 

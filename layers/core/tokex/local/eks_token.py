@@ -24,6 +24,9 @@ from tokex.private_files import write_private
 
 TOKEN_LIFETIME_SECONDS = 3600
 REFRESH_AT = 0.8  # of the lifetime, as the kubelet does
+# How often the wall clock is looked at: within this long of waking from a sleep the token
+# is replaced if its time came meanwhile.
+CHECK_SECONDS = 15.0
 # The node the demo pod runs on: the demo EC2 instance (tokex.local.imds).
 DEMO_NODE = "ip-10-0-0-10.ec2.internal"
 
@@ -83,16 +86,32 @@ class EksTokenFile:
     def write(self) -> str:
         """Mint a token and replace the file with it (mode 0600); the token."""
         # Kubernetes service-account tokens carry `alg` and `kid` in their header, no `typ`.
-        token = self._issuer.sign(self.claims(int(self._clock())), "RS256", typ=None)
+        now = self._clock()
+        token = self._issuer.sign(self.claims(int(now)), "RS256", typ=None)
         write_private(self.path, token)
+        self._refresh_at = now + self._lifetime * REFRESH_AT
         return token
 
     def stop(self) -> None:
         self._stopped.set()
 
+    def refresh_if_due(self) -> bool:
+        """Replace the token once the wall clock passed 80 % of its lifetime: True if it
+        did. Judged by the wall clock, which counts a laptop's sleep: a timer of the
+        monotonic clock, which does not, left an expired token in the file after a resume."""
+        if self._clock() < self._refresh_at:
+            return False
+        try:
+            self.write()
+        except OSError as err:  # the state directory went away: say so, keep trying
+            print(f"tokex local: cannot refresh {self.path}: {err}", flush=True)
+            return False
+        return True
+
     def _refresh(self) -> None:
-        while not self._stopped.wait(self._lifetime * REFRESH_AT):
-            try:
-                self.write()
-            except OSError as err:  # the state directory went away: say so, keep trying
-                print(f"tokex local: cannot refresh {self.path}: {err}", flush=True)
+        while not self._stopped.wait(self._until_next_check()):
+            self.refresh_if_due()
+
+    def _until_next_check(self) -> float:
+        """Until the token's time, or CHECK_SECONDS if that is sooner (a sleep may pass it)."""
+        return min(CHECK_SECONDS, max(0.05, self._refresh_at - self._clock()))

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,17 +114,41 @@ def unavailable(description: str) -> Answer:
 
 
 def http_api_event(
-    method: str, path: str, query: str, headers: dict[str, str], body: bytes, source_ip: str
+    method: str,
+    path: str,
+    query: str,
+    headers: dict[str, str],
+    body: bytes,
+    source_ip: str,
+    *,
+    protocol: str = "HTTP/1.1",
 ) -> dict[str, Any]:
     """An API Gateway HTTP API payload format 2.0 event (AWS docs, "Working with AWS
-    Lambda proxy integrations for HTTP APIs")."""
+    Lambda proxy integrations for HTTP APIs"), with what API Gateway makes of the request:
+    its cookies in `cookies` (not a `cookie` header), its query parsed in
+    `queryStringParameters` (repeated names joined with commas), no `body` when it has
+    none. A handler that read these would meet locally what it meets deployed."""
     now = time.time()
-    return {
+    headers = dict(headers)
+    cookie_header = headers.pop("cookie", None)
+    event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": "$default",
         "rawPath": path,
         "rawQueryString": query,
-        "headers": headers,
+    }
+    if cookie_header is not None:
+        # Lines joined by the head's reader with "," as any header; cookies split on ";".
+        event["cookies"] = [
+            c.strip() for line in cookie_header.split(",") for c in line.split(";") if c.strip()
+        ]
+    event["headers"] = headers
+    if query:
+        parameters: dict[str, list[str]] = {}
+        for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            parameters.setdefault(name, []).append(value)
+        event["queryStringParameters"] = {k: ",".join(v) for k, v in parameters.items()}
+    event |= {
         "requestContext": {
             "accountId": "123456789012",
             "apiId": "local",
@@ -132,7 +157,7 @@ def http_api_event(
             "http": {
                 "method": method,
                 "path": path,
-                "protocol": "HTTP/1.1",
+                "protocol": protocol,
                 "sourceIp": source_ip,
                 "userAgent": headers.get("user-agent", ""),
             },
@@ -142,9 +167,11 @@ def http_api_event(
             "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
             "timeEpoch": int(now * 1000),
         },
-        "body": base64.b64encode(body).decode("ascii"),
-        "isBase64Encoded": True,
+        "isBase64Encoded": bool(body),
     }
+    if body:
+        event["body"] = base64.b64encode(body).decode("ascii")
+    return event
 
 
 def lambda_answer(result: Any) -> Answer:
@@ -266,7 +293,13 @@ class FrontConnection(socketserver.BaseRequestHandler):
         self, handler: LambdaHandler, head: RequestHead, path: str, query: str, body: bytes
     ) -> Answer:
         event = http_api_event(
-            head.method, path, query, head.headers(), body, self.client_address[0]
+            head.method,
+            path,
+            query,
+            head.headers(),
+            body,
+            self.client_address[0],
+            protocol=head.version,
         )
         context = LambdaContext(function_name=f"tokex{path.replace('/', '-')}")
         if not HANDLER_LOCK.acquire(timeout=HANDLER_WAIT_SECONDS):
