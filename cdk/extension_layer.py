@@ -51,6 +51,7 @@ from cdk.layer_bundling import (
     default_cache_dir,
     find_bytecode_compiler,
     locally_bundled_code,
+    readable_by_lambda,
     requirement_name,
 )
 from tokex.client.evidence import AWS_OIF, SIGV4, evidence_kind
@@ -220,6 +221,7 @@ class ExtensionLayerBundling:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(cached, output_dir, dirs_exist_ok=True)
+        readable_by_lambda(output_dir)
 
     def _build(self, root: Path) -> None:
         site = root / SITE

@@ -34,7 +34,12 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
-from cdk.layer_bundling import BytecodeCompiler, locally_bundled_code, runtime_compiler
+from cdk.layer_bundling import (
+    BytecodeCompiler,
+    locally_bundled_code,
+    readable_by_lambda,
+    runtime_compiler,
+)
 
 FUNCTIONS_PACKAGE = "tokex_functions"
 RUNTIME = lambda_.Runtime.PYTHON_3_13
@@ -87,6 +92,7 @@ class _CopyFiles:
             shutil.copyfile(source, target)
         if self._compiler is not None:
             self._compiler.compile_tree(Path(output_dir), mounted_at=TASK_ROOT)
+        readable_by_lambda(Path(output_dir))
         return True
 
 

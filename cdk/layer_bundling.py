@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -115,6 +116,18 @@ def runtime_files(package_dir: Path) -> list[Path]:
 # The first words of every BundlingError: CDK hands an error raised in a bundling callback
 # back through jsii as its own RuntimeError, with only the text kept (app.py finds it there).
 BUNDLING_FAILED = "tokex: cannot build a Lambda layer"
+
+
+def readable_by_lambda(root: Path) -> None:
+    """Directories 755, files 644 (755 when executable): Lambda runs the function as a user
+    who owns none of an asset's files, and the asset's zip keeps the modes it was built
+    with, so a build under a umask of 077 (a hardened CI runner's) made a layer whose every
+    module the function could not read."""
+    for directory, _, files in os.walk(root):
+        Path(directory).chmod(0o755)
+        for name in files:
+            path = Path(directory, name)
+            path.chmod(0o755 if path.stat().st_mode & stat.S_IXUSR else 0o644)
 
 
 class BundlingError(RuntimeError):
@@ -293,6 +306,7 @@ class CoreLayerBundling:
             self._prune(keep=key)
         # Only `python/` goes in the layer; the lock file stays in the cache as provenance.
         shutil.copytree(cached / "python", output_dir / "python", dirs_exist_ok=True)
+        readable_by_lambda(output_dir)
 
     def _prune(self, *, keep: str) -> None:
         """Keep the newest few bundles (each edit of the core makes a new one)."""

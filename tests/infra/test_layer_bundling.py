@@ -1,7 +1,9 @@
-"""The layer bundler's logic, without pip or a synth."""
+"""The layer bundler's logic, without pip or a synth of its own (the umask test reuses the
+session's synth, whose extension bundle is then cached)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from cdk.layer_bundling import (
     probe_interpreter,
     requirement_name,
 )
-from tests.infra.conftest import REPO_ROOT
+from tests.infra.conftest import REPO_ROOT, Synthesized
 
 pytestmark = pytest.mark.infra
 
@@ -155,3 +157,37 @@ def test_a_failed_compilation_fails_the_bundle(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("def f(:\n")
     with pytest.raises(RuntimeError, match="bytecode failed"):
         compiler.compile_tree(tmp_path)
+
+
+def test_assets_built_under_a_strict_umask_are_readable_by_lambda(
+    tmp_path: Path, default_synth: Synthesized
+) -> None:
+    """Lambda runs the function as a user who owns none of the asset's files, and the
+    asset's zip keeps their modes: built under umask 077 (a hardened CI runner), every
+    module was 600 and the function could not import its own code."""
+    from cdk.extension_layer import ExtensionLayerBundling
+    from cdk.functions import build_function_asset
+
+    _project(tmp_path / "project")
+    cache = tmp_path / "cache"
+    core = CoreLayerBundling(
+        project_root=tmp_path / "project", python_version="3.13", cache_dir=cache
+    )
+    cached = cache / core.inputs_hash() / "python" / "pkg"
+    cached.mkdir(parents=True)
+    (cached / "module.py").write_text("x = 1\n")
+    extension = ExtensionLayerBundling()
+    previous = os.umask(0o077)
+    try:
+        (cached / "module.py").chmod(0o600)  # as a cache built under that umask holds it
+        core.build_into(tmp_path / "core")
+        build_function_asset("exchange", tmp_path / "function")
+        extension.build_into(tmp_path / "extension", key=extension.inputs_hash())
+    finally:
+        os.umask(previous)
+    for root in ("core", "function", "extension"):
+        for path in (tmp_path / root).rglob("*"):
+            mode = path.stat().st_mode & 0o777
+            assert mode in ((0o755,) if path.is_dir() else (0o644, 0o755)), (path, oct(mode))
+    launcher = tmp_path / "extension" / "extensions" / "tokex-proxy"
+    assert launcher.stat().st_mode & 0o777 == 0o755
