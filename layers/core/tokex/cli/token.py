@@ -224,6 +224,8 @@ def _token_response(
     session = None if evidence == EKS else aws_session()
     cache_file = None
     if cache_dir is not None:
+        if session is not None:
+            keep_role_sessions(session, cache_dir / ROLE_SESSIONS_DIR)
         if session is None:  # eks: the service account the token names
             principal = token_subject(read_token_file(args.token_file))
         else:
@@ -270,6 +272,28 @@ def _token_response(
         with contextlib.suppress(OSError):
             disk_cache.prune_expired(cache_file.parent)
     return response
+
+
+# Where `--cache-dir` keeps the role credentials of assume-role, web-identity and SSO
+# profiles, as the AWS CLI keeps them in ~/.aws/cli/cache.
+ROLE_SESSIONS_DIR = "aws-role-sessions"
+
+
+def keep_role_sessions(session: Any, directory: Path) -> None:
+    """Role credentials a profile gets by AssumeRole (or web identity, or SSO) kept in
+    `directory` until they expire, as the AWS CLI keeps them: the same role session, so the
+    same access key id and the same token file, serves every run. Each run had made a new
+    role session: an STS call per run, and a token cache that never hit."""
+    from botocore.utils import JSONFileCache
+
+    resolver = session._session.get_component("credential_provider")
+    for name in ("assume-role", "assume-role-with-web-identity", "sso"):
+        try:
+            provider = resolver.get_provider(name)
+        except ValueError:  # not in this botocore's chain
+            continue
+        if hasattr(provider, "cache"):
+            provider.cache = JSONFileCache(str(directory))
 
 
 def _say_what_is_sent(args: argparse.Namespace, evidence: str, region: str | None) -> None:
