@@ -174,6 +174,11 @@ def test_read_cached_rules(tmp_path) -> None:
     assert disk_cache.read_cached(link, now=1000.0) is None
     path.write_text("not json")
     assert disk_cache.read_cached(path, now=1000.0) is None
+    # An access token the token endpoint's answer would have been refused for (a file
+    # edited since): it would go into an Authorization header or onto a terminal.
+    for token in ("t\r\nX-Injected: 1", "two words", "\x1b[2J", "", 7):
+        disk_cache.write_cached(path, {"access_token": token, "expires_in": 100}, now=1000.0)
+        assert disk_cache.read_cached(path, now=1000.0) is None, token
 
 
 def test_what_is_no_cache_file_is_ignored_never_waited_on_or_crashed_on(tmp_path) -> None:

@@ -14,7 +14,8 @@ No secret goes into the key.
 The files are bearer tokens: mode 0600 in a directory the user owns that no one else may
 write to (0700 when tokex makes it: `private_files.open_private_dir`), written atomically
 (temp file, `os.replace`), read without following a symlink. A cached token is used while
-more than 20 % of its lifetime is left, the rule of the in-memory cache (`REFRESH_AT`).
+more than 20 % of its lifetime is left, the rule of the in-memory cache (`REFRESH_AT`),
+and only if it is a bearer token, as the token endpoint's answer had to be.
 
 Every write also removes this user's cache files whose token has expired: a role session
 (a Lambda's, an ECS task's, an instance's) changes every hour or so, and each new session
@@ -35,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokex.client.token_client import CachedToken
+from tokex.client.token_client import BEARER_TOKEN, CachedToken
 from tokex.private_files import write_private
 
 FILE_SUFFIX = ".token.json"
@@ -126,6 +127,11 @@ def _own_entry(path: Path) -> tuple[float, dict[str, Any], CachedToken] | None:
         obtained_at = float(entry["obtained_at"])
         response = entry["response"]
         if not isinstance(response, dict):
+            return None
+        token = response.get("access_token")
+        if not isinstance(token, str) or not BEARER_TOKEN.fullmatch(token):
+            # What the token endpoint's answer is held to (token_client.py): a file edited
+            # since would put anything into an Authorization header or onto a terminal.
             return None
         return obtained_at, response, CachedToken.from_response(response, obtained_at=obtained_at)
     except (ValueError, TypeError, KeyError, RecursionError):  # not the cache's JSON
