@@ -61,6 +61,7 @@ _KMS_KEY_ARN = re.compile(
 # TOKEX_TRUSTED_ISSUERS may take 2.5 KB: checked at synth rather than refused by Lambda
 # halfway through a deploy.
 MAX_TRUSTED_ISSUERS_ENV_BYTES = 2560
+MAX_RATE_LIMIT_PER_MINUTE = 100_000
 
 
 class ConfigError(ValueError):
@@ -86,6 +87,9 @@ class TokexConfig:
     default_ttl_seconds: int = 900
     throttle_rate_limit: int = 50
     throttle_burst_limit: int = 100
+    # Exchanges a minute per principal (TOKEX_RATE_LIMIT_PER_MINUTE): shared by everything
+    # that signs as that principal, so a fleet on one role may need more. Never off here.
+    rate_limit_per_minute: int = 60
     log_level: str = "INFO"
     tracing: str = "lambda"
     # A WAF web ACL (scope CLOUDFRONT, created in us-east-1) to attach to the distribution.
@@ -140,6 +144,11 @@ class TokexConfig:
             raise ConfigError("defaultTtlSeconds must be between 60 and ttlCapSeconds")
         if min(self.throttle_rate_limit, self.throttle_burst_limit) < 1:
             raise ConfigError("throttleRateLimit and throttleBurstLimit must be positive")
+        if not 1 <= self.rate_limit_per_minute <= MAX_RATE_LIMIT_PER_MINUTE:
+            raise ConfigError(
+                f"rateLimitPerMinute must be between 1 and {MAX_RATE_LIMIT_PER_MINUTE}"
+                " (the per-principal budget can be raised, not switched off)"
+            )
         if self.web_acl_arn is not None and not _WEB_ACL_ARN.fullmatch(self.web_acl_arn):
             raise ConfigError("webAclArn must be a WAFv2 global (CLOUDFRONT) web ACL ARN")
         if self.log_level not in _LOG_LEVELS:
@@ -358,6 +367,7 @@ class TokexConfig:
             "default_ttl_seconds": integer("defaultTtlSeconds"),
             "throttle_rate_limit": integer("throttleRateLimit"),
             "throttle_burst_limit": integer("throttleBurstLimit"),
+            "rate_limit_per_minute": integer("rateLimitPerMinute"),
             "log_level": text("logLevel"),
             "tracing": text("tracing"),
             "deploy_nonce": text("deployNonce"),
@@ -388,6 +398,7 @@ CONTEXT_KEYS = frozenset(
         "defaultTtlSeconds",
         "throttleRateLimit",
         "throttleBurstLimit",
+        "rateLimitPerMinute",
         "logLevel",
         "tracing",
         "deployNonce",
@@ -400,19 +411,27 @@ CONTEXT_KEYS = frozenset(
         "originSecretGeneration",
     }
 )
-# A key of tokex's shape (a camelCase word): CDK's own keys and feature flags have `@`,
-# `:`, `/` or `-` in them (`@aws-cdk/...`, `aws:cdk:...`, `acknowledged-issue-numbers`,
-# the lookups of cdk.context.json).
+# A key of tokex's shape (a camelCase word). CDK's own keys and feature flags have `@` or
+# `:` in them (`@aws-cdk/...`, `aws:cdk:...`, the lookups of cdk.context.json), or dashes
+# (`acknowledged-issue-numbers`): they pass unless they spell one of tokex's options.
 _OPTION_SHAPE = re.compile(r"[a-z][A-Za-z0-9]*")
+
+
+def _spelling(key: str) -> str:
+    """A key as a reader sees it: case, `_`, `-`, spaces and the like ignored."""
+    return re.sub(r"[^a-z0-9]", "", key.lower())
 
 
 def _refuse_unknown_keys(node: Node, known: frozenset[str]) -> None:
     """A misspelt option would otherwise be dropped without a word, and its default used:
-    `instanceTagAccounts` (no s) left the tag role assumable in every account, and
-    `stsRegion` accepted every Region."""
+    `instanceTagAccounts` (no s), `InstanceTagsAccounts` or `instance_tags_accounts` left
+    the tag role assumable in every account, and `stsRegion` accepted every Region."""
+    spelled = {_spelling(option): option for option in known}
     for key in sorted(node.get_all_context()):
-        if key in known or not _OPTION_SHAPE.fullmatch(key):
+        if key in known or key.startswith("@") or ":" in key:
             continue
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"{key} is not a tokex context option{hint}: docs/deploy.md lists them")
+        close = difflib.get_close_matches(_spelling(key), spelled, n=1, cutoff=0.85)
+        if not close and not _OPTION_SHAPE.fullmatch(key):
+            continue  # CDK's or another tool's, and nothing like an option of tokex's
+        hint = f" (did you mean {spelled[close[0]]}?)" if close else ""
+        raise ConfigError(f"{key!r} is not a tokex context option{hint}: docs/deploy.md lists them")

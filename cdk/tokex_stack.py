@@ -356,8 +356,11 @@ def introspect_settings(
         "TOKEX_PUBLISHED_KEY_IDS": published_key_ids,
         "TOKEX_STATE_TABLE": state_table,
         # The introspect function rejects tokens living longer than the cap, so it must be
-        # the exchange's cap exactly.
+        # the exchange's cap exactly; the default TTL goes with it, since the settings hold
+        # the two together (a cap below the default's own default, 900, failed every cold
+        # start of introspection).
         "TOKEX_TTL_CAP_SECONDS": str(config.ttl_cap_seconds),
+        "TOKEX_DEFAULT_TTL_SECONDS": str(config.default_ttl_seconds),
     }
 
 
@@ -392,6 +395,7 @@ def exchange_settings(
         "TOKEX_STS_PARTITIONS": ",".join(config.sts_partitions),
         "TOKEX_TTL_CAP_SECONDS": str(config.ttl_cap_seconds),
         "TOKEX_DEFAULT_TTL_SECONDS": str(config.default_ttl_seconds),
+        "TOKEX_RATE_LIMIT_PER_MINUTE": str(config.rate_limit_per_minute),
     }
     if config.sts_regions:
         env["TOKEX_STS_REGIONS"] = ",".join(config.sts_regions)

@@ -4,8 +4,10 @@ in-process moto STS (the AssumeRole calls), with a loopback fake tokex issuer.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 from moto import mock_aws
 
 from tests.support.fake_issuer import fake_issuer, without_aws_set_up
@@ -13,11 +15,8 @@ from tokex.cli.main import main
 from tokex.cli.token import ROLE_SESSIONS_DIR
 
 
-def test_an_assume_role_profile_reuses_its_session_and_so_the_cached_token(
-    monkeypatch, tmp_path: Path, capsys
-) -> None:
-    """Each run made a new role session (a new ASIA key id, which names the cache file):
-    an AssumeRole call per run, a cache that never hit, and a file left per run."""
+def assume_role_profile(monkeypatch, tmp_path: Path) -> None:
+    """AWS_PROFILE=dev: role `dev`, assumed with the static keys of profile `base`."""
     without_aws_set_up(monkeypatch)
     config, credentials = tmp_path / "config", tmp_path / "credentials"
     config.write_text(
@@ -31,6 +30,14 @@ def test_an_assume_role_profile_reuses_its_session_and_so_the_cached_token(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
     monkeypatch.setenv("AWS_PROFILE", "dev")
+
+
+def test_an_assume_role_profile_reuses_its_session_and_so_the_cached_token(
+    monkeypatch, tmp_path: Path, capsys
+) -> None:
+    """Each run made a new role session (a new ASIA key id, which names the cache file):
+    an AssumeRole call per run, a cache that never hit, and a file left per run."""
+    assume_role_profile(monkeypatch, tmp_path)
     cache = tmp_path / "cache"
     # moto puts fake static keys in the environment unless told not to: the profile is used.
     with mock_aws(config={"core": {"mock_credentials": False}}), fake_issuer() as issuer:
@@ -43,3 +50,31 @@ def test_an_assume_role_profile_reuses_its_session_and_so_the_cached_token(
     assert session.suffix == ".json" and session.stat().st_mode & 0o777 == 0o600
     tokens = [p for p in cache.iterdir() if p.is_file()]
     assert len(tokens) == 1
+
+
+@pytest.mark.parametrize("damage", ["a file where the folder goes", "an edited session"])
+def test_a_role_session_cache_it_cannot_use_never_fails_the_command(
+    monkeypatch, tmp_path: Path, capsys, damage: str
+) -> None:
+    """botocore's own cache raised FileExistsError and KeyError('Expiration') out of the
+    command as an internal error of tokex; the token was to be had all the same."""
+    assume_role_profile(monkeypatch, tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    with mock_aws(config={"core": {"mock_credentials": False}}), fake_issuer() as issuer:
+        ask = ["token", "--endpoint", issuer.url, "--audience", "orders-api", "--json"]
+        if damage == "a file where the folder goes":
+            (cache / ROLE_SESSIONS_DIR).write_text("not a folder")
+        else:
+            assert main([*ask, "--cache-dir", str(cache)]) == 0
+            capsys.readouterr()
+            [session] = (cache / ROLE_SESSIONS_DIR).iterdir()
+            session.write_text(json.dumps({"Credentials": {"AccessKeyId": 5}}))
+            for token in (p for p in cache.iterdir() if p.is_file()):
+                token.unlink()  # so the run needs credentials again
+        assert main([*ask, "--cache-dir", str(cache)]) == 0
+        out, err = capsys.readouterr()
+    assert json.loads(out)["access_token"].startswith("token-")
+    assert "internal" not in err
+    if damage == "a file where the folder goes":
+        assert "role session not kept" in err

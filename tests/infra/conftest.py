@@ -170,3 +170,17 @@ def accounts_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
 @pytest.fixture(scope="session")
 def rotation_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
     return synthesize(tmp_path_factory.mktemp("cdk-rotation"), ROTATION_CONTEXT)
+
+
+# The shortest tokens the options allow: a cap below the settings' own default TTL (900).
+# And a fleet's per-principal budget.
+SHORT_TOKENS_CONTEXT: dict[str, Any] = {
+    "ttlCapSeconds": 600,
+    "defaultTtlSeconds": 300,
+    "rateLimitPerMinute": 6000,
+}
+
+
+@pytest.fixture(scope="session")
+def short_tokens_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    return synthesize(tmp_path_factory.mktemp("cdk-short-tokens"), SHORT_TOKENS_CONTEXT)

@@ -81,12 +81,18 @@ def test_active_signing_key_from_context() -> None:
     [
         (
             {"instanceTagsRoleName": "tokex-tags", "instanceTagAccounts": "111111111111"},
-            "instanceTagAccounts is not a tokex context option "
+            "'instanceTagAccounts' is not a tokex context option "
             r"\(did you mean instanceTagsAccounts\?\)",
         ),
-        ({"stsRegion": "eu-west-1"}, r"stsRegion is .* \(did you mean stsRegions\?\)"),
-        ({"signingkeys": "a"}, r"signingkeys is .* \(did you mean signingKeys\?\)"),
-        ({"frobnicate": "1"}, "frobnicate is not a tokex context option: docs/deploy.md"),
+        ({"stsRegion": "eu-west-1"}, r"'stsRegion' is .* \(did you mean stsRegions\?\)"),
+        ({"signingkeys": "a"}, r"'signingkeys' is .* \(did you mean signingKeys\?\)"),
+        ({"frobnicate": "1"}, "'frobnicate' is not a tokex context option: docs/deploy.md"),
+        # Other spellings of an option: dropped as "not tokex's shape" before.
+        ({"InstanceTagsAccounts": "1"}, r"\(did you mean instanceTagsAccounts\?\)"),
+        ({"instance_tags_accounts": "1"}, r"\(did you mean instanceTagsAccounts\?\)"),
+        ({"instance-tags-accounts": "1"}, r"\(did you mean instanceTagsAccounts\?\)"),
+        ({"stsRegions ": "eu-west-1"}, r"'stsRegions ' is .*\(did you mean stsRegions\?\)"),
+        ({"sts-region": "eu-west-1"}, r"\(did you mean stsRegions\?\)"),
     ],
 )
 def test_misspelt_option_is_refused_not_dropped(context: dict[str, Any], message: str) -> None:
@@ -158,6 +164,8 @@ def test_every_documented_option_is_read() -> None:
         ({"defaultTtlSeconds": 7200}, "defaultTtlSeconds"),
         ({"throttleRateLimit": "fast"}, "throttleRateLimit"),
         ({"throttleBurstLimit": 0}, "throttle"),
+        ({"rateLimitPerMinute": 0}, "rateLimitPerMinute must be between 1 and 100000"),
+        ({"rateLimitPerMinute": "100001"}, "rateLimitPerMinute must be between 1 and 100000"),
         ({"logLevel": "TRACE"}, "logLevel"),
         ({"tracing": "xray"}, "tracing must be one of lambda, sdk, off"),
         ({"webAclArn": "arn:aws:wafv2:eu-west-1:123456789012:regional/webacl/x/y"}, "webAclArn"),

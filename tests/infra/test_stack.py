@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aws_cdk.assertions import Template
@@ -233,7 +234,12 @@ def test_alternate_every_check_holds(alternate_synth: Synthesized) -> None:
     checks.check_no_dependency_cycle(template)
     checks.check_issuer_wiring(template, issuer=issuer)
     checks.check_introspection_wiring(
-        template, issuer=issuer, ttl_cap=7200, published_keys=published, slots=AB
+        template,
+        issuer=issuer,
+        ttl_cap=7200,
+        default_ttl=600,
+        published_keys=published,
+        slots=AB,
     )
     checks.check_signing_key(template, key_spec="ECC_NIST_P256", slots=AB)
     checks.check_key_policy(template, key_spec="ECC_NIST_P256", slots=AB)
@@ -387,3 +393,54 @@ def test_published_key_arns_output_lists_the_other_slot(rotation_synth: Synthesi
 @pytest.mark.parametrize("synth", ["default_synth", "alternate_synth"])
 def test_cloudfront_is_the_only_door(request: pytest.FixtureRequest, synth: str) -> None:
     checks.check_one_door(request.getfixturevalue(synth).template)
+
+
+# --- every function's environment, as the function reads it at cold start -------------
+
+# What a deployment resolves the template's references to, in shapes the settings accept.
+_RESOLVED = {
+    "DomainName": "d111111abcdef8.cloudfront.net",
+    "Arn": "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555",
+}
+
+
+def _deployed(value: Any) -> str:
+    """A template value as CloudFormation would resolve it (references made plausible)."""
+    if isinstance(value, str):
+        return value
+    if "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return separator.join(_deployed(part) for part in parts)
+    if "Fn::GetAtt" in value:
+        return _RESOLVED.get(value["Fn::GetAtt"][1], "resolved-attribute")
+    if "Ref" in value:
+        return f"resolved-{value['Ref'].lower()}"
+    raise AssertionError(f"no stand-in for {value}")
+
+
+@pytest.mark.parametrize(
+    "synth",
+    ["default_synth", "alternate_synth", "accounts_synth", "rotation_synth", "short_tokens_synth"],
+)
+def test_every_function_loads_its_settings(request: pytest.FixtureRequest, synth: str) -> None:
+    """A setting a function refuses at cold start fails every request after a deploy that
+    went well: the introspect function, given the TTL cap without the default TTL, failed
+    every cold start with a cap under 900 s (an API Gateway 500 on every /introspect)."""
+    from tokex.evidence.sts_endpoints import StsEndpoints
+    from tokex.settings import Settings
+
+    template = request.getfixturevalue(synth).raw
+    functions = {
+        name: resource["Properties"]["Environment"]["Variables"]
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Lambda::Function"
+        and str(resource["Properties"].get("Handler", "")).startswith("tokex_functions.")
+    }
+    assert len(functions) == 3
+    for name, variables in functions.items():
+        settings = Settings.from_env({k: _deployed(v) for k, v in variables.items()})
+        StsEndpoints(settings.partitions, settings.regions)  # the exchange's, at cold start
+        assert settings.ttl_cap_seconds >= settings.default_ttl_seconds, name
+        if "TOKEX_POLICY_TABLE" in variables:  # the exchange
+            expected = 6000 if synth == "short_tokens_synth" else 60
+            assert settings.rate_limit_per_minute == expected

@@ -26,7 +26,7 @@ from tokex.client.token_client import TokenClient
 from tokex.errors import ConfigurationError
 from tokex.evidence.jwt_claims import caller_from_eks_claims
 from tokex.evidence.trusted_issuers import AWS_OIF, EKS
-from tokex.local.eks_token import REFRESH_AT, EksTokenFile
+from tokex.local.eks_token import CHECK_SECONDS, REFRESH_AT, EksTokenFile
 from tokex.local.provision import (
     ACCOUNT_ID,
     DEMO_CLUSTER,
@@ -169,6 +169,30 @@ def test_after_a_sleep_the_token_is_replaced_by_the_wall_clock(
         token_file.stop()
     claims = jwt.decode(second, options={"verify_signature": False})
     assert claims["iat"] == int(clock.now) and claims["exp"] == int(clock.now) + 3600
+
+
+def test_a_refresh_that_cannot_write_waits_before_trying_again(
+    local_system: LocalSystem, tmp_path: Path, capsys
+) -> None:
+    """It tried, and said so on the console, twenty times a second."""
+    clock = type("Clock", (), {"now": 1_900_000_000.0, "__call__": lambda self: self.now})()
+    issuer = federation(local_system).eks_issuer
+    directory = tmp_path / "state"
+    directory.mkdir()
+    token_file = EksTokenFile(directory / "eks-token", issuer, audience="x", clock=clock)
+    try:
+        (directory / "eks-token").unlink()
+        directory.rmdir()  # the state directory went away
+        clock.now += 3600
+        capsys.readouterr()
+        assert not token_file.refresh_if_due()
+        assert not token_file.refresh_if_due()  # not due again yet: no second attempt
+        assert capsys.readouterr().out.count("cannot refresh") == 1
+        clock.now += CHECK_SECONDS
+        assert not token_file.refresh_if_due()
+        assert capsys.readouterr().out.count("cannot refresh") == 1
+    finally:
+        token_file.stop()
 
 
 # --- trusted by the local exchange only -------------------------------------------------

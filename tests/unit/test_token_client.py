@@ -44,6 +44,24 @@ def test_endpoint_must_be_https_base_url(endpoint: str) -> None:
         check_endpoint(endpoint)
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://alice:s3cr3t@auth.example.com",
+        "https://alice:s3/cr3t@auth.example.com",  # a password typed without its escapes
+        "https://alice:s3#cr3t@auth.example.com",
+        "https://alice:s3@cr3t@auth.example.com",
+        "alice:s3cr3t@auth.example.com",  # no scheme: the fix suggested repeated it
+    ],
+)
+def test_a_refused_endpoint_is_quoted_without_its_password(endpoint: str) -> None:
+    """The refusal reaches stderr, logs and (in the extension) Lambda's init/error."""
+    with pytest.raises(TokenError) as refused:
+        check_endpoint(endpoint)
+    assert "cr3t" not in str(refused.value) and "cr3t" not in (refused.value.url or "")
+    assert "***@" in str(refused.value)
+
+
 def test_loopback_http_and_https_are_accepted() -> None:
     assert check_endpoint("http://127.0.0.1:8787/") == "http://127.0.0.1:8787"
     assert check_endpoint("https://auth.example.com") == "https://auth.example.com"
@@ -77,13 +95,16 @@ def test_discovered_issuer_must_be_the_endpoint(lookalike) -> None:
 @pytest.mark.parametrize(
     ("status", "error"),
     [(503, "temporarily_unavailable"), (502, "temporarily_unavailable"),
-     (429, "temporarily_unavailable"), (404, "not_tokex"), (200, "not_tokex")],
+     (429, "temporarily_unavailable"), (500, "server_error"), (404, "not_tokex"),
+     (200, "not_tokex")],
 )  # fmt: skip
 def test_an_outage_is_not_reported_as_not_tokex(lookalike, status: int, error: str) -> None:
     """API Gateway's `{"message": "Service Unavailable"}` said `not_tokex` with advice to
-    pass another URL: automation keyed on the code took an outage for a wrong URL."""
+    pass another URL: automation keyed on the code took an outage for a wrong URL. (An
+    OAuth-shaped 5xx keeps its own code.)"""
     url, state = lookalike
-    state.update(status=status, document={"message": "Service Unavailable"})
+    document = {"error": "server_error"} if error == "server_error" else {"message": "Down"}
+    state.update(status=status, document=document)
     with pytest.raises(TokenError) as failed:
         discover_issuer(url)
     assert failed.value.error == error
@@ -378,6 +399,24 @@ def test_a_failed_exchange_is_the_answer_until_its_retry_after(
         failing.failing = None
         assert client.token("orders-api") == "token-2"  # the hold is over: it asks again
         assert failing.exchanges == 2
+
+
+def test_without_stale_if_error_a_held_failure_is_raised_not_the_old_token(
+    monkeypatch,
+) -> None:
+    """The one call that exchanged raised; the others, for the failure's hold, were handed
+    the token being replaced, which `stale_if_error=False` asks never to be."""
+    use_static_credentials(monkeypatch)
+    with fake_issuer(expires_in=900) as flaky:
+        clock = FakeClock()
+        client = TokenClient(flaky.url, clock=clock, issuer=flaky.url, stale_if_error=False)
+        assert client.token("orders-api") == "token-1"
+        clock.now += 0.85 * 900
+        flaky.failing = 503
+        for _ in range(2):
+            with pytest.raises(TokenError):
+                client.token("orders-api")
+        assert flaky.exchanges == 2  # the second was the hold's, without I/O
 
 
 @pytest.mark.parametrize(

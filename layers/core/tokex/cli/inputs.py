@@ -67,7 +67,7 @@ def require_http_url(value: str, *, flag: str) -> SplitResult:
     except ValueError as err:  # e.g. "Invalid IPv6 URL"
         raise UsageError(f"{flag} {shown!r} is not a valid URL: {err}", input=flag) from None
     if url.scheme not in ("http", "https") or not url.netloc:
-        guess = f"https://{value}" if "://" not in value else None
+        guess = f"https://{shown}" if "://" not in value else None
         fix = f": did you mean {flag} {guess}?" if guess else ""
         raise UsageError(f"{flag} {shown!r} is not an http(s) URL{fix}", input=flag)
     try:

@@ -284,16 +284,52 @@ def keep_role_sessions(session: Any, directory: Path) -> None:
     `directory` until they expire, as the AWS CLI keeps them: the same role session, so the
     same access key id and the same token file, serves every run. Each run had made a new
     role session: an STS call per run, and a token cache that never hit."""
-    from botocore.utils import JSONFileCache
-
     resolver = session._session.get_component("credential_provider")
+    cache = _role_session_cache(directory)
     for name in ("assume-role", "assume-role-with-web-identity", "sso"):
         try:
             provider = resolver.get_provider(name)
         except ValueError:  # not in this botocore's chain
             continue
         if hasattr(provider, "cache"):
-            provider.cache = JSONFileCache(str(directory))
+            provider.cache = cache
+
+
+def _role_session_cache(directory: Path) -> Any:
+    """botocore's JSONFileCache (what the AWS CLI uses), made a cache that never fails the
+    command: an entry it cannot read, or one without the credentials' shape (a file edited
+    since, a directory where one should be), is a miss; a write it cannot make (a full
+    disk, a file where the folder should be) keeps nothing and says so."""
+    from botocore.utils import JSONFileCache
+
+    class RoleSessionCache(JSONFileCache):  # type: ignore[misc]
+        def __contains__(self, key: object) -> bool:
+            try:
+                self[key]
+            except KeyError:
+                return False
+            return True
+
+        def __getitem__(self, key: Any) -> Any:
+            try:
+                entry = super().__getitem__(key)
+            except (OSError, ValueError, RecursionError):
+                raise KeyError(key) from None
+            credentials = entry.get("Credentials") if isinstance(entry, dict) else None
+            fields = ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")
+            if not isinstance(credentials, dict) or not all(
+                isinstance(credentials.get(name), str) for name in fields
+            ):
+                raise KeyError(key)
+            return entry
+
+        def __setitem__(self, key: Any, value: Any) -> None:
+            try:
+                super().__setitem__(key, value)
+            except OSError as err:
+                print(f"tokex token: --cache-dir: role session not kept: {err}", file=sys.stderr)
+
+    return RoleSessionCache(str(directory))
 
 
 def _say_what_is_sent(args: argparse.Namespace, evidence: str, region: str | None) -> None:

@@ -21,8 +21,10 @@ ISSUER_PATHS = (
 _LOOPBACK_NAMES = {"localhost"}
 
 
-# `scheme://user:password@`: what an error message quoting a URL must not repeat.
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+# `scheme://user:password@`, or `user:password@` without a scheme: what an error message
+# quoting a URL must not repeat. Up to the last `@` (a password typed without its escapes
+# may hold `/`, `?`, `#` or `@`): a path's `@` hides the host too, which costs nothing.
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)\S*@")
 
 
 def redacted(url: str) -> str:
@@ -63,14 +65,15 @@ def check_endpoint(endpoint: str) -> str:
     """The issuer's base URL: https (plain http only on loopback, for `tokex local`), no
     query, fragment or userinfo, not one of the issuer's own endpoints."""
 
+    shown = redacted(endpoint)
+
     def refuse(why: str) -> TokenError:
-        shown = redacted(endpoint)
         return TokenError(f"endpoint {shown!r} {why}", error=INVALID_ENDPOINT, url=shown)
 
     if "://" not in endpoint:
         host = endpoint.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
         scheme = "http" if is_loopback(host) else "https"
-        raise refuse(f"has no scheme: pass {scheme}://{endpoint}")
+        raise refuse(f"has no scheme: pass {scheme}://{shown}")
     try:
         parts = urllib.parse.urlsplit(endpoint.rstrip("/"))
         parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number

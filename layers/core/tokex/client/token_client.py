@@ -137,7 +137,7 @@ def discover(endpoint: str, *, timeout: float = 5.0) -> Discovery:
     try:
         document = _get_json(url, timeout)
     except TokenError as err:
-        if err.status is None or err.error == TEMPORARILY_UNAVAILABLE:  # no answer, or down
+        if err.status is None or err.status >= 500 or err.status == 429:  # none, or down
             raise
         raise TokenError(
             f"{endpoint} is not a tokex issuer: its discovery document {url} answered "
@@ -279,7 +279,10 @@ def request_token(
     a timeout) or answers 5xx is failed over; a 4xx is a refusal, raised at once. When
     every Region failed, the last error is raised, naming the Regions tried. Without
     `tokex_regions`, or with `issuer` given (no discovery), one attempt at
-    `{endpoint}/token`, signed for `region` (else the session's, else us-east-1)."""
+    `{endpoint}/token`, signed for `region`, else the region of the `session` given, else
+    AWS_REGION, AWS_DEFAULT_REGION or the profile's (as the CLI resolves it), else
+    us-east-1. (A `session` given with a region of its own is asked first among the Regions
+    too.)"""
     chosen = EvidenceOptions.of(
         evidence,
         token_file=token_file,
@@ -409,6 +412,9 @@ class _EvidenceSource:
         self.endpoint = endpoint
         self.audience = audience
         self.session: boto3.session.Session | None = None
+        # A session the caller made says its region (`Session(region_name=...)`), which
+        # wins over the environment's: one made here has only what the environment says.
+        self.given_region = session.region_name if session is not None else None
         self.credentials: ReadOnlyCredentials | None = None
         self.token = ""
         if chosen.kind == EKS:
@@ -434,9 +440,10 @@ class _EvidenceSource:
                 # profile's (as the CLI resolves it; botocore's session reads no
                 # AWS_REGION), else the global partition's default: a workload needs no
                 # configuration beyond its credentials.
-                region = preferred_region(region, self.session) or "us-east-1"
+                region = preferred_region(region or self.given_region, self.session)
+                region = region or "us-east-1"
             return [(region, self.endpoint + "/token")]
-        preferred = preferred_region(region, self.session)
+        preferred = preferred_region(region or self.given_region, self.session)
         listed = list(self.discovery.regions)
         first = [r for r in listed if r.region == preferred]
         return [(r.region, r.token_endpoint) for r in first + [r for r in listed if r not in first]]
@@ -572,7 +579,7 @@ class TokenClient:
                 return cached.access_token
             failure = self._failures.get(key)
             if failure is not None and now < failure[0]:
-                if cached is not None and now < cached.expires_at:
+                if self._stale_if_error and cached is not None and now < cached.expires_at:
                     return cached.access_token
                 raise failure[1].again(retry_after=math.ceil(failure[0] - now))
             flight = self._flights.get(key)

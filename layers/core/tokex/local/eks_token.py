@@ -103,8 +103,9 @@ class EksTokenFile:
             return False
         try:
             self.write()
-        except OSError as err:  # the state directory went away: say so, keep trying
+        except OSError as err:  # the state directory went away: say so, try again later
             print(f"tokex local: cannot refresh {self.path}: {err}", flush=True)
+            self._refresh_at = self._clock() + CHECK_SECONDS  # not 20 lines a second
             return False
         return True
 
