@@ -52,7 +52,17 @@ def test_an_assume_role_profile_reuses_its_session_and_so_the_cached_token(
     assert len(tokens) == 1
 
 
-@pytest.mark.parametrize("damage", ["a file where the folder goes", "an edited session"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "a file where the folder goes",
+        '{"Credentials": {"AccessKeyId": 5}}',
+        '{"Credentials": {"AccessKeyId": "A", "SecretAccessKey": "S", "SessionToken": "T",'
+        ' "Expiration": "garbage"}}',
+        '{"Credentials": {"AccessKeyId": "A", "SecretAccessKey": "S", "SessionToken": "T",'
+        ' "Expiration": "2099-01-01T00:00:00"}}',  # no zone: botocore's compare raised
+    ],
+)
 def test_a_role_session_cache_it_cannot_use_never_fails_the_command(
     monkeypatch, tmp_path: Path, capsys, damage: str
 ) -> None:
@@ -69,7 +79,7 @@ def test_a_role_session_cache_it_cannot_use_never_fails_the_command(
             assert main([*ask, "--cache-dir", str(cache)]) == 0
             capsys.readouterr()
             [session] = (cache / ROLE_SESSIONS_DIR).iterdir()
-            session.write_text(json.dumps({"Credentials": {"AccessKeyId": 5}}))
+            session.write_text(damage)
             for token in (p for p in cache.iterdir() if p.is_file()):
                 token.unlink()  # so the run needs credentials again
         assert main([*ask, "--cache-dir", str(cache)]) == 0

@@ -22,3 +22,18 @@ def test_a_sessions_own_region_wins_over_the_environments(monkeypatch) -> None:
     [form] = issuer.forms
     signed = json.loads(base64url.decode(form["subject_token"][0]))
     assert signed["url"] == "https://sts.eu-west-1.amazonaws.com/"
+
+
+def test_a_sessions_region_from_the_environment_does_not_beat_aws_region(
+    monkeypatch, tmp_path
+) -> None:
+    """botocore fills `region_name` from AWS_DEFAULT_REGION or the profile too: those come
+    after AWS_REGION, as the CLI resolves it, session or not."""
+    use_static_credentials(monkeypatch)
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
+    with fake_issuer() as issuer:
+        request_token(issuer.url, "orders-api", session=boto3.session.Session())
+    [form] = issuer.forms
+    signed = json.loads(base64url.decode(form["subject_token"][0]))
+    assert signed["url"] == "https://sts.eu-west-1.amazonaws.com/"

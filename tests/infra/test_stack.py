@@ -422,25 +422,51 @@ def _deployed(value: Any) -> str:
     "synth",
     ["default_synth", "alternate_synth", "accounts_synth", "rotation_synth", "short_tokens_synth"],
 )
-def test_every_function_loads_its_settings(request: pytest.FixtureRequest, synth: str) -> None:
+def test_every_function_cold_starts_with_its_settings(
+    request: pytest.FixtureRequest, synth: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A setting a function refuses at cold start fails every request after a deploy that
     went well: the introspect function, given the TTL cap without the default TTL, failed
-    every cold start with a cap under 900 s (an API Gateway 500 on every /introspect)."""
-    from tokex.evidence.sts_endpoints import StsEndpoints
+    every cold start with a cap under 900 s (an API Gateway 500 on every /introspect).
+    Each function's environment, as Lambda gives it, goes through what its handler module
+    runs at import: the settings, the origin gate, the use case's wiring (clients are made,
+    no AWS call is)."""
+    from tokex import wiring
+    from tokex.edge import OriginGate
     from tokex.settings import Settings
 
+    builders = {
+        "exchange": wiring.build_token_exchange,
+        "introspect": wiring.build_introspection,
+        "jwks_publisher": wiring.build_issuer_publisher,
+    }
     template = request.getfixturevalue(synth).raw
     functions = {
-        name: resource["Properties"]["Environment"]["Variables"]
-        for name, resource in template["Resources"].items()
+        resource["Properties"]["Handler"].split(".")[1]: resource["Properties"]["Environment"][
+            "Variables"
+        ]
+        for resource in template["Resources"].values()
         if resource["Type"] == "AWS::Lambda::Function"
         and str(resource["Properties"].get("Handler", "")).startswith("tokex_functions.")
     }
-    assert len(functions) == 3
-    for name, variables in functions.items():
-        settings = Settings.from_env({k: _deployed(v) for k, v in variables.items()})
-        StsEndpoints(settings.partitions, settings.regions)  # the exchange's, at cold start
-        assert settings.ttl_cap_seconds >= settings.default_ttl_seconds, name
-        if "TOKEX_POLICY_TABLE" in variables:  # the exchange
+    assert sorted(functions) == sorted(builders)
+    for kind, variables in functions.items():
+        environment = {k: _deployed(v) for k, v in variables.items()}
+        lambda_runtime = {  # what Lambda sets besides the function's own variables
+            "AWS_LAMBDA_FUNCTION_NAME": f"tokex-{kind}",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        with monkeypatch.context() as patch:
+            for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+                patch.delenv(name, raising=False)
+            for name, value in {**environment, **lambda_runtime}.items():
+                patch.setenv(name, value)
+            settings = Settings.from_env()
+            if kind != "jwks_publisher":
+                OriginGate.from_env()
+            builders[kind](settings)  # type: ignore[operator]
+        assert settings.ttl_cap_seconds >= settings.default_ttl_seconds, kind
+        if kind == "exchange":
             expected = 6000 if synth == "short_tokens_synth" else 60
             assert settings.rate_limit_per_minute == expected

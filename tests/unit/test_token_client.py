@@ -52,6 +52,10 @@ def test_endpoint_must_be_https_base_url(endpoint: str) -> None:
         "https://alice:s3#cr3t@auth.example.com",
         "https://alice:s3@cr3t@auth.example.com",
         "alice:s3cr3t@auth.example.com",  # no scheme: the fix suggested repeated it
+        "https://alice:my s3cr3t@auth.example.com",
+        "alice:my s3cr3t@auth.example.com",
+        " https://alice:s3cr3t@auth.example.com",
+        "https://alice:s3\tcr3t@auth.example.com",
     ],
 )
 def test_a_refused_endpoint_is_quoted_without_its_password(endpoint: str) -> None:

@@ -300,7 +300,7 @@ def _role_session_cache(directory: Path) -> Any:
     command: an entry it cannot read, or one without the credentials' shape (a file edited
     since, a directory where one should be), is a miss; a write it cannot make (a full
     disk, a file where the folder should be) keeps nothing and says so."""
-    from botocore.utils import JSONFileCache
+    from botocore.utils import JSONFileCache, parse_timestamp
 
     class RoleSessionCache(JSONFileCache):  # type: ignore[misc]
         def __contains__(self, key: object) -> bool:
@@ -320,6 +320,12 @@ def _role_session_cache(directory: Path) -> Any:
             if not isinstance(credentials, dict) or not all(
                 isinstance(credentials.get(name), str) for name in fields
             ):
+                raise KeyError(key)
+            try:  # as botocore reads it next, to compare with an aware "now"
+                expires = parse_timestamp(credentials["Expiration"])
+            except (ValueError, TypeError, OverflowError):
+                raise KeyError(key) from None
+            if expires.tzinfo is None:
                 raise KeyError(key)
             return entry
 

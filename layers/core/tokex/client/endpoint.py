@@ -23,8 +23,9 @@ _LOOPBACK_NAMES = {"localhost"}
 
 # `scheme://user:password@`, or `user:password@` without a scheme: what an error message
 # quoting a URL must not repeat. Up to the last `@` (a password typed without its escapes
-# may hold `/`, `?`, `#` or `@`): a path's `@` hides the host too, which costs nothing.
-_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)\S*@")
+# may hold `/`, `?`, `#`, `@` or spaces): a path's `@` hides the host too, which costs
+# nothing.
+_USERINFO = re.compile(r"^(\s*(?:[A-Za-z][A-Za-z0-9+.-]*://)?).*@", re.DOTALL)
 
 
 def redacted(url: str) -> str:

@@ -412,9 +412,11 @@ class _EvidenceSource:
         self.endpoint = endpoint
         self.audience = audience
         self.session: boto3.session.Session | None = None
-        # A session the caller made says its region (`Session(region_name=...)`), which
-        # wins over the environment's: one made here has only what the environment says.
-        self.given_region = session.region_name if session is not None else None
+        # A region the caller set on its session (`Session(region_name=...)`) wins over the
+        # environment's; one botocore filled in from AWS_DEFAULT_REGION or the profile does
+        # not (`region_name` says both alike: the explicit one is the session's instance
+        # variable).
+        self.given_region = _explicit_region(session)
         self.credentials: ReadOnlyCredentials | None = None
         self.token = ""
         if chosen.kind == EKS:
@@ -469,6 +471,13 @@ class _EvidenceSource:
             audience=self.audience,
         )
         return SIGV4_TOKEN_TYPE, encode_subject_token(signed)
+
+
+def _explicit_region(session: boto3.session.Session | None) -> str | None:
+    core = getattr(session, "_session", None)
+    variables = core.instance_variables() if core is not None else {}
+    region = variables.get("region")
+    return region if isinstance(region, str) and region else None
 
 
 def preferred_region(region: str | None, session: boto3.session.Session | None) -> str | None:
