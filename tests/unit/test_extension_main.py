@@ -246,3 +246,23 @@ def test_an_unusable_event_after_init_is_reported_as_exit_error(
         if '"extension_failed"' in line
     ]
     assert failed["error_type"] == "Extension.ApiFailed"
+
+
+def test_a_crash_before_registering_is_still_reported_as_init_error(
+    monkeypatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A failure no check foresaw, while the proxy starts (injected here), left Lambda with
+    nothing: there was no identifier to report it with yet. The extension registers first."""
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("an injected fault")
+
+    monkeypatch.setattr(extension, "RouteTokens", broken)
+    environ = {**variables(), "AWS_SESSION_TOKEN": "session-token"}
+    with ExtensionsApiEmulator() as platform:
+        assert extension.main({**environ, "AWS_LAMBDA_RUNTIME_API": platform.runtime_api}) == 1
+        [report] = platform.calls_to("init/error")
+        assert report.headers["lambda-extension-function-error-type"] == "Extension.Crashed"
+        assert report.body["errorMessage"] == "RuntimeError: the proxy did not start"
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert "an injected fault" in logged[0]["traceback"]  # the log has the whole story

@@ -233,6 +233,9 @@ def _run(api: ExtensionsApi, environ: Mapping[str, str], log: JsonLog, started: 
             failure = None
         except StartFailed as err:
             failure = err
+        except Exception as err:  # a bug: still reported to Lambda, which needs a register
+            log.write("extension_failed", error_type=CRASHED, traceback=traceback.format_exc())
+            failure = StartFailed(CRASHED, f"{type(err).__name__}: the proxy did not start")
         api.register()
         if failure is not None:
             log.write("extension_failed", error_type=failure.error_type, error=str(failure))
