@@ -643,3 +643,19 @@ def test_a_missing_profile_is_a_usage_error_with_or_without_a_region(
     assert failure["error_description"] == (
         f"AWS_PROFILE names profile 'nope', which is not in {config}"
     )
+
+
+@pytest.mark.parametrize(
+    "regions", ["us-east-1,cn-north-1", "us-east-1,us-gov-west-1", "eu-west-9"]
+)
+def test_local_refuses_regions_it_cannot_serve_before_starting(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, regions: str
+) -> None:
+    """A Region-shaped name outside the aws partition's STS passed the check, then failed
+    late with tracebacks, after writing to the state directory (docs/local.md: a usage
+    error, found before anything is started or written)."""
+    state = tmp_path / "state"
+    code, _, err = tokex(capsys, "local", "--regions", regions, "--state-dir", str(state))
+    assert code == 2
+    assert "--regions" in err and "aws partition" in err
+    assert not state.exists()

@@ -63,7 +63,8 @@ class Deployment:
     order: list[str] = field(default_factory=lambda: list(REGIONS))
     with_regions: bool = True
     # Per Region: "ok", an HTTP status (with an OAuth error), "html-502" (a bare 502, as a
-    # load balancer's), "reset" (the connection reset, no answer) or "hang" (no answer).
+    # load balancer's), "gateway-404" and "cdn-403" (no tokex behind the path yet, or any
+    # more), "reset" (the connection reset, no answer) or "hang" (no answer).
     modes: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(REGIONS, "ok"))
     delay: float = 0.0  # seconds each exchange that gives a token takes
     expires_in: int = 900
@@ -184,6 +185,10 @@ def deployment_running() -> Iterator[Deployment]:
                 self.close_connection = True
             elif mode == "html-502":
                 self.send_document(502, b"<html>Bad Gateway</html>", {"Content-Type": "text/html"})
+            elif mode == "gateway-404":  # API Gateway's, for a Region with no routes yet
+                self._json(404, {"message": "Not Found"})
+            elif mode == "cdn-403":  # CloudFront's, for a path it no longer routes
+                self.send_document(403, b"<html>403 ERROR</html>", {"Content-Type": "text/html"})
             else:
                 self._json(*deployment.exchange(region, form, mode))
 
@@ -320,6 +325,17 @@ def test_a_region_that_never_answers_fails_over_within_the_budget(deployment) ->
     assert response["access_token"] == f"{SECOND}-token-1"
     assert deployment.contacts == [HOME, SECOND]  # home got the request, and kept it
     assert elapsed < 2 + SLACK
+
+
+@pytest.mark.parametrize("mode", ["gateway-404", "cdn-403"])
+def test_a_4xx_that_is_no_tokex_answer_fails_over(deployment, mode) -> None:
+    """A Region listed in discovery whose stack is not deployed yet (API Gateway's 404) or
+    was just removed (CloudFront's 403, while edges keep the old document) stopped every
+    workload that asks it first: nothing failed over. Its evidence was its own: nothing is
+    spent twice by asking the next Region."""
+    deployment.modes[HOME] = mode
+    assert request_token(deployment.url, "orders-api")["access_token"] == f"{SECOND}-token-1"
+    assert deployment.contacts == [HOME, SECOND]
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 429])
@@ -635,7 +651,7 @@ def test_cli_refuses_a_regional_endpoint_on_another_port(deployment, monkeypatch
 def sts(monkeypatch) -> Iterator[dict[str, Any]]:
     """A loopback STS (the query protocol) that hands out OIF tokens naming the Region
     the call was signed for, or answers 503 for the Regions in `down`."""
-    state: dict[str, Any] = {"regions": [], "down": set(), "silent": set()}
+    state: dict[str, Any] = {"regions": [], "down": set(), "silent": set(), "reset": set()}
     released = threading.Event()
 
     class Handler(QuietHandler):
@@ -646,6 +662,12 @@ def sts(monkeypatch) -> Iterator[dict[str, Any]]:
             state["regions"].append(region)
             if region in state["silent"]:
                 released.wait(HANG_SECONDS)  # no answer: the client has given up by then
+                return None
+            if region in state["reset"]:  # closed without an answer (RST)
+                linger = struct.pack("ii", 1, 0)
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                self.connection.close()
+                self.close_connection = True
                 return None
             if region in state["down"]:
                 error = "<Error><Code>ServiceUnavailable</Code><Message>down</Message></Error>"
@@ -696,6 +718,14 @@ def test_oif_fails_over_when_a_regions_sts_is_down(deployment, sts) -> None:
     assert response["access_token"] == f"{SECOND}-token-1"
     assert sts["regions"] == [HOME, SECOND]
     assert deployment.contacts == [SECOND]
+
+
+def test_oif_fails_over_when_a_regions_sts_resets_the_connection(deployment, sts) -> None:
+    """botocore's ConnectionClosedError was an `aws_error` without a status: no failover."""
+    sts["reset"] = {HOME}
+    response = request_token(deployment.url, "orders-api", evidence="aws-oif")
+    assert response["access_token"] == f"{SECOND}-token-1"
+    assert sts["regions"] == [HOME, SECOND]
 
 
 def test_oif_asks_a_failing_sts_once_whatever_botocores_retry_settings(

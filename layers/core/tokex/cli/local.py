@@ -85,11 +85,19 @@ def _regions_banner(regions: tuple[str, ...], issuer: str, delay: float) -> str:
 
 def _regions(text: str) -> tuple[str, ...]:
     """Region names, comma-separated, home first: a wrong list is a usage error (exit 2)."""
+    from tokex.evidence.sts_endpoints import PARTITION_REGIONS
+
     regions = tuple(part.strip() for part in text.split(","))
     for region in regions:
         if not identifiers.is_region(region):
             raise argparse.ArgumentTypeError(
                 f"{region!r} is not a Region name: pass Regions like us-east-1,eu-west-1"
+            )
+        if region not in PARTITION_REGIONS["aws"]:
+            # The local exchange serves the commercial partition's STS, as a multi-Region
+            # deployment does (one CloudFront distribution): found before anything starts.
+            raise argparse.ArgumentTypeError(
+                f"{region!r} is not a Region of the aws partition that tokex serves STS in"
             )
     if len(set(regions)) != len(regions):
         raise argparse.ArgumentTypeError(f"a Region is listed twice in {text!r}")

@@ -24,11 +24,10 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
+    HTTPClientError,
     NoCredentialsError,
-    ReadTimeoutError,
 )
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 from tokex import base64url, identifiers
 from tokex.client.signing import sts_host
@@ -180,7 +179,9 @@ def web_identity_token(
             " chain)",
             error=NO_CREDENTIALS,
         ) from None
-    except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as err:
+    except (BotocoreConnectionError, HTTPClientError) as err:
+        # No answer: refused, timed out, reset or closed early (ConnectionClosedError), TLS
+        # or a proxy failed. Another Region's STS may answer (request_token fails over).
         raise TokenError(f"cannot reach {url}: {err}", error=UNREACHABLE, url=url) from None
     except BotoCoreError as err:
         raise TokenError(

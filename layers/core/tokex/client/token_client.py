@@ -343,10 +343,13 @@ def request_token(
 
 def fails_over(err: TokenError) -> bool:
     """Whether another Region may give the token this one did not: no answer (refused,
-    reset, DNS, timed out) or a 5xx. A 4xx, an answer that is no token, a local failure
-    (credentials, the token file) would be the same everywhere."""
+    reset, DNS, timed out), a 5xx, or a 4xx that is no tokex answer (API Gateway's 404 of a
+    Region whose stack is not deployed yet, CloudFront's 403 of one just removed: its
+    path is not a tokex endpoint). tokex's own refusal (an OAuth 4xx), an answer that is
+    no token, a local failure (credentials, the token file) would be the same everywhere.
+    Each Region is asked with evidence of its own, so asking another spends nothing twice."""
     if err.status is not None:
-        return err.status >= 500
+        return err.status >= 500 or (err.error == NOT_TOKEX and 400 <= err.status < 500)
     return err.error == UNREACHABLE
 
 
