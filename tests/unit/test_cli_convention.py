@@ -659,3 +659,21 @@ def test_local_refuses_regions_it_cannot_serve_before_starting(
     assert code == 2
     assert "--regions" in err and "aws partition" in err
     assert not state.exists()
+
+
+def test_local_without_its_extra_says_what_to_install(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without moto (`pip install -e .`, no `local` extra) it called itself a bug of tokex
+    and left a state directory behind."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "moto" else real(name, *a)
+    )
+    state = tmp_path / "state"
+    code, _, err = tokex(capsys, "local", "--state-dir", str(state))
+    assert code == 1
+    assert "pip install 'tokex[local]'" in err and "bug" not in err
+    assert not state.exists()

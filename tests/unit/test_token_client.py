@@ -820,3 +820,22 @@ def test_https_still_goes_through_the_environment_proxy(environment_proxy) -> No
     with pytest.raises(TokenError):
         discover_issuer("https://auth.example.com")
     assert RecordingProxy.seen == ["CONNECT auth.example.com:443"]
+
+
+@pytest.mark.parametrize(
+    ("name", "library", "module"),
+    [("TokexAuth", "requests", "requests_auth"), ("TokexHttpxAuth", "httpx", "httpx_auth")],
+)
+def test_an_auth_class_without_its_extra_names_the_extra(
+    monkeypatch, name: str, library: str, module: str
+) -> None:
+    """A raw ModuleNotFoundError, naming `anyio` for the httpx class, told no one what to
+    install."""
+    import sys
+
+    import tokex.client
+
+    monkeypatch.delitem(sys.modules, f"tokex.client.{module}", raising=False)
+    monkeypatch.setitem(sys.modules, library, None)  # as if not installed
+    with pytest.raises(ImportError, match=rf"{name} needs the {library} extra: pip install"):
+        getattr(tokex.client, name)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tokex import identifiers
-from tokex.cli.errors import UsageError
+from tokex.cli.errors import FAILED, UsageError
 from tokex.cli.main import CommandError
 
 # `--replication-delay`'s default, for --help only, which loads no runner
@@ -34,7 +34,11 @@ def register(subparsers: Any) -> None:
         help="HTTP port on 127.0.0.1, 0-65535 (0: any free port; default 8787)",
     )
     parser.add_argument(
-        "--state-dir", type=Path, default=Path(".tokex-local"), help="where workload.env goes"
+        "--state-dir",
+        type=Path,
+        default=Path(".tokex-local"),
+        help="where workload.env and the other state files go (default .tokex-local, under"
+        " the working directory)",
     )
     parser.add_argument(
         "--signing-key-spec",
@@ -115,6 +119,15 @@ def _delay(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("moto") is None:
+        # An extra left out (`pip install -e .`), not a bug: said before anything is written.
+        raise CommandError(
+            "tokex local needs the emulator of the `local` extra: pip install 'tokex[local]'"
+            " (the README's setup command, `.[dev]`, includes it)",
+            error=FAILED,
+        )
     from tokex.local import moto_fixes
     from tokex.local.front import PortUnavailable
     from tokex.local.provision import (

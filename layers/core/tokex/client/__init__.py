@@ -26,12 +26,19 @@ __all__ = [
     "signed_get_caller_identity",
 ]
 
-_LAZY = {"TokexAuth": "requests_auth", "TokexHttpxAuth": "httpx_auth"}
+_LAZY = {"TokexAuth": ("requests_auth", "requests"), "TokexHttpxAuth": ("httpx_auth", "httpx")}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"tokex.client.{_LAZY[name]}"), name)
+        module, extra = _LAZY[name]
+        try:
+            return getattr(importlib.import_module(f"tokex.client.{module}"), name)
+        except ModuleNotFoundError as err:
+            # The library it plugs into (or one of its own, as httpx's anyio) is missing.
+            raise ImportError(
+                f"{name} needs the {extra} extra: pip install 'tokex[{extra}]' ({err})"
+            ) from err
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
