@@ -1128,3 +1128,76 @@ def cold_import(
     assert sorted(p.relative_to(scratch) for p in scratch.rglob("*")) == before
     loaded: list[str] = report["loaded"]
     return loaded
+
+
+# --- each function's cold start on its synthesized environment ---------------------------
+
+# What a deployment resolves the template's references to, in shapes the settings accept.
+_RESOLVED_ATTRIBUTES = {
+    "DomainName": "d111111abcdef8.cloudfront.net",
+    "Arn": "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555",
+}
+
+
+def deployed_value(value: Any, stack_output: Callable[[dict[str, Any]], Any] | None = None) -> str:
+    """A template value as CloudFormation would resolve it (references made plausible;
+    `stack_output` resolves a `Fn::GetStackOutput` of a multi-Region app)."""
+    if isinstance(value, str):
+        return value
+    if "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return separator.join(deployed_value(part, stack_output) for part in parts)
+    if "Fn::GetAtt" in value:
+        return _RESOLVED_ATTRIBUTES.get(value["Fn::GetAtt"][1], "resolved-attribute")
+    if "Ref" in value:
+        return f"resolved-{value['Ref'].lower()}"
+    if "Fn::GetStackOutput" in value and stack_output is not None:
+        return deployed_value(stack_output(value), stack_output)
+    raise AssertionError(f"no stand-in for {value}")
+
+
+def cold_start_every_function(
+    template: dict[str, Any],
+    monkeypatch: Any,
+    *,
+    stack_output: Callable[[dict[str, Any]], Any] | None = None,
+    region: str = "us-east-1",
+) -> dict[str, Any]:
+    """Each tokex function of `template` through what its handler module runs at import,
+    on its environment as Lambda gives it (its variables resolved, plus Lambda's own): the
+    settings, the origin gate, the use case's wiring (clients are made, no AWS call is).
+    The settings of each, by function (`exchange`, `introspect`, `jwks_publisher`)."""
+    from tokex import wiring
+    from tokex.edge import OriginGate
+    from tokex.settings import Settings
+
+    builders: dict[str, Callable[[Settings], Any]] = {
+        "exchange": wiring.build_token_exchange,
+        "introspect": wiring.build_introspection,
+        "jwks_publisher": wiring.build_issuer_publisher,
+    }
+    started = {}
+    for resource in template["Resources"].values():
+        properties = resource.get("Properties", {})
+        handler = str(properties.get("Handler", ""))
+        if resource["Type"] != "AWS::Lambda::Function" or not handler.startswith("tokex_"):
+            continue
+        kind = handler.split(".")[1]
+        variables = properties["Environment"]["Variables"]
+        environment = {k: deployed_value(v, stack_output) for k, v in variables.items()}
+        lambda_runtime = {  # what Lambda sets besides the function's own variables
+            "AWS_LAMBDA_FUNCTION_NAME": f"tokex-{kind}",
+            "AWS_REGION": region,
+            "AWS_DEFAULT_REGION": region,
+        }
+        with monkeypatch.context() as patch:
+            for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+                patch.delenv(name, raising=False)
+            for name, value in {**environment, **lambda_runtime}.items():
+                patch.setenv(name, value)
+            settings = Settings.from_env()
+            if kind != "jwks_publisher":
+                OriginGate.from_env()
+            builders[kind](settings)
+        started[kind] = settings
+    return started

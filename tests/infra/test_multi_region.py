@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.infra import checks
 from tests.infra.checks import INTROSPECT_READ_CONDITION
 from tests.infra.conftest import OIF_ISSUER, TEST_NONCE, Synthesized
 from tokex.edge import ORIGIN_HEADER, ORIGIN_SECRET_ENV
@@ -34,6 +35,9 @@ MULTI_REGION_CONTEXT: dict[str, Any] = {
     "trustedIssuers": [OIF_ISSUER],
     "instanceTagsRoleName": "tokex-instance-tags",
     "instanceTagsAccounts": "111111111111",
+    # Short tokens: a cap under the settings' own default TTL (900) reaches every Region.
+    "ttlCapSeconds": 600,
+    "defaultTtlSeconds": 300,
 }
 REGIONAL_SECRET = "tokex/Tokex/regional-origin"
 # The deployment's settings, the same for the exchange of every Region.
@@ -670,3 +674,23 @@ def test_a_custom_domain_and_ecc_keys_reach_every_region(tmp_path: Path) -> None
     ]
     _, primary = app.at("Tokex", "SigningKeyMrkA/Key")
     assert primary["Properties"]["KeySpec"] == "ECC_NIST_P256"
+
+
+def test_every_regions_functions_cold_start_with_their_settings(
+    multi: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for the single-Region stack (test_stack.py): a Regional function given settings
+    it refuses at cold start fails every request of its Region after a deploy that went
+    well (the introspect function's TTLs were one such case, in every Region)."""
+    for region in REGIONS:
+        stack = "Tokex" if region == REGIONS[0] else regional_stack(region)
+        started = checks.cold_start_every_function(
+            multi.templates[stack],
+            monkeypatch,
+            stack_output=lambda reference, stack=stack: multi.output_value(stack, reference),
+            region=region,
+        )
+        kinds = ["exchange", "introspect"] + (["jwks_publisher"] if stack == "Tokex" else [])
+        assert sorted(started) == sorted(kinds), region
+        if stack != "Tokex":
+            assert started["exchange"].serving_region == region

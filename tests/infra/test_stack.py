@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aws_cdk.assertions import Template
@@ -397,26 +396,6 @@ def test_cloudfront_is_the_only_door(request: pytest.FixtureRequest, synth: str)
 
 # --- every function's environment, as the function reads it at cold start -------------
 
-# What a deployment resolves the template's references to, in shapes the settings accept.
-_RESOLVED = {
-    "DomainName": "d111111abcdef8.cloudfront.net",
-    "Arn": "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555",
-}
-
-
-def _deployed(value: Any) -> str:
-    """A template value as CloudFormation would resolve it (references made plausible)."""
-    if isinstance(value, str):
-        return value
-    if "Fn::Join" in value:
-        separator, parts = value["Fn::Join"]
-        return separator.join(_deployed(part) for part in parts)
-    if "Fn::GetAtt" in value:
-        return _RESOLVED.get(value["Fn::GetAtt"][1], "resolved-attribute")
-    if "Ref" in value:
-        return f"resolved-{value['Ref'].lower()}"
-    raise AssertionError(f"no stand-in for {value}")
-
 
 @pytest.mark.parametrize(
     "synth",
@@ -427,46 +406,10 @@ def test_every_function_cold_starts_with_its_settings(
 ) -> None:
     """A setting a function refuses at cold start fails every request after a deploy that
     went well: the introspect function, given the TTL cap without the default TTL, failed
-    every cold start with a cap under 900 s (an API Gateway 500 on every /introspect).
-    Each function's environment, as Lambda gives it, goes through what its handler module
-    runs at import: the settings, the origin gate, the use case's wiring (clients are made,
-    no AWS call is)."""
-    from tokex import wiring
-    from tokex.edge import OriginGate
-    from tokex.settings import Settings
-
-    builders = {
-        "exchange": wiring.build_token_exchange,
-        "introspect": wiring.build_introspection,
-        "jwks_publisher": wiring.build_issuer_publisher,
-    }
-    template = request.getfixturevalue(synth).raw
-    functions = {
-        resource["Properties"]["Handler"].split(".")[1]: resource["Properties"]["Environment"][
-            "Variables"
-        ]
-        for resource in template["Resources"].values()
-        if resource["Type"] == "AWS::Lambda::Function"
-        and str(resource["Properties"].get("Handler", "")).startswith("tokex_functions.")
-    }
-    assert sorted(functions) == sorted(builders)
-    for kind, variables in functions.items():
-        environment = {k: _deployed(v) for k, v in variables.items()}
-        lambda_runtime = {  # what Lambda sets besides the function's own variables
-            "AWS_LAMBDA_FUNCTION_NAME": f"tokex-{kind}",
-            "AWS_REGION": "us-east-1",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        with monkeypatch.context() as patch:
-            for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-                patch.delenv(name, raising=False)
-            for name, value in {**environment, **lambda_runtime}.items():
-                patch.setenv(name, value)
-            settings = Settings.from_env()
-            if kind != "jwks_publisher":
-                OriginGate.from_env()
-            builders[kind](settings)  # type: ignore[operator]
+    every cold start with a cap under 900 s (an API Gateway 500 on every /introspect)."""
+    started = checks.cold_start_every_function(request.getfixturevalue(synth).raw, monkeypatch)
+    assert sorted(started) == ["exchange", "introspect", "jwks_publisher"]
+    for kind, settings in started.items():
         assert settings.ttl_cap_seconds >= settings.default_ttl_seconds, kind
-        if kind == "exchange":
-            expected = 6000 if synth == "short_tokens_synth" else 60
-            assert settings.rate_limit_per_minute == expected
+    expected = 6000 if synth == "short_tokens_synth" else 60
+    assert started["exchange"].rate_limit_per_minute == expected
