@@ -197,7 +197,7 @@ class RegionalStack(Stack):
             },
             introspect_env={
                 **regional,
-                **introspect_settings(config, published_key_ids, state_table),
+                **introspect_settings(published_key_ids, state_table),
             },
         )
         allow_policy_reads(self.exchange.role, policy_table_arn)

@@ -169,7 +169,7 @@ class TokexStack(Stack):
                 **base,
                 **behind_cloudfront,
                 **serving,
-                **introspect_settings(config, published_key_ids, state_table),
+                **introspect_settings(published_key_ids, state_table),
             },
         )
         self.publisher = TokexFunction(
@@ -349,18 +349,11 @@ def grant_key_slots(
         signing_key.allow_verification(introspect.role, introspect.function)
 
 
-def introspect_settings(
-    config: TokexConfig, published_key_ids: str, state_table: str
-) -> dict[str, str]:
+def introspect_settings(published_key_ids: str, state_table: str) -> dict[str, str]:
+    """The introspect function's own environment (besides function_base_settings)."""
     return {
         "TOKEX_PUBLISHED_KEY_IDS": published_key_ids,
         "TOKEX_STATE_TABLE": state_table,
-        # The introspect function rejects tokens living longer than the cap, so it must be
-        # the exchange's cap exactly; the default TTL goes with it, since the settings hold
-        # the two together (a cap below the default's own default, 900, failed every cold
-        # start of introspection).
-        "TOKEX_TTL_CAP_SECONDS": str(config.ttl_cap_seconds),
-        "TOKEX_DEFAULT_TTL_SECONDS": str(config.default_ttl_seconds),
     }
 
 
@@ -371,6 +364,12 @@ def function_base_settings(
     return {
         "TOKEX_ISSUER": issuer,
         "TOKEX_SIGNING_KEY_ID": signing_key_id,
+        # Every function's settings hold the two together, and the introspect function
+        # refuses tokens living longer than the exchange's cap: one pair for all (given to
+        # the exchange and introspection alone, a cap under the default TTL's own default,
+        # 900, failed every cold start of introspection).
+        "TOKEX_TTL_CAP_SECONDS": str(config.ttl_cap_seconds),
+        "TOKEX_DEFAULT_TTL_SECONDS": str(config.default_ttl_seconds),
         "POWERTOOLS_SERVICE_NAME": POWERTOOLS_SERVICE,
         "POWERTOOLS_METRICS_NAMESPACE": POWERTOOLS_SERVICE,
         # Never put events (subject tokens, client secrets, tokens to introspect) or
@@ -393,8 +392,6 @@ def exchange_settings(
         # rate limit (TOKEX_RATE_LIMIT_PER_MINUTE, 60) are on by default.
         "TOKEX_STATE_TABLE": state_table,
         "TOKEX_STS_PARTITIONS": ",".join(config.sts_partitions),
-        "TOKEX_TTL_CAP_SECONDS": str(config.ttl_cap_seconds),
-        "TOKEX_DEFAULT_TTL_SECONDS": str(config.default_ttl_seconds),
         "TOKEX_RATE_LIMIT_PER_MINUTE": str(config.rate_limit_per_minute),
     }
     if config.sts_regions:

@@ -631,7 +631,7 @@ class TokenClient:
         calls for FAILURE_HOLD_SECONDS, or as long as its `Retry-After` asked."""
         if not isinstance(err, TokenError):
             return
-        hold = max(FAILURE_HOLD_SECONDS, min(err.retry_after or 0.0, MAX_FAILURE_HOLD_SECONDS))
+        hold = _wait_after(err, at_least=FAILURE_HOLD_SECONDS)
         with self._lock:
             self._failures[key] = (self._clock() + hold, err)
 
@@ -644,8 +644,7 @@ class TokenClient:
             return None
         if cached is None or now >= cached.expires_at:
             return None
-        wait = max(REFRESH_RETRY_SECONDS, min(err.retry_after or 0.0, MAX_FAILURE_HOLD_SECONDS))
-        retry_at = min(now + wait, cached.expires_at)
+        retry_at = min(now + _wait_after(err, at_least=REFRESH_RETRY_SECONDS), cached.expires_at)
         with self._lock:
             if self._cache.get(key) is cached:  # not invalidated meanwhile
                 self._cache[key] = replace(cached, refresh_at=retry_at)
@@ -699,6 +698,12 @@ class TokenClient:
                 return False
             del self._cache[key]
             return True
+
+
+def _wait_after(err: TokenError, *, at_least: float) -> float:
+    """How long a failure holds before the next exchange: `at_least`, or the answer's
+    `Retry-After` when longer (up to MAX_FAILURE_HOLD_SECONDS)."""
+    return max(at_least, min(err.retry_after or 0.0, MAX_FAILURE_HOLD_SECONDS))
 
 
 class _Flight:

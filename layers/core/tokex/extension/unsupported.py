@@ -35,8 +35,12 @@ def refuse(environ: Mapping[str, str], version: tuple[Any, ...]) -> int:
         f" later (python3.11-3.13 runtimes); this function's python3 is {found}"
     )
     # The line JsonLog writes; JsonLog itself is the proxy's, which needs 3.11.
-    record = {"time": round(time.time(), 3), "event": "extension_failed"}
-    record.update(error_type=UNSUPPORTED_RUNTIME, error=message)
+    record = {
+        "time": round(time.time(), 3),
+        "event": "extension_failed",
+        "error_type": UNSUPPORTED_RUNTIME,
+        "error": message,
+    }
     sys.stderr.write(json.dumps(record) + "\n")
     runtime_api = environ.get("AWS_LAMBDA_RUNTIME_API")
     if runtime_api:
