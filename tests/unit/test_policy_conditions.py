@@ -261,7 +261,7 @@ def test_an_explicit_default_evidence_is_kept() -> None:
          "eks.service_accounts[0]", "service account glob"),
         # selectors that no accepted evidence carries
         ({"evidence": ["aws-oif"], "principal_ids": ["AROAX"]}, "principal_ids", "only sigv4"),
-        ({"evidence": ["aws-oif"], "instance": {"required": False}}, "instance", "only sigv4"),
+        ({"evidence": ["aws-oif"], "instance": {"required": True}}, "instance", "only sigv4"),
         ({"evidence": ["sigv4"], "workload": {"source_identities": ["a"]}},
          "workload", "only aws-oif"),
         ({"evidence": ["eks"], "eks": EKS_SELECTORS, "workload": {"source_identities": ["a"]}},
@@ -498,7 +498,27 @@ def test_instance_conditions_need_sigv4_evidence() -> None:
     assert (
         error.reason == "policy p requires instance evidence, which aws-oif evidence cannot bring"
     )
-    assert run([policy(instance={"required": False})], OIF_CALLER).policy.id == "p"
+
+
+@pytest.mark.parametrize(
+    ("instance", "field", "why"),
+    [
+        ({}, "instance", "names no condition"),
+        ({"required": False}, "instance", "names no condition"),
+        ({"required": False, "session_binding": False}, "instance", "names no condition"),
+        ({"image_ids": []}, "instance.image_ids", "must not be empty"),
+        ({"required": True, "regions": []}, "instance.regions", "must not be empty"),
+        ({"regions": ["us-*"], "instance_types": []}, "instance.instance_types", "must not"),
+        ({"tags": {}}, "instance.tags", "must not be empty"),
+        ({"tags": {"team": []}}, "instance.tags.team", "at least one value glob"),
+    ],
+)
+def test_an_instance_block_that_asks_for_nothing_is_refused(instance, field, why) -> None:
+    """`instance` makes a policy apply only with instance evidence: a block or a list that
+    names nothing (a template's empty value) was read as "any", so the policy applied to
+    callers with no instance evidence, aws-oif callers included."""
+    got_field, message = refused_field(doc(instance=instance))
+    assert (got_field, why in message) == (field, True), message
 
 
 # --- workload selectors: ok, no, no signal ------------------------------------------------

@@ -113,19 +113,26 @@ class InstanceConditions:
         session_binding = fields.boolean(
             doc.get("session_binding", False), f"{path}.session_binding"
         )
+        # A condition that lists nothing is refused, not read as "any": a template that
+        # renders an empty list must not drop the need for evidence.
         attributes = {
-            name: fields.str_list(doc.get(name, []), f"{path}.{name}", _ATTRIBUTE_GLOB, "a glob")
+            name: fields.globs(doc[name], f"{path}.{name}", _ATTRIBUTE_GLOB, "a glob")
             for name in _INSTANCE_ATTRIBUTES
+            if name in doc
         }
-        tags: dict[str, tuple[str, ...]] = {}
-        for key, values in fields.mapping(doc.get("tags", {}), f"{path}.tags").items():
-            where = f"{path}.tags.{str(key)[:128]}"
-            if not isinstance(key, str) or not fields.TAG_KEY.fullmatch(key):
-                raise PolicyValidationError(where, "tag key must be 1-128 tag characters")
-            tags[key] = fields.str_list(values, where, fields.TAG_VALUE_GLOB, "a tag value glob")
-            if not tags[key]:
-                raise PolicyValidationError(where, "must list at least one value glob")
-        return cls(required=required, session_binding=session_binding, tags=tags, **attributes)
+        tags = fields.tag_globs(doc["tags"], f"{path}.tags") if "tags" in doc else {}
+        conditions = cls(
+            required=required, session_binding=session_binding, tags=tags, **attributes
+        )
+        if not conditions.needs_evidence:
+            # `instance` makes a policy apply only with instance evidence: a block that
+            # asks for none would quietly be one that asks for nothing.
+            raise PolicyValidationError(
+                path,
+                'names no condition: set "required": true to need instance evidence alone, '
+                "or leave instance out to need none",
+            )
+        return conditions
 
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"required": self.required}
