@@ -5,10 +5,18 @@ against the local IMDS emulator: tests/system/test_instance_evidence.py."""
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
+from tests.support.fake_issuer import use_static_credentials
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
+from tokex.cli.main import main
 from tokex.client.imds import ImdsUnavailable, read_instance_identity
+
+# Bounds below are the budget plus this much: the machine may be busy.
+SLACK = 2.0
 
 
 class Imds(QuietHandler):
@@ -59,3 +67,68 @@ def test_an_answer_that_is_not_http_is_unavailable(monkeypatch) -> None:
     monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
     with serving(LoopbackServer(NotHttp)) as server, pytest.raises(ImdsUnavailable):
         read_instance_identity(server.url)
+
+
+class DrippingImds(QuietHandler):
+    """Every answer a byte every 0.2 s: 50 bytes take 10 s, each read well within a
+    socket timeout."""
+
+    def do_PUT(self) -> None:
+        self._drip()
+
+    def do_GET(self) -> None:
+        self._drip()
+
+    def _drip(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "50")
+        self.end_headers()
+        try:
+            for _ in range(50):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the reader gave up
+
+
+def test_the_whole_read_is_within_its_timeout_however_slowly_imds_answers(monkeypatch) -> None:
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
+    with serving(LoopbackServer(DrippingImds)) as server:
+        started = time.monotonic()
+        with pytest.raises(ImdsUnavailable) as failed:
+            read_instance_identity(server.url, timeout=1.0)
+        assert time.monotonic() - started < 1.0 + SLACK
+    assert "did not answer: timed out" in str(failed.value)
+
+
+def _token(capsys, *argv: str) -> tuple[int, dict[str, str], float]:
+    started = time.monotonic()
+    code = main(["token", "--endpoint", "https://tokex.example.com", "--audience", "a", *argv])
+    elapsed = time.monotonic() - started
+    out, err = capsys.readouterr()
+    assert err == ""
+    return code, json.loads(out), elapsed
+
+
+@pytest.mark.parametrize("mode", ["on", "auto"])
+def test_tokex_token_timeout_bounds_the_imds_reads_too(monkeypatch, capsys, mode) -> None:
+    """--timeout is the whole call's: IMDS reads that drip on for 10 s end with it
+    (`on`: the evidence is missing; `auto`: nothing is left for the exchange, which is
+    never sent)."""
+    use_static_credentials(monkeypatch)
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
+    with serving(LoopbackServer(DrippingImds)) as imds:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        code, failure, elapsed = _token(
+            capsys, "--instance-identity", mode, "--timeout", "0.8", "--json"
+        )
+    assert elapsed < 0.8 + SLACK
+    assert code == 1
+    if mode == "on":
+        assert failure["input"] == "--instance-identity"
+        assert "did not answer: timed out" in failure["error_description"]
+        assert "--http-put-response-hop-limit 2" in failure["error_description"]
+    else:
+        assert failure["error"] == "unreachable"
+        assert failure["error_description"] == "cannot reach https://tokex.example.com: timed out"

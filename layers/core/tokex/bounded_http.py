@@ -158,12 +158,14 @@ class _HttpsOnlyProxies(urllib.request.ProxyHandler):
 
 def urllib_opener(
     *handlers: urllib.request.BaseHandler | type[urllib.request.BaseHandler],
+    environment_proxies: bool = True,
 ) -> urllib.request.OpenerDirector:
     """urllib with `handlers`, whose connections open, send and read within the deadline
     (`deadline.request_deadline` around the call), as the pool manager's do; the
-    environment's proxies serve https only."""
+    environment's proxies serve https only, and none with `environment_proxies=False`."""
+    proxies = _HttpsOnlyProxies() if environment_proxies else urllib.request.ProxyHandler({})
     return urllib.request.build_opener(
-        _HttpsOnlyProxies, _BoundedHTTPHandler, _BoundedHTTPSHandler, *handlers
+        proxies, _BoundedHTTPHandler, _BoundedHTTPSHandler, *handlers
     )
 
 

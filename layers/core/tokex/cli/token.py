@@ -219,7 +219,7 @@ def _token_response(
     from tokex.cli.region import aws_session
     from tokex.client import disk_cache
     from tokex.client.evidence import read_token_file, token_subject
-    from tokex.client.token_client import aws_credentials, request_token
+    from tokex.client.token_client import TokenError, aws_credentials, request_token
 
     session = None if evidence == EKS else aws_session()
     cache_file = None
@@ -249,6 +249,12 @@ def _token_response(
     if args.verbose:
         _say_what_is_sent(args, evidence, region or FALLBACK_REGION)
     sent = time.time()  # the cached lifetime counts from before it was asked for
+    # --timeout bounds the IMDS reads and the exchange together.
+    ends = time.monotonic() + timeout
+    instance_evidence = _instance_evidence(args, timeout)
+    left = ends - time.monotonic()
+    if left <= 0:
+        raise TokenError(f"cannot reach {endpoint}: timed out", error=UNREACHABLE, url=endpoint)
     with _attempts_told(args.verbose):
         response = request_token(
             endpoint,
@@ -256,12 +262,12 @@ def _token_response(
             scopes=scopes,
             region=region,
             issuer=args.issuer,
-            instance_evidence=_instance_evidence(args),
+            instance_evidence=instance_evidence,
             session=session,
             evidence=evidence,
             token_file=args.token_file,
             signing_algorithm=args.signing_algorithm,
-            timeout=timeout,
+            timeout=left,
         )
     if cache_file is not None:
         try:
@@ -389,19 +395,27 @@ def _cache_dir(path: Path) -> Path:
         ) from None
 
 
-def _instance_evidence(args: argparse.Namespace) -> str | None:
+def _instance_evidence(args: argparse.Namespace, timeout: float) -> str | None:
     """IMDS evidence per --instance-identity: `auto` proceeds without it off EC2, `on`
-    requires it."""
+    requires it. Read within the IMDS timeout or `timeout` (--timeout), the shorter."""
     if args.instance_identity == "off":
         return None
-    from tokex.client.imds import ImdsUnavailable, encode_instance_evidence, read_instance_identity
+    from tokex.client.imds import (
+        TIMEOUT_SECONDS,
+        ImdsUnavailable,
+        encode_instance_evidence,
+        read_instance_identity,
+    )
 
     try:
-        evidence = read_instance_identity()
+        evidence = read_instance_identity(timeout=min(TIMEOUT_SECONDS, timeout))
     except ImdsUnavailable as err:
         if args.instance_identity == "on":
             raise CommandError(
-                f"--instance-identity on: {err} (off EC2, use --instance-identity auto or off)",
+                f"--instance-identity on: {err} (off EC2, use --instance-identity auto or off;"
+                " in a container on EC2, IMDSv2 answers only with the instance's metadata"
+                " hop limit at 2 or more: aws ec2 modify-instance-metadata-options"
+                " --http-put-response-hop-limit 2)",
                 error=UNREACHABLE,
                 input="--instance-identity",
             ) from None
