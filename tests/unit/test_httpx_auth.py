@@ -167,32 +167,72 @@ def test_async_401_forgets_the_token(issuer) -> None:
     ]
 
 
-def test_async_refresh_leaves_the_other_coroutines_their_valid_token(issuer) -> None:
-    """Past the refresh point, one coroutine waits for the exchange; the others keep the
-    still-valid token instead of queueing behind it."""
+def test_async_refresh_ahead_of_expiry_keeps_every_coroutine_on_the_valid_token(issuer) -> None:
+    """Past the refresh point the exchange runs in the background: no coroutine, the one
+    that started it included, waits for it; the next request after it lands gets the new
+    token."""
     now = [0.0]
     auth = TokexHttpxAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+
+    async def main() -> tuple[list[str], str]:
+        transport = httpx.MockTransport(echo_authorization)
+        async with httpx.AsyncClient(auth=auth, transport=transport) as client:
+            await client.get("https://orders.example.com/")
+            now[0] = 0.85 * 900
+            issuer.gate = threading.Event()  # the refresh is held until all eight answered
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(client.get("https://orders.example.com/") for _ in range(8))),
+                timeout=10,
+            )
+            issuer.gate.set()
+            for _ in range(1000):
+                if not auth._flights:
+                    break
+                await asyncio.sleep(0.01)
+            after = await client.get("https://orders.example.com/")
+            return [answer.text for answer in answers], after.text
+
+    during, after = asyncio.run(main())
+    assert during == ["Bearer token-1"] * 8
+    assert after == "Bearer token-2"
+    assert issuer.exchanges == 2
+
+
+def test_async_refresh_with_stale_if_error_off_waits_in_the_coroutine_that_started_it(
+    issuer,
+) -> None:
+    """A client that must see a failed refresh: the coroutine that started the exchange
+    waits for its outcome; the others keep the still-valid token."""
+    now = [0.0]
+    client = TokenClient(issuer.url, clock=lambda: now[0], stale_if_error=False)
+    auth = TokexHttpxAuth(client, "orders-api")
     answered: list[str] = []
 
     def api(request: httpx.Request) -> httpx.Response:
         answered.append(request.headers["Authorization"])
         return echo_authorization(request)
 
-    async def main() -> list[str]:
-        async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(api)) as client:
-            await client.get("https://orders.example.com/")
+    async def main() -> list[BaseException | httpx.Response]:
+        async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(api)) as api_client:
+            await api_client.get("https://orders.example.com/")
             now[0] = 0.85 * 900
-            issuer.gate = threading.Event()  # the refresh waits until seven are answered
-            asking = asyncio.gather(*(client.get("https://orders.example.com/") for _ in range(8)))
+            issuer.failing, issuer.gate = 503, threading.Event()
+            asking = asyncio.gather(
+                *(api_client.get("https://orders.example.com/") for _ in range(8)),
+                return_exceptions=True,
+            )
             for _ in range(3000):
                 if len(answered) == 1 + 7:
                     break
                 await asyncio.sleep(0.01)
             issuer.gate.set()
-            return sorted(answer.text for answer in await asking)
+            return await asking
 
-    assert asyncio.run(main()) == ["Bearer token-1"] * 7 + ["Bearer token-2"]
-    assert issuer.exchanges == 2
+    outcomes = asyncio.run(main())
+    texts = sorted(o.text for o in outcomes if isinstance(o, httpx.Response))
+    errors = [o for o in outcomes if not isinstance(o, httpx.Response)]
+    assert texts == ["Bearer token-1"] * 7
+    assert [(type(e).__name__, getattr(e, "status", None)) for e in errors] == [("TokenError", 503)]
 
 
 def test_async_coroutines_share_a_failed_exchange(issuer) -> None:

@@ -29,8 +29,11 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
     The async flow never blocks the event loop: a cached token is read without I/O, and
     the exchange (signing, HTTP) runs in a worker thread. The coroutines of one event loop
     share one exchange: N coroutines at expiry hold one worker thread, not N, and all get
-    its outcome, failure included; while it runs, coroutines that still have a valid token
-    use it. Across threads and loops the TokenClient keeps it to one exchange.
+    its outcome, failure included. Past the refresh point the exchange runs in the
+    background: while the old token is valid every coroutine, the one that started the
+    exchange included, uses it, and none waits (with a TokenClient of
+    `stale_if_error=False`, the one that started it waits, to see a failure). Across
+    threads and loops the TokenClient keeps it to one exchange.
 
     An answer of 401 forgets the token it was sent with (once that token is
     `INVALIDATE_MIN_AGE_SECONDS` old): the next request gets a new one. The request that
@@ -76,7 +79,11 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
                     None, self.client.token, self.audience, self.scopes
                 )
                 flight.add_done_callback(self._landed)
-        if joining:
+        # A refresh ahead of expiry runs in the background: the coroutine that started it
+        # and those that join it use the still-valid token, so no request waits for it.
+        # Not for a client that must see a failed refresh (stale_if_error=False): one
+        # coroutine, the one that started it, waits for the outcome.
+        if joining or self.client.stale_if_error:
             valid = self.client.valid_token(self.audience, self.scopes)
             if valid is not None:
                 return valid

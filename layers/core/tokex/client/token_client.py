@@ -658,6 +658,12 @@ class TokenClient:
         )
         return cached.access_token
 
+    @property
+    def stale_if_error(self) -> bool:
+        """Whether a failed refresh serves the still-valid token (the constructor's
+        `stale_if_error`)."""
+        return self._stale_if_error
+
     def cached_token(self, audience: str, scopes: Sequence[str] = ()) -> str | None:
         """The cached token if it is not due for refresh, else None: never any I/O (what an
         event loop may call before handing `token` to a thread)."""
