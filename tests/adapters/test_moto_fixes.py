@@ -398,3 +398,38 @@ def _admit_other(client) -> None:
             },
         ]
     )
+
+
+def test_kms_refuses_a_key_that_is_not_enabled_as_aws_does() -> None:
+    """moto signed with, and gave out the public key of, a disabled key or one scheduled
+    for deletion; AWS refuses both (DisabledException, KMSInvalidStateException)."""
+    moto_fixes.install()
+    with mock_aws():
+        kms = boto3.client("kms", region_name="us-east-1")
+        key = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
+        sign = {"Message": b"m", "SigningAlgorithm": "ECDSA_SHA_256"}
+        signature = kms.sign(KeyId=key["Arn"], **sign)["Signature"]
+
+        def refusals() -> list[tuple[str, str]]:
+            calls = (
+                lambda: kms.sign(KeyId=key["Arn"], **sign),
+                lambda: kms.verify(KeyId=key["KeyId"], Signature=signature, **sign),
+                lambda: kms.get_public_key(KeyId=key["KeyId"]),
+            )
+            errors = []
+            for call in calls:
+                with pytest.raises(ClientError) as refused:
+                    call()
+                errors.append((refused.value.response["Error"]["Code"], str(refused.value)))
+            return errors
+
+        kms.disable_key(KeyId=key["KeyId"])
+        for code, message in refusals():
+            assert code == "DisabledException"
+            assert message.endswith(f"{key['Arn']} is disabled.")
+        kms.enable_key(KeyId=key["KeyId"])
+        assert kms.verify(KeyId=key["Arn"], Signature=signature, **sign)["SignatureValid"]
+        kms.schedule_key_deletion(KeyId=key["KeyId"], PendingWindowInDays=7)
+        for code, message in refusals():
+            assert code == "KMSInvalidStateException"
+            assert message.endswith(f"{key['Arn']} is pending deletion.")

@@ -30,6 +30,11 @@ a replica's Region, say) where AWS answers `NotFoundException` "Invalid arn <reg
 `tokex local --regions` gives each Region's functions its own Region's replica; with the
 fix, the emulator proves it.
 
+Key states: moto signs with, and gives out the public key of, a KMS key that is disabled or
+scheduled for deletion, where AWS answers `DisabledException` or
+`KMSInvalidStateException`: what tokex meets when an operator disables its signing key
+(503 `temporarily_unavailable`). `install` makes moto refuse them as AWS does.
+
 Idempotency: moto ignores `TransactWriteItems`' `ClientRequestToken`, so the SDK's retry of
 a transaction whose answer was lost applies it twice, where AWS applies it once and answers
 success for the same token and request within ten minutes (`IdempotentParameterMismatch`
@@ -108,6 +113,7 @@ def install() -> None:
         _moto_modules_listed_once()
         _expressions_parsed_once()
         _kms_key_arns_of_this_region_only()
+        _kms_keys_used_only_when_enabled()
         _unsigned_requests_refused()
         _transactions_idempotent_by_token()
         _single_writes_refused_during_transactions()
@@ -230,6 +236,35 @@ def _kms_key_arns_of_this_region_only() -> None:
         validate(self, key_id)
 
     KmsResponse._validate_cmk_id = validate_cmk_id  # type: ignore[method-assign]
+
+
+def _kms_keys_used_only_when_enabled() -> None:
+    """Sign, Verify and GetPublicKey of a key that is not enabled are refused with AWS's
+    codes and messages (KMS API reference, Sign: `DisabledException`,
+    `KMSInvalidStateException`)."""
+    from moto.core.exceptions import JsonRESTError
+    from moto.kms.models import KmsBackend
+
+    def enabled_only(operation: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(operation)
+        def checked(self: Any, key_id: str, *args: Any, **kwargs: Any) -> Any:
+            key = self.describe_key(key_id)
+            if key.key_state == "Disabled":
+                raise JsonRESTError("DisabledException", f"{key.arn} is disabled.")
+            if key.key_state != "Enabled":
+                raise JsonRESTError(
+                    "KMSInvalidStateException",
+                    f"{key.arn} is {_KEY_STATE_WORDS.get(key.key_state, key.key_state)}.",
+                )
+            return operation(self, key_id, *args, **kwargs)
+
+        return checked
+
+    for operation in ("sign", "verify", "get_public_key"):
+        setattr(KmsBackend, operation, enabled_only(getattr(KmsBackend, operation)))
+
+
+_KEY_STATE_WORDS = {"PendingDeletion": "pending deletion", "PendingImport": "pending import"}
 
 
 # DynamoDB API reference, TransactWriteItems `ClientRequestToken`.
