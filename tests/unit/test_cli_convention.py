@@ -447,7 +447,8 @@ def test_token_at_a_closed_port_is_a_network_failure(
     failure = one_json_object(out)
     assert (code, err, failure["error"]) == (1, "", "unreachable")
     assert failure["error_description"] == (
-        f"cannot reach {url}/.well-known/openid-configuration: Connection refused"
+        f"cannot reach {url}/.well-known/openid-configuration: Connection refused "
+        "(is `tokex local` running? it prints the endpoint it serves)"
     )
 
 

@@ -146,9 +146,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         response = _token_response(args, endpoint, scopes, evidence, region, cache_dir, timeout)
     except TokenError as err:
-        raise CommandError(str(err), error=err.error, input=err.url or "--endpoint") from None
+        message = str(err)
+        if err.error == UNREACHABLE and _is_plain_loopback(endpoint):
+            message += " (is `tokex local` running? it prints the endpoint it serves)"
+        raise CommandError(message, error=err.error, input=err.url or "--endpoint") from None
     print(json.dumps(response, indent=2) if args.json else response["access_token"])
     return 0
+
+
+def _is_plain_loopback(endpoint: str) -> bool:
+    """An http endpoint on this machine: only `tokex local` serves one."""
+    import urllib.parse
+
+    from tokex.client.endpoint import is_loopback
+
+    parts = urllib.parse.urlsplit(endpoint)
+    return parts.scheme == "http" and is_loopback(parts.hostname or "")
 
 
 def _timeout(value: str | None) -> float:
