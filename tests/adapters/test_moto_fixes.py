@@ -9,6 +9,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
@@ -296,6 +297,31 @@ def test_a_token_is_remembered_for_ten_minutes(dynamodb, monkeypatch) -> None:
     now[0] += 1
     _charge_once(dynamodb, "token-1")  # past the window: a new request
     assert _hits(dynamodb) == 2
+
+
+def test_a_token_sent_again_while_its_transaction_runs_is_in_progress_then_applied_once(
+    dynamodb, monkeypatch
+) -> None:
+    """The SDK's retry can arrive while the first attempt is still applying: DynamoDB
+    answers `TransactionInProgressException` (which the SDK retries), and the transaction
+    counts once."""
+    monkeypatch.setattr(moto_fixes, "transaction_seconds", 0.5)
+    no_retries = boto3.client(
+        "dynamodb",
+        region_name="us-east-1",
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+    )
+    first = threading.Thread(target=_charge_once, args=(dynamodb, "token-1"))
+    first.start()
+    try:
+        time.sleep(0.15)  # well inside the first attempt's 0.5 s
+        with pytest.raises(ClientError) as running:
+            _charge_once(no_retries, "token-1")
+        _charge_once(dynamodb, "token-1")  # the SDK retries it until the first completes
+    finally:
+        first.join()
+    assert running.value.response["Error"]["Code"] == "TransactionInProgressException"
+    assert _hits(dynamodb) == 1
 
 
 # --- conflicts (local/moto_fixes.py "Conflicts") -------------------------------------------

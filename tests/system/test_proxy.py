@@ -342,6 +342,44 @@ def test_32_concurrent_requests_on_a_cold_cache_make_one_exchange(proxy, upstrea
     assert len({got.token for got in upstream.received}) == 1
 
 
+def test_token_endpoint_health_and_forwarded_requests_at_once_on_a_cold_cache(
+    proxy, upstream, exchanges
+):
+    """A new proxy, no token yet: callers of its token endpoint, of its health endpoint
+    and of the route, all at once, share one exchange; every caller of the token endpoint
+    gets the token the upstream got."""
+    kinds = ["token"] * 16 + ["route"] * 8 + ["health"] * 8
+    barrier = threading.Barrier(len(kinds))
+    answers: list[tuple[str, int, bytes]] = []
+    with_secret = {SECRET_HEADER: "the-test-secret"}
+
+    def one(number: int, kind: str) -> None:
+        barrier.wait()
+        if kind == "token":
+            target = f"/.tokex/token?audience={DEMO_AUDIENCE}&scope={DEMO_SCOPE}"
+            status, _, body = proxy.request("GET", target, with_secret)
+        elif kind == "route":
+            status, _, body = proxy.request("GET", f"/orders/{number}")
+        else:
+            status, _, body = proxy.request("GET", "/.tokex/health")
+        answers.append((kind, status, body))
+
+    threads = [threading.Thread(target=one, args=pair) for pair in enumerate(kinds)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted((kind, status) for kind, status, _ in answers) == sorted(
+        (kind, 200) for kind in kinds
+    )
+    assert exchanges == [DEMO_AUDIENCE]
+    tokens = {json.loads(body)["access_token"] for kind, _, body in answers if kind == "token"}
+    assert tokens == {got.token for got in upstream.received}
+    assert len(tokens) == 1
+    _, _, body = proxy.request("GET", "/.tokex/health")
+    assert [route["has_token"] for route in json.loads(body)["routes"]] == [True]
+
+
 def test_shutdown_lets_the_request_in_flight_finish_and_refuses_new_ones(proxy, upstream):
     answers: list[tuple[int, dict[str, str], bytes]] = []
     in_flight = threading.Thread(target=lambda: answers.append(proxy.request("GET", "/slow")))

@@ -3,14 +3,19 @@ against the running system's emulator with settings of the test's own."""
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import uuid
+from typing import Any
 
 import pytest
 
 from tokex.errors import ConfigurationError, TokexError
+from tokex.local.emulator import set_signature_checking
 from tokex.local.functions import LambdaContext, load_handler
 from tokex.local.runner import handler_environment
+from tokex.publish import CACHE_CONTROL, CONTENT_TYPE, DISCOVERY_KEY, JWKS_KEY
 
 
 def test_a_published_key_kms_refuses_fails_the_publisher_naming_it(local_system, caplog) -> None:
@@ -28,3 +33,46 @@ def test_a_published_key_kms_refuses_fails_the_publisher_naming_it(local_system,
     assert failed.getMessage() == "publishing the issuer documents failed"
     assert gone in failed.reason
     assert "NotFoundException" in failed.reason
+
+
+def test_two_runs_at_once_on_an_empty_bucket_publish_whole_documents(local_system) -> None:
+    """The hourly schedule and a deploy's run can overlap: two cold publishers at once on a
+    bucket that holds nothing yet both succeed, the documents are whole and served with
+    their headers, and a third run finds nothing to write."""
+    deployment = local_system.deployment
+    bucket = f"tokex-documents-{uuid.uuid4().hex[:12]}"
+    admin = deployment.emulator_admin_token
+    set_signature_checking(deployment.endpoint_url, on=False, admin_token=admin)
+    try:
+        deployment.client("s3").create_bucket(Bucket=bucket)
+    finally:
+        set_signature_checking(deployment.endpoint_url, on=True, admin_token=admin)
+    with handler_environment(local_system.handler_env(TOKEX_JWKS_BUCKET=bucket)):
+        publishers = [load_handler("jwks_publisher") for _ in range(3)]
+    together = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def publish(publisher: Any) -> None:
+        together.wait()
+        try:
+            outcomes.append(publisher.lambda_handler({}, LambdaContext("tokex-jwks-publisher")))
+        except Exception as err:  # reported by the assertion below
+            outcomes.append(err)
+
+    runs = [threading.Thread(target=publish, args=(p,)) for p in publishers[:2]]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(60)
+    assert len(outcomes) == 2 and not [o for o in outcomes if isinstance(o, Exception)]
+    s3 = deployment.client("s3")
+    jwks = s3.get_object(Bucket=bucket, Key=JWKS_KEY)
+    discovery = s3.get_object(Bucket=bucket, Key=DISCOVERY_KEY)
+    for answer in (jwks, discovery):
+        assert (answer["ContentType"], answer["CacheControl"]) == (CONTENT_TYPE, CACHE_CONTROL)
+    published = json.loads(jwks["Body"].read())
+    served = s3.get_object(Bucket=deployment.jwks_bucket, Key=JWKS_KEY)["Body"].read()
+    assert published == json.loads(served)  # what the system's own publisher wrote
+    assert json.loads(discovery["Body"].read())["issuer"] == local_system.issuer
+    third = publishers[2].lambda_handler({}, LambdaContext("tokex-jwks-publisher"))
+    assert third == {"written": []}, third

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,3 +292,36 @@ def test_a_cached_lifetime_counts_from_when_the_token_was_asked_for(
     [file] = cache_files(tmp_path)
     obtained_at = json.loads(file.read_text())["obtained_at"]
     assert asked <= obtained_at < asked + 1.0  # before the 1 s the answer took
+
+
+def test_eight_processes_at_once_on_an_empty_cache_dir_each_get_a_whole_token(
+    issuer, tmp_path
+) -> None:
+    """Scripts start `tokex token --cache-dir` side by side: each process writes its file
+    whole (a temporary file renamed over it) while the others read and prune, so no run
+    reads half a file or fails, no temporary file is left, and a later run is served from
+    the cache."""
+    issuer.delay = 0.3  # the eight exchanges overlap, and so do their writes
+    directory = tmp_path / "cache"
+    argv = [
+        sys.executable, "-m", "tokex.cli.main", "token", "--endpoint", issuer.url,
+        "--audience", "orders-api", "--cache-dir", str(directory),
+    ]  # fmt: skip
+    runs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    answers = [run.communicate(timeout=60) for run in runs]
+    assert [(run.returncode, err) for run, (_, err) in zip(runs, answers, strict=True)] == [
+        (0, "")
+    ] * 8
+    tokens = {out.strip() for out, _ in answers}
+    assert tokens <= {f"token-{n}" for n in range(1, 9)}
+    files = cache_files(directory)
+    assert len(files) == 1
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert sorted(path.name for path in directory.iterdir()) == [files[0].name]  # no .tmp-
+    exchanges = issuer.exchanges
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    assert again.stdout.strip() in tokens
+    assert issuer.exchanges == exchanges  # from the cache

@@ -258,3 +258,50 @@ def test_async_coroutines_share_a_failed_exchange(issuer) -> None:
         ("TokenError", 503)
     ] * 8
     assert issuer.exchanges == 2
+
+
+def test_async_cold_cache_makes_one_exchange_for_a_crowd(issuer) -> None:
+    """A new auth, nothing cached, no flight table yet: 16 coroutines at once share one
+    exchange (slowed, so they all arrive while it runs)."""
+    issuer.delay = 0.3
+    auth = TokexHttpxAuth(TokenClient(issuer.url), "orders-api")
+
+    async def main() -> list[str]:
+        transport = httpx.MockTransport(echo_authorization)
+        async with httpx.AsyncClient(auth=auth, transport=transport) as api:
+            answers = await asyncio.gather(
+                *(api.get("https://orders.example.com/") for _ in range(16))
+            )
+            return [answer.text for answer in answers]
+
+    assert asyncio.run(main()) == ["Bearer token-1"] * 16
+    assert issuer.exchanges == 1
+
+
+def test_async_cold_cache_in_four_event_loops_at_once_makes_one_exchange(issuer) -> None:
+    """Four threads, each with its own event loop and eight coroutines, on one new auth:
+    the TokenClient keeps it to one exchange across loops."""
+    issuer.delay = 0.3
+    auth = TokexHttpxAuth(TokenClient(issuer.url), "orders-api")
+    answered: list[str] = []
+    together = threading.Barrier(4)
+
+    def loop_of_eight() -> None:
+        async def main() -> list[str]:
+            transport = httpx.MockTransport(echo_authorization)
+            async with httpx.AsyncClient(auth=auth, transport=transport) as api:
+                together.wait()
+                answers = await asyncio.gather(
+                    *(api.get("https://orders.example.com/") for _ in range(8))
+                )
+                return [answer.text for answer in answers]
+
+        answered.extend(asyncio.run(main()))
+
+    threads = [threading.Thread(target=loop_of_eight) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert answered == ["Bearer token-1"] * 32
+    assert issuer.exchanges == 1
