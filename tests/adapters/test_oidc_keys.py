@@ -410,6 +410,42 @@ def test_concurrent_callers_on_a_cold_cache_share_one_fetch(
     assert (server.count(DISCOVERY), server.count(JWKS_PATH)) == (1, 1)
 
 
+def test_concurrent_callers_after_a_rotation_share_one_refetch(
+    server: IssuerServer, pki: Pki, clock: FakeClock
+) -> None:
+    """A warm cache, past the refetch interval, and the issuer has rotated to a new key:
+    sixteen callers ask for its kid at once while the JWKS answer is slowed. One refetch
+    serves them all (the issuer's lock); the callers that waited for it find the key in
+    its result, none taking the kid for unknown (None) nor getting a 503."""
+    server.publish(rsa_jwk("k1"))
+    keys, issuer = adapter(pki, clock), issuer_of(server)
+    assert keys.key(issuer, "k1") is not None
+    server.publish(rsa_jwk("k2", ROTATED_KEY))
+    server.routes[JWKS_PATH].delay = 0.3  # every caller arrives while the refetch is on
+    clock.now += MIN_REFETCH
+    start = threading.Barrier(16)
+    found: list[jwt.PyJWK | None] = []
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        start.wait()
+        try:
+            found.append(keys.key(issuer, "k2"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not errors
+    rotated = ROTATED_KEY.public_key().public_numbers()
+    assert len(found) == 16
+    assert all(key is not None and key.key.public_numbers() == rotated for key in found)
+    assert (server.count(DISCOVERY), server.count(JWKS_PATH)) == (2, 2)
+
+
 # --- failures: 503, never the upstream's words -------------------------------------------
 
 
@@ -470,6 +506,22 @@ def test_a_declared_oversized_document_is_not_read(
         ),
         pytest.param({"jwks_uri": "file:///etc/passwd"}, None, "jwks_uri", id="file-uri"),
         pytest.param({"jwks_uri": "http://169.254.169.254/keys"}, None, "jwks_uri", id="http"),
+        # An address of the exchange's own network, unless it is the issuer's own host.
+        pytest.param(
+            {"jwks_uri": "https://169.254.169.254/latest/meta-data"},
+            None,
+            "jwks_uri_internal",
+            id="imds",
+        ),
+        pytest.param(
+            {"jwks_uri": "https://10.0.0.5:8443/keys"}, None, "jwks_uri_internal", id="private"
+        ),
+        pytest.param(
+            {"jwks_uri": "https://[fd00:ec2::254]/keys"}, None, "jwks_uri_internal", id="ula"
+        ),
+        pytest.param(
+            {"jwks_uri": "https://127.0.0.2/keys"}, None, "jwks_uri_internal", id="loopback"
+        ),
         pytest.param(None, {"keys": "none"}, "jwks_keys", id="keys-not-a-list"),
         pytest.param(None, {"nokeys": []}, "jwks_keys", id="keys-missing"),
         pytest.param(None, {"keys": [{}] * 101}, "jwks_too_many_keys", id="too-many-keys"),
@@ -515,6 +567,11 @@ def test_unusable_documents(
             Route(body=b"{}", headers={"Content-Length": "\u00b2"}),  # a digit to isdigit()
             "discovery_content_length",
             id="superscript-length",
+        ),
+        pytest.param(
+            Route(body=b"{}", headers={"Content-Length": "9" * 5000}),  # past int()'s limit
+            "discovery_too_large",
+            id="5000-digit-length",
         ),
         pytest.param(
             Route(status=404, body=b"UPSTREAM-SECRET-BODY"), "discovery_http_404", id="404"
@@ -634,3 +691,27 @@ def test_a_caller_waiting_for_a_slow_fetch_stops_at_its_own_deadline(
     first.join(timeout=10)
     assert keys.key(issuer, "k1") is not None
     assert server.count(DISCOVERY) == 1
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"kid": "odd", "kty": ["RSA"]},
+        {"kid": "odd", "kty": {"RSA": 1}},
+        {"kid": "odd", "kty": "EC", "crv": ["P-384"]},
+        {"kid": "odd", "kty": "EC", "crv": {}},
+    ],
+)
+def test_a_key_whose_type_is_not_a_string_is_skipped_not_a_failure_of_the_set(
+    server: IssuerServer, pki: Pki, clock: FakeClock, odd: dict[str, Any]
+) -> None:
+    """It raised TypeError (unhashable) out of the fetch: the cached keys stopped serving,
+    the backoff never applied, and every exchange for the issuer was a 503 "bug"."""
+    server.publish(rsa_jwk("k1"))
+    keys, issuer = adapter(pki, clock), issuer_of(server)
+    assert keys.key(issuer, "k1") is not None
+    server.publish(rsa_jwk("k1"), odd)
+    clock.now += REFRESH
+    assert keys.key(issuer, "k1") is not None
+    assert keys.key(issuer, "odd") is None
+    assert server.count(JWKS_PATH) == 2

@@ -54,6 +54,8 @@ def test_empty_means_none(value: str) -> None:
         ({"kind": "aws-oif"}, "must be a list"),
         (["x"], r"trustedIssuers\[0\] must be an object"),
         ([{**OIF, "kind": "gcp"}], r"trustedIssuers\[0\]\.kind must be one of aws-oif, eks"),
+        ([{**OIF, "kind": ["aws-oif"]}], r"trustedIssuers\[0\]\.kind must be one of"),
+        ([{**OIF, "kind": {}}], r"trustedIssuers\[0\]\.kind must be one of"),
         ([{**OIF, "region": "us-east-1"}], r"trustedIssuers\[0\]\.region: unknown key"),
         ([{**OIF, "issuer": "http://abc.example"}], r"\.issuer must be an https URL"),
         ([{**OIF, "issuer": "https://abc.example/"}], "trailing slash"),

@@ -4,7 +4,8 @@ evidence/jwt_evidence.py.
 
 Fetching: `{issuer}/.well-known/openid-configuration`, whose `issuer` must be the
 configured issuer exactly (Discovery §4.3: otherwise the document is another issuer's),
-then its `jwks_uri` (https; plain http only on loopback in local mode). Both over the
+then its `jwks_uri` (https; plain http only on loopback in local mode; an IP address of
+a non-global range only if it is the issuer's own host). Both over the
 bounded transport (bounded_http.py), so every read ends by the request's
 deadline; TLS verified against the system CA store; no proxy from the environment; no
 redirect followed (a 3xx is a failure); the size limit enforced while reading; strict
@@ -26,11 +27,14 @@ Caching, per issuer: the keys by `kid` and when they were fetched.
   (never past their deadline) and share its result.
 
 Failures are `TemporarilyUnavailable` (503, Retry-After) with the reason
-`jwks:<issuer host>:<what>`; descriptions never echo what the issuer sent.
+`jwks:<issuer host>:<what>`; descriptions never echo what the issuer sent. Whatever else
+a fetch raises is such a failure too (`unexpected`, logged with its traceback), so the
+backoff and the cached keys apply to it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
 import threading
@@ -156,6 +160,11 @@ class OidcIssuerKeys:
             return exc
         except TemporarilyUnavailable as exc:
             return _failed(cache, issuer, exc, now)
+        except Exception:  # a bug, or input nothing above foresaw: the issuer's failure
+            # all the same, so its cached keys keep serving and the backoff holds.
+            log.exception("fetching the keys of %s failed unexpectedly", issuer.issuer)
+            host = urlsplit(issuer.issuer).hostname or "?"
+            return _failed(cache, issuer, _unavailable(host, "unexpected"), now)
         cache.keys, cache.fetched_at, cache.failure = keys, now, None
         return None
 
@@ -170,6 +179,10 @@ class OidcIssuerKeys:
         jwks_uri = discovery.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not self._allowed_url(jwks_uri):
             raise _unavailable(host, "jwks_uri")
+        if _internal_address(jwks_uri, host):
+            # The discovery document must not point the exchange at an address of its own
+            # network (IMDS, a private service): only the issuer's own host may be one.
+            raise _unavailable(host, "jwks_uri_internal")
         return _verification_keys(self._get_json(jwks_uri, host, "jwks"), host)
 
     def _allowed_url(self, url: str) -> bool:
@@ -259,7 +272,8 @@ def _read_body(response: Any, limit: int, host: str, what: str) -> bytes:
     declared = response.headers.get("Content-Length")
     if declared is not None and not (declared.isascii() and declared.isdigit()):
         raise _unavailable(host, f"{what}_content_length")
-    if declared is not None and int(declared) > limit:
+    # Length first: int() refuses strings of more than 4300 digits.
+    if declared is not None and (len(declared) > len(str(limit)) or int(declared) > limit):
         raise _unavailable(host, f"{what}_too_large")
     data: bytes = response.read(limit + 1, decode_content=False)
     if len(data) > limit:
@@ -296,7 +310,10 @@ def _verification_key(entry: dict[str, Any]) -> jwt.PyJWK | None:
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
         return None
     kty = entry.get("kty")
-    algorithm = _ALGORITHM_OF.get((kty, entry.get("crv") if kty == "EC" else None))
+    crv = entry.get("crv") if kty == "EC" else None
+    if not isinstance(kty, str) or not isinstance(crv, str | None):
+        return None  # a key of another type: skipped, never a failure of the whole set
+    algorithm = _ALGORITHM_OF.get((kty, crv))
     if algorithm is None or entry.get("alg", algorithm) != algorithm:
         return None
     try:
@@ -306,6 +323,17 @@ def _verification_key(entry: dict[str, Any]) -> jwt.PyJWK | None:
     if isinstance(key.key, rsa.RSAPublicKey) and key.key.key_size < MIN_RSA_BITS:
         return None
     return key
+
+
+def _internal_address(url: str, issuer_host: str) -> bool:
+    """`url`'s host is an IP address that is not global (loopback, private, link-local,
+    unique local, reserved) and not the issuer's own host."""
+    hostname = urlsplit(url).hostname or ""
+    try:
+        address = ipaddress.ip_address(hostname)
+    except ValueError:
+        return False  # a name
+    return not address.is_global and hostname != issuer_host
 
 
 def _acquire_within_deadline(lock: threading.Lock) -> None:

@@ -110,7 +110,7 @@ def _issuer(entry: object, where: str, allow_http_loopback: bool) -> TrustedIssu
     if not isinstance(entry, Mapping):
         raise TrustedIssuerError(f"{where} must be an object")
     kind = entry.get("kind")
-    if kind not in _KEYS:
+    if not isinstance(kind, str) or kind not in _KEYS:
         raise TrustedIssuerError(f"{where}.kind must be one of {', '.join(_KEYS)}")
     for key in entry:
         if key not in _KEYS[kind]:
