@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -92,19 +93,39 @@ def create_ec2() -> ec2_tags.Ec2ClientFactory:
     return default_ec2_client_factory()  # shared: its first client loads the EC2 model
 
 
+def slow(client: Any, operation: str, seconds: float = 0.2) -> None:
+    """Each `operation` call of the real client waits `seconds` before it is made: callers
+    that arrive together are all still waiting for it when it answers."""
+    event = f"before-call.{client.meta.service_model.service_name}.{operation}"
+    client.meta.events.register(event, lambda **_: time.sleep(seconds))
+
+
+def counting_lookup(
+    sts: Any,
+    describes: list[dict[str, Any]],
+    create_ec2: ec2_tags.Ec2ClientFactory,
+    *,
+    describe_delay: float = 0.0,
+) -> InstanceTagLookup:
+    """A lookup on a fake clock whose EC2 clients record the API parameters of each
+    DescribeInstances in `describes` (and make it wait `describe_delay` seconds)."""
+
+    def factory(region: str, credentials: AssumedCredentials) -> Any:
+        client = create_ec2(region, credentials)
+        event = "before-parameter-build.ec2.DescribeInstances"
+        client.meta.events.register(event, lambda params, **_: describes.append(dict(params)))
+        if describe_delay:
+            slow(client, "DescribeInstances", describe_delay)
+        return client
+
+    return InstanceTagLookup(sts, role_name=ROLE_NAME, clock=Clock(), ec2_client_factory=factory)
+
+
 @pytest.fixture
 def lookup(
     sts: Any, describes: list[dict[str, Any]], create_ec2: ec2_tags.Ec2ClientFactory
 ) -> InstanceTagLookup:
-    create = create_ec2
-
-    def factory(region: str, credentials: AssumedCredentials) -> Any:
-        client = create(region, credentials)
-        event = "before-call.ec2.DescribeInstances"
-        client.meta.events.register(event, lambda params, **_: describes.append(params))
-        return client
-
-    return InstanceTagLookup(sts, role_name=ROLE_NAME, clock=Clock(), ec2_client_factory=factory)
+    return counting_lookup(sts, describes, create_ec2)
 
 
 def test_running_instance_tags(aws, lookup, sts):
@@ -308,19 +329,47 @@ def test_unreachable_ec2_is_unavailable(sts):
         lookup(identity())
 
 
-def test_concurrent_lookups_of_one_instance_make_one_call(aws, lookup, describes):
+def test_concurrent_lookups_of_one_instance_make_one_call(aws, sts, describes, create_ec2):
+    """Eight callers miss the cache for one instance at once, and its DescribeInstances is
+    slowed so that all of them arrive while it is in flight: the instance's lock lets one
+    call EC2 and the others share its answer (single flight), not one call each."""
     instance_id = run_instance(aws, team="orders")
-    results: list[Any] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(lookup(identity(instance_id))))
-        for _ in range(8)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    lookup = counting_lookup(sts, describes, create_ec2, describe_delay=0.2)
+    start = threading.Barrier(8, timeout=10)
+
+    def look(_: int) -> Mapping[str, str]:
+        start.wait()
+        return lookup(identity(instance_id))
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(look, range(8)))
     assert results == [{"team": "orders"}] * 8
     assert len(describes) == 1
+
+
+def test_concurrent_lookups_in_one_account_assume_its_role_once(aws, sts, lookup, describes):
+    """Eight different instances of one account, looked up at once on an empty cache, and
+    AssumeRole slowed so that every caller needs the account's credentials while they are
+    being fetched: the account's lock lets one caller assume the role and the others reuse
+    its credentials, while each instance still gets its own DescribeInstances and tags,
+    cached under that instance."""
+    instances = {run_instance(aws, n=str(number)): str(number) for number in range(8)}
+    slow(sts, "AssumeRole")
+    assumed = calls(sts, "AssumeRole")
+    start = threading.Barrier(8, timeout=10)
+
+    def look(instance_id: str) -> Mapping[str, str]:
+        start.wait()
+        return lookup(identity(instance_id))
+
+    with ThreadPoolExecutor(8) as pool:
+        results = dict(zip(instances, pool.map(look, instances), strict=True))
+    expected = {instance_id: {"n": number} for instance_id, number in instances.items()}
+    assert results == expected
+    assert len(assumed) == 1
+    assert sorted(params["InstanceIds"][0] for params in describes) == sorted(instances)
+    assert {instance_id: lookup(identity(instance_id)) for instance_id in instances} == expected
+    assert len(describes) == 8  # answered from the cache
 
 
 def test_cache_size_is_bounded(aws, lookup, describes, monkeypatch):
