@@ -139,6 +139,41 @@ def test_concurrent_callers_share_one_reload() -> None:
     assert store.loads == 1
 
 
+def test_concurrent_callers_on_a_stale_cache_share_one_reload_and_its_outcome() -> None:
+    """Past the TTL, callers at once get one reload: its new policies when it succeeds; a
+    failure for every caller when it fails (never the stale copy)."""
+    store, clock = FakeStore(), Clock()
+    cache = CachedPolicies(store, 30, clock=clock)
+    cache.policies()
+    store.policies, store.delay = [make_policy("one"), make_policy("two")], 0.2
+    clock.now += 30
+    together = threading.Barrier(8)
+    outcomes: list[object] = []
+
+    def ask() -> None:
+        together.wait()
+        try:
+            outcomes.append(sorted(p.id for p in cache.policies()))
+        except TemporarilyUnavailable as err:
+            outcomes.append(err.reason)
+
+    def crowd() -> None:
+        outcomes.clear()
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+
+    crowd()
+    assert outcomes == [["one", "two"]] * 8
+    assert store.loads == 2
+    store.fail, store.delay = True, 0.0
+    clock.now += 30
+    crowd()
+    assert outcomes == ["dynamodb Scan: ThrottlingException"] * 8
+
+
 def test_by_default_a_frozen_environments_sleep_counts(monkeypatch) -> None:
     """A Lambda environment frozen between invocations: the monotonic clock stands still
     while the wall clock moves on. Policies loaded before the freeze are stale after it (a
