@@ -189,6 +189,44 @@ def test_an_invalid_expression_is_refused_every_time(dynamodb, field: str, expre
     assert _hits(dynamodb) == 0
 
 
+def test_concurrent_requests_with_one_condition_text_each_decide_by_their_own_values(
+    dynamodb,
+) -> None:
+    """An empty parse cache and 16 requests at once with the same condition and update
+    texts but limits and increments of their own: each is decided by its own values (a
+    parse shared across values would decide some by another request's)."""
+    for n in range(16):
+        dynamodb.put_item(TableName=TABLE, Item={"id": {"S": f"c#{n}"}, "hits": {"N": "5"}})
+    moto_fixes.forget_parsed_expressions()
+    together = threading.Barrier(16)
+    applied: dict[int, bool] = {}
+
+    def charge(n: int) -> None:
+        together.wait()
+        try:
+            dynamodb.update_item(
+                TableName=TABLE,
+                Key={"id": {"S": f"c#{n}"}},
+                UpdateExpression="ADD hits :n",
+                ConditionExpression="hits < :limit",
+                ExpressionAttributeValues={":n": {"N": str(n)}, ":limit": {"N": str(n)}},
+            )
+            applied[n] = True
+        except ClientError as refused:
+            assert refused.response["Error"]["Code"] == "ConditionalCheckFailedException"
+            applied[n] = False
+
+    threads = [threading.Thread(target=charge, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert applied == {n: n > 5 for n in range(16)}
+    for n in range(16):
+        item = dynamodb.get_item(TableName=TABLE, Key={"id": {"S": f"c#{n}"}})["Item"]
+        assert int(item["hits"]["N"]) == (5 + n if n > 5 else 5)
+
+
 def test_moto_parses_a_repeated_expression_once(dynamodb, monkeypatch) -> None:
     from moto.dynamodb.comparisons import ConditionExpressionParser
     from moto.dynamodb.parsing.expressions import ExpressionTokenizer
