@@ -22,18 +22,20 @@ from typing import Any
 import jwt
 
 from tests.system.conftest import FreshRole
-from tests.system.endpoints import exchange, sign
+from tests.system.endpoints import exchange, sign, verify
 from tests.system.test_cold_environment import new_environment
 from tests.system.test_single_use import budget_spent
 from tests.system.upstreams import CountingProxy
 from tokex.adapters.state_table import schema
 from tokex.adapters.state_table.introspection_clients import ClientStore
+from tokex.client.imds import encode_instance_evidence, read_instance_identity
 from tokex.client.signing import encode_subject_token
 from tokex.deadline import request_deadline
 from tokex.errors import TokexError
+from tokex.evidence.instance_identity import _packaged_certificates
 from tokex.exchange import ExchangeAudit
 from tokex.introspection import IntrospectionAudit, Introspector
-from tokex.local.provision import DEMO_AUDIENCE
+from tokex.local.provision import DEMO_AUDIENCE, DEMO_INSTANCE_AUDIENCE, DEMO_INSTANCE_ID
 from tokex.local.runner import LocalSystem, handler_environment
 from tokex.settings import Settings
 from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT, parse_token_request
@@ -170,3 +172,46 @@ def test_copies_of_one_signed_request_at_once_get_one_token(
     record = signature_record(local_system, signed)
     assert record is not None and "released_at" not in record, record
     assert budget_spent(local_system, fresh_role.arn, started) == 1
+
+
+def test_concurrent_first_exchanges_with_instance_evidence_parse_the_certificates_once(
+    local_system, counting_proxy
+):
+    """Six exchanges with IMDS evidence are the first of a new environment in a process
+    that has parsed no AWS certificate yet (the cache emptied): each verifies its evidence
+    and gets a token with the instance's claims, and the certificate store is built once
+    (`built_once`'s lock), so the ~130 packaged certificates are parsed once, not once per
+    caller that found the store missing."""
+    _packaged_certificates.cache_clear()
+    environment = new_environment(local_system, counting_proxy)
+    evidence = encode_instance_evidence(read_instance_identity(local_system.imds.url))
+    bodies = [
+        urllib.parse.urlencode(
+            {
+                "grant_type": TOKEN_EXCHANGE_GRANT,
+                "subject_token_type": SIGV4_TOKEN_TYPE,
+                "subject_token": encode_subject_token(sign(local_system)),
+                "audience": DEMO_INSTANCE_AUDIENCE,
+                "aws_instance_identity": evidence,
+            }
+        ).encode()
+        for _ in range(COPIES)
+    ]
+    start = threading.Barrier(COPIES, timeout=10)
+
+    def first_exchange(body: bytes) -> str:
+        request = parse_token_request(body, FORM)
+        start.wait()
+        with request_deadline(10):
+            return environment.exchange(request, ExchangeAudit()).access_token
+
+    # A refusal (TokexError) or a 503 would raise here.
+    with ThreadPoolExecutor(COPIES) as pool:
+        tokens = list(pool.map(first_exchange, bodies))
+    assert len(set(tokens)) == COPIES
+    for token in tokens:
+        claims = verify(local_system, token, audience=DEMO_INSTANCE_AUDIENCE)
+        assert claims["policy"] == "demo-instance"
+        assert claims["aws"]["instance"]["id"] == DEMO_INSTANCE_ID
+    parsed = _packaged_certificates.cache_info()
+    assert (parsed.misses, parsed.hits) == (1, 0), parsed  # one store: one parse, one call

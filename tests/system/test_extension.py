@@ -5,6 +5,7 @@ Lambda: the function role's session, whose token is also the proxy's secret)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -13,8 +14,10 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +28,13 @@ import pytest
 
 from tests.support.exchange_handler import cold_exchange_handler
 from tests.support.lambda_extensions_api import ExtensionsApiEmulator
+from tests.system.endpoints import post, sign
+from tokex.client.signing import encode_subject_token
 from tokex.extension.main import PREFETCH_SECONDS
 from tokex.local.emulator import free_port
 from tokex.local.front import Answer, bind_front
 from tokex.local.runner import LocalSystem
+from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 AUDIENCE = "demo-api"
 SCOPES = ["demo:read"]
@@ -294,3 +300,75 @@ def test_a_configuration_error_is_an_init_error(
         assert report.headers["lambda-extension-function-error-type"] == "Extension.ConfigInvalid"
         assert error in report.body["errorMessage"]
         assert platform.calls_to("event/next") == []
+
+
+HELD_SECONDS = 0.8  # the prefetch's exchange: well inside PREFETCH_SECONDS, long to callers
+CALLERS = 16
+
+
+def test_callers_during_the_prefetch_wait_for_its_one_exchange(
+    local_system: LocalSystem, tmp_path: Path
+) -> None:
+    """The function's code calls the proxy while Init's prefetch is still waiting for
+    tokex (its exchange held HELD_SECONDS): sixteen callers at once wait for that exchange
+    (RouteTokens' flight) rather than each making one, and every one gets the token it
+    brought. The exchange is warmed first, so that the hold is what the prefetch waits."""
+    tokex_port, port = free_port(), free_port()
+    issuer = f"http://127.0.0.1:{tokex_port}"
+    front = late_tokex(local_system, tokex_port)
+    try:
+        form = {
+            "grant_type": TOKEN_EXCHANGE_GRANT,
+            "subject_token_type": SIGV4_TOKEN_TYPE,
+            "subject_token": encode_subject_token(sign(local_system, issuer=issuer)),
+            "audience": AUDIENCE,
+        }
+        status, _, body = post(f"{issuer}/token", urllib.parse.urlencode(form).encode())
+        assert status == 200, body
+
+        exchange = front.functions["/token"]
+        audiences: list[list[str]] = []
+        issued: list[str] = []
+        arrived = threading.Event()
+        answered_at: list[float] = []
+
+        def held_exchange(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            sent_form = urllib.parse.parse_qs(base64.b64decode(event["body"]).decode())
+            audiences.append(sent_form["audience"])
+            arrived.set()
+            time.sleep(HELD_SECONDS)
+            result = exchange(event, context)
+            issued.append(json.loads(result["body"]).get("access_token", ""))
+            answered_at.append(time.monotonic())
+            return result
+
+        front.functions["/token"] = held_exchange
+        env = lambda_environment(
+            local_system, tmp_path, TOKEX_PROXY_ENDPOINT=issuer, **routes(port)
+        )
+        with extension(env, port) as running:
+            assert arrived.wait(STARTUP_SECONDS), "\n".join(running.lines)
+            start = threading.Barrier(CALLERS, timeout=10)
+
+            def call(_: int) -> tuple[float, int, dict[str, Any]]:
+                start.wait()
+                sent = time.monotonic()
+                status, _, body = running.token(running.secret)
+                return sent, status, body
+
+            with ThreadPoolExecutor(CALLERS) as pool:
+                answers = list(pool.map(call, range(CALLERS)))
+            running.platform.wait_until_waiting(timeout=5)
+            [prefetch] = running.logged("extension_prefetch")
+            assert (prefetch["audience"], prefetch["outcome"]) == (AUDIENCE, "ok")
+            assert audiences == [[AUDIENCE]], audiences  # the prefetch's, and no other
+            [token] = issued
+            [answered] = answered_at
+            assert all(sent < answered for sent, _, _ in answers)  # all came during it
+            assert [(status, body.get("access_token")) for _, status, body in answers] == [
+                (200, token)
+            ] * CALLERS
+            running.stop()
+    finally:
+        front.shutdown()
+        front.server_close()
