@@ -522,6 +522,17 @@ def test_a_declared_oversized_document_is_not_read(
         pytest.param(
             {"jwks_uri": "https://127.0.0.2/keys"}, None, "jwks_uri_internal", id="loopback"
         ),
+        # The same addresses in the spellings the resolver also reads as IPv4.
+        pytest.param(
+            {"jwks_uri": "https://2852039166/keys"}, None, "jwks_uri_internal", id="integer"
+        ),
+        pytest.param(
+            {"jwks_uri": "https://0xa9.0xfe.0xa9.0xfe/keys"}, None, "jwks_uri_internal", id="hex"
+        ),
+        pytest.param(
+            {"jwks_uri": "https://169.254.43518/keys"}, None, "jwks_uri_internal", id="short"
+        ),
+        pytest.param({"jwks_uri": "https://127.2/keys"}, None, "jwks_uri_internal", id="127.2"),
         pytest.param(None, {"keys": "none"}, "jwks_keys", id="keys-not-a-list"),
         pytest.param(None, {"nokeys": []}, "jwks_keys", id="keys-missing"),
         pytest.param(None, {"keys": [{}] * 101}, "jwks_too_many_keys", id="too-many-keys"),

@@ -5,7 +5,7 @@ evidence/jwt_evidence.py.
 Fetching: `{issuer}/.well-known/openid-configuration`, whose `issuer` must be the
 configured issuer exactly (Discovery §4.3: otherwise the document is another issuer's),
 then its `jwks_uri` (https; plain http only on loopback in local mode; an IP address of
-a non-global range only if it is the issuer's own host). Both over the
+a non-global range, however spelt, only if it is the issuer's own host). Both over the
 bounded transport (bounded_http.py), so every read ends by the request's
 deadline; TLS verified against the system CA store; no proxy from the environment; no
 redirect followed (a 3xx is a failure); the size limit enforced while reading; strict
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -327,13 +328,20 @@ def _verification_key(entry: dict[str, Any]) -> jwt.PyJWK | None:
 
 def _internal_address(url: str, issuer_host: str) -> bool:
     """`url`'s host is an IP address that is not global (loopback, private, link-local,
-    unique local, reserved) and not the issuer's own host."""
+    unique local, reserved) and not the issuer's own host. Any spelling the resolver reads
+    as an IPv4 address counts (`2852039166`, `0xa9.0xfe.0xa9.0xfe`, `127.1`); a name that
+    resolves to such an address is not looked up here."""
     hostname = urlsplit(url).hostname or ""
+    if hostname == issuer_host:
+        return False
     try:
-        address = ipaddress.ip_address(hostname)
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(hostname)
     except ValueError:
-        return False  # a name
-    return not address.is_global and hostname != issuer_host
+        try:  # inet_aton reads the spellings getaddrinfo does, ip_address only dotted quads
+            address = ipaddress.IPv4Address(socket.inet_aton(hostname))
+        except OSError:
+            return False  # a name
+    return not address.is_global
 
 
 def _acquire_within_deadline(lock: threading.Lock) -> None:
