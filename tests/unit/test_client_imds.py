@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.support.fake_issuer import use_static_credentials
+from tests.support.fake_issuer import fake_issuer, use_static_credentials
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tokex.cli.main import main
 from tokex.client.imds import ImdsUnavailable, read_instance_identity
@@ -111,24 +111,67 @@ def _token(capsys, *argv: str) -> tuple[int, dict[str, str], float]:
     return code, json.loads(out), elapsed
 
 
-@pytest.mark.parametrize("mode", ["on", "auto"])
-def test_tokex_token_timeout_bounds_the_imds_reads_too(monkeypatch, capsys, mode) -> None:
-    """--timeout is the whole call's: IMDS reads that drip on for 10 s end with it
-    (`on`: the evidence is missing; `auto`: nothing is left for the exchange, which is
-    never sent)."""
+def test_with_instance_identity_on_a_timeout_ends_the_call_naming_the_hop_limit(
+    monkeypatch, capsys
+) -> None:
+    """--timeout is the whole call's: IMDS reads that drip on for 10 s end within half
+    of it, and the evidence is missing."""
     use_static_credentials(monkeypatch)
     monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
     with serving(LoopbackServer(DrippingImds)) as imds:
         monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
         code, failure, elapsed = _token(
-            capsys, "--instance-identity", mode, "--timeout", "0.8", "--json"
+            capsys, "--instance-identity", "on", "--timeout", "0.8", "--json"
         )
     assert elapsed < 0.8 + SLACK
-    assert code == 1
-    if mode == "on":
-        assert failure["input"] == "--instance-identity"
-        assert "did not answer: timed out" in failure["error_description"]
-        assert "--http-put-response-hop-limit 2" in failure["error_description"]
-    else:
-        assert failure["error"] == "unreachable"
-        assert failure["error_description"] == "cannot reach https://tokex.example.com: timed out"
+    assert (code, failure["input"]) == (1, "--instance-identity")
+    assert "did not answer: timed out" in failure["error_description"]
+    assert "--http-put-response-hop-limit 2" in failure["error_description"]
+
+
+def test_with_instance_identity_auto_an_imds_that_drips_leaves_time_for_the_exchange(
+    monkeypatch, capsys
+) -> None:
+    """`auto` goes on without the evidence: the IMDS reads get at most half of --timeout,
+    the exchange the rest, and the token comes without instance evidence."""
+    use_static_credentials(monkeypatch)
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
+    with (
+        fake_issuer(expires_in=900) as issuer,
+        serving(LoopbackServer(DrippingImds)) as imds,
+    ):
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        started = time.monotonic()
+        code = main(
+            ["token", "--endpoint", issuer.url, "--audience", "a", "--instance-identity",
+             "auto", "--timeout", "1", "--json"]
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+        out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert json.loads(out)["access_token"] == "token-1"
+    assert elapsed < 1 + SLACK
+    assert "aws_instance_identity" not in issuer.forms[0]
+
+
+@pytest.mark.parametrize(
+    ("environment", "said"),
+    [
+        ({"AWS_EC2_METADATA_DISABLED": "true"}, "IMDS is disabled"),
+        ({"AWS_EC2_METADATA_SERVICE_ENDPOINT": "169.254.169.254"}, "is not an http URL"),
+    ],
+)
+def test_with_instance_identity_on_other_failures_say_what_they_are(
+    monkeypatch, capsys, environment, said
+) -> None:
+    """Only a timeout names the hop limit; an endpoint without a scheme is a clear error,
+    not a crash."""
+    use_static_credentials(monkeypatch)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    if "AWS_EC2_METADATA_DISABLED" not in environment:
+        monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
+    code, failure, _ = _token(capsys, "--instance-identity", "on", "--json")
+    assert (code, failure["input"]) == (1, "--instance-identity")
+    assert said in failure["error_description"]
+    assert "hop-limit" not in failure["error_description"]

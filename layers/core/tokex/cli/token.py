@@ -232,7 +232,7 @@ def _token_response(
     from tokex.cli.region import aws_session
     from tokex.client import disk_cache
     from tokex.client.evidence import read_token_file, token_subject
-    from tokex.client.token_client import TokenError, aws_credentials, request_token
+    from tokex.client.token_client import aws_credentials, request_token
 
     session = None if evidence == EKS else aws_session()
     cache_file = None
@@ -262,12 +262,11 @@ def _token_response(
     if args.verbose:
         _say_what_is_sent(args, evidence, region or FALLBACK_REGION)
     sent = time.time()  # the cached lifetime counts from before it was asked for
-    # --timeout bounds the IMDS reads and the exchange together.
+    # --timeout bounds the IMDS reads and the exchange together; the reads get at most
+    # half of it, so that `auto` without IMDS still has time for the exchange.
     ends = time.monotonic() + timeout
-    instance_evidence = _instance_evidence(args, timeout)
-    left = ends - time.monotonic()
-    if left <= 0:
-        raise TokenError(f"cannot reach {endpoint}: timed out", error=UNREACHABLE, url=endpoint)
+    instance_evidence = _instance_evidence(args, timeout / 2)
+    left = max(ends - time.monotonic(), 0.001)
     with _attempts_told(args.verbose):
         response = request_token(
             endpoint,
@@ -410,7 +409,8 @@ def _cache_dir(path: Path) -> Path:
 
 def _instance_evidence(args: argparse.Namespace, timeout: float) -> str | None:
     """IMDS evidence per --instance-identity: `auto` proceeds without it off EC2, `on`
-    requires it. Read within the IMDS timeout or `timeout` (--timeout), the shorter."""
+    requires it. Read within the IMDS timeout or `timeout` (half of --timeout), the
+    shorter."""
     if args.instance_identity == "off":
         return None
     from tokex.client.imds import (
@@ -424,11 +424,16 @@ def _instance_evidence(args: argparse.Namespace, timeout: float) -> str | None:
         evidence = read_instance_identity(timeout=min(TIMEOUT_SECONDS, timeout))
     except ImdsUnavailable as err:
         if args.instance_identity == "on":
-            raise CommandError(
-                f"--instance-identity on: {err} (off EC2, use --instance-identity auto or off;"
-                " in a container on EC2, IMDSv2 answers only with the instance's metadata"
+            hop_limit = (
+                "; in a container on EC2, IMDSv2 answers only with the instance's metadata"
                 " hop limit at 2 or more: aws ec2 modify-instance-metadata-options"
-                " --http-put-response-hop-limit 2)",
+                " --http-put-response-hop-limit 2"
+                if err.timed_out
+                else ""
+            )
+            raise CommandError(
+                f"--instance-identity on: {err} (off EC2, use --instance-identity auto or off"
+                f"{hop_limit})",
                 error=UNREACHABLE,
                 input="--instance-identity",
             ) from None

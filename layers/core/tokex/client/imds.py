@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 
@@ -24,7 +25,13 @@ TOKEN_TTL_SECONDS = "60"
 
 
 class ImdsUnavailable(Exception):
-    """No instance metadata service answered (not on EC2, or IMDS disabled)."""
+    """No instance metadata service answered (not on EC2, or IMDS disabled);
+    `timed_out`: it did not answer in time (as where the instance's hop limit keeps its
+    answers from a container)."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 def imds_endpoint(env: Mapping[str, str] | None = None) -> str:
@@ -40,6 +47,12 @@ def read_instance_identity(
     if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
         raise ImdsUnavailable("IMDS is disabled (AWS_EC2_METADATA_DISABLED=true)")
     base = (endpoint or imds_endpoint()).rstrip("/")
+    parts = urllib.parse.urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ImdsUnavailable(
+            f"the IMDS endpoint {base!r} is not an http URL (AWS_EC2_METADATA_SERVICE_ENDPOINT"
+            " takes one, e.g. http://169.254.169.254)"
+        )
     with deadline.request_deadline(timeout):
         return _read(base, timeout)
 
@@ -79,9 +92,11 @@ def _fetch(
             data = response.read(MAX_BYTES + 1)
             cut_off = len(data) <= MAX_BYTES and bool(response.length)
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
-        reason = getattr(err, "reason", err)
-        why = "timed out" if isinstance(reason, TimeoutError) else str(err)
-        raise ImdsUnavailable(f"IMDS at {request.full_url} did not answer: {why}") from None
+        timed_out = isinstance(getattr(err, "reason", err), TimeoutError)
+        why = "timed out" if timed_out else str(err)
+        raise ImdsUnavailable(
+            f"IMDS at {request.full_url} did not answer: {why}", timed_out=timed_out
+        ) from None
     if cut_off:  # closed before its Content-Length: http.client hands back what came
         raise ImdsUnavailable(f"IMDS at {request.full_url} broke off its answer")
     if len(data) > MAX_BYTES:
