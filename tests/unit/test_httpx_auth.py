@@ -4,8 +4,10 @@ exchange in flight per audience; the async flow never blocks the event loop."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +18,7 @@ from tests.support.fake_issuer import (
     sa_token_file,
     use_static_credentials,
 )
-from tokex.client import TokenClient, TokexHttpxAuth
+from tokex.client import TokenClient, TokexHttpxAuth, token_client
 
 
 @pytest.fixture
@@ -260,11 +262,27 @@ def test_async_coroutines_share_a_failed_exchange(issuer) -> None:
     assert issuer.exchanges == 2
 
 
+class CountingClient(TokenClient):
+    """A TokenClient that counts the calls of `token`, each of which holds a worker
+    thread in the async flow."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+        self._count = threading.Lock()
+
+    def token(self, audience: str, scopes: Sequence[str] = ()) -> str:
+        with self._count:
+            self.calls += 1
+        return super().token(audience, scopes)
+
+
 def test_async_cold_cache_makes_one_exchange_for_a_crowd(issuer) -> None:
     """A new auth, nothing cached, no flight table yet: 16 coroutines at once share one
-    exchange (slowed, so they all arrive while it runs)."""
+    exchange in one worker thread (slowed, so they all arrive while it runs)."""
     issuer.delay = 0.3
-    auth = TokexHttpxAuth(TokenClient(issuer.url), "orders-api")
+    client = CountingClient(issuer.url)
+    auth = TokexHttpxAuth(client, "orders-api")
 
     async def main() -> list[str]:
         transport = httpx.MockTransport(echo_authorization)
@@ -276,6 +294,7 @@ def test_async_cold_cache_makes_one_exchange_for_a_crowd(issuer) -> None:
 
     assert asyncio.run(main()) == ["Bearer token-1"] * 16
     assert issuer.exchanges == 1
+    assert client.calls == 1  # one worker thread for the loop's 16 coroutines
 
 
 def test_async_cold_cache_in_four_event_loops_at_once_makes_one_exchange(issuer) -> None:
@@ -284,7 +303,7 @@ def test_async_cold_cache_in_four_event_loops_at_once_makes_one_exchange(issuer)
     issuer.delay = 0.3
     auth = TokexHttpxAuth(TokenClient(issuer.url), "orders-api")
     answered: list[str] = []
-    together = threading.Barrier(4)
+    together = threading.Barrier(4, timeout=10)
 
     def loop_of_eight() -> None:
         async def main() -> list[str]:
@@ -303,5 +322,36 @@ def test_async_cold_cache_in_four_event_loops_at_once_makes_one_exchange(issuer)
         thread.start()
     for thread in threads:
         thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
     assert answered == ["Bearer token-1"] * 32
     assert issuer.exchanges == 1
+
+
+def test_a_background_refresh_that_fails_with_a_bug_is_logged(issuer, monkeypatch, caplog) -> None:
+    """With no coroutine waiting for a refresh ahead of expiry, an error that is no
+    TokenError (a bug) would reach no caller: it is logged, and requests keep the valid
+    token meanwhile."""
+    now = [0.0]
+    auth = TokexHttpxAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+
+    def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise KeyError("a bug in the refresh")
+
+    async def main() -> list[str]:
+        transport = httpx.MockTransport(echo_authorization)
+        async with httpx.AsyncClient(auth=auth, transport=transport) as api:
+            first = await api.get("https://orders.example.com/")
+            monkeypatch.setattr(token_client, "request_token", broken)
+            now[0] = 0.85 * 900
+            later = await api.get("https://orders.example.com/")
+            for _ in range(500):
+                if not auth._flights:
+                    break
+                await asyncio.sleep(0.01)
+            return [first.text, later.text]
+
+    with caplog.at_level(logging.ERROR, logger="tokex.client.httpx_auth"):
+        assert asyncio.run(main()) == ["Bearer token-1"] * 2
+    [record] = [r for r in caplog.records if r.name == "tokex.client.httpx_auth"]
+    assert record.getMessage() == "refreshing the token for audience orders-api failed unexpectedly"
+    assert isinstance(record.exc_info[1], KeyError)

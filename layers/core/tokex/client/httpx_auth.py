@@ -11,6 +11,7 @@ async with httpx.AsyncClient(auth=auth) as client: ...
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Generator
@@ -19,6 +20,9 @@ import anyio.to_thread
 import httpx
 
 from tokex.client.bearer import BearerSource
+from tokex.client.token_error import TokenError
+
+log = logging.getLogger(__name__)
 
 
 class TokexHttpxAuth(BearerSource, httpx.Auth):
@@ -92,9 +96,16 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
 
     def _landed(self, flight: asyncio.Future[str]) -> None:
         """Forget a finished exchange (a future holds its loop: kept, the loop could never
-        be collected), its exception retrieved even if every waiter was cancelled."""
-        if not flight.cancelled():
-            flight.exception()
+        be collected), its exception retrieved even if every waiter was cancelled. One
+        that is no TokenError is a bug: logged, since a refresh in the background may
+        have no caller to raise it to."""
+        error = None if flight.cancelled() else flight.exception()
+        if error is not None and not isinstance(error, TokenError):
+            log.error(
+                "refreshing the token for audience %s failed unexpectedly",
+                self.audience,
+                exc_info=error,
+            )
         with self._flights_guard:
             flights = self._flights
             loop = flight.get_loop()
