@@ -352,7 +352,7 @@ def test_a_token_sent_again_while_its_transaction_runs_is_in_progress_then_appli
     first = threading.Thread(target=_charge_once, args=(dynamodb, "token-1"))
     first.start()
     try:
-        time.sleep(0.15)  # well inside the first attempt's 0.5 s
+        _wait_until_running(dynamodb, "token-1")
         with pytest.raises(ClientError) as running:
             _charge_once(no_retries, "token-1")
         _charge_once(dynamodb, "token-1")  # the SDK retries it until the first completes
@@ -360,6 +360,20 @@ def test_a_token_sent_again_while_its_transaction_runs_is_in_progress_then_appli
         first.join()
     assert running.value.response["Error"]["Code"] == "TransactionInProgressException"
     assert _hits(dynamodb) == 1
+
+
+def _wait_until_running(client, token: str) -> None:
+    """Until the emulator is applying the transaction sent with `token`."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    backend = dynamodb_backends[DEFAULT_ACCOUNT_ID][client.meta.region_name]
+    for _ in range(500):
+        tokens = backend.__dict__.get("_tokex_request_tokens")
+        if tokens is not None and token in tokens.running:
+            return
+        time.sleep(0.01)
+    pytest.fail(f"the transaction of {token} never started")
 
 
 # --- conflicts (local/moto_fixes.py "Conflicts") -------------------------------------------

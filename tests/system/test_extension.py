@@ -302,7 +302,6 @@ def test_a_configuration_error_is_an_init_error(
         assert platform.calls_to("event/next") == []
 
 
-HELD_SECONDS = 0.8  # the prefetch's exchange: well inside PREFETCH_SECONDS, long to callers
 CALLERS = 16
 
 
@@ -310,9 +309,10 @@ def test_callers_during_the_prefetch_wait_for_its_one_exchange(
     local_system: LocalSystem, tmp_path: Path
 ) -> None:
     """The function's code calls the proxy while Init's prefetch is still waiting for
-    tokex (its exchange held HELD_SECONDS): sixteen callers at once wait for that exchange
-    (RouteTokens' flight) rather than each making one, and every one gets the token it
-    brought. The exchange is warmed first, so that the hold is what the prefetch waits."""
+    tokex: sixteen callers at once wait for that exchange (RouteTokens' flight) rather than
+    each making one, and every one gets the token it brought. The exchange is held until
+    every caller has sent its request (not for a fixed time), and warmed first, so that
+    the hold is what the prefetch waits."""
     tokex_port, port = free_port(), free_port()
     issuer = f"http://127.0.0.1:{tokex_port}"
     front = late_tokex(local_system, tokex_port)
@@ -329,14 +329,14 @@ def test_callers_during_the_prefetch_wait_for_its_one_exchange(
         exchange = front.functions["/token"]
         audiences: list[list[str]] = []
         issued: list[str] = []
-        arrived = threading.Event()
+        arrived, release = threading.Event(), threading.Event()
         answered_at: list[float] = []
 
         def held_exchange(event: dict[str, Any], context: Any) -> dict[str, Any]:
             sent_form = urllib.parse.parse_qs(base64.b64decode(event["body"]).decode())
             audiences.append(sent_form["audience"])
             arrived.set()
-            time.sleep(HELD_SECONDS)
+            release.wait(STARTUP_SECONDS)
             result = exchange(event, context)
             issued.append(json.loads(result["body"]).get("access_token", ""))
             answered_at.append(time.monotonic())
@@ -349,18 +349,28 @@ def test_callers_during_the_prefetch_wait_for_its_one_exchange(
         with extension(env, port) as running:
             assert arrived.wait(STARTUP_SECONDS), "\n".join(running.lines)
             start = threading.Barrier(CALLERS, timeout=10)
+            sending = threading.Semaphore(0)
 
             def call(_: int) -> tuple[float, int, dict[str, Any]]:
                 start.wait()
                 sent = time.monotonic()
+                sending.release()
                 status, _, body = running.token(running.secret)
                 return sent, status, body
 
             with ThreadPoolExecutor(CALLERS) as pool:
-                answers = list(pool.map(call, range(CALLERS)))
+                asking = [pool.submit(call, n) for n in range(CALLERS)]
+                for _ in range(CALLERS):
+                    assert sending.acquire(timeout=30)
+                time.sleep(0.2)  # their requests on the wire to the extension
+                release.set()
+                answers = [future.result(timeout=60) for future in asking]
             running.platform.wait_until_waiting(timeout=5)
             [prefetch] = running.logged("extension_prefetch")
-            assert (prefetch["audience"], prefetch["outcome"]) == (AUDIENCE, "ok")
+            # Held past its budget on a slow machine, the prefetch is logged as not done
+            # (its exchange goes on and fills the cache): the callers' outcome is the test.
+            assert prefetch["audience"] == AUDIENCE
+            assert prefetch["outcome"] in ("ok", "not done in 1.5 s"), prefetch
             assert audiences == [[AUDIENCE]], audiences  # the prefetch's, and no other
             [token] = issued
             [answered] = answered_at
