@@ -19,7 +19,11 @@ from pathlib import Path
 
 from benchmarks.bundle_size import bundle_figures
 from benchmarks.client_figures import client_figures
-from benchmarks.exchange import cold_start_with_first_invocation, quiet_handlers, warm_collection
+from benchmarks.exchange import (
+    cold_start_with_first_invocation,
+    handlers_as_deployed,
+    warm_collection,
+)
 from benchmarks.exchange_figures import (
     Floor,
     Profile,
@@ -73,6 +77,17 @@ def cold_start_figures(system: BenchSystem, runs: int) -> list[Figure]:
         at_most(
             "cold start / dependencies", ratio(cold.handler_s, cold.dependencies_s), "ratio", 1.15
         ),
+        reported(
+            "cold start: its dependencies' import with the collector paused, as the handler "
+            "pauses it",
+            cold.dependencies_paused_s * 1000,
+            "ms",
+        ),
+        reported(
+            "cold start / dependencies with the collector paused alike",
+            ratio(cold.handler_s, cold.dependencies_paused_s),
+            "ratio",
+        ),
         reported("cold start: max RSS", cold.handler_max_rss_mib, "MiB"),
     ]
 
@@ -90,7 +105,7 @@ def collection_figures(system: BenchSystem) -> list[Figure]:
 
 def run(profile_name: str) -> list[Figure]:
     profile = PROFILES[profile_name]
-    quiet_handlers()
+    handlers_as_deployed()
     figures: list[Figure] = []
     with (
         open(os.devnull, "w") as devnull,

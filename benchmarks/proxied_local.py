@@ -79,12 +79,16 @@ class BenchSystem:
         """The exchange function behind the front, as the front calls it."""
         return self.local.functions["/token"]
 
-    def token_form(self, audience: str = DEMO_AUDIENCE) -> bytes:
-        """A `POST /token` body with a freshly signed request (each buys one token)."""
+    def signed_request(self, audience: str = DEMO_AUDIENCE) -> dict[str, Any]:
+        """A GetCallerIdentity request the demo workload signed for this issuer."""
         frozen = self.workload.get_credentials().get_frozen_credentials()
-        signed = signed_get_caller_identity(
+        return signed_get_caller_identity(
             frozen, region=REGION, issuer=self.local.issuer, audience=audience
         )
+
+    def token_form(self, audience: str = DEMO_AUDIENCE) -> bytes:
+        """A `POST /token` body with a freshly signed request (each buys one token)."""
+        signed = self.signed_request(audience)
         form = {
             "grant_type": TOKEN_EXCHANGE_GRANT,
             "subject_token_type": SIGV4_TOKEN_TYPE,
