@@ -172,6 +172,7 @@ class Apache:
     url: str
     proxy: JwksProxy
     error_log: Path
+    pid: int  # the parent: Apache runs in the foreground
 
     def status_of(self, token: str) -> tuple[int, str]:
         """(HTTP status, WWW-Authenticate) for a GET with `Authorization: Bearer token`."""
@@ -321,7 +322,7 @@ def apache(apache2: str, local_system: LocalSystem) -> Iterator[Apache]:
         port = free_port()
         config = apache_config(root, port, local_system.issuer, proxy.url, ca)
         process = start_apache(apache2, root, config, port)
-        yield Apache(f"http://127.0.0.1:{port}", proxy, root / "error.log")
+        yield Apache(f"http://127.0.0.1:{port}", proxy, root / "error.log", process.pid)
     finally:
         if process is not None:
             _stop_group(process)
@@ -336,8 +337,14 @@ def test_workers_do_not_run_as_root(apache2: str, apache: Apache):
     one still root after it does run as root."""
     if os.geteuid() != 0:
         pytest.skip("not started as root: workers run as the invoking user")
-    pid = int(Path(apache.error_log.parent / "apache2.pid").read_text())
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    # Apache listens before it forks (and writes its PidFile after): workers may not
+    # exist yet when the fixture sees the port open.
+    children_of = Path(f"/proc/{apache.pid}/task/{apache.pid}/children")
+    for _ in range(100):
+        children = children_of.read_text().split()
+        if children:
+            break
+        time.sleep(0.1)
     assert children, "apache2 has no worker process"
     for child in children:
         for _ in range(50):
