@@ -48,10 +48,11 @@ def has_wildcard(pattern: str) -> bool:
 
 def literal_prefix_length(pattern: str) -> int:
     """Characters before the first wildcard (the whole length for a literal pattern)."""
-    for index, char in enumerate(pattern):
-        if char in WILDCARDS:
-            return index
-    return len(pattern)
+    return len(_literal_prefix(pattern))
+
+
+def _literal_prefix(pattern: str) -> str:
+    return pattern.partition("*")[0].partition("?")[0]
 
 
 def check_principal_pattern(pattern: str) -> None:
@@ -105,6 +106,10 @@ def principal_matches(pattern: str, principal_arn: str) -> bool:
     Wildcards never match a separator, so the pattern's `:` and `/` must line up one for
     one with the value's; each level between them is then an attribute glob.
     """
+    # Every match starts with the pattern's literal prefix, and most policies name another
+    # account or role: refuse those before splitting (evaluation runs every policy).
+    if not principal_arn.startswith(_literal_prefix(pattern)):
+        return False
     pattern_parts = _SEPARATORS.split(pattern)
     value_parts = _SEPARATORS.split(principal_arn)
     if len(pattern_parts) != len(value_parts):
@@ -118,6 +123,8 @@ def principal_matches(pattern: str, principal_arn: str) -> bool:
 
 def glob_matches(pattern: str, value: str) -> bool:
     """Attribute glob: `*` any run of characters, `?` one character, the rest literal."""
+    if "*" not in pattern and "?" not in pattern:
+        return pattern == value  # most patterns and levels are literal: compare in C
     p = v = 0
     star = -1  # index in pattern of the last `*` seen
     resume = 0  # index in value where that `*` currently stops
