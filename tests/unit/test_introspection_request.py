@@ -84,3 +84,18 @@ def test_the_basic_clients_own_id_in_the_body_is_accepted() -> None:
     """RFC 6749 section 3.2.1 lets a client name itself with `client_id`."""
     body = f"token=abc&client_id={CLIENT_ID}".encode()
     assert parse_introspection_request(body, {**FORM, **AUTHORIZATION}).token() == "abc"
+
+
+@pytest.mark.parametrize(
+    "body", [b"token=abc&client_secret=", b"token=abc&client_id=", b"token=abc&token_type_hint="]
+)
+def test_an_empty_parameter_counts_as_omitted(body: bytes) -> None:
+    """RFC 6749 section 3.1, as at /token: an empty client_secret or client_id is no
+    second authentication method."""
+    assert parse_introspection_request(body, {**FORM, **AUTHORIZATION}).token() == "abc"
+
+
+def test_an_empty_token_is_still_read() -> None:
+    """No such token is active (RFC 7662 section 2.2): the introspector answers inactive."""
+    request = parse_introspection_request(b"token=", {**FORM, **AUTHORIZATION})
+    assert request.token() == ""

@@ -33,7 +33,14 @@ class IntrospectionRequest:
     def token(self) -> str:
         """The token to introspect. Call it after the client is authenticated: this is
         where the form's 400s come from."""
-        form = parse_form(self.body)
+        # An empty value counts as omitted (RFC 6749 §3.1), as at /token, except `token`:
+        # an empty token is one that is not active (RFC 7662 §2.2), the answer a resource
+        # server forwarding an empty bearer credential must get, never a 400.
+        form = {
+            name: value
+            for name, value in parse_form(self.body).items()
+            if value != "" or name == "token"
+        }
         # One authentication method per request (RFC 6749 §2.3): a secret in the body
         # beside HTTP Basic is a second one, and a body `client_id` naming another client
         # contradicts the header. Either means a confused or forging caller.
