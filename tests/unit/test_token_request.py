@@ -35,6 +35,25 @@ def test_accepted_media_types(content_type: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("content_type", "description"),
+    [
+        (f"{FORM}; charset = utf-8", "has malformed parameters"),
+        (f"{FORM} ;charset= utf-8", "has malformed parameters"),
+        (f"{FORM}, {FORM}", "must be sent once"),  # API Gateway joins a repeated header
+        (f"{FORM}; charset=utf-8; charset=utf-8", "charset more than once"),
+        (f"{FORM}; charset=latin-1", "must be UTF-8 encoded"),
+        ("application/json", f"must be {FORM}"),
+        (None, f"must be {FORM}"),
+    ],
+)
+def test_refused_media_types_say_what_to_fix(content_type: str | None, description: str) -> None:
+    """A client told to send what it already sends cannot find its mistake."""
+    with pytest.raises(UnsupportedMediaType) as caught:
+        check_content_type(content_type)
+    assert description in caught.value.description
+
+
+@pytest.mark.parametrize(
     ("content_type", "reason"),
     [
         (None, "content_type"),

@@ -42,7 +42,7 @@ def check_content_type(content_type: str | None) -> None:
     """
     match = _MEDIA_TYPE.fullmatch(content_type or "")
     if match is None or match["type"].lower() != FORM_MEDIA_TYPE:
-        raise UnsupportedMediaType(f"Content-Type must be {FORM_MEDIA_TYPE}", reason="content_type")
+        raise UnsupportedMediaType(_media_type_problem(content_type or ""), reason="content_type")
     charsets = []
     for parameter in _PARAMETER.finditer(match["parameters"]):
         name, value = parameter["name"], parameter["value"]
@@ -53,8 +53,27 @@ def check_content_type(content_type: str | None) -> None:
                 "Content-Type may carry only the charset parameter", reason="content_type_param"
             )
         charsets.append(_unquote(value).lower())
+    if len(charsets) > 1:
+        raise UnsupportedMediaType(
+            "Content-Type names its charset more than once", reason="charset"
+        )
     if charsets and charsets != ["utf-8"]:
         raise UnsupportedMediaType("the form must be UTF-8 encoded", reason="charset")
+
+
+def _media_type_problem(content_type: str) -> str:
+    """What is wrong with a media type that did not parse as the form's, in the words a
+    client can act on: sent twice (API Gateway joins repeated headers with a comma), the
+    right type with malformed parameters, or another type."""
+    if "," in content_type:
+        return "Content-Type must be sent once, with one value"
+    media_type, parameters, _ = content_type.partition(";")
+    if parameters and media_type.strip(" \t").lower() == FORM_MEDIA_TYPE:
+        return (
+            f"Content-Type {FORM_MEDIA_TYPE} has malformed parameters: each is `; name=value`,"
+            " with no whitespace around `=`"
+        )
+    return f"Content-Type must be {FORM_MEDIA_TYPE}"
 
 
 def check_body_size(body: bytes) -> None:
