@@ -211,7 +211,8 @@ class TokexConfig:
             raise ConfigError(
                 f"regions: every signing key of a multi-Region deployment is a multi-Region"
                 f" key (slots {', '.join(MULTI_REGION_SLOTS)}), not {', '.join(single)}: a new"
-                " deployment sets signingKeys=mrk-a; an existing one first rotates to mrk-a"
+                " deployment sets signingKeys=mrk-a and activeSigningKey=mrk-a; an existing one"
+                " first rotates to mrk-a"
                 ' (docs/multi-region.md "Opting in")'
             )
         if self.sts_regions:
@@ -336,6 +337,19 @@ class TokexConfig:
                 raise ConfigError(f"{key} must be a list of strings or a comma-separated string")
             return tuple(i.strip() for i in items if i.strip())
 
+        def allow_list(key: str, default: str) -> tuple[str, ...] | None:
+            """A list whose default is the wide one: given, it must name something. Empty
+            (`[]`, `,`, or `-c key=` from a templating step's empty variable), it would
+            silently mean the default, and an allow-list would fail open."""
+            if node.try_get_context(key) is None:
+                return None
+            items = strings(key)
+            if not items:
+                raise ConfigError(
+                    f"{key} is empty: name at least one, or leave it out for {default}"
+                )
+            return items
+
         def integer(key: str) -> int | None:
             value = get(key)
             if value is None:
@@ -361,8 +375,8 @@ class TokexConfig:
             "active_signing_key": text("activeSigningKey"),
             "domain_name": text("domainName"),
             "certificate_arn": text("certificateArn"),
-            "sts_partitions": strings("stsPartitions"),
-            "sts_regions": strings("stsRegions"),
+            "sts_partitions": allow_list("stsPartitions", "the default (aws)"),
+            "sts_regions": allow_list("stsRegions", "every Region of stsPartitions"),
             "ttl_cap_seconds": integer("ttlCapSeconds"),
             "default_ttl_seconds": integer("defaultTtlSeconds"),
             "throttle_rate_limit": integer("throttleRateLimit"),
@@ -374,7 +388,7 @@ class TokexConfig:
             "web_acl_arn": text("webAclArn"),
             "published_key_arns": strings("publishedKeyArns"),
             "instance_tags_role_name": text("instanceTagsRoleName"),
-            "instance_tags_accounts": strings("instanceTagsAccounts"),
+            "instance_tags_accounts": allow_list("instanceTagsAccounts", "any account"),
             "trusted_issuers": trusted_issuers("trustedIssuers"),
             "regions": strings("regions"),
             "origin_secret_generation": integer("originSecretGeneration"),

@@ -198,7 +198,8 @@ def test_every_documented_option_is_read() -> None:
         ),
         (
             {"regions": "us-east-1,eu-west-1"},
-            "regions: every signing key .* not a: a new deployment sets signingKeys=mrk-a",
+            "regions: every signing key .* not a: a new deployment sets signingKeys=mrk-a and"
+            " activeSigningKey=mrk-a;",
         ),
         (
             {"regions": "us-east-1,eu-west-1", "stsPartitions": "aws-us-gov", **MRK},
@@ -370,3 +371,13 @@ def test_trusted_issuers_must_fit_the_exchange_environment() -> None:
 def test_invalid_trusted_issuers_are_refused_naming_the_key(value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config_from({"trustedIssuers": value})
+
+
+@pytest.mark.parametrize("value", ["", ",", " , ", "[]", [], [""]])
+@pytest.mark.parametrize("key", ["stsPartitions", "stsRegions", "instanceTagsAccounts"])
+def test_an_empty_allow_list_is_refused_not_the_default(key: str, value: object) -> None:
+    """Empty (a templating step's empty variable), each would silently mean its default,
+    the widest: any account may be assumed into, every STS Region accepted."""
+    context = {key: value, "instanceTagsRoleName": "tokex-tags"}
+    with pytest.raises(ConfigError, match=f"^{key} is empty: name at least one, or leave it out"):
+        config_from(context)
