@@ -44,6 +44,11 @@ _WEB_ACL_ARN = re.compile(
     rf"{_ARN_HEAD}:wafv2:us-east-1:{_ACCOUNT}:global/webacl/[\w-]+/[0-9a-f-]{{36}}"
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The retention periods CloudWatch Logs offers, in days (PutRetentionPolicy).
+LOG_RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+    2922, 3288, 3653,
+)  # fmt: skip
 # X-Ray: "lambda" = Lambda's own segments of each invocation (Active tracing, no tracer
 # in the function); "sdk" adds the Powertools tracer's subsegments (the handler, each AWS
 # call) for about 100 ms more per cold start (docs/performance.md); "off" = no X-Ray.
@@ -107,6 +112,8 @@ class TokexConfig:
     # Which origin secrets (cdk/origin_secret.py): raising it replaces both in a deploy,
     # the way to rotate them (docs/deploy.md "One door").
     origin_secret_generation: int = 1
+    # How long every log group keeps its events: the exchange's is the audit trail.
+    log_retention_days: int = 30
     # The deployment's Regions, home first (docs/multi-region.md). Empty or one Region:
     # the single-Region stack, unchanged.
     regions: tuple[str, ...] = ()
@@ -173,6 +180,11 @@ class TokexConfig:
         self._check_regions()
         if self.origin_secret_generation < 1:
             raise ConfigError("originSecretGeneration must be a positive integer")
+        if self.log_retention_days not in LOG_RETENTION_DAYS:
+            raise ConfigError(
+                "logRetentionDays must be one of CloudWatch Logs' periods:"
+                f" {', '.join(map(str, LOG_RETENTION_DAYS))}"
+            )
 
     def _check_regions(self) -> None:
         for region in self.regions:
@@ -392,6 +404,7 @@ class TokexConfig:
             "trusted_issuers": trusted_issuers("trustedIssuers"),
             "regions": strings("regions"),
             "origin_secret_generation": integer("originSecretGeneration"),
+            "log_retention_days": integer("logRetentionDays"),
         }
         _refuse_unknown_keys(node, CONTEXT_KEYS)
         return cls(**{k: v for k, v in values.items() if v is not None})
@@ -423,6 +436,7 @@ CONTEXT_KEYS = frozenset(
         "trustedIssuers",
         "regions",
         "originSecretGeneration",
+        "logRetentionDays",
     }
 )
 # A key of tokex's shape (a camelCase word). CDK's own keys and feature flags have `@` or

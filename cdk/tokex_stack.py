@@ -29,7 +29,7 @@ from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
 from cdk import nag
-from cdk.config import MULTI_REGION_SLOTS, TokexConfig
+from cdk.config import LOG_RETENTION_DAYS, MULTI_REGION_SLOTS, TokexConfig
 from cdk.extension_layer import ProxyExtensionLayer
 from cdk.functions import RUNTIME, JwksPublication, TokexFunction
 from cdk.issuer_site import INTROSPECT_PATH, TOKEN_PATH, IssuerSite
@@ -54,7 +54,14 @@ from cdk.token_api import TokenApi
 from tokex.regions import SERVING_REGION_ENV, regional_path
 
 CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
-LOG_RETENTION = logs.RetentionDays.ONE_MONTH
+# CloudWatch's periods in the enum's order (INFINITE, last, is not offered).
+_RETENTION = dict(zip(LOG_RETENTION_DAYS, list(logs.RetentionDays)[:-1], strict=True))
+
+
+def log_retention(config: TokexConfig) -> logs.RetentionDays:
+    return _RETENTION[config.log_retention_days]
+
+
 POWERTOOLS_SERVICE = "tokex"
 
 
@@ -66,7 +73,7 @@ def token_api(stack: Stack, config: TokexConfig) -> TokenApi:
         "TokenApi",
         rate_limit=config.throttle_rate_limit,
         burst_limit=config.throttle_burst_limit,
-        log_retention=LOG_RETENTION,
+        log_retention=log_retention(config),
     )
 
 
@@ -192,7 +199,7 @@ class TokexStack(Stack):
                 ),
             },
             timeout=Duration.seconds(30),
-            log_retention=LOG_RETENTION,
+            log_retention=log_retention(config),
             tracing=config.tracing,
         )
 
@@ -234,7 +241,7 @@ class TokexStack(Stack):
                 # publisher runs on every deploy (pin it with -c deployNonce=... if needed).
                 "DeployNonce": deploy_nonce(config),
             },
-            log_retention=LOG_RETENTION,
+            log_retention=log_retention(config),
         )
 
         outputs = {
@@ -314,7 +321,7 @@ def endpoint_functions(
         layer=layer,
         environment=exchange_env,
         timeout=Duration.seconds(10),
-        log_retention=LOG_RETENTION,
+        log_retention=log_retention(config),
         tracing=config.tracing,
     )
     introspect = TokexFunction(
@@ -325,7 +332,7 @@ def endpoint_functions(
         layer=layer,
         environment=introspect_env,
         timeout=Duration.seconds(10),
-        log_retention=LOG_RETENTION,
+        log_retention=log_retention(config),
         tracing=config.tracing,
     )
     return exchange, introspect

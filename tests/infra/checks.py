@@ -696,7 +696,9 @@ FUNCTION_PACKAGES = {
 
 
 @check
-def check_functions(template: Template, tracing: str = "lambda") -> None:
+def check_functions(
+    template: Template, tracing: str = "lambda", *, retention_days: int = 30
+) -> None:
     """Current Python runtime on arm64, X-Ray as `tracing` says (default "lambda":
     Lambda's own segments, no tracer in the function), own log group with retention,
     layer."""
@@ -717,7 +719,7 @@ def check_functions(template: Template, tracing: str = "lambda") -> None:
         assert props["Layers"] == [layer]
         assert props["Role"] == arn_of(template, f"{name}/Role")
         assert props["LoggingConfig"]["LogGroup"] == ref(template, f"{name}/Logs")
-        assert resource(template, f"{name}/Logs")["Properties"]["RetentionInDays"] == 30
+        assert resource(template, f"{name}/Logs")["Properties"]["RetentionInDays"] == retention_days
         env = props["Environment"]["Variables"]
         assert env["POWERTOOLS_SERVICE_NAME"] == "tokex"
         assert env["POWERTOOLS_METRICS_NAMESPACE"] == "tokex"

@@ -83,6 +83,7 @@ ACCOUNTS_CONTEXT: dict[str, Any] = {
     # Rotation step 3: "a" retired, "b" signs.
     "signingKeys": "b",
     "activeSigningKey": "b",
+    "logRetentionDays": "365",  # as -c passes it: a string
 }
 ROTATION_CONTEXT: dict[str, Any] = {
     # Rotation step 2, as `-c signingKeys='["b","a"]' -c activeSigningKey=b` passes it.

@@ -189,6 +189,12 @@ def test_every_documented_option_is_read() -> None:
         ({"originSecretGeneration": "0"}, "originSecretGeneration must be a positive integer"),
         ({"originSecretGeneration": "two"}, "originSecretGeneration must be a positive integer"),
         (
+            {"logRetentionDays": "31"},
+            "logRetentionDays must be one of CloudWatch Logs' periods: 1,",
+        ),
+        ({"logRetentionDays": "0"}, "logRetentionDays must be one of"),
+        ({"logRetentionDays": "forever"}, "logRetentionDays must be a positive integer"),
+        (
             {
                 "regions": "us-east-1,us-east-2,us-west-1,us-west-2,eu-west-1,eu-west-2,"
                 "eu-west-3,eu-central-1,eu-north-1,ap-southeast-1,ap-southeast-2,ap-northeast-1",

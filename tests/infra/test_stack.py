@@ -300,7 +300,14 @@ def test_instance_tags_roles_in_listed_accounts_only(accounts_synth: Synthesized
     )
     checks.check_instance_tag_lookups(template, role_name=role_name)
     checks.check_introspect_permissions(template, slots=("b",))
-    checks.check_functions(template, tracing="off")
+    checks.check_functions(template, tracing="off", retention_days=365)
+    # Every log group keeps what logRetentionDays says: the functions', the API's access
+    # log, the custom resource provider's.
+    retention = {
+        name: group["Properties"].get("RetentionInDays")
+        for name, group in template.find_resources("AWS::Logs::LogGroup").items()
+    }
+    assert len(retention) >= 5 and set(retention.values()) == {365}, retention
 
 
 # --- key rotation: every state of a rotation (docs/deploy.md, Key rotation) ------------
