@@ -410,6 +410,19 @@ class TokexConfig:
         return cls(**{k: v for k, v in values.items() if v is not None})
 
 
+def check_cli_region(config: TokexConfig, cli_region: str | None) -> None:
+    """A `regions` of one Region leaves the stack as the single-Region one, byte for byte
+    and so not pinned to a Region: it goes wherever the CDK CLI deploys
+    (`CDK_DEFAULT_REGION`, which the CLI sets from its profile). Refuse a synth whose CLI
+    would put it anywhere but the Region named; without a CLI Region there is no check."""
+    if len(config.regions) == 1 and cli_region and cli_region != config.regions[0]:
+        raise ConfigError(
+            f"regions names {config.regions[0]} only, but the CDK CLI deploys to"
+            f" {cli_region}: deploy with {config.regions[0]} as the CLI's Region"
+            " (AWS_REGION or the profile's), or leave regions out"
+        )
+
+
 # The keys `from_context` reads: docs/deploy.md "Context options".
 CONTEXT_KEYS = frozenset(
     {

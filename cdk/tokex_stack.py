@@ -17,6 +17,7 @@ and CloudFormation creates the distribution before the functions that need its d
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
 from cdk import nag
-from cdk.config import LOG_RETENTION_DAYS, MULTI_REGION_SLOTS, TokexConfig
+from cdk.config import LOG_RETENTION_DAYS, MULTI_REGION_SLOTS, TokexConfig, check_cli_region
 from cdk.extension_layer import ProxyExtensionLayer
 from cdk.functions import RUNTIME, JwksPublication, TokexFunction
 from cdk.issuer_site import INTROSPECT_PATH, TOKEN_PATH, IssuerSite
@@ -469,6 +470,7 @@ def build_app(
         outdir=outdir,
     )
     config = TokexConfig.from_context(app.node)
+    check_cli_region(config, os.environ.get("CDK_DEFAULT_REGION"))
     if not config.is_multi_region:
         stack = TokexStack(app, config.stack_name, config=config)
     else:

@@ -9,7 +9,13 @@ from typing import Any
 import aws_cdk as cdk
 import pytest
 
-from cdk.config import CONTEXT_KEYS, MAX_TRUSTED_ISSUERS_ENV_BYTES, ConfigError, TokexConfig
+from cdk.config import (
+    CONTEXT_KEYS,
+    MAX_TRUSTED_ISSUERS_ENV_BYTES,
+    ConfigError,
+    TokexConfig,
+    check_cli_region,
+)
 from tests.infra.conftest import EKS_ISSUER, OIF_ISSUER, REPO_ROOT
 
 pytestmark = pytest.mark.infra
@@ -387,3 +393,32 @@ def test_an_empty_allow_list_is_refused_not_the_default(key: str, value: object)
     context = {key: value, "instanceTagsRoleName": "tokex-tags"}
     with pytest.raises(ConfigError, match=f"^{key} is empty: name at least one, or leave it out"):
         config_from(context)
+
+
+@pytest.mark.parametrize(
+    ("regions", "cli_region"),
+    [(None, "us-east-1"), ("eu-west-1", "eu-west-1"), ("eu-west-1", None), ("eu-west-1", "")],
+)
+def test_a_one_region_deployment_goes_where_the_cli_deploys(
+    regions: str | None, cli_region: str | None
+) -> None:
+    config = config_from({} if regions is None else {"regions": regions})
+    check_cli_region(config, cli_region)
+
+
+def test_a_one_region_deployment_the_cli_would_put_elsewhere_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The single-Region stack is not pinned to a Region: named one Region, it would
+    silently deploy to the CLI's."""
+    from cdk.tokex_stack import build_app
+
+    monkeypatch.setenv("CDK_DEFAULT_REGION", "us-east-1")
+    with pytest.raises(
+        ConfigError,
+        match=r"^regions names eu-west-1 only, but the CDK CLI deploys to us-east-1: deploy",
+    ):
+        build_app(context={"regions": "eu-west-1"})
+    # A multi-Region deployment pins each stack to its Region: the CLI's does not matter.
+    config = config_from({"regions": "us-east-1,eu-west-1", **MULTI_REGION_KEYS})
+    check_cli_region(config, "ap-southeast-2")
