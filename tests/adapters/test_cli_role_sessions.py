@@ -5,12 +5,15 @@ in-process moto STS (the AssumeRole calls), with a loopback fake tokex issuer.""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 from moto import mock_aws
 
 from tests.support.fake_issuer import fake_issuer, without_aws_set_up
+from tokex import base64url
 from tokex.cli.main import main
 from tokex.cli.token import ROLE_SESSIONS_DIR
 
@@ -88,3 +91,53 @@ def test_a_role_session_cache_it_cannot_use_never_fails_the_command(
     assert "internal" not in err
     if damage == "a file where the folder goes":
         assert "role session not kept" in err
+
+
+def _signing_key_id(issuer) -> str:
+    """The access key id of the request the issuer last received."""
+    signed = json.loads(base64url.decode(issuer.forms[-1]["subject_token"][0]))
+    return signed["headers"]["Authorization"].split("Credential=")[1].split("/")[0]
+
+
+@pytest.mark.parametrize("planted", ["another user's file", "a readable file", "a symlink"])
+def test_role_credentials_another_user_could_have_put_there_are_never_used(
+    monkeypatch, tmp_path: Path, capsys, planted: str
+) -> None:
+    """Under a permissive umask botocore made the folder world-writable and read whatever
+    file was there: another user chose the credentials the workload signed with."""
+    assume_role_profile(monkeypatch, tmp_path)
+    cache = tmp_path / "cache"
+    previous = os.umask(0)  # restored below whatever happens
+    try:
+        with mock_aws(config={"core": {"mock_credentials": False}}), fake_issuer() as issuer:
+            ask = ["token", "--endpoint", issuer.url, "--audience", "orders-api"]
+            assert main([*ask, "--cache-dir", str(cache / "deeper")]) == 0
+            sessions = cache / "deeper" / ROLE_SESSIONS_DIR
+            for directory in (cache, cache / "deeper", sessions):
+                assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+            [entry] = sessions.iterdir()
+            own_key = _signing_key_id(issuer)
+            document = json.loads(entry.read_text())
+            document["Credentials"]["AccessKeyId"] = "ASIAPLANTEDKEY000001"
+            if planted == "a symlink":
+                elsewhere = tmp_path / "elsewhere.json"
+                elsewhere.write_text(json.dumps(document))
+                elsewhere.chmod(0o600)
+                entry.unlink()
+                entry.symlink_to(elsewhere)
+            else:
+                entry.write_text(json.dumps(document))
+                if planted == "another user's file":
+                    if os.geteuid() != 0:
+                        pytest.skip("only root can give a file to another user")
+                    os.chown(entry, 65534, 65534)
+                    entry.chmod(0o600)
+                else:
+                    entry.chmod(0o644)
+            for token in (p for p in (cache / "deeper").iterdir() if p.is_file()):
+                token.unlink()  # so the run needs credentials again
+            assert main([*ask, "--cache-dir", str(cache / "deeper")]) == 0
+            used = _signing_key_id(issuer)
+    finally:
+        os.umask(previous)
+    assert used.startswith("ASIA") and used not in ("ASIAPLANTEDKEY000001", own_key)

@@ -295,6 +295,8 @@ def _token_response(
 # Where `--cache-dir` keeps the role credentials of assume-role, web-identity and SSO
 # profiles, as the AWS CLI keeps them in ~/.aws/cli/cache.
 ROLE_SESSIONS_DIR = "aws-role-sessions"
+# A role session's JSON is about 2 KB (credentials, the assumed role, the expiry).
+MAX_ROLE_SESSION_BYTES = 64 * 1024
 
 
 def keep_role_sessions(session: Any, directory: Path) -> None:
@@ -314,11 +316,28 @@ def keep_role_sessions(session: Any, directory: Path) -> None:
 
 
 def _role_session_cache(directory: Path) -> Any:
-    """botocore's JSONFileCache (what the AWS CLI uses), made a cache that never fails the
-    command: an entry it cannot read, or one without the credentials' shape (a file edited
-    since, a directory where one should be), is a miss; a write it cannot make (a full
-    disk, a file where the folder should be) keeps nothing and says so."""
+    """botocore's JSONFileCache (what the AWS CLI uses) in a private directory, made a
+    cache that never fails the command and never reads credentials another user could
+    have put there: an entry that is not this user's own 0600 regular file (a planted
+    file, a symlink), one it cannot read, or one without the credentials' shape (a file
+    edited since, a directory where one should be), is a miss; a write it cannot make (a
+    full disk, a file where the folder should be) keeps nothing and says so."""
     from botocore.utils import JSONFileCache, parse_timestamp
+
+    from tokex.private_files import (
+        UnsafeDirectory,
+        open_private_dir,
+        read_own_private,
+        write_private,
+    )
+
+    def private_directory(*, make: bool) -> None:
+        """Raises unless `directory` is this user's and no one else may write to it;
+        made 0700 if missing and `make` (botocore made it with the umask's mode, maybe
+        one others could write to)."""
+        if not make and not directory.exists():
+            raise FileNotFoundError(directory)
+        open_private_dir(directory)
 
     class RoleSessionCache(JSONFileCache):  # type: ignore[misc]
         def __contains__(self, key: object) -> bool:
@@ -330,8 +349,13 @@ def _role_session_cache(directory: Path) -> Any:
 
         def __getitem__(self, key: Any) -> Any:
             try:
-                entry = super().__getitem__(key)
-            except (OSError, ValueError, RecursionError):
+                private_directory(make=False)
+            except (UnsafeDirectory, OSError):
+                raise KeyError(key) from None
+            data = read_own_private(Path(self._convert_cache_key(key)), MAX_ROLE_SESSION_BYTES)
+            try:
+                entry = json.loads(data) if data is not None else None
+            except (ValueError, RecursionError):
                 raise KeyError(key) from None
             credentials = entry.get("Credentials") if isinstance(entry, dict) else None
             fields = ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")
@@ -348,9 +372,10 @@ def _role_session_cache(directory: Path) -> Any:
             return entry
 
         def __setitem__(self, key: Any, value: Any) -> None:
-            try:
-                super().__setitem__(key, value)
-            except OSError as err:
+            try:  # mode 0600, atomically, never through a symlink
+                private_directory(make=True)
+                write_private(Path(self._convert_cache_key(key)), self._dumps(value))
+            except (UnsafeDirectory, OSError) as err:
                 print(f"tokex token: --cache-dir: role session not kept: {err}", file=sys.stderr)
 
     return RoleSessionCache(str(directory))

@@ -29,15 +29,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tokex.client.token_client import BEARER_TOKEN, CachedToken
-from tokex.private_files import write_private
+from tokex.private_files import read_own_private, write_private
 
 FILE_SUFFIX = ".token.json"
 MAX_FILE_BYTES = 64 * 1024
@@ -107,20 +105,8 @@ def prune_expired(directory: Path, *, now: float | None = None) -> int:
 def _own_entry(path: Path) -> tuple[float, dict[str, Any], CachedToken] | None:
     """(obtained_at, response, token) of a cache file this user wrote with mode 0600, not
     through a symlink; None for anything else."""
-    try:
-        # O_NONBLOCK: a FIFO of that name would otherwise block the open for ever.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as file:
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                return None  # a FIFO, a directory, a device: never a cache file
-            if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-                return None  # not one this user wrote with mode 0600
-            data = file.read(MAX_FILE_BYTES + 1)
-    except OSError:
+    data = read_own_private(path, MAX_FILE_BYTES)
+    if data is None:
         return None
     try:
         entry = json.loads(data)
