@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -41,6 +42,32 @@ from tokex.client.token_client import (
 )
 def test_endpoint_must_be_https_base_url(endpoint: str) -> None:
     with pytest.raises(TokenError):
+        check_endpoint(endpoint)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "issuer"),
+    [
+        ("https://auth.example.com/token", "https://auth.example.com"),
+        ("https://auth.example.com/regions/eu-west-1/token", "https://auth.example.com"),
+        ("https://auth.example.com/regions/eu-west-1/introspect/", "https://auth.example.com"),
+        (
+            "https://auth.example.com/tokex/regions/us-east-1/token",
+            "https://auth.example.com/tokex",
+        ),
+        # Not a Region's path: only the endpoint itself is cut off.
+        (
+            "https://auth.example.com/regions/not-a-region/token",
+            "https://auth.example.com/regions/not-a-region",
+        ),
+    ],
+)
+def test_an_issuer_endpoint_given_as_the_base_url_names_the_issuer(
+    endpoint: str, issuer: str
+) -> None:
+    """A Region's own token endpoint (listed by a multi-Region discovery document) was
+    answered with its Region's folder as "the issuer URL", which is no issuer."""
+    with pytest.raises(TokenError, match=f"pass the issuer URL {re.escape(issuer)}$"):
         check_endpoint(endpoint)
 
 
@@ -617,6 +644,27 @@ def test_scopes_are_a_list_not_one_string(issuer) -> None:
     ):
         with pytest.raises(TypeError, match="not one string"):
             ask()
+    assert issuer.exchanges == 0
+
+
+def test_scopes_given_as_an_iterator_are_asked_for_and_cached_as_given(issuer) -> None:
+    """The cache key used the iterator up: the exchange then asked for no scope, every
+    scope the policy grants, and cached that under the narrower request."""
+    client = TokenClient(issuer.url)
+    client.token("orders-api", (s for s in ["orders:read"]))
+    request_token(issuer.url, "orders-api", scopes=iter(["orders:read"]))
+    assert [form.get("scope") for form in issuer.forms] == [["orders:read"]] * 2
+    assert client.cached_token("orders-api", ["orders:read"]) is not None
+
+
+@pytest.mark.parametrize("option", ["scope", "audience", "retries", "clock2"])
+def test_an_option_request_token_does_not_take_is_refused_when_the_client_is_made(
+    issuer, option: str
+) -> None:
+    """A typo (`scope=` for `scopes=`) failed only at the first token, as a TypeError
+    that callers waiting on the same exchange got as a token service failure."""
+    with pytest.raises(ValueError, match=f"unknown option {option!r}"):
+        TokenClient(issuer.url, **{option: ["orders:read"]})
     assert issuer.exchanges == 0
 
 

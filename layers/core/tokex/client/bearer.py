@@ -44,7 +44,7 @@ class BearerSource:
                 client, evidence=evidence or SIGV4, token_file=token_file, region=region, **options
             )
         self.audience = audience
-        self.scopes = tuple(check_scopes(scopes))
+        self.scopes = check_scopes(scopes)
 
     def refused(self, status: int, token: str) -> None:
         """The API answered `status` to a request with `token`: a 401 (revoked, or signed

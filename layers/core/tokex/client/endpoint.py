@@ -8,7 +8,9 @@ import ipaddress
 import re
 import urllib.parse
 
+from tokex import identifiers
 from tokex.client.token_error import INVALID_ENDPOINT, TokenError
+from tokex.regions import REGIONS_PREFIX
 
 # Paths a tokex issuer serves (docs/contract.md): an endpoint ending in one is not the base
 # URL.
@@ -94,9 +96,13 @@ def check_endpoint(endpoint: str) -> str:
     path = parts.path.rstrip("/")
     for served in ISSUER_PATHS:
         if path.endswith(served):  # e.g. the "token endpoint" `tokex local` prints
-            base = urllib.parse.urlunsplit(
-                (parts.scheme, parts.netloc, path[: -len(served)], "", "")
-            )
+            base_path = path[: -len(served)]
+            # A Region's own endpoint (`{iss}/regions/<region>/token`, as a multi-Region
+            # discovery document lists it) belongs to the issuer above `/regions/`.
+            above, regional, region = base_path.rpartition(REGIONS_PREFIX.rstrip("/") + "/")
+            if regional and "/" not in region and identifiers.is_region(region):
+                base_path = above
+            base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, base_path, "", ""))
             raise refuse(
                 f"is the issuer's {served} endpoint, not its base URL: pass the issuer URL {base}"
             )

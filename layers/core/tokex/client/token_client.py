@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import inspect
 import json
 import logging
 import math
@@ -27,7 +28,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -289,7 +290,7 @@ def request_token(
         signing_algorithm=signing_algorithm,
         instance_evidence=instance_evidence,
     )
-    check_scopes(scopes)
+    scopes = check_scopes(scopes)
     endpoint = check_endpoint(endpoint)
     budget = _Budget(check_timeout(timeout))
     evidence_for = _EvidenceSource(
@@ -554,6 +555,13 @@ class TokenClient:
         refused here (ValueError), not at the first token. `stale_if_error=False`: a failed
         refresh raises even while the old token is valid (for a caller with its own
         fallback, as the proxy's)."""
+        for name in options:
+            if name not in _CLIENT_OPTIONS:
+                raise ValueError(
+                    f"unknown option {name!r}: besides its own, TokenClient takes"
+                    f" {', '.join(sorted(_CLIENT_OPTIONS))} (audience and scopes are"
+                    " token()'s arguments)"
+                )
         EvidenceOptions.of(
             evidence,
             token_file=token_file,
@@ -583,6 +591,7 @@ class TokenClient:
         self._lock = threading.Lock()  # guards the three dicts, never held over I/O
 
     def token(self, audience: str, scopes: Sequence[str] = ()) -> str:
+        scopes = check_scopes(scopes)  # read once: an iterator would be spent by the key
         key = cache_key(audience, scopes)
         now = self._clock()
         with self._lock:
@@ -738,11 +747,22 @@ def cache_key(audience: str, scopes: Sequence[str]) -> CacheKey:
     return audience, tuple(sorted(set(check_scopes(scopes))))
 
 
-def check_scopes(scopes: Sequence[str]) -> Sequence[str]:
-    """A list of scopes, not one string (which would ask for each of its characters)."""
+# request_token's keyword arguments a TokenClient passes on as given (`options`): not the
+# ones it takes itself, nor `scopes`, which each token() call names.
+_CLIENT_OPTIONS = frozenset(
+    name
+    for name, parameter in inspect.signature(request_token).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+) - {"scopes", "evidence", "token_file", "region", "timeout"}
+
+
+def check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """The scopes as a tuple, read once (an iterator read twice is empty the second time,
+    which would ask for every scope the policy grants); a list of scopes, not one string
+    (which would ask for each of its characters)."""
     if isinstance(scopes, str | bytes):
         raise TypeError(f"scopes must be a list of scopes, not one string: [{scopes!r}]")
-    return scopes
+    return tuple(scopes)
 
 
 @dataclass(frozen=True)
