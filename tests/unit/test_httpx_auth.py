@@ -200,6 +200,61 @@ def test_async_refresh_ahead_of_expiry_keeps_every_coroutine_on_the_valid_token(
     assert issuer.exchanges == 2
 
 
+def test_on_trio_a_refresh_ahead_of_expiry_keeps_every_task_on_the_valid_token(issuer) -> None:
+    """Off asyncio the task that reached the refresh point waited for the whole exchange
+    (up to its timeout); now, as on asyncio, it runs in the background."""
+    trio = pytest.importorskip("trio")
+    now = [0.0]
+    auth = TokexHttpxAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+
+    async def main() -> tuple[list[str], str]:
+        answers: list[str] = []
+        transport = httpx.MockTransport(echo_authorization)
+        async with httpx.AsyncClient(auth=auth, transport=transport) as client:
+            await client.get("https://orders.example.com/")
+            now[0] = 0.85 * 900
+            issuer.gate = threading.Event()  # the refresh is held until all eight answered
+
+            async def ask() -> None:
+                answers.append((await client.get("https://orders.example.com/")).text)
+
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(8):
+                        nursery.start_soon(ask)
+            issuer.gate.set()
+            with trio.fail_after(10):
+                while issuer.exchanges < 2 or auth._refreshing.locked():
+                    await trio.sleep(0.01)
+            after = await client.get("https://orders.example.com/")
+            return answers, after.text
+
+    during, after = trio.run(main)
+    assert during == ["Bearer token-1"] * 8
+    assert after == "Bearer token-2"
+    assert issuer.exchanges == 2
+
+
+def test_on_trio_a_task_waiting_for_a_first_token_is_cancelled_at_once(issuer) -> None:
+    """anyio's default kept a cancelled task until the exchange ended."""
+    trio = pytest.importorskip("trio")
+    issuer.gate = threading.Event()  # the exchange never ends by itself
+    auth = TokexHttpxAuth(TokenClient(issuer.url, timeout=30), "orders-api")
+
+    async def main() -> bool:
+        transport = httpx.MockTransport(echo_authorization)
+        async with httpx.AsyncClient(auth=auth, transport=transport) as client:
+            with trio.move_on_after(0.2) as cancel:
+                await client.get("https://orders.example.com/")
+        # Back while the exchange is still held at the issuer: nobody waited for it.
+        return cancel.cancelled_caught and bool(auth.client._flights)
+
+    try:
+        assert trio.run(main)
+    finally:
+        issuer.gate.set()
+
+
 def test_async_refresh_with_stale_if_error_off_waits_in_the_coroutine_that_started_it(
     issuer,
 ) -> None:

@@ -15,6 +15,7 @@ import logging
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Generator
+from typing import Any
 
 import anyio.to_thread
 import httpx
@@ -51,6 +52,11 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
         None
     )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Off asyncio: held while a refresh ahead of expiry runs in a thread of its own.
+        self._refreshing = threading.Lock()
+
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         token = self.client.token(self.audience, self.scopes)
         request.headers["Authorization"] = f"Bearer {token}"
@@ -71,8 +77,8 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
             return token
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # not asyncio (trio): the TokenClient alone keeps it to one
-            return await anyio.to_thread.run_sync(self.client.token, self.audience, self.scopes)
+        except RuntimeError:  # not asyncio (trio)
+            return await self._token_off_asyncio()
         with self._flights_guard:
             if self._flights is None:
                 self._flights = weakref.WeakKeyDictionary()
@@ -93,6 +99,33 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
                 return valid
         # Shielded: a cancelled caller stops waiting; the exchange goes on for the others.
         return await asyncio.shield(flight)
+
+    async def _token_off_asyncio(self) -> str:
+        """As on asyncio: past the refresh point the exchange runs in the background (one
+        thread of this auth's at a time; the TokenClient keeps it to one exchange in all)
+        while every coroutine uses the still-valid token; a coroutine that must wait for a
+        token stops waiting when cancelled, and the exchange goes on for the others."""
+        if self.client.stale_if_error:
+            valid = self.client.valid_token(self.audience, self.scopes)
+            if valid is not None:
+                if self._refreshing.acquire(blocking=False):
+                    threading.Thread(
+                        target=self._refresh_in_background, name="tokex-refresh", daemon=True
+                    ).start()
+                return valid
+        return await anyio.to_thread.run_sync(
+            self.client.token, self.audience, self.scopes, abandon_on_cancel=True
+        )
+
+    def _refresh_in_background(self) -> None:
+        try:
+            self.client.token(self.audience, self.scopes)
+        except TokenError:
+            pass  # the TokenClient holds it: the next caller gets the valid token, or it
+        except Exception:
+            log.exception("refreshing the token for audience %s failed unexpectedly", self.audience)
+        finally:
+            self._refreshing.release()
 
     def _landed(self, flight: asyncio.Future[str]) -> None:
         """Forget a finished exchange (a future holds its loop: kept, the loop could never
