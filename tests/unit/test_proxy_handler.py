@@ -494,6 +494,33 @@ def test_a_faulty_upstream_head_is_502_and_nothing_of_it_is_relayed(path: str, w
 
 
 @pytest.mark.parametrize(
+    ("method", "headers"),
+    [
+        (b"GET", b"Origin: https://evil.example\r\n"),
+        (b"POST", b"origin: null\r\nContent-Length: 0\r\n"),  # a sandboxed page, a file
+        (b"GET", b"Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n"),  # no Origin
+        (b"GET", b"Sec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n"),
+        (  # a CORS preflight
+            b"OPTIONS",
+            b"Origin: https://evil.example\r\nAccess-Control-Request-Method: DELETE\r\n",
+        ),
+    ],
+)
+def test_a_request_a_web_browser_made_never_gets_the_token(
+    upstream, method: bytes, headers: bytes
+) -> None:
+    """A page on the workload's host reaches a loopback listener by 127.0.0.1 itself (the
+    Host check passes): it could act as the workload, and read the answers of an API that
+    allows any origin."""
+    with proxy_for(route(upstream.url)) as proxy:
+        request = method + b" /c HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + b"\r\n"
+        answer = raw(proxy.addresses["listen"][1], request)
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert b'"browser_request"' in answer and b"comes from a web page" in answer
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize(
     ("host", "status"),
     [
         (b"evil.example:8080", 400),  # a page whose name resolves to 127.0.0.1

@@ -51,6 +51,12 @@ from tokex.proxy.tokens import TokenSource, TokenUnavailable
 CLIENT_IDLE_TIMEOUT_SECONDS = 60.0  # a connection silent this long is closed
 MAX_REQUEST_LINE_BYTES = 65536  # as http.server's own limit
 METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 §5.6.2)
+# Headers only a web browser sends (Fetch metadata, and Origin on every cross-origin or
+# unsafe request): a page on the workload's host could otherwise make requests through a
+# loopback listener by 127.0.0.1 itself, with the workload's token attached, and read the
+# answers of an API that allows any origin (`Access-Control-Allow-Origin: *`, safe only
+# because browsers never add a bearer token themselves).
+BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Dest")
 REFUSED_METHODS = {
     "CONNECT": "CONNECT is refused: this is not an open proxy, upstreams come from its "
     "configuration only",
@@ -238,6 +244,14 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             why = "Host must name this proxy's loopback address (localhost, 127.0.0.1, [::1])"
             return self._answer(outcome, error(400, "invalid_request", why))
+        browser = next((name for name in BROWSER_HEADERS if name in self.headers), None)
+        if browser is not None:
+            self.close_connection = True
+            why = (
+                f"a request with {browser} comes from a web page: the proxy attaches the"
+                " workload's token for its own processes only"
+            )
+            return self._answer(outcome, error(403, "browser_request", why))
         try:
             path, query = split_target(self.path)
         except BadTarget as err:
