@@ -464,6 +464,13 @@ RAW_ANSWERS = {
     "/space-before-colon": b"HTTP/1.1 200 OK\r\nX-A : a\r\nContent-Length: 0\r\n\r\n",
     "/gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n"
     b"Content-Length: 5\r\n\r\n2a\r\nabcdefghijklmnopqrstuvwxyzabcdefghijklmnop\r\n0\r\n\r\n",
+    # A length Python reads and curl reads otherwise: the rest of the body would be
+    # curl's answer to its next request on the connection.
+    "/underscore-length": b"HTTP/1.1 200 OK\r\nContent-Length: 1_0\r\n\r\n0123456789",
+    "/signed-length": b"HTTP/1.1 200 OK\r\nContent-Length: +10\r\n\r\n0123456789",
+    "/listed-length": b"HTTP/1.1 200 OK\r\nContent-Length: 10, 10\r\n\r\n0123456789",
+    "/two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 10\r\n\r\n"
+    b"0123456789",
 }
 
 
@@ -483,6 +490,10 @@ class RawAnswers(QuietHandler):
         ("/reason", "its answer is malformed: the start line holds a control character"),
         ("/space-before-colon", "its answer is malformed: a header line is not NAME: VALUE"),
         ("/gzip-chunked", "answered with a transfer coding other than chunked"),
+        ("/underscore-length", "answered with a Content-Length that is not one decimal"),
+        ("/signed-length", "answered with a Content-Length that is not one decimal"),
+        ("/listed-length", "answered with a Content-Length that is not one decimal"),
+        ("/two-lengths", "answered with a Content-Length that is not one decimal"),
     ],
 )
 def test_a_faulty_upstream_head_is_502_and_nothing_of_it_is_relayed(path: str, why: str) -> None:
