@@ -504,6 +504,20 @@ def test_a_faulty_upstream_head_is_502_and_nothing_of_it_is_relayed(path: str, w
     assert "Set-Cookie" not in headers and "X-A" not in headers
 
 
+def test_a_path_an_upstream_could_read_as_another_routes_is_400_and_not_forwarded(
+    upstream,
+) -> None:
+    orders = route(upstream.url, prefix="/orders", audience="orders-api")
+    catalog = route(upstream.url, audience="catalog-api")
+    with proxy_for(orders, catalog) as proxy:
+        port = proxy.addresses["listen"][1]
+        status, _, body = call(port, "GET", "/%6Frders/1")
+        served, _, _ = call(port, "GET", "/orders/1")
+    assert (status, json.loads(body)["error"]) == (400, "invalid_request")
+    assert "reads as another route's" in json.loads(body)["error_description"]
+    assert served == 200 and len(upstream.seen) == 1
+
+
 @pytest.mark.parametrize(
     ("method", "headers"),
     [

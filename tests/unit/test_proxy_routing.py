@@ -41,6 +41,42 @@ def test_the_longest_prefix_of_whole_segments_wins(path: str, audience: str) -> 
     assert route is not None and route.audience == audience
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/%6Frders/1",  # nginx decodes a location's path: /orders/1
+        "/%6frders",
+        "/orders%2Fadmin/users",  # the admin route's once %2F is a /
+        "/orders%5Cadmin",  # a \ is a / to some servers
+        "/orders;v=2/admin/1",  # Tomcat drops a segment's ;parameters
+        "/orders;v=2/1",  # the route of / as sent, of /orders to Tomcat
+        "/Orders/1",  # a server that matches paths in any case
+        "/ORDERS/ADMIN",
+    ],
+)
+def test_a_path_another_reading_routes_elsewhere_is_refused(path: str) -> None:
+    """Matched as sent, each went to the route of `/` (or `/orders`) with its token, and an
+    upstream that normalises paths served it as another route's path: a token of one
+    audience reached another audience's service."""
+    with pytest.raises(BadTarget, match="reads as another route's"):
+        table().match("listen", path)
+
+
+@pytest.mark.parametrize(
+    ("path", "audience"),
+    [
+        ("/orders/a%2Fb", "orders-api"),  # an encoded / inside the route: the same route
+        ("/orders/%41", "orders-api"),
+        ("/orders/1;v=2", "orders-api"),  # ;parameters past the route's own segments
+        ("/billing/Item%20One", "default-api"),
+        ("/Billing/1", "default-api"),  # another case, but no other route reads it
+    ],
+)
+def test_a_path_every_reading_routes_alike_is_served(path: str, audience: str) -> None:
+    route = table().match("listen", path)
+    assert route is not None and route.audience == audience
+
+
 def test_a_route_with_its_own_listener_takes_every_path_of_it() -> None:
     routes = table()
     for path in ("/", "/orders/1", "/anything"):

@@ -282,7 +282,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 tokens=state.tokens,
             )
             return self._answer(outcome, answer)
-        route = state.table.match(getattr(self.server, "name", ""), path)
+        try:
+            route = state.table.match(getattr(self.server, "name", ""), path)
+        except BadTarget as err:
+            return self._answer(outcome, error(400, "invalid_request", str(err)))
         if route is None:
             described = error(404, "no_route", "no route of this proxy takes this path")
             return self._answer(outcome, described)

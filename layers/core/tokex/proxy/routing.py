@@ -72,8 +72,33 @@ class RouteTable:
             candidates.sort(key=lambda r: len(r.prefix or "/"), reverse=True)
 
     def match(self, listener: str, path: str) -> Route | None:
-        """The route of `path` (a checked path, without its query) on `listener`."""
+        """The route of `path` (a checked path, without its query) on `listener`. Raises
+        BadTarget for a path that an upstream reading it in another usual way would take
+        for another route's, whose token it is not: percent-decoded (nginx's locations,
+        `%2F` included) with `\\` as `/`, then without each segment's `;` parameters
+        (Tomcat, Spring), then in any case (servers that match paths so). The request is
+        forwarded as sent; the readings only decide whether every one routes alike."""
+        decoded = urllib.parse.unquote(path).replace("\\", "/")
+        bare = "/".join(segment.split(";", 1)[0] for segment in decoded.split("/"))
+        route = self._match(listener, path)
+        for reading, fold in ((decoded, False), (bare, False), (bare, True)):
+            if self._match(listener, reading, fold=fold) is not route:
+                raise BadTarget(
+                    "the path reads as another route's once percent-decoded, without its ;"
+                    " parameters or in another case: send it as the route spells it"
+                )
+        return route
+
+    def _match(self, listener: str, path: str, *, fold: bool = False) -> Route | None:
+        """The longest prefix that takes `path`; `fold`: in any case."""
         for route in self._by_listener.get(listener, ()):
-            if route.prefix is None or prefix_matches(route.prefix, path):
+            prefix = route.prefix
+            if prefix is None:
+                return route
+            if (
+                prefix_matches(prefix.lower(), path.lower())
+                if fold
+                else prefix_matches(prefix, path)
+            ):
                 return route
         return None
