@@ -330,6 +330,23 @@ def test_a_route_on_a_listener_of_its_own(upstream) -> None:
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nA: \r\n\r\n"
 
 
+@pytest.mark.parametrize(("headers", "status"), [(3, 431), (1, 200)])
+def test_request_headers_over_64_kib_in_all_are_431_and_not_held(
+    upstream, headers: int, status: int
+) -> None:
+    """http.server alone let a connection hold 100 lines of 64 KiB (6.5 MB) until the
+    head's deadline: a local process with a few hundred connections took the sidecar's
+    memory."""
+    lines = b"".join(b"X-Big-%d: %s\r\n" % (n, b"a" * 30_000) for n in range(headers))
+    request = b"GET /c HTTP/1.1\r\nHost: 127.0.0.1\r\n" + lines + b"Connection: close\r\n\r\n"
+    with proxy_for(route(upstream.url)) as proxy:
+        answer = raw(proxy.addresses["listen"][1], request)
+    assert answer.startswith(b"HTTP/1.1 %d " % status)
+    assert len(upstream.seen) == (status == 200)
+    if status == 431:
+        assert b"the request's headers exceed 65536 bytes" in answer
+
+
 @pytest.mark.parametrize(
     "line",
     [

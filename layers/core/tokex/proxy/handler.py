@@ -102,6 +102,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     _unread_body = False  # a request body not (yet) read: an early answer closes
     _head_fault: str | None = None  # why the head is refused (head.py), once read
+    _head_fault_status = 400
 
     @property
     def _state(self) -> ProxyState:
@@ -164,7 +165,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         finally:
             self.rfile = reader
         self.connection.settimeout(CLIENT_IDLE_TIMEOUT_SECONDS)  # the body: between reads
-        self._head_fault = head.fault
+        self._head_fault, self._head_fault_status = head.fault, head.fault_status
         if not parsed:
             return
         if self.request_version == "HTTP/0.9":  # no headers: nothing to route on
@@ -224,7 +225,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
         state = self._state
         if self._head_fault is not None:
             self.close_connection = True  # the rest of the head is unread
-            return self._answer(outcome, error(400, "invalid_request", self._head_fault))
+            status = self._head_fault_status
+            return self._answer(outcome, error(status, "invalid_request", self._head_fault))
         if not METHOD.fullmatch(self.command):
             return self._answer(outcome, error(400, "invalid_request", "the method is malformed"))
         # Methods are case-sensitive, but an upstream that upper-cases them would take

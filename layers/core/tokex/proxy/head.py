@@ -105,6 +105,11 @@ class CheckedHead:
         return getattr(self._reader, name)
 
 
+# The header lines of one request, together (RFC 6585 §5: 431 beyond): far above what any
+# application sends, far below what http.server's own limits let a connection hold.
+MAX_HEAD_BYTES = 64 * 1024
+
+
 class ApplicationHead:
     """The application's connection as http.server reads a request's header lines from
     it: each line by the head's deadline and checked. The first faulty line ends the head
@@ -116,7 +121,9 @@ class ApplicationHead:
         self._socket = sock
         self._deadline = deadline
         self._first = True
+        self._size = 0
         self.fault: str | None = None
+        self.fault_status = 400
 
     def readline(self, limit: int = -1) -> bytes:
         if self.fault is not None:
@@ -124,6 +131,14 @@ class ApplicationHead:
         line = readline_by(self._reader, self._socket, limit, self._deadline)
         if not line or (limit > 0 and len(line) >= limit):
             return line
+        self._size += len(line)
+        if self._size > MAX_HEAD_BYTES:
+            # http.server alone allows 100 lines of 64 KiB: 6.5 MB a connection, held.
+            self.fault, self.fault_status = (
+                f"the request's headers exceed {MAX_HEAD_BYTES} bytes",
+                431,
+            )
+            return b"\r\n"
         self.fault = field_line_fault(line, first=self._first)
         self._first = False
         return b"\r\n" if self.fault is not None else line
