@@ -10,6 +10,7 @@ import io
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -585,3 +586,30 @@ def test_a_loopback_listener_serves_only_requests_for_a_loopback_host(
     assert len(upstream.seen) == (status == 200)
     if status == 400:
         assert b"Host must name this proxy's loopback address" in answer
+
+
+def test_shutdown_keeps_to_its_timeout_however_many_listeners(upstream) -> None:
+    """Each listener's accept loop took up to a poll (0.2 s) to stop, one after the other,
+    and the drain then had the whole timeout: 5 listeners made shutdown(1.8) take 2.7 s,
+    past the 2 s Lambda gives an extension's SHUTDOWN."""
+    own = [
+        {"listen": "127.0.0.1:0", "upstream": upstream.url, "audience": f"a{n}"} for n in range(4)
+    ]
+    with proxy_for(route(upstream.url), *own) as proxy:
+        assert len(proxy.addresses) == 5
+
+        def cut_at_shutdown() -> None:
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                call(proxy.addresses["listen"][1], "GET", "/sleep")
+
+        held = threading.Thread(target=cut_at_shutdown, daemon=True)
+        held.start()
+        for _ in range(500):  # until the request is at the upstream: in flight
+            if upstream.seen:
+                break
+            threading.Event().wait(0.01)
+        started = time.monotonic()
+        finished = proxy.shutdown(0.5)  # the upstream holds /sleep for 1 s
+        took = time.monotonic() - started
+    assert finished is False  # the request in flight was cut at the timeout
+    assert took < 1.0, took  # one poll at most past it, not one per listener

@@ -161,19 +161,29 @@ class ProxyServer:
         """Stop accepting (new connections are refused), close idle connections, let the
         requests in flight finish for up to `timeout` seconds, close the rest. True if
         every request finished. Safe to call more than once, from any thread."""
+        ends = time.monotonic() + timeout  # the caller's deadline (Lambda's, say) holds
         with self._stop_lock:
             if self._stopped.is_set():
                 return True
             if not self._threads:  # never started (or its start failed): nothing to stop
                 self._stopped.set()
                 return True
+            # Each accept loop notices within a poll: all at once, not one poll after the
+            # other (a route with a listener of its own adds one).
+            stopping = [
+                threading.Thread(target=listener.shutdown, daemon=True)
+                for listener in self._listeners
+            ]
+            for thread in stopping:
+                thread.start()
+            for thread in stopping:
+                thread.join(timeout=POLL_SECONDS * 5)
             for listener in self._listeners:
-                listener.shutdown()  # the accept loop ends
                 listener.server_close()  # the port is closed: connections are refused
             for thread in self._threads:
-                thread.join(timeout=POLL_SECONDS * 5)
+                thread.join(timeout=POLL_SECONDS)
             in_flight = self._connections.in_flight()
-            finished = self._connections.drain(timeout)
+            finished = self._connections.drain(max(0.0, ends - time.monotonic()))
             for upstream in self._state.upstreams.values():
                 upstream.close()
             if self.secret_file is not None:
