@@ -114,6 +114,8 @@ class TokexConfig:
     origin_secret_generation: int = 1
     # How long every log group keeps its events: the exchange's is the audit trail.
     log_retention_days: int = 30
+    # Signed requests must sign X-Tokex-Audience (TOKEX_REQUIRE_SIGNED_AUDIENCE).
+    require_signed_audience: bool = False
     # The deployment's Regions, home first (docs/multi-region.md). Empty or one Region:
     # the single-Region stack, unchanged.
     regions: tuple[str, ...] = ()
@@ -362,6 +364,15 @@ class TokexConfig:
                 )
             return items
 
+        def flag(key: str) -> bool | None:
+            # cdk.json holds a boolean; `-c key=true` passes a string.
+            value = get(key)
+            if value is None or isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise ConfigError(f"{key} must be true or false")
+
         def integer(key: str) -> int | None:
             value = get(key)
             if value is None:
@@ -405,6 +416,7 @@ class TokexConfig:
             "regions": strings("regions"),
             "origin_secret_generation": integer("originSecretGeneration"),
             "log_retention_days": integer("logRetentionDays"),
+            "require_signed_audience": flag("requireSignedAudience"),
         }
         _refuse_unknown_keys(node, CONTEXT_KEYS)
         return cls(**{k: v for k, v in values.items() if v is not None})
@@ -450,6 +462,7 @@ CONTEXT_KEYS = frozenset(
         "regions",
         "originSecretGeneration",
         "logRetentionDays",
+        "requireSignedAudience",
     }
 )
 # A key of tokex's shape (a camelCase word). CDK's own keys and feature flags have `@` or

@@ -404,6 +404,8 @@ def exchange_settings(
     }
     if config.sts_regions:
         env["TOKEX_STS_REGIONS"] = ",".join(config.sts_regions)
+    if config.require_signed_audience:  # absent: off, and the template is unchanged
+        env["TOKEX_REQUIRE_SIGNED_AUDIENCE"] = "true"
     if config.instance_tags_role_name:
         env["TOKEX_INSTANCE_TAGS_ROLE_NAME"] = config.instance_tags_role_name
     if config.trusted_issuers:

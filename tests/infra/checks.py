@@ -697,7 +697,11 @@ FUNCTION_PACKAGES = {
 
 @check
 def check_functions(
-    template: Template, tracing: str = "lambda", *, retention_days: int = 30
+    template: Template,
+    tracing: str = "lambda",
+    *,
+    retention_days: int = 30,
+    require_signed_audience: bool = False,
 ) -> None:
     """Current Python runtime on arm64, X-Ray as `tracing` says (default "lambda":
     Lambda's own segments, no tracer in the function), own log group with retention,
@@ -732,6 +736,8 @@ def check_functions(
     )
     exchange = resource(template, "Exchange/Function")["Properties"]["Environment"]["Variables"]
     assert exchange["TOKEX_POLICY_TABLE"] == ref(template, "PolicyTable/Table")
+    required = exchange.get("TOKEX_REQUIRE_SIGNED_AUDIENCE")
+    assert required == ("true" if require_signed_audience else None)
     publisher = resource(template, "JwksPublisher/Function")["Properties"]["Environment"]
     assert publisher["Variables"]["TOKEX_JWKS_BUCKET"] == ref(template, "IssuerSite/Documents")
 

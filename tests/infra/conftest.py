@@ -84,6 +84,7 @@ ACCOUNTS_CONTEXT: dict[str, Any] = {
     "signingKeys": "b",
     "activeSigningKey": "b",
     "logRetentionDays": "365",  # as -c passes it: a string
+    "requireSignedAudience": "true",
 }
 ROTATION_CONTEXT: dict[str, Any] = {
     # Rotation step 2, as `-c signingKeys='["b","a"]' -c activeSigningKey=b` passes it.

@@ -199,6 +199,8 @@ def test_every_documented_option_is_read() -> None:
             "logRetentionDays must be one of CloudWatch Logs' periods: 1,",
         ),
         ({"logRetentionDays": "0"}, "logRetentionDays must be one of"),
+        ({"requireSignedAudience": "yes"}, "requireSignedAudience must be true or false"),
+        ({"requireSignedAudience": 1}, "requireSignedAudience must be true or false"),
         ({"logRetentionDays": "forever"}, "logRetentionDays must be a positive integer"),
         (
             {

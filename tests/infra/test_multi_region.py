@@ -38,6 +38,7 @@ MULTI_REGION_CONTEXT: dict[str, Any] = {
     # Short tokens: a cap under the settings' own default TTL (900) reaches every Region.
     "ttlCapSeconds": 600,
     "defaultTtlSeconds": 300,
+    "requireSignedAudience": True,  # as cdk.json holds it: a boolean
 }
 REGIONAL_SECRET = "tokex/Tokex/regional-origin"
 # The deployment's settings, the same for the exchange of every Region.
@@ -48,6 +49,7 @@ SHARED_EXCHANGE_SETTINGS = (
     "TOKEX_DEFAULT_TTL_SECONDS",
     "TOKEX_RATE_LIMIT_PER_MINUTE",
     "TOKEX_STS_PARTITIONS",
+    "TOKEX_REQUIRE_SIGNED_AUDIENCE",
 )
 
 

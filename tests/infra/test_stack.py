@@ -300,7 +300,9 @@ def test_instance_tags_roles_in_listed_accounts_only(accounts_synth: Synthesized
     )
     checks.check_instance_tag_lookups(template, role_name=role_name)
     checks.check_introspect_permissions(template, slots=("b",))
-    checks.check_functions(template, tracing="off", retention_days=365)
+    checks.check_functions(
+        template, tracing="off", retention_days=365, require_signed_audience=True
+    )
     # Every log group keeps what logRetentionDays says: the functions', the API's access
     # log, the custom resource provider's.
     retention = {

@@ -402,6 +402,31 @@ def test_a_bad_signed_request_is_refused_before_sts(world: World) -> None:
     assert world.log == []  # nothing upstream was called
 
 
+def test_a_deployment_that_requires_a_signed_audience_refuses_a_request_without_one(
+    world: World,
+) -> None:
+    """TOKEX_REQUIRE_SIGNED_AUDIENCE: refused offline, before STS, the KMS Sign and the
+    write; a request that signs its audience is exchanged."""
+    exchange = _one_environment(
+        world, settings=Settings(issuer=ISSUER, require_signed_audience=True)
+    )
+    with pytest.raises(InvalidGrant, match="requires a signed X-Tokex-Audience") as caught:
+        exchange.exchange(token_request(), ExchangeAudit())
+    assert caught.value.status == 400 and world.log == []
+    headers = {"Content-Type": FORM, "X-Tokex-Issuer": ISSUER, "X-Tokex-Audience": AUDIENCE}
+    request = AWSRequest(method="POST", url=f"https://{HOST}/", data=STS_BODY, headers=headers)
+    SigV4Auth(Credentials("ASIAIOSFODNN7EXAMPLE", "secret", "t"), "sts", "us-east-1").add_auth(
+        request
+    )
+    bound = {
+        "method": "POST",
+        "url": f"https://{HOST}/",
+        "headers": dict(request.headers.items()),
+        "body": STS_BODY,
+    }
+    assert exchange.exchange(token_request(signed_request=bound), ExchangeAudit()).access_token
+
+
 def test_bad_instance_evidence_is_refused_before_sts(world: World) -> None:
     error = refused(world, InvalidRequest, instance_evidence={"document": "x"})
     assert (error.status, error.error) == (400, "invalid_request")

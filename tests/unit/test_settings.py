@@ -85,3 +85,24 @@ def test_the_publisher_lists_the_served_regions() -> None:
         Settings.from_env({**base, "TOKEX_SERVED_REGIONS": "us-east-1,Europe"})
     with pytest.raises(ConfigurationError, match="TOKEX_SERVED_REGIONS lists a Region twice"):
         Settings.from_env({**base, "TOKEX_SERVED_REGIONS": "us-east-1,us-east-1"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "required"),
+    [(None, False), ("", False), ("true", True), ("TRUE", True), ("false", False)],
+)
+def test_require_signed_audience(raw: str | None, required: bool) -> None:
+    env = {"TOKEX_ISSUER": "https://a.example"}
+    if raw is not None:
+        env["TOKEX_REQUIRE_SIGNED_AUDIENCE"] = raw
+    assert Settings.from_env(env).require_signed_audience is required
+
+
+@pytest.mark.parametrize("raw", ["yes", "1", "ture"])
+def test_require_signed_audience_is_true_or_false(raw: str) -> None:
+    """A typo must not turn a requirement off without a word."""
+    env = {"TOKEX_ISSUER": "https://a.example", "TOKEX_REQUIRE_SIGNED_AUDIENCE": raw}
+    with pytest.raises(
+        ConfigurationError, match="TOKEX_REQUIRE_SIGNED_AUDIENCE must be true or false"
+    ):
+        Settings.from_env(env)

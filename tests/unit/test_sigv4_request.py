@@ -487,3 +487,29 @@ def test_wrong_json_shapes_are_invalid_request(mutate: Any) -> None:
             endpoints=ENDPOINTS,
             now=datetime.fromisoformat("2026-01-01T00:00:00+00:00"),
         )
+
+
+def test_a_deployment_may_require_the_audience_to_be_signed() -> None:
+    """Without X-Tokex-Audience a leaked request buys a token for any audience its
+    principal may have: TOKEX_REQUIRE_SIGNED_AUDIENCE refuses such a request."""
+    bare, bound = sign(), sign(extra={"X-Tokex-Audience": "orders-api"})
+    for required in (False, True):
+        verified = verify_sts_request(
+            bound,
+            issuer=ISSUER,
+            endpoints=ENDPOINTS,
+            now=signed_at(bound),
+            audience="orders-api",
+            require_audience=required,
+        )
+        assert verified.host == HOST
+    verify_sts_request(bare, issuer=ISSUER, endpoints=ENDPOINTS, now=signed_at(bare), audience="x")
+    with pytest.raises(InvalidGrant, match="requires a signed X-Tokex-Audience"):
+        verify_sts_request(
+            bare,
+            issuer=ISSUER,
+            endpoints=ENDPOINTS,
+            now=signed_at(bare),
+            audience="orders-api",
+            require_audience=True,
+        )

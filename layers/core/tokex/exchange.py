@@ -182,6 +182,7 @@ class TokenExchange:
             endpoints=self._endpoints,
             now=datetime.fromtimestamp(now, UTC),
             audience=request.audience,
+            require_audience=self._settings.require_signed_audience,
         )
         # Single use off (TOKEX_SINGLE_USE=false): nothing is used up, here or in the table.
         used = used_signature(sts_request) if self._settings.single_use else None

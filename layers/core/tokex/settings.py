@@ -72,6 +72,10 @@ class Settings:
     # Refuse a signed request accepted before (optional; on by default):
     # docs/security.md "Single use and the rate limit".
     single_use: bool = True
+    # Refuse a signed request that does not sign X-Tokex-Audience (TOKEX_REQUIRE_SIGNED_
+    # AUDIENCE): a leaked one could otherwise buy a token for any audience the principal
+    # may have. Off by default: a signer of its own may not send it (tokex's always do).
+    require_signed_audience: bool = False
     # Token exchanges per caller principal per minute (0 = no limit); needs state_table.
     rate_limit_per_minute: int = 60
     # One budget per request for every upstream call (TOKEX_DEADLINE_SECONDS).
@@ -169,6 +173,12 @@ class Settings:
                 raise ConfigurationError(f"{name} must be a positive integer")
             return int(raw)
 
+        def flag(name: str, default: bool) -> bool:
+            raw = env.get(name, "").lower()
+            if raw not in ("", "true", "false"):
+                raise ConfigurationError(f"{name} must be true or false")
+            return default if not raw else raw == "true"
+
         def seconds(name: str, default: float) -> float:
             raw = env.get(name, "")
             if not raw:
@@ -210,6 +220,7 @@ class Settings:
             sts_connect_override=env.get("TOKEX_STS_CONNECT_OVERRIDE") or None,
             state_table=env.get("TOKEX_STATE_TABLE", ""),
             single_use=env.get("TOKEX_SINGLE_USE", "true").lower() != "false",
+            require_signed_audience=flag("TOKEX_REQUIRE_SIGNED_AUDIENCE", False),
             rate_limit_per_minute=integer("TOKEX_RATE_LIMIT_PER_MINUTE", 60),
             deadline_seconds=seconds("TOKEX_DEADLINE_SECONDS", DEFAULT_DEADLINE_SECONDS),
             local_instance_certificate=env.get("TOKEX_LOCAL_INSTANCE_CERTIFICATE", ""),

@@ -113,9 +113,10 @@ def verify_sts_request(
     endpoints: StsEndpoints,
     now: datetime,
     audience: str | None = None,
+    require_audience: bool = False,
 ) -> StsRequest:
     """Apply every rule of docs/security.md "The signed STS request"; return what to
-    forward."""
+    forward. `require_audience`: X-Tokex-Audience must be there (and signed)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     _check_shape(signed)
@@ -165,6 +166,10 @@ def verify_sts_request(
         "x-tokex-nonce" not in auth.signed_headers or not _NONCE.fullmatch(headers["x-tokex-nonce"])
     ):
         raise InvalidGrant("X-Tokex-Nonce must be signed and 16-64 characters of base64url")
+    if require_audience and "x-tokex-audience" not in headers:
+        raise InvalidGrant(
+            "this deployment requires a signed X-Tokex-Audience equal to the audience parameter"
+        )
     if "x-tokex-audience" in headers and (
         "x-tokex-audience" not in auth.signed_headers or headers["x-tokex-audience"] != audience
     ):
