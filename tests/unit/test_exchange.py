@@ -54,9 +54,11 @@ AUDIENCE = "orders-api"
 FORM = "application/x-www-form-urlencoded; charset=utf-8"
 
 
-def signed_request(issuer: str = ISSUER, session_token: str = "session-token") -> dict[str, Any]:
+def signed_request(
+    issuer: str = ISSUER, session_token: str = "session-token", **more_headers: str
+) -> dict[str, Any]:
     """A GetCallerIdentity request signed now, as a workload signs it."""
-    headers = {"Content-Type": FORM, "X-Tokex-Issuer": issuer}
+    headers = {"Content-Type": FORM, "X-Tokex-Issuer": issuer, **more_headers}
     request = AWSRequest(method="POST", url=f"https://{HOST}/", data=STS_BODY, headers=headers)
     credentials = Credentials("ASIAIOSFODNN7EXAMPLE", "secret", session_token)
     SigV4Auth(credentials, "sts", "us-east-1").add_auth(request)
@@ -413,17 +415,7 @@ def test_a_deployment_that_requires_a_signed_audience_refuses_a_request_without_
     with pytest.raises(InvalidGrant, match="requires a signed X-Tokex-Audience") as caught:
         exchange.exchange(token_request(), ExchangeAudit())
     assert caught.value.status == 400 and world.log == []
-    headers = {"Content-Type": FORM, "X-Tokex-Issuer": ISSUER, "X-Tokex-Audience": AUDIENCE}
-    request = AWSRequest(method="POST", url=f"https://{HOST}/", data=STS_BODY, headers=headers)
-    SigV4Auth(Credentials("ASIAIOSFODNN7EXAMPLE", "secret", "t"), "sts", "us-east-1").add_auth(
-        request
-    )
-    bound = {
-        "method": "POST",
-        "url": f"https://{HOST}/",
-        "headers": dict(request.headers.items()),
-        "body": STS_BODY,
-    }
+    bound = signed_request(**{"X-Tokex-Audience": AUDIENCE})
     assert exchange.exchange(token_request(signed_request=bound), ExchangeAudit()).access_token
 
 
