@@ -90,8 +90,11 @@ def test_list_reads_every_page(client: Any) -> None:
     assert len(scans) >= 4  # 10 items at 3 per page
 
 
-def test_invalid_allows_are_skipped_not_fatal(store: PolicyStore, client: Any) -> None:
+def test_invalid_allows_deny_whom_they_name_and_break_nothing_else(
+    store: PolicyStore, client: Any
+) -> None:
     store.put(make_policy("good"))
+    store.put(make_policy("billing", principals=["arn:aws:iam::123456789012:role/billing"]))
     reserved = {**make_policy("reserved").to_document(), "claims": {"sub": "root"}}
     bad = {
         "reserved": json.dumps(reserved),
@@ -106,12 +109,89 @@ def test_invalid_allows_are_skipped_not_fatal(store: PolicyStore, client: Any) -
         client.put_item(TableName=TABLE, Item={"id": {"S": item_id}, "document": {"S": text}})
 
     policies, invalid = store.load_all()
-    assert [p.id for p in policies] == ["good"]
     assert invalid == sorted(bad)
-    assert [p.id for p in store.list()] == ["good"]
+    by_id = {p.id: p for p in policies}
+    assert sorted(by_id) == sorted(["billing", "good", *bad])
+    for item_id in bad:  # each stands in as a deny of the principals and audiences it names
+        blocking = by_id[item_id]
+        assert (blocking.effect, blocking.principals, blocking.audiences) == (
+            "deny",
+            ("arn:aws:iam::123456789012:role/orders-*",),
+            ("orders-api",),
+        )
     with pytest.raises(PolicyValidationError) as info:
         store.get("reserved")
     assert info.value.field == "claims.sub"
+    assert info.value.consequence == (
+        "the exchange denies the callers it names until it is fixed or deleted"
+    )
+
+
+def _decision(policies: list[Policy], role: str) -> str:
+    from tokex.evidence.identity import CallerIdentity
+    from tokex.policy.evaluate import explain
+
+    arn = f"arn:aws:iam::123456789012:role/{role}"
+    caller = CallerIdentity(arn, arn, "123456789012", "AROAX:s", "AROAX", "aws", "s")
+    result = explain(policies, caller, "orders-api", None, None, default_ttl=900, ttl_cap=3600)
+    if result.decision is None:
+        assert result.error is not None
+        return f"refused: {result.error.reason}"  # the caller's description names no policy
+    return f"{result.decision.policy.id} {list(result.decision.scopes)}"
+
+
+def test_an_invalid_most_specific_allow_does_not_hand_its_callers_a_broader_one(
+    store: PolicyStore, client: Any
+) -> None:
+    """Skipped, the invalid narrow allow let the broad one decide: the read-only caller
+    got every scope of the team's policy (an upgrade that reserves a claim name makes
+    such a policy invalid)."""
+    store.put(make_policy("orders-team", scopes=["orders:read", "orders:write", "orders:admin"]))
+    narrow = make_policy(
+        "orders-api-readonly", principals=["arn:aws:iam::123456789012:role/orders-api"]
+    ).to_document()
+    assert _decision([Policy.from_document(narrow), *store.list()], "orders-api") == (
+        "orders-api-readonly ['orders:read']"
+    )
+    broken = json.dumps({**narrow, "claims": {"username": "orders"}})  # reserved since
+    client.put_item(
+        TableName=TABLE, Item={"id": {"S": "orders-api-readonly"}, "document": {"S": broken}}
+    )
+    policies, invalid = store.load_all()
+    assert invalid == ["orders-api-readonly"]
+    assert _decision(policies, "orders-api").startswith("refused: ")
+    assert "denied by policy orders-api-readonly" in _decision(policies, "orders-api")
+    assert _decision(policies, "orders-worker").startswith("orders-team ")  # not named by it
+
+
+@pytest.mark.parametrize(
+    ("change", "outcome"),
+    [
+        ({"enabled": False}, "skipped"),  # it decided nothing
+        ({"audiences": "orders-api"}, "every audience"),  # unreadable: denied for all
+        ({"principals": "arn:aws:iam::123456789012:role/x"}, "503"),  # names no one readable
+        ({"principals": ["*"]}, "503"),
+    ],
+)
+def test_what_stands_in_for_an_invalid_allow(
+    store: PolicyStore, client: Any, change: dict[str, Any], outcome: str
+) -> None:
+    document = {**make_policy("broken").to_document(), "note": "hand-edited", **change}
+    client.put_item(
+        TableName=TABLE, Item={"id": {"S": "broken"}, "document": {"S": json.dumps(document)}}
+    )
+    if outcome == "503":
+        with pytest.raises(TemporarilyUnavailable) as info:
+            store.load_all()
+        assert "an allow naming no one readable" in info.value.reason
+        return
+    policies, invalid = store.load_all()
+    assert invalid == ["broken"]
+    if outcome == "skipped":
+        assert policies == []
+    else:
+        [blocking] = policies
+        assert (blocking.effect, blocking.audiences) == ("deny", ("*",))
 
 
 DENY = {

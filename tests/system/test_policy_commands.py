@@ -14,6 +14,9 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,9 +198,25 @@ def test_hand_edited_invalid_item_is_reported(system, cli) -> None:
     dynamodb.put_item(TableName=system.deployment.policy_table, Item=item)
     try:
         code, _, err = cli("list")
-        assert code == 0 and "skipped by the exchange: zz-hand-edited" in err
+        assert code == 0 and "invalid documents: zz-hand-edited" in err
+        # In a process of its own, as in a shell: no logging handler anywhere, so the
+        # store's warning would reach stderr through Python's last resort.
+        deployment = system.deployment
+        where = ["--table", deployment.policy_table, "--region", deployment.region]
+        where += ["--endpoint-url", deployment.endpoint_url]
+        listed = subprocess.run(
+            [sys.executable, "-m", "tokex.cli.main", "policy", "list", "--json", *where],
+            env={**os.environ, **deployment.service.env()},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (listed.returncode, listed.stderr) == (0, "")
+        assert json.loads(listed.stdout)["invalid"] == ["zz-hand-edited"]
         code, _, err = cli("get", "zz-hand-edited")
         assert code == 1 and "is invalid (principals:" in err
+        assert "the exchange skips it (disabled, or naming no one)" in err
         code, out, _ = cli("explain", "--principal", USER_ARN, "--audience", "demo-api", "--json")
         assert code == 0 and json.loads(out)["invalid_policies"] == ["zz-hand-edited"]
     finally:
@@ -211,8 +230,12 @@ def test_an_invalid_item_that_may_be_a_deny_stops_the_listing(system, cli) -> No
     try:
         code, _, err = cli("list")
         assert code == 1 and "zz-maybe-deny" in err and "may be a deny" in err
+        assert "every exchange answers 503 until it is fixed or deleted" in err
+        code, out, _ = cli("list", "--json")
+        assert code == 1 and json.loads(out)["error"] == "invalid_policy"  # not an AWS failure
         code, _, err = cli("get", "zz-maybe-deny")
         assert code == 1 and "is invalid (effect: is required)" in err
+        assert "every exchange answers 503 until it is fixed or deleted" in err  # not "skips"
     finally:
         assert cli("delete", "zz-maybe-deny")[0] == 0
     assert cli("list")[0] == 0

@@ -20,6 +20,7 @@ from botocore import xform_name
 
 from tokex.adapters import errors
 from tokex.errors import TemporarilyUnavailable
+from tokex.evidence.identity import AWS_OIF, EKS, SIGV4
 from tokex.policy.model import (
     MAX_TTL_CAP_SECONDS,
     POLICY_ID,
@@ -67,25 +68,37 @@ class PolicyStore:
 
     def get(self, policy_id: str) -> Policy | None:
         """The policy, or None. A stored document that no longer validates raises
-        PolicyValidationError (an operator asking for one policy should see why)."""
+        PolicyValidationError (an operator asking for one policy should see why), its
+        `consequence` saying what the exchange makes of it."""
         response = self._call(
             "GetItem", TableName=self._table, Key={"id": {"S": policy_id}}, ConsistentRead=True
         )
         item = response.get("Item")
-        return None if item is None else _parse(item)
+        if item is None:
+            return None
+        try:
+            return _parse(item)
+        except PolicyValidationError as exc:
+            exc.consequence = _consequence(item)
+            raise
 
     def list(self) -> _Policies:
         """Every valid policy, sorted by id (invalid items are logged and skipped)."""
         return self.load_all()[0]
 
     def load_all(self) -> tuple[_Policies, _Ids]:
-        """(valid policies sorted by id, ids of items whose documents failed validation).
+        """(policies sorted by id, ids of items whose documents failed validation).
 
-        An invalid *allow* is skipped (that only takes access away). An invalid item that
-        is, or may be, a deny fails the load: skipping it would hand back what the deny
-        took away (fail closed until an operator fixes or deletes it). An item that is no
-        policy at all (no document, a key no policy can have: a state-table record written
-        here by mistake) is skipped too: it never denied anything.
+        An invalid *allow* is replaced by a deny of the principals (or EKS workloads) and
+        audiences it names, as far as they can be read: skipped, a broader allow would
+        decide for them instead (more scopes, a longer TTL, other claims), where the most
+        specific one was meant to. One that is disabled, or names no principal and no EKS
+        workload at all, is skipped: it decided nothing. An
+        invalid item that is, or may be, a deny, or an allow naming no one that can be
+        read, fails the load: skipping it could hand back what it took away (fail closed
+        until an operator fixes or deletes it). An item that is no policy at all (no
+        document, a key no policy can have: a state-table record written here by mistake)
+        is skipped: it never decided anything.
         """
         policies: list[Policy] = []
         invalid: list[str] = []
@@ -96,13 +109,15 @@ class PolicyStore:
                 item_id = _item_id(item)
                 # The field and why, never the document (it may hold claim values).
                 log.warning("invalid policy %r: %s", item_id, exc)
-                if not (_clearly_an_allow(item) or _not_a_policy(item)):
-                    raise TemporarilyUnavailable(
-                        "policies are being updated; retry later",
-                        reason=f"policy {item_id!r} is invalid and may be a deny: "
-                        "fix it or delete it (tokex policy get/delete)",
-                        retry_after=30,
-                    ) from None
+                allow = _invalid_allow(item)
+                if allow is not None:
+                    if _decided_something(allow):
+                        blocking = _blocking_deny(item_id, allow)
+                        if blocking is None:
+                            raise _unreadable(item_id, "an allow naming no one readable") from None
+                        policies.append(blocking)
+                elif not _not_a_policy(item):
+                    raise _unreadable(item_id, "may be a deny") from None
                 invalid.append(item_id)
         policies.sort(key=lambda p: p.id)
         return policies, sorted(invalid)
@@ -182,13 +197,67 @@ def _parse(item: dict[str, Any]) -> Policy:
     return policy
 
 
-def _clearly_an_allow(item: dict[str, Any]) -> bool:
-    """Whether an invalid item's document still says, unambiguously, `effect: allow`."""
+def _invalid_allow(item: dict[str, Any]) -> dict[str, Any] | None:
+    """An invalid item's document if it still says, unambiguously, `effect: allow`."""
     try:
         document = loads_strict(item.get("document", {}).get("S", ""))
     except (StrictJsonError, AttributeError, TypeError):
-        return False
-    return isinstance(document, dict) and document.get("effect") == "allow"
+        return None
+    return document if isinstance(document, dict) and document.get("effect") == "allow" else None
+
+
+def _decided_something(allow: dict[str, Any]) -> bool:
+    """Whether an invalid allow could have been the one that decided for some caller: not
+    if disabled, nor if it names no principal and no EKS workload at all."""
+    return allow.get("enabled", True) is not False and ("principals" in allow or "eks" in allow)
+
+
+def _blocking_deny(item_id: str, allow: dict[str, Any]) -> Policy | None:
+    """A deny, under the invalid allow's id, of whom it names (its principals, its EKS
+    selectors) for its audiences (every audience if those cannot be read); None if it
+    names no one that can be read."""
+    names: dict[str, Any] = {key: allow[key] for key in ("principals", "eks") if key in allow}
+    if "eks" in names:
+        names["evidence"] = [EKS] if "principals" not in names else [SIGV4, AWS_OIF, EKS]
+    description = "stands in for an allow that no longer validates: fix it or delete it"
+    for audiences in (allow.get("audiences"), ["*"]):
+        document = {
+            "id": item_id,
+            "effect": "deny",
+            "description": description,
+            "audiences": audiences,
+            **names,
+        }
+        try:
+            return Policy.from_document(document)
+        except PolicyValidationError:
+            continue
+    return None
+
+
+def _consequence(item: dict[str, Any]) -> str:
+    """What `load_all` makes of an item that does not validate, in an operator's words."""
+    allow = _invalid_allow(item)
+    if allow is not None and not _decided_something(allow):
+        return "the exchange skips it (disabled, or naming no one)"
+    if allow is not None and _blocking_deny(_item_id(item), allow) is not None:
+        return "the exchange denies the callers it names until it is fixed or deleted"
+    if allow is None and _not_a_policy(item):
+        return "the exchange skips it (it is no policy)"
+    return "every exchange answers 503 until it is fixed or deleted"
+
+
+class PoliciesBlocked(TemporarilyUnavailable):
+    """A stored item stops every exchange (503) until an operator fixes or deletes it."""
+
+
+def _unreadable(item_id: str, what: str) -> PoliciesBlocked:
+    return PoliciesBlocked(
+        "policies are being updated; retry later",
+        reason=f"policy {item_id!r} is invalid and {what}: every exchange answers 503 until"
+        " it is fixed or deleted (tokex policy get/delete)",
+        retry_after=30,
+    )
 
 
 def _not_a_policy(item: dict[str, Any]) -> bool:

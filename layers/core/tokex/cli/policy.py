@@ -140,7 +140,7 @@ def run_get(args: argparse.Namespace) -> int:
             policy = store.get(args.policy_id)
         except PolicyValidationError as exc:
             raise CommandError(
-                f"stored policy {args.policy_id!r} is invalid ({exc}); the exchange skips it",
+                f"stored policy {args.policy_id!r} is invalid ({exc}); {exc.consequence}",
                 error=INVALID_INPUT,
                 input=args.policy_id,
             ) from None
@@ -159,7 +159,12 @@ def run_list(args: argparse.Namespace) -> int:
         _print_json({"table": deployment.table, "policies": documents, "invalid": invalid})
         return 0
     if invalid:
-        _warn([f"invalid documents, skipped by the exchange: {', '.join(invalid)}"])
+        _warn(
+            [
+                f"invalid documents: {', '.join(invalid)} (an allow among them that names"
+                " callers is a deny of them until fixed; `tokex policy get ID` says which)"
+            ]
+        )
     if not policies:
         print(f"no policies in table {deployment.table}")
         return 0

@@ -532,7 +532,7 @@ def _render(
             f"{i['image_id']}, {i['instance_type']}"
         )
     invalid = report["invalid_policies"]
-    skipped = f" ({len(invalid)} invalid, skipped: {', '.join(invalid)})" if invalid else ""
+    skipped = f" ({len(invalid)} invalid: {', '.join(invalid)})" if invalid else ""
     out += [f"policies   {report['source']}{skipped}", ""]
     if result is not None:
         out.append(result.render())

@@ -4,21 +4,34 @@ CommandErrors with a hint (used by `tokex policy` and `tokex policy explain`).""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from tokex.cli.deployment import Deployment, aws_hint
-from tokex.cli.errors import AWS_ERROR, CommandError
+from tokex.cli.errors import AWS_ERROR, INVALID_POLICY, CommandError
+
+# The store and the cache log each invalid document, for the exchange's log; the commands
+# report them themselves (one line, or in their JSON), so Python's last-resort handler
+# must not print them again, unprefixed, on stderr.
+for _name in ("tokex.adapters.policy_table", "tokex.policy.cache"):
+    logging.getLogger(_name).addHandler(logging.NullHandler())
 
 
 @contextlib.contextmanager
 def policy_table(deployment: Deployment) -> Iterator[Any]:
     """A PolicyStore on the deployment's table; store failures become CommandErrors."""
-    from tokex.adapters.policy_table import PolicyStore
+    from tokex.adapters.policy_table import PoliciesBlocked, PolicyStore
     from tokex.errors import TemporarilyUnavailable
 
     try:
         yield PolicyStore(deployment.client("dynamodb"), deployment.table)
+    except PoliciesBlocked as exc:  # no AWS failure: a document an operator must fix
+        raise CommandError(
+            f"policy table {deployment.table!r}: {exc.reason}",
+            error=INVALID_POLICY,
+            input=deployment.flag,
+        ) from None
     except TemporarilyUnavailable as exc:
         # The store's `reason` names the operation and the AWS error code (never data).
         hint = aws_hint(exc.reason)

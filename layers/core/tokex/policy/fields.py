@@ -25,6 +25,8 @@ class PolicyValidationError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        # For a stored document: what the exchange makes of it (adapters/policy_table.py).
+        self.consequence: str | None = None
 
 
 def required(
