@@ -287,13 +287,13 @@ KONG_OIDC = ["kong-config", "--enterprise", "openid-connect", "--global", "--any
         (
             [*KONG_INTROSPECTION, "--any-audience"],
             "--any-audience",
-            "register them with `tokex clients add|update --audience AUD`",
+            "with oauth2-introspection it goes with --global only",
         ),
         (KONG_INTROSPECTION, "--client-id", "needs --client-id"),
         (
-            [*KONG_INTROSPECTION, "--client-id", "tc_" + "0" * 20, "--introspection-ttl", "43201"],
+            [*KONG_INTROSPECTION, "--client-id", "tc_" + "0" * 20, "--introspection-ttl", "0"],
             "--introspection-ttl",
-            "no tokex token lives longer",
+            "0 would be for ever",
         ),
         (
             [*KONG_OIDC, "--issuer", "https://auth.example.com/.well-known/openid-configuration"],

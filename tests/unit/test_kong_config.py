@@ -356,7 +356,7 @@ def test_cli_refusals(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-INTROSPECTION = ["--enterprise", "oauth2-introspection", "--issuer", ISSUER, "--global"]
+INTROSPECTION = ["--enterprise", "oauth2-introspection", "--issuer", ISSUER, "--service-name", "s"]
 
 
 def test_cli_introspection_enforces_the_clients_audiences_without_any_audience(capsys, monkeypatch):
@@ -392,7 +392,6 @@ def test_cli_takes_a_client_secret_that_starts_with_a_dash(capsys):
         (["--audience", "orders-api"], "--audience"),
         (["--audience", "orders-api", "--route", "orders"], "--audience"),
         (["--route", "orders"], "--route"),
-        (["--any-audience"], "--any-audience"),
     ],
 )
 def test_cli_introspection_refuses_audiences_of_its_own(capsys, monkeypatch, extra, flag):
@@ -405,8 +404,45 @@ def test_cli_introspection_refuses_audiences_of_its_own(capsys, monkeypatch, ext
     assert failure["error_description"] == (
         f"{flag}: oauth2-introspection enforces the audiences registered on the introspection "
         "client, not audiences given here: register them with `tokex clients add|update "
-        "--audience AUD` and drop --audience/--route/--any-audience"
+        "--audience AUD` and drop --audience/--route"
     )
+
+
+@pytest.mark.parametrize(
+    ("placement", "flag", "why"),
+    [
+        (["--global"], "--global", "every route of this Kong would accept a token of any"),
+        (["--service-name", "s", "--any-audience"], "--any-audience", "goes with --global only"),
+    ],
+)
+def test_cli_introspection_on_every_route_must_be_asked_for_by_name(
+    capsys, monkeypatch, placement: list[str], flag: str, why: str
+) -> None:
+    """The plugin never checks `aud`: global, a client registered for several APIs let
+    each route take the others' tokens, with only a note on stderr."""
+    monkeypatch.setenv("TOKEX_KONG_CLIENT_SECRET", "s3cret")
+    base = ["--enterprise", "oauth2-introspection", "--issuer", ISSUER]
+    argv = [*base, *placement, "--client-id", "tc_0123456789abcdef0123", "--json"]
+    assert run_cli(*argv) == 2
+    failure = json.loads(capsys.readouterr().out)
+    assert failure["input"] == flag and why in failure["error_description"]
+    argv = [*base, "--global", "--any-audience", "--client-id", "tc_0123456789abcdef0123"]
+    assert run_cli(*argv, "--format", "json") == 0
+
+
+@pytest.mark.parametrize(
+    ("ttl", "accepted"), [("0", False), ("1", True), ("300", True), ("301", False)]
+)
+def test_cli_introspection_ttl_is_short_and_never_for_ever(capsys, monkeypatch, ttl, accepted):
+    """Kong keeps a verdict for `ttl` past the token's exp and any revocation; 0 is for
+    ever in Kong's cache."""
+    monkeypatch.setenv("TOKEX_KONG_CLIENT_SECRET", "s3cret")
+    argv = [*INTROSPECTION, "--client-id", "tc_0123456789abcdef0123", "--introspection-ttl", ttl]
+    assert (run_cli(*argv, "--format", "json") == 0) is accepted
+    out = capsys.readouterr().out
+    if accepted:
+        [plugin] = json.loads(out)["plugins"]
+        assert plugin["config"]["ttl"] == int(ttl)
 
 
 def test_kong_defaults_would_read_tokens_from_the_url_which_the_generated_config_does_not(keys):

@@ -34,13 +34,15 @@ from tokex.cli.errors import (
     UsageError,
 )
 from tokex.cli.inputs import require_file, require_http_url
-from tokex.policy.model import MAX_TTL_CAP_SECONDS
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
 
 ENTERPRISE = ("openid-connect", "oauth2-introspection")
 MAX_JWKS_BYTES = 1 << 20
 FETCH_TIMEOUT_SECONDS = 10
 CLIENT_SECRET_ENV = "TOKEX_KONG_CLIENT_SECRET"
+# oauth2-introspection's `ttl`: how long Kong keeps a verdict, past a token's expiry and
+# any revocation (docs/kong.md "Kong Enterprise").
+MAX_INTROSPECTION_TTL = 300
 # Placement fields (tokex/kong.py) -> the flag that sets each, and how to fix it.
 _PLACEMENT_FLAGS = {
     "service": "--service-name",
@@ -106,7 +108,8 @@ def register(subparsers: Any) -> None:
         "--any-audience",
         action="store_true",
         help="accept this issuer's tokens whatever their audience (required without "
-        "--audience; not with oauth2-introspection, where the client's audiences apply)",
+        "--audience; with oauth2-introspection, only with --global: every route then "
+        "accepts every audience the client serves)",
     )
     parser.add_argument("--enterprise", choices=ENTERPRISE, help="a Kong Enterprise plugin")
     parser.add_argument("--client-id", help="oauth2-introspection: tokex client id")
@@ -215,11 +218,13 @@ def _check(args: argparse.Namespace) -> Any:
             "deployment's TTL cap (Kong's maximum_expiration)",
             input="--max-ttl",
         )
-    if not 0 <= args.introspection_ttl <= MAX_TTL_CAP_SECONDS:
-        # Longer than any token lives, a cached verdict would only hide a revocation.
+    if not 1 <= args.introspection_ttl <= MAX_INTROSPECTION_TTL:
+        # Kong keeps a verdict for `ttl` whatever the token's `exp` (and 0 is for ever):
+        # an expired or revoked token is accepted that much longer.
         raise UsageError(
-            f"--introspection-ttl {args.introspection_ttl}: must be 0..{MAX_TTL_CAP_SECONDS} "
-            "seconds (no tokex token lives longer)",
+            f"--introspection-ttl {args.introspection_ttl}: must be 1..{MAX_INTROSPECTION_TTL}"
+            " seconds (Kong keeps a verdict that long, past the token's expiry and any"
+            " revocation; 0 would be for ever)",
             input="--introspection-ttl",
         )
     if args.enterprise is None:
@@ -281,13 +286,29 @@ def _placement(args: argparse.Namespace) -> Any:
     oauth2 = args.enterprise == "oauth2-introspection"
     # With oauth2-introspection tokex enforces the audiences registered on the client
     # (docs/kong.md "Kong Enterprise"): audiences given here could only disagree with them.
-    if oauth2 and (args.audience or args.route or args.any_audience):
-        flag = "--audience" if args.audience else "--route" if args.route else "--any-audience"
+    if oauth2 and (args.audience or args.route):
+        flag = "--audience" if args.audience else "--route"
         raise UsageError(
             f"{flag}: oauth2-introspection enforces the audiences registered on the "
             "introspection client, not audiences given here: register them with `tokex "
-            "clients add|update --audience AUD` and drop --audience/--route/--any-audience",
+            "clients add|update --audience AUD` and drop --audience/--route",
             input=flag,
+        )
+    # The plugin never checks `aud` itself: on every route of this Kong, a client that
+    # serves several APIs' audiences lets each route take the others' tokens.
+    if oauth2 and args.global_scope and not args.any_audience:
+        raise UsageError(
+            "--global with oauth2-introspection: every route of this Kong would accept a "
+            "token of any audience the client serves: put the plugin on each API's service "
+            "(--service-name) with a client registered for that API's audience only, or "
+            "add --any-audience to accept that",
+            input="--global",
+        )
+    if oauth2 and args.any_audience and not args.global_scope:
+        raise UsageError(
+            "--any-audience: with oauth2-introspection it goes with --global only (a "
+            "service's plugin accepts the audiences registered on its client)",
+            input="--any-audience",
         )
     # Refuse to guess (docs/kong.md "The command"): a config that accepts every audience
     # of the issuer lets a token minted for one API call all of them. That must be asked
