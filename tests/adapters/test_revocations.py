@@ -120,6 +120,41 @@ def test_a_revocation_written_under_the_arn_as_typed_is_still_read(dynamodb):
     assert store.revoked(jti="j", principal=sub, issued_at=2_000_000_001) is None
 
 
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "arn:aws:iam::123456789012:user/Bob",  # the path left out
+        "arn:aws:iam::123456789012:user/ops/Bob",
+        "arn:aws:iam::123456789012:user/other/path/bob",  # another path: the same user
+    ],
+)
+def test_a_user_revoked_without_or_with_another_path_is_revoked(dynamodb, typed):
+    """IAM user names are unique in an account whatever their path, and the token's `sub`
+    carries the path STS reports: `user/Bob` revoked nothing of `user/ops/Bob`, silently."""
+    store = store_at(dynamodb, 2_000_000_000)
+    store.revoke_principal(typed)
+    sub = "arn:aws:iam::123456789012:user/ops/Bob"
+    assert store.revoked(jti="j", principal=sub, issued_at=2_000_000_000) == "principal"
+    other = "arn:aws:iam::123456789012:user/ops/Bobby"
+    assert store.revoked(jti="j", principal=other, issued_at=2_000_000_000) is None
+    elsewhere = "arn:aws:iam::210987654321:user/ops/Bob"
+    assert store.revoked(jti="j", principal=elsewhere, issued_at=2_000_000_000) is None
+
+
+def test_a_user_revocation_written_with_its_path_in_the_key_is_still_read(dynamodb):
+    """Records written before users' paths were left out of keys (until they expire)."""
+    dynamodb.put_item(
+        TableName=TABLE,
+        Item={
+            "id": {"S": "revoked-principal#arn:aws:iam::123456789012:user/ops/bob"},
+            "revoked_at": {"N": "2000000000"},
+        },
+    )
+    store = store_at(dynamodb, 2_000_000_100)
+    sub = "arn:aws:iam::123456789012:user/ops/Bob"
+    assert store.revoked(jti="j", principal=sub, issued_at=2_000_000_000) == "principal"
+
+
 def test_an_eks_principal_is_matched_in_its_own_case(dynamodb):
     """EKS cluster names are case-sensitive: `Prod` and `prod` are two clusters."""
     store = store_at(dynamodb, 2_000_000_000)

@@ -85,6 +85,7 @@ class RevocationStore:
         jti_key = schema.revoked_jti_key(jti)
         principal_keys = {
             schema.revoked_principal_key(principal),
+            schema.pathed_revoked_principal_key(principal),
             schema.legacy_revoked_principal_key(principal),
         }
         keys = [schema.key(jti_key), *(schema.key(key) for key in sorted(principal_keys))]

@@ -9,7 +9,7 @@ attribute (cdk/); `create_state_table` makes it for local mode and tests.
 | `rate#<principal>#<minute>`     | admission.py (rate limit) | one window after its own  |
 | `client#<client id>`            | introspection_clients.py  | never (until removed)     |
 | `revoked-jti#<jti>`             | revocations.py            | past the TTL cap          |
-| `revoked-principal#<arn>` (an IAM ARN in lower case) | revocations.py | past the TTL cap |
+| `revoked-principal#<arn>` (an IAM ARN, folded) | revocations.py | past the TTL cap |
 """
 
 from __future__ import annotations
@@ -46,10 +46,20 @@ def revoked_jti_key(jti: str) -> str:
 
 
 def revoked_principal_key(principal: str) -> str:
-    """IAM names are unique whatever their case, so a role or user ARN is keyed in lower
-    case: a revocation typed in another case than the one STS reports (the token's `sub`)
-    must not revoke nothing, silently. An EKS principal is kept as it is (its cluster name
-    is case-sensitive)."""
+    """IAM names are unique in an account whatever their case, and a user's whatever its
+    path, so a role or user ARN is keyed in lower case and a user without its path: a
+    revocation typed in another case, or without the path STS reports in the token's
+    `sub` (`user/ops/bob`), must not revoke nothing, silently. An EKS principal is kept as
+    it is (its cluster name is case-sensitive)."""
+    if not principal.startswith("arn:"):
+        return REVOKED_PRINCIPAL_PREFIX + principal
+    head, user, name = principal.lower().partition(":user/")
+    return REVOKED_PRINCIPAL_PREFIX + head + user + (name.rsplit("/", 1)[-1] if user else "")
+
+
+def pathed_revoked_principal_key(principal: str) -> str:
+    """The key of a revocation written before users' paths were left out of keys. Read
+    until such records have expired (TTL cap plus margin after the upgrade)."""
     return REVOKED_PRINCIPAL_PREFIX + (
         principal.lower() if principal.startswith("arn:") else principal
     )
