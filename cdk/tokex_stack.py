@@ -241,6 +241,9 @@ class TokexStack(Stack):
                 # A new value on every synth makes CloudFormation send an Update, so the
                 # publisher runs on every deploy (pin it with -c deployNonce=... if needed).
                 "DeployNonce": deploy_nonce(config),
+                # Discovery lists the Regions: a change of them republishes it (pinned
+                # nonce or not). Absent in one Region, so that template stays as it was.
+                **({"ServedRegions": ",".join(config.regions)} if config.is_multi_region else {}),
             },
             log_retention=log_retention(config),
         )
