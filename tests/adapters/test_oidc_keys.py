@@ -533,6 +533,14 @@ def test_a_declared_oversized_document_is_not_read(
             {"jwks_uri": "https://169.254.43518/keys"}, None, "jwks_uri_internal", id="short"
         ),
         pytest.param({"jwks_uri": "https://127.2/keys"}, None, "jwks_uri_internal", id="127.2"),
+        # urllib3, which connects, ends the host at a backslash; urlsplit did not, and the
+        # address check saw the name `127.0.0.2\.example.com`.
+        pytest.param(
+            {"jwks_uri": "https://127.0.0.2\\.attacker.example/keys"},
+            None,
+            "jwks_uri",
+            id="backslash",
+        ),
         pytest.param(None, {"keys": "none"}, "jwks_keys", id="keys-not-a-list"),
         pytest.param(None, {"nokeys": []}, "jwks_keys", id="keys-missing"),
         pytest.param(None, {"keys": [{}] * 101}, "jwks_too_many_keys", id="too-many-keys"),

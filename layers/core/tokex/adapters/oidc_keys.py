@@ -193,9 +193,15 @@ class OidcIssuerKeys:
             return False
         try:
             parts = urlsplit(url)
-        except ValueError:
+            connected = urllib3.util.parse_url(url)
+        except (ValueError, urllib3.exceptions.LocationParseError):
             return False
         if parts.username or parts.password or not parts.hostname:
+            return False
+        # The checks read the URL as urlsplit does, the connection as urllib3 does: they
+        # must name the same host (`https://169.254.169.254\.example/`: urllib3 ends the
+        # host at the backslash, urlsplit does not, and the address check saw a name).
+        if (connected.host or "").strip("[]").lower() != parts.hostname.lower():
             return False
         if parts.scheme == "https":
             return True
