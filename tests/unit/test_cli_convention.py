@@ -452,6 +452,26 @@ def test_token_at_a_closed_port_is_a_network_failure(
     )
 
 
+def test_a_local_endpoint_whose_sts_is_unreachable_points_at_the_env_file(
+    capsys, closed_port, workload_credentials, monkeypatch
+) -> None:
+    """`tokex local` is up but the shell's STS is not its own (workload.env of an earlier
+    run, or not sourced and AWS's own): the hint blamed `tokex local` for being down."""
+    from tests.support.fake_issuer import fake_issuer
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{closed_port}")
+    with fake_issuer() as issuer:
+        argv = ["token", "--endpoint", issuer.url, "--audience", "a", "--evidence", "aws-oif"]
+        code, out, _ = tokex(capsys, *argv, "--json")
+    failure = one_json_object(out)
+    assert (code, failure["error"]) == (1, "unreachable")
+    assert failure["error_description"].startswith(f"cannot reach http://127.0.0.1:{closed_port}")
+    assert failure["error_description"].endswith(
+        "(the endpoint is a `tokex local`: source the workload.env of its current run; each"
+        " start writes new ones)"
+    )
+
+
 def test_kong_config_jwks_failures_say_what_happened(capsys, closed_port, tmp_path) -> None:
     url = f"http://127.0.0.1:{closed_port}/.well-known/jwks.json"
     code, out, err = tokex(capsys, "kong-config", "--jwks", url, "--global", "--any-audience")

@@ -148,10 +148,26 @@ def run(args: argparse.Namespace) -> int:
     except TokenError as err:
         message = str(err)
         if err.error == UNREACHABLE and _is_plain_loopback(endpoint):
-            message += " (is `tokex local` running? it prints the endpoint it serves)"
+            message += _local_hint(endpoint, err.url)
         raise CommandError(message, error=err.error, input=err.url or "--endpoint") from None
     print(json.dumps(response, indent=2) if args.json else response["access_token"])
     return 0
+
+
+def _local_hint(endpoint: str, unreachable: str | None) -> str:
+    """Why a `tokex local` endpoint's exchange could not reach something: the endpoint
+    itself is down, or the shell's AWS settings are not this run's demo ones (STS of an
+    earlier run, or AWS's own: workload.env not sourced, or sourced before a restart)."""
+    import urllib.parse
+
+    if unreachable is None or (
+        urllib.parse.urlsplit(unreachable).netloc == urllib.parse.urlsplit(endpoint).netloc
+    ):
+        return " (is `tokex local` running? it prints the endpoint it serves)"
+    return (
+        " (the endpoint is a `tokex local`: source the workload.env of its current run;"
+        " each start writes new ones)"
+    )
 
 
 def _is_plain_loopback(endpoint: str) -> bool:
