@@ -69,6 +69,30 @@ def test_the_env_files_take_an_unmodified_sdk_to_the_local_sts(
         assert aws["lambda_source_function_arn"] == lambda_function_arn(function)
 
 
+@pytest.mark.parametrize(
+    ("first", "then", "gone"),
+    [
+        ("workload.env", "lambda-a.env", "AWS_EC2_METADATA_SERVICE_ENDPOINT"),
+        ("workload.env", "user.env", "AWS_EC2_METADATA_SERVICE_ENDPOINT"),
+        ("workload.env", "operator.env", "AWS_ENDPOINT_URL_STS"),
+        ("operator.env", "workload.env", "AWS_ENDPOINT_URL"),
+    ],
+)
+def test_an_env_file_sourced_after_another_leaves_none_of_its_settings(
+    local_process: RunningLocal, first: str, then: str, gone: str
+) -> None:
+    """Sourced in one shell, as README's block does: the Lambda kept the EC2 demo's IMDS
+    endpoint and sent instance evidence; the operator's STS calls went elsewhere."""
+    state = local_process.state_dir
+    script = f'. "{state / first}"; . "{state / then}"; env'
+    shell = subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    names = {line.partition("=")[0] for line in shell.stdout.splitlines()}
+    assert gone not in names
+    assert "TOKEX_ENDPOINT" in names
+
+
 def test_the_demo_policies_grant_by_evidence_and_by_function(local_process: RunningLocal) -> None:
     state, issuer = local_process.state_dir, local_process.issuer
 

@@ -422,7 +422,17 @@ def _write_env(
     lines += [f"export {name}={value}" for name, value in env.items()]
     if not credentials.session_token:
         lines.append("unset AWS_SESSION_TOKEN")
+    # What another of these files sets: sourced one after another in one shell, the
+    # Lambda's would keep the EC2 demo's IMDS, the operator's the local STS endpoint.
+    lines += [f"unset {name}" for name in _SET_BY_SOME_ENV_FILES if name not in env]
     _write_lines(path, lines)
+
+
+_SET_BY_SOME_ENV_FILES = (
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_ENDPOINT_URL",
+)
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
