@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,7 +18,9 @@ import pytest
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jwt as jwcrypto_jwt
 
+from benchmarks.local_process import READY_LINE, without_aws_settings
 from tests.e2e.running_local import TOKEX, RunningLocal, load_env_file, run_token
+from tokex.local.emulator import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -139,3 +144,33 @@ def test_the_emulators_own_api_is_closed_to_other_local_processes(tokex_local):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code == 403, path
+
+
+def test_sigterm_while_it_starts_stops_it_and_says_so(tmp_path: Path) -> None:
+    """A supervisor's SIGTERM during the seconds of start-up killed the process with no
+    word (exit 143) and its servers mid-way; it now stops as Ctrl-C does."""
+    port = free_port()
+    state_dir = tmp_path / "state"
+    process = subprocess.Popen(
+        [TOKEX, "local", "--port", str(port), "--state-dir", str(state_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=without_aws_settings(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (state_dir / ".lock").exists():  # taken first thing: it is starting
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert READY_LINE not in output, "it had started: the signal came too late to test"
+    assert process.returncode == 130, output
+    assert output.rstrip().endswith("tokex local: interrupted"), output
+    with pytest.raises(OSError):  # nothing of it listens
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -159,6 +159,14 @@ def run(args: argparse.Namespace) -> int:
     delay = args.replication_delay
     if delay is None:
         delay = DEFAULT_REPLICATION_DELAY_SECONDS
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Before the start, which takes seconds: a SIGTERM then stops what has started and
+    # says so (exit 130, "interrupted"), as Ctrl-C does, instead of killing the process
+    # with no word and its servers' threads mid-way.
+    signal.signal(signal.SIGTERM, terminate)
     try:
         system = start_local(
             port=args.port,
@@ -176,11 +184,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         where = str(err.filename) if err.filename is not None else None
         raise CommandError(f"could not start: {err}", input=where) from None
-
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
     issuer = system.issuer
     federation = system.federation
     assert federation is not None
