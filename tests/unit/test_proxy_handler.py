@@ -542,7 +542,7 @@ def test_a_path_an_upstream_could_read_as_another_routes_is_400_and_not_forwarde
         (b"GET", b"Origin: https://evil.example\r\n"),
         (b"POST", b"origin: null\r\nContent-Length: 0\r\n"),  # a sandboxed page, a file
         (b"GET", b"Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n"),  # no Origin
-        (b"GET", b"Sec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n"),
+        (b"GET", b"Sec-Fetch-Site: none\r\nSec-Fetch-Mode: navigate\r\n"),  # a typed URL
         (  # a CORS preflight
             b"OPTIONS",
             b"Origin: https://evil.example\r\nAccess-Control-Request-Method: DELETE\r\n",
@@ -561,6 +561,22 @@ def test_a_request_a_web_browser_made_never_gets_the_token(
     assert answer.startswith(b"HTTP/1.1 403 ")
     assert b'"browser_request"' in answer and b"comes from a web page" in answer
     assert upstream.seen == []
+
+
+def test_nodejs_fetch_is_no_browser(upstream) -> None:
+    """Node.js's built-in fetch (undici) sends `Sec-Fetch-Mode: cors` on every request,
+    and neither Origin nor Sec-Fetch-Site: a workload on Node must get its token."""
+    node_fetch = (
+        b"POST /c HTTP/1.1\r\nHost: 127.0.0.1\r\naccept: */*\r\naccept-language: *\r\n"
+        b"sec-fetch-mode: cors\r\nuser-agent: node\r\ncontent-length: 2\r\n"
+        b"Connection: close\r\n\r\n{}"
+    )
+    with proxy_for(route(upstream.url)) as proxy:
+        answer = raw(proxy.addresses["listen"][1], node_fetch)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    [seen] = upstream.seen
+    headers = {name.lower(): value for name, value in seen["headers"]}
+    assert headers["authorization"] == "Bearer token-of-orders-api"
 
 
 @pytest.mark.parametrize(

@@ -52,12 +52,13 @@ CLIENT_IDLE_TIMEOUT_SECONDS = 60.0  # a connection silent this long is closed
 MAX_REQUEST_LINE_BYTES = 65536  # as http.server's own limit
 METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 §5.6.2)
 _DIGITS = re.compile(r"[0-9]+")  # RFC 9110 §8.6: Content-Length = 1*DIGIT
-# Headers only a web browser sends (Fetch metadata, and Origin on every cross-origin or
-# unsafe request): a page on the workload's host could otherwise make requests through a
-# loopback listener by 127.0.0.1 itself, with the workload's token attached, and read the
-# answers of an API that allows any origin (`Access-Control-Allow-Origin: *`, safe only
-# because browsers never add a bearer token themselves).
-BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Dest")
+# Headers only a web browser sends (Sec-Fetch-Site on every request, Origin on every
+# cross-origin or unsafe one): a page on the workload's host could otherwise make requests
+# through a loopback listener by 127.0.0.1 itself, with the workload's token attached, and
+# read the answers of an API that allows any origin (`Access-Control-Allow-Origin: *`,
+# safe only because browsers never add a bearer token themselves). Not Sec-Fetch-Mode or
+# Sec-Fetch-Dest: Node.js's own fetch sends `Sec-Fetch-Mode: cors` on every request.
+BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site")
 REFUSED_METHODS = {
     "CONNECT": "CONNECT is refused: this is not an open proxy, upstreams come from its "
     "configuration only",
