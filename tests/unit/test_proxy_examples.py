@@ -19,9 +19,12 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -271,6 +274,60 @@ def test_the_task_runs_the_proxy_as_an_essential_healthy_sidecar() -> None:
     assert proxy["linuxParameters"]["capabilities"]["drop"] == ["ALL"]
 
 
+def _dockerfile_env(name: str) -> str:
+    for line in (EXAMPLES / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        if line.startswith(f"ENV {name}="):
+            return line.split("=", 1)[1]
+    raise AssertionError(f"the Dockerfile sets no {name}")
+
+
+def test_the_proxy_starts_on_the_examples_read_only_root(tmp_path: Path) -> None:
+    """Both containers run it on a read-only root filesystem, and it writes its secret file
+    on start: with nowhere to write it exited, so the ECS task never became healthy and
+    the pod's sidecar crash-looped. The image's XDG_RUNTIME_DIR is the one volume each
+    mounts; here / is remounted read-only, that directory a tmpfs, and the task's flags
+    started."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to remount / read-only in a namespace")
+    runtime_dir = _dockerfile_env("XDG_RUNTIME_DIR")
+    proxy = containers(task_definition())["tokex-proxy"]
+    assert proxy["mountPoints"] == [{"sourceVolume": "tokex-run", "containerPath": runtime_dir}]
+    scratch = tmp_path / "run-tokex"  # stands for the task's volume at runtime_dir
+    scratch.mkdir()
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flags = [f"127.0.0.1:{port}" if v == config_from_flags(proxy["command"])["listen"] else v
+             for v in proxy["command"]]  # fmt: skip
+    tokex = str(Path(sys.executable).with_name("tokex"))
+    script = (
+        f"mount -o remount,bind,ro / && mount -t tmpfs tmpfs {scratch} && exec env -i "
+        f"PATH=/usr/bin:/bin XDG_RUNTIME_DIR={scratch} PYTHONDONTWRITEBYTECODE=1 "
+        f"AWS_REGION=eu-west-1 {tokex} proxy " + " ".join(flags)
+    )
+    started = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        health = None
+        for _ in range(200):
+            if started.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{HEALTH_PATH}", timeout=2):
+                    health = "up"
+                    break
+            except OSError:
+                time.sleep(0.05)
+    finally:
+        started.terminate()
+        output, _ = started.communicate(timeout=30)
+    assert health == "up", output
+
+
 def test_the_task_definition_holds_no_secret() -> None:
     """The task role is the proxy's only credential: no secrets, no environment files, no
     registry credentials, and no variable that names or holds a key or token."""
@@ -332,17 +389,20 @@ def test_the_proxy_is_a_native_sidecar_with_the_projected_token() -> None:
     assert config_problems(config) == []
     assert config["evidence"] == "eks"
     assert config["routes"] == toml("ecs-proxy.toml")["routes"]  # the same API as the task
-    (volume,) = spec["volumes"]
+    volume, scratch = spec["volumes"]
     (source,) = volume["projected"]["sources"]
     token = source["serviceAccountToken"]
     assert token["audience"] == config["endpoint"]  # the tokex issuer, exactly
     assert token["expirationSeconds"] == 3600
-    (mount,) = proxy["volumeMounts"]
+    mount, scratch_mount = proxy["volumeMounts"]
     assert mount == {
         "name": volume["name"],
         "mountPath": "/var/run/secrets/tokex/serviceaccount",
         "readOnly": True,
     }
+    # The one place it writes under the read-only root: the image's XDG_RUNTIME_DIR.
+    assert scratch == {"name": "tokex-run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+    assert scratch_mount == {"name": "tokex-run", "mountPath": "/run/tokex"}
     assert config["token_file"] == f"{mount['mountPath']}/{token['path']}"
     assert "volumeMounts" not in app  # the app never sees the token
     assert spec["automountServiceAccountToken"] is False
