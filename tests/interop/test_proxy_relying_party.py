@@ -60,7 +60,6 @@ from tokex.proxy import ProxyConfig, ProxyConfigError
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "proxy" / "local-proxy.toml"
 # What the example names, and the test replaces with its own (free) ports.
-EXAMPLE_ENDPOINT = "http://127.0.0.1:8787"  # tokex local's default address
 EXAMPLE_LISTEN = "127.0.0.1:8080"
 EXAMPLE_UPSTREAM = "https://127.0.0.1:8443"
 DENIED_AUDIENCE = "nobody-api"  # no demo policy grants it
@@ -305,7 +304,6 @@ def proxy(
     copy = example_copy(
         work,
         **{
-            EXAMPLE_ENDPOINT: local_system.issuer,
             EXAMPLE_LISTEN: "127.0.0.1:0",
             EXAMPLE_UPSTREAM: upstream.url,
         },
@@ -314,7 +312,9 @@ def proxy(
         target = copy.parent / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(upstream.ca_file, target)
+    # The example names no endpoint: the proxy takes workload.env's TOKEX_ENDPOINT.
     env = without_aws_settings() | load_env_file(local_system.workload_env)
+    assert env["TOKEX_ENDPOINT"] == local_system.issuer
     env["XDG_RUNTIME_DIR"] = str(work)  # the secret file's directory
     out, log = work / "stdout", work / "stderr"
     with out.open("wb") as stdout, log.open("wb") as stderr:
@@ -359,7 +359,7 @@ def marker() -> str:
 
 def test_the_example_resolves_its_ca_file_relative_to_itself(tmp_path, monkeypatch):
     example = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
-    assert example["endpoint"] == EXAMPLE_ENDPOINT
+    assert "endpoint" not in example  # $TOKEX_ENDPOINT: this run of tokex local, any port
     assert example["listen"] == EXAMPLE_LISTEN
     routes = {route["prefix"]: route for route in example["routes"]}
     assert {prefix: r["audience"] for prefix, r in routes.items()} == {
@@ -370,8 +370,9 @@ def test_the_example_resolves_its_ca_file_relative_to_itself(tmp_path, monkeypat
     copy = example_copy(tmp_path)
     monkeypatch.chdir(tmp_path)  # anywhere but the file's directory
     # Before the Apache of the docs has written its CA: refused, naming the key.
+    workload = {"TOKEX_ENDPOINT": "http://127.0.0.1:8787"}  # as workload.env sets it
     with pytest.raises(ProxyConfigError) as missing:
-        ProxyConfig.from_file(copy, environ={})
+        ProxyConfig.from_file(copy, environ=workload)
     assert missing.value.key == "routes[0].ca_file" and missing.value.file_not_found
     (relative,) = ca_files_of(copy)
     assert not Path(relative).is_absolute()
@@ -379,7 +380,8 @@ def test_the_example_resolves_its_ca_file_relative_to_itself(tmp_path, monkeypat
     expected.parent.mkdir(parents=True)
     shutil.copyfile(make_pki(tmp_path).ca_file, expected)
     assert expected.is_relative_to(tmp_path / "checkout")  # .tokex-local/ of the checkout
-    config = ProxyConfig.from_file(copy, environ={})
+    config = ProxyConfig.from_file(copy, environ=workload)
+    assert config.endpoint == workload["TOKEX_ENDPOINT"]
     assert [Path(route.ca_file or "").resolve() for route in config.routes] == [expected] * 2
     assert [route.scopes for route in config.routes] == [(SCOPE,)] * 2
 
