@@ -61,6 +61,15 @@ class ScriptedExchanges:
         return {"access_token": token, "token_type": "Bearer", "expires_in": LIFETIME}
 
 
+def settled(tokens: RouteTokens) -> None:
+    """Until no refresh ahead of expiry runs in the background any more."""
+    for _ in range(1000):
+        if not any(state.refreshing for state in tokens._states.values()):
+            return
+        time.sleep(0.01)
+    pytest.fail("a background refresh did not end")
+
+
 @pytest.fixture
 def exchanges(monkeypatch) -> ScriptedExchanges:
     scripted = ScriptedExchanges()
@@ -180,7 +189,9 @@ def test_a_failed_refresh_keeps_the_valid_token(exchanges) -> None:
     clock.now += 0.8 * LIFETIME  # due for refresh, still valid
     exchanges.fail = TokenError("cannot reach it", error="unreachable")
     assert tokens.token(route) == first
+    settled(tokens)
     assert tokens.token(route) == first  # the failure is remembered: no second attempt
+    settled(tokens)
     assert len(exchanges.calls) == 2
     clock.now += 0.2 * LIFETIME  # expired: now it is an outage
     with pytest.raises(TokenUnavailable):
@@ -201,58 +212,40 @@ def test_a_tokens_lifetime_counts_from_when_it_was_asked_for(exchanges) -> None:
     clock.now = 1000.0 + 0.8 * LIFETIME  # due for refresh, which fails: it stands in
     exchanges.fail = TokenError("cannot reach it", error="unreachable")
     assert tokens.token(route) == first
+    settled(tokens)
     clock.now = 1000.0 + LIFETIME  # its `exp`, counted from when it was asked for
     with pytest.raises(TokenUnavailable):
         tokens.token(route)
 
 
-def test_a_caller_handed_the_old_token_during_a_refresh_never_puts_it_back(
-    exchanges, monkeypatch
-) -> None:
-    """Past the refresh point TokenClient hands the token being replaced to every caller
-    but the one refreshing. One of them that comes back after the new token was stored
-    leaves the new one held; else, with tokex down, the proxy would forward the old token
-    past its expiry, and a 401 to the new one would be ignored."""
+def test_past_the_refresh_point_no_request_waits_for_the_one_refresh(exchanges) -> None:
+    """A request past the refresh point waited for the whole exchange (up to its 10 s
+    timeout with a slow tokex, longer than many a Lambda function's) although a valid
+    token was held; now every request goes on with it while one refresh runs in the
+    background, and the new token is used once it has come."""
     config, (route,) = routes()
     clock = FakeClock()
     tokens = RouteTokens(config, clock=clock)
     old = tokens.token(route)
     clock.now += 0.85 * LIFETIME  # due for refresh, still valid
-    client = next(iter(tokens._clients.values()))
-    handed_old, new_stored = threading.Event(), threading.Event()
-    token_of_client = client.token
-
-    def token_then_wait(audience: str, scopes: Any) -> str:
-        got = token_of_client(audience, scopes)
-        if threading.current_thread().name == "handed-old":
-            handed_old.set()
-            assert new_stored.wait(10)
-        return got
-
-    monkeypatch.setattr(client, "token", token_then_wait)
-    exchanges.delay = 0.3  # the refresh is in flight when the second caller asks
-    got: dict[str, str] = {}
-
-    def refresher() -> None:
-        got["refresher"] = tokens.token(route)
-        new_stored.set()
-
-    threads = [threading.Thread(target=refresher)]
-    threads.append(threading.Thread(target=lambda: got.update(late=tokens.token(route)),
-                                    name="handed-old"))  # fmt: skip
-    threads[0].start()
-    time.sleep(0.1)
-    threads[1].start()
-    for thread in threads:
-        thread.join(10)
-    new = got["refresher"]
-    assert handed_old.is_set() and got["late"] == old and new != old
+    gate = threading.Event()
+    exchanges.during = lambda: gate.wait(10)  # tokex answers only when the gate opens
+    answered: list[str] = []
+    asking = threading.Thread(target=lambda: answered.extend(tokens.token(route) for _ in range(5)))
+    asking.start()
+    asking.join(5)
+    assert answered == [old] * 5  # none waited for the exchange held at the gate
+    assert len(exchanges.calls) == 2  # one refresh, not one per request
+    gate.set()
+    settled(tokens)
+    new = tokens.token(route)
+    assert new != old
     assert tokens.token_response(route) == {
         "access_token": new, "token_type": "Bearer", "expires_in": LIFETIME, "scope": "orders:read",
     }  # fmt: skip
     clock.now += 0.85 * LIFETIME  # the old token long expired, the new one still valid
     exchanges.fail = TokenError("cannot reach it", error="unreachable")
-    assert tokens.token(route) == new
+    assert tokens.token(route) == new  # a failed refresh: the valid new token, never the old
 
 
 def test_invalidation_drops_a_token_old_enough_and_only_that_token(exchanges) -> None:

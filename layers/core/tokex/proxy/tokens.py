@@ -124,6 +124,7 @@ class _RouteState:
         self.held: _Held | None = None
         self.failure: _Failure | None = None
         self.flight: _Flight | None = None
+        self.refreshing = False  # a refresh ahead of expiry is running in the background
 
 
 class RouteTokens:
@@ -206,13 +207,30 @@ class RouteTokens:
             flight.done.set()
 
     def _refresh(self, route: Route, client: TokenClient, state: _RouteState, held: _Held) -> str:
-        """Past the refresh point of a valid token: TokenClient lets one caller exchange
-        and hands the others the valid token; a failed refresh falls back to it too."""
+        """Past the refresh point of a valid token: the request goes on with it at once
+        and one refresh per route runs in the background, so no request waits for tokex
+        while a valid token is held (a slow tokex would have held it for the exchange's
+        whole timeout, longer than many a Lambda function's); a failed refresh is
+        remembered and logged, and the valid token stands in until it expires."""
+        with state.lock:
+            start, state.refreshing = not state.refreshing, True
+        if start:
+            threading.Thread(
+                target=self._refresh_in_background,
+                args=(route, client, state),
+                name="tokex-proxy-refresh",
+                daemon=True,
+            ).start()
+        return held.token
+
+    def _refresh_in_background(self, route: Route, client: TokenClient, state: _RouteState) -> None:
         try:
-            return self._exchange(route, client, state)
-        except Exception as err:  # whatever it is, the valid token stands in
+            self._exchange(route, client, state)
+        except Exception as err:  # whatever it is, the valid token stands in meanwhile
             self._failed(route, state, _token_error(err))
-            return held.token
+        finally:
+            with state.lock:
+                state.refreshing = False
 
     def _exchange(self, route: Route, client: TokenClient, state: _RouteState) -> str:
         # A new token's lifetime counts from before it was asked for (tokex counts from
