@@ -98,8 +98,16 @@ def test_without_the_variables_the_file_is_read(tmp_path: Path) -> None:
     )  # fmt: skip
     assert extension.load_config({"TOKEX_PROXY_CONFIG": str(path)}).routes[0].audience == "orders"
     with pytest.raises(ProxyConfigError) as missing:
+        extension.load_config({"TOKEX_PROXY_CONFIG": str(tmp_path / "absent.toml")})
+    assert missing.value.key == str(tmp_path / "absent.toml") and missing.value.file_not_found
+    # Neither variables nor the default file: the likeliest first mistake, named as such.
+    with pytest.raises(ProxyConfigError) as nothing:
         extension.load_config({})
-    assert missing.value.key == "/var/task/tokex-proxy.toml" and missing.value.file_not_found
+    assert str(nothing.value) == (
+        "TOKEX_PROXY_ROUTES: no configuration: set TOKEX_PROXY_ENDPOINT and TOKEX_PROXY_ROUTES"
+        " (the CDK construct does), or ship /var/task/tokex-proxy.toml (TOKEX_PROXY_CONFIG"
+        " names another)"
+    )
     # The file names its own listen: the variable would be ignored, so it is refused.
     with pytest.raises(ProxyConfigError, match="TOKEX_PROXY_LISTEN: goes with TOKEX_PROXY"):
         extension.load_config({"TOKEX_PROXY_CONFIG": str(path), "TOKEX_PROXY_LISTEN": "x:1"})
@@ -266,3 +274,37 @@ def test_a_crash_before_registering_is_still_reported_as_init_error(
         assert report.body["errorMessage"] == "RuntimeError: the proxy did not start"
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert "an injected fault" in logged[0]["traceback"]  # the log has the whole story
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"), [(None, 2.5), ("", 2.5), ("0.5", 0.5), ("10", 10.0), ("4", 4.0)]
+)
+def test_the_exchange_timeout_stays_under_a_functions_timeout(raw, seconds) -> None:
+    """A request with no valid token waits for the exchange: with the client's 10 s a
+    hanging tokex timed out the function (Lambda's default is 3 s) instead of a 503."""
+    environ = {} if raw is None else {"TOKEX_PROXY_EXCHANGE_TIMEOUT": raw}
+    assert extension.exchange_timeout(environ) == seconds
+
+
+@pytest.mark.parametrize("raw", ["0", "0.4", "11", "nan", "inf", "soon"])
+def test_an_exchange_timeout_out_of_range_is_an_init_error(raw) -> None:
+    with pytest.raises(extension.StartFailed) as failed:
+        extension.exchange_timeout({"TOKEX_PROXY_EXCHANGE_TIMEOUT": raw})
+    assert failed.value.error_type == "Extension.ConfigInvalid"
+    assert "TOKEX_PROXY_EXCHANGE_TIMEOUT must be 0.5 to 10 seconds" in str(failed.value)
+
+
+def test_the_proxy_the_extension_starts_exchanges_within_that_timeout() -> None:
+    environ = {
+        "TOKEX_PROXY_ENDPOINT": "https://auth.example.com",
+        "TOKEX_PROXY_ROUTES": json.dumps([ROUTE]),
+        "TOKEX_PROXY_LISTEN": "127.0.0.1:0",
+        "TOKEX_PROXY_EXCHANGE_TIMEOUT": "1.5",
+        "AWS_SESSION_TOKEN": "the-function's-session-token",
+    }
+    server, tokens, _ = extension.start_proxy(environ, JsonLog(io.StringIO()))
+    try:
+        [client] = tokens._clients.values()
+        assert client._options["timeout"] == 1.5
+    finally:
+        server.shutdown(1)

@@ -48,6 +48,11 @@ DEFAULT_LISTEN = "127.0.0.1:2772"
 SECRET_VARIABLE = "AWS_SESSION_TOKEN"
 # The whole prefetch, all routes together: part of every cold start's Init phase.
 PREFETCH_SECONDS = 1.5
+# One exchange's budget, failover included: a request with no valid token waits for it,
+# so it stays under Lambda's default function timeout (3 s) rather than the client's 10 s;
+# a warm exchange takes two round trips. TOKEX_PROXY_EXCHANGE_TIMEOUT sets it (0.5-10 s).
+EXCHANGE_TIMEOUT_VARIABLE = "TOKEX_PROXY_EXCHANGE_TIMEOUT"
+EXCHANGE_TIMEOUT_SECONDS = 2.5
 # Lambda allows any string; AWS recommends Category.Reason (Extensions API reference).
 CONFIG_INVALID = "Extension.ConfigInvalid"
 LISTEN_FAILED = "Extension.ListenFailed"
@@ -85,7 +90,15 @@ def load_config(environ: Mapping[str, str]) -> ProxyConfig:
             f"goes with {ROUTES_VARIABLE}: a configuration file ({CONFIG_VARIABLE}, default"
             f" {DEFAULT_CONFIG}) names its own listen",
         )
-    return ProxyConfig.from_file(environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG, environ=environ)
+    path = environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG
+    if CONFIG_VARIABLE not in environ and not Path(path).exists():
+        # The likeliest first mistake: the layer added without its variables.
+        raise ProxyConfigError(
+            ROUTES_VARIABLE,
+            f"no configuration: set {ENDPOINT_VARIABLE} and {ROUTES_VARIABLE} (the CDK"
+            f" construct does), or ship {DEFAULT_CONFIG} ({CONFIG_VARIABLE} names another)",
+        )
+    return ProxyConfig.from_file(path, environ=environ)
 
 
 def config_from_variables(environ: Mapping[str, str]) -> ProxyConfig:
@@ -130,13 +143,29 @@ def start_proxy(
     secret = environ.get(SECRET_VARIABLE)
     if not secret:
         raise StartFailed(CONFIG_INVALID, f"{SECRET_VARIABLE} is not set: no proxy secret")
-    tokens = RouteTokens(config, log=log)
+    tokens = RouteTokens(config, log=log, timeout=exchange_timeout(environ))
     server = ProxyServer(config, token_source=tokens, secret=secret, log=log)
     try:
         server.start()
     except OSError as err:
         raise StartFailed(LISTEN_FAILED, f"cannot listen: {err}") from None
     return server, tokens, config
+
+
+def exchange_timeout(environ: Mapping[str, str]) -> float:
+    """TOKEX_PROXY_EXCHANGE_TIMEOUT (seconds), else EXCHANGE_TIMEOUT_SECONDS."""
+    raw = environ.get(EXCHANGE_TIMEOUT_VARIABLE)
+    if not raw:
+        return EXCHANGE_TIMEOUT_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0.5 <= seconds <= 10:  # NaN too
+        raise StartFailed(
+            CONFIG_INVALID, f"{EXCHANGE_TIMEOUT_VARIABLE} must be 0.5 to 10 seconds, not {raw!r}"
+        )
+    return seconds
 
 
 def prefetch(tokens: TokenSource, routes: tuple[Route, ...], budget: float, log: JsonLog) -> None:
