@@ -294,11 +294,11 @@ def test_an_exchange_timeout_out_of_range_is_an_init_error(raw) -> None:
     assert "TOKEX_PROXY_EXCHANGE_TIMEOUT must be 0.5 to 10 seconds" in str(failed.value)
 
 
-def test_the_proxy_the_extension_starts_exchanges_within_that_timeout() -> None:
+def test_the_proxy_the_extension_starts_exchanges_within_that_timeout(free_port: int) -> None:
     environ = {
         "TOKEX_PROXY_ENDPOINT": "https://auth.example.com",
         "TOKEX_PROXY_ROUTES": json.dumps([ROUTE]),
-        "TOKEX_PROXY_LISTEN": "127.0.0.1:0",
+        "TOKEX_PROXY_LISTEN": f"127.0.0.1:{free_port}",
         "TOKEX_PROXY_EXCHANGE_TIMEOUT": "1.5",
         "AWS_SESSION_TOKEN": "the-function's-session-token",
     }
@@ -308,3 +308,11 @@ def test_the_proxy_the_extension_starts_exchanges_within_that_timeout() -> None:
         assert client._options["timeout"] == 1.5
     finally:
         server.shutdown(1)
+
+
+def test_a_listener_on_a_port_the_system_picks_is_refused() -> None:
+    """The function sends its requests to a port it is told; one picked for the
+    extension it cannot learn."""
+    environ = {"TOKEX_PROXY_ROUTES": json.dumps([ROUTE]), "TOKEX_PROXY_LISTEN": "127.0.0.1:0"}
+    with pytest.raises(ProxyConfigError, match="TOKEX_PROXY_LISTEN: name a port"):
+        extension.load_config({**environ, "TOKEX_PROXY_ENDPOINT": "https://auth.example.com"})

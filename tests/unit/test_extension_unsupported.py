@@ -4,6 +4,9 @@ as an init error (the launcher run on a real Python 3.10: tests/infra/test_exten
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -45,3 +48,23 @@ def test_it_registers_and_reports_init_error(capsys: pytest.CaptureFixture) -> N
 def test_outside_lambda_it_only_logs(capsys: pytest.CaptureFixture) -> None:
     assert unsupported.refuse({}, (3, 9, 18)) == 1
     assert "3.9.18" in json.loads(capsys.readouterr().err)["error"]
+
+
+def test_a_python_without_botocore_is_reported_not_a_traceback() -> None:
+    """A container image with the layer's folders but no botocore: the extension died on
+    its import before registering, and Init failed with a traceback alone."""
+    script = (
+        "import sys; sys.modules['botocore'] = None; import runpy; "
+        "runpy.run_module('tokex.extension', run_name='__main__')"
+    )
+    with ExtensionsApiEmulator() as platform:
+        env = {**os.environ, "AWS_LAMBDA_RUNTIME_API": platform.runtime_api}
+        finished = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+        )
+        [report] = platform.calls_to("init/error")
+    assert finished.returncode == 1 and "Traceback" not in finished.stderr
+    assert report.headers["lambda-extension-function-error-type"] == ("Extension.MissingDependency")
+    assert report.body["errorMessage"].startswith(
+        "the tokex proxy extension cannot import botocore"
+    )

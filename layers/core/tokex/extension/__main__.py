@@ -14,6 +14,9 @@ if not unsupported.is_supported(sys.version_info):
     sys.exit(unsupported.refuse(os.environ, sys.version_info))
 
 # Only on a Python that can import it (the import stays below the check).
-from tokex.extension.main import main  # noqa: E402
+try:
+    from tokex.extension.main import main
+except ImportError as missing:  # botocore, in a container image that lacks it
+    sys.exit(unsupported.refuse_missing(os.environ, missing))
 
 sys.exit(main(started=STARTED))

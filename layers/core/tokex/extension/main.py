@@ -111,10 +111,14 @@ def config_from_variables(environ: Mapping[str, str]) -> ProxyConfig:
         routes = loads_strict(text.encode())
     except StrictJsonError as err:
         raise ProxyConfigError(ROUTES_VARIABLE, f"not valid JSON: {err}") from None
-    document: dict[str, Any] = {
-        "listen": environ.get(LISTEN_VARIABLE) or DEFAULT_LISTEN,
-        "routes": routes,
-    }
+    listen = environ.get(LISTEN_VARIABLE) or DEFAULT_LISTEN
+    if listen.rpartition(":")[2] == "0":
+        # The function sends its requests to a port it is told: one the system picks is
+        # known to the extension alone.
+        raise ProxyConfigError(
+            LISTEN_VARIABLE, "name a port: the function cannot learn one picked for it"
+        )
+    document: dict[str, Any] = {"listen": listen, "routes": routes}
     if environ.get(ENDPOINT_VARIABLE):
         document["endpoint"] = environ[ENDPOINT_VARIABLE]
     # Relative paths in a route (token_file, ca_file) are the function package's files.

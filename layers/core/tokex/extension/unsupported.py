@@ -20,6 +20,7 @@ from tokex.extension.api import ExtensionsApi, ExtensionsApiError
 
 MINIMUM_PYTHON = (3, 11)
 UNSUPPORTED_RUNTIME = "Extension.UnsupportedRuntime"
+MISSING_DEPENDENCY = "Extension.MissingDependency"
 
 
 def is_supported(version: tuple[Any, ...]) -> bool:
@@ -34,11 +35,28 @@ def refuse(environ: Mapping[str, str], version: tuple[Any, ...]) -> int:
         f"the tokex proxy extension needs Python {MINIMUM_PYTHON[0]}.{MINIMUM_PYTHON[1]} or"
         f" later (python3.11-3.13 runtimes); this function's python3 is {found}"
     )
+    return _report(environ, UNSUPPORTED_RUNTIME, message)
+
+
+def refuse_missing(environ: Mapping[str, str], err: ImportError) -> int:
+    """The proxy's code cannot be imported on this Python: a module the layer does not
+    ship (botocore: the Lambda runtimes have it, a container image may not)."""
+    name = err.name or ""
+    message = f"the tokex proxy extension cannot import {name or err}"
+    if name.partition(".")[0] in ("botocore", "boto3"):
+        message += (
+            ": the layer ships no botocore (the Lambda Python runtimes have it); a container"
+            " image needs botocore 1.41 or later beside the layer's folders"
+        )
+    return _report(environ, MISSING_DEPENDENCY, message)
+
+
+def _report(environ: Mapping[str, str], error_type: str, message: str) -> int:
     # The line JsonLog writes; JsonLog itself is the proxy's, which needs 3.11.
     record = {
         "time": round(time.time(), 3),
         "event": "extension_failed",
-        "error_type": UNSUPPORTED_RUNTIME,
+        "error_type": error_type,
         "error": message,
     }
     sys.stderr.write(json.dumps(record) + "\n")
@@ -47,7 +65,7 @@ def refuse(environ: Mapping[str, str], version: tuple[Any, ...]) -> int:
         try:
             api = ExtensionsApi(runtime_api)
             api.register()
-            api.init_error(UNSUPPORTED_RUNTIME, message)
+            api.init_error(error_type, message)
         except ExtensionsApiError:
             pass
     return 1
