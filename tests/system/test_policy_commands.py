@@ -216,7 +216,7 @@ def test_hand_edited_invalid_item_is_reported(system, cli) -> None:
         assert json.loads(listed.stdout)["invalid"] == ["zz-hand-edited"]
         code, _, err = cli("get", "zz-hand-edited")
         assert code == 1 and "is invalid (principals:" in err
-        assert "the exchange skips it (disabled, or naming no one)" in err
+        assert "the exchange skips it (it decides nothing" in err
         code, out, _ = cli("explain", "--principal", USER_ARN, "--audience", "demo-api", "--json")
         assert code == 0 and json.loads(out)["invalid_policies"] == ["zz-hand-edited"]
     finally:

@@ -105,20 +105,14 @@ class PolicyStore:
         for item in self._scan():
             try:
                 policies.append(_parse(item))
+                continue
             except PolicyValidationError as exc:
-                item_id = _item_id(item)
                 # The field and why, never the document (it may hold claim values).
-                log.warning("invalid policy %r: %s", item_id, exc)
-                allow = _invalid_allow(item)
-                if allow is not None:
-                    if _decided_something(allow):
-                        blocking = _blocking_deny(item_id, allow)
-                        if blocking is None:
-                            raise _unreadable(item_id, "an allow naming no one readable") from None
-                        policies.append(blocking)
-                elif not _not_a_policy(item):
-                    raise _unreadable(item_id, "may be a deny") from None
-                invalid.append(item_id)
+                log.warning("invalid policy %r: %s", _item_id(item), exc)
+            stand_in = _stand_in(item)
+            if stand_in is not None:
+                policies.append(stand_in)
+            invalid.append(_item_id(item))
         policies.sort(key=lambda p: p.id)
         return policies, sorted(invalid)
 
@@ -235,16 +229,34 @@ def _blocking_deny(item_id: str, allow: dict[str, Any]) -> Policy | None:
     return None
 
 
+def _stand_in(item: dict[str, Any]) -> Policy | None:
+    """What `load_all` keeps of an item that does not validate: the blocking deny of an
+    allow that names callers; None for one that decided nothing (disabled, naming no one,
+    no policy at all). PoliciesBlocked for one that is or may be a deny, or an allow
+    whose callers cannot be read."""
+    item_id = _item_id(item)
+    allow = _invalid_allow(item)
+    if allow is None:
+        if _not_a_policy(item):
+            return None
+        raise _unreadable(item_id, "may be a deny")
+    if not _decided_something(allow):
+        return None
+    blocking = _blocking_deny(item_id, allow)
+    if blocking is None:
+        raise _unreadable(item_id, "an allow naming no one readable")
+    return blocking
+
+
 def _consequence(item: dict[str, Any]) -> str:
     """What `load_all` makes of an item that does not validate, in an operator's words."""
-    allow = _invalid_allow(item)
-    if allow is not None and not _decided_something(allow):
-        return "the exchange skips it (disabled, or naming no one)"
-    if allow is not None and _blocking_deny(_item_id(item), allow) is not None:
-        return "the exchange denies the callers it names until it is fixed or deleted"
-    if allow is None and _not_a_policy(item):
-        return "the exchange skips it (it is no policy)"
-    return "every exchange answers 503 until it is fixed or deleted"
+    try:
+        stand_in = _stand_in(item)
+    except PoliciesBlocked:
+        return "every exchange answers 503 until it is fixed or deleted"
+    if stand_in is None:
+        return "the exchange skips it (it decides nothing: disabled, naming no one, or no policy)"
+    return "the exchange denies the callers it names until it is fixed or deleted"
 
 
 class PoliciesBlocked(TemporarilyUnavailable):

@@ -112,7 +112,8 @@ def config_from_variables(environ: Mapping[str, str]) -> ProxyConfig:
     except StrictJsonError as err:
         raise ProxyConfigError(ROUTES_VARIABLE, f"not valid JSON: {err}") from None
     listen = environ.get(LISTEN_VARIABLE) or DEFAULT_LISTEN
-    if listen.rpartition(":")[2] == "0":
+    port = listen.rpartition(":")[2]
+    if port.isascii() and port.isdigit() and int(port) == 0:
         # The function sends its requests to a port it is told: one the system picks is
         # known to the extension alone.
         raise ProxyConfigError(

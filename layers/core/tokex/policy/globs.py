@@ -43,7 +43,7 @@ class GlobError(ValueError):
 
 
 def has_wildcard(pattern: str) -> bool:
-    return any(c in WILDCARDS for c in pattern)
+    return "*" in pattern or "?" in pattern  # WILDCARDS, each searched in C
 
 
 def literal_prefix_length(pattern: str) -> int:
@@ -123,7 +123,7 @@ def principal_matches(pattern: str, principal_arn: str) -> bool:
 
 def glob_matches(pattern: str, value: str) -> bool:
     """Attribute glob: `*` any run of characters, `?` one character, the rest literal."""
-    if "*" not in pattern and "?" not in pattern:
+    if not has_wildcard(pattern):
         return pattern == value  # most patterns and levels are literal: compare in C
     p = v = 0
     star = -1  # index in pattern of the last `*` seen

@@ -137,9 +137,15 @@ def request_framing(headers: list[tuple[str, str]]) -> tuple[int | None, bool]:
     if len(lengths) > 1:
         raise BadBody("several different Content-Length values")
     (length,) = lengths
-    if not (length.isascii() and length.isdigit()) or len(length) > 18:
+    if not is_byte_count(length):
         raise BadBody("Content-Length is not a number of bytes")
     return int(length), False
+
+
+def is_byte_count(text: str) -> bool:
+    """A Content-Length as RFC 9110 §8.6 writes it (1*DIGIT), short enough to be one;
+    not what Python's int() also reads (`1_0`, `+10`, other scripts' digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 def length_body(stream: io.BufferedIOBase, length: int) -> Iterator[bytes]:

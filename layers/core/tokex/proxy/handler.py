@@ -32,6 +32,7 @@ from tokex.proxy.forward import (
     ClientGone,
     Upstream,
     chunked_body,
+    is_byte_count,
     length_body,
     request_framing,
 )
@@ -51,7 +52,6 @@ from tokex.proxy.tokens import TokenSource, TokenUnavailable
 CLIENT_IDLE_TIMEOUT_SECONDS = 60.0  # a connection silent this long is closed
 MAX_REQUEST_LINE_BYTES = 65536  # as http.server's own limit
 METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 §5.6.2)
-_DIGITS = re.compile(r"[0-9]+")  # RFC 9110 §8.6: Content-Length = 1*DIGIT
 # Headers only a web browser sends (Sec-Fetch-Site on every request, Origin on every
 # cross-origin or unsafe one): a page on the workload's host could otherwise make requests
 # through a loopback listener by 127.0.0.1 itself, with the workload's token attached, and
@@ -449,7 +449,7 @@ def _unrelayable(response: urllib3.BaseHTTPResponse) -> str | None:
         # coding's framing would reach the application as body bytes.
         return "answered with a transfer coding other than chunked"
     lengths = response.headers.getlist("Content-Length")
-    if lengths and (len(lengths) > 1 or not _DIGITS.fullmatch(lengths[0].strip())):
+    if lengths and (len(lengths) > 1 or not is_byte_count(lengths[0].strip())):
         # Python reads `1_00` or `+10` as a number, and a list of equal ones as one; the
         # header is relayed as written, and a client that reads it otherwise would take
         # the rest of the body for the answer to its next request on the connection.

@@ -81,7 +81,8 @@ class RouteTable:
         decoded = urllib.parse.unquote(path).replace("\\", "/")
         bare = "/".join(segment.split(";", 1)[0] for segment in decoded.split("/"))
         route = self._match(listener, path)
-        for reading, fold in ((decoded, False), (bare, False), (bare, True)):
+        # Each distinct reading once: a plain path is read again only in another case.
+        for reading, fold in {(decoded, False), (bare, False), (bare, True)} - {(path, False)}:
             if self._match(listener, reading, fold=fold) is not route:
                 raise BadTarget(
                     "the path reads as another route's once percent-decoded, without its ;"
