@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokex.local.emulator import free_port
+from tests.support.ports import free_port
 
 TOKEX = shutil.which("tokex", path=str(Path(sys.executable).parent)) or "tokex"
 READY_LINE = "tokex local is running"

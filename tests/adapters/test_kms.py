@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from jwcrypto import jwk as jwcrypto_jwk
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
+from tests.support.ports import free_port
 from tokex.adapters.kms import KmsPublicKeys, KmsSigner, UnreadableKey, public_jwk_for_key
 from tokex.errors import ConfigurationError, TemporarilyUnavailable
 from tokex.tokens.jwks import rfc7638_thumbprint
@@ -134,14 +134,8 @@ def test_unreachable_kms_is_temporarily_unavailable() -> None:
         assert "11111111" not in caught.value.description
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_kms_going_away_after_cold_start_is_temporarily_unavailable() -> None:
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

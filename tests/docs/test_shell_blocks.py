@@ -30,7 +30,7 @@ from tests.docs.shell_blocks import (
     for_local_port,
     repository_shell_blocks,
 )
-from tokex.local.emulator import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,7 @@ from benchmarks.local_process import (
     stop_on_sigint,
     without_aws_settings,
 )
-from tokex.local.emulator import free_port
+from tests.support.ports import free_port
 
 __all__ = ["TOKEX", "RunningLocal", "load_env_file", "run_token", "start_tokex_local"]
 

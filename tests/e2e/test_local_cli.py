@@ -20,7 +20,7 @@ from jwcrypto import jwt as jwcrypto_jwt
 
 from benchmarks.local_process import READY_LINE, without_aws_settings
 from tests.e2e.running_local import TOKEX, RunningLocal, load_env_file, run_token
-from tokex.local.emulator import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -24,8 +24,8 @@ from cdk.extension_layer import (
 from tests.infra import checks
 from tests.infra.conftest import Synthesized
 from tests.support.lambda_extensions_api import ExtensionsApiEmulator
+from tests.support.ports import free_port
 from tokex.extension.main import ENDPOINT_VARIABLE, LISTEN_VARIABLE, ROUTES_VARIABLE
-from tokex.local.emulator import free_port
 
 pytestmark = pytest.mark.infra
 

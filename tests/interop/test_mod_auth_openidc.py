@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.interop.conftest import AUDIENCE, TOKEN_CASES, TokenCase, verifier_missing
-from tokex.local.emulator import free_port
+from tests.support.ports import free_port
 from tokex.local.runner import LocalSystem
 
 MODULES_DIR = Path("/usr/lib/apache2/modules")

@@ -50,9 +50,9 @@ from tests.interop.test_mod_auth_openidc import (  # the same apache2, started t
     apache2,  # noqa: F401  (session fixture)
     start_apache,
 )
+from tests.support.ports import free_port
 from tests.support.tls import make_pki
 from tests.system.endpoints import verify
-from tokex.local.emulator import free_port
 from tokex.local.provision import DEMO_ROLE_ARN
 from tokex.local.runner import LocalSystem
 from tokex.proxy import ProxyConfig, ProxyConfigError

@@ -113,8 +113,9 @@ class ExtensionsApiEmulator:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(
-                        f"no extension waiting for an event after {timeout} s; calls: "
-                        f"{[(c.method, c.path) for c in self.calls]}"
+                        f"no extension waiting for an event after {timeout} s; calls "
+                        f"(an error report's body says why): "
+                        f"{[(c.method, c.path, c.body) for c in self.calls]}"
                     )
                 self._lock.wait(left)
             return next(iter(self.extensions.values()))

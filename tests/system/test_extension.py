@@ -28,10 +28,10 @@ import pytest
 
 from tests.support.exchange_handler import cold_exchange_handler
 from tests.support.lambda_extensions_api import ExtensionsApiEmulator
+from tests.support.ports import free_port
 from tests.system.endpoints import post, sign
 from tokex.client.signing import encode_subject_token
 from tokex.extension.main import PREFETCH_SECONDS
-from tokex.local.emulator import free_port
 from tokex.local.front import Answer, bind_front
 from tokex.local.runner import LocalSystem
 from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import ports
 from tests.support.lambda_extensions_api import ExtensionsApiEmulator
 from tokex.extension import main as extension
 from tokex.proxy.config import ProxyConfigError, Route
@@ -186,8 +187,7 @@ def test_outside_lambda_it_exits_1_without_registering(capsys: pytest.CaptureFix
 
 @pytest.fixture
 def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])
+    return ports.free_port()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import selectors
-import socket
 import subprocess
 import sys
 import threading
@@ -118,12 +117,6 @@ def set_signature_checking(url: str, on: bool, *, admin_token: str) -> None:
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
         response.read()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers(url: str, admin_token: str) -> bool:
