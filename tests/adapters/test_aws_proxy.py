@@ -12,11 +12,12 @@ from collections.abc import Iterator
 import pytest
 
 from benchmarks.aws_proxy import AwsProxy
+from tests.support.loopback import TcpServer
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(TcpServer):
     """An HTTP/1.1 server that, for its n-th request, does the n-th of `actions`:
     "answer" (and keep the connection), "answer-close" (answer, then stop sending on the
     connection without saying so, as a server closing an idle kept-alive connection
@@ -27,23 +28,10 @@ class ScriptedUpstream:
         self.actions = iter(actions)
         self.received: list[bytes] = []
         self.after_close: list[bytes] = []
-        self.connections = 0
         self.closed = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.accepting = threading.Thread(target=self._accept, daemon=True)
-        self.accepting.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection: socket.socket) -> None:
+    def serve(self, connection: socket.socket, number: int) -> None:
         with connection, connection.makefile("rb") as reader:
             while True:
                 head = b""
@@ -68,12 +56,6 @@ class ScriptedUpstream:
                     self.closed.set()
                     self.after_close.extend(iter(lambda: reader.read1(65536), b""))
                     return
-
-    def stop(self) -> None:
-        if self.listener.fileno() != -1:
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close alone does not
-            self.listener.close()
-        self.accepting.join(5)
 
 
 @pytest.fixture

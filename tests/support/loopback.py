@@ -1,6 +1,7 @@
-"""Loopback HTTP servers for tests: a server on 127.0.0.1 (a free port), a request handler
-that answers whole documents and logs nothing, a server run in a thread for as long as
-a `with` block lasts, and a port that refuses connections for as long as one lasts."""
+"""Loopback servers for tests: an HTTP server on 127.0.0.1 (a free port), a request
+handler that answers whole documents and logs nothing, a server run in a thread for as
+long as a `with` block lasts, a raw TCP server for tests that script the bytes, and a
+port that refuses connections for as long as one lasts."""
 
 from __future__ import annotations
 
@@ -22,6 +23,39 @@ class LoopbackServer(ThreadingHTTPServer):
     def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class TcpServer:
+    """A TCP server on 127.0.0.1 (a free port) that hands each connection, numbered from
+    1 as they arrive, to `serve` in a thread of its own. A subclass sets what `serve`
+    reads before it calls this `__init__`: connections may arrive at once."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.accepting = threading.Thread(target=self._accept, daemon=True)
+        self.accepting.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(
+                target=self.serve, args=(connection, self.connections), daemon=True
+            ).start()
+
+    def serve(self, connection: socket.socket, number: int) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.listener.fileno() != -1:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close alone does not
+            self.listener.close()
+        self.accepting.join(5)
 
 
 class QuietHandler(BaseHTTPRequestHandler):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.loopback import QuietHandler, serving
+from tests.support.loopback import QuietHandler, TcpServer, serving
 from tests.support.tls import HttpsServer, Pki
 from tokex.local.runner import LocalSystem
 from tokex.proxy import JsonLog, ProxyConfig, ProxyServer, RouteTokens
@@ -152,29 +152,22 @@ def https_upstream(pki: Pki) -> Iterator[Upstream]:
         yield upstream
 
 
-class Relay:
+class Relay(TcpServer):
     """A TCP relay to `target` (host, port): up, it passes bytes both ways; down, it
     closes every connection at once (what tokex unreachable looks like to a client)."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.up = True
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if not self.up:
-                client.close()
-                continue
-            server = socket.create_connection(self.target)
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+    def serve(self, client: socket.socket, number: int) -> None:
+        if not self.up:
+            client.close()
+            return
+        server = socket.create_connection(self.target)
+        for source, sink in ((client, server), (server, client)):
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -183,9 +176,6 @@ class Relay:
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 def route_document(

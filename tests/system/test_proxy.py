@@ -181,7 +181,7 @@ def test_tokex_unreachable_is_503_with_retry_after_and_the_proxy_recovers(
             assert status == 200
         assert len(upstream.received) == 1
     finally:
-        relay.close()
+        relay.stop()
 
 
 def test_an_upstream_401_makes_the_next_request_use_a_fresh_token(

@@ -1,17 +1,23 @@
 """The upstream side: one connection pool per route (verified TLS, keep-alive) and the
 request body, streamed as it arrives.
 
-urllib3 is asked for nothing clever: no retries (a request is sent once; the application
-decides whether to send it again), no redirects (a 3xx goes back to the application
-as it is), no decoding of the body, and nothing read ahead (`preload_content=False`).
+urllib3 is asked for nothing clever: no retries, no redirects (a 3xx goes back to the
+application as it is), no decoding of the body, and nothing read ahead
+(`preload_content=False`). A request is sent once, with one exception, as HTTP clients
+resend (RFC 9112 §9.3.1; Go's net/http does the same): a request without a body and with
+an idempotent method that failed on a kept-alive connection before any answer came (the
+upstream closed or reset it: its idle timeout, a NAT that forgot the flow, the time a
+Lambda environment spent frozen) goes again on another connection.
 """
 
 from __future__ import annotations
 
 import http.client
 import io
+import threading
 import urllib.parse
 from collections.abc import Iterator
+from typing import Any
 
 import urllib3
 import urllib3.connection
@@ -27,6 +33,17 @@ POOL_SIZE = 16  # connections kept open per upstream; more are made under load, 
 CHUNK_BYTES = 64 * 1024
 MAX_CHUNK_LINE_BYTES = 1024  # a chunk size and its extensions (RFC 9112 §7.1)
 MAX_TRAILER_LINES = 64
+# RFC 9110 §9.2.2's idempotent methods without PUT and DELETE, which carry or may carry a
+# body; a request naming an Idempotency-Key is one its sender made safe to repeat.
+RESENDABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+IDEMPOTENCY_HEADERS = frozenset({"idempotency-key", "x-idempotency-key"})
+# How a connection the upstream closed while idle fails when it is used.
+_CLOSED_WHILE_IDLE = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
 
 
 class BadBody(ValueError):
@@ -51,12 +68,22 @@ class _CheckedHeadResponse(http.client.HTTPResponse):
                 self.fp = reader
 
 
+# Whether the connection this thread last sent a request on had carried one before.
+_last_send = threading.local()
+
+
 class _CheckedHTTPConnection(urllib3.connection.HTTPConnection):
     response_class = _CheckedHeadResponse
+    requests_sent = 0
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _last_send.reused = self.requests_sent > 0
+        self.requests_sent += 1
+        super().request(*args, **kwargs)
 
 
-class _CheckedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    response_class = _CheckedHeadResponse
+class _CheckedHTTPSConnection(_CheckedHTTPConnection, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class Upstream:
@@ -96,11 +123,35 @@ class Upstream:
         for name in ("User-Agent", "Accept-Encoding"):
             if name not in sent:
                 sent[name] = SKIP_HEADER
+        resendable = body is None and (
+            method in RESENDABLE_METHODS
+            or any(name.lower() in IDEMPOTENCY_HEADERS for name in sent)
+        )
+        # Each failure on a kept-alive connection takes it out of the pool, so this ends
+        # on a new connection at the latest (the pool's idle ones may all have gone stale
+        # together, in a frozen Lambda environment).
+        for _ in range(POOL_SIZE):
+            _last_send.reused = False
+            try:
+                return self._urlopen(method, target, sent, body, chunked)
+            except urllib3.exceptions.ProtocolError as err:
+                if not (resendable and _last_send.reused and _closed_while_idle(err)):
+                    raise
+        return self._urlopen(method, target, sent, body, chunked)
+
+    def _urlopen(
+        self,
+        method: str,
+        target: str,
+        headers: urllib3.HTTPHeaderDict,
+        body: Iterator[bytes] | None,
+        chunked: bool,
+    ) -> urllib3.BaseHTTPResponse:
         return self._pool.urlopen(
             method,
             self._base_path + target,
             body=body,
-            headers=sent,
+            headers=headers,
             retries=False,
             redirect=False,
             assert_same_host=False,
@@ -112,6 +163,11 @@ class Upstream:
 
     def close(self) -> None:
         self._manager.clear()
+
+
+def _closed_while_idle(err: urllib3.exceptions.ProtocolError) -> bool:
+    """The upstream closed or reset the connection before any answer came."""
+    return any(isinstance(arg, _CLOSED_WHILE_IDLE) for arg in err.args)
 
 
 def request_framing(headers: list[tuple[str, str]]) -> tuple[int | None, bool]:
