@@ -580,6 +580,14 @@ def test_the_dockerfile_installs_this_repository_into_python_slim() -> None:
     ]
     assert {"pyproject.toml", "setup.py", "layers/core", "functions"} <= set(sources)
     assert all((ROOT / source).exists() for source in sources), sources
+    # The context is the repository root: everything else stays out of it.
+    rules = [
+        line
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert rules[0] == "*"
+    assert {rule[1:] for rule in rules if rule.startswith("!")} == set(sources)
     (user,) = [rest for op, rest in instructions if op == "USER"]
     uid = int(user.split(":")[0])
     assert uid != 0
