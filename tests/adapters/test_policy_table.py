@@ -278,6 +278,20 @@ def test_stored_ttl_above_todays_cap_still_loads(store: PolicyStore) -> None:
     assert store.list() == [long]
 
 
+def test_an_allow_stored_with_no_principal_ids_by_earlier_versions_still_applies(
+    store: PolicyStore, client: Any
+) -> None:
+    """They wrote `"principal_ids": []` (any id) into every allow, which a document
+    submitted now may not say: read back from the table, it stays a working allow."""
+    earlier = {**make_policy("orders-reader").to_document(), "principal_ids": []}
+    item = {"id": {"S": "orders-reader"}, "document": {"S": json.dumps(earlier)}}
+    client.put_item(TableName=TABLE, Item=item)
+    with pytest.raises(PolicyValidationError, match="principal_ids"):
+        Policy.from_document(earlier)
+    assert store.load_all() == ([make_policy("orders-reader")], [])  # not a stand-in deny
+    assert store.get("orders-reader") == make_policy("orders-reader")
+
+
 def test_missing_table_is_temporarily_unavailable(client: Any) -> None:
     store = PolicyStore(client, "no-such-table")
     for call in (store.list, lambda: store.get("x"), lambda: store.put(make_policy("x"))):

@@ -56,7 +56,13 @@ PINNED = {
     "principal_ids": ["AROAPINNED"],
     "audiences": ["pinned-api"],
 }
-DISABLED = {**PINNED, "id": "off", "principal_ids": [], "audiences": ["off-api"], "enabled": False}
+DISABLED = {
+    "id": "off",
+    "effect": "allow",
+    "principals": [ROLE],
+    "audiences": ["off-api"],
+    "enabled": False,
+}
 ON_EC2 = {
     "id": "on-ec2",
     "effect": "allow",
@@ -134,6 +140,7 @@ def test_a_deeply_nested_value_is_an_invalid_policy_not_a_crash(capsys, tmp_path
         ({"claims": {"sub": "me"}}, "claims.sub", "reserved"),
         ({"max_ttl_seconds": 7200}, "max_ttl_seconds", "between 60 and 3600"),
         ({"audiences": []}, "audiences", "must not be empty"),
+        ({"principal_ids": []}, "principal_ids", "leave it out to allow any principal id"),
         ({"colour": "blue"}, "colour", "unknown key"),
         ({"effect": "deny", "claims": {}}, "scopes", "not allowed on a deny"),
         ({"id": "has space"}, "id", "1-128 characters"),

@@ -201,12 +201,16 @@ def test_documents_without_the_new_keys_are_stored_as_before() -> None:
     old = {
         "id": "orders-reader", "description": "", "effect": "allow",
         "principals": [ROLE + "orders-*"], "audiences": ["orders-api"], "enabled": True,
-        "principal_ids": [], "scopes": ["orders:read"], "claims": {},
+        "scopes": ["orders:read"], "claims": {},
     }  # fmt: skip
     parsed = Policy.from_document(old)
     assert parsed.evidence is None and parsed.evidence_kinds == ("sigv4", "aws-oif")
     assert canonical_json(parsed.to_document()) == canonical_json(old)
     assert list(parsed.to_document()) == list(old)
+    # Earlier versions stored every allow with "principal_ids": [] (any id): read back
+    # from the table it still means that, and is stored again without it.
+    stored = Policy.from_document({**old, "principal_ids": []}, stored=True)
+    assert stored == parsed
     deny = {"id": "d", "description": "", "effect": "deny", "principals": [ROLE + "x"],
             "audiences": ["*"], "enabled": True}  # fmt: skip
     assert Policy.from_document(deny).to_document() == deny
@@ -338,7 +342,6 @@ def test_every_refusal_names_its_field(fields: dict[str, Any], field: str, why: 
     [
         {"evidence": ["sigv4", "aws-oif", "eks"], "eks": EKS_SELECTORS},
         {"evidence": ["eks"], "eks": EKS_SELECTORS, "principals": []},  # as empty as absent
-        {"evidence": ["aws-oif"], "principal_ids": []},
         {"evidence": ["eks"], "eks": EKS_SELECTORS,
          "conditions": {"time_window": {"days": ["sat"]}}},
         {"conditions": {"time_window": {"hours": ["00:00-24:00", "22:00-24:00"]}}},

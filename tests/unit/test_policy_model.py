@@ -119,6 +119,7 @@ def test_claims_are_copied_from_the_document() -> None:
         ({"principals": [ROLE + "ok", "arn:aws:iam::*:role/x"]}, "principals[1]"),
         ({"principal_ids": ["AROA-1"]}, "principal_ids[0]"),
         ({"principal_ids": ["A" * 129]}, "principal_ids[0]"),
+        ({"principal_ids": []}, "principal_ids"),  # would mean any id: leave it out
         ({"audiences": []}, "audiences"),
         ({"audiences": ["orders api"]}, "audiences[0]"),
         ({"audiences": ["a" * 257]}, "audiences[0]"),

@@ -185,7 +185,7 @@ def _parse(item: dict[str, Any]) -> Policy:
         raise PolicyValidationError("document", "must be a JSON object")
     # Validated against the largest cap, not today's: evaluation caps every TTL anyway,
     # and lowering the deployment cap must not silently disable stored policies.
-    policy = Policy.from_document(doc, ttl_cap=MAX_TTL_CAP_SECONDS)
+    policy = Policy.from_document(doc, ttl_cap=MAX_TTL_CAP_SECONDS, stored=True)
     if policy.id != _item_id(item):
         raise PolicyValidationError("id", "document id differs from the item key")
     return policy

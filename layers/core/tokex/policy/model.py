@@ -169,8 +169,11 @@ class Policy:
         return DEFAULT_EVIDENCE if self.evidence is None else self.evidence
 
     @classmethod
-    def from_document(cls, doc: Mapping[str, Any], *, ttl_cap: int = 3600) -> Policy:
-        """Validate a stored/submitted document; raise PolicyValidationError on any flaw."""
+    def from_document(
+        cls, doc: Mapping[str, Any], *, ttl_cap: int = 3600, stored: bool = False
+    ) -> Policy:
+        """Validate a submitted document, or with `stored` one read back from the table;
+        raise PolicyValidationError on any flaw."""
         doc = fields.mapping(doc, "document")
         fields.no_unknown_keys(doc, _POLICY_KEYS, "document")
         for key, value in doc.items():
@@ -219,6 +222,13 @@ class Policy:
             identifiers.PRINCIPAL_ID,
             "1-128 A-Za-z0-9",
         )
+        if effect == "allow" and "principal_ids" in doc and not principal_ids and not stored:
+            # Meaning "any id", an empty list written as a pin that found no id (a role
+            # deleted meanwhile) would let a re-created role in. Stored allows of earlier
+            # versions have one: theirs still reads as "any id".
+            raise PolicyValidationError(
+                "principal_ids", "must not be empty: leave it out to allow any principal id"
+            )
         instance = doc.get("instance")
         workload = doc.get("workload")
         conditions = doc.get("conditions")
@@ -263,7 +273,8 @@ class Policy:
             doc["eks"] = self.eks.to_document()
         doc.update(audiences=list(self.audiences), enabled=self.enabled)
         if self.effect == "allow":
-            doc["principal_ids"] = list(self.principal_ids)
+            if self.principal_ids:
+                doc["principal_ids"] = list(self.principal_ids)
             doc["scopes"] = list(self.scopes)
             doc["claims"] = json.loads(json.dumps(self.claims))
             if self.max_ttl_seconds is not None:
