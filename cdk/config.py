@@ -167,6 +167,7 @@ class TokexConfig:
         for arn in self.published_key_arns:
             if not _KMS_KEY_ARN.fullmatch(arn):
                 raise ConfigError(f"publishedKeyArns: {arn!r} is not a KMS key ARN")
+        self._check_published_key_regions()
         if self.instance_tags_role_name is not None and not (
             identifiers.ROLE_NAME_WITH_PATH.fullmatch(self.instance_tags_role_name)
         ):
@@ -238,6 +239,25 @@ class TokexConfig:
             raise ConfigError(
                 "publishedKeyArns is for single-Region deployments: a multi-Region"
                 " deployment publishes its own multi-Region key slots only"
+            )
+
+    def _check_published_key_regions(self) -> None:
+        """The publisher and introspection read the keys with their own Region's KMS
+        client: a key in another Region (or partition) would fail the JWKS resource, and
+        with it the deploy. The stack's Region is `regions`' one when named, else the
+        CDK CLI's (`check_cli_region`)."""
+        key_regions = published_key_regions(self)
+        if len(self.regions) == 1 and key_regions - {self.regions[0]}:
+            elsewhere = ", ".join(sorted(key_regions - {self.regions[0]}))
+            raise ConfigError(
+                f"publishedKeyArns: every key must be in {self.regions[0]}, the deployment's"
+                f" Region, not {elsewhere}: the functions read them with their Region's KMS"
+            )
+        if len(key_regions) > 1:
+            raise ConfigError(
+                "publishedKeyArns: every key must be in the deployment's Region, not in"
+                f" {', '.join(sorted(key_regions))}: the functions read them with their"
+                " Region's KMS"
             )
 
     def _check_sts_endpoints(self, key: str, regions: tuple[str, ...]) -> None:
@@ -426,13 +446,27 @@ def check_cli_region(config: TokexConfig, cli_region: str | None) -> None:
     """A `regions` of one Region leaves the stack as the single-Region one, byte for byte
     and so not pinned to a Region: it goes wherever the CDK CLI deploys
     (`CDK_DEFAULT_REGION`, which the CLI sets from its profile). Refuse a synth whose CLI
-    would put it anywhere but the Region named; without a CLI Region there is no check."""
+    would put it anywhere but the Region named, and publishedKeyArns keys of another
+    Region than the CLI's (the functions' KMS client reads its own Region only); without
+    a CLI Region there is no check."""
     if len(config.regions) == 1 and cli_region and cli_region != config.regions[0]:
         raise ConfigError(
             f"regions names {config.regions[0]} only, but the CDK CLI deploys to"
             f" {cli_region}: deploy with {config.regions[0]} as the CLI's Region"
             " (AWS_REGION or the profile's), or leave regions out"
         )
+    elsewhere = published_key_regions(config) - {cli_region}
+    if cli_region and not config.regions and elsewhere:
+        raise ConfigError(
+            f"publishedKeyArns: every key must be in {cli_region}, where the CDK CLI"
+            f" deploys, not {', '.join(sorted(elsewhere))}: the functions read them with"
+            " their Region's KMS"
+        )
+
+
+def published_key_regions(config: TokexConfig) -> set[str]:
+    """The Regions of the publishedKeyArns keys (an ARN's fourth field)."""
+    return {arn.split(":")[3] for arn in config.published_key_arns}
 
 
 # The keys `from_context` reads: docs/deploy.md "Context options".

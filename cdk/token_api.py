@@ -19,7 +19,8 @@ TOKEN_ROUTE_PATH = "/token"
 INTROSPECT_ROUTE_PATH = "/introspect"
 
 # HTTP API `$context` variables (API Gateway developer guide, "Customizing HTTP API access
-# logs"). No headers, no body: the subject token carries signed AWS credentials.
+# logs"). No body and no header but User-Agent: the subject token carries signed AWS
+# credentials, an introspection request a client secret.
 ACCESS_LOG_FIELDS = {
     "requestId": "$context.requestId",
     "requestTime": "$context.requestTime",

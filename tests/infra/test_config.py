@@ -424,3 +424,55 @@ def test_a_one_region_deployment_the_cli_would_put_elsewhere_is_refused(
     # A multi-Region deployment pins each stack to its Region: the CLI's does not matter.
     config = config_from({"regions": "us-east-1,eu-west-1", **MULTI_REGION_KEYS})
     check_cli_region(config, "ap-southeast-2")
+
+
+KEY_IN = "arn:{partition}:kms:{region}:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+@pytest.mark.parametrize(
+    ("context", "cli_region", "why"),
+    [
+        (
+            {"publishedKeyArns": KEY_IN.format(partition="aws", region="ap-southeast-2")},
+            "eu-west-1",
+            "must be in eu-west-1, where the CDK CLI deploys, not ap-southeast-2",
+        ),
+        (
+            {"publishedKeyArns": KEY_IN.format(partition="aws-cn", region="cn-north-1")},
+            "eu-west-1",
+            "not cn-north-1",
+        ),
+        (
+            {
+                "regions": "eu-west-1",
+                "publishedKeyArns": KEY_IN.format(partition="aws", region="us-east-1"),
+            },
+            None,
+            "must be in eu-west-1, the deployment's Region, not us-east-1",
+        ),
+        (
+            {
+                "publishedKeyArns": ",".join(
+                    KEY_IN.format(partition="aws", region=region)
+                    for region in ("eu-west-1", "us-east-1")
+                )
+            },
+            None,
+            "not in eu-west-1, us-east-1",
+        ),
+    ],
+)
+def test_published_keys_of_another_region_are_refused_at_synth(
+    context: dict[str, str], cli_region: str | None, why: str
+) -> None:
+    """The publisher and introspection read them with their own Region's KMS client: the
+    JWKS resource, and the deploy with it, would fail."""
+    with pytest.raises(ConfigError, match=f"^publishedKeyArns: every key .*{why}"):
+        check_cli_region(config_from(context), cli_region)
+
+
+def test_published_keys_of_the_deployments_region_are_accepted() -> None:
+    key = KEY_IN.format(partition="aws", region="eu-west-1")
+    check_cli_region(config_from({"publishedKeyArns": key}), "eu-west-1")
+    check_cli_region(config_from({"publishedKeyArns": key}), None)  # no CLI Region: no check
+    check_cli_region(config_from({"publishedKeyArns": key, "regions": "eu-west-1"}), "eu-west-1")
