@@ -97,15 +97,16 @@ def acknowledge_findings(stack: TokexStack) -> None:
         _ack(function.role, "IAM5[Resource::*]", XRAY_REASON)
         _ack(function.function, "L1", RUNTIME_REASON)
 
-    _ack(
-        stack.origin_secret.secret,
-        "SMG4",
-        "The origin secret is read by CloudFormation (dynamic references) into CloudFront's"
-        " origin header and the functions' environment at deploy time: an automatic"
-        " rotation would change it in neither, and every request would be refused until the"
-        " next deploy. It is rotated by raising originSecretGeneration in a deploy"
-        ' (docs/deploy.md "One door").',
-    )
+    for secret in (stack.origin_secret, stack.next_origin_secret):
+        _ack(
+            secret.secret,
+            "SMG4",
+            "The origin secret is read by CloudFormation (dynamic references) into"
+            " CloudFront's origin header and the functions' environment at deploy time: an"
+            " automatic rotation would change it in neither, and every request would be"
+            " refused until the next deploy. It is rotated by raising originSecretGeneration"
+            ' in a deploy (docs/deploy.md "One door").',
+        )
 
     provider = stack.jwks_publication.provider
     _ack(

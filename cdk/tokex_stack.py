@@ -36,6 +36,7 @@ from cdk.functions import RUNTIME, JwksPublication, TokexFunction
 from cdk.issuer_site import INTROSPECT_PATH, TOKEN_PATH, IssuerSite
 from cdk.layer_bundling import CoreLayer
 from cdk.origin_secret import (
+    NEXT_ORIGIN_SECRET_ENV,
     ORIGIN_HEADER,
     ORIGIN_SECRET_ENV,
     OriginSecret,
@@ -113,6 +114,10 @@ class TokexStack(Stack):
         self.token_api = token_api(self, config)
         generation = config.origin_secret_generation
         self.origin_secret = OriginSecret(self, origin_secret_id(generation))
+        # The next generation's, made now and admitted by the functions from now on, so
+        # that raising originSecretGeneration switches CloudFront to a secret they already
+        # admit (cdk/origin_secret.py): the same construct id then, the same secret.
+        self.next_origin_secret = OriginSecret(self, origin_secret_id(generation + 1))
         # The Regional APIs' door: named and replicated, so that each Regional stack
         # reads its own Region's copy by name (docs/multi-region.md "Stacks").
         self.regional_origin_secret = (
@@ -152,7 +157,10 @@ class TokexStack(Stack):
         ttl_cap = str(config.ttl_cap_seconds)
         base = function_base_settings(config, issuer=self.issuer, signing_key_id=key_arn)
         # Only CloudFront knows it: the API's execute-api URL is refused (tokex/edge.py).
-        behind_cloudfront = {ORIGIN_SECRET_ENV: self.origin_secret.value}
+        behind_cloudfront = {
+            ORIGIN_SECRET_ENV: self.origin_secret.value,
+            NEXT_ORIGIN_SECRET_ENV: self.next_origin_secret.value,
+        }
         # Multi-Region: the home exchange is a Regional exchange too (its own Region's
         # evidence only, docs/security.md "Regional exchanges").
         serving = {SERVING_REGION_ENV: config.home_region} if config.is_multi_region else {}
@@ -180,6 +188,11 @@ class TokexStack(Stack):
                 **introspect_settings(published_key_ids, state_table),
             },
         )
+        # A rotation switches CloudFront first: the functions get the next secret only
+        # once the distribution has deployed (CloudFormation waits for that), when no
+        # edge sends the secret they stop admitting.
+        for function in (self.exchange, self.introspect):
+            function.function.node.add_dependency(self.issuer_site.distribution)
         self.publisher = TokexFunction(
             self,
             "JwksPublisher",

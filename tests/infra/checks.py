@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, cast
 from aws_cdk.assertions import Match, Template
 
 from cdk.layer_bundling import BytecodeCompiler
-from tokex.edge import ORIGIN_HEADER, ORIGIN_SECRET_ENV
+from tokex.edge import NEXT_ORIGIN_SECRET_ENV, ORIGIN_HEADER, ORIGIN_SECRET_ENV
 
 P = ParamSpec("P")
 STACK = "Tokex"
@@ -293,7 +293,7 @@ def check_introspection_wiring(
     published = published_ids(template, slots=slots, active=active, published_keys=published_keys)
     env = dict(_env(template, "Introspect/Function"))
     assert split_ids(env.pop("TOKEX_PUBLISHED_KEY_IDS")) == published
-    assert env.pop(ORIGIN_SECRET_ENV)  # its value: check_one_door
+    assert env.pop(ORIGIN_SECRET_ENV) and env.pop(NEXT_ORIGIN_SECRET_ENV)  # check_one_door
     assert env.pop("POWERTOOLS_TRACE_DISABLED")  # its value: check_functions
     assert env == {
         "TOKEX_ISSUER": issuer,
@@ -1025,16 +1025,26 @@ def check_one_door(template: Template) -> None:
       reference (never a literal in the template);
     - every function API Gateway may invoke, and every function an API integration
       targets, has that same reference as TOKEX_ORIGIN_SECRET, so it refuses requests
-      from the execute-api URL;
+      from the execute-api URL, and the next generation's secret (another one of the
+      stack's secrets) as TOKEX_ORIGIN_SECRET_NEXT, and deploys after the distribution
+      (a rotation refuses no one: CloudFront switches to the secret they admit first);
     - nothing else can invoke them: no function URL, and no permission for another
       principal than API Gateway (the publisher's schedule, which takes no request).
     """
     resources = raw(template)["Resources"]
-    secret = logical_id(template, "OriginSecret/Secret")
-    reference = {
-        "Fn::Join": ["", ["{{resolve:secretsmanager:", {"Ref": secret}, ":SecretString:::}}"]]
-    }
-    distribution = resource(template, "IssuerSite/Distribution")["Properties"]
+
+    def reference(secret: str) -> dict[str, Any]:
+        return {
+            "Fn::Join": ["", ["{{resolve:secretsmanager:", {"Ref": secret}, ":SecretString:::}}"]]
+        }
+
+    secrets = [
+        logical
+        for logical, r in resources.items()
+        if r["Type"] == "AWS::SecretsManager::Secret" and "Name" not in r["Properties"]
+    ]
+    distribution_id = logical_id(template, "IssuerSite/Distribution")
+    distribution = resources[distribution_id]["Properties"]
     api_origin_id = logical_id(template, "TokenApi/Api")
     api_origins = [
         origin
@@ -1042,9 +1052,13 @@ def check_one_door(template: Template) -> None:
         if api_origin_id in set(_iter_refs(origin["DomainName"]))
     ]
     assert len(api_origins) == 1
-    assert api_origins[0]["OriginCustomHeaders"] == [
-        {"HeaderName": ORIGIN_HEADER, "HeaderValue": reference}
-    ]
+    [header] = api_origins[0]["OriginCustomHeaders"]
+    assert header["HeaderName"] == ORIGIN_HEADER
+    current = [secret for secret in secrets if header["HeaderValue"] == reference(secret)]
+    assert len(current) == 1, header  # a dynamic reference to one of the stack's secrets
+    others = [secret for secret in secrets if secret not in current]
+    assert len(others) == 1, secrets
+    current_secret, next_secret = current[0], others[0]
 
     publisher = logical_id(template, "JwksPublisher/Function")
     gated: set[str] = set()
@@ -1066,7 +1080,9 @@ def check_one_door(template: Template) -> None:
     }
     for function in gated:
         env = resources[function]["Properties"]["Environment"]["Variables"]
-        assert env[ORIGIN_SECRET_ENV] == reference, function
+        assert env[ORIGIN_SECRET_ENV] == reference(current_secret), function
+        assert env[NEXT_ORIGIN_SECRET_ENV] == reference(next_secret), function
+        assert distribution_id in resources[function].get("DependsOn", []), function
     assert not [r for r in resources.values() if r["Type"] == "AWS::Lambda::Url"]
 
 

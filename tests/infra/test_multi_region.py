@@ -21,7 +21,7 @@ import pytest
 from tests.infra import checks
 from tests.infra.checks import INTROSPECT_READ_CONDITION
 from tests.infra.conftest import OIF_ISSUER, TEST_NONCE, Synthesized
-from tokex.edge import ORIGIN_HEADER, ORIGIN_SECRET_ENV
+from tokex.edge import NEXT_ORIGIN_SECRET_ENV, ORIGIN_HEADER, ORIGIN_SECRET_ENV
 
 pytestmark = pytest.mark.infra
 
@@ -402,6 +402,17 @@ def test_a_new_origin_secret_generation_replaces_both_secrets_everywhere(
     old_home, _ = multi.at("Tokex", "OriginSecret/Secret")
     new_home, _ = rotated.at("Tokex", "OriginSecret2/Secret")
     assert old_home != new_home and old_home not in rotated.resources("Tokex")
+    # The new one is the resource generation 1 made as its next and its functions admit:
+    # the same secret, so the switch refuses no one (docs/deploy.md "One door").
+    assert multi.at("Tokex", "OriginSecret2/Secret")[0] == new_home
+    for function in ("Exchange", "Introspect"):
+        assert {"Ref": new_home} in multi.env("Tokex", function)[NEXT_ORIGIN_SECRET_ENV][
+            "Fn::Join"
+        ][1]
+        assert (
+            rotated.env("Tokex", function)[NEXT_ORIGIN_SECRET_ENV]
+            != (multi.env("Tokex", function)[NEXT_ORIGIN_SECRET_ENV])
+        )
     regional_id, regional = rotated.at("Tokex", "RegionalOriginSecret/Secret")
     assert regional["Properties"]["Name"] == REGIONAL_SECRET + "-2"
     for function in ("Exchange", "Introspect"):

@@ -289,6 +289,23 @@ ONE_DOOR_MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], 
     ("introspect ungated", lambda r: _env(r, "Introspect").pop("TOKEX_ORIGIN_SECRET"), one_door),
     ("function URL", _function_url, one_door),
     ("public permission", _public_permission, one_door),
+    (
+        "no next origin secret",
+        lambda r: _env(r, "Exchange").pop("TOKEX_ORIGIN_SECRET_NEXT"),
+        one_door,
+    ),
+    (
+        "next origin secret is the current one",
+        lambda r: _env(r, "Introspect").update(
+            TOKEX_ORIGIN_SECRET_NEXT=_env(r, "Introspect")["TOKEX_ORIGIN_SECRET"]
+        ),
+        one_door,
+    ),
+    (
+        "functions deploy beside the distribution",
+        lambda r: _res(r, "Exchange/Function").pop("DependsOn"),
+        one_door,
+    ),
 ]
 
 MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] = [

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from tokex.edge import ORIGIN_HEADER, ORIGIN_SECRET_ENV, NotThroughIssuer, OriginGate
+from tokex.edge import (
+    NEXT_ORIGIN_SECRET_ENV,
+    ORIGIN_HEADER,
+    ORIGIN_SECRET_ENV,
+    NotThroughIssuer,
+    OriginGate,
+)
 from tokex.errors import ConfigurationError
 
 SECRET = "A1b2C3d4" * 6
+NEXT = "Z9y8X7w6" * 6
 
 
 def test_the_secret_admits_and_nothing_else_does() -> None:
@@ -50,3 +57,25 @@ def test_local_mode_has_no_cloudfront_and_an_open_gate() -> None:
     gate = OriginGate.from_env({})
     assert gate.is_open
     gate.check({})
+
+
+def test_the_next_generations_secret_admits_too_so_a_rotation_refuses_no_one() -> None:
+    """CloudFront switches to the secret the functions already admit as the next one; the
+    functions then get a new next one, and the old secret is refused from then on."""
+    before = OriginGate.from_env({ORIGIN_SECRET_ENV: SECRET, NEXT_ORIGIN_SECRET_ENV: NEXT})
+    before.check({ORIGIN_HEADER: SECRET})  # edges not yet switched
+    before.check({ORIGIN_HEADER: NEXT})  # edges already switched
+    after = OriginGate.from_env({ORIGIN_SECRET_ENV: NEXT, NEXT_ORIGIN_SECRET_ENV: "N" * 48})
+    after.check({ORIGIN_HEADER: NEXT})
+    for presented in (SECRET, f"{SECRET},{NEXT}", NEXT[:-1], ""):
+        with pytest.raises(NotThroughIssuer):
+            after.check({ORIGIN_HEADER: presented})
+
+
+def test_the_next_secret_alone_opens_nothing() -> None:
+    with pytest.raises(ConfigurationError, match=f"{NEXT_ORIGIN_SECRET_ENV} needs"):
+        OriginGate.from_env({NEXT_ORIGIN_SECRET_ENV: NEXT})
+    with pytest.raises(ConfigurationError, match=ORIGIN_SECRET_ENV):
+        OriginGate.from_env({"AWS_LAMBDA_FUNCTION_NAME": "x", NEXT_ORIGIN_SECRET_ENV: NEXT})
+    with pytest.raises(ConfigurationError, match=f"{NEXT_ORIGIN_SECRET_ENV} must be at least"):
+        OriginGate.from_env({ORIGIN_SECRET_ENV: SECRET, NEXT_ORIGIN_SECRET_ENV: "short"})
