@@ -59,13 +59,6 @@ _KMS_KEY_ARN = re.compile(
     rf"{_ARN_HEAD}:kms:{identifiers.REGION.pattern}:{_ACCOUNT}:key/"
     r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
 )
-# Lambda allows 4 KB of environment variables per function (names and values together;
-# Lambda Developer Guide, "Lambda quotas"). The exchange's other variables take about
-# 0.7 KB (measured on a synthesized template, generated names at their usual length), up
-# to 1.5 KB with every STS region in stsRegions and a long custom domain, so
-# TOKEX_TRUSTED_ISSUERS may take 2.5 KB: checked at synth rather than refused by Lambda
-# halfway through a deploy.
-MAX_TRUSTED_ISSUERS_ENV_BYTES = 2560
 MAX_RATE_LIMIT_PER_MINUTE = 100_000
 
 
@@ -302,13 +295,6 @@ class TokexConfig:
             )
         except TrustedIssuerError as err:
             raise ConfigError(str(err)) from None
-        size = len(self.trusted_issuers.to_json().encode()) if self.trusted_issuers else 0
-        if size > MAX_TRUSTED_ISSUERS_ENV_BYTES:
-            raise ConfigError(
-                f"trustedIssuers is {size} bytes as JSON, more than the"
-                f" {MAX_TRUSTED_ISSUERS_ENV_BYTES} the exchange's environment has room for"
-                " (Lambda's 4 KB limit)"
-            )
 
     @property
     def active_key(self) -> str:

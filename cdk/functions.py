@@ -34,6 +34,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from cdk.environment_size import check_environment
 from cdk.layer_bundling import (
     BytecodeCompiler,
     locally_bundled_code,
@@ -148,6 +149,12 @@ class TokexFunction(Construct):
         tracing: str,
     ) -> None:
         super().__init__(scope, construct_id)
+        environment = {
+            **environment,
+            # The tracer in the function (tokex_functions/tracing.py) only for "sdk".
+            "POWERTOOLS_TRACE_DISABLED": "false" if tracing == "sdk" else "true",
+        }
+        self.environment_bytes = check_environment(scope, construct_id, environment)
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention)
         self.role = iam.Role(
             self,
@@ -170,11 +177,7 @@ class TokexFunction(Construct):
             timeout=timeout,
             tracing=lambda_.Tracing.DISABLED if tracing == "off" else lambda_.Tracing.ACTIVE,
             log_group=self.log_group,
-            environment={
-                **environment,
-                # The tracer in the function (tokex_functions/tracing.py) only for "sdk".
-                "POWERTOOLS_TRACE_DISABLED": "false" if tracing == "sdk" else "true",
-            },
+            environment=environment,
         )
 
 

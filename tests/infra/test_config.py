@@ -11,7 +11,6 @@ import pytest
 
 from cdk.config import (
     CONTEXT_KEYS,
-    MAX_TRUSTED_ISSUERS_ENV_BYTES,
     ConfigError,
     TokexConfig,
     check_cli_region,
@@ -346,18 +345,6 @@ def test_own_issuer_is_refused_only_when_synth_knows_it() -> None:
     other = {"domainName": "tokex.example.com", "certificateArn": CERT, "trustedIssuers": [own]}
     assert config_from(other).trusted_issuers.get("https://auth.example.com") is not None
     assert config_from({"trustedIssuers": [own]}).trusted_issuers
-
-
-def _eks(index: int) -> dict[str, str]:
-    return {**EKS_ISSUER, "issuer": f"{EKS_ISSUER['issuer'][:-4]}{index:04X}"}
-
-
-def test_trusted_issuers_must_fit_the_exchange_environment() -> None:
-    fitting = [_eks(i) for i in range(MAX_TRUSTED_ISSUERS_ENV_BYTES // 200)]
-    assert len(config_from({"trustedIssuers": fitting}).trusted_issuers.issuers) == len(fitting)
-    too_many = [_eks(i) for i in range(MAX_TRUSTED_ISSUERS_ENV_BYTES // 150)]
-    with pytest.raises(ConfigError, match=r"trustedIssuers is \d+ bytes as JSON, more than"):
-        config_from({"trustedIssuers": too_many})
 
 
 @pytest.mark.parametrize(
