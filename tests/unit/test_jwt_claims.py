@@ -105,6 +105,10 @@ def test_the_principal_is_principal_id_never_sub() -> None:
             lambda c: c[STS_NAMESPACE].update(principal_id="arn:aws:iam::210987654321:role/x"),
             "oif_principal",
         ),
+        (  # an account of the issuer's number in another partition is another account
+            lambda c: c[STS_NAMESPACE].update(principal_id=f"arn:aws-cn:iam::{ACCOUNT}:role/x"),
+            "oif_principal",
+        ),
         (lambda c: c[STS_NAMESPACE].update(lambda_source_function_arn="nope"), "oif_claims"),
         (
             lambda c: c[STS_NAMESPACE].update(

@@ -8,6 +8,7 @@ claim that reaches a policy or a token is checked for shape first. Refusals are
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,10 @@ MAX_TAG_KEY_LENGTH = 128
 MAX_TAG_VALUE_LENGTH = 256
 MAX_ATTRIBUTE_LENGTH = 2048
 MAX_OU_PATHS = 10
+# An account number names an account in one partition only, and an issuer's domain says
+# which: one under AWS's commercial domain vouches for `aws` accounts (of other issuers'
+# domains tokex knows none, and does not guess).
+ISSUER_DOMAIN_PARTITIONS = ((".api.aws", "aws"),)
 
 
 def caller_from_claims(issuer: TrustedIssuer, claims: Mapping[str, Any]) -> CallerIdentity:
@@ -62,6 +67,8 @@ def caller_from_oif_claims(issuer: TrustedIssuer, claims: Mapping[str, Any]) -> 
     partition, principal_account = matched.group(1), matched.group(2)
     if principal_account != account:
         raise _refused("principal_id is not in the token's account", "oif_principal")
+    if partition != _issuer_partition(issuer.issuer, partition):
+        raise _refused("principal_id is not in its issuer's partition", "oif_principal")
     if role is not None:
         # The canonical principal is path-less (`role/Name`), as SigV4 evidence names it
         # (STS never reveals a role's path), so one policy pattern matches both.
@@ -76,6 +83,15 @@ def caller_from_oif_claims(issuer: TrustedIssuer, claims: Mapping[str, Any]) -> 
         evidence=AWS_OIF,
         workload=_workload(sts, account),
     )
+
+
+def _issuer_partition(issuer: str, otherwise: str) -> str:
+    """The partition `issuer`'s domain belongs to, else `otherwise`."""
+    host = urllib.parse.urlsplit(issuer).hostname or ""
+    for suffix, partition in ISSUER_DOMAIN_PARTITIONS:
+        if host.endswith(suffix):
+            return partition
+    return otherwise
 
 
 def caller_from_eks_claims(issuer: TrustedIssuer, claims: Mapping[str, Any]) -> CallerIdentity:
