@@ -208,11 +208,23 @@ class JwksPublication(Construct):
         )
         # The provider framework answers CloudFormation (success or failure) for the
         # publisher, which only returns {"PhysicalResourceId": ...}.
+        # Its role is ours, not aws-cdk-lib's default with the AWS managed basic execution
+        # policy (CloudWatch Logs on every log group): writing its own log group only; the
+        # provider adds the publisher's invocation.
+        provider_logs = logs.LogGroup(self, "ProviderLogs", retention=log_retention)
+        self.provider_role = provider_role = iam.Role(
+            self,
+            "ProviderRole",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="tokex JWKS publication provider: its log group, the publisher",
+        )
+        provider_logs.grant_write(provider_role)
         self.provider = cr.Provider(
             self,
             "Provider",
             on_event_handler=publisher,
-            log_group=logs.LogGroup(self, "ProviderLogs", retention=log_retention),
+            log_group=provider_logs,
+            framework_on_event_role=provider_role,
         )
         self.resource = CustomResource(
             self,

@@ -108,16 +108,8 @@ def acknowledge_findings(stack: TokexStack) -> None:
             ' in a deploy (docs/deploy.md "One door").',
         )
 
-    provider = stack.jwks_publication.provider
     _ack(
-        provider,
-        "IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
-        "AWSLambdaBasicExecutionRole]",
-        "The CDK custom-resource provider framework function (not our code) is created by"
-        " aws-cdk-lib with the AWS managed basic execution role: CloudWatch Logs only.",
-    )
-    _ack(
-        provider,
+        stack.jwks_publication.provider_role,
         f"IAM5[Resource::{_arn_token(stack, stack.publisher.function)}:*]",
         "The provider framework may invoke the JWKS publisher function and its versions"
         " (ARN:*); it is that one function and nothing else.",
