@@ -168,6 +168,8 @@ def test_an_invalid_most_specific_allow_does_not_hand_its_callers_a_broader_one(
     ("change", "outcome"),
     [
         ({"enabled": False}, "skipped"),  # it decided nothing
+        ({"audiences": []}, "skipped"),  # it granted no audience
+        ({"principals": []}, "skipped"),  # it names no one
         ({"audiences": "orders-api"}, "every audience"),  # unreadable: denied for all
         ({"principals": "arn:aws:iam::123456789012:role/x"}, "503"),  # names no one readable
         ({"principals": ["*"]}, "503"),
@@ -192,6 +194,38 @@ def test_what_stands_in_for_an_invalid_allow(
     else:
         [blocking] = policies
         assert (blocking.effect, blocking.audiences) == ("deny", ("*",))
+
+
+def test_an_invalid_eks_allow_that_says_it_names_no_principal_denies_its_workloads(
+    store: PolicyStore, client: Any
+) -> None:
+    """`"principals": []` is how an EKS-only allow may say it names no IAM principal: its
+    stand-in denies its workloads for its audience, and blocks no one else's exchange."""
+    pods = {
+        "id": "payments-pods",
+        "effect": "allow",
+        "evidence": ["eks"],
+        "principals": [],
+        "eks": {
+            "clusters": ["123456789012:eu-west-1:prod"],
+            "namespaces": ["payments"],
+            "service_accounts": ["api"],
+        },
+        "audiences": ["payments-api"],
+    }
+    Policy.from_document(pods)  # valid as written
+    store.put(make_policy("orders-team"))
+    text = json.dumps({**pods, "note": "hand-edited"})
+    client.put_item(TableName=TABLE, Item={"id": {"S": "payments-pods"}, "document": {"S": text}})
+    policies, invalid = store.load_all()
+    assert invalid == ["payments-pods"]
+    [stand_in] = [policy for policy in policies if policy.id == "payments-pods"]
+    assert (stand_in.effect, stand_in.evidence, stand_in.audiences) == (
+        "deny",
+        ("eks",),
+        ("payments-api",),
+    )
+    assert stand_in.eks == Policy.from_document(pods).eks
 
 
 DENY = {

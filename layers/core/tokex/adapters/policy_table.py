@@ -202,15 +202,30 @@ def _invalid_allow(item: dict[str, Any]) -> dict[str, Any] | None:
 
 def _decided_something(allow: dict[str, Any]) -> bool:
     """Whether an invalid allow could have been the one that decided for some caller: not
-    if disabled, nor if it names no principal and no EKS workload at all."""
-    return allow.get("enabled", True) is not False and ("principals" in allow or "eks" in allow)
+    if disabled, nor if it names no principal and no EKS workload at all, nor if it names
+    no audience (an empty list: it granted none)."""
+    return (
+        allow.get("enabled", True) is not False
+        and bool(_named(allow))
+        and allow.get("audiences") != []
+    )
+
+
+def _named(allow: dict[str, Any]) -> dict[str, Any]:
+    """Whom an invalid allow names: its principals and EKS selectors, each if not empty
+    (`"principals": []` names no one: an EKS-only allow may say so)."""
+    return {
+        key: allow[key]
+        for key in ("principals", "eks")
+        if key in allow and allow[key] not in ([], {})
+    }
 
 
 def _blocking_deny(item_id: str, allow: dict[str, Any]) -> Policy | None:
     """A deny, under the invalid allow's id, of whom it names (its principals, its EKS
     selectors) for its audiences (every audience if those cannot be read); None if it
     names no one that can be read."""
-    names: dict[str, Any] = {key: allow[key] for key in ("principals", "eks") if key in allow}
+    names = _named(allow)
     if "eks" in names:
         names["evidence"] = [EKS] if "principals" not in names else [SIGV4, AWS_OIF, EKS]
     description = "stands in for an allow that no longer validates: fix it or delete it"
