@@ -18,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
+from tests.support.tls import HttpsServer, make_pki
 from tokex.cli import clients
 from tokex.tokens.jwks import build_jwks, jwk_from_public_key
 
@@ -163,6 +164,73 @@ def test_a_jwks_redirect_to_plain_http_is_refused_before_it_is_followed(redirect
         in (answer["error_description"])
     )
     assert Redirecting.asked == ["/.well-known/jwks.json"]
+
+
+class ServingJwks(QuietHandler):
+    """Answers every GET with `body` (a JWKS) and counts what it was asked."""
+
+    body: ClassVar[bytes] = b""
+    asked: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.asked.append(self.path)
+        self.send_document(200, self.body, {"Content-Type": "application/json"})
+
+
+def jwks_server(body: bytes) -> LoopbackServer:
+    handler = type("Jwks", (ServingJwks,), {"body": body, "asked": []})
+    return LoopbackServer(handler)
+
+
+def test_a_loopback_jwks_is_never_fetched_through_a_proxy(jwks_file: Path) -> None:
+    """A proxy handed the plain-http request could answer with keys of its own, and Kong
+    would trust them: the environment's proxies serve https only, as for `tokex token`."""
+    forged = jwks_file.read_text().replace('"kid": "', '"kid": "X')  # any other answer
+    with (
+        serving(jwks_server(jwks_file.read_bytes())) as issuer,
+        serving(jwks_server(forged.encode())) as proxy,
+    ):
+        done = tokex(
+            "kong-config", "--any-audience", "--global", "--json",
+            "--jwks", issuer.url + "/.well-known/jwks.json",
+            env={"HTTP_PROXY": proxy.url, "http_proxy": proxy.url, "NO_PROXY": "", "no_proxy": ""},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout
+        assert proxy.RequestHandlerClass.asked == []  # type: ignore[attr-defined]
+        assert issuer.RequestHandlerClass.asked == ["/.well-known/jwks.json"]  # type: ignore[attr-defined]
+
+
+class RedirectingToLoopback(QuietHandler):
+    """Sends every request to plain http on loopback (`location`)."""
+
+    location: ClassVar[str] = ""
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", self.location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_jwks_redirect_from_https_to_loopback_http_is_refused(
+    jwks_file: Path, tmp_path: Path
+) -> None:
+    """Loopback http is a `--jwks` on its own (`tokex local`), but reached from https it
+    is a downgrade: the https issuer's keys would come in clear text."""
+    pki = make_pki(tmp_path)
+    with serving(jwks_server(jwks_file.read_bytes())) as plain:
+        handler = type("Redirect", (RedirectingToLoopback,), {"location": plain.url + "/jwks.json"})
+        with serving(HttpsServer(handler, pki.server)) as https:
+            done = tokex(
+                "kong-config", "--any-audience", "--global", "--json",
+                "--jwks", https.url + "/.well-known/jwks.json",
+                env={"SSL_CERT_FILE": str(pki.ca_file)},
+            )  # fmt: skip
+        assert done.returncode == 1, done.stdout
+        answer = json.loads(done.stdout)
+        assert answer["error"] == "unreachable"
+        assert "a redirect from https may not downgrade" in answer["error_description"]
+        assert plain.RequestHandlerClass.asked == []  # type: ignore[attr-defined]
 
 
 def test_an_existing_file_too_large_is_refused_unread(tmp_path: Path, jwks_file: Path) -> None:

@@ -192,6 +192,34 @@ def test_unusable_jwks_is_refused(keys, change, message):
         kong.jwt_config(jwks, SERVICE, max_ttl=3600)
 
 
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"alg": ["RS256"]}, "not one tokex signs with"),  # was a TypeError: a tokex bug
+        ({"alg": {"RS256": 1}}, "not one tokex signs with"),
+        ({"use": "enc"}, "use 'enc' is not sig"),  # was told its alg was wrong
+        ({"use": ["sig"]}, "use \\['sig'\\] is not sig"),
+        ({"kid": "A" * 43}, "not the key's RFC 7638 thumbprint"),
+    ],
+)
+def test_a_foreign_jwks_entry_tokex_would_not_publish_is_refused(keys, change, message):
+    """A JWKS from elsewhere than tokex's publisher (a hand edit, a proxy's answer)."""
+    jwks = {"keys": [{**keys["RS256"][1], **change}]}
+    with pytest.raises(KongConfigError, match=message):
+        kong.jwt_config(jwks, SERVICE, max_ttl=3600)
+
+
+def test_two_keys_under_one_kid_are_refused_not_one_dropped(keys):
+    """Kong looks a credential up by kid alone: the second key used to vanish silently."""
+    rsa_jwk, ec_jwk = keys["RS256"][1], keys["ES256"][1]
+    jwks = {"keys": [rsa_jwk, {**ec_jwk, "kid": rsa_jwk["kid"]}]}
+    with pytest.raises(KongConfigError, match="not the key's RFC 7638 thumbprint"):
+        kong.published_keys(jwks)
+    assert [key.kid for key in kong.published_keys({"keys": [rsa_jwk, rsa_jwk]})] == [
+        rsa_jwk["kid"]
+    ]  # the same key twice is one key
+
+
 def test_a_ps256_key_is_refused_as_not_one_tokex_signs_with(keys):
     # tokex signs RS256 and ES256 only (identifiers.py); build_jwks would refuse it too.
     jwks = {"keys": [{**keys["RS256"][1], "alg": "PS256"}]}

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tokex import base64url, identifiers
-from tokex.tokens.jwks import DISCOVERY_PATH, MIN_RSA_BITS
+from tokex.tokens.jwks import DISCOVERY_PATH, MIN_RSA_BITS, rfc7638_thumbprint
 
 FORMAT_VERSION = "3.0"
 TAGS = ("tokex",)
@@ -181,11 +181,17 @@ def published_keys(jwks: Mapping[str, Any]) -> list[PublishedKey]:
         kid, alg = jwk.get("kid"), jwk.get("alg")
         if not isinstance(kid, str) or not _KID.fullmatch(kid):
             raise KongConfigError(f"JWK kid {kid!r} is not a base64url thumbprint")
-        if jwk.get("use", "sig") != "sig" or alg not in _KEY_TYPES:
+        if jwk.get("use", "sig") != "sig":
+            raise KongConfigError(f"JWK {kid}: use {jwk.get('use')!r} is not sig")
+        if not isinstance(alg, str) or alg not in _KEY_TYPES:
             raise KongConfigError(f"JWK {kid}: alg {alg!r} is not one tokex signs with")
         if jwk.get("kty") != _KEY_TYPES[alg]:
             raise KongConfigError(f"JWK {kid}: a {jwk.get('kty')} key cannot sign {alg}")
         pem = public_key_pem(jwk)
+        # Kong looks a credential up by kid alone: a kid that is not the key's own
+        # thumbprint (docs/contract.md) could name two keys, one of them silently dropped.
+        if rfc7638_thumbprint(jwk) != kid:
+            raise KongConfigError(f"JWK {kid}: the kid is not the key's RFC 7638 thumbprint")
         found.setdefault(kid, PublishedKey(kid, alg, pem))
     return [found[kid] for kid in sorted(found)]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tokex import bounded_http
 from tokex.cli.deck_file import parse_document, read_existing, render, write_private
 
 __all__ = ["parse_document", "read_jwks", "register", "render", "run"]
@@ -418,7 +419,9 @@ def read_jwks(source: str) -> dict[str, Any]:
 def _fetch(url: str) -> bytes:
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
     try:
-        opener = urllib.request.build_opener(_NoDowngrade)
+        # The environment's proxies for https only: plain http (a loopback issuer) through
+        # a proxy would let it answer with keys of its own.
+        opener = bounded_http.urllib_opener(_NoDowngrade)
         with opener.open(request, timeout=FETCH_TIMEOUT_SECONDS) as response:
             return bytes(response.read(MAX_JWKS_BYTES + 1))
     except urllib.error.HTTPError as err:
@@ -468,7 +471,11 @@ class _NoDowngrade(urllib.request.HTTPRedirectHandler):
     def redirect_request(
         self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
     ) -> Any:
-        if problem := _fetch_url_problem(newurl):
+        problem = _fetch_url_problem(newurl)
+        downgrade = urlsplit(req.full_url).scheme == "https" != urlsplit(newurl).scheme
+        if problem is None and downgrade:
+            problem = "is plain http: a redirect from https may not downgrade"
+        if problem:
             raise CommandError(
                 f"cannot fetch the JWKS: {req.full_url} redirects to {newurl}, which {problem}",
                 error=UNREACHABLE,
