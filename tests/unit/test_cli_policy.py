@@ -396,6 +396,25 @@ def test_explain_principal_id_decides_pinned_policies(capsys, tmp_path) -> None:
     assert explain_json(capsys, tmp_path, *argv, "--principal-id", "AROAOTHER")["policy"] is None
 
 
+def test_explain_says_a_role_shorthand_is_read_in_the_aws_partition(capsys, tmp_path) -> None:
+    argv = ["--principal", "role/orders-api", "--account", ACCOUNT, "--audience", "orders-api"]
+    result = explain_json(capsys, tmp_path, *argv)
+    assert f"role/orders-api read as arn:aws:iam::{ACCOUNT}:role/orders-api (partition aws" in (
+        " ".join(result["notes"])
+    )
+
+
+def test_explain_caps_a_policy_files_ttl_as_the_exchange_does(capsys, tmp_path) -> None:
+    """The exchange reads stored documents against the largest cap and caps the TTL it
+    grants: a file was refused for a TTL above --ttl-cap."""
+    long = {**READER, "id": "long", "max_ttl_seconds": 3600}
+    files = ["--policy-file", write(tmp_path, long, "long")]
+    argv = ["explain", *files, "--principal", SESSION, "--audience", "orders-api", "--json"]
+    code, out, _ = tokex(capsys, *argv, "--ttl-cap", "900", "--default-ttl", "900")
+    result = json.loads(out)
+    assert (code, result["policy"], result["ttl_seconds"]) == (0, "long", 900)
+
+
 def test_explain_maps_principals_as_the_sts_forwarder_does(capsys, tmp_path) -> None:
     with_path = f"arn:aws:iam::{ACCOUNT}:role/team/orders-api"
     result = explain_json(capsys, tmp_path, "--principal", with_path, "--audience", "orders-api")
@@ -880,6 +899,11 @@ def test_explain_claims_that_are_not_a_payload_are_a_failure(capsys, tmp_path, c
         ),
         (
             ["--principal", ROLE, "--audience", "a", "--at", "0001-01-01T00:00:00+01:00"],
+            "--at",
+            "between years 1 and 9999",
+        ),
+        (  # its timestamp rounds into year 10000: was an internal error
+            ["--principal", ROLE, "--audience", "a", "--at", "9999-12-31T23:59:59.999999Z"],
             "--at",
             "between years 1 and 9999",
         ),

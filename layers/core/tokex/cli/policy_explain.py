@@ -31,7 +31,7 @@ from tokex.cli.request_arguments import check_audience, requested_scopes
 from tokex.errors import InvalidGrant, InvalidRequest, TokexError
 from tokex.evidence.identity import AWS_OIF, EKS, SIGV4, CallerIdentity, InstanceIdentity
 from tokex.policy.globs import principal_matches
-from tokex.policy.model import Policy
+from tokex.policy.model import MAX_TTL_CAP_SECONDS, Policy
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS, DEFAULT_TTL_SECONDS
 from tokex.strict_json import StrictJsonError, loads_strict
 
@@ -282,8 +282,12 @@ def _at(value: str | None) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
         if parsed.tzinfo is not None:
-            return parsed.astimezone(UTC)  # OverflowError: outside years 1..9999 in UTC
-    except (ValueError, OverflowError):
+            utc = parsed.astimezone(UTC)  # OverflowError: outside years 1..9999 in UTC
+            # Evaluation reads it back from a timestamp, whose float rounding can carry
+            # the last microsecond of 9999 into year 10000.
+            datetime.fromtimestamp(utc.timestamp(), UTC)
+            return utc
+    except (ValueError, OverflowError, OSError):
         pass
     raise UsageError(
         f"--at {value!r}: expected an ISO 8601 time with a zone between years 1 and "
@@ -472,7 +476,11 @@ def _policies(
 ) -> tuple[list[Policy], str, list[str]]:
     """(policies, where they came from, ids of stored documents the exchange skips)."""
     if deployment is None:
-        policies = [load_policy_file(path, ttl_cap=args.ttl_cap) for path in args.policy_file]
+        # Judged as the exchange judges stored documents (against the largest cap; the
+        # deployment's --ttl-cap only caps the TTL granted), not refused for a TTL it caps.
+        policies = [
+            load_policy_file(path, ttl_cap=MAX_TTL_CAP_SECONDS) for path in args.policy_file
+        ]
         ids = [p.id for p in policies]
         if len(set(ids)) != len(ids):
             shared = sorted({i for i in ids if ids.count(i) > 1})

@@ -41,6 +41,10 @@ def caller_from_principal(
                 input="--account",
             )
         principal = f"arn:aws:iam::{account}:{principal}"
+        notes.append(
+            f"{principal.split(':', 5)[5]} read as {principal} (partition aws: give the whole"
+            " ARN for another)"
+        )
     if principal_id is not None and not identifiers.PRINCIPAL_ID.fullmatch(principal_id):
         raise UsageError(
             f"--principal-id {principal_id!r}: must be 1-128 of A-Za-z0-9 (AROA…/AIDA…)",
