@@ -128,6 +128,18 @@ def test_specificity_uses_the_pattern_that_matched() -> None:
     assert run([other, policy("b", principals=[ROLE + "ord*"])]).policy.id == "b"
 
 
+def test_an_exact_name_beats_a_pattern_of_the_same_literal_prefix() -> None:
+    """`role/orders-api` and `role/orders-api*` share a literal prefix: the read-only
+    policy of that one role lost to the family's, by id, with every scope it grants."""
+    family = policy("a-family", principals=[ROLE + "orders-api*"], scopes=["orders:write"])
+    readonly = policy("z-readonly", principals=[ROLE + "orders-api"], scopes=["orders:read"])
+    assert run([family, readonly], scopes=()).policy.id == "z-readonly"
+    assert run([readonly, family], scopes=()).scopes == ("orders:read",)
+    # Within one policy too: its exact pattern is the one that matched.
+    both = policy("b-both", principals=[ROLE + "orders-api*", ROLE + "orders-api"], scopes=[])
+    assert run([family, both], scopes=()).policy.id == "b-both"
+
+
 def test_ties_are_broken_by_id() -> None:
     first, second = policy("alpha", scopes=["x"]), policy("beta", scopes=["y"])
     assert run([second, first]).policy.id == "alpha"

@@ -102,6 +102,9 @@ class PolicyLine:
     stage: int = 0
     workload: tuple[str, ...] = ()
     conditions: tuple[str, ...] = ()
+    # Whether that pattern has no wildcard: an exact name beats a pattern of the same
+    # literal prefix (`role/orders-api` over `role/orders-api*`).
+    exact: bool = False
 
     def render_detail(self) -> str:
         parts = [self.detail]
@@ -199,8 +202,9 @@ def explain(
     allows = [(p, line) for p, line in by_line if line.applies and p.effect == "allow"]
     if not allows:
         return Explanation(lines, None, _invalid_target(audience, _no_allow_reason(by_line)))
-    # Most specific: longest literal prefix of the matching principal pattern; then id.
-    chosen = min(allows, key=lambda pair: (-pair[1].specificity, pair[0].id))[0]
+    # Most specific: longest literal prefix of the matching principal pattern; then an
+    # exact name over a pattern; then id.
+    chosen = min(allows, key=lambda pair: (-pair[1].specificity, not pair[1].exact, pair[0].id))[0]
 
     if requested_scopes:
         missing = [s for s in dict.fromkeys(requested_scopes) if s not in chosen.scopes]
@@ -261,6 +265,7 @@ def _assess(
             stage,
             workload=tuple(verdict.text() for verdict in workload),
             conditions=tuple(verdict.text() for verdict in conditions),
+            exact=not has_wildcard(pattern),
         )
 
     for stage, kind, verdicts in (
@@ -289,7 +294,7 @@ def _principal_match(policy: Policy, caller: CallerIdentity) -> tuple[str, str] 
     matching = [p for p in policy.principals if principal_matches(fold(p), principal)]
     if not matching:
         return None
-    return "principal", max(matching, key=literal_prefix_length)
+    return "principal", max(matching, key=_specificity)
 
 
 def _eks_match(selectors: EksSelectors, workload: EksWorkload) -> str | None:
@@ -310,8 +315,14 @@ def _eks_match(selectors: EksSelectors, workload: EksWorkload) -> str | None:
             return None
         # On a tie (`prod` and `prod*` for "prod") the literal one: only it lets the
         # literal prefix run on.
-        chosen.append(max(matching, key=lambda g: (literal_prefix_length(g), not has_wildcard(g))))
+        chosen.append(max(matching, key=_specificity))
     return ":".join(("eks", *chosen))
+
+
+def _specificity(pattern: str) -> tuple[int, bool]:
+    """How specific a matching pattern is: its literal prefix, then whether it is exact
+    (on a tie, `prod` over `prod*`: only the literal one lets an EKS prefix run on)."""
+    return literal_prefix_length(pattern), not has_wildcard(pattern)
 
 
 def _parts_match(pattern: str, value: str) -> bool:
