@@ -312,6 +312,31 @@ def test_stored_ttl_above_todays_cap_still_loads(store: PolicyStore) -> None:
     assert store.list() == [long]
 
 
+def test_every_item_that_blocks_the_table_is_named_and_the_inventory_shows_all(
+    store: PolicyStore, client: Any
+) -> None:
+    """An operator fixing a blocked table learns of every item at once (it learnt of the
+    next only after each fix), and `inventory` shows the valid policies as stored."""
+    store.put(make_policy("orders"))
+    for item_id, document in (
+        ("deny-a", {"id": "deny-a"}),  # may be a deny
+        ("deny-b", {"id": "deny-b", "effect": "deny", "note": "x"}),
+        ("broken-allow", {**make_policy("broken-allow").to_document(), "note": "x"}),
+    ):
+        item = {"id": {"S": item_id}, "document": {"S": json.dumps(document)}}
+        client.put_item(TableName=TABLE, Item=item)
+    with pytest.raises(TemporarilyUnavailable) as info:
+        store.load_all()
+    assert info.value.reason.startswith("2 policies block every exchange: ")
+    assert "'deny-a'" in info.value.reason and "'deny-b'" in info.value.reason
+    inventory = store.inventory()
+    assert [p.id for p in inventory.policies] == ["orders"]  # no stand-in among them
+    assert list(inventory.invalid) == ["broken-allow", "deny-a", "deny-b"]
+    assert inventory.blocking == ["deny-a", "deny-b"]
+    assert inventory.invalid["broken-allow"].startswith("the exchange denies the callers")
+    assert inventory.invalid["deny-a"].endswith("(invalid, and may be a deny)")
+
+
 def test_an_allow_stored_with_no_principal_ids_by_earlier_versions_still_applies(
     store: PolicyStore, client: Any
 ) -> None:

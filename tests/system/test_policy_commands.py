@@ -198,7 +198,7 @@ def test_hand_edited_invalid_item_is_reported(system, cli) -> None:
     dynamodb.put_item(TableName=system.deployment.policy_table, Item=item)
     try:
         code, _, err = cli("list")
-        assert code == 0 and "invalid documents: zz-hand-edited" in err
+        assert code == 0 and "invalid document zz-hand-edited: the exchange skips it" in err
         # In a process of its own, as in a shell: no logging handler anywhere, so the
         # store's warning would reach stderr through Python's last resort.
         deployment = system.deployment
@@ -223,16 +223,26 @@ def test_hand_edited_invalid_item_is_reported(system, cli) -> None:
         assert cli("delete", "zz-hand-edited")[0] == 0
 
 
-def test_an_invalid_item_that_may_be_a_deny_stops_the_listing(system, cli) -> None:
+def test_an_invalid_item_that_may_be_a_deny_fails_the_listing_after_listing_all(
+    system, cli
+) -> None:
+    """The exchange answers 503 while it is there: the listing says so and fails, yet shows
+    every policy and every invalid item (it stopped at the first such item)."""
     dynamodb = system.deployment.client("dynamodb")
-    item = {"id": {"S": "zz-maybe-deny"}, "document": {"S": '{"id": "zz-maybe-deny"}'}}
-    dynamodb.put_item(TableName=system.deployment.policy_table, Item=item)
+    for item_id in ("zz-maybe-deny", "zz-another"):
+        item = {"id": {"S": item_id}, "document": {"S": json.dumps({"id": item_id})}}
+        dynamodb.put_item(TableName=system.deployment.policy_table, Item=item)
     try:
-        code, _, err = cli("list")
+        code, out, err = cli("list")
         assert code == 1 and "zz-maybe-deny" in err and "may be a deny" in err
         assert "every exchange answers 503 until it is fixed or deleted" in err
+        assert "zz-maybe-deny, zz-another" in err or "zz-another, zz-maybe-deny" in err
+        assert "demo-" in out  # the valid policies, listed all the same
         code, out, _ = cli("list", "--json")
-        assert code == 1 and json.loads(out)["error"] == "invalid_policy"  # not an AWS failure
+        failure = json.loads(out)
+        assert code == 1 and failure["error"] == "invalid_policy"  # not an AWS failure
+        assert failure["invalid"] == ["zz-another", "zz-maybe-deny"] and failure["policies"]
+        assert cli("delete", "zz-another")[0] == 0
         code, _, err = cli("get", "zz-maybe-deny")
         assert code == 1 and "is invalid (effect: is required)" in err
         assert "every exchange answers 503 until it is fixed or deleted" in err  # not "skips"

@@ -967,11 +967,12 @@ def test_explain_agrees_with_evaluate_for_jwt_callers(capsys, tmp_path) -> None:
 def test_list_shows_eks_selectors_as_principals(capsys, monkeypatch) -> None:
     import contextlib
 
+    from tokex.adapters.policy_table import Inventory
     from tokex.cli import policy as policy_command
 
     class Store:
-        def load_all(self) -> tuple[list[Policy], list[str]]:
-            return [Policy.from_document(d) for d in (PAYMENTS_EKS, READER)], []
+        def inventory(self) -> Inventory:
+            return Inventory([Policy.from_document(d) for d in (PAYMENTS_EKS, READER)], {})
 
     class Found:
         table = "t"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from botocore import xform_name
@@ -38,6 +39,7 @@ _NAMES = {"#i": "id", "#d": "document"}
 # Aliases because the method `PolicyStore.list` shadows the builtin in the class body.
 _Policies = list[Policy]
 _Ids = list[str]
+BLOCKS_EVERY_EXCHANGE = "every exchange answers 503 until it is fixed or deleted"
 
 
 class PolicyStore:
@@ -83,8 +85,22 @@ class PolicyStore:
             raise
 
     def list(self) -> _Policies:
-        """Every valid policy, sorted by id (invalid items are logged and skipped)."""
-        return self.load_all()[0]
+        """Every valid stored policy, sorted by id (no stand-in of an invalid one)."""
+        return self.inventory().policies
+
+    def inventory(self) -> Inventory:
+        """What an operator needs to see, even of a table that blocks every exchange:
+        the valid stored policies, and each invalid item with what the exchange makes of
+        it (`tokex policy list`)."""
+        policies: list[Policy] = []
+        invalid: dict[str, str] = {}
+        for item in self._scan():
+            try:
+                policies.append(_parse(item))
+            except PolicyValidationError:
+                invalid[_item_id(item)] = _consequence(item)
+        policies.sort(key=lambda p: p.id)
+        return Inventory(policies, dict(sorted(invalid.items())))
 
     def load_all(self) -> tuple[_Policies, _Ids]:
         """(policies sorted by id, ids of items whose documents failed validation).
@@ -102,6 +118,7 @@ class PolicyStore:
         """
         policies: list[Policy] = []
         invalid: list[str] = []
+        blocking: list[PoliciesBlocked] = []
         for item in self._scan():
             try:
                 policies.append(_parse(item))
@@ -109,10 +126,16 @@ class PolicyStore:
             except PolicyValidationError as exc:
                 # The field and why, never the document (it may hold claim values).
                 log.warning("invalid policy %r: %s", _item_id(item), exc)
-            stand_in = _stand_in(item)
+            invalid.append(_item_id(item))
+            try:
+                stand_in = _stand_in(item)
+            except PoliciesBlocked as blocked:
+                blocking.append(blocked)  # every one named, not the first alone
+                continue
             if stand_in is not None:
                 policies.append(stand_in)
-            invalid.append(_item_id(item))
+        if blocking:
+            raise _blocked(blocking)
         policies.sort(key=lambda p: p.id)
         return policies, sorted(invalid)
 
@@ -267,22 +290,55 @@ def _consequence(item: dict[str, Any]) -> str:
     """What `load_all` makes of an item that does not validate, in an operator's words."""
     try:
         stand_in = _stand_in(item)
-    except PoliciesBlocked:
-        return "every exchange answers 503 until it is fixed or deleted"
+    except PoliciesBlocked as blocked:
+        return f"{BLOCKS_EVERY_EXCHANGE} (invalid, and {blocked.what})"
     if stand_in is None:
         return "the exchange skips it (it decides nothing: disabled, naming no one, or no policy)"
     return "the exchange denies the callers it names until it is fixed or deleted"
 
 
+@dataclass(frozen=True)
+class Inventory:
+    """The table as an operator sees it: `policies` valid as stored (no stand-ins), and
+    each invalid item's id with what the exchange makes of it."""
+
+    policies: _Policies
+    invalid: dict[str, str]
+
+    @property
+    def blocking(self) -> list[str]:
+        """The invalid items that make every exchange answer 503."""
+        blocks = BLOCKS_EVERY_EXCHANGE
+        return [key for key, what in self.invalid.items() if what.startswith(blocks)]
+
+
 class PoliciesBlocked(TemporarilyUnavailable):
     """A stored item stops every exchange (503) until an operator fixes or deletes it."""
 
+    # Why, of one item ("may be a deny"): what `tokex policy get` and `list` say of it.
+    what = ""
+
 
 def _unreadable(item_id: str, what: str) -> PoliciesBlocked:
-    return PoliciesBlocked(
+    blocked = PoliciesBlocked(
         "policies are being updated; retry later",
         reason=f"policy {item_id!r} is invalid and {what}: every exchange answers 503 until"
         " it is fixed or deleted (tokex policy get/delete)",
+        retry_after=30,
+    )
+    blocked.what = what
+    return blocked
+
+
+def _blocked(items: list[PoliciesBlocked]) -> PoliciesBlocked:
+    """Every item that blocks the table, named at once: an operator fixing them one
+    `tokex policy list` at a time would find the next only after each fix."""
+    if len(items) == 1:
+        return items[0]
+    return PoliciesBlocked(
+        "policies are being updated; retry later",
+        reason=f"{len(items)} policies block every exchange: "
+        + "; ".join(item.reason for item in items),
         retry_after=30,
     )
 

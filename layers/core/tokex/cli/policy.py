@@ -21,7 +21,7 @@ from tokex.cli.deployment import (
     check_ttl_seconds,
     resolve_deployment,
 )
-from tokex.cli.errors import INVALID_INPUT, NOT_FOUND, CommandError, UsageError
+from tokex.cli.errors import INVALID_INPUT, INVALID_POLICY, NOT_FOUND, CommandError, UsageError
 from tokex.cli.inputs import require_file
 from tokex.cli.policy_document import load_policy_file
 from tokex.cli.policy_explain import add_explain_arguments, explain_command
@@ -153,21 +153,44 @@ def run_get(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     deployment = resolve_deployment(args)
     with policy_table(deployment) as store:
-        policies, invalid = store.load_all()
-    if args.json:
-        documents = [p.to_document() for p in policies]
-        _print_json({"table": deployment.table, "policies": documents, "invalid": invalid})
-        return 0
-    if invalid:
-        _warn(
-            [
-                f"invalid documents: {', '.join(invalid)} (an allow among them that names"
-                " callers is a deny of them until fixed; `tokex policy get ID` says which)"
-            ]
+        # Every policy as stored and every invalid item, even of a table that blocks
+        # every exchange: an operator sees all there is to fix at once.
+        inventory = store.inventory()
+    policies = inventory.policies
+    listing = {
+        "table": deployment.table,
+        "policies": [p.to_document() for p in policies],
+        "invalid": list(inventory.invalid),
+        "consequences": inventory.invalid,
+    }
+    # A table that stops every exchange is listed whole, and the command fails after it.
+    blocked = (
+        CommandError(
+            f"policy table {deployment.table!r}: {', '.join(inventory.blocking)} make every"
+            " exchange answer 503 until each is fixed or deleted (tokex policy get/delete)",
+            error=INVALID_POLICY,
+            input=deployment.flag,
+            details=listing,
         )
-    if not policies:
-        print(f"no policies in table {deployment.table}")
+        if inventory.blocking
+        else None
+    )
+    if args.json:
+        if blocked is not None:
+            raise blocked
+        _print_json(listing)
         return 0
+    _warn([f"invalid document {key}: {what}" for key, what in inventory.invalid.items()])
+    if policies:
+        _print_table(policies)
+    else:
+        print(f"no policies in table {deployment.table}")
+    if blocked is not None:
+        raise blocked
+    return 0
+
+
+def _print_table(policies: list[Policy]) -> None:
     rows = [("ID", "EFFECT", "ENABLED", "PRINCIPALS", "AUDIENCES")]
     rows += [
         (
@@ -183,7 +206,6 @@ def run_list(args: argparse.Namespace) -> int:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[-1]]))
-    return 0
 
 
 def run_delete(args: argparse.Namespace) -> int:
