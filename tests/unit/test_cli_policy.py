@@ -537,6 +537,7 @@ OIF_CLAIMS = {
     "sub": ROLE,
     "aud": "tokex",
     "exp": 1_800_000_000,
+    "jti": "c1f0e6a2",
     "https://sts.amazonaws.com/": {
         "aws_account": ACCOUNT,
         "principal_id": ROLE,
@@ -822,6 +823,9 @@ def test_explain_refuses_claims_the_exchange_would_refuse(capsys, tmp_path) -> N
     no_account = {**OIF_CLAIMS, "https://sts.amazonaws.com/": {"principal_id": ROLE}}
     result = explain_json(capsys, tmp_path, *oif_argv(tmp_path, no_account), documents=[READER])
     assert result["refusal"]["reason"] == "oif_account"
+    no_jti = {key: value for key, value in OIF_CLAIMS.items() if key != "jti"}
+    result = explain_json(capsys, tmp_path, *oif_argv(tmp_path, no_jti), documents=JWT_POLICIES)
+    assert (result["refusal"]["error"], result["refusal"]["reason"]) == ("invalid_grant", "jwt_jti")
     mismatch = {**EKS_CLAIMS, "sub": "system:serviceaccount:payments:other"}
     files = ["--policy-file", write(tmp_path, PAYMENTS_EKS)]
     code, out, _ = tokex(capsys, "explain", *files, *eks_argv(tmp_path, mismatch))

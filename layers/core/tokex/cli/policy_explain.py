@@ -327,6 +327,7 @@ def _caller_from_claims(
     for the configuration: the payload's own `iss` and `aws_account` (AWS OIF), or --cluster
     (EKS). Raises InvalidGrant as the exchange would."""
     from tokex.evidence.jwt_claims import STS_NAMESPACE, caller_from_claims
+    from tokex.evidence.jwt_evidence import token_jti
     from tokex.evidence.trusted_issuers import TrustedIssuer
 
     issuer = claims.get("iss")
@@ -351,6 +352,7 @@ def _caller_from_claims(
         f"claims NOT verified: treated as a token whose signature, audience and lifetime "
         f"were verified, from issuer {shown} trusted for {where}"
     )
+    token_jti(claims, evidence)  # checked before the claims are read, as the exchange does
     return caller_from_claims(trusted, claims)
 
 

@@ -142,7 +142,7 @@ def verify_jwt_evidence(
         raise _refused(f"{issuer.kind} tokens are not signed with {alg}", "jwt_alg")
     _check_audience(claims.get("aud"), audience)
     expires_at = _check_times(claims, MAX_LIFETIME_SECONDS[issuer.kind], now)
-    jti = _jti(claims, required=issuer.kind == AWS_OIF)
+    jti = token_jti(claims, issuer.kind)
 
     key = keys.key(issuer, kid)
     if key is None:
@@ -229,10 +229,11 @@ def _numeric_date(claims: Mapping[str, Any], name: str, *, required: bool) -> fl
     return value
 
 
-def _jti(claims: Mapping[str, Any], *, required: bool) -> str | None:
-    """aws-oif tokens are single use by `jti`, so it must be there; others may carry one."""
+def token_jti(claims: Mapping[str, Any], kind: str) -> str | None:
+    """aws-oif tokens are single use by `jti`, so it must be there; others may carry one.
+    (`tokex policy explain` refuses claims as the exchange does with this too.)"""
     jti = claims.get("jti")
-    if jti is None and not required:
+    if jti is None and kind != AWS_OIF:
         return None
     if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:
         raise _refused(f"the token needs a jti (1-{MAX_JTI_LENGTH} characters)", "jwt_jti")
