@@ -296,3 +296,52 @@ def test_cli_finds_the_state_table_from_the_stack(dynamodb, capsys):
     assert "has no StateTableName output" in capsys.readouterr().err
     assert main(["clients", "list", "--stack", "missing", "--region", "us-east-1"]) == 1
     assert "cannot describe stack 'missing'" in capsys.readouterr().err
+
+
+def lose_first_answer(dynamodb: Any, operation: str) -> list[str]:
+    """The first `operation` is applied by the emulated DynamoDB, then its answer is lost
+    (a read timeout): the SDK retries it, as it would against AWS."""
+    from botocore.exceptions import ReadTimeoutError
+    from moto.core.models import botocore_stubber
+
+    attempts: list[str] = []
+
+    def before_send(request: Any, **kwargs: Any) -> None:
+        if kwargs["event_name"].endswith(operation):
+            attempts.append(operation)
+            if len(attempts) == 1:
+                botocore_stubber(request=request, **kwargs)  # applied...
+                raise ReadTimeoutError(endpoint_url=request.url, error="answer lost")
+        return None
+
+    dynamodb.meta.events.register_first("before-send.dynamodb", before_send)
+    return attempts
+
+
+def test_an_add_whose_answer_was_lost_is_the_client_it_made(store, dynamodb):
+    """The retry found its own item and failed its condition: the operator was told the
+    store was unavailable, with a client stored whose secret no one had."""
+    attempts = lose_first_answer(dynamodb, "PutItem")
+    client, secret = store.add("gateway", SERVES)
+    assert attempts == ["PutItem", "PutItem"]
+    assert [c.client_id for c in store.list()] == [client.client_id]
+    assert store.authenticate(client.client_id, secret).audiences == SERVES
+
+
+def test_an_add_that_meets_another_clients_item_still_fails(store, dynamodb, monkeypatch):
+    """Only its own item counts as success: an id taken by another client is not."""
+    import secrets as secrets_module
+
+    first, _ = store.add("first", SERVES)
+    monkeypatch.setattr(secrets_module, "token_hex", lambda n: first.client_id.removeprefix("tc_"))
+    with pytest.raises(TemporarilyUnavailable):
+        store.add("second", SERVES)
+    assert [c.name for c in store.list()] == ["first"]
+
+
+def test_a_remove_whose_answer_was_lost_reports_the_client_gone(store, dynamodb):
+    client, _ = store.add("gateway", SERVES)
+    attempts = lose_first_answer(dynamodb, "DeleteItem")
+    assert store.remove(client.client_id) is True  # was "no such client"
+    assert attempts == ["DeleteItem", "DeleteItem"] and store.list() == []
+    assert store.remove(client.client_id) is False  # without a retry: truly absent

@@ -84,12 +84,24 @@ class ClientStore:
             "audiences": {"SS": list(served)},
         }
         # 80 random bits make a collision absurd; the condition makes it harmless anyway.
-        self._call(
-            "PutItem",
-            TableName=self._table,
-            Item=item,
-            ConditionExpression=f"attribute_not_exists({schema.KEY_ATTRIBUTE})",
-        )
+        try:
+            self._call(
+                "PutItem",
+                TableName=self._table,
+                Item=item,
+                ConditionExpression=f"attribute_not_exists({schema.KEY_ATTRIBUTE})",
+            )
+        except _ConditionFailed:
+            # The SDK's retry of a write whose answer was lost finds the item it wrote:
+            # the client exists, and only this caller holds its secret.
+            stored = self._call(
+                "GetItem",
+                TableName=self._table,
+                Key=schema.key(schema.client_key(client_id)),
+                ConsistentRead=True,
+            ).get("Item", {})
+            if stored.get("secret_hash") != item["secret_hash"]:
+                raise
         return client, secret
 
     def list(self) -> _Clients:
@@ -121,7 +133,9 @@ class ClientStore:
         return _client(response["Attributes"])
 
     def remove(self, client_id: str) -> bool:
-        """Delete a client; True if it existed."""
+        """Delete a client; True if it existed, or may have: when the SDK retried, an
+        attempt whose answer was lost may have deleted it (the client is gone either way,
+        and "no such client" would be wrong)."""
         if not CLIENT_ID.fullmatch(client_id):
             return False
         response = self._call(
@@ -130,7 +144,8 @@ class ClientStore:
             Key=schema.key(schema.client_key(client_id)),
             ReturnValues="ALL_OLD",
         )
-        return "Attributes" in response
+        retried = response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
+        return "Attributes" in response or retried
 
     def authenticate(self, client_id: str, secret: str) -> IntrospectionClient:
         """The client these credentials belong to. Raises InvalidClient (unknown id, wrong
