@@ -43,8 +43,10 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 PROFILES = {
     "full": Profile(
         calls_exchanges=50,
-        latency_samples=60,
-        end_to_end_samples=60,
+        # Enough that the compared ratios' bootstrap intervals are narrower than the
+        # targets' margins on a quiet machine (60 left them straddling).
+        latency_samples=200,
+        end_to_end_samples=200,
         cpu_samples=300,
         cold_runs=11,
     ),

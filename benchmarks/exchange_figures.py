@@ -20,7 +20,7 @@ from typing import Any
 
 import boto3
 
-from benchmarks.figures import Figure, at_most, exactly, p50, ratio, reported, within
+from benchmarks.figures import Figure, at_most, exactly, interval, p50, ratio, reported, within
 from benchmarks.proxied_local import BenchSystem
 from tokex.adapters import aws_clients
 from tokex.adapters.state_table.admission import DynamoDbAdmission
@@ -208,7 +208,7 @@ def sequential_round_trips(p50_at_zero: float, p50_at_delay: float, profile: Pro
 
 def round_trips(system: BenchSystem, floor: Floor, profile: Profile) -> list[Figure]:
     """(p50 at L - p50 at 0) / L: how many delayed calls lie on the critical path."""
-    p50s: dict[tuple[str, float], float] = {}
+    samples: dict[tuple[str, float], list[float]] = {}
     for delay in (0.0, profile.delay_ms):
         system.proxy.set_delay(delay)
         tokex, bare = [], []
@@ -218,14 +218,23 @@ def round_trips(system: BenchSystem, floor: Floor, profile: Profile) -> list[Fig
         for _ in range(profile.latency_samples):
             tokex.append(_timed(functools.partial(system.exchange, system.token_event())))
             bare.append(_timed(floor.sts_and_sign))
-        p50s["tokex", delay], p50s["floor", delay] = p50(tokex), p50(bare)
+        samples["tokex", delay], samples["floor", delay] = tokex, bare
     system.proxy.set_delay(0)
+    p50s = {key: p50(times) for key, times in samples.items()}
 
     def trips(side: str) -> float:
         return sequential_round_trips(p50s[side, 0.0], p50s[side, profile.delay_ms], profile)
 
+    def difference(t0: list[float], tl: list[float], f0: list[float], fl: list[float]) -> float:
+        return sequential_round_trips(p50(t0), p50(tl), profile) - sequential_round_trips(
+            p50(f0), p50(fl), profile
+        )
+
     floor_trips = trips("floor")
     label = f"L = {profile.delay_ms:g} ms"
+    groups = [
+        samples[side, delay] for side in ("tokex", "floor") for delay in (0.0, profile.delay_ms)
+    ]
     return [
         reported("warm exchange p50, handler, L = 0", p50s["tokex", 0.0] * 1000, "ms"),
         reported(
@@ -242,6 +251,9 @@ def round_trips(system: BenchSystem, floor: Floor, profile: Profile) -> list[Fig
             "round trips",
             floor_trips,
             0.25,
+        ),
+        *interval(
+            f"sequential round trips: tokex - floor, {label}", groups, difference, "round trips"
         ),
     ]
 
@@ -292,8 +304,8 @@ def end_to_end(system: BenchSystem, profile: Profile) -> list[Figure]:
             SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256",
         )
 
-    def interleaved() -> tuple[float, float]:
-        """(p50 of tokex, p50 of its own calls), sample by sample."""
+    def interleaved() -> tuple[list[float], list[float]]:
+        """(tokex's times, its own calls' times), sample by sample."""
         tokex_times, own_times = [], []
         for _ in range(2):
             tokex()
@@ -301,15 +313,19 @@ def end_to_end(system: BenchSystem, profile: Profile) -> list[Figure]:
         for _ in range(profile.end_to_end_samples):
             tokex_times.append(_timed(tokex))
             own_times.append(_timed(itself))
-        return p50(tokex_times), p50(own_times)
+        return tokex_times, own_times
 
-    with_write, own = interleaved()
+    def ratio_of_p50s(numerator: list[float], denominator: list[float]) -> float:
+        return ratio(p50(numerator), p50(denominator))
+
+    with_write_times, own_times = interleaved()
+    with_write, own = p50(with_write_times), p50(own_times)
     # A diagnostic, never a configuration to deploy: the same exchange with nothing to
     # write (single use and the rate limit off), to show what the emulator's serving of
     # the write costs (emulator_calls).
     with system.token_function(TOKEX_SINGLE_USE="false", TOKEX_RATE_LIMIT_PER_MINUTE="0"):
         system.proxy.take()
-        without_write, own_meanwhile = interleaved()
+        without_write, own_meanwhile = map(p50, interleaved())
         calls = system.proxy.take()
     written = {op: calls[op] for op in (f"dynamodb:{w}" for w in DYNAMODB_WRITES) if op in calls}
     if written:
@@ -328,6 +344,12 @@ def end_to_end(system: BenchSystem, profile: Profile) -> list[Figure]:
             ratio(with_write, own),
             "ratio",
             1.15,
+        ),
+        *interval(
+            f"end to end: tokex / the workload's own calls, {label}",
+            [with_write_times, own_times],
+            ratio_of_p50s,
+            "ratio",
         ),
         reported(
             "end to end, diagnostic: the same with no admission write (single use and the "

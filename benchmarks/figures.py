@@ -8,6 +8,7 @@ or an absolute number only where an issue gives one; every other figure has
 from __future__ import annotations
 
 import json
+import random
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -23,21 +24,52 @@ class Figure:
     met: bool | None = None
 
 
+# Every figure is printed and stored with this many decimals, and judged as printed: a
+# value that reads 1.15 against "<= 1.15" is met.
+DECIMALS = 3
+
+
 def at_most(name: str, value: float, unit: str, bound: float) -> Figure:
-    return Figure(name, round(value, 3), unit, f"<= {bound:g}", value <= bound)
+    shown = round(value, DECIMALS)
+    return Figure(name, shown, unit, f"<= {bound:g}", shown <= bound)
 
 
 def exactly(name: str, value: float, unit: str, expected: float) -> Figure:
-    return Figure(name, round(value, 3), unit, f"== {expected:g}", value == expected)
+    shown = round(value, DECIMALS)
+    return Figure(name, shown, unit, f"== {expected:g}", shown == expected)
 
 
 def within(name: str, value: float, unit: str, reference: float, tolerance: float) -> Figure:
-    target = f"within {tolerance:g} of {reference:.2f}"
-    return Figure(name, round(value, 3), unit, target, abs(value - reference) <= tolerance)
+    shown, reference = round(value, DECIMALS), round(reference, DECIMALS)
+    target = f"within {tolerance:g} of {reference:.{DECIMALS}f}"
+    return Figure(name, shown, unit, target, round(abs(shown - reference), DECIMALS) <= tolerance)
 
 
 def reported(name: str, value: float | None, unit: str) -> Figure:
-    return Figure(name, None if value is None else round(value, 3), unit)
+    return Figure(name, None if value is None else round(value, DECIMALS), unit)
+
+
+def interval(
+    name: str,
+    samples: Sequence[Sequence[float]],
+    statistic: Callable[..., float],
+    unit: str,
+    *,
+    resamples: int = 2000,
+) -> list[Figure]:
+    """The 95 % bootstrap interval of `statistic` over `samples` (each set resampled with
+    replacement, percentile method), as two reported rows: whether a figure next to its
+    target says more than the run's noise."""
+    rng = random.Random(0)  # the same interval for the same samples
+    estimates = sorted(
+        statistic(*(rng.choices(group, k=len(group)) for group in samples))
+        for _ in range(resamples)
+    )
+    low, high = estimates[int(0.025 * resamples)], estimates[int(0.975 * resamples) - 1]
+    return [
+        reported(f"{name}, 95% interval low", low, unit),
+        reported(f"{name}, 95% interval high", high, unit),
+    ]
 
 
 def p50(samples: Sequence[float]) -> float:
