@@ -1,8 +1,9 @@
 """The issuer documents `tokex local`'s front serves, under a crowd: the tokex issuer's
 JWKS and discovery document (read from the S3 bucket the publisher wrote, as CloudFront
 serves them) and the local JWT issuers' (from memory), while token exchanges run through
-the same front; and the 503 a front answers before anything is published (docs/local.md
-"HTTP answers")."""
+the same front; the 503 a front answers before anything is published (docs/local.md
+"HTTP answers"); and requests of different kinds at once, each answered from its own
+request (the handlers share Powertools' current event: the front serves one at a time)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.system.endpoints import exchange, sign
+from tokex.introspection_clients import basic_authorization
 from tokex.local.front import (
     LOCAL_DOCUMENT_CACHE_CONTROL,
     WELL_KNOWN,
@@ -209,3 +212,72 @@ def test_a_front_answers_503_until_published_then_serves_a_crowd_from_the_first_
         if served_as(answer) != published[path]
     ]
     assert wrong == []
+
+
+def posted(url: str, form: dict[str, str], headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url,
+        data=urllib.parse.urlencode(form).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded", **headers},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as answer:
+        return answer.code, json.loads(answer.read())
+
+
+def test_requests_of_every_kind_at_once_each_get_the_answer_to_their_own(
+    local_system: LocalSystem, eager_switching: None
+) -> None:
+    """Introspections of two different tokens, exchanges of garbage and introspections
+    without credentials, six threads at once: every answer is the one its own request
+    calls for (without the front's one-at-a-time handling, about one in ten came back
+    with another request's answer: a 400 for an introspection, another token's claims)."""
+    tokens = {}
+    for scope in ("demo:read", "demo:write"):
+        status, _, body = exchange(local_system, scope=scope)
+        assert status == 200, body
+        tokens[scope] = body["access_token"]
+    basic = {"Authorization": basic_authorization(*local_system.introspection_client)}
+    introspect, token = local_system.issuer + "/introspect", local_system.issuer + "/token"
+    wrong: list[tuple[str, int, dict[str, Any]]] = []
+
+    def introspection(scope: str) -> None:
+        status, body = posted(introspect, {"token": tokens[scope]}, basic)
+        if (status, body.get("active"), body.get("scope")) != (200, True, scope):
+            wrong.append((f"introspect {scope}", status, body))
+
+    def garbage() -> None:
+        status, body = posted(token, {"grant_type": "nothing-valid", "audience": "x"}, {})
+        if (status, body.get("error")) != (400, "unsupported_grant_type"):
+            wrong.append(("garbage exchange", status, body))
+
+    def no_credentials() -> None:
+        status, body = posted(introspect, {"token": tokens["demo:read"]}, {})
+        if (status, body.get("error")) != (401, "invalid_client"):
+            wrong.append(("introspect without credentials", status, body))
+
+    jobs: list[Callable[[], None]] = [
+        lambda: introspection("demo:read"),
+        lambda: introspection("demo:write"),
+        garbage,
+        garbage,
+        no_credentials,
+        no_credentials,
+    ]
+    start = threading.Barrier(len(jobs))
+
+    def repeat(job: Callable[[], None]) -> None:
+        start.wait(timeout=30)
+        for _ in range(60):
+            job()
+
+    threads = [threading.Thread(target=repeat, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert wrong == [], wrong[:3]
