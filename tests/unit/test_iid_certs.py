@@ -17,7 +17,6 @@ from tokex.evidence.instance_identity import VARIANTS, CertificateStore
 CERTS = resources.files("tokex.evidence") / "certs"
 INDEX = json.loads((CERTS / "index.json").read_text(encoding="utf-8"))
 FILES = sorted(entry["file"] for variant in INDEX.values() for entry in variant.values())
-REPORT_WITHIN = datetime.timedelta(days=5 * 365)
 
 
 def certificate(file: str) -> x509.Certificate:
@@ -49,21 +48,6 @@ def test_every_shipped_certificate_matches_the_index() -> None:
             key = cert.public_key()
             assert isinstance(key, (rsa.RSAPublicKey, dsa.DSAPublicKey)), entry["file"]
             assert key.key_size == entry["key_bits"], entry["file"]
-
-
-def test_report_certificates_expiring_within_five_years() -> None:
-    """Not a failure: validity is not enforced (the pinned key is the trust). A reminder
-    to refresh the copies from the AWS page, as
-    layers/core/tokex/evidence/certs/PROVENANCE.md asks."""
-    now = datetime.datetime.now(datetime.UTC)
-    report = []
-    for file in FILES:
-        not_after = certificate(file).not_valid_after_utc
-        if not_after - now < REPORT_WITHIN:
-            state = "EXPIRED" if not_after < now else "expires"
-            report.append(f"{file}: {state} {not_after:%Y-%m-%d}")
-    print(f"\n{len(report)} of {len(FILES)} AWS IID certificates expire within five years:")
-    print("\n".join(report))
 
 
 def test_default_store_covers_each_variant_with_the_right_key_types() -> None:
