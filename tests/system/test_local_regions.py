@@ -335,6 +335,21 @@ def test_parallel_exchanges_in_both_regions_all_succeed(system: LocalSystem) -> 
     assert len(jtis) == len(regions)
 
 
+def test_parallel_introspections_in_both_regions_each_get_their_own_tokens_claims(
+    system: LocalSystem,
+) -> None:
+    """Each Region's introspection (its own published keys and client store) under a
+    crowd of different tokens: every answer is active and names its own token's jti."""
+    tokens = [token_in(system, region) for region in REGIONS for _ in range(3)]
+    jobs = [(region, token) for region in REGIONS for token in tokens]
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        answers = list(pool.map(lambda job: introspect_in(system, *job), jobs))
+    assert [status for status, _, _ in answers] == [200] * len(jobs), answers
+    assert [body.get("active") for _, _, body in answers] == [True] * len(jobs)
+    expected = [verify(system, token)["jti"] for _, token in jobs]
+    assert [body["jti"] for _, _, body in answers] == expected
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
