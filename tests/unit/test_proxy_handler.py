@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -324,6 +325,35 @@ def test_a_route_on_a_listener_of_its_own(upstream) -> None:
         assert status == 200 and json.loads(body)["status"] == "ok"  # on every listener
     headers = dict((name.lower(), value) for name, value in upstream.seen[0]["headers"])
     assert headers["authorization"] == "Bearer token-of-billing-api"
+
+
+def test_two_listeners_at_once_each_send_their_own_routes_token(upstream) -> None:
+    """The listeners share the token source and the connection cap: a crowd on both at
+    once gets every answer, each request with its own route's token."""
+    own = {"listen": "127.0.0.1:0", "upstream": upstream.url, "audience": "billing-api"}
+    with proxy_for({**route(upstream.url), "prefix": "/orders"}, own) as proxy:
+        ports = {
+            "orders": proxy.addresses["listen"][1],
+            "billing": proxy.addresses["routes[1].listen"][1],
+        }
+        jobs = [(name, number) for number in range(16) for name in ports]
+        barrier = threading.Barrier(len(jobs))
+
+        def one(job: tuple[str, int]) -> int:
+            name, number = job
+            barrier.wait(timeout=30)
+            return call(ports[name], "GET", f"/orders/{name}-{number}")[0]
+
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            assert list(pool.map(one, jobs)) == [200] * len(jobs)
+    tokens = {
+        seen["target"]: dict((k.lower(), v) for k, v in seen["headers"])["authorization"]
+        for seen in upstream.seen
+    }
+    assert len(tokens) == len(jobs)
+    for target, authorization in tokens.items():
+        audience = "billing-api" if "/billing-" in target else "orders-api"
+        assert authorization == f"Bearer token-of-{audience}", target
 
 
 # --- the head, checked line by line (proxy/head.py) ----------------------------------------
