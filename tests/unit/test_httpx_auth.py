@@ -214,6 +214,7 @@ def test_on_trio_a_refresh_ahead_of_expiry_keeps_every_task_on_the_valid_token(i
             await client.get("https://orders.example.com/")
             now[0] = 0.85 * 900
             issuer.gate = threading.Event()  # the refresh is held until all eight answered
+            before = set(threading.enumerate())
 
             async def ask() -> None:
                 answers.append((await client.get("https://orders.example.com/")).text)
@@ -222,6 +223,11 @@ def test_on_trio_a_refresh_ahead_of_expiry_keeps_every_task_on_the_valid_token(i
                 async with trio.open_nursery() as nursery:
                     for _ in range(8):
                         nursery.start_soon(ask)
+            # One refresh thread of this auth's, however many tasks passed the point.
+            refreshing = [
+                t for t in threading.enumerate() if t.name == "tokex-refresh" and t not in before
+            ]
+            assert len(refreshing) == 1, refreshing
             issuer.gate.set()
             with trio.fail_after(10):
                 while issuer.exchanges < 2 or auth._refreshing.locked():
