@@ -976,7 +976,7 @@ def test_list_shows_eks_selectors_as_principals(capsys, monkeypatch) -> None:
 
     class Store:
         def inventory(self) -> Inventory:
-            return Inventory([Policy.from_document(d) for d in (PAYMENTS_EKS, READER)], {})
+            return Inventory([Policy.from_document(d) for d in (PAYMENTS_EKS, READER)], {}, [])
 
     class Found:
         table = "t"

@@ -39,7 +39,7 @@ _NAMES = {"#i": "id", "#d": "document"}
 # Aliases because the method `PolicyStore.list` shadows the builtin in the class body.
 _Policies = list[Policy]
 _Ids = list[str]
-BLOCKS_EVERY_EXCHANGE = "every exchange answers 503 until it is fixed or deleted"
+_BLOCKS_EVERY_EXCHANGE = "every exchange answers 503 until it is fixed or deleted"
 
 
 class PolicyStore:
@@ -81,7 +81,7 @@ class PolicyStore:
         try:
             return _parse(item)
         except PolicyValidationError as exc:
-            exc.consequence = _consequence(item)
+            exc.consequence = _judged(item)[0]
             raise
 
     def list(self) -> _Policies:
@@ -94,13 +94,17 @@ class PolicyStore:
         it (`tokex policy list`)."""
         policies: list[Policy] = []
         invalid: dict[str, str] = {}
+        blocking: list[str] = []
         for item in self._scan():
             try:
                 policies.append(_parse(item))
             except PolicyValidationError:
-                invalid[_item_id(item)] = _consequence(item)
+                item_id = _item_id(item)
+                invalid[item_id], blocks = _judged(item)
+                if blocks:
+                    blocking.append(item_id)
         policies.sort(key=lambda p: p.id)
-        return Inventory(policies, dict(sorted(invalid.items())))
+        return Inventory(policies, dict(sorted(invalid.items())), sorted(blocking))
 
     def load_all(self) -> tuple[_Policies, _Ids]:
         """(policies sorted by id, ids of items whose documents failed validation).
@@ -286,30 +290,30 @@ def _stand_in(item: dict[str, Any]) -> Policy | None:
     return blocking
 
 
-def _consequence(item: dict[str, Any]) -> str:
-    """What `load_all` makes of an item that does not validate, in an operator's words."""
+def _judged(item: dict[str, Any]) -> tuple[str, bool]:
+    """What `load_all` makes of an item that does not validate, in an operator's words,
+    and whether that is to block every exchange."""
     try:
         stand_in = _stand_in(item)
     except PoliciesBlocked as blocked:
-        return f"{BLOCKS_EVERY_EXCHANGE} (invalid, and {blocked.what})"
+        return f"{_BLOCKS_EVERY_EXCHANGE} (invalid, and {blocked.what})", True
     if stand_in is None:
-        return "the exchange skips it (it decides nothing: disabled, naming no one, or no policy)"
-    return "the exchange denies the callers it names until it is fixed or deleted"
+        return (
+            "the exchange skips it (it decides nothing: disabled, naming no one, or no policy)",
+            False,
+        )
+    return "the exchange denies the callers it names until it is fixed or deleted", False
 
 
 @dataclass(frozen=True)
 class Inventory:
-    """The table as an operator sees it: `policies` valid as stored (no stand-ins), and
-    each invalid item's id with what the exchange makes of it."""
+    """The table as an operator sees it: `policies` valid as stored (no stand-ins), each
+    invalid item's id with what the exchange makes of it, and those of them that make
+    every exchange answer 503 (`blocking`)."""
 
     policies: _Policies
     invalid: dict[str, str]
-
-    @property
-    def blocking(self) -> list[str]:
-        """The invalid items that make every exchange answer 503."""
-        blocks = BLOCKS_EVERY_EXCHANGE
-        return [key for key, what in self.invalid.items() if what.startswith(blocks)]
+    blocking: list[str]
 
 
 class PoliciesBlocked(TemporarilyUnavailable):
