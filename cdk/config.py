@@ -240,12 +240,8 @@ class TokexConfig:
         with it the deploy. The stack's Region is `regions`' one when named, else the
         CDK CLI's (`check_cli_region`)."""
         key_regions = published_key_regions(self)
-        if len(self.regions) == 1 and key_regions - {self.regions[0]}:
-            elsewhere = ", ".join(sorted(key_regions - {self.regions[0]}))
-            raise ConfigError(
-                f"publishedKeyArns: every key must be in {self.regions[0]}, the deployment's"
-                f" Region, not {elsewhere}: the functions read them with their Region's KMS"
-            )
+        if len(self.regions) == 1:
+            refuse_keys_outside(self.regions[0], "the deployment's Region", key_regions)
         if len(key_regions) > 1:
             raise ConfigError(
                 "publishedKeyArns: every key must be in the deployment's Region, not in"
@@ -441,18 +437,23 @@ def check_cli_region(config: TokexConfig, cli_region: str | None) -> None:
             f" {cli_region}: deploy with {config.regions[0]} as the CLI's Region"
             " (AWS_REGION or the profile's), or leave regions out"
         )
-    elsewhere = published_key_regions(config) - {cli_region}
-    if cli_region and not config.regions and elsewhere:
-        raise ConfigError(
-            f"publishedKeyArns: every key must be in {cli_region}, where the CDK CLI"
-            f" deploys, not {', '.join(sorted(elsewhere))}: the functions read them with"
-            " their Region's KMS"
-        )
+    if cli_region and not config.regions:
+        refuse_keys_outside(cli_region, "where the CDK CLI deploys", published_key_regions(config))
 
 
 def published_key_regions(config: TokexConfig) -> set[str]:
     """The Regions of the publishedKeyArns keys (an ARN's fourth field)."""
     return {arn.split(":")[3] for arn in config.published_key_arns}
+
+
+def refuse_keys_outside(region: str, which: str, key_regions: set[str]) -> None:
+    """ConfigError naming the publishedKeyArns Regions other than `region` (`which`
+    Region it is, in words), if any: the functions read keys with their Region's KMS."""
+    if elsewhere := key_regions - {region}:
+        raise ConfigError(
+            f"publishedKeyArns: every key must be in {region}, {which}, not"
+            f" {', '.join(sorted(elsewhere))}: the functions read them with their Region's KMS"
+        )
 
 
 # The keys `from_context` reads: docs/deploy.md "Context options".

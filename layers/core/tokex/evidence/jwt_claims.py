@@ -67,7 +67,7 @@ def caller_from_oif_claims(issuer: TrustedIssuer, claims: Mapping[str, Any]) -> 
     partition, principal_account = matched.group(1), matched.group(2)
     if principal_account != account:
         raise _refused("principal_id is not in the token's account", "oif_principal")
-    if partition != _issuer_partition(issuer.issuer, partition):
+    if _issuer_partition(issuer.issuer) not in (None, partition):
         raise _refused("principal_id is not in its issuer's partition", "oif_principal")
     if role is not None:
         # The canonical principal is path-less (`role/Name`), as SigV4 evidence names it
@@ -85,13 +85,13 @@ def caller_from_oif_claims(issuer: TrustedIssuer, claims: Mapping[str, Any]) -> 
     )
 
 
-def _issuer_partition(issuer: str, otherwise: str) -> str:
-    """The partition `issuer`'s domain belongs to, else `otherwise`."""
+def _issuer_partition(issuer: str) -> str | None:
+    """The partition `issuer`'s domain belongs to, if tokex knows it."""
     host = urllib.parse.urlsplit(issuer).hostname or ""
     for suffix, partition in ISSUER_DOMAIN_PARTITIONS:
         if host.endswith(suffix):
             return partition
-    return otherwise
+    return None
 
 
 def caller_from_eks_claims(issuer: TrustedIssuer, claims: Mapping[str, Any]) -> CallerIdentity:
