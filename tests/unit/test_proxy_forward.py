@@ -219,6 +219,46 @@ def test_a_new_connection_that_fails_is_not_tried_again() -> None:
     server.stop()
 
 
+class AnswersOnceUpstream(TcpServer):
+    """Answers the first connection's first request and closes it (`Connection: close`
+    said, or not: its idle timeout struck); every later connection is closed at its first
+    request without an answer (an upstream crashing on it)."""
+
+    def __init__(self, *, say_close: bool) -> None:
+        self.say_close = say_close
+        self.first_closed = threading.Event()
+        self.requests: list[tuple[int, str]] = []  # (connection number, request line)
+        super().__init__()
+
+    def serve(self, connection: socket.socket, number: int) -> None:
+        with connection, connection.makefile("rb") as reader:
+            line = reader.readline()
+            while reader.readline() not in (b"\r\n", b""):
+                pass
+            if line:
+                self.requests.append((number, line.decode().strip()))
+            if number == 1:
+                close = b"Connection: close\r\n" if self.say_close else b""
+                connection.sendall(b"HTTP/1.1 200 OK\r\n" + close + b"Content-Length: 2\r\n\r\nok")
+        if number == 1:
+            self.first_closed.set()
+
+
+@pytest.mark.parametrize("say_close", [True, False], ids=["connection-close", "idle-timeout"])
+def test_a_reconnected_connection_that_fails_is_not_tried_again(say_close: bool) -> None:
+    """urllib3 and http.client reconnect the same connection object after the upstream
+    closed it: the request on the new socket is a new connection's, sent once."""
+    server = AnswersOnceUpstream(say_close=say_close)
+    upstream = Upstream(plain_route(server.url))
+    assert fetched(upstream, "GET") == b"ok"
+    assert server.first_closed.wait(timeout=10)
+    with pytest.raises(urllib3.exceptions.ProtocolError):
+        fetched(upstream, "GET")
+    assert server.requests == [(1, "GET / HTTP/1.1"), (2, "GET / HTTP/1.1")]
+    upstream.close()
+    server.stop()
+
+
 def test_every_idle_connection_gone_stale_at_once_still_ends_on_a_new_one(
     closing_upstream: ClosingUpstream,
 ) -> None:

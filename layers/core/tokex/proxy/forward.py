@@ -68,18 +68,25 @@ class _CheckedHeadResponse(http.client.HTTPResponse):
                 self.fp = reader
 
 
-# Whether the connection this thread last sent a request on had carried one before.
+# Whether the socket this thread last sent a request on had carried one before.
 _last_send = threading.local()
 
 
 class _CheckedHTTPConnection(urllib3.connection.HTTPConnection):
     response_class = _CheckedHeadResponse
-    requests_sent = 0
+    requests_sent = 0  # on the current socket
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _last_send.reused = self.requests_sent > 0
         self.requests_sent += 1
         super().request(*args, **kwargs)
+
+    def close(self) -> None:
+        # urllib3 reconnects the same object when the upstream closed it while idle, and
+        # http.client after a `Connection: close` answer: a request on the new socket is
+        # a new connection's, never resent.
+        super().close()
+        self.requests_sent = 0
 
 
 class _CheckedHTTPSConnection(_CheckedHTTPConnection, urllib3.connection.HTTPSConnection):
