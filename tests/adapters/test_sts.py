@@ -162,12 +162,14 @@ def test_unknown_access_key_is_refused(moto_sts: MotoStsWorld) -> None:
 
 
 class FakeSts:
-    """Answers every POST with `response` after `delay` seconds; records what it got."""
+    """Answers every POST with `response` after `delay` seconds (or at once once `release`
+    is set: at `stop` at the latest); records what it got."""
 
     def __init__(self) -> None:
         self.response: tuple[int, dict[str, str], bytes] = (200, {}, b"")
         self.delay = 0.0
         self.stall_body = False
+        self.release = threading.Event()
         self.received: list[tuple[dict[str, str], bytes]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeStsHandler)
         self._server.daemon_threads = True
@@ -178,6 +180,7 @@ class FakeSts:
         threading.Thread(target=self._server.serve_forever, kwargs=serve, daemon=True).start()
 
     def stop(self) -> None:
+        self.release.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -189,7 +192,7 @@ class _FakeStsHandler(BaseHTTPRequestHandler):
         fake: FakeSts = self.server.fake  # type: ignore[attr-defined]
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         fake.received.append((dict(self.headers.items()), body))
-        time.sleep(fake.delay)
+        fake.release.wait(fake.delay)
         status, headers, payload = fake.response
         try:
             self.send_response(status)
@@ -353,13 +356,21 @@ def test_forwarded_request_is_rebuilt_with_our_host_and_accept(fake_sts: FakeSts
         assert headers[name] == value
 
 
+# How late STS answers below: far past the 0.2 s read timeout given, short of the
+# forwarder's default read timeout (5 s), the one it would wait out if it ignored its own.
+LATE_ANSWER_SECONDS = 3.5
+
+
 def test_no_answer_within_the_read_timeout(fake_sts: FakeSts) -> None:
-    fake_sts.delay = 2.0
+    """STS answers a good identity, but LATE_ANSWER_SECONDS after the request: the
+    forwarder has given up at its 0.2 s read timeout (503, a timeout). Waiting on, with
+    its default read timeout or none, it would return the late identity instead."""
+    fake_sts.response = (200, XML, GOOD)
+    fake_sts.delay = LATE_ANSWER_SECONDS
     forwarder = StsForwarder(fake_sts.url, read_timeout=0.2)
-    started = time.monotonic()
-    with pytest.raises(TemporarilyUnavailable, match="did not answer in time"):
+    with pytest.raises(TemporarilyUnavailable, match="did not answer in time") as failed:
         forwarder.get_caller_identity(verified_request(Credentials("A" * 20, "s")))
-    assert time.monotonic() - started < 1.5
+    assert failed.value.reason == "sts GetCallerIdentity: timeout"
 
 
 def test_body_stalls_past_the_read_timeout(fake_sts: FakeSts) -> None:

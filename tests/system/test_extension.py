@@ -6,6 +6,7 @@ Lambda: the function role's session, whose token is also the proxy's secret)."""
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import socket
@@ -28,6 +29,7 @@ import pytest
 
 from tests.support.exchange_handler import cold_exchange_handler
 from tests.support.lambda_extensions_api import ExtensionsApiEmulator
+from tests.support.loopback import LoopbackServer, QuietHandler, TcpServer, serving
 from tests.support.ports import free_port
 from tests.system.endpoints import post, sign
 from tokex.client.signing import encode_subject_token
@@ -100,9 +102,10 @@ def lambda_environment(system: LocalSystem, tmp_path: Path, **settings: str) -> 
     }
 
 
-def routes(listen_port: int) -> dict[str, str]:
-    """The construct's variables for one route of `AUDIENCE`, the proxy on `listen_port`."""
-    upstream = f"http://127.0.0.1:{free_port()}"  # not called: these tests ask for tokens
+def routes(listen_port: int, upstream: str | None = None) -> dict[str, str]:
+    """The construct's variables for one route of `AUDIENCE`, the proxy on `listen_port`;
+    without `upstream`, one that is never called (the test asks for tokens only)."""
+    upstream = upstream or f"http://127.0.0.1:{free_port()}"
     return {
         "TOKEX_PROXY_ROUTES": json.dumps(
             [{"prefix": "/", "upstream": upstream, "audience": AUDIENCE, "scopes": SCOPES}]
@@ -151,18 +154,51 @@ def verified(system: LocalSystem, token: str, issuer: str) -> dict[str, Any]:
     )
 
 
+# The upstream of a request in flight at SHUTDOWN answers it this long after it arrives:
+# past the event's deadline (1 s here), under the proxy's default grace (10 s).
+LATE_ANSWER_SECONDS = 5.0
+
+
+class LateUpstream(QuietHandler):
+    """Answers `late`, LATE_ANSWER_SECONDS after the request came (or once released)."""
+
+    protocol_version = "HTTP/1.1"
+    arrived: threading.Event
+    release: threading.Event
+
+    def do_GET(self) -> None:
+        self.arrived.set()
+        self.release.wait(LATE_ANSWER_SECONDS)
+        self.send_document(200, b"late", {})
+
+
+@pytest.fixture
+def late_upstream() -> Iterator[Any]:
+    """A LateUpstream, its hold released as the test ends."""
+
+    class Handler(LateUpstream):
+        arrived, release = threading.Event(), threading.Event()
+
+    with serving(LoopbackServer(Handler)) as server:
+        server.handler = Handler  # type: ignore[attr-defined]
+        try:
+            yield server
+        finally:
+            Handler.release.set()
+
+
 @pytest.mark.parametrize("configured_by", ["variables", "file"])
 def test_the_extension_serves_its_prefetched_token_to_a_caller_with_the_secret(
-    local_system: LocalSystem, tmp_path: Path, configured_by: str
+    local_system: LocalSystem, tmp_path: Path, configured_by: str, late_upstream: Any
 ) -> None:
     port = free_port()
     if configured_by == "variables":  # as the CDK construct sets them
-        settings = {"TOKEX_PROXY_ENDPOINT": local_system.issuer, **routes(port)}
+        settings = {"TOKEX_PROXY_ENDPOINT": local_system.issuer, **routes(port, late_upstream.url)}
     else:  # a file in the function's package
         config = tmp_path / "tokex-proxy.toml"
         config.write_text(
             f'endpoint = "{local_system.issuer}"\nlisten = "127.0.0.1:{port}"\n\n'
-            f'[[routes]]\nprefix = "/"\nupstream = "http://127.0.0.1:{free_port()}"\n'
+            f'[[routes]]\nprefix = "/"\nupstream = "{late_upstream.url}"\n'
             f'audience = "{AUDIENCE}"\nscopes = {json.dumps(SCOPES)}\n',
             encoding="utf-8",
         )
@@ -193,8 +229,28 @@ def test_the_extension_serves_its_prefetched_token_to_a_caller_with_the_secret(
             assert (status, body["error"]) == (401, "unauthorized")
             assert "access_token" not in body
 
-        took = running.stop(deadline_in_ms=2000)
-        assert took < 2.0
+        # SHUTDOWN with a request in flight: the extension keeps to the event's deadline
+        # (1 s: the late answer comes five times past it, and still within the proxy's
+        # 10 s default grace), and cuts the request rather than forward that answer.
+        answers: list[Any] = []
+
+        def in_flight() -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                connection.request("GET", "/orders")
+                answers.append(connection.getresponse().read())
+            except (OSError, http.client.HTTPException) as cut:
+                answers.append(cut)
+            finally:
+                connection.close()
+
+        held = threading.Thread(target=in_flight, daemon=True)
+        held.start()
+        assert late_upstream.handler.arrived.wait(10)
+        running.stop(deadline_in_ms=1000)
+        held.join(10)
+        [answer] = answers
+        assert isinstance(answer, OSError | http.client.HTTPException), answer  # not b"late"
         assert platform.calls_to("init/error") == platform.calls_to("exit/error") == []
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass  # the proxy stopped listening
@@ -255,26 +311,67 @@ def test_a_tokex_outage_at_init_never_fails_the_cold_start(
         running.stop()
 
 
+# How long the hung tokex below holds each request before it answers a 503: past the
+# prefetch bound and anything the extension may do meanwhile, within the exchange timeout
+# the test gives the extension (10 s), so an Init or a SHUTDOWN that waited for the fetch
+# would end after the answer, and the prefetch would log the 503.
+HUNG_TOKEX_SECONDS = 8.0
+
+
+class HungTokex(TcpServer):
+    """A tokex that reads each request and answers a 503 only after HUNG_TOKEX_SECONDS,
+    unless `release` (the test's end) closes the connection first; `answered` tells
+    whether any answer went out."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.answered = threading.Event()
+        super().__init__()
+
+    def serve(self, connection: socket.socket, number: int) -> None:
+        with connection, connection.makefile("rb") as reader:
+            while reader.readline() not in (b"\r\n", b""):
+                pass
+            if self.release.wait(HUNG_TOKEX_SECONDS):
+                return
+            self.answered.set()
+            body = b'{"error":"temporarily_unavailable","error_description":"late"}'
+            connection.sendall(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+
+
 def test_a_hung_tokex_holds_init_for_the_prefetch_bound_only(
     local_system: LocalSystem, tmp_path: Path
 ) -> None:
-    """tokex accepts the connection and never answers: Init waits PREFETCH_SECONDS, not
-    the client's timeout, and SHUTDOWN still stops the extension at once."""
-    with socket.create_server(("127.0.0.1", 0)) as hung:  # listens, never accepts
-        issuer, port = f"http://127.0.0.1:{hung.getsockname()[1]}", free_port()
+    """tokex takes the request and does not answer: Init waits PREFETCH_SECONDS, not
+    the exchange's timeout, and SHUTDOWN still stops the extension at once. Both are told
+    by what had happened when they ended (the hung tokex had not answered yet), not by
+    the clock."""
+    hung = HungTokex()
+    try:
         env = lambda_environment(
-            local_system, tmp_path, TOKEX_PROXY_ENDPOINT=issuer, **routes(port)
+            local_system,
+            tmp_path,
+            TOKEX_PROXY_ENDPOINT=hung.url,
+            TOKEX_PROXY_EXCHANGE_TIMEOUT="10",
+            **routes(port := free_port()),
         )
         with extension(env, port) as running:
             platform = running.platform
             platform.wait_until_waiting(timeout=STARTUP_SECONDS)
+            assert not hung.answered.is_set(), "Init waited for the hung fetch"
             [register] = platform.calls_to("register")
             [first_next] = platform.calls_to("event/next")
-            held = first_next.at - register.at
-            assert PREFETCH_SECONDS - 0.1 <= held < PREFETCH_SECONDS + 1.0
+            assert first_next.at - register.at >= PREFETCH_SECONDS - 0.1  # it did wait
             [prefetch] = running.logged("extension_prefetch")
             assert prefetch["outcome"] == f"not done in {PREFETCH_SECONDS} s"
-            assert running.stop(deadline_in_ms=2000) < 2.0
+            running.stop(deadline_in_ms=2000)
+            assert not hung.answered.is_set(), "SHUTDOWN waited for the hung fetch"
+    finally:
+        hung.release.set()
+        hung.stop()
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 import urllib.error
@@ -38,6 +39,7 @@ from tokex.settings import Settings
 from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 HOME, OTHER = REGIONS = ("us-east-1", "eu-west-1")
+CLIENT_LOGGER = "tokex.client.token_client"  # its failover warnings
 USER_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER_NAME}"
 NOT_THIS_REGION = (
     f"the request is signed for the STS of {HOME}, which this endpoint does not accept: "
@@ -163,8 +165,9 @@ def test_a_policy_put_in_the_home_region_reaches_the_other_by_replication(
         assert system.replication.flush() >= 1
     assert "regions-demo" in items(system, OTHER, table)
     # eu-west-1's exchange reads it on its next policy load: at once when its copy is
-    # cold, within the policy cache's lifetime when an earlier test warmed it.
-    deadline = time.monotonic() + Settings.policy_cache_seconds + 5
+    # cold, within the policy cache's lifetime when an earlier test warmed it (waited for
+    # generously: a busy machine must not fail it).
+    deadline = time.monotonic() + Settings.policy_cache_seconds + 30
     while True:
         status, _, body = exchange_in(
             system, OTHER, credentials=system.deployment.user, audience="regions-api"
@@ -287,7 +290,7 @@ def test_an_update_in_the_home_region_is_not_undone_by_the_older_copy(
     def stored(region: str) -> str:
         return str(items(system, region, table)["regions-update"]["document"]["S"])
 
-    deadline = time.monotonic() + delay + 5
+    deadline = time.monotonic() + 10 * delay + 10  # generous: a busy machine replicates late
     while '"v2"' not in stored(OTHER) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert '"v2"' in stored(OTHER)
@@ -390,11 +393,14 @@ def workload_env(system: LocalSystem, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("workload_env")
-def test_a_client_fails_over_to_the_next_region_when_its_own_stops(system: LocalSystem) -> None:
+def test_a_client_fails_over_to_the_next_region_when_its_own_stops(
+    system: LocalSystem, caplog: pytest.LogCaptureFixture
+) -> None:
     """TokenClient reads the Regions from discovery, tries its own Region first, signs for
     each Region's STS, and moves on when a Region answers 503: one token, from home,
     verified against the one JWKS. Replication is paused, so each Region's single-use
-    records show which Region served each exchange."""
+    records show which Region served each exchange; the client's failover warning shows
+    why it moved on."""
     with replication_paused(system):
         before = {region: signature_records(system, region) for region in REGIONS}
         # Up: the client's own Region (eu-west-1) serves it.
@@ -406,9 +412,8 @@ def test_a_client_fails_over_to_the_next_region_when_its_own_stops(system: Local
         system.stop_region(OTHER)
         try:
             client = TokenClient(system.issuer, region=OTHER, timeout=10)
-            started = time.monotonic()
-            token = client.token("demo-api")
-            elapsed = time.monotonic() - started
+            with caplog.at_level(logging.WARNING, logger=CLIENT_LOGGER):
+                token = client.token("demo-api")
             claims = verify(system, token)
             # The same cache: the next call does not exchange again.
             assert client.token("demo-api") == token
@@ -418,7 +423,13 @@ def test_a_client_fails_over_to_the_next_region_when_its_own_stops(system: Local
         # eu-west-1 answered 503 without using its request; home issued the token.
         assert (len(after[OTHER]), len(after[HOME])) == (0, 1)
         assert claims["iss"] == system.issuer
-        assert elapsed < 10  # within the client's own timeout
+        # It moved on for eu-west-1's 503, not for eu-west-1's share of the timeout running
+        # out ("timed out"). The whole call was within the client's own timeout: the client
+        # bounds it, and gives no token once it has run out.
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        [failover] = [r.getMessage() for r in warnings if r.name == CLIENT_LOGGER]
+        assert failover.startswith(f"Region {OTHER} failed: temporarily_unavailable: ")
+        assert failover.endswith(f"; trying {HOME}")
 
 
 @pytest.mark.usefixtures("workload_env")

@@ -9,7 +9,9 @@ each Region's exchange at `/regions/<region>/token` (the only Regional endpoints
 accepts), which checks what a Regional exchange checks (a SigV4 request signed for its own
 Region's STS, by tokex's verifier; an OIF token whose `source_region` is its own; EKS
 tokens anywhere). A Region can be made to answer a status, reset the connection without
-answering, or never answer (its handler waits past the client's timeout).
+answering, or answer late: it holds the request until long after the client's timeout,
+then answers a token of its own (`<region>-late`), so that a client that did not give up
+in time ends with that token, which the tests refuse, rather than just taking longer.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,11 +49,15 @@ HOME, SECOND, THIRD = REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
 SIGV4_TYPE = "urn:tokex:token-type:aws-sigv4"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 STS_XML = "https://sts.amazonaws.com/doc/2011-06-15/"
-# Generous slack over a time budget: the machine is shared, only gross overruns count.
-SLACK = 2.0
-# How long a Region that never answers keeps its request (released when the test ends):
-# longer than any client timeout here.
-HANG_SECONDS = 30.0
+# More Regions than REGIONS, for the budget's shares (test_the_total_timeout_...).
+EIGHT_REGIONS = (
+    *REGIONS,
+    "us-west-2",
+    "eu-central-1",
+    "ap-northeast-1",
+    "ca-central-1",
+    "sa-east-1",
+)
 
 
 # --- the deployment ------------------------------------------------------------------------
@@ -64,7 +70,8 @@ class Deployment:
     with_regions: bool = True
     # Per Region: "ok", an HTTP status (with an OAuth error), "html-502" (a bare 502, as a
     # load balancer's), "gateway-404" and "cdn-403" (no tokex behind the path yet, or any
-    # more), "reset" (the connection reset, no answer) or "hang" (no answer).
+    # more), "reset" (the connection reset, no answer) or "late" (no answer until
+    # `late_at`, then the token `<region>-late`).
     modes: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(REGIONS, "ok"))
     delay: float = 0.0  # seconds each exchange that gives a token takes
     expires_in: int = 900
@@ -72,7 +79,12 @@ class Deployment:
     forms: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     issued: list[str] = field(default_factory=list)
     discoveries: int = 0
-    released: threading.Event = field(default_factory=threading.Event)  # ends every "hang"
+    # When "late" Regions (and a late discovery) answer: `answer_late`; None, never.
+    late_at: float | None = None
+    late_discovery: bool = False  # the discovery document too comes at `late_at`
+    # The test is over: every request still held is closed without an answer, so that a
+    # passing test does not wait for `late_at`.
+    released: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def document(self) -> dict[str, Any]:
@@ -128,6 +140,20 @@ class Deployment:
     def exchanges_in(self, region: str) -> int:
         return sum(1 for contact in self.contacts if contact == region)
 
+    def answer_late(self, *, after: float) -> None:
+        """What is held answers `after` seconds from now (from before the call, so that
+        every attempt of the call, the last included, is measured against the same
+        instant): far past the client's timeout, before any fallback it might use instead."""
+        self.late_at = time.monotonic() + after
+
+    def hold(self) -> bool:
+        """Holds a request until `late_at`: True then (answer it, late), False if the test
+        ended first (no answer)."""
+        if self.late_at is None:
+            self.released.wait()
+            return False
+        return not self.released.wait(max(0.0, self.late_at - time.monotonic()))
+
 
 def oauth_error(status: int) -> dict[str, str]:
     if status >= 500:
@@ -144,18 +170,6 @@ def signed_request(form: dict[str, str]) -> dict[str, Any]:
 
 
 @contextmanager
-def silent_listener() -> Iterator[str]:
-    """A server that accepts connections (the kernel does) and never answers."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
-
-
-@contextmanager
 def deployment_running() -> Iterator[Deployment]:
     deployment = Deployment()
 
@@ -165,6 +179,9 @@ def deployment_running() -> Iterator[Deployment]:
                 return self._json(404, {"error": "not_found"})
             with deployment._lock:
                 deployment.discoveries += 1
+            if deployment.late_discovery and not deployment.hold():
+                self.close_connection = True  # the test ended first
+                return None
             self._json(200, deployment.document())
 
         def do_POST(self) -> None:
@@ -180,8 +197,11 @@ def deployment_running() -> Iterator[Deployment]:
             mode = deployment.contact(region, form)
             if mode == "reset":
                 self._reset()
-            elif mode == "hang":
-                deployment.released.wait(HANG_SECONDS)  # the client has given up by then
+            elif mode == "late":
+                if deployment.hold():  # a client that waited for it ends with this token
+                    late = {"access_token": f"{region}-late", "expires_in": 900}
+                    with suppress(OSError):  # the client gave up after all
+                        self._json(200, late)
                 self.close_connection = True
             elif mode == "html-502":
                 self.send_document(502, b"<html>Bad Gateway</html>", {"Content-Type": "text/html"})
@@ -318,13 +338,16 @@ def test_a_connection_reset_without_an_answer_fails_over(deployment) -> None:
 
 
 def test_a_region_that_never_answers_fails_over_within_the_budget(deployment) -> None:
-    deployment.modes[HOME] = "hang"
-    started = time.monotonic()
-    response = request_token(deployment.url, "orders-api", timeout=2)
-    elapsed = time.monotonic() - started
+    """Home keeps the request and answers only at 15 s (5 times the budget), its token
+    `us-east-1-late`: the client gives up on it within its share (1 s of the 3) and gets
+    its token from the next Region. A client that waited for home would end with the late
+    token or, past its budget, with no time left for the next Region: an error. (3 s: the
+    second Region's exchange, signing included, has its 1 s share on a busy machine.)"""
+    deployment.modes[HOME] = "late"
+    deployment.answer_late(after=15)
+    response = request_token(deployment.url, "orders-api", timeout=3)
     assert response["access_token"] == f"{SECOND}-token-1"
     assert deployment.contacts == [HOME, SECOND]  # home got the request, and kept it
-    assert elapsed < 2 + SLACK
 
 
 @pytest.mark.parametrize("mode", ["gateway-404", "cdn-403"])
@@ -371,25 +394,43 @@ def test_a_reset_last_is_an_unreachable_error(deployment) -> None:
 
 
 def test_the_total_timeout_bounds_every_attempt(deployment) -> None:
-    deployment.modes.update(dict.fromkeys(REGIONS, "hang"))
-    started = time.monotonic()
+    """Eight Regions, each answering only at 7.5 s (5 times the budget), with a token of
+    its own: each attempt gets a share of the 1.5 s and the call ends without any. Still
+    waiting at 7.5 s, and so ending with a late token, would be a client with no deadline,
+    one that used the default 10 s instead of the 1.5 given, and one that gave every
+    attempt the whole 1.5 s (8 of them: 12 s)."""
+    deployment.order = list(EIGHT_REGIONS)
+    deployment.modes.update(dict.fromkeys(EIGHT_REGIONS, "late"))
+    deployment.answer_late(after=7.5)
     with pytest.raises(TokenError) as failed:
         request_token(deployment.url, "orders-api", timeout=1.5)
-    elapsed = time.monotonic() - started
-    assert elapsed < 1.5 + SLACK
     assert failed.value.error == "unreachable"
-    # Each got a share of the budget: all three were tried, none twice.
-    assert str(failed.value).startswith(f"no Region gave a token (tried {HOME}, {SECOND}, {THIRD}")
+    # Each got a share of the budget: every Region is accounted for, in order, once, tried
+    # or left when the budget ran out (a stall of the machine may leave the last ones), and
+    # the first one did not take the whole budget.
+    ran_out = r"(?:; the 1\.5 s timeout ran out before ([^)]+))?"
+    said = re.match(rf"no Region gave a token \(tried ([^;)]+){ran_out}\)", str(failed.value))
+    assert said is not None, str(failed.value)
+    tried = said[1].split(", ")
+    untried = said[2].split(", ") if said[2] else []
+    assert tried + untried == list(EIGHT_REGIONS)
+    assert len(tried) >= 2
+    assert len(set(deployment.contacts)) == len(deployment.contacts)  # none twice
 
 
 def test_discovery_counts_against_the_budget(deployment) -> None:
-    """An issuer whose discovery never answers: the call ends with the budget."""
-    with silent_listener() as silent:
-        started = time.monotonic()
-        with pytest.raises(TokenError) as failed:
-            request_token(silent, "orders-api", timeout=1)
-        assert time.monotonic() - started < 1 + SLACK
-    assert failed.value.error == "unreachable"
+    """An issuer whose discovery document comes only at 4 s (8 times the budget): the call
+    ends with the 0.5 s budget, at discovery. A discovery with no deadline, or with its own
+    5 s default instead of the budget, would get the document, and the call would end
+    after it (the budget spent before any Region: an error at a token endpoint). 4 s, not
+    more: under that 5 s, so that the test tells the budget from the default."""
+    deployment.late_discovery = True
+    deployment.answer_late(after=4)
+    with pytest.raises(TokenError) as failed:
+        request_token(deployment.url, "orders-api", timeout=0.5)
+    discovery = f"{deployment.url}/.well-known/openid-configuration"
+    assert (failed.value.error, failed.value.url) == ("unreachable", discovery)
+    assert str(failed.value) == f"cannot reach {discovery}: timed out"
     assert deployment.contacts == []
 
 
@@ -410,18 +451,22 @@ def test_the_timeout_must_be_a_positive_number_of_seconds(timeout) -> None:
 
 
 def test_auth_classes_pass_timeout_and_region_to_the_client_they_make(deployment) -> None:
-    deployment.modes[SECOND] = "hang"
-    # 2 s: the hung Region has half, the home Region the rest (signing included: a busy
-    # machine's first signing may take a good part of a second).
-    auth = TokexHttpxAuth(deployment.url, "orders-api", region=SECOND, timeout=2)
-    started = time.monotonic()
+    # Every Region answers only at 7.5 s (5 times the 1.5 s given): the call gives up on
+    # all of them, the Region given first. With the client's default 10 s instead (a
+    # timeout the auth class dropped), the last Region's attempt would still be waiting at
+    # 7.5 s, and the request would go with its late token.
+    deployment.modes.update(dict.fromkeys(REGIONS, "late"))
+    deployment.answer_late(after=7.5)
+    auth = TokexHttpxAuth(deployment.url, "orders-api", region=SECOND, timeout=1.5)
     request = httpx.Request("GET", "https://orders.example.com/")
-    assert next(auth.sync_auth_flow(request)).headers["Authorization"] == (f"Bearer {HOME}-token-1")
-    assert time.monotonic() - started < 2 + SLACK
-    deployment.modes[SECOND] = "ok"
+    with pytest.raises(TokenError) as failed:
+        next(auth.sync_auth_flow(request))
+    assert str(failed.value).startswith(f"no Region gave a token (tried {SECOND}")
+    assert deployment.issued == []
+    deployment.modes.update(dict.fromkeys(REGIONS, "ok"))
     prepared = requests.Request("GET", "https://orders.example.com/").prepare()
     with_region = TokexAuth(deployment.url, "orders-api", region=SECOND, timeout=3)
-    assert with_region(prepared).headers["Authorization"] == f"Bearer {SECOND}-token-2"
+    assert with_region(prepared).headers["Authorization"] == f"Bearer {SECOND}-token-1"
     with pytest.raises(ValueError, match="to the TokenClient"):
         TokexAuth(TokenClient(deployment.url), "orders-api", timeout=3)
     with pytest.raises(ValueError, match="to the TokenClient"):
@@ -650,8 +695,9 @@ def test_cli_refuses_a_regional_endpoint_on_another_port(deployment, monkeypatch
 @pytest.fixture
 def sts(monkeypatch) -> Iterator[dict[str, Any]]:
     """A loopback STS (the query protocol) that hands out OIF tokens naming the Region
-    the call was signed for, or answers 503 for the Regions in `down`."""
-    state: dict[str, Any] = {"regions": [], "down": set(), "silent": set(), "reset": set()}
+    the call was signed for, or answers 503 for the Regions in `down`; for the Regions in
+    `late`, only at `late_at` (time.monotonic()), unless the test ended first."""
+    state: dict[str, Any] = {"regions": [], "down": set(), "late": set(), "reset": set()}
     released = threading.Event()
 
     class Handler(QuietHandler):
@@ -660,9 +706,9 @@ def sts(monkeypatch) -> Iterator[dict[str, Any]]:
             form = parse_qs(body)
             region = self.headers["Authorization"].split("/")[2]  # the credential scope
             state["regions"].append(region)
-            if region in state["silent"]:
-                released.wait(HANG_SECONDS)  # no answer: the client has given up by then
-                return None
+            late = region in state["late"]
+            if late and released.wait(max(0.0, state["late_at"] - time.monotonic())):
+                return None  # the test ended first: no answer
             if region in state["reset"]:  # closed without an answer (RST)
                 linger = struct.pack("ii", 1, 0)
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
@@ -743,14 +789,16 @@ def test_oif_asks_a_failing_sts_once_whatever_botocores_retry_settings(
 
 
 def test_an_oif_sts_that_never_answers_fails_over_within_the_budget(deployment, sts) -> None:
-    sts["silent"] = {HOME}
-    started = time.monotonic()
+    """Home's STS answers only at 15 s (5 times the budget), with an OIF token for home:
+    the client gives up on it within its share and fails over. One that waited for it (no
+    deadline, botocore's own, or the evidence's 10 s default) would have sent that token to
+    home, or found no time left for the next Region."""
+    sts["late"] = {HOME}
+    sts["late_at"] = time.monotonic() + 15
     response = request_token(deployment.url, "orders-api", evidence="aws-oif", timeout=3)
-    elapsed = time.monotonic() - started
     assert response["access_token"] == f"{SECOND}-token-1"
     assert sts["regions"] == [HOME, SECOND]  # home asked once, never retried
-    assert deployment.contacts == [SECOND]
-    assert elapsed < 3 + SLACK
+    assert deployment.contacts == [SECOND]  # home's late OIF token never went anywhere
 
 
 def test_eks_sends_the_same_token_to_each_region(monkeypatch, tmp_path) -> None:
@@ -801,13 +849,14 @@ def test_cli_fails_over_and_says_so_with_v(deployment, capsys) -> None:
 
 
 def test_cli_all_regions_down(deployment, capsys) -> None:
-    deployment.modes.update({HOME: "hang", SECOND: "reset", THIRD: 504})
-    started = time.monotonic()
+    # The last Region has what is left of --timeout 1.5 and answers only at 7.5 s: a
+    # command with no deadline, or with the default 10 s instead, would print its token.
+    deployment.modes.update({HOME: 504, SECOND: "reset", THIRD: "late"})
+    deployment.answer_late(after=7.5)
     ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--timeout", "1.5")
     code, out, err = tokex(capsys, *ask, "--json")
-    assert time.monotonic() - started < 1.5 + SLACK
     failure = json.loads(out)
-    assert (code, err, failure["error"]) == (1, "", "temporarily_unavailable")
+    assert (code, err, failure["error"]) == (1, "", "unreachable")
     assert failure["input"] == f"{deployment.url}/regions/{THIRD}/token"
     assert f"tried {HOME}, {SECOND}, {THIRD}" in failure["error_description"]
 

@@ -15,9 +15,6 @@ from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tokex.cli.main import main
 from tokex.client.imds import ImdsUnavailable, read_instance_identity
 
-# Bounds below are the budget plus this much: the machine may be busy.
-SLACK = 2.0
-
 
 class Imds(QuietHandler):
     """A session token; a document and signature cut off when `cut_off` says so."""
@@ -70,16 +67,11 @@ def test_an_answer_that_is_not_http_is_unavailable(monkeypatch) -> None:
 
 
 class DrippingImds(QuietHandler):
-    """Every answer a byte every 0.2 s: 50 bytes take 10 s, each read well within a
-    socket timeout."""
+    """The session token a byte every 0.2 s: its 50 bytes take 10 s (10 times the longest
+    IMDS timeout), each read well within a socket timeout. The document and signature come
+    at once: a client that waits the token out ends with evidence, not ImdsUnavailable."""
 
     def do_PUT(self) -> None:
-        self._drip()
-
-    def do_GET(self) -> None:
-        self._drip()
-
-    def _drip(self) -> None:
         self.send_response(200)
         self.send_header("Content-Length", "50")
         self.end_headers()
@@ -91,39 +83,41 @@ class DrippingImds(QuietHandler):
         except OSError:
             pass  # the reader gave up
 
+    def do_GET(self) -> None:
+        body = b'{"instanceId": "i-0123456789abcdef0"}'
+        self.send_document(200, body, {"Content-Type": "text/plain"})
+
 
 def test_the_whole_read_is_within_its_timeout_however_slowly_imds_answers(monkeypatch) -> None:
+    """Timed out within the 1 s: bounding each read only, the reads would have the whole
+    token after 10 s, and the evidence."""
     monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
-    with serving(LoopbackServer(DrippingImds)) as server:
-        started = time.monotonic()
-        with pytest.raises(ImdsUnavailable) as failed:
-            read_instance_identity(server.url, timeout=1.0)
-        assert time.monotonic() - started < 1.0 + SLACK
+    with (
+        serving(LoopbackServer(DrippingImds)) as server,
+        pytest.raises(ImdsUnavailable) as failed,
+    ):
+        read_instance_identity(server.url, timeout=1.0)
     assert "did not answer: timed out" in str(failed.value)
 
 
-def _token(capsys, *argv: str) -> tuple[int, dict[str, str], float]:
-    started = time.monotonic()
+def _token(capsys, *argv: str) -> tuple[int, dict[str, str]]:
     code = main(["token", "--endpoint", "https://tokex.example.com", "--audience", "a", *argv])
-    elapsed = time.monotonic() - started
     out, err = capsys.readouterr()
     assert err == ""
-    return code, json.loads(out), elapsed
+    return code, json.loads(out)
 
 
 def test_with_instance_identity_on_a_timeout_ends_the_call_naming_the_hop_limit(
     monkeypatch, capsys
 ) -> None:
-    """--timeout is the whole call's: IMDS reads that drip on for 10 s end within half
-    of it, and the evidence is missing."""
+    """--timeout is the whole call's: IMDS reads that drip on for 10 s are cut off by it,
+    and the evidence is missing (waited out, the evidence would have come, and the call
+    failed at the exchange instead)."""
     use_static_credentials(monkeypatch)
     monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
     with serving(LoopbackServer(DrippingImds)) as imds:
         monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
-        code, failure, elapsed = _token(
-            capsys, "--instance-identity", "on", "--timeout", "0.8", "--json"
-        )
-    assert elapsed < 0.8 + SLACK
+        code, failure = _token(capsys, "--instance-identity", "on", "--timeout", "0.8", "--json")
     assert (code, failure["input"]) == (1, "--instance-identity")
     assert "did not answer: timed out" in failure["error_description"]
     assert "--http-put-response-hop-limit 2" in failure["error_description"]
@@ -133,7 +127,8 @@ def test_with_instance_identity_auto_an_imds_that_drips_leaves_time_for_the_exch
     monkeypatch, capsys
 ) -> None:
     """`auto` goes on without the evidence: the IMDS reads get at most half of --timeout,
-    the exchange the rest, and the token comes without instance evidence."""
+    the exchange the rest, and the token comes without instance evidence (waited out, the
+    evidence would have come, and no time been left for the exchange)."""
     use_static_credentials(monkeypatch)
     monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
     with (
@@ -141,16 +136,13 @@ def test_with_instance_identity_auto_an_imds_that_drips_leaves_time_for_the_exch
         serving(LoopbackServer(DrippingImds)) as imds,
     ):
         monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
-        started = time.monotonic()
         code = main(
             ["token", "--endpoint", issuer.url, "--audience", "a", "--instance-identity",
              "auto", "--timeout", "1", "--json"]
         )  # fmt: skip
-        elapsed = time.monotonic() - started
         out, err = capsys.readouterr()
     assert (code, err) == (0, "")
     assert json.loads(out)["access_token"] == "token-1"
-    assert elapsed < 1 + SLACK
     assert "aws_instance_identity" not in issuer.forms[0]
 
 
@@ -171,7 +163,7 @@ def test_with_instance_identity_on_other_failures_say_what_they_are(
         monkeypatch.setenv(name, value)
     if "AWS_EC2_METADATA_DISABLED" not in environment:
         monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
-    code, failure, _ = _token(capsys, "--instance-identity", "on", "--json")
+    code, failure = _token(capsys, "--instance-identity", "on", "--json")
     assert (code, failure["input"]) == (1, "--instance-identity")
     assert said in failure["error_description"]
     assert "hop-limit" not in failure["error_description"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -50,9 +51,15 @@ def test_each_thread_has_its_own_budget() -> None:
     assert seen == [None]
 
 
+# The dripping peer ends its header and answers after this long, far past the test's
+# 0.5 s deadline: a client that did not keep to the deadline gets that answer.
+DRIP_SECONDS = 10.0
+
+
 @pytest.fixture
 def dripping_server() -> Iterator[str]:
-    """Answers a status line, then a header one byte every 0.1 s, for ever."""
+    """Answers a status line, then a header one byte every 0.1 s for DRIP_SECONDS, then a
+    whole successful answer, `late` (unless the test is over first)."""
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
@@ -61,11 +68,16 @@ def dripping_server() -> Iterator[str]:
         with connection:
             connection.recv(65536)
             connection.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
-            while not stop.wait(0.1):
+            answer_at = time.monotonic() + DRIP_SECONDS
+            while time.monotonic() < answer_at:
+                if stop.wait(0.1):
+                    return
                 try:
                     connection.sendall(b"a")
                 except OSError:
                     return
+            with contextlib.suppress(OSError):
+                connection.sendall(b"\r\nContent-Length: 4\r\nConnection: close\r\n\r\nlate")
 
     threading.Thread(target=serve, daemon=True).start()
     yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
@@ -75,10 +87,9 @@ def dripping_server() -> Iterator[str]:
 
 def test_a_dripping_peer_is_cut_off_at_the_deadline(dripping_server: str) -> None:
     http = bounded_http.pool_manager(connect_timeout=1, read_timeout=1)
-    started = time.monotonic()
-    with request_deadline(0.5), pytest.raises(urllib3.exceptions.HTTPError):
-        http.request("GET", dripping_server, retries=False)
-    took = time.monotonic() - started
-    # Every read returns within the read timeout and the peer never stops: only the
-    # deadline ends the call (the bound is generous for a loaded machine).
-    assert 0.5 <= took < 2.0
+    with request_deadline(0.5) as budget:
+        # Every read returns within the read timeout and the peer answers only after
+        # DRIP_SECONDS: a call that ignored the deadline would end with that answer.
+        with pytest.raises(urllib3.exceptions.HTTPError):
+            http.request("GET", dripping_server, retries=False)
+        assert budget.remaining() <= 0  # cut off by the deadline, not before it

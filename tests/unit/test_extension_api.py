@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import threading
-import time
 
 import pytest
 
@@ -105,10 +104,10 @@ def test_errors_carry_their_type_in_the_header_and_the_body(
 
 
 def test_an_unreachable_api_is_an_extensions_api_error(refused_port: int) -> None:
-    started = time.monotonic()
-    with pytest.raises(ExtensionsApiError, match="unreachable"):
+    with pytest.raises(ExtensionsApiError, match="unreachable") as unreachable:
         ExtensionsApi(f"127.0.0.1:{refused_port}").register()
-    assert time.monotonic() - started < 5
+    # Reported on the refusal itself: not after waiting out the call's timeout.
+    assert isinstance(unreachable.value.__cause__, ConnectionRefusedError)
 
 
 @pytest.mark.parametrize("value", ["", "localhost", "127.0.0.1:", "127.0.0.1:port"])
