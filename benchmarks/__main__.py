@@ -1,11 +1,11 @@
-"""`python -m benchmarks`: the exchange against the AWS floor, cold start, the client and
-the deployed size, as a table and as benchmarks/results.json (docs/performance.md).
+"""`python -m benchmarks`: the exchange against the AWS floor, cold start, the client, the
+deadline and the deployed size, as a table and as benchmarks/results.json (docs/performance.md).
 
     python -m benchmarks                                   # full run, a few minutes
     python -m benchmarks --profile small --output /tmp/results.json   # what the suite runs
 
 Targets are ratios or counts measured in the same run; an absolute figure has no target
-unless an issue gives it one. The small profile never writes the committed results.
+unless an issue or the contract gives it one. The small profile never writes the committed results.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from benchmarks.bundle_size import bundle_figures
 from benchmarks.client_figures import client_figures
+from benchmarks.deadline_figures import deadline_figures
 from benchmarks.exchange import (
     cold_start_with_first_invocation,
     handlers_as_deployed,
@@ -59,6 +60,7 @@ PROFILES = {
     ),
 }
 CACHED_CALLS = {"full": 20_000, "small": 200}
+DEADLINE_RUNS = {"full": 5, "small": 1}
 PROXIED_REQUESTS = {"full": 2_000, "small": 20}
 
 
@@ -127,6 +129,7 @@ def run(profile_name: str) -> list[Figure]:
         figures += client_figures(system, CACHED_CALLS[profile_name])
         figures += proxy_figures(system, PROXIED_REQUESTS[profile_name])
         figures += first_exchange_round_trips(system, profile)
+        figures += deadline_figures(system, DEADLINE_RUNS[profile_name])
     figures += bundle_figures()
     return figures
 

@@ -10,7 +10,10 @@ verifies at the emulator. Being another process, its CPU is not counted as the h
 Control (not forwarded): `POST /__proxy/delay` with the delay in milliseconds as the body;
 `POST /__proxy/take` answers the calls counted since the last take, as JSON;
 `POST /__proxy/dynamodb` with a URL as the body sends DynamoDB's calls there from then on
-(the emulator's copy that serves DynamoDB apart, benchmarks/split_emulator.py).
+(the emulator's copy that serves DynamoDB apart, benchmarks/split_emulator.py);
+`POST /__proxy/stall` with an operation as the body (`kms:Sign`) holds every call of it
+unanswered until the next stall (an empty body: none), which closes their connections
+without an answer (an upstream that stopped answering, for the deadline's figures).
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class AwsProxy(ThreadingHTTPServer):
         self.delay_seconds = 0.0
         self.calls: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
+        self.stalled = ""  # the operation held unanswered, if any
+        self.stall_ends = threading.Event()  # set when that stall ends
         self.upstream = _Upstream()
         super().__init__(("127.0.0.1", 0), _Forward)
 
@@ -110,8 +115,14 @@ class _Forward(BaseHTTPRequestHandler):
         if self.path.startswith(CONTROL):
             self._answer(200, [("Content-Type", "application/json")], self._control(body))
             return
+        called = operation(self.headers, self.path, body)
         with self.server.lock:
-            self.server.calls[operation(self.headers, self.path, body)] += 1
+            self.server.calls[called] += 1
+            stall_ends = self.server.stall_ends if called == self.server.stalled else None
+        if stall_ends is not None:
+            stall_ends.wait()
+            self.close_connection = True  # never answered: the caller gave up meanwhile
+            return
         if self.server.delay_seconds:
             time.sleep(self.server.delay_seconds)
         dynamodb = self.headers.get("X-Amz-Target", "").startswith("DynamoDB_")
@@ -133,6 +144,11 @@ class _Forward(BaseHTTPRequestHandler):
             return b"{}"
         if self.path == CONTROL + "dynamodb":
             self.server.dynamodb_target = urlsplit(body.decode())
+            return b"{}"
+        if self.path == CONTROL + "stall":
+            with self.server.lock:
+                self.server.stall_ends.set()
+                self.server.stalled, self.server.stall_ends = body.decode(), threading.Event()
             return b"{}"
         with self.server.lock:
             calls, self.server.calls = self.server.calls, collections.Counter()
@@ -198,6 +214,10 @@ class ProxyProcess:
 
     def send_dynamodb_to(self, url: str) -> None:
         self._post("dynamodb", url.encode())
+
+    def stall(self, operation: str) -> None:
+        """Hold every `operation` call (`kms:Sign`) unanswered from now on; "" ends it."""
+        self._post("stall", operation.encode())
 
     def take(self) -> dict[str, int]:
         """The calls counted since the last take, by `service:Operation`."""

@@ -5,13 +5,15 @@ the emulator closed while idle is replaced before the request goes out."""
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from benchmarks.aws_proxy import AwsProxy
+from benchmarks.aws_proxy import CONTROL, AwsProxy
 from tests.support.loopback import TcpServer
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -145,3 +147,56 @@ def test_concurrent_clients_each_request_forwarded_once(through_proxy) -> None:
     assert statuses == [200] * clients * requests_each
     sent = [f"{index}-{n}".encode() for index in range(clients) for n in range(requests_each)]
     assert sorted(upstream.received) == sorted(sent)
+
+
+def _control(client: http.client.HTTPConnection, what: str, body: bytes = b"") -> Any:
+    """One of the benchmark's control calls (ProxyProcess), on a connection of its own."""
+    control = http.client.HTTPConnection(client.host, client.port, timeout=10)
+    try:
+        control.request("POST", f"{CONTROL}{what}", body=body)
+        return json.loads(control.getresponse().read())
+    finally:
+        control.close()
+
+
+def test_a_stalled_operation_is_held_unanswered_until_the_stall_ends(through_proxy) -> None:
+    """The deadline's figures hold one upstream's calls (several at once) while the
+    others are answered; ending the stall closes the held ones, never sends them on."""
+    first, upstream = through_proxy(["answer", "answer"])
+    assert _control(first, "stall", b"kms:Sign") == {}
+    held: list[object] = []
+    lock = threading.Lock()
+
+    def a_held_sign(index: int) -> None:
+        client = http.client.HTTPConnection(first.host, first.port, timeout=30)
+        try:
+            outcome: object = _post(client, f"held-{index}".encode())
+        except (http.client.HTTPException, OSError) as cut:
+            outcome = cut
+        finally:
+            client.close()
+        with lock:
+            held.append(outcome)
+
+    threads = [threading.Thread(target=a_held_sign, args=(index,)) for index in range(3)]
+    for thread in threads:
+        thread.start()
+    other = http.client.HTTPConnection(first.host, first.port, timeout=10)
+    other.request("POST", "/", body=b"put", headers={"X-Amz-Target": "DynamoDB_20120810.PutItem"})
+    assert other.getresponse().read() == b"{}"  # answered meanwhile
+    other.close()
+    signs = 0
+    for _ in range(1000):  # until all three are at the proxy (counted as they arrive)
+        signs += _control(first, "take").get("kms:Sign", 0)
+        if signs == 3:
+            break
+        threading.Event().wait(0.01)
+    assert signs == 3
+    assert held == []  # the Signs are still held (a thread that returned would be here)
+    assert _control(first, "stall") == {}
+    for thread in threads:
+        thread.join(10)
+    assert len(held) == 3 and all(isinstance(outcome, Exception) for outcome in held), held
+    assert upstream.received == [b"put"]  # none of the held calls went on
+    assert _post(first, b"after") == 200  # the stall is over
+    assert upstream.received == [b"put", b"after"]
