@@ -479,3 +479,55 @@ def test_callers_during_the_prefetch_wait_for_its_one_exchange(
     finally:
         front.shutdown()
         front.server_close()
+
+
+class EchoUpstream(QuietHandler):
+    """Answers each request with the target and the Authorization headers it got."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        authorization = self.headers.get_all("Authorization") or []
+        echo = {"target": self.path, "authorization": authorization}
+        self.send_document(200, json.dumps(echo).encode(), {"Content-Type": "application/json"})
+
+
+def test_application_requests_at_once_each_get_their_own_answer_with_the_token(
+    local_system: LocalSystem, tmp_path: Path
+) -> None:
+    """The function's code calling its API through the extension's listener, sixteen
+    requests at once during an invocation: each caller gets the answer to its own request
+    (the upstream echoes its target), each request with the prefetched token attached."""
+    port = free_port()
+    with serving(LoopbackServer(EchoUpstream)) as upstream:
+        env = lambda_environment(
+            local_system,
+            tmp_path,
+            TOKEX_PROXY_ENDPOINT=local_system.issuer,
+            **routes(port, upstream.url),
+        )
+        with extension(env, port) as running:
+            running.platform.wait_until_waiting(timeout=STARTUP_SECONDS)
+            running.platform.invoke()
+            running.platform.wait_until_waiting(timeout=5)
+            start = threading.Barrier(CALLERS, timeout=10)
+
+            def call(number: int) -> tuple[int, dict[str, Any]]:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                start.wait()
+                try:
+                    connection.request("GET", f"/orders/{number}")
+                    response = connection.getresponse()
+                    return response.status, json.loads(response.read())
+                finally:
+                    connection.close()
+
+            with ThreadPoolExecutor(CALLERS) as pool:
+                answers = list(pool.map(call, range(CALLERS)))
+            running.stop()
+    for number, (status, echo) in enumerate(answers):
+        assert (status, echo["target"]) == (200, f"/orders/{number}"), echo
+    assert [len(echo["authorization"]) for _, echo in answers] == [1] * CALLERS
+    [authorization] = {echo["authorization"][0] for _, echo in answers}  # one token for all
+    claims = verified(local_system, authorization.removeprefix("Bearer "), local_system.issuer)
+    assert claims["scope"] == "demo:read"

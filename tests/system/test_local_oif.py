@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -149,29 +150,77 @@ def test_the_two_lambda_sessions_differ_only_in_their_function(local_system: Loc
 
 
 def test_many_threads_at_once(local_system: LocalSystem) -> None:
-    """Each of 64 concurrent requests (8 clients of the 4 demo identities, both
-    algorithms, GetCallerIdentity pass-throughs in between) gets its own valid answer."""
+    """64 requests, released 16 at a time (8 clients of the 4 demo identities, both
+    algorithms, GetCallerIdentity pass-throughs in between): each gets its own answer, one
+    naming the identity that signed it, with the algorithm and the tag it asked for."""
     deployment = local_system.deployment
-    identities = [deployment.workload, deployment.user, *deployment.lambdas.values()]
-    clients = [sts_client(local_system, identities[i % len(identities)]) for i in range(8)]
+    user_arn = f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER_NAME}"
+    # Per identity: what its token says of it (sub, then the namespaced claims that name
+    # the session: the two Lambda sessions share a role and differ only in the function),
+    # and the ARN moto's GetCallerIdentity gives it.
+    identities = [
+        (
+            deployment.workload,
+            (DEMO_ROLE_ARN, DEMO_ROLE_ARN, None, INSTANCE_ARN),
+            f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/demo-workload/{DEMO_INSTANCE_ID}",
+        ),
+        (deployment.user, (user_arn, user_arn, None, None), user_arn),
+        *(
+            (
+                credentials,
+                (DEMO_LAMBDA_ROLE_ARN, DEMO_LAMBDA_ROLE_ARN, lambda_function_arn(name), None),
+                f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/demo-lambda/{name}",
+            )
+            for name, credentials in deployment.lambdas.items()
+        ),
+    ]
+    clients = [sts_client(local_system, identities[i % len(identities)][0]) for i in range(8)]
+    # Call i: client i % 8, whose identity is i % 4; the algorithm alternates every 4
+    # calls and every fourth run of 8 calls is GetCallerIdentity, so every identity makes
+    # both kinds of call and asks for both algorithms.
+    passes_through = [(i // 8) % 4 == 3 for i in range(64)]
+    algorithm = [ALGORITHMS[(i // 4) % 2] for i in range(64)]
+    workers = 16
+    # Cyclic: each round of 16 calls is released together, so the requests really overlap.
+    release = threading.Barrier(workers, timeout=60)
 
-    def call(i: int) -> tuple[str, str]:
+    def call(i: int) -> str:
         client = clients[i % len(clients)]
-        if i % 4 == 3:
-            return "identity", client.get_caller_identity()["Arn"]
+        release.wait()
+        if passes_through[i]:
+            return str(client.get_caller_identity()["Arn"])
         answer = client.get_web_identity_token(
-            Audience=[local_system.issuer], SigningAlgorithm=ALGORITHMS[i % 2]
+            Audience=[local_system.issuer],
+            SigningAlgorithm=algorithm[i],
+            Tags=[{"Key": "call", "Value": str(i)}],  # names the request in its token
         )
-        return "token", answer["WebIdentityToken"]
+        return str(answer["WebIdentityToken"])
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        results = list(pool.map(call, range(64)))
-    tokens = [value for kind, value in results if kind == "token"]
-    arns = [value for kind, value in results if kind == "identity"]
-    assert len(tokens) == 48 and len(arns) == 16
-    jtis = {oif_claims(local_system, token)["jti"] for token in tokens}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        answers = list(pool.map(call, range(64)))
+
+    def session_of(claims: dict) -> tuple:
+        aws = claims[STS_NAMESPACE]
+        return (
+            claims["sub"],
+            aws["principal_id"],
+            aws.get("lambda_source_function_arn"),
+            aws.get("ec2_source_instance_arn"),
+        )
+
+    assert passes_through.count(True) == 16
+    jtis = set()
+    for i, answer in enumerate(answers):
+        _, session, caller_arn = identities[i % len(identities)]
+        if passes_through[i]:
+            assert (i, answer) == (i, caller_arn)  # moto's answer to this caller
+            continue
+        assert (i, jwt.get_unverified_header(answer)["alg"]) == (i, algorithm[i])
+        claims = oif_claims(local_system, answer)
+        assert (i, session_of(claims)) == (i, session)
+        assert claims[STS_NAMESPACE]["request_tags"] == {"call": str(i)}
+        jtis.add(claims["jti"])
     assert len(jtis) == 48
-    assert all(arn.startswith("arn:aws:") for arn in arns)
 
 
 # --- the SigV4 check --------------------------------------------------------------------

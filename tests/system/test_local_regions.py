@@ -6,9 +6,11 @@ the Regions after a delay (paused where a test must prove a rule, not a shared t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -26,7 +28,7 @@ from benchmarks.local_process import load_env_file
 from tests.system.conftest import as_operator, serving
 from tests.system.endpoints import Answer, assert_refused, exchange, get, post, sign, verify
 from tokex.adapters.policy_table import PolicyStore
-from tokex.adapters.state_table.schema import SIGNATURE_PREFIX
+from tokex.adapters.state_table.schema import SIGNATURE_PREFIX, signature_key
 from tokex.cli.main import main
 from tokex.client import TokenClient, TokenError
 from tokex.client.signing import encode_subject_token
@@ -329,13 +331,40 @@ def test_a_region_that_is_not_served_is_no_endpoint(system: LocalSystem) -> None
         system.stop_region("ap-south-1")
 
 
-def test_parallel_exchanges_in_both_regions_all_succeed(system: LocalSystem) -> None:
+def test_parallel_exchanges_in_both_regions_are_each_served_by_their_own_region(
+    system: LocalSystem,
+) -> None:
+    """12 exchanges released at once, 6 per Region: each is answered, and each was served
+    by the Region it was sent to, which its tokens alone do not show (one key, one
+    issuer): its signed request's single-use record is in that Region's state table and
+    not the other's. Replication is paused, so a record is only where it was written."""
     regions = [region for region in REGIONS for _ in range(6)]
-    with ThreadPoolExecutor(max_workers=len(regions)) as pool:
-        answers = list(pool.map(lambda region: exchange_in(system, region), regions))
+    signed = [sign(system, region=region) for region in regions]
+    release = threading.Barrier(len(regions), timeout=60)
+
+    def send(i: int) -> Answer:
+        release.wait()
+        return exchange_in(system, regions[i], signed=signed[i])
+
+    with replication_paused(system):
+        with ThreadPoolExecutor(max_workers=len(regions)) as pool:
+            answers = list(pool.map(send, range(len(regions))))
+        records = {region: signature_records(system, region) for region in REGIONS}
     assert [status for status, _, _ in answers] == [200] * len(regions), answers
     jtis = {verify(system, body["access_token"])["jti"] for _, _, body in answers}
     assert len(jtis) == len(regions)
+    served_by = [
+        [region for region in REGIONS if single_use_record(request) in records[region]]
+        for request in signed
+    ]
+    assert served_by == [[region] for region in regions]
+
+
+def single_use_record(signed: dict[str, Any]) -> str:
+    """The state table key single use writes for a signed request: `sig#` and the SHA-256
+    of its signature (docs/security.md "Single use and the rate limit")."""
+    signature = signed["headers"]["Authorization"].rsplit("Signature=", 1)[1]
+    return signature_key(hashlib.sha256(signature.encode("ascii")).hexdigest())
 
 
 def test_parallel_introspections_in_both_regions_each_get_their_own_tokens_claims(

@@ -324,20 +324,29 @@ def test_tokens_and_secrets_never_reach_the_log(proxy, upstream):
 
 
 def test_32_concurrent_requests_on_a_cold_cache_make_one_exchange(proxy, upstream, exchanges):
+    """All at once, each caller gets the answer to its own request: the upstream echoes
+    the target, so a proxy that sent one caller's request, or relayed one caller's answer,
+    on behalf of another is caught, not only one that lost a request."""
     count = 32
     barrier = threading.Barrier(count)
-    statuses: list[int] = []
+    answers: dict[str, tuple[int, bytes]] = {}
 
     def one(number: int) -> None:
+        target = f"/orders/{number}"
         barrier.wait()
-        statuses.append(proxy.request("GET", f"/orders/{number}")[0])
+        status, _, body = proxy.request("GET", target)
+        answers[target] = (status, body)
 
     threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert statuses == [200] * count
+    targets = [f"/orders/{number}" for number in range(count)]
+    assert sorted(answers) == sorted(targets)
+    for target, (status, body) in answers.items():
+        assert (status, json.loads(body)["target"]) == (200, target), body
+    assert sorted(got.target for got in upstream.received) == sorted(targets)  # each once
     assert exchanges == [DEMO_AUDIENCE]
     assert len({got.token for got in upstream.received}) == 1
 
@@ -347,10 +356,11 @@ def test_token_endpoint_health_and_forwarded_requests_at_once_on_a_cold_cache(
 ):
     """A new proxy, no token yet: callers of its token endpoint, of its health endpoint
     and of the route, all at once, share one exchange; every caller of the token endpoint
-    gets the token the upstream got."""
+    gets the token the upstream got, and every caller gets the answer to its own request
+    (a forwarded request its own echoed target, never another's or a local answer)."""
     kinds = ["token"] * 16 + ["route"] * 8 + ["health"] * 8
     barrier = threading.Barrier(len(kinds))
-    answers: list[tuple[str, int, bytes]] = []
+    answers: list[tuple[int, str, int, bytes]] = []
     with_secret = {SECRET_HEADER: "the-test-secret"}
 
     def one(number: int, kind: str) -> None:
@@ -362,20 +372,29 @@ def test_token_endpoint_health_and_forwarded_requests_at_once_on_a_cold_cache(
             status, _, body = proxy.request("GET", f"/orders/{number}")
         else:
             status, _, body = proxy.request("GET", "/.tokex/health")
-        answers.append((kind, status, body))
+        answers.append((number, kind, status, body))
 
     threads = [threading.Thread(target=one, args=pair) for pair in enumerate(kinds)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert sorted((kind, status) for kind, status, _ in answers) == sorted(
+    assert sorted((kind, status) for _, kind, status, _ in answers) == sorted(
         (kind, 200) for kind in kinds
     )
     assert exchanges == [DEMO_AUDIENCE]
-    tokens = {json.loads(body)["access_token"] for kind, _, body in answers if kind == "token"}
+    routed = {number: json.loads(body) for number, kind, _, body in answers if kind == "route"}
+    for number, echo in routed.items():
+        assert echo["target"] == f"/orders/{number}", echo
+    assert sorted(got.target for got in upstream.received) == sorted(
+        f"/orders/{number}" for number in routed
+    )
+    tokens = {json.loads(body)["access_token"] for _, kind, _, body in answers if kind == "token"}
     assert tokens == {got.token for got in upstream.received}
     assert len(tokens) == 1
+    for _, kind, _, body in answers:
+        if kind == "health":
+            assert [route["route"] for route in json.loads(body)["routes"]] == ["routes[0]"]
     _, _, body = proxy.request("GET", "/.tokex/health")
     assert [route["has_token"] for route in json.loads(body)["routes"]] == [True]
 

@@ -331,7 +331,8 @@ def test_a_route_on_a_listener_of_its_own(upstream) -> None:
 
 def test_two_listeners_at_once_each_send_their_own_routes_token(upstream) -> None:
     """The listeners share the token source and the connection cap: a crowd on both at
-    once gets every answer, each request with its own route's token."""
+    once gets every answer, each request with its own route's token, and each caller the
+    answer to its own request (the upstream echoes the target and the headers it got)."""
     own = {"listen": "127.0.0.1:0", "upstream": upstream.url, "audience": "billing-api"}
     with proxy_for({**route(upstream.url), "prefix": "/orders"}, own) as proxy:
         ports = {
@@ -341,13 +342,20 @@ def test_two_listeners_at_once_each_send_their_own_routes_token(upstream) -> Non
         jobs = [(name, number) for number in range(16) for name in ports]
         barrier = threading.Barrier(len(jobs))
 
-        def one(job: tuple[str, int]) -> int:
+        def one(job: tuple[str, int]) -> tuple[int, bytes]:
             name, number = job
             barrier.wait(timeout=30)
-            return call(ports[name], "GET", f"/orders/{name}-{number}")[0]
+            status, _, body = call(ports[name], "GET", f"/orders/{name}-{number}")
+            return status, body
 
         with ThreadPoolExecutor(len(jobs)) as pool:
-            assert list(pool.map(one, jobs)) == [200] * len(jobs)
+            answers = list(pool.map(one, jobs))
+    for (name, number), (status, body) in zip(jobs, answers, strict=True):
+        assert status == 200, body
+        echo = json.loads(body)
+        assert echo["target"] == f"/orders/{name}-{number}", (name, number, echo["target"])
+        authorization = [value for key, value in echo["headers"] if key.lower() == "authorization"]
+        assert authorization == [f"Bearer token-of-{name}-api"], (name, number, authorization)
     tokens = {
         seen["target"]: dict((k.lower(), v) for k, v in seen["headers"])["authorization"]
         for seen in upstream.seen
