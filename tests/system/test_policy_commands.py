@@ -26,6 +26,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
 from tests.system.endpoints import assert_refused, exchange, sign, verify
 from tokex.adapters.policy_table import PolicyStore
 from tokex.cli.main import main
@@ -249,6 +250,31 @@ def test_an_invalid_item_that_may_be_a_deny_fails_the_listing_after_listing_all(
     finally:
         assert cli("delete", "zz-maybe-deny")[0] == 0
     assert cli("list")[0] == 0
+
+
+def test_an_item_under_an_id_put_refuses_is_got_and_deleted_with_the_cli(system, cli) -> None:
+    """Written straight to the table, "orders api" breaks POLICY_ID, and its document may
+    be a deny: every exchange answers 503. `policy list` says to fix it with `tokex policy
+    get/delete`, and those take its id: the outage ends without the AWS CLI."""
+    table = system.deployment.policy_table
+    dynamodb = system.deployment.client("dynamodb")
+    item_id = "orders api"
+    item = {"id": {"S": item_id}, "document": {"S": json.dumps({"id": item_id})}}
+    dynamodb.put_item(TableName=table, Item=item)
+    exchange_handler = cold_exchange_handler(system, TOKEX_POLICY_CACHE_SECONDS="0")
+    try:
+        assert invoke_exchange(exchange_handler, sign(system))[0] == 503
+        code, _, err = cli("list")
+        assert code == 1 and "orders api make every exchange answer 503" in err
+        assert "(tokex policy get/delete)" in err
+        code, _, err = cli("get", item_id)
+        assert code == 1 and "stored policy 'orders api' is invalid (" in err
+        assert "every exchange answers 503 until it is fixed or deleted" in err
+        assert cli("delete", item_id) == (0, "orders api\n", "")
+        assert "Item" not in dynamodb.get_item(TableName=table, Key={"id": {"S": item_id}})
+        assert invoke_exchange(exchange_handler, sign(system))[0] == 200
+    finally:
+        dynamodb.delete_item(TableName=table, Key={"id": {"S": item_id}})
 
 
 def test_aws_failures_are_clear_errors(cli, monkeypatch) -> None:

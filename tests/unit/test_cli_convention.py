@@ -335,8 +335,9 @@ KONG_OIDC = ["kong-config", "--enterprise", "openid-connect", "--global", "--any
             "did you mean --endpoint-url https://localhost:4566",
         ),
         (["policy", "put", "nope.json", "--table", "t"], "nope.json", "no such file"),
-        (["policy", "get", "", "--table", "t"], "ID", "must be 1-128 characters of"),
-        (["policy", "delete", "a b", "--table", "t"], "a b", "must be 1-128 characters of"),
+        # get and delete take any id a DynamoDB key can be (test_cli_unreadable_inputs.py).
+        (["policy", "get", "", "--table", "t"], "ID", "must be 1-2048 bytes of UTF-8 text"),
+        (["policy", "delete", "x" * 2049, "--table", "t"], "x" * 2049, "must be 1-2048 bytes"),
         (
             ["policy", "list", "--table", "t", "--endpoint-url", "http://[zz]/"],
             "--endpoint-url",

@@ -173,6 +173,9 @@ def test_the_endpoint_may_come_from_the_environment() -> None:
         (with_route(evidence="eks", token_file="/nope"), "routes[0].token_file", "no such file"),
         (with_route(ca_file="/nope.pem"), "routes[0].ca_file", "no such file"),
         (with_route(ca_file="/dev/null"), "routes[0].ca_file", "not a regular file"),
+        (with_route(ca_file="/dev/null/ca.pem"), "routes[0].ca_file", "no such file"),
+        # A path that cannot be looked up (pathlib's is_file() raised: an internal error).
+        (with_route(ca_file="/" + "a" * 300), "routes[0].ca_file", "File name too long"),
         (with_route(evidence="eks", token_file="/tmp"), "routes[0].token_file", "not a regular"),
         (with_route(upstream="http://127.0.0.1:8080"), "routes[0].upstream", "a loop"),
     ],

@@ -62,6 +62,7 @@ def test_empty_means_none(value: str) -> None:
         ([{**OIF, "issuer": "https://abc.example?x=1"}], "bare URL"),
         ([{**OIF, "issuer": "https://u@abc.example"}], "bare URL"),
         ([{**OIF, "issuer": "https://abc.example/a b"}], "is not a URL"),
+        ([{**OIF, "issuer": "https://[::1"}], "is not a URL"),  # urlsplit raised ValueError
         ([{**OIF, "account": "12345"}], r"\.account must be a 12-digit account id"),
         ([{k: v for k, v in OIF.items() if k != "account"}], r"\.account is required"),
         ([{**EKS, "region": "moon-1"}], r"\.region 'moon-1' is not a region name"),

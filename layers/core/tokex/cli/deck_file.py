@@ -101,8 +101,20 @@ def parse_document(text: str) -> dict[str, Any]:
             import yaml
         except ImportError:
             raise ValueError("reading a YAML --existing file needs PyYAML") from None
+
+        class NoAliases(yaml.SafeLoader):
+            """A decK file `render` writes has no aliases (`*name`); one that does could
+            expand a few KB into millions of credentials, each of them read."""
+
+            def compose_node(self, parent: Any, index: Any) -> Any:
+                if self.check_event(yaml.AliasEvent):
+                    alias = self.peek_event()
+                    line = alias.start_mark.line + 1
+                    raise ValueError(f"line {line}: YAML aliases (*{alias.anchor}) are refused")
+                return super().compose_node(parent, index)
+
         try:
-            document = yaml.safe_load(text)
+            document = yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as err:
             raise ValueError(f"neither JSON nor YAML ({err})") from None
         except RecursionError:

@@ -24,6 +24,7 @@ from tokex.cli.errors import (
 )
 from tokex.cli.inputs import require_http_url
 from tokex.cli.region import aws_session, resolve_region
+from tokex.client.endpoint import redacted, redacted_text
 from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS
 
 # cdk/tokex_stack.py names its outputs: the policy table's and the state table's.
@@ -199,13 +200,14 @@ def aws_client(service: str, region: str | None, endpoint_url: str | None) -> An
     except BotoCoreError as exc:  # e.g. a broken profile
         raise CommandError(describe_aws_error(exc), error=AWS_ERROR, input="--region") from None
     except ValueError as exc:  # botocore's own refusal of a value
-        if endpoint_url is not None and "endpoint" in str(exc).lower():
+        why = redacted_text(str(exc))  # it quotes the URL, a password in it too
+        if endpoint_url is not None and "endpoint" in why.lower():
             # e.g. a host name with `_`: found before any call, as a usage error is
             raise UsageError(
-                f"--endpoint-url {endpoint_url!r}: {exc}", input="--endpoint-url"
+                f"--endpoint-url {redacted(endpoint_url)!r}: {why}", input="--endpoint-url"
             ) from None
         raise CommandError(
-            f"the AWS configuration cannot be used: {exc}", error=AWS_ERROR, input=None
+            f"the AWS configuration cannot be used: {why}", error=AWS_ERROR, input=None
         ) from None
 
 
@@ -227,17 +229,21 @@ def aws_hint(reason: str) -> str | None:
 
 
 def describe_aws_error(exc: Exception) -> str:
-    """One line for an operator: the error code and message, or what botocore said."""
+    """One line for an operator: the error code and message, or what botocore said (the
+    endpoint URL it quotes without its user name and password: --endpoint-url,
+    AWS_ENDPOINT_URL)."""
     from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
 
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": ")
-    if isinstance(exc, NoRegionError):
-        return "no AWS region configured: pass --region REGION or set AWS_REGION"
-    if isinstance(exc, NoCredentialsError):
-        return "no AWS credentials found (the default credential chain came up empty)"
-    return str(exc) or type(exc).__name__
+        described = f"{error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": ")
+    elif isinstance(exc, NoRegionError):
+        described = "no AWS region configured: pass --region REGION or set AWS_REGION"
+    elif isinstance(exc, NoCredentialsError):
+        described = "no AWS credentials found (the default credential chain came up empty)"
+    else:
+        described = str(exc) or type(exc).__name__
+    return redacted_text(described)
 
 
 def _region(client: Any) -> str:

@@ -4,26 +4,60 @@ that is not what it should be is a failure, exit 1)."""
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import sys
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
-from tokex.cli.errors import FILE_NOT_FOUND, INVALID_INPUT, CommandError, UsageError
+from tokex.cli.errors import (
+    FILE_NOT_FOUND,
+    INVALID_INPUT,
+    WRITE_FAILED,
+    CommandError,
+    UsageError,
+)
 
 STDIN = "-"
 
 
-def require_file(path: str | None, *, label: str, stdin: bool = False) -> None:
+def file_status(
+    path: str, *, label: str, follow_symlinks: bool = True, writing: bool = False
+) -> os.stat_result | None:
+    """What is at `path` (os.lstat when not `follow_symlinks`), or None when nothing is
+    there (as pathlib's exists() reads it: no such file, or a parent that is a file).
+
+    A path that cannot be looked up (a directory on the way this user may not search, a
+    name too long) is a failure that names it, exit 1: pathlib's exists() and is_dir()
+    raise an OSError then, which would be reported as a bug of tokex."""
+    try:
+        return os.stat(path, follow_symlinks=follow_symlinks)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        verb, code = ("write", WRITE_FAILED) if writing else ("read", INVALID_INPUT)
+        raise CommandError(
+            f"cannot {verb} {label} {path}: {err.strerror or err}", error=code, input=path
+        ) from None
+
+
+def require_file(
+    path: str | None, *, label: str, stdin: bool = False, missing_hint: str = ""
+) -> None:
     """`path` names an existing file (or is `-` where stdin is accepted); None: not given.
-    `label` is the flag (`--jwks`) or what a positional file is (`policy document`).
+    `label` is the flag (`--jwks`) or what a positional file is (`policy document`);
+    `missing_hint` follows "no such file" (" (mount it there)").
 
     Existence only: a named pipe or /dev/stdin is a file to read too (`<(...)` in bash)."""
     if path is None or (stdin and path == STDIN):
         return
-    found = Path(path)
-    if not found.exists():
-        raise UsageError(f"{label} {path}: no such file", error=FILE_NOT_FOUND, input=path)
-    if found.is_dir():
+    found = file_status(path, label=label)
+    if found is None:
+        raise UsageError(
+            f"{label} {path}: no such file{missing_hint}", error=FILE_NOT_FOUND, input=path
+        )
+    if stat.S_ISDIR(found.st_mode):
         raise UsageError(f"{label} {path} is a directory, not a file", input=path)
 
 
@@ -76,6 +110,11 @@ def require_http_url(value: str, *, flag: str) -> SplitResult:
         raise UsageError(f"{flag} {shown!r} has an invalid port", input=flag) from None
     if not url.hostname:
         raise UsageError(f"{flag} {shown!r} names no host", input=flag)
+    if "@" in url.netloc:  # nothing these URLs reach takes credentials in the URL
+        raise UsageError(
+            f"{flag} {shown!r} has a user name or password in it: give the URL without them",
+            input=flag,
+        )
     if problem := host_problem(url.hostname):
         raise UsageError(f"{flag} {shown!r}: its host {problem}", input=flag)
     return url

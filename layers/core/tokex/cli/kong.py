@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 import urllib.error
 import urllib.request
@@ -26,7 +27,6 @@ from tokex.cli.deck_file import parse_document, read_existing, render, write_pri
 
 __all__ = ["parse_document", "read_jwks", "register", "render", "run"]
 from tokex.cli.errors import (
-    FILE_NOT_FOUND,
     INVALID_INPUT,
     UNREACHABLE,
     USAGE,
@@ -34,7 +34,7 @@ from tokex.cli.errors import (
     CommandError,
     UsageError,
 )
-from tokex.cli.inputs import require_file, require_http_url
+from tokex.cli.inputs import file_status, require_file, require_http_url
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
 
 ENTERPRISE = ("openid-connect", "oauth2-introspection")
@@ -198,19 +198,8 @@ def _check(args: argparse.Namespace) -> Any:
     from tokex.kong import MAX_EXPIRATION_LIMIT
 
     placement = _placement(args)
-    if args.output is not None and (not args.output or Path(args.output).is_dir()):
-        raise UsageError(
-            f"--output {args.output!r}: name a file to write (not a directory)", input="--output"
-        )
-    output = Path(args.output) if args.output else None
-    if output is not None and (output.is_symlink() or (output.exists() and not output.is_file())):
-        # The file may hold a client secret: never written through a link someone planted,
-        # and a device or a FIFO would not be a 0600 file. (`/dev/stdout` is a symlink.)
-        raise UsageError(
-            f"--output {args.output!r} is a symlink or a special file: name a regular file, "
-            "or leave --output out to write to stdout",
-            input="--output",
-        )
+    if args.output is not None:
+        _check_output(args.output)
     if args.json and args.format == "yaml":
         raise UsageError("--json writes JSON: drop --format yaml", input="--format")
     if not 0 < args.max_ttl <= MAX_EXPIRATION_LIMIT:
@@ -242,10 +231,30 @@ def _check(args: argparse.Namespace) -> Any:
         _client_secret(args)
     if args.service_url is not None:
         require_http_url(args.service_url, flag="--service-url")
-    if args.existing is not None and Path(args.existing).is_dir():  # --output: checked above
-        existing = args.existing
-        raise UsageError(f"--existing {existing} is a directory, not a file", input=existing)
+    if args.existing is not None:  # missing: a first run
+        found = file_status(args.existing, label="--existing")
+        if found is not None and stat.S_ISDIR(found.st_mode):
+            existing = args.existing
+            raise UsageError(f"--existing {existing} is a directory, not a file", input=existing)
     return placement
+
+
+def _check_output(path: str) -> None:
+    found = (
+        file_status(path, label="--output", follow_symlinks=False, writing=True) if path else None
+    )
+    if not path or (found is not None and stat.S_ISDIR(found.st_mode)):
+        raise UsageError(
+            f"--output {path!r}: name a file to write (not a directory)", input="--output"
+        )
+    if found is not None and not stat.S_ISREG(found.st_mode):
+        # The file may hold a client secret: never written through a link someone planted,
+        # and a device or a FIFO would not be a 0600 file. (`/dev/stdout` is a symlink.)
+        raise UsageError(
+            f"--output {path!r} is a symlink or a special file: name a regular file, "
+            "or leave --output out to write to stdout",
+            input="--output",
+        )
 
 
 def _check_jwks(source: str | None) -> None:
@@ -259,14 +268,9 @@ def _check_jwks(source: str | None) -> None:
     if source.startswith(("https://", "http://")):
         require_http_url(source, flag="--jwks")
         _check_fetch_url(source, "--jwks")
-    elif not Path(source).exists() and "/.well-known/" in source:
-        raise UsageError(
-            f"--jwks {source}: no such file (a URL needs its https:// scheme)",
-            error=FILE_NOT_FOUND,
-            input=source,
-        )
     else:
-        require_file(source, label="--jwks")
+        hint = " (a URL needs its https:// scheme)" if "/.well-known/" in source else ""
+        require_file(source, label="--jwks", missing_hint=hint)
 
 
 def _client_secret(args: argparse.Namespace) -> str:
@@ -417,6 +421,9 @@ def read_jwks(source: str) -> dict[str, Any]:
 
 
 def _fetch(url: str) -> bytes:
+    from tokex.client.endpoint import redacted
+
+    shown = redacted(url)
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
     try:
         # The environment's proxies for https only: plain http (a loopback issuer) through
@@ -426,24 +433,26 @@ def _fetch(url: str) -> bytes:
             return bytes(response.read(MAX_JWKS_BYTES + 1))
     except urllib.error.HTTPError as err:
         raise CommandError(
-            f"cannot fetch the JWKS: {url} answered HTTP {err.code} {err.reason} (is it the "
+            f"cannot fetch the JWKS: {shown} answered HTTP {err.code} {err.reason} (is it the "
             "issuer's /.well-known/jwks.json?)",
             error=UNREACHABLE,
-            input=url,
+            input=shown,
         ) from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         why = getattr(reason, "strerror", None) or str(reason)
         raise CommandError(
-            f"cannot fetch the JWKS from {url}: {why} (is the issuer up, and the URL right?)",
+            f"cannot fetch the JWKS from {shown}: {why} (is the issuer up, and the URL right?)",
             error=UNREACHABLE,
-            input=url,
+            input=shown,
         ) from None
 
 
 def _check_fetch_url(source: str, flag: str) -> None:
+    from tokex.client.endpoint import redacted
+
     if problem := _fetch_url_problem(source):
-        raise UsageError(f"{flag} {source}: {problem}", input=flag)
+        raise UsageError(f"{flag} {redacted(source)}: {problem}", input=flag)
 
 
 def _fetch_url_problem(source: str) -> str | None:
@@ -454,8 +463,15 @@ def _fetch_url_problem(source: str) -> str | None:
         host = url.hostname or ""
     except ValueError as err:  # e.g. "Invalid IPv6 URL"
         return f"is not a valid URL: {err}"
+    if "@" in url.netloc:  # http.client would read the password as a port
+        return "has a user name or password in it: give the URL without them"
     if problem := host_problem(host):
         return f"its host {problem}"
+    if any(c.isspace() or not c.isprintable() or not c.isascii() for c in url.path + url.query):
+        # http.client sends the path as it is, ASCII only, and refuses a space in it.
+        return (
+            "has whitespace, control or non-ASCII characters: percent-encode them (%20 for a space)"
+        )
     if url.scheme == "https" or (url.scheme == "http" and is_loopback(host)):
         return None
     # Keys fetched in clear text could be swapped in transit, and Kong would then trust a
@@ -476,9 +492,12 @@ class _NoDowngrade(urllib.request.HTTPRedirectHandler):
         if problem is None and downgrade:
             problem = "is plain http: a redirect from https may not downgrade"
         if problem:
+            from tokex.client.endpoint import redacted
+
+            shown = redacted(req.full_url)
             raise CommandError(
-                f"cannot fetch the JWKS: {req.full_url} redirects to {newurl}, which {problem}",
+                f"cannot fetch the JWKS: {shown} redirects to {redacted(newurl)}, which {problem}",
                 error=UNREACHABLE,
-                input=req.full_url,
+                input=shown,
             )
         return super().redirect_request(req, fp, code, msg, headers, newurl)

@@ -13,6 +13,7 @@ import importlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any, TextIO, cast
 
 from tokex import __version__
 from tokex.cli.errors import (
@@ -59,8 +60,13 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     as_json = wants_json(arguments)
-    command = "tokex"
     _usable_standard_streams()
+    with _output_failures_told_apart():
+        return _run(arguments, as_json)
+
+
+def _run(arguments: list[str], as_json: bool) -> int:
+    command = "tokex"
     try:
         try:
             parser = build_parser()
@@ -68,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             command = f"tokex {args.command}"
             as_json = as_json or getattr(args, "json", False) is True
             code = int(args.func(args) or 0)
-        except BrokenPipeError:
+        except (BrokenPipeError, OutputFailed):
             raise
         except CommandError as exc:
             report(exc, command, as_json=as_json)
@@ -90,12 +96,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _discard_stdout()
         return EXIT_BROKEN_PIPE
-    except OSError as exc:  # the output itself could not be written (a full disk, ...)
-        if _debugging():
-            raise  # or a bug's own OSError, re-raised above for its traceback
+    except OutputFailed as exc:  # a full disk, ...
         _discard_stdout()
         print(f"{command}: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+class OutputFailed(OSError):
+    """Standard output could not be written (a full disk): no bug of the command that
+    was writing, however far into it the write was (`_Output`)."""
+
+
+class _Output:
+    """Standard output, whose write failures are told apart from a command's own OSError:
+    unbuffered (PYTHONUNBUFFERED), or with more than its buffer to say, stdout fails in
+    the middle of a command, not at main's last flush."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        with self._failing_as_output():
+            return self.stream.write(text)
+
+    def flush(self) -> None:
+        with self._failing_as_output():
+            self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...
+        return getattr(self.stream, name)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _failing_as_output() -> Iterator[None]:
+        try:
+            yield
+        except BrokenPipeError:
+            raise  # the reader went away: quietly, exit 141
+        except OSError as exc:
+            raise OutputFailed(exc.errno, exc.strerror) from exc
+
+
+@contextlib.contextmanager
+def _output_failures_told_apart() -> Iterator[None]:
+    stream = sys.stdout
+    sys.stdout = cast(TextIO, _Output(stream))
+    try:
+        yield
+    finally:
+        sys.stdout = stream
 
 
 def _debugging() -> bool:
@@ -175,7 +224,9 @@ def _unexpected(exc: Exception) -> CommandError:
     # A value the SDK refused (AWS_MAX_ATTEMPTS=abc, a credential_process answer's date).
     # Not a TypeError: a wrong type is what tokex passed, a bug of its own.
     if isinstance(exc, ValueError) and _raised_in(exc, AWS_SDK):
-        why = f"{type(exc).__name__}: {exc}"
+        from tokex.client.endpoint import redacted_text
+
+        why = redacted_text(f"{type(exc).__name__}: {exc}")
         return CommandError(f"the AWS configuration cannot be used: {why}", error=AWS_ERROR)
     return CommandError(
         f"internal error, a bug of tokex: {type(exc).__name__}: {exc} "
@@ -191,14 +242,17 @@ AWS_SDK = ("botocore", "boto3", "dateutil", "s3transfer")
 
 
 def _raised_in(exc: BaseException, packages: Sequence[str]) -> bool:
-    """Whether the innermost frame that raised `exc` is code of one of `packages`."""
-    frame = exc.__traceback__
-    if frame is None:
-        return False
-    while frame.tb_next is not None:
+    """Whether the innermost frame outside the standard library that `exc` came through is
+    code of one of `packages`: botocore raises the standard library's errors too (a
+    credential_process answer that is not JSON is json.decoder's JSONDecodeError), while
+    tokex's own code that botocore calls back (its model loader) stays tokex's."""
+    frame, innermost = exc.__traceback__, ""
+    while frame is not None:
+        package = str(frame.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+        if package not in sys.stdlib_module_names:
+            innermost = package
         frame = frame.tb_next
-    module = str(frame.tb_frame.f_globals.get("__name__", ""))
-    return module.split(".")[0] in packages
+    return innermost in packages
 
 
 def _leaves(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:

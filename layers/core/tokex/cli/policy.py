@@ -27,7 +27,7 @@ from tokex.cli.policy_document import load_policy_file
 from tokex.cli.policy_explain import add_explain_arguments, explain_command
 from tokex.cli.policy_table import policy_table
 from tokex.evidence.identity import AWS_OIF, SIGV4
-from tokex.policy.model import POLICY_ID, POLICY_ID_RULE, Policy, PolicyValidationError
+from tokex.policy.model import Policy, PolicyValidationError
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
 
 
@@ -126,14 +126,29 @@ def run_put(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_id(policy_id: str) -> None:
-    """An id `policy put` could have stored (exit 2 before any AWS call otherwise)."""
-    if not POLICY_ID.fullmatch(policy_id):
-        raise UsageError(f"policy id {policy_id!r}: {POLICY_ID_RULE}", input=policy_id or "ID")
+# DynamoDB's limit on a partition key: a string key is 1-2048 bytes of UTF-8.
+MAX_KEY_BYTES = 2048
+
+
+def _check_key(policy_id: str) -> None:
+    """An id the table could hold (exit 2 before any AWS call otherwise). Not only the ids
+    `policy put` writes (POLICY_ID): an item written by other means, under an id such as
+    "orders api", may make every exchange answer 503, and `get` and `delete` are how
+    `policy list` says to mend that."""
+    try:
+        size = len(policy_id.encode("utf-8"))
+    except UnicodeEncodeError:  # command-line bytes that are not UTF-8
+        size = 0
+    if not 0 < size <= MAX_KEY_BYTES:
+        raise UsageError(
+            f"policy id {policy_id!r}: must be 1-{MAX_KEY_BYTES} bytes of UTF-8 text "
+            "(a DynamoDB key)",
+            input=policy_id or "ID",
+        )
 
 
 def run_get(args: argparse.Namespace) -> int:
-    _check_id(args.policy_id)
+    _check_key(args.policy_id)
     deployment = resolve_deployment(args)
     with policy_table(deployment) as store:
         try:
@@ -164,10 +179,11 @@ def run_list(args: argparse.Namespace) -> int:
         "consequences": inventory.invalid,
     }
     # A table that stops every exchange is listed whole, and the command fails after it.
+    blocking = ", ".join(map(_escaped, inventory.blocking))
     blocked = (
         CommandError(
-            f"policy table {deployment.table!r}: {', '.join(inventory.blocking)} make every"
-            " exchange answer 503 until each is fixed or deleted (tokex policy get/delete)",
+            f"policy table {deployment.table!r}: {blocking} make every exchange answer 503"
+            " until each is fixed or deleted (tokex policy get/delete)",
             error=INVALID_POLICY,
             input=deployment.flag,
             details=listing,
@@ -209,13 +225,16 @@ def _print_table(policies: list[Policy]) -> None:
 
 
 def run_delete(args: argparse.Namespace) -> int:
-    _check_id(args.policy_id)
+    _check_key(args.policy_id)
     deployment = resolve_deployment(args)
     with policy_table(deployment) as store:
         existed = store.delete(args.policy_id)
     if not existed:
         raise _absent(args.policy_id, deployment)
-    print(json.dumps({"id": args.policy_id, "deleted": True}) if args.json else args.policy_id)
+    if args.json:
+        print(json.dumps({"id": args.policy_id, "deleted": True}))
+    else:
+        print(_escaped(args.policy_id))
     return 0
 
 
@@ -277,7 +296,14 @@ def policy_warnings(policy: Policy) -> list[str]:
 
 def _warn(warnings: list[str]) -> None:
     for warning in warnings:
-        print(f"tokex policy: warning: {warning}", file=sys.stderr)
+        print(f"tokex policy: warning: {_escaped(warning)}", file=sys.stderr)
+
+
+def _escaped(text: str) -> str:
+    """`text` with its control characters shown escaped (`\\x1b`, `\\n`), as errors are
+    (cli/errors.py `report`): an item's id is whatever was written to the table, and must
+    neither drive the terminal nor forge a line of output."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _print_json(value: object) -> None:

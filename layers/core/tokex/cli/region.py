@@ -49,6 +49,8 @@ def _region_name(value: str, source: str) -> str:
         raise UsageError(f"{source} is empty: name a region, e.g. eu-west-1", input=source)
     try:
         validate_region_name(value)  # botocore's own rule: a DNS label
+        if value.endswith("\n"):  # which its `$` lets through, to break a request later
+            raise InvalidRegionError(region_name=value)
     except InvalidRegionError:
         raise UsageError(
             f"{source} {value!r} is not a region name, e.g. eu-west-1", input=source

@@ -20,13 +20,13 @@ from typing import Any
 
 from tokex import identifiers
 from tokex.cli.errors import (
-    FILE_NOT_FOUND,
     UNREACHABLE,
     USAGE,
     WRITE_FAILED,
     CommandError,
     UsageError,
 )
+from tokex.cli.inputs import require_file
 from tokex.cli.region import configured_region
 from tokex.cli.request_arguments import check_audience, requested_scopes
 from tokex.evidence.jwt_evidence import ALGORITHMS
@@ -115,6 +115,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tokex.client.token_client import TokenError, check_endpoint
+    from tokex.client.token_error import AWS_ERROR, NO_CREDENTIALS
 
     # The command line first (exit 2), before any network call.
     given, source = args.endpoint, "--endpoint"
@@ -149,7 +150,11 @@ def run(args: argparse.Namespace) -> int:
         message = str(err)
         if err.error == UNREACHABLE and _is_plain_loopback(endpoint):
             message += _local_hint(endpoint, err.url)
-        raise CommandError(message, error=err.error, input=err.url or "--endpoint") from None
+        # What failed on this machine, before any request (the credentials), names no input.
+        local = err.url is None and err.error in (NO_CREDENTIALS, AWS_ERROR)
+        raise CommandError(
+            message, error=err.error, input=None if local else err.url or "--endpoint"
+        ) from None
     print(json.dumps(response, indent=2) if args.json else response["access_token"])
     return 0
 
@@ -219,18 +224,12 @@ def _evidence(args: argparse.Namespace) -> str:
             )
     if evidence == EKS:
         args.token_file = args.token_file or DEFAULT_TOKEN_FILE
-        if not Path(args.token_file).exists():
-            raise UsageError(
-                f"--token-file {args.token_file}: no such file (mount the pod's projected "
-                'service-account token there: docs/deploy.md "JWT evidence: trusted issuers")',
-                error=FILE_NOT_FOUND,
-                input=args.token_file,
-            )
-        if Path(args.token_file).is_dir():
-            raise UsageError(
-                f"--token-file {args.token_file} is a directory, not a file",
-                input=args.token_file,
-            )
+        require_file(
+            args.token_file,
+            label="--token-file",
+            missing_hint=" (mount the pod's projected service-account token there: "
+            'docs/deploy.md "JWT evidence: trusted issuers")',
+        )
     return evidence
 
 

@@ -87,10 +87,15 @@ def read_cached(path: Path, *, now: float | None = None) -> dict[str, Any] | Non
 def prune_expired(directory: Path, *, now: float | None = None) -> int:
     """Removes this user's cache files whose token has expired; how many it removed.
     A file it cannot read as its own cache entry is left alone, as is a token still valid
-    (if stale for reuse) and one from a clock set back."""
+    (if stale for reuse) and one from a clock set back. Housekeeping: a directory it
+    cannot list, or a file in it damaged or planted, never fails the run that got a token."""
     now = time.time() if now is None else now
     removed = 0
-    for path in directory.glob("*" + FILE_SUFFIX):
+    try:
+        paths = list(directory.glob("*" + FILE_SUFFIX))
+    except OSError:  # e.g. no longer readable
+        return removed
+    for path in paths:
         if path.name.startswith("."):
             continue  # never an entry: hidden files (older versions' `.tmp-…` writes) stay
         entry = _own_entry(path)
@@ -120,7 +125,8 @@ def _own_entry(path: Path) -> tuple[float, dict[str, Any], CachedToken] | None:
             # since would put anything into an Authorization header or onto a terminal.
             return None
         return obtained_at, response, CachedToken.from_response(response, obtained_at=obtained_at)
-    except (ValueError, TypeError, KeyError, RecursionError):  # not the cache's JSON
+    # Not the cache's JSON; OverflowError: a number of 400 digits is no float.
+    except (ValueError, TypeError, KeyError, RecursionError, OverflowError):
         return None
 
 

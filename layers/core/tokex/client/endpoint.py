@@ -36,6 +36,17 @@ def redacted(url: str) -> str:
     return _USERINFO.sub(r"\1***@", url)
 
 
+# The same inside a text, such as botocore's messages, which quote the endpoint URL
+# (`Could not connect to the endpoint URL: "http://user:pw@host/"`): up to the last `@`
+# before the end of the URL's authority.
+_USERINFO_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#\"']*@")
+
+
+def redacted_text(text: str) -> str:
+    """`text` with the user name and password of every URL it quotes replaced with `***`."""
+    return _USERINFO_IN_TEXT.sub(r"\1***@", text)
+
+
 def is_loopback(host: str) -> bool:
     """Plain http is allowed to this host: only `tokex local` serves http, on loopback."""
     if host in _LOOPBACK_NAMES:
@@ -66,13 +77,18 @@ def host_problem(host: str) -> str | None:
 
 def check_endpoint(endpoint: str) -> str:
     """The issuer's base URL: https (plain http only on loopback, for `tokex local`), no
-    query, fragment or userinfo, not one of the issuer's own endpoints."""
+    query, fragment or userinfo, no whitespace, control or non-ASCII character outside
+    the host, not one of the issuer's own endpoints."""
 
     shown = redacted(endpoint)
 
     def refuse(why: str) -> TokenError:
         return TokenError(f"endpoint {shown!r} {why}", error=INVALID_ENDPOINT, url=shown)
 
+    # Before urlsplit, which drops tabs and line breaks without a word. A request line
+    # cannot carry these, nor non-ASCII (below): every request would fail, mislabelled.
+    if any(c.isspace() or not c.isprintable() for c in endpoint):
+        raise refuse("has whitespace or control characters: percent-encode them (a space is %20)")
     if "://" not in endpoint:
         host = endpoint.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
         scheme = "http" if is_loopback(host) else "https"
@@ -91,8 +107,11 @@ def check_endpoint(endpoint: str) -> str:
             "is plain http: use https (http only on loopback, e.g. http://127.0.0.1:8787 of "
             "`tokex local`)"
         )
-    if parts.username or parts.password or parts.query or parts.fragment:
+    # "@", not username: urlsplit reads `http://@host` as having no user name at all.
+    if "@" in parts.netloc or parts.query or parts.fragment:
         raise refuse("must be a plain base URL, without user, query or fragment")
+    if not parts.path.isascii():
+        raise refuse("has a path with non-ASCII characters: percent-encode them (é is %C3%A9)")
     path = parts.path.rstrip("/")
     for served in ISSUER_PATHS:
         if path.endswith(served):  # e.g. the "token endpoint" `tokex local` prints

@@ -30,6 +30,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 from tokex import base64url, identifiers
+from tokex.client.endpoint import redacted, redacted_text
 from tokex.client.signing import sts_host
 from tokex.client.token_error import (
     AWS_ERROR,
@@ -131,7 +132,8 @@ def regional_sts_client(region: str, *, session: Any = None, timeout: float = 10
                 "sts", region_name=region, config=config, endpoint_url=f"https://{sts_host(region)}"
             )
     except BotoCoreError as err:
-        raise TokenError(f"no STS client for {region}: {err}", error=AWS_ERROR) from None
+        why = redacted_text(str(err))
+        raise TokenError(f"no STS client for {region}: {why}", error=AWS_ERROR) from None
     if not hasattr(client, "get_web_identity_token"):
         # A boto3 older than the operation (1.41), as a Lambda runtime may bundle: the
         # extension runs on the runtime's.
@@ -154,7 +156,9 @@ def web_identity_token(
     """A JWT from `sts:GetWebIdentityToken` whose only audience is the tokex `issuer`:
     it can buy nothing anywhere else."""
     client = regional_sts_client(region, session=session, timeout=timeout)
-    url = client.meta.endpoint_url
+    # Quoted in errors, as botocore's own messages quote it: never the password of an
+    # AWS_ENDPOINT_URL_STS (or AWS_ENDPOINT_URL) with one.
+    url = redacted(client.meta.endpoint_url)
     try:
         answer = client.get_web_identity_token(
             Audience=[issuer],
@@ -182,10 +186,12 @@ def web_identity_token(
     except (BotocoreConnectionError, HTTPClientError) as err:
         # No answer: refused, timed out, reset or closed early (ConnectionClosedError), TLS
         # or a proxy failed. Another Region's STS may answer (request_token fails over).
-        raise TokenError(f"cannot reach {url}: {err}", error=UNREACHABLE, url=url) from None
+        why = redacted_text(str(err))
+        raise TokenError(f"cannot reach {url}: {why}", error=UNREACHABLE, url=url) from None
     except BotoCoreError as err:
+        why = redacted_text(str(err))
         raise TokenError(
-            f"sts:GetWebIdentityToken at {url} failed: {err}", error=AWS_ERROR, url=url
+            f"sts:GetWebIdentityToken at {url} failed: {why}", error=AWS_ERROR, url=url
         ) from None
     token = answer.get("WebIdentityToken")
     if not isinstance(token, str) or not is_compact_jws(token):

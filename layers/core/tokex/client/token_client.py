@@ -50,6 +50,7 @@ from tokex.client.evidence import (
 )
 from tokex.client.signing import encode_subject_token, signed_get_caller_identity
 from tokex.client.token_error import (
+    AWS_ERROR,
     ISSUER_MISMATCH,
     NO_CREDENTIALS,
     NOT_TOKEX,
@@ -428,8 +429,9 @@ class _EvidenceSource:
             self.token = read_token_file(chosen.token_file)
         else:
             self.session = session or _session()
-            if chosen.kind == SIGV4:
-                self.credentials = aws_credentials(self.session)
+            # Read first for aws-oif too (its STS client reuses them): a credential_process
+            # that answers garbage, or credentials no request could carry, fail here.
+            self.credentials = aws_credentials(self.session)
         self.discovery = Discovery(issuer) if issuer else discover(endpoint, timeout=budget.left())
         if chosen.kind == EKS:
             check_token_audience(self.token, self.discovery.issuer, source=chosen.token_file)
@@ -505,19 +507,48 @@ def _session() -> boto3.session.Session:
 
 
 def aws_credentials(session: boto3.session.Session) -> ReadOnlyCredentials:
-    """The session's credentials, frozen (a refreshable set is read once)."""
+    """The session's credentials, frozen (a refreshable set is read once), each part
+    printable ASCII, as every AWS credential is."""
     try:
         credentials = session.get_credentials()
         frozen = credentials.get_frozen_credentials() if credentials else None
     except BotoCoreError as err:
         raise TokenError(f"cannot load AWS credentials: {err}", error=NO_CREDENTIALS) from None
+    except ValueError as err:  # botocore's own refusal: a credential_process answer not JSON
+        raise TokenError(
+            f"the AWS configuration cannot be used: cannot load AWS credentials: "
+            f"{type(err).__name__}: {err}",
+            error=AWS_ERROR,
+        ) from None
     if frozen is None:
         raise TokenError(
             "no AWS credentials found (the default credential chain: AWS_ACCESS_KEY_ID, "
             "AWS_PROFILE, ~/.aws, an instance or task role)",
             error=NO_CREDENTIALS,
         )
+    # Signed into headers: another character (a byte of another encoding in AWS_*, read as
+    # a lone surrogate) breaks botocore's signing or the request's JSON, deep inside.
+    for attribute, (part, variable) in _CREDENTIAL_PARTS.items():
+        value = getattr(frozen, attribute) or ""
+        if not all(c.isascii() and c.isprintable() for c in value):
+            method = getattr(credentials, "method", None)  # where botocore found them
+            where = variable if method == "env" else f"the {part} of the AWS credentials"
+            where += f" ({method})" if method and method != "env" else ""
+            raise TokenError(
+                f"cannot use the AWS credentials: {where} has a character that is not printable "
+                "ASCII, which no AWS credential has",
+                error=NO_CREDENTIALS,
+            )
     return frozen
+
+
+# ReadOnlyCredentials' parts, and the variables that set them when botocore read them from
+# the environment (its `method` "env"): what a refusal names, never the value.
+_CREDENTIAL_PARTS = {
+    "access_key": ("access key id", "AWS_ACCESS_KEY_ID"),
+    "secret_key": ("secret access key", "AWS_SECRET_ACCESS_KEY"),
+    "token": ("session token", "AWS_SESSION_TOKEN"),
+}
 
 
 class TokenClient:

@@ -86,8 +86,13 @@ def caller_from_oif_claims(issuer: TrustedIssuer, claims: Mapping[str, Any]) -> 
 
 
 def _issuer_partition(issuer: str) -> str | None:
-    """The partition `issuer`'s domain belongs to, if tokex knows it."""
-    host = urllib.parse.urlsplit(issuer).hostname or ""
+    """The partition `issuer`'s domain belongs to, if tokex knows it. A configured issuer
+    is a valid URL (trusted_issuers.py); `tokex policy explain` takes the `iss` of any
+    claims file, "https://[::1" among them: a URL that does not parse has no known domain."""
+    try:
+        host = urllib.parse.urlsplit(issuer).hostname or ""
+    except ValueError:  # "Invalid IPv6 URL"
+        return None
     for suffix, partition in ISSUER_DOMAIN_PARTITIONS:
         if host.endswith(suffix):
             return partition

@@ -143,7 +143,10 @@ def _check_issuer_url(issuer: str, where: str, allow_http_loopback: bool) -> Non
     fragment or credentials, no trailing slash (the `iss` compared byte for byte)."""
     if len(issuer) > MAX_ISSUER_URL_LENGTH or any(ord(c) < 0x21 or ord(c) > 0x7E for c in issuer):
         raise TrustedIssuerError(f"{where} is not a URL")
-    parts = urlsplit(issuer)
+    try:
+        parts = urlsplit(issuer)
+    except ValueError:  # an unclosed IPv6 bracket
+        raise TrustedIssuerError(f"{where} is not a URL") from None
     if parts.query or parts.fragment or parts.username or parts.password or issuer.endswith("/"):
         raise TrustedIssuerError(f"{where} must be a bare URL without a trailing slash")
     if parts.scheme == "https" and parts.hostname:

@@ -8,8 +8,10 @@ with both or neither of `prefix` and `listen` are refused, not ignored.
 
 from __future__ import annotations
 
+import errno
 import os
 import ssl
+import stat
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -379,12 +381,16 @@ def _scopes(value: Any, key: str) -> tuple[str, ...]:
 
 
 def _existing_file(path: str, key: str) -> None:
-    found = Path(path)
-    if found.is_file():
-        return
-    if found.exists():  # a directory, a device (/dev/null): there, but not a file
+    # os.stat, not pathlib: Path.is_file() raises (Python 3.11) for a path it cannot look
+    # up, a directory on the way this user may not search or a name too long.
+    try:
+        found = os.stat(path)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise ProxyConfigError(key, f"{path}: no such file", file_not_found=True) from None
+        raise ProxyConfigError(key, f"{path}: cannot read it ({err.strerror or err})") from None
+    if not stat.S_ISREG(found.st_mode):  # a directory, a device (/dev/null)
         raise ProxyConfigError(key, f"{path}: not a regular file")
-    raise ProxyConfigError(key, f"{path}: no such file", file_not_found=True)
 
 
 def _ca_bundle(path: str, key: str) -> None:
