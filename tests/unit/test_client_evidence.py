@@ -605,3 +605,12 @@ def test_a_profile_that_does_not_exist_is_no_credentials(issuer, monkeypatch, ev
 def test_a_region_that_is_no_region_is_refused_when_the_client_is_made() -> None:
     with pytest.raises(ValueError, match="'bad region' is not an AWS Region name"):
         TokenClient("https://auth.example.com", evidence="aws-oif", region="bad region")
+
+
+@pytest.mark.parametrize("region", ["bad region", "us-east-1\n"])
+def test_a_region_that_is_no_region_is_refused_by_request_token_before_any_request(
+    issuer, region: str
+) -> None:
+    with pytest.raises(ValueError, match="is not an AWS Region name"):
+        request_token(issuer.url, "orders-api", region=region)
+    assert issuer.exchanges == 0

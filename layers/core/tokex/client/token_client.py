@@ -294,6 +294,8 @@ def request_token(
     scopes = check_scopes(scopes)
     endpoint = check_endpoint(endpoint)
     budget = _Budget(check_timeout(timeout))
+    if region is not None and not identifiers.is_region(region):  # as TokenClient's
+        raise ValueError(f"region {region!r} is not an AWS Region name (e.g. eu-west-1)")
     evidence_for = _EvidenceSource(
         chosen, endpoint, audience, issuer=issuer, session=session, budget=budget
     )
