@@ -154,6 +154,13 @@ def wants_json(argv: Sequence[str]) -> bool:
     return False
 
 
+def escaped(text: str, *, keep: str = "") -> str:
+    """`text` with its control characters (those in `keep` aside) shown escaped (`\\x1b`,
+    `\\n`): what a server answered or a table holds must neither drive the terminal nor
+    forge a line of output."""
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
 def report(error: CommandError, command: str, *, as_json: bool) -> None:
     """Print a failure: one JSON object on stdout, or one line (after argparse's usage line
     for its own errors) on stderr."""
@@ -163,7 +170,7 @@ def report(error: CommandError, command: str, *, as_json: bool) -> None:
     # A message may quote what a server answered: its control characters (a terminal's
     # escape sequences among them) are shown escaped, never written to the terminal. Line
     # breaks stay: some reports list one finding per line (policy validate).
-    message = "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in str(error))
+    message = escaped(str(error), keep="\n")
     if isinstance(error, UsageError) and error.usage:
         print(error.usage.rstrip("\n"), file=sys.stderr)
         print(f"{error.prog or command}: error: {message}", file=sys.stderr)

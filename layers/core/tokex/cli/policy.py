@@ -21,7 +21,14 @@ from tokex.cli.deployment import (
     check_ttl_seconds,
     resolve_deployment,
 )
-from tokex.cli.errors import INVALID_INPUT, INVALID_POLICY, NOT_FOUND, CommandError, UsageError
+from tokex.cli.errors import (
+    INVALID_INPUT,
+    INVALID_POLICY,
+    NOT_FOUND,
+    CommandError,
+    UsageError,
+    escaped,
+)
 from tokex.cli.inputs import require_file
 from tokex.cli.policy_document import load_policy_file
 from tokex.cli.policy_explain import add_explain_arguments, explain_command
@@ -179,7 +186,7 @@ def run_list(args: argparse.Namespace) -> int:
         "consequences": inventory.invalid,
     }
     # A table that stops every exchange is listed whole, and the command fails after it.
-    blocking = ", ".join(map(_escaped, inventory.blocking))
+    blocking = ", ".join(map(escaped, inventory.blocking))
     blocked = (
         CommandError(
             f"policy table {deployment.table!r}: {blocking} make every exchange answer 503"
@@ -234,7 +241,7 @@ def run_delete(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"id": args.policy_id, "deleted": True}))
     else:
-        print(_escaped(args.policy_id))
+        print(escaped(args.policy_id))
     return 0
 
 
@@ -296,14 +303,7 @@ def policy_warnings(policy: Policy) -> list[str]:
 
 def _warn(warnings: list[str]) -> None:
     for warning in warnings:
-        print(f"tokex policy: warning: {_escaped(warning)}", file=sys.stderr)
-
-
-def _escaped(text: str) -> str:
-    """`text` with its control characters shown escaped (`\\x1b`, `\\n`), as errors are
-    (cli/errors.py `report`): an item's id is whatever was written to the table, and must
-    neither drive the terminal nor forge a line of output."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        print(f"tokex policy: warning: {escaped(warning)}", file=sys.stderr)
 
 
 def _print_json(value: object) -> None:
