@@ -3,6 +3,7 @@ JWT libraries that see nothing but the served JWKS."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,13 @@ from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jwt as jwcrypto_jwt
 
 from benchmarks.local_process import READY_LINE, without_aws_settings
-from tests.e2e.running_local import TOKEX, RunningLocal, load_env_file, run_token
+from tests.e2e.running_local import (
+    TOKEX,
+    RunningLocal,
+    load_env_file,
+    run_token,
+    start_tokex_local,
+)
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
@@ -174,3 +181,19 @@ def test_sigterm_while_it_starts_stops_it_and_says_so(tmp_path: Path) -> None:
     assert output.rstrip().endswith("tokex local: interrupted"), output
     with pytest.raises(OSError):  # nothing of it listens
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_a_second_signal_while_it_stops_is_ignored(tmp_path: Path) -> None:
+    """A supervisor that sends SIGTERM again (or a user's second Ctrl-C) while tokex local
+    stops, about a second, cut the stop short: exit 130 and no 'tokex local stopped'."""
+    running = start_tokex_local(tmp_path / "state", env=without_aws_settings())
+    running.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)  # into its stop: nothing is timed, the signal only has to land there
+    with contextlib.suppress(ProcessLookupError):
+        running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(timeout=60) == 0, running.console_text()
+    for _ in range(200):  # the console's reader thread may not have its last line yet
+        if "tokex local stopped" in running.console_text():
+            break
+        time.sleep(0.05)
+    assert "tokex local stopped" in running.console_text()

@@ -699,3 +699,15 @@ def test_local_without_its_extra_says_what_to_install(
     assert code == 1
     assert "pip install 'tokex[local]'" in err and "bug" not in err
     assert not state.exists()
+
+
+def test_local_with_an_empty_state_dir_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--state-dir "$UNSET"` was the working directory (Path("") is "."): demo
+    credentials written into whatever it was, a checkout perhaps."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = tokex(capsys, "local", "--state-dir", "")
+    assert code == 2
+    assert "--state-dir" in err and "must name a directory" in err
+    assert list(tmp_path.iterdir()) == []

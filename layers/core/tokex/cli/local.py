@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--state-dir",
-        type=Path,
+        type=_state_dir,
         default=Path(".tokex-local"),
         help="where workload.env and the other state files go (default .tokex-local, under"
         " the working directory)",
@@ -73,6 +73,14 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port: use 0-65535")
     return port
+
+
+def _state_dir(text: str) -> Path:
+    """--state-dir: an empty value (an unset variable in a script) would be the working
+    directory, a checkout's perhaps, filled with demo credentials: a usage error."""
+    if not text:
+        raise argparse.ArgumentTypeError("must name a directory (it was empty)")
+    return Path(text)
 
 
 def _regions_banner(regions: tuple[str, ...], issuer: str, delay: float) -> str:
@@ -229,6 +237,10 @@ Introspect a token (RFC 7662):
     except KeyboardInterrupt:
         pass
     finally:
+        # A second Ctrl-C or SIGTERM while stopping (about a second) does not cut the stop
+        # short: it still ends with "tokex local stopped" and exit 0.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         system.stop()
         print("tokex local stopped", file=sys.stderr)
     return 0

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tokex.local.http_request import OneRequestWithinADeadline
 from tokex.local.imds_signing import create_local_signing_certificate, sign_document_for_local_mode
 from tokex.local.provision import ACCOUNT_ID, DEMO_INSTANCE_ID, REGION
+from tokex.private_files import write_private
 
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
@@ -57,7 +58,11 @@ class ImdsEmulator:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         certificate = create_local_signing_certificate(key)
         self.certificate_path = state_dir / "imds-local-ca.pem"
-        self.certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        # The only certificate the local exchange trusts for instance identity, read at its
+        # first instance evidence: 0600 and atomic, as the other state files, never one
+        # another user could swap meanwhile (a state directory of mode 0755 is accepted).
+        pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        write_private(self.certificate_path, pem)
         self._key, self._certificate = key, certificate
         self.document = json.dumps(DEMO_DOCUMENT, indent=2)
         self.rsa2048 = self.sign(self.document)
