@@ -58,9 +58,11 @@ def test_the_listener_can_be_moved() -> None:
         (
             {"TOKEX_PROXY_ROUTES": '[{"audience": "a", "audience": "b"}]'},
             "TOKEX_PROXY_ROUTES",
-            "not valid JSON",
+            'repeats the key "audience"',
         ),
         ({"TOKEX_PROXY_ROUTES": "{}"}, "TOKEX_PROXY_ROUTES", "non-empty list"),
+        # Bytes that are not UTF-8 (a lone surrogate in os.environ): was Extension.Crashed.
+        ({"TOKEX_PROXY_ROUTES": '[{"prefix": "/\udcff"}]'}, "TOKEX_PROXY_ROUTES", "not valid"),
         (
             {"TOKEX_PROXY_ROUTES": json.dumps([{**ROUTE, "upstream": "http://orders"}])},
             "TOKEX_PROXY_ROUTES: routes[0].upstream",
@@ -306,7 +308,9 @@ def test_the_exchange_timeout_stays_under_a_functions_timeout(raw, seconds) -> N
     assert extension.exchange_timeout(environ) == seconds
 
 
-@pytest.mark.parametrize("raw", ["0", "0.4", "11", "nan", "inf", "soon"])
+@pytest.mark.parametrize(
+    "raw", ["0", "0.4", "11", "nan", "inf", "soon", " 1", "1\n", "1_0", "+1.0", "\u0665", "1e0"]
+)
 def test_an_exchange_timeout_out_of_range_is_an_init_error(raw) -> None:
     with pytest.raises(extension.StartFailed) as failed:
         extension.exchange_timeout({"TOKEX_PROXY_EXCHANGE_TIMEOUT": raw})

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import threading
 import time
@@ -53,6 +54,7 @@ PREFETCH_SECONDS = 1.5
 # a warm exchange takes two round trips. TOKEX_PROXY_EXCHANGE_TIMEOUT sets it (0.5-10 s).
 EXCHANGE_TIMEOUT_VARIABLE = "TOKEX_PROXY_EXCHANGE_TIMEOUT"
 EXCHANGE_TIMEOUT_SECONDS = 2.5
+DECIMAL_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 # Lambda allows any string; AWS recommends Category.Reason (Extensions API reference).
 CONFIG_INVALID = "Extension.ConfigInvalid"
 LISTEN_FAILED = "Extension.ListenFailed"
@@ -108,9 +110,10 @@ def config_from_variables(environ: Mapping[str, str]) -> ProxyConfig:
     if not text:
         raise ProxyConfigError(ROUTES_VARIABLE, "missing: the routes, a JSON list")
     try:
-        routes = loads_strict(text.encode())
+        # The variable's bytes: one that is not UTF-8 (a lone surrogate here) is no JSON.
+        routes = loads_strict(text.encode("utf-8", "surrogateescape"))
     except StrictJsonError as err:
-        raise ProxyConfigError(ROUTES_VARIABLE, f"not valid JSON: {err}") from None
+        raise ProxyConfigError(ROUTES_VARIABLE, str(err)) from None
     listen = environ.get(LISTEN_VARIABLE) or DEFAULT_LISTEN
     port = listen.rpartition(":")[2]
     if port.isascii() and port.isdigit() and int(port) == 0:
@@ -162,10 +165,8 @@ def exchange_timeout(environ: Mapping[str, str]) -> float:
     raw = environ.get(EXCHANGE_TIMEOUT_VARIABLE)
     if not raw:
         return EXCHANGE_TIMEOUT_SECONDS
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = float("nan")
+    # A plain decimal: float() would also take " 1", "1_0" (ten) or other scripts' digits.
+    seconds = float(raw) if DECIMAL_SECONDS.fullmatch(raw) else float("nan")
     if not 0.5 <= seconds <= 10:  # NaN too
         raise StartFailed(
             CONFIG_INVALID, f"{EXCHANGE_TIMEOUT_VARIABLE} must be 0.5 to 10 seconds, not {raw!r}"
