@@ -14,11 +14,7 @@ tests assert that the 503 came before any late answer was sent, never how long i
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -28,9 +24,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
-from tests.support.loopback import TcpServer
 from tests.system.endpoints import Recorded, assert_refused, exchange, sign
-from tests.system.upstreams import DRIP_INTERVAL_SECONDS, Answer, LoopbackHttpServer
+from tests.system.upstreams import Answer, LateUpstream, LoopbackHttpServer, late_upstream
 from tokex.adapters import aws_clients as aws
 from tokex.deadline import request_deadline
 from tokex.introspection_clients import basic_authorization
@@ -43,56 +38,12 @@ DEADLINE = 1.5
 # the 0.4 s a compensating write may take after it), short of the clients' 5 s read
 # timeout, which a handler that ignored the deadline would wait out.
 HOLD = 4.0
-# What a slow upstream sends once the hold is over: a success, were anyone still there.
-LATE_HEADERS = b"Content-Type: application/x-amz-json-1.0\r\nContent-Length: 2\r\n\r\n{}"
 IN_TIME = "the request could not be completed in time; retry later"
 UPSTREAM_SETTING = {
     "sts": "TOKEX_STS_CONNECT_OVERRIDE",
     "kms": "AWS_ENDPOINT_URL_KMS",
     "dynamodb": "AWS_ENDPOINT_URL_DYNAMODB",
 }
-
-
-class LateUpstream(TcpServer):
-    """Answers every connection HOLD seconds late: `stalled` says nothing (nor reads the
-    request) until then; `dripping` reads the request, sends a status line and then a
-    header one byte every half second (each read of the client returns in time). Then the
-    answer ends: 200 `{}`. `late_answers` counts the answers it began to send; `release`
-    ends every hold without one."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.release = threading.Event()
-        self.late_answers = 0
-        self._lock = threading.Lock()
-        super().__init__()
-
-    def serve(self, connection: socket.socket, number: int) -> None:
-        with connection, contextlib.suppress(OSError):  # the client gave up: the point
-            ends = time.monotonic() + HOLD
-            dripping = self.kind == "dripping"
-            if dripping:
-                connection.recv(65536)
-                connection.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
-            while (left := ends - time.monotonic()) > 0:
-                if self.release.wait(min(left, DRIP_INTERVAL_SECONDS) if dripping else left):
-                    return
-                if dripping:
-                    connection.sendall(b"a")
-            with self._lock:  # counted before it is sent: a client that got it saw it counted
-                self.late_answers += 1
-            late = b"\r\n" + LATE_HEADERS if dripping else b"HTTP/1.1 200 OK\r\n" + LATE_HEADERS
-            connection.sendall(late)
-
-
-@contextlib.contextmanager
-def late_upstream(kind: str) -> Iterator[LateUpstream]:
-    server = LateUpstream(kind)
-    try:
-        yield server
-    finally:
-        server.release.set()
-        server.stop()
 
 
 def assert_503_before_the_late_answer(
@@ -120,7 +71,7 @@ def assert_503_before_the_late_answer(
 @pytest.mark.parametrize("kind", ["stalled", "dripping"])
 @pytest.mark.parametrize("upstream", list(UPSTREAM_SETTING))
 def test_slow_upstream_of_the_exchange_is_503_by_the_deadline(local_system, upstream, kind):
-    with late_upstream(kind) as bad:
+    with late_upstream(kind, HOLD) as bad:
         handler = cold_exchange_handler(
             local_system,
             TOKEX_DEADLINE_SECONDS=str(DEADLINE),
@@ -157,7 +108,7 @@ def introspect(handler: Any, system: LocalSystem, token: str) -> tuple[int, dict
 def test_slow_upstream_of_introspection_is_503_by_the_deadline(local_system, upstream, kind):
     status, _, body = exchange(local_system)
     assert status == 200, body
-    with late_upstream(kind) as bad:
+    with late_upstream(kind, HOLD) as bad:
         env = local_system.handler_env(
             TOKEX_DEADLINE_SECONDS=str(DEADLINE), **{UPSTREAM_SETTING[upstream]: bad.url}
         )

@@ -1,5 +1,6 @@
-"""Loopback stand-ins for AWS endpoints: one that stalls, one that drips, and a proxy in
-front of the emulator that counts every call it passes on (tests of issue 9).
+"""Loopback stand-ins for AWS endpoints: one that answers late (silent or dripping until
+then), and a proxy in front of the emulator that counts every call it passes on (tests of
+issue 9).
 
 A handler under test reaches them the way local mode reaches the emulator: through
 `AWS_ENDPOINT_URL[_<SERVICE>]` for its botocore clients and `TOKEX_STS_CONNECT_OVERRIDE`
@@ -13,73 +14,59 @@ import http.client
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.support.loopback import TcpServer
+
 DRIP_INTERVAL_SECONDS = 0.5
+# What a slow upstream sends once its hold is over: a success, were anyone still there.
+LATE_HEADERS = b"Content-Type: application/x-amz-json-1.0\r\nContent-Length: 2\r\n\r\n{}"
 
 
-class _LoopbackServer:
-    """Accepts connections on 127.0.0.1 and hands each to `serve` on its own thread."""
+class LateUpstream(TcpServer):
+    """Answers every connection `hold` seconds late: `stalled` says nothing (nor reads the
+    request) until then; `dripping` reads the request, sends a status line and then a
+    header one byte every half second (each read of the client returns in time). Then the
+    answer ends: 200 `{}`. `late_answers` counts the answers it began to send; `release`
+    ends every hold without one."""
 
-    def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._stopped = threading.Event()
-        self._connections: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+    def __init__(self, kind: str, hold: float) -> None:
+        self.kind = kind
+        self.hold = hold
+        self.release = threading.Event()
+        self.late_answers = 0
+        self._lock = threading.Lock()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except OSError:
-                return
-            self._connections.append(connection)
-            threading.Thread(target=self._serve_quietly, args=(connection,), daemon=True).start()
-
-    def _serve_quietly(self, connection: socket.socket) -> None:
-        with contextlib.suppress(OSError):  # the client gave up: that is the point
-            self.serve(connection)
-
-    def serve(self, connection: socket.socket) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        self._stopped.set()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        self._listener.close()
-        for connection in self._connections:
-            connection.close()
-
-
-class StalledServer(_LoopbackServer):
-    """Accepts every connection and never answers (nor reads)."""
-
-    def serve(self, connection: socket.socket) -> None:
-        self._stopped.wait()
-
-
-class DrippingServer(_LoopbackServer):
-    """Reads the request, then answers one byte every half second, for ever: every read
-    of the client returns in time, so per-read timeouts never fire."""
-
-    def serve(self, connection: socket.socket) -> None:
-        connection.recv(65536)
-        connection.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
-        while not self._stopped.wait(DRIP_INTERVAL_SECONDS):
-            connection.sendall(b"a")
+    def serve(self, connection: socket.socket, number: int) -> None:
+        with connection, contextlib.suppress(OSError):  # the client gave up: the point
+            ends = time.monotonic() + self.hold
+            dripping = self.kind == "dripping"
+            if dripping:
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+            while (left := ends - time.monotonic()) > 0:
+                if self.release.wait(min(left, DRIP_INTERVAL_SECONDS) if dripping else left):
+                    return
+                if dripping:
+                    connection.sendall(b"a")
+            with self._lock:  # counted before it is sent: a client that got it saw it counted
+                self.late_answers += 1
+            late = b"\r\n" + LATE_HEADERS if dripping else b"HTTP/1.1 200 OK\r\n" + LATE_HEADERS
+            connection.sendall(late)
 
 
 @contextlib.contextmanager
-def bad_upstream(kind: str) -> Iterator[_LoopbackServer]:
-    server: _LoopbackServer = StalledServer() if kind == "stalled" else DrippingServer()
+def late_upstream(kind: str, hold: float) -> Iterator[LateUpstream]:
+    server = LateUpstream(kind, hold)
     try:
         yield server
     finally:
+        server.release.set()
         server.stop()
 
 
