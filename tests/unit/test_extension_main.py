@@ -92,6 +92,39 @@ def test_a_refused_variable_is_named(overrides: dict[str, str], key: str, messag
     assert message in refused.value.message
 
 
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"TOKEX_PROXY_LISTEN": "0.0.0.0:2772"}, "TOKEX_PROXY_LISTEN"),
+        (
+            {
+                "TOKEX_PROXY_ROUTES": json.dumps(
+                    [
+                        {
+                            "upstream": ROUTE["upstream"],
+                            "audience": "orders",
+                            "listen": "10.0.0.5:9000",
+                        }
+                    ]
+                )
+            },
+            "TOKEX_PROXY_ROUTES: routes[0].listen",
+        ),
+    ],
+)
+def test_a_listener_off_loopback_is_refused_without_a_setting_no_variable_has(
+    overrides: dict[str, str], key: str
+) -> None:
+    """`tokex proxy`'s hint (allow_non_loopback, --allow-non-loopback) names a setting
+    that no extension variable has: the extension's says where the function reaches it."""
+    with pytest.raises(ProxyConfigError) as refused:
+        extension.load_config(variables(**overrides))
+    assert refused.value.key == key
+    assert "is not a loopback address" in refused.value.message
+    assert "the function reaches its extension on loopback" in refused.value.message
+    assert "allow_non_loopback" not in refused.value.message
+
+
 def test_without_the_variables_the_file_is_read(tmp_path: Path) -> None:
     path = tmp_path / "proxy.json"
     path.write_text(

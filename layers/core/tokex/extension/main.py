@@ -131,11 +131,19 @@ def config_from_variables(environ: Mapping[str, str]) -> ProxyConfig:
         # The checks of a configuration file, on a document built from variables.
         return ProxyConfig.from_document(document, base_dir=task_root, environ=environ)
     except ProxyConfigError as err:
+        message = err.message
+        if err.not_loopback:
+            # No variable allows it (a file in TOKEX_PROXY_CONFIG may), and the function
+            # reaches its extension on loopback anyway.
+            message = (
+                f"{err.not_loopback} is not a loopback address: the function reaches its"
+                f" extension on loopback, e.g. {DEFAULT_LISTEN}"
+            )
         raise ProxyConfigError(
             _VARIABLE_OF.get(
                 err.key, err.key if err.key.startswith("$") else f"{ROUTES_VARIABLE}: {err.key}"
             ),
-            err.message,
+            message,
             file_not_found=err.file_not_found,
         ) from None
 

@@ -48,13 +48,22 @@ _FLAGS = {
 
 class ProxyConfigError(ValueError):
     """A configuration the proxy refuses: `key` names where (`routes[1].upstream`, or the
-    flag on the command line), `file_not_found` when it names a file that is not there."""
+    flag on the command line), `file_not_found` when it names a file that is not there,
+    `not_loopback` the host of a listener that `allow_non_loopback` would have allowed."""
 
-    def __init__(self, key: str, message: str, *, file_not_found: bool = False) -> None:
+    def __init__(
+        self,
+        key: str,
+        message: str,
+        *,
+        file_not_found: bool = False,
+        not_loopback: str | None = None,
+    ) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
         self.file_not_found = file_not_found
+        self.not_loopback = not_loopback
 
 
 class Address(NamedTuple):
@@ -257,6 +266,7 @@ def _address(value: Any, key: str, allow_non_loopback: bool) -> Address:
             key,
             f"{host} is not a loopback address: the proxy hands out tokens to whoever reaches "
             "it; set allow_non_loopback = true (--allow-non-loopback) if only the workload can",
+            not_loopback=host,
         )
     return Address(host, int(port))
 
