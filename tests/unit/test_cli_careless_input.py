@@ -346,3 +346,42 @@ def test_an_output_larger_than_the_buffer_that_cannot_be_written_is_said_so(monk
         )  # fmt: skip
     assert done.returncode == 1
     assert done.stderr == "tokex token: cannot write the output: No space left on device\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "refusal"),
+    [
+        # An empty --state-dir after it is refused too: a port read as 80 never starts one.
+        (["local", "--port", " 80", "--state-dir", ""], "argument --port: ' 80' is not a port"),
+        (["local", "--port", "8_0", "--state-dir", ""], "argument --port: '8_0' is not a port"),
+        (
+            ["kong-config", "--max-ttl", "1_0", "--jwks", "jwks.json"],
+            "argument --max-ttl: '1_0' is not a whole number",
+        ),
+        (
+            ["kong-config", "--introspection-ttl", " 30", "--jwks", "jwks.json"],
+            "argument --introspection-ttl: ' 30' is not a whole number",
+        ),
+        (
+            ["policy", "validate", "--ttl-cap", "\u0663", "-"],
+            "argument --ttl-cap: '\u0663' is not a whole number",
+        ),
+        (
+            ["policy", "explain", "--principal", "arn:aws:iam::1:role/r", "--ttl-cap", "3600 "],
+            "argument --ttl-cap: '3600 ' is not a whole number",
+        ),
+        (
+            ["policy", "explain", "--principal", "arn:aws:iam::1:role/r", "--default-ttl", "+60"],
+            "argument --default-ttl: '+60' is not a whole number",
+        ),
+        (["revoke", "--jti", "x", "--ttl-cap", "1_000"], "argument --ttl-cap: '1_000' is not"),
+    ],
+)
+def test_a_number_int_would_read_differently_is_a_usage_error(
+    capsys, argv: list[str], refusal: str
+) -> None:
+    """int() takes blanks around digits, `_` between them and other scripts' digits (`\u0663`
+    is three): a typo or a pasted value would pass as a number the user did not write."""
+    code, out, err = tokex(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert refusal in err

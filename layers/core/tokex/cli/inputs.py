@@ -4,8 +4,10 @@ that is not what it should be is a failure, exit 1)."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -20,6 +22,17 @@ from tokex.cli.errors import (
 )
 
 STDIN = "-"
+# What a number on a command line is: int() would also take " 80", "1_0" (ten) and
+# other scripts' digits, none of which the user meant or the docs show.
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+
+
+def whole_number(text: str) -> int:
+    """argparse's `type` for a whole number (each command checks its range): a value
+    that is not one is a usage error (exit 2)."""
+    if not _WHOLE_NUMBER.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
 
 
 def file_status(

@@ -34,7 +34,7 @@ from tokex.cli.errors import (
     CommandError,
     UsageError,
 )
-from tokex.cli.inputs import file_status, require_file, require_http_url
+from tokex.cli.inputs import file_status, require_file, require_http_url, whole_number
 from tokex.settings import DEFAULT_TTL_CAP_SECONDS
 
 ENTERPRISE = ("openid-connect", "oauth2-introspection")
@@ -77,7 +77,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--issuer", help="issuer URL (default: from the --jwks URL)")
     parser.add_argument(
         "--max-ttl",
-        type=int,
+        type=whole_number,
         default=DEFAULT_TTL_CAP_SECONDS,
         metavar="SECONDS",
         help="the deployment's TTL cap: jwt maximum_expiration (default %(default)s)",
@@ -120,7 +120,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--introspection-ttl",
-        type=int,
+        type=whole_number,
         default=30,
         metavar="SECONDS",
         help="oauth2-introspection: how long Kong caches a verdict (default %(default)s)",

@@ -66,10 +66,9 @@ def register(subparsers: Any) -> None:
 
 def _port(text: str) -> int:
     """A TCP port, checked by the parser: out of range is a usage error (exit 2)."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not text.isascii() or not text.isdigit():  # int() would take " 80", "8_0"
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number")
+    port = int(text)
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port: use 0-65535")
     return port

@@ -29,7 +29,7 @@ from tokex.cli.errors import (
     UsageError,
     escaped,
 )
-from tokex.cli.inputs import require_file
+from tokex.cli.inputs import require_file, whole_number
 from tokex.cli.policy_document import load_policy_file
 from tokex.cli.policy_explain import add_explain_arguments, explain_command
 from tokex.cli.policy_table import policy_table
@@ -74,7 +74,7 @@ def register(subparsers: Any) -> None:
     add_explain_arguments(explain)
     explain.add_argument(
         "--ttl-cap",
-        type=int,
+        type=whole_number,
         default=None,
         metavar="S",
         help="the deployment's TTL cap (default: the --stack's TtlCapSeconds output, else "
@@ -96,7 +96,7 @@ def _command(
 def _ttl_cap_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ttl-cap",
-        type=int,
+        type=whole_number,
         default=DEFAULT_TTL_CAP_SECONDS,
         metavar="S",
         help=f"the deployment's TTL cap (default {DEFAULT_TTL_CAP_SECONDS})",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tokex import identifiers
 from tokex.cli.deployment import Deployment, check_ttl_seconds, resolve_deployment
 from tokex.cli.errors import INVALID_INPUT, USAGE, CommandError, UsageError
-from tokex.cli.inputs import read_text, require_file
+from tokex.cli.inputs import read_text, require_file, whole_number
 from tokex.cli.policy_document import load_policy_file
 from tokex.cli.policy_table import policy_table
 from tokex.cli.principal_arn import caller_from_principal
@@ -112,7 +112,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--default-ttl",
-        type=int,
+        type=whole_number,
         default=None,
         metavar="S",
         help="the deployment's default TTL (default: the --stack's DefaultTtlSeconds "

@@ -22,6 +22,7 @@ from typing import Any
 from tokex import identifiers
 from tokex.cli.deployment import check_ttl_seconds
 from tokex.cli.errors import UsageError
+from tokex.cli.inputs import whole_number
 from tokex.cli.state_table import resolve_state_table, state_table_parent, store_error
 
 # The longest lifetime any deployment allows: a record kept this long outlives every token
@@ -49,7 +50,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--ttl-cap",
-        type=int,
+        type=whole_number,
         default=MAX_TTL_CAP_SECONDS,
         metavar="SECONDS",
         help="the deployment's TTL cap: how long the record is kept "
