@@ -109,6 +109,28 @@ def test_a_deny_matches_the_principal_whatever_the_case_an_allow_does_not() -> N
     )
 
 
+def test_a_deny_for_a_user_without_a_path_denies_that_user_at_any_path() -> None:
+    """IAM user names are unique in an account whatever their path (revocation keys leave
+    it out too): a deny for `user/bob` let `user/ops/bob` through to an allow, and anyone
+    who may change bob's path could take him out of the deny. A deny with a path, and an
+    allow, match the path as written."""
+    user = f"arn:aws:iam::{ACCOUNT}:user/"
+    bob_in_ops = dataclasses.replace(
+        CALLER, principal_arn=user + "ops/bob", arn=user + "ops/bob", principal_id="AIDABOB"
+    )
+    allow = policy("a", principals=[user + "*", user + "*/*"])
+    assert run([allow], caller=bob_in_ops).policy.id == "a"
+    for pattern in ("bob", "BOB", "b?b", "*"):
+        deny = policy("d", effect="deny", principals=[user + pattern])
+        assert refusal([allow, deny], caller=bob_in_ops).reason == "denied by policy d"
+    # A path in the deny is part of what it names; an allow never drops a path.
+    pathed_deny = policy("d", effect="deny", principals=[user + "dev/bob"])
+    assert run([allow, pathed_deny], caller=bob_in_ops).policy.id == "a"
+    assert refusal([policy("a", principals=[user + "bob"])], caller=bob_in_ops).reason == (
+        "no policy matches principal"
+    )
+
+
 def test_deny_for_another_audience_does_not_apply() -> None:
     deny = policy("d", effect="deny", audiences=["billing-api"])
     assert run([policy("a"), deny]).policy.id == "a"

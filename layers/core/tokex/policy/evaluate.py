@@ -287,14 +287,30 @@ def _principal_match(policy: Policy, caller: CallerIdentity) -> tuple[str, str] 
             return None
         pattern = _eks_match(policy.eks, caller.eks)
         return None if pattern is None else ("eks", pattern)
-    # IAM names are unique whatever their case, so a deny spelled in another case can only
-    # mean this principal: it must not fail open for a typo. Allows stay exact.
-    fold = str.casefold if policy.effect == "deny" else str
-    principal = fold(caller.principal_arn)
-    matching = [p for p in policy.principals if principal_matches(fold(p), principal)]
+    # IAM names are unique whatever their case, and a user's whatever its path, so a deny
+    # spelled in another case, or a user's without the path, can only mean this principal:
+    # it must not fail open for a typo or for a user moved to another path. Allows stay
+    # exact.
+    if policy.effect == "deny":
+        principal = caller.principal_arn.casefold()
+        pathless = _without_user_path(principal)
+        matching = [
+            p
+            for p in policy.principals
+            if principal_matches(p.casefold(), principal)
+            or (_without_user_path(p) == p and principal_matches(p.casefold(), pathless))
+        ]
+    else:
+        matching = [p for p in policy.principals if principal_matches(p, caller.principal_arn)]
     if not matching:
         return None
     return "principal", max(matching, key=_specificity)
+
+
+def _without_user_path(arn: str) -> str:
+    """A user's ARN (or pattern) without its path: `user/ops/bob` is `user/bob`."""
+    head, user, path_name = arn.partition(":user/")
+    return head + user + path_name.rpartition("/")[2] if user else arn
 
 
 def _eks_match(selectors: EksSelectors, workload: EksWorkload) -> str | None:
