@@ -223,6 +223,20 @@ class RegionalStack(Stack):
                 home.issuer + regional_path(region, INTROSPECT_PATH),
                 f"POST RFC 7662 token introspection here, served in {region}",
             ),
+            # What `tokex policy|revoke|clients --stack` read from home's outputs, so that
+            # `--stack <this stack> --region <region>` writes to this Region's replicas of
+            # the same global tables: operators keep working while home is down.
+            "PolicyTableName": (policy_table, f"tokex policy table, replicated in {region}"),
+            "StateTableName": (
+                state_table,
+                f"tokex state table, replicated in {region}: introspection clients,"
+                " revocations, single use",
+            ),
+            "DefaultTtlSeconds": (
+                str(config.default_ttl_seconds),
+                "Token lifetime when the policy sets none",
+            ),
+            "TtlCapSeconds": (str(config.ttl_cap_seconds), "No token lives longer"),
             "SigningKeyArn": (
                 self.signing_key.key_arn,
                 f"The Regional replica of the key that signs, in {region}",

@@ -21,6 +21,7 @@ import pytest
 from tests.infra import checks
 from tests.infra.checks import INTROSPECT_READ_CONDITION
 from tests.infra.conftest import OIF_ISSUER, TEST_NONCE, Synthesized
+from tokex.cli.deployment import POLICY_TABLE_OUTPUT, STATE_TABLE_OUTPUT
 from tokex.edge import NEXT_ORIGIN_SECRET_ENV, ORIGIN_HEADER, ORIGIN_SECRET_ENV
 
 pytestmark = pytest.mark.infra
@@ -656,6 +657,22 @@ def test_each_region_outputs_what_its_workloads_and_operators_need(multi: App) -
         for name, path in (("TokenEndpoint", "token"), ("IntrospectionEndpoint", "introspect")):
             parts = outputs[name]["Value"]["Fn::Join"][1]
             assert parts[-1] == f"/regions/{region}/{path}"
+
+
+def test_each_region_names_the_tables_for_the_cli_as_home_does(multi: App) -> None:
+    """`tokex revoke --stack Tokex-<r> --region <r>` writes to that Region's replica of the
+    same global table when home is down (docs/multi-region.md "When the home Region is
+    lost"): each Regional stack outputs what `tokex policy|revoke|clients --stack` read from
+    home's (the tables' names, and `policy explain`'s TTLs), with home's values."""
+    home = multi.templates["Tokex"]["Outputs"]
+    for region in OTHERS:
+        stack = regional_stack(region)
+        outputs = multi.templates[stack]["Outputs"]
+        for name in (POLICY_TABLE_OUTPUT, STATE_TABLE_OUTPUT):
+            assert multi.output_value(stack, outputs[name]["Value"]) == home[name]["Value"]
+        for name in ("DefaultTtlSeconds", "TtlCapSeconds"):
+            assert outputs[name]["Value"] == home[name]["Value"]
+    assert home["TtlCapSeconds"]["Value"] == str(MULTI_REGION_CONTEXT["ttlCapSeconds"])
 
 
 def test_a_custom_domain_and_ecc_keys_reach_every_region(tmp_path: Path) -> None:

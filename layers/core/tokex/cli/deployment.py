@@ -1,8 +1,11 @@
 """Which deployment an operator command talks to: its region, endpoint and policy table.
 
 The table comes from `--table NAME`, or from `--stack NAME`: the `PolicyTableName` output
-of the CloudFormation stack that `cdk deploy` created (cdk/tokex_stack.py). Other commands
-read other outputs the same way (`resolve_deployment(args, output=STATE_TABLE_OUTPUT)`).
+of the CloudFormation stack that `cdk deploy` created (cdk/tokex_stack.py), looked up in
+the command's region. Other commands read other outputs the same way
+(`resolve_deployment(args, output=STATE_TABLE_OUTPUT)`). A multi-Region deployment's
+Regional stacks (cdk/regional_stacks.py) have the same outputs, naming the same global
+tables: `--stack Tokex-<r> --region <r>` writes to Region r's replicas, as when home is down.
 Credentials come from the default AWS credential chain, as for the AWS CLI.
 """
 
@@ -27,7 +30,8 @@ from tokex.cli.region import aws_session, resolve_region
 from tokex.client.endpoint import redacted, redacted_text
 from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS
 
-# cdk/tokex_stack.py names its outputs: the policy table's and the state table's.
+# cdk/tokex_stack.py (and cdk/regional_stacks.py) name their outputs: the policy table's
+# and the state table's.
 POLICY_TABLE_OUTPUT = "PolicyTableName"
 STATE_TABLE_OUTPUT = "StateTableName"
 
