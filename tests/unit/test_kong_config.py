@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -21,6 +22,7 @@ from tokex.kong import KongConfigError, Placement, Route
 from tokex.tokens.jwks import build_jwks, jwk_from_public_key
 
 ISSUER = "https://auth.example.com"
+EXAMPLES = Path(__file__).parents[2] / "examples" / "kong"
 
 
 def new_key(alg: str) -> tuple[Any, dict[str, Any]]:
@@ -537,6 +539,106 @@ def test_cli_a_malformed_existing_file_is_invalid_input_not_a_bug(
     failure = json.loads(capsys.readouterr().out)
     assert failure["error"] == "invalid_input" and failure["input"] == str(previous)
     assert why in failure["error_description"]
+
+
+# A user's own decK file (docs/kong.md: validate and sync it beside tokex's).
+_USERS_SERVICES = """\
+_format_version: "3.0"
+services:
+- name: orders
+  url: http://orders.internal:8080
+  routes:
+  - name: orders
+    paths: [/orders]
+consumers:
+- username: alice
+  keyauth_credentials:
+  - key: alice-key
+"""
+
+
+@pytest.mark.parametrize(
+    "existing,why",
+    [
+        (_USERS_SERVICES, "service 'orders' is not tagged tokex"),
+        ("{}", "it holds no entity"),
+        ('_format_version: "3.0"\n', "it holds no entity"),
+        ("consumers: [{username: bob}]\n", "consumer 'bob' is not tagged tokex"),
+        # Tagged at the top, not below: a re-run would drop the route and the key.
+        (
+            _USERS_SERVICES.replace("  url:", "  tags: [tokex]\n  url:"),
+            "route 'orders' is not tagged tokex",
+        ),
+        (
+            "consumers: [{username: a, tags: [tokex], keyauth_credentials: [{key: k}]}]\n",
+            "keyauth_credential 'k' is not tagged tokex",
+        ),
+        ("plugins: [{name: jwt, tags: tokex}]\n", "plugin 'jwt' is not tagged tokex"),
+        ("plugins: [{name: jwt, tags: [[tokex]]}]\n", "plugin 'jwt' is not tagged tokex"),
+        ("services: {name: orders}\n", "its services are not a list of entities"),
+    ],
+)
+@pytest.mark.parametrize("enterprise", [[], ["--enterprise", "openid-connect"]])
+def test_cli_an_existing_file_this_command_did_not_write_is_refused_and_left_as_it_is(
+    existing, why, enterprise, keys, tmp_path, capsys
+):
+    # docs/kong.md's command line names the same file twice: were the file accepted, the
+    # user's services and consumers would be gone.
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(keys["RS256"][1])))
+    theirs = tmp_path / "services.yaml"
+    theirs.write_text(existing)
+    argv = ["--jwks", str(tmp_path / "jwks.json"), "--issuer", ISSUER, *enterprise]
+    argv += ["--service-name", "orders", "--any-audience", "--existing", str(theirs)]
+    assert run_cli(*argv, "--output", str(theirs), "--json") == 1
+    failure = json.loads(capsys.readouterr().out)
+    assert failure["error"] == "invalid_input" and failure["input"] == str(theirs)
+    assert failure["error_description"].startswith(
+        f"--existing {theirs} is not a file this command wrote ({why}): "
+    )
+    assert "Name the file an earlier run wrote" in failure["error_description"]
+    assert theirs.read_text() == existing
+
+
+_INTROSPECTION = ["--enterprise", "oauth2-introspection", "--client-id", "kong"]
+_INTROSPECTION += ["--client-secret", "s"]
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        ["--audience", "a", "--route", "r"],
+        ["--any-audience", "--format", "json"],  # no header comment: the tags are the mark
+        ["--any-audience", "--enterprise", "openid-connect"],  # no consumers
+        _INTROSPECTION,
+        ["--global", "--any-audience", *_INTROSPECTION],
+    ],
+)
+@pytest.mark.parametrize("pyyaml", [True, False])  # without it, YAML is the header and JSON
+def test_cli_every_kind_of_file_this_command_writes_is_accepted_as_existing(
+    first, pyyaml, keys, tmp_path, monkeypatch
+):
+    if not pyyaml:
+        monkeypatch.setitem(__import__("sys").modules, "yaml", None)
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(keys["RS256"][1])))
+    out = tmp_path / "tokex.yaml"
+    argv = ["--jwks", str(tmp_path / "jwks.json"), "--issuer", ISSUER]
+    place = [] if "--global" in first else ["--service-name", "orders"]
+    assert run_cli(*argv, *place, *first, "--output", str(out)) == 0
+    rerun = [*argv, "--service-name", "orders", "--audience", "a", "--route", "r"]
+    assert run_cli(*rerun, "--existing", str(out), "--output", str(out)) == 0
+    assert run_cli(*rerun, "--existing", str(out), "--output", str(out)) == 0
+
+
+def test_cli_the_committed_example_is_accepted_as_existing(tmp_path):
+    # examples/kong/README.md's command line, re-run on the file an earlier version wrote.
+    example = tmp_path / "kong.yaml"
+    example.write_text((EXAMPLES / "kong.yaml").read_text())
+    argv = ["--jwks", str(EXAMPLES / "jwks.json"), "--service-name", "demo"]
+    argv += ["--service-url", "http://127.0.0.1:8080", "--audience", "demo-api"]
+    argv += ["--route", "demo", "--audience", "demo-instance-api", "--route", "demo-instance"]
+    assert run_cli(*argv, "--existing", str(example), "--output", str(example)) == 0
+    expected = parse_document((EXAMPLES / "kong.yaml").read_text())
+    assert parse_document(example.read_text()) == expected  # its secrets kept
 
 
 def test_cli_a_jwks_nested_too_deeply_is_invalid_input_not_a_bug(tmp_path, capsys):

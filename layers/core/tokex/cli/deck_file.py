@@ -79,7 +79,7 @@ def read_existing(path: str, *, quiet: bool = False) -> dict[str, Any] | None:
             input=path,
         )
     try:
-        return parse_document(text)
+        document = parse_document(text)
     except ValueError as err:
         why = " ".join(str(err).split())  # one line: a YAML parser's message spans several
         raise CommandError(
@@ -87,6 +87,18 @@ def read_existing(path: str, *, quiet: bool = False) -> dict[str, Any] | None:
             error=INVALID_INPUT,
             input=path,
         ) from None
+    # A re-run writes tokex's entities alone: with the documented `--existing F --output F`,
+    # anything else F holds (a user's services and consumers) would be lost.
+    if foreign := _not_written_here(document):
+        raise CommandError(
+            f"--existing {path} is not a file this command wrote ({foreign}): a re-run "
+            "keeps only tokex's entities. Name the file an earlier run wrote, or give tokex "
+            "a file of its own beside yours (--existing tokex.yaml --output tokex.yaml; "
+            f"deck validate -s {path} -s tokex.yaml)",
+            error=INVALID_INPUT,
+            input=path,
+        )
+    return document
 
 
 def parse_document(text: str) -> dict[str, Any]:
@@ -140,6 +152,46 @@ def _check_consumers(consumers: Any) -> None:
             raise ValueError(
                 f"consumer {consumer.get('username')!r}: jwt_secrets is not a list of objects"
             )
+
+
+def _not_written_here(document: dict[str, Any]) -> str | None:
+    """Why `document` is not a file `tokex kong-config` wrote, or None. Every version of
+    the generator tags every entity it writes, nested ones included, with `tokex` (the tag
+    `deck sync --select-tag` relies on), and writes at least one (a plugin): the mark that
+    JSON output, which has no header comment, carries too."""
+    from tokex.kong import TAGS
+
+    def untagged(kind: str, entities: Any) -> str | None:
+        if not isinstance(entities, list) or not all(isinstance(e, dict) for e in entities):
+            return f"its {kind} are not a list of entities"
+        for index, entity in enumerate(entities):
+            tags = entity.get("tags")
+            if not isinstance(tags, list) or not all(tag in tags for tag in TAGS):
+                name = next((repr(entity[n]) for n in _ENTITY_NAMES if n in entity), None)
+                entry = f"{kind.removesuffix('s')} {name or f'#{index + 1}'}"
+                return f"{entry} is not tagged {', '.join(TAGS)}"
+            # Nested entities: a service's routes, a consumer's credentials (a list of
+            # objects; a plugin's `config` holds settings, not entities).
+            nested = [
+                (field, value)
+                for field, value in entity.items()
+                if field != "config"
+                and isinstance(value, list)
+                and value
+                and all(isinstance(item, dict) for item in value)
+            ]
+            if found := next(filter(None, (untagged(f, v) for f, v in nested)), None):
+                return found
+        return None
+
+    kinds = [key for key in document if not key.startswith("_")]  # _format_version: no entity
+    if not any(document[kind] for kind in kinds):
+        return "it holds no entity"
+    return next(filter(None, (untagged(kind, document[kind]) for kind in kinds)), None)
+
+
+# The fields that name an entity in a refusal, the first one present.
+_ENTITY_NAMES = ("name", "username", "key", "group", "id")
 
 
 def write_private(path: Path, text: str) -> None:

@@ -152,9 +152,11 @@ def run(args: argparse.Namespace) -> int:
 
     # The command line first (exit 2), before any file is read or the JWKS fetched.
     placement = _check(args)
+    # Read in every mode: refused when this command did not write it (deck_file.py), before
+    # `--output`, often the same file, is written.
+    existing = read_existing(args.existing, quiet=args.json) if args.existing else None
     try:
         if args.enterprise is None:
-            existing = read_existing(args.existing, quiet=args.json) if args.existing else None
             jwks = read_jwks(args.jwks)
             try:
                 document = kong.jwt_config(jwks, placement, max_ttl=args.max_ttl, existing=existing)
