@@ -164,6 +164,51 @@ def test_an_invalid_most_specific_allow_does_not_hand_its_callers_a_broader_one(
 
 
 @pytest.mark.parametrize(
+    "item_id",
+    ["orders api", "o" * 129, "orders/api", "évident", "evil\x1b[31m\nfake line"],
+    ids=["blank", "too-long", "slash", "non-ascii", "control-characters"],
+)
+def test_an_invalid_allow_under_a_key_put_refuses_denies_whom_it_names(
+    store: PolicyStore, client: Any, item_id: str
+) -> None:
+    """Written by other means under a key no policy id can be: its stand-in deny failed
+    validation for that key, and every exchange answered 503 ("an allow naming no one
+    readable", though it named its callers). It denies whom it names, named by its key."""
+    store.put(make_policy("orders-team"))
+    document = {
+        **make_policy("x", principals=["arn:aws:iam::123456789012:role/orders-api"]).to_document(),
+        "id": item_id,
+    }
+    client.put_item(
+        TableName=TABLE, Item={"id": {"S": item_id}, "document": {"S": json.dumps(document)}}
+    )
+    policies, invalid = store.load_all()
+    assert invalid == [item_id]
+    assert _decision(policies, "orders-api") == f"refused: denied by policy {item_id}"
+    assert _decision(policies, "orders-worker").startswith("orders-team ")  # not named by it
+    with pytest.raises(PolicyValidationError) as info:
+        store.get(item_id)
+    assert info.value.field == "id"
+    assert info.value.consequence == (
+        "the exchange denies the callers it names until it is fixed or deleted"
+    )
+    assert store.delete(item_id) is True
+    assert store.load_all() == ([make_policy("orders-team")], [])
+
+
+def test_an_allow_naming_no_one_readable_under_a_key_put_refuses_still_fails_closed(
+    store: PolicyStore, client: Any
+) -> None:
+    document = {**make_policy("x").to_document(), "id": "orders api", "principals": "role/x"}
+    client.put_item(
+        TableName=TABLE, Item={"id": {"S": "orders api"}, "document": {"S": json.dumps(document)}}
+    )
+    with pytest.raises(TemporarilyUnavailable) as info:
+        store.load_all()
+    assert "'orders api' is invalid and an allow naming no one readable" in info.value.reason
+
+
+@pytest.mark.parametrize(
     ("change", "outcome"),
     [
         ({"enabled": False}, "skipped"),  # it decided nothing

@@ -396,6 +396,23 @@ def test_explain_principal_id_decides_pinned_policies(capsys, tmp_path) -> None:
     assert explain_json(capsys, tmp_path, *argv, "--principal-id", "AROAOTHER")["policy"] is None
 
 
+@pytest.mark.parametrize(("principal", "pattern"), [(SESSION, ROLE), (USER, USER)])
+def test_explain_without_a_principal_id_says_it_was_not_given(
+    capsys, tmp_path, principal, pattern
+) -> None:
+    """Nothing was compared: not "principal id differs (principal re-created?)", which
+    stays the reason for an id that is given, as in the exchange."""
+    pinned = {**PINNED, "principals": [pattern]}
+    argv = ["--principal", principal, "--audience", "pinned-api"]
+    for more, why in (
+        ([], "principal id not given"),
+        (["--principal-id", "AROAOTHER"], "principal id differs (principal re-created?)"),
+    ):
+        result = explain_json(capsys, tmp_path, *argv, *more, documents=[pinned])
+        assert [line["detail"] for line in result["policies"]] == [why]
+        assert result["refusal"]["reason"] == f"policy pinned {why}"
+
+
 def test_explain_says_a_role_shorthand_is_read_in_the_aws_partition(capsys, tmp_path) -> None:
     argv = ["--principal", "role/orders-api", "--account", ACCOUNT, "--audience", "orders-api"]
     result = explain_json(capsys, tmp_path, *argv)

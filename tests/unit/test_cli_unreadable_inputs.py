@@ -168,22 +168,34 @@ class Store:
         blocking = [self.item_id] if self.blocking else []
         return Inventory([Policy.from_document(POLICY)], {self.item_id: what}, blocking)
 
+    def load_all(self) -> tuple[list[Policy], list[str]]:
+        """The item is an allow of ROLE that no longer validates: its stand-in deny."""
+        from tokex.adapters.policy_table import _stand_in
+
+        document = json.dumps({**POLICY, "id": self.item_id})
+        stand_in = _stand_in({"id": {"S": self.item_id}, "document": {"S": document}})
+        assert stand_in is not None
+        return [Policy.from_document(POLICY), stand_in], [self.item_id]
+
 
 @pytest.fixture
 def table(monkeypatch):
     """`tokex policy` on a Store (`table(item_id)`), as the deployment's table `t`."""
     from tokex.cli import policy as policy_command
+    from tokex.cli import policy_explain
 
     class Found:
         table = "t"
         flag = "--table"
+        stack = None
 
     def use(item_id: str, *, blocking: bool = False) -> Store:
         store = Store(item_id, blocking)
-        monkeypatch.setattr(policy_command, "resolve_deployment", lambda args: Found())
-        monkeypatch.setattr(
-            policy_command, "policy_table", lambda deployment: contextlib.nullcontext(store)
-        )
+        for module in (policy_command, policy_explain):
+            monkeypatch.setattr(module, "resolve_deployment", lambda args: Found())
+            monkeypatch.setattr(
+                module, "policy_table", lambda deployment: contextlib.nullcontext(store)
+            )
         return store
 
     return use
@@ -237,6 +249,23 @@ def test_list_shows_an_item_id_escaped(table, capsys, blocking) -> None:
     assert len(lines) == (2 if blocking else 1)
     if blocking:
         assert lines[1].startswith(f"tokex policy: policy table 't': {EVIL_SHOWN} make every")
+
+
+def test_explain_names_a_stand_in_deny_by_its_item_id_escaped(table, capsys) -> None:
+    """An invalid allow stands in as a deny named by its key, which an item written by
+    other means may fill with control characters: shown escaped, as `list` shows it."""
+    table(EVIL_ID)
+    argv = ["policy", "explain", *WHERE, "--principal", ROLE, "--audience", "demo-api"]
+    code, out, _ = tokex(capsys, *argv)
+    assert code == 0 and "\x1b" not in out and "\x07" not in out
+    lines = out.splitlines()
+    assert "policies   table t (1 invalid: " + EVIL_SHOWN + ")" in lines
+    assert any(line.startswith(EVIL_SHOWN + "  deny   applies: principal ") for line in lines)
+    assert "=> refused (invalid_target): denied by policy " + EVIL_SHOWN in lines
+    code, out, _ = tokex(capsys, *argv, "--json")
+    result = json.loads(out)  # JSON carries the key as it is
+    assert (code, result["refusal"]["reason"]) == (0, f"denied by policy {EVIL_ID}")
+    assert result["invalid_policies"] == [EVIL_ID]
 
 
 # --- kong-config --jwks: URLs http.client cannot fetch ------------------------------------

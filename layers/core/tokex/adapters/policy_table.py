@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from botocore import xform_name
@@ -40,6 +40,7 @@ _NAMES = {"#i": "id", "#d": "document"}
 _Policies = list[Policy]
 _Ids = list[str]
 _BLOCKS_EVERY_EXCHANGE = "every exchange answers 503 until it is fixed or deleted"
+_STAND_IN_ID = "stand-in"
 
 
 class PolicyStore:
@@ -249,7 +250,7 @@ def _named(allow: dict[str, Any]) -> dict[str, Any]:
 
 
 def _blocking_deny(item_id: str, allow: dict[str, Any]) -> Policy | None:
-    """A deny, under the invalid allow's id, of whom it names (its principals, its EKS
+    """A deny, named by the invalid allow's key, of whom it names (its principals, its EKS
     selectors) for its audiences (every audience if those cannot be read); None if it
     names no one that can be read."""
     names = _named(allow)
@@ -258,16 +259,23 @@ def _blocking_deny(item_id: str, allow: dict[str, Any]) -> Policy | None:
     description = "stands in for an allow that no longer validates: fix it or delete it"
     for audiences in (allow.get("audiences"), ["*"]):
         document = {
-            "id": item_id,
+            # Validated under an id any policy may have: the key may be one `put` refuses
+            # (`orders api`, an item written by other means), and this deny must not fail
+            # for it (that made every exchange answer 503).
+            "id": _STAND_IN_ID,
             "effect": "deny",
             "description": description,
             "audiences": audiences,
             **names,
         }
         try:
-            return Policy.from_document(document)
+            deny = Policy.from_document(document)
         except PolicyValidationError:
             continue
+        # Named by the key all the same: the refusal it causes (the audit's reason,
+        # `tokex policy explain`) names the item `tokex policy get/delete` take. A deny
+        # grants nothing, so the key is never a token's `policy` claim.
+        return replace(deny, id=item_id)
     return None
 
 

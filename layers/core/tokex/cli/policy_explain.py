@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokex import identifiers
 from tokex.cli.deployment import Deployment, check_ttl_seconds, resolve_deployment
-from tokex.cli.errors import INVALID_INPUT, USAGE, CommandError, UsageError
+from tokex.cli.errors import INVALID_INPUT, USAGE, CommandError, UsageError, escaped
 from tokex.cli.inputs import read_text, require_file, whole_number
 from tokex.cli.policy_document import load_policy_file
 from tokex.cli.policy_table import policy_table
@@ -135,6 +135,10 @@ def explain_command(args: argparse.Namespace) -> int:
     notes: list[str] = []
     if args.evidence == SIGV4:
         caller, notes = caller_from_principal(args.principal, args.account, args.principal_id)
+        if args.principal_id is None:
+            # The mapping needed a stand-in id for STS's UserId; evaluation is to know
+            # there is none, and say so of a policy restricted by principal_ids.
+            caller = dataclasses.replace(caller, principal_id="")
     tags = _tags(args.instance_tag)
     _check_files(args)
     claims = None if args.claims is None else _read_claims(args.claims)
@@ -542,10 +546,10 @@ def _render(
             f"{i['image_id']}, {i['instance_type']}"
         )
     invalid = report["invalid_policies"]
-    skipped = f" ({len(invalid)} invalid: {', '.join(invalid)})" if invalid else ""
+    skipped = f" ({len(invalid)} invalid: {', '.join(map(escaped, invalid))})" if invalid else ""
     out += [f"policies   {report['source']}{skipped}", ""]
     if result is not None:
-        out.append(result.render())
+        out.append(_rendered(result))
     elif error is not None:
         out.append(f"=> refused ({error.error}) before any policy: {error.description}")
     if report.get("claims"):
@@ -553,3 +557,14 @@ def _render(
     out += [f"note: {note}" for note in report["notes"]]
     out.append("(nothing was issued)")
     return "\n".join(out)
+
+
+def _rendered(result: Explanation) -> str:
+    """`result.render()` with each policy id escaped: the stand-in deny of an invalid
+    allow is named by the item's key, which one written to the table by other means may
+    fill with control characters (a line break among them would forge a line)."""
+    text = result.render()
+    ids = {line.policy_id for line in result.lines if escaped(line.policy_id) != line.policy_id}
+    for policy_id in sorted(ids, key=len, reverse=True):  # one inside another: longest first
+        text = text.replace(policy_id, escaped(policy_id))
+    return text

@@ -244,7 +244,12 @@ def _assess(
             detail = f"has principal_ids, which {caller.evidence} evidence cannot show"
             return skipped(_PRINCIPAL_ID, detail, specificity)
         if caller.principal_id not in policy.principal_ids:
-            detail = "principal id differs (principal re-created?)"
+            # None at all is `tokex policy explain` without --principal-id: STS names one.
+            detail = (
+                "principal id differs (principal re-created?)"
+                if caller.principal_id
+                else "principal id not given"
+            )
             return skipped(_PRINCIPAL_ID, detail, specificity)
     if not any(glob_matches(a, audience) for a in policy.audiences):
         return skipped(_AUDIENCE_STAGE, "does not cover the audience", specificity)
