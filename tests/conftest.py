@@ -13,6 +13,7 @@ the option overrides the default loaded here.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -44,3 +45,14 @@ def refused_port() -> Iterator[int]:
     down), and that nothing else can bind meanwhile."""
     with refusing_port() as port:
         yield port
+
+
+@pytest.fixture(autouse=True)
+def no_discovery_kept_from_another_test() -> Iterator[None]:
+    """Each test starts with no last good discovery document (a process's store,
+    tokex.client.token_client): a loopback port reused by a later test would otherwise
+    offer it the Regions of an earlier one."""
+    yield
+    client = sys.modules.get("tokex.client.token_client")
+    if client is not None:
+        client.LAST_GOOD_DISCOVERIES.clear()

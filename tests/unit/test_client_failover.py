@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import stat
 import struct
 import threading
 import time
@@ -39,6 +40,12 @@ from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tokex import base64url
 from tokex.cli.main import main
 from tokex.client import TokenClient, TokenError, TokexAuth, TokexHttpxAuth, request_token
+from tokex.client.token_client import (
+    LAST_GOOD_DISCOVERIES,
+    Discovery,
+    LastGoodDiscoveries,
+    RegionalEndpoint,
+)
 from tokex.errors import TokexError
 from tokex.evidence.jwt_claims import STS_NAMESPACE as OIF_CLAIMS
 from tokex.evidence.sigv4_request import decode_subject_token, verify_sts_request
@@ -70,8 +77,9 @@ class Deployment:
     with_regions: bool = True
     # Per Region: "ok", an HTTP status (with an OAuth error), "html-502" (a bare 502, as a
     # load balancer's), "gateway-404" and "cdn-403" (no tokex behind the path yet, or any
-    # more), "reset" (the connection reset, no answer) or "late" (no answer until
-    # `late_at`, then the token `<region>-late`).
+    # more), "gateway-429" (API Gateway's stage throttle), "rate-limited" (tokex's own 429
+    # of a caller over its rate limit), "reset" (the connection reset, no answer) or "late"
+    # (no answer until `late_at`, then the token `<region>-late`).
     modes: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(REGIONS, "ok"))
     delay: float = 0.0  # seconds each exchange that gives a token takes
     expires_in: int = 900
@@ -82,6 +90,9 @@ class Deployment:
     # When "late" Regions (and a late discovery) answer: `answer_late`; None, never.
     late_at: float | None = None
     late_discovery: bool = False  # the discovery document too comes at `late_at`
+    # What the discovery document's URL answers instead of it: "html-502", "json-503",
+    # "cdn-429", "reset", "html-200" (an error page), "gateway-404"; None: the document.
+    discovery_failure: str | None = None
     # The test is over: every request still held is closed without an answer, so that a
     # passing test does not wait for `late_at`.
     released: threading.Event = field(default_factory=threading.Event)
@@ -182,7 +193,22 @@ def deployment_running() -> Iterator[Deployment]:
             if deployment.late_discovery and not deployment.hold():
                 self.close_connection = True  # the test ended first
                 return None
-            self._json(200, deployment.document())
+            failure = deployment.discovery_failure
+            html = {"Content-Type": "text/html"}
+            if failure == "html-502":  # CloudFront, its origin (home's bucket) unreachable
+                self.send_document(502, b"<html>502 ERROR</html>", html)
+            elif failure == "json-503":
+                self._json(503, {"message": "Service Unavailable"})
+            elif failure == "cdn-429":
+                self.send_document(429, b"<html>429 ERROR</html>", html)
+            elif failure == "reset":
+                self._reset()
+            elif failure == "html-200":
+                self.send_document(200, b"<html>Something went wrong</html>", html)
+            elif failure == "gateway-404":
+                self._json(404, {"message": "Not Found"})
+            else:
+                self._json(200, deployment.document())
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"])).decode()
@@ -209,6 +235,13 @@ def deployment_running() -> Iterator[Deployment]:
                 self._json(404, {"message": "Not Found"})
             elif mode == "cdn-403":  # CloudFront's, for a path it no longer routes
                 self.send_document(403, b"<html>403 ERROR</html>", {"Content-Type": "text/html"})
+            elif mode == "gateway-429":  # API Gateway's, its Regional stage throttled
+                self._json(429, {"message": "Too Many Requests"})
+            elif mode == "rate-limited":  # tokex's own: this caller is over its rate limit
+                refusal = {"error": "temporarily_unavailable", "error_description": "slow down"}
+                data = json.dumps(refusal).encode()
+                headers = {"Content-Type": "application/json", "Retry-After": "17"}
+                self.send_document(429, data, headers)
             else:
                 self._json(*deployment.exchange(region, form, mode))
 
@@ -236,6 +269,15 @@ def aws(monkeypatch) -> None:
     """Static credentials and no region configured anywhere."""
     use_static_credentials(monkeypatch)
     monkeypatch.delenv("AWS_REGION")
+
+
+@pytest.fixture(autouse=True)
+def no_discovery_read_yet() -> Iterator[None]:
+    """Each test starts as a fresh process: no discovery document read before (another
+    test's deployment may have had the same port)."""
+    LAST_GOOD_DISCOVERIES.clear()
+    yield
+    LAST_GOOD_DISCOVERIES.clear()
 
 
 @pytest.fixture
@@ -350,12 +392,14 @@ def test_a_region_that_never_answers_fails_over_within_the_budget(deployment) ->
     assert deployment.contacts == [HOME, SECOND]  # home got the request, and kept it
 
 
-@pytest.mark.parametrize("mode", ["gateway-404", "cdn-403"])
+@pytest.mark.parametrize("mode", ["gateway-404", "cdn-403", "gateway-429"])
 def test_a_4xx_that_is_no_tokex_answer_fails_over(deployment, mode) -> None:
-    """A Region listed in discovery whose stack is not deployed yet (API Gateway's 404) or
-    was just removed (CloudFront's 403, while edges keep the old document) stopped every
-    workload that asks it first: nothing failed over. Its evidence was its own: nothing is
-    spent twice by asking the next Region."""
+    """A Region listed in discovery whose stack is not deployed yet (API Gateway's 404),
+    was just removed (CloudFront's 403, while edges keep the old document) or whose API is
+    over its stage throttle (API Gateway's 429 `{"message": "Too Many Requests"}`, once a
+    `temporarily_unavailable` that stayed there) stopped every workload that asks it
+    first: nothing failed over. Its evidence was its own: nothing is spent twice by asking
+    the next Region."""
     deployment.modes[HOME] = mode
     assert request_token(deployment.url, "orders-api")["access_token"] == f"{SECOND}-token-1"
     assert deployment.contacts == [HOME, SECOND]
@@ -369,6 +413,28 @@ def test_a_4xx_is_a_refusal_never_failed_over(deployment, status) -> None:
     assert (refused.value.status, refused.value.error) == (status, "invalid_grant")
     assert str(refused.value) == f"invalid_grant: refused with {status}"
     assert deployment.contacts == [HOME]  # the second Region is never contacted
+
+
+def test_tokexs_own_429_is_answered_at_once_with_its_retry_after(deployment) -> None:
+    """tokex's 429 (an OAuth answer: this caller is over its rate limit) is a refusal like
+    its other 4xx, with its `Retry-After`: only a gateway's 429 moves on."""
+    deployment.modes[HOME] = "rate-limited"
+    with pytest.raises(TokenError) as refused:
+        request_token(deployment.url, "orders-api")
+    error = refused.value
+    assert (error.status, error.error, error.retry_after) == (429, "temporarily_unavailable", 17)
+    assert str(error) == "temporarily_unavailable: slow down"
+    assert deployment.contacts == [HOME]
+
+
+def test_a_gateways_429_without_tokex_regions_is_temporarily_unavailable(deployment) -> None:
+    deployment.with_regions = False
+    deployment.modes["home"] = "gateway-429"
+    with pytest.raises(TokenError) as failed:
+        request_token(deployment.url, "orders-api")
+    assert (failed.value.status, failed.value.error) == (429, "temporarily_unavailable")
+    assert str(failed.value).endswith("(application/json): try again later")
+    assert deployment.contacts == ["home"]
 
 
 def test_when_every_region_fails_the_last_error_names_the_regions_tried(deployment) -> None:
@@ -432,6 +498,172 @@ def test_discovery_counts_against_the_budget(deployment) -> None:
     assert (failed.value.error, failed.value.url) == ("unreachable", discovery)
     assert str(failed.value) == f"cannot reach {discovery}: timed out"
     assert deployment.contacts == []
+
+
+# --- home lost: the last good discovery document ---------------------------------------------
+
+DISCOVERY_OUTAGES = ["html-502", "json-503", "cdn-429", "reset", "html-200"]
+
+
+@pytest.mark.parametrize("failure", DISCOVERY_OUTAGES)
+def test_a_discovery_outage_fails_over_with_the_last_good_document(deployment, failure) -> None:
+    """Home publishes the document: with home lost, once CloudFront's copy has expired,
+    discovery answers CloudFront's 502 (or nothing, or an error page), and the client,
+    which read the Regions only from a fresh document, tried none of them."""
+    assert request_token(deployment.url, "orders-api")["access_token"] == f"{HOME}-token-1"
+    deployment.discovery_failure = failure
+    deployment.modes[HOME] = 503
+    assert request_token(deployment.url, "orders-api")["access_token"] == f"{SECOND}-token-2"
+    assert deployment.contacts == [HOME, HOME, SECOND]
+    assert_signed_for(deployment.forms[SECOND][0], SECOND)
+    assert deployment.discoveries == 2  # asked each time: a fresh one wins when there is one
+
+
+@pytest.mark.parametrize("failure", DISCOVERY_OUTAGES)
+def test_a_process_that_never_read_the_document_cannot_fail_over(deployment, failure) -> None:
+    """Nothing kept yet (the fixture: a fresh process): the first discovery fails as it
+    always did, and no Region is asked."""
+    deployment.discovery_failure = failure
+    with pytest.raises(TokenError) as failed:
+        request_token(deployment.url, "orders-api")
+    assert failed.value.url == f"{deployment.url}/.well-known/openid-configuration"
+    assert deployment.contacts == []
+
+
+def test_a_fresh_document_is_always_the_one_used(deployment) -> None:
+    """A Region removed from a document read since is never asked, whether the next
+    discovery succeeds or fails: the document kept is the newest one read."""
+    request_token(deployment.url, "orders-api")
+    deployment.order = [HOME, SECOND]
+    deployment.modes.update(dict.fromkeys(REGIONS, 503))
+    with pytest.raises(TokenError, match=rf"tried {HOME}, {SECOND}\)"):
+        request_token(deployment.url, "orders-api")
+    deployment.discovery_failure = "html-502"
+    with pytest.raises(TokenError, match=rf"tried {HOME}, {SECOND}\)"):
+        request_token(deployment.url, "orders-api")
+    assert deployment.contacts == [HOME, HOME, SECOND, HOME, SECOND]  # never THIRD again
+    deployment.order = [THIRD, HOME]
+    deployment.discovery_failure = None
+    deployment.modes[THIRD] = "ok"
+    assert request_token(deployment.url, "orders-api")["access_token"] == f"{THIRD}-token-2"
+
+
+@pytest.mark.parametrize(
+    "answer", ["gateway-404", "another issuer", "an endpoint elsewhere", "no regions"]
+)
+def test_a_document_answered_but_wrong_is_not_fallen_back_from(
+    deployment, monkeypatch, answer
+) -> None:
+    """A 4xx (the URL is no tokex issuer) or a document that is refused (another issuer,
+    a Regional endpoint elsewhere) is no outage: refused as before, nothing sent. A fresh
+    document without Regions (the Regions removed) is one attempt at `{iss}/token`."""
+    request_token(deployment.url, "orders-api")
+    real = deployment.document
+    if answer == "gateway-404":
+        deployment.discovery_failure = answer
+    elif answer == "another issuer":
+        monkeypatch.setattr(deployment, "document", lambda: {**real(), "issuer": "https://x.io"})
+    elif answer == "an endpoint elsewhere":
+        token_endpoint = f"{deployment.url}/elsewhere/regions/{HOME}/token"
+        elsewhere = [{"region": HOME, "token_endpoint": token_endpoint}]
+        monkeypatch.setattr(deployment, "document", lambda: {**real(), "tokex_regions": elsewhere})
+    else:
+        deployment.with_regions = False
+        deployment.modes.update({HOME: 503, "home": 503})
+    with pytest.raises(TokenError):
+        request_token(deployment.url, "orders-api")
+    assert deployment.contacts == [HOME] + (["home"] if answer == "no regions" else [])
+    if answer == "no regions":  # and no Regions kept either
+        deployment.discovery_failure = "html-502"
+        with pytest.raises(TokenError) as failed:
+            request_token(deployment.url, "orders-api")
+        assert failed.value.url == f"{deployment.url}/.well-known/openid-configuration"
+
+
+def test_a_discovery_that_never_answers_leaves_the_regions_their_time(deployment) -> None:
+    """With a document to fall back on, a discovery that holds the request (until 20 s, 5
+    times the budget) gets one share of the 4 s, as one more Region would: the Regions
+    answer within what is left. Given the whole budget, as without a document kept, it
+    would leave them none."""
+    request_token(deployment.url, "orders-api")
+    deployment.late_discovery = True
+    deployment.answer_late(after=20)
+    response = request_token(deployment.url, "orders-api", timeout=4)
+    assert response["access_token"].split("-token-")[0] in REGIONS  # not late, not none
+    assert deployment.discoveries == 2
+
+
+def test_concurrent_clients_share_the_last_good_document(deployment) -> None:
+    """TokenClients of one process, each in threads of its own (as the proxy's and the
+    auth classes' are): the documents they read together are kept once, and when
+    discovery then fails, every one of them fails over with it."""
+    count = 16
+    clients = [TokenClient(deployment.url) for _ in range(count)]
+    barrier = threading.Barrier(count)
+    tokens: list[str | None] = [None] * count
+    failures: list[BaseException] = []
+
+    def ask(index: int, audience: str) -> None:
+        barrier.wait()
+        try:
+            tokens[index] = clients[index].token(audience)
+        except BaseException as err:  # reported by the assertion below
+            failures.append(err)
+
+    def all_ask(audience: str) -> list[str | None]:
+        threads = [threading.Thread(target=ask, args=(i, audience)) for i in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert failures == []
+        return list(tokens)
+
+    assert {t.split("-token-")[0] for t in all_ask("orders-api") if t} == {HOME}
+    deployment.discovery_failure = "html-502"
+    deployment.modes[HOME] = 503
+    assert {t.split("-token-")[0] for t in all_ask("billing-api") if t} == {SECOND}
+    assert deployment.exchanges_in(SECOND) == count
+    assert deployment.discoveries == 2 * count
+    assert LAST_GOOD_DISCOVERIES.last(deployment.url) is not None
+
+
+def test_the_newest_document_read_is_kept_whatever_order_threads_keep_them() -> None:
+    """Threads whose fetches overlap keep what they read in any order: the one answered
+    last wins, and one store never tears another."""
+    kept = LastGoodDiscoveries()
+    documents = [
+        Discovery("https://a.io", (RegionalEndpoint(r, f"https://a.io/regions/{r}/token"),))
+        for r in EIGHT_REGIONS
+    ]
+    count = len(documents)
+    barrier = threading.Barrier(count)
+
+    def keep(index: int) -> None:
+        barrier.wait()
+        for _ in range(200):
+            kept.keep("https://a.io", documents[index], fetched_at=float(index))
+
+    # The newest answer first, then the older ones on top of it, all at once.
+    kept.keep("https://a.io", documents[-1], fetched_at=float(count - 1))
+    threads = [threading.Thread(target=keep, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert kept.last("https://a.io") is documents[-1]
+    assert kept.last("https://b.io") is None
+
+
+def test_at_most_so_many_endpoints_are_kept_the_least_recently_read_forgotten() -> None:
+    kept = LastGoodDiscoveries()
+    for number in range(LastGoodDiscoveries.MAX_ENDPOINTS + 1):
+        kept.keep(f"https://{number}.io", Discovery(f"https://{number}.io"), fetched_at=number)
+    kept.keep("https://1.io", Discovery("https://1.io"), fetched_at=1000.0)  # read again
+    kept.keep("https://new.io", Discovery("https://new.io"), fetched_at=1001.0)
+    assert kept.last("https://0.io") is None  # the first read, forgotten first
+    assert kept.last("https://2.io") is None
+    assert kept.last("https://1.io") is not None and kept.last("https://new.io") is not None
 
 
 # --- the budget: TokenClient(timeout=...), validated --------------------------------------
@@ -848,6 +1080,67 @@ def test_cli_fails_over_and_says_so_with_v(deployment, capsys) -> None:
     assert deployment.contacts == [HOME, SECOND, HOME, SECOND, SECOND]
 
 
+def sent_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("tokex token: sending")]
+
+
+def test_cli_v_names_the_region_each_attempt_signs_for(deployment, capsys) -> None:
+    """`--region us-west-2` is none of the deployment's Regions: home is asked first, then
+    the second, each with a request signed for itself. `-v` said once, before discovery,
+    "signed for us-west-2", a Region nothing was signed for."""
+    deployment.modes[HOME] = 503
+    ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--region", "us-west-2")
+    code, out, err = tokex(capsys, *ask, "-v")
+    assert (code, out) == (0, f"{SECOND}-token-1")
+    told = [line for line in err.splitlines() if "sending" in line or "exchanging" in line]
+    assert told == [
+        f"tokex token: exchanging at {deployment.url}/regions/{HOME}/token (Region {HOME})",
+        f"tokex token: sending a GetCallerIdentity request signed for {HOME}",
+        f"tokex token: exchanging at {deployment.url}/regions/{SECOND}/token (Region {SECOND})",
+        f"tokex token: sending a GetCallerIdentity request signed for {SECOND}",
+    ]
+    assert "us-west-2" not in err
+    assert_signed_for(deployment.forms[HOME][0], HOME)
+    assert_signed_for(deployment.forms[SECOND][0], SECOND)
+
+
+def test_cli_v_names_the_sts_each_oif_attempt_asks(deployment, sts, capsys) -> None:
+    sts["down"] = {HOME}
+    ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--region", "us-west-2")
+    code, out, err = tokex(capsys, *ask, "--evidence", "aws-oif", "-v")
+    assert (code, out) == (0, f"{SECOND}-token-1")
+    assert sent_lines(err) == [
+        f"tokex token: sending a JWT from sts:GetWebIdentityToken in {r} (RS256, 60 s)"
+        for r in (HOME, SECOND)
+    ]
+    assert sts["regions"] == [HOME, SECOND]
+
+
+def test_cli_v_without_tokex_regions_names_the_region_signed_for(deployment, capsys) -> None:
+    deployment.with_regions = False
+    ask = ("token", "--endpoint", deployment.url, "--audience", "a", "-v")
+    for region, given in ((SECOND, ("--region", SECOND)), (HOME, ())):  # HOME: the default
+        code, _, err = tokex(capsys, *ask, *given)
+        assert code == 0
+        assert sent_lines(err) == [
+            f"tokex token: sending a GetCallerIdentity request signed for {region}"
+        ]
+        assert_signed_for(deployment.forms["home"][-1], region)
+    assert "exchanging at" not in err  # one endpoint: no Regions to name
+
+
+def test_cli_v_says_when_it_falls_back_on_the_last_document(deployment, capsys) -> None:
+    """In one process (the command as a library call): `-v` names the outage and the
+    Regions of the document it falls back on."""
+    ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--timeout", "5")
+    assert tokex(capsys, *ask)[:2] == (0, f"{HOME}-token-1")
+    deployment.discovery_failure = "html-502"
+    code, out, err = tokex(capsys, *ask, "-v")
+    assert (code, out) == (0, f"{HOME}-token-2")
+    assert "/.well-known/openid-configuration answered HTTP 502" in err
+    assert f"trying the Regions of the last discovery document read: {', '.join(REGIONS)}" in err
+
+
 def test_cli_all_regions_down(deployment, capsys) -> None:
     # The last Region has what is left of --timeout 1.5 and answers only at 7.5 s: a
     # command with no deadline, or with the default 10 s instead, would print its token.
@@ -868,7 +1161,68 @@ def test_cli_cache_finds_a_token_from_another_region(deployment, capsys, tmp_pat
     deployment.modes[HOME] = "ok"
     assert tokex(capsys, *ask)[:2] == (0, f"{SECOND}-token-1")  # from the cache
     assert deployment.contacts == [HOME, SECOND]
-    assert len(list(Path(tmp_path).iterdir())) == 1
+    assert len(list(Path(tmp_path).glob("*.token.json"))) == 1  # one for both Regions
+
+
+def test_cli_cache_dir_keeps_the_discovery_document_for_the_next_run(
+    deployment, capsys, tmp_path
+) -> None:
+    """`tokex token` is a fresh process each run: without --cache-dir it never read the
+    document before, and with discovery down it cannot fail over. With it, the document
+    an earlier run read (a 0600 file beside the tokens) is what it falls back on."""
+    ask = ("token", "--endpoint", deployment.url, "--timeout", "5")
+    cache = ("--cache-dir", str(tmp_path))
+    assert tokex(capsys, *ask, "--audience", "a", *cache)[:2] == (0, f"{HOME}-token-1")
+    [kept] = tmp_path.glob("*.discovery.json")
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    LAST_GOOD_DISCOVERIES.clear()  # the next run: a fresh process
+    deployment.discovery_failure = "html-502"
+    deployment.modes[HOME] = 503
+    code, out, _ = tokex(capsys, *ask, "--audience", "b", "--json")  # no --cache-dir
+    assert (code, json.loads(out)["error"]) == (1, "temporarily_unavailable")
+    assert deployment.contacts == [HOME]  # nothing tried
+    code, out, _ = tokex(capsys, *ask, "--audience", "b", *cache)
+    assert (code, out) == (0, f"{SECOND}-token-2")
+    assert deployment.contacts == [HOME, HOME, SECOND]
+
+
+@pytest.mark.parametrize("tampered", ["elsewhere", "another issuer", "mode 0644", "not JSON"])
+def test_cli_cache_dir_uses_a_kept_document_only_as_tokex_would_a_fresh_one(
+    deployment, capsys, tmp_path, tampered
+) -> None:
+    """A file edited since cannot send the signed request anywhere a fresh document could
+    not (another host, another issuer), and one another user could have written (not
+    0600) or that is no document is not read: discovery fails as in a fresh process."""
+    ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--cache-dir", str(tmp_path))
+    assert tokex(capsys, *ask)[0] == 0
+    [kept] = tmp_path.glob("*.discovery.json")
+    document = json.loads(kept.read_text())
+    if tampered == "elsewhere":
+        elsewhere = f"{deployment.url}/elsewhere/regions/{SECOND}/token"  # another path
+        document["tokex_regions"][1]["token_endpoint"] = elsewhere
+    elif tampered == "another issuer":
+        document["issuer"] = "https://x.io"
+    kept.write_text("{" if tampered == "not JSON" else json.dumps(document))
+    if tampered == "mode 0644":
+        kept.chmod(0o644)
+    LAST_GOOD_DISCOVERIES.clear()
+    deployment.discovery_failure = "html-502"
+    deployment.modes[HOME] = 503
+    code, out, _ = tokex(capsys, *ask, "--scope", "other", "--json")
+    assert (code, json.loads(out)["input"]) == (
+        1,
+        f"{deployment.url}/.well-known/openid-configuration",
+    )
+    assert deployment.contacts == [HOME]
+
+
+def test_cli_cache_dir_keeps_no_document_without_regions(deployment, capsys, tmp_path) -> None:
+    ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--cache-dir", str(tmp_path))
+    assert tokex(capsys, *ask)[0] == 0
+    assert len(list(tmp_path.glob("*.discovery.json"))) == 1
+    deployment.with_regions = False  # the Regions removed: the kept document goes too
+    assert tokex(capsys, *ask, "--scope", "other")[0] == 0
+    assert list(tmp_path.glob("*.discovery.json")) == []
 
 
 def test_the_command_lines_default_timeout_is_the_clients() -> None:

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -104,7 +105,8 @@ def register(subparsers: Any) -> None:
         help="reuse a token kept in DIR while it has more than 20%% of its lifetime left, and "
         "keep new ones there (files of mode 0600 per endpoint, audience, scopes, evidence and "
         "AWS access key, or service account and token file; DIR is made 0700 and refused if "
-        "others may write to it). Default: no cache, nothing written",
+        "others may write to it); also a multi-Region issuer's discovery document, to fail "
+        "over with while discovery is down. Default: no cache, nothing written",
     )
     parser.add_argument("--json", action="store_true", help="print the whole JSON response")
     parser.add_argument(
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     evidence = _evidence(args)
     # An eks pod needs no AWS configuration at all (an explicit --region still orders the
     # Regions of a multi-Region issuer; else the client reads AWS_REGION if it is set).
-    # None: the client signs for the session's region, else FALLBACK_REGION, as here.
+    # None: the client signs for the session's region, else FALLBACK_REGION, as --help says.
     if evidence == EKS:
         region = configured_region(args.region) if args.region is not None else None
     else:
@@ -274,15 +276,14 @@ def _token_response(
             if args.verbose:
                 print(f"tokex token: cached token from {cache_file}", file=sys.stderr)
             return cached
-    if args.verbose:
-        _say_what_is_sent(args, evidence, region or FALLBACK_REGION)
     sent = time.time()  # the cached lifetime counts from before it was asked for
     # --timeout bounds the IMDS reads and the exchange together; the reads get at most
     # half of it, so that `auto` without IMDS still has time for the exchange.
     ends = time.monotonic() + timeout
     instance_evidence = _instance_evidence(args, timeout / 2)
     left = max(ends - time.monotonic(), 0.001)
-    with _attempts_told(args.verbose):
+    kept_in = None if args.issuer else cache_dir  # --issuer: no discovery at all
+    with _attempts_told(args.verbose), _discovery_kept(kept_in, endpoint):
         response = request_token(
             endpoint,
             args.audience,
@@ -305,6 +306,35 @@ def _token_response(
         with contextlib.suppress(OSError):
             disk_cache.prune_expired(cache_file.parent)
     return response
+
+
+@contextlib.contextmanager
+def _discovery_kept(cache_dir: Path | None, endpoint: str) -> Iterator[None]:
+    """With --cache-dir, the endpoint's discovery document kept between runs: an earlier
+    run's is what this one, a fresh process, falls back on if discovery gets no usable
+    answer (token_client.current_discovery; kept as older than anything this run reads);
+    the one this run read is kept for the next, even when no Region gave a token, as long
+    as it lists Regions (nothing to fail over between otherwise: no file)."""
+    from tokex.client import disk_cache
+    from tokex.client.token_client import LAST_GOOD_DISCOVERIES
+
+    if cache_dir is None:
+        yield
+        return
+    kept = disk_cache.read_discovery(cache_dir, endpoint)
+    if kept is not None:
+        LAST_GOOD_DISCOVERIES.keep(endpoint, kept, fetched_at=-math.inf)
+    try:
+        yield
+    finally:
+        read = LAST_GOOD_DISCOVERIES.last(endpoint)
+        try:
+            if read is not None and read.regions and read != kept:
+                disk_cache.write_discovery(cache_dir, endpoint, read)
+            elif read is not None and not read.regions and kept is not None:
+                disk_cache.discovery_file(cache_dir, endpoint).unlink(missing_ok=True)
+        except OSError as err:  # the run's outcome stands: say why it was not kept
+            print(f"tokex token: --cache-dir: discovery not kept: {err}", file=sys.stderr)
 
 
 # Where `--cache-dir` keeps the role credentials of assume-role, web-identity and SSO
@@ -396,26 +426,11 @@ def _role_session_cache(directory: Path) -> Any:
     return RoleSessionCache(str(directory))
 
 
-def _say_what_is_sent(args: argparse.Namespace, evidence: str, region: str | None) -> None:
-    from tokex.client.evidence import DEFAULT_OIF_SIGNING_ALGORITHM, OIF_DURATION_SECONDS
-
-    if evidence == EKS:
-        what = f"the service-account token in {args.token_file}"
-    elif evidence == AWS_OIF:
-        algorithm = args.signing_algorithm or DEFAULT_OIF_SIGNING_ALGORITHM
-        what = (
-            f"a JWT from sts:GetWebIdentityToken in {region} ({algorithm}, "
-            f"{OIF_DURATION_SECONDS} s)"
-        )
-    else:
-        what = f"a GetCallerIdentity request signed for {region}"
-    print(f"tokex token: sending {what}", file=sys.stderr)
-
-
 @contextlib.contextmanager
 def _attempts_told(verbose: bool) -> Iterator[None]:
-    """With -v, the client's account of a multi-Region exchange (each Region tried, each
-    failover) on stderr, as the other -v lines."""
+    """With -v, the client's account of the exchange on stderr, as the other -v lines:
+    what evidence each attempt sends, for the Region it was made for (each Region tried
+    and each failover, in a multi-Region deployment)."""
     if not verbose:
         yield
         return

@@ -17,6 +17,12 @@ write to (0700 when tokex makes it: `private_files.open_private_dir`), written a
 more than 20 % of its lifetime is left, the rule of the in-memory cache (`REFRESH_AT`),
 and only if it is a bearer token, as the token endpoint's answer had to be.
 
+The endpoint's discovery document is kept too (`read_discovery`, `write_discovery`): a run
+reads it only when discovery gets no usable answer, to fail over between the Regions it
+lists while the home Region, which publishes it, is down (token_client.current_discovery).
+It is checked as a fresh one is, so that a file edited since can name no Regional endpoint
+but the ones tokex publishes under this endpoint.
+
 Every write also removes this user's cache files whose token has expired: a role session
 (a Lambda's, an ECS task's, an instance's) changes every hour or so, and each new session
 starts a new file, so without pruning a long-lived cache directory would keep one expired
@@ -34,10 +40,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokex.client.token_client import BEARER_TOKEN, CachedToken
+from tokex.client.token_client import (
+    BEARER_TOKEN,
+    CachedToken,
+    Discovery,
+    TokenError,
+    discovery_of,
+)
 from tokex.private_files import read_own_private, write_private
+from tokex.regions import DISCOVERY_MEMBER
 
 FILE_SUFFIX = ".token.json"
+DISCOVERY_SUFFIX = ".discovery.json"
 MAX_FILE_BYTES = 64 * 1024
 
 
@@ -134,3 +148,33 @@ def write_cached(path: Path, response: dict[str, Any], *, now: float | None = No
     """Atomically: a reader sees the old file or the new one, never half of one."""
     entry = {"obtained_at": time.time() if now is None else now, "response": response}
     write_private(path, json.dumps(entry))
+
+
+def discovery_file(directory: Path, endpoint: str) -> Path:
+    """Where `endpoint`'s discovery document is kept: named by the endpoint's sha256, never
+    one of the token files (`prune_expired` leaves it alone)."""
+    digest = hashlib.sha256(endpoint.rstrip("/").encode()).hexdigest()
+    return directory / (digest + DISCOVERY_SUFFIX)
+
+
+def read_discovery(directory: Path, endpoint: str) -> Discovery | None:
+    """The discovery document kept for `endpoint`, checked as a fresh one; None for a
+    missing, unsafe or unreadable file, or one a fresh document would be refused as."""
+    path = discovery_file(directory, endpoint)
+    data = read_own_private(path, MAX_FILE_BYTES)
+    if data is None:
+        return None
+    try:
+        document = json.loads(data)
+        if not isinstance(document, dict):
+            return None
+        return discovery_of(document, endpoint, str(path))
+    except (ValueError, RecursionError, TokenError):
+        return None
+
+
+def write_discovery(directory: Path, endpoint: str, discovery: Discovery) -> None:
+    """Atomically, mode 0600, as the token files."""
+    regions = [{"region": r.region, "token_endpoint": r.token_endpoint} for r in discovery.regions]
+    document = {"issuer": discovery.issuer, DISCOVERY_MEMBER: regions}
+    write_private(discovery_file(directory, endpoint), json.dumps(document))

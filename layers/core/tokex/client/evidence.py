@@ -107,6 +107,17 @@ class EvidenceOptions:
             )
         return cls(kind, str(token_file or DEFAULT_TOKEN_FILE), algorithm)
 
+    def described(self, region: str | None) -> str:
+        """The evidence made for `region`, in words (what `tokex token -v` says is sent)."""
+        if self.kind == EKS:
+            return f"the service-account token in {self.token_file}"
+        if self.kind == AWS_OIF:
+            return (
+                f"a JWT from sts:GetWebIdentityToken in {region} ({self.signing_algorithm}, "
+                f"{OIF_DURATION_SECONDS} s)"
+            )
+        return f"a GetCallerIdentity request signed for {region}"
+
 
 # --- aws-oif ------------------------------------------------------------------------------
 

@@ -9,8 +9,11 @@ projected service-account token, `token_file=`): client/evidence.py.
 
 A multi-Region deployment lists its Regions in its discovery document (`tokex_regions`):
 the client asks the workload's own Region first, and fails over to the next one when a
-Region does not answer or answers 5xx, all within `timeout` (request_token). A Regional
-token endpoint is only ever `{endpoint}/regions/<region>/token` (discover).
+Region does not answer or answers 5xx (or a 4xx that is no tokex answer), all within
+`timeout` (request_token). A Regional token endpoint is only ever
+`{endpoint}/regions/<region>/token` (discover). When the document cannot be read (home,
+which publishes it, is down), the last good one this process read is used
+(current_discovery).
 """
 
 from __future__ import annotations
@@ -62,8 +65,9 @@ from tokex.clock import SuspendAwareClock
 from tokex.regions import DISCOVERY_MEMBER, REGION_VARIABLES, TOKEN_PATH, regional_path
 from tokex.token_request import JWT_TOKEN_TYPE, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
-# Each Region tried (INFO) and each failover (WARNING); silent unless the application
-# configures logging (`tokex token -v` shows them).
+# Each Region tried and the evidence sent to it (INFO), each failover and each discovery
+# document fallen back on (WARNING); silent unless the application configures logging
+# (`tokex token -v` shows them).
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
@@ -149,6 +153,12 @@ def discover(endpoint: str, *, timeout: float = 5.0) -> Discovery:
             status=err.status,
             url=url,
         ) from None
+    return discovery_of(document, endpoint, url)
+
+
+def discovery_of(document: dict[str, Any], endpoint: str, url: str) -> Discovery:
+    """The issuer and Regions of `document`, the discovery document of `endpoint` read
+    from `url`, checked as `discover` says (TokenError otherwise)."""
     issuer = document.get("issuer")
     if not isinstance(issuer, str) or not issuer:
         raise TokenError(
@@ -171,6 +181,86 @@ def discover_issuer(endpoint: str, *, timeout: float = 5.0) -> str:
     """The issuer named by the endpoint's discovery document, which must be the endpoint
     itself (`discover`)."""
     return discover(endpoint, timeout=timeout).issuer
+
+
+class LastGoodDiscoveries:
+    """Per endpoint, the last good discovery document this process read, for when a later
+    fetch gets no usable answer: the home Region publishes the document, and its outage
+    must not take with it the Regions that would fail over (`current_discovery`). Shared
+    by every TokenClient, auth class and thread of the process (one lock, never held over
+    I/O); at most MAX_ENDPOINTS endpoints, the least recently fetched forgotten first."""
+
+    MAX_ENDPOINTS = 64
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # endpoint -> (when its answer came, on the monotonic clock; the document)
+        self._kept: dict[str, tuple[float, Discovery]] = {}
+
+    def keep(self, endpoint: str, discovery: Discovery, *, fetched_at: float) -> None:
+        """Keeps `discovery` unless one fetched later is kept already (threads whose
+        fetches overlap store in any order: the newest answer wins)."""
+        with self._lock:
+            kept = self._kept.get(endpoint)
+            if kept is not None and kept[0] > fetched_at:
+                return
+            self._kept.pop(endpoint, None)  # re-inserted last: the most recent
+            self._kept[endpoint] = (fetched_at, discovery)
+            while len(self._kept) > self.MAX_ENDPOINTS:
+                del self._kept[next(iter(self._kept))]
+
+    def last(self, endpoint: str) -> Discovery | None:
+        with self._lock:
+            kept = self._kept.get(endpoint)
+        return kept[1] if kept is not None else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
+# The process's one store (`tokex token`, a fresh process each run, starts with what
+# --cache-dir kept, if anything).
+LAST_GOOD_DISCOVERIES = LastGoodDiscoveries()
+
+
+def current_discovery(endpoint: str, budget: _Budget) -> Discovery:
+    """The endpoint's discovery document (`discover`), fetched now and kept. When the fetch
+    gets no usable answer (none, a 5xx or 429, an answer that is no JSON object) and the
+    last good document this process read lists Regions, that one: the workload fails over
+    between the Regions it knows while home, which publishes the document, is down. A
+    fresh document is always the one used; an answer that is a document but a wrong one
+    (another issuer, a malformed `tokex_regions`, a 4xx) is refused as it always was; a
+    process that never read the document has nothing to fall back on."""
+    last = LAST_GOOD_DISCOVERIES.last(endpoint)
+    fallback = last if last is not None and last.regions else None
+    timeout = budget.left()
+    if fallback is not None:
+        # The fetch gets one share, as one more Region would: one that never answers
+        # leaves the Regions their time.
+        timeout /= len(fallback.regions) + 1
+    try:
+        discovery = discover(endpoint, timeout=timeout)
+    except TokenError as err:
+        if fallback is None or not _no_usable_answer(err):
+            raise
+        log.warning(
+            "%s; trying the Regions of the last discovery document read: %s",
+            err,
+            ", ".join(r.region for r in fallback.regions),
+        )
+        return fallback
+    LAST_GOOD_DISCOVERIES.keep(endpoint, discovery, fetched_at=time.monotonic())
+    return discovery
+
+
+def _no_usable_answer(err: TokenError) -> bool:
+    """A discovery fetch that got no answer, a 5xx or 429 (an outage, not a verdict), or a
+    2xx that is no JSON object (an error page); not a 3xx or 4xx, nor a JSON document
+    that is wrong."""
+    if err.status is None:
+        return err.error == UNREACHABLE
+    return err.status >= 500 or err.status == 429 or 200 <= err.status < 300
 
 
 def _regional_endpoints(listed: object, issuer: str, url: str) -> tuple[RegionalEndpoint, ...]:
@@ -278,8 +368,11 @@ def request_token(
     attempt brings evidence for that Region (signed for its STS, or an OIF token from its
     STS) to its own token endpoint, within an equal share of the time left (the last one
     gets all of it). Only a Region that does not answer (connection refused or reset, DNS,
-    a timeout) or answers 5xx is failed over; a 4xx is a refusal, raised at once. When
-    every Region failed, the last error is raised, naming the Regions tried. Without
+    a timeout), answers 5xx or a 4xx that is no tokex answer is failed over (fails_over);
+    tokex's own 4xx is a refusal, raised at once. When every Region failed, the last error
+    is raised, naming the Regions tried. The Regions are those of the discovery document
+    read now, or, when it gets no usable answer, of the last good one this process read
+    (current_discovery). Without
     `tokex_regions`, or with `issuer` given (no discovery), one attempt at
     `{endpoint}/token`, signed for `region`, else the region of the `session` given, else
     AWS_REGION, AWS_DEFAULT_REGION or the profile's (as the CLI resolves it), else
@@ -321,6 +414,8 @@ def request_token(
         share = _Budget(left / (len(attempts) - index))
         if evidence_for.regional:
             log.info("exchanging at %s (Region %s)", url, attempt_region)
+        # Per attempt: in a multi-Region deployment, each Region has evidence of its own.
+        log.info("sending %s", chosen.described(attempt_region))
         try:
             token_type, subject_token = evidence_for.subject_token(attempt_region, share)
             form.update(subject_token_type=token_type, subject_token=subject_token)
@@ -349,11 +444,14 @@ def fails_over(err: TokenError) -> bool:
     """Whether another Region may give the token this one did not: no answer (refused,
     reset, DNS, timed out), a 5xx, or a 4xx that is no tokex answer (API Gateway's 404 of a
     Region whose stack is not deployed yet, CloudFront's 403 of one just removed: its
-    path is not a tokex endpoint). tokex's own refusal (an OAuth 4xx), an answer that is
-    no token, a local failure (credentials, the token file) would be the same everywhere.
-    Each Region is asked with evidence of its own, so asking another spends nothing twice."""
+    path is not a tokex endpoint; API Gateway's 429 `{"message": "Too Many Requests"}` of
+    a Regional API over its stage throttle). tokex's own refusal (an OAuth 4xx, its 429 of
+    a caller over its rate limit included), an answer that is no token, a local failure
+    (credentials, the token file) would be the same everywhere. Each Region is asked with
+    evidence of its own, so asking another spends nothing twice."""
     if err.status is not None:
-        return err.status >= 500 or (err.error == NOT_TOKEX and 400 <= err.status < 500)
+        no_tokex_answer = err.error in (NOT_TOKEX, TEMPORARILY_UNAVAILABLE) and not err.oauth
+        return err.status >= 500 or (no_tokex_answer and 400 <= err.status < 500)
     return err.error == UNREACHABLE
 
 
@@ -434,7 +532,7 @@ class _EvidenceSource:
             # Read first for aws-oif too (its STS client reuses them): a credential_process
             # that answers garbage, or credentials no request could carry, fail here.
             self.credentials = aws_credentials(self.session)
-        self.discovery = Discovery(issuer) if issuer else discover(endpoint, timeout=budget.left())
+        self.discovery = Discovery(issuer) if issuer else current_discovery(endpoint, budget)
         if chosen.kind == EKS:
             check_token_audience(self.token, self.discovery.issuer, source=chosen.token_file)
 
@@ -862,7 +960,8 @@ def _send_within_deadline(
         retry_after = retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
         kind = err.headers.get_content_type() if err.headers else "no content type"
         answer = f"HTTP {err.code} {err.reason} ({kind})"
-        if isinstance(error, str):  # an OAuth error response (RFC 6749 §5.2)
+        oauth = isinstance(error, str)  # an OAuth error response (RFC 6749 §5.2)
+        if oauth:
             description = body.get("error_description") or err.reason
             message, answer = f"{error}: {description}", f"HTTP {err.code} {error}: {description}"
         elif err.code >= 500 or err.code == 429:
@@ -878,6 +977,7 @@ def _send_within_deadline(
             url=url,
             answer=answer,
             retry_after=retry_after,
+            oauth=oauth,
         ) from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)

@@ -21,7 +21,9 @@ class TokenError(Exception):
     """No token: `error` is the token endpoint's OAuth error code when it refused, else one
     of the codes above; `status` the HTTP status of the answer at fault, when there was
     one; `url` is the URL (or the file) at fault, when there is one; `retry_after` the
-    seconds the answer's `Retry-After` asked the caller to wait, when it had one."""
+    seconds the answer's `Retry-After` asked the caller to wait, when it had one; `oauth`
+    whether the answer was an OAuth error response (RFC 6749 §5.2), the token endpoint's
+    own, rather than a gateway's (`{"message": "Too Many Requests"}`) or no answer."""
 
     def __init__(
         self,
@@ -32,6 +34,7 @@ class TokenError(Exception):
         url: str | None = None,
         answer: str | None = None,
         retry_after: float | None = None,
+        oauth: bool = False,
     ):
         super().__init__(message)
         self.error = error
@@ -39,6 +42,7 @@ class TokenError(Exception):
         self.url = url
         self.answer = answer or message  # what the server answered, in a few words
         self.retry_after = retry_after
+        self.oauth = oauth
 
     def again(self, message: str | None = None, **changes: object) -> TokenError:
         """A copy (one exception object per raising thread), `message` and `changes`
@@ -49,6 +53,7 @@ class TokenError(Exception):
             "url": self.url,
             "answer": self.answer,
             "retry_after": self.retry_after,
+            "oauth": self.oauth,
         }
         fields.update(changes)
         return TokenError(str(self) if message is None else message, **fields)  # type: ignore[arg-type]
