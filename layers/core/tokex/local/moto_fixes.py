@@ -115,6 +115,7 @@ def install() -> None:
         _kms_key_arns_of_this_region_only()
         _kms_keys_used_only_when_enabled()
         _unsigned_requests_refused()
+        _json_protocol_denials_in_json()
         _transactions_idempotent_by_token()
         _single_writes_refused_during_transactions()
         _done = True
@@ -218,6 +219,41 @@ def _unsigned_requests_refused() -> None:
         checked(self, *args, **kwargs)
 
     IAMRequestBase.__init__ = __init__  # type: ignore[method-assign]
+
+
+# How a JSON-protocol service (X-Amz-Target) names a denial: the service, as the request
+# is signed for -> (`__type`, the message's key). KMS's (and the default) is the plain name.
+_ACCESS_DENIED_JSON = {"dynamodb": ("com.amazon.coral.service#AccessDeniedException", "Message")}
+_ACCESS_DENIED_JSON_DEFAULT = ("AccessDeniedException", "message")
+
+
+def _json_protocol_denials_in_json() -> None:
+    """A signed request its identity may not make: moto answers 403 `AccessDenied` in the
+    query protocol's XML whatever the service, which the SDK cannot read from a
+    JSON-protocol service (an operator command with the wrong env file printed "dynamodb
+    Scan: 403"). AWS answers such a request 400 `AccessDeniedException`, in JSON."""
+    from moto.core.exceptions import AccessDeniedError, JsonRESTError
+    from moto.iam.access_control import IAMRequest
+
+    class AccessDeniedException(JsonRESTError):
+        code = 400
+
+        def __init__(self, service: str, message: str) -> None:
+            error_type, message_key = _ACCESS_DENIED_JSON.get(service, _ACCESS_DENIED_JSON_DEFAULT)
+            super().__init__(error_type, message)
+            self.description = json.dumps({"__type": error_type, message_key: message})
+
+    refuse = IAMRequest._raise_access_denied
+
+    def _raise_access_denied(self: Any) -> None:
+        try:
+            refuse(self)
+        except AccessDeniedError as denied:
+            if "X-Amz-Target" not in self._headers:
+                raise  # the query protocol's (STS, IAM): moto's XML is AWS's
+            raise AccessDeniedException(self._service, denied.message) from None
+
+    IAMRequest._raise_access_denied = _raise_access_denied  # type: ignore[method-assign]
 
 
 def _kms_key_arns_of_this_region_only() -> None:
