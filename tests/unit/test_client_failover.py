@@ -17,6 +17,7 @@ in time ends with that token, which the tests refuse, rather than just taking lo
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import stat
@@ -56,6 +57,15 @@ HOME, SECOND, THIRD = REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
 SIGV4_TYPE = "urn:tokex:token-type:aws-sigv4"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 STS_XML = "https://sts.amazonaws.com/doc/2011-06-15/"
+# What a look-alike endpoint or a gateway's error page may answer (any text of its own):
+# an OAuth error_description that clears the screen, retitles the terminal, rings its bell
+# and forges a line of `tokex token`'s output; a status line and a content type with escapes.
+HOSTILE_DESCRIPTION = "down\x1b[2J\x1b]0;PWNED-TITLE\x07\ntokex token: FORGED LINE"
+HOSTILE_REASON = "Bad\x1b[31m Gateway\x07"
+HOSTILE_TYPE = "text/html\x1b[5m"
+# The same, as a TokenError quotes them: control characters shown escaped, on one line.
+SHOWN_DESCRIPTION = "down\\x1b[2J\\x1b]0;PWNED-TITLE\\x07\\ntokex token: FORGED LINE"
+SHOWN_PAGE = "HTTP 502 Bad\\x1b[31m Gateway\\x07 (text/html\\x1b[5m)"
 # More Regions than REGIONS, for the budget's shares (test_the_total_timeout_...).
 EIGHT_REGIONS = (
     *REGIONS,
@@ -78,8 +88,10 @@ class Deployment:
     # Per Region: "ok", an HTTP status (with an OAuth error), "html-502" (a bare 502, as a
     # load balancer's), "gateway-404" and "cdn-403" (no tokex behind the path yet, or any
     # more), "gateway-429" (API Gateway's stage throttle), "rate-limited" (tokex's own 429
-    # of a caller over its rate limit), "reset" (the connection reset, no answer) or "late"
-    # (no answer until `late_at`, then the token `<region>-late`).
+    # of a caller over its rate limit), "reset" (the connection reset, no answer), "late"
+    # (no answer until `late_at`, then the token `<region>-late`), "hostile" (a 503 whose
+    # OAuth description is HOSTILE_DESCRIPTION) or "hostile-page" (a 502 page with
+    # HOSTILE_REASON and HOSTILE_TYPE).
     modes: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(REGIONS, "ok"))
     delay: float = 0.0  # seconds each exchange that gives a token takes
     expires_in: int = 900
@@ -237,6 +249,17 @@ def deployment_running() -> Iterator[Deployment]:
                 self.send_document(403, b"<html>403 ERROR</html>", {"Content-Type": "text/html"})
             elif mode == "gateway-429":  # API Gateway's, its Regional stage throttled
                 self._json(429, {"message": "Too Many Requests"})
+            elif mode == "hostile":
+                refusal = {
+                    "error": "temporarily_unavailable",
+                    "error_description": HOSTILE_DESCRIPTION,
+                }
+                self._json(503, refusal)
+            elif mode == "hostile-page":
+                self.send_response(502, HOSTILE_REASON)
+                self.send_header("Content-Type", HOSTILE_TYPE)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             elif mode == "rate-limited":  # tokex's own: this caller is over its rate limit
                 refusal = {"error": "temporarily_unavailable", "error_description": "slow down"}
                 data = json.dumps(refusal).encode()
@@ -449,6 +472,41 @@ def test_when_every_region_fails_the_last_error_names_the_regions_tried(deployme
         "temporarily_unavailable: try later"
     )
     assert deployment.contacts == [HOME, SECOND, THIRD]  # each Region once, the reset too
+
+
+def test_a_servers_words_reach_the_error_and_the_log_escaped_on_one_line(
+    deployment, caplog
+) -> None:
+    """A server's text (a description, a reason phrase, a content type) is quoted with its
+    control characters escaped, in the TokenError and in the failover's log records: it
+    drove the terminal of, and forged lines in, any plain-text log of a TokenClient."""
+    deployment.modes.update({HOME: "hostile", SECOND: "hostile-page", THIRD: "hostile"})
+    caplog.set_level(logging.INFO, "tokex.client.token_client")
+    with pytest.raises(TokenError) as failed:
+        request_token(deployment.url, "orders-api")
+    error = failed.value
+    assert str(error) == (
+        f"no Region gave a token (tried {HOME}, {SECOND}, {THIRD}); {THIRD}: "
+        f"temporarily_unavailable: {SHOWN_DESCRIPTION}"
+    )
+    assert error.answer == f"HTTP 503 temporarily_unavailable: {SHOWN_DESCRIPTION}"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"Region {HOME} failed: temporarily_unavailable: {SHOWN_DESCRIPTION}; trying {SECOND}",
+        f"Region {SECOND} failed: {deployment.url}/regions/{SECOND}/token answered "
+        f"{SHOWN_PAGE}: try again later; trying {THIRD}",
+    ]
+    for text in (str(error), error.answer, *(r.getMessage() for r in caplog.records)):
+        assert text.isprintable(), text
+
+
+def test_an_ordinary_description_is_quoted_as_it_came(deployment, monkeypatch) -> None:
+    """Printable text (a non-ASCII letter, quotes, a backslash among it) is not escaped."""
+    why = "preuve refusée: 'signed' for \\\\other, \"not\" this Region"
+    monkeypatch.setattr(deployment, "refusal", lambda region, form: why)
+    with pytest.raises(TokenError) as refused:
+        request_token(deployment.url, "orders-api")
+    assert (str(refused.value), refused.value.error) == (f"invalid_grant: {why}", "invalid_grant")
 
 
 def test_a_reset_last_is_an_unreachable_error(deployment) -> None:
@@ -1152,6 +1210,34 @@ def test_cli_all_regions_down(deployment, capsys) -> None:
     assert (code, err, failure["error"]) == (1, "", "unreachable")
     assert failure["input"] == f"{deployment.url}/regions/{THIRD}/token"
     assert f"tried {HOME}, {SECOND}, {THIRD}" in failure["error_description"]
+
+
+def test_cli_shows_a_servers_words_escaped_on_its_own_line(deployment, capsys) -> None:
+    """Each line on stderr, with and without -v, is one tokex wrote: a server's escapes and
+    line breaks are shown escaped (they drove the terminal, and a line break in a
+    description forged a `tokex token: ...` line). --json's description reads the same."""
+    deployment.modes.update({HOME: "hostile", SECOND: "hostile-page", THIRD: "hostile"})
+    ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--timeout", "5")
+    failed = (
+        f"tokex token: no Region gave a token (tried {HOME}, {SECOND}, {THIRD}); {THIRD}: "
+        f"temporarily_unavailable: {SHOWN_DESCRIPTION}"
+    )
+    code, out, err = tokex(capsys, *ask)
+    assert (code, out, err) == (1, "", failed + "\n")
+    code, out, err = tokex(capsys, *ask, "-v")
+    assert (code, out) == (1, "")
+    assert err.isascii() and "\x1b" not in err and "\x07" not in err
+    lines = err.splitlines()
+    assert len(lines) == 9  # per Region: where, what is sent; 2 failovers; the failure
+    assert lines[2] == (
+        f"tokex token: Region {HOME} failed: temporarily_unavailable: {SHOWN_DESCRIPTION}; "
+        f"trying {SECOND}"
+    )
+    assert lines[5].endswith(f"answered {SHOWN_PAGE}: try again later; trying {THIRD}")
+    assert lines[-1] == failed
+    code, out, err = tokex(capsys, *ask, "--json")
+    assert (code, err) == (1, "")
+    assert json.loads(out)["error_description"] == failed.removeprefix("tokex token: ")
 
 
 def test_cli_cache_finds_a_token_from_another_region(deployment, capsys, tmp_path) -> None:

@@ -23,6 +23,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from tokex.printable import escaped
+
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
@@ -152,13 +154,6 @@ def wants_json(argv: Sequence[str]) -> bool:
         if len(name) >= 4 and "--json".startswith(name):
             return True
     return False
-
-
-def escaped(text: str, *, keep: str = "") -> str:
-    """`text` with its control characters (those in `keep` aside) shown escaped (`\\x1b`,
-    `\\n`): what a server answered or a table holds must neither drive the terminal nor
-    forge a line of output."""
-    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
 def report(error: CommandError, command: str, *, as_json: bool) -> None:

@@ -959,6 +959,8 @@ def _send_within_deadline(
         error = body.get("error")
         retry_after = retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
         kind = err.headers.get_content_type() if err.headers else "no content type"
+        # The server's own words (reason phrase, content type, OAuth error and description)
+        # quoted as they came: TokenError shows their control characters escaped.
         answer = f"HTTP {err.code} {err.reason} ({kind})"
         oauth = isinstance(error, str)  # an OAuth error response (RFC 6749 §5.2)
         if oauth:

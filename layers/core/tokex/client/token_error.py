@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from tokex.printable import escaped
+
 # TokenError.error of failures that are not an answer of the token endpoint. The CLI passes
 # them on as its `--json` error codes (cli/errors.py), so the shared ones are spelled alike.
 INVALID_ENDPOINT = "invalid_endpoint"  # not a base URL a signed request may go to
@@ -23,7 +25,14 @@ class TokenError(Exception):
     one; `url` is the URL (or the file) at fault, when there is one; `retry_after` the
     seconds the answer's `Retry-After` asked the caller to wait, when it had one; `oauth`
     whether the answer was an OAuth error response (RFC 6749 §5.2), the token endpoint's
-    own, rather than a gateway's (`{"message": "Too Many Requests"}`) or no answer."""
+    own, rather than a gateway's (`{"message": "Too Many Requests"}`) or no answer.
+
+    Its text (the message, `answer`, `error`) quotes what a server answered (an OAuth
+    error_description, a reason phrase, a content type), which any endpoint, a look-alike
+    or a gateway's error page, may fill with terminal escapes or line breaks: it is kept
+    with its control characters shown escaped (`\\x1b`, `\\n`), one printable line, so that
+    no consumer (`tokex token`'s stderr and -v, an application's log, the proxy) lets it
+    drive a terminal or forge a line."""
 
     def __init__(
         self,
@@ -36,11 +45,12 @@ class TokenError(Exception):
         retry_after: float | None = None,
         oauth: bool = False,
     ):
+        message = escaped(message)
         super().__init__(message)
-        self.error = error
+        self.error = None if error is None else escaped(error)
         self.status = status
         self.url = url
-        self.answer = answer or message  # what the server answered, in a few words
+        self.answer = escaped(answer or message)  # what the server answered, in a few words
         self.retry_after = retry_after
         self.oauth = oauth
 
