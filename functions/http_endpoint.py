@@ -5,8 +5,9 @@ answers that do not depend on the endpoint (wrong method, no such path, a crash)
 A handler builds one `HttpEndpoint` at cold start, registers its POST route with
 `endpoint.post`, and exports `endpoint.lambda_handler`; its route reads the request
 (`endpoint.body()`, `endpoint.headers()`), calls the core, and answers with
-`endpoint.json(...)` or `endpoint.refused(err, ...)`. Every refusal, the origin gate's
-included, writes one audit line and counts one metric by outcome (docs/contract.md).
+`endpoint.json(...)` or `endpoint.refused(err, ...)`. Every answer, the origin gate's
+refusals and a crash's 503 included, writes one audit line and counts one metric by
+outcome (docs/deploy.md "Operating it").
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any
 
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tokex.edge import NotThroughIssuer, OriginGate
-from tokex.errors import MethodNotAllowed, TemporarilyUnavailable, TokexError
+from tokex.errors import MethodNotAllowed, Misconfigured, TemporarilyUnavailable, TokexError
 from tokex.http_api import NOT_FOUND, event_body, event_response, json_text, no_store
 from tokex.regions import regional_path
 from tokex_functions.collector import frozen_after_first_invocation
@@ -108,8 +109,7 @@ class HttpEndpoint:
         headers: Mapping[str, str] | None = None,
     ) -> Response:
         """The audit line and the error answer of a request the contract refuses."""
-        outcome = "unavailable" if isinstance(err, TemporarilyUnavailable) else "refused"
-        self.audit(outcome, fields, started, error=err.error, reason=err.reason)
+        self.audit(outcome_of(err), fields, started, error=err.error, reason=err.reason)
         return self.error_response(err, headers)
 
     def error_response(self, err: TokexError, headers: Mapping[str, str] | None = None) -> Response:
@@ -129,6 +129,13 @@ class HttpEndpoint:
         # One metric, one dimension: dashboards and alarms split requests by outcome.
         self.metrics.add_dimension(name="outcome", value=outcome)
         self.metrics.add_metric(name=self.metric, unit=MetricUnit.Count, value=1)
+
+    def count(self, metric: str, value: int) -> None:
+        """A metric of its own, beside the requests by outcome: without their `outcome`
+        dimension, so that one alarm watches it (docs/deploy.md "Operating it")."""
+        own = EphemeralMetrics(namespace=self.metrics.namespace, service=self.metrics.service)
+        own.add_metric(name=metric, unit=MetricUnit.Count, value=value)
+        own.flush_metrics()
 
     # --- the answers that do not depend on the endpoint -------------------------------
 
@@ -151,8 +158,16 @@ class HttpEndpoint:
     def _unexpected(self, err: Exception) -> Response:
         # A bug must not hand out anything (no token, never "active") nor leak a trace:
         # fail closed with a 503, and log the exception whole here.
-        self.logger.exception("unexpected error", extra={"outcome": "error"})
+        self._crashed(self.app.context.get("started", time.perf_counter()))
         return self.error_response(UNEXPECTED)
+
+    def _crashed(self, started: float) -> None:
+        """The log of a bug, whole, and its audit line and metric (outcome `error`): a bug
+        is counted like any other answer, never missing from the metric."""
+        self.logger.exception("unexpected error", extra={"outcome": "error"})
+        self.audit(
+            "error", self.idle_fields, started, error=UNEXPECTED.error, reason=UNEXPECTED.reason
+        )
 
     def _lambda_handler(self) -> LambdaHandler:
         @frozen_after_first_invocation
@@ -174,10 +189,20 @@ class HttpEndpoint:
             self.audit("refused", self.idle_fields, started, error=err.error, reason=err.reason)
             return event_response(err.status, err.body())
         try:
+            self.app.append_context(started=started)  # for `_unexpected`'s audit line
             return self.app.resolve(event, context)
         except Exception:
             # An event API Gateway never sends (a direct invocation without
             # `requestContext`, say) fails in the resolver before its route's handler: the
             # same 503, not a failed invocation that API Gateway would answer 500.
-            self.logger.exception("unexpected error", extra={"outcome": "error"})
+            self._crashed(started)
             return event_response(UNEXPECTED.status, UNEXPECTED.body(), UNEXPECTED.headers())
+
+
+def outcome_of(err: TokexError) -> str:
+    """The audit line's and the metric's outcome of a refusal: `misconfigured` (tokex's
+    deployment must be fixed), `unavailable` (an outage, throttling, the deadline, 429) or
+    `refused` (the request)."""
+    if isinstance(err, Misconfigured):
+        return "misconfigured"
+    return "unavailable" if isinstance(err, TemporarilyUnavailable) else "refused"

@@ -25,6 +25,10 @@ def audit_fields(audit: ExchangeAudit) -> AuditFields:
         "policy": audit.policy,
         "instance": audit.instance,
         "jti": audit.jti,
+        "sts_host": audit.sts_host,
+        "access_key_id": audit.access_key_id,
+        # Only when some are: each one skipped, or a deny in its place, until fixed.
+        "invalid_policies": list(audit.invalid_policies) or None,
     }
 
 
@@ -52,8 +56,18 @@ def token() -> Response:
             issued = token_exchange.exchange(request, audit)
     except TokexError as err:
         return endpoint.refused(err, audit_fields(audit), started)
+    finally:
+        count_invalid_policies(audit)
     endpoint.audit("issued", audit_fields(audit), started)
     return endpoint.json(200, issued.response())
+
+
+def count_invalid_policies(audit: ExchangeAudit) -> None:
+    """The `InvalidPolicies` metric, of each exchange decided while some stored policies
+    do not validate: an allow that no longer does stops granting (a deny stands in for
+    it), and its callers hear only `invalid_target`."""
+    if audit.invalid_policies:
+        endpoint.count("InvalidPolicies", len(audit.invalid_policies))
 
 
 # The origin gate, wrong methods, unknown paths and crashes: tokex_functions.http_endpoint.

@@ -19,10 +19,11 @@ from moto.server import ThreadedMotoServer
 
 from tests.support.ports import free_port
 from tokex.adapters.kms import KmsPublicKeys, KmsSigner, UnreadableKey, public_jwk_for_key
-from tokex.errors import ConfigurationError, TemporarilyUnavailable
+from tokex.errors import ConfigurationError, Misconfigured, TemporarilyUnavailable
 from tokex.tokens.jwks import rfc7638_thumbprint
 from tokex.tokens.jws import TokenTooLarge, encode_jwt
 from tokex.tokens.signer import MAX_SIGNING_INPUT_BYTES, Signer
+from tokex.wiring import kms_signer
 
 REGION = "us-east-1"
 CLAIMS = {"iss": "https://auth.example.com", "sub": "arn:aws:iam::123456789012:role/x",
@@ -120,6 +121,22 @@ def test_unknown_key_is_a_configuration_error(kms: Any) -> None:
         KmsSigner(kms, "alias/does-not-exist")
 
 
+@pytest.mark.parametrize("key", ["rsa-encrypt", "secp256k1", "alias/does-not-exist"])
+def test_the_exchange_signer_of_a_key_that_cannot_sign_jwts_is_a_misconfigured_503(
+    kms: Any, keys: dict[str, str], key: str
+) -> None:
+    """Built on a request (a cold environment's first), a key that cannot sign JWTs is that
+    request's 503, as a warm signer's Sign of a key gone, never a crash: the reason names
+    the key and why, the description neither."""
+    key_id = keys.get(key, key)
+    with pytest.raises(Misconfigured) as caught:
+        kms_signer(kms, key_id)
+    assert caught.value.status == 503 and caught.value.headers() == {"Retry-After": "60"}
+    assert caught.value.reason.startswith(f"kms GetPublicKey: KMS key {key_id!r}")
+    assert caught.value.description == "the signing service is unavailable, retry later"
+    assert kms_signer(kms, keys["ES256"]).alg == "ES256"
+
+
 def test_unreachable_kms_is_temporarily_unavailable() -> None:
     closed = boto3.client(
         "kms", region_name=REGION, endpoint_url="http://127.0.0.1:1", config=FAST_FAIL,
@@ -129,7 +146,7 @@ def test_unreachable_kms_is_temporarily_unavailable() -> None:
     for attempt in (lambda: KmsSigner(closed, arn), lambda: public_jwk_for_key(closed, arn)):
         with pytest.raises(TemporarilyUnavailable) as caught:
             attempt()
-        assert caught.value.status == 503
+        assert caught.value.status == 503 and not isinstance(caught.value, Misconfigured)
         assert "arn:" not in caught.value.description
         assert "11111111" not in caught.value.description
 
@@ -154,21 +171,24 @@ def test_kms_going_away_after_cold_start_is_temporarily_unavailable() -> None:
 
 
 @pytest.mark.parametrize(
-    "code",
+    ("code", "lasting"),
     [
-        "ThrottlingException",
-        "KMSInternalException",
-        "DependencyTimeoutException",
-        "KeyUnavailableException",
-        "DisabledException",
-        "KMSInvalidStateException",
-        "NotFoundException",
-        "AccessDeniedException",
+        ("ThrottlingException", False),
+        ("KMSInternalException", False),
+        ("DependencyTimeoutException", False),
+        ("KeyUnavailableException", False),
+        ("DisabledException", True),
+        ("KMSInvalidStateException", True),
+        ("NotFoundException", True),
+        ("AccessDeniedException", True),
+        ("InvalidKeyUsageException", True),
     ],
 )
 def test_kms_sign_errors_are_temporarily_unavailable(
-    kms: Any, keys: dict[str, str], code: str
+    kms: Any, keys: dict[str, str], code: str, lasting: bool
 ) -> None:
+    """Each a 503; one that lasts until an operator acts (the key disabled, pending
+    deletion, gone, or a policy denying tokex) is Misconfigured: Retry-After 60, not 5."""
     # moto signs with disabled keys (real KMS answers DisabledException /
     # KMSInvalidStateException), so KMS's answers are stubbed on the real client.
     signer = KmsSigner(kms, keys["RS256"])
@@ -177,9 +197,10 @@ def test_kms_sign_errors_are_temporarily_unavailable(
         with pytest.raises(TemporarilyUnavailable) as caught:
             signer.sign(b"header.payload")
     assert caught.value.status == 503
-    assert caught.value.headers() == {"Retry-After": "5"}
+    assert isinstance(caught.value, Misconfigured) is lasting
+    assert caught.value.headers() == {"Retry-After": "60" if lasting else "5"}
     assert "arn:" not in caught.value.description
-    assert code in caught.value.reason
+    assert caught.value.reason == f"kms Sign: {code}"
 
 
 class RefusingKms:
@@ -231,3 +252,14 @@ def test_the_signing_key_unread_or_kms_unreachable_is_a_503_never_fewer_keys(
         with pytest.raises(TemporarilyUnavailable) as caught:
             published.for_introspection()
         assert caught.value.status == 503
+        assert isinstance(caught.value, Misconfigured) is (code == "AccessDeniedException")
+
+
+def test_a_signing_key_that_cannot_sign_jwts_is_a_misconfigured_503_of_introspection(
+    kms: Any, keys: dict[str, str]
+) -> None:
+    published = KmsPublicKeys(kms, [keys["rsa-encrypt"], keys["ES256"]])
+    with pytest.raises(Misconfigured) as caught:
+        published.for_introspection()
+    assert caught.value.reason.startswith(f"kms GetPublicKey: KMS key {keys['rsa-encrypt']!r}")
+    assert "arn:" not in caught.value.description

@@ -12,7 +12,7 @@ from botocore.config import Config
 from moto import mock_aws
 
 from tokex.adapters.policy_table import PolicyStore, create_table
-from tokex.errors import TemporarilyUnavailable
+from tokex.errors import MISCONFIGURED_RETRY_AFTER_SECONDS, Misconfigured, TemporarilyUnavailable
 from tokex.policy.cache import CachedPolicies
 from tokex.policy.model import Policy, PolicyValidationError
 
@@ -343,9 +343,10 @@ def test_an_impossible_id_with_a_document_still_fails_closed(
 ) -> None:
     item = {"id": {"S": "deny#all"}, "document": {"S": json.dumps({**DENY, "id": "deny#all"})}}
     client.put_item(TableName=TABLE, Item=item)
-    with pytest.raises(TemporarilyUnavailable) as info:
+    with pytest.raises(Misconfigured) as info:
         store.load_all()
     assert "deny#all" in info.value.reason
+    assert info.value.retry_after == MISCONFIGURED_RETRY_AFTER_SECONDS
 
 
 def test_stored_ttl_above_todays_cap_still_loads(store: PolicyStore) -> None:
@@ -369,8 +370,11 @@ def test_every_item_that_blocks_the_table_is_named_and_the_inventory_shows_all(
     ):
         item = {"id": {"S": item_id}, "document": {"S": json.dumps(document)}}
         client.put_item(TableName=TABLE, Item=item)
-    with pytest.raises(TemporarilyUnavailable) as info:
+    with pytest.raises(Misconfigured) as info:
         store.load_all()
+    # It lasts until an operator acts: told from an outage (outcome `misconfigured`, the
+    # longer Retry-After), for one item or several.
+    assert info.value.retry_after == MISCONFIGURED_RETRY_AFTER_SECONDS
     assert info.value.reason.startswith("2 policies block every exchange: ")
     assert "'deny-a'" in info.value.reason and "'deny-b'" in info.value.reason
     inventory = store.inventory()

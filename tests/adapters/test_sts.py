@@ -259,6 +259,7 @@ HTML_TYPE = {"Content-Type": "text/html"}
 NOT_ACCEPTED = "only IAM roles and IAM users can exchange tokens (not root or federated users)"
 GOOD = result_xml(ROLE_ARN, ROLE_USER_ID)
 
+STS_503 = "sts GetCallerIdentity"
 # id -> (status, headers, body, the audit reason it must be refused for)
 UPSTREAM_CASES: dict[str, tuple[int, dict[str, str], bytes, str]] = {
     "redirect-302": (302, {"Location": "https://evil.example/"}, HTML, "sts_status:302"),
@@ -303,22 +304,25 @@ UPSTREAM_CASES: dict[str, tuple[int, dict[str, str], bytes, str]] = {
     "unlisted-code": (403, XML, error_xml(MARKER), "sts_refused:403"),
     "403-html": (403, HTML_TYPE, HTML, "sts_refused:403"),
     "expired-token": (400, XML, error_xml("ExpiredToken"), "sts_refused:400: ExpiredToken"),
-    "throttling-400": (400, XML, error_xml("Throttling"), "sts GetCallerIdentity: HTTP 400"),
+    # A 503's reason (the log only) keeps STS's error code, else the status, and the host.
+    "throttling-400": (400, XML, error_xml("Throttling"), f"{STS_503}: Throttling ({HOST})"),
     "throttling-429": (
         429,
         XML,
         error_xml("ThrottlingException"),
-        "sts GetCallerIdentity: HTTP 429",
+        f"{STS_503}: ThrottlingException ({HOST})",
     ),
-    "status-500": (500, XML, error_xml("InternalFailure"), "sts GetCallerIdentity: HTTP 500"),
-    "502-html": (502, HTML_TYPE, HTML, "sts GetCallerIdentity: HTTP 502"),
-    "503-retry-after": (503, {"Retry-After": "17"}, b"", "sts GetCallerIdentity: HTTP 503"),
+    "status-500": (500, XML, error_xml("InternalFailure"), f"{STS_503}: InternalFailure ({HOST})"),
+    "502-html": (502, HTML_TYPE, HTML, f"{STS_503}: HTTP 502 ({HOST})"),
+    "503-retry-after": (503, {"Retry-After": "17"}, b"", f"{STS_503}: HTTP 503 ({HOST})"),
+    "500-no-code-shape": (500, XML, error_xml(MARKER), f"{STS_503}: HTTP 500 ({HOST})"),
+    "502-entity-bomb": (502, XML, BOMB, f"{STS_503}: HTTP 502 ({HOST})"),
 }
 
 
 def expected_error(reason: str) -> tuple[type[Exception], str]:
     """The error class and exact description a caller sees for each kind of refusal."""
-    if reason.startswith("sts GetCallerIdentity: HTTP"):
+    if reason.startswith(STS_503):
         return TemporarilyUnavailable, "STS is unavailable or throttling; retry later"
     if reason.startswith("sts_refused"):
         _, _, code = reason.partition(": ")
@@ -370,7 +374,7 @@ def test_no_answer_within_the_read_timeout(fake_sts: FakeSts) -> None:
     forwarder = StsForwarder(fake_sts.url, read_timeout=0.2)
     with pytest.raises(TemporarilyUnavailable, match="did not answer in time") as failed:
         forwarder.get_caller_identity(verified_request(Credentials("A" * 20, "s")))
-    assert failed.value.reason == "sts GetCallerIdentity: timeout"
+    assert failed.value.reason == f"sts GetCallerIdentity: timeout ({HOST})"
 
 
 def test_body_stalls_past_the_read_timeout(fake_sts: FakeSts) -> None:
@@ -384,5 +388,6 @@ def test_body_stalls_past_the_read_timeout(fake_sts: FakeSts) -> None:
 
 def test_connection_refused(refused_port: int) -> None:
     forwarder = StsForwarder(f"http://127.0.0.1:{refused_port}")
-    with pytest.raises(TemporarilyUnavailable, match="could not be reached"):
+    with pytest.raises(TemporarilyUnavailable, match="could not be reached") as failed:
         forwarder.get_caller_identity(verified_request(Credentials("A" * 20, "s")))
+    assert failed.value.reason == f"sts GetCallerIdentity: unreachable ({HOST})"

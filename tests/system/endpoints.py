@@ -5,6 +5,7 @@ contract's `error` code and the reason in the request's audit line (docs/contrac
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import urllib.error
@@ -97,16 +98,23 @@ def audit_lines(*messages: str) -> Iterator[list[dict[str, Any]]]:
 
 
 def assert_refused(
-    request: Callable[[], Answer], status: int, error: str, reason: str
+    request: Callable[[], Answer],
+    status: int,
+    error: str,
+    reason: str,
+    *,
+    outcome: str | None = None,
 ) -> dict[str, Any]:
     """Makes `request` (to /token or /introspect, over HTTP or into a handler) and asserts
     it was refused for this rule: the status, the `error` code, no token, not cached, and
-    exactly one audit line with this `error` and `reason`, whose outcome is `unavailable`
-    for `temporarily_unavailable` (429, 503) and `refused` otherwise. Returns the body.
+    exactly one audit line with this `error` and `reason`, whose outcome is `outcome` if
+    given (`misconfigured`), else `unavailable` for `temporarily_unavailable` (429, 503)
+    and `refused` otherwise. Returns the body.
 
     The audit lines are read from the `tokex` logger, which every handler loaded in this
     process writes to: those behind the local front and those a test invokes directly."""
-    outcome = "unavailable" if error == "temporarily_unavailable" else "refused"
+    if outcome is None:
+        outcome = "unavailable" if error == "temporarily_unavailable" else "refused"
     with audit_lines(*AUDIT_MESSAGES) as audits:
         got_status, headers, body = request()
     assert (got_status, body.get("error")) == (status, error), body
@@ -116,6 +124,26 @@ def assert_refused(
     refusals = [(a["outcome"], a.get("error"), a.get("reason")) for a in audits]
     assert refusals == [(outcome, error, reason)], f"audit: {refusals}; answer: {body}"
     return body
+
+
+@contextlib.contextmanager
+def emitted_metrics() -> Iterator[list[dict[str, Any]]]:
+    """The metrics the in-process handlers emitted inside the block, as Powertools prints
+    them (CloudWatch EMF, one JSON object per line): e.g. `{"outcome": "issued",
+    "Exchanges": [1.0], ...}`."""
+    printed = io.StringIO()
+    metrics: list[dict[str, Any]] = []
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield metrics
+    finally:
+        lines = printed.getvalue().splitlines()
+        metrics.extend(json.loads(line) for line in lines if line.startswith('{"_aws"'))
+
+
+def outcomes(metrics: list[dict[str, Any]]) -> list[str]:
+    """The outcomes counted (`Exchanges`, `Introspections`) among `metrics`."""
+    return [metric["outcome"] for metric in metrics if "outcome" in metric]
 
 
 class Recorded:

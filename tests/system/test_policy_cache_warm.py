@@ -4,9 +4,12 @@ taking the policy out of the table between two exchanges of one warm handler."""
 
 from __future__ import annotations
 
+import json
+import time
+
 from tests.support.exchange_handler import cold_exchange_handler
 from tests.support.exchange_handler import invoke_exchange as invoke_for
-from tests.system.endpoints import assert_refused, sign
+from tests.system.endpoints import assert_refused, audit_lines, emitted_metrics, outcomes, sign
 from tokex.adapters.policy_table import PolicyStore
 from tokex.local.provision import DEMO_ROLE_ARN
 from tokex.policy.model import Policy
@@ -41,3 +44,33 @@ def test_warm_exchange_is_served_from_the_policy_cache(local_system):
         "policy demo-instance does not cover the audience; "
         "policy demo-workload does not cover the audience",
     )
+
+
+def test_an_invalid_stored_allow_is_in_every_audit_line_and_counted(local_system):
+    """An allow that no longer validates stops granting (a deny stands in for it): its
+    callers hear only `invalid_target`, so every exchange's audit line names it
+    (`invalid_policies`) and the `InvalidPolicies` metric counts it, for an alarm."""
+    deployment = local_system.deployment
+    dynamodb = deployment.client("dynamodb")
+    broken = {**PROBE, "id": "invalid-probe", "scopes": "probe:read"}  # scopes: not a list
+    item = {
+        "id": {"S": "invalid-probe"},
+        "document": {"S": json.dumps(broken)},
+        "updated_at": {"N": str(int(time.time()))},
+    }
+    dynamodb.put_item(TableName=deployment.policy_table, Item=item)
+    try:
+        handler = cold_exchange_handler(local_system)
+        with audit_lines() as audits, emitted_metrics() as metrics:
+            issued = invoke_for(handler, sign(local_system))
+            denied = invoke_for(handler, sign(local_system), "cache-probe-api")
+        assert (issued[0], denied[0], denied[2]["error"]) == (200, 400, "invalid_target")
+        assert [a["invalid_policies"] for a in audits] == [["invalid-probe"]] * 2
+        assert outcomes(metrics) == ["issued", "refused"]
+        assert [m["InvalidPolicies"] for m in metrics if "InvalidPolicies" in m] == [[1.0]] * 2
+    finally:
+        dynamodb.delete_item(TableName=deployment.policy_table, Key={"id": {"S": "invalid-probe"}})
+    with audit_lines() as audits, emitted_metrics() as metrics:
+        assert invoke_for(cold_exchange_handler(local_system), sign(local_system))[0] == 200
+    assert "invalid_policies" not in audits[0]
+    assert not [m for m in metrics if "InvalidPolicies" in m]

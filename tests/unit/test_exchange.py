@@ -154,6 +154,8 @@ class World:
             raise self.policies_error
         return list(self.policies_list)
 
+    invalid_ids: tuple[str, ...] = ()
+
     # AdmissionStore
     def admit(self, used: UsedEvidence | None, principal: str) -> object:
         self.log.append("admit")
@@ -256,6 +258,27 @@ def test_an_exchange_decides_then_signs_while_the_write_is_in_flight(world: Worl
     assert audit.jti is not None
 
 
+def test_the_audit_names_the_sts_host_and_access_key_even_when_sts_fails(world: World) -> None:
+    """STS throttles per account and Region: an audit line without them could not tell a
+    noisy caller from an outage of STS."""
+    world.sts_error = TemporarilyUnavailable("STS throttling", reason="sts")
+    audit = ExchangeAudit()
+    with pytest.raises(TemporarilyUnavailable):
+        world.exchange(audit=audit)
+    assert (audit.sts_host, audit.access_key_id, audit.principal) == (
+        "sts.us-east-1.amazonaws.com",
+        "ASIAIOSFODNN7EXAMPLE",
+        None,
+    )
+
+
+def test_the_audit_names_the_stored_policies_that_do_not_validate(world: World) -> None:
+    world.invalid_ids = ("broken-allow",)
+    audit = ExchangeAudit()
+    world.exchange(audit=audit)
+    assert audit.invalid_policies == ("broken-allow",)
+
+
 def test_without_an_admission_store_the_policies_follow_sts(world: World) -> None:
     world.exchange(admission=False)
     assert world.log == ["sts", "policies", "signer", "sign"]
@@ -312,6 +335,10 @@ class LoadsAhead:
             self.policies_failed.set()
             raise TemporarilyUnavailable("policies unavailable", reason="dynamodb")
         return self.world.policies()
+
+    @property
+    def invalid_ids(self) -> tuple[str, ...]:
+        return self.world.invalid_ids
 
     def environment(self, pool: Executor, **changes: Any) -> TokenExchange:
         """An environment that loads ahead on `pool`, from these fakes."""

@@ -22,6 +22,39 @@ for event in json.loads(sys.argv[2]):
 print(json.dumps(answers))
 """
 )
+# The same, but each answer also with its invocation's audit lines' and metrics' outcomes
+# (`[audit outcomes, Exchanges/Introspections outcomes]`); `/crash` is a route that raises,
+# as a bug of the core would.
+AUDITED_PROBE = (
+    LOAD_HANDLER
+    + """
+import contextlib, io, json
+endpoint = handler.endpoint
+@endpoint.app.post("/crash")
+def crash():
+    raise RuntimeError("a bug, with a secret: A1b2C3d4")
+answers = []
+for event in json.loads(sys.argv[2]):
+    written = io.StringIO()
+    endpoint.logger.registered_handler.setStream(written)
+    with contextlib.redirect_stdout(written):  # the metrics are printed
+        answer = handler.lambda_handler(event, Context())
+    lines = [json.loads(line) for line in written.getvalue().splitlines()]
+    audits = [line["outcome"] for line in lines if line.get("message") == endpoint.audit_message]
+    counted = [line["outcome"] for line in lines if endpoint.metric in line]
+    answers.append([answer["statusCode"], json.loads(answer["body"]), audits, counted])
+print(json.dumps(answers))
+"""
+)
+CRASH = {
+    "version": "2.0",
+    "routeKey": "$default",
+    "rawPath": "/crash",
+    "rawQueryString": "",
+    "headers": {},
+    "requestContext": {"http": {"method": "POST", "path": "/crash"}, "stage": "$default"},
+    "isBase64Encoded": False,
+}
 SECRET = "A1b2C3d4" * 6
 MALFORMED = [{}, {"version": "2.0"}, {"requestContext": {}}, {"headers": None, "body": 3}, []]
 ODD_ORIGIN_HEADERS = ["\ud800", None, 42, ["x"]]
@@ -34,6 +67,21 @@ def test_a_malformed_event_is_503_not_a_failed_invocation(function: str) -> None
         assert (status, body["error"]) == (503, "temporarily_unavailable")
         assert body["error_description"] == "internal error, retry later"
         assert headers["Cache-Control"] == "no-store" and int(headers["Retry-After"]) > 0
+
+
+@pytest.mark.parametrize("function", ["exchange", "introspect"])
+def test_a_crash_is_audited_and_counted_as_an_error(function: str) -> None:
+    """A bug, in a route or before one, is the same 503 with one audit line and one
+    metric, outcome `error`: never missing from the requests counted by outcome."""
+    answers = run_probe(
+        AUDITED_PROBE,
+        FUNCTIONS / function / "handler.py",
+        json.dumps([CRASH, *MALFORMED]),
+        env={"POWERTOOLS_METRICS_DISABLED": "false"},
+    )
+    for status, body, audits, counted in answers:
+        assert (status, body["error_description"]) == (503, "internal error, retry later")
+        assert (audits, counted) == (["error"], ["error"])
 
 
 @pytest.mark.parametrize("function", ["exchange", "introspect"])

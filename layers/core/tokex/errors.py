@@ -10,6 +10,10 @@ from __future__ import annotations
 
 # A slow upstream is usually slow for a while: a prompt retry would likely wait again.
 DEADLINE_RETRY_AFTER_SECONDS = 5
+# A misconfiguration lasts until an operator acts: each retry sooner would only cost the
+# caller's next exchange (an STS call, the admission write and its release) for nothing.
+# The most the client library holds a failure for (client/token_client.py).
+MISCONFIGURED_RETRY_AFTER_SECONDS = 60
 
 
 def oauth_text(text: str) -> str:
@@ -90,6 +94,17 @@ class TemporarilyUnavailable(TokexError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class Misconfigured(TemporarilyUnavailable):
+    """An upstream refuses tokex itself, and will until an operator changes the deployment
+    (IAM or a key policy denies tokex's role, the signing key is disabled, deleted or
+    cannot sign JWTs, a table is missing): to the caller a 503 like an outage, with a
+    longer Retry-After; to the operator its own outcome, `misconfigured`, in the audit line
+    and the metric (docs/deploy.md "Troubleshooting")."""
+
+    def __init__(self, description: str, *, reason: str | None = None) -> None:
+        super().__init__(description, reason=reason, retry_after=MISCONFIGURED_RETRY_AFTER_SECONDS)
 
 
 class RateLimited(TemporarilyUnavailable):

@@ -60,6 +60,11 @@ class CallerIdentityVerifier(Protocol):
 class PolicySource(Protocol):
     def policies(self) -> list[Policy]: ...
 
+    @property
+    def invalid_ids(self) -> tuple[str, ...]:
+        """Ids of the stored policies the last load could not read (policy/cache.py)."""
+        ...
+
 
 class AdmissionStore(Protocol):
     """Single use and the rate limit, decided by one write (adapters/state_table/admission.py)."""
@@ -87,6 +92,14 @@ class ExchangeAudit:
     policy: str | None = None
     jti: str | None = None
     instance: str | None = None
+    # A signed request's: the STS endpoint it was forwarded to (its Region), and the
+    # access key id that signed it (its Credential scope: not secret, CloudTrail records
+    # it), so that STS throttling can be traced to a Region and to the account asking.
+    sts_host: str | None = None
+    access_key_id: str | None = None
+    # The stored policies that no longer validate, as the policies decided from (their
+    # load's `invalid_ids`): each one skipped, or standing in as a deny, until fixed.
+    invalid_policies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,6 +197,7 @@ class TokenExchange:
             audience=request.audience,
             require_audience=self._settings.require_signed_audience,
         )
+        audit.sts_host, audit.access_key_id = sts_request.host, sts_request.access_key_id
         # Single use off (TOKEX_SINGLE_USE=false): nothing is used up, here or in the table.
         used = used_signature(sts_request) if self._settings.single_use else None
         if used is not None and self._admission is not None and used in self._used:
@@ -310,8 +324,10 @@ class TokenExchange:
 
             instance = bind_instance_to_caller(instance, caller)
             audit.instance = instance.instance_id
+        policies = self._policies.policies()
+        audit.invalid_policies = self._policies.invalid_ids
         decision = evaluate(
-            self._policies.policies(),
+            policies,
             caller,
             request.audience,
             request.scopes,

@@ -9,10 +9,10 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tokex.adapters import aws_clients
-from tokex.adapters.kms import KmsPublicKeys, KmsSigner
+from tokex.adapters.kms import KmsPublicKeys, KmsSigner, unusable_key
 from tokex.adapters.policy_table import PolicyStore
 from tokex.adapters.state_table.admission import DynamoDbAdmission
 from tokex.adapters.sts import StsForwarder
@@ -58,7 +58,7 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
         # during a cold start then costs one 503, not a failed Lambda init. The first
         # exchange loads it ahead in the background, and its Sign waits for that one
         # GetPublicKey rather than making another.
-        signer=built_once(lambda: KmsSigner(kms, settings.signing_key_id)),
+        signer=built_once(lambda: kms_signer(kms, settings.signing_key_id)),
         # AWS's ~130 pinned certificates are parsed only once instance evidence arrives.
         instance_certificates=built_once(lambda: instance_certificates(settings)),
         admission=DynamoDbAdmission(
@@ -75,6 +75,17 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
         background=background_work(),
         load_ahead=True,
     )
+
+
+def kms_signer(kms: Any, key_id: str) -> KmsSigner:
+    """The exchange's signer, built on first use: a key that cannot sign JWTs (deleted,
+    mistyped, not SIGN_VERIFY, an unsupported spec) is then that request's 503, audited
+    and counted as `misconfigured`, as a warm environment's Sign reports the same key gone,
+    not a crash of the exchange."""
+    try:
+        return KmsSigner(kms, key_id)
+    except ConfigurationError as exc:
+        raise unusable_key(exc) from None
 
 
 # Lambda serves one request at a time per process, and so does `tokex local`'s front (one

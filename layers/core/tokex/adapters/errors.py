@@ -5,17 +5,44 @@ caller (never a table, key ARN, account or upstream message) and, for the audit 
 reason `"<service> <operation>: <error code or exception name>"`, e.g.
 `"dynamodb PutItem: ProvisionedThroughputExceededException"`, `"kms Sign:
 EndpointConnectionError"`. The operation is the AWS API name.
+
+A failure that lasts until an operator changes the deployment (`CONFIGURATION_ERRORS`) is
+`Misconfigured`: the same 503 to the caller, a longer Retry-After, and its own outcome for
+the operator; anything else (throttling, a 5xx, no connection, a timeout) passes.
 """
 
 from __future__ import annotations
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from tokex.errors import TemporarilyUnavailable
+from tokex.errors import Misconfigured, TemporarilyUnavailable
 
 # What the adapters catch around an AWS SDK call: the service answered with an error, or
 # botocore could not get an answer (unreachable, timeout, no credentials).
 SDK_ERRORS = (ClientError, BotoCoreError)
+# The error codes (each service's documented errors) and botocore exceptions that say the
+# deployment is wrong, not that the service is having a bad minute: a retry cannot help
+# until an operator acts.
+CONFIGURATION_ERRORS = frozenset(
+    {
+        # IAM, a key policy or an SCP denies tokex's role (each service's spelling).
+        "AccessDenied",
+        "AccessDeniedException",
+        # tokex's own credentials are not recognised (no role, or none at all).
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        NoCredentialsError.__name__,
+        # DynamoDB: no such table (a wrong name, or another Region's).
+        "ResourceNotFoundException",
+        # KMS: the key is missing, disabled, pending deletion or not a signing key.
+        "NotFoundException",
+        "DisabledException",
+        "KMSInvalidStateException",
+        "InvalidKeyUsageException",
+        "InvalidArnException",
+        "UnsupportedOperationException",
+    }
+)
 
 
 def error_code(exc: BaseException) -> str:
@@ -38,7 +65,11 @@ def reason(service: str, operation: str, detail: str) -> str:
 def unavailable(
     description: str, service: str, operation: str, exc_or_detail: BaseException | str
 ) -> TemporarilyUnavailable:
-    """The 503 for a failed `service` `operation`; `exc_or_detail` is the SDK exception,
-    or a short detail when the call answered something unusable ("malformed response")."""
+    """The 503 for a failed `service` `operation`: `Misconfigured` for one of
+    `CONFIGURATION_ERRORS`. `exc_or_detail` is the SDK exception, its error code, or a
+    short detail when the call answered something unusable ("malformed response")."""
     detail = exc_or_detail if isinstance(exc_or_detail, str) else error_code(exc_or_detail)
-    return TemporarilyUnavailable(description, reason=reason(service, operation, detail))
+    failed = reason(service, operation, detail)
+    if detail in CONFIGURATION_ERRORS:
+        return Misconfigured(description, reason=failed)
+    return TemporarilyUnavailable(description, reason=failed)

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from tokex import identifiers
 from tokex.adapters import errors
-from tokex.errors import ConfigurationError, TemporarilyUnavailable
+from tokex.errors import ConfigurationError, Misconfigured, TemporarilyUnavailable
 from tokex.tokens.jwks import P256_COORDINATE_BYTES, jwk_from_spki_der
 from tokex.tokens.jws import check_signing_input_size
 
@@ -29,8 +29,9 @@ _ALGORITHMS = {
     for spec, alg in identifiers.SIGNING_KEY_SPECS.items()
 }
 _RSA_2048_SIGNATURE_BYTES = 256
-# Errors that mean the configured key can never work, whatever the retry: at cold start
-# they are a misconfiguration, not an outage.
+# Errors that mean the configured key can never work, whatever the retry: a
+# ConfigurationError (the publisher fails on it; a request that needs the key answers
+# `unusable_key`'s 503), not an outage.
 _CONFIGURATION_ERRORS = frozenset(
     {
         "NotFoundException",
@@ -41,15 +42,24 @@ _CONFIGURATION_ERRORS = frozenset(
 )
 # Errors that mean KMS will not give this key out now, for as long as an operator leaves
 # it so (disabled, scheduled for deletion, another account's grant withdrawn): a retry
-# does not help, but the key may come back, so it is no misconfiguration at cold start.
+# does not help, but the key may come back, so it is no ConfigurationError: a 503 that
+# says `misconfigured` (UnreadableKey).
 _UNREADABLE_KEY_ERRORS = frozenset(
     {"AccessDeniedException", "DisabledException", "KMSInvalidStateException"}
 )
 _UNAVAILABLE = "the signing service is unavailable, retry later"
+_KEYS_UNAVAILABLE = "the signing keys are unavailable, retry later"
 
 
-class UnreadableKey(TemporarilyUnavailable):
+class UnreadableKey(Misconfigured):
     """KMS refuses to give out this key's public key (see `_UNREADABLE_KEY_ERRORS`)."""
+
+
+def unusable_key(exc: ConfigurationError, description: str = _UNAVAILABLE) -> Misconfigured:
+    """The 503 of a request that needs a key that cannot sign JWTs (not found, wrong
+    usage or spec: the ConfigurationError of reading it), for as long as it is configured:
+    its reason names the key and why, for the operator; the description neither."""
+    return Misconfigured(description, reason=errors.reason("kms", "GetPublicKey", str(exc)))
 
 
 def _unavailable(operation: str, exc_or_detail: Exception | str) -> TemporarilyUnavailable:
@@ -61,7 +71,8 @@ def _describe_public_key(kms_client: Any, key_id: str) -> tuple[dict[str, Any], 
     """GetPublicKey, checked: (public JWK, KMS signing algorithm, key ARN or id).
 
     Raises ConfigurationError for a key that cannot sign JWTs (wrong usage or spec, not
-    found) and TemporarilyUnavailable when KMS cannot be reached or throttles us.
+    found), UnreadableKey when KMS refuses it (`_UNREADABLE_KEY_ERRORS`) and
+    TemporarilyUnavailable when KMS cannot be reached or throttles us.
     """
     try:
         response = kms_client.get_public_key(KeyId=key_id)
@@ -134,9 +145,7 @@ class KmsPublicKeys:
                 log.warning("published key %s left out of introspection: %s", key_id, exc.reason)
             except ConfigurationError as exc:
                 if signing:
-                    raise TemporarilyUnavailable(
-                        "the signing keys are unavailable, retry later", reason=f"keys: {exc}"
-                    ) from None
+                    raise unusable_key(exc, _KEYS_UNAVAILABLE) from None
                 log.warning("published key %s left out of introspection: %s", key_id, exc)
         return keys
 
@@ -172,7 +181,7 @@ class KmsSigner:
         Raises TokenTooLarge (400) above 4096 bytes without calling KMS: real KMS refuses
         larger RAW messages and moto silently accepts them. Any KMS or network failure
         (throttling, internal error, key disabled or unavailable, access denied, timeout)
-        is TemporarilyUnavailable (503).
+        is TemporarilyUnavailable (503): Misconfigured for a lasting one (errors.py).
         """
         check_signing_input_size(signing_input)
         try:

@@ -20,7 +20,7 @@ from typing import Any
 from botocore import xform_name
 
 from tokex.adapters import errors
-from tokex.errors import TemporarilyUnavailable
+from tokex.errors import Misconfigured
 from tokex.evidence.identity import AWS_OIF, EKS, SIGV4
 from tokex.policy.model import (
     MAX_TTL_CAP_SECONDS,
@@ -324,8 +324,9 @@ class Inventory:
     blocking: list[str]
 
 
-class PoliciesBlocked(TemporarilyUnavailable):
-    """A stored item stops every exchange (503) until an operator fixes or deletes it."""
+class PoliciesBlocked(Misconfigured):
+    """A stored item stops every exchange (503) until an operator fixes or deletes it: a
+    misconfiguration (outcome `misconfigured`, the longer Retry-After), not an outage."""
 
     # Why, of one item ("may be a deny"): what `tokex policy get` and `list` say of it.
     what = ""
@@ -336,7 +337,6 @@ def _unreadable(item_id: str, what: str) -> PoliciesBlocked:
         "policies are being updated; retry later",
         reason=f"policy {item_id!r} is invalid and {what}: every exchange answers 503 until"
         " it is fixed or deleted (tokex policy get/delete)",
-        retry_after=30,
     )
     blocked.what = what
     return blocked
@@ -351,7 +351,6 @@ def _blocked(items: list[PoliciesBlocked]) -> PoliciesBlocked:
         "policies are being updated; retry later",
         reason=f"{len(items)} policies block every exchange: "
         + "; ".join(item.reason for item in items),
-        retry_after=30,
     )
 
 

@@ -50,12 +50,16 @@ _XML_TYPES = ("text/xml", "application/xml")
 _UNVERIFIABLE = "STS response could not be verified"
 
 _USER_ID = re.compile(r"[\w+=,.@:-]{1,256}", re.ASCII)
+# What an AWS error code looks like (`Throttling`, `ServiceUnavailable`): only such a code
+# of an error answer reaches the log, never other text of its body.
+_LOGGED_CODE = re.compile(r"[A-Za-z][A-Za-z0-9.]{0,63}", re.ASCII)
 
 
 class StsForwarder:
     """Sends a verified `StsRequest` to STS and returns who STS says signed it (the
     `CallerIdentityVerifier` of exchange.py). Its 503 reasons follow errors.py's format,
-    `sts GetCallerIdentity: <why>`."""
+    `sts GetCallerIdentity: <why> (<STS host>)`: why is STS's error code (`Throttling`),
+    else `HTTP <status>`, `timeout` or `unreachable`; the host names the Region."""
 
     def __init__(
         self,
@@ -75,7 +79,7 @@ class StsForwarder:
     def get_caller_identity(self, req: StsRequest) -> CallerIdentity:
         status, headers, data = self._post(req)
         if status == 429 or 500 <= status <= 599:
-            raise _retry_later(status, headers.get("Retry-After"))
+            raise _retry_later(req.host, status, headers, data)
         if len(data) > self._max_response_bytes:
             raise InvalidGrant(_UNVERIFIABLE, reason=f"sts_response_too_large:{status}")
         if headers.get("Content-Encoding", "identity").lower() != "identity":
@@ -83,7 +87,7 @@ class StsForwarder:
         if status in (400, 401, 403):
             code = _error_code(data)
             if code in THROTTLING_CODES:
-                raise _retry_later(status, headers.get("Retry-After"))
+                raise _retry_later(req.host, status, headers, data)
             shown = f": {code}" if code in REFUSAL_CODES else ""
             raise InvalidGrant(
                 f"STS refused the signature{shown}", reason=f"sts_refused:{status}{shown}"
@@ -125,34 +129,43 @@ class StsForwarder:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             if deadline.expired():
                 raise DeadlineExceeded("sts") from None
-            raise _unreachable(exc) from None
+            raise _unreachable(req.host, exc) from None
         return response.status, response.headers, data
 
 
-def _reason(detail: str) -> str:
-    return errors.reason("sts", "GetCallerIdentity", detail)
+def _reason(host: str, detail: str) -> str:
+    # The host (validated and signed: sts.<region>.amazonaws.com) names the Region whose
+    # STS failed; the audit line's access key id, the account whose STS quota it spends.
+    return errors.reason("sts", "GetCallerIdentity", f"{detail} ({host})")
 
 
-def _unreachable(exc: Exception) -> TemporarilyUnavailable:
+def _unreachable(host: str, exc: Exception) -> TemporarilyUnavailable:
     # NewConnectionError is a ConnectTimeoutError (a urllib3 TimeoutError) that is no timeout.
     if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError) and not isinstance(
         exc, urllib3.exceptions.NewConnectionError
     ):
         return TemporarilyUnavailable(
-            "STS did not answer in time; retry later", reason=_reason("timeout")
+            "STS did not answer in time; retry later", reason=_reason(host, "timeout")
         )
     return TemporarilyUnavailable(
-        "STS could not be reached; retry later", reason=_reason("unreachable")
+        "STS could not be reached; retry later", reason=_reason(host, "unreachable")
     )
 
 
-def _retry_later(status: int, retry_after: str | None) -> TemporarilyUnavailable:
+def _retry_later(
+    host: str, status: int, headers: HTTPHeaderDict, data: bytes
+) -> TemporarilyUnavailable:
+    """STS is unavailable or throttles: the reason keeps its error code (for the log
+    only: the description is the same whatever STS said), else the HTTP status."""
     seconds = DEFAULT_RETRY_AFTER_SECONDS
+    retry_after = headers.get("Retry-After")
     if retry_after and re.fullmatch(r"[0-9]{1,4}", retry_after):
         seconds = min(max(int(retry_after), 1), MAX_RETRY_AFTER_SECONDS)
+    code = _error_code(data)
+    detail = code if code and _LOGGED_CODE.fullmatch(code) else f"HTTP {status}"
     return TemporarilyUnavailable(
         "STS is unavailable or throttling; retry later",
-        reason=_reason(f"HTTP {status}"),
+        reason=_reason(host, detail),
         retry_after=seconds,
     )
 
@@ -172,7 +185,8 @@ def _parse_xml(data: bytes) -> Element | None:
 
 def _error_code(data: bytes) -> str | None:
     """The `<Code>` of an STS `ErrorResponse`, if the body is one (whatever its type:
-    moto labels its XML errors text/html). Only allowlisted codes are ever shown."""
+    moto labels its XML errors text/html). Only allowlisted codes are ever shown to the
+    caller; the log has the code of a 503 (`_retry_later`)."""
     root = _parse_xml(data)
     if root is None:
         return None

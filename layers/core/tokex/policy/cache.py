@@ -69,7 +69,9 @@ class CachedPolicies:
 
     @property
     def invalid_ids(self) -> tuple[str, ...]:
-        """Ids of stored documents the last successful load skipped (for metrics/alarms)."""
+        """Ids of stored documents the last successful load could not read: skipped, or a
+        deny standing in for them. Each exchange's audit line names them
+        (`invalid_policies`) and counts them (the `InvalidPolicies` metric, for an alarm)."""
         with self._lock:
             return self._invalid_ids
 
