@@ -288,6 +288,11 @@ class TokexStack(Stack):
                 self.issuer_site.distribution.distribution_domain_name,
                 "Point the custom domain's DNS (CNAME/alias) here",
             ),
+            "DistributionId": (
+                self.issuer_site.distribution.distribution_id,
+                "The issuer's CloudFront distribution: invalidate /.well-known/* after an"
+                " emergency key rotation",
+            ),
         }
         # For workloads, not for the stack's own functions: the tokex proxy as a Lambda
         # extension for Python functions (cdk/extension_layer.py).

@@ -45,6 +45,19 @@ def test_introspection_wiring(default_synth: Synthesized) -> None:
     )
 
 
+def test_the_distribution_to_invalidate_is_an_output(default_synth: Synthesized) -> None:
+    """docs/deploy.md "Emergency rotation (suspected compromise)" invalidates the
+    published documents of the distribution this output names: the stack's one."""
+    resources = checks.raw(default_synth.template)["Resources"]
+    distributions = [
+        logical_id
+        for logical_id, resource in resources.items()
+        if resource["Type"] == "AWS::CloudFront::Distribution"
+    ]
+    assert len(distributions) == 1
+    default_synth.template.has_output("DistributionId", {"Value": {"Ref": distributions[0]}})
+
+
 FUNCTIONS = ("exchange", "introspect", "jwks_publisher")
 
 
