@@ -268,6 +268,23 @@ def test_explain_names_a_stand_in_deny_by_its_item_id_escaped(table, capsys) -> 
     assert result["invalid_policies"] == [EVIL_ID]
 
 
+@pytest.mark.parametrize("item_id", ["\n", "\nreader", "reader\n"])
+def test_explain_keeps_its_own_lines_whatever_a_stored_id_holds(table, capsys, item_id) -> None:
+    """A key of a line break, alone or beside text the report also holds: only the key
+    is escaped, never the report's own line breaks (they were, when the finished text
+    was searched for the key)."""
+    table(item_id)
+    argv = ["policy", "explain", *WHERE, "--principal", ROLE, "--audience", "demo-api"]
+    code, out, _ = tokex(capsys, *argv)
+    shown = item_id.replace("\n", "\\n")
+    lines = out.splitlines()
+    assert code == 0
+    assert any(line.startswith(shown + " ") and "  deny   applies: " in line for line in lines)
+    assert "=> refused (invalid_target): denied by policy " + shown in lines
+    assert lines[-1] == "(nothing was issued)"
+    assert sum(line.startswith("=> ") for line in lines) == 1
+
+
 # --- kong-config --jwks: URLs http.client cannot fetch ------------------------------------
 
 

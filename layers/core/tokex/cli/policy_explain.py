@@ -549,7 +549,7 @@ def _render(
     skipped = f" ({len(invalid)} invalid: {', '.join(map(escaped, invalid))})" if invalid else ""
     out += [f"policies   {report['source']}{skipped}", ""]
     if result is not None:
-        out.append(_rendered(result))
+        out.append(result.render(shown=escaped))
     elif error is not None:
         out.append(f"=> refused ({error.error}) before any policy: {error.description}")
     if report.get("claims"):
@@ -557,14 +557,3 @@ def _render(
     out += [f"note: {note}" for note in report["notes"]]
     out.append("(nothing was issued)")
     return "\n".join(out)
-
-
-def _rendered(result: Explanation) -> str:
-    """`result.render()` with each policy id escaped: the stand-in deny of an invalid
-    allow is named by the item's key, which one written to the table by other means may
-    fill with control characters (a line break among them would forge a line)."""
-    text = result.render()
-    ids = {line.policy_id for line in result.lines if escaped(line.policy_id) != line.policy_id}
-    for policy_id in sorted(ids, key=len, reverse=True):  # one inside another: longest first
-        text = text.replace(policy_id, escaped(policy_id))
-    return text

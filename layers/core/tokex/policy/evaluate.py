@@ -120,21 +120,25 @@ class Explanation:
     decision: Decision | None
     error: InvalidTarget | InvalidScope | None
 
-    def render(self) -> str:
-        """Text for an operator (it names policies: never for the HTTP response)."""
-        width = max((len(line.policy_id) for line in self.lines), default=0)
+    def render(self, shown: Callable[[str], str] = str) -> str:
+        """Text for an operator (it names policies: never for the HTTP response). `shown`
+        writes what came from the table: a stand-in deny keeps the stored item's key,
+        which a write by other means may fill with control characters."""
+        ids = [shown(line.policy_id) for line in self.lines]
+        width = max(map(len, ids), default=0)
         out = [
-            f"{line.policy_id:<{width}}  {line.effect:<5}  "
+            f"{policy_id:<{width}}  {line.effect:<5}  "
             f"{'applies' if line.applies else 'skipped'}: {line.render_detail()}"
-            for line in self.lines
+            for policy_id, line in zip(ids, self.lines, strict=True)
         ]
         if self.decision is not None:
             d = self.decision
             out.append(
-                f"=> allowed by {d.policy.id}: scopes [{' '.join(d.scopes)}], ttl {d.ttl_seconds} s"
+                f"=> allowed by {shown(d.policy.id)}: scopes [{' '.join(d.scopes)}],"
+                f" ttl {d.ttl_seconds} s"
             )
         elif self.error is not None:
-            out.append(f"=> refused ({self.error.error}): {self.error.reason}")
+            out.append(f"=> refused ({self.error.error}): {shown(self.error.reason)}")
         return "\n".join(out)
 
 
