@@ -500,6 +500,21 @@ def test_a_servers_words_reach_the_error_and_the_log_escaped_on_one_line(
         assert text.isprintable(), text
 
 
+def test_an_exchange_writes_no_record_a_workload_logging_at_info_keeps(deployment, caplog) -> None:
+    """The Regions tried and the evidence sent are DEBUG: a workload logging at INFO (as
+    Lambda's runtime sets the root logger by default) got a record per exchange, which
+    also cost each exchange the record. `-v` (DEBUG) shows them; a failover still warns."""
+    caplog.set_level(logging.INFO, "tokex.client.token_client")
+    request_token(deployment.url, "orders-api")
+    assert caplog.records == []
+    caplog.set_level(logging.DEBUG, "tokex.client.token_client")
+    request_token(deployment.url, "orders-api")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"exchanging at {deployment.url}/regions/{HOME}/token (Region {HOME})",
+        f"sending a GetCallerIdentity request signed for {HOME}",
+    ]
+
+
 def test_an_ordinary_description_is_quoted_as_it_came(deployment, monkeypatch) -> None:
     """Printable text (a non-ASCII letter, quotes, a backslash among it) is not escaped."""
     why = "preuve refusée: 'signed' for \\\\other, \"not\" this Region"

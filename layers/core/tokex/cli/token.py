@@ -439,7 +439,7 @@ def _attempts_told(verbose: bool) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("tokex token: %(message)s"))
     level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # each attempt's lines are DEBUG (token_client.log)
     try:
         yield
     finally:

@@ -65,9 +65,10 @@ from tokex.clock import SuspendAwareClock
 from tokex.regions import DISCOVERY_MEMBER, REGION_VARIABLES, TOKEN_PATH, regional_path
 from tokex.token_request import JWT_TOKEN_TYPE, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
-# Each Region tried and the evidence sent to it (INFO), each failover and each discovery
+# Each Region tried and the evidence sent to it (DEBUG: a line per exchange would fill a
+# workload's INFO logs, and cost it a record each time), each failover and each discovery
 # document fallen back on (WARNING); silent unless the application configures logging
-# (`tokex token -v` shows them).
+# (`tokex token -v` shows them all).
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
@@ -413,9 +414,10 @@ def request_token(
         # for the others; the last one tried gets all of it.
         share = _Budget(left / (len(attempts) - index))
         if evidence_for.regional:
-            log.info("exchanging at %s (Region %s)", url, attempt_region)
-        # Per attempt: in a multi-Region deployment, each Region has evidence of its own.
-        log.info("sending %s", chosen.described(attempt_region))
+            log.debug("exchanging at %s (Region %s)", url, attempt_region)
+        if log.isEnabledFor(logging.DEBUG):
+            # Per attempt: in a multi-Region deployment, each Region has evidence of its own.
+            log.debug("sending %s", chosen.described(attempt_region))
         try:
             token_type, subject_token = evidence_for.subject_token(attempt_region, share)
             form.update(subject_token_type=token_type, subject_token=subject_token)
@@ -630,7 +632,7 @@ def aws_credentials(session: boto3.session.Session) -> ReadOnlyCredentials:
     # a lone surrogate) breaks botocore's signing or the request's JSON, deep inside.
     for attribute, (part, variable) in _CREDENTIAL_PARTS.items():
         value = getattr(frozen, attribute) or ""
-        if not all(c.isascii() and c.isprintable() for c in value):
+        if not (value.isascii() and value.isprintable()):
             method = getattr(credentials, "method", None)  # where botocore found them
             where = variable if method == "env" else f"the {part} of the AWS credentials"
             where += f" ({method})" if method and method != "env" else ""
