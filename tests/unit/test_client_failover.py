@@ -22,6 +22,8 @@ import re
 import socket
 import stat
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +42,14 @@ from tests.support.fake_issuer import sa_token_file, use_static_credentials, wit
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tokex import base64url
 from tokex.cli.main import main
-from tokex.client import TokenClient, TokenError, TokexAuth, TokexHttpxAuth, request_token
+from tokex.client import (
+    TokenClient,
+    TokenError,
+    TokexAuth,
+    TokexHttpxAuth,
+    disk_cache,
+    request_token,
+)
 from tokex.client.token_client import (
     LAST_GOOD_DISCOVERIES,
     Discovery,
@@ -1285,6 +1294,39 @@ def test_cli_cache_dir_keeps_the_discovery_document_for_the_next_run(
     code, out, _ = tokex(capsys, *ask, "--audience", "b", *cache)
     assert (code, out) == (0, f"{SECOND}-token-2")
     assert deployment.contacts == [HOME, HOME, SECOND]
+
+
+def test_cli_runs_at_once_on_an_empty_cache_dir_keep_one_whole_document(
+    deployment, tmp_path
+) -> None:
+    """`tokex token` processes started at once on an empty --cache-dir each write the
+    discovery document they read: one file is left, whole (each write is atomic), and a
+    later run falls back on it."""
+    ask = [sys.executable, "-m", "tokex.cli.main", "token", "--endpoint", deployment.url]
+    cache = ["--cache-dir", str(tmp_path), "--timeout", "20"]
+    runs = [
+        subprocess.Popen(
+            [*ask, "--audience", f"a{i}", *cache],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    answers = sorted(run.communicate(timeout=60)[0].strip() for run in runs)
+    assert [run.returncode for run in runs] == [0, 0, 0, 0]
+    assert answers == sorted(f"{HOME}-token-{n}" for n in range(1, 5))
+    [kept] = tmp_path.glob("*.discovery.json")
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    document = disk_cache.read_discovery(tmp_path, deployment.url)
+    assert document is not None
+    assert [r.region for r in document.regions] == [HOME, SECOND, THIRD]
+    deployment.discovery_failure = "html-502"
+    deployment.modes[HOME] = 503
+    later = subprocess.run(
+        [*ask, "--audience", "b", *cache], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (later.returncode, later.stdout.strip()) == (0, f"{SECOND}-token-5")
 
 
 @pytest.mark.parametrize("tampered", ["elsewhere", "another issuer", "mode 0644", "not JSON"])
