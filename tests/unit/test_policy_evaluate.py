@@ -104,6 +104,11 @@ def test_a_deny_matches_the_principal_whatever_the_case_an_allow_does_not() -> N
     `orders-api`, and a case typo must not fail open. An allow stays exact."""
     deny = policy("d", effect="deny", principals=[ROLE + "Orders-*"])
     assert refusal([policy("a"), deny]).reason == "denied by policy d"
+    # And the other way round: a caller's name in another case than the deny's.
+    shouting = dataclasses.replace(CALLER, principal_arn=ROLE + "ORDERS-API")
+    lower_deny = policy("d", effect="deny", principals=[ROLE + "orders-api"])
+    allow_all = policy("a", principals=[ROLE + "*"])
+    assert refusal([allow_all, lower_deny], caller=shouting).reason == "denied by policy d"
     assert refusal([policy("a", principals=[ROLE + "Orders-api"])]).reason == (
         "no policy matches principal"
     )

@@ -508,3 +508,9 @@ def test_a_deployment_may_require_the_audience_to_be_signed() -> None:
     assert verified(bare, required=False) == HOST
     with pytest.raises(InvalidGrant, match="requires a signed X-Tokex-Audience"):
         verified(bare, required=True)
+    # Added to a captured request after signing, the header binds nothing (STS ignores an
+    # unsigned header): refused, whether or not the deployment requires it.
+    added = {**bare, "headers": {**bare["headers"], "X-Tokex-Audience": "orders-api"}}
+    for required in (False, True):
+        with pytest.raises(InvalidGrant, match="X-Tokex-Audience must be signed"):
+            verified(added, required=required)
