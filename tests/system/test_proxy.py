@@ -204,7 +204,16 @@ def test_an_upstream_401_makes_the_next_request_use_a_fresh_token(
 
 
 @pytest.mark.parametrize(
-    "target", ["/.tokex/", "/.tokex/nothing", "/.tokex", "/%2Etokex/token", "/.TOKEX/health"]
+    "target",
+    [
+        "/.tokex/",
+        "/.tokex/nothing",
+        "/.tokex",
+        "/%2Etokex/token",
+        "/.TOKEX/health",
+        "/.tokex;x/token?audience=demo-api",
+        "/%5C.tokex/token?audience=demo-api",
+    ],
 )
 def test_the_reserved_prefix_is_never_forwarded(proxy, upstream, target):
     status, _, body = proxy.request("GET", target)

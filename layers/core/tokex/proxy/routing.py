@@ -52,9 +52,13 @@ def split_target(target: str) -> tuple[str, str]:
 
 
 def is_reserved(path: str) -> bool:
-    """Under `/.tokex` (also percent-encoded, in any case): the proxy's own."""
-    decoded = urllib.parse.unquote(path).lower()
-    return decoded == RESERVED_PREFIX or decoded.startswith(RESERVED_PREFIX + "/")
+    """Under `/.tokex` in any reading an upstream may give the path, as `split_target`
+    reads dot segments: percent-encoded, in any case, `\\` for `/`, slashes repeated, and
+    the segment's `;` parameters left out (`/.tokex;x/token` is `/.tokex/token` to Tomcat).
+    The proxy's own: never forwarded."""
+    decoded = urllib.parse.unquote(path).replace("\\", "/").lower()
+    first = decoded.lstrip("/").split("/", 1)[0].split(";", 1)[0]
+    return decoded.startswith("/") and first == RESERVED_PREFIX.removeprefix("/")
 
 
 def prefix_matches(prefix: str, path: str) -> bool:
