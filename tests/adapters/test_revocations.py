@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.in_process_state_table import state_table
 from tokex.adapters.state_table.revocations import TTL_MARGIN_SECONDS, RevocationStore
+from tokex.errors import TemporarilyUnavailable
 
 TABLE = "tokex-state-test"
 PRINCIPAL = "arn:aws:iam::123456789012:role/orders"
@@ -167,3 +168,67 @@ def test_an_eks_principal_is_matched_in_its_own_case(dynamodb):
         check(jti="j", principal="eks:123456789012:us-east-1:prod:payments:api", issued_at=1)
         is None
     )
+
+
+# --- reads DynamoDB answers in part, or eventually: never "not revoked" ---------------------
+
+
+def _stubbed(answers: list[dict[str, Any]]) -> tuple[RevocationStore, Any]:
+    """A store on a botocore client that answers each BatchGetItem with the next of
+    `answers` (the keys left unprocessed, or the items), checking every request is a
+    consistent read of the keys asked for."""
+    import botocore.session
+    from botocore.stub import ANY, Stubber
+
+    client = botocore.session.get_session().create_client(
+        "dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    stubber = Stubber(client)
+    for answer in answers:
+        expected = {
+            "RequestItems": {
+                TABLE: {
+                    "Keys": ANY,
+                    "ConsistentRead": True,  # a revocation takes effect at once
+                    "ProjectionExpression": ANY,
+                    "ExpressionAttributeNames": ANY,
+                }
+            }
+        }
+        stubber.add_response("batch_get_item", answer, expected)
+    stubber.activate()
+    return RevocationStore(client, TABLE, ttl_cap_seconds=CAP), stubber
+
+
+def test_keys_left_unprocessed_are_never_read_as_not_revoked() -> None:
+    """DynamoDB may leave keys unprocessed under throttling: asked again, and when they
+    stay so, the answer is 503, not "not revoked" (which would make a revoked token
+    active)."""
+
+    def unprocessed(_: int) -> dict[str, Any]:
+        # As DynamoDB hands them back: the keys with the request's other parameters.
+        request = {
+            "Keys": [{"id": {"S": "jti#x"}}],
+            "ConsistentRead": True,
+            "ProjectionExpression": "#i, #r",
+            "ExpressionAttributeNames": {"#i": "id", "#r": "revoked_at"},
+        }
+        return {"Responses": {TABLE: []}, "UnprocessedKeys": {TABLE: request}}
+
+    store, stubber = _stubbed([unprocessed(i) for i in range(3)])
+    with pytest.raises(TemporarilyUnavailable) as failed:
+        store.revoked(jti="x", principal=PRINCIPAL, issued_at=1)
+    assert failed.value.reason == "dynamodb BatchGetItem: unprocessed"
+    stubber.assert_no_pending_responses()
+
+
+def test_a_principal_record_without_a_readable_time_revokes_every_token() -> None:
+    from tokex.adapters.state_table import schema
+
+    key = schema.revoked_principal_key(PRINCIPAL)
+    for revoked_at in (None, {"S": "soon"}, {"N": "-1"}):
+        item: dict[str, Any] = {"id": {"S": key}}
+        if revoked_at is not None:
+            item["revoked_at"] = revoked_at
+        store, _ = _stubbed([{"Responses": {TABLE: [item]}}])
+        assert store.revoked(jti="x", principal=PRINCIPAL, issued_at=2**40) == "principal"

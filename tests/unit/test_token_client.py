@@ -143,10 +143,22 @@ def test_an_outage_is_not_reported_as_not_tokex(lookalike, status: int, error: s
 
 
 def test_discovery_does_not_follow_redirects(lookalike) -> None:
+    """The redirect points at a live endpoint whose document would name the first one (a
+    host that does not resolve would fail either way): it is never asked."""
     url, state = lookalike
-    state.update(status=302, location="https://elsewhere.example.com/")
-    with pytest.raises(TokenError):
-        discover_issuer(url)
+    asked: list[str] = []
+
+    class Elsewhere(QuietHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = json.dumps({"issuer": url}).encode()
+            self.send_document(200, body, {"Content-Type": "application/json"})
+
+    with serving(LoopbackServer(Elsewhere)) as elsewhere:
+        state.update(status=302, location=elsewhere.url + "/.well-known/openid-configuration")
+        with pytest.raises(TokenError):
+            discover_issuer(url)
+    assert asked == []
 
 
 def test_an_error_answer_whose_body_stalls_is_a_token_error(monkeypatch) -> None:
