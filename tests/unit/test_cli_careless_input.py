@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import tokex
 from tests.support.fake_issuer import (
     FakeIssuer,
     fake_issuer,
@@ -23,7 +24,6 @@ from tests.support.fake_issuer import (
     without_aws_set_up,
 )
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
-from tokex.cli.main import main
 from tokex.client import disk_cache
 from tokex.client.token_client import TokenClient, TokenError, request_token
 
@@ -36,13 +36,6 @@ def issuer(monkeypatch) -> Iterator[FakeIssuer]:
     use_static_credentials(monkeypatch)
     with fake_issuer(expires_in=900) as running:
         yield running
-
-
-def tokex(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
 
 
 def tokex_process(*argv: str, env: dict[str, str], **streams) -> subprocess.CompletedProcess:

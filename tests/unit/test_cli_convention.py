@@ -26,9 +26,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import tokex
 from tests.support.fake_issuer import use_static_credentials, without_aws_set_up
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
-from tokex.cli.main import build_parser, main
+from tokex.cli.main import build_parser
 
 TOKEX = shutil.which("tokex", path=str(Path(sys.executable).parent))
 # Commands that print no data, so have no --json: `tokex local` serves in the foreground
@@ -116,13 +117,6 @@ def one_json_object(out: str, *, at_fault: bool = True) -> dict[str, Any]:
     assert failure["error_description"]
     assert bool(failure["input"]) == at_fault
     return failure
-
-
-def tokex(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
 
 
 def test_the_walk_finds_every_kind_of_command() -> None:

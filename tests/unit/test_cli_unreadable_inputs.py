@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tokex.cli.main import main
+from tests.support.cli import tokex
 from tokex.evidence.jwt_claims import STS_NAMESPACE, caller_from_claims
 from tokex.evidence.trusted_issuers import AWS_OIF, TrustedIssuer
 from tokex.policy.model import Policy
@@ -25,12 +25,6 @@ ROLE = f"arn:aws:iam::{ACCOUNT}:role/demo-workload"
 POLICY = {"id": "reader", "effect": "allow", "principals": [ROLE], "audiences": ["demo-api"]}
 # One name longer than any file system takes: stat fails with ENAMETOOLONG, for root too.
 TOO_LONG = "a" * 300
-
-
-def tokex(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def failure(out: str) -> dict[str, Any]:
