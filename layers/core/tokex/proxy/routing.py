@@ -43,22 +43,23 @@ def split_target(target: str) -> tuple[str, str]:
     if _LONE_PERCENT.search(target):
         raise BadTarget("the request target has a % that starts no %XX escape")
     path, mark, query = target.partition("?")
-    # `\` is a separator to some servers and `;` starts a segment's parameters to others
-    # (`..;` is `..` to Tomcat): either could make a dot segment of one.
-    segments = re.split(r"[/\\]", urllib.parse.unquote(path))
-    if any(segment.split(";", 1)[0] in (".", "..") for segment in segments):
+    if any(segment in (".", "..") for segment in _segments_as_read(path)):
         raise BadTarget("the path has a . or .. segment")
     return path, mark + query
 
 
+def _segments_as_read(path: str) -> list[str]:
+    """The path's segments as some upstream may read them: percent-decoded, `\\` a
+    separator (to some servers), each without its `;` parameters (to others: `..;` is
+    `..` and `/.tokex;x/` is `/.tokex/` to Tomcat)."""
+    return [s.split(";", 1)[0] for s in re.split(r"[/\\]", urllib.parse.unquote(path))]
+
+
 def is_reserved(path: str) -> bool:
-    """Under `/.tokex` in any reading an upstream may give the path, as `split_target`
-    reads dot segments: percent-encoded, in any case, `\\` for `/`, slashes repeated, and
-    the segment's `;` parameters left out (`/.tokex;x/token` is `/.tokex/token` to Tomcat).
-    The proxy's own: never forwarded."""
-    decoded = urllib.parse.unquote(path).replace("\\", "/").lower()
-    first = decoded.lstrip("/").split("/", 1)[0].split(";", 1)[0]
-    return decoded.startswith("/") and first == RESERVED_PREFIX.removeprefix("/")
+    """Under `/.tokex` in any reading an upstream may give the path (`_segments_as_read`,
+    in any case, slashes repeated): the proxy's own, never forwarded."""
+    first = next((s for s in _segments_as_read(path) if s), "")
+    return first.lower() == RESERVED_PREFIX.removeprefix("/")
 
 
 def prefix_matches(prefix: str, path: str) -> bool:
