@@ -221,39 +221,75 @@ def _unsigned_requests_refused() -> None:
     IAMRequestBase.__init__ = __init__  # type: ignore[method-assign]
 
 
-# How a JSON-protocol service (X-Amz-Target) names a denial: the service, as the request
-# is signed for -> (`__type`, the message's key). KMS's (and the default) is the plain name.
-_ACCESS_DENIED_JSON = {"dynamodb": ("com.amazon.coral.service#AccessDeniedException", "Message")}
-_ACCESS_DENIED_JSON_DEFAULT = ("AccessDeniedException", "message")
+# How a JSON-protocol service (X-Amz-Target) names its errors: the service, as the
+# request is signed for -> (the `__type` prefix, the message's key). KMS's (and the
+# default) is the plain name.
+_JSON_ERROR_SHAPES = {"dynamodb": ("com.amazon.coral.service#", "Message")}
+_JSON_ERROR_SHAPE_DEFAULT = ("", "message")
+# What such a service answers a request signed with a key it does not know, or with the
+# wrong secret: botocore reads these codes (tokex's operator commands hint "credentials
+# not valid for this endpoint"), where moto's query-protocol XML was a bare "403".
+_UNKNOWN_KEY = (
+    "UnrecognizedClientException",
+    "The security token included in the request is invalid.",
+)
+_WRONG_SIGNATURE = (
+    "InvalidSignatureException",
+    "The request signature we calculated does not match the signature you provided. Check "
+    "your AWS Secret Access Key and signing method. Consult the service documentation for "
+    "details.",
+)
 
 
 def _json_protocol_denials_in_json() -> None:
-    """A signed request its identity may not make: moto answers 403 `AccessDenied` in the
-    query protocol's XML whatever the service, which the SDK cannot read from a
-    JSON-protocol service (an operator command with the wrong env file printed "dynamodb
-    Scan: 403"). AWS answers such a request 400 `AccessDeniedException`, in JSON."""
+    """A signed request refused: moto answers 403 in the query protocol's XML whatever
+    the service (`AccessDenied`, `InvalidClientTokenId`, `SignatureDoesNotMatch`), which
+    the SDK cannot read from a JSON-protocol service (an operator command with the wrong
+    env file printed "dynamodb Scan: 403"). AWS answers each 400 in JSON:
+    `AccessDeniedException` for a request its identity may not make,
+    `UnrecognizedClientException` for an unknown key, `InvalidSignatureException` for the
+    wrong secret."""
     from moto.core.exceptions import AccessDeniedError, JsonRESTError
     from moto.iam.access_control import IAMRequest
 
-    class AccessDeniedException(JsonRESTError):
+    class JsonProtocolError(JsonRESTError):
         code = 400
 
-        def __init__(self, service: str, message: str) -> None:
-            error_type, message_key = _ACCESS_DENIED_JSON.get(service, _ACCESS_DENIED_JSON_DEFAULT)
-            super().__init__(error_type, message)
-            self.description = json.dumps({"__type": error_type, message_key: message})
+        def __init__(self, service: str, code: str, message: str) -> None:
+            prefix, message_key = _JSON_ERROR_SHAPES.get(service, _JSON_ERROR_SHAPE_DEFAULT)
+            super().__init__(code, message)
+            self.description = json.dumps({"__type": prefix + code, message_key: message})
 
     refuse = IAMRequest._raise_access_denied
+    unknown_key = IAMRequest._raise_invalid_access_key
+    wrong_signature = IAMRequest._raise_signature_does_not_match
+
+    def _json_protocol(request: Any) -> bool:
+        return "X-Amz-Target" in request._headers  # else the query protocol's (STS, IAM)
 
     def _raise_access_denied(self: Any) -> None:
         try:
             refuse(self)
         except AccessDeniedError as denied:
-            if "X-Amz-Target" not in self._headers:
-                raise  # the query protocol's (STS, IAM): moto's XML is AWS's
-            raise AccessDeniedException(self._service, denied.message) from None
+            if not _json_protocol(self):
+                raise  # moto's XML is AWS's
+            raise JsonProtocolError(
+                self._service, "AccessDeniedException", denied.message
+            ) from None
+
+    def _raise_invalid_access_key(self: Any, reason: str) -> None:
+        if _json_protocol(self):
+            raise JsonProtocolError(self._service, *_UNKNOWN_KEY)
+        unknown_key(self, reason)
+
+    def _raise_signature_does_not_match(self: Any) -> None:
+        if _json_protocol(self):
+            raise JsonProtocolError(self._service, *_WRONG_SIGNATURE)
+        wrong_signature(self)
 
     IAMRequest._raise_access_denied = _raise_access_denied  # type: ignore[method-assign]
+    IAMRequest._raise_invalid_access_key = _raise_invalid_access_key  # type: ignore[method-assign,assignment]
+    IAMRequest._raise_signature_does_not_match = _raise_signature_does_not_match  # type: ignore[method-assign]
 
 
 def _kms_key_arns_of_this_region_only() -> None:
