@@ -175,6 +175,8 @@ def test_discovery_document_optional_fields() -> None:
     )
     assert doc["jwks_uri"] == "https://cdn.example.com/jwks.json"
     assert doc["introspection_endpoint"] == "https://auth.example.com/introspect"
+    # RFC 8414 §2: how its clients authenticate (HTTP Basic only, docs/contract.md).
+    assert doc["introspection_endpoint_auth_methods_supported"] == ["client_secret_basic"]
 
 
 @pytest.mark.parametrize("algs", [[], ["none"], ["HS256"], ["RS256", "RS512"]])

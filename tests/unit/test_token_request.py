@@ -129,11 +129,43 @@ def test_more_parameters_than_the_limit_have_their_own_error() -> None:
     assert refused.value.description == f"the form has more than {MAX_FORM_PARAMETERS} parameters"
 
 
-@pytest.mark.parametrize("body", [b"\xff=1", b"a=1&&b=2", b"a"])
+@pytest.mark.parametrize("body", [b"\xff=1", b"a=%ff"])
 def test_malformed_forms_are_still_malformed(body: bytes) -> None:
     with pytest.raises(InvalidRequest) as refused:
         parse_form(body)
     assert refused.value.reason == "form"
+
+
+@pytest.mark.parametrize(
+    ("body", "form"),
+    [
+        (b"a=1&&b=2", {"a": "1", "b": "2"}),  # an empty field is no parameter
+        (b"&a=1&", {"a": "1"}),  # nor is a leading or trailing '&'
+        (b"a=1&b", {"a": "1", "b": ""}),  # a name without '=' has an empty value
+        (b"&", {}),
+    ],
+)
+def test_a_form_is_read_as_the_url_standard_reads_it(body: bytes, form: dict[str, str]) -> None:
+    """A client that builds its body by concatenation and leaves a stray '&' is no less
+    clear than one that does not (RFC 6749 §3.2 asks nothing more of the form)."""
+    assert parse_form(body) == form
+
+
+def test_a_trailing_ampersand_or_a_bare_name_changes_nothing_at_the_token_endpoint() -> None:
+    body = urlencode(JWT_FORM).encode()
+    expected = parse_token_request(body, FORM)
+    assert parse_token_request(body + b"&", FORM) == expected
+    assert parse_token_request(body + b"&&scope", FORM) == expected  # empty: omitted
+
+
+@pytest.mark.parametrize("body", [b"scope=&scope=a", b"scope&scope=a", b"scope=a&scope="])
+def test_a_parameter_sent_twice_is_refused_even_with_one_value_empty(body: bytes) -> None:
+    """§3.2: "MUST NOT be included more than once"; which of the two was meant is not
+    for tokex to guess."""
+    with pytest.raises(InvalidRequest) as refused:
+        parse_form(body)
+    assert refused.value.reason == "repeated"
+    assert refused.value.description == "parameter 'scope' is repeated"
 
 
 # --- a JWT as the subject token (docs/contract.md "JWT evidence") ------------------------

@@ -33,7 +33,7 @@ class IntrospectionRequest:
     def token(self) -> str:
         """The token to introspect. Call it after the client is authenticated: this is
         where the form's 400s come from."""
-        # An empty value counts as omitted (RFC 6749 §3.1), as at /token, except `token`:
+        # An empty value counts as omitted (RFC 6749 §3.2), as at /token, except `token`:
         # an empty token is one that is not active (RFC 7662 §2.2), the answer a resource
         # server forwarding an empty bearer credential must get, never a 400.
         form = {

@@ -162,6 +162,8 @@ def discovery_document(
     }
     if introspection_endpoint:
         document["introspection_endpoint"] = introspection_endpoint
+        # Its clients authenticate with HTTP Basic only (docs/contract.md, introspection).
+        document["introspection_endpoint_auth_methods_supported"] = ["client_secret_basic"]
     if regions:
         document[DISCOVERY_MEMBER] = regional_endpoints(issuer, regions)
     return document
