@@ -20,7 +20,7 @@ from moto import mock_aws
 
 from tokex import deadline
 from tokex.adapters.state_table.admission import CONFLICT_ATTEMPTS, Admission, DynamoDbAdmission
-from tokex.adapters.state_table.schema import create_state_table, signature_key
+from tokex.adapters.state_table.schema import create_state_table, used_evidence_key
 from tokex.errors import InvalidGrant, RateLimited, TemporarilyUnavailable
 from tokex.evidence.replay import UsedEvidence, signature_digest, used_signature
 from tokex.evidence.sigv4_request import STS_BODY, StsRequest
@@ -76,7 +76,7 @@ def hits(dynamodb: Any, principal: str = ROLE) -> int:
 def test_first_use_records_the_signature_and_charges_one_unit(dynamodb) -> None:
     request = signed()
     admission(dynamodb).admit(used_signature(request), ROLE)
-    record = item(dynamodb, signature_key(signature_digest(request)))
+    record = item(dynamodb, used_evidence_key(signature_digest(request)))
     assert record is not None and "released_at" not in record
     assert int(record["expires_at"]["N"]) == int(NOW) + 20 * 60  # the date window's end
     assert hits(dynamodb) == 1
@@ -124,7 +124,7 @@ def test_release_gives_the_request_and_the_unit_back(dynamodb) -> None:
     admitted = store.admit(used_signature(request), ROLE)
     assert store.release(admitted)
     assert hits(dynamodb) == 0
-    record = item(dynamodb, signature_key(signature_digest(request)))
+    record = item(dynamodb, used_evidence_key(signature_digest(request)))
     assert record is not None and "released_at" in record
     again = store.admit(used_signature(request), ROLE)  # the caller retries the same signed request
     assert hits(dynamodb) == 1
@@ -144,7 +144,7 @@ def test_one_feature_alone_is_one_conditional_write(dynamodb, single_use, limit)
         store.admit(used_signature(request), ROLE)
     assert store.release(admitted)
     store.admit(used_signature(request), ROLE)
-    assert (item(dynamodb, signature_key(signature_digest(request))) is not None) == single_use
+    assert (item(dynamodb, used_evidence_key(signature_digest(request))) is not None) == single_use
     assert hits(dynamodb) == (0 if single_use else 1)
 
 
@@ -267,7 +267,7 @@ def test_an_oif_token_is_used_up_by_its_digest_and_a_replay_says_token(dynamodb)
     store = admission(dynamodb)
     token = UsedEvidence("ab" * 32, int(NOW) + 360, what="token")
     store.admit(token, ROLE)
-    record = item(dynamodb, signature_key(token.digest))
+    record = item(dynamodb, used_evidence_key(token.digest))
     assert record is not None and record["expires_at"]["N"] == str(int(NOW) + 360)
     with pytest.raises(InvalidGrant) as replay:
         store.admit(token, ROLE)

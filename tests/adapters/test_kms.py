@@ -263,3 +263,12 @@ def test_a_signing_key_that_cannot_sign_jwts_is_a_misconfigured_503_of_introspec
         published.for_introspection()
     assert caught.value.reason.startswith(f"kms GetPublicKey: KMS key {keys['rsa-encrypt']!r}")
     assert "arn:" not in caught.value.description
+
+
+def test_every_key_error_the_adapter_reads_is_a_configuration_error_of_the_one_mapping() -> None:
+    """kms.py splits KMS's codes by what reading a key makes of them; each must also be in
+    errors.CONFIGURATION_ERRORS, so that a Sign or a GetPublicKey failing with it is the
+    same `misconfigured` 503 wherever it is met (a code added to one list alone would not)."""
+    from tokex.adapters import errors, kms
+
+    assert kms._CONFIGURATION_ERRORS | kms._UNREADABLE_KEY_ERRORS <= errors.CONFIGURATION_ERRORS

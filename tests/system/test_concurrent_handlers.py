@@ -121,7 +121,7 @@ def signature_record(system: LocalSystem, signed: dict[str, Any]) -> dict[str, A
         system.deployment.client("dynamodb")
         .get_item(
             TableName=system.deployment.state_table,
-            Key=schema.key(schema.signature_key(digest)),
+            Key=schema.key(schema.used_evidence_key(digest)),
             ConsistentRead=True,
         )
         .get("Item")

@@ -28,7 +28,7 @@ from benchmarks.local_process import load_env_file
 from tests.system.conftest import as_operator, serving
 from tests.system.endpoints import Answer, assert_refused, exchange, get, post, sign, verify
 from tokex.adapters.policy_table import PolicyStore
-from tokex.adapters.state_table.schema import SIGNATURE_PREFIX, signature_key
+from tokex.adapters.state_table.schema import USED_EVIDENCE_PREFIX, used_evidence_key
 from tokex.cli.main import main
 from tokex.client import TokenClient, TokenError
 from tokex.client.signing import encode_subject_token
@@ -238,7 +238,9 @@ def test_a_signed_request_is_used_in_its_own_region_only(system: LocalSystem) ->
         status, _, body = exchange_in(system, HOME, signed=signed)
         assert status == 200, body
         records = {
-            k for k in set(items(system, HOME, state)) - before if k.startswith(SIGNATURE_PREFIX)
+            k
+            for k in set(items(system, HOME, state)) - before
+            if k.startswith(USED_EVIDENCE_PREFIX)
         }
         assert len(records) == 1
         assert not records & set(items(system, OTHER, state))  # eu-west-1 has not heard of it
@@ -364,7 +366,7 @@ def single_use_record(signed: dict[str, Any]) -> str:
     """The state table key single use writes for a signed request: `sig#` and the SHA-256
     of its signature (docs/security.md "Single use and the rate limit")."""
     signature = signed["headers"]["Authorization"].rsplit("Signature=", 1)[1]
-    return signature_key(hashlib.sha256(signature.encode("ascii")).hexdigest())
+    return used_evidence_key(hashlib.sha256(signature.encode("ascii")).hexdigest())
 
 
 def test_parallel_introspections_in_both_regions_each_get_their_own_tokens_claims(
@@ -409,7 +411,7 @@ def test_a_wrong_regions_option_is_a_usage_error(
 def signature_records(system: LocalSystem, region: str) -> set[str]:
     dynamodb = system.deployment.in_region(region).client("dynamodb")
     items = dynamodb.scan(TableName="tokex-state", ConsistentRead=True)["Items"]
-    return {item["id"]["S"] for item in items if item["id"]["S"].startswith(SIGNATURE_PREFIX)}
+    return {item["id"]["S"] for item in items if item["id"]["S"].startswith(USED_EVIDENCE_PREFIX)}
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tokex.errors import ConfigurationError
@@ -64,6 +66,46 @@ def test_local_mode() -> None:
 def test_refused(env: dict[str, str]) -> None:
     with pytest.raises(ConfigurationError):
         Settings.from_env(env)
+
+
+ISSUER_URLS = [
+    "https://auth.example.com",
+    "https://auth.example.com:8443/tenant",
+    "https://:pw@auth.example.com",  # credentials, even with no user name
+    "https://user@auth.example.com",
+    "https://[::1",  # an unclosed IPv6 bracket: urlsplit raises ValueError
+    "https://auth.example.com/",
+    "https://auth.example.com?x=1",
+    "https://auth.example.com#f",
+    "https://auth.example.com/a b",
+    "https://auth.exämple.com",
+    "https://" + "a" * 600 + ".example",
+    "https:///no-host",
+    "http://auth.example.com",
+]
+
+
+@pytest.mark.parametrize("url", ISSUER_URLS)
+def test_tokex_and_a_trusted_issuer_are_held_to_one_issuer_rule(url: str) -> None:
+    """TOKEX_ISSUER and each trusted issuer are issuer identifiers alike: one rule
+    (tokex/issuer_url.py), and a bad one is a ConfigurationError naming the setting, never
+    a bare ValueError from the URL parser."""
+    trusted = json.dumps([{"kind": "aws-oif", "issuer": url, "account": "123456789012"}])
+    own_ok = trusted_ok = True
+    try:
+        Settings.from_env({"TOKEX_ISSUER": url})
+    except ConfigurationError as err:
+        own_ok = False
+        assert str(err).startswith("TOKEX_ISSUER ")
+    try:
+        Settings.from_env(
+            {"TOKEX_ISSUER": "https://tokex.example", "TOKEX_TRUSTED_ISSUERS": trusted}
+        )
+    except ConfigurationError as err:
+        trusted_ok = False
+        assert "TOKEX_TRUSTED_ISSUERS" in str(err)
+    assert own_ok == trusted_ok
+    assert own_ok == (url in ISSUER_URLS[:2])
 
 
 def test_a_regional_exchange_accepts_its_own_regions_sts_only() -> None:

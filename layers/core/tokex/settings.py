@@ -19,6 +19,7 @@ from tokex.evidence.trusted_issuers import (
     TrustedIssuers,
     parse_trusted_issuers,
 )
+from tokex.issuer_url import LOOPBACK_HOSTS, issuer_url_problem
 
 DEFAULT_TTL_SECONDS = 900
 DEFAULT_TTL_CAP_SECONDS = 3600
@@ -30,12 +31,12 @@ MAX_POLICY_CACHE_SECONDS = 60
 # the log and metrics flush), or the caller gets API Gateway's bare 503 with no
 # Retry-After and no audit line, after waiting the full 10 s. 6 s is also far beyond a
 # healthy exchange (an STS and a KMS round trip, tens of ms in region; a cold start's
-# first GetPublicKey and policy scan, a few hundred ms) and below the 10 s socket timeout
-# of `tokex.client`, so a caller hears the 503 rather than giving up first.
+# first GetPublicKey and policy scan, a few hundred ms) and below `tokex.client`'s 10 s
+# budget for a whole token call (DEFAULT_TIMEOUT), so a caller hears the 503 rather than
+# giving up first.
 DEFAULT_DEADLINE_SECONDS = 6.0
 MIN_DEADLINE_SECONDS = 0.5
 MAX_DEADLINE_SECONDS = 9.0
-_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class Settings:
                 raise ConfigurationError("TOKEX_STS_CONNECT_OVERRIDE must be an http(s) URL")
             # The override decides who answers "who is this caller?": it exists for the
             # emulator only, so it may never point off this machine.
-            if parts.hostname not in _LOOPBACK_HOSTS:
+            if parts.hostname not in LOOPBACK_HOSTS:
                 raise ConfigurationError("TOKEX_STS_CONNECT_OVERRIDE must be a loopback URL")
             # ...and only with local mode's http loopback issuer: in Lambda, loopback is
             # the Runtime API and extensions, which must never vouch for a caller.
@@ -237,11 +238,6 @@ class Settings:
 
 def _check_issuer(issuer: str, *, allow_http_loopback: bool) -> None:
     """Deployed issuers are https; plain http only on loopback in local mode (contract)."""
-    parts = urlsplit(issuer)
-    if issuer.endswith("/") or parts.query or parts.fragment or parts.username:
-        raise ConfigurationError("TOKEX_ISSUER must be a bare URL without a trailing slash")
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and allow_http_loopback and parts.hostname in _LOOPBACK_HOSTS:
-        return
-    raise ConfigurationError("TOKEX_ISSUER must be https (http only on loopback in local mode)")
+    problem = issuer_url_problem(issuer, allow_http_loopback=allow_http_loopback)
+    if problem is not None:
+        raise ConfigurationError(f"TOKEX_ISSUER {problem}")

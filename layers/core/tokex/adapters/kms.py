@@ -1,8 +1,9 @@
 """The KMS adapter: the only module that calls KMS (GetPublicKey and Sign): the signer
 and the reading of the published public keys (for introspection and the publisher).
 
-The private key never leaves KMS. The public key is read once, at cold start, and pins
-everything a token's header says: the algorithm (from the key spec), the `kid` (RFC 7638
+The private key never leaves KMS. The signer reads its key's public key once, when it is
+first needed (a failed read is made again by the next request), and it pins everything a
+token's header says: the algorithm (from the key spec), the `kid` (RFC 7638
 thumbprint) and the key ARN that `Sign` then uses, so moving an alias during a rotation
 can never make a warm signer sign with a key its `kid` does not name.
 """
@@ -29,6 +30,8 @@ _ALGORITHMS = {
     for spec, alg in identifiers.SIGNING_KEY_SPECS.items()
 }
 _RSA_2048_SIGNATURE_BYTES = 256
+# Both sets below are KMS's part of errors.CONFIGURATION_ERRORS (the 503's class), split
+# by what reading a key makes of them (tests/adapters/test_kms.py checks the subset).
 # Errors that mean the configured key can never work, whatever the retry: a
 # ConfigurationError (the publisher fails on it; a request that needs the key answers
 # `unusable_key`'s 503), not an outage.

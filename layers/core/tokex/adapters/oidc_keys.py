@@ -53,6 +53,7 @@ from tokex import bounded_http, deadline
 from tokex.errors import DeadlineExceeded, TemporarilyUnavailable
 from tokex.evidence.jwt_evidence import MAX_KID_LENGTH
 from tokex.evidence.trusted_issuers import TrustedIssuer
+from tokex.issuer_url import LOOPBACK_HOSTS
 from tokex.strict_json import StrictJsonError, loads_strict
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,6 @@ MIN_RSA_BITS = 2048
 _ALGORITHM_OF: dict[tuple[object, object], str] = {("RSA", None): "RS256", ("EC", "P-384"): "ES384"}
 # Members only a private or symmetric JWK has (RFC 7518 §6.2.2, §6.3.2, §6.4).
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _DESCRIPTION = "the token issuer's signing keys could not be fetched; retry later"
 
 
@@ -208,7 +208,7 @@ class OidcIssuerKeys:
         return (
             parts.scheme == "http"
             and self._allow_http_loopback
-            and parts.hostname in _LOOPBACK_HOSTS
+            and parts.hostname in LOOPBACK_HOSTS
         )
 
     def _get_json(self, url: str, host: str, what: str) -> dict[str, Any]:

@@ -14,15 +14,13 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from tokex import identifiers
+from tokex.issuer_url import issuer_url_problem
 
 AWS_OIF = "aws-oif"
 EKS = "eks"
 MAX_TRUSTED_ISSUERS = 50
-MAX_ISSUER_URL_LENGTH = 512
-_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 _KEYS = {
     AWS_OIF: frozenset({"kind", "issuer", "account"}),
     EKS: frozenset({"kind", "issuer", "account", "region", "cluster"}),
@@ -139,20 +137,6 @@ def _text(entry: Mapping[str, Any], key: str, where: str) -> str:
 
 
 def _check_issuer_url(issuer: str, where: str, allow_http_loopback: bool) -> None:
-    """An issuer identifier (OpenID Connect Discovery §2): https, a host, no query,
-    fragment or credentials, no trailing slash (the `iss` compared byte for byte)."""
-    if len(issuer) > MAX_ISSUER_URL_LENGTH or any(ord(c) < 0x21 or ord(c) > 0x7E for c in issuer):
-        raise TrustedIssuerError(f"{where} is not a URL")
-    try:
-        parts = urlsplit(issuer)
-    except ValueError:  # an unclosed IPv6 bracket
-        raise TrustedIssuerError(f"{where} is not a URL") from None
-    if parts.query or parts.fragment or parts.username or parts.password or issuer.endswith("/"):
-        raise TrustedIssuerError(f"{where} must be a bare URL without a trailing slash")
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and allow_http_loopback and parts.hostname in _LOOPBACK_HOSTS:
-        return
-    raise TrustedIssuerError(
-        f"{where} must be an https URL (plain http only on loopback in local mode)"
-    )
+    problem = issuer_url_problem(issuer, allow_http_loopback=allow_http_loopback)
+    if problem is not None:
+        raise TrustedIssuerError(f"{where} {problem}")

@@ -14,7 +14,7 @@ state table (the only write of an exchange that is not refused):
 - only one of them on, or evidence that is not single use (an EKS token): that item's
   conditional PutItem or UpdateItem alone (nothing at all when neither applies).
 
-A 429 uses the signed request up too, with a second write on that path only (the
+A 429 uses the evidence up too, with a second write on that path only (the
 cancelled transaction wrote nothing): otherwise the request could be replayed for a token
 once the minute turns.
 
@@ -79,7 +79,7 @@ CONFLICT_BACKOFF_CAP_SECONDS = 0.25
 _UNAVAILABLE = "the exchange state store is unavailable; retry later"
 # A record is live unless a release marked it: a missing record or a released one may be
 # (re)written.
-_UNUSED_SIGNATURE = f"attribute_not_exists({schema.KEY_ATTRIBUTE}) OR attribute_exists(released_at)"
+_UNUSED_EVIDENCE = f"attribute_not_exists({schema.KEY_ATTRIBUTE}) OR attribute_exists(released_at)"
 _TTL = schema.TTL_ATTRIBUTE
 _UNDER_BUDGET = "attribute_not_exists(hits) OR hits < :limit"
 
@@ -93,8 +93,8 @@ class Admission:
     window: RateWindow | None
 
     @property
-    def signature_key(self) -> str | None:
-        return None if self.used is None else schema.signature_key(self.used.digest)
+    def used_evidence_key(self) -> str | None:
+        return None if self.used is None else schema.used_evidence_key(self.used.digest)
 
 
 class DynamoDbAdmission:
@@ -138,7 +138,7 @@ class DynamoDbAdmission:
             if self._limit
             else None,
         )
-        use, charge = self._use_signature(admission), self._charge_budget(admission)
+        use, charge = self._use_evidence(admission), self._charge_budget(admission)
         if use is not None and charge is not None:
             self._transact([{"Put": use}, {"Update": charge}], admission, now)
             return admission
@@ -152,14 +152,15 @@ class DynamoDbAdmission:
         return admission
 
     def release(self, admission: Admission) -> bool:
-        """Give the signed request and the budget unit back; False (logged) if that
-        failed. Never raises: the failure being reported matters more."""
+        """Give the evidence (a signed request, an OIF token) and the budget unit back;
+        False (logged) if that failed. Never raises: the failure being reported matters
+        more."""
         now = int(self._clock())
         writes: list[dict[str, Any]] = []
-        if admission.signature_key is None and admission.window is None:
+        if admission.used_evidence_key is None and admission.window is None:
             return True  # nothing was written
-        if admission.signature_key is not None:
-            writes.append({"Put": self._release_signature(admission, now)})
+        if admission.used_evidence_key is not None:
+            writes.append({"Put": self._release_evidence(admission, now)})
         if admission.window is not None:
             writes.append({"Update": self._refund_budget(admission.window)})
         try:
@@ -171,23 +172,23 @@ class DynamoDbAdmission:
                 else:
                     self._call("UpdateItem", **writes[0]["Update"])
         except (*errors.SDK_ERRORS, TokexError) as exc:
-            log.warning("could not release an admission (the signed request stays used): %s", exc)
+            log.warning("could not release an admission (the evidence stays used): %s", exc)
             return False
         return True
 
     # --- the items -------------------------------------------------------------------
 
-    def _use_signature(self, admission: Admission) -> dict[str, Any] | None:
+    def _use_evidence(self, admission: Admission) -> dict[str, Any] | None:
         if admission.used is None:
             return None
         return {
             "TableName": self._table,
             "Item": {
-                **schema.key(str(admission.signature_key)),
+                **schema.key(str(admission.used_evidence_key)),
                 schema.TTL_ATTRIBUTE: {"N": str(admission.used.expires_at)},
                 "admission": {"S": admission.id},
             },
-            "ConditionExpression": _UNUSED_SIGNATURE,
+            "ConditionExpression": _UNUSED_EVIDENCE,
         }
 
     def _charge_budget(self, admission: Admission) -> dict[str, Any] | None:
@@ -206,12 +207,12 @@ class DynamoDbAdmission:
             },
         }
 
-    def _release_signature(self, admission: Admission, now: int) -> dict[str, Any]:
+    def _release_evidence(self, admission: Admission, now: int) -> dict[str, Any]:
         assert admission.used is not None
         return {
             "TableName": self._table,
             "Item": {
-                **schema.key(str(admission.signature_key)),
+                **schema.key(str(admission.used_evidence_key)),
                 schema.TTL_ATTRIBUTE: {"N": str(admission.used.expires_at)},
                 "released_at": {"N": str(now)},
                 # Kept: a retry after a lost answer still meets the condition.

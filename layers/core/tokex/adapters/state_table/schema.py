@@ -3,13 +3,17 @@ attribute `expires_at` (N, epoch seconds), several kinds of record told apart by
 prefix of their key. The CDK app defines the deployed table with the same key and TTL
 attribute (cdk/); `create_state_table` makes it for local mode and tests.
 
-| record                          | written by                | expires                  |
-|---------------------------------|---------------------------|--------------------------|
-| `sig#<sha256 of a signature>`   | admission.py (single use) | the request's date window |
-| `rate#<principal>#<minute>`     | admission.py (rate limit) | one window after its own  |
-| `client#<client id>`            | introspection_clients.py  | never (until removed)     |
-| `revoked-jti#<jti>`             | revocations.py            | past the TTL cap          |
-| `revoked-principal#<arn>` (an IAM ARN, folded) | revocations.py | past the TTL cap |
+| record                                 | written by              | expires               |
+|----------------------------------------|-------------------------|-----------------------|
+| `sig#<sha256 of the evidence>`         | admission (single use)  | when no copy verifies |
+| `rate#[<region>#]<principal>#<minute>` | admission (rate limit)  | a window after its own |
+| `client#<client id>`                   | introspection_clients   | never (until removed) |
+| `revoked-jti#<jti>`                    | revocations             | past the TTL cap      |
+| `revoked-principal#<arn>` (folded)     | revocations             | past the TTL cap      |
+
+The evidence of `sig#` is a SigV4 signature or an AWS OIF token's issuer and `jti`
+(evidence/replay.py `UsedEvidence`, whose `expires_at` is the record's); `<region>#` is
+a Regional exchange's (admission.py).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 KEY_ATTRIBUTE = "id"
 TTL_ATTRIBUTE = "expires_at"
 
-SIGNATURE_PREFIX = "sig#"
+USED_EVIDENCE_PREFIX = "sig#"
 # The key holds a principal ARN: at most ~620 characters (an IAM user under a 512-character
 # path), far inside DynamoDB's 2048-byte partition key; the item stays under 1 KB.
 RATE_PREFIX = "rate#"
@@ -28,9 +32,10 @@ REVOKED_JTI_PREFIX = "revoked-jti#"
 REVOKED_PRINCIPAL_PREFIX = "revoked-principal#"
 
 
-def signature_key(signature_digest: str) -> str:
-    """`sig#` + 64 hex characters: the record is ~150 bytes, whatever the request."""
-    return SIGNATURE_PREFIX + signature_digest
+def used_evidence_key(evidence_digest: str) -> str:
+    """`sig#` + 64 hex characters (evidence/replay.py `UsedEvidence.digest`: a SigV4
+    signature's, or an AWS OIF token's issuer and `jti`): ~150 bytes, whatever the request."""
+    return USED_EVIDENCE_PREFIX + evidence_digest
 
 
 def rate_key(principal: str, window_number: int) -> str:
