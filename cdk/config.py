@@ -29,7 +29,6 @@ MULTI_REGION_SLOTS = ("mrk-a", "mrk-b")
 # (/token, /introspect) and two more per Region (/regions/<r>/...).
 CLOUDFRONT_CACHE_BEHAVIORS = 25
 MAX_REGIONS = (CLOUDFRONT_CACHE_BEHAVIORS - 2) // 2
-KNOWN_PARTITIONS = identifiers.PARTITIONS
 # ARNs below are of a served partition and account (identifiers.py); matched whole.
 _ARN_HEAD = rf"arn:(?:{identifiers.PARTITION.pattern})"
 _ACCOUNT = identifiers.ACCOUNT_ID.pattern
@@ -315,10 +314,6 @@ class TokexConfig:
     def other_regions(self) -> tuple[str, ...]:
         """The Regions besides home: one Regional stack pair each."""
         return self.regions[1:]
-
-    @property
-    def issuer_is_custom_domain(self) -> bool:
-        return self.domain_name is not None
 
     @property
     def known_issuer(self) -> str | None:

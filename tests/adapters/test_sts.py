@@ -118,7 +118,7 @@ def test_assumed_role_session_identity(moto_sts: MotoStsWorld) -> None:
     assert caller.arn == f"arn:aws:sts::{ACCOUNT}:assumed-role/worker/build-42"
     # STS never reveals the role path (/svc/): the principal is the path-less role ARN.
     assert caller.principal_arn == f"arn:aws:iam::{ACCOUNT}:role/worker"
-    assert caller.session_name == "build-42" and caller.is_assumed_role
+    assert caller.session_name == "build-42"
     assert caller.principal_id.startswith("AROA")
     assert caller.user_id == f"{caller.principal_id}:build-42"
 

@@ -137,7 +137,7 @@ def probe_form_body(case: tuple[bytes, str | None]) -> Outcome:
 SIGNED = sign()
 SIGNED_AT = signed_at(SIGNED)
 SUBJECT_TOKEN = base64url.encode_json(SIGNED)
-# Every parameter the exchange reads, and one it ignores.
+# Every parameter the exchange reads, and one it refuses as unsupported.
 PARAMETERS = [*sorted(KNOWN_PARAMETERS), "resource"]
 # Real values next to random ones, so that inputs get past the first checks.
 form_values = (

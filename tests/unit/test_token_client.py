@@ -25,7 +25,7 @@ from tokex.client.token_client import (
     TokenClient,
     TokenError,
     check_endpoint,
-    discover_issuer,
+    discover,
     request_token,
 )
 
@@ -117,10 +117,10 @@ def lookalike() -> Iterator[tuple[str, dict]]:
 def test_discovered_issuer_must_be_the_endpoint(lookalike) -> None:
     url, state = lookalike
     state["document"] = {"issuer": url}
-    assert discover_issuer(url) == url
+    assert discover(url).issuer == url
     state["document"] = {"issuer": "https://real-tokex.example.com"}
     with pytest.raises(TokenError, match="not this endpoint"):
-        discover_issuer(url)
+        discover(url)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +137,7 @@ def test_an_outage_is_not_reported_as_not_tokex(lookalike, status: int, error: s
     document = {"error": "server_error"} if error == "server_error" else {"message": "Down"}
     state.update(status=status, document=document)
     with pytest.raises(TokenError) as failed:
-        discover_issuer(url)
+        discover(url)
     assert failed.value.error == error
     assert ("tokex issuer" in str(failed.value)) is (error == "not_tokex")
 
@@ -157,7 +157,7 @@ def test_discovery_does_not_follow_redirects(lookalike) -> None:
     with serving(LoopbackServer(Elsewhere)) as elsewhere:
         state.update(status=302, location=elsewhere.url + "/.well-known/openid-configuration")
         with pytest.raises(TokenError):
-            discover_issuer(url)
+            discover(url)
     assert asked == []
 
 
@@ -885,7 +885,7 @@ def test_plain_http_to_loopback_never_goes_through_a_proxy(monkeypatch, environm
 def test_https_still_goes_through_the_environment_proxy(environment_proxy) -> None:
     """Through a CONNECT tunnel: TLS end to end, the proxy sees the host and nothing else."""
     with pytest.raises(TokenError):
-        discover_issuer("https://auth.example.com")
+        discover("https://auth.example.com")
     assert RecordingProxy.seen == ["CONNECT auth.example.com:443"]
 
 

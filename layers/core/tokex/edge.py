@@ -56,10 +56,6 @@ class OriginGate:
                 raise ConfigurationError(f"{name} must be at least {MIN_SECRET_LENGTH} characters")
         return cls(secret, next_secret)
 
-    @property
-    def is_open(self) -> bool:
-        return not self._secrets
-
     def check(self, headers: Mapping[str, str]) -> None:
         """Raise `NotThroughIssuer` unless the request came through CloudFront.
 

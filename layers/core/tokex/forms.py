@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl
 
+from tokex import identifiers
 from tokex.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 MAX_BODY_BYTES = 16 * 1024
@@ -20,7 +21,7 @@ MAX_FORM_PARAMETERS = 64
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 # RFC 9110 §5.6.2 token, §5.6.3 OWS (SP / HTAB only), §5.6.4 quoted-string (ASCII only:
 # obs-text is obsolete and never needed for a charset).
-_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_TOKEN = identifiers.HTTP_TOKEN.pattern
 # Possessive: the whitespace after one `;` and before the next could otherwise be split
 # between the two in every way, and a failing match would try them all (a header of a
 # hundred characters kept the parser busy for seconds).

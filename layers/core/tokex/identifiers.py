@@ -103,12 +103,19 @@ OU_PATH = re.compile(
     r"o-[a-z0-9]{10,32}/r-[a-z0-9]{4,32}/(?:ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}/){0,5}"
 )
 VPC_ID = re.compile(r"vpc-[0-9a-f]{8,17}")
+# EC2 instance ids: `i-` and 8 (older) or 17 hexadecimal digits (EC2 User Guide,
+# "Resource IDs").
+INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 LAMBDA_FUNCTION_ARN = re.compile(
     rf"arn:({_PARTITION}):lambda:([a-z0-9-]{{1,32}}):([0-9]{{12}}):function:[A-Za-z0-9_-]{{1,64}}"
 )
 EC2_INSTANCE_ARN = re.compile(
     rf"arn:({_PARTITION}):ec2:([a-z0-9-]{{1,32}}):([0-9]{{12}}):instance/i-[0-9a-f]{{8,17}}"
 )
+
+# --- HTTP (RFC 9110 §5.6.2): a `token`, as methods, field names, media types and their
+# parameters are spelled.
+HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 # --- The signed STS request (docs/contract.md "The signed request").
 # The one body tokex forwards: GetCallerIdentity and nothing else (CVE-2022-2385).
@@ -129,10 +136,6 @@ KEY_TYPES = {"RS256": "RSA", "ES256": "EC"}
 
 def is_audience(value: str) -> bool:
     return AUDIENCE.fullmatch(value) is not None
-
-
-def is_audience_pattern(value: str) -> bool:
-    return AUDIENCE_PATTERN.fullmatch(value) is not None
 
 
 def is_scope_token(value: str) -> bool:

@@ -87,7 +87,7 @@ def served_audiences(audiences: Iterable[str]) -> tuple[str, ...]:
         raise ValueError(f"a client serves at most {MAX_CLIENT_AUDIENCES} audiences")
     for audience in served:
         if not identifiers.is_audience(audience):
-            raise ValueError(f"audience {audience!r}: 1-256 characters of A-Za-z0-9._:/-")
+            raise ValueError(f"audience {audience!r}: {identifiers.AUDIENCE_RULE}")
     return served
 
 

@@ -3,8 +3,10 @@
 Counted per canonical principal in one-minute windows, one state-table item per
 principal and window (`rate#<principal>#<window>`, attribute `hits`;
 adapters/state_table/schema.py), so every Lambda instance shares the count. The key is
-the principal STS vouched for, never a value the caller chose (an access key id in an
-unverified request would let anyone exhaust someone else's budget). Workloads cache
+the verified principal (`CallerIdentity.principal_arn`): the one STS vouched for (SigV4
+evidence) or the one the verified JWT names (JWT evidence), never a value the caller
+chose (an access key id in an unverified request would let anyone exhaust someone else's
+budget). Workloads cache
 tokens until near expiry, so an honest caller needs a handful of exchanges per minute.
 
 The count is charged by the exchange's one admission write

@@ -25,7 +25,7 @@ SUBJECT_TOKEN_TYPES = (SIGV4_TOKEN_TYPE, JWT_TOKEN_TYPE)
 MAX_INSTANCE_EVIDENCE_CHARS = 12 * 1024
 MAX_SCOPES = 32
 # The parameters the exchange reads; any other is ignored (docs/contract.md), except those
-# refused as unsupported below.
+# refused as unsupported below (parse_token_request drops the rest before reading).
 KNOWN_PARAMETERS = frozenset(
     {
         "grant_type",
@@ -56,9 +56,13 @@ class TokenRequest:
 
 def parse_token_request(body: bytes, content_type: str | None) -> TokenRequest:
     check_content_type(content_type)
-    form = parse_form(body)
-    # RFC 6749 §3.2: an empty value is treated as omitted.
-    form = {name: value for name, value in form.items() if value != ""}
+    # RFC 6749 §3.2: an empty value is treated as omitted; a parameter tokex neither reads
+    # nor refuses is ignored (docs/contract.md).
+    form = {
+        name: value
+        for name, value in parse_form(body).items()
+        if value != "" and (name in KNOWN_PARAMETERS or name in _UNSUPPORTED)
+    }
     grant_type = form.get("grant_type")
     if grant_type is None:
         raise InvalidRequest("grant_type is required", reason="grant_type_missing")
@@ -85,9 +89,7 @@ def parse_token_request(body: bytes, content_type: str | None) -> TokenRequest:
     if audience is None:
         raise InvalidRequest("audience is required", reason="audience_missing")
     if not identifiers.is_audience(audience):
-        raise InvalidRequest(
-            "audience must be 1-256 characters of A-Z a-z 0-9 . _ : / -", reason="audience"
-        )
+        raise InvalidRequest(f"audience must be {identifiers.AUDIENCE_RULE}", reason="audience")
     evidence = form.get("aws_instance_identity")
     if token_type == JWT_TOKEN_TYPE:
         if evidence is not None:

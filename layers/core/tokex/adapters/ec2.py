@@ -38,7 +38,6 @@ allowed to tag its own instance can satisfy any tag condition.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,7 +63,6 @@ MAX_CACHED_INSTANCES = 10_000
 _LOCK_STRIPES = 64
 # EC2 instance-state-name values that may still be granted.
 _RUNNING_STATES = frozenset({"pending", "running"})
-_INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 # AssumeRole errors that mean "the target account does not let tokex read tags".
 _ASSUME_ROLE_REFUSALS = frozenset(
     {"AccessDenied", "ValidationError", "InvalidParameterValue", "RegionDisabledException"}
@@ -183,7 +181,7 @@ class InstanceTagLookup:
             instance.bound
             and identifiers.is_account_id(account)
             and identifiers.is_region(region)
-            and _INSTANCE_ID.fullmatch(instance_id)
+            and identifiers.INSTANCE_ID.fullmatch(instance_id)
         ):
             log.warning("instance tags not looked up: unbound or unexpected evidence %r", key)
             return {}

@@ -2,7 +2,11 @@
 
 One item per policy: `id` (S, partition key), `document` (S, canonical JSON of
 `Policy.to_document()`), `updated_at` (N, epoch seconds). Documents are validated again
-when read: a bad item is skipped and reported, never allowed to break every exchange.
+when read, and a bad item fails closed (`PolicyTable.load_all`): one that is or may be a
+deny, or an allow whose callers cannot be read, blocks the load (`PoliciesBlocked`: every
+exchange answers 503 until an operator fixes or deletes it); any other invalid allow is
+replaced by a deny of the callers it names; one that decided nothing is skipped. Each is
+logged and reported by id.
 
 Every AWS failure becomes `TemporarilyUnavailable` (503, docs/contract.md; errors.py): the
 exchange must never answer 500, and the description never names the table (the `reason`,

@@ -12,7 +12,7 @@ from tokex.token_request import MAX_SCOPES
 def check_audience(audience: str) -> str:
     if not identifiers.is_audience(audience):
         raise UsageError(
-            f"--audience {audience!r}: must be 1-256 characters of A-Za-z0-9._:/- "
+            f"--audience {audience!r}: must be {identifiers.AUDIENCE_RULE} "
             "(the API's identifier, as policies name it)",
             input="--audience",
         )

@@ -178,12 +178,6 @@ def discovery_of(document: dict[str, Any], endpoint: str, url: str) -> Discovery
     return Discovery(issuer, regions)
 
 
-def discover_issuer(endpoint: str, *, timeout: float = 5.0) -> str:
-    """The issuer named by the endpoint's discovery document, which must be the endpoint
-    itself (`discover`)."""
-    return discover(endpoint, timeout=timeout).issuer
-
-
 class LastGoodDiscoveries:
     """Per endpoint, the last good discovery document this process read, for when a later
     fetch gets no usable answer: the home Region publishes the document, and its outage

@@ -61,8 +61,9 @@ class CallerIdentity:
     """Who the evidence says the caller is.
 
     principal_arn: canonical principal (contract `sub`): the role ARN for an assumed-role
-        session (`arn:aws:iam::<acct>:role/<path/name>`), the user ARN for an IAM user;
-        for EKS evidence the EKS principal (`EksWorkload.principal`), never an ARN.
+        session, path-less (`arn:aws:iam::<acct>:role/<name>`: STS never reveals the
+        role's path), the user ARN for an IAM user; for EKS evidence the EKS principal
+        (`EksWorkload.principal`), never an ARN.
     arn: the caller ARN exactly as STS returned it (SigV4), the principal ARN (AWS OIF),
         empty for EKS.
     user_id: STS `UserId` (e.g. `AROA...:session` or `AIDA...`); empty for JWT evidence.
@@ -83,10 +84,6 @@ class CallerIdentity:
     evidence: str = SIGV4
     workload: WorkloadAttributes | None = None
     eks: EksWorkload | None = None
-
-    @property
-    def is_assumed_role(self) -> bool:
-        return self.session_name is not None
 
 
 @dataclass(frozen=True)

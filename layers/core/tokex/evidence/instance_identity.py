@@ -16,10 +16,11 @@ object, unknown keys, not exactly one signature variant, non-string values, over
 caps); `InvalidGrant` for everything about its content (base64, DER, signature, document
 fields, region, binding).
 
-Cold start: the SigV4 path imports this module (for the exchange's types) but most
-requests carry no instance evidence, so `cryptography.x509`, `evidence.pkcs7` (and its
-asn1crypto) and the pinned certificates load on first use, inside the functions below
-(issue 11, "Cold start close to its dependencies"), not at import.
+Cold start: the exchange imports this module only for its types (under TYPE_CHECKING)
+and at run time only when a request carries instance evidence, which most do not. Even
+then `cryptography.x509`, `evidence.pkcs7` (and its asn1crypto) and the pinned
+certificates load on first use, inside the functions below (issue 11, "Cold start close
+to its dependencies"), not at import.
 """
 
 from __future__ import annotations
@@ -54,10 +55,9 @@ _VARIANT_DIRECTORIES = {
 _LEGACY_CERTIFICATE = "rsa_legacy/default.pem"
 _PKCS7_DIGESTS = {"rsa2048": "sha256", "pkcs7": "sha1"}
 
-_INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 # Document field -> the format required (re.fullmatch; [0-9], not \d, which is Unicode).
 _DOCUMENT_FIELDS = {
-    "instanceId": _INSTANCE_ID,
+    "instanceId": identifiers.INSTANCE_ID,
     "accountId": identifiers.ACCOUNT_ID,
     "region": identifiers.REGION,
     "availabilityZone": re.compile(r"[a-z0-9-]{4,64}"),
@@ -228,7 +228,11 @@ def bind_instance_to_caller(instance: InstanceIdentity, caller: CallerIdentity) 
             reason="iid_account_mismatch",
         )
     session = caller.session_name
-    if session is not None and _INSTANCE_ID.fullmatch(session) and session != instance.instance_id:
+    if (
+        session is not None
+        and identifiers.INSTANCE_ID.fullmatch(session)
+        and session != instance.instance_id
+    ):
         raise InvalidGrant(
             f"instance identity document is for instance {instance.instance_id} "
             f"but the signed request is from a role session of instance {session}",

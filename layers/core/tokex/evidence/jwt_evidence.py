@@ -8,9 +8,9 @@ call, behind `IssuerKeys`), the signature (pyjwt, with a key bound to one algori
 last the kind's own claims (evidence/jwt_claims.py).
 
 Pure: the standard library, pyjwt and cryptography. Every refusal is `invalid_grant` with
-an audit reason `jwt_…`, except a token that is no compact JWS at all (`invalid_request`,
-like the form's other shape errors). Descriptions never echo more than a short prefix of
-what the caller sent.
+an audit reason `jwt_…`, except a token over the length cap or no compact JWS at all
+(`invalid_request`, reason `subject_token`, like the form's other shape errors).
+Descriptions never echo more than a short prefix of what the caller sent.
 """
 
 from __future__ import annotations

@@ -48,17 +48,6 @@ class ExtensionsApiError(Exception):
 
 
 @dataclass(frozen=True)
-class Registration:
-    """What `register` answers: the identifier that every later call carries, and the
-    function the extension runs beside."""
-
-    identifier: str
-    function_name: str | None = None
-    function_version: str | None = None
-    handler: str | None = None
-
-
-@dataclass(frozen=True)
 class Event:
     """One lifecycle event from `event/next`."""
 
@@ -105,7 +94,8 @@ class ExtensionsApi:
         self.name = name
         self.identifier: str | None = None
 
-    def register(self, events: tuple[str, ...] = EVENTS) -> Registration:
+    def register(self, events: tuple[str, ...] = EVENTS) -> None:
+        """Register for `events`; keep the identifier that every later call carries."""
         status, headers, body = self._call(
             "POST",
             "register",
@@ -117,13 +107,6 @@ class ExtensionsApi:
         if status != 200 or not identifier:
             raise ExtensionsApiError(f"register failed: {status} {_error_text(body)}")
         self.identifier = identifier
-        document = body if isinstance(body, dict) else {}
-        return Registration(
-            identifier=identifier,
-            function_name=_text(document.get("functionName")),
-            function_version=_text(document.get("functionVersion")),
-            handler=_text(document.get("handler")),
-        )
 
     def next_event(self) -> Event:
         """Block until Lambda sends the next event.
@@ -193,10 +176,6 @@ class ExtensionsApi:
         except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             parsed = data.decode("utf-8", "replace")
         return response.status, response.headers, parsed
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def _error_text(body: Any) -> str:

@@ -19,6 +19,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from tokex import identifiers
+
 # The whole request (request line, headers, body) must arrive this soon after the
 # connection is accepted; a real client on loopback needs milliseconds.
 REQUEST_TIMEOUT_SECONDS = 5.0
@@ -32,8 +34,6 @@ MAX_BODY_BYTES = 1024 * 1024
 # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request line.
 MAX_EMPTY_LINES = 4
 
-# RFC 9110 §5.6.2 `token`: method and field names.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSION = re.compile(r"HTTP/([0-9])\.([0-9])")
 _TARGET = re.compile(r"[\x21-\x7e]+")  # visible US-ASCII (RFC 3986 allows nothing else)
 # RFC 9110 §5.5: CR, LF and NUL make a field value invalid; so do the other controls.
@@ -131,7 +131,7 @@ def read_head(stream: BinaryIO) -> RequestHead:
     if len(parts) != 3 or not all(parts):
         raise RequestRefused(400, "malformed request line: send METHOD TARGET HTTP/1.1")
     method, target, version = parts
-    if not _TOKEN.fullmatch(method):
+    if not identifiers.HTTP_TOKEN.fullmatch(method):
         raise RequestRefused(400, "malformed request method")
     if not _TARGET.fullmatch(target):
         raise RequestRefused(400, "malformed request target")
@@ -157,7 +157,7 @@ def read_head(stream: BinaryIO) -> RequestHead:
             raise RequestRefused(400, "folded header lines are not accepted")
         name, colon, value = text.partition(":")
         # RFC 9112 §5.1: no whitespace between the field name and the colon.
-        if not colon or not _TOKEN.fullmatch(name):
+        if not colon or not identifiers.HTTP_TOKEN.fullmatch(name):
             raise RequestRefused(400, "malformed header field")
         value = value.strip(" \t")
         if _FIELD_VALUE_INVALID.search(value):

@@ -134,7 +134,8 @@ _forget_parsed: list[Callable[[], None]] = []
 
 
 def forget_parsed_expressions() -> None:
-    """Empty the kept parses (for a test that must start with none)."""
+    """Empty the kept parses. A test hook (tests/adapters/test_moto_fixes.py): for a test
+    that must start with none; tokex itself never calls it."""
     for forget in _forget_parsed:
         forget()
 

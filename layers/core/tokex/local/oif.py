@@ -150,6 +150,8 @@ class OifEmulator:
         self._sessions = {session.credentials.access_key_id: session for session in sessions}
 
     def add_session(self, session: OifSession) -> None:
+        """Know one more session's access key. A test hook (tests/system/test_local_oif.py):
+        local mode passes every session to the constructor."""
         with self._lock:
             self._sessions[session.credentials.access_key_id] = session
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 import urllib3
 
+from tokex import identifiers
 from tokex.client.endpoint import is_loopback
 from tokex.proxy.config import Route
 from tokex.proxy.connections import Connections
@@ -51,7 +51,6 @@ from tokex.proxy.tokens import TokenSource, TokenUnavailable
 
 CLIENT_IDLE_TIMEOUT_SECONDS = 60.0  # a connection silent this long is closed
 MAX_REQUEST_LINE_BYTES = 65536  # as http.server's own limit
-METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 §5.6.2)
 # Headers only a web browser sends (Sec-Fetch-Site on every request, Origin on every
 # cross-origin or unsafe one): a page on the workload's host could otherwise make requests
 # through a loopback listener by 127.0.0.1 itself, with the workload's token attached, and
@@ -228,7 +227,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # the rest of the head is unread
             status = self._head_fault_status
             return self._answer(outcome, error(status, "invalid_request", self._head_fault))
-        if not METHOD.fullmatch(self.command):
+        if not identifiers.HTTP_TOKEN.fullmatch(self.command):
             return self._answer(outcome, error(400, "invalid_request", "the method is malformed"))
         # Methods are case-sensitive, but an upstream that upper-cases them would take
         # `trace` for TRACE.

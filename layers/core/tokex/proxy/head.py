@@ -29,9 +29,12 @@ import socket
 import time
 from typing import Any
 
+from tokex import identifiers
+
 HEAD_SECONDS = 30.0
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_FIELD_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:")
+# A field line starts with its name, an RFC 9110 token, and a colon.
+_FIELD_LINE = re.compile(identifiers.HTTP_TOKEN.pattern.encode() + b":")
 
 
 class MalformedHead(http.client.HTTPException):
