@@ -34,7 +34,7 @@ from tokex.adapters.state_table import schema
 TTL_ATTRIBUTE = schema.TTL_ATTRIBUTE
 # tokex/adapters/state_table/admission.py writes `sig#<hex sha-256>` items (single use),
 # and nothing else.
-SINGLE_USE_KEY_PATTERN = schema.SIGNATURE_PREFIX + "*"
+SINGLE_USE_KEY_PATTERN = schema.USED_EVIDENCE_PREFIX + "*"
 # The same admission write counts in `rate#<principal>#<window>` items, and nothing else.
 RATE_COUNTER_KEY_PATTERN = schema.RATE_PREFIX + "*"
 # What introspection reads: its clients (GetItem) and revocations (BatchGetItem), and only
