@@ -12,7 +12,8 @@ from tests.support.fresh_handler import FUNCTIONS, LOAD_HANDLER, run_probe
 ENDPOINTS = {"exchange": "/token", "introspect": "/introspect"}
 
 PROBE = (
-    LOAD_HANDLER
+    "import gc\nstarted_frozen = gc.get_freeze_count()\n"
+    + LOAD_HANDLER
     + """
 import gc, json
 def get(path):  # a wrong method: answered without any AWS call
@@ -22,7 +23,7 @@ def get(path):  # a wrong method: answered without any AWS call
         "requestContext": {"http": {"method": "GET", "path": path, "sourceIp": "192.0.2.1"},
                            "requestId": "r", "stage": "$default"},
     }
-counts = [gc.get_freeze_count()]
+counts = [started_frozen, gc.get_freeze_count()]
 statuses = []
 for _ in range(2):
     statuses.append(handler.lambda_handler(get(sys.argv[2]), Context())["statusCode"])
@@ -36,11 +37,13 @@ print(json.dumps({"counts": counts, "statuses": statuses}))
 def test_the_first_invocation_freezes_the_environment_once(function: str) -> None:
     probe = run_probe(PROBE, FUNCTIONS / function / "handler.py", ENDPOINTS[function])
     assert probe["statuses"] == [405, 405]
-    before, after_first, after_second = probe["counts"]
-    # Nothing frozen at cold start; then the environment's tens of thousands of objects
-    # (modules, botocore's models, the clients); no second freeze adds to them (a frozen
-    # object that dies by reference counting still leaves: the count may only fall).
-    assert before == 0 and after_first > 10_000 and after_second <= after_first
+    started, before, after_first, after_second = probe["counts"]
+    # Nothing frozen by the cold start (Python 3.12.1 itself starts with a few hundred
+    # objects frozen; 3.11 and 3.13 with none); then the environment's tens of thousands
+    # of objects (modules, botocore's models, the clients); no second freeze adds to them
+    # (a frozen object that dies by reference counting still leaves: the count may only
+    # fall).
+    assert before == started and after_first - before > 10_000 and after_second <= after_first
 
 
 # Loaded as Lambda's runtime loads it, by the module the handler setting names (so the

@@ -138,6 +138,14 @@ class _BoundedHTTPHandler(urllib.request.HTTPHandler):
 class _BoundedHTTPSHandler(urllib.request.HTTPSHandler):
     _context: ssl.SSLContext | None
 
+    def __init__(self, context: ssl.SSLContext | None = None) -> None:
+        # Python 3.12+ builds the default context here, once, when the opener is made (at
+        # import, for a module-level opener): the CA store and SSL_CERT_FILE as they were
+        # then. None makes each connection build it, reading them when it is made, as
+        # Python 3.11 did.
+        urllib.request.AbstractHTTPHandler.__init__(self)
+        self._context = context
+
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(_BoundedStdlibHTTPSConnection, req, context=self._context)
 

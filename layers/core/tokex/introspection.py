@@ -30,7 +30,7 @@ from jwt.algorithms import get_default_algorithms
 
 from tokex import base64url, identifiers
 from tokex.clock import SuspendAwareClock
-from tokex.strict_json import StrictJsonError, loads_strict
+from tokex.strict_json import MAX_TOKEN_JSON_DEPTH, StrictJsonError, loads_strict
 from tokex.tokens.jws import ACCESS_TOKEN_TYP
 
 # Our tokens are small (the signing input is at most 4096 bytes, docs/contract.md
@@ -232,7 +232,7 @@ def _b64url_decode(segment: str) -> bytes:
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     # RFC 7515 §5.2 / RFC 8725 §3.2: a repeated member must not mean "the last one wins".
     try:
-        value = loads_strict(data.decode("utf-8"))
+        value = loads_strict(data.decode("utf-8"), max_depth=MAX_TOKEN_JSON_DEPTH)
     except (UnicodeDecodeError, StrictJsonError):
         raise Inactive(f"{what}_json") from None
     if not isinstance(value, dict):

@@ -106,7 +106,8 @@ class Placement:
         for audience in self.all_audiences():
             if not identifiers.is_audience(audience):
                 raise KongConfigError(
-                    f"invalid audience {audience!r}: {identifiers.AUDIENCE_RULE} (docs/contract.md)",
+                    f"invalid audience {audience!r}: {identifiers.AUDIENCE_RULE}"
+                    " (docs/contract.md)",
                     "audiences",
                 )
 

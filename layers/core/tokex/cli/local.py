@@ -191,13 +191,16 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         where = str(err.filename) if err.filename is not None else None
         raise CommandError(f"could not start: {err}", input=where) from None
-    issuer = system.issuer
-    federation = system.federation
-    assert federation is not None
-    lambda_a, lambda_b = system.lambda_envs.values()
-    regions_lines = _regions_banner(system.regions, issuer, delay)
-    print(
-        f"""tokex local is running (Ctrl-C stops it)
+    # From here on, a signal (the first one may come as soon as the banner is read)
+    # stops what started.
+    try:
+        issuer = system.issuer
+        federation = system.federation
+        assert federation is not None
+        lambda_a, lambda_b = system.lambda_envs.values()
+        regions_lines = _regions_banner(system.regions, issuer, delay)
+        print(
+            f"""tokex local is running (Ctrl-C stops it)
   issuer          {issuer}
   token endpoint  {issuer}/token
   JWKS            {issuer}/.well-known/jwks.json
@@ -229,9 +232,8 @@ Introspect a token (RFC 7662):
   curl -s -u "$TOKEX_INTROSPECTION_CLIENT_ID:$TOKEX_INTROSPECTION_CLIENT_SECRET" \\
     -d "token=$(tokex token --audience {DEMO_AUDIENCE})" {issuer}/introspect
 """,
-        flush=True,
-    )
-    try:
+            flush=True,
+        )
         system.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -31,7 +31,7 @@ from tokex.errors import InvalidGrant, InvalidRequest
 from tokex.evidence.identity import CallerIdentity
 from tokex.evidence.jwt_claims import caller_from_claims
 from tokex.evidence.trusted_issuers import AWS_OIF, TrustedIssuer, TrustedIssuers
-from tokex.strict_json import StrictJsonError, loads_strict
+from tokex.strict_json import MAX_TOKEN_JSON_DEPTH, StrictJsonError, loads_strict
 
 # The whole form is at most 16 KiB (forms.py): a JWT this long leaves 4 KiB for the other
 # parameters. Real ones are far smaller (an EKS or OIF token is 1-2 KiB).
@@ -174,7 +174,9 @@ def _not_a_jws(token: str) -> InvalidRequest:
 def _json_object(segment: str, part: str) -> dict[str, Any]:
     """The JSON object one segment holds: canonical base64url, UTF-8, no repeated key."""
     try:
-        document = loads_strict(base64url.decode(segment).decode("utf-8"))
+        document = loads_strict(
+            base64url.decode(segment).decode("utf-8"), max_depth=MAX_TOKEN_JSON_DEPTH
+        )
     except (ValueError, StrictJsonError):  # UnicodeDecodeError is a ValueError
         raise _refused(f"the token's {part} is not base64url JSON", f"jwt_{part}") from None
     if not isinstance(document, dict):
