@@ -46,6 +46,6 @@ def test_the_limit_counts_arrays_and_objects_alike_and_allows_its_own_depth() ->
 
 
 def test_a_policy_claims_deepest_value_fits_in_a_token() -> None:
-    """policies.md: claims nest at most 16 levels; in a payload that is 17."""
+    """docs/policies.md: claims nest at most 16 levels; in a payload that is 17."""
     payload = json.dumps({"claim": json.loads("[" * 16 + "]" * 16)})
     assert loads_strict(payload, max_depth=MAX_TOKEN_JSON_DEPTH)["claim"] is not None
