@@ -19,6 +19,10 @@ class LoopbackServer(ThreadingHTTPServer):
     """Plain HTTP on 127.0.0.1, a thread per connection; `url` has no trailing slash."""
 
     daemon_threads = True
+    # socketserver's default backlog is 5: a test's burst of concurrent clients (as a
+    # fleet's would reach a real endpoint) overflowed it on a loaded machine, and a
+    # connection reset then failed a client over for no reason of the test's.
+    request_queue_size = 128
 
     def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(("127.0.0.1", 0), handler)
