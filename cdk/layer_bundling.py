@@ -60,6 +60,8 @@ CACHE_ENTRIES_KEPT = 4
 TOOLING = frozenset({"cli", "local", "client", "proxy", "extension", "kong.py"})
 _IGNORED_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+# A cache entry's name once published: its inputs hash (a staging one adds `-<random>`).
+_PUBLISHED_BUNDLE = re.compile(r"[0-9a-f]{64}")
 # Names the interpreter to compile the layer's bytecode with; it must be the runtime's
 # CPython version (a mismatch is an error, never a silent fallback).
 COMPILER_ENV = "TOKEX_LAYER_PYTHON"
@@ -309,13 +311,21 @@ class CoreLayerBundling:
         readable_by_lambda(output_dir)
 
     def _prune(self, *, keep: str) -> None:
-        """Keep the newest few bundles (each edit of the core makes a new one)."""
-        entries = sorted(
-            (p for p in self.cache_dir.iterdir() if p.is_dir() and p.name != keep),
-            key=lambda p: p.stat().st_mtime,
-            reverse=True,
-        )
-        for stale in entries[CACHE_ENTRIES_KEPT - 1 :]:
+        """Keep the newest few bundles (each edit of the core makes a new one).
+
+        Only published bundles (named by their whole key) are candidates: a staging
+        directory is another synth's build in progress. An entry another synth removes
+        while this one looks is skipped, not an error."""
+        entries = []
+        for path in self.cache_dir.iterdir():
+            if path.name == keep or not _PUBLISHED_BUNDLE.fullmatch(path.name):
+                continue
+            try:
+                entries.append((path.stat().st_mtime, path))
+            except FileNotFoundError:
+                continue
+        entries.sort(reverse=True)
+        for _, stale in entries[CACHE_ENTRIES_KEPT - 1 :]:
             shutil.rmtree(stale, ignore_errors=True)
 
     def _build(self, root: Path) -> None:

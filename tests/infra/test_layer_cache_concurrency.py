@@ -160,3 +160,45 @@ def test_extension_layer_builds_at_once_each_fill_their_output_from_one_cache_en
     # One entry; no builder's staging directory (hidden: `.<key>-…`).
     assert [entry.name for entry in cache.iterdir()] == [key]
     assert sources(cache / key) == whole
+
+
+def test_pruning_the_cache_leaves_other_synths_builds_and_skips_what_vanished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A synth that published its bundle prunes the older ones: never a staging directory
+    (another synth's build in progress, however old), and an entry removed meanwhile by
+    a third synth is skipped (it failed the build with FileNotFoundError)."""
+    import os
+
+    from cdk.layer_bundling import CACHE_ENTRIES_KEPT
+
+    cache = tmp_path / "cache"
+    bundling = CoreLayerBundling(
+        project_root=project(tmp_path / "project"),
+        python_version="3.13",
+        cache_dir=cache,
+        find_compiler=lambda version: None,
+    )
+    published = [cache / (f"{number:x}" * 64)[:64] for number in range(1, 8)]
+    staging = cache / f"{'f' * 12}-inprogress"
+    for age, entry in enumerate([staging, *published]):
+        (entry / "python").mkdir(parents=True)
+        os.utime(entry, (1_000_000 + age, 1_000_000 + age))  # the staging one is oldest
+    vanished = published[-1]  # the newest: another synth removes it as this one looks
+    stat = Path.stat
+
+    def stat_racing(path: Path, **kwargs: object) -> os.stat_result:
+        if path == vanished:
+            raise FileNotFoundError(path)
+        return stat(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "stat", stat_racing)
+    bundling._prune(keep=published[0].name)
+
+    left = {p.name for p in cache.iterdir()}
+    assert staging.name in left and published[0].name in left
+    # Of the others, the newest CACHE_ENTRIES_KEPT - 1 stay (the one that vanished left
+    # the listing, so it is not counted).
+    readable = published[1:-1]
+    kept = readable[-(CACHE_ENTRIES_KEPT - 1) :]
+    assert {p.name for p in readable if p.name in left} == {p.name for p in kept}
