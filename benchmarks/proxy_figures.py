@@ -3,19 +3,17 @@ loopback TLS upstream over a kept-alive connection, made directly and through th
 with a warm token, interleaved sample by sample; and the first request through a proxy
 that has no token yet (the exchange against `tokex local` included).
 
-The upstream is a stdlib HTTPS server with a throwaway CA made here (the benchmark does
-not import the tests); the proxy is `tokex.proxy.ProxyServer` in this process, logging
-its JSON lines to /dev/null (the work of writing them is measured, not the terminal).
+The upstream is a stdlib HTTPS server with the tests' throwaway CA (tests/support/tls.py,
+whose certificates also pass Python 3.13's strict X.509 checks); the proxy is
+`tokex.proxy.ProxyServer` in this process, logging its JSON lines to /dev/null (the work
+of writing them is measured, not the terminal).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import os
 import secrets
-import ssl
 import tempfile
 import threading
 import time
@@ -25,13 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from benchmarks.figures import Figure, at_most, p50, reported
 from benchmarks.proxied_local import BenchSystem
+from tests.support.tls import make_pki
 from tokex.local.provision import DEMO_AUDIENCE
 from tokex.proxy import JsonLog, ProxyConfig, ProxyServer, RouteTokens
 
@@ -55,82 +50,16 @@ class _Upstream(BaseHTTPRequestHandler):
         pass
 
 
-def _pki(directory: Path) -> tuple[Path, ssl.SSLContext]:
-    """A throwaway CA (its PEM file) and a server context for 127.0.0.1 signed by it."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tokex benchmark CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        # Python 3.13's default TLS context verifies strictly (VERIFY_X509_STRICT): a CA
-        # needs its key usage and key identifier, and the leaf its authority's.
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "cert.pem", "key.pem"))
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
-    return ca_file, context
-
-
 @contextlib.contextmanager
 def _tls_upstream(directory: Path) -> Iterator[tuple[int, Path]]:
-    ca_file, context = _pki(directory)
+    pki = make_pki(directory)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
     server.daemon_threads = True
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.socket = pki.server.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server.server_address[1], ca_file
+        yield server.server_address[1], pki.ca_file
     finally:
         server.shutdown()
         server.server_close()
