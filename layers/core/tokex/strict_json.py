@@ -43,27 +43,22 @@ def loads_strict(text: str | bytes, *, max_depth: int | None = None) -> Any:
         ) from None
     except (ValueError, RecursionError):  # UnicodeDecodeError; nesting too deep
         raise StrictJsonError("not valid JSON") from None
-    if max_depth is not None and _deeper_than(value, max_depth):
+    if max_depth is not None and json_depth(value) > max_depth:
         raise StrictJsonError(f"nested deeper than {max_depth} levels")
     return value
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether arrays and objects nest more than `limit` levels (the outermost is level 1);
-    iterative, so that no depth the parser took can overflow the stack here."""
-    pending = [(value, 1)]
+def json_depth(value: object) -> int:
+    """How deeply a JSON value nests (a scalar: 0, `[]`: 1), counted without recursion, so
+    that no depth the parser took can overflow the stack here."""
+    deepest, pending = 0, [(value, 0)]
     while pending:
-        node, level = pending.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if level > limit:
-            return True
-        pending.extend((child, level + 1) for child in children)
-    return False
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+            deepest = max(deepest, depth + 1)
+    return deepest
 
 
 def _refuse_repeated(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

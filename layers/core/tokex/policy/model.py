@@ -25,6 +25,7 @@ from tokex.policy import fields
 from tokex.policy.fields import PolicyValidationError
 from tokex.policy.globs import GlobError, check_principal_pattern
 from tokex.policy.selectors import DAYS, Conditions, EksSelectors, TimeWindow, WorkloadSelectors
+from tokex.strict_json import json_depth
 from tokex.tokens.claims import RESERVED_CLAIMS
 
 # The public names, the selectors' among them: evaluation, the adapters, the CLI and the
@@ -389,7 +390,7 @@ def _claims(value: object) -> dict[str, Any]:
             text = json.dumps(claims[name], allow_nan=False, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError):
             raise PolicyValidationError(where, "value must be plain JSON") from None
-        if _depth(claims[name]) > MAX_CLAIM_DEPTH:
+        if json_depth(claims[name]) > MAX_CLAIM_DEPTH:
             raise PolicyValidationError(where, f"at most {MAX_CLAIM_DEPTH} levels of nesting")
         if not _is_unicode_text(text):
             raise PolicyValidationError(where, UNICODE_RULE)
@@ -416,18 +417,6 @@ def _is_unicode_text(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _depth(value: object) -> int:
-    """How deeply a JSON value nests (a scalar: 0), counted without recursion."""
-    deepest, pending = 0, [(value, 0)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, dict | list):
-            children = item.values() if isinstance(item, dict) else item
-            pending.extend((child, depth + 1) for child in children)
-            deepest = max(deepest, depth + 1)
-    return deepest
 
 
 def canonical_json(value: object) -> str:
