@@ -285,6 +285,40 @@ UPSTREAM_CASES: dict[str, tuple[int, dict[str, str], bytes, str]] = {
     ),
     "other-session": (200, XML, result_xml(ROLE_ARN, "AROAX:other"), "sts_user_id_session"),
     "bad-user-id": (200, XML, result_xml(ROLE_ARN, "bad user id"), "sts_result_values"),
+    # An IAM user's UserId is its unique id alone: a session part belongs to a role.
+    "user-with-session": (
+        200,
+        XML,
+        result_xml(f"arn:aws:iam::{ACCOUNT}:user/alice", "AIDAEXAMPLEEXAMPLE123:alice"),
+        "sts_user_id_user",
+    ),
+    "result-not-at-top": (
+        200,
+        XML,
+        GOOD.replace(b"<GetCallerIdentityResult>", b"<x><GetCallerIdentityResult>").replace(
+            b"</GetCallerIdentityResult>", b"</GetCallerIdentityResult></x>"
+        ),
+        "sts_result_count",
+    ),
+    "two-arns": (
+        200,
+        XML,
+        GOOD.replace(b"<UserId>", f"<Arn>{ROLE_ARN}</Arn><UserId>".encode()),
+        "sts_result_arn",
+    ),
+    "arn-with-markup": (
+        200,
+        XML,
+        GOOD.replace(b"</Arn>", b"<b/></Arn>"),
+        "sts_result_arn",
+    ),
+    "no-user-id": (
+        200,
+        XML,
+        GOOD.replace(b"<UserId>", b"<Other>").replace(b"</UserId>", b"</Other>"),
+        "sts_result_userid",
+    ),
+    "empty-account": (200, XML, result_xml(ROLE_ARN, ROLE_USER_ID, ""), "sts_result_account"),
     "root": (200, XML, result_xml(f"arn:aws:iam::{ACCOUNT}:root", ACCOUNT), "sts_principal_type"),
     "federated-user": (
         200,
