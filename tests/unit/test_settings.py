@@ -129,22 +129,36 @@ def test_the_publisher_lists_the_served_regions() -> None:
         Settings.from_env({**base, "TOKEX_SERVED_REGIONS": "us-east-1,us-east-1"})
 
 
+# setting -> (its attribute, its default)
+FLAGS = {
+    "TOKEX_REQUIRE_SIGNED_AUDIENCE": ("require_signed_audience", False),
+    "TOKEX_SINGLE_USE": ("single_use", True),
+    "TOKEX_STS_ALLOW_FIPS": ("allow_fips", True),
+}
+
+
+@pytest.mark.parametrize("name", list(FLAGS))
 @pytest.mark.parametrize(
-    ("raw", "required"),
-    [(None, False), ("", False), ("true", True), ("TRUE", True), ("false", False)],
+    ("raw", "value"),
+    [(None, None), ("", None), ("true", True), ("TRUE", True), ("false", False), ("False", False)],
 )
-def test_require_signed_audience(raw: str | None, required: bool) -> None:
+def test_a_flag_is_true_false_or_its_default(
+    name: str, raw: str | None, value: bool | None
+) -> None:
+    attribute, default = FLAGS[name]
     env = {"TOKEX_ISSUER": "https://a.example"}
     if raw is not None:
-        env["TOKEX_REQUIRE_SIGNED_AUDIENCE"] = raw
-    assert Settings.from_env(env).require_signed_audience is required
+        env[name] = raw
+    expected = default if value is None else value
+    assert getattr(Settings.from_env(env), attribute) is expected
 
 
-@pytest.mark.parametrize("raw", ["yes", "1", "ture"])
-def test_require_signed_audience_is_true_or_false(raw: str) -> None:
-    """A typo must not turn a requirement off without a word."""
-    env = {"TOKEX_ISSUER": "https://a.example", "TOKEX_REQUIRE_SIGNED_AUDIENCE": raw}
-    with pytest.raises(
-        ConfigurationError, match="TOKEX_REQUIRE_SIGNED_AUDIENCE must be true or false"
-    ):
+@pytest.mark.parametrize("name", list(FLAGS))
+@pytest.mark.parametrize("raw", ["yes", "no", "1", "0", "ture", "flase", "off"])
+def test_a_flag_is_true_or_false_and_nothing_else(name: str, raw: str) -> None:
+    """A typo must not change a security setting without a word, in either direction
+    (`TOKEX_SINGLE_USE=no` had left single use on; `TOKEX_REQUIRE_SIGNED_AUDIENCE=ture`
+    would leave the requirement off)."""
+    env = {"TOKEX_ISSUER": "https://a.example", name: raw}
+    with pytest.raises(ConfigurationError, match=f"{name} must be true or false"):
         Settings.from_env(env)
