@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +13,7 @@ from tokex import identifiers
 from tokex.errors import ConfigurationError
 from tokex.evidence.sts_endpoints import StsEndpoints
 from tokex.evidence.trusted_issuers import TrustedIssuerError, TrustedIssuers, parse_trusted_issuers
+from tokex.strict_json import StrictJsonError, loads_strict
 
 # The key specs, partitions and identifier rules are the exchange's own (identifiers.py).
 SIGNING_KEY_SPECS = tuple(identifiers.SIGNING_KEY_SPECS)
@@ -324,8 +324,14 @@ class TokexConfig:
     @classmethod
     def from_context(cls, node: Node) -> TokexConfig:
         def get(key: str) -> Any:
+            """The key's value, None when it is absent. Present but empty (`-c key=`, a
+            templating step's empty variable) it is refused, not taken as absent: -c wins
+            over cdk.json, and the default would replace cdk.json's value without a word
+            (requireSignedAudience off, the WAF detached, a shorter log retention)."""
             value = node.try_get_context(key)
-            return None if value in (None, "") else value
+            if _is_blank(value):
+                raise ConfigError(f"{key} is empty: give it a value, or leave it out")
+            return value
 
         def text(key: str) -> str | None:
             value = get(key)
@@ -340,9 +346,11 @@ class TokexConfig:
             if isinstance(value, str) and value.lstrip().startswith("["):
                 # `-c key='["x","y"]'`: the CDK CLI passes every -c value as a string.
                 try:
-                    value = json.loads(value)
-                except ValueError:
-                    raise ConfigError(f"{key} is not a valid JSON list: {value!r}") from None
+                    value = loads_strict(value)
+                except StrictJsonError:  # nested too deep for the parser included
+                    raise ConfigError(
+                        f"{key} is not a valid JSON list: {_shortened(value)!r}"
+                    ) from None
             items = value.split(",") if isinstance(value, str) else value
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
                 raise ConfigError(f"{key} must be a list of strings or a comma-separated string")
@@ -352,10 +360,10 @@ class TokexConfig:
             """A list whose default is the wide one: given, it must name something. Empty
             (`[]`, `,`, or `-c key=` from a templating step's empty variable), it would
             silently mean the default, and an allow-list would fail open."""
-            if node.try_get_context(key) is None:
+            value = node.try_get_context(key)
+            if value is None:
                 return None
-            items = strings(key)
-            if not items:
+            if _is_blank(value) or not (items := strings(key)):
                 raise ConfigError(
                     f"{key} is empty: name at least one, or leave it out for {default}"
                 )
@@ -374,8 +382,9 @@ class TokexConfig:
             value = get(key)
             if value is None:
                 return None
-            if isinstance(value, bool) or not re.fullmatch(r"\d{1,6}", str(value)):
-                raise ConfigError(f"{key} must be a positive integer")
+            # [0-9], not \d: `int` reads other scripts' digits too ('٣٦٠٠' is 3600).
+            if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,6}", str(value)):
+                raise ConfigError(f"{key} must be a whole number from 0 to 999999")
             return int(value)
 
         def trusted_issuers(key: str) -> TrustedIssuers | None:
@@ -383,6 +392,11 @@ class TokexConfig:
             value = get(key)
             if value is None:
                 return None
+            if isinstance(value, str):
+                try:
+                    value = loads_strict(value)
+                except StrictJsonError:  # nested too deep for the parser included
+                    raise ConfigError(f"{key} is not valid JSON") from None
             try:
                 return parse_trusted_issuers(value, allow_http_loopback=False)
             except TrustedIssuerError as err:  # the message names `trustedIssuers`
@@ -417,6 +431,16 @@ class TokexConfig:
         }
         _refuse_unknown_keys(node, CONTEXT_KEYS)
         return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+def _is_blank(value: object) -> bool:
+    """An empty context value: what `-c key=` passes (or only spaces)."""
+    return isinstance(value, str) and not value.strip()
+
+
+def _shortened(text: str, limit: int = 80) -> str:
+    """A context value quoted in an error, cut so that the message stays one line."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def check_cli_region(config: TokexConfig, cli_region: str | None) -> None:
@@ -481,10 +505,11 @@ CONTEXT_KEYS = frozenset(
         "requireSignedAudience",
     }
 )
-# A key of tokex's shape (a camelCase word). CDK's own keys and feature flags have `@` or
-# `:` in them (`@aws-cdk/...`, `aws:cdk:...`, the lookups of cdk.context.json), or dashes
-# (`acknowledged-issue-numbers`): they pass unless they spell one of tokex's options.
-_OPTION_SHAPE = re.compile(r"[a-z][A-Za-z0-9]*")
+# A key that could be meant as an option of tokex's (one word of letters, digits and `_`,
+# any case: `requireAudience`, `waf_acl_arn`, `TTL_CAP`). CDK's own keys and feature flags
+# have `@` or `:` in them (`@aws-cdk/...`, `aws:cdk:...`, the lookups of cdk.context.json),
+# or dashes (`acknowledged-issue-numbers`): they pass unless they spell one of tokex's options.
+_OPTION_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 def _spelling(key: str) -> str:

@@ -99,7 +99,7 @@ def test_over_the_budget_is_429_and_uses_the_request_up(dynamodb) -> None:
     over = signed()
     with pytest.raises(RateLimited) as limited:
         store.admit(used_signature(over), ROLE)
-    assert limited.value.status == 429 and limited.value.headers() == {"Retry-After": "51"}
+    assert limited.value.status == 429 and limited.value.headers() == {"Retry-After": "50"}
     assert hits(dynamodb) == 2  # the refused request was not counted...
     with pytest.raises(InvalidGrant) as replay:  # ...but it is used up
         store.admit(used_signature(over), ROLE)

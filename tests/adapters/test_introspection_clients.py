@@ -14,6 +14,7 @@ from botocore.config import Config
 
 from tests.support.in_process_state_table import state_table
 from tokex.adapters.state_table.introspection_clients import ClientStore
+from tokex.adapters.state_table.revocations import TTL_MARGIN_SECONDS
 from tokex.cli.main import main
 from tokex.errors import TemporarilyUnavailable
 from tokex.introspection_clients import (
@@ -253,7 +254,7 @@ STACK_TEMPLATE = {
             },
         }
     },
-    "Outputs": {"StateTableName": {"Value": {"Ref": "State"}}},
+    "Outputs": {"StateTableName": {"Value": {"Ref": "State"}}, "TtlCapSeconds": {"Value": "3600"}},
 }
 
 
@@ -345,3 +346,33 @@ def test_a_remove_whose_answer_was_lost_reports_the_client_gone(store, dynamodb)
     assert store.remove(client.client_id) is True  # was "no such client"
     assert attempts == ["DeleteItem", "DeleteItem"] and store.list() == []
     assert store.remove(client.client_id) is False  # without a retry: truly absent
+
+
+def test_revoke_keeps_the_record_as_long_as_the_stacks_tokens_live(dynamodb, capsys):
+    """A record DynamoDB's TTL deletes while a token it revokes is still valid would let
+    introspection accept that token again: --ttl-cap may not be less than the --stack's
+    TtlCapSeconds output; by default a record is kept 43200 s, the longest any deployment
+    allows (which also outlives tokens issued before a cap was lowered)."""
+    outputs = {"StateTableName": {"Value": TABLE}, "TtlCapSeconds": {"Value": "7200"}}
+    template = {"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}, "Outputs": outputs}
+    cloudformation = boto3.client("cloudformation", region_name="us-east-1")
+    cloudformation.create_stack(StackName="tokex", TemplateBody=json.dumps(template))
+    capsys.readouterr()
+
+    def kept_for(jti: str, *argv: str) -> int:
+        assert main(["revoke", "--jti", jti, *argv, "--region", "us-east-1", "--json"]) == 0
+        revoked = json.loads(capsys.readouterr().out)
+        return int(revoked["expires_at"]) - int(revoked["revoked_at"]) - TTL_MARGIN_SECONDS
+
+    assert kept_for("a", "--stack", "tokex") == 43200
+    assert kept_for("b", "--stack", "tokex", "--ttl-cap", "7200") == 7200  # the stack's own
+    assert kept_for("c", "--table", TABLE) == 43200
+    assert kept_for("d", "--table", TABLE, "--ttl-cap", "60") == 60  # as the operator says
+
+    argv = ["revoke", "--jti", "e", "--stack", "tokex", "--region", "us-east-1"]
+    assert main([*argv, "--ttl-cap", "60", "--json"]) == 1
+    failure = json.loads(capsys.readouterr().out)
+    assert (failure["error"], failure["input"]) == ("failed", "--ttl-cap")
+    assert "below the TTL cap of stack tokex (7200 s" in failure["error_description"]
+    key = {"id": {"S": "revoked-jti#e"}}
+    assert "Item" not in dynamodb.get_item(TableName=TABLE, Key=key)  # nothing written

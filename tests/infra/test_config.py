@@ -15,7 +15,7 @@ from cdk.config import (
     TokexConfig,
     check_cli_region,
 )
-from tests.infra.conftest import EKS_ISSUER, OIF_ISSUER, REPO_ROOT
+from tests.infra.conftest import ALTERNATE_CONTEXT, EKS_ISSUER, OIF_ISSUER, REPO_ROOT
 
 pytestmark = pytest.mark.infra
 
@@ -98,6 +98,15 @@ def test_active_signing_key_from_context() -> None:
         ({"instance-tags-accounts": "1"}, r"\(did you mean instanceTagsAccounts\?\)"),
         ({"stsRegions ": "eu-west-1"}, r"'stsRegions ' is .*\(did you mean stsRegions\?\)"),
         ({"sts-region": "eu-west-1"}, r"\(did you mean stsRegions\?\)"),
+        # Words of any case and `_`, however far from an option's spelling: passed by before.
+        ({"require_audience": True}, "^'require_audience' is not a tokex context option: "),
+        ({"waf_acl_arn": "arn:aws:wafv2:..."}, "^'waf_acl_arn' is not a tokex context option"),
+        ({"tag_accounts": "111111111111"}, "^'tag_accounts' is not a tokex context option"),
+        ({"allowed_sts_regions": "eu-west-1"}, "^'allowed_sts_regions' is not a tokex"),
+        ({"ttl_cap": 60}, "^'ttl_cap' is not a tokex context option"),
+        ({"throttle_rate": 5}, "^'throttle_rate' is not a tokex context option"),
+        ({"TTL_CAP": 60}, "^'TTL_CAP' is not a tokex context option"),
+        ({"WafAclArn": "arn"}, "^'WafAclArn' is not a tokex context option"),
     ],
 )
 def test_misspelt_option_is_refused_not_dropped(context: dict[str, Any], message: str) -> None:
@@ -192,7 +201,9 @@ def test_every_documented_option_is_read() -> None:
         ({"regions": "us-east-1,eu-west-1,us-east-1"}, "regions lists a Region twice"),
         ({"regions": "us-east-1,cn-north-1"}, "regions: 'cn-north-1' is not in the aws partition"),
         ({"originSecretGeneration": "0"}, "originSecretGeneration must be a positive integer"),
-        ({"originSecretGeneration": "two"}, "originSecretGeneration must be a positive integer"),
+        ({"originSecretGeneration": "two"}, "originSecretGeneration must be a whole number"),
+        ({"ttlCapSeconds": "\u0663\u0666\u0660\u0660"}, "ttlCapSeconds must be a whole number"),
+        ({"rateLimitPerMinute": "1000000"}, "rateLimitPerMinute must be a whole number from 0 to"),
         (
             {"logRetentionDays": "31"},
             "logRetentionDays must be one of CloudWatch Logs' periods: 1,",
@@ -200,7 +211,7 @@ def test_every_documented_option_is_read() -> None:
         ({"logRetentionDays": "0"}, "logRetentionDays must be one of"),
         ({"requireSignedAudience": "yes"}, "requireSignedAudience must be true or false"),
         ({"requireSignedAudience": 1}, "requireSignedAudience must be true or false"),
-        ({"logRetentionDays": "forever"}, "logRetentionDays must be a positive integer"),
+        ({"logRetentionDays": "forever"}, "logRetentionDays must be a whole number"),
         (
             {
                 "regions": "us-east-1,us-east-2,us-west-1,us-west-2,eu-west-1,eu-west-2,"
@@ -281,7 +292,7 @@ def test_regions_from_context(value: object) -> None:
     assert config.other_regions == ("eu-west-1", "ap-southeast-2")
 
 
-@pytest.mark.parametrize("value", [None, "", "[]", "eu-west-1", ["eu-west-1"]])
+@pytest.mark.parametrize("value", [None, "[]", "eu-west-1", ["eu-west-1"]])
 def test_absent_or_one_region_is_the_single_region_deployment(value: object) -> None:
     """One Region needs no multi-Region key: it is today's deployment (the template is
     the default one, tests/infra/test_multi_region.py)."""
@@ -327,7 +338,7 @@ def test_trusted_issuers_from_context(value: object) -> None:
     )
 
 
-@pytest.mark.parametrize("value", [[], "", "[]", " [ ] "])
+@pytest.mark.parametrize("value", [[], "[]", " [ ] "])
 def test_no_trusted_issuers_is_the_default(value: object) -> None:
     config = config_from({"trustedIssuers": value})
     assert config == TokexConfig()
@@ -367,6 +378,8 @@ def test_own_issuer_is_refused_only_when_synth_knows_it() -> None:
         ([{**EKS_ISSUER, "cluster": "a b"}], r"^trustedIssuers\[0\]\.cluster 'a b' is not"),
         ([{**EKS_ISSUER, "region": "mars"}], r"^trustedIssuers\[0\]\.region 'mars' is not"),
         ([EKS_ISSUER, EKS_ISSUER], r"^trustedIssuers\[1\]\.issuer: listed twice$"),
+        # A repeated key: which of the two values would count is the parser's choice.
+        ('[{"kind": "eks", "kind": "aws-oif"}]', r"^trustedIssuers is not valid JSON$"),
     ],
 )
 def test_invalid_trusted_issuers_are_refused_naming_the_key(value: object, message: str) -> None:
@@ -382,6 +395,56 @@ def test_an_empty_allow_list_is_refused_not_the_default(key: str, value: object)
     context = {key: value, "instanceTagsRoleName": "tokex-tags"}
     with pytest.raises(ConfigError, match=f"^{key} is empty: name at least one, or leave it out"):
         config_from(context)
+
+
+@pytest.mark.parametrize("value", ["", " "])
+@pytest.mark.parametrize("key", sorted(CONTEXT_KEYS))
+def test_an_empty_value_is_refused_not_the_default(key: str, value: str) -> None:
+    """`-c key=` passes "": taken as unset, the option's default (often the weaker one)
+    would replace cdk.json's value without a word."""
+    with pytest.raises(ConfigError, match=f"^{key} is empty: "):
+        config_from({"instanceTagsRoleName": "tokex-tags", key: value})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("requireSignedAudience", True),
+        ("webAclArn", ALTERNATE_CONTEXT["webAclArn"]),
+        ("logRetentionDays", 3653),
+        ("rateLimitPerMinute", 10),
+        ("regions", ["us-east-1", "eu-west-1"]),
+    ],
+)
+def test_an_empty_cli_value_does_not_replace_cdk_json(key: str, value: object) -> None:
+    """`-c key=` sends "" in CDK_CONTEXT_JSON, which wins over cdk.json's value as a later
+    layer of context does (`post_cli_context` here: the jsii process's environment is fixed
+    when it starts)."""
+    app = cdk.App(context={key: value, **MULTI_REGION_KEYS}, post_cli_context={key: ""})
+    with pytest.raises(ConfigError, match=f"^{key} is empty: give it a value, or leave it out$"):
+        TokexConfig.from_context(app.node)
+
+
+DEEP = 100_000
+
+
+@pytest.mark.parametrize("value", ["[" * DEEP, "[" * DEEP + "]" * DEEP], ids=["unclosed", "closed"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "trustedIssuers",
+        "stsPartitions",
+        "stsRegions",
+        "regions",
+        "signingKeys",
+        "publishedKeyArns",
+        "instanceTagsAccounts",
+    ],
+)
+def test_deeply_nested_json_is_refused_naming_the_key(key: str, value: str) -> None:
+    """Too deep for the parser, it was a RecursionError traceback instead of the key."""
+    with pytest.raises(ConfigError, match=f"^{key}"):
+        config_from({"instanceTagsRoleName": "tokex-tags", key: value})
 
 
 @pytest.mark.parametrize(

@@ -256,6 +256,7 @@ KONG_OIDC = ["kong-config", "--enterprise", "openid-connect", "--global", "--any
         ([*KONG_GLOBAL, "--jwks", "https://[::1/jwks.json"], "--jwks", "not a valid URL"),
         (["token", "--endpoint", "https://a.example", "--audience", "a b"], "--audience", "1-256"),
         (["token", "--endpoint", "https://a.example", "--scope", 'a"b'], "--scope", "RFC 6749"),
+        (["token", "--endpoint", "https://a.example", "--scope", ""], "--scope", "names no scope"),
         ([*KONG_GLOBAL, "--max-ttl", "-5"], "--max-ttl", "1..3153"),
         ([*KONG_GLOBAL, "--jwks", "j.json", "--output", ""], "--output", "name a file"),
         ([*KONG_GLOBAL, "--jwks", "j.json", "--output", "/tmp"], "--output", "not a directory"),

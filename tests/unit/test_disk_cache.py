@@ -164,9 +164,10 @@ def test_read_cached_rules(tmp_path) -> None:
     path = tmp_path / ("x" + disk_cache.FILE_SUFFIX)
     response = {"access_token": "t", "expires_in": 100}
     disk_cache.write_cached(path, response, now=1000.0)
-    assert disk_cache.read_cached(path, now=1000.0) == {"access_token": "t", "expires_in": 100}
-    assert disk_cache.read_cached(path, now=1079.0)["expires_in"] == 21
-    assert disk_cache.read_cached(path, now=1080.0) is None  # 80 % of the lifetime
+    # Its life counted from a second before it was asked for (ISSUED_TO_THE_SECOND).
+    assert disk_cache.read_cached(path, now=1000.0) == {"access_token": "t", "expires_in": 99}
+    assert disk_cache.read_cached(path, now=1078.0)["expires_in"] == 21
+    assert disk_cache.read_cached(path, now=1079.0) is None  # 80 % of the lifetime
     assert disk_cache.read_cached(path, now=999.0) is None  # a clock set back
     path.chmod(0o644)
     assert disk_cache.read_cached(path, now=1000.0) is None  # not a file this user locked

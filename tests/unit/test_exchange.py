@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -26,6 +27,7 @@ from botocore.credentials import Credentials
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tokex import deadline
+from tokex.deadline import CLEANUP_GRACE_SECONDS
 from tokex.errors import (
     InvalidGrant,
     InvalidRequest,
@@ -38,12 +40,12 @@ from tokex.errors import (
 from tokex.evidence.identity import CallerIdentity
 from tokex.evidence.instance_identity import CertificateStore
 from tokex.evidence.jwt_claims import STS_NAMESPACE
-from tokex.evidence.replay import UsedEvidence, replay_refusal
+from tokex.evidence.replay import RECORD_MARGIN_SECONDS, UsedEvidence, replay_refusal
 from tokex.evidence.sigv4_request import STS_BODY, StsRequest
 from tokex.evidence.trusted_issuers import TrustedIssuer, TrustedIssuers
 from tokex.exchange import ExchangeAudit, IssuedToken, TokenExchange
 from tokex.policy.model import Policy
-from tokex.settings import Settings
+from tokex.settings import MAX_DEADLINE_SECONDS, Settings
 from tokex.token_request import TokenRequest
 
 ISSUER = "https://auth.example.com"
@@ -701,6 +703,29 @@ def test_an_oif_exchange_makes_no_sts_call_and_is_single_use_by_jti(world: World
     with pytest.raises(InvalidGrant) as replay:  # this environment saw it used up
         exchange.exchange(jwt_request(token), ExchangeAudit())
     assert replay.value.reason == "replay" and world.log == []
+
+
+def test_a_used_oif_token_s_record_outlives_its_last_accepted_moment(world: World) -> None:
+    """The exchange reads its clock once, as it starts: a copy verified in the token's
+    last accepted second writes its record up to a deadline later, and must still find
+    the first use's record there (DynamoDB's TTL may delete an expired one at once)."""
+    token = subject_jwt()
+    jwt_environment(world).exchange(jwt_request(token), ExchangeAudit())
+    used, _ = world.admitted[0]
+    assert used is not None
+    last_accepted = jwt.decode(token, options={"verify_signature": False})["exp"] + 60
+    longest_wait = MAX_DEADLINE_SECONDS + CLEANUP_GRACE_SECONDS
+    assert used.expires_at == last_accepted + RECORD_MARGIN_SECONDS > last_accepted + longest_wait
+
+
+def test_a_used_signed_request_s_record_outlives_its_date_window(world: World) -> None:
+    request = signed_request()
+    _one_environment(world).exchange(token_request(signed_request=request), ExchangeAudit())
+    used, _ = world.admitted[0]
+    assert used is not None
+    date = request["headers"]["X-Amz-Date"]
+    signed_at = datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    assert used.expires_at == signed_at + 15 * 60 + RECORD_MARGIN_SECONDS
 
 
 def test_with_single_use_off_an_oif_token_may_be_exchanged_again(world: World) -> None:

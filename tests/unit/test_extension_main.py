@@ -367,9 +367,29 @@ def test_the_proxy_the_extension_starts_exchanges_within_that_timeout(free_port:
         server.shutdown(1)
 
 
-def test_a_listener_on_a_port_the_system_picks_is_refused() -> None:
+OWN_LISTENER = {"upstream": "https://orders.example.com", "audience": "orders"}
+
+
+@pytest.mark.parametrize(
+    ("variables", "key"),
+    [
+        (
+            {"TOKEX_PROXY_ROUTES": json.dumps([ROUTE]), "TOKEX_PROXY_LISTEN": "127.0.0.1:0"},
+            "TOKEX_PROXY_LISTEN",
+        ),
+        (
+            {"TOKEX_PROXY_ROUTES": json.dumps([ROUTE, {**OWN_LISTENER, "listen": "127.0.0.1:0"}])},
+            "TOKEX_PROXY_ROUTES: routes[1].listen",
+        ),
+    ],
+)
+def test_a_listener_on_a_port_the_system_picks_is_refused(
+    variables: dict[str, str], key: str
+) -> None:
     """The function sends its requests to a port it is told; one picked for the
-    extension it cannot learn."""
-    environ = {"TOKEX_PROXY_ROUTES": json.dumps([ROUTE]), "TOKEX_PROXY_LISTEN": "127.0.0.1:0"}
-    with pytest.raises(ProxyConfigError, match="TOKEX_PROXY_LISTEN: name a port"):
-        extension.load_config({**environ, "TOKEX_PROXY_ENDPOINT": "https://auth.example.com"})
+    extension it cannot learn: the top-level listener's and a route's own alike."""
+    with pytest.raises(ProxyConfigError) as refused:
+        extension.load_config({**variables, "TOKEX_PROXY_ENDPOINT": "https://auth.example.com"})
+    assert str(refused.value) == (
+        f"{key}: name a port: the function cannot learn one picked for it"
+    )

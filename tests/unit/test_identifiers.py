@@ -248,8 +248,9 @@ def test_a_policy_audience_pattern_is_an_audience_plus_the_wildcard() -> None:
 
 # --- scope ----------------------------------------------------------------------------
 
-# Empty and whitespace are not in the table: both the form and the CLI split the scope
-# parameter into tokens on spaces, and treat an empty one as absent (RFC 6749 §3.2, §3.3).
+# Empty and whitespace are not in the table: the form splits the scope parameter into
+# tokens on spaces and treats an empty one as absent (RFC 6749 §3.2, §3.3); the CLI refuses
+# a --scope that names no scope (test_a_scope_flag_that_names_no_scope_is_refused).
 SCOPES = [
     ("orders:read", True),
     ("a" * 128, True),
@@ -274,6 +275,14 @@ SCOPE_CHECKS: dict[str, Check] = {
 @pytest.mark.parametrize("entry,value,expected", verdicts(SCOPE_CHECKS, SCOPES))
 def test_scope_rule_is_the_same_everywhere(entry: str, value: str, expected: bool) -> None:
     assert SCOPE_CHECKS[entry](value) is expected
+
+
+@pytest.mark.parametrize("values", [[""], [" "], ["orders:read", ""]])
+def test_a_scope_flag_that_names_no_scope_is_refused(values: list[str]) -> None:
+    """No `scope` asks for every scope the policy grants: `--scope "$SCOPE"` with SCOPE
+    unset is a usage error, never that broadest request. No --scope at all is no scope."""
+    assert cli(lambda: requested_scopes(values), "--scope") is False
+    assert requested_scopes([]) is None
 
 
 SCOPE_COUNTS = [

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,15 @@ ROUTE = ["--upstream", "https://orders.example.com", "--audience", "orders-api"]
 
 
 def tokex(capsys, *argv: str) -> tuple[int, dict]:
-    code = main(["proxy", *argv, "--json"])
+    """The command's exit code and JSON answer; a command that starts serving instead of
+    refusing fails the test rather than hanging it (it serves until the process ends)."""
+    codes: list[int] = []
+    command = threading.Thread(target=lambda: codes.append(main(["proxy", *argv, "--json"])))
+    command.daemon = True
+    command.start()
+    command.join(timeout=30)
+    assert codes, "the command started serving instead of refusing its arguments"
+    code = codes[0]
     out, err = capsys.readouterr()
     assert err == "" and "Traceback" not in out
     return code, json.loads(out)
@@ -103,3 +112,12 @@ def test_a_scope_with_a_tab_is_refused_not_split(capsys) -> None:
     argv = ["--endpoint", "https://auth.example.com", "--listen", "127.0.0.1:0", *ROUTE]
     code, failure = tokex(capsys, *argv, "--scope", "orders:read\torders:write")
     assert (code, failure["error"], failure["input"]) == (2, "invalid_value", "--scope")
+
+
+def test_a_scope_flag_that_names_no_scope_is_refused(capsys) -> None:
+    """`--scope "$SCOPE"` with SCOPE unset: a usage error, not a route that asks for every
+    scope the policy grants (a configuration file's `scopes = [""]` is refused too)."""
+    argv = ["--endpoint", "https://auth.example.com", "--listen", "127.0.0.1:0", *ROUTE]
+    code, failure = tokex(capsys, *argv, "--scope", "")
+    assert (code, failure["error"], failure["input"]) == (2, "invalid_value", "--scope")
+    assert "names no scope" in failure["error_description"]

@@ -241,7 +241,8 @@ def test_past_the_refresh_point_no_request_waits_for_the_one_refresh(exchanges) 
     new = tokens.token(route)
     assert new != old
     assert tokens.token_response(route) == {
-        "access_token": new, "token_type": "Bearer", "expires_in": LIFETIME, "scope": "orders:read",
+        "access_token": new, "token_type": "Bearer", "expires_in": LIFETIME - 1,
+        "scope": "orders:read",
     }  # fmt: skip
     clock.now += 0.85 * LIFETIME  # the old token long expired, the new one still valid
     exchanges.fail = TokenError("cannot reach it", error="unreachable")
@@ -279,14 +280,15 @@ def test_the_token_response_counts_expires_in_down(exchanges) -> None:
     clock = FakeClock()
     tokens = RouteTokens(config, clock=clock)
     response = tokens.token_response(route)
+    # Its life counted from a second before it was asked for (ISSUED_TO_THE_SECOND).
     assert response == {
         "access_token": tokens.token(route),
         "token_type": "Bearer",
-        "expires_in": LIFETIME,
+        "expires_in": LIFETIME - 1,
         "scope": "orders:read",
     }
     clock.now += 100.5
-    assert tokens.token_response(route)["expires_in"] == LIFETIME - 101
+    assert tokens.token_response(route)["expires_in"] == LIFETIME - 102
 
 
 def test_token_client_invalidate_forgets_only_the_named_token(monkeypatch) -> None:

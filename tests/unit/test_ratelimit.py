@@ -26,8 +26,15 @@ def test_refusal_is_429_until_the_next_window() -> None:
         "temporarily_unavailable",
         "rate_limited",
     )
-    assert refusal.headers() == {"Retry-After": "51"}
+    assert refusal.headers() == {"Retry-After": "50"}  # the window ends at ...060
     assert "more than 2 token requests a minute" in refusal.description
+
+
+@pytest.mark.parametrize(("now", "seconds"), [(10.0, 50), (10.25, 50), (59.5, 1), (59.999, 1)])
+def test_retry_after_is_the_whole_seconds_to_the_next_window(now: float, seconds: int) -> None:
+    start = 1_800_000_000.0
+    refusal = rate_window(ROLE, start + now, limit=2).refusal(start + now)
+    assert refusal.headers() == {"Retry-After": str(seconds)}
 
 
 def test_a_limit_below_one_is_refused() -> None:

@@ -162,3 +162,20 @@ def test_a_flag_is_true_or_false_and_nothing_else(name: str, raw: str) -> None:
     env = {"TOKEX_ISSUER": "https://a.example", name: raw}
     with pytest.raises(ConfigurationError, match=f"{name} must be true or false"):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "TOKEX_STS_REGIONS",
+        "TOKEX_STS_PARTITIONS",
+        "TOKEX_SERVED_REGIONS",
+        "TOKEX_PUBLISHED_KEY_IDS",
+    ],
+)
+@pytest.mark.parametrize("raw", [",", " , ,"])
+def test_a_list_set_to_nothing_is_refused(name: str, raw: str) -> None:
+    """`TOKEX_STS_REGIONS=,` (a list emptied by hand) accepted every Region: an empty
+    allowlist reads as no allowlist."""
+    with pytest.raises(ConfigurationError, match=f"{name} lists nothing"):
+        Settings.from_env({"TOKEX_ISSUER": "https://a.example", name: raw})

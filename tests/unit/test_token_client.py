@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import re
 import subprocess
 import sys
@@ -388,10 +389,25 @@ def test_a_tokens_lifetime_counts_from_when_it_was_asked_for(monkeypatch) -> Non
         clock.now += 30  # the answer takes 30 s to come
         gate.set()
         asking.join(timeout=30)
-    clock.now = 1000.0 + 900 - 1
+    last_valid = 1000.0 - token_client.ISSUED_TO_THE_SECOND + 900
+    clock.now = last_valid - 0.001
     assert client.valid_token("orders-api") == "token-1"
-    clock.now = 1000.0 + 900
+    clock.now = last_valid
     assert client.valid_token("orders-api") is None
+
+
+@pytest.mark.parametrize("sent", [1000.0, 1000.3, 1000.999])
+def test_a_token_is_never_held_past_an_exp_dated_to_the_second(sent: float) -> None:
+    """tokex dates a token to the whole second: asked for at 1000.3 (and issued in that
+    second, its clock in step), it names `iat` 1000, `exp` 1900 and `expires_in` 900.
+    Counted from the moment it was asked for, it was served until 1900.3, after its `exp`
+    (a 401 from any verifier, Kong's allows no leeway)."""
+    cached = token_client.CachedToken.from_response(
+        {"access_token": "t", "expires_in": 900}, obtained_at=sent
+    )
+    exp = math.floor(sent) + 900
+    assert cached.expires_at <= exp
+    assert cached.refresh_at <= math.floor(sent) + 0.8 * 900
 
 
 @pytest.mark.parametrize("expires_in", [1e300, 10**30, 43201])
@@ -400,8 +416,9 @@ def test_no_token_is_cached_longer_than_tokex_issues_them(expires_in: float) -> 
     cached = token_client.CachedToken.from_response(
         {"access_token": "t", "expires_in": expires_in}, obtained_at=100.0
     )
-    assert cached.expires_at == 100.0 + 43200
-    assert cached.refresh_at == 100.0 + 0.8 * 43200
+    started = 100.0 - token_client.ISSUED_TO_THE_SECOND
+    assert cached.expires_at == started + 43200
+    assert cached.refresh_at == started + 0.8 * 43200
 
 
 def test_a_cached_tokens_repr_does_not_show_it() -> None:
@@ -488,7 +505,9 @@ def test_refresh_happens_at_80_percent_of_the_lifetime(issuer) -> None:
     clock = FakeClock()
     client = TokenClient(issuer.url, clock=clock)
     assert client.token("orders-api") == "token-1"
-    clock.now += 0.8 * 900 - 1  # 1 s before the refresh point: cached
+    # Counted from a second before it was asked for (ISSUED_TO_THE_SECOND).
+    refresh_point = 0.8 * 900 - token_client.ISSUED_TO_THE_SECOND
+    clock.now += refresh_point - 1  # 1 s before the refresh point: cached
     assert client.token("orders-api") == "token-1"
     assert client.cached_token("orders-api") == "token-1"
     assert issuer.exchanges == 1

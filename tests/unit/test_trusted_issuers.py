@@ -51,6 +51,8 @@ def test_empty_means_none(value: str) -> None:
     ("entries", "message"),
     [
         ("not json", "not valid JSON"),
+        ("[" * 100_000, "not valid JSON"),  # a RecursionError at a cold start, not a message
+        ('[{"kind": "eks", "kind": "aws-oif"}]', "not valid JSON"),  # which kind?
         ({"kind": "aws-oif"}, "must be a list"),
         (["x"], r"trustedIssuers\[0\] must be an object"),
         ([{**OIF, "kind": "gcp"}], r"trustedIssuers\[0\]\.kind must be one of aws-oif, eks"),

@@ -234,7 +234,8 @@ class TokenExchange:
         if digest is None or not settings.single_use:
             return verified.caller, None
         # No copy of the token passes verification after exp + the allowed skew.
-        used = UsedEvidence(digest, verified.expires_at + CLOCK_SKEW_SECONDS, what="token")
+        last_accepted = verified.expires_at + CLOCK_SKEW_SECONDS
+        used = UsedEvidence.accepted_until(digest, last_accepted, what="token")
         if self._admission is not None and used in self._used:
             raise used.replay_refusal()
         return verified.caller, used

@@ -17,6 +17,7 @@ budget leaves the count as it was.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tokex.errors import RateLimited
@@ -46,7 +47,7 @@ class RateWindow:
             f"more than {self.limit} token requests a minute from this caller; "
             "cache tokens until shortly before they expire",
             reason="rate_limited",
-            retry_after=max(1, int(self.ends_at - now) + 1),
+            retry_after=max(1, math.ceil(self.ends_at - now)),
         )
 
 

@@ -164,7 +164,12 @@ class Settings:
         env = os.environ if env is None else env
 
         def csv(name: str, default: str = "") -> tuple[str, ...]:
-            return tuple(p.strip() for p in env.get(name, default).split(",") if p.strip())
+            raw = env.get(name, default)
+            listed = tuple(p.strip() for p in raw.split(",") if p.strip())
+            if raw.strip() and not listed:
+                # `,`: a list emptied by hand, where an empty allowlist would allow all
+                raise ConfigurationError(f"{name} lists nothing: give its values or unset it")
+            return listed
 
         def integer(name: str, default: int) -> int:
             raw = env.get(name, "")

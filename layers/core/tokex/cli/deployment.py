@@ -57,6 +57,17 @@ class Deployment:
         """Another output of the --stack (a CommandError if it has none)."""
         return _output(self.described, str(self.stack), output)
 
+    def stack_seconds(self, output: str) -> int:
+        """An output of the --stack that is a number of seconds (its TTLs)."""
+        text = self.stack_output(output)
+        if not text.isdigit():
+            raise CommandError(
+                f"stack output {output} is not a number of seconds",
+                error=INVALID_INPUT,
+                input="--stack",
+            )
+        return int(text)
+
 
 def add_deployment_arguments(
     parser: argparse.ArgumentParser, *, table: str = "policy", output: str = POLICY_TABLE_OUTPUT

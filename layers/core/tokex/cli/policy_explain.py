@@ -466,14 +466,7 @@ def _ttls_from_stack(args: argparse.Namespace, deployment: Deployment | None) ->
             continue
         value = fallback[attribute]
         if deployment is not None and deployment.stack:
-            text = deployment.stack_output(output)
-            if not text.isdigit():
-                raise CommandError(
-                    f"stack output {output} is not a number of seconds",
-                    error=INVALID_INPUT,
-                    input="--stack",
-                )
-            value = int(text)
+            value = deployment.stack_seconds(output)
         setattr(args, attribute, value)
 
 

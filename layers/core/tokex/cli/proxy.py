@@ -24,6 +24,7 @@ from tokex.cli.errors import (
     CommandError,
     UsageError,
 )
+from tokex.cli.request_arguments import requested_scopes
 from tokex.cli.token import ENDPOINT_VARIABLE, EVIDENCE_CHOICES
 
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ def _config(args: argparse.Namespace) -> ProxyConfig:
             listen=args.listen,
             upstream=args.upstream,
             audience=args.audience,
-            scopes=[scope for value in args.scope for scope in value.split(" ") if scope],
+            scopes=requested_scopes(args.scope) or (),
             evidence=args.evidence,
             ca_file=args.ca_file,
             token_file=args.token_file,

@@ -24,6 +24,15 @@ def requested_scopes(values: list[str]) -> tuple[str, ...] | None:
     --scope may hold several, separated by spaces (runs of them too); any other whitespace
     is no separator (RFC 6749 section 3.3) and makes the token invalid, rather than a
     tab or a newline silently asking for a second scope."""
+    for value in values:
+        if not value.strip(" "):
+            # No `scope` asks for every scope the policy grants: `--scope "$SCOPE"` with
+            # SCOPE unset must be refused, never sent as that broadest request.
+            raise UsageError(
+                f"--scope {value!r}: names no scope (leave --scope out to ask for every "
+                "scope the policy grants)",
+                input="--scope",
+            )
     tokens = tuple(dict.fromkeys(token for value in values for token in value.split(" ") if token))
     if not tokens:
         return None

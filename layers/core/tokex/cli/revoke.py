@@ -20,16 +20,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tokex import identifiers
-from tokex.cli.deployment import check_ttl_seconds
-from tokex.cli.errors import UsageError
+from tokex.cli.deployment import (
+    STATE_TABLE_OUTPUT,
+    Deployment,
+    check_ttl_seconds,
+    resolve_deployment,
+)
+from tokex.cli.errors import FAILED, CommandError, UsageError
 from tokex.cli.inputs import whole_number
-from tokex.cli.state_table import resolve_state_table, state_table_parent, store_error
+from tokex.cli.state_table import state_table_parent, store_error
 
 # The longest lifetime any deployment allows: a record kept this long outlives every token
 # it can match, whatever the deployment's own cap.
 from tokex.policy.model import MAX_TTL_CAP_SECONDS
 
 JTI = re.compile(r"[\x21-\x7e]{1,256}")
+# The stack's output (cdk/tokex_stack.py, cdk/regional_stacks.py): its exchange's TTL cap.
+TTL_CAP_OUTPUT = "TtlCapSeconds"
 
 
 def register(subparsers: Any) -> None:
@@ -51,10 +58,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--ttl-cap",
         type=whole_number,
-        default=MAX_TTL_CAP_SECONDS,
+        default=None,
         metavar="SECONDS",
-        help="the deployment's TTL cap: how long the record is kept "
-        f"(default {MAX_TTL_CAP_SECONDS}, the largest any deployment allows)",
+        help=f"how long the record is kept (default {MAX_TTL_CAP_SECONDS}, the longest any "
+        f"deployment allows; with --stack, never less than its {TTL_CAP_OUTPUT} output)",
     )
     parser.set_defaults(func=run)
 
@@ -63,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from tokex.adapters.state_table.revocations import RevocationStore
     from tokex.errors import TemporarilyUnavailable
 
-    check_ttl_seconds(args.ttl_cap, "--ttl-cap")
+    if args.ttl_cap is not None:
+        check_ttl_seconds(args.ttl_cap, "--ttl-cap")
     if args.principal is not None:
         _check_principal(args.principal)
     elif not JTI.fullmatch(args.jti):
@@ -71,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
             "--jti: must be 1-256 printable ASCII characters (the token's jti claim)",
             input="--jti",
         )
-    dynamodb, table = resolve_state_table(args)
-    store = RevocationStore(dynamodb, table, ttl_cap_seconds=args.ttl_cap)
+    deployment = resolve_deployment(args, output=STATE_TABLE_OUTPUT)
+    ttl_cap = _ttl_cap(args.ttl_cap, deployment)
+    store = RevocationStore(
+        deployment.client("dynamodb"), deployment.table, ttl_cap_seconds=ttl_cap
+    )
     try:
         if args.principal is not None:
             revocation = store.revoke_principal(args.principal)
@@ -96,6 +107,28 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"revoked token {revocation.value} ({revoked_at})")
     return 0
+
+
+def _ttl_cap(given: int | None, deployment: Deployment) -> int:
+    """How long the record is kept: by default the longest any deployment allows, which
+    also outlives tokens issued before the deployment's cap was lowered. A shorter
+    --ttl-cap may not undercut the --stack's own cap: DynamoDB's TTL would delete the
+    record while a token it revokes is still valid, and introspection accept that token
+    again. (A --table names no cap to check against.)"""
+    if given is None:
+        return MAX_TTL_CAP_SECONDS
+    if not deployment.stack:
+        return given
+    cap = deployment.stack_seconds(TTL_CAP_OUTPUT)
+    if given < cap:
+        raise CommandError(
+            f"--ttl-cap {given}: below the TTL cap of stack {deployment.stack} ({cap} s, its "
+            f"{TTL_CAP_OUTPUT} output): the record would expire before the tokens it revokes; "
+            "leave --ttl-cap out to keep it for the longest any deployment allows",
+            error=FAILED,
+            input="--ttl-cap",
+        )
+    return given
 
 
 def _check_principal(arn: str) -> None:

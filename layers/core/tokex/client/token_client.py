@@ -94,6 +94,10 @@ INVALIDATE_MIN_AGE_SECONDS = 5.0
 MAX_RESPONSE_BYTES = 64 * 1024
 # The longest a tokex token lives (CDK `ttlCapSeconds`, TOKEX_TTL_CAP_SECONDS: 60-43200).
 MAX_TOKEN_LIFETIME_SECONDS = 43200.0
+# A token's life is counted from this long before it was asked for: tokex dates a token to
+# the whole second (`iat` and `exp` are whole seconds, `exp - iat` is `expires_in`), so the
+# life it names may have begun up to a second before the request left.
+ISSUED_TO_THE_SECOND = 1.0
 # RFC 6750 §2.1 b64token: what a bearer token may be (a JWT is).
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
@@ -740,7 +744,7 @@ class TokenClient:
             return flight.outcome()  # bounded: the leader's exchange has its timeout
         try:
             # Counted from before it was asked for: tokex counts `expires_in` from when it
-            # issued the token, somewhere between the two.
+            # issued the token, somewhere between the two (to the second before it).
             sent = self._clock()
             response = request_token(self._endpoint, audience, scopes=scopes, **self._options)
             fresh = CachedToken.from_response(response, obtained_at=sent)
@@ -901,8 +905,9 @@ class CachedToken:
 
     @classmethod
     def from_response(cls, response: dict[str, Any], *, obtained_at: float) -> CachedToken:
-        """`expires_in` (RFC 6749 §5.1) counted from `obtained_at` (when it was asked
-        for); a token without one is refreshed at the next call."""
+        """`expires_in` (RFC 6749 §5.1) counted from a second before `obtained_at` (when
+        it was asked for: ISSUED_TO_THE_SECOND); a token without one is refreshed at the
+        next call."""
         try:
             lifetime = float(response.get("expires_in", 0))
         except (TypeError, ValueError, OverflowError):  # 400 digits overflow a float
@@ -912,10 +917,11 @@ class CachedToken:
         # No tokex token lives longer (ttlCapSeconds is at most 12 h): an `expires_in` of
         # 1e300 would keep a token cached, and served, long past its `exp`.
         lifetime = min(lifetime, MAX_TOKEN_LIFETIME_SECONDS)
+        started = obtained_at - ISSUED_TO_THE_SECOND
         return cls(
             access_token=str(response["access_token"]),
-            refresh_at=obtained_at + REFRESH_AT * lifetime,
-            expires_at=obtained_at + lifetime,
+            refresh_at=started + REFRESH_AT * lifetime,
+            expires_at=started + lifetime,
             obtained_at=obtained_at,
         )
 

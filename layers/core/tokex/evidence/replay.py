@@ -8,7 +8,8 @@ its outcome (a token, `invalid_target`, `invalid_scope`, 429): it records a SHA-
 condition that no live record exists (adapters/state_table/admission.py makes that
 write, in one request with the rate-limit count). Only a failure of tokex's own upstreams
 after that gives the evidence back, by marking the record released. DynamoDB's TTL
-removes a record once the evidence has expired, when verification refuses it anyway.
+removes a record RECORD_MARGIN_SECONDS after the last moment verification accepts the
+evidence, when verification refuses it anyway.
 EKS service-account tokens are not single use: a pod presents the same token until the
 kubelet rotates it (docs/security.md "Single use and the rate limit").
 """
@@ -16,12 +17,20 @@ kubelet rotates it (docs/security.md "Single use and the rate limit").
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from tokex.errors import InvalidGrant
-from tokex.evidence.sigv4_request import MAX_AGE, MAX_SKEW_FUTURE, StsRequest
+from tokex.evidence.sigv4_request import MAX_AGE, StsRequest
+
+# How long a record outlives the last moment its evidence passes verification. An
+# exchange reads its clock once, when it starts, and writes the record up to its deadline
+# later (tokex.deadline: at most a few seconds); other environments' clocks differ a little
+# too; and DynamoDB's TTL may delete an expired record at any time. Without this, a copy
+# verified in the window's last seconds could find the first use's record already gone.
+RECORD_MARGIN_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -34,16 +43,21 @@ class UsedEvidence:
     expires_at: int
     what: str = "signed request"
 
+    @classmethod
+    def accepted_until(cls, digest: str, last_accepted: float, what: str) -> UsedEvidence:
+        """Evidence that passes verification until `last_accepted` (epoch seconds): its
+        record lives RECORD_MARGIN_SECONDS longer."""
+        return cls(digest, math.ceil(last_accepted) + RECORD_MARGIN_SECONDS, what)
+
     def replay_refusal(self) -> InvalidGrant:
         return replay_refusal(self.what)
 
 
 def used_signature(request: StsRequest) -> UsedEvidence:
-    """A signed request: the SHA-256 of its signature, until its date window closes."""
-    return UsedEvidence(
-        signature_digest(request),
-        int((request.amz_date + MAX_AGE + MAX_SKEW_FUTURE).timestamp()),
-    )
+    """A signed request: the SHA-256 of its signature; verify_sts_request accepts it until
+    its date window closes, MAX_AGE after its date."""
+    last_accepted = (request.amz_date + MAX_AGE).timestamp()
+    return UsedEvidence.accepted_until(signature_digest(request), last_accepted, "signed request")
 
 
 def signature_digest(request: StsRequest) -> str:

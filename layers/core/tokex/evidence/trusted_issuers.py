@@ -17,6 +17,7 @@ from typing import Any
 
 from tokex import identifiers
 from tokex.issuer_url import issuer_url_problem
+from tokex.strict_json import StrictJsonError, loads_strict
 
 AWS_OIF = "aws-oif"
 EKS = "eks"
@@ -80,8 +81,8 @@ def parse_trusted_issuers(
         if not value.strip():
             return TrustedIssuers()
         try:
-            value = json.loads(value)
-        except ValueError:
+            value = loads_strict(value)
+        except StrictJsonError:  # nested too deep, or a key given twice, included
             raise TrustedIssuerError("trustedIssuers is not valid JSON") from None
     if not isinstance(value, list | tuple):
         raise TrustedIssuerError("trustedIssuers must be a list of objects")

@@ -115,13 +115,6 @@ def config_from_variables(environ: Mapping[str, str]) -> ProxyConfig:
     except StrictJsonError as err:
         raise ProxyConfigError(ROUTES_VARIABLE, str(err)) from None
     listen = environ.get(LISTEN_VARIABLE) or DEFAULT_LISTEN
-    port = listen.rpartition(":")[2]
-    if port.isascii() and port.isdigit() and int(port) == 0:
-        # The function sends its requests to a port it is told: one the system picks is
-        # known to the extension alone.
-        raise ProxyConfigError(
-            LISTEN_VARIABLE, "name a port: the function cannot learn one picked for it"
-        )
     document: dict[str, Any] = {"listen": listen, "routes": routes}
     if environ.get(ENDPOINT_VARIABLE):
         document["endpoint"] = environ[ENDPOINT_VARIABLE]
@@ -129,7 +122,15 @@ def config_from_variables(environ: Mapping[str, str]) -> ProxyConfig:
     task_root = Path(environ.get("LAMBDA_TASK_ROOT") or "/var/task")
     try:
         # The checks of a configuration file, on a document built from variables.
-        return ProxyConfig.from_document(document, base_dir=task_root, environ=environ)
+        config = ProxyConfig.from_document(document, base_dir=task_root, environ=environ)
+        for name, address in config.listeners.items():
+            if address.port == 0:
+                # The function sends its requests to a port it is told: one the system
+                # picks is known to the extension alone.
+                raise ProxyConfigError(
+                    name, "name a port: the function cannot learn one picked for it"
+                )
+        return config
     except ProxyConfigError as err:
         message = err.message
         if err.not_loopback:

@@ -30,7 +30,12 @@ from typing import Any, Protocol
 
 import jwt
 
-from tokex.client.token_client import INVALIDATE_MIN_AGE_SECONDS, TokenClient, TokenError
+from tokex.client.token_client import (
+    INVALIDATE_MIN_AGE_SECONDS,
+    ISSUED_TO_THE_SECOND,
+    TokenClient,
+    TokenError,
+)
 from tokex.clock import SuspendAwareClock
 from tokex.proxy.config import ProxyConfig, Route
 from tokex.proxy.log import JsonLog
@@ -89,7 +94,7 @@ class _Held:
 
     @property
     def expires_at(self) -> float:
-        return self.obtained_at + self.lifetime
+        return self.obtained_at - ISSUED_TO_THE_SECOND + self.lifetime
 
 
 @dataclass(frozen=True)
@@ -233,8 +238,9 @@ class RouteTokens:
                 state.refreshing = False
 
     def _exchange(self, route: Route, client: TokenClient, state: _RouteState) -> str:
-        # A new token's lifetime counts from before it was asked for (tokex counts from
-        # when it issued it, in between), so it is never held past its `exp`.
+        # A new token's lifetime counts from a second before it was asked for (tokex counts
+        # from when it issued it, in between, to the second before: ISSUED_TO_THE_SECOND),
+        # so it is never held past its `exp`.
         sent = self._clock()
         token = client.token(route.audience, route.scopes)
         with state.lock:
