@@ -241,6 +241,36 @@ def test_on_trio_a_refresh_ahead_of_expiry_keeps_every_task_on_the_valid_token(i
     assert issuer.exchanges == 2
 
 
+def test_on_trio_a_refresh_that_cannot_start_a_thread_is_tried_again(issuer, monkeypatch) -> None:
+    """At a pids limit `Thread.start` raises: the request got that error and the auth kept
+    its refresh marked running, so no refresh ahead of expiry ever ran again."""
+    trio = pytest.importorskip("trio")
+    now = [0.0]
+    auth = TokexHttpxAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+    start = threading.Thread.start
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def main() -> list[str]:
+        transport = httpx.MockTransport(echo_authorization)
+        async with httpx.AsyncClient(auth=auth, transport=transport) as client:
+            answers = [(await client.get("https://orders.example.com/")).text]
+            now[0] = 0.85 * 900
+            monkeypatch.setattr(threading.Thread, "start", no_thread)
+            answers.append((await client.get("https://orders.example.com/")).text)
+            monkeypatch.setattr(threading.Thread, "start", start)
+            answers.append((await client.get("https://orders.example.com/")).text)
+            with trio.fail_after(10):
+                while issuer.exchanges < 2 or auth._refreshing.locked():
+                    await trio.sleep(0.01)
+            answers.append((await client.get("https://orders.example.com/")).text)
+            return answers
+
+    answers = trio.run(main)
+    assert answers == ["Bearer token-1"] * 3 + ["Bearer token-2"]
+
+
 def test_on_trio_a_task_waiting_for_a_first_token_is_cancelled_at_once(issuer) -> None:
     """anyio's default kept a cancelled task until the exchange ended."""
     trio = pytest.importorskip("trio")

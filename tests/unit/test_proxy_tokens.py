@@ -314,3 +314,49 @@ def test_an_unexpected_error_is_unavailable_for_every_waiting_request(exchanges)
     assert {(err.status, err.error) for err in got} == {(503, "token_unavailable")}
     assert got[0].description == "no token for audience orders-api: RuntimeError: a bug"
     assert len(exchanges.calls) == 1
+
+
+def test_a_request_waiting_for_the_exchange_in_flight_waits_no_longer_than_its_timeout(
+    exchanges, monkeypatch
+) -> None:
+    """A leader stuck outside the exchange's timeout (its AWS credentials loading) held
+    every request that came meanwhile, a thread and a connection each, for as long."""
+    from tokex.proxy import tokens as proxy_tokens
+
+    monkeypatch.setattr(proxy_tokens, "FLIGHT_WAIT_MARGIN_SECONDS", 0.5)
+    config, (route,) = routes()
+    tokens = RouteTokens(config, timeout=1.0)
+    gate = threading.Event()
+    exchanges.during = lambda: gate.wait(10)
+    leader = threading.Thread(target=lambda: tokens.token(route))
+    leader.start()
+    while not exchanges.calls:
+        time.sleep(0.01)
+    with pytest.raises(TokenUnavailable) as waited:
+        tokens.token(route)
+    assert leader.is_alive()  # the waiter gave up first
+    gate.set()
+    leader.join(timeout=10)
+    assert waited.value.status == 503 and waited.value.retry_after == 1
+    assert "has not finished within 1.5 s" in waited.value.description
+
+
+def test_a_refresh_that_cannot_start_a_thread_is_tried_again(exchanges, monkeypatch) -> None:
+    """At a pids limit `Thread.start` raises: the request got that error and the route
+    stayed marked as refreshing, so no refresh ahead of expiry ever ran again."""
+    config, (route,) = routes()
+    clock = FakeClock()
+    tokens = RouteTokens(config, clock=clock)
+    old = tokens.token(route)
+    clock.now += 0.85 * LIFETIME  # due for refresh, still valid
+    start = threading.Thread.start
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    assert tokens.token(route) == old  # the valid token, not the error
+    monkeypatch.setattr(threading.Thread, "start", start)
+    assert tokens.token(route) == old  # and the refresh runs now
+    settled(tokens)
+    assert len(exchanges.calls) == 2 and tokens.token(route) != old

@@ -16,7 +16,12 @@ from typing import ClassVar
 
 import pytest
 
-from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
+from tests.support.fake_issuer import (
+    FakeIssuer,
+    fake_issuer,
+    use_static_credentials,
+    without_aws_set_up,
+)
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tests.support.tls import HttpsServer, make_pki
 from tokex import base64url, bounded_http
@@ -925,3 +930,62 @@ def test_an_auth_class_without_its_extra_names_the_extra(
     monkeypatch.setitem(sys.modules, library, None)  # as if not installed
     with pytest.raises(ImportError, match=rf"{name} needs the {library} extra: pip install"):
         getattr(tokex.client, name)
+
+
+def slow_credential_process(tmp_path, monkeypatch, seconds: float) -> None:
+    """The default chain's only credentials: a credential_process that takes `seconds`
+    (an assume-role profile whose STS does not answer behaves alike)."""
+    without_aws_set_up(monkeypatch)
+    answer = '{"Version": 1, "AccessKeyId": "AKIAEXAMPLESLOW00001", "SecretAccessKey": "s"}'
+    script = tmp_path / "credentials.sh"
+    script.write_text(f"#!/bin/sh\nsleep {seconds}\necho '{answer}'\n")
+    script.chmod(0o700)
+    config = tmp_path / "config"
+    config.write_text(f"[default]\ncredential_process = {script}\nregion = us-east-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+
+
+def test_credentials_that_take_the_whole_timeout_are_named_as_the_cause(
+    tmp_path, monkeypatch
+) -> None:
+    """The credentials load outside the call's timeout (botocore's own bound it); a call
+    they made late failed blaming the discovery document, which it never asked for."""
+    slow_credential_process(tmp_path, monkeypatch, 1.5)
+    with fake_issuer() as tokex:
+        client = TokenClient(tokex.url, timeout=1.0)
+        with pytest.raises(TokenError) as failed:
+            client.token("orders-api")
+        assert tokex.exchanges == 0
+    assert failed.value.error == "unreachable"
+    assert "loading the AWS credentials took longer than the 1 s timeout" in str(failed.value)
+
+
+def test_a_call_waiting_for_another_s_exchange_waits_no_longer_than_its_timeout(
+    tmp_path, monkeypatch
+) -> None:
+    """The leader's exchange is stuck loading credentials: the calls waiting for it had
+    waited as long (in tokex proxy, a thread and a connection per waiting request, for as
+    long as a credential_process hangs)."""
+    monkeypatch.setattr(token_client, "FLIGHT_WAIT_MARGIN_SECONDS", 0.5)
+    slow_credential_process(tmp_path, monkeypatch, 4)
+    with fake_issuer() as tokex:
+        client = TokenClient(tokex.url, timeout=1.0)
+        led: list[BaseException] = []
+
+        def lead() -> None:
+            try:
+                client.token("a")
+            except TokenError as err:
+                led.append(err)
+
+        leader = threading.Thread(target=lead)
+        leader.start()
+        while not client._flights:  # the leader's exchange is in flight
+            time.sleep(0.01)
+        with pytest.raises(TokenError) as waited:
+            client.token("a")
+        assert leader.is_alive()  # still loading credentials: the waiter gave up first
+        leader.join(timeout=10)
+    assert "loading the AWS credentials took longer" in str(led[0])
+    assert waited.value.error == "unreachable"
+    assert "has not finished within 1.5 s" in str(waited.value)

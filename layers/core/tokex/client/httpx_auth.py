@@ -109,9 +109,12 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
             valid = self.client.valid_token(self.audience, self.scopes)
             if valid is not None:
                 if self._refreshing.acquire(blocking=False):
-                    threading.Thread(
-                        target=self._refresh_in_background, name="tokex-refresh", daemon=True
-                    ).start()
+                    try:
+                        threading.Thread(
+                            target=self._refresh_in_background, name="tokex-refresh", daemon=True
+                        ).start()
+                    except RuntimeError:  # no thread to be had (a pids limit): not now
+                        self._refreshing.release()  # or no refresh would ever run again
                 return valid
         return await anyio.to_thread.run_sync(
             self.client.token, self.audience, self.scopes, abandon_on_cancel=True

@@ -90,6 +90,10 @@ MAX_FAILURE_HOLD_SECONDS = 60.0
 # as soon as it was issued would be refused again (the audience or scopes are wrong), and
 # forgetting it would cost an exchange per request.
 INVALIDATE_MIN_AGE_SECONDS = 5.0
+# A call waiting for the exchange another caller leads waits at most that exchange's
+# timeout and this much more, then fails: loading the AWS credentials (a
+# credential_process, an assume-role profile) happens outside the timeout and may hang.
+FLIGHT_WAIT_MARGIN_SECONDS = 5.0
 
 MAX_RESPONSE_BYTES = 64 * 1024
 # The longest a tokex token lives (CDK `ttlCapSeconds`, TOKEX_TTL_CAP_SECONDS: 60-43200).
@@ -532,6 +536,12 @@ class _EvidenceSource:
             # Read first for aws-oif too (its STS client reuses them): a credential_process
             # that answers garbage, or credentials no request could carry, fail here.
             self.credentials = aws_credentials(self.session)
+            if budget.left() <= 0:  # botocore's own timeouts, not the call's, bound this
+                raise TokenError(
+                    f"loading the AWS credentials took longer than the {budget.seconds:g} s"
+                    " timeout",
+                    error=UNREACHABLE,
+                )
         self.discovery = Discovery(issuer) if issuer else current_discovery(endpoint, budget)
         if chosen.kind == EKS:
             check_token_audience(self.token, self.discovery.issuer, source=chosen.token_file)
@@ -715,6 +725,7 @@ class TokenClient:
             "region": region,
             "timeout": check_timeout(timeout),
         }
+        self._flight_wait = self._options["timeout"] + FLIGHT_WAIT_MARGIN_SECONDS
         self._cache: dict[CacheKey, CachedToken] = {}
         self._flights: dict[CacheKey, _Flight] = {}  # the one exchange in flight per key
         # The last failed exchange per key, and until when it is the answer.
@@ -741,7 +752,7 @@ class TokenClient:
         if not leading:
             if cached is not None and now < cached.expires_at:
                 return cached.access_token  # still valid: another caller refreshes it
-            return flight.outcome()  # bounded: the leader's exchange has its timeout
+            return flight.outcome(self._flight_wait)  # its timeout, and a margin
         try:
             # Counted from before it was asked for: tokex counts `expires_in` from when it
             # issued the token, somewhere between the two (to the second before it).
@@ -860,8 +871,14 @@ class _Flight:
         self.token: str | None = None
         self.error: BaseException | None = None
 
-    def outcome(self) -> str:
-        self.done.wait()
+    def outcome(self, wait: float) -> str:
+        """The leader's token, or its error; a TokenError if it takes longer than `wait`
+        seconds (its own timeout and FLIGHT_WAIT_MARGIN_SECONDS)."""
+        if not self.done.wait(wait):
+            raise TokenError(
+                f"the token exchange this call waited for has not finished within {wait:g} s",
+                error=UNREACHABLE,
+            )
         if self.token is not None:
             return self.token
         err = self.error

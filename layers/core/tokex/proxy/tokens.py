@@ -31,11 +31,14 @@ from typing import Any, Protocol
 import jwt
 
 from tokex.client.token_client import (
+    DEFAULT_TIMEOUT,
+    FLIGHT_WAIT_MARGIN_SECONDS,
     INVALIDATE_MIN_AGE_SECONDS,
     ISSUED_TO_THE_SECOND,
     TokenClient,
     TokenError,
 )
+from tokex.client.token_error import UNREACHABLE
 from tokex.clock import SuspendAwareClock
 from tokex.proxy.config import ProxyConfig, Route
 from tokex.proxy.log import JsonLog
@@ -150,6 +153,9 @@ class RouteTokens:
         self._log = log or JsonLog()
         self._clock = clock = clock or SuspendAwareClock()
         self._invalidate_min_age = invalidate_min_age
+        # A request waiting for the exchange another leads: its timeout, and a margin.
+        timeout = options.get("timeout", DEFAULT_TIMEOUT)
+        self._flight_wait = timeout + FLIGHT_WAIT_MARGIN_SECONDS
         self._clients: dict[tuple[str, str | None], TokenClient] = {}
         self._states: dict[tuple[str, str | None, str, tuple[str, ...]], _RouteState] = {}
         for route in config.routes:
@@ -193,7 +199,14 @@ class RouteTokens:
         assert flight is not None
         if leading:
             return self._lead(route, client, state, flight)
-        flight.done.wait()  # bounded: the leader's exchange has timeouts
+        if not flight.done.wait(self._flight_wait):
+            raise TokenUnavailable(
+                503,
+                UNREACHABLE,
+                f"no token for audience {route.audience}: the exchange in flight has not"
+                f" finished within {self._flight_wait:g} s",
+                1,
+            )
         if flight.token is not None:
             return flight.token
         assert flight.failure is not None
@@ -220,12 +233,17 @@ class RouteTokens:
         with state.lock:
             start, state.refreshing = not state.refreshing, True
         if start:
-            threading.Thread(
-                target=self._refresh_in_background,
-                args=(route, client, state),
-                name="tokex-proxy-refresh",
-                daemon=True,
-            ).start()
+            try:
+                threading.Thread(
+                    target=self._refresh_in_background,
+                    args=(route, client, state),
+                    name="tokex-proxy-refresh",
+                    daemon=True,
+                ).start()
+            except RuntimeError as err:  # no thread to be had (a pids limit): not now
+                with state.lock:
+                    state.refreshing = False  # or no refresh would ever run again
+                self._log.write("refresh_not_started", route=route.name, error=str(err))
         return held.token
 
     def _refresh_in_background(self, route: Route, client: TokenClient, state: _RouteState) -> None:
