@@ -113,6 +113,18 @@ def use_static_credentials(monkeypatch, access_key_id: str = "AKIAEXAMPLEWORKLOA
     monkeypatch.setenv("AWS_REGION", "us-east-1")
 
 
+def credential_process(tmp_path: Path, monkeypatch, answer: str, *, seconds: float = 0) -> None:
+    """The default chain's only credentials: a profile whose credential_process prints
+    `answer`, after `seconds` (an assume-role profile whose STS does not answer is alike)."""
+    without_aws_set_up(monkeypatch)
+    script = tmp_path / "credentials.sh"
+    script.write_text(f"#!/bin/sh\nsleep {seconds}\necho '{answer}'\n")
+    script.chmod(0o700)
+    config = tmp_path / "config"
+    config.write_text(f"[default]\ncredential_process = {script}\nregion = us-east-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+
+
 def sa_token_file(
     directory: Path, issuer_url: str, *, sub: str = "system:serviceaccount:a:b"
 ) -> Path:

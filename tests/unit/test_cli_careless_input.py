@@ -19,9 +19,9 @@ import pytest
 from tests.support.cli import tokex
 from tests.support.fake_issuer import (
     FakeIssuer,
+    credential_process,
     fake_issuer,
     use_static_credentials,
-    without_aws_set_up,
 )
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tokex.client import disk_cache
@@ -50,18 +50,6 @@ def tokex_process(*argv: str, env: dict[str, str], **streams) -> subprocess.Comp
         check=False,
         **streams,
     )
-
-
-def credential_process_answering(tmp_path: Path, monkeypatch, answer: str) -> None:
-    """The default chain's only credentials: a profile whose credential_process prints
-    `answer`."""
-    without_aws_set_up(monkeypatch)
-    script = tmp_path / "credentials.sh"
-    script.write_text(f"#!/bin/sh\necho '{answer}'\n")
-    script.chmod(0o700)
-    config = tmp_path / "config"
-    config.write_text(f"[default]\ncredential_process = {script}\nregion = us-east-1\n")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
 
 
 # --- AWS credentials and configuration -------------------------------------------------
@@ -103,7 +91,7 @@ def test_a_credential_process_that_answers_garbage_is_an_aws_error(
 ) -> None:
     """botocore parses the answer with json.loads: a JSONDecodeError, raised in the
     standard library, was taken for a bug of tokex."""
-    credential_process_answering(tmp_path, monkeypatch, "not json")
+    credential_process(tmp_path, monkeypatch, "not json")
     with fake_issuer() as issuer:
         argv = ["token", "--endpoint", issuer.url, "--audience", "a", "--evidence", evidence]
         code, out, _ = tokex(capsys, *argv, "--json")
@@ -124,7 +112,7 @@ def test_an_error_the_sdk_raises_through_the_standard_library_is_an_aws_error(
 
     from tokex.cli import policy
 
-    credential_process_answering(tmp_path, monkeypatch, "not json")
+    credential_process(tmp_path, monkeypatch, "not json")
     monkeypatch.delenv("TOKEX_DEBUG", raising=False)
 
     def load_credentials(args: object) -> object:

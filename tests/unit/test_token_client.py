@@ -18,9 +18,9 @@ import pytest
 
 from tests.support.fake_issuer import (
     FakeIssuer,
+    credential_process,
     fake_issuer,
     use_static_credentials,
-    without_aws_set_up,
 )
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tests.support.tls import HttpsServer, make_pki
@@ -656,9 +656,9 @@ def test_threads_waiting_at_expiry_share_a_failed_exchange(issuer, monkeypatch) 
     waiting = threading.Semaphore(0)
     outcome = token_client._Flight.outcome
 
-    def counted_outcome(flight) -> str:  # observes who waits; the waiting is the real one
+    def counted_outcome(flight, wait: float) -> str:  # observes who waits; the waiting is real
         waiting.release()
-        return outcome(flight)
+        return outcome(flight, wait)
 
     monkeypatch.setattr(token_client._Flight, "outcome", counted_outcome)
 
@@ -932,17 +932,7 @@ def test_an_auth_class_without_its_extra_names_the_extra(
         getattr(tokex.client, name)
 
 
-def slow_credential_process(tmp_path, monkeypatch, seconds: float) -> None:
-    """The default chain's only credentials: a credential_process that takes `seconds`
-    (an assume-role profile whose STS does not answer behaves alike)."""
-    without_aws_set_up(monkeypatch)
-    answer = '{"Version": 1, "AccessKeyId": "AKIAEXAMPLESLOW00001", "SecretAccessKey": "s"}'
-    script = tmp_path / "credentials.sh"
-    script.write_text(f"#!/bin/sh\nsleep {seconds}\necho '{answer}'\n")
-    script.chmod(0o700)
-    config = tmp_path / "config"
-    config.write_text(f"[default]\ncredential_process = {script}\nregion = us-east-1\n")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+SLOW_ANSWER = '{"Version": 1, "AccessKeyId": "AKIAEXAMPLESLOW00001", "SecretAccessKey": "s"}'
 
 
 def test_credentials_that_take_the_whole_timeout_are_named_as_the_cause(
@@ -950,7 +940,7 @@ def test_credentials_that_take_the_whole_timeout_are_named_as_the_cause(
 ) -> None:
     """The credentials load outside the call's timeout (botocore's own bound it); a call
     they made late failed blaming the discovery document, which it never asked for."""
-    slow_credential_process(tmp_path, monkeypatch, 1.5)
+    credential_process(tmp_path, monkeypatch, SLOW_ANSWER, seconds=1.5)
     with fake_issuer() as tokex:
         client = TokenClient(tokex.url, timeout=1.0)
         with pytest.raises(TokenError) as failed:
@@ -967,7 +957,7 @@ def test_a_call_waiting_for_another_s_exchange_waits_no_longer_than_its_timeout(
     waited as long (in tokex proxy, a thread and a connection per waiting request, for as
     long as a credential_process hangs)."""
     monkeypatch.setattr(token_client, "FLIGHT_WAIT_MARGIN_SECONDS", 0.5)
-    slow_credential_process(tmp_path, monkeypatch, 4)
+    credential_process(tmp_path, monkeypatch, SLOW_ANSWER, seconds=4)
     with fake_issuer() as tokex:
         client = TokenClient(tokex.url, timeout=1.0)
         led: list[BaseException] = []
