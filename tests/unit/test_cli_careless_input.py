@@ -172,6 +172,19 @@ def test_an_endpoint_with_a_user_is_refused_without_echoing_it(capsys, userinfo:
     assert PASSWORD not in out
 
 
+def test_an_endpoint_host_that_is_not_ascii_is_a_usage_error(capsys) -> None:
+    """http.client encodes the Host header as Latin-1: an internal error
+    (UnicodeEncodeError) for `пример.test`, the raw byte 0xFC sent for `bücher.example`."""
+    endpoint = "https://\u043f\u0440\u0438\u043c\u0435\u0440.test"
+    code, out, _ = tokex(capsys, "token", "--endpoint", endpoint, "--audience", "a", "--json")
+    answer = json.loads(out)
+    assert (code, answer["error"]) == (2, "invalid_value")
+    assert (
+        "give an internationalized name as its IDNA A-label (xn--...)"
+        in (answer["error_description"])
+    )
+
+
 def test_a_percent_encoded_path_is_still_an_endpoint() -> None:
     from tokex.client.endpoint import check_endpoint
 

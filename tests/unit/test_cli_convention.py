@@ -253,6 +253,17 @@ KONG_OIDC = ["kong-config", "--enterprise", "openid-connect", "--global", "--any
         (["token", "--endpoint", "http://127.0.0.1:99999"], "--endpoint", "Port out of range"),
         (["token", "--endpoint", "http://[::1"], "--endpoint", "not a valid URL"),
         (["token", "--endpoint", "https://a.example", "--timeout", "1e20"], "--timeout", "3600"),
+        # A byte that is not UTF-8 (`--issuer $'a\xedb'`): argv holds a lone surrogate.
+        (
+            ["token", "--endpoint", "https://a.example", "--issuer", "a\udcedb"],
+            "--issuer",
+            "'a\\udcedb' is not a URL",
+        ),
+        (
+            ["token", "--endpoint", "https://a.example", "--issuer", "https://a.example/"],
+            "--issuer",
+            "without a trailing slash",
+        ),
         ([*KONG_GLOBAL, "--jwks", "https://[::1/jwks.json"], "--jwks", "not a valid URL"),
         (["token", "--endpoint", "https://a.example", "--audience", "a b"], "--audience", "1-256"),
         (["token", "--endpoint", "https://a.example", "--scope", 'a"b'], "--scope", "RFC 6749"),

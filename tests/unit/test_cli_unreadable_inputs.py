@@ -1,6 +1,7 @@
 """Inputs a command cannot use are the user's to fix, never "a bug of tokex": a file path
 that cannot be looked up, a policy id only DynamoDB accepts, a JWKS URL http.client would
-choke on, an item id or a claims `iss` made to break things, a YAML file that expands."""
+choke on, an item id or a claims `iss` made to break things (and what such text
+reaches the terminal as: escaped), a YAML file that expands."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import errno
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,6 +19,7 @@ from tests.support.cli import tokex
 from tokex.evidence.jwt_claims import STS_NAMESPACE, caller_from_claims
 from tokex.evidence.trusted_issuers import AWS_OIF, TrustedIssuer
 from tokex.policy.model import Policy
+from tokex.printable import escaped
 from tokex.tokens.jwks import build_jwks, jwk_from_public_key
 
 ACCOUNT = "123456789012"
@@ -326,6 +328,83 @@ def test_explain_takes_claims_whose_iss_does_not_parse(files, tmp_path, capsys) 
     code, out, err = tokex(capsys, *argv, "--json")
     assert (code, err) == (0, "")
     assert json.loads(out)["caller"]["principal"] == ROLE
+
+
+# --- what a token's claims or a table's item holds reaches no terminal raw ----------------
+
+# What a terminal acts on, none of it printable: an OSC (a window title), a CSI (clear the
+# screen), a line break that forges a verdict line, C1's one-byte CSI (U+009B), DEL and a
+# bidi override. JSON escapes only the first three kinds by itself.
+HOSTILE = "\x1b]0;title\x07\x1b[2J\n=> allowed\x9b31m\x7f\u202eevil"
+
+
+def shown_safely(out: str) -> bool:
+    """Nothing a terminal would act on: every character printable, or a line break."""
+    return all(c.isprintable() or c == "\n" for c in out)
+
+
+def test_explain_shows_the_claims_issuer_escaped(files, tmp_path, capsys) -> None:
+    """The note naming the issuer quotes the claims' `iss`: a JWT's text, not tokex's."""
+    issuer = "https://x.example" + HOSTILE
+    (tmp_path / "claims.json").write_text(json.dumps({**OIF_CLAIMS, "iss": issuer}))
+    argv = ["policy", "explain", "--evidence", "aws-oif", "--audience", "demo-api"]
+    argv += ["--claims", str(tmp_path / "claims.json"), "--policy-file", files["policy"]]
+    code, out, _ = tokex(capsys, *argv)
+    assert code == 0 and shown_safely(out), out
+    lines = out.splitlines()
+    assert sum(line.startswith("=> ") for line in lines) == 1
+    assert any(line.startswith("note: ") and escaped(issuer) in line for line in lines)
+    code, out, _ = tokex(capsys, *argv, "--json")
+    assert code == 0 and shown_safely(out), out
+    assert issuer in json.loads(out)["notes"][0]  # JSON carries it as it is
+
+
+def test_json_output_escapes_what_a_terminal_acts_on(files, tmp_path, capsys) -> None:
+    """A document (`policy validate`, printed as `get` and `list` print theirs) and a
+    failure (cli/errors.py); an explanation above. Readable non-ASCII stays as it is."""
+    document = {**POLICY, "description": "Accès " + HOSTILE}
+    (tmp_path / "described.json").write_text(json.dumps(document))
+    code, out, _ = tokex(capsys, "policy", "validate", "--json", str(tmp_path / "described.json"))
+    assert code == 0 and shown_safely(out) and "Accès" in out, out
+    assert json.loads(out)["document"]["description"] == document["description"]
+    (tmp_path / "unknown.json").write_text(json.dumps({**POLICY, HOSTILE: 1}))
+    code, out, _ = tokex(capsys, "policy", "validate", "--json", str(tmp_path / "unknown.json"))
+    assert code == 1 and shown_safely(out), out
+    assert {"field": HOSTILE, "message": "unknown key"} in failure(out)["errors"]
+
+
+class ClientTable:
+    """The state table's DynamoDB client, holding one client item written by other means
+    than `tokex clients add`: control characters in its id, name and audiences."""
+
+    item: ClassVar[dict[str, Any]] = {
+        "id": {"S": "client#tc_0123456789abcdef0123" + HOSTILE},
+        "name": {"S": "kong" + HOSTILE},
+        "created_at": {"N": "1800000000"},
+        "audiences": {"SS": ["orders-api" + HOSTILE]},
+    }
+
+    def scan(self, **request: Any) -> dict[str, Any]:
+        return {"Items": [self.item]}
+
+    def update_item(self, **request: Any) -> dict[str, Any]:
+        return {"Attributes": self.item}
+
+
+def test_clients_list_and_update_show_what_the_table_holds_escaped(monkeypatch, capsys) -> None:
+    from tokex.cli import clients
+
+    monkeypatch.setattr(clients, "resolve_state_table", lambda args: (ClientTable(), "t"))
+    code, out, _ = tokex(capsys, "clients", "list", *WHERE)
+    assert code == 0 and shown_safely(out) and out.count("\n") == 1, out
+    shown = escaped(HOSTILE)
+    assert out == (
+        f"tc_0123456789abcdef0123{shown}  2027-01-15T08:00:00Z  kong{shown}  orders-api{shown}\n"
+    )
+    update = ["clients", "update", "tc_0123456789abcdef0123", "--audience", "orders-api"]
+    code, out, _ = tokex(capsys, *update, *WHERE)
+    assert code == 0 and shown_safely(out) and out.count("\n") == 1, out
+    assert f"(kong{shown}) now serves orders-api{shown} " in out
 
 
 # --- kong-config --existing: YAML aliases -------------------------------------------------

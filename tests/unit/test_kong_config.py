@@ -386,6 +386,31 @@ def test_cli_refusals(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (
+            ["--jwks", "https://\u043f\u0440\u0438\u043c\u0435\u0440.test/.well-known/jwks.json"],
+            "--jwks",
+        ),
+        (["--enterprise", "openid-connect", "--issuer", "https://b\u00fccher.example"], "--issuer"),
+        (["--service-url", "https://b\u00fccher.example"], "--service-url"),
+    ],
+)
+def test_cli_a_host_that_is_not_ascii_is_a_usage_error_naming_its_flag(
+    argv, flag, keys, tmp_path, capsys
+):
+    """The fetch raised UnicodeEncodeError (an internal error); Kong would have been given
+    the Unicode name, which each library on its way encodes its own way, if at all."""
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks_of(keys["RS256"][1])))
+    if "--jwks" not in argv and "--enterprise" not in argv:
+        argv = ["--jwks", str(tmp_path / "jwks.json"), *argv]
+    placement = ["--service-name", "s"] if "--service-url" in argv else ["--global"]
+    assert run_cli(*argv, *placement, "--any-audience") == 2
+    err = capsys.readouterr().err
+    assert f"{flag} " in err and "its IDNA A-label (xn--...)" in err
+
+
 INTROSPECTION = ["--enterprise", "oauth2-introspection", "--issuer", ISSUER, "--service-name", "s"]
 
 

@@ -121,3 +121,46 @@ def test_a_scope_flag_that_names_no_scope_is_refused(capsys) -> None:
     code, failure = tokex(capsys, *argv, "--scope", "")
     assert (code, failure["error"], failure["input"]) == (2, "invalid_value", "--scope")
     assert "names no scope" in failure["error_description"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("proxy.json", '"ca_file": "ca\\u0000.pem"'),
+        ("proxy.json", '"ca_file": "ca\\ud800.pem"'),  # a lone surrogate: valid JSON
+        ("proxy.toml", 'ca_file = "ca\\u0000.pem"'),
+    ],
+)
+def test_a_file_path_no_file_name_can_hold_is_refused_naming_its_key(
+    capsys, tmp_path, name: str, text: str
+) -> None:
+    """It reached the system calls: ValueError "embedded null byte" or a UnicodeEncodeError,
+    an internal error (and Extension.Crashed in Lambda, not Extension.ConfigInvalid)."""
+    path = tmp_path / name
+    if name.endswith(".json"):
+        route = f'{{"prefix": "/", "upstream": "https://o.example", "audience": "a", {text}}}'
+        path.write_text(
+            f'{{"endpoint": "https://auth.example.com", "listen": "127.0.0.1:0", '
+            f'"routes": [{route}]}}'
+        )
+    else:
+        path.write_text(
+            'endpoint = "https://auth.example.com"\nlisten = "127.0.0.1:0"\n[[routes]]\n'
+            f'prefix = "/"\nupstream = "https://o.example"\naudience = "a"\n{text}\n'
+        )
+    code, failure = tokex(capsys, "--config", str(path))
+    assert (code, failure["error"], failure["input"]) == (2, "invalid_value", str(path))
+    assert f"{path}: routes[0].ca_file: " in failure["error_description"]
+    assert "which no file name can hold" in failure["error_description"]
+
+
+def test_an_upstream_host_that_is_not_ascii_is_refused_naming_the_flag(capsys) -> None:
+    """`é` as e and a combining accent failed at start (urllib3's LocationParseError, an
+    internal error); `bücher.example` went out as the Latin-1 bytes of the Host header."""
+    argv = ["--endpoint", "https://auth.example.com", "--listen", "127.0.0.1:0"]
+    upstream = "https://e\u0301.example"
+    code, failure = tokex(capsys, *argv, "--upstream", upstream, "--audience", "a")
+    assert (code, failure["error"], failure["input"]) == (2, "invalid_value", "--upstream")
+    assert (
+        "give an internationalized name as its IDNA A-label (xn--" in (failure["error_description"])
+    )

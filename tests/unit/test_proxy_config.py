@@ -159,6 +159,10 @@ def test_the_endpoint_may_come_from_the_environment() -> None:
         (with_route(upstream="https://o.example.com/?a=1"), "routes[0].upstream", "no user"),
         (with_route(upstream="https://o.example.com:99999"), "routes[0].upstream", "Port out of"),
         (with_route(upstream="https://[::1"), "routes[0].upstream", "not a valid URL"),
+        # A Unicode host went out as Latin-1 bytes in Host, or failed at start or per request.
+        (with_route(upstream="https://b\u00fccher.example"), "routes[0].upstream", "xn--"),
+        (with_route(upstream="https://e\u0301.example"), "routes[0].upstream", "A-label"),
+        (document(endpoint="https://\u043f\u0440.test"), "endpoint", "A-label"),
         (with_route(audience="orders api"), "routes[0].audience", "1-256 characters"),
         (with_route(scopes="orders:read"), "routes[0].scopes", "a list of strings"),
         (with_route(scopes=['a"b']), "routes[0].scopes", "RFC 6749 section 3.3"),
@@ -166,6 +170,9 @@ def test_the_endpoint_may_come_from_the_environment() -> None:
         (with_route(prefix="/orders?x"), "routes[0].prefix", "a plain path"),
         (with_route(prefix="/a/../b"), "routes[0].prefix", ". or .. segments"),
         (with_route(prefix="/a//b"), "routes[0].prefix", ". or .. segments"),
+        # No request could match these: a target is ASCII, and `;` parameters are dropped.
+        (with_route(prefix="/caf\u00e9"), "routes[0].prefix", "printable ASCII"),
+        (with_route(prefix="/a;v=1"), "routes[0].prefix", "no ?, #, %, ;"),
         (with_route(prefix="/.tokex"), "routes[0].prefix", "/.tokex/ is the proxy's own"),
         (with_route(prefix="/.tokex/x"), "routes[0].prefix", "/.tokex/ is the proxy's own"),
         (with_route(token_file="t"), "routes[0].token_file", "goes with evidence eks only"),
@@ -177,6 +184,12 @@ def test_the_endpoint_may_come_from_the_environment() -> None:
         # A path that cannot be looked up (pathlib's is_file() raised: an internal error).
         (with_route(ca_file="/" + "a" * 300), "routes[0].ca_file", "File name too long"),
         (with_route(evidence="eks", token_file="/tmp"), "routes[0].token_file", "not a regular"),
+        # What no file name can hold: system calls raised ValueError, an internal error.
+        (with_route(ca_file="ca\x00.pem"), "routes[0].ca_file", "no file name can hold"),
+        (with_route(ca_file="ca\ud800.pem"), "routes[0].ca_file", "no file name can hold"),
+        (with_route(evidence="eks", token_file="t\x00"), "routes[0].token_file", "no file name"),
+        (document(secret_file="s\x00"), "secret_file", "no file name can hold"),
+        (document(secret_file="s\ud800"), "secret_file", "no file name can hold"),
         (with_route(upstream="http://127.0.0.1:8080"), "routes[0].upstream", "a loop"),
     ],
 )
@@ -193,10 +206,20 @@ def test_routes_and_listeners_must_not_collide() -> None:
         {"prefix": "/orders/", "upstream": "https://b.example", "audience": "b"},
     ]
     error = refusal(document(routes=two))
-    assert (error.key, error.message) == ("routes[1].prefix", "/orders is already routes[0]'s")
+    assert (error.key, error.message) == (
+        "routes[1].prefix",
+        "/orders is already routes[0]'s (prefixes match in any case)",
+    )
     own = {"listen": "127.0.0.1:8080", "upstream": "https://b.example", "audience": "b"}
     error = refusal(document(routes=[two[0], own]))
     assert (error.key, error.message) == ("routes[1].listen", "127.0.0.1:8080 is already listen's")
+    # Paths are also read in any case (routing.py): one of the two would take no request.
+    cased = [two[0], {**two[1], "prefix": "/Orders"}]
+    error = refusal(document(routes=cased))
+    assert (error.key, error.message) == (
+        "routes[1].prefix",
+        "/Orders is already routes[0]'s (prefixes match in any case)",
+    )
     doc = document()
     del doc["listen"]
     assert refusal(doc).message == "missing: routes[0] has a prefix on it"

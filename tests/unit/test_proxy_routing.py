@@ -52,6 +52,12 @@ def test_the_longest_prefix_of_whole_segments_wins(path: str, audience: str) -> 
         "/orders;v=2/1",  # the route of / as sent, of /orders to Tomcat
         "/Orders/1",  # a server that matches paths in any case
         "/ORDERS/ADMIN",
+        # nginx and Apache merge repeated slashes: `//orders/1` is `/orders/1` to them.
+        "/%2Forders/1",
+        "/%2F%2Forders/1",
+        "/%5C/orders/1",
+        "/orders/%2Fadmin/users",
+        "/orders/%2F%2Fadmin",
     ],
 )
 def test_a_path_another_reading_routes_elsewhere_is_refused(path: str) -> None:
@@ -70,6 +76,8 @@ def test_a_path_another_reading_routes_elsewhere_is_refused(path: str) -> None:
         ("/orders/1;v=2", "orders-api"),  # ;parameters past the route's own segments
         ("/billing/Item%20One", "default-api"),
         ("/Billing/1", "default-api"),  # another case, but no other route reads it
+        ("/orders//1", "orders-api"),  # slashes merged, still the same route
+        ("/billing/%2Fx", "default-api"),
     ],
 )
 def test_a_path_every_reading_routes_alike_is_served(path: str, audience: str) -> None:
@@ -98,6 +106,7 @@ def test_origin_form_targets_are_split_unchanged() -> None:
     assert split_target("/a?") == ("/a", "?")
     assert split_target("/a/%2F/b") == ("/a/%2F/b", "")
     assert split_target("/a;v=1/..x/b%5Cc") == ("/a;v=1/..x/b%5Cc", "")
+    assert split_target("/search?q=100%25") == ("/search", "?q=100%25")  # not routed
 
 
 @pytest.mark.parametrize(
@@ -123,6 +132,10 @@ def test_origin_form_targets_are_split_unchanged() -> None:
         ("/orders/%2e%2e%5Cadmin", ". or .."),
         ("/orders/..;/admin", ". or .."),  # `..` to Tomcat
         ("/orders/.;x=1/admin", ". or .."),
+        # An upstream that decodes twice reads `%252e` as `.` and `%252F` as `/`.
+        ("/public/%252e%252e/admin/users", "%25"),
+        ("/public%252F..%252Fadmin/users", "%25"),
+        ("/files/100%25", "%25"),
     ],
 )
 def test_other_targets_are_refused(target: str, why: str) -> None:

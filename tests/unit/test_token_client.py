@@ -104,6 +104,19 @@ def test_loopback_http_and_https_are_accepted() -> None:
     assert check_endpoint("https://auth.example.com") == "https://auth.example.com"
 
 
+@pytest.mark.parametrize(
+    "endpoint", ["https://\u043f\u0440\u0438\u043c\u0435\u0440.test", "https://b\u00fccher.example"]
+)
+def test_a_host_that_is_not_ascii_is_refused_asking_for_its_a_label(endpoint: str) -> None:
+    """urllib sent the Host header as Latin-1 bytes (`b\\xfccher.example`) or raised a bare
+    UnicodeEncodeError; the A-label is the one spelling every library sends alike."""
+    with pytest.raises(TokenError, match=r"give an internationalized name as its IDNA A-label"):
+        request_token(endpoint, "orders-api")
+    with pytest.raises(TokenError, match=r"give an internationalized name as its IDNA A-label"):
+        discover(endpoint)  # the library's other entry point
+    assert check_endpoint("https://xn--e1afmkfd.test") == "https://xn--e1afmkfd.test"
+
+
 @pytest.fixture
 def lookalike() -> Iterator[tuple[str, dict]]:
     """A loopback endpoint whose discovery document says what the test wants."""

@@ -22,7 +22,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from tokex.cli.errors import NOT_FOUND, CommandError, UsageError
+from tokex.cli.errors import NOT_FOUND, CommandError, UsageError, escaped
 from tokex.cli.request_arguments import check_audience
 from tokex.cli.state_table import resolve_state_table, state_table_parent, store_error
 
@@ -164,9 +164,12 @@ def run_update(args: argparse.Namespace) -> int:
         print(json.dumps(client.to_dict(), indent=2))
     else:
         # Warm Lambdas trust a verified client for introspection_clients.py VERIFIED_CACHE_SECONDS.
+        # The name is the stored item's, shown escaped as `list` shows it.
         print(
-            f"{client.client_id} ({client.name}) now serves {' '.join(client.audiences)} "
-            "(warm Lambdas may use the previous audiences for up to 30 s)"
+            escaped(
+                f"{client.client_id} ({client.name}) now serves {' '.join(client.audiences)} "
+                "(warm Lambdas may use the previous audiences for up to 30 s)"
+            )
         )
     return 0
 
@@ -183,9 +186,11 @@ def run_list(args: argparse.Namespace) -> int:
         print(json.dumps([client.to_dict() for client in clients], indent=2))
         return 0
     for client in clients:
+        # What the table holds, shown escaped: an item written by other means than
+        # `clients add` may hold control characters (and forge a line of the listing).
         created = _date(client.created_at)
         served = ",".join(client.audiences) or "-"
-        print(f"{client.client_id}  {created}  {client.name}  {served}")
+        print(escaped(f"{client.client_id}  {created}  {client.name}  {served}"))
     if any(not client.audiences for client in clients):
         print(
             "tokex clients: a client without audiences (-) gets active: false for every "

@@ -17,13 +17,12 @@ With `--json` a failure prints one JSON object on stdout, and nothing else:
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from tokex.printable import escaped
+from tokex.printable import escaped, printable_json
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -160,7 +159,7 @@ def report(error: CommandError, command: str, *, as_json: bool) -> None:
     """Print a failure: one JSON object on stdout, or one line (after argparse's usage line
     for its own errors) on stderr."""
     if as_json:
-        print(json.dumps(error.to_json(), ensure_ascii=False))
+        print(printable_json(error.to_json()))
         return
     # A message may quote what a server answered: its control characters (a terminal's
     # escape sequences among them) are shown escaped, never written to the terminal. Line

@@ -28,6 +28,7 @@ from tokex.cli.errors import (
     CommandError,
     UsageError,
     escaped,
+    printable_json,
 )
 from tokex.cli.inputs import require_file, whole_number
 from tokex.cli.policy_document import load_policy_file
@@ -307,4 +308,4 @@ def _warn(warnings: list[str]) -> None:
 
 
 def _print_json(value: object) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    print(printable_json(value, indent=2))

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from tokex import identifiers
 from tokex.cli.deployment import Deployment, check_ttl_seconds, resolve_deployment
-from tokex.cli.errors import INVALID_INPUT, USAGE, CommandError, UsageError, escaped
+from tokex.cli.errors import (
+    INVALID_INPUT,
+    USAGE,
+    CommandError,
+    UsageError,
+    escaped,
+    printable_json,
+)
 from tokex.cli.inputs import read_text, require_file, whole_number
 from tokex.cli.policy_document import load_policy_file
 from tokex.cli.policy_table import policy_table
@@ -211,7 +218,7 @@ def explain_command(args: argparse.Namespace) -> int:
         "notes": notes,
     }
     if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        print(printable_json(report, indent=2))
     else:
         show_time = args.at is not None or any(
             p.conditions and p.conditions.time_window for p in policies
@@ -544,9 +551,10 @@ def _render(
     if result is not None:
         out.append(result.render(shown=escaped))
     elif error is not None:
-        out.append(f"=> refused ({error.error}) before any policy: {error.description}")
+        out.append(f"=> refused ({error.error}) before any policy: {escaped(error.description)}")
     if report.get("claims"):
         out.append(f"   claims {json.dumps(report['claims'], sort_keys=True)}")
-    out += [f"note: {note}" for note in report["notes"]]
+    # A note may quote the claims (the issuer): text an untrusted token chose.
+    out += [f"note: {escaped(note)}" for note in report["notes"]]
     out.append("(nothing was issued)")
     return "\n".join(out)

@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     except TokenError as err:
         # The library says "endpoint 'URL' ..."; here the flag or variable is named.
         raise UsageError(f"{source} {str(err).removeprefix('endpoint ')}", input=source) from None
+    _check_issuer(args.issuer)
     check_audience(args.audience)
     scopes = requested_scopes(args.scope) or ()
     timeout = _timeout(args.timeout)
@@ -159,6 +160,21 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     print(json.dumps(response, indent=2) if args.json else response["access_token"])
     return 0
+
+
+def _check_issuer(issuer: str | None) -> None:
+    """--issuer: an issuer identifier (tokex/issuer_url.py), which the exchange compares
+    byte for byte with its own: any other value could never be bound to (and one that is
+    not ASCII text cannot even go into the signed request's header)."""
+    from tokex.client.endpoint import redacted
+    from tokex.issuer_url import issuer_url_problem
+
+    if issuer is not None and (problem := issuer_url_problem(issuer, allow_http_loopback=True)):
+        raise UsageError(
+            f"--issuer {redacted(issuer)!r} {problem}: give the issuer URL as the "
+            "deployment's discovery document names it, e.g. https://auth.example.com",
+            input="--issuer",
+        )
 
 
 def _local_hint(endpoint: str, unreachable: str | None) -> str:

@@ -59,10 +59,17 @@ def is_loopback(host: str) -> bool:
 
 def host_problem(host: str) -> str | None:
     """Why `host` names nothing a connection could be made to, or None: a control
-    character or whitespace, or a name the IDNA encoding every connection applies refuses
-    (an empty label, `a..b`, or one longer than 63 characters)."""
+    character or whitespace, a non-ASCII character, or a name the IDNA encoding every
+    connection applies refuses (an empty label, `a..b`, or one longer than 63
+    characters). An internationalized name is taken as its A-label only: the libraries
+    on the way encode a Unicode one each their own way (IDNA 2003, 2008, or Latin-1 in
+    the Host header), or fail."""
     if any(c.isspace() or not c.isprintable() for c in host):
         return "has whitespace or control characters"
+    if not host.isascii():
+        return (
+            "has non-ASCII characters: give an internationalized name as its IDNA A-label (xn--...)"
+        )
     try:
         ipaddress.ip_address(host)
         return None
@@ -77,8 +84,8 @@ def host_problem(host: str) -> str | None:
 
 def check_endpoint(endpoint: str) -> str:
     """The issuer's base URL: https (plain http only on loopback, for `tokex local`), no
-    query, fragment or userinfo, no whitespace, control or non-ASCII character outside
-    the host, not one of the issuer's own endpoints."""
+    query, fragment or userinfo, no whitespace, control or non-ASCII character (an
+    internationalized host as its A-label), not one of the issuer's own endpoints."""
 
     shown = redacted(endpoint)
 

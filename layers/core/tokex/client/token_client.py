@@ -148,6 +148,7 @@ def discover(endpoint: str, *, timeout: float = 5.0) -> Discovery:
     deliberately when the token endpoint is not served at the issuer URL), and its
     `tokex_regions` (tokex/regions.py): the Regions' own token endpoints, each exactly
     `{endpoint}/regions/<region>/token`."""
+    endpoint = check_endpoint(endpoint)  # a host urllib cannot send is a TokenError
     url = endpoint.rstrip("/") + "/.well-known/openid-configuration"
     try:
         document = _get_json(url, timeout)

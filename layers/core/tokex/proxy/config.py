@@ -286,6 +286,15 @@ def _path(table: dict[str, Any], name: str, key: str, base: Path) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise ProxyConfigError(key, "must be a non-empty string, a file path")
+    # What every system call would fail on (a ValueError, not an OSError): a NUL (JSON or
+    # TOML `\u0000`) or a character file names cannot encode (JSON's lone `\ud800`).
+    try:
+        os.fsencode(value)
+        bad = "\0" if "\0" in value else None
+    except UnicodeEncodeError as err:
+        bad = err.object[err.start]
+    if bad is not None:
+        raise ProxyConfigError(key, f"{value!r} has {bad!r}, which no file name can hold")
     return str(base / value)  # an absolute value stays as it is
 
 
@@ -335,11 +344,18 @@ def _route(
 
 
 def _prefix(value: Any, key: str) -> str:
-    """A path prefix matched by whole segments (routing.py); `/.tokex` is the proxy's."""
+    """A path prefix matched by whole segments (routing.py); `/.tokex` is the proxy's. Only
+    what a request path can match: printable ASCII (a request target is ASCII, a
+    percent-encoded one reads otherwise decoded), no `;` (a reading without the segment's
+    parameters would take another route)."""
     if not isinstance(value, str) or not value.startswith("/"):
         raise ProxyConfigError(key, "must be a path starting with /, e.g. /orders")
-    if any(c in value for c in "?#%\\") or any(c.isspace() or not c.isprintable() for c in value):
-        raise ProxyConfigError(key, "must be a plain path: no ?, #, %, \\ or whitespace")
+    if any(c in value for c in "?#%;\\") or any(not "!" <= c <= "~" for c in value):
+        raise ProxyConfigError(
+            key,
+            "must be a plain path of printable ASCII: no ?, #, %, ;, \\, whitespace or"
+            " non-ASCII characters (a request path could never match them)",
+        )
     segments = value.strip("/").split("/")
     if value != "/" and any(s in ("", ".", "..") for s in segments):
         raise ProxyConfigError(key, "must not have empty, . or .. segments")
@@ -413,18 +429,21 @@ def _ca_bundle(path: str, key: str) -> None:
 
 def _check_listeners(config: ProxyConfig) -> None:
     """Prefix routes need the top-level listener; no two listeners on one address, no two
-    routes on one prefix; no upstream that is the proxy itself (a loop)."""
+    routes on one prefix, in any case (a path read in another case, routing.py, would
+    take the other: one of the two could match no request); no upstream that is the proxy
+    itself (a loop)."""
     seen: dict[str, str] = {}
     for route in config.routes:
         if route.prefix is None:
             continue
         if config.listen is None:
             raise ProxyConfigError("listen", f"missing: {route.name} has a prefix on it")
-        if route.prefix in seen:
+        if (folded := route.prefix.lower()) in seen:
             raise ProxyConfigError(
-                f"{route.name}.prefix", f"{route.prefix} is already {seen[route.prefix]}'s"
+                f"{route.name}.prefix",
+                f"{route.prefix} is already {seen[folded]}'s (prefixes match in any case)",
             )
-        seen[route.prefix] = route.name
+        seen[folded] = route.name
     taken: dict[Address, str] = {}
     for name, address in config.listeners.items():
         if address.port and address in taken:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from tokex.proxy.config import RESERVED_PREFIX, Route
 
 _LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_REPEATED_SLASHES = re.compile(r"//+")
 
 
 class BadTarget(ValueError):
@@ -43,6 +44,10 @@ def split_target(target: str) -> tuple[str, str]:
     if _LONE_PERCENT.search(target):
         raise BadTarget("the request target has a % that starts no %XX escape")
     path, mark, query = target.partition("?")
+    # An upstream that decodes twice reads `%252e` as `.` and `%252F` as `/`. Without
+    # `%25`, the path decoded once has no `%` left: every reading below is final.
+    if "%25" in path:
+        raise BadTarget("the path has %25 (an encoded %), which may be decoded twice")
     if any(segment in (".", "..") for segment in _segments_as_read(path)):
         raise BadTarget("the path has a . or .. segment")
     return path, mark + query
@@ -80,18 +85,26 @@ class RouteTable:
         """The route of `path` (a checked path, without its query) on `listener`. Raises
         BadTarget for a path that an upstream reading it in another usual way would take
         for another route's, whose token it is not: percent-decoded (nginx's locations,
-        `%2F` included) with `\\` as `/`, then without each segment's `;` parameters
-        (Tomcat, Spring), then in any case (servers that match paths so). The request is
-        forwarded as sent; the readings only decide whether every one routes alike."""
+        `%2F` included) with `\\` as `/`, without each segment's `;` parameters (Tomcat,
+        Spring), with repeated slashes merged (nginx, Apache), in any case (servers that
+        match paths so), and each of these with the others. The request is forwarded as
+        sent; the readings only decide whether every one routes alike."""
         decoded = urllib.parse.unquote(path).replace("\\", "/")
         bare = "/".join(segment.split(";", 1)[0] for segment in decoded.split("/"))
         route = self._match(listener, path)
-        # Each distinct reading once: a plain path is read again only in another case.
-        for reading, fold in {(decoded, False), (bare, False), (bare, True)} - {(path, False)}:
+        readings = {
+            (reading, fold)
+            for text in (decoded, bare)
+            for reading in (text, _REPEATED_SLASHES.sub("/", text))
+            for fold in (False, True)
+        }
+        # Each distinct reading once: the path as sent is matched above.
+        for reading, fold in readings - {(path, False)}:
             if self._match(listener, reading, fold=fold) is not route:
                 raise BadTarget(
                     "the path reads as another route's once percent-decoded, without its ;"
-                    " parameters or in another case: send it as the route spells it"
+                    " parameters, with repeated slashes merged or in another case: send it"
+                    " as the route spells it"
                 )
         return route
 
