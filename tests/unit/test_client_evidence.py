@@ -45,7 +45,7 @@ from tokex.client.evidence import (
     regional_sts_client,
     unverified_claims,
 )
-from tokex.client.token_client import TokenError, request_token
+from tokex.client.token_client import TokenError, fails_over, request_token
 from tokex.forms import MAX_BODY_BYTES
 from tokex.token_request import JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
@@ -72,6 +72,7 @@ def claims_of(token: str) -> dict:
 class FakeSts:
     url: str = ""
     refuse_with: str | None = None  # an STS error code to answer with
+    answer_with: tuple[int, str] | None = None  # (status, body) answered instead, as they are
     calls: list[dict] = field(default_factory=list)  # {"path", "form", "authorization"}
     tokens: list[str] = field(default_factory=list)  # the JWTs it handed out
 
@@ -95,6 +96,8 @@ def sts() -> Iterator[FakeSts]:
                 return self._error(400, "InvalidAction", "Could not find operation")
             if fake.refuse_with:
                 return self._error(403, fake.refuse_with, "refused by the test")
+            if fake.answer_with:
+                return self._xml(*fake.answer_with)
             now = int(time.time())
             audiences = [v[0] for k, v in sorted(form.items()) if k.startswith("Audience.member.")]
             duration = int(form.get("DurationSeconds", ["300"])[0])
@@ -245,6 +248,52 @@ def test_an_sts_refusal_is_an_aws_error_and_nothing_is_exchanged(
     assert hint in str(refused.value)
     if code == "AccessDenied":
         assert issuer.url in str(refused.value)
+    assert issuer.exchanges == 0
+
+
+JWS = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
+
+
+def oif_answer(expiration: str | None = None) -> str:
+    """A GetWebIdentityToken answer with the token JWS, and this Expiration if given."""
+    expires = "" if expiration is None else f"<Expiration>{expiration}</Expiration>"
+    return (
+        f'<GetWebIdentityTokenResponse xmlns="{STS_NAMESPACE}"><GetWebIdentityTokenResult>'
+        f"<WebIdentityToken>{JWS}</WebIdentityToken>{expires}</GetWebIdentityTokenResult>"
+        "</GetWebIdentityTokenResponse>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "raised"),
+    [
+        (503, "Service Unavailable", "ResponseParserError"),  # a load balancer's page
+        (504, '{"message": "Endpoint request timed out"}', "ResponseParserError"),
+        (200, "not xml", "ResponseParserError"),
+        (200, oif_answer() * 2, "ResponseParserError"),  # the text quotes the whole body
+        (200, "<x>1</x>", "KeyError"),
+        (200, oif_answer(expiration="soon"), "ValueError"),
+        (200, oif_answer(expiration="1e400"), "RuntimeError"),
+    ],
+    ids=["503-text", "504-json", "not-xml", "two-answers", "another-document", "soon", "1e400"],
+)
+def test_an_sts_answer_botocore_cannot_read_is_an_aws_error_with_its_status(
+    issuer, at_sts, status, body, raised
+) -> None:
+    """botocore raised what its parser met (not a BotoCoreError): an internal error of
+    `tokex token`; and a Region's STS answering 5xx with a body that is no STS XML was not
+    failed over. Never quoted: the answer, which may hold a token."""
+    at_sts.answer_with = (status, body)
+    with pytest.raises(TokenError) as failed:
+        request_token(issuer.url, "orders-api", evidence="aws-oif")
+    assert (failed.value.error, failed.value.status) == ("aws_error", status)
+    assert failed.value.url == at_sts.url
+    assert str(failed.value).startswith(
+        f"sts:GetWebIdentityToken at {at_sts.url} answered HTTP {status} with a body botocore"
+        f" cannot read: {raised}: "
+    )
+    assert JWS not in str(failed.value)
+    assert fails_over(failed.value) is (status >= 500)
     assert issuer.exchanges == 0
 
 

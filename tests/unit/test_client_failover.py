@@ -1009,9 +1009,16 @@ def test_cli_refuses_a_regional_endpoint_on_another_port(deployment, monkeypatch
 @pytest.fixture
 def sts(monkeypatch) -> Iterator[dict[str, Any]]:
     """A loopback STS (the query protocol) that hands out OIF tokens naming the Region
-    the call was signed for, or answers 503 for the Regions in `down`; for the Regions in
-    `late`, only at `late_at` (time.monotonic()), unless the test ended first."""
-    state: dict[str, Any] = {"regions": [], "down": set(), "late": set(), "reset": set()}
+    the call was signed for, or answers 503 for the Regions in `down` (a plain-text 503,
+    no STS answer, for those in `down-page`); for the Regions in `late`, only at `late_at`
+    (time.monotonic()), unless the test ended first."""
+    state: dict[str, Any] = {
+        "regions": [],
+        "down": set(),
+        "down-page": set(),
+        "late": set(),
+        "reset": set(),
+    }
     released = threading.Event()
 
     class Handler(QuietHandler):
@@ -1032,6 +1039,10 @@ def sts(monkeypatch) -> Iterator[dict[str, Any]]:
             if region in state["down"]:
                 error = "<Error><Code>ServiceUnavailable</Code><Message>down</Message></Error>"
                 return self._xml(503, f'<ErrorResponse xmlns="{STS_XML}">{error}</ErrorResponse>')
+            if region in state["down-page"]:  # a load balancer's, before any STS
+                return self.send_document(
+                    503, b"Service Unavailable", {"Content-Type": "text/plain"}
+                )
             claims = {
                 "aud": form["Audience.member.1"][0],
                 "sub": "arn:aws:iam::123456789012:role/orders",
@@ -1074,6 +1085,18 @@ def test_oif_asks_each_regions_sts_for_its_own_token(deployment, sts) -> None:
 
 def test_oif_fails_over_when_a_regions_sts_is_down(deployment, sts) -> None:
     sts["down"] = {HOME}
+    response = request_token(deployment.url, "orders-api", evidence="aws-oif")
+    assert response["access_token"] == f"{SECOND}-token-1"
+    assert sts["regions"] == [HOME, SECOND]
+    assert deployment.contacts == [SECOND]
+
+
+def test_oif_fails_over_when_a_regions_sts_answers_a_5xx_that_is_no_sts_answer(
+    deployment, sts
+) -> None:
+    """botocore cannot parse it (ResponseParserError, not a BotoCoreError): it was raised
+    as it came, an internal error, and no other Region was asked."""
+    sts["down-page"] = {HOME}
     response = request_token(deployment.url, "orders-api", evidence="aws-oif")
     assert response["access_token"] == f"{SECOND}-token-1"
     assert sts["regions"] == [HOME, SECOND]

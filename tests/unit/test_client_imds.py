@@ -5,12 +5,14 @@ against the local IMDS emulator: tests/system/test_instance_evidence.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
 
-from tests.support.fake_issuer import fake_issuer, use_static_credentials
+from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tokex.cli.main import main
 from tokex.client.imds import ImdsUnavailable, read_instance_identity
@@ -123,19 +125,25 @@ def test_with_instance_identity_on_a_timeout_ends_the_call_naming_the_hop_limit(
     assert "--http-put-response-hop-limit 2" in failure["error_description"]
 
 
+@contextlib.contextmanager
+def issuer_and_imds(
+    monkeypatch, imds_handler: type[QuietHandler]
+) -> Iterator[tuple[FakeIssuer, LoopbackServer]]:
+    """A fake issuer, and an IMDS served by `imds_handler` that the client is pointed at."""
+    use_static_credentials(monkeypatch)
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
+    with fake_issuer(expires_in=900) as issuer, serving(LoopbackServer(imds_handler)) as imds:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        yield issuer, imds
+
+
 def test_with_instance_identity_auto_an_imds_that_drips_leaves_time_for_the_exchange(
     monkeypatch, capsys
 ) -> None:
     """`auto` goes on without the evidence: the IMDS reads get at most half of --timeout,
     the exchange the rest, and the token comes without instance evidence (waited out, the
     evidence would have come, and no time been left for the exchange)."""
-    use_static_credentials(monkeypatch)
-    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
-    with (
-        fake_issuer(expires_in=900) as issuer,
-        serving(LoopbackServer(DrippingImds)) as imds,
-    ):
-        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+    with issuer_and_imds(monkeypatch, DrippingImds) as (issuer, _):
         code = main(
             ["token", "--endpoint", issuer.url, "--audience", "a", "--instance-identity",
              "auto", "--timeout", "1", "--json"]
@@ -144,6 +152,31 @@ def test_with_instance_identity_auto_an_imds_that_drips_leaves_time_for_the_exch
     assert (code, err) == (0, "")
     assert json.loads(out)["access_token"] == "token-1"
     assert "aws_instance_identity" not in issuer.forms[0]
+
+
+class HostileImds(QuietHandler):
+    """A 401 whose reason phrase retitles the terminal and turns its text red."""
+
+    def do_PUT(self) -> None:
+        self.send_response(401, "\x1b]0;PWNED-TITLE\x07\x1b[31mRED")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_with_instance_identity_auto_v_shows_what_imds_answered_escaped(
+    monkeypatch, capsys
+) -> None:
+    """-v printed ImdsUnavailable's text, which quotes IMDS's reason phrase, raw."""
+    with issuer_and_imds(monkeypatch, HostileImds) as (issuer, imds):
+        argv = ["--endpoint", issuer.url, "--audience", "a", "--instance-identity", "auto", "-v"]
+        code = main(["token", *argv])
+        out, err = capsys.readouterr()
+    assert (code, out) == (0, "token-1\n")
+    assert "\x1b" not in err and "\x07" not in err
+    assert (
+        f"no instance identity evidence (IMDS at {imds.url}/latest/api/token did not answer:"
+        " HTTP Error 401: \\x1b]0;PWNED-TITLE\\x07\\x1b[31mRED)\n"
+    ) in err
 
 
 @pytest.mark.parametrize(

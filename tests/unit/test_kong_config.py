@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from tests.support.kong_jwt import Kong
+from tests.support.loopback import TcpServer
 from tokex import base64url, kong
 from tokex.cli.kong import parse_document, render
 from tokex.kong import KongConfigError, Placement, Route
@@ -536,6 +540,12 @@ def test_cli_a_jwks_with_broken_key_material_is_named_not_a_crash(jwk, why, tmp_
     assert f"JWK 'k1': {why}" in failure["error_description"]
 
 
+def _tagged_nesting(levels: int) -> str:
+    """A plugin holding a list of one entity `levels` deep, each tagged as tokex tags it."""
+    entity = '{"tags": ["tokex"], "x": ['
+    return '{"plugins": [' + entity * levels + '{"tags": ["tokex"]}' + "]}" * levels + "]}"
+
+
 @pytest.mark.parametrize(
     "existing,why",
     [
@@ -551,6 +561,16 @@ def test_cli_a_jwks_with_broken_key_material_is_named_not_a_crash(jwk, why, tmp_
         ),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply for a decK document"),
         ("consumers: " + "[" * 5_000 + "]" * 5_000, "nested too deeply for a decK document"),
+        # Tagged at every level: well within what a JSON parser takes (Python 3.13 takes
+        # the 1,500 levels), and its entities nested deeper than any walk should go.
+        (_tagged_nesting(20), "nested too deeply for a decK document"),
+        (_tagged_nesting(1_500), "nested too deeply for a decK document"),
+        # YAML keys that are no strings, as decK's all are.
+        ("1: [x]\nconsumers: []\nplugins: [{name: jwt, tags: [tokex]}]\n", "key 1 is not"),
+        ("plugins:\n- name: jwt\n  tags: [tokex]\n  7: [{}]\n", "key 7 is not a string"),
+        ("null: [x]\nplugins: [{name: jwt, tags: [tokex]}]\n", "key None is not a string"),
+        ("plugins: [{name: jwt, tags: [tokex], true: 1}]\n", "key True is not a string"),
+        ("plugins: [{name: jwt, tags: [tokex], 2024-01-01: x}]\n", "key datetime.date(2024, "),
     ],
 )
 def test_cli_a_malformed_existing_file_is_invalid_input_not_a_bug(
@@ -673,3 +693,76 @@ def test_cli_a_jwks_nested_too_deeply_is_invalid_input_not_a_bug(tmp_path, capsy
     failure = json.loads(capsys.readouterr().out)
     assert failure["error"] == "invalid_input" and failure["input"] == str(source)
     assert "nested too deeply" in failure["error_description"]
+
+
+class Answering(TcpServer):
+    """Answers every request with `answer`, then `drip` (one byte every 0.05 s, for a
+    few seconds at most), then closes the connection."""
+
+    def __init__(self, answer: bytes, drip: int = 0) -> None:
+        self.answer, self.drip = answer, drip
+        super().__init__()
+
+    def serve(self, connection: socket.socket, number: int) -> None:
+        request = b""
+        with connection:
+            try:
+                while b"\r\n\r\n" not in request:
+                    if not (received := connection.recv(65536)):
+                        return
+                    request += received
+                connection.sendall(self.answer)
+                for _ in range(self.drip):
+                    time.sleep(0.05)
+                    connection.sendall(b" ")
+            except OSError:
+                pass  # the client gave up
+
+
+@contextmanager
+def answering(answer: bytes, drip: int = 0) -> Iterator[str]:
+    server = Answering(answer, drip)
+    try:
+        yield server.url + "/.well-known/jwks.json"
+    finally:
+        server.stop()
+
+
+_HEADERS = "".join(f"X-{n}: a\r\n" for n in range(101))
+
+
+@pytest.mark.parametrize(
+    "answer,why",
+    [
+        (b"HTTP/1.1 abc OK\r\n\r\n", "BadStatusLine: HTTP/1.1 abc OK\\r\\n"),
+        (b"HTTP/1.1 \x1b[31m\r\n\r\n", "BadStatusLine: HTTP/1.1 \\x1b[31m\\r\\n"),
+        (f"HTTP/1.1 200 OK\r\n{_HEADERS}\r\n".encode(), "got more than 100 headers"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "IncompleteRead"),
+        # urllib parses the Location before any redirect handler sees it.
+        (b"HTTP/1.1 302 Found\r\nLocation: http://[::1/x\r\n\r\n", "Invalid IPv6 URL"),
+    ],
+)
+def test_cli_a_broken_jwks_answer_is_unreachable_in_one_line_not_a_bug(answer, why, capsys):
+    with answering(answer) as url:
+        assert run_cli("--jwks", url, "--global", "--any-audience", "--json") == 1
+        failure = json.loads(capsys.readouterr().out)
+        assert failure["error"] == "unreachable" and failure["input"] == url
+        assert failure["error_description"].startswith(
+            f"cannot fetch the JWKS from {url}: a broken answer ("
+        )
+        assert why in failure["error_description"]
+        assert run_cli("--jwks", url, "--global", "--any-audience") == 1
+        shown = capsys.readouterr().err  # the server's text escaped: one line
+        assert shown.startswith("tokex kong-config: cannot fetch") and shown.count("\n") == 1
+        assert "\r" not in shown and "\x1b" not in shown
+
+
+def test_cli_a_jwks_answer_that_trickles_is_cut_off_at_the_fetchs_bound(capsys, monkeypatch):
+    # Each byte comes well within the read timeout: only a bound on the whole fetch ends it.
+    monkeypatch.setattr("tokex.cli.kong.FETCH_TIMEOUT_SECONDS", 0.5)
+    headers = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 999\r\n\r\n"
+    with answering(headers, drip=100) as url:
+        assert run_cli("--jwks", url, "--global", "--any-audience", "--json") == 1
+    failure = json.loads(capsys.readouterr().out)
+    assert failure["error"] == "unreachable" and failure["input"] == url
+    assert "no whole answer within 0.5 seconds" in failure["error_description"]

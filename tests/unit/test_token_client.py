@@ -180,6 +180,33 @@ def test_discovery_does_not_follow_redirects(lookalike) -> None:
     assert asked == []
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_whose_location_is_no_url_is_refused_as_any_redirect(
+    lookalike, monkeypatch, status: int
+) -> None:
+    """urllib parsed the Location before asking whether to follow it: `http://[::1/x` was a
+    bare ValueError ("Invalid IPv6 URL"), an internal error of `tokex token`."""
+    url, state = lookalike
+    state.update(status=status, location="http://[::1/x")
+    with pytest.raises(TokenError) as refused:
+        discover(url)
+    assert (refused.value.error, refused.value.status) == ("not_tokex", status)
+    assert f"answered HTTP {status} " in str(refused.value)
+
+    use_static_credentials(monkeypatch)
+
+    class Redirecting(QuietHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_document(status, b"", {"Location": "http://[oops"})
+
+    with serving(LoopbackServer(Redirecting)) as server, pytest.raises(TokenError) as refused:
+        request_token(server.url, "orders-api", issuer=server.url)
+    assert (refused.value.error, refused.value.status) == ("not_tokex", status)
+    assert f"{server.url}/token answered HTTP {status} " in str(refused.value)
+    assert str(refused.value).endswith("not a tokex answer")
+
+
 def test_an_error_answer_whose_body_stalls_is_a_token_error(monkeypatch) -> None:
     """Its status counts (a 5xx is failed over); the stall is no raw TimeoutError."""
     use_static_credentials(monkeypatch)
@@ -315,6 +342,8 @@ def answering(*bodies: bytes) -> type[QuietHandler]:
         '{"access_token": "token-1", "expires_in": -5}',
         '{"access_token": "token-1", "expires_in": "900"}',
         '{"access_token": "token-1", "expires_in": true}',
+        '{"access_token": "token-1", "expires_in": 900, "x": 1e400}',
+        '{"access_token": "token-1", "expires_in": 900, "x": {"y": [-1e400]}}',
     ],
     ids=[
         "crlf",
@@ -326,6 +355,8 @@ def answering(*bodies: bytes) -> type[QuietHandler]:
         "negative",
         "string",
         "bool",
+        "infinite-member",  # `--json` printed `Infinity`, which is no JSON
+        "nested-negative-infinity",
     ],
 )
 def test_an_answer_that_is_no_usable_token_is_refused(monkeypatch, answer: str) -> None:
@@ -448,8 +479,10 @@ def test_a_cached_tokens_repr_does_not_show_it() -> None:
 
 @pytest.mark.parametrize(
     ("status", "retry_after", "hold"),
-    [(429, "30", 30), (503, None, token_client.FAILURE_HOLD_SECONDS), (503, "86400", 60)],
-)
+    [(429, "30", 30), (503, None, token_client.FAILURE_HOLD_SECONDS), (503, "86400", 60),
+     # Unreadable (its year overflows): the default hold, not an exchange per call.
+     (503, "Mon, 01 Jan 99999999999999999999 00:00:00 GMT", token_client.FAILURE_HOLD_SECONDS)],
+)  # fmt: skip
 def test_a_failed_exchange_is_the_answer_until_its_retry_after(
     monkeypatch, status: int, retry_after: str | None, hold: float
 ) -> None:
@@ -507,7 +540,10 @@ def test_without_stale_if_error_a_held_failure_is_raised_not_the_old_token(
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [("30", 30.0), (" 7 ", 7.0), ("0", 0.0), ("99999999999999999999", 60.0), ("soon", None),
-     ("-5", None), ("٣", None), (None, None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
+     ("-5", None), ("٣", None), (None, None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+     # A year or a zone offset no C integer holds: OverflowError, an internal error.
+     ("Mon, 01 Jan 99999999999999999999 00:00:00 GMT", None),
+     ("Wed, 21 Oct 2015 07:28:00 +99999999999999999999", None)],
 )  # fmt: skip
 def test_retry_after_is_read_as_rfc_9110_says(value: str | None, seconds: float | None) -> None:
     assert token_client.retry_after_seconds(value) == seconds

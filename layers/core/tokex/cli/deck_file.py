@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tokex import private_files
 from tokex.cli.errors import INVALID_INPUT, CommandError
+from tokex.strict_json import json_depth
 
 # Strings PyYAML writes plain (it resolves YAML 1.1 its own way) that decK's parser reads as
 # another type: YAML 1.1's other booleans (`y`, `n`, `on`...), nulls, and anything that
@@ -23,6 +25,10 @@ _NOT_PLAINLY_A_STRING = re.compile(
 )
 # Far above any decK file this command writes (a credential is about 1 KB).
 MAX_EXISTING_BYTES = 8 * 1024 * 1024
+# Far deeper than any decK file this command writes (9 levels: a service's route's plugin's
+# config's list), and shallow enough for every walk of it: how deep a parser goes is no
+# rule (Python 3.13's JSON parser takes thousands of levels, which overflowed the stack).
+MAX_EXISTING_DEPTH = 32
 
 
 def render(document: dict[str, Any], fmt: str, *, source: str) -> str:
@@ -133,8 +139,26 @@ def parse_document(text: str) -> dict[str, Any]:
             raise ValueError("nested too deeply for a decK document") from None
     if not isinstance(document, dict):
         raise ValueError("the --existing file is not a decK document")
+    if json_depth(document) > MAX_EXISTING_DEPTH:
+        raise ValueError("nested too deeply for a decK document")
+    # YAML's keys may be numbers, booleans, nulls or dates (`1:`, `null:`), decK's are
+    # strings, and so are those of every file this command writes.
+    for key in _keys(document):
+        if not isinstance(key, str):
+            raise ValueError(f"key {key!r} is not a string: not a decK document")
     _check_consumers(document.get("consumers"))
     return document
+
+
+def _keys(value: Any) -> Iterator[Any]:
+    """Every key of every mapping in `value` (nested at most MAX_EXISTING_DEPTH levels)."""
+    if isinstance(value, dict):
+        yield from value
+        for child in value.values():
+            yield from _keys(child)
+    elif isinstance(value, list):
+        for child in value:
+            yield from _keys(child)
 
 
 def _check_consumers(consumers: Any) -> None:

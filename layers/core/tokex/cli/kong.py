@@ -12,6 +12,7 @@ dummy secrets of unchanged credentials so `deck diff` shows only real changes; a
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import stat
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tokex import bounded_http
+from tokex import bounded_http, deadline
 from tokex.cli.deck_file import parse_document, read_existing, render, write_private
 
 __all__ = ["parse_document", "read_jwks", "register", "render", "run"]
@@ -39,6 +40,8 @@ from tokex.settings import DEFAULT_TTL_CAP_SECONDS
 
 ENTERPRISE = ("openid-connect", "oauth2-introspection")
 MAX_JWKS_BYTES = 1 << 20
+# The whole fetch, connection to last byte: a server that trickles its answer a byte at a
+# time is cut off when they run out, not once per byte.
 FETCH_TIMEOUT_SECONDS = 10
 CLIENT_SECRET_ENV = "TOKEX_KONG_CLIENT_SECRET"
 # oauth2-introspection's `ttl`: how long Kong keeps a verdict, past a token's expiry and
@@ -424,6 +427,7 @@ def read_jwks(source: str) -> dict[str, Any]:
 
 def _fetch(url: str) -> bytes:
     from tokex.client.endpoint import redacted
+    from tokex.printable import escaped
 
     shown = redacted(url)
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
@@ -431,7 +435,10 @@ def _fetch(url: str) -> bytes:
         # The environment's proxies for https only: plain http (a loopback issuer) through
         # a proxy would let it answer with keys of its own.
         opener = bounded_http.urllib_opener(_NoDowngrade)
-        with opener.open(request, timeout=FETCH_TIMEOUT_SECONDS) as response:
+        with (
+            deadline.request_deadline(FETCH_TIMEOUT_SECONDS),
+            opener.open(request, timeout=FETCH_TIMEOUT_SECONDS) as response,
+        ):
             return bytes(response.read(MAX_JWKS_BYTES + 1))
     except urllib.error.HTTPError as err:
         raise CommandError(
@@ -443,8 +450,21 @@ def _fetch(url: str) -> bytes:
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         why = getattr(reason, "strerror", None) or str(reason)
+        if isinstance(reason, TimeoutError):  # a socket's timeout, or the whole fetch's
+            why = f"no whole answer within {FETCH_TIMEOUT_SECONDS} seconds"
         raise CommandError(
             f"cannot fetch the JWKS from {shown}: {why} (is the issuer up, and the URL right?)",
+            error=UNREACHABLE,
+            input=shown,
+        ) from None
+    except (http.client.HTTPException, ValueError) as err:
+        # An answer that is no HTTP (a bad status line, over 100 headers, cut off, a chunk
+        # size that is no number) or a redirect to no URL at all (`http://[::1/x`). Its
+        # text is the server's: escaped, it can neither drive a terminal nor break the line.
+        why = escaped(f"{type(err).__name__}: {err}")
+        raise CommandError(
+            f"cannot fetch the JWKS from {shown}: a broken answer ({why}) (is it the issuer's "
+            "/.well-known/jwks.json?)",
             error=UNREACHABLE,
             input=shown,
         ) from None

@@ -26,6 +26,7 @@ from tokex.cli.errors import (
     WRITE_FAILED,
     CommandError,
     UsageError,
+    escaped,
 )
 from tokex.cli.inputs import require_file
 from tokex.cli.region import configured_region
@@ -509,7 +510,8 @@ def _instance_evidence(args: argparse.Namespace, timeout: float) -> str | None:
                 input="--instance-identity",
             ) from None
         if args.verbose:
-            print(f"tokex token: no instance identity evidence ({err})", file=sys.stderr)
+            why = escaped(str(err))  # it quotes IMDS's reason phrase: any text may come
+            print(f"tokex token: no instance identity evidence ({why})", file=sys.stderr)
         return None
     if args.verbose:
         print("tokex token: sending instance identity evidence from IMDSv2", file=sys.stderr)

@@ -64,6 +64,9 @@ DEFAULT_OIF_SIGNING_ALGORITHM = "RS256"
 # STS's global endpoint, where GetWebIdentityToken is not served (STS API Reference,
 # GetWebIdentityToken: "not available on the STS Global endpoint").
 _GLOBAL_STS = "https://sts.amazonaws.com"
+# Of an error's text that quotes what STS answered (an Expiration that is no date): enough
+# to recognise it, not a whole answer in one line.
+_MAX_QUOTED_CHARS = 200
 
 
 def evidence_kind(name: str) -> str:
@@ -170,6 +173,14 @@ def web_identity_token(
     # Quoted in errors, as botocore's own messages quote it: never the password of an
     # AWS_ENDPOINT_URL_STS (or AWS_ENDPOINT_URL) with one.
     url = redacted(client.meta.endpoint_url)
+    # The HTTP status STS answered, kept before botocore parses the answer: one it cannot
+    # parse raises without it, and a Region's STS answering 5xx, whatever its body (a load
+    # balancer's page), is still failed over.
+    answered: dict[str, int] = {}
+    client.meta.events.register(
+        "before-parse.sts.GetWebIdentityToken",
+        lambda response_dict, **_: answered.update(status=response_dict["status_code"]),
+    )
     try:
         answer = client.get_web_identity_token(
             Audience=[issuer],
@@ -202,7 +213,28 @@ def web_identity_token(
     except BotoCoreError as err:
         why = redacted_text(str(err))
         raise TokenError(
-            f"sts:GetWebIdentityToken at {url} failed: {why}", error=AWS_ERROR, url=url
+            f"sts:GetWebIdentityToken at {url} failed: {why}",
+            error=AWS_ERROR,
+            status=answered.get("status"),
+            url=url,
+        ) from None
+    except Exception as err:
+        # An answer botocore cannot parse raises whatever its parser met: ResponseParserError
+        # (not XML), KeyError (another document), ValueError or RuntimeError (an Expiration
+        # that is no date). The first line of its text only: the rest quotes the answer,
+        # which may hold a token.
+        status = answered.get("status")
+        what = (
+            "failed"
+            if status is None
+            else f"answered HTTP {status} with a body botocore cannot read"
+        )
+        why = redacted_text(str(err).partition("\n")[0])[:_MAX_QUOTED_CHARS]
+        raise TokenError(
+            f"sts:GetWebIdentityToken at {url} {what}: {type(err).__name__}: {why}",
+            error=AWS_ERROR,
+            status=status,
+            url=url,
         ) from None
     token = answer.get("WebIdentityToken")
     if not isinstance(token, str) or not is_compact_jws(token):

@@ -113,10 +113,15 @@ MAX_TIMEOUT = 3600.0  # an hour: anything longer is a mistake (and overflows clo
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A signed request goes to the endpoint the workload named, nowhere else."""
+    """A signed request goes to the endpoint the workload named, nowhere else: a redirect
+    is answered as the non-2xx answer it is (not a tokex answer). Its `Location` is never
+    read: urllib parses it before asking `redirect_request`, and one that is no URL
+    (`http://[::1/x`) raised a bare ValueError."""
 
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    def http_error_302(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the default handler raises the answer as an HTTPError
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 # Connections that open, send and read within the call's budget (`_send`).
@@ -1024,11 +1029,13 @@ def retry_after_seconds(value: str | None) -> float | None:
     else:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            if when.tzinfo is None:
+                return None
+            seconds = max(0.0, when.timestamp() - time.time())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            # OverflowError: a year or a zone offset of 20 digits (`Mon, 01 Jan
+            # 99999999999999999999 00:00:00 GMT`), which no C integer holds.
             return None
-        if when.tzinfo is None:
-            return None
-        seconds = max(0.0, when.timestamp() - time.time())
     return min(seconds, MAX_FAILURE_HOLD_SECONDS)
 
 
@@ -1037,11 +1044,20 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(number: str) -> float:
+    """A number too large for a float (`1e400`) reads as infinity, which `--json` would
+    print as `Infinity`, no JSON either, and a cache would keep."""
+    value = float(number)
+    if not math.isfinite(value):
+        raise ValueError(f"{number} is out of range")
+    return value
+
+
 def _parse(data: bytes, status: int, content_type: str, url: str) -> dict[str, Any]:
     try:
         if len(data) > MAX_RESPONSE_BYTES:
             raise ValueError("response too large")
-        parsed = json.loads(data, parse_constant=_no_constants)
+        parsed = json.loads(data, parse_constant=_no_constants, parse_float=_finite)
         if not isinstance(parsed, dict):
             raise ValueError("not a JSON object")
         return parsed
