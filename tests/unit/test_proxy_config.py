@@ -93,6 +93,14 @@ def test_a_toml_file_nested_too_deeply_is_refused_not_a_crash(tmp_path: Path, te
         ProxyConfig.from_file(path, environ={})
 
 
+def test_a_toml_integer_too_long_for_python_is_not_valid_toml(tmp_path: Path) -> None:
+    """tomllib's int() raises a plain ValueError over 4,300 digits: an internal error."""
+    path = tmp_path / "long.toml"
+    path.write_text("a = " + "1" * 4301)
+    with pytest.raises(ProxyConfigError, match=r"long.toml: not valid TOML: an integer too long"):
+        ProxyConfig.from_file(path, environ={})
+
+
 @pytest.mark.parametrize(
     "listen",
     ["a\x00b:8080", "\u00e4.example..com:8080", "a b:8080", f"{'x' * 64}.example.com:80"],
@@ -146,6 +154,8 @@ def test_the_endpoint_may_come_from_the_environment() -> None:
         (document(listen="192.0.2.10:8080"), "listen", "not a loopback address"),
         (document(listen="127.0.0.1"), "listen", "is not HOST:PORT"),
         (document(listen="127.0.0.1:70000"), "listen", "is not HOST:PORT"),
+        # int() raised ValueError over 4,300 digits: an internal error.
+        (document(listen="127.0.0.1:" + "1" * 4301), "listen", "is not HOST:PORT"),
         (document(listen=8080), "listen", "must be a string HOST:PORT"),
         (document(allow_non_loopback="yes"), "allow_non_loopback", "true or false"),
         (document(evidence="kerberos"), "evidence", "must be one of sigv4, aws-oif, eks"),

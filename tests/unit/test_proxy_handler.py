@@ -138,9 +138,12 @@ def call(port: int, method: str, target: str, body: Any = None, headers=None, **
         connection.close()
 
 
-def raw(port: int, request: bytes) -> bytes:
+def raw(port: int, request: bytes, *, shut_down: bool = False) -> bytes:
+    """The proxy's answer to `request`; `shut_down`: the end of the stream after it."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
         connection.sendall(request)
+        if shut_down:
+            connection.shutdown(socket.SHUT_WR)
         answer = b""
         while chunk := connection.recv(65536):
             answer += chunk
@@ -416,6 +419,27 @@ def test_a_faulty_header_line_is_400_and_nothing_is_forwarded(upstream, line: by
     assert upstream.seen == []
 
 
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /c HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-A: a\rX-Injected: b",
+        b"GET /c HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\x00b",
+        b"GET /c\x0bHTTP/1.0",
+        b"GET /c HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+    ],
+    ids=["cr-in-last-line", "nul-in-last-line", "request-line", "no-blank-line"],
+)
+def test_a_request_head_cut_short_is_400_and_nothing_is_forwarded(upstream, request_head) -> None:
+    """http.server takes the end of the stream for the end of the head, its last line
+    unchecked: the upstream got `X-Injected: b` as a header, and `GET /c HTTP/1.0`."""
+    with proxy_for(route(upstream.url)) as proxy:
+        answer = raw(proxy.addresses["listen"][1], request_head, shut_down=True)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in head
+    assert b"the head ended" in body
+    assert upstream.seen == []
+
+
 def test_whitespace_before_the_first_header_line_is_400(upstream) -> None:
     with proxy_for(route(upstream.url)) as proxy:
         answer = raw(
@@ -520,6 +544,12 @@ RAW_ANSWERS = {
     "/nul": b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n",
     "/reason": b"HTTP/1.1 200 OK\rSet-Cookie: viareason=1\r\nContent-Length: 0\r\n\r\n",
     "/space-before-colon": b"HTTP/1.1 200 OK\r\nX-A : a\r\nContent-Length: 0\r\n\r\n",
+    # Cut short (the connection closes after them): http.client took the end of the
+    # stream for the end of the head, its last line unchecked.
+    "/cut-bare-cr": b"HTTP/1.1 200 OK\r\nX-B: 1\r\nX-A: a\rSet-Cookie: injected=1",
+    "/cut-nul": b"HTTP/1.1 200 OK\r\nX-A: a\x00b",
+    "/cut-reason": b"HTTP/1.1 200 OK\rSet-Cookie: viareason=1",
+    "/cut-before-blank-line": b"HTTP/1.1 200 OK\r\nX-A: 1\r\n",
     "/gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n"
     b"Content-Length: 5\r\n\r\n2a\r\nabcdefghijklmnopqrstuvwxyzabcdefghijklmnop\r\n0\r\n\r\n",
     # A length Python reads and curl reads otherwise: the rest of the body would be
@@ -547,6 +577,10 @@ class RawAnswers(QuietHandler):
         ("/nul", "its answer is malformed: a header line holds a control character"),
         ("/reason", "its answer is malformed: the start line holds a control character"),
         ("/space-before-colon", "its answer is malformed: a header line is not NAME: VALUE"),
+        ("/cut-bare-cr", "its answer is malformed: the head ended inside a header line"),
+        ("/cut-nul", "its answer is malformed: the head ended inside a header line"),
+        ("/cut-reason", "its answer is malformed: the head ended inside its start line"),
+        ("/cut-before-blank-line", "its answer is malformed: the head ended before the blank"),
         ("/gzip-chunked", "answered with a transfer coding other than chunked"),
         ("/underscore-length", "answered with a Content-Length that is not one decimal"),
         ("/signed-length", "answered with a Content-Length that is not one decimal"),

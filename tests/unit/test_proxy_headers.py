@@ -1,7 +1,16 @@
-"""tokex/proxy/headers.py: what of a request's and a response's headers is passed on."""
+"""tokex/proxy/headers.py: what of a request's and a response's headers is passed on; and
+head.py: the lines of a head, checked before Python's parsers read them."""
 
 from __future__ import annotations
 
+import http.client
+import io
+import socket
+import time
+
+import pytest
+
+from tokex.proxy.head import ApplicationHead, CheckedHead, MalformedHead
 from tokex.proxy.headers import client_response_headers, upstream_request_headers
 
 
@@ -83,3 +92,96 @@ def test_folded_values_are_passed_on_unfolded_both_ways() -> None:
     sent = upstream_request_headers(folded, authority="a.example", authorization="Bearer T")
     assert sent[1:3] == [("X-A", "a Transfer-Encoding: chunked"), ("X-B", "b c")]
     assert client_response_headers(folded) == sent[1:3]
+
+
+# --- head.py ------------------------------------------------------------------------------
+
+
+class _Received:
+    """A socket that has received `data`, then the end of the stream (http.client's view)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(io.BytesIO(self._data))
+
+
+def upstream_answer(data: bytes) -> http.client.HTTPResponse:
+    """An upstream's answer as forward.py reads its head: through CheckedHead."""
+    response = http.client.HTTPResponse(_Received(data), method="GET")  # type: ignore[arg-type]
+    response.fp = CheckedHead(response.fp)  # type: ignore[assignment]
+    response.begin()
+    return response
+
+
+def application_head(data: bytes) -> tuple[str | None, list[tuple[str, str]]]:
+    """The fault, and the headers http.server parses, of header lines an application sent
+    before it shut down its side of the connection."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(data)
+        theirs.shutdown(socket.SHUT_WR)
+        with ours.makefile("rb") as reader:
+            head = ApplicationHead(reader, ours, time.monotonic() + 10)
+            headers = http.client.parse_headers(head)  # type: ignore[arg-type]
+    return head.fault, headers.items()
+
+
+def test_a_whole_head_is_read_as_it_is() -> None:
+    answer = upstream_answer(b"HTTP/1.1 200 OK\r\nX-A: 1\nContent-Length: 2\r\n\r\nok")
+    assert (answer.status, answer.msg.items()) == (200, [("X-A", "1"), ("Content-Length", "2")])
+    assert application_head(b"Host: a\r\nX-A: 1\r\n\r\n") == (None, [("Host", "a"), ("X-A", "1")])
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: a\rInjected: yes", "inside a header line"),
+        (b"HTTP/1.1 200 OK\r\nX-B: a\x00b", "inside a header line"),
+        (b"HTTP/1.1 200 OK\rInjected: yes", "inside its start line"),
+        (b"HTTP/1.1 200 OK", "inside its start line"),
+        (b"HTTP/1.1 200 OK\r\nX-A: 1\r\n", "before the blank line that ends it"),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n", "before the blank line"),
+    ],
+    ids=[
+        "cr-in-last-line",
+        "nul-in-last-line",
+        "cr-in-status-line",
+        "status-line-only",
+        "no-blank-line",
+        "after-100-continue",
+    ],
+)
+def test_an_upstream_head_cut_short_is_malformed(answer: bytes, why: str) -> None:
+    """http.client takes the end of the stream for the end of the head, and the email
+    parser split the unchecked last line at a bare CR: `Injected` was a header."""
+    with pytest.raises(MalformedHead, match=why):
+        upstream_answer(answer)
+
+
+def test_an_upstream_that_closed_before_answering_is_the_parsers_to_refuse() -> None:
+    """RemoteDisconnected, by which forward.py knows a kept-alive connection closed while
+    idle (and resends); and a line too long is its LineTooLong."""
+    with pytest.raises(http.client.RemoteDisconnected):
+        upstream_answer(b"")
+    with pytest.raises(http.client.LineTooLong):
+        upstream_answer(b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 70000)
+
+
+@pytest.mark.parametrize(
+    ("lines", "why"),
+    [
+        (b"Host: a\r\nX-A: a\rX-Injected: b", "the head ended inside a header line"),
+        (b"Host: a\r\nX-A: a\x00b", "the head ended inside a header line"),
+        (b"Host: a\r\n", "the head ended before the blank line that ends it"),
+        (b"", "the head ended before the blank line that ends it"),
+    ],
+    ids=["cr-in-last-line", "nul-in-last-line", "no-blank-line", "no-header-line"],
+)
+def test_a_request_head_cut_short_is_a_fault(lines: bytes, why: str) -> None:
+    """http.server took the end of the stream for the end of the head and made
+    `X-Injected` a header: the upstream got it."""
+    fault, headers = application_head(lines)
+    assert fault == why
+    assert all(name != "X-Injected" for name, _ in headers)

@@ -52,6 +52,12 @@ def test_the_longest_prefix_of_whole_segments_wins(path: str, audience: str) -> 
         "/orders;v=2/1",  # the route of / as sent, of /orders to Tomcat
         "/Orders/1",  # a server that matches paths in any case
         "/ORDERS/ADMIN",
+        # Letters lower() keeps that other servers read in any case as ASCII ones: the long
+        # s is `s` to Java's equalsIgnoreCase and Go's EqualFold, the dotless i `i` to
+        # Java's, the dotted capital I `i` to Go's ToLower, the sharp s `ss` to casefold.
+        "/order%C5%BF/1",
+        "/orders/adm%C4%B1n",
+        "/orders/adm%C4%B0n",
         # nginx and Apache merge repeated slashes: `//orders/1` is `/orders/1` to them.
         "/%2Forders/1",
         "/%2F%2Forders/1",
@@ -68,6 +74,20 @@ def test_a_path_another_reading_routes_elsewhere_is_refused(path: str) -> None:
         table().match("listen", path)
 
 
+@pytest.mark.parametrize("path", ["/cla%C3%9F/1", "/%EF%AC%81les", "/%E2%84%AA8s"])
+def test_a_letter_that_is_others_in_another_case_is_read_as_them(path: str) -> None:
+    """The sharp s is `ss` and the ligature fi `fi` to Python's casefold, the Kelvin sign
+    `k` to lower(): routed by `/` as sent, by `/class`, `/files` or `/k8s` so read."""
+    routes = [
+        {"prefix": prefix, "upstream": "https://u.example", "audience": f"aud-{n}"}
+        for n, prefix in enumerate(["/", "/class", "/files", "/k8s"])
+    ]
+    document = {"endpoint": "https://auth.example.com", "listen": "127.0.0.1:0", "routes": routes}
+    config = ProxyConfig.from_document(document, base_dir=Path("/"), environ={})
+    with pytest.raises(BadTarget, match="reads as another route's"):
+        RouteTable(config.routes).match("listen", path)
+
+
 @pytest.mark.parametrize(
     ("path", "audience"),
     [
@@ -78,6 +98,8 @@ def test_a_path_another_reading_routes_elsewhere_is_refused(path: str) -> None:
         ("/Billing/1", "default-api"),  # another case, but no other route reads it
         ("/orders//1", "orders-api"),  # slashes merged, still the same route
         ("/billing/%2Fx", "default-api"),
+        ("/orders/caf%C3%A9", "orders-api"),  # a letter no case makes an ASCII one
+        ("/billing/%C5%BF", "default-api"),  # a long s, `s` in any case: still no other route
     ],
 )
 def test_a_path_every_reading_routes_alike_is_served(path: str, audience: str) -> None:
@@ -151,6 +173,7 @@ def test_other_targets_are_refused(target: str, why: str) -> None:
         ("/.tokex/token", True),
         ("/%2Etokex/token", True),
         ("/.TOKEX/health", True),
+        ("/.to%E2%84%AAex/health", True),  # the Kelvin sign: `k` in any case
         # As upstreams may read them: `;` parameters dropped, `\` a `/`, `//` one `/`.
         ("/.tokex;x/token", True),
         ("/.tokex;/", True),

@@ -140,6 +140,9 @@ class ProxyConfig:
             document = tomllib.loads(data.decode()) if kind == ".toml" else loads_strict(data)
         except (tomllib.TOMLDecodeError, StrictJsonError, UnicodeDecodeError) as err:
             raise ProxyConfigError(str(path), f"not valid {kind[1:].upper()}: {err}") from None
+        except ValueError:  # tomllib's int() of an integer over Python's 4,300 digits
+            why = f"not valid {kind[1:].upper()}: an integer too long"
+            raise ProxyConfigError(str(path), why) from None
         except RecursionError:  # tomllib recurses per level of nesting
             why = "is nested too deeply to be a configuration"
             raise ProxyConfigError(str(path), why) from None
@@ -257,7 +260,9 @@ def _address(value: Any, key: str, allow_non_loopback: bool) -> Address:
         raise ProxyConfigError(key, "must be a string HOST:PORT, e.g. 127.0.0.1:8080")
     host, _, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+    # At most 5 digits before int(), which refuses (ValueError) over 4,300.
+    is_port = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535
+    if not host or not is_port:
         raise ProxyConfigError(key, f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
     if problem := host_problem(host):
         raise ProxyConfigError(key, f"{value!r}: its host {problem}")

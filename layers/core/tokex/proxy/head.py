@@ -9,12 +9,18 @@ follows it became a header of its own (header injection), in requests and in the
 upstream's answers alike. So every line is checked here before a parser sees it, and a
 head with a faulty line is refused whole: 400 to the application, 502 for an upstream's.
 
-Refused in a line: any control character but HTAB (a bare CR, NUL, ...; RFC 9110 §5.5), a
-field line that is not `token ":"` at its start (whitespace before the colon, RFC 9112
-§5.1), and whitespace before the first field line (RFC 9112 §2.2). A line that starts
-with whitespace later is obs-fold, unfolded by headers.py. A start line (request line,
-status line) may hold no control character either: a reason phrase with a CR would end
-the status line the application reads.
+A head cut short is refused too. Both parsers take the end of the stream for the end of
+the head, and a last line without its line break for a whole one, which the email parser
+then splits at a bare CR all the same: `X-A: a`, a CR, `Injected: yes` and the end of the
+stream (an upstream that closes, an application that shuts down its side) made a header.
+
+Refused in a line: no line break at its end (the stream ended inside it), any control
+character but HTAB (a bare CR, NUL, ...; RFC 9110 §5.5), a field line that is not
+`token ":"` at its start (whitespace before the colon, RFC 9112 §5.1), and whitespace
+before the first field line (RFC 9112 §2.2). A line that starts with whitespace later is
+obs-fold, unfolded by headers.py. A start line (request line, status line) may hold no
+control character either: a reason phrase with a CR would end the status line the
+application reads.
 
 An application's head must also arrive in time: HEAD_SECONDS from its first byte, however
 slowly it trickles in (a connection held open one byte at a time would otherwise hold a
@@ -56,9 +62,14 @@ def _content(line: bytes) -> bytes | None:
 
 
 def start_line_fault(line: bytes) -> str | None:
+    """Why a start line is refused, or None. None for an empty one too: the stream ended
+    before it (an upstream that closed a kept-alive connection), which the parser refuses
+    itself."""
+    if not line:
+        return None
     content = _content(line)
     if content is None:
-        return None  # the parser's own refusal: an answer cut short, a line too long
+        return "the head ended inside its start line"
     if _CONTROL.search(content):
         return "the start line holds a control character"
     return None
@@ -66,9 +77,13 @@ def start_line_fault(line: bytes) -> str | None:
 
 def field_line_fault(line: bytes, *, first: bool) -> str | None:
     """Why a line of the header section is refused, or None (the blank line that ends it
-    is fine)."""
+    is fine). An empty one is the end of the stream before that blank line."""
+    if not line:
+        return "the head ended before the blank line that ends it"
     content = _content(line)
-    if content is None or not content:
+    if content is None:
+        return "the head ended inside a header line"
+    if not content:
         return None
     if _CONTROL.search(content):
         return "a header line holds a control character (a bare CR, NUL, ...)"
@@ -91,8 +106,8 @@ class CheckedHead:
 
     def readline(self, limit: int = -1) -> bytes:
         line: bytes = self._reader.readline(limit)
-        if not line or (limit > 0 and len(line) >= limit):
-            return line  # the parser refuses the end of the stream, or a line too long
+        if limit > 0 and len(line) >= limit:
+            return line  # a line too long: the parser refuses it
         if self._start:
             fault = start_line_fault(line)
             self._start, self._first_field = False, True
@@ -132,8 +147,8 @@ class ApplicationHead:
         if self.fault is not None:
             return b"\r\n"
         line = readline_by(self._reader, self._socket, limit, self._deadline)
-        if not line or (limit > 0 and len(line) >= limit):
-            return line
+        if limit > 0 and len(line) >= limit:
+            return line  # a line too long: the parser refuses it (431)
         self._size += len(line)
         if self._size > MAX_HEAD_BYTES:
             # http.server alone allows 100 lines of 64 KiB: 6.5 MB a connection, held.

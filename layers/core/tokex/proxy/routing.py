@@ -6,6 +6,13 @@ refused; the upstream comes from the configuration only. On its listener the lon
 wins, matched by whole path segments (`/orders` takes `/orders` and `/orders/1`, not
 `/ordersx`); a route with a listener of its own takes every path of it. `/.tokex/` is the
 proxy's own and is never forwarded (docs/injection.md "Threat model").
+
+"In any case" is read as widely as any server reads it: besides ASCII's cases, a non-ASCII
+letter that a case mapping turns into ASCII letters is those letters (`_in_any_case`).
+Python's lower() alone keeps the long s (U+017F) and the dotless i (U+0131), which Java's
+equalsIgnoreCase reads as `s` and `i` (Go's EqualFold the long s as `s`, Python's casefold
+the sharp s as `ss`): `/order%C5%BF/1` went on the `/` route to an upstream that served it
+as `/orders/1`.
 """
 
 from __future__ import annotations
@@ -64,7 +71,28 @@ def is_reserved(path: str) -> bool:
     """Under `/.tokex` in any reading an upstream may give the path (`_segments_as_read`,
     in any case, slashes repeated): the proxy's own, never forwarded."""
     first = next((s for s in _segments_as_read(path) if s), "")
-    return first.lower() == RESERVED_PREFIX.removeprefix("/")
+    return _in_any_case(first) == RESERVED_PREFIX.removeprefix("/")
+
+
+def _in_any_case(text: str) -> str:
+    """`text` lower-cased, each non-ASCII character whose upper, lower or case-folded form
+    holds ASCII letters read as those letters (the long s as `s`, the dotless i and the
+    dotted capital I as `i`, the Kelvin sign as `k`, the sharp s as `ss`, the ligature fi
+    as `fi`): every reading in any case that could make a path another route's (route
+    prefixes are ASCII)."""
+    if text.isascii():
+        return text.lower()
+    return "".join(_char_in_any_case(c) for c in text)
+
+
+def _char_in_any_case(c: str) -> str:
+    if c.isascii():
+        return c.lower()
+    for form in (c.upper(), c.lower(), c.casefold()):
+        letters = "".join(x for x in form if x.isascii())
+        if letters:
+            return letters.lower()
+    return c.lower()
 
 
 def prefix_matches(prefix: str, path: str) -> bool:
@@ -87,8 +115,8 @@ class RouteTable:
         for another route's, whose token it is not: percent-decoded (nginx's locations,
         `%2F` included) with `\\` as `/`, without each segment's `;` parameters (Tomcat,
         Spring), with repeated slashes merged (nginx, Apache), in any case (servers that
-        match paths so), and each of these with the others. The request is forwarded as
-        sent; the readings only decide whether every one routes alike."""
+        match paths so, `_in_any_case`), and each of these with the others. The request is
+        forwarded as sent; the readings only decide whether every one routes alike."""
         decoded = urllib.parse.unquote(path).replace("\\", "/")
         bare = "/".join(segment.split(";", 1)[0] for segment in decoded.split("/"))
         route = self._match(listener, path)
@@ -115,7 +143,7 @@ class RouteTable:
             if prefix is None:
                 return route
             if (
-                prefix_matches(prefix.lower(), path.lower())
+                prefix_matches(prefix.lower(), _in_any_case(path))
                 if fold
                 else prefix_matches(prefix, path)
             ):
