@@ -321,9 +321,7 @@ def test_a_request_waiting_for_the_exchange_in_flight_waits_no_longer_than_its_t
 ) -> None:
     """A leader stuck outside the exchange's timeout (its AWS credentials loading) held
     every request that came meanwhile, a thread and a connection each, for as long."""
-    from tokex.proxy import tokens as proxy_tokens
-
-    monkeypatch.setattr(proxy_tokens, "FLIGHT_WAIT_MARGIN_SECONDS", 0.5)
+    monkeypatch.setattr(token_client, "FLIGHT_WAIT_MARGIN_SECONDS", 0.5)
     config, (route,) = routes()
     tokens = RouteTokens(config, timeout=1.0)
     gate = threading.Event()

@@ -731,7 +731,9 @@ class TokenClient:
             "region": region,
             "timeout": check_timeout(timeout),
         }
-        self._flight_wait = self._options["timeout"] + FLIGHT_WAIT_MARGIN_SECONDS
+        # How long a call waits for the exchange another caller leads (tokex proxy's
+        # requests too): its timeout, and a margin.
+        self.flight_wait = self._options["timeout"] + FLIGHT_WAIT_MARGIN_SECONDS
         self._cache: dict[CacheKey, CachedToken] = {}
         self._flights: dict[CacheKey, _Flight] = {}  # the one exchange in flight per key
         # The last failed exchange per key, and until when it is the answer.
@@ -758,7 +760,7 @@ class TokenClient:
         if not leading:
             if cached is not None and now < cached.expires_at:
                 return cached.access_token  # still valid: another caller refreshes it
-            return flight.outcome(self._flight_wait)  # its timeout, and a margin
+            return flight.outcome(self.flight_wait)  # its timeout, and a margin
         try:
             # Counted from before it was asked for: tokex counts `expires_in` from when it
             # issued the token, somewhere between the two (to the second before it).

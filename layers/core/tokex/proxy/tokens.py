@@ -31,8 +31,6 @@ from typing import Any, Protocol
 import jwt
 
 from tokex.client.token_client import (
-    DEFAULT_TIMEOUT,
-    FLIGHT_WAIT_MARGIN_SECONDS,
     INVALIDATE_MIN_AGE_SECONDS,
     ISSUED_TO_THE_SECOND,
     TokenClient,
@@ -153,9 +151,6 @@ class RouteTokens:
         self._log = log or JsonLog()
         self._clock = clock = clock or SuspendAwareClock()
         self._invalidate_min_age = invalidate_min_age
-        # A request waiting for the exchange another leads: its timeout, and a margin.
-        timeout = options.get("timeout", DEFAULT_TIMEOUT)
-        self._flight_wait = timeout + FLIGHT_WAIT_MARGIN_SECONDS
         self._clients: dict[tuple[str, str | None], TokenClient] = {}
         self._states: dict[tuple[str, str | None, str, tuple[str, ...]], _RouteState] = {}
         for route in config.routes:
@@ -199,12 +194,12 @@ class RouteTokens:
         assert flight is not None
         if leading:
             return self._lead(route, client, state, flight)
-        if not flight.done.wait(self._flight_wait):
+        if not flight.done.wait(client.flight_wait):
             raise TokenUnavailable(
                 503,
                 UNREACHABLE,
                 f"no token for audience {route.audience}: the exchange in flight has not"
-                f" finished within {self._flight_wait:g} s",
+                f" finished within {client.flight_wait:g} s",
                 1,
             )
         if flight.token is not None:
