@@ -388,15 +388,11 @@ class TokexConfig:
             return int(value)
 
         def trusted_issuers(key: str) -> TrustedIssuers | None:
-            # A JSON list from `-c key='[...]'` (a string) or cdk.json (a list).
+            # A JSON list from `-c key='[...]'` (a string, parsed strictly there) or
+            # cdk.json (a list).
             value = get(key)
             if value is None:
                 return None
-            if isinstance(value, str):
-                try:
-                    value = loads_strict(value)
-                except StrictJsonError:  # nested too deep for the parser included
-                    raise ConfigError(f"{key} is not valid JSON") from None
             try:
                 return parse_trusted_issuers(value, allow_http_loopback=False)
             except TrustedIssuerError as err:  # the message names `trustedIssuers`
