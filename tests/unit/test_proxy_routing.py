@@ -64,6 +64,17 @@ def test_the_longest_prefix_of_whole_segments_wins(path: str, audience: str) -> 
         "/%5C/orders/1",
         "/orders/%2Fadmin/users",
         "/orders/%2F%2Fadmin",
+        # Servers that normalise (NFKC, IIS's best fit) read fullwidth letters and
+        # slashes as ASCII ones: U+FF0F is `/`, U+FF4F `o`, U+FF41 `a`.
+        "/%EF%BD%8Frders/1",
+        "/orders%EF%BC%8Fadmin",
+        "/orders/%EF%BD%81dmin",
+        # Windows trims a segment's trailing dots and spaces: `/orders./1` is `/orders/1`.
+        "/orders./1",
+        "/orders%20/1",
+        "/orders.%20./1",
+        "/orders/%20/admin",  # an empty segment once trimmed, merged away
+        "/orders.;v=2/1",
     ],
 )
 def test_a_path_another_reading_routes_elsewhere_is_refused(path: str) -> None:
@@ -100,10 +111,39 @@ def test_a_letter_that_is_others_in_another_case_is_read_as_them(path: str) -> N
         ("/billing/%2Fx", "default-api"),
         ("/orders/caf%C3%A9", "orders-api"),  # a letter no case makes an ASCII one
         ("/billing/%C5%BF", "default-api"),  # a long s, `s` in any case: still no other route
+        ("/orders/1.", "orders-api"),  # trimmed, still the same route
+        ("/orders/%EF%BC%8Fx", "orders-api"),  # a fullwidth / inside the route
     ],
 )
 def test_a_path_every_reading_routes_alike_is_served(path: str, audience: str) -> None:
     route = table().match("listen", path)
+    assert route is not None and route.audience == audience
+
+
+@pytest.mark.parametrize(
+    ("path", "audience"),
+    [
+        ("/orders/caf%C3%A9", "default-api"),  # é is é in every reading
+        ("/admin/caf%C3%A9", "admin-api"),
+        ("/%E6%97%A5%E6%9C%AC/%E2%82%AC", "default-api"),  # 日本/€
+        ("/admin/%C3%85ngstr%C3%B6m", "admin-api"),
+        ("/admin/A%CC%8A", "admin-api"),  # decomposed: NFKC composes it, no other route
+        ("/files/report.v2.pdf", "default-api"),
+        ("/admin/users/1", "admin-api"),
+    ],
+)
+def test_non_ascii_paths_that_read_alike_are_served(path: str, audience: str) -> None:
+    """The readings refuse only what could reach another route: a non-ASCII path whose
+    every reading routes alike goes through, to its route."""
+    routes = [
+        {"prefix": "/", "upstream": "https://default.example", "audience": "default-api"},
+        {"prefix": "/admin", "upstream": "https://admin.example", "audience": "admin-api"},
+    ]
+    document = {"endpoint": "https://auth.example.com", "listen": "127.0.0.1:0", "routes": routes}
+    config = ProxyConfig.from_document(document, base_dir=Path("/"), environ={})
+    assert split_target(path) == (path, "")
+    assert not is_reserved(path)
+    route = RouteTable(config.routes).match("listen", path)
     assert route is not None and route.audience == audience
 
 
@@ -158,6 +198,26 @@ def test_origin_form_targets_are_split_unchanged() -> None:
         ("/public/%252e%252e/admin/users", "%25"),
         ("/public%252F..%252Fadmin/users", "%25"),
         ("/files/100%25", "%25"),
+        # ... and one that normalises first reads the fullwidth percent (U+FF05) as `%`.
+        ("/public/%EF%BC%852e%EF%BC%852e/admin", "%25"),
+        # Escapes that are not UTF-8: Python decodes them to U+FFFD, a lax decoder reads
+        # the overlong `%C0%AE` as `.`.
+        ("/public/%C0%AE%C0%AE/admin", "not UTF-8"),
+        ("/a/%ED%A0%80", "not UTF-8"),  # a surrogate
+        ("/a/%FF", "not UTF-8"),
+        ("/a/caf%E9", "not UTF-8"),  # Latin-1
+        # A server in C reads the path up to a NUL.
+        ("/orders%00/admin", "%00"),
+        ("/a%00", "%00"),
+        # Servers that normalise (NFKC) read the fullwidth full stop (U+FF0E) as `.`, U+2025
+        # (two dot leader) as `..`.
+        ("/public/%EF%BC%8E%EF%BC%8E/admin", ". or .."),
+        ("/public/%E2%80%A5/admin", ". or .."),
+        ("/public/%EF%BC%8E%EF%BC%8E%EF%BC%8Fadmin", ". or .."),
+        # Windows trims trailing dots and spaces: `..%20` and `...` are `..` to it.
+        ("/orders/..%20/admin", ". or .."),
+        ("/orders/.../admin", ". or .."),
+        ("/orders/.%20/admin", ". or .."),
     ],
 )
 def test_other_targets_are_refused(target: str, why: str) -> None:
@@ -180,6 +240,14 @@ def test_other_targets_are_refused(target: str, why: str) -> None:
         ("/%5C.tokex/token", True),
         ("/\\.tokex/token", True),
         ("//.tokex/token", True),
+        # Normalised (NFKC): the fullwidth `.` (U+FF0E), `t` (U+FF54) and `/` (U+FF0F).
+        ("/%EF%BC%8Etokex/token", True),
+        ("/.%EF%BD%94okex/token", True),
+        ("/%EF%BC%8F.tokex/token", True),
+        # Trimmed as Windows does: `/.tokex./` and `/.tokex%20/` are `/.tokex/`.
+        ("/.tokex./token", True),
+        ("/.tokex%20/token", True),
+        ("/.tokex.", True),
         ("/.tokexy", False),
         ("/.tokexy;x", False),
         ("/api/.tokex/token", False),

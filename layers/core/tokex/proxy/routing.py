@@ -13,18 +13,26 @@ Python's lower() alone keeps the long s (U+017F) and the dotless i (U+0131), whi
 equalsIgnoreCase reads as `s` and `i` (Go's EqualFold the long s as `s`, Python's casefold
 the sharp s as `ss`): `/order%C5%BF/1` went on the `/` route to an upstream that served it
 as `/orders/1`.
+
+The other readings (`_readings`) are what servers are known to do to a path before they
+route or serve it; where a reading cannot be made, the path is refused instead: escapes
+that are not UTF-8 (`%C0%AE` is `.` to a lax decoder, U+FFFD to Python's) and `%00` (where
+a server written in C cuts the path).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tokex.proxy.config import RESERVED_PREFIX, Route
 
 _LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _REPEATED_SLASHES = re.compile(r"//+")
+# What some reading changes in an ASCII path: without it, the path is its only reading.
+_READ_OTHERWISE = re.compile(r"[%\\; ]|//|\.(?:/|$)")
 
 
 class BadTarget(ValueError):
@@ -34,8 +42,8 @@ class BadTarget(ValueError):
 def split_target(target: str) -> tuple[str, str]:
     """(path, query) of an origin-form target, `?` kept with the query so that the two
     joined are the target unchanged. A path with a `.` or `..` segment (also
-    percent-encoded) is refused: the upstream could resolve it to a path that another
-    route (another audience's token) serves."""
+    percent-encoded, or in another reading, `_readings`) is refused: the upstream could
+    resolve it to a path that another route (another audience's token) serves."""
     if not target.startswith("/"):
         raise BadTarget("the request target must be a path (origin-form), not a URL")
     if target.startswith("//"):  # read as a network-path reference (`//host/...`) by some
@@ -51,27 +59,87 @@ def split_target(target: str) -> tuple[str, str]:
     if _LONE_PERCENT.search(target):
         raise BadTarget("the request target has a % that starts no %XX escape")
     path, mark, query = target.partition("?")
-    # An upstream that decodes twice reads `%252e` as `.` and `%252F` as `/`. Without
-    # `%25`, the path decoded once has no `%` left: every reading below is final.
-    if "%25" in path:
-        raise BadTarget("the path has %25 (an encoded %), which may be decoded twice")
-    if any(segment in (".", "..") for segment in _segments_as_read(path)):
-        raise BadTarget("the path has a . or .. segment")
+    # Python decodes an escape that is not UTF-8 to U+FFFD, so no reading below sees what a
+    # lax decoder does: `%C0%AE` (an overlong `.`) is `.` to some, `/public/%C0%AE%C0%AE/x`
+    # a `..` segment.
+    try:
+        decoded = urllib.parse.unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadTarget(
+            "the path's percent-escapes are not UTF-8 (an overlong or invalid sequence),"
+            " which decoders read differently"
+        ) from None
+    if "\0" in decoded:  # a server in C reads the path up to it: `/a%00/../b` as `/a`
+        raise BadTarget("the path has %00 (an encoded NUL), where some servers cut it")
+    readings = _readings(path)
+    # An upstream that decodes twice reads `%252e` as `.` and `%252F` as `/`, and one that
+    # normalises first the fullwidth `%EF%BC%85` (U+FF05) as `%`. Without a `%` in any
+    # reading, decoding once leaves none to decode again: every reading is final.
+    if any("%" in reading for reading in readings):
+        raise BadTarget(
+            "the path has %25 (an encoded %) or a character read as %, which may be decoded twice"
+        )
+    if any(_is_dot_segment(s) for reading in readings for s in reading.split("/")):
+        raise BadTarget("the path has a . or .. segment (or one of dots and spaces only)")
     return path, mark + query
 
 
-def _segments_as_read(path: str) -> list[str]:
-    """The path's segments as some upstream may read them: percent-decoded, `\\` a
-    separator (to some servers), each without its `;` parameters (to others: `..;` is
-    `..` and `/.tokex;x/` is `/.tokex/` to Tomcat)."""
-    return [s.split(";", 1)[0] for s in re.split(r"[/\\]", urllib.parse.unquote(path))]
+def _is_dot_segment(segment: str) -> bool:
+    """`.` or `..`, and to Windows (which trims a segment's trailing dots and spaces) also
+    `...` or `.. `: dots and spaces only, a dot first."""
+    return segment.startswith(".") and not segment.rstrip(". ")
+
+
+def _readings(path: str) -> set[str]:
+    """The path as some upstream may read it: percent-decoded with `\\` a separator (to
+    some servers), then, each or not and each with the others, NFKC-normalised (the
+    fullwidth solidus, full stop and a, U+FF0F, U+FF0E and U+FF41, are `/`, `.` and `a`
+    to servers that normalise, IIS's best fit), each
+    segment without its `;` parameters (to Tomcat `..;` is `..` and `/.tokex;x/` is
+    `/.tokex/`), without its trailing dots and spaces (to Windows `/admin./` and
+    `/admin%20/` are `/admin/`), with repeated slashes merged (nginx, Apache)."""
+    if path.isascii() and not _READ_OTHERWISE.search(path):
+        return {path}
+    readings = {urllib.parse.unquote(path).replace("\\", "/")}
+    for read in _READS:
+        readings |= {read(reading) for reading in readings}
+    return readings
+
+
+def _normalised(text: str) -> str:
+    if text.isascii():  # NFKC keeps ASCII as it is
+        return text
+    return unicodedata.normalize("NFKC", text).replace("\\", "/")
+
+
+def _without_parameters(text: str) -> str:
+    return "/".join(segment.split(";", 1)[0] for segment in text.split("/"))
+
+
+def _trimmed(text: str) -> str:
+    return "/".join(segment.rstrip(". ") for segment in text.split("/"))
+
+
+def _slashes_merged(text: str) -> str:
+    return _REPEATED_SLASHES.sub("/", text)
+
+
+_READS: tuple[Callable[[str], str], ...] = (
+    _normalised,
+    _without_parameters,
+    _trimmed,
+    _slashes_merged,
+)
 
 
 def is_reserved(path: str) -> bool:
-    """Under `/.tokex` in any reading an upstream may give the path (`_segments_as_read`,
-    in any case, slashes repeated): the proxy's own, never forwarded."""
-    first = next((s for s in _segments_as_read(path) if s), "")
-    return _in_any_case(first) == RESERVED_PREFIX.removeprefix("/")
+    """Under `/.tokex` in any reading an upstream may give the path (`_readings`, in any
+    case, slashes repeated): the proxy's own, never forwarded."""
+    reserved = RESERVED_PREFIX.removeprefix("/")
+    return any(
+        _in_any_case(next((s for s in reading.split("/") if s), "")) == reserved
+        for reading in _readings(path)
+    )
 
 
 def _in_any_case(text: str) -> str:
@@ -113,26 +181,21 @@ class RouteTable:
         """The route of `path` (a checked path, without its query) on `listener`. Raises
         BadTarget for a path that an upstream reading it in another usual way would take
         for another route's, whose token it is not: percent-decoded (nginx's locations,
-        `%2F` included) with `\\` as `/`, without each segment's `;` parameters (Tomcat,
-        Spring), with repeated slashes merged (nginx, Apache), in any case (servers that
-        match paths so, `_in_any_case`), and each of these with the others. The request is
+        `%2F` included) with `\\` as `/`, NFKC-normalised, without each segment's `;`
+        parameters (Tomcat, Spring) or trailing dots and spaces (Windows), with repeated
+        slashes merged (nginx, Apache), in any case (servers that match paths so,
+        `_in_any_case`), and each of these with the others (`_readings`). The request is
         forwarded as sent; the readings only decide whether every one routes alike."""
-        decoded = urllib.parse.unquote(path).replace("\\", "/")
-        bare = "/".join(segment.split(";", 1)[0] for segment in decoded.split("/"))
         route = self._match(listener, path)
-        readings = {
-            (reading, fold)
-            for text in (decoded, bare)
-            for reading in (text, _REPEATED_SLASHES.sub("/", text))
-            for fold in (False, True)
-        }
+        readings = {(reading, fold) for reading in _readings(path) for fold in (False, True)}
         # Each distinct reading once: the path as sent is matched above.
         for reading, fold in readings - {(path, False)}:
             if self._match(listener, reading, fold=fold) is not route:
                 raise BadTarget(
-                    "the path reads as another route's once percent-decoded, without its ;"
-                    " parameters, with repeated slashes merged or in another case: send it"
-                    " as the route spells it"
+                    "the path reads as another route's once percent-decoded, normalised"
+                    " (NFKC), without its ; parameters or trailing dots and spaces, with"
+                    " repeated slashes merged or in another case: send it as the route"
+                    " spells it"
                 )
         return route
 
