@@ -56,7 +56,13 @@ from cdk.layer_bundling import (
 )
 from tokex.client.evidence import AWS_OIF, SIGV4, evidence_kind
 from tokex.extension.api import EXTENSION_NAME
-from tokex.extension.main import ENDPOINT_VARIABLE, LISTEN_VARIABLE, ROUTES_VARIABLE
+from tokex.extension.main import (
+    ENDPOINT_VARIABLE,
+    LISTEN_VARIABLE,
+    ROUTES_VARIABLE,
+    config_from_variables,
+)
+from tokex.proxy.config import ProxyConfigError
 
 RECIPE_VERSION = "1"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +84,9 @@ RUNTIME_MODULES = frozenset({"boto3", "botocore", "s3transfer", "jmespath", "dat
 # third-party import fails the build until it is listed here or in RUNTIME_MODULES.
 BUNDLED = {"jwt": "pyjwt", "urllib3": "urllib3"}
 LAYER_ID = "ProxyExtensionLayer"  # the construct's id in a stack (ProxyExtensionLayer.of)
+# Checked in place of an endpoint that is a token at synth (another stack's IssuerUrl):
+# the extension checks the endpoint on its own, and nothing else against it.
+SYNTH_ENDPOINT = "https://tokex.invalid"
 
 LAUNCHER = f"""#!/bin/sh
 # The tokex proxy, a Lambda extension (cdk/extension_layer.py). Lambda starts it at Init;
@@ -341,10 +350,15 @@ class TokexProxyExtension(Construct):
 
     `endpoint`: the tokex issuer URL; `routes`: the proxy's routes, a list of tables as
     its configuration file has them (`prefix` or `listen`, `upstream`, `audience`,
-    `scopes`, ...), checked by the extension at Init. `layer`: the extension layer (e.g.
-    `LayerVersion.from_layer_version_arn` with the tokex stack's ProxyExtensionLayerArn
-    output); by default one is built in your stack. `listen`: HOST:PORT of the proxy,
-    default 127.0.0.1:2772.
+    `scopes`, ...). `layer`: the extension layer (e.g. `LayerVersion.from_layer_version_arn`
+    with the tokex stack's ProxyExtensionLayerArn output); by default one is built in your
+    stack. `listen`: HOST:PORT of the proxy, default 127.0.0.1:2772.
+    The settings are checked here, at synth, by the extension's own code (a ValueError
+    with its message): what would fail every Init with `Extension.ConfigInvalid` fails
+    `cdk synth` instead. Left to the extension at Init: whether the files a route names
+    (`ca_file`, `token_file`: the function's package, not there at synth) exist; an
+    `endpoint` that is a token (e.g. an imported IssuerUrl; the rest is checked here);
+    everything when `routes` or `listen` hold a token.
     Nothing else changes: the function's own role is what signs its evidence (a route
     with `aws-oif` evidence adds the one statement that role needs to ask STS for it).
     """
@@ -369,12 +383,16 @@ class TokexProxyExtension(Construct):
             )
         if not Token.is_unresolved(endpoint) and not endpoint.startswith(("https://", "http://")):
             raise ValueError(f"endpoint must be the tokex issuer URL, not {endpoint!r}")
+        environment = {
+            ENDPOINT_VARIABLE: endpoint,
+            ROUTES_VARIABLE: json.dumps(routes, separators=(",", ":")),
+            **({LISTEN_VARIABLE: listen} if listen is not None else {}),
+        }
+        _check_as_the_extension_will(environment)
         self.layer = layer or ProxyExtensionLayer.of(Stack.of(function))
         function.add_layers(self.layer)
-        function.add_environment(ENDPOINT_VARIABLE, endpoint)
-        function.add_environment(ROUTES_VARIABLE, json.dumps(routes, separators=(",", ":")))
-        if listen is not None:
-            function.add_environment(LISTEN_VARIABLE, listen)
+        for name, value in environment.items():
+            function.add_environment(name, value)
         if any(_evidence_of(route) == AWS_OIF for route in routes):
             # `aws-oif` evidence is a token the function's role asks STS for: allowed for
             # the tokex issuer alone and short lives (docs/deploy.md, the statement each
@@ -393,9 +411,24 @@ class TokexProxyExtension(Construct):
             )
 
 
+def _check_as_the_extension_will(environment: Mapping[str, str]) -> None:
+    """The extension's checks at Init (config_from_variables) on the function's variables,
+    but for the files the routes name; ValueError with its message. A value that is a
+    token is known at deploy only: see TokexProxyExtension."""
+    if any(Token.is_unresolved(environment.get(n, "")) for n in (ROUTES_VARIABLE, LISTEN_VARIABLE)):
+        return  # known at deploy only: the extension checks them at Init
+    if Token.is_unresolved(environment[ENDPOINT_VARIABLE]):
+        environment = {**environment, ENDPOINT_VARIABLE: SYNTH_ENDPOINT}
+    try:
+        config_from_variables(environment, check_files=False)
+    except ProxyConfigError as err:
+        raise ValueError(str(err)) from None
+
+
 def _evidence_of(route: Mapping[str, Any]) -> str | None:
-    """A route's evidence kind (`oif` is `aws-oif`); None for a value the extension will
-    refuse at Init, which asks for no permission."""
+    """A route's evidence kind (`oif` is `aws-oif`); None for a value the extension
+    refuses (at Init if the routes hold a token, else at synth), which asks for no
+    permission."""
     try:
         return evidence_kind(str(route.get("evidence", SIGV4)))
     except ValueError:

@@ -356,3 +356,117 @@ def test_the_construct_refuses_a_runtime_without_python_3_11(runtime: str) -> No
 
     with pytest.raises(ValueError, match="runs on the function's Python"):
         sample_stack(getattr(lambda_.Runtime, runtime))
+
+
+# --- the construct refuses at synth what the extension would refuse at every Init --------
+
+LAYER_ARN = "arn:aws:lambda:eu-west-1:123456789012:layer:tokex-proxy:3"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"routes": [{**ROUTE, "upstrem": "https://orders.example.com"}]},
+            "TOKEX_PROXY_ROUTES: routes[0].upstrem: unknown key",
+        ),
+        (
+            {"routes": [{**ROUTE, "upstream": "http://orders.example.com"}]},
+            "TOKEX_PROXY_ROUTES: routes[0].upstream: 'http://orders.example.com' is plain http",
+        ),
+        ({"listen": "0.0.0.0:2772"}, "TOKEX_PROXY_LISTEN: 0.0.0.0 is not a loopback address"),
+        (
+            {"routes": [{**ROUTE, "evidence": "iam"}]},
+            "TOKEX_PROXY_ROUTES: routes[0].evidence: evidence must be one of",
+        ),
+        (
+            {"routes": [{**ROUTE, "prefix": "orders"}]},
+            "TOKEX_PROXY_ROUTES: routes[0].prefix: must be a path starting with /",
+        ),
+        (
+            {"routes": [ROUTE, {**ROUTE, "prefix": "/"}]},
+            "TOKEX_PROXY_ROUTES: routes[1].prefix: / is already routes[0]'s",
+        ),
+        (
+            {"routes": [{**ROUTE, "scopes": "orders:read"}]},
+            "TOKEX_PROXY_ROUTES: routes[0].scopes: must be a list of strings",
+        ),
+        (
+            {"routes": [{**ROUTE, "ca_file": ""}]},
+            "TOKEX_PROXY_ROUTES: routes[0].ca_file: must be a non-empty string",
+        ),
+        ({"routes": []}, "TOKEX_PROXY_ROUTES: must be a non-empty list"),
+        ({"listen": "127.0.0.1:0"}, "TOKEX_PROXY_LISTEN: name a port"),
+        ({"endpoint": "http://auth.example.com"}, "TOKEX_PROXY_ENDPOINT: endpoint "),
+    ],
+)
+def test_the_construct_refuses_at_synth_what_the_extension_refuses_at_init(
+    options: dict[str, Any], message: str
+) -> None:
+    """Not a deploy whose every Init fails with Extension.ConfigInvalid: the same check,
+    the same message, at `cdk synth`."""
+    from aws_cdk import aws_lambda as lambda_
+
+    from tokex.extension.main import config_from_variables
+    from tokex.proxy.config import ProxyConfigError
+
+    variables = {
+        ENDPOINT_VARIABLE: options.get("endpoint", ISSUER),
+        ROUTES_VARIABLE: json.dumps(options.get("routes", [ROUTE])),
+        **({LISTEN_VARIABLE: options["listen"]} if "listen" in options else {}),
+    }
+    with pytest.raises(ProxyConfigError) as at_init:
+        config_from_variables(variables)
+    with pytest.raises(ValueError) as at_synth:
+        sample_stack(lambda_.Runtime.PYTHON_3_12, layer_arn=LAYER_ARN, **options)
+    assert str(at_synth.value) == str(at_init.value)
+    assert str(at_synth.value).startswith(message)
+
+
+def test_a_route_naming_a_file_of_the_functions_package_synthesizes() -> None:
+    """The function's package does not exist at synth: its files are checked at Init."""
+    from aws_cdk import aws_lambda as lambda_
+    from aws_cdk.assertions import Template
+
+    routes = [{**ROUTE, "ca_file": "certs/ca.pem"}, {**ROUTE, "prefix": "/eks", "evidence": "eks"}]
+    template = Template.from_stack(
+        sample_stack(lambda_.Runtime.PYTHON_3_12, layer_arn=LAYER_ARN, routes=routes)
+    ).to_json()
+    [function] = [r for r in template["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert json.loads(variables[ROUTES_VARIABLE]) == routes
+
+
+def test_with_an_endpoint_token_the_rest_is_still_checked_at_synth() -> None:
+    """An imported IssuerUrl is known at deploy only; the routes and listen are not."""
+    from aws_cdk import Fn
+    from aws_cdk import aws_lambda as lambda_
+    from aws_cdk.assertions import Template
+
+    issuer = Fn.import_value("TokexIssuerUrl")
+    plain = [{**ROUTE, "upstream": "http://orders.example.com"}]
+    with pytest.raises(ValueError, match=r"^TOKEX_PROXY_ROUTES: routes\[0\].upstream: .* plain"):
+        sample_stack(
+            lambda_.Runtime.PYTHON_3_12, layer_arn=LAYER_ARN, endpoint=issuer, routes=plain
+        )
+    template = Template.from_stack(
+        sample_stack(lambda_.Runtime.PYTHON_3_12, layer_arn=LAYER_ARN, endpoint=issuer)
+    ).to_json()
+    [function] = [r for r in template["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert variables[ENDPOINT_VARIABLE] == {"Fn::ImportValue": "TokexIssuerUrl"}
+
+
+def test_a_route_holding_a_token_is_left_to_the_extension() -> None:
+    """An upstream from another construct (an API's URL) is known at deploy only: no
+    refusal of the token's placeholder text; the extension checks the value at Init."""
+    from aws_cdk import Fn
+    from aws_cdk import aws_lambda as lambda_
+    from aws_cdk.assertions import Template
+
+    routes = [{**ROUTE, "upstream": Fn.import_value("OrdersApiUrl")}]
+    template = Template.from_stack(
+        sample_stack(lambda_.Runtime.PYTHON_3_12, layer_arn=LAYER_ARN, routes=routes)
+    ).to_json()
+    [function] = [r for r in template["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
+    assert "Fn::Join" in function["Properties"]["Environment"]["Variables"][ROUTES_VARIABLE]

@@ -125,6 +125,23 @@ def test_a_listener_off_loopback_is_refused_without_a_setting_no_variable_has(
     assert "allow_non_loopback" not in refused.value.message
 
 
+def test_the_construct_checks_all_but_the_files_it_cannot_see_yet() -> None:
+    """check_files=False: the CDK construct's check at synth, where the function's
+    package (a route's ca_file) does not exist yet; the extension's at Init has it."""
+    routes = json.dumps([{**ROUTE, "ca_file": "certs/ca.pem"}])
+    with pytest.raises(ProxyConfigError) as refused:
+        extension.config_from_variables(variables(TOKEX_PROXY_ROUTES=routes))
+    assert refused.value.key == "TOKEX_PROXY_ROUTES: routes[0].ca_file"
+    assert refused.value.file_not_found
+    config = extension.config_from_variables(
+        variables(TOKEX_PROXY_ROUTES=routes, LAMBDA_TASK_ROOT="/var/task"), check_files=False
+    )
+    assert config.routes[0].ca_file == "/var/task/certs/ca.pem"
+    plain = json.dumps([{**ROUTE, "ca_file": "certs/ca.pem", "upstream": "http://orders"}])
+    with pytest.raises(ProxyConfigError, match="plain http"):
+        extension.config_from_variables(variables(TOKEX_PROXY_ROUTES=plain), check_files=False)
+
+
 def test_without_the_variables_the_file_is_read(tmp_path: Path) -> None:
     path = tmp_path / "proxy.json"
     path.write_text(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tokex.client.evidence import DEFAULT_TOKEN_FILE
 from tokex.proxy.config import Address, ProxyConfig, ProxyConfigError
 
 ENDPOINT = "https://auth.example.com"
@@ -261,6 +262,49 @@ def test_a_ca_file_that_is_not_pem_is_refused(tmp_path: Path) -> None:
     (tmp_path / "ca.pem").write_text("not a certificate")
     error = refusal(with_route(ca_file="ca.pem"), base=tmp_path)
     assert error.key == "routes[0].ca_file" and "is not a PEM CA bundle" in error.message
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        {"ca_file": "/nope/ca.pem"},
+        {"ca_file": "certs/ca.pem"},  # relative: the function's package, at synth not there
+        {"ca_file": "/dev/null"},  # no PEM read either
+        {"evidence": "eks", "token_file": "/nope/token"},
+        {"evidence": "eks"},  # the default token file
+    ],
+)
+def test_check_files_false_skips_only_the_files_being_there(route: dict) -> None:
+    """The CDK construct's check at synth, before the function's package exists."""
+    doc = with_route(**route)
+    assert refusal(doc).key.endswith("_file")  # by default: refused, as the extension does
+    config = ProxyConfig.from_document(
+        doc, base_dir=Path("/var/task"), environ={}, check_files=False
+    )
+    [parsed] = config.routes
+    if "ca_file" in route:
+        assert parsed.ca_file == str(Path("/var/task") / route["ca_file"])
+    else:
+        assert parsed.token_file == route.get("token_file", DEFAULT_TOKEN_FILE)
+
+
+@pytest.mark.parametrize(
+    ("doc", "key"),
+    [
+        (with_route(ca_file="ca\x00.pem"), "routes[0].ca_file"),
+        (with_route(ca_file=""), "routes[0].ca_file"),
+        (with_route(token_file="/nope/token"), "routes[0].token_file"),  # not eks evidence
+        (document(token_file="/nope/token"), "token_file"),
+        (with_route(upstrem="https://orders.example.com"), "routes[0].upstrem"),
+        (with_route(upstream="http://orders.example.com"), "routes[0].upstream"),
+        (with_route(evidence="iam"), "routes[0].evidence"),
+        (document(listen="0.0.0.0:8080"), "listen"),
+    ],
+)
+def test_check_files_false_still_checks_everything_else(doc: dict, key: str) -> None:
+    with pytest.raises(ProxyConfigError) as refused:
+        ProxyConfig.from_document(doc, base_dir=Path("/var/task"), environ={}, check_files=False)
+    assert refused.value.key == key and not refused.value.file_not_found
 
 
 def test_from_args_is_one_route_for_every_path_and_names_the_flags(ca_file: Path) -> None:

@@ -103,9 +103,11 @@ def load_config(environ: Mapping[str, str]) -> ProxyConfig:
     return ProxyConfig.from_file(path, environ=environ)
 
 
-def config_from_variables(environ: Mapping[str, str]) -> ProxyConfig:
+def config_from_variables(environ: Mapping[str, str], *, check_files: bool = True) -> ProxyConfig:
     """`TOKEX_PROXY_ENDPOINT`, `TOKEX_PROXY_ROUTES` (a JSON list of routes) and
-    `TOKEX_PROXY_LISTEN` (default 127.0.0.1:2772), checked as a configuration file is."""
+    `TOKEX_PROXY_LISTEN` (default 127.0.0.1:2772), checked as a configuration file is.
+    `check_files=False`: all but the files the routes name, which the CDK construct
+    cannot see at synth (ProxyConfig.from_document)."""
     text = environ.get(ROUTES_VARIABLE)
     if not text:
         raise ProxyConfigError(ROUTES_VARIABLE, "missing: the routes, a JSON list")
@@ -122,7 +124,9 @@ def config_from_variables(environ: Mapping[str, str]) -> ProxyConfig:
     task_root = Path(environ.get("LAMBDA_TASK_ROOT") or "/var/task")
     try:
         # The checks of a configuration file, on a document built from variables.
-        config = ProxyConfig.from_document(document, base_dir=task_root, environ=environ)
+        config = ProxyConfig.from_document(
+            document, base_dir=task_root, environ=environ, check_files=check_files
+        )
         for name, address in config.listeners.items():
             if address.port == 0:
                 # The function sends its requests to a port it is told: one the system

@@ -160,13 +160,17 @@ class ProxyConfig:
         *,
         base_dir: Path,
         environ: Mapping[str, str] | None = None,
+        check_files: bool = True,
     ) -> ProxyConfig:
         """The configuration a file's content would give (already parsed: e.g. built from
-        environment variables); relative paths are relative to `base_dir`."""
+        environment variables); relative paths are relative to `base_dir`.
+        `check_files=False` where the files a route names are not there yet (the CDK
+        construct, before the function's package exists): every check but that each
+        `token_file` and `ca_file` exists and a CA bundle is PEM."""
         if not isinstance(document, Mapping):
             raise ProxyConfigError("configuration", "must be an object (a table)")
         env = os.environ if environ is None else environ
-        return _parse(dict(document), base=base_dir, environ=env)
+        return _parse(dict(document), base=base_dir, environ=env, check_files=check_files)
 
     @classmethod
     def from_args(
@@ -203,7 +207,9 @@ class ProxyConfig:
             raise ProxyConfigError(flag, err.message, file_not_found=err.file_not_found) from None
 
 
-def _parse(document: dict[str, Any], *, base: Path, environ: Mapping[str, str]) -> ProxyConfig:
+def _parse(
+    document: dict[str, Any], *, base: Path, environ: Mapping[str, str], check_files: bool = True
+) -> ProxyConfig:
     _known_keys(document, _TOP_KEYS, "")
     endpoint = _endpoint(document, environ)
     allow_non_loopback = document.get("allow_non_loopback", False)
@@ -219,7 +225,7 @@ def _parse(document: dict[str, Any], *, base: Path, environ: Mapping[str, str]) 
     if not isinstance(raw_routes, list) or not raw_routes:
         raise ProxyConfigError("routes", "must be a non-empty list of routes ([[routes]])")
     routes = tuple(
-        _route(raw, f"routes[{i}]", evidence, token_file, base, allow_non_loopback)
+        _route(raw, f"routes[{i}]", evidence, token_file, base, allow_non_loopback, check_files)
         for i, raw in enumerate(raw_routes)
     )
     if token_file is not None and all(route.evidence != EKS for route in routes):
@@ -310,6 +316,7 @@ def _route(
     default_token_file: str | None,
     base: Path,
     allow_non_loopback: bool,
+    check_files: bool,
 ) -> Route:
     if not isinstance(raw, dict):
         raise ProxyConfigError(key, "must be a table (an object) of route keys")
@@ -331,9 +338,10 @@ def _route(
         raise ProxyConfigError(f"{key}.token_file", "goes with evidence eks only")
     if evidence == EKS:
         token_file = token_file or default_token_file or DEFAULT_TOKEN_FILE
-        _existing_file(token_file, f"{key}.token_file" if "token_file" in raw else "token_file")
+        if check_files:
+            _existing_file(token_file, f"{key}.token_file" if "token_file" in raw else "token_file")
     ca_file = _path(raw, "ca_file", f"{key}.ca_file", base)
-    if ca_file is not None:
+    if ca_file is not None and check_files:
         _ca_bundle(ca_file, f"{key}.ca_file")
     return Route(
         name=key,
