@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 XRAY_REASON = (
     "Only X-Ray's xray:PutTraceSegments and xray:PutTelemetryRecords (added by Tracing.ACTIVE)"
     " use Resource '*': X-Ray has no resource-level permissions for them. Every other"
-    " statement of this role names one resource (tests/infra assert the exact list)."
+    " statement of this role names its resources exactly, without wildcards (tests/infra"
+    " assert the exact list)."
 )
 RUNTIME_REASON = (
     "python3.13 is pinned on purpose (supported by Lambda until 2029): the layer is built"
