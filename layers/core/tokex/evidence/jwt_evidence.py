@@ -63,6 +63,8 @@ _DECODER = jwt.PyJWT(
         "verify_nbf": False,
         "verify_iat": False,
         "require": ["exp", "iat", "iss", "aud"],
+        # pyjwt 2.11 and later; below it, oidc_keys refuses short RSA keys alone (and no
+        # HMAC algorithm is ever accepted).
         "enforce_minimum_key_length": True,
     }
 )
