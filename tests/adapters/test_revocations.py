@@ -173,10 +173,12 @@ def test_an_eks_principal_is_matched_in_its_own_case(dynamodb):
 # --- reads DynamoDB answers in part, or eventually: never "not revoked" ---------------------
 
 
-def _stubbed(answers: list[dict[str, Any]]) -> tuple[RevocationStore, Any]:
+def _stubbed(
+    answers: list[dict[str, Any]], pauses: list[float] | None = None
+) -> tuple[RevocationStore, Any]:
     """A store on a botocore client that answers each BatchGetItem with the next of
     `answers` (the keys left unprocessed, or the items), checking every request is a
-    consistent read of the keys asked for."""
+    consistent read of the keys asked for; the pauses it makes go to `pauses`, not by."""
     import botocore.session
     from botocore.stub import ANY, Stubber
 
@@ -197,28 +199,67 @@ def _stubbed(answers: list[dict[str, Any]]) -> tuple[RevocationStore, Any]:
         }
         stubber.add_response("batch_get_item", answer, expected)
     stubber.activate()
-    return RevocationStore(client, TABLE, ttl_cap_seconds=CAP), stubber
+    sleep = (pauses if pauses is not None else []).append
+    return RevocationStore(client, TABLE, ttl_cap_seconds=CAP, sleep=sleep), stubber
+
+
+def _unprocessed() -> dict[str, Any]:
+    # As DynamoDB hands them back: the keys with the request's other parameters.
+    request = {
+        "Keys": [{"id": {"S": "jti#x"}}],
+        "ConsistentRead": True,
+        "ProjectionExpression": "#i, #r",
+        "ExpressionAttributeNames": {"#i": "id", "#r": "revoked_at"},
+    }
+    return {"Responses": {TABLE: []}, "UnprocessedKeys": {TABLE: request}}
 
 
 def test_keys_left_unprocessed_are_never_read_as_not_revoked() -> None:
     """DynamoDB may leave keys unprocessed under throttling: asked again, and when they
     stay so, the answer is 503, not "not revoked" (which would make a revoked token
     active)."""
-
-    def unprocessed(_: int) -> dict[str, Any]:
-        # As DynamoDB hands them back: the keys with the request's other parameters.
-        request = {
-            "Keys": [{"id": {"S": "jti#x"}}],
-            "ConsistentRead": True,
-            "ProjectionExpression": "#i, #r",
-            "ExpressionAttributeNames": {"#i": "id", "#r": "revoked_at"},
-        }
-        return {"Responses": {TABLE: []}, "UnprocessedKeys": {TABLE: request}}
-
-    store, stubber = _stubbed([unprocessed(i) for i in range(3)])
+    store, stubber = _stubbed([_unprocessed() for _ in range(3)])
     with pytest.raises(TemporarilyUnavailable) as failed:
         store.revoked(jti="x", principal=PRINCIPAL, issued_at=1)
     assert failed.value.reason == "dynamodb BatchGetItem: unprocessed"
+    stubber.assert_no_pending_responses()
+
+
+def test_keys_left_unprocessed_are_asked_again_after_a_pause() -> None:
+    """Asked again at once, throttled keys may well stay unprocessed (the API reference
+    recommends exponential backoff): a jittered pause before each new attempt, none after
+    the last, each within the backoff's bound for its attempt."""
+    from tokex.adapters.state_table import revocations
+
+    pauses: list[float] = []
+    store, stubber = _stubbed([_unprocessed() for _ in range(3)], pauses)
+    with pytest.raises(TemporarilyUnavailable):
+        store.revoked(jti="x", principal=PRINCIPAL, issued_at=1)
+    assert len(pauses) == 2
+    for attempt, pause in enumerate(pauses, start=1):
+        bound = min(
+            revocations._BATCH_BACKOFF_BASE_SECONDS * 2 ** (attempt - 1),
+            revocations._BATCH_BACKOFF_CAP_SECONDS,
+        )
+        assert 0 <= pause <= bound
+
+    pauses.clear()
+    store, stubber = _stubbed([_unprocessed(), {"Responses": {TABLE: []}}], pauses)
+    assert store.revoked(jti="x", principal=PRINCIPAL, issued_at=1) is None
+    assert len(pauses) == 1
+    stubber.assert_no_pending_responses()
+
+
+def test_no_pause_outlasts_the_requests_deadline() -> None:
+    """With no room left for a pause and another attempt, the answer is 503 at once."""
+    from tokex import deadline
+
+    pauses: list[float] = []
+    store, stubber = _stubbed([_unprocessed()], pauses)
+    with deadline.request_deadline(0.1), pytest.raises(TemporarilyUnavailable) as failed:
+        store.revoked(jti="x", principal=PRINCIPAL, issued_at=1)
+    assert failed.value.reason == "dynamodb BatchGetItem: unprocessed"
+    assert pauses == []
     stubber.assert_no_pending_responses()
 
 

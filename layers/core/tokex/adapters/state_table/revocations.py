@@ -36,14 +36,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokex.adapters import errors
+from tokex.adapters.aws_clients import pause_within_deadline
 from tokex.adapters.state_table import schema
 from tokex.adapters.state_table.schema import KEY_ATTRIBUTE, TTL_ATTRIBUTE
 
 # Past the TTL cap: the clock skew tolerated between the revoking machine and the
 # Lambdas, plus slack.
 TTL_MARGIN_SECONDS = 300
-# BatchGetItem may leave keys unprocessed under throttling (DynamoDB API reference).
+# BatchGetItem may leave keys unprocessed under throttling, and asked again at once they
+# may well stay so: the API reference recommends exponential backoff. Full jitter, as the
+# admission's conflicts (admission.py), within the request's deadline.
 _BATCH_ATTEMPTS = 3
+_BATCH_BACKOFF_BASE_SECONDS = 0.05
+_BATCH_BACKOFF_CAP_SECONDS = 0.2
 _UNAVAILABLE = "the revocation store is unavailable, retry later"
 
 
@@ -65,12 +70,14 @@ class RevocationStore:
         *,
         ttl_cap_seconds: int,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """`ttl_cap_seconds`: the longest lifetime any token of the deployment can have."""
         self._dynamodb = dynamodb_client
         self._table = table_name
         self._ttl_cap = ttl_cap_seconds
         self._clock = clock
+        self._sleep = sleep
 
     def revoke_jti(self, jti: str) -> Revocation:
         """Revoke one token by its `jti`."""
@@ -139,7 +146,7 @@ class RevocationStore:
             self._table: {"Keys": keys, "ConsistentRead": True, "ProjectionExpression": "#i, #r"}
         }
         request[self._table]["ExpressionAttributeNames"] = {"#i": KEY_ATTRIBUTE, "#r": "revoked_at"}
-        for _ in range(_BATCH_ATTEMPTS):
+        for attempt in range(1, _BATCH_ATTEMPTS + 1):
             try:
                 response = self._dynamodb.batch_get_item(RequestItems=request)
             except errors.SDK_ERRORS as exc:
@@ -148,6 +155,14 @@ class RevocationStore:
             request = response.get("UnprocessedKeys") or {}
             if not request:
                 return items
+            if attempt == _BATCH_ATTEMPTS:
+                break
+            pause = pause_within_deadline(
+                attempt, base=_BATCH_BACKOFF_BASE_SECONDS, cap=_BATCH_BACKOFF_CAP_SECONDS
+            )
+            if pause is None:  # no room left for another attempt
+                break
+            self._sleep(pause)
         # Unknown revocation state is never reported as "not revoked".
         raise errors.unavailable(_UNAVAILABLE, "dynamodb", "BatchGetItem", "unprocessed")
 
