@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -312,6 +313,74 @@ def test_describe_instances_errors(sts, code, outcome):
         expected = InvalidGrant if outcome == "refused" else TemporarilyUnavailable
         with pytest.raises(expected):
             lookup(identity())
+
+
+LAUNCHED = datetime(2026, 1, 1, tzinfo=UTC)
+RUNNING = {"Reservations": [{"Instances": [{
+    "InstanceId": UNKNOWN_ID, "State": {"Name": "running"},
+    "Tags": [{"Key": "team", "Value": "orders"}],
+}]}]}  # fmt: skip
+
+
+def answer_not_found(stub: Stubber, form: str) -> None:
+    """EC2 does not know the instance: the error, or an answer that leaves it out."""
+    if form == "error":
+        stub.add_client_error(
+            "describe_instances",
+            service_error_code="InvalidInstanceID.NotFound",
+            service_message=f"The instance ID '{UNKNOWN_ID}' does not exist",
+            http_status_code=400,
+        )
+    else:
+        stub.add_response("describe_instances", {"Reservations": []})
+
+
+def lookup_at(sts: Any, ec2: Any, seconds_after_launch: float) -> InstanceTagLookup:
+    """A lookup whose wall clock reads LAUNCHED + `seconds_after_launch`; its cache's
+    clock stands still, so whatever it cached would still be fresh."""
+    return InstanceTagLookup(
+        sts, role_name=ROLE_NAME, clock=Clock(), ec2_client_factory=lambda *_: ec2,
+        wall_clock=lambda: LAUNCHED.timestamp() + seconds_after_launch,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["error", "missing"])
+@pytest.mark.parametrize("seconds_after_launch", [0, 5, 299, -30])
+def test_an_instance_ec2_does_not_know_yet_after_launch_is_retried_not_refused(
+    sts, form, seconds_after_launch
+):
+    """EC2's eventual consistency: right after RunInstances, DescribeInstances may say
+    InvalidInstanceID.NotFound for a live instance. A 503, not cached: the next request
+    asks EC2 again. A pendingTime in the future (clock skew) counts as just launched."""
+    ec2, stub = stubbed_ec2()
+    answer_not_found(stub, form)
+    stub.add_response("describe_instances", RUNNING)
+    lookup = lookup_at(sts, ec2, seconds_after_launch)
+    just_launched = identity(pending_time=LAUNCHED)
+    with pytest.raises(TemporarilyUnavailable) as info:
+        lookup(just_launched)
+    assert type(info.value) is TemporarilyUnavailable
+    assert info.value.description == (
+        f"instance {UNKNOWN_ID} is not yet known to EC2, retry shortly"
+    )
+    assert info.value.headers() == {"Retry-After": "2"}
+    assert lookup(just_launched) == {"team": "orders"}
+    stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("form", ["error", "missing"])
+@pytest.mark.parametrize("pending_time", [LAUNCHED - timedelta(seconds=300), None])
+def test_an_instance_ec2_does_not_know_otherwise_is_refused_and_cached(sts, form, pending_time):
+    """Launched (or started) 300 s ago or more, or a document without pendingTime: not
+    found is final, as for a terminated instance, and cached like every refusal."""
+    ec2, stub = stubbed_ec2()
+    answer_not_found(stub, form)
+    described = calls(ec2, "DescribeInstances")
+    lookup = lookup_at(sts, ec2, 0)
+    for _ in range(2):
+        with pytest.raises(InvalidGrant, match=f"instance {UNKNOWN_ID} is not running"):
+            lookup(identity(pending_time=pending_time))
+    assert len(described) == 1
 
 
 def test_unreachable_ec2_is_unavailable(sts):

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import random
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,7 @@ def test_real_sample_verifies(name: str, store: CertificateStore) -> None:
         "image_id": document["imageId"],
         "instance_type": document["instanceType"],
     }
+    assert identity.pending_time == datetime.fromisoformat(document["pendingTime"])
     # Line breaks are IMDS's, not part of the base64: any of them is fine.
     assert verify_instance_identity(with_blob(evidence, der_of(evidence)), store) == identity
     crlf = dict(evidence, **{identity.variant: evidence[identity.variant].replace("\n", "\r\n")})
@@ -299,6 +301,40 @@ def test_document_is_parsed_strictly(
     evidence["document"] = change(evidence["document"])
     with pytest.raises(InvalidGrant, match=expected):
         verify_instance_identity(evidence, store)
+
+
+@pytest.mark.parametrize(
+    "pending_time",
+    [
+        None,  # no pendingTime at all
+        "null",
+        "1630704344",
+        '"2021-09-03T21:25:44.000Z"',
+        '"2021-09-03T21:25:44+00:00"',
+        '"2021-09-03 21:25:44Z"',
+        '"2021-9-3T21:25:44Z"',
+        '"2021-02-30T21:25:44Z"',
+        '"٢٠٢١-09-03T21:25:44Z"',
+    ],
+)
+def test_document_without_a_pending_time_in_aws_form_still_verifies(
+    pending_time: str | None, local_ca: tuple[rsa.RSAPrivateKey, x509.Certificate]
+) -> None:
+    key, certificate = local_ca
+    document = load(RSA2048_SAMPLE)["document"]
+    aws_form = '  "pendingTime" : "2021-09-03T21:25:44Z",\n'
+    assert aws_form in document
+    replacement = "" if pending_time is None else f'  "pendingTime" : {pending_time},\n'
+    document = document.replace(aws_form, replacement)
+    local = CertificateStore()
+    local.add("rsa2048", "us-west-2", certificate)
+    evidence = {
+        "document": document,
+        "rsa2048": sign_document_for_local_mode(document, key, certificate),
+    }
+    identity = verify_instance_identity(evidence, local)
+    assert identity.pending_time is None
+    assert identity.instance_id == "i-078517ca8a70a1dde"
 
 
 def test_unknown_region_is_refused(store: CertificateStore) -> None:

@@ -11,7 +11,13 @@ expire) and calls `ec2:DescribeInstances` for that one instance in its region.
 
 What each outcome means (fail closed throughout):
 - Instance found and `pending`/`running` → its tags, `{Key: Value}`.
-- Any other state, or unknown to EC2 → `InvalidGrant` "instance <id> is not running".
+- Unknown to EC2 (`InvalidInstanceID.NotFound`, or missing from the answer) while the
+  document's signed `pendingTime` is less than `LAUNCH_CONSISTENCY_SECONDS` old (or in the
+  future) → `TemporarilyUnavailable` (503, Retry-After 2 s) "instance <id> is not yet
+  known to EC2, retry shortly", never cached: EC2 is eventually consistent and does not
+  know every instance right after its launch (see LAUNCH_CONSISTENCY_SECONDS).
+- Any other state, or unknown to EC2 otherwise → `InvalidGrant` "instance <id> is not
+  running".
   The identity document is static for an instance's life (docs/security.md
   "IMDS evidence"): evidence of a stopped or terminated instance is evidence that
   outlived its instance, as stolen evidence does. Raising, rather than returning no tags,
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +65,12 @@ ASSUMED_ROLE_SECONDS = 900
 # (aws_clients.HOT_PATH_CONFIG).
 CREDENTIALS_REFRESH_MARGIN_SECONDS = 120
 MAX_TTL_SECONDS = 60
+# EC2 is eventually consistent: right after RunInstances, DescribeInstances "might return
+# an InvalidInstanceID.NotFound error. This does not mean the instance does not exist."
+# (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html). For this
+# long after the document's pendingTime, not found is "not yet", never a grant.
+LAUNCH_CONSISTENCY_SECONDS = 300
+NOT_YET_KNOWN_RETRY_AFTER_SECONDS = 2
 # Bounds the memory a warm container spends on instances it has seen.
 MAX_CACHED_INSTANCES = 10_000
 _LOCK_STRIPES = 64
@@ -146,6 +159,7 @@ class InstanceTagLookup:
         partition_of: Callable[[str], str | None] = identifiers.partition_of_region,
         ttl_seconds: float = MAX_TTL_SECONDS,
         clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], float] = time.time,
         ec2_client_factory: Ec2ClientFactory | None = None,
     ) -> None:
         if not identifiers.ROLE_NAME_WITH_PATH.fullmatch(role_name):
@@ -157,6 +171,8 @@ class InstanceTagLookup:
         self._partition_of = partition_of
         self._ttl = ttl_seconds
         self._clock = clock or SuspendAwareClock()  # a frozen environment's sleep counts
+        # Seconds since the epoch, as the document's pendingTime: the cache's clock is not.
+        self._wall_clock = wall_clock
         self._ec2_client = ec2_client_factory or default_ec2_client_factory()
         self._lock = threading.Lock()  # guards the two dicts below
         self._outcomes: dict[tuple[str, str, str], _Outcome] = {}
@@ -194,8 +210,22 @@ class InstanceTagLookup:
                 outcome = self._cached(key)  # another thread may have just looked it up
                 if outcome is None:
                     outcome = self._describe(*key)
+                    if outcome.state == _NOT_FOUND and self._just_launched(instance):
+                        raise TemporarilyUnavailable(
+                            f"instance {instance_id} is not yet known to EC2, retry shortly",
+                            reason=f"instance_not_yet_known: {instance_id} not-found",
+                            retry_after=NOT_YET_KNOWN_RETRY_AFTER_SECONDS,
+                        )
                     self._store(key, outcome)
         return outcome.result(instance.instance_id)
+
+    def _just_launched(self, instance: InstanceIdentity) -> bool:
+        """Whether the instance entered `pending` less than LAUNCH_CONSISTENCY_SECONDS ago
+        by its signed document; a pendingTime in the future (clock skew) counts."""
+        if instance.pending_time is None:
+            return False
+        age = self._wall_clock() - instance.pending_time.timestamp()
+        return age < LAUNCH_CONSISTENCY_SECONDS
 
     def _cached(self, key: tuple[str, str, str]) -> _Outcome | None:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 # The evidence an identity came from (identifiers.EVIDENCE_KINDS): a signed
 # GetCallerIdentity request, an AWS outbound identity federation JWT, an EKS
@@ -92,6 +93,9 @@ class InstanceIdentity:
 
     `variant` is which signature verified it (`rsa2048`, `pkcs7` or `signature`) and
     `certificate` names the pinned certificate used (e.g. `rsa2048/us-east-1`).
+    `pending_time` is the document's `pendingTime` (UTC): when the instance last entered
+    `pending`, at its launch or its last start; None when the document has none in AWS's
+    form.
     """
 
     instance_id: str
@@ -105,6 +109,7 @@ class InstanceIdentity:
     # Set once the evidence has been bound to the SigV4 caller (same account, and same
     # instance for an instance-profile session).
     bound: bool = False
+    pending_time: datetime | None = None
 
     def claims(self) -> dict[str, str]:
         """The contract's `aws.instance` claim."""

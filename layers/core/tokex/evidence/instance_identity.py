@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,11 @@ _DOCUMENT_FIELDS = {
     "imageId": re.compile(r"ami-(?:[0-9a-f]{8}|[0-9a-f]{17})"),
     "instanceType": re.compile(r"[a-z0-9-]{1,32}\.[a-z0-9-]{1,32}"),
 }
+# Optional: when the instance last entered `pending` (its launch or last start), in the
+# ISO-8601 UTC form AWS writes (`2021-09-03T21:25:44Z`). A document without it, or with
+# another form, still verifies: its InstanceIdentity has no pending_time.
+_PENDING_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_PENDING_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _BASE64_WHITESPACE = str.maketrans("", "", " \t\r\n")
 
 
@@ -207,6 +213,7 @@ def verify_instance_identity(
         instance_type=fields["instanceType"],
         variant=variant,
         certificate=f"{variant}/{region}",
+        pending_time=_pending_time(fields.get("pendingTime")),
     )
 
 
@@ -271,7 +278,8 @@ def _read_evidence(evidence: Mapping[str, Any]) -> tuple[str, str, str]:
 
 
 def _parse_document(document: str) -> dict[str, str]:
-    """The required fields of the document, parsed strictly (no duplicate keys)."""
+    """The required fields of the document, parsed strictly (no duplicate keys), and
+    `pendingTime` when it has AWS's form."""
     try:
         parsed = loads_strict(document)
     except DuplicateKeyError as exc:
@@ -286,9 +294,22 @@ def _parse_document(document: str) -> dict[str, str]:
         if not isinstance(value, str) or not pattern.fullmatch(value):
             raise InvalidGrant(f"instance identity document has no valid `{name}`")
         fields[name] = value
+    pending_time = parsed.get("pendingTime")
+    if isinstance(pending_time, str) and _PENDING_TIME.fullmatch(pending_time):
+        fields["pendingTime"] = pending_time
     if not fields["availabilityZone"].startswith(fields["region"]):
         raise InvalidGrant("instance identity document's availabilityZone is not in its region")
     return fields
+
+
+def _pending_time(text: str | None) -> datetime | None:
+    """`pendingTime` as a UTC time; None when absent or not a real date (`...-02-30...`)."""
+    if text is None:
+        return None
+    try:
+        return datetime.strptime(text, _PENDING_TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def _decode_base64(text: str, variant: str) -> bytes:
