@@ -28,7 +28,7 @@ MAX_POLICY_CACHE_SECONDS = 60
 # The time budget of one request, shared by all its upstream calls (deadline.py). The
 # exchange and introspect functions time out at 10 s (cdk/tokex_stack.py): the 503 must
 # leave the function well before that (deadline + 0.5 s for a compensating write, then
-# the log and metrics flush), or the caller gets API Gateway's bare 503 with no
+# the log and metrics flush), or the caller gets API Gateway's bare 5xx with no
 # Retry-After and no audit line, after waiting the full 10 s. 6 s is also far beyond a
 # healthy exchange (an STS and a KMS round trip, tens of ms in region; a cold start's
 # first GetPublicKey and policy scan, a few hundred ms) and below `tokex.client`'s 10 s

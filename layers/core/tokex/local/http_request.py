@@ -28,8 +28,9 @@ REQUEST_TIMEOUT_SECONDS = 5.0
 MAX_REQUEST_LINE_BYTES = 8 * 1024
 MAX_HEADER_FIELDS = 100
 MAX_HEADER_BYTES = 16 * 1024
-# API Gateway takes up to 10 MB; the handlers refuse far less (16 KiB, docs/contract.md).
-# The front only protects itself from reading unbounded input.
+# The handlers refuse far less (16 KiB, docs/contract.md); in AWS, a body of about 4.5 MB
+# or more never reaches them (base64 in an event over Lambda's 6 MB invocation limit:
+# API Gateway answers itself). The front only protects itself from reading unbounded input.
 MAX_BODY_BYTES = 1024 * 1024
 # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request line.
 MAX_EMPTY_LINES = 4
