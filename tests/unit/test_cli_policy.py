@@ -630,7 +630,9 @@ def eks_argv(tmp_path: Path, claims: Any = EKS_CLAIMS, *more: str) -> list[str]:
 def test_validate_knows_the_jwt_evidence_keys(capsys, tmp_path) -> None:
     for document in (ORDERS_LAMBDA, PAYMENTS_EKS, NO_SANDBOX):
         code, out, err = tokex(capsys, "validate", write(tmp_path, document))
-        assert (code, out, err) == (0, f"valid: {document['id']} ({document['effect']})\n", "")
+        assert (code, out) == (0, f"valid: {document['id']} ({document['effect']})\n")
+        # ORDERS_LAMBDA's principal_tags warn (test_validate_warns_about_principal_tags).
+        assert err == "" or document is ORDERS_LAMBDA
         code, out, _ = tokex(capsys, "validate", write(tmp_path, document), "--json")
         assert json.loads(out)["document"] == Policy.from_document(document).to_document()
 
@@ -649,6 +651,31 @@ def test_validate_warns_about_request_tags_and_evidence_a_selector_excludes(
     assert (
         "warning: workload.request_tags, conditions.org_ids, conditions.ou_paths: only aws-oif "
         "evidence carries them, so this policy never applies to sigv4 callers" in err
+    )
+
+
+def test_validate_warns_about_principal_tags(capsys, tmp_path) -> None:
+    """An OIF token's principal_tags are aws:PrincipalTag: a tagged session's tags in
+    place of its role's (IAM User Guide, "Understanding token claims")."""
+    code, out, err = tokex(capsys, "validate", write(tmp_path, ORDERS_LAMBDA))
+    assert (code, out) == (0, "valid: orders-lambda (allow)\n")
+    assert err == (
+        "tokex policy: warning: workload.principal_tags are aws:PrincipalTag: when the session "
+        "was tagged (sts:TagSession), its session tags replace the role's: rely on a key only "
+        "if the role's trust policy lets no one pass it as a session tag\n"
+    )
+    code, out, _ = tokex(capsys, "validate", write(tmp_path, ORDERS_LAMBDA), "--json")
+    assert [w for w in json.loads(out)["warnings"] if "principal_tags" in w]
+
+
+def test_validate_refuses_session_tags_which_no_token_carries(capsys, tmp_path) -> None:
+    document = {**ORDERS_LAMBDA, "workload": {"session_tags": {"team": ["orders"]}}}
+    path = write(tmp_path, document)
+    code, out, err = tokex(capsys, "validate", path)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"tokex policy: invalid policy {path}: workload.session_tags: AWS OIF tokens carry no "
+        "session_tags claim: a session's tags are in principal_tags (aws:PrincipalTag)\n"
     )
 
 

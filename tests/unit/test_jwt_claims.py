@@ -13,7 +13,9 @@ from tokex.errors import InvalidGrant
 from tokex.evidence.identity import EksWorkload
 from tokex.evidence.jwt_claims import STS_NAMESPACE, caller_from_claims
 from tokex.evidence.trusted_issuers import TrustedIssuer
+from tokex.policy.evaluate import evaluate
 from tokex.policy.globs import principal_matches
+from tokex.policy.model import Policy
 from tokex.tokens.claims import aws_claim
 
 ACCOUNT = "123456789012"
@@ -73,6 +75,48 @@ def test_oif_principal_and_workload_attributes() -> None:
     assert "principal_id" not in aws and "session_name" not in aws
 
 
+@pytest.mark.parametrize("session_tags", [{"team": "payments"}, {"k": 1}, "x"])
+def test_a_session_tags_claim_is_ignored_as_any_undocumented_claim(session_tags: Any) -> None:
+    """AWS documents no `session_tags` claim (IAM User Guide, "Understanding token
+    claims": a session's tags are in `principal_tags`): one in a token, whatever its
+    shape, reaches neither the caller nor the issued token."""
+    caller = caller_from_claims(OIF, oif_claims(principal_tags={"team": "orders"}))
+    with_claim = caller_from_claims(
+        OIF, oif_claims(principal_tags={"team": "orders"}, session_tags=session_tags)
+    )
+    assert with_claim == caller
+    aws = aws_claim(with_claim)
+    assert aws == aws_claim(caller) and "session_tags" not in aws
+    assert aws["principal_tags"] == {"team": "orders"}
+
+
+def test_a_tagged_sessions_tags_are_its_principal_tags() -> None:
+    """The role is tagged team=orders; whoever assumed it passed session tags
+    (sts:TagSession) team=payments. AWS puts the session's tags in the token's
+    `principal_tags` (IAM User Guide, "Understanding token claims": "When a token is
+    requested where the requesting IAM principal has both principal tags and session
+    tags, the session tags will be present in the JWT"; they map to aws:PrincipalTag),
+    so a `principal_tags` selector matches them: it is as trustworthy as who may tag the
+    session (docs/policies.md "Workload selectors")."""
+    caller = caller_from_claims(OIF, oif_claims(principal_tags={"team": "payments"}))
+    payments = Policy.from_document(
+        {
+            "id": "payments-roles",
+            "effect": "allow",
+            "evidence": ["aws-oif"],
+            "principals": [f"arn:aws:iam::{ACCOUNT}:role/*"],
+            "workload": {"principal_tags": {"team": ["payments"]}},
+            "audiences": ["payments-api"],
+            "scopes": ["payments:write"],
+        }
+    )
+    decision = evaluate(
+        [payments], caller, "payments-api", None, None, default_ttl=900, ttl_cap=3600
+    )
+    assert (decision.policy.id, decision.scopes) == ("payments-roles", ("payments:write",))
+    assert aws_claim(caller)["principal_tags"] == {"team": "payments"}
+
+
 def test_a_role_path_is_dropped_as_sigv4_evidence_drops_it() -> None:
     claims = oif_claims(principal_id=f"arn:aws:iam::{ACCOUNT}:role/teams/orders/orders")
     assert caller_from_claims(OIF, claims).principal_arn == ROLE
@@ -117,7 +161,7 @@ def test_the_principal_is_principal_id_never_sub() -> None:
             "oif_claims",
         ),
         (lambda c: c[STS_NAMESPACE].update(principal_tags=["x"]), "oif_claims"),
-        (lambda c: c[STS_NAMESPACE].update(session_tags={"k": 1}), "oif_claims"),
+        (lambda c: c[STS_NAMESPACE].update(request_tags={"k": 1}), "oif_claims"),
         (lambda c: c[STS_NAMESPACE].update(ou_path=["bad"]), "oif_claims"),
         (lambda c: c[STS_NAMESPACE].update(ec2_instance_source_vpc="vpc-XYZ"), "oif_claims"),
         (lambda c: c[STS_NAMESPACE].update(source_region="x" * 5000), "oif_claims"),

@@ -54,7 +54,6 @@ ATTRIBUTES = WorkloadAttributes(
     org_id=ORG,
     ou_paths=(OU,),
     principal_tags={"team": "payments"},
-    session_tags={"env": "prod"},
     request_tags={"job": "nightly-7"},
     lambda_function_arn=FUNCTION,
     ec2_instance_arn=INSTANCE_ARN,
@@ -148,7 +147,6 @@ FULL_OIF = doc(
         "lambda_function_arns": [f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:orders-*"],
         "ec2_instance_arns": [f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/i-*"],
         "principal_tags": {"team": ["payments"]},
-        "session_tags": {"env": ["prod"]},
         "request_tags": {"job": ["nightly-*"]},
         "source_identities": ["alice@example.com"],
     },
@@ -180,7 +178,6 @@ def test_the_parsed_selectors() -> None:
         lambda_function_arns=(f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:orders-*",),
         ec2_instance_arns=(f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/i-*",),
         principal_tags={"team": ("payments",)},
-        session_tags={"env": ("prod",)},
         request_tags={"job": ("nightly-*",)},
         source_identities=("alice@example.com",),
     )
@@ -290,7 +287,10 @@ def test_an_explicit_default_evidence_is_kept() -> None:
          "workload.ec2_instance_arns[0]", "EC2 instance ARN glob"),
         ({"workload": {"source_identities": ["a b"]}}, "workload.source_identities[0]", "1-64"),
         ({"workload": {"principal_tags": {}}}, "workload.principal_tags", "empty"),
-        ({"workload": {"session_tags": {"env": []}}}, "workload.session_tags.env", "at least one"),
+        ({"workload": {"request_tags": {"job": []}}}, "workload.request_tags.job", "at least one"),
+        # AWS documents no session_tags claim: a session's tags are its principal_tags.
+        ({"workload": {"session_tags": {"env": ["prod"]}}}, "workload.session_tags",
+         "AWS OIF tokens carry no session_tags claim: a session's tags are in principal_tags"),
         ({"workload": {"request_tags": {"job": "x"}}}, "workload.request_tags.job", "list"),
         ({"workload": {"principal_tags": {"bad\nkey": ["x"]}}},
          "workload.principal_tags.bad\nkey", "tag key"),
@@ -555,7 +555,7 @@ def test_workload_list_selectors(
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["principal_tags", "session_tags", "request_tags"])
+@pytest.mark.parametrize("name", ["principal_tags", "request_tags"])
 def test_workload_tag_selectors(name: str) -> None:
     key, value = next(iter(getattr(ATTRIBUTES, name).items()))
     holds = policy(workload={name: {key: ["x", value[:3] + "*"]}})
@@ -582,7 +582,6 @@ def test_workload_tag_selectors(name: str) -> None:
         {"lambda_function_arns": [f"arn:aws:lambda:*:{ACCOUNT}:function:*"]},
         {"ec2_instance_arns": [f"arn:aws:ec2:*:{ACCOUNT}:instance/*"]},
         {"principal_tags": {"team": ["*"]}},
-        {"session_tags": {"env": ["*"]}},
         {"request_tags": {"job": ["*"]}},
         {"source_identities": ["*"]},
     ],
@@ -730,7 +729,6 @@ def test_explanation_shows_every_verdict_and_the_audit_reason_stays_short() -> N
         "lambda_function_arns ok",
         "ec2_instance_arns ok",
         "principal_tags.team ok",
-        "session_tags.env ok",
         "request_tags.job no ('" + "x\\n" * 32 + "…')",
         "source_identities ok",
     )

@@ -277,6 +277,12 @@ def policy_warnings(policy: Policy) -> list[str]:
             "workload.request_tags are chosen by the caller when it asks for its token: "
             "they select among its tokens, they prove nothing about who it is"
         )
+    if policy.workload is not None and policy.workload.principal_tags:
+        warnings.append(
+            "workload.principal_tags are aws:PrincipalTag: when the session was tagged "
+            "(sts:TagSession), its session tags replace the role's: rely on a key only if "
+            "the role's trust policy lets no one pass it as a session tag"
+        )
     oif_only = [
         f"workload.{name}" for name in (policy.workload.selectors() if policy.workload else {})
     ]

@@ -18,14 +18,14 @@ EKS = "eks"
 class WorkloadAttributes:
     """What an AWS outbound identity federation token says about the session that asked
     for it, besides the principal (docs/contract.md "JWT evidence"). Absent = the token
-    did not carry it. `request_tags` are chosen by the caller when it asks for the token:
-    they prove nothing about who it is."""
+    did not carry it. `principal_tags` are IAM's aws:PrincipalTag: a tagged session's
+    tags take precedence over its role's. `request_tags` are chosen by the caller when it
+    asks for the token: they prove nothing about who it is."""
 
     source_region: str | None = None
     org_id: str | None = None
     ou_paths: tuple[str, ...] = ()
     principal_tags: Mapping[str, str] = field(default_factory=dict)
-    session_tags: Mapping[str, str] = field(default_factory=dict)
     request_tags: Mapping[str, str] = field(default_factory=dict)
     lambda_function_arn: str | None = None
     ec2_instance_arn: str | None = None

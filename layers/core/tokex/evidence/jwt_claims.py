@@ -158,7 +158,6 @@ def _workload(sts: Mapping[str, Any], account: str) -> WorkloadAttributes:
         org_id=org_id,
         ou_paths=_ou_paths(sts.get("ou_path")),
         principal_tags=_tags(sts, "principal_tags"),
-        session_tags=_tags(sts, "session_tags"),
         request_tags=_tags(sts, "request_tags"),
         lambda_function_arn=lambda_arn,
         ec2_instance_arn=instance_arn,

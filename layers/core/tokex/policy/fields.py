@@ -2,7 +2,7 @@
 evidence selectors (selectors.py).
 
 Each rule reads one field and refuses it with a `PolicyValidationError` that names where
-it is (`principals[0]`, `workload.session_tags.team`) and says why.
+it is (`principals[0]`, `workload.principal_tags.team`) and says why.
 """
 
 from __future__ import annotations

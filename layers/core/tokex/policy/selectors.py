@@ -40,10 +40,16 @@ MINUTES_PER_DAY = 24 * 60
 _EKS_KEYS = frozenset({"clusters", "namespaces", "service_accounts"})
 # The keys of `workload` and `conditions`, in the order explanations list them.
 WORKLOAD_SELECTORS = (
-    "lambda_function_arns", "ec2_instance_arns", "principal_tags", "session_tags",
-    "request_tags", "source_identities",
+    "lambda_function_arns", "ec2_instance_arns", "principal_tags", "request_tags",
+    "source_identities",
 )  # fmt: skip
-_WORKLOAD_TAGS = ("principal_tags", "session_tags", "request_tags")
+_WORKLOAD_TAGS = ("principal_tags", "request_tags")
+# AWS documents no `session_tags` claim: a tagged session's tags are its `principal_tags`
+# (IAM User Guide, "Understanding token claims"), so a selector over it could never hold.
+_NO_SESSION_TAGS = (
+    "AWS OIF tokens carry no session_tags claim: a session's tags are in principal_tags "
+    "(aws:PrincipalTag)"
+)
 # All but time_window are matched against an AWS OIF token's attributes.
 CONDITIONS = ("time_window", "imds_v2", "source_vpcs", "org_ids", "ou_paths")
 
@@ -97,8 +103,8 @@ class WorkloadSelectors:
 
     lambda_function_arns: tuple[str, ...] = ()
     ec2_instance_arns: tuple[str, ...] = ()
+    # IAM's aws:PrincipalTag: a tagged session's tags take precedence over its role's.
     principal_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    session_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Chosen by the caller when it asks for its token: they select, they prove nothing.
     request_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)
     source_identities: tuple[str, ...] = ()
@@ -106,6 +112,8 @@ class WorkloadSelectors:
     @classmethod
     def from_document(cls, doc: object, path: str = "workload") -> WorkloadSelectors:
         doc = fields.mapping(doc, path)
+        if "session_tags" in doc:
+            raise PolicyValidationError(f"{path}.session_tags", _NO_SESSION_TAGS)
         fields.no_unknown_keys(doc, frozenset(WORKLOAD_SELECTORS), path)
         if not doc:
             raise PolicyValidationError(path, "must name at least one selector")

@@ -128,7 +128,6 @@ def _workload_claims(caller: CallerIdentity) -> dict[str, Any]:
         "imds_version": workload.imds_version,
         "source_identity": workload.source_identity,
         "principal_tags": dict(workload.principal_tags) or None,
-        "session_tags": dict(workload.session_tags) or None,
         "request_tags": dict(workload.request_tags) or None,
     }
     return {name: value for name, value in claims.items() if value is not None}
