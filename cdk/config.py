@@ -29,6 +29,17 @@ MULTI_REGION_SLOTS = ("mrk-a", "mrk-b")
 # (/token, /introspect) and two more per Region (/regions/<r>/...).
 CLOUDFRONT_CACHE_BEHAVIORS = 25
 MAX_REGIONS = (CLOUDFRONT_CACHE_BEHAVIORS - 2) // 2
+# CloudFront delivers no standard logs to a bucket in these Regions (Amazon CloudFront
+# Developer Guide, "Choosing an Amazon S3 bucket for your standard logs"). The stack's
+# access-log bucket is in its (home) Region, and those logs are where each client's IP is
+# recorded: a stack there would record none, and nothing would say so.
+NO_CLOUDFRONT_STANDARD_LOGS_REGIONS = (
+    "af-south-1",
+    "ap-east-1",
+    "ap-southeast-3",
+    "eu-south-1",
+    "me-south-1",
+)
 # ARNs below are of a served partition and account (identifiers.py); matched whole.
 _ARN_HEAD = rf"arn:(?:{identifiers.PARTITION.pattern})"
 _ACCOUNT = identifiers.ACCOUNT_ID.pattern
@@ -200,6 +211,8 @@ class TokexConfig:
                 f"distribution needs two cache behaviours per Region besides its two own, "
                 f"and CloudFront allows {CLOUDFRONT_CACHE_BEHAVIORS} by default"
             )
+        if self.home_region is not None:
+            refuse_region_without_standard_logs(self.home_region, "regions: the home Region")
         if not self.is_multi_region:
             return
         for region in self.regions:
@@ -444,8 +457,8 @@ def check_cli_region(config: TokexConfig, cli_region: str | None) -> None:
     and so not pinned to a Region: it goes wherever the CDK CLI deploys
     (`CDK_DEFAULT_REGION`, which the CLI sets from its profile). Refuse a synth whose CLI
     would put it anywhere but the Region named, and publishedKeyArns keys of another
-    Region than the CLI's (the functions' KMS client reads its own Region only); without
-    a CLI Region there is no check."""
+    Region than the CLI's (the functions' KMS client reads its own Region only), and a
+    CLI Region without CloudFront standard logs; without a CLI Region there is no check."""
     if len(config.regions) == 1 and cli_region and cli_region != config.regions[0]:
         raise ConfigError(
             f"regions names {config.regions[0]} only, but the CDK CLI deploys to"
@@ -453,7 +466,21 @@ def check_cli_region(config: TokexConfig, cli_region: str | None) -> None:
             " (AWS_REGION or the profile's), or leave regions out"
         )
     if cli_region and not config.regions:
+        refuse_region_without_standard_logs(cli_region, "the CDK CLI's Region")
         refuse_keys_outside(cli_region, "where the CDK CLI deploys", published_key_regions(config))
+
+
+def refuse_region_without_standard_logs(region: str, which: str) -> None:
+    """ConfigError if the stack, and so its access-log bucket, would be in a Region
+    CloudFront delivers no standard logs to (`which` Region it is, in words)."""
+    if region in NO_CLOUDFRONT_STANDARD_LOGS_REGIONS:
+        raise ConfigError(
+            f"{which}, {region}, cannot hold the stack: CloudFront delivers no standard logs"
+            f' to a bucket in {region} (Amazon CloudFront Developer Guide, "Choosing an'
+            " Amazon S3 bucket for your standard logs\"), and they are where each client's IP"
+            ' is recorded (docs/deploy.md, "What the stack builds"). Deploy it to another'
+            f" Region; in a multi-Region deployment, {region} can be one of the other Regions"
+        )
 
 
 def published_key_regions(config: TokexConfig) -> set[str]:

@@ -42,7 +42,9 @@ class IssuerSite(Construct):
         super().__init__(scope, construct_id)
 
         # Access logs of the issuer bucket and of CloudFront. CloudFront standard logging
-        # writes with ACLs, so this bucket (and only this one) keeps ACLs enabled.
+        # writes with ACLs, so this bucket (and only this one) keeps ACLs enabled. It is in
+        # the stack's Region, which the config refuses where CloudFront delivers no standard
+        # logs (NO_CLOUDFRONT_STANDARD_LOGS_REGIONS).
         self.log_bucket = s3.Bucket(
             self,
             "AccessLogs",

@@ -7,6 +7,13 @@ the second key of a rotation (`SigningKeyB`, alias `.../signing-b`). Every slot'
 published (the publisher and the introspect function read its public key); exactly one,
 the active slot (`activeSigningKey`), signs.
 
+KMS cannot change a key's spec, and CloudFormation does not replace a key whose `KeySpec`
+changes: the update fails. So the key's construct id names its spec (`key_construct_id`),
+and another `signingKeySpec` is another resource: CloudFormation creates the new key,
+moves the slot's alias to it (an in-place update: both are asymmetric SIGN_VERIFY keys),
+and the old key leaves the template, retained. The alias's construct id never changes: a
+second alias resource of the same name could not be created.
+
 Each key policy delegates key *administration* to the account's IAM (so operators can
 manage it), but no cryptographic operation: only the active key's policy allows
 `kms:Sign`, and only to IAM principals whose ARN is the exchange role's, so even an
@@ -86,6 +93,15 @@ def slot_construct_id(slot: str) -> str:
     return "SigningKey" + "".join(part.capitalize() for part in slot.split("-"))
 
 
+def key_construct_id(key_spec: str) -> str:
+    """`Key` for RSA_2048, the default (the construct id every RSA key has had, so a
+    default stack keeps its key), else with the spec in it: `KeyEccNistP256`. Another
+    spec is another key (module docstring)."""
+    if key_spec == "RSA_2048":
+        return "Key"
+    return "Key" + "".join(part.capitalize() for part in key_spec.split("_"))
+
+
 def slot_alias_name(stack_name: str, slot: str) -> str:
     base = f"alias/tokex/{stack_name}/signing"
     return base if slot == "a" else f"{base}-{slot}"
@@ -145,7 +161,7 @@ class SigningKey(Construct):
         if primary_key_arn is None:
             key = kms.Key(
                 self,
-                "Key",
+                key_construct_id(key_spec),
                 description="tokex token signing key (asymmetric, SIGN_VERIFY)",
                 key_spec=kms.KeySpec(key_spec),
                 key_usage=kms.KeyUsage.SIGN_VERIFY,
@@ -163,10 +179,12 @@ class SigningKey(Construct):
             self._add_to_key_policy = key.add_to_resource_policy
             self.alias: Construct = kms.Alias(self, "Alias", alias_name=alias_name, target_key=key)
             return
-        # A replica's key spec and usage are the primary's; its policy is its own.
+        # A replica's key spec and usage are the primary's; its policy is its own. Its
+        # construct id names the spec as the primary's does: another spec is a new
+        # primary, so a new replica, and the old one leaves the template, retained.
         replica = kms.CfnReplicaKey(
             self,
-            "Key",
+            key_construct_id(key_spec),
             primary_key_arn=primary_key_arn,
             key_policy=policy,
             description="tokex token signing key, Regional replica (asymmetric, SIGN_VERIFY)",

@@ -45,8 +45,9 @@ CRYPTO_ACTIONS = (
     "kms:GenerateDataKey",
     "kms:GenerateMac",
 )
-# The logical ids of slot "a"'s key and alias in every stack deployed so far: changing
-# either would make CloudFormation replace the key (or fail on a duplicate alias).
+# The logical ids of slot "a"'s key (RSA_2048, the default) and alias in every stack
+# deployed so far: changing either would make CloudFormation replace the key (or fail on a
+# duplicate alias). Another key spec is another key, with its own logical id.
 SLOT_A_KEY_LOGICAL_ID = "SigningKey49B95470"
 SLOT_A_ALIAS_LOGICAL_ID = "SigningKeyAliasFA392759"
 # The only items the exchange may write to the state table
@@ -110,8 +111,22 @@ def slot_path(slot: str) -> str:
     return slot_construct_id(slot)
 
 
+def key_path(template: Template, slot: str) -> str:
+    """The construct path of a slot's key: `<slot>/Key` (RSA_2048), `<slot>/KeyEccNistP256`
+    (cdk/signing_key.py: the construct id names the key spec)."""
+    from cdk.signing_key import key_construct_id
+
+    present = {
+        r.get("Metadata", {}).get("aws:cdk:path") for r in raw(template)["Resources"].values()
+    }
+    paths = [f"{slot_path(slot)}/{key_construct_id(spec)}" for spec in SIGNING_ALGORITHMS]
+    found = [path for path in paths if f"{STACK}/{path}/Resource" in present]
+    assert len(found) == 1, f"expected one key of slot {slot}, found {found}"
+    return found[0]
+
+
 def key_arn(template: Template, slot: str) -> dict[str, Any]:
-    return arn_of(template, f"{slot_path(slot)}/Key")
+    return arn_of(template, key_path(template, slot))
 
 
 def published_ids(
@@ -334,11 +349,14 @@ def check_signing_key(
     template: Template, *, key_spec: str, slots: tuple[str, ...] = ("a",)
 ) -> None:
     """One retained asymmetric SIGN_VERIFY key and its alias per slot, nothing else; slot
-    "a" keeps the logical ids every deployed stack has."""
+    "a" keeps the logical ids every deployed stack has (the key: with the default spec)."""
+    from cdk.signing_key import key_construct_id
+
     template.resource_count_is("AWS::KMS::Key", len(slots))
     template.resource_count_is("AWS::KMS::Alias", len(slots))
     for slot in slots:
-        key = resource(template, f"{slot_path(slot)}/Key")
+        assert key_path(template, slot) == f"{slot_path(slot)}/{key_construct_id(key_spec)}"
+        key = resource(template, key_path(template, slot))
         assert key["Properties"]["KeySpec"] == key_spec
         assert key["Properties"]["KeyUsage"] == "SIGN_VERIFY"
         assert key["DeletionPolicy"] == "Retain" and key["UpdateReplacePolicy"] == "Retain"
@@ -349,7 +367,8 @@ def check_signing_key(
             "TargetKeyId": key_arn(template, slot),
         }, f"slot {slot}: alias {alias}"
     if "a" in slots:
-        assert logical_id(template, "SigningKey/Key") == SLOT_A_KEY_LOGICAL_ID
+        key_id = logical_id(template, key_path(template, "a"))
+        assert (key_id == SLOT_A_KEY_LOGICAL_ID) == (key_spec == "RSA_2048"), key_id
         assert logical_id(template, "SigningKey/Alias") == SLOT_A_ALIAS_LOGICAL_ID
 
 
@@ -365,7 +384,7 @@ def check_key_policy(
 
 
 def _check_one_key_policy(template: Template, slot: str, *, key_spec: str, signs: bool) -> None:
-    key = resource(template, f"{slot_path(slot)}/Key")
+    key = resource(template, key_path(template, slot))
     statements = key["Properties"]["KeyPolicy"]["Statement"]
     exchange_role = arn_of(template, "Exchange/Role")
     denies = [s for s in statements if s["Effect"] == "Deny"]
@@ -973,7 +992,7 @@ def check_key_switch_ordering(
             if g[1] in slot_keys
         ]
         assert not on_slot_keys, f"{role_path}/DefaultPolicy grants on slot keys: {on_slot_keys}"
-    key_ids = {slot: logical_id(template, f"{slot_path(slot)}/Key") for slot in slots}
+    key_ids = {slot: logical_id(template, key_path(template, slot)) for slot in slots}
     for slot in slots:
         after_exchange = _depends_directly(template, key_ids[slot], exchange_fn)
         if slot == active:

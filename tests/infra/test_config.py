@@ -526,3 +526,25 @@ def test_published_keys_of_the_deployments_region_are_accepted() -> None:
     check_cli_region(config_from({"publishedKeyArns": key}), "eu-west-1")
     check_cli_region(config_from({"publishedKeyArns": key}), None)  # no CLI Region: no check
     check_cli_region(config_from({"publishedKeyArns": key, "regions": "eu-west-1"}), "eu-west-1")
+
+
+# Amazon CloudFront Developer Guide, "Choosing an Amazon S3 bucket for your standard logs".
+NO_STANDARD_LOGS = ("af-south-1", "ap-east-1", "ap-southeast-3", "eu-south-1", "me-south-1")
+
+
+@pytest.mark.parametrize("region", NO_STANDARD_LOGS)
+def test_a_stack_where_cloudfront_delivers_no_standard_logs_is_refused(region: str) -> None:
+    """The access-log bucket is in the stack's (home) Region: there CloudFront would deliver
+    none of the standard logs that record each client's IP, and nothing would say so."""
+    why = (
+        rf"{region}, cannot hold the stack: CloudFront delivers no standard logs to a bucket"
+        rf" in {region} \(Amazon CloudFront Developer Guide"
+    )
+    with pytest.raises(ConfigError, match=f"^regions: the home Region, {why}"):
+        config_from({"regions": f"{region},eu-west-1", **MRK})
+    with pytest.raises(ConfigError, match=f"^regions: the home Region, {why}"):
+        config_from({"regions": region})
+    with pytest.raises(ConfigError, match=f"^the CDK CLI's Region, {why}"):
+        check_cli_region(config_from({}), region)
+    # Another Region of a multi-Region deployment holds no log bucket.
+    check_cli_region(config_from({"regions": f"eu-west-1,{region}", **MRK}), region)

@@ -514,21 +514,60 @@ def test_one_region_is_the_single_region_deployment(tmp_path: Path) -> None:
         assert absent not in text
 
 
-# The documented opt-in (docs/multi-region.md "Opting in"): each step is one deploy.
+# The documented opt-in (docs/multi-region.md "Opting in"): each step is one deploy, and
+# an existing deployment adds its other Regions one per deploy.
 OPT_IN_STEPS: list[dict[str, Any]] = [
     {},
     {"signingKeys": "a,mrk-a", "activeSigningKey": "a"},
     {"signingKeys": "a,mrk-a", "activeSigningKey": "mrk-a"},
     {"signingKeys": "mrk-a", "activeSigningKey": "mrk-a"},
     {"signingKeys": "mrk-a", "activeSigningKey": "mrk-a", "regions": "us-east-1,eu-west-1"},
+    {"signingKeys": "mrk-a", "activeSigningKey": "mrk-a", "regions": ",".join(REGIONS)},
 ]
-# What CloudFormation replaces a resource for (its "Update requires: Replacement"
-# properties); a step that changes one of them would replace the table or key.
-REPLACING_PROPERTIES = {
+# What CloudFormation cannot update in place (each property's "Update requires"): it
+# replaces a table, bucket or replica key whose property changes, and fails the update of
+# a KMS key whose KeySpec, KeyUsage, MultiRegion or Origin changes ("regardless of the
+# value of the UpdateReplacePolicy attribute", AWS::KMS::Key). A step changes none of them
+# on a resource it keeps: another value is another resource (another logical id).
+IMMUTABLE_PROPERTIES = {
     "AWS::DynamoDB::GlobalTable": ("TableName", "KeySchema", "LocalSecondaryIndexes"),
     "AWS::KMS::Key": ("KeySpec", "KeyUsage", "MultiRegion", "Origin"),
+    "AWS::KMS::ReplicaKey": ("PrimaryKeyArn",),
     "AWS::S3::Bucket": ("BucketName", "ObjectLockEnabled"),
 }
+
+
+def _assert_nothing_replaced(before: App, after: App, stack: str, step: Any) -> None:
+    """Every table, bucket and key of `stack` that `after` keeps keeps its immutable
+    properties, and every one it drops was retained."""
+    old = before.templates[stack]["Resources"]
+    new = after.templates[stack]["Resources"]
+    for logical_id, resource in old.items():
+        if resource["Type"] not in IMMUTABLE_PROPERTIES:
+            continue
+        if logical_id not in new:
+            # Leaves the template (a retired key slot or key spec): kept, never deleted.
+            assert resource.get("DeletionPolicy") == "Retain", (step, logical_id)
+            continue
+        assert new[logical_id]["Type"] == resource["Type"]
+        for prop in IMMUTABLE_PROPERTIES[resource["Type"]]:
+            assert new[logical_id]["Properties"].get(prop) == resource["Properties"].get(prop), (
+                step,
+                logical_id,
+                prop,
+            )
+
+
+def _replica_regions(app: App) -> dict[str, set[str]]:
+    """Each global table's replica Regions. A single-Region stack's one replica is in the
+    stack's Region (`Ref: AWS::Region`): home, where the opt-in keeps the stack."""
+    return {
+        lid: {
+            HOME if r["Region"] == {"Ref": "AWS::Region"} else r["Region"]
+            for r in table["Properties"]["Replicas"]
+        }
+        for lid, table in app.resources("Tokex", "AWS::DynamoDB::GlobalTable").items()
+    }
 
 
 def test_opting_in_replaces_no_table_and_no_retained_key(tmp_path: Path) -> None:
@@ -537,21 +576,17 @@ def test_opting_in_replaces_no_table_and_no_retained_key(tmp_path: Path) -> None
         for n, context in enumerate(OPT_IN_STEPS)
     ]
     for n, (before, after) in enumerate(itertools.pairwise(apps), start=1):
-        old = before.templates["Tokex"]["Resources"]
-        new = after.templates["Tokex"]["Resources"]
-        for logical_id, resource in old.items():
-            retained = resource.get("DeletionPolicy") == "Retain"
-            if resource["Type"] not in REPLACING_PROPERTIES:
-                continue
-            if logical_id not in new:
-                # Leaves the template (a retired key slot): kept, never deleted.
-                assert retained, (n, logical_id)
-                continue
-            assert new[logical_id]["Type"] == resource["Type"]
-            for prop in REPLACING_PROPERTIES[resource["Type"]]:
-                assert new[logical_id]["Properties"].get(prop) == resource["Properties"].get(
-                    prop
-                ), (n, logical_id, prop)
+        _assert_nothing_replaced(before, after, "Tokex", n)
+        # AWS::DynamoDB::GlobalTable: "you can only add or remove a single replica in each
+        # update". A step that adds more fails the deploy: one Region per deploy.
+        old_replicas, new_replicas = _replica_regions(before), _replica_regions(after)
+        for table, replicas in new_replicas.items():
+            assert len(replicas - old_replicas[table]) <= 1, (n, table, replicas)
+            assert len(old_replicas[table] - replicas) <= 1, (n, table, replicas)
+    # Listing both other Regions at once, as `regions=<home>,<a>,<b>` in one deploy, would add
+    # two replicas to each table in one update: the deploy CloudFormation refuses.
+    single, every = _replica_regions(apps[3]), _replica_regions(apps[-1])
+    assert all(len(every[table] - single[table]) == 2 for table in every)
     first = apps[0].templates["Tokex"]["Resources"]
     last = apps[-1].templates["Tokex"]["Resources"]
     for path in ("PolicyTable/Table", "StateTable/Table"):
@@ -561,7 +596,7 @@ def test_opting_in_replaces_no_table_and_no_retained_key(tmp_path: Path) -> None
         home_before = first[lid]["Properties"]["Replicas"]
         assert len(home_before) == 1
         regions = {r["Region"]: r for r in last[lid]["Properties"]["Replicas"]}
-        assert set(regions) == {"us-east-1", "eu-west-1"}
+        assert set(regions) == set(REGIONS)
         assert {k: v for k, v in home_before[0].items() if k != "Region"} == {
             k: v for k, v in regions["us-east-1"].items() if k != "Region"
         }
@@ -697,7 +732,7 @@ def test_a_custom_domain_and_ecc_keys_reach_every_region(tmp_path: Path) -> None
     env = app.env(stack, "Exchange")
     assert env["TOKEX_ISSUER"] == "https://auth.example.com"
     assert env["TOKEX_TOKEN_ENDPOINT"] == "https://auth.example.com/regions/eu-west-1/token"
-    _, replica = app.at(stack, "SigningKeyMrkA/Key")
+    _, replica = app.at(stack, "SigningKeyMrkA/KeyEccNistP256")
     signs = [
         s for s in replica["Properties"]["KeyPolicy"]["Statement"]
         if s["Effect"] == "Allow" and s["Action"] == "kms:Sign"
@@ -705,8 +740,46 @@ def test_a_custom_domain_and_ecc_keys_reach_every_region(tmp_path: Path) -> None
     assert [s["Condition"]["StringEquals"]["kms:SigningAlgorithm"] for s in signs] == [
         "ECDSA_SHA_256"
     ]
-    _, primary = app.at("Tokex", "SigningKeyMrkA/Key")
+    _, primary = app.at("Tokex", "SigningKeyMrkA/KeyEccNistP256")
     assert primary["Properties"]["KeySpec"] == "ECC_NIST_P256"
+
+
+def test_a_key_spec_change_is_a_new_key_in_every_region_under_the_same_aliases(
+    tmp_path: Path,
+) -> None:
+    """CloudFormation fails the update of a KMS key whose KeySpec changes. So another
+    `signingKeySpec` gives home's multi-Region key and each Region's replica new logical
+    ids: new keys are created, the old ones leave the templates (retained), each alias is
+    updated in place (a new alias of the same name could not be created), and nothing else
+    is replaced (docs/multi-region.md "Key rotation")."""
+    context = {
+        "regions": "us-east-1,eu-west-1",
+        "signingKeys": "mrk-a",
+        "activeSigningKey": "mrk-a",
+    }
+    rsa = synth_app(tmp_path / "rsa", context, bundle=False)
+    ecc = synth_app(tmp_path / "ecc", {**context, "signingKeySpec": "ECC_NIST_P256"}, bundle=False)
+    assert set(ecc.templates) == set(rsa.templates)
+    for stack in rsa.templates:
+        old, new = rsa.resources(stack), ecc.resources(stack)
+        if stack == api_stack("eu-west-1"):
+            assert set(new) == set(old)
+            continue
+        old_key, _ = rsa.at(stack, "SigningKeyMrkA/Key")
+        new_key, key = ecc.at(stack, "SigningKeyMrkA/KeyEccNistP256")
+        # The keys, and only they, are new resources.
+        assert set(old) - set(new) == {old_key}
+        assert set(new) - set(old) == {new_key}
+        assert key["DeletionPolicy"] == "Retain"
+        alias_id, alias = ecc.at(stack, "SigningKeyMrkA/Alias")
+        assert alias_id == rsa.at(stack, "SigningKeyMrkA/Alias")[0]
+        assert json.dumps(alias["Properties"]["TargetKeyId"]).count(new_key) == 1
+        _assert_nothing_replaced(rsa, ecc, stack, "RSA_2048 -> ECC_NIST_P256")
+    # Each replica is of the new primary.
+    _, replica = ecc.at(regional_stack("eu-west-1"), "SigningKeyMrkA/KeyEccNistP256")
+    assert ecc.output_value(
+        regional_stack("eu-west-1"), replica["Properties"]["PrimaryKeyArn"]
+    ) == {"Fn::GetAtt": [ecc.at("Tokex", "SigningKeyMrkA/KeyEccNistP256")[0], "Arn"]}
 
 
 def test_every_regions_functions_cold_start_with_their_settings(
