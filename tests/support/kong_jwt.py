@@ -1,33 +1,44 @@
 """The rules of Kong's open-source `jwt` and `acl` plugins, re-implemented for tests.
 
 An emulator of a third party, so our generated decK files can be checked against the
-rules Kong applies, without a Kong. Each step cites the Lua it follows (Kong 3.x,
-github.com/Kong/kong):
+rules Kong applies, without a Kong. It follows the source of **Kong 3.9.3** (the
+examples' `kong:3.9`, github.com/Kong/kong at tag 3.9.3), not its documentation; each
+step cites the Lua it follows:
 
 - `kong/plugins/jwt/handler.lua`: `retrieve_tokens` (query, cookies, then headers,
   `\\s*[Bb]earer\\s+(.+)`; more than one distinct token is refused), `do_authentication`
   (credential looked up by `claims[key_claim_name] or header[key_claim_name]`, `alg`
-  must equal the credential's algorithm, signature, `claims_to_verify`,
-  `maximum_expiration`), `access` (`run_on_preflight`, `anonymous`).
+  must equal the credential's algorithm, `secret_is_base64` for HS credentials only,
+  signature, `claims_to_verify`, `maximum_expiration`), `access` (`run_on_preflight`,
+  `anonymous`).
 - `kong/plugins/jwt/jwt_parser.lua`: `decode_token` (three dot-separated parts,
-  base64url, JSON, a known `alg`), `alg_verify` (ES256 asserts a 64-byte raw R||S
+  `base64_decode`, JSON, a known `alg`), `alg_verify` (ES256 asserts a 64-byte raw R||S
   signature and PS* a 256-byte one: a failed assert is a Lua error, so Kong answers 500),
   `verify_registered_claims` (`nbf > now` / `exp <= now`, no leeway),
   `check_maximum_expiration` (`exp - now > maximum_expiration`).
+- `base64_decode` is `ngx.base64.decode_base64url` (lua-resty-core), that is nginx's
+  `ngx_decode_base64url` (`src/core/ngx_string.c`); the JSON decoder is lua-cjson's
+  `json_decode` (`lua_cjson.c`).
+- `kong/db/dao/init.lua`: `DAO:cache_key` and `select_by_key` raise for a key claim
+  that is not a string (500).
 - `kong/plugins/jwt/daos.lua`: `jwt_secrets.key` is unique across all consumers.
 - `kong/plugins/jwt/schema.lua`: configuration defaults.
 - `kong/plugins/acl/handler.lua` + `groups.lua`: allow/deny on the consumer's groups;
   no consumer → 401, a consumer outside the allow list → 403.
 
-Approximations: Lua type quirks of malformed JSON are reduced to "a JSON object or not";
-plugins scoped to consumers and `authenticated_groups` (set by other plugins) are not
-modelled; numbers are Python numbers.
+Approximations: a header or payload that is a JSON string indexes to nil (Lua would
+find the string library's functions under their names, `sub` or `len`, say: no
+`key_claim_name` tokex writes); Kong's credential cache is cold (an object key claim
+whose `key` names a credential already cached would be looked up, not a 500); cjson's
+number syntax beyond JSON's and its refusal of an unpaired `\\u` surrogate escape are not
+modelled, nor Lua's coercion of a numeric string `exp` in `check_maximum_expiration`
+(here a 500); plugins scoped to consumers and `authenticated_groups` (set by other
+plugins) are not modelled; numbers are Python numbers.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -62,7 +73,10 @@ _EC_SIGNATURE_BYTES = {"ES256": 64, "ES384": 96, "ES512": 132}
 ALGORITHMS = frozenset(
     [f"{family}{bits}" for family in ("HS", "RS", "ES", "PS") for bits in _HASHES] + ["EdDSA"]
 )
-_BEARER = re.compile(r"\s*[Bb]earer\s+(.+)")
+# PCRE's \s without Unicode properties: ASCII whitespace only (Python's \s matches more).
+_BEARER = re.compile(r"[ \t\n\v\f\r]*[Bb]earer[ \t\n\v\f\r]+(.+)")
+# ngx_decode_base64url's alphabet (nginx src/core/ngx_string.c): "+" and "/" are not in it.
+_BASE64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _INVALID_TOKEN = 'Bearer error="invalid_token"'
 _ABSENT = object()
 
@@ -87,12 +101,27 @@ class _Refused(Exception):
 
 
 def _b64decode(text: str) -> bytes | None:
-    """jwt_parser.lua base64_decode: pad, url→std alphabet, ngx.decode_base64 (nil if bad)."""
-    text = text + "=" * (-len(text) % 4)
-    try:
-        return base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
-    except (binascii.Error, ValueError):
+    """jwt_parser.lua:210-219 base64_decode: pad with "=" to a multiple of 4, then
+    ngx.base64.decode_base64url, i.e. nginx's ngx_decode_base64_internal: the input ends
+    at its first "=" (whatever follows is ignored), a character outside the URL alphabet
+    or a length of 4n+1 is an error (nil). So the padding never changes the result."""
+    text = text.partition("=")[0]
+    if len(text) % 4 == 1 or not _BASE64URL.issuperset(text):
         return None
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _cjson_decode(data: bytes | None) -> Any:
+    """lua-cjson's json_decode, raising ValueError where it raises a Lua error. It reads
+    bytes, not text: no UTF-8 check (a stray byte inside a string is kept), a BOM is no
+    whitespace, raw control characters are allowed in strings, and a NUL byte ends the
+    input; a NUL among the first two bytes is refused as UTF-16/32."""
+    if data is None:  # cjson.decode(nil): "string expected, got nil"
+        raise ValueError("not a string")
+    if len(data) >= 2 and 0 in data[:2]:
+        raise ValueError("JSON parser does not support UTF-16 or UTF-32")
+    text = data.partition(b"\0")[0].decode("utf-8", "surrogateescape")
+    return json.loads(text, strict=False)
 
 
 def _verify_signature(alg: str, signing_input: bytes, signature: bytes, key: bytes) -> bool:
@@ -276,8 +305,8 @@ class Kong:
         try:  # decode_token, inside its pcall: a missing part is a decode error too
             if len(parts) < 3:
                 raise ValueError("missing part")
-            header = json.loads(_b64decode(parts[0]) or b"")
-            claims = json.loads(_b64decode(parts[1]) or b"")
+            header = _cjson_decode(_b64decode(parts[0]))
+            claims = _cjson_decode(_b64decode(parts[1]))
         except ValueError:
             raise _Refused({"message": "Bad token; invalid JSON"}, www=_INVALID_TOKEN) from None
         signature = _b64decode(parts[2])
@@ -285,12 +314,14 @@ class Kong:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in ALGORITHMS:
             raise _Refused({"message": "Bad token; invalid alg"}, www=_INVALID_TOKEN)
+        if claims is False:  # jwt_parser.lua:272; JSON null is cjson.null, a truthy value
+            raise _Refused({"message": "Bad token; invalid claims"}, www=_INVALID_TOKEN)
         if signature is None:
             raise _Refused({"message": "Bad token; invalid signature"}, www=_INVALID_TOKEN)
         claims = _as_table(claims)
         claim = conf["key_claim_name"]
         # Lua `claims[name] or header[name]`: absent (nil) and false fall through to the
-        # header; JSON null is cjson.null, a truthy value that names no credential.
+        # header; JSON null is cjson.null, a truthy value.
         key = claims.get(claim, _ABSENT)
         if key is _ABSENT or key is False:
             key = header.get(claim, _ABSENT)
@@ -298,7 +329,13 @@ class Kong:
             raise _Refused({"message": f"No mandatory '{claim}' in claims"}, www=_INVALID_TOKEN)
         if key == "":
             raise _Refused({"message": f"Invalid '{claim}' in claims"}, www=_INVALID_TOKEN)
-        found = self.credentials.get(key) if isinstance(key, str) else None
+        if not isinstance(key, str):
+            # null, a number or true: DAO:cache_key raises, outside any pcall
+            # (kong/db/dao/init.lua:1565-1566); an object or array passes it, then
+            # select_by_key raises in the cache callback and the handler calls error(err)
+            # (handler.lua:193-195). Before any signature check.
+            raise KongInternalError("key must be a string")
+        found = self.credentials.get(key)
         if found is None:
             message = f"No credentials found for given '{claim}'"
             raise _Refused({"message": message}, www=_INVALID_TOKEN)
@@ -306,14 +343,17 @@ class Kong:
         algorithm = credential.get("algorithm") or "HS256"
         if alg != algorithm:
             raise _Refused({"message": "Invalid algorithm"}, www=_INVALID_TOKEN)
-        # Lua `hs and secret or rsa_public_key`: an HS credential without secret falls through.
-        hs_secret = credential.get("secret") if algorithm.startswith("HS") else None
-        value = hs_secret or credential.get("rsa_public_key")
-        if conf["secret_is_base64"]:
-            if value is None:
-                raise KongInternalError("base64_decode(nil)")
-            value = _b64decode(value)
-        elif value is not None:
+        # Since 3.9.0 (handler.lua:208-219) secret_is_base64 decodes an HS secret only;
+        # rsa_public_key is always plain PEM.
+        if algorithm.startswith("HS"):
+            value = credential.get("secret")
+            if conf["secret_is_base64"]:
+                if value is None:
+                    raise KongInternalError("base64_decode(nil)")
+                value = _b64decode(value)
+        else:
+            value = credential.get("rsa_public_key")
+        if isinstance(value, str):
             value = value.encode()
         if value is None:
             raise _Refused({"message": "Invalid key/secret"}, www=_INVALID_TOKEN)
@@ -334,10 +374,10 @@ class Kong:
             raise _Refused(errors, www=_INVALID_TOKEN)
         maximum = conf["maximum_expiration"]
         if maximum and maximum > 0:  # check_maximum_expiration
-            exp = claims.get("exp")
-            if exp is not None and not _is_number(exp):
+            exp = claims.get("exp", _ABSENT)  # null is cjson.null: not nil, no number
+            if exp is not _ABSENT and not _is_number(exp):
                 raise KongInternalError("arithmetic on a non-number exp")
-            if exp is None or exp - now > maximum:
+            if exp is _ABSENT or exp - now > maximum:
                 errors = {"exp": "exceeds maximum allowed expiration"}
                 raise _Refused(errors, www=_INVALID_TOKEN)
         return credential, consumer

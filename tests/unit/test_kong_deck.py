@@ -1,6 +1,9 @@
-"""`deck validate` (Debian package `deck`) on every kind of file `tokex kong-config` makes,
-and the example in examples/kong/. decK checks the structure, references between entities
-and the uniqueness of credential keys, not plugin values: test_kong_config.py checks those."""
+"""`deck validate` on every kind of file `tokex kong-config` makes, and the example in
+examples/kong/. The `deck` here is Debian's decK 1.4.0, which predates Kong 3.x and does
+not check the 3.0 format's plugin fields (it accepts `_format_version: "99.9"`, misspelled
+plugin settings and an unknown credential `algorithm`). It does catch a duplicate
+credential key, a credential without `secret` and a reference to an entity the files do
+not hold. Plugin values: test_kong_config.py, against tests/support/kong_jwt.py."""
 
 from __future__ import annotations
 
