@@ -352,7 +352,7 @@ class TokexProxyExtension(Construct):
     its configuration file has them (`prefix` or `listen`, `upstream`, `audience`,
     `scopes`, ...). `layer`: the extension layer (e.g. `LayerVersion.from_layer_version_arn`
     with the tokex stack's ProxyExtensionLayerArn output); by default one is built in your
-    stack. `listen`: HOST:PORT of the proxy, default 127.0.0.1:2772.
+    stack. `listen`: HOST:PORT of the proxy, default 127.0.0.1:2780.
     The settings are checked here, at synth, by the extension's own code (a ValueError
     with its message): what would fail every Init with `Extension.ConfigInvalid` fails
     `cdk synth` instead. Left to the extension at Init: whether the files a route names

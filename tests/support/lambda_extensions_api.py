@@ -17,13 +17,17 @@ Developer Guide, "Extensions API reference"):
 
 Everything the extension sends is recorded (`calls`). The test plays the platform:
 `wait_until_waiting` (the extension is blocked in `next`: its Init phase, or the last
-event, is done), `invoke`, `shutdown`.
+event, is done), `invoke`, `shutdown`, and `exit_status_by` its deadline: "If the runtime
+or an extension does not respond to the Shutdown event within the limit, Lambda ends the
+process using a SIGKILL signal" (the reference's Shutdown phase; the limit is 2,000 ms
+with external extensions, the deadline `shutdown` sends by default).
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import subprocess
 import threading
 import time
 import uuid
@@ -141,12 +145,27 @@ class ExtensionsApiEmulator:
         return request_id
 
     def shutdown(self, *, reason: str = "spindown", deadline_in_ms: int = 2000) -> int:
-        """Send SHUTDOWN; returns its deadline (ms since the epoch)."""
+        """Send SHUTDOWN; returns its deadline (ms since the epoch), for `exit_status_by`."""
         deadline = _epoch_ms() + deadline_in_ms
         self._send(
             "SHUTDOWN", {"eventType": "SHUTDOWN", "shutdownReason": reason, "deadlineMs": deadline}
         )
         return deadline
+
+    @staticmethod
+    def exit_status_by(process: subprocess.Popen[Any], deadline: int) -> int:
+        """The extension's exit status, once its process exits by `deadline` (a SHUTDOWN
+        event's, ms since the epoch). Still running then, it is ended with SIGKILL, as
+        Lambda ends it, and the test fails (AssertionError)."""
+        try:
+            return process.wait(timeout=max(0.0, deadline / 1000 - time.time()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError(
+                "the extension was still running at the SHUTDOWN event's deadline:"
+                " killed (SIGKILL), as Lambda kills it"
+            ) from None
 
     def _send(self, event_type: str, event: dict[str, Any]) -> None:
         with self._lock:

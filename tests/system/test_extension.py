@@ -78,17 +78,22 @@ class Extension:
             time.sleep(0.02)
         return records
 
-    def stop(self, deadline_in_ms: int = 2000) -> float:
-        """SHUTDOWN; the seconds the process took to exit (it must, with status 0)."""
-        sent = time.monotonic()
-        self.platform.shutdown(deadline_in_ms=deadline_in_ms)
-        assert self.process.wait(timeout=10) == 0, "\n".join(self.lines)
-        return time.monotonic() - sent
+    def stop(self, deadline_in_ms: int = 2000) -> None:
+        """SHUTDOWN, by default with Lambda's deadline (2,000 ms with external extensions):
+        the process must exit by it, with status 0 (else Lambda kills it, and so does the
+        emulator)."""
+        deadline = self.platform.shutdown(deadline_in_ms=deadline_in_ms)
+        try:
+            status = self.platform.exit_status_by(self.process, deadline)
+        except AssertionError as killed:
+            raise AssertionError(f"{killed}\n" + "\n".join(self.lines)) from None
+        assert status == 0, "\n".join(self.lines)
 
 
 def lambda_environment(system: LocalSystem, tmp_path: Path, **settings: str) -> dict[str, str]:
     """What Lambda gives an extension's process: the function role's credentials and
-    region, nothing of this machine's AWS configuration."""
+    region, nothing of this machine's AWS configuration, and no LAMBDA_TASK_ROOT (Lambda
+    withholds it from extensions)."""
     return {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
@@ -96,7 +101,6 @@ def lambda_environment(system: LocalSystem, tmp_path: Path, **settings: str) -> 
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
         "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_REGION": "us-east-1",
-        "LAMBDA_TASK_ROOT": str(tmp_path),
         **system.deployment.workload.env(),
         **settings,
     }
@@ -155,7 +159,7 @@ def verified(system: LocalSystem, token: str, issuer: str) -> dict[str, Any]:
 
 
 # The upstream of a request in flight at SHUTDOWN answers it this long after it arrives:
-# past the event's deadline (1 s here), under the proxy's default grace (10 s).
+# past the event's deadline (2 s, Extension.stop's), under the proxy's default grace (10 s).
 LATE_ANSWER_SECONDS = 5.0
 
 
@@ -230,8 +234,8 @@ def test_the_extension_serves_its_prefetched_token_to_a_caller_with_the_secret(
             assert "access_token" not in body
 
         # SHUTDOWN with a request in flight: the extension keeps to the event's deadline
-        # (1 s: the late answer comes five times past it, and still within the proxy's
-        # 10 s default grace), and cuts the request rather than forward that answer.
+        # (2 s: the late answer comes well past it, and still within the proxy's 10 s
+        # default grace), and cuts the request rather than forward that answer.
         answers: list[Any] = []
 
         def in_flight() -> None:
@@ -247,7 +251,7 @@ def test_the_extension_serves_its_prefetched_token_to_a_caller_with_the_secret(
         held = threading.Thread(target=in_flight, daemon=True)
         held.start()
         assert late_upstream.handler.arrived.wait(10)
-        running.stop(deadline_in_ms=1000)
+        running.stop()
         held.join(10)
         [answer] = answers
         assert isinstance(answer, OSError | http.client.HTTPException), answer  # not b"late"
@@ -367,7 +371,7 @@ def test_a_hung_tokex_holds_init_for_the_prefetch_bound_only(
             assert first_next.at - register.at >= PREFETCH_SECONDS - 0.1  # it did wait
             [prefetch] = running.logged("extension_prefetch")
             assert prefetch["outcome"] == f"not done in {PREFETCH_SECONDS} s"
-            running.stop(deadline_in_ms=2000)
+            running.stop()
             assert not hung.answered.is_set(), "SHUTDOWN waited for the hung fetch"
     finally:
         hung.release.set()

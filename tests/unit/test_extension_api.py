@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import http.server
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -64,6 +67,28 @@ def test_next_blocks_until_an_invoke_then_a_shutdown(emulator: ExtensionsApiEmul
     assert shutdown.seconds_left(now=deadline / 1000 - 1.0) == pytest.approx(1.0)
     call = emulator.calls_to("event/next")[-1]
     assert call.headers["lambda-extension-identifier"] == api.identifier
+
+
+def test_an_extension_past_the_shutdown_deadline_is_killed_and_fails_the_test(
+    emulator: ExtensionsApiEmulator,
+) -> None:
+    """The emulator plays Lambda's side of SHUTDOWN: a process still running at the event's
+    deadline is ended with SIGKILL, and the test that stopped it fails; one that exited by
+    then gives its exit status."""
+    ignores_shutdown = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        deadline = emulator.shutdown(deadline_in_ms=200)
+        with pytest.raises(AssertionError, match="still running at the SHUTDOWN event's"):
+            emulator.exit_status_by(ignores_shutdown, deadline)
+        assert ignores_shutdown.returncode == -signal.SIGKILL
+    finally:
+        if ignores_shutdown.poll() is None:
+            ignores_shutdown.kill()
+            ignores_shutdown.wait()
+
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    exited.wait()
+    assert emulator.exit_status_by(exited, emulator.shutdown()) == 3
 
 
 def test_next_refuses_to_run_before_register(emulator: ExtensionsApiEmulator) -> None:

@@ -4,6 +4,7 @@ process is tests/system/test_extension.py)."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import socket
@@ -33,10 +34,12 @@ def variables(**overrides: str) -> dict[str, str]:
     }
 
 
-def test_the_variables_make_a_configuration_on_port_2772() -> None:
+def test_the_variables_make_a_configuration_on_port_2780() -> None:
+    """Not 2772 (the AWS AppConfig Agent Lambda extension's default) nor 2773 (the AWS
+    Parameters and Secrets Lambda extension's): a function may have those too."""
     config = extension.load_config(variables())
     assert config.endpoint == "https://auth.example.com"
-    assert [str(a) for a in config.listeners.values()] == ["127.0.0.1:2772"]
+    assert [str(a) for a in config.listeners.values()] == ["127.0.0.1:2780"]
     [route] = config.routes
     assert (route.audience, route.upstream, route.prefix) == (
         "orders",
@@ -69,7 +72,7 @@ def test_the_listener_can_be_moved() -> None:
             "plain http",
         ),
         ({"TOKEX_PROXY_ENDPOINT": "http://auth.example.com"}, "TOKEX_PROXY_ENDPOINT", "http"),
-        ({"TOKEX_PROXY_LISTEN": "0.0.0.0:2772"}, "TOKEX_PROXY_LISTEN", "not a loopback"),
+        ({"TOKEX_PROXY_LISTEN": "0.0.0.0:2780"}, "TOKEX_PROXY_LISTEN", "not a loopback"),
         # A password in a refused URL is not repeated (init/error lands in the logs).
         (
             {"TOKEX_PROXY_ENDPOINT": "https://user:p4ss@auth.example.com"},
@@ -95,7 +98,7 @@ def test_a_refused_variable_is_named(overrides: dict[str, str], key: str, messag
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
-        ({"TOKEX_PROXY_LISTEN": "0.0.0.0:2772"}, "TOKEX_PROXY_LISTEN"),
+        ({"TOKEX_PROXY_LISTEN": "0.0.0.0:2780"}, "TOKEX_PROXY_LISTEN"),
         (
             {
                 "TOKEX_PROXY_ROUTES": json.dumps(
@@ -134,7 +137,7 @@ def test_the_construct_checks_all_but_the_files_it_cannot_see_yet() -> None:
     assert refused.value.key == "TOKEX_PROXY_ROUTES: routes[0].ca_file"
     assert refused.value.file_not_found
     config = extension.config_from_variables(
-        variables(TOKEX_PROXY_ROUTES=routes, LAMBDA_TASK_ROOT="/var/task"), check_files=False
+        variables(TOKEX_PROXY_ROUTES=routes), check_files=False
     )
     assert config.routes[0].ca_file == "/var/task/certs/ca.pem"
     plain = json.dumps([{**ROUTE, "ca_file": "certs/ca.pem", "upstream": "http://orders"}])
@@ -142,10 +145,22 @@ def test_the_construct_checks_all_but_the_files_it_cannot_see_yet() -> None:
         extension.config_from_variables(variables(TOKEX_PROXY_ROUTES=plain), check_files=False)
 
 
+def test_relative_paths_are_the_function_packages_whatever_lambda_task_root_says() -> None:
+    """Lambda withholds LAMBDA_TASK_ROOT from extensions (Extensions API reference): a
+    relative ca_file or token_file is under /var/task, where the function's package is,
+    and a LAMBDA_TASK_ROOT in the environment (a test's, a local emulator's) changes
+    nothing."""
+    eks = {"evidence": "eks", "token_file": "token.jwt"}
+    routes = json.dumps([{**ROUTE, "ca_file": "certs/ca.pem", **eks}])
+    environ = variables(TOKEX_PROXY_ROUTES=routes, LAMBDA_TASK_ROOT="/elsewhere")
+    [route] = extension.config_from_variables(environ, check_files=False).routes
+    assert (route.ca_file, route.token_file) == ("/var/task/certs/ca.pem", "/var/task/token.jwt")
+
+
 def test_without_the_variables_the_file_is_read(tmp_path: Path) -> None:
     path = tmp_path / "proxy.json"
     path.write_text(
-        json.dumps({"endpoint": "https://auth.example.com", "listen": "127.0.0.1:2772",
+        json.dumps({"endpoint": "https://auth.example.com", "listen": "127.0.0.1:2780",
                     "routes": [ROUTE]}),
         encoding="utf-8",
     )  # fmt: skip
@@ -295,6 +310,31 @@ def test_a_start_failure_is_reported_as_init_error(
         assert len(platform.calls_to("register")) == 1
     [failed] = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert (failed["event"], failed["error_type"]) == ("extension_failed", error_type)
+
+
+@pytest.mark.parametrize("listen", ["default", "TOKEX_PROXY_LISTEN"])
+def test_the_default_port_taken_says_another_extension_may_hold_it(
+    listen: str, busy_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default port in use is likely another extension's (a function has several):
+    the init error says so, and which variable moves the proxy. A port the variable named
+    is the user's choice, said as is. (The default is moved to the busy port here: the
+    real one may be free or not on this machine.)"""
+    address = f"127.0.0.1:{busy_port}"
+    environ = {**variables(), "AWS_SESSION_TOKEN": "session-token"}
+    if listen == "default":
+        monkeypatch.setattr(extension, "DEFAULT_LISTEN", address)
+    else:
+        environ["TOKEX_PROXY_LISTEN"] = address
+    with ExtensionsApiEmulator() as platform:
+        assert extension.main({**environ, "AWS_LAMBDA_RUNTIME_API": platform.runtime_api}) == 1
+        [report] = platform.calls_to("init/error")
+    message = report.body["errorMessage"]
+    assert message.startswith(f"cannot listen: [Errno {errno.EADDRINUSE}] listen {address}: ")
+    hint = (
+        f"; another extension may hold {address}, the default: TOKEX_PROXY_LISTEN chooses another"
+    )
+    assert message.endswith(hint) == (listen == "default"), message
 
 
 def test_an_unusable_event_after_init_is_reported_as_exit_error(

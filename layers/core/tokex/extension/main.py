@@ -21,6 +21,7 @@ same way (its `X-Aws-Parameters-Secrets-Token` header).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import signal
@@ -33,19 +34,26 @@ from types import FrameType
 from typing import Any
 
 from tokex.extension.api import SHUTDOWN, ExtensionsApi, ExtensionsApiError
-from tokex.proxy.config import ProxyConfig, ProxyConfigError, Route
+from tokex.proxy.config import DEFAULT_LISTENER, ProxyConfig, ProxyConfigError, Route
 from tokex.proxy.log import JsonLog
 from tokex.proxy.server import ProxyServer
 from tokex.proxy.tokens import RouteTokens, TokenSource, TokenUnavailable
 from tokex.strict_json import StrictJsonError, loads_strict
 
+# The function's package, where Lambda puts it. Not $LAMBDA_TASK_ROOT: an extension never
+# sees it ("Extensions can access the function's environment variables, except for the
+# following variables that are specific to the runtime process: ... LAMBDA_TASK_ROOT",
+# the Extensions API reference).
+TASK_ROOT = Path("/var/task")
 CONFIG_VARIABLE = "TOKEX_PROXY_CONFIG"
-DEFAULT_CONFIG = "/var/task/tokex-proxy.toml"
+DEFAULT_CONFIG = str(TASK_ROOT / "tokex-proxy.toml")
 ENDPOINT_VARIABLE = "TOKEX_PROXY_ENDPOINT"
 ROUTES_VARIABLE = "TOKEX_PROXY_ROUTES"
 LISTEN_VARIABLE = "TOKEX_PROXY_LISTEN"
-# 2773 is taken by AWS's Parameters and Secrets extension, which a function may use too.
-DEFAULT_LISTEN = "127.0.0.1:2772"
+# A port no AWS extension documents, since a function may use theirs too: 2772 is the AWS
+# AppConfig Agent Lambda extension's default, 2773 the AWS Parameters and Secrets Lambda
+# extension's (the Runtime and Extensions APIs are at AWS_LAMBDA_RUNTIME_API, not here).
+DEFAULT_LISTEN = "127.0.0.1:2780"
 SECRET_VARIABLE = "AWS_SESSION_TOKEN"
 # The whole prefetch, all routes together: part of every cold start's Init phase.
 PREFETCH_SECONDS = 1.5
@@ -64,8 +72,10 @@ API_FAILED = "Extension.ApiFailed"
 CRASHED = "Extension.Crashed"
 # A configuration error's key, as the variable that holds it (else a key in the routes).
 _VARIABLE_OF = {"endpoint": ENDPOINT_VARIABLE, "listen": LISTEN_VARIABLE, "routes": ROUTES_VARIABLE}
-# Kept from the SHUTDOWN deadline for the process to exit after the proxy stopped.
-EXIT_MARGIN_SECONDS = 0.2
+# Kept from the SHUTDOWN deadline for the process to exit after the proxy stopped: Lambda
+# kills it at the deadline, and the interpreter's exit, on a small function's fraction of
+# a vCPU, takes a good part of this (0.2 s left only ~0.1 s on a busy 2-core machine).
+EXIT_MARGIN_SECONDS = 0.5
 
 
 class StartFailed(Exception):
@@ -105,7 +115,7 @@ def load_config(environ: Mapping[str, str]) -> ProxyConfig:
 
 def config_from_variables(environ: Mapping[str, str], *, check_files: bool = True) -> ProxyConfig:
     """`TOKEX_PROXY_ENDPOINT`, `TOKEX_PROXY_ROUTES` (a JSON list of routes) and
-    `TOKEX_PROXY_LISTEN` (default 127.0.0.1:2772), checked as a configuration file is.
+    `TOKEX_PROXY_LISTEN` (default 127.0.0.1:2780), checked as a configuration file is.
     `check_files=False`: all but the files the routes name, which the CDK construct
     cannot see at synth (ProxyConfig.from_document)."""
     text = environ.get(ROUTES_VARIABLE)
@@ -120,12 +130,11 @@ def config_from_variables(environ: Mapping[str, str], *, check_files: bool = Tru
     document: dict[str, Any] = {"listen": listen, "routes": routes}
     if environ.get(ENDPOINT_VARIABLE):
         document["endpoint"] = environ[ENDPOINT_VARIABLE]
-    # Relative paths in a route (token_file, ca_file) are the function package's files.
-    task_root = Path(environ.get("LAMBDA_TASK_ROOT") or "/var/task")
     try:
-        # The checks of a configuration file, on a document built from variables.
+        # The checks of a configuration file, on a document built from variables; relative
+        # paths in a route (token_file, ca_file) are the function package's files.
         config = ProxyConfig.from_document(
-            document, base_dir=task_root, environ=environ, check_files=check_files
+            document, base_dir=TASK_ROOT, environ=environ, check_files=check_files
         )
         for name, address in config.listeners.items():
             if address.port == 0:
@@ -169,8 +178,26 @@ def start_proxy(
     try:
         server.start()
     except OSError as err:
-        raise StartFailed(LISTEN_FAILED, f"cannot listen: {err}") from None
+        message = f"cannot listen: {err}"
+        if _default_listen_taken(environ, err):
+            message += (
+                f"; another extension may hold {DEFAULT_LISTEN}, the default:"
+                f" {LISTEN_VARIABLE} chooses another"
+            )
+        raise StartFailed(LISTEN_FAILED, message) from None
     return server, tokens, config
+
+
+def _default_listen_taken(environ: Mapping[str, str], err: OSError) -> bool:
+    """The address in use is DEFAULT_LISTEN, which no setting named: a port the function's
+    other extensions may hold too. (ListenFailed's message starts with the listener's name;
+    a configuration file names its own listen, never the default.)"""
+    return (
+        err.errno == errno.EADDRINUSE
+        and ROUTES_VARIABLE in environ
+        and not environ.get(LISTEN_VARIABLE)
+        and (err.strerror or "").startswith(f"{DEFAULT_LISTENER} ")
+    )
 
 
 def exchange_timeout(environ: Mapping[str, str]) -> float:
