@@ -50,6 +50,7 @@ from tokex.client import (
     disk_cache,
     request_token,
 )
+from tokex.client.imds import encode_instance_evidence
 from tokex.client.token_client import (
     LAST_GOOD_DISCOVERIES,
     Discovery,
@@ -368,15 +369,33 @@ def test_evidence_for_another_region_would_be_refused_there(deployment) -> None:
         ({"region": THIRD, "env": {"AWS_REGION": SECOND}}, THIRD),
         ({"region": "sa-east-1"}, HOME),  # not one of the deployment's: its order
         ({}, HOME),
+        # An EC2 instance sets no AWS_REGION: its identity document names its Region...
+        ({"instance": SECOND}, SECOND),
+        # ... after every Region configured.
+        ({"instance": SECOND, "env": {"AWS_DEFAULT_REGION": THIRD}}, THIRD),
+        ({"instance": SECOND, "region": THIRD}, THIRD),
     ],
 )
 def test_the_preferred_region_is_asked_first(deployment, monkeypatch, configure, first) -> None:
     for name, value in configure.get("env", {}).items():
         monkeypatch.setenv(name, value)
-    response = request_token(deployment.url, "orders-api", region=configure.get("region"))
+    instance = configure.get("instance")
+    response = request_token(
+        deployment.url,
+        "orders-api",
+        region=configure.get("region"),
+        instance_evidence=instance_evidence_of(instance) if instance else None,
+    )
     assert response["access_token"] == f"{first}-token-1"
     assert deployment.contacts == [first]
     assert_signed_for(deployment.forms[first][0], first)
+
+
+def instance_evidence_of(region: str) -> str:
+    """The `aws_instance_identity` of an instance in `region` (its signature unchecked by
+    the client)."""
+    document = json.dumps({"instanceId": "i-0123456789abcdef0", "region": region})
+    return encode_instance_evidence({"document": document, "rsa2048": "c2lnbmF0dXJl"})
 
 
 def test_after_the_preferred_region_the_others_in_the_listed_order(deployment) -> None:

@@ -121,6 +121,54 @@ def test_a_refused_regions_sts_is_named_with_the_regions_accepted() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("endpoints", "host", "said"),
+    [
+        (
+            StsEndpoints(["aws-cn"]),
+            "sts.us-east-1.amazonaws.com",
+            "the request is signed for the STS of us-east-1 (partition aws); this deployment"
+            " accepts the STS of aws-cn: sign for a Region of aws-cn (set AWS_REGION)",
+        ),
+        (
+            StsEndpoints(["aws-cn", "aws-us-gov"]),
+            "sts.amazonaws.com",  # the global host signs for us-east-1
+            "the request is signed for the STS of us-east-1 (partition aws); this deployment"
+            " accepts the STS of aws-cn or aws-us-gov: sign for a Region of aws-cn or"
+            " aws-us-gov (set AWS_REGION)",
+        ),
+        (
+            StsEndpoints(["aws-us-gov"], ["us-gov-west-1"]),
+            "sts-fips.us-east-2.amazonaws.com",
+            "the request is signed for the STS of us-east-2 (partition aws); this deployment"
+            " accepts the STS of aws-us-gov: sign for us-gov-west-1 (set AWS_REGION)",
+        ),
+        (
+            StsEndpoints(["aws"]),
+            "sts.cn-north-1.amazonaws.com.cn",
+            "the request is signed for the STS of cn-north-1 (partition aws-cn); this"
+            " deployment accepts the STS of aws: sign for a Region of aws (set AWS_REGION)",
+        ),
+    ],
+)
+def test_the_sts_of_a_partition_not_served_is_named_with_the_partitions_served(
+    endpoints, host, said
+) -> None:
+    """What a workload with no Region configured (an EC2 instance, an EKS pod: signed for
+    us-east-1) hears from a deployment that serves aws-cn or aws-us-gov only: not that its
+    host is no STS endpoint."""
+    assert endpoints.lookup(host) is None
+    assert endpoints.refusal(host) == said
+
+
+def test_a_partition_not_served_names_only_hosts_of_the_table() -> None:
+    """Nothing the request says is echoed: a look-alike of another partition's host is no
+    STS endpoint."""
+    cn_only = StsEndpoints(["aws-cn"])
+    for host in ("sts.us-east-9.amazonaws.com", "sts.us-east-1.amazonaws.com.", "x.amazonaws.com"):
+        assert cn_only.refusal(host) == "url host is not an STS endpoint this deployment accepts"
+
+
 def test_unknown_partition_or_region_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError):
         StsEndpoints(["aws-iso"])

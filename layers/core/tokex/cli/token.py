@@ -35,8 +35,10 @@ from tokex.evidence.jwt_evidence import ALGORITHMS
 from tokex.evidence.trusted_issuers import AWS_OIF, EKS
 
 ENDPOINT_VARIABLE = "TOKEX_ENDPOINT"
-# The region to sign for when none is configured: the workload then needs nothing but its
-# credentials (the exchange accepts every region's STS unless its stsRegions says not).
+# The region to sign for when none is configured and no instance identity document names
+# one: a workload of the aws partition then needs nothing but its credentials. A
+# deployment that serves only aws-cn or aws-us-gov refuses its STS (as one whose stsRegions
+# leave out us-east-1 does): there a workload sets AWS_REGION or sends instance evidence.
 FALLBACK_REGION = "us-east-1"
 SIGV4 = "sigv4"
 # `oif` is short for `aws-oif` (tokex/client/evidence.py ALIASES).
@@ -63,8 +65,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--region",
         help="STS region to sign for, and the Region asked first when the issuer lists "
-        "several (default: AWS_REGION, AWS_DEFAULT_REGION, the profile's region, else "
-        f"{FALLBACK_REGION})",
+        "several (default: AWS_REGION, AWS_DEFAULT_REGION, the profile's region, the "
+        f"instance identity document's with --instance-identity, else {FALLBACK_REGION})",
     )
     parser.add_argument(
         "--timeout",
@@ -142,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     evidence = _evidence(args)
     # An eks pod needs no AWS configuration at all (an explicit --region still orders the
     # Regions of a multi-Region issuer; else the client reads AWS_REGION if it is set).
-    # None: the client signs for the session's region, else FALLBACK_REGION, as --help says.
+    # None: the client signs for the session's region, else the instance identity
+    # document's, else FALLBACK_REGION, as --help says.
     if evidence == EKS:
         region = configured_region(args.region) if args.region is not None else None
     else:
@@ -297,7 +300,7 @@ def _token_response(
     # --timeout bounds the IMDS reads and the exchange together; the reads get at most
     # half of it, so that `auto` without IMDS still has time for the exchange.
     ends = time.monotonic() + timeout
-    instance_evidence = _instance_evidence(args, timeout / 2)
+    instance_evidence = _instance_evidence(args, timeout / 2, session)
     left = max(ends - time.monotonic(), 0.001)
     kept_in = None if args.issuer else cache_dir  # --issuer: no discovery at all
     with _attempts_told(args.verbose), _discovery_kept(kept_in, endpoint):
@@ -479,10 +482,10 @@ def _cache_dir(path: Path) -> Path:
         ) from None
 
 
-def _instance_evidence(args: argparse.Namespace, timeout: float) -> str | None:
-    """IMDS evidence per --instance-identity: `auto` proceeds without it off EC2, `on`
-    requires it. Read within the IMDS timeout or `timeout` (half of --timeout), the
-    shorter."""
+def _instance_evidence(args: argparse.Namespace, timeout: float, session: Any) -> str | None:
+    """IMDS evidence per --instance-identity: `auto` proceeds without it (off EC2, or IMDS
+    refused: -v says why), `on` requires it. Read within the IMDS timeout or `timeout`
+    (half of --timeout), the shorter, from the IMDS the session's credentials come from."""
     if args.instance_identity == "off":
         return None
     from tokex.client.imds import (
@@ -493,19 +496,21 @@ def _instance_evidence(args: argparse.Namespace, timeout: float) -> str | None:
     )
 
     try:
-        evidence = read_instance_identity(timeout=min(TIMEOUT_SECONDS, timeout))
+        evidence = read_instance_identity(timeout=min(TIMEOUT_SECONDS, timeout), session=session)
     except ImdsUnavailable as err:
         if args.instance_identity == "on":
-            hop_limit = (
-                "; in a container on EC2, IMDSv2 answers only with the instance's metadata"
-                " hop limit at 2 or more: aws ec2 modify-instance-metadata-options"
-                " --http-put-response-hop-limit 2"
-                if err.timed_out
-                else ""
-            )
+            hint = ""
+            if err.unreachable:  # nothing answered: not on EC2, or not reachable from here
+                hop_limit = (
+                    "; in a container on EC2, IMDSv2 answers only with the instance's"
+                    " metadata hop limit at 2 or more: aws ec2 modify-instance-metadata-options"
+                    " --http-put-response-hop-limit 2"
+                    if err.timed_out
+                    else ""
+                )
+                hint = f" (off EC2, use --instance-identity auto or off{hop_limit})"
             raise CommandError(
-                f"--instance-identity on: {err} (off EC2, use --instance-identity auto or off"
-                f"{hop_limit})",
+                f"--instance-identity on: {err}{hint}",
                 error=UNREACHABLE,
                 input="--instance-identity",
             ) from None

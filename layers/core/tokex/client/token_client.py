@@ -51,6 +51,7 @@ from tokex.client.evidence import (
     read_token_file,
     web_identity_token,
 )
+from tokex.client.imds import instance_region
 from tokex.client.signing import encode_subject_token, signed_get_caller_identity
 from tokex.client.token_error import (
     AWS_ERROR,
@@ -384,9 +385,11 @@ def request_token(
     (current_discovery). Without
     `tokex_regions`, or with `issuer` given (no discovery), one attempt at
     `{endpoint}/token`, signed for `region`, else the region of the `session` given, else
-    AWS_REGION, AWS_DEFAULT_REGION or the profile's (as the CLI resolves it), else
-    us-east-1. (A `session` given with a region of its own is asked first among the Regions
-    too.)"""
+    AWS_REGION, AWS_DEFAULT_REGION or the profile's (as the CLI resolves it), else the
+    region the instance identity document in `instance_evidence` names (EC2 sets no
+    region variable), else us-east-1: outside the aws partition, a workload without
+    instance evidence must configure its region. (A `session` given with a region of its
+    own, or the instance's region, is asked first among the Regions too.)"""
     chosen = EvidenceOptions.of(
         evidence,
         token_file=token_file,
@@ -399,7 +402,13 @@ def request_token(
     if region is not None and not identifiers.is_region(region):  # as TokenClient's
         raise ValueError(f"region {region!r} is not an AWS Region name (e.g. eu-west-1)")
     evidence_for = _EvidenceSource(
-        chosen, endpoint, audience, issuer=issuer, session=session, budget=budget
+        chosen,
+        endpoint,
+        audience,
+        issuer=issuer,
+        session=session,
+        instance_evidence=instance_evidence,
+        budget=budget,
     )
     form = {
         "grant_type": TOKEN_EXCHANGE_GRANT,
@@ -521,6 +530,7 @@ class _EvidenceSource:
         *,
         issuer: str | None,
         session: boto3.session.Session | None,
+        instance_evidence: str | None,
         budget: _Budget,
     ) -> None:
         self.chosen = chosen
@@ -532,6 +542,9 @@ class _EvidenceSource:
         # not (`region_name` says both alike: the explicit one is the session's instance
         # variable).
         self.given_region = _explicit_region(session)
+        # The instance's own Region, for an instance with none configured (EC2 sets no
+        # AWS_REGION): signing for us-east-1 there is refused outside the aws partition.
+        self.instance_region = instance_region(instance_evidence) if instance_evidence else None
         self.credentials: ReadOnlyCredentials | None = None
         self.token = ""
         if chosen.kind == EKS:
@@ -560,17 +573,20 @@ class _EvidenceSource:
         """(Region to make evidence for, token endpoint) in the order to try them."""
         if not self.regional:
             if self.session is not None:
-                # For the region asked for, else AWS_REGION, AWS_DEFAULT_REGION or the
-                # profile's (as the CLI resolves it; botocore's session reads no
-                # AWS_REGION), else the global partition's default: a workload needs no
-                # configuration beyond its credentials.
-                region = preferred_region(region or self.given_region, self.session)
-                region = region or "us-east-1"
+                # Else the aws partition's default: a workload there needs no configuration
+                # beyond its credentials.
+                region = self.preferred(region) or "us-east-1"
             return [(region, self.endpoint + "/token")]
-        preferred = preferred_region(region or self.given_region, self.session)
+        preferred = self.preferred(region)
         listed = list(self.discovery.regions)
         first = [r for r in listed if r.region == preferred]
         return [(r.region, r.token_endpoint) for r in first + [r for r in listed if r not in first]]
+
+    def preferred(self, region: str | None) -> str | None:
+        """The region asked for (or the session's own), else AWS_REGION,
+        AWS_DEFAULT_REGION or the profile's (as the CLI resolves it; botocore's session
+        reads no AWS_REGION), else the instance identity document's, in this order."""
+        return preferred_region(region or self.given_region, self.session) or self.instance_region
 
     def subject_token(self, region: str | None, budget: _Budget) -> tuple[str, str]:
         """(subject_token_type, subject_token) made for `region`."""

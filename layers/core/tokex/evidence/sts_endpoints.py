@@ -124,20 +124,22 @@ class StsEndpoints:
 
         table: dict[str, Endpoint] = {}
         elsewhere: dict[str, Endpoint] = {}  # known STS hosts of Regions not accepted
-        for partition in partitions:
+        for partition in PARTITION_REGIONS:  # those not served: known hosts, all elsewhere
             suffix = PARTITION_DNS_SUFFIX[partition]
             for region in PARTITION_REGIONS[partition]:
-                into = elsewhere if regions and region not in regions else table
+                accepted = partition in partitions and (not regions or region in regions)
+                into = table if accepted else elsewhere
                 _add(into, f"sts.{region}.{suffix}", region, partition)
                 if allow_fips and region in FIPS_REGIONS:
                     _add(into, f"sts-fips.{region}.{suffix}", region, partition)
             if partition == "aws":
-                into = table if not regions or GLOBAL_REGION in regions else elsewhere
-                _add(into, GLOBAL_HOST, GLOBAL_REGION, partition)
+                accepted = partition in partitions and (not regions or GLOBAL_REGION in regions)
+                _add(table if accepted else elsewhere, GLOBAL_HOST, GLOBAL_REGION, partition)
         if not table:
             raise ConfigurationError("no STS endpoint is allowed by the configuration")
         self._by_host = table
         self._elsewhere = elsewhere
+        self._partitions = partitions
         self._accepted = sorted(regions)
 
     @classmethod
@@ -151,10 +153,21 @@ class StsEndpoints:
     def refusal(self, host: str) -> str:
         """Why `host` (which `lookup` did not find) is refused: a Region's STS this
         deployment (or this Region's exchange) does not accept is named, with the Regions
-        it does; any other host is not an STS endpoint it accepts."""
+        it does; one of a partition it does not serve (a workload with no Region configured
+        signs for us-east-1) with the partitions it does and what to set; any other host is
+        not an STS endpoint it accepts. Only a host of the table is named: nothing the
+        request says is echoed."""
         other = self._elsewhere.get(host)
         if other is None:
             return "url host is not an STS endpoint this deployment accepts"
+        if other.partition not in self._partitions:
+            served = " or ".join(self._partitions)
+            sign_for = ", ".join(self._accepted) or f"a Region of {served}"
+            return (
+                f"the request is signed for the STS of {other.region} (partition"
+                f" {other.partition}); this deployment accepts the STS of {served}: sign for"
+                f" {sign_for} (set AWS_REGION)"
+            )
         return (
             f"the request is signed for the STS of {other.region}, which this endpoint does "
             f"not accept: sign for {', '.join(self._accepted)}"
