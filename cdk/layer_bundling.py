@@ -52,7 +52,9 @@ from constructs import Construct
 RECIPE_VERSION = "4"
 PLATFORM = "manylinux2014_aarch64"
 # Provided by every Lambda Python runtime; bundling them would only shadow the runtime's
-# copy and add ~25 MB.
+# copy and add ~25 MB. The functions need botocore >= 1.29.164 (DynamoDB's
+# ReturnValuesOnConditionCheckFailure): a feature that needs more must say so in
+# docs/deploy.md ("What the stack builds").
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
 PACKAGE_NAME = "tokex"
 CACHE_ENTRIES_KEPT = 4
