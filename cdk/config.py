@@ -30,9 +30,9 @@ MULTI_REGION_SLOTS = ("mrk-a", "mrk-b")
 CLOUDFRONT_CACHE_BEHAVIORS = 25
 MAX_REGIONS = (CLOUDFRONT_CACHE_BEHAVIORS - 2) // 2
 # CloudFront delivers no standard logs to a bucket in these Regions (Amazon CloudFront
-# Developer Guide, "Choosing an Amazon S3 bucket for your standard logs"). The stack's
-# access-log bucket is in its (home) Region, and those logs are where each client's IP is
-# recorded: a stack there would record none, and nothing would say so.
+# Developer Guide, "Choosing an Amazon S3 bucket for your standard logs"), and the stack's
+# access-log bucket is in its (home) Region: reported deploys there fail creating the
+# distribution (AccessDenied on the log bucket), so synth refuses them up front.
 NO_CLOUDFRONT_STANDARD_LOGS_REGIONS = (
     "af-south-1",
     "ap-east-1",

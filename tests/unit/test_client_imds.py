@@ -256,7 +256,8 @@ def test_with_instance_identity_on_a_status_imds_answered_is_named_not_off_ec2(
              "on", "--json"]
         )  # fmt: skip
         failure = json.loads(capsys.readouterr().out)
-    assert (code, failure["input"]) == (1, "--instance-identity")
+    # An answer is AWS's refusal, not a network error: scripts read the code.
+    assert (code, failure["error"], failure["input"]) == (1, "aws_error", "--instance-identity")
     assert failure["error_description"] == f"--instance-identity on: IMDS at {imds.url}{said}"
     assert issuer.exchanges == 0
 
@@ -283,7 +284,7 @@ def test_with_instance_identity_on_nothing_listening_suggests_auto_off_ec2(
         port = bound.getsockname()[1]
         monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", f"http://127.0.0.1:{port}")
         code, failure = _token(capsys, "--instance-identity", "on", "--json")
-    assert (code, failure["input"]) == (1, "--instance-identity")
+    assert (code, failure["error"], failure["input"]) == (1, "unreachable", "--instance-identity")
     description = failure["error_description"]
     assert "did not answer" in description and "Connection refused" in description
     assert description.endswith("(off EC2, use --instance-identity auto or off)")

@@ -21,6 +21,7 @@ from typing import Any
 
 from tokex import identifiers
 from tokex.cli.errors import (
+    AWS_ERROR,
     UNREACHABLE,
     USAGE,
     WRITE_FAILED,
@@ -511,7 +512,8 @@ def _instance_evidence(args: argparse.Namespace, timeout: float, session: Any) -
                 hint = f" (off EC2, use --instance-identity auto or off{hop_limit})"
             raise CommandError(
                 f"--instance-identity on: {err}{hint}",
-                error=UNREACHABLE,
+                # IMDS that answered with a refusal is no network error
+                error=UNREACHABLE if err.unreachable else AWS_ERROR,
                 input="--instance-identity",
             ) from None
         if args.verbose:

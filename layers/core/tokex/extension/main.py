@@ -73,8 +73,8 @@ CRASHED = "Extension.Crashed"
 # A configuration error's key, as the variable that holds it (else a key in the routes).
 _VARIABLE_OF = {"endpoint": ENDPOINT_VARIABLE, "listen": LISTEN_VARIABLE, "routes": ROUTES_VARIABLE}
 # Kept from the SHUTDOWN deadline for the process to exit after the proxy stopped: Lambda
-# kills it at the deadline, and the interpreter's exit, on a small function's fraction of
-# a vCPU, takes a good part of this (0.2 s left only ~0.1 s on a busy 2-core machine).
+# kills it at the deadline, and the interpreter's exit (threads joined, the log flushed)
+# runs on the function's share of a vCPU, a small one for small memory sizes.
 EXIT_MARGIN_SECONDS = 0.5
 
 

@@ -109,6 +109,7 @@ def _readings(path: str) -> set[str]:
 def _normalised(text: str) -> str:
     if text.isascii():  # NFKC keeps ASCII as it is
         return text
+    # NFKC makes the fullwidth reverse solidus (U+FF3C) a `\`, a separator as before.
     return unicodedata.normalize("NFKC", text).replace("\\", "/")
 
 
