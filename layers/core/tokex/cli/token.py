@@ -513,7 +513,7 @@ def _instance_evidence(args: argparse.Namespace, timeout: float, session: Any) -
             raise CommandError(
                 f"--instance-identity on: {err}{hint}",
                 # IMDS that answered with a refusal is no network error
-                error=UNREACHABLE if err.unreachable else AWS_ERROR,
+                error=AWS_ERROR if err.status is not None else UNREACHABLE,
                 input="--instance-identity",
             ) from None
         if args.verbose:

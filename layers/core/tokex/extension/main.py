@@ -36,7 +36,7 @@ from typing import Any
 from tokex.extension.api import SHUTDOWN, ExtensionsApi, ExtensionsApiError
 from tokex.proxy.config import DEFAULT_LISTENER, ProxyConfig, ProxyConfigError, Route
 from tokex.proxy.log import JsonLog
-from tokex.proxy.server import ProxyServer
+from tokex.proxy.server import ListenFailed, ProxyServer
 from tokex.proxy.tokens import RouteTokens, TokenSource, TokenUnavailable
 from tokex.strict_json import StrictJsonError, loads_strict
 
@@ -190,13 +190,14 @@ def start_proxy(
 
 def _default_listen_taken(environ: Mapping[str, str], err: OSError) -> bool:
     """The address in use is DEFAULT_LISTEN, which no setting named: a port the function's
-    other extensions may hold too. (ListenFailed's message starts with the listener's name;
-    a configuration file names its own listen, never the default.)"""
+    other extensions may hold too. (A configuration file names its own listen, never the
+    default.)"""
     return (
         err.errno == errno.EADDRINUSE
         and ROUTES_VARIABLE in environ
         and not environ.get(LISTEN_VARIABLE)
-        and (err.strerror or "").startswith(f"{DEFAULT_LISTENER} ")
+        and isinstance(err, ListenFailed)
+        and err.listener == DEFAULT_LISTENER
     )
 
 

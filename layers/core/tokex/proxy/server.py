@@ -40,7 +40,12 @@ DEFAULT_GRACE_SECONDS = 10.0
 
 
 class ListenFailed(OSError):
-    """A listener's address cannot be bound (in use, not this host's, not permitted)."""
+    """A listener's address cannot be bound (in use, not this host's, not permitted);
+    `listener` is its name in the configuration."""
+
+    def __init__(self, errno_: int | None, why: str, listener: str, address: object) -> None:
+        super().__init__(errno_, f"{listener} {address}: {why}")
+        self.listener = listener
 
 
 class _Listener(ThreadingHTTPServer):
@@ -128,7 +133,7 @@ class ProxyServer:
                     listener = _Listener(name, address, self._state)
                 except OSError as err:
                     why = err.strerror or str(err)
-                    raise ListenFailed(err.errno, f"{name} {address}: {why}") from None
+                    raise ListenFailed(err.errno, why, name, address) from None
                 self._listeners.append(listener)
                 self.addresses[name] = (address.host, int(listener.server_address[1]))
             if self._given_secret is None:
