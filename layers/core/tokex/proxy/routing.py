@@ -22,6 +22,7 @@ a server written in C cuts the path).
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 import urllib.parse
@@ -90,7 +91,10 @@ def _is_dot_segment(segment: str) -> bool:
     return segment.startswith(".") and not segment.rstrip(". ")
 
 
-def _readings(path: str) -> set[str]:
+# The target check, the reserved check and the route match each read a path: kept for the
+# last few paths, so a request's path is read once (few: a path may be 64 KiB, its readings 17).
+@functools.lru_cache(maxsize=8)
+def _readings(path: str) -> frozenset[str]:
     """The path as some upstream may read it: percent-decoded with `\\` a separator (to
     some servers), then, each or not and each with the others, NFKC-normalised (the
     fullwidth solidus, full stop and a, U+FF0F, U+FF0E and U+FF41, are `/`, `.` and `a`
@@ -99,11 +103,11 @@ def _readings(path: str) -> set[str]:
     `/.tokex/`), without its trailing dots and spaces (to Windows `/admin./` and
     `/admin%20/` are `/admin/`), with repeated slashes merged (nginx, Apache)."""
     if path.isascii() and not _READ_OTHERWISE.search(path):
-        return {path}
+        return frozenset((path,))
     readings = {urllib.parse.unquote(path).replace("\\", "/")}
     for read in _READS:
         readings |= {read(reading) for reading in readings}
-    return readings
+    return frozenset(readings)
 
 
 def _normalised(text: str) -> str:
