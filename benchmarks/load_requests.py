@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import random
 import threading
 import time
@@ -224,14 +225,20 @@ def exchange(state: ClientState, principal: Principal) -> None:
     response = _json_or_wrong(answer)
     if answer.status != 200 or not isinstance(response.get("access_token"), str):
         raise WrongAnswer(f"expected a token, got {answer.status} {_excerpt(response)}")
+    received = time.time()
     claims = verify_token(state.target, response["access_token"])
     granted = SCOPE_CHOICES[requested]
     lifetime = claims["exp"] - claims["iat"]
+    expires_in = response.get("expires_in")
     checks = {
         "sub": claims.get("sub") == principal.arn,
         "scope": claims.get("scope") == granted == response.get("scope"),
         "token_type": response.get("token_type") == "Bearer",
-        "expires_in": response.get("expires_in") == lifetime <= DEMO_POLICY["max_ttl_seconds"],
+        "expires_in": lifetime <= DEMO_POLICY["max_ttl_seconds"]
+        and isinstance(expires_in, int)
+        # Counted from the answer, to its whole second (docs/contract.md
+        # "Success — 200 (RFC 8693 §2.2.1)").
+        and claims["exp"] - math.ceil(received) <= expires_in <= claims["exp"] - math.ceil(started),
         # Issued for this request: not before it was sent (one second of rounding).
         "iat": started - 1 <= claims["iat"] <= time.time() + 1,
     }

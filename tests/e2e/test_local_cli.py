@@ -69,7 +69,9 @@ def test_token_json_output_and_refusal_exit_code(tokex_local):
     result = run_token(state_dir, "--endpoint", issuer, "--audience", "demo-api", "--json")
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
-    assert body["expires_in"] == 900 and body["scope"] == "demo:read demo:write"
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 900 and 0 < body["expires_in"] <= 900
+    assert body["scope"] == "demo:read demo:write"
 
     refused = run_token(state_dir, "--endpoint", issuer, "--audience", "not-granted-api")
     assert refused.returncode != 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import time
 import urllib.error
 import urllib.parse
@@ -34,7 +35,9 @@ from tokex.token_request import TOKEN_EXCHANGE_GRANT
 
 
 def test_role_session_gets_a_token_that_verifies_against_the_served_jwks(local_system):
+    asked = time.time()
     status, headers, body = exchange(local_system, scope="demo:read")
+    received = time.time()
     assert status == 200, body
     assert headers["Cache-Control"] == "no-store" and headers["Pragma"] == "no-cache"
     assert body["token_type"] == "Bearer"
@@ -45,7 +48,10 @@ def test_role_session_gets_a_token_that_verifies_against_the_served_jwks(local_s
     assert header["typ"] == "at+jwt" and header["alg"] == "RS256"
     jwks = json.loads(urllib.request.urlopen(local_system.issuer + "/.well-known/jwks.json").read())
     assert header["kid"] in {key["kid"] for key in jwks["keys"]}
-    assert claims["exp"] - claims["iat"] == body["expires_in"] == 900
+    assert claims["exp"] - claims["iat"] == 900
+    # Counted from the answer (RFC 6749 §5.1), to its whole second: not from `iat`.
+    exp = claims["exp"]
+    assert exp - math.ceil(received) <= body["expires_in"] <= exp - math.ceil(asked)
     assert claims["nbf"] == claims["iat"]
     assert claims["sub"] == claims["client_id"] == DEMO_ROLE_ARN
     assert claims["scope"] == "demo:read"

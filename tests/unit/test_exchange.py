@@ -260,6 +260,20 @@ def test_an_exchange_decides_then_signs_while_the_write_is_in_flight(world: Worl
     assert audit.jti is not None
 
 
+def test_expires_in_counts_from_the_answer_not_from_the_request(world: World) -> None:
+    """RFC 6749 §5.1: a client that adds `expires_in` to when it got the answer must not
+    outlive `exp`, though the token is dated to the second before the request began and
+    the exchange took time since (here 1.8 s of it)."""
+    began = float(int(time.time()))
+    readings = iter([began + 0.5])
+    exchange = _one_environment(world, clock=lambda: next(readings, began + 2.3))
+    issued = exchange.exchange(token_request(), ExchangeAudit())
+    claims = jwt.decode(issued.access_token, options={"verify_signature": False})
+    assert claims["iat"] == began and claims["exp"] == began + 900
+    assert issued.expires_in == 900 - 3  # to the whole second after the answer
+    assert began + 2.3 + issued.expires_in <= claims["exp"]
+
+
 def test_the_audit_names_the_sts_host_and_access_key_even_when_sts_fails(world: World) -> None:
     """STS throttles per account and Region: an audit line without them could not tell a
     noisy caller from an outage of STS."""

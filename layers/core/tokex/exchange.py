@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -181,7 +182,11 @@ class TokenExchange:
                 self._admission, used, caller.principal_arn, claims, request.audience
             )
         audit.jti = claims["jti"]
-        return IssuedToken(token, decision.ttl_seconds, decision.scopes)
+        # RFC 6749 §5.1 counts `expires_in` from the answer: the token is dated to the
+        # second before the request began, and STS, the write and Sign took time since, so
+        # a client adding `expires_in` to when it received the answer stays within `exp`.
+        expires_in = max(0, claims["exp"] - math.ceil(self._clock()))
+        return IssuedToken(token, expires_in, decision.scopes)
 
     def _sigv4_caller(
         self, request: TokenRequest, now: float, audit: ExchangeAudit
