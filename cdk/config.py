@@ -53,7 +53,8 @@ _STACK_NAME = re.compile(rf"^[A-Za-z][A-Za-z0-9-]{{0,{MAX_STACK_NAME - 1}}}$")
 _WEB_ACL_ARN = re.compile(
     rf"{_ARN_HEAD}:wafv2:us-east-1:{_ACCOUNT}:global/webacl/[\w-]+/[0-9a-f-]{{36}}"
 )
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Nothing above INFO: each request's audit line is written at INFO (functions/logs.py).
+_LOG_LEVELS = ("DEBUG", "INFO")
 # The retention periods CloudWatch Logs offers, in days (PutRetentionPolicy).
 LOG_RETENTION_DAYS = (
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
@@ -164,7 +165,10 @@ class TokexConfig:
         if self.web_acl_arn is not None and not _WEB_ACL_ARN.fullmatch(self.web_acl_arn):
             raise ConfigError("webAclArn must be a WAFv2 global (CLOUDFRONT) web ACL ARN")
         if self.log_level not in _LOG_LEVELS:
-            raise ConfigError(f"logLevel must be one of {', '.join(_LOG_LEVELS)}")
+            raise ConfigError(
+                f"logLevel must be one of {', '.join(_LOG_LEVELS)}: the audit trail is"
+                " written at INFO, so a level above it would drop it"
+            )
         if self.tracing not in TRACING_MODES:
             raise ConfigError(f"tracing must be one of {', '.join(TRACING_MODES)}")
         for arn in self.published_key_arns:

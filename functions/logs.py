@@ -5,12 +5,18 @@ A logged field can carry text a caller chose (a JWT header's `kid` is JSON, wher
 surrogate cannot be written as UTF-8: logging then drops the whole line, so a caller could
 keep its own requests out of the audit trail. As JSON escapes every line is written, and
 it reads back as the same text.
+
+Each request's audit line is written at INFO (docs/deploy.md "Operating it"), so no log
+level may be above it: a function given one (`LOG_LEVEL` or `POWERTOOLS_LOG_LEVEL` set by
+hand; the stack's `logLevel` allows only DEBUG and INFO) logs at INFO instead and says
+so once, rather than drop the audit trail and every 503's reason with it.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 
 from aws_lambda_powertools import Logger
 
@@ -18,4 +24,12 @@ ascii_json = functools.partial(json.dumps, default=str, separators=(",", ":"), e
 
 
 def function_logger() -> Logger:
-    return Logger(json_serializer=ascii_json)
+    logger = Logger(json_serializer=ascii_json)
+    if logger.log_level > logging.INFO:
+        chosen = logging.getLevelName(logger.log_level)
+        logger.setLevel(logging.INFO)
+        logger.warning(
+            f"log level {chosen} would drop the audit trail, which is written at INFO:"
+            " logging at INFO"
+        )
+    return logger

@@ -21,7 +21,7 @@ from moto import mock_aws
 from tokex import deadline
 from tokex.adapters.state_table.admission import CONFLICT_ATTEMPTS, Admission, DynamoDbAdmission
 from tokex.adapters.state_table.schema import create_state_table, used_evidence_key
-from tokex.errors import InvalidGrant, RateLimited, TemporarilyUnavailable
+from tokex.errors import InvalidGrant, Misconfigured, RateLimited, TemporarilyUnavailable
 from tokex.evidence.replay import UsedEvidence, signature_digest, used_signature
 from tokex.evidence.sigv4_request import STS_BODY, StsRequest
 from tokex.local import moto_fixes
@@ -258,6 +258,23 @@ def test_store_failure_is_503_and_release_never_raises(dynamodb) -> None:
     assert failed.value.reason.startswith("dynamodb TransactWriteItems")
     admitted = admission(dynamodb).admit(used_signature(signed()), ROLE)
     assert not store.release(admitted)
+
+
+def test_a_table_of_another_key_schema_is_a_misconfiguration(dynamodb) -> None:
+    """DynamoDB's ValidationException is never answered otherwise on a retry: the
+    operator's to fix (a longer Retry-After, outcome `misconfigured`), not a passing
+    outage."""
+    dynamodb.create_table(
+        TableName="keyed-otherwise",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    store = DynamoDbAdmission(dynamodb, "keyed-otherwise", single_use=True, rate_limit_per_minute=5)
+    with pytest.raises(Misconfigured) as failed:
+        store.admit(used_signature(signed()), ROLE)
+    assert failed.value.reason == "dynamodb TransactWriteItems: ValidationException"
+    assert failed.value.headers()["Retry-After"] == "60"
 
 
 # --- JWT evidence: an AWS OIF token is single use by its jti; an EKS token is not --------

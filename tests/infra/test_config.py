@@ -181,6 +181,8 @@ def test_every_documented_option_is_read() -> None:
         ({"rateLimitPerMinute": 0}, "rateLimitPerMinute must be between 1 and 100000"),
         ({"rateLimitPerMinute": "100001"}, "rateLimitPerMinute must be between 1 and 100000"),
         ({"logLevel": "TRACE"}, "logLevel"),
+        ({"logLevel": "WARNING"}, "logLevel must be one of DEBUG, INFO: the audit trail"),
+        ({"logLevel": "ERROR"}, "logLevel must be one of DEBUG, INFO"),
         ({"tracing": "xray"}, "tracing must be one of lambda, sdk, off"),
         ({"webAclArn": "arn:aws:wafv2:eu-west-1:123456789012:regional/webacl/x/y"}, "webAclArn"),
         ({"stackName": "9lives"}, "stackName"),

@@ -46,6 +46,13 @@ SETTINGS = {
 def run_probe(script: str, handler: Path, *argv: str, env: Mapping[str, str] | None = None) -> Any:
     """Runs `script` (the handler's path is its argv[1], then `argv`) with `python -B` and
     those settings (and `env`) alone; the JSON its last line prints."""
+    return run_probe_lines(script, handler, *argv, env=env)[-1]
+
+
+def run_probe_lines(
+    script: str, handler: Path, *argv: str, env: Mapping[str, str] | None = None
+) -> list[Any]:
+    """`run_probe`, and every line it prints, each JSON (the function's log lines)."""
     result = subprocess.run(
         [sys.executable, "-B", "-c", script, str(handler), *argv],
         env={"PATH": os.environ.get("PATH", ""), **SETTINGS, **(env or {})},
@@ -54,4 +61,4 @@ def run_probe(script: str, handler: Path, *argv: str, env: Mapping[str, str] | N
         timeout=60,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return [json.loads(line) for line in result.stdout.strip().splitlines()]

@@ -144,7 +144,8 @@ GROUPS_1_TO_4: dict[str, tuple[Mutation, str]] = {
     # 5: the date window
     "stale date": (
         amz_date(timedelta(minutes=-16)),
-        "X-Amz-Date is more than 15 minutes old: sign again",
+        "X-Amz-Date is more than 15 minutes old: sign again, and if it was signed just now,"
+        " set the signer's clock right",
     ),
     "future date": (
         amz_date(timedelta(minutes=6)),

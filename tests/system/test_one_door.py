@@ -63,15 +63,18 @@ def _token_form(signed: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "headers",
+    ("headers", "reason"),
     [
-        pytest.param({}, id="no-header"),
-        pytest.param({ORIGIN_HEADER: SECRET[:-1] + "x"}, id="wrong-secret"),
-        pytest.param({ORIGIN_HEADER: ""}, id="empty"),
+        pytest.param({}, "not_through_cloudfront", id="no-header"),
+        pytest.param({ORIGIN_HEADER: ""}, "not_through_cloudfront", id="empty"),
+        # To the caller the same; to the operator CloudFront sending a stale secret.
+        pytest.param(
+            {ORIGIN_HEADER: SECRET[:-1] + "x"}, "origin_secret_mismatch", id="wrong-secret"
+        ),
     ],
 )
 def test_exchange_refuses_requests_that_skipped_cloudfront(
-    local_system: LocalSystem, headers: dict[str, str]
+    local_system: LocalSystem, headers: dict[str, str], reason: str
 ) -> None:
     handler = _cold(local_system, "exchange")
     signed = sign(local_system)
@@ -79,7 +82,7 @@ def test_exchange_refuses_requests_that_skipped_cloudfront(
         lambda: _invoke(handler, "/token", _token_form(signed), headers),
         403,
         "invalid_request",
-        "not_through_cloudfront",
+        reason,
     )
     assert body == {"error": "invalid_request", "error_description": NOT_THROUGH}
     # Refused before the evidence was looked at: the same signed request still works

@@ -41,6 +41,29 @@ def test_the_secret_admits_and_nothing_else_does() -> None:
         assert "issuer URL" in refused.value.description
 
 
+def test_the_audit_tells_a_missing_header_from_another_secret() -> None:
+    """The caller hears the same either way; the operator's reason says whether the
+    header was missing (a caller going around CloudFront) or held another value
+    (CloudFront and the functions disagreeing on the secret)."""
+    gate = OriginGate.from_env({ORIGIN_SECRET_ENV: SECRET})
+    reasons = {}
+    for name, headers in {
+        "missing": {},
+        "empty": {ORIGIN_HEADER: ""},
+        "not text": {ORIGIN_HEADER: None},
+        "another": {ORIGIN_HEADER: NEXT},
+    }.items():
+        with pytest.raises(NotThroughIssuer) as refused:
+            gate.check(headers)
+        reasons[name] = refused.value.reason
+    assert reasons == {
+        "missing": "not_through_cloudfront",
+        "empty": "not_through_cloudfront",
+        "not text": "not_through_cloudfront",
+        "another": "origin_secret_mismatch",
+    }
+
+
 def test_inside_lambda_the_secret_is_required() -> None:
     with pytest.raises(ConfigurationError, match=ORIGIN_SECRET_ENV):
         OriginGate.from_env({"AWS_LAMBDA_FUNCTION_NAME": "tokex-exchange"})

@@ -75,5 +75,8 @@ class OriginGate:
             raise NotThroughIssuer(
                 "this endpoint answers only through the issuer URL: send the request to"
                 " the issuer's /token or /introspect",
-                reason="not_through_cloudfront",
+                # The same answer either way; to the operator, a header with another value
+                # is CloudFront and the functions disagreeing on the secret (a rotation
+                # half done), not a caller going around CloudFront (docs/deploy.md).
+                reason="origin_secret_mismatch" if presented else "not_through_cloudfront",
             )

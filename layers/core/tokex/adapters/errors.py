@@ -34,6 +34,10 @@ CONFIGURATION_ERRORS = frozenset(
         NoCredentialsError.__name__,
         # DynamoDB: no such table (a wrong name, or another Region's).
         "ResourceNotFoundException",
+        # DynamoDB: a request the table can never accept, asked again or not (a table of
+        # another key schema than tokex's, or a bug of tokex's).
+        "ValidationException",
+        "SerializationException",
         # KMS: the key is missing, disabled, pending deletion or not a signing key.
         "NotFoundException",
         "DisabledException",

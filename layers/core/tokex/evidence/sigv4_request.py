@@ -156,7 +156,12 @@ def verify_sts_request(
     if auth.date != headers["x-amz-date"][:8]:
         raise InvalidGrant("credential scope date must be the date of X-Amz-Date")
     if amz_date < now - MAX_AGE:
-        raise InvalidGrant(f"X-Amz-Date is more than {_minutes(MAX_AGE)} minutes old: sign again")
+        # Clients sign just before they send: a request signed just now that is this old
+        # was signed on a slow clock, where signing again fails alike.
+        raise InvalidGrant(
+            f"X-Amz-Date is more than {_minutes(MAX_AGE)} minutes old: sign again, and if"
+            " it was signed just now, set the signer's clock right"
+        )
     if amz_date > now + MAX_SKEW_FUTURE:
         raise InvalidGrant(
             f"X-Amz-Date is more than {_minutes(MAX_SKEW_FUTURE)} minutes ahead: check the clock"
