@@ -504,6 +504,42 @@ def test_cli_introspection_ttl_is_short_and_never_for_ever(capsys, monkeypatch, 
         assert plugin["config"]["ttl"] == int(ttl)
 
 
+def test_cli_introspection_can_ask_a_regional_endpoint(capsys, monkeypatch):
+    """Multi-Region: home's `/introspect` stops while home is down, so a gateway may ask
+    the Region nearest it (docs/multi-region.md)."""
+    monkeypatch.setenv("TOKEX_KONG_CLIENT_SECRET", "s3cret")
+    argv = [*INTROSPECTION, "--client-id", "tc_0123456789abcdef0123", "--format", "json"]
+    assert run_cli(*argv, "--introspection-region", "eu-west-1") == 0
+    [plugin] = json.loads(capsys.readouterr().out)["plugins"]
+    assert plugin["config"]["introspection_url"] == f"{ISSUER}/regions/eu-west-1/introspect"
+    assert run_cli(*argv) == 0  # home's by default
+    [plugin] = json.loads(capsys.readouterr().out)["plugins"]
+    assert plugin["config"]["introspection_url"] == f"{ISSUER}/introspect"
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        (["--introspection-region", "EU-WEST-1"], "is not a Region name"),
+        (["--introspection-region", "eu-west-1/../x"], "is not a Region name"),
+        (
+            ["--enterprise", "openid-connect", "--introspection-region", "eu-west-1"],
+            "goes with --enterprise oauth2-introspection",
+        ),
+    ],
+)
+def test_cli_introspection_region_is_checked(capsys, monkeypatch, extra, why):
+    monkeypatch.setenv("TOKEX_KONG_CLIENT_SECRET", "s3cret")
+    base = ["--issuer", ISSUER, "--service-name", "s"]
+    if "--enterprise" in extra:
+        base += ["--any-audience"]
+    else:
+        base += ["--enterprise", "oauth2-introspection", "--client-id", "tc_0123456789abcdef0123"]
+    assert run_cli(*base, *extra, "--json") == 2
+    failure = json.loads(capsys.readouterr().out)
+    assert failure["input"] == "--introspection-region" and why in failure["error_description"]
+
+
 def test_kong_defaults_would_read_tokens_from_the_url_which_the_generated_config_does_not(keys):
     document = kong.jwt_config(jwks_of(keys["RS256"][1]), SERVICE, max_ttl=3600)
     value = token(keys["RS256"], "any")

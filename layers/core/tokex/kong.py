@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tokex import base64url, identifiers
+from tokex.regions import INTROSPECT_PATH, regional_path
 from tokex.tokens.jwks import DISCOVERY_PATH, MIN_RSA_BITS, rfc7638_thumbprint
 
 FORMAT_VERSION = "3.0"
@@ -317,10 +318,13 @@ def introspection_config(
     client_secret: str,
     ttl: int = 30,
     consumer_by: str = "client_id",
+    region: str | None = None,
 ) -> dict[str, Any]:
     """Kong Enterprise `oauth2-introspection` against tokex's RFC 7662 endpoint. The
     audiences enforced are those registered on the client (`client_id`): tokex answers
-    `active: false` for tokens of any other audience."""
+    `active: false` for tokens of any other audience. `region`: a multi-Region
+    deployment's Region whose endpoint Kong asks (`{issuer}/regions/<region>/introspect`,
+    which keeps answering while home is down: docs/multi-region.md); home's otherwise."""
     placement.check()
     if placement.all_audiences():
         raise KongConfigError(
@@ -331,8 +335,9 @@ def introspection_config(
     if not client_id or ":" in client_id or not client_secret:
         raise KongConfigError("a client id (without ':') and a client secret are required")
     basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
+    path = INTROSPECT_PATH if region is None else regional_path(region, INTROSPECT_PATH)
     config = {
-        "introspection_url": issuer.rstrip("/") + "/introspect",
+        "introspection_url": issuer.rstrip("/") + path,
         "authorization_value": f"Basic {basic}",  # RFC 7617; the header Kong sends
         "token_type_hint": "access_token",
         "ttl": ttl,  # seconds a verdict is cached: a revoked token lives this much longer

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tokex import bounded_http, deadline
+from tokex import bounded_http, deadline, identifiers
 from tokex.cli.deck_file import parse_document, read_existing, render, write_private
 
 __all__ = ["parse_document", "read_jwks", "register", "render", "run"]
@@ -129,6 +129,13 @@ def register(subparsers: Any) -> None:
         help="oauth2-introspection: how long Kong caches a verdict (default %(default)s)",
     )
     parser.add_argument(
+        "--introspection-region",
+        metavar="REGION",
+        help="oauth2-introspection, multi-Region: ask this Region's endpoint, "
+        "ISSUER/regions/REGION/introspect, one of the discovery document's tokex_regions "
+        "(default: home's ISSUER/introspect, which stops while home is down)",
+    )
+    parser.add_argument(
         "--consumer-by",
         choices=("client_id", "username"),
         default="client_id",
@@ -177,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
                 client_secret=_client_secret(args),
                 ttl=args.introspection_ttl,
                 consumer_by=args.consumer_by,
+                region=args.introspection_region,
             )
             note = "tokex kong-config: Kong will accept tokens of the audiences registered"
             print(f"{note} on client {args.client_id} (`tokex clients list`)", file=sys.stderr)
@@ -226,6 +234,19 @@ def _check(args: argparse.Namespace) -> Any:
         _check_jwks(args.jwks)
     else:
         _issuer(args)
+    if args.introspection_region is not None:
+        if args.enterprise != "oauth2-introspection":
+            raise UsageError(
+                "--introspection-region goes with --enterprise oauth2-introspection: the"
+                " other plugins read the published keys, which every Region shares",
+                input="--introspection-region",
+            )
+        if not identifiers.is_region(args.introspection_region):
+            raise UsageError(
+                f"--introspection-region {args.introspection_region!r} is not a Region name"
+                " (e.g. eu-west-1)",
+                input="--introspection-region",
+            )
     if args.enterprise == "oauth2-introspection":
         if not args.client_id or ":" in args.client_id:
             raise UsageError(
