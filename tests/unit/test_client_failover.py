@@ -95,8 +95,9 @@ class Deployment:
     url: str = ""
     order: list[str] = field(default_factory=lambda: list(REGIONS))
     with_regions: bool = True
-    # Per Region: "ok", an HTTP status (with an OAuth error), "html-502" (a bare 502, as a
-    # load balancer's), "gateway-404" and "cdn-403" (no tokex behind the path yet, or any
+    # Per Region: "ok", an HTTP status (with an OAuth error: invalid_grant for a 4xx), a
+    # (status, OAuth error) pair (described "refused in <region>"), "html-502" (a bare 502,
+    # as a load balancer's), "gateway-404" and "cdn-403" (no tokex behind the path yet, or any
     # more), "gateway-429" (API Gateway's stage throttle), "rate-limited" (tokex's own 429
     # of a caller over its rate limit), "reset" (the connection reset, no answer), "late"
     # (no answer until `late_at`, then the token `<region>-late`), "hostile" (a 503 whose
@@ -137,7 +138,11 @@ class Deployment:
         return self.modes.get(region, "ok")
 
     def exchange(self, region: str, form: dict[str, str], mode: Any) -> tuple[int, dict[str, Any]]:
-        """What the exchange of `region` answers in `mode` ("ok" or an HTTP status)."""
+        """What the exchange of `region` answers in `mode` ("ok", an HTTP status or a
+        (status, error) pair)."""
+        if isinstance(mode, tuple):
+            status, error = mode
+            return status, {"error": error, "error_description": f"refused in {region}"}
         if mode != "ok":
             return mode, oauth_error(mode)
         if (why := self.refusal(region, form)) is not None:
@@ -456,13 +461,24 @@ def test_a_4xx_that_is_no_tokex_answer_fails_over(deployment, mode) -> None:
     assert deployment.contacts == [HOME, SECOND]
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 429])
-def test_a_4xx_is_a_refusal_never_failed_over(deployment, status) -> None:
-    deployment.modes[HOME] = status
+# tokex's refusals that are the same in every Region (its 429: below).
+FINAL_REFUSALS = [
+    (400, "invalid_target"),
+    (400, "invalid_scope"),
+    (400, "invalid_request"),
+    (401, "invalid_client"),
+    (400, "unsupported_grant_type"),
+    (413, "invalid_request"),
+]
+
+
+@pytest.mark.parametrize(("status", "error"), FINAL_REFUSALS)
+def test_a_refusal_the_same_everywhere_is_never_failed_over(deployment, status, error) -> None:
+    deployment.modes[HOME] = (status, error)
     with pytest.raises(TokenError) as refused:
         request_token(deployment.url, "orders-api")
-    assert (refused.value.status, refused.value.error) == (status, "invalid_grant")
-    assert str(refused.value) == f"invalid_grant: refused with {status}"
+    assert (refused.value.status, refused.value.error) == (status, error)
+    assert str(refused.value) == f"{error}: refused in {HOME}"
     assert deployment.contacts == [HOME]  # the second Region is never contacted
 
 
@@ -485,6 +501,101 @@ def test_a_gateways_429_without_tokex_regions_is_temporarily_unavailable(deploym
         request_token(deployment.url, "orders-api")
     assert (failed.value.status, failed.value.error) == (429, "temporarily_unavailable")
     assert str(failed.value).endswith("(application/json): try again later")
+    assert deployment.contacts == ["home"]
+
+
+# --- a refusal that may be the Region's own: evidence made for each Region ------------------
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_an_invalid_grant_fails_over_with_evidence_made_for_the_next_region(
+    deployment, caplog
+) -> None:
+    """A Regional exchange answers `invalid_grant` to any 4xx of its own Region's STS: the
+    workload's account deactivated STS there (RegionDisabledException, as AWS recommends
+    for the Regions it does not use) or has not enabled that opt-in Region
+    (InvalidClientTokenId). With home down, the next Region listed was such a one: the
+    client took its refusal as final, and the workload had no token although the Region
+    after it would have given one. Each Region gets a request signed for its own STS, so
+    asking on spends nothing twice."""
+    deployment.modes.update({HOME: 503, SECOND: (400, "invalid_grant")})
+    caplog.set_level(logging.WARNING, "tokex.client.token_client")
+    assert request_token(deployment.url, "orders-api")["access_token"] == f"{THIRD}-token-1"
+    assert deployment.contacts == [HOME, SECOND, THIRD]
+    for region in REGIONS:
+        assert_signed_for(deployment.forms[region][0], region)
+    assert warnings_of(caplog) == [
+        f"Region {HOME} failed: temporarily_unavailable: try later; trying {SECOND}",
+        f"Region {SECOND} failed: invalid_grant: refused in {SECOND}; trying {THIRD}",
+    ]
+    # A TokenClient likewise (its exchanges are request_token's).
+    deployment.modes[HOME] = (400, "invalid_grant")
+    assert TokenClient(deployment.url).token("orders-api") == f"{THIRD}-token-2"
+    assert deployment.contacts[3:] == [HOME, SECOND, THIRD]
+
+
+def test_when_every_region_refuses_the_first_refusal_is_reported(deployment, caplog) -> None:
+    """Home refusing a bad signature (or expired credentials) says so in its own words;
+    the Regions after it refuse too, each its own way: the error is home's, naming the
+    Regions tried, and each later Region's refusal is in the log (`tokex token -v`)."""
+    deployment.modes.update(dict.fromkeys(REGIONS, (400, "invalid_grant")))
+    caplog.set_level(logging.WARNING, "tokex.client.token_client")
+    with pytest.raises(TokenError) as refused:
+        request_token(deployment.url, "orders-api")
+    error = refused.value
+    assert (error.status, error.error, error.oauth) == (400, "invalid_grant", True)
+    assert error.url == f"{deployment.url}/regions/{HOME}/token"
+    assert str(error) == (
+        f"no Region gave a token (tried {HOME}, {SECOND}, {THIRD}); {HOME}: "
+        f"invalid_grant: refused in {HOME}"
+    )
+    assert warnings_of(caplog) == [
+        f"Region {HOME} failed: invalid_grant: refused in {HOME}; trying {SECOND}",
+        f"Region {SECOND} failed: invalid_grant: refused in {SECOND}; trying {THIRD}",
+        f"Region {THIRD} failed: invalid_grant: refused in {THIRD}",
+    ]
+    assert deployment.contacts == [HOME, SECOND, THIRD]
+
+
+def test_a_refusal_is_reported_rather_than_an_outage(deployment) -> None:
+    """Home down, the next Region refusing, the last one reset: the refusal is what the
+    workload can act on (activate STS in that Region), not the reset."""
+    deployment.modes.update({HOME: 503, SECOND: (400, "invalid_grant"), THIRD: "reset"})
+    with pytest.raises(TokenError) as refused:
+        request_token(deployment.url, "orders-api")
+    assert (refused.value.error, refused.value.url) == (
+        "invalid_grant",
+        f"{deployment.url}/regions/{SECOND}/token",
+    )
+    assert str(refused.value).endswith(f"{SECOND}: invalid_grant: refused in {SECOND}")
+
+
+def test_an_eks_tokens_invalid_grant_is_final(monkeypatch, tmp_path) -> None:
+    """The same service-account token goes to every Region, verified against the same
+    keys: its refusal would be the same everywhere."""
+    without_aws_set_up(monkeypatch)
+    with deployment_running() as deployment:
+        path = sa_token_file(tmp_path, deployment.url)
+        deployment.modes[HOME] = (400, "invalid_grant")
+        with pytest.raises(TokenError) as refused:
+            request_token(deployment.url, "orders-api", evidence="eks", token_file=path)
+        assert str(refused.value) == f"invalid_grant: refused in {HOME}"
+        assert deployment.contacts == [HOME]
+
+
+@pytest.mark.parametrize("bound", [False, True])
+def test_without_regions_an_invalid_grant_is_final_as_ever(deployment, bound) -> None:
+    """One endpoint (no `tokex_regions`, or an `issuer` bound without discovery): nowhere
+    else to ask, and the refusal is raised as it came."""
+    deployment.with_regions = bound
+    deployment.modes["home"] = (400, "invalid_grant")
+    with pytest.raises(TokenError) as refused:
+        request_token(deployment.url, "a", issuer=deployment.url if bound else None)
+    assert (refused.value.status, refused.value.error) == (400, "invalid_grant")
+    assert str(refused.value) == "invalid_grant: refused in home"
     assert deployment.contacts == ["home"]
 
 
@@ -549,7 +660,8 @@ def test_an_ordinary_description_is_quoted_as_it_came(deployment, monkeypatch) -
     monkeypatch.setattr(deployment, "refusal", lambda region, form: why)
     with pytest.raises(TokenError) as refused:
         request_token(deployment.url, "orders-api")
-    assert (str(refused.value), refused.value.error) == (f"invalid_grant: {why}", "invalid_grant")
+    assert str(refused.value).endswith(f"; {HOME}: invalid_grant: {why}")
+    assert refused.value.error == "invalid_grant"
 
 
 def test_a_reset_last_is_an_unreachable_error(deployment) -> None:
@@ -1029,14 +1141,16 @@ def test_cli_refuses_a_regional_endpoint_on_another_port(deployment, monkeypatch
 def sts(monkeypatch) -> Iterator[dict[str, Any]]:
     """A loopback STS (the query protocol) that hands out OIF tokens naming the Region
     the call was signed for, or answers 503 for the Regions in `down` (a plain-text 503,
-    no STS answer, for those in `down-page`); for the Regions in `late`, only at `late_at`
-    (time.monotonic()), unless the test ended first."""
+    no STS answer, for those in `down-page`), or STS's error answer (status, code) for
+    those in `refuse`; for the Regions in `late`, only at `late_at` (time.monotonic()),
+    unless the test ended first."""
     state: dict[str, Any] = {
         "regions": [],
         "down": set(),
         "down-page": set(),
         "late": set(),
         "reset": set(),
+        "refuse": {},
     }
     released = threading.Event()
 
@@ -1062,6 +1176,17 @@ def sts(monkeypatch) -> Iterator[dict[str, Any]]:
                 return self.send_document(
                     503, b"Service Unavailable", {"Content-Type": "text/plain"}
                 )
+            if region in state["refuse"]:  # as STS answers, e.g. a Region disabled
+                status, code = state["refuse"][region]
+                error = (
+                    f"<Error><Type>Sender</Type><Code>{code}</Code>"
+                    f"<Message>{STS_MESSAGES[code]}</Message></Error>"
+                )
+                return self._xml(
+                    status,
+                    f'<ErrorResponse xmlns="{STS_XML}">{error}'
+                    "<RequestId>r</RequestId></ErrorResponse>",
+                )
             claims = {
                 "aud": form["Audience.member.1"][0],
                 "sub": "arn:aws:iam::123456789012:role/orders",
@@ -1086,6 +1211,18 @@ def sts(monkeypatch) -> Iterator[dict[str, Any]]:
             yield state
         finally:
             released.set()
+
+
+# STS's own words for the refusals the tests have it answer.
+STS_MESSAGES = {
+    "RegionDisabledException": "STS is not activated in this region for account:"
+    "123456789012. Your account administrator can activate STS in this region using the"
+    " IAM Console.",
+    "InvalidClientTokenId": "The security token included in the request is invalid.",
+    "Throttling": "Rate exceeded",
+    "AccessDenied": "User is not authorized to perform: sts:GetWebIdentityToken",
+    "ExpiredToken": "The security token included in the request is expired",
+}
 
 
 def test_oif_asks_each_regions_sts_for_its_own_token(deployment, sts) -> None:
@@ -1155,6 +1292,83 @@ def test_an_oif_sts_that_never_answers_fails_over_within_the_budget(deployment, 
     assert response["access_token"] == f"{SECOND}-token-1"
     assert sts["regions"] == [HOME, SECOND]  # home asked once, never retried
     assert deployment.contacts == [SECOND]  # home's late OIF token never went anywhere
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(403, "RegionDisabledException"), (403, "InvalidClientTokenId"), (400, "Throttling")],
+)
+def test_oif_fails_over_when_a_regions_sts_refuses_as_only_that_region_would(
+    deployment, sts, status, code
+) -> None:
+    """STS deactivated in that Region for the account, an opt-in Region it has not enabled,
+    or that Region's STS throttling the account (with sigv4, tokex's own STS call
+    throttled is its 503, failed over): the next Region's STS gives its own token. Each
+    was an `aws_error`, final."""
+    sts["refuse"] = {HOME: (status, code)}
+    response = request_token(deployment.url, "orders-api", evidence="aws-oif")
+    assert response["access_token"] == f"{SECOND}-token-1"
+    assert sts["regions"] == [HOME, SECOND]
+    assert deployment.contacts == [SECOND]
+    [form] = deployment.forms[SECOND]
+    assert jwt_claims(form["subject_token"])[OIF_CLAIMS]["source_region"] == SECOND
+
+
+@pytest.mark.parametrize(("status", "code"), [(403, "AccessDenied"), (403, "ExpiredToken")])
+def test_oif_stops_at_an_sts_refusal_that_is_the_same_everywhere(
+    deployment, sts, status, code
+) -> None:
+    sts["refuse"] = {HOME: (status, code)}
+    with pytest.raises(TokenError) as refused:
+        request_token(deployment.url, "orders-api", evidence="aws-oif")
+    assert (refused.value.error, refused.value.status, refused.value.aws_code) == (
+        "aws_error",
+        status,
+        code,
+    )
+    assert sts["regions"] == [HOME]
+    assert deployment.contacts == []
+
+
+def test_oif_reports_the_first_regions_sts_refusal(deployment, sts) -> None:
+    sts["refuse"] = {
+        HOME: (403, "InvalidClientTokenId"),
+        SECOND: (403, "RegionDisabledException"),
+        THIRD: (400, "Throttling"),
+    }
+    with pytest.raises(TokenError) as refused:
+        request_token(deployment.url, "orders-api", evidence="aws-oif")
+    error = refused.value
+    assert (error.error, error.status, error.aws_code) == ("aws_error", 403, "InvalidClientTokenId")
+    assert str(error).startswith(
+        f"no Region gave a token (tried {HOME}, {SECOND}, {THIRD}); {HOME}: "
+        "sts:GetWebIdentityToken at "
+    )
+    assert str(error).endswith(
+        f"refused: InvalidClientTokenId: {STS_MESSAGES['InvalidClientTokenId']}"
+    )
+    assert sts["regions"] == [HOME, SECOND, THIRD]
+    assert deployment.contacts == []
+
+
+def test_oif_throttled_everywhere_reports_the_last_as_any_outage(deployment, sts) -> None:
+    sts["refuse"] = dict.fromkeys(REGIONS, (400, "Throttling"))
+    with pytest.raises(TokenError) as failed:
+        request_token(deployment.url, "orders-api", evidence="aws-oif")
+    assert failed.value.aws_code == "Throttling"
+    assert f"tried {HOME}, {SECOND}, {THIRD}); {THIRD}: " in str(failed.value)
+    assert sts["regions"] == list(REGIONS)
+
+
+def test_oif_without_regions_an_sts_refusal_is_final_as_ever(deployment, sts) -> None:
+    deployment.with_regions = False
+    sts["refuse"] = {HOME: (403, "RegionDisabledException")}
+    with pytest.raises(TokenError) as refused:
+        request_token(deployment.url, "orders-api", evidence="aws-oif")
+    assert (refused.value.error, refused.value.aws_code) == ("aws_error", "RegionDisabledException")
+    assert str(refused.value).startswith("sts:GetWebIdentityToken at ")  # no Regions named
+    assert sts["regions"] == [HOME]
+    assert deployment.contacts == []
 
 
 def test_eks_sends_the_same_token_to_each_region(monkeypatch, tmp_path) -> None:
@@ -1263,6 +1477,30 @@ def test_cli_v_says_when_it_falls_back_on_the_last_document(deployment, capsys) 
     assert (code, out) == (0, f"{HOME}-token-2")
     assert "/.well-known/openid-configuration answered HTTP 502" in err
     assert f"trying the Regions of the last discovery document read: {', '.join(REGIONS)}" in err
+
+
+def test_cli_every_region_refusing_reports_the_first_and_v_names_each(deployment, capsys) -> None:
+    deployment.modes.update(
+        {HOME: (400, "invalid_grant"), SECOND: 503, THIRD: (400, "invalid_grant")}
+    )
+    ask = ("token", "--endpoint", deployment.url, "--audience", "a", "--timeout", "5")
+    code, out, err = tokex(capsys, *ask, "--json")
+    failure = json.loads(out)
+    assert (code, err, failure["error"]) == (1, "", "invalid_grant")
+    assert failure["input"] == f"{deployment.url}/regions/{HOME}/token"
+    assert failure["error_description"] == (
+        f"no Region gave a token (tried {HOME}, {SECOND}, {THIRD}); {HOME}: "
+        f"invalid_grant: refused in {HOME}"
+    )
+    code, out, err = tokex(capsys, *ask, "-v")
+    assert (code, out) == (1, "")
+    failed = [line for line in err.splitlines() if " failed: " in line]
+    assert failed == [
+        f"tokex token: Region {HOME} failed: invalid_grant: refused in {HOME}; trying {SECOND}",
+        f"tokex token: Region {SECOND} failed: temporarily_unavailable: try later; trying {THIRD}",
+        f"tokex token: Region {THIRD} failed: invalid_grant: refused in {THIRD}",
+    ]
+    assert err.splitlines()[-1] == f"tokex token: {failure['error_description']}"
 
 
 def test_cli_all_regions_down(deployment, capsys) -> None:

@@ -64,6 +64,16 @@ DEFAULT_OIF_SIGNING_ALGORITHM = "RS256"
 # STS's global endpoint, where GetWebIdentityToken is not served (STS API Reference,
 # GetWebIdentityToken: "not available on the STS Global endpoint").
 _GLOBAL_STS = "https://sts.amazonaws.com"
+# What the Region's STS answers sts:GetWebIdentityToken that another Region's may not
+# (request_token fails over; botocore's ClientError codes, the `<Code>` of STS's answer):
+# the account deactivated STS in this Region, as AWS recommends for Regions it does not use
+# (RegionDisabledException, 403), or this is an opt-in Region the account has not enabled
+# (InvalidClientTokenId, 403: its credentials are not valid there) ...
+REGIONAL_STS_REFUSALS = frozenset({"RegionDisabledException", "InvalidClientTokenId"})
+# ... or it throttles the account's calls in this Region (`Throttling`, 400: "Rate
+# exceeded"; the codes the exchange reads as throttling too, adapters/sts.py). With sigv4
+# evidence, the exchange's STS call throttled is its 503, failed over alike.
+STS_THROTTLING = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded"})
 # Of an error's text that quotes what STS answered (an Expiration that is no date): enough
 # to recognise it, not a whole answer in one line.
 _MAX_QUOTED_CHARS = 200
@@ -195,9 +205,11 @@ def web_identity_token(
             f"sts:GetWebIdentityToken at {url} refused: {code}: {error.get('Message', '')}"
             f"{_refusal_hint(code, issuer)}",
             error=AWS_ERROR,
-            # A 5xx (STS unavailable in this Region) lets the client fail over.
+            # A 5xx (STS unavailable in this Region), or a code of REGIONAL_STS_REFUSALS or
+            # STS_THROTTLING, lets the client fail over.
             status=status if isinstance(status, int) else None,
             url=url,
+            aws_code=code,
         ) from None
     except NoCredentialsError:
         raise TokenError(

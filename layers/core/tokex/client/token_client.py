@@ -9,11 +9,11 @@ projected service-account token, `token_file=`): client/evidence.py.
 
 A multi-Region deployment lists its Regions in its discovery document (`tokex_regions`):
 the client asks the workload's own Region first, and fails over to the next one when a
-Region does not answer or answers 5xx (or a 4xx that is no tokex answer), all within
-`timeout` (request_token). A Regional token endpoint is only ever
-`{endpoint}/regions/<region>/token` (discover). When the document cannot be read (home,
-which publishes it, is down), the last good one this process read is used
-(current_discovery).
+Region does not answer or answers 5xx (or a 4xx that is no tokex answer), or refuses
+evidence made for it (fails_over), all within `timeout` (request_token). A Regional
+token endpoint is only ever `{endpoint}/regions/<region>/token` (discover). When the
+document cannot be read (home, which publishes it, is down), the last good one this
+process read is used (current_discovery).
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ from tokex.client.endpoint import check_endpoint, is_loopback
 from tokex.client.evidence import (
     AWS_OIF,
     EKS,
+    REGIONAL_STS_REFUSALS,
     SIGV4,
+    STS_THROTTLING,
     EvidenceOptions,
     check_token_audience,
     read_token_file,
@@ -63,6 +65,7 @@ from tokex.client.token_error import (
     TokenError,
 )
 from tokex.clock import SuspendAwareClock
+from tokex.errors import InvalidGrant
 from tokex.regions import DISCOVERY_MEMBER, REGION_VARIABLES, TOKEN_PATH, regional_path
 from tokex.token_request import JWT_TOKEN_TYPE, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
@@ -378,11 +381,13 @@ def request_token(
     attempt brings evidence for that Region (signed for its STS, or an OIF token from its
     STS) to its own token endpoint, within an equal share of the time left (the last one
     gets all of it). Only a Region that does not answer (connection refused or reset, DNS,
-    a timeout), answers 5xx or a 4xx that is no tokex answer is failed over (fails_over);
-    tokex's own 4xx is a refusal, raised at once. When every Region failed, the last error
-    is raised, naming the Regions tried. The Regions are those of the discovery document
-    read now, or, when it gets no usable answer, of the last good one this process read
-    (current_discovery). Without
+    a timeout), answers 5xx or a 4xx that is no tokex answer, or refuses the evidence made
+    for it (tokex's `invalid_grant`; with aws-oif, its STS refusing or throttling the call)
+    is failed over (fails_over); tokex's other 4xx is a refusal, raised at once. When every
+    Region failed, the first refusal of the evidence (refused_in_region) is raised, else
+    (all down or throttling) the last error, naming the Regions tried. The Regions are those of
+    the discovery document read now, or, when it gets no usable answer, of the last good
+    one this process read (current_discovery). Without
     `tokex_regions`, or with `issuer` given (no discovery), one attempt at
     `{endpoint}/token`, signed for `region`, else the region of the `session` given, else
     AWS_REGION, AWS_DEFAULT_REGION or the profile's (as the CLI resolves it), else the
@@ -421,8 +426,7 @@ def request_token(
     if instance_evidence:
         form["aws_instance_identity"] = instance_evidence
     attempts = evidence_for.attempts(region)
-    tried: list[str] = []
-    last: TokenError | None = None
+    failed: list[tuple[str, TokenError]] = []  # (Region, its error), in the order asked
     for index, (attempt_region, url) in enumerate(attempts):
         left = budget.left()
         if left <= 0:
@@ -440,38 +444,68 @@ def request_token(
             form.update(subject_token_type=token_type, subject_token=subject_token)
             return _post_form(url, form, share)
         except TokenError as err:
-            if not evidence_for.regional or not fails_over(err):
+            if not evidence_for.regional or not fails_over(err, evidence=chosen.kind):
                 raise
-            tried.append(str(attempt_region))
-            last = err
+            failed.append((str(attempt_region), err))
             if index + 1 < len(attempts):
                 log.warning(
-                    "Region %s failed: %s; trying %s", tried[-1], err, attempts[index + 1][0]
+                    "Region %s failed: %s; trying %s", attempt_region, err, attempts[index + 1][0]
                 )
-    untried = [str(r) for r, _ in attempts[len(tried) :]]
+    tried = [failed_region for failed_region, _ in failed]
+    untried = [str(r) for r, _ in attempts[len(failed) :]]
     ran_out = f"the {budget.seconds:g} s timeout ran out before {', '.join(untried)}"
-    if last is None:  # the budget was spent before the first attempt (on discovery)
+    if not failed:  # the budget was spent before the first attempt (on discovery)
         url = attempts[0][1]
         raise TokenError(f"cannot reach {url}: {ran_out}", error=UNREACHABLE, url=url)
-    raise last.again(
+    # A refusal says more than an outage, and the first one most: the Region asked first
+    # (the workload's own, when it answered) says in its words what is wrong with the
+    # evidence (a bad signature, expired credentials); a later one may only say that STS is
+    # off in that Region. With none, the last failure (it had the most time).
+    reported_region, reported = next(
+        ((r, err) for r, err in failed if refused_in_region(err)), failed[-1]
+    )
+    if reported is not failed[-1][1]:  # every Region's failure is in the log (-v)
+        log.warning("Region %s failed: %s", *failed[-1])
+    raise reported.again(
         f"no Region gave a token (tried {', '.join(tried)}{'; ' + ran_out if untried else ''})"
-        f"; {tried[-1]}: {last}"
+        f"; {reported_region}: {reported}"
     )
 
 
-def fails_over(err: TokenError) -> bool:
+def fails_over(err: TokenError, *, evidence: str = SIGV4) -> bool:
     """Whether another Region may give the token this one did not: no answer (refused,
     reset, DNS, timed out), a 5xx, or a 4xx that is no tokex answer (API Gateway's 404 of a
     Region whose stack is not deployed yet, CloudFront's 403 of one just removed: its
     path is not a tokex endpoint; API Gateway's 429 `{"message": "Too Many Requests"}` of
-    a Regional API over its stage throttle). tokex's own refusal (an OAuth 4xx, its 429 of
-    a caller over its rate limit included), an answer that is no token, a local failure
-    (credentials, the token file) would be the same everywhere. Each Region is asked with
-    evidence of its own, so asking another spends nothing twice."""
+    a Regional API over its stage throttle); with aws-oif, its STS throttling the client's
+    own call (with sigv4, tokex's 503); and, for `evidence` made for each Region (sigv4,
+    aws-oif), a refusal that may be that Region's own (refused_in_region).
+    tokex's other refusals (`invalid_target`, `invalid_scope`, `invalid_request`,
+    `invalid_client`, its 429 of a caller over its rate limit: asking on would multiply
+    the load), an answer that is no token, a local failure (credentials, the token file)
+    would be the same everywhere; so would an `invalid_grant` of `eks` evidence, the same
+    token everywhere. Each Region is asked with evidence of its own, so asking another
+    spends nothing twice."""
     if err.status is not None:
         no_tokex_answer = err.error in (NOT_TOKEX, TEMPORARILY_UNAVAILABLE) and not err.oauth
-        return err.status >= 500 or (no_tokex_answer and 400 <= err.status < 500)
-    return err.error == UNREACHABLE
+        if err.status >= 500 or (no_tokex_answer and 400 <= err.status < 500):
+            return True
+    elif err.error == UNREACHABLE:
+        return True
+    if err.aws_code in STS_THROTTLING:
+        return True
+    return evidence != EKS and refused_in_region(err)
+
+
+def refused_in_region(err: TokenError) -> bool:
+    """Whether a Region refused the evidence made for it, which another Region's own may
+    not: tokex's `invalid_grant` (its exchange answers so any 4xx of its Region's STS:
+    RegionDisabledException where the account deactivated STS, as AWS recommends for
+    Regions it does not use; InvalidClientTokenId in an opt-in Region it has not enabled),
+    or, with aws-oif, that Region's STS refusing the client's own call for the same reasons
+    (REGIONAL_STS_REFUSALS)."""
+    invalid_grant = err.oauth and err.error == InvalidGrant.error
+    return invalid_grant or err.aws_code in REGIONAL_STS_REFUSALS
 
 
 def _post_form(url: str, form: dict[str, str], budget: _Budget) -> dict[str, Any]:

@@ -25,7 +25,9 @@ class TokenError(Exception):
     one; `url` is the URL (or the file) at fault, when there is one; `retry_after` the
     seconds the answer's `Retry-After` asked the caller to wait, when it had one; `oauth`
     whether the answer was an OAuth error response (RFC 6749 §5.2), the token endpoint's
-    own, rather than a gateway's (`{"message": "Too Many Requests"}`) or no answer.
+    own, rather than a gateway's (`{"message": "Too Many Requests"}`) or no answer;
+    `aws_code` the error code AWS answered when it refused a call of the client's own
+    (sts:GetWebIdentityToken's `RegionDisabledException`).
 
     Its text (the message, `answer`, `error`) quotes what a server answered (an OAuth
     error_description, a reason phrase, a content type), which any endpoint, a look-alike
@@ -44,6 +46,7 @@ class TokenError(Exception):
         answer: str | None = None,
         retry_after: float | None = None,
         oauth: bool = False,
+        aws_code: str | None = None,
     ):
         message = escaped(message)
         super().__init__(message)
@@ -53,6 +56,7 @@ class TokenError(Exception):
         self.answer = escaped(answer or message)  # what the server answered, in a few words
         self.retry_after = retry_after
         self.oauth = oauth
+        self.aws_code = None if aws_code is None else escaped(aws_code)
 
     def again(self, message: str | None = None, **changes: object) -> TokenError:
         """A copy (one exception object per raising thread), `message` and `changes`
@@ -64,6 +68,7 @@ class TokenError(Exception):
             "answer": self.answer,
             "retry_after": self.retry_after,
             "oauth": self.oauth,
+            "aws_code": self.aws_code,
         }
         fields.update(changes)
         return TokenError(str(self) if message is None else message, **fields)  # type: ignore[arg-type]
