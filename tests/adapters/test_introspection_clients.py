@@ -13,6 +13,7 @@ import pytest
 from botocore.config import Config
 
 from tests.support.in_process_state_table import state_table
+from tokex.adapters.state_table import introspection_clients
 from tokex.adapters.state_table.introspection_clients import ClientStore
 from tokex.adapters.state_table.revocations import TTL_MARGIN_SECONDS
 from tokex.cli.main import main
@@ -133,6 +134,23 @@ def test_verified_clients_are_cached_briefly_and_failures_never(store, dynamodb,
     clock.now += 1
     with pytest.raises(InvalidClient):  # removal has taken effect
         store.authenticate(client.client_id, secret)
+
+
+def test_the_verified_clients_kept_are_bounded(store, dynamodb, monkeypatch):
+    """At MAX_CACHED_CLIENTS verified clients the cache starts again empty: no number of
+    clients (or of secrets rotated) grows a warm environment without bound."""
+    monkeypatch.setattr(introspection_clients, "MAX_CACHED_CLIENTS", 3)
+    clients = [store.add(f"kong-{n}", SERVES) for n in range(4)]
+    calls = count_get_item(dynamodb)
+    for client, secret in clients[:3]:
+        store.authenticate(client.client_id, secret)
+    store.authenticate(clients[0][0].client_id, clients[0][1])
+    assert len(calls) == 3  # the first three kept
+    store.authenticate(clients[3][0].client_id, clients[3][1])  # a fourth: starts again
+    store.authenticate(clients[3][0].client_id, clients[3][1])
+    assert len(calls) == 4
+    store.authenticate(clients[0][0].client_id, clients[0][1])  # no longer kept
+    assert len(calls) == 5
 
 
 def item_of(dynamodb: Any, client_id: str) -> dict[str, Any]:

@@ -4,8 +4,10 @@ tokens: refreshed at 80 % of their lifetime, one exchange in flight per audience
 from __future__ import annotations
 
 import email.utils
+import gc
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -27,6 +29,8 @@ from tests.support.tls import HttpsServer, make_pki
 from tokex import base64url, bounded_http
 from tokex.client import token_client
 from tokex.client.token_client import (
+    MAX_FAILURE_HOLD_SECONDS,
+    MAX_RESPONSE_BYTES,
     REFRESH_AT,
     TokenClient,
     TokenError,
@@ -535,6 +539,47 @@ def test_without_stale_if_error_a_held_failure_is_raised_not_the_old_token(
             with pytest.raises(TokenError):
                 client.token("orders-api")
         assert flaky.exchanges == 2  # the second was the hold's, without I/O
+
+
+class _OutageWithALargePage(QuietHandler):
+    """An outage answered with a page larger than the client reads (a proxy's HTML)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        page = b"<html>" + b"x" * (2 * MAX_RESPONSE_BYTES)
+        self.send_document(503, page, {"Content-Type": "text/html"})
+
+
+def _alive(kind: type) -> int:
+    gc.collect()
+    return sum(isinstance(thing, kind) for thing in gc.get_objects())
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_an_outage_keeps_one_failure_and_no_connection_per_failed_exchange(monkeypatch) -> None:
+    """Each failed exchange's error held the one it replaced (through its frames) until
+    an exchange succeeded: an outage grew the client (tokex proxy's, for weeks) by every
+    failure with its frames and, its page unread past MAX_RESPONSE_BYTES, its connection."""
+    use_static_credentials(monkeypatch)
+    with serving(LoopbackServer(_OutageWithALargePage)) as server:
+        clock = FakeClock()
+        client = TokenClient(server.url, clock=clock, issuer=server.url, stale_if_error=False)
+
+        def fail_once() -> None:
+            with pytest.raises(TokenError, match="503"):
+                client.token("orders-api")
+            clock.now += MAX_FAILURE_HOLD_SECONDS  # its hold over: the next call exchanges
+
+        fail_once()
+        errors, descriptors = _alive(TokenError), _open_descriptors()
+        for _ in range(10):
+            fail_once()
+        assert _alive(TokenError) == errors  # the last failure's, held: one
+        assert _open_descriptors() <= descriptors + 2  # not one per failure
 
 
 @pytest.mark.parametrize(

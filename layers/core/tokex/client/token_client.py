@@ -841,8 +841,11 @@ class TokenClient:
         if not isinstance(err, TokenError):
             return
         hold = _wait_after(err, at_least=FAILURE_HOLD_SECONDS)
+        # A copy without a traceback: `err`'s frames hold the failure this exchange
+        # replaced (token()'s `failure`), whose frames held the one before: a chain of
+        # every failure of an outage, each with its frames, until an exchange succeeds.
         with self._lock:
-            self._failures[key] = (self._clock() + hold, err)
+            self._failures[key] = (self._clock() + hold, err.again())
 
     def _stale(self, key: CacheKey, cached: CachedToken | None, err: BaseException) -> str | None:
         """The token a failed refresh was to replace, if it may stand in: still valid, and
@@ -1033,6 +1036,10 @@ def _send_within_deadline(
             body = _parse(err.read(MAX_RESPONSE_BYTES + 1), err.code, "", url)
         except (TokenError, OSError, http.client.HTTPException):
             body = {}  # not JSON, or its body stalled or broke off: the status still counts
+        finally:
+            # Its connection, unread past MAX_RESPONSE_BYTES, would stay open for as long
+            # as anything refers to the error: one descriptor per failed exchange.
+            err.close()
         error = body.get("error")
         retry_after = retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
         kind = err.headers.get_content_type() if err.headers else "no content type"
