@@ -332,3 +332,25 @@ def test_json_with_a_value_is_a_usage_error_reported_as_json(capsys) -> None:
     assert main(["policy", "validate", "--json=1", "p.json"]) == 2
     answer = json.loads(capsys.readouterr().out)
     assert (answer["error"], answer["input"]) == ("usage", "--json")
+
+
+class _IssuerOfOddScopes(QuietHandler):
+    """A token answer whose scope holds printable non-ASCII, a bidi override and a C1
+    control (what a look-alike issuer may send)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        answer = {"access_token": "t", "expires_in": 900, "scope": "caf\u00e9 \u202e \u009b"}
+        self.send_document(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
+
+
+def test_token_json_writes_printable_text_as_it_is_and_escapes_the_rest() -> None:
+    """contract.md "Command line": --json writes printable non-ASCII as it is, a success
+    as an error; a bidi override or a C1 control (a terminal's CSI) escaped."""
+    with serving(LoopbackServer(_IssuerOfOddScopes)) as issuer:
+        done = tokex(
+            "token", "--endpoint", issuer.url, "--issuer", issuer.url, "--audience", "a", "--json"
+        )
+    assert done.returncode == 0, done.stderr
+    assert '"scope": "caf\u00e9 \\u202e \\u009b"' in done.stdout
+    assert json.loads(done.stdout)["scope"] == "caf\u00e9 \u202e \u009b"

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -406,6 +407,35 @@ def test_https_issuer_verified_against_the_ca_store(monkeypatch, tmp_path) -> No
         monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
         answer = request_token(server.url, "orders-api", issuer=server.url)
     assert answer["access_token"] == "token-1"
+
+
+def test_a_process_that_turned_verification_off_still_verifies_the_issuer(
+    monkeypatch, tmp_path
+) -> None:
+    """`ssl._create_default_https_context = ssl._create_unverified_context`, anywhere in
+    the workload's process (a sitecustomize, a dependency, PYTHONHTTPSVERIFY=0 on some
+    distributions), made the client hand the signed request to any certificate while
+    requests, httpx and botocore in the same process still refused it."""
+    use_static_credentials(monkeypatch)
+    pki = make_pki(tmp_path)
+
+    class Issuer(QuietHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_document(200, b'{"access_token": "t", "expires_in": 900}', {})
+
+    monkeypatch.setattr(ssl, "_create_default_https_context", ssl._create_unverified_context)
+    with serving(HttpsServer(Issuer, pki.server)) as server:
+        with pytest.raises(TokenError) as refused:  # an unknown CA, as without the patch
+            request_token(server.url, "orders-api", issuer=server.url)
+        assert refused.value.error == "unreachable" and "CERTIFICATE" in str(refused.value)
+        monkeypatch.setattr(ssl, "create_default_context", _unverified_context)
+        with pytest.raises(TokenError, match="does not verify certificates"):
+            request_token(server.url, "orders-api", issuer=server.url)
+
+
+def _unverified_context(*args: object, **kwargs: object) -> ssl.SSLContext:
+    return ssl._create_unverified_context()  # noqa: S323 (the hostile setting under test)
 
 
 # The in-memory cache: refreshed at REFRESH_AT of the lifetime, one exchange per audience.

@@ -23,6 +23,7 @@ import http.client
 import io
 import socket
 import ssl
+import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
@@ -141,13 +142,21 @@ class _BoundedHTTPSHandler(urllib.request.HTTPSHandler):
     def __init__(self, context: ssl.SSLContext | None = None) -> None:
         # Python 3.12+ builds the default context here, once, when the opener is made (at
         # import, for a module-level opener): the CA store and SSL_CERT_FILE as they were
-        # then. None makes each connection build it, reading them when it is made, as
-        # Python 3.11 did.
+        # then. None makes each connection build it (https_open), reading them when it
+        # is made, as Python 3.11 did.
         urllib.request.AbstractHTTPHandler.__init__(self)
         self._context = context
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_BoundedStdlibHTTPSConnection, req, context=self._context)
+        # Never http.client's own default (context None): it calls
+        # `ssl._create_default_https_context`, which any code in the process may have
+        # replaced with `ssl._create_unverified_context` (a common fix for
+        # CERTIFICATE_VERIFY_FAILED, and how some distributions honour
+        # PYTHONHTTPSVERIFY=0), which would hand the signed request to any certificate.
+        context = self._context or ssl.create_default_context()
+        if context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
+            raise urllib.error.URLError("this process's TLS context does not verify certificates")
+        return self.do_open(_BoundedStdlibHTTPSConnection, req, context=context)
 
 
 class _HttpsOnlyProxies(urllib.request.ProxyHandler):

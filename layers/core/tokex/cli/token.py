@@ -34,6 +34,7 @@ from tokex.cli.region import configured_region
 from tokex.cli.request_arguments import check_audience, requested_scopes
 from tokex.evidence.jwt_evidence import ALGORITHMS
 from tokex.evidence.trusted_issuers import AWS_OIF, EKS
+from tokex.printable import printable_json
 
 ENDPOINT_VARIABLE = "TOKEX_ENDPOINT"
 # The region to sign for when none is configured and no instance identity document names
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             message, error=err.error, input=None if local else err.url or "--endpoint"
         ) from None
-    print(json.dumps(response, indent=2) if args.json else response["access_token"])
+    print(printable_json(response, indent=2) if args.json else response["access_token"])
     return 0
 
 
