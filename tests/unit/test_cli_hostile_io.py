@@ -345,7 +345,7 @@ class _IssuerOfOddScopes(QuietHandler):
 
 
 def test_token_json_writes_printable_text_as_it_is_and_escapes_the_rest() -> None:
-    """contract.md "Command line": --json writes printable non-ASCII as it is, a success
+    """docs/contract.md "Command line": --json writes printable non-ASCII as it is, a success
     as an error; a bidi override or a C1 control (a terminal's CSI) escaped."""
     with serving(LoopbackServer(_IssuerOfOddScopes)) as issuer:
         done = tokex(

@@ -450,3 +450,55 @@ def test_a_listener_on_a_port_the_system_picks_is_refused(
     assert str(refused.value) == (
         f"{key}: name a port: the function cannot learn one picked for it"
     )
+
+
+def test_two_listeners_on_one_address_spelled_two_ways_are_refused_at_synth_too() -> None:
+    """`127.0.0.1:P` and `localhost:P` passed the check the construct runs at synth, and
+    every Init failed Extension.ListenFailed; they are one address, refused by key."""
+    own = {**OWN_LISTENER, "listen": "localhost:2790"}
+    environ = variables(
+        TOKEX_PROXY_ROUTES=json.dumps([ROUTE, own]), TOKEX_PROXY_LISTEN="127.0.0.1:2790"
+    )
+    with pytest.raises(ProxyConfigError) as refused:
+        extension.config_from_variables(environ, check_files=False)
+    assert str(refused.value) == (
+        "TOKEX_PROXY_ROUTES: routes[1].listen: localhost:2790 is already listen's"
+        " (127.0.0.1:2790: the same address)"
+    )
+
+
+FILE_ROUTE = '[[routes]]\nprefix = "/"\nupstream = "https://a.example"\naudience = "a"\n'
+OWN_ROUTE = '[[routes]]\nlisten = "{}"\nupstream = "https://b.example"\naudience = "b"\n'
+
+
+@pytest.mark.parametrize(
+    ("top", "routes", "key", "message"),
+    [
+        ('listen = "127.0.0.1:0"', FILE_ROUTE, "listen", "name a port: the function cannot"),
+        (
+            'listen = "127.0.0.1:2780"',
+            FILE_ROUTE + OWN_ROUTE.format("127.0.0.1:0"),
+            "routes[1].listen",
+            "name a port: the function cannot",
+        ),
+        (
+            'listen = "127.0.0.1:2780"\nsecret_file = "/tmp/proxy-secret"',
+            FILE_ROUTE,
+            "secret_file",
+            "not used in Lambda: the secret of /.tokex/token is the function's"
+            " AWS_SESSION_TOKEN (in X-Tokex-Proxy-Secret), and no file is written",
+        ),
+    ],
+)
+def test_a_file_is_refused_what_the_extension_cannot_do(
+    tmp_path: Path, top: str, routes: str, key: str, message: str
+) -> None:
+    """As the variables are: a port the system picks (the function could not learn it);
+    and a secret_file, which was ignored without a word (the secret is the session
+    token)."""
+    path = tmp_path / "proxy.toml"
+    path.write_text(f'endpoint = "https://auth.example.com"\n{top}\n{routes}', encoding="utf-8")
+    with pytest.raises(ProxyConfigError) as refused:
+        extension.load_config({"TOKEX_PROXY_CONFIG": str(path)})
+    assert refused.value.key == key
+    assert refused.value.message.startswith(message)

@@ -238,6 +238,37 @@ def test_routes_and_listeners_must_not_collide() -> None:
     assert len(parse(document(listen="127.0.0.1:0", routes=[two[0], zero])).listeners) == 2
 
 
+@pytest.mark.parametrize(
+    ("listen", "own", "same"),
+    [
+        ("127.0.0.1:8080", "localhost:8080", "127.0.0.1:8080"),  # bound as IPv4: 127.0.0.1
+        ("localhost:8080", "127.0.0.1:8080", "localhost:8080"),
+        ("[::1]:8080", "[0:0::1]:8080", "[::1]:8080"),
+    ],
+)
+def test_two_listeners_on_one_address_spelled_two_ways_are_refused(
+    tmp_path: Path, listen: str, own: str, same: str
+) -> None:
+    """Compared as strings they passed, and the second failed to bind at start (the
+    extension's Init as Extension.ListenFailed, after the construct's synth check)."""
+    path = tmp_path / "proxy.toml"
+    path.write_text(
+        f'endpoint = "{ENDPOINT}"\nlisten = "{listen}"\n'
+        '[[routes]]\nprefix = "/"\nupstream = "https://a.example"\naudience = "a"\n'
+        f'[[routes]]\nlisten = "{own}"\nupstream = "https://b.example"\naudience = "b"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ProxyConfigError) as refused:
+        ProxyConfig.from_file(path, environ={})
+    assert (refused.value.key, refused.value.message) == (
+        "routes[1].listen",
+        f"{own} is already listen's ({same}: the same address)",
+    )
+    # Two loopback addresses, each its own: both bind.
+    other = {"listen": "127.0.0.2:8080", "upstream": "https://b.example", "audience": "b"}
+    assert len(parse(document(routes=[with_route()["routes"][0], other])).listeners) == 2
+
+
 def test_non_loopback_only_when_allowed(tmp_path: Path) -> None:
     config = parse(document(listen="192.0.2.10:8080", allow_non_loopback=True))
     assert config.allow_non_loopback and config.listen == Address("192.0.2.10", 8080)

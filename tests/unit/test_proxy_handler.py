@@ -486,6 +486,31 @@ def test_a_request_framed_or_addressed_wrongly_is_400(upstream, request_head, wh
     assert upstream.seen == []
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        b"Connection: close, X-Foo",
+        b"Connection: X-Foo, close",
+        b"Connection: keep-alive, close",
+        b"Connection: TE, close\r\nTE: deflate,gzip;q=0.3",  # libwww-perl's
+        b"Connection: X-Foo ,  CLOSE",
+        b"Connection: X-Foo\r\nConnection: close",  # a list over two headers
+    ],
+)
+def test_close_anywhere_in_the_connection_header_closes_the_connection(
+    upstream, options: bytes
+) -> None:
+    """RFC 9112 §9.6: `close` among the options; http.server closed only for a header
+    that is `close` alone, and the connection stayed open until its idle timeout. raw()
+    reads to the end of the stream: a connection left open is its socket timeout."""
+    with proxy_for(route(upstream.url)) as proxy:
+        request = b"GET /c HTTP/1.1\r\nHost: 127.0.0.1\r\n" + options + b"\r\n\r\n"
+        answer = raw(proxy.addresses["listen"][1], request)
+    head = answer.partition(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close" in head
+    assert answer.count(b"HTTP/1.1 ") == 1 and len(upstream.seen) == 1
+
+
 def test_trace_in_lower_case_is_refused_too(upstream) -> None:
     """An upstream that upper-cases methods would take it for TRACE and echo the token."""
     with proxy_for(route(upstream.url)) as proxy:
@@ -750,3 +775,21 @@ def stopped_with(stopping: threading.Barrier, shutdown: Any) -> Any:
         shutdown()
 
     return waiting_for_the_others
+
+
+def test_a_plain_http_upstream_on_a_port_any_user_may_bind_is_warned_of_at_start() -> None:
+    """Another local user who binds the port while the service is down receives the
+    token: one `plain_http_upstream` line per such route. Not for https, nor for a port
+    below 1024, which only root binds."""
+    warned = {"prefix": "/a", "upstream": "http://127.0.0.1:8000", "audience": "a"}
+    others = [
+        {"prefix": "/b", "upstream": "https://127.0.0.1:8443", "audience": "b"},
+        {"prefix": "/c", "upstream": "http://127.0.0.1:80", "audience": "c"},
+        {"prefix": "/d", "upstream": "http://localhost", "audience": "d"},
+    ]
+    with proxy_for(warned, *others) as proxy:
+        lines = [json.loads(line) for line in proxy.log_stream.getvalue().splitlines()]
+    [warning] = [line for line in lines if line["event"] == "plain_http_upstream"]
+    assert (warning["route"], warning["upstream"]) == ("routes[0]", "http://127.0.0.1:8000")
+    assert "another user's process that binds it" in warning["warning"]
+    assert "use https to loopback, or a port below 1024" in warning["warning"]

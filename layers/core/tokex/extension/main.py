@@ -110,7 +110,7 @@ def load_config(environ: Mapping[str, str]) -> ProxyConfig:
             f"no configuration: set {ENDPOINT_VARIABLE} and {ROUTES_VARIABLE} (the CDK"
             f" construct does), or ship {DEFAULT_CONFIG} ({CONFIG_VARIABLE} names another)",
         )
-    return ProxyConfig.from_file(path, environ=environ)
+    return _for_lambda(ProxyConfig.from_file(path, environ=environ))
 
 
 def config_from_variables(environ: Mapping[str, str], *, check_files: bool = True) -> ProxyConfig:
@@ -133,17 +133,11 @@ def config_from_variables(environ: Mapping[str, str], *, check_files: bool = Tru
     try:
         # The checks of a configuration file, on a document built from variables; relative
         # paths in a route (token_file, ca_file) are the function package's files.
-        config = ProxyConfig.from_document(
-            document, base_dir=TASK_ROOT, environ=environ, check_files=check_files
+        return _for_lambda(
+            ProxyConfig.from_document(
+                document, base_dir=TASK_ROOT, environ=environ, check_files=check_files
+            )
         )
-        for name, address in config.listeners.items():
-            if address.port == 0:
-                # The function sends its requests to a port it is told: one the system
-                # picks is known to the extension alone.
-                raise ProxyConfigError(
-                    name, "name a port: the function cannot learn one picked for it"
-                )
-        return config
     except ProxyConfigError as err:
         message = err.message
         if err.not_loopback:
@@ -160,6 +154,23 @@ def config_from_variables(environ: Mapping[str, str], *, check_files: bool = Tru
             message,
             file_not_found=err.file_not_found,
         ) from None
+
+
+def _for_lambda(config: ProxyConfig) -> ProxyConfig:
+    """`config`, unless it asks for what the extension cannot do (from the variables or a
+    file alike): refused, not ignored."""
+    for name, address in config.listeners.items():
+        if address.port == 0:
+            # The function sends its requests to a port it is told: one the system
+            # picks is known to the extension alone.
+            raise ProxyConfigError(name, "name a port: the function cannot learn one picked for it")
+    if config.secret_file is not None:
+        raise ProxyConfigError(
+            "secret_file",
+            f"not used in Lambda: the secret of /.tokex/token is the function's {SECRET_VARIABLE}"
+            " (in X-Tokex-Proxy-Secret), and no file is written; remove the key",
+        )
+    return config
 
 
 def start_proxy(

@@ -9,6 +9,7 @@ with both or neither of `prefix` and `listen` are refused, not ignored.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import ssl
 import stat
@@ -457,11 +458,14 @@ def _check_listeners(config: ProxyConfig) -> None:
                 f"{route.prefix} is already {seen[folded]}'s (prefixes match in any case)",
             )
         seen[folded] = route.name
-    taken: dict[Address, str] = {}
+    taken: dict[tuple[str, int], tuple[str, Address]] = {}
     for name, address in config.listeners.items():
-        if address.port and address in taken:
-            raise ProxyConfigError(name, f"{address} is already {taken[address]}'s")
-        taken[address] = name
+        bound = (_bound_host(address.host), address.port)
+        if address.port and bound in taken:
+            other, spelled = taken[bound]
+            same = "" if spelled == address else f" ({spelled}: the same address)"
+            raise ProxyConfigError(name, f"{address} is already {other}'s{same}")
+        taken[bound] = (name, address)
     ports = {address.port for address in config.listeners.values() if address.port}
     for route in config.routes:
         parts = urllib.parse.urlsplit(route.upstream)
@@ -470,3 +474,19 @@ def _check_listeners(config: ProxyConfig) -> None:
             raise ProxyConfigError(
                 f"{route.name}.upstream", f"{route.upstream} is this proxy itself (a loop)"
             )
+
+
+def _bound_host(host: str) -> str:
+    """The address a listener's host binds, however it is spelled: `localhost` is
+    127.0.0.1 (a host without `:` is bound as IPv4, server.py), an IP literal in its
+    normal form (`::1` for `0:0::1`, an IPv4-mapped IPv6 address as its IPv4 one, which
+    it binds on a dual-stack socket), any other name in lower case."""
+    name = host.rstrip(".").lower()
+    if name == "localhost":
+        return "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return name
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip)

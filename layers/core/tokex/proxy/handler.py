@@ -44,7 +44,12 @@ from tokex.proxy.head import (
     readline_by,
     start_line_fault,
 )
-from tokex.proxy.headers import SECRET_HEADER, client_response_headers, upstream_request_headers
+from tokex.proxy.headers import (
+    SECRET_HEADER,
+    client_response_headers,
+    connection_options,
+    upstream_request_headers,
+)
 from tokex.proxy.log import JsonLog
 from tokex.proxy.routing import BadTarget, RouteTable, is_reserved, split_target
 from tokex.proxy.tokens import TokenSource, TokenUnavailable
@@ -168,6 +173,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self._head_fault, self._head_fault_status = head.fault, head.fault_status
         if not parsed:
             return
+        if "close" in connection_options(self.headers.items()):
+            # http.server closes only for a header that is `close` alone; `close` anywhere
+            # in the list (`TE, close`, libwww-perl's) means it too (RFC 9112 §9.6).
+            self.close_connection = True
         if self.request_version == "HTTP/0.9":  # no headers: nothing to route on
             self.close_connection = True
         else:

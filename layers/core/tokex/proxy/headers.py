@@ -49,15 +49,21 @@ def _passed_on(headers: Iterable[tuple[str, str]], dropped: frozenset[str]) -> H
     return [(name, _LINE_BREAK.sub(" ", value)) for name, value in kept]
 
 
-def connection_scoped(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
-    """The hop-by-hop header names, those the Connection header lists included."""
-    named = {
+def connection_options(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """What the Connection headers list, lower-cased: header names and `close` (RFC 9110
+    §7.6.1, a list in any order, over one header or several)."""
+    return frozenset(
         token.strip().lower()
         for name, value in headers
         if name.lower() == "connection"
         for token in value.split(",")
-    }
-    return HOP_BY_HOP | named
+        if token.strip()
+    )
+
+
+def connection_scoped(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """The hop-by-hop header names, those the Connection header lists included."""
+    return HOP_BY_HOP | connection_options(headers)
 
 
 def upstream_request_headers(

@@ -19,12 +19,13 @@ import socketserver
 import sys
 import threading
 import time
+import urllib.parse
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from tokex.client.endpoint import is_loopback
-from tokex.proxy.config import Address, ProxyConfig
+from tokex.proxy.config import Address, ProxyConfig, Route
 from tokex.proxy.connections import Connections
 from tokex.proxy.forward import Upstream
 from tokex.proxy.handler import ProxyHandler, ProxyState
@@ -37,6 +38,13 @@ POLL_SECONDS = 0.2  # how soon an accept loop notices shutdown
 # A flood of connections over the limit (connections.py) is one log line per this long.
 REFUSAL_LOG_SECONDS = 10.0
 DEFAULT_GRACE_SECONDS = 10.0
+# Only root may bind a port below this (Linux's net.ipv4.ip_unprivileged_port_start).
+PRIVILEGED_PORTS_BELOW = 1024
+PLAIN_HTTP_WARNING = (
+    "the token goes in the clear to a loopback port any local user may bind: another"
+    " user's process that binds it while the service is down or restarting receives the"
+    " token; use https to loopback, or a port below 1024, to rule it out"
+)
 
 
 class ListenFailed(OSError):
@@ -152,6 +160,14 @@ class ProxyServer:
             )
             thread.start()
             self._threads.append(thread)
+        for route in self.config.routes:
+            if _unprivileged_plain_http(route):
+                self.log.write(
+                    "plain_http_upstream",
+                    route=route.name,
+                    upstream=route.upstream,
+                    warning=PLAIN_HTTP_WARNING,
+                )
         self.log.write(
             "started",
             listening={name: _url(host, port) for name, (host, port) in self.addresses.items()},
@@ -200,6 +216,13 @@ class ProxyServer:
             self.log.write("stopped", in_flight=in_flight, all_finished=finished)
             self._stopped.set()
             return finished
+
+
+def _unprivileged_plain_http(route: Route) -> bool:
+    """Whether the route's token goes over plain http (to loopback: config.py allows no
+    other) to a port any user may bind: docs/injection.md "Threat model"."""
+    parts = urllib.parse.urlsplit(route.upstream)
+    return parts.scheme == "http" and (parts.port or 80) >= PRIVILEGED_PORTS_BELOW
 
 
 def _url(host: str, port: int) -> str:
