@@ -156,6 +156,36 @@ def test_a_user_revocation_written_with_its_path_in_the_key_is_still_read(dynamo
     assert store.revoked(jti="j", principal=sub, issued_at=2_000_000_000) == "principal"
 
 
+@pytest.mark.parametrize(
+    ("typed", "earlier_keys"),
+    [
+        # Read by introspect functions before users' paths left the keys (lower case),
+        # and before keys were folded at all (the ARN as typed).
+        (
+            "arn:aws:iam::123456789012:user/ops/Bob",
+            ["arn:aws:iam::123456789012:user/ops/bob", "arn:aws:iam::123456789012:user/ops/Bob"],
+        ),
+        (
+            "arn:aws:iam::123456789012:role/OrdersService",
+            ["arn:aws:iam::123456789012:role/OrdersService"],
+        ),
+        ("arn:aws:iam::123456789012:role/orders", []),  # every form is the same key
+    ],
+)
+def test_a_revocation_is_also_written_where_earlier_introspect_functions_read(
+    dynamodb, typed, earlier_keys
+):
+    """A stack not yet upgraded reads only its own key form: `tokex revoke` reported
+    success while that stack's introspection kept the tokens active."""
+    store_at(dynamodb, 2_000_000_000).revoke_principal(typed)
+    items = dynamodb.scan(TableName=TABLE)["Items"]
+    written = sorted(item["id"]["S"].removeprefix("revoked-principal#") for item in items)
+    folded = typed.lower().replace("user/ops/", "user/")
+    assert written == sorted({folded, *earlier_keys})
+    for key in written:
+        assert stored(dynamodb, f"revoked-principal#{key}")["revoked_at"] == {"N": "2000000000"}
+
+
 def test_an_eks_principal_is_matched_in_its_own_case(dynamodb):
     """EKS cluster names are case-sensitive: `Prod` and `prod` are two clusters."""
     store = store_at(dynamodb, 2_000_000_000)

@@ -84,8 +84,22 @@ class RevocationStore:
         return self._put("jti", schema.revoked_jti_key(jti), jti)
 
     def revoke_principal(self, principal_arn: str) -> Revocation:
-        """Revoke every token of `principal_arn` (the `sub` claim) issued up to now."""
-        return self._put("principal", schema.revoked_principal_key(principal_arn), principal_arn)
+        """Revoke every token of `principal_arn` (the `sub` claim) issued up to now.
+
+        Also under the keys earlier introspect functions read (the ARN lower-cased with a
+        user's path, and as typed), where they differ: a stack not yet upgraded (or a
+        Region not yet deployed) reads only those, and an operator's revocation with this
+        CLI must not leave its tokens active there while it reports success."""
+        revocation = self._put(
+            "principal", schema.revoked_principal_key(principal_arn), principal_arn
+        )
+        earlier = {
+            schema.pathed_revoked_principal_key(principal_arn),
+            schema.legacy_revoked_principal_key(principal_arn),
+        } - {schema.revoked_principal_key(principal_arn)}
+        for key in sorted(earlier):
+            self._put("principal", key, principal_arn)
+        return revocation
 
     def revoked(self, *, jti: str, principal: str, issued_at: int) -> str | None:
         """`"jti"` or `"principal"` when the token is revoked, else None (one read)."""
