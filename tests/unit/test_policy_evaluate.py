@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tokex.errors import InvalidScope, InvalidTarget
+from tokex.errors import InvalidGrant, InvalidScope, InvalidTarget, TemporarilyUnavailable
 from tokex.evidence.identity import CallerIdentity, InstanceIdentity
 from tokex.policy.evaluate import Decision, Explanation, TagLookup, evaluate, explain
 from tokex.policy.model import Policy
@@ -319,6 +319,35 @@ def test_no_tag_lookup_when_no_policy_reaches_tags() -> None:
 
     tagged = policy(instance={"tags": {"team": ["orders"]}}, audiences=["other"])
     assert run([policy("plain"), tagged], instance=INSTANCE, tag_lookup=lookup)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        InvalidGrant("instance i-0123456789abcdef0 is not running", reason="instance_not_running"),
+        TemporarilyUnavailable("instance tags cannot be read right now, retry later"),
+    ],
+)
+def test_a_denied_caller_is_refused_before_any_tag_lookup(failure: Exception) -> None:
+    """Tags were looked up for an allow before denies were weighed: a denied caller with
+    a stopped instance heard "not running" (or a 503 while EC2 throttled) instead of
+    invalid_target, which told it an allow with tag conditions names it, and cost an
+    AssumeRole and a DescribeInstances."""
+
+    def lookup(instance: InstanceIdentity) -> Mapping[str, str]:
+        raise failure
+
+    tagged = policy("a-tagged", instance={"tags": {"team": ["orders"]}})
+    deny = policy("z-deny", effect="deny", principals=[CALLER.principal_arn])
+    error = refusal([tagged, deny], instance=INSTANCE, tag_lookup=lookup)
+    assert error.reason == "denied by policy z-deny"
+    lines = explain(
+        [tagged, deny], CALLER, "orders-api", None, INSTANCE,
+        default_ttl=900, ttl_cap=3600, tag_lookup=lookup,
+    ).lines  # fmt: skip
+    assert lines[0].detail == "has tag conditions, not looked up: a deny applies"
+    with pytest.raises(type(failure)):  # no deny: the lookup's answer, as before
+        run([tagged], instance=INSTANCE, tag_lookup=lookup)
 
 
 def test_explain_agrees_with_evaluate() -> None:

@@ -192,10 +192,24 @@ def explain(
     now: float | None = None,
 ) -> Explanation:
     """Assess every policy and reach the decision (docs/policies.md "Evaluation", 1-4)."""
-    tags = _TagMemo(tag_lookup)
     at = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     ordered = sorted(policies, key=lambda p: p.id)
-    lines = tuple(_assess(p, caller, audience, instance, tags, at) for p in ordered)
+    # Denies first, and never with instance tags (a deny has no instance conditions): a
+    # denied caller is refused invalid_target before any tag lookup, whose failure (the
+    # instance not running, EC2 throttling) would answer it otherwise, telling it that an
+    # allow names it (docs/security.md "IMDS evidence").
+    no_tags = _TagMemo(None)
+    deny_lines = {
+        index: _assess(p, caller, audience, instance, no_tags, at)
+        for index, p in enumerate(ordered)
+        if p.effect == "deny"
+    }
+    denied = any(line.applies for line in deny_lines.values())
+    tags = _TagMemo(None, absent=_TAGS_WITHHELD) if denied else _TagMemo(tag_lookup)
+    lines = tuple(
+        deny_lines.get(index) or _assess(p, caller, audience, instance, tags, at)
+        for index, p in enumerate(ordered)
+    )
     by_line = list(zip(ordered, lines, strict=True))
 
     denies = [p for p, line in by_line if line.applies and p.effect == "deny"]
@@ -469,7 +483,7 @@ def _instance_mismatch(
     if conditions.tags:
         found = tags.get(instance)
         if found is None:
-            return "has tag conditions but no tag lookup is configured"
+            return tags.absent
         for key, globs in conditions.tags.items():
             value = found.get(key)
             if value is None or not any(glob_matches(g, value) for g in globs):
@@ -477,13 +491,18 @@ def _instance_mismatch(
     return None
 
 
+_NO_TAG_LOOKUP = "has tag conditions but no tag lookup is configured"
+_TAGS_WITHHELD = "has tag conditions, not looked up: a deny applies"
+
+
 class _TagMemo:
     """At most one tag lookup (a DescribeInstances call) per evaluation, and only when a
     policy that otherwise applies has tag conditions (docs/performance.md "Hot path budget")."""
 
-    def __init__(self, lookup: TagLookup | None) -> None:
+    def __init__(self, lookup: TagLookup | None, *, absent: str = _NO_TAG_LOOKUP) -> None:
         self._lookup = lookup
         self._tags: Mapping[str, str] | None = None
+        self.absent = absent  # why an allow's tag conditions were not judged, without tags
 
     def get(self, instance: InstanceIdentity) -> Mapping[str, str] | None:
         if self._lookup is None:
