@@ -4,9 +4,12 @@ Items: `id` = `client#<client_id>` (schema.py), `name`, `secret_hash`, `created_
 `audiences` (SS). No `expires_at`: a client lives until `tokex clients remove`. What a
 client is, how it authenticates and how its secret is hashed: tokex/introspection_clients.py.
 
-Successful authentications, with the client's audiences, are cached for
-`VERIFIED_CACHE_SECONDS`: removing a client or changing its audiences takes effect in warm
-Lambdas within that time. Failures are never cached.
+A client's stored item (its secret's hash and its audiences), once read, is kept for
+`VERIFIED_CACHE_SECONDS`, by client id: removing a client or changing its audiences takes
+effect in warm Lambdas within that time, and presented secrets are compared with the kept
+hash, so guessing a known client's secret costs no DynamoDB read per guess. An id that
+names no client is read every time (nothing is kept of it: random ids would fill the
+cache).
 """
 
 from __future__ import annotations
@@ -64,8 +67,8 @@ class ClientStore:
         # How long a verified client is trusted: a frozen environment's sleep counts.
         self._monotonic = monotonic or SuspendAwareClock()
         self._lock = threading.Lock()
-        # secret hash -> (client, monotonic time until which it is trusted)
-        self._verified: dict[str, tuple[IntrospectionClient, float]] = {}
+        # client id -> (client, its stored secret hash, monotonic time until which kept)
+        self._read: dict[str, tuple[IntrospectionClient, str, float]] = {}
 
     def add(self, name: str, audiences: Iterable[str]) -> tuple[IntrospectionClient, str]:
         """A new client serving `audiences` and its secret (returned once; only its hash
@@ -155,28 +158,29 @@ class ClientStore:
         presented = secret_hash(client_id, secret)
         now = self._monotonic()
         with self._lock:
-            cached = self._verified.get(presented)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        response = self._call(
-            "GetItem",
-            TableName=self._table,
-            Key=schema.key(schema.client_key(client_id)),
-            ConsistentRead=True,
-        )
-        item = response.get("Item")
-        stored = item.get("secret_hash", {}).get("S", "") if item else ""
-        # Compared even for an unknown id, so both failures take the same path.
-        matches = hmac.compare_digest(presented.encode(), (stored or "-").encode())
-        if item is None:
-            raise InvalidClient("unknown_client")
-        if not matches:
+            kept = self._read.get(client_id)
+        if kept is not None and kept[2] > now:
+            client, stored, _ = kept
+        else:
+            response = self._call(
+                "GetItem",
+                TableName=self._table,
+                Key=schema.key(schema.client_key(client_id)),
+                ConsistentRead=True,
+            )
+            item = response.get("Item")
+            stored = item.get("secret_hash", {}).get("S", "") if item else ""
+            if item is None:
+                # Compared all the same, so both failures take the same path.
+                hmac.compare_digest(presented.encode(), b"-")
+                raise InvalidClient("unknown_client")
+            client = _client(item)
+            with self._lock:
+                if len(self._read) >= MAX_CACHED_CLIENTS:
+                    self._read.clear()
+                self._read[client_id] = (client, stored, now + VERIFIED_CACHE_SECONDS)
+        if not hmac.compare_digest(presented.encode(), (stored or "-").encode()):
             raise InvalidClient("wrong_secret")
-        client = _client(item)
-        with self._lock:
-            if len(self._verified) >= MAX_CACHED_CLIENTS:
-                self._verified.clear()
-            self._verified[presented] = (client, now + VERIFIED_CACHE_SECONDS)
         return client
 
     def _scan(self) -> Iterator[dict[str, Any]]:
