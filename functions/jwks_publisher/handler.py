@@ -1,7 +1,10 @@
 """Publishes the JWKS and the OpenID discovery document to S3 (docs/contract.md "Issuer").
 
 Runs on a schedule, on every deploy (CloudFormation custom resource through the CDK
-Provider framework) and once when `tokex local` starts. Idempotent.
+Provider framework) and once when `tokex local` starts. Idempotent, and a run never
+overwrites a document written with a configuration read after its own (tokex/publish.py):
+an hourly run still in flight with the configuration a deploy just replaced yields to the
+deploy's run.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ moto's KMS."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,12 +16,21 @@ from moto import mock_aws
 from tokex.adapters.kms import public_jwk_for_key
 from tokex.adapters.s3 import S3Documents
 from tokex.errors import TemporarilyUnavailable
-from tokex.publish import DISCOVERY_KEY, JWKS_KEY, publish_documents
+from tokex.publish import (
+    CACHE_CONTROL,
+    CONTENT_TYPE,
+    DISCOVERY_KEY,
+    JWKS_KEY,
+    publish_documents,
+    serialize_document,
+)
 from tokex.tokens.jwks import build_jwks, discovery_document
 
 REGION = "us-east-1"
 ISSUER = "https://auth.example.com"
 DISCOVERY = discovery_document(issuer=ISSUER, token_endpoint=ISSUER + "/token", algs=["ES256"])
+RUN = 1_700_000_000_000  # when a publisher run's configuration was read, epoch ms
+LATER_RUN = RUN + 1
 
 
 @pytest.fixture
@@ -36,15 +46,39 @@ def new_jwk(kms: Any) -> dict[str, Any]:
     return public_jwk_for_key(kms, key["Arn"])
 
 
+def publish(
+    s3: Any,
+    jwks: dict[str, Any],
+    *,
+    discovery: dict[str, Any] = DISCOVERY,
+    configured_at: int = RUN,
+    bucket: str = "issuer",
+) -> list[str]:
+    """One publisher run, configured at `configured_at`, through the S3 adapter."""
+    return publish_documents(
+        S3Documents(s3, bucket), jwks=jwks, discovery=discovery, configured_at=configured_at
+    )
+
+
+def stored_kids(s3: Any) -> list[str]:
+    stored = json.loads(s3.get_object(Bucket="issuer", Key=JWKS_KEY)["Body"].read())
+    return [jwk["kid"] for jwk in stored["keys"]]
+
+
+def run_mark(s3: Any, key: str) -> str | None:
+    return s3.head_object(Bucket="issuer", Key=key)["Metadata"].get("tokex-configured-at")
+
+
 def test_documents_are_published_with_their_headers(aws: tuple[Any, Any]) -> None:
     s3, kms = aws
     jwks = build_jwks([new_jwk(kms)])
-    written = publish_documents(S3Documents(s3, "issuer"), jwks=jwks, discovery=DISCOVERY)
+    written = publish(s3, jwks)
     assert written == [JWKS_KEY, DISCOVERY_KEY]
     for key, document in ((JWKS_KEY, jwks), (DISCOVERY_KEY, DISCOVERY)):
         stored = s3.get_object(Bucket="issuer", Key=key)
         assert stored["ContentType"] == "application/json"
         assert stored["CacheControl"] == "public, max-age=300"
+        assert stored["Metadata"] == {"tokex-configured-at": str(RUN)}
         body = stored["Body"].read()
         assert json.loads(body) == document
         assert b" " not in body and b"\n" not in body  # compact, deterministic
@@ -53,36 +87,118 @@ def test_documents_are_published_with_their_headers(aws: tuple[Any, Any]) -> Non
 def test_second_run_writes_nothing(aws: tuple[Any, Any]) -> None:
     s3, kms = aws
     jwks = build_jwks([new_jwk(kms)])
-    publish_documents(S3Documents(s3, "issuer"), jwks=jwks, discovery=DISCOVERY)
+    publish(s3, jwks)
     # Same content, other key order: same bytes, nothing written.
     reordered = {"keys": [dict(reversed(list(jwk.items()))) for jwk in jwks["keys"]]}
-    assert (
-        publish_documents(S3Documents(s3, "issuer"), jwks=reordered, discovery=dict(DISCOVERY))
-        == []
-    )
+    assert publish(s3, reordered, discovery=dict(DISCOVERY)) == []
+
+
+def test_a_later_run_with_the_same_content_writes_nothing(aws: tuple[Any, Any]) -> None:
+    """The run mark alone never causes a write: the hourly run leaves the objects (and
+    CloudFront) alone while nothing changed."""
+    s3, kms = aws
+    jwks = build_jwks([new_jwk(kms)])
+    publish(s3, jwks)
+    assert publish(s3, jwks, configured_at=LATER_RUN) == []
+    assert run_mark(s3, JWKS_KEY) == run_mark(s3, DISCOVERY_KEY) == str(RUN)
 
 
 def test_changed_jwks_is_rewritten(aws: tuple[Any, Any]) -> None:
     s3, kms = aws
     current, following = new_jwk(kms), new_jwk(kms)
-    publish_documents(S3Documents(s3, "issuer"), jwks=build_jwks([current]), discovery=DISCOVERY)
+    publish(s3, build_jwks([current]))
     rotated = build_jwks([current, following])
-    assert publish_documents(S3Documents(s3, "issuer"), jwks=rotated, discovery=DISCOVERY) == [
-        JWKS_KEY
-    ]
-    stored = json.loads(s3.get_object(Bucket="issuer", Key=JWKS_KEY)["Body"].read())
-    assert [jwk["kid"] for jwk in stored["keys"]] == [current["kid"], following["kid"]]
+    assert publish(s3, rotated) == [JWKS_KEY]
+    assert stored_kids(s3) == [current["kid"], following["kid"]]
+
+
+def test_a_run_configured_later_rewrites_what_an_earlier_one_wrote(aws: tuple[Any, Any]) -> None:
+    s3, kms = aws
+    current, following = new_jwk(kms), new_jwk(kms)
+    publish(s3, build_jwks([current]))
+    assert publish(s3, build_jwks([current, following]), configured_at=LATER_RUN) == [JWKS_KEY]
+    assert stored_kids(s3) == [current["kid"], following["kid"]]
+    assert run_mark(s3, JWKS_KEY) == str(LATER_RUN)
+
+
+def test_a_run_configured_before_the_last_writer_writes_nothing(
+    aws: tuple[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An hourly run still in flight (the old configuration: `current` and `removed`)
+    while a deploy's run, configured after it, publishes an emergency rotation (`removed`
+    taken out, an ES256+RS256 discovery document) finishes last: it puts back neither the
+    removed key nor its own discovery document, and says so in its log."""
+    s3, kms = aws
+    current, removed = new_jwk(kms), new_jwk(kms)
+    newer_discovery = dict(DISCOVERY, id_token_signing_alg_values_supported=["ES256", "RS256"])
+    deployed = publish(
+        s3, build_jwks([current]), discovery=newer_discovery, configured_at=LATER_RUN
+    )
+    assert deployed == [JWKS_KEY, DISCOVERY_KEY]
+    with caplog.at_level(logging.WARNING, logger="tokex.publish"):
+        assert publish(s3, build_jwks([current, removed]), configured_at=RUN) == []
+    assert stored_kids(s3) == [current["kid"]]
+    stored = s3.get_object(Bucket="issuer", Key=DISCOVERY_KEY)["Body"].read()
+    assert json.loads(stored) == newer_discovery
+    [yielded] = [r for r in caplog.records if r.name == "tokex.publish"]
+    assert yielded.levelno == logging.WARNING
+    assert JWKS_KEY in yielded.getMessage() and "read after this run's" in yielded.getMessage()
+
+
+def test_a_stale_run_writes_no_discovery_once_a_later_run_wrote_the_jwks(
+    aws: tuple[Any, Any],
+) -> None:
+    """A later run has written its JWKS and not yet its discovery document; the stale run
+    has the same key set (its JWKS is current) but an older discovery document: it writes
+    neither, leaving discovery to the later run."""
+    s3, kms = aws
+    current, following = new_jwk(kms), new_jwk(kms)
+    publish(s3, build_jwks([current]), configured_at=RUN - 1)  # an earlier run's documents
+    rotated = build_jwks([current, following])
+    S3Documents(s3, "issuer").write_if_changed(
+        JWKS_KEY,
+        serialize_document(rotated),
+        content_type=CONTENT_TYPE,
+        cache_control=CACHE_CONTROL,
+        configured_at=LATER_RUN,
+    )
+    stale_discovery = dict(DISCOVERY, introspection_endpoint=ISSUER + "/introspect")
+    assert publish(s3, rotated, discovery=stale_discovery, configured_at=RUN) == []
+    stored = s3.get_object(Bucket="issuer", Key=DISCOVERY_KEY)
+    assert json.loads(stored["Body"].read()) == DISCOVERY
+    assert stored["Metadata"] == {"tokex-configured-at": str(RUN - 1)}
+
+
+def test_an_unmarked_object_is_rewritten_only_when_changed(aws: tuple[Any, Any]) -> None:
+    """An object without the run mark (written before runs were marked, or by hand, or
+    with a mark that is no number) is left alone when current and rewritten when changed."""
+    s3, kms = aws
+    current, following = new_jwk(kms), new_jwk(kms)
+    publish(s3, build_jwks([current]))
+    for key in (JWKS_KEY, DISCOVERY_KEY):
+        body = s3.get_object(Bucket="issuer", Key=key)["Body"].read()
+        s3.put_object(
+            Bucket="issuer",
+            Key=key,
+            Body=body,
+            ContentType="application/json",
+            CacheControl="public, max-age=300",
+            Metadata={} if key == JWKS_KEY else {"tokex-configured-at": "tomorrow"},
+        )
+    assert publish(s3, build_jwks([current])) == []
+    assert run_mark(s3, JWKS_KEY) is None
+    assert publish(s3, build_jwks([current, following])) == [JWKS_KEY]
+    assert stored_kids(s3) == [current["kid"], following["kid"]]
+    assert run_mark(s3, JWKS_KEY) == str(RUN)
 
 
 def test_wrong_headers_are_repaired(aws: tuple[Any, Any]) -> None:
     s3, kms = aws
     jwks = build_jwks([new_jwk(kms)])
-    publish_documents(S3Documents(s3, "issuer"), jwks=jwks, discovery=DISCOVERY)
+    publish(s3, jwks)
     body = s3.get_object(Bucket="issuer", Key=DISCOVERY_KEY)["Body"].read()
     s3.put_object(Bucket="issuer", Key=DISCOVERY_KEY, Body=body, ContentType="text/plain")
-    assert publish_documents(S3Documents(s3, "issuer"), jwks=jwks, discovery=DISCOVERY) == [
-        DISCOVERY_KEY
-    ]
+    assert publish(s3, jwks) == [DISCOVERY_KEY]
     assert s3.head_object(Bucket="issuer", Key=DISCOVERY_KEY)["ContentType"] == "application/json"
 
 
@@ -90,7 +206,7 @@ def test_missing_bucket_is_temporarily_unavailable(aws: tuple[Any, Any]) -> None
     s3, kms = aws
     jwks = build_jwks([new_jwk(kms)])
     with pytest.raises(TemporarilyUnavailable) as caught:
-        publish_documents(S3Documents(s3, "no-such-bucket"), jwks=jwks, discovery=DISCOVERY)
+        publish(s3, jwks, bucket="no-such-bucket")
     assert "no-such-bucket" not in caught.value.description
     assert caught.value.reason == "s3 HeadObject: NoSuchBucket"
 
@@ -103,11 +219,11 @@ def test_unreachable_s3_is_temporarily_unavailable() -> None:
     )  # fmt: skip
     jwks = {"keys": [{"kty": "EC", "kid": "k", "use": "sig", "alg": "ES256"}]}
     with pytest.raises(TemporarilyUnavailable):
-        publish_documents(S3Documents(closed, "issuer"), jwks=jwks, discovery=DISCOVERY)
+        publish(closed, jwks)
 
 
 def test_empty_jwks_is_refused(aws: tuple[Any, Any]) -> None:
     s3, _ = aws
     with pytest.raises(ValueError):
-        publish_documents(S3Documents(s3, "issuer"), jwks={"keys": []}, discovery=DISCOVERY)
+        publish(s3, {"keys": []})
     assert s3.list_objects_v2(Bucket="issuer").get("KeyCount") == 0

@@ -4,11 +4,21 @@
 The publisher runs on a schedule, on deploy and on rotation, so publishing must be
 idempotent: the documents are serialized deterministically and the store skips an object
 whose bytes and headers are already right.
+
+Runs can overlap, and a run's configuration (the published keys) is the one its Lambda
+environment read when it started: an hourly run still in flight when a deploy updates
+the function (or sent to an environment started before the update) may finish after the
+deploy's own run. So each object is marked with when the writing run's configuration
+was read, and a run that finds an object written with a configuration read later writes
+nothing more: that configuration is at least as new as its own.
 """
 
 from __future__ import annotations
 
+import enum
 import json
+import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -22,13 +32,25 @@ CONTENT_TYPE = "application/json"
 # `Cache-Control: public, max-age=300`.
 CACHE_CONTROL = "public, max-age=300"
 
+log = logging.getLogger(__name__)
+
+
+class Write(enum.Enum):
+    """What `DocumentStore.write_if_changed` did."""
+
+    WRITTEN = "written"
+    UNCHANGED = "unchanged"  # the object already has these bytes and headers
+    # Written with a configuration read later than ours, which may be newer.
+    YIELDED = "yielded"
+
 
 class DocumentStore(Protocol):
     def write_if_changed(
-        self, key: str, body: bytes, *, content_type: str, cache_control: str
-    ) -> bool:
-        """Write unless already current; whether it wrote. May raise
-        TemporarilyUnavailable."""
+        self, key: str, body: bytes, *, content_type: str, cache_control: str, configured_at: int
+    ) -> Write:
+        """Write, marked with `configured_at` (epoch milliseconds), unless the object is
+        already current or was written with a configuration read after `configured_at`.
+        May raise TemporarilyUnavailable."""
         ...
 
 
@@ -40,13 +62,16 @@ def serialize_document(document: dict[str, Any]) -> bytes:
 
 
 def publish_documents(
-    store: DocumentStore, *, jwks: dict[str, Any], discovery: dict[str, Any]
+    store: DocumentStore, *, jwks: dict[str, Any], discovery: dict[str, Any], configured_at: int
 ) -> list[str]:
-    """Write `.well-known/jwks.json` then `.well-known/openid-configuration`.
+    """Write `.well-known/jwks.json` then `.well-known/openid-configuration`, as a run
+    whose configuration was read at `configured_at` (epoch milliseconds).
 
     Returns the keys actually written: an object whose body and headers already match is
     skipped. The JWKS goes first so the discovery document never points at a key set older
-    than itself. Store failures are TemporarilyUnavailable.
+    than itself. Once it finds either document written with a configuration read later,
+    this run writes nothing more (a warning in the log, not an error): its configuration
+    may be older. Store failures are TemporarilyUnavailable.
     """
     if not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
         raise ValueError("the JWKS must list at least one key")
@@ -55,9 +80,22 @@ def publish_documents(
     written = []
     for key, document in ((JWKS_KEY, jwks), (DISCOVERY_KEY, discovery)):
         body = serialize_document(document)
-        if store.write_if_changed(
-            key, body, content_type=CONTENT_TYPE, cache_control=CACHE_CONTROL
-        ):
+        outcome = store.write_if_changed(
+            key,
+            body,
+            content_type=CONTENT_TYPE,
+            cache_control=CACHE_CONTROL,
+            configured_at=configured_at,
+        )
+        if outcome is Write.YIELDED:
+            log.warning(
+                "%s was written with a configuration read after this run's (%d): this"
+                " run's may be older, so it writes nothing more",
+                key,
+                configured_at,
+            )
+            break
+        if outcome is Write.WRITTEN:
             written.append(key)
     return written
 
@@ -67,9 +105,12 @@ def publish_issuer_documents(
     *,
     public_jwks: Callable[[], list[dict[str, Any]]],
     store: DocumentStore,
+    configured_at: float | None = None,
 ) -> list[str]:
     """JWKS (`public_jwks()`: signing key first, then every other published key) and
-    discovery → `store`."""
+    discovery → `store`. `configured_at` (epoch seconds): when `settings` were read, the
+    Lambda environment's start (wiring.py); now, if not given."""
+    configured_at_ms = int((time.time() if configured_at is None else configured_at) * 1000)
     jwks = build_jwks(public_jwks())
     discovery = discovery_document(
         issuer=settings.issuer,
@@ -78,4 +119,4 @@ def publish_issuer_documents(
         introspection_endpoint=settings.introspection_endpoint or None,
         regions=settings.served_regions,
     )
-    return publish_documents(store, jwks=jwks, discovery=discovery)
+    return publish_documents(store, jwks=jwks, discovery=discovery, configured_at=configured_at_ms)

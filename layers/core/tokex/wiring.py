@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -135,6 +136,10 @@ def build_issuer_publisher(settings: Settings) -> Callable[[], list[str]]:
     from tokex.adapters.s3 import S3Documents
     from tokex.publish import publish_issuer_documents
 
+    # When this environment read its configuration: what its runs mark the documents
+    # with, so a run of an environment configured before a deploy never overwrites what
+    # one configured after it wrote (publish.py).
+    configured_at = time.time()
     session = aws_clients.new_session()
     kms = aws_clients.client("kms", session=session)
     s3 = aws_clients.client("s3", session=session)
@@ -146,6 +151,7 @@ def build_issuer_publisher(settings: Settings) -> Callable[[], list[str]]:
             settings,
             public_jwks=KmsPublicKeys(kms, published_key_ids(settings)).jwks,
             store=S3Documents(s3, settings.jwks_bucket),
+            configured_at=configured_at,
         )
 
     return publish
