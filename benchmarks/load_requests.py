@@ -237,8 +237,11 @@ def exchange(state: ClientState, principal: Principal) -> None:
         "expires_in": lifetime <= DEMO_POLICY["max_ttl_seconds"]
         and isinstance(expires_in, int)
         # Counted from the answer, to its whole second (docs/contract.md
-        # "Success — 200 (RFC 8693 §2.2.1)").
-        and claims["exp"] - math.ceil(received) <= expires_in <= claims["exp"] - math.ceil(started),
+        # "Success — 200 (RFC 8693 §2.2.1)"), on tokex's clock: a second either way for
+        # this machine's, as for `iat`.
+        and claims["exp"] - math.ceil(received) - 1
+        <= expires_in
+        <= claims["exp"] - math.ceil(started) + 1,
         # Issued for this request: not before it was sent (one second of rounding).
         "iat": started - 1 <= claims["iat"] <= time.time() + 1,
     }

@@ -28,8 +28,16 @@ def function_logger() -> Logger:
     if logger.log_level > logging.INFO:
         chosen = logging.getLevelName(logger.log_level)
         logger.setLevel(logging.INFO)
-        logger.warning(
-            f"log level {chosen} would drop the audit trail, which is written at INFO:"
-            " logging at INFO"
-        )
+        if logger.log_level > logging.INFO:
+            # Lambda's advanced logging controls (AWS_LAMBDA_LOG_LEVEL) win over setLevel,
+            # and Lambda filters the lines itself: only the function's configuration helps.
+            logger.warning(
+                f"Lambda's application log level {chosen} (AWS_LAMBDA_LOG_LEVEL) drops the"
+                " audit trail, which is written at INFO: set it to INFO or DEBUG"
+            )
+        else:
+            logger.warning(
+                f"log level {chosen} would drop the audit trail, which is written at INFO:"
+                " logging at INFO"
+            )
     return logger

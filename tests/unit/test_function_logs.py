@@ -55,3 +55,16 @@ def test_a_log_level_above_info_still_writes_the_audit_line(variable: str, level
         "token exchange",
         "refused",
     )
+
+
+def test_lambdas_own_log_level_above_info_is_named_not_said_to_be_overridden() -> None:
+    """Lambda's advanced logging controls (AWS_LAMBDA_LOG_LEVEL) win over the function's
+    own level: the warning said "logging at INFO" while Lambda kept dropping the audit
+    line. It now says which setting drops it."""
+    handler = FUNCTIONS / "exchange" / "handler.py"
+    lines = run_probe_lines(
+        REFUSED_REQUEST, handler, env={"AWS_LAMBDA_LOG_LEVEL": "WARN", "LOG_LEVEL": "INFO"}
+    )
+    warnings = [line for line in lines if line["level"] == "WARNING"]
+    assert any("AWS_LAMBDA_LOG_LEVEL" in w["message"] for w in warnings), lines
+    assert not any("logging at INFO" in w["message"] for w in warnings)

@@ -777,19 +777,28 @@ def stopped_with(stopping: threading.Barrier, shutdown: Any) -> Any:
     return waiting_for_the_others
 
 
-def test_a_plain_http_upstream_on_a_port_any_user_may_bind_is_warned_of_at_start() -> None:
+@pytest.mark.parametrize(
+    ("unprivileged_from", "warned_ports"),
+    [("1024", ["8000"]), ("0", ["8000", "80"]), ("not a number", ["8000"])],
+)
+def test_a_plain_http_upstream_on_a_port_any_user_may_bind_is_warned_of_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unprivileged_from: str, warned_ports
+) -> None:
     """Another local user who binds the port while the service is down receives the
     token: one `plain_http_upstream` line per such route. Not for https, nor for a port
-    below 1024, which only root binds."""
-    warned = {"prefix": "/a", "upstream": "http://127.0.0.1:8000", "audience": "a"}
-    others = [
+    below ip_unprivileged_port_start (1024 on most hosts, 0 in containers, where any user
+    binds port 80; unreadable: 1024)."""
+    sysctl = tmp_path / "ip_unprivileged_port_start"
+    sysctl.write_text(unprivileged_from + "\n")
+    monkeypatch.setattr(server_module, "UNPRIVILEGED_PORT_START", sysctl)
+    routes = [
+        {"prefix": "/a", "upstream": "http://127.0.0.1:8000", "audience": "a"},
         {"prefix": "/b", "upstream": "https://127.0.0.1:8443", "audience": "b"},
         {"prefix": "/c", "upstream": "http://127.0.0.1:80", "audience": "c"},
-        {"prefix": "/d", "upstream": "http://localhost", "audience": "d"},
     ]
-    with proxy_for(warned, *others) as proxy:
+    with proxy_for(*routes) as proxy:
         lines = [json.loads(line) for line in proxy.log_stream.getvalue().splitlines()]
-    [warning] = [line for line in lines if line["event"] == "plain_http_upstream"]
-    assert (warning["route"], warning["upstream"]) == ("routes[0]", "http://127.0.0.1:8000")
-    assert "another user's process that binds it" in warning["warning"]
-    assert "use https to loopback, or a port below 1024" in warning["warning"]
+    warnings = [line for line in lines if line["event"] == "plain_http_upstream"]
+    assert [w["upstream"].rsplit(":", 1)[1] for w in warnings] == warned_ports
+    assert "another user's process that binds it" in warnings[0]["warning"]
+    assert "use https to loopback, or a port only root may bind" in warnings[0]["warning"]

@@ -117,6 +117,26 @@ def test_a_cold_cache_makes_one_exchange_for_every_waiting_request(exchanges) ->
     assert tokens.has_token(route)
 
 
+@pytest.mark.parametrize("code", ["Throttling", "ThrottlingException", "RequestLimitExceeded"])
+def test_sts_throttling_the_clients_own_call_is_an_outage_not_a_refusal(
+    exchanges, code: str
+) -> None:
+    """aws-oif: STS answers GetWebIdentityToken `Throttling` with HTTP 400, which the
+    client fails over as an outage: the application heard 403 "refused", remembered
+    10 s, where docs/injection.md promises 503 with Retry-After."""
+    config, (route,) = routes()
+    tokens = RouteTokens(config, clock=FakeClock())
+    exchanges.fail = TokenError(
+        f"sts:GetWebIdentityToken refused: {code}: Rate exceeded",
+        error="aws_error",
+        status=400,
+        aws_code=code,
+    )
+    with pytest.raises(TokenUnavailable) as failed:
+        tokens.token(route)
+    assert failed.value.status == 503 and failed.value.retry_after == THROTTLED_MEMORY_SECONDS
+
+
 def test_a_failure_is_shared_by_the_waiting_requests_and_remembered(exchanges) -> None:
     config, (route,) = routes()
     clock = FakeClock()

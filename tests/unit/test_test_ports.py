@@ -3,6 +3,7 @@ never hand out ports from the same band, whatever their xdist worker names."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -10,12 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import ports
+
 REPOSITORY = Path(__file__).resolve().parents[2]
-# Takes a port (claiming a band), says which, and lives until its stdin closes.
+# Takes a port (claiming a band), says where its band starts, and lives until its stdin
+# closes.
 HOLDER = """
 import sys
 from tests.support import ports
-print(ports.free_port(), flush=True)
+assert ports.free_port() in ports.claimed_band()
+print(ports.claimed_band().start, flush=True)
 sys.stdin.read()
 """
 
@@ -31,9 +36,9 @@ def start_holder(lock_root: Path) -> tuple[subprocess.Popen[str], int]:
         text=True,
     )
     assert holder.stdout is not None
-    first_port = holder.stdout.readline()
-    assert first_port, "the holder exited before claiming a band"
-    return holder, int(first_port)
+    first_band = holder.stdout.readline()
+    assert first_band, "the holder exited before claiming a band"
+    return holder, int(first_band)
 
 
 def release(holder: subprocess.Popen[str]) -> None:
@@ -47,19 +52,38 @@ def lock_root(tmp_path: Path) -> Path:
 
 
 def test_two_processes_of_the_same_worker_name_get_different_bands(lock_root: Path) -> None:
-    first, first_port = start_holder(lock_root)
+    first, first_band = start_holder(lock_root)
     try:
-        second, second_port = start_holder(lock_root)
+        second, second_band = start_holder(lock_root)
         release(second)
     finally:
         release(first)
-    # The band's first free port each: a band apart, so the bands do not overlap.
-    assert abs(first_port - second_port) >= 750
+    assert abs(first_band - second_band) >= ports.BAND_SIZE  # the bands do not overlap
 
 
 def test_a_band_is_free_again_once_its_process_has_ended(lock_root: Path) -> None:
-    first, first_port = start_holder(lock_root)
+    first, first_band = start_holder(lock_root)
     release(first)
-    again, again_port = start_holder(lock_root)
+    again, again_band = start_holder(lock_root)
     release(again)
-    assert again_port == first_port
+    assert again_band == first_band
+
+
+def test_with_every_band_held_a_process_shares_its_preferred_band(lock_root: Path) -> None:
+    """More test processes at once than bands: the next one shares a band (its ports are
+    still probed before they are handed out) instead of failing every test that needs a
+    port."""
+    directory = lock_root / ports.LOCK_DIRECTORY.name
+    directory.mkdir()
+    held = []
+    try:
+        for index in range(ports.BAND_COUNT):
+            descriptor = os.open(directory / f"band-{index}", os.O_RDONLY | os.O_CREAT, 0o644)
+            held.append(descriptor)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder, band = start_holder(lock_root)
+        release(holder)
+    finally:
+        for descriptor in held:
+            os.close(descriptor)
+    assert band == ports.band_range(0).start  # gw0's own

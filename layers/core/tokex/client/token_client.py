@@ -102,9 +102,11 @@ FLIGHT_WAIT_MARGIN_SECONDS = 5.0
 MAX_RESPONSE_BYTES = 64 * 1024
 # The longest a tokex token lives (CDK `ttlCapSeconds`, TOKEX_TTL_CAP_SECONDS: 60-43200).
 MAX_TOKEN_LIFETIME_SECONDS = 43200.0
-# A token's life is counted from this long before it was asked for: tokex dates a token to
-# the whole second (`iat` and `exp` are whole seconds, `exp - iat` is `expires_in`), so the
-# life it names may have begun up to a second before the request left.
+# A token's life is counted from this long before it was asked for. tokex counts
+# `expires_in` from its answer, to the whole second after it, so this is a second to spare
+# there; an issuer that counts from the whole second before it issued the token
+# (`exp - iat`, as tokex did before) names a life that may have begun up to a second
+# before the request left.
 ISSUED_TO_THE_SECOND = 1.0
 # RFC 6750 §2.1 b64token: what a bearer token may be (a JWT is).
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -812,8 +814,8 @@ class TokenClient:
                 return cached.access_token  # still valid: another caller refreshes it
             return flight.outcome(self.flight_wait)  # its timeout, and a margin
         try:
-            # Counted from before it was asked for: tokex counts `expires_in` from when it
-            # issued the token, somewhere between the two (to the second before it).
+            # Counted from before it was asked for (ISSUED_TO_THE_SECOND): tokex counts
+            # `expires_in` from its answer, somewhere after that.
             sent = self._clock()
             response = request_token(self._endpoint, audience, scopes=scopes, **self._options)
             fresh = CachedToken.from_response(response, obtained_at=sent)

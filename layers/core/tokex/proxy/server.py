@@ -38,12 +38,14 @@ POLL_SECONDS = 0.2  # how soon an accept loop notices shutdown
 # A flood of connections over the limit (connections.py) is one log line per this long.
 REFUSAL_LOG_SECONDS = 10.0
 DEFAULT_GRACE_SECONDS = 10.0
-# Only root may bind a port below this (Linux's net.ipv4.ip_unprivileged_port_start).
-PRIVILEGED_PORTS_BELOW = 1024
+# The first port any user may bind (Linux's net.ipv4.ip_unprivileged_port_start): 1024
+# on most hosts, 0 in Docker's, Podman's and containerd's containers.
+UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+DEFAULT_UNPRIVILEGED_PORT_START = 1024
 PLAIN_HTTP_WARNING = (
     "the token goes in the clear to a loopback port any local user may bind: another"
     " user's process that binds it while the service is down or restarting receives the"
-    " token; use https to loopback, or a port below 1024, to rule it out"
+    " token; use https to loopback, or a port only root may bind, to rule it out"
 )
 
 
@@ -160,8 +162,9 @@ class ProxyServer:
             )
             thread.start()
             self._threads.append(thread)
+        unprivileged_from = unprivileged_port_start()
         for route in self.config.routes:
-            if _unprivileged_plain_http(route):
+            if _unprivileged_plain_http(route, unprivileged_from):
                 self.log.write(
                     "plain_http_upstream",
                     route=route.name,
@@ -218,11 +221,19 @@ class ProxyServer:
             return finished
 
 
-def _unprivileged_plain_http(route: Route) -> bool:
+def unprivileged_port_start() -> int:
+    """The first port any user may bind here; 1024 where the system does not say."""
+    try:
+        return int(UNPRIVILEGED_PORT_START.read_text().strip())
+    except (OSError, ValueError):
+        return DEFAULT_UNPRIVILEGED_PORT_START
+
+
+def _unprivileged_plain_http(route: Route, unprivileged_from: int) -> bool:
     """Whether the route's token goes over plain http (to loopback: config.py allows no
     other) to a port any user may bind: docs/injection.md "Threat model"."""
     parts = urllib.parse.urlsplit(route.upstream)
-    return parts.scheme == "http" and (parts.port or 80) >= PRIVILEGED_PORTS_BELOW
+    return parts.scheme == "http" and (parts.port or 80) >= unprivileged_from
 
 
 def _url(host: str, port: int) -> str:

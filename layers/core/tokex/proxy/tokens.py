@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import jwt
 
+from tokex.client.evidence import STS_THROTTLING
 from tokex.client.token_client import (
     INVALIDATE_MIN_AGE_SECONDS,
     ISSUED_TO_THE_SECOND,
@@ -269,10 +270,13 @@ class RouteTokens:
         return token
 
     def _failed(self, route: Route, state: _RouteState, err: TokenError) -> _Failure:
-        refused = err.status is not None and 400 <= err.status < 500 and err.status != 429
+        # STS throttling the client's own call (aws-oif's GetWebIdentityToken answers 400
+        # `Throttling`) is an outage that passes, as tokex's 429 is: not a refusal.
+        throttled = err.status == 429 or err.aws_code in STS_THROTTLING
+        refused = err.status is not None and 400 <= err.status < 500 and not throttled
         if refused:
             memory = REFUSAL_MEMORY_SECONDS
-        elif err.status == 429:
+        elif throttled:
             memory = THROTTLED_MEMORY_SECONDS
         else:
             memory = UNAVAILABLE_MEMORY_SECONDS

@@ -171,7 +171,9 @@ class ClientStore:
             item = response.get("Item")
             stored = item.get("secret_hash", {}).get("S", "") if item else ""
             if item is None:
-                # Compared all the same, so both failures take the same path.
+                # Compared all the same, as a wrong secret is. (Once a client's item is
+                # kept, a wrong secret for it is answered without a read, faster than an
+                # unknown id: that tells only that a client id someone already has exists.)
                 hmac.compare_digest(presented.encode(), b"-")
                 raise InvalidClient("unknown_client")
             client = _client(item)
