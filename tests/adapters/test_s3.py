@@ -21,6 +21,7 @@ from tokex.publish import (
     CONTENT_TYPE,
     DISCOVERY_KEY,
     JWKS_KEY,
+    Write,
     publish_documents,
     serialize_document,
 )
@@ -145,17 +146,19 @@ def test_a_run_configured_before_the_last_writer_writes_nothing(
     assert JWKS_KEY in yielded.getMessage() and "read after this run's" in yielded.getMessage()
 
 
-def test_a_stale_run_writes_no_discovery_once_a_later_run_wrote_the_jwks(
+def test_a_stale_run_between_a_later_runs_two_writes_is_overwritten_by_it(
     aws: tuple[Any, Any],
 ) -> None:
-    """A later run has written its JWKS and not yet its discovery document; the stale run
-    has the same key set (its JWKS is current) but an older discovery document: it writes
-    neither, leaving discovery to the later run."""
+    """A later run has written its JWKS and not yet its discovery document; a stale run
+    with the same key set (its JWKS is current, so it cannot tell itself stale from it)
+    writes its older discovery document, and the later run's write, marked later,
+    replaces it: what stays is the later run's."""
     s3, kms = aws
     current, following = new_jwk(kms), new_jwk(kms)
     publish(s3, build_jwks([current]), configured_at=RUN - 1)  # an earlier run's documents
     rotated = build_jwks([current, following])
-    S3Documents(s3, "issuer").write_if_changed(
+    later = S3Documents(s3, "issuer")
+    later.write_if_changed(
         JWKS_KEY,
         serialize_document(rotated),
         content_type=CONTENT_TYPE,
@@ -163,10 +166,20 @@ def test_a_stale_run_writes_no_discovery_once_a_later_run_wrote_the_jwks(
         configured_at=LATER_RUN,
     )
     stale_discovery = dict(DISCOVERY, introspection_endpoint=ISSUER + "/introspect")
-    assert publish(s3, rotated, discovery=stale_discovery, configured_at=RUN) == []
+    assert publish(s3, rotated, discovery=stale_discovery, configured_at=RUN) == [DISCOVERY_KEY]
+    finished = later.write_if_changed(
+        DISCOVERY_KEY,
+        serialize_document(DISCOVERY),
+        content_type=CONTENT_TYPE,
+        cache_control=CACHE_CONTROL,
+        configured_at=LATER_RUN,
+    )
+    assert finished is Write.WRITTEN
     stored = s3.get_object(Bucket="issuer", Key=DISCOVERY_KEY)
     assert json.loads(stored["Body"].read()) == DISCOVERY
-    assert stored["Metadata"] == {"tokex-configured-at": str(RUN - 1)}
+    assert stored["Metadata"] == {"tokex-configured-at": str(LATER_RUN)}
+    # ... and the stale run, run again, now yields to it.
+    assert publish(s3, rotated, discovery=stale_discovery, configured_at=RUN) == []
 
 
 def test_an_unmarked_object_is_rewritten_only_when_changed(aws: tuple[Any, Any]) -> None:
@@ -187,9 +200,54 @@ def test_an_unmarked_object_is_rewritten_only_when_changed(aws: tuple[Any, Any])
         )
     assert publish(s3, build_jwks([current])) == []
     assert run_mark(s3, JWKS_KEY) is None
-    assert publish(s3, build_jwks([current, following])) == [JWKS_KEY]
+    changed = dict(DISCOVERY, id_token_signing_alg_values_supported=["ES256", "RS256"])
+    written = publish(s3, build_jwks([current, following]), discovery=changed)
+    assert written == [JWKS_KEY, DISCOVERY_KEY]  # "tomorrow" is no later run's mark
     assert stored_kids(s3) == [current["kid"], following["kid"]]
-    assert run_mark(s3, JWKS_KEY) == str(RUN)
+    assert run_mark(s3, JWKS_KEY) == run_mark(s3, DISCOVERY_KEY) == str(RUN)
+
+
+def test_a_mark_ahead_of_the_clock_counts_as_none(aws: tuple[Any, Any]) -> None:
+    """An object copied in with its metadata, or marked by hand, a day ahead: it would
+    have stopped every run, the deploy's included, from ever writing it again."""
+    s3, kms = aws
+    current, following = new_jwk(kms), new_jwk(kms)
+    now_ms = 1_800_000_000_000
+    store = S3Documents(s3, "issuer", clock=lambda: now_ms / 1000)
+    ahead = str(now_ms + 24 * 3600 * 1000)
+    s3.put_object(
+        Bucket="issuer",
+        Key=JWKS_KEY,
+        Body=serialize_document(build_jwks([current])),
+        Metadata={"tokex-configured-at": ahead},
+    )
+    jwks = build_jwks([current, following])
+    assert publish_documents(store, jwks=jwks, discovery=DISCOVERY, configured_at=RUN) == [
+        JWKS_KEY,
+        DISCOVERY_KEY,
+    ]
+    assert stored_kids(s3) == [current["kid"], following["kid"]]
+    # Within a minute ahead (clocks differ that much): a later writer's, still yielded to.
+    s3.put_object(
+        Bucket="issuer",
+        Key=JWKS_KEY,
+        Body=serialize_document(build_jwks([current])),
+        Metadata={"tokex-configured-at": str(now_ms + 59_000)},
+    )
+    assert publish_documents(store, jwks=jwks, discovery=DISCOVERY, configured_at=RUN) == []
+
+
+def test_a_removed_document_is_put_back_by_a_run_of_the_same_keys_configured_earlier(
+    aws: tuple[Any, Any],
+) -> None:
+    """Two environments of one configuration: the one that read it earlier still puts
+    back a document removed from the bucket (the JWKS it finds, marked later, is the one
+    it would write)."""
+    s3, kms = aws
+    jwks = build_jwks([new_jwk(kms)])
+    assert publish(s3, jwks, configured_at=LATER_RUN) == [JWKS_KEY, DISCOVERY_KEY]
+    s3.delete_object(Bucket="issuer", Key=DISCOVERY_KEY)
+    assert publish(s3, jwks, configured_at=RUN) == [DISCOVERY_KEY]
 
 
 def test_wrong_headers_are_repaired(aws: tuple[Any, Any]) -> None:

@@ -7,10 +7,12 @@ import json
 import logging
 import threading
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from tokex import wiring
 from tokex.errors import ConfigurationError, TokexError
 from tokex.local.emulator import set_signature_checking
 from tokex.local.functions import LambdaContext, load_handler
@@ -40,13 +42,7 @@ def test_two_runs_at_once_on_an_empty_bucket_publish_whole_documents(local_syste
     bucket that holds nothing yet both succeed, the documents are whole and served with
     their headers, and a third run finds nothing to write."""
     deployment = local_system.deployment
-    bucket = f"tokex-documents-{uuid.uuid4().hex[:12]}"
-    admin = deployment.emulator_admin_token
-    set_signature_checking(deployment.endpoint_url, on=False, admin_token=admin)
-    try:
-        deployment.client("s3").create_bucket(Bucket=bucket)
-    finally:
-        set_signature_checking(deployment.endpoint_url, on=True, admin_token=admin)
+    bucket = empty_bucket(local_system)
     with handler_environment(local_system.handler_env(TOKEX_JWKS_BUCKET=bucket)):
         publishers = [load_handler("jwks_publisher") for _ in range(3)]
     together = threading.Barrier(2)
@@ -76,3 +72,35 @@ def test_two_runs_at_once_on_an_empty_bucket_publish_whole_documents(local_syste
     assert json.loads(discovery["Body"].read())["issuer"] == local_system.issuer
     third = publishers[2].lambda_handler({}, LambdaContext("tokex-jwks-publisher"))
     assert third == {"written": []}, third
+
+
+def empty_bucket(local_system: Any) -> str:
+    deployment = local_system.deployment
+    bucket = f"tokex-documents-{uuid.uuid4().hex[:12]}"
+    admin = deployment.emulator_admin_token
+    set_signature_checking(deployment.endpoint_url, on=False, admin_token=admin)
+    try:
+        deployment.client("s3").create_bucket(Bucket=bucket)
+    finally:
+        set_signature_checking(deployment.endpoint_url, on=True, admin_token=admin)
+    return bucket
+
+
+def test_documents_are_marked_with_when_the_environment_read_its_configuration(
+    local_system, monkeypatch
+) -> None:
+    """The mark is when the function's environment read its configuration (at its cold
+    start), not when a run began: a run of an environment configured before a deploy,
+    even one that begins after the deploy's own run, must not count as newer."""
+    bucket = empty_bucket(local_system)
+    configured = 1_700_000_000.25
+    environment = local_system.handler_env(TOKEX_JWKS_BUCKET=bucket)
+    with handler_environment(environment), monkeypatch.context() as frozen:
+        frozen.setattr(wiring, "time", SimpleNamespace(time=lambda: configured))
+        publisher = load_handler("jwks_publisher")
+    written = publisher.lambda_handler({}, LambdaContext("tokex-jwks-publisher"))
+    assert written == {"written": [JWKS_KEY, DISCOVERY_KEY]}
+    s3 = local_system.deployment.client("s3")
+    for key in (JWKS_KEY, DISCOVERY_KEY):
+        marks = s3.head_object(Bucket=bucket, Key=key)["Metadata"]
+        assert marks == {"tokex-configured-at": "1700000000250"}

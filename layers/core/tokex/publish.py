@@ -9,8 +9,10 @@ Runs can overlap, and a run's configuration (the published keys) is the one its 
 environment read when it started: an hourly run still in flight when a deploy updates
 the function (or sent to an environment started before the update) may finish after the
 deploy's own run. So each object is marked with when the writing run's configuration
-was read, and a run that finds an object written with a configuration read later writes
-nothing more: that configuration is at least as new as its own.
+was read, and a run that finds an object holding something else, written with a
+configuration read later, writes nothing more: that configuration is at least as new as
+its own. (An object it would write as it is stays, whatever its mark, so an environment
+configured earlier alike still puts back a document removed from the bucket.)
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class DocumentStore(Protocol):
         self, key: str, body: bytes, *, content_type: str, cache_control: str, configured_at: int
     ) -> Write:
         """Write, marked with `configured_at` (epoch milliseconds), unless the object is
-        already current or was written with a configuration read after `configured_at`.
+        already current or, holding something else, was written with a configuration
+        read after `configured_at`.
         May raise TemporarilyUnavailable."""
         ...
 
@@ -69,9 +72,9 @@ def publish_documents(
 
     Returns the keys actually written: an object whose body and headers already match is
     skipped. The JWKS goes first so the discovery document never points at a key set older
-    than itself. Once it finds either document written with a configuration read later,
-    this run writes nothing more (a warning in the log, not an error): its configuration
-    may be older. Store failures are TemporarilyUnavailable.
+    than itself. Once it finds a document holding something else, written with a
+    configuration read later, this run writes nothing more (a warning in the log, not an
+    error): its configuration may be older. Store failures are TemporarilyUnavailable.
     """
     if not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
         raise ValueError("the JWKS must list at least one key")

@@ -10,6 +10,8 @@ is left alone (publish.py says why).
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 from tokex.adapters import errors
@@ -21,28 +23,35 @@ _ABSENT = frozenset({"404", "403", "NoSuchKey", "NotFound", "AccessDenied", "For
 _UNAVAILABLE = "the key set could not be published, retry later"
 # When the configuration of the run that wrote the object was read, epoch milliseconds.
 CONFIGURED_AT = "tokex-configured-at"
+# A mark later than the run's clock by more than this is no time a writer read its
+# configuration at.
+MAX_CLOCK_SKEW_MS = 60_000
 
 
 class S3Documents:
     """The `DocumentStore` of publish.py: objects of one bucket."""
 
-    def __init__(self, s3_client: Any, bucket: str) -> None:
+    def __init__(
+        self, s3_client: Any, bucket: str, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._s3 = s3_client
         self._bucket = bucket
+        self._clock = clock
 
     def write_if_changed(
         self, key: str, body: bytes, *, content_type: str, cache_control: str, configured_at: int
     ) -> Write:
         """Write `body` at `key`, marked with `configured_at`, unless the object already has
-        these exact bytes and headers (the mark alone never causes a write) or was written
-        with a configuration read later. S3 failures are TemporarilyUnavailable."""
+        these exact bytes and headers (the mark alone never causes a write) or, holding
+        something else, was written with a configuration read later. S3 failures are
+        TemporarilyUnavailable."""
         head = self._head(key)
         if head is not None:
-            written_by = _configured_at(head)
-            if written_by is not None and written_by > configured_at:
-                return Write.YIELDED
             if _is_current(head, body, content_type, cache_control):
                 return Write.UNCHANGED
+            written_by = _configured_at(head, now=int(self._clock() * 1000))
+            if written_by is not None and written_by > configured_at:
+                return Write.YIELDED
         # A run that writes between this HeadObject and this PutObject can still be
         # overwritten: a narrow window. A conditional write (If-Match on the ETag read
         # above) would close it, but the Lambda runtime's botocore may predate S3's.
@@ -70,11 +79,17 @@ class S3Documents:
         return head
 
 
-def _configured_at(head: dict[str, Any]) -> int | None:
+def _configured_at(head: dict[str, Any], *, now: int) -> int | None:
     """When the writer's configuration was read; None for an object written otherwise
-    (before runs were marked, or by hand), which is rewritten as before when it changed."""
+    (before runs were marked, or by hand), which is rewritten as before when it changed,
+    and for a mark that is no such time: not a number, or later than `now` (epoch ms) by
+    more than clocks differ (an object copied in with its metadata, or set by hand),
+    which would otherwise stop every run from ever writing it again."""
     mark = head.get("Metadata", {}).get(CONFIGURED_AT, "")
-    return int(mark) if mark.isascii() and mark.isdigit() else None
+    if not (mark.isascii() and mark.isdigit()):
+        return None
+    written_by = int(mark)
+    return written_by if written_by <= now + MAX_CLOCK_SKEW_MS else None
 
 
 def _is_current(head: dict[str, Any], body: bytes, content_type: str, cache_control: str) -> bool:
