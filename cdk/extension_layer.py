@@ -57,9 +57,11 @@ from cdk.layer_bundling import (
 from tokex.client.evidence import AWS_OIF, SIGV4, evidence_kind
 from tokex.extension.api import EXTENSION_NAME
 from tokex.extension.main import (
+    DEFAULT_LISTEN,
     ENDPOINT_VARIABLE,
     LISTEN_VARIABLE,
     ROUTES_VARIABLE,
+    URL_VARIABLE,
     config_from_variables,
 )
 from tokex.proxy.config import ProxyConfigError
@@ -352,7 +354,8 @@ class TokexProxyExtension(Construct):
     its configuration file has them (`prefix` or `listen`, `upstream`, `audience`,
     `scopes`, ...). `layer`: the extension layer (e.g. `LayerVersion.from_layer_version_arn`
     with the tokex stack's ProxyExtensionLayerArn output); by default one is built in your
-    stack. `listen`: HOST:PORT of the proxy, default 127.0.0.1:2780.
+    stack. `listen`: HOST:PORT of the proxy, default 127.0.0.1:2780; the function gets
+    its URL in `TOKEX_PROXY_URL` (and this construct in `url`), for its code to call.
     The settings are checked here, at synth, by the extension's own code (a ValueError
     with its message): what would fail every Init with `Extension.ConfigInvalid` fails
     `cdk synth` instead. Left to the extension at Init: whether the files a route names
@@ -391,7 +394,9 @@ class TokexProxyExtension(Construct):
         _check_as_the_extension_will(environment)
         self.layer = layer or ProxyExtensionLayer.of(Stack.of(function))
         function.add_layers(self.layer)
-        for name, value in environment.items():
+        # For the function's code (the extension does not read it): the port in one place.
+        self.url = f"http://{listen or DEFAULT_LISTEN}"
+        for name, value in {**environment, URL_VARIABLE: self.url}.items():
             function.add_environment(name, value)
         if any(_evidence_of(route) == AWS_OIF for route in routes):
             # `aws-oif` evidence is a token the function's role asks STS for: allowed for

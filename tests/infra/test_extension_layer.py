@@ -25,7 +25,12 @@ from tests.infra import checks
 from tests.infra.conftest import Synthesized
 from tests.support.lambda_extensions_api import ExtensionsApiEmulator
 from tests.support.ports import free_port
-from tokex.extension.main import ENDPOINT_VARIABLE, LISTEN_VARIABLE, ROUTES_VARIABLE
+from tokex.extension.main import (
+    ENDPOINT_VARIABLE,
+    LISTEN_VARIABLE,
+    ROUTES_VARIABLE,
+    URL_VARIABLE,
+)
 
 pytestmark = pytest.mark.infra
 
@@ -309,6 +314,8 @@ def test_the_construct_adds_the_layer_and_two_variables() -> None:
     assert props["Environment"]["Variables"] == {
         ENDPOINT_VARIABLE: "https://auth.example.com",
         ROUTES_VARIABLE: '[{"prefix":"/","upstream":"https://orders.example.com","audience":"orders"}]',
+        # For the function's code: the proxy's URL, so it never spells the port.
+        URL_VARIABLE: "http://127.0.0.1:2780",
     }
     # No IAM: the function's own role signs its evidence.
     roles = [r for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
@@ -320,7 +327,9 @@ def test_the_construct_adds_the_layer_and_two_variables() -> None:
     ).to_json()
     [function] = [r for r in imported["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
     assert function["Properties"]["Layers"] == [arn]
-    assert function["Properties"]["Environment"]["Variables"][LISTEN_VARIABLE] == "127.0.0.1:2999"
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert variables[LISTEN_VARIABLE] == "127.0.0.1:2999"
+    assert variables[URL_VARIABLE] == "http://127.0.0.1:2999"
     assert not [
         r for r in imported["Resources"].values() if r["Type"] == "AWS::Lambda::LayerVersion"
     ]

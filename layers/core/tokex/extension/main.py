@@ -50,6 +50,9 @@ DEFAULT_CONFIG = str(TASK_ROOT / "tokex-proxy.toml")
 ENDPOINT_VARIABLE = "TOKEX_PROXY_ENDPOINT"
 ROUTES_VARIABLE = "TOKEX_PROXY_ROUTES"
 LISTEN_VARIABLE = "TOKEX_PROXY_LISTEN"
+# Set by the CDK construct for the function's own code, never read here: the proxy's base
+# URL (`http://` and its listener), so code does not spell the port.
+URL_VARIABLE = "TOKEX_PROXY_URL"
 # A port no AWS extension documents, since a function may use theirs too: 2772 is the AWS
 # AppConfig Agent Lambda extension's default, 2773 the AWS Parameters and Secrets Lambda
 # extension's (the Runtime and Extensions APIs are at AWS_LAMBDA_RUNTIME_API, not here).
