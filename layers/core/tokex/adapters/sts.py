@@ -26,6 +26,7 @@ from tokex.adapters import errors
 from tokex.errors import DeadlineExceeded, InvalidGrant, TemporarilyUnavailable
 from tokex.evidence.identity import CallerIdentity
 from tokex.evidence.sigv4_request import StsRequest
+from tokex.evidence.sts_endpoints import THROTTLING_CODES
 
 STS_NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
 DEFAULT_RETRY_AFTER_SECONDS = 5
@@ -44,8 +45,6 @@ REFUSAL_CODES = frozenset(
         "SignatureDoesNotMatch",
     }
 )
-# Codes that mean "we are being throttled": the caller should retry, not re-sign.
-THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded"})
 _XML_TYPES = ("text/xml", "application/xml")
 _UNVERIFIABLE = "STS response could not be verified"
 

@@ -70,10 +70,8 @@ _GLOBAL_STS = "https://sts.amazonaws.com"
 # (RegionDisabledException, 403), or this is an opt-in Region the account has not enabled
 # (InvalidClientTokenId, 403: its credentials are not valid there) ...
 REGIONAL_STS_REFUSALS = frozenset({"RegionDisabledException", "InvalidClientTokenId"})
-# ... or it throttles the account's calls in this Region (`Throttling`, 400: "Rate
-# exceeded"; the codes the exchange reads as throttling too, adapters/sts.py). With sigv4
-# evidence, the exchange's STS call throttled is its 503, failed over alike.
-STS_THROTTLING = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded"})
+# ... or it throttles the account's calls in this Region (sts_endpoints.THROTTLING_CODES).
+# With sigv4 evidence, the exchange's STS call throttled is its 503, failed over alike.
 # Of an error's text that quotes what STS answered (an Expiration that is no date): enough
 # to recognise it, not a whole answer in one line.
 _MAX_QUOTED_CHARS = 200
@@ -206,7 +204,7 @@ def web_identity_token(
             f"{_refusal_hint(code, issuer)}",
             error=AWS_ERROR,
             # A 5xx (STS unavailable in this Region), or a code of REGIONAL_STS_REFUSALS or
-            # STS_THROTTLING, lets the client fail over.
+            # THROTTLING_CODES, lets the client fail over.
             status=status if isinstance(status, int) else None,
             url=url,
             aws_code=code,

@@ -47,7 +47,6 @@ from tokex.client.evidence import (
     EKS,
     REGIONAL_STS_REFUSALS,
     SIGV4,
-    STS_THROTTLING,
     EvidenceOptions,
     check_token_audience,
     read_token_file,
@@ -66,6 +65,7 @@ from tokex.client.token_error import (
 )
 from tokex.clock import SuspendAwareClock
 from tokex.errors import InvalidGrant
+from tokex.evidence.sts_endpoints import THROTTLING_CODES
 from tokex.regions import DISCOVERY_MEMBER, REGION_VARIABLES, TOKEN_PATH, regional_path
 from tokex.token_request import JWT_TOKEN_TYPE, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
@@ -494,7 +494,7 @@ def fails_over(err: TokenError, *, evidence: str = SIGV4) -> bool:
             return True
     elif err.error == UNREACHABLE:
         return True
-    if err.aws_code in STS_THROTTLING:
+    if err.aws_code in THROTTLING_CODES:
         return True
     return evidence != EKS and refused_in_region(err)
 

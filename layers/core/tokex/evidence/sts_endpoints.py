@@ -22,6 +22,11 @@ from tokex.errors import ConfigurationError
 if TYPE_CHECKING:
     from tokex.settings import Settings
 
+# The error codes STS answers an account it throttles (HTTP 400 `Throttling`, "Rate
+# exceeded"): retry rather than re-sign; another Region's STS may still answer. One list for
+# the exchange's forwarded call (adapters/sts.py) and the client's own (client/evidence.py).
+THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded"})
+
 AWS_REGIONS = (
     "af-south-1",
     "ap-east-1",

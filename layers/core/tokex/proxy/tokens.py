@@ -30,7 +30,6 @@ from typing import Any, Protocol
 
 import jwt
 
-from tokex.client.evidence import STS_THROTTLING
 from tokex.client.token_client import (
     INVALIDATE_MIN_AGE_SECONDS,
     ISSUED_TO_THE_SECOND,
@@ -39,6 +38,7 @@ from tokex.client.token_client import (
 )
 from tokex.client.token_error import UNREACHABLE
 from tokex.clock import SuspendAwareClock
+from tokex.evidence.sts_endpoints import THROTTLING_CODES
 from tokex.proxy.config import ProxyConfig, Route
 from tokex.proxy.log import JsonLog
 
@@ -272,7 +272,7 @@ class RouteTokens:
     def _failed(self, route: Route, state: _RouteState, err: TokenError) -> _Failure:
         # STS throttling the client's own call (aws-oif's GetWebIdentityToken answers 400
         # `Throttling`) is an outage that passes, as tokex's 429 is: not a refusal.
-        throttled = err.status == 429 or err.aws_code in STS_THROTTLING
+        throttled = err.status == 429 or err.aws_code in THROTTLING_CODES
         refused = err.status is not None and 400 <= err.status < 500 and not throttled
         if refused:
             memory = REFUSAL_MEMORY_SECONDS
