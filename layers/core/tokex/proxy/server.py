@@ -39,7 +39,7 @@ POLL_SECONDS = 0.2  # how soon an accept loop notices shutdown
 REFUSAL_LOG_SECONDS = 10.0
 DEFAULT_GRACE_SECONDS = 10.0
 # The first port any user may bind (Linux's net.ipv4.ip_unprivileged_port_start): 1024
-# on most hosts, 0 in Docker's, Podman's and containerd's containers.
+# on most hosts, 0 in Docker's and Podman's containers and containerd 2.0's CRI.
 UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
 DEFAULT_UNPRIVILEGED_PORT_START = 1024
 PLAIN_HTTP_WARNING = (
