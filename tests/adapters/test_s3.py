@@ -3,18 +3,21 @@ moto's KMS."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore
 import pytest
 from botocore.config import Config
 from moto import mock_aws
 
 from tokex.adapters.kms import public_jwk_for_key
-from tokex.adapters.s3 import S3Documents
+from tokex.adapters.s3 import MAX_WRITE_ATTEMPTS, S3Documents, writes_conditionally
 from tokex.errors import TemporarilyUnavailable
 from tokex.publish import (
     CACHE_CONTROL,
@@ -248,6 +251,124 @@ def test_a_removed_document_is_put_back_by_a_run_of_the_same_keys_configured_ear
     assert publish(s3, jwks, configured_at=LATER_RUN) == [JWKS_KEY, DISCOVERY_KEY]
     s3.delete_object(Bucket="issuer", Key=DISCOVERY_KEY)
     assert publish(s3, jwks, configured_at=RUN) == [DISCOVERY_KEY]
+
+
+def write_jwks(documents: S3Documents, jwks: dict[str, Any], configured_at: int) -> Write:
+    return documents.write_if_changed(
+        JWKS_KEY,
+        serialize_document(jwks),
+        content_type=CONTENT_TYPE,
+        cache_control=CACHE_CONTROL,
+        configured_at=configured_at,
+    )
+
+
+def another_run_writes_before_each_put(
+    s3: Any, jwks: dict[str, Any], configured_at: int, times: int = 1
+) -> list[str]:
+    """Registers, on `s3`, another run writing `jwks` (marked `configured_at`, through
+    its own client) just before each of this client's next `times` PutObject calls: a
+    write between a run's HeadObject and its PutObject. Returns the PutObject calls'
+    conditions, as sent."""
+    other = S3Documents(boto3.client("s3", region_name=REGION), "issuer")
+    conditions: list[str] = []
+
+    def intervene(params: dict[str, Any], **_: Any) -> None:
+        headers = params["headers"]
+        conditions.append(headers.get("If-Match") or headers.get("If-None-Match") or "none")
+        if len(conditions) <= times:
+            assert write_jwks(other, jwks, configured_at) is Write.WRITTEN
+
+    s3.meta.events.register("before-call.s3.PutObject", intervene)
+    return conditions
+
+
+def test_a_later_run_writing_between_the_read_and_the_write_is_not_overwritten(
+    aws: tuple[Any, Any],
+) -> None:
+    """The stale hourly run read the old object; the deploy's run (configured later)
+    writes the emergency rotation before the stale run's PutObject: the conditional write
+    fails, the stale run reads again and yields, so the rotation stays."""
+    s3, kms = aws
+    current, removed = new_jwk(kms), new_jwk(kms)
+    publish(s3, build_jwks([current, removed]), configured_at=RUN - 1)
+    conditions = another_run_writes_before_each_put(s3, build_jwks([current]), LATER_RUN)
+    stale = build_jwks([current, removed, new_jwk(kms)])
+    assert write_jwks(S3Documents(s3, "issuer"), stale, RUN) is Write.YIELDED
+    assert stored_kids(s3) == [current["kid"]]
+    assert run_mark(s3, JWKS_KEY) == str(LATER_RUN)
+    assert len(conditions) == 1 and conditions[0].strip('"')  # an ETag: If-Match
+
+
+def test_an_earlier_run_writing_between_the_read_and_the_write_is_overwritten_after_a_read(
+    aws: tuple[Any, Any],
+) -> None:
+    s3, kms = aws
+    current, following = new_jwk(kms), new_jwk(kms)
+    publish(s3, build_jwks([current]), configured_at=RUN - 2)
+    conditions = another_run_writes_before_each_put(s3, build_jwks([following]), RUN - 1)
+    rotated = build_jwks([current, following])
+    assert write_jwks(S3Documents(s3, "issuer"), rotated, RUN) is Write.WRITTEN
+    assert stored_kids(s3) == [current["kid"], following["kid"]]
+    assert run_mark(s3, JWKS_KEY) == str(RUN)
+    assert len(conditions) == 2 and conditions[0] != conditions[1]  # each read's ETag
+
+
+def test_a_document_created_between_the_read_and_the_write_is_not_overwritten(
+    aws: tuple[Any, Any],
+) -> None:
+    s3, kms = aws
+    created = build_jwks([new_jwk(kms)])
+    conditions = another_run_writes_before_each_put(s3, created, LATER_RUN)
+    assert write_jwks(S3Documents(s3, "issuer"), build_jwks([new_jwk(kms)]), RUN) is Write.YIELDED
+    assert stored_kids(s3) == [created["keys"][0]["kid"]]
+    assert conditions == ["*"]  # If-None-Match: there was no object
+
+
+def test_a_document_that_keeps_changing_is_temporarily_unavailable(
+    aws: tuple[Any, Any],
+) -> None:
+    s3, kms = aws
+    publish(s3, build_jwks([new_jwk(kms)]), configured_at=RUN - 10)
+    runs = [build_jwks([new_jwk(kms)]) for _ in range(MAX_WRITE_ATTEMPTS)]
+    conditions: list[str] = []
+    other = S3Documents(boto3.client("s3", region_name=REGION), "issuer")
+
+    def intervene(params: dict[str, Any], **_: Any) -> None:
+        conditions.append(params["headers"]["If-Match"])
+        write_jwks(other, runs[len(conditions) - 1], RUN - 10 + len(conditions))
+
+    s3.meta.events.register("before-call.s3.PutObject", intervene)
+    with pytest.raises(TemporarilyUnavailable) as caught:
+        write_jwks(S3Documents(s3, "issuer"), build_jwks([new_jwk(kms)]), RUN)
+    assert len(conditions) == MAX_WRITE_ATTEMPTS
+    assert caught.value.reason == "s3 PutObject: the object kept changing under this run"
+    assert stored_kids(s3) == [runs[-1]["keys"][0]["kid"]]
+
+
+def test_an_sdk_without_conditional_writes_writes_unconditionally(
+    aws: tuple[Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Lambda runtime's botocore from before S3's If-Match (its model has no such
+    member): the write still happens, unconditionally, as docs/deploy.md says."""
+    s3, kms = aws
+    model_file = next(Path(botocore.__file__).parent.glob("data/s3/*/service-2.json*"))
+    opener = gzip.open if model_file.suffix == ".gz" else open
+    with opener(model_file, "rb") as stored:
+        model = json.loads(stored.read())
+    del model["shapes"]["PutObjectRequest"]["members"]["IfMatch"]
+    old_model = tmp_path / "s3" / model_file.parent.name / "service-2.json"
+    old_model.parent.mkdir(parents=True)
+    old_model.write_text(json.dumps(model))
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
+    old_sdk = boto3.session.Session().client("s3", region_name=REGION)
+    assert not writes_conditionally(old_sdk) and writes_conditionally(s3)
+    publish(s3, build_jwks([new_jwk(kms)]), configured_at=RUN - 1)
+    conditions = another_run_writes_before_each_put(old_sdk, build_jwks([new_jwk(kms)]), LATER_RUN)
+    ours = build_jwks([new_jwk(kms)])
+    assert write_jwks(S3Documents(old_sdk, "issuer"), ours, RUN) is Write.WRITTEN
+    assert conditions == ["none"]
+    assert stored_kids(s3) == [ours["keys"][0]["kid"]]  # the window this SDK leaves open
 
 
 def test_wrong_headers_are_repaired(aws: tuple[Any, Any]) -> None:
