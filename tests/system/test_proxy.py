@@ -14,6 +14,7 @@ import threading
 import time
 import tracemalloc
 
+import jwt
 import pytest
 
 from tests.support.proxy import (
@@ -401,6 +402,17 @@ def test_token_endpoint_health_and_forwarded_requests_at_once_on_a_cold_cache(
     tokens = {json.loads(body)["access_token"] for _, kind, _, body in answers if kind == "token"}
     assert tokens == {got.token for got in upstream.received}
     assert len(tokens) == 1
+    # Each its token's own remaining life and granted scope, wherever the answer came from.
+    claims = jwt.decode(tokens.pop(), options={"verify_signature": False})
+    for _, kind, _, body in answers:
+        if kind == "token":
+            answer = json.loads(body)
+            assert (
+                claims["exp"] - claims["iat"] - 5
+                <= answer["expires_in"]
+                < claims["exp"] - claims["iat"]
+            )
+            assert answer["scope"] == claims["scope"] == DEMO_SCOPE
     for _, kind, _, body in answers:
         if kind == "health":
             assert [route["route"] for route in json.loads(body)["routes"]] == ["routes[0]"]

@@ -313,6 +313,40 @@ def test_the_token_response_counts_expires_in_down(exchanges) -> None:
     assert tokens.token_response(route)["expires_in"] == LIFETIME - 102
 
 
+@pytest.mark.parametrize("refresh", [False, True], ids=["cold cache", "refresh"])
+def test_the_token_response_of_a_token_the_route_holds_a_moment_later(
+    exchanges, monkeypatch, refresh: bool
+) -> None:
+    """TokenClient caches a new token before the route holds it: a request answered in
+    that moment (from TokenClient's cache) still gets the token's own `expires_in` and
+    granted scope, never 0 and the scopes asked for. On a cold cache and when a refresh
+    ahead of expiry lands alike."""
+    config, (route,) = routes()
+    clock = FakeClock()
+    tokens = RouteTokens(config, clock=clock)
+    if refresh:
+        tokens.token(route)
+        clock.now += LIFETIME * 0.9  # past the refresh point, still valid
+    client = tokens._clients[(route.evidence, route.token_file)]
+    exchanged, answered = client.token, []
+
+    def landing(audience: str, scopes: tuple[str, ...] = ()) -> str:
+        token = exchanged(audience, scopes)
+        answered.append(tokens.token_response(route))  # before the route holds it
+        return token
+
+    monkeypatch.setattr(client, "token", landing)
+    tokens.token(route)  # the refresh: the held token now, the new one in the background
+    settled(tokens)
+    [answer] = answered
+    assert (
+        answer["access_token"] == tokens.token(route) == exchanged("orders-api", ("orders:read",))
+    )
+    assert answer["expires_in"] == LIFETIME - 1
+    assert answer["scope"] == "orders:read"  # the granted one: the token's `scope`
+    assert answer == tokens.token_response(route)
+
+
 def test_token_client_invalidate_forgets_only_the_named_token(monkeypatch) -> None:
     use_static_credentials(monkeypatch)
     with fake_issuer() as issuer:

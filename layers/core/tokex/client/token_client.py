@@ -894,6 +894,11 @@ class TokenClient:
             cached = self._cache.get(cache_key(audience, scopes))
         return cached.access_token if cached is not None and now < cached.expires_at else None
 
+    def cached_entry(self, audience: str, scopes: Sequence[str] = ()) -> CachedToken | None:
+        """The cache's entry, due for refresh or expired alike, else None: never any I/O."""
+        with self._lock:
+            return self._cache.get(cache_key(audience, scopes))
+
     def invalidate(
         self,
         audience: str,

@@ -325,17 +325,29 @@ class RouteTokens:
         state = self._states[_state_key(route)]
         with state.lock:
             held = state.held
+        if held is None or held.token != token:
+            # TokenClient caches a new token a moment before the route holds it (_exchange),
+            # and a request in between gets it from TokenClient: counted from its entry.
+            held = self._just_obtained(route, token)
         now = self._clock()
-        remaining = held.expires_at - now if held is not None and held.token == token else 0
+        remaining = held.expires_at - now if held is not None else 0
         response: dict[str, Any] = {
             "access_token": token,
             "token_type": "Bearer",
             "expires_in": max(0, int(remaining)),
         }
-        scope = held.scope if held is not None and held.token == token else None
+        scope = held.scope if held is not None else None
         if scope or route.scopes:
             response["scope"] = scope or " ".join(route.scopes)
         return response
+
+    def _just_obtained(self, route: Route, token: str) -> _Held | None:
+        """`token` as the route will hold it, from TokenClient's entry (same clock)."""
+        client = self._clients[(route.evidence, route.token_file)]
+        entry = client.cached_entry(route.audience, route.scopes)
+        if entry is None or entry.access_token != token:
+            return None
+        return _held(token, entry.obtained_at)
 
 
 def _token_error(err: Exception) -> TokenError:
