@@ -8,6 +8,8 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from tests.unit.test_jws import LocalSigner
-from tokex.errors import TemporarilyUnavailable
+from tokex.errors import Misconfigured, TemporarilyUnavailable
 from tokex.introspection import (
     MAX_TOKEN_CHARS,
     IntrospectionAudit,
@@ -364,6 +366,55 @@ def test_published_keys_are_cached_and_refreshed_and_failures_are_not_cached():
         keys.get(RSA_SIGNER.kid)
     assert keys.get(EC_SIGNER.kid) is not None and keys.get(RSA_SIGNER.kid) is None
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["fetched", "failed"])
+def test_requests_at_once_on_no_keys_share_one_fetch_and_its_outcome(fails: bool):
+    """Eight requests on a new environment's empty copy: one KMS fetch, its keys for all,
+    or its failure for all (a Misconfigured one stays Misconfigured, each request raising
+    its own); the next request after a failure fetches again."""
+    calls: list[int] = []
+    release = threading.Event()
+
+    def fetch() -> list[dict[str, Any]]:
+        calls.append(1)
+        release.wait(30)
+        if fails and len(calls) == 1:
+            raise Misconfigured("no key", reason="kms GetPublicKey: AccessDeniedException")
+        return [RSA_SIGNER.public_jwk()]
+
+    keys = PublishedKeys(fetch)
+    outcomes: list[Any] = []
+    asking = threading.Semaphore(0)
+
+    def ask() -> None:
+        asking.release()
+        try:
+            found = keys.get(RSA_SIGNER.kid)
+            outcomes.append(found[0] if found else None)
+        except TemporarilyUnavailable as err:
+            outcomes.append(err)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    threads[0].start()
+    while not calls:  # the first is fetching ...
+        time.sleep(0.001)
+    for thread in threads[1:]:
+        thread.start()
+    for _ in threads:  # ... while the others ask
+        asking.acquire()
+    time.sleep(0.2)  # for them to reach the lock
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(calls) == 1 and len(outcomes) == 8
+    if not fails:
+        assert outcomes == ["RS256"] * 8
+        return
+    assert all(type(err) is Misconfigured for err in outcomes)
+    assert {err.reason for err in outcomes} == {"kms GetPublicKey: AccessDeniedException"}
+    assert len({id(err) for err in outcomes}) == 8
+    assert keys.get(RSA_SIGNER.kid) is not None and len(calls) == 2
 
 
 def test_published_keys_ignore_algorithms_tokex_never_signs_with():

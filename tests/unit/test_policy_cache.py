@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tokex.errors import TemporarilyUnavailable
+from tokex.deadline import request_deadline
+from tokex.errors import DeadlineExceeded, TemporarilyUnavailable
 from tokex.policy.cache import CachedPolicies
 from tokex.policy.model import Policy
 
@@ -168,10 +169,30 @@ def test_concurrent_callers_on_a_stale_cache_share_one_reload_and_its_outcome() 
     crowd()
     assert outcomes == [["one", "two"]] * 8
     assert store.loads == 2
-    store.fail, store.delay = True, 0.0
+    store.fail = True  # a slow failure: the others wait for it, and share it
     clock.now += 30
     crowd()
     assert outcomes == ["dynamodb Scan: ThrottlingException"] * 8
+    assert store.loads == 3  # one scan, not eight in turn
+    store.fail = False
+    assert sorted(p.id for p in cache.policies()) == ["one", "two"]  # the next call reloads
+    assert store.loads == 4
+
+
+def test_a_caller_waits_for_a_reload_in_flight_no_longer_than_its_deadline() -> None:
+    store, clock = FakeStore(), Clock()
+    cache = CachedPolicies(store, 30, clock=clock)
+    store.delay = 1.0
+    first = threading.Thread(target=cache.policies)
+    first.start()
+    while store.loads == 0:
+        time.sleep(0.001)
+    with pytest.raises(DeadlineExceeded) as waited, request_deadline(0.05):
+        cache.policies()
+    assert first.is_alive()  # it gave up while the reload was still in flight
+    assert waited.value.reason == "deadline:dynamodb"
+    first.join(30)
+    assert store.loads == 1
 
 
 def test_by_default_a_frozen_environments_sleep_counts(monkeypatch) -> None:

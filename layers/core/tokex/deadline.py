@@ -16,6 +16,7 @@ own (a context variable is per thread).
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -57,6 +58,15 @@ def expired() -> bool:
     is then reported as the deadline's, not as the upstream's."""
     deadline = _current.get()
     return deadline is not None and deadline.remaining() <= 0
+
+
+def acquire_within_deadline(lock: threading.Lock, upstream: str) -> None:
+    """Wait for `lock` (a load of `upstream`'s data in flight), never past the request's
+    deadline (without one, as long as it takes): DeadlineExceeded(upstream) otherwise."""
+    budget = current()
+    timeout = -1.0 if budget is None else max(budget.remaining(), 0.0)
+    if not lock.acquire(timeout=timeout):
+        raise DeadlineExceeded(upstream)
 
 
 @contextlib.contextmanager

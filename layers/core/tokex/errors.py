@@ -8,6 +8,8 @@ policy contents or secrets. `reason` is for the audit log only (it may name a po
 
 from __future__ import annotations
 
+import copy
+
 # A slow upstream is usually slow for a while: a prompt retry would likely wait again.
 DEADLINE_RETRY_AFTER_SECONDS = 5
 # A misconfiguration lasts until an operator acts: each retry sooner would only cost the
@@ -94,6 +96,12 @@ class TemporarilyUnavailable(TokexError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+    def again(self) -> TemporarilyUnavailable:
+        """The same failure (class, description, reason, Retry-After) as a new exception
+        without traceback: for another request to raise (one object raised by several
+        threads shares and chains their tracebacks, and keeps their frames alive)."""
+        return copy.copy(self)
 
 
 class Misconfigured(TemporarilyUnavailable):

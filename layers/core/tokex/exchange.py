@@ -372,7 +372,9 @@ class TokenExchange:
         background while STS answers (or the JWT issuer's keys arrive), where they would
         otherwise be two more round trips after it. Each loads once whoever asks first
         (their own locks: the exchange then waits for that load); a failure here is
-        dropped, and the exchange, asking again when it needs them, answers it. Once per
+        dropped: the exchange loads again what it asks for after it, and the signing key
+        while it is in flight (the policies' load in flight it shares, failure and all,
+        policy/cache.py). Once per
         environment, so requests that get no further than STS cannot make tokex call
         KMS or DynamoDB again and again."""
         if not self._load_ahead_pending:

@@ -116,7 +116,7 @@ class OidcIssuerKeys:
     def key(self, issuer: TrustedIssuer, kid: str) -> jwt.PyJWK | None:
         with self._caches_lock:
             cache = self._caches.setdefault(issuer.issuer, _IssuerCache())
-        _acquire_within_deadline(cache.lock)
+        deadline.acquire_within_deadline(cache.lock, "jwks")
         try:
             return self._key(cache, issuer, kid)
         finally:
@@ -348,14 +348,6 @@ def _internal_address(url: str, issuer_host: str) -> bool:
         except OSError:
             return False  # a name
     return not address.is_global
-
-
-def _acquire_within_deadline(lock: threading.Lock) -> None:
-    """Wait for the issuer's fetch in flight, never past the request's deadline."""
-    current = deadline.current()
-    timeout = -1.0 if current is None else max(current.remaining(), 0.0)
-    if not lock.acquire(timeout=timeout):
-        raise DeadlineExceeded("jwks")
 
 
 def _age(moment: float | None, now: float) -> float:

@@ -13,7 +13,9 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from tokex import deadline
 from tokex.clock import SuspendAwareClock
+from tokex.errors import TemporarilyUnavailable
 from tokex.policy.model import Policy
 from tokex.settings import MAX_POLICY_CACHE_SECONDS
 
@@ -51,21 +53,37 @@ class CachedPolicies:
         self._policies: tuple[Policy, ...] = ()
         self._invalid_ids: tuple[str, ...] = ()
         self._loaded_at: float | None = None
+        self._reloads = 0  # reloads ended, so that a waiter can tell one ended meanwhile
+        self._failure: TemporarilyUnavailable | None = None  # the last reload's, if it failed
 
     def policies(self) -> list[Policy]:
         """The current policies: from memory while fresh, otherwise reloaded first."""
-        # One lock around check-and-reload: concurrent requests on a stale cache wait for
-        # a single reload instead of each scanning the table.
-        with self._lock:
+        # One lock around check-and-reload: concurrent requests on a stale cache wait (no
+        # longer than their deadline) for a single reload and share its outcome, a failure
+        # included, instead of each scanning the table in turn.
+        reloads_before = self._reloads
+        deadline.acquire_within_deadline(self._lock, "dynamodb")
+        try:
             now = self._clock()
             if self._loaded_at is None or now - self._loaded_at >= self._ttl:
-                policies, invalid_ids = self._store.load_all()
+                if self._reloads != reloads_before and self._failure is not None:
+                    raise self._failure.again()  # the reload it waited for failed
+                self._failure = None
+                try:
+                    policies, invalid_ids = self._store.load_all()
+                except TemporarilyUnavailable as failure:
+                    self._failure = failure.again()
+                    raise
+                finally:
+                    self._reloads += 1
                 self._policies = tuple(policies)
                 self._invalid_ids = tuple(invalid_ids)
                 self._loaded_at = now
                 if invalid_ids:
                     log.warning("policies skipped as invalid: %s", ", ".join(invalid_ids))
             return list(self._policies)
+        finally:
+            self._lock.release()
 
     @property
     def invalid_ids(self) -> tuple[str, ...]:
