@@ -129,6 +129,22 @@ def test_more_parameters_than_the_limit_have_their_own_error() -> None:
     assert refused.value.description == f"the form has more than {MAX_FORM_PARAMETERS} parameters"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "grant_type=g" + "&" * 64,  # one parameter, 64 separators
+        "&".join(f"p{i}=x" for i in range(MAX_FORM_PARAMETERS)) + "&",  # a trailing `&`
+        "&&".join(f"p{i}=x" for i in range(MAX_FORM_PARAMETERS)),  # an empty field each
+        "&" * 16_000,  # none at all
+    ],
+    ids=["one", "limit-trailing", "limit-doubled", "none"],
+)
+def test_empty_fields_do_not_count_towards_the_limit(body: str) -> None:
+    """An empty field (`&&`, a leading or trailing `&`) is no parameter: docs/contract.md
+    "`POST {iss}/token` — RFC 8693 token exchange"."""
+    assert len(parse_form(body.encode())) == len([field for field in body.split("&") if field])
+
+
 @pytest.mark.parametrize("body", [b"\xff=1", b"a=%ff"])
 def test_malformed_forms_are_still_malformed(body: bytes) -> None:
     with pytest.raises(InvalidRequest) as refused:

@@ -95,8 +95,8 @@ def parse_form(body: bytes) -> dict[str, str]:
         text = body.decode("utf-8", errors="strict")
     except UnicodeDecodeError:
         raise InvalidRequest("the request body is not UTF-8", reason="form") from None
-    # Counted as parse_qsl counts fields (one more than the separators), before parsing.
-    if text and text.count("&") + 1 > MAX_FORM_PARAMETERS:
+    # Counted before parsing, as parse_qsl yields them: an empty field is no parameter.
+    if text.count("&") >= MAX_FORM_PARAMETERS and _parameters(text) > MAX_FORM_PARAMETERS:
         raise InvalidRequest(
             f"the form has more than {MAX_FORM_PARAMETERS} parameters",
             reason="form_parameters",
@@ -113,6 +113,11 @@ def parse_form(body: bytes) -> dict[str, str]:
             raise InvalidRequest(f"parameter '{_printable(name)}' is repeated", reason="repeated")
         form[name] = value
     return form
+
+
+def _parameters(text: str) -> int:
+    """How many parameters the form holds: its non-empty `&`-separated fields."""
+    return sum(1 for field in text.split("&") if field)
 
 
 def _unquote(value: str) -> str:
