@@ -11,7 +11,6 @@ explain` reaches the decision the running exchange answers with.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -19,13 +18,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 
+from tests.support.cli_policy import CLI_POLICY, USER_ARN, write
 from tests.support.exchange_handler import cold_exchange_handler, invoke_exchange
 from tests.system.endpoints import assert_refused, exchange, sign, verify
 from tokex.adapters.policy_table import PolicyStore
@@ -37,13 +34,11 @@ from tokex.local.provision import (
     ACCOUNT_ID,
     DEMO_INSTANCE_AUDIENCE,
     DEMO_ROLE_ARN,
-    DEMO_USER_NAME,
     Credentials,
 )
 from tokex.local.runner import LocalSystem, start_local
 from tokex.policy.model import Policy
 
-USER_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER_NAME}"
 DEMO_ROLES = f"arn:aws:iam::{ACCOUNT_ID}:role/demo-*"
 
 
@@ -127,21 +122,6 @@ def cli(system: LocalSystem, monkeypatch: pytest.MonkeyPatch, capsys):
 def principal_id(system: LocalSystem, credentials: Credentials) -> str:
     sts = system.deployment.client("sts", credentials)
     return str(sts.get_caller_identity()["UserId"].split(":")[0])
-
-
-def write(path: Path, document: dict[str, Any]) -> str:
-    path.write_text(json.dumps(document))
-    return str(path)
-
-
-CLI_POLICY = {
-    "id": "cli-test",
-    "effect": "allow",
-    "principals": [USER_ARN],
-    "audiences": ["cli-test-api"],
-    "scopes": ["cli:read"],
-    "claims": {"owner": "cli ✓"},
-}
 
 
 def test_put_get_list_delete(cli, tmp_path) -> None:
@@ -366,75 +346,3 @@ def test_explain_gives_the_exchange_decision(
         assert (explained["decision"], refusal["error"]) == ("refuse", expected), explained
         assert_refused(request, 400, expected, refusal["reason"])
     assert "error" not in explained  # the command itself did not fail
-
-
-# --- --stack ---------------------------------------------------------------------------------
-
-STACK_TEMPLATE = {
-    "Resources": {
-        "Policies": {
-            "Type": "AWS::DynamoDB::Table",
-            "Properties": {
-                "TableName": "tokex-stack-policies",
-                "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-                "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-                "BillingMode": "PAY_PER_REQUEST",
-            },
-        }
-    },
-    "Outputs": {
-        "PolicyTableName": {"Value": {"Ref": "Policies"}},
-        "DefaultTtlSeconds": {"Value": "600"},
-        "TtlCapSeconds": {"Value": "1200"},
-    },
-}
-
-
-@pytest.fixture
-def in_process_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        cloudformation = boto3.client("cloudformation", region_name="us-east-1")
-        cloudformation.create_stack(StackName="tokex", TemplateBody=json.dumps(STACK_TEMPLATE))
-        yield cloudformation
-
-
-def test_stack_output_names_the_table(in_process_aws, capsys, tmp_path) -> None:
-    where = ["--stack", "tokex", "--region", "us-east-1"]
-    assert main(["policy", "put", write(tmp_path / "p.json", CLI_POLICY), *where]) == 0
-    assert main(["policy", "list", "--json", *where]) == 0
-    out = capsys.readouterr().out.split("\n", 1)[1]
-    listed = json.loads(out)
-    assert listed["table"] == "tokex-stack-policies"
-    assert [p["id"] for p in listed["policies"]] == ["cli-test"]
-
-
-def test_explain_takes_the_ttls_from_the_stack(in_process_aws, capsys, tmp_path) -> None:
-    where = ["--stack", "tokex", "--region", "us-east-1"]
-    document = {**CLI_POLICY}
-    document.pop("max_ttl_seconds", None)
-    assert main(["policy", "put", write(tmp_path / "p.json", document), *where]) == 0
-    principal = CLI_POLICY["principals"][0].replace("*", "x")
-    argv = ["policy", "explain", "--principal", principal, "--json", *where]
-    argv += ["--audience", CLI_POLICY["audiences"][0]]
-    capsys.readouterr()
-    assert main(argv) == 0
-    assert json.loads(capsys.readouterr().out)["ttl_seconds"] == 600  # the stack's default TTL
-    assert main([*argv, "--default-ttl", "900"]) == 0  # a flag wins over the stack
-    assert json.loads(capsys.readouterr().out)["ttl_seconds"] == 900
-
-
-def test_stack_errors_are_clear(in_process_aws, capsys) -> None:
-    assert main(["policy", "list", "--stack", "missing", "--region", "us-east-1"]) == 1
-    assert "stack 'missing' not found in region us-east-1" in capsys.readouterr().err
-    assert main(["policy", "list", "--stack", "missing", "--region", "us-east-1", "--json"]) == 1
-    failure = json.loads(capsys.readouterr().out)
-    assert (failure["error"], failure["input"]) == ("not_found", "--stack")
-    template = {"Resources": copy.deepcopy(STACK_TEMPLATE["Resources"])}
-    template["Resources"]["Policies"]["Properties"]["TableName"] = "other"
-    in_process_aws.create_stack(StackName="not-tokex", TemplateBody=json.dumps(template))
-    assert main(["policy", "list", "--stack", "not-tokex", "--region", "us-east-1"]) == 1
-    assert "has no PolicyTableName output" in capsys.readouterr().err

@@ -37,6 +37,7 @@ from botocore.validate import ParamValidator
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tests.support.tls import make_pki
 from tokex.cli.policy_document import document_errors
+from tokex.proxy.config import ProxyConfig
 
 try:
     import kubernetes_validate
@@ -182,17 +183,15 @@ def test_the_config_check_finds_what_it_looks_for() -> None:
 
 
 def test_the_proxy_itself_loads_every_example_configuration(tmp_path: Path) -> None:
-    """With `tokex proxy`'s own parser, where this tree has it: both files and the flags of
-    the task and the pod (the files they name made here: a CA bundle, an EKS token)."""
-    proxy_config = pytest.importorskip("tokex.proxy.config", reason="no tokex.proxy here")
-    load = proxy_config.ProxyConfig
-    assert load.from_file(EXAMPLES / "ecs-proxy.toml", environ={}).endpoint
+    """With `tokex proxy`'s own parser: both files and the flags of the task and the pod
+    (the files they name made here: a CA bundle, an EKS token)."""
+    assert ProxyConfig.from_file(EXAMPLES / "ecs-proxy.toml", environ={}).endpoint
     ec2 = (EXAMPLES / "ec2-proxy.toml").read_text(encoding="utf-8")
     ca_file = str(make_pki(tmp_path).ca_file)
     assert toml("ec2-proxy.toml")["routes"][0]["ca_file"] in ec2
     ec2 = ec2.replace(toml("ec2-proxy.toml")["routes"][0]["ca_file"], ca_file)
     (tmp_path / "proxy.toml").write_text(ec2, encoding="utf-8")
-    assert load.from_file(tmp_path / "proxy.toml", environ={}).routes[0].ca_file == ca_file
+    assert ProxyConfig.from_file(tmp_path / "proxy.toml", environ={}).routes[0].ca_file == ca_file
     token_file = tmp_path / "token"
     token_file.write_text("eyJ.e30.c2ln", encoding="utf-8")
     arguments = {
@@ -205,7 +204,7 @@ def test_the_proxy_itself_loads_every_example_configuration(tmp_path: Path) -> N
         del route["prefix"]  # the flags' one route is "/"
         if "token_file" in config:
             config["token_file"] = str(token_file)
-        loaded = load.from_args(**config, **route, environ={})
+        loaded = ProxyConfig.from_args(**config, **route, environ={})
         assert loaded.routes[0].prefix == "/", platform
 
 

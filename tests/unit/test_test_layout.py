@@ -1,6 +1,7 @@
 """The unit tests stay unit tests (tests/README.md): no module in tests/unit, nor any test
 helper it imports, imports moto or boto3 or something that starts an emulator or the local
-system. Tests that need those belong in tests/adapters or tests/system."""
+system. Tests that need those belong in tests/adapters or tests/system. And the system
+tests use no in-process moto: that is for tests/adapters."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tests.unit.test_architecture import imported_names
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "tests" / "unit"
+SYSTEM = ROOT / "tests" / "system"
 # Top-level packages a unit test must not import, and tokex modules that start servers.
 FORBIDDEN_PACKAGES = frozenset({"moto", "boto3"})
 FORBIDDEN_MODULES = (
@@ -76,3 +78,16 @@ def test_the_layout_guard_sees_hidden_and_indirect_imports(tmp_path: Path) -> No
     helper = helper_file("tests.system.endpoints.exchange")
     assert helper == ROOT / "tests" / "system" / "endpoints.py"
     assert any("tokex.local.runner" in problem for problem in forbidden_imports(helper, set()))
+
+
+def test_system_tests_use_no_in_process_moto() -> None:
+    """tests/README.md: the system tests run against a moto server with SigV4 checks on;
+    moto in process (`mock_aws`, which checks no signature) belongs in tests/adapters."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: imports {name}"
+        for path in sorted(SYSTEM.rglob("*.py"))
+        if "__pycache__" not in path.parts
+        for line, name in imported_names(ast.parse(path.read_text(encoding="utf-8")))
+        if name.split(".")[0] == "moto"
+    ]
+    assert not found, "\n".join(found)
