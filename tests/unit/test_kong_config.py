@@ -680,7 +680,7 @@ def test_cli_an_existing_file_this_command_did_not_write_is_refused_and_left_as_
     assert theirs.read_text() == existing
 
 
-_INTROSPECTION = ["--enterprise", "oauth2-introspection", "--client-id", "kong"]
+_INTROSPECTION = ["--enterprise", "oauth2-introspection", "--client-id", "tc_0123456789abcdef0123"]
 _INTROSPECTION += ["--client-secret", "s"]
 
 

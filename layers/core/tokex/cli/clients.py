@@ -20,11 +20,14 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokex.cli.errors import NOT_FOUND, CommandError, UsageError, escaped
 from tokex.cli.request_arguments import check_audience
 from tokex.cli.state_table import resolve_state_table, state_table_parent, store_error
+
+if TYPE_CHECKING:
+    from tokex.adapters.state_table.introspection_clients import ClientStore
 
 
 def register(subparsers: Any) -> None:
@@ -101,14 +104,16 @@ def checked_audiences(args: argparse.Namespace) -> list[str]:
     return audiences
 
 
-def check_client_id(client_id: str) -> None:
+def check_client_id(client_id: str, *, flag: str | None = None) -> None:
+    """A client id as `tokex clients add` makes them (exit 2 otherwise); `flag` is the
+    option that gave it, when it is not the ID argument."""
     from tokex.introspection_clients import CLIENT_ID
 
     if not CLIENT_ID.fullmatch(client_id):
         raise UsageError(
-            f"ID {client_id!r}: a client id is tc_ and 20 hex digits "
+            f"{flag or 'ID'} {client_id!r}: a client id is tc_ and 20 hex digits "
             "(`tokex clients list` shows them)",
-            input=client_id,
+            input=flag or client_id,
         )
 
 
@@ -130,18 +135,44 @@ def run_add(args: argparse.Namespace) -> int:
     except TemporarilyUnavailable as exc:
         raise store_error(exc, args) from None
     authorization = basic_authorization(client.client_id, secret)
-    if args.json:
-        result = {**client.to_dict(), "client_secret": secret, "authorization": authorization}
-        print(json.dumps(result, indent=2))
-        return 0
-    print(
-        f"client_id      {client.client_id}\n"
-        f"client_secret  {secret}\n"
-        f"authorization  {authorization}\n"
-        f"audiences      {' '.join(client.audiences)}\n"
-        "The secret is shown only now; tokex keeps only its hash."
-    )
+    try:
+        if args.json:
+            result = {**client.to_dict(), "client_secret": secret, "authorization": authorization}
+            print(json.dumps(result, indent=2))
+        else:
+            print(
+                f"client_id      {client.client_id}\n"
+                f"client_secret  {secret}\n"
+                f"authorization  {authorization}\n"
+                f"audiences      {' '.join(client.audiences)}\n"
+                "The secret is shown only now; tokex keeps only its hash."
+            )
+        sys.stdout.flush()  # here, not at main's last flush: while the client can go
+    except OSError:  # a full disk, a closed pipe: main says so (exit 1, or 141)
+        _remove_unseen(store, client.client_id)
+        raise
     return 0
+
+
+def _remove_unseen(store: ClientStore, client_id: str) -> None:
+    """Remove a client whose secret could not be shown: no one has it, and tokex keeps only
+    its hash, so the client could never be used, only left behind. Best effort: the output
+    failed already (main reports that), and the operator is told what is left to do."""
+    from tokex.errors import TemporarilyUnavailable
+
+    try:
+        store.remove(client_id)
+    except TemporarilyUnavailable:
+        print(
+            f"tokex clients: client {client_id} was created but its secret could not be"
+            f" shown: run `tokex clients remove {client_id}`",
+            file=sys.stderr,
+        )
+        return
+    print(
+        f"tokex clients: client {client_id} was removed again: its secret could not be shown",
+        file=sys.stderr,
+    )
 
 
 def run_update(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tokex import bounded_http, deadline, identifiers
+from tokex.cli.clients import check_client_id
 from tokex.cli.deck_file import parse_document, read_existing, render, write_private
 
 __all__ = ["parse_document", "read_jwks", "register", "render", "run"]
@@ -186,8 +187,9 @@ def run(args: argparse.Namespace) -> int:
                 consumer_by=args.consumer_by,
                 region=args.introspection_region,
             )
-            note = "tokex kong-config: Kong will accept tokens of the audiences registered"
-            print(f"{note} on client {args.client_id} (`tokex clients list`)", file=sys.stderr)
+            if not args.json:  # with --json, stdout's JSON is all there is
+                note = "tokex kong-config: Kong will accept tokens of the audiences registered"
+                print(f"{note} on client {args.client_id} (`tokex clients list`)", file=sys.stderr)
     except kong.KongConfigError as err:
         raise CommandError(str(err), error=INVALID_INPUT, input="--enterprise") from None
     fmt = "json" if args.json else args.format or "yaml"
@@ -248,12 +250,13 @@ def _check(args: argparse.Namespace) -> Any:
                 input="--introspection-region",
             )
     if args.enterprise == "oauth2-introspection":
-        if not args.client_id or ":" in args.client_id:
+        if not args.client_id:
             raise UsageError(
-                "oauth2-introspection needs --client-id ID (without ':'), from `tokex clients add`",
+                "oauth2-introspection needs --client-id ID, from `tokex clients add`",
                 error=USAGE,
                 input="--client-id",
             )
+        check_client_id(args.client_id, flag="--client-id")
         _client_secret(args)
     if args.service_url is not None:
         require_http_url(args.service_url, flag="--service-url")

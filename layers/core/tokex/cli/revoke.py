@@ -28,6 +28,7 @@ from tokex.cli.deployment import (
 )
 from tokex.cli.errors import FAILED, CommandError, UsageError
 from tokex.cli.inputs import whole_number
+from tokex.cli.principal_arn import principal_problem
 from tokex.cli.state_table import state_table_parent, store_error
 
 # The longest lifetime any deployment allows: a record kept this long outlives every token
@@ -134,27 +135,36 @@ def _ttl_cap(given: int | None, deployment: Deployment) -> int:
 def _check_principal(arn: str) -> None:
     # Tokens name the canonical principal in `sub`: a role or an IAM user, or for EKS
     # evidence the service account's `eks:…` principal (docs/contract.md "The access
-    # token (RFC 9068 profile)").
-    if identifiers.EKS_PRINCIPAL.fullmatch(arn):
+    # token (RFC 9068 profile)"). Only a name IAM can give is one: any other ARN matches no
+    # token, and its revocation would report success while every token stays active.
+    if identifiers.EKS_PRINCIPAL.fullmatch(arn) or identifiers.USER_ARN.fullmatch(arn):
         return
-    if identifiers.PRINCIPAL_ARN.fullmatch(arn):
-        head, _, name = arn.partition(":role/")
-        if name and "/" in name:
+    if role := identifiers.ROLE_ARN.fullmatch(arn):
+        partition, account, path, name = role.groups()
+        if path:
             # Tokens name roles without their path (STS never reveals it): a pathed ARN
             # would revoke nothing, silently, in the middle of an incident.
-            short = f"{head}:role/{name.rsplit('/', 1)[1]}"
             raise UsageError(
-                f"--principal: tokens name roles without their path; use {short}",
+                f"--principal: tokens name roles without their path; use "
+                f"arn:{partition}:iam::{account}:role/{name}",
                 input="--principal",
             )
         return
-    hint = ""
+    if "*" in arn or "?" in arn:  # a policy's glob (docs/policies.md "Globs")
+        raise UsageError(
+            f"--principal {arn!r}: revocation takes one exact principal, not a pattern: "
+            "`tokex policy list` shows who matches",
+            input="--principal",
+        )
+    why = ""
     if ":assumed-role/" in arn:
-        hint = "; tokens name the role, not the session: use arn:aws:iam::ACCOUNT:role/NAME"
+        why = "; tokens name the role, not the session: use arn:aws:iam::ACCOUNT:role/NAME"
+    elif arn.startswith("arn:"):
+        why = f"; {principal_problem(arn)}"  # which part IAM would not have
     raise UsageError(
         f"--principal {arn!r}: must be a role or IAM user ARN "
         f"(arn:aws:iam::ACCOUNT:role/NAME or arn:aws:iam::ACCOUNT:user/NAME) or an EKS "
-        f"service account's principal (eks:ACCOUNT:REGION:CLUSTER:NAMESPACE:NAME){hint}",
+        f"service account's principal (eks:ACCOUNT:REGION:CLUSTER:NAMESPACE:NAME){why}",
         input="--principal",
     )
 

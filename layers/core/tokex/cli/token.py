@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokex import identifiers
 from tokex.cli.errors import (
@@ -35,6 +35,9 @@ from tokex.cli.request_arguments import check_audience, requested_scopes
 from tokex.evidence.jwt_evidence import ALGORITHMS
 from tokex.evidence.trusted_issuers import AWS_OIF, EKS
 from tokex.printable import printable_json
+
+if TYPE_CHECKING:
+    from tokex.client.token_error import TokenError
 
 ENDPOINT_VARIABLE = "TOKEX_ENDPOINT"
 # The region to sign for when none is configured and no instance identity document names
@@ -158,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     except TokenError as err:
         message = str(err)
         if err.error == UNREACHABLE and _is_plain_loopback(endpoint):
-            message += _local_hint(endpoint, err.url)
+            message += _local_hint(endpoint, err)
         # What failed on this machine, before any request (the credentials), names no input.
         local = err.url is None and err.error in (NO_CREDENTIALS, AWS_ERROR)
         raise CommandError(
@@ -183,16 +186,21 @@ def _check_issuer(issuer: str | None) -> None:
         )
 
 
-def _local_hint(endpoint: str, unreachable: str | None) -> str:
+def _local_hint(endpoint: str, err: TokenError) -> str:
     """Why a `tokex local` endpoint's exchange could not reach something: the endpoint
     itself is down, or the shell's AWS settings are not this run's demo ones (STS of an
-    earlier run, or AWS's own: workload.env not sourced, or sourced before a restart)."""
+    earlier run, or AWS's own: workload.env not sourced, or sourced before a restart).
+    Down only when its connection was refused: a timeout is an endpoint that is there but
+    slow, and a budget spent before any request (loading credentials) says nothing of it."""
+    import errno
     import urllib.parse
 
-    if unreachable is None or (
-        urllib.parse.urlsplit(unreachable).netloc == urllib.parse.urlsplit(endpoint).netloc
+    if err.url is None or (
+        urllib.parse.urlsplit(err.url).netloc == urllib.parse.urlsplit(endpoint).netloc
     ):
-        return " (is `tokex local` running? it prints the endpoint it serves)"
+        # The client's words for a refused connection: its socket error's strerror.
+        refused = str(err).endswith(f": {os.strerror(errno.ECONNREFUSED)}")
+        return " (is `tokex local` running? it prints the endpoint it serves)" if refused else ""
     return (
         " (the endpoint is a `tokex local`: source the workload.env of its current run;"
         " each start writes new ones)"

@@ -98,7 +98,15 @@ def read_instance_identity(
     if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
         raise ImdsUnavailable("IMDS is disabled (AWS_EC2_METADATA_DISABLED=true)")
     base = (endpoint or imds_endpoint(session)).rstrip("/")
-    parts = urllib.parse.urlsplit(base)
+    try:
+        parts = urllib.parse.urlsplit(base)
+        parts.port  # noqa: B018 - raises as urlsplit does: a port that is no port number
+    except ValueError as err:  # `http://[::1`, `http://host:99999`
+        raise ImdsUnavailable(
+            f"the IMDS endpoint {redacted(base)!r} is not a valid URL: {err}"
+            " (AWS_EC2_METADATA_SERVICE_ENDPOINT, or ec2_metadata_service_endpoint in the"
+            " config file, takes one, e.g. http://169.254.169.254)"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ImdsUnavailable(
             f"the IMDS endpoint {redacted(base)!r} is not an http URL"
