@@ -38,6 +38,7 @@ import gzip
 import json
 import os
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import botocore.session
@@ -63,6 +64,9 @@ RETRY_BACKOFF_CAP_SECONDS = 1.0
 # A retry is only worth starting with at least this much of the deadline left for it
 # (an in-region KMS or DynamoDB call takes a few to tens of milliseconds).
 MIN_ATTEMPT_SECONDS = 0.25
+# The largest answer read: DynamoDB's largest, BatchGetItem's, is 16 MB. A larger one is
+# no AWS answer, and reading it whole could take the function's memory.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 # botocore's own retries are off (one attempt): `_retry_within_deadline` decides instead.
 HOT_PATH_CONFIG = Config(
@@ -78,6 +82,24 @@ _TRANSPORT = bounded_http.pool_manager(
 )
 _RETRY_EVENTS = standard.RetryEventAdapter()
 _RETRY_CONDITIONS = standard.StandardRetryConditions(max_attempts=MAX_ATTEMPTS)
+
+
+class MalformedResponse(botocore_errors.BotoCoreError):
+    """An answer no AWS service gives (over MAX_RESPONSE_BYTES; a JSON-protocol success
+    that is no JSON object, which botocore would read as an empty result: "no item", "no
+    revocation"): a failure of the call, never its result."""
+
+    fmt = "{service} answered what no AWS service answers: {detail}"
+
+
+class _ReadBody:
+    """A response's body, read already: what `AWSResponse.content` streams."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, *_: Any, **__: Any) -> Iterator[bytes]:
+        yield self._body
 
 
 class PlainJsonFiles:
@@ -132,9 +154,10 @@ def client(service: str, *, session: botocore.session.Session | None = None, **k
     made = (session or new_session()).create_client(service, config=config, **kwargs)
     events = made.meta.events
     name = made.meta.service_model.service_id.hyphenize()
+    json_protocol = made.meta.service_model.protocol == "json"
     events.register(
         f"before-send.{name}",
-        functools.partial(_send_within_deadline, name),
+        functools.partial(_send_within_deadline, name, json_protocol),
         unique_id=f"tokex-deadline-send-{name}",
     )
     events.register(
@@ -144,10 +167,11 @@ def client(service: str, *, session: botocore.session.Session | None = None, **k
 
 
 def _send_within_deadline(
-    service: str, request: AWSPreparedRequest, **_: Any
+    service: str, json_protocol: bool, request: AWSPreparedRequest, **_: Any
 ) -> AWSResponse | None:
     """Send `request` through the bounded transport while a request deadline is open
-    (None otherwise: botocore sends it itself)."""
+    (None otherwise: botocore sends it itself). The whole body is read now, within the
+    deadline, and refused (MalformedResponse) when no AWS service would answer it."""
     current = deadline.current()
     if current is None:
         return None
@@ -163,14 +187,36 @@ def _send_within_deadline(
             preload_content=False,
             decode_content=False,
         )
-        response = AWSResponse(request.url, raw.status, raw.headers, raw)
-        if not request.stream_output:
-            _ = response.content  # read the whole body now, within the deadline
-        return response
+        if request.stream_output:
+            return AWSResponse(request.url, raw.status, raw.headers, raw)
+        body = _read_whole(raw, service)
+        if json_protocol and 200 <= raw.status < 300 and not _is_json_object(body):
+            raise MalformedResponse(service=service, detail="a success that is no JSON object")
+        return AWSResponse(request.url, raw.status, raw.headers, _ReadBody(body))
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         if deadline.expired():
             raise DeadlineExceeded(service) from None
         raise _as_botocore_error(exc, request) from None
+
+
+def _read_whole(raw: Any, service: str) -> bytes:
+    """The body, at most MAX_RESPONSE_BYTES (the connection is dropped past that)."""
+    declared = raw.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        raw.close()
+        raise MalformedResponse(service=service, detail=f"{declared} bytes")
+    body: bytes = raw.read(MAX_RESPONSE_BYTES + 1)
+    if len(body) > MAX_RESPONSE_BYTES:
+        raw.close()
+        raise MalformedResponse(service=service, detail=f"over {MAX_RESPONSE_BYTES} bytes")
+    return body
+
+
+def _is_json_object(body: bytes) -> bool:
+    try:
+        return isinstance(json.loads(body), dict)
+    except ValueError:  # UnicodeDecodeError included
+        return False
 
 
 def _as_botocore_error(

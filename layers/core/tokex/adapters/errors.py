@@ -14,12 +14,14 @@ the operator; anything else (throttling, a 5xx, no connection, a timeout) passes
 from __future__ import annotations
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.parsers import ResponseParserError
 
 from tokex.errors import Misconfigured, TemporarilyUnavailable
 
-# What the adapters catch around an AWS SDK call: the service answered with an error, or
-# botocore could not get an answer (unreachable, timeout, no credentials).
-SDK_ERRORS = (ClientError, BotoCoreError)
+# What the adapters catch around an AWS SDK call: the service answered with an error,
+# botocore could not get an answer (unreachable, timeout, no credentials), or what it got
+# is no answer (an XML service's body that does not parse; aws_clients.MalformedResponse).
+SDK_ERRORS = (ClientError, BotoCoreError, ResponseParserError)
 # The error codes (each service's documented errors) and botocore exceptions that say the
 # deployment is wrong, not that the service is having a bad minute: a retry cannot help
 # until an operator acts.

@@ -169,7 +169,10 @@ class PolicyStore:
             request["Limit"] = self._page_size
         while True:
             page = self._call("Scan", **request)
-            yield from page.get("Items", [])
+            items = page.get("Items")
+            if not isinstance(items, list):  # DynamoDB always lists them, none or some
+                raise errors.unavailable(_UNAVAILABLE, "dynamodb", "Scan", "malformed response")
+            yield from items
             last_key = page.get("LastEvaluatedKey")
             if not last_key:
                 return

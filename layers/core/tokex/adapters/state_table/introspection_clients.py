@@ -201,7 +201,10 @@ class ClientStore:
         }
         while True:
             page = self._call("Scan", **request)
-            yield from page.get("Items", [])
+            items = page.get("Items")
+            if not isinstance(items, list):  # DynamoDB always lists them, none or some
+                raise errors.unavailable(_UNAVAILABLE, "dynamodb", "Scan", "malformed response")
+            yield from items
             if not page.get("LastEvaluatedKey"):
                 return
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]

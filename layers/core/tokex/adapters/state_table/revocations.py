@@ -165,8 +165,16 @@ class RevocationStore:
                 response = self._dynamodb.batch_get_item(RequestItems=request)
             except errors.SDK_ERRORS as exc:
                 raise errors.unavailable(_UNAVAILABLE, "dynamodb", "BatchGetItem", exc) from None
-            items.extend(response.get("Responses", {}).get(self._table, []))
+            found = response.get("Responses")
             request = response.get("UnprocessedKeys") or {}
+            # DynamoDB lists the table's items (none if none) unless it left them all
+            # unprocessed: an answer without either is none, not "nothing revoked".
+            listed = found.get(self._table) if isinstance(found, dict) else None
+            if not isinstance(listed, list) and not (isinstance(found, dict) and request):
+                raise errors.unavailable(
+                    _UNAVAILABLE, "dynamodb", "BatchGetItem", "malformed response"
+                )
+            items.extend(listed or [])
             if not request:
                 return items
             if attempt == _BATCH_ATTEMPTS:
