@@ -707,6 +707,45 @@ def test_local_without_its_extra_says_what_to_install(
     assert not state.exists()
 
 
+@pytest.mark.parametrize(
+    ("version", "absent", "why"),
+    [
+        ("5.1.0", None, "moto 5.1.0 is older than 5.2.5"),
+        (None, "flask", "moto is installed without its server (flask missing)"),
+    ],
+    ids=["old-moto", "moto-without-server"],
+)
+def test_local_with_an_unfit_emulator_says_what_to_install(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    version: str | None,
+    absent: str | None,
+    why: str,
+) -> None:
+    """A project's own moto (no `[server]`, or pinned older) was "a bug of tokex", after
+    the state directory was made."""
+    import importlib.metadata
+
+    if version is not None:
+        real_version = importlib.metadata.version
+        monkeypatch.setattr(
+            importlib.metadata,
+            "version",
+            lambda name: version if name == "moto" else real_version(name),
+        )
+    if absent is not None:
+        monkeypatch.setitem(sys.modules, absent, None)  # find_spec answers None
+    state = tmp_path / "state"
+    code, _, err = tokex(capsys, "local", "--state-dir", str(state))
+    assert code == 1
+    assert err == (
+        f"tokex local: the emulator of the `local` extra is not usable ({why}): pip install"
+        " 'tokex[local]' (the README's setup command, `.[dev]`, includes it)\n"
+    )
+    assert not state.exists()
+
+
 def test_local_with_an_empty_state_dir_is_a_usage_error(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

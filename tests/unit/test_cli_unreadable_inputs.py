@@ -9,6 +9,7 @@ import contextlib
 import errno
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -428,3 +429,26 @@ def test_existing_yaml_with_aliases_is_refused(files, tmp_path, capsys) -> None:
         " (is it a file this command wrote?)",
         "input": existing,
     }
+
+
+def test_existing_yaml_without_pyyaml_names_the_extra(files, tmp_path, capsys, monkeypatch) -> None:
+    """A file this command wrote as YAML (PyYAML installed), re-run where PyYAML is not
+    (a plain `pip install tokex`): the error says what to install, and does not suggest
+    the file is someone else's. Without PyYAML the output is JSON, which reads back."""
+    code, _, _ = tokex(capsys, *KONG, "--jwks", files["jwks"], "--output", str(tmp_path / "k.yaml"))
+    assert code == 0 and (tmp_path / "k.yaml").read_text().count("{") == 0  # YAML
+    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` raises ImportError
+    existing = str(tmp_path / "k.yaml")
+    code, out, _ = tokex(capsys, *KONG, "--jwks", files["jwks"], "--existing", existing, "--json")
+    assert code == 1
+    assert failure(out) == {
+        "error": "invalid_input",
+        "error_description": f"--existing {existing}: reading a YAML file needs PyYAML:"
+        " pip install 'tokex[kong]'",
+        "input": existing,
+    }
+    json_file = str(tmp_path / "k.json.yaml")
+    code, _, _ = tokex(capsys, *KONG, "--jwks", files["jwks"], "--output", json_file)
+    assert code == 0
+    code, _, _ = tokex(capsys, *KONG, "--jwks", files["jwks"], "--existing", json_file)
+    assert code == 0

@@ -31,6 +31,10 @@ MAX_EXISTING_BYTES = 8 * 1024 * 1024
 MAX_EXISTING_DEPTH = 32
 
 
+class YamlUnavailable(ValueError):
+    """A YAML document to read, and no PyYAML (the `kong` extra) installed."""
+
+
 def render(document: dict[str, Any], fmt: str, *, source: str) -> str:
     """YAML (PyYAML when installed; JSON is YAML too) or JSON text for decK."""
     if fmt == "json":
@@ -86,6 +90,8 @@ def read_existing(path: str, *, quiet: bool = False) -> dict[str, Any] | None:
         )
     try:
         document = parse_document(text)
+    except YamlUnavailable as err:  # this machine's install, not the file
+        raise CommandError(f"--existing {path}: {err}", error=INVALID_INPUT, input=path) from None
     except ValueError as err:
         why = " ".join(str(err).split())  # one line: a YAML parser's message spans several
         raise CommandError(
@@ -118,7 +124,9 @@ def parse_document(text: str) -> dict[str, Any]:
         try:
             import yaml
         except ImportError:
-            raise ValueError("reading a YAML --existing file needs PyYAML") from None
+            raise YamlUnavailable(
+                "reading a YAML file needs PyYAML: pip install 'tokex[kong]'"
+            ) from None
 
         class NoAliases(yaml.SafeLoader):
             """A decK file `render` writes has no aliases (`*name`); one that does could

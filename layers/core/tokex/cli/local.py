@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import signal
 import sys
 from pathlib import Path
@@ -125,14 +126,36 @@ def _delay(text: str) -> float:
     return delay
 
 
-def run(args: argparse.Namespace) -> int:
+# The oldest moto local mode runs on (pyproject's `local` extra says why).
+MIN_MOTO = (5, 2, 5)
+
+
+def _emulator_missing() -> str | None:
+    """What is wrong with the installed emulator, if anything: an extra left out (`pip
+    install -e .`), moto without its server (a project's own test dependency), or one
+    older than the `local` extra asks for (a pin of the project's)."""
+    import importlib.metadata
     import importlib.util
 
     if importlib.util.find_spec("moto") is None:
-        # An extra left out (`pip install -e .`), not a bug: said before anything is written.
+        return "moto is not installed"
+    version = importlib.metadata.version("moto")
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    if numbers < MIN_MOTO:
+        return f"moto {version} is older than {'.'.join(map(str, MIN_MOTO))}"
+    server = [name for name in ("flask", "flask_cors") if importlib.util.find_spec(name) is None]
+    if server:
+        return f"moto is installed without its server ({', '.join(server)} missing)"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    missing = _emulator_missing()
+    if missing is not None:
+        # Not a bug of tokex: said before anything is written.
         raise CommandError(
-            "tokex local needs the emulator of the `local` extra: pip install 'tokex[local]'"
-            " (the README's setup command, `.[dev]`, includes it)",
+            f"the emulator of the `local` extra is not usable ({missing}): pip install"
+            " 'tokex[local]' (the README's setup command, `.[dev]`, includes it)",
             error=FAILED,
         )
     from tokex.local import moto_fixes
