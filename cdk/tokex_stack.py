@@ -401,6 +401,9 @@ def function_base_settings(
         "TOKEX_DEFAULT_TTL_SECONDS": str(config.default_ttl_seconds),
         "POWERTOOLS_SERVICE_NAME": POWERTOOLS_SERVICE,
         "POWERTOOLS_METRICS_NAMESPACE": POWERTOOLS_SERVICE,
+        # Every metric's `stack` dimension (tokex_functions/http_endpoint.py): stacks
+        # sharing an account and Region keep their metrics, and alarms, apart.
+        "TOKEX_STACK_NAME": config.stack_name,
         # Never put events (subject tokens, client secrets, tokens to introspect) or
         # responses (access tokens, claims) in logs/traces.
         "POWERTOOLS_LOGGER_LOG_EVENT": "false",

@@ -12,6 +12,7 @@ outcome (docs/deploy.md "Operating it").
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,6 +32,12 @@ from tokex_functions.tracing import FunctionTracer
 
 # Every method API Gateway forwards besides POST: answered 405 with `Allow: POST`.
 WRONG_METHODS = ["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+# The deployment's stack name (cdk/tokex_stack.py), every metric's `stack` dimension: two
+# stacks in one account and Region write to the same namespace, and their alarms must not
+# count each other's requests. Unset (`tokex local`'s functions, tests): "local".
+STACK_NAME_ENV = "TOKEX_STACK_NAME"
+LOCAL_STACK = "local"
 
 # What a bug answers (fail closed, nothing leaked).
 UNEXPECTED = TemporarilyUnavailable("internal error, retry later", reason="bug")
@@ -65,6 +72,7 @@ class HttpEndpoint:
         self.idle_fields = dict(idle_fields)
         self.logger = function_logger()
         self.metrics = Metrics()
+        self.metrics.set_default_dimensions(stack=os.environ.get(STACK_NAME_ENV) or LOCAL_STACK)
         self.tracer = FunctionTracer()
         self.app = APIGatewayHttpResolver()
         self.origin_gate = OriginGate.from_env()
@@ -126,14 +134,17 @@ class HttpEndpoint:
                 **extra,
             },
         )
-        # One metric, one dimension: dashboards and alarms split requests by outcome.
+        # One metric, one dimension of its own (besides `service` and `stack`): dashboards
+        # and alarms split requests by outcome.
         self.metrics.add_dimension(name="outcome", value=outcome)
         self.metrics.add_metric(name=self.metric, unit=MetricUnit.Count, value=1)
 
     def count(self, metric: str, value: int) -> None:
         """A metric of its own, beside the requests by outcome: without their `outcome`
-        dimension, so that one alarm watches it (docs/deploy.md "Operating it")."""
+        dimension, so that one alarm watches it (docs/deploy.md "Operating it"); with the
+        stack's, as every metric."""
         own = EphemeralMetrics(namespace=self.metrics.namespace, service=self.metrics.service)
+        own.set_default_dimensions(**self.metrics.default_dimensions)
         own.add_metric(name=metric, unit=MetricUnit.Count, value=value)
         own.flush_metrics()
 

@@ -5,13 +5,16 @@ each invocation's segments itself and the function runs no tracer, because loadi
 X-Ray SDK (its recorder builds two botocore clients for sampling) adds about 100 ms to
 every cold start (docs/performance.md). With "sdk" the stack leaves
 POWERTOOLS_TRACE_DISABLED false and the Powertools tracer adds a subsegment for the
-handler and each AWS call.
+handler and each AWS call: botocore's calls through Powertools' patching, the calls tokex
+makes over urllib3 (STS's GetCallerIdentity, a trusted issuer's discovery document and
+JWKS) through `upstream_call` (tokex/adapters/tracing.py).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from aws_lambda_powertools import Tracer
@@ -41,3 +44,18 @@ class FunctionTracer:
             return method
         traced: Function = self.tracer.capture_method(method)
         return traced
+
+    def upstream_call(self, name: str, host: str) -> AbstractContextManager[object]:
+        """The `Traced` of tokex/adapters/tracing.py: a call botocore does not make, as a
+        subsegment of its own (namespace `remote`) annotated with the host it went to and
+        nothing else (never the request, its headers or its body)."""
+        if self.tracer is None:
+            return nullcontext()
+        return _subsegment(self.tracer, name, host)
+
+
+@contextmanager
+def _subsegment(tracer: Tracer, name: str, host: str) -> Iterator[object]:
+    with tracer.provider.in_subsegment(name, namespace="remote") as subsegment:
+        subsegment.put_annotation(key="host", value=host)
+        yield subsegment

@@ -34,7 +34,6 @@ def audit_fields(audit: ExchangeAudit) -> AuditFields:
 
 # Cold start: settings parsed once; adapters built once and reused while warm.
 settings = Settings.from_env()
-token_exchange = build_token_exchange(settings)
 endpoint = HttpEndpoint(
     path="/token",
     what="token",
@@ -43,6 +42,8 @@ endpoint = HttpEndpoint(
     idle_fields=audit_fields(ExchangeAudit()),
     serving_region=settings.serving_region,
 )
+# STS's and the issuers' calls go over urllib3: traced by the endpoint's tracer itself.
+token_exchange = build_token_exchange(settings, traced=endpoint.tracer.upstream_call)
 
 
 @endpoint.post

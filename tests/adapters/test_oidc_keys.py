@@ -10,6 +10,7 @@ waited for.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
@@ -269,6 +270,29 @@ def test_an_rsa_key_without_use_or_alg_is_an_rs256_key(
     server.publish(bare)
     found = adapter(pki, clock).key(issuer_of(server), "bare")
     assert found is not None and found.algorithm_name == "RS256"
+
+
+def test_each_fetch_runs_in_its_traced_call_named_by_the_host_alone(
+    server: IssuerServer, pki: Pki, clock: FakeClock
+) -> None:
+    """urllib3 is no AWS SDK: the function's tracer sees the issuer's documents only
+    through `traced` (tokex/adapters/tracing.py), which is told the call and the host."""
+    calls: list[tuple[str, str, str]] = []
+
+    @contextlib.contextmanager
+    def traced(name: str, host: str) -> Iterator[None]:
+        calls.append(("start", name, host))
+        yield
+        calls.append(("end", name, host))
+
+    server.publish(rsa_jwk("rsa"))
+    assert adapter(pki, clock, traced=traced).key(issuer_of(server), "rsa") is not None
+    assert calls == [
+        ("start", "jwks discovery", "127.0.0.1"),
+        ("end", "jwks discovery", "127.0.0.1"),
+        ("start", "jwks jwks", "127.0.0.1"),
+        ("end", "jwks jwks", "127.0.0.1"),
+    ]
 
 
 def test_the_system_ca_store_does_not_trust_an_unknown_ca(

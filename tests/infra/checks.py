@@ -310,6 +310,7 @@ def check_introspection_wiring(
     assert split_ids(env.pop("TOKEX_PUBLISHED_KEY_IDS")) == published
     assert env.pop(ORIGIN_SECRET_ENV) and env.pop(NEXT_ORIGIN_SECRET_ENV)  # check_one_door
     assert env.pop("POWERTOOLS_TRACE_DISABLED")  # its value: check_functions
+    assert env.pop("TOKEX_STACK_NAME")  # its value: check_functions
     assert env == {
         "TOKEX_ISSUER": issuer,
         "TOKEX_SIGNING_KEY_ID": key_arn(template, active),
@@ -721,10 +722,11 @@ def check_functions(
     *,
     retention_days: int = 30,
     require_signed_audience: bool = False,
+    stack_name: str = "Tokex",
 ) -> None:
     """Current Python runtime on arm64, X-Ray as `tracing` says (default "lambda":
     Lambda's own segments, no tracer in the function), own log group with retention,
-    layer."""
+    layer; every metric dimensioned by the stack's name (`stack_name`, the default's)."""
     layer = ref(template, "CoreLayer/Layer")
     for name, timeout in (("Exchange", 10), ("Introspect", 10), ("JwksPublisher", 30)):
         props = resource(template, f"{name}/Function")["Properties"]
@@ -746,6 +748,7 @@ def check_functions(
         env = props["Environment"]["Variables"]
         assert env["POWERTOOLS_SERVICE_NAME"] == "tokex"
         assert env["POWERTOOLS_METRICS_NAMESPACE"] == "tokex"
+        assert env["TOKEX_STACK_NAME"] == stack_name
         assert env["POWERTOOLS_LOGGER_LOG_EVENT"] == "false"
         assert env["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false"
         assert env["POWERTOOLS_TRACE_DISABLED"] == ("false" if tracing == "sdk" else "true")

@@ -418,6 +418,11 @@ MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] =
         functions,
     ),
     (
+        "metrics mixed with another stack's",
+        _set(lambda r: _env(r, "Introspect"), "TOKEX_STACK_NAME", "Other"),
+        functions,
+    ),
+    (
         "events logged",
         _set(lambda r: _env(r, "Exchange"), "POWERTOOLS_LOGGER_LOG_EVENT", "true"),
         functions,

@@ -74,3 +74,45 @@ def test_an_invalid_stored_allow_is_in_every_audit_line_and_counted(local_system
         assert invoke_for(cold_exchange_handler(local_system), sign(local_system))[0] == 200
     assert "invalid_policies" not in audits[0]
     assert not [m for m in metrics if "InvalidPolicies" in m]
+
+
+def test_a_stored_item_that_may_be_a_deny_blocks_and_is_named_and_counted(local_system):
+    """An invalid item that may be a deny makes every exchange a 503 misconfigured: its
+    audit line names every invalid item all the same, and `InvalidPolicies` counts them."""
+    deployment = local_system.deployment
+    dynamodb = deployment.client("dynamodb")
+    items = {
+        "invalid-deny": {"id": "invalid-deny", "effect": "deny", "audiences": "x"},
+        "invalid-allow": {
+            "id": "invalid-allow",
+            "effect": "allow",
+            "principals": ["arn:aws:iam::123456789012:role/someone"],
+            "audiences": ["a"],
+            "scopes": "not a list",
+        },
+    }
+    for item_id, document in items.items():
+        dynamodb.put_item(
+            TableName=deployment.policy_table,
+            Item={
+                "id": {"S": item_id},
+                "document": {"S": json.dumps(document)},
+                "updated_at": {"N": str(int(time.time()))},
+            },
+        )
+    try:
+        handler = cold_exchange_handler(local_system)
+        with audit_lines() as audits, emitted_metrics() as metrics:
+            status, _, body = invoke_for(handler, sign(local_system))
+        assert (status, body["error"]) == (503, "temporarily_unavailable")
+        [audit] = audits
+        assert (audit["outcome"], audit["invalid_policies"]) == (
+            "misconfigured",
+            ["invalid-allow", "invalid-deny"],
+        )
+        assert audit["reason"].startswith("policy 'invalid-deny' is invalid and may be a deny")
+        assert outcomes(metrics) == ["misconfigured"]
+        assert [m["InvalidPolicies"] for m in metrics if "InvalidPolicies" in m] == [[2.0]]
+    finally:
+        for item_id in items:
+            dynamodb.delete_item(TableName=deployment.policy_table, Key={"id": {"S": item_id}})

@@ -33,6 +33,7 @@ from tokex.errors import (
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
+    Misconfigured,
     RateLimited,
     TemporarilyUnavailable,
     TokexError,
@@ -293,6 +294,17 @@ def test_the_audit_names_the_stored_policies_that_do_not_validate(world: World) 
     audit = ExchangeAudit()
     world.exchange(audit=audit)
     assert audit.invalid_policies == ("broken-allow",)
+
+
+def test_a_load_that_invalid_policies_block_still_names_them(world: World) -> None:
+    """An invalid item that may be a deny makes the load fail (503 misconfigured): the
+    audit line names every invalid item all the same, for the `InvalidPolicies` alarm."""
+    world.invalid_ids = ("broken-allow", "broken-deny")
+    world.policies_error = Misconfigured("policies are being updated; retry later")
+    audit = ExchangeAudit()
+    with pytest.raises(Misconfigured):
+        world.exchange(audit=audit)
+    assert audit.invalid_policies == ("broken-allow", "broken-deny")
 
 
 def test_without_an_admission_store_the_policies_follow_sts(world: World) -> None:

@@ -97,3 +97,44 @@ def test_the_origin_gate_refuses_any_odd_header_value(function: str) -> None:
     assert [(status, body["error"]) for status, _, body in answers] == [
         (403, "invalid_request")
     ] * len(events)
+
+
+# Each metric the endpoint writes, as CloudWatch reads it: its name, dimension names and
+# their values (one request to a path no route serves, then the exchange's own
+# `InvalidPolicies`).
+METRICS_PROBE = (
+    LOAD_HANDLER
+    + """
+import contextlib, io, json
+written = io.StringIO()
+with contextlib.redirect_stdout(written):  # the metrics are printed
+    handler.lambda_handler(json.loads(sys.argv[2]), Context())
+    handler.endpoint.count("InvalidPolicies", 2)
+metrics = []
+for line in written.getvalue().splitlines():
+    blob = json.loads(line)
+    for directive in blob.get("_aws", {}).get("CloudWatchMetrics", []):
+        for metric in directive["Metrics"]:
+            [names] = directive["Dimensions"]
+            metrics.append([metric["Name"], {name: blob[name] for name in names}])
+print(json.dumps(metrics))
+"""
+)
+
+
+@pytest.mark.parametrize(("stack", "dimension"), [("Orders", "Orders"), (None, "local")])
+def test_every_metric_is_dimensioned_by_its_stack(stack: str | None, dimension: str) -> None:
+    """Two stacks in one account and Region share the namespace: each metric names its
+    stack (TOKEX_STACK_NAME, set by the CDK app; "local" outside a deployment), so an
+    alarm counts one stack's requests alone."""
+    env = {"POWERTOOLS_METRICS_DISABLED": "false", "POWERTOOLS_SERVICE_NAME": "tokex"}
+    metrics = run_probe(
+        METRICS_PROBE,
+        FUNCTIONS / "exchange" / "handler.py",
+        json.dumps(CRASH),
+        env=env if stack is None else {**env, "TOKEX_STACK_NAME": stack},
+    )
+    assert metrics == [
+        ["Exchanges", {"outcome": "refused", "service": "tokex", "stack": dimension}],
+        ["InvalidPolicies", {"service": "tokex", "stack": dimension}],
+    ]

@@ -4,6 +4,7 @@ certificates, the tag lookup, the issuers' keys)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,28 @@ def test_both_off_needs_no_state_table(monkeypatch) -> None:
     assert build_token_exchange(Settings.from_env({**DEPLOYMENT, **off}))._admission is None
     with_table = {**DEPLOYMENT, "TOKEX_STATE_TABLE": "state"}
     assert build_token_exchange(Settings.from_env(with_table))._admission is not None
+
+
+def test_the_calls_botocore_does_not_make_are_traced_as_the_function_says(monkeypatch) -> None:
+    """STS's call and the issuers' documents go over urllib3: each runs in the `traced`
+    the function gives (its X-Ray subsegments), which nothing else would see."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    issuers = (
+        '[{"kind": "eks", "issuer": "https://oidc.eks.us-east-1.amazonaws.com/id/0123ABCD",'
+        ' "account": "123456789012", "region": "us-east-1", "cluster": "prod"}]'
+    )
+    settings = Settings.from_env(
+        {**DEPLOYMENT, "TOKEX_STATE_TABLE": "state", "TOKEX_TRUSTED_ISSUERS": issuers}
+    )
+
+    def traced(name: str, host: str) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+    exchange = build_token_exchange(settings, traced=traced)
+    assert exchange._sts._traced is traced
+    assert exchange._issuer_keys is not None and exchange._issuer_keys()._traced is traced
+    untraced = build_token_exchange(settings)
+    assert untraced._sts._traced is not traced
 
 
 def test_built_once_builds_on_first_use_once_for_concurrent_callers() -> None:

@@ -330,8 +330,12 @@ class TokenExchange:
 
             instance = bind_instance_to_caller(instance, caller)
             audit.instance = instance.instance_id
-        policies = self._policies.policies()
-        audit.invalid_policies = self._policies.invalid_ids
+        try:
+            policies = self._policies.policies()
+        finally:
+            # Also when the load fails: an invalid item that may be a deny blocks every
+            # exchange (503 misconfigured), and the audit line names the invalid ones.
+            audit.invalid_policies = self._policies.invalid_ids
         decision = evaluate(
             policies,
             caller,

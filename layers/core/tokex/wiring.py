@@ -17,6 +17,7 @@ from tokex.adapters.kms import KmsPublicKeys, KmsSigner, unusable_key
 from tokex.adapters.policy_table import PolicyStore
 from tokex.adapters.state_table.admission import DynamoDbAdmission
 from tokex.adapters.sts import StsForwarder
+from tokex.adapters.tracing import Traced, untraced
 from tokex.errors import ConfigurationError
 from tokex.exchange import TokenExchange
 from tokex.policy.cache import CachedPolicies
@@ -35,7 +36,9 @@ T = TypeVar("T")
 # loads neither introspection nor the publisher.
 
 
-def build_token_exchange(settings: Settings) -> TokenExchange:
+def build_token_exchange(settings: Settings, *, traced: Traced = untraced) -> TokenExchange:
+    """`traced`: what each upstream call botocore does not make runs in (STS's, the
+    issuers'): the function's tracer gives X-Ray subsegments (adapters/tracing.py)."""
     if not (settings.signing_key_id and settings.policy_table):
         raise ConfigurationError("TOKEX_SIGNING_KEY_ID and TOKEX_POLICY_TABLE are required")
     admits = settings.single_use or settings.rate_limit_per_minute > 0
@@ -51,7 +54,7 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
 
     return TokenExchange(
         settings=settings,
-        sts=StsForwarder(settings.sts_connect_override),
+        sts=StsForwarder(settings.sts_connect_override, traced=traced),
         policies=CachedPolicies(
             PolicyStore(dynamodb, settings.policy_table), settings.policy_cache_seconds
         ),
@@ -72,7 +75,7 @@ def build_token_exchange(settings: Settings) -> TokenExchange:
         if admits
         else None,
         instance_tags=_instance_tag_lookup(settings, session),
-        issuer_keys=_issuer_keys(settings),
+        issuer_keys=_issuer_keys(settings, traced),
         background=background_work(),
         load_ahead=True,
     )
@@ -189,7 +192,7 @@ def _instance_tag_lookup(settings: Settings, session: object) -> TagLookup | Non
     return lambda instance: lookup()(instance)
 
 
-def _issuer_keys(settings: Settings) -> Callable[[], IssuerKeys] | None:
+def _issuer_keys(settings: Settings, traced: Traced) -> Callable[[], IssuerKeys] | None:
     """The trusted JWT issuers' keys, fetched on first use and cached per issuer; their
     adapter loads when the first JWT arrives (a signed request never loads it)."""
     if not settings.trusted_issuers:
@@ -200,7 +203,7 @@ def _issuer_keys(settings: Settings) -> Callable[[], IssuerKeys] | None:
 
         # Local mode's issuers are plain http on loopback (settings.py allows them there
         # only).
-        return OidcIssuerKeys(allow_http_loopback=settings.is_local)
+        return OidcIssuerKeys(allow_http_loopback=settings.is_local, traced=traced)
 
     return built_once(build)
 

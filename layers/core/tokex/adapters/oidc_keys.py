@@ -50,6 +50,7 @@ import urllib3
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tokex import bounded_http, deadline
+from tokex.adapters.tracing import Traced, untraced
 from tokex.errors import DeadlineExceeded, TemporarilyUnavailable
 from tokex.evidence.jwt_evidence import MAX_KID_LENGTH
 from tokex.evidence.trusted_issuers import TrustedIssuer
@@ -84,7 +85,10 @@ class _IssuerCache:
 
 
 class OidcIssuerKeys:
-    """`IssuerKeys` over each issuer's discovery document and JWKS (see the module)."""
+    """`IssuerKeys` over each issuer's discovery document and JWKS (see the module).
+
+    `traced`: what each GET runs in (adapters/tracing.py), an X-Ray subsegment `jwks
+    discovery` or `jwks jwks` (as the reasons name them) when the function traces."""
 
     def __init__(
         self,
@@ -97,6 +101,7 @@ class OidcIssuerKeys:
         ssl_context: ssl.SSLContext | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         read_timeout: float = READ_TIMEOUT_SECONDS,
+        traced: Traced = untraced,
     ) -> None:
         self._allow_http_loopback = allow_http_loopback
         self._clock = clock
@@ -105,6 +110,7 @@ class OidcIssuerKeys:
         self._backoff_seconds = min(FAILED_FETCH_BACKOFF_SECONDS, min_refetch_seconds)
         self._max_document_bytes = max_document_bytes
         self._connect_timeout = connect_timeout
+        self._traced = traced
         self._http = bounded_http.pool_manager(
             connect_timeout=connect_timeout, read_timeout=read_timeout
         )
@@ -212,8 +218,20 @@ class OidcIssuerKeys:
         )
 
     def _get_json(self, url: str, host: str, what: str) -> dict[str, Any]:
+        """`url`'s document (`_get`), a strict JSON object."""
+        with self._traced(f"jwks {what}", urlsplit(url).hostname or host):
+            data = self._get(url, host, what)
+        try:
+            document = loads_strict(data.decode("utf-8"))
+        except (ValueError, StrictJsonError):  # UnicodeDecodeError is a ValueError
+            raise _unavailable(host, f"{what}_json") from None
+        if not isinstance(document, dict):
+            raise _unavailable(host, f"{what}_json")
+        return document
+
+    def _get(self, url: str, host: str, what: str) -> bytes:
         """GET `url`: HTTP 200, no content encoding, at most max_document_bytes (read no
-        further), a strict JSON object."""
+        further)."""
         current = deadline.current()
         if current is not None:
             current.check("jwks")
@@ -243,13 +261,7 @@ class OidcIssuerKeys:
             raise _unavailable(
                 host, f"{what}_{'timeout' if timed_out else 'unreachable'}"
             ) from None
-        try:
-            document = loads_strict(data.decode("utf-8"))
-        except (ValueError, StrictJsonError):  # UnicodeDecodeError is a ValueError
-            raise _unavailable(host, f"{what}_json") from None
-        if not isinstance(document, dict):
-            raise _unavailable(host, f"{what}_json")
-        return document
+        return data
 
 
 def _failed(

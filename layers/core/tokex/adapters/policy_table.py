@@ -144,7 +144,9 @@ class PolicyStore:
             if stand_in is not None:
                 policies.append(stand_in)
         if blocking:
-            raise _blocked(blocking)
+            failure = _blocked(blocking)
+            failure.invalid_ids = tuple(sorted(invalid))
+            raise failure
         policies.sort(key=lambda p: p.id)
         return policies, sorted(invalid)
 
@@ -337,6 +339,9 @@ class PoliciesBlocked(Misconfigured):
 
     # Why, of one item ("may be a deny"): what `tokex policy get` and `list` say of it.
     what = ""
+    # Of the load it failed (`load_all`): every item that does not validate, blocking or
+    # not, as a successful load returns them (the exchange's audit names them).
+    invalid_ids: tuple[str, ...] = ()
 
 
 def _unreadable(item_id: str, what: str) -> PoliciesBlocked:

@@ -23,6 +23,7 @@ from urllib3 import HTTPHeaderDict
 
 from tokex import bounded_http, deadline, identifiers
 from tokex.adapters import errors
+from tokex.adapters.tracing import Traced, untraced
 from tokex.errors import DeadlineExceeded, InvalidGrant, TemporarilyUnavailable
 from tokex.evidence.identity import CallerIdentity
 from tokex.evidence.sigv4_request import StsRequest
@@ -58,7 +59,10 @@ class StsForwarder:
     """Sends a verified `StsRequest` to STS and returns who STS says signed it (the
     `CallerIdentityVerifier` of exchange.py). Its 503 reasons follow errors.py's format,
     `sts GetCallerIdentity: <why> (<STS host>)`: why is STS's error code (`Throttling`),
-    else `HTTP <status>`, `timeout` or `unreachable`; the host names the Region."""
+    else `HTTP <status>`, `timeout` or `unreachable`; the host names the Region.
+
+    `traced`: what each call to STS runs in (adapters/tracing.py), an X-Ray subsegment
+    `sts GetCallerIdentity` when the function traces."""
 
     def __init__(
         self,
@@ -67,16 +71,19 @@ class StsForwarder:
         connect_timeout: float = 2.0,
         read_timeout: float = 5.0,
         max_response_bytes: int = 64 * 1024,
+        traced: Traced = untraced,
     ) -> None:
         # Local mode and tests: the TCP destination only; Host stays the signed STS host.
         self._connect_override = connect_override.rstrip("/") if connect_override else None
         self._max_response_bytes = max_response_bytes
+        self._traced = traced
         self._http = bounded_http.pool_manager(
             connect_timeout=connect_timeout, read_timeout=read_timeout
         )
 
     def get_caller_identity(self, req: StsRequest) -> CallerIdentity:
-        status, headers, data = self._post(req)
+        with self._traced("sts GetCallerIdentity", req.host):
+            status, headers, data = self._post(req)
         if status == 429 or 500 <= status <= 599:
             raise _retry_later(req.host, status, headers, data)
         if len(data) > self._max_response_bytes:

@@ -73,6 +73,9 @@ class CachedPolicies:
                     policies, invalid_ids = self._store.load_all()
                 except TemporarilyUnavailable as failure:
                     self._failure = failure.again()
+                    # A load that an invalid item blocks (PoliciesBlocked) still says which
+                    # items do not validate.
+                    self._invalid_ids = getattr(failure, "invalid_ids", self._invalid_ids)
                     raise
                 finally:
                     self._reloads += 1
@@ -87,9 +90,10 @@ class CachedPolicies:
 
     @property
     def invalid_ids(self) -> tuple[str, ...]:
-        """Ids of stored documents the last successful load could not read: skipped, or a
-        deny standing in for them. Each exchange's audit line names them
-        (`invalid_policies`) and counts them (the `InvalidPolicies` metric, for an alarm)."""
+        """Ids of stored documents the last load could not read (a successful one, or one
+        an item that may be a deny blocked): skipped, or a deny standing in for them. Each
+        exchange's audit line names them (`invalid_policies`) and counts them (the
+        `InvalidPolicies` metric, for an alarm)."""
         with self._lock:
             return self._invalid_ids
 
