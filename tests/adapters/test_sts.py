@@ -366,6 +366,21 @@ def expected_error(reason: str) -> tuple[type[Exception], str]:
     return InvalidGrant, "STS response could not be verified"
 
 
+@pytest.mark.parametrize(
+    ("asked", "answered"),
+    [("17", "17"), ("0", "1"), ("60", "60"), ("99999999", "60"), ("soon", "5"), ("-3", "5")],
+)
+def test_sts_retry_after_is_passed_on_within_bounds(
+    fake_sts: FakeSts, asked: str, answered: str
+) -> None:
+    """STS's own Retry-After, at least 1 s and at most 60 s (a longer one is the cap, not
+    the 5 s default); one that is no number of seconds, the default."""
+    fake_sts.response = (503, {"Retry-After": asked}, b"")
+    with pytest.raises(TemporarilyUnavailable) as caught:
+        StsForwarder(fake_sts.url).get_caller_identity(verified_request(Credentials("A" * 20, "s")))
+    assert caught.value.headers() == {"Retry-After": answered}
+
+
 @pytest.mark.parametrize("case", list(UPSTREAM_CASES))
 def test_group6_upstream_answers(fake_sts: FakeSts, case: str) -> None:
     status, headers, body, reason = UPSTREAM_CASES[case]

@@ -165,7 +165,9 @@ def _retry_later(
     only: the description is the same whatever STS said), else the HTTP status."""
     seconds = DEFAULT_RETRY_AFTER_SECONDS
     retry_after = headers.get("Retry-After")
-    if retry_after and re.fullmatch(r"[0-9]{1,4}", retry_after):
+    # Delta-seconds (RFC 9110 §10.2.3), capped: a longer one asks for the cap, not the
+    # default (the digits bounded only so that no huge number is parsed).
+    if retry_after and re.fullmatch(r"[0-9]{1,18}", retry_after):
         seconds = min(max(int(retry_after), 1), MAX_RETRY_AFTER_SECONDS)
     code = _error_code(data)
     detail = code if code and _LOGGED_CODE.fullmatch(code) else f"HTTP {status}"
