@@ -10,8 +10,10 @@ clients (adapters/aws_clients.py) under a request deadline, as the handlers call
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -184,3 +186,80 @@ def test_an_xml_service_answer_that_does_not_parse_is_unavailable(
     with pytest.raises(TemporarilyUnavailable) as failed, request_deadline(5):
         lookup(identity())
     assert failed.value.reason == "sts AssumeRole: ResponseParserError"
+
+
+@contextlib.contextmanager
+def raw_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A loopback HTTP/1.1 server of `handler`'s own answers; its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class Quiet(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_json_success_in_utf_16_is_no_answer(serve: Callable[[Answer], Scripted]) -> None:
+    """botocore reads a body as UTF-8: a UTF-16 one would be read as no item (401
+    `invalid_client` for a client that exists)."""
+    item = b'{"Item": {"id": {"S": "client#tc_0123456789abcdef0123"}}}'
+    server = serve((200, JSON_10, item.decode().encode("utf-16")))
+    store = ClientStore(client("dynamodb", server), "state")
+    with pytest.raises(TemporarilyUnavailable) as failed, request_deadline(5):
+        store.authenticate("tc_0123456789abcdef0123", "s" * 43)
+    assert failed.value.reason == "dynamodb GetItem: MalformedResponse"
+
+
+def test_a_chunked_answer_past_the_cap_is_not_read_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Content-Length to refuse it by: the read stops past the cap."""
+    monkeypatch.setattr(aws_clients, "MAX_RESPONSE_BYTES", 1024)
+
+    class Chunked(Quiet):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-amz-json-1.0")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client hangs up past its cap
+                for _ in range(64):  # 64 KiB in all, 1 KiB a chunk
+                    self.wfile.write(b"400\r\n" + b" " * 1024 + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+
+    with raw_server(Chunked) as url, pytest.raises(aws_clients.MalformedResponse) as failed:
+        dynamodb = aws_clients.client(
+            "dynamodb", endpoint_url=url, region_name="us-east-1",
+            aws_access_key_id="AKIAEXAMPLEEXAMPLE00", aws_secret_access_key="secret",
+        )  # fmt: skip
+        with request_deadline(5):
+            dynamodb.get_item(TableName="t", Key={"id": {"S": "x"}})
+    assert "over 1024 bytes" in str(failed.value)
+
+
+def test_a_head_answer_declares_a_body_it_does_not_carry() -> None:
+    """HEAD's Content-Length is the object's size (RFC 9110 §8.6), not a body to refuse."""
+
+    class Head(Quiet):
+        def do_HEAD(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(20 * 1024 * 1024))
+            self.send_header("ETag", '"0123456789abcdef0123456789abcdef"')
+            self.end_headers()
+
+    with raw_server(Head) as url:
+        s3 = aws_clients.client(
+            "s3", endpoint_url=url, region_name="us-east-1",
+            aws_access_key_id="AKIAEXAMPLEEXAMPLE00", aws_secret_access_key="secret",
+        )  # fmt: skip
+        with request_deadline(5):
+            head = s3.head_object(Bucket="issuer", Key="k")
+    assert head["ContentLength"] == 20 * 1024 * 1024

@@ -33,11 +33,14 @@ class FakeStore:
         self.loads = 0
         self.fail = False
         self.delay = 0.0
+        self.errors: list[Exception] = []  # raised by the next loads, one each
 
     def load_all(self) -> tuple[list[Policy], list[str]]:
         self.loads += 1
         if self.delay:
             time.sleep(self.delay)
+        if self.errors:
+            raise self.errors.pop(0)
         if self.fail:
             raise TemporarilyUnavailable("down", reason="dynamodb Scan: ThrottlingException")
         return list(self.policies), list(self.invalid)
@@ -208,3 +211,47 @@ def test_by_default_a_frozen_environments_sleep_counts(monkeypatch) -> None:
     store.policies = []  # removed while the environment sleeps
     wall[0] += 600  # frozen for ten minutes: the monotonic clock did not move
     assert cache.policies() == [] and store.loads == 2
+
+
+def test_a_reload_that_ran_out_of_its_callers_time_is_not_shared() -> None:
+    """The reload in flight fails for want of its own request's time (DeadlineExceeded):
+    a request that waited for it, with time of its own, reloads rather than answer 503."""
+    store, clock = FakeStore(), Clock()
+    cache = CachedPolicies(store, 30, clock=clock)
+    store.delay, store.errors = 0.3, [DeadlineExceeded("dynamodb")]
+    first: list[object] = []
+
+    def hurried() -> None:
+        with pytest.raises(DeadlineExceeded) as failed:
+            cache.policies()
+        first.append(failed.value.reason)
+
+    thread = threading.Thread(target=hurried)
+    thread.start()
+    while store.loads == 0:
+        time.sleep(0.001)
+    with request_deadline(5):
+        assert [p.id for p in cache.policies()] == ["one"]  # its own reload
+    thread.join(30)
+    assert first == ["deadline:dynamodb"] and store.loads == 2
+
+
+def test_the_invalid_ids_are_read_without_waiting_for_a_reload_in_flight() -> None:
+    """What an exchange past its deadline reads for its audit line: never held up by the
+    reload it gave up waiting for."""
+    store, clock = FakeStore(), Clock()
+    store.invalid = ["broken"]
+    cache = CachedPolicies(store, 30, clock=clock)
+    cache.policies()
+    clock.now += 30
+    release = threading.Event()
+    store.load_all = lambda: (release.wait(30), ([], []))[1]  # type: ignore[method-assign]
+    reloading = threading.Thread(target=cache.policies)
+    reloading.start()
+    reader = threading.Thread(target=lambda: cache.invalid_ids)
+    reader.start()
+    reader.join(5)
+    stuck = reader.is_alive()
+    release.set()
+    reloading.join(30)
+    assert not stuck and cache.invalid_ids == ()

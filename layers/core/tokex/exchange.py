@@ -378,7 +378,7 @@ class TokenExchange:
         (their own locks: the exchange then waits for that load); a failure here is
         dropped: the exchange loads again what it asks for after it, and the signing key
         while it is in flight (the policies' load in flight it shares, failure and all,
-        policy/cache.py). Once per
+        shared_load.py). Once per
         environment, so requests that get no further than STS cannot make tokex call
         KMS or DynamoDB again and again."""
         if not self._load_ahead_pending:

@@ -20,7 +20,6 @@ client learns, so a gateway of one API cannot read the tokens of another).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ from typing import Any, Protocol
 
 from jwt.algorithms import get_default_algorithms
 
-from tokex import base64url, deadline, identifiers
+from tokex import base64url, identifiers
 from tokex.clock import SuspendAwareClock
-from tokex.errors import TemporarilyUnavailable
+from tokex.shared_load import SharedLoad
 from tokex.strict_json import MAX_TOKEN_JSON_DEPTH, StrictJsonError, loads_strict
 from tokex.tokens.jws import ACCESS_TOKEN_TYP
 
@@ -95,36 +94,24 @@ class PublishedKeys:
         self._fetch = fetch
         self._ttl = ttl_seconds
         self._clock = clock or SuspendAwareClock()  # a frozen environment's sleep counts
-        self._lock = threading.Lock()
+        self._fetches = SharedLoad("kms")
         self._keys: dict[str, tuple[str, Any]] = {}
         self._loaded_at: float | None = None
-        self._fetches = 0  # fetches ended, so that a waiter can tell one ended meanwhile
-        self._failure: TemporarilyUnavailable | None = None  # the last fetch's, if it failed
 
     def get(self, kid: str) -> tuple[str, Any] | None:
-        """(alg, verification key) of the published key `kid`, or None."""
-        # Concurrent requests on a stale copy wait (no longer than their deadline) for one
-        # fetch and share its outcome, a failure included; the next call fetches again.
-        fetches_before = self._fetches
-        deadline.acquire_within_deadline(self._lock, "kms")
-        try:
-            now = self._clock()
-            if self._loaded_at is None or now - self._loaded_at >= self._ttl:
-                if self._fetches != fetches_before and self._failure is not None:
-                    raise self._failure.again()  # the fetch it waited for failed
-                self._failure = None
-                try:
-                    keys = _prepare_keys(self._fetch())
-                except TemporarilyUnavailable as failure:
-                    self._failure = failure.again()
-                    raise
-                finally:
-                    self._fetches += 1
-                self._keys = keys
-                self._loaded_at = now
-            return self._keys.get(kid)
-        finally:
-            self._lock.release()
+        """(alg, verification key) of the published key `kid`, or None. A stale copy is
+        fetched again first (one fetch for the requests that find it stale together, its
+        outcome theirs: shared_load.py)."""
+        self._fetches(self._stale, self._fetch_keys)
+        return self._keys.get(kid)
+
+    def _stale(self) -> bool:
+        return self._loaded_at is None or self._clock() - self._loaded_at >= self._ttl
+
+    def _fetch_keys(self) -> None:
+        now = self._clock()
+        self._keys = _prepare_keys(self._fetch())
+        self._loaded_at = now
 
 
 def _prepare_keys(jwks: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, Any]]:

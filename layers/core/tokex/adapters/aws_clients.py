@@ -189,7 +189,7 @@ def _send_within_deadline(
         )
         if request.stream_output:
             return AWSResponse(request.url, raw.status, raw.headers, raw)
-        body = _read_whole(raw, service)
+        body = _read_whole(raw, service, has_body=_has_body(request.method, raw.status))
         if json_protocol and 200 <= raw.status < 300 and not _is_json_object(body):
             raise MalformedResponse(service=service, detail="a success that is no JSON object")
         return AWSResponse(request.url, raw.status, raw.headers, _ReadBody(body))
@@ -199,10 +199,16 @@ def _send_within_deadline(
         raise _as_botocore_error(exc, request) from None
 
 
-def _read_whole(raw: Any, service: str) -> bytes:
+def _has_body(method: str, status: int) -> bool:
+    """Whether the answer carries the body its Content-Length declares (RFC 9110 §8.6: a
+    HEAD's declares the GET's, a 204's and a 304's none of their own)."""
+    return method != "HEAD" and status not in (204, 304)
+
+
+def _read_whole(raw: Any, service: str, *, has_body: bool) -> bytes:
     """The body, at most MAX_RESPONSE_BYTES (the connection is dropped past that)."""
     declared = raw.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+    if has_body and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
         raw.close()
         raise MalformedResponse(service=service, detail=f"{declared} bytes")
     body: bytes = raw.read(MAX_RESPONSE_BYTES + 1)
@@ -213,8 +219,10 @@ def _read_whole(raw: Any, service: str) -> bytes:
 
 
 def _is_json_object(body: bytes) -> bool:
+    """Whether botocore will read `body` as the JSON object it is: as UTF-8, as botocore
+    decodes it (json.loads would take UTF-16 too, which botocore reads as no result)."""
     try:
-        return isinstance(json.loads(body), dict)
+        return isinstance(json.loads(body.decode("utf-8")), dict)
     except ValueError:  # UnicodeDecodeError included
         return False
 

@@ -13,6 +13,8 @@ the operator; anything else (throttling, a 5xx, no connection, a timeout) passes
 
 from __future__ import annotations
 
+from typing import Any
+
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.parsers import ResponseParserError
 
@@ -79,3 +81,12 @@ def unavailable(
     if detail in CONFIGURATION_ERRORS:
         return Misconfigured(description, reason=failed)
     return TemporarilyUnavailable(description, reason=failed)
+
+
+def scan_items(page: dict[str, Any], description: str) -> list[Any]:
+    """A DynamoDB Scan page's items: it always lists them, none or some, so a page without
+    the list is no answer (`description`'s 503), never "no items"."""
+    items = page.get("Items")
+    if not isinstance(items, list):
+        raise unavailable(description, "dynamodb", "Scan", "malformed response")
+    return items

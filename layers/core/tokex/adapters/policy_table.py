@@ -171,10 +171,7 @@ class PolicyStore:
             request["Limit"] = self._page_size
         while True:
             page = self._call("Scan", **request)
-            items = page.get("Items")
-            if not isinstance(items, list):  # DynamoDB always lists them, none or some
-                raise errors.unavailable(_UNAVAILABLE, "dynamodb", "Scan", "malformed response")
-            yield from items
+            yield from errors.scan_items(page, _UNAVAILABLE)
             last_key = page.get("LastEvaluatedKey")
             if not last_key:
                 return

@@ -9,15 +9,14 @@ not quietly keep answering from policies an operator may have since disabled or 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from tokex import deadline
 from tokex.clock import SuspendAwareClock
 from tokex.errors import TemporarilyUnavailable
 from tokex.policy.model import Policy
 from tokex.settings import MAX_POLICY_CACHE_SECONDS
+from tokex.shared_load import SharedLoad
 
 log = logging.getLogger(__name__)
 
@@ -49,55 +48,46 @@ class CachedPolicies:
         self._store = store
         self._ttl = ttl_seconds
         self._clock = clock or SuspendAwareClock()
-        self._lock = threading.Lock()
+        self._loads = SharedLoad("dynamodb")
         self._policies: tuple[Policy, ...] = ()
         self._invalid_ids: tuple[str, ...] = ()
         self._loaded_at: float | None = None
-        self._reloads = 0  # reloads ended, so that a waiter can tell one ended meanwhile
-        self._failure: TemporarilyUnavailable | None = None  # the last reload's, if it failed
 
     def policies(self) -> list[Policy]:
-        """The current policies: from memory while fresh, otherwise reloaded first."""
-        # One lock around check-and-reload: concurrent requests on a stale cache wait (no
-        # longer than their deadline) for a single reload and share its outcome, a failure
-        # included, instead of each scanning the table in turn.
-        reloads_before = self._reloads
-        deadline.acquire_within_deadline(self._lock, "dynamodb")
+        """The current policies: from memory while fresh, otherwise reloaded first (one
+        reload for the requests that find them stale together, its outcome theirs:
+        shared_load.py)."""
+        self._loads(self._stale, self._reload)
+        return list(self._policies)
+
+    def _stale(self) -> bool:
+        return self._loaded_at is None or self._clock() - self._loaded_at >= self._ttl
+
+    def _reload(self) -> None:
+        now = self._clock()
         try:
-            now = self._clock()
-            if self._loaded_at is None or now - self._loaded_at >= self._ttl:
-                if self._reloads != reloads_before and self._failure is not None:
-                    raise self._failure.again()  # the reload it waited for failed
-                self._failure = None
-                try:
-                    policies, invalid_ids = self._store.load_all()
-                except TemporarilyUnavailable as failure:
-                    self._failure = failure.again()
-                    # A load that an invalid item blocks (PoliciesBlocked) still says which
-                    # items do not validate.
-                    self._invalid_ids = getattr(failure, "invalid_ids", self._invalid_ids)
-                    raise
-                finally:
-                    self._reloads += 1
-                self._policies = tuple(policies)
-                self._invalid_ids = tuple(invalid_ids)
-                self._loaded_at = now
-                if invalid_ids:
-                    log.warning("policies skipped as invalid: %s", ", ".join(invalid_ids))
-            return list(self._policies)
-        finally:
-            self._lock.release()
+            policies, invalid_ids = self._store.load_all()
+        except TemporarilyUnavailable as failure:
+            # A load that an invalid item blocks (PoliciesBlocked) still says which items
+            # do not validate.
+            self._invalid_ids = getattr(failure, "invalid_ids", self._invalid_ids)
+            raise
+        self._policies = tuple(policies)
+        self._invalid_ids = tuple(invalid_ids)
+        self._loaded_at = now
+        if invalid_ids:
+            log.warning("policies skipped as invalid: %s", ", ".join(invalid_ids))
 
     @property
     def invalid_ids(self) -> tuple[str, ...]:
         """Ids of stored documents the last load could not read (a successful one, or one
         an item that may be a deny blocked): skipped, or a deny standing in for them. Each
         exchange's audit line names them (`invalid_policies`) and counts them (the
-        `InvalidPolicies` metric, for an alarm)."""
-        with self._lock:
-            return self._invalid_ids
+        `InvalidPolicies` metric, for an alarm). Read without waiting for a reload in
+        flight (one tuple, replaced whole): a request past its deadline reads it too."""
+        return self._invalid_ids
 
     def invalidate(self) -> None:
         """Forget the copy: the next call reloads (e.g. after an operator's write)."""
-        with self._lock:
+        with self._loads.lock:
             self._loaded_at = None

@@ -201,10 +201,7 @@ class ClientStore:
         }
         while True:
             page = self._call("Scan", **request)
-            items = page.get("Items")
-            if not isinstance(items, list):  # DynamoDB always lists them, none or some
-                raise errors.unavailable(_UNAVAILABLE, "dynamodb", "Scan", "malformed response")
-            yield from items
+            yield from errors.scan_items(page, _UNAVAILABLE)
             if not page.get("LastEvaluatedKey"):
                 return
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
