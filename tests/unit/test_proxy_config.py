@@ -154,6 +154,10 @@ def test_the_endpoint_may_come_from_the_environment() -> None:
         (document(endpoint="http://auth.example.com"), "endpoint", "plain http"),
         (document(listen="192.0.2.10:8080"), "listen", "not a loopback address"),
         (document(listen="127.0.0.1"), "listen", "is not HOST:PORT"),
+        # Read as host `[:` port 1, then "not a loopback address" or, allowed, a bind error.
+        (document(listen="[::1"), "listen", "is not HOST:PORT"),
+        (document(listen="::1:8080"), "listen", "is not HOST:PORT"),
+        (document(listen="[::1]]:8080"), "listen", "is not HOST:PORT"),
         (document(listen="127.0.0.1:70000"), "listen", "is not HOST:PORT"),
         # int() raised ValueError over 4,300 digits: an internal error.
         (document(listen="127.0.0.1:" + "1" * 4301), "listen", "is not HOST:PORT"),

@@ -266,10 +266,13 @@ def _address(value: Any, key: str, allow_non_loopback: bool) -> Address:
     if not isinstance(value, str):
         raise ProxyConfigError(key, "must be a string HOST:PORT, e.g. 127.0.0.1:8080")
     host, _, port = value.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
     # At most 5 digits before int(), which refuses (ValueError) over 4,300.
     is_port = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535
-    if not host or not is_port:
+    # An IPv6 address only in brackets, whole: `[::1` is no host `[:` with port 1.
+    half_bracketed = "[" in host or "]" in host or (":" in host and not bracketed)
+    if not host or not is_port or half_bracketed:
         raise ProxyConfigError(key, f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
     if problem := host_problem(host):
         raise ProxyConfigError(key, f"{value!r}: its host {problem}")
