@@ -12,12 +12,17 @@ Only this file can say it: pyproject's declarative `packages.find` cannot give a
 name other than its folder's (`functions` would be a poor top-level name in site-packages).
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 setup(
     package_dir={"": "layers/core", "tokex_functions": "functions"},
     packages=[
-        *find_packages("layers/core", include=["tokex", "tokex.*"]),
+        # Namespace packages too: the folders of AWS's instance-identity certificates
+        # (tokex/evidence/certs/...) hold data only, and setuptools ships a data folder
+        # only as a package (it warns that others would be dropped).
+        *find_namespace_packages(
+            "layers/core", include=["tokex", "tokex.*"], exclude=["*.__pycache__"]
+        ),
         "tokex_functions",
         *(f"tokex_functions.{name}" for name in find_packages("functions")),
     ],
