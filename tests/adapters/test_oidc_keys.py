@@ -352,6 +352,30 @@ def test_a_rotated_key_is_fetched_once_and_a_flood_of_random_kids_costs_one_fetc
     assert keys.key(issuer, "k1") is not None
 
 
+def test_by_default_a_wall_clock_set_back_does_not_stop_the_refetch(
+    server: IssuerServer, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default clock, as wiring builds the adapter: the wall clock stepped back an hour
+    (NTP, an operator) must not leave a rotated key unknown, nor a withdrawn one trusted,
+    for that hour; the monotonic clock still counts."""
+    monotonic, wall = [100.0], [1_800_000_000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: monotonic[0])
+    monkeypatch.setattr(time, "time", lambda: wall[0])
+    keys = OidcIssuerKeys(
+        refresh_seconds=REFRESH, min_refetch_seconds=MIN_REFETCH, ssl_context=pki.client
+    )
+    server.publish(rsa_jwk("k1"))
+    issuer = issuer_of(server)
+    assert keys.key(issuer, "k1") is not None
+    server.publish(rsa_jwk("k2", ROTATED_KEY))  # k1 withdrawn, k2 added
+    wall[0] -= 3600
+    monotonic[0] += MIN_REFETCH
+    assert keys.key(issuer, "k2") is not None
+    assert server.count(JWKS_PATH) == 2
+    monotonic[0] += REFRESH
+    assert keys.key(issuer, "k1") is None
+
+
 def test_caches_are_per_issuer(pki: Pki, clock: FakeClock) -> None:
     servers = [serve(pki.server), serve(pki.server)]
     first, second = (next(generator) for generator in servers)

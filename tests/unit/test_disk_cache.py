@@ -154,10 +154,42 @@ def test_a_token_past_80_percent_of_its_lifetime_is_not_reused(issuer, capsys, t
     assert token(issuer, capsys, *ask)[1] == "token-1"
     [file] = cache_files(tmp_path)
     entry = json.loads(file.read_text())
-    entry["obtained_at"] -= 0.8 * 900  # written 12 minutes ago
+    entry["obtained_at"] -= 0.8 * 900  # written 12 minutes ago, by both clocks
+    if "boot" in entry:  # Linux: the boot clock's reading too
+        entry["boot"][1] -= 0.8 * 900
     file.write_text(json.dumps(entry))
     assert token(issuer, capsys, *ask)[1] == "token-2"
     assert token(issuer, capsys, *ask)[1] == "token-2"
+
+
+def test_a_tokens_age_is_counted_on_the_boot_clock_in_its_boot(tmp_path) -> None:
+    """A wall clock set back after the write (NTP correcting a clock that was ahead) made
+    an expired token look fresh, with a positive expires_in. Within the boot it was
+    written in, its age is the boot clock's; in another boot, the wall clock's."""
+    path = tmp_path / ("x" + disk_cache.FILE_SUFFIX)
+    written = ("boot-a", 50.0)
+    disk_cache.write_cached(
+        path, {"access_token": "t", "expires_in": 900}, now=1000.0, boot=written
+    )
+    # 850 s later by the boot clock, the wall clock set back 300 s: past 80 % (720 s).
+    assert disk_cache.read_cached(path, now=1550.0, boot=("boot-a", 900.0)) is None
+    # 100 s later, the wall clock set back 500 s: fresh, counted from its write.
+    later = disk_cache.read_cached(path, now=600.0, boot=("boot-a", 150.0))
+    assert later == {"access_token": "t", "expires_in": 799}
+    # A boot clock that went back is no reading of this boot's: stale.
+    assert disk_cache.read_cached(path, now=1100.0, boot=("boot-a", 10.0)) is None
+    # Another boot: the wall clock, which here is set back: stale.
+    assert disk_cache.read_cached(path, now=700.0, boot=("boot-b", 5.0)) is None
+    assert disk_cache.read_cached(path, now=1100.0, boot=("boot-b", 5.0))["expires_in"] == 799
+
+
+def test_the_boot_clock_reads_this_boot() -> None:
+    reading = disk_cache.boot_clock()
+    if not disk_cache.BOOT_ID_FILE.exists():
+        assert reading is None
+        return
+    assert reading is not None and reading[0] == disk_cache.BOOT_ID_FILE.read_text().strip()
+    assert reading[1] > 0
 
 
 def test_read_cached_rules(tmp_path) -> None:

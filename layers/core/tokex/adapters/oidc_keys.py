@@ -39,7 +39,6 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tokex import bounded_http, deadline
 from tokex.adapters.tracing import Traced, untraced
+from tokex.clock import SuspendAwareClock
 from tokex.errors import DeadlineExceeded, TemporarilyUnavailable
 from tokex.evidence.jwt_evidence import MAX_KID_LENGTH
 from tokex.evidence.trusted_issuers import TrustedIssuer
@@ -94,7 +94,7 @@ class OidcIssuerKeys:
         self,
         *,
         allow_http_loopback: bool = False,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         refresh_seconds: float = 3600,
         min_refetch_seconds: float = 60,
         max_document_bytes: int = 64 * 1024,
@@ -104,7 +104,9 @@ class OidcIssuerKeys:
         traced: Traced = untraced,
     ) -> None:
         self._allow_http_loopback = allow_http_loopback
-        self._clock = clock
+        # Ages on a clock that a wall-clock step back cannot stop (a frozen environment's
+        # sleep counted), as every other cache's: unless given.
+        self._clock = clock or SuspendAwareClock()
         self._refresh_seconds = refresh_seconds
         self._min_refetch_seconds = min_refetch_seconds
         self._backoff_seconds = min(FAILED_FETCH_BACKOFF_SECONDS, min_refetch_seconds)

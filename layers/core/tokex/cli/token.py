@@ -307,6 +307,7 @@ def _token_response(
                 print(f"tokex token: cached token from {cache_file}", file=sys.stderr)
             return cached
     sent = time.time()  # the cached lifetime counts from before it was asked for
+    sent_boot = disk_cache.boot_clock() if cache_file is not None else None
     # --timeout bounds the IMDS reads and the exchange together; the reads get at most
     # half of it, so that `auto` without IMDS still has time for the exchange.
     ends = time.monotonic() + timeout
@@ -329,7 +330,7 @@ def _token_response(
         )
     if cache_file is not None:
         try:
-            disk_cache.write_cached(cache_file, response, now=sent)
+            disk_cache.write_cached(cache_file, response, now=sent, boot=sent_boot)
         except OSError as err:  # the token is good: print it, say why it was not kept
             print(f"tokex token: --cache-dir: not cached: {err}", file=sys.stderr)
         # Expired tokens of earlier role sessions (docs/contract.md "Command line").

@@ -85,14 +85,39 @@ def cache_file_name(
     return hashlib.sha256(material.encode()).hexdigest() + FILE_SUFFIX
 
 
-def read_cached(path: Path, *, now: float | None = None) -> dict[str, Any] | None:
+# Where Linux names the running boot: a boot clock's readings compare within one boot only.
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+BootReading = tuple[str, float]  # (the boot's id, seconds since it began, suspend counted)
+
+
+def boot_clock() -> BootReading | None:
+    """A reading of a clock that no one sets (CLOCK_BOOTTIME, suspend counted), with the
+    boot it belongs to; None where there is none (not Linux)."""
+    try:
+        boot_id = BOOT_ID_FILE.read_text(encoding="ascii").strip()
+        return boot_id, time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (OSError, AttributeError, ValueError):  # AttributeError: no CLOCK_BOOTTIME
+        return None
+
+
+def read_cached(
+    path: Path, *, now: float | None = None, boot: BootReading | None = None
+) -> dict[str, Any] | None:
     """The cached token response, its `expires_in` counted from now, if it has more than
-    20 % of its lifetime left; None for a missing, unsafe, unreadable or stale file."""
-    now = time.time() if now is None else now
+    20 % of its lifetime left; None for a missing, unsafe, unreadable or stale file.
+
+    A token's age is counted on the boot clock when the file was written in this boot
+    (`boot`, read now unless `now` is given): a wall clock set back after the write (NTP
+    correcting a clock that was ahead, an operator) would otherwise make an expired token
+    look fresh. Otherwise on the wall clock, where a clock set back counts as stale."""
+    if now is None:
+        now, boot = time.time(), boot_clock()
     entry = _own_entry(path)
     if entry is None:
         return None
-    obtained_at, response, token = entry
+    obtained_at, response, token, written_boot = entry
+    if boot is not None and written_boot is not None and boot[0] == written_boot[0]:
+        now = obtained_at + (boot[1] - written_boot[1])  # a boot clock only moves on
     if not obtained_at <= now < token.refresh_at:  # a clock set back counts as stale
         return None
     return {**response, "expires_in": int(token.expires_at - now)}
@@ -121,9 +146,12 @@ def prune_expired(directory: Path, *, now: float | None = None) -> int:
     return removed
 
 
-def _own_entry(path: Path) -> tuple[float, dict[str, Any], CachedToken] | None:
-    """(obtained_at, response, token) of a cache file this user wrote with mode 0600, not
-    through a symlink; None for anything else."""
+def _own_entry(
+    path: Path,
+) -> tuple[float, dict[str, Any], CachedToken, BootReading | None] | None:
+    """(obtained_at, response, token, the boot clock's reading at obtained_at if kept) of a
+    cache file this user wrote with mode 0600, not through a symlink; None for anything
+    else."""
     data = read_own_private(path, MAX_FILE_BYTES)
     if data is None:
         return None
@@ -138,15 +166,32 @@ def _own_entry(path: Path) -> tuple[float, dict[str, Any], CachedToken] | None:
             # What the token endpoint's answer is held to (token_client.py): a file edited
             # since would put anything into an Authorization header or onto a terminal.
             return None
-        return obtained_at, response, CachedToken.from_response(response, obtained_at=obtained_at)
+        boot = entry.get("boot")
+        written_boot = None
+        if isinstance(boot, list) and len(boot) == 2 and isinstance(boot[0], str):
+            written_boot = (boot[0], float(boot[1]))
+        token = CachedToken.from_response(response, obtained_at=obtained_at)
+        return obtained_at, response, token, written_boot
     # Not the cache's JSON; OverflowError: a number of 400 digits is no float.
     except (ValueError, TypeError, KeyError, RecursionError, OverflowError):
         return None
 
 
-def write_cached(path: Path, response: dict[str, Any], *, now: float | None = None) -> None:
-    """Atomically: a reader sees the old file or the new one, never half of one."""
-    entry = {"obtained_at": time.time() if now is None else now, "response": response}
+def write_cached(
+    path: Path,
+    response: dict[str, Any],
+    *,
+    now: float | None = None,
+    boot: BootReading | None = None,
+) -> None:
+    """Atomically: a reader sees the old file or the new one, never half of one. `now`
+    and `boot`: the wall and boot clocks when the token was asked for (both read now
+    unless `now` is given)."""
+    if now is None:
+        now, boot = time.time(), boot_clock()
+    entry: dict[str, Any] = {"obtained_at": now, "response": response}
+    if boot is not None:
+        entry["boot"] = list(boot)
     write_private(path, json.dumps(entry))
 
 
