@@ -92,26 +92,19 @@ class PublishedKeys:
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._fetch = fetch
-        self._ttl = ttl_seconds
-        self._clock = clock or SuspendAwareClock()  # a frozen environment's sleep counts
-        self._fetches = SharedLoad("kms")
+        # A frozen environment's sleep counts towards the copy's age.
+        self._fetches = SharedLoad("kms", ttl_seconds, clock or SuspendAwareClock())
         self._keys: dict[str, tuple[str, Any]] = {}
-        self._loaded_at: float | None = None
 
     def get(self, kid: str) -> tuple[str, Any] | None:
         """(alg, verification key) of the published key `kid`, or None. A stale copy is
         fetched again first (one fetch for the requests that find it stale together, its
         outcome theirs: shared_load.py)."""
-        self._fetches(self._stale, self._fetch_keys)
+        self._fetches(self._fetch_keys)
         return self._keys.get(kid)
 
-    def _stale(self) -> bool:
-        return self._loaded_at is None or self._clock() - self._loaded_at >= self._ttl
-
     def _fetch_keys(self) -> None:
-        now = self._clock()
         self._keys = _prepare_keys(self._fetch())
-        self._loaded_at = now
 
 
 def _prepare_keys(jwks: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, Any]]:

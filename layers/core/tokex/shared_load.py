@@ -20,20 +20,27 @@ from tokex.errors import DeadlineExceeded, TemporarilyUnavailable
 
 
 class SharedLoad:
-    def __init__(self, upstream: str) -> None:
+    """When what a cache holds was loaded, and its next load: due once `ttl_seconds` have
+    passed on `clock` since the last load that succeeded."""
+
+    def __init__(self, upstream: str, ttl_seconds: float, clock: Callable[[], float]) -> None:
         """`upstream`: what a wait that outlives the deadline names ("dynamodb", "kms")."""
         self._upstream = upstream
-        self.lock = threading.Lock()  # held through a load; the cache's state changes under it
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._lock = threading.Lock()  # held through a load: the cache changes under it
+        self._loaded_at: float | None = None
         self._ended = 0  # loads ended: a waiter can tell one ended while it waited
         self._failure: TemporarilyUnavailable | None = None  # the last load's, to share
 
-    def __call__(self, stale: Callable[[], bool], load: Callable[[], None]) -> None:
-        """`load()` when `stale()`, both under the lock, unless the load this call waited
-        for failed: then its failure. May raise what `load` raises, or DeadlineExceeded."""
+    def __call__(self, load: Callable[[], None]) -> None:
+        """`load()` when due, unless the load this call waited for failed: then its
+        failure. May raise what `load` raises, or DeadlineExceeded."""
         ended_before = self._ended
-        deadline.acquire_within_deadline(self.lock, self._upstream)
+        deadline.acquire_within_deadline(self._lock, self._upstream)
         try:
-            if not stale():
+            now = self._clock()
+            if self._loaded_at is not None and now - self._loaded_at < self._ttl:
                 return
             if self._ended != ended_before and self._failure is not None:
                 raise self._failure.again()  # the load it waited for failed
@@ -45,7 +52,14 @@ class SharedLoad:
             except TemporarilyUnavailable as failure:
                 self._failure = failure.again()
                 raise
+            else:
+                self._loaded_at = now  # counted from before the load
             finally:
                 self._ended += 1
         finally:
-            self.lock.release()
+            self._lock.release()
+
+    def forget(self) -> None:
+        """The next call loads (after a load in flight, if any)."""
+        with self._lock:
+            self._loaded_at = None

@@ -371,9 +371,7 @@ def _age(moment: float | None, now: float) -> float:
 def _again(failure: TemporarilyUnavailable | None) -> TemporarilyUnavailable:
     """The last fetch's failure, as a new exception (each request raises its own)."""
     assert failure is not None
-    return TemporarilyUnavailable(
-        failure.description, reason=failure.reason, retry_after=failure.retry_after
-    )
+    return failure.again()
 
 
 def _unavailable(host: str, what: str) -> TemporarilyUnavailable:

@@ -46,25 +46,18 @@ class CachedPolicies:
         if not 0 <= ttl_seconds <= MAX_POLICY_CACHE_SECONDS:
             raise ValueError(f"ttl_seconds must be 0..{MAX_POLICY_CACHE_SECONDS}")
         self._store = store
-        self._ttl = ttl_seconds
-        self._clock = clock or SuspendAwareClock()
-        self._loads = SharedLoad("dynamodb")
+        self._loads = SharedLoad("dynamodb", ttl_seconds, clock or SuspendAwareClock())
         self._policies: tuple[Policy, ...] = ()
         self._invalid_ids: tuple[str, ...] = ()
-        self._loaded_at: float | None = None
 
     def policies(self) -> list[Policy]:
         """The current policies: from memory while fresh, otherwise reloaded first (one
         reload for the requests that find them stale together, its outcome theirs:
         shared_load.py)."""
-        self._loads(self._stale, self._reload)
+        self._loads(self._reload)
         return list(self._policies)
 
-    def _stale(self) -> bool:
-        return self._loaded_at is None or self._clock() - self._loaded_at >= self._ttl
-
     def _reload(self) -> None:
-        now = self._clock()
         try:
             policies, invalid_ids = self._store.load_all()
         except TemporarilyUnavailable as failure:
@@ -74,7 +67,6 @@ class CachedPolicies:
             raise
         self._policies = tuple(policies)
         self._invalid_ids = tuple(invalid_ids)
-        self._loaded_at = now
         if invalid_ids:
             log.warning("policies skipped as invalid: %s", ", ".join(invalid_ids))
 
@@ -89,5 +81,4 @@ class CachedPolicies:
 
     def invalidate(self) -> None:
         """Forget the copy: the next call reloads (e.g. after an operator's write)."""
-        with self._loads.lock:
-            self._loaded_at = None
+        self._loads.forget()
