@@ -11,10 +11,13 @@ unless an issue or the contract gives it one. The small profile never writes the
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import io
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from benchmarks.bundle_size import bundle_figures
@@ -62,6 +65,32 @@ PROFILES = {
 CACHED_CALLS = {"full": 20_000, "small": 200}
 DEADLINE_RUNS = {"full": 5, "small": 1}
 PROXIED_REQUESTS = {"full": 2_000, "small": 20}
+# The handlers' log lines are kept this far back: a run that fails shows the audit line
+# of the exchange that failed (it names the upstream), which the error alone does not.
+KEPT_LOG_LINES = 40
+
+
+class RecentLines(io.TextIOBase):
+    """A text stream that keeps only the last `maxlen` lines written to it (the front's
+    threads write to it at once)."""
+
+    def __init__(self, maxlen: int) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=maxlen)
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *complete, self._partial = (self._partial + text).split("\n")
+            self.lines.extend(complete)
+        return len(text)
+
+    def recent(self) -> list[str]:
+        with self._lock:
+            return [*self.lines, *([self._partial] if self._partial else [])]
 
 
 def cold_start_figures(system: BenchSystem, runs: int) -> list[Figure]:
@@ -107,13 +136,12 @@ def collection_figures(system: BenchSystem) -> list[Figure]:
     ]
 
 
-def run(profile_name: str) -> list[Figure]:
+def run(profile_name: str, handler_log: RecentLines) -> list[Figure]:
     profile = PROFILES[profile_name]
     handlers_as_deployed()
     figures: list[Figure] = []
     with (
-        open(os.devnull, "w") as devnull,
-        contextlib.redirect_stdout(devnull),  # the handlers' log lines
+        contextlib.redirect_stdout(handler_log),  # the handlers' log lines
         tempfile.TemporaryDirectory() as state,
         bench_system(Path(state)) as system,
     ):
@@ -148,7 +176,13 @@ def main() -> int:
         output = RESULTS
     if args.profile != "full" and output.resolve() == RESULTS:
         parser.error(f"--profile {args.profile} never writes {RESULTS}")
-    figures = run(args.profile)
+    handler_log = RecentLines(KEPT_LOG_LINES)
+    try:
+        figures = run(args.profile, handler_log)
+    except BaseException:
+        print("the handlers' last log lines before the failure:", file=sys.stderr)
+        print("\n".join(handler_log.recent()), file=sys.stderr)
+        raise
     print(table(figures))
     write_json(figures, output)
     print(f"\nwrote {output}", file=sys.stderr)
