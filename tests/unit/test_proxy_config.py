@@ -378,3 +378,43 @@ def test_from_args_is_one_route_for_every_path_and_names_the_flags(ca_file: Path
         with pytest.raises(ProxyConfigError) as raised:
             ProxyConfig.from_args(**arguments)  # type: ignore[arg-type]
         assert raised.value.key == flag, change
+
+
+@pytest.mark.parametrize(
+    ("listen", "upstream"),
+    [
+        ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("127.0.0.1:80", "http://127.0.0.1"),
+        ("127.0.0.1:8080", "http://localhost:8080"),
+        ("[::1]:8080", "http://localhost:8080"),
+        ("localhost:8080", "http://127.0.0.1:8080"),
+        ("[::ffff:127.0.0.1]:8080", "http://127.0.0.1:8080"),
+        ("0.0.0.0:8080", "http://127.0.0.2:8080"),
+        ("[::]:8080", "http://[::1]:8080"),
+        ("[::]:8080", "http://127.0.0.1:8080"),  # `::` binds both families
+    ],
+)
+def test_an_upstream_that_reaches_a_listener_is_a_loop(listen: str, upstream: str) -> None:
+    error = refusal({**with_route(upstream=upstream), "listen": listen, "allow_non_loopback": True})
+    assert (error.key, error.message) == (
+        "routes[0].upstream",
+        f"{upstream} is this proxy itself (a loop)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("listen", "upstream"),
+    [
+        ("127.0.0.1:8080", "http://127.0.0.2:8080"),
+        ("127.0.0.1:8080", "http://[::1]:8080"),
+        ("[::1]:8080", "http://127.0.0.1:8080"),
+        ("0.0.0.0:8080", "http://[::1]:8080"),
+        ("127.0.0.1:8080", "http://127.0.0.1:8081"),
+    ],
+)
+def test_a_service_on_another_loopback_address_and_the_same_port_is_no_loop(
+    listen: str, upstream: str
+) -> None:
+    """Compared by port alone, each of these was refused: another service there is fine."""
+    config = parse({**with_route(upstream=upstream), "listen": listen, "allow_non_loopback": True})
+    assert config.routes[0].upstream == upstream

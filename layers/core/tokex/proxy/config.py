@@ -33,6 +33,10 @@ ENDPOINT_VARIABLE = "TOKEX_ENDPOINT"
 RESERVED_PREFIX = "/.tokex"
 DEFAULT_LISTENER = "listen"  # the name of the top-level listener, as the key is spelled
 MAX_CONFIG_BYTES = 1024 * 1024
+# The wildcard addresses a listener may bind (allow_non_loopback): every local address of
+# its family; `::` both families, as the proxy binds it (dual-stack).
+IPV4_ANY = "0.0.0.0"  # noqa: S104 - compared with, never bound here
+IPV6_ANY = "::"
 
 _TOP_KEYS = frozenset(
     {"endpoint", "listen", "evidence", "token_file", "secret_file", "allow_non_loopback", "routes"}
@@ -469,14 +473,36 @@ def _check_listeners(config: ProxyConfig) -> None:
             same = "" if spelled == address else f" ({spelled}: the same address)"
             raise ProxyConfigError(name, f"{address} is already {other}'s{same}")
         taken[bound] = (name, address)
-    ports = {address.port for address in config.listeners.values() if address.port}
+    addresses = {(_bound_host(address.host), address.port) for address in config.listeners.values()}
     for route in config.routes:
         parts = urllib.parse.urlsplit(route.upstream)
-        default = 443 if parts.scheme == "https" else 80
-        if is_loopback(parts.hostname or "") and (parts.port or default) in ports:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        reached = _reached_hosts(parts.hostname or "")
+        if any(port == at and _binds(host, reached) for host, at in addresses):
             raise ProxyConfigError(
                 f"{route.name}.upstream", f"{route.upstream} is this proxy itself (a loop)"
             )
+
+
+def _reached_hosts(host: str) -> frozenset[str]:
+    """The local addresses (as `_bound_host` spells them) a connection to `host` may
+    reach on this machine: `localhost` either loopback address; none for a host that is
+    not loopback, which the proxy cannot tell from a remote one (plain http, the only
+    scheme a loop could answer, goes to loopback hosts only)."""
+    name = _bound_host(host)
+    if name == "127.0.0.1" and host.rstrip(".").lower() == "localhost":
+        return frozenset({"127.0.0.1", "::1"})
+    return frozenset({name}) if is_loopback(name) else frozenset()
+
+
+def _binds(listener_host: str, reached: frozenset[str]) -> bool:
+    """Whether a listener bound on `listener_host` accepts a connection to one of
+    `reached`: its own address, or any IPv4 one for 0.0.0.0, or any for `::` (dual-stack)."""
+    if listener_host == IPV6_ANY:
+        return bool(reached)
+    if listener_host == IPV4_ANY:
+        return any(":" not in host for host in reached)
+    return listener_host in reached
 
 
 def _bound_host(host: str) -> str:
