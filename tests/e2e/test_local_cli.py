@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -153,6 +154,47 @@ def test_the_emulators_own_api_is_closed_to_other_local_processes(tokex_local):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code == 403, path
+
+
+def test_the_banners_introspection_lines_keep_the_secret_and_token_off_command_lines(
+    local_process: RunningLocal, tmp_path: Path
+) -> None:
+    """The banner's "Introspect a token" lines, run in `sh` as printed: they answer the
+    token active, and no process they start has the client's secret or the token in its
+    arguments (which any local user reads in `ps`): `curl` here records its own."""
+    deadline = time.monotonic() + 30
+    while "/introspect\n" not in local_process.console_text():
+        assert time.monotonic() < deadline, local_process.console_text()
+        time.sleep(0.1)
+    banner = local_process.console_text().splitlines()
+    # The "Try it" lines' first, which the introspection lines build on: `. .../workload.env`.
+    sourced = (line.strip() for line in banner)
+    workload = next(line for line in sourced if line.startswith(". ") and "workload.env" in line)
+    start = banner.index("Introspect a token (RFC 7662):") + 1
+    lines = [workload] + [line[2:] for line in banner[start:] if line.startswith("  ")]
+    recorded = tmp_path / "curl-arguments"
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    real_curl = shutil.which("curl")
+    assert real_curl is not None
+    (shims / "curl").write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" >> {recorded}\nexec {real_curl} "$@"\n'
+    )
+    (shims / "curl").chmod(0o755)
+    env = without_aws_settings()
+    env["PATH"] = os.pathsep.join([str(shims), str(Path(TOKEX).parent), env["PATH"]])
+    result = subprocess.run(
+        ["sh", "-ec", "\n".join(lines)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert (answer["active"], answer["aud"]) == (True, "demo-api")
+    secret = load_env_file(local_process.state_dir / "introspection-client.env")[
+        "TOKEX_INTROSPECTION_CLIENT_SECRET"
+    ]
+    arguments = recorded.read_text()
+    assert "-K" in arguments.split("\n")
+    assert secret not in arguments and "eyJ" not in arguments
 
 
 def test_sigterm_while_it_starts_stops_it_and_says_so(tmp_path: Path) -> None:

@@ -252,8 +252,9 @@ Try it:
 
 Introspect a token (RFC 7662):
   . {system.introspection_env}
-  curl -s -u "$TOKEX_INTROSPECTION_CLIENT_ID:$TOKEX_INTROSPECTION_CLIENT_SECRET" \\
-    -d "token=$(tokex token --audience {DEMO_AUDIENCE})" {issuer}/introspect
+  TOKEN=$(tokex token --audience {DEMO_AUDIENCE})
+  printf 'user = "%s:%s"\\ndata = "token=%s"\\n' "$TOKEX_INTROSPECTION_CLIENT_ID" \\
+    "$TOKEX_INTROSPECTION_CLIENT_SECRET" "$TOKEN" | curl -s -K - {issuer}/introspect
 """,
             flush=True,
         )
