@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,6 +20,8 @@ from tests.support.fake_issuer import (
     sa_token_file,
     use_static_credentials,
 )
+from tests.unit.test_requests_auth import serving_redirecting_api
+from tests.unit.test_token_client import in_forked_child
 from tokex.client import TokenClient, TokexHttpxAuth, token_client
 
 
@@ -446,3 +450,122 @@ def test_a_background_refresh_that_fails_with_a_bug_is_logged(issuer, monkeypatc
     [record] = [r for r in caplog.records if r.name == "tokex.client.httpx_auth"]
     assert record.getMessage() == "refreshing the token for audience orders-api failed unexpectedly"
     assert isinstance(record.exc_info[1], KeyError)
+
+
+# A child of os.fork() (multiprocessing's fork start method, a pre-forking server).
+
+fork_only = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+
+
+@fork_only
+def test_a_child_forked_during_a_background_refresh_refreshes_in_the_background(issuer) -> None:
+    """The child inherited this auth's refresh marked running, with no thread of its own
+    to end it: past the refresh point it never refreshed ahead of expiry again."""
+    trio = pytest.importorskip("trio")
+    now = [0.0]
+    auth = TokexHttpxAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+    url = "https://orders.example.com/"
+
+    async def ask(times: int) -> list[str]:
+        texts = []
+        async with httpx.AsyncClient(
+            auth=auth, transport=httpx.MockTransport(echo_authorization)
+        ) as api:
+            for _ in range(times):
+                texts.append((await api.get(url)).text)
+                # The refresh this request started in the background (if any) lands.
+                for thread in threading.enumerate():
+                    if thread.name == "tokex-refresh":
+                        thread.join(timeout=20)
+        return texts
+
+    assert trio.run(ask, 1) == ["Bearer token-1"]
+    now[0] = 0.85 * 900
+    issuer.gate = threading.Event()  # the parent's refresh is in flight at the fork
+    try:
+        started = threading.Thread(target=trio.run, args=(auth._async_token,))
+        started.start()
+        started.join(timeout=30)  # its request is back: the refresh runs in the background
+        while issuer.exchanges < 2:
+            time.sleep(0.01)
+        outcome = in_forked_child(
+            lambda: ",".join(trio.run(ask, 2)),
+            then=issuer.gate.set,  # the server is the parent's: both refreshes pass
+        )
+    finally:
+        issuer.gate.set()
+    assert outcome == "Bearer token-1,Bearer token-3"  # the child's own refresh landed
+
+
+@fork_only
+def test_a_child_forked_while_a_thread_looks_up_an_exchange_gets_a_token(issuer) -> None:
+    """A lock another thread held at the fork stays held in the child, which has no such
+    thread to release it."""
+    auth = TokexHttpxAuth(TokenClient(issuer.url), "orders-api")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with TokexHttpxAuth._flights_guard:
+            held.set()
+            release.wait(timeout=60)
+
+    async def ask() -> str:
+        transport = httpx.MockTransport(echo_authorization)
+        async with httpx.AsyncClient(auth=auth, transport=transport) as api:
+            return (await api.get("https://orders.example.com/")).text
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(timeout=30)
+        outcome = in_forked_child(lambda: asyncio.run(ask()), within=10)
+    finally:
+        release.set()
+        holder.join(timeout=30)
+    assert outcome == "Bearer token-1"
+
+
+@pytest.fixture
+def redirecting_api() -> Iterator[tuple[str, list[str]]]:
+    with serving_redirecting_api() as running:
+        yield running
+
+
+def test_a_401_after_a_redirect_to_another_origin_forgets_nothing(issuer, redirecting_api) -> None:
+    """httpx sends no Authorization across origins, so that 401 refused no token: the token
+    was forgotten all the same, an exchange per request."""
+    url, seen = redirecting_api
+    now = [0.0]
+    auth = TokexHttpxAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+    with httpx.Client(auth=auth, follow_redirects=True) as api:
+        for _ in range(5):
+            now[0] += 60.0  # old enough to be forgotten
+            assert api.get(f"{url}/away").status_code == 401
+        assert seen == ["none"] * 5
+        assert issuer.exchanges == 1
+        # A 401 of the token's own origin, after a redirect there, still forgets it.
+        assert api.get(f"{url}/back").status_code == 401
+        assert seen[-1] == "Bearer token-1"
+        api.get(f"{url}/back")
+        assert seen[-1] == "Bearer token-2"
+    assert issuer.exchanges == 2
+
+
+def test_async_a_401_after_a_redirect_to_another_origin_forgets_nothing(
+    issuer, redirecting_api
+) -> None:
+    url, seen = redirecting_api
+    now = [0.0]
+    auth = TokexHttpxAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+
+    async def main() -> None:
+        async with httpx.AsyncClient(auth=auth, follow_redirects=True) as api:
+            for _ in range(5):
+                now[0] += 60.0
+                assert (await api.get(f"{url}/away")).status_code == 401
+            assert (await api.get(f"{url}/back")).status_code == 401
+            await api.get(f"{url}/back")
+
+    asyncio.run(main())
+    assert seen == ["none"] * 5 + ["Bearer token-1", "Bearer token-2"]
+    assert issuer.exchanges == 2

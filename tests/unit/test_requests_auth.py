@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import requests
@@ -114,3 +115,57 @@ def test_a_401_forgets_the_token_once_it_is_old_enough(issuer) -> None:
         assert session.get(api.url).status_code == 401  # forgets it
         answer = session.get(api.url)
         assert (answer.status_code, answer.text) == (200, "Bearer token-2")
+
+
+@contextmanager
+def serving_redirecting_api() -> Iterator[tuple[str, list[str]]]:
+    """An API whose `/away` redirects to another origin (a login page, say) that answers
+    401, whose `/back` redirects to its own `/refused`, which answers 401; and what
+    Authorization each 401 came with."""
+    seen: list[str] = []
+
+    class Elsewhere(QuietHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", "none"))
+            self.send_document(401, b"log in", {"Content-Type": "text/plain"})
+
+    with serving(LoopbackServer(Elsewhere)) as elsewhere:
+
+        class Api(QuietHandler):
+            def do_GET(self) -> None:
+                if self.path == "/refused":
+                    seen.append(self.headers.get("Authorization", "none"))
+                    self.send_document(401, b"no", {"Content-Type": "text/plain"})
+                    return
+                target = f"{elsewhere.url}/login" if self.path == "/away" else "/refused"
+                self.send_document(302, b"", {"Location": target})
+
+        with serving(LoopbackServer(Api)) as api:
+            yield api.url, seen
+
+
+@pytest.fixture
+def redirecting_api() -> Iterator[tuple[str, list[str]]]:
+    with serving_redirecting_api() as running:
+        yield running
+
+
+def test_a_401_after_a_redirect_to_another_origin_forgets_nothing(issuer, redirecting_api) -> None:
+    """requests sends no Authorization across origins, so that 401 refused no token: the
+    token was forgotten all the same, an exchange per request."""
+    url, seen = redirecting_api
+    now = [0.0]
+    auth = TokexAuth(TokenClient(issuer.url, clock=lambda: now[0]), "orders-api")
+    with requests.Session() as session:
+        session.auth = auth
+        for _ in range(5):
+            now[0] += 60.0  # old enough to be forgotten
+            assert session.get(f"{url}/away").status_code == 401
+        assert seen == ["none"] * 5
+        assert issuer.exchanges == 1
+        # A 401 of the token's own origin, after a redirect there, still forgets it.
+        assert session.get(f"{url}/back").status_code == 401
+        assert seen[-1] == "Bearer token-1"
+        session.get(f"{url}/back")
+        assert seen[-1] == "Bearer token-2"
+    assert issuer.exchanges == 2

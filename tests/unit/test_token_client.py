@@ -24,6 +24,7 @@ from tests.support.fake_issuer import (
     credential_process,
     fake_issuer,
     use_static_credentials,
+    without_aws_set_up,
 )
 from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tests.support.tls import HttpsServer, make_pki
@@ -1103,3 +1104,213 @@ def test_a_call_waiting_for_another_s_exchange_waits_no_longer_than_its_timeout(
     assert "loading the AWS credentials took longer" in str(led[0])
     assert waited.value.error == "unreachable"
     assert "has not finished within 1.5 s" in str(waited.value)
+
+
+# Credentials from an assume-role profile whose sts:AssumeRole fails: the AWS set-up's
+# failure, a TokenError like the others, so the stale-token rule and the failure hold apply.
+
+ACCESS_DENIED = (
+    b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender'
+    b"</Type><Code>AccessDenied</Code><Message>not authorized to perform sts:AssumeRole"
+    b"</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+)
+
+
+class FakeSts:
+    """A loopback STS whose AssumeRole answers `status` and `body`, counting the calls."""
+
+    def __init__(self) -> None:
+        self.status, self.body = 403, ACCESS_DENIED
+        self.calls = 0
+        self.lock = threading.Lock()
+
+
+@pytest.fixture
+def refusing_sts() -> Iterator[tuple[str, FakeSts]]:
+    sts = FakeSts()
+
+    class Handler(QuietHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with sts.lock:
+                sts.calls += 1
+            self.send_document(sts.status, sts.body, {"Content-Type": "text/xml"})
+
+    with serving(LoopbackServer(Handler)) as server:
+        yield server.url, sts
+
+
+def use_assume_role_profile(tmp_path, monkeypatch, sts_url: str) -> None:
+    """The default chain's only credentials: a profile that assumes a role with a source
+    profile's static keys, at `sts_url`."""
+    without_aws_set_up(monkeypatch)
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        "[source]\naws_access_key_id = AKIAEXAMPLESOURCE001\n"
+        "aws_secret_access_key = source-secret-not-real\n"
+    )
+    config = tmp_path / "config"
+    config.write_text(
+        "[default]\nrole_arn = arn:aws:iam::123456789012:role/app\nsource_profile = source\n"
+        f"region = us-east-1\nendpoint_url = {sts_url}\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+
+
+def test_an_assume_role_refused_is_an_aws_error_held_without_a_call_per_request(
+    issuer, refusing_sts, tmp_path, monkeypatch
+) -> None:
+    """botocore's ClientError escaped as it was: no TokenError, so no failure hold, and
+    every request of the workload called sts:AssumeRole again."""
+    sts_url, sts = refusing_sts
+    use_assume_role_profile(tmp_path, monkeypatch, sts_url)
+    clock = FakeClock()
+    client = TokenClient(issuer.url, clock=clock)
+    with pytest.raises(TokenError) as refused:
+        client.token("orders-api")
+    assert (refused.value.error, refused.value.aws_code) == ("aws_error", "AccessDenied")
+    assert refused.value.status == 403
+    assert "AssumeRole" in str(refused.value) and "source-secret" not in str(refused.value)
+    for _ in range(20):  # within the hold: raised again, no call to STS
+        clock.now += token_client.FAILURE_HOLD_SECONDS / 40
+        with pytest.raises(TokenError) as held:
+            client.token("orders-api")
+        assert held.value.aws_code == "AccessDenied"
+    assert (sts.calls, issuer.exchanges) == (1, 0)
+    clock.now += token_client.FAILURE_HOLD_SECONDS
+    with pytest.raises(TokenError):
+        client.token("orders-api")
+    assert sts.calls == 2  # the hold is over: it tries again
+
+
+def test_while_the_token_is_valid_an_assume_role_refused_serves_it(
+    issuer, refusing_sts, tmp_path, monkeypatch
+) -> None:
+    sts_url, sts = refusing_sts
+    clock = FakeClock()
+    client = TokenClient(issuer.url, clock=clock)
+    assert client.token("orders-api") == "token-1"  # with static credentials
+    use_assume_role_profile(tmp_path, monkeypatch, sts_url)
+    clock.now += 0.85 * 900  # due for refresh, valid for 2 minutes more
+    assert [client.token("orders-api") for _ in range(20)] == ["token-1"] * 20
+    assert (sts.calls, issuer.exchanges) == (1, 1)
+    clock.now += token_client.REFRESH_RETRY_SECONDS
+    assert client.token("orders-api") == "token-1"
+    assert sts.calls == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>SecretAccessKey=leaked\nsecond line</html",  # no XML: ResponseParserError
+        b"<AssumeRoleResponse><AssumeRoleResult></AssumeRoleResult></AssumeRoleResponse>",
+    ],
+)
+def test_an_assume_role_answer_botocore_cannot_read_is_an_aws_error(
+    issuer, refusing_sts, tmp_path, monkeypatch, body: bytes
+) -> None:
+    """A 200 that is no XML, or has no Credentials: botocore raised its parser's error, or
+    a KeyError, neither a TokenError."""
+    sts_url, sts = refusing_sts
+    sts.status, sts.body = 200, body
+    use_assume_role_profile(tmp_path, monkeypatch, sts_url)
+    client = TokenClient(issuer.url, clock=FakeClock())
+    with pytest.raises(TokenError) as failed:
+        client.token("orders-api")
+    assert failed.value.error == "aws_error"
+    assert "leaked" not in str(failed.value)  # the answer itself is not quoted
+    with pytest.raises(TokenError):
+        client.token("orders-api")
+    assert sts.calls == 1
+
+
+# A child of os.fork() (multiprocessing's fork start method, a pre-forking server).
+
+
+def in_forked_child(work, *, then=lambda: None, within: float = 30.0) -> str:
+    """What `work()` returns (or raises, as `Type: message`) in a child of os.fork(), run
+    from this thread, while the parent does `then()`; the child is killed if it takes
+    longer than `within` seconds, so a child that hangs fails the test instead of hanging
+    the suite."""
+    import select
+    import signal
+
+    reading, writing = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's clean-up
+        try:
+            try:
+                outcome = str(work())
+            except BaseException as err:
+                outcome = f"{type(err).__name__}: {err}"
+            os.write(writing, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(writing)
+    try:
+        then()
+        ready, _, _ = select.select([reading], [], [], within)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            return f"the child took longer than {within:g} s"
+        chunks = []
+        while chunk := os.read(reading, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(reading)
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_while_another_thread_exchanges_gets_a_token(issuer, monkeypatch) -> None:
+    """The child inherited the record of the exchange in flight, whose thread it does not
+    have: every token() there waited `flight_wait` and failed, for as long as it lived."""
+    monkeypatch.setattr(token_client, "FLIGHT_WAIT_MARGIN_SECONDS", 0.5)
+    issuer.gate = threading.Event()  # the parent's exchange is in flight at the fork
+    client = TokenClient(issuer.url, timeout=2.0)
+    leading = threading.Thread(target=client.token, args=("orders-api",))
+    leading.start()
+    try:
+        while not issuer.exchanges:  # its request has arrived: the flight is recorded
+            time.sleep(0.01)
+        outcome = in_forked_child(
+            lambda: ",".join(client.token("orders-api") for _ in range(3)),
+            then=issuer.gate.set,  # the server is the parent's: both exchanges pass
+        )
+    finally:
+        issuer.gate.set()
+        leading.join(timeout=30)
+    assert outcome == "token-2,token-2,token-2"  # the child's own exchange, then cached
+    assert client.token("orders-api") == "token-1"  # the parent's
+    assert issuer.exchanges == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_while_another_thread_holds_the_client_s_locks_gets_a_token(
+    issuer,
+) -> None:
+    """A lock another thread held at the fork stays held in the child, which has no such
+    thread to release it: the client's, its clock's, the kept discovery documents'."""
+    client = TokenClient(issuer.url)
+    locks = [client._lock, client._clock._lock, token_client.LAST_GOOD_DISCOVERIES._lock]
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        for lock in locks:
+            lock.acquire()
+        held.set()
+        release.wait(timeout=60)
+        for lock in locks:
+            lock.release()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(timeout=30)
+        outcome = in_forked_child(lambda: client.token("orders-api"), within=10)
+    finally:
+        release.set()
+        holder.join(timeout=30)
+    assert outcome == "token-1"

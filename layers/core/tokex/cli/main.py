@@ -29,6 +29,7 @@ from tokex.cli.errors import (
     report,
     wants_json,
 )
+from tokex.client.token_error import AWS_SDK, raised_in
 
 __all__ = ["CommandError", "build_parser", "main"]
 
@@ -223,7 +224,7 @@ def _unexpected(exc: Exception) -> CommandError:
         return CommandError(describe_aws_error(exc), error=AWS_ERROR)
     # A value the SDK refused (AWS_MAX_ATTEMPTS=abc, a credential_process answer's date).
     # Not a TypeError: a wrong type is what tokex passed, a bug of its own.
-    if isinstance(exc, ValueError) and _raised_in(exc, AWS_SDK):
+    if isinstance(exc, ValueError) and raised_in(exc, AWS_SDK):
         from tokex.client.endpoint import redacted_text
 
         why = redacted_text(f"{type(exc).__name__}: {exc}")
@@ -233,26 +234,6 @@ def _unexpected(exc: Exception) -> CommandError:
         f"(run with {DEBUG_VARIABLE}=1 for the traceback)",
         error=INTERNAL_ERROR,
     )
-
-
-# The AWS SDK and what it raises through (dateutil parses credential expiry times): an
-# exception raised in there is the AWS configuration's (a profile, an AWS_* variable), not
-# a bug of tokex.
-AWS_SDK = ("botocore", "boto3", "dateutil", "s3transfer")
-
-
-def _raised_in(exc: BaseException, packages: Sequence[str]) -> bool:
-    """Whether the innermost frame outside the standard library that `exc` came through is
-    code of one of `packages`: botocore raises the standard library's errors too (a
-    credential_process answer that is not JSON is json.decoder's JSONDecodeError), while
-    tokex's own code that botocore calls back (its model loader) stays tokex's."""
-    frame, innermost = exc.__traceback__, ""
-    while frame is not None:
-        package = str(frame.tb_frame.f_globals.get("__name__", "")).split(".")[0]
-        if package not in sys.stdlib_module_names:
-            innermost = package
-        frame = frame.tb_next
-    return innermost in packages
 
 
 def _leaves(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:

@@ -46,12 +46,15 @@ class BearerSource:
         self.audience = audience
         self.scopes = check_scopes(scopes)
 
-    def refused(self, status: int, token: str) -> None:
-        """The API answered `status` to a request with `token`: a 401 (revoked, or signed
-        with a key it no longer trusts) forgets it, so that the next request gets a new
-        one, unless it is younger than INVALIDATE_MIN_AGE_SECONDS (an API that refuses
-        fresh tokens would otherwise cost an exchange per request)."""
-        if status == 401:
+    def refused(self, status: int, token: str, *, authorization: str | bytes | None) -> None:
+        """The API answered `status` to a request sent with `token`, the answer's own
+        request carrying `authorization`: a 401 (revoked, or signed with a key it no longer
+        trusts) forgets it, so that the next request gets a new one, unless it is younger
+        than INVALIDATE_MIN_AGE_SECONDS (an API that refuses fresh tokens would otherwise
+        cost an exchange per request). Only a 401 to the token itself: one from a redirect
+        target on another origin, which requests and httpx send no Authorization, says
+        nothing of it (a login page's 401 would cost an exchange per request)."""
+        if status == 401 and authorization == f"Bearer {token}":
             self.client.invalidate(
                 self.audience, self.scopes, token, min_age=INVALIDATE_MIN_AGE_SECONDS
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Generator
@@ -42,7 +43,8 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
 
     An answer of 401 forgets the token it was sent with (once that token is
     `INVALIDATE_MIN_AGE_SECONDS` old): the next request gets a new one. The request that
-    got the 401 is not sent again (its body may be a stream).
+    got the 401 is not sent again (its body may be a stream). A 401 after a redirect to
+    another origin, which got no token, forgets nothing.
     """
 
     # One exchange in flight per event loop, dropped with the loop. The guard is
@@ -56,12 +58,22 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
         super().__init__(*args, **kwargs)
         # Off asyncio: held while a refresh ahead of expiry runs in a thread of its own.
         self._refreshing = threading.Lock()
+        _AUTHS.add(self)  # for a child of os.fork() to reset (_after_fork_in_child)
+
+    def _forked(self) -> None:
+        """In the child of os.fork(): the threads running this auth's exchanges are not
+        there. Its refresh in the background would stay marked running (no refresh ahead
+        of expiry, ever), and an event loop's exchange would never land."""
+        self._refreshing = threading.Lock()
+        self._flights = None
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         token = self.client.token(self.audience, self.scopes)
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
-        self.refused(response.status_code, token)
+        # The answer after any redirects: its request says whether the token went with it.
+        sent = response.request.headers.get("Authorization")
+        self.refused(response.status_code, token, authorization=sent)
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -69,7 +81,9 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
         token = await self._async_token()
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
-        self.refused(response.status_code, token)
+        # The answer after any redirects: its request says whether the token went with it.
+        sent = response.request.headers.get("Authorization")
+        self.refused(response.status_code, token, authorization=sent)
 
     async def _async_token(self) -> str:
         token = self.client.cached_token(self.audience, self.scopes)
@@ -147,3 +161,17 @@ class TokexHttpxAuth(BearerSource, httpx.Auth):
             loop = flight.get_loop()
             if flights is not None and flights.get(loop) is flight:
                 del flights[loop]
+
+
+# Every TokexHttpxAuth of the process (weakly), for the child of an os.fork() to reset.
+_AUTHS: weakref.WeakSet[TokexHttpxAuth] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    TokexHttpxAuth._flights_guard = threading.Lock()  # a thread may have held it
+    for auth in list(_AUTHS):
+        auth._forked()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)

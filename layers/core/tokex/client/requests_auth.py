@@ -24,14 +24,18 @@ class TokexAuth(BearerSource, requests.auth.AuthBase):
 
     An answer of 401 forgets the token it was sent with (once that token is
     `INVALIDATE_MIN_AGE_SECONDS` old): the next request gets a new one. The request that
-    got the 401 is not sent again (its body may be a stream)."""
+    got the 401 is not sent again (its body may be a stream). A 401 after a redirect to
+    another origin, which got no token, forgets nothing."""
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         token = self.client.token(self.audience, self.scopes)
         request.headers["Authorization"] = f"Bearer {token}"
 
         def answered(response: requests.Response, *args: Any, **kwargs: Any) -> None:
-            self.refused(response.status_code, token)
+            # Each answer of a redirect chain comes here: the request it answered says
+            # whether the token went with it (not across origins).
+            sent = response.request.headers.get("Authorization")
+            self.refused(response.status_code, token, authorization=sent)
 
         request.register_hook("response", answered)
         return request

@@ -31,6 +31,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,10 +39,10 @@ from typing import Any
 
 import boto3
 from botocore.credentials import ReadOnlyCredentials
-from botocore.exceptions import BotoCoreError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from tokex import bounded_http, deadline, identifiers
-from tokex.client.endpoint import check_endpoint, is_loopback
+from tokex.client.endpoint import check_endpoint, is_loopback, redacted_text
 from tokex.client.evidence import (
     AWS_OIF,
     EKS,
@@ -56,12 +57,14 @@ from tokex.client.imds import instance_region
 from tokex.client.signing import encode_subject_token, signed_get_caller_identity
 from tokex.client.token_error import (
     AWS_ERROR,
+    AWS_SDK,
     ISSUER_MISMATCH,
     NO_CREDENTIALS,
     NOT_TOKEX,
     TEMPORARILY_UNAVAILABLE,
     UNREACHABLE,
     TokenError,
+    raised_in,
 )
 from tokex.clock import SuspendAwareClock
 from tokex.errors import InvalidGrant
@@ -232,6 +235,11 @@ class LastGoodDiscoveries:
     def clear(self) -> None:
         with self._lock:
             self._kept.clear()
+
+    def _forked(self) -> None:
+        """In the child of os.fork(): a lock another thread held at the fork stays held
+        there for good."""
+        self._lock = threading.Lock()
 
 
 # The process's one store (`tokex token`, a fresh process each run, starts with what
@@ -681,11 +689,32 @@ def aws_credentials(session: boto3.session.Session) -> ReadOnlyCredentials:
         credentials = session.get_credentials()
         frozen = credentials.get_frozen_credentials() if credentials else None
     except BotoCoreError as err:
-        raise TokenError(f"cannot load AWS credentials: {err}", error=NO_CREDENTIALS) from None
+        why = redacted_text(str(err))
+        raise TokenError(f"cannot load AWS credentials: {why}", error=NO_CREDENTIALS) from None
+    except ClientError as err:
+        # AWS refused the call that gets them: an assume-role profile's sts:AssumeRole
+        # (AccessDenied, Throttling), an SSO profile's GetRoleCredentials.
+        error = err.response.get("Error", {})
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        raise TokenError(
+            f"cannot load AWS credentials: {_first_line(err)}",
+            error=AWS_ERROR,
+            status=status if isinstance(status, int) else None,
+            aws_code=str(error.get("Code", "error")),
+        ) from None
     except ValueError as err:  # botocore's own refusal: a credential_process answer not JSON
         raise TokenError(
             f"the AWS configuration cannot be used: cannot load AWS credentials: "
-            f"{type(err).__name__}: {err}",
+            f"{type(err).__name__}: {redacted_text(str(err))}",
+            error=AWS_ERROR,
+        ) from None
+    except Exception as err:
+        if not raised_in(err, AWS_SDK):
+            raise
+        # An answer botocore cannot read (an STS answer that is no XML: ResponseParserError;
+        # one without its Credentials: KeyError): the AWS set-up's failure, not a bug.
+        raise TokenError(
+            f"cannot load AWS credentials: {type(err).__name__}: {_first_line(err)}",
             error=AWS_ERROR,
         ) from None
     if frozen is None:
@@ -710,6 +739,17 @@ def aws_credentials(session: boto3.session.Session) -> ReadOnlyCredentials:
     return frozen
 
 
+# Of an error's text that quotes what AWS answered: enough to recognise it, not a whole
+# answer (which may hold credentials) in one line.
+_MAX_QUOTED_CHARS = 200
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of `err`'s text, without the password of a URL it quotes, cut short:
+    botocore puts an answer it cannot parse on the lines after it."""
+    return redacted_text(str(err).partition("\n")[0])[:_MAX_QUOTED_CHARS]
+
+
 # ReadOnlyCredentials' parts, and the variables that set them when botocore read them from
 # the environment (its `method` "env"): what a refusal names, never the value.
 _CREDENTIAL_PARTS = {
@@ -729,7 +769,8 @@ class TokenClient:
     one exchange only once it has expired, sharing its outcome, failure included (they do
     not each try again in turn). A refresh that fails while the old token is valid serves
     that token (`stale_if_error`, logged as a warning) and is tried again
-    `REFRESH_RETRY_SECONDS` later. Safe to share between threads.
+    `REFRESH_RETRY_SECONDS` later. Safe to share between threads, and to keep using in a
+    child of os.fork() (`_forked`).
 
     One issuer, one cache: a token is cached under (audience, scopes) whichever Region of
     a multi-Region deployment gave it (request_token fails over between them).
@@ -791,6 +832,17 @@ class TokenClient:
         # The last failed exchange per key, and until when it is the answer.
         self._failures: dict[CacheKey, tuple[float, TokenError]] = {}
         self._lock = threading.Lock()  # guards the three dicts, never held over I/O
+        _CLIENTS.add(self)  # for a child of os.fork() to reset (_after_fork_in_child)
+
+    def _forked(self) -> None:
+        """In the child of os.fork(): only the thread that forked is there. An exchange
+        another thread had in flight never ends here (its record would make every call
+        wait `flight_wait` and fail, for good), and a lock another thread held stays held:
+        both start afresh. The cached tokens and held failures stay."""
+        self._lock = threading.Lock()
+        self._flights = {}
+        if isinstance(self._clock, SuspendAwareClock):  # read under its own lock
+            self._clock._lock = threading.Lock()
 
     def token(self, audience: str, scopes: Sequence[str] = ()) -> str:
         scopes = check_scopes(scopes)  # read once: an iterator would be spent by the key
@@ -923,6 +975,21 @@ class TokenClient:
                 return False
             del self._cache[key]
             return True
+
+
+# Every TokenClient of the process (weakly: one dropped is gone from it), for the child of
+# an os.fork() (multiprocessing's fork start method, a pre-forking server) to reset.
+_CLIENTS: weakref.WeakSet[TokenClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    LAST_GOOD_DISCOVERIES._forked()
+    for client in list(_CLIENTS):
+        client._forked()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _wait_after(err: TokenError, *, at_least: float) -> float:

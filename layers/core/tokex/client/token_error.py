@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Collection
+
 from tokex.printable import escaped
+
+# The AWS SDK and the packages it raises through (dateutil parses credential expiry times).
+AWS_SDK = frozenset({"botocore", "boto3", "dateutil", "s3transfer"})
 
 # TokenError.error of failures that are not an answer of the token endpoint. The CLI passes
 # them on as its `--json` error codes (cli/errors.py), so the shared ones are spelled alike.
@@ -72,3 +78,18 @@ class TokenError(Exception):
         }
         fields.update(changes)
         return TokenError(str(self) if message is None else message, **fields)  # type: ignore[arg-type]
+
+
+def raised_in(exc: BaseException, packages: Collection[str]) -> bool:
+    """Whether the innermost frame outside the standard library that `exc` came through is
+    code of one of `packages`: botocore raises the standard library's errors too (a
+    credential_process answer that is not JSON is json.decoder's JSONDecodeError), while
+    tokex's own code that botocore calls back (its model loader), or a caller's own
+    session object, stays theirs."""
+    frame, innermost = exc.__traceback__, ""
+    while frame is not None:
+        package = str(frame.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+        if package not in sys.stdlib_module_names:
+            innermost = package
+        frame = frame.tb_next
+    return innermost in packages
