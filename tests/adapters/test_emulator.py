@@ -1,20 +1,29 @@
 """The emulator's subprocess binds a port of the OS's choosing itself and names its URL
 (local/emulator.py): emulators started side by side never share a port, and each URL
-leads to its own process's state; moto's own API answers only its admin token."""
+leads to its own process's state; moto's own API answers only its admin token; what a
+hostile local client sends is answered as AWS would, never with a traceback on the
+console (local/moto_fixes.py "Crashes")."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from tokex.local.emulator import SubprocessMotoServer, set_signature_checking
-from tokex.local.moto_fixes import ADMIN_HEADER
+from tokex.local.emulator import SubprocessMotoServer, first_line, set_signature_checking
+from tokex.local.moto_fixes import ADMIN_HEADER, CONSOLE_TEXT_CHARS
 
 
 def _s3(url: str) -> Any:
@@ -111,3 +120,179 @@ def test_an_unsigned_request_is_403_not_a_crash(
         assert answer in refused.value.read()
     finally:
         server.stop()
+
+
+# `tokex local`'s own emulator (ThreadMotoServer: moto in a thread, its werkzeug log at
+# ERROR), in a process of its own (moto's signature switch is process-wide) whose stdout,
+# once the URL and admin token are out, and stderr are the console: a file.
+_CONSOLE_EMULATOR = """
+import os, threading
+from tokex.local.emulator import ThreadMotoServer
+server = ThreadMotoServer()
+print(server.url, server.admin_token, flush=True)
+os.dup2(2, 1)
+threading.Event().wait()
+"""
+
+
+@dataclass
+class ConsoleEmulator:
+    url: str
+    admin_token: str
+    process: subprocess.Popen[str]
+    console_path: Path
+
+    def console(self) -> str:
+        """Everything the emulator wrote, once it has stopped (nothing is still on its way)."""
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        return self.console_path.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture
+def console_emulator(tmp_path: Path) -> Iterator[ConsoleEmulator]:
+    """The emulator as `tokex local` runs it, with its SigV4 checks on."""
+    console_path = tmp_path / "console"
+    with console_path.open("w") as console:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _CONSOLE_EMULATOR],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=console,
+            env={**os.environ, "MOTO_CALL_RESET_API": "false"},
+            text=True,
+        )
+    try:
+        announced = first_line(process.stdout, time.monotonic() + 60).split()
+        assert len(announced) == 2, console_path.read_text()
+        url, admin_token = announced
+        set_signature_checking(url, True, admin_token=admin_token)
+        yield ConsoleEmulator(url, admin_token, process, console_path)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _post(url: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    """A plain HTTP client's POST: the status and body of the answer."""
+    request = urllib.request.Request(url + "/", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return int(answer.status), answer.read()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read()
+
+
+def _printable(console: str) -> bool:
+    return all(c.isprintable() or c == "\n" for c in console)
+
+
+# Terminal escapes a local process would like on the developer's console: clear the
+# screen, retitle the window, wipe the line and forge another; a C1 CSI too.
+ESCAPES = "\x1b[2J\x1b]0;owned\x07\x1b[2K\x1b[1Gtokex local stopped\x9b"
+_SIGNATURE = "0" * 64
+
+
+def _sigv4(service: str, key: str = "AKIAIOSFODNN7EXAMPLE") -> str:
+    return (
+        f"AWS4-HMAC-SHA256 Credential={key}/20250101/us-east-1/{service}/aws4_request, "
+        f"SignedHeaders=host;x-amz-date, Signature={_SIGNATURE}"
+    )
+
+
+QUERY = {"Content-Type": "application/x-www-form-urlencoded"}
+GET_CALLER_IDENTITY = b"Action=GetCallerIdentity&Version=2011-06-15"
+KMS = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "TrentService.ListKeys"}
+DYNAMODB = {
+    "Content-Type": "application/x-amz-json-1.0",
+    "X-Amz-Target": "DynamoDB_20120810.ListTables",
+}
+INCOMPLETE_XML = (400, b"<Code>IncompleteSignature</Code>")
+INCOMPLETE_JSON = (400, b'"__type": "IncompleteSignatureException"')
+INCOMPLETE_DYNAMODB = (400, b'"__type": "com.amazon.coral.service#IncompleteSignatureException"')
+
+HOSTILE_REQUESTS = [
+    # Not SigV4 at all: moto's routing split the header and crashed (IndexError).
+    ({**QUERY, "Authorization": "garbage"}, GET_CALLER_IDENTITY, INCOMPLETE_XML),
+    ({**KMS, "Authorization": "garbage"}, b"{}", INCOMPLETE_JSON),
+    ({**DYNAMODB, "Authorization": "garbage"}, b"{}", INCOMPLETE_DYNAMODB),
+    ({**QUERY, "Authorization": ""}, GET_CALLER_IDENTITY, INCOMPLETE_XML),
+    ({**QUERY, "Authorization": "AWS AKIAIOSFODNN7EXAMPLE:c2lnbmF0dXJl"}, b"", INCOMPLETE_XML),
+    (
+        {**QUERY, "Authorization": "AWS4-HMAC-SHA256 Credential=x"},
+        GET_CALLER_IDENTITY,
+        INCOMPLETE_XML,
+    ),
+    # A scope that is not one, or holds the escapes itself.
+    ({**KMS, "Authorization": _sigv4("kms").replace("/kms/", "/")}, b"{}", INCOMPLETE_JSON),
+    ({**KMS, "Authorization": _sigv4("k\x1b[2Jms")}, b"{}", INCOMPLETE_JSON),
+    (
+        {**QUERY, "Authorization": _sigv4("sts", key="AKIA\x1b[2J")},
+        GET_CALLER_IDENTITY,
+        INCOMPLETE_XML,
+    ),
+    # SigV4, but another service's scope: moto looked the target up in STS's operations
+    # and its exception quoted the target, escapes and all.
+    (
+        {**KMS, "Authorization": _sigv4("sts"), "X-Amz-Target": "TrentService." + ESCAPES},
+        b"{}",
+        (400, b'"__type": "UnknownOperationException"'),
+    ),
+    (
+        {**QUERY, "Authorization": _sigv4("sts")},
+        b"Action=NoSuchAction&Version=2011-06-15",
+        (400, b"<Code>InvalidAction</Code>"),
+    ),
+]
+
+
+def test_a_malformed_authorization_is_refused_as_aws_does_and_the_console_stays_quiet(
+    console_emulator: ConsoleEmulator,
+) -> None:
+    """moto split `Authorization` before anything checked it: a 500, and a traceback on
+    `tokex local`'s console that quoted the request (raw escapes included) for any local
+    process that asked."""
+    answers = [_post(console_emulator.url, headers, body) for headers, body, _ in HOSTILE_REQUESTS]
+    # A well-formed signature by a key the emulator does not know is still moto's to refuse.
+    unknown_key = _post(console_emulator.url, {**KMS, "Authorization": _sigv4("kms")}, b"{}")
+    assert console_emulator.console() == ""
+    for (headers, _, (status, code)), answer in zip(HOSTILE_REQUESTS, answers, strict=True):
+        assert answer[0] == status and code in answer[1], (headers, answer)
+    assert unknown_key == (
+        400,
+        b'{"__type": "UnrecognizedClientException", '
+        b'"message": "The security token included in the request is invalid."}',
+    )
+
+
+def test_what_escapes_moto_is_a_500_with_one_escaped_console_line(
+    console_emulator: ConsoleEmulator,
+) -> None:
+    """An operation moto's DynamoDB handler does not have raised out of moto with the
+    operation's name in its message: each is one line, its control characters escaped,
+    however long the name. (Signature checks off, as while `tokex local` sets up: with
+    them on, the request of any key the emulator knows gets as far.)"""
+    set_signature_checking(console_emulator.url, False, admin_token=console_emulator.admin_token)
+    flood = "A" * 60_000  # under the server's 64 KiB header line
+    answers = [
+        _post(
+            console_emulator.url,
+            {**DYNAMODB, "Authorization": _sigv4("dynamodb"), "X-Amz-Target": target},
+            b"{}",
+        )
+        for target in ("DynamoDBStreams_20120810." + ESCAPES, "DynamoDB_1." + flood)
+    ]
+    console = console_emulator.console()
+    assert "Traceback" not in console
+    assert _printable(console), console
+    lines = console.splitlines()
+    assert len(lines) == 2, console
+    assert all(line.startswith("tokex local: AWS emulator: 500 for ") for line in lines)
+    assert "\\x1b[2_j\\x1b]0;owned\\x07" in lines[0]  # escaped, as moto spelled the name
+    assert all(len(line) < CONSOLE_TEXT_CHARS + 100 for line in lines)
+    for status, body in answers:
+        assert status == 500, body
+        assert b'"__type": "com.amazon.coral.service#InternalFailure"' in body

@@ -100,6 +100,43 @@ def test_an_unsigned_request_through_the_sts_endpoint_is_403(local_system) -> No
     assert b"<Code>MissingAuthenticationToken</Code>" in refused.value.read()
 
 
+@pytest.mark.parametrize(
+    ("headers", "body", "answer"),
+    [
+        (
+            {"Content-Type": "application/x-www-form-urlencoded", "Authorization": "garbage"},
+            b"Action=GetCallerIdentity&Version=2011-06-15",
+            b"<Code>IncompleteSignature</Code>",
+        ),
+        (
+            {
+                # SigV4 for STS, with a KMS target: moto's exception quoted the target.
+                "Content-Type": "application/x-amz-json-1.1",
+                "Authorization": "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20250101/"
+                "us-east-1/sts/aws4_request, SignedHeaders=host, Signature=" + "0" * 64,
+                "X-Amz-Target": "TrentService.\x1b[2J\x1b]0;owned\x07",
+            },
+            b"{}",
+            b'"__type": "UnknownOperationException"',
+        ),
+    ],
+)
+def test_a_malformed_signature_through_the_sts_endpoint_is_400_not_a_crash(
+    local_system, capfd, headers: dict[str, str], body: bytes, answer: bytes
+) -> None:
+    """Passed to the emulator, it was a 500 and a traceback on the console; the endpoint
+    passes the emulator's refusal on and prints nothing itself."""
+    capfd.readouterr()
+    request = urllib.request.Request(
+        federation(local_system).sts_url + "/", data=body, headers=headers
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400
+    assert answer in refused.value.read()
+    assert capfd.readouterr() == ("", "")
+
+
 def _imds(url: str, method: str, path: str, headers: dict[str, str]) -> tuple[int, str]:
     request = urllib.request.Request(url + path, method=method, headers=headers)
     try:

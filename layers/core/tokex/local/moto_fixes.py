@@ -50,6 +50,14 @@ a burst of one principal's exchanges never met the retries tokex needs against A
 longer (from TRANSACTION_SECONDS_ENV, default 0: tests lengthen it so that a burst
 collides as it does in AWS, where a transaction takes milliseconds of its own).
 
+Crashes: moto splits a request's `Authorization` header before anything checks it, and an
+exception that escapes it became a 500 and a traceback of 20 to 60 lines on `tokex local`'s
+console, quoting the request (its `X-Amz-Target` byte for byte): any local process could
+flood the console or write terminal escape sequences to it. `admin_gate` refuses a header
+that is not SigV4's as AWS does (400 `IncompleteSignature`), an operation the service does
+not have (400 `InvalidAction`, `UnknownOperationException` in JSON), and answers anything
+else that escapes moto 500 `InternalFailure`, with one line, escaped, on the console.
+
 Run as a module (`python -m tokex.local.moto_fixes HOST`), it is moto's server with the
 fixes installed, on a port the OS picks when it binds, announced as the server's URL on
 the first line of stdout: what `SubprocessMotoServer` starts. (A port chosen by the parent
@@ -65,12 +73,15 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from tokex.printable import escaped
 
 if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer
@@ -598,9 +609,34 @@ def new_admin_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+# What moto reads off `Authorization` without checking it (the credential scope, split on
+# "/"): anything else is refused before moto sees it. SigV4's header (AWS General Reference,
+# "Signature Version 4 signing process"): an access key id as IAM spells one, a Region and a
+# service as AWS names them; whether moto knows them is moto's to judge.
+_SIGV4_AUTHORIZATION = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=[A-Za-z0-9_]{1,128}/[0-9]{8}/[a-z0-9-]{1,64}/"
+    r"(?P<service>[a-z0-9-]{1,64})/aws4_request,\s*"
+    r"SignedHeaders=[a-z0-9-]+(?:;[a-z0-9-]+)*,\s*"
+    r"Signature=[0-9a-f]{64}"
+)
+_INCOMPLETE_SIGNATURE = "The request signature does not conform to AWS standards."
+_UNKNOWN_OPERATION = (
+    "The action or operation requested is invalid. Verify that the action is typed correctly."
+)
+_INTERNAL_FAILURE = (
+    "The request processing has failed because of an unknown error, exception or failure."
+)
+# Of an exception's text, what the console line shows (escaped): it may quote the request.
+CONSOLE_TEXT_CHARS = 200
+
+
 def admin_gate(app: WsgiApp, admin_token: str) -> WsgiApp:
     """`app`, but `/moto-api...` (where moto routes its own API, whatever the host) is 403
-    without the admin header."""
+    without the admin header; an `Authorization` header that is not SigV4's is 400
+    `IncompleteSignature` before moto sees it; an exception that escapes `app` is answered
+    (module docstring, "Crashes"), never left to the server's traceback."""
+    from botocore.model import OperationNotFoundError
+
     expected = admin_token.encode()
 
     def gated(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -616,9 +652,68 @@ def admin_gate(app: WsgiApp, admin_token: str) -> WsgiApp:
                     [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
                 )
                 return [body]
-        return app(environ, start_response)
+        authorization = environ.get("HTTP_AUTHORIZATION")
+        if authorization is not None and not _SIGV4_AUTHORIZATION.fullmatch(authorization):
+            refusal = _aws_error(environ, 400, "IncompleteSignature", _INCOMPLETE_SIGNATURE)
+            return refusal(environ, start_response)
+        try:
+            return app(environ, start_response)
+        except OperationNotFoundError:  # the request names an operation moto does not know
+            error = _aws_error(
+                environ, 400, "InvalidAction", _UNKNOWN_OPERATION, json_code="UnknownOperation"
+            )
+        except Exception as err:
+            text = escaped(f"{type(err).__name__}: {err}")
+            if len(text) > CONSOLE_TEXT_CHARS:
+                text = text[:CONSOLE_TEXT_CHARS] + "..."
+            print(f"tokex local: AWS emulator: 500 for {text}", file=sys.stderr, flush=True)
+            error = _aws_error(environ, 500, "InternalFailure", _INTERNAL_FAILURE)
+        # exc_info: moto may have started its own answer before it failed (PEP 3333).
+        return error(environ, functools.partial(start_response, exc_info=sys.exc_info()))
 
     return gated
+
+
+def _aws_error(
+    environ: dict[str, Any], status: int, code: str, message: str, *, json_code: str = ""
+) -> Any:
+    """The error as moto answers its own (a WSGI application), in the request's protocol,
+    as `_unsigned_requests_refused` shapes its 403: JSON for the JSON protocol
+    (X-Amz-Target; `<json_code or code>Exception`, DynamoDB's names for DynamoDB), else
+    the query protocol's XML."""
+    from moto.core.exceptions import JsonRESTError
+
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    error: Any
+    if target is None:
+        client_fault, service_fault = _xml_errors()
+        error = (service_fault if status >= 500 else client_fault)(code, message)
+    else:
+        name = (json_code or code) + ("" if status >= 500 else "Exception")
+        signed = _SIGV4_AUTHORIZATION.fullmatch(environ.get("HTTP_AUTHORIZATION") or "")
+        if signed is not None:
+            service = signed["service"]
+        else:
+            service = "dynamodb" if target.startswith("DynamoDB") else ""
+        prefix, message_key = _JSON_ERROR_SHAPES.get(service, _JSON_ERROR_SHAPE_DEFAULT)
+        error = JsonRESTError(name, message)
+        error.description = json.dumps({"__type": prefix + name, message_key: message})
+    error.code = status
+    return error
+
+
+@functools.cache
+def _xml_errors() -> tuple[Any, Any]:
+    """moto's XML error, as the 403s' (`<Type>Sender</Type>`), and the same without the
+    Type Sender, for a fault of the service."""
+    from moto.core.exceptions import SignatureDoesNotMatchError
+
+    client_fault: Any = SignatureDoesNotMatchError.__bases__[0]
+
+    class ServiceFault(client_fault):  # type: ignore[misc]
+        include_type_sender = False
+
+    return client_fault, ServiceFault
 
 
 def emulator_server(
