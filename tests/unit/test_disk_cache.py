@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,31 @@ def token(issuer: FakeIssuer, capsys, *argv: str) -> tuple[int, str, str]:
 
 def cache_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*" + disk_cache.FILE_SUFFIX))
+
+
+# The key of each file `cache_path` named (file name -> key), for `write_cached`.
+KEYS: dict[str, dict] = {}
+
+
+def cache_path(directory: Path, audience: str = "orders-api") -> Path:
+    """The file the cache keeps `audience`'s token in (the rest of the key fixed)."""
+    key = disk_cache.cache_key(
+        endpoint="https://auth.example.com",
+        issuer=None,
+        audience=audience,
+        scopes=(),
+        evidence="sigv4",
+        instance_identity="off",
+        principal="AKIAEXAMPLEWORKLOAD1",
+    )
+    name = disk_cache.cache_file_name(key)
+    KEYS[name] = key
+    return directory / name
+
+
+def write_cached(path: Path, response: dict, **kwargs: object) -> None:
+    """disk_cache.write_cached with the key `cache_path` named `path` by."""
+    disk_cache.write_cached(path, response, key=KEYS[path.name], **kwargs)  # type: ignore[arg-type]
 
 
 def test_nothing_is_written_without_cache_dir(issuer, capsys, tmp_path, monkeypatch) -> None:
@@ -141,11 +167,15 @@ def test_cache_file_name_changes_with_every_part() -> None:
         "principal": "AKIAEXAMPLEOTHERONE1",
         "token_file": "/var/run/secrets/tokex/serviceaccount/token",
     }
-    name = disk_cache.cache_file_name(**base)
+
+    def name_of(fields: dict) -> str:
+        return disk_cache.cache_file_name(disk_cache.cache_key(**fields))
+
+    name = name_of(base)
     assert name.endswith(disk_cache.FILE_SUFFIX)
-    assert disk_cache.cache_file_name(**{**base, "scopes": ["a", "b", "a"]}) == name
-    assert disk_cache.cache_file_name(**{**base, "endpoint": "https://auth.example.com/"}) == name
-    names = {disk_cache.cache_file_name(**{**base, key: value}) for key, value in changes.items()}
+    assert name_of({**base, "scopes": ["a", "b", "a"]}) == name
+    assert name_of({**base, "endpoint": "https://auth.example.com/"}) == name
+    names = {name_of({**base, key: value}) for key, value in changes.items()}
     assert len(names) == len(changes) and name not in names
 
 
@@ -166,11 +196,9 @@ def test_a_tokens_age_is_counted_on_the_boot_clock_in_its_boot(tmp_path) -> None
     """A wall clock set back after the write (NTP correcting a clock that was ahead) made
     an expired token look fresh, with a positive expires_in. Within the boot it was
     written in, its age is the boot clock's; in another boot, the wall clock's."""
-    path = tmp_path / ("x" + disk_cache.FILE_SUFFIX)
+    path = cache_path(tmp_path, "x")
     written = ("boot-a", 50.0)
-    disk_cache.write_cached(
-        path, {"access_token": "t", "expires_in": 900}, now=1000.0, boot=written
-    )
+    write_cached(path, {"access_token": "t", "expires_in": 900}, now=1000.0, boot=written)
     # 850 s later by the boot clock, the wall clock set back 300 s: past 80 % (720 s).
     assert disk_cache.read_cached(path, now=1550.0, boot=("boot-a", 900.0)) is None
     # 100 s later, the wall clock set back 500 s: fresh, counted from its write.
@@ -193,9 +221,9 @@ def test_the_boot_clock_reads_this_boot() -> None:
 
 
 def test_read_cached_rules(tmp_path) -> None:
-    path = tmp_path / ("x" + disk_cache.FILE_SUFFIX)
+    path = cache_path(tmp_path, "x")
     response = {"access_token": "t", "expires_in": 100}
-    disk_cache.write_cached(path, response, now=1000.0)
+    write_cached(path, response, now=1000.0)
     # Its life counted from a second before it was asked for (ISSUED_TO_THE_SECOND).
     assert disk_cache.read_cached(path, now=1000.0) == {"access_token": "t", "expires_in": 99}
     assert disk_cache.read_cached(path, now=1078.0)["expires_in"] == 21
@@ -212,7 +240,7 @@ def test_read_cached_rules(tmp_path) -> None:
     # An access token the token endpoint's answer would have been refused for (a file
     # edited since): it would go into an Authorization header or onto a terminal.
     for token in ("t\r\nX-Injected: 1", "two words", "\x1b[2J", "", 7):
-        disk_cache.write_cached(path, {"access_token": token, "expires_in": 100}, now=1000.0)
+        write_cached(path, {"access_token": token, "expires_in": 100}, now=1000.0)
         assert disk_cache.read_cached(path, now=1000.0) is None, token
 
 
@@ -223,8 +251,8 @@ def test_what_is_no_cache_file_is_ignored_never_waited_on_or_crashed_on(tmp_path
     os.mkfifo(fifo, 0o600)
     directory = tmp_path / ("dir" + disk_cache.FILE_SUFFIX)
     directory.mkdir(mode=0o700)
-    deep = tmp_path / ("deep" + disk_cache.FILE_SUFFIX)
-    disk_cache.write_cached(deep, {"access_token": "t", "expires_in": 100}, now=1000.0)
+    deep = cache_path(tmp_path, "deep")
+    write_cached(deep, {"access_token": "t", "expires_in": 100}, now=1000.0)
     deep.write_text("[" * 60_000)
     for path in (fifo, directory, deep):
         assert disk_cache.read_cached(path, now=1000.0) is None
@@ -277,17 +305,17 @@ def test_expired_tokens_of_earlier_sessions_are_pruned_and_nothing_else(tmp_path
     """A new role session starts a new file: each write removes this user's files whose
     token has expired, and leaves alone valid ones, other files and files not its own."""
     directory = open_private_dir(tmp_path / "cache")
-    expired = directory / ("expired" + disk_cache.FILE_SUFFIX)
-    disk_cache.write_cached(expired, {"access_token": "old", "expires_in": 900}, now=1000.0)
-    stale_but_valid = directory / ("stale" + disk_cache.FILE_SUFFIX)
-    disk_cache.write_cached(stale_but_valid, {"access_token": "s", "expires_in": 900}, now=1500.0)
-    set_back = directory / ("future" + disk_cache.FILE_SUFFIX)
-    disk_cache.write_cached(set_back, {"access_token": "f", "expires_in": 900}, now=9000.0)
+    expired = cache_path(directory, "expired")
+    write_cached(expired, {"access_token": "old", "expires_in": 900}, now=1000.0)
+    stale_but_valid = cache_path(directory, "stale")
+    write_cached(stale_but_valid, {"access_token": "s", "expires_in": 900}, now=1500.0)
+    set_back = cache_path(directory, "future")
+    write_cached(set_back, {"access_token": "f", "expires_in": 900}, now=9000.0)
     not_json = directory / ("garbage" + disk_cache.FILE_SUFFIX)
     not_json.write_text("not json")
     not_json.chmod(0o600)
-    readable = directory / ("shared" + disk_cache.FILE_SUFFIX)
-    disk_cache.write_cached(readable, {"access_token": "r", "expires_in": 900}, now=1000.0)
+    readable = cache_path(directory, "shared")
+    write_cached(readable, {"access_token": "r", "expires_in": 900}, now=1000.0)
     readable.chmod(0o644)  # not a file this cache wrote
     other = directory / "notes.txt"
     other.write_text("mine")
@@ -305,8 +333,8 @@ def test_expired_tokens_of_earlier_sessions_are_pruned_and_nothing_else(tmp_path
 
 def test_the_command_prunes_when_it_writes(issuer, capsys, tmp_path) -> None:
     directory = open_private_dir(tmp_path / "cache")
-    earlier_session = directory / ("earlier" + disk_cache.FILE_SUFFIX)
-    disk_cache.write_cached(earlier_session, {"access_token": "old", "expires_in": 60}, now=0.0)
+    earlier_session = cache_path(directory, "earlier")
+    write_cached(earlier_session, {"access_token": "old", "expires_in": 60}, now=0.0)
     ask = ("--audience", "orders-api", "--cache-dir", str(directory))
     assert token(issuer, capsys, *ask)[:2] == (0, "token-1")
     assert not earlier_session.exists()
@@ -358,3 +386,117 @@ def test_eight_processes_at_once_on_an_empty_cache_dir_each_get_a_whole_token(
     again = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
     assert again.stdout.strip() in tokens
     assert issuer.exchanges == exchanges  # from the cache
+
+
+def test_a_file_renamed_over_another_requests_is_not_served(issuer, capsys, tmp_path) -> None:
+    """A file was trusted by its name: whoever may write to the directory renamed the
+    token for one audience over the file of another, and `tokex token` handed it out for
+    that other. Each file keeps its key, and is served only for it."""
+    directory = tmp_path / "cache"
+    ask = ("--cache-dir", str(directory))
+    assert token(issuer, capsys, "--audience", "orders-api", *ask)[:2] == (0, "token-1")
+    [orders] = cache_files(directory)
+    assert token(issuer, capsys, "--audience", "billing-api", *ask)[:2] == (0, "token-2")
+    [billing] = [path for path in cache_files(directory) if path != orders]
+    os.replace(orders, billing)
+    assert token(issuer, capsys, "--audience", "billing-api", *ask)[:2] == (0, "token-3")
+    kept = json.loads(billing.read_text())["key"]  # rewritten, with its key
+    assert (kept["audience"], kept["endpoint"], kept["scopes"]) == ("billing-api", issuer.url, [])
+    assert token(issuer, capsys, "--audience", "billing-api", *ask)[:2] == (0, "token-3")
+    assert issuer.exchanges == 3
+
+
+def test_a_file_without_its_key_is_a_miss(tmp_path) -> None:
+    """Written by a version before files kept their key: nothing says whose token it is."""
+    path = cache_path(tmp_path)
+    write_cached(path, {"access_token": "t", "expires_in": 100}, now=1000.0)
+    assert disk_cache.read_cached(path, now=1000.0) == {"access_token": "t", "expires_in": 99}
+    entry = json.loads(path.read_text())
+    del entry["key"]
+    path.write_text(json.dumps(entry))  # the same file, mode 0600 still
+    assert disk_cache.read_cached(path, now=1000.0) is None
+    assert disk_cache.prune_expired(tmp_path, now=5000.0) == 1  # still the cache's: pruned
+    assert not path.exists()
+
+
+def test_a_file_is_written_only_with_the_key_it_is_named_by(tmp_path) -> None:
+    """A file without its key would never be served: writing one is refused."""
+    response = {"access_token": "t", "expires_in": 100}
+    fields = {
+        "endpoint": "https://auth.example.com",
+        "issuer": None,
+        "audience": "billing-api",
+        "scopes": ("b", "a"),
+        "evidence": "sigv4",
+        "instance_identity": "off",
+        "principal": "AKIAEXAMPLEWORKLOAD1",
+    }
+    key = disk_cache.cache_key(**fields)
+    for elsewhere in (cache_path(tmp_path, "orders-api"), tmp_path / "x.token.json"):
+        with pytest.raises(ValueError, match="is not the file of the key given"):
+            disk_cache.write_cached(elsewhere, response, key=key)
+    path = tmp_path / disk_cache.cache_file_name(key)
+    disk_cache.write_cached(path, response, key=key, now=1000.0)
+    assert disk_cache.read_cached(path, now=1000.0) == {"access_token": "t", "expires_in": 99}
+    stored = {**fields, "scopes": ["a", "b"], "token_file": None, "v": 2}
+    assert json.loads(path.read_text())["key"] == stored
+
+
+def left_by_a_killed_write(directory: Path, age: float, now: float = 10_000.0) -> Path:
+    """A temporary file as `write_private` makes one (mkstemp, prefix .tmp-, mode 0600),
+    holding a bearer token, never renamed into place; last written `age` s before `now`."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    with os.fdopen(fd, "w") as file:
+        file.write(json.dumps({"obtained_at": 0, "response": {"access_token": "secret"}}))
+    os.utime(name, (now - age, now - age))
+    return Path(name)
+
+
+def test_temporary_files_of_killed_writes_are_pruned_once_stale(tmp_path) -> None:
+    """A run killed between writing its temporary file and renaming it left a bearer token
+    in a hidden file that nothing removed."""
+    directory = open_private_dir(tmp_path / "cache")
+    stale = left_by_a_killed_write(directory, age=3600)  # no write takes an hour
+    under_way = left_by_a_killed_write(directory, age=5)  # another run's write, maybe
+    readable = left_by_a_killed_write(directory, age=3600)
+    readable.chmod(0o644)  # not one write_private made
+    not_its_name = directory / ".tmp.notes"
+    not_its_name.write_text("")
+    os.utime(not_its_name, (0, 0))
+    link = directory / ".tmp-link0000"
+    link.symlink_to(readable)
+    os.utime(link, (0, 0), follow_symlinks=False)
+    assert disk_cache.prune_expired(directory, now=10_000.0) == 1
+    assert not stale.exists()
+    for kept in (under_way, readable, not_its_name):
+        assert kept.exists(), kept
+    assert link.is_symlink()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a file another user's takes root")
+def test_another_users_temporary_file_is_left_alone(tmp_path) -> None:
+    directory = open_private_dir(tmp_path / "cache")
+    theirs = left_by_a_killed_write(directory, age=3600)
+    os.chown(theirs, 65534, 65534)
+    assert disk_cache.prune_expired(directory, now=10_000.0) == 0
+    assert theirs.exists()
+
+
+def test_a_cache_dir_another_user_could_redirect_is_refused(issuer, capsys, tmp_path) -> None:
+    """A private directory in a folder anyone may write to: swapped after the check for
+    theirs, it would receive the tokens (and the role sessions' credentials)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "cache").mkdir(mode=0o700)
+    ask = ("--audience", "orders-api", "--cache-dir", str(shared / "cache"))
+    code, out, err = token(issuer, capsys, *ask)
+    assert (code, out) == (2, "")
+    assert f"--cache-dir {shared} is writable by everyone without the sticky bit" in err
+    assert f"anyone could replace {shared}/cache" in err
+    code, out, err = token(issuer, capsys, *ask, "--json")
+    assert (code, err) == (2, "")
+    answer = json.loads(out)
+    assert (answer["error"], answer["input"]) == ("invalid_value", "--cache-dir")
+    assert issuer.exchanges == 0
+    assert list((shared / "cache").iterdir()) == []

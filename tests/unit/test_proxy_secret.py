@@ -70,3 +70,30 @@ def test_a_directory_anyone_may_write_to_needs_the_sticky_bit(tmp_path: Path) ->
         write_secret_file("s3cret", shared / "proxy-secret")
     os.chmod(shared, 0o1777)  # noqa: S103 - as /tmp: only the owner may replace a file
     assert write_secret_file("s3cret", shared / "proxy-secret").read_text() == "s3cret"
+
+
+def test_a_way_another_user_could_redirect_is_refused(tmp_path: Path) -> None:
+    """The folder is fine, the way to it is not: a private folder in one anyone may write
+    to could be swapped, after the check, for theirs, where they would read the secret."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # noqa: S103 - the unsafe directory under test
+    (shared / "run").mkdir(mode=0o700)
+    with pytest.raises(UnsafeSecretFile) as refused:
+        write_secret_file("s3cret", shared / "run" / "proxy-secret")
+    assert str(refused.value) == (
+        f"{shared} is writable by everyone without the sticky bit (mode 0777): anyone could "
+        f"replace {shared}/run; choose another directory"
+    )
+    assert list((shared / "run").iterdir()) == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a symlink another user's takes root")
+def test_a_symlink_on_the_way_another_user_owns_is_refused(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (tmp_path / "run").symlink_to(private)
+    os.lchown(tmp_path / "run", 65534, 65534)  # nobody's: they could point it elsewhere
+    with pytest.raises(UnsafeSecretFile, match=f"{tmp_path}/run is a symlink owned by uid"):
+        write_secret_file("s3cret", tmp_path / "run" / "proxy-secret")
+    assert list(private.iterdir()) == []

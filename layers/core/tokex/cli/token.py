@@ -290,7 +290,7 @@ def _token_response(
             principal = token_subject(read_token_file(args.token_file))
         else:
             principal = aws_credentials(session).access_key
-        name = disk_cache.cache_file_name(
+        key = disk_cache.cache_key(
             endpoint=endpoint,
             issuer=args.issuer,
             audience=args.audience,
@@ -300,7 +300,7 @@ def _token_response(
             principal=principal,
             token_file=args.token_file,
         )
-        cache_file = cache_dir / name
+        cache_file = cache_dir / disk_cache.cache_file_name(key)
         cached = disk_cache.read_cached(cache_file)
         if cached is not None:
             if args.verbose:
@@ -330,7 +330,7 @@ def _token_response(
         )
     if cache_file is not None:
         try:
-            disk_cache.write_cached(cache_file, response, now=sent, boot=sent_boot)
+            disk_cache.write_cached(cache_file, response, key=key, now=sent, boot=sent_boot)
         except OSError as err:  # the token is good: print it, say why it was not kept
             print(f"tokex token: --cache-dir: not cached: {err}", file=sys.stderr)
         # Expired tokens of earlier role sessions (docs/contract.md "Command line").

@@ -11,6 +11,11 @@ file. With `eks` evidence it is the `iss` and `sub` of the service-account token
 cluster and the service account), read from the token file, which is part of the key too.
 No secret goes into the key.
 
+Each file keeps the key it was named by (`key`), and a file is served only for that key:
+one whose key is not the one its name is the hash of (a file renamed over another's name,
+by whoever may write to the directory), or that keeps no key (written by a version before
+this rule), is a miss, not another request's token.
+
 The files are bearer tokens: mode 0600 in a directory the user owns that no one else may
 write to (0700 when tokex makes it: `private_files.open_private_dir`), written atomically
 (temp file, `os.replace`), read without following a symlink. A cached token is used while
@@ -27,7 +32,10 @@ Every write also removes this user's cache files whose token has expired: a role
 (a Lambda's, an ECS task's, an instance's) changes every hour or so, and each new session
 starts a new file, so without pruning a long-lived cache directory would keep one expired
 bearer token per session for ever. Only files this user wrote (its own, mode 0600, the
-cache's name pattern, the cache's JSON) are ever removed.
+cache's name pattern, the cache's JSON) are ever removed; and the temporary files of writes
+that never finished (a run killed between writing one and renaming it into place: it holds
+a bearer token too), this user's own, mode 0600, named as `write_private` names them, once
+they are older than any write takes (`STALE_TEMPORARY_SECONDS`).
 """
 
 from __future__ import annotations
@@ -35,10 +43,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import re
+import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tokex.client.token_client import (
     BEARER_TOKEN,
@@ -53,9 +64,13 @@ from tokex.regions import DISCOVERY_MEMBER
 FILE_SUFFIX = ".token.json"
 DISCOVERY_SUFFIX = ".discovery.json"
 MAX_FILE_BYTES = 64 * 1024
+# What `write_private` names its temporary files (`mkstemp`, prefix ".tmp-"), and how old
+# one is when no write can still be using it: a write takes milliseconds.
+TEMPORARY_NAME = re.compile(r"\.tmp-[a-z0-9_]+")
+STALE_TEMPORARY_SECONDS = 10 * 60
 
 
-def cache_file_name(
+def cache_key(
     *,
     endpoint: str,
     issuer: str | None,
@@ -65,23 +80,26 @@ def cache_file_name(
     instance_identity: str,
     principal: str,
     token_file: str | None = None,
-) -> str:
-    """`principal`: the AWS access key id (`sigv4`, `aws-oif`), or the service-account
-    token's issuer and subject (`eks`, whose `token_file` is given too)."""
-    material = json.dumps(
-        {
-            "v": 2,
-            "endpoint": endpoint.rstrip("/"),
-            "issuer": issuer,
-            "audience": audience,
-            "scopes": sorted(set(scopes)),
-            "evidence": evidence,
-            "instance_identity": instance_identity,
-            "principal": principal,
-            "token_file": token_file,
-        },
-        sort_keys=True,
-    )
+) -> dict[str, Any]:
+    """What a cached token is kept for. `principal`: the AWS access key id (`sigv4`,
+    `aws-oif`), or the service-account token's issuer and subject (`eks`, whose
+    `token_file` is given too)."""
+    return {
+        "v": 2,
+        "endpoint": endpoint.rstrip("/"),
+        "issuer": issuer,
+        "audience": audience,
+        "scopes": sorted(set(scopes)),
+        "evidence": evidence,
+        "instance_identity": instance_identity,
+        "principal": principal,
+        "token_file": token_file,
+    }
+
+
+def cache_file_name(key: Mapping[str, Any]) -> str:
+    """The file `cache_key`'s `key` is kept in: the sha256 of the key."""
+    material = json.dumps(key, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest() + FILE_SUFFIX
 
 
@@ -104,7 +122,9 @@ def read_cached(
     path: Path, *, now: float | None = None, boot: BootReading | None = None
 ) -> dict[str, Any] | None:
     """The cached token response, its `expires_in` counted from now, if it has more than
-    20 % of its lifetime left; None for a missing, unsafe, unreadable or stale file.
+    20 % of its lifetime left; None for a missing, unsafe, unreadable or stale file, and
+    for one that keeps no key or not the key its name is the hash of (another request's
+    token, its file renamed: the request named this file by its own key).
 
     A token's age is counted on the boot clock when the file was written in this boot
     (`boot`, read now unless `now` is given): a wall clock set back after the write (NTP
@@ -113,9 +133,9 @@ def read_cached(
     if now is None:
         now, boot = time.time(), boot_clock()
     entry = _own_entry(path)
-    if entry is None:
+    if entry is None or entry.named != path.name:
         return None
-    obtained_at, response, token, written_boot = entry
+    obtained_at, response, token, written_boot, _ = entry
     if boot is not None and written_boot is not None and boot[0] == written_boot[0]:
         now = obtained_at + (boot[1] - written_boot[1])  # a boot clock only moves on
     if not obtained_at <= now < token.refresh_at:  # a clock set back counts as stale
@@ -124,34 +144,59 @@ def read_cached(
 
 
 def prune_expired(directory: Path, *, now: float | None = None) -> int:
-    """Removes this user's cache files whose token has expired; how many it removed.
-    A file it cannot read as its own cache entry is left alone, as is a token still valid
-    (if stale for reuse) and one from a clock set back. Housekeeping: a directory it
-    cannot list, or a file in it damaged or planted, never fails the run that got a token."""
+    """Removes this user's cache files whose token has expired, and the temporary files
+    of writes that never finished; how many it removed. A file it cannot read as its own
+    cache entry is left alone, as is a token still valid (if stale for reuse) and one from
+    a clock set back, and a temporary file that is not this user's own 0600 regular file
+    or not older than STALE_TEMPORARY_SECONDS by `now`. Housekeeping: a directory it cannot
+    list, or a file in it damaged or planted, never fails the run that got a token."""
     now = time.time() if now is None else now
     removed = 0
     try:
-        paths = list(directory.glob("*" + FILE_SUFFIX))
+        paths = list(directory.iterdir())
     except OSError:  # e.g. no longer readable
         return removed
     for path in paths:
-        if path.name.startswith("."):
-            continue  # never an entry: hidden files (older versions' `.tmp-…` writes) stay
-        entry = _own_entry(path)
-        if entry is None or not entry[0] <= entry[2].expires_at <= now:
-            continue
+        if TEMPORARY_NAME.fullmatch(path.name):
+            if not _stale_temporary(path, now):
+                continue
+        elif path.name.startswith(".") or not path.name.endswith(FILE_SUFFIX):
+            continue  # never an entry
+        else:
+            entry = _own_entry(path)
+            if entry is None or not entry.obtained_at <= entry.token.expires_at <= now:
+                continue
         with contextlib.suppress(OSError):  # another run pruned it first
             path.unlink()
             removed += 1
     return removed
 
 
-def _own_entry(
-    path: Path,
-) -> tuple[float, dict[str, Any], CachedToken, BootReading | None] | None:
-    """(obtained_at, response, token, the boot clock's reading at obtained_at if kept) of a
-    cache file this user wrote with mode 0600, not through a symlink; None for anything
-    else."""
+def _stale_temporary(path: Path, now: float) -> bool:
+    """Whether `path` is this user's own 0600 regular file (not a symlink), last written
+    more than STALE_TEMPORARY_SECONDS before `now`: no write still uses it."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        return False
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        return False
+    return info.st_mtime < now - STALE_TEMPORARY_SECONDS
+
+
+class _Entry(NamedTuple):
+    obtained_at: float
+    response: dict[str, Any]
+    token: CachedToken
+    boot: BootReading | None  # the boot clock's reading at obtained_at, if kept
+    named: str | None  # the file name of the key it was written for, if it keeps one
+
+
+def _own_entry(path: Path) -> _Entry | None:
+    """The entry of a cache file this user wrote with mode 0600, not through a symlink;
+    None for anything else."""
     data = read_own_private(path, MAX_FILE_BYTES)
     if data is None:
         return None
@@ -170,8 +215,10 @@ def _own_entry(
         written_boot = None
         if isinstance(boot, list) and len(boot) == 2 and isinstance(boot[0], str):
             written_boot = (boot[0], float(boot[1]))
+        key = entry.get("key")
+        named = cache_file_name(key) if isinstance(key, dict) else None
         token = CachedToken.from_response(response, obtained_at=obtained_at)
-        return obtained_at, response, token, written_boot
+        return _Entry(obtained_at, response, token, written_boot, named)
     # Not the cache's JSON; OverflowError: a number of 400 digits is no float.
     except (ValueError, TypeError, KeyError, RecursionError, OverflowError):
         return None
@@ -181,15 +228,19 @@ def write_cached(
     path: Path,
     response: dict[str, Any],
     *,
+    key: Mapping[str, Any],
     now: float | None = None,
     boot: BootReading | None = None,
 ) -> None:
-    """Atomically: a reader sees the old file or the new one, never half of one. `now`
-    and `boot`: the wall and boot clocks when the token was asked for (both read now
-    unless `now` is given)."""
+    """Atomically: a reader sees the old file or the new one, never half of one. `key`:
+    the `cache_key` the file is named by, kept in it (ValueError for another: the file
+    would never be read). `now` and `boot`: the wall and boot clocks when the token was asked for
+    (both read now unless `now` is given)."""
+    if cache_file_name(key) != path.name:
+        raise ValueError(f"{path.name} is not the file of the key given: see cache_file_name")
     if now is None:
         now, boot = time.time(), boot_clock()
-    entry: dict[str, Any] = {"obtained_at": now, "response": response}
+    entry: dict[str, Any] = {"obtained_at": now, "response": response, "key": dict(key)}
     if boot is not None:
         entry["boot"] = list(boot)
     write_private(path, json.dumps(entry))

@@ -13,11 +13,10 @@ import contextlib
 import hmac
 import os
 import secrets
-import stat
 import tempfile
 from pathlib import Path
 
-from tokex.private_files import write_private
+from tokex.private_files import UnsafeDirectory, check_way_to, write_private
 
 SECRET_BYTES = 32
 DEFAULT_FILE_NAME = "secret"  # in a new directory tokex-proxy-XXXXXXXX
@@ -41,9 +40,10 @@ def write_secret_file(secret: str, path: Path | None) -> Path:
     """Write `secret` (mode 0600) to `path`, or to a new private directory in
     $XDG_RUNTIME_DIR (else the system's temporary directory); returns the file written.
 
-    `path` is refused if it is a symlink, or if its directory is writable by everyone
-    without the sticky bit (anyone could swap the file for their own). It is replaced
-    atomically: a reader sees the old secret or the new one, never half of one."""
+    `path` is refused if it is a symlink, or if another user could swap the file for
+    their own or redirect the way to it (`private_files.check_way_to`: its directory
+    writable by everyone without the sticky bit, say). It is replaced atomically: a reader
+    sees the old secret or the new one, never half of one."""
     if path is None:
         runtime = os.environ.get("XDG_RUNTIME_DIR")
         parent = runtime if runtime and Path(runtime).is_dir() else None
@@ -57,12 +57,10 @@ def write_secret_file(secret: str, path: Path | None) -> Path:
         raise UnsafeSecretFile(f"{path} is a symlink: name the file itself")
     if path.is_dir():
         raise UnsafeSecretFile(f"{path} is a directory: name a file in it, e.g. {path}/secret")
-    mode = path.parent.stat().st_mode
-    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-        raise UnsafeSecretFile(
-            f"{path.parent} is writable by everyone without the sticky bit: anyone could "
-            "replace the secret file; choose a directory of the workload's user"
-        )
+    try:
+        check_way_to(path)
+    except UnsafeDirectory as err:
+        raise UnsafeSecretFile(str(err)) from None
     write_private(path, secret, prefix=".tokex-proxy-")
     return path
 
