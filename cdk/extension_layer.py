@@ -21,6 +21,13 @@ Everything in the layer is pure Python (wheels resolved with `--platform any --a
 pip refuses a dependency that has only platform wheels), so one build serves x86_64 and
 arm64 functions. No Docker: pip and a file copy, cached like the core layer
 (cdk/layer_bundling.py), keyed by a hash of everything that goes in.
+
+Its wheels are those of a committed lock file, `layers/core/requirements-extension.lock`,
+as for the core layer: `python -m cdk.lock` resolves the requirements for each runtime's
+Python (one lock, checked to be the same for all of them), the build installs the lock's
+wheels and resolves nothing, and a lock that does not satisfy pyproject.toml (or misses a
+module the extension now imports) fails the build. Only the modules of the import closure
+are copied (`*.py` files found by import), so no stray file of the package ships here.
 """
 
 from __future__ import annotations
@@ -47,10 +54,13 @@ from cdk.layer_bundling import (
     INVALIDATION_MODE,
     BundlingError,
     BytecodeCompiler,
+    Lock,
     canonical_name,
     default_cache_dir,
     find_bytecode_compiler,
     locally_bundled_code,
+    lock_text,
+    marker_environment,
     readable_by_lambda,
     requirement_name,
 )
@@ -66,8 +76,10 @@ from tokex.extension.main import (
 )
 from tokex.proxy.config import ProxyConfigError
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The layer's lock file, relative to the project root (see the module docstring).
+EXTENSION_LOCK = Path("layers", "core", "requirements-extension.lock")
 PACKAGE_DIR = PROJECT_ROOT / "layers" / "core" / "tokex"
 SITE = "tokex-proxy"  # /opt/tokex-proxy
 ENTRY_MODULES = ("tokex.extension.__main__",)
@@ -78,6 +90,10 @@ PIP_PYTHON_VERSION = "3.11"
 # Top-level modules each Python runtime (3.11+) has in its site-packages: the AWS SDK and
 # its dependencies. The extension uses them from there, at the runtime's versions.
 RUNTIME_MODULES = frozenset({"boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six"})
+# Their distributions: what the layer must never install (`dateutil` is python-dateutil's).
+RUNTIME_DISTRIBUTIONS = frozenset(
+    {canonical_name(m) for m in RUNTIME_MODULES - {"dateutil"}} | {"python-dateutil"}
+)
 # Modules the extension imports that it takes from the layer, by distribution
 # (pyproject.toml states their versions). pyjwt: not in the runtime (it reads the tokens'
 # claims; verifying no signature, it needs no `cryptography`, which pyjwt imports only if
@@ -196,6 +212,7 @@ class ExtensionLayerBundling:
 
     def __init__(self, *, project_root: Path = PROJECT_ROOT, cache_dir: Path | None = None):
         self.package_dir = project_root / "layers" / "core" / "tokex"
+        self.lock_path = project_root / EXTENSION_LOCK
         self.modules, self.third_party = import_closure(self.package_dir)
         self.requirements = bundled_requirements(self.third_party, project_root / "pyproject.toml")
         default = default_cache_dir()
@@ -212,6 +229,8 @@ class ExtensionLayerBundling:
             "bytecode": [[c.version, c.cache_tag, INVALIDATION_MODE] for c in self.compilers],
         }
         digest.update(json.dumps(header, sort_keys=True).encode())
+        # The wheels the layer installs: the lock decides them, not this machine's pip.
+        digest.update(b"\0lock\0" + hashlib.sha256(Lock.read(self.lock_path).content).digest())
         for name in sorted(self.modules):
             digest.update(b"\0" + name.encode() + b"\0")
             digest.update(hashlib.sha256(self.modules[name].read_bytes()).digest())
@@ -236,9 +255,14 @@ class ExtensionLayerBundling:
 
     def _build(self, root: Path) -> None:
         site = root / SITE
-        if self.requirements:
+        lock = Lock.read(self.lock_path)
+        self.check_lock(lock)
+        if lock.pins:
+            # The bytes checked are the bytes installed (beside the layer, not in it).
+            installed = root.parent / "requirements.lock"
+            installed.write_bytes(lock.content)
             self._pip("install", "--no-deps", "--require-hashes", "--target", str(site),
-                      "-r", str(self._lock(root)))  # fmt: skip
+                      "-r", str(installed))  # fmt: skip
         shutil.rmtree(site / "bin", ignore_errors=True)
         for path in self.modules.values():
             target = site / path.relative_to(self.package_dir.parent)
@@ -251,28 +275,70 @@ class ExtensionLayerBundling:
         for compiler in self.compilers:
             _compile(compiler, site)
 
-    def _lock(self, root: Path) -> Path:
-        """The wheels to install, hash-pinned from a dry run; none the runtime provides."""
-        report = root.parent / "report.json"
-        self._pip("install", "--dry-run", "--ignore-installed", "--report", str(report),
-                  "--target", str(root.parent / "dry-run"), *self.requirements)  # fmt: skip
-        pins = []
-        for item in json.loads(report.read_text(encoding="utf-8"))["install"]:
-            name, version = item["metadata"]["name"], item["metadata"]["version"]
-            if canonical_name(name) in {canonical_name(m) for m in RUNTIME_MODULES}:
-                raise RuntimeError(f"{name} would shadow the runtime's copy in the extension")
-            sha256 = item["download_info"]["archive_info"]["hashes"]["sha256"]
-            pins.append(f"{name}=={version} --hash=sha256:{sha256}\n")
-        lock = root.parent / "requirements.lock"
-        lock.write_text("".join(sorted(pins)), encoding="utf-8")
-        return lock
+    # --- the lock file ----------------------------------------------------------------
 
-    def _pip(self, *args: str) -> None:
+    # Every runtime's Python: a runtime added is resolved (and checked alike) anew.
+    target = "platform=any implementation=py abi=none python=" + ",".join(
+        r.name.removeprefix("python") for r in RUNTIMES
+    )
+
+    def check_lock(self, lock: Lock) -> None:
+        """The core layer's check (Lock.check), for the modules the extension imports."""
+        lock.check(
+            self.requirements,
+            target=self.target,
+            excluded=RUNTIME_DISTRIBUTIONS,
+            # Pure Python for every runtime: the oldest one's markers (the lock command
+            # checks that the others resolve alike).
+            environment=marker_environment(PIP_PYTHON_VERSION, "x86_64"),
+        )
+
+    def lock_text(self) -> str:
+        """A new lock file's text, for `python -m cdk.lock`: pip's resolution for the
+        oldest runtime's Python, which must be the same for each of the others (one lock
+        serves them all, as one layer does)."""
+        resolved = {r.name: self._resolve(r.name.removeprefix("python")) for r in RUNTIMES}
+        pins = resolved[f"python{PIP_PYTHON_VERSION}"]
+        differing = sorted(runtime for runtime, other in resolved.items() if other != pins)
+        if differing:
+            raise BundlingError(
+                f"the extension's dependencies resolve differently for {differing} than for "
+                f"Python {PIP_PYTHON_VERSION}: one lock cannot serve every runtime"
+            )
+        return lock_text(
+            layer="proxy extension layer",
+            source="the pyproject.toml requirements of the third-party modules the extension "
+            f"imports ({', '.join(self.requirements)}), the same for each runtime's Python",
+            target=self.target,
+            pins=pins,
+        )
+
+    def _resolve(self, python_version: str) -> list[str]:
+        """The wheels to install for `python_version`, hash-pinned from a dry run; none
+        the runtime provides."""
+        if not self.requirements:
+            return []
+        with tempfile.TemporaryDirectory(prefix="tokex-lock-") as scratch:
+            report = Path(scratch, "report.json")
+            self._pip("install", "--dry-run", "--ignore-installed", "--report", str(report),
+                      "--target", str(Path(scratch, "dry-run")), *self.requirements,
+                      python_version=python_version)  # fmt: skip
+            installs = json.loads(report.read_text(encoding="utf-8"))["install"]
+        pins = []
+        for item in installs:
+            name, version = canonical_name(item["metadata"]["name"]), item["metadata"]["version"]
+            if name in RUNTIME_DISTRIBUTIONS:
+                raise BundlingError(f"{name} would shadow the runtime's copy in the extension")
+            sha256 = item["download_info"]["archive_info"]["hashes"]["sha256"]
+            pins.append(f"{name}=={version} --hash=sha256:{sha256}")
+        return sorted(pins)
+
+    def _pip(self, *args: str, python_version: str = PIP_PYTHON_VERSION) -> None:
         command = [
             sys.executable, "-m", "pip", args[0],
             "--disable-pip-version-check", "--no-input", "--quiet", "--no-compile",
             "--platform", "any", "--implementation", "py", "--abi", "none",
-            "--python-version", PIP_PYTHON_VERSION, "--only-binary=:all:", *args[1:],
+            "--python-version", python_version, "--only-binary=:all:", *args[1:],
         ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:

@@ -8,11 +8,24 @@ local mode, the Kong generator, the workload client, the proxy and its Lambda ex
 which has a layer of its own: cdk/extension_layer.py) stays in the installable package
 and out of the layer, and nothing in the runtime imports it (tests/infra/test_layer.py).
 
+Dependencies: the layer installs exactly the wheels of a committed lock file,
+`layers/core/requirements.lock` (`name==version --hash=sha256:...` lines, installed with
+`pip install --no-deps --require-hashes`): nothing is resolved at synth time, so the same
+sources and lock give the same layer on every machine and at any date. `python -m cdk.lock`
+makes the lock from pyproject.toml's dependencies (`CoreLayerBundling.lock_text`: pip's
+resolution for the target, less what the runtime provides); a new lock, a reviewed diff, is
+what ships new dependency versions. A lock that no longer satisfies pyproject.toml (a
+requirement added or raised since) fails the build, naming the lock.
+
+The `tokex` files the layer ships are an allow-list: the package's modules (`*.py`) and the
+package data pyproject.toml declares for setuptools (`py.typed`, the certificates), as the
+wheel has them; a `.env`, an editor's backup or a tool's cache beside them is not shipped.
+
 A finished bundle is kept in a cache directory keyed by a hash of everything that goes
-into it (the `tokex` sources, the dependency list, the target platform and this module's
-bundling recipe), so synthesizing again - into any `cdk.out` - copies a directory instead
-of running pip. The asset hash is derived from the same inputs, so CDK also skips the
-bundler entirely when the asset is already staged in the output directory.
+into it (the `tokex` files, the dependency list, the lock file's bytes, the target platform
+and this module's bundling recipe), so synthesizing again - into any `cdk.out` - copies a
+directory instead of running pip. The asset hash is derived from the same inputs, so CDK
+also skips the bundler entirely when the asset is already staged in the output directory.
 
 Bytecode: `/opt` is read-only on Lambda, so a layer without `.pyc` files has every cold
 start compile its modules again (issue 11: 0.41 s against 0.14 s for the layer's part).
@@ -27,6 +40,7 @@ of the inputs hash.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import hashlib
 import json
@@ -37,8 +51,9 @@ import stat
 import subprocess
 import sys
 import tempfile
+import textwrap
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +63,13 @@ from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling,
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # the `cdk` extra alone: the copy in pip, which the bundler runs anyway
+    from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]
+
 # Bump when the recipe below changes in a way the inputs hash cannot see.
-RECIPE_VERSION = "4"
+RECIPE_VERSION = "5"
 PLATFORM = "manylinux2014_aarch64"
 # Provided by every Lambda Python runtime; bundling them would only shadow the runtime's
 # copy and add ~25 MB. The functions need botocore >= 1.29.164 (DynamoDB's
@@ -60,7 +80,14 @@ PACKAGE_NAME = "tokex"
 CACHE_ENTRIES_KEPT = 4
 # Top-level entries of the `tokex` package that are tooling, not runtime.
 TOOLING = frozenset({"cli", "local", "client", "proxy", "extension", "kong.py"})
-_IGNORED_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
+# The core layer's lock file, relative to the project root (see the module docstring).
+CORE_LOCK = Path("layers", "core", "requirements.lock")
+# What regenerates the layers' lock files (cdk/lock.py).
+LOCK_COMMAND = "python -m cdk.lock"
+# A lock file's line: one wheel, hash-pinned (what `pip --require-hashes` needs).
+_PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) --hash=sha256:([0-9a-f]{64})")
+# A lock file's header line naming the pip target it was resolved for.
+_LOCK_TARGET = "# target: "
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 # A cache entry's name once published: its inputs hash (a staging one adds `-<random>`).
 _PUBLISHED_BUNDLE = re.compile(r"[0-9a-f]{64}")
@@ -99,21 +126,54 @@ def layer_requirements(pyproject: Path) -> list[str]:
     return [r for r in project["dependencies"] if requirement_name(r) not in RUNTIME_PROVIDED]
 
 
-def is_runtime_file(relative: Path) -> bool:
-    """Whether a file of the `tokex` package (path relative to it) goes in the layer."""
+def package_data(pyproject: Path) -> tuple[str, ...]:
+    """The `tokex` package's data files as pyproject.toml declares them for setuptools
+    (`[tool.setuptools.package-data]`: glob patterns relative to the package)."""
+    tool = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {})
+    return tuple(tool.get("setuptools", {}).get("package-data", {}).get(PACKAGE_NAME, ()))
+
+
+def _glob_match(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """`glob(pattern, recursive=True)`'s verdict on a relative path (what setuptools ships
+    as package data): `**` is any number of folders, and a wildcard matches no name that
+    starts with a dot."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return _glob_match(parts, rest) or (
+            bool(parts) and not parts[0].startswith(".") and _glob_match(parts[1:], pattern)
+        )
+    if not parts or (parts[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], head) and _glob_match(parts[1:], rest)
+
+
+def is_runtime_file(relative: Path, data: Iterable[str] = ()) -> bool:
+    """Whether a file of the `tokex` package (path relative to it) goes in the layer: a
+    module of one of its packages (a folder named like one, as setuptools finds them) or
+    package data (`data`: `package_data`'s patterns), and not tooling. Anything else - a
+    `.env`, `x.py.orig`, `.x.py.swp`, a tool's cache - is not shipped."""
+    parts = relative.parts
+    if parts[0] in TOOLING:
+        return False
+    if any(_glob_match(parts, tuple(pattern.split("/"))) for pattern in data):
+        return True
+    folders, name = parts[:-1], parts[-1]
     return (
-        relative.parts[0] not in TOOLING
-        and not _IGNORED_PARTS.intersection(relative.parts)
-        and relative.suffix not in (".pyc", ".pyo")
+        all(f.isidentifier() and f != "__pycache__" for f in folders)
+        and name.endswith(".py")
+        and not name.startswith(".")
     )
 
 
-def runtime_files(package_dir: Path) -> list[Path]:
-    """The files of the `tokex` package that the layer ships."""
+def runtime_files(package_dir: Path, data: Iterable[str] = ()) -> list[Path]:
+    """The files of the `tokex` package that the layer ships (see `is_runtime_file`)."""
+    data = tuple(data)
     return sorted(
         path
         for path in package_dir.rglob("*")
-        if path.is_file() and is_runtime_file(path.relative_to(package_dir))
+        if path.is_file() and is_runtime_file(path.relative_to(package_dir), data)
     )
 
 
@@ -135,11 +195,115 @@ def readable_by_lambda(root: Path) -> None:
 
 
 class BundlingError(RuntimeError):
-    """A layer cannot be built on this machine (pip, the bytecode compiler): the operator's
-    to fix, so the synth reports it without a traceback."""
+    """A layer cannot be built on this machine (pip, the bytecode compiler, a missing or
+    stale lock file): the operator's to fix, so the synth reports it without a traceback."""
 
     def __init__(self, message: str) -> None:
         super().__init__(f"{BUNDLING_FAILED}: {message}")
+
+
+# --- lock files ---------------------------------------------------------------------
+
+
+NBSP = "\N{NO-BREAK SPACE}"  # keeps the command on one line of a lock's header
+
+
+def lock_text(*, layer: str, source: str, target: str, pins: Iterable[str]) -> str:
+    """A lock file: its header (how it was made), then `name==version --hash=...` lines."""
+    command = LOCK_COMMAND.replace(" ", NBSP)
+    about = (
+        f"The {layer}'s dependencies, hash-pinned. The layer installs exactly these wheels "
+        "(pip install --no-deps --require-hashes): a change of this file is what ships new "
+        "dependency versions; nothing is resolved when the layer is built. "
+        f"Made by `{command}` (from the project root) with pip's resolution, for the "
+        f"target below, of {source}. To update (a dependency's fix, a requirement added or "
+        "raised in pyproject.toml), run it again and review the diff. Not to be edited by hand."
+    )
+    lines = textwrap.wrap(about, width=86, break_on_hyphens=False)
+    header = "".join(f"# {line.replace(NBSP, ' ')}\n" for line in lines)
+    header += f"{_LOCK_TARGET}{target}\n"
+    return header + "".join(f"{pin}\n" for pin in pins)
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A lock file as read: its bytes (part of the inputs hash), the target its header
+    names, and its pins (canonical name -> version)."""
+
+    path: Path
+    content: bytes
+    target: str | None
+    pins: Mapping[str, str]
+
+    @classmethod
+    def read(cls, path: Path) -> Lock:
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:
+            raise BundlingError(
+                f"the lock file {path} is missing: make it with `{LOCK_COMMAND}`"
+            ) from None
+        target, pins = None, {}
+        for number, line in enumerate(content.decode("utf-8").splitlines(), 1):
+            if line.startswith(_LOCK_TARGET):
+                target = line.removeprefix(_LOCK_TARGET).strip()
+            if not line.strip() or line.startswith("#"):
+                continue
+            match = _PIN.fullmatch(line.strip())
+            if match is None:
+                raise BundlingError(
+                    f"{path}:{number} is not `name==version --hash=sha256:<64 hex>`: "
+                    f"{line!r}; regenerate the lock with `{LOCK_COMMAND}`"
+                )
+            pins[canonical_name(match.group(1))] = match.group(2)
+        return cls(path, content, target, pins)
+
+    def check(
+        self,
+        requirements: Iterable[str],
+        *,
+        target: str,
+        excluded: Iterable[str],
+        environment: Mapping[str, str],
+    ) -> None:
+        """BundlingError naming this lock unless it is for `target`, pins each of
+        `requirements` (whose marker holds in `environment`) at a version it allows, and
+        pins nothing `excluded` (the runtime's): a stale lock, after pyproject.toml
+        changed, fails the build instead of shipping what pyproject no longer says."""
+        problems = []
+        if self.target != target:
+            problems.append(f"it was made for {self.target!r}, the layer is for {target!r}")
+        for requirement in requirements:
+            parsed = Requirement(requirement)
+            if parsed.marker is not None and not parsed.marker.evaluate(dict(environment)):
+                continue
+            version = self.pins.get(canonical_name(parsed.name))
+            if version is None:
+                problems.append(f"{requirement!r} is not pinned")
+            elif not parsed.specifier.contains(version, prereleases=True):
+                problems.append(f"{requirement!r} does not allow the pinned {version}")
+        shadowing = sorted(self.pins.keys() & {canonical_name(e) for e in excluded})
+        if shadowing:
+            problems.append(f"it pins {shadowing}, which the Lambda runtime provides")
+        if problems:
+            raise BundlingError(
+                f"the lock file {self.path} does not match pyproject.toml: "
+                f"{'; '.join(problems)}. Run `{LOCK_COMMAND}` and review the diff"
+            )
+
+
+def marker_environment(python_version: str, machine: str) -> dict[str, str]:
+    """PEP 508 marker values of a Lambda Python runtime (`python_version`, e.g. "3.13")."""
+    return {
+        "python_version": python_version,
+        "python_full_version": f"{python_version}.0",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "platform_machine": machine,
+        "platform_system": "Linux",
+        "sys_platform": "linux",
+        "os_name": "posix",
+    }
 
 
 @dataclass(frozen=True)
@@ -261,8 +425,10 @@ class CoreLayerBundling:
         self.project_root = project_root.resolve()
         self.package_dir = self.project_root / "layers" / "core" / PACKAGE_NAME
         self.pyproject = self.project_root / "pyproject.toml"
+        self.lock_path = self.project_root / CORE_LOCK
         self.python_version = python_version
         self.requirements = layer_requirements(self.pyproject)
+        self.package_data = package_data(self.pyproject)
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
         # Probed once per synth; None: the layer ships sources only.
         self.compiler = find_compiler(python_version)
@@ -278,11 +444,41 @@ class CoreLayerBundling:
             "bytecode": None if self.compiler is None else self.compiler.identity(LAYER_SITE),
         }
         digest.update(json.dumps(header, sort_keys=True).encode())
-        for path in runtime_files(self.package_dir):
+        # The wheels the layer installs: the lock decides them, not this machine's pip.
+        digest.update(b"\0lock\0" + hashlib.sha256(Lock.read(self.lock_path).content).digest())
+        for path in runtime_files(self.package_dir, self.package_data):
             relative = path.relative_to(self.package_dir).as_posix()
             digest.update(b"\0" + relative.encode() + b"\0")
             digest.update(hashlib.sha256(path.read_bytes()).digest())
         return digest.hexdigest()
+
+    # --- the lock file ----------------------------------------------------------------
+
+    @property
+    def target(self) -> str:
+        """What the lock is resolved for: pip's target options (see `_pip`)."""
+        return f"platform={PLATFORM} implementation=cp python={self.python_version}"
+
+    def check_lock(self, lock: Lock) -> None:
+        lock.check(
+            self.requirements,
+            target=self.target,
+            excluded=RUNTIME_PROVIDED,
+            environment=marker_environment(self.python_version, "aarch64"),
+        )
+
+    def lock_text(self) -> str:
+        """A new lock file's text: pip's resolution of pyproject's dependencies now (the
+        network), for `python -m cdk.lock`; the build never resolves."""
+        with tempfile.TemporaryDirectory(prefix="tokex-lock-") as scratch:
+            pins = self._resolve(Path(scratch) / "report.json")
+        return lock_text(
+            layer="core Lambda layer",
+            source="pyproject.toml's [project].dependencies less what the Lambda runtime "
+            f"provides ({', '.join(sorted(RUNTIME_PROVIDED))})",
+            target=self.target,
+            pins=pins,
+        )
 
     # --- building -------------------------------------------------------------------
 
@@ -332,15 +528,18 @@ class CoreLayerBundling:
 
     def _build(self, root: Path) -> None:
         site = root / "python"
-        pins = self._resolve(root / "report.json")
-        lock = root / "requirements.lock"
-        lock.write_text("".join(f"{pin}\n" for pin in pins), encoding="utf-8")
-        # Second pass: exactly the resolved wheels (hash-checked), no resolver, so nothing
-        # the runtime provides can sneak back in as a dependency of a dependency.
+        lock = Lock.read(self.lock_path)
+        self.check_lock(lock)
+        # The bytes checked are the bytes installed; the copy stays in the cache entry.
+        installed = root / "requirements.lock"
+        installed.write_bytes(lock.content)
+        # Exactly the locked wheels (hash-checked), no resolver, so nothing the runtime
+        # provides can sneak back in as a dependency of a dependency.
         self._pip(
-            "install", "--no-deps", "--require-hashes", "--target", str(site), "-r", str(lock)
-        )
-        for path in runtime_files(self.package_dir):
+            "install", "--no-deps", "--require-hashes", "--target", str(site),
+            "-r", str(installed),
+        )  # fmt: skip
+        for path in runtime_files(self.package_dir, self.package_data):
             target = site / PACKAGE_NAME / path.relative_to(self.package_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
@@ -350,14 +549,14 @@ class CoreLayerBundling:
         leaked &= RUNTIME_PROVIDED
         if leaked:
             raise RuntimeError(f"layer bundle unexpectedly contains {sorted(leaked)}")
-        (root / "report.json").unlink()
         if self.compiler is not None:
             self.compiler.compile_tree(site)
 
     def _resolve(self, report: Path) -> list[str]:
         """Resolve the full dependency set for the target, then drop what the runtime has.
 
-        Returns `name==version --hash=sha256:...` lines for the wheels to install.
+        Returns `name==version --hash=sha256:...` lines for the wheels to install (for the
+        lock file: `lock_text`).
         """
         # pip before 23.3 refuses the platform options without `--target`, even on a dry
         # run (`Can not use any platform or abi specific options unless installing via
@@ -387,9 +586,7 @@ class CoreLayerBundling:
         for name in sorted(needed & by_name.keys()):
             item = by_name[name]
             sha256 = item["download_info"]["archive_info"]["hashes"]["sha256"]
-            pins.append(
-                f"{item['metadata']['name']}=={item['metadata']['version']} --hash=sha256:{sha256}"
-            )
+            pins.append(f"{name}=={item['metadata']['version']} --hash=sha256:{sha256}")
         return pins
 
     def _pip(self, *args: str) -> None:

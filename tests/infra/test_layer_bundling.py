@@ -21,6 +21,7 @@ from cdk.layer_bundling import (
     requirement_name,
 )
 from tests.infra.conftest import REPO_ROOT, Synthesized
+from tests.infra.locks import write_locks
 
 pytestmark = pytest.mark.infra
 
@@ -65,6 +66,7 @@ def _project(root: Path) -> Path:
     (root / "pyproject.toml").write_text(
         '[project]\nname = "tokex"\ndependencies = ["pyjwt>=2.9", "boto3>=1.35"]\n'
     )
+    write_locks(root)
     return package
 
 

@@ -6,14 +6,13 @@ directory may be left behind.
 
 pip is stubbed (`_pip`, the pip subprocess): what is tested is the cache's publication
 around it, and pip with a network would make the race slower, not different. The stub
-writes a tree of marker files where pip would install the wheels, after every builder has
-reached it (a barrier), so that all of them have found the cache empty and all of them
-publish at about the same time. Everything else is the bundlers' own code, the bytecode
+writes a tree of marker files where pip would install the locked wheels, after every
+builder has reached it (a barrier), so that all of them have found the cache empty and all
+of them publish at about the same time. Everything else is the bundlers' own code, the bytecode
 compilers of this machine included."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ import pytest
 
 from cdk.extension_layer import LAUNCHER, SITE, ExtensionLayerBundling
 from cdk.layer_bundling import CoreLayerBundling
+from tests.infra.locks import write_locks
 from tokex.extension.api import EXTENSION_NAME
 
 pytestmark = pytest.mark.infra
@@ -30,12 +30,6 @@ pytestmark = pytest.mark.infra
 BUILDERS = 3
 # Enough files that a publication made file by file is seen half done by the others.
 MARKER_FILES = 40
-# The one wheel the stub's dry run says it would install (its hash is never checked:
-# the stub installs it).
-PYJWT = {
-    "metadata": {"name": "PyJWT", "version": "2.9.0", "requires_dist": []},
-    "download_info": {"archive_info": {"hashes": {"sha256": "0" * 64}}},
-}
 # What the stub installs, as paths relative to pip's --target, and their text.
 INSTALLED = {
     **{f"jwt/marker_{number:02}.py": f"MARKER = {number}\n" for number in range(MARKER_FILES)},
@@ -52,7 +46,8 @@ PACKAGE = {
 
 def project(root: Path) -> Path:
     """A project with the `tokex` package above, which depends on pyjwt (and boto3, which
-    neither layer ships)."""
+    neither layer ships), and the layers' locks (pyjwt 2.9.0, whose hash is never checked:
+    the stub installs it)."""
     package = root / "layers" / "core" / "tokex"
     for relative, text in PACKAGE.items():
         (package / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -60,18 +55,15 @@ def project(root: Path) -> Path:
     (root / "pyproject.toml").write_text(
         '[project]\nname = "tokex"\ndependencies = ["pyjwt>=2.9", "boto3>=1.35"]\n'
     )
+    write_locks(root)
     return root
 
 
 def pip_meeting_at(barrier: threading.Barrier) -> Callable[..., None]:
-    """`_pip` of a bundler: a dry run reports PYJWT; an install waits until every builder
-    has reached it, then writes INSTALLED into its --target."""
+    """`_pip` of a bundler: an install (of the lock) waits until every builder has reached
+    it, then writes INSTALLED into its --target."""
 
     def pip(*args: str) -> None:
-        if "--dry-run" in args:
-            report = Path(args[args.index("--report") + 1])
-            report.write_text(json.dumps({"install": [PYJWT]}), encoding="utf-8")
-            return
         barrier.wait()
         target = Path(args[args.index("--target") + 1])
         for relative, text in INSTALLED.items():
