@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -11,10 +12,16 @@ import pytest
 from botocore.config import Config
 from moto import mock_aws
 
-from tokex.adapters.policy_table import PolicyStore, create_table
+from tokex.adapters.policy_table import (
+    GENERATION_ID,
+    SNAPSHOT_ATTEMPTS,
+    Inventory,
+    PolicyStore,
+    create_table,
+)
 from tokex.errors import MISCONFIGURED_RETRY_AFTER_SECONDS, Misconfigured, TemporarilyUnavailable
 from tokex.policy.cache import CachedPolicies
-from tokex.policy.model import Policy, PolicyValidationError
+from tokex.policy.model import Policy, PolicyValidationError, canonical_json
 
 TABLE = "tokex-policies-test"
 REGION = "us-east-1"
@@ -418,15 +425,16 @@ def test_unreachable_endpoint_is_temporarily_unavailable(refused_port: int) -> N
         config=Config(connect_timeout=1, read_timeout=1, retries={"max_attempts": 1}),
     )
     store = PolicyStore(client, TABLE)
-    scans = count_calls(client, "Scan")
+    calls = count_calls(client, "*")
     with pytest.raises(TemporarilyUnavailable) as info:
         store.load_all()
     assert info.value.status == 503
     assert TABLE not in info.value.description
-    # The refusal's 503 (not a timeout's), from the one Scan call: the store does not
-    # retry a failed call on its own (the client's configuration does).
-    assert info.value.reason == "dynamodb Scan: EndpointConnectionError"
-    assert scans == ["Scan"]
+    # The refusal's 503 (not a timeout's), from the load's first call (the generation's
+    # read): the store does not retry a failed call on its own (the client's
+    # configuration does), nor scan a table it could not read the generation of.
+    assert info.value.reason == "dynamodb GetItem: EndpointConnectionError"
+    assert calls == ["*"]
 
 
 def test_create_table_is_idempotent(client: Any) -> None:
@@ -449,3 +457,146 @@ def test_warm_cache_reads_dynamodb_zero_times(store: PolicyStore, client: Any) -
     now[0] = 31.0
     cache.policies()
     assert len(scans) == 2
+
+
+# --- one load, one state of the table ------------------------------------------------------
+
+
+def _deny(policy_id: str) -> Policy:
+    return Policy.from_document(
+        {**DENY, "id": policy_id, "principals": ["arn:aws:iam::123456789012:role/orders-api"]}
+    )
+
+
+def _generation(client: Any) -> dict[str, str] | None:
+    item = client.get_item(
+        TableName=TABLE, Key={"id": {"S": GENERATION_ID}}, ConsistentRead=True
+    ).get("Item")
+    return None if item is None else item["generation"]
+
+
+@contextlib.contextmanager
+def between_pages(reader: Any, write: Callable[[int], None]) -> Iterator[list[int]]:
+    """`write(page)` after each Scan page the `reader` client gets (the operator's change
+    lands while a load is reading the table); yields the pages seen, counted."""
+    pages: list[int] = []
+
+    def after_page(**_: Any) -> None:
+        pages.append(len(pages) + 1)
+        write(pages[-1])
+
+    reader.meta.events.register("after-call.dynamodb.Scan", after_page)
+    try:
+        yield pages
+    finally:
+        reader.meta.events.unregister("after-call.dynamodb.Scan", after_page)
+
+
+@pytest.fixture
+def operator(client: Any) -> PolicyStore:
+    """`tokex policy` of another process: its own client on the same table."""
+    return PolicyStore(boto3.client("dynamodb", region_name=REGION), TABLE)
+
+
+def test_a_load_overlapping_a_moved_deny_reads_the_table_again(
+    client: Any, operator: PolicyStore
+) -> None:
+    """The operator moves a deny to a new id (put the new one, then delete the old one)
+    between two pages of a load's Scan: the load saw neither, and the allow decided for
+    the caller both states of the table refuse. It is read again, and sees the move."""
+    operator.put(make_policy("b-orders-team"))
+    operator.put(make_policy("c-orders-other"))
+    operator.put(_deny("z-deny-orders-api"))
+    reader = PolicyStore(client, TABLE, page_size=2)  # pages of the table sorted by id
+
+    def move(page: int) -> None:
+        if page == 1:
+            operator.put(_deny("a-deny-orders-api"))  # before the Scan's position
+            operator.delete("z-deny-orders-api")  # after it
+
+    with between_pages(client, move) as pages:
+        policies, invalid = reader.load_all()
+    assert invalid == []
+    assert [p.id for p in policies if p.effect == "deny"] == ["a-deny-orders-api"]
+    assert _decision(policies, "orders-api") == "refused: denied by policy a-deny-orders-api"
+    assert len(pages) > 2  # the Scan of 2 pages, and another
+
+
+def test_a_table_changing_between_every_page_is_unavailable_never_missing_the_deny(
+    client: Any, operator: PolicyStore
+) -> None:
+    operator.put(make_policy("b-orders-team"))
+    operator.put(make_policy("c-orders-other"))
+    operator.put(_deny("z-deny-orders-api"))
+    where = ["z-deny-orders-api"]
+
+    def keep_moving(_: int) -> None:  # back and forth, the new one first each time
+        new = "a-deny-orders-api" if where[0].startswith("z") else "z-deny-orders-api"
+        operator.put(_deny(new))
+        operator.delete(where[0])
+        where[0] = new
+
+    cache = CachedPolicies(PolicyStore(client, TABLE, page_size=2), 0)
+    generation_reads = count_calls(client, "GetItem")
+    with between_pages(client, keep_moving) as pages, pytest.raises(TemporarilyUnavailable) as info:
+        cache.policies()
+    assert not isinstance(info.value, Misconfigured)  # it settles without an operator
+    assert (info.value.status, info.value.retry_after) == (503, 5)
+    assert info.value.reason == f"dynamodb Scan: changed during each of {SNAPSHOT_ATTEMPTS} reads"
+    assert "policy" in info.value.description and TABLE not in info.value.description
+    assert len(pages) == SNAPSHOT_ATTEMPTS * 2  # every read of the 2 pages, no more
+    assert len(generation_reads) == SNAPSHOT_ATTEMPTS + 1  # before the first, after each
+    # The writer stopped: the next load answers, with the deny where it is now.
+    assert [p.id for p in cache.policies() if p.effect == "deny"] == where
+
+
+def test_every_write_bumps_the_generation_in_its_transaction(
+    store: PolicyStore, client: Any
+) -> None:
+    writes = count_calls(client, "TransactWriteItems")
+    store.put(make_policy("p"))
+    assert _generation(client) == {"N": "1"}
+    store.put(make_policy("p", scopes=["orders:write"]))  # a replacement is a write
+    assert _generation(client) == {"N": "2"}
+    assert store.delete("p") is True
+    assert _generation(client) == {"N": "3"}
+    assert store.delete("p") is False  # nothing to delete: nothing written
+    assert _generation(client) == {"N": "3"}
+    assert len(writes) == 4
+    # Not a policy: `get` finds none, `delete` does not reset the count.
+    assert store.get(GENERATION_ID) is None
+    assert store.delete(GENERATION_ID) is False
+    assert _generation(client) == {"N": "3"}
+    with pytest.raises(PolicyValidationError):
+        Policy.from_document({**DENY, "id": GENERATION_ID})  # no policy can have its id
+
+
+def test_the_generation_is_no_policy_and_never_invalid(
+    store: PolicyStore, client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tokex.cli.main import main
+
+    store.put(make_policy("orders"))
+    assert _generation(client) is not None
+    assert store.load_all() == ([make_policy("orders")], [])
+    assert store.inventory() == Inventory([make_policy("orders")], {}, [])
+    assert store.list() == [make_policy("orders")]
+    where = ["--table", TABLE, "--region", REGION]
+    assert main(["policy", "list", "--json", *where]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [p["id"] for p in listed["policies"]] == ["orders"]
+    assert (listed["invalid"], listed["consequences"]) == ([], {})
+    assert main(["policy", "get", GENERATION_ID, *where]) == 1
+    assert main(["policy", "delete", GENERATION_ID, *where]) == 1
+    assert _generation(client) == {"N": "1"}
+
+
+def test_a_table_without_the_generation_loads(store: PolicyStore, client: Any) -> None:
+    """Written before the generation, or by an older `tokex policy`: generation 0."""
+    for policy in (make_policy("orders"), _deny("z-deny-orders-api")):
+        item = {"id": {"S": policy.id}, "document": {"S": canonical_json(policy.to_document())}}
+        client.put_item(TableName=TABLE, Item=item)
+    assert _generation(client) is None
+    assert store.load_all() == ([make_policy("orders"), _deny("z-deny-orders-api")], [])
+    store.put(make_policy("billing"))  # the first write through the store creates it
+    assert _generation(client) == {"N": "1"}

@@ -54,6 +54,10 @@ SLOT_A_ALIAS_LOGICAL_ID = "SigningKeyAliasFA392759"
 # (tokex/adapters/state_table/admission.py).
 SINGLE_USE_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["sig#*"]}}
 RATE_COUNTER_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["rate#*"]}}
+# The policy table's generation item, read before and after each Scan (and no policy).
+POLICY_GENERATION_CONDITION = {
+    "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["#generation"]}
+}
 INTROSPECT_READ_CONDITION = {
     "ForAllValues:StringLike": {
         "dynamodb:LeadingKeys": ["client#*", "revoked-jti#*", "revoked-principal#*"]
@@ -445,8 +449,9 @@ def check_exchange_permissions(
     active: str = "a",
 ) -> None:
     """Exactly: write its logs, X-Ray, sign with (and read) the active key and no other,
-    read the policy table, put `sig#` items and count in `rate#` items (only) in the state
-    table, and assume the instance-tags roles (only when configured)."""
+    read the policy table (Scan, and GetItem of its generation item only), put `sig#` items
+    and count in `rate#` items (only) in the state table, and assume the instance-tags
+    roles (only when configured)."""
     key, table = key_arn(template, active), arn_of(template, "PolicyTable/Table")
     state = arn_of(template, "StateTable/Table")
     logs = arn_of(template, "Exchange/Logs")
@@ -463,6 +468,7 @@ def check_exchange_permissions(
         _grant("kms:Sign", key, sign_condition),
         _grant("kms:GetPublicKey", key),
         _grant("dynamodb:Scan", table),
+        _grant("dynamodb:GetItem", table, POLICY_GENERATION_CONDITION),
         _grant("dynamodb:PutItem", state, SINGLE_USE_CONDITION),
         _grant("dynamodb:UpdateItem", state, RATE_COUNTER_CONDITION),
         *(_grant("sts:AssumeRole", role) for role in instance_tags_roles),

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.infra import checks
-from tests.infra.checks import INTROSPECT_READ_CONDITION
+from tests.infra.checks import INTROSPECT_READ_CONDITION, POLICY_GENERATION_CONDITION
 from tests.infra.conftest import OIF_ISSUER, TEST_NONCE, Synthesized
 from tokex.cli.deployment import POLICY_TABLE_OUTPUT, STATE_TABLE_OUTPUT
 from tokex.edge import NEXT_ORIGIN_SECRET_ENV, ORIGIN_HEADER, ORIGIN_SECRET_ENV
@@ -297,7 +297,12 @@ def test_regional_functions_use_their_own_regions_replicas(multi: App) -> None:
         assert multi.output_value(stack, env["TOKEX_STATE_TABLE"]) == {"Ref": state_table}
         granted = {}
         for statement in _statements(multi, stack, "Exchange"):
-            if statement["Action"] in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Scan"):
+            if statement["Action"] in (
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:Scan",
+                "dynamodb:GetItem",
+            ):
                 name = _table_arn_name(statement["Resource"], region)
                 granted[statement["Sid"]] = (
                     multi.output_value(stack, name),
@@ -305,6 +310,7 @@ def test_regional_functions_use_their_own_regions_replicas(multi: App) -> None:
                 )
         assert granted == {
             "ReadPolicies": ({"Ref": policy_table}, None),
+            "ReadPolicyGeneration": ({"Ref": policy_table}, POLICY_GENERATION_CONDITION),
             "RecordSignatureUse": (
                 {"Ref": state_table},
                 {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["sig#*"]}},

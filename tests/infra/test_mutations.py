@@ -342,6 +342,23 @@ MUTATIONS: list[tuple[str, Callable[[Raw], None], Callable[[Template], None]]] =
     ("exchange writes S3", _extra_statement("Exchange/Role", "s3:PutObject"), exchange),
     ("exchange reads any table", _extra_statement("Exchange/Role", "dynamodb:GetItem"), exchange),
     ("exchange writes table", _table_write, exchange),
+    (
+        "exchange reads any policy",
+        _on_table("Exchange/Role", "PolicyTable", "dynamodb:GetItem"),
+        exchange,
+    ),
+    (
+        "exchange reads policies by key",
+        lambda r: _statement(r, "Exchange/Role", "ReadPolicyGeneration")["Condition"][
+            "ForAllValues:StringEquals"
+        ]["dynamodb:LeadingKeys"].append("orders-reader"),
+        exchange,
+    ),
+    (
+        "exchange no generation read",
+        _drop_statement("Exchange/Role", "ReadPolicyGeneration"),
+        exchange,
+    ),
     ("exchange decrypts", _extra_statement("Exchange/Role", "kms:Decrypt"), exchange),
     (
         "exchange admin",

@@ -1,6 +1,7 @@
 """A new execution environment's first exchange waits for the round trips of a warm one:
-its signing key (KMS GetPublicKey, for the kid) and its policies (a DynamoDB Scan) load in
-the background while STS answers (exchange.py `_load_ahead`), each once however many
+its signing key (KMS GetPublicKey, for the kid) and its policies (a DynamoDB Scan between
+two reads of the table's generation, adapters/policy_table.py) load in the background
+while STS answers (exchange.py `_load_ahead`), each once however many
 exchanges ask for them at once.
 
 Against the emulator with SigV4 checks on, through a proxy that counts and holds calls on
@@ -30,6 +31,7 @@ from tokex.wiring import build_token_exchange
 STS = "sts:GetCallerIdentity"
 GET_PUBLIC_KEY = "TrentService.GetPublicKey"
 POLICY_SCAN = "DynamoDB_20120810.Scan"
+POLICY_GENERATION = "DynamoDB_20120810.GetItem"  # before the Scan and after it
 SIGN = "TrentService.Sign"
 ADMIT = "DynamoDB_20120810.TransactWriteItems"
 FIRST_EXCHANGES = 6
@@ -45,7 +47,8 @@ def test_the_key_and_the_policies_load_while_sts_answers(local_system, counting_
     status, _, body = invoke_exchange(handler, sign(local_system))
     assert status == 200, body
     assert sorted(counting_proxy.held_together) == sorted([STS, GET_PUBLIC_KEY, POLICY_SCAN])
-    assert sorted(counting_proxy.take()) == sorted([STS, GET_PUBLIC_KEY, POLICY_SCAN, SIGN, ADMIT])
+    loads = [GET_PUBLIC_KEY, POLICY_GENERATION, POLICY_SCAN, POLICY_GENERATION]
+    assert sorted(counting_proxy.take()) == sorted([STS, *loads, SIGN, ADMIT])
 
 
 def new_environment(system: LocalSystem, proxy: CountingProxy) -> TokenExchange:
@@ -86,6 +89,7 @@ def test_concurrent_first_exchanges_load_the_key_and_the_policies_once(
     calls = counting_proxy.take()
     assert calls.count(GET_PUBLIC_KEY) == 1, calls
     assert calls.count(POLICY_SCAN) == 1, calls
+    assert calls.count(POLICY_GENERATION) == 2, calls
     assert (calls.count(STS), calls.count(SIGN)) == (FIRST_EXCHANGES,) * 2
     # One admission each, plus a retry for each transaction DynamoDB (and the emulator)
     # cancelled for a conflict on the caller's one rate item: more of them the more the

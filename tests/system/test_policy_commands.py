@@ -260,7 +260,7 @@ def test_an_item_under_an_id_put_refuses_is_got_and_deleted_with_the_cli(system,
 def test_aws_failures_are_clear_errors(cli, monkeypatch) -> None:
     code, out, err = cli("list", "--table", "no-such-table")
     assert (code, out) == (1, "")
-    assert "dynamodb Scan: ResourceNotFoundException (no such table in this region?)" in err
+    assert "dynamodb GetItem: ResourceNotFoundException (no such table in this region?)" in err
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     code, _, err = cli("get", "demo-workload")
     assert code == 1 and err.startswith("tokex policy: policy table 'tokex-policies': dynamodb")

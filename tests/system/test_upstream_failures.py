@@ -41,7 +41,7 @@ from tokex.local.emulator import set_signature_checking
         ),
         pytest.param(
             lambda dead: {"AWS_ENDPOINT_URL_DYNAMODB": dead},
-            "dynamodb Scan: EndpointConnectionError",
+            "dynamodb GetItem: EndpointConnectionError",
             id="dynamodb-down",
         ),
     ],

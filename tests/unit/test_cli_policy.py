@@ -539,7 +539,8 @@ def test_unreachable_table_is_a_runtime_error(capsys, monkeypatch) -> None:
     code, out, err = tokex(capsys, "list", *argv)
     assert (code, out) == (1, "")
     assert err == (
-        "tokex policy: policy table 't': dynamodb Scan: EndpointConnectionError "
+        # The listing's first call: the table's generation (adapters/policy_table.py).
+        "tokex policy: policy table 't': dynamodb GetItem: EndpointConnectionError "
         "(endpoint unreachable)\n"
     )
 

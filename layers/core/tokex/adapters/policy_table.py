@@ -1,12 +1,29 @@
 """The DynamoDB policy table: the only module that reads or writes it.
 
 One item per policy: `id` (S, partition key), `document` (S, canonical JSON of
-`Policy.to_document()`), `updated_at` (N, epoch seconds). Documents are validated again
-when read, and a bad item fails closed (`PolicyTable.load_all`): one that is or may be a
-deny, or an allow whose callers cannot be read, blocks the load (`PoliciesBlocked`: every
-exchange answers 503 until an operator fixes or deletes it); any other invalid allow is
-replaced by a deny of the callers it names; one that decided nothing is skipped. Each is
-logged and reported by id.
+`Policy.to_document()`), `updated_at` (N, epoch seconds). One more item, `#generation`
+(an id no policy can have: `#` is not among the characters of POLICY_ID, so `put` refuses
+it), holds `generation` (N), a count of the writes: every write here is one
+`TransactWriteItems` of the policy's put or delete and `ADD generation 1` (which creates
+the item; a table from before it reads as generation 0). No policy, never invalid: every
+read of the table skips it.
+
+A Scan is no snapshot (its pages, even one page's partitions, are read at different
+times), so a load that overlapped an operator's change ("put the new deny, then delete
+the old one") could see neither deny. `load_all` and `inventory` read the generation
+(consistent GetItem) before and after the Scan: equal, no write landed in between and
+the items are one state of the table; different, the Scan is read again, and after
+SNAPSHOT_ATTEMPTS the load fails (`TemporarilyUnavailable`, 503: the table changes faster
+than it can be read). This holds for writes that bump the generation: `tokex policy`, or
+any writer that adds 1 to it in the same transaction; and, of a multi-Region global table,
+for the writes of the reader's own Region only (replication carries items one by one, not
+transactions: docs/policies.md "Evaluation").
+
+Documents are validated again when read, and a bad item fails closed
+(`PolicyTable.load_all`): one that is or may be a deny, or an allow whose callers cannot
+be read, blocks the load (`PoliciesBlocked`: every exchange answers 503 until an operator
+fixes or deletes it); any other invalid allow is replaced by a deny of the callers it
+names; one that decided nothing is skipped. Each is logged and reported by id.
 
 Every AWS failure becomes `TemporarilyUnavailable` (503, docs/contract.md; errors.py): the
 exchange must never answer 500, and the description never names the table (the `reason`,
@@ -43,8 +60,15 @@ _NAMES = {"#i": "id", "#d": "document"}
 # Aliases because the method `PolicyStore.list` shadows the builtin in the class body.
 _Policies = list[Policy]
 _Ids = list[str]
+_Items = list[dict[str, Any]]
 _BLOCKS_EVERY_EXCHANGE = "every exchange answers 503 until it is fixed or deleted"
 _STAND_IN_ID = "stand-in"
+# The item counting the writes (module docstring): `#` is in no policy id (POLICY_ID), so
+# no policy is ever stored under it. cdk/policy_table.py grants the exchange its GetItem.
+GENERATION_ID = "#generation"
+GENERATION_ATTRIBUTE = "generation"
+# Scans of a table that changed while they ran, before a load gives up (503).
+SNAPSHOT_ATTEMPTS = 3
 
 
 class PolicyStore:
@@ -71,12 +95,14 @@ class PolicyStore:
             "document": {"S": canonical_json(policy.to_document())},
             "updated_at": {"N": str(int(self._clock()))},
         }
-        self._call("PutItem", TableName=self._table, Item=item)
+        self._write({"Put": {"TableName": self._table, "Item": item}})
 
     def get(self, policy_id: str) -> Policy | None:
         """The policy, or None. A stored document that no longer validates raises
         PolicyValidationError (an operator asking for one policy should see why), its
         `consequence` saying what the exchange makes of it."""
+        if policy_id == GENERATION_ID:
+            return None  # no policy: the count of the writes
         response = self._call(
             "GetItem", TableName=self._table, Key={"id": {"S": policy_id}}, ConsistentRead=True
         )
@@ -100,7 +126,7 @@ class PolicyStore:
         policies: list[Policy] = []
         invalid: dict[str, str] = {}
         blocking: list[str] = []
-        for item in self._scan():
+        for item in self._snapshot():
             try:
                 policies.append(_parse(item))
             except PolicyValidationError:
@@ -124,11 +150,14 @@ class PolicyStore:
         until an operator fixes or deletes it). An item that is no policy at all (no
         document, a key no policy can have: a state-table record written here by mistake)
         is skipped: it never decided anything.
+
+        The items are one state of the table (`_snapshot`): a load that overlaps a change
+        is read again, and one that never gets a quiet read fails (503).
         """
         policies: list[Policy] = []
         invalid: list[str] = []
         blocking: list[PoliciesBlocked] = []
-        for item in self._scan():
+        for item in self._snapshot():
             try:
                 policies.append(_parse(item))
                 continue
@@ -151,14 +180,67 @@ class PolicyStore:
         return policies, sorted(invalid)
 
     def delete(self, policy_id: str) -> bool:
-        """Remove a policy; True if it existed."""
+        """Remove a policy; True if it existed (False, and no write, if not)."""
+        if policy_id == GENERATION_ID:
+            # No policy. Deleting it could also bring a count back to a value a load read
+            # before, and let that load take a changing table for a quiet one.
+            return False
+        delete = {
+            "TableName": self._table,
+            "Key": {"id": {"S": policy_id}},
+            "ConditionExpression": "attribute_exists(#i)",
+            "ExpressionAttributeNames": {"#i": "id"},
+        }
+        return self._write({"Delete": delete})
+
+    def _write(self, write: dict[str, Any]) -> bool:
+        """`write` and the generation's increment, in one transaction (module docstring);
+        False if `write`'s condition failed (then neither is made). A write to
+        GENERATION_ID itself is refused by DynamoDB (two operations on one item)."""
+        bump = {
+            "TableName": self._table,
+            "Key": {"id": {"S": GENERATION_ID}},
+            "UpdateExpression": "ADD #g :one",
+            "ExpressionAttributeNames": {"#g": GENERATION_ATTRIBUTE},
+            "ExpressionAttributeValues": {":one": {"N": "1"}},
+        }
+        items = [write, {"Update": bump}]
+        try:
+            # botocore gives it a ClientRequestToken: a retry does not apply it twice.
+            self._client.transact_write_items(TransactItems=items)
+        except errors.SDK_ERRORS as exc:
+            if _condition_failed(exc):
+                return False
+            raise errors.unavailable(_UNAVAILABLE, "dynamodb", "TransactWriteItems", exc) from None
+        return True
+
+    def _generation(self) -> Any:
+        """The generation item's count, as stored (None without the item: generation 0)."""
         response = self._call(
-            "DeleteItem",
+            "GetItem",
             TableName=self._table,
-            Key={"id": {"S": policy_id}},
-            ReturnValues="ALL_OLD",
+            Key={"id": {"S": GENERATION_ID}},
+            ConsistentRead=True,
+            ProjectionExpression="#g",
+            ExpressionAttributeNames={"#g": GENERATION_ATTRIBUTE},
         )
-        return "Attributes" in response
+        return response.get("Item", {}).get(GENERATION_ATTRIBUTE)
+
+    def _snapshot(self) -> _Items:
+        """Every policy item, as one state of the table: a Scan that no write overlapped
+        (the generation read before it and after it is the same), SNAPSHOT_ATTEMPTS
+        Scans at most, then 503."""
+        generation = self._generation()
+        for _ in range(SNAPSHOT_ATTEMPTS):
+            items = list(self._scan())
+            # The count after this Scan is the one before the next.
+            generation, before = self._generation(), generation
+            if generation == before:
+                return items
+            log.info("policy table changed during a scan; reading it again")
+        raise errors.unavailable(
+            _UNAVAILABLE, "dynamodb", "Scan", f"changed during each of {SNAPSHOT_ATTEMPTS} reads"
+        )
 
     def _scan(self) -> Iterator[dict[str, Any]]:
         request: dict[str, Any] = {
@@ -171,7 +253,9 @@ class PolicyStore:
             request["Limit"] = self._page_size
         while True:
             page = self._call("Scan", **request)
-            yield from errors.scan_items(page, _UNAVAILABLE)
+            for item in errors.scan_items(page, _UNAVAILABLE):
+                if _item_id(item) != GENERATION_ID:  # the count of the writes, no policy
+                    yield item
             last_key = page.get("LastEvaluatedKey")
             if not last_key:
                 return
@@ -366,6 +450,16 @@ def _blocked(items: list[PoliciesBlocked]) -> PoliciesBlocked:
 def _not_a_policy(item: dict[str, Any]) -> bool:
     """No `document` attribute of any type, and an id that `tokex policy put` refuses."""
     return "document" not in item and not POLICY_ID.fullmatch(_item_id(item))
+
+
+def _condition_failed(exc: BaseException) -> bool:
+    """A transaction cancelled for its first write's condition (and nothing else)."""
+    if not errors.is_client_error(exc, "TransactionCanceledException"):
+        return False
+    reasons = getattr(exc, "response", {}).get("CancellationReasons") or [{}]
+    return bool(reasons[0].get("Code") == "ConditionalCheckFailed") and all(
+        reason.get("Code") in (None, "None") for reason in reasons[1:]
+    )
 
 
 def _item_id(item: dict[str, Any]) -> str:
