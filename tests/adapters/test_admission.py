@@ -15,9 +15,9 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from tests.support.dynamodb_conflict import ConflictingOnce
 from tokex import deadline
 from tokex.adapters.state_table.admission import CONFLICT_ATTEMPTS, Admission, DynamoDbAdmission
 from tokex.adapters.state_table.schema import create_state_table, used_evidence_key
@@ -146,26 +146,6 @@ def test_one_feature_alone_is_one_conditional_write(dynamodb, single_use, limit)
     store.admit(used_signature(request), ROLE)
     assert (item(dynamodb, used_evidence_key(signature_digest(request))) is not None) == single_use
     assert hits(dynamodb) == (0 if single_use else 1)
-
-
-class ConflictingOnce:
-    """The DynamoDB client, but the first transaction is cancelled as DynamoDB cancels
-    one that raced another on the same item."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self.conflicts = 1
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def transact_write_items(self, **request: Any) -> Any:
-        if self.conflicts:
-            self.conflicts -= 1
-            reasons = [{"Code": "None"}, {"Code": "TransactionConflict"}]
-            error = {"Error": {"Code": "TransactionCanceledException", "Message": "conflict"}}
-            raise ClientError({**error, "CancellationReasons": reasons}, "TransactWriteItems")
-        return self._client.transact_write_items(**request)
 
 
 def racing_admission(

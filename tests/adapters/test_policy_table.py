@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
@@ -12,14 +14,19 @@ import pytest
 from botocore.config import Config
 from moto import mock_aws
 
+from tests.support.dynamodb_conflict import ConflictingOnce
 from tokex.adapters.policy_table import (
+    CONFLICT_ATTEMPTS,
     GENERATION_ID,
     SNAPSHOT_ATTEMPTS,
     Inventory,
     PolicyStore,
+    RevisionMismatch,
+    Stored,
     create_table,
 )
 from tokex.errors import MISCONFIGURED_RETRY_AFTER_SECONDS, Misconfigured, TemporarilyUnavailable
+from tokex.local import moto_fixes
 from tokex.policy.cache import CachedPolicies
 from tokex.policy.model import Policy, PolicyValidationError, canonical_json
 
@@ -579,7 +586,7 @@ def test_the_generation_is_no_policy_and_never_invalid(
     store.put(make_policy("orders"))
     assert _generation(client) is not None
     assert store.load_all() == ([make_policy("orders")], [])
-    assert store.inventory() == Inventory([make_policy("orders")], {}, [])
+    assert store.inventory() == Inventory([make_policy("orders")], {}, [], {"orders": 1})
     assert store.list() == [make_policy("orders")]
     where = ["--table", TABLE, "--region", REGION]
     assert main(["policy", "list", "--json", *where]) == 0
@@ -600,3 +607,201 @@ def test_a_table_without_the_generation_loads(store: PolicyStore, client: Any) -
     assert store.load_all() == ([make_policy("orders"), _deny("z-deny-orders-api")], [])
     store.put(make_policy("billing"))  # the first write through the store creates it
     assert _generation(client) == {"N": "1"}
+
+
+# --- revisions: a write on condition of what was read --------------------------------------
+
+
+def _item(client: Any, policy_id: str) -> dict[str, Any]:
+    item: dict[str, Any] = client.get_item(
+        TableName=TABLE, Key={"id": {"S": policy_id}}, ConsistentRead=True
+    )["Item"]
+    return item
+
+
+def test_each_put_makes_the_next_revision(store: PolicyStore, client: Any) -> None:
+    assert store.get_stored("orders") is None
+    store.put(make_policy("orders"))
+    assert store.get_stored("orders") == Stored(make_policy("orders"), 1)
+    store.put(make_policy("orders", scopes=["orders:write"]))
+    assert store.get_stored("orders") == Stored(make_policy("orders", scopes=["orders:write"]), 2)
+    item = _item(client, "orders")
+    assert (item["revision"], item["updated_at"]) == ({"N": "2"}, {"N": "1700000000"})
+    assert item["document"]["S"] == canonical_json(
+        make_policy("orders", scopes=["orders:write"]).to_document()
+    )
+    # The exchange's load ignores it; the inventory shows it.
+    assert store.load_all() == ([make_policy("orders", scopes=["orders:write"])], [])
+    assert store.inventory().revisions == {"orders": 2}
+    assert _generation(client) == {"N": "2"}
+    # Deleted and created again: revision 1 again.
+    assert store.delete("orders") is True
+    store.put(make_policy("orders"))
+    assert store.get_stored("orders") == Stored(make_policy("orders"), 1)
+
+
+INCIDENT = "arn:aws:iam::123456789012:role/compromised"
+
+
+def test_of_two_operators_editing_one_read_the_second_write_is_refused(
+    store: PolicyStore, operator: PolicyStore, client: Any
+) -> None:
+    """The lost update: A and B each read the policy; A removes a compromised principal
+    (an incident response); B, from the same read, adds an audience. B's write undid A's,
+    both done. With the revision each read, B's write is refused and A's change stays."""
+    principals = ["arn:aws:iam::123456789012:role/orders-*", INCIDENT]
+    store.put(make_policy("orders", principals=principals))
+    read_by_a, read_by_b = store.get_stored("orders"), operator.get_stored("orders")
+    assert read_by_a is not None and read_by_b is not None
+    assert read_by_a.revision == read_by_b.revision == 1
+    incident = make_policy("orders", principals=principals[:1])
+    store.put(incident, if_revision=read_by_a.revision)
+    generation = _generation(client)
+
+    edited = make_policy("orders", principals=principals, audiences=["orders-api", "reports-api"])
+    with pytest.raises(RevisionMismatch) as refused:
+        operator.put(edited, if_revision=read_by_b.revision)
+    assert (refused.value.policy_id, refused.value.expected, refused.value.revision) == (
+        "orders",
+        1,
+        2,
+    )
+    assert store.get_stored("orders") == Stored(incident, 2)  # A's, not B's
+    assert _generation(client) == generation  # the whole transaction was cancelled
+    # B reads again and re-applies its change on A's.
+    again = operator.get_stored("orders")
+    assert again is not None
+    both = make_policy("orders", principals=principals[:1], audiences=["orders-api", "reports-api"])
+    operator.put(both, if_revision=again.revision)
+    assert store.get_stored("orders") == Stored(both, 3)
+
+
+def test_a_delete_with_a_stale_revision_is_refused(store: PolicyStore, client: Any) -> None:
+    store.put(make_policy("orders"))
+    store.put(make_policy("orders", scopes=["orders:write"]))
+    generation = _generation(client)
+    with pytest.raises(RevisionMismatch) as refused:
+        store.delete("orders", if_revision=1)
+    assert (refused.value.expected, refused.value.revision) == (1, 2)
+    assert store.get("orders") == make_policy("orders", scopes=["orders:write"])
+    assert _generation(client) == generation
+    with pytest.raises(RevisionMismatch):
+        store.delete("orders", if_revision=0)  # 0: never one written with revisions
+    assert store.delete("orders", if_revision=2) is True
+    assert store.delete("orders", if_revision=2) is False  # gone: nothing to delete
+    assert _generation(client) == {"N": "3"}
+
+
+def test_if_revision_0_creates_only(store: PolicyStore, client: Any) -> None:
+    store.put(make_policy("orders"), if_revision=0)
+    assert store.get_stored("orders") == Stored(make_policy("orders"), 1)
+    with pytest.raises(RevisionMismatch) as refused:
+        store.put(make_policy("orders", scopes=["orders:write"]), if_revision=0)
+    assert (refused.value.expected, refused.value.revision) == (0, 1)
+    assert store.get_stored("orders") == Stored(make_policy("orders"), 1)
+    assert _generation(client) == {"N": "1"}
+    # A revision of a policy since deleted: it does not exist.
+    with pytest.raises(RevisionMismatch) as refused:
+        store.put(make_policy("billing"), if_revision=3)
+    assert (refused.value.revision, str(refused.value)) == (
+        None,
+        "policy 'billing' does not exist, not at revision 3",
+    )
+    assert store.get("billing") is None
+    with pytest.raises(ValueError, match="whole number"):
+        store.put(make_policy("orders"), if_revision=-1)
+
+
+def test_an_item_written_before_revisions_is_revision_0(store: PolicyStore, client: Any) -> None:
+    """By an older `tokex policy` (or by hand): no `revision`. It reads as 0, and
+    `if_revision=0` matches it: unchanged since that older write."""
+    for policy in (make_policy("orders"), _deny("no-legacy")):
+        item = {"id": {"S": policy.id}, "document": {"S": canonical_json(policy.to_document())}}
+        client.put_item(TableName=TABLE, Item=item)
+    assert store.get_stored("orders") == Stored(make_policy("orders"), 0)
+    assert store.inventory().revisions == {"no-legacy": 0, "orders": 0}
+    with pytest.raises(RevisionMismatch) as refused:
+        store.put(make_policy("orders", scopes=["orders:write"]), if_revision=1)
+    assert refused.value.revision == 0
+    store.put(make_policy("orders", scopes=["orders:write"]), if_revision=0)
+    assert store.get_stored("orders") == Stored(make_policy("orders", scopes=["orders:write"]), 1)
+    assert store.delete("no-legacy", if_revision=0) is True
+    assert store.load_all() == ([make_policy("orders", scopes=["orders:write"])], [])
+
+
+def test_a_revision_on_an_item_that_is_no_policy_changes_nothing(
+    store: PolicyStore, client: Any
+) -> None:
+    """The exchange's reading of items (`_parse`, `_not_a_policy`) ignores the attribute."""
+    store.put(make_policy("good"))
+    record = {"id": {"S": "client#tokex-0123"}, "revision": {"N": "7"}}
+    client.put_item(TableName=TABLE, Item=record)
+    hand_edited = {**DENY, "note": "incident 42"}
+    client.put_item(
+        TableName=TABLE,
+        Item={
+            "id": {"S": "deny-all"},
+            "document": {"S": json.dumps(hand_edited)},
+            "revision": {"N": "3"},
+        },
+    )
+    with pytest.raises(Misconfigured):  # may be a deny: blocks, as without a revision
+        store.load_all()
+    assert store.delete("deny-all", if_revision=3) is True
+    assert store.load_all() == ([make_policy("good")], ["client#tokex-0123"])
+
+
+def test_a_write_cancelled_by_a_conflict_is_tried_again(client: Any) -> None:
+    """Nothing of a cancelled transaction was applied: the write is made once, and a
+    conditional one then finds the winner's revision (not an outage)."""
+    racing = ConflictingOnce(client)
+    store = PolicyStore(racing, TABLE)
+    store.put(make_policy("orders"), if_revision=0)
+    assert racing.conflicts == 0
+    assert (store.get_stored("orders"), _generation(client)) == (
+        Stored(make_policy("orders"), 1),
+        {"N": "1"},
+    )
+    racing.conflicts = 1
+    with pytest.raises(RevisionMismatch):
+        store.put(make_policy("orders", scopes=["orders:write"]), if_revision=0)
+    racing.conflicts = CONFLICT_ATTEMPTS  # never settles: the 503, nothing written
+    with pytest.raises(TemporarilyUnavailable) as failed:
+        store.put(make_policy("orders", scopes=["orders:write"]))
+    assert failed.value.reason == (
+        "dynamodb TransactWriteItems: TransactionCanceledException/TransactionConflict"
+    )
+    assert store.get_stored("orders") == Stored(make_policy("orders"), 1)
+
+
+OPERATORS = 8
+
+
+def test_of_concurrent_writes_from_one_read_exactly_one_lands(
+    store: PolicyStore, client: Any
+) -> None:
+    """OPERATORS processes put their own edit of revision 1 at once, on the emulator that
+    holds a transaction's items as DynamoDB does (local/moto_fixes.py): one write lands,
+    every other is refused with the revision it made."""
+    moto_fixes.install()
+    store.put(make_policy("orders"))
+    operators = [
+        PolicyStore(boto3.client("dynamodb", region_name=REGION), TABLE) for _ in range(OPERATORS)
+    ]
+    edits = [make_policy("orders", claims={"team": f"editor-{n}"}) for n in range(OPERATORS)]
+    start = threading.Barrier(OPERATORS)
+
+    def put(n: int) -> str:
+        start.wait()
+        try:
+            operators[n].put(edits[n], if_revision=1)
+        except RevisionMismatch as refused:
+            return f"refused at {refused.revision}"
+        return "written"
+
+    with ThreadPoolExecutor(OPERATORS) as pool:
+        outcomes = list(pool.map(put, range(OPERATORS)))
+    assert sorted(outcomes) == ["refused at 2"] * (OPERATORS - 1) + ["written"]
+    winner = edits[outcomes.index("written")]
+    assert store.get_stored("orders") == Stored(winner, 2)
+    assert _generation(client) == {"N": "2"}  # the first put and the winner's

@@ -126,19 +126,27 @@ def principal_id(system: LocalSystem, credentials: Credentials) -> str:
 
 def test_put_get_list_delete(cli, tmp_path) -> None:
     assert cli("put", write(tmp_path / "p.json", CLI_POLICY)) == (0, "cli-test\n", "")
-    code, out, _ = cli("get", "cli-test")
+    code, out, err = cli("get", "cli-test")
     assert code == 0
     assert Policy.from_document(json.loads(out)) == Policy.from_document(CLI_POLICY)
+    revision = "cli-test is at revision 1 (put --if-revision 1 writes only if it still is)"
+    assert err == f"tokex policy: {revision}\n"
+    code, out, err = cli("get", "cli-test", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {**Policy.from_document(CLI_POLICY).to_document(), "revision": 1}
 
     code, out, _ = cli("list")
     rows = {line.split()[0]: line.split() for line in out.splitlines()}
-    assert code == 0 and rows["ID"] == ["ID", "EFFECT", "ENABLED", "PRINCIPALS", "AUDIENCES"]
-    assert rows["cli-test"] == ["cli-test", "allow", "yes", USER_ARN, "cli-test-api"]
+    header = ["ID", "EFFECT", "ENABLED", "REVISION", "PRINCIPALS", "AUDIENCES"]
+    assert code == 0 and rows["ID"] == header
+    assert rows["cli-test"] == ["cli-test", "allow", "yes", "1", USER_ARN, "cli-test-api"]
     assert rows["switched-off"][2] == "no" and rows["orders-deny"][1] == "deny"
     code, out, _ = cli("list", "--json")
     listed = json.loads(out)
     assert {"cli-test", "demo-workload", "pinned"} <= {p["id"] for p in listed["policies"]}
     assert listed["invalid"] == []
+    assert listed["revisions"]["cli-test"] == 1
+    assert sorted(listed["revisions"]) == sorted(p["id"] for p in listed["policies"])
 
     assert cli("delete", "cli-test") == (0, "cli-test\n", "")
     code, _, err = cli("delete", "cli-test")
@@ -162,6 +170,88 @@ def test_put_from_stdin_with_json_output(cli, monkeypatch) -> None:
         "warnings": ["enabled is false: the exchange ignores this policy"],
     }
     assert cli("delete", "cli-disabled")[0] == 0
+
+
+INCIDENT_ARN = f"arn:aws:iam::{ACCOUNT_ID}:role/compromised"
+
+
+def test_two_operators_editing_one_read_the_second_is_refused_not_lost(cli, tmp_path) -> None:
+    """The lost update: A and B each `get` the policy and edit it; A removes a
+    compromised principal, B adds an audience, both `put`: B's write brought the
+    principal back, both exit 0. With the revision `get` showed, B's put is refused and
+    the table keeps A's change."""
+    document = {**CLI_POLICY, "id": "cli-race", "principals": [USER_ARN, INCIDENT_ARN]}
+    assert cli("put", write(tmp_path / "race.json", document))[0] == 0
+    read = {}
+    for operator in ("a", "b"):
+        code, out, err = cli("get", "cli-race")
+        assert code == 0 and "cli-race is at revision 1 " in err
+        read[operator] = json.loads(out)  # the document alone: what `put` takes back
+    incident = {**read["a"], "principals": [USER_ARN]}
+    a = write(tmp_path / "a.json", incident)
+    assert cli("put", a, "--if-revision", "1") == (0, "cli-race\n", "")
+    b = write(tmp_path / "b.json", {**read["b"], "audiences": ["cli-test-api", "reports-api"]})
+    code, out, err = cli("put", b, "--if-revision", "1")
+    assert (code, out) == (1, "")
+    assert err == (
+        "tokex policy: policy 'cli-race' is at revision 2, not 1: it changed since you read "
+        "it; nothing was written: get it again and re-apply your change\n"
+    )
+    code, out, _ = cli("put", b, "--if-revision", "1", "--json")
+    assert code == 1
+    assert {k: v for k, v in json.loads(out).items() if k != "error_description"} == {
+        "error": "failed",
+        "input": "--if-revision",
+        "revision": 2,
+        "if_revision": 1,
+    }
+    code, out, _ = cli("get", "cli-race", "--json")
+    assert json.loads(out) == {**Policy.from_document(incident).to_document(), "revision": 2}
+    # A stale delete is refused too; the read one deletes.
+    code, _, err = cli("delete", "cli-race", "--if-revision", "1")
+    assert code == 1 and "is at revision 2, not 1: it changed since you read it" in err
+    assert cli("delete", "cli-race", "--if-revision", "2") == (0, "cli-race\n", "")
+    code, _, err = cli("delete", "cli-race", "--if-revision", "2")
+    assert code == 1 and "no policy 'cli-race'" in err
+    # The policy deleted since it was read: put says so; --if-revision 0 creates only.
+    code, _, err = cli("put", a, "--if-revision", "2")
+    assert code == 1 and "policy 'cli-race' does not exist, not at revision 2" in err
+    assert cli("put", a, "--if-revision", "0") == (0, "cli-race\n", "")
+    code, _, err = cli("put", a, "--if-revision", "0")
+    assert code == 1 and "is at revision 1, not 0" in err
+    assert cli("put", a) == (0, "cli-race\n", "")  # without the flag: the last write wins
+    assert "cli-race is at revision 2 " in cli("get", "cli-race")[2]
+    assert cli("delete", "cli-race")[0] == 0
+
+
+def test_a_policy_written_before_revisions_is_revision_0(system, cli, tmp_path) -> None:
+    """Written by an older `tokex policy` (no `revision`): revision 0, and
+    `--if-revision 0` writes over it only while no newer one has written it."""
+    document = {**CLI_POLICY, "id": "cli-older"}
+    text = json.dumps(Policy.from_document(document).to_document())
+    item = {"id": {"S": "cli-older"}, "document": {"S": text}, "updated_at": {"N": "1"}}
+    system.deployment.client("dynamodb").put_item(
+        TableName=system.deployment.policy_table, Item=item
+    )
+    code, out, err = cli("get", "cli-older")
+    assert code == 0 and "cli-older is at revision 0 " in err
+    assert json.loads(cli("list", "--json")[1])["revisions"]["cli-older"] == 0
+    path = write(tmp_path / "older.json", {**json.loads(out), "scopes": ["cli:write"]})
+    code, _, err = cli("put", path, "--if-revision", "1")
+    assert code == 1 and "is at revision 0, not 1" in err
+    assert cli("put", path, "--if-revision", "0")[0] == 0
+    code, _, err = cli("put", path, "--if-revision", "0")
+    assert code == 1 and "is at revision 1, not 0" in err
+    assert cli("delete", "cli-older", "--if-revision", "1")[0] == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "1" + "0" * 38, "one"])
+def test_an_if_revision_out_of_range_is_a_usage_error(cli, tmp_path, value) -> None:
+    path = write(tmp_path / "p.json", {**CLI_POLICY, "id": "cli-never"})
+    for argv in (["put", path], ["delete", "cli-never"]):
+        code, out, err = cli(*argv, "--if-revision", value)
+        assert (code, out) == (2, "") and "--if-revision" in err
+    assert cli("get", "cli-never")[0] == 1  # nothing was written
 
 
 def test_an_invalid_policy_is_refused_and_not_written(cli, tmp_path) -> None:

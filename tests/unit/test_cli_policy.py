@@ -1021,7 +1021,8 @@ def test_list_shows_eks_selectors_as_principals(capsys, monkeypatch) -> None:
 
     class Store:
         def inventory(self) -> Inventory:
-            return Inventory([Policy.from_document(d) for d in (PAYMENTS_EKS, READER)], {}, [])
+            policies = [Policy.from_document(d) for d in (PAYMENTS_EKS, READER)]
+            return Inventory(policies, {}, [], {"payments-eks": 4})
 
     class Found:
         table = "t"
@@ -1034,6 +1035,6 @@ def test_list_shows_eks_selectors_as_principals(capsys, monkeypatch) -> None:
     assert code == 0
     rows = out.splitlines()
     assert rows[1].split() == [
-        "payments-eks", "allow", "yes", f"eks:{CLUSTER}:payments:api", "orders-api",
+        "payments-eks", "allow", "yes", "4", f"eks:{CLUSTER}:payments:api", "orders-api",
     ]  # fmt: skip
-    assert rows[2].split()[3] == ",".join(READER["principals"])
+    assert rows[2].split()[3:5] == ["0", ",".join(READER["principals"])]  # no revision: 0

@@ -150,7 +150,7 @@ class Store:
         self.blocking = blocking
         self.asked: list[tuple[str, str]] = []
 
-    def get(self, policy_id: str) -> Policy | None:
+    def get_stored(self, policy_id: str) -> Any:  # `policy get`: the policy and revision
         self.asked.append(("get", policy_id))
         return None
 

@@ -1,12 +1,26 @@
 """The DynamoDB policy table: the only module that reads or writes it.
 
 One item per policy: `id` (S, partition key), `document` (S, canonical JSON of
-`Policy.to_document()`), `updated_at` (N, epoch seconds). One more item, `#generation`
-(an id no policy can have: `#` is not among the characters of POLICY_ID, so `put` refuses
-it), holds `generation` (N), a count of the writes: every write here is one
-`TransactWriteItems` of the policy's put or delete and `ADD generation 1` (which creates
-the item; a table from before it reads as generation 0). No policy, never invalid: every
-read of the table skips it.
+`Policy.to_document()`), `updated_at` (N, epoch seconds), `revision` (N, the count of the
+policy's writes through `put`: 1 for the first; an item without it, written before it or
+by other means, reads as revision 0). One more item, `#generation` (an id no policy can
+have: `#` is not among the characters of POLICY_ID, so `put` refuses it), holds
+`generation` (N), a count of the writes: every write here is one `TransactWriteItems` of
+the policy's update (`SET document, updated_at ADD revision 1`: any other attribute of
+the item is kept) or delete, and `ADD generation 1` (which creates the item; a table from
+before it reads as generation 0). No policy, never invalid: every read of the table skips
+it.
+
+Optimistic concurrency (`tokex policy put/delete --if-revision`): `put` and `delete` with
+`if_revision` write only if the stored revision is still that one (0: no revision, so no
+item for `put`, an item written before revisions for both), else the whole transaction is
+cancelled (nothing written, the generation not bumped) and `RevisionMismatch` names the
+revision found. An operator who read the policy, edited it and writes it back that way
+cannot undo a change made in between. A policy deleted and created again starts again at
+revision 1, and a write by other means that does not `ADD revision 1` is not seen.
+Concurrent writes cancel each other (`TransactionConflict`: each touches `#generation`);
+the write is tried again, CONFLICT_ATTEMPTS times at most, so that the loser of a race
+learns of the winner's revision rather than of an outage.
 
 A Scan is no snapshot (its pages, even one page's partitions, are read at different
 times), so a load that overlapped an operator's change ("put the new deny, then delete
@@ -33,9 +47,10 @@ for logs, carries the operation and error code).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from botocore import xform_name
@@ -56,7 +71,7 @@ log = logging.getLogger(__name__)
 
 _UNAVAILABLE = "the policy store is unavailable, retry later"
 # Attribute names through placeholders: no reserved-word surprises in expressions.
-_NAMES = {"#i": "id", "#d": "document"}
+_NAMES = {"#i": "id", "#d": "document", "#r": "revision"}
 # Aliases because the method `PolicyStore.list` shadows the builtin in the class body.
 _Policies = list[Policy]
 _Ids = list[str]
@@ -67,6 +82,12 @@ _STAND_IN_ID = "stand-in"
 # no policy is ever stored under it. cdk/policy_table.py grants the exchange its GetItem.
 GENERATION_ID = "#generation"
 GENERATION_ATTRIBUTE = "generation"
+# The count of a policy's writes through `put` (module docstring); absent: revision 0.
+REVISION_ATTRIBUTE = "revision"
+# Transactions cancelled by another writer's (`TransactionConflict`), before the write
+# fails (503); jittered pauses of up to CONFLICT_PAUSE_SECONDS, doubling each time.
+CONFLICT_ATTEMPTS = 5
+CONFLICT_PAUSE_SECONDS = 0.05
 # Scans of a table that changed while they ran, before a load gives up (503).
 SNAPSHOT_ATTEMPTS = 3
 
@@ -88,19 +109,39 @@ class PolicyStore:
         self._page_size = page_size
         self._clock = clock
 
-    def put(self, policy: Policy) -> None:
-        """Create or replace a policy (already validated by `Policy.from_document`)."""
-        item = {
-            "id": {"S": policy.id},
-            "document": {"S": canonical_json(policy.to_document())},
-            "updated_at": {"N": str(int(self._clock()))},
+    def put(self, policy: Policy, *, if_revision: int | None = None) -> None:
+        """Create or replace a policy (already validated by `Policy.from_document`), its
+        revision one more than the stored one. With `if_revision`, only if the stored
+        revision is that one (0: there is no such policy, or it was written before
+        revisions): else RevisionMismatch, and nothing is written."""
+        update: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"id": {"S": policy.id}},
+            "UpdateExpression": "SET #d = :d, #u = :u ADD #r :one",
+            "ExpressionAttributeNames": {"#d": "document", "#u": "updated_at", "#r": "revision"},
+            "ExpressionAttributeValues": {
+                ":d": {"S": canonical_json(policy.to_document())},
+                ":u": {"N": str(int(self._clock()))},
+                ":one": {"N": "1"},
+            },
         }
-        self._write({"Put": {"TableName": self._table, "Item": item}})
+        if if_revision is not None:
+            _on_revision(update, if_revision)
+        found = self._write({"Update": update})
+        if found is not None:
+            revision = _revision(found) if found else None
+            raise RevisionMismatch(policy.id, if_revision, revision)
 
     def get(self, policy_id: str) -> Policy | None:
         """The policy, or None. A stored document that no longer validates raises
         PolicyValidationError (an operator asking for one policy should see why), its
         `consequence` saying what the exchange makes of it."""
+        stored = self.get_stored(policy_id)
+        return None if stored is None else stored.policy
+
+    def get_stored(self, policy_id: str) -> Stored | None:
+        """The policy with its revision (one read: the revision is that document's), or
+        None; an invalid document raises as for `get`."""
         if policy_id == GENERATION_ID:
             return None  # no policy: the count of the writes
         response = self._call(
@@ -110,7 +151,7 @@ class PolicyStore:
         if item is None:
             return None
         try:
-            return _parse(item)
+            return Stored(_parse(item), _revision(item))
         except PolicyValidationError as exc:
             exc.consequence = _judged(item)[0]
             raise
@@ -126,7 +167,9 @@ class PolicyStore:
         policies: list[Policy] = []
         invalid: dict[str, str] = {}
         blocking: list[str] = []
+        revisions: dict[str, int] = {}
         for item in self._snapshot():
+            revisions[_item_id(item)] = _revision(item)
             try:
                 policies.append(_parse(item))
             except PolicyValidationError:
@@ -135,7 +178,12 @@ class PolicyStore:
                 if blocks:
                     blocking.append(item_id)
         policies.sort(key=lambda p: p.id)
-        return Inventory(policies, dict(sorted(invalid.items())), sorted(blocking))
+        return Inventory(
+            policies,
+            dict(sorted(invalid.items())),
+            sorted(blocking),
+            dict(sorted(revisions.items())),
+        )
 
     def load_all(self) -> tuple[_Policies, _Ids]:
         """(policies sorted by id, ids of items whose documents failed validation).
@@ -179,24 +227,35 @@ class PolicyStore:
         policies.sort(key=lambda p: p.id)
         return policies, sorted(invalid)
 
-    def delete(self, policy_id: str) -> bool:
-        """Remove a policy; True if it existed (False, and no write, if not)."""
+    def delete(self, policy_id: str, *, if_revision: int | None = None) -> bool:
+        """Remove a policy; True if it existed (False, and no write, if not). With
+        `if_revision`, only if the stored revision is that one (0: an item written before
+        revisions): else RevisionMismatch, and nothing is deleted; a missing item is
+        False whatever `if_revision` says."""
         if policy_id == GENERATION_ID:
             # No policy. Deleting it could also bring a count back to a value a load read
             # before, and let that load take a changing table for a quiet one.
             return False
-        delete = {
+        delete: dict[str, Any] = {
             "TableName": self._table,
             "Key": {"id": {"S": policy_id}},
             "ConditionExpression": "attribute_exists(#i)",
             "ExpressionAttributeNames": {"#i": "id"},
         }
-        return self._write({"Delete": delete})
+        if if_revision is not None:
+            _on_revision(delete, if_revision)
+        found = self._write({"Delete": delete})
+        if found:  # there, at another revision
+            raise RevisionMismatch(policy_id, if_revision, _revision(found))
+        return found is None
 
-    def _write(self, write: dict[str, Any]) -> bool:
-        """`write` and the generation's increment, in one transaction (module docstring);
-        False if `write`'s condition failed (then neither is made). A write to
-        GENERATION_ID itself is refused by DynamoDB (two operations on one item)."""
+    def _write(self, write: dict[str, Any]) -> dict[str, Any] | None:
+        """`write` and the generation's increment, in one transaction (module docstring):
+        None once made; if `write`'s condition failed (then neither is made), the item as
+        the condition found it ({} for none, or when `write` did not ask for it with
+        ReturnValuesOnConditionCheckFailure). A transaction cancelled by another's
+        (`TransactionConflict`) is tried again, CONFLICT_ATTEMPTS times at most. A write
+        to GENERATION_ID itself is refused by DynamoDB (two operations on one item)."""
         bump = {
             "TableName": self._table,
             "Key": {"id": {"S": GENERATION_ID}},
@@ -205,14 +264,26 @@ class PolicyStore:
             "ExpressionAttributeValues": {":one": {"N": "1"}},
         }
         items = [write, {"Update": bump}]
-        try:
-            # botocore gives it a ClientRequestToken: a retry does not apply it twice.
-            self._client.transact_write_items(TransactItems=items)
-        except errors.SDK_ERRORS as exc:
-            if _condition_failed(exc):
-                return False
-            raise errors.unavailable(_UNAVAILABLE, "dynamodb", "TransactWriteItems", exc) from None
-        return True
+        attempt = 1
+        while True:
+            try:
+                # botocore gives each call a ClientRequestToken: its retry does not apply it
+                # twice. A cancelled transaction applied nothing: a new call may follow.
+                self._client.transact_write_items(TransactItems=items)
+                return None
+            except errors.SDK_ERRORS as exc:
+                if _condition_failed(exc):
+                    found: dict[str, Any] = _cancellation_reasons(exc)[0].get("Item") or {}
+                    return found
+                conflicted = _conflicted(exc)
+                if not conflicted or attempt >= CONFLICT_ATTEMPTS:
+                    detail = f"{errors.error_code(exc)}/TransactionConflict" if conflicted else exc
+                    raise errors.unavailable(
+                        _UNAVAILABLE, "dynamodb", "TransactWriteItems", detail
+                    ) from None
+            pause = CONFLICT_PAUSE_SECONDS * 2 ** (attempt - 1)
+            time.sleep(random.uniform(0, pause))  # noqa: S311 - jitter, no secret
+            attempt += 1
 
     def _generation(self) -> Any:
         """The generation item's count, as stored (None without the item: generation 0)."""
@@ -246,7 +317,7 @@ class PolicyStore:
         request: dict[str, Any] = {
             "TableName": self._table,
             "ConsistentRead": True,
-            "ProjectionExpression": "#i, #d",
+            "ProjectionExpression": "#i, #d, #r",
             "ExpressionAttributeNames": _NAMES,
         }
         if self._page_size is not None:
@@ -406,12 +477,33 @@ def _judged(item: dict[str, Any]) -> tuple[str, bool]:
 @dataclass(frozen=True)
 class Inventory:
     """The table as an operator sees it: `policies` valid as stored (no stand-ins), each
-    invalid item's id with what the exchange makes of it, and those of them that make
-    every exchange answer 503 (`blocking`)."""
+    invalid item's id with what the exchange makes of it, those of them that make every
+    exchange answer 503 (`blocking`), and the revision of every item, valid or not."""
 
     policies: _Policies
     invalid: dict[str, str]
     blocking: list[str]
+    revisions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A policy as stored, and its revision (`get_stored`)."""
+
+    policy: Policy
+    revision: int
+
+
+class RevisionMismatch(Exception):
+    """A write on condition of a revision (`if_revision`) found another one: nothing was
+    written. `revision` is the one found, None for a policy that does not exist."""
+
+    def __init__(self, policy_id: str, expected: int | None, revision: int | None) -> None:
+        found = "does not exist" if revision is None else f"is at revision {revision}"
+        super().__init__(f"policy {policy_id!r} {found}, not at revision {expected}")
+        self.policy_id = policy_id
+        self.expected = expected
+        self.revision = revision
 
 
 class PoliciesBlocked(Misconfigured):
@@ -452,13 +544,52 @@ def _not_a_policy(item: dict[str, Any]) -> bool:
     return "document" not in item and not POLICY_ID.fullmatch(_item_id(item))
 
 
+def _on_revision(write: dict[str, Any], revision: int) -> None:
+    """Make `write` (a transaction's Update or Delete of a policy) conditional on the
+    stored revision being `revision` (0: none stored), returning the item it finds when
+    that fails (RevisionMismatch names its revision)."""
+    if revision < 0:
+        raise ValueError(f"a revision is a whole number, not {revision}")
+    condition = "#r = :revision"
+    if revision == 0:  # no item, or one written before revisions (it reads as 0)
+        condition = f"(attribute_not_exists(#r) OR {condition})"
+    existing = write.get("ConditionExpression")
+    write["ConditionExpression"] = f"{existing} AND {condition}" if existing else condition
+    write["ExpressionAttributeNames"] = {**write["ExpressionAttributeNames"], "#r": "revision"}
+    values = write.get("ExpressionAttributeValues", {})
+    write["ExpressionAttributeValues"] = {**values, ":revision": {"N": str(revision)}}
+    write["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+
+
+def _revision(item: dict[str, Any]) -> int:
+    """An item's revision: 0 without the attribute (written before revisions, or by other
+    means), or with one that is no whole number (hand-written)."""
+    value = item.get(REVISION_ATTRIBUTE, {}).get("N")
+    try:
+        return int(value) if isinstance(value, str) else 0
+    except ValueError:
+        return 0
+
+
+def _cancellation_reasons(exc: BaseException) -> list[dict[str, Any]]:
+    reasons: list[dict[str, Any]] = getattr(exc, "response", {}).get("CancellationReasons") or [{}]
+    return reasons
+
+
 def _condition_failed(exc: BaseException) -> bool:
     """A transaction cancelled for its first write's condition (and nothing else)."""
     if not errors.is_client_error(exc, "TransactionCanceledException"):
         return False
-    reasons = getattr(exc, "response", {}).get("CancellationReasons") or [{}]
+    reasons = _cancellation_reasons(exc)
     return bool(reasons[0].get("Code") == "ConditionalCheckFailed") and all(
         reason.get("Code") in (None, "None") for reason in reasons[1:]
+    )
+
+
+def _conflicted(exc: BaseException) -> bool:
+    """A transaction cancelled because another one was writing one of its items."""
+    return errors.is_client_error(exc, "TransactionCanceledException") and any(
+        reason.get("Code") == "TransactionConflict" for reason in _cancellation_reasons(exc)
     )
 
 

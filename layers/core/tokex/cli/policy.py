@@ -4,7 +4,13 @@
 module the exchange reads with); `validate` is offline; `explain` runs the exchange's own
 evaluation (policy/evaluate.py `explain`, which `evaluate` is built on) for a principal and
 audience without issuing anything. Exit codes (cli/errors.py): 0 done, 1 an invalid policy,
-an absent id or an AWS failure, 2 a usage error.
+an absent id, a policy no longer at the `--if-revision` read (`put`, `delete`: it changed
+since) or an AWS failure, 2 a usage error.
+
+`get` shows the policy's revision (the count of its writes, adapters/policy_table.py) beside
+the document, which stays what `put` takes; `put --if-revision N` and `delete --if-revision
+N` write only if the stored policy is still at revision N, so that an edit of what `get`
+showed cannot undo a change made since. Without the flag the last write wins.
 """
 
 from __future__ import annotations
@@ -51,11 +57,15 @@ def register(subparsers: Any) -> None:
     put = _command(commands, "put", run_put, "validate a policy document, then write it")
     put.add_argument("file", metavar="FILE", help="the policy document (JSON), - for stdin")
     _ttl_cap_argument(put)
-    get = _command(commands, "get", run_get, "print a stored policy document")
+    _if_revision_argument(put, "write", "0: only if there is no such policy yet")
+    get = _command(
+        commands, "get", run_get, "print a stored policy document (its revision on stderr)"
+    )
     get.add_argument("policy_id", metavar="ID", help="the policy's id")
     _command(commands, "list", run_list, "list the stored policies")
     delete = _command(commands, "delete", run_delete, "delete a policy (exit 1 if absent)")
     delete.add_argument("policy_id", metavar="ID", help="the policy's id")
+    _if_revision_argument(delete, "delete", "0: only one written before revisions")
     validate = _command(
         commands,
         "validate",
@@ -104,6 +114,31 @@ def _ttl_cap_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# DynamoDB's numbers have 38 digits of precision: a revision is one of them.
+MAX_REVISION = 10**38 - 1
+
+
+def _if_revision_argument(parser: argparse.ArgumentParser, verb: str, zero: str) -> None:
+    parser.add_argument(
+        "--if-revision",
+        type=whole_number,
+        default=None,
+        metavar="N",
+        help=f"{verb} only if the stored policy is still at revision N, as `get` showed it "
+        f"({zero}); else exit 1, nothing written: how to avoid undoing a change made since "
+        "you read it (without it, the last write wins)",
+    )
+
+
+def _check_revision(revision: int | None) -> None:
+    if revision is not None and not 0 <= revision <= MAX_REVISION:
+        raise UsageError(
+            f"--if-revision {revision}: must be 0..{MAX_REVISION} (a revision `tokex policy "
+            "get` showed, 0 for none)",
+            input="--if-revision",
+        )
+
+
 def run_validate(args: argparse.Namespace) -> int:
     check_ttl_seconds(args.ttl_cap, "--ttl-cap")
     require_file(args.file, label="policy document", stdin=True)
@@ -121,6 +156,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_put(args: argparse.Namespace) -> int:
     check_ttl_seconds(args.ttl_cap, "--ttl-cap")
+    _check_revision(args.if_revision)
     require_file(args.file, label="policy document", stdin=True)
     check_deployment(args)
     policy = load_policy_file(args.file, ttl_cap=args.ttl_cap)
@@ -129,7 +165,10 @@ def run_put(args: argparse.Namespace) -> int:
         _warn(warnings)
     deployment = resolve_deployment(args)
     with policy_table(deployment) as store:
-        store.put(policy)
+        if args.if_revision is None:
+            store.put(policy)  # the last write wins
+        else:
+            store.put(policy, if_revision=args.if_revision)
     print(json.dumps({"id": policy.id, "warnings": warnings}) if args.json else policy.id)
     return 0
 
@@ -160,16 +199,26 @@ def run_get(args: argparse.Namespace) -> int:
     deployment = resolve_deployment(args)
     with policy_table(deployment) as store:
         try:
-            policy = store.get(args.policy_id)
+            stored = store.get_stored(args.policy_id)
         except PolicyValidationError as exc:
             raise CommandError(
                 f"stored policy {args.policy_id!r} is invalid ({exc}); {exc.consequence}",
                 error=INVALID_INPUT,
                 input=args.policy_id,
             ) from None
-    if policy is None:
+    if stored is None:
         raise _absent(args.policy_id, deployment)
-    _print_json(policy.to_document())
+    document = stored.policy.to_document()
+    if args.json:  # one object: the document, and its revision (remove it before `put`)
+        _print_json({**document, "revision": stored.revision})
+        return 0
+    # stdout is the document alone, as `put` takes it back.
+    _print_json(document)
+    print(
+        f"tokex policy: {escaped(args.policy_id)} is at revision {stored.revision} "
+        f"(put --if-revision {stored.revision} writes only if it still is)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -185,6 +234,7 @@ def run_list(args: argparse.Namespace) -> int:
         "policies": [p.to_document() for p in policies],
         "invalid": list(inventory.invalid),
         "consequences": inventory.invalid,
+        "revisions": inventory.revisions,  # of every item, valid or not
     }
     # A table that stops every exchange is listed whole, and the command fails after it.
     blocking = ", ".join(map(escaped, inventory.blocking))
@@ -206,7 +256,7 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     _warn([f"invalid document {key}: {what}" for key, what in inventory.invalid.items()])
     if policies:
-        _print_table(policies)
+        _print_table(policies, inventory.revisions)
     else:
         print(f"no policies in table {deployment.table}")
     if blocked is not None:
@@ -214,13 +264,14 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(policies: list[Policy]) -> None:
-    rows = [("ID", "EFFECT", "ENABLED", "PRINCIPALS", "AUDIENCES")]
+def _print_table(policies: list[Policy], revisions: dict[str, int]) -> None:
+    rows = [("ID", "EFFECT", "ENABLED", "REVISION", "PRINCIPALS", "AUDIENCES")]
     rows += [
         (
             p.id,
             p.effect,
             "yes" if p.enabled else "no",
+            str(revisions.get(p.id, 0)),
             ",".join(_principal_cells(p)),
             ",".join(p.audiences),
         )
@@ -234,9 +285,13 @@ def _print_table(policies: list[Policy]) -> None:
 
 def run_delete(args: argparse.Namespace) -> int:
     _check_key(args.policy_id)
+    _check_revision(args.if_revision)
     deployment = resolve_deployment(args)
     with policy_table(deployment) as store:
-        existed = store.delete(args.policy_id)
+        if args.if_revision is None:
+            existed = store.delete(args.policy_id)
+        else:
+            existed = store.delete(args.policy_id, if_revision=args.if_revision)
     if not existed:
         raise _absent(args.policy_id, deployment)
     if args.json:
