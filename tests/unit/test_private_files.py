@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import tempfile
 from pathlib import Path
 
@@ -154,6 +155,40 @@ def test_a_group_writable_folder_is_refused_unless_this_user_is_its_only_member(
     monkeypatch.setattr(pwd, "getpwuid", lambda uid: elsewhere)
     with pytest.raises(UnsafeDirectory, match="writable by its group"):  # not in it at all
         open_private_dir(group_writable / "state")
+
+
+def test_a_group_writable_folder_with_an_access_acl_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Its group bits are the ACL's mask: `user:<other>:rwx` lets another user write to a
+    folder whose group is this user's private one (accepted before, as 0775 of that group)."""
+    import grp
+    import pwd
+
+    group_writable = folder(tmp_path / "project", 0o770)
+    gid = group_writable.stat().st_gid
+    me = pwd.struct_passwd(("dev", "x", os.getuid(), gid, "", "/home/dev", "/bin/sh"))
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: me)
+    monkeypatch.setattr(pwd, "getpwall", lambda: [me])
+    monkeypatch.setattr(grp, "getgrgid", lambda _: grp.struct_group(("dev", "x", gid, [])))
+    assert open_private_dir(group_writable / "state").is_dir()  # the private group alone
+    undefined = 0xFFFFFFFF
+    entries = [  # user::rwx, user:<other>:rwx, group::rwx, mask::rwx, other::---
+        (0x01, 7, undefined),
+        (0x02, 7, OTHER_UID),
+        (0x04, 7, undefined),
+        (0x10, 7, undefined),
+        (0x20, 0, undefined),
+    ]
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+    try:
+        os.setxattr(group_writable, "system.posix_acl_access", acl)
+    except (AttributeError, OSError) as err:  # no ACLs on this system or file system
+        pytest.skip(f"cannot set an access ACL here: {err}")
+    with pytest.raises(UnsafeDirectory) as refused:
+        open_private_dir(group_writable / "state")
+    assert str(refused.value) == (
+        f"{group_writable} has an access ACL that lets others write (mode 0770): they could "
+        f"replace {group_writable}/state; choose another directory"
+    )
 
 
 @needs_root

@@ -132,12 +132,34 @@ def _check_holder(directory: Path, info: os.stat_result, entry: Path) -> None:
             f"{directory} is writable by everyone without the sticky bit (mode {mode:04o}): "
             f"anyone could replace {entry}; choose another directory"
         )
-    if mode & stat.S_IWGRP and not _only_member_is_this_user(info.st_gid):
+    if not mode & stat.S_IWGRP:
+        return
+    if _has_access_acl(directory):
+        # The group bits are the ACL's mask: a user or group the ACL names may write.
+        raise UnsafeDirectory(
+            f"{directory} has an access ACL that lets others write (mode {mode:04o}): they "
+            f"could replace {entry}; choose another directory"
+        )
+    if not _only_member_is_this_user(info.st_gid):
         raise UnsafeDirectory(
             f"{directory} is writable by its group (gid {info.st_gid}) without the sticky "
             f"bit (mode {mode:04o}): the group's members could replace {entry}; choose "
             "another directory"
         )
+
+
+def _has_access_acl(directory: Path) -> bool:
+    """Whether `directory` has a POSIX access ACL (Linux: its extended attribute), whose
+    named users and groups may write if the group bits, its mask, allow it. Where
+    extended attributes cannot be listed (another system, a file system without them),
+    none."""
+    listxattr = getattr(os, "listxattr", None)
+    if listxattr is None:
+        return False
+    try:
+        return "system.posix_acl_access" in listxattr(directory, follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def _only_member_is_this_user(gid: int) -> bool:
