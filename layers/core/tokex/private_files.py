@@ -194,6 +194,16 @@ def write_private(path: Path, text: str, *, prefix: str = ".tmp-") -> None:
         raise
 
 
+def is_own_private_file(info: os.stat_result) -> bool:
+    """Whether `info` (an fstat, or an lstat: a symlink is no regular file) is of a
+    regular file this user owns and no one else may read or write (0600 or narrower)."""
+    return (
+        stat.S_ISREG(info.st_mode)
+        and info.st_uid == os.getuid()
+        and not stat.S_IMODE(info.st_mode) & 0o077
+    )
+
+
 def read_own_private(path: Path, limit: int) -> bytes | None:
     """The first `limit` + 1 bytes of a regular file this user owns and no one else may
     read or write (mode 0600 or narrower), opened without following a symlink; None for
@@ -206,9 +216,7 @@ def read_own_private(path: Path, limit: int) -> bytes | None:
     try:
         with os.fdopen(fd, "rb") as file:
             info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                return None
-            if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+            if not is_own_private_file(info):
                 return None
             return file.read(limit + 1)
     except OSError:

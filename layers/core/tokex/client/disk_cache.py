@@ -45,7 +45,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -58,7 +57,7 @@ from tokex.client.token_client import (
     TokenError,
     discovery_of,
 )
-from tokex.private_files import read_own_private, write_private
+from tokex.private_files import is_own_private_file, read_own_private, write_private
 from tokex.regions import DISCOVERY_MEMBER
 
 FILE_SUFFIX = ".token.json"
@@ -179,11 +178,7 @@ def _stale_temporary(path: Path, now: float) -> bool:
         info = os.lstat(path)
     except OSError:
         return False
-    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-        return False
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        return False
-    return info.st_mtime < now - STALE_TEMPORARY_SECONDS
+    return is_own_private_file(info) and info.st_mtime < now - STALE_TEMPORARY_SECONDS
 
 
 class _Entry(NamedTuple):
