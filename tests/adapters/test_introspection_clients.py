@@ -5,7 +5,9 @@ table from the stack. HTTP Basic parsing: tests/unit/test_introspection_clients.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
@@ -14,7 +16,7 @@ from botocore.config import Config
 
 from tests.support.in_process_state_table import state_table
 from tokex.adapters.state_table import introspection_clients
-from tokex.adapters.state_table.introspection_clients import ClientStore
+from tokex.adapters.state_table.introspection_clients import ClientStore, TooManyAudiences
 from tokex.adapters.state_table.revocations import TTL_MARGIN_SECONDS
 from tokex.cli.main import main
 from tokex.errors import TemporarilyUnavailable
@@ -194,6 +196,10 @@ def test_bad_audiences_are_refused_before_any_write(audiences, why):
         store.add("kong", audiences)
     with pytest.raises(ValueError, match=why):
         store.update("tc_0123456789abcdef0123", audiences)
+    with pytest.raises(ValueError, match=why):
+        store.add_audiences("tc_0123456789abcdef0123", audiences)
+    with pytest.raises(ValueError, match=why):
+        store.remove_audiences("tc_0123456789abcdef0123", audiences)
 
 
 def test_a_client_item_without_audiences_authenticates_and_serves_none(store, dynamodb):
@@ -266,6 +272,10 @@ def test_dynamodb_failures_are_temporarily_unavailable(monkeypatch):
         store.add("kong", SERVES)
     with pytest.raises(TemporarilyUnavailable):
         store.update("tc_0123456789abcdef0123", SERVES)
+    with pytest.raises(TemporarilyUnavailable):
+        store.add_audiences("tc_0123456789abcdef0123", SERVES)
+    with pytest.raises(TemporarilyUnavailable):
+        store.remove_audiences("tc_0123456789abcdef0123", SERVES)
 
 
 STACK_TEMPLATE = {
@@ -402,3 +412,254 @@ def test_revoke_keeps_the_record_as_long_as_the_stacks_tokens_live(dynamodb, cap
     assert "below the TTL cap of stack tokex (7200 s" in failure["error_description"]
     key = {"id": {"S": "revoked-jti#e"}}
     assert "Item" not in dynamodb.get_item(TableName=TABLE, Key=key)  # nothing written
+
+
+# --- adding and removing audiences (`tokex clients update --add-audience/--remove-audience`)
+
+
+def count_update_item(dynamodb: Any) -> list[str]:
+    calls: list[str] = []
+    dynamodb.meta.events.register("before-call.dynamodb.UpdateItem", lambda **_: calls.append("x"))
+    return calls
+
+
+def test_add_audiences_adds_to_the_set_and_changes_nothing_else(store, dynamodb):
+    client, secret = store.add("kong", ["orders-api"])
+    before = item_of(dynamodb, client.client_id)
+    added = store.add_audiences(client.client_id, ["billing-api", "orders-api"])
+    assert added == ClientStore(dynamodb, TABLE).list()[0]
+    assert added is not None and added.audiences == ("billing-api", "orders-api")
+    after = item_of(dynamodb, client.client_id)
+    assert sorted(after["audiences"]["SS"]) == ["billing-api", "orders-api"]
+    assert {k: v for k, v in after.items() if k != "audiences"} == {
+        k: v for k, v in before.items() if k != "audiences"
+    }
+    fresh = ClientStore(dynamodb, TABLE)  # nothing kept from before the change
+    assert fresh.authenticate(client.client_id, secret).audiences == ("billing-api", "orders-api")
+
+
+def test_remove_audiences_removes_from_the_set_and_the_last_leaves_none(store, dynamodb):
+    client, secret = store.add("kong", ["orders-api", "billing-api", "shipping-api"])
+    removed = store.remove_audiences(client.client_id, ["billing-api", "not-served-api"])
+    assert removed is not None and removed.audiences == ("orders-api", "shipping-api")
+    assert sorted(item_of(dynamodb, client.client_id)["audiences"]["SS"]) == [
+        "orders-api",
+        "shipping-api",
+    ]
+    assert store.remove_audiences(client.client_id, ["not-served-api"]) == removed  # no change
+    emptied = store.remove_audiences(client.client_id, ["orders-api", "shipping-api"])
+    assert emptied is not None and emptied.audiences == ()
+    assert "audiences" not in item_of(dynamodb, client.client_id)  # no empty set is stored
+    assert store.remove_audiences(client.client_id, ["orders-api"]) == emptied  # still none
+    assert ClientStore(dynamodb, TABLE).authenticate(client.client_id, secret).audiences == ()
+    # ...and one can be added again: to an item without the attribute.
+    again = store.add_audiences(client.client_id, ["orders-api"])
+    assert again is not None and again.audiences == ("orders-api",)
+
+
+def test_adding_or_removing_for_a_missing_client_creates_nothing(store, dynamodb):
+    for change in (store.add_audiences, store.remove_audiences):
+        assert change("tc_ffffffffffffffffffff", SERVES) is None
+        assert change("not-a-client-id", SERVES) is None
+    assert store.list() == []
+    key = {"id": {"S": "client#tc_ffffffffffffffffffff"}}
+    assert "Item" not in dynamodb.get_item(TableName=TABLE, Key=key)
+
+
+def test_adding_beyond_the_limit_is_refused_and_writes_nothing(store, dynamodb):
+    near = [f"api-{n:03}" for n in range(MAX_CLIENT_AUDIENCES - 1)]
+    client, _ = store.add("kong", near)
+    with pytest.raises(TooManyAudiences) as refused:
+        store.add_audiences(client.client_id, ["new-1", "new-2", near[0]])
+    assert isinstance(refused.value, ValueError)
+    assert (refused.value.serves, refused.value.adding) == (MAX_CLIENT_AUDIENCES - 1, 2)
+    assert f"a client serves at most {MAX_CLIENT_AUDIENCES} audiences" in str(refused.value)
+    assert sorted(item_of(dynamodb, client.client_id)["audiences"]["SS"]) == near
+    full = store.add_audiences(client.client_id, ["new-1"])  # exactly the limit
+    assert full is not None and len(full.audiences) == MAX_CLIENT_AUDIENCES
+    with pytest.raises(TooManyAudiences):
+        store.add_audiences(client.client_id, ["new-2"])
+    # Audiences it serves already are no change, also at the limit (the write's condition
+    # cannot tell them from new ones: the refusal's item can).
+    assert store.add_audiences(client.client_id, ["new-1", near[5]]) == full
+    assert len(item_of(dynamodb, client.client_id)["audiences"]["SS"]) == MAX_CLIENT_AUDIENCES
+
+
+def test_adding_some_served_and_some_new_near_the_limit_adds_the_new(store, dynamodb):
+    """One served, one new, one place left: the first write is refused for want of room
+    for two, the second adds the one that is new."""
+    near = [f"api-{n:03}" for n in range(MAX_CLIENT_AUDIENCES - 1)]
+    client, _ = store.add("kong", near)
+    calls = count_update_item(dynamodb)
+    added = store.add_audiences(client.client_id, [near[0], "new-api"])
+    assert added is not None and added.audiences == tuple(sorted([*near, "new-api"]))
+    assert len(calls) == 2
+
+
+def test_an_add_whose_answer_was_lost_is_the_client_as_changed(store, dynamodb):
+    """The SDK's retry meets the set the first attempt grew, one place short of room for
+    what it adds: the audiences are there, not "too many"."""
+    client, _ = store.add("kong", [f"api-{n:03}" for n in range(MAX_CLIENT_AUDIENCES - 1)])
+    attempts = lose_first_answer(dynamodb, "UpdateItem")
+    added = store.add_audiences(client.client_id, ["new-api"])
+    assert attempts == ["UpdateItem", "UpdateItem"]
+    assert added is not None and "new-api" in added.audiences
+    assert len(added.audiences) == MAX_CLIENT_AUDIENCES
+
+
+def test_audiences_that_are_no_string_set_are_refused_not_unavailable(store, dynamodb):
+    """An item written by hand with `audiences` of another type: DynamoDB would refuse an
+    ADD or DELETE on it (a ValidationException, "retry later"); only replacing it helps."""
+    client_id = "tc_" + "2" * 20
+    item = {
+        "id": {"S": f"client#{client_id}"},
+        "name": {"S": "by-hand"},
+        "secret_hash": {"S": secret_hash(client_id, "s")},
+        "created_at": {"N": "1700000000"},
+        "audiences": {"S": "orders-api"},
+    }
+    dynamodb.put_item(TableName=TABLE, Item=item)
+    for change in (store.add_audiences, store.remove_audiences):
+        with pytest.raises(ValueError, match="not a string set") as refused:
+            change(client_id, ["billing-api"])
+        assert not isinstance(refused.value, TemporarilyUnavailable)
+    assert item_of(dynamodb, client_id) == item
+    assert store.update(client_id, ["billing-api"]) is not None
+
+
+OPERATORS = 8
+
+
+def test_operators_adding_an_audience_each_at_once_all_land(store, dynamodb):
+    """OPERATORS operators add one audience each to the same client at once, each through
+    its own store and DynamoDB client (its own `tokex clients update` process); every
+    one's first request is held until all have sent theirs. Every audience is there after.
+
+    What `--audience` alone made them do would lose all but one: each lists the client,
+    then replaces the set with the one it read plus its own. Held the same way, every read
+    sees the set before any write, and each write undoes the others:
+
+        served = set(store.list()[0].audiences)              # all read orders-api
+        store.update(client_id, served | {f"api-{n}"})       # the last write wins
+    """
+    client, _ = store.add("kong", ["orders-api"])
+    start = threading.Barrier(OPERATORS, timeout=30)
+    first = threading.local()
+
+    def all_at_once(**_: Any) -> None:
+        if not getattr(first, "sent", False):
+            first.sent = True
+            start.wait()
+
+    operators = []
+    for _ in range(OPERATORS):
+        operator = boto3.client("dynamodb", region_name="us-east-1")
+        operator.meta.events.register_first("before-send.dynamodb", all_at_once)
+        operators.append(ClientStore(operator, TABLE))
+
+    def add(n: int) -> tuple[str, ...]:
+        added = operators[n].add_audiences(client.client_id, [f"api-{n}"])
+        assert added is not None
+        return added.audiences
+
+    with ThreadPoolExecutor(OPERATORS) as pool:
+        answers = list(pool.map(add, range(OPERATORS)))
+    mine = {f"api-{n}" for n in range(OPERATORS)}
+    assert all(f"api-{n}" in answer for n, answer in enumerate(answers))
+    assert set(item_of(dynamodb, client.client_id)["audiences"]["SS"]) == {"orders-api", *mine}
+    assert not start.broken
+
+
+CLI_WHERE = ["--table", TABLE, "--region", "us-east-1"]
+
+
+def update(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["clients", "update", *argv, *CLI_WHERE])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def test_cli_add_audience_adds_and_shows_the_set(store, capsys):
+    client, _ = store.add("kong", ["orders-api"])
+    code, out, err = update(capsys, client.client_id, "--add-audience", "billing-api")
+    assert (code, err) == (0, "")
+    assert out == (
+        f"{client.client_id} (kong) now serves billing-api orders-api "
+        "(warm Lambdas may use the previous audiences for up to 30 s)\n"
+    )
+    argv = [client.client_id, "--add-audience", "shipping-api", "--add-audience", "orders-api"]
+    code, out, err = update(capsys, *argv, "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {
+        **client.to_dict(),
+        "audiences": ["billing-api", "orders-api", "shipping-api"],
+    }
+    assert store.list()[0].audiences == ("billing-api", "orders-api", "shipping-api")
+
+
+def test_cli_remove_audience_removes_and_warns_when_none_is_left(store, capsys):
+    client, _ = store.add("kong", ["orders-api", "billing-api"])
+    argv = [client.client_id, "--remove-audience", "billing-api"]
+    code, out, err = update(capsys, *argv, "--remove-audience", "never-served-api")
+    assert (code, err) == (0, "")
+    assert out.startswith(f"{client.client_id} (kong) now serves orders-api (warm Lambdas")
+    code, out, err = update(capsys, client.client_id, "--remove-audience", "orders-api", "--json")
+    assert code == 0
+    assert json.loads(out) == {**client.to_dict(), "audiences": []}
+    assert err == (
+        f"tokex clients: {client.client_id} serves no audience now: it gets active: false "
+        f"for every token: `tokex clients update {client.client_id} --add-audience AUD`\n"
+    )
+    code, out, err = update(capsys, client.client_id, "--remove-audience", "orders-api")
+    assert code == 0 and "now serves no audience" in out and "active: false" in err
+    assert store.list()[0].audiences == ()
+
+
+def test_cli_audience_still_replaces_the_set(store, capsys):
+    client, _ = store.add("kong", ["orders-api", "billing-api"])
+    code, out, _ = update(capsys, client.client_id, "--audience", "shipping-api", "--json")
+    assert code == 0 and json.loads(out)["audiences"] == ["shipping-api"]
+
+
+@pytest.mark.parametrize("flag", ["--add-audience", "--remove-audience"])
+def test_cli_changes_of_a_missing_client_are_not_found(store, capsys, flag):
+    missing = "tc_" + "f" * 20
+    code, out, _ = update(capsys, missing, flag, "orders-api", "--json")
+    failure = json.loads(out)
+    assert (code, failure["error"], failure["input"]) == (1, "not_found", missing)
+    assert store.list() == []
+
+
+def test_cli_add_beyond_the_limit_names_it(store, dynamodb, capsys):
+    near = [f"api-{n:03}" for n in range(MAX_CLIENT_AUDIENCES - 1)]
+    client, _ = store.add("kong", near)
+    argv = [client.client_id, "--add-audience", "new-1", "--add-audience", "new-2"]
+    code, out, err = update(capsys, *argv)
+    assert (code, out) == (1, "")
+    assert f"a client serves at most {MAX_CLIENT_AUDIENCES} audiences" in err
+    assert err.count("\n") == 1
+    code, out, _ = update(capsys, *argv, "--json")
+    failure = json.loads(out)
+    assert (code, failure["error"], failure["input"]) == (1, "failed", "--add-audience")
+    assert f"at most {MAX_CLIENT_AUDIENCES} audiences" in failure["error_description"]
+    assert sorted(item_of(dynamodb, client.client_id)["audiences"]["SS"]) == near
+
+
+@pytest.mark.parametrize(
+    ("argv", "at_fault"),
+    [
+        (["--audience", "a", "--add-audience", "b"], "--add-audience"),
+        (["--add-audience", "a", "--remove-audience", "b"], "--remove-audience"),
+        (["--remove-audience", "a", "--audience", "b"], "--audience"),
+        (["--add-audience", "bad audience"], "--add-audience"),
+        (["--remove-audience", ""], "--remove-audience"),
+        ([], "--audience"),
+    ],
+)
+def test_cli_one_kind_of_change_per_command(store, capsys, argv, at_fault):
+    client, _ = store.add("kong", ["orders-api"])
+    code, out, _ = update(capsys, client.client_id, *argv, "--json")
+    failure = json.loads(out)
+    assert (code, failure["input"]) == (2, at_fault)
+    assert store.list()[0].audiences == ("orders-api",)

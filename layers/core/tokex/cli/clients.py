@@ -4,11 +4,18 @@ which audiences.
     tokex clients add kong-prod --audience orders-api --stack tokex   # id and secret, once
     tokex clients update tc_0123456789abcdef0123 --audience orders-api \
         --audience billing-api --stack tokex                          # replaces the set
+    tokex clients update tc_0123456789abcdef0123 --add-audience shipping-api \
+        --stack tokex                         # adds to it (--remove-audience: removes)
     tokex clients list --stack tokex
     tokex clients remove tc_0123456789abcdef0123 --stack tokex
 
 A client gets `{"active": false}` for tokens of audiences it is not registered for; a
 client made before audiences existed has none until `update` gives it some.
+
+`--add-audience` and `--remove-audience` change the set in one write, without reading it:
+two operators adding an audience each at once both get theirs (with `--audience`, each
+writing the set they listed plus theirs, the later would undo the earlier). One kind of
+change per command: DynamoDB takes no `ADD` and `DELETE` of one attribute in one write.
 
 Clients live in the deployment's state table: `--table NAME`, or `--stack NAME` (its
 `StateTableName` output). Credentials come from the default AWS credential chain.
@@ -53,13 +60,34 @@ def register(subparsers: Any) -> None:
     update = commands.add_parser(
         "update",
         parents=[common],
-        help="replace the audiences a client serves",
-        description="Replace the set of audiences an introspection client serves (clients "
-        "made before audiences existed serve none until updated). Warm Lambdas may use the "
-        "previous set for up to 30 s.",
+        help="change the audiences a client serves",
+        description="Replace the set of audiences an introspection client serves "
+        "(--audience), or add to it or remove from it (--add-audience, --remove-audience: "
+        "safe beside another operator's change at the same time); one kind of change per "
+        "command. Clients made before audiences existed serve none until updated. Warm "
+        "Lambdas may use the previous set for up to 30 s.",
     )
     update.add_argument("client_id", metavar="ID", help="the client id (tc_...)")
-    add_audience_argument(update)
+    change = update.add_mutually_exclusive_group(required=True)
+    change.add_argument(
+        "--audience",
+        action="append",
+        metavar="AUD",
+        help="the audiences the client serves from now on, replacing the set (repeat for "
+        "more); tokens of other audiences are inactive for it",
+    )
+    change.add_argument(
+        "--add-audience",
+        action="append",
+        metavar="AUD",
+        help="an audience to add to the set (repeat for more); one already served is no change",
+    )
+    change.add_argument(
+        "--remove-audience",
+        action="append",
+        metavar="AUD",
+        help="an audience to remove from the set (repeat for more); one not served is no change",
+    )
     update.set_defaults(func=run_update)
     listing = commands.add_parser(
         "list",
@@ -91,15 +119,20 @@ def add_audience_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def checked_audiences(args: argparse.Namespace) -> list[str]:
-    """The --audience values, each of the form the exchange accepts (exit 2 otherwise)."""
+def checked_audiences(values: list[str], flag: str = "--audience") -> list[str]:
+    """The values of `flag` (--audience, --add-audience, --remove-audience), each of the
+    form the exchange accepts (exit 2 otherwise)."""
     from tokex.introspection_clients import MAX_CLIENT_AUDIENCES
 
-    audiences = list(dict.fromkeys(check_audience(a) for a in args.audience))
+    audiences: list[str] = []
+    for value in dict.fromkeys(values):
+        try:
+            audiences.append(check_audience(value))
+        except UsageError as exc:  # it names --audience
+            raise UsageError(str(exc).replace("--audience", flag, 1), input=flag) from None
     if len(audiences) > MAX_CLIENT_AUDIENCES:
         raise UsageError(
-            f"--audience: a client serves at most {MAX_CLIENT_AUDIENCES} audiences",
-            input="--audience",
+            f"{flag}: a client serves at most {MAX_CLIENT_AUDIENCES} audiences", input=flag
         )
     return audiences
 
@@ -128,7 +161,7 @@ def run_add(args: argparse.Namespace) -> int:
             "(starting with a letter or digit)",
             input=args.name,
         )
-    audiences = checked_audiences(args)
+    audiences = checked_audiences(args.audience)
     store = ClientStore(*resolve_state_table(args))
     try:
         client, secret = store.add(args.name, audiences)
@@ -176,15 +209,38 @@ def _remove_unseen(store: ClientStore, client_id: str) -> None:
 
 
 def run_update(args: argparse.Namespace) -> int:
-    from tokex.adapters.state_table.introspection_clients import ClientStore
+    from tokex.adapters.state_table.introspection_clients import ClientStore, TooManyAudiences
     from tokex.errors import TemporarilyUnavailable
 
     check_client_id(args.client_id)
-    audiences = checked_audiences(args)
+    # argparse lets exactly one of the three through.
+    if args.add_audience is not None:
+        flag, values = "--add-audience", args.add_audience
+    elif args.remove_audience is not None:
+        flag, values = "--remove-audience", args.remove_audience
+    else:
+        flag, values = "--audience", args.audience
+    audiences = checked_audiences(values, flag)
     try:
-        client = ClientStore(*resolve_state_table(args)).update(args.client_id, audiences)
+        store = ClientStore(*resolve_state_table(args))
+        if flag == "--add-audience":
+            client = store.add_audiences(args.client_id, audiences)
+        elif flag == "--remove-audience":
+            client = store.remove_audiences(args.client_id, audiences)
+        else:
+            client = store.update(args.client_id, audiences)
     except TemporarilyUnavailable as exc:
         raise store_error(exc, args) from None
+    except TooManyAudiences as exc:
+        raise CommandError(
+            f"{exc} (--remove-audience some first, or replace the set with --audience)",
+            input=flag,
+        ) from None
+    except ValueError as exc:  # the stored audiences are not a string set
+        raise CommandError(
+            f"{exc}: `tokex clients update {args.client_id} --audience AUD`",
+            input=args.client_id,
+        ) from None
     if client is None:
         raise CommandError(
             f"no client {args.client_id!r} (`tokex clients list` shows them)",
@@ -198,9 +254,16 @@ def run_update(args: argparse.Namespace) -> int:
         # The name is the stored item's, shown escaped as `list` shows it.
         print(
             escaped(
-                f"{client.client_id} ({client.name}) now serves {' '.join(client.audiences)} "
+                f"{client.client_id} ({client.name}) now serves "
+                f"{' '.join(client.audiences) or 'no audience'} "
                 "(warm Lambdas may use the previous audiences for up to 30 s)"
             )
+        )
+    if not client.audiences:  # --remove-audience removed the last
+        print(
+            f"tokex clients: {client.client_id} serves no audience now: it gets active: false "
+            f"for every token: `tokex clients update {client.client_id} --add-audience AUD`",
+            file=sys.stderr,
         )
     return 0
 

@@ -4,6 +4,11 @@ Items: `id` = `client#<client_id>` (schema.py), `name`, `secret_hash`, `created_
 `audiences` (SS). No `expires_at`: a client lives until `tokex clients remove`. What a
 client is, how it authenticates and how its secret is hashed: tokex/introspection_clients.py.
 
+Audiences are changed in one conditional write each, never read first: `update` replaces
+the set, `add_audiences` and `remove_audiences` change it with DynamoDB's set `ADD` and
+`DELETE` (so two operators adding an audience each at once both land, where reading the
+set and writing it back with one more would let the later write undo the earlier).
+
 A client's stored item (its secret's hash and its audiences), once read, is kept for
 `VERIFIED_CACHE_SECONDS`, by client id: removing a client or changing its audiences takes
 effect in warm Lambdas within that time, and presented secrets are compared with the kept
@@ -31,6 +36,7 @@ from tokex.introspection_clients import (
     CLIENT_ID,
     CLIENT_NAME,
     MAX_CACHED_CLIENTS,
+    MAX_CLIENT_AUDIENCES,
     MAX_SECRET_CHARS,
     SECRET_BYTES,
     VERIFIED_CACHE_SECONDS,
@@ -45,8 +51,35 @@ _UNAVAILABLE = "the client store is unavailable, retry later"
 _Clients = list[IntrospectionClient]
 
 
+# How often `add_audiences` writes again when the set changed between its write and the
+# item that write was refused against (another operator's change at that moment).
+_ADD_ATTEMPTS = 3
+# A condition's operand: DynamoDB's name of the string set type (attribute_type).
+_STRING_SET = {"S": "SS"}
+
+
 class _ConditionFailed(TemporarilyUnavailable):
-    """A conditional write found no item to update (or, for `add`, an id collision)."""
+    """A conditional write found no item to update (or, for `add`, an id collision);
+    `item` is the item as it was, when the write asked for it and there was one."""
+
+    def __init__(
+        self, description: str, *, reason: str, item: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(description, reason=reason)
+        self.item = item
+
+
+class TooManyAudiences(ValueError):
+    """Adding audiences would make a client serve more than MAX_CLIENT_AUDIENCES:
+    `serves` is how many it serves, `adding` how many of those asked for it does not."""
+
+    def __init__(self, client_id: str, serves: int, adding: int) -> None:
+        super().__init__(
+            f"a client serves at most {MAX_CLIENT_AUDIENCES} audiences: {client_id} serves "
+            f"{serves}, and {adding} more would make {serves + adding}"
+        )
+        self.serves = serves
+        self.adding = adding
 
 
 class ClientStore:
@@ -135,6 +168,97 @@ class ClientStore:
             return None
         return _client(response["Attributes"])
 
+    def add_audiences(self, client_id: str, audiences: Iterable[str]) -> IntrospectionClient | None:
+        """Add `audiences` to those a client serves, in one conditional write (`ADD`: no
+        read first, so a change made at the same time is kept); the client as stored now,
+        or None if there is no such client. Audiences it serves already are no change.
+
+        Raises TooManyAudiences (a ValueError) when the client would serve more than
+        MAX_CLIENT_AUDIENCES, nothing written; ValueError for a bad audience list, or for an
+        item whose `audiences` is not a string set (written by other means: `update`
+        replaces it)."""
+        adding = served_audiences(audiences)
+        if not CLIENT_ID.fullmatch(client_id):
+            return None
+        for _ in range(_ADD_ATTEMPTS):
+            try:
+                # The set stays within the limit even if none of `adding` is in it yet
+                # (which the write cannot know).
+                stored = self._change_audiences(
+                    client_id,
+                    "ADD #a :add",
+                    "attribute_type(#a, :ss) AND size(#a) <= :room",
+                    {
+                        ":add": {"SS": list(adding)},
+                        ":room": {"N": str(MAX_CLIENT_AUDIENCES - len(adding))},
+                    },
+                )
+            except _ConditionFailed as refused:
+                # Why, from the item as the refusal found it: no item (no such client),
+                # or a set that would grow too large with those of `adding` it lacks.
+                if refused.item is None:
+                    return None
+                serves = _audience_set(refused.item, client_id)
+                missing = tuple(a for a in adding if a not in serves)
+                if not missing:  # served already (also: the SDK's retry of this very add)
+                    return _client(refused.item)
+                if len(serves) + len(missing) > MAX_CLIENT_AUDIENCES:
+                    raise TooManyAudiences(client_id, len(serves), len(missing)) from None
+                adding = missing  # some were served already: the rest fit
+                continue
+            return _client(stored)
+        raise TemporarilyUnavailable(
+            _UNAVAILABLE, reason="dynamodb UpdateItem: the audiences kept changing"
+        )
+
+    def remove_audiences(
+        self, client_id: str, audiences: Iterable[str]
+    ) -> IntrospectionClient | None:
+        """Remove `audiences` from those a client serves, in one conditional write
+        (`DELETE`: no read first); the client as stored now, or None if there is no such
+        client. Audiences it does not serve are no change; removing the last leaves a
+        client that serves none (DynamoDB keeps no empty set), for which every token is
+        inactive. Raises ValueError for a bad audience list, or for an item whose
+        `audiences` is not a string set (`update` replaces it)."""
+        removing = served_audiences(audiences)
+        if not CLIENT_ID.fullmatch(client_id):
+            return None
+        try:
+            stored = self._change_audiences(
+                client_id,
+                "DELETE #a :remove",
+                "attribute_type(#a, :ss)",
+                {":remove": {"SS": list(removing)}},
+            )
+        except _ConditionFailed as refused:
+            if refused.item is None:
+                return None
+            _audience_set(refused.item, client_id)  # raises: the only other way to fail
+            raise
+        return _client(stored)
+
+    def _change_audiences(
+        self, client_id: str, change: str, condition: str, values: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One `UpdateItem` of a client's audience set (`change`, with `values`), the item
+        as stored after it. Never creates an item; `condition` must hold of a set that is
+        there (`:ss` is the string set type). Raises _ConditionFailed with the item as it
+        was (None: no such client)."""
+        response = self._call(
+            "UpdateItem",
+            TableName=self._table,
+            Key=schema.key(schema.client_key(client_id)),
+            UpdateExpression=change,
+            ConditionExpression=f"attribute_exists({schema.KEY_ATTRIBUTE}) AND "
+            f"(attribute_not_exists(#a) OR ({condition}))",
+            ExpressionAttributeNames={"#a": "audiences"},
+            ExpressionAttributeValues={**values, ":ss": _STRING_SET},
+            ReturnValues="ALL_NEW",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+        attributes: dict[str, Any] = response["Attributes"]
+        return attributes
+
     def remove(self, client_id: str) -> bool:
         """Delete a client; True if it existed, or may have: when the SDK retried, an
         attempt whose answer was lost may have deleted it (the client is gone either way,
@@ -212,9 +336,28 @@ class ClientStore:
         except errors.SDK_ERRORS as exc:
             failed = errors.unavailable(_UNAVAILABLE, "dynamodb", operation, exc)
             if errors.is_client_error(exc, "ConditionalCheckFailedException"):
-                raise _ConditionFailed(failed.description, reason=failed.reason) from None
+                item = getattr(exc, "response", {}).get("Item")  # with ALL_OLD asked for
+                raise _ConditionFailed(
+                    failed.description,
+                    reason=failed.reason,
+                    item=item if isinstance(item, dict) else None,
+                ) from None
             raise failed from None
         return response
+
+
+def _audience_set(item: dict[str, Any], client_id: str) -> frozenset[str]:
+    """The audiences of a stored item (none without the attribute). Raises ValueError when
+    `audiences` is there but no string set: only `update` can replace it."""
+    if "audiences" not in item:
+        return frozenset()
+    audiences = item["audiences"].get("SS")
+    if not isinstance(audiences, list):
+        raise ValueError(
+            f"client {client_id}'s audiences are not a string set (written by other means): "
+            "only replacing the whole set changes them"
+        )
+    return frozenset(audiences)
 
 
 def _client(item: dict[str, Any]) -> IntrospectionClient:
