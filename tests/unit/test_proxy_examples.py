@@ -38,6 +38,7 @@ from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tests.support.tls import make_pki
 from tokex.cli.policy_document import document_errors
 from tokex.proxy.config import ProxyConfig
+from tokex.proxy.connections import descriptors_needed
 
 try:
     import kubernetes_validate
@@ -504,6 +505,13 @@ def test_the_unit_runs_the_proxy_hardened() -> None:
     # The secret file is in the one directory the unit lets the proxy write.
     assert Path(config["secret_file"]).parent == Path("/run") / service["RuntimeDirectory"][0]
     assert config.get("evidence", "sigv4") == "sigv4"  # the instance profile signs
+
+
+def test_the_unit_allows_the_descriptors_of_every_connection() -> None:
+    """systemd's default soft limit (1024) would leave room for fewer connections than the
+    proxy's 1,024 (tokex/proxy/connections.py)."""
+    [limit] = unit_settings(unit_text())["Service"]["LimitNOFILE"]
+    assert int(limit) >= descriptors_needed(len(toml("ec2-proxy.toml")["routes"]))
 
 
 def systemd_root(tmp_path: Path, unit: str) -> Path:

@@ -14,6 +14,7 @@ made at every start and written to the configuration's `secret_file` (secret.py)
 
 from __future__ import annotations
 
+import errno
 import socket
 import socketserver
 import sys
@@ -26,7 +27,12 @@ from typing import Any
 
 from tokex.client.endpoint import is_loopback
 from tokex.proxy.config import Address, ProxyConfig, Route
-from tokex.proxy.connections import Connections
+from tokex.proxy.connections import (
+    Connections,
+    connection_limit,
+    descriptors_needed,
+    raise_descriptor_limit,
+)
 from tokex.proxy.forward import Upstream
 from tokex.proxy.handler import ProxyHandler, ProxyState
 from tokex.proxy.log import JsonLog
@@ -35,8 +41,15 @@ from tokex.proxy.secret import new_secret, remove_secret_file, write_secret_file
 from tokex.proxy.tokens import RouteTokens, TokenSource
 
 POLL_SECONDS = 0.2  # how soon an accept loop notices shutdown
-# A flood of connections over the limit (connections.py) is one log line per this long.
+# A flood of connections over the limit (connections.py) is one log line per this long;
+# so are the failures of `accept` for want of a descriptor.
 REFUSAL_LOG_SECONDS = 10.0
+# `accept` failed for want of a descriptor (another part of the process holds them, the
+# system ran out) or of memory: the connection waits in the listen queue and the accept
+# loop this long before trying again, rather than spin on a listener that stays readable.
+ACCEPT_RETRY_SECONDS = 0.1
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+OUT_OF_MEMORY = frozenset({errno.ENOBUFS, errno.ENOMEM})
 DEFAULT_GRACE_SECONDS = 10.0
 # The first port any user may bind (Linux's net.ipv4.ip_unprivileged_port_start): 1024
 # on most hosts, 0 in Docker's and Podman's containers and containerd 2.0's CRI.
@@ -69,7 +82,7 @@ class _Listener(ThreadingHTTPServer):
         self.state = state
         # Its requests must name a loopback host (handler.py: DNS rebinding).
         self.loopback = is_loopback(address.host)
-        self._last_refusal_logged = -REFUSAL_LOG_SECONDS
+        self._last_logged: dict[str, float] = {}  # per event, for those logged rarely
         super().__init__((address.host, address.port), ProxyHandler)
 
     def server_bind(self) -> None:
@@ -77,16 +90,30 @@ class _Listener(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as err:  # socketserver drops it and polls again at once
+            if err.errno in OUT_OF_DESCRIPTORS | OUT_OF_MEMORY:
+                left = "descriptor" if err.errno in OUT_OF_DESCRIPTORS else "memory"
+                reason = f"no {left} left: the connection waits to be accepted"
+                error = errno.errorcode[err.errno]
+                self._log_rarely("accept_failed", reason=reason, error=error)
+                time.sleep(ACCEPT_RETRY_SECONDS)
+            raise
+
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if self.state.connections.admit(request):
             return True
-        now = time.monotonic()
-        if now - self._last_refusal_logged >= REFUSAL_LOG_SECONDS:
-            self._last_refusal_logged = now
-            self.state.log.write(
-                "connection_refused", listener=self.name, reason="too many connections"
-            )
+        self._log_rarely("connection_refused", reason="too many connections")
         return False  # closed at once (socketserver), no thread started
+
+    def _log_rarely(self, event: str, **fields: Any) -> None:
+        """One line per REFUSAL_LOG_SECONDS for the event, however often it happens."""
+        now = time.monotonic()
+        if now - self._last_logged.get(event, -REFUSAL_LOG_SECONDS) >= REFUSAL_LOG_SECONDS:
+            self._last_logged[event] = now
+            self.state.log.write(event, listener=self.name, **fields)
 
     def shutdown_request(self, request: Any) -> None:
         self.state.connections.released(request)
@@ -137,6 +164,9 @@ class ProxyServer:
         """Bind every listener and serve them (background threads); then write the secret
         file. ListenFailed if an address cannot be bound (nothing is left bound), OSError if
         the file cannot be written, secret.UnsafeSecretFile if its path is unsafe."""
+        routes = len(self.config.routes)
+        descriptors = raise_descriptor_limit(descriptors_needed(routes))
+        self._connections.limit = connection_limit(descriptors, routes)
         try:
             for name, address in self.config.listeners.items():
                 try:
@@ -175,6 +205,7 @@ class ProxyServer:
             "started",
             listening={name: _url(host, port) for name, (host, port) in self.addresses.items()},
             secret_file=str(self.secret_file) if self.secret_file else None,
+            max_connections=self._connections.limit,
         )
 
     def serve_forever(self) -> None:
