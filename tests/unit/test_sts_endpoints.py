@@ -92,9 +92,13 @@ def test_region_allowlist() -> None:
         "sts%2eamazonaws.com",
         "sts.amazonaws.com%00",
         " sts.amazonaws.com",
-        "sts.us-east-9.amazonaws.com",
-        "sts.us-east-1.api.aws",
         "sts-fips.amazonaws.com",
+        "sts.api.aws",
+        "sts.eusc-de-east-1.amazonaws.eu",  # a partition tokex does not know
+        "sts.cn-north-1.amazonaws.com",  # a known Region under another partition's suffix
+        "sts.us-east-1.amazonaws.com.cn",
+        "sts.us-east-1.amazonaws.com.attacker.example",
+        "sts-fips.us-east-1.api.aws.attacker.example",
         "52.94.0.1",
         "[::1]",
         "",
@@ -165,8 +169,149 @@ def test_a_partition_not_served_names_only_hosts_of_the_table() -> None:
     """Nothing the request says is echoed: a look-alike of another partition's host is no
     STS endpoint."""
     cn_only = StsEndpoints(["aws-cn"])
-    for host in ("sts.us-east-9.amazonaws.com", "sts.us-east-1.amazonaws.com.", "x.amazonaws.com"):
+    for host in ("sts.us-east-1.amazonaws.com.", "x.amazonaws.com", "sts.us-east-1.amazonaws.co"):
         assert cn_only.refusal(host) == "url host is not an STS endpoint this deployment accepts"
+
+
+# --- hosts of an STS shape the table lacks: refused saying why (docs/contract.md "The
+# signed request"), quoting only a Region name that matched the strict pattern.
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "host", "said"),
+    [
+        # A Region AWS has (or may add) that this version's table lacks.
+        (
+            ALL,
+            "sts.me-west-1.amazonaws.com",
+            "the request is signed for the STS of me-west-1, a Region this tokex version"
+            " does not know: sign for a Region of aws or aws-cn or aws-us-gov",
+        ),
+        (
+            StsEndpoints(["aws"], ["eu-west-1", "us-west-2"]),
+            "sts.us-east-9.amazonaws.com",
+            "the request is signed for the STS of us-east-9, a Region this tokex version"
+            " does not know: sign for eu-west-1, us-west-2",
+        ),
+        (
+            StsEndpoints(["aws"]),
+            "sts-fips.me-west-1.amazonaws.com",
+            "the request is signed for the STS of me-west-1, a Region this tokex version"
+            " does not know: sign for a Region of aws",
+        ),
+        (
+            StsEndpoints(["aws-cn"]),
+            "sts.cn-south-1.amazonaws.com.cn",
+            "the request is signed for the STS of cn-south-1, a Region this tokex version"
+            " does not know: sign for a Region of aws-cn",
+        ),
+        # A mistyped Region: not quoted.
+        (
+            ALL,
+            "sts.us-east-1a.amazonaws.com",
+            "url host is not an STS endpoint this deployment accepts: its Region part is not"
+            " an AWS Region name (such as us-east-1)",
+        ),
+        (
+            ALL,
+            "sts.useast1.amazonaws.com",
+            "url host is not an STS endpoint this deployment accepts: its Region part is not"
+            " an AWS Region name (such as us-east-1)",
+        ),
+        (
+            ALL,
+            "sts." + "ab-" * 10 + "east-1.amazonaws.com",  # a Region's shape, but 36 long
+            "url host is not an STS endpoint this deployment accepts: its Region part is not"
+            " an AWS Region name (such as us-east-1)",
+        ),
+        # FIPS endpoints turned off (TOKEX_STS_ALLOW_FIPS=false).
+        (
+            StsEndpoints(["aws"], allow_fips=False),
+            "sts-fips.us-east-1.amazonaws.com",
+            "FIPS endpoints are turned off in this deployment (TOKEX_STS_ALLOW_FIPS): sign"
+            " for sts.us-east-1.amazonaws.com",
+        ),
+        (
+            StsEndpoints(["aws-us-gov"], allow_fips=False),
+            "sts-fips.us-gov-west-1.amazonaws.com",
+            "FIPS endpoints are turned off in this deployment (TOKEX_STS_ALLOW_FIPS): sign"
+            " for sts.us-gov-west-1.amazonaws.com",
+        ),
+        (
+            StsEndpoints(["aws"], ["eu-west-1"], allow_fips=False),
+            "sts-fips.us-east-2.amazonaws.com",
+            "FIPS endpoints are turned off in this deployment (TOKEX_STS_ALLOW_FIPS); the"
+            " request is signed for the STS of us-east-2, which this endpoint does not"
+            " accept: sign for eu-west-1",
+        ),
+        (
+            StsEndpoints(["aws"], allow_fips=False),
+            "sts-fips.me-west-1.amazonaws.com",
+            "FIPS endpoints are turned off in this deployment (TOKEX_STS_ALLOW_FIPS); the"
+            " request is signed for the STS of me-west-1, a Region this tokex version does"
+            " not know: sign for a Region of aws",
+        ),
+        # A known Region without a FIPS endpoint.
+        (
+            ALL,
+            "sts-fips.eu-west-1.amazonaws.com",
+            "eu-west-1 has no FIPS STS endpoint this tokex version knows: sign for"
+            " sts.eu-west-1.amazonaws.com",
+        ),
+        (
+            StsEndpoints(["aws"], ["us-east-1"]),
+            "sts-fips.eu-west-1.amazonaws.com",
+            "eu-west-1 has no FIPS STS endpoint this tokex version knows; the request is"
+            " signed for the STS of eu-west-1, which this endpoint does not accept: sign for"
+            " us-east-1",
+        ),
+        # Dual-stack endpoints.
+        (
+            ALL,
+            "sts.us-east-1.api.aws",
+            "url host is a dual-stack STS endpoint (api.aws), which tokex does not accept:"
+            " sign for sts.<region>.amazonaws.com",
+        ),
+        (
+            ALL,
+            "sts-fips.us-gov-west-1.api.aws",
+            "url host is a dual-stack STS endpoint (api.aws), which tokex does not accept:"
+            " sign for sts.<region>.amazonaws.com",
+        ),
+        (
+            ALL,
+            "sts.cn-north-1.api.amazonwebservices.com.cn",
+            "url host is a dual-stack STS endpoint (api.amazonwebservices.com.cn), which"
+            " tokex does not accept: sign for sts.<region>.amazonaws.com.cn",
+        ),
+    ],
+)
+def test_an_sts_host_the_table_lacks_is_refused_saying_why(endpoints, host, said) -> None:
+    """A Region newer than the table, a mistyped Region, FIPS turned off, dual-stack: each
+    was answered "url host is not an STS endpoint this deployment accepts", which named
+    neither the Region nor the cause."""
+    assert endpoints.lookup(host) is None
+    assert endpoints.refusal(host) == said
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "us-east-1\x1b[2j",
+        "us-east-1\n",
+        "us-east-1 ",
+        "us-east-1%0a",
+        "evil.us-east-1",
+        "US-EAST-1",
+        "us-east-" + "1" * 60,
+    ],
+)
+def test_a_region_part_that_is_no_region_name_is_never_quoted(label: str) -> None:
+    """Only a Region name that matched the strict pattern is echoed."""
+    for prefix, suffix in (("sts", "amazonaws.com"), ("sts-fips", "amazonaws.com.cn")):
+        said = ALL.refusal(f"{prefix}.{label}.{suffix}")
+        assert label not in said and "us-east-1 " not in said
+        assert said.startswith("url host is not an STS endpoint this deployment accepts")
 
 
 def test_unknown_partition_or_region_is_a_configuration_error() -> None:

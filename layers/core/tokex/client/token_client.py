@@ -54,7 +54,12 @@ from tokex.client.evidence import (
     web_identity_token,
 )
 from tokex.client.imds import instance_region
-from tokex.client.signing import encode_subject_token, signed_get_caller_identity
+from tokex.client.signing import (
+    encode_subject_token,
+    signed_get_caller_identity,
+    sts_endpoint,
+    use_fips_endpoint,
+)
 from tokex.client.token_error import (
     AWS_ERROR,
     AWS_SDK,
@@ -590,6 +595,10 @@ class _EvidenceSource:
         # AWS_REGION): signing for us-east-1 there is refused outside the aws partition.
         self.instance_region = instance_region(instance_evidence) if instance_evidence else None
         self.credentials: ReadOnlyCredentials | None = None
+        # Whether the SDK is set to use FIPS endpoints: sigv4 evidence is then signed for
+        # the Region's FIPS STS (signing.sts_endpoint); aws-oif's botocore client honours
+        # the setting itself.
+        self.fips = False
         self.token = ""
         if chosen.kind == EKS:
             # Read first: a pod without its token volume fails before any network call.
@@ -599,6 +608,7 @@ class _EvidenceSource:
             # Read first for aws-oif too (its STS client reuses them): a credential_process
             # that answers garbage, or credentials no request could carry, fail here.
             self.credentials = aws_credentials(self.session)
+            self.fips = chosen.kind == SIGV4 and use_fips_endpoint(self.session)
             if budget.left() <= 0:  # botocore's own timeouts, not the call's, bound this
                 raise TokenError(
                     f"loading the AWS credentials took longer than the {budget.seconds:g} s"
@@ -623,6 +633,15 @@ class _EvidenceSource:
             return [(region, self.endpoint + "/token")]
         preferred = self.preferred(region)
         listed = list(self.discovery.regions)
+        if self.fips:
+            # Only a Region with a FIPS STS endpoint can take FIPS evidence (a Regional
+            # exchange accepts its own Region's STS only); with none listed, the first
+            # attempt says why (sts_endpoint's TokenError).
+            capable = [r for r in listed if _has_fips_sts(r.region)]
+            if capable and len(capable) < len(listed):
+                left_out = ", ".join(r.region for r in listed if r not in capable)
+                log.debug("FIPS endpoints are on: not asking %s (no FIPS STS)", left_out)
+                listed = capable
         first = [r for r in listed if r.region == preferred]
         return [(r.region, r.token_endpoint) for r in first + [r for r in listed if r not in first]]
 
@@ -651,8 +670,17 @@ class _EvidenceSource:
             region=region,
             issuer=self.discovery.issuer,
             audience=self.audience,
+            fips=self.fips,
         )
         return SIGV4_TOKEN_TYPE, encode_subject_token(signed)
+
+
+def _has_fips_sts(region: str) -> bool:
+    try:
+        sts_endpoint(region, fips=True)
+    except TokenError:
+        return False
+    return True
 
 
 def _explicit_region(session: boto3.session.Session | None) -> str | None:

@@ -12,6 +12,7 @@ A region AWS adds later is refused until it is added here: the safe default.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -73,6 +74,7 @@ PARTITION_REGIONS: dict[str, tuple[str, ...]] = {
     "aws-us-gov": AWS_US_GOV_REGIONS,
 }
 PARTITION_DNS_SUFFIX = identifiers.PARTITION_DNS_SUFFIX
+_PARTITION_OF_KNOWN_REGION = {r: p for p, regions in PARTITION_REGIONS.items() for r in regions}
 # Regions with an `sts-fips.<region>` host (AWS FIPS endpoints page). In GovCloud the
 # plain regional host is itself the FIPS endpoint (botocore's STS rule set resolves FIPS
 # there to `sts.<region>`); `sts-fips.us-gov-*` is accepted as well, as the issue asks.
@@ -92,6 +94,27 @@ FIPS_REGIONS = frozenset(
 # us-east-1 (botocore endpoints.json, `aws-global` credentialScope).
 GLOBAL_HOST = "sts.amazonaws.com"
 GLOBAL_REGION = "us-east-1"
+# The dual-stack (IPv4 and IPv6) endpoints' suffix of each partition (botocore
+# endpoints.json `dualStackDnsSuffix`): `sts.<region>.api.aws`, not accepted.
+DUALSTACK_DNS_SUFFIX = {
+    "api.aws": "amazonaws.com",
+    "api.amazonwebservices.com.cn": "amazonaws.com.cn",
+}
+# Longer than any Region name (none has 20 characters): a refusal quotes a Region the
+# host names only within this bound.
+_MAX_QUOTED_REGION_CHARS = 32
+# The shapes of the STS hosts of a Region this table lacks, for refusal() to say why:
+# `sts[-fips].<label>.<suffix>` of the partitions' suffixes, regular or dual-stack. The
+# label is a DNS label; only one that is a Region name (identifiers.REGION) is quoted.
+_STS_HOST_SHAPE = re.compile(
+    r"(sts|sts-fips)\.([a-z0-9-]{1,63})\.("
+    + "|".join(
+        re.escape(suffix)
+        for suffix in sorted({*PARTITION_DNS_SUFFIX.values(), *DUALSTACK_DNS_SUFFIX})
+    )
+    + ")"
+)
+_UNKNOWN_HOST = "url host is not an STS endpoint this deployment accepts"
 
 
 @dataclass(frozen=True)
@@ -146,6 +169,7 @@ class StsEndpoints:
         self._elsewhere = elsewhere
         self._partitions = partitions
         self._accepted = sorted(regions)
+        self._allow_fips = allow_fips
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StsEndpoints:
@@ -159,23 +183,60 @@ class StsEndpoints:
         """Why `host` (which `lookup` did not find) is refused: a Region's STS this
         deployment (or this Region's exchange) does not accept is named, with the Regions
         it does; one of a partition it does not serve (a workload with no Region configured
-        signs for us-east-1) with the partitions it does and what to set; any other host is
-        not an STS endpoint it accepts. Only a host of the table is named: nothing the
-        request says is echoed."""
+        signs for us-east-1) with the partitions it does and what to set. A host of an STS
+        shape the table lacks says why: a dual-stack endpoint, a FIPS one with FIPS turned
+        off (TOKEX_STS_ALLOW_FIPS) or of a Region without one, a Region this version does
+        not know, a Region part that is no Region name; any other host is not an STS
+        endpoint it accepts. Nothing the request says is echoed but a Region name that
+        matched the strict pattern (identifiers.REGION, at most 32 characters)."""
         other = self._elsewhere.get(host)
         if other is None:
-            return "url host is not an STS endpoint this deployment accepts"
+            return self._shape_refusal(host)
         if other.partition not in self._partitions:
             served = " or ".join(self._partitions)
-            sign_for = ", ".join(self._accepted) or f"a Region of {served}"
             return (
                 f"the request is signed for the STS of {other.region} (partition"
                 f" {other.partition}); this deployment accepts the STS of {served}: sign for"
-                f" {sign_for} (set AWS_REGION)"
+                f" {self._sign_for()} (set AWS_REGION)"
             )
         return (
             f"the request is signed for the STS of {other.region}, which this endpoint does "
             f"not accept: sign for {', '.join(self._accepted)}"
+        )
+
+    def _sign_for(self) -> str:
+        """The Regions to sign for, in words."""
+        return ", ".join(self._accepted) or f"a Region of {' or '.join(self._partitions)}"
+
+    def _shape_refusal(self, host: str) -> str:
+        shape = _STS_HOST_SHAPE.fullmatch(host)
+        if shape is None:
+            return _UNKNOWN_HOST  # as any host that is no STS endpoint's shape
+        prefix, region, suffix = shape.groups()
+        if suffix in DUALSTACK_DNS_SUFFIX:
+            return (
+                f"url host is a dual-stack STS endpoint ({suffix}), which tokex does not"
+                f" accept: sign for sts.<region>.{DUALSTACK_DNS_SUFFIX[suffix]}"
+            )
+        if len(region) > _MAX_QUOTED_REGION_CHARS or not identifiers.is_region(region):
+            return f"{_UNKNOWN_HOST}: its Region part is not an AWS Region name (such as us-east-1)"
+        partition = _PARTITION_OF_KNOWN_REGION.get(region)
+        known = partition is not None
+        if partition is not None and PARTITION_DNS_SUFFIX[partition] != suffix:
+            return _UNKNOWN_HOST  # a known Region under another partition's suffix
+        regular = f"sts.{region}.{suffix}"
+        if prefix == "sts-fips" and (not self._allow_fips or known):
+            why = (
+                "FIPS endpoints are turned off in this deployment (TOKEX_STS_ALLOW_FIPS)"
+                if not self._allow_fips
+                else f"{region} has no FIPS STS endpoint this tokex version knows"
+            )
+            if regular in self._by_host:  # a host of the table, not the request's
+                return f"{why}: sign for {regular}"
+            return f"{why}; {self.refusal(regular)}"
+        return (
+            f"the request is signed for the STS of {region}, a Region this tokex version"
+            f" does not know: sign for {self._sign_for()}"
         )
 
     @property
