@@ -11,10 +11,12 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from moto import mock_aws
 
 from tests.support.dynamodb_conflict import ConflictingOnce
+from tokex.adapters import aws_clients
 from tokex.adapters.policy_table import (
     CONFLICT_ATTEMPTS,
     GENERATION_ID,
@@ -29,6 +31,7 @@ from tokex.errors import MISCONFIGURED_RETRY_AFTER_SECONDS, Misconfigured, Tempo
 from tokex.local import moto_fixes
 from tokex.policy.cache import CachedPolicies
 from tokex.policy.model import Policy, PolicyValidationError, canonical_json
+from tokex.shared_load import FAILED_LOAD_HOLD_SECONDS
 
 TABLE = "tokex-policies-test"
 REGION = "us-east-1"
@@ -805,3 +808,169 @@ def test_of_concurrent_writes_from_one_read_exactly_one_lands(
     winner = edits[outcomes.index("written")]
     assert store.get_stored("orders") == Stored(winner, 2)
     assert _generation(client) == {"N": "2"}  # the first put and the winner's
+
+
+# --- a failed load is held -----------------------------------------------------------------
+
+THROTTLED_SCAN = json.dumps(
+    {
+        "__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException",
+        "message": "Rate of requests exceeds the allowed throughput.",
+    }
+).encode()
+
+
+class _Body:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, *_: Any, **__: Any) -> Iterator[bytes]:
+        yield self._body
+
+
+class OnTheWire:
+    """Every DynamoDB request a client sends (each attempt, botocore's retries included),
+    by operation; while `throttling`, each Scan answered as a throttling DynamoDB answers
+    it (the moto table never sees it)."""
+
+    def __init__(self, client: Any) -> None:
+        self.sent: list[str] = []
+        self.throttling = False
+        client.meta.events.register_first("before-send.dynamodb", self._send)
+
+    def _send(self, request: Any, **_: Any) -> AWSResponse | None:
+        operation = request.headers["X-Amz-Target"].decode().rpartition(".")[2]
+        self.sent.append(operation)
+        if operation == "Scan" and self.throttling:
+            headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-RequestId": "x"}
+            return AWSResponse(request.url, 400, headers, _Body(THROTTLED_SCAN))
+        return None
+
+    def take(self) -> list[str]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+@pytest.fixture
+def hot_path_client(client: Any) -> Any:
+    """The exchange's own DynamoDB client (aws_clients.py: its retries, within a deadline
+    when one is open), on the moto table of `client`."""
+    return aws_clients.client("dynamodb", region_name=REGION)
+
+
+THREADS = 12
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_throttled_first_load_is_read_once_per_hold(
+    store: PolicyStore, hot_path_client: Any
+) -> None:
+    """A new environment (nothing cached) whose first load the table throttles: the
+    exchanges of the next FAILED_LOAD_HOLD_SECONDS each get the same 503 without a read;
+    after the hold, one call reads the table again, and its policies stand."""
+    store.put(make_policy("orders"))
+    wire, clock = OnTheWire(hot_path_client), StepClock()
+    cache = CachedPolicies(PolicyStore(hot_path_client, TABLE), 30, clock=clock)
+    wire.throttling = True
+    with pytest.raises(TemporarilyUnavailable) as first:
+        cache.policies()
+    assert first.value.reason == "dynamodb Scan: ThrottlingException"
+    assert "Scan" in wire.take()  # the one load (its retries within it)
+    for step in range(10):
+        clock.now = step * (FAILED_LOAD_HOLD_SECONDS - 0.01) / 9
+        with pytest.raises(TemporarilyUnavailable) as held:
+            cache.policies()
+        assert type(held.value) is TemporarilyUnavailable
+        assert (held.value.status, held.value.reason) == (503, first.value.reason)
+        assert held.value.retry_after >= FAILED_LOAD_HOLD_SECONDS - clock.now
+    assert wire.take() == []  # ten exchanges, no read
+    wire.throttling = False
+    clock.now = FAILED_LOAD_HOLD_SECONDS
+    assert [p.id for p in cache.policies()] == ["orders"]
+    assert wire.take() == ["GetItem", "Scan", "GetItem"]  # one load
+    for _ in range(10):
+        assert [p.id for p in cache.policies()] == ["orders"]
+    assert wire.take() == []
+
+
+def test_an_item_that_blocks_every_load_is_read_once_per_hold(
+    store: PolicyStore, client: Any, hot_path_client: Any
+) -> None:
+    """An invalid item that may be a deny, written while a good copy is cached: once that
+    copy is stale, every exchange answers 503 misconfigured (the stale copy is never
+    served); within the hold without a read. The operator's delete takes effect with the
+    first load after the hold (at once after `invalidate`)."""
+    store.put(make_policy("orders"))
+    wire, clock = OnTheWire(hot_path_client), StepClock()
+    cache = CachedPolicies(PolicyStore(hot_path_client, TABLE), 30, clock=clock)
+    assert [p.id for p in cache.policies()] == ["orders"]
+    client.put_item(TableName=TABLE, Item={"id": {"S": "deny-all"}, "document": {"S": "{"}})
+    wire.take()
+    clock.now = 30
+    for _ in range(10):
+        with pytest.raises(Misconfigured) as blocked:
+            cache.policies()
+        assert blocked.value.retry_after == MISCONFIGURED_RETRY_AFTER_SECONDS
+        assert "deny-all" in blocked.value.reason
+        assert cache.invalid_ids == ("deny-all",)
+    assert wire.take().count("Scan") == 1
+    store.delete("deny-all")
+    clock.now += FAILED_LOAD_HOLD_SECONDS - 0.01
+    with pytest.raises(Misconfigured):
+        cache.policies()
+    assert wire.take() == []
+    clock.now += 0.01
+    assert [p.id for p in cache.policies()] == ["orders"]
+    assert wire.take().count("Scan") == 1 and cache.invalid_ids == ()
+    client.put_item(TableName=TABLE, Item={"id": {"S": "deny-all"}, "document": {"S": "{"}})
+    cache.invalidate()
+    with pytest.raises(Misconfigured):
+        cache.policies()
+    store.delete("deny-all")
+    cache.invalidate()  # ends the hold: the operator's fix is read at once
+    assert [p.id for p in cache.policies()] == ["orders"]
+
+
+def test_exchanges_at_once_after_a_failed_load_read_the_table_once_per_hold(
+    store: PolicyStore, hot_path_client: Any
+) -> None:
+    """Many exchanges at once within the hold: no read; at once after it, while the table
+    still throttles: one load, its failure theirs; once it is healthy: one load, its
+    policies for all."""
+    store.put(make_policy("orders"))
+    wire, clock = OnTheWire(hot_path_client), StepClock()
+    cache = CachedPolicies(PolicyStore(hot_path_client, TABLE), 30, clock=clock)
+    wire.throttling = True
+    with pytest.raises(TemporarilyUnavailable):
+        cache.policies()
+    per_load = wire.take()
+
+    def at_once() -> list[object]:
+        together = threading.Barrier(THREADS)
+
+        def exchange(_: int) -> object:
+            together.wait(30)
+            try:
+                return [p.id for p in cache.policies()]
+            except TemporarilyUnavailable as failure:
+                return failure.reason
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            return list(pool.map(exchange, range(THREADS)))
+
+    assert at_once() == ["dynamodb Scan: ThrottlingException"] * THREADS
+    assert wire.take() == []
+    clock.now = FAILED_LOAD_HOLD_SECONDS
+    assert at_once() == ["dynamodb Scan: ThrottlingException"] * THREADS
+    assert wire.take() == per_load  # one load, the same calls as the first
+    wire.throttling = False
+    clock.now = 2 * FAILED_LOAD_HOLD_SECONDS
+    assert at_once() == [["orders"]] * THREADS
+    assert wire.take() == ["GetItem", "Scan", "GetItem"]

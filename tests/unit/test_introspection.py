@@ -25,6 +25,7 @@ from tokex.introspection import (
     Introspector,
     PublishedKeys,
 )
+from tokex.shared_load import FAILED_LOAD_HOLD_SECONDS
 from tokex.tokens.jws import encode_jwt
 
 ISSUER = "https://auth.example.com"
@@ -342,7 +343,7 @@ def test_unreadable_revocations_or_keys_are_an_outage_not_inactive():
             introspector.introspect(token, IntrospectionAudit(), audiences=SERVED)
 
 
-def test_published_keys_are_cached_and_refreshed_and_failures_are_not_cached():
+def test_published_keys_are_cached_and_refreshed_and_a_failure_is_held_briefly():
     calls: list[int] = []
     now = [0.0]
     results: list[Any] = [
@@ -362,8 +363,11 @@ def test_published_keys_are_cached_and_refreshed_and_failures_are_not_cached():
     assert keys.get(RSA_SIGNER.kid) is not None and keys.get(EC_SIGNER.kid) is None
     assert len(calls) == 1
     now[0] = 300
-    with pytest.raises(TemporarilyUnavailable):
-        keys.get(RSA_SIGNER.kid)
+    for _ in range(3):  # the failure, then the same failure for its hold: no fetch
+        with pytest.raises(TemporarilyUnavailable):
+            keys.get(RSA_SIGNER.kid)
+    assert len(calls) == 2
+    now[0] = 300 + FAILED_LOAD_HOLD_SECONDS
     assert keys.get(EC_SIGNER.kid) is not None and keys.get(RSA_SIGNER.kid) is None
     assert len(calls) == 3
 
@@ -372,7 +376,7 @@ def test_published_keys_are_cached_and_refreshed_and_failures_are_not_cached():
 def test_requests_at_once_on_no_keys_share_one_fetch_and_its_outcome(fails: bool):
     """Eight requests on a new environment's empty copy: one KMS fetch, its keys for all,
     or its failure for all (a Misconfigured one stays Misconfigured, each request raising
-    its own); the next request after a failure fetches again."""
+    its own); the next request after a failure's hold fetches again."""
     calls: list[int] = []
     release = threading.Event()
 
@@ -383,7 +387,8 @@ def test_requests_at_once_on_no_keys_share_one_fetch_and_its_outcome(fails: bool
             raise Misconfigured("no key", reason="kms GetPublicKey: AccessDeniedException")
         return [RSA_SIGNER.public_jwk()]
 
-    keys = PublishedKeys(fetch)
+    now = [0.0]
+    keys = PublishedKeys(fetch, clock=lambda: now[0])
     outcomes: list[Any] = []
     asking = threading.Semaphore(0)
 
@@ -414,6 +419,7 @@ def test_requests_at_once_on_no_keys_share_one_fetch_and_its_outcome(fails: bool
     assert all(type(err) is Misconfigured for err in outcomes)
     assert {err.reason for err in outcomes} == {"kms GetPublicKey: AccessDeniedException"}
     assert len({id(err) for err in outcomes}) == 8
+    now[0] += FAILED_LOAD_HOLD_SECONDS
     assert keys.get(RSA_SIGNER.kid) is not None and len(calls) == 2
 
 

@@ -11,6 +11,7 @@ from tokex.deadline import request_deadline
 from tokex.errors import DeadlineExceeded, TemporarilyUnavailable
 from tokex.policy.cache import CachedPolicies
 from tokex.policy.model import Policy
+from tokex.shared_load import FAILED_LOAD_HOLD_SECONDS
 
 
 def make_policy(policy_id: str) -> Policy:
@@ -84,8 +85,10 @@ def test_stale_cache_fails_closed_and_recovers() -> None:
     for _ in range(2):  # never falls back to the stale copy
         with pytest.raises(TemporarilyUnavailable):
             cache.policies()
+    assert store.loads == 2  # the second within the failure's hold: no read
     store.fail = False
     store.policies = []
+    clock.now += FAILED_LOAD_HOLD_SECONDS
     assert cache.policies() == []
 
 
@@ -178,7 +181,9 @@ def test_concurrent_callers_on_a_stale_cache_share_one_reload_and_its_outcome() 
     assert outcomes == ["dynamodb Scan: ThrottlingException"] * 8
     assert store.loads == 3  # one scan, not eight in turn
     store.fail = False
-    assert sorted(p.id for p in cache.policies()) == ["one", "two"]  # the next call reloads
+    clock.now += FAILED_LOAD_HOLD_SECONDS
+    # The next call after the failure's hold reloads.
+    assert sorted(p.id for p in cache.policies()) == ["one", "two"]
     assert store.loads == 4
 
 

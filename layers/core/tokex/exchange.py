@@ -377,8 +377,8 @@ class TokenExchange:
         otherwise be two more round trips after it. Each loads once whoever asks first
         (their own locks: the exchange then waits for that load); a failure here is
         dropped: the exchange loads again what it asks for after it, and the signing key
-        while it is in flight (the policies' load in flight it shares, failure and all,
-        shared_load.py). Once per
+        while it is in flight (the policies' load it shares, failure and all, in flight
+        or failed within FAILED_LOAD_HOLD_SECONDS: shared_load.py). Once per
         environment, so requests that get no further than STS cannot make tokex call
         KMS or DynamoDB again and again."""
         if not self._load_ahead_pending:

@@ -80,8 +80,10 @@ class PublishedKeys:
     """The public JWKs a token may be signed with, by `kid`, re-read every few minutes.
 
     `fetch` returns the same keys the publisher puts in the JWKS (adapters/kms.py reads them
-    from KMS). A failed fetch raises (a 503 upstream) and is retried on the next call; it
-    is never cached and never turns into "no keys, everything inactive".
+    from KMS). A failed fetch raises (a 503 upstream); the calls of the 5 s after it get
+    the same failure without fetching, and the first call after them fetches again
+    (shared_load.py FAILED_LOAD_HOLD_SECONDS). It never turns into "no keys, everything
+    inactive".
     """
 
     def __init__(
@@ -99,7 +101,8 @@ class PublishedKeys:
     def get(self, kid: str) -> tuple[str, Any] | None:
         """(alg, verification key) of the published key `kid`, or None. A stale copy is
         fetched again first (one fetch for the requests that find it stale together, its
-        outcome theirs: shared_load.py)."""
+        outcome theirs; a failed fetch's failure, without another, for the hold after it:
+        shared_load.py)."""
         self._fetches(self._fetch_keys)
         return self._keys.get(kid)
 

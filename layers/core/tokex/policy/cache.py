@@ -4,6 +4,9 @@
 Fail closed: once the copy is older than its TTL it is never served again until a reload
 succeeds. A reload failure raises (TemporarilyUnavailable from the store, a 503), it does
 not quietly keep answering from policies an operator may have since disabled or denied.
+The failure is held for 5 s (shared_load.py FAILED_LOAD_HOLD_SECONDS, at most the TTL):
+the exchanges of those seconds get the same 503 without reading the table, so a throttled
+table or a blocking item costs one load per environment per hold, not one per request.
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ class CachedPolicies:
 
     def policies(self) -> list[Policy]:
         """The current policies: from memory while fresh, otherwise reloaded first (one
-        reload for the requests that find them stale together, its outcome theirs:
-        shared_load.py)."""
+        reload for the requests that find them stale together, its outcome theirs; a
+        failed reload's failure, without another, for the hold after it: shared_load.py)."""
         self._loads(self._reload)
         return list(self._policies)
 
@@ -80,5 +83,6 @@ class CachedPolicies:
         return self._invalid_ids
 
     def invalidate(self) -> None:
-        """Forget the copy: the next call reloads (e.g. after an operator's write)."""
+        """Forget the copy: the next call reloads (e.g. after an operator's write), even
+        within a failed reload's hold."""
         self._loads.forget()
