@@ -40,6 +40,15 @@ NO_CLOUDFRONT_STANDARD_LOGS_REGIONS = (
     "eu-south-1",
     "me-south-1",
 )
+# The partition the stack deploys in: GovCloud has no CloudFront, and China's cannot take
+# the distribution as the stack builds it (a custom domain's certificate comes from ACM in
+# us-east-1), so a stack elsewhere would fail only at deploy. Callers of the other
+# partitions are served from there (`stsPartitions`).
+STACK_PARTITION = "aws"
+_SERVE_OTHER_PARTITIONS = (
+    f"deploy tokex in the {STACK_PARTITION} partition, and serve aws-cn and aws-us-gov"
+    " workloads from there with the stsPartitions context"
+)
 # ARNs below are of a served partition and account (identifiers.py); matched whole.
 _ARN_HEAD = rf"arn:(?:{identifiers.PARTITION.pattern})"
 _ACCOUNT = identifiers.ACCOUNT_ID.pattern
@@ -144,6 +153,8 @@ class TokexConfig:
             self.certificate_arn
         ):
             raise ConfigError("certificateArn must be an ACM certificate ARN in us-east-1")
+        if self.certificate_arn is not None:
+            refuse_arn_outside_stack_partition("certificateArn", self.certificate_arn)
         for partition in self.sts_partitions:
             if not identifiers.is_partition(partition):
                 raise ConfigError(f"stsPartitions: unknown partition {partition!r}")
@@ -164,6 +175,8 @@ class TokexConfig:
             )
         if self.web_acl_arn is not None and not _WEB_ACL_ARN.fullmatch(self.web_acl_arn):
             raise ConfigError("webAclArn must be a WAFv2 global (CLOUDFRONT) web ACL ARN")
+        if self.web_acl_arn is not None:
+            refuse_arn_outside_stack_partition("webAclArn", self.web_acl_arn)
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(
                 f"logLevel must be one of {', '.join(_LOG_LEVELS)}: the audit trail is"
@@ -174,6 +187,7 @@ class TokexConfig:
         for arn in self.published_key_arns:
             if not _KMS_KEY_ARN.fullmatch(arn):
                 raise ConfigError(f"publishedKeyArns: {arn!r} is not a KMS key ARN")
+            refuse_arn_outside_stack_partition("publishedKeyArns", arn)
         self._check_published_key_regions()
         if self.instance_tags_role_name is not None and not (
             identifiers.ROLE_NAME_WITH_PATH.fullmatch(self.instance_tags_role_name)
@@ -201,10 +215,10 @@ class TokexConfig:
             if not identifiers.is_region(region):
                 raise ConfigError(f"regions: {region!r} is not a region name")
             # One CloudFront distribution fronts them all: the commercial partition only.
-            if identifiers.partition_of_region(region) != "aws":
+            if identifiers.partition_of_region(region) != STACK_PARTITION:
                 raise ConfigError(
-                    f"regions: {region!r} is not in the aws partition (one CloudFront"
-                    " distribution fronts every Region)"
+                    f"regions: {region!r} is not in the {STACK_PARTITION} partition (one"
+                    f" CloudFront distribution fronts every Region): {_SERVE_OTHER_PARTITIONS}"
                 )
         if len(set(self.regions)) != len(self.regions):
             raise ConfigError(f"regions lists a Region twice: {list(self.regions)}")
@@ -462,7 +476,8 @@ def check_cli_region(config: TokexConfig, cli_region: str | None) -> None:
     (`CDK_DEFAULT_REGION`, which the CLI sets from its profile). Refuse a synth whose CLI
     would put it anywhere but the Region named, and publishedKeyArns keys of another
     Region than the CLI's (the functions' KMS client reads its own Region only), and a
-    CLI Region without CloudFront standard logs; without a CLI Region there is no check."""
+    CLI Region outside the aws partition or without CloudFront standard logs; without a
+    CLI Region there is no check."""
     if len(config.regions) == 1 and cli_region and cli_region != config.regions[0]:
         raise ConfigError(
             f"regions names {config.regions[0]} only, but the CDK CLI deploys to"
@@ -470,8 +485,40 @@ def check_cli_region(config: TokexConfig, cli_region: str | None) -> None:
             " (AWS_REGION or the profile's), or leave regions out"
         )
     if cli_region and not config.regions:
+        refuse_region_outside_stack_partition(cli_region, "the CDK CLI's Region")
         refuse_region_without_standard_logs(cli_region, "the CDK CLI's Region")
         refuse_keys_outside(cli_region, "where the CDK CLI deploys", published_key_regions(config))
+
+
+def refuse_region_outside_stack_partition(region: str, which: str) -> None:
+    """ConfigError if the stack would be in a Region outside the aws partition (`which`
+    Region it is, in words): its CloudFront distribution exists in aws only."""
+    partition = identifiers.partition_of_region(region)
+    if partition != STACK_PARTITION:
+        where = f"the {partition} partition" if partition else "no partition tokex serves"
+        raise ConfigError(
+            f"{which}, {region}, is in {where}, not {STACK_PARTITION}: the stack's CloudFront"
+            f" distribution deploys in {STACK_PARTITION} only; {_SERVE_OTHER_PARTITIONS}"
+        )
+
+
+def refuse_arn_outside_stack_partition(key: str, arn: str) -> None:
+    """ConfigError if context `key`'s ARN is not of its own Region's partition, or not of
+    the stack's (aws): either way, the stack could not use it, and only a deploy would
+    say so. `arn` has already matched its key's pattern (a served partition, a Region)."""
+    fields = arn.split(":")
+    partition, region = fields[1], fields[3]
+    own = identifiers.partition_of_region(region)
+    if partition != own:
+        where = f"in the {own} partition" if own else "in no partition tokex serves"
+        raise ConfigError(
+            f"{key}: {arn!r} is an {partition} ARN, but its Region, {region}, is {where}"
+        )
+    if partition != STACK_PARTITION:
+        raise ConfigError(
+            f"{key}: {arn!r} is in the {partition} partition, not {STACK_PARTITION}, the"
+            f" stack's: {_SERVE_OTHER_PARTITIONS}"
+        )
 
 
 def refuse_region_without_standard_logs(region: str, which: str) -> None:

@@ -102,6 +102,16 @@ def key_construct_id(key_spec: str) -> str:
     return "Key" + "".join(part.capitalize() for part in key_spec.split("_"))
 
 
+def grants_construct_id(name: str, key_spec: str) -> str:
+    """A slot's grant policy on its key (`ExchangeGrants`...), named for the key's spec as
+    the key is (`ExchangeGrantsEccNistP256`; RSA_2048 keeps the bare name every stack has
+    had). Another spec is another key, so another policy: kept with one name, the policy
+    would be updated in place to the new key before the exchange function is, and warm
+    environments still signing with the old key would lose `kms:Sign` on it. As its own
+    resource, the old policy goes in the cleanup phase, after the function's update."""
+    return name + key_construct_id(key_spec).removeprefix("Key")
+
+
 def slot_alias_name(stack_name: str, slot: str) -> str:
     base = f"alias/tokex/{stack_name}/signing"
     return base if slot == "a" else f"{base}-{slot}"
@@ -274,7 +284,12 @@ class SigningKey(Construct):
     ) -> None:
         """`statements` as an IAM policy of this slot on `role`, created before `function`
         is created or updated, and before the role's default policy is updated."""
-        policy = iam.Policy(self, construct_id, roles=[role], statements=list(statements))
+        policy = iam.Policy(
+            self,
+            grants_construct_id(construct_id, self.key_spec),
+            roles=[role],
+            statements=list(statements),
+        )
         function.node.add_dependency(policy)
         default_policy = role.node.try_find_child("DefaultPolicy")
         if default_policy is not None:

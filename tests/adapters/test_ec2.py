@@ -233,6 +233,34 @@ def test_partition_follows_the_region():
     )
 
 
+@pytest.mark.parametrize("region", ["cn-north-1", "cn-northwest-1", "us-gov-west-1"])
+def test_an_instance_of_another_partition_is_not_looked_up(
+    aws, sts, describes, create_ec2, region, caplog
+):
+    """An exchange in aws serving aws-cn or aws-us-gov callers (stsPartitions): its STS
+    cannot give credentials for a role of another partition, and the stack grants
+    AssumeRole on its own partition's roles only, so tags read as empty, as they did after
+    a refused AssumeRole, but without the call and with the reason in the warning."""
+    assumed = calls(sts, "AssumeRole")
+    lookup = counting_lookup(sts, describes, create_ec2)
+    instance = identity(region=region, availability_zone=f"{region}a")
+    with caplog.at_level(logging.WARNING, logger=ec2_tags.__name__):
+        assert lookup(instance) == {}
+        assert lookup(instance) == {}
+    assert assumed == [] and describes == []
+    partition = identifiers.partition_of_region(region)
+    assert (
+        caplog.text.count(
+            f"instance tags not looked up: instance {UNKNOWN_ID} ({ACCOUNT} {region}) is in the"
+            f" {partition} partition, and tags are read only in the exchange's own (aws)"
+        )
+        == 2
+    )
+    # The exchange's own partition's instances are still looked up.
+    assert lookup(identity(run_instance(aws, team="orders"))) == {"team": "orders"}
+    assert len(assumed) == 1
+
+
 @pytest.mark.parametrize("changes", [
     {"region": "eu-west-1.evil.example"}, {"region": "eu-west-1/"}, {"region": "us-iso-east-1"},
     {"account": "12345678901"}, {"instance_id": "i-0123456789ABCDEF0"}, {"bound": False},

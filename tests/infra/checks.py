@@ -129,6 +129,16 @@ def key_path(template: Template, slot: str) -> str:
     return found[0]
 
 
+def grants_path(template: Template, slot: str, name: str) -> str:
+    """The construct path of a slot's grant policy `name` (`ExchangeGrants`...), named for
+    the slot's key spec as the key is (cdk/signing_key.py `grants_construct_id`)."""
+    from cdk.signing_key import grants_construct_id, key_construct_id
+
+    key = key_path(template, slot).rpartition("/")[2]
+    spec = next(s for s in SIGNING_ALGORITHMS if key_construct_id(s) == key)
+    return f"{slot_path(slot)}/{grants_construct_id(name, spec)}"
+
+
 def key_arn(template: Template, slot: str) -> dict[str, Any]:
     return arn_of(template, key_path(template, slot))
 
@@ -976,13 +986,15 @@ def check_key_switch_ordering(
         users = slots if policy_name != "ExchangeGrants" else (active,)
         function = logical_id(template, function_path)
         default = logical_id(template, f"{role_path}/DefaultPolicy")
-        expected_policies = {logical_id(template, f"{slot_path(s)}/{policy_name}") for s in users}
+        expected_policies = {
+            logical_id(template, grants_path(template, s, policy_name)) for s in users
+        }
         assert _policy_ids_on(template, role_path) == {default, *expected_policies}, (
             f"{role_path}: unexpected IAM policies {_policy_ids_on(template, role_path)}"
         )
         for slot in users:
-            policy = logical_id(template, f"{slot_path(slot)}/{policy_name}")
-            statements = resource(template, f"{slot_path(slot)}/{policy_name}")["Properties"]
+            policy = logical_id(template, grants_path(template, slot, policy_name))
+            statements = resource(template, grants_path(template, slot, policy_name))["Properties"]
             own_key = json.dumps(key_arn(template, slot), sort_keys=True)
             assert {r for _, r, _ in grants(statements["PolicyDocument"]["Statement"])} == {
                 own_key

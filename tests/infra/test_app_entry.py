@@ -125,6 +125,15 @@ def test_cdk_outdir_wins_over_the_default(tmp_path: Path) -> None:
             "trustedIssuers[0].account is required (a string)",
         ),
         ({"regions": "us-east-1,europe"}, "regions: 'europe' is not a region name"),
+        (
+            {
+                "publishedKeyArns": "arn:aws-cn:kms:us-east-1:123456789012:key/"
+                "1234abcd-12ab-34cd-56ef-1234567890ab"
+            },
+            "publishedKeyArns: 'arn:aws-cn:kms:us-east-1:123456789012:key/"
+            "1234abcd-12ab-34cd-56ef-1234567890ab' is an aws-cn ARN, but its Region,"
+            " us-east-1, is in the aws partition",
+        ),
     ],
 )
 def test_invalid_context_is_one_line_naming_the_key(
@@ -136,6 +145,40 @@ def test_invalid_context_is_one_line_naming_the_key(
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"tokex: invalid CDK context: {line}"]
     assert not (tmp_path / "cdk.out" / "Tokex.template.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("region", "partition"), [("us-gov-west-1", "aws-us-gov"), ("cn-north-1", "aws-cn")]
+)
+def test_a_cli_region_outside_the_aws_partition_is_one_line(
+    tmp_path: Path, region: str, partition: str
+) -> None:
+    """The CLI's Region (CDK_DEFAULT_REGION, from its profile) in GovCloud or China: synth
+    wrote a template with a CloudFront distribution, which only the deploy refused."""
+    env = {**_offline_env(tmp_path), "CDK_DEFAULT_REGION": region}
+    result = _run_app(tmp_path, env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"tokex: invalid CDK context: the CDK CLI's Region, {region}, is in the {partition}"
+        " partition, not aws: the stack's CloudFront distribution deploys in aws only; deploy"
+        " tokex in the aws partition, and serve aws-cn and aws-us-gov workloads from there"
+        " with the stsPartitions context"
+    ]
+    assert not (tmp_path / "cdk.out" / "Tokex.template.json").exists()
+
+
+def test_a_cli_region_of_the_aws_partition_serving_the_others_synthesizes(tmp_path: Path) -> None:
+    env = {
+        **_offline_env(tmp_path),
+        "CDK_DEFAULT_REGION": "eu-west-1",
+        "CDK_CONTEXT_JSON": json.dumps({"stsPartitions": "aws,aws-cn,aws-us-gov"}),
+    }
+    result = _run_app(tmp_path, env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    template = json.loads((tmp_path / "cdk.out" / "Tokex.template.json").read_text())
+    types = [resource["Type"] for resource in template["Resources"].values()]
+    assert types.count("AWS::CloudFront::Distribution") == 1
 
 
 def test_a_layer_that_cannot_be_built_is_reported_without_a_traceback(tmp_path: Path) -> None:

@@ -201,7 +201,12 @@ def test_every_documented_option_is_read() -> None:
         ({"regions": '["us-east-1", 1]'}, "regions must be a list of strings"),
         ({"regions": '["us-east-1"'}, "regions is not a valid JSON list"),
         ({"regions": "us-east-1,eu-west-1,us-east-1"}, "regions lists a Region twice"),
-        ({"regions": "us-east-1,cn-north-1"}, "regions: 'cn-north-1' is not in the aws partition"),
+        (
+            {"regions": "us-east-1,cn-north-1"},
+            "regions: 'cn-north-1' is not in the aws partition .*: deploy tokex in the aws"
+            " partition, and serve aws-cn and aws-us-gov workloads from there with the"
+            " stsPartitions context",
+        ),
         ({"originSecretGeneration": "0"}, "originSecretGeneration must be a positive integer"),
         ({"originSecretGeneration": "two"}, "originSecretGeneration must be a whole number"),
         ({"ttlCapSeconds": "\u0663\u0666\u0660\u0660"}, "ttlCapSeconds must be a whole number"),
@@ -490,11 +495,6 @@ KEY_IN = "arn:{partition}:kms:{region}:123456789012:key/1234abcd-12ab-34cd-56ef-
             "must be in eu-west-1, where the CDK CLI deploys, not ap-southeast-2",
         ),
         (
-            {"publishedKeyArns": KEY_IN.format(partition="aws-cn", region="cn-north-1")},
-            "eu-west-1",
-            "not cn-north-1",
-        ),
-        (
             {
                 "regions": "eu-west-1",
                 "publishedKeyArns": KEY_IN.format(partition="aws", region="us-east-1"),
@@ -550,3 +550,112 @@ def test_a_stack_where_cloudfront_delivers_no_standard_logs_is_refused(region: s
         check_cli_region(config_from({}), region)
     # Another Region of a multi-Region deployment holds no log bucket.
     check_cli_region(config_from({"regions": f"eu-west-1,{region}", **MRK}), region)
+
+
+# The stack deploys in the aws partition only: its CloudFront distribution (none in
+# GovCloud; in China, not as the stack builds it). Callers of aws-cn and aws-us-gov are
+# served from there (stsPartitions).
+SERVE_FROM_AWS = (
+    "deploy tokex in the aws partition, and serve aws-cn and aws-us-gov workloads from"
+    " there with the stsPartitions context"
+)
+OTHER_PARTITIONS = [
+    ("us-gov-west-1", "aws-us-gov"), ("us-gov-east-1", "aws-us-gov"),
+    ("cn-north-1", "aws-cn"), ("cn-northwest-1", "aws-cn"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("region", "partition"), OTHER_PARTITIONS)
+def test_a_cli_region_outside_the_aws_partition_is_refused(region: str, partition: str) -> None:
+    """As `regions` refuses it: synth used to pass, with a distribution in the template,
+    and only the deploy failed."""
+    why = (
+        f"^the CDK CLI's Region, {region}, is in the {partition} partition, not aws: the"
+        f" stack's CloudFront distribution deploys in aws only; {SERVE_FROM_AWS}$"
+    )
+    for context in ({}, {"stsPartitions": partition}, {"stsPartitions": f"aws,{partition}"}):
+        with pytest.raises(ConfigError, match=why):
+            check_cli_region(config_from(context), region)
+    with pytest.raises(ConfigError, match=f"^regions: '{region}' is not in the aws partition"):
+        config_from({"regions": region})
+
+
+def test_an_aws_cli_region_serving_other_partitions_is_accepted() -> None:
+    config = config_from({"stsPartitions": "aws,aws-cn,aws-us-gov"})
+    for region in ("us-east-1", "eu-west-1", "ap-southeast-2"):
+        check_cli_region(config, region)
+
+
+ARN_KEY = "1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        # An ARN whose partition is not its Region's.
+        (
+            {"publishedKeyArns": KEY_IN.format(partition="aws", region="cn-north-1")},
+            "^publishedKeyArns: 'arn:aws:kms:cn-north-1:.*' is an aws ARN, but its Region,"
+            " cn-north-1, is in the aws-cn partition$",
+        ),
+        (
+            {"publishedKeyArns": KEY_IN.format(partition="aws-cn", region="us-east-1")},
+            "^publishedKeyArns: 'arn:aws-cn:kms:us-east-1:.*' is an aws-cn ARN, but its Region,"
+            " us-east-1, is in the aws partition$",
+        ),
+        (
+            {"publishedKeyArns": KEY_IN.format(partition="aws", region="us-gov-west-1")},
+            "is an aws ARN, but its Region, us-gov-west-1, is in the aws-us-gov partition$",
+        ),
+        (
+            {"publishedKeyArns": KEY_IN.format(partition="aws", region="eusc-de-east-1")},
+            "is an aws ARN, but its Region, eusc-de-east-1, is in no partition tokex serves$",
+        ),
+        (
+            {
+                "domainName": "auth.example.com",
+                "certificateArn": CERT.replace("arn:aws:", "arn:aws-us-gov:"),
+            },
+            "^certificateArn: 'arn:aws-us-gov:acm:us-east-1:.*' is an aws-us-gov ARN, but its"
+            " Region, us-east-1, is in the aws partition$",
+        ),
+        (
+            {
+                "domainName": "auth.example.com",
+                "certificateArn": CERT.replace("arn:aws:", "arn:aws-cn:"),
+            },
+            "^certificateArn: 'arn:aws-cn:acm:us-east-1:.*' is an aws-cn ARN",
+        ),
+        (
+            {"webAclArn": f"arn:aws-cn:wafv2:us-east-1:123456789012:global/webacl/w/{ARN_KEY}"},
+            "^webAclArn: 'arn:aws-cn:wafv2:us-east-1:.*' is an aws-cn ARN, but its Region,"
+            " us-east-1, is in the aws partition$",
+        ),
+        # Of its Region's partition, but not the stack's.
+        (
+            {"publishedKeyArns": KEY_IN.format(partition="aws-cn", region="cn-north-1")},
+            f"^publishedKeyArns: 'arn:aws-cn:kms:cn-north-1:.*' is in the aws-cn partition, not"
+            f" aws, the stack's: {SERVE_FROM_AWS}$",
+        ),
+        (
+            {"publishedKeyArns": KEY_IN.format(partition="aws-us-gov", region="us-gov-east-1")},
+            "is in the aws-us-gov partition, not aws, the stack's: ",
+        ),
+    ],
+)
+def test_an_arn_outside_its_own_or_the_stacks_partition_is_refused(
+    context: dict[str, str], message: str
+) -> None:
+    """The stack (aws) could not use it, and synth used to pass: the deploy failed."""
+    with pytest.raises(ConfigError, match=message):
+        config_from(context)
+
+
+def test_arns_of_the_aws_partition_are_accepted() -> None:
+    config = config_from(
+        {"domainName": "auth.example.com", "certificateArn": CERT,
+         "webAclArn": f"arn:aws:wafv2:us-east-1:123456789012:global/webacl/w/{ARN_KEY}",
+         "publishedKeyArns": KEY_IN.format(partition="aws", region="eu-west-1"),
+         "stsPartitions": "aws,aws-cn,aws-us-gov"}
+    )  # fmt: skip
+    check_cli_region(config, "eu-west-1")

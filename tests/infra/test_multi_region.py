@@ -773,9 +773,11 @@ def test_a_key_spec_change_is_a_new_key_in_every_region_under_the_same_aliases(
             continue
         old_key, _ = rsa.at(stack, "SigningKeyMrkA/Key")
         new_key, key = ecc.at(stack, "SigningKeyMrkA/KeyEccNistP256")
-        # The keys, and only they, are new resources.
-        assert set(old) - set(new) == {old_key}
-        assert set(new) - set(old) == {new_key}
+        # The keys, and the grants on them (cdk/signing_key.py grants_construct_id: the
+        # old grants go after the functions' update), and only they, are new resources.
+        grants = _grants_and(old, set(old) - set(new), old_key, "")
+        assert grants == _grants_and(new, set(new) - set(old), new_key, "EccNistP256")
+        assert "ExchangeGrants" in grants, stack
         assert key["DeletionPolicy"] == "Retain"
         alias_id, alias = ecc.at(stack, "SigningKeyMrkA/Alias")
         assert alias_id == rsa.at(stack, "SigningKeyMrkA/Alias")[0]
@@ -786,6 +788,23 @@ def test_a_key_spec_change_is_a_new_key_in_every_region_under_the_same_aliases(
     assert ecc.output_value(
         regional_stack("eu-west-1"), replica["Properties"]["PrimaryKeyArn"]
     ) == {"Fn::GetAtt": [ecc.at("Tokex", "SigningKeyMrkA/KeyEccNistP256")[0], "Arn"]}
+
+
+def _grants_and(
+    resources: dict[str, Any], ids: set[str], key_id: str, spec_suffix: str
+) -> set[str]:
+    """The names of slot mrk-a's grant policies among `ids` (the key `key_id` and each
+    policy named `<name><spec_suffix>` accounted for; anything else fails)."""
+    names = set()
+    for lid in ids - {key_id}:
+        path = resources[lid].get("Metadata", {}).get("aws:cdk:path", "")
+        slot, _, rest = path.partition("/SigningKeyMrkA/")
+        name = rest.removesuffix("/Resource").removesuffix(spec_suffix)
+        assert resources[lid]["Type"] == "AWS::IAM::Policy" and slot, path
+        assert name in ("ExchangeGrants", "IntrospectGrants", "PublisherGrants"), path
+        names.add(name)
+    assert key_id in ids
+    return names
 
 
 def test_every_regions_functions_cold_start_with_their_settings(

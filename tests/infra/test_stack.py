@@ -427,6 +427,48 @@ def test_another_key_spec_is_another_key_under_the_same_alias(
     assert checks.logical_id(ecc, "SigningKey/Alias") == checks.SLOT_A_ALIAS_LOGICAL_ID
 
 
+def test_another_key_spec_has_its_own_grants(
+    default_synth: Synthesized, rotation_synth: Synthesized, alternate_synth: Synthesized
+) -> None:
+    """A change of `signingKeySpec` makes new grant policies beside the new keys. With one
+    logical id for both specs, CloudFormation updated the policy in place to the new key
+    before the exchange function (which depends on it): warm environments still signing
+    with the old key lost `kms:Sign` on it and answered 503 until they were replaced. As
+    resources of their own, the old grants go in the cleanup phase, after every update."""
+    ecc = alternate_synth
+    names = ("ExchangeGrants", "IntrospectGrants", "PublisherGrants")
+    compared = set()
+    for slot in AB:
+        for name in names:
+            # RSA_2048 stacks (the default, and rotation step 2 with slot "b" active).
+            rsa = next(
+                (s for s in (default_synth, rotation_synth) if _has_grants(s, slot, name)), None
+            )
+            if rsa is None or not _has_grants(ecc, slot, name):
+                continue  # ExchangeGrants: the active slot only
+            # A default (RSA_2048) stack keeps the policies' ids it has always had.
+            rsa_path = checks.grants_path(rsa.template, slot, name)
+            assert rsa_path == f"{checks.slot_path(slot)}/{name}"
+            rsa_id = checks.logical_id(rsa.template, rsa_path)
+            ecc_id = checks.logical_id(ecc.template, checks.grants_path(ecc.template, slot, name))
+            assert rsa_id != ecc_id, f"{name} of slot {slot}"
+            assert rsa_id not in ecc.raw["Resources"]
+            assert ecc_id not in rsa.raw["Resources"]
+            compared.add(name)
+    assert compared == set(names)
+
+
+def _has_grants(synth: Synthesized, slot: str, name: str) -> bool:
+    from cdk.signing_key import grants_construct_id
+
+    paths = {r.get("Metadata", {}).get("aws:cdk:path") for r in synth.raw["Resources"].values()}
+    return any(
+        f"{checks.STACK}/{checks.slot_path(slot)}/{grants_construct_id(name, spec)}/Resource"
+        in paths
+        for spec in checks.SIGNING_ALGORITHMS
+    )
+
+
 def test_published_key_arns_output_lists_the_other_slot(rotation_synth: Synthesized) -> None:
     template = rotation_synth.template
     template.has_output("SigningKeyArn", {"Value": checks.key_arn(template, "b")})

@@ -28,6 +28,13 @@ What each outcome means (fail closed throughout):
   warning naming the account and error code. No tag condition holds on `{}`: tag
   policies do not apply (`invalid_target`) while policies without tags still do. Deny
   policies cannot have instance conditions (model.py), so `{}` never switches a deny off.
+- Instance in another partition than the exchange's own (its STS client's Region's: an
+  `aws` deployment serving `aws-cn` or `aws-us-gov` callers through `stsPartitions`) →
+  `{}` and a warning naming the two partitions, without an AssumeRole: the exchange's STS
+  cannot give credentials for a role of another partition, and the stack grants
+  `sts:AssumeRole` on its own partition's roles only (cdk/tokex_stack.py), so the call
+  could only be refused. Tags read as empty, as when a role refuses: tag conditions do not
+  hold there.
 - Throttling, 5xx, timeouts, malformed answers → `TemporarilyUnavailable` (503), never
   cached, so the next request tries again.
 
@@ -169,6 +176,10 @@ class InstanceTagLookup:
         self._sts = sts_client
         self._role_name = role_name
         self._partition_of = partition_of
+        # The partition of the exchange's own STS (its Region's); None when that is not
+        # known (no Region of a served partition), and then every served one is tried.
+        own_region = getattr(getattr(sts_client, "meta", None), "region_name", None)
+        self._own_partition = partition_of(own_region) if isinstance(own_region, str) else None
         self._ttl = ttl_seconds
         self._clock = clock or SuspendAwareClock()  # a frozen environment's sleep counts
         # Seconds since the epoch, as the document's pendingTime: the cache's clock is not.
@@ -201,8 +212,16 @@ class InstanceTagLookup:
         ):
             log.warning("instance tags not looked up: unbound or unexpected evidence %r", key)
             return {}
-        if self._partition_of(region) is None:
+        partition = self._partition_of(region)
+        if partition is None:
             log.warning("instance tags not looked up: region %s is in no served partition", region)
+            return {}
+        if self._own_partition is not None and partition != self._own_partition:
+            log.warning(
+                "instance tags not looked up: instance %s (%s %s) is in the %s partition, and"
+                " tags are read only in the exchange's own (%s): tag conditions do not hold",
+                instance_id, account, region, partition, self._own_partition,
+            )  # fmt: skip
             return {}
         outcome = self._cached(key)
         if outcome is None:
