@@ -4,6 +4,7 @@ access key (or, for eks, service account and token file)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_issuer import FakeIssuer, fake_issuer, use_static_credentials
+from tests.support.loopback import LoopbackServer, QuietHandler, serving
 from tokex import base64url
 from tokex.cli.main import main
 from tokex.client import disk_cache
@@ -500,3 +502,98 @@ def test_a_cache_dir_another_user_could_redirect_is_refused(issuer, capsys, tmp_
     assert (answer["error"], answer["input"]) == ("invalid_value", "--cache-dir")
     assert issuer.exchanges == 0
     assert list((shared / "cache").iterdir()) == []
+
+
+# --- --instance-identity auto: a token obtained without instance evidence -----------------
+
+
+class FlakyImds(QuietHandler):
+    """IMDS that gives no answer (the connection closed, as a timeout leaves it) to the
+    first `missing` session-token requests, then the evidence; `puts` counts the reads."""
+
+    missing = 1
+    puts = 0
+
+    def do_PUT(self) -> None:
+        cls = type(self)
+        cls.puts += 1
+        if cls.puts <= cls.missing:
+            self.close_connection = True  # nothing answered
+            return
+        self.send_document(200, b"session-token", {"Content-Type": "text/plain"})
+
+    def do_GET(self) -> None:
+        body = b'{"instanceId": "i-0123456789abcdef0"}'
+        self.send_document(200, body, {"Content-Type": "text/plain"})
+
+
+@contextlib.contextmanager
+def imds_missing(monkeypatch, missing: int) -> Iterator[type[FlakyImds]]:
+    handler = type("Imds", (FlakyImds,), {"missing": missing, "puts": 0})
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
+    with serving(LoopbackServer(handler)) as imds:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        yield handler
+
+
+def test_auto_a_token_without_instance_evidence_does_not_outlive_one_imds_failure(
+    issuer, capsys, monkeypatch, tmp_path
+) -> None:
+    """Cached as `auto`'s token, the one obtained while IMDS did not answer was served for
+    80 % of its lifetime after IMDS answered again: without the instance evidence, and so
+    without what an instance policy grants. The next run reads IMDS again."""
+    ask = ("--audience", "orders-api", "--instance-identity", "auto", "--cache-dir", str(tmp_path))
+    with imds_missing(monkeypatch, missing=1) as imds:
+        assert token(issuer, capsys, *ask)[:2] == (0, "token-1")
+        assert token(issuer, capsys, *ask)[:2] == (0, "token-2")
+        assert token(issuer, capsys, *ask)[:2] == (0, "token-2")  # cached: no IMDS read
+        assert imds.puts == 2
+    first, second = issuer.forms
+    assert "aws_instance_identity" not in first
+    sent = json.loads(base64url.decode(second["aws_instance_identity"][0]))
+    assert sent["document"] == '{"instanceId": "i-0123456789abcdef0"}'
+
+
+def test_auto_off_ec2_a_token_is_served_from_the_cache_once_imds_failed_twice(
+    issuer, capsys, monkeypatch, tmp_path
+) -> None:
+    """Where IMDS never answers (off EC2) the cache still saves the exchanges: the run
+    after the one that got the token reads IMDS once more and is served the cached token;
+    from then on runs are served without reading IMDS."""
+    ask = ("--audience", "orders-api", "--instance-identity", "auto", "--cache-dir", str(tmp_path))
+    with imds_missing(monkeypatch, missing=10**6) as imds:
+        for reads in (1, 2, 2, 2):
+            assert token(issuer, capsys, *ask)[:2] == (0, "token-1")
+            assert imds.puts == reads
+    assert issuer.exchanges == 1
+    assert "aws_instance_identity" not in issuer.forms[0]
+    # Kept again with its own age, not the second run's.
+    missed, again = (json.loads(file.read_text()) for file in cache_files(tmp_path))
+    assert missed["obtained_at"] == again["obtained_at"]
+    assert {missed["key"]["instance_evidence"], again["key"]["instance_evidence"]} == {
+        "missed",
+        "missed again",
+    }
+
+
+def test_auto_a_token_is_kept_apart_from_one_of_before_this_rule(
+    issuer, capsys, monkeypatch, tmp_path
+) -> None:
+    """A file `auto` wrote under its old key (no `instance_evidence`) may hold a token
+    without the evidence: no run serves it."""
+    fields = {
+        "endpoint": issuer.url,
+        "issuer": None,
+        "audience": "orders-api",
+        "scopes": (),
+        "evidence": "sigv4",
+        "instance_identity": "auto",
+        "principal": "AKIAEXAMPLEWORKLOAD1",
+    }
+    old_key = disk_cache.cache_key(**fields)
+    old = tmp_path / disk_cache.cache_file_name(old_key)
+    disk_cache.write_cached(old, {"access_token": "old", "expires_in": 900}, key=old_key)
+    ask = ("--audience", "orders-api", "--instance-identity", "auto", "--cache-dir", str(tmp_path))
+    with imds_missing(monkeypatch, missing=0):
+        assert token(issuer, capsys, *ask)[:2] == (0, "token-1")
+    assert "aws_instance_identity" in issuer.forms[0]

@@ -113,8 +113,10 @@ def register(subparsers: Any) -> None:
         help="reuse a token kept in DIR while it has more than 20%% of its lifetime left, and "
         "keep new ones there (files of mode 0600 per endpoint, audience, scopes, evidence and "
         "AWS access key, or service account and token file; DIR is made 0700 and refused if "
-        "others may write to it); also a multi-Region issuer's discovery document, to fail "
-        "over with while discovery is down. Default: no cache, nothing written",
+        "others may write to it); with --instance-identity auto, a token obtained without "
+        "instance evidence is reused only once a later run's IMDS read gave none either; "
+        "also a multi-Region issuer's discovery document, to fail over with while "
+        "discovery is down. Default: no cache, nothing written",
     )
     parser.add_argument("--json", action="store_true", help="print the whole JSON response")
     parser.add_argument(
@@ -282,7 +284,9 @@ def _token_response(
     from tokex.client.token_client import aws_credentials, request_token
 
     session = None if evidence == EKS else aws_session()
-    cache_file = None
+    # The cache keys of this request: one (None), or with `auto` one per what the IMDS read
+    # gave (disk_cache.INSTANCE_EVIDENCE_STATES).
+    keys: dict[str | None, dict[str, Any]] = {}
     if cache_dir is not None:
         if session is not None:
             keep_role_sessions(session, cache_dir / ROLE_SESSIONS_DIR)
@@ -290,28 +294,57 @@ def _token_response(
             principal = token_subject(read_token_file(args.token_file))
         else:
             principal = aws_credentials(session).access_key
-        key = disk_cache.cache_key(
-            endpoint=endpoint,
-            issuer=args.issuer,
-            audience=args.audience,
-            scopes=scopes,
-            evidence=evidence,
-            instance_identity=args.instance_identity,
-            principal=principal,
-            token_file=args.token_file,
-        )
-        cache_file = cache_dir / disk_cache.cache_file_name(key)
-        cached = disk_cache.read_cached(cache_file)
-        if cached is not None:
-            if args.verbose:
-                print(f"tokex token: cached token from {cache_file}", file=sys.stderr)
-            return cached
+        fields: dict[str, Any] = {
+            "endpoint": endpoint,
+            "issuer": args.issuer,
+            "audience": args.audience,
+            "scopes": scopes,
+            "evidence": evidence,
+            "instance_identity": args.instance_identity,
+            "principal": principal,
+            "token_file": args.token_file,
+        }
+        # With `auto`, a token obtained while IMDS gave no evidence (off EC2; on EC2, an
+        # IMDS timeout or refusal) may lack what an instance policy grants. Kept under the
+        # same key as one with evidence, and served without reading IMDS, one IMDS timeout
+        # kept the workload on the lesser token for up to 80 % of its lifetime after IMDS
+        # answered again. Not kept at all, it would cost every run off EC2 (where IMDS
+        # never answers) an IMDS timeout and an exchange; and only an IMDS read can tell
+        # the two apart. So such a token is kept as `missed` and served only by a run
+        # whose own IMDS read gives nothing either, which keeps it as `missed again`: that
+        # key, as the one with evidence, is served without reading IMDS. One IMDS failure
+        # costs the next run an IMDS read (on EC2: the evidence, and a token with it); off
+        # EC2 each token costs two IMDS reads (the run that gets it and the next), not one
+        # per run, and no extra exchange.
+        if args.instance_identity == "auto":
+            for state in disk_cache.INSTANCE_EVIDENCE_STATES:
+                keys[state] = disk_cache.cache_key(**fields, instance_evidence=state)
+        else:
+            keys[None] = disk_cache.cache_key(**fields)
+        served = (None, disk_cache.EVIDENCE_SENT, disk_cache.EVIDENCE_MISSED_AGAIN)
+        for served_state in served:  # without reading IMDS
+            if served_state in keys:
+                cached = _cached(cache_dir, keys[served_state], args.verbose)
+                if cached is not None:
+                    return cached
     sent = time.time()  # the cached lifetime counts from before it was asked for
-    sent_boot = disk_cache.boot_clock() if cache_file is not None else None
+    sent_boot = disk_cache.boot_clock() if keys else None
     # --timeout bounds the IMDS reads and the exchange together; the reads get at most
     # half of it, so that `auto` without IMDS still has time for the exchange.
     ends = time.monotonic() + timeout
     instance_evidence = _instance_evidence(args, timeout / 2, session)
+    if cache_dir is not None and keys and instance_evidence is None:
+        missed = keys.get(disk_cache.EVIDENCE_MISSED)
+        if missed is not None and (cached := _cached(cache_dir, missed, args.verbose)):
+            # IMDS gave nothing in two runs: off EC2, most likely (see above).
+            again = keys[disk_cache.EVIDENCE_MISSED_AGAIN]
+            try:
+                missed_file = cache_dir / disk_cache.cache_file_name(missed)
+                again_file = cache_dir / disk_cache.cache_file_name(again)
+                disk_cache.copy_cached(missed_file, again_file, key=again)
+            except OSError as err:  # the token is good: serve it, say why it was not kept
+                print(f"tokex token: --cache-dir: not cached: {err}", file=sys.stderr)
+            return cached
     left = max(ends - time.monotonic(), 0.001)
     kept_in = None if args.issuer else cache_dir  # --issuer: no discovery at all
     with _attempts_told(args.verbose), _discovery_kept(kept_in, endpoint):
@@ -328,7 +361,14 @@ def _token_response(
             signing_algorithm=args.signing_algorithm,
             timeout=left,
         )
-    if cache_file is not None:
+    if cache_dir is not None and keys:
+        if None in keys:
+            key = keys[None]
+        elif instance_evidence is not None:
+            key = keys[disk_cache.EVIDENCE_SENT]
+        else:
+            key = keys[disk_cache.EVIDENCE_MISSED]
+        cache_file = cache_dir / disk_cache.cache_file_name(key)
         try:
             disk_cache.write_cached(cache_file, response, key=key, now=sent, boot=sent_boot)
         except OSError as err:  # the token is good: print it, say why it was not kept
@@ -337,6 +377,17 @@ def _token_response(
         with contextlib.suppress(OSError):
             disk_cache.prune_expired(cache_file.parent)
     return response
+
+
+def _cached(cache_dir: Path, key: dict[str, Any], verbose: bool) -> dict[str, Any] | None:
+    """The fresh token `cache_dir` keeps for `key`, if any (-v says which file)."""
+    from tokex.client import disk_cache
+
+    cache_file = cache_dir / disk_cache.cache_file_name(key)
+    cached = disk_cache.read_cached(cache_file)
+    if cached is not None and verbose:
+        print(f"tokex token: cached token from {cache_file}", file=sys.stderr)
+    return cached
 
 
 @contextlib.contextmanager

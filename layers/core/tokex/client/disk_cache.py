@@ -11,6 +11,12 @@ file. With `eks` evidence it is the `iss` and `sub` of the service-account token
 cluster and the service account), read from the token file, which is part of the key too.
 No secret goes into the key.
 
+With `--instance-identity auto` the key says what the IMDS read gave the token
+(`instance_evidence`): `sent`, or none (`missed`: IMDS did not answer, or refused, in the
+run that got it), kept again as `missed again` once a later run's IMDS read gave none
+either (`copy_cached`). Which of these a run serves without reading IMDS is
+cli/token.py's rule (`_token_response`).
+
 Each file keeps the key it was named by (`key`), and a file is served only for that key:
 one whose key is not the one its name is the hash of (a file renamed over another's name,
 by whoever may write to the directory), or that keeps no key (written by a version before
@@ -67,6 +73,11 @@ MAX_FILE_BYTES = 64 * 1024
 # one is when no write can still be using it: a write takes milliseconds.
 TEMPORARY_NAME = re.compile(r"\.tmp-[a-z0-9_]+")
 STALE_TEMPORARY_SECONDS = 10 * 60
+# `cache_key`'s `instance_evidence` with `--instance-identity auto`: what the IMDS read gave.
+EVIDENCE_SENT = "sent"
+EVIDENCE_MISSED = "missed"  # in the run that got the token
+EVIDENCE_MISSED_AGAIN = "missed again"  # in a later run too
+INSTANCE_EVIDENCE_STATES = (EVIDENCE_SENT, EVIDENCE_MISSED, EVIDENCE_MISSED_AGAIN)
 
 
 def cache_key(
@@ -79,10 +90,14 @@ def cache_key(
     instance_identity: str,
     principal: str,
     token_file: str | None = None,
+    instance_evidence: str | None = None,
 ) -> dict[str, Any]:
     """What a cached token is kept for. `principal`: the AWS access key id (`sigv4`,
     `aws-oif`), or the service-account token's issuer and subject (`eks`, whose
-    `token_file` is given too)."""
+    `token_file` is given too). `instance_evidence`: with `instance_identity` `auto`, one
+    of INSTANCE_EVIDENCE_STATES (a key without it, as `auto` files were written before
+    this rule, names a file no run reads)."""
+    extra = {} if instance_evidence is None else {"instance_evidence": instance_evidence}
     return {
         "v": 2,
         "endpoint": endpoint.rstrip("/"),
@@ -93,6 +108,7 @@ def cache_key(
         "instance_identity": instance_identity,
         "principal": principal,
         "token_file": token_file,
+        **extra,
     }
 
 
@@ -134,12 +150,37 @@ def read_cached(
     entry = _own_entry(path)
     if entry is None or entry.named != path.name:
         return None
+    return _fresh(entry, now, boot)
+
+
+def _fresh(entry: _Entry, now: float, boot: BootReading | None) -> dict[str, Any] | None:
     obtained_at, response, token, written_boot, _ = entry
     if boot is not None and written_boot is not None and boot[0] == written_boot[0]:
         now = obtained_at + (boot[1] - written_boot[1])  # a boot clock only moves on
     if not obtained_at <= now < token.refresh_at:  # a clock set back counts as stale
         return None
     return {**response, "expires_in": int(token.expires_at - now)}
+
+
+def copy_cached(
+    path: Path,
+    to: Path,
+    *,
+    key: Mapping[str, Any],
+    now: float | None = None,
+    boot: BootReading | None = None,
+) -> bool:
+    """The token `read_cached` would serve from `path` kept in `to` too, under `key` (the
+    key `to` is named by), with the clocks' readings it was obtained at: as old there as
+    it is in `path`. False, and nothing written, when `path` holds no such token; an
+    OSError when the write fails."""
+    if now is None:
+        now, boot = time.time(), boot_clock()
+    entry = _own_entry(path)
+    if entry is None or entry.named != path.name or _fresh(entry, now, boot) is None:
+        return False
+    write_cached(to, entry.response, key=key, now=entry.obtained_at, boot=entry.boot)
+    return True
 
 
 def prune_expired(directory: Path, *, now: float | None = None) -> int:
