@@ -5,6 +5,7 @@ botocore hook on the real EC2 client."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -135,6 +136,24 @@ def test_tags_of_a_stopped_instance_do_not_grant(ec2, image, lookup):
     # Not even through a policy without tags: the evidence is of a stopped instance.
     with pytest.raises(InvalidGrant, match=f"instance {instance_id} is not running"):
         decide([TAGGED, policy("orders-any")], instance_id, lookup)
+
+
+def test_a_policy_that_cannot_apply_otherwise_reads_no_tags(ec2, image, lookup, describes):
+    """Its time window closed (a Monday noon, a Saturday window), a policy with tag
+    conditions must not look the tags up: for a stopped instance the lookup refuses the
+    exchange, which the tag-free policy grants."""
+    instance_id = launch(ec2, image, team="orders", env="prod")
+    ec2.stop_instances(InstanceIds=[instance_id])
+    weekend = Policy.from_document(
+        {**TAGGED.to_document(), "conditions": {"time_window": {"days": ["sat"]}}}
+    )
+    monday_noon = datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()
+    decision = evaluate(
+        [weekend, policy("z-orders-any")], caller(instance_id), "orders-api", None,
+        instance(instance_id), default_ttl=900, ttl_cap=3600, tag_lookup=lookup, now=monday_noon,
+    )  # fmt: skip
+    assert decision.policy.id == "z-orders-any"
+    assert describes == []
 
 
 def test_unknown_instance_is_refused(lookup):

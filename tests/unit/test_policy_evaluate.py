@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -348,6 +349,99 @@ def test_a_denied_caller_is_refused_before_any_tag_lookup(failure: Exception) ->
     assert lines[0].detail == "has tag conditions, not looked up: a deny applies"
     with pytest.raises(type(failure)):  # no deny: the lookup's answer, as before
         run([tagged], instance=INSTANCE, tag_lookup=lookup)
+
+
+MONDAY_NOON = datetime(2026, 11, 30, 12, 0, tzinfo=UTC).timestamp()
+LOOKUP_FAILURES = [
+    InvalidGrant("instance i-0123456789abcdef0 is not running", reason="instance_not_running"),
+    TemporarilyUnavailable("instance tags cannot be read right now, retry later"),
+]
+TAGS = {"tags": {"team": ["orders"]}}
+# Policies with tag conditions that cannot apply whatever the tags: a time window closed on
+# Mondays; a workload selector that a SigV4 caller (no workload attributes) cannot meet.
+CANNOT_APPLY = {
+    "closed time window": {"instance": TAGS, "conditions": {"time_window": {"days": ["sat"]}}},
+    "workload selector": {
+        "instance": TAGS,
+        "evidence": ["sigv4", "aws-oif"],
+        "workload": {"ec2_instance_arns": [f"arn:aws:ec2:*:{ACCOUNT}:instance/*"]},
+    },
+}
+
+
+def explained(policies: list[Policy], tag_lookup: TagLookup | None) -> Explanation:
+    return explain(
+        policies, CALLER, "orders-api", None, INSTANCE,
+        default_ttl=900, ttl_cap=3600, tag_lookup=tag_lookup, now=MONDAY_NOON,
+    )  # fmt: skip
+
+
+def failing(failure: Exception, calls: list[str]) -> TagLookup:
+    def lookup(instance: InstanceIdentity) -> Mapping[str, str]:
+        calls.append(instance.instance_id)
+        raise failure
+
+    return lookup
+
+
+@pytest.mark.parametrize("failure", LOOKUP_FAILURES)
+@pytest.mark.parametrize("cannot_apply", CANNOT_APPLY.values(), ids=list(CANNOT_APPLY))
+def test_no_tag_lookup_for_a_policy_that_cannot_apply_otherwise(
+    cannot_apply: dict[str, Any], failure: Exception
+) -> None:
+    """A policy's tags were looked up before its workload selectors and conditions were
+    judged: a lookup's failure (EC2 throttling, a stopped instance) refused an exchange
+    that a tag-free allow grants, for a policy that could not have applied anyway."""
+    calls: list[str] = []
+    policies = [policy("a-tagged", **cannot_apply), policy("b-plain", scopes=["orders:read"])]
+    result = explained(policies, failing(failure, calls))
+    assert result.decision is not None and result.decision.policy.id == "b-plain"
+    assert calls == []
+    assert not result.lines[0].applies
+    assert result.lines[0].detail.split()[0] in ("condition", "workload")
+
+
+@pytest.mark.parametrize("failure", LOOKUP_FAILURES)
+def test_a_policy_that_otherwise_applies_still_fails_closed_on_its_tag_lookup(
+    failure: Exception,
+) -> None:
+    calls: list[str] = []
+    weekday = {"time_window": {"days": ["mon", "tue", "wed", "thu", "fri"]}}
+    tagged = policy("a-tagged", instance=TAGS, conditions=weekday)
+    with pytest.raises(type(failure)) as raised:
+        explained([tagged, policy("b-plain")], failing(failure, calls))
+    assert raised.value is failure  # the lookup's own answer, unchanged
+    assert calls == [INSTANCE.instance_id]
+
+
+def test_explain_judges_tags_after_workload_and_conditions() -> None:
+    """Each verdict is still shown: a policy whose tags do not match shows its conditions'
+    verdicts too (they are judged first now), one whose window is closed shows that."""
+    calls: list[str] = []
+
+    def lookup(instance: InstanceIdentity) -> Mapping[str, str]:
+        calls.append(instance.instance_id)
+        return {"team": "billing"}
+
+    closed = policy("a-weekend", instance=TAGS, conditions={"time_window": {"days": ["sat"]}})
+    open_ = policy("b-weekday", instance=TAGS, conditions={"time_window": {"days": ["mon"]}})
+    result = explained([closed], lookup)
+    assert calls == []
+    assert result.render() == (
+        "a-weekend  allow  skipped: condition time_window not met;"
+        " conditions: time_window no (mon 12:00 UTC)\n"
+        "=> refused (invalid_target): policy a-weekend condition time_window not met"
+    )
+    result = explained([closed, open_], lookup)
+    assert calls == [INSTANCE.instance_id]
+    assert result.render() == (
+        "a-weekend  allow  skipped: condition time_window not met;"
+        " conditions: time_window no (mon 12:00 UTC)\n"
+        "b-weekday  allow  skipped: instance tag 'team' does not match;"
+        " conditions: time_window ok\n"
+        "=> refused (invalid_target): policy a-weekend condition time_window not met;"
+        " policy b-weekday instance tag 'team' does not match"
+    )
 
 
 def test_explain_agrees_with_evaluate() -> None:

@@ -14,6 +14,12 @@ whatever the cause — an unknown caller and a denied one cannot be told apart
 Workload selectors and conditions are judged one by one, each with a verdict: `ok`, `no`
 (the caller's value does not match) or `no signal` (the evidence does not carry it). A
 selector or condition without a signal never holds (docs/policies.md "Conditions").
+
+A policy's instance tags are judged last, after everything that needs no AWS call: their
+lookup (AssumeRole and DescribeInstances in the caller's account) can fail, and its failure
+(EC2 throttling, the instance not running) refuses the whole exchange, so it is made only
+for a policy that would otherwise apply: one that cannot apply must not refuse an exchange
+another policy grants.
 """
 
 from __future__ import annotations
@@ -98,7 +104,8 @@ class PolicyLine:
     # an EKS caller, of `eks:<cluster>:<namespace>:<service account>` patterns.
     specificity: int = 0
     # How far the policy got: disabled < evidence < principal < principal_ids < audience
-    # < instance < workload < conditions < applies.
+    # < instance (its evidence and attributes) < workload < conditions < instance tags
+    # < applies.
     stage: int = 0
     workload: tuple[str, ...] = ()
     conditions: tuple[str, ...] = ()
@@ -144,8 +151,8 @@ class Explanation:
 
 (
     _DISABLED, _EVIDENCE, _PRINCIPAL, _PRINCIPAL_ID, _AUDIENCE_STAGE, _INSTANCE, _WORKLOAD,
-    _CONDITIONS, _APPLIES,
-) = range(9)  # fmt: skip
+    _CONDITIONS, _INSTANCE_TAGS, _APPLIES,
+) = range(10)  # fmt: skip
 
 
 def evaluate(
@@ -272,7 +279,7 @@ def _assess(
     if not any(glob_matches(a, audience) for a in policy.audiences):
         return skipped(_AUDIENCE_STAGE, "does not cover the audience", specificity)
     if policy.instance is not None:
-        why_not = _instance_mismatch(policy.instance, instance, tags, caller)
+        why_not = _instance_mismatch(policy.instance, instance, caller)
         if why_not is not None:
             return skipped(_INSTANCE, why_not, specificity)
     workload = _workload_verdicts(policy.workload, caller.workload)
@@ -299,6 +306,12 @@ def _assess(
         if failed is not None:
             detail = f"{kind} {failed.name} {'not met' if failed.signal else 'has no signal'}"
             return judged(False, detail, stage)
+    # Last, once nothing else can rule the policy out: the one check that calls AWS.
+    if policy.instance is not None and policy.instance.tags:
+        assert instance is not None  # tags need evidence: _instance_mismatch saw it
+        why_not = _tag_mismatch(policy.instance, instance, tags)
+        if why_not is not None:
+            return judged(False, why_not, _INSTANCE_TAGS)
     return judged(True, f"{label} {pattern!r} (literal prefix {specificity})", _APPLIES)
 
 
@@ -458,10 +471,10 @@ def _shown(value: str) -> str:
 def _instance_mismatch(
     conditions: InstanceConditions,
     instance: InstanceIdentity | None,
-    tags: _TagMemo,
     caller: CallerIdentity,
 ) -> str | None:
-    """None when the conditions hold; otherwise the first one that does not."""
+    """None when the conditions other than tags hold (the evidence, its binding, its
+    attributes: nothing that calls AWS); otherwise the first one that does not."""
     if not conditions.needs_evidence:
         return None
     if caller.evidence != SIGV4:  # IMDS evidence comes only with a signed request
@@ -480,14 +493,21 @@ def _instance_mismatch(
         value = getattr(instance, _INSTANCE_FIELDS[name])
         if globs and not any(glob_matches(g, value) for g in globs):
             return f"instance {_INSTANCE_FIELDS[name]} does not match"
-    if conditions.tags:
-        found = tags.get(instance)
-        if found is None:
-            return tags.absent
-        for key, globs in conditions.tags.items():
-            value = found.get(key)
-            if value is None or not any(glob_matches(g, value) for g in globs):
-                return f"instance tag {key!r} does not match"
+    return None
+
+
+def _tag_mismatch(
+    conditions: InstanceConditions, instance: InstanceIdentity, tags: _TagMemo
+) -> str | None:
+    """None when the tag conditions hold; otherwise the first one that does not. Looks
+    the tags up (once per evaluation): a lookup that fails raises, unchanged."""
+    found = tags.get(instance)
+    if found is None:
+        return tags.absent
+    for key, globs in conditions.tags.items():
+        value = found.get(key)
+        if value is None or not any(glob_matches(g, value) for g in globs):
+            return f"instance tag {key!r} does not match"
     return None
 
 
