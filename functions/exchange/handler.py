@@ -21,9 +21,13 @@ def audit_fields(audit: ExchangeAudit) -> AuditFields:
         "evidence": audit.evidence,
         "principal": audit.principal,
         "account": audit.account,
+        "session_name": audit.session_name,
         "audience": audit.audience,
         "policy": audit.policy,
+        # Instance evidence as verified, also when binding it to the caller was refused.
         "instance": audit.instance,
+        "instance_account": audit.instance_account,
+        "instance_region": audit.instance_region,
         "jti": audit.jti,
         "sts_host": audit.sts_host,
         "access_key_id": audit.access_key_id,

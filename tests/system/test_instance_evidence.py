@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from tests.system.endpoints import assert_refused, exchange, sign, verify
+from tests.system.endpoints import assert_refused, audit_lines, exchange, sign, verify
 from tokex.client.imds import encode_instance_evidence, read_instance_identity
 from tokex.local.imds import DEMO_DOCUMENT
-from tokex.local.provision import DEMO_INSTANCE_AUDIENCE, DEMO_INSTANCE_ID
+from tokex.local.provision import DEMO_INSTANCE_AUDIENCE, DEMO_INSTANCE_ID, DEMO_ROLE_ARN
 
 
 def evidence_for(system, **changes) -> str:
@@ -62,15 +62,38 @@ def test_validly_signed_evidence_of_another_account_or_instance_is_refused(
     local_system, changes, reason, audit_reason
 ):
     evidence = evidence_for(local_system, **changes)
-    body = assert_refused(
-        lambda: exchange(
-            local_system, audience=DEMO_INSTANCE_AUDIENCE, aws_instance_identity=evidence
-        ),
-        400,
-        "invalid_grant",
-        audit_reason,
-    )
+    with audit_lines() as audits:
+        body = assert_refused(
+            lambda: exchange(
+                local_system, audience=DEMO_INSTANCE_AUDIENCE, aws_instance_identity=evidence
+            ),
+            400,
+            "invalid_grant",
+            audit_reason,
+        )
     assert reason in body["error_description"]
+    # The audit line names the document presented (AWS-signed: replaying another
+    # instance's is what an operator looks for) and the session that presented it.
+    presented = {**DEMO_DOCUMENT, **changes}
+    [audit] = audits
+    assert {
+        field: audit.get(field)
+        for field in (
+            "principal",
+            "account",
+            "session_name",
+            "instance",
+            "instance_account",
+            "instance_region",
+        )
+    } == {
+        "principal": DEMO_ROLE_ARN,
+        "account": DEMO_DOCUMENT["accountId"],
+        "session_name": DEMO_INSTANCE_ID,
+        "instance": presented["instanceId"],
+        "instance_account": presented["accountId"],
+        "instance_region": "us-east-1",
+    }
 
 
 def test_document_swapped_under_a_valid_signature_is_refused(local_system):

@@ -22,6 +22,7 @@ from botocore.credentials import Credentials
 from tokex.errors import InvalidGrant, InvalidRequest
 from tokex.evidence.sigv4_request import (
     AMZ_DATE_FORMAT,
+    MAX_REQUEST_JSON_DEPTH,
     MAX_SUBJECT_TOKEN_CHARS,
     STS_BODY,
     decode_b64url_json,
@@ -467,6 +468,33 @@ def test_decoding_accepts_up_to_the_cap_and_is_reusable() -> None:
     assert decode_subject_token(token) == padded
     with pytest.raises(InvalidRequest, match="aws_instance_identity is larger than 10"):
         decode_b64url_json("eyJhIjogMX0", name="aws_instance_identity", max_len=10)
+
+
+@pytest.mark.parametrize("depth", [MAX_REQUEST_JSON_DEPTH, 900, 3000])
+def test_evidence_nested_too_deeply_says_so_on_every_runtime(depth: int) -> None:
+    """Past Python 3.11's parser limit (about 1,000 levels; 3.13 parses thousands) the
+    reason was "not UTF-8 JSON" there and a later shape error on 3.13. In the evidence
+    object the smallest `depth` is one level too deep."""
+    nested = "[" * depth + "]" * depth
+    evidence = b64(f'{{"document": {nested}, "rsa2048": "x"}}'.encode())
+    with pytest.raises(
+        InvalidRequest,
+        match=f"^aws_instance_identity is nested deeper than {MAX_REQUEST_JSON_DEPTH} levels$",
+    ):
+        decode_b64url_json(evidence, name="aws_instance_identity", max_len=12 * 1024)
+    with pytest.raises(InvalidRequest, match=r"^subject_token is nested deeper than"):
+        decode_subject_token(b64(f'{{"headers": {nested}}}'.encode()))
+
+
+def test_nesting_depth_is_counted_outside_strings() -> None:
+    deepest = "[" * (MAX_REQUEST_JSON_DEPTH - 1) + "]" * (MAX_REQUEST_JSON_DEPTH - 1)
+    assert decode_b64url_json(b64(f'{{"a": {deepest}}}'.encode()), name="e", max_len=200) == {
+        "a": json.loads(deepest)
+    }
+    # Brackets in strings (escaped quotes too) are no nesting: invalid JSON stays so.
+    quoted = json.dumps('\\" [' + "[" * 3000)
+    with pytest.raises(InvalidRequest, match="not UTF-8 JSON"):
+        decode_b64url_json(b64(f'{{"a": {quoted}, }}'.encode()), name="e", max_len=12 * 1024)
 
 
 @pytest.mark.parametrize(

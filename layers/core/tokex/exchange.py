@@ -90,9 +90,17 @@ class ExchangeAudit:
     evidence: str | None = None
     principal: str | None = None
     account: str | None = None
+    # The caller's role session name (SigV4 assumed roles): `principal` is the path-less
+    # role, so this says which session of it asked (an instance profile's: its instance).
+    session_name: str | None = None
     policy: str | None = None
     jti: str | None = None
+    # Instance evidence's instance, account and Region, once its AWS signature verified
+    # and before it is bound to the caller: a refused binding's line says whose document
+    # was presented. Only fields verify_instance_identity matched against strict patterns.
     instance: str | None = None
+    instance_account: str | None = None
+    instance_region: str | None = None
     # A signed request's: the STS endpoint it was forwarded to (its Region), and the
     # access key id that signed it (its Credential scope: not secret, CloudTrail records
     # it), so that STS throttling can be traced to a Region and to the account asking.
@@ -167,6 +175,7 @@ class TokenExchange:
         else:
             caller, used = self._jwt_caller(request.subject_jwt, now, audit)
         audit.principal, audit.account = caller.principal_arn, caller.account
+        audit.session_name = caller.session_name
         try:
             decision, claims = self._decide(request, caller, instance, now, audit)
         except Exception as exc:
@@ -208,6 +217,9 @@ class TokenExchange:
         if used is not None and self._admission is not None and used in self._used:
             raise used.replay_refusal()
         instance = self._verify_instance(request)
+        if instance is not None:
+            audit.instance = instance.instance_id
+            audit.instance_account, audit.instance_region = instance.account, instance.region
         self._load_ahead()
         return self._sts.get_caller_identity(sts_request), used, instance
 
@@ -328,8 +340,7 @@ class TokenExchange:
         if instance is not None:
             from tokex.evidence.instance_identity import bind_instance_to_caller
 
-            instance = bind_instance_to_caller(instance, caller)
-            audit.instance = instance.instance_id
+            instance = bind_instance_to_caller(instance, caller)  # audited as it was verified
         try:
             policies = self._policies.policies()
         finally:
