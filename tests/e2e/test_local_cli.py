@@ -156,22 +156,26 @@ def test_the_emulators_own_api_is_closed_to_other_local_processes(tokex_local):
         assert refused.value.code == 403, path
 
 
-def test_the_banners_introspection_lines_keep_the_secret_and_token_off_command_lines(
-    local_process: RunningLocal, tmp_path: Path
-) -> None:
-    """The banner's "Introspect a token" lines, run in `sh` as printed: they answer the
-    token active, and no process they start has the client's secret or the token in its
-    arguments (which any local user reads in `ps`): `curl` here records its own."""
+def banner_block(running: RunningLocal, heading: str) -> str:
+    """The banner's command lines under `heading` ("Try it:"), as a user copies them: up
+    to the blank line, without the banner's indent."""
     deadline = time.monotonic() + 30
-    while "/introspect\n" not in local_process.console_text():
-        assert time.monotonic() < deadline, local_process.console_text()
+    while "/introspect\n" not in running.console_text():  # the banner's last line
+        assert time.monotonic() < deadline, running.console_text()
         time.sleep(0.1)
-    banner = local_process.console_text().splitlines()
-    # The "Try it" lines' first, which the introspection lines build on: `. .../workload.env`.
-    sourced = (line.strip() for line in banner)
-    workload = next(line for line in sourced if line.startswith(". ") and "workload.env" in line)
-    start = banner.index("Introspect a token (RFC 7662):") + 1
-    lines = [workload] + [line[2:] for line in banner[start:] if line.startswith("  ")]
+    banner = running.console_text().splitlines()
+    lines = []
+    for line in banner[banner.index(heading) + 1 :]:
+        if not line.startswith("  "):
+            break
+        lines.append(line[2:])
+    assert lines, running.console_text()
+    return "\n".join(lines)
+
+
+def shell_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A fresh shell's environment (no AWS or tokex settings), with `tokex` on PATH and a
+    `curl` that records its arguments, one a line, in the path returned, then runs."""
     recorded = tmp_path / "curl-arguments"
     shims = tmp_path / "bin"
     shims.mkdir()
@@ -183,9 +187,25 @@ def test_the_banners_introspection_lines_keep_the_secret_and_token_off_command_l
     (shims / "curl").chmod(0o755)
     env = without_aws_settings()
     env["PATH"] = os.pathsep.join([str(shims), str(Path(TOKEX).parent), env["PATH"]])
-    result = subprocess.run(
-        ["sh", "-ec", "\n".join(lines)], env=env, capture_output=True, text=True, timeout=60
+    return env, recorded
+
+
+def run_shell(shell: str, script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [shell, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
+
+
+def test_the_banners_introspection_lines_keep_the_secret_and_token_off_command_lines(
+    local_process: RunningLocal, tmp_path: Path
+) -> None:
+    """The banner's "Introspect a token" lines, run alone in a fresh `sh -e` as printed
+    (they source what they need): they answer the token active, and no process they
+    start has the client's secret or the token in its arguments (which any local user
+    reads in `ps`): `curl` here records its own."""
+    env, recorded = shell_env(tmp_path)
+    script = banner_block(local_process, "Introspect a token (RFC 7662):")
+    result = run_shell("sh", "set -e\n" + script, env)
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert (answer["active"], answer["aud"]) == (True, "demo-api")
@@ -195,6 +215,38 @@ def test_the_banners_introspection_lines_keep_the_secret_and_token_off_command_l
     arguments = recorded.read_text()
     assert "-K" in arguments.split("\n")
     assert secret not in arguments and "eyJ" not in arguments
+
+
+def test_the_banners_lines_run_verbatim_from_a_state_dir_with_a_space_and_a_quote(
+    tmp_path: Path,
+) -> None:
+    """A state directory's path with a space (and a `'`) in it: the banner's lines ran
+    `. /tmp/it's a dir/state/workload.env` (no such file); they quote every path, so
+    bash, sh (dash) and zsh, where installed, run them as printed. And the introspection
+    lines stop at a token command that fails, where `curl` answered `{"active":false}` as
+    if it were tokex's verdict on a token."""
+    env, recorded = shell_env(tmp_path)
+    running = start_tokex_local(tmp_path / "it's a dir" / "state", env=without_aws_settings())
+    try:
+        try_it = banner_block(running, "Try it:")
+        introspect = banner_block(running, "Introspect a token (RFC 7662):")
+        for shell in [shell for shell in ("bash", "sh", "zsh") if shutil.which(shell)]:
+            result = run_shell(shell, "set -e\n" + try_it, env)
+            assert result.returncode == 0, (shell, result.stderr)
+            tokens = result.stdout.split()
+            assert len(tokens) == 4 and all(t.startswith("eyJ") for t in tokens), result
+            result = run_shell(shell, "set -e\n" + introspect, env)
+            assert result.returncode == 0, (shell, result.stderr)
+            assert json.loads(result.stdout)["active"] is True
+    finally:
+        assert running.stop() == 0, running.console_text()
+    recorded.unlink()
+    # Stopped: the token command fails, and the lines stop there even without `set -e`
+    # (as typed into an interactive shell).
+    failed = run_shell("sh", introspect, env)
+    assert failed.returncode != 0
+    assert "tokex token" in failed.stderr and failed.stdout == ""
+    assert not recorded.exists(), "curl ran without a token"
 
 
 def test_sigterm_while_it_starts_stops_it_and_says_so(tmp_path: Path) -> None:

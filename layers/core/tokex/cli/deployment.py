@@ -12,6 +12,8 @@ Credentials come from the default AWS credential chain, as for the AWS CLI.
 from __future__ import annotations
 
 import argparse
+import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,13 +29,24 @@ from tokex.cli.errors import (
 )
 from tokex.cli.inputs import require_http_url
 from tokex.cli.region import aws_session, resolve_region
-from tokex.client.endpoint import redacted, redacted_text
+from tokex.client.endpoint import is_loopback, redacted, redacted_text
 from tokex.policy.model import MAX_TTL_CAP_SECONDS, MIN_TTL_SECONDS
 
 # cdk/tokex_stack.py (and cdk/regional_stacks.py) name their outputs: the policy table's
 # and the state table's.
 POLICY_TABLE_OUTPUT = "PolicyTableName"
 STATE_TABLE_OUTPUT = "StateTableName"
+
+# Every AWS client of the CLI (aws_client) is bounded: an endpoint that takes the
+# connection and never answers (a suspended `tokex local`) failed a command only after
+# botocore's defaults, 60 s per read, 4 attempts of each DynamoDB call and two calls,
+# 8 minutes for `tokex policy list`. One Scan or Query page (1 MB at most) answers well
+# within the read timeout.
+CLI_CONNECT_TIMEOUT_SECONDS = 5
+CLI_READ_TIMEOUT_SECONDS = 15
+# Attempts of each call, botocore's standard retries: unless AWS_MAX_ATTEMPTS (or the
+# profile's max_attempts) and AWS_RETRY_MODE (retry_mode) say otherwise.
+CLI_MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -129,13 +142,29 @@ def check_table_kind(deployment: Deployment, *, state: bool) -> None:
     revokes nothing, or an item the exchange's policy load then refuses (every exchange a
     503). The state table has a TTL on `expires_at`, the policy table none. A table whose
     TTL cannot be read (no `dynamodb:DescribeTimeToLive`, no such table) is left to the
-    command's own call, which names the error as before."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    command's own call, which names the error as before; one that got no answer in time
+    is not: that call would wait as long again."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        ReadTimeoutError,
+    )
 
+    client = deployment.client("dynamodb")
     try:
-        described = deployment.client("dynamodb").describe_time_to_live(TableName=deployment.table)[
+        described = client.describe_time_to_live(TableName=deployment.table)[
             "TimeToLiveDescription"
         ]
+    except (ConnectTimeoutError, ReadTimeoutError) as exc:
+        # In the words of the store's failures (`reason`: the operation and error code).
+        message = (
+            f"{'state' if state else 'policy'} table {deployment.table!r}: "
+            f"dynamodb DescribeTimeToLive: {type(exc).__name__}"
+        )
+        if _is_local_emulator(client.meta.endpoint_url):
+            message += f" ({LOCAL_EMULATOR_HINT})"
+        raise CommandError(message, error=AWS_ERROR, input=deployment.flag) from None
     except (BotoCoreError, ClientError, KeyError):
         return
     is_state = described.get("AttributeName") == TTL_ATTRIBUTE and described.get(
@@ -211,7 +240,7 @@ def aws_client(service: str, region: str | None, endpoint_url: str | None) -> An
 
     session = aws_session(region)
     try:
-        return session.client(service, endpoint_url=endpoint_url)
+        return session.client(service, endpoint_url=endpoint_url, config=_cli_config(session))
     except BotoCoreError as exc:  # e.g. a broken profile
         raise CommandError(describe_aws_error(exc), error=AWS_ERROR, input="--region") from None
     except ValueError as exc:  # botocore's own refusal of a value
@@ -226,6 +255,24 @@ def aws_client(service: str, region: str | None, endpoint_url: str | None) -> An
         ) from None
 
 
+def _cli_config(session: Any) -> Any:
+    """The bounded botocore config of the CLI's clients (CLI_*; a value of AWS_MAX_ATTEMPTS
+    or AWS_RETRY_MODE the SDK cannot use is its ValueError, as without this config)."""
+    from botocore.config import Config
+
+    settings = session._session  # botocore's, which reads the environment and the profile
+    retries: dict[str, Any] = {}
+    if settings.get_config_variable("max_attempts") is None:
+        retries["total_max_attempts"] = CLI_MAX_ATTEMPTS
+    if settings.get_config_variable("retry_mode") is None:
+        retries["mode"] = "standard"
+    return Config(
+        connect_timeout=CLI_CONNECT_TIMEOUT_SECONDS,
+        read_timeout=CLI_READ_TIMEOUT_SECONDS,
+        retries=retries or None,
+    )
+
+
 # Store failures (their `reason` carries the operation and error code) -> what to check:
 # a mistake of the command line or the credentials, not an outage to wait out.
 AWS_HINTS = {
@@ -238,9 +285,31 @@ AWS_HINTS = {
 }
 
 
+# botocore's errors for an endpoint that took no connection or gave no answer in time.
+NO_ANSWER = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError")
+# ...from `tokex local`'s emulator: stopped, suspended, or started again (on a new port).
+LOCAL_EMULATOR_HINT = "is `tokex local` running? source the operator.env of its current run"
+
+
 def aws_hint(reason: str) -> str | None:
-    """What to check for a store failure whose `reason` names one of AWS_HINTS' codes."""
-    return next((hint for code, hint in AWS_HINTS.items() if code in reason), None)
+    """What to check for a store failure whose `reason` names one of AWS_HINTS' codes, and
+    whether `tokex local` runs when its emulator (operator.env's AWS_ENDPOINT_URL) did
+    not answer."""
+    hint = next((hint for code, hint in AWS_HINTS.items() if code in reason), None)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or os.environ.get("AWS_ENDPOINT_URL")
+    if any(code in reason for code in NO_ANSWER) and _is_local_emulator(endpoint):
+        return f"{hint}; {LOCAL_EMULATOR_HINT}" if hint else LOCAL_EMULATOR_HINT
+    return hint
+
+
+def _is_local_emulator(endpoint_url: str | None) -> bool:
+    """A plain http endpoint on this machine: `tokex local`'s emulator (as `tokex token`
+    tells its endpoint, cli/token.py)."""
+    try:
+        parts = urllib.parse.urlsplit(endpoint_url or "")
+        return parts.scheme == "http" and is_loopback(parts.hostname or "")
+    except ValueError:  # no URL (`http://[::1`): nothing of `tokex local`'s
+        return False
 
 
 def describe_aws_error(exc: Exception) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -222,15 +223,24 @@ def run(args: argparse.Namespace) -> int:
         assert federation is not None
         lambda_a, lambda_b = system.lambda_envs.values()
         regions_lines = _regions_banner(system.regions, issuer, delay)
+        # Every path and value in the lines below goes through shlex.quote, so that the
+        # commands run as printed (bash, dash, zsh) whatever --state-dir holds (a space,
+        # a quote); a plain path or URL comes out unchanged.
+        q = shlex.quote
+        workload_env = q(str(system.workload_env))
+        introspection_env = q(str(system.introspection_env))
+        operator_env = q(str(system.state_dir / "operator.env"))
+        eks_token = q(str(federation.eks_token.path))
+        endpoint, audience = q(issuer), q(DEMO_AUDIENCE)
         print(
             f"""tokex local is running (Ctrl-C stops it)
   issuer          {issuer}
   token endpoint  {issuer}/token
   JWKS            {issuer}/.well-known/jwks.json
   discovery       {issuer}/.well-known/openid-configuration
-  introspection   {issuer}/introspect  (demo client -> {system.introspection_env})
+  introspection   {issuer}/introspect  (demo client -> {introspection_env})
 {regions_lines}  AWS emulator    {system.deployment.endpoint_url} (moto, SigV4 checks on)
-  demo workload   {DEMO_ROLE_ARN}  -> {system.workload_env}
+  demo workload   {DEMO_ROLE_ARN}  -> {workload_env}
   demo policies   audience {DEMO_AUDIENCE}, scopes {" ".join(DEMO_SCOPES)}, max TTL 900 s
                   audience {DEMO_INSTANCE_AUDIENCE}, needs instance identity evidence
                   audience {DEMO_AUDIENCE} with aws-oif or eks evidence too
@@ -238,23 +248,24 @@ def run(args: argparse.Namespace) -> int:
   demo EC2 IMDS   {system.imds.url} (instance {DEMO_INSTANCE_ID}; local-only certificate)
   local STS       {federation.sts_url} (AWS_ENDPOINT_URL_STS; GetWebIdentityToken, rest -> moto)
   OIF issuer      {federation.oif_issuer.url} (local-only)
-  EKS issuer      {federation.eks_issuer.url} (local-only; token -> {federation.eks_token.path})
-  demo Lambdas    tokex-demo-a -> {lambda_a}, tokex-demo-b -> {lambda_b}
-  operator        {system.state_dir / "operator.env"} (for tokex policy/clients/revoke)
+  EKS issuer      {federation.eks_issuer.url} (local-only; token -> {eks_token})
+  demo Lambdas    tokex-demo-a -> {q(str(lambda_a))}, tokex-demo-b -> {q(str(lambda_b))}
+  operator        {operator_env} (for tokex policy/clients/revoke)
 
 Try it:
-  . {system.workload_env}
-  tokex token --endpoint {issuer} --audience {DEMO_AUDIENCE} --scope demo:read
-  tokex token --endpoint {issuer} --audience {DEMO_INSTANCE_AUDIENCE} --instance-identity auto
-  tokex token --endpoint {issuer} --audience {DEMO_AUDIENCE} --evidence aws-oif
-  tokex token --endpoint {issuer} --audience {DEMO_AUDIENCE} --evidence eks \\
-    --token-file {federation.eks_token.path}
+  . {workload_env}
+  tokex token --endpoint {endpoint} --audience {audience} --scope demo:read
+  tokex token --endpoint {endpoint} --audience {q(DEMO_INSTANCE_AUDIENCE)} --instance-identity auto
+  tokex token --endpoint {endpoint} --audience {audience} --evidence aws-oif
+  tokex token --endpoint {endpoint} --audience {audience} --evidence eks \\
+    --token-file {eks_token}
 
 Introspect a token (RFC 7662):
-  . {system.introspection_env}
-  TOKEN=$(tokex token --audience {DEMO_AUDIENCE})
+  . {workload_env}
+  . {introspection_env}
+  TOKEN=$(tokex token --audience {audience}) && \\
   printf 'user = "%s:%s"\\ndata = "token=%s"\\n' "$TOKEX_INTROSPECTION_CLIENT_ID" \\
-    "$TOKEX_INTROSPECTION_CLIENT_SECRET" "$TOKEN" | curl -s -K - {issuer}/introspect
+    "$TOKEX_INTROSPECTION_CLIENT_SECRET" "$TOKEN" | curl -s -K - {q(issuer + "/introspect")}
 """,
             flush=True,
         )
