@@ -111,9 +111,9 @@ def test_invalid_allows_deny_whom_they_name_and_break_nothing_else(
 ) -> None:
     store.put(make_policy("good"))
     store.put(make_policy("billing", principals=["arn:aws:iam::123456789012:role/billing"]))
-    reserved = {**make_policy("reserved").to_document(), "claims": {"sub": "root"}}
+    bad_claim = {**make_policy("bad-claim").to_document(), "claims": {"bad name": "root"}}
     bad = {
-        "reserved": json.dumps(reserved),
+        "bad-claim": json.dumps(bad_claim),
         "mismatch": json.dumps(make_policy("other-id").to_document()),
         "unknown-field": json.dumps({**make_policy("unknown-field").to_document(), "note": 1}),
         # Not "no conditions": a conditioned allow whose template rendered a null.
@@ -136,8 +136,8 @@ def test_invalid_allows_deny_whom_they_name_and_break_nothing_else(
             ("orders-api",),
         )
     with pytest.raises(PolicyValidationError) as info:
-        store.get("reserved")
-    assert info.value.field == "claims.sub"
+        store.get("bad-claim")
+    assert info.value.field == "claims.bad name"
     assert info.value.consequence == (
         "the exchange denies the callers it names until it is fixed or deleted"
     )
@@ -160,8 +160,7 @@ def test_an_invalid_most_specific_allow_does_not_hand_its_callers_a_broader_one(
     store: PolicyStore, client: Any
 ) -> None:
     """Skipped, the invalid narrow allow let the broad one decide: the read-only caller
-    got every scope of the team's policy (an upgrade that reserves a claim name makes
-    such a policy invalid)."""
+    got every scope of the team's policy (a hand edit makes such a policy invalid)."""
     store.put(make_policy("orders-team", scopes=["orders:read", "orders:write", "orders:admin"]))
     narrow = make_policy(
         "orders-api-readonly", principals=["arn:aws:iam::123456789012:role/orders-api"]
@@ -169,7 +168,7 @@ def test_an_invalid_most_specific_allow_does_not_hand_its_callers_a_broader_one(
     assert _decision([Policy.from_document(narrow), *store.list()], "orders-api") == (
         "orders-api-readonly ['orders:read']"
     )
-    broken = json.dumps({**narrow, "claims": {"username": "orders"}})  # reserved since
+    broken = json.dumps({**narrow, "scopes": "orders:read"})  # not a list
     client.put_item(
         TableName=TABLE, Item={"id": {"S": "orders-api-readonly"}, "document": {"S": broken}}
     )
@@ -178,6 +177,36 @@ def test_an_invalid_most_specific_allow_does_not_hand_its_callers_a_broader_one(
     assert _decision(policies, "orders-api").startswith("refused: ")
     assert "denied by policy orders-api-readonly" in _decision(policies, "orders-api")
     assert _decision(policies, "orders-worker").startswith("orders-team ")  # not named by it
+
+
+def test_a_stored_allow_with_reserved_claim_names_or_unsafe_integers_still_allows(
+    store: PolicyStore, client: Any
+) -> None:
+    """Reserved since (`aws.account`, `SCOPE`, `scp`, `role`) or refused since (an integer
+    beyond 2^53-1): put refuses such a document, but one an earlier version stored (or a
+    hand edit) read as invalid would turn an allow into a deny of whom it names after an
+    upgrade. It loads; build_claims leaves the reserved names out of its tokens."""
+    claims = {
+        "aws.account": "999999999999",
+        "SCOPE": "orders:admin",
+        "scp": "orders:write",
+        "role": "admin",
+        "sub": "root",
+        "big": 2**60,
+        "team": "orders",
+    }
+    document = {**make_policy("orders-api-readonly").to_document(), "claims": claims}
+    with pytest.raises(PolicyValidationError):
+        Policy.from_document(document)  # as `tokex policy validate/put` judge it
+    client.put_item(
+        TableName=TABLE,
+        Item={"id": {"S": "orders-api-readonly"}, "document": {"S": json.dumps(document)}},
+    )
+    policies, invalid = store.load_all()
+    assert invalid == []
+    [policy] = policies
+    assert (policy.effect, policy.claims) == ("allow", claims)
+    assert _decision(policies, "orders-api") == "orders-api-readonly ['orders:read']"
 
 
 @pytest.mark.parametrize(

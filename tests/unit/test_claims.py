@@ -144,3 +144,54 @@ def test_reserved_claims_can_never_be_overridden() -> None:
     honest = claims(scopes=(), jti=issued["jti"])
     assert issued == {**honest, "team": "payments"}
     assert not any(value == "evil" for value in issued.values())
+
+
+# A policy stored before these names were reserved (or written by hand) still has them:
+# each would stand in for a claim tokex sets at some reader (mod_auth_openidc reads
+# `aws.account` as a top-level key, a case-insensitive reader `SUB` as `sub`, Spring
+# `scp` in place of an absent `scope`, .NET `role` as `roles`).
+STANDING_IN = {
+    "aws.account": "999999999999",
+    "aws.evidence": "eks",
+    "aws.instance.id": "i-0123456789abcdef0",
+    "AWS": {"account": "999999999999"},
+    "SCOPE": "demo:admin",
+    "Scope:demo": "admin",
+    "Sub": "arn:aws:iam::999999999999:role/admin",
+    "ISS": "https://evil.example.com",
+    "Client_ID": "admin",
+    "scp": "demo:write",
+    "role": "admin",
+}
+
+
+def test_claims_standing_in_for_reserved_ones_are_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="tokex.tokens.claims"):
+        issued = claims(extra_claims={**STANDING_IN, "team": "payments"}, scopes=())
+    honest = claims(scopes=(), jti=issued["jti"])
+    assert issued == {**honest, "team": "payments"}
+    assert issued["aws"]["account"] == "123456789012" and "aws.account" not in issued
+    assert not {name.casefold() for name in issued} & {"scp", "role"}
+    [warning] = [r for r in caplog.records if r.name == "tokex.tokens.claims"]
+    assert warning.levelname == "WARNING" and "policy demo" in warning.getMessage()
+    assert "'aws.account'" in warning.getMessage() and "'team'" not in warning.getMessage()
+
+
+def test_a_policy_s_left_out_claims_are_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="tokex.tokens.claims"):
+        for _ in range(3):
+            claims(policy_id="warned-once", extra_claims={"aws.region": "x"})
+    assert len([r for r in caplog.records if "warned-once" in r.getMessage()]) == 1
+
+
+def test_tokex_s_claims_come_first_then_the_policy_s() -> None:
+    """A reader that takes the first of two names it cannot tell apart finds tokex's."""
+    issued = claims(extra_claims={"team": "payments", "tier": 2}, jti="fixed")
+    assert list(issued) == [
+        "iss", "sub", "client_id", "aud", "iat", "nbf", "exp", "jti", "policy", "aws",
+        "scope", "team", "tier",
+    ]  # fmt: skip

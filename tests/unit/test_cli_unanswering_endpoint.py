@@ -70,8 +70,9 @@ def operator(tmp_path: Path, endpoint: str, *argv: str) -> subprocess.CompletedP
         capture_output=True,
         text=True,
         # botocore's defaults took 481 s here; the bounded config, CLI_MAX_ATTEMPTS reads
-        # of READ_TIMEOUT seconds and their backoff, well under this.
-        timeout=120,
+        # of READ_TIMEOUT seconds and their backoff, about 47 s: under this even on a
+        # machine loaded many times over (a run at load 11 took over 120 s).
+        timeout=300,
         env=env,
         check=False,
     )

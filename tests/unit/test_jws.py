@@ -137,6 +137,26 @@ def test_oversized_token_refused_before_signing(signer: LocalSigner) -> None:
     assert "xxx" not in caught.value.description
 
 
+def test_too_large_names_scopes_only_when_some_were_granted(signer: LocalSigner) -> None:
+    """With no scope granted, "request fewer scopes" sent the caller after a request that
+    cannot help: the policy's claims for this caller and audience make it large."""
+    padded = {**CLAIMS, "pad": "x" * MAX_SIGNING_INPUT_BYTES}
+    with pytest.raises(TokenTooLarge) as with_scopes:
+        encode_jwt(padded, signer)
+    assert with_scopes.value.description.endswith("; request fewer scopes")
+    without = {name: value for name, value in padded.items() if name != "scope"}
+    with pytest.raises(TokenTooLarge) as without_scopes:
+        encode_jwt(without, signer)
+    description = without_scopes.value.description
+    assert "fewer scopes" not in description
+    assert "4096" in description and "the policy's claims" in description
+    assert "xxx" not in description
+    assert (without_scopes.value.status, without_scopes.value.error) == (400, "invalid_request")
+    assert without_scopes.value.reason == with_scopes.value.reason.replace(
+        str(with_scopes.value.size), str(without_scopes.value.size)
+    )
+
+
 def _b64_len(data: bytes) -> int:
     return len(base64.urlsafe_b64encode(data).rstrip(b"="))
 

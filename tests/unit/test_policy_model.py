@@ -388,3 +388,90 @@ def test_from_document_does_not_mutate_input() -> None:
     before = copy.deepcopy(doc)
     Policy.from_document(doc)
     assert doc == before
+
+
+# Names relying parties read as, or in place of, a claim tokex sets or one they give a
+# meaning to: a dotted name is a top-level key to mod_auth_openidc's `Require claim
+# aws.account:...`, a reader that ignores case finds `SUB` as `sub`, Spring reads `scp`
+# when there is no `scope`, .NET maps `role` as it maps `roles`.
+@pytest.mark.parametrize(
+    ("name", "reserved"),
+    [
+        ("aws.account", "'aws'"),
+        ("aws.evidence", "'aws'"),
+        ("aws.instance.id", "'aws'"),
+        ("aws:account", "'aws'"),
+        ("Scope:orders", "'scope'"),
+        ("sub.x", "'sub'"),
+        ("SCOPE", "'scope'"),
+        ("Sub", "'sub'"),
+        ("ISS", "'iss'"),
+        ("AWS", "'aws'"),
+        ("Client_ID", "'client_id'"),
+        ("Aud_Kid", "'aud_kid'"),
+        ("scp", None),
+        ("SCP", "'scp'"),
+        ("scp:orders", "'scp'"),
+        ("role", None),
+        ("Role.admin", "'role'"),
+    ],
+)
+def test_a_claim_that_stands_in_for_a_reserved_one_is_refused(
+    name: str, reserved: str | None
+) -> None:
+    error = refused(allow_doc(claims={name: "999999999999"}))
+    assert error.field == f"claims.{name}"
+    assert error.message.startswith("reserved claim (")
+    if reserved is not None:  # names the claim it would stand in for
+        assert reserved in error.message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "team",
+        "awsome",
+        "subject",
+        "scopes_note",
+        "roles_x",
+        "x.sub",
+        "x:aws",
+        "cognito:groups",
+        "a-aws",
+    ],
+)
+def test_a_claim_that_only_begins_like_a_reserved_one_is_accepted(name: str) -> None:
+    assert Policy.from_document(allow_doc(claims={name: "x"})).claims == {name: "x"}
+
+
+SAFE = 2**53 - 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [SAFE + 1, -(SAFE + 1), 10**400, [1, 2**64], {"a": {"b": [-(10**20)]}}],
+    ids=["2^53", "-2^53", "400-digits", "in-a-list", "nested"],
+)
+def test_an_integer_beyond_ijson_range_is_refused_asking_for_a_string(value: Any) -> None:
+    error = refused(allow_doc(claims={"n": value}))
+    assert error.field == "claims.n"
+    assert "RFC 7493" in error.message and "string" in error.message
+
+
+def test_integers_within_ijson_range_and_other_numbers_are_accepted() -> None:
+    claims = {"max": SAFE, "min": -SAFE, "flag": True, "f": 1e300, "n": None, "s": str(2**64)}
+    assert Policy.from_document(allow_doc(claims=claims)).claims == claims
+
+
+def test_a_stored_document_keeps_reserved_names_and_unsafe_integers() -> None:
+    """Read back from the table (`stored`), such a document is still an allow: refused,
+    an upgrade would turn it into a deny of whom it names (build_claims leaves the
+    reserved names out of the token)."""
+    claims = {"aws.account": "999999999999", "SCOPE": "x", "scp": "y", "big": 2**64}
+    document = allow_doc(claims=claims)
+    with pytest.raises(PolicyValidationError):
+        Policy.from_document(document)
+    assert Policy.from_document(document, stored=True).claims == claims
+    # The rest of the claims' rules still hold for a stored document.
+    with pytest.raises(PolicyValidationError):
+        Policy.from_document(allow_doc(claims={"bad name": 1}), stored=True)

@@ -815,6 +815,24 @@ def test_scopes_are_a_list_not_one_string(issuer) -> None:
     assert issuer.exchanges == 0
 
 
+@pytest.mark.parametrize(
+    "scopes",
+    [[""], ["orders:read", ""], [" "], ["orders:read\torders:write"], ["two words"], ['say"hi']],
+    ids=["empty", "one-empty", "space", "tab", "space-inside", "quote"],
+)
+def test_a_scope_that_is_no_scope_token_is_refused_before_any_exchange(issuer, scopes) -> None:
+    """`[""]` was sent as `scope=`, which the exchange reads as no scope: every scope the
+    policy grants, where the least was asked for."""
+    client = TokenClient(issuer.url)
+    for ask in (
+        lambda: client.token("orders-api", scopes),
+        lambda: request_token(issuer.url, "orders-api", scopes=scopes),
+    ):
+        with pytest.raises(ValueError, match="is not a scope"):
+            ask()
+    assert issuer.exchanges == 0
+
+
 def test_scopes_given_as_an_iterator_are_asked_for_and_cached_as_given(issuer) -> None:
     """The cache key used the iterator up: the exchange then asked for no scope, every
     scope the policy grants, and cached that under the narrower request."""

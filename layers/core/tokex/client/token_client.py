@@ -1070,10 +1070,22 @@ _CLIENT_OPTIONS = frozenset(
 def check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     """The scopes as a tuple, read once (an iterator read twice is empty the second time,
     which would ask for every scope the policy grants); a list of scopes, not one string
-    (which would ask for each of its characters)."""
+    (which would ask for each of its characters), each an RFC 6749 §3.3 scope-token, as
+    `--scope` is checked: `[""]` would be sent as `scope=`, which the exchange reads as no
+    scope, every scope the policy grants; a space or a tab in one would ask for others."""
     if isinstance(scopes, str | bytes):
         raise TypeError(f"scopes must be a list of scopes, not one string: [{scopes!r}]")
-    return tuple(scopes)
+    checked = tuple(scopes)
+    for scope in checked:
+        if not isinstance(scope, str):
+            raise TypeError(f"each scope must be a string, not {type(scope).__name__}")
+        if not identifiers.is_scope_token(scope):
+            raise ValueError(
+                f"scope {scope[:140]!r} is not a scope: 1-128 printable ASCII characters "
+                'without spaces, " or \\ (RFC 6749 section 3.3); leave scopes out to ask '
+                "for every scope the policy grants"
+            )
+    return checked
 
 
 @dataclass(frozen=True)

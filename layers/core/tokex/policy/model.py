@@ -1,8 +1,10 @@
 """The policy document (docs/policies.md "The document"), validated when it is written.
 
 `Policy.from_document` is the gate: every document that reaches evaluation went through it,
-so evaluation never meets a malformed pattern, a reserved claim or an oversized TTL. Each
-refusal names the field (`principals[0]`, `instance.regions[1]`, `claims.sub`).
+so evaluation never meets a malformed pattern or an oversized TTL. Each refusal names the
+field (`principals[0]`, `instance.regions[1]`, `claims.sub`). A reserved claim name is
+refused when a document is written; one read back from the table may still have it (stored
+before its name was reserved): build_claims leaves it out of the token.
 
 A selector that could never match the evidence a policy accepts (principals on an
 EKS-only policy, workload attributes without `aws-oif`) is refused here, as a pathed role
@@ -26,7 +28,7 @@ from tokex.policy.fields import PolicyValidationError
 from tokex.policy.globs import GlobError, check_principal_pattern
 from tokex.policy.selectors import DAYS, Conditions, EksSelectors, TimeWindow, WorkloadSelectors
 from tokex.strict_json import json_depth
-from tokex.tokens.claims import RESERVED_CLAIMS
+from tokex.tokens.claims import reserved_claim_reason
 
 # The public names, the selectors' among them: evaluation, the adapters, the CLI and the
 # tests import them from here, where they were before selectors.py and fields.py.
@@ -46,6 +48,10 @@ MAX_CLAIMS_BYTES = 2048
 # Nesting of a claim's value: far above any real claim, far below what would exhaust the
 # stack of whatever copies or parses the token's claims (2 KiB of `[` is 1,000 levels).
 MAX_CLAIM_DEPTH = 16
+# I-JSON (RFC 7493 §2.2): an integer beyond ±(2^53 - 1) is read differently by different
+# readers (JavaScript's JSON.parse rounds 12345678901234567890 to 12345678901234567000,
+# and reads 400 digits as Infinity).
+MAX_SAFE_INTEGER = 2**53 - 1
 MAX_DESCRIPTION_LENGTH = 1024
 
 POLICY_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -248,7 +254,7 @@ class Policy:
             ),
             max_ttl_seconds=_max_ttl(doc.get("max_ttl_seconds"), ttl_cap),
             instance=None if instance is None else InstanceConditions.from_document(instance),
-            claims=_claims(doc.get("claims", {})),
+            claims=_claims(doc.get("claims", {}), stored=stored),
             enabled=fields.boolean(doc.get("enabled", True), "enabled"),
             evidence=evidence,
             eks=eks,
@@ -376,16 +382,23 @@ def _max_ttl(value: object, ttl_cap: int) -> int | None:
     return value
 
 
-def _claims(value: object) -> dict[str, Any]:
-    """Static extra claims: never a reserved name (docs/policies.md "The document"), JSON,
-    at most 2 KiB."""
+def _claims(value: object, *, stored: bool = False) -> dict[str, Any]:
+    """Static extra claims: never a reserved name (docs/policies.md "The document"), JSON
+    with no integer beyond I-JSON's range, at most 2 KiB.
+
+    A stored document (`stored`) is read back with reserved names and unsafe integers as
+    they are: refused, an allow an earlier version accepted would deny the callers it
+    names after an upgrade that reserves a name (a document that may be a deny: 503 for
+    everyone). build_claims leaves reserved names out of the token; such an integer is
+    issued as before."""
     claims = fields.mapping(value, "claims")
     for name in claims:
         where = f"claims.{str(name)[:64]}"
         if not isinstance(name, str) or not _CLAIM_NAME.fullmatch(name):
             raise PolicyValidationError(where, "claim name must be 1-64 of A-Za-z0-9._:-")
-        if name in RESERVED_CLAIMS:
-            raise PolicyValidationError(where, "reserved claim: tokex sets it itself")
+        reserved = reserved_claim_reason(name)
+        if reserved is not None and not stored:
+            raise PolicyValidationError(where, f"reserved claim ({reserved})")
         try:
             text = json.dumps(claims[name], allow_nan=False, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError):
@@ -394,6 +407,12 @@ def _claims(value: object) -> dict[str, Any]:
             raise PolicyValidationError(where, f"at most {MAX_CLAIM_DEPTH} levels of nesting")
         if not _is_unicode_text(text):
             raise PolicyValidationError(where, UNICODE_RULE)
+        if not stored and _has_unsafe_integer(claims[name]):
+            raise PolicyValidationError(
+                where,
+                f"an integer beyond ±{MAX_SAFE_INTEGER} (2^53-1, RFC 7493 §2.2): readers "
+                "disagree on its value (JavaScript rounds it); write it as a string",
+            )
     encoded = canonical_json(dict(claims))
     if len(encoded.encode()) > MAX_CLAIMS_BYTES:
         raise PolicyValidationError(
@@ -404,6 +423,20 @@ def _claims(value: object) -> dict[str, Any]:
     # A deep copy, detached from the caller's objects (tuples become lists, as in JSON).
     copied: dict[str, Any] = json.loads(encoded)
     return copied
+
+
+def _has_unsafe_integer(value: object) -> bool:
+    """An integer (not a boolean) beyond ±MAX_SAFE_INTEGER anywhere in a claim's value,
+    whose nesting is already known to be at most MAX_CLAIM_DEPTH."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) > MAX_SAFE_INTEGER
+    if isinstance(value, Mapping):
+        return any(_has_unsafe_integer(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_unsafe_integer(item) for item in value)
+    return False
 
 
 UNICODE_RULE = "must be Unicode text (no lone surrogates: UTF-8 cannot carry them)"

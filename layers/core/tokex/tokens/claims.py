@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -10,8 +12,12 @@ from typing import Any
 from tokex.errors import InvalidGrant
 from tokex.evidence.identity import SIGV4, CallerIdentity, InstanceIdentity
 
-# Claims tokex sets itself. A policy's static claims can never set or override these
-# (docs/policies.md "The document": refused when the policy is written).
+log = logging.getLogger(__name__)
+
+# Claims tokex sets itself, and claims relying parties give a meaning of their own
+# (identity, authorization). A policy's static claims can never set, override or stand in
+# for these (docs/policies.md "The document"): `reserved_claim` says which names do,
+# refused when the policy is written, left out of the token when a stored one has them.
 # fmt: off
 RESERVED_CLAIMS = frozenset(
     {
@@ -21,9 +27,52 @@ RESERVED_CLAIMS = frozenset(
         # RFC 7662 §2.2 response members: a gateway may map them to its own identities
         # (Kong's oauth2-introspection `consumer_by: username`).
         "active", "token_type", "username",
+        # Read in place of `scope` and `roles`: Spring Security's default authorities
+        # converter reads `scp` when a token has no `scope` (tokex leaves `scope` out when
+        # it grants none), and .NET maps `role` to its role claim type as it maps `roles`.
+        "scp", "role",
     }
 )
 # fmt: on
+# Where a claim name's first segment ends. Relying parties that address claims by path
+# read a dotted name as the top-level key that spells it, or as a member:
+# mod_auth_openidc's `Require claim aws.account:...` matched a top-level "aws.account".
+# `_CLAIM_NAME` (policy/model.py) allows `.` and `:` in names; `/` is listed too, for a
+# name that never went through it.
+_SEGMENT_END = re.compile(r"[.:/]")
+
+
+def reserved_claim(name: str) -> str | None:
+    """The reserved claim `name` would set or stand in for, None if none: compared
+    case-insensitively (a reader that ignores case finds `SUB` as it finds `sub`), the
+    name itself, or its first segment before `.`, `:` or `/` (`aws.account`,
+    `scope:admin`)."""
+    folded = name.casefold()
+    if folded in RESERVED_CLAIMS:
+        return folded
+    first = _SEGMENT_END.split(folded, maxsplit=1)[0]
+    return first if first in RESERVED_CLAIMS else None
+
+
+def reserved_claim_reason(name: str) -> str | None:
+    """Why `name` is reserved, for a refusal (`claims.<name>: reserved claim (...)`)."""
+    reserved = reserved_claim(name)
+    if reserved is None:
+        return None
+    if name == reserved:
+        return "tokex sets it, or relying parties give it a meaning of their own"
+    if name.casefold() == reserved:
+        return f"{reserved!r} in another case, which a reader that ignores case takes for it"
+    return (
+        f"names beginning '{reserved}.' or '{reserved}:' stand in for {reserved!r} at "
+        "relying parties that read them as paths"
+    )
+
+
+# Policies whose reserved claim names were left out of a token, and which: warned about
+# once per environment (up to _MAX_WARNED of them remembered, then at every token).
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()
+_MAX_WARNED = 1024
 # 24 bytes = 192 bits from the OS CSPRNG (contract: `jti` has at least 128 random bits).
 JTI_BYTES = 24
 
@@ -48,9 +97,11 @@ def build_claims(
 ) -> dict[str, Any]:
     """The claims of an access token (docs/contract.md "The access token (RFC 9068 profile)").
 
-    The policy's static claims go in first and every claim tokex sets is written after
-    them, so they can never override one; reserved names are also skipped here, in case a
-    policy that predates a reservation is still stored.
+    tokex's own claims come first, then the policy's static claims: a reader that takes
+    the first of two names it cannot tell apart finds tokex's. A policy's claim whose name
+    is reserved (`reserved_claim`) is left out, with a warning: `put` refuses one, but a
+    policy stored by an earlier version, or by hand, may still have it, and it must
+    neither stand in for a claim of tokex's nor make the policy deny (docs/policies.md).
     """
     if ttl_seconds <= 0:
         raise ValueError("ttl_seconds must be positive")
@@ -61,29 +112,46 @@ def build_claims(
             "instance identity evidence is not bound to the caller",
             reason="instance_identity_unbound",
         )
-    claims: dict[str, Any] = {
-        name: value
-        for name, value in extra_claims.items()
-        if isinstance(name, str) and name not in RESERVED_CLAIMS
-    }
     aws = aws_claim(caller)
     if instance is not None:
         aws["instance"] = instance.claims()
-    claims.update(
-        iss=issuer,
-        sub=caller.principal_arn,
-        client_id=caller.principal_arn,
-        aud=audience,
-        iat=now,
-        nbf=now,
-        exp=now + ttl_seconds,
-        jti=jti if jti is not None else new_jti(),
-        policy=policy_id,
-        aws=aws,
-    )
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": caller.principal_arn,
+        "client_id": caller.principal_arn,
+        "aud": audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl_seconds,
+        "jti": jti if jti is not None else new_jti(),
+        "policy": policy_id,
+        "aws": aws,
+    }
     if scopes:
         claims["scope"] = " ".join(scopes)
+    left_out: list[str] = []
+    for name, value in extra_claims.items():
+        if isinstance(name, str) and reserved_claim(name) is None and name not in claims:
+            claims[name] = value
+        else:
+            left_out.append(str(name))
+    if left_out:
+        _warn_left_out(policy_id, left_out)
     return claims
+
+
+def _warn_left_out(policy_id: str, names: list[str]) -> None:
+    key = (policy_id, tuple(names))
+    if key in _WARNED:
+        return
+    if len(_WARNED) < _MAX_WARNED:
+        _WARNED.add(key)
+    log.warning(
+        "policy %s: claims %s left out of its tokens: reserved claim names "
+        "(docs/policies.md); remove them from the policy",
+        policy_id,
+        ", ".join(repr(name[:64]) for name in names),
+    )
 
 
 def aws_claim(caller: CallerIdentity) -> dict[str, Any]:

@@ -29,14 +29,21 @@ class TokenTooLarge(InvalidRequest):
 
     Its size grows with what was asked for and granted (audience, scopes, the policy's
     static claims), so it is a refusal of this request, never a 500 or a 503: retrying
-    cannot help, asking for less can. The description names the limit only, never the
-    claims that made it large.
+    cannot help, asking for less can. The description says what is large — the scopes
+    only when some were granted (`scopes`), else the policy's claims for this caller and
+    audience, which no request can make smaller — never the claims themselves.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, scopes: bool = True) -> None:
+        if scopes:
+            what = "its scopes and the policy's claims make it too large; request fewer scopes"
+        else:
+            what = (
+                "no scope was granted: the policy's claims for this caller and audience "
+                "make it too large"
+            )
         super().__init__(
-            f"the token would exceed the {MAX_SIGNING_INPUT_BYTES}-byte signing limit; "
-            "request fewer scopes",
+            f"the token would exceed the {MAX_SIGNING_INPUT_BYTES}-byte signing limit; {what}",
             reason=f"token_too_large: signing input {size} bytes",
         )
         self.size = size
@@ -96,9 +103,16 @@ def encode_jwt(claims: Mapping[str, Any], signer: Signer) -> str:
     if alg not in SIGNING_ALGS:
         raise ValueError(f"unsupported signing algorithm {alg!r}")
     payload = json.dumps(dict(claims), separators=(",", ":"), allow_nan=False).encode("utf-8")
-    return _jws.encode(
-        payload,
-        signer,  # type: ignore[arg-type]  # _SignerAlgorithm.prepare_key takes a Signer
-        algorithm=alg,
-        headers={"typ": ACCESS_TOKEN_TYP, "kid": signer.kid},
-    )
+    try:
+        return _jws.encode(
+            payload,
+            signer,  # type: ignore[arg-type]  # _SignerAlgorithm.prepare_key takes a Signer
+            algorithm=alg,
+            headers={"typ": ACCESS_TOKEN_TYP, "kid": signer.kid},
+        )
+    except TokenTooLarge as too_large:
+        if "scope" in claims:
+            raise
+        # No scope granted: "request fewer scopes" would send the caller looking for
+        # a request that cannot help.
+        raise TokenTooLarge(too_large.size, scopes=False) from None
