@@ -110,13 +110,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        help="reuse a token kept in DIR while it has more than 20%% of its lifetime left, and "
-        "keep new ones there (files of mode 0600 per endpoint, audience, scopes, evidence and "
-        "AWS access key, or service account and token file; DIR is made 0700 and refused if "
-        "others may write to it); with --instance-identity auto, a token obtained without "
-        "instance evidence is reused only once a later run's IMDS read gave none either; "
-        "also a multi-Region issuer's discovery document, to fail over with while "
-        "discovery is down. Default: no cache, nothing written",
+        help="reuse a token kept in DIR while it has more than 20%% of its lifetime left and the "
+        "issuer's JWKS still lists its key (a JWKS that cannot be read does not stop it), and keep"
+        " new ones there (files of mode 0600 per endpoint, audience, scopes, evidence and AWS "
+        "access key, or service account and token file; DIR is made 0700 and refused if others may"
+        " write to it); with --instance-identity auto, a token obtained without instance evidence "
+        "is reused only once a later run's IMDS read gave none either; also a multi-Region "
+        "issuer's discovery document, to fail over with while discovery is down. Default: no "
+        "cache, nothing written",
     )
     parser.add_argument("--json", action="store_true", help="print the whole JSON response")
     parser.add_argument(
@@ -321,21 +322,24 @@ def _token_response(
                 keys[state] = disk_cache.cache_key(**fields, instance_evidence=state)
         else:
             keys[None] = disk_cache.cache_key(**fields)
+    # --timeout bounds the check of a cached token's key, the IMDS reads and the exchange
+    # together; the check and the reads each get at most half of what is left, so that a
+    # dropped token, or `auto` without IMDS, still has time for the exchange.
+    ends = time.monotonic() + timeout
+    published = _PublishedKeys(args.issuer or endpoint, timeout / 2, args.verbose)
+    if cache_dir is not None:
         served = (None, disk_cache.EVIDENCE_SENT, disk_cache.EVIDENCE_MISSED_AGAIN)
         for served_state in served:  # without reading IMDS
             if served_state in keys:
-                cached = _cached(cache_dir, keys[served_state], args.verbose)
+                cached = _cached(cache_dir, keys[served_state], args.verbose, published)
                 if cached is not None:
                     return cached
     sent = time.time()  # the cached lifetime counts from before it was asked for
     sent_boot = disk_cache.boot_clock() if keys else None
-    # --timeout bounds the IMDS reads and the exchange together; the reads get at most
-    # half of it, so that `auto` without IMDS still has time for the exchange.
-    ends = time.monotonic() + timeout
-    instance_evidence = _instance_evidence(args, timeout / 2, session)
+    instance_evidence = _instance_evidence(args, _left(ends) / 2, session)
     if cache_dir is not None and keys and instance_evidence is None:
         missed = keys.get(disk_cache.EVIDENCE_MISSED)
-        if missed is not None and (cached := _cached(cache_dir, missed, args.verbose)):
+        if missed is not None and (cached := _cached(cache_dir, missed, args.verbose, published)):
             # IMDS gave nothing in two runs: off EC2, most likely (see above).
             again = keys[disk_cache.EVIDENCE_MISSED_AGAIN]
             try:
@@ -345,7 +349,7 @@ def _token_response(
             except OSError as err:  # the token is good: serve it, say why it was not kept
                 print(f"tokex token: --cache-dir: not cached: {err}", file=sys.stderr)
             return cached
-    left = max(ends - time.monotonic(), 0.001)
+    left = _left(ends)
     kept_in = None if args.issuer else cache_dir  # --issuer: no discovery at all
     with _attempts_told(args.verbose), _discovery_kept(kept_in, endpoint):
         response = request_token(
@@ -379,15 +383,82 @@ def _token_response(
     return response
 
 
-def _cached(cache_dir: Path, key: dict[str, Any], verbose: bool) -> dict[str, Any] | None:
-    """The fresh token `cache_dir` keeps for `key`, if any (-v says which file)."""
+def _left(ends: float) -> float:
+    """The seconds left until `ends` (monotonic clock); a spent budget still starts nothing
+    that would not fail at once."""
+    return max(ends - time.monotonic(), 0.001)
+
+
+def _cached(
+    cache_dir: Path, key: dict[str, Any], verbose: bool, published: _PublishedKeys
+) -> dict[str, Any] | None:
+    """The fresh token `cache_dir` keeps for `key`, if any (-v says which file), unless the
+    issuer no longer publishes the key that signed it: then the file is removed, and the
+    run gets a new token."""
     from tokex.client import disk_cache
 
     cache_file = cache_dir / disk_cache.cache_file_name(key)
     cached = disk_cache.read_cached(cache_file)
-    if cached is not None and verbose:
+    if cached is None:
+        return None
+    if not published.signed(cached["access_token"]):
+        if verbose:
+            print(
+                f"tokex token: cached token in {cache_file} is signed by a key the issuer no "
+                "longer publishes: getting a new one",
+                file=sys.stderr,
+            )
+        with contextlib.suppress(OSError):  # the exchange's write replaces it anyway
+            cache_file.unlink()
+        return None
+    if verbose:
         print(f"tokex token: cached token from {cache_file}", file=sys.stderr)
     return cached
+
+
+class _PublishedKeys:
+    """Whether a cached token is signed by a key the issuer publishes now. The cache key
+    (endpoint, audience, principal...) stays the same when the issuer's keys change: each
+    start of `tokex local` makes new ones, an emergency rotation removes one from the JWKS;
+    a token of the old key, served for up to 80 % of its lifetime, would be refused by
+    every verifier. So the issuer's JWKS is read once per run that finds a cached token
+    (one small GET: `{iss}/.well-known/jwks.json`, which docs/contract.md fixes for every
+    tokex issuer, so `--issuer` runs, which read no discovery, are checked too), within
+    `timeout`, and a token whose `kid` it does not list is a miss.
+
+    A JWKS that cannot be read (no answer, an error status, no JWKS) serves the cached
+    token as before: the cache must not turn a JWKS outage into an exchange per run (the
+    issuer that cannot serve its JWKS most likely cannot exchange either, and its
+    verifiers, that fetch the same JWKS, keep the keys they have), nor stop serving the
+    tokens it keeps while the workload is cut off from the issuer. A key is published
+    before it signs (docs/deploy.md "Key rotation"), so a fresh token's `kid` is listed;
+    one signing before it is published (a forced rotation) costs an exchange per run
+    until the JWKS lists it, and its tokens verify nowhere until then either."""
+
+    def __init__(self, issuer: str, timeout: float, verbose: bool) -> None:
+        self._issuer = issuer
+        self._timeout = timeout
+        self._verbose = verbose
+        self._kids: frozenset[str] | None = None
+        self._read = False
+
+    def signed(self, token: str) -> bool:
+        """False when the JWKS was read and does not list the `kid` of `token` (a token
+        that names none included: tokex's always do); True otherwise."""
+        from tokex.client import disk_cache
+        from tokex.client.token_client import TokenError
+
+        if not self._read:  # at most once per run
+            self._read = True
+            try:
+                self._kids = disk_cache.published_kids(self._issuer, timeout=self._timeout)
+            except TokenError as err:
+                if self._verbose:
+                    print(
+                        f"tokex token: cannot check the cached token's key: {err}",
+                        file=sys.stderr,
+                    )
+        return self._kids is None or disk_cache.token_kid(token) in self._kids
 
 
 @contextlib.contextmanager

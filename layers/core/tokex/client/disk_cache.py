@@ -28,6 +28,11 @@ write to (0700 when tokex makes it: `private_files.open_private_dir`), written a
 more than 20 % of its lifetime is left, the rule of the in-memory cache (`REFRESH_AT`),
 and only if it is a bearer token, as the token endpoint's answer had to be.
 
+A cached token is served only while the issuer still publishes the key that signed it
+(`published_kids`, `token_kid`: cli/token.py's rule): each start of `tokex local` makes new
+signing keys, and an emergency rotation removes a key from the JWKS, but neither changes
+the key of the request.
+
 The endpoint's discovery document is kept too (`read_discovery`, `write_discovery`): a run
 reads it only when discovery gets no usable answer, to fail over between the Regions it
 lists while the home Region, which publishes it, is down (token_client.current_discovery).
@@ -56,13 +61,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tokex import base64url
 from tokex.client.token_client import (
     BEARER_TOKEN,
     CachedToken,
     Discovery,
     TokenError,
+    _get_json,
     discovery_of,
 )
+from tokex.client.token_error import NOT_TOKEX
 from tokex.private_files import is_own_private_file, read_own_private, write_private
 from tokex.regions import DISCOVERY_MEMBER
 
@@ -280,6 +288,37 @@ def write_cached(
     if boot is not None:
         entry["boot"] = list(boot)
     write_private(path, json.dumps(entry))
+
+
+def token_kid(token: str) -> str | None:
+    """The `kid` of a compact JWS's protected header (a tokex token always names one); None
+    for a token that is no JWS or whose header names none."""
+    header, dot, _ = token.partition(".")
+    if not dot:
+        return None
+    try:
+        decoded = json.loads(base64url.decode(header))
+    except (ValueError, RecursionError):  # not base64url, not JSON (UnicodeError included)
+        return None
+    kid = decoded.get("kid") if isinstance(decoded, dict) else None
+    return kid if isinstance(kid, str) else None
+
+
+def published_kids(issuer: str, *, timeout: float) -> frozenset[str]:
+    """The `kid`s of the keys `issuer` publishes now: one GET of its JWKS, which is
+    `{iss}/.well-known/jwks.json` for every tokex issuer (docs/contract.md "Issuer"), as
+    the client's other requests are made (no redirect followed, at most 64 KiB, all within
+    `timeout`). A TokenError when no JWKS came: no answer, a non-2xx, or an answer that is
+    no `{"keys": [...]}`."""
+    from tokex.tokens.jwks import JWKS_PATH
+
+    url = issuer.rstrip("/") + JWKS_PATH
+    keys = _get_json(url, timeout).get("keys")
+    if not isinstance(keys, list):
+        raise TokenError(f"{url} answered a JSON object that is no JWKS", error=NOT_TOKEX, url=url)
+    return frozenset(
+        jwk["kid"] for jwk in keys if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str)
+    )
 
 
 def discovery_file(directory: Path, endpoint: str) -> Path:
