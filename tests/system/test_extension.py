@@ -119,13 +119,15 @@ def routes(listen_port: int, upstream: str | None = None) -> dict[str, str]:
 
 
 @contextmanager
-def extension(env: dict[str, str], port: int) -> Iterator[Extension]:
-    """The extension started as Lambda starts it, with `env`, its proxy on `port`; killed
-    if a test left it running."""
+def extension(
+    env: dict[str, str], port: int, command: tuple[str, ...] = ("-m", "tokex.extension")
+) -> Iterator[Extension]:
+    """The extension started as Lambda starts it, with `env`, its proxy on `port` (or with
+    the interpreter's arguments `command`); killed if a test left it running."""
     with ExtensionsApiEmulator() as platform:
         env = {**env, "AWS_LAMBDA_RUNTIME_API": platform.runtime_api}
         process = subprocess.Popen(
-            [sys.executable, "-m", "tokex.extension"],
+            [sys.executable, *command],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -535,3 +537,29 @@ def test_application_requests_at_once_each_get_their_own_answer_with_the_token(
     [authorization] = {echo["authorization"][0] for _, echo in answers}  # one token for all
     claims = verified(local_system, authorization.removeprefix("Bearer "), local_system.issuer)
     assert claims["scope"] == "demo:read"
+
+
+def test_the_extension_exits_at_shutdown_without_the_interpreters_own_exit(
+    local_system: LocalSystem, tmp_path: Path
+) -> None:
+    """After SHUTDOWN the process must be gone by the event's deadline, and the
+    interpreter's own exit (atexit handlers, module teardown, collection) has no bound on
+    a function's share of a vCPU: on a loaded machine it outlasted the margin the extension
+    keeps, and Lambda's kill came first. The extension ends its process itself once its
+    log is out, so not even an atexit handler that never returns holds it."""
+    marker = tmp_path / "atexit-ran"
+    command = (
+        "-c",
+        "import atexit, pathlib, runpy, time\n"
+        f"atexit.register(lambda: (pathlib.Path({str(marker)!r}).touch(), time.sleep(60)))\n"
+        "runpy.run_module('tokex.extension', run_name='__main__', alter_sys=True)\n",
+    )
+    port = free_port()
+    env = lambda_environment(
+        local_system, tmp_path, TOKEX_PROXY_ENDPOINT=local_system.issuer, **routes(port)
+    )
+    with extension(env, port, command) as running:
+        running.platform.wait_until_waiting(timeout=STARTUP_SECONDS)
+        running.stop()
+        assert running.logged("extension_stopped")
+    assert not marker.exists()

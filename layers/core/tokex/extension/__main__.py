@@ -5,6 +5,7 @@ import time
 # Before any import: `init_ms` counts the extension's imports too.
 STARTED = time.monotonic()
 
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
@@ -19,4 +20,13 @@ try:
 except ImportError as missing:  # botocore, in a container image that lacks it
     sys.exit(unsupported.refuse_missing(os.environ, missing))
 
-sys.exit(main(started=STARTED))
+status = main(started=STARTED)
+# Lambda kills the process at the SHUTDOWN event's deadline, and main keeps only
+# EXIT_MARGIN_SECONDS of it for the exit. The interpreter's own exit (atexit handlers,
+# module teardown, the collector over everything still alive, a thread still blocked on a
+# late upstream) has no bound, and runs on the function's small share of a vCPU: on a
+# loaded machine it outlasted the margin. So the process ends here, once its log is out.
+for stream in (sys.stdout, sys.stderr):
+    with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+        stream.flush()
+os._exit(status)
