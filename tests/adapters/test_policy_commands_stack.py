@@ -86,3 +86,29 @@ def test_stack_errors_are_clear(in_process_aws, capsys) -> None:
     in_process_aws.create_stack(StackName="not-tokex", TemplateBody=json.dumps(template))
     assert main(["policy", "list", "--stack", "not-tokex", "--region", "us-east-1"]) == 1
     assert "has no PolicyTableName output" in capsys.readouterr().err
+
+
+def test_explain_shows_the_claims_the_token_carries(in_process_aws, capsys, tmp_path) -> None:
+    """A policy stored before a claim name was reserved (or by hand) still allows, and the
+    token leaves that claim out (tokens/claims.py build_claims): explain shows the claims
+    as the token carries them, and says which were left out, where it showed them all."""
+    where = ["--stack", "tokex", "--region", "us-east-1"]
+    assert main(["policy", "put", write(tmp_path / "p.json", CLI_POLICY), *where]) == 0
+    table = boto3.client("dynamodb", region_name="us-east-1")
+    key = {"id": {"S": CLI_POLICY["id"]}}
+    item = table.get_item(TableName="tokex-stack-policies", Key=key)["Item"]
+    document = json.loads(item["document"]["S"])
+    document["claims"] = {"aws.account": "999999999999", "team": "orders"}
+    item["document"] = {"S": json.dumps(document)}
+    table.put_item(TableName="tokex-stack-policies", Item=item)
+    principal = CLI_POLICY["principals"][0].replace("*", "x")
+    argv = ["policy", "explain", "--principal", principal, *where]
+    argv += ["--audience", CLI_POLICY["audiences"][0]]
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["policy"], report["claims"]) == (CLI_POLICY["id"], {"team": "orders"})
+    assert any("'aws.account'" in note and "left out" in note for note in report["notes"])
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert '   claims {"team": "orders"}' in text and "aws.account" in text.split("note:", 1)[1]

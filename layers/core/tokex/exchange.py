@@ -378,8 +378,9 @@ class TokenExchange:
         # Kong's open-source jwt plugin never checks `aud`; it finds its credential by one
         # claim. Keyed by audience *and* key, one consumer per audience can hold every
         # published key, and the acl plugin refuses other audiences (docs/kong.md).
-        claims["aud_kid"] = f"{audience}.{signer.kid}"
-        return encode_jwt(claims, signer)
+        # Ahead of the policy's claims, as tokex's own are (tokens/claims.py build_claims).
+        signed = {"aud_kid": f"{audience}.{signer.kid}", **claims}
+        return encode_jwt(signed, signer)
 
     def _load_ahead(self) -> None:
         """Once per environment, as its first exchange reaches the network: the signing

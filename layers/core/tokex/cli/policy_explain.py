@@ -195,6 +195,20 @@ def explain_command(args: argparse.Namespace) -> int:
         )
         error = result.error
     decision = result.decision if result else None
+    issued_claims = None
+    if decision is not None:
+        # As the token carries them: a stored policy's reserved names are left out of it
+        # (tokens/claims.py build_claims), so they are left out here too, and said so.
+        from tokex.tokens.claims import reserved_claim
+
+        left_out = [name for name in decision.claims if reserved_claim(name) is not None]
+        issued_claims = {n: v for n, v in decision.claims.items() if n not in left_out}
+        if left_out:
+            notes.append(
+                f"claims left out of the token (reserved names, stored before they were "
+                f"reserved): {', '.join(map(repr, left_out))}; `tokex policy put` the policy "
+                "without them"
+            )
     # The verdict is data: a top-level "error" would mean that the command failed.
     refused = None
     if error:
@@ -206,7 +220,7 @@ def explain_command(args: argparse.Namespace) -> int:
         "refusal": refused,
         "scopes": list(decision.scopes) if decision else None,
         "ttl_seconds": decision.ttl_seconds if decision else None,
-        "claims": decision.claims if decision else None,
+        "claims": issued_claims,
         "caller": _caller_report(caller, args),
         "audience": args.audience,
         "requested_scopes": None if scopes is None else list(scopes),
