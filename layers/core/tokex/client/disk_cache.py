@@ -67,8 +67,8 @@ from tokex.client.token_client import (
     CachedToken,
     Discovery,
     TokenError,
-    _get_json,
     discovery_of,
+    get_json,
 )
 from tokex.client.token_error import NOT_TOKEX
 from tokex.private_files import is_own_private_file, read_own_private, write_private
@@ -313,7 +313,7 @@ def published_kids(issuer: str, *, timeout: float) -> frozenset[str]:
     from tokex.tokens.jwks import JWKS_PATH
 
     url = issuer.rstrip("/") + JWKS_PATH
-    keys = _get_json(url, timeout).get("keys")
+    keys = get_json(url, timeout).get("keys")
     if not isinstance(keys, list):
         raise TokenError(f"{url} answered a JSON object that is no JWKS", error=NOT_TOKEX, url=url)
     return frozenset(

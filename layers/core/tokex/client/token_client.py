@@ -57,7 +57,6 @@ from tokex.client.imds import instance_region
 from tokex.client.signing import (
     encode_subject_token,
     signed_get_caller_identity,
-    sts_endpoint,
     use_fips_endpoint,
 )
 from tokex.client.token_error import (
@@ -73,7 +72,7 @@ from tokex.client.token_error import (
 )
 from tokex.clock import SuspendAwareClock
 from tokex.errors import InvalidGrant
-from tokex.evidence.sts_endpoints import THROTTLING_CODES
+from tokex.evidence.sts_endpoints import FIPS_REGIONS, THROTTLING_CODES
 from tokex.regions import DISCOVERY_MEMBER, REGION_VARIABLES, TOKEN_PATH, regional_path
 from tokex.token_request import JWT_TOKEN_TYPE, SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
@@ -170,7 +169,7 @@ def discover(endpoint: str, *, timeout: float = 5.0) -> Discovery:
     endpoint = check_endpoint(endpoint)  # a host urllib cannot send is a TokenError
     url = endpoint.rstrip("/") + "/.well-known/openid-configuration"
     try:
-        document = _get_json(url, timeout)
+        document = get_json(url, timeout)
     except TokenError as err:
         if err.status is None or err.status >= 500 or err.status == 429:  # none, or down
             raise
@@ -637,7 +636,7 @@ class _EvidenceSource:
             # Only a Region with a FIPS STS endpoint can take FIPS evidence (a Regional
             # exchange accepts its own Region's STS only); with none listed, the first
             # attempt says why (sts_endpoint's TokenError).
-            capable = [r for r in listed if _has_fips_sts(r.region)]
+            capable = [r for r in listed if r.region in FIPS_REGIONS]
             if capable and len(capable) < len(listed):
                 left_out = ", ".join(r.region for r in listed if r not in capable)
                 log.debug("FIPS endpoints are on: not asking %s (no FIPS STS)", left_out)
@@ -673,14 +672,6 @@ class _EvidenceSource:
             fips=self.fips,
         )
         return SIGV4_TOKEN_TYPE, encode_subject_token(signed)
-
-
-def _has_fips_sts(region: str) -> bool:
-    try:
-        sts_endpoint(region, fips=True)
-    except TokenError:
-        return False
-    return True
 
 
 def _explicit_region(session: boto3.session.Session | None) -> str | None:
@@ -1118,7 +1109,9 @@ class CachedToken:
         )
 
 
-def _get_json(url: str, timeout: float) -> dict[str, Any]:
+def get_json(url: str, timeout: float) -> dict[str, Any]:
+    """The JSON object a GET of `url` answers, as the client's other requests are made
+    (`_send`: no redirect, bounded size and time, errors as TokenError)."""
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
     return _send(request, timeout)
 

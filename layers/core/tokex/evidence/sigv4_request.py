@@ -21,16 +21,13 @@ from typing import Any
 from tokex import base64url, identifiers
 from tokex.errors import InvalidGrant, InvalidRequest
 from tokex.evidence.sts_endpoints import StsEndpoints
-from tokex.strict_json import StrictJsonError, loads_strict
+from tokex.strict_json import NestedTooDeep, StrictJsonError, loads_strict
 
 MAX_SUBJECT_TOKEN_CHARS = 12 * 1024
 # How deep the request's base64url JSON may nest: the signed request nests two levels
 # (`headers`), the instance evidence one. Deeper is refused as such on every runtime,
-# also past the parser's own limit (strict_json.loads_strict), never as "not JSON".
+# also past the parser's own limit (strict_json.NestedTooDeep), never as "not JSON".
 MAX_REQUEST_JSON_DEPTH = 4
-# A JSON string, escapes included, or an unterminated one's rest: what `_nesting_depth`
-# skips.
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 # How old a signed request may be, and how far ahead of our clock its X-Amz-Date may be
 # (docs/security.md "The signed STS request"). STS itself allows 15 minutes either way;
 # we allow less into the future.
@@ -107,30 +104,13 @@ def decode_b64url_json(value: str, *, name: str, max_len: int) -> dict[str, Any]
         raise InvalidRequest(f"{name} is not UTF-8 JSON without duplicate keys") from None
     try:
         document = loads_strict(text, max_depth=MAX_REQUEST_JSON_DEPTH)
+    except NestedTooDeep as deep:
+        raise InvalidRequest(f"{name} is {deep}") from None
     except StrictJsonError:
-        # Past the parser's own limit (about 1,000 levels on Python 3.11) it says only
-        # "not valid JSON": counted here, so that every runtime gives the same reason.
-        if _nesting_depth(text) > MAX_REQUEST_JSON_DEPTH:
-            raise InvalidRequest(
-                f"{name} is nested deeper than {MAX_REQUEST_JSON_DEPTH} levels"
-            ) from None
         raise InvalidRequest(f"{name} is not UTF-8 JSON without duplicate keys") from None
     if not isinstance(document, dict):
         raise InvalidRequest(f"{name} must be a JSON object")
     return document
-
-
-def _nesting_depth(text: str) -> int:
-    """How deeply the brackets of JSON text the parser refused nest outside its strings,
-    counted without recursion (so that no depth can overflow the stack here)."""
-    depth = deepest = 0
-    for char in _JSON_STRING.sub("", text):
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
 
 
 def decode_subject_token(token: str) -> dict[str, Any]:
