@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,7 +16,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jwt
+import pytest
 
+from tokex import base64url
+from tokex.client import token_client
 from tokex.client.signing import encode_subject_token, signed_get_caller_identity
 from tokex.local.runner import LocalSystem
 from tokex.token_request import SIGV4_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
@@ -167,3 +171,31 @@ def get(url: str) -> Answer:
             return response.status, dict(response.headers), json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), json.loads(err.read())
+
+
+def as_the_workload(system: LocalSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's environment as a shell that sourced the system's workload.env has
+    it: none of this machine's AWS_ or TOKEX_ settings."""
+    from benchmarks.local_process import load_env_file
+
+    for name in [n for n in os.environ if n.startswith(("AWS_", "TOKEX_"))]:
+        monkeypatch.delenv(name)
+    for name, value in load_env_file(system.workload_env).items():
+        monkeypatch.setenv(name, value)
+
+
+def recorded_signed_requests(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The signed requests (decoded subject tokens) tokex.client sends from now on, as it
+    sends them, in a list that fills as it does."""
+    sent: list[dict[str, Any]] = []
+    send = token_client._send
+
+    def recording_send(request: urllib.request.Request, timeout: float) -> dict[str, Any]:
+        if isinstance(request.data, bytes):  # the POST to /token (discovery is a GET)
+            form = dict(urllib.parse.parse_qsl(request.data.decode()))
+            sent.append(json.loads(base64url.decode(form["subject_token"])))
+        answer: dict[str, Any] = send(request, timeout)
+        return answer
+
+    monkeypatch.setattr(token_client, "_send", recording_send)
+    return sent

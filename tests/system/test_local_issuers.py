@@ -5,8 +5,6 @@ the demo policies."""
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import urllib.error
 import urllib.parse
@@ -18,10 +16,9 @@ import jwt
 import pytest
 
 from benchmarks.local_process import load_env_file
+from tests.system.endpoints import as_the_workload, recorded_signed_requests
 from tests.system.local_federation import federation, get_json, verify_issued
-from tokex import base64url
 from tokex.adapters.policy_table import PolicyStore
-from tokex.client import token_client
 from tokex.client.token_client import TokenClient
 from tokex.errors import ConfigurationError
 from tokex.evidence.jwt_claims import caller_from_eks_claims
@@ -248,22 +245,10 @@ def test_with_workload_env_the_sigv4_evidence_still_names_the_public_sts_host(
 ) -> None:
     """An SDK client follows AWS_ENDPOINT_URL_STS; the signed GetCallerIdentity that
     tokex sends as evidence is still signed for STS's own host, and is accepted."""
-    for name in [n for n in os.environ if n.startswith(("AWS_", "TOKEX_"))]:
-        monkeypatch.delenv(name)
-    for name, value in load_env_file(local_system.workload_env).items():
-        monkeypatch.setenv(name, value)
+    as_the_workload(local_system, monkeypatch)
     assert boto3.client("sts").meta.endpoint_url == federation(local_system).sts_url
 
-    sent: list[dict] = []
-    send = token_client._send
-
-    def recording_send(request: urllib.request.Request, timeout: float) -> dict:
-        if isinstance(request.data, bytes):  # the POST to /token (discovery is a GET)
-            form = dict(urllib.parse.parse_qsl(request.data.decode()))
-            sent.append(json.loads(base64url.decode(form["subject_token"])))
-        return send(request, timeout)
-
-    monkeypatch.setattr(token_client, "_send", recording_send)
+    sent = recorded_signed_requests(monkeypatch)
     assert TokenClient(local_system.issuer).token("demo-api", ["demo:read"])
     assert [request["url"] for request in sent] == ["https://sts.us-east-1.amazonaws.com/"]
 
