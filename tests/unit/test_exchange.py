@@ -368,6 +368,18 @@ class LoadsAhead:
     def invalid_ids(self) -> tuple[str, ...]:
         return self.world.invalid_ids
 
+    def sts_answers_once_both_loads_started(self) -> None:
+        """World's STS answers only once the background has started both loads: a fake
+        STS answers at once, so the request could otherwise ask for the key or the
+        policies first and load them itself (as it should, when STS is that fast)."""
+        get_caller_identity = self.world.get_caller_identity
+
+        def sts_while_loading(request: StsRequest) -> CallerIdentity:
+            assert self.signer_started.wait(10) and self.policies_started.wait(10)
+            return get_caller_identity(request)
+
+        self.world.get_caller_identity = sts_while_loading  # type: ignore[method-assign]
+
     def environment(self, pool: Executor, **changes: Any) -> TokenExchange:
         """An environment that loads ahead on `pool`, from these fakes."""
         return _one_environment(
@@ -381,13 +393,7 @@ def test_a_cold_environment_loads_the_key_and_the_policies_while_sts_answers(
     """STS answers only once both loads have started: loaded after it, they would time
     it out."""
     ahead = LoadsAhead(world)
-    get_caller_identity = world.get_caller_identity
-
-    def sts_while_loading(request: StsRequest) -> CallerIdentity:
-        assert ahead.signer_started.wait(10) and ahead.policies_started.wait(10)
-        return get_caller_identity(request)
-
-    world.get_caller_identity = sts_while_loading  # type: ignore[method-assign]
+    ahead.sts_answers_once_both_loads_started()
     with ThreadPoolExecutor(4, thread_name_prefix="bg") as pool:
         issued = ahead.environment(pool).exchange(token_request(), ExchangeAudit())
     assert issued.access_token
@@ -397,6 +403,7 @@ def test_a_cold_environment_loads_the_key_and_the_policies_while_sts_answers(
 
 def test_loading_ahead_is_once_per_environment(world: World) -> None:
     ahead = LoadsAhead(world)
+    ahead.sts_answers_once_both_loads_started()
     with ThreadPoolExecutor(4, thread_name_prefix="bg") as pool:
         environment = ahead.environment(pool)
         environment.exchange(token_request(), ExchangeAudit())
@@ -413,6 +420,7 @@ def test_a_request_refused_before_the_network_loads_nothing_ahead(world: World) 
     """Offline refusals cost nothing upstream; the load ahead waits for a request that
     gets as far as STS."""
     ahead = LoadsAhead(world)
+    ahead.sts_answers_once_both_loads_started()
     with ThreadPoolExecutor(4, thread_name_prefix="bg") as pool:
         environment = ahead.environment(pool)
         with pytest.raises(InvalidGrant):
